@@ -1,0 +1,41 @@
+"""symgrad: tells whether automatic derivatives are right.
+
+The pipeline, one subpackage per stage::
+
+    build -> differentiate -> lower -> autograd -> compare -> report
+
+``symgrad.check(torch_fn, inputs, symbolic=sym_fn)`` runs it once and returns a ``Report``.
+torch is imported only where it is needed.
+"""
+
+from .build import SymTensor, as_symtensor, symbols
+from .build.functional import *  # noqa: F401,F403 - the symbolic tensor API (sg.tanh, sg.mse_loss, ...)
+from .build.functional import __all__ as _functional_all
+from .check import assert_correct, check
+from .compare import Record
+from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from .ops import OPS, Op, register_op
+from .reference import Reference
+from .report import GradientMismatch, Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "check",
+    "assert_correct",
+    "Report",
+    "Record",
+    "Reference",
+    "SymTensor",
+    "symbols",
+    "as_symtensor",
+    "OPS",
+    "Op",
+    "register_op",
+    "SymgradError",
+    "InputError",
+    "ShapeMismatch",
+    "UnsupportedOp",
+    "GradientMismatch",
+    *[n for n in _functional_all if n not in ("METHODS", "is_torch", "apply_op")],
+]

@@ -1,0 +1,113 @@
+"""Stage 4, autograd: run torch's differentiation the way the user names it.
+
+``VIAS`` maps each name to the quantity it computes (see ``symgrad.differentiate.elementwise``)
+and a runner.  Every runner takes the torch callable, the input tensors (leaves, ``requires_grad``
+set on the differentiated ones) and returns ``{key: tensor}`` keyed like the closed forms.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from ..errors import InputError
+
+__all__ = ["VIAS", "quantity_of", "run_autograd", "default_via"]
+
+# name -> quantity it computes
+VIAS = {
+    "backward": "grad",  # out.backward(v) on a scalar (or with a cotangent: vjp)
+    "autograd.grad": "grad",
+    "functional.vjp": "vjp",
+    "functional.jacobian": "jacobian",
+    "functional.jvp": "jvp",
+    "functional.hessian": "hessian",
+    "jacrev": "jacobian",
+    "jacfwd": "jacobian",
+    "func.vjp": "vjp",
+    "func.jvp": "jvp",
+    "func.hessian": "hessian",
+}
+
+
+def default_via(scalar_output: bool, has_cotangent: bool) -> str:
+    return "backward" if scalar_output or has_cotangent else "functional.jacobian"
+
+
+def quantity_of(via: str, has_cotangent: bool) -> str:
+    if via not in VIAS:
+        raise InputError(f"via={via!r} is not a way symgrad knows to run autograd; choose one of: {', '.join(VIAS)}")
+    q = VIAS[via]
+    return "vjp" if q == "grad" and has_cotangent else q
+
+
+def run_autograd(
+    fn: Callable,
+    inputs: Mapping[str, object],
+    wrt: list[str],
+    via: str,
+    *,
+    cotangent=None,
+    tangents: Mapping[str, object] | None = None,
+    backward_calls: int = 1,
+) -> dict:
+    """Run autograd; returns ``{name: tensor}`` (``{(a, b): tensor}`` for Hessians, ``{"jvp": t}``)."""
+    import torch
+
+    names = list(inputs)
+    idx = [names.index(w) for w in wrt]
+
+    def call_with(diff_args):
+        args = [inputs[n] for n in names]
+        for i, a in zip(idx, diff_args):
+            args[i] = a
+        return fn(*args)
+
+    diff = tuple(inputs[w] for w in wrt)
+    if via == "backward":
+        out = call_with(diff)
+        for _ in range(backward_calls):
+            out.backward(cotangent, retain_graph=True)
+        missing = [w for w in wrt if inputs[w].grad is None]
+        if missing:
+            raise InputError(
+                f"after backward(), {', '.join(missing)} has no .grad: the torch function does not use it "
+                "(or detaches it); leave it out of wrt"
+            )
+        return {w: inputs[w].grad.detach() for w in wrt}
+    if via == "autograd.grad":
+        out = call_with(diff)
+        grads = torch.autograd.grad(out, diff, grad_outputs=cotangent, allow_unused=True)
+        return {w: _zeros_if_none(g, inputs[w]) for w, g in zip(wrt, grads)}
+    if via in ("functional.vjp", "func.vjp"):
+        if via == "functional.vjp":
+            _, grads = torch.autograd.functional.vjp(lambda *d: call_with(d), diff, cotangent)
+        else:
+            _, pullback = torch.func.vjp(lambda *d: call_with(d), *diff)
+            grads = pullback(cotangent)
+        return dict(zip(wrt, grads))
+    if via in ("functional.jvp", "func.jvp"):
+        t = tuple(tangents[w] for w in wrt)
+        if via == "functional.jvp":
+            _, out = torch.autograd.functional.jvp(lambda *d: call_with(d), diff, t)
+        else:
+            _, out = torch.func.jvp(lambda *d: call_with(d), diff, t)
+        return {"jvp": out}
+    if via in ("functional.jacobian", "jacrev", "jacfwd"):
+        if via == "functional.jacobian":
+            jac = torch.autograd.functional.jacobian(lambda *d: call_with(d), diff)
+        else:
+            jac = getattr(torch.func, via)(lambda *d: call_with(d), argnums=tuple(range(len(diff))))(*diff)
+        return dict(zip(wrt, jac))
+    if via in ("functional.hessian", "func.hessian"):
+        if via == "functional.hessian":
+            hes = torch.autograd.functional.hessian(lambda *d: call_with(d), diff)
+        else:
+            hes = torch.func.hessian(lambda *d: call_with(d), argnums=tuple(range(len(diff))))(*diff)
+        return {(a, b): hes[i][j] for i, a in enumerate(wrt) for j, b in enumerate(wrt)}
+    raise InputError(f"via={via!r} is not a way symgrad knows to run autograd; choose one of: {', '.join(VIAS)}")
+
+
+def _zeros_if_none(grad, like):
+    import torch
+
+    return torch.zeros_like(like) if grad is None else grad

@@ -1,0 +1,374 @@
+"""The public entry point: ``symgrad.check(torch_fn, inputs, symbolic=...) -> Report``.
+
+It runs the pipeline once: build the symbolic forward, differentiate it in closed form, lower the
+closed form to numpy, run torch autograd the way the user named (``via``), compare, report.
+Bad input raises a ``SymgradError`` naming the cause and the fix; a wrong derivative does not
+raise here: it is a failing row of the report (``report.raise_for_failure()`` or
+``symgrad.assert_correct`` turn it into an ``AssertionError``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Mapping
+
+import numpy as np
+import sympy as sp
+
+from .autograd.run import default_via, quantity_of, run_autograd
+from .build.tensor import SymTensor, as_symtensor, symbols
+from .compare.compare import compare
+from .differentiate.elementwise import differentiate
+from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from .lower.numpy import high_precision, lower
+from .reference import Reference
+from .report.report import Report, shorten
+
+__all__ = ["check", "assert_correct", "symbolic_inputs"]
+
+ENGINES = ("auto", "elementwise", "matrix")
+
+
+def _is_module(fn) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(fn, torch.nn.Module)
+
+
+def _input_names(fn, symbolic, n: int) -> list[str]:
+    for f in (fn, symbolic):
+        if callable(f) and not isinstance(f, sp.Basic):
+            try:
+                params = [p for p in inspect.signature(f).parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            except (TypeError, ValueError):
+                continue
+            if len(params) >= n:
+                return [p.name for p in params[:n]]
+    return [f"x{i}" for i in range(n)]
+
+
+def normalize_inputs(fn, symbolic, inputs) -> dict:
+    """``inputs`` as an ordered ``{name: tensor}``; a clear error for anything that is not a tensor."""
+    import torch
+
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if isinstance(inputs, Mapping):
+        named = dict(inputs)
+    elif isinstance(inputs, (list, tuple)):
+        named = dict(zip(_input_names(fn, symbolic, len(inputs)), inputs))
+    else:
+        raise InputError(f"inputs must be a dict {{name: tensor}} or a tuple of tensors, not {type(inputs).__name__}")
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise InputError(
+                f"input {name!r} is a {type(t).__name__}, not a torch.Tensor; wrap it: torch.tensor(..., dtype=torch.float64)"
+            )
+    return named
+
+
+def _choose_wrt(named: dict, wrt) -> list[str]:
+    if isinstance(wrt, str):
+        wrt = [wrt]
+    floating = [n for n, t in named.items() if t.is_floating_point()]
+    if wrt is None:
+        chosen = [n for n in floating if named[n].requires_grad] or floating
+        if not chosen:
+            raise InputError("no floating-point input to differentiate; pass float tensors or name them in wrt")
+        return chosen
+    wrt = list(wrt)
+    for w in wrt:
+        if w not in named:
+            raise InputError(f"wrt names {w!r}, which is not an input; the inputs are: {', '.join(named)}")
+        if not named[w].is_floating_point():
+            raise InputError(f"wrt names {w!r}, a {named[w].dtype} tensor; only floating-point inputs have derivatives")
+    return wrt
+
+
+def symbolic_inputs(named: Mapping[str, object]) -> dict[str, SymTensor]:
+    """One symbol tensor per floating input (``x[0, 1]``), constants for integer inputs."""
+    out = {}
+    for name, t in named.items():
+        out[name] = symbols(name, tuple(t.shape)) if t.is_floating_point() else as_symtensor(t.detach().cpu().numpy())
+    return out
+
+
+def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object] | None) -> SymTensor:
+    """A plain SymPy expression (scalar, Matrix, Array or matrix expression) in the input symbols."""
+    mapping = {}
+    for name, st in sym_inputs.items():
+        mapping[sp.Symbol(name)] = st.data.reshape(()).item() if st.ndim == 0 else None
+        mapping[sp.Symbol(name, real=True)] = mapping[sp.Symbol(name)]
+    if isinstance(expr, sp.MatrixExpr) or any(isinstance(a, sp.MatrixSymbol) for a in getattr(expr, "atoms", lambda *_: ())(sp.MatrixSymbol)):
+        subs = {}
+        for m in expr.atoms(sp.MatrixSymbol):
+            if m.name not in sym_inputs:
+                raise InputError(f"the symbolic forward uses MatrixSymbol {m.name!r}, which is not an input; inputs: {', '.join(sym_inputs)}")
+            st = sym_inputs[m.name]
+            shape2 = st.shape if st.ndim == 2 else (st.shape + (1,) if st.ndim == 1 else (1, 1))
+            if tuple(m.shape) != shape2:
+                raise ShapeMismatch(f"MatrixSymbol {m.name} is {m.shape[0]}x{m.shape[1]} but input {m.name!r} has shape {st.shape}")
+            data = st.data.reshape(shape2)
+            for i in range(shape2[0]):
+                for j in range(shape2[1]):
+                    subs[m[i, j]] = data[i, j]
+        explicit = expr.as_explicit() if isinstance(expr, sp.MatrixExpr) else expr
+        result = as_symtensor(explicit.xreplace(subs) if hasattr(explicit, "xreplace") else explicit)
+    else:
+        result = as_symtensor(expr)
+    subs = {k: v for k, v in mapping.items() if v is not None}
+    for name, mat in (extra or {}).items():
+        if name not in sym_inputs:
+            raise InputError(f"symbols= names {name!r}, which is not an input; inputs: {', '.join(sym_inputs)}")
+        user = np.asarray(as_symtensor(mat).data)
+        ours = sym_inputs[name].data
+        if user.size != ours.size:
+            raise ShapeMismatch(f"symbols[{name!r}] has {user.size} symbols but input {name!r} has shape {ours.shape}")
+        subs.update(dict(zip(user.ravel(), ours.ravel())))
+    return result.map(lambda e: sp.sympify(e).xreplace(subs)) if subs else result
+
+
+def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
+    if symbolic is None:
+        symbolic = fn
+    if isinstance(symbolic, (sp.Basic, sp.MatrixBase, sp.NDimArray)):
+        return _explode(symbolic, sym_inputs, symbols_map)
+    if not callable(symbolic):
+        raise InputError(f"symbolic must be a callable or a SymPy expression, not {type(symbolic).__name__}")
+    try:
+        out = symbolic(*sym_inputs.values())
+    except (SymgradError, ValueError) as err:
+        raise type(err)(f"the symbolic forward failed: {err}") from err
+    except Exception as err:
+        raise UnsupportedOp(
+            f"the symbolic forward could not run on symbolic tensors ({type(err).__name__}: {err}). "
+            "Write it with symgrad's functions (sg.tanh, sg.sum, sg.mse_loss, ...) or SymPy, or pass symbolic=..."
+        ) from err
+    if isinstance(out, (sp.Basic, sp.MatrixBase, sp.NDimArray)) and not isinstance(out, SymTensor):
+        return _explode(out, sym_inputs, symbols_map)
+    if isinstance(out, SymTensor):
+        return out
+    if type(out).__module__.startswith("torch"):
+        raise UnsupportedOp("the symbolic forward returned a torch tensor: write it with sg.* functions or SymPy, not torch")
+    return as_symtensor(out)
+
+
+def _check_symbols(out: SymTensor, sym_inputs: dict[str, SymTensor], wrt: list[str], from_sympy: bool):
+    known = {s for st in sym_inputs.values() for s in st.data.ravel() if isinstance(s, sp.Symbol)}
+    free = set().union(*(sp.sympify(e).free_symbols for e in out.data.ravel())) if out.numel() else set()
+    unknown = free - known
+    if unknown:
+        names = ", ".join(sorted(map(str, unknown))[:5])
+        raise InputError(f"the symbolic forward uses symbols that belong to no input: {names}. "
+                         "Name MatrixSymbols/Symbols after the inputs, or map them with symbols={'name': matrix}")
+    if from_sympy:
+        for w in wrt:
+            if not free & set(sym_inputs[w].data.ravel()):
+                raise InputError(f"input {w!r} has no symbol in the symbolic forward; name a Symbol/MatrixSymbol {w!r}, "
+                                 f"pass symbols={{{w!r}: ...}}, or leave {w!r} out of wrt")
+
+
+def _closed_form_text(name: str, arr: np.ndarray, sym_inputs) -> tuple[str, str]:
+    if arr.size == 0:
+        return "", ""
+    first = sp.sympify(arr.ravel()[0])
+    if arr.size == 1:
+        return sp.sstr(first), sp.latex(first)
+    where = ", ".join("0" for _ in arr.shape)
+    return f"{sp.sstr(first)}  (entry [{where}])", sp.latex(first)
+
+
+def check(
+    fn: Callable | None,
+    inputs,
+    symbolic=None,
+    *,
+    wrt=None,
+    via: str | None = None,
+    v=None,
+    tangents=None,
+    loss=None,
+    target=None,
+    engine: str = "auto",
+    backend: str = "auto",
+    rtol: float | None = None,
+    atol: float | None = None,
+    backward_calls: int = 1,
+    symbols_map: Mapping[str, object] | None = None,
+    title: str | None = None,
+) -> Report:
+    """Check torch autograd's derivatives of ``fn`` at ``inputs`` against the closed form.
+
+    ``fn``: a torch callable (or a custom ``autograd.Function``'s ``apply``; an ``nn.Module`` goes
+    through ``symgrad.nn.check_module``); ``None`` lowers ``symbolic`` to torch.
+    ``inputs``: ``{name: tensor}`` or a tuple of tensors (named after ``fn``'s parameters).
+    ``symbolic``: the same function built symbolically -- a callable on ``SymTensor``s (written with
+    ``sg.*`` functions, or returning SymPy objects) or a SymPy expression / matrix expression whose
+    (Matrix)Symbols are named after the inputs.  ``None``: ``fn`` itself, if written with ``sg.*``.
+    ``wrt``: input names to differentiate (default: those with ``requires_grad``, else all floats).
+    ``via``: how autograd runs: see ``symgrad.autograd.VIAS``.  ``v``: cotangent for ``backward(v)``
+    and vjp; ``tangents``: a tensor or ``{name: tensor}`` for jvp.
+    """
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if _is_module(fn):
+        from .nn.check import check_module
+
+        return check_module(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, loss=loss, target=target,
+                            engine=engine, backend=backend, rtol=rtol, atol=atol, title=title)
+    if loss is not None or target is not None:
+        raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
+    if engine == "matrix":
+        raise InputError("engine='matrix' needs an nn.Module (symgrad.check(model, ...)) or a matrix expression "
+                         "(symgrad.matrix.grad); plain functions use the elementwise engine")
+    import torch
+
+    named = normalize_inputs(fn, symbolic, inputs)
+    wrt_names = _choose_wrt(named, wrt)
+    dtype = named[wrt_names[0]].dtype
+    dtype_name = str(dtype).replace("torch.", "")
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
+
+    sym_in = symbolic_inputs(named)
+    out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
+    from_sympy = symbolic is not None and not callable(symbolic)
+    _check_symbols(out, sym_in, wrt_names, from_sympy)
+
+    torch_fn = fn if fn is not None else _lowered_forward(out, sym_in, dtype)
+    with torch.no_grad():
+        out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    if not isinstance(out_t, torch.Tensor):
+        raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor")
+    if tuple(out_t.shape) != out.shape:
+        raise ShapeMismatch(f"the torch function returns shape {tuple(out_t.shape)} but the symbolic forward returns "
+                            f"{out.shape}; they must compute the same thing")
+
+    scalar = out.numel() == 1
+    if via is None:
+        via = default_via(scalar, v is not None)
+    quantity = quantity_of(via, v is not None)
+    cot_sym = tan_sym = None
+    extra_args, extra_vals = [], []
+    if quantity == "vjp":
+        if v is None:
+            raise InputError(f"via={via!r} computes a vector-Jacobian product: pass the cotangent v (shape {out.shape})")
+        v = torch.as_tensor(v, dtype=dtype)
+        if tuple(v.shape) != out.shape:
+            raise ShapeMismatch(f"v has shape {tuple(v.shape)}, the output has {out.shape}")
+        cot_sym = symbols("v", out.shape)
+        extra_args += list(cot_sym.data.ravel())
+        extra_vals += list(v.detach().double().numpy().ravel())
+    elif quantity == "grad" and not scalar:
+        raise ShapeMismatch(f"via={via!r} differentiates a scalar, but the output has shape {out.shape}; "
+                            "pass v=torch.ones_like(out) for backward(v), or use via='functional.jacobian'")
+    if quantity in ("hessian",) and not scalar:
+        raise ShapeMismatch(f"a Hessian needs a scalar output; the output has shape {out.shape}")
+    if quantity == "jvp":
+        if tangents is None:
+            raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents (one per input in wrt)")
+        if isinstance(tangents, torch.Tensor):
+            tangents = {wrt_names[0]: tangents} if len(wrt_names) == 1 else None
+        if not isinstance(tangents, Mapping) or set(tangents) != set(wrt_names):
+            raise InputError(f"tangents must map each of {wrt_names} to a tensor of its shape")
+        tan_sym = {}
+        for w in wrt_names:
+            t = torch.as_tensor(tangents[w], dtype=dtype)
+            if tuple(t.shape) != tuple(named[w].shape):
+                raise ShapeMismatch(f"tangent for {w!r} has shape {tuple(t.shape)}, the input has {tuple(named[w].shape)}")
+            tangents[w] = t
+            tan_sym[w] = symbols(f"t_{w}", tuple(t.shape))
+            extra_args += list(tan_sym[w].data.ravel())
+            extra_vals += list(t.detach().double().numpy().ravel())
+
+    derivs = differentiate(out, {w: sym_in[w] for w in wrt_names}, quantity, cotangent=cot_sym,
+                           tangents=tan_sym, backend=backend)
+
+    # Lower the forward and every derivative in one function (shared subexpressions computed once).
+    keys = list(derivs)
+    exprs = [sp.sympify(e) for e in out.data.ravel()]
+    sizes = [out.numel()]
+    for k in keys:
+        exprs += [sp.sympify(e) for e in derivs[k].ravel()]
+        sizes.append(derivs[k].size)
+    args = [s for n in named if named[n].is_floating_point() for s in sym_in[n].data.ravel()] + extra_args
+    values = [x for n in named if named[n].is_floating_point() for x in named[n].detach().double().cpu().numpy().ravel()]
+    values += extra_vals
+    try:
+        lowered = lower(exprs, args)
+    except Exception as err:
+        raise UnsupportedOp(f"the closed form cannot be lowered to numpy ({type(err).__name__}: {err}); "
+                            "it uses a function numpy has no counterpart for") from err
+    hi = lowered(values, dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps))
+    lowp = lowered(values, dtype=np.float32 if dtype == torch.float32 else np.float64)
+
+    def split(vals):
+        flat = [np.asarray(x, dtype=np.float64) for x in np.broadcast_arrays(*vals)] if vals else []
+        flat = np.array([float(x) for x in flat]) if flat else np.zeros(0)
+        parts, start = [], 0
+        for size in sizes:
+            parts.append(flat[start:start + size])
+            start += size
+        return parts
+
+    main, low = split(hi.values), split(lowp.values)
+    band_lo = split(hi.lower) if hi.lower is not None else None
+    band_hi = split(hi.upper) if hi.upper is not None else None
+
+    scale = backward_calls if via == "backward" else 1
+    refs = []
+    out_ref = Reference("output", main[0].reshape(out.shape), closed_form="symbolic forward", value_lowp=low[0].reshape(out.shape))
+    for i, k in enumerate(keys, start=1):
+        shape = derivs[k].shape
+        name = k if isinstance(k, str) else f"({k[0]}, {k[1]})"
+        text, latex = _closed_form_text(name, derivs[k], sym_in)
+        if scale != 1:
+            text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
+        ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape))
+        if band_lo is not None:
+            lo, up = scale * band_lo[i].reshape(shape), scale * band_hi[i].reshape(shape)
+            kink = (lo != up) | (lo != ref.value) | (up != ref.value)
+            if kink.any():
+                ref.lower, ref.upper, ref.kink = lo, up, kink
+        refs.append(ref)
+
+    records = [compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward", rtol=rtol, atol=atol)]
+    if not records[0].passed:
+        records[0].note = ("the symbolic forward and the torch function disagree: the derivatives below are "
+                           "derivatives of different functions. Fix the symbolic forward first.")
+    tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
+    actual = run_autograd(torch_fn, leaves, wrt_names, via, cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
+    for ref, k in zip(refs, keys):
+        got = actual[k]
+        if got is None:
+            raise InputError(f"autograd returned no gradient for {ref.name!r}: the torch function does not use it")
+        records.append(compare(ref, got.detach().double().cpu().numpy(), dtype_name, quantity=quantity, rtol=rtol, atol=atol))
+    meta = {"dtype": dtype_name, "via": via, "quantity": quantity, "engine": "elementwise"}
+    if hi.kink_conditions:
+        meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
+    return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _lowered_forward(out: SymTensor, sym_in: dict[str, SymTensor], dtype):
+    """The symbolic forward as a torch function of the inputs (used when fn is None)."""
+    from .lower.torch import to_torch
+
+    names = list(sym_in)
+
+    def forward(*tensors):
+        env = {}
+        for name, t in zip(names, tensors):
+            st = sym_in[name]
+            if t.is_floating_point():
+                for index in np.ndindex(st.shape):
+                    env[st.data[index]] = t[index] if index else t
+        return to_torch(out.data, env, dtype)
+
+    return forward
+
+
+def assert_correct(*args, **kwargs) -> Report:
+    """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails."""
+    return check(*args, **kwargs).raise_for_failure()

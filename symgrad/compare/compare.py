@@ -1,0 +1,187 @@
+"""Stage 5, compare: autograd's numbers against the closed form, one record per input.
+
+Comparison never raises: it builds :class:`Record` objects, and only the public entry point
+(``symgrad.check`` / ``Report.raise_for_failure``) decides to raise.
+
+# Note [Tolerances]
+An entry passes when ``|actual - expected| <= atol + rtol * |expected|`` where
+
+* ``rtol`` comes from the dtype autograd ran in (``DEFAULT_RTOL``): 1e-7 for float64, 1e-5 for
+  float32 -- tight enough that a backward off by a factor 1 + 1e-4 fails in float32;
+* ``atol = rtol * max|expected|`` over the tensor (floor ``rtol * 1e-3``): entries far smaller than
+  the tensor's largest are compared on the tensor's scale, as rounding in a sum of large terms
+  leaves an absolute, not a relative, error;
+* plus ``NOISE_FACTOR`` times the largest difference between the closed form evaluated in the
+  checked dtype and in high precision: what correct arithmetic in that dtype gets wrong on this
+  very problem.  This is what keeps ill-conditioned float32 cases from false alarms; it comes from
+  the closed form alone, never from the code under test, so it cannot hide a bug in it.
+
+The expected values are evaluated in numpy's extended precision where the platform has it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..reference import Reference
+
+__all__ = ["Record", "compare", "DEFAULT_RTOL", "NOISE_FACTOR", "format_index"]
+
+DEFAULT_RTOL = {"float64": 1e-7, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+NOISE_FACTOR = 8.0
+
+
+def format_index(name: str, index: tuple) -> str:
+    return f"{name}[{', '.join(map(str, index))}]" if index else name
+
+
+@dataclass
+class Record:
+    """The outcome of comparing one differentiated quantity."""
+
+    name: str  # what was differentiated: "x", "layer1.weight", "d2/dx dy", "output"
+    quantity: str  # grad, vjp, jacobian, jvp, hessian, forward
+    shape: tuple
+    dtype: str
+    closed_form: str = ""
+    closed_form_latex: str = ""
+    total: int = 0
+    mismatched: int = 0
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    abs_index: tuple = ()
+    rel_index: tuple = ()
+    atol: float = 0.0
+    rtol: float = 0.0
+    nonfinite: str = ""
+    kinks: int = 0
+    kink_note: str = ""
+    verified: bool = True
+    note: str = ""
+    expected: np.ndarray | None = field(default=None, repr=False)
+    actual: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def verdict(self) -> str:
+        if self.nonfinite:
+            return "FAIL (NaN/inf)" if self.mismatched else "NaN/inf"
+        if self.mismatched:
+            return "FAIL"
+        return "pass (kink)" if self.kinks else "pass"
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict in ("pass", "pass (kink)")
+
+    def message(self) -> str:
+        """A mismatch message in the manner of ``torch.testing.assert_close``."""
+        head = f"{self.quantity} of {self.name}" if self.quantity != "forward" else "forward output"
+        lines = [f"{head}: {self.verdict}  (closed form: {self.closed_form or 'n/a'})"]
+        share = 100.0 * self.mismatched / self.total if self.total else 0.0
+        lines.append(f"Mismatched elements: {self.mismatched} / {self.total} ({share:.1f}%)")
+        lines.append(
+            f"Greatest absolute difference: {self.max_abs:.6g} at index {format_index(self.name, self.abs_index)} "
+            f"(up to {self.atol:.3g} allowed)"
+        )
+        lines.append(
+            f"Greatest relative difference: {self.max_rel:.6g} at index {format_index(self.name, self.rel_index)} "
+            f"(up to {self.rtol:.3g} allowed)"
+        )
+        if self.nonfinite:
+            lines.append(self.nonfinite)
+        if self.kink_note:
+            lines.append(self.kink_note)
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+
+def _nonfinite_note(expected: np.ndarray, actual: np.ndarray, name: str) -> tuple[str, np.ndarray]:
+    """Text describing NaN/inf on either side, and a mask of entries where the sides differ in kind."""
+    bad_e, bad_a = ~np.isfinite(expected), ~np.isfinite(actual)
+    if not (bad_e.any() or bad_a.any()):
+        return "", np.zeros(expected.shape, bool)
+    same = (np.isnan(expected) & np.isnan(actual)) | (np.isinf(expected) & np.isinf(actual) & (np.sign(expected) == np.sign(actual)))
+    differ = (bad_e | bad_a) & ~same
+    parts = []
+    for label, mask in (("closed form", bad_e), ("autograd", bad_a)):
+        if mask.any():
+            first = tuple(int(i) for i in np.argwhere(mask)[0])
+            parts.append(f"{label} has {int(mask.sum())} NaN/inf (first at {format_index(name, first)})")
+    if same.any():
+        parts.append(f"{int(same.sum())} of them identical on both sides, which proves nothing")
+    return "Non-finite values: " + "; ".join(parts), differ
+
+
+def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol: float | None = None,
+            atol: float | None = None, index_name: str | None = None) -> Record:
+    """Compare autograd's ``actual`` with the closed form ``ref`` (see Note [Tolerances])."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(ref.value, dtype=np.float64)
+    name = index_name or ref.name
+    rec = Record(ref.name, quantity, tuple(e.shape), dtype, ref.closed_form, ref.closed_form_latex,
+                 total=int(e.size), verified=ref.verified, note=ref.note, expected=e, actual=a)
+    if a.shape != e.shape:
+        rec.mismatched, rec.note = rec.total, f"shape mismatch: autograd gave {a.shape}, the closed form has {e.shape}"
+        return rec
+    rtol = DEFAULT_RTOL.get(dtype, 1e-7) if rtol is None else rtol
+    finite_e = np.abs(e[np.isfinite(e)])
+    scale = float(finite_e.max()) if finite_e.size else 0.0
+    if atol is None:
+        atol = max(rtol * scale, rtol * 1e-3)
+        if ref.value_lowp is not None:
+            noise = np.abs(np.asarray(ref.value_lowp, np.float64) - e)
+            noise = noise[np.isfinite(noise)]
+            if noise.size:
+                atol += NOISE_FACTOR * float(noise.max())
+    rec.rtol, rec.atol = rtol, atol
+
+    rec.nonfinite, differ = _nonfinite_note(e, a, name)
+    finite = np.isfinite(e) & np.isfinite(a)
+    with np.errstate(all="ignore"):
+        diff = np.where(finite, np.abs(a - e), 0.0)
+        rel = np.where(finite & (diff > 0), diff / np.abs(e), 0.0)
+    allowed = atol + rtol * np.abs(np.where(finite, e, 0.0))
+    ok = diff <= allowed
+
+    kink = np.zeros(e.shape, bool) if ref.kink is None else np.asarray(ref.kink, bool)
+    if kink.any() and ref.lower is not None and ref.upper is not None:
+        lo = np.minimum(np.minimum(ref.lower, ref.upper), e)
+        hi = np.maximum(np.maximum(ref.lower, ref.upper), e)
+        in_band = (a >= lo - allowed) & (a <= hi + allowed)
+        ok = np.where(kink, in_band, ok)
+        rec.kinks = int(kink.sum())
+        rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band)
+    ok &= ~differ
+    rec.mismatched = int((~ok).sum())
+
+    judged = np.where(kink, 0.0, diff)
+    rel_judged = np.where(kink, 0.0, rel)
+    if e.size:
+        i_abs = np.unravel_index(int(np.argmax(judged)), e.shape)
+        i_rel = np.unravel_index(int(np.argmax(rel_judged)), e.shape)
+        rec.max_abs, rec.abs_index = float(judged[i_abs]), tuple(int(i) for i in i_abs)
+        rec.max_rel, rec.rel_index = float(rel_judged[i_rel]), tuple(int(i) for i in i_rel)
+        if rec.mismatched and not (~ok & ~kink).any():  # only kink entries failed: point at one
+            i = tuple(int(k) for k in np.argwhere(~ok)[0])
+            rec.abs_index = rec.rel_index = i
+            rec.max_abs = float(diff[i])
+            rec.max_rel = float(rel[i])
+    return rec
+
+
+def _kink_note(name, kink, e, a, lo, hi, in_band) -> str:
+    first = tuple(int(i) for i in np.argwhere(kink)[0])
+    side = "the closed form's (torch's convention)" if np.isclose(a[first], e[first], rtol=1e-6, atol=1e-12) else (
+        "the lower one-sided value" if np.isclose(a[first], lo[first], rtol=1e-6, atol=1e-12) else
+        "the upper one-sided value" if np.isclose(a[first], hi[first], rtol=1e-6, atol=1e-12) else
+        "a value inside the band" if in_band[first] else "a value OUTSIDE the one-sided band")
+    outside = int((kink & ~in_band).sum())
+    text = (f"{int(kink.sum())} entries sit on a kink (an input exactly at, or within rounding of, a point where the "
+            f"derivative jumps): e.g. {format_index(name, first)} has one-sided derivatives {lo[first]:.6g} and "
+            f"{hi[first]:.6g}; autograd gave {a[first]:.6g}, {side}.")
+    if outside:
+        text += f" {outside} of them lie outside their one-sided band: that is a bug, not a subgradient choice."
+    return text

@@ -1,0 +1,101 @@
+"""Matrix notation for derivatives: ``to_text`` (SymPy str style: ``a*b.T``) and ``to_latex``
+(``a b^{T}``, ``\\odot`` for Hadamard, ``X^{-T}``).
+
+Elementwise nodes print as their op (``tanh(Z)``) and derivatives with primes (``tanh'(Z)``);
+parameters that differ from the op row's defaults are shown in brackets (``leaky_relu[negative_slope=1/5](Z)``).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy import Inverse, MatAdd, Transpose
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.str import StrPrinter
+
+from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows
+
+__all__ = ["to_text", "to_latex", "TextPrinter", "MatrixLatexPrinter"]
+
+_LATEX_FUNCS = {"exp": r"\exp", "log": r"\log", "sin": r"\sin", "cos": r"\cos", "tanh": r"\tanh", "sigmoid": r"\sigma"}
+
+
+def _param_suffix(node: Elementwise, fmt) -> str:
+    defaults = node.row.params
+    shown = {k: v for k, v in node.params.items() if k not in defaults or sp.sympify(defaults[k]) != v}
+    if not shown:
+        return ""
+    return "[" + ", ".join(f"{k}={fmt(v)}" for k, v in sorted(shown.items())) + "]"
+
+
+class TextPrinter(StrPrinter):
+    """SymPy's str printer with symgrad's nodes, ``∘`` for Hadamard products, ``tr``/``det``."""
+
+    def _print_Elementwise(self, e):
+        return f"{e.name}{_param_suffix(e, self._print)}{chr(39) * e.order}({self._print(e.arg)})"
+
+    def _print_SoftmaxRows(self, e):
+        return f"softmax({self._print(e.arg)})"
+
+    def _print_LogSoftmaxRows(self, e):
+        return f"log_softmax({self._print(e.arg)})"
+
+    def _print_HadamardProduct(self, e):
+        return " ∘ ".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=False) for a in e.args)
+
+    def _print_HadamardPower(self, e):
+        return f"{self.parenthesize(e.args[0], PRECEDENCE['Atom'], strict=False)}^∘{self._print(e.args[1])}"
+
+    def _print_Trace(self, e):
+        return f"tr({self._print(e.arg)})"
+
+    def _print_Determinant(self, e):
+        return f"det({self._print(e.arg)})"
+
+
+class MatrixLatexPrinter(LatexPrinter):
+    """SymPy's LaTeX printer with ``\\odot``, ``X^{-T}`` and primes for elementwise derivatives."""
+
+    def _print_Elementwise(self, e):
+        head = _LATEX_FUNCS.get(e.name, r"\operatorname{%s}" % e.name.replace("_", r"\_"))
+        suffix = _param_suffix(e, self._print)
+        if suffix:
+            head += r"_{%s}" % suffix[1:-1]
+        return r"%s%s\left(%s\right)" % (head, "'" * e.order, self._print(e.arg))
+
+    def _print_SoftmaxRows(self, e):
+        return r"\operatorname{softmax}\left(%s\right)" % self._print(e.arg)
+
+    def _print_LogSoftmaxRows(self, e):
+        return r"\log\operatorname{softmax}\left(%s\right)" % self._print(e.arg)
+
+    def _print_HadamardProduct(self, e):
+        return r" \odot ".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=False) for a in e.args)
+
+    def _print_HadamardPower(self, e):
+        return r"%s^{\circ %s}" % (self.parenthesize(e.args[0], PRECEDENCE["Atom"], strict=True), self._print(e.args[1]))
+
+    def _print_Inverse(self, e):
+        inner = e.arg
+        if isinstance(inner, Transpose) and inner.arg.is_symbol:
+            return r"%s^{-T}" % self._print(inner.arg)
+        if inner.is_symbol:
+            return r"%s^{-1}" % self._print(inner)
+        return r"\left(%s\right)^{-1}" % self._print(inner)
+
+    def _print_Transpose(self, e):
+        if isinstance(e.arg, Inverse) and e.arg.arg.is_symbol:
+            return r"%s^{-T}" % self._print(e.arg.arg)
+        if isinstance(e.arg, (MatAdd,)) or not (e.arg.is_symbol or isinstance(e.arg, (Elementwise, SoftmaxRows, LogSoftmaxRows))):
+            return r"\left(%s\right)^{T}" % self._print(e.arg)
+        return r"%s^{T}" % self._print(e.arg)
+
+
+def to_text(expr) -> str:
+    """Matrix notation in SymPy str style: ``a*b.T``, ``X.T**(-1)``, ``tanh'(Z) ∘ G``."""
+    return TextPrinter().doprint(expr)
+
+
+def to_latex(expr) -> str:
+    """Matrix notation in LaTeX: ``a b^{T}``, ``X^{-T}``, ``\\tanh'\\left(Z\\right) \\odot G``."""
+    return MatrixLatexPrinter().doprint(expr)

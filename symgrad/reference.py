@@ -1,0 +1,30 @@
+"""The record a differentiation engine hands to the comparison stage.
+
+Both engines (the elementwise one in ``symgrad.differentiate`` and the matrix-calculus one in
+``symgrad.matrix``) produce one :class:`Reference` per differentiated input.  The comparison stage
+(``symgrad.compare``) reads nothing else from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Reference"]
+
+
+@dataclass
+class Reference:
+    """The closed-form derivative with respect to one input, evaluated."""
+
+    name: str  # input or parameter name, e.g. "layer1.weight"
+    value: np.ndarray  # closed form evaluated in float64, shaped like autograd's result
+    closed_form: str = ""  # text form for the report
+    closed_form_latex: str = ""
+    lower: np.ndarray | None = None  # one-sided derivative band where an input sits on a kink
+    upper: np.ndarray | None = None
+    kink: np.ndarray | None = None  # bool mask: entries affected by a kink
+    value_lowp: np.ndarray | None = None  # the same closed form evaluated in the checked dtype
+    verified: bool = True  # closed form cross-checked against an independent derivation
+    note: str = ""
