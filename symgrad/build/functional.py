@@ -1,0 +1,271 @@
+"""Functions of the symbolic tensor API, one name for both worlds.
+
+Every function here accepts either ``SymTensor`` or ``torch.Tensor`` arguments: on symbolic
+tensors it builds SymPy expressions, on torch tensors it calls the torch function named in the op
+table.  A symbolic forward written with them therefore *is* its own torch lowering::
+
+    def f(x, W):
+        return sg.tanh(x @ W).sum()
+
+    f(*symbolic_inputs)   # SymPy expressions, differentiated in closed form
+    f(*torch_inputs)      # the same computation in torch, run through autograd
+
+The elementwise functions are generated from ``symgrad.ops.OPS``; the rest (reductions, softmax,
+losses) are written out below, each mirroring torch's definition including its reduction modes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..errors import ShapeMismatch
+from ..ops import OPS, op
+from .tensor import SymTensor, as_symtensor
+
+__all__ = [
+    "is_torch",
+    "apply_op",
+    "sum",
+    "mean",
+    "matmul",
+    "softmax",
+    "log_softmax",
+    "maximum",
+    "minimum",
+    "mse_loss",
+    "l1_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "METHODS",
+    *OPS,
+]
+
+_builtin_sum = sum
+
+
+def is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _sym(value):
+    return sp.sympify(value) if isinstance(value, (int, float)) else value
+
+
+def apply_op(name: str, x, **params):
+    """Apply the op-table row ``name`` to a symbolic or a torch tensor."""
+    row = op(name)
+    if is_torch(x):
+        return row.torch_fn(**params)(x)
+    params = {k: _sym(v) for k, v in params.items()}
+    return as_symtensor(x).map(lambda e: row.sym(e, **params))
+
+
+def _make_elementwise(name: str):
+    row = OPS[name]
+    names = list(row.params)
+
+    def fn(x, *args, **kwargs):
+        params = dict(zip(names, args))
+        params.update({k: v for k, v in kwargs.items() if k != "inplace"})
+        return apply_op(name, x, **params)
+
+    fn.__name__ = name
+    fn.__doc__ = f"{name} from the op table ({row.torch}); parameters: {', '.join(names) or 'none'}."
+    return fn
+
+
+for _name in OPS:
+    globals()[_name] = _make_elementwise(_name)
+
+
+def gelu(x, approximate: str = "none"):  # noqa: F811 - one name, two rows
+    """``F.gelu``: the 'gelu' row, or 'gelu_tanh' for ``approximate='tanh'``."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', not {approximate!r}")
+    return apply_op("gelu" if approximate == "none" else "gelu_tanh", x)
+
+
+def clamp(x, min=None, max=None):  # noqa: A002 - torch's names
+    """``torch.clamp``; a missing bound is +-infinity."""
+    if is_torch(x):
+        import torch
+
+        return torch.clamp(x, min, max)
+    lo = -sp.oo if min is None else min
+    hi = sp.oo if max is None else max
+    return apply_op("clamp", x, min=lo, max=hi)
+
+
+def sum(x, dim=None, keepdim: bool = False):  # noqa: A001 - torch's name
+    if is_torch(x):
+        import torch
+
+        return torch.sum(x) if dim is None else torch.sum(x, dim, keepdim=keepdim)
+    return as_symtensor(x).sum(dim, keepdim)
+
+
+def mean(x, dim=None, keepdim: bool = False):
+    if is_torch(x):
+        import torch
+
+        return torch.mean(x) if dim is None else torch.mean(x, dim, keepdim=keepdim)
+    return as_symtensor(x).mean(dim, keepdim)
+
+
+def matmul(a, b):
+    if is_torch(a) and is_torch(b):
+        import torch
+
+        return torch.matmul(a, b)
+    return as_symtensor(a) @ as_symtensor(b)
+
+
+def _pairwise(a, b, torch_name: str, pick):
+    if is_torch(a) or is_torch(b):
+        import torch
+
+        return getattr(torch, torch_name)(torch.as_tensor(a), torch.as_tensor(b))
+    return as_symtensor(a)._binary(b, pick)
+
+
+def maximum(a, b):
+    """``torch.maximum``; at a tie torch splits the gradient in half, and so does this form."""
+    return _pairwise(a, b, "maximum", lambda u, v: sp.Piecewise((u, u > v), ((u + v) / 2, sp.Eq(u, v)), (v, True)))
+
+
+def minimum(a, b):
+    """``torch.minimum``; a tie splits the gradient in half, as in torch."""
+    return _pairwise(a, b, "minimum", lambda u, v: sp.Piecewise((u, u < v), ((u + v) / 2, sp.Eq(u, v)), (v, True)))
+
+
+def log_softmax(x, dim: int = -1):
+    """``x - log(sum(exp(x), dim))``."""
+    if is_torch(x):
+        import torch
+
+        return torch.log_softmax(x, dim)
+    x = as_symtensor(x)
+    return x - x.map(sp.exp).sum(dim, keepdim=True).map(sp.log)
+
+
+def softmax(x, dim: int = -1):
+    """``exp(x) / sum(exp(x), dim)``."""
+    if is_torch(x):
+        import torch
+
+        return torch.softmax(x, dim)
+    e = as_symtensor(x).map(sp.exp)
+    return e / e.sum(dim, keepdim=True)
+
+
+def _reduce(loss: SymTensor, reduction: str, fn_name: str):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"{fn_name}: reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+
+
+def _check_same_shape(a: SymTensor, b: SymTensor, fn_name: str):
+    if a.shape != b.shape:
+        raise ShapeMismatch(f"{fn_name}: input shape {a.shape} and target shape {b.shape} differ")
+
+
+def mse_loss(input, target, reduction: str = "mean"):  # noqa: A002
+    """``F.mse_loss``: mean of (input - target)**2."""
+    if is_torch(input):
+        import torch.nn.functional as F
+
+        return F.mse_loss(input, target, reduction=reduction)
+    a, b = as_symtensor(input), as_symtensor(target)
+    _check_same_shape(a, b, "mse_loss")
+    return _reduce((a - b) ** 2, reduction, "mse_loss")
+
+
+def l1_loss(input, target, reduction: str = "mean"):  # noqa: A002
+    """``F.l1_loss``: mean of |input - target| (abs from the op table: torch's abs'(0) = 0)."""
+    if is_torch(input):
+        import torch.nn.functional as F
+
+        return F.l1_loss(input, target, reduction=reduction)
+    a, b = as_symtensor(input), as_symtensor(target)
+    _check_same_shape(a, b, "l1_loss")
+    return _reduce(apply_op("abs", a - b), reduction, "l1_loss")
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction: str = "mean", pos_weight=None):  # noqa: A002
+    """``F.binary_cross_entropy_with_logits``: (1 - y) z + (1 + (p - 1) y) log(1 + exp(-z))."""
+    if is_torch(input):
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction, pos_weight=pos_weight)
+    z, y = as_symtensor(input), as_symtensor(target)
+    _check_same_shape(z, y, "binary_cross_entropy_with_logits")
+    softplus_neg = z.map(lambda e: sp.log(1 + sp.exp(-e)))
+    log_weight = 1 if pos_weight is None else 1 + (as_symtensor(pos_weight) - 1) * y
+    loss = (1 - y) * z + log_weight * softplus_neg
+    if weight is not None:
+        loss = loss * as_symtensor(weight)
+    return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
+
+
+def binary_cross_entropy(input, target, weight=None, reduction: str = "mean"):  # noqa: A002
+    """``F.binary_cross_entropy``: -(y log p + (1 - y) log(1 - p)), p in (0, 1)."""
+    if is_torch(input):
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy(input, target, weight, reduction=reduction)
+    p, y = as_symtensor(input), as_symtensor(target)
+    _check_same_shape(p, y, "binary_cross_entropy")
+    loss = -(y * p.map(sp.log) + (1 - y) * (1 - p).map(sp.log))
+    if weight is not None:
+        loss = loss * as_symtensor(weight)
+    return _reduce(loss, reduction, "binary_cross_entropy")
+
+
+def _class_indices(target) -> np.ndarray | None:
+    """Integer class indices as a numpy array, or None when the target holds probabilities."""
+    if is_torch(target):
+        target = target.detach().cpu().numpy()
+    if isinstance(target, SymTensor):
+        if all(getattr(e, "is_Integer", False) for e in target.data.ravel()):
+            return np.vectorize(int, otypes=[np.int64])(target.data) if target.data.size else np.zeros(target.shape, np.int64)
+        return None
+    arr = np.asarray(target)
+    return arr.astype(np.int64) if np.issubdtype(arr.dtype, np.integer) else None
+
+
+def cross_entropy(input, target, reduction: str = "mean"):  # noqa: A002
+    """``F.cross_entropy`` over dim 1 (or 0 for an unbatched input), class indices or probabilities."""
+    if is_torch(input):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(input, target, reduction=reduction)
+    logits = as_symtensor(input)
+    dim = 0 if logits.ndim == 1 else 1
+    logp = log_softmax(logits, dim)
+    indices = _class_indices(target)
+    if indices is None:  # class probabilities, same shape as the input
+        probs = as_symtensor(target)
+        _check_same_shape(logits, probs, "cross_entropy")
+        loss = -(probs * logp).sum(dim)
+    else:
+        expected = logits.shape[:dim] + logits.shape[dim + 1 :]
+        if indices.shape != expected:
+            raise ShapeMismatch(f"cross_entropy: class-index target of shape {indices.shape}, expected {expected}")
+        moved = np.moveaxis(logp.data, dim, -1)
+        out = np.empty(indices.shape, dtype=object)
+        for index in np.ndindex(indices.shape):
+            c = int(indices[index])
+            if not 0 <= c < moved.shape[-1]:
+                raise ValueError(f"cross_entropy: class index {c} at {index} is outside [0, {moved.shape[-1]})")
+            out[index] = -moved[index + (c,)]
+        loss = SymTensor(out)
+    return _reduce(loss, reduction, "cross_entropy")
+
+
+METHODS = frozenset(OPS) | {"softmax", "log_softmax", "clamp", "gelu"}
