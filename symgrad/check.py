@@ -97,16 +97,20 @@ def symbolic_inputs(named: Mapping[str, object]) -> dict[str, SymTensor]:
 
 
 def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object] | None) -> SymTensor:
-    """A plain SymPy expression (scalar, Matrix, Array or matrix expression) in the input symbols."""
-    mapping = {}
+    """A plain SymPy expression (scalar, Matrix, Array or matrix expression) in the input symbols.
+
+    MatrixSymbols and Symbols are matched to inputs by name; ``extra`` maps an input name to a
+    user's own Matrix/Array of symbols for it.
+    """
+    subs = {}
     for name, st in sym_inputs.items():
-        mapping[sp.Symbol(name)] = st.data.reshape(()).item() if st.ndim == 0 else None
-        mapping[sp.Symbol(name, real=True)] = mapping[sp.Symbol(name)]
-    if isinstance(expr, sp.MatrixExpr) or any(isinstance(a, sp.MatrixSymbol) for a in getattr(expr, "atoms", lambda *_: ())(sp.MatrixSymbol)):
-        subs = {}
+        if st.ndim == 0:
+            subs[sp.Symbol(name)] = sp.Symbol(str(st.item()))
+    if isinstance(expr, sp.Basic):
         for m in expr.atoms(sp.MatrixSymbol):
             if m.name not in sym_inputs:
-                raise InputError(f"the symbolic forward uses MatrixSymbol {m.name!r}, which is not an input; inputs: {', '.join(sym_inputs)}")
+                raise InputError(f"the symbolic forward uses MatrixSymbol {m.name!r}, which is not an input; "
+                                 f"inputs: {', '.join(sym_inputs)}")
             st = sym_inputs[m.name]
             shape2 = st.shape if st.ndim == 2 else (st.shape + (1,) if st.ndim == 1 else (1, 1))
             if tuple(m.shape) != shape2:
@@ -114,21 +118,22 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
             data = st.data.reshape(shape2)
             for i in range(shape2[0]):
                 for j in range(shape2[1]):
-                    subs[m[i, j]] = data[i, j]
-        explicit = expr.as_explicit() if isinstance(expr, sp.MatrixExpr) else expr
-        result = as_symtensor(explicit.xreplace(subs) if hasattr(explicit, "xreplace") else explicit)
-    else:
-        result = as_symtensor(expr)
-    subs = {k: v for k, v in mapping.items() if v is not None}
+                    subs[m[i, j]] = sp.Symbol(str(data[i, j]))
+        if isinstance(expr, sp.MatrixExpr):
+            expr = expr.as_explicit()
     for name, mat in (extra or {}).items():
         if name not in sym_inputs:
-            raise InputError(f"symbols= names {name!r}, which is not an input; inputs: {', '.join(sym_inputs)}")
-        user = np.asarray(as_symtensor(mat).data)
-        ours = sym_inputs[name].data
-        if user.size != ours.size:
-            raise ShapeMismatch(f"symbols[{name!r}] has {user.size} symbols but input {name!r} has shape {ours.shape}")
-        subs.update(dict(zip(user.ravel(), ours.ravel())))
-    return result.map(lambda e: sp.sympify(e).xreplace(subs)) if subs else result
+            raise InputError(f"symbols_map names {name!r}, which is not an input; inputs: {', '.join(sym_inputs)}")
+        user = list(sp.Array(mat).reshape(len(sp.flatten(mat))) if not isinstance(mat, sp.Symbol) else [mat])
+        ours = sym_inputs[name].data.ravel()
+        if len(user) != ours.size:
+            raise ShapeMismatch(f"symbols_map[{name!r}] has {len(user)} symbols but input {name!r} has shape {sym_inputs[name].shape}")
+        subs.update({u: sp.Symbol(str(o)) for u, o in zip(user, ours)})
+    if isinstance(expr, (sp.MatrixBase, sp.NDimArray)):
+        expr = expr.applyfunc(lambda e: sp.sympify(e).xreplace(subs)) if subs else expr
+    else:
+        expr = sp.sympify(expr).xreplace(subs) if subs else expr
+    return as_symtensor(expr)
 
 
 def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
@@ -157,8 +162,8 @@ def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
 
 
 def _check_symbols(out: SymTensor, sym_inputs: dict[str, SymTensor], wrt: list[str], from_sympy: bool):
-    known = {s for st in sym_inputs.values() for s in st.data.ravel() if isinstance(s, sp.Symbol)}
-    free = set().union(*(sp.sympify(e).free_symbols for e in out.data.ravel())) if out.numel() else set()
+    known = {str(s) for st in sym_inputs.values() for s in st.data.ravel()}
+    free = {str(s) for e in out.data.ravel() for s in e.free_symbols} if out.numel() else set()
     unknown = free - known
     if unknown:
         names = ", ".join(sorted(map(str, unknown))[:5])
@@ -166,19 +171,25 @@ def _check_symbols(out: SymTensor, sym_inputs: dict[str, SymTensor], wrt: list[s
                          "Name MatrixSymbols/Symbols after the inputs, or map them with symbols={'name': matrix}")
     if from_sympy:
         for w in wrt:
-            if not free & set(sym_inputs[w].data.ravel()):
+            if not free & {str(s) for s in sym_inputs[w].data.ravel()}:
                 raise InputError(f"input {w!r} has no symbol in the symbolic forward; name a Symbol/MatrixSymbol {w!r}, "
                                  f"pass symbols={{{w!r}: ...}}, or leave {w!r} out of wrt")
 
 
-def _closed_form_text(name: str, arr: np.ndarray, sym_inputs) -> tuple[str, str]:
+LATEX_MAX_CHARS = 400  # SymPy's conversion and LaTeX printer are slow on big forms: text only above this
+
+
+def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
+    """The closed form of the first entry, as text (and LaTeX when it is short)."""
     if arr.size == 0:
         return "", ""
-    first = sp.sympify(arr.ravel()[0])
+    first = arr.ravel()[0]
+    text = str(first)
+    latex = sp.latex(sp.sympify(first)) if len(text) <= LATEX_MAX_CHARS else ""
     if arr.size == 1:
-        return sp.sstr(first), sp.latex(first)
+        return text, latex
     where = ", ".join("0" for _ in arr.shape)
-    return f"{sp.sstr(first)}  (entry [{where}])", sp.latex(first)
+    return f"{text}  (entry [{where}])", latex
 
 
 def check(
@@ -288,32 +299,25 @@ def check(
 
     # Lower the forward and every derivative in one function (shared subexpressions computed once).
     keys = list(derivs)
-    exprs = [sp.sympify(e) for e in out.data.ravel()]
+    exprs = list(out.data.ravel())
     sizes = [out.numel()]
     for k in keys:
-        exprs += [sp.sympify(e) for e in derivs[k].ravel()]
+        exprs += list(derivs[k].ravel())
         sizes.append(derivs[k].size)
-    args = [s for n in named if named[n].is_floating_point() for s in sym_in[n].data.ravel()] + extra_args
-    values = [x for n in named if named[n].is_floating_point() for x in named[n].detach().double().cpu().numpy().ravel()]
-    values += extra_vals
-    try:
-        lowered = lower(exprs, args)
-    except Exception as err:
-        raise UnsupportedOp(f"the closed form cannot be lowered to numpy ({type(err).__name__}: {err}); "
-                            "it uses a function numpy has no counterpart for") from err
-    hi = lowered(values, dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps))
-    lowp = lowered(values, dtype=np.float32 if dtype == torch.float32 else np.float64)
+    floats = [n for n in named if named[n].is_floating_point()]
+    args = [s for n in floats for s in sym_in[n].data.ravel()] + extra_args
+    values = [x for n in floats for x in named[n].detach().double().cpu().numpy().ravel()] + extra_vals
+    hi = lower(exprs, args)(values, dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps))
 
     def split(vals):
-        flat = [np.asarray(x, dtype=np.float64) for x in np.broadcast_arrays(*vals)] if vals else []
-        flat = np.array([float(x) for x in flat]) if flat else np.zeros(0)
+        flat = np.array([float(x) for x in vals], dtype=np.float64) if vals else np.zeros(0)
         parts, start = [], 0
         for size in sizes:
             parts.append(flat[start:start + size])
             start += size
         return parts
 
-    main, low = split(hi.values), split(lowp.values)
+    main, low = split(hi.values), split(hi.values_lowp)
     band_lo = split(hi.lower) if hi.lower is not None else None
     band_hi = split(hi.upper) if hi.upper is not None else None
 
@@ -323,7 +327,7 @@ def check(
     for i, k in enumerate(keys, start=1):
         shape = derivs[k].shape
         name = k if isinstance(k, str) else f"({k[0]}, {k[1]})"
-        text, latex = _closed_form_text(name, derivs[k], sym_in)
+        text, latex = _closed_form_text(derivs[k])
         if scale != 1:
             text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
         ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape))
@@ -363,7 +367,7 @@ def _lowered_forward(out: SymTensor, sym_in: dict[str, SymTensor], dtype):
             st = sym_in[name]
             if t.is_floating_point():
                 for index in np.ndindex(st.shape):
-                    env[st.data[index]] = t[index] if index else t
+                    env[str(st.data[index])] = t[index] if index else t
         return to_torch(out.data, env, dtype)
 
     return forward

@@ -16,12 +16,15 @@ losses) are written out below, each mirroring torch's definition including its r
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+import symengine as se
 import sympy as sp
 
 from ..errors import ShapeMismatch
 from ..ops import OPS, op
-from .tensor import SymTensor, as_symtensor
+from .tensor import SymTensor, as_symtensor, to_element
 
 __all__ = [
     "is_torch",
@@ -49,8 +52,15 @@ def is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def _sym(value):
-    return sp.sympify(value) if isinstance(value, (int, float)) else value
+_SLOT = sp.Dummy("slot")
+
+
+@lru_cache(maxsize=None)
+def _template(name: str, params: tuple):
+    """The row's SymPy form at a placeholder, converted to symengine once per (op, params)."""
+    row = op(name)
+    form = row.sym(_SLOT, **{k: sp.sympify(v) for k, v in params})
+    return to_element(form), to_element(_SLOT)
 
 
 def apply_op(name: str, x, **params):
@@ -58,8 +68,12 @@ def apply_op(name: str, x, **params):
     row = op(name)
     if is_torch(x):
         return row.torch_fn(**params)(x)
-    params = {k: _sym(v) for k, v in params.items()}
-    return as_symtensor(x).map(lambda e: row.sym(e, **params))
+    unknown = set(params) - set(row.params)
+    if unknown:
+        raise TypeError(f"{name}() got unexpected parameter(s) {', '.join(sorted(unknown))}; it takes {', '.join(row.params) or 'none'}")
+    full = {**row.params, **params}
+    form, slot = _template(name, tuple(sorted(full.items())))
+    return as_symtensor(x).map(lambda e: form.xreplace({slot: e}))
 
 
 def _make_elementwise(name: str):
@@ -132,12 +146,12 @@ def _pairwise(a, b, torch_name: str, pick):
 
 def maximum(a, b):
     """``torch.maximum``; at a tie torch splits the gradient in half, and so does this form."""
-    return _pairwise(a, b, "maximum", lambda u, v: sp.Piecewise((u, u > v), ((u + v) / 2, sp.Eq(u, v)), (v, True)))
+    return _pairwise(a, b, "maximum", lambda u, v: se.Piecewise((u, u > v), ((u + v) / 2, se.Eq(u, v)), (v, True)))
 
 
 def minimum(a, b):
     """``torch.minimum``; a tie splits the gradient in half, as in torch."""
-    return _pairwise(a, b, "minimum", lambda u, v: sp.Piecewise((u, u < v), ((u + v) / 2, sp.Eq(u, v)), (v, True)))
+    return _pairwise(a, b, "minimum", lambda u, v: se.Piecewise((u, u < v), ((u + v) / 2, se.Eq(u, v)), (v, True)))
 
 
 def log_softmax(x, dim: int = -1):
@@ -147,7 +161,7 @@ def log_softmax(x, dim: int = -1):
 
         return torch.log_softmax(x, dim)
     x = as_symtensor(x)
-    return x - x.map(sp.exp).sum(dim, keepdim=True).map(sp.log)
+    return x - x.map(se.exp).sum(dim, keepdim=True).map(se.log)
 
 
 def softmax(x, dim: int = -1):
@@ -156,7 +170,7 @@ def softmax(x, dim: int = -1):
         import torch
 
         return torch.softmax(x, dim)
-    e = as_symtensor(x).map(sp.exp)
+    e = as_symtensor(x).map(se.exp)
     return e / e.sum(dim, keepdim=True)
 
 
@@ -205,7 +219,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction: str 
         return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction, pos_weight=pos_weight)
     z, y = as_symtensor(input), as_symtensor(target)
     _check_same_shape(z, y, "binary_cross_entropy_with_logits")
-    softplus_neg = z.map(lambda e: sp.log(1 + sp.exp(-e)))
+    softplus_neg = z.map(lambda e: se.log(1 + se.exp(-e)))
     log_weight = 1 if pos_weight is None else 1 + (as_symtensor(pos_weight) - 1) * y
     loss = (1 - y) * z + log_weight * softplus_neg
     if weight is not None:
@@ -221,7 +235,7 @@ def binary_cross_entropy(input, target, weight=None, reduction: str = "mean"):  
         return F.binary_cross_entropy(input, target, weight, reduction=reduction)
     p, y = as_symtensor(input), as_symtensor(target)
     _check_same_shape(p, y, "binary_cross_entropy")
-    loss = -(y * p.map(sp.log) + (1 - y) * (1 - p).map(sp.log))
+    loss = -(y * p.map(se.log) + (1 - y) * (1 - p).map(se.log))
     if weight is not None:
         loss = loss * as_symtensor(weight)
     return _reduce(loss, reduction, "binary_cross_entropy")

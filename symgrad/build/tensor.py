@@ -8,6 +8,13 @@ expression in the input symbols, so the elementwise engine can differentiate it 
 
 Input symbols are named after the input and the index, ``W[0, 2]`` (``layer1.weight[3, 2]`` for
 an imported model), so that a worst element found later reads the same as the tensor it came from.
+
+# Note [symengine elements]
+Elements are symengine expressions (SymPy's C++ core), not SymPy ones.  SymPy's ``Piecewise``
+rewrites a condition that contains another ``Piecewise`` into nested ``ITE`` terms, so a 3-layer
+relu net grows exponentially (seed 000 never finished); symengine keeps it as written, and builds
+and differentiates 100-200x faster.  SymPy objects handed in (plain SymPy forwards, the op
+table's forms) are converted; ``to_sympy()``/``sympy.sympify`` convert back for printing.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import itertools
 from typing import Iterable, Sequence
 
 import numpy as np
+import symengine as se
 import sympy as sp
 
 from ..errors import ShapeMismatch
@@ -28,19 +36,28 @@ def element_name(name: str, index: tuple[int, ...]) -> str:
     return f"{name}[{', '.join(map(str, index))}]" if index else name
 
 
-def symbols(name: str, shape: Sequence[int] = (), **assumptions) -> "SymTensor":
-    """A tensor of fresh real symbols named ``name[i, j, ...]``."""
-    assumptions.setdefault("real", True)
+def symbols(name: str, shape: Sequence[int] = ()) -> "SymTensor":
+    """A tensor of fresh symbols named ``name[i, j, ...]``."""
     shape = tuple(int(s) for s in shape)
     data = np.empty(shape, dtype=object)
     for index in itertools.product(*(range(s) for s in shape)):
-        data[index] = sp.Symbol(element_name(name, index), **assumptions)
+        data[index] = se.Symbol(element_name(name, index))
     return SymTensor(data)
 
 
-def _sum_terms(terms: Iterable) -> sp.Expr:
+def _sum_terms(terms: Iterable):
     # One Add of all terms: chaining binary + re-flattens the sum each time (quadratic).
-    return sp.Add(*terms)
+    terms = list(terms)
+    return se.Add(*terms) if terms else se.Integer(0)
+
+
+def to_element(value):
+    """A number or SymPy/symengine expression as a symengine expression."""
+    if isinstance(value, se.Basic):
+        return value
+    from ..lower.numpy import to_symengine
+
+    return to_symengine(value)
 
 
 def as_symtensor(value) -> "SymTensor":
@@ -51,12 +68,17 @@ def as_symtensor(value) -> "SymTensor":
         arr = np.array(value.tolist(), dtype=object) if value.shape != (0,) else np.empty((0,), object)
         return SymTensor(arr.reshape(value.shape))
     if isinstance(value, np.ndarray):
-        return SymTensor(np.vectorize(sp.sympify, otypes=[object])(value) if value.size else value.astype(object))
+        if value.dtype != object:
+            value = value.tolist() if value.ndim else value.item()
+            value = np.array(value, dtype=object) if isinstance(value, list) else np.array(value, dtype=object)
+        return SymTensor(np.vectorize(to_element, otypes=[object])(value) if value.size else value.astype(object))
     if isinstance(value, (list, tuple)):
         return as_symtensor(np.array(value, dtype=object))
     if type(value).__module__.startswith("torch"):
         return as_symtensor(value.detach().cpu().numpy())
-    return SymTensor(np.array(sp.sympify(value), dtype=object))
+    out = np.empty((), dtype=object)
+    out[()] = to_element(value)
+    return SymTensor(out)
 
 
 class SymTensor:
@@ -93,7 +115,7 @@ class SymTensor:
             return f"SymTensor({self.data.item()})"
         return f"SymTensor(shape={self.shape})"
 
-    def item(self) -> sp.Expr:
+    def item(self):
         if self.data.size != 1:
             raise ShapeMismatch(f"item() needs a tensor with one element, this one has shape {self.shape}")
         return self.data.reshape(()).item()
@@ -102,12 +124,13 @@ class SymTensor:
         return self.data.tolist()
 
     def to_sympy(self):
-        """A ``sympy.Matrix`` (2-d), the scalar (0-d) or a ``sympy.Array``."""
+        """A ``sympy.Matrix`` (2-d), the scalar (0-d) or a ``sympy.Array``, in SymPy objects."""
+        conv = np.vectorize(sp.sympify, otypes=[object])(self.data) if self.data.size else self.data
         if self.ndim == 0:
-            return self.item()
+            return conv.reshape(()).item()
         if self.ndim == 2:
-            return sp.Matrix(self.data.tolist())
-        return sp.Array(self.data.tolist(), self.shape)
+            return sp.Matrix(conv.tolist())
+        return sp.Array(conv.tolist(), self.shape)
 
     # -- elementwise arithmetic with broadcasting ------------------------------------------
     def _binary(self, other, fn) -> "SymTensor":
@@ -200,7 +223,7 @@ class SymTensor:
             count = self.numel()
         else:
             count = int(np.prod([self.shape[d] for d in ((dim,) if isinstance(dim, int) else dim)]))
-        return self.sum(dim, keepdim) / sp.Integer(count)
+        return self.sum(dim, keepdim) / se.Integer(count)
 
     # -- views ----------------------------------------------------------------------------
     @property

@@ -29,45 +29,26 @@ import sympy as sp
 
 from ..build.tensor import SymTensor
 from ..errors import ShapeMismatch
+from ..lower.numpy import to_symengine
 
 __all__ = ["QUANTITIES", "differentiate", "diff_all"]
 
 QUANTITIES = ("grad", "vjp", "jacobian", "jvp", "hessian")
 
 
-def _to_symengine(exprs):
-    try:
-        import symengine as se
-    except ImportError:  # pragma: no cover - symengine is a dependency
-        return None
-    try:
-        return [se.sympify(e) for e in exprs]
-    except Exception:  # a function symengine has no counterpart for
-        return None
+def diff_all(f, syms: list, backend: str = "auto") -> list:
+    """``[df/ds for s in syms]`` as symengine expressions (``sympy.sympify`` converts one back).
+
+    ``backend="sympy"`` differentiates with SymPy instead (slow; for cross-checking the fast path).
+    """
+    if backend == "sympy":
+        f_sp = sp.sympify(f)
+        return [to_symengine(sp.diff(f_sp, sp.sympify(s))) for s in syms]
+    sf = to_symengine(f)
+    return [sf.diff(to_symengine(s)) for s in syms]
 
 
-def diff_all(f: sp.Expr, syms: list[sp.Symbol], backend: str = "auto") -> list[sp.Expr]:
-    """``[df/ds for s in syms]``, through symengine where possible."""
-    if backend != "sympy":
-        converted = _to_symengine([f, *syms])
-        if converted is not None:
-            sf, *ssyms = converted
-            try:
-                return [sp.sympify(sf.diff(s)) for s in ssyms]
-            except Exception:
-                if backend == "symengine":
-                    raise
-        elif backend == "symengine":
-            raise ValueError("backend='symengine' cannot represent this expression; use backend='sympy'")
-    return [sp.diff(f, s) for s in syms]
-
-
-def _restore(expr: sp.Expr, all_syms: Mapping[str, sp.Symbol]) -> sp.Expr:
-    free = {s: all_syms[s.name] for s in expr.free_symbols if s.name in all_syms and s != all_syms[s.name]}
-    return expr.xreplace(free) if free else expr
-
-
-def _scalar(out: SymTensor, quantity: str) -> sp.Expr:
+def _scalar(out: SymTensor, quantity: str):
     if out.numel() != 1:
         raise ShapeMismatch(
             f"quantity {quantity!r} needs a scalar output, the symbolic forward returned shape {out.shape}; "
@@ -88,20 +69,18 @@ def differentiate(
     """Closed-form derivatives as object arrays, keyed by input name.
 
     ``hessian`` is keyed by ``(name_a, name_b)`` pairs; ``jvp`` has the single key ``"jvp"``.
+    The entries are symengine expressions; ``sympy.sympify(e)`` gives the SymPy form.
     ``cotangent``/``tangents`` are symbol tensors (named ``v[...]``, ``t_x[...]``) so that the
     closed form reads in terms of them; their values are bound when the forms are evaluated.
     """
     if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; expected one of {QUANTITIES}")
-    # symengine drops SymPy's assumptions: results get the original symbols back by name.
-    tensors = [out, *wrt.values(), *([cotangent] if cotangent is not None else []), *(tangents or {}).values()]
-    all_syms = {s.name: s for t in tensors for e in t.data.ravel() for s in sp.sympify(e).free_symbols}
     result: dict = {}
     if quantity in ("grad", "vjp", "hessian"):
         if quantity == "vjp":
             if cotangent is None or cotangent.shape != out.shape:
                 raise ShapeMismatch(f"vjp needs a cotangent of the output's shape {out.shape}")
-            f = sp.Add(*(c * o for c, o in zip(cotangent.data.ravel(), out.data.ravel())))
+            f = sum((to_symengine(c) * to_symengine(o) for c, o in zip(cotangent.data.ravel(), out.data.ravel())), 0)
         else:
             f = _scalar(out, quantity)
         for name, x in wrt.items():
@@ -128,7 +107,6 @@ def differentiate(
         values = []
         for o in out.data.ravel():
             grads = diff_all(o, syms, backend)
-            values.append(sp.Add(*(g * t for g, (_, t) in zip(grads, pairs))))
+            values.append(sum((g * to_symengine(t) for g, (_, t) in zip(grads, pairs)), 0))
         result["jvp"] = np.array(values, dtype=object).reshape(out.shape)
-    return {k: np.vectorize(lambda e: _restore(sp.sympify(e), all_syms), otypes=[object])(v) if v.size else v
-            for k, v in result.items()}
+    return result

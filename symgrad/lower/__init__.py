@@ -1,5 +1,5 @@
 """Stage 3, lower: closed forms to numpy (reference values) and plain SymPy forwards to torch."""
 
-from .numpy import Lowered, high_precision, lower, magnitude
+from .numpy import FUNCTIONS, Lowered, high_precision, lower, to_symengine
 
-__all__ = ["Lowered", "high_precision", "lower", "magnitude"]
+__all__ = ["FUNCTIONS", "Lowered", "high_precision", "lower", "to_symengine"]

@@ -1,29 +1,36 @@
 """Stage 3, lower: closed forms to numpy functions, with kinks made explicit.
 
-``lower(exprs, args)`` lambdifies a list of SymPy expressions once (with common-subexpression
-elimination) and returns a :class:`Lowered` that evaluates them at given input values.
+``lower(exprs, args)`` turns a list of expressions (SymPy or symengine) into one Python function
+over numpy values: common subexpressions are found by symengine's ``cse`` and the code is printed
+by ``_Printer`` below, one table entry per function (``FUNCTIONS``).  SymPy's ``lambdify`` does the
+same job but took 13 s where this takes well under one on a small MLP's gradient (its printer and
+cse are pure Python); SymPy stays the reference for *showing* closed forms.
 
 # Note [Kinks at evaluation time]
 Every relational in the expressions (the conditions of the op table's ``Piecewise`` forms:
-``x > 0`` for relu, ``x <= min_val`` for hardtanh, ...) is replaced by a boolean argument.  At
-evaluation the conditions are computed from the inputs as usual, and each relational's *gap*
-(lhs - rhs) is compared with the rounding scale of the gap: a condition whose gap is zero, or
-within ``KINK_ULPS`` units of rounding of zero in the checked dtype, is *on a kink*: in float32
-torch may see the other side of it.  For those, the expressions are evaluated twice more with the
-condition forced false and forced true, giving the one-sided derivative band ``[lower, upper]``.
-Entries whose band has width are the kink-affected ones.
+``x > 0`` for relu, ``x <= min_val`` for hardtanh, ...) is printed as a call ``_rel(k, op, a, b)``
+that records its *gap* ``a - b`` and can be forced.  ``Lowered.__call__`` evaluates everything twice,
+in high precision and in the dtype torch ran in.  A condition is *on a kink* where its gap is zero
+in high precision, or no larger than ``KINK_NOISE`` times the difference between the two
+evaluations of the gap: there, rounding in torch's dtype may put torch on the other side.  For
+those, the expressions are evaluated twice more with the condition forced false and forced true,
+giving the one-sided derivative band ``[lower, upper]``.  Entries whose band has width are the
+kink-affected ones.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
 
-__all__ = ["Lowered", "lower", "magnitude", "KINK_ULPS", "high_precision"]
+from ..errors import UnsupportedOp
 
-KINK_ULPS = 64
+__all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
+
+KINK_NOISE = 16.0
 
 
 def high_precision():
@@ -31,40 +38,155 @@ def high_precision():
     return np.longdouble if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps else np.float64
 
 
-def magnitude(expr: sp.Expr) -> sp.Expr:
-    """An expression for the scale of rounding errors in evaluating ``expr``.
+def to_symengine(expr):
+    """A SymPy (or symengine) expression as a symengine one; UnsupportedOp if it has no counterpart."""
+    import symengine as se
 
-    Sums add the magnitudes of their terms (cancellation is what makes a small result uncertain),
-    products multiply them, a function f(a) contributes |f(a)| + |f'(a)| * magnitude(a).
-    """
-    if expr.is_Number:
-        return abs(expr)
-    if expr.is_Symbol:
-        return sp.Abs(expr)
-    if expr.is_Add:
-        return sp.Add(*(magnitude(a) for a in expr.args))
-    if expr.is_Mul:
-        return sp.Mul(*(magnitude(a) for a in expr.args))
-    if expr.is_Pow and expr.exp.is_Number and expr.exp > 0:
-        return magnitude(expr.base) ** expr.exp
-    if isinstance(expr, sp.Piecewise):
-        return sp.Piecewise(*((magnitude(e), c) for e, c in expr.args))
-    if isinstance(expr, sp.Function) and len(expr.args) == 1:
-        (a,) = expr.args
-        d = sp.Dummy("d")
-        fprime = sp.diff(expr.func(d), d).subs(d, a)
-        return sp.Abs(expr) + sp.Abs(fprime) * magnitude(a)
-    return sp.Abs(expr)
+    if isinstance(expr, se.Basic):
+        return expr
+    try:
+        return se.sympify(expr)
+    except Exception as err:
+        raise UnsupportedOp(
+            f"symgrad's engine (symengine) has no counterpart for part of {sp.sstr(expr)[:80]!r} ({err}); "
+            "use functions from symgrad's op table or common SymPy functions"
+        ) from err
 
 
-def _lambdify(args, exprs):
-    # cse(order='none') is much faster than the default ordering on large expressions.
-    return sp.lambdify(args, exprs, modules="numpy", cse=lambda e: sp.cse(e, order="none"), docstring_limit=0)
+def _erf(x):
+    try:
+        from scipy.special import erf  # noqa: PLC0415 - optional, vectorised
+
+        return erf(np.asarray(x, dtype=np.float64))
+    except ImportError:
+        return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _pw(*pairs):
+    """Piecewise: the first branch whose condition holds (numpy.select with broadcasting)."""
+    out = pairs[-1][1]
+    for cond, value in reversed(pairs[:-1]):
+        out = np.where(cond, value, out)
+    return out
+
+
+def _chain(fn):
+    def apply(*args):
+        out = args[0]
+        for a in args[1:]:
+            out = fn(out, a)
+        return out
+
+    return apply
+
+
+# symengine function name -> numpy implementation (the printed code calls these by name)
+FUNCTIONS = {
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
+    "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "asinh": np.arcsinh, "acosh": np.arccosh,
+    "atanh": np.arctanh, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign,
+    "erf": _erf, "Max": _chain(np.maximum), "Min": _chain(np.minimum), "floor": np.floor, "ceiling": np.ceil,
+}
+
+_RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}
+_BOOLEANS = ("BooleanTrue", "BooleanFalse")
+_COMPARE = {"<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal}
+
+
+class _Printer:
+    """symengine expression -> Python source over numpy (see FUNCTIONS)."""
+
+    def __init__(self, names: dict):
+        self.names = names  # symbol -> variable name
+        self.n_rel = 0
+
+    def __call__(self, e) -> str:
+        kind = type(e).__name__
+        if e in self.names:
+            return self.names[e]
+        if kind == "Symbol":
+            raise UnsupportedOp(f"symbol {e} is not an input of the closed form")
+        if e.is_Number:
+            if e.is_Integer:
+                return f"({int(e)})"
+            if e.is_Rational:  # Rational, Half
+                p, q = e.get_num_den()
+                return f"({int(p)}/{int(q)})"
+            if e.is_real is False:
+                raise UnsupportedOp(f"the closed form has the complex number {e}; symgrad checks real derivatives")
+            return f"({float(e)!r})"
+        if kind == "Exp1":
+            return "_E"
+        if kind == "Pi":
+            return "_PI"
+        if kind in ("Infty", "Infinity"):
+            return "(-_INF)" if str(e).startswith("-") else "_INF"
+        if kind == "BooleanTrue":
+            return "True"
+        if kind == "BooleanFalse":
+            return "False"
+        args = e.args
+        if kind == "Add":
+            return "(" + " + ".join(self(a) for a in args) + ")"
+        if kind == "Mul":
+            return "(" + "*".join(self(a) for a in args) + ")"
+        if kind == "Pow":
+            base, ex = args
+            if type(base).__name__ == "Exp1":
+                return f"exp({self(ex)})"
+            if type(ex).__name__ == "Half":
+                return f"sqrt({self(base)})"
+            return f"({self(base)}**{self(ex)})"
+        if kind == "Piecewise":
+            pairs = [f"({self(args[i + 1])}, {self(args[i])})" for i in range(0, len(args), 2)]
+            return f"_pw({', '.join(pairs)})"
+        if kind in ("Equality", "Unequality") and any(type(a).__name__ in _BOOLEANS for a in args):
+            # cse hoists a condition into a temporary and tests Eq(temporary, True): plain logic.
+            atom = next(a for a in args if type(a).__name__ in _BOOLEANS)
+            other = args[1] if atom is args[0] else args[0]
+            negate = (type(atom).__name__ == "BooleanFalse") != (kind == "Unequality")
+            return f"np.logical_not({self(other)})" if negate else self(other)
+        if kind in _RELATIONS:
+            k = self.n_rel
+            self.n_rel += 1
+            return f"_rel({k}, {_RELATIONS[kind]!r}, {self(args[0])}, {self(args[1])})"
+        if kind in ("And", "Or"):
+            fn = "np.logical_and" if kind == "And" else "np.logical_or"
+            out = self(args[0])
+            for a in args[1:]:
+                out = f"{fn}({out}, {self(a)})"
+            return out
+        if kind == "Not":
+            return f"np.logical_not({self(args[0])})"
+        name = e.get_name() if hasattr(e, "get_name") else kind
+        if name in FUNCTIONS:
+            return f"{name}({', '.join(self(a) for a in args)})"
+        raise UnsupportedOp(
+            f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which symgrad cannot evaluate with numpy; "
+            "add it to symgrad.lower.numpy.FUNCTIONS"
+        )
+
+
+class _Context:
+    """State the printed code's ``_rel`` calls share: recorded gaps and forced conditions."""
+
+    def __init__(self, near=None, force=None):
+        self.gaps: dict[int, np.ndarray] = {}
+        self.near = near or {}
+        self.force = force
+
+    def rel(self, k, op, a, b):
+        truth = _COMPARE[op](a, b)
+        self.gaps[k] = np.asarray(a - b)
+        if self.force is not None and k in self.near:
+            truth = np.where(self.near[k], self.force, truth)
+        return truth
 
 
 @dataclass
 class Evaluation:
-    values: list  # one numpy array (or scalar) per expression
+    values: list  # one numpy value per expression, in the high precision dtype asked for
+    values_lowp: list | None = None  # the same in the checked dtype (when kink_eps is given)
     lower: list | None = None  # one-sided band where a condition sits on a kink, else None
     upper: list | None = None
     kink_conditions: list | None = None  # the relationals found on a kink, as text
@@ -73,53 +195,79 @@ class Evaluation:
 class Lowered:
     """Numpy evaluation of a fixed list of expressions (see Note [Kinks at evaluation time])."""
 
-    def __init__(self, exprs: list[sp.Expr], args: list[sp.Symbol]):
-        self.args = list(args)
-        # Element symbols are named "W[0, 1]": not identifiers.  lambdify renames such arguments in
-        # the body but not in its cse prelude (SymPy 1.14), so rename them all here first.
-        safe = {a: sp.Symbol(f"_a{i}", real=True) for i, a in enumerate(self.args)}
-        exprs = [e.xreplace(safe) for e in exprs]
-        args = list(safe.values())
-        relationals = sorted(
-            set().union(*(e.atoms(sp.core.relational.Relational) for e in exprs)) if exprs else set(), key=sp.default_sort_key
-        )
-        self.relationals = relationals
-        self.conds = [sp.Dummy(f"c{k}") for k in range(len(relationals))]
-        mapping = dict(zip(relationals, self.conds))
-        body = [e.xreplace(mapping) for e in exprs]
-        self._fn = _lambdify(args + self.conds, body)
-        if relationals:
-            gaps = [r.lhs - r.rhs for r in relationals]
-            self._gaps = _lambdify(args, gaps)
-            self._scales = _lambdify(args, [magnitude(g) for g in gaps])
-            self._truth = _lambdify(args, relationals)
+    def __init__(self, exprs: list, args: list):
+        import symengine as se
+
+        se_args = [to_symengine(a) for a in args]
+        se_exprs = [to_symengine(e) for e in exprs]
+        names = {a: f"_A[{i}]" for i, a in enumerate(se_args)}
+        # cse names its temporaries x0, x1, ...: keep them apart from inputs named so.
+        safe = {a: se.Symbol(f"_arg{i}") for i, a in enumerate(se_args)}
+        se_exprs = [e.xreplace(safe) if hasattr(e, "xreplace") else e.subs(safe) for e in se_exprs]
+        names = {safe[a]: n for a, n in names.items()}
+        reps, reduced = se.cse(se_exprs) if se_exprs else ([], [])
+        printer = _Printer(names)
+        lines = ["def _lowered(_A, _rel):"]
+        for i, (sym, value) in enumerate(reps):
+            code = printer(value)
+            names[sym] = f"_t{i}"
+            lines.append(f"    _t{i} = {code}")
+        lines.append("    return [" + ", ".join(printer(r) for r in reduced) + "]")
+        self.source = "\n".join(lines)
+        self.relationals = printer.n_rel
+        self._rel_text = self._relational_texts(reps, reduced)
+        namespace = {**FUNCTIONS, "np": np, "_pw": _pw, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
+        exec(compile(self.source, "<symgrad.lower>", "exec"), namespace)  # noqa: S102 - our own printed code
+        self._fn = namespace["_lowered"]
+        self.n = len(se_exprs)
+
+    @staticmethod
+    def _relational_texts(reps, reduced) -> list[str]:
+        texts = []
+
+        def walk(e):
+            if type(e).__name__ in _RELATIONS and not any(type(a).__name__ in _BOOLEANS for a in e.args):
+                texts.append(str(e))
+            for a in e.args:
+                walk(a)
+
+        for _, v in reps:
+            walk(v)
+        for r in reduced:
+            walk(r)
+        return texts
+
+    def _run(self, vals, ctx):
+        with np.errstate(all="ignore"):
+            return self._fn(vals, ctx.rel)
 
     def __call__(self, values: list, *, dtype=np.float64, kink_eps: float | None = None) -> Evaluation:
-        """Evaluate at ``values`` (one array per arg, cast to ``dtype``).
+        """Evaluate at ``values`` (one number or array per arg) in ``dtype``.
 
-        ``kink_eps`` is the unit roundoff of the dtype torch ran in; None skips the kink search.
+        ``kink_eps``: the unit roundoff of the dtype torch ran in; given, the expressions are also
+        evaluated in that dtype (``values_lowp``) and conditions on a kink get one-sided bands.
         """
         vals = [np.asarray(v, dtype=dtype) for v in values]
-        with np.errstate(all="ignore"):
-            if not self.relationals:
-                return Evaluation(list(self._fn(*vals)))
-            truth = [np.asarray(t, dtype=bool) for t in self._truth(*vals)]
-            out = Evaluation(list(self._fn(*vals, *truth)))
-            if kink_eps is None:
-                return out
-            gaps = self._gaps(*vals)
-            scales = self._scales(*vals)
-            near = [np.abs(np.asarray(g, dtype=np.float64)) <= KINK_ULPS * kink_eps * np.abs(np.asarray(s, dtype=np.float64))
-                    for g, s in zip(gaps, scales)]
-            if not any(np.any(n) for n in near):
-                return out
-            forced_false = [np.where(n, False, t) for n, t in zip(near, truth)]
-            forced_true = [np.where(n, True, t) for n, t in zip(near, truth)]
-            out.lower = list(self._fn(*vals, *forced_false))
-            out.upper = list(self._fn(*vals, *forced_true))
-            out.kink_conditions = [str(r) for r, n in zip(self.relationals, near) if np.any(n)]
+        ctx = _Context()
+        out = Evaluation(self._run(vals, ctx))
+        if kink_eps is None:
             return out
+        low = np.float32 if kink_eps > 1e-10 else np.float64
+        low_ctx = _Context()
+        out.values_lowp = self._run([np.asarray(v, dtype=low) for v in values], low_ctx)
+        near = {}
+        for k, gap in ctx.gaps.items():
+            lo_gap = low_ctx.gaps.get(k)
+            noise = np.abs(np.asarray(lo_gap, np.float64) - np.asarray(gap, np.float64)) if lo_gap is not None else 0.0
+            mask = (gap == 0) | (np.abs(np.asarray(gap, np.float64)) <= KINK_NOISE * noise)
+            if np.any(mask):
+                near[k] = mask
+        if near:
+            out.lower = self._run(vals, _Context(near, False))
+            out.upper = self._run(vals, _Context(near, True))
+            out.kink_conditions = [self._rel_text[k] for k in sorted(near) if k < len(self._rel_text)]
+        return out
 
 
-def lower(exprs: list[sp.Expr], args: list[sp.Symbol]) -> Lowered:
+def lower(exprs: list, args: list) -> Lowered:
     return Lowered(exprs, args)

@@ -67,7 +67,7 @@ SYMPY_TO_TORCH: dict[type, Callable] = {
 def to_torch(exprs: np.ndarray, env: Mapping[sp.Symbol, object], dtype) -> object:
     """Evaluate an object array of SymPy expressions in torch.
 
-    ``env`` maps each symbol to a 0-d torch tensor (an element of an input, still in the graph).
+    ``env`` maps each symbol's name to a 0-d torch tensor (an element of an input, still in the graph).
     """
     torch = _torch()
     memo: dict = {}
@@ -76,9 +76,9 @@ def to_torch(exprs: np.ndarray, env: Mapping[sp.Symbol, object], dtype) -> objec
         if e in memo:
             return memo[e]
         if e.is_Symbol:
-            if e not in env:
+            if e.name not in env:
                 raise UnsupportedOp(f"symbol {e} in the symbolic forward is not an element of any input")
-            r = env[e]
+            r = env[e.name]
         elif e.is_Number or e is sp.pi or e is sp.E:
             r = torch.tensor(float(e), dtype=dtype)
         elif e.is_Add:

@@ -37,7 +37,7 @@ from sympy import (
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.matrix.errors import UnsupportedOp
-from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, hadamard, hpow
+from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, hadamard, hpow, scale
 
 __all__ = ["grad", "vjp", "jvp", "hvp", "children", "normalize", "VJP_RULES", "JVP_RULES", "is_matrix"]
 
@@ -91,13 +91,13 @@ def _vjp_matmul(node, g, i):
         return _scalar_of(Trace(g.T * rest)) if rest.shape != (1, 1) else _scalar_of(g.T * rest)
     left = [a for a in args[:i] if is_matrix(a)]
     right = [a for a in args[i + 1 :] if is_matrix(a)]
-    parts = [coeff]
+    parts = []
     if left:
         parts.append(_mul(left).T)
     parts.append(g)
     if right:
         parts.append(_mul(right).T)
-    return _mul(parts)
+    return scale(coeff, _mul(parts))
 
 
 def _scalar_of(m):
@@ -129,7 +129,7 @@ def _vjp_hadamard(node, g, i):
 def _vjp_hadamard_power(node, g, i):
     """d(A^{∘p}) : Ā = p G ⊙ A^{∘(p-1)}  (p constant)."""
     base, p = node.args
-    return p * hadamard(g, hpow(base, p - 1))
+    return scale(p, hadamard(g, hpow(base, p - 1)))
 
 
 @_rule(VJP_RULES, Inverse)
@@ -229,7 +229,7 @@ def _jvp_hadamard(node, tangents):
 def _jvp_hadamard_power(node, tangents):
     """d(A^{∘p}) = p A^{∘(p-1)} ⊙ dA."""
     base, p = node.args
-    return p * hadamard(hpow(base, p - 1), tangents[0])
+    return scale(p, hadamard(hpow(base, p - 1), tangents[0]))
 
 
 @_rule(JVP_RULES, Inverse)

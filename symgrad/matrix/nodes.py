@@ -22,7 +22,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import sympy as sp
-from sympy import HadamardProduct, HadamardPower, MatMul, MatrixExpr, OneMatrix, ZeroMatrix
+from sympy import HadamardPower, HadamardProduct, Identity, MatMul, MatrixExpr, OneMatrix, ZeroMatrix
 from sympy.core.symbol import Str
 
 from symgrad.ops import OPS
@@ -38,6 +38,7 @@ __all__ = [
     "sum_all",
     "frobenius_sq",
     "split_scalar",
+    "scale",
     "scalar_function",
     "DERIVATIVE_ALIASES",
 ]
@@ -213,7 +214,7 @@ def hadamard(*factors):
             flat.extend(f.args)
         elif isinstance(f, ZeroMatrix):
             return ZeroMatrix(*f.shape)
-        elif not isinstance(f, OneMatrix):
+        elif not (isinstance(f, OneMatrix) or (isinstance(f, Identity) and f.shape == (1, 1))):
             flat.append(f)
     shape = factors[0].shape
     if not flat:
@@ -222,7 +223,20 @@ def hadamard(*factors):
         body = flat[0]
     else:
         body = HadamardProduct(*flat)
-    return body if coeff == 1 else coeff * body
+    return scale(coeff, body)
+
+
+def scale(c, M):
+    """``c M`` kept as a product (SymPy's ``c * (A - B)`` would print as ``c A - c B``)."""
+    c = sp.sympify(c)
+    if c == 1:
+        return M
+    if c == 0:
+        return ZeroMatrix(*M.shape)
+    k, rest = split_scalar(M)
+    if k != 1:
+        c, M = c * k, rest
+    return MatMul(c, *(M.args if isinstance(M, MatMul) else (M,)))
 
 
 def hpow(A, p):

@@ -8,7 +8,7 @@ parameters that differ from the op row's defaults are shown in brackets (``leaky
 from __future__ import annotations
 
 import sympy as sp
-from sympy import Inverse, MatAdd, Transpose
+from sympy import Inverse, MatAdd, MatMul, Transpose
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
@@ -28,8 +28,32 @@ def _param_suffix(node: Elementwise, fmt) -> str:
     return "[" + ", ".join(f"{k}={fmt(v)}" for k, v in sorted(shown.items())) + "]"
 
 
+def _negated(a):
+    """``-M`` -> ``M`` for a product with a negative leading number, else None (cheap: no doit)."""
+    if isinstance(a, MatMul) and a.args[0].is_Number and a.args[0] < 0:
+        rest = a.args[1:]
+        coeff = -a.args[0]
+        if coeff == 1:
+            return rest[0] if len(rest) == 1 else MatMul(*rest)
+        return MatMul(coeff, *rest)
+    return None
+
+
+def _sum_terms(printer, e) -> str:
+    """Sum terms with the negated ones last, so ``yhat - t`` rather than ``-t + yhat``."""
+    terms = sorted(((a, _negated(a)) for a in e.args), key=lambda t: t[1] is not None)
+    out = ""
+    for k, (a, neg) in enumerate(terms):
+        s = printer.parenthesize(neg if neg is not None else a, PRECEDENCE["Add"], strict=False)
+        out += (" - " if neg is not None else " + ") + s if k else ("-" if neg is not None else "") + s
+    return out
+
+
 class TextPrinter(StrPrinter):
     """SymPy's str printer with symgrad's nodes, ``∘`` for Hadamard products, ``tr``/``det``."""
+
+    def _print_MatAdd(self, e):
+        return _sum_terms(self, e)
 
     def _print_Elementwise(self, e):
         return f"{e.name}{_param_suffix(e, self._print)}{chr(39) * e.order}({self._print(e.arg)})"
@@ -56,12 +80,18 @@ class TextPrinter(StrPrinter):
 class MatrixLatexPrinter(LatexPrinter):
     """SymPy's LaTeX printer with ``\\odot``, ``X^{-T}`` and primes for elementwise derivatives."""
 
+    def _print_MatAdd(self, e):
+        return _sum_terms(self, e)
+
     def _print_Elementwise(self, e):
         head = _LATEX_FUNCS.get(e.name, r"\operatorname{%s}" % e.name.replace("_", r"\_"))
         suffix = _param_suffix(e, self._print)
         if suffix:
             head += r"_{%s}" % suffix[1:-1]
         return r"%s%s\left(%s\right)" % (head, "'" * e.order, self._print(e.arg))
+
+    def _print_OneMatrix(self, e):
+        return r"\mathbb{1}"
 
     def _print_SoftmaxRows(self, e):
         return r"\operatorname{softmax}\left(%s\right)" % self._print(e.arg)

@@ -1,0 +1,188 @@
+"""Per-sample closed forms, derived once and evaluated vectorised over the batch.
+
+See Note [Per-sample derivation] in ``symgrad/importer/batch.py`` for when this is sound (decided
+op by op there; this module trusts its caller on that).  Here one sample's output (or loss) is a
+SymPy expression in the sample's *row symbols* (``x[n, 0]``, ..., the symbol ``n`` standing for
+any sample) and in the parameters.  Its derivatives are taken once (symengine), lowered once
+(``symgrad.lower.numpy``), and evaluated with each row symbol bound to a length-N array, so the
+symbolic work does not depend on N.  The batch result is assembled from the per-sample values:
+
+=============================  ===================================================================
+quantity                        assembly
+=============================  ===================================================================
+loss = c Σ_n ℓ_n  (grad)        d/dθ = c Σ_n dℓ_n/dθ ;  d/dx_n = c dℓ_n/dx_n   (c = 1 or 1/N)
+output rows (jacobian)          J[n, o, θ] = d out_n[o]/dθ ;  J[n, o, m, r] = δ_nm d out_n[o]/dx_n[r]
+=============================  ===================================================================
+
+A vjp with cotangent v is the loss ``Σ_n <v_n, out_n>``.  Kinks keep Note [Kinks at evaluation
+time]: the one-sided values are found per sample; a sum's band is the sum of the per-sample bands.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import sympy as sp
+
+from ..build.tensor import SymTensor
+from ..lower.numpy import high_precision, lower
+from ..reference import Reference
+from ..report.report import shorten
+from .elementwise import differentiate
+
+__all__ = ["row_symbols", "per_sample_references"]
+
+
+def row_symbols(name: str, row_shape: tuple[int, ...]) -> SymTensor:
+    """One sample of input ``name``: symbols ``name[n, j, ...]`` in a tensor of shape ``(1, *row_shape)``."""
+    data = np.empty((1,) + tuple(row_shape), dtype=object)
+    for index in np.ndindex(tuple(row_shape)):
+        data[(0,) + index] = sp.Symbol(f"{name}[{', '.join(['n', *map(str, index)])}]", real=True)
+    return SymTensor(data)
+
+
+def _stack(values, n: int, dtype) -> np.ndarray:
+    """One row per expression, one column per sample."""
+    if not values:
+        return np.zeros((0, n), dtype=dtype)
+    return np.stack([np.broadcast_to(np.asarray(v, dtype=dtype), (n,)) for v in values])
+
+
+def per_sample_references(
+    out: SymTensor,
+    batched: Mapping[str, SymTensor],
+    unbatched: Mapping[str, SymTensor],
+    values: Mapping[str, np.ndarray],
+    wrt: list[str],
+    *,
+    n: int,
+    reduction: str | None,
+    dtype_is_float32: bool,
+    kink_eps: float,
+    backend: str = "auto",
+) -> tuple[Reference, list[Reference], list[str]]:
+    """References for the batch from one symbolic sample.
+
+    ``out``: one sample's loss (a scalar; ``reduction`` is "sum" or "mean" over the samples) or its
+    output rows (shape ``(1, *O)``, ``reduction=None``: the Jacobian is assembled).  ``batched``:
+    row symbols per batched input (shape ``(1, *R)``); ``unbatched``: symbols of the rest (parameters
+    included).  ``values``: real values by name (batched ones with N rows).
+    """
+    rows = reduction is None
+    quantity = "jacobian" if rows else "grad"
+    syms = {**batched, **unbatched}
+    derivs = differentiate(out, {w: syms[w] for w in wrt}, quantity, backend=backend)
+
+    exprs = [sp.sympify(e) for e in out.data.ravel()]
+    sizes = [out.numel()]
+    for w in wrt:
+        exprs += [sp.sympify(e) for e in derivs[w].ravel()]
+        sizes.append(derivs[w].size)
+    args, vals = [], []
+    for name, st in syms.items():
+        if not any(isinstance(s, sp.Symbol) for s in st.data.ravel()):
+            continue
+        v = np.asarray(values[name], dtype=np.float64)
+        if name in batched:
+            v = v.reshape(n, -1)
+            for k, s in enumerate(st.data.ravel()):
+                args.append(s)
+                vals.append(v[:, k])
+        else:
+            args += list(st.data.ravel())
+            vals += list(v.ravel())
+    lowered = lower(exprs, args)
+    hi = lowered(vals, dtype=high_precision(), kink_eps=kink_eps)
+    low_dtype = np.float32 if dtype_is_float32 else np.float64
+    lowp = lowered(vals, dtype=low_dtype)
+
+    def blocks(values_list, dtype):
+        arr = _stack(values_list, n, dtype)
+        parts, start = [], 0
+        for size in sizes:
+            parts.append(arr[start:start + size])
+            start += size
+        return parts
+
+    main, low = blocks(hi.values, high_precision()), blocks(lowp.values, low_dtype)
+    band = None
+    if hi.lower is not None:
+        lo_b, up_b = blocks(hi.lower, high_precision()), blocks(hi.upper, high_precision())
+        band = ([np.minimum(np.minimum(a, b), m) for a, b, m in zip(lo_b, up_b, main)],
+                [np.maximum(np.maximum(a, b), m) for a, b, m in zip(lo_b, up_b, main)])
+    c = 1.0 / n if reduction == "mean" else 1.0
+
+    def total(block, dtype):  # c * sum over samples, in dtype
+        return (np.sum(block.astype(dtype), axis=-1) * dtype(c)).astype(np.float64)
+
+    out_shape = (n,) + out.shape[1:] if rows else ()
+    if rows:
+        fwd = np.moveaxis(main[0].reshape(out.shape[1:] + (n,)), -1, 0).astype(np.float64)
+        fwd_low = np.moveaxis(low[0].reshape(out.shape[1:] + (n,)), -1, 0).astype(np.float64)
+    else:
+        fwd, fwd_low = total(main[0], high_precision()).reshape(()), total(low[0], low_dtype).reshape(())
+    forward = Reference("output", fwd.reshape(out_shape), "symbolic forward (one sample, evaluated for all)",
+                        value_lowp=fwd_low.reshape(out_shape))
+
+    refs = []
+    for i, w in enumerate(wrt, start=1):
+        shape = syms[w].shape
+        is_batched = w in batched
+        if rows:
+            assemble = _jacobian_rows_batched if is_batched else _jacobian_rows
+            value, value_low = (assemble(b[i], out.shape[1:], shape[1:] if is_batched else shape, n).astype(np.float64)
+                                for b in (main, low))
+            lo = up = None
+            if band is not None:
+                lo, up = (assemble(b[i], out.shape[1:], shape[1:] if is_batched else shape, n).astype(np.float64)
+                          for b in band)
+        elif is_batched:
+            shaped = lambda b, dt: (np.moveaxis(b.reshape(shape[1:] + (n,)), -1, 0) * dt(c)).astype(np.float64)  # noqa: E731
+            value, value_low = shaped(main[i], high_precision()), shaped(low[i], low_dtype)
+            lo = up = None
+            if band is not None:
+                lo, up = shaped(band[0][i], high_precision()), shaped(band[1][i], high_precision())
+        else:
+            value, value_low = total(main[i], high_precision()).reshape(shape), total(low[i], low_dtype).reshape(shape)
+            lo = up = None
+            if band is not None:
+                lo = total(band[0][i], high_precision()).reshape(shape)
+                up = total(band[1][i], high_precision()).reshape(shape)
+        text, latex = _closed_form_text(derivs[w], rows, reduction, is_batched)
+        ref = Reference(w, value, text, latex, value_lowp=value_low)
+        if lo is not None:
+            kink = (lo != up) | (lo != value) | (up != value)
+            if kink.any():
+                ref.lower, ref.upper, ref.kink = lo, up, kink
+        refs.append(ref)
+    return forward, refs, list(hi.kink_conditions or [])
+
+
+def _jacobian_rows(block, out_row, param_shape, n):
+    """``(O*P, N)`` per-sample values -> ``J[n, o, p]``."""
+    return np.moveaxis(block.reshape(tuple(out_row) + tuple(param_shape) + (n,)), -1, 0)
+
+
+def _jacobian_rows_batched(block, out_row, row_shape, n):
+    """``(O*R, N)`` per-sample values -> block-diagonal ``J[n, o, m, r] = δ_nm d out_n[o] / dx_n[r]``."""
+    per = block.reshape(tuple(out_row) + tuple(row_shape) + (n,))
+    full = np.zeros((n,) + tuple(out_row) + (n,) + tuple(row_shape), dtype=block.dtype)
+    lead = (slice(None),) * len(out_row)
+    for k in range(n):
+        full[(k,) + lead + (k,)] = per[..., k]
+    return full
+
+
+def _closed_form_text(deriv: np.ndarray, rows: bool, reduction: str | None, is_batched: bool) -> tuple[str, str]:
+    if deriv.size == 0:
+        return "", ""
+    first = sp.sympify(deriv.ravel()[0])
+    text = shorten(sp.sstr(first), 400)
+    where = "first entry; n is any sample"
+    if not rows and not is_batched:
+        prefix = "(1/N) Σ_n " if reduction == "mean" else "Σ_n "
+        text = f"{prefix}[{text}]"
+    elif not rows and reduction == "mean":
+        text = f"(1/N) [{text}]"
+    return f"{text}  ({where})", sp.latex(first)

@@ -1,0 +1,292 @@
+"""``from_module``: an ``nn.Module`` (traced with ``torch.fx``) and a loss as a matrix expression.
+
+The batch is the rows: a Linear layer is ``z = h Wᵀ + 1 bᵀ``.  Every Linear output and every
+activation output becomes a named symbol (``z1``, ``h1``, … and ``yhat`` for the model's output)
+with its definition in ``Network.defs``, so gradients print as short closed forms.  Dimensions
+are symbols (``N`` for the batch, ``d1``, ``d2``, … for the other sizes; a size of 1 stays 1):
+the same expression is evaluated at full size and cross-checked at a tiny one.
+
+A 2-D tensor ``(a, b)`` is an ``a×b`` matrix; a 1-D tensor ``(n,)`` is a ``1×n`` row (a 1-D
+parameter or input is stored as an ``n×1`` column symbol ``v`` and used as ``vᵀ``); a 0-D
+tensor is a scalar.  Anything else raises ``UnsupportedOp`` naming the fx node.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+from sympy import MatrixSymbol, OneMatrix
+
+from symgrad.matrix.errors import UnsupportedOp
+from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, hadamard, hpow, sum_all
+from symgrad.ops import OPS, resolve_torch
+
+__all__ = ["Network", "from_module", "loss_kind"]
+
+
+@dataclass
+class Network:
+    """A model and loss as a scalar matrix expression over named intermediate symbols."""
+
+    loss: sp.Basic
+    defs: dict  # MatrixSymbol -> expression, in forward order
+    params: dict  # torch parameter name -> MatrixSymbol
+    inputs: dict  # input name -> MatrixSymbol
+    values: dict  # symbol name -> float64 2-D array
+    shapes: dict  # torch name (parameter or input) -> torch shape
+    dims: dict  # dimension symbol -> int
+    delta_names: dict = field(default_factory=dict)  # var -> name of its cotangent symbol
+    legend: dict = field(default_factory=dict)  # symbol name -> torch name
+    signature: tuple = ()  # the architecture, for the once-per-architecture cross-check
+
+    def wrt(self) -> dict:
+        """Torch name -> symbol for every differentiable leaf (parameters, float inputs)."""
+        return {**self.params, **self.inputs}
+
+
+# positional parameters of the functional forms, in order
+_FUNCTIONAL_PARAMS = {
+    "leaky_relu": ["negative_slope"],
+    "softplus": ["beta", "threshold"],
+    "elu": ["alpha"],
+    "celu": ["alpha"],
+    "hardtanh": ["min_val", "max_val"],
+    "clamp": ["min", "max"],
+}
+
+
+def _exact(v):
+    """A python number as an exact SymPy number (``0.01 -> 1/100``), so prints stay readable."""
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        return sp.Integer(v)
+    if isinstance(v, float):
+        return sp.oo if v == float("inf") else sp.Rational(repr(v))
+    return sp.sympify(v)
+
+
+def _activation_functions() -> dict:
+    """Callable -> op-row name for every torch function that computes a row."""
+    import torch
+    import torch.nn.functional as F
+
+    table = {}
+    for row in OPS.values():
+        try:
+            table[resolve_torch(row.torch)] = row.name
+        except (ImportError, AttributeError):
+            continue
+        for ns in (torch, F):
+            fn = getattr(ns, row.name, None)
+            if fn is not None:
+                table.setdefault(fn, row.name)
+    table[F.gelu] = "gelu"  # approximate='tanh' picked up from kwargs
+    return table
+
+
+def _module_row(mod) -> tuple[str, dict] | None:
+    """(row name, params) for an activation module, from the rows' ``module`` field."""
+    qual = f"torch.nn.{type(mod).__name__}"
+    for row in OPS.values():
+        if row.module == qual:
+            name = row.name
+            if name == "gelu" and getattr(mod, "approximate", "none") == "tanh":
+                name = "gelu_tanh"
+            params = {k: _exact(getattr(mod, k)) for k in OPS[name].params if hasattr(mod, k)}
+            return name, params
+    return None
+
+
+@dataclass
+class _T:
+    """A traced tensor: its matrix expression and its torch shape."""
+
+    expr: sp.Basic
+    shape: tuple
+
+
+class _Builder:
+    def __init__(self, model, inputs: dict):
+        self.model = model
+        self.inputs = inputs
+        self.sizes: dict[int, sp.Basic] = {1: sp.Integer(1)}
+        self.dims: dict = {}
+        self.defs: dict = {}
+        self.values: dict = {}
+        self.params: dict = {}
+        self.input_syms: dict = {}
+        self.shapes: dict = {}
+        self.legend: dict = {}
+        self.delta_names: dict = {}
+        self.layer = 0
+        self.next_dim = 1
+        self.signature: list = []
+
+    # -- dimensions and leaves -------------------------------------------------------------
+    def dim(self, n: int, name: str | None = None):
+        """The symbol for size ``n`` (equal sizes share one symbol, so every shape equality of
+        the real model holds at the tiny cross-check size too); a size of 1 stays 1."""
+        if n not in self.sizes:
+            if name is None:
+                name = f"d{self.next_dim}"
+                self.next_dim += 1
+            sym = sp.Symbol(name, integer=True, positive=True)
+            self.sizes[n] = sym
+            self.dims[sym] = n
+        return self.sizes[n]
+
+    def leaf(self, sym_name: str, torch_name: str, tensor, kind: str) -> _T:
+        arr = tensor.detach().to(dtype=__import__("torch").float64).cpu().numpy()
+        shape = tuple(arr.shape)
+        if arr.ndim == 2:
+            sym = MatrixSymbol(sym_name, self.dim(shape[0]), self.dim(shape[1]))
+            expr, val = sym, arr
+        elif arr.ndim == 1:
+            sym = MatrixSymbol(sym_name, self.dim(shape[0]), 1)
+            expr, val = sym.T, arr.reshape(-1, 1)
+        else:
+            raise UnsupportedOp(f"matrix engine: {kind} {torch_name!r} has shape {shape}; only 1-D and 2-D tensors are supported")
+        self.values[sym_name] = val
+        self.shapes[torch_name] = shape
+        if sym_name != torch_name:
+            self.legend[sym_name] = torch_name
+        (self.params if kind == "parameter" else self.input_syms)[torch_name] = sym
+        return _T(expr, shape)
+
+    def var(self, expr, shape, kind: str, out: bool) -> _T:
+        """A named intermediate: ``z<k>`` (pre-activation), ``h<k>`` (activation) or ``yhat``."""
+        if kind == "z":
+            self.layer += 1
+        name = "yhat" if out else f"{kind}{self.layer}"
+        sym = MatrixSymbol(name, *expr.shape)
+        self.defs[sym] = expr
+        if kind == "z":
+            self.delta_names[sym] = f"delta{self.layer}"
+        return _T(sym, shape)
+
+
+def _broadcast(a: _T, b: _T) -> tuple:
+    """Bring two traced tensors to a common matrix shape (bias rows broadcast with ``1 bᵀ``)."""
+    if not getattr(a.expr, "is_Matrix", False) or not getattr(b.expr, "is_Matrix", False):
+        return a.expr, b.expr, a.shape if getattr(a.expr, "is_Matrix", False) else b.shape
+    if a.expr.shape == b.expr.shape:
+        return a.expr, b.expr, a.shape
+    if len(b.shape) <= 1 and b.expr.shape[0] == 1 and a.expr.shape[1] == b.expr.shape[1]:
+        return a.expr, OneMatrix(a.expr.shape[0], 1) * b.expr, a.shape
+    if len(a.shape) <= 1 and a.expr.shape[0] == 1 and b.expr.shape[1] == a.expr.shape[1]:
+        return OneMatrix(b.expr.shape[0], 1) * a.expr, b.expr, b.shape
+    raise UnsupportedOp(f"matrix engine: cannot broadcast shapes {a.shape} and {b.shape}")
+
+
+def _matmul(a: _T, b: _T) -> _T:
+    """torch.matmul on 1-D/2-D operands (a 1-D operand is a row)."""
+    if len(a.shape) == 2 and len(b.shape) == 2:
+        return _T(a.expr * b.expr, (a.shape[0], b.shape[1]))
+    if len(a.shape) == 1 and len(b.shape) == 2:
+        return _T(a.expr * b.expr, (b.shape[1],))
+    if len(a.shape) == 2 and len(b.shape) == 1:
+        return _T((a.expr * b.expr.T).T, (a.shape[0],))
+    if len(a.shape) == 1 and len(b.shape) == 1:
+        return _T(a.expr * b.expr.T, ())
+    raise UnsupportedOp(f"matrix engine: matmul of shapes {a.shape} and {b.shape}")
+
+
+def _numel(b: _Builder, shape) -> sp.Basic:
+    return sp.Mul(*(b.dim(n) for n in shape)) if shape else sp.Integer(1)
+
+
+def loss_kind(loss) -> tuple[str, str]:
+    """``(kind, reduction)`` of a loss given as a module, a functional or a string."""
+    if loss is None:
+        return "none", "none"
+    if isinstance(loss, str):
+        key = loss.lower().replace("-", "_")
+        kinds = {"mse": "mse", "mse_loss": "mse", "bce_with_logits": "bce_with_logits", "binary_cross_entropy_with_logits": "bce_with_logits", "cross_entropy": "cross_entropy", "ce": "cross_entropy"}
+        if key not in kinds:
+            raise UnsupportedOp(f"matrix engine: unknown loss {loss!r} (known: mse, bce_with_logits, cross_entropy)")
+        return kinds[key], "mean"
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    funcs = {F.mse_loss: "mse", F.binary_cross_entropy_with_logits: "bce_with_logits", F.cross_entropy: "cross_entropy"}
+    if loss in funcs:
+        return funcs[loss], "mean"
+    mods = {nn.MSELoss: "mse", nn.BCEWithLogitsLoss: "bce_with_logits", nn.CrossEntropyLoss: "cross_entropy"}
+    for cls, kind in mods.items():
+        if type(loss) is cls:
+            for attr, ok in (("weight", None), ("pos_weight", None)):
+                if getattr(loss, attr, None) is not ok:
+                    raise UnsupportedOp(f"matrix engine: {cls.__name__} with {attr} is not supported; use engine='elementwise'")
+            if getattr(loss, "label_smoothing", 0.0):
+                raise UnsupportedOp("matrix engine: CrossEntropyLoss with label_smoothing is not supported")
+            if loss.reduction not in ("mean", "sum"):
+                raise UnsupportedOp(f"matrix engine: reduction={loss.reduction!r} gives no scalar loss")
+            return kind, loss.reduction
+    raise UnsupportedOp(f"matrix engine: unsupported loss {loss!r} (nn.MSELoss, nn.BCEWithLogitsLoss, nn.CrossEntropyLoss, F.* or strings)")
+
+
+def _loss_expr(b: _Builder, kind: str, reduction: str, yhat: _T, target) -> sp.Basic:
+    Y = yhat.expr
+    if kind == "cross_entropy":
+        t = np.asarray(target.detach().cpu().numpy())
+        if len(yhat.shape) != 2 or t.ndim != 1 or t.dtype.kind not in "iu":
+            raise UnsupportedOp("matrix engine: cross_entropy needs (N, C) logits and (N,) class-index targets")
+        onehot = np.zeros(yhat.shape)
+        onehot[np.arange(t.size), t] = 1.0
+        Ysym = MatrixSymbol("y_onehot", *Y.shape)
+        b.values["y_onehot"] = onehot
+        c = 1 / b.dim(yhat.shape[0]) if reduction == "mean" else sp.Integer(1)
+        return -c * sum_all(hadamard(Ysym, LogSoftmaxRows(Y)))
+    tarr = target.detach().to(dtype=__import__("torch").float64).cpu().numpy()
+    if tuple(tarr.shape) != tuple(yhat.shape):
+        raise UnsupportedOp(f"matrix engine: target shape {tuple(tarr.shape)} differs from the output shape {yhat.shape}")
+    T = MatrixSymbol("t", *Y.shape)
+    if tarr.ndim not in (1, 2):
+        raise UnsupportedOp(f"matrix engine: a loss on an output of shape {yhat.shape} is not supported")
+    b.values["t"] = tarr.reshape(1, -1) if tarr.ndim == 1 else tarr
+    c = 1 / _numel(b, yhat.shape) if reduction == "mean" else sp.Integer(1)
+    if kind == "mse":
+        return c * sum_all(hpow(Y - T, 2))
+    if kind == "bce_with_logits":
+        sp_ = Elementwise("softplus", Y, {"beta": 1, "threshold": sp.oo}, 0)
+        return c * sum_all(sp_ - hadamard(T, Y))
+    raise UnsupportedOp(f"matrix engine: unknown loss kind {kind!r}")
+
+
+def from_module(model, inputs: dict, *, loss=None, target=None) -> Network:
+    """Trace ``model`` with ``torch.fx`` at ``inputs`` (``{placeholder name: tensor}``) into a
+    ``Network`` whose ``loss`` is ``loss(model(**inputs), target)`` as a matrix expression (the
+    model's own output when ``loss`` is None and that output is a scalar)."""
+    import torch.fx as fx
+
+    from symgrad.matrix.fx_rules import interpret
+
+    gm = fx.symbolic_trace(model)
+    b = _Builder(model, inputs)
+    out = interpret(b, gm)
+    kind, reduction = loss_kind(loss)
+    if kind == "none":
+        if out.shape not in ((), (1,), (1, 1)):
+            raise UnsupportedOp("matrix engine needs a scalar loss; pass loss=... or use engine='elementwise'")
+        loss_expr = out.expr
+    else:
+        if target is None:
+            raise ValueError(f"loss {kind} needs a target")
+        loss_expr = _loss_expr(b, kind, reduction, out, target)
+    b.signature.append(("loss", kind, reduction, out.shape == ()))
+    return Network(
+        loss=loss_expr,
+        defs=b.defs,
+        params=b.params,
+        inputs=b.input_syms,
+        values=b.values,
+        shapes=b.shapes,
+        dims=dict(b.dims),
+        delta_names=b.delta_names,
+        legend=b.legend,
+        signature=tuple(b.signature),
+    )

@@ -1,0 +1,392 @@
+"""Checking an ``nn.Module`` (or a plain function of tensors) imported through torch.fx.
+
+``check_module(model, inputs, loss=..., target=...)`` turns the model into a function of
+``(inputs..., parameters...)`` with ``torch.func.functional_call``; builds its symbolic twin with
+the fx importer (parameters are symbols named after the module's parameters, ``layer1.weight[3, 2]``);
+and differentiates the loss -- or, with no loss, the output: a gradient for a scalar, a Jacobian
+otherwise -- with respect to every parameter (and every input with ``requires_grad``).
+
+Engines: when the traced graph keeps samples apart (Note [Per-sample derivation]) the closed form
+is derived for one symbolic sample and evaluated over the batch; otherwise the whole batch is
+exploded through ``symgrad.check``.  ``engine='matrix'`` (or ``'auto'`` on models with more than
+``MATRIX_THRESHOLD`` parameters) asks ``symgrad.matrix.module_references`` instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import numpy as np
+
+from ..autograd.run import default_via, quantity_of, run_autograd
+from ..build.tensor import as_symtensor, symbols
+from ..compare.compare import compare
+from ..differentiate.batched import per_sample_references, row_symbols
+from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from ..importer.batch import Mixing, Reduced
+from ..importer.interpret import batch_axes, refuse_stateful, run_symbolic, trace
+from ..report.report import Report, shorten
+
+__all__ = ["check_module", "check_function", "resolve_loss", "MATRIX_THRESHOLD", "LOSSES", "ONEHOT_VIA"]
+
+MATRIX_THRESHOLD = 5000
+ONEHOT_VIA = "onehot-vjp"  # the Jacobian as N one-hot backward(v) calls (seed 004's answer)
+
+LOSSES = {
+    "mse": "mse_loss",
+    "l1": "l1_loss",
+    "bce": "binary_cross_entropy",
+    "bce_with_logits": "binary_cross_entropy_with_logits",
+    "cross_entropy": "cross_entropy",
+}
+
+
+def resolve_loss(loss) -> tuple[Callable | None, str]:
+    """``(torch callable of (output, target), label)`` for a loss given as string, module or callable."""
+    import torch.nn.functional as F
+
+    if loss is None:
+        return None, ""
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise InputError(f"loss={loss!r} is not a loss symgrad knows by name; use one of {', '.join(LOSSES)}, "
+                             "an nn loss module, an F.* loss or a callable(output, target)")
+        fn = getattr(F, LOSSES[loss])
+        return fn, LOSSES[loss]
+    if callable(loss):
+        return loss, getattr(loss, "__name__", type(loss).__name__)
+    raise InputError(f"loss must be a string, an nn loss module or a callable(output, target), not {type(loss).__name__}")
+
+
+def _is_cross_entropy(loss_fn) -> bool:
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    return loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss)
+
+
+def _trace_loss(loss_fn):
+    """The loss as an fx graph of (output, target): a module traced as root, a callable through a wrapper."""
+    import torch.nn as nn
+
+    if isinstance(loss_fn, nn.Module):
+        return trace(loss_fn)
+
+    def loss(output, target):
+        return loss_fn(output, target)
+
+    return trace(loss)
+
+
+def _forward_names(model, n: int) -> list[str]:
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:n]]
+    return names + [f"x{i}" for i in range(len(names), n)]
+
+
+def _named_inputs(model, inputs) -> dict:
+    import torch
+
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if isinstance(inputs, dict):
+        named = dict(inputs)
+    elif isinstance(inputs, (list, tuple)):
+        named = dict(zip(_forward_names(model, len(inputs)), inputs))
+    else:
+        raise InputError(f"inputs must be a tensor, a tuple of tensors or a dict {{name: tensor}}, not {type(inputs).__name__}")
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"input {name!r} is a {type(t).__name__}, not a torch.Tensor")
+    return named
+
+
+def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
+    everything = {**named, **params}
+    if wrt is None:
+        chosen = [n for n, p in params.items() if p.requires_grad]
+        chosen += [n for n, t in named.items() if t.is_floating_point() and t.requires_grad]
+        if not chosen:
+            raise InputError("nothing to differentiate: the model has no parameter with requires_grad and no input "
+                             "requires grad; pass wrt=[names]")
+        return chosen
+    wrt = [wrt] if isinstance(wrt, str) else list(wrt)
+    for w in wrt:
+        if w not in everything:
+            raise InputError(f"wrt names {w!r}, which is neither a parameter nor an input; parameters: "
+                             f"{', '.join(params)}; inputs: {', '.join(named)}")
+        if not everything[w].is_floating_point():
+            raise InputError(f"wrt names {w!r}, a {everything[w].dtype} tensor; only floating tensors have derivatives")
+    return wrt
+
+
+def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
+                 engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
+                 tangents=None) -> Report:
+    """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed form."""
+    import torch
+
+    refuse_stateful(model)
+    named = _named_inputs(model, inputs)
+    params = dict(model.named_parameters())
+    clash = set(named) & set(params)
+    if clash:
+        raise InputError(f"input name(s) {', '.join(sorted(clash))} clash with parameter names; pass inputs as a dict with other names")
+    loss_fn, loss_label = resolve_loss(loss)
+    if loss_fn is not None and target is None:
+        raise InputError("loss= needs target=: the tensor the loss compares the output with")
+    if loss_fn is None and target is not None:
+        raise InputError("target= is given without loss=; pass loss='mse' (or a loss module / callable)")
+    wrt_names = _choose_wrt(named, params, wrt)
+    everything = {**named, **params}
+    dtype = everything[wrt_names[0]].dtype
+    dtype_name = str(dtype).replace("torch.", "")
+    title = title or f"symgrad check of {type(model).__name__}" + (f" with {loss_label}" if loss_label else "")
+
+    input_names, param_names = list(named), list(params)
+
+    def torch_fn(*tensors):
+        ins = tensors[: len(input_names)]
+        ps = dict(zip(param_names, tensors[len(input_names):]))
+        out = torch.func.functional_call(model, ps, tuple(ins))
+        return loss_fn(out, target) if loss_fn is not None else out
+
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
+    n_params = sum(p.numel() for p in params.values())
+
+    if engine not in ("auto", "elementwise", "matrix"):
+        raise InputError(f"engine must be 'auto', 'elementwise' or 'matrix', not {engine!r}")
+    if engine == "matrix" or (engine == "auto" and n_params > MATRIX_THRESHOLD and symbolic is None):
+        refs = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix")
+        if refs is not None:
+            return _finish(refs, None, torch_fn, leaves, wrt_names, via, v, dtype_name, rtol, atol, title,
+                           {"engine": "matrix"})
+
+    gm = trace(model)
+    loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
+    reason = "a symbolic= forward was given" if symbolic is not None else ""
+    plan = None
+    if not reason:
+        plan, reason = _plan(gm, loss_gm, named, target, via, v, tangents, loss_fn)
+    if plan is not None:
+        try:
+            forward, refs, kinks, meta = _per_sample(gm, loss_gm, plan, named, params, target, v, wrt_names, dtype, backend)
+        except (ShapeMismatch, Mixing) as err:
+            reason = f"the one-sample forward failed ({err})"
+        else:
+            meta["via"] = plan["via"]
+            if kinks:
+                meta["kink conditions"] = ", ".join(shorten(c, 40) for c in kinks[:4])
+            return _finish(refs, forward, torch_fn, leaves, wrt_names, plan["via"], v, dtype_name, rtol, atol,
+                           title, meta)
+    return _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
+                    backend, rtol, atol, title, reason)
+
+
+def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool):
+    try:
+        from ..matrix import module_references
+    except ImportError as err:
+        if required:
+            raise UnsupportedOp(f"engine='matrix' needs symgrad.matrix.module_references, which is not available ({err})") from err
+        return None
+    try:
+        return module_references(model, named, loss=loss, target=target, wrt=wrt, dtype=dtype)
+    except (UnsupportedOp, NotImplementedError) as err:
+        if required:
+            raise UnsupportedOp(f"the matrix engine cannot handle this model: {err}. Use engine='elementwise'") from err
+        return None
+
+
+def _batch_size(named) -> int | None:
+    for t in named.values():
+        if t.dim() >= 1:
+            return int(t.shape[0])
+    return None
+
+
+def _plan(gm, loss_gm, named, target, via, v, tangents, loss_fn):
+    """How to derive once per sample, or ``(None, why not)``."""
+    n = _batch_size(named)
+    if n is None:
+        return None, "no input has a batch dimension"
+    infos = [0 if t.dim() >= 1 and t.shape[0] == n else None for t in named.values()]
+    for (name, t), info in zip(named.items(), infos):
+        if info == 0 and not t.is_floating_point():
+            return None, f"input {name!r} is an integer tensor (it cannot be a symbol)"
+    try:
+        out, info = batch_axes(gm, list(named.values()), infos)
+        if loss_gm is not None:
+            t_info = 0 if target.dim() >= 1 and target.shape[0] == n else None
+            if t_info == 0 and not target.is_floating_point() and not _is_cross_entropy(loss_fn):
+                return None, "the target is an integer tensor and the loss is not cross-entropy"
+            out, info = batch_axes(loss_gm, [out, target], [info, t_info])
+    except Mixing as err:
+        return None, f"samples may mix: {err}"
+    if not hasattr(out, "shape"):
+        return None, "the output is not a single tensor"
+    scalar = out.numel() == 1
+    via = via or default_via(scalar, v is not None)
+    if via == ONEHOT_VIA:
+        quantity = "jacobian"
+    else:
+        quantity = quantity_of(via, v is not None)
+    if isinstance(info, Reduced) and quantity == "grad":
+        return {"n": n, "reduction": info.kind, "via": via, "vjp": False}, ""
+    if info == 0 and out.dim() >= 1 and out.shape[0] == n:
+        if quantity == "jacobian":
+            return {"n": n, "reduction": None, "via": via, "vjp": False}, ""
+        if quantity == "vjp" or (quantity == "grad" and scalar):
+            return {"n": n, "reduction": "sum", "via": via, "vjp": quantity == "vjp"}, ""
+    return None, f"quantity {quantity!r} of this output is derived for the whole batch"
+
+
+def _per_sample(gm, loss_gm, plan, named, params, target, v, wrt, dtype, backend):
+    import torch
+
+    n = plan["n"]
+    batched, unbatched, values = {}, {}, {}
+    sym_args = []
+    for name, t in named.items():
+        if t.dim() >= 1 and t.shape[0] == n:
+            batched[name] = row_symbols(name, tuple(t.shape[1:]))
+            sym_args.append(batched[name])
+        else:
+            unbatched[name] = symbols(name, tuple(t.shape)) if t.is_floating_point() else as_symtensor(t)
+            sym_args.append(unbatched[name])
+        values[name] = t.detach().double().cpu().numpy()
+    sym_params = {name: symbols(name, tuple(p.shape)) for name, p in params.items()}
+    unbatched.update(sym_params)
+    values.update({name: p.detach().double().cpu().numpy() for name, p in params.items()})
+    out = run_symbolic(gm, sym_args, sym_params)
+    out = as_symtensor(out)
+    if loss_gm is not None:
+        t = target
+        if not t.is_floating_point():  # cross-entropy class indices: the same loss with one-hot probabilities
+            t = torch.nn.functional.one_hot(t.long(), out.shape[-1])
+        if t.dim() >= 1 and t.shape[0] == n:
+            sym_t = row_symbols("target", tuple(t.shape[1:]))
+            batched["target"] = sym_t
+        else:
+            sym_t = as_symtensor(t)
+        values["target"] = t.detach().double().cpu().numpy()
+        out = as_symtensor(run_symbolic(loss_gm, [out, sym_t]))
+    if plan["vjp"] or (plan["reduction"] == "sum" and loss_gm is None):
+        if plan["vjp"]:
+            cot = row_symbols("v", tuple(out.shape[1:]))
+            batched["v"] = cot
+            values["v"] = torch.as_tensor(v).detach().double().cpu().numpy().reshape((n,) + out.shape[1:])
+            out = (out * cot).sum()
+        else:
+            out = out.sum()
+    forward, refs, kinks = per_sample_references(
+        out, batched, unbatched, values, wrt, n=n, reduction=plan["reduction"],
+        dtype_is_float32=dtype == torch.float32, kink_eps=float(torch.finfo(dtype).eps), backend=backend)
+    if plan["vjp"]:
+        forward = None  # the forward of a vjp is <v, out>, not the output autograd returns
+    meta = {"engine": f"elementwise, per sample (derived once for one sample, evaluated for N = {n})"}
+    return forward, refs, kinks, meta
+
+
+def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol, title, meta) -> Report:
+    import torch
+
+    scalar_guess = forward is not None and np.asarray(forward.value).size == 1
+    via = via or default_via(scalar_guess, v is not None)
+    records = []
+    if forward is not None:
+        with torch.no_grad():
+            out_t = torch_fn(*(t.detach() for t in leaves.values()))
+        rec = compare(forward, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward", rtol=rtol, atol=atol)
+        if not rec.passed:
+            rec.note = ("the symbolic twin and the torch model disagree on the forward: the derivatives below are "
+                        "derivatives of different functions. This is an importer bug or an unsupported op.")
+        records.append(rec)
+    if via == ONEHOT_VIA:
+        actual = _onehot_jacobian(torch_fn, leaves, wrt)
+        quantity = "jacobian"
+    else:
+        actual = run_autograd(torch_fn, leaves, wrt, via, cotangent=v)
+        quantity = quantity_of(via, v is not None)
+    for ref in refs:
+        got = actual.get(ref.name)
+        if got is None:
+            raise InputError(f"autograd returned no gradient for {ref.name!r}: the model does not use it; leave it out of wrt")
+        records.append(compare(ref, got.detach().double().cpu().numpy(), dtype_name, quantity=quantity, rtol=rtol, atol=atol))
+    meta = {"dtype": dtype_name, "via": via, "quantity": quantity, **meta}
+    return Report(records, title=title, meta=meta)
+
+
+def _onehot_jacobian(torch_fn, leaves, wrt) -> dict:
+    """The Jacobian built row by row from one-hot ``backward(v)`` calls, as seed 004's answer describes."""
+    import torch
+
+    out = torch_fn(*leaves.values())
+    flat = out.reshape(-1)
+    rows = {w: [] for w in wrt}
+    for i in range(flat.numel()):
+        onehot = torch.zeros_like(flat)
+        onehot[i] = 1
+        grads = torch.autograd.grad(out, [leaves[w] for w in wrt], grad_outputs=onehot.reshape(out.shape),
+                                    retain_graph=True, allow_unused=True)
+        for w, g in zip(wrt, grads):
+            rows[w].append(torch.zeros_like(leaves[w]) if g is None else g)
+    return {w: torch.stack(rows[w]).reshape(tuple(out.shape) + tuple(leaves[w].shape)) for w in wrt}
+
+
+def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt, via, v, tangents, backend,
+             rtol, atol, title, reason) -> Report:
+    """The whole batch as one symbolic computation, through the core ``symgrad.check``."""
+    from ..check import check
+
+    names = list(leaves)
+    k = len(named)
+
+    def sym_fn(*tensors):
+        ins = list(tensors[:k])
+        ps = dict(zip(names[k:], tensors[k:]))
+        if symbolic is not None:
+            out = symbolic(ps, *ins) if not hasattr(symbolic, "symbolic_forward") else symbolic.symbolic_forward(*ins, params=ps)
+        else:
+            out = run_symbolic(gm, ins, ps)
+        if loss_gm is not None:
+            out = run_symbolic(loss_gm, [as_symtensor(out), as_symtensor(target.detach().cpu())])
+        return as_symtensor(out)
+
+    if via == ONEHOT_VIA:
+        raise InputError(f"via={ONEHOT_VIA!r} needs the per-sample engine, which this model cannot use ({reason})")
+    report = check(torch_fn, leaves, symbolic=sym_fn, wrt=wrt, via=via, v=v, tangents=tangents, backend=backend,
+                   rtol=rtol, atol=atol, title=title)
+    report.meta["engine"] = "elementwise, whole batch" + (f" ({reason})" if reason else "")
+    return report
+
+
+def check_function(fn: Callable, inputs, **kwargs) -> Report:
+    """``check_module`` for a plain function of tensors: traced with fx, no ``symbolic=`` needed."""
+    if not isinstance(inputs, dict):
+        inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        names = [p.name for p in inspect.signature(fn).parameters.values()][: len(inputs)]
+        inputs = dict(zip(names + [f"x{i}" for i in range(len(names), len(inputs))], inputs))
+    kwargs.setdefault("title", f"symgrad check of {getattr(fn, '__name__', 'function')}")
+    if kwargs.get("wrt") is None:
+        floats = [n for n, t in inputs.items() if t.is_floating_point()]
+        kwargs["wrt"] = [n for n in floats if inputs[n].requires_grad] or floats
+    return check_module(_TracedFunction(fn, list(inputs)), inputs, **kwargs)
+
+
+def _TracedFunction(fn, names):
+    """An ``nn.Module`` whose forward is ``fn`` with its positional parameters named ``names``."""
+    import torch
+
+    if not all(n.isidentifier() for n in names):
+        raise InputError(f"check_function needs input names that are Python identifiers, got {names}")
+    params = ", ".join(names)
+    namespace = {"fn": fn}
+    exec(f"def forward(self, {params}):\n    return fn({params})\n", namespace)  # named placeholders for fx
+    cls = type(f"Traced_{getattr(fn, '__name__', 'function')}", (torch.nn.Module,), {"forward": namespace["forward"]})
+    return cls()
