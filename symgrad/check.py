@@ -19,6 +19,7 @@ from .autograd.run import default_via, quantity_of, run_autograd
 from .build.tensor import SymTensor, as_symtensor, symbols
 from .compare.compare import compare
 from .differentiate.elementwise import differentiate
+from .differentiate.matrix_form import matrix_closed_form
 from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .lower.numpy import high_precision, lower
 from .reference import Reference
@@ -106,7 +107,8 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     for name, st in sym_inputs.items():
         if st.ndim == 0:
             subs[sp.Symbol(name)] = sp.Symbol(str(st.item()))
-    if isinstance(expr, sp.Basic):
+    if isinstance(expr, sp.Basic) and expr.atoms(sp.MatrixSymbol):
+        explicit = {}
         for m in expr.atoms(sp.MatrixSymbol):
             if m.name not in sym_inputs:
                 raise InputError(f"the symbolic forward uses MatrixSymbol {m.name!r}, which is not an input; "
@@ -115,10 +117,11 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
             shape2 = st.shape if st.ndim == 2 else (st.shape + (1,) if st.ndim == 1 else (1, 1))
             if tuple(m.shape) != shape2:
                 raise ShapeMismatch(f"MatrixSymbol {m.name} is {m.shape[0]}x{m.shape[1]} but input {m.name!r} has shape {st.shape}")
-            data = st.data.reshape(shape2)
-            for i in range(shape2[0]):
-                for j in range(shape2[1]):
-                    subs[m[i, j]] = sp.Symbol(str(data[i, j]))
+            entries = [sp.Symbol(str(e)) for e in st.data.ravel()]
+            explicit[m] = sp.ImmutableMatrix(shape2[0], shape2[1], entries)
+        # Explicit matrices in place of the symbols: doit() then expands products, traces,
+        # determinants and inverses entry by entry (the exact, independent derivation).
+        expr = expr.xreplace(explicit).doit()
         if isinstance(expr, sp.MatrixExpr):
             expr = expr.as_explicit()
     for name, mat in (extra or {}).items():
@@ -322,6 +325,7 @@ def check(
     band_hi = split(hi.upper) if hi.upper is not None else None
 
     scale = backward_calls if via == "backward" else 1
+    matrix_values = {n: t.detach().double().cpu().numpy().reshape(_as_2d(tuple(t.shape))) for n, t in named.items()}
     refs = []
     out_ref = Reference("output", main[0].reshape(out.shape), closed_form="symbolic forward", value_lowp=low[0].reshape(out.shape))
     for i, k in enumerate(keys, start=1):
@@ -331,6 +335,12 @@ def check(
         if scale != 1:
             text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
         ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape))
+        if from_sympy and quantity == "grad" and isinstance(k, str):
+            shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)
+            if shown is not None:
+                ref.note = shown[2]
+                if shown[0]:
+                    ref.closed_form, ref.closed_form_latex = shown[0], shown[1]
         if band_lo is not None:
             lo, up = scale * band_lo[i].reshape(shape), scale * band_hi[i].reshape(shape)
             kink = (lo != up) | (lo != ref.value) | (up != ref.value)
@@ -353,6 +363,10 @@ def check(
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _as_2d(shape: tuple) -> tuple:
+    return shape if len(shape) == 2 else (shape + (1,) if len(shape) == 1 else (1, 1) if not shape else shape)
 
 
 def _lowered_forward(out: SymTensor, sym_in: dict[str, SymTensor], dtype):
