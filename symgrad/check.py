@@ -320,21 +320,23 @@ def check(
             start += size
         return parts
 
-    main, low = split(hi.values), split(hi.values_lowp)
+    main, low, rounding = split(hi.values), split(hi.values_lowp), split(hi.magnitudes)
     band_lo = split(hi.lower) if hi.lower is not None else None
     band_hi = split(hi.upper) if hi.upper is not None else None
 
     scale = backward_calls if via == "backward" else 1
     matrix_values = {n: t.detach().double().cpu().numpy().reshape(_as_2d(tuple(t.shape))) for n, t in named.items()}
     refs = []
-    out_ref = Reference("output", main[0].reshape(out.shape), closed_form="symbolic forward", value_lowp=low[0].reshape(out.shape))
+    out_ref = Reference("output", main[0].reshape(out.shape), closed_form="symbolic forward",
+                        value_lowp=low[0].reshape(out.shape), rounding=rounding[0].reshape(out.shape))
     for i, k in enumerate(keys, start=1):
         shape = derivs[k].shape
         name = k if isinstance(k, str) else f"({k[0]}, {k[1]})"
         text, latex = _closed_form_text(derivs[k])
         if scale != 1:
             text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
-        ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape))
+        ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape),
+                        rounding=scale * rounding[i].reshape(shape))
         if from_sympy and quantity == "grad" and isinstance(k, str):
             shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)
             if shown is not None:

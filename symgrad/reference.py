@@ -26,5 +26,6 @@ class Reference:
     upper: np.ndarray | None = None
     kink: np.ndarray | None = None  # bool mask: entries affected by a kink
     value_lowp: np.ndarray | None = None  # the same closed form evaluated in the checked dtype
+    rounding: np.ndarray | None = None  # running error bound of evaluating it, in units of roundoff
     verified: bool = True  # closed form cross-checked against an independent derivation
     note: str = ""

@@ -13,8 +13,12 @@ An entry passes when ``|actual - expected| <= atol + rtol * |expected|`` where
   leaves an absolute, not a relative, error;
 * plus ``NOISE_FACTOR`` times the largest difference between the closed form evaluated in the
   checked dtype and in high precision: what correct arithmetic in that dtype gets wrong on this
-  very problem.  This is what keeps ill-conditioned float32 cases from false alarms; it comes from
-  the closed form alone, never from the code under test, so it cannot hide a bug in it.
+  very problem;
+* plus, per entry, ``ROUNDING_ULPS`` units of roundoff of the dtype times the entry's running
+  error bound (``Reference.rounding``, see ``symgrad.lower.numpy._Magnitude``): a sum of large
+  terms that cancels to nearly zero keeps the large terms' rounding error.
+These two keep ill-conditioned float32 cases from false alarms; both come from the closed form
+alone, never from the code under test, so they cannot hide a bug in it.
 
 The expected values are evaluated in numpy's extended precision where the platform has it.
 """
@@ -27,10 +31,12 @@ import numpy as np
 
 from ..reference import Reference
 
-__all__ = ["Record", "compare", "DEFAULT_RTOL", "NOISE_FACTOR", "format_index"]
+__all__ = ["Record", "compare", "DEFAULT_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "EPS", "format_index"]
 
 DEFAULT_RTOL = {"float64": 1e-7, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 NOISE_FACTOR = 8.0
+ROUNDING_ULPS = 4.0
+EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 
 def format_index(name: str, index: tuple) -> str:
@@ -144,6 +150,9 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         diff = np.where(finite, np.abs(a - e), 0.0)
         rel = np.where(finite & (diff > 0), diff / np.abs(e), 0.0)
     allowed = atol + rtol * np.abs(np.where(finite, e, 0.0))
+    if ref.rounding is not None:
+        rounding = np.asarray(ref.rounding, dtype=np.float64).reshape(e.shape)
+        allowed = allowed + ROUNDING_ULPS * EPS.get(dtype, 2.0**-52) * np.where(np.isfinite(rounding), rounding, 0.0)
     ok = diff <= allowed
 
     kink = np.zeros(e.shape, bool) if ref.kink is None else np.asarray(ref.kink, bool)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+import symengine as se
 import sympy as sp
 
 from ..build.tensor import SymTensor
@@ -38,7 +39,7 @@ def row_symbols(name: str, row_shape: tuple[int, ...]) -> SymTensor:
     """One sample of input ``name``: symbols ``name[n, j, ...]`` in a tensor of shape ``(1, *row_shape)``."""
     data = np.empty((1,) + tuple(row_shape), dtype=object)
     for index in np.ndindex(tuple(row_shape)):
-        data[(0,) + index] = sp.Symbol(f"{name}[{', '.join(['n', *map(str, index)])}]", real=True)
+        data[(0,) + index] = se.Symbol(f"{name}[{', '.join(['n', *map(str, index)])}]")
     return SymTensor(data)
 
 
@@ -74,15 +75,15 @@ def per_sample_references(
     syms = {**batched, **unbatched}
     derivs = differentiate(out, {w: syms[w] for w in wrt}, quantity, backend=backend)
 
-    exprs = [sp.sympify(e) for e in out.data.ravel()]
+    exprs = list(out.data.ravel())
     sizes = [out.numel()]
     for w in wrt:
-        exprs += [sp.sympify(e) for e in derivs[w].ravel()]
+        exprs += list(derivs[w].ravel())
         sizes.append(derivs[w].size)
     args, vals = [], []
     for name, st in syms.items():
-        if not any(isinstance(s, sp.Symbol) for s in st.data.ravel()):
-            continue
+        if not all(isinstance(s, se.Symbol) for s in st.data.ravel()) or st.numel() == 0:
+            continue  # constants (integer inputs)
         v = np.asarray(values[name], dtype=np.float64)
         if name in batched:
             v = v.reshape(n, -1)
@@ -92,10 +93,9 @@ def per_sample_references(
         else:
             args += list(st.data.ravel())
             vals += list(v.ravel())
-    lowered = lower(exprs, args)
-    hi = lowered(vals, dtype=high_precision(), kink_eps=kink_eps)
+    hp = high_precision()
     low_dtype = np.float32 if dtype_is_float32 else np.float64
-    lowp = lowered(vals, dtype=low_dtype)
+    hi = lower(exprs, args)(vals, dtype=hp, kink_eps=kink_eps)
 
     def blocks(values_list, dtype):
         arr = _stack(values_list, n, dtype)
@@ -105,10 +105,11 @@ def per_sample_references(
             start += size
         return parts
 
-    main, low = blocks(hi.values, high_precision()), blocks(lowp.values, low_dtype)
+    main, low = blocks(hi.values, hp), blocks(hi.values_lowp, low_dtype)
+    mags = blocks(hi.magnitudes, hp) if getattr(hi, "magnitudes", None) is not None else None
     band = None
     if hi.lower is not None:
-        lo_b, up_b = blocks(hi.lower, high_precision()), blocks(hi.upper, high_precision())
+        lo_b, up_b = blocks(hi.lower, hp), blocks(hi.upper, hp)
         band = ([np.minimum(np.minimum(a, b), m) for a, b, m in zip(lo_b, up_b, main)],
                 [np.maximum(np.maximum(a, b), m) for a, b, m in zip(lo_b, up_b, main)])
     c = 1.0 / n if reduction == "mean" else 1.0
@@ -116,12 +117,17 @@ def per_sample_references(
     def total(block, dtype):  # c * sum over samples, in dtype
         return (np.sum(block.astype(dtype), axis=-1) * dtype(c)).astype(np.float64)
 
+    def total_rounding(i):  # the batch sum as one more Add (the model of symgrad.lower.numpy._Magnitude)
+        return c * (np.sum(np.abs(mags[i].astype(np.float64)), axis=-1) + np.abs(np.sum(main[i].astype(np.float64), axis=-1)))
+
+    def as_rows(block, shape_after):
+        return np.moveaxis(block.reshape(tuple(shape_after) + (n,)), -1, 0).astype(np.float64)
+
     out_shape = (n,) + out.shape[1:] if rows else ()
     if rows:
-        fwd = np.moveaxis(main[0].reshape(out.shape[1:] + (n,)), -1, 0).astype(np.float64)
-        fwd_low = np.moveaxis(low[0].reshape(out.shape[1:] + (n,)), -1, 0).astype(np.float64)
+        fwd, fwd_low = as_rows(main[0], out.shape[1:]), as_rows(low[0], out.shape[1:])
     else:
-        fwd, fwd_low = total(main[0], high_precision()).reshape(()), total(low[0], low_dtype).reshape(())
+        fwd, fwd_low = total(main[0], hp).reshape(()), total(low[0], low_dtype).reshape(())
     forward = Reference("output", fwd.reshape(out_shape), "symbolic forward (one sample, evaluated for all)",
                         value_lowp=fwd_low.reshape(out_shape))
 
@@ -130,27 +136,25 @@ def per_sample_references(
         shape = syms[w].shape
         is_batched = w in batched
         if rows:
+            inner = shape[1:] if is_batched else shape
             assemble = _jacobian_rows_batched if is_batched else _jacobian_rows
-            value, value_low = (assemble(b[i], out.shape[1:], shape[1:] if is_batched else shape, n).astype(np.float64)
-                                for b in (main, low))
-            lo = up = None
-            if band is not None:
-                lo, up = (assemble(b[i], out.shape[1:], shape[1:] if is_batched else shape, n).astype(np.float64)
-                          for b in band)
+            pick = lambda b, _i=i: assemble(b[_i], out.shape[1:], inner, n).astype(np.float64)  # noqa: E731
         elif is_batched:
-            shaped = lambda b, dt: (np.moveaxis(b.reshape(shape[1:] + (n,)), -1, 0) * dt(c)).astype(np.float64)  # noqa: E731
-            value, value_low = shaped(main[i], high_precision()), shaped(low[i], low_dtype)
-            lo = up = None
-            if band is not None:
-                lo, up = shaped(band[0][i], high_precision()), shaped(band[1][i], high_precision())
+            pick = lambda b, _i=i: c * as_rows(b[_i], shape[1:])  # noqa: E731
         else:
-            value, value_low = total(main[i], high_precision()).reshape(shape), total(low[i], low_dtype).reshape(shape)
-            lo = up = None
-            if band is not None:
-                lo = total(band[0][i], high_precision()).reshape(shape)
-                up = total(band[1][i], high_precision()).reshape(shape)
+            pick = lambda b, _i=i: total(b[_i], hp).reshape(shape)  # noqa: E731
+        value = pick(main)
+        value_low = pick(low) if not (not rows and not is_batched) else total(low[i], low_dtype).reshape(shape)
+        rounding = None
+        if mags is not None:
+            rounding = total_rounding(i).reshape(shape) if (not rows and not is_batched) else np.abs(pick(mags))
+        lo = up = None
+        if band is not None:
+            lo, up = pick(band[0]), pick(band[1])
         text, latex = _closed_form_text(derivs[w], rows, reduction, is_batched)
         ref = Reference(w, value, text, latex, value_lowp=value_low)
+        if rounding is not None and hasattr(ref, "rounding"):
+            ref.rounding = rounding
         if lo is not None:
             kink = (lo != up) | (lo != value) | (up != value)
             if kink.any():
@@ -174,15 +178,18 @@ def _jacobian_rows_batched(block, out_row, row_shape, n):
     return full
 
 
+LATEX_MAX_CHARS = 400
+
+
 def _closed_form_text(deriv: np.ndarray, rows: bool, reduction: str | None, is_batched: bool) -> tuple[str, str]:
     if deriv.size == 0:
         return "", ""
-    first = sp.sympify(deriv.ravel()[0])
-    text = shorten(sp.sstr(first), 400)
-    where = "first entry; n is any sample"
+    first = deriv.ravel()[0]
+    text = str(first)
+    latex = sp.latex(sp.sympify(first)) if len(text) <= LATEX_MAX_CHARS else ""
+    text = shorten(text, 400)
     if not rows and not is_batched:
-        prefix = "(1/N) Σ_n " if reduction == "mean" else "Σ_n "
-        text = f"{prefix}[{text}]"
+        text = f"{'(1/N) ' if reduction == 'mean' else ''}Σ_n [{text}]"
     elif not rows and reduction == "mean":
         text = f"(1/N) [{text}]"
-    return f"{text}  ({where})", sp.latex(first)
+    return f"{text}  (first entry; n is any sample)", latex

@@ -20,6 +20,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import symengine as se
 import sympy as sp
 
 from ..build import functional as sgf
@@ -130,7 +131,7 @@ def _elementwise_fn(name: str):
     def fn(x, *args, **kwargs):
         params = {k: v for k, v in zip(param_names, args)}
         params.update({k: v for k, v in kwargs.items() if k in param_names})
-        params = {k: sp.sympify(v) for k, v in params.items()}
+        params = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in params.items()}
         return sgf.apply_op(name, x, **params)
 
     return fn
@@ -210,7 +211,7 @@ def _batchnorm(mod, get, x):
     extra = (1,) * (x.ndim - 2)
     mean = as_symtensor(mod.running_mean).reshape((-1,) + extra)
     var = as_symtensor(mod.running_var).reshape((-1,) + extra)
-    scale = (var + sp.Float(mod.eps)).map(lambda e: 1 / sp.sqrt(e))
+    scale = (var + float(mod.eps)).map(lambda e: 1 / se.sqrt(e))
     out = (x - mean) * scale
     if mod.affine:
         out = out * get("weight").reshape((-1,) + extra) + get("bias").reshape((-1,) + extra)

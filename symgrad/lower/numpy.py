@@ -96,8 +96,10 @@ _COMPARE = {"<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equa
 class _Printer:
     """symengine expression -> Python source over numpy (see FUNCTIONS)."""
 
-    def __init__(self, names: dict):
+    def __init__(self, names: dict, mags: dict | None = None, hooks: bool = True):
         self.names = names  # symbol -> variable name
+        self.mags = mags if mags is not None else {}  # temporary -> name of its magnitude
+        self.hooks = hooks  # False: relationals print as plain comparisons (no _rel bookkeeping)
         self.n_rel = 0
 
     def __call__(self, e) -> str:
@@ -147,6 +149,8 @@ class _Printer:
             negate = (type(atom).__name__ == "BooleanFalse") != (kind == "Unequality")
             return f"np.logical_not({self(other)})" if negate else self(other)
         if kind in _RELATIONS:
+            if not self.hooks:
+                return f"({self(args[0])} {_RELATIONS[kind]} {self(args[1])})"
             k = self.n_rel
             self.n_rel += 1
             return f"_rel({k}, {_RELATIONS[kind]!r}, {self(args[0])}, {self(args[1])})"
@@ -165,6 +169,59 @@ class _Printer:
             f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which symgrad cannot evaluate with numpy; "
             "add it to symgrad.lower.numpy.FUNCTIONS"
         )
+
+
+class _Magnitude:
+    """A running rounding-error bound of an expression, as code, in units of the unit roundoff.
+
+    Wilkinson's forward analysis: inputs and constants are exact (error 0); every operation adds its own
+    rounding, |result|, to the errors of its arguments carried through the operation's partial
+    derivatives: err(a + b) = err(a) + err(b) + |a + b|, err(a b) = |b| err(a) + |a| err(b) + |a b|,
+    err(f(a)) = |f'(a)| err(a) + |f(a)|.  Cancellation is what this catches: a sum of large terms
+    that is nearly zero keeps the large terms' error.
+    """
+
+    def __init__(self, plain: _Printer):
+        self.plain = plain  # prints values (no _rel hooks)
+
+    def __call__(self, e) -> str:
+        import symengine as se
+
+        p = self.plain
+        if e in p.mags:
+            return p.mags[e]
+        if e in p.names:  # an input: exact
+            return "0"
+        kind = type(e).__name__
+        if e.is_Number or kind in ("Exp1", "Pi"):  # constants: taken as exact, as in torch
+            return "0"
+        args = e.args
+        if kind == "Add":
+            errs = [err for err in (self(a) for a in args) if err != "0"]
+            return "(" + " + ".join(errs + [f"np.abs({p(e)})"]) + ")"
+        if kind == "Mul":
+            terms = []
+            for i, a in enumerate(args):
+                err = self(a)
+                if err != "0":
+                    terms.append(f"np.abs({p(se.Mul(*(args[:i] + args[i + 1:])))})*{err}")
+            return "(" + " + ".join(terms + [f"np.abs({p(e)})"]) + ")"
+        if kind == "Piecewise":
+            pairs = [f"({p(args[i + 1])}, {self(args[i])})" for i in range(0, len(args), 2)]
+            return f"_pw({', '.join(pairs)})"
+        if kind in _RELATIONS or kind in _BOOLEANS or kind in ("And", "Or", "Not"):
+            return "0"
+        t = se.Symbol("_error_slot")
+        terms = []
+        for i, a in enumerate(args):
+            err = self(a)
+            if err == "0":
+                continue
+            slot_args = list(args)
+            slot_args[i] = t
+            partial = e.func(*slot_args).diff(t).xreplace({t: a})
+            terms.append(f"np.abs({p(partial)})*{err}")
+        return "(" + " + ".join(terms + [f"np.abs({p(e)})"]) + ")"
 
 
 class _Context:
@@ -186,6 +243,7 @@ class _Context:
 @dataclass
 class Evaluation:
     values: list  # one numpy value per expression, in the high precision dtype asked for
+    magnitudes: list | None = None  # rounding scale of each value (class _Magnitude), with kink_eps
     values_lowp: list | None = None  # the same in the checked dtype (when kink_eps is given)
     lower: list | None = None  # one-sided band where a condition sits on a kink, else None
     upper: list | None = None
@@ -206,13 +264,22 @@ class Lowered:
         se_exprs = [e.xreplace(safe) if hasattr(e, "xreplace") else e.subs(safe) for e in se_exprs]
         names = {safe[a]: n for a, n in names.items()}
         reps, reduced = se.cse(se_exprs) if se_exprs else ([], [])
-        printer = _Printer(names)
-        lines = ["def _lowered(_A, _rel):"]
+        mags: dict = {}
+        printer = _Printer(names, mags)
+        magnitude = _Magnitude(_Printer(names, mags, hooks=False))
+        lines = ["def _lowered(_A, _rel, _with_magnitudes):"]
+        mag_lines = []
         for i, (sym, value) in enumerate(reps):
             code = printer(value)
+            mag_lines.append(f"    _m{i} = {magnitude(value)}")
             names[sym] = f"_t{i}"
+            mags[sym] = f"_m{i}"
             lines.append(f"    _t{i} = {code}")
-        lines.append("    return [" + ", ".join(printer(r) for r in reduced) + "]")
+        lines.append("    _values = [" + ", ".join(printer(r) for r in reduced) + "]")
+        lines.append("    if not _with_magnitudes:")
+        lines.append("        return _values, None")
+        lines += mag_lines
+        lines.append("    return _values, [" + ", ".join(magnitude(r) for r in reduced) + "]")
         self.source = "\n".join(lines)
         self.relationals = printer.n_rel
         self._rel_text = self._relational_texts(reps, reduced)
@@ -237,9 +304,10 @@ class Lowered:
             walk(r)
         return texts
 
-    def _run(self, vals, ctx):
+    def _run(self, vals, ctx, magnitudes: bool = False):
         with np.errstate(all="ignore"):
-            return self._fn(vals, ctx.rel)
+            values, mags = self._fn(vals, ctx.rel, magnitudes)
+        return (values, mags) if magnitudes else values
 
     def __call__(self, values: list, *, dtype=np.float64, kink_eps: float | None = None) -> Evaluation:
         """Evaluate at ``values`` (one number or array per arg) in ``dtype``.
@@ -249,9 +317,9 @@ class Lowered:
         """
         vals = [np.asarray(v, dtype=dtype) for v in values]
         ctx = _Context()
-        out = Evaluation(self._run(vals, ctx))
         if kink_eps is None:
-            return out
+            return Evaluation(self._run(vals, ctx))
+        out = Evaluation(*self._run(vals, ctx, magnitudes=True))
         low = np.float32 if kink_eps > 1e-10 else np.float64
         low_ctx = _Context()
         out.values_lowp = self._run([np.asarray(v, dtype=low) for v in values], low_ctx)

@@ -64,11 +64,21 @@ def bind_dims(symbols, values: dict) -> dict:
     return dims
 
 
+def _erf_module() -> dict:
+    """numpy has no erf: scipy's if installed, else math.erf vectorised."""
+    try:
+        from scipy.special import erf
+    except ImportError:  # pragma: no cover - depends on the environment
+        import math
+
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+    return {"erf": erf}
+
+
 @lru_cache(maxsize=None)
 def _numpy_fn(name, params, order):
     x = sp.Dummy("x", real=True)
-    fn = sp.lambdify(x, scalar_function(name, params, order)(x), "numpy")
-    return fn
+    return sp.lambdify(x, scalar_function(name, params, order)(x), [_erf_module(), "numpy"])
 
 
 @lru_cache(maxsize=None)
