@@ -139,6 +139,18 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     return as_symtensor(expr)
 
 
+def _sympy_view(st: SymTensor):
+    """An input's symbols as SymPy sees them: a scalar, a column Matrix (1-d), a Matrix or an Array."""
+    conv = [sp.Symbol(str(e)) if getattr(e, "is_Symbol", False) else sp.sympify(e) for e in st.data.ravel()]
+    if st.ndim == 0:
+        return conv[0]
+    if st.ndim == 1:
+        return sp.Matrix(st.shape[0], 1, conv)
+    if st.ndim == 2:
+        return sp.Matrix(st.shape[0], st.shape[1], conv)
+    return sp.Array(conv, st.shape)
+
+
 def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
     if symbolic is None:
         symbolic = fn
@@ -146,15 +158,24 @@ def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
         return _explode(symbolic, sym_inputs, symbols_map)
     if not callable(symbolic):
         raise InputError(f"symbolic must be a callable or a SymPy expression, not {type(symbolic).__name__}")
-    try:
-        out = symbolic(*sym_inputs.values())
-    except (SymgradError, ValueError) as err:
-        raise type(err)(f"the symbolic forward failed: {err}") from err
-    except Exception as err:
+    # First on SymTensors (sg.* functions, operators); then, for forwards written with SymPy
+    # functions (X.applyfunc(sympy.tanh), sympy.exp(x)), on SymPy matrices of the same symbols.
+    attempts = (("symbolic tensors", lambda: list(sym_inputs.values())),
+                ("SymPy matrices", lambda: [_sympy_view(st) for st in sym_inputs.values()]))
+    errors = []
+    for label, make_args in attempts:
+        try:
+            out = symbolic(*make_args())
+            break
+        except SymgradError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported below with every attempt's error
+            errors.append(f"on {label}: {type(err).__name__}: {err}")
+    else:
         raise UnsupportedOp(
-            f"the symbolic forward could not run on symbolic tensors ({type(err).__name__}: {err}). "
-            "Write it with symgrad's functions (sg.tanh, sg.sum, sg.mse_loss, ...) or SymPy, or pass symbolic=..."
-        ) from err
+            "the symbolic forward could not run (" + "; ".join(errors) + "). Write it with symgrad's functions "
+            "(sg.tanh, sg.sum, sg.mse_loss, ...) or SymPy, or pass symbolic=..."
+        )
     if isinstance(out, (sp.Basic, sp.MatrixBase, sp.NDimArray)) and not isinstance(out, SymTensor):
         return _explode(out, sym_inputs, symbols_map)
     if isinstance(out, SymTensor):
@@ -256,6 +277,8 @@ def check(
         out_t = torch_fn(*(t.detach() for t in leaves.values()))
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor")
+    if tuple(out_t.shape) != out.shape and _same_but_unit_dims(tuple(out_t.shape), out.shape):
+        out = out.reshape(tuple(out_t.shape))  # SymPy has no 1-d matrices: (n, 1) stands for (n,)
     if tuple(out_t.shape) != out.shape:
         raise ShapeMismatch(f"the torch function returns shape {tuple(out_t.shape)} but the symbolic forward returns "
                             f"{out.shape}; they must compute the same thing")
@@ -365,6 +388,10 @@ def check(
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _same_but_unit_dims(a: tuple, b: tuple) -> bool:
+    return tuple(d for d in a if d != 1) == tuple(d for d in b if d != 1)
 
 
 def _as_2d(shape: tuple) -> tuple:

@@ -21,6 +21,7 @@ kink-affected ones.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,9 +261,10 @@ class Lowered:
         se_exprs = [to_symengine(e) for e in exprs]
         names = {a: f"_A[{i}]" for i, a in enumerate(se_args)}
         # cse names its temporaries x0, x1, ...: keep them apart from inputs named so.
-        safe = {a: se.Symbol(f"_arg{i}") for i, a in enumerate(se_args)}
-        se_exprs = [e.xreplace(safe) if hasattr(e, "xreplace") else e.subs(safe) for e in se_exprs]
-        names = {safe[a]: n for a, n in names.items()}
+        clash = {a: se.Symbol(f"_arg{i}") for i, a in enumerate(se_args) if re.fullmatch(r"x\d+", str(a))}
+        if clash:
+            se_exprs = [e.xreplace(clash) for e in se_exprs]
+            names = {clash.get(a, a): n for a, n in names.items()}
         reps, reduced = se.cse(se_exprs) if se_exprs else ([], [])
         mags: dict = {}
         printer = _Printer(names, mags)
