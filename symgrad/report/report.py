@@ -37,6 +37,7 @@ class Report:
     records: list[Record]
     title: str = "symgrad check"
     meta: dict = field(default_factory=dict)
+    parts: list["Report"] = field(default_factory=list)  # a combined report's checks, one section each
 
     @property
     def passed(self) -> bool:
@@ -83,6 +84,8 @@ class Report:
         return [r.message() for r in self.records if not r.passed or r.kinks or not r.verified or r.note]
 
     def to_text(self) -> str:
+        if self.parts:
+            return "\n\n".join([self.summary()] + [p.to_text() for p in self.parts])
         parts = [self.summary(), "", self._table("simple")]
         if self.details():
             parts += ["", *self.details()]
@@ -91,6 +94,9 @@ class Report:
     __str__ = to_text
 
     def to_markdown(self) -> str:
+        if self.parts:
+            head = f"## {self.title}\n\n**{'PASS' if self.passed else 'FAIL'}** — {self.summary()}\n\n"
+            return head + "\n".join(p.to_markdown().replace("\n### ", "\n#### ").replace("## ", "### ", 1) for p in self.parts)
         parts = [f"## {self.title}", "", f"**{'PASS' if self.passed else 'FAIL'}** — {self.summary()}", ""]
         parts += [f"- {k}: {v}" for k, v in self.meta.items()]
         parts += ["", self._table("github"), "", "### Closed forms", ""]
@@ -104,12 +110,17 @@ class Report:
         return "\n".join(parts) + "\n"
 
     def to_html(self) -> str:
+        if self.parts:
+            return (f"<section class='symgrad-report'><h2>{html.escape(self.title)}</h2>"
+                    f"<p><b>{'PASS' if self.passed else 'FAIL'}</b></p>{''.join(p.to_html() for p in self.parts)}</section>")
         details = "".join(f"<pre>{html.escape(d)}</pre>" for d in self.details())
         return (f"<section class='symgrad-report'><h2>{html.escape(self.title)}</h2>"
                 f"<p><b>{'PASS' if self.passed else 'FAIL'}</b> — {html.escape(self.summary())}</p>"
                 f"{self._table('html')}{details}</section>")
 
     def to_dict(self) -> dict:
+        if self.parts:
+            return {"title": self.title, "passed": self.passed, "checks": [p.to_dict() for p in self.parts]}
         return {
             "title": self.title,
             "passed": self.passed,
@@ -148,8 +159,8 @@ class Report:
 
 
 def combine(reports: list[Report], title: str) -> Report:
-    """One report from several (examples that run more than one check)."""
+    """One report from several checks (examples that run more than one); each renders as a section."""
     if not reports:
         raise SymgradError("combine() needs at least one report")
     records = [r for rep in reports for r in rep.records]
-    return Report(records, title=title)
+    return Report(records, title=title, parts=list(reports))
