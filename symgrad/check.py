@@ -192,12 +192,12 @@ def _check_symbols(out: SymTensor, sym_inputs: dict[str, SymTensor], wrt: list[s
     if unknown:
         names = ", ".join(sorted(map(str, unknown))[:5])
         raise InputError(f"the symbolic forward uses symbols that belong to no input: {names}. "
-                         "Name MatrixSymbols/Symbols after the inputs, or map them with symbols={'name': matrix}")
+                         "Name MatrixSymbols/Symbols after the inputs, or map them with symbols_map={'name': matrix}")
     if from_sympy:
         for w in wrt:
             if not free & {str(s) for s in sym_inputs[w].data.ravel()}:
                 raise InputError(f"input {w!r} has no symbol in the symbolic forward; name a Symbol/MatrixSymbol {w!r}, "
-                                 f"pass symbols={{{w!r}: ...}}, or leave {w!r} out of wrt")
+                                 f"pass symbols_map={{{w!r}: ...}}, or leave {w!r} out of wrt")
 
 
 LATEX_MAX_CHARS = 400  # SymPy's conversion and LaTeX printer are slow on big forms: text only above this

@@ -21,8 +21,8 @@ itself on the branch that torch's backward uses there: relu is ``x if x > 0 else
 derivative at 0 is 0, as ``torch.relu``'s is.  SymPy's own ``Heaviside(0)`` is 1/2 and
 ``Max(x, 0).diff(x)`` is ``Heaviside(x)``: we never build relu from ``Max``.  The comparison
 stage flags inputs that sit on (or, in float32, within rounding of) a kink and reports both
-one-sided derivatives there instead of calling a subgradient choice a bug; see
-``symgrad/compare/kinks.py``.
+one-sided derivatives there instead of calling a subgradient choice a bug; see Note [Kinks at
+evaluation time] in ``symgrad/lower/numpy.py``.
 """
 
 from __future__ import annotations

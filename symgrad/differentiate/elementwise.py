@@ -2,10 +2,10 @@
 
 Every output element is a SymPy expression in the input symbols; the derivatives here are plain
 ``d expr / d symbol``, which SymPy gets right for scalar functions (unlike its matrix calculus, see
-``../shared/research``).  The differentiation itself runs in symengine, SymPy's C++ core, when every
-function in the expression is one symengine knows: it is 100-200x faster on Jacobians of networks
-(an [n, n, 1] tanh MLP at n=32: 0.6 s instead of > 120 s).  Results come back as SymPy expressions,
-which stay the reference for printing and lowering.  ``backend="sympy"`` forces SymPy throughout.
+``../shared/research``).  The differentiation runs in symengine, SymPy's C++ core: it is 100-200x
+faster on Jacobians of networks (an [n, n, 1] tanh MLP at n=32: 0.6 s instead of > 120 s).  Results
+are symengine expressions; ``sympy.sympify`` turns one into SymPy for printing.  ``backend="sympy"``
+differentiates with SymPy instead, to cross-check the fast path.
 
 The quantities (what torch computes for each way of running autograd):
 
@@ -42,8 +42,12 @@ def diff_all(f, syms: list, backend: str = "auto") -> list:
     ``backend="sympy"`` differentiates with SymPy instead (slow; for cross-checking the fast path).
     """
     if backend == "sympy":
+        # SymPy differentiates real symbols (Abs of a complex symbol has no plain derivative).
         f_sp = sp.sympify(f)
-        return [to_symengine(sp.diff(f_sp, sp.sympify(s))) for s in syms]
+        real = {s: sp.Symbol(s.name, real=True) for s in f_sp.free_symbols}
+        f_sp = f_sp.xreplace(real)
+        back = {r: s for s, r in real.items()}
+        return [to_symengine(sp.diff(f_sp, sp.Symbol(str(s), real=True)).xreplace(back)) for s in syms]
     sf = to_symengine(f)
     return [sf.diff(to_symengine(s)) for s in syms]
 

@@ -60,6 +60,12 @@ def trace(fn: Callable):
     try:
         graph = _Tracer().trace(fn)
     except Exception as err:
+        if "not installed as a submodule" in str(err):
+            raise UnsupportedOp(
+                f"{getattr(fn, '__name__', type(fn).__name__)} calls an nn.Module that is not one of its submodules, "
+                "which torch.fx cannot trace: check the module itself (symgrad.check(model, ...)), or make it an "
+                "attribute of an nn.Module whose forward does the rest"
+            ) from err
         raise UnsupportedOp(
             f"torch.fx cannot trace {getattr(fn, '__name__', type(fn).__name__)} ({type(err).__name__}: {err}). "
             "Data-dependent Python control flow (if/for on tensor values) cannot be traced: rewrite it with "
@@ -156,6 +162,19 @@ def run_symbolic(gm, args, params: Mapping[str, SymTensor] | None = None):
     raise UnsupportedOp("the traced graph has no output")  # pragma: no cover
 
 
+def _infos(value, info):
+    """Batch infos in the shape of an fx argument: a node's info, ``None`` for every literal."""
+    fx = _fx()
+    if isinstance(value, fx.Node):
+        return info[value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_infos(v, info) for v in value) if not hasattr(value, "_fields") else tuple(
+            _infos(v, info) for v in value)
+    if isinstance(value, dict):
+        return {k: _infos(v, info) for k, v in value.items()}
+    return None
+
+
 def batch_axes(gm, args, infos) -> tuple[object, object]:
     """Run the graph in torch on ``args`` and propagate batch infos; returns ``(output, its info)``.
 
@@ -176,10 +195,10 @@ def batch_axes(gm, args, infos) -> tuple[object, object]:
             continue
         if node.op == "output":
             out = fx.node.map_arg(node.args[0], lambda n: env[n])
-            out_info = fx.node.map_arg(node.args[0], lambda n: info[n])
+            out_info = _infos(node.args[0], info)
             return out, out_info
         a, kw = fx.node.map_arg(node.args, lambda n: env[n]), fx.node.map_arg(node.kwargs, lambda n: env[n])
-        ia, ikw = fx.node.map_arg(node.args, lambda n: info[n]), fx.node.map_arg(node.kwargs, lambda n: info[n])
+        ia, ikw = _infos(node.args, info), _infos(node.kwargs, info)
         rule, mod = _rule_for(gm, node, modules)
         if node.op == "call_module":
             value = mod(*a, **kw)

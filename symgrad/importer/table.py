@@ -142,7 +142,16 @@ def _gelu(x, approximate="none"):
 
 
 def _clamp(x, min=None, max=None):  # noqa: A002
-    return sgf.clamp(x, min, max)
+    """``torch.clamp``: the op table's 'clamp' row; a missing bound is dropped from its Piecewise
+    (same conditions, so the same convention at the kink: derivative 1 where x equals a bound)."""
+    if min is not None and max is not None:
+        return sgf.clamp(x, min, max)
+    if min is None and max is None:
+        raise UnsupportedOp("torch.clamp needs min or max")
+    bound = se.sympify(float(min if min is not None else max))
+    if min is not None:
+        return as_symtensor(x).map(lambda e: se.Piecewise((bound, e < bound), (e, True)))
+    return as_symtensor(x).map(lambda e: se.Piecewise((bound, e > bound), (e, True)))
 
 
 def _softmax(fn):

@@ -29,7 +29,7 @@ import sympy as sp
 
 from ..errors import UnsupportedOp
 
-__all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
+__all__ = ["Lowered", "lower", "to_symengine", "rewrite_kinks", "KINK_NOISE", "high_precision", "FUNCTIONS"]
 
 KINK_NOISE = 16.0
 
@@ -39,14 +39,46 @@ def high_precision():
     return np.longdouble if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps else np.float64
 
 
+def _pairwise(pick):
+    def fold(*args):
+        out = args[0]
+        for a in args[1:]:
+            out = pick(out, a)
+        return out
+
+    return fold
+
+
+# SymPy's kink functions as Piecewise forms with torch's conventions (see Note [Kink conventions] in
+# symgrad/ops.py): symengine leaves d Max/dx unevaluated, and SymPy's Heaviside(0) is 1/2.  The
+# relationals then make kinks visible to the evaluation (Note [Kinks at evaluation time]).
+_KINK_REWRITES = {
+    sp.Max: _pairwise(lambda a, b: sp.Piecewise((a, a > b), ((a + b) / 2, sp.Eq(a, b)), (b, True))),
+    sp.Min: _pairwise(lambda a, b: sp.Piecewise((a, a < b), ((a + b) / 2, sp.Eq(a, b)), (b, True))),
+    sp.Abs: lambda a: sp.Piecewise((a, a > 0), (0, sp.Eq(a, 0)), (-a, True)),
+    sp.sign: lambda a: sp.Piecewise((1, a > 0), (0, sp.Eq(a, 0)), (-1, True)),
+    sp.Heaviside: lambda a, h=sp.S.Half: sp.Piecewise((1, a > 0), (h, sp.Eq(a, 0)), (0, True)),
+}
+
+
+def rewrite_kinks(expr):
+    """``Max``, ``Min``, ``Abs``, ``sign``, ``Heaviside`` in a SymPy expression as Piecewise forms."""
+    if not isinstance(expr, sp.Basic) or not expr.has(*_KINK_REWRITES):
+        return expr
+    return expr.replace(lambda e: type(e) in _KINK_REWRITES, lambda e: _KINK_REWRITES[type(e)](*e.args))
+
+
 def to_symengine(expr):
     """A SymPy (or symengine) expression as a symengine one; UnsupportedOp if it has no counterpart."""
     import symengine as se
 
     if isinstance(expr, se.Basic):
         return expr
+    if isinstance(expr, sp.Basic) and expr.has(sp.Derivative):
+        raise UnsupportedOp(f"the expression holds an unevaluated derivative ({sp.sstr(expr)[:80]}): "
+                            "a function symgrad cannot differentiate")
     try:
-        return se.sympify(expr)
+        return se.sympify(rewrite_kinks(expr))
     except Exception as err:
         raise UnsupportedOp(
             f"symgrad's engine (symengine) has no counterpart for part of {sp.sstr(expr)[:80]!r} ({err}); "
@@ -109,6 +141,10 @@ class _Printer:
             return self.names[e]
         if kind == "Symbol":
             raise UnsupportedOp(f"symbol {e} is not an input of the closed form")
+        if kind in ("Infty", "Infinity", "NegativeInfinity", "ComplexInfinity"):
+            if kind == "ComplexInfinity":
+                raise UnsupportedOp("the closed form holds complex infinity (zoo): a division by zero in the forward")
+            return "(-_INF)" if str(e).startswith("-") else "_INF"
         if e.is_Number:
             if e.is_Integer:
                 return f"({int(e)})"
@@ -122,8 +158,6 @@ class _Printer:
             return "_E"
         if kind == "Pi":
             return "_PI"
-        if kind in ("Infty", "Infinity"):
-            return "(-_INF)" if str(e).startswith("-") else "_INF"
         if kind == "BooleanTrue":
             return "True"
         if kind == "BooleanFalse":

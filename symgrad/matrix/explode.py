@@ -11,6 +11,7 @@ disagrees is never returned as the truth: ``check_*`` return a ``CrossCheck`` re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import sympy as sp
@@ -33,7 +34,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.matrix.errors import CrossCheckError
 from symgrad.matrix.evaluate import as_matrix_value, evaluate
-from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows
+from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, scalar_function
 
 __all__ = [
     "explode",
@@ -71,6 +72,42 @@ def explode(expr, memo: dict | None = None):
     return hit
 
 
+# Note [Opaque elementwise functions]
+# Nesting the op rows' Piecewise forms (celu(W celu(W celu(Wx)))) makes SymPy evaluate conditions
+# on Piecewise arguments, which takes minutes.  Exploded entries therefore apply an undefined
+# function ``sg_<op>_<k>`` whose derivative is ``sg_<op>_<k+1>``; ``sympy.diff`` does the chain
+# rule, and only at evaluation is ``sg_<op>_<k>`` given its value: the k-th ``sympy.diff`` of the
+# row's SymPy form (never the row's hand-written derivative).
+
+
+@lru_cache(maxsize=None)
+def opaque(name: str, params, order: int):
+    """The undefined SymPy function standing for d^order/dx^order of row ``name``."""
+
+    def fdiff(self, argindex=1):
+        return opaque(name, params, order + 1)(self.args[0])
+
+    suffix = abs(hash((name, params))) % 10**8
+    return type(f"sg_{name}_{order}_{suffix}", (sp.Function,), {"nargs": 1, "fdiff": fdiff, "_sg_key": (name, params, order)})
+
+
+@lru_cache(maxsize=None)
+def _opaque_value(name: str, params, order: int):
+    t = sp.Symbol("t", real=True)
+    form = sp.diff(scalar_function(name, params, 0)(t), t, order)
+    return sp.lambdify(t, form, "math")
+
+
+def _implementations(exprs) -> dict:
+    impl = {}
+    for e in exprs:
+        for f in e.atoms(sp.Function):
+            key = getattr(type(f), "_sg_key", None)
+            if key is not None:
+                impl[type(f).__name__] = _opaque_value(*key)
+    return impl
+
+
 def _mat(e):
     return isinstance(e, sp.MatrixBase)
 
@@ -98,7 +135,7 @@ def _explode(e, memo):
         p = x(e.args[1])
         return x(e.args[0]).applyfunc(lambda v: v**p)
     if isinstance(e, Elementwise):
-        return x(e.arg).applyfunc(e.scalar)
+        return x(e.arg).applyfunc(opaque(e.name, e.args[2], e.order))
     if isinstance(e, (SoftmaxRows, LogSoftmaxRows)):
         Z = x(e.arg)
         m, n = Z.shape
@@ -213,7 +250,7 @@ def compare(matrix_form, exploded, values: dict, *, label="", rtol=1e-9, atol=1e
     ex = exploded if _mat(exploded) else sp.ImmutableMatrix([[exploded]])
     syms = sorted(set().union(*(c.free_symbols for c in ex)) if len(ex) else set(), key=str)
     # scalar evaluation with python's math: Piecewise prints as conditional expressions
-    fn = sp.lambdify(syms, ex.tolist(), "math", cse=True)
+    fn = sp.lambdify(syms, ex.tolist(), [_implementations(ex), "math"], cse=True)
     want = np.array(fn(*_point(values, syms)), dtype=np.float64).reshape(ex.shape)
     got = np.broadcast_to(got, want.shape)
     diff = np.abs(got - want)

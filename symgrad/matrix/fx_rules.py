@@ -119,7 +119,8 @@ def _call_function(b, node, args, kwargs):
     if fn is F.linear:
         return _linear(b, node, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("bias"))
     if fn in (torch.matmul, torch.mm, operator.matmul):
-        return _matmul(args[0], args[1])
+        z = _matmul(args[0], args[1])
+        return b.var(z.expr, z.shape, "z", node is b.out_node) if z.shape else z
     if fn in (operator.add, torch.add):
         return _add(args[0], args[1])
     if fn in (operator.sub, torch.sub):

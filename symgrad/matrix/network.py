@@ -162,6 +162,8 @@ class _Builder:
         if kind == "z":
             self.layer += 1
         name = "yhat" if out else f"{kind}{self.layer}"
+        while name in self.values or any(s.name == name for s in self.defs):
+            name += "'"
         sym = MatrixSymbol(name, *expr.shape)
         self.defs[sym] = expr
         if kind == "z":

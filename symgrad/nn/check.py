@@ -164,8 +164,10 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     if engine == "matrix" or (engine == "auto" and n_params > MATRIX_THRESHOLD and symbolic is None):
         refs = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix")
         if refs is not None:
-            return _finish(refs, None, torch_fn, leaves, wrt_names, via, v, dtype_name, rtol, atol, title,
-                           {"engine": "matrix"})
+            with torch.no_grad():
+                scalar = torch_fn(*(t.detach() for t in leaves.values())).numel() == 1
+            return _finish(refs, None, torch_fn, leaves, wrt_names, via or default_via(scalar, v is not None), v,
+                           dtype_name, rtol, atol, title, {"engine": "matrix"})
 
     gm = trace(model)
     loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
@@ -302,6 +304,9 @@ def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol
     if forward is not None:
         with torch.no_grad():
             out_t = torch_fn(*(t.detach() for t in leaves.values()))
+        if forward.value.shape != tuple(out_t.shape) and forward.value.size == out_t.numel() == 1:
+            forward.value = forward.value.reshape(tuple(out_t.shape))  # grad of a one-element output
+            forward.value_lowp = np.asarray(forward.value_lowp).reshape(tuple(out_t.shape))
         rec = compare(forward, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward", rtol=rtol, atol=atol)
         if not rec.passed:
             rec.note = ("the symbolic twin and the torch model disagree on the forward: the derivatives below are "
