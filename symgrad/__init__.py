@@ -20,6 +20,27 @@ from .report import GradientMismatch, Report
 
 __version__ = "0.1.0"
 
+# Loaded on first use, so that `import symgrad` stays light (the importer and nn need torch).
+_LAZY = {
+    "import_fn": ("symgrad.importer", "import_fn"),
+    "check_function": ("symgrad.nn.check", "check_function"),
+    "weight_jacobian": ("symgrad.nn", "weight_jacobian"),
+    "nn": ("symgrad.nn", None),
+    "matrix": ("symgrad.matrix", None),
+    "importer": ("symgrad.importer", None),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'symgrad' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(module)
+    return mod if attr is None else getattr(mod, attr)
+
+
 __all__ = [
     "check",
     "assert_correct",
@@ -37,5 +58,8 @@ __all__ = [
     "ShapeMismatch",
     "UnsupportedOp",
     "GradientMismatch",
+    "import_fn",
+    "check_function",
+    "weight_jacobian",
     *[n for n in _functional_all if n not in ("METHODS", "is_torch", "apply_op")],
 ]

@@ -268,7 +268,19 @@ def check(
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
 
     sym_in = symbolic_inputs(named)
-    out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
+    try:
+        out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
+    except UnsupportedOp as err:
+        if symbolic is not None or fn is None or tangents is not None or backward_calls != 1:
+            raise
+        # A plain torch function with no symbolic twin: import it through torch.fx instead.
+        from .nn.check import check_function
+
+        try:
+            return check_function(fn, named, wrt=wrt, via=via, v=v, engine=engine, backend=backend,
+                                  rtol=rtol, atol=atol, title=title)
+        except SymgradError as fx_err:
+            raise UnsupportedOp(f"{err}\nImporting it with torch.fx failed too: {fx_err}") from fx_err
     from_sympy = symbolic is not None and not callable(symbolic)
     _check_symbols(out, sym_in, wrt_names, from_sympy)
 

@@ -360,12 +360,13 @@ class Lowered:
         low_ctx = _Context()
         out.values_lowp = self._run([np.asarray(v, dtype=low) for v in values], low_ctx)
         near = {}
-        for k, gap in ctx.gaps.items():
-            lo_gap = low_ctx.gaps.get(k)
-            noise = np.abs(np.asarray(lo_gap, np.float64) - np.asarray(gap, np.float64)) if lo_gap is not None else 0.0
-            mask = (gap == 0) | (np.abs(np.asarray(gap, np.float64)) <= KINK_NOISE * noise)
-            if np.any(mask):
-                near[k] = mask
+        with np.errstate(invalid="ignore"):  # gaps to an infinite bound: inf - inf
+            for k, gap in ctx.gaps.items():
+                lo_gap = low_ctx.gaps.get(k)
+                noise = np.abs(np.asarray(lo_gap, np.float64) - np.asarray(gap, np.float64)) if lo_gap is not None else 0.0
+                mask = (gap == 0) | (np.abs(np.asarray(gap, np.float64)) <= KINK_NOISE * noise)
+                if np.any(mask):
+                    near[k] = mask
         if near:
             out.lower = self._run(vals, _Context(near, False))
             out.upper = self._run(vals, _Context(near, True))

@@ -215,10 +215,11 @@ def interpret(b, gm) -> _T:
     env: dict = {}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for k, n in enumerate(placeholders):
-        if n.target in b.inputs:
-            tensor = b.inputs[n.target]
-        elif len(b.inputs) == len(placeholders):
-            tensor = list(b.inputs.values())[k]
+        name = n.target
+        if name in b.inputs:
+            tensor = b.inputs[name]
+        elif len(b.inputs) == len(placeholders):  # positional: the user's name wins (Sequential's is 'input')
+            name, tensor = list(b.inputs.items())[k]
         else:
             raise ValueError(f"no input given for the model's argument {n.target!r} (inputs: {list(b.inputs)})")
         if not torch.is_floating_point(tensor):
@@ -226,7 +227,7 @@ def interpret(b, gm) -> _T:
             continue
         if tensor.dim() == 2 and "N" not in map(str, b.dims):
             b.dim(tensor.shape[0], "N")
-        env[n] = b.leaf(n.target, n.target, tensor, "input")
+        env[n] = b.leaf(name, name, tensor, "input")
     load = lambda a: env[a] if isinstance(a, torch.fx.Node) else a  # noqa: E731
     for n in graph.nodes:
         if n.op in ("placeholder", "output"):

@@ -78,7 +78,7 @@ def test_activation_modules(act):
     loose = isinstance(act, nn.CELU)
     for r in refs:
         assert r.verified, r.note
-        w = want["x" if r.name == "input" else r.name]
+        w = want[r.name]
         atol = 1e-7 * np.abs(w).max() if loose else 1e-12
         np.testing.assert_allclose(r.value, w, rtol=1e-6 if loose else 1e-9, atol=atol)
 
