@@ -48,13 +48,8 @@ def make(width: int, seed: int = 0):
     return model, X, T
 
 
-def clear_caches():
-    R._VERIFIED.clear()
-    R._FORMS.clear()
-
-
 def pieces(model, X, T) -> dict:
-    clear_caches()
+    R.clear_caches()
     t0 = time.perf_counter()
     net = from_module(model, {"x": X}, loss=nn.MSELoss(), target=T)
     grads, cot = R.network_gradients(net, [n for n, _ in model.named_parameters()])
@@ -79,7 +74,7 @@ def pieces(model, X, T) -> dict:
 def end_to_end(model, X, T) -> tuple[float, bool]:
     import symgrad
 
-    clear_caches()
+    R.clear_caches()
     t0 = time.perf_counter()
     report = symgrad.check(model, {"x": X}, loss=nn.MSELoss(), target=T, engine="matrix")
     return time.perf_counter() - t0, bool(report.passed)

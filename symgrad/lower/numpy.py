@@ -39,11 +39,13 @@ def high_precision():
     return np.longdouble if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps else np.float64
 
 
-def _pairwise(pick):
+def _fold(binary):
+    """A variadic function from a binary one: f(a, b, c) = binary(binary(a, b), c)."""
+
     def fold(*args):
         out = args[0]
         for a in args[1:]:
-            out = pick(out, a)
+            out = binary(out, a)
         return out
 
     return fold
@@ -53,8 +55,8 @@ def _pairwise(pick):
 # symgrad/ops.py): symengine leaves d Max/dx unevaluated, and SymPy's Heaviside(0) is 1/2.  The
 # relationals then make kinks visible to the evaluation (Note [Kinks at evaluation time]).
 _KINK_REWRITES = {
-    sp.Max: _pairwise(lambda a, b: sp.Piecewise((a, a > b), ((a + b) / 2, sp.Eq(a, b)), (b, True))),
-    sp.Min: _pairwise(lambda a, b: sp.Piecewise((a, a < b), ((a + b) / 2, sp.Eq(a, b)), (b, True))),
+    sp.Max: _fold(lambda a, b: sp.Piecewise((a, a > b), ((a + b) / 2, sp.Eq(a, b)), (b, True))),
+    sp.Min: _fold(lambda a, b: sp.Piecewise((a, a < b), ((a + b) / 2, sp.Eq(a, b)), (b, True))),
     sp.Abs: lambda a: sp.Piecewise((a, a > 0), (0, sp.Eq(a, 0)), (-a, True)),
     sp.sign: lambda a: sp.Piecewise((1, a > 0), (0, sp.Eq(a, 0)), (-1, True)),
     sp.Heaviside: lambda a, h=sp.S.Half: sp.Piecewise((1, a > 0), (h, sp.Eq(a, 0)), (0, True)),
@@ -103,22 +105,12 @@ def _pw(*pairs):
     return out
 
 
-def _chain(fn):
-    def apply(*args):
-        out = args[0]
-        for a in args[1:]:
-            out = fn(out, a)
-        return out
-
-    return apply
-
-
 # symengine function name -> numpy implementation (the printed code calls these by name)
 FUNCTIONS = {
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "asinh": np.arcsinh, "acosh": np.arccosh,
     "atanh": np.arctanh, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign,
-    "erf": _erf, "Max": _chain(np.maximum), "Min": _chain(np.minimum), "floor": np.floor, "ceiling": np.ceil,
+    "erf": _erf, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor, "ceiling": np.ceil,
 }
 
 _RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}

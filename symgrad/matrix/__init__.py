@@ -14,7 +14,7 @@ from symgrad.matrix.explode import CrossCheck, check_grad, check_hvp, check_jvp,
 from symgrad.matrix.network import Network, from_module
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, elementwise, frobenius_sq, hadamard, ones, sum_all
 from symgrad.matrix.printing import to_latex, to_text
-from symgrad.matrix.references import closed_forms, module_references, network_gradients, verify_network
+from symgrad.matrix.references import clear_caches, closed_forms, module_references, network_gradients, verify_network
 
 __all__ = [
     "grad",
@@ -48,4 +48,5 @@ __all__ = [
     "closed_forms",
     "verify_network",
     "module_references",
+    "clear_caches",
 ]

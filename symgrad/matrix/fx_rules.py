@@ -224,6 +224,7 @@ def interpret(b, gm) -> _T:
             raise ValueError(f"no input given for the model's argument {n.target!r} (inputs: {list(b.inputs)})")
         if not torch.is_floating_point(tensor):
             env[n] = _Const(tensor)
+            b.has_const = True
             continue
         if tensor.dim() == 2 and "N" not in map(str, b.dims):
             b.dim(tensor.shape[0], "N")

@@ -41,10 +41,37 @@ class Network:
     delta_names: dict = field(default_factory=dict)  # var -> name of its cotangent symbol
     legend: dict = field(default_factory=dict)  # symbol name -> torch name
     signature: tuple = ()  # the architecture, for the once-per-architecture cross-check
+    cacheable: bool = True  # False when the forward takes a target among its inputs
+
+    def refreshed(self, model, inputs: dict, target=None) -> dict:
+        """``values`` for the same architecture at new parameter, input and target values."""
+        params = dict(model.named_parameters())
+        vals = {sym.name: matrix_value(params[n]) for n, sym in self.params.items()}
+        vals.update({sym.name: matrix_value(inputs[n]) for n, sym in self.inputs.items()})
+        if "t" in self.values:
+            vals["t"] = matrix_value(target).reshape(self.values["t"].shape)
+        if "y_onehot" in self.values:
+            vals["y_onehot"] = onehot(target, self.values["y_onehot"].shape)
+        return vals
 
     def wrt(self) -> dict:
         """Torch name -> symbol for every differentiable leaf (parameters, float inputs)."""
         return {**self.params, **self.inputs}
+
+
+def matrix_value(tensor) -> np.ndarray:
+    """A tensor as the float64 2-D array of its symbol (a 1-D tensor is a column)."""
+    import torch
+
+    arr = tensor.detach().to(dtype=torch.float64).cpu().numpy()
+    return arr.reshape(-1, 1) if arr.ndim == 1 else arr
+
+
+def onehot(labels, shape) -> np.ndarray:
+    t = np.asarray(labels.detach().cpu().numpy())
+    out = np.zeros(shape)
+    out[np.arange(t.size), t] = 1.0
+    return out
 
 
 # positional parameters of the functional forms, in order
@@ -123,6 +150,7 @@ class _Builder:
         self.legend: dict = {}
         self.delta_names: dict = {}
         self.layer = 0
+        self.has_const = False
         self.next_dim = 1
         self.signature: list = []
 
@@ -140,14 +168,14 @@ class _Builder:
         return self.sizes[n]
 
     def leaf(self, sym_name: str, torch_name: str, tensor, kind: str) -> _T:
-        arr = tensor.detach().to(dtype=__import__("torch").float64).cpu().numpy()
-        shape = tuple(arr.shape)
-        if arr.ndim == 2:
+        shape = tuple(tensor.shape)
+        val = matrix_value(tensor) if len(shape) in (1, 2) else None
+        if len(shape) == 2:
             sym = MatrixSymbol(sym_name, self.dim(shape[0]), self.dim(shape[1]))
-            expr, val = sym, arr
-        elif arr.ndim == 1:
+            expr = sym
+        elif len(shape) == 1:
             sym = MatrixSymbol(sym_name, self.dim(shape[0]), 1)
-            expr, val = sym.T, arr.reshape(-1, 1)
+            expr = sym.T
         else:
             raise UnsupportedOp(f"matrix engine: {kind} {torch_name!r} has shape {shape}; only 1-D and 2-D tensors are supported")
         self.values[sym_name] = val
@@ -237,10 +265,8 @@ def _loss_expr(b: _Builder, kind: str, reduction: str, yhat: _T, target) -> sp.B
         t = np.asarray(target.detach().cpu().numpy())
         if len(yhat.shape) != 2 or t.ndim != 1 or t.dtype.kind not in "iu":
             raise UnsupportedOp("matrix engine: cross_entropy needs (N, C) logits and (N,) class-index targets")
-        onehot = np.zeros(yhat.shape)
-        onehot[np.arange(t.size), t] = 1.0
         Ysym = MatrixSymbol("y_onehot", *Y.shape)
-        b.values["y_onehot"] = onehot
+        b.values["y_onehot"] = onehot(target, yhat.shape)
         c = 1 / b.dim(yhat.shape[0]) if reduction == "mean" else sp.Integer(1)
         return -c * sum_all(hadamard(Ysym, LogSoftmaxRows(Y)))
     tarr = target.detach().to(dtype=__import__("torch").float64).cpu().numpy()
@@ -259,7 +285,7 @@ def _loss_expr(b: _Builder, kind: str, reduction: str, yhat: _T, target) -> sp.B
     raise UnsupportedOp(f"matrix engine: unknown loss kind {kind!r}")
 
 
-def from_module(model, inputs: dict, *, loss=None, target=None) -> Network:
+def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> Network:
     """Trace ``model`` with ``torch.fx`` at ``inputs`` (``{placeholder name: tensor}``) into a
     ``Network`` whose ``loss`` is ``loss(model(**inputs), target)`` as a matrix expression (the
     model's own output when ``loss`` is None and that output is a scalar)."""
@@ -267,7 +293,7 @@ def from_module(model, inputs: dict, *, loss=None, target=None) -> Network:
 
     from symgrad.matrix.fx_rules import interpret
 
-    gm = fx.symbolic_trace(model)
+    gm = traced if traced is not None else fx.symbolic_trace(model)
     b = _Builder(model, inputs)
     out = interpret(b, gm)
     kind, reduction = loss_kind(loss)
@@ -291,4 +317,5 @@ def from_module(model, inputs: dict, *, loss=None, target=None) -> Network:
         delta_names=b.delta_names,
         legend=b.legend,
         signature=tuple(b.signature),
+        cacheable=not b.has_const,
     )

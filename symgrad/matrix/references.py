@@ -32,11 +32,40 @@ from symgrad.matrix.nodes import Elementwise, scalar_function
 from symgrad.matrix.printing import to_latex, to_text
 from symgrad.reference import Reference
 
-__all__ = ["network_gradients", "module_references", "verify_network", "closed_forms", "kink_bands", "inline", "KINK_C"]
+__all__ = ["clear_caches", "network_gradients", "module_references", "verify_network", "closed_forms", "kink_bands", "inline", "KINK_C"]
 
 KINK_C = 16.0
 _VERIFIED: dict = {}
 _FORMS: dict = {}
+_STRUCTURES: dict = {}
+
+
+def clear_caches() -> None:
+    """Forget cached structures, closed forms and cross-check verdicts (benchmarks, tests)."""
+    _VERIFIED.clear()
+    _FORMS.clear()
+    _STRUCTURES.clear()
+
+
+def _structure_key(model, gm, inputs: dict, loss, target, wrt) -> tuple:
+    """Everything the symbolic structure depends on: the traced code, the modules (types,
+    hyper-parameters, train/eval), the shapes and dtypes, the loss and ``wrt``."""
+    from symgrad.matrix.network import loss_kind
+
+    def sig(t):
+        return None if t is None else (tuple(t.shape), str(t.dtype))
+
+    return (
+        type(model),
+        gm.code,
+        repr(model),
+        tuple(m.training for m in model.modules()),
+        tuple((n, sig(p)) for n, p in model.named_parameters()),
+        tuple((k, sig(v)) for k, v in inputs.items()),
+        loss_kind(loss),
+        sig(target),
+        tuple(wrt) if wrt is not None else None,
+    )
 
 
 def inline(expr, defs: dict):
@@ -246,17 +275,30 @@ def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[
     its closed form, kink bands and the once-per-architecture cross-check as ``verified``."""
     import torch
 
-    net = from_module(model, inputs, loss=loss, target=target)
-    grads, cot_defs = network_gradients(net, wrt)
-    key = (net.signature, tuple(grads))
-    if key not in _VERIFIED:
-        _VERIFIED[key] = verify_network(net, grads, cot_defs)
-    verified, vnote = _VERIFIED[key]
-    forms_key = (key, tuple(sorted(net.legend.items())), tuple(net.shapes))
-    if forms_key not in _FORMS:  # the text does not depend on sizes: dimensions are symbols
-        _FORMS[forms_key] = {name: closed_forms(g, net, cot_defs) for name, g in grads.items()}
-    forms = _FORMS[forms_key]
-    ev = Evaluator(net.values, {**net.defs, **cot_defs}, symbols=matrix_symbols(net.loss, *net.defs.values(), *grads.values()))
+    import torch.fx as fx
+
+    gm = fx.symbolic_trace(model)
+    key = _structure_key(model, gm, inputs, loss, target, wrt)
+    hit = _STRUCTURES.get(key)
+    if hit is not None:  # same architecture, shapes and loss: only the values are new
+        net, grads, cot_defs, forms, symbols = hit
+        values = net.refreshed(model, inputs, target)
+    else:
+        net = from_module(model, inputs, loss=loss, target=target, traced=gm)
+        grads, cot_defs = network_gradients(net, wrt)
+        vkey = (net.signature, tuple(grads))
+        if vkey not in _VERIFIED:
+            _VERIFIED[vkey] = verify_network(net, grads, cot_defs)
+        forms_key = (vkey, tuple(sorted(net.legend.items())), tuple(net.shapes))
+        if forms_key not in _FORMS:  # the text does not depend on sizes: dimensions are symbols
+            _FORMS[forms_key] = {name: closed_forms(g, net, cot_defs) for name, g in grads.items()}
+        forms = _FORMS[forms_key]
+        symbols = matrix_symbols(net.loss, *net.defs.values(), *grads.values())
+        values = net.values
+        if net.cacheable:
+            _STRUCTURES[key] = (net, grads, cot_defs, forms, symbols)
+    verified, vnote = _VERIFIED[(net.signature, tuple(grads))]
+    ev = Evaluator(values, {**net.defs, **cot_defs}, symbols=symbols)
     if dtype is None:
         dtype = next((p.dtype for p in model.parameters()), torch.float64)
     eps = float(torch.finfo(dtype).eps) if dtype.is_floating_point else float(np.finfo(np.float64).eps)

@@ -191,3 +191,24 @@ def test_float32_near_kink_band():
     assert refs["0.weight"].kink is not None and refs["0.weight"].kink[0].any()
     refs64 = {r.name: r for r in module_references(model, {"x": x}, loss=nn.MSELoss(), target=t, dtype=torch.float64)}
     assert refs64["0.weight"].kink is None
+
+
+def test_structure_cache_refreshes_values_and_tells_architectures_apart():
+    # same class, same repr, different forward (act attribute): must not share a closed form
+    torch.manual_seed(8)
+    x, t = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    relu_net, tanh_net = Stacked().double(), Stacked(act=torch.tanh).double()
+    tanh_net.load_state_dict(relu_net.state_dict())
+    for model in (relu_net, tanh_net, relu_net):
+        refs = {r.name: r for r in module_references(model, {"x": x}, loss=nn.MSELoss(), target=t)}
+        want = _autograd(model, x, nn.MSELoss(), t)
+        for name, w in want.items():
+            np.testing.assert_allclose(refs[name].value, w, rtol=1e-10, atol=1e-12)
+    # new parameter values, cached structure: the values are the new ones
+    with torch.no_grad():
+        for p in relu_net.parameters():
+            p.mul_(-0.5)
+    refs = {r.name: r for r in module_references(relu_net, {"x": 2 * x}, loss=nn.MSELoss(), target=3 * t)}
+    want = _autograd(relu_net, 2 * x, nn.MSELoss(), 3 * t)
+    for name, w in want.items():
+        np.testing.assert_allclose(refs[name].value, w, rtol=1e-10, atol=1e-12)
