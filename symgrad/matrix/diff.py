@@ -88,7 +88,7 @@ def _vjp_matmul(node, g, i):
     coeff = sp.Mul(*scalars)
     if not is_matrix(args[i]):
         rest = _mul([coeff] + [a for a in args if is_matrix(a)])
-        return _scalar_of(Trace(g.T * rest)) if rest.shape != (1, 1) else _scalar_of(g.T * rest)
+        return Trace(g.T * rest)
     left = [a for a in args[:i] if is_matrix(a)]
     right = [a for a in args[i + 1 :] if is_matrix(a)]
     parts = []

@@ -33,7 +33,7 @@ from sympy import (
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.matrix.errors import CrossCheckError
-from symgrad.matrix.evaluate import as_matrix_value, evaluate
+from symgrad.matrix.evaluate import evaluate
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, scalar_function
 
 __all__ = [

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import operator
 
-import sympy as sp
 from sympy import OneMatrix
 
 from symgrad.matrix.errors import UnsupportedOp
-from symgrad.matrix.network import _FUNCTIONAL_PARAMS, _T, _activation_functions, _broadcast, _exact, _loss_expr, _matmul, _module_row, _numel, loss_kind
+from symgrad.matrix.network import _FUNCTIONAL_PARAMS, _T, _activation_functions, _broadcast, _exact, _loss_expr, _matmul, _module_row, _numel
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, hadamard, hpow, sum_all
 from symgrad.ops import OPS
 

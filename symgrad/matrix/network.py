@@ -13,7 +13,6 @@ tensor is a scalar.  Anything else raises ``UnsupportedOp`` naming the fx node.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +20,7 @@ import sympy as sp
 from sympy import MatrixSymbol, OneMatrix
 
 from symgrad.matrix.errors import UnsupportedOp
-from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, hadamard, hpow, sum_all
+from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, hadamard, hpow, sum_all
 from symgrad.ops import OPS, resolve_torch
 
 __all__ = ["Network", "from_module", "loss_kind"]
