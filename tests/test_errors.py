@@ -108,8 +108,24 @@ def test_no_floating_input():
 
 # -- an unsupported function in the symbolic forward --------------------------------------------
 def test_torch_function_in_the_symbolic_forward():
-    err = _raises(UnsupportedOp, "could not run", lambda: sg.check(lambda x: torch.tanh(x).sum(), {"x": x3}))
+    err = _raises(UnsupportedOp, "could not run",
+                  lambda: sg.check(lambda x: torch.tanh(x).sum(), {"x": x3}, symbolic=lambda x: torch.tanh(x).sum()))
     assert "tanh" in str(err) and "sg.tanh" in str(err)
+
+
+def test_plain_torch_function_without_symbolic_is_imported_through_fx():
+    # No symbolic twin given and the function is torch code: symgrad traces it with torch.fx.
+    report = sg.check(lambda x: torch.tanh(x).sum(), {"x": x3})
+    assert report.passed
+    np.testing.assert_allclose(report["x"].expected, 1 - np.tanh(x3.numpy()) ** 2, rtol=1e-12)
+
+
+def test_plain_torch_function_fx_cannot_trace_names_both_causes():
+    def data_dependent(x):
+        return x.sum() if float(x.sum()) > 0 else (-x).sum()  # control flow on values: fx cannot trace it
+
+    err = _raises(UnsupportedOp, "could not run", lambda: sg.check(data_dependent, {"x": x3}))
+    assert "torch.fx" in str(err)
 
 
 def test_unknown_sg_function():
