@@ -182,12 +182,33 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
             reason = f"the one-sample forward failed ({err})"
         else:
             meta["via"] = plan["via"]
+            if loss_fn is not None and symbolic is None:
+                _attach_matrix_forms(refs, model, named, loss, target, wrt_names, dtype)
             if kinks:
                 meta["kink conditions"] = ", ".join(shorten(c, 40) for c in kinks[:4])
             return _finish(refs, forward, torch_fn, leaves, wrt_names, plan["via"], v, dtype_name, rtol, atol,
                            title, meta)
     return _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
                     backend, rtol, atol, title, reason)
+
+
+def _attach_matrix_forms(refs, model, named, loss, target, wrt, dtype) -> None:
+    """Show the matrix engine's closed forms (``delta1.T*x``) where its values agree with ``refs``.
+
+    Display only: the values compared stay the elementwise engine's.  A matrix form is attached
+    only where it evaluates to the same gradient (to 1e-9 relative), so it was cross-checked
+    against an independent derivation before it is shown.
+    """
+    matrix_refs = _matrix_references(model, named, loss, target, wrt, dtype, required=False)
+    by_name = {r.name: r for r in matrix_refs or []}
+    for ref in refs:
+        m = by_name.get(ref.name)
+        if m is None or not m.verified or not m.closed_form or np.shape(m.value) != np.shape(ref.value):
+            continue
+        scale = float(np.max(np.abs(ref.value))) if np.size(ref.value) else 0.0
+        if np.allclose(m.value, ref.value, rtol=1e-9, atol=1e-9 * max(scale, 1e-300)):
+            ref.closed_form, ref.closed_form_latex = m.closed_form, m.closed_form_latex
+            ref.note = (ref.note + " " if ref.note else "") + "matrix form cross-checked against the elementwise derivative"
 
 
 def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool):
