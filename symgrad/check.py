@@ -18,7 +18,7 @@ import sympy as sp
 from .autograd.run import default_via, quantity_of, run_autograd
 from .build.tensor import SymTensor, as_symtensor, symbols
 from .compare.compare import compare
-from .differentiate.elementwise import differentiate
+from .differentiate.elementwise import differentiate, entry_form
 from .differentiate.matrix_form import matrix_closed_form
 from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .lower.numpy import high_precision, lower
@@ -200,20 +200,12 @@ def _check_symbols(out: SymTensor, sym_inputs: dict[str, SymTensor], wrt: list[s
                                  f"pass symbols_map={{{w!r}: ...}}, or leave {w!r} out of wrt")
 
 
-LATEX_MAX_CHARS = 400  # SymPy's conversion and LaTeX printer are slow on big forms: text only above this
-
-
 def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
-    """The closed form of the first entry, as text (and LaTeX when it is short)."""
-    if arr.size == 0:
-        return "", ""
-    first = arr.ravel()[0]
-    text = str(first)
-    latex = sp.latex(sp.sympify(first)) if len(text) <= LATEX_MAX_CHARS else ""
-    if arr.size == 1:
+    """The first entry's closed form, labelled as such when the derivative has more entries."""
+    text, latex = entry_form(arr)
+    if arr.size <= 1:
         return text, latex
-    where = ", ".join("0" for _ in arr.shape)
-    return f"{text}  (entry [{where}])", latex
+    return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
 
 
 def check(

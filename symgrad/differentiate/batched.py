@@ -24,13 +24,12 @@ from typing import Mapping
 
 import numpy as np
 import symengine as se
-import sympy as sp
 
 from ..build.tensor import SymTensor
 from ..lower.numpy import high_precision, lower
 from ..reference import Reference
 from ..report.report import shorten
-from .elementwise import differentiate
+from .elementwise import differentiate, entry_form
 
 __all__ = ["row_symbols", "per_sample_references"]
 
@@ -178,15 +177,10 @@ def _jacobian_rows_batched(block, out_row, row_shape, n):
     return full
 
 
-LATEX_MAX_CHARS = 400
-
-
 def _closed_form_text(deriv: np.ndarray, rows: bool, reduction: str | None, is_batched: bool) -> tuple[str, str]:
-    if deriv.size == 0:
+    text, latex = entry_form(deriv)
+    if not text:
         return "", ""
-    first = deriv.ravel()[0]
-    text = str(first)
-    latex = sp.latex(sp.sympify(first)) if len(text) <= LATEX_MAX_CHARS else ""
     text = shorten(text, 400)
     if not rows and not is_batched:
         text = f"{'(1/N) ' if reduction == 'mean' else ''}Σ_n [{text}]"

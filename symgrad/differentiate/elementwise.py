@@ -31,7 +31,9 @@ from ..build.tensor import SymTensor
 from ..errors import ShapeMismatch
 from ..lower.numpy import to_symengine
 
-__all__ = ["QUANTITIES", "differentiate", "diff_all"]
+__all__ = ["QUANTITIES", "differentiate", "diff_all", "entry_form", "LATEX_MAX_CHARS"]
+
+LATEX_MAX_CHARS = 400  # SymPy's conversion and LaTeX printer are slow on big forms: text only above this
 
 QUANTITIES = ("grad", "vjp", "jacobian", "jvp", "hessian")
 
@@ -114,3 +116,12 @@ def differentiate(
             values.append(sum((g * to_symengine(t) for g, (_, t) in zip(grads, pairs)), 0))
         result["jvp"] = np.array(values, dtype=object).reshape(out.shape)
     return result
+
+
+def entry_form(deriv: np.ndarray) -> tuple[str, str]:
+    """The closed form of a derivative's first entry: text, and LaTeX when it is short."""
+    if deriv.size == 0:
+        return "", ""
+    first = deriv.ravel()[0]
+    text = str(first)
+    return text, sp.latex(sp.sympify(first)) if len(text) <= LATEX_MAX_CHARS else ""

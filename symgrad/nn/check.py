@@ -14,13 +14,13 @@ exploded through ``symgrad.check``.  ``engine='matrix'`` (or ``'auto'`` on model
 
 from __future__ import annotations
 
-import inspect
 from typing import Callable
 
 import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd
 from ..build.tensor import as_symtensor, symbols
+from ..check import normalize_inputs
 from ..compare.compare import compare
 from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
@@ -79,31 +79,9 @@ def _trace_loss(loss_fn):
     return trace(loss)
 
 
-def _forward_names(model, n: int) -> list[str]:
-    try:
-        params = [p for p in inspect.signature(model.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
-    names = [p.name for p in params[:n]]
-    return names + [f"x{i}" for i in range(len(names), n)]
-
-
 def _named_inputs(model, inputs) -> dict:
-    import torch
-
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    if isinstance(inputs, dict):
-        named = dict(inputs)
-    elif isinstance(inputs, (list, tuple)):
-        named = dict(zip(_forward_names(model, len(inputs)), inputs))
-    else:
-        raise InputError(f"inputs must be a tensor, a tuple of tensors or a dict {{name: tensor}}, not {type(inputs).__name__}")
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"input {name!r} is a {type(t).__name__}, not a torch.Tensor")
-    return named
+    """The model's inputs as ``{name: tensor}``, named after ``model.forward``'s parameters."""
+    return normalize_inputs(model.forward, None, inputs)
 
 
 def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
@@ -394,10 +372,7 @@ def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt
 
 def check_function(fn: Callable, inputs, **kwargs) -> Report:
     """``check_module`` for a plain function of tensors: traced with fx, no ``symbolic=`` needed."""
-    if not isinstance(inputs, dict):
-        inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-        names = [p.name for p in inspect.signature(fn).parameters.values()][: len(inputs)]
-        inputs = dict(zip(names + [f"x{i}" for i in range(len(names), len(inputs))], inputs))
+    inputs = normalize_inputs(fn, None, inputs)
     kwargs.setdefault("title", f"symgrad check of {getattr(fn, '__name__', 'function')}")
     if kwargs.get("wrt") is None:
         floats = [n for n, t in inputs.items() if t.is_floating_point()]
