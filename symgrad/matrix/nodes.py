@@ -127,8 +127,8 @@ DERIVATIVE_ALIASES: dict[tuple, tuple[str, int]] = {
 }
 
 
-class SoftmaxRows(MatrixExpr):
-    """Row-wise softmax: ``S[i, j] = exp(Z[i, j]) / sum_k exp(Z[i, k])``."""
+class _Rowwise(MatrixExpr):
+    """A row-wise function of one matrix argument, of the argument's shape."""
 
     is_commutative = False
 
@@ -142,6 +142,10 @@ class SoftmaxRows(MatrixExpr):
     @property
     def shape(self):
         return self.arg.shape
+
+
+class SoftmaxRows(_Rowwise):
+    """Row-wise softmax: ``S[i, j] = exp(Z[i, j]) / sum_k exp(Z[i, k])``."""
 
     def _entry(self, i, j, **kwargs):
         n = self.arg.shape[1]
@@ -149,21 +153,8 @@ class SoftmaxRows(MatrixExpr):
         return row[j] / sp.Add(*row)
 
 
-class LogSoftmaxRows(MatrixExpr):
+class LogSoftmaxRows(_Rowwise):
     """Row-wise log-softmax: ``L[i, j] = Z[i, j] - log(sum_k exp(Z[i, k]))``."""
-
-    is_commutative = False
-
-    def __new__(cls, arg):
-        return super().__new__(cls, arg)
-
-    @property
-    def arg(self):
-        return self.args[0]
-
-    @property
-    def shape(self):
-        return self.arg.shape
 
     def _entry(self, i, j, **kwargs):
         n = self.arg.shape[1]
