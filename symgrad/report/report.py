@@ -57,7 +57,6 @@ class Report:
     def rows(self) -> list[dict]:
         rows = []
         for r in self.records:
-            worst = r.abs_index if r.max_abs >= 0 else ()
             rows.append({
                 "input": r.name,
                 "quantity": r.quantity,
@@ -65,7 +64,7 @@ class Report:
                 "closed form": shorten(r.closed_form) + ("" if r.verified else " (unverified)"),
                 "max abs err": f"{r.max_abs:.3g}",
                 "max rel err": f"{r.max_rel:.3g}",
-                "worst index": format_index(r.name, worst) if r.total > 1 else "-",
+                "worst index": format_index(r.name, r.abs_index) if r.total > 1 and (r.max_abs > 0 or r.mismatched) else "-",
                 "verdict": r.verdict,
             })
         return rows
