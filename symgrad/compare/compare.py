@@ -4,21 +4,21 @@ Comparison never raises: it builds :class:`Record` objects, and only the public 
 (``symgrad.check`` / ``Report.raise_for_failure``) decides to raise.
 
 # Note [Tolerances]
-An entry passes when ``|actual - expected| <= atol + rtol * |expected|`` where
+An entry passes when ``|actual - expected| <= allowed``, entry by entry, where ``allowed`` is
 
-* ``rtol`` comes from the dtype autograd ran in (``DEFAULT_RTOL``): 1e-7 for float64, 1e-5 for
-  float32 -- tight enough that a backward off by a factor 1 + 1e-4 fails in float32;
-* ``atol = rtol * max|expected|`` over the tensor (floor ``rtol * 1e-3``): entries far smaller than
-  the tensor's largest are compared on the tensor's scale, as rounding in a sum of large terms
-  leaves an absolute, not a relative, error;
-* plus ``NOISE_FACTOR`` times the largest difference between the closed form evaluated in the
-  checked dtype and in high precision: what correct arithmetic in that dtype gets wrong on this
-  very problem;
-* plus, per entry, ``ROUNDING_ULPS`` units of roundoff of the dtype times the entry's running
-  error bound (``Reference.rounding``, see ``symgrad.lower.numpy._Magnitude``): a sum of large
-  terms that cancels to nearly zero keeps the large terms' rounding error.
-These two keep ill-conditioned float32 cases from false alarms; both come from the closed form
-alone, never from the code under test, so they cannot hide a bug in it.
+* ``rtol * |expected|``, with ``rtol`` from the dtype autograd ran in (``DEFAULT_RTOL``): 1e-7 for
+  float64, 1e-5 for float32 -- tight enough that a backward off by a factor 1 + 1e-4 fails;
+* plus ``ROUNDING_ULPS`` units of roundoff times the entry's running rounding-error bound
+  (``Reference.rounding``, class ``_Magnitude`` in ``symgrad/lower/numpy.py``): a sum of large
+  terms that cancels to nearly zero keeps the large terms' rounding error;
+* plus ``NOISE_FACTOR`` times the entry's difference between the closed form evaluated in the
+  checked dtype and in high precision: what correct arithmetic in that dtype got wrong here;
+* plus ``FLOOR_ULPS`` units of roundoff of the tensor's largest entry (a thousandth of an ulp).
+
+All of it comes from the closed form alone, never from the code under test, so it cannot hide a
+bug in it; and it is per entry: a small entry with a wrong sign fails even beside a large one.
+A reference with no rounding bound (the matrix engine's) is compared on the tensor's scale
+instead: ``rtol * max|expected|`` plus the largest noise.  A caller's ``atol`` replaces the bounds.
 
 The expected values are evaluated in numpy's extended precision where the platform has it.
 """
@@ -31,11 +31,12 @@ import numpy as np
 
 from ..reference import Reference
 
-__all__ = ["Record", "compare", "DEFAULT_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "EPS", "format_index"]
+__all__ = ["Record", "compare", "DEFAULT_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
 
 DEFAULT_RTOL = {"float64": 1e-7, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 NOISE_FACTOR = 8.0
 ROUNDING_ULPS = 4.0
+FLOOR_ULPS = 1e-3
 EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 
@@ -135,25 +136,25 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     rtol = DEFAULT_RTOL.get(dtype, 1e-7) if rtol is None else rtol
     finite_e = np.abs(e[np.isfinite(e)])
     scale = float(finite_e.max()) if finite_e.size else 0.0
-    if atol is None:
-        atol = max(rtol * scale, rtol * 1e-3)
-        if ref.value_lowp is not None:
-            with np.errstate(invalid="ignore"):  # inf - inf where both sides are infinite
-                noise = np.abs(np.asarray(ref.value_lowp, np.float64) - e)
-            noise = noise[np.isfinite(noise)]
-            if noise.size:
-                atol += NOISE_FACTOR * float(noise.max())
-    rec.rtol, rec.atol = rtol, atol
+    eps = EPS.get(dtype, 2.0**-52)
 
     rec.nonfinite, differ = _nonfinite_note(e, a, name)
     finite = np.isfinite(e) & np.isfinite(a)
     with np.errstate(all="ignore"):
         diff = np.where(finite, np.abs(a - e), 0.0)
         rel = np.where(finite & (diff > 0), diff / np.abs(e), 0.0)
-    allowed = atol + rtol * np.abs(np.where(finite, e, 0.0))
-    if ref.rounding is not None:
+        noise = np.zeros(e.shape) if ref.value_lowp is None else np.abs(np.asarray(ref.value_lowp, np.float64) - e)
+    noise = np.where(np.isfinite(noise), noise, 0.0)
+    allowed = rtol * np.abs(np.where(finite, e, 0.0))
+    if atol is not None:  # the caller's own absolute tolerance
+        allowed = allowed + atol
+    elif ref.rounding is not None:  # per entry: what correct arithmetic in this dtype may get wrong here
         rounding = np.asarray(ref.rounding, dtype=np.float64).reshape(e.shape)
-        allowed = allowed + ROUNDING_ULPS * EPS.get(dtype, 2.0**-52) * np.where(np.isfinite(rounding), rounding, 0.0)
+        allowed = (allowed + ROUNDING_ULPS * eps * np.where(np.isfinite(rounding), rounding, 0.0)
+                   + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale)
+    else:  # no per-entry bound (the matrix engine): compare on the tensor's scale
+        allowed = allowed + max(rtol * scale, rtol * 1e-3) + NOISE_FACTOR * float(noise.max(initial=0.0))
+    rec.rtol = rtol
     ok = diff <= allowed
 
     kink = np.zeros(e.shape, bool) if ref.kink is None else np.asarray(ref.kink, bool)
@@ -173,12 +174,14 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         i_abs = np.unravel_index(int(np.argmax(judged)), e.shape)
         i_rel = np.unravel_index(int(np.argmax(rel_judged)), e.shape)
         rec.max_abs, rec.abs_index = float(judged[i_abs]), tuple(int(i) for i in i_abs)
+        rec.atol = float(allowed[i_abs] - rtol * abs(e[i_abs])) if np.isfinite(e[i_abs]) else float(allowed[i_abs])
         rec.max_rel, rec.rel_index = float(rel_judged[i_rel]), tuple(int(i) for i in i_rel)
         if rec.mismatched and not (~ok & ~kink).any():  # only kink entries failed: point at one
             i = tuple(int(k) for k in np.argwhere(~ok)[0])
             rec.abs_index = rec.rel_index = i
             rec.max_abs = float(diff[i])
             rec.max_rel = float(rel[i])
+            rec.atol = float(allowed[i] - rtol * abs(e[i]))
     return rec
 
 

@@ -117,7 +117,8 @@ def per_sample_references(
         return (np.sum(block.astype(dtype), axis=-1) * dtype(c)).astype(np.float64)
 
     def total_rounding(i):  # the batch sum as one more Add (the model of symgrad.lower.numpy._Magnitude)
-        return c * (np.sum(np.abs(mags[i].astype(np.float64)), axis=-1) + np.abs(np.sum(main[i].astype(np.float64), axis=-1)))
+        terms = np.abs(main[i].astype(np.float64))
+        return c * (np.sum(np.abs(mags[i].astype(np.float64)), axis=-1) + max(1.0, np.log2(n)) * np.sum(terms, axis=-1))
 
     def as_rows(block, shape_after):
         return np.moveaxis(block.reshape(tuple(shape_after) + (n,)), -1, 0).astype(np.float64)
@@ -129,6 +130,8 @@ def per_sample_references(
         fwd, fwd_low = total(main[0], hp).reshape(()), total(low[0], low_dtype).reshape(())
     forward = Reference("output", fwd.reshape(out_shape), "symbolic forward (one sample, evaluated for all)",
                         value_lowp=fwd_low.reshape(out_shape))
+    if mags is not None:
+        forward.rounding = (np.abs(as_rows(mags[0], out.shape[1:])) if rows else total_rounding(0)).reshape(out_shape)
 
     refs = []
     for i, w in enumerate(wrt, start=1):

@@ -11,15 +11,18 @@ Every relational in the expressions (the conditions of the op table's ``Piecewis
 ``x > 0`` for relu, ``x <= min_val`` for hardtanh, ...) is printed as a call ``_rel(k, op, a, b)``
 that records its *gap* ``a - b`` and can be forced.  ``Lowered.__call__`` evaluates everything twice,
 in high precision and in the dtype torch ran in.  A condition is *on a kink* where its gap is zero
-in high precision, or no larger than ``KINK_NOISE`` times the difference between the two
-evaluations of the gap: there, rounding in torch's dtype may put torch on the other side.  For
-those, the expressions are evaluated twice more with the condition forced false and forced true,
-giving the one-sided derivative band ``[lower, upper]``.  Entries whose band has width are the
+in high precision, or within rounding of zero in torch's dtype: no larger than ``KINK_ULPS`` units
+of roundoff times the gap's running error bound (class ``_Magnitude``), or than ``KINK_NOISE``
+times the difference between the two evaluations of the gap.  There, rounding in torch's dtype may
+put torch on the other side.  For those, the expressions are evaluated again with the conditions
+forced false and true (every combination when there are few, see ``Lowered._bands``), giving the
+band ``[lower, upper]`` of one-sided derivatives.  Entries whose band has width are the
 kink-affected ones.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -29,9 +32,12 @@ import sympy as sp
 
 from ..errors import UnsupportedOp
 
-__all__ = ["Lowered", "lower", "to_symengine", "rewrite_kinks", "KINK_NOISE", "high_precision", "FUNCTIONS"]
+__all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
 
 KINK_NOISE = 16.0
+KINK_ULPS = 8.0
+MAX_KINK_COMBINATIONS_LOG2 = 6  # up to 2**6 forced evaluations for the kink band
+MAX_SINGLE_FLIPS = 32
 
 
 def high_precision():
@@ -51,23 +57,58 @@ def _fold(binary):
     return fold
 
 
-# SymPy's kink functions as Piecewise forms with torch's conventions (see Note [Kink conventions] in
-# symgrad/ops.py): symengine leaves d Max/dx unevaluated, and SymPy's Heaviside(0) is 1/2.  The
-# relationals then make kinks visible to the evaluation (Note [Kinks at evaluation time]).
+def _extreme(compare_name: str):
+    """n-ary max ("Ge") or min ("Le"): sum_i a_i I_i / sum_i I_i, I_i = [a_i beats all others].
+
+    A tie splits the derivative evenly among the tied arguments, as torch's max/min reductions
+    and torch.maximum/minimum do.  Built in symengine: SymPy folds a Piecewise inside a condition
+    into ``ITE`` terms that symengine cannot take.
+    """
+
+    def build(*args):
+        import symengine as se
+
+        if len(args) == 1:
+            return args[0]
+        compare = getattr(se, compare_name)
+        wins = []
+        for i, a in enumerate(args):
+            conds = [compare(a, b) for j, b in enumerate(args) if j != i]
+            wins.append(se.Piecewise((1, conds[0] if len(conds) == 1 else se.And(*conds)), (0, True)))
+        return se.Add(*(a * w for a, w in zip(args, wins))) / se.Add(*wins)
+
+    return build
+
+
+def _abs(a):
+    import symengine as se
+
+    return se.Piecewise((a, se.Gt(a, 0)), (0, se.Eq(a, 0)), (-a, True))
+
+
+def _sign(a):
+    import symengine as se
+
+    return se.Piecewise((1, se.Gt(a, 0)), (0, se.Eq(a, 0)), (-1, True))
+
+
+def _heaviside(a, h=None):
+    import symengine as se
+
+    return se.Piecewise((1, se.Gt(a, 0)), (se.Rational(1, 2) if h is None else h, se.Eq(a, 0)), (0, True))
+
+
+# SymPy's kink functions, rebuilt in symengine as Piecewise forms with torch's conventions (see Note
+# [Kink conventions] in symgrad/ops.py): symengine leaves d Max/dx unevaluated, and SymPy's
+# Heaviside(0) is 1/2.  The relationals then make kinks visible to the evaluation (Note [Kinks at
+# evaluation time]).
 _KINK_REWRITES = {
-    sp.Max: _fold(lambda a, b: sp.Piecewise((a, a > b), ((a + b) / 2, sp.Eq(a, b)), (b, True))),
-    sp.Min: _fold(lambda a, b: sp.Piecewise((a, a < b), ((a + b) / 2, sp.Eq(a, b)), (b, True))),
-    sp.Abs: lambda a: sp.Piecewise((a, a > 0), (0, sp.Eq(a, 0)), (-a, True)),
-    sp.sign: lambda a: sp.Piecewise((1, a > 0), (0, sp.Eq(a, 0)), (-1, True)),
-    sp.Heaviside: lambda a, h=sp.S.Half: sp.Piecewise((1, a > 0), (h, sp.Eq(a, 0)), (0, True)),
+    sp.Max: _extreme("Ge"),
+    sp.Min: _extreme("Le"),
+    sp.Abs: _abs,
+    sp.sign: _sign,
+    sp.Heaviside: _heaviside,
 }
-
-
-def rewrite_kinks(expr):
-    """``Max``, ``Min``, ``Abs``, ``sign``, ``Heaviside`` in a SymPy expression as Piecewise forms."""
-    if not isinstance(expr, sp.Basic) or not expr.has(*_KINK_REWRITES):
-        return expr
-    return expr.replace(lambda e: type(e) in _KINK_REWRITES, lambda e: _KINK_REWRITES[type(e)](*e.args))
 
 
 def to_symengine(expr):
@@ -80,7 +121,23 @@ def to_symengine(expr):
         raise UnsupportedOp(f"the expression holds an unevaluated derivative ({sp.sstr(expr)[:80]}): "
                             "a function symgrad cannot differentiate")
     try:
-        return se.sympify(rewrite_kinks(expr))
+        if not (isinstance(expr, sp.Basic) and expr.has(*_KINK_REWRITES)):
+            return se.sympify(expr)
+        # Swap each kink function for a placeholder (innermost first), then build its form in
+        # symengine from its converted arguments and put it back.
+        found: dict = {}
+
+        def swap(e):
+            slot = sp.Symbol(f"_kink_slot_{len(found)}")
+            found[slot] = e
+            return slot
+
+        plain = expr.replace(lambda e: type(e) in _KINK_REWRITES, swap)
+        built: dict = {}
+        for slot, e in found.items():
+            args = [se.sympify(a).xreplace(built) for a in e.args]
+            built[se.Symbol(slot.name)] = _KINK_REWRITES[type(e)](*args)
+        return se.sympify(plain).xreplace(built)
     except Exception as err:
         raise UnsupportedOp(
             f"symgrad's engine (symengine) has no counterpart for part of {sp.sstr(expr)[:80]!r} ({err}); "
@@ -102,7 +159,8 @@ def _pw(*pairs):
     out = pairs[-1][1]
     for cond, value in reversed(pairs[:-1]):
         out = np.where(cond, value, out)
-    return out
+    out = np.asarray(out)
+    return out.astype(np.float64) if out.dtype.kind in "biu" else out  # 0/1 indicators divide later
 
 
 # symengine function name -> numpy implementation (the printed code calls these by name)
@@ -126,6 +184,7 @@ class _Printer:
         self.mags = mags if mags is not None else {}  # temporary -> name of its magnitude
         self.hooks = hooks  # False: relationals print as plain comparisons (no _rel bookkeeping)
         self.n_rel = 0
+        self.rel_operands: list = []  # (lhs, rhs) of relational k, for the bound on its gap
 
     def __call__(self, e) -> str:
         kind = type(e).__name__
@@ -165,6 +224,8 @@ class _Printer:
                 return f"exp({self(ex)})"
             if type(ex).__name__ == "Half":
                 return f"sqrt({self(base)})"
+            if ex.is_Integer and int(ex) < 0:  # numpy refuses integer arrays to negative integer powers
+                return f"({self(base)}**{float(int(ex))!r})"
             return f"({self(base)}**{self(ex)})"
         if kind == "Piecewise":
             pairs = [f"({self(args[i + 1])}, {self(args[i])})" for i in range(0, len(args), 2)]
@@ -180,6 +241,7 @@ class _Printer:
                 return f"({self(args[0])} {_RELATIONS[kind]} {self(args[1])})"
             k = self.n_rel
             self.n_rel += 1
+            self.rel_operands.append((args[0], args[1]))
             return f"_rel({k}, {_RELATIONS[kind]!r}, {self(args[0])}, {self(args[1])})"
         if kind in ("And", "Or"):
             fn = "np.logical_and" if kind == "And" else "np.logical_or"
@@ -202,8 +264,8 @@ class _Magnitude:
     """A running rounding-error bound of an expression, as code, in units of the unit roundoff.
 
     Wilkinson's forward analysis: inputs and constants are exact (error 0); every operation adds its own
-    rounding, |result|, to the errors of its arguments carried through the operation's partial
-    derivatives: err(a + b) = err(a) + err(b) + |a + b|, err(a b) = |b| err(a) + |a| err(b) + |a b|,
+    rounding to the errors of its arguments carried through the operation's partial
+    derivatives: err(a_1 + ... + a_n) = sum err(a_i) + log2(n) sum |a_i|, err(a b) = |b| err(a) + |a| err(b) + |a b|,
     err(f(a)) = |f'(a)| err(a) + |f(a)|.  Cancellation is what this catches: a sum of large terms
     that is nearly zero keeps the large terms' error.
     """
@@ -224,8 +286,12 @@ class _Magnitude:
             return "0"
         args = e.args
         if kind == "Add":
+            # Summation: each partial sum rounds, bounded by the terms' magnitudes (log2(n) for
+            # pairwise summation); one rounding of the result would vanish exactly where the sum
+            # cancels.
             errs = [err for err in (self(a) for a in args) if err != "0"]
-            return "(" + " + ".join(errs + [f"np.abs({p(e)})"]) + ")"
+            sizes = " + ".join(f"np.abs({p(a)})" for a in args)
+            return "(" + " + ".join(errs + [f"{max(1.0, math.log2(len(args)))!r}*({sizes})"]) + ")"
         if kind == "Mul":
             terms = []
             for i, a in enumerate(args):
@@ -257,13 +323,13 @@ class _Context:
     def __init__(self, near=None, force=None):
         self.gaps: dict[int, np.ndarray] = {}
         self.near = near or {}
-        self.force = force
+        self.force = force or {}  # condition k -> the truth value forced where it is near a kink
 
     def rel(self, k, op, a, b):
         truth = _COMPARE[op](a, b)
         self.gaps[k] = np.asarray(a - b)
-        if self.force is not None and k in self.near:
-            truth = np.where(self.near[k], self.force, truth)
+        if k in self.force:
+            truth = np.where(self.near[k], self.force[k], truth)
         return truth
 
 
@@ -305,9 +371,14 @@ class Lowered:
             lines.append(f"    _t{i} = {code}")
         lines.append("    _values = [" + ", ".join(printer(r) for r in reduced) + "]")
         lines.append("    if not _with_magnitudes:")
-        lines.append("        return _values, None")
+        lines.append("        return _values, None, None")
         lines += mag_lines
-        lines.append("    return _values, [" + ", ".join(magnitude(r) for r in reduced) + "]")
+        plain = magnitude.plain
+        # The rounding bound of each relational's gap a - b (see Note [Kinks at evaluation time]).
+        gap_errors = [f"({magnitude(a)} + {magnitude(b)} + np.abs({plain(a)}) + np.abs({plain(b)}))"
+                      for a, b in printer.rel_operands]
+        lines.append("    return _values, [" + ", ".join(magnitude(r) for r in reduced) + "], ["
+                     + ", ".join(gap_errors) + "]")
         self.source = "\n".join(lines)
         self.relationals = printer.n_rel
         self._rel_text = self._relational_texts(reps, reduced)
@@ -334,8 +405,32 @@ class Lowered:
 
     def _run(self, vals, ctx, magnitudes: bool = False):
         with np.errstate(all="ignore"):
-            values, mags = self._fn(vals, ctx.rel, magnitudes)
-        return (values, mags) if magnitudes else values
+            values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes)
+        return (values, mags, gap_errors) if magnitudes else values
+
+    def _bands(self, vals, near: dict) -> tuple[list, list]:
+        """Elementwise min and max over evaluations with the near-kink conditions forced.
+
+        Every combination when there are few (an entry can depend on several kinks pointing in
+        different directions: relu(x) + relu(-x) at 0); otherwise all-false, all-true and each
+        condition flipped alone against the others.
+        """
+        keys = sorted(near)
+        if len(keys) <= MAX_KINK_COMBINATIONS_LOG2:
+            choices = [dict(zip(keys, bits)) for bits in itertools.product((False, True), repeat=len(keys))]
+        else:
+            choices = [dict.fromkeys(keys, False), dict.fromkeys(keys, True)]
+            for k in keys[:MAX_SINGLE_FLIPS]:
+                choices += [{**dict.fromkeys(keys, True), k: False}, {**dict.fromkeys(keys, False), k: True}]
+        lower = upper = None
+        for force in choices:
+            vals_k = [np.asarray(v, dtype=np.float64) for v in self._run(vals, _Context(near, force))]
+            if lower is None:
+                lower, upper = vals_k, [v.copy() for v in vals_k]
+            else:
+                lower = [np.fmin(a, b) for a, b in zip(lower, vals_k)]
+                upper = [np.fmax(a, b) for a, b in zip(upper, vals_k)]
+        return lower, upper
 
     def __call__(self, values: list, *, dtype=np.float64, kink_eps: float | None = None) -> Evaluation:
         """Evaluate at ``values`` (one number or array per arg) in ``dtype``.
@@ -347,21 +442,24 @@ class Lowered:
         ctx = _Context()
         if kink_eps is None:
             return Evaluation(self._run(vals, ctx))
-        out = Evaluation(*self._run(vals, ctx, magnitudes=True))
+        values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True)
+        out = Evaluation(values_hi, magnitudes)
         low = np.float32 if kink_eps > 1e-10 else np.float64
         low_ctx = _Context()
         out.values_lowp = self._run([np.asarray(v, dtype=low) for v in values], low_ctx)
         near = {}
         with np.errstate(invalid="ignore"):  # gaps to an infinite bound: inf - inf
             for k, gap in ctx.gaps.items():
+                gap = np.asarray(gap, np.float64)
                 lo_gap = low_ctx.gaps.get(k)
-                noise = np.abs(np.asarray(lo_gap, np.float64) - np.asarray(gap, np.float64)) if lo_gap is not None else 0.0
-                mask = (gap == 0) | (np.abs(np.asarray(gap, np.float64)) <= KINK_NOISE * noise)
+                noise = np.abs(np.asarray(lo_gap, np.float64) - gap) if lo_gap is not None else 0.0
+                bound = np.abs(np.asarray(gap_errors[k], np.float64)) if k < len(gap_errors) else 0.0
+                size = np.abs(gap)
+                mask = (size == 0) | (size <= KINK_NOISE * noise) | (size <= KINK_ULPS * kink_eps * bound)
                 if np.any(mask):
                     near[k] = mask
         if near:
-            out.lower = self._run(vals, _Context(near, False))
-            out.upper = self._run(vals, _Context(near, True))
+            out.lower, out.upper = self._bands(vals, near)
             out.kink_conditions = [self._rel_text[k] for k in sorted(near) if k < len(self._rel_text)]
         return out
 

@@ -61,6 +61,9 @@ SYMPY_TO_TORCH: dict[type, Callable] = {
     sp.Heaviside: _heaviside,
     sp.Max: _chain("maximum"),
     sp.Min: _chain("minimum"),
+    sp.And: _chain("logical_and"),
+    sp.Or: _chain("logical_or"),
+    sp.Not: lambda a: _torch().logical_not(a),
 }
 
 
