@@ -300,8 +300,13 @@ class _Magnitude:
                     terms.append(f"np.abs({p(se.Mul(*(args[:i] + args[i + 1:])))})*{err}")
             return "(" + " + ".join(terms + [f"np.abs({p(e)})"]) + ")"
         if kind == "Piecewise":
-            pairs = [f"({p(args[i + 1])}, {self(args[i])})" for i in range(0, len(args), 2)]
-            return f"_pw({', '.join(pairs)})"
+            # The largest error of any branch, whichever is taken: rounding in a condition can
+            # put torch on another branch (relu(z) at z ~ 0 is uncertain by z's own error).
+            errs = [self(args[i]) for i in range(0, len(args), 2)]
+            out = errs[0]
+            for err in errs[1:]:
+                out = out if err == "0" else err if out == "0" else f"np.fmax({out}, {err})"
+            return out
         if kind in _RELATIONS or kind in _BOOLEANS or kind in ("And", "Or", "Not"):
             return "0"
         t = se.Symbol("_error_slot")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import operator
 
+import sympy as sp
+
 from sympy import OneMatrix
 
 from symgrad.matrix.errors import UnsupportedOp
@@ -25,6 +27,25 @@ def _is_t(v) -> bool:
 
 def _where(node) -> str:
     return f"fx node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)})"
+
+
+def _op_params(name: str, args, kwargs) -> dict:
+    """An op-table row's parameters from a call's positional and keyword arguments.
+
+    ``None`` for a clamp bound means no bound (+-oo), not the row's default.
+    """
+    names = _FUNCTIONAL_PARAMS.get(name) or list(OPS[name].params)
+    given = {"min": None, "max": None} if name == "clamp" else {}  # torch.clamp: a missing bound is none
+    given.update(zip(names, args))
+    given.update({k: v for k, v in kwargs.items() if k in names})
+    params = {}
+    for k, v in given.items():
+        if v is None and name == "clamp":
+            v = -sp.oo if k == "min" else sp.oo
+        elif v is None:
+            continue
+        params[k] = v if v in (sp.oo, -sp.oo) else _exact(v)
+    return params
 
 
 def _activation(b, node, name: str, x: _T, params: dict) -> _T:
@@ -111,10 +132,7 @@ def _call_function(b, node, args, kwargs):
         name = acts[fn]
         if name == "gelu" and kwargs.get("approximate", "none") == "tanh":
             name = "gelu_tanh"
-        names = _FUNCTIONAL_PARAMS.get(name, [])
-        params = {k: _exact(v) for k, v in zip(names, args[1:])}
-        params.update({k: _exact(v) for k, v in kwargs.items() if k in names})
-        return _activation(b, node, name, args[0], params)
+        return _activation(b, node, name, args[0], _op_params(name, args[1:], kwargs))
     if fn is F.linear:
         return _linear(b, node, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("bias"))
     if fn in (torch.matmul, torch.mm, operator.matmul):
@@ -153,7 +171,7 @@ _METHOD_AS_FUNCTION = {"matmul": operator.matmul, "mm": operator.matmul, "add": 
 def _call_method(b, node, args, kwargs):
     name = node.target
     if name in OPS and _is_t(args[0]):
-        return _activation(b, node, name, args[0], {})
+        return _activation(b, node, name, args[0], _op_params(name, args[1:], kwargs))
     if name in ("t",):
         return _transpose(args[0])
     if name in ("sum", "mean") and len(args) == 1 and not kwargs:
@@ -196,7 +214,11 @@ def _call_module(b, node, args, kwargs):
 def _param(b, torch_name: str, sym_name: str) -> _T:
     if torch_name in b.leaves:
         return b.leaves[torch_name]
-    p = b.model.get_parameter(torch_name)
+    try:
+        p = b.model.get_parameter(torch_name)
+    except AttributeError:
+        raise UnsupportedOp(f"matrix engine: {torch_name!r} is a buffer or constant tensor, not a parameter; "
+                            "use engine='elementwise'") from None
     t = b.leaf(sym_name, torch_name, p, "parameter")
     b.leaves[torch_name] = t
     return t

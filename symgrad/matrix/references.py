@@ -222,7 +222,9 @@ def kink_bands(grads: dict, net: Network, cot_defs: dict, ev: Evaluator, dtype_e
     if not left:
         return {}
     forward = {s: ev.memo[s] for s in net.defs}
-    evs = [Evaluator(ev.values, cot_defs, overrides={**forward, **side}, symbols=matrix_symbols(*grads.values())) for side in (left, right)]
+    # dimensions are bound from every symbol the side evaluations can meet, definitions included
+    symbols = matrix_symbols(*grads.values(), *cot_defs.values(), *net.defs.values())
+    evs = [Evaluator(ev.values, cot_defs, overrides={**forward, **side}, symbols=symbols) for side in (left, right)]
     out = {}
     for name, g in grads.items():
         main = np.asarray(ev(g), dtype=np.float64)
