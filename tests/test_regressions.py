@@ -90,3 +90,112 @@ def test_three_way_tie_of_chained_maximum_accepts_torch_max():
                       symbolic=lambda x: sg.maximum(sg.maximum(sg.maximum(x[0], x[1]), x[2]), x[3]))
     assert report.passed, report.to_text()
     np.testing.assert_allclose(report["x"].actual, [1 / 3, 0, 1 / 3, 1 / 3])
+
+
+# -- models ------------------------------------------------------------------------------------
+import torch.nn as nn  # noqa: E402
+
+
+def _on_kink_model(dtype, seed):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
+    x = torch.randn(3, 4, dtype=dtype)
+    t = torch.randn(3, 1, dtype=dtype)
+    with torch.no_grad():  # sample 0's pre-activations on the relu kink, as torch computes them
+        m[0].bias.copy_(-(x[0:1] @ m[0].weight.t())[0])
+    return m, x, t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 3, 23, 31])
+def test_correct_relu_model_with_units_rounded_onto_the_kink_passes(dtype, seed):
+    m, x, t = _on_kink_model(dtype, seed)
+    report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t)
+    assert report.passed, report.to_text()
+
+
+class _SignFlipLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, b):
+        ctx.save_for_backward(x, W)
+        return x @ W.t() + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved_tensors
+        return g @ W, -(g.t() @ x), g.sum(0)  # the weight gradient has the wrong sign
+
+
+class _BadLinear(nn.Linear):
+    def forward(self, x):
+        return _SignFlipLinear.apply(x, self.weight, self.bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_wrong_weight_gradient_is_caught_even_with_units_on_the_kink(dtype):
+    good, x, t = _on_kink_model(dtype, 3)
+    bad = nn.Sequential(_BadLinear(4, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
+    bad.load_state_dict(good.state_dict())
+    report = sg.check(bad, {"x": x}, loss=nn.MSELoss(), target=t)
+    assert report["0.weight"].verdict == "FAIL"
+    assert report["0.bias"].passed and report["2.weight"].passed
+
+
+def test_float64_celu_with_alpha_is_not_a_false_alarm():
+    # torch's float64 celu' for alpha != 1 is itself about 2e-8 off, term by term.
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 7), nn.CELU(alpha=1.7), nn.Linear(7, 6), nn.CELU(alpha=1.7), nn.Linear(6, 3)).double()
+    x, t = 2 * torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    assert sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matrix_engine_with_units_exactly_on_the_kink(dtype):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 80), nn.ReLU(), nn.Linear(80, 80), nn.ReLU(), nn.Linear(80, 2)).to(dtype)
+    with torch.no_grad():
+        m[0].bias.zero_()
+        m[2].bias.zero_()
+    x = torch.randn(8, 20, dtype=dtype)
+    x[0] = 0  # every first-layer unit of sample 0 at exactly 0
+    report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=torch.randn(8, 2, dtype=dtype), engine="matrix")
+    assert report.passed, report.to_text()
+    assert report["0.bias"].verdict == "pass (kink)"
+
+
+class _Clamped(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b, self.how = nn.Linear(4, 6), nn.Linear(6, 2), how
+
+    def forward(self, x):
+        h = self.a(x)
+        h = {"method_min": lambda: h.clamp(min=0), "fn_max": lambda: torch.clamp(h, max=0.3)}[self.how]()
+        return self.b(h)
+
+
+@pytest.mark.parametrize("how", ["method_min", "fn_max"])
+def test_matrix_engine_reads_clamp_bounds_from_the_call(how):
+    torch.manual_seed(1)
+    m = _Clamped(how).double()
+    x, t = 3 * torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    for engine in ("elementwise", "matrix"):
+        report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t, engine=engine)
+        assert report.passed, (engine, report.to_text())
+
+
+def test_model_reading_a_buffer():
+    class Buf(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+            self.register_buffer("scale", torch.tensor([1.0, 2.0, 3.0]))
+
+        def forward(self, x):
+            return torch.sigmoid(self.a(x)) * self.scale
+
+    m = Buf().double()
+    x, t = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    assert sg.check(m, {"x": x}, loss="mse", target=t).passed
+    with pytest.raises(sg.UnsupportedOp, match="buffer"):
+        sg.check(m, {"x": x}, loss="mse", target=t, engine="matrix")
