@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import warnings
+
 import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd
@@ -140,7 +142,8 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     if engine not in ("auto", "elementwise", "matrix"):
         raise InputError(f"engine must be 'auto', 'elementwise' or 'matrix', not {engine!r}")
     if engine == "matrix" or (engine == "auto" and n_params > MATRIX_THRESHOLD and symbolic is None):
-        refs = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix")
+        refs = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix",
+                                  warn=engine == "auto")
         if refs is not None:
             with torch.no_grad():
                 scalar = torch_fn(*(t.detach() for t in leaves.values())).numel() == 1
@@ -192,7 +195,7 @@ def _attach_matrix_forms(refs, model, named, loss, target, wrt, dtype) -> None:
             ref.note = (ref.note + " " if ref.note else "") + "matrix form cross-checked against the elementwise derivative"
 
 
-def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool):
+def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool, warn: bool = False):
     try:
         from ..matrix import module_references
     except ImportError as err:
@@ -204,6 +207,10 @@ def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool
     except (UnsupportedOp, NotImplementedError) as err:
         if required:
             raise UnsupportedOp(f"the matrix engine cannot handle this model: {err}. Use engine='elementwise'") from err
+        if warn:
+            warnings.warn(f"symgrad: the matrix engine cannot handle this model ({err}); falling back to the "
+                          "elementwise engine, whose cost grows with the number of parameters (minutes for "
+                          "thousands of them)", stacklevel=4)
         return None
 
 
