@@ -13,7 +13,7 @@ from .build.functional import *  # noqa: F401,F403 - the symbolic tensor API (sg
 from .build.functional import __all__ as _functional_all
 from .check import assert_correct, check
 from .compare import Record
-from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from .errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .ops import OPS, Op, register_op
 from .reference import Reference
 from .report import GradientMismatch, Report
@@ -57,6 +57,7 @@ __all__ = [
     "InputError",
     "ShapeMismatch",
     "UnsupportedOp",
+    "AutogradFailed",
     "GradientMismatch",
     "import_fn",
     "check_function",

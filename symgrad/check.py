@@ -18,6 +18,7 @@ import sympy as sp
 from .autograd.run import default_via, quantity_of, run_autograd
 from .build.tensor import SymTensor, as_symtensor, symbols
 from .compare.compare import compare
+from .compare.kinks import stack_generators
 from .differentiate.elementwise import differentiate, entry_form
 from .differentiate.matrix_form import matrix_closed_form
 from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
@@ -25,7 +26,7 @@ from .lower.numpy import high_precision, lower
 from .reference import Reference
 from .report.report import Report, shorten
 
-__all__ = ["check", "assert_correct", "symbolic_inputs"]
+__all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
 
 ENGINES = ("auto", "elementwise", "matrix")
 
@@ -68,6 +69,12 @@ def normalize_inputs(fn, symbolic, inputs) -> dict:
             raise InputError(
                 f"input {name!r} is a {type(t).__name__}, not a torch.Tensor; wrap it: torch.tensor(..., dtype=torch.float64)"
             )
+        if t.device.type == "meta":
+            raise InputError(f"input {name!r} is on the meta device and has no values; give it real data (e.g. on the CPU)")
+        if t.is_complex():
+            raise InputError(f"input {name!r} is complex ({t.dtype}); symgrad checks real derivatives")
+        if t.numel() == 0:
+            raise InputError(f"input {name!r} is empty (shape {tuple(t.shape)}): there is nothing to check")
     return named
 
 
@@ -81,6 +88,8 @@ def _choose_wrt(named: dict, wrt) -> list[str]:
             raise InputError("no floating-point input to differentiate; pass float tensors or name them in wrt")
         return chosen
     wrt = list(wrt)
+    if not wrt:
+        raise InputError("wrt is empty: name at least one input to differentiate, or leave wrt=None for all of them")
     for w in wrt:
         if w not in named:
             raise InputError(f"wrt names {w!r}, which is not an input; the inputs are: {', '.join(named)}")
@@ -93,7 +102,10 @@ def symbolic_inputs(named: Mapping[str, object]) -> dict[str, SymTensor]:
     """One symbol tensor per floating input (``x[0, 1]``), constants for integer inputs."""
     out = {}
     for name, t in named.items():
-        out[name] = symbols(name, tuple(t.shape)) if t.is_floating_point() else as_symtensor(t.detach().cpu().numpy())
+        if t.is_floating_point():
+            out[name] = symbols(name, tuple(t.shape))
+        else:  # integer and bool inputs are constants (bools as 0/1)
+            out[name] = as_symtensor(t.detach().cpu().numpy().astype(np.int64) if t.dtype == torch_bool() else t.detach().cpu().numpy())
     return out
 
 
@@ -103,6 +115,8 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     MatrixSymbols and Symbols are matched to inputs by name; ``extra`` maps an input name to a
     user's own Matrix/Array of symbols for it.
     """
+    if isinstance(expr, sp.MatrixBase) and not isinstance(expr, sp.Basic):
+        expr = sp.ImmutableMatrix(expr)  # a mutable Matrix of MatrixSymbol entries (sp.Matrix(X))
     subs = {}
     for name, st in sym_inputs.items():
         if st.ndim == 0:
@@ -241,6 +255,7 @@ def check(
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
+    _check_options(rtol, atol, backward_calls)
     if _is_module(fn):
         from .nn.check import check_module
 
@@ -255,7 +270,7 @@ def check(
 
     named = normalize_inputs(fn, symbolic, inputs)
     wrt_names = _choose_wrt(named, wrt)
-    dtype = named[wrt_names[0]].dtype
+    dtype = lowest_precision(named.values())
     dtype_name = str(dtype).replace("torch.", "")
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
 
@@ -290,6 +305,9 @@ def check(
     scalar = out.numel() == 1
     if via is None:
         via = default_via(scalar, v is not None)
+    if backward_calls != 1 and via != "backward":
+        raise InputError(f"backward_calls={backward_calls} accumulates .grad over repeated backward() calls; "
+                         f"it needs via='backward' (a scalar output, or a cotangent v), not via={via!r}")
     quantity = quantity_of(via, v is not None)
     cot_sym = tan_sym = None
     extra_args, extra_vals = [], []
@@ -299,7 +317,7 @@ def check(
         v = torch.as_tensor(v, dtype=dtype)
         if tuple(v.shape) != out.shape:
             raise ShapeMismatch(f"v has shape {tuple(v.shape)}, the output has {out.shape}")
-        cot_sym = symbols("v", out.shape)
+        cot_sym = symbols(_fresh("v", named), out.shape)
         extra_args += list(cot_sym.data.ravel())
         extra_vals += list(v.detach().double().numpy().ravel())
     elif quantity == "grad" and not scalar:
@@ -320,7 +338,7 @@ def check(
             if tuple(t.shape) != tuple(named[w].shape):
                 raise ShapeMismatch(f"tangent for {w!r} has shape {tuple(t.shape)}, the input has {tuple(named[w].shape)}")
             tangents[w] = t
-            tan_sym[w] = symbols(f"t_{w}", tuple(t.shape))
+            tan_sym[w] = symbols(_fresh(f"t_{w}", named), tuple(t.shape))
             extra_args += list(tan_sym[w].data.ravel())
             extra_vals += list(t.detach().double().numpy().ravel())
 
@@ -350,6 +368,8 @@ def check(
     main, low, rounding = split(hi.values), split(hi.values_lowp), split(hi.magnitudes)
     band_lo = split(hi.lower) if hi.lower is not None else None
     band_hi = split(hi.upper) if hi.upper is not None else None
+    cands = [split(c) for c in hi.candidates] if hi.candidates is not None else []
+    kink_rounding = split(hi.kink_magnitudes) if hi.kink_magnitudes is not None else None
 
     scale = backward_calls if via == "backward" else 1
     matrix_values = {n: t.detach().double().cpu().numpy().reshape(_as_2d(tuple(t.shape))) for n, t in named.items()}
@@ -375,6 +395,10 @@ def check(
             kink = (lo != up) | (lo != ref.value) | (up != ref.value)
             if kink.any():
                 ref.lower, ref.upper, ref.kink = lo, up, kink
+                ref.kink_rounding = scale * kink_rounding[i].reshape(shape)
+                if hi.kink_joint:
+                    ref.kink_generators = stack_generators(
+                        [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
         refs.append(ref)
 
     records = [compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward", rtol=rtol, atol=atol)]
@@ -392,6 +416,36 @@ def check(
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _check_options(rtol, atol, backward_calls) -> None:
+    for label, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (isinstance(value, (int, float)) and value >= 0 and np.isfinite(value)):
+            raise InputError(f"{label} must be a finite number >= 0, not {value!r}")
+    if not isinstance(backward_calls, int) or backward_calls < 1:
+        raise InputError(f"backward_calls must be an integer >= 1, not {backward_calls!r}")
+
+
+def lowest_precision(tensors):
+    """The floating dtype with the largest roundoff among ``tensors``: the tolerances' dtype (a
+    float32 input rounds whatever it touches, even in a float64 computation)."""
+    import torch
+
+    floats = [t.dtype for t in tensors if t.is_floating_point()]
+    return max(floats, key=lambda d: torch.finfo(d).eps) if floats else torch.float64
+
+
+def torch_bool():
+    import torch
+
+    return torch.bool
+
+
+def _fresh(name: str, taken) -> str:
+    """``name``, or ``name_``, ``name__``, ... if an input already has it."""
+    while name in taken:
+        name += "_"
+    return name
 
 
 def _same_but_unit_dims(a: tuple, b: tuple) -> bool:

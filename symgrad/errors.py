@@ -1,6 +1,6 @@
 """symgrad's exceptions.  Every message names the cause and the fix."""
 
-__all__ = ["SymgradError", "ShapeMismatch", "UnsupportedOp", "InputError"]
+__all__ = ["SymgradError", "ShapeMismatch", "UnsupportedOp", "InputError", "AutogradFailed"]
 
 
 class SymgradError(ValueError):
@@ -17,3 +17,7 @@ class ShapeMismatch(SymgradError):
 
 class UnsupportedOp(SymgradError):
     """The symbolic forward (or an imported model) uses an op symgrad has no row for."""
+
+
+class AutogradFailed(SymgradError):
+    """torch's autograd raised while running the torch function the way the user named (``via``)."""

@@ -25,7 +25,12 @@ class Reference:
     lower: np.ndarray | None = None  # one-sided derivative band where an input sits on a kink
     upper: np.ndarray | None = None
     kink: np.ndarray | None = None  # bool mask: entries affected by a kink
+    # Note [Joint kink check] (symgrad/compare/kinks.py): candidate - value, shape
+    # (groups, generators, *value.shape); None where only the entrywise band is known
+    kink_generators: np.ndarray | None = None
+    kink_rounding: np.ndarray | None = None  # ``rounding`` on whichever side of the kinks (the largest)
     value_lowp: np.ndarray | None = None  # the same closed form evaluated in the checked dtype
-    rounding: np.ndarray | None = None  # running error bound of evaluating it, in units of roundoff
+    rounding: np.ndarray | None = None  # running error bound of evaluating it, in units of roundoff:
+    # a correct evaluation in the checked dtype errs by at most eps(dtype) * rounding, entry by entry
     verified: bool = True  # closed form cross-checked against an independent derivation
     note: str = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from ..errors import InputError
+from ..errors import AutogradFailed, InputError
 
 __all__ = ["VIAS", "quantity_of", "run_autograd", "default_via"]
 
@@ -50,7 +50,28 @@ def run_autograd(
     tangents: Mapping[str, object] | None = None,
     backward_calls: int = 1,
 ) -> dict:
-    """Run autograd; returns ``{name: tensor}`` (``{(a, b): tensor}`` for Hessians, ``{"jvp": t}``)."""
+    """Run autograd; returns ``{name: tensor}`` (``{(a, b): tensor}`` for Hessians, ``{"jvp": t}``).
+
+    An error torch raises on the way becomes ``AutogradFailed``, saying what usually causes it.
+    """
+    try:
+        return _run(fn, inputs, wrt, via, cotangent=cotangent, tangents=tangents, backward_calls=backward_calls)
+    except RuntimeError as err:
+        text = str(err)
+        if "does not require grad" in text or "does not have a grad_fn" in text:
+            hint = ("the torch function's output is not connected to the differentiated inputs: it detaches them, "
+                    "runs under torch.no_grad(), goes through numpy, or uses an op with no derivative")
+        elif "setup_context" in text or "functorch" in text or "vmap" in text:
+            hint = ("torch.func transforms (jacrev, jacfwd, func.vjp/jvp/hessian) need a custom autograd.Function "
+                    "to define setup_context (and vmap support); use via='functional.jacobian', 'backward' or "
+                    "'autograd.grad' instead")
+        else:
+            hint = "the torch function (or its backward) failed under this way of running autograd"
+        raise AutogradFailed(f"torch raised while running via={via!r}: {text.splitlines()[0] if text else type(err).__name__}. "
+                             f"Likely cause: {hint}.") from err
+
+
+def _run(fn, inputs, wrt, via, *, cotangent=None, tangents=None, backward_calls=1) -> dict:
     import torch
 
     names = list(inputs)

@@ -8,21 +8,23 @@ An entry passes when ``|actual - expected| <= allowed``, entry by entry, where `
 
 * ``rtol * |expected|``, with ``rtol`` from the dtype autograd ran in (``DEFAULT_RTOL``): 1e-7 for
   float64, 1e-5 for float32 -- tight enough that a backward off by a factor 1 + 1e-4 fails;
-* plus ``rtol + ROUNDING_ULPS`` units of roundoff, times the entry's running rounding-error bound
-  (``Reference.rounding``, class ``_Magnitude`` in ``symgrad/lower/numpy.py``; at least |expected|,
-  and the size of the terms where they cancel): a sum of large terms that cancels to nearly zero
-  keeps the large terms' error, and ``rtol`` applies to each term, not only to what is left
-  (torch's float64 celu' with alpha != 1 is itself 2e-8 off, term by term);
+* plus ``ROUNDING_ULPS`` units of roundoff of that dtype times the entry's running rounding-error
+  bound (``Reference.rounding``, class ``_Magnitude`` in ``symgrad/lower/numpy.py``): what correct
+  arithmetic in that dtype may get wrong in this entry.  It is at least |expected| and it is the
+  size of the terms where they cancel, so an entry that is the small difference of large terms
+  keeps those terms' error (and non-integer constants may have been rounded to float32);
 * plus ``NOISE_FACTOR`` times the entry's difference between the closed form evaluated in the
   checked dtype and in high precision: what correct arithmetic in that dtype got wrong here;
-* plus ``FLOOR_ULPS`` units of roundoff of the tensor's largest entry (a thousandth of an ulp).
+* plus ``FLOOR_ULPS`` units of roundoff of the tensor's largest entry (a thousandth of an ulp);
+* plus the caller's ``atol``, if given (it adds to the bounds; it never replaces them).
 
 All of it comes from the closed form alone, never from the code under test, so it cannot hide a
 bug in it; and it is per entry: a small entry with a wrong sign fails even beside a large one.
-A reference with no rounding bound (the matrix engine's) is compared on the tensor's scale
-instead: ``rtol * max|expected|`` plus the largest noise.  A caller's ``atol`` replaces the bounds.
+A reference with no rounding bound is compared on the tensor's scale instead:
+``rtol * max|expected|`` plus the largest noise.
 
 The expected values are evaluated in numpy's extended precision where the platform has it.
+A record whose closed form failed its cross-check (``Reference.verified`` false) never passes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..reference import Reference
+from .kinks import fit as joint_fit
 
 __all__ = ["Record", "compare", "DEFAULT_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
 
@@ -74,6 +77,8 @@ class Record:
 
     @property
     def verdict(self) -> str:
+        if not self.verified:
+            return "FAIL (closed form unverified)"
         if self.nonfinite:
             return "FAIL (NaN/inf)" if self.mismatched else "NaN/inf"
         if self.mismatched:
@@ -148,27 +153,42 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         noise = np.zeros(e.shape) if ref.value_lowp is None else np.abs(np.asarray(ref.value_lowp, np.float64) - e)
     noise = np.where(np.isfinite(noise), noise, 0.0)
     allowed = rtol * np.abs(np.where(finite, e, 0.0))
-    if atol is not None:  # the caller's own absolute tolerance
-        allowed = allowed + atol
-    elif ref.rounding is not None:  # per entry: what correct arithmetic in this dtype may get wrong here
+    if ref.rounding is not None:  # per entry: what correct arithmetic in this dtype may get wrong here
         rounding = np.asarray(ref.rounding, dtype=np.float64).reshape(e.shape)
         rounding = np.where(np.isfinite(rounding), rounding, 0.0)
-        allowed = (allowed + (rtol + ROUNDING_ULPS * eps) * rounding + NOISE_FACTOR * noise
-                   + FLOOR_ULPS * eps * scale)
-    else:  # no per-entry bound (the matrix engine): compare on the tensor's scale
+        allowed = allowed + ROUNDING_ULPS * eps * rounding + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale
+    else:  # no per-entry bound: compare on the tensor's scale
         allowed = allowed + max(rtol * scale, rtol * 1e-3) + NOISE_FACTOR * float(noise.max(initial=0.0))
+    if atol is not None:  # the caller's own absolute tolerance, on top
+        allowed = allowed + atol
     rec.rtol = rtol
     ok = diff <= allowed
 
     kink = np.zeros(e.shape, bool) if ref.kink is None else np.asarray(ref.kink, bool)
+    fit = None
     if kink.any() and ref.lower is not None and ref.upper is not None:
         lo = np.minimum(np.minimum(ref.lower, ref.upper), e)
         hi = np.maximum(np.maximum(ref.lower, ref.upper), e)
-        # each edge of the band carries its own relative tolerance (the expected value may be 0)
-        in_band = (a >= lo - allowed - rtol * np.abs(lo)) & (a <= hi + allowed + rtol * np.abs(hi))
-        ok = np.where(kink, in_band, ok)
+        # each edge of the band carries its own relative tolerance (the expected value may be 0),
+        # and the rounding of whichever side torch took
+        band_tol = allowed + rtol * np.maximum(np.abs(lo), np.abs(hi))
+        if ref.kink_rounding is not None and ref.rounding is not None:
+            extra = np.asarray(ref.kink_rounding, np.float64).reshape(e.shape) - rounding
+            band_tol = band_tol + ROUNDING_ULPS * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)
+        in_band = (a >= lo - band_tol) & (a <= hi + band_tol)
+        ok_kink = in_band
+        if ref.kink_generators is not None and in_band[kink].all():
+            # Note [Joint kink check]: one choice of side per kinked unit, for every entry at once
+            gens = np.asarray(ref.kink_generators, np.float64)
+            gens = gens.reshape(gens.shape[:2] + (-1,))[:, :, kink.ravel()]
+            fit = joint_fit(np.where(finite, a - e, 0.0)[kink], band_tol[kink], gens)
+            if not fit.explained:
+                unexplained = np.zeros(e.shape, bool)
+                unexplained[kink] = np.abs(fit.residual) > band_tol[kink]
+                ok_kink = in_band & ~unexplained
+        ok = np.where(kink, ok_kink, ok)
         rec.kinks = int(kink.sum())
-        rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band)
+        rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band, fit)
     ok &= ~differ
     rec.mismatched = int((~ok).sum())
 
@@ -178,10 +198,22 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         i_abs = np.unravel_index(int(np.argmax(judged)), e.shape)
         i_rel = np.unravel_index(int(np.argmax(rel_judged)), e.shape)
         rec.max_abs, rec.abs_index = float(judged[i_abs]), tuple(int(i) for i in i_abs)
-        rec.atol = float(allowed[i_abs] - rtol * abs(e[i_abs])) if np.isfinite(e[i_abs]) else float(allowed[i_abs])
+        rec.atol = float(allowed[i_abs] - rtol * abs(e[i_abs])) if finite[i_abs] else float(allowed[i_abs])
         rec.max_rel, rec.rel_index = float(rel_judged[i_rel]), tuple(int(i) for i in i_rel)
-        if rec.mismatched and not (~ok & ~kink).any():  # only kink entries failed: point at one
-            i = tuple(int(k) for k in np.argwhere(~ok)[0])
+        if differ.any():  # a NaN/inf on one side only is the worst difference there is
+            i = tuple(int(k) for k in np.argwhere(differ)[0])
+            rec.abs_index = rec.rel_index = i
+            rec.max_abs = rec.max_rel = float("inf")
+            rec.atol = float(allowed[i] - rtol * abs(e[i])) if finite[i] else float(allowed[i])
+        elif rec.mismatched and not (~ok & ~kink).any():  # only kink entries failed: point at one
+            bad = ~ok
+            if fit is not None and not fit.explained:
+                off = np.zeros(e.shape)
+                off[kink] = np.abs(fit.residual) / band_tol[kink]
+                i = np.unravel_index(int(np.argmax(np.where(bad, off, -1.0))), e.shape)
+            else:
+                i = tuple(int(k) for k in np.argwhere(bad)[0])
+            i = tuple(int(k) for k in i)
             rec.abs_index = rec.rel_index = i
             rec.max_abs = float(diff[i])
             rec.max_rel = float(rel[i])
@@ -189,7 +221,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     return rec
 
 
-def _kink_note(name, kink, e, a, lo, hi, in_band) -> str:
+def _kink_note(name, kink, e, a, lo, hi, in_band, fit=None) -> str:
     first = tuple(int(i) for i in np.argwhere(kink)[0])
     side = "the closed form's (torch's convention)" if np.isclose(a[first], e[first], rtol=1e-6, atol=1e-12) else (
         "the lower one-sided value" if np.isclose(a[first], lo[first], rtol=1e-6, atol=1e-12) else
@@ -201,4 +233,7 @@ def _kink_note(name, kink, e, a, lo, hi, in_band) -> str:
             f"{hi[first]:.6g}; autograd gave {a[first]:.6g}, {side}.")
     if outside:
         text += f" {outside} of them lie outside their one-sided band: that is a bug, not a subgradient choice."
+    elif fit is not None and not fit.explained:
+        text += (" Each entry lies in its own band, but no one choice of side per kinked unit gives them all "
+                 "(Note [Joint kink check]): the derivative is wrong, not a subgradient choice.")
     return text

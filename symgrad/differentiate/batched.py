@@ -26,6 +26,7 @@ import numpy as np
 import symengine as se
 
 from ..build.tensor import SymTensor
+from ..compare.kinks import stack_generators
 from ..lower.numpy import high_precision, lower
 from ..reference import Reference
 from ..report.report import shorten
@@ -111,14 +112,19 @@ def per_sample_references(
         lo_b, up_b = blocks(hi.lower, hp), blocks(hi.upper, hp)
         band = ([np.minimum(np.minimum(a, b), m) for a, b, m in zip(lo_b, up_b, main)],
                 [np.maximum(np.maximum(a, b), m) for a, b, m in zip(lo_b, up_b, main)])
+    # Note [Joint kink check]: each forced evaluation's difference from the closed form, per block
+    diffs = [[cb - m for cb, m in zip(blocks(cand, hp), main)] for cand in hi.candidates or []]
     c = 1.0 / n if reduction == "mean" else 1.0
 
     def total(block, dtype):  # c * sum over samples, in dtype
         return (np.sum(block.astype(dtype), axis=-1) * dtype(c)).astype(np.float64)
 
-    def total_rounding(i):  # the batch sum as one more Add (the model of symgrad.lower.numpy._Magnitude)
+    kink_mags = blocks(hi.kink_magnitudes, np.float64) if hi.kink_magnitudes is not None else None
+
+    def total_rounding(i, bounds=None):  # the batch sum as one more Add (Note [Rounding bound], lower/codegen.py)
         terms = np.abs(main[i].astype(np.float64))
-        return c * (np.sum(np.abs(mags[i].astype(np.float64)), axis=-1) + max(1.0, np.log2(n)) * np.sum(terms, axis=-1))
+        bounds = mags if bounds is None else bounds
+        return c * (np.sum(np.abs(bounds[i].astype(np.float64)), axis=-1) + max(1.0, np.log2(n)) * np.sum(terms, axis=-1))
 
     def as_rows(block, shape_after):
         return np.moveaxis(block.reshape(tuple(shape_after) + (n,)), -1, 0).astype(np.float64)
@@ -161,8 +167,25 @@ def per_sample_references(
             kink = (lo != up) | (lo != value) | (up != value)
             if kink.any():
                 ref.lower, ref.upper, ref.kink = lo, up, kink
+                if kink_mags is not None:
+                    ref.kink_rounding = (total_rounding(i, kink_mags).reshape(shape) if (not rows and not is_batched)
+                                         else np.abs(pick(kink_mags)))
+                if hi.kink_joint:
+                    ref.kink_generators = stack_generators(
+                        [[pick(_at(diffs[j], i, pos)) for j in ids] for pos, ids in hi.kink_groups], value.shape)
         refs.append(ref)
     return forward, refs, list(hi.kink_conditions or [])
+
+
+def _at(diff_blocks: list, i: int, pos: tuple) -> dict:
+    """Block ``i`` of a forced evaluation's difference, kept only at sample ``pos`` (() keeps all):
+    what one independent choice of side changes (a dict standing in for the list of blocks)."""
+    block = diff_blocks[i]
+    if pos:
+        kept = np.zeros_like(block)
+        kept[:, pos[0]] = block[:, pos[0]]
+        block = kept
+    return {i: block}
 
 
 def _jacobian_rows(block, out_row, param_shape, n):

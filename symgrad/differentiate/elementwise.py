@@ -30,10 +30,13 @@ import sympy as sp
 from ..build.tensor import SymTensor
 from ..errors import ShapeMismatch
 from ..lower.numpy import to_symengine
+from ..ops import OPS, opaque_names, resolve_derivatives
+from sympy.core.function import AppliedUndef
 
 __all__ = ["QUANTITIES", "differentiate", "diff_all", "entry_form", "LATEX_MAX_CHARS"]
 
 LATEX_MAX_CHARS = 400  # SymPy's conversion and LaTeX printer are slow on big forms: text only above this
+PRINT_MAX_NODES = 20_000  # larger closed forms are shown with common subexpressions named
 
 QUANTITIES = ("grad", "vjp", "jacobian", "jvp", "hessian")
 
@@ -44,14 +47,47 @@ def diff_all(f, syms: list, backend: str = "auto") -> list:
     ``backend="sympy"`` differentiates with SymPy instead (slow; for cross-checking the fast path).
     """
     if backend == "sympy":
-        # SymPy differentiates real symbols (Abs of a complex symbol has no plain derivative).
-        f_sp = sp.sympify(f)
+        # SymPy differentiates real symbols (Abs of a complex symbol has no plain derivative), and
+        # opaque nodes as their SymPy forms: an independent derivation (Note [Opaque ops]).
+        f_sp = _opaque_as_forms(sp.sympify(f))
         real = {s: sp.Symbol(s.name, real=True) for s in f_sp.free_symbols}
         f_sp = f_sp.xreplace(real)
         back = {r: s for s, r in real.items()}
         return [to_symengine(sp.diff(f_sp, sp.Symbol(str(s), real=True)).xreplace(back)) for s in syms]
     sf = to_symengine(f)
-    return [sf.diff(to_symengine(s)) for s in syms]
+    targets = [to_symengine(s) for s in syms]
+    if _has_opaque(sf):
+        return [resolve_derivatives(d) for d in _diff_all(sf, targets)]
+    return _diff_all(sf, targets)
+
+
+def _diff_all(sf, targets: list) -> list:
+    if type(sf).__name__ == "Add" and len(sf.args) > 8 and len(targets) > 1:
+        # A sum differentiates term by term, and a term only by the symbols it holds: without
+        # this split, the gradient of a sum of n terms in n symbols costs n^2.
+        import symengine as se
+
+        holding: dict = {}
+        for term in sf.args:
+            for s in term.free_symbols:
+                holding.setdefault(s, []).append(term)
+        return [se.Add(*holding.get(t, [])).diff(t) for t in targets]
+    return [sf.diff(t) for t in targets]
+
+
+def _has_opaque(expr) -> bool:
+    import symengine as se
+
+    names = opaque_names()
+    return bool(names) and any(f.get_name() in names for f in expr.atoms(se.FunctionSymbol))
+
+
+def _opaque_as_forms(expr):
+    """A SymPy expression with each opaque node (an undefined function named after its row)
+    replaced by the row's SymPy form."""
+    names = opaque_names()
+    return expr.replace(lambda e: isinstance(e, AppliedUndef) and e.func.__name__ in names,
+                        lambda e: OPS[e.func.__name__].sym(*e.args))
 
 
 def _scalar(out: SymTensor, quantity: str):
@@ -123,5 +159,29 @@ def entry_form(deriv: np.ndarray) -> tuple[str, str]:
     if deriv.size == 0:
         return "", ""
     first = deriv.ravel()[0]
+    if _tree_size(first) > PRINT_MAX_NODES:
+        # Printed as a tree, a DAG that shares subexpressions (nested relus) grows exponentially:
+        # show it with its common subexpressions named instead.
+        import symengine as se
+
+        reps, (reduced,) = se.cse([first])
+        return "; ".join([f"{k} = {v}" for k, v in reps] + [str(reduced)]), ""
     text = str(first)
     return text, sp.latex(sp.sympify(first)) if len(text) <= LATEX_MAX_CHARS else ""
+
+
+def _tree_size(e, memo: dict | None = None) -> int:
+    """The number of nodes of ``e`` printed as a tree (shared subexpressions counted each time)."""
+    memo = {} if memo is None else memo
+    stack = [(e, False)]
+    while stack:
+        node, done = stack.pop()
+        if node in memo:
+            continue
+        args = getattr(node, "args", ())
+        if done or not args:
+            memo[node] = 1 + sum(memo[a] for a in args)
+            continue
+        stack.append((node, True))
+        stack.extend((a, False) for a in args if a not in memo)
+    return memo[e]

@@ -23,7 +23,6 @@ kink-affected ones.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from dataclasses import dataclass
 
@@ -31,30 +30,22 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
+from .codegen import FUNCTIONS, RUNTIME, generate
 
 __all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
 
 KINK_NOISE = 16.0
 KINK_ULPS = 8.0
 MAX_KINK_COMBINATIONS_LOG2 = 6  # up to 2**6 forced evaluations for the kink band
-MAX_SINGLE_FLIPS = 32
+MAX_FLIPS = 256  # beyond that many near-kink conditions, only the entrywise band is checked
+# Non-integer constants may reach torch's kernels as float32 even in a float64 run: one float32
+# rounding each, relative (class _Magnitude).
+CONSTANT_REL = 2.0**-24
 
 
 def high_precision():
     """The most precise float numpy has here (80-bit extended on x86-64, else float64)."""
     return np.longdouble if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps else np.float64
-
-
-def _fold(binary):
-    """A variadic function from a binary one: f(a, b, c) = binary(binary(a, b), c)."""
-
-    def fold(*args):
-        out = args[0]
-        for a in args[1:]:
-            out = binary(out, a)
-        return out
-
-    return fold
 
 
 def _extreme(compare_name: str):
@@ -145,181 +136,7 @@ def to_symengine(expr):
         ) from err
 
 
-def _erf(x):
-    try:
-        from scipy.special import erf  # noqa: PLC0415 - optional, vectorised
-
-        return erf(np.asarray(x, dtype=np.float64))
-    except ImportError:
-        return np.vectorize(math.erf, otypes=[np.float64])(x)
-
-
-def _pw(*pairs):
-    """Piecewise: the first branch whose condition holds (numpy.select with broadcasting)."""
-    out = pairs[-1][1]
-    for cond, value in reversed(pairs[:-1]):
-        out = np.where(cond, value, out)
-    out = np.asarray(out)
-    return out.astype(np.float64) if out.dtype.kind in "biu" else out  # 0/1 indicators divide later
-
-
-# symengine function name -> numpy implementation (the printed code calls these by name)
-FUNCTIONS = {
-    "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
-    "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "asinh": np.arcsinh, "acosh": np.arccosh,
-    "atanh": np.arctanh, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign,
-    "erf": _erf, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor, "ceiling": np.ceil,
-}
-
-_RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}
-_BOOLEANS = ("BooleanTrue", "BooleanFalse")
 _COMPARE = {"<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal}
-
-
-class _Printer:
-    """symengine expression -> Python source over numpy (see FUNCTIONS)."""
-
-    def __init__(self, names: dict, mags: dict | None = None, hooks: bool = True):
-        self.names = names  # symbol -> variable name
-        self.mags = mags if mags is not None else {}  # temporary -> name of its magnitude
-        self.hooks = hooks  # False: relationals print as plain comparisons (no _rel bookkeeping)
-        self.n_rel = 0
-        self.rel_operands: list = []  # (lhs, rhs) of relational k, for the bound on its gap
-
-    def __call__(self, e) -> str:
-        kind = type(e).__name__
-        if e in self.names:
-            return self.names[e]
-        if kind == "Symbol":
-            raise UnsupportedOp(f"symbol {e} is not an input of the closed form")
-        if kind in ("Infty", "Infinity", "NegativeInfinity", "ComplexInfinity"):
-            if kind == "ComplexInfinity":
-                raise UnsupportedOp("the closed form holds complex infinity (zoo): a division by zero in the forward")
-            return "(-_INF)" if str(e).startswith("-") else "_INF"
-        if e.is_Number:
-            if e.is_Integer:
-                return f"({int(e)})"
-            if e.is_Rational:  # Rational, Half
-                p, q = e.get_num_den()
-                return f"({int(p)}/{int(q)})"
-            if e.is_real is False:
-                raise UnsupportedOp(f"the closed form has the complex number {e}; symgrad checks real derivatives")
-            return f"({float(e)!r})"
-        if kind == "Exp1":
-            return "_E"
-        if kind == "Pi":
-            return "_PI"
-        if kind == "BooleanTrue":
-            return "True"
-        if kind == "BooleanFalse":
-            return "False"
-        args = e.args
-        if kind == "Add":
-            return "(" + " + ".join(self(a) for a in args) + ")"
-        if kind == "Mul":
-            return "(" + "*".join(self(a) for a in args) + ")"
-        if kind == "Pow":
-            base, ex = args
-            if type(base).__name__ == "Exp1":
-                return f"exp({self(ex)})"
-            if type(ex).__name__ == "Half":
-                return f"sqrt({self(base)})"
-            if ex.is_Integer and int(ex) < 0:  # numpy refuses integer arrays to negative integer powers
-                return f"({self(base)}**{float(int(ex))!r})"
-            return f"({self(base)}**{self(ex)})"
-        if kind == "Piecewise":
-            pairs = [f"({self(args[i + 1])}, {self(args[i])})" for i in range(0, len(args), 2)]
-            return f"_pw({', '.join(pairs)})"
-        if kind in ("Equality", "Unequality") and any(type(a).__name__ in _BOOLEANS for a in args):
-            # cse hoists a condition into a temporary and tests Eq(temporary, True): plain logic.
-            atom = next(a for a in args if type(a).__name__ in _BOOLEANS)
-            other = args[1] if atom is args[0] else args[0]
-            negate = (type(atom).__name__ == "BooleanFalse") != (kind == "Unequality")
-            return f"np.logical_not({self(other)})" if negate else self(other)
-        if kind in _RELATIONS:
-            if not self.hooks:
-                return f"({self(args[0])} {_RELATIONS[kind]} {self(args[1])})"
-            k = self.n_rel
-            self.n_rel += 1
-            self.rel_operands.append((args[0], args[1]))
-            return f"_rel({k}, {_RELATIONS[kind]!r}, {self(args[0])}, {self(args[1])})"
-        if kind in ("And", "Or"):
-            fn = "np.logical_and" if kind == "And" else "np.logical_or"
-            out = self(args[0])
-            for a in args[1:]:
-                out = f"{fn}({out}, {self(a)})"
-            return out
-        if kind == "Not":
-            return f"np.logical_not({self(args[0])})"
-        name = e.get_name() if hasattr(e, "get_name") else kind
-        if name in FUNCTIONS:
-            return f"{name}({', '.join(self(a) for a in args)})"
-        raise UnsupportedOp(
-            f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which symgrad cannot evaluate with numpy; "
-            "add it to symgrad.lower.numpy.FUNCTIONS"
-        )
-
-
-class _Magnitude:
-    """A running rounding-error bound of an expression, as code, in units of the unit roundoff.
-
-    Wilkinson's forward analysis: inputs and constants are exact (error 0); every operation adds its own
-    rounding to the errors of its arguments carried through the operation's partial
-    derivatives: err(a_1 + ... + a_n) = sum err(a_i) + log2(n) sum |a_i|, err(a b) = |b| err(a) + |a| err(b) + |a b|,
-    err(f(a)) = |f'(a)| err(a) + |f(a)|.  Cancellation is what this catches: a sum of large terms
-    that is nearly zero keeps the large terms' error.
-    """
-
-    def __init__(self, plain: _Printer):
-        self.plain = plain  # prints values (no _rel hooks)
-
-    def __call__(self, e) -> str:
-        import symengine as se
-
-        p = self.plain
-        if e in p.mags:
-            return p.mags[e]
-        if e in p.names:  # an input: exact
-            return "0"
-        kind = type(e).__name__
-        if e.is_Number or kind in ("Exp1", "Pi"):  # constants: taken as exact, as in torch
-            return "0"
-        args = e.args
-        if kind == "Add":
-            # Summation: each partial sum rounds, bounded by the terms' magnitudes (log2(n) for
-            # pairwise summation); one rounding of the result would vanish exactly where the sum
-            # cancels.
-            errs = [err for err in (self(a) for a in args) if err != "0"]
-            sizes = " + ".join(f"np.abs({p(a)})" for a in args)
-            return "(" + " + ".join(errs + [f"{max(1.0, math.log2(len(args)))!r}*({sizes})"]) + ")"
-        if kind == "Mul":
-            terms = []
-            for i, a in enumerate(args):
-                err = self(a)
-                if err != "0":
-                    terms.append(f"np.abs({p(se.Mul(*(args[:i] + args[i + 1:])))})*{err}")
-            return "(" + " + ".join(terms + [f"np.abs({p(e)})"]) + ")"
-        if kind == "Piecewise":
-            # The largest error of any branch, whichever is taken: rounding in a condition can
-            # put torch on another branch (relu(z) at z ~ 0 is uncertain by z's own error).
-            errs = [self(args[i]) for i in range(0, len(args), 2)]
-            out = errs[0]
-            for err in errs[1:]:
-                out = out if err == "0" else err if out == "0" else f"np.fmax({out}, {err})"
-            return out
-        if kind in _RELATIONS or kind in _BOOLEANS or kind in ("And", "Or", "Not"):
-            return "0"
-        t = se.Symbol("_error_slot")
-        terms = []
-        for i, a in enumerate(args):
-            err = self(a)
-            if err == "0":
-                continue
-            slot_args = list(args)
-            slot_args[i] = t
-            partial = e.func(*slot_args).diff(t).xreplace({t: a})
-            terms.append(f"np.abs({p(partial)})*{err}")
-        return "(" + " + ".join(terms + [f"np.abs({p(e)})"]) + ")"
 
 
 class _Context:
@@ -327,12 +144,14 @@ class _Context:
 
     def __init__(self, near=None, force=None):
         self.gaps: dict[int, np.ndarray] = {}
+        self.truths: dict[int, np.ndarray] = {}
         self.near = near or {}
         self.force = force or {}  # condition k -> the truth value forced where it is near a kink
 
     def rel(self, k, op, a, b):
         truth = _COMPARE[op](a, b)
         self.gaps[k] = np.asarray(a - b)
+        self.truths[k] = np.asarray(truth)
         if k in self.force:
             truth = np.where(self.near[k], self.force[k], truth)
         return truth
@@ -346,6 +165,12 @@ class Evaluation:
     lower: list | None = None  # one-sided band where a condition sits on a kink, else None
     upper: list | None = None
     kink_conditions: list | None = None  # the relationals found on a kink, as text
+    # Note [Joint kink check] (symgrad/compare/kinks.py): the forced evaluations, and how they group
+    # into independent choices: (position in the evaluated arrays, or () for all of it; candidates).
+    candidates: list | None = None
+    kink_magnitudes: list | None = None  # the largest rounding bound over the candidates and the value
+    kink_groups: list | None = None
+    kink_joint: bool = True  # False: too many kinks to model; only the entrywise band is known
 
 
 class Lowered:
@@ -363,79 +188,51 @@ class Lowered:
             se_exprs = [e.xreplace(clash) for e in se_exprs]
             names = {clash.get(a, a): n for a, n in names.items()}
         reps, reduced = se.cse(se_exprs) if se_exprs else ([], [])
-        mags: dict = {}
-        printer = _Printer(names, mags)
-        magnitude = _Magnitude(_Printer(names, mags, hooks=False))
-        lines = ["def _lowered(_A, _rel, _with_magnitudes):"]
-        mag_lines = []
-        for i, (sym, value) in enumerate(reps):
-            code = printer(value)
-            mag_lines.append(f"    _m{i} = {magnitude(value)}")
-            names[sym] = f"_t{i}"
-            mags[sym] = f"_m{i}"
-            lines.append(f"    _t{i} = {code}")
-        lines.append("    _values = [" + ", ".join(printer(r) for r in reduced) + "]")
-        lines.append("    if not _with_magnitudes:")
-        lines.append("        return _values, None, None")
-        lines += mag_lines
-        plain = magnitude.plain
-        # The rounding bound of each relational's gap a - b (see Note [Kinks at evaluation time]).
-        gap_errors = [f"({magnitude(a)} + {magnitude(b)} + np.abs({plain(a)}) + np.abs({plain(b)}))"
-                      for a, b in printer.rel_operands]
-        lines.append("    return _values, [" + ", ".join(magnitude(r) for r in reduced) + "], ["
-                     + ", ".join(gap_errors) + "]")
-        self.source = "\n".join(lines)
-        self.relationals = printer.n_rel
-        self._rel_text = self._relational_texts(reps, reduced)
-        namespace = {**FUNCTIONS, "np": np, "_pw": _pw, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
-        exec(compile(self.source, "<symgrad.lower>", "exec"), namespace)  # noqa: S102 - our own printed code
+        self.source, self._rel_text = generate(reps, reduced, names)
+        self.relationals = len(self._rel_text)
+        namespace = dict(RUNTIME)
+        exec(compile(self.source, "<symgrad.lower>", "exec"), namespace)  # noqa: S102 - our own generated code
         self._fn = namespace["_lowered"]
         self.n = len(se_exprs)
 
-    @staticmethod
-    def _relational_texts(reps, reduced) -> list[str]:
-        texts = []
-
-        def walk(e):
-            if type(e).__name__ in _RELATIONS and not any(type(a).__name__ in _BOOLEANS for a in e.args):
-                texts.append(str(e))
-            for a in e.args:
-                walk(a)
-
-        for _, v in reps:
-            walk(v)
-        for r in reduced:
-            walk(r)
-        return texts
-
-    def _run(self, vals, ctx, magnitudes: bool = False):
+    def _run(self, vals, ctx, magnitudes: bool = False, constants: float = 0.0):
         with np.errstate(all="ignore"):
-            values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes)
+            values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, constants)
         return (values, mags, gap_errors) if magnitudes else values
 
-    def _bands(self, vals, near: dict) -> tuple[list, list]:
-        """Elementwise min and max over evaluations with the near-kink conditions forced.
+    def _candidates(self, vals, near: dict, truths: dict, constants: float) -> tuple[list, list, list, bool]:
+        """Forced evaluations at the near-kink conditions, grouped into independent choices.
 
-        Every combination when there are few (an entry can depend on several kinks pointing in
-        different directions: relu(x) + relu(-x) at 0); otherwise all-false, all-true and each
-        condition flipped alone against the others.
+        With few conditions, every combination: an entry can depend on several kinks pointing in
+        different directions (relu(x) + relu(-x) at 0), and nested kinks do not add up.  Each
+        position where any condition is near (a sample of a batched evaluation, or the whole of
+        a scalar one) is then one choice among all combinations.  With many, each condition is
+        flipped alone against torch's convention, and each (condition, position) is its own
+        choice: the effects are taken to add up, as they do for kinks in one layer.
         """
         keys = sorted(near)
+        positions = lambda mask: [()] if np.ndim(mask) == 0 else [tuple(int(i) for i in p) for p in np.argwhere(mask)]  # noqa: E731
         if len(keys) <= MAX_KINK_COMBINATIONS_LOG2:
             choices = [dict(zip(keys, bits)) for bits in itertools.product((False, True), repeat=len(keys))]
+            union = np.zeros(np.broadcast_shapes(*(np.shape(near[k]) for k in keys)), bool)
+            for k in keys:
+                union = union | near[k]
+            cand_ids = list(range(len(choices)))
+            groups = [(pos, cand_ids) for pos in positions(union)]
+            joint = True
         else:
-            choices = [dict.fromkeys(keys, False), dict.fromkeys(keys, True)]
-            for k in keys[:MAX_SINGLE_FLIPS]:
-                choices += [{**dict.fromkeys(keys, True), k: False}, {**dict.fromkeys(keys, False), k: True}]
-        lower = upper = None
+            flipped = keys[:MAX_FLIPS]
+            choices = [{k: np.logical_not(truths[k])} for k in flipped]
+            groups = [(pos, [j]) for j, k in enumerate(flipped) for pos in positions(near[k])]
+            joint = len(flipped) == len(keys)
+            if not joint:  # the entrywise band at least sees the extremes
+                choices += [dict.fromkeys(keys, False), dict.fromkeys(keys, True)]
+        candidates, bounds = [], []
         for force in choices:
-            vals_k = [np.asarray(v, dtype=np.float64) for v in self._run(vals, _Context(near, force))]
-            if lower is None:
-                lower, upper = vals_k, [v.copy() for v in vals_k]
-            else:
-                lower = [np.fmin(a, b) for a, b in zip(lower, vals_k)]
-                upper = [np.fmax(a, b) for a, b in zip(upper, vals_k)]
-        return lower, upper
+            values, mags, _ = self._run(vals, _Context(near, force), magnitudes=True, constants=constants)
+            candidates.append([np.asarray(v) for v in values])
+            bounds.append([np.asarray(m, np.float64) for m in mags])
+        return candidates, bounds, groups, joint
 
     def __call__(self, values: list, *, dtype=np.float64, kink_eps: float | None = None) -> Evaluation:
         """Evaluate at ``values`` (one number or array per arg) in ``dtype``.
@@ -447,7 +244,7 @@ class Lowered:
         ctx = _Context()
         if kink_eps is None:
             return Evaluation(self._run(vals, ctx))
-        values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True)
+        values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=CONSTANT_REL / kink_eps)
         out = Evaluation(values_hi, magnitudes)
         low = np.float32 if kink_eps > 1e-10 else np.float64
         low_ctx = _Context()
@@ -464,7 +261,14 @@ class Lowered:
                 if np.any(mask):
                     near[k] = mask
         if near:
-            out.lower, out.upper = self._bands(vals, near)
+            cands, bounds, out.kink_groups, out.kink_joint = self._candidates(vals, near, ctx.truths,
+                                                                               CONSTANT_REL / kink_eps)
+            out.candidates = [[np.asarray(v, np.float64) for v in c] for c in cands]
+            # a forced branch has its own rounding (relu(z) = z on one side, exactly 0 on the other)
+            out.kink_magnitudes = [np.fmax.reduce([np.abs(np.asarray(magnitudes[i], np.float64))]
+                                                  + [np.abs(b[i]) for b in bounds]) for i in range(len(values_hi))]
+            out.lower = [np.fmin.reduce([c[i] for c in out.candidates]) for i in range(len(values_hi))]
+            out.upper = [np.fmax.reduce([c[i] for c in out.candidates]) for i in range(len(values_hi))]
             out.kink_conditions = [self._rel_text[k] for k in sorted(near) if k < len(self._rel_text)]
         return out
 

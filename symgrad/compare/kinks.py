@@ -1,0 +1,154 @@
+"""Is autograd's value at a kink one that a consistent choice of one-sided derivatives gives?
+
+# Note [Joint kink check]
+Where an input sits on a kink (Note [Kinks at evaluation time] in ``symgrad/lower/numpy.py``),
+the closed form is evaluated again with the kinked conditions forced.  Each forced evaluation is
+a *candidate*: the derivative torch would get if it took those sides.  Checking each entry against
+the entrywise band ``[min, max]`` of the candidates is too weak: with one sample of a batch on a
+relu kink, every entry of ``dL/dW`` gets a band as wide as that sample's contribution, and a
+backward that scales the whole gradient by 1.3 lands inside every band.  But a choice of side is
+made once per kinked unit, and it holds for every entry that unit touches.
+
+So the candidates come as *generators* ``g = candidate - closed form``, in *groups*: a group is one
+independent choice (a sample, a condition, or all conditions together when every combination was
+evaluated), and within a group autograd may take any convex combination of its generators (a
+subgradient: torch's abs'(0) = 0 lies between -1 and 1).  Autograd's value ``a`` is explained
+when, for weights ``λ`` with ``λ ≥ 0`` and ``Σ_group λ ≤ 1``,
+
+    |a - e - Σ λ_j g_j| <= allowed        entry by entry, on every kinked entry at once.
+
+``fit`` looks for such ``λ``: a sweep over each group's vertices first (torch takes one side, so
+the answer is usually a vertex), then accelerated projected gradient on the weighted least
+squares problem.  A value no ``λ`` explains is a failure, whatever the entrywise bands say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["KinkFit", "fit", "stack_generators", "MAX_GENERATOR_ENTRIES"]
+
+MAX_GENERATOR_ENTRIES = 20_000_000  # groups x generators x kinked entries held at once
+_ITERATIONS = 4000
+_CHECK_EVERY = 20
+
+
+@dataclass
+class KinkFit:
+    explained: bool
+    residual: np.ndarray  # a - e - Σ λ g on the kinked entries, at the best weights found
+    weights: np.ndarray  # (groups, generators)
+
+
+def stack_generators(per_group: list[list[np.ndarray]], shape: tuple) -> np.ndarray | None:
+    """``[[generator, ...] per group]`` as one zero-padded array ``(groups, generators, *shape)``;
+    None when there is nothing to stack or it would hold more than ``MAX_GENERATOR_ENTRIES``."""
+    per_group = [g for g in per_group if g]
+    if not per_group:
+        return None
+    width = max(len(g) for g in per_group)
+    size = int(np.prod(shape)) if shape else 1
+    if len(per_group) * width * size > MAX_GENERATOR_ENTRIES:
+        return None
+    out = np.zeros((len(per_group), width) + tuple(shape))
+    for gi, gens in enumerate(per_group):
+        for j, g in enumerate(gens):
+            out[gi, j] = np.asarray(g, np.float64).reshape(shape)
+    return out
+
+
+def _project(lam: np.ndarray) -> np.ndarray:
+    """Each row onto {λ ≥ 0, Σ λ ≤ 1} (Euclidean projection, rows independently)."""
+    out = np.maximum(lam, 0.0)
+    over = out.sum(axis=1) > 1.0
+    if over.any():
+        rows = lam[over]
+        # projection onto the simplex Σ = 1 (Held, Wolfe and Crowder's sort-based rule)
+        u = -np.sort(-rows, axis=1)
+        css = np.cumsum(u, axis=1) - 1.0
+        k = np.arange(1, rows.shape[1] + 1)
+        cond = u - css / k > 0
+        rho = cond.shape[1] - 1 - np.argmax(cond[:, ::-1], axis=1)
+        theta = css[np.arange(rows.shape[0]), rho] / (rho + 1)
+        out[over] = np.maximum(rows - theta[:, None], 0.0)
+    return out
+
+
+def _worst(res: np.ndarray, tol: np.ndarray) -> float:
+    return float(np.max(np.abs(res) / tol)) if res.size else 0.0
+
+
+def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
+    """Weights ``λ`` (shape ``gens.shape[:2]``) with ``|r - Σ λ g| <= tol``, if any are found.
+
+    ``r``: ``a - e`` on the kinked entries, shape ``(m,)``; ``tol``: the allowed difference there
+    (positive); ``gens``: ``(groups, generators, m)``, zero-padded where a group has fewer.
+    """
+    r = np.asarray(r, np.float64)
+    tol = np.maximum(np.asarray(tol, np.float64), np.finfo(np.float64).tiny)
+    G = np.asarray(gens, np.float64)
+    n_groups, n_gen = G.shape[:2]
+    lam = np.zeros((n_groups, n_gen))
+    res = r.copy()
+    if _worst(res, tol) <= 1.0 or G.size == 0:
+        return KinkFit(_worst(res, tol) <= 1.0, res, lam)
+    A = G / tol  # weighted generators
+    b = r / tol
+
+    # 1. vertices: group by group, the one generator (or none) that best reduces the weighted
+    #    residual, given the others; a few sweeps settle separable and nearly separable cases.
+    norms = np.einsum("gjm,gjm->gj", A, A)
+    wres = b.copy()
+    for _ in range(4):
+        changed = False
+        for g in range(n_groups):
+            current = lam[g] @ A[g]
+            base = wres + current  # the residual with group g taken out
+            cost = np.concatenate(([base @ base], ((base[None, :] - A[g]) ** 2).sum(axis=1)))
+            cost[1:][norms[g] == 0] = np.inf
+            best = int(np.argmin(cost))
+            new = np.zeros(n_gen)
+            if best:
+                new[best - 1] = 1.0
+            if not np.array_equal(new, lam[g]):
+                changed = True
+                lam[g] = new
+                wres = base - new @ A[g]
+        if np.max(np.abs(wres)) <= 1.0:
+            return KinkFit(True, wres * tol, lam)
+        if not changed:
+            break
+
+    # 2. the convex relaxation: min ||b - Σ λ A||² over the capped simplices (FISTA).
+    flat = A.reshape(n_groups * n_gen, -1)
+    v = np.random.default_rng(0).standard_normal(flat.shape[0])
+    for _ in range(30):  # power iteration for ||A||²
+        w = flat.T @ v
+        v = flat @ w
+        nv = np.linalg.norm(v)
+        if nv == 0:
+            break
+        v /= nv
+    lip = 1.1 * float(np.linalg.norm(flat.T @ v)) ** 2 if nv else 1.0
+    lip = max(lip, 1e-300)
+    x = lam.copy()
+    y, t = x.copy(), 1.0
+    best_lam, best_worst = lam.copy(), float(np.max(np.abs(wres)))
+    for it in range(1, _ITERATIONS + 1):
+        resid = b - np.einsum("gj,gjm->m", y, A)
+        grad = -np.einsum("gjm,m->gj", A, resid)
+        x_new = _project(y - grad / lip)
+        t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+        y = x_new + ((t - 1.0) / t_new) * (x_new - x)
+        x, t = x_new, t_new
+        if it % _CHECK_EVERY == 0:
+            wr = b - np.einsum("gj,gjm->m", x, A)
+            worst = float(np.max(np.abs(wr)))
+            if worst < best_worst:
+                best_lam, best_worst = x.copy(), worst
+            if worst <= 1.0:
+                return KinkFit(True, wr * tol, x)
+    wr = b - np.einsum("gj,gjm->m", best_lam, A)
+    return KinkFit(False, wr * tol, best_lam)

@@ -1,0 +1,358 @@
+"""Code generation for ``symgrad.lower.numpy``: symengine expressions to one Python function.
+
+The expressions (after symengine's ``cse``) are emitted in single-assignment form: every node of
+the expression DAG is computed once, into its own variable ``_vK``, from its arguments' variables.
+A second block of lines computes each node's running rounding-error bound ``_eK`` the same way
+(class ``_Emitter``, ``error``), so both blocks grow linearly with the DAG, however much it shares.
+The functions the code calls are ``RUNTIME``: one numpy implementation per function name.
+
+# Note [Rounding bound]
+Wilkinson's forward analysis, in units of the unit roundoff: inputs and integers are exact (error
+0); every operation adds its own rounding to its arguments' errors carried through the absolute
+values of its partial derivatives:
+
+    err(a + b) = err(a) + err(b) + |a + b|
+    err(a_1 + ... + a_n) = sum err(a_i) + log2(n) sum |a_i|     (n > 2: the partial sums of a
+                                                                 longer sum may exceed its result)
+    err(a b) = |b| err(a) + |a| err(b) + |a b|
+    err(f(a)) = |f'(a)| err(a) + |f(a)|
+
+Cancellation is what this catches: a sum of large terms that is nearly zero keeps the large terms'
+error.  A Piecewise has the error of the branch taken (that rounding may put torch on another
+branch near a boundary is the kink machinery's business).  Non-integer constants (0.3, 1/100) may
+reach torch's kernels as float32 even in a float64 run (torch's float64 celu' with alpha = 0.3 is
+off by 3.6e-7, relative: its 1/alpha is rounded to float32): each carries ``_K |c|`` units, with
+``_K`` given at evaluation time.  Exponents that are numbers (x**2, sqrt), e and pi are exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+
+import numpy as np
+
+from ..errors import UnsupportedOp
+from ..ops import resolve_derivatives
+
+__all__ = ["RUNTIME", "FUNCTIONS", "generate", "RELATIONS", "BOOLEANS"]
+
+
+def _fold(binary):
+    """A variadic function from a binary one: f(a, b, c) = binary(binary(a, b), c)."""
+
+    def fold(*args):
+        return functools.reduce(binary, args)
+
+    return fold
+
+
+def _erf(x):
+    try:
+        from scipy.special import erf  # noqa: PLC0415 - optional, vectorised
+
+        return erf(np.asarray(x, dtype=np.float64))
+    except ImportError:
+        return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _sigmoid(x):
+    """1/(1 + exp(-x)) without overflow on either side."""
+    x = np.asarray(x)
+    with np.errstate(over="ignore"):
+        e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _pw(*pairs):
+    """Piecewise from (condition, value) pairs, the last one's condition True (numpy.where)."""
+    out = pairs[-1][1]
+    for cond, value in reversed(pairs[:-1]):
+        out = np.where(cond, value, out)
+    out = np.asarray(out)
+    return out.astype(np.float64) if out.dtype.kind in "biu" else out  # 0/1 indicators divide later
+
+
+def _sum(items):
+    return functools.reduce(operator.add, items)
+
+
+def _prod(items):
+    return functools.reduce(operator.mul, items)
+
+
+# symengine function name -> numpy implementation (the generated code calls these by name)
+FUNCTIONS = {
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
+    "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "asinh": np.arcsinh, "acosh": np.arccosh,
+    "atanh": np.arctanh, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign,
+    "erf": _erf, "sigmoid": _sigmoid, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
+    "ceiling": np.ceil,
+}
+RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
+
+RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}
+BOOLEANS = ("BooleanTrue", "BooleanFalse")
+_LONG = 32  # longer sums and products are one call: a chain of thousands of + overflows Python's compiler
+
+
+def _joined(items: list[str], op: str) -> str:
+    if len(items) == 1:
+        return items[0]
+    if len(items) <= _LONG:
+        return "(" + f" {op} ".join(items) + ")"
+    return ("_sum((" if op == "+" else "_prod((") + ", ".join(items) + ",))"
+
+
+def _literal(e) -> str | None:
+    """The code of an atom that needs no line of its own (a number, a constant), else None."""
+    kind = type(e).__name__
+    if kind in ("Infty", "Infinity", "NegativeInfinity", "ComplexInfinity"):
+        if kind == "ComplexInfinity":
+            raise UnsupportedOp("the closed form holds complex infinity (zoo): a division by zero in the forward")
+        return "(-_INF)" if str(e).startswith("-") else "_INF"
+    if e.is_Number:
+        if e.is_Integer:
+            return f"({int(e)})"
+        if e.is_Rational:
+            p, q = e.get_num_den()
+            return f"({int(p)}/{int(q)})"
+        if e.is_real is False:
+            raise UnsupportedOp(f"the closed form has the complex number {e}; symgrad checks real derivatives")
+        return f"({float(e)!r})"
+    return {"Exp1": "_E", "Pi": "_PI", "BooleanTrue": "True", "BooleanFalse": "False"}.get(kind)
+
+
+def _power_of_two(e) -> bool:
+    if not (e.is_Number and e.is_Integer):
+        return False
+    n = abs(int(e))
+    return n > 0 and n & (n - 1) == 0
+
+
+class _Emitter:
+    """Emits the value and the error-bound lines of each DAG node once (see the module docstring)."""
+
+    def __init__(self, names: dict):
+        self.names = dict(names)  # input symbol or cse temporary -> variable (or literal) holding it
+        self.inputs = set(names)
+        self.value_lines: list[str] = []
+        self.nodes: list = []  # (node, variable), in the order their values are computed
+        self.errors: dict = {}  # node -> variable of its error bound ("0": exact)
+        self.error_lines: list[str] = []
+        self.rel_operands: list = []  # (lhs, rhs) of relational k
+        self.rel_texts: list[str] = []
+        self.aliases: dict = {}  # cse temporary -> the node it names
+
+    # -- values ---------------------------------------------------------------------------------
+    def value(self, e) -> str:
+        hit = self.names.get(e)
+        if hit is not None:
+            return hit
+        lit = _literal(e)
+        if lit is not None:
+            return lit
+        if type(e).__name__ == "Symbol":
+            raise UnsupportedOp(f"symbol {e} is not an input of the closed form")
+        code = self._code(e)
+        var = f"_v{len(self.nodes)}"
+        self.value_lines.append(f"    {var} = {code}")
+        self.nodes.append((e, var))
+        self.names[e] = var
+        return var
+
+    def alias(self, symbol, e) -> None:
+        """A cse temporary names the node ``e``."""
+        self.names[symbol] = self.value(e)
+        self.aliases[symbol] = e
+
+    def _code(self, e) -> str:
+        kind = type(e).__name__
+        args = e.args
+        if kind == "Add":
+            return _joined([self.value(a) for a in args], "+")
+        if kind == "Mul":
+            return _joined([self.value(a) for a in args], "*")
+        if kind == "Pow":
+            base, ex = args
+            if type(base).__name__ == "Exp1":
+                return f"exp({self.value(ex)})"
+            if type(ex).__name__ == "Half":
+                return f"sqrt({self.value(base)})"
+            if ex.is_Integer and int(ex) < 0:  # numpy refuses integer arrays to negative integer powers
+                return f"({self.value(base)}**{float(int(ex))!r})"
+            return f"({self.value(base)}**{self.value(ex)})"
+        if kind == "Piecewise":
+            pairs = [f"({self.value(args[i + 1])}, {self.value(args[i])})" for i in range(0, len(args), 2)]
+            return f"_pw({', '.join(pairs)})"
+        if kind in ("Equality", "Unequality") and any(type(a).__name__ in BOOLEANS for a in args):
+            # cse hoists a condition into a temporary and tests Eq(temporary, True): plain logic.
+            atom = next(a for a in args if type(a).__name__ in BOOLEANS)
+            other = args[1] if atom is args[0] else args[0]
+            negate = (type(atom).__name__ == "BooleanFalse") != (kind == "Unequality")
+            return f"np.logical_not({self.value(other)})" if negate else self.value(other)
+        if kind in RELATIONS:
+            k = len(self.rel_operands)
+            self.rel_operands.append((args[0], args[1]))
+            self.rel_texts.append(str(e))
+            return f"_rel({k}, {RELATIONS[kind]!r}, {self.value(args[0])}, {self.value(args[1])})"
+        if kind in ("And", "Or"):
+            fn = "np.logical_and" if kind == "And" else "np.logical_or"
+            out = self.value(args[0])
+            for a in args[1:]:
+                out = f"{fn}({out}, {self.value(a)})"
+            return out
+        if kind == "Not":
+            return f"np.logical_not({self.value(args[0])})"
+        name = e.get_name() if hasattr(e, "get_name") else kind
+        if name in FUNCTIONS:
+            return f"{name}({', '.join(self.value(a) for a in args)})"
+        raise UnsupportedOp(
+            f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which symgrad cannot evaluate with numpy; "
+            "add it to symgrad.lower.codegen.FUNCTIONS"
+        )
+
+    # -- error bounds (Note [Rounding bound]) ------------------------------------------------------
+    def error_of(self, e) -> str:
+        while e in self.aliases:
+            e = self.aliases[e]
+        if e in self.inputs:
+            return "0"
+        hit = self.errors.get(e)
+        if hit is not None:
+            return hit
+        kind = type(e).__name__
+        if kind in ("Exp1", "Pi", "Infty", "Infinity", "NegativeInfinity") or kind in BOOLEANS or (e.is_Number and e.is_Integer):
+            return "0"
+        if e.is_Number:
+            return f"(_K*{abs(float(e))!r})"
+        raise KeyError(f"no error bound for {e}")  # pragma: no cover - nodes are emitted in order
+
+    def emit_errors(self) -> None:
+        for e, var in self.nodes:
+            code = self._error_code(e, var)
+            if code == "0":
+                self.errors[e] = "0"
+                continue
+            name = "_e" + var[2:]
+            self.error_lines.append(f"    {name} = {code}")
+            self.errors[e] = name
+
+    def _error_code(self, e, var: str) -> str:
+        import symengine as se
+
+        kind = type(e).__name__
+        args = e.args
+        if kind in RELATIONS or kind in BOOLEANS or kind in ("And", "Or", "Not", "Equality", "Unequality"):
+            return "0"
+        own = f"np.abs({var})"
+        if kind == "Add":
+            errs = [err for err in (self.error_of(a) for a in args) if err != "0"]
+            if len(args) == 2:  # one correctly rounded addition
+                return _joined(errs + [own], "+")
+            sizes = _joined([f"np.abs({self.value(a)})" for a in args], "+")
+            return _joined(errs + [f"{math.log2(len(args))!r}*{sizes}"], "+")
+        if kind == "Mul":
+            terms = []
+            vals = [self.value(a) for a in args]
+            for i, a in enumerate(args):
+                err = self.error_of(a)
+                if err != "0":
+                    others = [v for j, v in enumerate(vals) if j != i]
+                    terms.append(f"np.abs({_joined(others, '*')})*{err}")
+            # scaling by a power of two (-1 included) is exact: a - b is a + (-1)*b, rounded once
+            exact = sum(1 for a in args if not _power_of_two(a)) <= 1
+            return _joined(terms if exact else terms + [own], "+") if terms or not exact else "0"
+        if kind == "Piecewise":
+            pairs = [f"({self.value(args[i + 1])}, {self.error_of(args[i])})" for i in range(0, len(args), 2)]
+            if all(p.endswith(", 0)") for p in pairs):
+                return "0"
+            return f"_pw({', '.join(pairs)})"
+        name = e.get_name() if hasattr(e, "get_name") else kind
+        if name in ("Max", "Min", "Abs"):  # the result is one of the arguments (or its negation), exactly
+            errs = [self.error_of(a) for a in args]
+            errs = [err for err in errs if err != "0"]
+            return "0" if not errs else errs[0] if len(errs) == 1 else f"np.fmax.reduce([{', '.join(errs)}])"
+        if name in ("sign", "floor", "ceiling"):  # piecewise constant: a jump is a kink, not a rounding
+            return "0"
+        # A function (Pow included): |partial| times each argument's error, plus one rounding.
+        slot = se.Symbol("_error_slot")
+        terms = []
+        for i, a in enumerate(args):
+            if kind == "Pow" and i == 1 and a.is_Number:
+                continue  # x**2, sqrt(x): the exponent is exact
+            err = self.error_of(a)
+            if err == "0":
+                continue
+            if len(args) == 1:  # (rebuilds SymPy-defined functions too, e.g. symgrad.ops.sigmoid)
+                at_slot = e.xreplace({a: slot})
+            else:
+                slot_args = list(args)
+                slot_args[i] = slot
+                at_slot = e.func(*slot_args)
+            partial = resolve_derivatives(at_slot.diff(slot)).xreplace({slot: a})
+            terms.append(f"np.abs({_Inline(self)(partial)})*{err}")
+        return _joined(terms + [own], "+")
+
+
+class _Inline:
+    """Prints a small expression (a partial derivative) inline, over the emitter's variables."""
+
+    def __init__(self, emitter: _Emitter):
+        self.em = emitter
+
+    def __call__(self, e) -> str:
+        hit = self.em.names.get(e)
+        if hit is not None:
+            return hit
+        lit = _literal(e)
+        if lit is not None:
+            return lit
+        kind = type(e).__name__
+        args = e.args
+        if kind == "Add":
+            return _joined([self(a) for a in args], "+")
+        if kind == "Mul":
+            return _joined([self(a) for a in args], "*")
+        if kind == "Pow":
+            base, ex = args
+            if type(base).__name__ == "Exp1":
+                return f"exp({self(ex)})"
+            if ex.is_Integer and int(ex) < 0:
+                return f"({self(base)}**{float(int(ex))!r})"
+            return f"({self(base)}**{self(ex)})"
+        name = e.get_name() if hasattr(e, "get_name") else kind
+        if name in FUNCTIONS:
+            return f"{name}({', '.join(self(a) for a in args)})"
+        # a partial that is itself not printable (Derivative, a kink): a node like any other
+        return self.em.value(e)
+
+
+def generate(reps: list, reduced: list, names: dict) -> tuple[str, list[str]]:
+    """The source of ``_lowered(_A, _rel, _with_magnitudes, _K)`` and the relationals' texts.
+
+    ``_lowered`` returns ``(values, error bounds or None, gap error bounds or None)``: one value
+    and bound per expression of ``reduced``, one gap bound per relational ``_rel(k, ...)``.
+    """
+    em = _Emitter(names)
+    for sym, value in reps:
+        em.alias(sym, value)
+    results = [em.value(r) for r in reduced]
+    n_value_lines = len(em.value_lines)
+    em.emit_errors()
+    # torch compares a with b (or tests the sign of a computed a - b, which a correct rounding
+    # never flips): only the operands' own errors can put it on the other side.
+    gaps = [_joined([em.error_of(a), em.error_of(b)], "+") for a, b in em.rel_operands]
+    result_errors = [em.error_of(r) for r in reduced]
+    # _Inline may have emitted value lines while the errors were written: they go before the errors
+    extra = em.value_lines[n_value_lines:]
+    lines = ["def _lowered(_A, _rel, _with_magnitudes, _K=0.0):"]
+    lines += em.value_lines[:n_value_lines]
+    lines.append("    _values = [" + ", ".join(results) + "]")
+    lines.append("    if not _with_magnitudes:")
+    lines.append("        return _values, None, None")
+    lines += extra
+    lines += em.error_lines
+    lines.append("    return _values, [" + ", ".join(result_errors) + "], [" + ", ".join(gaps) + "]")
+    return "\n".join(lines), em.rel_texts

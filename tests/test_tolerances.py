@@ -1,0 +1,309 @@
+"""The tolerance model and the joint kink check (Note [Tolerances], Note [Joint kink check]).
+
+Each case states its verdict from the mathematics: a backward that is wrong by more than what
+correct arithmetic in the checked dtype can explain must fail, and torch's own ops must pass.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import symgrad as sg
+from symgrad.compare.kinks import fit
+
+from helpers import time_limit
+
+
+def custom(fwd, bwd):
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            ctx.save_for_backward(*xs)
+            return fwd(*xs)
+
+        @staticmethod
+        def backward(ctx, g):
+            return bwd(g, *ctx.saved_tensors)
+
+    return Fn.apply
+
+
+def _tanh_bwd(factor):
+    return custom(lambda x: torch.tanh(x).sum(), lambda g, x: g * (1 - torch.tanh(x) ** 2) * factor)
+
+
+# -- the rounding bound allows roundoff, not rtol, per cancelling term ---------------------------
+@pytest.mark.parametrize("dtype,xs,factor", [
+    (torch.float64, [8.0, -8.0, 9.0], 2.0),        # 1 - tanh^2 cancels: the terms are 1, the value 1e-7
+    (torch.float32, [6.0, -6.0, 7.0], 2.0),
+    (torch.float64, [4.0, -4.5, 5.0], 1 + 1e-4),
+    (torch.float32, [1.0, -1.5, 2.0], 1 + 1e-4),
+])
+def test_tanh_backward_off_by_a_factor_fails_where_tanh_saturates(dtype, xs, factor):
+    x = torch.tensor(xs, dtype=dtype)
+    rec = sg.check(_tanh_bwd(factor), {"x": x}, symbolic=lambda x: sg.tanh(x).sum())["x"]
+    assert rec.verdict == "FAIL" and rec.mismatched == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_torch_tanh_passes_where_it_saturates(dtype):
+    x = torch.tensor([8.0, -8.0, 9.0, 4.0, 0.3], dtype=dtype)
+    assert sg.check(lambda x: torch.tanh(x).sum(), {"x": x}, symbolic=lambda x: sg.tanh(x).sum()).passed
+
+
+@pytest.mark.parametrize("dtype,off", [(torch.float64, 1e-8), (torch.float32, 3e-6)])
+def test_mse_backward_times_three_fails_near_the_target(dtype, off):
+    # 2 (x - t) / N with x ~ t: x - t is exact in floating point (Sterbenz), so there is no excuse
+    f = custom(lambda x, t: ((x - t) ** 2).mean(), lambda g, x, t: (g * 3 * 2 * (x - t) / x.numel(), None))
+    t = torch.linspace(1.0, 2.0, 6, dtype=dtype)
+    x = t + off * torch.tensor([1.0, -1.0, 2.0, -0.5, 1.5, -2.0], dtype=dtype)
+    rec = sg.check(f, {"x": x, "t": t}, symbolic=lambda x, t: sg.mse_loss(x, t), wrt="x")["x"]
+    assert rec.verdict == "FAIL"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_elu_slope_wrong_on_the_branch_taken_fails(dtype):
+    # The bound is the branch taken (slope 1 for x > 0), not the largest of all branches (exp(20)).
+    f = custom(lambda x: F.elu(x).sum(), lambda g, x: g * torch.where(x > 0, 1.5 * torch.ones_like(x), torch.exp(x)))
+    x = torch.tensor([20.0, 25.0, -1.0], dtype=dtype)
+    rec = sg.check(f, {"x": x}, symbolic=lambda x: sg.elu(x).sum())["x"]
+    assert rec.verdict == "FAIL" and rec.mismatched == 2
+
+
+@pytest.mark.parametrize("dtype,zs", [(torch.float64, [17.0, 19.0, 0.5, -1.0]), (torch.float32, [12.0, 14.0, 0.5, -1.0])])
+def test_bce_with_logits_backward_wrong_for_confident_logits_fails(dtype, zs):
+    def bwd(g, z, y):
+        grad = (torch.sigmoid(z) - y) / z.numel()
+        return g * torch.where(z > 10, 3 * grad, grad), None
+
+    f = custom(lambda z, y: F.binary_cross_entropy_with_logits(z, y), bwd)
+    z, y = torch.tensor(zs, dtype=dtype), torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dtype)
+    rec = sg.check(f, {"z": z, "y": y}, symbolic=lambda z, y: sg.binary_cross_entropy_with_logits(z, y), wrt="z")["z"]
+    assert rec.verdict == "FAIL" and rec.mismatched == 2
+
+
+@pytest.mark.parametrize("via", ["backward", "jacrev", "functional.hessian"])
+@pytest.mark.parametrize("dtype,xs", [(torch.float32, [5.0, 8.0, 12.0, 17.0, 30.0, -12.0, -30.0]),
+                                      (torch.float64, [25.0, 30.0, 33.0, -30.0, 2.0])])
+def test_torch_sigmoid_passes_where_it_saturates(dtype, xs, via):
+    # torch's sigmoid' is s (1 - s) from the rounded s: 0 where s rounds to 1, while the truth is
+    # tiny.  The closed form is written the same way, so its bound sees that cancellation.
+    x = torch.tensor(xs, dtype=dtype)
+    if via == "jacrev":
+        report = sg.check(torch.sigmoid, {"x": x}, symbolic=lambda x: sg.sigmoid(x), via=via)
+    else:
+        report = sg.check(lambda x: torch.sigmoid(x).sum(), {"x": x}, symbolic=lambda x: sg.sigmoid(x).sum(), via=via)
+    assert report.passed, report.to_text()
+
+
+def test_sigmoid_backward_off_by_1e4_fails():
+    f = custom(lambda x: torch.sigmoid(x).sum(), lambda g, x: g * torch.sigmoid(x) * (1 - torch.sigmoid(x)) * (1 + 1e-4))
+    for dtype in (torch.float32, torch.float64):
+        rec = sg.check(f, {"x": torch.tensor([-2.0, 0.5, 3.0], dtype=dtype)}, symbolic=lambda x: sg.sigmoid(x).sum())["x"]
+        assert rec.verdict == "FAIL", dtype
+
+
+def test_sigmoid_closed_form_is_shown_as_torch_computes_it():
+    rec = sg.check(lambda x: torch.sigmoid(x).sum(), {"x": torch.tensor([0.5], dtype=torch.float64)},
+                   symbolic=lambda x: sg.sigmoid(x).sum())["x"]
+    assert sorted(rec.closed_form.replace("(1 - sigmoid(x[0]))", "A").split("*")) == ["A", "sigmoid(x[0])"]
+
+
+@pytest.mark.parametrize("factor", [1 + 1e-5, 1 + 1e-6])
+def test_float64_conditioned_functions_keep_rtol(factor):
+    # exp(4x) at x = 5: conditioning 20 does not widen the float64 tolerance to 1e-6
+    f = custom(lambda x: torch.exp(4 * x).sum(), lambda g, x: g * 4 * torch.exp(4 * x) * factor)
+    x = torch.tensor([5.0, 5.1], dtype=torch.float64)
+    assert not sg.check(f, {"x": x}, symbolic=lambda x: sg.exp(4 * x).sum()).passed
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.7, 2.0])
+def test_torch_celu_float64_with_alpha_passes(alpha):
+    # torch's float64 celu' rounds 1/alpha to float32 (3.6e-7 off at x = -3, alpha = 0.3): the
+    # constants model allows one float32 rounding per non-integer constant, nothing more
+    x = torch.tensor([-3.0, -2.0, -0.5, 0.5, 1.0], dtype=torch.float64)
+    report = sg.check(lambda x: F.celu(x, alpha).sum(), {"x": x}, symbolic=lambda x: sg.celu(x, alpha).sum())
+    assert report.passed, report.to_text()
+    f = custom(lambda x: F.celu(x, alpha).sum(),
+               lambda g, x: g * torch.where(x > 0, torch.ones_like(x), torch.exp(x / alpha)) * (1 + 1e-5))
+    assert not sg.check(f, {"x": x}, symbolic=lambda x: sg.celu(x, alpha).sum()).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_atol_adds_to_the_bounds(dtype):
+    torch.manual_seed(0)
+    x, W = torch.randn(4, 6, dtype=dtype), torch.randn(6, 5, dtype=dtype)
+    for atol in (None, 1e-7, 1e-6):
+        report = sg.check(lambda x, W: torch.tanh(x @ W).sum(), {"x": x, "W": W},
+                          symbolic=lambda x, W: sg.tanh(x @ W).sum(), atol=atol)
+        assert report.passed, (atol, report.to_text())
+
+
+# -- kinks: one choice of side per kinked unit ---------------------------------------------------
+def _lin_relu(scale=1.0, side=None):
+    """sum(relu(X @ w)) with a backward that scales the gradient, or takes ``side`` at z == 0."""
+
+    def bwd(g, X, w):
+        z = X @ w
+        d = (z > 0).to(X.dtype)
+        if side is not None:
+            d = torch.where(z == 0, torch.full_like(z, side), d)
+        return None, g * scale * (X.T @ d)
+
+    return custom(lambda X, w: torch.relu(X @ w).sum(), bwd)
+
+
+def _kinked(dtype):
+    X = torch.tensor([[1.0, 2.0, 0.5], [1.0, 2.0, 2.0]], dtype=dtype)
+    w = torch.tensor([0.5, 0.25, -0.5], dtype=dtype)  # X[1] @ w == 0 exactly; X[0] @ w = 0.75
+    return {"X": X, "w": w}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scale,side,ok", [(1.0, None, True), (1.0, 1.0, True), (1.0, 0.5, True), (1.3, None, False),
+                                           (1.0, 2.0, False), (1.0, -0.5, False)])
+def test_one_sample_on_the_kink(dtype, scale, side, ok):
+    # with sample 1 on relu's kink, dL/dw is X[0] + c X[1] for one c in [0, 1]: 1.3 X[0] lies in
+    # every entry's band [X0_i, X0_i + X1_i] but is no such vector
+    rec = sg.check(_lin_relu(scale, side), _kinked(dtype), symbolic=lambda X, w: sg.relu(X @ w).sum(), wrt="w")["w"]
+    assert rec.passed == ok, rec.message()
+    assert rec.kinks == 3
+
+
+def test_torch_relu_on_the_kink_passes_through_the_module_path():
+    torch.manual_seed(1)
+    for dtype in (torch.float64, torch.float32):
+        m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)).to(dtype)
+        x = torch.randn(5, 3, dtype=dtype)
+        with torch.no_grad():
+            m[0].bias.copy_(-(x[2:3] @ m[0].weight.t())[0])  # sample 2 on every unit's kink
+        report = sg.check(m, {"x": x}, loss=torch.nn.MSELoss(), target=torch.randn(5, 1, dtype=dtype))
+        assert report.passed, report.to_text()
+
+
+def test_scaled_backward_with_a_sample_on_the_kink_fails_through_the_module_path():
+    class ScaledRelu(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return torch.relu(z)
+
+        @staticmethod
+        def backward(ctx, g):
+            (z,) = ctx.saved_tensors
+            return g * (z > 0).to(z.dtype) * 1.3
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1, bias=False)
+
+        def forward(self, x):
+            return ScaledRelu.apply(self.lin(x))
+
+    net = Net().double()
+    with torch.no_grad():
+        net.lin.weight.copy_(torch.tensor([[0.5, 0.25, -0.5]]))
+    x = torch.tensor([[1.0, 2.0, 0.5], [1.0, 2.0, 2.0]], dtype=torch.float64)
+    report = sg.check(net, {"x": x}, loss=torch.nn.MSELoss(reduction="sum"), target=torch.zeros(2, 1, dtype=torch.float64))
+    assert not report.passed
+    assert not report["lin.weight"].passed
+
+
+def test_joint_fit_separates_vertices_from_scaled_vectors():
+    x0, x1 = np.array([1.0, 2.0, 0.5]), np.array([1.0, 2.0, 2.0])
+    tol = np.full(3, 1e-9)
+    gens = x1[None, None, :]
+    assert fit(x1, tol, gens).explained and fit(0.5 * x1, tol, gens).explained
+    assert not fit(0.3 * x0, tol, gens).explained and not fit(1.2 * x1, tol, gens).explained
+    # 30 independent units on their own entries: any choice per unit is explained, 1.2 is not
+    d = np.diag(np.linspace(0.5, 2.0, 30))[:, None, :]
+    c = np.tile([0.0, 1.0, 0.37], 10)
+    assert fit(c * np.diag(d[:, 0, :]), np.full(30, 1e-9), d).explained
+    c[4] = 1.2
+    assert not fit(c * np.diag(d[:, 0, :]), np.full(30, 1e-9), d).explained
+
+
+def test_near_kink_window_is_the_operands_error_not_their_size():
+    # relu(a - b) with a, b ~ 1000 in float32: a - b is exact, so 1e-3 is far from the kink
+    f = custom(lambda a, b: torch.relu(a - b).sum(), lambda g, a, b: (g * (a - b > 1e-3).to(a.dtype), None))
+    a = torch.tensor([1000.0, 1000.0, 1001.0])
+    b = a - torch.tensor([5e-4, -1.0, 2.0])
+    rec = sg.check(f, {"a": a, "b": b}, symbolic=lambda a, b: sg.relu(a - b).sum(), wrt="a")["a"]
+    assert rec.verdict == "FAIL" and rec.kinks == 0
+
+
+# -- robustness ----------------------------------------------------------------------------------
+def test_long_sums_compile_and_run():
+    torch.manual_seed(0)
+    a, b = torch.randn(16, 16, dtype=torch.float64), torch.randn(16, 16, dtype=torch.float64)
+    with time_limit(60):
+        assert sg.check(lambda a, b: (a @ b).sum(), {"a": a, "b": b}, symbolic=lambda a, b: (a @ b).sum()).passed
+
+
+def test_nested_relus_do_not_print_exponentially():
+    def deep(x, relu, n):
+        for _ in range(n):
+            x = relu(x - 0.1)
+        return x
+
+    x = torch.linspace(0, 2.0, 5, dtype=torch.float64)
+    with time_limit(60):
+        report = sg.check(lambda x: deep(x, torch.relu, 18).sum(), {"x": x}, symbolic=lambda x: deep(x, sg.relu, 18).sum())
+    assert report.passed
+
+
+def test_inputs_named_like_symgrads_own_symbols():
+    v = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    cot = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    report = sg.check(lambda v: v * v * v, {"v": v}, symbolic=lambda v: v * v * v, v=cot)
+    assert report.passed, report.to_text()
+    np.testing.assert_allclose(report["v"].expected, 3 * v.numpy() ** 2 * cot.numpy())
+    x, t_x = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([3.0, 4.0], dtype=torch.float64)
+    report = sg.check(lambda x, t_x: x * t_x, {"x": x, "t_x": t_x}, symbolic=lambda x, t_x: x * t_x,
+                      via="functional.jvp", tangents={"x": torch.ones(2, dtype=torch.float64), "t_x": torch.ones(2, dtype=torch.float64)})
+    assert report.passed, report.to_text()
+    np.testing.assert_allclose(report["jvp"].expected, (t_x + x).numpy())
+
+
+def test_mixed_dtypes_use_the_lowest_precision():
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    y = torch.tensor([1.5, 0.7, -0.4], dtype=torch.float32)
+    report = sg.check(lambda x, y: (torch.tanh(x) * torch.exp(y)).sum(), {"x": x, "y": y},
+                      symbolic=lambda x, y: (sg.tanh(x) * sg.exp(y)).sum())
+    assert report.passed, report.to_text()
+    assert report["x"].dtype == "float32"
+
+
+def test_nan_on_one_side_is_the_worst_index():
+    f = custom(lambda a: torch.sin(a).sum(), lambda g, a: g * torch.where(a > 2, a * float("nan"), torch.cos(a)))
+    rec = sg.check(f, {"a": torch.tensor([0.1, 0.2, 2.5, 0.4], dtype=torch.float64)}, symbolic=lambda a: sg.sin(a).sum())["a"]
+    assert not rec.passed and rec.abs_index == (2,) and rec.max_abs == float("inf") and rec.atol >= 0
+
+
+@pytest.mark.parametrize("call,error", [
+    (lambda x: sg.check(lambda x: x.sum(), {"x": x}, wrt=[]), sg.InputError),
+    (lambda x: sg.check(lambda x: x.sum(), {"x": x[:0]}), sg.InputError),
+    (lambda x: sg.check(lambda x: x.sum(), {"x": torch.empty(3, device="meta")}), sg.InputError),
+    (lambda x: sg.check(lambda x: x.sum(), {"x": x}, rtol=-1.0), sg.InputError),
+    (lambda x: sg.check(lambda x: x * 2, {"x": x}, symbolic=lambda x: x * 2, backward_calls=2), sg.InputError),
+    (lambda x: sg.check(lambda x: x.sum(), {"x": x}, backward_calls=0), sg.InputError),
+    (lambda x: sg.check(lambda x: x.detach().sum(), {"x": x}, symbolic=lambda x: x.sum()), sg.AutogradFailed),
+])
+def test_bad_calls_raise_symgrad_errors(call, error):
+    with pytest.raises(error):
+        call(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+
+
+def test_jacrev_on_a_function_without_setup_context_names_the_fix():
+    f = custom(lambda x: x * 2, lambda g, x: g * 2)
+    with pytest.raises(sg.AutogradFailed, match="functional.jacobian"):
+        sg.check(f, {"x": torch.tensor([1.0, 2.0], dtype=torch.float64)}, symbolic=lambda x: x * 2, via="jacrev")
+
+
+def test_bool_inputs_are_constants():
+    x, m = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64), torch.tensor([True, False, True])
+    report = sg.check(lambda x, m: (x * m).sum(), {"x": x, "m": m}, symbolic=lambda x, m: (x * m).sum())
+    assert report.passed
+    np.testing.assert_array_equal(report["x"].expected, [1.0, 0.0, 1.0])
