@@ -23,6 +23,16 @@ derivative at 0 is 0, as ``torch.relu``'s is.  SymPy's own ``Heaviside(0)`` is 1
 stage flags inputs that sit on (or, in float32, within rounding of) a kink and reports both
 one-sided derivatives there instead of calling a subgradient choice a bug; see Note [Kinks at
 evaluation time] in ``symgrad/lower/numpy.py``.
+
+# Note [Engine forms]
+The tolerance of an entry comes from the rounding bound of its closed form (Note [Rounding bound]
+in ``symgrad/lower/codegen.py``), so the closed form should cancel where torch's backward cancels.
+torch's sigmoid' is s (1 - s) from the rounded output s: 0 where s rounds to 1 (x > 17 in
+float32), while the true derivative is 4e-8.  The derivative of 1/(1 + exp(-x)) is
+exp(-x)/(1 + exp(-x))**2, accurate there, and its bound would call torch's 0 a bug.  Written as
+exp(x)/(1 + exp(x)), sigmoid differentiates to s - s**2: the same value, and the same cancellation.
+A row's ``engine_form`` is the form the elementwise engine builds; ``sympy`` stays the form that is
+shown and that the matrix engine uses.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from typing import Any, Callable
 
 import sympy as sp
 
-__all__ = ["Op", "OPS", "op", "register_op", "coverage_rows", "resolve_torch", "opaque_node", "resolve_derivatives", "opaque_names"]
+__all__ = ["Op", "OPS", "op", "register_op", "coverage_rows", "resolve_torch"]
 
 
 @dataclass(frozen=True)
@@ -50,9 +60,8 @@ class Op:
     torch_kwargs: Callable[..., dict] | None = None
     module: str = ""
     doc: str = ""
-    # d op(z)/dz in terms of s = op(z) (and z): the elementwise engine builds the op as one opaque
-    # node with this derivative, written as torch's backward computes it (Note [Opaque ops])
-    node_diff: Callable[..., Any] | None = None
+    # the form the elementwise engine builds, where it differs from ``sympy`` (Note [Engine forms])
+    engine_form: Callable[..., sp.Expr] | None = None
 
     def sym(self, x, **params):
         """The SymPy form at ``x`` with the row's default parameters filled in."""
@@ -87,47 +96,9 @@ def _sigmoid(x):
     return 1 / (1 + sp.exp(-x))
 
 
-# Note [Opaque ops]
-# A row with ``node_diff`` is built by the elementwise engine as one opaque symengine function
-# node, ``sigmoid(z)``, instead of its SymPy form; its derivative is ``node_diff(s, z)`` with ``s``
-# the node itself, written as torch's backward computes it, from the output: sigmoid' = s (1 - s).
-# The value is the same as that of 1/(1 + exp(-z))'s derivative, but the rounding bound now sees
-# what torch's does: where s rounds to 1 in float32 (z > 17), torch's 1 - s is 0 while the true
-# derivative is 4e-8; exp(-z)/(1 + exp(-z))**2 is accurate there, s (1 - s) is not.
-
-
-def opaque_node(name: str, z):
-    """The opaque node of row ``name`` at the symengine expression ``z``."""
-    import symengine as se
-
-    return se.Function(name)(z)
-
-
-def resolve_derivatives(expr):
-    """``expr`` (symengine) with every derivative of an opaque node replaced by its ``node_diff``."""
-    import symengine as se
-
-    found = expr.atoms(se.Subs, se.Derivative) if hasattr(expr, "atoms") else ()
-    subs = {}
-    for d in found:
-        if isinstance(d, se.Subs):
-            inner, point = d.expr, d.point
-        else:
-            inner, point = d, None
-        if not isinstance(inner, se.Derivative) or len(inner.variables) != 1:
-            continue
-        f = inner.expr
-        name = f.get_name() if hasattr(f, "get_name") else ""
-        row = OPS.get(name)
-        if row is None or row.node_diff is None or tuple(f.args) != tuple(inner.variables):
-            continue
-        z = point[0] if point is not None else f.args[0]
-        subs[d] = row.node_diff(opaque_node(name, z), z)
-    return expr.xreplace(subs) if subs else expr
-
-
-def opaque_names() -> set[str]:
-    return {row.name for row in OPS.values() if row.node_diff is not None}
+def _sigmoid_as_torch_differentiates(x):
+    """sigmoid as exp(x)/(1 + exp(x)): the elementwise engine's form (Note [Engine forms])."""
+    return sp.exp(x) / (1 + sp.exp(x))
 
 
 def _gelu_tanh_inner(x):
@@ -142,7 +113,7 @@ _ROWS = [
     Op("cos", lambda x: sp.cos(x), "torch.cos", lambda x: -sp.sin(x)),
     Op("tanh", lambda x: sp.tanh(x), "torch.tanh", lambda x: 1 - sp.tanh(x) ** 2, module="torch.nn.Tanh"),
     Op("sigmoid", _sigmoid, "torch.sigmoid", lambda x: _sigmoid(x) * (1 - _sigmoid(x)), module="torch.nn.Sigmoid",
-       node_diff=lambda s, z: s * (1 - s)),
+       engine_form=_sigmoid_as_torch_differentiates),
     Op(
         "relu",
         lambda x: _pw((x, x > 0), (0, True)),

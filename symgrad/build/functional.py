@@ -23,7 +23,7 @@ import symengine as se
 import sympy as sp
 
 from ..errors import ShapeMismatch
-from ..ops import OPS, op, opaque_node
+from ..ops import OPS, op
 from .tensor import SymTensor, as_symtensor, to_element
 
 __all__ = [
@@ -59,10 +59,9 @@ _SLOT = sp.Dummy("slot")
 def _template(name: str, params: tuple):
     """The row's SymPy form at a placeholder, converted to symengine once per (op, params)."""
     row = op(name)
-    slot = to_element(_SLOT)
-    if row.node_diff is not None:  # Note [Opaque ops] in symgrad/ops.py
-        return opaque_node(name, slot), slot
-    return to_element(row.sym(_SLOT, **{k: sp.sympify(v) for k, v in params})), slot
+    kw = {k: sp.sympify(v) for k, v in params}
+    form = row.engine_form(_SLOT, **kw) if row.engine_form is not None else row.sym(_SLOT, **kw)  # Note [Engine forms]
+    return to_element(form), to_element(_SLOT)
 
 
 def apply_op(name: str, x, **params):

@@ -30,8 +30,6 @@ import sympy as sp
 from ..build.tensor import SymTensor
 from ..errors import ShapeMismatch
 from ..lower.numpy import to_symengine
-from ..ops import OPS, opaque_names, resolve_derivatives
-from sympy.core.function import AppliedUndef
 
 __all__ = ["QUANTITIES", "differentiate", "diff_all", "entry_form", "LATEX_MAX_CHARS"]
 
@@ -47,21 +45,15 @@ def diff_all(f, syms: list, backend: str = "auto") -> list:
     ``backend="sympy"`` differentiates with SymPy instead (slow; for cross-checking the fast path).
     """
     if backend == "sympy":
-        # SymPy differentiates real symbols (Abs of a complex symbol has no plain derivative), and
-        # opaque nodes as their SymPy forms: an independent derivation (Note [Opaque ops]).
-        f_sp = _opaque_as_forms(sp.sympify(f))
+        # SymPy differentiates real symbols (Abs of a complex symbol has no plain derivative).
+        f_sp = sp.sympify(f)
         real = {s: sp.Symbol(s.name, real=True) for s in f_sp.free_symbols}
         f_sp = f_sp.xreplace(real)
         back = {r: s for s, r in real.items()}
         return [to_symengine(sp.diff(f_sp, sp.Symbol(str(s), real=True)).xreplace(back)) for s in syms]
     sf = to_symengine(f)
     targets = [to_symengine(s) for s in syms]
-    if _has_opaque(sf):
-        return [resolve_derivatives(d) for d in _diff_all(sf, targets)]
-    return _diff_all(sf, targets)
 
-
-def _diff_all(sf, targets: list) -> list:
     if type(sf).__name__ == "Add" and len(sf.args) > 8 and len(targets) > 1:
         # A sum differentiates term by term, and a term only by the symbols it holds: without
         # this split, the gradient of a sum of n terms in n symbols costs n^2.
@@ -73,21 +65,6 @@ def _diff_all(sf, targets: list) -> list:
                 holding.setdefault(s, []).append(term)
         return [se.Add(*holding.get(t, [])).diff(t) for t in targets]
     return [sf.diff(t) for t in targets]
-
-
-def _has_opaque(expr) -> bool:
-    import symengine as se
-
-    names = opaque_names()
-    return bool(names) and any(f.get_name() in names for f in expr.atoms(se.FunctionSymbol))
-
-
-def _opaque_as_forms(expr):
-    """A SymPy expression with each opaque node (an undefined function named after its row)
-    replaced by the row's SymPy form."""
-    names = opaque_names()
-    return expr.replace(lambda e: isinstance(e, AppliedUndef) and e.func.__name__ in names,
-                        lambda e: OPS[e.func.__name__].sym(*e.args))
 
 
 def _scalar(out: SymTensor, quantity: str):

@@ -34,7 +34,6 @@ import operator
 import numpy as np
 
 from ..errors import UnsupportedOp
-from ..ops import resolve_derivatives
 
 __all__ = ["RUNTIME", "FUNCTIONS", "generate", "RELATIONS", "BOOLEANS"]
 
@@ -55,14 +54,6 @@ def _erf(x):
         return erf(np.asarray(x, dtype=np.float64))
     except ImportError:
         return np.vectorize(math.erf, otypes=[np.float64])(x)
-
-
-def _sigmoid(x):
-    """1/(1 + exp(-x)) without overflow on either side."""
-    x = np.asarray(x)
-    with np.errstate(over="ignore"):
-        e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def _pw(*pairs):
@@ -87,7 +78,7 @@ FUNCTIONS = {
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "asinh": np.arcsinh, "acosh": np.arccosh,
     "atanh": np.arctanh, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign,
-    "erf": _erf, "sigmoid": _sigmoid, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
+    "erf": _erf, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
     "ceiling": np.ceil,
 }
 RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
@@ -285,13 +276,10 @@ class _Emitter:
             err = self.error_of(a)
             if err == "0":
                 continue
-            if len(args) == 1:  # (rebuilds SymPy-defined functions too, e.g. symgrad.ops.sigmoid)
-                at_slot = e.xreplace({a: slot})
-            else:
-                slot_args = list(args)
-                slot_args[i] = slot
-                at_slot = e.func(*slot_args)
-            partial = resolve_derivatives(at_slot.diff(slot)).xreplace({slot: a})
+            slot_args = list(args)
+            slot_args[i] = slot
+            at_slot = e.func(*slot_args)
+            partial = at_slot.diff(slot).xreplace({slot: a})
             terms.append(f"np.abs({_Inline(self)(partial)})*{err}")
         return _joined(terms + [own], "+")
 

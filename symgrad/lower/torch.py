@@ -14,10 +14,7 @@ from typing import Callable, Mapping
 import numpy as np
 import sympy as sp
 
-from sympy.core.function import AppliedUndef
-
 from ..errors import UnsupportedOp
-from ..ops import OPS
 
 __all__ = ["SYMPY_TO_TORCH", "to_torch"]
 
@@ -109,8 +106,6 @@ def to_torch(exprs: np.ndarray, env: Mapping[sp.Symbol, object], dtype) -> objec
             r = torch.tensor(bool(e))
         elif type(e) in SYMPY_TO_TORCH or e.func in SYMPY_TO_TORCH:
             r = SYMPY_TO_TORCH[e.func](*(walk(a) for a in e.args))
-        elif isinstance(e, AppliedUndef) and e.func.__name__ in OPS:  # an opaque op-table node: sigmoid(z)
-            r = OPS[e.func.__name__].torch_fn()(*(walk(a) for a in e.args))
         else:
             raise UnsupportedOp(
                 f"the symbolic forward uses {e.func.__name__} ({sp.sstr(e)[:60]}), which symgrad cannot lower to torch; "
