@@ -3,15 +3,17 @@
     python benchmarks/bench_matrix_mlp.py           # 1k, 10k, 100k, 1M parameters (< 3 minutes)
     python benchmarks/bench_matrix_mlp.py --quick   # 1k and 10k only
 
-Each row is a cold run for that size: symgrad.matrix's caches (closed forms, the
-once-per-architecture cross-check) are cleared first, so "symbolic" includes tracing, the
-reverse pass over the matrix expression, the closed-form prints and the tiny-size cross-check.
-"evaluation" is the numpy closed form (forward + backward + kink scan), "autograd" one torch
-forward/backward, "compare" the entrywise comparison.  "symgrad total" is the wall time of
+Each row is a cold run for that size: every cache is cleared first (symgrad.matrix's closed
+forms and cross-check verdicts, its per-op lambdified functions and SymPy's own cache:
+``clear_caches(everything=True)``), so "symbolic" includes tracing, the reverse pass over the
+matrix expression, the closed-form prints and the tiny-size cross-check.  "evaluation" is the
+numpy closed form with what the comparison needs beside it (forward + backward, the per-entry
+rounding bound, the kink scan, the loss), "autograd" one torch forward/backward, "compare" the
+entrywise comparison.  "symgrad total" is the wall time of
 ``symgrad.check(model, {"x": X}, loss=nn.MSELoss(), target=T, engine="matrix")`` from model to
-verdict (run separately, caches cleared again: "cold"), and the best of 5 repeat calls once the
-architecture's closed forms are cached ("warm").  gradcheck runs at 1k and 10k only: it takes
-≈126 s at 100k parameters on this 2-core CPU.
+verdict: "cold" is a genuinely first call (every cache cleared again; only the imports are
+warm), "warm" the best of 5 repeat calls once the architecture's closed forms are cached.
+gradcheck runs at 1k and 10k only: it takes ≈126 s at 100k parameters on this 2-core CPU.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tabulate import tabulate  # noqa: E402
 from symgrad.matrix import references as R  # noqa: E402
 from symgrad.matrix.evaluate import Evaluator, matrix_symbols  # noqa: E402
 from symgrad.matrix.network import from_module  # noqa: E402
+from symgrad.matrix.rounding import RoundingBound, prepare  # noqa: E402
 
 D_IN, BATCH = 32, 64
 
@@ -50,16 +53,22 @@ def make(width: int, seed: int = 0):
 
 
 def pieces(model, X, T) -> dict:
-    R.clear_caches()
+    R.clear_caches(everything=True)
     t0 = time.perf_counter()
     net = from_module(model, {"x": X}, loss=nn.MSELoss(), target=T)
     grads, cot = R.network_gradients(net, [n for n, _ in model.named_parameters()])
     verified, _ = R.verify_network(net, grads, cot)
     forms = {n: R.closed_forms(g, net, cot) for n, g in grads.items()}
+    prepare(net.loss, *net.defs.values(), *cot.values(), *grads.values())  # per-op rounding rules
     t1 = time.perf_counter()
-    ev = Evaluator(net.values, {**net.defs, **cot}, symbols=matrix_symbols(net.loss, *net.defs.values(), *grads.values()))
+    eps = float(np.finfo(np.float64).eps)
+    defs = {**net.defs, **cot}
+    ev = Evaluator(net.values, defs, symbols=matrix_symbols(net.loss, *net.defs.values(), *grads.values()))
     values = {n: np.asarray(ev(g)).reshape(net.shapes[n]) for n, g in grads.items()}
-    R.kink_bands(grads, net, cot, ev, float(np.finfo(np.float64).eps))
+    bound = RoundingBound(ev, defs, eps)
+    for g in [net.loss, *grads.values()]:
+        bound(g)
+    R.kink_bands(grads, net, cot, ev, eps)
     t2 = time.perf_counter()
     model.zero_grad()
     nn.MSELoss()(model(X), T).backward()
@@ -78,7 +87,7 @@ def end_to_end(model, X, T) -> tuple[float, float, bool]:
     comparison redone each time)."""
     import symgrad
 
-    R.clear_caches()
+    R.clear_caches(everything=True)  # a genuinely first call: only the imports are warm
     t0 = time.perf_counter()
     report = symgrad.check(model, {"x": X}, loss=nn.MSELoss(), target=T, engine="matrix")
     cold = time.perf_counter() - t0
@@ -143,7 +152,7 @@ def main(argv=None) -> int:
                                   "gradcheck s", "speed-up (cold / warm)", "max |Δ| vs autograd"]))
     print("symbolic/evaluation/autograd/compare: symgrad.matrix's pieces, timed on their own (cold: symbolic "
           "includes the tiny-size cross-check). symgrad total: symgrad.check(engine='matrix') wall time, model to "
-          "verdict; cold = first call for this architecture in the process, warm = best of 5 repeat calls.")
+          "verdict; cold = first call (every cache cleared, imports warm), warm = best of 5 repeat calls.")
     return 0 if all_ok else 1
 
 

@@ -254,32 +254,65 @@ def _class_indices(target) -> np.ndarray | None:
     return arr.astype(np.int64) if np.issubdtype(arr.dtype, np.integer) else None
 
 
-def cross_entropy(input, target, reduction: str = "mean"):  # noqa: A002
-    """``F.cross_entropy`` over dim 1 (or 0 for an unbatched input), class indices or probabilities."""
+def cross_entropy(input, target, reduction: str = "mean", weight=None, ignore_index: int = -100,  # noqa: A002
+                  label_smoothing: float = 0.0):
+    """``F.cross_entropy`` over dim 1 (or 0 for an unbatched input), class indices or probabilities,
+    with torch's ``weight``, ``ignore_index`` and ``label_smoothing``.
+
+    Class indices: ``l_n = -(1 - e) w[y_n] logp[n, y_n] - (e / C) sum_c w[c] logp[n, c]``, 0 where
+    ``y_n == ignore_index``; the mean divides by ``sum_n w[y_n]`` over the samples not ignored.
+    Probabilities: ``l_n = -sum_c w[c] q[n, c] logp[n, c]`` with ``q = (1 - e) p + e / C``; the mean
+    divides by the number of samples.
+    """
     if is_torch(input):
         import torch.nn.functional as F
 
-        return F.cross_entropy(input, target, reduction=reduction)
+        return F.cross_entropy(input, target, weight=weight, reduction=reduction, ignore_index=ignore_index,
+                               label_smoothing=label_smoothing)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
     logits = as_symtensor(input)
     dim = 0 if logits.ndim == 1 else 1
+    n_classes = logits.shape[dim]
     logp = log_softmax(logits, dim)
+    eps = se.sympify(sp.nsimplify(label_smoothing)) if label_smoothing else se.Integer(0)
+    w = None
+    if weight is not None:
+        w = as_symtensor(weight.detach().cpu().numpy() if is_torch(weight) else weight)
+        if w.shape != (n_classes,):
+            raise ShapeMismatch(f"cross_entropy: weight of shape {w.shape}, expected ({n_classes},)")
+    moved = np.moveaxis(logp.data, dim, -1)  # (..., C)
+    w_c = [1 if w is None else w.data[c] for c in range(n_classes)]
     indices = _class_indices(target)
     if indices is None:  # class probabilities, same shape as the input
         probs = as_symtensor(target)
         _check_same_shape(logits, probs, "cross_entropy")
-        loss = -(probs * logp).sum(dim)
-    else:
-        expected = logits.shape[:dim] + logits.shape[dim + 1 :]
-        if indices.shape != expected:
-            raise ShapeMismatch(f"cross_entropy: class-index target of shape {indices.shape}, expected {expected}")
-        moved = np.moveaxis(logp.data, dim, -1)
-        out = np.empty(indices.shape, dtype=object)
-        for index in np.ndindex(indices.shape):
-            c = int(indices[index])
-            if not 0 <= c < moved.shape[-1]:
-                raise ValueError(f"cross_entropy: class index {c} at {index} is outside [0, {moved.shape[-1]})")
-            out[index] = -moved[index + (c,)]
-        loss = SymTensor(out)
+        p = np.moveaxis(probs.data, dim, -1)
+        out = np.empty(moved.shape[:-1], dtype=object)
+        for index in np.ndindex(out.shape):
+            out[index] = -se.Add(*[w_c[c] * ((1 - eps) * p[index + (c,)] + eps / n_classes) * moved[index + (c,)]
+                                   for c in range(n_classes)])
+        return _reduce(SymTensor(out), reduction, "cross_entropy")
+    expected = logits.shape[:dim] + logits.shape[dim + 1:]
+    if indices.shape != expected:
+        raise ShapeMismatch(f"cross_entropy: class-index target of shape {indices.shape}, expected {expected}")
+    out = np.empty(indices.shape, dtype=object)
+    total_weight = 0
+    for index in np.ndindex(indices.shape):
+        c = int(indices[index])
+        if c == ignore_index:
+            out[index] = se.Integer(0)
+            continue
+        if not 0 <= c < n_classes:
+            raise ValueError(f"cross_entropy: class index {c} at {index} is outside [0, {n_classes})")
+        loss = -(1 - eps) * w_c[c] * moved[index + (c,)]
+        if eps:
+            loss = loss - eps / n_classes * se.Add(*[w_c[k] * moved[index + (k,)] for k in range(n_classes)])
+        out[index] = loss
+        total_weight = total_weight + w_c[c]
+    loss = SymTensor(out)
+    if reduction == "mean":
+        return loss.sum() / total_weight  # torch: nan when every sample is ignored
     return _reduce(loss, reduction, "cross_entropy")
 
 

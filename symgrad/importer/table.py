@@ -198,13 +198,6 @@ def _loss(fn, allowed: tuple[str, ...]):
         if bad or args:
             raise UnsupportedOp(f"{fn.__name__}: symgrad supports the arguments {', '.join(allowed)} "
                                 f"(got {', '.join(bad) or 'positional extras'})")
-        if "label_smoothing" in extra and extra.pop("label_smoothing") != 0:
-            raise UnsupportedOp("cross_entropy with label_smoothing is not supported")
-        if "ignore_index" in extra:
-            ignore = extra.pop("ignore_index")
-            idx = sgf._class_indices(target)
-            if idx is not None and (idx == ignore).any():
-                raise UnsupportedOp(f"cross_entropy: the target uses ignore_index={ignore}; symgrad does not support it")
         return fn(input, target, **extra)
 
     return apply
@@ -359,8 +352,8 @@ def _fill():
         (F.binary_cross_entropy, nn.BCELoss, sgf.binary_cross_entropy, ("reduction", "weight"), ("weight",)),
         (F.binary_cross_entropy_with_logits, nn.BCEWithLogitsLoss, sgf.binary_cross_entropy_with_logits,
          ("reduction", "weight", "pos_weight"), ("weight", "pos_weight")),
-        (F.cross_entropy, nn.CrossEntropyLoss, sgf.cross_entropy, ("reduction", "ignore_index", "label_smoothing"),
-         ("ignore_index", "label_smoothing")),
+        (F.cross_entropy, nn.CrossEntropyLoss, sgf.cross_entropy, ("reduction", "weight", "ignore_index", "label_smoothing"),
+         ("weight", "ignore_index", "label_smoothing")),
     ]
     for fn, cls, sym, allowed, attrs in losses:
         f(fn, _loss(sym, allowed), "loss", form=f"sg.{sym.__name__}", notes="reduction mean/sum/none")

@@ -1,14 +1,15 @@
 """The matrix-calculus engine: derivatives of matrix expressions in matrix notation.
 
 Pipeline: ``nodes`` (symgrad's own matrix nodes) -> ``diff`` (reverse/forward rules) ->
-``evaluate`` (numpy, shared subtrees once) and ``printing`` (text, LaTeX); ``explode`` is the
-independent entrywise cross-check; ``network`` / ``fx_rules`` import ``nn.Module``s and
+``evaluate`` (numpy, shared subtrees once; float64, or the checked dtype), ``rounding`` (a per-entry
+rounding-error bound) and ``printing`` (text, LaTeX); ``explode`` is the independent entrywise
+cross-check; ``network`` / ``fx_rules`` import ``nn.Module``s and
 ``references`` produces the ``Reference`` records ``symgrad.check`` compares with autograd.
 torch is imported only inside the functions that need it.
 """
 
 from symgrad.matrix.diff import grad, hvp, jvp, vjp
-from symgrad.matrix.errors import CrossCheckError, UnsupportedOp
+from symgrad.matrix.errors import ClosedFormUnverified, CrossCheckError, UnsupportedOp
 from symgrad.matrix.evaluate import Evaluator, evaluate
 from symgrad.matrix.explode import CrossCheck, check_grad, check_hvp, check_jvp, explode, exploded_grad, random_values
 from symgrad.matrix.network import Network, from_module
@@ -33,6 +34,7 @@ __all__ = [
     "random_values",
     "CrossCheck",
     "CrossCheckError",
+    "ClosedFormUnverified",
     "UnsupportedOp",
     "Elementwise",
     "SoftmaxRows",

@@ -1,18 +1,21 @@
 """Errors raised by the matrix-calculus engine.
 
-``UnsupportedOp`` is defined here until ``symgrad/errors.py`` exists; it is a ``ValueError`` so
-that callers catching either keep working when the lead unifies the two.
+``UnsupportedOp`` is the project-wide one (``symgrad.errors``); the fallback below keeps the
+engine importable on its own.
 """
 
 from __future__ import annotations
 
-__all__ = ["UnsupportedOp", "CrossCheckError"]
+__all__ = ["UnsupportedOp", "CrossCheckError", "ClosedFormUnverified"]
 
-try:  # the project-wide error, once it exists
-    from symgrad.errors import UnsupportedOp  # type: ignore[attr-defined]
+try:  # the project-wide errors
+    from symgrad.errors import SymgradError, UnsupportedOp  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on the lead's progress
 
-    class UnsupportedOp(ValueError):
+    class SymgradError(ValueError):
+        """Base class of symgrad's errors."""
+
+    class UnsupportedOp(SymgradError):
         """An op, node or loss the matrix engine has no rule for.
 
         The message names the op, where it was met (the fx node or the SymPy node) and what to do.
@@ -21,3 +24,10 @@ except ImportError:  # pragma: no cover - depends on the lead's progress
 
 class CrossCheckError(AssertionError):
     """The matrix-form derivative disagrees with the exact elementwise derivative."""
+
+
+class ClosedFormUnverified(SymgradError):
+    """The matrix engine's closed forms for a model failed the once-per-architecture cross-check
+    against the exact elementwise derivative: an internal symgrad bug.  Its references are not
+    handed out; ``engine='auto'`` falls back to the elementwise engine, ``engine='matrix'`` raises
+    this."""

@@ -1,9 +1,13 @@
-"""Numpy evaluation of matrix expressions, float64, with shared subtrees computed once.
+"""Numpy evaluation of matrix expressions, with shared subtrees computed once.
 
 The cost is that of the matrix operations themselves: a node is evaluated once however many
 times it occurs (memo keyed by the SymPy node, whose hash is cached), so evaluation never
 expands the tree into entries.  Dimension symbols (``N``, ``d1`` …) are bound from the shapes of
 the arrays given for the matrix symbols.
+
+Evaluation is in float64 by default; ``Evaluator(..., dtype=np.float32)`` evaluates the same
+expression with float32 arrays throughout (the closed form "in the checked dtype", whose
+difference from the float64 value is what correct float32 arithmetic gets wrong).
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, scalar_function
 
-__all__ = ["evaluate", "Evaluator", "bind_dims", "as_matrix_value", "matrix_symbols"]
+__all__ = ["evaluate", "Evaluator", "bind_dims", "as_matrix_value", "matrix_symbols", "numpy_modules"]
 
 
-def as_matrix_value(symbol: MatrixSymbol, value) -> np.ndarray:
-    """``value`` as a float64 array of the symbol's (row, col) layout; a 1-D array is a column
-    when the symbol is a column, a row when it is a row."""
-    a = np.asarray(value, dtype=np.float64)
+def as_matrix_value(symbol: MatrixSymbol, value, dtype=np.float64) -> np.ndarray:
+    """``value`` as a float64 (or ``dtype``) array of the symbol's (row, col) layout; a 1-D array
+    is a column when the symbol is a column, a row when it is a row."""
+    a = np.asarray(value, dtype=dtype)
     if a.ndim == 2:
         return a
     if a.ndim == 0:
@@ -75,16 +79,28 @@ def _erf_module() -> dict:
     return {"erf": erf}
 
 
+def numpy_modules(*exprs) -> list:
+    """lambdify's modules for ``exprs``: numpy, and an erf only where one is used.  A first call
+    pays for every import here: scipy.special (for erf) is imported only when an erf is met, and
+    numpy is given as the module object, whose namespace is its ``__dict__`` (the string "numpy"
+    makes lambdify run ``from numpy import *``, which loads numpy's lazy submodules, f2py and all)."""
+    if any(isinstance(e, sp.Basic) and e.has(sp.erf, sp.erfc) for e in exprs):
+        return [_erf_module(), np]
+    return [np]
+
+
 @lru_cache(maxsize=None)
 def _numpy_fn(name, params, order):
     x = sp.Dummy("x", real=True)
-    return sp.lambdify(x, scalar_function(name, params, order)(x), [_erf_module(), "numpy"])
+    form = scalar_function(name, params, order)(x)
+    return sp.lambdify(x, form, numpy_modules(form))
 
 
 @lru_cache(maxsize=None)
 def _scalar_fn(func, nargs):
     dummies = sp.symbols(f"a0:{nargs}", cls=sp.Dummy)
-    return sp.lambdify(dummies, func(*dummies), "numpy")
+    form = func(*dummies)
+    return sp.lambdify(dummies, form, numpy_modules(form))
 
 
 def _softmax(z):
@@ -101,7 +117,9 @@ class Evaluator:
     """Evaluates expressions against one set of values; the memo is shared between calls, so the
     forward pass is computed once for all gradients.  ``overrides`` replaces a node's value."""
 
-    def __init__(self, values: dict, defs: dict | None = None, overrides: dict | None = None, symbols=()):
+    def __init__(self, values: dict, defs: dict | None = None, overrides: dict | None = None, symbols=(),
+                 dtype=np.float64):
+        self.dtype = np.dtype(dtype).type
         self.values = dict(values)
         self.memo: dict = dict(overrides or {})
         self.dims: dict = {}
@@ -128,7 +146,7 @@ class Evaluator:
         if isinstance(e, MatrixSymbol):
             if e.name not in self.values:
                 raise KeyError(f"no value for matrix symbol {e.name!r} (shape {e.shape})")
-            a = as_matrix_value(e, self.values[e.name])
+            a = as_matrix_value(e, self.values[e.name], self.dtype)
             self.bind([e])
             return a
         if isinstance(e, MatMul):
@@ -141,7 +159,7 @@ class Evaluator:
                 else:
                     coeff = coeff * self(a)
             if not mats:
-                return coeff * np.eye(self._dim(e.shape[0]))
+                return coeff * np.eye(self._dim(e.shape[0]), dtype=self.dtype)
             out = mats[0] if len(mats) == 1 else (mats[0] @ mats[1] if len(mats) == 2 else np.linalg.multi_dot(mats))
             return coeff * out
         if isinstance(e, MatAdd):
@@ -161,7 +179,7 @@ class Evaluator:
         if isinstance(e, Elementwise):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 out = _numpy_fn(e.args[0], e.args[2], e.order)(self(e.arg))
-            return np.broadcast_to(np.asarray(out, dtype=np.float64), self(e.arg).shape)
+            return np.broadcast_to(np.asarray(out, dtype=self.dtype), self(e.arg).shape)
         if isinstance(e, SoftmaxRows):
             return _softmax(self(e.arg))
         if isinstance(e, LogSoftmaxRows):
@@ -177,11 +195,11 @@ class Evaluator:
         if isinstance(e, MatrixElement):
             return float(self(e.parent)[int(e.i), int(e.j)])
         if isinstance(e, Identity):
-            return np.eye(self._dim(e.shape[0]))
+            return np.eye(self._dim(e.shape[0]), dtype=self.dtype)
         if isinstance(e, ZeroMatrix):
-            return np.zeros((self._dim(e.shape[0]), self._dim(e.shape[1])))
+            return np.zeros((self._dim(e.shape[0]), self._dim(e.shape[1])), dtype=self.dtype)
         if isinstance(e, OneMatrix):
-            return np.ones((self._dim(e.shape[0]), self._dim(e.shape[1])))
+            return np.ones((self._dim(e.shape[0]), self._dim(e.shape[1])), dtype=self.dtype)
         if isinstance(e, sp.Number):
             return float(e)
         if isinstance(e, sp.Symbol):

@@ -14,7 +14,18 @@ import sympy as sp
 from sympy import OneMatrix
 
 from symgrad.matrix.errors import UnsupportedOp
-from symgrad.matrix.network import _FUNCTIONAL_PARAMS, _T, _activation_functions, _broadcast, _exact, _loss_expr, _matmul, _module_row, _numel
+from symgrad.matrix.network import (
+    _FUNCTIONAL_PARAMS,
+    _T,
+    _activation_functions,
+    _broadcast,
+    _exact,
+    _loss_expr,
+    _matmul,
+    _module_row,
+    _numel,
+    functional_loss_spec,
+)
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, hadamard, hpow, sum_all
 from symgrad.ops import OPS
 
@@ -106,13 +117,13 @@ def _transpose(t: _T) -> _T:
 
 
 def _functional_loss(b, node, kind, args, kwargs):
+    if len(args) < 2:
+        raise UnsupportedOp(f"matrix engine: {_where(node)} needs its input and target as positional arguments")
     yhat, target = args[0], args[1]
-    reduction = kwargs.get("reduction", "mean")
-    if reduction not in ("mean", "sum"):
-        raise UnsupportedOp(f"matrix engine: reduction={reduction!r} at {_where(node)}")
+    spec = functional_loss_spec(kind, node.target, args, kwargs, _where(node))
     if not isinstance(target, _Const):
         raise UnsupportedOp(f"matrix engine: the target of {_where(node)} must be an input tensor")
-    return _T(_loss_expr(b, kind, reduction, yhat, target.tensor), ())
+    return _T(_loss_expr(b, spec, yhat, target.tensor), ())
 
 
 class _Const:

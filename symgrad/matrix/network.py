@@ -13,6 +13,7 @@ tensor is a scalar.  Anything else raises ``UnsupportedOp`` naming the fx node.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,7 @@ from symgrad.matrix.errors import UnsupportedOp
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, hadamard, hpow, sum_all
 from symgrad.ops import OPS, resolve_torch
 
-__all__ = ["Network", "from_module", "loss_kind"]
+__all__ = ["Network", "from_module", "loss_kind", "loss_spec", "LossSpec"]
 
 
 @dataclass
@@ -39,11 +40,13 @@ class Network:
     dims: dict  # dimension symbol -> int
     delta_names: dict = field(default_factory=dict)  # var -> name of its cotangent symbol
     legend: dict = field(default_factory=dict)  # symbol name -> torch name
-    signature: tuple = ()  # the architecture, for the once-per-architecture cross-check
+    signature: tuple = ()  # layer kinds, activations, loss (a summary: caches key on the expressions)
     cacheable: bool = True  # False when the forward takes a target among its inputs
+    loss_spec: "LossSpec | None" = None  # the loss and its options (None: the model's own scalar)
 
-    def refreshed(self, model, inputs: dict, target=None) -> dict:
-        """``values`` for the same architecture at new parameter, input and target values."""
+    def refreshed(self, model, inputs: dict, target=None, spec: "LossSpec | None" = None) -> dict:
+        """``values`` for the same architecture at new parameter, input and target values (and the
+        loss's current options, ``spec``: class weights are data)."""
         params = dict(model.named_parameters())
         vals = {sym.name: matrix_value(params[n]) for n, sym in self.params.items()}
         vals.update({sym.name: matrix_value(inputs[n]) for n, sym in self.inputs.items()})
@@ -51,6 +54,8 @@ class Network:
             vals["t"] = matrix_value(target).reshape(self.values["t"].shape)
         if "y_onehot" in self.values:
             vals["y_onehot"] = onehot(target, self.values["y_onehot"].shape)
+        if "y_w" in self.values:
+            vals["y_w"] = (spec or self.loss_spec).weighted_targets(target, self.values["y_w"].shape)
         return vals
 
     def wrt(self) -> dict:
@@ -66,11 +71,72 @@ def matrix_value(tensor) -> np.ndarray:
     return arr.reshape(-1, 1) if arr.ndim == 1 else arr
 
 
+def _labels(labels, n_classes: int, ignore_index=None) -> np.ndarray:
+    """Class-index targets as an int array; an index out of range (other than ``ignore_index``)
+    raises ``InputError``, as torch's cross_entropy does."""
+    from symgrad.errors import InputError
+
+    t = np.asarray(labels.detach().cpu().numpy()).reshape(-1).astype(np.int64)
+    bad = ((t < 0) | (t >= n_classes)) & (t != ignore_index if ignore_index is not None else True)
+    if bad.any():
+        raise InputError(f"cross_entropy target {int(t[bad][0])} is out of range for {n_classes} classes"
+                         + (f" (and is not ignore_index={ignore_index})" if ignore_index is not None else ""))
+    return t
+
+
 def onehot(labels, shape) -> np.ndarray:
-    t = np.asarray(labels.detach().cpu().numpy())
+    t = _labels(labels, shape[1])
     out = np.zeros(shape)
     out[np.arange(t.size), t] = 1.0
     return out
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss and the options the matrix engine implements (everything else is refused)."""
+
+    kind: str  # "none", "mse", "bce_with_logits", "cross_entropy"
+    reduction: str = "mean"
+    ignore_index: int = -100  # cross_entropy
+    weight: object = None  # cross_entropy class weights (a tensor), or None
+    label_smoothing: float = 0.0  # cross_entropy
+
+    def weighted(self, target) -> bool:
+        """Whether the cross-entropy target enters as a weighted matrix ``y_w`` rather than the
+        plain one-hot ``y_onehot`` (class weights, label smoothing or an ignored label)."""
+        if self.kind != "cross_entropy":
+            return False
+        if self.weight is not None or self.label_smoothing:
+            return True
+        t = np.asarray(target.detach().cpu().numpy()) if target is not None else np.zeros(0)
+        return bool((t == self.ignore_index).any())
+
+    def key(self, target) -> tuple:
+        """What the symbolic structure depends on (not the weights' values, which are data)."""
+        return (self.kind, self.reduction, self.weighted(target), self.weight is not None, bool(self.label_smoothing))
+
+    def weighted_targets(self, target, shape) -> np.ndarray:
+        """``y_w`` such that torch's cross-entropy is ``-1ᵀ (y_w ⊙ log_softmax(z)) 1``:
+        ``y_w[i, c] = valid_i ((1 - ε) w_{y_i} [c = y_i] + (ε / C) w_c) / D``, with ``w`` the class
+        weights (1 without), ``valid_i`` false for ``ignore_index``, ``ε`` the label smoothing and
+        ``D = Σ_i valid_i w_{y_i}`` for reduction 'mean' (1 for 'sum'), as torch computes it."""
+        n, c = shape
+        t = _labels(target, c, self.ignore_index)
+        valid = t != self.ignore_index
+        w = np.ones(c) if self.weight is None else self.weight.detach().to(dtype=__import__("torch").float64).cpu().numpy().reshape(-1)
+        if w.shape != (c,):
+            from symgrad.errors import InputError
+
+            raise InputError(f"cross_entropy weight has {w.size} entries for {c} classes")
+        rows = np.nonzero(valid)[0]
+        eps = float(self.label_smoothing)
+        out = np.zeros(shape)
+        out[rows, t[rows]] = (1.0 - eps) * w[t[rows]]
+        if eps:
+            out[rows, :] += (eps / c) * w[None, :]
+        if self.reduction == "mean":
+            out /= float(np.sum(w[t[rows]]))  # torch's mean: the weights of the counted samples (nan if none)
+        return out
 
 
 # positional parameters of the functional forms, in order
@@ -230,40 +296,101 @@ def _numel(b: _Builder, shape) -> sp.Basic:
 
 def loss_kind(loss) -> tuple[str, str]:
     """``(kind, reduction)`` of a loss given as a module, a functional or a string."""
+    spec = loss_spec(loss)
+    return spec.kind, spec.reduction
+
+
+_LOSS_NAMES = {"mse": "mse", "mse_loss": "mse", "bce_with_logits": "bce_with_logits",
+               "binary_cross_entropy_with_logits": "bce_with_logits", "cross_entropy": "cross_entropy",
+               "ce": "cross_entropy"}
+
+
+def _check_reduction(reduction, where: str) -> str:
+    if reduction not in ("mean", "sum"):
+        raise UnsupportedOp(f"matrix engine: {where} with reduction={reduction!r} gives no scalar loss; "
+                            "use reduction 'mean' or 'sum', or engine='elementwise'")
+    return reduction
+
+
+def loss_spec(loss) -> LossSpec:
+    """The ``LossSpec`` of a loss given as a module, a functional or a string.  Options the engine
+    does not implement exactly raise ``UnsupportedOp``: BCEWithLogitsLoss's ``weight`` and
+    ``pos_weight``, reduction 'none'."""
     if loss is None:
-        return "none", "none"
+        return LossSpec("none", "none")
     if isinstance(loss, str):
         key = loss.lower().replace("-", "_")
-        kinds = {"mse": "mse", "mse_loss": "mse", "bce_with_logits": "bce_with_logits", "binary_cross_entropy_with_logits": "bce_with_logits", "cross_entropy": "cross_entropy", "ce": "cross_entropy"}
-        if key not in kinds:
+        if key not in _LOSS_NAMES:
             raise UnsupportedOp(f"matrix engine: unknown loss {loss!r} (known: mse, bce_with_logits, cross_entropy)")
-        return kinds[key], "mean"
+        return LossSpec(_LOSS_NAMES[key], "mean")
     import torch.nn as nn
     import torch.nn.functional as F
 
     funcs = {F.mse_loss: "mse", F.binary_cross_entropy_with_logits: "bce_with_logits", F.cross_entropy: "cross_entropy"}
     if loss in funcs:
-        return funcs[loss], "mean"
+        return LossSpec(funcs[loss], "mean")
     mods = {nn.MSELoss: "mse", nn.BCEWithLogitsLoss: "bce_with_logits", nn.CrossEntropyLoss: "cross_entropy"}
     for cls, kind in mods.items():
         if type(loss) is cls:
-            for attr, ok in (("weight", None), ("pos_weight", None)):
-                if getattr(loss, attr, None) is not ok:
-                    raise UnsupportedOp(f"matrix engine: {cls.__name__} with {attr} is not supported; use engine='elementwise'")
-            if getattr(loss, "label_smoothing", 0.0):
-                raise UnsupportedOp("matrix engine: CrossEntropyLoss with label_smoothing is not supported")
-            if loss.reduction not in ("mean", "sum"):
-                raise UnsupportedOp(f"matrix engine: reduction={loss.reduction!r} gives no scalar loss")
-            return kind, loss.reduction
+            reduction = _check_reduction(loss.reduction, cls.__name__)
+            if kind == "cross_entropy":
+                return LossSpec(kind, reduction, ignore_index=int(loss.ignore_index), weight=loss.weight,
+                                label_smoothing=float(loss.label_smoothing))
+            for attr in ("weight", "pos_weight"):
+                if getattr(loss, attr, None) is not None:
+                    raise UnsupportedOp(f"matrix engine: {cls.__name__} with {attr}=... is not supported; "
+                                        "use engine='elementwise'")
+            return LossSpec(kind, reduction)
     raise UnsupportedOp(f"matrix engine: unsupported loss {loss!r} (nn.MSELoss, nn.BCEWithLogitsLoss, nn.CrossEntropyLoss, F.* or strings)")
 
 
-def _loss_expr(b: _Builder, kind: str, reduction: str, yhat: _T, target) -> sp.Basic:
+def _is_default(value, default) -> bool:
+    if value is default:
+        return True
+    return isinstance(value, (bool, int, float, str)) and isinstance(default, (bool, int, float, str)) and value == default
+
+
+def functional_loss_spec(kind: str, fn, args, kwargs, where: str) -> LossSpec:
+    """The ``LossSpec`` of a call ``fn(yhat, target, ...)`` met in the traced forward: every argument
+    but ``reduction`` (and, for cross_entropy, ``ignore_index`` and ``label_smoothing``) must be
+    left at its default, else ``UnsupportedOp``."""
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise UnsupportedOp(f"matrix engine: cannot read the arguments of {where} ({err})") from None
+    params = inspect.signature(fn).parameters
+    names = list(params)
+    allowed = {"reduction"} | ({"ignore_index", "label_smoothing"} if kind == "cross_entropy" else set())
+    given = {}
+    for name, value in bound.arguments.items():
+        if name in names[:2]:
+            continue
+        if name in allowed:
+            given[name] = value
+        elif not _is_default(value, params[name].default):
+            raise UnsupportedOp(f"matrix engine: {getattr(fn, '__name__', fn)} with {name}=... at {where} is not "
+                                "supported; use engine='elementwise'")
+    reduction = _check_reduction(given.get("reduction", "mean"), where)
+    if kind == "cross_entropy":
+        return LossSpec(kind, reduction, ignore_index=int(given.get("ignore_index", -100)),
+                        label_smoothing=float(given.get("label_smoothing", 0.0)))
+    return LossSpec(kind, reduction)
+
+
+def _loss_expr(b: _Builder, spec: LossSpec, yhat: _T, target) -> sp.Basic:
+    kind, reduction = spec.kind, spec.reduction
+    b.loss_spec = spec
     Y = yhat.expr
     if kind == "cross_entropy":
         t = np.asarray(target.detach().cpu().numpy())
         if len(yhat.shape) != 2 or t.ndim != 1 or t.dtype.kind not in "iu":
             raise UnsupportedOp("matrix engine: cross_entropy needs (N, C) logits and (N,) class-index targets")
+        if spec.weighted(target):  # class weights, smoothing or ignored labels: the weights are data
+            Ysym = MatrixSymbol("y_w", *Y.shape)
+            b.values["y_w"] = spec.weighted_targets(target, yhat.shape)
+            b.legend["y_w"] = ("the targets' weights: one-hot (smoothed), times class weights, 0 for ignore_index, "
+                               + ("over the sum of the counted weights" if reduction == "mean" else "summed"))
+            return -sum_all(hadamard(Ysym, LogSoftmaxRows(Y)))
         Ysym = MatrixSymbol("y_onehot", *Y.shape)
         b.values["y_onehot"] = onehot(target, yhat.shape)
         c = 1 / b.dim(yhat.shape[0]) if reduction == "mean" else sp.Integer(1)
@@ -295,16 +422,16 @@ def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> 
     gm = traced if traced is not None else fx.symbolic_trace(model)
     b = _Builder(model, inputs)
     out = interpret(b, gm)
-    kind, reduction = loss_kind(loss)
-    if kind == "none":
+    spec = loss_spec(loss)
+    if spec.kind == "none":
         if out.shape not in ((), (1,), (1, 1)):
             raise UnsupportedOp("matrix engine needs a scalar loss; pass loss=... or use engine='elementwise'")
         loss_expr = out.expr
     else:
         if target is None:
-            raise ValueError(f"loss {kind} needs a target")
-        loss_expr = _loss_expr(b, kind, reduction, out, target)
-    b.signature.append(("loss", kind, reduction, out.shape == ()))
+            raise ValueError(f"loss {spec.kind} needs a target")
+        loss_expr = _loss_expr(b, spec, out, target)
+    b.signature.append(("loss", spec.kind, spec.reduction, out.shape == ()))
     return Network(
         loss=loss_expr,
         defs=b.defs,
@@ -317,4 +444,5 @@ def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> 
         legend=b.legend,
         signature=tuple(b.signature),
         cacheable=not b.has_const,
+        loss_spec=getattr(b, "loss_spec", spec),
     )

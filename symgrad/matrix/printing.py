@@ -3,14 +3,22 @@
 
 Elementwise nodes print as their op (``tanh(Z)``) and derivatives with primes (``tanh'(Z)``);
 parameters that differ from the op row's defaults are shown in brackets (``leaky_relu[negative_slope=1/5](Z)``).
+
+# Note [Cheap precedence of matrix products]
+SymPy's printers ask every product whether it "could extract a minus sign", and for a ``MatMul``
+that builds ``-M`` and runs ``MatMul.doit`` on it: most of the cost of printing a closed form.  The
+answer is whether the leading factor is a negative number (``Mul.could_extract_minus_sign``), so
+both printers here decide it from the first argument (``_minus``) and use it for the precedence of
+products (``_precedence``), which gives the same parentheses and signs as SymPy's own printers.
 """
 
 from __future__ import annotations
 
 import sympy as sp
 from sympy import Inverse, MatAdd, MatMul, Transpose
+from sympy.core.mul import Mul, _keep_coeff
 from sympy.printing.latex import LatexPrinter
-from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.precedence import PRECEDENCE, precedence, precedence_traditional
 from sympy.printing.str import StrPrinter
 
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows
@@ -26,6 +34,29 @@ def _param_suffix(node: Elementwise, fmt) -> str:
     if not shown:
         return ""
     return "[" + ", ".join(f"{k}={fmt(v)}" for k, v in sorted(shown.items())) + "]"
+
+
+def _minus(e) -> bool:
+    """``e.could_extract_minus_sign()`` for a product, without building ``-e`` (Note [Cheap
+    precedence of matrix products])."""
+    first = e.args[0] if e.args else None
+    return bool(first is not None and first.is_Number and first.is_extended_negative)
+
+
+def _mul_precedence(e) -> int:
+    """SymPy's ``precedence_Mul`` with ``_minus`` for the minus-sign test."""
+    from sympy.core.function import Function
+
+    if any(hasattr(a, "precedence") and isinstance(a, Function) and a.precedence < PRECEDENCE["Mul"] for a in e.args):
+        return PRECEDENCE["Mul"]
+    return PRECEDENCE["Add"] if _minus(e) else PRECEDENCE["Mul"]
+
+
+def _precedence(item, traditional: bool = False) -> int:
+    """``precedence`` (``precedence_traditional`` for LaTeX), cheap for matrix products."""
+    if isinstance(item, MatMul) and not hasattr(item, "precedence"):
+        return _mul_precedence(item)
+    return precedence_traditional(item) if traditional else precedence(item)
 
 
 def _negated(a):
@@ -51,6 +82,24 @@ def _sum_terms(printer, e) -> str:
 
 class TextPrinter(StrPrinter):
     """SymPy's str printer with symgrad's nodes, ``∘`` for Hadamard products, ``tr``/``det``."""
+
+    def parenthesize(self, item, level, strict=False):
+        p = _precedence(item)
+        if p < level or (not strict and p <= level):
+            return "(%s)" % self._print(item)
+        return self._print(item)
+
+    def _print_MatMul(self, expr):
+        # StrPrinter._print_MatMul with the cheap precedence (Note [Cheap precedence of matrix products])
+        c, m = expr.as_coeff_mmul()
+        sign = ""
+        if c.is_number:
+            re, im = c.as_real_imag()
+            if (im.is_zero and re.is_negative) or (re.is_zero and im.is_negative):
+                expr = _keep_coeff(-c, m)
+                sign = "-"
+        level = _mul_precedence(expr)
+        return sign + "*".join([self.parenthesize(arg, level) for arg in expr.args])
 
     def _print_MatAdd(self, e):
         return _sum_terms(self, e)
@@ -79,6 +128,32 @@ class TextPrinter(StrPrinter):
 
 class MatrixLatexPrinter(LatexPrinter):
     """SymPy's LaTeX printer with ``\\odot``, ``X^{-T}`` and primes for elementwise derivatives."""
+
+    def parenthesize(self, item, level, is_neg=False, strict=False) -> str:
+        prec_val = _precedence(item, traditional=True)
+        if is_neg and strict:
+            return self._add_parens(self._print(item))
+        if (prec_val < level) or ((not strict) and prec_val <= level):
+            return self._add_parens(self._print(item))
+        return self._print(item)
+
+    def _print_MatMul(self, expr):
+        # LatexPrinter._print_MatMul with the cheap precedence (Note [Cheap precedence of matrix products])
+        level = _mul_precedence(expr)
+
+        def parens(x):
+            if isinstance(x, Mul) and not isinstance(x, MatMul):
+                return self._print(x)
+            return self.parenthesize(x, level, False)
+
+        args = list(expr.args)
+        if _minus(expr):
+            if args[0] == -1:
+                args = args[1:]
+            else:
+                args[0] = -args[0]
+            return "- " + " ".join(map(parens, args))
+        return " ".join(map(parens, args))
 
     def _print_MatAdd(self, e):
         return _sum_terms(self, e)

@@ -4,8 +4,22 @@
 # Note [Once-per-architecture cross-check]
 The closed forms are built with symbolic dimensions, so the very expressions evaluated at full
 size can be made concrete at a tiny size (batch 2, widths 2-3) where the loss is exploded into
-SymPy scalars and differentiated by ``sympy.diff``.  The result is cached per architecture
-signature (layer kinds, activations and their parameters, loss) and sets ``Reference.verified``.
+scalars and differentiated entry by entry, independently of the engine's rules (``explode.py``).
+The verdict is cached per *computation*: the key is the network's loss and definitions and the
+gradient expressions themselves (SymPy trees compare structurally, dimension symbols included),
+so two models that differ in any op -- a softmax, a product, a transpose -- never share a verdict
+or a printed closed form.  A failed cross-check is an internal symgrad bug: ``module_references``
+raises ``ClosedFormUnverified`` rather than hand out references it cannot vouch for.
+
+# Note [Matrix references in the checked dtype]
+Each ``Reference`` carries, beside the float64 ``value``: ``value_lowp``, the same closed form
+evaluated with arrays of the checked dtype (float32 when torch ran float32; the value itself for
+float64), and ``rounding``, the per-entry running rounding-error bound of the closed form (Note
+[Rounding bound of a matrix expression] in ``rounding.py``), so that ``compare`` judges each entry
+on its own scale: a wrong small entry beside large ones fails, and a correct float32 gradient that
+is the small difference of large terms (a last layer that fits the batch) passes.  A forward
+``Reference`` (the loss from the closed form's own forward) is returned with them on request, so
+an importer that misreads the model shows as a failing forward row.
 
 # Note [Kink bands]
 A unit whose pre-activation z sits on a kink of its op (relu at 0, hardtanh at ±1 …) — exactly,
@@ -25,14 +39,17 @@ import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixSymbol, Transpose, ZeroMatrix
 
 from symgrad.matrix.diff import vjp
+from symgrad.matrix.errors import ClosedFormUnverified
 from symgrad.matrix.evaluate import Evaluator, matrix_symbols
-from symgrad.matrix.explode import compare, concrete, exploded_grad
+from symgrad.matrix.explode import compare, compare_values, concrete, exploded_grad, exploded_grad_values
 from symgrad.matrix.network import Network, from_module
 from symgrad.matrix.nodes import Elementwise, scalar_function
 from symgrad.matrix.printing import to_latex, to_text
+from symgrad.matrix.rounding import NoBound, RoundingBound, prepare
 from symgrad.reference import Reference
 
-__all__ = ["clear_caches", "network_gradients", "module_references", "verify_network", "closed_forms", "kink_bands", "inline", "KINK_C"]
+__all__ = ["clear_caches", "network_gradients", "module_references", "verify_network", "closed_forms", "kink_bands",
+           "inline", "KINK_C", "computation_key"]
 
 KINK_C = 16.0
 _VERIFIED: dict = {}
@@ -40,17 +57,31 @@ _FORMS: dict = {}
 _STRUCTURES: dict = {}
 
 
-def clear_caches() -> None:
-    """Forget cached structures, closed forms and cross-check verdicts (benchmarks, tests)."""
+def clear_caches(*, everything: bool = False) -> None:
+    """Forget cached structures, closed forms and cross-check verdicts (benchmarks, tests).
+    ``everything``: also the per-op functions cached in ``symgrad.matrix`` (lambdified forms,
+    rounding rules, opaque functions) and SymPy's own cache, so that the next check costs what a
+    first one in a fresh process does, imports aside."""
     _VERIFIED.clear()
     _FORMS.clear()
     _STRUCTURES.clear()
+    if everything:
+        from sympy.core.cache import clear_cache
+
+        import importlib
+
+        _ev, _ex, _nd, _rd = (importlib.import_module(f"symgrad.matrix.{m}") for m in ("evaluate", "explode", "nodes", "rounding"))
+        for fn in (_ev._numpy_fn, _ev._scalar_fn, _ex.opaque, _ex._opaque_value, _nd.scalar_function,
+                   _rd._error_fn, _rd._one_sided_slope, _rd._generic_partials):
+            fn.cache_clear()
+        clear_cache()
 
 
 def _structure_key(model, gm, inputs: dict, loss, target, wrt) -> tuple:
     """Everything the symbolic structure depends on: the traced code, the modules (types,
-    hyper-parameters, train/eval), the shapes and dtypes, the loss and ``wrt``."""
-    from symgrad.matrix.network import loss_kind
+    hyper-parameters, train/eval), the shapes and dtypes, the loss and its options (whether the
+    cross-entropy target is weighted: class weights, smoothing, ignored labels) and ``wrt``."""
+    from symgrad.matrix.network import loss_spec
 
     def sig(t):
         return None if t is None else (tuple(t.shape), str(t.dtype))
@@ -62,7 +93,7 @@ def _structure_key(model, gm, inputs: dict, loss, target, wrt) -> tuple:
         tuple(m.training for m in model.modules()),
         tuple((n, sig(p)) for n, p in model.named_parameters()),
         tuple((k, sig(v)) for k, v in inputs.items()),
-        loss_kind(loss),
+        loss_spec(loss).key(target),
         sig(target),
         tuple(wrt) if wrt is not None else None,
     )
@@ -198,8 +229,10 @@ def _magnitude(expr, ev: Evaluator, defs: dict, memo: dict):
     return out
 
 
-def kink_bands(grads: dict, net: Network, cot_defs: dict, ev: Evaluator, dtype_eps: float) -> dict:
-    """``{name: (lower, upper, kink)}`` for gradients touched by a unit on a kink (Note [Kink bands])."""
+def kink_bands(grads: dict, net: Network, cot_defs: dict, ev: Evaluator, dtype_eps: float, *,
+               with_evaluators: bool = False):
+    """``{name: (lower, upper, kink)}`` for gradients touched by a unit on a kink (Note [Kink bands]);
+    ``with_evaluators``: also the two one-sided evaluators, ``(bands, [left, right])``."""
     nodes = set()
     for e in [*grads.values(), *cot_defs.values()]:
         nodes |= {n for n in e.atoms(Elementwise) if n.order >= 1 and n.row.kinks}
@@ -220,7 +253,7 @@ def kink_bands(grads: dict, net: Network, cot_defs: dict, ev: Evaluator, dtype_e
         if hit:
             left[node], right[node] = lo, hi
     if not left:
-        return {}
+        return ({}, []) if with_evaluators else {}
     forward = {s: ev.memo[s] for s in net.defs}
     # dimensions are bound from every symbol the side evaluations can meet, definitions included
     symbols = matrix_symbols(*grads.values(), *cot_defs.values(), *net.defs.values())
@@ -233,7 +266,7 @@ def kink_bands(grads: dict, net: Network, cot_defs: dict, ev: Evaluator, dtype_e
         kink = (a != main) | (b != main)
         if kink.any():
             out[name] = (lower, upper, kink)
-    return out
+    return (out, evs) if with_evaluators else out
 
 
 def _tiny_dims(net: Network) -> dict:
@@ -262,66 +295,133 @@ def verify_network(net: Network, grads: dict, cot_defs: dict, *, trials: int = 1
                 values[s.name] = rng.uniform(0, 1, shape)
             else:
                 values[s.name] = rng.standard_normal(shape)
+        # the exact derivative: symengine's diff of the exploded loss (SymPy's where it cannot)
+        wanted = exploded_grad_values(loss, {name: concrete(leaves[name], dims) for name in grads}, values)
+        try:
+            ev = Evaluator(values, defs, symbols=matrix_symbols(*defs.values(), *defs, loss))
+        except ValueError as err:  # shapes that do not fit: a wrong form
+            return False, f"the cotangent definitions cannot be evaluated at the tiny size ({err})"
         for name, g in grads.items():
-            X = concrete(leaves[name], dims)
-            res = compare(concrete(g, dims), exploded_grad(loss, X), values, label=f"grad wrt {name}", defs=defs)
+            label = f"grad wrt {name}"
+            if wanted is None:
+                res = compare(concrete(g, dims), exploded_grad(loss, concrete(leaves[name], dims)), values, label=label, defs=defs)
+            else:
+                try:
+                    got = ev(concrete(g, dims))
+                except ValueError as err:  # shapes that do not fit: a wrong form
+                    return False, f"{label}: the matrix form cannot be evaluated at the tiny size ({err})"
+                res = compare_values(got, wanted[name], label=label)
             worst = max(worst, res.max_abs)
             if not res.ok:
                 return False, res.message(1e-9, 1e-11)
     return True, f"cross-checked against the exact elementwise derivative at dims {{{', '.join(f'{k}={v}' for k, v in dims.items())}}} (max abs diff {worst:.1e})"
 
 
-def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[str] | None = None, dtype=None) -> list[Reference]:
+def computation_key(net: Network, grads: dict, cot_defs: dict) -> tuple:
+    """The whole computation, for the caches (Note [Once-per-architecture cross-check]): loss,
+    definitions, cotangent definitions and gradients, as SymPy trees."""
+    return (net.loss, tuple(net.defs.items()), tuple(cot_defs.items()), tuple(grads.items()))
+
+
+def _low_dtype(dtype):
+    """The numpy dtype the closed form is evaluated in for ``value_lowp`` (None: float64 itself)."""
+    import torch
+
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32}.get(dtype)
+
+
+def _unverified(vnote: str) -> ClosedFormUnverified:
+    return ClosedFormUnverified(
+        "the matrix engine's closed form for this model disagrees with the exact elementwise derivative in its "
+        "once-per-architecture cross-check. This is an internal symgrad bug (please report it with the model); "
+        "the matrix engine's gradients cannot be trusted here, so none are compared. Use engine='elementwise'.\n"
+        + vnote)
+
+
+def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[str] | None = None, dtype=None,
+                      with_forward: bool = False):
     """One ``Reference`` per parameter / input of ``model`` (default: every parameter and every
     floating input), each the matrix-form gradient of the scalar loss evaluated in float64, with
-    its closed form, kink bands and the once-per-architecture cross-check as ``verified``."""
+    its closed form, kink bands, ``value_lowp`` and ``rounding`` (Note [Matrix references in the
+    checked dtype]).  ``with_forward``: return ``(forward, refs)``, ``forward`` the loss from the
+    closed form's own forward.  Raises ``ClosedFormUnverified`` when the once-per-architecture
+    cross-check fails (Note [Once-per-architecture cross-check])."""
     import torch
 
     import torch.fx as fx
+
+    from symgrad.matrix.network import loss_spec
 
     gm = fx.symbolic_trace(model)
     key = _structure_key(model, gm, inputs, loss, target, wrt)
     hit = _STRUCTURES.get(key)
     if hit is not None:  # same architecture, shapes and loss: only the values are new
-        net, grads, cot_defs, forms, symbols = hit
-        values = net.refreshed(model, inputs, target)
+        net, grads, cot_defs, forms, symbols, vkey = hit
+        values = net.refreshed(model, inputs, target, spec=loss_spec(loss) if loss is not None else None)
     else:
         net = from_module(model, inputs, loss=loss, target=target, traced=gm)
         grads, cot_defs = network_gradients(net, wrt)
-        vkey = (net.signature, tuple(grads))
+        vkey = computation_key(net, grads, cot_defs)
         if vkey not in _VERIFIED:
             _VERIFIED[vkey] = verify_network(net, grads, cot_defs)
-        forms_key = (vkey, tuple(sorted(net.legend.items())), tuple(net.shapes))
+        if not _VERIFIED[vkey][0]:
+            raise _unverified(_VERIFIED[vkey][1])
+        forms_key = (vkey, tuple(sorted(net.legend.items())))
         if forms_key not in _FORMS:  # the text does not depend on sizes: dimensions are symbols
-            _FORMS[forms_key] = {name: closed_forms(g, net, cot_defs) for name, g in grads.items()}
+            forms = {name: closed_forms(g, net, cot_defs) for name, g in grads.items()}
+            forms[None] = closed_forms(net.loss, net, cot_defs)
+            _FORMS[forms_key] = forms
         forms = _FORMS[forms_key]
         symbols = matrix_symbols(net.loss, *net.defs.values(), *grads.values())
+        prepare(net.loss, *net.defs.values(), *cot_defs.values(), *grads.values())
         values = net.values
         if net.cacheable:
-            _STRUCTURES[key] = (net, grads, cot_defs, forms, symbols)
-    verified, vnote = _VERIFIED[(net.signature, tuple(grads))]
-    ev = Evaluator(values, {**net.defs, **cot_defs}, symbols=symbols)
+            _STRUCTURES[key] = (net, grads, cot_defs, forms, symbols, vkey)
+    verified, vnote = _VERIFIED[vkey]
+    if not verified:
+        raise _unverified(vnote)
+    defs = {**net.defs, **cot_defs}
+    ev = Evaluator(values, defs, symbols=symbols)
     if dtype is None:
         dtype = next((p.dtype for p in model.parameters()), torch.float64)
     eps = float(torch.finfo(dtype).eps) if dtype.is_floating_point else float(np.finfo(np.float64).eps)
-    bands = kink_bands(grads, net, cot_defs, ev, eps)
+    low = _low_dtype(dtype)
+    ev_low = Evaluator(values, defs, symbols=symbols, dtype=low) if low is not None else ev
+    bound = RoundingBound(ev, defs, eps)
+    bands, side_evs = kink_bands(grads, net, cot_defs, ev, eps, with_evaluators=True)
+    side_bounds = [RoundingBound(e, defs, eps) for e in side_evs]
+    note = "matrix engine; " + vnote
+
+    def evaluated(expr, shape):
+        value = np.broadcast_to(np.asarray(ev(expr), dtype=np.float64), np.shape(ev(expr))).reshape(shape).copy()
+        value_lowp = value if ev_low is ev else np.asarray(ev_low(expr), dtype=np.float64).reshape(shape).copy()
+        try:
+            rounding = np.broadcast_to(np.asarray(bound(expr), dtype=np.float64), np.shape(ev(expr))).reshape(shape).copy()
+        except NoBound:
+            rounding = None
+        return value, value_lowp, rounding
+
     refs = []
     for name, g in grads.items():
-        value = np.asarray(ev(g), dtype=np.float64)
         shape = net.shapes[name]
         text, latex = forms[name]
+        value, value_lowp, rounding = evaluated(g, shape)
         lower, upper, kink = (b.reshape(shape) for b in bands[name]) if name in bands else (None, None, None)
-        refs.append(
-            Reference(
-                name=name,
-                value=np.broadcast_to(value, value.shape).reshape(shape).copy(),
-                closed_form=text,
-                closed_form_latex=latex,
-                lower=lower,
-                upper=upper,
-                kink=kink,
-                verified=verified,
-                note=("matrix engine; " + vnote) if verified else ("matrix engine: closed form NOT verified: " + vnote),
-            )
-        )
-    return refs
+        ref = Reference(name=name, value=value, closed_form=text, closed_form_latex=latex, lower=lower, upper=upper,
+                        kink=kink, value_lowp=value_lowp, rounding=rounding, verified=True, note=note)
+        if kink is not None and rounding is not None and hasattr(ref, "kink_rounding"):
+            # the rounding on whichever side of the kinks torch took: the largest of the three
+            try:
+                sides = [np.broadcast_to(np.asarray(b(g), dtype=np.float64), np.shape(ev(g))).reshape(shape) for b in side_bounds]
+                ref.kink_rounding = np.maximum.reduce([rounding, *sides])
+            except NoBound:
+                pass
+        refs.append(ref)
+    if not with_forward:
+        return refs
+    value, value_lowp, rounding = evaluated(net.loss, ())
+    text, latex = forms[None]
+    head = "output" if net.loss_spec is None or net.loss_spec.kind == "none" else "loss"
+    forward = Reference(name="output", value=value, closed_form=f"{head} = {text.splitlines()[0]}",
+                        closed_form_latex=latex, value_lowp=value_lowp, rounding=rounding, verified=True, note=note)
+    return forward, refs

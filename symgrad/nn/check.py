@@ -22,7 +22,7 @@ import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd
 from ..build.tensor import as_symtensor, symbols
-from ..check import normalize_inputs
+from ..check import _fresh, lowest_precision, normalize_inputs
 from ..compare.compare import compare
 from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
@@ -124,7 +124,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
         raise InputError("target= is given without loss=; pass loss='mse' (or a loss module / callable)")
     wrt_names = _choose_wrt(named, params, wrt)
     everything = {**named, **params}
-    dtype = everything[wrt_names[0]].dtype
+    dtype = lowest_precision(everything.values())
     dtype_name = str(dtype).replace("torch.", "")
     title = title or f"symgrad check of {type(model).__name__}" + (f" with {loss_label}" if loss_label else "")
 
@@ -142,13 +142,18 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     if engine not in ("auto", "elementwise", "matrix"):
         raise InputError(f"engine must be 'auto', 'elementwise' or 'matrix', not {engine!r}")
     if engine == "matrix" or (engine == "auto" and n_params > MATRIX_THRESHOLD and symbolic is None):
-        refs = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix",
-                                  warn=engine == "auto")
-        if refs is not None:
+        found = None
+        if _matrix_via_supported(via, v, required=engine == "matrix"):
+            found = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix",
+                                       warn=engine == "auto")
+        if found is not None:
+            forward, refs = found
             with torch.no_grad():
-                scalar = torch_fn(*(t.detach() for t in leaves.values())).numel() == 1
-            return _finish(refs, None, torch_fn, leaves, wrt_names, via or default_via(scalar, v is not None), v,
-                           dtype_name, rtol, atol, title, {"engine": "matrix"})
+                out_shape = tuple(torch_fn(*(t.detach() for t in leaves.values())).shape)
+            via_m = via or default_via(True, v is not None)
+            refs = _matrix_for_via(refs, via_m, v, out_shape)
+            return _finish(refs, forward, torch_fn, leaves, wrt_names, via_m, v, dtype_name, rtol, atol, title,
+                           {"engine": "matrix"})
 
     gm = trace(model)
     loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
@@ -181,10 +186,10 @@ def _attach_matrix_forms(refs, model, named, loss, target, wrt, dtype) -> None:
     against an independent derivation before it is shown.
     """
     try:
-        matrix_refs = _matrix_references(model, named, loss, target, wrt, dtype, required=False)
+        found = _matrix_references(model, named, loss, target, wrt, dtype, required=False)
     except Exception:  # noqa: BLE001 - display only: a model the matrix engine misreads keeps its entrywise forms
         return
-    by_name = {r.name: r for r in matrix_refs or []}
+    by_name = {r.name: r for r in (found[1] if found is not None else [])}
     for ref in refs:
         m = by_name.get(ref.name)
         if m is None or not m.verified or not m.closed_form or np.shape(m.value) != np.shape(ref.value):
@@ -195,18 +200,85 @@ def _attach_matrix_forms(refs, model, named, loss, target, wrt, dtype) -> None:
             ref.note = (ref.note + " " if ref.note else "") + "matrix form cross-checked against the elementwise derivative"
 
 
+# vias whose result the matrix engine's gradient of a scalar loss is (possibly reshaped or scaled)
+_MATRIX_QUANTITIES = ("grad", "vjp", "jacobian")
+
+
+def _matrix_via_supported(via, v, *, required: bool) -> bool:
+    """Whether the matrix engine can check ``via``: it has gradients of a scalar loss, which are
+    what backward / autograd.grad / vjp / jacobian of a scalar compute, not a jvp or a Hessian.
+    ``engine='matrix'`` raises for the others; ``'auto'`` warns and uses the elementwise engine."""
+    if via is None:
+        return True
+    quantity = "jacobian" if via == ONEHOT_VIA else quantity_of(via, v is not None)
+    if quantity in _MATRIX_QUANTITIES:
+        return True
+    message = (f"the matrix engine checks gradients of a scalar loss; via={via!r} computes a {quantity} "
+               f"({'a directional derivative along tangents' if quantity == 'jvp' else 'second derivatives'}), "
+               "which it does not derive")
+    if required:
+        raise UnsupportedOp(message + ". Use engine='elementwise' for this via.")
+    warnings.warn(f"symgrad: {message}; falling back to the elementwise engine, whose cost grows with the number "
+                  "of parameters", stacklevel=4)
+    return False
+
+
+def _matrix_for_via(refs, via, v, out_shape):
+    """The gradients as the quantity ``via`` computes: ``backward(v)`` / vjp with a one-element
+    cotangent ``v`` is ``v`` times the gradient; a Jacobian of the one-element output has the
+    output's shape in front."""
+    import torch
+
+    scale = None
+    if v is not None:
+        vt = torch.as_tensor(v)
+        if vt.numel() != 1:
+            raise InputError(f"v has {vt.numel()} entries, but the matrix engine's output is a scalar loss")
+        scale = float(vt.detach().double().reshape(()))
+    quantity = "jacobian" if via == ONEHOT_VIA else quantity_of(via, v is not None)
+    for ref in refs:
+        shape = (tuple(out_shape) if quantity == "jacobian" else ()) + tuple(np.shape(ref.value))
+        if scale is not None:
+            ref.value = scale * ref.value
+            if ref.value_lowp is not None:
+                ref.value_lowp = scale * np.asarray(ref.value_lowp)
+            if ref.rounding is not None:  # one more rounding: the scaling
+                ref.rounding = abs(scale) * np.asarray(ref.rounding) + np.abs(ref.value)
+            if ref.lower is not None:
+                lo, hi = scale * ref.lower, scale * ref.upper
+                ref.lower, ref.upper = np.minimum(lo, hi), np.maximum(lo, hi)
+        for attr in ("value", "value_lowp", "rounding", "lower", "upper", "kink"):
+            a = getattr(ref, attr)
+            if a is not None:
+                setattr(ref, attr, np.asarray(a).reshape(shape))
+    return refs
+
+
 def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool, warn: bool = False):
+    """``(forward, refs)`` from the matrix engine, or None where it cannot be used (``required``:
+    raise instead).  A closed form that failed its cross-check is never used (``ClosedFormUnverified``)."""
     try:
-        from ..matrix import module_references
+        from ..matrix import ClosedFormUnverified, module_references
     except ImportError as err:
         if required:
             raise UnsupportedOp(f"engine='matrix' needs symgrad.matrix.module_references, which is not available ({err})") from err
         return None
     try:
-        return module_references(model, named, loss=loss, target=target, wrt=wrt, dtype=dtype)
+        return module_references(model, named, loss=loss, target=target, wrt=wrt, dtype=dtype, with_forward=True)
+    except ClosedFormUnverified as err:
+        if required:
+            raise
+        if warn:
+            detail = str(err).splitlines()[1] if len(str(err).splitlines()) > 1 else ""
+            warnings.warn("symgrad: the matrix engine's closed form for this model disagrees with the exact elementwise "
+                          "derivative in its cross-check, an internal symgrad bug (please report it with the model); "
+                          "falling back to the elementwise engine, whose cost grows with the number of parameters"
+                          + (f" ({detail})" if detail else ""), stacklevel=4)
+        return None
     except (UnsupportedOp, NotImplementedError) as err:
         if required:
-            raise UnsupportedOp(f"the matrix engine cannot handle this model: {err}. Use engine='elementwise'") from err
+            hint = "" if "engine='elementwise'" in str(err) else ". Use engine='elementwise'"
+            raise UnsupportedOp(f"the matrix engine cannot handle this model: {err}{hint}") from err
         if warn:
             warnings.warn(f"symgrad: the matrix engine cannot handle this model ({err}); falling back to the "
                           "elementwise engine, whose cost grows with the number of parameters (minutes for "
@@ -236,6 +308,12 @@ def _plan(gm, loss_gm, named, target, via, v, tangents, loss_fn):
             t_info = 0 if target.dim() >= 1 and target.shape[0] == n else None
             if t_info == 0 and not target.is_floating_point() and not _is_cross_entropy(loss_fn):
                 return None, "the target is an integer tensor and the loss is not cross-entropy"
+            if not target.is_floating_point() and _is_cross_entropy(loss_fn):
+                weight = getattr(loss_fn, "weight", None)
+                ignore = getattr(loss_fn, "ignore_index", -100)
+                if weight is not None or bool((target == ignore).any()):
+                    return None, ("cross-entropy with class weights or ignored labels: the mean divides by a sum "
+                                  "over the batch")
             out, info = batch_axes(loss_gm, [out, target], [info, t_info])
     except Mixing as err:
         return None, f"samples may mix: {err}"
@@ -276,22 +354,24 @@ def _per_sample(gm, loss_gm, plan, named, params, target, v, wrt, dtype, backend
     values.update({name: p.detach().double().cpu().numpy() for name, p in params.items()})
     out = run_symbolic(gm, sym_args, sym_params)
     out = as_symtensor(out)
+    t_name = _fresh("target", values)
     if loss_gm is not None:
         t = target
         if not t.is_floating_point():  # cross-entropy class indices: the same loss with one-hot probabilities
             t = torch.nn.functional.one_hot(t.long(), out.shape[-1])
         if t.dim() >= 1 and t.shape[0] == n:
-            sym_t = row_symbols("target", tuple(t.shape[1:]))
-            batched["target"] = sym_t
+            sym_t = row_symbols(t_name, tuple(t.shape[1:]))
+            batched[t_name] = sym_t
         else:
             sym_t = as_symtensor(t)
-        values["target"] = t.detach().double().cpu().numpy()
+        values[t_name] = t.detach().double().cpu().numpy()
         out = as_symtensor(run_symbolic(loss_gm, [out, sym_t]))
     if plan["vjp"] or (plan["reduction"] == "sum" and loss_gm is None):
         if plan["vjp"]:
-            cot = row_symbols("v", tuple(out.shape[1:]))
-            batched["v"] = cot
-            values["v"] = torch.as_tensor(v).detach().double().cpu().numpy().reshape((n,) + out.shape[1:])
+            v_name = _fresh("v", values)
+            cot = row_symbols(v_name, tuple(out.shape[1:]))
+            batched[v_name] = cot
+            values[v_name] = torch.as_tensor(v).detach().double().cpu().numpy().reshape((n,) + out.shape[1:])
             out = (out * cot).sum()
         else:
             out = out.sum()
@@ -394,8 +474,11 @@ def _TracedFunction(fn, names):
     """An ``nn.Module`` whose forward is ``fn`` with its positional parameters named ``names``."""
     import torch
 
-    if not all(n.isidentifier() for n in names):
-        raise InputError(f"check_function needs input names that are Python identifiers, got {names}")
+    import keyword
+
+    if not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        raise InputError(f"check_function needs input names that are Python identifiers (not keywords), got {names}; "
+                         "pass the inputs as a dict with other names")
     params = ", ".join(names)
     namespace = {"fn": fn}
     exec(f"def forward(self, {params}):\n    return fn({params})\n", namespace)  # named placeholders for fx

@@ -47,6 +47,19 @@ def _mlp_loss(act_out="tanh"):
     return (1 / c) * sum_all(hadamard(elementwise(act_out, Z) - T, elementwise(act_out, Z) - T))
 
 
+W2 = MatrixSymbol("V2", q, q)
+
+
+def _mlp2_loss(act, head="mse"):
+    # two layers, batch as rows: Y = act(act(X Wᵀ + 1 bᵀ) V2ᵀ); an MSE head or BCE-with-logits
+    # (softplus(Y) − T ⊙ Y, the form the importer builds for BCEWithLogitsLoss)
+    H = elementwise(act, Xrect.T * W.T + OneMatrix(c, 1) * bias.T)
+    Y = elementwise(act, H * W2.T) if head == "mse" else H * W2.T
+    if head == "bce":
+        return (1 / (c * q)) * sum_all(elementwise("softplus", Y, beta=1, threshold=sp.oo) - hadamard(T, Y))
+    return (1 / c) * sum_all(hadamard(Y - T, Y - T))
+
+
 # (id, f, wrt, square?)
 CASES = [
     ("aTXb", a.T * Xrect * b, Xrect, False),
@@ -60,6 +73,12 @@ CASES = [
     ("mlp_tanh", _mlp_loss("tanh"), W, False),
     ("mlp_softplus", _mlp_loss("softplus"), bias, False),
     ("mlp_celu_X", _mlp_loss("celu"), Xrect, False),
+    ("mlp_relu", _mlp2_loss("relu"), W, False),
+    ("mlp_relu_b", _mlp2_loss("relu"), bias, False),
+    ("mlp_sigmoid", _mlp2_loss("sigmoid"), W, False),
+    ("mlp_sigmoid_V2", _mlp2_loss("sigmoid"), W2, False),
+    ("mlp_tanh_bce", _mlp2_loss("tanh", "bce"), W, False),
+    ("mlp_relu_bce_V2", _mlp2_loss("relu", "bce"), W2, False),
     ("softmax_ce", -sum_all(hadamard(T, LogSoftmaxRows(Xrect.T * W.T))), W, False),
     ("softmax_sq", sum_all(hadamard(SoftmaxRows(Xrect.T * W.T), T)), W, False),
 ]

@@ -1,0 +1,397 @@
+"""The matrix engine's per-entry tolerances (value in the checked dtype, running rounding bound),
+its refusal to use closed forms that failed their cross-check, caches keyed on the whole
+computation, loss options, the forward record and the vias it supports.
+
+Expected verdicts come from how the torch code under test was written (a backward known to be
+wrong, or torch's own autograd), never from symgrad's closed forms."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import symgrad as sg
+from symgrad.errors import SymgradError, UnsupportedOp
+from symgrad.matrix import ClosedFormUnverified, SoftmaxRows, module_references
+from symgrad.matrix import diff as mdiff
+from symgrad.matrix import fx_rules
+from symgrad.matrix import references as R
+from symgrad.matrix.evaluate import Evaluator
+from symgrad.matrix.rounding import RoundingBound
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def mlp(d=4, w=16, out=1, act=nn.Tanh):
+    return nn.Sequential(nn.Linear(d, w), act(), nn.Linear(w, w), act(), nn.Linear(w, out))
+
+
+def fit_last_layer(m, x, t):
+    """The last layer at its least-squares optimum for the batch (done in float64): the exact
+    gradient is ~0 and torch's float32 gradient is rounding noise of the terms' size."""
+    with torch.no_grad():
+        h = m[:4](x).double()
+        A = torch.cat([h, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+        sol = torch.linalg.lstsq(A, t.double()).solution
+        m[4].weight.copy_(sol[:-1].T.to(x.dtype))
+        m[4].bias.copy_(sol[-1].to(x.dtype))
+
+
+def check(m, x, t, loss=None, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sg.check(m, {"x": x}, loss=loss or nn.MSELoss(), target=t, engine="matrix", **kw)
+
+
+# -- wrong small entries fail -------------------------------------------------------------------
+
+
+class FlipUnit(torch.autograd.Function):
+    """tanh whose backward flips the sign of hidden unit 3's column: a bug confined to one unit."""
+
+    @staticmethod
+    def forward(ctx, z):
+        y = torch.tanh(z)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        gz = (g * (1 - y * y)).clone()
+        gz[:, 3] *= -1
+        return gz
+
+
+class ZeroGrad(torch.autograd.Function):
+    """tanh whose backward returns zeros."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return torch.tanh(z)
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.zeros_like(g)
+
+
+class Net3(nn.Module):
+    def __init__(self, act2, d=32, w=16):
+        super().__init__()
+        self.layer1, self.layer2, self.layer3 = nn.Linear(d, w), nn.Linear(w, w), nn.Linear(w, 1)
+        self.act2 = act2
+
+    def forward(self, x):
+        return self.layer3(self.act2.apply(self.layer2(torch.tanh(self.layer1(x)))))
+
+
+@pytest.mark.parametrize("dtype, out_w", [(torch.float64, 1e-8), (torch.float32, 1e-6)])
+def test_sign_flip_on_a_nearly_pruned_unit_fails(dtype, out_w):
+    # layer2.weight's row 3 is ~1e-8 (float64) / ~1e-6 (float32) of the tensor's largest entry:
+    # on the tensor's scale it passed; per entry it is 100% wrong
+    torch.manual_seed(0)
+    m = Net3(FlipUnit).to(dtype)
+    with torch.no_grad():
+        m.layer3.weight[0, 3] = out_w
+    x, t = torch.randn(64, 32, dtype=dtype), torch.randn(64, 1, dtype=dtype)
+    report = check(m, x, t)
+    assert not report.passed
+    assert report["layer2.weight"].verdict == "FAIL" and report["layer2.bias"].verdict == "FAIL"
+    assert report["layer3.weight"].passed and report["layer3.bias"].passed and report["output"].passed
+    row = report["layer2.weight"]
+    assert row.abs_index[0] == 3 or row.rel_index[0] == 3  # the report points at the wrong unit
+
+
+def test_zero_backward_with_tiny_true_gradients_fails():
+    # near convergence every gradient is ~1e-9: zeros are wrong, however small the tensor's scale
+    torch.manual_seed(0)
+    m = Net3(ZeroGrad).double()
+    x = torch.randn(64, 32, dtype=torch.float64)
+    with torch.no_grad():
+        t = m(x) + 1e-9 * torch.randn(64, 1, dtype=torch.float64)
+    report = check(m, x, t)
+    failing = {r.name for r in report.failures}
+    assert {"layer1.weight", "layer1.bias", "layer2.weight", "layer2.bias"} <= failing
+    assert report["layer3.weight"].passed  # its backward does not go through ZeroGrad
+
+
+# -- correct models pass ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float32_last_layer_fitting_the_batch_passes(seed):
+    torch.manual_seed(seed)
+    m = mlp()
+    x, t = torch.randn(8, 4), torch.randn(8, 1)
+    fit_last_layer(m, x, t)
+    report = check(m, x, t)
+    assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e6])
+def test_float64_fitted_last_layer_with_large_targets_passes(scale):
+    torch.manual_seed(1)
+    m = mlp().double()
+    x, t = torch.randn(8, 4, dtype=torch.float64), scale * torch.randn(8, 1, dtype=torch.float64)
+    fit_last_layer(m, x, t)
+    report = check(m, x, t)
+    assert report.passed, report.to_text()
+
+
+def test_float32_width_1000_passes_also_when_fitted():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 1000), nn.Tanh(), nn.Linear(1000, 1000), nn.Tanh(), nn.Linear(1000, 1))
+    x, t = torch.randn(64, 32), torch.randn(64, 1)
+    report = check(m, x, t)
+    assert report.passed, report.to_text()
+    fit_last_layer(m, x, t)
+    report = check(m, x, t)
+    assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid, nn.GELU])
+@pytest.mark.parametrize("head", ["mse", "ce", "bce"])
+def test_float32_heads_and_activations_pass(act, head):
+    torch.manual_seed(3)
+    m = mlp(out=3, act=act)
+    x = 3 * torch.randn(16, 4)
+    loss, t = {"mse": (nn.MSELoss(), torch.randn(16, 3)), "ce": (nn.CrossEntropyLoss(), torch.randint(0, 3, (16,))),
+               "bce": (nn.BCEWithLogitsLoss(), torch.rand(16, 3))}[head]
+    report = check(m, x, t, loss=loss)
+    assert report.passed, report.to_text()
+
+
+# -- the bound itself ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU, nn.Sigmoid, nn.Softplus, nn.GELU, nn.ELU])
+@pytest.mark.parametrize("head", ["mse", "ce", "bce"])
+def test_rounding_bounds_the_float32_evaluation_error(act, head):
+    # the defining property: a float32 evaluation of the same closed form errs by at most
+    # eps32 * rounding on every entry (here: numpy's float32 against float64)
+    torch.manual_seed(4)
+    m = mlp(d=5, w=24, out=4, act=act).double()
+    x = 2 * torch.randn(32, 5, dtype=torch.float64)
+    loss, t = {"mse": (nn.MSELoss(), torch.randn(32, 4, dtype=torch.float64)),
+               "ce": (nn.CrossEntropyLoss(), torch.randint(0, 4, (32,))),
+               "bce": (nn.BCEWithLogitsLoss(), torch.rand(32, 4, dtype=torch.float64))}[head]
+    forward, refs = module_references(m, {"x": x}, loss=loss, target=t, dtype=torch.float32, with_forward=True)
+    for r in [forward, *refs]:
+        assert r.rounding is not None and r.value_lowp is not None, r.name
+        err = np.abs(np.asarray(r.value_lowp) - r.value)
+        assert np.all(err <= EPS32 * r.rounding + 1e-30), (r.name, float(np.max(err / (EPS32 * r.rounding + 1e-300))))
+        assert np.all(r.rounding >= 0.5 * np.abs(r.value))  # at least the result's own rounding
+
+
+def test_rounding_of_a_cancelling_sum_keeps_the_terms_size():
+    # yhat - t with yhat = t: the value is 0, its bound is the size of yhat and t
+    import sympy as sp
+
+    Y, T = sp.MatrixSymbol("Y", 3, 1), sp.MatrixSymbol("T", 3, 1)
+    vals = {"Y": np.array([[1.0], [2.0], [-3.0]]), "T": np.array([[1.0], [2.0], [-3.0]])}
+    ev = Evaluator(vals, symbols={Y, T})
+    bound = RoundingBound(ev, {}, EPS32)
+    np.testing.assert_array_equal(ev(Y - T), 0.0)
+    np.testing.assert_allclose(bound(Y - T), [[2.0], [4.0], [6.0]])
+    # a product with inner dimension k: (1 + log2 k) |A||B|
+    A, B = sp.MatrixSymbol("A", 2, 4), sp.MatrixSymbol("B", 4, 1)
+    vals = {"A": np.ones((2, 4)), "B": -np.ones((4, 1))}
+    ev = Evaluator(vals, symbols={A, B})
+    np.testing.assert_allclose(RoundingBound(ev, {}, EPS32)(A * B), 3.0 * 4.0)
+
+
+def test_cost_stays_that_of_matrix_operations():
+    # 1M parameters: the closed form, its float32 twin and the bound together in well under a second
+    import time
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 983), nn.Tanh(), nn.Linear(983, 983), nn.Tanh(), nn.Linear(983, 1))
+    x, t = torch.randn(64, 32), torch.randn(64, 1)
+    module_references(m, {"x": x}, loss=nn.MSELoss(), target=t)  # structure and cross-check cached
+    t0 = time.process_time()
+    module_references(m, {"x": x}, loss=nn.MSELoss(), target=t, with_forward=True)
+    assert time.process_time() - t0 < 2.0
+
+
+# -- a failed cross-check never passes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_caches():
+    R.clear_caches()
+    yield
+    R.clear_caches()
+
+
+def _broken_softmax(monkeypatch):
+    monkeypatch.setitem(mdiff.VJP_RULES, SoftmaxRows, lambda node, g, i: g)  # forgets the Jacobian
+
+
+class Lin2(nn.Module):
+    def __init__(self, softmax: bool):
+        super().__init__()
+        self.lin1, self.lin2, self.softmax = nn.Linear(5, 7), nn.Linear(7, 3), softmax
+
+    def forward(self, x):
+        y = self.lin2(torch.tanh(self.lin1(x)))
+        return torch.softmax(y, dim=1) if self.softmax else y
+
+
+def test_unverified_closed_form_raises_with_engine_matrix(fresh_caches, monkeypatch):
+    _broken_softmax(monkeypatch)
+    torch.manual_seed(0)
+    m = Lin2(True).double()
+    x, t = torch.randn(6, 5, dtype=torch.float64), torch.rand(6, 3, dtype=torch.float64)
+    with pytest.raises(ClosedFormUnverified, match="internal symgrad bug") as info:
+        check(m, x, t)
+    assert isinstance(info.value, SymgradError)
+    with pytest.raises(ClosedFormUnverified):  # the cached verdict says the same
+        module_references(m, {"x": x}, loss=nn.MSELoss(), target=t)
+
+
+def test_unverified_closed_form_falls_back_with_engine_auto(fresh_caches, monkeypatch):
+    import symgrad.nn.check as nncheck
+
+    _broken_softmax(monkeypatch)
+    monkeypatch.setattr(nncheck, "MATRIX_THRESHOLD", 10)  # this small model goes to the matrix engine
+    torch.manual_seed(0)
+    m = Lin2(True).double()
+    x, t = torch.randn(6, 5, dtype=torch.float64), torch.rand(6, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="disagrees with the exact elementwise derivative"):
+        report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t)
+    assert report.meta["engine"] != "matrix" and report.passed
+
+
+def test_caches_tell_apart_models_that_differ_only_in_glue(fresh_caches, monkeypatch):
+    # A, then B = A + softmax (same layers, names, shapes): B must get its own closed form and
+    # its own cross-check, not A's
+    torch.manual_seed(0)
+    a, b = Lin2(False).double(), Lin2(True).double()
+    b.load_state_dict(a.state_dict())
+    x, t = torch.randn(6, 5, dtype=torch.float64), torch.rand(6, 3, dtype=torch.float64)
+    assert check(a, x, t).passed
+    report = check(b, x, t)
+    assert report.passed
+    form = report["lin1.weight"].closed_form + report["lin2.weight"].closed_form
+    assert "softmax" in form
+    _broken_softmax(monkeypatch)  # now only B's computation has a wrong rule
+    R._STRUCTURES.clear()  # keep the verdicts, rebuild the structures: B's new gradients are new keys
+    assert check(a, x, t).passed
+    with pytest.raises(ClosedFormUnverified):
+        check(b, x, t)
+
+
+# -- losses: options implemented exactly or refused; the forward row ---------------------------------
+
+W4 = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("loss", [
+    nn.CrossEntropyLoss(ignore_index=0), nn.CrossEntropyLoss(), nn.CrossEntropyLoss(weight=W4),
+    nn.CrossEntropyLoss(label_smoothing=0.2), nn.CrossEntropyLoss(weight=W4, label_smoothing=0.1),
+    nn.CrossEntropyLoss(reduction="sum", weight=W4, label_smoothing=0.1), nn.CrossEntropyLoss(reduction="sum"),
+], ids=["ignore0", "minus100", "weight", "smooth", "weight_smooth", "sum_weight_smooth", "sum"])
+def test_cross_entropy_options_are_exact(loss):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+    x = torch.randn(10, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    if loss.ignore_index == -100:  # the default ignore_index: those samples are left out
+        y = torch.where(y == 0, -100, y)
+    report = check(m, x, y, loss=loss)
+    assert report.passed, report.to_text()
+    assert report["output"].quantity == "forward" and report["output"].passed
+
+
+def test_cross_entropy_bad_label_is_an_input_error_not_an_index_error():
+    m = nn.Sequential(nn.Linear(3, 4)).double()
+    x = torch.randn(3, 3, dtype=torch.float64)
+    with pytest.raises(sg.InputError, match="out of range"):
+        check(m, x, torch.tensor([0, 7, 1]), loss=nn.CrossEntropyLoss())
+
+
+@pytest.mark.parametrize("loss, target", [
+    (nn.BCEWithLogitsLoss(pos_weight=torch.ones(2, dtype=torch.float64)), torch.rand(5, 2, dtype=torch.float64)),
+    (nn.BCEWithLogitsLoss(weight=torch.ones(2, dtype=torch.float64)), torch.rand(5, 2, dtype=torch.float64)),
+    (nn.MSELoss(reduction="none"), torch.randn(5, 2, dtype=torch.float64)),
+    (nn.CrossEntropyLoss(reduction="none"), torch.tensor([0, 1, 0, 1, 1])),
+], ids=["pos_weight", "bce_weight", "mse_none", "ce_none"])
+def test_unsupported_loss_options_are_refused(loss, target):
+    m = nn.Sequential(nn.Linear(3, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(UnsupportedOp, match="engine='elementwise'"):
+        check(m, x, target, loss=loss)
+
+
+def test_functional_loss_options_in_the_forward():
+    import torch.nn.functional as F
+
+    class WithLoss(nn.Module):
+        def __init__(self, **kw):
+            super().__init__()
+            self.lin, self.kw = nn.Linear(4, 3), kw
+
+        def forward(self, x, y):
+            return F.cross_entropy(self.lin(x), y, **self.kw)
+
+    torch.manual_seed(1)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, -100, 2, 1, 2, 0])
+    for kw in ({}, {"label_smoothing": 0.1}, {"reduction": "sum"}):
+        report = sg.check(WithLoss(**kw).double(), {"x": x, "y": y}, engine="matrix")
+        assert report.passed, (kw, report.to_text())
+    with pytest.raises(UnsupportedOp):
+        sg.check(WithLoss(weight=torch.ones(3, dtype=torch.float64)).double(), {"x": x, "y": y.clamp(min=0)}, engine="matrix")
+
+
+def test_importer_misreading_shows_as_a_failing_forward_row(fresh_caches, monkeypatch):
+    real = fx_rules._module_row
+
+    def misread(mod):  # read every Tanh as a sigmoid
+        return ("sigmoid", {}) if isinstance(mod, nn.Tanh) else real(mod)
+
+    monkeypatch.setattr(fx_rules, "_module_row", misread)
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    x, t = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    report = check(m, x, t)
+    assert report["output"].verdict == "FAIL"
+    assert "importer bug" in report["output"].note
+
+
+# -- vias ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["functional.jvp", "func.jvp", "functional.hessian", "func.hessian"])
+def test_vias_the_matrix_engine_cannot_check_are_refused_by_name(via):
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    x, t = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    with pytest.raises(UnsupportedOp, match=f"via='{via}'.*engine='elementwise'"):
+        check(m, x, t, via=via)
+
+
+@pytest.mark.parametrize("via, v", [("backward", None), ("backward", 2.5), ("autograd.grad", -0.5),
+                                    ("functional.vjp", 3.0), ("func.vjp", None), ("jacrev", None),
+                                    ("functional.jacobian", None), ("jacfwd", None)])
+def test_vias_the_matrix_engine_checks(via, v):
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    x, t = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    vt = None if v is None else torch.tensor(v, dtype=torch.float64)
+    report = check(m, x, t, via=via, v=vt)
+    assert report.passed and report.meta["engine"] == "matrix", report.to_text()
+
+
+def test_engine_auto_sends_a_hessian_via_to_the_elementwise_engine(monkeypatch):
+    import symgrad.nn.check as nncheck
+
+    monkeypatch.setattr(nncheck, "MATRIX_THRESHOLD", 10)  # this small model would go to the matrix engine
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    x, t = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="via='functional.hessian'"):
+        report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t, via="functional.hessian", wrt=["2.bias"])
+    assert report.meta["engine"] != "matrix" and report.passed
