@@ -17,9 +17,9 @@ import sympy as sp
 
 from .autograd.run import default_via, quantity_of, run_autograd
 from .build.tensor import SymTensor, as_symtensor, symbols
-from .compare.compare import compare
+from .compare.compare import compare, compare_all
 from .compare.kinks import stack_generators
-from .differentiate.elementwise import differentiate, entry_form
+from .differentiate.elementwise import differentiate, entry_form, structural_zeros
 from .differentiate.matrix_form import matrix_closed_form
 from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .lower.numpy import high_precision, lower
@@ -260,7 +260,8 @@ def check(
         from .nn.check import check_module
 
         return check_module(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, loss=loss, target=target,
-                            engine=engine, backend=backend, rtol=rtol, atol=atol, title=title)
+                            engine=engine, backend=backend, rtol=rtol, atol=atol, title=title, tangents=tangents,
+                            backward_calls=backward_calls)
     if loss is not None or target is not None:
         raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
     if engine == "matrix":
@@ -383,7 +384,7 @@ def check(
         if scale != 1:
             text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
         ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape),
-                        rounding=scale * rounding[i].reshape(shape))
+                        rounding=scale * rounding[i].reshape(shape), structural_zero=structural_zeros(derivs[k]))
         if from_sympy and quantity == "grad" and isinstance(k, str):
             shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)
             if shown is not None:
@@ -407,11 +408,8 @@ def check(
                            "derivatives of different functions. Fix the symbolic forward first.")
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     actual = run_autograd(torch_fn, leaves, wrt_names, via, cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
-    for ref, k in zip(refs, keys):
-        got = actual[k]
-        if got is None:
-            raise InputError(f"autograd returned no gradient for {ref.name!r}: the torch function does not use it")
-        records.append(compare(ref, got.detach().double().cpu().numpy(), dtype_name, quantity=quantity, rtol=rtol, atol=atol))
+    records += compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name, quantity=quantity,
+                           rtol=rtol, atol=atol)
     meta = {"dtype": dtype_name, "via": via, "quantity": quantity, "engine": "elementwise"}
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])

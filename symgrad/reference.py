@@ -32,5 +32,8 @@ class Reference:
     value_lowp: np.ndarray | None = None  # the same closed form evaluated in the checked dtype
     rounding: np.ndarray | None = None  # running error bound of evaluating it, in units of roundoff:
     # a correct evaluation in the checked dtype errs by at most eps(dtype) * rounding, entry by entry
+    # entries whose closed form is identically 0 (a cancellation the algebra removed, which torch
+    # still computes): judged against the scale of the check's other derivatives (Note [Tolerances])
+    structural_zero: np.ndarray | None = None
     verified: bool = True  # closed form cross-checked against an independent derivation
     note: str = ""

@@ -18,6 +18,12 @@ An entry passes when ``|actual - expected| <= allowed``, entry by entry, where `
 * plus ``FLOOR_ULPS`` units of roundoff of the tensor's largest entry (a thousandth of an ulp);
 * plus the caller's ``atol``, if given (it adds to the bounds; it never replaces them).
 
+An entry whose closed form is identically 0 (``Reference.structural_zero``: the algebra cancelled
+what torch still computes, as the gradient of a softmax's shift) has no terms to bound: it gets
+``ROUNDING_ULPS`` units of roundoff of ``floor_scale``, the largest derivative of the whole check.
+Entries where the allowance is as large as the value itself (float32 near saturation) cannot have
+their sign checked; the record counts them (``unresolved``) and says so.
+
 All of it comes from the closed form alone, never from the code under test, so it cannot hide a
 bug in it; and it is per entry: a small entry with a wrong sign fails even beside a large one.
 A reference with no rounding bound is compared on the tensor's scale instead:
@@ -36,7 +42,7 @@ import numpy as np
 from ..reference import Reference
 from .kinks import fit as joint_fit
 
-__all__ = ["Record", "compare", "DEFAULT_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
+__all__ = ["Record", "compare", "compare_all", "DEFAULT_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
 
 DEFAULT_RTOL = {"float64": 1e-7, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 NOISE_FACTOR = 8.0
@@ -70,6 +76,7 @@ class Record:
     nonfinite: str = ""
     kinks: int = 0
     kink_note: str = ""
+    unresolved: int = 0  # non-zero entries whose allowance is at least their size
     verified: bool = True
     note: str = ""
     expected: np.ndarray | None = field(default=None, repr=False)
@@ -107,6 +114,10 @@ class Record:
             lines.append(self.nonfinite)
         if self.kink_note:
             lines.append(self.kink_note)
+        if self.unresolved:
+            lines.append(f"{self.unresolved} entries are no larger than what correct {self.dtype} arithmetic may get wrong "
+                         "here (their allowance is at least their size): not even their sign is checked; check in "
+                         "float64 to resolve them.")
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
@@ -130,7 +141,7 @@ def _nonfinite_note(expected: np.ndarray, actual: np.ndarray, name: str) -> tupl
 
 
 def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol: float | None = None,
-            atol: float | None = None, index_name: str | None = None) -> Record:
+            atol: float | None = None, index_name: str | None = None, floor_scale: float = 0.0) -> Record:
     """Compare autograd's ``actual`` with the closed form ``ref`` (see Note [Tolerances])."""
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(ref.value, dtype=np.float64)
@@ -159,6 +170,9 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         allowed = allowed + ROUNDING_ULPS * eps * rounding + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale
     else:  # no per-entry bound: compare on the tensor's scale
         allowed = allowed + max(rtol * scale, rtol * 1e-3) + NOISE_FACTOR * float(noise.max(initial=0.0))
+    if ref.structural_zero is not None:
+        allowed = allowed + np.where(np.asarray(ref.structural_zero, bool).reshape(e.shape),
+                                     ROUNDING_ULPS * eps * max(floor_scale, scale), 0.0)
     if atol is not None:  # the caller's own absolute tolerance, on top
         allowed = allowed + atol
     rec.rtol = rtol
@@ -191,6 +205,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band, fit)
     ok &= ~differ
     rec.mismatched = int((~ok).sum())
+    rec.unresolved = int((finite & ~kink & (e != 0) & (allowed >= np.abs(e))).sum())
 
     judged = np.where(kink, 0.0, diff)
     rel_judged = np.where(kink, 0.0, rel)
@@ -237,3 +252,26 @@ def _kink_note(name, kink, e, a, lo, hi, in_band, fit=None) -> str:
         text += (" Each entry lies in its own band, but no one choice of side per kinked unit gives them all "
                  "(Note [Joint kink check]): the derivative is wrong, not a subgradient choice.")
     return text
+
+
+NO_GRADIENT_NOTE = ("autograd gave no gradient (None: torch never reached this input, because it is unused or "
+                    "detached); compared as zeros")
+
+
+def compare_all(refs: list, actual: dict, dtype: str, *, quantity: str, rtol=None, atol=None) -> list[Record]:
+    """One record per reference against ``actual[ref.name]`` (None: no gradient, compared as zeros),
+    with the scale for identically zero entries taken over all of them."""
+    scales = [float(np.max(np.abs(v[np.isfinite(v)]))) for v in (np.asarray(r.value, np.float64) for r in refs)
+              if np.isfinite(v).any()]
+    floor = max(scales, default=0.0)
+    records = []
+    for ref in refs:
+        got = actual.get(ref.name)
+        if got is None:
+            rec = compare(ref, np.zeros(np.shape(ref.value)), dtype, quantity=quantity, rtol=rtol, atol=atol, floor_scale=floor)
+            rec.note = (rec.note + " " if rec.note else "") + NO_GRADIENT_NOTE
+        else:
+            rec = compare(ref, got.detach().double().cpu().numpy(), dtype, quantity=quantity, rtol=rtol, atol=atol,
+                          floor_scale=floor)
+        records.append(rec)
+    return records

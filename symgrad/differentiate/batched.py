@@ -30,7 +30,7 @@ from ..compare.kinks import stack_generators
 from ..lower.numpy import high_precision, lower
 from ..reference import Reference
 from ..report.report import shorten
-from .elementwise import differentiate, entry_form
+from .elementwise import differentiate, entry_form, structural_zeros
 
 __all__ = ["row_symbols", "per_sample_references"]
 
@@ -161,6 +161,9 @@ def per_sample_references(
             lo, up = pick(band[0]), pick(band[1])
         text, latex = _closed_form_text(derivs[w], rows, reduction, is_batched)
         ref = Reference(w, value, text, latex, value_lowp=value_low)
+        zeros = structural_zeros(derivs[w])
+        if zeros is not None:  # identically 0 for every sample (Note [Tolerances] in symgrad/compare)
+            ref.structural_zero = pick({i: np.broadcast_to(zeros.reshape(-1, 1).astype(np.float64), (zeros.size, n))}) != 0
         if rounding is not None and hasattr(ref, "rounding"):
             ref.rounding = rounding
         if lo is not None:

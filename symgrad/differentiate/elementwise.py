@@ -31,7 +31,7 @@ from ..build.tensor import SymTensor
 from ..errors import ShapeMismatch
 from ..lower.numpy import to_symengine
 
-__all__ = ["QUANTITIES", "differentiate", "diff_all", "entry_form", "LATEX_MAX_CHARS"]
+__all__ = ["QUANTITIES", "differentiate", "diff_all", "entry_form", "structural_zeros", "LATEX_MAX_CHARS"]
 
 LATEX_MAX_CHARS = 400  # SymPy's conversion and LaTeX printer are slow on big forms: text only above this
 PRINT_MAX_NODES = 20_000  # larger closed forms are shown with common subexpressions named
@@ -162,3 +162,11 @@ def _tree_size(e, memo: dict | None = None) -> int:
         stack.append((node, True))
         stack.extend((a, False) for a in args if a not in memo)
     return memo[e]
+
+
+def structural_zeros(deriv: np.ndarray) -> np.ndarray | None:
+    """Where the closed form is identically 0 (None if nowhere)."""
+    if deriv.size == 0:
+        return None
+    zero = np.array([e == 0 for e in deriv.ravel()], dtype=bool).reshape(deriv.shape)
+    return zero if zero.any() else None

@@ -112,6 +112,16 @@ def _rule_for(gm, node, modules):
     return lookup(kind, node.target), None
 
 
+def _in_place(node, mod) -> bool:
+    """Whether the node overwrites its first argument (``inplace=True``, ``x.relu_()``, ``nn.ReLU(inplace=True)``)."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    if mod is not None:
+        return getattr(mod, "inplace", False) is True
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return node.op in ("call_method", "call_function") and name.endswith("_") and not name.startswith("_")
+
+
 def run_symbolic(gm, args, params: Mapping[str, SymTensor] | None = None):
     """Evaluate the graph on symbolic arguments; ``params`` maps qualified parameter names to symbols."""
     fx = _fx()
@@ -154,6 +164,9 @@ def run_symbolic(gm, args, params: Mapping[str, SymTensor] | None = None):
                 env[node] = rule.symbolic(mod, get, *a, **kw)
             else:
                 env[node] = rule.symbolic(*a, **kw)
+            if _in_place(node, mod) and node.args and isinstance(node.args[0], fx.Node):
+                # relu(z, inplace=True), z.add_(y): later uses of z see the result (fx keeps the name z)
+                env[node.args[0]] = env[node]
         except SymgradError as err:
             raise type(err)(f"{err} (at fx node {node.name!r}: `{node.format_node()}`)") from err
         except (TypeError, AttributeError, IndexError) as err:

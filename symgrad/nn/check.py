@@ -14,7 +14,7 @@ exploded through ``symgrad.check``.  ``engine='matrix'`` (or ``'auto'`` on model
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import warnings
 
@@ -23,7 +23,7 @@ import numpy as np
 from ..autograd.run import default_via, quantity_of, run_autograd
 from ..build.tensor import as_symtensor, symbols
 from ..check import _fresh, lowest_precision, normalize_inputs
-from ..compare.compare import compare
+from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..importer.batch import Mixing, Reduced
@@ -82,8 +82,27 @@ def _trace_loss(loss_fn):
 
 
 def _named_inputs(model, inputs) -> dict:
-    """The model's inputs as ``{name: tensor}``, named after ``model.forward``'s parameters."""
-    return normalize_inputs(model.forward, None, inputs)
+    """The model's inputs as ``{name: tensor}`` in the order of ``model.forward``'s parameters.
+
+    A dict is matched to the parameters by name (``{"v": v, "u": u}`` for ``forward(u, v)`` is u, v);
+    a single input may have any name; several inputs whose names are not the parameters' are refused.
+    """
+    import inspect
+
+    named = normalize_inputs(model.forward, None, inputs)
+    if not isinstance(inputs, Mapping) or len(named) < 2:
+        return named
+    try:
+        signature = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return named
+    if any(p.kind == p.VAR_POSITIONAL for p in signature):
+        return named  # forward(*args): the dict's order is the only order there is
+    params = [p.name for p in signature if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if set(named) <= set(params):
+        return {p: named[p] for p in params if p in named}
+    raise InputError(f"inputs {', '.join(named)} do not match {type(model).__name__}.forward's parameters "
+                     f"({', '.join(params)}): name them as forward does, or pass a tuple in forward's order")
 
 
 def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
@@ -107,7 +126,7 @@ def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
 
 def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
                  engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
-                 tangents=None) -> Report:
+                 tangents=None, backward_calls: int = 1) -> Report:
     """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed form."""
     import torch
 
@@ -124,6 +143,12 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
         raise InputError("target= is given without loss=; pass loss='mse' (or a loss module / callable)")
     wrt_names = _choose_wrt(named, params, wrt)
     everything = {**named, **params}
+    param_dtypes = {p.dtype for p in params.values() if p.is_floating_point()}
+    for name, t in named.items():
+        if t.is_floating_point() and param_dtypes and t.dtype not in param_dtypes:
+            raise InputError(f"input {name!r} is {t.dtype} but {type(model).__name__}'s parameters are "
+                             f"{', '.join(sorted(map(str, param_dtypes)))}: convert one of them "
+                             "(model.double() / model.float(), or x.to(dtype))")
     dtype = lowest_precision(everything.values())
     dtype_name = str(dtype).replace("torch.", "")
     title = title or f"symgrad check of {type(model).__name__}" + (f" with {loss_label}" if loss_label else "")
@@ -141,8 +166,15 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
 
     if engine not in ("auto", "elementwise", "matrix"):
         raise InputError(f"engine must be 'auto', 'elementwise' or 'matrix', not {engine!r}")
-    if engine == "matrix" or (engine == "auto" and n_params > MATRIX_THRESHOLD and symbolic is None
-                              and loss_fn is not None):  # the matrix engine differentiates a scalar loss
+    whole_batch = ""
+    if backward_calls != 1 or tangents is not None:
+        whole_batch = "backward_calls= and tangents= are checked on the whole batch"
+        if engine == "matrix":
+            raise InputError(f"engine='matrix' does not take backward_calls= or tangents= ({whole_batch}); "
+                             "use engine='elementwise'")
+    use_matrix = engine == "matrix" or (engine == "auto" and n_params > MATRIX_THRESHOLD and symbolic is None
+                                        and loss_fn is not None)  # the matrix engine differentiates a scalar loss
+    if use_matrix and not whole_batch:
         found = None
         if _matrix_via_supported(via, v, required=engine == "matrix"):
             found = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix",
@@ -158,7 +190,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
 
     gm = trace(model)
     loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
-    reason = "a symbolic= forward was given" if symbolic is not None else ""
+    reason = "a symbolic= forward was given" if symbolic is not None else whole_batch
     plan = None
     if not reason:
         plan, reason = _plan(gm, loss_gm, named, target, via, v, tangents, loss_fn)
@@ -176,7 +208,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
             return _finish(refs, forward, torch_fn, leaves, wrt_names, plan["via"], v, dtype_name, rtol, atol,
                            title, meta)
     return _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
-                    backend, rtol, atol, title, reason)
+                    backend, rtol, atol, title, reason, backward_calls)
 
 
 def _attach_matrix_forms(refs, model, named, loss, target, wrt, dtype) -> None:
@@ -408,11 +440,7 @@ def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol
     else:
         actual = run_autograd(torch_fn, leaves, wrt, via, cotangent=v)
         quantity = quantity_of(via, v is not None)
-    for ref in refs:
-        got = actual.get(ref.name)
-        if got is None:
-            raise InputError(f"autograd returned no gradient for {ref.name!r}: the model does not use it; leave it out of wrt")
-        records.append(compare(ref, got.detach().double().cpu().numpy(), dtype_name, quantity=quantity, rtol=rtol, atol=atol))
+    records += compare_all(refs, actual, dtype_name, quantity=quantity, rtol=rtol, atol=atol)
     meta = {"dtype": dtype_name, "via": via, "quantity": quantity, **meta}
     return Report(records, title=title, meta=meta)
 
@@ -435,7 +463,7 @@ def _onehot_jacobian(torch_fn, leaves, wrt) -> dict:
 
 
 def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt, via, v, tangents, backend,
-             rtol, atol, title, reason) -> Report:
+             rtol, atol, title, reason, backward_calls: int = 1) -> Report:
     """The whole batch as one symbolic computation, through the core ``symgrad.check``."""
     from ..check import check
 
@@ -456,7 +484,7 @@ def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt
     if via == ONEHOT_VIA:
         raise InputError(f"via={ONEHOT_VIA!r} needs the per-sample engine, which this model cannot use ({reason})")
     report = check(torch_fn, leaves, symbolic=sym_fn, wrt=wrt, via=via, v=v, tangents=tangents, backend=backend,
-                   rtol=rtol, atol=atol, title=title)
+                   rtol=rtol, atol=atol, title=title, backward_calls=backward_calls)
     report.meta["engine"] = "elementwise, whole batch" + (f" ({reason})" if reason else "")
     return report
 

@@ -80,7 +80,7 @@ class Report:
 
     def details(self) -> list[str]:
         """assert_close-style messages for every row that did not plainly pass, and kink notes."""
-        return [r.message() for r in self.records if not r.passed or r.kinks or not r.verified or r.note]
+        return [r.message() for r in self.records if not r.passed or r.kinks or not r.verified or r.note or r.unresolved]
 
     def to_text(self) -> str:
         if self.parts:
@@ -131,7 +131,7 @@ class Report:
                     "verified": r.verified, "total": r.total, "mismatched": r.mismatched,
                     "max_abs": r.max_abs, "max_rel": r.max_rel, "abs_index": list(r.abs_index),
                     "rel_index": list(r.rel_index), "atol": r.atol, "rtol": r.rtol, "nonfinite": r.nonfinite,
-                    "kinks": r.kinks, "kink_note": r.kink_note, "note": r.note, "verdict": r.verdict,
+                    "kinks": r.kinks, "kink_note": r.kink_note, "unresolved": r.unresolved, "note": r.note, "verdict": r.verdict,
                 }
                 for r in self.records
             ],
