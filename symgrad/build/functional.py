@@ -36,6 +36,14 @@ __all__ = [
     "log_softmax",
     "maximum",
     "minimum",
+    "comparison",
+    "gt",
+    "lt",
+    "ge",
+    "le",
+    "eq",
+    "ne",
+    "where",
     "mse_loss",
     "l1_loss",
     "binary_cross_entropy",
@@ -153,6 +161,72 @@ def maximum(a, b):
 def minimum(a, b):
     """``torch.minimum``; a tie splits the gradient in half, as in torch."""
     return _pairwise(a, b, "minimum", lambda u, v: se.Piecewise((u, u < v), ((u + v) / 2, se.Eq(u, v)), (v, True)))
+
+
+_COMPARISONS = {"gt": se.Gt, "lt": se.Lt, "ge": se.Ge, "le": se.Le, "eq": se.Eq, "ne": se.Ne}
+
+
+def comparison(a, b, op: str):
+    """``a > b`` (``op`` one of gt, lt, ge, le, eq, ne) as 0/1 entries: torch's bool tensor in arithmetic.
+
+    The relational stays visible, so where ``a == b`` the kink machinery sees it (``x * (x > 0)`` is
+    relu, and has relu's kink).
+    """
+    if op not in _COMPARISONS:
+        raise ValueError(f"comparison: op must be one of {', '.join(_COMPARISONS)}, not {op!r}")
+    if is_torch(a) or is_torch(b):
+        import torch
+
+        return getattr(torch, op)(torch.as_tensor(a), torch.as_tensor(b))
+    return as_symtensor(a)._binary(b, lambda u, v: se.Piecewise((1, _COMPARISONS[op](u, v)), (0, True)))
+
+
+def gt(a, b):
+    """``torch.gt`` / ``a > b`` (see ``comparison``)."""
+    return comparison(a, b, "gt")
+
+
+def lt(a, b):
+    return comparison(a, b, "lt")
+
+
+def ge(a, b):
+    return comparison(a, b, "ge")
+
+
+def le(a, b):
+    return comparison(a, b, "le")
+
+
+def eq(a, b):
+    return comparison(a, b, "eq")
+
+
+def ne(a, b):
+    return comparison(a, b, "ne")
+
+
+def where(cond, a, b):
+    """``torch.where(cond, a, b)``: ``a`` where the condition holds (a comparison from ``gt`` etc.,
+    or any non-zero entry), ``b`` elsewhere; the branch not taken never enters the value."""
+    if is_torch(cond):
+        import torch
+
+        return torch.where(cond, torch.as_tensor(a), torch.as_tensor(b))
+    cond = as_symtensor(cond)
+    a, b = as_symtensor(a), as_symtensor(b)
+    try:
+        c, x, y = np.broadcast_arrays(cond.data, a.data, b.data)
+    except ValueError:
+        raise ShapeMismatch(f"where: shapes {cond.shape}, {a.shape} and {b.shape} cannot be broadcast together") from None
+    out = np.empty(c.shape, dtype=object)
+    for index in np.ndindex(c.shape):
+        k = c[index]
+        args = getattr(k, "args", ())
+        is_indicator = type(k).__name__ == "Piecewise" and len(args) == 4 and args[0] == 1 and args[2] == 0
+        rel = args[1] if is_indicator else se.Ne(k, 0)
+        out[index] = se.Piecewise((x[index], rel), (y[index], True))
+    return SymTensor(out)
 
 
 def log_softmax(x, dim: int = -1):

@@ -174,6 +174,19 @@ class SymTensor:
     def __rpow__(self, o):
         return as_symtensor(o)._binary(self, lambda a, b: a**b)
 
+    # comparisons give 0/1 entries, as torch's bool tensors behave in arithmetic: x * (x > 0) is relu
+    def __gt__(self, o):
+        return self._binary(o, lambda a, b: se.Piecewise((1, se.Gt(a, b)), (0, True)))
+
+    def __lt__(self, o):
+        return self._binary(o, lambda a, b: se.Piecewise((1, se.Lt(a, b)), (0, True)))
+
+    def __ge__(self, o):
+        return self._binary(o, lambda a, b: se.Piecewise((1, se.Ge(a, b)), (0, True)))
+
+    def __le__(self, o):
+        return self._binary(o, lambda a, b: se.Piecewise((1, se.Le(a, b)), (0, True)))
+
     def __neg__(self):
         return self.map(lambda a: -a)
 

@@ -333,6 +333,21 @@ def _fill():
     f("contiguous", lambda x: x, "identity")
     f(operator.getitem, operator.getitem, "getitem", notes="indexing; a batched tensor indexed explodes the batch")
     f(getattr, lambda x, name: getattr(x, name) if name in ("shape", "T", "ndim") else _no_attr(name), "getattr")
+    # comparisons (0/1 entries, as a bool tensor in arithmetic) and torch.where
+    for op in ("gt", "lt", "ge", "le", "eq", "ne"):
+        cmp = lambda a, b, _op=op: sgf.comparison(a, b, _op)  # noqa: E731
+        for target in (getattr(operator, op), getattr(torch, op), op, f"__{op}__"):
+            f(target, cmp, "pointwise", form=f"Piecewise((1, a {op} b), (0, True))",
+              notes="a bool tensor; where a == b it is a kink" if target is getattr(operator, op) else "")
+    f(torch.where, sgf.where, "pointwise", form="Piecewise((a, cond), (b, True))")
+    f("where", lambda cond, a, b: sgf.where(cond, a, b), "pointwise")
+    for m in ("float", "double", "half", "bool"):
+        f(m, lambda x: x, "identity", notes="dtype casts do not change the symbolic value" if m == "float" else "")
+    f("to", lambda x, *args, **kwargs: x, "identity", notes="dtype / device casts only")
+    f("type_as", lambda x, other: x, "identity")
+    for t, value in ((torch.zeros_like, 0), (torch.ones_like, 1)):
+        f(t, lambda x, *args, _v=value, **kwargs: as_symtensor(x).map(lambda e, _w=_v: se.Integer(_w)), "pointwise",
+          form=f"{value} everywhere")
     f(torch.maximum, sgf.maximum, "pointwise", notes="a tie splits the gradient in half, as torch")
     f(torch.minimum, sgf.minimum, "pointwise", notes="a tie splits the gradient in half, as torch")
 

@@ -147,3 +147,29 @@ def test_entries_float32_cannot_resolve_are_counted():
     rec = sg.check(lambda x: torch.tanh(x).sum(), {"x": x}, symbolic=lambda x: sg.tanh(x).sum())["x"]
     assert rec.passed and rec.unresolved == 1
     assert "not even their sign is checked" in rec.message()
+
+
+class MaskAct(nn.Module):
+    def forward(self, x):
+        return x * (x > 0).float() + 0.1 * torch.where(x < 0, x, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_comparisons_and_where_import_with_their_kinks(dtype):
+    torch.manual_seed(6)
+    m = nn.Sequential(nn.Linear(3, 4), MaskAct(), nn.Linear(4, 1)).to(dtype)
+    x, t = torch.randn(5, 3, dtype=dtype), torch.zeros(5, 1, dtype=dtype)
+    assert sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t).passed
+    with torch.no_grad():  # sample 1 on every unit's kink: x * (x > 0) is relu there
+        m[0].bias.copy_(-(x[1:2] @ m[0].weight.t())[0])
+    report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t)
+    assert report.passed, report.to_text()
+    assert report["0.weight"].kinks > 0
+
+
+def test_where_takes_the_branch_and_never_evaluates_the_other():
+    x = torch.tensor([-1.0, 0.5, 2.0], dtype=f64)
+    report = sg.check(lambda x: torch.where(x > 0, torch.log(x.clamp(min=1e-3)), x).sum(), {"x": x},
+                      symbolic=lambda x: sg.where(sg.gt(x, 0), sg.log(sg.clamp(x, min=1e-3)), x).sum())
+    assert report.passed, report.to_text()
+    np.testing.assert_allclose(report["x"].expected, [1.0, 2.0, 0.5])
