@@ -332,7 +332,8 @@ def _fill():
     f("dim", lambda x: as_symtensor(x).ndim, "size")
     f("contiguous", lambda x: x, "identity")
     f(operator.getitem, operator.getitem, "getitem", notes="indexing; a batched tensor indexed explodes the batch")
-    f(getattr, lambda x, name: getattr(x, name) if name in ("shape", "T", "ndim") else _no_attr(name), "getattr")
+    f(getattr, lambda x, name: getattr(x, name) if name in ("shape", "T", "ndim") else None if name in ("dtype", "device")
+      else _no_attr(name), "getattr", notes="shape, T, ndim; dtype and device only for casts")
     # comparisons (0/1 entries, as a bool tensor in arithmetic) and torch.where
     for op in ("gt", "lt", "ge", "le", "eq", "ne"):
         cmp = lambda a, b, _op=op: sgf.comparison(a, b, _op)  # noqa: E731
@@ -340,7 +341,7 @@ def _fill():
             f(target, cmp, "pointwise", form=f"Piecewise((1, a {op} b), (0, True))",
               notes="a bool tensor; where a == b it is a kink" if target is getattr(operator, op) else "")
     f(torch.where, sgf.where, "pointwise", form="Piecewise((a, cond), (b, True))")
-    f("where", lambda cond, a, b: sgf.where(cond, a, b), "pointwise")
+    f("where", lambda x, cond, other: sgf.where(cond, x, other), "pointwise", form="x.where(cond, other)")
     for m in ("float", "double", "half", "bool"):
         f(m, lambda x: x, "identity", notes="dtype casts do not change the symbolic value" if m == "float" else "")
     f("to", lambda x, *args, **kwargs: x, "identity", notes="dtype / device casts only")
@@ -386,7 +387,8 @@ def _module_kwargs(mod, attrs):
 
 
 def _no_attr(name):
-    raise UnsupportedOp(f"attribute Tensor.{name} is not supported by symgrad's importer (known: shape, T, ndim)")
+    raise UnsupportedOp(f"attribute Tensor.{name} is not supported by symgrad's importer (known: shape, T, ndim; "
+                        "dtype and device for casts)")
 
 
 def coverage_rows() -> list[dict[str, str]]:
