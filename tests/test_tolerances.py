@@ -308,3 +308,14 @@ def test_bool_inputs_are_constants():
     report = sg.check(lambda x, m: (x * m).sum(), {"x": x, "m": m}, symbolic=lambda x, m: (x * m).sum())
     assert report.passed
     np.testing.assert_array_equal(report["x"].expected, [1.0, 0.0, 1.0])
+
+
+def test_constants_float32_holds_exactly_carry_no_error():
+    # d/dx sum(x + 0.5 x y) = 1 + 0.5 y, which cancels at y = -1.96; 0.5 is exact in float32, so the
+    # float64 allowance stays at roundoff and a 1e-5 relative error fails
+    x = torch.tensor([0.47, -0.2], dtype=torch.float64)
+    y = torch.tensor([-1.9638, 0.3], dtype=torch.float64)
+    wrong = (1 + 0.5 * y) * torch.tensor([1 + 1e-5, 1.0], dtype=torch.float64)
+    f = custom(lambda x, y: (x + 0.5 * x * y).sum(), lambda g, x, y: (g * wrong, g * 0.5 * x))
+    rec = sg.check(f, {"x": x, "y": y}, symbolic=lambda x, y: (x + 0.5 * x * y).sum())["x"]
+    assert rec.verdict == "FAIL" and rec.abs_index == (0,)

@@ -19,10 +19,11 @@ values of its partial derivatives:
 
 Cancellation is what this catches: a sum of large terms that is nearly zero keeps the large terms'
 error.  A Piecewise has the error of the branch taken (that rounding may put torch on another
-branch near a boundary is the kink machinery's business).  Non-integer constants (0.3, 1/100) may
-reach torch's kernels as float32 even in a float64 run (torch's float64 celu' with alpha = 0.3 is
-off by 3.6e-7, relative: its 1/alpha is rounded to float32): each carries ``_K |c|`` units, with
-``_K`` given at evaluation time.  Exponents that are numbers (x**2, sqrt), e and pi are exact.
+branch near a boundary is the kink machinery's business).  Constants that float32 cannot hold
+exactly (0.3, 1/100) may reach torch's kernels as float32 even in a float64 run (torch's float64
+celu' with alpha = 0.3 is off by 3.6e-7, relative: its 1/alpha is rounded to float32): each carries
+``_K |c|`` units, with ``_K`` given at evaluation time.  Exponents that are numbers (x**2, sqrt), e
+and pi are exact, and so is scaling by a power of two (-1 included: a - b rounds once).
 """
 
 from __future__ import annotations
@@ -116,10 +117,14 @@ def _literal(e) -> str | None:
 
 
 def _power_of_two(e) -> bool:
-    if not (e.is_Number and e.is_Integer):
+    """A number whose product with anything is exact in binary floating point (2, 1/2, -1, 0.25)."""
+    if not e.is_Number or getattr(e, "is_real", True) is False:
         return False
-    n = abs(int(e))
-    return n > 0 and n & (n - 1) == 0
+    try:
+        c = abs(float(e))
+    except (TypeError, ValueError):
+        return False
+    return c > 0 and math.isfinite(c) and math.frexp(c)[0] == 0.5
 
 
 class _Emitter:
@@ -217,7 +222,10 @@ class _Emitter:
         if kind in ("Exp1", "Pi", "Infty", "Infinity", "NegativeInfinity") or kind in BOOLEANS or (e.is_Number and e.is_Integer):
             return "0"
         if e.is_Number:
-            return f"(_K*{abs(float(e))!r})"
+            c = float(e)
+            if float(np.float32(c)) == c:  # 0.5, 0.25, 3.0: the same in float32, nothing to round
+                return "0"
+            return f"(_K*{abs(c)!r})"
         raise KeyError(f"no error bound for {e}")  # pragma: no cover - nodes are emitted in order
 
     def emit_errors(self) -> None:
