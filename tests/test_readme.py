@@ -36,3 +36,18 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_has_no_placeholders():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "PLACEHOLDER" not in text
+
+
+def test_the_one_report_section_shows_what_its_code_prints():
+    import contextlib
+    import io
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## One report", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```python\n", 1)[1].split("```", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    clean = lambda t: [line.rstrip() for line in t.strip().splitlines()]  # noqa: E731
+    assert clean(out.getvalue()) == clean(shown)
