@@ -19,17 +19,25 @@ float64), and ``rounding``, the per-entry running rounding-error bound of the cl
 on its own scale: a wrong small entry beside large ones fails, and a correct float32 gradient that
 is the small difference of large terms (a last layer that fits the batch) passes.  A forward
 ``Reference`` (the loss from the closed form's own forward) is returned with them on request, so
-an importer that misreads the model shows as a failing forward row.
+an importer that misreads the model shows as a failing forward row.  In ``value_lowp`` the entries
+of derivative nodes on a kink keep their float64 values (``_low_evaluator``): float32 may round a
+pre-activation there to the other side, and that jump is a choice of side for the kink check,
+not rounding noise (``compare`` allows eight times the noise).
 
 # Note [Kink bands]
 A unit whose pre-activation z sits on a kink of its op (relu at 0, hardtanh at ±1 …) — exactly,
 or within ``KINK_C · eps(dtype) · scale`` where ``scale`` is the same expression evaluated with
 absolute values (|X||W|ᵀ + 1|b|ᵀ) — may legitimately get either one-sided derivative: in
-float32 the sign of z can differ from the float64 one.  The gradient is evaluated twice more
-with those units' derivatives set to the left and to the right one-sided values; ``lower`` /
-``upper`` are the entrywise min / max of the three evaluations and ``kink`` marks the entries
-where they differ.  With several kinked units in different layers this is the band of the two
-extreme assignments, not of every combination.
+float32 the sign of z can differ from the float64 one, and a custom backward may pick either side
+(or a subgradient between them) at z = 0.  A choice of side is made once per unit and holds for
+every entry the unit touches, so the check is joint (Note [Joint kinks in the matrix engine] in
+``kinks.py``): each unit's effect on every gradient is evaluated on its own, and each Reference
+carries ``kink_generators``, one group per independent choice, for ``compare``'s joint fit.
+``lower`` / ``upper`` are the entrywise hull of what those choices give, together with the two
+whole-batch extremes (every unit left, every unit right: also the evaluations ``kink_rounding``
+is bounded on), and ``kink`` marks the entries where they differ.  Past the bounds of that note
+the generators are left out (the band is then that hull, or past the bounds on the work that of
+the two extremes only), and ``Reference.note`` says so.
 """
 
 from __future__ import annotations
@@ -38,10 +46,12 @@ import numpy as np
 import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixSymbol, Transpose, ZeroMatrix
 
+from symgrad.compare.kinks import MAX_GENERATOR_ENTRIES, stack_generators
 from symgrad.matrix.diff import vjp
 from symgrad.matrix.errors import ClosedFormUnverified
 from symgrad.matrix.evaluate import Evaluator, matrix_symbols
 from symgrad.matrix.explode import compare, compare_values, concrete, exploded_grad, exploded_grad_values
+from symgrad.matrix.kinks import analyse
 from symgrad.matrix.network import Network, from_module
 from symgrad.matrix.nodes import Elementwise, scalar_function
 from symgrad.matrix.printing import to_latex, to_text
@@ -70,9 +80,10 @@ def clear_caches(*, everything: bool = False) -> None:
 
         import importlib
 
-        _ev, _ex, _nd, _rd = (importlib.import_module(f"symgrad.matrix.{m}") for m in ("evaluate", "explode", "nodes", "rounding"))
+        _ev, _ex, _nd, _rd, _kk = (importlib.import_module(f"symgrad.matrix.{m}")
+                                   for m in ("evaluate", "explode", "nodes", "rounding", "kinks"))
         for fn in (_ev._numpy_fn, _ev._scalar_fn, _ex.opaque, _ex._opaque_value, _nd.scalar_function,
-                   _rd._error_fn, _rd._one_sided_slope, _rd._generic_partials):
+                   _rd._error_fn, _rd._one_sided_slope, _rd._generic_partials, _kk.one_sided):
             fn.cache_clear()
         clear_cache()
 
@@ -193,20 +204,6 @@ def closed_forms(expr, net: Network, cot_defs: dict, *, short: int = 40) -> tupl
     return text, latex
 
 
-def _one_sided(name: str, params, point, side: int) -> float:
-    """The one-sided derivative of row ``name`` at ``point`` from the ``side`` (-1 left, +1 right):
-    the value at ``point`` of the Piecewise branch active just beside it (``sympy.limit`` gets
-    Piecewise one-sided limits wrong)."""
-    x = sp.Symbol("x", real=True)
-    d = scalar_function(name, params, 1)(x)
-    near = sp.Rational(point) + side * sp.Rational(1, 10**30)
-    if isinstance(d, sp.Piecewise):
-        for e, c in d.args:
-            if c.xreplace({x: near}) == sp.true:
-                return float(e.xreplace({x: sp.Rational(point)}))
-    return float(d.xreplace({x: sp.Rational(point)}))
-
-
 def _magnitude(expr, ev: Evaluator, defs: dict, memo: dict):
     """``expr`` evaluated with absolute values at the leaves and through products and sums."""
     if expr in memo:
@@ -230,43 +227,14 @@ def _magnitude(expr, ev: Evaluator, defs: dict, memo: dict):
 
 
 def kink_bands(grads: dict, net: Network, cot_defs: dict, ev: Evaluator, dtype_eps: float, *,
-               with_evaluators: bool = False):
+               with_evaluators: bool = False, joint: bool = True):
     """``{name: (lower, upper, kink)}`` for gradients touched by a unit on a kink (Note [Kink bands]);
-    ``with_evaluators``: also the two one-sided evaluators, ``(bands, [left, right])``."""
-    nodes = set()
-    for e in [*grads.values(), *cot_defs.values()]:
-        nodes |= {n for n in e.atoms(Elementwise) if n.order >= 1 and n.row.kinks}
-    left, right, mag_memo = {}, {}, {}
-    for node in nodes:
-        points = node.row.kink_points(**node.params)
-        z = ev(node.arg)
-        scale = _magnitude(node.arg, ev, net.defs, mag_memo)
-        tol = KINK_C * dtype_eps * np.maximum(scale, 1.0)
-        base = np.array(ev(node), dtype=np.float64)
-        lo, hi, hit = base.copy(), base.copy(), False
-        for p in points:
-            mask = np.abs(z - float(p)) <= tol
-            if mask.any():
-                hit = True
-                lo[mask] = _one_sided(node.name, node.args[2], p, -1)
-                hi[mask] = _one_sided(node.name, node.args[2], p, +1)
-        if hit:
-            left[node], right[node] = lo, hi
-    if not left:
-        return ({}, []) if with_evaluators else {}
-    forward = {s: ev.memo[s] for s in net.defs}
-    # dimensions are bound from every symbol the side evaluations can meet, definitions included
-    symbols = matrix_symbols(*grads.values(), *cot_defs.values(), *net.defs.values())
-    evs = [Evaluator(ev.values, cot_defs, overrides={**forward, **side}, symbols=symbols) for side in (left, right)]
-    out = {}
-    for name, g in grads.items():
-        main = np.asarray(ev(g), dtype=np.float64)
-        a, b = (np.broadcast_to(np.asarray(e(g), dtype=np.float64), main.shape) for e in evs)
-        lower, upper = np.minimum(main, np.minimum(a, b)), np.maximum(main, np.maximum(a, b))
-        kink = (a != main) | (b != main)
-        if kink.any():
-            out[name] = (lower, upper, kink)
-    return (out, evs) if with_evaluators else out
+    ``with_evaluators``: the whole analysis instead (``symgrad.matrix.kinks.KinkAnalysis``: also the
+    joint check's generators, the two one-sided evaluators and a note when the joint check fell back)."""
+    mag_memo: dict = {}
+    found = analyse(grads, net, cot_defs, ev, dtype_eps, lambda e: _magnitude(e, ev, net.defs, mag_memo),
+                    kink_c=KINK_C, joint=joint)
+    return found if with_evaluators else found.bands
 
 
 def _tiny_dims(net: Network) -> dict:
@@ -330,6 +298,22 @@ def _low_dtype(dtype):
     return {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32}.get(dtype)
 
 
+def _low_evaluator(values: dict, net: Network, defs: dict, symbols, low, kinked: dict) -> Evaluator:
+    """The closed form evaluated in the checked dtype, with the derivative nodes' entries on a kink
+    held at the float64 evaluation's values: in float32 a pre-activation within rounding of a kink
+    may round to the other side, and the jump that gives is a choice of side, for the kink check
+    (Note [Kink bands]) to judge, not rounding noise (which ``compare`` allows eight times over)."""
+    if not kinked:
+        return Evaluator(values, defs, symbols=symbols, dtype=low)
+    forward = Evaluator(values, net.defs, symbols=symbols, dtype=low)
+    pinned = {}
+    for node, (mask, base) in kinked.items():
+        arr = np.array(np.broadcast_to(np.asarray(forward(node), dtype=low), mask.shape))
+        arr[mask] = base[mask]
+        pinned[node] = arr
+    return Evaluator(values, defs, overrides={**forward.memo, **pinned}, symbols=symbols, dtype=low)
+
+
 def _unverified(vnote: str) -> ClosedFormUnverified:
     return ClosedFormUnverified(
         "the matrix engine's closed form for this model disagrees with the exact elementwise derivative in its "
@@ -386,10 +370,10 @@ def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[
         dtype = next((p.dtype for p in model.parameters()), torch.float64)
     eps = float(torch.finfo(dtype).eps) if dtype.is_floating_point else float(np.finfo(np.float64).eps)
     low = _low_dtype(dtype)
-    ev_low = Evaluator(values, defs, symbols=symbols, dtype=low) if low is not None else ev
     bound = RoundingBound(ev, defs, eps)
-    bands, side_evs = kink_bands(grads, net, cot_defs, ev, eps, with_evaluators=True)
-    side_bounds = [RoundingBound(e, defs, eps) for e in side_evs]
+    kinks = kink_bands(grads, net, cot_defs, ev, eps, with_evaluators=True)
+    ev_low = _low_evaluator(values, net, defs, symbols, low, kinks.nodes) if low is not None else ev
+    side_bounds = [RoundingBound(e, defs, eps) for e in kinks.evaluators]
     note = "matrix engine; " + vnote
 
     def evaluated(expr, shape):
@@ -406,10 +390,23 @@ def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[
         shape = net.shapes[name]
         text, latex = forms[name]
         value, value_lowp, rounding = evaluated(g, shape)
-        lower, upper, kink = (b.reshape(shape) for b in bands[name]) if name in bands else (None, None, None)
+        lower, upper, kink = (b.reshape(shape) for b in kinks.bands[name]) if name in kinks.bands else (None, None, None)
         ref = Reference(name=name, value=value, closed_form=text, closed_form_latex=latex, lower=lower, upper=upper,
                         kink=kink, value_lowp=value_lowp, rounding=rounding, verified=True, note=note)
-        if kink is not None and rounding is not None and hasattr(ref, "kink_rounding"):
+        if kink is not None:
+            # Note [Joint kinks in the matrix engine]: one group per independent choice of side
+            groups = kinks.generators.get(name)
+            if groups == []:  # no choice of side moves this gradient (its band is rounding): nothing to explain
+                ref.kink_generators = np.zeros((1, 1) + tuple(shape))
+            elif groups is not None:
+                ref.kink_generators = stack_generators([[gen.reshape(shape) for gen in grp] for grp in groups], shape)
+            if ref.kink_generators is None:
+                why = kinks.notes.get(name) or (
+                    f"The kink check fell back to entrywise bands: the generators of {name} would hold more than "
+                    f"{MAX_GENERATOR_ENTRIES:,} entries; entries on a kink were checked against the band only, not "
+                    "jointly (Note [Joint kinks in the matrix engine]).")
+                ref.note = f"{note} {why}"
+        if kink is not None and rounding is not None:
             # the rounding on whichever side of the kinks torch took: the largest of the three
             try:
                 sides = [np.broadcast_to(np.asarray(b(g), dtype=np.float64), np.shape(ev(g))).reshape(shape) for b in side_bounds]

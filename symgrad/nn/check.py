@@ -277,13 +277,20 @@ def _matrix_for_via(refs, via, v, out_shape):
                 ref.value_lowp = scale * np.asarray(ref.value_lowp)
             if ref.rounding is not None:  # one more rounding: the scaling
                 ref.rounding = abs(scale) * np.asarray(ref.rounding) + np.abs(ref.value)
+            if ref.kink_rounding is not None:
+                ref.kink_rounding = abs(scale) * np.asarray(ref.kink_rounding) + np.abs(ref.value)
             if ref.lower is not None:
                 lo, hi = scale * ref.lower, scale * ref.upper
                 ref.lower, ref.upper = np.minimum(lo, hi), np.maximum(lo, hi)
-        for attr in ("value", "value_lowp", "rounding", "lower", "upper", "kink"):
+            if ref.kink_generators is not None:
+                ref.kink_generators = scale * np.asarray(ref.kink_generators)
+        for attr in ("value", "value_lowp", "rounding", "lower", "upper", "kink", "kink_rounding", "structural_zero"):
             a = getattr(ref, attr)
             if a is not None:
                 setattr(ref, attr, np.asarray(a).reshape(shape))
+        if ref.kink_generators is not None:
+            g = np.asarray(ref.kink_generators)
+            ref.kink_generators = g.reshape(g.shape[:2] + shape)
     return refs
 
 
