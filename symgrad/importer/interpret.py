@@ -18,7 +18,7 @@ from ..errors import SymgradError, UnsupportedOp
 from .batch import Ctx, Mixing, batch_info
 from .table import describe_target, lookup
 
-__all__ = ["trace", "run_symbolic", "batch_axes", "refuse_stateful", "graph_parameters"]
+__all__ = ["trace", "run_symbolic", "batch_axes", "refuse_stateful", "graph_parameters", "overwrites_input"]
 
 
 def _fx():
@@ -112,7 +112,7 @@ def _rule_for(gm, node, modules):
     return lookup(kind, node.target), None
 
 
-def _in_place(node, mod) -> bool:
+def overwrites_input(node, mod) -> bool:
     """Whether the node overwrites its first argument (``inplace=True``, ``x.relu_()``, ``nn.ReLU(inplace=True)``)."""
     if node.kwargs.get("inplace") is True:
         return True
@@ -164,7 +164,7 @@ def run_symbolic(gm, args, params: Mapping[str, SymTensor] | None = None):
                 env[node] = rule.symbolic(mod, get, *a, **kw)
             else:
                 env[node] = rule.symbolic(*a, **kw)
-            if _in_place(node, mod) and node.args and isinstance(node.args[0], fx.Node):
+            if overwrites_input(node, mod) and node.args and isinstance(node.args[0], fx.Node):
                 # relu(z, inplace=True), z.add_(y): later uses of z see the result (fx keeps the name z)
                 env[node.args[0]] = env[node]
         except SymgradError as err:

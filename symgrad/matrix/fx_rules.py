@@ -239,6 +239,8 @@ def interpret(b, gm) -> _T:
     """Run the fx graph ``gm`` symbolically on the builder ``b``; returns the output ``_T``."""
     import torch
 
+    from symgrad.importer.interpret import overwrites_input
+
     graph = gm.graph
     out_node = next(n for n in graph.nodes if n.op == "output")
     b.out_node = out_node.args[0] if not isinstance(out_node.args[0], (tuple, list)) else None
@@ -278,6 +280,9 @@ def interpret(b, gm) -> _T:
             env[n] = _call_method(b, n, args, kwargs)
         else:
             raise UnsupportedOp(f"matrix engine: unsupported fx op {n.op} at {_where(n)}")
+        mod = gm.get_submodule(n.target) if n.op == "call_module" else None
+        if overwrites_input(n, mod) and n.args and isinstance(n.args[0], torch.fx.Node):
+            env[n.args[0]] = env[n]  # relu(z, inplace=True): later uses of z see the result
     out = env[b.out_node] if b.out_node is not None else None
     if not _is_t(out):
         raise UnsupportedOp("matrix engine: the model must return one tensor")

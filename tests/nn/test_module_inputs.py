@@ -48,11 +48,12 @@ class InPlaceAlias(nn.Module):
         return self.o(torch.tanh(h)) + z
 
 
-def test_in_place_op_rebinds_its_input():
+@pytest.mark.parametrize("engine", ["elementwise", "matrix"])
+def test_in_place_op_rebinds_its_input(engine):
     torch.manual_seed(1)
     m = InPlaceAlias().double()
     x, t = torch.randn(6, 4, dtype=f64), torch.randn(6, 3, dtype=f64)
-    report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t, engine="elementwise")
+    report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t, engine=engine)
     assert report.passed, report.to_text()
 
 
