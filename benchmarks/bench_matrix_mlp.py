@@ -12,7 +12,7 @@ rounding bound, the kink scan, the loss), "autograd" one torch forward/backward,
 entrywise comparison.  "symgrad total" is the wall time of
 ``symgrad.check(model, {"x": X}, loss=nn.MSELoss(), target=T, engine="matrix")`` from model to
 verdict: "cold" is a genuinely first call (every cache cleared again; only the imports are
-warm), "warm" the best of 5 repeat calls once the architecture's closed forms are cached.
+warm), "warm" the best of 20 repeat calls once the architecture's closed forms are cached.
 gradcheck runs at 1k and 10k only: it takes ≈126 s at 100k parameters on this 2-core CPU.
 """
 
@@ -82,7 +82,7 @@ def pieces(model, X, T) -> dict:
 
 
 def end_to_end(model, X, T) -> tuple[float, float, bool]:
-    """(cold, warm, passed): cold with caches cleared, warm the best of 5 repeat calls (the
+    """(cold, warm, passed): cold with caches cleared, warm the best of 20 repeat calls (the
     architecture's closed forms and cross-check cached; trace, values, evaluation, autograd and
     comparison redone each time)."""
     import symgrad
@@ -93,7 +93,7 @@ def end_to_end(model, X, T) -> tuple[float, float, bool]:
     cold = time.perf_counter() - t0
     passed = bool(report.passed)
     warm = float("inf")
-    for _ in range(5):
+    for _ in range(20):
         t0 = time.perf_counter()
         report = symgrad.check(model, {"x": X}, loss=nn.MSELoss(), target=T, engine="matrix")
         warm = min(warm, time.perf_counter() - t0)
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
                                   "gradcheck s", "speed-up (cold / warm)", "max |Δ| vs autograd"]))
     print("symbolic/evaluation/autograd/compare: symgrad.matrix's pieces, timed on their own (cold: symbolic "
           "includes the tiny-size cross-check). symgrad total: symgrad.check(engine='matrix') wall time, model to "
-          "verdict; cold = first call (every cache cleared, imports warm), warm = best of 5 repeat calls.")
+          "verdict; cold = first call (every cache cleared, imports warm), warm = best of 20 repeat calls.")
     return 0 if all_ok else 1
 
 

@@ -42,6 +42,8 @@ the two extremes only), and ``Reference.note`` says so.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixSymbol, Transpose, ZeroMatrix
@@ -75,6 +77,7 @@ def clear_caches(*, everything: bool = False) -> None:
     _VERIFIED.clear()
     _FORMS.clear()
     _STRUCTURES.clear()
+    _TRACES.clear()
     if everything:
         from sympy.core.cache import clear_cache
 
@@ -322,6 +325,24 @@ def _unverified(vnote: str) -> ClosedFormUnverified:
         + vnote)
 
 
+_TRACES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _traced(model):
+    """``torch.fx.symbolic_trace(model)``, kept while the model's class, forward and modules
+    (their repr and train/eval flags) stay the same: a repeat check skips the trace."""
+    import torch.fx as fx
+
+    sig = (type(model), getattr(type(model).forward, "__code__", None), id(model.__dict__.get("forward")),
+           repr(model), tuple(m.training for m in model.modules()))
+    hit = _TRACES.get(model)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    gm = fx.symbolic_trace(model)
+    _TRACES[model] = (sig, gm)
+    return gm
+
+
 def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[str] | None = None, dtype=None,
                       with_forward: bool = False):
     """One ``Reference`` per parameter / input of ``model`` (default: every parameter and every
@@ -332,11 +353,9 @@ def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[
     cross-check fails (Note [Once-per-architecture cross-check])."""
     import torch
 
-    import torch.fx as fx
-
     from symgrad.matrix.network import loss_spec
 
-    gm = fx.symbolic_trace(model)
+    gm = _traced(model)
     key = _structure_key(model, gm, inputs, loss, target, wrt)
     hit = _STRUCTURES.get(key)
     if hit is not None:  # same architecture, shapes and loss: only the values are new

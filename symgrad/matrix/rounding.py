@@ -198,6 +198,7 @@ class RoundingBound:
         self.K = CONSTANT_REL / self.eps
         self.memo: dict = {}
         self.abs_memo: dict = {}
+        self._quiet = False
 
     def value(self, e):
         return self.ev(e)
@@ -216,8 +217,15 @@ class RoundingBound:
     def __call__(self, e):
         hit = self.memo.get(e)
         if hit is None:
-            with np.errstate(all="ignore"):
+            if self._quiet:
                 hit = self._bound(e)
+            else:  # one errstate for the whole recursion, not one per node
+                self._quiet = True
+                try:
+                    with np.errstate(all="ignore"):
+                        hit = self._bound(e)
+                finally:
+                    self._quiet = False
             self.memo[e] = hit
         return hit
 

@@ -181,8 +181,11 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
                                        warn=engine == "auto")
         if found is not None:
             forward, refs = found
-            with torch.no_grad():
-                out_shape = tuple(torch_fn(*(t.detach() for t in leaves.values())).shape)
+            if forward is not None:  # the loss's shape, without one more torch forward
+                out_shape = tuple(np.shape(forward.value))
+            else:
+                with torch.no_grad():
+                    out_shape = tuple(torch_fn(*(t.detach() for t in leaves.values())).shape)
             via_m = via or default_via(True, v is not None)
             refs = _matrix_for_via(refs, via_m, v, out_shape)
             return _finish(refs, forward, torch_fn, leaves, wrt_names, via_m, v, dtype_name, rtol, atol, title,
