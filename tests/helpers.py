@@ -81,3 +81,20 @@ def time_limit(seconds: float):
 
 def rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def custom(fwd, bwd):
+    """A torch.autograd.Function from a forward ``fwd(*xs)`` and a backward ``bwd(g, *xs)``
+    (the inputs are saved for it): the code under test in seeded-bug cases."""
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            ctx.save_for_backward(*xs)
+            return fwd(*xs)
+
+        @staticmethod
+        def backward(ctx, g):
+            return bwd(g, *ctx.saved_tensors)
+
+    return Fn.apply

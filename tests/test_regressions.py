@@ -9,20 +9,7 @@ import sympy
 import torch
 
 import symgrad as sg
-
-
-def custom(fwd, bwd):
-    class F(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *xs):
-            ctx.save_for_backward(*xs)
-            return fwd(*xs)
-
-        @staticmethod
-        def backward(ctx, g):
-            return bwd(g, *ctx.saved_tensors)
-
-    return F.apply
+from helpers import custom
 
 
 @pytest.mark.parametrize("dtype,xs", [(torch.float64, [-12.0, -9.0, 1.0, 8.0]), (torch.float32, [-6.0, -4.0, 1.0, 8.0])])

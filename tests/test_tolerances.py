@@ -12,21 +12,7 @@ import torch.nn.functional as F
 import symgrad as sg
 from symgrad.compare.kinks import fit
 
-from helpers import time_limit
-
-
-def custom(fwd, bwd):
-    class Fn(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *xs):
-            ctx.save_for_backward(*xs)
-            return fwd(*xs)
-
-        @staticmethod
-        def backward(ctx, g):
-            return bwd(g, *ctx.saved_tensors)
-
-    return Fn.apply
+from helpers import custom, time_limit
 
 
 def _tanh_bwd(factor):

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 import sympy as sp
@@ -56,7 +55,7 @@ from sympy import MatrixSymbol
 
 from symgrad.compare.kinks import MAX_GENERATOR_ENTRIES
 from symgrad.matrix.evaluate import Evaluator, matrix_symbols
-from symgrad.matrix.nodes import Elementwise, scalar_function
+from symgrad.matrix.nodes import Elementwise, one_sided, scalar_function
 
 __all__ = ["KinkAnalysis", "analyse", "MAX_KINK_UNITS", "MAX_KINK_EVALUATIONS", "MAX_KINK_COMBINATIONS",
            "MAX_GENERATOR_ENTRIES"]
@@ -65,22 +64,6 @@ MAX_KINK_UNITS = 256  # kinked units evaluated one by one
 MAX_KINK_EVALUATIONS = 1024  # evaluations of the closed form for the generators, all together
 MAX_KINK_COMBINATIONS = 64  # vertices of a sample whose kinked units lie in several layers
 _NEGLIGIBLE = 1e-10  # a cross term this small, relative to the gradient's size, is left out
-
-
-@lru_cache(maxsize=None)
-def one_sided(name: str, params, point, side: int, order: int = 1) -> float:
-    """``f^(order)`` of row ``name`` at ``point`` from the ``side`` (-1 left, +1 right; 0: at the
-    point itself): the value at ``point`` of the Piecewise branch active just beside it
-    (``sympy.limit`` gets Piecewise one-sided limits wrong)."""
-    x = sp.Symbol("x", real=True)
-    d = scalar_function(name, params, order)(x)
-    p = sp.Rational(point)
-    near = p + side * sp.Rational(1, 10**30)
-    if isinstance(d, sp.Piecewise):
-        for e, c in d.args:
-            if c.xreplace({x: near}) == sp.true:
-                return float(e.xreplace({x: p}))
-    return float(d.xreplace({x: p}))
 
 
 @dataclass(eq=False)

@@ -40,6 +40,7 @@ __all__ = [
     "split_scalar",
     "scale",
     "scalar_function",
+    "one_sided",
     "DERIVATIVE_ALIASES",
 ]
 
@@ -238,3 +239,19 @@ def hpow(A, p):
     if p == 1:
         return A
     return HadamardPower(A, p)
+
+
+@lru_cache(maxsize=None)
+def one_sided(name: str, params, point, side: int, order: int = 1) -> float:
+    """``f^(order)`` of row ``name`` at ``point`` from the ``side`` (-1 left, +1 right; 0: at the
+    point itself): the value at ``point`` of the Piecewise branch active just beside it
+    (``sympy.limit`` gets Piecewise one-sided limits wrong)."""
+    x = sp.Symbol("x", real=True)
+    d = scalar_function(name, params, order)(x)
+    p = sp.Rational(point)
+    near = p + side * sp.Rational(1, 10**30)
+    if isinstance(d, sp.Piecewise):
+        for e, c in d.args:
+            if c.xreplace({x: near}) == sp.true:
+                return float(e.xreplace({x: p}))
+    return float(d.xreplace({x: p}))

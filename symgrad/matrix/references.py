@@ -83,10 +83,10 @@ def clear_caches(*, everything: bool = False) -> None:
 
         import importlib
 
-        _ev, _ex, _nd, _rd, _kk = (importlib.import_module(f"symgrad.matrix.{m}")
-                                   for m in ("evaluate", "explode", "nodes", "rounding", "kinks"))
+        _ev, _ex, _nd, _rd = (importlib.import_module(f"symgrad.matrix.{m}")
+                              for m in ("evaluate", "explode", "nodes", "rounding"))
         for fn in (_ev._numpy_fn, _ev._scalar_fn, _ex.opaque, _ex._opaque_value, _nd.scalar_function,
-                   _rd._error_fn, _rd._one_sided_slope, _rd._generic_partials, _kk.one_sided):
+                   _rd._error_fn, _rd._generic_partials, _nd.one_sided):
             fn.cache_clear()
         clear_cache()
 

@@ -69,7 +69,7 @@ from sympy import (
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.matrix.evaluate import numpy_modules
-from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, scalar_function
+from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, one_sided, scalar_function
 
 __all__ = ["RoundingBound", "NoBound", "KINK_ULPS", "prepare"]
 
@@ -149,20 +149,6 @@ def _error_fn(name, params, order):
     slope = _abs(scalar_function(name, params, order + 1)(x))
     own = _own_rounding(f, {})
     return sp.lambdify((x, _K), [slope, own], [{"sg_abs": np.abs}, *numpy_modules(f, slope, own)])
-
-
-@lru_cache(maxsize=None)
-def _one_sided_slope(name, params, point, side: int, order: int) -> float:
-    """``|f^(order)|`` at ``point`` on the branch active just beside it (``side`` -1 or +1)."""
-    x = sp.Symbol("x", real=True)
-    d = scalar_function(name, params, order)(x)
-    p = sp.nsimplify(point)
-    near = p + side * sp.Rational(1, 10**30)
-    if isinstance(d, sp.Piecewise):
-        for e, c in d.args:
-            if c.xreplace({x: near}) == sp.true:
-                return abs(float(e.xreplace({x: p})))
-    return abs(float(d.xreplace({x: p})))
 
 
 @lru_cache(maxsize=None)
@@ -386,7 +372,7 @@ class RoundingBound:
         for p in _kink_points(e):
             near = np.abs(z - float(p)) <= KINK_ULPS * self.eps * err
             if near.any():
-                side = max(_one_sided_slope(e.args[0], e.args[2], p, s, e.order + 1) for s in (-1, 1))
+                side = max(abs(one_sided(e.args[0], e.args[2], p, s, e.order + 1)) for s in (-1, 1))
                 slope = np.where(near, np.maximum(slope, side), slope)
         return out + slope * err
 
