@@ -23,16 +23,6 @@ derivative at 0 is 0, as ``torch.relu``'s is.  SymPy's own ``Heaviside(0)`` is 1
 stage flags inputs that sit on (or, in float32, within rounding of) a kink and reports both
 one-sided derivatives there instead of calling a subgradient choice a bug; see Note [Kinks at
 evaluation time] in ``symgrad/lower/numpy.py``.
-
-# Note [Engine forms]
-The tolerance of an entry comes from the rounding bound of its closed form (Note [Rounding bound]
-in ``symgrad/lower/codegen.py``), so the closed form should cancel where torch's backward cancels.
-torch's sigmoid' is s (1 - s) from the rounded output s: 0 where s rounds to 1 (x > 17 in
-float32), while the true derivative is 4e-8.  The derivative of 1/(1 + exp(-x)) is
-exp(-x)/(1 + exp(-x))**2, accurate there, and its bound would call torch's 0 a bug.  Written as
-exp(x)/(1 + exp(x)), sigmoid differentiates to s - s**2: the same value, and the same cancellation.
-A row's ``engine_form`` is the form the elementwise engine builds; ``sympy`` stays the form that is
-shown and that the matrix engine uses.
 """
 
 from __future__ import annotations
@@ -60,8 +50,6 @@ class Op:
     torch_kwargs: Callable[..., dict] | None = None
     module: str = ""
     doc: str = ""
-    # the form the elementwise engine builds, where it differs from ``sympy`` (Note [Engine forms])
-    engine_form: Callable[..., sp.Expr] | None = None
 
     def sym(self, x, **params):
         """The SymPy form at ``x`` with the row's default parameters filled in."""
@@ -96,11 +84,6 @@ def _sigmoid(x):
     return 1 / (1 + sp.exp(-x))
 
 
-def _sigmoid_as_torch_differentiates(x):
-    """sigmoid as exp(x)/(1 + exp(x)): the elementwise engine's form (Note [Engine forms])."""
-    return sp.exp(x) / (1 + sp.exp(x))
-
-
 def _gelu_tanh_inner(x):
     return sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3)
 
@@ -112,8 +95,7 @@ _ROWS = [
     Op("sin", lambda x: sp.sin(x), "torch.sin", lambda x: sp.cos(x)),
     Op("cos", lambda x: sp.cos(x), "torch.cos", lambda x: -sp.sin(x)),
     Op("tanh", lambda x: sp.tanh(x), "torch.tanh", lambda x: 1 - sp.tanh(x) ** 2, module="torch.nn.Tanh"),
-    Op("sigmoid", _sigmoid, "torch.sigmoid", lambda x: _sigmoid(x) * (1 - _sigmoid(x)), module="torch.nn.Sigmoid",
-       engine_form=_sigmoid_as_torch_differentiates),
+    Op("sigmoid", _sigmoid, "torch.sigmoid", lambda x: _sigmoid(x) * (1 - _sigmoid(x)), module="torch.nn.Sigmoid"),
     Op(
         "relu",
         lambda x: _pw((x, x > 0), (0, True)),

@@ -74,7 +74,7 @@ def test_bce_with_logits_backward_wrong_for_confident_logits_fails(dtype, zs):
                                       (torch.float64, [25.0, 30.0, 33.0, -30.0, 2.0])])
 def test_torch_sigmoid_passes_where_it_saturates(dtype, xs, via):
     # torch's sigmoid' is s (1 - s) from the rounded s: 0 where s rounds to 1, while the truth is
-    # tiny.  The closed form is written the same way, so its bound sees that cancellation.
+    # tiny.  The closed form is evaluated the same way, so its bound sees that cancellation.
     x = torch.tensor(xs, dtype=dtype)
     if via == "jacrev":
         report = sg.check(torch.sigmoid, {"x": x}, symbolic=lambda x: sg.sigmoid(x), via=via)
@@ -90,11 +90,19 @@ def test_sigmoid_backward_off_by_1e4_fails():
         assert rec.verdict == "FAIL", dtype
 
 
-def test_sigmoid_closed_form_cancels_as_torch_does():
-    # s - s**2, as torch's s (1 - s): Note [Engine forms] in symgrad/ops.py
-    rec = sg.check(lambda x: torch.sigmoid(x).sum(), {"x": torch.tensor([0.5], dtype=torch.float64)},
-                   symbolic=lambda x: sg.sigmoid(x).sum())["x"]
-    assert rec.closed_form.startswith("exp(x[0])/(1 + exp(x[0])) - "), rec.closed_form
+@pytest.mark.parametrize("dtype,z", [(torch.float32, 6.5), (torch.float32, 3.0), (torch.float64, 6.5)])
+def test_sigmoid_backward_off_by_1e3_fails_where_sigmoid_is_steep_but_not_saturated(dtype, z):
+    # logistic terms are evaluated as s (1 - s) (Note [Logistic terms], lower/codegen.py): the
+    # bound keeps torch's cancellation in 1 - s without adding up the errors of exp(z) twice
+    f = custom(lambda x: torch.sigmoid(3 * x).sum(), lambda g, x: g * 3 * torch.sigmoid(3 * x) * (1 - torch.sigmoid(3 * x)) * (1 + 1e-3))
+    x = torch.tensor([z / 3, 0.1], dtype=dtype)
+    assert not sg.check(f, {"x": x}, symbolic=lambda x: sg.sigmoid(3 * x).sum()).passed
+
+
+def test_sigmoid_of_huge_inputs_does_not_overflow():
+    x = torch.tensor([-12000.0, 12000.0, 800.0, -800.0], dtype=torch.float64)
+    report = sg.check(lambda x: torch.sigmoid(x).sum(), {"x": x}, symbolic=lambda x: sg.sigmoid(x).sum())
+    assert report.passed and not report["x"].nonfinite, report.to_text()
 
 
 @pytest.mark.parametrize("factor", [1 + 1e-5, 1 + 1e-6])

@@ -67,8 +67,7 @@ _SLOT = sp.Dummy("slot")
 def _template(name: str, params: tuple):
     """The row's SymPy form at a placeholder, converted to symengine once per (op, params)."""
     row = op(name)
-    kw = {k: sp.sympify(v) for k, v in params}
-    form = row.engine_form(_SLOT, **kw) if row.engine_form is not None else row.sym(_SLOT, **kw)  # Note [Engine forms]
+    form = row.sym(_SLOT, **{k: sp.sympify(v) for k, v in params})
     return to_element(form), to_element(_SLOT)
 
 

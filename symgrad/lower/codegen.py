@@ -57,6 +57,14 @@ def _erf(x):
         return np.vectorize(math.erf, otypes=[np.float64])(x)
 
 
+def _logistic(u):
+    """1/(1 + exp(u)) without overflow on either side (Note [Logistic terms])."""
+    u = np.asarray(u)
+    with np.errstate(over="ignore"):
+        e = np.exp(-np.abs(u))
+    return np.where(u <= 0, 1 / (1 + e), e / (1 + e))
+
+
 def _pw(*pairs):
     """Piecewise from (condition, value) pairs, the last one's condition True (numpy.where)."""
     out = pairs[-1][1]
@@ -82,7 +90,7 @@ FUNCTIONS = {
     "erf": _erf, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
     "ceiling": np.ceil,
 }
-RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
+RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_logistic": _logistic, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
 
 RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}
 BOOLEANS = ("BooleanTrue", "BooleanFalse")
@@ -139,7 +147,9 @@ class _Emitter:
         self.error_lines: list[str] = []
         self.rel_operands: list = []  # (lhs, rhs) of relational k
         self.rel_texts: list[str] = []
-        self.aliases: dict = {}  # cse temporary -> the node it names
+        self.aliases: dict = {}  # cse temporary (or a rewritten node) -> the node it names
+        self.logistic: dict = {}  # u -> (s, 1 - s) symbols (Note [Logistic terms])
+        self.synthetic: dict = {}  # those symbols -> how their error bound is made
 
     # -- values ---------------------------------------------------------------------------------
     def value(self, e) -> str:
@@ -151,12 +161,98 @@ class _Emitter:
             return lit
         if type(e).__name__ == "Symbol":
             raise UnsupportedOp(f"symbol {e} is not an input of the closed form")
+        logistic = self._as_logistic(e)
+        if logistic is not None:  # Note [Logistic terms]
+            var = self.value(logistic)
+            self.names[e] = var
+            self.aliases[e] = logistic
+            return var
         code = self._code(e)
         var = f"_v{len(self.nodes)}"
         self.value_lines.append(f"    {var} = {code}")
         self.nodes.append((e, var))
         self.names[e] = var
         return var
+
+    # -- Note [Logistic terms] --------------------------------------------------------------------
+    # The derivative of s = 1/(1 + exp(u)) comes out of symengine as exp(u)/(1 + exp(u))**2, which
+    # is accurate where s rounds to 1 or 0; torch's sigmoid backward computes s (1 - s) from the
+    # rounded s and is not (x > 17 in float32: torch gives 0, the truth is 4e-8).  Every term
+    # exp(m u) (1 + exp(u))**(-k) is therefore evaluated as (1 - s)**m s**(k - m), with s from a
+    # stable logistic function: the same value, and the bound now sees torch's cancellation in
+    # 1 - s.  It never overflows either, where exp(u) does.
+    def _resolve(self, e):
+        while e in self.aliases:
+            e = self.aliases[e]
+        return e
+
+    def _exp_of(self, e):
+        """``(u, m)`` if ``e`` is exp(u)**m (through cse temporaries), else None."""
+        e = self._resolve(e)
+        m = 1
+        if type(e).__name__ == "Pow" and type(e.args[0]).__name__ != "Exp1" and e.args[1].is_Integer:
+            m, e = int(e.args[1]), self._resolve(e.args[0])
+        if type(e).__name__ == "Pow" and type(e.args[0]).__name__ == "Exp1":
+            return e.args[1], m
+        return None
+
+    def _logistic_base(self, e):
+        """``u`` if ``e`` is 1 + exp(u), else None."""
+        e = self._resolve(e)
+        if type(e).__name__ != "Add" or len(e.args) != 2:
+            return None
+        for one, other in (e.args, e.args[::-1]):
+            if one == 1:
+                found = self._exp_of(other)
+                if found is not None and found[1] == 1:
+                    return found[0]
+        return None
+
+    def _as_logistic(self, e):
+        """``e`` rewritten over the logistic symbols of Note [Logistic terms], or None."""
+        import symengine as se
+
+        kind = type(e).__name__
+        factors = list(e.args) if kind == "Mul" else [e] if kind == "Pow" else []
+        for i, f in enumerate(factors):
+            if type(f).__name__ != "Pow" or not (f.args[1].is_Integer and int(f.args[1]) < 0):
+                continue
+            u = self._logistic_base(f.args[0])
+            if u is None:
+                continue
+            k = -int(f.args[1])
+            m, rest = 0, factors[:i] + factors[i + 1:]
+            for j, g in enumerate(rest):
+                found = self._exp_of(g)
+                if found is not None and found[1] > 0:
+                    ratio = se.expand(found[0] / u) if u != 0 else None
+                    if ratio is not None and ratio.is_Integer and int(ratio) > 0:
+                        m = int(ratio) * found[1]
+                        rest = rest[:j] + rest[j + 1:]
+                        break
+            s, one_minus = self._logistic(u)
+            return se.Mul(*rest, se.Pow(one_minus, m), se.Pow(s, k - m)) if m else se.Mul(*rest, se.Pow(s, k))
+        return None
+
+    def _logistic(self, u):
+        """Symbols standing for s = 1/(1 + exp(u)) and 1 - s, emitted once per u."""
+        import symengine as se
+
+        hit = self.logistic.get(u)
+        if hit is not None:
+            return hit
+        k = len(self.logistic)
+        s, one_minus = se.Symbol(f"_logistic{k}"), se.Symbol(f"_logistic_complement{k}")
+        self.logistic[u] = (s, one_minus)
+        for sym, code, rule in ((s, f"_logistic({self.value(u)})", ("s", u)),
+                                (one_minus, None, ("1-s", s))):
+            var = f"_v{len(self.nodes)}"
+            code = code if code is not None else f"(1 - {self.names[s]})"
+            self.value_lines.append(f"    {var} = {code}")
+            self.nodes.append((sym, var))
+            self.names[sym] = var
+            self.synthetic[sym] = rule
+        return s, one_minus
 
     def alias(self, symbol, e) -> None:
         """A cse temporary names the node ``e``."""
@@ -215,6 +311,8 @@ class _Emitter:
             e = self.aliases[e]
         if e in self.inputs:
             return "0"
+        if e in self.synthetic and e not in self.errors:
+            raise KeyError(f"no error bound yet for {e}")  # pragma: no cover - emitted in order
         hit = self.errors.get(e)
         if hit is not None:
             return hit
@@ -241,6 +339,13 @@ class _Emitter:
     def _error_code(self, e, var: str) -> str:
         import symengine as se
 
+        if e in self.synthetic:
+            rule, arg = self.synthetic[e]
+            if rule == "s":  # s = logistic(u): |s (1 - s)| err(u) + one rounding
+                err = self.error_of(arg)
+                own = f"np.abs({var})"
+                return own if err == "0" else f"(np.abs({var} * (1 - {var}))*{err} + {own})"
+            return f"({self.error_of(arg)} + np.abs({var}))"  # 1 - s: one more rounding, s's error
         kind = type(e).__name__
         args = e.args
         if kind in RELATIONS or kind in BOOLEANS or kind in ("And", "Or", "Not", "Equality", "Unequality"):
