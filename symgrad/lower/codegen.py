@@ -178,9 +178,11 @@ class _Emitter:
     # The derivative of s = 1/(1 + exp(u)) comes out of symengine as exp(u)/(1 + exp(u))**2, which
     # is accurate where s rounds to 1 or 0; torch's sigmoid backward computes s (1 - s) from the
     # rounded s and is not (x > 17 in float32: torch gives 0, the truth is 4e-8).  Every term
-    # exp(m u) (1 + exp(u))**(-k) is therefore evaluated as (1 - s)**m s**(k - m), with s from a
-    # stable logistic function: the same value, and the bound now sees torch's cancellation in
-    # 1 - s.  It never overflows either, where exp(u) does.
+    # exp(m u) (1 + exp(u))**(-k) with k >= 2 is therefore evaluated as (1 - s)**m s**(k - m), and
+    # every (1 + exp(u))**(-k) as s**k, with s from a stable logistic function: the same value, and
+    # the bound now sees torch's cancellation in 1 - s.  It never overflows either, where exp(u)
+    # does.  exp(u)/(1 + exp(u)) (k = 1: softplus', log-sigmoid') stays: torch computes it as
+    # z/(z + 1), accurate where s rounds to 1.
     def _resolve(self, e):
         while e in self.aliases:
             e = self.aliases[e]
@@ -222,7 +224,8 @@ class _Emitter:
                 continue
             k = -int(f.args[1])
             m, rest = 0, factors[:i] + factors[i + 1:]
-            for j, g in enumerate(rest):
+            for j, g in enumerate(rest if k >= 2 else ()):  # exp(u)/(1 + exp(u)) alone is softplus',
+                # which torch computes as z/(z + 1), without the cancellation: left as it is
                 found = self._exp_of(g)
                 if found is not None and found[1] > 0:
                     ratio = se.expand(found[0] / u) if u != 0 else None
