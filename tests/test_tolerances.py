@@ -206,6 +206,30 @@ def test_scaled_backward_with_a_sample_on_the_kink_fails_through_the_module_path
     assert not report["lin.weight"].passed
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("units", [4, 12])
+@pytest.mark.parametrize("at_tie,ok", [(1.0, True), (0.0, True), (0.5, True), (3.0, False)])
+def test_one_sample_on_the_kink_of_many_units(dtype, units, at_tie, ok):
+    # sample 0 sits on min(z, -1/4)'s tie in every unit (2 conditions a unit: beyond every
+    # combination, each is flipped alone); a backward that takes one side in all units is a valid
+    # one-sided derivative although each unit's flip alone gives less than the sum of them all
+    X = torch.tensor([[-1.75], [-1.5], [0.89], [-1.33]], dtype=dtype)
+    W = (torch.arange(1, units + 1, dtype=dtype) / 8).reshape(1, units)
+    b = -0.25 - X[0, 0] * W[0]
+    V = torch.linspace(-2.0, 1.0, units * 2, dtype=dtype).reshape(units, 2)
+    assert ((X @ W + b)[0] == -0.25).all()
+
+    def bwd(g, z):
+        d = torch.where(z < -0.25, 1.0, 0.0).to(z.dtype)
+        return g * torch.where(z == -0.25, torch.full_like(d, at_tie), d)
+
+    clip = custom(lambda z: torch.minimum(z, torch.full_like(z, -0.25)), bwd)
+    report = sg.check(lambda X, W, b, V: ((clip(X @ W + b) @ V - 0.25) ** 2).mean(), {"X": X, "W": W, "b": b, "V": V},
+                      symbolic=lambda X, W, b, V: sg.mean((sg.minimum(X @ W + b, 0 * (X @ W + b) - 0.25) @ V - 0.25) ** 2))
+    assert report.passed == ok, report.to_text()
+    assert report["X"].kinks > 0
+
+
 def test_joint_fit_separates_vertices_from_scaled_vectors():
     x0, x1 = np.array([1.0, 2.0, 0.5]), np.array([1.0, 2.0, 2.0])
     tol = np.full(3, 1e-9)

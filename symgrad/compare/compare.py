@@ -183,6 +183,11 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     if kink.any() and ref.lower is not None and ref.upper is not None:
         lo = np.minimum(np.minimum(ref.lower, ref.upper), e)
         hi = np.maximum(np.maximum(ref.lower, ref.upper), e)
+        if ref.kink_generators is not None:  # choices made independently add up: the band is their sum
+            gens = np.asarray(ref.kink_generators, np.float64).reshape((-1,) + np.shape(ref.kink_generators)[1:2] + e.shape)
+            with np.errstate(invalid="ignore"):
+                lo = np.fmin(lo, e + np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0))
+                hi = np.fmax(hi, e + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0))
         # each edge of the band carries its own relative tolerance (the expected value may be 0),
         # and the rounding of whichever side torch took
         band_tol = allowed + rtol * np.maximum(np.abs(lo), np.abs(hi))
