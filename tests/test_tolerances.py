@@ -99,6 +99,44 @@ def test_sigmoid_backward_off_by_1e3_fails_where_sigmoid_is_steep_but_not_satura
     assert not sg.check(f, {"x": x}, symbolic=lambda x: sg.sigmoid(3 * x).sum()).passed
 
 
+_AFTER_SIGMOID = {
+    "log": (lambda s: torch.log(s), lambda s: sg.log(s)),
+    "pow 2.5": (lambda s: s ** 2.5, lambda s: s ** 2.5),
+    "exp": (lambda s: torch.exp(s), lambda s: sg.exp(s)),
+    "manual BCE": (lambda s: -(torch.log(s) + torch.log(1 - s)), lambda s: -(sg.log(s) + sg.log(1 - s))),
+}
+
+
+@pytest.mark.parametrize("after", sorted(_AFTER_SIGMOID))
+@pytest.mark.parametrize("dtype,xs", [(torch.float32, [8.0, 12.0, 20.0, -8.0, 1.0]), (torch.float64, [30.0, 40.0, -30.0, 1.0])])
+def test_functions_of_a_saturated_sigmoid_pass(after, dtype, xs):
+    # torch's backward multiplies f'(s) by s (1 - s) from the rounded s (Note [Logistic terms])
+    f_torch, f_sym = _AFTER_SIGMOID[after]
+    if after == "manual BCE":  # log(1 - s) is -inf where s rounds to 1
+        xs = [v for v in xs if v <= (12.0 if dtype == torch.float32 else 30.0)]
+    x = torch.tensor(xs, dtype=dtype)
+    report = sg.check(lambda x: f_torch(torch.sigmoid(x)).sum(), {"x": x}, symbolic=lambda x: f_sym(sg.sigmoid(x)).sum())
+    assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("after", sorted(_AFTER_SIGMOID))
+@pytest.mark.parametrize("dtype,factor", [(torch.float32, 1 + 1e-4), (torch.float64, 1 + 1e-6)])
+def test_functions_of_a_sigmoid_with_a_wrong_backward_fail(after, dtype, factor):
+    f_torch, f_sym = _AFTER_SIGMOID[after]
+
+    def bwd(g, x):
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_()
+            (d,) = torch.autograd.grad(f_torch(torch.sigmoid(xx)).sum(), xx)
+        return g * d * torch.where(x == x.max(), factor, 1.0).to(x.dtype)
+
+    f = custom(lambda x: f_torch(torch.sigmoid(x)).sum(), bwd)
+    for xs in ([-3.0, 0.5, 2.5], [-9.0, 0.5, -12.0]):  # the wrong entry near 0, and far on the flat side
+        x = torch.tensor(xs, dtype=dtype)
+        rec = sg.check(f, {"x": x}, symbolic=lambda x: f_sym(sg.sigmoid(x)).sum())["x"]
+        assert rec.verdict == "FAIL" and rec.abs_index == (int(x.argmax()),), rec.message()
+
+
 def test_sigmoid_of_huge_inputs_does_not_overflow():
     x = torch.tensor([-12000.0, 12000.0, 800.0, -800.0], dtype=torch.float64)
     report = sg.check(lambda x: torch.sigmoid(x).sum(), {"x": x}, symbolic=lambda x: sg.sigmoid(x).sum())
@@ -337,3 +375,52 @@ def test_constants_float32_holds_exactly_carry_no_error():
     f = custom(lambda x, y: (x + 0.5 * x * y).sum(), lambda g, x, y: (g * wrong, g * 0.5 * x))
     rec = sg.check(f, {"x": x, "y": y}, symbolic=lambda x, y: (x + 0.5 * x * y).sum())["x"]
     assert rec.verdict == "FAIL" and rec.abs_index == (0,)
+
+
+# -- cancellations made before the closed form existed (Note [Tolerances]) ------------------------
+_CENTRED = {
+    "sum(x - mean(x))": (lambda x, W: (x - x.mean()).sum(), lambda x, W: sg.sum(x - sg.mean(x))),
+    "row sums of y*y - mean": (lambda x, W: (x * x - (x * x).mean(dim=1, keepdim=True)).sum(dim=1),
+                               lambda x, W: sg.sum(x * x - sg.mean(x * x, dim=1, keepdim=True), dim=1)),
+    "centred batch @ W": (lambda x, W: ((x - x.mean(dim=0, keepdim=True)) @ W).sum(),
+                          lambda x, W: sg.sum((x - sg.mean(x, dim=0, keepdim=True)) @ W)),
+    "sum(tanh - mean(tanh))": (lambda x, W: (torch.tanh(x) - torch.tanh(x).mean(dim=1, keepdim=True)).sum(),
+                               lambda x, W: sg.sum(sg.tanh(x) - sg.mean(sg.tanh(x), dim=1, keepdim=True))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CENTRED))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sums_of_centred_tensors_pass(name, dtype):
+    # the algebra cancels them to 0 before any bound exists; torch adds the terms up
+    f_torch, f_sym = _CENTRED[name]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        x = 3 * torch.randn(4, 3, generator=gen, dtype=torch.float64).to(dtype)
+        W = torch.randn(3, 2, generator=gen, dtype=torch.float64).to(dtype)
+        report = sg.check(f_torch, {"x": x, "W": W}, symbolic=f_sym)
+        assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("wrong", ["forgot the mean", "one entry off", "scaled"])
+def test_a_wrong_backward_of_a_centred_sum_fails(dtype, wrong):
+    def bwd(g, x):
+        with torch.enable_grad():  # torch's own derivative: 0 up to rounding
+            xx = x.detach().requires_grad_()
+            (d,) = torch.autograd.grad((xx - xx.mean()).sum(), xx)
+        if wrong == "forgot the mean":
+            d = torch.ones_like(x)
+        elif wrong == "one entry off":
+            d = d.clone()
+            d.view(-1)[5] += 1e-3
+        else:
+            d = (d + 1e-6) * 3
+        return g * d
+
+    f = custom(lambda x: (x - x.mean()).sum(), bwd)
+    x = 3 * torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    rec = sg.check(f, {"x": x}, symbolic=lambda x: sg.sum(x - sg.mean(x)))["x"]
+    assert rec.verdict == "FAIL", rec.message()
+    if wrong == "one entry off":
+        assert rec.abs_index == (1, 2) and rec.mismatched == 1, rec.message()

@@ -95,7 +95,7 @@ def per_sample_references(
             vals += list(v.ravel())
     hp = high_precision()
     low_dtype = np.float32 if dtype_is_float32 else np.float64
-    hi = lower(exprs, args)(vals, dtype=hp, kink_eps=kink_eps)
+    hi = lower(exprs, args, forward=sizes[0])(vals, dtype=hp, kink_eps=kink_eps)
 
     def blocks(values_list, dtype):
         arr = _stack(values_list, n, dtype)

@@ -147,8 +147,10 @@ class _Emitter:
         self.error_lines: list[str] = []
         self.rel_operands: list = []  # (lhs, rhs) of relational k
         self.rel_texts: list[str] = []
-        self.aliases: dict = {}  # cse temporary (or a rewritten node) -> the node it names
+        self.aliases: dict = {}  # cse temporary -> the node it names
+        self.rewritten: dict = {}  # node -> the node it is evaluated as (Note [Logistic terms])
         self.logistic: dict = {}  # u -> (s, 1 - s) symbols (Note [Logistic terms])
+        self.sigmoids: set = set()  # the u of the sigmoids the forward computes
         self.synthetic: dict = {}  # those symbols -> how their error bound is made
 
     # -- values ---------------------------------------------------------------------------------
@@ -165,7 +167,7 @@ class _Emitter:
         if logistic is not None:  # Note [Logistic terms]
             var = self.value(logistic)
             self.names[e] = var
-            self.aliases[e] = logistic
+            self.rewritten[e] = logistic
             return var
         code = self._code(e)
         var = f"_v{len(self.nodes)}"
@@ -178,25 +180,34 @@ class _Emitter:
     # The derivative of s = 1/(1 + exp(u)) comes out of symengine as exp(u)/(1 + exp(u))**2, which
     # is accurate where s rounds to 1 or 0; torch's sigmoid backward computes s (1 - s) from the
     # rounded s and is not (x > 17 in float32: torch gives 0, the truth is 4e-8).  Every term
-    # exp(m u) (1 + exp(u))**(-k) with k >= 2 is therefore evaluated as (1 - s)**m s**(k - m), and
-    # every (1 + exp(u))**(-k) as s**k, with s from a stable logistic function: the same value, and
-    # the bound now sees torch's cancellation in 1 - s.  It never overflows either, where exp(u)
-    # does.  exp(u)/(1 + exp(u)) (k = 1: softplus', log-sigmoid') stays: torch computes it as
-    # z/(z + 1), accurate where s rounds to 1.
+    # exp(m u) (1 + exp(u))**(-k) with k > 1 (s**2.5 gives k = 3.5) is therefore evaluated as
+    # (1 - s)**m s**(k - m), and (1 + exp(u))**(-k) as s**k, with s from a stable logistic
+    # function: the same value, and the bound now sees torch's cancellation in 1 - s.  It never
+    # overflows either, where exp(u) does.  With k = 1, exp(u)/(1 + exp(u)) is softplus' (torch
+    # computes it as z/(z + 1), accurate where s rounds to 1) or the derivative of log(s) (torch:
+    # (1/s) s (1 - s), with the cancellation): it is rewritten only where the forward itself holds
+    # the sigmoid (1 + exp(u))**(-j).  Factors are found through cse temporaries, and an exp(u)
+    # merged into a larger exponent (exp(u + s) from exp(sigmoid(x))) is split off it.
     def _resolve(self, e):
         while e in self.aliases:
             e = self.aliases[e]
         return e
 
-    def _exp_of(self, e):
-        """``(u, m)`` if ``e`` is exp(u)**m (through cse temporaries), else None."""
+    @staticmethod
+    def _is_exp(e) -> bool:
+        return type(e).__name__ == "Pow" and type(e.args[0]).__name__ == "Exp1"
+
+    def _power(self, e):
+        """``(base, exponent)`` of ``e`` through cse temporaries, (x**a)**b folded when b is an integer."""
+        import symengine as se
+
         e = self._resolve(e)
-        m = 1
-        if type(e).__name__ == "Pow" and type(e.args[0]).__name__ != "Exp1" and e.args[1].is_Integer:
-            m, e = int(e.args[1]), self._resolve(e.args[0])
-        if type(e).__name__ == "Pow" and type(e.args[0]).__name__ == "Exp1":
-            return e.args[1], m
-        return None
+        if type(e).__name__ != "Pow" or self._is_exp(e) or not e.args[1].is_Number:
+            return e, se.Integer(1)
+        base, ex = self._resolve(e.args[0]), e.args[1]
+        if type(base).__name__ == "Pow" and not self._is_exp(base) and base.args[1].is_Number and ex.is_Integer:
+            return self._resolve(base.args[0]), base.args[1] * ex
+        return base, ex
 
     def _logistic_base(self, e):
         """``u`` if ``e`` is 1 + exp(u), else None."""
@@ -205,34 +216,83 @@ class _Emitter:
             return None
         for one, other in (e.args, e.args[::-1]):
             if one == 1:
-                found = self._exp_of(other)
-                if found is not None and found[1] == 1:
-                    return found[0]
+                other = self._resolve(other)
+                if self._is_exp(other):
+                    return self._resolve(other.args[1])
         return None
+
+    def _exp_multiple(self, e, u):
+        """``(m, rest)`` if ``e`` is exp(m u + rest) (rest None when there is none), m > 0 an integer."""
+        import symengine as se
+
+        base, ex = self._power(e)
+        if not self._is_exp(base) or not (ex.is_Integer and int(ex) > 0) or u == 0:
+            return None
+        terms = [self._resolve(t) for t in self._flat(base.args[1], "Add")]
+        for i, t in enumerate(terms):
+            ratio = se.expand(t / u)
+            if ratio.is_Integer and int(ratio) > 0:
+                rest = terms[:i] + terms[i + 1:]
+                return int(ratio) * int(ex), (se.exp(se.Add(*rest) * ex) if rest else None)
+        if type(u).__name__ == "Add":  # u = a + b merged into the exponent: exp(m a + m b + rest)
+            for m in range(1, 5):
+                rest = list(terms)
+                for t in se.expand(m * u).args:
+                    if t not in rest:
+                        break
+                    rest.remove(t)
+                else:
+                    return m * int(ex), (se.exp(se.Add(*rest) * ex) if rest else None)
+        return None
+
+    def _flat(self, e, kind: str, depth: int = 4) -> list:
+        """The arguments of the Add or Mul ``e``, through cse temporaries that are themselves one."""
+        e = self._resolve(e)
+        if type(e).__name__ != kind:
+            return [e]
+        out = []
+        for a in e.args:
+            out += self._flat(a, kind, depth - 1) if depth and type(self._resolve(a)).__name__ == kind else [a]
+        return out
+
+    def sigmoid_arguments(self, roots) -> None:
+        """The ``u`` of every (1 + exp(u))**(-j) the forward ``roots`` compute (a sigmoid torch holds)."""
+        seen, stack = set(), list(roots)
+        while stack:
+            e = self._resolve(stack.pop())
+            if e in seen:
+                continue
+            seen.add(e)
+            base, ex = self._power(e)
+            if ex.is_Number and float(ex) < 0:
+                u = self._logistic_base(base)
+                if u is not None:
+                    self.sigmoids.add(u)
+            stack.extend(e.args)
 
     def _as_logistic(self, e):
         """``e`` rewritten over the logistic symbols of Note [Logistic terms], or None."""
         import symengine as se
 
         kind = type(e).__name__
-        factors = list(e.args) if kind == "Mul" else [e] if kind == "Pow" else []
+        factors = self._flat(e, "Mul") if kind == "Mul" else [e] if kind == "Pow" else []
         for i, f in enumerate(factors):
-            if type(f).__name__ != "Pow" or not (f.args[1].is_Integer and int(f.args[1]) < 0):
+            base, ex = self._power(f)
+            if not (ex.is_Number and float(ex) < 0):
                 continue
-            u = self._logistic_base(f.args[0])
+            u = self._logistic_base(base)
             if u is None:
                 continue
-            k = -int(f.args[1])
+            k = -ex
+            if float(k) < 1:
+                continue
             m, rest = 0, factors[:i] + factors[i + 1:]
-            for j, g in enumerate(rest if k >= 2 else ()):  # exp(u)/(1 + exp(u)) alone is softplus',
-                # which torch computes as z/(z + 1), without the cancellation: left as it is
-                found = self._exp_of(g)
-                if found is not None and found[1] > 0:
-                    ratio = se.expand(found[0] / u) if u != 0 else None
-                    if ratio is not None and ratio.is_Integer and int(ratio) > 0:
-                        m = int(ratio) * found[1]
-                        rest = rest[:j] + rest[j + 1:]
-                        break
+            for j, g in enumerate(rest if float(k) > 1 or u in self.sigmoids else ()):  # else softplus'
+                found = self._exp_multiple(g, u)
+                if found is not None:
+                    m = found[0]
+                    rest = rest[:j] + ([found[1]] if found[1] is not None else []) + rest[j + 1:]
+                    break
             s, one_minus = self._logistic(u)
             return se.Mul(*rest, se.Pow(one_minus, m), se.Pow(s, k - m)) if m else se.Mul(*rest, se.Pow(s, k))
         return None
@@ -310,8 +370,8 @@ class _Emitter:
 
     # -- error bounds (Note [Rounding bound]) ------------------------------------------------------
     def error_of(self, e) -> str:
-        while e in self.aliases:
-            e = self.aliases[e]
+        while e in self.aliases or e in self.rewritten:
+            e = self.aliases[e] if e in self.aliases else self.rewritten[e]
         if e in self.inputs:
             return "0"
         if e in self.synthetic and e not in self.errors:
@@ -433,13 +493,16 @@ class _Inline:
         return self.em.value(e)
 
 
-def generate(reps: list, reduced: list, names: dict) -> tuple[str, list[str]]:
+def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[str, list[str]]:
     """The source of ``_lowered(_A, _rel, _with_magnitudes, _K)`` and the relationals' texts.
 
     ``_lowered`` returns ``(values, error bounds or None, gap error bounds or None)``: one value
     and bound per expression of ``reduced``, one gap bound per relational ``_rel(k, ...)``.
+    The first ``forward`` of ``reduced`` are the forward computation (Note [Logistic terms]).
     """
     em = _Emitter(names)
+    em.aliases.update(reps)  # known before any value is written: the forward's sigmoids first
+    em.sigmoid_arguments(reduced[:forward])
     for sym, value in reps:
         em.alias(sym, value)
     results = [em.value(r) for r in reduced]

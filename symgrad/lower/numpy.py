@@ -176,7 +176,7 @@ class Evaluation:
 class Lowered:
     """Numpy evaluation of a fixed list of expressions (see Note [Kinks at evaluation time])."""
 
-    def __init__(self, exprs: list, args: list):
+    def __init__(self, exprs: list, args: list, forward: int = 0):
         import symengine as se
 
         se_args = [to_symengine(a) for a in args]
@@ -188,7 +188,7 @@ class Lowered:
             se_exprs = [e.xreplace(clash) for e in se_exprs]
             names = {clash.get(a, a): n for a, n in names.items()}
         reps, reduced = se.cse(se_exprs) if se_exprs else ([], [])
-        self.source, self._rel_text = generate(reps, reduced, names)
+        self.source, self._rel_text = generate(reps, reduced, names, forward)
         self.relationals = len(self._rel_text)
         namespace = dict(RUNTIME)
         exec(compile(self.source, "<symgrad.lower>", "exec"), namespace)  # noqa: S102 - our own generated code
@@ -273,5 +273,6 @@ class Lowered:
         return out
 
 
-def lower(exprs: list, args: list) -> Lowered:
-    return Lowered(exprs, args)
+def lower(exprs: list, args: list, forward: int = 0) -> Lowered:
+    """``forward``: how many of ``exprs``, first, are the forward computation (the rest derivatives)."""
+    return Lowered(exprs, args, forward)
