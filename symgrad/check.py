@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import numpy as np
 import sympy as sp
 
-from .autograd.run import default_via, quantity_of, run_autograd
+from .autograd.run import default_via, quantity_of, run_autograd, torch_noise
 from .build.tensor import SymTensor, as_symtensor, symbols
 from .compare.compare import compare, compare_all
 from .compare.kinks import stack_generators
@@ -402,61 +402,31 @@ def check(
                         [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
         refs.append(ref)
 
-    records = [compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward", rtol=rtol, atol=atol)]
-    if not records[0].passed:
-        records[0].note = ("the symbolic forward and the torch function disagree: the derivatives below are "
-                           "derivatives of different functions. Fix the symbolic forward first.")
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
     actual = run_autograd(torch_fn, leaves, wrt_names, via, **autograd)
-    records += compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name, quantity=quantity,
-                           rtol=rtol, atol=atol)
+
+    def judge() -> list:
+        forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
+                          rtol=rtol, atol=atol)
+        if not forward.passed:
+            forward.note = ("the symbolic forward and the torch function disagree: the derivatives below are "
+                            "derivatives of different functions. Fix the symbolic forward first.")
+        return [forward] + compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name,
+                                       quantity=quantity, rtol=rtol, atol=atol)
+
+    records = judge()
     if not all(r.passed for r in records):  # Note [Tolerances]: a cancellation torch still computes?
-        moved = _torch_noise(torch_fn, leaves, wrt_names, via, autograd, out_t, {k: actual[k] for k in keys})
+        moved = torch_noise(torch_fn, leaves, wrt_names, via, autograd, out_t, {k: actual[k] for k in keys})
         if moved is not None:
             out_ref.torch_noise = moved["output"]
             for ref, k in zip(refs, keys):
                 ref.torch_noise = moved[k]
-            note = records[0].note
-            records = [compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
-                               rtol=rtol, atol=atol)]
-            records[0].note = note if not records[0].passed else ""
-            records += compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name,
-                                   quantity=quantity, rtol=rtol, atol=atol)
+            records = judge()
     meta = {"dtype": dtype_name, "via": via, "quantity": quantity, "engine": "elementwise"}
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
-
-
-def _torch_noise(torch_fn, leaves: dict, wrt: list, via: str, autograd: dict, out_t, actual: dict, runs: int = 6):
-    """The largest change in torch's output and derivatives when every floating input moves by a few
-    units of roundoff (up to 8, at random; Note [Tolerances]); None when torch cannot be run again."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    base = {"output": out_t.detach().double(), **{k: None if a is None else a.detach().double() for k, a in actual.items()}}
-    moved = {k: torch.zeros_like(t) if t is not None else None for k, t in base.items()}
-    for _ in range(runs):
-        shifted = {}
-        for n, t in leaves.items():
-            t = t.detach()
-            if t.is_floating_point():
-                shift = (torch.rand(t.shape, generator=gen, dtype=torch.float64) * 2 - 1) * 8 * torch.finfo(t.dtype).eps
-                t = t + t * shift.to(t.dtype)
-            shifted[n] = t.clone().requires_grad_(n in wrt)
-        try:
-            with torch.no_grad():
-                got = {"output": torch_fn(*(t.detach() for t in shifted.values()))}
-            got.update(run_autograd(torch_fn, shifted, wrt, via, **autograd))
-        except Exception:  # noqa: BLE001 - the check already has its verdict; this only refines it
-            return None
-        for k, b in base.items():
-            g = got.get(k)
-            if b is None or g is None or tuple(g.shape) != tuple(b.shape):
-                continue
-            moved[k] = torch.maximum(moved[k], (g.detach().double() - b).abs().nan_to_num(0.0))
-    return {k: None if m is None else m.cpu().numpy() for k, m in moved.items()}
 
 
 def _check_options(rtol, atol, backward_calls) -> None:
