@@ -33,8 +33,9 @@ resolve them (``|expected| <= allowed``, off any kink) are allowed ``NOISE_FACTO
 change.  A wrong backward is wrong the same way at the moved inputs and does not move: only noise
 widens this allowance, and only where the closed form is zero, or smaller than its own rounding.
 
-All of it but that last allowance comes from the closed form alone, never from the code under test,
-so it cannot hide a bug in it; and it is per entry: a small entry with a wrong sign fails even beside a large one.
+All of it but that last allowance comes from the closed form alone, never from the code under
+test, so it cannot hide a bug in it; and it is per entry: a small entry with a wrong sign fails
+even beside a large one.
 A reference with no rounding bound is compared on the tensor's scale instead:
 ``rtol * max|expected|`` plus the largest noise.
 
