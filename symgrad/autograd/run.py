@@ -136,7 +136,8 @@ def torch_noise(torch_fn, leaves: dict, wrt: list, via: str, autograd: dict, out
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    base = {"output": out_t.detach().double(), **{k: None if a is None else a.detach().double() for k, a in actual.items()}}
+    base = {k: None if a is None else a.detach().double() for k, a in actual.items()}
+    base["output"] = None if out_t is None else out_t.detach().double()
     moved = {k: torch.zeros_like(t) if t is not None else None for k, t in base.items()}
     for _ in range(runs):
         shifted = {}
