@@ -28,7 +28,7 @@ from .report.report import Report, shorten
 
 __all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
 
-ENGINES = ("auto", "elementwise", "matrix")
+ENGINES = ("auto", "elementwise", "matrix", "graph")
 
 
 def _is_module(fn) -> bool:
@@ -240,6 +240,7 @@ def check(
     backward_calls: int = 1,
     symbols_map: Mapping[str, object] | None = None,
     title: str | None = None,
+    memory_budget: int | None = None,
 ) -> Report:
     """Check torch autograd's derivatives of ``fn`` at ``inputs`` against the closed form.
 
@@ -252,6 +253,10 @@ def check(
     ``wrt``: input names to differentiate (default: those with ``requires_grad``, else all floats).
     ``via``: how autograd runs: see ``symgrad.autograd.VIAS``.  ``v``: cotangent for ``backward(v)``
     and vjp; ``tangents``: a tensor or ``{name: tensor}`` for jvp.
+    ``engine``: ``"auto"``, ``"elementwise"`` (one exact expression per entry), ``"matrix"``
+    (modules with a loss) or ``"graph"`` (the op graph's tensor back end: any size, reverse mode).
+    ``memory_budget``: bytes the exploded back end may use (Note [Memory guard] in
+    ``symgrad/graph/budget.py``); ``"auto"`` goes to the tensor back end beyond it.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -274,6 +279,11 @@ def check(
     dtype = lowest_precision(named.values())
     dtype_name = str(dtype).replace("torch.", "")
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
+    if _tensor_back_end(fn, symbolic, named, wrt_names, via, tangents, engine, memory_budget):
+        from .graph import check_graph
+
+        return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v,
+                           backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
 
     sym_in = symbolic_inputs(named)
     try:
@@ -427,6 +437,31 @@ def check(
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) -> bool:
+    """Whether the check goes to the op graph's tensor back end (Note [Memory guard])."""
+    import sympy
+
+    from .graph.budget import refuse_exploded, too_big_to_explode
+
+    n_in = sum(t.numel() for t in named.values() if t.is_floating_point())
+    n_wrt = sum(named[w].numel() for w in wrt)
+    if engine == "graph":
+        if fn is None or isinstance(symbolic, (sympy.Basic, sympy.MatrixBase, sympy.NDimArray)):
+            raise InputError("engine='graph' traces torch code: pass the torch function (and, as symbolic=, a "
+                             "reference forward in torch ops if you have one), not a SymPy expression")
+        return True
+    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via == "jacfwd"
+    if engine == "elementwise" or forward_mode:
+        refuse_exploded(n_in, n_wrt, 1, False, budget)
+        return False
+    traceable = fn is not None and (symbolic is None or callable(symbolic) and
+                                    not isinstance(symbolic, (sympy.Basic, sympy.MatrixBase, sympy.NDimArray)))
+    if not traceable:
+        refuse_exploded(n_in, n_wrt, 1, False, budget)
+        return False
+    return too_big_to_explode(n_in, n_wrt, 1, False, budget)
 
 
 def _check_options(rtol, atol, backward_calls) -> None:

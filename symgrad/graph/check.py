@@ -43,11 +43,9 @@ def _dtype_name(tensors) -> str:
 
 
 def _leaves(model, inputs: Mapping, wrt):
-    """(name, role, tensor) per traced argument: parameters (ties share one tensor), then inputs."""
-    params = {}
-    if model is not None:
-        for name, p in model.named_parameters(remove_duplicate=False):
-            params[name] = p
+    """(names, tensors, roles, wrt): parameters (a tied weight once: functional_call ties it back),
+    then inputs; integer inputs are data."""
+    params = dict(model.named_parameters()) if model is not None else {}
     names = list(params) + list(inputs)
     tensors = list(params.values()) + list(inputs.values())
     if wrt is None:
@@ -60,13 +58,29 @@ def _leaves(model, inputs: Mapping, wrt):
         for w in chosen:
             if w not in names:
                 raise InputError(f"wrt names {w!r}, which is neither a parameter nor an input; known: {', '.join(names)}")
+            if not tensors[names.index(w)].is_floating_point():
+                raise InputError(f"wrt names {w!r}, an integer tensor: only floating-point tensors have derivatives")
     roles = ["param"] * len(params) + ["input" if t.is_floating_point() else "const" for t in inputs.values()]
     return names, tensors, roles, chosen
 
 
-def check_graph(fn, inputs: Mapping, *, wrt=None, loss=None, target=None, cotangents=3, seed: int = 0,
-                rtol: float | None = None, atol: float | None = None, title: str | None = None) -> Report:
+_JACOBIAN_VIAS = ("functional.jacobian", "jacrev", "jacfwd")
+_VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
+
+
+def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
+                cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
+                atol: float | None = None, title: str | None = None) -> Report:
+    """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
+
+    ``symbolic``: a reference forward in torch ops, traced instead of ``fn`` (autograd still runs
+    ``fn``).  ``via``: how autograd runs (``backward``, ``autograd.grad``, ``functional.vjp``,
+    ``func.vjp``, ``functional.jacobian``, ``jacrev``, ``jacfwd``); ``v``: the cotangent.
+    ``cotangents``: how many random cotangents check a tensor output with no ``v`` (or ``"full"``).
+    """
     import torch
+
+    from ..autograd.run import run_autograd
 
     model = fn if isinstance(fn, torch.nn.Module) else None
     inputs = dict(inputs)
@@ -75,105 +89,131 @@ def check_graph(fn, inputs: Mapping, *, wrt=None, loss=None, target=None, cotang
     dtype = _dtype_name(tensors)
     ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
 
-    def run(*flat):
-        if model is not None:
-            params = dict(zip(names[:n_params], flat[:n_params]))
-            out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False,
-                                             tie_weights=True)
-        else:
-            out = fn(*flat)
-        if loss is not None:
-            out = loss(out, target)
-        return out
+    def runner(forward_fn):
+        def run(*flat):
+            if model is not None and forward_fn is model:
+                params = dict(zip(names[:n_params], flat[:n_params]))
+                out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False)
+            else:
+                out = forward_fn(*flat[n_params:]) if model is not None else forward_fn(*flat)
+            return loss(out, target) if loss is not None else out
 
-    detached = [t.detach() for t in tensors]
-    gm = trace_callable(run, tuple(detached))
-    graph = to_graph(gm, _dedupe(list(zip(names, roles, detached))))
-    if len(graph.outputs) != 1 or not hasattr(graph.outputs[0], "kind"):
+        return run
+
+    torch_fn = runner(fn)
+    gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
+    graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
+    outs = [o for o in graph.outputs if o is not None]
+    if len(outs) != 1 or not hasattr(outs[0], "kind"):
         raise UnsupportedOp("the function must return one floating-point tensor that depends on its inputs "
                             f"(it returned {len(graph.outputs)} values); return the loss, or pass loss=")
-    out_node = graph.outputs[0]
+    out_node = outs[0]
     failed = crosscheck(graph)
     values = forward(graph, ctx)
     out_val = values[out_node]
 
-    # torch autograd, the way training code runs it
-    leaves = [t.detach().clone().requires_grad_(n in wrt_names and t.is_floating_point())
-              for n, t in zip(names, tensors)]
-    with torch.enable_grad():
-        out_t = run(*leaves)
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
+    with torch.enable_grad(), torch.no_grad():
+        out_t = torch_fn(*(t.detach() for t in leaves.values()))
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
     if tuple(out_t.shape) != out_val.shape:
         raise ShapeMismatch(f"torch's output has shape {tuple(out_t.shape)}, the op graph's {out_val.shape}")
-    grad_leaves = [leaves[names.index(n)] for n in wrt_names]
-    seeds, quantity = _cotangents(out_t, cotangents, seed)
-    wrt_nodes = [graph.inputs[_leaf_name(graph, n, names, tensors)] for n in wrt_names]
-    refs, actual = [], {}
-    for k, v in enumerate(seeds):
-        got = torch.autograd.grad(out_t, grad_leaves, v, retain_graph=k + 1 < len(seeds), allow_unused=True)
-        seed_val = Approx(v.detach().double().cpu().numpy())
-        grads = backward(graph, values, {out_node: seed_val}, wrt_nodes, ctx)
-        for n, node, g_t in zip(wrt_names, wrt_nodes, got):
-            label = n if len(seeds) == 1 else f"{n} (cotangent {k + 1})"
-            refs.append(_reference(label, grads[node], tuple(tensors[names.index(n)].shape), failed))
-            actual[label] = g_t
-    forward_ref = Reference("output", out_val.v, "op graph forward", rounding=out_val.e,
-                            verified=not failed)
+    seeds, quantity, how = _plan(out_t, via, v, cotangents, seed)
+    wrt_nodes = {n: graph.inputs.get(n) for n in wrt_names}
+    with torch.enable_grad():
+        actual = _autograd(torch_fn, leaves, wrt_names, how, seeds, v, backward_calls, run_autograd)
+    scale = backward_calls if how == "backward" else 1
+    refs = []
+    for n in wrt_names:
+        shape = tuple(leaves[n].shape)
+        per_seed = []
+        for s in seeds:
+            node = wrt_nodes[n]
+            g = None if node is None else backward(graph, values, {out_node: Approx(s)}, [node], ctx)[node]
+            per_seed.append(g)
+        refs.append(_reference(n, per_seed, shape, tuple(out_t.shape), how, scale, failed))
+    forward_ref = Reference("output", out_val.v, "op graph forward", rounding=out_val.e, verified=not failed)
+    if out_val.b is not None:
+        forward_ref.lower, forward_ref.upper, forward_ref.kink = out_val.v - out_val.b, out_val.v + out_val.b, out_val.b > 0
     records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",
                        rtol=rtol, atol=atol)]
     records += compare_all(refs, actual, dtype, quantity=quantity, rtol=rtol, atol=atol)
-    meta = {"dtype": dtype, "engine": "graph (tensor back end)", "quantity": quantity,
-            "graph": ", ".join(f"{k} {v}" for k, v in graph.counts().items())}
+    meta = {"dtype": dtype, "engine": "graph (tensor back end)", "quantity": quantity, "via": how,
+            "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
     return Report(records, title=title or "symgrad check", meta=meta)
 
 
-def _dedupe(leaves: list) -> list:
-    """Tied parameters (one tensor under two names) become one leaf, named after its first name."""
-    seen: dict = {}
-    out = []
-    for name, role, t in leaves:
-        first = seen.setdefault(id(t), name)
-        out.append((first, role, t))
-    return out
-
-
-def _leaf_name(graph, name, names, tensors) -> str:
-    if name in graph.inputs:
-        return name
-    t = tensors[names.index(name)]
-    for n, other in zip(names, tensors):
-        if other is t and n in graph.inputs:
-            return n
-    raise InputError(f"{name!r} does not reach the output: it has no derivative to check")
-
-
-def _cotangents(out_t, cotangents, seed: int):
+def _plan(out_t, via, v, cotangents, seed: int):
+    """(seeds as float64 arrays, quantity label, how autograd runs)."""
     import torch
 
-    if out_t.numel() == 1 and out_t.dim() == 0:
-        return [torch.ones_like(out_t)], "grad"
-    gen = torch.Generator().manual_seed(seed)
-    if cotangents == "full":
-        eye = torch.eye(out_t.numel(), dtype=out_t.dtype)
-        return [row.reshape(out_t.shape) for row in eye], "jacobian (one vjp per output entry)"
+    if via is not None and via not in _VJP_VIAS + _JACOBIAN_VIAS:
+        raise UnsupportedOp(f"via={via!r}: the tensor back end checks reverse mode (gradients, vector-Jacobian "
+                            "products, Jacobians); use engine='elementwise' for forward mode and Hessians")
+    if via in _JACOBIAN_VIAS or cotangents == "full":
+        m = out_t.numel()
+        eye = np.eye(m).reshape((m,) + tuple(out_t.shape))
+        return list(eye), f"jacobian (one vjp per output entry, {m})", via or "functional.jacobian"
+    if v is not None:
+        vt = torch.as_tensor(v, dtype=out_t.dtype)
+        if tuple(vt.shape) != tuple(out_t.shape):
+            raise ShapeMismatch(f"v has shape {tuple(vt.shape)}, the output has {tuple(out_t.shape)}")
+        return [vt.double().cpu().numpy()], "vjp", via or "backward"
+    if out_t.numel() == 1:
+        if out_t.dim() != 0 and via in ("backward", "autograd.grad", None):
+            return [np.ones(out_t.shape)], "grad", via or "autograd.grad"
+        return [np.ones(out_t.shape)], "grad", via or "backward"
     if not isinstance(cotangents, int) or cotangents < 1:
         raise InputError(f"cotangents must be a positive integer or 'full', not {cotangents!r}")
+    gen = torch.Generator().manual_seed(seed)
     vs = [torch.randn(out_t.shape, generator=gen, dtype=torch.float64).to(out_t.dtype) for _ in range(cotangents)]
-    return vs, f"vjp ({cotangents} random cotangents)"
+    return [t.double().numpy() for t in vs], f"vjp ({cotangents} random cotangents)", "random-vjp"
 
 
-def _reference(label: str, g: Approx | None, shape: tuple, failed: list) -> Reference:
-    if g is None:
-        zero = np.zeros(shape)
-        return Reference(label, zero, "0 (no path from it to the output)", rounding=zero, verified=not failed)
-    v = g.v.reshape(shape)
-    ref = Reference(label, v, "reverse mode over the op graph", rounding=np.asarray(g.e).reshape(shape),
-                    verified=not failed)
+def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd) -> dict:
+    import torch
+
+    if how == "random-vjp":
+        grads = []
+        diff = [leaves[n] for n in wrt]
+        out = torch_fn(*leaves.values())
+        dtype = out.dtype
+        for k, s in enumerate(seeds):
+            got = torch.autograd.grad(out, diff, torch.from_numpy(s).to(dtype), retain_graph=k + 1 < len(seeds),
+                                      allow_unused=True)
+            grads.append(got)
+        return {n: None if any(g[i] is None for g in grads) else torch.stack([g[i] for g in grads])
+                for i, n in enumerate(wrt)}
+    cot = None if how in _JACOBIAN_VIAS else (torch.from_numpy(seeds[0]).to(next(iter(leaves.values())).dtype)
+                                              if v is not None or how in ("functional.vjp", "func.vjp") else None)
+    if v is not None:
+        cot = torch.as_tensor(v).to(cot.dtype)
+    return run_autograd(torch_fn, leaves, wrt, how, cotangent=cot, backward_calls=backward_calls)
+
+
+def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, scale: float, failed: list) -> Reference:
+    """One reference per differentiated tensor: its gradient, or its products stacked (random
+    cotangents: ``(k, *shape)``; a Jacobian: ``(*out_shape, *shape)``)."""
+    def field(g, attr):
+        if g is None:
+            return np.zeros(shape)
+        t = getattr(g, attr)
+        return np.zeros(shape) if t is None else np.broadcast_to(t, g.shape).reshape(shape)
+
+    parts = {a: np.stack([field(g, a) for g in grads]) for a in ("v", "e", "b")}
+    if how in _JACOBIAN_VIAS:
+        full = out_shape + shape
+    elif how == "random-vjp":
+        full = (len(grads),) + shape
+    else:
+        full = shape
+    v, e, b = (scale * parts[a].reshape(full) for a in ("v", "e", "b"))
+    text = "0 (no path from it to the output)" if all(g is None for g in grads) else "reverse mode over the op graph"
+    ref = Reference(name, v, text, rounding=e, verified=not failed)
     if failed:
         ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
                     + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")
-    if g.b is not None:
-        band = np.asarray(g.b).reshape(shape)
-        ref.lower, ref.upper, ref.kink = v - band, v + band, band > 0
+    if np.any(b):
+        ref.lower, ref.upper, ref.kink = v - b, v + b, b > 0
     return ref

@@ -67,11 +67,22 @@ def trace_callable(fn, args: tuple):
     import torch
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    def run(wrapped):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.backends.mkldnn.flags(enabled=False):  # the decomposed RNNs, not oneDNN's kernel
+                return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real")(*args)
+
     try:
-        with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
-            warnings.simplefilter("ignore")  # the decomposed RNNs, not oneDNN's fused kernel
-            return make_fx(torch.func.functionalize(fn, remove="mutations_and_views"),
-                           decomposition_table=decompositions(), tracing_mode="real")(*args)
+        try:
+            return run(torch.func.functionalize(fn, remove="mutations_and_views"))
+        except RuntimeError as err:
+            if "setup_context" not in str(err):
+                raise
+            # an autograd.Function in the old style (forward(ctx, ...)): functorch transforms refuse
+            # it, so trace without functionalization (in-place ops are then read as out-of-place ones,
+            # and the forward row catches any aliasing this misreads)
+            return run(fn)
     except UnsupportedOp:
         raise
     except Exception as err:  # noqa: BLE001 - torch's tracer raises many kinds

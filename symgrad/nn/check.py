@@ -164,8 +164,13 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
     n_params = sum(p.numel() for p in params.values())
 
-    if engine not in ("auto", "elementwise", "matrix"):
-        raise InputError(f"engine must be 'auto', 'elementwise' or 'matrix', not {engine!r}")
+    if engine not in ("auto", "elementwise", "matrix", "graph"):
+        raise InputError(f"engine must be 'auto', 'elementwise', 'matrix' or 'graph', not {engine!r}")
+    if _graph_route(engine, n_params, loss_fn, symbolic, via, tangents, backward_calls):
+        from ..graph import check_graph
+
+        return check_graph(model, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, loss=loss_fn,
+                           target=target, backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
     whole_batch = ""
     if backward_calls != 1 or tangents is not None:
         whole_batch = "backward_calls= and tangents= are checked on the whole batch"
@@ -190,6 +195,11 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
             refs = _matrix_for_via(refs, via_m, v, out_shape)
             return _finish(refs, forward, torch_fn, leaves, wrt_names, via_m, v, dtype_name, rtol, atol, title,
                            {"engine": "matrix"})
+        if engine == "auto" and symbolic is None and _matrix_via_supported(via, v, required=False):
+            from ..graph import check_graph
+
+            return check_graph(model, named, wrt=wrt_names, via=via, v=v, loss=loss_fn, target=target,
+                               rtol=rtol, atol=atol, title=title)
 
     gm = trace(model)
     loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
@@ -212,6 +222,17 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
                            title, meta)
     return _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
                     backend, rtol, atol, title, reason, backward_calls)
+
+
+def _graph_route(engine, n_params, loss_fn, symbolic, via, tangents, backward_calls) -> bool:
+    """The op graph's tensor back end takes a module when asked to, and under ``'auto'`` when the
+    model is past the elementwise engine's size and no loss= hands it to the matrix engine: a loss
+    computed inside ``forward``, or the output's Jacobian / vector-Jacobian products."""
+    if engine == "graph":
+        return True
+    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via == "jacfwd"
+    return (engine == "auto" and n_params > MATRIX_THRESHOLD and loss_fn is None and not forward_mode
+            and backward_calls == 1 and (symbolic is None or callable(symbolic)))
 
 
 def _attach_matrix_forms(refs, model, named, loss, target, wrt, dtype) -> None:
@@ -315,8 +336,8 @@ def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool
             detail = str(err).splitlines()[1] if len(str(err).splitlines()) > 1 else ""
             warnings.warn("symgrad: the matrix engine's closed form for this model disagrees with the exact elementwise "
                           "derivative in its cross-check, an internal symgrad bug (please report it with the model); "
-                          "falling back to the elementwise engine, whose cost grows with the number of parameters"
-                          + (f" ({detail})" if detail else ""), stacklevel=4)
+                          "falling back to the op graph's tensor back end" + (f" ({detail})" if detail else ""),
+                          stacklevel=4)
         return None
     except (UnsupportedOp, NotImplementedError) as err:
         if required:
@@ -324,8 +345,7 @@ def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool
             raise UnsupportedOp(f"the matrix engine cannot handle this model: {err}{hint}") from err
         if warn:
             warnings.warn(f"symgrad: the matrix engine cannot handle this model ({err}); falling back to the "
-                          "elementwise engine, whose cost grows with the number of parameters (minutes for "
-                          "thousands of them)", stacklevel=4)
+                          "op graph's tensor back end", stacklevel=4)
         return None
 
 
