@@ -38,25 +38,42 @@ def summation_factor(n: int) -> float:
 
 
 class Approx:
-    """A value, its rounding bound (units of eps) and its kink band (absolute); see the Note."""
+    """A value, its rounding bound (units of eps) and its kink band (absolute, one-sided: the value
+    may lie anywhere in ``[v - lo, v + hi]``); see the Note."""
 
-    __slots__ = ("v", "e", "b")
+    __slots__ = ("v", "e", "lo", "hi")
 
-    def __init__(self, v, e=None, b=None):
+    def __init__(self, v, e=None, lo=None, hi=None):
         self.v = np.asarray(v, dtype=np.float64)
         self.e = np.zeros(self.v.shape) if e is None else np.broadcast_to(np.asarray(e, np.float64), self.v.shape)
-        self.b = None if b is None or not np.any(b) else np.broadcast_to(np.asarray(b, np.float64), self.v.shape)
+        if (lo is None or not np.any(lo)) and (hi is None or not np.any(hi)):
+            self.lo = self.hi = None
+        else:
+            zero = np.zeros(self.v.shape)
+            self.lo = zero if lo is None else np.broadcast_to(np.asarray(lo, np.float64), self.v.shape)
+            self.hi = zero if hi is None else np.broadcast_to(np.asarray(hi, np.float64), self.v.shape)
 
     @property
     def shape(self) -> tuple:
         return self.v.shape
 
+    @property
+    def banded(self) -> bool:
+        return self.lo is not None
+
     def band(self) -> np.ndarray:
-        return np.zeros(self.v.shape) if self.b is None else self.b
+        """The band's whole width (either side)."""
+        return np.zeros(self.v.shape) if self.lo is None else self.lo + self.hi
+
+    def sides(self) -> tuple:
+        zero = np.zeros(self.v.shape)
+        return (zero, zero) if self.lo is None else (self.lo, self.hi)
 
     def map(self, fn) -> "Approx":
         """A layout change (reshape, permute, expand, index) applied to value, error and band."""
-        return Approx(fn(self.v), fn(self.e), None if self.b is None else fn(self.b))
+        if self.lo is None:
+            return Approx(fn(self.v), fn(self.e))
+        return Approx(fn(self.v), fn(self.e), fn(self.lo), fn(self.hi))
 
     def __repr__(self) -> str:
         return f"Approx(shape={self.shape}, max|v|={np.max(np.abs(self.v), initial=0):.3g})"
@@ -66,30 +83,32 @@ def exact(v) -> Approx:
     return Approx(v)
 
 
-def _bsum(*parts):
-    present = [p for p in parts if p is not None]
-    if not present:
-        return None
-    out = present[0]
-    for p in present[1:]:
-        out = out + p
-    return out
+def signed_band(slope, lo, hi) -> tuple:
+    """The band of ``slope * a`` from ``a``'s band ``[a - lo, a + hi]`` (a negative slope swaps sides)."""
+    pos, neg = np.maximum(slope, 0.0), np.maximum(-slope, 0.0)
+    return pos * lo + neg * hi, pos * hi + neg * lo
 
 
 def add(a: Approx, c: Approx, sign: float = 1.0) -> Approx:
-    """``a + sign*c``: one rounding, on the size of the terms (so cancellation keeps their error)."""
+    """``a + sign*c``: one rounding, on the size of the result (the terms' errors carry their size)."""
     v = a.v + sign * c.v
-    return Approx(v, a.e + c.e + np.abs(v), _bsum(a.b, c.b))
+    if not (a.banded or c.banded):
+        return Approx(v, a.e + c.e + np.abs(v))
+    (al, ah), (cl, ch) = a.sides(), c.sides()
+    lo, hi = (al + cl, ah + ch) if sign > 0 else (al + ch, ah + cl)
+    return Approx(v, a.e + c.e + np.abs(v), lo, hi)
 
 
 def mul(a: Approx, c: Approx) -> Approx:
     v = a.v * c.v
     e = np.abs(a.v) * c.e + a.e * np.abs(c.v) + np.abs(v)
-    b = None
-    if a.b is not None or c.b is not None:
-        ab, cb = a.band(), c.band()
-        b = np.abs(a.v) * cb + ab * np.abs(c.v) + ab * cb
-    return Approx(v, e, b)
+    if not (a.banded or c.banded):
+        return Approx(v, e)
+    (al, ah), (cl, ch) = a.sides(), c.sides()
+    lo1, hi1 = signed_band(c.v, al, ah)
+    lo2, hi2 = signed_band(a.v, cl, ch)
+    cross = (al + ah) * (cl + ch)  # both move: bounded on either side
+    return Approx(v, e, lo1 + lo2 + cross, hi1 + hi2 + cross)
 
 
 def scale(a: Approx, k: float, exact_scale: bool | None = None) -> Approx:
@@ -99,7 +118,10 @@ def scale(a: Approx, k: float, exact_scale: bool | None = None) -> Approx:
         m, _ = math.frexp(abs(k)) if k else (0.5, 0)
         exact_scale = m == 0.5
     e = abs(k) * a.e + (0.0 if exact_scale else np.abs(v))
-    return Approx(v, e, None if a.b is None else abs(k) * a.b)
+    if not a.banded:
+        return Approx(v, e)
+    lo, hi = signed_band(np.float64(k), a.lo, a.hi)
+    return Approx(v, e, lo, hi)
 
 
 def abs_einsum(spec: str, *arrays):
@@ -123,13 +145,27 @@ def einsum(spec: str, *ops: Approx) -> Approx:
     for i, o in enumerate(ops):
         if np.any(o.e):
             e = e + abs_einsum(spec, *(o.e if j == i else absv[j] for j in range(len(ops))))
-    b = None
-    if any(o.b is not None for o in ops):
-        b = np.zeros(v.shape)
-        for i, o in enumerate(ops):
-            if o.b is not None:
-                b = b + abs_einsum(spec, *(o.b if j == i else absv[j] + ops[j].band() for j in range(len(ops))))
-    return Approx(v, e, b)
+    if not any(o.banded for o in ops):
+        return Approx(v, e)
+    lo, hi = np.zeros(v.shape), np.zeros(v.shape)
+    for i, o in enumerate(ops):
+        if not o.banded:
+            continue
+        if len(ops) == 1:
+            lo, hi = lo + np.einsum(spec, o.lo), hi + np.einsum(spec, o.hi)
+            continue
+        # the other operands' signs decide which side a band lands on; a second banded operand
+        # moves with it, bounded on both sides by the absolute products
+        others = [ops[j] for j in range(len(ops)) if j != i]
+        if len(others) == 1 and not others[0].banded:
+            pos, neg = np.maximum(others[0].v, 0.0), np.maximum(-others[0].v, 0.0)
+            pair = (lambda x, y: (x, y)) if i == 0 else (lambda x, y: (y, x))
+            lo = lo + np.einsum(spec, *pair(o.lo, pos), optimize=True) + np.einsum(spec, *pair(o.hi, neg), optimize=True)
+            hi = hi + np.einsum(spec, *pair(o.hi, pos), optimize=True) + np.einsum(spec, *pair(o.lo, neg), optimize=True)
+        else:
+            width = abs_einsum(spec, *((o.band() if j == i else absv[j] + ops[j].band()) for j in range(len(ops))))
+            lo, hi = lo + width, hi + width
+    return Approx(v, e, lo, hi)
 
 
 def reduce_sum(a: Approx, axes: tuple, keepdims: bool = False) -> Approx:
@@ -142,8 +178,9 @@ def reduce_sum(a: Approx, axes: tuple, keepdims: bool = False) -> Approx:
     f = summation_factor(n)
     if f:
         e = e + f * np.abs(a.v).sum(axis=axes, keepdims=keepdims)
-    b = None if a.b is None else a.b.sum(axis=axes, keepdims=keepdims)
-    return Approx(v, e, b)
+    if not a.banded:
+        return Approx(v, e)
+    return Approx(v, e, a.lo.sum(axis=axes, keepdims=keepdims), a.hi.sum(axis=axes, keepdims=keepdims))
 
 
 def unbroadcast(a: Approx, shape: tuple) -> Approx:

@@ -134,8 +134,9 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
             per_seed.append(g)
         refs.append(_reference(n, per_seed, shape, tuple(out_t.shape), how, scale, failed))
     forward_ref = Reference("output", out_val.v, "op graph forward", rounding=out_val.e, verified=not failed)
-    if out_val.b is not None:
-        forward_ref.lower, forward_ref.upper, forward_ref.kink = out_val.v - out_val.b, out_val.v + out_val.b, out_val.b > 0
+    if out_val.banded:
+        forward_ref.lower, forward_ref.upper = out_val.v - out_val.lo, out_val.v + out_val.hi
+        forward_ref.kink = out_val.band() > 0
     records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",
                        rtol=rtol, atol=atol)]
     records += compare_all(refs, actual, dtype, quantity=quantity, rtol=rtol, atol=atol)
@@ -201,19 +202,19 @@ def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str,
         t = getattr(g, attr)
         return np.zeros(shape) if t is None else np.broadcast_to(t, g.shape).reshape(shape)
 
-    parts = {a: np.stack([field(g, a) for g in grads]) for a in ("v", "e", "b")}
+    parts = {a: np.stack([field(g, a) for g in grads]) for a in ("v", "e", "lo", "hi")}
     if how in _JACOBIAN_VIAS:
         full = out_shape + shape
     elif how == "random-vjp":
         full = (len(grads),) + shape
     else:
         full = shape
-    v, e, b = (scale * parts[a].reshape(full) for a in ("v", "e", "b"))
+    v, e, lo, hi = (scale * parts[a].reshape(full) for a in ("v", "e", "lo", "hi"))
     text = "0 (no path from it to the output)" if all(g is None for g in grads) else "reverse mode over the op graph"
     ref = Reference(name, v, text, rounding=e, verified=not failed)
     if failed:
         ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
                     + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")
-    if np.any(b):
-        ref.lower, ref.upper, ref.kink = v - b, v + b, b > 0
+    if np.any(lo) or np.any(hi):
+        ref.lower, ref.upper, ref.kink = v - lo, v + hi, (lo + hi) > 0
     return ref

@@ -83,8 +83,10 @@ def _select(node: Node, args: list) -> Approx:
     def take(field, fill=0.0):
         return np.where(pick, _flat(args, field)[where], fill).reshape(node.shape)
 
-    has_band = any(a.b is not None for a in args)
-    return Approx(take("v", node.attrs.get("fill", 0.0)), take("e"), take("b") if has_band else None)
+    value = take("v", node.attrs.get("fill", 0.0))
+    if not any(a.banded for a in args):
+        return Approx(value, take("e"))
+    return Approx(value, take("e"), take("lo"), take("hi"))
 
 
 def _reduce(node: Node, a: Approx, ctx: Ctx) -> Approx:
@@ -180,14 +182,12 @@ def _vjp_select(node: Node, args: list, g: Approx) -> list:
     f = summation_factor(mult)
     if f:
         e = e + f * scatter(np.abs(g.v))
-    b = scatter(g.b) if g.b is not None else None
+    lo, hi = (scatter(g.lo), scatter(g.hi)) if g.banded else (None, None)
     grads, start = [], 0
     for a in args:
-        stop = start + a.v.size
-        part = slice(start, stop)
-        grads.append(Approx(v[part].reshape(a.shape), e[part].reshape(a.shape),
-                            None if b is None else b[part].reshape(a.shape)))
-        start = stop
+        part = slice(start, start + a.v.size)
+        start += a.v.size
+        grads.append(Approx(*(None if t is None else t[part].reshape(a.shape) for t in (v, e, lo, hi))))
     return grads
 
 
@@ -208,5 +208,10 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx) -> Approx:
     tied = np.sum(near, axis=axes, keepdims=True) > 1
     v = gk.v * weight
     e = gk.e * weight + np.where(count > 1, np.abs(v), 0.0)
-    band = np.where(near & tied, np.abs(gk.v) + gk.band(), gk.band() * weight)
-    return Approx(v, e, band)
+    # at a tie each tied entry may receive anything from none of the cotangent to all of it
+    g_lo, g_hi = gk.sides()
+    lo_end, hi_end = np.minimum(0.0, gk.v - g_lo), np.maximum(0.0, gk.v + g_hi)
+    tie = near & tied
+    lo = np.where(tie, v - lo_end, g_lo * weight)
+    hi = np.where(tie, hi_end - v, g_hi * weight)
+    return Approx(v, e, lo, hi)

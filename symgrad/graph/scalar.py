@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .approx import Approx, add, mul
+from .approx import Approx, add, mul, signed_band
 
 __all__ = ["Ctx", "evaluate", "FUNCTIONS", "constant_error"]
 
@@ -162,8 +162,10 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         v = np.arctan2(y.v, x.v)
         r2 = x.v**2 + y.v**2
         e = (np.abs(x.v) * y.e + np.abs(y.v) * x.e) / r2 + TRANSCENDENTAL_ULPS * np.abs(v)
-        b = None if x.b is None and y.b is None else (np.abs(x.v) * y.band() + np.abs(y.v) * x.band()) / r2
-        return Approx(v, e, b)
+        if not (x.banded or y.banded):
+            return Approx(v, e)
+        width = (np.abs(x.v) * y.band() + np.abs(y.v) * x.band()) / r2
+        return Approx(v, e, width, width)
     fn = FUNCTIONS.get(expr.func)
     if fn is not None and len(expr.args) == 1:
         return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo))
@@ -174,9 +176,16 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
 
 def _apply(fn, dfn, a: Approx) -> Approx:
     v = np.asarray(fn(a.v), np.float64)
-    slope = np.abs(np.asarray(dfn(a.v), np.float64))
-    e = slope * a.e + TRANSCENDENTAL_ULPS * np.abs(v)
-    return Approx(v, e, None if a.b is None else slope * a.b)
+    slope = np.asarray(dfn(a.v), np.float64)
+    e = np.abs(slope) * a.e + TRANSCENDENTAL_ULPS * np.abs(v)
+    return _with_band(v, e, slope, a)
+
+
+def _with_band(v, e, slope, a: Approx) -> Approx:
+    """A smooth function of ``a``: its band carried through the (signed) slope, to first order."""
+    if not a.banded:
+        return Approx(v, e)
+    return Approx(v, e, *signed_band(np.where(np.isfinite(slope), slope, 0.0), a.lo, a.hi))
 
 
 def _pow(expr, env, ctx, memo) -> Approx:
@@ -185,25 +194,27 @@ def _pow(expr, env, ctx, memo) -> Approx:
     if exp.is_Integer:
         k = int(exp)
         v = b.v**k if k >= 0 else 1.0 / b.v ** (-k)
-        slope = np.abs(k * b.v ** (k - 1)) if k != 0 else np.zeros(b.shape)
+        slope = k * b.v ** (k - 1) if k != 0 else np.zeros(b.shape)
         roundings = 0 if k in (0, 1) else max(1, math.ceil(math.log2(abs(k)))) + (1 if k < 0 else 0)
         if k == -1:
             roundings = 1
-        return Approx(v, slope * b.e + roundings * np.abs(v), None if b.b is None else slope * b.b)
+        return _with_band(v, np.abs(slope) * b.e + roundings * np.abs(v), slope, b)
     if exp.is_Number:
         k = float(exp)
         v = b.v**k
-        slope = np.abs(k * b.v ** (k - 1))
+        slope = k * b.v ** (k - 1)
         ulps = 1.0 if k in (0.5, -0.5) else TRANSCENDENTAL_ULPS  # sqrt/rsqrt round once (correctly rounded)
-        e = slope * b.e + (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
-        return Approx(v, e, None if b.b is None else slope * b.b)
+        e = np.abs(slope) * b.e + (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
+        return _with_band(v, e, slope, b)
     x = _eval(exp, env, ctx, memo)  # b ** x = exp(x log b)
     v = b.v**x.v
     d_b = np.abs(x.v * b.v ** (x.v - 1))
     d_x = np.abs(v * np.log(np.where(b.v > 0, b.v, 1.0)))
     e = d_b * b.e + d_x * x.e + TRANSCENDENTAL_ULPS * np.abs(v)
-    band = None if b.b is None and x.b is None else d_b * b.band() + d_x * x.band()
-    return Approx(v, e, band)
+    if not (b.banded or x.banded):
+        return Approx(v, e)
+    width = d_b * b.band() + d_x * x.band()
+    return Approx(v, e, width, width)
 
 
 def _as_piecewise(expr):
@@ -274,9 +285,13 @@ def _piecewise(expr, env, ctx, memo) -> Approx:
         picks.append(possible)
         taken |= now
         settled |= np.broadcast_to(t, shape) & ~np.broadcast_to(u, shape)
-    band = np.zeros(shape)
+    lo, hi = np.zeros(shape), np.zeros(shape)
     for val, possible in zip(values, picks):
-        other = np.where(possible, np.abs(val.v - v) + val.band(), 0.0)
-        band = np.maximum(band, np.where(np.isfinite(other), other, 0.0))
+        val_lo, val_hi = val.sides()
+        with np.errstate(invalid="ignore"):
+            below = np.where(possible, v - (val.v - val_lo), 0.0)  # how far under the taken value it may go
+            above = np.where(possible, (val.v + val_hi) - v, 0.0)
+        lo = np.maximum(lo, np.where(np.isfinite(below), below, 0.0))
+        hi = np.maximum(hi, np.where(np.isfinite(above), above, 0.0))
         e = np.where(possible, np.maximum(e, np.where(np.isfinite(val.e), val.e, 0.0)), e)
-    return Approx(v, e, band)
+    return Approx(v, e, lo, hi)
