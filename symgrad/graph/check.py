@@ -14,17 +14,18 @@ whole Jacobian, one product per output entry.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from ..compare.compare import compare, compare_all
-from ..errors import InputError, ShapeMismatch, UnsupportedOp
+from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
 from .crosscheck import crosscheck
-from .engine import backward, forward
+from .engine import backward, forward, tangent
 from .interpret import to_graph
 from .scalar import Ctx
 from .trace import trace_callable
@@ -68,19 +69,19 @@ _JACOBIAN_VIAS = ("functional.jacobian", "jacrev", "jacfwd")
 _VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 
 
-def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
-                cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
+def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
+                target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
                 atol: float | None = None, title: str | None = None) -> Report:
     """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
 
     ``symbolic``: a reference forward in torch ops, traced instead of ``fn`` (autograd still runs
     ``fn``).  ``via``: how autograd runs (``backward``, ``autograd.grad``, ``functional.vjp``,
     ``func.vjp``, ``functional.jacobian``, ``jacrev``, ``jacfwd``); ``v``: the cotangent.
-    ``cotangents``: how many random cotangents check a tensor output with no ``v`` (or ``"full"``).
+    ``tangents``: ``{name: tensor}`` for a Jacobian-vector product (forward mode).
+    ``cotangents``: how many random cotangents (and as many random tangents) check a tensor output
+    with no ``v`` (or ``"full"``: the whole Jacobian).
     """
     import torch
-
-    from ..autograd.run import run_autograd
 
     model = fn if isinstance(fn, torch.nn.Module) else None
     inputs = dict(inputs)
@@ -113,36 +114,122 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     out_val = values[out_node]
 
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
-    with torch.enable_grad(), torch.no_grad():
+    with torch.no_grad():
         out_t = torch_fn(*(t.detach() for t in leaves.values()))
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
     if tuple(out_t.shape) != out_val.shape:
         raise ShapeMismatch(f"torch's output has shape {tuple(out_t.shape)}, the op graph's {out_val.shape}")
-    seeds, quantity, how = _plan(out_t, via, v, cotangents, seed)
-    wrt_nodes = {n: graph.inputs.get(n) for n in wrt_names}
-    with torch.enable_grad():
-        actual = _autograd(torch_fn, leaves, wrt_names, how, seeds, v, backward_calls, run_autograd)
-    scale = backward_calls if how == "backward" else 1
-    refs = []
-    for n in wrt_names:
-        shape = tuple(leaves[n].shape)
-        per_seed = []
-        for s in seeds:
-            node = wrt_nodes[n]
-            g = None if node is None else backward(graph, values, {out_node: Approx(s)}, [node], ctx)[node]
-            per_seed.append(g)
-        refs.append(_reference(n, per_seed, shape, tuple(out_t.shape), how, scale, failed))
-    forward_ref = Reference("output", out_val.v, "op graph forward", rounding=out_val.e, verified=not failed)
-    if out_val.banded:
-        forward_ref.lower, forward_ref.upper = out_val.v - out_val.lo, out_val.v + out_val.hi
-        forward_ref.kink = out_val.band() > 0
+    forward_ref = _approx_reference("output", out_val, "op graph forward", failed)
     records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",
                        rtol=rtol, atol=atol)]
-    records += compare_all(refs, actual, dtype, quantity=quantity, rtol=rtol, atol=atol)
-    meta = {"dtype": dtype, "engine": "graph (tensor back end)", "quantity": quantity, "via": how,
+    state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
+    meta = {"dtype": dtype, "engine": "graph (tensor back end)",
             "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
+    if tangents is not None or via in ("functional.jvp", "func.jvp"):
+        if tangents is None:
+            raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents= (one per input in wrt)")
+        records += _jvp_records(state, [_tangent_dict(tangents, leaves, wrt_names)], via or "func.jvp")
+        meta["quantity"], meta["via"] = "jvp", via or "func.jvp"
+    else:
+        seeds, quantity, how = _plan(out_t, via, v, cotangents, seed)
+        records += _vjp_records(state, seeds, how, v, backward_calls, tuple(out_t.shape))
+        meta["quantity"], meta["via"] = quantity, how
+        if how == "random-vjp":  # forward mode too: the exact counterpart of gradcheck's fast mode
+            gen = torch.Generator().manual_seed(seed + 1)
+            dirs = [{n: torch.randn(leaves[n].shape, generator=gen, dtype=torch.float64).to(leaves[n].dtype)
+                     for n in wrt_names} for _ in range(cotangents)]
+            try:
+                records += _jvp_records(state, dirs, "func.jvp")
+                meta["quantity"] += f" and jvp ({cotangents} random tangents)"
+            except AutogradFailed as err:
+                meta["jvp"] = f"not checked: {str(err)[:160]}"
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+@dataclass
+class _State:
+    graph: object
+    values: dict
+    out: object
+    ctx: Ctx
+    failed: list
+    torch_fn: object
+    leaves: dict
+    wrt: list
+    dtype: str
+    rtol: float | None
+    atol: float | None
+
+
+def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
+    import torch
+
+    from ..autograd.run import run_autograd
+
+    with torch.enable_grad():
+        actual = _autograd(st.torch_fn, st.leaves, st.wrt, how, seeds, v, backward_calls, run_autograd)
+    nodes = [st.graph.inputs.get(n) for n in st.wrt]
+    live = [n for n in nodes if n is not None]
+    per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
+    scale = backward_calls if how == "backward" else 1
+    refs = [_reference(n, [None if node is None else g[node] for g in per_seed], tuple(st.leaves[n].shape),
+                       out_shape, how, scale, st.failed) for n, node in zip(st.wrt, nodes)]
+    quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
+    return compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
+
+
+def _jvp_records(st: _State, directions: list, via: str) -> list:
+    """One record of the output's tangents, stacked over ``directions`` ({name: tangent tensor})."""
+    import torch
+
+    from ..autograd.run import run_autograd
+
+    got, ours = [], []
+    for d in directions:
+        with torch.enable_grad():
+            try:
+                actual = run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d)
+            except AutogradFailed:
+                if via != "func.jvp":
+                    raise
+                actual = run_autograd(st.torch_fn, st.leaves, st.wrt, "functional.jvp", tangents=d)
+        got.append(actual["jvp"])
+        seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy())
+                 for n in st.wrt if n in st.graph.inputs}
+        t = tangent(st.graph, st.values, seeds, st.out, st.ctx)
+        ours.append(t if t is not None else Approx(np.zeros(st.values[st.out].shape)))
+    stacked = Approx(np.stack([t.v for t in ours]), np.stack([np.broadcast_to(t.e, t.shape) for t in ours]),
+                     np.stack([t.sides()[0] for t in ours]), np.stack([t.sides()[1] for t in ours]))
+    ref = _approx_reference("jvp", stacked if len(ours) > 1 else ours[0], "forward mode over the op graph",
+                            st.failed)
+    value = torch.stack(got) if len(got) > 1 else got[0]
+    return compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
+
+
+def _tangent_dict(tangents, leaves, wrt) -> dict:
+    import torch
+
+    if isinstance(tangents, torch.Tensor):
+        if len(wrt) != 1:
+            raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
+        tangents = {wrt[0]: tangents}
+    if not isinstance(tangents, Mapping) or set(tangents) != set(wrt):
+        raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
+    out = {}
+    for n in wrt:
+        t = torch.as_tensor(tangents[n], dtype=leaves[n].dtype)
+        if tuple(t.shape) != tuple(leaves[n].shape):
+            raise ShapeMismatch(f"tangent for {n!r} has shape {tuple(t.shape)}, the input has {tuple(leaves[n].shape)}")
+        out[n] = t
+    return out
+
+
+def _approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:
+    ref = Reference(name, a.v, text, rounding=np.broadcast_to(a.e, a.shape), verified=not failed)
+    if a.banded:
+        ref.lower, ref.upper, ref.kink = a.v - a.lo, a.v + a.hi, a.band() > 0
+    return ref
 
 
 def _plan(out_t, via, v, cotangents, seed: int):

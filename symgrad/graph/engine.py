@@ -13,10 +13,11 @@ import numpy as np
 from .approx import Approx, add
 from .ir import Graph
 from .rules import forward as forward_rule
+from .rules import jvp as jvp_rule
 from .rules import vjp as vjp_rule
 from .scalar import Ctx
 
-__all__ = ["forward", "backward"]
+__all__ = ["forward", "backward", "tangent"]
 
 
 def forward(graph: Graph, ctx: Ctx) -> dict:
@@ -62,3 +63,17 @@ def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx) -> di
         if node not in seeds:
             del grads[node]  # free memory as the sweep goes
     return {leaf: grads.get(leaf) for leaf in wrt}
+
+
+def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
+    """Forward mode: ``tangents`` maps leaf nodes to their tangents; returns the output's tangent."""
+    known = dict(tangents)
+    for node in graph.nodes:
+        if node.kind == "leaf" or node in known:
+            continue
+        ts = [known.get(a) for a in node.args]
+        if any(t is not None for t in ts):
+            t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
+            if t is not None:
+                known[node] = t
+    return known.get(out)

@@ -17,11 +17,11 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .approx import Approx, einsum, mul, reduce_sum, summation_factor, unbroadcast
+from .approx import Approx, add, einsum, mul, reduce_sum, summation_factor, unbroadcast
 from .ir import Node
 from .scalar import KINK_ULPS, Ctx, evaluate
 
-__all__ = ["forward", "vjp", "symbols_for", "derivatives"]
+__all__ = ["forward", "vjp", "jvp", "symbols_for", "derivatives"]
 
 
 @lru_cache(maxsize=None)
@@ -215,3 +215,50 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx) -> Approx:
     lo = np.where(tie, v - lo_end, g_lo * weight)
     hi = np.where(tie, hi_end - v, g_hi * weight)
     return Approx(v, e, lo, hi)
+
+
+# ---------------------------------------------------------------------------------------------- jvp
+
+def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
+    """The tangent of ``node`` from its arguments' tangents (``None``: zero), in Approx arithmetic."""
+    if all(t is None for t in tangents) or node.kind == "stop":
+        return None
+    kind = node.kind
+    if kind == "pointwise":
+        env = dict(zip(symbols_for(len(args)), args))
+        out = None
+        for t, d in zip(tangents, derivatives(node.attrs["expr"], len(args))):
+            if t is None or d == 0:
+                continue
+            term = mul(_broadcast(evaluate(d, env, ctx), node.shape), _broadcast(t, node.shape))
+            out = term if out is None else add(out, term)
+        return out
+    if kind == "contract":
+        out = None
+        for i, t in enumerate(tangents):
+            if t is not None:
+                term = einsum(node.attrs["spec"], *(t if j == i else a for j, a in enumerate(args)))
+                out = term if out is None else add(out, term)
+        return out
+    filled = [Approx(np.zeros(a.shape)) if t is None else t for a, t in zip(args, tangents)]
+    if kind in ("layout", "select") or (kind == "reduce" and node.attrs["op"] == "sum"):
+        return forward(node, filled, ctx)
+    return _jvp_extreme(node, args[0], filled[0], ctx)
+
+
+def _jvp_extreme(node: Node, a: Approx, t: Approx, ctx: Ctx) -> Approx:
+    """max/min: the tangent of the extreme entry (split evenly over exact ties); where entries tie
+    within rounding, any of their tangents could be taken -- a band over all of them."""
+    axes, keep = tuple(node.attrs["axes"]), node.attrs["keepdim"]
+    fn = np.max if node.attrs["op"] == "max" else np.min
+    ext = fn(a.v, axis=axes, keepdims=True)
+    exact = a.v == ext
+    weight = exact / np.sum(exact, axis=axes, keepdims=True)
+    v = np.sum(t.v * weight, axis=axes, keepdims=True)
+    e = np.sum(t.e * weight, axis=axes, keepdims=True) + np.abs(v)
+    near = _near_extreme(a, ext, axes, ctx)
+    t_lo, t_hi = t.sides()
+    low = np.min(np.where(near, t.v - t_lo, np.inf), axis=axes, keepdims=True)
+    high = np.max(np.where(near, t.v + t_hi, -np.inf), axis=axes, keepdims=True)
+    out = Approx(v, e, np.maximum(v - low, 0.0), np.maximum(high - v, 0.0))
+    return out if keep else out.map(lambda x: np.squeeze(x, axis=axes))
