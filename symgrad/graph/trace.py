@@ -12,7 +12,9 @@ Integer results that depend on floats (the indices of ``max.dim``) are taken fro
 
 from __future__ import annotations
 
+import traceback
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import sympy as sp
@@ -47,15 +49,17 @@ _TABLE = None
 
 
 def decompositions() -> dict:
-    """torch's core-ATen decompositions plus those of the composites above (once per process)."""
+    """torch's core-ATen decompositions plus those of the composites above (built once per process)."""
     global _TABLE
     if _TABLE is None:
         import torch
-        from torch._decomp import core_aten_decompositions, get_decompositions
+        import torch._decomp as decomp
 
         packets = [getattr(torch.ops.aten, n) for n in _DECOMPOSE if hasattr(torch.ops.aten, n)]
-        table = dict(core_aten_decompositions())
-        table.update(get_decompositions(packets))
+        # the core-ATen table itself (torch.export's public helper also collects every implicit op,
+        # half a second, which make_fx decomposes on its own anyway)
+        table = dict(decomp._core_aten_decompositions_post_autograd())
+        table.update(decomp.get_decompositions(packets))
         keep = {"convolution", "max_pool2d_with_indices", "avg_pool2d", "avg_pool3d", "max_pool3d_with_indices",
                 "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p"}
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
@@ -68,7 +72,7 @@ def trace_callable(fn, args: tuple):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     def run(wrapped):
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _no_stack_capture():
             warnings.simplefilter("ignore")
             with torch.backends.mkldnn.flags(enabled=False):  # the decomposed RNNs, not oneDNN's kernel
                 return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real")(*args)
@@ -91,6 +95,29 @@ def trace_callable(fn, args: tuple):
             "Code that leaves torch (numpy, .item(), Python control flow on values) cannot be traced: "
             "pass symbolic= with a reference forward written in torch ops."
         ) from err
+
+
+@contextmanager
+def _no_stack_capture():
+    """make_fx in real mode makes a FakeTensorMode for every node's metadata, and each one records
+    the Python stack for debugging (3 ms a node: seconds for an LSTM); symgrad never reads it."""
+    from torch._subclasses import fake_tensor
+
+    saved = fake_tensor.traceback
+    fake_tensor.traceback = _NoTraceback()
+    try:
+        yield
+    finally:
+        fake_tensor.traceback = saved
+
+
+class _NoTraceback:
+    def __getattr__(self, name):
+        return getattr(traceback, name)
+
+    @staticmethod
+    def extract_stack(*args, **kwargs):
+        return traceback.StackSummary()
 
 
 def number(v) -> sp.Expr:
