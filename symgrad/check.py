@@ -383,8 +383,10 @@ def check(
         text, latex = _closed_form_text(derivs[k])
         if scale != 1:
             text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
+            latex = f"{scale} \\left({latex}\\right)" if latex else ""
         ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape),
                         rounding=scale * rounding[i].reshape(shape), structural_zero=structural_zeros(derivs[k]))
+        ref.closed_form_expr, ref.entry_form = _printable(derivs[k], latex, scale)
         if from_sympy and quantity == "grad" and isinstance(k, str):
             shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)
             if shown is not None:
@@ -427,6 +429,22 @@ def check(
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _printable(deriv: np.ndarray, latex: str, scale: int):
+    """For the reports: the first entry as a SymPy expression (only where it was short enough for
+    LaTeX), and a callable giving any entry's closed form text (the worst entry of a failure)."""
+    expr = None
+    if latex and deriv.size:
+        expr = sp.sympify(deriv.ravel()[0])
+        if scale != 1:
+            expr = sp.Mul(scale, expr, evaluate=False)
+
+    def entry_text(index: tuple) -> str:
+        text = entry_form(np.array([deriv[tuple(index)]], dtype=object))[0]
+        return f"{scale} * ({text})" if scale != 1 else text
+
+    return expr, entry_text
 
 
 def _check_options(rtol, atol, backward_calls) -> None:
