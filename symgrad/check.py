@@ -23,6 +23,7 @@ from .differentiate.elementwise import differentiate, entry_form, structural_zer
 from .differentiate.matrix_form import matrix_closed_form
 from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .lower.numpy import high_precision, lower
+from .progress import stage, with_progress
 from .reference import Reference
 from .report.report import Report, shorten
 
@@ -222,6 +223,7 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
 
 
+@with_progress("symgrad check")
 def check(
     fn: Callable | None,
     inputs,
@@ -240,18 +242,42 @@ def check(
     backward_calls: int = 1,
     symbols_map: Mapping[str, object] | None = None,
     title: str | None = None,
+    quiet: bool | None = None,
 ) -> Report:
     """Check torch autograd's derivatives of ``fn`` at ``inputs`` against the closed form.
 
-    ``fn``: a torch callable (or a custom ``autograd.Function``'s ``apply``; an ``nn.Module`` goes
-    through ``symgrad.nn.check_module``); ``None`` lowers ``symbolic`` to torch.
-    ``inputs``: ``{name: tensor}`` or a tuple of tensors (named after ``fn``'s parameters).
-    ``symbolic``: the same function built symbolically -- a callable on ``SymTensor``s (written with
-    ``sg.*`` functions, or returning SymPy objects) or a SymPy expression / matrix expression whose
-    (Matrix)Symbols are named after the inputs.  ``None``: ``fn`` itself, if written with ``sg.*``.
-    ``wrt``: input names to differentiate (default: those with ``requires_grad``, else all floats).
-    ``via``: how autograd runs: see ``symgrad.autograd.VIAS``.  ``v``: cotangent for ``backward(v)``
-    and vjp; ``tangents``: a tensor or ``{name: tensor}`` for jvp.
+    Returns a ``Report`` (``report.passed``; ``report.raise_for_failure()``; ``report.write(path)``).
+    A wrong derivative is a failing row, not an exception; bad input raises ``SymgradError``.
+
+    Parameters
+    ----------
+    fn : a torch callable, a custom ``autograd.Function``'s ``apply``, or an ``nn.Module`` (checked
+        through ``symgrad.nn.check_module``); ``None`` lowers ``symbolic`` to torch.
+    inputs : ``{name: tensor}`` or a tuple of tensors (named after ``fn``'s parameters).
+    symbolic : the same function built symbolically -- a callable on ``SymTensor``s (written with
+        ``sg.*`` functions, or returning SymPy objects) or a SymPy expression / matrix expression
+        whose (Matrix)Symbols are named after the inputs.  ``None``: ``fn`` itself, if written with
+        ``sg.*``, else ``fn`` is imported through ``torch.fx``.
+    wrt : input names to differentiate (default: those with ``requires_grad``, else all floats).
+    via : how autograd runs: ``"backward"``, ``"autograd.grad"``, ``"functional.jacobian"``,
+        ``"functional.hessian"``, ``"functional.vjp"``, ``"functional.jvp"``, ``"jacrev"``,
+        ``"jacfwd"``, ``"func.vjp"``, ``"func.jvp"``, ``"func.hessian"`` (``symgrad.autograd.VIAS``).
+        Default: ``"backward"`` for a scalar output or with ``v``, else ``"functional.jacobian"``.
+    v : the cotangent for ``backward(v)`` and the vjps, shaped like the output.  A random ``v``
+        (``torch.randn_like(out)``) checks that a backward uses its ``grad_output``; a cotangent of
+        ones (``.sum()``) does not.
+    tangents : a tensor or ``{name: tensor}`` for the jvps.
+    loss, target : for an ``nn.Module``: the loss (``"mse"``, a loss module or callable) and its target.
+    engine : ``"auto"``, ``"elementwise"`` or ``"matrix"`` (the matrix-calculus engine, modules only).
+    backend : the elementwise engine's differentiation: ``"auto"`` (symengine) or ``"sympy"`` (slow;
+        for cross-checking the fast path).
+    rtol : relative tolerance (default by dtype: 1e-7 float64, 1e-5 float32); adds to the rounding bound.
+    atol : an absolute tolerance added to every entry's allowance (it never replaces the bound).
+    backward_calls : call ``backward`` this many times and check the accumulated ``.grad``.
+    symbols_map : ``{input name: Matrix/Array of the user's own symbols}`` for a SymPy ``symbolic``.
+    title : the report's title.
+    quiet : ``True`` never shows progress (also: environment variable ``SYMGRAD_QUIET=1``); progress
+        appears on stderr only for checks that take more than 2 s.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -269,6 +295,7 @@ def check(
                          "(symgrad.matrix.grad); plain functions use the elementwise engine")
     import torch
 
+    stage("building the symbolic forward")
     named = normalize_inputs(fn, symbolic, inputs)
     wrt_names = _choose_wrt(named, wrt)
     dtype = lowest_precision(named.values())
@@ -343,10 +370,12 @@ def check(
             extra_args += list(tan_sym[w].data.ravel())
             extra_vals += list(t.detach().double().numpy().ravel())
 
+    stage("differentiating in closed form")
     derivs = differentiate(out, {w: sym_in[w] for w in wrt_names}, quantity, cotangent=cot_sym,
                            tangents=tan_sym, backend=backend)
 
     # Lower the forward and every derivative in one function (shared subexpressions computed once).
+    stage("evaluating the closed form")
     keys = list(derivs)
     exprs = list(out.data.ravel())
     sizes = [out.numel()]
@@ -406,6 +435,7 @@ def check(
 
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
+    stage(f"running autograd (via={via})")
     actual = run_autograd(torch_fn, leaves, wrt_names, via, **autograd)
 
     def judge() -> list:
@@ -417,6 +447,7 @@ def check(
         return [forward] + compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name,
                                        quantity=quantity, rtol=rtol, atol=atol)
 
+    stage("comparing")
     records = judge()
     if not all(r.passed for r in records):  # Note [Tolerances]: a cancellation torch still computes?
         moved = torch_noise(torch_fn, leaves, wrt_names, via, autograd, out_t, {k: actual[k] for k in keys})
@@ -503,6 +534,28 @@ def _lowered_forward(out: SymTensor, sym_in: dict[str, SymTensor], dtype):
     return forward
 
 
-def assert_correct(*args, **kwargs) -> Report:
-    """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails."""
-    return check(*args, **kwargs).raise_for_failure()
+def assert_correct(
+    fn: Callable | None,
+    inputs,
+    symbolic=None,
+    *,
+    wrt=None,
+    via: str | None = None,
+    v=None,
+    tangents=None,
+    loss=None,
+    target=None,
+    engine: str = "auto",
+    backend: str = "auto",
+    rtol: float | None = None,
+    atol: float | None = None,
+    backward_calls: int = 1,
+    symbols_map: Mapping[str, object] | None = None,
+    title: str | None = None,
+    quiet: bool | None = None,
+) -> Report:
+    """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails, and
+    returns the passing ``Report`` otherwise.  The keywords are ``check``'s (see ``help(symgrad.check)``)."""
+    return check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
+                 engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
+                 symbols_map=symbols_map, title=title, quiet=quiet).raise_for_failure()
