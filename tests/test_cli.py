@@ -137,3 +137,12 @@ def test_python_dash_m_symgrad_help():
     assert out.returncode == 0, out.stderr
     for command in ("check", "examples", "ops"):
         assert command in out.stdout
+
+
+def test_import_symgrad_stays_light():
+    """The command line, rich and the report renderers load only when used (README: import ≤ 2 s)."""
+    code = ("import sys, symgrad; print(sorted(m for m in ('click', 'rich', 'tqdm', 'symgrad.cli', "
+            "'symgrad.report.html', 'symgrad.pytest_plugin') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
