@@ -94,3 +94,19 @@ def test_the_readme_does_not_teach_the_sum_idiom_for_custom_functions():
     code = [line.split("#", 1)[0] for block in python_blocks(text) for line in block.splitlines()]
     assert not [line for line in code if ".apply(" in line and ").sum()" in line]  # a cotangent of ones
     assert any("v=torch.randn_like(x)" in line for line in code)
+
+
+def test_help_of_check_lists_every_keyword_and_assert_correct_has_its_signature():
+    import inspect
+    import pydoc
+
+    import symgrad as sg
+
+    text = pydoc.render_doc(sg.check, renderer=pydoc.plaintext)
+    params = inspect.signature(sg.check).parameters
+    for name in params:
+        assert f"\n    {name} :" in sg.check.__doc__ or f"{name}, " in sg.check.__doc__ or f", {name} :" in sg.check.__doc__, name
+        assert name in text
+    assert list(inspect.signature(sg.assert_correct).parameters) == list(params)
+    assert (ROOT / "symgrad" / "py.typed").exists()
+    assert '"py.typed"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -149,8 +149,16 @@ def worst_entries(r: Record, k: int = 5) -> list[dict]:
             break
         rows.append({
             "index": format_index(r.name, idx), "position": idx, "autograd": float(a[idx]),
-            "closed_form": float(e[idx]), "difference": float(abs(a[idx] - e[idx])) if math.isfinite(a[idx] - e[idx]) else float("inf"),
+            "closed_form": float(e[idx]), "difference": _difference(float(a[idx]), float(e[idx])),
             "allowed": float(allowed[idx]) if allowed is not None else float("nan"),
             "ratio": float(flat[i]), "kink": bool(kink[idx]) if kink is not None else False,
         })
     return rows
+
+
+def _difference(a: float, e: float) -> float:
+    """|a - e|, inf where the two differ in kind (a NaN or inf on one side), 0 where both are the same non-finite."""
+    if math.isfinite(a) and math.isfinite(e):
+        return abs(a - e)
+    same = (math.isnan(a) and math.isnan(e)) or (math.isinf(a) and a == e)
+    return 0.0 if same else float("inf")
