@@ -132,6 +132,8 @@ def cli():
 @click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True)
 @click.option("--via", default=None, help="how autograd runs (backward, functional.jacobian, func.vjp, ...)")
 @click.option("--wrt", multiple=True, help="an input to differentiate (repeat; default: every float input)")
+@click.option("--loss", default=None, help="for an nn.Module: a loss by name (mse, l1, cross_entropy, ...)")
+@click.option("--target", "target_spec", default=None, metavar="NAME=VALUE", help="the loss's target, as --inputs")
 @click.option("--cotangent", type=click.Choice(["none", "random", "ones"]), default="random", show_default=True,
               help="v for a non-scalar output: random catches a backward that ignores grad_output")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of randn/rand inputs and cotangents")
@@ -140,8 +142,11 @@ def cli():
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
               help="what is printed on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="no progress display")
-def check(target, specs, symbolic, dtype, via, wrt, cotangent, seed, reports, fmt, quiet):
-    """Check the derivatives of TARGET (FILE.py:NAME or MODULE:NAME) at the given inputs."""
+def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent, seed, reports, fmt, quiet):
+    """Check the derivatives of TARGET (FILE.py:NAME or MODULE:NAME) at the given inputs.
+
+    TARGET is a function of tensors, a custom Function's apply (MyFn.apply), an nn.Module instance
+    or an nn.Module class that takes no arguments (instantiated, converted to --dtype)."""
     import torch
 
     from .check import check as run_check
@@ -151,17 +156,39 @@ def check(target, specs, symbolic, dtype, via, wrt, cotangent, seed, reports, fm
         _usage(format_for, path)
     gen = torch.Generator().manual_seed(seed)
     inputs = dict(parse_input(s, dtype, gen) for s in specs)
-    fn = load_target(target)
+    fn = _module_or_function(load_target(target), dtype)
+    target_t = parse_input(target_spec, dtype, gen)[1] if target_spec else None
     sym = load_target(symbolic if ":" in symbolic else f"{target.rpartition(':')[0]}:{symbolic}") if symbolic else None
     v = None
-    if cotangent != "none" and via not in ("functional.jacobian", "jacrev", "jacfwd", "func.jvp", "functional.jvp"):
+    if cotangent != "none" and loss is None and via not in ("functional.jacobian", "jacrev", "jacfwd", "func.jvp",
+                                                            "functional.jvp"):
         v = _cotangent(fn, inputs, cotangent, gen)
+    extra = {"loss": loss, "target": target_t} if loss or target_t is not None else {}
     report = _usage(lambda: run_check(fn, inputs, sym, wrt=list(wrt) or None, via=via, v=v, quiet=quiet,
-                                      title=f"symgrad check {target}"))
+                                      title=f"symgrad check {target}", **extra))
     click.echo(render_as(report, fmt).rstrip("\n"))
     for path in reports:
         click.echo(f"report written: {report.write(path)}", err=True)
     sys.exit(0 if report.passed else 1)
+
+
+def _module_or_function(obj, dtype: str):
+    """An nn.Module class is instantiated (no arguments); a module is converted to the checked dtype."""
+    import inspect
+
+    import torch
+
+    if inspect.isclass(obj) and issubclass(obj, torch.nn.Module):
+        try:
+            obj = obj()
+        except TypeError as err:
+            raise click.BadParameter(f"cannot instantiate {obj.__name__}() without arguments ({err}); point TARGET "
+                                     "at a module instance or a function that builds one", param_hint="TARGET") from err
+    if isinstance(obj, torch.nn.Module):
+        return obj.to(getattr(torch, dtype))
+    if not callable(obj):
+        raise click.BadParameter(f"TARGET is a {type(obj).__name__}, not a function or an nn.Module", param_hint="TARGET")
+    return obj
 
 
 def _cotangent(fn, inputs, kind, gen):
@@ -202,7 +229,7 @@ def run_examples(directory: Path, pattern: str = "seed*.py", timeout: float = 18
             code, out, err = "timeout", "", f"stopped after {timeout:.0f} s"
         last = (out.strip().splitlines() or [""])[-1]
         rows.append({"example": str(rel), "result": "as expected" if code == 0 else f"UNEXPECTED (exit {code})",
-                     "seconds": f"{time.perf_counter() - start:.1f}", "summary": last[:160],
+                     "seconds": f"{time.perf_counter() - start:.1f}", "summary": last[:100],
                      "stderr": "\n".join(err.strip().splitlines()[-5:]) if code != 0 else ""})
         echo(f"[{'ok' if code == 0 else 'UNEXPECTED'}] {rel}")
     return rows

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from .check import check
-from .report.common import detail_message
+from .report.common import failure_message
 from .report.report import GradientMismatch, Report
 
 __all__ = ["assert_gradients", "failure_message", "report_path", "dtypes", "engines", "DTYPES", "ENGINES"]
@@ -39,18 +39,6 @@ def report_path(directory=None, name: str = "symgrad-check") -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.")[:80] or "symgrad-check"
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     return directory / f"{slug}-{worker}-{os.getpid()}-{uuid.uuid4().hex[:8]}.html"
-
-
-def failure_message(report: Report, path=None) -> str:
-    """``assert_close``-style: per failing record its mismatch counts, worst entries with both values
-    and the closed form of the worst entry; then where the HTML report is."""
-    parts = [report.summary()]
-    for part in report.parts or [report]:
-        for r in part.failures:
-            parts.append(detail_message(r) + (f"\nClosed form (first entry): {r.closed_form}" if r.closed_form else ""))
-    if path is not None:
-        parts.append(f"HTML report: {path}")
-    return "\n\n".join(parts)
 
 
 def assert_gradients(fn, inputs, symbolic=None, *, report_dir=None, report_name: str | None = None,

@@ -38,6 +38,15 @@ MODULE = textwrap.dedent('''
 
     def layer(x, w):
         return torch.tanh(x @ w).sum()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return torch.tanh(self.fc(x))
 ''')
 
 
@@ -93,6 +102,13 @@ def test_check_catches_a_backward_that_ignores_grad_output(target):
     ones = run("check", f"{target}:IgnoresGrad.apply", "-i", "x=randn(3,4)", "--symbolic", "twin", "--cotangent",
                "ones", "-q")
     assert ones.exit_code == 0, ones.output  # why the weak form must not be the default
+
+
+def test_check_a_module_class_with_a_loss(target):
+    res = run("check", f"{target}:Net", "-i", "x=randn(5,4)", "--loss", "mse", "--target", "t=randn(5,3)", "-q",
+              "--dtype", "float32")
+    assert res.exit_code == 0, res.output
+    assert "fc.weight" in res.output and "fc.bias" in res.output
 
 
 @pytest.mark.parametrize("args,needle", [

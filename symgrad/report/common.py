@@ -13,7 +13,7 @@ import numpy as np
 from ..compare.compare import Record, format_index
 
 __all__ = ["VERDICT_CODES", "verdict_code", "closed_form_lines", "is_long", "detail_message", "worst_entries",
-           "entry_ratio", "shown_closed_forms", "worst_lines", "worst_closed_form"]
+           "entry_ratio", "shown_closed_forms", "worst_lines", "worst_closed_form", "failure_message"]
 
 # Machine-readable verdicts (the JSON's "verdict_code"; documented in schema.json)
 VERDICT_CODES = {
@@ -83,10 +83,10 @@ def detail_message(r: Record) -> str:
     """``r.message()`` without the closed form, which the reports show once, elsewhere."""
     text = r.message()
     tail = f"  (closed form: {r.closed_form or 'n/a'})"
-    first, _, rest = text.partition("\n")
-    if first.endswith(tail):
-        first = first[: -len(tail)]
-    lines = [first] + (rest.splitlines() if rest else [])
+    head = text.split("\n", 1)[0]
+    if tail.split("\n", 1)[0] in head:  # the form may span lines (a matrix form with its "where" lines)
+        text = text.replace(tail, "", 1)
+    lines = text.splitlines()
     if not r.passed:
         lines += worst_lines(r)
     return "\n".join(lines)
@@ -162,3 +162,15 @@ def _difference(a: float, e: float) -> float:
         return abs(a - e)
     same = (math.isnan(a) and math.isnan(e)) or (math.isinf(a) and a == e)
     return 0.0 if same else float("inf")
+
+
+def failure_message(report, path=None) -> str:
+    """``assert_close``-style: per failing record its mismatch counts, worst entries with both values
+    and the closed form of the worst entry; then where the HTML report is, if written."""
+    parts = [report.summary()]
+    for part in report.parts or [report]:
+        for r in part.failures:
+            parts.append(detail_message(r) + (f"\nClosed form (first entry): {r.closed_form}" if r.closed_form else ""))
+    if path is not None:
+        parts.append(f"HTML report: {path}")
+    return "\n\n".join(parts)

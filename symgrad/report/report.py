@@ -111,7 +111,9 @@ class Report:
     def raise_for_failure(self) -> "Report":
         """Raise ``GradientMismatch`` with every failing row's message; return self otherwise."""
         if not self.passed:
-            raise GradientMismatch("\n\n".join([self.summary()] + [r.message() for r in self.failures]))
+            from .common import failure_message
+
+            raise GradientMismatch(failure_message(self))
         return self
 
     def write(self, path) -> str:
