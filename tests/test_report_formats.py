@@ -95,14 +95,27 @@ def test_html_is_a_standalone_page_that_parses(failing):
 
 def test_html_folds_long_code_and_marks_kinks():
     rec = Record("w", "grad", (2, 2), "float64", closed_form="; ".join(f"x{i} = sin(x{i - 1})" for i in range(1, 60)) + "; x59",
-                 total=4, mismatched=1, max_abs=1.0, expected=np.zeros((2, 2)), actual=np.array([[0, 1.0], [0, 0]]),
-                 allowed=np.full((2, 2), 1e-3), kink_mask=np.array([[True, False], [False, False]]))
+                 total=4, mismatched=1, max_abs=1.0, expected=np.zeros((2, 2)), actual=np.array([[5.0, 1.0], [0, 0]]),
+                 allowed=np.full((2, 2), 1e-3), kink_mask=np.array([[True, False], [False, False]]),
+                 mismatch_mask=np.array([[False, True], [False, False]]))
     page = Report([rec], title="hand-made").to_html()
     tree = parse(page)
     tags = [t for t, _ in tree.tags]
     assert "details" in tags and "summary" in tags
-    ringed = [a for t, a in tree.tags if t == "rect" and "stroke" in a]
-    assert len(ringed) == 1
+    rects = [a for t, a in tree.tags if t == "rect"]
+    ringed = [a for a in rects if "stroke" in a]
+    assert len(ringed) == 1 and ringed[0]["fill"].startswith("hsl(140")  # on its kink band: within, not red
+    assert [a["fill"].startswith("hsl(140") for a in rects] == [True, False, True, True]
+    assert "w[0, 1]" in Report([rec]).to_text().split("Worst entries")[1]  # the kink entry is not "worst"
+    assert "w[0, 0]" not in Report([rec]).to_text().split("Worst entries")[1]
+
+
+def test_piecewise_closed_forms_are_mathml_cases():
+    x = torch.tensor([[-1.0, 0.5], [2.0, -0.3]], dtype=torch.float64)
+    page = sg.check(lambda x: x.relu(), {"x": x}, symbolic=sg.relu, v=torch.randn(2, 2, dtype=torch.float64)).to_html()
+    tree = parse(page)
+    assert "mtable" in [t for t, _ in tree.tags] and "otherwise" in "".join(tree.text)
+    assert "piecewise" not in page.lower().split("<code>")[0].split("</style>")[1]
 
 
 def test_html_of_a_combined_report_parses(failing):

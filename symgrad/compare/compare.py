@@ -95,6 +95,7 @@ class Record:
     # form as a SymPy expression and a callable giving any entry's closed form text
     allowed: np.ndarray | None = field(default=None, repr=False)
     kink_mask: np.ndarray | None = field(default=None, repr=False)
+    mismatch_mask: np.ndarray | None = field(default=None, repr=False)
     closed_form_expr: object = field(default=None, repr=False)
     entry_form: object = field(default=None, repr=False)
 
@@ -230,7 +231,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         rec.kinks = int(kink.sum())
         rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band, fit)
     ok &= ~differ
-    rec.allowed, rec.kink_mask = allowed, kink
+    rec.allowed, rec.kink_mask, rec.mismatch_mask = allowed, kink, ~ok
     rec.mismatched = int((~ok).sum())
     rec.unresolved = int((finite & ~kink & (e != 0) & (allowed >= np.abs(e))).sum())
 

@@ -129,7 +129,13 @@ def entry_ratio(r: Record) -> np.ndarray | None:
         ratio = np.where(allowed > 0, diff / allowed, np.where(diff > 0, np.inf, 0.0))
     same = (np.isnan(e) & np.isnan(a)) | (np.isinf(e) & (e == a))
     ratio = np.where(same, 0.0, ratio)
-    return np.where(np.isfinite(e) & np.isfinite(a), ratio, np.where(same, 0.0, np.inf))
+    ratio = np.where(np.isfinite(e) & np.isfinite(a), ratio, np.where(same, 0.0, np.inf))
+    if r.kink_mask is not None and r.mismatch_mask is not None and np.shape(r.kink_mask) == ratio.shape:
+        # a kink entry is judged against its one-sided band, not the allowance: in the band it counts
+        # as within (0), outside it at least just outside (the compare stage decided which)
+        kink, bad = np.asarray(r.kink_mask, bool), np.asarray(r.mismatch_mask, bool)
+        ratio = np.where(kink, np.where(bad, np.maximum(ratio, np.nextafter(1.0, 2.0)), 0.0), ratio)
+    return ratio
 
 
 def worst_entries(r: Record, k: int = 5) -> list[dict]:

@@ -16,7 +16,7 @@ from .text import TABLE_COLUMNS
 __all__ = ["render", "heatmap_svg", "mathml"]
 
 MAX_CELLS = 48  # heatmap cells per side; larger tensors are shown block-wise (each block its worst entry)
-CELL = 12
+CELL = 12  # smallest cell, in pixels; small grids get larger cells (up to 36) with the ratio written in
 
 STYLE = """
 :root { color-scheme: light dark; --bg: #ffffff; --fg: #1f2328; --muted: #59636e; --line: #d1d9e0;
@@ -38,21 +38,53 @@ th { background: var(--head); }
 .badge.pass { background: var(--pass); } .badge.fail { background: var(--fail); }
 pre, code { background: var(--code); font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; }
 pre { padding: .6rem; overflow-x: auto; white-space: pre-wrap; border-radius: 6px; }
-math { font-size: 1.1em; } .form { margin: .4rem 0 .8rem 1rem; overflow-x: auto; }
+math { font-size: 1.15em; } .form { margin: .4rem 0 .3rem 1rem; overflow-x: auto; overflow-y: hidden; }
+.closed-form { margin-bottom: .9rem; }
 svg.heatmap { border: 1px solid var(--line); background: var(--head); }
 svg.heatmap text { fill: var(--fg); font: 10px system-ui, sans-serif; }
-section.check { border-top: 2px solid var(--line); margin-top: 2rem; }
+section.check section.check { border-top: 2px solid var(--line); margin-top: 2rem; }
 """
 
 
 def mathml(expr) -> str:
     """A SymPy expression as presentation MathML ('' if SymPy cannot print it)."""
     try:
-        from sympy.printing.mathml import mathml as to_mathml
-
-        return f'<math display="block">{to_mathml(expr, printer="presentation")}</math>'
+        return f"<math>{_printer().doprint(expr)}</math>"
     except Exception:  # noqa: BLE001 - a printer failure falls back to the text form
         return ""
+
+
+def _printer():
+    """SymPy's presentation MathML printer, with Piecewise as a brace of cases (SymPy prints it as a call)."""
+    from sympy import true
+    from sympy.printing.mathml import MathMLPresentationPrinter
+
+    class Printer(MathMLPresentationPrinter):
+        def _text(self, tag: str, text: str):
+            node = self.dom.createElement(tag)
+            node.appendChild(self.dom.createTextNode(text))
+            return node
+
+        def _print_Piecewise(self, expr):
+            row = self.dom.createElement("mrow")
+            row.appendChild(self._text("mo", "{"))
+            table = self.dom.createElement("mtable")
+            for value, cond in expr.args:
+                tr = self.dom.createElement("mtr")
+                for content in (self._print(value), None):
+                    td = self.dom.createElement("mtd")
+                    if content is None:
+                        td.appendChild(self._text("mtext", "otherwise" if cond == true else "if\u00a0"))
+                        if cond != true:
+                            td.appendChild(self._print(cond))
+                    else:
+                        td.appendChild(content)
+                    tr.appendChild(td)
+                table.appendChild(tr)
+            row.appendChild(table)
+            return row
+
+    return Printer({})
 
 
 def _closed_form(r) -> str:
@@ -119,6 +151,7 @@ def heatmap_svg(r) -> str:
     if r.kink_mask is not None and np.shape(r.kink_mask) == shape and np.any(r.kink_mask):
         kinks, _, _ = _pool(_grid(np.asarray(r.kink_mask, np.float64)))
     h, w = grid.shape
+    cell = max(CELL, min(36, 480 // max(h, w)))
     cells = []
     for i in range(h):
         for j in range(w):
@@ -127,17 +160,21 @@ def heatmap_svg(r) -> str:
                 continue
             where = _cell_label(r.name, shape, i, j, by_r, by_c)
             tip = f"{where}: {'NaN/inf on one side' if math.isinf(value) else f'{value:.3g} allowances'}"
-            ring = ' stroke="currentColor" stroke-width="2"' if kinks is not None and kinks[i, j] > 0 else ""
+            ring = ' stroke="#0969da" stroke-width="3"' if kinks is not None and kinks[i, j] > 0 else ""
             if ring:
                 tip += " (kink)"
-            cells.append(f'<rect x="{j * CELL}" y="{i * CELL}" width="{CELL - 1}" height="{CELL - 1}" '
+            cells.append(f'<rect x="{j * cell}" y="{i * cell}" width="{cell - 1}" height="{cell - 1}" '
                          f'fill="{_colour(float(value))}"{ring}><title>{html.escape(tip)}</title></rect>')
+            if cell >= 28 and value > 1.0:
+                label = "∞" if math.isinf(value) else f"{value:.0e}".replace("e+0", "e") if value >= 1e3 else f"{value:.0f}"
+                cells.append(f'<text x="{j * cell + cell / 2 - 0.5:g}" y="{i * cell + cell / 2 + 3:g}" '
+                             f'text-anchor="middle">{html.escape(label)}</text>')
     note = "" if by_r == by_c == 1 else f" (each cell: the worst of a {by_r}×{by_c} block)"
-    legend = ("green: within the allowance (darker is closer to it); orange to red: 1 to 10⁶ allowances off; "
-              "purple: NaN/inf on one side only; ringed: on a kink" + note)
+    legend = ("numbers: allowances off; green: within the allowance (darker is closer to it); orange to red: 1 to 10⁶ allowances off; "
+              "purple: NaN/inf on one side only; blue frame: on a kink (judged against its one-sided band)" + note)
     return (f'<figure><svg class="heatmap" role="img" aria-label="error heatmap of {html.escape(r.name)}" '
-            f'xmlns="http://www.w3.org/2000/svg" width="{w * CELL}" height="{h * CELL}" '
-            f'viewBox="0 0 {w * CELL} {h * CELL}">{"".join(cells)}</svg>'
+            f'xmlns="http://www.w3.org/2000/svg" width="{w * cell}" height="{h * cell}" '
+            f'viewBox="0 0 {w * cell} {h * cell}">{"".join(cells)}</svg>'
             f'<figcaption class="muted">|autograd − closed form| / allowance for {html.escape(r.name)} '
             f'(shape {"×".join(map(str, shape)) or "scalar"}): {legend}</figcaption></figure>')
 

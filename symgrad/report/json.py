@@ -19,7 +19,7 @@ __all__ = ["SCHEMA_VERSION", "SCHEMA_PATH", "to_dict", "render", "encode", "sche
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
-_SKIP = {"expected", "actual", "allowed", "kink_mask", "closed_form_expr", "entry_form"}  # arrays and callables
+_SKIP = {"expected", "actual", "allowed", "kink_mask", "mismatch_mask", "closed_form_expr", "entry_form"}  # arrays and callables
 
 
 def encode(value):
@@ -45,7 +45,12 @@ def encode(value):
 
 
 def _record(r) -> dict:
-    row = {f.name: encode(getattr(r, f.name)) for f in dataclasses.fields(r) if f.name not in _SKIP}
+    row = {}
+    for f in dataclasses.fields(r):
+        value = getattr(r, f.name)
+        if f.name in _SKIP or isinstance(value, np.ndarray) or callable(value):
+            continue  # per-entry arrays and callables stay in Python (the HTML's heatmaps use them)
+        row[f.name] = encode(value)
     row["verdict"] = r.verdict
     row["verdict_code"] = verdict_code(r)
     row["passed"] = bool(r.passed)
