@@ -94,6 +94,13 @@ def test_check_passes_with_exit_0_and_writes_reports(target, tmp_path):
     assert json.loads(js.read_text())["passed"] is True
 
 
+def test_check_prints_json_on_request(target):
+    res = run("check", f"{target}:layer", "-i", "x=randn(3,4)", "-i", "w=randn(4,2)", "--format", "json", "-q")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["passed"] is True and {r["verdict_code"] for r in data["rows"]} == {"pass"}
+
+
 def test_check_catches_a_backward_that_ignores_grad_output(target):
     # the default cotangent is random, not ones: the classic bug fails (exit 1)
     res = run("check", f"{target}:IgnoresGrad.apply", "-i", "x=randn(3,4)", "--symbolic", "twin", "-q")

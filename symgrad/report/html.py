@@ -16,6 +16,7 @@ from .text import TABLE_COLUMNS
 __all__ = ["render", "heatmap_svg", "mathml"]
 
 MAX_CELLS = 48  # heatmap cells per side; larger tensors are shown block-wise (each block its worst entry)
+FOLD_CHARS, FOLD_LINES = 800, 12  # closed forms above either are folded in <details>
 CELL = 12  # smallest cell, in pixels; small grids get larger cells (up to 36) with the ratio written in
 
 STYLE = """
@@ -92,11 +93,14 @@ def _closed_form(r) -> str:
     text = r.closed_form
     if shown:
         return f'<div class="form">{shown}</div><div class="muted"><code>{html.escape(text)}</code></div>'
+    lines = closed_form_lines(text)
+    body = html.escape("\n".join(lines))
+    if len(text) > FOLD_CHARS or len(lines) > FOLD_LINES:
+        return (f"<details><summary>closed form ({len(lines)} lines, {len(text):,} characters; click to unfold)"
+                f"</summary><pre>{body}</pre></details>")
     if is_long(text):
-        body = html.escape("\n".join(closed_form_lines(text)))
-        return (f"<details><summary>closed form ({len(text):,} characters; click to unfold)</summary>"
-                f"<pre>{body}</pre></details>")
-    return f'<div class="form"><code>{html.escape(text)}</code></div>'
+        return f"<pre>{body}</pre>"
+    return f'<div class="form"><code>{body}</code></div>'
 
 
 def _grid(values: np.ndarray) -> np.ndarray:
