@@ -422,6 +422,7 @@ def check(
                 ref.note = shown[2]
                 if shown[0]:
                     ref.closed_form, ref.closed_form_latex = shown[0], shown[1]
+                    ref.closed_form_expr = None  # the matrix form is shown as text, not the first entry
         if band_lo is not None:
             lo, up = scale * band_lo[i].reshape(shape), scale * band_hi[i].reshape(shape)
             kink = (lo != up) | (lo != ref.value) | (up != ref.value)
