@@ -23,6 +23,7 @@ from .differentiate.elementwise import differentiate, entry_form, structural_zer
 from .differentiate.matrix_form import matrix_closed_form
 from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .lower.numpy import high_precision, lower
+from .progress import stage, with_progress
 from .reference import Reference
 from .report.report import Report, shorten
 
@@ -222,6 +223,7 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
 
 
+@with_progress("symgrad check")
 def check(
     fn: Callable | None,
     inputs,
@@ -241,22 +243,47 @@ def check(
     symbols_map: Mapping[str, object] | None = None,
     title: str | None = None,
     memory_budget: int | None = None,
+    quiet: bool | None = None,
 ) -> Report:
     """Check torch autograd's derivatives of ``fn`` at ``inputs`` against the closed form.
 
-    ``fn``: a torch callable (or a custom ``autograd.Function``'s ``apply``; an ``nn.Module`` goes
-    through ``symgrad.nn.check_module``); ``None`` lowers ``symbolic`` to torch.
-    ``inputs``: ``{name: tensor}`` or a tuple of tensors (named after ``fn``'s parameters).
-    ``symbolic``: the same function built symbolically -- a callable on ``SymTensor``s (written with
-    ``sg.*`` functions, or returning SymPy objects) or a SymPy expression / matrix expression whose
-    (Matrix)Symbols are named after the inputs.  ``None``: ``fn`` itself, if written with ``sg.*``.
-    ``wrt``: input names to differentiate (default: those with ``requires_grad``, else all floats).
-    ``via``: how autograd runs: see ``symgrad.autograd.VIAS``.  ``v``: cotangent for ``backward(v)``
-    and vjp; ``tangents``: a tensor or ``{name: tensor}`` for jvp.
-    ``engine``: ``"auto"``, ``"elementwise"`` (one exact expression per entry), ``"matrix"``
-    (modules with a loss) or ``"graph"`` (the op graph's tensor back end: any size, reverse mode).
-    ``memory_budget``: bytes the exploded back end may use (Note [Memory guard] in
-    ``symgrad/graph/budget.py``); ``"auto"`` goes to the tensor back end beyond it.
+    Returns a ``Report`` (``report.passed``; ``report.raise_for_failure()``; ``report.write(path)``).
+    A wrong derivative is a failing row, not an exception; bad input raises ``SymgradError``.
+
+    Parameters
+    ----------
+    fn : a torch callable, a custom ``autograd.Function``'s ``apply``, or an ``nn.Module`` (checked
+        through ``symgrad.nn.check_module``); ``None`` lowers ``symbolic`` to torch.
+    inputs : ``{name: tensor}`` or a tuple of tensors (named after ``fn``'s parameters).
+    symbolic : the same function built symbolically -- a callable on ``SymTensor``s (written with
+        ``sg.*`` functions, or returning SymPy objects) or a SymPy expression / matrix expression
+        whose (Matrix)Symbols are named after the inputs.  ``None``: ``fn`` itself, if written with
+        ``sg.*``, else ``fn`` is imported through ``torch.fx``.
+    wrt : input names to differentiate (default: those with ``requires_grad``, else all floats).
+    via : how autograd runs: ``"backward"``, ``"autograd.grad"``, ``"functional.jacobian"``,
+        ``"functional.hessian"``, ``"functional.vjp"``, ``"functional.jvp"``, ``"jacrev"``,
+        ``"jacfwd"``, ``"func.vjp"``, ``"func.jvp"``, ``"func.hessian"`` (``symgrad.autograd.VIAS``).
+        Default: ``"backward"`` for a scalar output or with ``v``, else ``"functional.jacobian"``.
+    v : the cotangent for ``backward(v)`` and the vjps, shaped like the output.  A random ``v``
+        (``torch.randn_like(out)``) checks that a backward uses its ``grad_output``; a cotangent of
+        ones (``.sum()``) does not.
+    tangents : a tensor or ``{name: tensor}`` for the jvps.
+    loss, target : for an ``nn.Module``: the loss (``"mse"``, a loss module or callable) and its target.
+    engine : ``"auto"``, ``"elementwise"`` (one exact expression per entry), ``"matrix"`` (the
+        matrix-calculus engine, modules with a loss) or ``"graph"`` (the op graph's tensor back end:
+        any size; reverse and forward mode).  ``"auto"`` picks by size (Note [Memory guard]).
+    backend : the elementwise engine's differentiation: ``"auto"`` (symengine) or ``"sympy"`` (slow;
+        for cross-checking the fast path).
+    rtol : relative tolerance (default by dtype: 1e-7 float64, 1e-5 float32); adds to the rounding bound.
+    atol : an absolute tolerance added to every entry's allowance (it never replaces the bound).
+    backward_calls : call ``backward`` this many times and check the accumulated ``.grad``.
+    symbols_map : ``{input name: Matrix/Array of the user's own symbols}`` for a SymPy ``symbolic``.
+    title : the report's title.
+    memory_budget : bytes the exploded (elementwise) back end may use (Note [Memory guard] in
+        ``symgrad/graph/budget.py``); beyond it ``"auto"`` goes to the tensor back end and a forced
+        ``"elementwise"`` is refused.
+    quiet : ``True`` never shows progress (also: environment variable ``SYMGRAD_QUIET=1``); progress
+        appears on stderr only for checks that take more than 2 s.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -274,6 +301,7 @@ def check(
                          "(symgrad.matrix.grad); plain functions use the elementwise engine")
     import torch
 
+    stage("building the symbolic forward")
     named = normalize_inputs(fn, symbolic, inputs)
     wrt_names = _choose_wrt(named, wrt)
     dtype = lowest_precision(named.values())
@@ -282,7 +310,8 @@ def check(
     if _tensor_back_end(fn, symbolic, named, wrt_names, via, tangents, engine, memory_budget):
         from .graph import check_graph
 
-        return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v,
+        stage("op graph: trace, differentiate, compare")
+        return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
                            backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
 
     sym_in = symbolic_inputs(named)
@@ -353,10 +382,12 @@ def check(
             extra_args += list(tan_sym[w].data.ravel())
             extra_vals += list(t.detach().double().numpy().ravel())
 
+    stage("differentiating in closed form")
     derivs = differentiate(out, {w: sym_in[w] for w in wrt_names}, quantity, cotangent=cot_sym,
                            tangents=tan_sym, backend=backend)
 
     # Lower the forward and every derivative in one function (shared subexpressions computed once).
+    stage("evaluating the closed form")
     keys = list(derivs)
     exprs = list(out.data.ravel())
     sizes = [out.numel()]
@@ -393,14 +424,17 @@ def check(
         text, latex = _closed_form_text(derivs[k])
         if scale != 1:
             text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
+            latex = f"{scale} \\left({latex}\\right)" if latex else ""
         ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape),
                         rounding=scale * rounding[i].reshape(shape), structural_zero=structural_zeros(derivs[k]))
+        ref.closed_form_expr, ref.entry_form = _printable(derivs[k], latex, scale)
         if from_sympy and quantity == "grad" and isinstance(k, str):
             shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)
             if shown is not None:
                 ref.note = shown[2]
                 if shown[0]:
                     ref.closed_form, ref.closed_form_latex = shown[0], shown[1]
+                    ref.closed_form_expr = None  # the matrix form is shown as text, not the first entry
         if band_lo is not None:
             lo, up = scale * band_lo[i].reshape(shape), scale * band_hi[i].reshape(shape)
             kink = (lo != up) | (lo != ref.value) | (up != ref.value)
@@ -414,6 +448,7 @@ def check(
 
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
+    stage(f"running autograd (via={via})")
     actual = run_autograd(torch_fn, leaves, wrt_names, via, **autograd)
 
     def judge() -> list:
@@ -425,6 +460,7 @@ def check(
         return [forward] + compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name,
                                        quantity=quantity, rtol=rtol, atol=atol)
 
+    stage("comparing")
     records = judge()
     if not all(r.passed for r in records):  # Note [Tolerances]: a cancellation torch still computes?
         moved = torch_noise(torch_fn, leaves, wrt_names, via, autograd, out_t, {k: actual[k] for k in keys})
@@ -462,6 +498,22 @@ def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) ->
         refuse_exploded(n_in, n_wrt, 1, False, budget)
         return False
     return too_big_to_explode(n_in, n_wrt, 1, False, budget)
+
+
+def _printable(deriv: np.ndarray, latex: str, scale: int):
+    """For the reports: the first entry as a SymPy expression (only where it was short enough for
+    LaTeX), and a callable giving any entry's closed form text (the worst entry of a failure)."""
+    expr = None
+    if latex and deriv.size:
+        expr = sp.sympify(deriv.ravel()[0])
+        if scale != 1:
+            expr = sp.Mul(scale, expr, evaluate=False)
+
+    def entry_text(index: tuple) -> str:
+        text = entry_form(np.array([deriv[tuple(index)]], dtype=object))[0]
+        return f"{scale} * ({text})" if scale != 1 else text
+
+    return expr, entry_text
 
 
 def _check_options(rtol, atol, backward_calls) -> None:
@@ -520,6 +572,30 @@ def _lowered_forward(out: SymTensor, sym_in: dict[str, SymTensor], dtype):
     return forward
 
 
-def assert_correct(*args, **kwargs) -> Report:
-    """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails."""
-    return check(*args, **kwargs).raise_for_failure()
+def assert_correct(
+    fn: Callable | None,
+    inputs,
+    symbolic=None,
+    *,
+    wrt=None,
+    via: str | None = None,
+    v=None,
+    tangents=None,
+    loss=None,
+    target=None,
+    engine: str = "auto",
+    backend: str = "auto",
+    rtol: float | None = None,
+    atol: float | None = None,
+    backward_calls: int = 1,
+    symbols_map: Mapping[str, object] | None = None,
+    title: str | None = None,
+    memory_budget: int | None = None,
+    quiet: bool | None = None,
+) -> Report:
+    """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails, and
+    returns the passing ``Report`` otherwise.  The keywords are ``check``'s (see ``help(symgrad.check)``)."""
+    return check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
+                 engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
+                 symbols_map=symbols_map, title=title, memory_budget=memory_budget,
+                 quiet=quiet).raise_for_failure()

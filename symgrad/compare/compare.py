@@ -91,6 +91,13 @@ class Record:
     note: str = ""
     expected: np.ndarray | None = field(default=None, repr=False)
     actual: np.ndarray | None = field(default=None, repr=False)
+    # for the reports only (heatmaps, worst entries): each entry's allowance and kink mask, the closed
+    # form as a SymPy expression and a callable giving any entry's closed form text
+    allowed: np.ndarray | None = field(default=None, repr=False)
+    kink_mask: np.ndarray | None = field(default=None, repr=False)
+    mismatch_mask: np.ndarray | None = field(default=None, repr=False)
+    closed_form_expr: object = field(default=None, repr=False)
+    entry_form: object = field(default=None, repr=False)
 
     @property
     def verdict(self) -> str:
@@ -191,6 +198,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     if atol is not None:  # the caller's own absolute tolerance, on top
         allowed = allowed + atol
     rec.rtol = rtol
+    rec.closed_form_expr, rec.entry_form = ref.closed_form_expr, ref.entry_form
     ok = diff <= allowed
 
     fit = None
@@ -223,6 +231,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         rec.kinks = int(kink.sum())
         rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band, fit)
     ok &= ~differ
+    rec.allowed, rec.kink_mask, rec.mismatch_mask = allowed, kink, ~ok
     rec.mismatched = int((~ok).sum())
     rec.unresolved = int((finite & ~kink & (e != 0) & (allowed >= np.abs(e))).sum())
 

@@ -144,7 +144,13 @@ def entry_form(deriv: np.ndarray) -> tuple[str, str]:
         reps, (reduced,) = se.cse([first])
         return "; ".join([f"{k} = {v}" for k, v in reps] + [str(reduced)]), ""
     text = str(first)
-    return text, sp.latex(sp.sympify(first)) if len(text) <= LATEX_MAX_CHARS else ""
+    if len(text) > LATEX_MAX_CHARS:
+        return text, ""
+    shown = sp.sympify(first)
+    if "Piecewise" in text and shown.count(sp.Piecewise) < text.count("Piecewise"):
+        # symengine keeps Piecewise((0, 0 < x), (0, True)); SymPy folds equal branches: print its form
+        text = str(shown)
+    return text, sp.latex(shown)
 
 
 def _tree_size(e, memo: dict | None = None) -> int:

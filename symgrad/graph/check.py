@@ -20,6 +20,7 @@ from typing import Mapping
 import numpy as np
 
 from ..compare.compare import compare, compare_all
+from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
 from ..reference import Reference
 from ..report.report import Report
@@ -102,6 +103,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
         return run
 
     torch_fn = runner(fn)
+    stage("op graph: tracing the forward into core ATen ops")
     gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
     graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
     outs = [o for o in graph.outputs if o is not None]
@@ -109,7 +111,9 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
         raise UnsupportedOp("the function must return one floating-point tensor that depends on its inputs "
                             f"(it returned {len(graph.outputs)} values); return the loss, or pass loss=")
     out_node = outs[0]
+    stage("op graph: cross-checking the tensor rules")
     failed = crosscheck(graph)
+    stage("op graph: evaluating the forward")
     values = forward(graph, ctx)
     out_val = values[out_node]
 
@@ -167,6 +171,7 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
 
     from ..autograd.run import run_autograd
 
+    stage(f"op graph: {len(seeds)} reverse-mode sweep(s) and torch autograd")
     with torch.enable_grad():
         actual = _autograd(st.torch_fn, st.leaves, st.wrt, how, seeds, v, backward_calls, run_autograd)
     nodes = [st.graph.inputs.get(n) for n in st.wrt]

@@ -28,6 +28,7 @@ from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..importer.batch import Mixing, Reduced
 from ..importer.interpret import batch_axes, refuse_stateful, run_symbolic, trace
+from ..progress import stage, with_progress
 from ..report.report import Report, shorten
 
 __all__ = ["check_module", "check_function", "resolve_loss", "MATRIX_THRESHOLD", "LOSSES", "ONEHOT_VIA"]
@@ -124,11 +125,15 @@ def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
     return wrt
 
 
+@with_progress("symgrad check")
 def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
                  engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
-                 tangents=None, backward_calls: int = 1) -> Report:
-    """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed form."""
+                 tangents=None, backward_calls: int = 1, quiet: bool | None = None) -> Report:
+    """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed
+    form.  The keywords are ``symgrad.check``'s; ``quiet=True`` never shows progress."""
     import torch
+
+    stage(f"tracing {type(model).__name__}")
 
     refuse_stateful(model)
     named = _named_inputs(model, inputs)
@@ -181,6 +186,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
                                         and loss_fn is not None)  # the matrix engine differentiates a scalar loss
     if use_matrix and not whole_batch:
         found = None
+        stage("deriving matrix-calculus closed forms")
         if _matrix_via_supported(via, v, required=engine == "matrix"):
             found = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix",
                                        warn=engine == "auto")
@@ -201,6 +207,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
             return check_graph(model, named, wrt=wrt_names, via=via, v=v, loss=loss_fn, target=target,
                                rtol=rtol, atol=atol, title=title)
 
+    stage("tracing with torch.fx")
     gm = trace(model)
     loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
     reason = "a symbolic= forward was given" if symbolic is not None else whole_batch
@@ -208,6 +215,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     if not reason:
         plan, reason = _plan(gm, loss_gm, named, target, via, v, tangents, loss_fn)
     if plan is not None:
+        stage("differentiating one symbolic sample")
         try:
             forward, refs, kinks, meta = _per_sample(gm, loss_gm, plan, named, params, target, v, wrt_names, dtype, backend)
         except (ShapeMismatch, Mixing) as err:
@@ -459,6 +467,7 @@ def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol
         if forward.value.shape != tuple(out_t.shape) and forward.value.size == out_t.numel() == 1:
             forward.value = forward.value.reshape(tuple(out_t.shape))  # grad of a one-element output
             forward.value_lowp = np.asarray(forward.value_lowp).reshape(tuple(out_t.shape))
+    stage(f"running autograd (via={via})")
     if via == ONEHOT_VIA:
         actual = _onehot_jacobian(torch_fn, leaves, wrt)
         quantity = "jacobian"
@@ -477,6 +486,7 @@ def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol
             records.append(rec)
         return records + compare_all(refs, actual, dtype_name, quantity=quantity, rtol=rtol, atol=atol)
 
+    stage("comparing")
     records = judge()
     if not all(r.passed for r in records) and via != ONEHOT_VIA:  # Note [Tolerances] in symgrad/compare
         moved = torch_noise(torch_fn, leaves, wrt, via, dict(cotangent=v), out_t, actual)
