@@ -248,8 +248,12 @@ def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
         lhs, rhs = (_eval(s, env, ctx, memo) for s in cond.args)
         diff = lhs.v - rhs.v
         truth = _REL[type(cond)](lhs.v, rhs.v)
-        # comparing is exact: only the operands' own rounding (and bands) can move an entry across
+        # comparing is exact: only the operands' own rounding (and bands) can move an entry across.
+        # An ordering (x > 0) is on its kink when the operands are equal; an (in)equality test of
+        # exact values (a 0/1 mask against 0) is not: it only flips if its operands can move.
         slack = KINK_ULPS * ctx.eps * (lhs.e + rhs.e) + lhs.band() + rhs.band()
+        if isinstance(cond, (sp.Equality, sp.Unequality)):
+            return truth, (slack > 0) & (np.abs(diff) <= slack)
         return truth, np.abs(diff) <= slack
     if isinstance(cond, (sp.And, sp.Or)):
         parts = [_condition(c, env, ctx, memo) for c in cond.args]

@@ -190,3 +190,40 @@ def test_tied_weights_sum_both_uses():
         model = Tied().to(dtype)
         report = sg.check(model, {"x": torch.randn(3, 6, dtype=dtype)}, engine="graph")
         assert report.passed, report.to_text()
+
+
+class LeakyStray(torch.autograd.Function):
+    """leaky_relu (decomposed by torch into a comparison and a where) with a stray term at one entry."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.leaky_relu(x, 0.1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        gx = g * torch.where(x > 0, 1.0, 0.1).to(g.dtype)
+        gx.view(-1)[5] += 1e-3
+        return gx
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_mask_is_no_kink(dtype):
+    """where(x > 0, x, 0.1 x): the 0/1 mask equal to 0 is data, not a point on a kink; a band there
+    once let a wrong backward pass (every entry 'on a kink')."""
+    torch.manual_seed(6)
+    conv, fc = nn.Conv2d(1, 4, 3, padding=1).to(dtype), nn.Linear(64, 3).to(dtype)
+
+    def net(x, w, b):
+        h = F.max_pool2d(LeakyStray.apply(F.conv2d(x, w, b, padding=1)), 2)
+        return fc(h.flatten(1)).pow(2).sum()
+
+    inputs = {"x": torch.randn(2, 1, 8, 8, dtype=dtype), "w": conv.weight.detach(), "b": conv.bias.detach()}
+    report = sg.check(net, inputs, wrt=["w", "b"], engine="graph")
+    assert not report.passed
+    assert {r.name for r in report.failures} == {"w", "b"}
+    assert all(r.kinks == 0 for r in report.records)
+    good = sg.check(lambda x, w, b: fc(F.max_pool2d(F.leaky_relu(F.conv2d(x, w, b, padding=1), 0.1), 2)
+                                       .flatten(1)).pow(2).sum(), inputs, wrt=["w", "b"], engine="graph")
+    assert good.passed and all(r.kinks == 0 for r in good.records)
