@@ -141,7 +141,7 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     for name, mat in (extra or {}).items():
         if name not in sym_inputs:
             raise InputError(f"symbols_map names {name!r}, which is not an input; inputs: {', '.join(sym_inputs)}")
-        user = list(sp.Array(mat).reshape(len(sp.flatten(mat))) if not isinstance(mat, sp.Symbol) else [mat])
+        user = _user_symbols(name, mat)
         ours = sym_inputs[name].data.ravel()
         if len(user) != ours.size:
             raise ShapeMismatch(f"symbols_map[{name!r}] has {len(user)} symbols but input {name!r} has shape {sym_inputs[name].shape}")
@@ -151,6 +151,25 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     else:
         expr = sp.sympify(expr).xreplace(subs) if subs else expr
     return as_symtensor(expr)
+
+
+def _user_symbols(name: str, mat) -> list:
+    """The symbols of ``symbols_map[name]``, flat; only SymPy Symbols (never strings, which
+    ``sympy.Array`` would parse, i.e. run)."""
+    if isinstance(mat, sp.Symbol):
+        return [mat]
+    if isinstance(mat, (sp.MatrixBase, sp.NDimArray)):
+        flat = list(mat) if isinstance(mat, sp.MatrixBase) else list(sp.flatten(mat.tolist()))
+    elif isinstance(mat, (list, tuple)):
+        flat = list(sp.utilities.iterables.flatten(mat))
+    else:
+        flat = [mat]
+    bad = [e for e in flat if not isinstance(e, sp.Symbol)]
+    if bad:
+        raise InputError(f"symbols_map[{name!r}] holds a {type(bad[0]).__name__} ({str(bad[0])[:60]!r}), not a SymPy "
+                         "Symbol; map each input to a Symbol, a Matrix/Array of Symbols or a list of them "
+                         "(symgrad never parses strings)")
+    return flat
 
 
 def _sympy_view(st: SymTensor):

@@ -55,6 +55,10 @@ def to_element(value):
     """A number or SymPy/symengine expression as a symengine expression."""
     if isinstance(value, se.Basic):
         return value
+    if not isinstance(value, sp.Basic):
+        from .numbers import number
+
+        value = number(value, "a tensor entry")  # never a string: symengine would parse it
     from ..lower.numpy import to_symengine
 
     return to_symengine(value)

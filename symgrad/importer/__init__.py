@@ -24,6 +24,9 @@ class SymbolicTwin:
         import torch.nn as nn
 
         if isinstance(fn, nn.Module):
+            from ..build.numbers import refuse_string_attributes
+
+            refuse_string_attributes(fn)
             refuse_stateful(fn)
         self.fn = fn
         self.graph_module = trace(fn)

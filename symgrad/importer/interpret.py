@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from ..build.tensor import SymTensor, as_symtensor
-from ..errors import SymgradError, UnsupportedOp
+from ..errors import InputError, SymgradError, UnsupportedOp
 from .batch import Ctx, Mixing, batch_info
 from .table import describe_target, lookup
 
@@ -213,15 +213,20 @@ def batch_axes(gm, args, infos) -> tuple[object, object]:
         a, kw = fx.node.map_arg(node.args, lambda n: env[n]), fx.node.map_arg(node.kwargs, lambda n: env[n])
         ia, ikw = _infos(node.args, info), _infos(node.kwargs, info)
         rule, mod = _rule_for(gm, node, modules)
-        if node.op == "call_module":
-            value = mod(*a, **kw)
-            name = type(mod).__name__
-        elif node.op == "call_function":
-            value = node.target(*a, **kw)
-            name = describe_target(node.target)
-        else:
-            value = getattr(a[0], node.target)(*a[1:], **kw)
-            name = f"Tensor.{node.target}"
+        try:
+            if node.op == "call_module":
+                value = mod(*a, **kw)
+                name = type(mod).__name__
+            elif node.op == "call_function":
+                value = node.target(*a, **kw)
+                name = describe_target(node.target)
+            else:
+                value = getattr(a[0], node.target)(*a[1:], **kw)
+                name = f"Tensor.{node.target}"
+        except Exception as err:  # noqa: BLE001 - the model does not run in torch at all
+            raise InputError(f"the model raised in torch itself at fx node {node.name!r} (`{node.format_node()}`): "
+                             f"{type(err).__name__}: {str(err)[:300]}. Fix the model so that it runs in torch; "
+                             "symgrad checks what torch computes.") from err
         env[node] = value
         ctx = Ctx(name, tuple(a), dict(kw), tuple(ia), dict(ikw), value, mod)
         try:

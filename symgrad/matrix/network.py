@@ -157,8 +157,11 @@ def _exact(v):
     if isinstance(v, int):
         return sp.Integer(v)
     if isinstance(v, float):
-        return sp.oo if v == float("inf") else sp.Rational(repr(v))
-    return sp.sympify(v)
+        return sp.oo if v == float("inf") else -sp.oo if v == float("-inf") else sp.Rational(repr(v))
+    from symgrad.build.numbers import number
+
+    v = number(v, "a number in the model (an activation's parameter or a constant)")  # never a string
+    return v if isinstance(v, sp.Basic) else _exact(v)
 
 
 def _activation_functions() -> dict:
@@ -334,14 +337,20 @@ def loss_spec(loss) -> LossSpec:
         if type(loss) is cls:
             reduction = _check_reduction(loss.reduction, cls.__name__)
             if kind == "cross_entropy":
-                return LossSpec(kind, reduction, ignore_index=int(loss.ignore_index), weight=loss.weight,
-                                label_smoothing=float(loss.label_smoothing))
+                return LossSpec(kind, reduction, ignore_index=int(_num(loss.ignore_index, "ignore_index")),
+                                weight=loss.weight, label_smoothing=float(_num(loss.label_smoothing, "label_smoothing")))
             for attr in ("weight", "pos_weight"):
                 if getattr(loss, attr, None) is not None:
                     raise UnsupportedOp(f"matrix engine: {cls.__name__} with {attr}=... is not supported; "
                                         "use engine='elementwise'")
             return LossSpec(kind, reduction)
     raise UnsupportedOp(f"matrix engine: unsupported loss {loss!r} (nn.MSELoss, nn.BCEWithLogitsLoss, nn.CrossEntropyLoss, F.* or strings)")
+
+
+def _num(value, name: str):
+    from symgrad.build.numbers import number
+
+    return number(value, f"the cross-entropy loss's {name}")
 
 
 def _is_default(value, default) -> bool:
@@ -372,8 +381,8 @@ def functional_loss_spec(kind: str, fn, args, kwargs, where: str) -> LossSpec:
                                 "supported; use engine='elementwise'")
     reduction = _check_reduction(given.get("reduction", "mean"), where)
     if kind == "cross_entropy":
-        return LossSpec(kind, reduction, ignore_index=int(given.get("ignore_index", -100)),
-                        label_smoothing=float(given.get("label_smoothing", 0.0)))
+        return LossSpec(kind, reduction, ignore_index=int(_num(given.get("ignore_index", -100), "ignore_index")),
+                        label_smoothing=float(_num(given.get("label_smoothing", 0.0), "label_smoothing")))
     return LossSpec(kind, reduction)
 
 
@@ -419,6 +428,9 @@ def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> 
 
     from symgrad.matrix.fx_rules import interpret
 
+    from symgrad.build.numbers import refuse_string_attributes
+
+    refuse_string_attributes(model, loss)
     gm = traced if traced is not None else fx.symbolic_trace(model)
     b = _Builder(model, inputs)
     out = interpret(b, gm)

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd, torch_noise
+from ..build.numbers import refuse_string_attributes
 from ..build.tensor import as_symtensor, symbols
 from ..check import _fresh, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
@@ -130,6 +131,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed form."""
     import torch
 
+    refuse_string_attributes(model, loss)  # before torch or the importer reads them (never sympified)
     refuse_stateful(model)
     named = _named_inputs(model, inputs)
     params = dict(model.named_parameters())

@@ -1,0 +1,111 @@
+"""Regression tests for the adversarial audit (issue 13): code execution, input handling, state.
+
+Each test fails on the code before its fix.  Expected values come from torch or numpy, never
+from symgrad.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import pytest
+
+import symgrad as sg
+from symgrad.errors import InputError, SymgradError
+
+torch.manual_seed(0)
+
+
+# -- item 8: strings never reach sympify / eval ------------------------------------------------
+def _payload(marker) -> str:
+    return f"__import__('pathlib').Path({str(marker)!r}).touch() or 0.01"
+
+
+def _mlp(slope):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(), nn.Linear(4, 1)).double()
+    model[1].negative_slope = slope
+    return model
+
+
+class _SlopeAttr(nn.Module):
+    """A string in an attribute torch's constructor never saw: only the deep guards can catch it."""
+
+    def __init__(self, slope):
+        super().__init__()
+        self.lin = nn.Linear(3, 1).double()
+        self.slope = slope
+
+    def forward(self, x):
+        return F.leaky_relu(self.lin(x), self.slope)
+
+
+X = torch.randn(5, 3, dtype=torch.float64)
+Y = torch.randn(5, 1, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("how", ["backward_calls", "matrix", "elementwise", "import"])
+@pytest.mark.parametrize("make", [_mlp, _SlopeAttr], ids=["module-attr", "forward-arg"])
+def test_string_in_module_attribute_never_runs(tmp_path, how, make):
+    marker = tmp_path / "pwned"
+    model = make(_payload(marker))
+    with pytest.raises(SymgradError) as info:
+        if how == "import":
+            sg.import_fn(model)(sg.symbols("x", (2, 3)))
+        else:
+            kw = {"backward_calls": dict(backward_calls=2), "matrix": dict(engine="matrix"),
+                  "elementwise": dict(engine="elementwise")}[how]
+            sg.check(model, (X,), loss="mse", target=Y, **kw)
+    assert not marker.exists(), "a string from a module attribute ran as code"
+    message = str(info.value).lower()
+    assert "str" in message and "number" in message and len(message) < 1000
+
+
+@pytest.mark.parametrize("how", ["backward_calls", "matrix"])
+def test_string_label_smoothing_never_runs(tmp_path, how):
+    marker = tmp_path / "pwned"
+    model = nn.Linear(3, 4).double()
+    loss = nn.CrossEntropyLoss()
+    loss.label_smoothing = _payload(marker)
+    kw = dict(backward_calls=2) if how == "backward_calls" else dict(engine="matrix")
+    with pytest.raises(InputError, match="label_smoothing"):
+        sg.check(model, (X,), loss=loss, target=torch.tensor([0, 1, 2, 3, 0]), **kw)
+    assert not marker.exists()
+
+
+def test_string_passed_to_symgrad_functions_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    x = sg.symbols("x", (2,))
+    with pytest.raises(InputError, match="negative_slope"):
+        sg.leaky_relu(x, _payload(marker))
+    with pytest.raises(InputError, match="label_smoothing"):
+        sg.cross_entropy(sg.symbols("z", (2, 3)), torch.tensor([0, 1]), label_smoothing=_payload(marker))
+    with pytest.raises(InputError):
+        x + _payload(marker)
+    with pytest.raises(InputError):
+        sg.check(lambda x: x.sum(), (X,), symbolic=lambda x: _payload(marker))
+    assert not marker.exists()
+
+
+def test_numbers_of_every_kind_still_accepted():
+    import fractions
+
+    import numpy as np
+
+    x = sg.symbols("x", (1,))
+    for slope in (0.1, np.float32(0.1), torch.tensor(0.1), fractions.Fraction(1, 10)):
+        out = sg.leaky_relu(x, slope)
+        assert out.shape == (1,)
+    model = _mlp(0.2)
+    assert sg.check(model, (X,), loss="mse", target=Y).passed
+
+
+def test_string_in_symbols_map_never_runs(tmp_path):
+    import sympy as sp
+
+    marker = tmp_path / "pwned"
+    q = sp.symbols("q0:3")
+    with pytest.raises(InputError, match="symbols_map"):
+        sg.check(None, {"x": X[0]}, symbolic=sum(qi**2 for qi in q), symbols_map={"x": [_payload(marker), q[1], q[2]]})
+    assert not marker.exists()
