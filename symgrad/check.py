@@ -241,6 +241,22 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
 
 
+def grad_enabled(fn):
+    """Run ``fn`` with torch's grad mode on: a ``check()`` inside ``torch.no_grad()`` (or
+    ``inference_mode``-free eval code) still records the graph autograd differentiates."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@grad_enabled
 def check(
     fn: Callable | None,
     inputs,

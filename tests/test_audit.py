@@ -109,3 +109,14 @@ def test_string_in_symbols_map_never_runs(tmp_path):
     with pytest.raises(InputError, match="symbols_map"):
         sg.check(None, {"x": X[0]}, symbolic=sum(qi**2 for qi in q), symbols_map={"x": [_payload(marker), q[1], q[2]]})
     assert not marker.exists()
+
+
+# -- item 11: check() inside torch.no_grad() ---------------------------------------------------
+def test_check_inside_no_grad():
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    with torch.no_grad():
+        assert sg.check(lambda x: torch.tanh(x).sum(), (x,), symbolic=lambda x: sg.tanh(x).sum()).passed
+        model = nn.Sequential(nn.Linear(3, 2), nn.Tanh()).double()
+        assert sg.check(model, (X,), loss="mse", target=torch.randn(5, 2, dtype=torch.float64)).passed
+        assert sg.check(lambda x: torch.sin(x).sum(), (x,)).passed  # the fx import path
+    assert torch.is_grad_enabled()

@@ -23,7 +23,7 @@ import numpy as np
 from ..autograd.run import default_via, quantity_of, run_autograd, torch_noise
 from ..build.numbers import refuse_string_attributes
 from ..build.tensor import as_symtensor, symbols
-from ..check import _fresh, lowest_precision, normalize_inputs
+from ..check import _fresh, grad_enabled, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
@@ -125,6 +125,7 @@ def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
     return wrt
 
 
+@grad_enabled
 def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
                  engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
                  tangents=None, backward_calls: int = 1) -> Report:
