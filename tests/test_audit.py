@@ -120,3 +120,35 @@ def test_check_inside_no_grad():
         assert sg.check(model, (X,), loss="mse", target=torch.randn(5, 2, dtype=torch.float64)).passed
         assert sg.check(lambda x: torch.sin(x).sum(), (x,)).passed  # the fx import path
     assert torch.is_grad_enabled()
+
+
+# -- item 12: the matrix engine's cache is bounded and keeps no parameter values ---------------
+def _cached_bytes() -> int:
+    from symgrad.matrix import references as R
+
+    total = 0
+    for net, *_ in R._STRUCTURES.values():
+        for v in net.values.values():
+            if v is not None:
+                total += v.nbytes if v.base is None and all(s for s in v.strides) else 0
+    return total
+
+
+def test_matrix_cache_is_bounded_over_many_widths():
+    from symgrad.matrix import references as R
+
+    R.clear_caches()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.randn(4, 1, dtype=torch.float64)
+    for width in range(2, 14):  # 12 architectures
+        model = nn.Sequential(nn.Linear(3, width), nn.Tanh(), nn.Linear(width, 1)).double()
+        assert sg.check(model, (x,), loss="mse", target=y, engine="matrix").passed
+    assert len(R._STRUCTURES) <= R.CACHE_SIZE
+    assert len(R._VERIFIED) <= R.CACHE_SIZE and len(R._FORMS) <= R.CACHE_SIZE
+    assert _cached_bytes() == 0, "the cache keeps copies of parameter values"
+    # a cache hit still refreshes the values: a changed weight changes the gradient
+    model = nn.Sequential(nn.Linear(3, 13), nn.Tanh(), nn.Linear(13, 1)).double()
+    assert sg.check(model, (x,), loss="mse", target=y, engine="matrix").passed
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)
+    assert sg.check(model, (x,), loss="mse", target=y, engine="matrix").passed
