@@ -152,3 +152,50 @@ def test_matrix_cache_is_bounded_over_many_widths():
     with torch.no_grad():
         model[0].weight.mul_(2.0)
     assert sg.check(model, (x,), loss="mse", target=y, engine="matrix").passed
+
+
+# -- item 9: Report.write is atomic and does not follow symlinks; escaping helpers -------------
+def _report(title="t"):
+    x = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    return sg.check(lambda x: (x * x).sum(), (x,), symbolic=lambda x: (x * x).sum(), title=title)
+
+
+@pytest.mark.parametrize("suffix", [".md", ".html", ".json", ".txt"])
+def test_write_replaces_a_symlink_instead_of_following_it(tmp_path, suffix):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = tmp_path / f"report{suffix}"
+    link.symlink_to(victim)
+    _report().write(link)
+    assert victim.read_text() == "precious", "write followed the symlink"
+    assert not link.is_symlink() and "x" in link.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["victim.txt", f"report{suffix}"])  # no temp left
+
+
+def test_write_leaves_the_old_report_when_rendering_fails(tmp_path, monkeypatch):
+    path = tmp_path / "r.md"
+    path.write_text("old report")
+    report = _report()
+    monkeypatch.setattr(type(report), "to_markdown", lambda self: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        report.write(path)
+    assert path.read_text() == "old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.md"]
+
+
+def test_text_report_escapes_terminal_control_characters(tmp_path):
+    path = tmp_path / "r.txt"
+    _report(title="evil\x1b[2J\rtitle").write(path)
+    text = path.read_text()
+    assert "\x1b" not in text and "\r" not in text and "\\x1b[2J" in text
+
+
+def test_escape_markdown_and_code_helpers():
+    from symgrad.report.report import escape_markdown, markdown_code
+
+    evil = "<img src=x onerror=alert(1)> **bold** | cell\n# head `code`"
+    out = escape_markdown(evil)
+    assert "<" not in out and "\n" not in out and "|" not in out.replace("\\|", "")
+    assert "\\*\\*bold\\*\\*" in out and "\\#" in out and "\\`code\\`" in out
+    code = markdown_code("a `b` c")
+    assert code.startswith("``") and code.endswith("``") and "a `b` c" in code
