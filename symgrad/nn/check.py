@@ -22,6 +22,8 @@ import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd, torch_noise
 from ..build.numbers import refuse_string_attributes
+from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
+                        refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
 from ..build.tensor import as_symtensor, symbols
 from ..check import _fresh, grad_enabled, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
@@ -132,10 +134,21 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed form."""
     import torch
 
+    check_callable(model, "the model")
+    check_wrt_type(wrt)
+    check_backend(backend)
+    if via is not None:
+        check_via_keywords(via, "jacobian" if via == ONEHOT_VIA else quantity_of(via, v is not None), v, tangents)
     refuse_string_attributes(model, loss)  # before torch or the importer reads them (never sympified)
     refuse_stateful(model)
+    refuse_hooks(model)
+    refuse_meta(model)
     named = _named_inputs(model, inputs)
     params = dict(model.named_parameters())
+    check_names(params)
+    refuse_nonfinite(params, "parameter")
+    if target is not None and hasattr(target, "is_floating_point"):
+        refuse_nonfinite({"target": target}, "the loss's")
     clash = set(named) & set(params)
     if clash:
         raise InputError(f"input name(s) {', '.join(sorted(clash))} clash with parameter names; pass inputs as a dict with other names")
@@ -195,6 +208,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
                            {"engine": "matrix"})
 
     gm = trace(model)
+    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
     loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
     reason = "a symbolic= forward was given" if symbolic is not None else whole_batch
     plan = None
@@ -537,7 +551,7 @@ def _TracedFunction(fn, names):
         raise InputError(f"check_function needs input names that are Python identifiers (not keywords), got {names}; "
                          "pass the inputs as a dict with other names")
     params = ", ".join(names)
-    namespace = {"fn": fn}
-    exec(f"def forward(self, {params}):\n    return fn({params})\n", namespace)  # named placeholders for fx
+    namespace = {"__symgrad_fn": fn}  # names no input can take (an input may be called fn or self)
+    exec(f"def forward(__symgrad_self, {params}):\n    return __symgrad_fn({params})\n", namespace)  # fx placeholders
     cls = type(f"Traced_{getattr(fn, '__name__', 'function')}", (torch.nn.Module,), {"forward": namespace["forward"]})
     return cls()
