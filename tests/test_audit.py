@@ -199,3 +199,171 @@ def test_escape_markdown_and_code_helpers():
     assert "\\*\\*bold\\*\\*" in out and "\\#" in out and "\\`code\\`" in out
     code = markdown_code("a `b` c")
     assert code.startswith("``") and code.endswith("``") and "a `b` c" in code
+
+
+# -- the errors list of issue 13 (and issue 12's): type, cause, fix, short --------------------
+x3 = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+
+
+def _mlp2():
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+
+
+class _Returns(nn.Module):
+    def __init__(self, what):
+        super().__init__()
+        self.fc1 = nn.Linear(3, 2).double()
+        self.what = what
+
+    def forward(self, x):
+        z = self.fc1(x)
+        if self.what == "tuple":
+            return ((z - 1) ** 2).mean(), z  # `return loss, logits`
+        if self.what == "dict":
+            return {"logits": z}
+        if self.what == "none":
+            return None
+        return "a string"
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2).double()
+
+    def forward(self, x, y):
+        return ((self.fc(x) - y) ** 2).mean()
+
+
+def _hooked():
+    model = _mlp2()
+    model[1].register_forward_hook(lambda mod, inp, out: out * 2)
+    return model
+
+
+def _deep():
+    import sympy as sp
+
+    expr = sp.Symbol("x")
+    for _ in range(200):
+        expr = sp.sin(expr)
+    return expr
+
+
+X5 = torch.randn(4, 3, dtype=torch.float64)
+Y5 = torch.randn(4, 2, dtype=torch.float64)
+_sin = (lambda x: torch.sin(x).sum(), lambda x: sg.sin(x).sum())
+
+ERRORS = {
+    "check(42)": (lambda: sg.check(42, (x3,)), InputError, "int", "pass the torch function"),
+    "wrt=0": (lambda: sg.check(*_sin[:1], (x3,), symbolic=_sin[1], wrt=0), InputError, "wrt=0", "wrt='x'"),
+    "sparse": (lambda: sg.check(_sin[0], (x3.to_sparse(),), symbolic=_sin[1]), InputError, "sparse", "to_dense"),
+    "input named fn": (lambda: sg.check(lambda fn: torch.sin(fn).sum(), {"fn": x3}), None, "", ""),
+    "input named self": (lambda: sg.check(lambda self: torch.sin(self).sum(), {"self": x3}), None, "", ""),
+    "too many inputs": (lambda: sg.check(_sin[0], (x3, x3), symbolic=_sin[1]), InputError, "2 inputs", "one tensor per"),
+    "too many inputs (fx)": (lambda: sg.check(_sin[0], (x3, x3)), InputError, "2 inputs", "one tensor per"),
+    "missing input": (lambda: sg.check(_TwoInputs(), (X5,)), InputError, "needs 2 inputs", "pass 'y'"),
+    "fn returns tuple": (lambda: sg.check(lambda x: (x.sum(), x), (x3,), symbolic=lambda x: x.sum()),
+                         InputError, "tuple", "return one tensor"),
+    "fn returns None": (lambda: sg.check(lambda x: None, (x3,), symbolic=lambda x: x.sum()), InputError, "None",
+                        "missing return"),
+    "fn returns str": (lambda: sg.check(lambda x: "s", (x3,)), InputError, "str", "return one tensor"),
+    "forward returns (loss, logits)": (lambda: sg.check(_Returns("tuple"), (X5,)), InputError, "tuple of 2",
+                                       "returns one tensor"),
+    "forward returns dict": (lambda: sg.check(_Returns("dict"), (X5,)), InputError, "dict", "returns one tensor"),
+    "forward returns None": (lambda: sg.check(_Returns("none"), (X5,)), InputError, "None", "missing return"),
+    "forward returns str": (lambda: sg.check(_Returns("str"), (X5,)), InputError, "str", "returns one tensor"),
+    "jit.script": (lambda: sg.check(torch.jit.script(_mlp2()), (X5,), loss="mse", target=Y5), SymgradError,
+                   "TorchScript", "original nn.Module"),
+    "torch.compile": (lambda: sg.check(torch.compile(_mlp2()), (X5,), loss="mse", target=Y5), SymgradError,
+                      "torch.compile", "_orig_mod"),
+    "meta device": (lambda: sg.check(_mlp2().to("meta"), (X5,), loss="mse", target=Y5), InputError, "meta",
+                    "to_empty"),
+    "200-deep expression": (lambda: sg.check(None, {"x": torch.tensor(0.3, dtype=torch.float64)}, symbolic=_deep()),
+                            SymgradError, "recursion limit", "setrecursionlimit"),
+    "nan input": (lambda: sg.check(_sin[0], (torch.tensor([1.0, float("nan")], dtype=torch.float64),),
+                                   symbolic=_sin[1]), InputError, r"x\[1\] = nan", "finite values"),
+    "inf input": (lambda: sg.check(_sin[0], (torch.tensor([1.0, float("inf")], dtype=torch.float64),),
+                                   symbolic=_sin[1]), InputError, r"x\[1\] = inf", "finite values"),
+    "nan parameter": (lambda: sg.check((lambda m: (m[0].weight.data.__setitem__((0, 0), float("nan")), m)[1])(_mlp2()),
+                                       (X5,), loss="mse", target=Y5), InputError, r"0\.weight\[0, 0\] = nan",
+                      "finite values"),
+    "forward hook": (lambda: sg.check(_hooked(), (X5,), loss="mse", target=Y5), InputError, "forward hook",
+                     "handle.remove"),
+    "v with jacobian": (lambda: sg.check(lambda x: torch.sin(x), (x3,), symbolic=lambda x: sg.sin(x),
+                                         via="functional.jacobian", v=torch.ones(3, dtype=torch.float64)),
+                        InputError, "does not use it", "drop v"),
+    "backend typo": (lambda: sg.check(_sin[0], (x3,), symbolic=_sin[1], backend="sympyy"), InputError, "sympyy",
+                     "choose one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_error_names_cause_and_fix(case):
+    run, kind, cause, fix = ERRORS[case]
+    if kind is None:  # a name that used to break the generated code: now simply works
+        assert run().passed
+        return
+    with pytest.raises(kind) as info:
+        run()
+    message = str(info.value)
+    assert isinstance(info.value, SymgradError)
+    assert len(message) < 1000, f"{len(message)} characters"
+    assert pytest.importorskip("re").search(cause, message), message
+    assert fix in message, message
+
+
+# -- item 6: dict inputs in another order than the function's parameters -----------------------
+def test_dict_inputs_out_of_order_with_a_sympy_forward():
+    import sympy as sp
+
+    x = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    y = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    xs, ys = sp.MatrixSymbol("x", 2, 1), sp.MatrixSymbol("y", 2, 1)
+    expr = xs[0] * sp.sin(ys[0]) + xs[1] * sp.sin(ys[1])
+    report = sg.check(lambda x, y: (x * torch.sin(y)).sum(), {"y": y, "x": x}, symbolic=expr)
+    assert report.passed
+    # the gradients are matched by name: d/dx = sin(y), d/dy = x cos(y) (from torch, not symgrad)
+    assert report["x"].passed and report["y"].passed
+    # a symbolic callable receives them in the function's order too
+    assert sg.check(lambda x, y: (x * torch.sin(y)).sum(), {"y": y, "x": x},
+                    symbolic=lambda x, y: (x * sg.sin(y)).sum()).passed
+
+
+def test_dict_inputs_whose_names_are_not_the_parameters_are_refused():
+    x = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    with pytest.raises(InputError, match="not parameters of"):
+        sg.check(lambda x, y: (x * y).sum(), {"x": x, "z": x}, symbolic=lambda x, y: (x * y).sum())
+
+
+# -- item 7: names that collide with element names ---------------------------------------------
+def test_input_named_like_an_element_of_another_is_refused():
+    x = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    s = torch.tensor(3.0, dtype=torch.float64)
+    with pytest.raises(InputError, match=r"'x\[0\]'.*brackets"):
+        sg.check(lambda *a: a[0].sum() * a[1], {"x": x, "x[0]": s}, symbolic=lambda a, b: a.sum() * b)
+
+
+def test_parameter_named_like_an_element_is_refused():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_parameter("w", nn.Parameter(torch.randn(2, dtype=torch.float64)))
+
+        def forward(self, x):
+            return (x * self.w).sum()
+
+    model = M()
+    model._parameters["w[0]"] = nn.Parameter(torch.randn((), dtype=torch.float64))  # torch's own check skipped
+    with pytest.raises(InputError, match="brackets"):
+        sg.check(model, (torch.randn(2, dtype=torch.float64),))
+
+
+@pytest.mark.parametrize("name", ["t", "W1"])
+def test_matrix_engine_input_named_like_its_own_symbols(name):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh()).double()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(SymgradError, match="would both be the symbol"):
+        sg.check(model, {name: x}, loss="mse", target=y, engine="matrix")
+    assert sg.check(model, {name: x}, loss="mse", target=y, engine="elementwise").passed

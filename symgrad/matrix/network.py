@@ -221,6 +221,16 @@ class _Builder:
         self.has_const = False
         self.next_dim = 1
         self.signature: list = []
+        self.owners: dict = {}  # symbol name -> what it stands for (a torch name, "the target", ...)
+
+    def reserve(self, sym_name: str, owner: str) -> None:
+        """Claim a leaf symbol's name; two different things under one name would be one symbol."""
+        prior = self.owners.get(sym_name)
+        if prior is not None and prior != owner:  # UnsupportedOp: engine='auto' falls back to the elementwise engine
+            raise UnsupportedOp(f"matrix engine: {prior} and {owner} would both be the symbol {sym_name!r} (one "
+                             "symbol for two different values). Rename the input: pass inputs as a dict with "
+                             "another name, e.g. {'x': tensor}")
+        self.owners[sym_name] = owner
 
     # -- dimensions and leaves -------------------------------------------------------------
     def dim(self, n: int, name: str | None = None):
@@ -236,6 +246,7 @@ class _Builder:
         return self.sizes[n]
 
     def leaf(self, sym_name: str, torch_name: str, tensor, kind: str) -> _T:
+        self.reserve(sym_name, f"{kind} {torch_name!r}")
         shape = tuple(tensor.shape)
         val = matrix_value(tensor) if len(shape) in (1, 2) else None
         if len(shape) == 2:
@@ -395,11 +406,13 @@ def _loss_expr(b: _Builder, spec: LossSpec, yhat: _T, target) -> sp.Basic:
         if len(yhat.shape) != 2 or t.ndim != 1 or t.dtype.kind not in "iu":
             raise UnsupportedOp("matrix engine: cross_entropy needs (N, C) logits and (N,) class-index targets")
         if spec.weighted(target):  # class weights, smoothing or ignored labels: the weights are data
+            b.reserve("y_w", "the weighted cross-entropy targets")
             Ysym = MatrixSymbol("y_w", *Y.shape)
             b.values["y_w"] = spec.weighted_targets(target, yhat.shape)
             b.legend["y_w"] = ("the targets' weights: one-hot (smoothed), times class weights, 0 for ignore_index, "
                                + ("over the sum of the counted weights" if reduction == "mean" else "summed"))
             return -sum_all(hadamard(Ysym, LogSoftmaxRows(Y)))
+        b.reserve("y_onehot", "the one-hot cross-entropy targets")
         Ysym = MatrixSymbol("y_onehot", *Y.shape)
         b.values["y_onehot"] = onehot(target, yhat.shape)
         c = 1 / b.dim(yhat.shape[0]) if reduction == "mean" else sp.Integer(1)
@@ -407,6 +420,7 @@ def _loss_expr(b: _Builder, spec: LossSpec, yhat: _T, target) -> sp.Basic:
     tarr = target.detach().to(dtype=__import__("torch").float64).cpu().numpy()
     if tuple(tarr.shape) != tuple(yhat.shape):
         raise UnsupportedOp(f"matrix engine: target shape {tuple(tarr.shape)} differs from the output shape {yhat.shape}")
+    b.reserve("t", "the loss's target")
     T = MatrixSymbol("t", *Y.shape)
     if tarr.ndim not in (1, 2):
         raise UnsupportedOp(f"matrix engine: a loss on an output of shape {yhat.shape} is not supported")
