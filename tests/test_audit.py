@@ -367,3 +367,77 @@ def test_matrix_engine_input_named_like_its_own_symbols(name):
     with pytest.raises(SymgradError, match="would both be the symbol"):
         sg.check(model, {name: x}, loss="mse", target=y, engine="matrix")
     assert sg.check(model, {name: x}, loss="mse", target=y, engine="elementwise").passed
+
+
+# -- item 4: tied weights: the closed form sums every use, as torch does -----------------------
+class _Tied(nn.Module):
+    """Two Linear modules sharing one weight (as a language model ties embedding and head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin1 = nn.Linear(3, 3)
+        self.lin2 = nn.Linear(3, 3)
+        self.lin2.weight = self.lin1.weight
+
+    def forward(self, x):
+        return self.lin2(torch.tanh(self.lin1(x)))
+
+
+class _TiedTransposed(nn.Module):
+    """The weight used as a Linear's weight and, transposed, as a matmul operand."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(3, 5, bias=False)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.emb(x)) @ self.emb.weight)
+
+
+def _torch_grads(model, x, y):
+    model.zero_grad()
+    F.mse_loss(model(x), y).backward()
+    return {n: p.grad.detach().double().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cls", [_Tied, _TiedTransposed])
+@pytest.mark.parametrize("engine", ["elementwise", "matrix", "whole-batch"])
+def test_tied_weights(dtype, cls, engine):
+    torch.manual_seed(0)
+    model = cls().to(dtype)
+    x = torch.randn(4, 3, dtype=dtype)
+    y = torch.randn(4, 3 if cls is _Tied else 2, dtype=dtype)
+    kw = dict(backward_calls=2) if engine == "whole-batch" else dict(engine=engine)
+    report = sg.check(model, (x,), loss="mse", target=y, **kw)
+    assert report.passed, report.to_text()
+    tied = "lin1.weight" if cls is _Tied else "emb.weight"
+    assert report[tied].total == _torch_grads(model, x, y)[tied].numel()
+
+
+def test_tied_weights_untied_backward_fails():
+    """A backward that forgets the second use of a tied weight must fail (the closed form sums both)."""
+    torch.manual_seed(0)
+    model = _Tied().double()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+
+    class OnlyFirstUse(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w):
+            return w * 1
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 0
+
+    class Broken(_Tied):
+        def forward(self, x):
+            h = torch.tanh(self.lin1(x))
+            return F.linear(h, OnlyFirstUse.apply(self.lin2.weight), self.lin2.bias)
+
+    broken = Broken().double()
+    broken.load_state_dict(model.state_dict())
+    report = sg.check(broken, (x,), loss="mse", target=y, engine="elementwise")
+    assert not report.passed and not report["lin1.weight"].passed
+    assert report["lin1.bias"].passed

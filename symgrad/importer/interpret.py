@@ -18,7 +18,8 @@ from ..errors import InputError, SymgradError, UnsupportedOp
 from .batch import Ctx, Mixing, batch_info
 from .table import describe_target, lookup
 
-__all__ = ["trace", "run_symbolic", "batch_axes", "refuse_stateful", "graph_parameters", "overwrites_input"]
+__all__ = ["trace", "run_symbolic", "batch_axes", "refuse_stateful", "graph_parameters", "overwrites_input",
+           "parameter_aliases"]
 
 
 def _fx():
@@ -74,6 +75,18 @@ def trace(fn: Callable):
     return fx.GraphModule(root if root is not None else nn.Module(), graph)
 
 
+def parameter_aliases(module) -> dict:
+    """``{name: canonical name}`` for every parameter name, tied ones included: ``lin2.weight`` ->
+    ``lin1.weight`` after ``lin2.weight = lin1.weight`` (the canonical name is the first, as in
+    ``named_parameters()``).  Both uses then read one symbol, so the closed form sums them, as
+    torch does."""
+    first: dict = {}
+    out = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        out[name] = first.setdefault(id(p), name)
+    return out
+
+
 def graph_parameters(gm) -> dict:
     """``{qualified name: tensor}`` of every parameter the graph reads (through modules or get_attr)."""
     return dict(gm.named_parameters())
@@ -126,6 +139,8 @@ def run_symbolic(gm, args, params: Mapping[str, SymTensor] | None = None):
     """Evaluate the graph on symbolic arguments; ``params`` maps qualified parameter names to symbols."""
     fx = _fx()
     params = dict(params or {})
+    aliases = parameter_aliases(gm)
+    params.update({alias: params[name] for alias, name in aliases.items() if name in params and alias not in params})
     modules = dict(gm.named_modules())
     env: dict = {}
     args = list(args)
