@@ -28,7 +28,7 @@ from .validate import (arrange_inputs, check_backend, check_callable, check_name
                        check_wrt_type, recursion_guard, refuse_nonfinite)
 from .report.report import Report, shorten
 
-__all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
+__all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision", "forward_once"]
 
 ENGINES = ("auto", "elementwise", "matrix")
 
@@ -206,6 +206,8 @@ def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
                 ("SymPy matrices", lambda: [_sympy_view(st) for st in sym_inputs.values()]))
     errors = []
     for label, make_args in attempts:
+        if errors and "SymTensor" in errors[-1] and "must be Tensor" in errors[-1]:
+            continue  # a torch function refused the symbolic tensors: SymPy matrices fare no better
         try:
             out = symbolic(*make_args())
             break
@@ -347,8 +349,7 @@ def check(
     _check_symbols(out, sym_in, wrt_names, from_sympy)
 
     torch_fn = fn if fn is not None else _lowered_forward(out, sym_in, dtype)
-    with torch.no_grad():
-        out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    out_t, autograd_fn = forward_once(torch_fn, leaves)
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor: symgrad differentiates "
                          "one tensor output. Fix: return one tensor (for a tuple or dict, check a wrapper such as "
@@ -463,7 +464,7 @@ def check(
 
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
-    actual = run_autograd(torch_fn, leaves, wrt_names, via, **autograd)
+    actual = run_autograd(autograd_fn, leaves, wrt_names, via, **autograd)
 
     def judge() -> list:
         forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
@@ -494,6 +495,33 @@ def _check_options(rtol, atol, backward_calls) -> None:
             raise InputError(f"{label} must be a finite number >= 0, not {value!r}")
     if not isinstance(backward_calls, int) or backward_calls < 1:
         raise InputError(f"backward_calls must be an integer >= 1, not {backward_calls!r}")
+
+
+def forward_once(torch_fn, leaves: dict):
+    """``(output, fn)``: the torch function run once on ``leaves`` with grad recording, and a stand-in
+    for it that hands autograd's ``backward`` / ``autograd.grad`` runner this very output (once, when
+    called on the same leaves), so that a check runs the user's forward once for the value and the
+    derivative together.  Other vias call it on their own tensors and get real calls.  Where the
+    recorded forward raises (an in-place op on a leaf), the value comes from a no-grad run and
+    autograd's runner reports the error as before."""
+    import torch
+
+    try:
+        out = torch_fn(*leaves.values())
+    except Exception:  # noqa: BLE001 - reported by run_autograd, with its hints
+        with torch.no_grad():
+            return torch_fn(*(t.detach() for t in leaves.values())), torch_fn
+    if not isinstance(out, torch.Tensor):
+        return out, torch_fn
+    unused = [True]
+
+    def fn(*args):
+        if unused[0] and len(args) == len(leaves) and all(a is b for a, b in zip(args, leaves.values())):
+            unused[0] = False
+            return out
+        return torch_fn(*args)
+
+    return out.detach(), fn
 
 
 def lowest_precision(tensors):

@@ -25,7 +25,7 @@ from ..build.numbers import refuse_string_attributes
 from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
                         refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
 from ..build.tensor import as_symtensor, symbols
-from ..check import _fresh, grad_enabled, lowest_precision, normalize_inputs
+from ..check import _fresh, forward_once, grad_enabled, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
@@ -449,18 +449,17 @@ def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol
 
     scalar_guess = forward is not None and np.asarray(forward.value).size == 1
     via = via or default_via(scalar_guess, v is not None)
-    out_t = None
+    out_t, autograd_fn = None, torch_fn
     if forward is not None:
-        with torch.no_grad():
-            out_t = torch_fn(*(t.detach() for t in leaves.values()))
+        out_t, autograd_fn = forward_once(torch_fn, leaves)  # one forward for the value and autograd
         if forward.value.shape != tuple(out_t.shape) and forward.value.size == out_t.numel() == 1:
             forward.value = forward.value.reshape(tuple(out_t.shape))  # grad of a one-element output
             forward.value_lowp = np.asarray(forward.value_lowp).reshape(tuple(out_t.shape))
     if via == ONEHOT_VIA:
-        actual = _onehot_jacobian(torch_fn, leaves, wrt)
+        actual = _onehot_jacobian(autograd_fn, leaves, wrt)
         quantity = "jacobian"
     else:
-        actual = run_autograd(torch_fn, leaves, wrt, via, cotangent=v)
+        actual = run_autograd(autograd_fn, leaves, wrt, via, cotangent=v)
         quantity = quantity_of(via, v is not None)
 
     def judge() -> list:
