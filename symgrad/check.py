@@ -230,7 +230,7 @@ def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
                          "one value of a dict; for None, the missing return)")
     if isinstance(out, SymTensor):
         return out
-    if type(out).__module__.startswith("torch"):
+    if (type(out).__module__ or "").startswith("torch"):
         raise UnsupportedOp("the symbolic forward returned a torch tensor: write it with sg.* functions or SymPy, not torch")
     return as_symtensor(out)
 

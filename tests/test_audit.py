@@ -498,3 +498,13 @@ def test_function_call_counts():
         model = _CountedModule()
         assert sg.check(model, (X,), **kw).passed
         assert model.calls == expected, (kw, model.calls)
+
+
+def test_undefined_sympy_function_named_like_code_never_runs(tmp_path):
+    import sympy as sp
+
+    marker = tmp_path / "pwned"
+    g = sp.Function(f"__import__('pathlib').Path({str(marker)!r}).touch")
+    with pytest.raises(SymgradError) as info:
+        sg.check(None, {"x": torch.tensor(0.3, dtype=torch.float64)}, symbolic=g(sp.Symbol("x")))
+    assert not marker.exists() and len(str(info.value)) < 1000

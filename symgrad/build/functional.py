@@ -58,7 +58,7 @@ _builtin_sum = sum
 
 
 def is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
+    return (type(x).__module__ or "").startswith("torch")
 
 
 _SLOT = sp.Dummy("slot")

@@ -50,7 +50,7 @@ def number(value, what: str):
         return sp.Rational(value.numerator, value.denominator)
     if isinstance(value, _numbers.Real) and not isinstance(value, (str, bytes)):
         return float(value)  # Decimal and other registered reals
-    if type(value).__module__.startswith("torch") and hasattr(value, "numel"):
+    if (type(value).__module__ or "").startswith("torch") and hasattr(value, "numel"):
         if value.numel() == 1 and not value.is_complex():
             return value.detach().cpu().reshape(()).item()
     raise _refuse(value, what)

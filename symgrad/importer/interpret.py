@@ -100,7 +100,7 @@ def _fetch(gm, target: str):
 
 
 def _constant(value):
-    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+    if (type(value).__module__ or "").startswith("torch") and hasattr(value, "detach"):
         return as_symtensor(value.detach().cpu())
     return value
 
