@@ -508,3 +508,24 @@ def test_undefined_sympy_function_named_like_code_never_runs(tmp_path):
     with pytest.raises(SymgradError) as info:
         sg.check(None, {"x": torch.tensor(0.3, dtype=torch.float64)}, symbolic=g(sp.Symbol("x")))
     assert not marker.exists() and len(str(info.value)) < 1000
+
+
+def test_string_parameter_of_a_matrix_node_never_runs(tmp_path):
+    import sympy as sp
+
+    marker = tmp_path / "pwned"
+    with pytest.raises(InputError, match="negative_slope"):
+        sg.matrix.elementwise("leaky_relu", sp.MatrixSymbol("X", 2, 2), negative_slope=_payload(marker))
+    assert not marker.exists()
+
+
+def test_string_default_of_a_registered_op_is_refused(tmp_path):
+    import sympy as sp
+
+    from symgrad.ops import Op, register_op
+
+    marker = tmp_path / "pwned"
+    row = Op("audit_scaled", lambda x, a: a * x, "torch.mul", lambda x, a: a, params={"a": _payload(marker)})
+    with pytest.raises(InputError, match="default 'a'"):
+        register_op(row)
+    assert not marker.exists()

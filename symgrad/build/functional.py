@@ -80,8 +80,7 @@ def apply_op(name: str, x, **params):
     unknown = set(params) - set(row.params)
     if unknown:
         raise TypeError(f"{name}() got unexpected parameter(s) {', '.join(sorted(unknown))}; it takes {', '.join(row.params) or 'none'}")
-    params = {k: number(v, f"{name}()'s parameter {k!r}") for k, v in params.items()}
-    full = {**row.params, **params}
+    full = {k: number(v, f"{name}()'s parameter {k!r}") for k, v in {**row.params, **params}.items()}
     form, slot = _template(name, tuple(sorted(full.items())))
     return as_symtensor(x).map(lambda e: form.xreplace({slot: e}))
 
