@@ -64,7 +64,7 @@ def is_torch(x) -> bool:
 _SLOT = sp.Dummy("slot")
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=1024)  # one per (op, parameters): bounded, a sweep over slopes must not grow it forever
 def _template(name: str, params: tuple):
     """The row's SymPy form at a placeholder, converted to symengine once per (op, params)."""
     row = op(name)
