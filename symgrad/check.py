@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 import numpy as np
 import sympy as sp
 
+from .autograd.forward import forward_once, grad_enabled
 from .autograd.run import default_via, quantity_of, run_autograd, torch_noise
 from .build.tensor import SymTensor, as_symtensor, symbols
 from .compare.compare import compare, compare_all
@@ -28,7 +29,7 @@ from .validate import (arrange_inputs, check_backend, check_callable, check_name
                        check_wrt_type, recursion_guard, refuse_nonfinite)
 from .report.report import Report, shorten
 
-__all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision", "forward_once"]
+__all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
 
 ENGINES = ("auto", "elementwise", "matrix")
 
@@ -163,8 +164,10 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
 
 
 def _user_symbols(name: str, mat) -> list:
-    """The symbols of ``symbols_map[name]``, flat; only SymPy Symbols (never strings, which
+    """The symbols of ``symbols_map[name]``, flat; only SymPy objects (never strings, which
     ``sympy.Array`` would parse, i.e. run)."""
+    if isinstance(mat, sp.MatrixSymbol):
+        mat = mat.as_explicit()
     if isinstance(mat, sp.Symbol):
         return [mat]
     if isinstance(mat, (sp.MatrixBase, sp.NDimArray)):
@@ -173,10 +176,10 @@ def _user_symbols(name: str, mat) -> list:
         flat = list(sp.utilities.iterables.flatten(mat))
     else:
         flat = [mat]
-    bad = [e for e in flat if not isinstance(e, sp.Symbol)]
+    bad = [e for e in flat if not isinstance(e, sp.Basic)]
     if bad:
         raise InputError(f"symbols_map[{name!r}] holds a {type(bad[0]).__name__} ({str(bad[0])[:60]!r}), not a SymPy "
-                         "Symbol; map each input to a Symbol, a Matrix/Array of Symbols or a list of them "
+                         "symbol; map each input to a Symbol, a Matrix/Array of Symbols or a list of them "
                          "(symgrad never parses strings)")
     return flat
 
@@ -256,21 +259,6 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     if arr.size <= 1:
         return text, latex
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
-
-
-def grad_enabled(fn):
-    """Run ``fn`` with torch's grad mode on: a ``check()`` inside ``torch.no_grad()`` (or
-    ``inference_mode``-free eval code) still records the graph autograd differentiates."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        import torch
-
-        with torch.enable_grad():
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 @grad_enabled
@@ -495,33 +483,6 @@ def _check_options(rtol, atol, backward_calls) -> None:
             raise InputError(f"{label} must be a finite number >= 0, not {value!r}")
     if not isinstance(backward_calls, int) or backward_calls < 1:
         raise InputError(f"backward_calls must be an integer >= 1, not {backward_calls!r}")
-
-
-def forward_once(torch_fn, leaves: dict):
-    """``(output, fn)``: the torch function run once on ``leaves`` with grad recording, and a stand-in
-    for it that hands autograd's ``backward`` / ``autograd.grad`` runner this very output (once, when
-    called on the same leaves), so that a check runs the user's forward once for the value and the
-    derivative together.  Other vias call it on their own tensors and get real calls.  Where the
-    recorded forward raises (an in-place op on a leaf), the value comes from a no-grad run and
-    autograd's runner reports the error as before."""
-    import torch
-
-    try:
-        out = torch_fn(*leaves.values())
-    except Exception:  # noqa: BLE001 - reported by run_autograd, with its hints
-        with torch.no_grad():
-            return torch_fn(*(t.detach() for t in leaves.values())), torch_fn
-    if not isinstance(out, torch.Tensor):
-        return out, torch_fn
-    unused = [True]
-
-    def fn(*args):
-        if unused[0] and len(args) == len(leaves) and all(a is b for a, b in zip(args, leaves.values())):
-            unused[0] = False
-            return out
-        return torch_fn(*args)
-
-    return out.detach(), fn
 
 
 def lowest_precision(tensors):

@@ -25,7 +25,8 @@ from ..build.numbers import refuse_string_attributes
 from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
                         refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
 from ..build.tensor import as_symtensor, symbols
-from ..check import _fresh, forward_once, grad_enabled, lowest_precision, normalize_inputs
+from ..autograd.forward import forward_once, grad_enabled
+from ..check import _fresh, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
