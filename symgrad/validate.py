@@ -214,8 +214,8 @@ def recursion_guard(fn):
             import sys
 
             raise UnsupportedOp(
-                "the symbolic forward is nested too deeply for Python's recursion limit "
-                f"({sys.getrecursionlimit()}): SymPy and symengine walk an expression recursively, so a function "
+                f"the check hit Python's recursion limit ({sys.getrecursionlimit()}), most often because the symbolic "
+                "forward is nested too deeply: SymPy and symengine walk an expression recursively, so a function "
                 "applied hundreds of times in a row (sin(sin(...))) exceeds it. Fix: raise the limit before "
                 "checking (sys.setrecursionlimit(20000)), or check a shallower composition.") from None
 
