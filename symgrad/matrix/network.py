@@ -446,6 +446,9 @@ def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> 
 
     refuse_string_attributes(model, loss)
     gm = traced if traced is not None else fx.symbolic_trace(model)
+    from symgrad.validate import refuse_non_tensor_output
+
+    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
     b = _Builder(model, inputs)
     out = interpret(b, gm)
     spec = loss_spec(loss)
