@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 import numpy as np
 import sympy as sp
 
+from .autograd.forward import forward_once, grad_enabled
 from .autograd.run import default_via, quantity_of, run_autograd, torch_noise
 from .build.tensor import SymTensor, as_symtensor, symbols
 from .compare.compare import compare, compare_all
@@ -25,6 +26,8 @@ from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .lower.numpy import high_precision, lower
 from .progress import stage, with_progress
 from .reference import Reference
+from .validate import (arrange_inputs, check_backend, check_callable, check_names, check_via_keywords,
+                       check_wrt_type, recursion_guard, refuse_nonfinite)
 from .report.report import Report, shorten
 
 __all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
@@ -59,23 +62,30 @@ def normalize_inputs(fn, symbolic, inputs) -> dict:
 
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
+    if not isinstance(inputs, (Mapping, list, tuple)):
+        raise InputError(f"inputs must be a dict {{name: tensor}} or a tuple of tensors, not {type(inputs).__name__}; "
+                         "e.g. symgrad.check(fn, (x,)) or symgrad.check(fn, {'x': x})")
+    inputs = arrange_inputs((fn, symbolic), inputs)
     if isinstance(inputs, Mapping):
         named = dict(inputs)
-    elif isinstance(inputs, (list, tuple)):
-        named = dict(zip(_input_names(fn, symbolic, len(inputs)), inputs))
     else:
-        raise InputError(f"inputs must be a dict {{name: tensor}} or a tuple of tensors, not {type(inputs).__name__}")
+        named = dict(zip(_input_names(fn, symbolic, len(inputs)), inputs))
+    check_names(named)
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise InputError(
                 f"input {name!r} is a {type(t).__name__}, not a torch.Tensor; wrap it: torch.tensor(..., dtype=torch.float64)"
             )
+        if t.layout != torch.strided:
+            raise InputError(f"input {name!r} is a {t.layout} tensor; symgrad evaluates dense tensors: pass "
+                             f"{name}.to_dense() (a sparse backward is then checked through its dense values)")
         if t.device.type == "meta":
             raise InputError(f"input {name!r} is on the meta device and has no values; give it real data (e.g. on the CPU)")
         if t.is_complex():
             raise InputError(f"input {name!r} is complex ({t.dtype}); symgrad checks real derivatives")
         if t.numel() == 0:
             raise InputError(f"input {name!r} is empty (shape {tuple(t.shape)}): there is nothing to check")
+    refuse_nonfinite(named)
     return named
 
 
@@ -142,7 +152,7 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     for name, mat in (extra or {}).items():
         if name not in sym_inputs:
             raise InputError(f"symbols_map names {name!r}, which is not an input; inputs: {', '.join(sym_inputs)}")
-        user = list(sp.Array(mat).reshape(len(sp.flatten(mat))) if not isinstance(mat, sp.Symbol) else [mat])
+        user = _user_symbols(name, mat)
         ours = sym_inputs[name].data.ravel()
         if len(user) != ours.size:
             raise ShapeMismatch(f"symbols_map[{name!r}] has {len(user)} symbols but input {name!r} has shape {sym_inputs[name].shape}")
@@ -152,6 +162,27 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     else:
         expr = sp.sympify(expr).xreplace(subs) if subs else expr
     return as_symtensor(expr)
+
+
+def _user_symbols(name: str, mat) -> list:
+    """The symbols of ``symbols_map[name]``, flat; only SymPy objects (never strings, which
+    ``sympy.Array`` would parse, i.e. run)."""
+    if isinstance(mat, sp.MatrixSymbol):
+        mat = mat.as_explicit()
+    if isinstance(mat, sp.Symbol):
+        return [mat]
+    if isinstance(mat, (sp.MatrixBase, sp.NDimArray)):
+        flat = list(mat) if isinstance(mat, sp.MatrixBase) else list(sp.flatten(mat.tolist()))
+    elif isinstance(mat, (list, tuple)):
+        flat = list(sp.utilities.iterables.flatten(mat))
+    else:
+        flat = [mat]
+    bad = [e for e in flat if not isinstance(e, sp.Basic)]
+    if bad:
+        raise InputError(f"symbols_map[{name!r}] holds a {type(bad[0]).__name__} ({str(bad[0])[:60]!r}), not a SymPy "
+                         "symbol; map each input to a Symbol, a Matrix/Array of Symbols or a list of them "
+                         "(symgrad never parses strings)")
+    return flat
 
 
 def _sympy_view(st: SymTensor):
@@ -179,6 +210,8 @@ def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
                 ("SymPy matrices", lambda: [_sympy_view(st) for st in sym_inputs.values()]))
     errors = []
     for label, make_args in attempts:
+        if errors and "SymTensor" in errors[-1] and "must be Tensor" in errors[-1]:
+            continue  # a torch function refused the symbolic tensors: SymPy matrices fare no better
         try:
             out = symbolic(*make_args())
             break
@@ -193,9 +226,15 @@ def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
         )
     if isinstance(out, (sp.Basic, sp.MatrixBase, sp.NDimArray)) and not isinstance(out, SymTensor):
         return _explode(out, sym_inputs, symbols_map)
+    if out is None or isinstance(out, (str, bytes, dict)) or (
+            isinstance(out, (tuple, list)) and any(isinstance(o, SymTensor) for o in out)):
+        kind = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
+        raise InputError(f"the symbolic forward returned {kind if out is not None else 'None'}, not one tensor: "
+                         "symgrad differentiates a single output. Fix: return one tensor (out[0] of a tuple, "
+                         "one value of a dict; for None, the missing return)")
     if isinstance(out, SymTensor):
         return out
-    if type(out).__module__.startswith("torch"):
+    if (type(out).__module__ or "").startswith("torch"):
         raise UnsupportedOp("the symbolic forward returned a torch tensor: write it with sg.* functions or SymPy, not torch")
     return as_symtensor(out)
 
@@ -224,6 +263,8 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
 
 
 @with_progress("symgrad check")
+@grad_enabled
+@recursion_guard
 def check(
     fn: Callable | None,
     inputs,
@@ -288,6 +329,9 @@ def check(
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
     _check_options(rtol, atol, backward_calls)
+    check_callable(fn)
+    check_wrt_type(wrt)
+    check_backend(backend)
     if _is_module(fn):
         from .nn.check import check_module
 
@@ -332,10 +376,11 @@ def check(
     _check_symbols(out, sym_in, wrt_names, from_sympy)
 
     torch_fn = fn if fn is not None else _lowered_forward(out, sym_in, dtype)
-    with torch.no_grad():
-        out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    out_t, autograd_fn = forward_once(torch_fn, leaves)
     if not isinstance(out_t, torch.Tensor):
-        raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor")
+        raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor: symgrad differentiates "
+                         "one tensor output. Fix: return one tensor (for a tuple or dict, check a wrapper such as "
+                         "lambda x: fn(x)[0]; for None, add the missing return)")
     if tuple(out_t.shape) != out.shape and _same_but_unit_dims(tuple(out_t.shape), out.shape):
         out = out.reshape(tuple(out_t.shape))  # SymPy has no 1-d matrices: (n, 1) stands for (n,)
     if tuple(out_t.shape) != out.shape:
@@ -349,12 +394,14 @@ def check(
         raise InputError(f"backward_calls={backward_calls} accumulates .grad over repeated backward() calls; "
                          f"it needs via='backward' (a scalar output, or a cotangent v), not via={via!r}")
     quantity = quantity_of(via, v is not None)
+    check_via_keywords(via, quantity, v, tangents)
     cot_sym = tan_sym = None
     extra_args, extra_vals = [], []
     if quantity == "vjp":
         if v is None:
             raise InputError(f"via={via!r} computes a vector-Jacobian product: pass the cotangent v (shape {out.shape})")
         v = torch.as_tensor(v, dtype=dtype)
+        refuse_nonfinite({"v": v}, "cotangent")
         if tuple(v.shape) != out.shape:
             raise ShapeMismatch(f"v has shape {tuple(v.shape)}, the output has {out.shape}")
         cot_sym = symbols(_fresh("v", named), out.shape)
@@ -377,6 +424,7 @@ def check(
             t = torch.as_tensor(tangents[w], dtype=dtype)
             if tuple(t.shape) != tuple(named[w].shape):
                 raise ShapeMismatch(f"tangent for {w!r} has shape {tuple(t.shape)}, the input has {tuple(named[w].shape)}")
+            refuse_nonfinite({w: t}, "tangent for")
             tangents[w] = t
             tan_sym[w] = symbols(_fresh(f"t_{w}", named), tuple(t.shape))
             extra_args += list(tan_sym[w].data.ravel())
@@ -449,7 +497,7 @@ def check(
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
     stage(f"running autograd (via={via})")
-    actual = run_autograd(torch_fn, leaves, wrt_names, via, **autograd)
+    actual = run_autograd(autograd_fn, leaves, wrt_names, via, **autograd)
 
     def judge() -> list:
         forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",

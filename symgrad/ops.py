@@ -207,6 +207,9 @@ def register_op(row: Op, *, replace: bool = False) -> Op:
     """Add a row to the op table (user ops).  Returns the row."""
     if row.name in OPS and not replace:
         raise ValueError(f"op {row.name!r} is already in the op table; pass replace=True to override it")
+    from .build.numbers import number  # defaults are sympified: numbers only, never a string
+
+    row.params = {k: number(v, f"op {row.name!r}'s default {k!r}") for k, v in row.params.items()}
     OPS[row.name] = row
     return row
 

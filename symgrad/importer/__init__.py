@@ -23,8 +23,15 @@ class SymbolicTwin:
     def __init__(self, fn):
         import torch.nn as nn
 
+        from ..validate import check_callable, refuse_hooks
+
+        check_callable(fn)
         if isinstance(fn, nn.Module):
+            from ..build.numbers import refuse_string_attributes
+
+            refuse_string_attributes(fn)
             refuse_stateful(fn)
+            refuse_hooks(fn)
         self.fn = fn
         self.graph_module = trace(fn)
 

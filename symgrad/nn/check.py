@@ -21,7 +21,11 @@ import warnings
 import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd, torch_noise
+from ..build.numbers import refuse_string_attributes
+from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
+                        refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
 from ..build.tensor import as_symtensor, symbols
+from ..autograd.forward import forward_once, grad_enabled
 from ..check import _fresh, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
@@ -126,6 +130,7 @@ def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
 
 
 @with_progress("symgrad check")
+@grad_enabled
 def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
                  engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
                  tangents=None, backward_calls: int = 1, quiet: bool | None = None) -> Report:
@@ -133,11 +138,23 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     form.  The keywords are ``symgrad.check``'s; ``quiet=True`` never shows progress."""
     import torch
 
+    check_callable(model, "the model")
+    check_wrt_type(wrt)
+    check_backend(backend)
+    if via is not None:
+        check_via_keywords(via, "jacobian" if via == ONEHOT_VIA else quantity_of(via, v is not None), v, tangents)
+    refuse_string_attributes(model, loss)  # before torch or the importer reads them (never sympified)
     stage(f"tracing {type(model).__name__}")
 
     refuse_stateful(model)
+    refuse_hooks(model)
+    refuse_meta(model)
     named = _named_inputs(model, inputs)
     params = dict(model.named_parameters())
+    check_names(params)
+    refuse_nonfinite(params, "parameter")
+    if target is not None and hasattr(target, "is_floating_point"):
+        refuse_nonfinite({"target": target}, "the loss's")
     clash = set(named) & set(params)
     if clash:
         raise InputError(f"input name(s) {', '.join(sorted(clash))} clash with parameter names; pass inputs as a dict with other names")
@@ -209,6 +226,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
 
     stage("tracing with torch.fx")
     gm = trace(model)
+    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
     loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
     reason = "a symbolic= forward was given" if symbolic is not None else whole_batch
     plan = None
@@ -460,19 +478,18 @@ def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol
 
     scalar_guess = forward is not None and np.asarray(forward.value).size == 1
     via = via or default_via(scalar_guess, v is not None)
-    out_t = None
+    out_t, autograd_fn = None, torch_fn
     if forward is not None:
-        with torch.no_grad():
-            out_t = torch_fn(*(t.detach() for t in leaves.values()))
+        out_t, autograd_fn = forward_once(torch_fn, leaves)  # one forward for the value and autograd
         if forward.value.shape != tuple(out_t.shape) and forward.value.size == out_t.numel() == 1:
             forward.value = forward.value.reshape(tuple(out_t.shape))  # grad of a one-element output
             forward.value_lowp = np.asarray(forward.value_lowp).reshape(tuple(out_t.shape))
     stage(f"running autograd (via={via})")
     if via == ONEHOT_VIA:
-        actual = _onehot_jacobian(torch_fn, leaves, wrt)
+        actual = _onehot_jacobian(autograd_fn, leaves, wrt)
         quantity = "jacobian"
     else:
-        actual = run_autograd(torch_fn, leaves, wrt, via, cotangent=v)
+        actual = run_autograd(autograd_fn, leaves, wrt, via, cotangent=v)
         quantity = quantity_of(via, v is not None)
 
     def judge() -> list:
@@ -564,7 +581,7 @@ def _TracedFunction(fn, names):
         raise InputError(f"check_function needs input names that are Python identifiers (not keywords), got {names}; "
                          "pass the inputs as a dict with other names")
     params = ", ".join(names)
-    namespace = {"fn": fn}
-    exec(f"def forward(self, {params}):\n    return fn({params})\n", namespace)  # named placeholders for fx
+    namespace = {"__symgrad_fn": fn}  # names no input can take (an input may be called fn or self)
+    exec(f"def forward(__symgrad_self, {params}):\n    return __symgrad_fn({params})\n", namespace)  # fx placeholders
     cls = type(f"Traced_{getattr(fn, '__name__', 'function')}", (torch.nn.Module,), {"forward": namespace["forward"]})
     return cls()

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from ..compare.compare import Record, format_index
 from ..errors import SymgradError
 
-__all__ = ["Report", "GradientMismatch", "shorten", "combine", "FORMATS", "format_for", "render_as"]
+__all__ = ["Report", "GradientMismatch", "shorten", "combine", "FORMATS", "format_for", "render_as",
+           "escape_markdown", "markdown_code", "escape_text", "write_atomic"]
 
 COLUMNS = ["input", "quantity", "shape", "closed form", "max abs err", "max rel err", "worst index", "verdict"]
 
@@ -122,9 +123,9 @@ class Report:
         from pathlib import Path
 
         path = Path(path)
-        text = render_as(self, format_for(path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        fmt = format_for(path)
+        text = render_as(self, fmt)
+        write_atomic(path, escape_text(text) if fmt == "text" else text)
         return str(path)
 
 
@@ -152,6 +153,63 @@ def render_as(report: Report, fmt: str) -> str:
     if fmt not in renderers:
         raise SymgradError(f"unknown report format {fmt!r}; formats: {', '.join(renderers)}")
     return renderers[fmt]()
+
+
+def write_atomic(path, text: str) -> None:
+    """Write ``text`` to a temporary file in ``path``'s directory, then rename it over ``path``:
+    a reader never sees half a report, and a symlink at ``path`` is replaced, not followed."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|~>")
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` (a title, an input name, a closed form) as literal markdown prose or a table cell:
+    markdown punctuation backslash-escaped, ``<``/``>``/``&`` as entities (GitHub renders raw
+    HTML), line breaks as spaces (a newline would end a table row), control characters as ``\\xNN``."""
+    out = []
+    for ch in escape_text(str(text)).replace("\n", " "):
+        if ch in _MARKDOWN_SPECIAL:
+            out.append("\\" + ch)
+        elif ch in "<>&":
+            out.append({"<": "&lt;", ">": "&gt;", "&": "&amp;"}[ch])
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def markdown_code(text: str) -> str:
+    """``text`` as an inline code span that no backtick inside it can close early."""
+    import re
+
+    text = escape_text(str(text)).replace("\n", " ")
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def escape_text(text: str) -> str:
+    """``text`` for a terminal: control characters (ANSI escape sequences, carriage returns,
+    bells) shown as ``\\xNN`` instead of acting on the terminal; newlines and tabs kept."""
+    return "".join(ch if ch in "\n\t" or (ord(ch) >= 32 and ord(ch) != 127 and not 0x80 <= ord(ch) < 0xA0)
+                   else f"\\x{ord(ch):02x}" for ch in str(text))
 
 
 def combine(reports: list[Report], title: str) -> Report:
