@@ -4,6 +4,7 @@ in a fenced block when it has several lines or is long); failure details in fenc
 from __future__ import annotations
 
 from .common import closed_form_lines, detail_message, is_long, shown_closed_forms
+from .report import escape_markdown, escape_text, markdown_code
 from .text import table
 
 __all__ = ["render"]
@@ -12,25 +13,24 @@ __all__ = ["render"]
 def _closed_forms(report) -> list[str]:
     lines = []
     for r, same_as in shown_closed_forms(report.records):
-        label = f"- `{r.name}` ({r.quantity}{', **unverified**' if not r.verified else ''})"
+        label = f"- {markdown_code(r.name)} ({r.quantity}{', **unverified**' if not r.verified else ''})"
         if same_as is not None:
-            lines.append(f"{label}: same as `{same_as}`")
+            lines.append(f"{label}: same as {markdown_code(same_as)}")
         elif is_long(r.closed_form):
             body = "\n".join(closed_form_lines(r.closed_form))
-            lines += [f"{label}:", "", "  ```text", *[f"  {x}" for x in body.splitlines()], "  ```"]
+            lines += [f"{label}:", "", "  ````text", *[f"  {escape_text(x)}" for x in body.splitlines()], "  ````"]
         else:
-            tick = "``" if "`" in r.closed_form else "`"
-            lines.append(f"{label}: {tick}{r.closed_form}{tick}")
+            lines.append(f"{label}: {markdown_code(r.closed_form)}")
     return lines
 
 
 def render(report, level: int = 2) -> str:
     head = "#" * level
-    status = f"**{'PASS' if report.passed else 'FAIL'}** — {report.summary()}"
+    status = f"**{'PASS' if report.passed else 'FAIL'}** — {escape_markdown(report.summary())}"
     if report.parts:
-        return f"{head} {report.title}\n\n{status}\n\n" + "\n".join(render(p, level + 1) for p in report.parts)
-    parts = [f"{head} {report.title}", "", status, ""]
-    parts += [f"- {k}: {v}" for k, v in report.meta.items()]
+        return f"{head} {escape_markdown(report.title)}\n\n{status}\n\n" + "\n".join(render(p, level + 1) for p in report.parts)
+    parts = [f"{head} {escape_markdown(report.title)}", "", status, ""]
+    parts += [f"- {escape_markdown(k)}: {escape_markdown(v)}" for k, v in report.meta.items()]
     parts += ["", table(report, "github")]
     forms = _closed_forms(report)
     if forms:
@@ -38,5 +38,5 @@ def render(report, level: int = 2) -> str:
     details = [detail_message(r) for r in report.noteworthy()]
     if details:
         parts += ["", f"{head}# Details", ""]
-        parts += [f"```text\n{d}\n```" for d in details]
+        parts += [f"````text\n{escape_text(d)}\n````" for d in details]
     return "\n".join(parts) + "\n"

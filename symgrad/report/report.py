@@ -185,10 +185,10 @@ def escape_markdown(text: str) -> str:
     HTML), line breaks as spaces (a newline would end a table row), control characters as ``\\xNN``."""
     out = []
     for ch in escape_text(str(text)).replace("\n", " "):
-        if ch in _MARKDOWN_SPECIAL:
-            out.append("\\" + ch)
-        elif ch in "<>&":
+        if ch in "<>&":
             out.append({"<": "&lt;", ">": "&gt;", "&": "&amp;"}[ch])
+        elif ch in _MARKDOWN_SPECIAL:
+            out.append("\\" + ch)
         else:
             out.append(ch)
     return "".join(out)
