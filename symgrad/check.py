@@ -17,7 +17,7 @@ import sympy as sp
 
 from .autograd.forward import forward_once, grad_enabled
 from .autograd.run import default_via, quantity_of, run_autograd, torch_noise
-from .build.tensor import SymTensor, as_symtensor, symbols
+from .symbolic.tensor import SymTensor, as_symtensor, symbols
 from .compare.compare import compare, compare_all
 from .compare.kinks import stack_generators
 from .differentiate.elementwise import differentiate, entry_form, structural_zeros

@@ -27,7 +27,7 @@ from typing import Mapping
 import numpy as np
 import sympy as sp
 
-from ..build.tensor import SymTensor
+from ..symbolic.tensor import SymTensor
 from ..errors import ShapeMismatch
 from ..lower.numpy import to_symengine
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from ..build.tensor import SymTensor, as_symtensor
+from ..symbolic.tensor import SymTensor, as_symtensor
 from ..errors import InputError, SymgradError, UnsupportedOp
 from .batch import Ctx, Mixing, batch_info
 from .table import describe_target, lookup

@@ -23,9 +23,9 @@ from typing import Any, Callable
 import symengine as se
 import sympy as sp
 
-from ..build import functional as sgf
-from ..build.numbers import number
-from ..build.tensor import SymTensor, as_symtensor
+from ..symbolic import functional as sgf
+from ..symbolic.numbers import number
+from ..symbolic.tensor import SymTensor, as_symtensor
 from ..errors import UnsupportedOp
 from ..ops import OPS
 

@@ -158,7 +158,7 @@ def _exact(v):
         return sp.Integer(v)
     if isinstance(v, float):
         return sp.oo if v == float("inf") else -sp.oo if v == float("-inf") else sp.Rational(repr(v))
-    from symgrad.build.numbers import number
+    from symgrad.symbolic.numbers import number
 
     v = number(v, "a number in the model (an activation's parameter or a constant)")  # never a string
     return v if isinstance(v, sp.Basic) else _exact(v)
@@ -359,7 +359,7 @@ def loss_spec(loss) -> LossSpec:
 
 
 def _num(value, name: str):
-    from symgrad.build.numbers import number
+    from symgrad.symbolic.numbers import number
 
     return number(value, f"the cross-entropy loss's {name}")
 
@@ -442,7 +442,7 @@ def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> 
 
     from symgrad.matrix.fx_rules import interpret
 
-    from symgrad.build.numbers import refuse_string_attributes
+    from symgrad.symbolic.numbers import refuse_string_attributes
 
     refuse_string_attributes(model, loss)
     gm = traced if traced is not None else fx.symbolic_trace(model)

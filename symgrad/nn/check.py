@@ -21,10 +21,10 @@ import warnings
 import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd, torch_noise
-from ..build.numbers import refuse_string_attributes
+from ..symbolic.numbers import refuse_string_attributes
 from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
                         refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
-from ..build.tensor import as_symtensor, symbols
+from ..symbolic.tensor import as_symtensor, symbols
 from ..autograd.forward import forward_once, grad_enabled
 from ..check import _fresh, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
