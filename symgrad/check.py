@@ -362,16 +362,33 @@ def check(
     try:
         out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
     except UnsupportedOp as err:
-        if symbolic is not None or fn is None or tangents is not None or backward_calls != 1:
+        graph_ok = engine == "auto" and fn is not None and (symbolic is None or callable(symbolic))
+        if (symbolic is not None and not graph_ok) or fn is None or tangents is not None or backward_calls != 1:
             raise
-        # A plain torch function with no symbolic twin: import it through torch.fx instead.
+        # A plain torch function with no symbolic twin: import it through torch.fx, else trace it into
+        # the op graph (ops the exploded back end has no rule for: layer_norm, cumsum, normalize, ...)
         from .nn.check import check_function
 
         try:
+            if symbolic is not None:
+                raise err
             return check_function(fn, named, wrt=wrt, via=via, v=v, engine=engine, backend=backend,
                                   rtol=rtol, atol=atol, title=title)
-        except SymgradError as fx_err:
-            raise UnsupportedOp(f"{err}\nImporting it with torch.fx failed too: {fx_err}") from fx_err
+        except Exception as fx_err:  # noqa: BLE001 - the fx importer's own failures lead to the op graph
+            if not graph_ok or not isinstance(fx_err, (SymgradError, AttributeError, TypeError, KeyError)):
+                if isinstance(fx_err, SymgradError):
+                    raise UnsupportedOp(f"{err}\nImporting it with torch.fx failed too: {fx_err}") from fx_err
+                raise
+            from .graph import check_graph
+
+            stage("op graph: trace, differentiate, compare")
+            try:
+                return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v,
+                                   backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
+            except UnsupportedOp as graph_err:
+                fx_part = "" if symbolic is not None else f"\nImporting it with torch.fx failed too: {fx_err}"
+                raise UnsupportedOp(f"{err}{fx_part}\nTracing it into the op graph failed as well: {graph_err}") \
+                    from graph_err
     from_sympy = symbolic is not None and not callable(symbolic)
     _check_symbols(out, sym_in, wrt_names, from_sympy)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
@@ -29,7 +30,7 @@ from .approx import Approx, add, mul, signed_band
 __all__ = ["Ctx", "evaluate", "FUNCTIONS", "constant_error"]
 
 KINK_ULPS = 4.0
-TRANSCENDENTAL_ULPS = 4.0  # rounding charged for one library function call (vectorised kernels: <= 4 ulp)
+TRANSCENDENTAL_ULPS = 2.0  # one library function call: torch's vectorised kernels err by <= 1 ulp on CPU, CUDA's by <= 2
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,27 @@ class Ctx:
     dtype: str = "float64"
 
 
-def constant_error(c: float, ctx: Ctx) -> float:
-    """A constant's rounding, in units of ``ctx.eps``: 0 where every dtype in play holds it."""
-    if c == 0 or not math.isfinite(c):
+def constant_error(c, ctx: Ctx) -> float:
+    """A constant's rounding in the checked dtype, in units of ``ctx.eps``: 0 for a number the dtype
+    holds (every Python float in a float64 check), half an ulp or so for 1/3 or pi, and in float32 or
+    half precision the rounding torch applies when it hands the constant to the op."""
+    try:
+        exact = Fraction(str(c)) if isinstance(c, sp.Rational) else Fraction(float(c))
+    except (TypeError, ValueError, OverflowError):
         return 0.0
-    rounded = {"float16": np.float16, "bfloat16": None}.get(ctx.dtype, np.float32)
-    if rounded is None:  # bfloat16: keep 8 significant bits
-        m, ex = math.frexp(c)
+    if exact == 0:
+        return 0.0
+    f = float(exact)
+    if not math.isfinite(f):
+        return 0.0
+    if ctx.dtype == "bfloat16":
+        m, ex = math.frexp(f)
         low = math.ldexp(round(m * 256) / 256, ex)
+    elif ctx.dtype in ("float16", "float32"):
+        low = float(np.float16(f) if ctx.dtype == "float16" else np.float32(f))
     else:
-        low = float(rounded(c))
-    return abs(c - low) / ctx.eps
+        low = f
+    return float(abs(exact - Fraction(low))) / ctx.eps
 
 
 def _d_erfinv(x):
@@ -128,15 +139,17 @@ def _eval(expr, env, ctx, memo) -> Approx:
     return out
 
 
-def _number(c: float, ctx: Ctx) -> Approx:
-    return Approx(np.float64(c), constant_error(c, ctx))
+def _number(c, ctx: Ctx) -> Approx:
+    return Approx(np.float64(float(c)), constant_error(c, ctx))
 
 
 def _eval_node(expr, env, ctx, memo) -> Approx:
     if expr.is_Symbol:
         return env[expr]
-    if expr.is_Number or expr in (sp.pi, sp.E):
-        return _number(float(expr), ctx)
+    if expr.is_Number:
+        return _number(expr, ctx)
+    if expr in (sp.pi, sp.E):  # irrational: half an ulp of float64 (its float value is rounded)
+        return Approx(np.float64(float(expr)), max(constant_error(float(expr), ctx), 0.5 * float(expr)))
     if expr.is_Add:
         terms = [_eval(a, env, ctx, memo) for a in expr.args]
         out = terms[0]
@@ -144,6 +157,12 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
             out = add(out, t)
         return out
     if expr.is_Mul:
+        coeff, rest = expr.as_coeff_Mul()
+        if coeff != 1 and _power_of_two(coeff):  # -x, x/2, 4x: scaling by ±2**k does not round
+            inner = _eval(rest, env, ctx, memo)
+            c = float(coeff)
+            return Approx(c * inner.v, abs(c) * inner.e, *(() if not inner.banded else
+                                                         signed_band(np.float64(c), inner.lo, inner.hi)))
         factors = [_eval(a, env, ctx, memo) for a in expr.args]
         out = factors[0]
         for f in factors[1:]:
@@ -172,6 +191,11 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
     if isinstance(expr, (sp.Abs, sp.sign, sp.Max, sp.Min, sp.Heaviside)):
         return _eval(_as_piecewise(expr), env, ctx, memo)
     raise NotImplementedError(f"the scalar evaluator has no rule for {expr.func.__name__} (in {sp.sstr(expr)[:80]})")
+
+
+def _power_of_two(c) -> bool:
+    f = abs(float(c))
+    return f != 0 and math.isfinite(f) and math.frexp(f)[0] == 0.5
 
 
 def _apply(fn, dfn, a: Approx) -> Approx:

@@ -27,8 +27,8 @@ from .scalar import Ctx
 __all__ = ["Builder", "trace_callable", "decompositions", "number"]
 
 _DECOMPOSE = (
-    "gelu", "native_layer_norm", "_log_softmax", "_softmax", "silu", "native_group_norm",
-    "_native_batch_norm_legit_no_training", "native_batch_norm", "logsumexp", "mish", "hardswish",
+    "gelu", "native_layer_norm", "silu", "native_group_norm",
+    "_native_batch_norm_legit_no_training", "native_batch_norm", "mish", "hardswish",
     "hardsigmoid", "nll_loss_forward", "nll_loss2d_forward", "elu", "softplus", "leaky_relu",
     "hardtanh", "glu", "lstm", "gru", "rnn_tanh", "rnn_relu", "linalg_vector_norm", "cumsum", "addmm",
     "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu", "mse_loss", "binary_cross_entropy",
