@@ -28,6 +28,7 @@ from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
+from . import diskcache
 from .crosscheck import crosscheck
 from .engine import backward, forward, tangent
 from .interpret import to_graph
@@ -107,18 +108,20 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
 
     torch_fn = runner(fn)
     key = _cache_key(fn, symbolic, loss, target, names, tensors)
+    disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if key not in _GRAPHS else None
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
     with torch.no_grad():
         out_t = torch_fn(*(t.detach() for t in leaves.values()))
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
     for attempt in ("cached", "traced"):
-        graph = _cached_graph(key, names, tensors) if attempt == "cached" else None
+        graph = _cached_graph(key, names, tensors, disk_key) if attempt == "cached" else None
         if graph is None:
             stage("op graph: tracing the forward into core ATen ops")
             gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
             graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
             attempt = "traced"
+            diskcache.store(disk_key, graph)
         out_node = _single_output(graph)
         stage("op graph: cross-checking the tensor rules")
         failed = crosscheck(graph)
@@ -159,8 +162,8 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
 
 # Note [Graph cache]
 # Tracing costs more than everything else on a repeat check, so the graph of a (function, leaf
-# names/shapes/dtypes, integer inputs, target) is kept (LRU, ``GRAPH_CACHE_SIZE``) and its leaves
-# refreshed with the new values.  Anything else the trace baked in (a tensor the function closes
+# names/shapes/dtypes, integer inputs, target) is kept (LRU, ``GRAPH_CACHE_SIZE``; on disk too,
+# Note [Disk cache] in diskcache.py) and its leaves refreshed with the new values.  Anything else the trace baked in (a tensor the function closes
 # over, a branch taken on a value) shows as a disagreement of the forward row: such a graph is
 # traced afresh before any derivative is compared.
 GRAPH_CACHE_SIZE = 8
@@ -178,12 +181,15 @@ def _cache_key(fn, symbolic, loss, target, names, tensors):
     return (id(fn), id(symbolic), id(loss), shapes, data.hexdigest())
 
 
-def _cached_graph(key, names, tensors):
+def _cached_graph(key, names, tensors, disk_key=None):
     entry = _GRAPHS.get(key)
-    if entry is None or entry[0]() is None:
-        return None
-    _GRAPHS.move_to_end(key)
-    graph = entry[1]
+    if entry is not None and entry[0]() is not None:
+        _GRAPHS.move_to_end(key)
+        graph = entry[1]
+    else:
+        graph = diskcache.load(disk_key)  # Note [Disk cache]
+        if graph is None:
+            return None
     for name, t in zip(names, tensors):
         node = graph.inputs.get(name)
         if node is not None:
