@@ -221,8 +221,10 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx) -> Approx:
 
 def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
     """The tangent of ``node`` from its arguments' tangents (``None``: zero), in Approx arithmetic."""
-    if all(t is None for t in tangents) or node.kind == "stop":
+    if all(t is None for t in tangents):
         return None
+    if node.kind == "stop":  # detach: no derivative; a convention of torch's backward only: forward mode passes
+        return tangents[0] if node.attrs.get("reverse_only") else None
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
