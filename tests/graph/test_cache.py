@@ -88,3 +88,23 @@ def test_a_stale_graph_is_traced_again(cache, monkeypatch):
     w.mul_(2.0)  # same tensor object, new values: the in-memory key is unchanged
     report = sg.check(fn, {"x": x}, engine="graph")
     assert report.passed and report.records[0].passed
+
+
+def test_how_often_the_function_runs(cache):
+    calls = [0]
+
+    def f(x):
+        calls[0] += 1
+        return torch.tanh(x).sum()
+
+    def g(x):
+        calls[0] += 1
+        return torch.tanh(x)
+
+    x = torch.randn(40, 40, dtype=torch.float64)
+    counts = []
+    for fn in (f, f, g):
+        calls[0] = 0
+        sg.check(fn, {"x": x}, engine="graph")
+        counts.append(calls[0])
+    assert counts == [3, 2, 6]  # README "How often your function runs"
