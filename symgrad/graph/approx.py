@@ -125,7 +125,7 @@ def scale(a: Approx, k: float, exact_scale: bool | None = None) -> Approx:
 
 
 def abs_einsum(spec: str, *arrays):
-    return np.einsum(spec, *arrays, optimize=True)
+    return np.einsum(spec, *arrays, optimize=len(arrays) > 2)
 
 
 def einsum(spec: str, *ops: Approx) -> Approx:
@@ -139,7 +139,7 @@ def einsum(spec: str, *ops: Approx) -> Approx:
             sizes[ch] = n
     summed = set("".join(subs)) - set(out)
     k = int(np.prod([sizes[ch] for ch in summed])) if summed else 1
-    v = np.einsum(spec, *(o.v for o in ops), optimize=True)
+    v = np.einsum(spec, *(o.v for o in ops), optimize=len(ops) > 2)
     absv = [np.abs(o.v) for o in ops]
     e = (len(ops) - 1 + summation_factor(k)) * abs_einsum(spec, *absv)
     for i, o in enumerate(ops):

@@ -139,8 +139,13 @@ def _eval(expr, env, ctx, memo) -> Approx:
     return out
 
 
+@lru_cache(maxsize=4096)
+def _constant(c, ctx: Ctx) -> tuple:
+    return np.float64(float(c)), constant_error(c, ctx)
+
+
 def _number(c, ctx: Ctx) -> Approx:
-    return Approx(np.float64(float(c)), constant_error(c, ctx))
+    return Approx(*_constant(c, ctx))
 
 
 def _eval_node(expr, env, ctx, memo) -> Approx:
