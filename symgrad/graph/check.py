@@ -14,9 +14,6 @@ whole Jacobian, one product per output entry.
 
 from __future__ import annotations
 
-import hashlib
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -29,6 +26,7 @@ from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
+from . import cache as graph_cache
 from . import diskcache
 from .crosscheck import crosscheck
 from .engine import backward, forward, tangent
@@ -108,15 +106,15 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
         return run
 
     torch_fn = runner(fn)
-    key = _cache_key(fn, symbolic, loss, target, names, tensors)
-    disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if key not in _GRAPHS else None
+    key = graph_cache.key(fn, symbolic, loss, target, names, tensors)
+    disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if not graph_cache.known(key) else None
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
     with torch.no_grad():
         out_t = torch_fn(*(t.detach() for t in leaves.values()))
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
     for attempt in ("cached", "traced"):
-        graph = _cached_graph(key, names, tensors, disk_key) if attempt == "cached" else None
+        graph = graph_cache.lookup(key, names, tensors, disk_key) if attempt == "cached" else None
         if graph is None:
             stage("op graph: tracing the forward into core ATen ops")
             gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
@@ -135,8 +133,8 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
         records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",
                            rtol=rtol, atol=atol)]
         if records[0].passed or attempt == "traced":
-            break  # a cached graph that disagrees with torch's forward is traced again (Note [Graph cache])
-    _remember(key, fn, graph)
+            break  # a cached graph that disagrees with torch's forward is traced again (Note [Graph cache] in cache.py)
+    graph_cache.remember(key, fn, graph)
     state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
     meta = {"dtype": dtype, "engine": "graph (tensor back end)",
             "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
@@ -159,54 +157,6 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
             except AutogradFailed as err:  # e.g. a custom Function with no jvp: forward mode is not asked for
                 meta["jvp"] = f"not checked (torch.func.jvp could not run: {str(err)[:160]})"
     return Report(records, title=title or "symgrad check", meta=meta)
-
-
-# Note [Graph cache]
-# Tracing costs more than everything else on a repeat check, so the graph of a (function, leaf
-# names/shapes/dtypes, integer inputs, target) is kept (LRU, ``GRAPH_CACHE_SIZE``; on disk too,
-# Note [Disk cache] in diskcache.py) and its leaves refreshed with the new values.  Anything else the trace baked in (a tensor the function closes
-# over, a branch taken on a value) shows as a disagreement of the forward row: such a graph is
-# traced afresh before any derivative is compared.
-GRAPH_CACHE_SIZE = 8
-_GRAPHS: "OrderedDict" = OrderedDict()
-
-
-def _cache_key(fn, symbolic, loss, target, names, tensors):
-    data = hashlib.sha1()
-    for t in tensors:
-        if not t.is_floating_point():
-            data.update(t.detach().cpu().contiguous().numpy().tobytes())
-    if target is not None and hasattr(target, "detach"):
-        data.update(target.detach().double().cpu().contiguous().numpy().tobytes())
-    shapes = tuple((n, tuple(t.shape), str(t.dtype)) for n, t in zip(names, tensors))
-    return (id(fn), id(symbolic), id(loss), shapes, data.hexdigest())
-
-
-def _cached_graph(key, names, tensors, disk_key=None):
-    entry = _GRAPHS.get(key)
-    if entry is not None and entry[0]() is not None:
-        _GRAPHS.move_to_end(key)
-        graph = entry[1]
-    else:
-        graph = diskcache.load(disk_key)  # Note [Disk cache]
-        if graph is None:
-            return None
-    for name, t in zip(names, tensors):
-        node = graph.inputs.get(name)
-        if node is not None:
-            node.attrs["value"] = t.detach().double().cpu().numpy()
-    return graph
-
-
-def _remember(key, fn, graph) -> None:
-    try:
-        ref = weakref.ref(fn)
-    except TypeError:
-        return
-    _GRAPHS[key] = (ref, graph)
-    _GRAPHS.move_to_end(key)
-    while len(_GRAPHS) > GRAPH_CACHE_SIZE:
-        _GRAPHS.popitem(last=False)
 
 
 def _single_output(graph):

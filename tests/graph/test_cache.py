@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import symgrad as sg
+from symgrad.graph import cache as graph_cache
 from symgrad.graph import check as graph_check
 from symgrad.graph import diskcache
 
@@ -26,7 +27,7 @@ class Net(nn.Module):
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(graph_check, "_GRAPHS", type(graph_check._GRAPHS)())
+    monkeypatch.setattr(graph_cache, "_GRAPHS", type(graph_cache._GRAPHS)())
     return tmp_path
 
 
@@ -43,7 +44,7 @@ def test_a_second_process_reads_the_graph_from_disk(cache, monkeypatch):
     inputs = {"x": torch.randn(5, 4, dtype=torch.float64), "y": torch.tensor([0, 2, 1, 1, 0])}
     first = sg.check(model, inputs, engine="graph")
     assert first.passed and list((cache / "graphs").glob("*.pkl"))
-    graph_check._GRAPHS.clear()  # a new process: nothing in memory
+    graph_cache._GRAPHS.clear()  # a new process: nothing in memory
     _no_trace(monkeypatch)
     with torch.no_grad():
         model.a.weight.mul_(1.5)  # new values, same architecture
@@ -69,7 +70,7 @@ def test_changed_integer_data_is_another_graph(cache):
     model = Net().double()
     x = torch.randn(5, 4, dtype=torch.float64)
     sg.check(model, {"x": x, "y": torch.tensor([0, 2, 1, 1, 0])}, engine="graph")
-    graph_check._GRAPHS.clear()
+    graph_cache._GRAPHS.clear()
     report = sg.check(model, {"x": x, "y": torch.tensor([1, 1, 1, 0, 2])}, engine="graph")
     assert report.passed
     assert len(list((cache / "graphs").glob("*.pkl"))) == 2
