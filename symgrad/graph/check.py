@@ -31,6 +31,7 @@ from . import diskcache
 from .crosscheck import crosscheck
 from .engine import backward, forward, tangent
 from .interpret import to_graph
+from .printing import gradient_text
 from .scalar import Ctx
 from .trace import trace_callable
 
@@ -203,7 +204,9 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
         generators = {}
     scale = backward_calls if how == "backward" else 1
     refs = [_reference(n, [None if node is None else g[node] for g in per_seed], tuple(st.leaves[n].shape),
-                       out_shape, how, scale, st.failed, generators.get(node)) for n, node in zip(st.wrt, nodes)]
+                       out_shape, how, scale, st.failed, generators.get(node),
+                       gradient_text(st.graph, node) if node is not None else "")
+            for n, node in zip(st.wrt, nodes)]
     quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
     for rec, ref in zip(records, refs):
@@ -224,11 +227,12 @@ def _note_resolution(rec, ref, dtype: str) -> None:
     if not mask.any():
         return
     typical = float(np.median(width[mask] / value[mask]))
-    if typical > 1e3 * eps:
+    if typical > 1e4 * eps:
+        advice = (" Check in float64 (model.double()) to resolve it." if dtype != "float64" else
+                  " The entries are small differences of large terms here.")
         rec.note = (rec.note + " " if rec.note else "") + (
             f"Resolution: a typical entry here is allowed {typical:.2g} of its size (rounding bound and kink "
-            f"bands of this {dtype} computation); a relative bug smaller than that passes unseen. Check in "
-            "float64 (model.double()) to resolve it.")
+            f"bands of this {dtype} computation); a relative bug smaller than that passes unseen.{advice}")
 
 
 # Note [Kink units]
@@ -363,7 +367,7 @@ def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd
 
 
 def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, scale: float, failed: list,
-               generators: list | None = None) -> Reference:
+               generators: list | None = None, text: str = "reverse mode over the op graph") -> Reference:
     """One reference per differentiated tensor: its gradient, or its products stacked (random
     cotangents: ``(k, *shape)``; a Jacobian: ``(*out_shape, *shape)``)."""
     def field(g, attr):
@@ -380,7 +384,7 @@ def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str,
     else:
         full = shape
     v, e, lo, hi = (scale * parts[a].reshape(full) for a in ("v", "e", "lo", "hi"))
-    text = "0 (no path from it to the output)" if all(g is None for g in grads) else "reverse mode over the op graph"
+    text = "0 (no path from it to the output)" if all(g is None for g in grads) else text
     ref = Reference(name, v, text, rounding=e, verified=not failed)
     if failed:
         ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
