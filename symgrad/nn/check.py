@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd, torch_noise
+from ..graph.budget import refuse_exploded, too_big_to_explode
 from ..symbolic.numbers import refuse_string_attributes
 from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
                         refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
@@ -224,30 +225,53 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
             return check_graph(model, named, wrt=wrt_names, via=via, v=v, loss=loss_fn, target=target,
                                rtol=rtol, atol=atol, title=title)
 
-    stage("tracing with torch.fx")
-    gm = trace(model)
-    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
-    loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
-    reason = "a symbolic= forward was given" if symbolic is not None else whole_batch
-    plan = None
-    if not reason:
-        plan, reason = _plan(gm, loss_gm, named, target, via, v, tangents, loss_fn)
-    if plan is not None:
-        stage("differentiating one symbolic sample")
+    def fx_path() -> Report:
+        stage("tracing with torch.fx")
+        gm = trace(model)
+        refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
+        loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
+        reason = "a symbolic= forward was given" if symbolic is not None else whole_batch
+        plan = None
+        if not reason:
+            plan, reason = _plan(gm, loss_gm, named, target, via, v, tangents, loss_fn)
+        if plan is not None:
+            stage("differentiating one symbolic sample")
+            try:
+                forward, refs, kinks, meta = _per_sample(gm, loss_gm, plan, named, params, target, v, wrt_names, dtype, backend)
+            except (ShapeMismatch, Mixing) as err:
+                reason = f"the one-sample forward failed ({err})"
+            else:
+                meta["via"] = plan["via"]
+                if loss_fn is not None and symbolic is None:
+                    _attach_matrix_forms(refs, model, named, loss, target, wrt_names, dtype)
+                if kinks:
+                    meta["kink conditions"] = ", ".join(shorten(c, 40) for c in kinks[:4])
+                return _finish(refs, forward, torch_fn, leaves, wrt_names, plan["via"], v, dtype_name, rtol, atol,
+                               title, meta)
+        n_in = sum(t.numel() for t in everything.values() if t.is_floating_point())
+        n_wrt = sum(everything[w].numel() for w in wrt_names)
+        if engine == "elementwise":
+            refuse_exploded(n_in, n_wrt, 1, False)
+        elif too_big_to_explode(n_in, n_wrt, 1, False):  # Note [Memory guard]: the op graph instead
+            raise UnsupportedOp(f"the whole-batch exploded check would be too large ({n_in:,} input entries)")
+        return _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
+                        backend, rtol, atol, title, reason, backward_calls)
+
+    try:
+        return fx_path()
+    except UnsupportedOp as err:
+        # ops the fx importer has no rule for (convolutions, norms, attention): the op graph
+        if engine != "auto" or (via or "").endswith("hessian") or tangents is not None or backward_calls != 1 \
+                or (symbolic is not None and not callable(symbolic)):
+            raise
+        from ..graph import check_graph
+
+        stage("op graph: trace, differentiate, compare")
         try:
-            forward, refs, kinks, meta = _per_sample(gm, loss_gm, plan, named, params, target, v, wrt_names, dtype, backend)
-        except (ShapeMismatch, Mixing) as err:
-            reason = f"the one-sample forward failed ({err})"
-        else:
-            meta["via"] = plan["via"]
-            if loss_fn is not None and symbolic is None:
-                _attach_matrix_forms(refs, model, named, loss, target, wrt_names, dtype)
-            if kinks:
-                meta["kink conditions"] = ", ".join(shorten(c, 40) for c in kinks[:4])
-            return _finish(refs, forward, torch_fn, leaves, wrt_names, plan["via"], v, dtype_name, rtol, atol,
-                           title, meta)
-    return _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
-                    backend, rtol, atol, title, reason, backward_calls)
+            return check_graph(model, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, loss=loss_fn,
+                               target=target, rtol=rtol, atol=atol, title=title)
+        except UnsupportedOp as graph_err:
+            raise UnsupportedOp(f"{err}\nTracing it into the op graph failed as well: {graph_err}") from graph_err
 
 
 def _graph_route(engine, n_params, loss_fn, symbolic, via, tangents, backward_calls) -> bool:
@@ -562,9 +586,12 @@ def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt
 
 
 def check_function(fn: Callable, inputs, **kwargs) -> Report:
-    """``check_module`` for a plain function of tensors: traced with fx, no ``symbolic=`` needed."""
+    """``check_module`` for a plain function of tensors: traced with fx, no ``symbolic=`` needed.
+    Called directly it is the torch.fx importer alone (``engine="elementwise"``); ``symgrad.check``
+    passes its own engine, so that ``"auto"`` may go on to the op graph."""
     inputs = normalize_inputs(fn, None, inputs)
     kwargs.setdefault("title", f"symgrad check of {getattr(fn, '__name__', 'function')}")
+    kwargs.setdefault("engine", "elementwise")
     if kwargs.get("wrt") is None:
         floats = [n for n, t in inputs.items() if t.is_floating_point()]
         kwargs["wrt"] = [n for n in floats if inputs[n].requires_grad] or floats

@@ -227,3 +227,23 @@ def test_a_mask_is_no_kink(dtype):
     good = sg.check(lambda x, w, b: fc(F.max_pool2d(F.leaky_relu(F.conv2d(x, w, b, padding=1), 0.1), 2)
                                        .flatten(1)).pow(2).sum(), inputs, wrt=["w", "b"], engine="graph")
     assert good.passed and all(r.kinks == 0 for r in good.records)
+
+
+def test_auto_takes_small_models_the_fx_importer_cannot_read_to_the_graph():
+    """A 30-parameter model with a convolution and a LayerNorm: the fx importer has no rule for
+    them, so engine='auto' checks it on the op graph instead of refusing it."""
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.out = nn.Conv2d(1, 2, 3), nn.LayerNorm(8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.out(self.norm(self.conv(x).flatten(1)))
+
+    torch.manual_seed(8)
+    model = Small().double()
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    for kwargs in ({}, {"loss": F.mse_loss, "target": torch.zeros(2, 2, dtype=torch.float64)}):
+        report = sg.check(model, {"x": x}, **kwargs)
+        assert report.passed and report.meta["engine"].startswith("graph"), report.to_text()
