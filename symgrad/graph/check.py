@@ -129,6 +129,8 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
         values = forward(graph, ctx)
         out_val = values[out_node]
         if tuple(out_t.shape) != out_val.shape:
+            if attempt == "cached":
+                continue  # a cached graph of something else: trace this function
             raise ShapeMismatch(f"torch's output has shape {tuple(out_t.shape)}, the op graph's {out_val.shape}")
         forward_ref = _approx_reference("output", out_val, "op graph forward", failed)
         records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",

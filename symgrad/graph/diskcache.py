@@ -5,8 +5,10 @@ Tracing (``make_fx``, and the start-up of torch's tracer) is most of a first che
 traced op graph -- no verdict, no derivative values, only the graph with its constants -- is stored
 under ``$SYMGRAD_CACHE_DIR`` (default ``$XDG_CACHE_HOME/symgrad`` or ``~/.cache/symgrad``), keyed by:
 
-* the function's identity that survives a process: its module, qualified name and source (a module's
-  class source and ``repr``, which holds every layer's options), the tensors and values it closes over;
+* the function's identity that survives a process: an ``nn.Module``'s ``repr`` (every layer's options),
+  the source of every module class in it and its buffers; a module-level function's name and source.
+  Lambdas, nested functions, closures and custom Functions' ``apply`` are never cached (their source
+  does not say what they compute);
 * the leaves' names, shapes and dtypes, the integer inputs, the target and the loss;
 * the source of ``symgrad/graph`` itself, symgrad's and torch's versions (any edit invalidates it).
 
@@ -62,16 +64,21 @@ def _describe(obj, h, depth: int = 0) -> None:
         h.update(f"{tuple(obj.shape)}{obj.dtype}".encode())
         h.update(obj.detach().cpu().contiguous().numpy().tobytes())
     elif isinstance(obj, torch.nn.Module):
-        h.update(f"{type(obj).__module__}.{type(obj).__qualname__}|{obj!r}".encode())
-        h.update(inspect.getsource(type(obj)).encode())
+        h.update(f"{obj!r}".encode())
+        for cls in sorted({type(m) for m in obj.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+            if "<locals>" in cls.__qualname__:
+                raise TypeError("a module class defined inside a function")
+            h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+            h.update(inspect.getsource(cls).encode())
         for _, buf in obj.named_buffers():
             _describe(buf, h, depth + 1)
-    elif callable(obj):
-        h.update(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}".encode())
-        target = getattr(obj, "__func__", obj)
-        h.update(inspect.getsource(target).encode())
-        for cell in getattr(target, "__closure__", None) or ():
-            _describe(cell.cell_contents, h, depth + 1)
+    elif inspect.isfunction(obj):
+        # only module-level functions that close over nothing: a lambda, a nested function or a
+        # custom Function's apply (whose source is torch's) could stand for anything
+        if "<locals>" in obj.__qualname__ or obj.__name__ == "<lambda>" or obj.__closure__:
+            raise TypeError("a nested function, lambda or closure")
+        h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
+        h.update(inspect.getsource(obj).encode())
     else:
         raise TypeError(type(obj).__name__)
 

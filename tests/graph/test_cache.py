@@ -109,3 +109,29 @@ def test_how_often_the_function_runs(cache):
         sg.check(fn, {"x": x}, engine="graph")
         counts.append(calls[0])
     assert counts == [3, 2, 6]  # README "How often your function runs"
+
+
+class Twice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+
+def module_level(x):
+    return torch.tanh(x).sum()
+
+
+def test_only_what_its_source_defines_is_cached_on_disk():
+    x = torch.randn(3, dtype=torch.float64)
+    args = (None, None, None, ["x"], [x])
+    assert diskcache.fingerprint(module_level, *args) is not None
+    assert diskcache.fingerprint(Net(), *args) is not None
+    # a custom Function's apply, a lambda and a closure say nothing of what they compute
+    assert diskcache.fingerprint(Twice.apply, *args) is None
+    assert diskcache.fingerprint(lambda x: x.sum(), *args) is None
+    w = torch.ones(3)
+    assert diskcache.fingerprint(lambda x: (w * x).sum(), *args) is None
