@@ -184,10 +184,6 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         allowed = allowed + np.where(np.asarray(ref.structural_zero, bool).reshape(e.shape),
                                      ROUNDING_ULPS * eps * max(floor_scale, scale), 0.0)
     kink = np.zeros(e.shape, bool) if ref.kink is None else np.asarray(ref.kink, bool)
-    if ref.torch_noise is not None:  # a cancellation made before the closed form existed
-        moved = np.asarray(ref.torch_noise, np.float64).reshape(e.shape)
-        weak = finite & ~kink & (np.abs(np.where(finite, e, 0.0)) <= allowed)
-        allowed = np.where(weak, np.maximum(allowed, NOISE_FACTOR * np.where(np.isfinite(moved), moved, 0.0)), allowed)
     if atol is not None:  # the caller's own absolute tolerance, on top
         allowed = allowed + atol
     rec.rtol = rtol

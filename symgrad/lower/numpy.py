@@ -136,6 +136,77 @@ def to_symengine(expr):
         ) from err
 
 
+# Note [Sums kept as built]
+# symengine's ``cse`` also shares *parts* of sums: given x + y + z - (x + y + z), it names
+# t = x + y + z and returns t - t, which is 0.  The closed form of a centred sum
+# (``sum(x - mean(x))``, the weight gradient of a batch-centred input) is written as built,
+# un-cancelled, but cse would cancel it before any rounding bound exists, while torch adds the
+# terms up and gets their roundoff.  So every sum is hidden from cse inside an opaque function
+# ``_SUM(...)`` (cse still shares whole sums, products and everything else) and unwrapped after:
+# the bound (Note [Rounding bound] in codegen.py) then sees the terms as torch adds them.
+
+
+def _rebuild(e, args):
+    import symengine as se
+
+    kind = type(e).__name__
+    if kind == "Piecewise":
+        return se.Piecewise(*[(args[i], args[i + 1]) for i in range(0, len(args), 2)])
+    builders = {"Add": se.Add, "Mul": se.Mul, "Pow": se.Pow, "And": se.And, "Or": se.Or, "Not": se.Not,
+                "Xor": se.Xor, "StrictLessThan": se.Lt, "LessThan": se.Le, "Equality": se.Eq, "Unequality": se.Ne}
+    if kind in builders:
+        return builders[kind](*args)
+    try:
+        return e.func(*args)
+    except Exception as err:  # noqa: BLE001 - named below
+        raise UnsupportedOp(f"symgrad cannot rebuild the closed form's {kind} node ({err})") from err
+
+
+def _transform(exprs: list, rule) -> list:
+    """``exprs`` rebuilt bottom-up, ``rule(e, new_args)`` returning the replacement of a node (or None
+    to rebuild it as it was); shared nodes are visited once."""
+    memo: dict = {}
+    changed: set = set()
+
+    def visit(root):
+        stack = [(root, False)]
+        while stack:
+            e, expanded = stack.pop()
+            if e in memo:
+                continue
+            args = e.args
+            if not args:
+                memo[e] = e
+            elif not expanded:
+                stack.append((e, True))
+                stack.extend((a, False) for a in args if a not in memo)
+            else:
+                new = [memo[a] for a in args]
+                hit = rule(e, new)
+                if hit is None and any(a in changed for a in args):
+                    hit = _rebuild(e, new)
+                if hit is None:
+                    memo[e] = e
+                else:
+                    memo[e] = hit
+                    changed.add(e)
+        return memo[root]
+
+    return [visit(e) for e in exprs]
+
+
+def _cse_keeping_sums(exprs: list):
+    """symengine's cse with every sum opaque to it (Note [Sums kept as built])."""
+    import symengine as se
+
+    wrap = se.Function("_SUM")
+    hidden = _transform(exprs, lambda e, new: wrap(*new) if type(e).__name__ == "Add" else None)
+    reps, reduced = se.cse(hidden)
+    unwrap = lambda e, new: se.Add(*new) if type(e).__name__ == "FunctionSymbol" and e.get_name() == "_SUM" else None  # noqa: E731
+    values = _transform([v for _, v in reps] + list(reduced), unwrap)
+    return list(zip([s for s, _ in reps], values[: len(reps)])), values[len(reps):]
+
+
 _COMPARE = {"<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal}
 
 
@@ -187,7 +258,7 @@ class Lowered:
         if clash:
             se_exprs = [e.xreplace(clash) for e in se_exprs]
             names = {clash.get(a, a): n for a, n in names.items()}
-        reps, reduced = se.cse(se_exprs) if se_exprs else ([], [])
+        reps, reduced = _cse_keeping_sums(se_exprs) if se_exprs else ([], [])
         self.source, self._rel_text = generate(reps, reduced, names, forward)
         self.relationals = len(self._rel_text)
         namespace = dict(RUNTIME)
