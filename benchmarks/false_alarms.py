@@ -6,10 +6,10 @@ input scales 0.1, 1, 5 and 20, in float64 and float32, a few seeds each:
 
 * with torch's own autograd: a failing verdict is a false alarm;
 * with a custom ``autograd.Function`` that runs torch's forward and returns torch's gradient
-  times ``1 + delta`` (float64: 1e-6 and 1e-9; float32: 1e-3): a passing verdict is a missed
-  bug, counted over the checks whose true gradient is resolvable (non-zero);
-* with a float64 backward computed in float32 (``g.float() * grad.float()``): a passing verdict
-  is a missed bug.
+  times ``1 + delta`` (float64: 1e-6 and 1e-9; float32: 1e-3), or a float64 gradient computed in
+  float32 (``g.float() * grad.float()``): a passing verdict is a missed bug.  A seeded bug counts
+  only where it moves some entry by more than 10x torch's own error there (against the exact
+  closed form): a scaled gradient of sum(softmax(x)) (0 up to roundoff) is no bug to catch.
 
     python benchmarks/false_alarms.py            # everything (a few minutes)
     python benchmarks/false_alarms.py --quick    # one seed, fewer scales
@@ -21,7 +21,11 @@ import argparse
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's symgrad, not an installed one
+
+import numpy as np
 import sympy as sp
 import torch
 
@@ -114,12 +118,15 @@ def run(quick: bool = False, verbose: bool = False) -> dict:
                         if verbose:
                             print(rep.to_text(), file=sys.stderr)
                     rec = rep["x"]
-                    if (rec.expected == 0).all():
-                        continue
+                    own = np.abs(rec.actual - rec.expected)  # torch's own error against the exact value
                     for bug, factor, precision in bugs[dtype]:
                         wrong = scaled_backward(f, factor, precision)
+                        got = sg.check(wrong, {"x": x}, symbolic=f)
+                        # a bug counts where it moves some entry by more than 10x torch's own error there
+                        if not np.any(np.abs(got["x"].actual - rec.actual) > 10 * own):
+                            continue
                         tried[(dname, bug)] += 1
-                        if sg.check(wrong, {"x": x}, symbolic=f).passed:
+                        if got.passed:
                             missed[(dname, bug)] += 1
                             missed_cases.append(f"{dname} {bug} {label} scale={scale} seed={seed}")
     return dict(alarms=alarms, missed=missed, tried=tried, alarm_cases=alarm_cases, missed_cases=missed_cases)
@@ -136,7 +143,8 @@ def main(argv=None):
         print(f"{dname}: false alarms {res['alarms'][dname]} / {res['tried'][(dname, 'torch')]} checks of torch's own autograd")
     for (dname, bug), n in sorted(res["tried"].items()):
         if bug != "torch":
-            print(f"{dname} backward {bug}: missed {res['missed'][(dname, bug)]} / {n}")
+            print(f"{dname} backward {bug}: missed {res['missed'][(dname, bug)]} / {n} checks where the bug is "
+                  "larger than torch's own error")
     for c in res["alarm_cases"]:
         print("  false alarm:", c)
     for c in res["missed_cases"][:40]:

@@ -50,10 +50,16 @@ class Op:
     torch_kwargs: Callable[..., dict] | None = None
     module: str = ""
     doc: str = ""
+    # parameters torch's kernel rounds to float32 even in float64 (celu's 1/alpha): each value and
+    # its reciprocal carry one float32 rounding in the rounding bound (FLOAT32_CONSTANTS)
+    float32_params: tuple = ()
 
     def sym(self, x, **params):
         """The SymPy form at ``x`` with the row's default parameters filled in."""
-        return self.sympy(x, **{**self.params, **params})
+        full = {**self.params, **params}
+        for name in self.float32_params:
+            note_float32_constant(full[name])
+        return self.sympy(x, **full)
 
     def diff(self, x, **params):
         """The hand-written derivative at ``x``."""
@@ -68,6 +74,25 @@ class Op:
         full = {k: float(v) if isinstance(v, sp.Basic) else v for k, v in {**self.params, **params}.items()}
         kwargs = self.torch_kwargs(**full) if self.torch_kwargs else full
         return (lambda t: fn(t, **kwargs)) if kwargs else fn
+
+
+# Constants that reach torch's kernels as float32 even in a float64 run (Op.float32_params), keyed
+# by constant_key: the rounding bound gives each occurrence one float32 rounding (codegen.py).
+FLOAT32_CONSTANTS: set = set()
+
+
+def constant_key(value: float) -> float:
+    """A float rounded to 12 significant digits: 1/0.3 computed either way finds the same key."""
+    return float(f"{float(value):.12g}")
+
+
+def note_float32_constant(value) -> None:
+    try:
+        c = float(value)
+    except (TypeError, ValueError):
+        return
+    if c != 0 and c == c and abs(c) != float("inf"):
+        FLOAT32_CONSTANTS.update({constant_key(c), constant_key(1 / c)})
 
 
 def resolve_torch(dotted: str) -> Callable:
@@ -150,6 +175,7 @@ _ROWS = [
         lambda x, alpha: _pw((1, x > 0), (sp.exp(x / alpha), True)),
         params={"alpha": 1},
         module="torch.nn.CELU",
+        float32_params=("alpha",),  # torch's float64 celu' with alpha = 0.3 is off by 3.6e-7: 1/alpha in float32
     ),
     Op(
         "gelu",

@@ -64,3 +64,52 @@ def test_the_torch_rerun_is_gone():
 
     assert not hasattr(run, "torch_noise")
     assert "torch_noise" not in Reference.__dataclass_fields__
+
+
+# -- issue 13 item 2, issue 11 item 4: no fixed relative floor --------------------------------
+def _x64(seed=3, n=8, scale=2.0):
+    return scale * torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_a_float64_backward_computed_in_float32_fails():
+    # error ~3e-8 relative: under the old float64 floor rtol = 1e-7, ~1e8 ulps above the bound
+    f = custom(lambda x: torch.exp(x).sum(), lambda g, x: (g * torch.exp(x)).float().double())
+    rec = sg.check(f, {"x": _x64()}, symbolic=lambda x: sg.exp(x).sum())["x"]
+    assert rec.verdict == "FAIL", rec.message()
+    good = custom(lambda x: torch.exp(x).sum(), lambda g, x: g * torch.exp(x))
+    assert sg.check(good, {"x": _x64()}, symbolic=lambda x: sg.exp(x).sum())
+
+
+@pytest.mark.parametrize("delta", [1e-7, 1e-9, -1e-9])
+def test_a_float64_sin_backward_off_by_a_billionth_fails(delta):
+    f = custom(lambda x: torch.sin(x).sum(), lambda g, x: g * torch.cos(x) * (1 + delta))
+    rec = sg.check(f, {"x": _x64()}, symbolic=lambda x: sg.sin(x).sum())["x"]
+    assert rec.verdict == "FAIL" and rec.mismatched == rec.total, rec.message()
+
+
+def test_a_user_rtol_still_widens_the_allowance():
+    f = custom(lambda x: torch.exp(x).sum(), lambda g, x: (g * torch.exp(x)).float().double())
+    assert sg.check(f, {"x": _x64()}, symbolic=lambda x: sg.exp(x).sum(), rtol=1e-7)
+    assert sg.check(f, {"x": _x64()}, symbolic=lambda x: sg.exp(x).sum(), atol=1e-5)
+    assert not sg.check(f, {"x": _x64()}, symbolic=lambda x: sg.exp(x).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("name", ["exp", "sin", "tanh", "sigmoid", "softplus", "gelu", "gelu_tanh", "elu", "log"])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 5.0])
+def test_torch_kernels_do_not_false_alarm_without_the_floor(name, scale, dtype):
+    fn = getattr(sg, name)
+    x = _x64(seed=5, n=16, scale=scale)
+    x = (x.abs() + 0.1 if name == "log" else x).to(dtype)
+    report = sg.check(lambda x: fn(x).sum(), {"x": x})
+    assert report, report.to_text()
+
+
+def test_only_the_op_tables_float32_parameters_carry_a_float32_rounding_in_float64():
+    # x * 0.3 is a double multiplication in float64 torch: 0.3 is not rounded to float32 there, so
+    # a backward using float32's 0.3 (off by 4e-8, relative) fails; celu's 1/alpha is (Op.float32_params)
+    x = _x64()
+    f = custom(lambda x: (0.3 * x).sum(), lambda g, x: g * torch.full_like(x, float(np.float32(0.3))))
+    assert not sg.check(f, {"x": x}, symbolic=lambda x: (0.3 * x).sum())
+    assert sg.check(lambda x: torch.nn.functional.celu(x, alpha=0.3).sum(), {"x": x - 3},
+                    symbolic=lambda x: sg.celu(x, alpha=0.3).sum())

@@ -38,9 +38,17 @@ KINK_NOISE = 16.0
 KINK_ULPS = 8.0
 MAX_KINK_COMBINATIONS_LOG2 = 6  # up to 2**6 forced evaluations for the kink band
 MAX_FLIPS = 256  # beyond that many near-kink conditions, only the entrywise band is checked
-# Non-integer constants may reach torch's kernels as float32 even in a float64 run: one float32
-# rounding each, relative (class _Magnitude).
+# Non-integer constants reach torch's kernels as float32 in a float32 run, and the op table's
+# float32 parameters (celu's alpha) even in a float64 run: one float32 rounding each, relative.
 CONSTANT_REL = 2.0**-24
+
+
+def _constant_units(kink_eps: float) -> tuple:
+    """(_K, _KF) of Note [Rounding bound] in codegen.py: units of roundoff of the checked dtype per
+    unit of a constant float32 cannot hold, for every such constant (only where torch rounds its
+    scalars to the checked dtype, i.e. below float64) and for the op table's float32 parameters."""
+    units = CONSTANT_REL / kink_eps
+    return (units if kink_eps > 1e-10 else 0.0), units
 
 
 def high_precision():
@@ -266,12 +274,12 @@ class Lowered:
         self._fn = namespace["_lowered"]
         self.n = len(se_exprs)
 
-    def _run(self, vals, ctx, magnitudes: bool = False, constants: float = 0.0):
+    def _run(self, vals, ctx, magnitudes: bool = False, constants: tuple = (0.0, 0.0)):
         with np.errstate(all="ignore"):
-            values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, constants)
+            values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, *constants)
         return (values, mags, gap_errors) if magnitudes else values
 
-    def _candidates(self, vals, near: dict, truths: dict, constants: float) -> tuple[list, list, list, bool]:
+    def _candidates(self, vals, near: dict, truths: dict, constants: tuple) -> tuple[list, list, list, bool]:
         """Forced evaluations at the near-kink conditions, grouped into independent choices.
 
         With few conditions, every combination: an entry can depend on several kinks pointing in
@@ -315,7 +323,8 @@ class Lowered:
         ctx = _Context()
         if kink_eps is None:
             return Evaluation(self._run(vals, ctx))
-        values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=CONSTANT_REL / kink_eps)
+        constants = _constant_units(kink_eps)
+        values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=constants)
         out = Evaluation(values_hi, magnitudes)
         low = np.float32 if kink_eps > 1e-10 else np.float64
         low_ctx = _Context()
@@ -332,8 +341,7 @@ class Lowered:
                 if np.any(mask):
                     near[k] = mask
         if near:
-            cands, bounds, out.kink_groups, out.kink_joint = self._candidates(vals, near, ctx.truths,
-                                                                               CONSTANT_REL / kink_eps)
+            cands, bounds, out.kink_groups, out.kink_joint = self._candidates(vals, near, ctx.truths, constants)
             out.candidates = [[np.asarray(v, np.float64) for v in c] for c in cands]
             # a forced branch has its own rounding (relu(z) = z on one side, exactly 0 on the other)
             out.kink_magnitudes = [np.fmax.reduce([np.abs(np.asarray(magnitudes[i], np.float64))]
