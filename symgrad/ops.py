@@ -63,7 +63,10 @@ class Op:
 
     def diff(self, x, **params):
         """The hand-written derivative at ``x``."""
-        return self.derivative(x, **{**self.params, **params})
+        full = {**self.params, **params}
+        for name in self.float32_params:
+            note_float32_constant(full[name])
+        return self.derivative(x, **full)
 
     def kink_points(self, **params) -> tuple:
         return self.kinks(**{**self.params, **params}) if self.kinks else ()

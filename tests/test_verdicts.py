@@ -113,3 +113,45 @@ def test_only_the_op_tables_float32_parameters_carry_a_float32_rounding_in_float
     assert not sg.check(f, {"x": x}, symbolic=lambda x: (0.3 * x).sum())
     assert sg.check(lambda x: torch.nn.functional.celu(x, alpha=0.3).sum(), {"x": x - 3},
                     symbolic=lambda x: sg.celu(x, alpha=0.3).sum())
+
+
+class _ScaledTanh(torch.autograd.Function):
+    """tanh whose backward is off by a factor 1 + 1e-9."""
+
+    @staticmethod
+    def forward(ctx, z):
+        y = torch.tanh(z)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y) * (1 + 1e-9)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.layer1, self.layer2 = torch.nn.Linear(5, 4), torch.nn.Linear(4, 1)
+        self.act = act
+
+    def forward(self, x):
+        return self.layer2(self.act(self.layer1(x)))
+
+
+@pytest.mark.parametrize("engine", ["matrix", "elementwise"])
+def test_a_float64_network_backward_off_by_a_billionth_fails(engine):
+    # batch 3: the loss's mean holds 1/3, which float32 cannot hold; in a float64 run torch's
+    # scalars are doubles, so it carries no float32 rounding (it allowed 6e-8 relative before)
+    import warnings
+
+    torch.manual_seed(0)
+    x, t = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    for act, ok in ((_ScaledTanh.apply, False), (torch.tanh, True)):
+        m = _Net(act).double()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = sg.check(m, {"x": x}, loss=torch.nn.MSELoss(), target=t, engine=engine)
+        assert report["layer1.weight"].passed == ok, report.to_text()
+        assert report["layer2.weight"].passed
