@@ -155,3 +155,42 @@ def test_a_float64_network_backward_off_by_a_billionth_fails(engine):
             report = sg.check(m, {"x": x}, loss=torch.nn.MSELoss(), target=t, engine=engine)
         assert report["layer1.weight"].passed == ok, report.to_text()
         assert report["layer2.weight"].passed
+
+
+# -- issue 13 item 5: closed forms as stable as torch's forward ---------------------------------
+_BIG = torch.tensor([[12000.0, 1.0, -3.0], [0.5, 2.0, 11990.0], [0.1, -0.2, 0.3]], dtype=torch.float64)
+_W = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0], [1.5, 0.25, -2.0]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "log_softmax"])
+def test_softmax_at_a_logit_of_12000_passes_and_a_wrong_backward_fails(kind):
+    fn = getattr(sg, kind)
+    f = lambda x: (fn(x, -1) * _W).sum()  # noqa: E731
+    report = sg.check(f, {"x": _BIG})
+    assert report, report.to_text()
+    assert np.isfinite(report["x"].expected).all() and np.isfinite(report["output"].expected).all()
+
+    def bwd(g, x):
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_()
+            (d,) = torch.autograd.grad(f(xx), xx)
+        return g * d * 1.01
+
+    rec = sg.check(custom(f, bwd), {"x": _BIG}, symbolic=f)["x"]
+    assert rec.verdict == "FAIL", rec.message()
+
+
+def test_cross_entropy_at_huge_logits_through_both_engines():
+    import warnings
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 4).double()
+    with torch.no_grad():
+        m.weight.mul_(4000.0)
+    x, t = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1])
+    assert m(x).abs().max() > 1000  # exp of these overflows even in extended precision
+    for engine in ("matrix", "elementwise"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = sg.check(m, {"x": x}, loss=torch.nn.CrossEntropyLoss(), target=t, engine=engine)
+        assert report, (engine, report.to_text())

@@ -26,11 +26,13 @@ import itertools
 import re
 from dataclasses import dataclass
 
+import mpmath as mp
 import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
 from .codegen import FUNCTIONS, RUNTIME, generate
+from .wide import RUNTIME_WIDE, WIDE_DPS, from_wide, overflowed, to_wide
 
 __all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
 
@@ -269,17 +271,34 @@ class Lowered:
         reps, reduced = _cse_keeping_sums(se_exprs) if se_exprs else ([], [])
         self.source, self._rel_text = generate(reps, reduced, names, forward)
         self.relationals = len(self._rel_text)
-        namespace = dict(RUNTIME)
-        exec(compile(self.source, "<symgrad.lower>", "exec"), namespace)  # noqa: S102 - our own generated code
-        self._fn = namespace["_lowered"]
+        self._code = compile(self.source, "<symgrad.lower>", "exec")
+        self._fn = self._compiled(RUNTIME)
+        self._fn_wide = None  # Note [Wide evaluation], compiled when first needed
         self.n = len(se_exprs)
 
-    def _run(self, vals, ctx, magnitudes: bool = False, constants: tuple = (0.0, 0.0)):
-        with np.errstate(all="ignore"):
-            values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, *constants)
+    def _compiled(self, runtime: dict):
+        namespace = dict(runtime)
+        exec(self._code, namespace)  # noqa: S102 - our own generated code
+        return namespace["_lowered"]
+
+    def _run(self, vals, ctx, magnitudes: bool = False, constants: tuple = (0.0, 0.0), wide: bool = False):
+        if wide:  # Note [Wide evaluation]: mpmath numbers, then back to float64
+            if self._fn_wide is None:
+                self._fn_wide = self._compiled(RUNTIME_WIDE)
+            with mp.workdps(WIDE_DPS):
+                values, mags, gap_errors = self._fn_wide([to_wide(v) for v in vals], ctx.rel, magnitudes, *constants)
+                values = [from_wide(v) for v in values]
+                mags = None if mags is None else [from_wide(m) for m in mags]
+                gap_errors = None if gap_errors is None else [from_wide(g) for g in gap_errors]
+                ctx.gaps = {k: from_wide(g) for k, g in ctx.gaps.items()}
+                ctx.truths = {k: np.asarray(t, bool) for k, t in ctx.truths.items()}
+        else:
+            with np.errstate(all="ignore"):
+                values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, *constants)
         return (values, mags, gap_errors) if magnitudes else values
 
-    def _candidates(self, vals, near: dict, truths: dict, constants: tuple) -> tuple[list, list, list, bool]:
+    def _candidates(self, vals, near: dict, truths: dict, constants: tuple,
+                    wide: bool = False) -> tuple[list, list, list, bool]:
         """Forced evaluations at the near-kink conditions, grouped into independent choices.
 
         With few conditions, every combination: an entry can depend on several kinks pointing in
@@ -308,7 +327,7 @@ class Lowered:
                 choices += [dict.fromkeys(keys, False), dict.fromkeys(keys, True)]
         candidates, bounds = [], []
         for force in choices:
-            values, mags, _ = self._run(vals, _Context(near, force), magnitudes=True, constants=constants)
+            values, mags, _ = self._run(vals, _Context(near, force), magnitudes=True, constants=constants, wide=wide)
             candidates.append([np.asarray(v) for v in values])
             bounds.append([np.asarray(m, np.float64) for m in mags])
         return candidates, bounds, groups, joint
@@ -322,9 +341,14 @@ class Lowered:
         vals = [np.asarray(v, dtype=dtype) for v in values]
         ctx = _Context()
         if kink_eps is None:
-            return Evaluation(self._run(vals, ctx))
+            out = self._run(vals, ctx)
+            return Evaluation(self._run(vals, _Context(), wide=True) if overflowed(vals, out) else out)
         constants = _constant_units(kink_eps)
         values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=constants)
+        wide = overflowed(vals, values_hi)
+        if wide:  # terms beyond the exponent range of numpy's floats (Note [Wide evaluation])
+            ctx = _Context()
+            values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=constants, wide=True)
         out = Evaluation(values_hi, magnitudes)
         low = np.float32 if kink_eps > 1e-10 else np.float64
         low_ctx = _Context()
@@ -341,7 +365,7 @@ class Lowered:
                 if np.any(mask):
                     near[k] = mask
         if near:
-            cands, bounds, out.kink_groups, out.kink_joint = self._candidates(vals, near, ctx.truths, constants)
+            cands, bounds, out.kink_groups, out.kink_joint = self._candidates(vals, near, ctx.truths, constants, wide)
             out.candidates = [[np.asarray(v, np.float64) for v in c] for c in cands]
             # a forced branch has its own rounding (relu(z) = z on one side, exactly 0 on the other)
             out.kink_magnitudes = [np.fmax.reduce([np.abs(np.asarray(magnitudes[i], np.float64))]
