@@ -297,6 +297,14 @@ class Lowered:
                 values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, *constants)
         return (values, mags, gap_errors) if magnitudes else values
 
+    def _wide_or_none(self, vals, ctx, magnitudes: bool, constants: tuple):
+        """The wide evaluation, or None where it fails: a value truly infinite (1/sqrt(0)) raises
+        in mpmath, and numpy's inf is then the answer."""
+        try:
+            return self._run(vals, ctx, magnitudes=magnitudes, constants=constants, wide=True)
+        except (ArithmeticError, ValueError, TypeError):
+            return None
+
     def _candidates(self, vals, near: dict, truths: dict, constants: tuple,
                     wide: bool = False) -> tuple[list, list, list, bool]:
         """Forced evaluations at the near-kink conditions, grouped into independent choices.
@@ -342,13 +350,17 @@ class Lowered:
         ctx = _Context()
         if kink_eps is None:
             out = self._run(vals, ctx)
-            return Evaluation(self._run(vals, _Context(), wide=True) if overflowed(vals, out) else out)
+            if overflowed(vals, out):
+                out = self._wide_or_none(vals, _Context(), False, (0.0, 0.0)) or out
+            return Evaluation(out)
         constants = _constant_units(kink_eps)
         values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=constants)
-        wide = overflowed(vals, values_hi)
-        if wide:  # terms beyond the exponent range of numpy's floats (Note [Wide evaluation])
-            ctx = _Context()
-            values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=constants, wide=True)
+        wide = False
+        if overflowed(vals, values_hi):  # terms beyond the exponent range of numpy's floats (Note [Wide evaluation])
+            wide_ctx = _Context()
+            found = self._wide_or_none(vals, wide_ctx, True, constants)
+            if found is not None:
+                (values_hi, magnitudes, gap_errors), ctx, wide = found, wide_ctx, True
         out = Evaluation(values_hi, magnitudes)
         low = np.float32 if kink_eps > 1e-10 else np.float64
         low_ctx = _Context()

@@ -9,8 +9,9 @@ NaN or inf at finite inputs, ``Lowered`` runs the same generated code again over
 exponent range is unbounded, at ``WIDE_DPS`` decimal digits.  The values, their rounding bounds
 and the kink gaps then come out finite wherever the function itself is, and are rounded back to
 float64.  A value that is truly infinite or undefined (exp(800) itself, log of a negative
-number) stays inf or NaN.  This costs what an object-array evaluation costs, and only runs where
-the fast one overflowed.
+number) stays inf or NaN: where mpmath raises (1/sqrt(0) divides by zero), numpy's evaluation is
+kept as it was.  This costs what an object-array evaluation costs, and only runs where the fast
+one gave NaN or inf.
 """
 
 from __future__ import annotations
