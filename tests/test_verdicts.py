@@ -241,3 +241,30 @@ def test_a_record_whose_allowance_is_coarser_than_the_property_tests_error_says_
             assert rec.unresolved or "allowed more than 0.001 of their value" in rec.note, rec.message()
             noted += 1
     assert noted  # the family does reach that regime (else this test proves nothing)
+
+
+# -- issue 11 item 2: errors in ulps, the worst entries with their values ------------------------
+def test_errors_and_allowances_in_ulps_and_the_worst_entries_are_shown():
+    x = torch.tensor([0.3, -1.2, 2.0, 0.7], dtype=torch.float64)
+    factors = torch.tensor([1.0, 1 + 1e-9, 1.0, 1 - 3e-12], dtype=torch.float64)
+    f = custom(lambda x: torch.sin(x).sum(), lambda g, x: g * torch.cos(x) * factors)
+    rec = sg.check(f, {"x": x}, symbolic=lambda x: sg.sin(x).sum())["x"]
+    assert rec.verdict == "FAIL" and rec.mismatched == 2
+    exact = np.cos(x.numpy())
+    ulp1 = np.spacing(abs(exact[1]))  # the float64 ulp at the exact value
+    assert rec.ulps_index == (1,)
+    assert rec.max_ulps == pytest.approx(abs(exact[1]) * 1e-9 / ulp1, rel=1e-3)
+    assert 1 <= rec.allowed_ulps <= 64  # a few ulps of the running bound, not 1e-7 relative
+    assert [w.index for w in rec.worst] == [(1,), (3,)]  # the mismatched ones, the worst first
+    w = rec.worst[0]
+    assert w.actual == pytest.approx(exact[1] * (1 + 1e-9), rel=1e-15) and w.expected == pytest.approx(exact[1], rel=1e-15)
+    text = rec.message()
+    assert "ulps of float64" in text and "x[1]: autograd" in text and "x[3]: autograd" in text
+
+
+def test_ulps_in_float32_use_float32s_unit():
+    x = torch.tensor([3.0, -0.5], dtype=torch.float32)
+    f = custom(lambda x: (x * x).sum(), lambda g, x: g * 2 * x * torch.tensor([1 + 2**-20, 1.0]))
+    rec = sg.check(f, {"x": x}, symbolic=lambda x: (x * x).sum())["x"]
+    # the error 6 * 2**-20 at the exact value 6, where float32's ulp is 2**-21: 12 ulps (float64's would be 3e9)
+    assert rec.ulps_index == (0,) and rec.max_ulps == 12.0

@@ -48,7 +48,7 @@ import numpy as np
 from ..reference import Reference
 from .kinks import fit as joint_fit
 
-__all__ = ["Record", "compare", "compare_all", "DEFAULT_RTOL", "NO_BOUND_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
+__all__ = ["Record", "WorstEntry", "ulp", "compare", "compare_all", "DEFAULT_RTOL", "NO_BOUND_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
 
 # No fixed relative floor (issue 13 item 2): the default rtol is 0 and every allowance comes from
 # the rounding bound.  DEFAULT_RTOL is kept for callers that import it: all zeros.
@@ -93,6 +93,11 @@ class Record:
     unresolved: int = 0  # non-zero entries whose allowance is at least their size
     verified: bool = True
     note: str = ""
+    # errors in units in the last place of the checked dtype at the exact value (issue 11 item 2)
+    max_ulps: float = 0.0  # the largest |autograd - exact| / ulp(exact), off kinks
+    ulps_index: tuple = ()
+    allowed_ulps: float = 0.0  # the allowance at ulps_index, in the same unit
+    worst: list = field(default_factory=list, repr=False)  # WorstEntry, the most out of allowance first
     expected: np.ndarray | None = field(default=None, repr=False)
     actual: np.ndarray | None = field(default=None, repr=False)
 
@@ -124,6 +129,12 @@ class Record:
             f"Greatest relative difference: {self.max_rel:.6g} at index {format_index(self.name, self.rel_index)} "
             f"(up to {self.rel_allowed:.3g} allowed there)"
         )
+        if self.total:
+            lines.append(f"Greatest error in ulps of {self.dtype}: {self.max_ulps:.3g} at index "
+                         f"{format_index(self.name, self.ulps_index)} (up to {self.allowed_ulps:.3g} allowed there)")
+        if self.worst and self.mismatched:
+            lines.append("Worst entries (autograd, exact, error, allowance):")
+            lines += [w.line(self.name) for w in self.worst]
         if self.nonfinite:
             lines.append(self.nonfinite)
         if self.kink_note:
@@ -135,6 +146,52 @@ class Record:
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
+
+
+@dataclass
+class WorstEntry:
+    """One compared entry as ``assert_close`` users read it: the values, the error, the allowance."""
+
+    index: tuple
+    actual: float
+    expected: float
+    error: float
+    error_ulps: float
+    allowed: float
+    allowed_ulps: float
+
+    def line(self, name: str) -> str:
+        return (f"  {format_index(name, self.index)}: autograd {self.actual:.17g}, exact {self.expected:.17g}, "
+                f"error {self.error:.3g} ({self.error_ulps:.3g} ulps), allowed {self.allowed:.3g} ({self.allowed_ulps:.3g} ulps)")
+
+
+TINY = {"float64": float(np.finfo(np.float64).tiny), "float32": float(np.finfo(np.float32).tiny),
+        "float16": float(np.finfo(np.float16).tiny), "bfloat16": float(np.finfo(np.float32).tiny)}
+WORST_SHOWN = 3
+
+
+def ulp(values: np.ndarray, dtype: str) -> np.ndarray:
+    """The unit in the last place of ``dtype`` at each of ``values`` (at its smallest normal for 0)."""
+    eps = EPS.get(dtype, 2.0**-52)
+    size = np.maximum(np.abs(np.where(np.isfinite(values), values, 0.0)), TINY.get(dtype, TINY["float64"]))
+    return np.ldexp(eps, np.frexp(size)[1] - 1)
+
+
+def _in_ulps(rec: Record, e, a, diff, allowed, judged_mask, dtype: str) -> None:
+    """Record the errors in ulps of ``dtype`` and the worst entries (issue 11 item 2)."""
+    unit = ulp(e, dtype)
+    with np.errstate(all="ignore"):
+        err_ulps = np.where(judged_mask, diff / unit, 0.0)
+        excess = np.where(judged_mask, diff / np.where(allowed > 0, allowed, np.inf), 0.0)
+    excess = np.where(judged_mask & (allowed == 0) & (diff > 0), np.inf, excess)
+    i = np.unravel_index(int(np.argmax(err_ulps)), e.shape)
+    rec.max_ulps, rec.ulps_index = float(err_ulps[i]), tuple(int(k) for k in i)
+    rec.allowed_ulps = float(allowed[i] / unit[i])
+    order = np.argsort(-excess, axis=None, kind="stable")[:WORST_SHOWN]
+    rec.worst = [WorstEntry(tuple(int(k) for k in np.unravel_index(int(j), e.shape)), float(a.flat[j]), float(e.flat[j]),
+                            float(diff.flat[j]), float(err_ulps.flat[j]), float(allowed.flat[j]),
+                            float(allowed.flat[j] / unit.flat[j]))
+                 for j in order if judged_mask.flat[j] and excess.flat[j] > 1]
 
 
 def _nonfinite_note(expected: np.ndarray, actual: np.ndarray, name: str) -> tuple[str, np.ndarray]:
@@ -266,6 +323,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
             rec.atol = float(allowed[i] - rtol * abs(e[i]))
         i = rec.rel_index
         rec.rel_allowed = float(allowed[i] / abs(e[i])) if np.isfinite(e[i]) and e[i] != 0 else float("inf")
+        _in_ulps(rec, e, a, diff, allowed, finite & ~kink, dtype)
     return rec
 
 
