@@ -50,22 +50,22 @@ class Op:
     torch_kwargs: Callable[..., dict] | None = None
     module: str = ""
     doc: str = ""
-    # parameters torch's kernel rounds to float32 even in float64 (celu's 1/alpha): each value and
-    # its reciprocal carry one float32 rounding in the rounding bound (FLOAT32_CONSTANTS)
-    float32_params: tuple = ()
+    # parameters whose reciprocal torch's backward rounds to float32 even in float64 (celu's
+    # 1/alpha): that reciprocal carries one float32 rounding in the rounding bound (FLOAT32_CONSTANTS)
+    float32_reciprocals: tuple = ()
 
     def sym(self, x, **params):
         """The SymPy form at ``x`` with the row's default parameters filled in."""
         full = {**self.params, **params}
-        for name in self.float32_params:
-            note_float32_constant(full[name])
+        for name in self.float32_reciprocals:
+            note_float32_reciprocal(full[name])
         return self.sympy(x, **full)
 
     def diff(self, x, **params):
         """The hand-written derivative at ``x``."""
         full = {**self.params, **params}
-        for name in self.float32_params:
-            note_float32_constant(full[name])
+        for name in self.float32_reciprocals:
+            note_float32_reciprocal(full[name])
         return self.derivative(x, **full)
 
     def kink_points(self, **params) -> tuple:
@@ -79,8 +79,11 @@ class Op:
         return (lambda t: fn(t, **kwargs)) if kwargs else fn
 
 
-# Constants that reach torch's kernels as float32 even in a float64 run (Op.float32_params), keyed
-# by constant_key: the rounding bound gives each occurrence one float32 rounding (codegen.py).
+# Constants that reach torch's kernels as float32 even in a float64 run (the reciprocals of
+# Op.float32_reciprocals), keyed by constant_key: the rounding bound gives each occurrence one
+# float32 rounding (codegen.py).  The set is process-wide: once celu(alpha=0.3) was built, the
+# constant 1/0.3 carries that rounding in every later closed form too (a wider allowance, never a
+# narrower one; 0.3 itself does not).
 FLOAT32_CONSTANTS: set = set()
 
 
@@ -89,13 +92,13 @@ def constant_key(value: float) -> float:
     return float(f"{float(value):.12g}")
 
 
-def note_float32_constant(value) -> None:
+def note_float32_reciprocal(value) -> None:
     try:
         c = float(value)
     except (TypeError, ValueError):
         return
     if c != 0 and c == c and abs(c) != float("inf"):
-        FLOAT32_CONSTANTS.update({constant_key(c), constant_key(1 / c)})
+        FLOAT32_CONSTANTS.add(constant_key(1 / c))
 
 
 def resolve_torch(dotted: str) -> Callable:
@@ -178,7 +181,7 @@ _ROWS = [
         lambda x, alpha: _pw((1, x > 0), (sp.exp(x / alpha), True)),
         params={"alpha": 1},
         module="torch.nn.CELU",
-        float32_params=("alpha",),  # torch's float64 celu' with alpha = 0.3 is off by 3.6e-7: 1/alpha in float32
+        float32_reciprocals=("alpha",),  # torch's float64 celu' with alpha = 0.3 is off by 3.6e-7: 1/alpha in float32
     ),
     Op(
         "gelu",

@@ -107,7 +107,7 @@ def test_torch_kernels_do_not_false_alarm_without_the_floor(name, scale, dtype):
 
 def test_only_the_op_tables_float32_parameters_carry_a_float32_rounding_in_float64():
     # x * 0.3 is a double multiplication in float64 torch: 0.3 is not rounded to float32 there, so
-    # a backward using float32's 0.3 (off by 4e-8, relative) fails; celu's 1/alpha is (Op.float32_params)
+    # a backward using float32's 0.3 (off by 4e-8, relative) fails; celu's 1/alpha is (Op.float32_reciprocals)
     x = _x64()
     f = custom(lambda x: (0.3 * x).sum(), lambda g, x: g * torch.full_like(x, float(np.float32(0.3))))
     assert not sg.check(f, {"x": x}, symbolic=lambda x: (0.3 * x).sum())

@@ -22,10 +22,11 @@ error.  A Piecewise has the error of the branch taken (that rounding may put tor
 branch near a boundary is the kink machinery's business).  Constants that float32 cannot hold
 exactly (0.3, 1/100) are rounded to float32 by torch in a float32 run: each carries ``_K |c|``
 units, with ``_K`` given at evaluation time (0 in a float64 run, where torch's scalars are doubles).
-A few kernels round a parameter to float32 even in float64 (torch's float64 celu' with alpha = 0.3
+A few kernels round a constant to float32 even in float64 (torch's float64 celu' with alpha = 0.3
 is off by 3.6e-7, relative: its 1/alpha is rounded to float32); the op table names them
-(``Op.float32_params``) and those constants carry ``_KF |c|`` units in every dtype.  Exponents that are numbers (x**2, sqrt), e
-and pi are exact, and so is scaling by a power of two (-1 included: a - b rounds once).
+(``Op.float32_reciprocals``) and those constants carry ``_KF |c|`` units in every dtype.
+Exponents that are numbers (x**2, sqrt), e and pi are exact, and so is scaling by a power of two
+(-1 included: a - b rounds once).
 """
 
 from __future__ import annotations

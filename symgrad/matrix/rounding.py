@@ -28,8 +28,8 @@ derivatives (``|.|`` is the entrywise absolute value, products of ``|.|`` are ma
 * transposes carry the error over; ``tr``, ``M[i, j]`` and scalar glue follow the scalar rules;
 * a non-integer constant (``1/3``, leaky_relu's ``1/100``) carries ``K |c|`` units in a float32
   run, ``K = CONSTANT_REL / u`` (torch hands it to its kernels as float32), and none in a float64
-  run; the op table's float32 parameters (celu's ``alpha``, ``Op.float32_params``) carry it in
-  every dtype (torch's float64 celu' with alpha != 1 is off by ~1e-8 for that reason), as in the
+  run; the op table's float32 reciprocals (celu's ``1/alpha``, ``Op.float32_reciprocals``) carry it
+  in every dtype (torch's float64 celu' with alpha != 1 is off by ~1e-8 for that reason), as in the
   elementwise engine (``symgrad.lower.numpy.CONSTANT_REL``); integers, exponents that are
   numbers, e and pi are exact;
 * softmax and log-softmax by rows, bounded conservatively.  With ``a = err(Z) + |Z| + m``,
@@ -373,7 +373,7 @@ class RoundingBound:
     def _elementwise(self, e):
         z = np.asarray(self.ev(e.arg), dtype=np.float64)
         err = self(e.arg)
-        rounded = bool(getattr(OPS.get(str(e.args[0])), "float32_params", ()))
+        rounded = bool(getattr(OPS.get(str(e.args[0])), "float32_reciprocals", ()))
         slope, own = _error_fn(e.args[0], e.args[2], e.order)(z, self.K_float32 if rounded else self.K)
         out = np.broadcast_to(np.abs(np.asarray(own, dtype=np.float64)), z.shape)
         if _is_zero(err):
