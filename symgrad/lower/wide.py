@@ -21,9 +21,10 @@ import numpy as np
 
 from .codegen import RUNTIME
 
-__all__ = ["RUNTIME_WIDE", "WIDE_DPS", "to_wide", "from_wide", "overflowed"]
+__all__ = ["RUNTIME_WIDE", "WIDE_DPS", "WIDE_MAX_BATCH", "to_wide", "from_wide", "overflowed"]
 
 WIDE_DPS = 40
+WIDE_MAX_BATCH = 4096  # values per input (samples of a batched evaluation) the wide evaluation takes
 
 
 def _elementwise(fn):
@@ -79,7 +80,10 @@ def from_wide(value, dtype=np.float64):
 
 
 def overflowed(inputs: list, values: list) -> bool:
-    """NaN or inf in ``values`` although every input is finite."""
+    """NaN or inf in ``values`` although every input is finite, on inputs small enough to evaluate
+    over mpmath numbers (at most ``WIDE_MAX_BATCH`` values per input; beyond, NaN/inf stays)."""
+    if any(np.size(v) > WIDE_MAX_BATCH for v in inputs):
+        return False
     with np.errstate(invalid="ignore"):
         if not all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in inputs):
             return False
