@@ -8,9 +8,9 @@ The pipeline, one subpackage per stage::
 torch is imported only where it is needed.
 """
 
-from .build import SymTensor, as_symtensor, symbols
-from .build.functional import *  # noqa: F401,F403 - the symbolic tensor API (sg.tanh, sg.mse_loss, ...)
-from .build.functional import __all__ as _functional_all
+from .symbolic import SymTensor, as_symtensor, symbols
+from .symbolic.functional import *  # noqa: F401,F403 - the symbolic tensor API (sg.tanh, sg.mse_loss, ...)
+from .symbolic.functional import __all__ as _functional_all
 from .check import assert_correct, check
 from .compare import Record
 from .errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp

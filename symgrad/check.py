@@ -15,20 +15,24 @@ from typing import Callable, Mapping
 import numpy as np
 import sympy as sp
 
+from .autograd.forward import forward_once, grad_enabled
 from .autograd.run import default_via, quantity_of, run_autograd
-from .build.tensor import SymTensor, as_symtensor, symbols
+from .symbolic.tensor import SymTensor, as_symtensor, symbols
 from .compare.compare import compare, compare_all
 from .compare.kinks import stack_generators
 from .differentiate.elementwise import differentiate, entry_form, structural_zeros
 from .differentiate.matrix_form import matrix_closed_form
 from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .lower.numpy import high_precision, lower
+from .progress import stage, with_progress
 from .reference import Reference
+from .validate import (arrange_inputs, check_backend, check_callable, check_names, check_via_keywords,
+                       check_wrt_type, recursion_guard, refuse_nonfinite)
 from .report.report import Report, shorten
 
 __all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
 
-ENGINES = ("auto", "elementwise", "matrix")
+ENGINES = ("auto", "elementwise", "matrix", "graph")
 
 
 def _is_module(fn) -> bool:
@@ -58,23 +62,30 @@ def normalize_inputs(fn, symbolic, inputs) -> dict:
 
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
+    if not isinstance(inputs, (Mapping, list, tuple)):
+        raise InputError(f"inputs must be a dict {{name: tensor}} or a tuple of tensors, not {type(inputs).__name__}; "
+                         "e.g. symgrad.check(fn, (x,)) or symgrad.check(fn, {'x': x})")
+    inputs = arrange_inputs((fn, symbolic), inputs)
     if isinstance(inputs, Mapping):
         named = dict(inputs)
-    elif isinstance(inputs, (list, tuple)):
-        named = dict(zip(_input_names(fn, symbolic, len(inputs)), inputs))
     else:
-        raise InputError(f"inputs must be a dict {{name: tensor}} or a tuple of tensors, not {type(inputs).__name__}")
+        named = dict(zip(_input_names(fn, symbolic, len(inputs)), inputs))
+    check_names(named)
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise InputError(
                 f"input {name!r} is a {type(t).__name__}, not a torch.Tensor; wrap it: torch.tensor(..., dtype=torch.float64)"
             )
+        if t.layout != torch.strided:
+            raise InputError(f"input {name!r} is a {t.layout} tensor; symgrad evaluates dense tensors: pass "
+                             f"{name}.to_dense() (a sparse backward is then checked through its dense values)")
         if t.device.type == "meta":
             raise InputError(f"input {name!r} is on the meta device and has no values; give it real data (e.g. on the CPU)")
         if t.is_complex():
             raise InputError(f"input {name!r} is complex ({t.dtype}); symgrad checks real derivatives")
         if t.numel() == 0:
             raise InputError(f"input {name!r} is empty (shape {tuple(t.shape)}): there is nothing to check")
+    refuse_nonfinite(named)
     return named
 
 
@@ -141,7 +152,7 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     for name, mat in (extra or {}).items():
         if name not in sym_inputs:
             raise InputError(f"symbols_map names {name!r}, which is not an input; inputs: {', '.join(sym_inputs)}")
-        user = list(sp.Array(mat).reshape(len(sp.flatten(mat))) if not isinstance(mat, sp.Symbol) else [mat])
+        user = _user_symbols(name, mat)
         ours = sym_inputs[name].data.ravel()
         if len(user) != ours.size:
             raise ShapeMismatch(f"symbols_map[{name!r}] has {len(user)} symbols but input {name!r} has shape {sym_inputs[name].shape}")
@@ -151,6 +162,27 @@ def _explode(expr, sym_inputs: dict[str, SymTensor], extra: Mapping[str, object]
     else:
         expr = sp.sympify(expr).xreplace(subs) if subs else expr
     return as_symtensor(expr)
+
+
+def _user_symbols(name: str, mat) -> list:
+    """The symbols of ``symbols_map[name]``, flat; only SymPy objects (never strings, which
+    ``sympy.Array`` would parse, i.e. run)."""
+    if isinstance(mat, sp.MatrixSymbol):
+        mat = mat.as_explicit()
+    if isinstance(mat, sp.Symbol):
+        return [mat]
+    if isinstance(mat, (sp.MatrixBase, sp.NDimArray)):
+        flat = list(mat) if isinstance(mat, sp.MatrixBase) else list(sp.flatten(mat.tolist()))
+    elif isinstance(mat, (list, tuple)):
+        flat = list(sp.utilities.iterables.flatten(mat))
+    else:
+        flat = [mat]
+    bad = [e for e in flat if not isinstance(e, sp.Basic)]
+    if bad:
+        raise InputError(f"symbols_map[{name!r}] holds a {type(bad[0]).__name__} ({str(bad[0])[:60]!r}), not a SymPy "
+                         "symbol; map each input to a Symbol, a Matrix/Array of Symbols or a list of them "
+                         "(symgrad never parses strings)")
+    return flat
 
 
 def _sympy_view(st: SymTensor):
@@ -178,6 +210,8 @@ def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
                 ("SymPy matrices", lambda: [_sympy_view(st) for st in sym_inputs.values()]))
     errors = []
     for label, make_args in attempts:
+        if errors and "SymTensor" in errors[-1] and "must be Tensor" in errors[-1]:
+            continue  # a torch function refused the symbolic tensors: SymPy matrices fare no better
         try:
             out = symbolic(*make_args())
             break
@@ -192,9 +226,15 @@ def _symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
         )
     if isinstance(out, (sp.Basic, sp.MatrixBase, sp.NDimArray)) and not isinstance(out, SymTensor):
         return _explode(out, sym_inputs, symbols_map)
+    if out is None or isinstance(out, (str, bytes, dict)) or (
+            isinstance(out, (tuple, list)) and any(isinstance(o, SymTensor) for o in out)):
+        kind = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
+        raise InputError(f"the symbolic forward returned {kind if out is not None else 'None'}, not one tensor: "
+                         "symgrad differentiates a single output. Fix: return one tensor (out[0] of a tuple, "
+                         "one value of a dict; for None, the missing return)")
     if isinstance(out, SymTensor):
         return out
-    if type(out).__module__.startswith("torch"):
+    if (type(out).__module__ or "").startswith("torch"):
         raise UnsupportedOp("the symbolic forward returned a torch tensor: write it with sg.* functions or SymPy, not torch")
     return as_symtensor(out)
 
@@ -222,6 +262,9 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
 
 
+@with_progress("symgrad check")
+@grad_enabled
+@recursion_guard
 def check(
     fn: Callable | None,
     inputs,
@@ -240,22 +283,55 @@ def check(
     backward_calls: int = 1,
     symbols_map: Mapping[str, object] | None = None,
     title: str | None = None,
+    memory_budget: int | None = None,
+    quiet: bool | None = None,
 ) -> Report:
     """Check torch autograd's derivatives of ``fn`` at ``inputs`` against the closed form.
 
-    ``fn``: a torch callable (or a custom ``autograd.Function``'s ``apply``; an ``nn.Module`` goes
-    through ``symgrad.nn.check_module``); ``None`` lowers ``symbolic`` to torch.
-    ``inputs``: ``{name: tensor}`` or a tuple of tensors (named after ``fn``'s parameters).
-    ``symbolic``: the same function built symbolically -- a callable on ``SymTensor``s (written with
-    ``sg.*`` functions, or returning SymPy objects) or a SymPy expression / matrix expression whose
-    (Matrix)Symbols are named after the inputs.  ``None``: ``fn`` itself, if written with ``sg.*``.
-    ``wrt``: input names to differentiate (default: those with ``requires_grad``, else all floats).
-    ``via``: how autograd runs: see ``symgrad.autograd.VIAS``.  ``v``: cotangent for ``backward(v)``
-    and vjp; ``tangents``: a tensor or ``{name: tensor}`` for jvp.
+    Returns a ``Report`` (``report.passed``; ``report.raise_for_failure()``; ``report.write(path)``).
+    A wrong derivative is a failing row, not an exception; bad input raises ``SymgradError``.
+
+    Parameters
+    ----------
+    fn : a torch callable, a custom ``autograd.Function``'s ``apply``, or an ``nn.Module`` (checked
+        through ``symgrad.nn.check_module``); ``None`` lowers ``symbolic`` to torch.
+    inputs : ``{name: tensor}`` or a tuple of tensors (named after ``fn``'s parameters).
+    symbolic : the same function built symbolically -- a callable on ``SymTensor``s (written with
+        ``sg.*`` functions, or returning SymPy objects) or a SymPy expression / matrix expression
+        whose (Matrix)Symbols are named after the inputs.  ``None``: ``fn`` itself, if written with
+        ``sg.*``, else ``fn`` is imported through ``torch.fx``.
+    wrt : input names to differentiate (default: those with ``requires_grad``, else all floats).
+    via : how autograd runs: ``"backward"``, ``"autograd.grad"``, ``"functional.jacobian"``,
+        ``"functional.hessian"``, ``"functional.vjp"``, ``"functional.jvp"``, ``"jacrev"``,
+        ``"jacfwd"``, ``"func.vjp"``, ``"func.jvp"``, ``"func.hessian"`` (``symgrad.autograd.VIAS``).
+        Default: ``"backward"`` for a scalar output or with ``v``, else ``"functional.jacobian"``.
+    v : the cotangent for ``backward(v)`` and the vjps, shaped like the output.  A random ``v``
+        (``torch.randn_like(out)``) checks that a backward uses its ``grad_output``; a cotangent of
+        ones (``.sum()``) does not.
+    tangents : a tensor or ``{name: tensor}`` for the jvps.
+    loss, target : for an ``nn.Module``: the loss (``"mse"``, a loss module or callable) and its target.
+    engine : ``"auto"``, ``"elementwise"`` (one exact expression per entry), ``"matrix"`` (the
+        matrix-calculus engine, modules with a loss) or ``"graph"`` (the op graph's tensor back end:
+        any size; reverse and forward mode).  ``"auto"`` picks by size (Note [Memory guard]).
+    backend : the elementwise engine's differentiation: ``"auto"`` (symengine) or ``"sympy"`` (slow;
+        for cross-checking the fast path).
+    rtol : relative tolerance (default by dtype: 1e-7 float64, 1e-5 float32); adds to the rounding bound.
+    atol : an absolute tolerance added to every entry's allowance (it never replaces the bound).
+    backward_calls : call ``backward`` this many times and check the accumulated ``.grad``.
+    symbols_map : ``{input name: Matrix/Array of the user's own symbols}`` for a SymPy ``symbolic``.
+    title : the report's title.
+    memory_budget : bytes the exploded (elementwise) back end may use (Note [Memory guard] in
+        ``symgrad/graph/budget.py``); beyond it ``"auto"`` goes to the tensor back end and a forced
+        ``"elementwise"`` is refused.
+    quiet : ``True`` never shows progress (also: environment variable ``SYMGRAD_QUIET=1``); progress
+        appears on stderr only for checks that take more than 2 s.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
     _check_options(rtol, atol, backward_calls)
+    check_callable(fn)
+    check_wrt_type(wrt)
+    check_backend(backend)
     if _is_module(fn):
         from .nn.check import check_module
 
@@ -269,34 +345,59 @@ def check(
                          "(symgrad.matrix.grad); plain functions use the elementwise engine")
     import torch
 
+    stage("building the symbolic forward")
     named = normalize_inputs(fn, symbolic, inputs)
     wrt_names = _choose_wrt(named, wrt)
     dtype = lowest_precision(named.values())
     dtype_name = str(dtype).replace("torch.", "")
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
+    if _tensor_back_end(fn, symbolic, named, wrt_names, via, tangents, engine, memory_budget):
+        from .graph import check_graph
+
+        stage("op graph: trace, differentiate, compare")
+        return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
+                           backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
 
     sym_in = symbolic_inputs(named)
     try:
         out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
     except UnsupportedOp as err:
-        if symbolic is not None or fn is None or tangents is not None or backward_calls != 1:
+        graph_ok = engine == "auto" and fn is not None and (symbolic is None or callable(symbolic))
+        if (symbolic is not None and not graph_ok) or fn is None or tangents is not None or backward_calls != 1:
             raise
-        # A plain torch function with no symbolic twin: import it through torch.fx instead.
+        # A plain torch function with no symbolic twin: import it through torch.fx, else trace it into
+        # the op graph (ops the exploded back end has no rule for: layer_norm, cumsum, normalize, ...)
         from .nn.check import check_function
 
         try:
+            if symbolic is not None:
+                raise err
             return check_function(fn, named, wrt=wrt, via=via, v=v, engine=engine, backend=backend,
                                   rtol=rtol, atol=atol, title=title)
-        except SymgradError as fx_err:
-            raise UnsupportedOp(f"{err}\nImporting it with torch.fx failed too: {fx_err}") from fx_err
+        except Exception as fx_err:  # noqa: BLE001 - the fx importer's own failures lead to the op graph
+            if not graph_ok or not isinstance(fx_err, (SymgradError, AttributeError, TypeError, KeyError)):
+                if isinstance(fx_err, SymgradError):
+                    raise UnsupportedOp(f"{err}\nImporting it with torch.fx failed too: {fx_err}") from fx_err
+                raise
+            from .graph import check_graph
+
+            stage("op graph: trace, differentiate, compare")
+            try:
+                return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v,
+                                   backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
+            except UnsupportedOp as graph_err:
+                fx_part = "" if symbolic is not None else f"\nImporting it with torch.fx failed too: {fx_err}"
+                raise UnsupportedOp(f"{err}{fx_part}\nTracing it into the op graph failed as well: {graph_err}") \
+                    from graph_err
     from_sympy = symbolic is not None and not callable(symbolic)
     _check_symbols(out, sym_in, wrt_names, from_sympy)
 
     torch_fn = fn if fn is not None else _lowered_forward(out, sym_in, dtype)
-    with torch.no_grad():
-        out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    out_t, autograd_fn = forward_once(torch_fn, leaves)
     if not isinstance(out_t, torch.Tensor):
-        raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor")
+        raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor: symgrad differentiates "
+                         "one tensor output. Fix: return one tensor (for a tuple or dict, check a wrapper such as "
+                         "lambda x: fn(x)[0]; for None, add the missing return)")
     if tuple(out_t.shape) != out.shape and _same_but_unit_dims(tuple(out_t.shape), out.shape):
         out = out.reshape(tuple(out_t.shape))  # SymPy has no 1-d matrices: (n, 1) stands for (n,)
     if tuple(out_t.shape) != out.shape:
@@ -310,12 +411,14 @@ def check(
         raise InputError(f"backward_calls={backward_calls} accumulates .grad over repeated backward() calls; "
                          f"it needs via='backward' (a scalar output, or a cotangent v), not via={via!r}")
     quantity = quantity_of(via, v is not None)
+    check_via_keywords(via, quantity, v, tangents)
     cot_sym = tan_sym = None
     extra_args, extra_vals = [], []
     if quantity == "vjp":
         if v is None:
             raise InputError(f"via={via!r} computes a vector-Jacobian product: pass the cotangent v (shape {out.shape})")
         v = torch.as_tensor(v, dtype=dtype)
+        refuse_nonfinite({"v": v}, "cotangent")
         if tuple(v.shape) != out.shape:
             raise ShapeMismatch(f"v has shape {tuple(v.shape)}, the output has {out.shape}")
         cot_sym = symbols(_fresh("v", named), out.shape)
@@ -338,15 +441,18 @@ def check(
             t = torch.as_tensor(tangents[w], dtype=dtype)
             if tuple(t.shape) != tuple(named[w].shape):
                 raise ShapeMismatch(f"tangent for {w!r} has shape {tuple(t.shape)}, the input has {tuple(named[w].shape)}")
+            refuse_nonfinite({w: t}, "tangent for")
             tangents[w] = t
             tan_sym[w] = symbols(_fresh(f"t_{w}", named), tuple(t.shape))
             extra_args += list(tan_sym[w].data.ravel())
             extra_vals += list(t.detach().double().numpy().ravel())
 
+    stage("differentiating in closed form")
     derivs = differentiate(out, {w: sym_in[w] for w in wrt_names}, quantity, cotangent=cot_sym,
                            tangents=tan_sym, backend=backend)
 
     # Lower the forward and every derivative in one function (shared subexpressions computed once).
+    stage("evaluating the closed form")
     keys = list(derivs)
     exprs = list(out.data.ravel())
     sizes = [out.numel()]
@@ -383,14 +489,17 @@ def check(
         text, latex = _closed_form_text(derivs[k])
         if scale != 1:
             text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
+            latex = f"{scale} \\left({latex}\\right)" if latex else ""
         ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape),
                         rounding=scale * rounding[i].reshape(shape), structural_zero=structural_zeros(derivs[k]))
+        ref.closed_form_expr, ref.entry_form = _printable(derivs[k], latex, scale)
         if from_sympy and quantity == "grad" and isinstance(k, str):
             shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)
             if shown is not None:
                 ref.note = shown[2]
                 if shown[0]:
                     ref.closed_form, ref.closed_form_latex = shown[0], shown[1]
+                    ref.closed_form_expr = None  # the matrix form is shown as text, not the first entry
         if band_lo is not None:
             lo, up = scale * band_lo[i].reshape(shape), scale * band_hi[i].reshape(shape)
             kink = (lo != up) | (lo != ref.value) | (up != ref.value)
@@ -404,7 +513,8 @@ def check(
 
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
-    actual = run_autograd(torch_fn, leaves, wrt_names, via, **autograd)
+    stage(f"running autograd (via={via})")
+    actual = run_autograd(autograd_fn, leaves, wrt_names, via, **autograd)
 
     def judge() -> list:
         forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
@@ -415,11 +525,53 @@ def check(
         return [forward] + compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name,
                                        quantity=quantity, rtol=rtol, atol=atol)
 
+    stage("comparing")
     records = judge()
     meta = {"dtype": dtype_name, "via": via, "quantity": quantity, "engine": "elementwise"}
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) -> bool:
+    """Whether the check goes to the op graph's tensor back end (Note [Memory guard])."""
+    import sympy
+
+    from .graph.budget import refuse_exploded, too_big_to_explode
+
+    n_in = sum(t.numel() for t in named.values() if t.is_floating_point())
+    n_wrt = sum(named[w].numel() for w in wrt)
+    if engine == "graph":
+        if fn is None or isinstance(symbolic, (sympy.Basic, sympy.MatrixBase, sympy.NDimArray)):
+            raise InputError("engine='graph' traces torch code: pass the torch function (and, as symbolic=, a "
+                             "reference forward in torch ops if you have one), not a SymPy expression")
+        return True
+    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via == "jacfwd"
+    if engine == "elementwise" or forward_mode:
+        refuse_exploded(n_in, n_wrt, 1, False, budget)
+        return False
+    traceable = fn is not None and (symbolic is None or callable(symbolic) and
+                                    not isinstance(symbolic, (sympy.Basic, sympy.MatrixBase, sympy.NDimArray)))
+    if not traceable:
+        refuse_exploded(n_in, n_wrt, 1, False, budget)
+        return False
+    return too_big_to_explode(n_in, n_wrt, 1, False, budget)
+
+
+def _printable(deriv: np.ndarray, latex: str, scale: int):
+    """For the reports: the first entry as a SymPy expression (only where it was short enough for
+    LaTeX), and a callable giving any entry's closed form text (the worst entry of a failure)."""
+    expr = None
+    if latex and deriv.size:
+        expr = sp.sympify(deriv.ravel()[0])
+        if scale != 1:
+            expr = sp.Mul(scale, expr, evaluate=False)
+
+    def entry_text(index: tuple) -> str:
+        text = entry_form(np.array([deriv[tuple(index)]], dtype=object))[0]
+        return f"{scale} * ({text})" if scale != 1 else text
+
+    return expr, entry_text
 
 
 def _check_options(rtol, atol, backward_calls) -> None:
@@ -478,6 +630,30 @@ def _lowered_forward(out: SymTensor, sym_in: dict[str, SymTensor], dtype):
     return forward
 
 
-def assert_correct(*args, **kwargs) -> Report:
-    """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails."""
-    return check(*args, **kwargs).raise_for_failure()
+def assert_correct(
+    fn: Callable | None,
+    inputs,
+    symbolic=None,
+    *,
+    wrt=None,
+    via: str | None = None,
+    v=None,
+    tangents=None,
+    loss=None,
+    target=None,
+    engine: str = "auto",
+    backend: str = "auto",
+    rtol: float | None = None,
+    atol: float | None = None,
+    backward_calls: int = 1,
+    symbols_map: Mapping[str, object] | None = None,
+    title: str | None = None,
+    memory_budget: int | None = None,
+    quiet: bool | None = None,
+) -> Report:
+    """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails, and
+    returns the passing ``Report`` otherwise.  The keywords are ``check``'s (see ``help(symgrad.check)``)."""
+    return check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
+                 engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
+                 symbols_map=symbols_map, title=title, memory_budget=memory_budget,
+                 quiet=quiet).raise_for_failure()

@@ -3,8 +3,22 @@
 __all__ = ["SymgradError", "ShapeMismatch", "UnsupportedOp", "InputError", "AutogradFailed"]
 
 
+MAX_MESSAGE = 2000  # characters; an error quoting a huge expression is cut in the middle
+
+
+def cap(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` cut to about ``limit`` characters, keeping its start (the cause) and its end (the fix)."""
+    if len(message) <= limit:
+        return message
+    head, tail = message[: limit * 3 // 4], message[-(limit // 4):]
+    return f"{head} [... {len(message) - len(head) - len(tail):,} characters cut ...] {tail}"
+
+
 class SymgradError(ValueError):
     """Base class: something about the user's input makes the check impossible."""
+
+    def __init__(self, *args):
+        super().__init__(*(cap(a) if isinstance(a, str) else a for a in args))
 
 
 class InputError(SymgradError, TypeError):

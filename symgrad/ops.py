@@ -11,7 +11,7 @@ Each row says, for one op:
 - ``domain``: the interval test inputs are drawn from;
 - ``kinks``: the points where the derivative jumps, and what torch's backward returns there.
 
-Everything else is built from the table: the symbolic tensor API (``symgrad.build``), the
+Everything else is built from the table: the symbolic tensor API (``symgrad.symbolic``), the
 torch lowering of plain SymPy expressions, the matrix-calculus engine's elementwise rules and the
 README's coverage table.  Adding an op is adding a row.
 
@@ -239,6 +239,9 @@ def register_op(row: Op, *, replace: bool = False) -> Op:
     """Add a row to the op table (user ops).  Returns the row."""
     if row.name in OPS and not replace:
         raise ValueError(f"op {row.name!r} is already in the op table; pass replace=True to override it")
+    from .symbolic.numbers import number  # defaults are sympified: numbers only, never a string
+
+    row.params = {k: number(v, f"op {row.name!r}'s default {k!r}") for k, v in row.params.items()}
     OPS[row.name] = row
     return row
 

@@ -37,3 +37,7 @@ class Reference:
     structural_zero: np.ndarray | None = None
     verified: bool = True  # closed form cross-checked against an independent derivation
     note: str = ""
+    # for the reports only: the closed form as a SymPy expression (rendered as MathML), and a
+    # callable giving any entry's closed form text (index tuple -> str); None where not known
+    closed_form_expr: object = None
+    entry_form: object = None

@@ -51,3 +51,62 @@ def test_the_one_report_section_shows_what_its_code_prints():
         exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
     clean = lambda t: [line.rstrip() for line in t.strip().splitlines()]  # noqa: E731
     assert clean(out.getvalue()) == clean(shown)
+
+
+RUNNER = r'''
+import json, sys, traceback
+blocks = json.loads(sys.stdin.read())
+results = []
+for i, code in enumerate(blocks):
+    try:
+        exec(compile(code, f"README.md python block {i + 1}", "exec"), {"__name__": f"readme_block_{i + 1}"})
+        results.append(None)
+    except BaseException:  # noqa: BLE001 - reported by the test with the block's traceback
+        results.append(traceback.format_exc(limit=-3))
+print("RESULTS " + json.dumps(results))
+'''
+
+
+def python_blocks(text: str) -> list[str]:
+    return [chunk.split("```", 1)[0] for chunk in text.split("```python\n")[1:]]
+
+
+def test_every_python_block_in_the_readme_runs_as_written(tmp_path):
+    """Every ```python block, each in a fresh namespace (one process: the imports are paid once),
+    with no fixtures: a block that needs a name defines it.  Run from an empty folder, so that files
+    a block writes (reports/...) land there."""
+    import json
+    import os
+
+    blocks = python_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert len(blocks) >= 5
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "SYMGRAD_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(blocks), capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.rsplit("RESULTS ", 1)[1])
+    failed = {i + 1: (blocks[i].strip().splitlines()[0], err) for i, err in enumerate(results) if err}
+    assert not failed, "\n\n".join(f"block {i} ({first}):\n{err}" for i, (first, err) in failed.items())
+
+
+def test_the_readme_does_not_teach_the_sum_idiom_for_custom_functions():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = [line.split("#", 1)[0] for block in python_blocks(text) for line in block.splitlines()]
+    assert not [line for line in code if ".apply(" in line and ").sum()" in line]  # a cotangent of ones
+    assert any("v=torch.randn_like(x)" in line for line in code)
+
+
+def test_help_of_check_lists_every_keyword_and_assert_correct_has_its_signature():
+    import inspect
+    import pydoc
+
+    import symgrad as sg
+
+    text = pydoc.render_doc(sg.check, renderer=pydoc.plaintext)
+    params = inspect.signature(sg.check).parameters
+    for name in params:
+        assert f"\n    {name} :" in sg.check.__doc__ or f"{name}, " in sg.check.__doc__ or f", {name} :" in sg.check.__doc__, name
+        assert name in text
+    assert list(inspect.signature(sg.assert_correct).parameters) == list(params)
+    assert (ROOT / "symgrad" / "py.typed").exists()
+    assert '"py.typed"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -97,9 +97,17 @@ class Record:
     max_ulps: float = 0.0  # the largest |autograd - exact| / ulp(exact), off kinks
     ulps_index: tuple = ()
     allowed_ulps: float = 0.0  # the allowance at ulps_index, in the same unit
-    worst: list = field(default_factory=list, repr=False)  # WorstEntry, the most out of allowance first
+    # WorstEntry, the most out of allowance first, with ulps (the reports list theirs: report/common.py)
+    worst: list = field(default_factory=list, repr=False)
     expected: np.ndarray | None = field(default=None, repr=False)
     actual: np.ndarray | None = field(default=None, repr=False)
+    # for the reports only (heatmaps, worst entries): each entry's allowance and kink mask, the closed
+    # form as a SymPy expression and a callable giving any entry's closed form text
+    allowed: np.ndarray | None = field(default=None, repr=False)
+    kink_mask: np.ndarray | None = field(default=None, repr=False)
+    mismatch_mask: np.ndarray | None = field(default=None, repr=False)
+    closed_form_expr: object = field(default=None, repr=False)
+    entry_form: object = field(default=None, repr=False)
 
     @property
     def verdict(self) -> str:
@@ -132,9 +140,6 @@ class Record:
         if self.total:
             lines.append(f"Greatest error in ulps of {self.dtype}: {self.max_ulps:.3g} at index "
                          f"{format_index(self.name, self.ulps_index)} (up to {self.allowed_ulps:.3g} allowed there)")
-        if self.worst and self.mismatched:
-            lines.append("Worst entries (autograd, exact, error, allowance):")
-            lines += [w.line(self.name) for w in self.worst]
         if self.nonfinite:
             lines.append(self.nonfinite)
         if self.kink_note:
@@ -251,6 +256,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     if atol is not None:  # the caller's own absolute tolerance, on top
         allowed = allowed + atol
     rec.rtol = rtol
+    rec.closed_form_expr, rec.entry_form = ref.closed_form_expr, ref.entry_form
     ok = diff <= allowed
 
     fit = None
@@ -283,6 +289,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         rec.kinks = int(kink.sum())
         rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band, fit)
     ok &= ~differ
+    rec.allowed, rec.kink_mask, rec.mismatch_mask = allowed, kink, ~ok
     rec.mismatched = int((~ok).sum())
     rec.unresolved = int((finite & ~kink & (e != 0) & (allowed >= np.abs(e))).sum())
     resolution = RESOLUTION.get(dtype, 1e-6)

@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 import symengine as se
 
-from ..build.tensor import SymTensor
+from ..symbolic.tensor import SymTensor
 from ..compare.kinks import stack_generators
 from ..lower.numpy import high_precision, lower
 from ..reference import Reference

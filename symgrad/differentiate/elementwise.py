@@ -27,7 +27,7 @@ from typing import Mapping
 import numpy as np
 import sympy as sp
 
-from ..build.tensor import SymTensor
+from ..symbolic.tensor import SymTensor
 from ..errors import ShapeMismatch
 from ..lower.numpy import to_symengine
 
@@ -144,7 +144,13 @@ def entry_form(deriv: np.ndarray) -> tuple[str, str]:
         reps, (reduced,) = se.cse([first])
         return "; ".join([f"{k} = {v}" for k, v in reps] + [str(reduced)]), ""
     text = str(first)
-    return text, sp.latex(sp.sympify(first)) if len(text) <= LATEX_MAX_CHARS else ""
+    if len(text) > LATEX_MAX_CHARS:
+        return text, ""
+    shown = sp.sympify(first)
+    if "Piecewise" in text and shown.count(sp.Piecewise) < text.count("Piecewise"):
+        # symengine keeps Piecewise((0, 0 < x), (0, True)); SymPy folds equal branches: print its form
+        text = str(shown)
+    return text, sp.latex(shown)
 
 
 def _tree_size(e, memo: dict | None = None) -> int:

@@ -23,18 +23,25 @@ class SymbolicTwin:
     def __init__(self, fn):
         import torch.nn as nn
 
+        from ..validate import check_callable, refuse_hooks
+
+        check_callable(fn)
         if isinstance(fn, nn.Module):
+            from ..symbolic.numbers import refuse_string_attributes
+
+            refuse_string_attributes(fn)
             refuse_stateful(fn)
+            refuse_hooks(fn)
         self.fn = fn
         self.graph_module = trace(fn)
 
     def parameters(self) -> dict:
-        from ..build.tensor import symbols
+        from ..symbolic.tensor import symbols
 
         return {name: symbols(name, tuple(p.shape)) for name, p in self.graph_module.named_parameters()}
 
     def __call__(self, *inputs, params=None):
-        from ..build.tensor import as_symtensor
+        from ..symbolic.tensor import as_symtensor
 
         params = self.parameters() if params is None else params
         out = run_symbolic(self.graph_module, [as_symtensor(x) if not isinstance(x, (int, float)) else x for x in inputs],

@@ -49,7 +49,7 @@ class Reduced:
 
 
 def _is_tensor(x) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "shape") and hasattr(x, "dtype")
+    return (type(x).__module__ or "").startswith("torch") and hasattr(x, "shape") and hasattr(x, "dtype")
 
 
 class Ctx:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from ..build.tensor import SymTensor, as_symtensor
-from ..errors import SymgradError, UnsupportedOp
+from ..symbolic.tensor import SymTensor, as_symtensor
+from ..errors import InputError, SymgradError, UnsupportedOp
 from .batch import Ctx, Mixing, batch_info
 from .table import describe_target, lookup
 
-__all__ = ["trace", "run_symbolic", "batch_axes", "refuse_stateful", "graph_parameters", "overwrites_input"]
+__all__ = ["trace", "run_symbolic", "batch_axes", "refuse_stateful", "graph_parameters", "overwrites_input",
+           "parameter_aliases"]
 
 
 def _fx():
@@ -74,6 +75,18 @@ def trace(fn: Callable):
     return fx.GraphModule(root if root is not None else nn.Module(), graph)
 
 
+def parameter_aliases(module) -> dict:
+    """``{name: canonical name}`` for every parameter name, tied ones included: ``lin2.weight`` ->
+    ``lin1.weight`` after ``lin2.weight = lin1.weight`` (the canonical name is the first, as in
+    ``named_parameters()``).  Both uses then read one symbol, so the closed form sums them, as
+    torch does."""
+    first: dict = {}
+    out = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        out[name] = first.setdefault(id(p), name)
+    return out
+
+
 def graph_parameters(gm) -> dict:
     """``{qualified name: tensor}`` of every parameter the graph reads (through modules or get_attr)."""
     return dict(gm.named_parameters())
@@ -87,7 +100,7 @@ def _fetch(gm, target: str):
 
 
 def _constant(value):
-    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+    if (type(value).__module__ or "").startswith("torch") and hasattr(value, "detach"):
         return as_symtensor(value.detach().cpu())
     return value
 
@@ -126,6 +139,8 @@ def run_symbolic(gm, args, params: Mapping[str, SymTensor] | None = None):
     """Evaluate the graph on symbolic arguments; ``params`` maps qualified parameter names to symbols."""
     fx = _fx()
     params = dict(params or {})
+    aliases = parameter_aliases(gm)
+    params.update({alias: params[name] for alias, name in aliases.items() if name in params and alias not in params})
     modules = dict(gm.named_modules())
     env: dict = {}
     args = list(args)
@@ -213,15 +228,20 @@ def batch_axes(gm, args, infos) -> tuple[object, object]:
         a, kw = fx.node.map_arg(node.args, lambda n: env[n]), fx.node.map_arg(node.kwargs, lambda n: env[n])
         ia, ikw = _infos(node.args, info), _infos(node.kwargs, info)
         rule, mod = _rule_for(gm, node, modules)
-        if node.op == "call_module":
-            value = mod(*a, **kw)
-            name = type(mod).__name__
-        elif node.op == "call_function":
-            value = node.target(*a, **kw)
-            name = describe_target(node.target)
-        else:
-            value = getattr(a[0], node.target)(*a[1:], **kw)
-            name = f"Tensor.{node.target}"
+        try:
+            if node.op == "call_module":
+                value = mod(*a, **kw)
+                name = type(mod).__name__
+            elif node.op == "call_function":
+                value = node.target(*a, **kw)
+                name = describe_target(node.target)
+            else:
+                value = getattr(a[0], node.target)(*a[1:], **kw)
+                name = f"Tensor.{node.target}"
+        except Exception as err:  # noqa: BLE001 - the model does not run in torch at all
+            raise InputError(f"the model raised in torch itself at fx node {node.name!r} (`{node.format_node()}`): "
+                             f"{type(err).__name__}: {str(err)[:300]}. Fix the model so that it runs in torch; "
+                             "symgrad checks what torch computes.") from err
         env[node] = value
         ctx = Ctx(name, tuple(a), dict(kw), tuple(ia), dict(ikw), value, mod)
         try:

@@ -23,8 +23,9 @@ from typing import Any, Callable
 import symengine as se
 import sympy as sp
 
-from ..build import functional as sgf
-from ..build.tensor import SymTensor, as_symtensor
+from ..symbolic import functional as sgf
+from ..symbolic.numbers import number
+from ..symbolic.tensor import SymTensor, as_symtensor
 from ..errors import UnsupportedOp
 from ..ops import OPS
 
@@ -148,7 +149,7 @@ def _clamp(x, min=None, max=None):  # noqa: A002
         return sgf.clamp(x, min, max)
     if min is None and max is None:
         raise UnsupportedOp("torch.clamp needs min or max")
-    bound = se.sympify(float(min if min is not None else max))
+    bound = se.sympify(float(number(min if min is not None else max, "torch.clamp's bound")))
     if min is not None:
         return as_symtensor(x).map(lambda e: se.Piecewise((bound, e < bound), (e, True)))
     return as_symtensor(x).map(lambda e: se.Piecewise((bound, e > bound), (e, True)))
@@ -213,7 +214,7 @@ def _batchnorm(mod, get, x):
     extra = (1,) * (x.ndim - 2)
     mean = as_symtensor(mod.running_mean).reshape((-1,) + extra)
     var = as_symtensor(mod.running_var).reshape((-1,) + extra)
-    scale = (var + float(mod.eps)).map(lambda e: 1 / se.sqrt(e))
+    scale = (var + float(number(mod.eps, f"{type(mod).__name__}.eps"))).map(lambda e: 1 / se.sqrt(e))
     out = (x - mean) * scale
     if mod.affine:
         out = out * get("weight").reshape((-1,) + extra) + get("bias").reshape((-1,) + extra)
@@ -382,7 +383,8 @@ def _module_kwargs(mod, attrs):
     for a in attrs:
         value = getattr(mod, a, None)
         if value is not None:
-            kwargs[a] = value if isinstance(value, (int, float, str)) else as_symtensor(value)
+            kwargs[a] = number(value, f"{type(mod).__name__}.{a}") if isinstance(value, (int, float, str)) \
+                else as_symtensor(value)
     return kwargs
 
 

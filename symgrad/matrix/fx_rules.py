@@ -223,6 +223,11 @@ def _call_module(b, node, args, kwargs):
 
 
 def _param(b, torch_name: str, sym_name: str) -> _T:
+    if not hasattr(b, "aliases"):
+        from symgrad.importer.interpret import parameter_aliases
+
+        b.aliases = parameter_aliases(b.model)
+    torch_name = b.aliases.get(torch_name, torch_name)  # a tied weight: one symbol for every use
     if torch_name in b.leaves:
         return b.leaves[torch_name]
     try:

@@ -157,8 +157,11 @@ def _exact(v):
     if isinstance(v, int):
         return sp.Integer(v)
     if isinstance(v, float):
-        return sp.oo if v == float("inf") else sp.Rational(repr(v))
-    return sp.sympify(v)
+        return sp.oo if v == float("inf") else -sp.oo if v == float("-inf") else sp.Rational(repr(v))
+    from symgrad.symbolic.numbers import number
+
+    v = number(v, "a number in the model (an activation's parameter or a constant)")  # never a string
+    return v if isinstance(v, sp.Basic) else _exact(v)
 
 
 def _activation_functions() -> dict:
@@ -218,6 +221,16 @@ class _Builder:
         self.has_const = False
         self.next_dim = 1
         self.signature: list = []
+        self.owners: dict = {}  # symbol name -> what it stands for (a torch name, "the target", ...)
+
+    def reserve(self, sym_name: str, owner: str) -> None:
+        """Claim a leaf symbol's name; two different things under one name would be one symbol."""
+        prior = self.owners.get(sym_name)
+        if prior is not None and prior != owner:  # UnsupportedOp: engine='auto' falls back to the elementwise engine
+            raise UnsupportedOp(f"matrix engine: {prior} and {owner} would both be the symbol {sym_name!r} (one "
+                             "symbol for two different values). Rename the input: pass inputs as a dict with "
+                             "another name, e.g. {'x': tensor}")
+        self.owners[sym_name] = owner
 
     # -- dimensions and leaves -------------------------------------------------------------
     def dim(self, n: int, name: str | None = None):
@@ -233,6 +246,7 @@ class _Builder:
         return self.sizes[n]
 
     def leaf(self, sym_name: str, torch_name: str, tensor, kind: str) -> _T:
+        self.reserve(sym_name, f"{kind} {torch_name!r}")
         shape = tuple(tensor.shape)
         val = matrix_value(tensor) if len(shape) in (1, 2) else None
         if len(shape) == 2:
@@ -334,14 +348,20 @@ def loss_spec(loss) -> LossSpec:
         if type(loss) is cls:
             reduction = _check_reduction(loss.reduction, cls.__name__)
             if kind == "cross_entropy":
-                return LossSpec(kind, reduction, ignore_index=int(loss.ignore_index), weight=loss.weight,
-                                label_smoothing=float(loss.label_smoothing))
+                return LossSpec(kind, reduction, ignore_index=int(_num(loss.ignore_index, "ignore_index")),
+                                weight=loss.weight, label_smoothing=float(_num(loss.label_smoothing, "label_smoothing")))
             for attr in ("weight", "pos_weight"):
                 if getattr(loss, attr, None) is not None:
                     raise UnsupportedOp(f"matrix engine: {cls.__name__} with {attr}=... is not supported; "
                                         "use engine='elementwise'")
             return LossSpec(kind, reduction)
     raise UnsupportedOp(f"matrix engine: unsupported loss {loss!r} (nn.MSELoss, nn.BCEWithLogitsLoss, nn.CrossEntropyLoss, F.* or strings)")
+
+
+def _num(value, name: str):
+    from symgrad.symbolic.numbers import number
+
+    return number(value, f"the cross-entropy loss's {name}")
 
 
 def _is_default(value, default) -> bool:
@@ -372,8 +392,8 @@ def functional_loss_spec(kind: str, fn, args, kwargs, where: str) -> LossSpec:
                                 "supported; use engine='elementwise'")
     reduction = _check_reduction(given.get("reduction", "mean"), where)
     if kind == "cross_entropy":
-        return LossSpec(kind, reduction, ignore_index=int(given.get("ignore_index", -100)),
-                        label_smoothing=float(given.get("label_smoothing", 0.0)))
+        return LossSpec(kind, reduction, ignore_index=int(_num(given.get("ignore_index", -100), "ignore_index")),
+                        label_smoothing=float(_num(given.get("label_smoothing", 0.0), "label_smoothing")))
     return LossSpec(kind, reduction)
 
 
@@ -386,11 +406,13 @@ def _loss_expr(b: _Builder, spec: LossSpec, yhat: _T, target) -> sp.Basic:
         if len(yhat.shape) != 2 or t.ndim != 1 or t.dtype.kind not in "iu":
             raise UnsupportedOp("matrix engine: cross_entropy needs (N, C) logits and (N,) class-index targets")
         if spec.weighted(target):  # class weights, smoothing or ignored labels: the weights are data
+            b.reserve("y_w", "the weighted cross-entropy targets")
             Ysym = MatrixSymbol("y_w", *Y.shape)
             b.values["y_w"] = spec.weighted_targets(target, yhat.shape)
             b.legend["y_w"] = ("the targets' weights: one-hot (smoothed), times class weights, 0 for ignore_index, "
                                + ("over the sum of the counted weights" if reduction == "mean" else "summed"))
             return -sum_all(hadamard(Ysym, LogSoftmaxRows(Y)))
+        b.reserve("y_onehot", "the one-hot cross-entropy targets")
         Ysym = MatrixSymbol("y_onehot", *Y.shape)
         b.values["y_onehot"] = onehot(target, yhat.shape)
         c = 1 / b.dim(yhat.shape[0]) if reduction == "mean" else sp.Integer(1)
@@ -398,6 +420,7 @@ def _loss_expr(b: _Builder, spec: LossSpec, yhat: _T, target) -> sp.Basic:
     tarr = target.detach().to(dtype=__import__("torch").float64).cpu().numpy()
     if tuple(tarr.shape) != tuple(yhat.shape):
         raise UnsupportedOp(f"matrix engine: target shape {tuple(tarr.shape)} differs from the output shape {yhat.shape}")
+    b.reserve("t", "the loss's target")
     T = MatrixSymbol("t", *Y.shape)
     if tarr.ndim not in (1, 2):
         raise UnsupportedOp(f"matrix engine: a loss on an output of shape {yhat.shape} is not supported")
@@ -419,7 +442,13 @@ def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> 
 
     from symgrad.matrix.fx_rules import interpret
 
+    from symgrad.symbolic.numbers import refuse_string_attributes
+
+    refuse_string_attributes(model, loss)
     gm = traced if traced is not None else fx.symbolic_trace(model)
+    from symgrad.validate import refuse_non_tensor_output
+
+    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
     b = _Builder(model, inputs)
     out = interpret(b, gm)
     spec = loss_spec(loss)

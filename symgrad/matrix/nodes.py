@@ -46,7 +46,9 @@ __all__ = [
 
 
 def _params_tuple(params: dict) -> sp.Tuple:
-    return sp.Tuple(*(sp.Tuple(Str(k), sp.sympify(v)) for k, v in sorted(params.items())))
+    from symgrad.symbolic.numbers import number  # never sympify a string (it would run as code)
+
+    return sp.Tuple(*(sp.Tuple(Str(k), sp.sympify(number(v, f"parameter {k!r}"))) for k, v in sorted(params.items())))
 
 
 class Elementwise(MatrixExpr):

@@ -42,7 +42,9 @@ the two extremes only), and ``Reference.note`` says so.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 import sympy as sp
@@ -64,9 +66,28 @@ __all__ = ["clear_caches", "network_gradients", "module_references", "verify_net
            "inline", "KINK_C", "computation_key"]
 
 KINK_C = 16.0
-_VERIFIED: dict = {}
-_FORMS: dict = {}
-_STRUCTURES: dict = {}
+CACHE_SIZE = 8  # architectures remembered (least recently used forgotten first); no parameter values kept
+
+
+class _LRU(OrderedDict):
+    """A dict that keeps the ``CACHE_SIZE`` most recently used entries."""
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > CACHE_SIZE:
+            self.popitem(last=False)
+
+
+_VERIFIED: dict = _LRU()
+_FORMS: dict = _LRU()
+_STRUCTURES: dict = _LRU()
 
 
 def clear_caches(*, everything: bool = False) -> None:
@@ -325,6 +346,13 @@ def _unverified(vnote: str) -> ClosedFormUnverified:
         + vnote)
 
 
+def _without_values(net: Network) -> Network:
+    """``net`` for the cache: every value array replaced by a zero-stride view of its shape (what
+    ``Network.refreshed`` reads), so the cache holds no copy of a parameter, input or target."""
+    shapes = {k: None if v is None else np.broadcast_to(np.float64(0.0), np.shape(v)) for k, v in net.values.items()}
+    return dataclasses.replace(net, values=shapes)
+
+
 _TRACES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -359,7 +387,7 @@ def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[
     key = _structure_key(model, gm, inputs, loss, target, wrt)
     hit = _STRUCTURES.get(key)
     if hit is not None:  # same architecture, shapes and loss: only the values are new
-        net, grads, cot_defs, forms, symbols, vkey = hit
+        net, grads, cot_defs, forms, symbols, verdict = hit
         values = net.refreshed(model, inputs, target, spec=loss_spec(loss) if loss is not None else None)
     else:
         net = from_module(model, inputs, loss=loss, target=target, traced=gm)
@@ -367,8 +395,9 @@ def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[
         vkey = computation_key(net, grads, cot_defs)
         if vkey not in _VERIFIED:
             _VERIFIED[vkey] = verify_network(net, grads, cot_defs)
-        if not _VERIFIED[vkey][0]:
-            raise _unverified(_VERIFIED[vkey][1])
+        verdict = _VERIFIED[vkey]
+        if not verdict[0]:
+            raise _unverified(verdict[1])
         forms_key = (vkey, tuple(sorted(net.legend.items())))
         if forms_key not in _FORMS:  # the text does not depend on sizes: dimensions are symbols
             forms = {name: closed_forms(g, net, cot_defs) for name, g in grads.items()}
@@ -378,9 +407,9 @@ def module_references(model, inputs: dict, *, loss=None, target=None, wrt: list[
         symbols = matrix_symbols(net.loss, *net.defs.values(), *grads.values())
         prepare(net.loss, *net.defs.values(), *cot_defs.values(), *grads.values())
         values = net.values
-        if net.cacheable:
-            _STRUCTURES[key] = (net, grads, cot_defs, forms, symbols, vkey)
-    verified, vnote = _VERIFIED[vkey]
+        if net.cacheable:  # the structure only: values are refreshed from the model on every hit
+            _STRUCTURES[key] = (_without_values(net), grads, cot_defs, forms, symbols, verdict)
+    verified, vnote = verdict
     if not verified:
         raise _unverified(vnote)
     defs = {**net.defs, **cot_defs}

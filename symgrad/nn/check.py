@@ -21,13 +21,18 @@ import warnings
 import numpy as np
 
 from ..autograd.run import default_via, quantity_of, run_autograd
-from ..build.tensor import as_symtensor, symbols
+from ..symbolic.numbers import refuse_string_attributes
+from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
+                        refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
+from ..symbolic.tensor import as_symtensor, symbols
+from ..autograd.forward import forward_once, grad_enabled
 from ..check import _fresh, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..importer.batch import Mixing, Reduced
 from ..importer.interpret import batch_axes, refuse_stateful, run_symbolic, trace
+from ..progress import stage, with_progress
 from ..report.report import Report, shorten
 
 __all__ = ["check_module", "check_function", "resolve_loss", "MATRIX_THRESHOLD", "LOSSES", "ONEHOT_VIA"]
@@ -124,15 +129,32 @@ def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
     return wrt
 
 
+@with_progress("symgrad check")
+@grad_enabled
 def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
                  engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
-                 tangents=None, backward_calls: int = 1) -> Report:
-    """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed form."""
+                 tangents=None, backward_calls: int = 1, quiet: bool | None = None) -> Report:
+    """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed
+    form.  The keywords are ``symgrad.check``'s; ``quiet=True`` never shows progress."""
     import torch
 
+    check_callable(model, "the model")
+    check_wrt_type(wrt)
+    check_backend(backend)
+    if via is not None:
+        check_via_keywords(via, "jacobian" if via == ONEHOT_VIA else quantity_of(via, v is not None), v, tangents)
+    refuse_string_attributes(model, loss)  # before torch or the importer reads them (never sympified)
+    stage(f"tracing {type(model).__name__}")
+
     refuse_stateful(model)
+    refuse_hooks(model)
+    refuse_meta(model)
     named = _named_inputs(model, inputs)
     params = dict(model.named_parameters())
+    check_names(params)
+    refuse_nonfinite(params, "parameter")
+    if target is not None and hasattr(target, "is_floating_point"):
+        refuse_nonfinite({"target": target}, "the loss's")
     clash = set(named) & set(params)
     if clash:
         raise InputError(f"input name(s) {', '.join(sorted(clash))} clash with parameter names; pass inputs as a dict with other names")
@@ -164,8 +186,13 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
     n_params = sum(p.numel() for p in params.values())
 
-    if engine not in ("auto", "elementwise", "matrix"):
-        raise InputError(f"engine must be 'auto', 'elementwise' or 'matrix', not {engine!r}")
+    if engine not in ("auto", "elementwise", "matrix", "graph"):
+        raise InputError(f"engine must be 'auto', 'elementwise', 'matrix' or 'graph', not {engine!r}")
+    if _graph_route(engine, n_params, loss_fn, symbolic, via, tangents, backward_calls):
+        from ..graph import check_graph
+
+        return check_graph(model, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, loss=loss_fn,
+                           target=target, backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
     whole_batch = ""
     if backward_calls != 1 or tangents is not None:
         whole_batch = "backward_calls= and tangents= are checked on the whole batch"
@@ -176,6 +203,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
                                         and loss_fn is not None)  # the matrix engine differentiates a scalar loss
     if use_matrix and not whole_batch:
         found = None
+        stage("deriving matrix-calculus closed forms")
         if _matrix_via_supported(via, v, required=engine == "matrix"):
             found = _matrix_references(model, named, loss, target, wrt_names, dtype, required=engine == "matrix",
                                        warn=engine == "auto")
@@ -190,14 +218,22 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
             refs = _matrix_for_via(refs, via_m, v, out_shape)
             return _finish(refs, forward, torch_fn, leaves, wrt_names, via_m, v, dtype_name, rtol, atol, title,
                            {"engine": "matrix"})
+        if engine == "auto" and symbolic is None and _matrix_via_supported(via, v, required=False):
+            from ..graph import check_graph
 
+            return check_graph(model, named, wrt=wrt_names, via=via, v=v, loss=loss_fn, target=target,
+                               rtol=rtol, atol=atol, title=title)
+
+    stage("tracing with torch.fx")
     gm = trace(model)
+    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
     loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
     reason = "a symbolic= forward was given" if symbolic is not None else whole_batch
     plan = None
     if not reason:
         plan, reason = _plan(gm, loss_gm, named, target, via, v, tangents, loss_fn)
     if plan is not None:
+        stage("differentiating one symbolic sample")
         try:
             forward, refs, kinks, meta = _per_sample(gm, loss_gm, plan, named, params, target, v, wrt_names, dtype, backend)
         except (ShapeMismatch, Mixing) as err:
@@ -212,6 +248,17 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
                            title, meta)
     return _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
                     backend, rtol, atol, title, reason, backward_calls)
+
+
+def _graph_route(engine, n_params, loss_fn, symbolic, via, tangents, backward_calls) -> bool:
+    """The op graph's tensor back end takes a module when asked to, and under ``'auto'`` when the
+    model is past the elementwise engine's size and no loss= hands it to the matrix engine: a loss
+    computed inside ``forward``, or the output's Jacobian / vector-Jacobian products."""
+    if engine == "graph":
+        return True
+    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via == "jacfwd"
+    return (engine == "auto" and n_params > MATRIX_THRESHOLD and loss_fn is None and not forward_mode
+            and backward_calls == 1 and (symbolic is None or callable(symbolic)))
 
 
 def _attach_matrix_forms(refs, model, named, loss, target, wrt, dtype) -> None:
@@ -315,8 +362,8 @@ def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool
             detail = str(err).splitlines()[1] if len(str(err).splitlines()) > 1 else ""
             warnings.warn("symgrad: the matrix engine's closed form for this model disagrees with the exact elementwise "
                           "derivative in its cross-check, an internal symgrad bug (please report it with the model); "
-                          "falling back to the elementwise engine, whose cost grows with the number of parameters"
-                          + (f" ({detail})" if detail else ""), stacklevel=4)
+                          "falling back to the op graph's tensor back end" + (f" ({detail})" if detail else ""),
+                          stacklevel=4)
         return None
     except (UnsupportedOp, NotImplementedError) as err:
         if required:
@@ -324,8 +371,7 @@ def _matrix_references(model, named, loss, target, wrt, dtype, *, required: bool
             raise UnsupportedOp(f"the matrix engine cannot handle this model: {err}{hint}") from err
         if warn:
             warnings.warn(f"symgrad: the matrix engine cannot handle this model ({err}); falling back to the "
-                          "elementwise engine, whose cost grows with the number of parameters (minutes for "
-                          "thousands of them)", stacklevel=4)
+                          "op graph's tensor back end", stacklevel=4)
         return None
 
 
@@ -432,18 +478,18 @@ def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol
 
     scalar_guess = forward is not None and np.asarray(forward.value).size == 1
     via = via or default_via(scalar_guess, v is not None)
-    out_t = None
+    out_t, autograd_fn = None, torch_fn
     if forward is not None:
-        with torch.no_grad():
-            out_t = torch_fn(*(t.detach() for t in leaves.values()))
+        out_t, autograd_fn = forward_once(torch_fn, leaves)  # one forward for the value and autograd
         if forward.value.shape != tuple(out_t.shape) and forward.value.size == out_t.numel() == 1:
             forward.value = forward.value.reshape(tuple(out_t.shape))  # grad of a one-element output
             forward.value_lowp = np.asarray(forward.value_lowp).reshape(tuple(out_t.shape))
+    stage(f"running autograd (via={via})")
     if via == ONEHOT_VIA:
-        actual = _onehot_jacobian(torch_fn, leaves, wrt)
+        actual = _onehot_jacobian(autograd_fn, leaves, wrt)
         quantity = "jacobian"
     else:
-        actual = run_autograd(torch_fn, leaves, wrt, via, cotangent=v)
+        actual = run_autograd(autograd_fn, leaves, wrt, via, cotangent=v)
         quantity = quantity_of(via, v is not None)
 
     def judge() -> list:
@@ -457,6 +503,7 @@ def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol
             records.append(rec)
         return records + compare_all(refs, actual, dtype_name, quantity=quantity, rtol=rtol, atol=atol)
 
+    stage("comparing")
     records = judge()
     meta = {"dtype": dtype_name, "via": via, "quantity": quantity, **meta}
     return Report(records, title=title, meta=meta)
@@ -526,7 +573,7 @@ def _TracedFunction(fn, names):
         raise InputError(f"check_function needs input names that are Python identifiers (not keywords), got {names}; "
                          "pass the inputs as a dict with other names")
     params = ", ".join(names)
-    namespace = {"fn": fn}
-    exec(f"def forward(self, {params}):\n    return fn({params})\n", namespace)  # named placeholders for fx
+    namespace = {"__symgrad_fn": fn}  # names no input can take (an input may be called fn or self)
+    exec(f"def forward(__symgrad_self, {params}):\n    return __symgrad_fn({params})\n", namespace)  # fx placeholders
     cls = type(f"Traced_{getattr(fn, '__name__', 'function')}", (torch.nn.Module,), {"forward": namespace["forward"]})
     return cls()

@@ -25,6 +25,11 @@ class WeightJacobian:
     def shape(self) -> tuple[int, int]:
         return self.closed_form.shape
 
+    @property
+    def passed(self) -> bool:
+        """Whether autograd's Jacobian matched the closed form (``self.report`` has the details)."""
+        return self.report.passed
+
     def to_markdown(self, rows: int = 5, cols: int = 8) -> str:
         """The first ``rows`` × ``cols`` block of the closed-form matrix, columns named."""
         head = ["output", *self.columns[:cols]]

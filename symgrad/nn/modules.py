@@ -19,8 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..build import functional as sgf
-from ..build.tensor import SymTensor, as_symtensor, symbols
+from ..symbolic import functional as sgf
+from ..symbolic.tensor import SymTensor, as_symtensor, symbols
 from ..errors import InputError, ShapeMismatch
 from ..ops import OPS
 

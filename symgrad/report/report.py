@@ -1,22 +1,19 @@
-"""Stage 6, report: records rendered as text, GitHub markdown, HTML and JSON (tabulate).
+"""Stage 6, report: the ``Report`` object; one renderer per format over its records
+(``text.py``, ``markdown.py``, ``html.py``, ``json.py``; what they share is in ``common.py``).
 
-One row per differentiated input: name, shape, closed form (shortened), max abs error, max rel
-error, worst index, verdict.  The full closed forms and the assert_close-style messages of failing
-rows follow the table.
+One row per differentiated input: name, shape, max abs error, max rel error, worst index, verdict;
+then each closed form once, and the assert_close-style messages of the rows that did not plainly pass.
 """
 
 from __future__ import annotations
 
-import html
-import json
 from dataclasses import dataclass, field
-
-from tabulate import tabulate
 
 from ..compare.compare import Record, format_index
 from ..errors import SymgradError
 
-__all__ = ["Report", "GradientMismatch", "shorten"]
+__all__ = ["Report", "GradientMismatch", "shorten", "combine", "FORMATS", "format_for", "render_as",
+           "escape_markdown", "markdown_code", "escape_text", "write_atomic"]
 
 COLUMNS = ["input", "quantity", "shape", "closed form", "max abs err", "max rel err", "worst index", "verdict"]
 
@@ -73,92 +70,150 @@ class Report:
             })
         return rows
 
-    def _table(self, fmt: str) -> str:
-        return tabulate([[row[c] for c in COLUMNS] for row in self.rows], headers=COLUMNS, tablefmt=fmt,
-                        disable_numparse=True)
-
     def summary(self) -> str:
         n_fail = len(self.failures)
         status = "all derivatives match the closed form" if not n_fail else f"{n_fail} of {len(self.records)} rows FAIL"
         return f"{self.title}: {status}"
 
+    def noteworthy(self) -> list[Record]:
+        """The records that did not plainly pass, or carry a kink, a note or unresolved entries."""
+        return [r for r in self.records if not r.passed or r.kinks or not r.verified or r.note or r.unresolved]
+
     def details(self) -> list[str]:
         """assert_close-style messages for every row that did not plainly pass, and kink notes."""
-        return [r.message() for r in self.records if not r.passed or r.kinks or not r.verified or r.note or r.unresolved]
+        return [r.message() for r in self.noteworthy()]
 
     def to_text(self) -> str:
-        if self.parts:
-            return "\n\n".join([self.summary()] + [p.to_text() for p in self.parts])
-        parts = [self.summary(), "", self._table("simple")]
-        if self.details():
-            parts += ["", *self.details()]
-        return "\n".join(parts)
+        from .text import render
+
+        return render(self)
 
     __str__ = to_text
 
     def to_markdown(self) -> str:
-        if self.parts:
-            head = f"## {self.title}\n\n**{'PASS' if self.passed else 'FAIL'}** — {self.summary()}\n\n"
-            return head + "\n".join(p.to_markdown().replace("\n### ", "\n#### ").replace("## ", "### ", 1) for p in self.parts)
-        parts = [f"## {self.title}", "", f"**{'PASS' if self.passed else 'FAIL'}** — {self.summary()}", ""]
-        parts += [f"- {k}: {v}" for k, v in self.meta.items()]
-        parts += ["", self._table("github"), "", "### Closed forms", ""]
-        for r in self.records:
-            if r.closed_form:
-                parts.append(f"- `{r.name}`: `{r.closed_form}`" + (f" — $${r.closed_form_latex}$$" if r.closed_form_latex else ""))
-        details = self.details()
-        if details:
-            parts += ["", "### Details", ""]
-            parts += [f"```\n{d}\n```" for d in details]
-        return "\n".join(parts) + "\n"
+        from .markdown import render
+
+        return render(self)
 
     def to_html(self) -> str:
-        if self.parts:
-            return (f"<section class='symgrad-report'><h2>{html.escape(self.title)}</h2>"
-                    f"<p><b>{'PASS' if self.passed else 'FAIL'}</b></p>{''.join(p.to_html() for p in self.parts)}</section>")
-        details = "".join(f"<pre>{html.escape(d)}</pre>" for d in self.details())
-        return (f"<section class='symgrad-report'><h2>{html.escape(self.title)}</h2>"
-                f"<p><b>{'PASS' if self.passed else 'FAIL'}</b> — {html.escape(self.summary())}</p>"
-                f"{self._table('html')}{details}</section>")
+        """A standalone page (light and dark, MathML closed forms, heatmaps of failing entries)."""
+        from .html import render
+
+        return render(self)
 
     def to_dict(self) -> dict:
-        if self.parts:
-            return {"title": self.title, "passed": self.passed, "checks": [p.to_dict() for p in self.parts]}
-        return {
-            "title": self.title,
-            "passed": self.passed,
-            "meta": self.meta,
-            "rows": [
-                {
-                    "name": r.name, "quantity": r.quantity, "shape": list(r.shape), "dtype": r.dtype,
-                    "closed_form": r.closed_form, "closed_form_latex": r.closed_form_latex,
-                    "verified": r.verified, "total": r.total, "mismatched": r.mismatched,
-                    "max_abs": r.max_abs, "max_rel": r.max_rel, "abs_index": list(r.abs_index),
-                    "rel_index": list(r.rel_index), "atol": r.atol, "rtol": r.rtol, "nonfinite": r.nonfinite,
-                    "kinks": r.kinks, "kink_note": r.kink_note, "unresolved": r.unresolved, "note": r.note, "verdict": r.verdict,
-                }
-                for r in self.records
-            ],
-        }
+        """The JSON document as Python data (strict: non-finite numbers as {"nonfinite": ...})."""
+        from .json import to_dict
+
+        return to_dict(self)
 
     def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), indent=kwargs.pop("indent", 2), **kwargs)
+        """Strict JSON (``allow_nan=False``), versioned, described by ``symgrad/report/schema.json``."""
+        from .json import render
+
+        return render(self, **kwargs)
 
     def raise_for_failure(self) -> "Report":
         """Raise ``GradientMismatch`` with every failing row's message; return self otherwise."""
         if not self.passed:
-            raise GradientMismatch("\n\n".join([self.summary()] + [r.message() for r in self.failures]))
+            from .common import failure_message
+
+            raise GradientMismatch(failure_message(self))
         return self
 
     def write(self, path) -> str:
-        """Write the report; the format follows the suffix (.md, .html, .json, else text)."""
+        """Write the report; the format follows the suffix (``FORMATS``: .txt, .md, .html, .json).
+        Any other suffix (``.pdf`` included) raises ``SymgradError``."""
         from pathlib import Path
 
         path = Path(path)
-        text = {".md": self.to_markdown, ".html": self.to_html, ".json": self.to_json}.get(path.suffix, self.to_text)()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        fmt = format_for(path)
+        text = render_as(self, fmt)
+        write_atomic(path, escape_text(text) if fmt == "text" else text)
         return str(path)
+
+
+# suffix -> format; a PDF is not produced (symgrad has no PDF renderer): it is refused, not faked
+FORMATS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html",
+           ".htm": "html", ".json": "json"}
+
+
+def format_for(path) -> str:
+    """The format a path's suffix names; ``SymgradError`` for any other suffix."""
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        known = ", ".join(FORMATS)
+        extra = " symgrad does not produce PDF; write .html and print it from a browser." if suffix == ".pdf" else ""
+        raise SymgradError(f"cannot write a report to {str(path)!r}: the suffix {suffix or '(none)'!r} names no "
+                           f"report format. Use one of {known}.{extra}")
+    return FORMATS[suffix]
+
+
+def render_as(report: Report, fmt: str) -> str:
+    """``report`` rendered in ``fmt`` ("text", "markdown", "html" or "json")."""
+    renderers = {"text": report.to_text, "markdown": report.to_markdown, "html": report.to_html, "json": report.to_json}
+    if fmt not in renderers:
+        raise SymgradError(f"unknown report format {fmt!r}; formats: {', '.join(renderers)}")
+    return renderers[fmt]()
+
+
+def write_atomic(path, text: str) -> None:
+    """Write ``text`` to a temporary file in ``path``'s directory, then rename it over ``path``:
+    a reader never sees half a report, and a symlink at ``path`` is replaced, not followed."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|~>")
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` (a title, an input name, a closed form) as literal markdown prose or a table cell:
+    markdown punctuation backslash-escaped, ``<``/``>``/``&`` as entities (GitHub renders raw
+    HTML), line breaks as spaces (a newline would end a table row), control characters as ``\\xNN``."""
+    out = []
+    for ch in escape_text(str(text)).replace("\n", " "):
+        if ch in "<>&":
+            out.append({"<": "&lt;", ">": "&gt;", "&": "&amp;"}[ch])
+        elif ch in _MARKDOWN_SPECIAL:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def markdown_code(text: str) -> str:
+    """``text`` as an inline code span that no backtick inside it can close early."""
+    import re
+
+    text = escape_text(str(text)).replace("\n", " ")
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def escape_text(text: str) -> str:
+    """``text`` for a terminal: control characters (ANSI escape sequences, carriage returns,
+    bells) shown as ``\\xNN`` instead of acting on the terminal; newlines and tabs kept."""
+    return "".join(ch if ch in "\n\t" or (ord(ch) >= 32 and ord(ch) != 127 and not 0x80 <= ord(ch) < 0xA0)
+                   else f"\\x{ord(ch):02x}" for ch in str(text))
 
 
 def combine(reports: list[Report], title: str) -> Report:

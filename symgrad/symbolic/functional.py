@@ -24,6 +24,7 @@ import sympy as sp
 
 from ..errors import ShapeMismatch
 from ..ops import OPS, op
+from .numbers import number
 from .tensor import SymTensor, as_symtensor, to_element
 
 __all__ = [
@@ -57,13 +58,13 @@ _builtin_sum = sum
 
 
 def is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
+    return (type(x).__module__ or "").startswith("torch")
 
 
 _SLOT = sp.Dummy("slot")
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=1024)  # one per (op, parameters): bounded, a sweep over slopes must not grow it forever
 def _template(name: str, params: tuple):
     """The row's SymPy form at a placeholder, converted to symengine once per (op, params)."""
     row = op(name)
@@ -79,7 +80,7 @@ def apply_op(name: str, x, **params):
     unknown = set(params) - set(row.params)
     if unknown:
         raise TypeError(f"{name}() got unexpected parameter(s) {', '.join(sorted(unknown))}; it takes {', '.join(row.params) or 'none'}")
-    full = {**row.params, **params}
+    full = {k: number(v, f"{name}()'s parameter {k!r}") for k, v in {**row.params, **params}.items()}
     form, slot = _template(name, tuple(sorted(full.items())))
     return as_symtensor(x).map(lambda e: form.xreplace({slot: e}))
 
@@ -348,6 +349,7 @@ def cross_entropy(input, target, reduction: str = "mean", weight=None, ignore_in
     dim = 0 if logits.ndim == 1 else 1
     n_classes = logits.shape[dim]
     logp = log_softmax(logits, dim)
+    label_smoothing = number(label_smoothing, "cross_entropy's label_smoothing")
     eps = se.sympify(sp.nsimplify(label_smoothing)) if label_smoothing else se.Integer(0)
     w = None
     if weight is not None:

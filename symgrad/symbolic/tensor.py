@@ -55,6 +55,10 @@ def to_element(value):
     """A number or SymPy/symengine expression as a symengine expression."""
     if isinstance(value, se.Basic):
         return value
+    if not isinstance(value, sp.Basic):
+        from .numbers import number
+
+        value = number(value, "a tensor entry")  # never a string: symengine would parse it
     from ..lower.numpy import to_symengine
 
     return to_symengine(value)
@@ -74,7 +78,7 @@ def as_symtensor(value) -> "SymTensor":
         return SymTensor(np.vectorize(to_element, otypes=[object])(value) if value.size else value.astype(object))
     if isinstance(value, (list, tuple)):
         return as_symtensor(np.array(value, dtype=object))
-    if type(value).__module__.startswith("torch"):
+    if (type(value).__module__ or "").startswith("torch"):
         return as_symtensor(value.detach().cpu().numpy())
     out = np.empty((), dtype=object)
     out[()] = to_element(value)

@@ -1,0 +1,227 @@
+"""The op graph's tensor back end beside gradcheck and one torch forward+backward, one table.
+
+Each row runs in a fresh process (so its peak memory is its own), on one torch thread:
+
+* ``first s``: the first check in that process after the imports -- it includes torch's one-time
+  tracer start-up (``make_fx`` imports ``torch._dynamo``), shown on its own in ``tracer s``;
+* ``cold s``: the first check of the architecture once the tracer has started (every symgrad cache
+  cleared);
+* ``warm s``: the best of 5 repeat checks;
+* ``gradcheck s``: ``torch.autograd.gradcheck`` in float64 on the same function (fast_mode=False,
+  the default), skipped where it would take minutes;
+* ``torch fwd+bwd s``: one forward and backward of the same function;
+* ``peak MiB``: the process's peak resident memory after the symgrad checks (gradcheck runs in a
+  process of its own).
+
+Run: ``python benchmarks/bench_graph.py`` (about two minutes here; ``--quick`` skips the largest).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tabulate import tabulate
+
+CASES = {
+    "mlp-1k": "1k-param 3-layer tanh MLP, batch 64, MSE inside forward",
+    "mlp-10k": "10k-param 3-layer tanh MLP, batch 64, MSE inside forward",
+    "mlp-1m": "1M-param 3-layer tanh MLP, batch 64, MSE inside forward",
+    "jac-10k": "output Jacobian (jacrev) of a 10k-param MLP, batch 8",
+    "jac-100k": "output Jacobian (jacrev) of a 100k-param MLP, batch 8",
+    "lenet": "LeNet-5 (61.7k params), batch 8, cross-entropy inside forward",
+    "encoder": "TransformerEncoderLayer d=64, 4 heads, seq 16, batch 4",
+    "layernorm-fn": "custom LayerNorm Function, 256x1024 float32, 3 random VJPs",
+    "rmsnorm-fn": "custom RMSNorm Function, 256x1024 float32, 3 random VJPs",
+    "softmax-fn": "custom softmax Function, 256x1024 float32, 3 random VJPs",
+}
+GRADCHECK_MAX_PARAMS = 12_000
+
+
+def build(name: str):
+    """(module or function, inputs dict, torch function of the inputs for gradcheck, #params, via)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    if name.startswith("mlp") or name.startswith("jac"):
+        width = {"mlp-1k": 19, "mlp-10k": 84, "mlp-1m": 983, "jac-10k": 84, "jac-100k": 299}[name]
+        mlp = nn.Sequential(nn.Linear(32, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
+                            nn.Linear(width, 1)).double()
+        batch = 64 if name.startswith("mlp") else 8
+        x = torch.randn(batch, 32, dtype=torch.float64)
+        if name.startswith("jac"):
+            return mlp, {"x": x}, mlp, "jacrev"
+        t = torch.randn(batch, 1, dtype=torch.float64)
+
+        class WithLoss(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.mlp = mlp
+
+            def forward(self, x, t):
+                return F.mse_loss(self.mlp(x), t)
+
+        return WithLoss(), {"x": x, "t": t}, None, None
+    if name == "lenet":
+        class LeNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1, self.c2 = nn.Conv2d(1, 6, 5, padding=2), nn.Conv2d(6, 16, 5)
+                self.f1, self.f2, self.f3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+            def forward(self, x, y):
+                h = F.max_pool2d(F.relu(self.c1(x)), 2)
+                h = F.max_pool2d(F.relu(self.c2(h)), 2).flatten(1)
+                return F.cross_entropy(self.f3(F.relu(self.f2(F.relu(self.f1(h))))), y)
+
+        return LeNet().double(), {"x": torch.randn(8, 1, 28, 28, dtype=torch.float64),
+                                  "y": torch.randint(0, 10, (8,))}, None, None
+    if name == "encoder":
+        layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True).double().eval()
+
+        class Enc(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layer = layer
+
+            def forward(self, x):
+                return self.layer(x).pow(2).mean()
+
+        return Enc(), {"x": torch.randn(4, 16, 64, dtype=torch.float64)}, None, None
+    return _custom_fn(name)
+
+
+def _custom_fn(name: str):
+    import torch
+
+    def layer_norm(x):
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        return (x - mu) * torch.rsqrt(var + 1e-5)
+
+    def rms_norm(x):
+        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+
+    forward = {"layernorm-fn": layer_norm, "rmsnorm-fn": rms_norm, "softmax-fn": lambda x: torch.softmax(x, -1)}[name]
+
+    class Fused(torch.autograd.Function):  # a hand-written backward, as in a fused kernel
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return forward(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                xx = x.detach().requires_grad_()
+                return torch.autograd.grad(forward(xx), xx, g)[0]
+
+    x = torch.randn(256, 1024, dtype=torch.float32)
+    return Fused.apply, {"x": x}, None, None
+
+
+def child(name: str) -> dict:
+    """One row, measured in this process."""
+    import resource
+    import time
+
+    import torch
+
+    import symgrad as sg
+
+    torch.set_num_threads(1)
+    fn, inputs, _, via = build(name)
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    start = time.perf_counter()
+    make_fx(lambda x: x.sin())(torch.ones(2))  # torch's one-time tracer start-up
+    tracer = time.perf_counter() - start
+
+    def run():
+        return sg.check(fn, inputs, engine="graph", via=via)
+
+    start = time.perf_counter()
+    report = run()
+    cold = time.perf_counter() - start
+    warm = min(_timed(run) for _ in range(5))
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs.values()]
+    params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
+    start = time.perf_counter()
+    out = fn(*leaves)
+    (out.sum() if out.dim() else out).backward()
+    fwd_bwd = time.perf_counter() - start
+    n_params = sum(p.numel() for p in params) or sum(t.numel() for t in inputs.values() if t.is_floating_point())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"tracer": tracer, "cold": cold, "warm": warm, "fwd_bwd": fwd_bwd, "params": n_params,
+            "peak": peak, "verdict": "pass" if report.passed else "FAIL", "quantity": report.meta.get("quantity", "")}
+
+
+def child_gradcheck(name: str) -> dict:
+    import time
+
+    import torch
+
+    torch.set_num_threads(1)
+    fn, inputs, plain, _ = build(name)
+    names = list(inputs)
+    params = dict(fn.named_parameters()) if isinstance(fn, torch.nn.Module) else {}
+
+    def flat(*ps):
+        out = torch.func.functional_call(fn, dict(zip(params, ps)), tuple(inputs[n] for n in names))
+        return out
+
+    args = tuple(p.detach().clone().requires_grad_() for p in params.values())
+    start = time.perf_counter()
+    ok = torch.autograd.gradcheck(flat, args)
+    return {"gradcheck": time.perf_counter() - start, "gradcheck_ok": bool(ok)}
+
+
+def _timed(fn) -> float:
+    import time
+
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _spawn(mode: str, name: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(quick: bool) -> None:
+    import torch
+
+    rows = []
+    for name, label in CASES.items():
+        if quick and name in ("mlp-1m", "jac-100k"):
+            continue
+        r = _spawn("--child", name)
+        if "error" in r:
+            rows.append([label, "-", "-", "-", "-", "-", "-", "-", "-", r["error"][:60]])
+            continue
+        g = {}
+        if r["params"] <= GRADCHECK_MAX_PARAMS and name.startswith(("mlp", "jac")):
+            g = _spawn("--gradcheck", name)
+        gc = g.get("gradcheck")
+        speed = f"{gc / r['cold']:.0f}× / {gc / r['warm']:.0f}×" if gc else "-"
+        rows.append([label, f"{r['params']:,}", f"{r['tracer']:.2f}", f"{r['cold']:.3f}", f"{r['warm']:.3f}",
+                     f"{gc:.2f}" if gc else "skipped", speed, f"{r['fwd_bwd']:.4f}", f"{r['peak']:.0f}",
+                     r["verdict"] + f" ({r['quantity']})"])
+    print(f"op graph tensor back end; torch {torch.__version__}, 1 thread, float64 unless stated")
+    print(tabulate(rows, headers=["case", "params", "tracer s", "cold s", "warm s", "gradcheck s",
+                                  "speed-up (cold / warm)", "torch fwd+bwd s", "peak MiB", "verdict"]))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] in ("--child", "--gradcheck"):
+        result = child(sys.argv[2]) if sys.argv[1] == "--child" else child_gradcheck(sys.argv[2])
+        print(json.dumps(result))
+    else:
+        main(quick="--quick" in sys.argv)

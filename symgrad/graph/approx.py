@@ -1,0 +1,194 @@
+"""Values with a first-order rounding bound and a kink band: the arithmetic of the tensor back end.
+
+# Note [Approx arithmetic]
+Every value the tensor back end computes is an :class:`Approx` ``(v, e, b)``:
+
+* ``v``: the value, computed in float64 from exact inputs;
+* ``e``: a running rounding-error bound in units of the checked dtype's machine epsilon: a correct
+  evaluation of the same computation in that dtype errs by at most (to first order) ``eps * e``
+  on each entry.  Inputs and parameters are exact (``e = 0``); every operation adds its own
+  rounding, bounded by the size of what it computes (for a sum: the size of its *terms*, so a sum
+  that cancels keeps its terms' error), to its arguments' errors carried through the absolute
+  values of its partial derivatives (Wilkinson's running error analysis);
+* ``b``: a kink band, absolute: where an argument sits on (or within rounding of) a point where a
+  piecewise function jumps, ``b`` is how far the value may move when the other branch is taken.
+  A derivative evaluated there carries the jump of its one-sided values; products and sums carry
+  bands as they carry errors, so a gradient entry's band is the sum of the ranges of every kinked
+  unit that feeds it (independent choices add up).
+
+Every rule of the back end, forward and derivative alike, is written in this arithmetic, so the
+derivative's own evaluation (the way torch's backward computes it) is bounded by the same rules as
+the forward.  Nothing here looks at torch's numbers: the bound comes from the computation's
+structure and the exact values alone (the guide's "no allowance from the code under test").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "reduce_sum", "unbroadcast", "summation_factor"]
+
+
+def summation_factor(n: int) -> float:
+    """Roundings charged for adding ``n`` terms: pairwise/blocked summation errs by about
+    ``log2 n`` units on the sum of the terms' sizes (at least one rounding when n > 1)."""
+    return 0.0 if n <= 1 else max(1.0, math.ceil(math.log2(n)))
+
+
+class Approx:
+    """A value, its rounding bound (units of eps) and its kink band (absolute, one-sided: the value
+    may lie anywhere in ``[v - lo, v + hi]``); see the Note."""
+
+    __slots__ = ("v", "e", "lo", "hi")
+
+    def __init__(self, v, e=None, lo=None, hi=None):
+        self.v = np.asarray(v, dtype=np.float64)
+        self.e = np.zeros(self.v.shape) if e is None else np.broadcast_to(np.asarray(e, np.float64), self.v.shape)
+        if (lo is None or not np.any(lo)) and (hi is None or not np.any(hi)):
+            self.lo = self.hi = None
+        else:
+            zero = np.zeros(self.v.shape)
+            self.lo = zero if lo is None else np.broadcast_to(np.asarray(lo, np.float64), self.v.shape)
+            self.hi = zero if hi is None else np.broadcast_to(np.asarray(hi, np.float64), self.v.shape)
+
+    @property
+    def shape(self) -> tuple:
+        return self.v.shape
+
+    @property
+    def banded(self) -> bool:
+        return self.lo is not None
+
+    def band(self) -> np.ndarray:
+        """The band's whole width (either side)."""
+        return np.zeros(self.v.shape) if self.lo is None else self.lo + self.hi
+
+    def sides(self) -> tuple:
+        zero = np.zeros(self.v.shape)
+        return (zero, zero) if self.lo is None else (self.lo, self.hi)
+
+    def map(self, fn) -> "Approx":
+        """A layout change (reshape, permute, expand, index) applied to value, error and band."""
+        if self.lo is None:
+            return Approx(fn(self.v), fn(self.e))
+        return Approx(fn(self.v), fn(self.e), fn(self.lo), fn(self.hi))
+
+    def __repr__(self) -> str:
+        return f"Approx(shape={self.shape}, max|v|={np.max(np.abs(self.v), initial=0):.3g})"
+
+
+def exact(v) -> Approx:
+    return Approx(v)
+
+
+def signed_band(slope, lo, hi) -> tuple:
+    """The band of ``slope * a`` from ``a``'s band ``[a - lo, a + hi]`` (a negative slope swaps sides)."""
+    pos, neg = np.maximum(slope, 0.0), np.maximum(-slope, 0.0)
+    return pos * lo + neg * hi, pos * hi + neg * lo
+
+
+def add(a: Approx, c: Approx, sign: float = 1.0) -> Approx:
+    """``a + sign*c``: one rounding, on the size of the result (the terms' errors carry their size)."""
+    v = a.v + sign * c.v
+    if not (a.banded or c.banded):
+        return Approx(v, a.e + c.e + np.abs(v))
+    (al, ah), (cl, ch) = a.sides(), c.sides()
+    lo, hi = (al + cl, ah + ch) if sign > 0 else (al + ch, ah + cl)
+    return Approx(v, a.e + c.e + np.abs(v), lo, hi)
+
+
+def mul(a: Approx, c: Approx) -> Approx:
+    v = a.v * c.v
+    e = np.abs(a.v) * c.e + a.e * np.abs(c.v) + np.abs(v)
+    if not (a.banded or c.banded):
+        return Approx(v, e)
+    (al, ah), (cl, ch) = a.sides(), c.sides()
+    lo1, hi1 = signed_band(c.v, al, ah)
+    lo2, hi2 = signed_band(a.v, cl, ch)
+    cross = (al + ah) * (cl + ch)  # both move: bounded on either side
+    return Approx(v, e, lo1 + lo2 + cross, hi1 + hi2 + cross)
+
+
+def scale(a: Approx, k: float, exact_scale: bool | None = None) -> Approx:
+    """``k * a`` for a Python number ``k``; a power of two (or ±1) scales without rounding."""
+    v = k * a.v
+    if exact_scale is None:
+        m, _ = math.frexp(abs(k)) if k else (0.5, 0)
+        exact_scale = m == 0.5
+    e = abs(k) * a.e + (0.0 if exact_scale else np.abs(v))
+    if not a.banded:
+        return Approx(v, e)
+    lo, hi = signed_band(np.float64(k), a.lo, a.hi)
+    return Approx(v, e, lo, hi)
+
+
+def abs_einsum(spec: str, *arrays):
+    return np.einsum(spec, *arrays, optimize=True)
+
+
+def einsum(spec: str, *ops: Approx) -> Approx:
+    """A contraction; each output entry is a sum of ``k`` products (``k`` = the summed extent):
+    ``e = Σ_i |A_1|…e(A_i)…|A_n| + (n - 1 + log2 k) |A_1|…|A_n|``."""
+    ins, out = spec.split("->")
+    subs = ins.split(",")
+    sizes = {}
+    for s, op in zip(subs, ops):
+        for ch, n in zip(s, op.shape):
+            sizes[ch] = n
+    summed = set("".join(subs)) - set(out)
+    k = int(np.prod([sizes[ch] for ch in summed])) if summed else 1
+    v = np.einsum(spec, *(o.v for o in ops), optimize=True)
+    absv = [np.abs(o.v) for o in ops]
+    e = (len(ops) - 1 + summation_factor(k)) * abs_einsum(spec, *absv)
+    for i, o in enumerate(ops):
+        if np.any(o.e):
+            e = e + abs_einsum(spec, *(o.e if j == i else absv[j] for j in range(len(ops))))
+    if not any(o.banded for o in ops):
+        return Approx(v, e)
+    lo, hi = np.zeros(v.shape), np.zeros(v.shape)
+    for i, o in enumerate(ops):
+        if not o.banded:
+            continue
+        if len(ops) == 1:
+            lo, hi = lo + np.einsum(spec, o.lo), hi + np.einsum(spec, o.hi)
+            continue
+        # the other operands' signs decide which side a band lands on; a second banded operand
+        # moves with it, bounded on both sides by the absolute products
+        others = [ops[j] for j in range(len(ops)) if j != i]
+        if len(others) == 1 and not others[0].banded:
+            pos, neg = np.maximum(others[0].v, 0.0), np.maximum(-others[0].v, 0.0)
+            pair = (lambda x, y: (x, y)) if i == 0 else (lambda x, y: (y, x))
+            lo = lo + np.einsum(spec, *pair(o.lo, pos), optimize=True) + np.einsum(spec, *pair(o.hi, neg), optimize=True)
+            hi = hi + np.einsum(spec, *pair(o.hi, pos), optimize=True) + np.einsum(spec, *pair(o.lo, neg), optimize=True)
+        else:
+            width = abs_einsum(spec, *((o.band() if j == i else absv[j] + ops[j].band()) for j in range(len(ops))))
+            lo, hi = lo + width, hi + width
+    return Approx(v, e, lo, hi)
+
+
+def reduce_sum(a: Approx, axes: tuple, keepdims: bool = False) -> Approx:
+    """Sum over ``axes``: ``e = Σ e_i + log2(n) Σ |a_i|``."""
+    if not axes:
+        return a
+    n = int(np.prod([a.shape[ax] for ax in axes]))
+    v = a.v.sum(axis=axes, keepdims=keepdims)
+    e = a.e.sum(axis=axes, keepdims=keepdims)
+    f = summation_factor(n)
+    if f:
+        e = e + f * np.abs(a.v).sum(axis=axes, keepdims=keepdims)
+    if not a.banded:
+        return Approx(v, e)
+    return Approx(v, e, a.lo.sum(axis=axes, keepdims=keepdims), a.hi.sum(axis=axes, keepdims=keepdims))
+
+
+def unbroadcast(a: Approx, shape: tuple) -> Approx:
+    """The adjoint of broadcasting ``shape`` to ``a.shape``: sum over the broadcast axes."""
+    shape = tuple(shape)
+    if a.shape == shape:
+        return a
+    lead = len(a.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and a.shape[lead + i] != 1)
+    out = reduce_sum(a, axes, keepdims=True)
+    return out.map(lambda t: t.reshape(shape))

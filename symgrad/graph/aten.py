@@ -1,0 +1,435 @@
+"""The handler table: each core ATen op as core nodes of the op graph, defined by its forward.
+
+One entry per op, registered with :func:`handles`.  A handler gets the :class:`Builder`, the
+call's arguments (graph ``Node`` for values that depend on inputs, torch tensors for constants,
+Python values otherwise) and ``val``, the traced run's output (for shapes and integer results).
+
+Ops that only move entries (views, slices, gather, cat, padding, flips, patches) are defined by
+running the op itself on *index tensors*: the entry ``k`` of the (1-based) index tensor says
+which input entry lands where, so one rule (the ``select`` node and its adjoint) serves them all.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import sympy as sp
+
+from ..errors import UnsupportedOp
+from .functions import expm1, log1p, sigmoid
+from .ir import Node
+from .trace import Builder
+
+__all__ = ["HANDLERS", "handles", "handler_for", "SELECTIONS"]
+
+HANDLERS: dict = {}
+
+
+def handles(*names):
+    def deco(fn):
+        for n in names:
+            HANDLERS[n] = fn
+        return fn
+
+    return deco
+
+
+def handler_for(target):
+    name = str(target)
+    if name.startswith("prims."):  # torch's primitives, where they mean what the ATen op means
+        name = "aten." + name[len("prims."):]
+    if name in HANDLERS:
+        return HANDLERS[name]
+    packet = name.rsplit(".", 1)[0] if name.count(".") >= 2 else name
+    return HANDLERS.get(packet)
+
+
+def _pw(fn):
+    """A handler for a pointwise op whose tensor/scalar operands are its positional arguments."""
+    return lambda b, args, kwargs, val: b.pointwise(fn, list(args), tuple(val.shape))
+
+
+def _pw_kw(fn, *names, **defaults):
+    """Pointwise with keyword parameters (``alpha=`` of add/sub)."""
+    def handler(b, args, kwargs, val):
+        n = len(args)
+        extra = [kwargs.get(k, defaults[k]) for k in names]
+        return b.pointwise(lambda *ops: fn(*ops[:n], *ops[n:]), list(args) + extra, tuple(val.shape))
+
+    return handler
+
+
+def _pw_piece(*pieces):
+    return sp.Piecewise(*pieces)
+
+
+def _step(rel):
+    return lambda x, y: _pw_piece((1, rel(x, y)), (0, True))
+
+
+_UNARY = {
+    "aten.neg": lambda x: -x, "aten.exp": sp.exp, "aten.log": sp.log, "aten.sin": sp.sin, "aten.cos": sp.cos,
+    "aten.tan": sp.tan, "aten.tanh": sp.tanh, "aten.sinh": sp.sinh, "aten.cosh": sp.cosh, "aten.asin": sp.asin,
+    "aten.acos": sp.acos, "aten.atan": sp.atan, "aten.asinh": sp.asinh, "aten.acosh": sp.acosh,
+    "aten.atanh": sp.atanh, "aten.erf": sp.erf, "aten.erfc": sp.erfc, "aten.erfinv": sp.erfinv,
+    "aten.lgamma": sp.loggamma, "aten.digamma": lambda x: sp.polygamma(0, x), "aten.expm1": expm1,
+    "aten.log1p": log1p, "aten.sigmoid": sigmoid, "aten.sqrt": sp.sqrt, "aten.rsqrt": lambda x: 1 / sp.sqrt(x),
+    "aten.reciprocal": lambda x: 1 / x, "aten.exp2": lambda x: 2**x, "aten.log2": lambda x: sp.log(x) / sp.log(2),
+    "aten.log10": lambda x: sp.log(x) / sp.log(10), "aten.floor": sp.floor, "aten.ceil": sp.ceiling,
+    "aten.trunc": lambda x: sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True)),
+    "aten.round": lambda x: sp.floor(x + sp.Rational(1, 2)),
+    "aten.relu": lambda x: _pw_piece((x, x > 0), (0, True)),
+    "aten.abs": lambda x: _pw_piece((x, x > 0), (0, sp.Eq(x, 0)), (-x, True)),
+    "aten.sign": lambda x: _pw_piece((1, x > 0), (0, sp.Eq(x, 0)), (-1, True)),
+    "aten.sgn": lambda x: _pw_piece((1, x > 0), (0, sp.Eq(x, 0)), (-1, True)),
+    "aten.sinc": lambda x: sp.sinc(sp.pi * x),
+    "aten.logical_not": lambda x: _pw_piece((1, sp.Eq(x, 0)), (0, True)),
+    "aten.bitwise_not": lambda x: _pw_piece((1, sp.Eq(x, 0)), (0, True)),
+    "aten.square": lambda x: x**2,
+}
+for _name, _fn in _UNARY.items():
+    HANDLERS[_name] = _pw(_fn)
+    HANDLERS[_name + "_"] = HANDLERS[_name]  # in-place twins, as functional ops (the trace rebinds)
+
+
+def _maximum(x, y):  # torch splits a tie's gradient in half
+    return _pw_piece((x, x > y), (y, x < y), ((x + y) / 2, True))
+
+
+def _minimum(x, y):
+    return _pw_piece((x, x < y), (y, x > y), ((x + y) / 2, True))
+
+
+_BINARY = {
+    "aten.mul": operator.mul, "aten.div": operator.truediv,
+    "aten.pow": operator.pow, "aten.maximum": _maximum, "aten.minimum": _minimum, "aten.fmax": _maximum,
+    "aten.fmin": _minimum, "aten.atan2": sp.atan2, "aten.gt": _step(sp.StrictGreaterThan),
+    "aten.lt": _step(sp.StrictLessThan), "aten.ge": _step(sp.GreaterThan), "aten.le": _step(sp.LessThan),
+    "aten.eq": _step(sp.Eq), "aten.ne": _step(sp.Ne),
+    "aten.logical_and": lambda x, y: _pw_piece((1, sp.And(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
+    "aten.logical_or": lambda x, y: _pw_piece((1, sp.Or(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
+    "aten.bitwise_and": lambda x, y: _pw_piece((1, sp.And(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
+    "aten.bitwise_or": lambda x, y: _pw_piece((1, sp.Or(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
+    "aten.remainder": lambda x, y: x - sp.floor(x / y) * y, "aten.fmod": lambda x, y: x - _trunc(x / y) * y,
+    "aten.xlogy": lambda x, y: _pw_piece((0, sp.Eq(x, 0)), (x * sp.log(y), True)),
+    "aten.hypot": lambda x, y: sp.sqrt(x**2 + y**2),
+    "aten.polygamma": lambda n, x: sp.polygamma(n, x),
+    "aten.rsub": lambda x, y, alpha=1: y - alpha * x,
+}
+
+
+def _trunc(x):
+    return sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True))
+
+
+for _name, _fn in _BINARY.items():
+    HANDLERS[_name] = _pw(_fn)
+    HANDLERS[_name + "_"] = HANDLERS[_name]
+HANDLERS["aten.add"] = HANDLERS["aten.add_"] = _pw_kw(lambda x, y, a: x + a * y, "alpha", alpha=1)
+HANDLERS["aten.sub"] = HANDLERS["aten.sub_"] = _pw_kw(lambda x, y, a: x - a * y, "alpha", alpha=1)
+HANDLERS["aten.mul_"] = HANDLERS["aten.mul"]
+
+
+@handles("aten.div.Tensor_mode", "aten.div.Scalar_mode")
+def _div_mode(b, args, kwargs, val):
+    mode = kwargs.get("rounding_mode", args[2] if len(args) > 2 else None)
+    fn = {None: lambda x, y: x / y, "floor": lambda x, y: sp.floor(x / y), "trunc": lambda x, y: _trunc(x / y)}
+    return b.pointwise(fn[mode], list(args[:2]), tuple(val.shape))
+
+
+@handles("aten.where.self", "aten.where.ScalarSelf", "aten.where.ScalarOther", "aten.where.Scalar")
+def _where(b, args, kwargs, val):
+    return b.pointwise(lambda c, x, y: _pw_piece((x, sp.Ne(c, 0)), (y, True)), list(args), tuple(val.shape))
+
+
+@handles("aten.clamp", "aten.clamp.Tensor", "aten.clamp_", "aten.clamp_min", "aten.clamp_max")
+def _clamp(b, args, kwargs, val):
+    x = args[0]
+    lo = args[1] if len(args) > 1 else kwargs.get("min")
+    hi = args[2] if len(args) > 2 else kwargs.get("max")
+    name = str(b.fx_node.target)
+    if "clamp_max" in name:
+        lo, hi = None, args[1]
+    ops, parts = [x], []
+    if lo is not None:
+        ops.append(lo)
+    if hi is not None:
+        ops.append(hi)
+
+    def fn(x, *bounds):  # torch: derivative 1 at both edges (x itself is kept when equal)
+        bounds = list(bounds)
+        low = bounds.pop(0) if lo is not None else None
+        high = bounds.pop(0) if hi is not None else None
+        if low is not None:
+            parts.append((low, x < low))
+        if high is not None:
+            parts.append((high, x > high))
+        return _pw_piece(*parts, (x, True))
+
+    return b.pointwise(fn, ops, tuple(val.shape))
+
+
+@handles("aten.nan_to_num")
+def _nan_to_num(b, args, kwargs, val):
+    return args[0]
+
+
+@handles("aten.detach", "aten.detach_")
+def _detach(b, args, kwargs, val):
+    return b.stop(args[0])
+
+
+@handles("aten.clone", "aten.alias", "aten.lift_fresh_copy", "aten.contiguous", "aten._to_copy",
+         "aten.to.dtype", "aten.copy", "aten.view_of", "aten._conj", "aten.resolve_conj",
+         "aten.resolve_neg", "aten.positive", "aten.dropout", "aten.convert_element_type")
+def _identity(b, args, kwargs, val):
+    return args[0]
+
+
+@handles("aten.copy_")
+def _copy_(b, args, kwargs, val):
+    src = args[1]
+    shape = tuple(val.shape)
+    return b.layout("expand", src, shape) if getattr(src, "shape", shape) != shape else src
+
+
+# ---------------------------------------------------------------------------------- contractions
+
+@handles("aten.mm")
+def _mm(b, args, kwargs, val):
+    return b.contract("ij,jk->ik", args[0], args[1])
+
+
+@handles("aten.bmm")
+def _bmm(b, args, kwargs, val):
+    return b.contract("bij,bjk->bik", args[0], args[1])
+
+
+@handles("aten.matmul", "aten.linear")
+def _composite(b, args, kwargs, val):
+    raise UnsupportedOp(f"{b.fx_node.target} should have been decomposed by torch")
+
+
+# ---------------------------------------------------------------------------------- reductions
+
+def _dims(dims, ndim):
+    if dims is None or dims == []:
+        return tuple(range(ndim))
+    if isinstance(dims, int):
+        dims = [dims]
+    return tuple(d % ndim for d in dims) if ndim else ()
+
+
+@handles("aten.sum.dim_IntList", "aten.sum.default", "prims.sum.default")
+def _sum(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    dims = args[1] if len(args) > 1 else kwargs.get("dim")
+    keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    return b.reduce("sum", x, _dims(dims, len(x.shape)), bool(keep))
+
+
+@handles("aten.mean.dim", "aten.mean.default")
+def _mean(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    axes = _dims(args[1] if len(args) > 1 else kwargs.get("dim"), len(x.shape))
+    keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    total = b.reduce("sum", x, axes, bool(keep))
+    return b.pointwise(lambda s: s / n, [total], total.shape)
+
+
+@handles("aten.amax", "aten.amin")
+def _amax(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    op = "max" if "amax" in str(b.fx_node.target) else "min"
+    dims = args[1] if len(args) > 1 else kwargs.get("dim", [])
+    keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    return b.reduce(op, x, _dims(dims, len(x.shape)), bool(keep))
+
+
+@handles("aten.max.dim", "aten.min.dim")
+def _max_dim(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    op = "max" if ".max." in str(b.fx_node.target) else "min"
+    keep = bool(args[2]) if len(args) > 2 else False
+    values = b.reduce(op, x, _dims(args[1], len(x.shape)), keep)
+    import torch
+
+    with torch.no_grad():  # the indices: integer data, from the float64 values
+        indices = b.fx_node.target(b.value_of(x), *args[1:])[1]
+    return values, indices
+
+
+@handles("aten.max.default", "aten.min.default")
+def _max_all(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    return b.reduce("max" if ".max." in str(b.fx_node.target) else "min", x, tuple(range(len(x.shape))), False)
+
+
+@handles("aten.var.correction", "aten.var.dim", "aten.var", "aten.std.correction")
+def _var(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    dims = args[1] if len(args) > 1 else kwargs.get("dim")
+    axes = _dims(dims, len(x.shape))
+    prims = "prims" in str(b.fx_node.target)
+    correction = kwargs.get("correction", args[2] if len(args) > 2 and prims else 1)
+    correction = 1 if correction is None else correction
+    keep = kwargs.get("keepdim", False)
+    n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    mean = b.pointwise(lambda s: s / n, [b.reduce("sum", x, axes, True)])
+    centred = b.pointwise(lambda s, m: (s - m) ** 2, [x, mean])
+    total = b.reduce("sum", centred, axes, bool(keep))
+    var = b.pointwise(lambda s: s / (n - correction), [total])
+    return b.pointwise(sp.sqrt, [var]) if "std" in str(b.fx_node.target) else var
+
+
+# ---------------------------------------------------------------------------------- layout
+
+@handles("aten.view", "aten._unsafe_view", "aten.reshape", "aten.view_copy", "aten.unsqueeze", "aten.squeeze",
+         "aten.flatten", "aten.unflatten", "aten.squeeze_copy", "aten.unsqueeze_copy", "aten.collapse_view",
+         "aten.split_dim")
+def _reshape(b, args, kwargs, val):
+    return b.layout("reshape", args[0], tuple(val.shape))
+
+
+@handles("aten.permute", "aten.permute_copy")
+def _permute(b, args, kwargs, val):
+    return b.layout("permute", args[0], tuple(args[1]))
+
+
+@handles("aten.t", "aten.transpose.int", "aten.transpose_copy.int", "aten.t_copy", "aten.transpose_")
+def _transpose(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    n = len(x.shape)
+    d0, d1 = (args[1], args[2]) if len(args) > 2 else (0, 1)
+    perm = list(range(n))
+    if n >= 2:
+        perm[d0 % n], perm[d1 % n] = perm[d1 % n], perm[d0 % n]
+    return b.layout("permute", x, tuple(perm))
+
+
+@handles("aten.expand", "aten.expand_copy", "aten.broadcast_to", "aten.broadcast_in_dim")
+def _expand(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    if "broadcast_in_dim" in str(b.fx_node.target):
+        kept = list(args[2])
+        shape = [1] * len(val.shape)
+        for i, d in zip(kept, x.shape):
+            shape[i] = d
+        x = b.layout("reshape", x, tuple(shape))
+    return b.layout("expand", x, tuple(val.shape))
+
+
+# ---------------------------------------------------------------------------------- selections
+
+def index_tensors(b: Builder, args):
+    """Each float operand (a graph node, or a float constant beside one) replaced by a 1-based index
+    tensor into the concatenated operands; integer operands (indices, masks) stay as they are."""
+    import torch
+
+    offset, nodes = 0, []
+
+    def swap(a):
+        nonlocal offset
+        if isinstance(a, (list, tuple)):
+            return type(a)(swap(x) for x in a)
+        if not (isinstance(a, Node) or isinstance(a, torch.Tensor) and a.is_floating_point()):
+            return a
+        node = b.node_of(a)
+        t = torch.arange(offset + 1, offset + node.size + 1, dtype=torch.float64).reshape(node.shape)
+        offset += node.size
+        nodes.append(node)
+        return t
+
+    return [swap(a) for a in args], nodes
+
+
+SELECTIONS = (
+    "aten.slice.Tensor", "aten.select.int", "aten.index_select", "aten.gather", "aten.index.Tensor", "aten.cat",
+    "aten.stack", "aten.split_with_sizes", "aten.split.Tensor", "aten.unbind.int", "aten.flip", "aten.roll",
+    "aten.repeat", "aten.constant_pad_nd", "aten.reflection_pad1d", "aten.reflection_pad2d", "aten.reflection_pad3d",
+    "aten.replication_pad1d", "aten.replication_pad2d", "aten.replication_pad3d", "aten.diagonal",
+    "aten.diag_embed", "aten.triu", "aten.tril", "aten.im2col", "aten.unfold", "aten.pixel_shuffle", "aten.index_put_",
+    "aten.pixel_unshuffle", "aten.upsample_nearest1d", "aten.upsample_nearest2d", "aten.upsample_nearest3d",
+    "aten.narrow", "aten.slice_copy.Tensor", "aten.select_copy.int", "aten.split_with_sizes_copy",
+    "aten.unbind_copy.int", "aten.diagonal_copy", "aten.take", "aten.movedim", "aten.rot90",
+    "aten.index_put", "aten.masked_fill.Scalar", "aten.slice_scatter", "aten.select_scatter",
+    "aten.as_strided", "aten.as_strided_copy", "aten.alias_copy", "aten.repeat_interleave.self_int",
+    "aten._unsafe_index.Tensor", "aten.lift_fresh",
+)
+
+
+def _selection(b, args, kwargs, val):
+    import torch
+
+    target = b.fx_node.target
+    name = str(target)
+    fill = 0.0
+    if name.startswith("aten.constant_pad_nd") and (args[2] if len(args) > 2 else kwargs.get("value", 0)):
+        raise UnsupportedOp("constant_pad_nd with a non-zero value")
+    if name.startswith("aten.masked_fill") and args[2] != 0:
+        # masked_fill(x, mask, v): entries under the mask become v, a constant
+        idx_args, nodes = index_tensors(b, [args[0]])
+        mask = torch.as_tensor(args[1]).bool() if not hasattr(args[1], "kind") else None
+        if mask is None:
+            raise UnsupportedOp("masked_fill with a mask that depends on an input")
+        out = target(idx_args[0], mask, 0.0)
+        sel = b.select(nodes, out.long().numpy())
+        const = torch.where(mask.expand(out.shape), torch.tensor(float(args[2]), dtype=torch.float64), 0.0)
+        return b.pointwise(lambda s, c: s + c, [sel, const], tuple(val.shape))
+    idx_args, nodes = index_tensors(b, list(args))
+    out = target(*idx_args, **kwargs)
+    if isinstance(out, (list, tuple)):
+        return type(out)(b.select(nodes, o.long().numpy(), fill) for o in out)
+    return b.select(nodes, out.long().numpy(), fill)
+
+
+for _name in SELECTIONS:
+    HANDLERS[_name] = _selection
+
+
+# ---------------------------------------------------------------------------------- constants
+
+@handles("aten.full", "aten.zeros", "aten.ones", "aten.scalar_tensor", "aten.arange", "aten.empty",
+         "aten.full_like", "aten.zeros_like", "aten.ones_like", "aten.empty_like", "aten.new_zeros", "aten.new_ones",
+         "aten.new_full", "aten.empty.memory_format", "aten.new_empty", "aten.empty_strided", "prims.empty_strided")
+def _constant(b, args, kwargs, val):
+    """Tensors made from shapes and numbers (``full_like(x, 0)`` only reads x's shape); ``empty`` is
+    made zero: nothing checked may depend on uninitialised memory."""
+    import torch
+
+    def shape_only(a):
+        return torch.zeros(a.shape, dtype=torch.float64) if isinstance(a, Node) else a
+
+    if "empty" in str(b.fx_node.target):
+        return torch.zeros(tuple(val.shape), dtype=torch.float64)
+    with torch.no_grad():
+        out = b.fx_node.target(*[shape_only(a) for a in args], **kwargs)
+    return out.double() if out.is_floating_point() else out
+
+
+@handles("aten.rand_like", "aten.randn_like", "aten.rand", "aten.randn", "aten.bernoulli", "aten.native_dropout",
+         "aten.randint", "aten.normal")
+def _random(b, args, kwargs, val):
+    raise UnsupportedOp(f"{b.fx_node.target} draws random numbers: call model.eval() (dropout) or pass the noise "
+                        "as an input, so that torch and the closed form see the same values")
+
+
+
+@handles("aten.embedding")
+def _embedding(b, args, kwargs, val):
+    """``weight[indices]``; rows at ``padding_idx`` are looked up but pass no gradient back, as torch
+    defines it (a ``stop`` copy of the weight serves them)."""
+    weight, indices = b.node_of(args[0]), args[1]
+    padding_idx = args[2] if len(args) > 2 else -1
+    if len(args) > 3 and args[3]:
+        raise UnsupportedOp("embedding with scale_grad_by_freq=True: its gradient is not the derivative of "
+                            "its forward; check with scale_grad_by_freq=False")
+    rows = np.asarray(indices.detach().cpu().numpy(), np.int64)
+    width = weight.shape[1]
+    idx = rows[..., None] * width + np.arange(width) + 1
+    if padding_idx is not None and padding_idx >= 0:
+        idx = np.where((rows == padding_idx)[..., None], idx + weight.size, idx)
+        return b.select([weight, b.stop(weight)], idx)
+    return b.select([weight], idx)

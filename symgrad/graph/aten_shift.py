@@ -1,0 +1,50 @@
+"""softmax, log_softmax and logsumexp: defined by their forward, with the max shift detached.
+
+# Note [Shift-invariant composites]
+torch evaluates these with a shift by the row maximum ``m`` (``exp(x - m)``), which changes no value:
+softmax(x - c) = softmax(x) for any c, and logsumexp(x) = c + logsumexp(x - c).  So the exact
+derivative through ``m`` is zero, and ``m`` enters the op graph as a ``stop`` node: the derivative
+is unchanged, ties in the maximum are no kinks (any choice gives the same value), and the
+rounding bound does not charge a cotangent that torch's own backward never computes (the sum of
+the row's terms routed to the argmax, which cancels exactly).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .aten import handles
+
+
+def _shifted(b, x, dim):
+    x = b.node_of(x)
+    dim = dim % len(x.shape) if x.shape else 0
+    m = b.stop(b.reduce("max", x, (dim,), True))
+    z = b.pointwise(lambda s, t: s - t, [x, m], x.shape)
+    return x, dim, m, z
+
+
+@handles("aten._softmax", "aten.softmax.int")
+def _softmax(b, args, kwargs, val):
+    x, dim, _, z = _shifted(b, args[0], args[1])
+    e = b.pointwise(sp.exp, [z], z.shape)
+    return b.pointwise(lambda s, t: s / t, [e, b.reduce("sum", e, (dim,), True)], e.shape)
+
+
+@handles("aten._log_softmax", "aten.log_softmax.int")
+def _log_softmax(b, args, kwargs, val):
+    x, dim, _, z = _shifted(b, args[0], args[1])
+    total = b.reduce("sum", b.pointwise(sp.exp, [z], z.shape), (dim,), True)
+    return b.pointwise(lambda s, t: s - sp.log(t), [z, total], z.shape)
+
+
+@handles("aten.logsumexp")
+def _logsumexp(b, args, kwargs, val):
+    dims = args[1] if len(args) > 1 else kwargs.get("dim")
+    keep = bool(args[2]) if len(args) > 2 else kwargs.get("keepdim", False)
+    x = b.node_of(args[0])
+    axes = tuple(d % len(x.shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims])) if x.shape else ()
+    m = b.stop(b.reduce("max", x, axes, True))
+    total = b.reduce("sum", b.pointwise(lambda s, t: sp.exp(s - t), [x, m], x.shape), axes, True)
+    out = b.pointwise(lambda s, t: t + sp.log(s), [total, m], total.shape)
+    return b.layout("reshape", out, tuple(val.shape)) if not keep else out

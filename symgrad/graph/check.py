@@ -1,0 +1,366 @@
+"""The tensor back end's check: trace, evaluate, differentiate, run autograd, compare.
+
+``check_graph(fn, inputs, ...)`` serves modules (every parameter, and float inputs), plain torch
+functions and custom ``autograd.Function``s alike.  The forward is traced once into the op graph
+(``symgrad.graph.trace``); the closed-form derivative is reverse mode over the graph's core
+nodes, evaluated with numpy at full size with a per-entry rounding bound and kink band (Note
+[Approx arithmetic]); every linear rule is cross-checked first (Note [Adjoint cross-check]).
+
+A scalar output is checked as a gradient.  A tensor output is checked through ``cotangents``
+random cotangents (vector-Jacobian products, the exact counterpart of gradcheck's fast mode):
+every entry of every product is compared with its own bound.  ``cotangents="full"`` checks the
+whole Jacobian, one product per output entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ..compare.compare import compare, compare_all
+from ..progress import stage
+from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
+from ..reference import Reference
+from ..report.report import Report
+from .approx import Approx
+from .crosscheck import crosscheck
+from .engine import backward, forward, tangent
+from .interpret import to_graph
+from .scalar import Ctx
+from .trace import trace_callable
+
+__all__ = ["check_graph", "EPS"]
+
+EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+def _dtype_name(tensors) -> str:
+    import torch
+
+    floats = [t.dtype for t in tensors if t.is_floating_point()]
+    worst = max(floats, key=lambda d: torch.finfo(d).eps) if floats else torch.float64
+    return str(worst).replace("torch.", "")
+
+
+def _leaves(model, inputs: Mapping, wrt):
+    """(names, tensors, roles, wrt): parameters (a tied weight once: functional_call ties it back),
+    then inputs; integer inputs are data."""
+    params = dict(model.named_parameters()) if model is not None else {}
+    names = list(params) + list(inputs)
+    tensors = list(params.values()) + list(inputs.values())
+    if wrt is None:
+        chosen = [n for n, p in params.items() if p.requires_grad]
+        chosen += [n for n, t in inputs.items() if t.is_floating_point() and (model is None or t.requires_grad)]
+        if not chosen:
+            chosen = [n for n, t in inputs.items() if t.is_floating_point()]
+    else:
+        chosen = [wrt] if isinstance(wrt, str) else list(wrt)
+        for w in chosen:
+            if w not in names:
+                raise InputError(f"wrt names {w!r}, which is neither a parameter nor an input; known: {', '.join(names)}")
+            if not tensors[names.index(w)].is_floating_point():
+                raise InputError(f"wrt names {w!r}, an integer tensor: only floating-point tensors have derivatives")
+    roles = ["param"] * len(params) + ["input" if t.is_floating_point() else "const" for t in inputs.values()]
+    return names, tensors, roles, chosen
+
+
+_JACOBIAN_VIAS = ("functional.jacobian", "jacrev", "jacfwd")
+_VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
+
+
+def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
+                target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
+                atol: float | None = None, title: str | None = None) -> Report:
+    """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
+
+    ``symbolic``: a reference forward in torch ops, traced instead of ``fn`` (autograd still runs
+    ``fn``).  ``via``: how autograd runs (``backward``, ``autograd.grad``, ``functional.vjp``,
+    ``func.vjp``, ``functional.jacobian``, ``jacrev``, ``jacfwd``); ``v``: the cotangent.
+    ``tangents``: ``{name: tensor}`` for a Jacobian-vector product (forward mode).
+    ``cotangents``: how many random cotangents (and as many random tangents) check a tensor output
+    with no ``v`` (or ``"full"``: the whole Jacobian).
+    """
+    import torch
+
+    model = fn if isinstance(fn, torch.nn.Module) else None
+    inputs = dict(inputs)
+    names, tensors, roles, wrt_names = _leaves(model, inputs, wrt)
+    n_params = len(names) - len(inputs)
+    dtype = _dtype_name(tensors)
+    ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+
+    def runner(forward_fn):
+        def run(*flat):
+            if model is not None and forward_fn is model:
+                params = dict(zip(names[:n_params], flat[:n_params]))
+                out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False)
+            else:
+                out = forward_fn(*flat[n_params:]) if model is not None else forward_fn(*flat)
+            return loss(out, target) if loss is not None else out
+
+        return run
+
+    torch_fn = runner(fn)
+    key = _cache_key(fn, symbolic, loss, target, names, tensors)
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
+    with torch.no_grad():
+        out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    if not isinstance(out_t, torch.Tensor):
+        raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
+    for attempt in ("cached", "traced"):
+        graph = _cached_graph(key, names, tensors) if attempt == "cached" else None
+        if graph is None:
+            stage("op graph: tracing the forward into core ATen ops")
+            gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
+            graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
+            attempt = "traced"
+        out_node = _single_output(graph)
+        stage("op graph: cross-checking the tensor rules")
+        failed = crosscheck(graph)
+        stage("op graph: evaluating the forward")
+        values = forward(graph, ctx)
+        out_val = values[out_node]
+        if tuple(out_t.shape) != out_val.shape:
+            raise ShapeMismatch(f"torch's output has shape {tuple(out_t.shape)}, the op graph's {out_val.shape}")
+        forward_ref = _approx_reference("output", out_val, "op graph forward", failed)
+        records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",
+                           rtol=rtol, atol=atol)]
+        if records[0].passed or attempt == "traced":
+            break  # a cached graph that disagrees with torch's forward is traced again (Note [Graph cache])
+    _remember(key, fn, graph)
+    state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
+    meta = {"dtype": dtype, "engine": "graph (tensor back end)",
+            "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
+    if tangents is not None or via in ("functional.jvp", "func.jvp"):
+        if tangents is None:
+            raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents= (one per input in wrt)")
+        records += _jvp_records(state, [_tangent_dict(tangents, leaves, wrt_names)], via or "func.jvp")
+        meta["quantity"], meta["via"] = "jvp", via or "func.jvp"
+    else:
+        seeds, quantity, how = _plan(out_t, via, v, cotangents, seed)
+        records += _vjp_records(state, seeds, how, v, backward_calls, tuple(out_t.shape))
+        meta["quantity"], meta["via"] = quantity, how
+        if how == "random-vjp":  # forward mode too: the exact counterpart of gradcheck's fast mode
+            gen = torch.Generator().manual_seed(seed + 1)
+            dirs = [{n: torch.randn(leaves[n].shape, generator=gen, dtype=torch.float64).to(leaves[n].dtype)
+                     for n in wrt_names} for _ in range(cotangents)]
+            try:
+                records += _jvp_records(state, dirs, "func.jvp")
+                meta["quantity"] += f" and jvp ({cotangents} random tangents)"
+            except AutogradFailed as err:  # e.g. a custom Function with no jvp: forward mode is not asked for
+                meta["jvp"] = f"not checked (torch.func.jvp could not run: {str(err)[:160]})"
+    return Report(records, title=title or "symgrad check", meta=meta)
+
+
+# Note [Graph cache]
+# Tracing costs more than everything else on a repeat check, so the graph of a (function, leaf
+# names/shapes/dtypes, integer inputs, target) is kept (LRU, ``GRAPH_CACHE_SIZE``) and its leaves
+# refreshed with the new values.  Anything else the trace baked in (a tensor the function closes
+# over, a branch taken on a value) shows as a disagreement of the forward row: such a graph is
+# traced afresh before any derivative is compared.
+GRAPH_CACHE_SIZE = 8
+_GRAPHS: "OrderedDict" = OrderedDict()
+
+
+def _cache_key(fn, symbolic, loss, target, names, tensors):
+    data = hashlib.sha1()
+    for t in tensors:
+        if not t.is_floating_point():
+            data.update(t.detach().cpu().contiguous().numpy().tobytes())
+    if target is not None and hasattr(target, "detach"):
+        data.update(target.detach().double().cpu().contiguous().numpy().tobytes())
+    shapes = tuple((n, tuple(t.shape), str(t.dtype)) for n, t in zip(names, tensors))
+    return (id(fn), id(symbolic), id(loss), shapes, data.hexdigest())
+
+
+def _cached_graph(key, names, tensors):
+    entry = _GRAPHS.get(key)
+    if entry is None or entry[0]() is None:
+        return None
+    _GRAPHS.move_to_end(key)
+    graph = entry[1]
+    for name, t in zip(names, tensors):
+        node = graph.inputs.get(name)
+        if node is not None:
+            node.attrs["value"] = t.detach().double().cpu().numpy()
+    return graph
+
+
+def _remember(key, fn, graph) -> None:
+    try:
+        ref = weakref.ref(fn)
+    except TypeError:
+        return
+    _GRAPHS[key] = (ref, graph)
+    _GRAPHS.move_to_end(key)
+    while len(_GRAPHS) > GRAPH_CACHE_SIZE:
+        _GRAPHS.popitem(last=False)
+
+
+def _single_output(graph):
+    outs = [o for o in graph.outputs if o is not None]
+    if len(outs) != 1 or not hasattr(outs[0], "kind"):
+        raise UnsupportedOp("the function must return one floating-point tensor that depends on its inputs "
+                            f"(it returned {len(graph.outputs)} values); return the loss, or pass loss=")
+    return outs[0]
+
+
+@dataclass
+class _State:
+    graph: object
+    values: dict
+    out: object
+    ctx: Ctx
+    failed: list
+    torch_fn: object
+    leaves: dict
+    wrt: list
+    dtype: str
+    rtol: float | None
+    atol: float | None
+
+
+def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
+    import torch
+
+    from ..autograd.run import run_autograd
+
+    stage(f"op graph: {len(seeds)} reverse-mode sweep(s) and torch autograd")
+    with torch.enable_grad():
+        actual = _autograd(st.torch_fn, st.leaves, st.wrt, how, seeds, v, backward_calls, run_autograd)
+    nodes = [st.graph.inputs.get(n) for n in st.wrt]
+    live = [n for n in nodes if n is not None]
+    per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
+    scale = backward_calls if how == "backward" else 1
+    refs = [_reference(n, [None if node is None else g[node] for g in per_seed], tuple(st.leaves[n].shape),
+                       out_shape, how, scale, st.failed) for n, node in zip(st.wrt, nodes)]
+    quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
+    return compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
+
+
+def _jvp_records(st: _State, directions: list, via: str) -> list:
+    """One record of the output's tangents, stacked over ``directions`` ({name: tangent tensor})."""
+    import torch
+
+    from ..autograd.run import run_autograd
+
+    got, ours = [], []
+    for d in directions:
+        with torch.enable_grad():
+            actual = run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d)
+        got.append(actual["jvp"])
+        seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy())
+                 for n in st.wrt if n in st.graph.inputs}
+        t = tangent(st.graph, st.values, seeds, st.out, st.ctx)
+        ours.append(t if t is not None else Approx(np.zeros(st.values[st.out].shape)))
+    stacked = Approx(np.stack([t.v for t in ours]), np.stack([np.broadcast_to(t.e, t.shape) for t in ours]),
+                     np.stack([t.sides()[0] for t in ours]), np.stack([t.sides()[1] for t in ours]))
+    ref = _approx_reference("jvp", stacked if len(ours) > 1 else ours[0], "forward mode over the op graph",
+                            st.failed)
+    value = torch.stack(got) if len(got) > 1 else got[0]
+    return compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
+
+
+def _tangent_dict(tangents, leaves, wrt) -> dict:
+    import torch
+
+    if isinstance(tangents, torch.Tensor):
+        if len(wrt) != 1:
+            raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
+        tangents = {wrt[0]: tangents}
+    if not isinstance(tangents, Mapping) or set(tangents) != set(wrt):
+        raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
+    out = {}
+    for n in wrt:
+        t = torch.as_tensor(tangents[n], dtype=leaves[n].dtype)
+        if tuple(t.shape) != tuple(leaves[n].shape):
+            raise ShapeMismatch(f"tangent for {n!r} has shape {tuple(t.shape)}, the input has {tuple(leaves[n].shape)}")
+        out[n] = t
+    return out
+
+
+def _approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:
+    ref = Reference(name, a.v, text, rounding=np.broadcast_to(a.e, a.shape), verified=not failed)
+    if a.banded:
+        ref.lower, ref.upper, ref.kink = a.v - a.lo, a.v + a.hi, a.band() > 0
+    return ref
+
+
+def _plan(out_t, via, v, cotangents, seed: int):
+    """(seeds as float64 arrays, quantity label, how autograd runs)."""
+    import torch
+
+    if via is not None and via not in _VJP_VIAS + _JACOBIAN_VIAS:
+        raise UnsupportedOp(f"via={via!r}: the tensor back end checks reverse mode (gradients, vector-Jacobian "
+                            "products, Jacobians); use engine='elementwise' for forward mode and Hessians")
+    if via in _JACOBIAN_VIAS or cotangents == "full":
+        m = out_t.numel()
+        eye = np.eye(m).reshape((m,) + tuple(out_t.shape))
+        return list(eye), f"jacobian (one vjp per output entry, {m})", via or "functional.jacobian"
+    if v is not None:
+        vt = torch.as_tensor(v, dtype=out_t.dtype)
+        if tuple(vt.shape) != tuple(out_t.shape):
+            raise ShapeMismatch(f"v has shape {tuple(vt.shape)}, the output has {tuple(out_t.shape)}")
+        return [vt.double().cpu().numpy()], "vjp", via or "backward"
+    if out_t.numel() == 1:
+        if out_t.dim() != 0 and via in ("backward", "autograd.grad", None):
+            return [np.ones(out_t.shape)], "grad", via or "autograd.grad"
+        return [np.ones(out_t.shape)], "grad", via or "backward"
+    if not isinstance(cotangents, int) or cotangents < 1:
+        raise InputError(f"cotangents must be a positive integer or 'full', not {cotangents!r}")
+    gen = torch.Generator().manual_seed(seed)
+    vs = [torch.randn(out_t.shape, generator=gen, dtype=torch.float64).to(out_t.dtype) for _ in range(cotangents)]
+    return [t.double().numpy() for t in vs], f"vjp ({cotangents} random cotangents)", "random-vjp"
+
+
+def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd) -> dict:
+    import torch
+
+    if how == "random-vjp":
+        grads = []
+        diff = [leaves[n] for n in wrt]
+        out = torch_fn(*leaves.values())
+        dtype = out.dtype
+        for k, s in enumerate(seeds):
+            got = torch.autograd.grad(out, diff, torch.from_numpy(s).to(dtype), retain_graph=k + 1 < len(seeds),
+                                      allow_unused=True)
+            grads.append(got)
+        return {n: None if any(g[i] is None for g in grads) else torch.stack([g[i] for g in grads])
+                for i, n in enumerate(wrt)}
+    cot = None if how in _JACOBIAN_VIAS else (torch.from_numpy(seeds[0]).to(next(iter(leaves.values())).dtype)
+                                              if v is not None or how in ("functional.vjp", "func.vjp") else None)
+    if v is not None:
+        cot = torch.as_tensor(v).to(cot.dtype)
+    return run_autograd(torch_fn, leaves, wrt, how, cotangent=cot, backward_calls=backward_calls)
+
+
+def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, scale: float, failed: list) -> Reference:
+    """One reference per differentiated tensor: its gradient, or its products stacked (random
+    cotangents: ``(k, *shape)``; a Jacobian: ``(*out_shape, *shape)``)."""
+    def field(g, attr):
+        if g is None:
+            return np.zeros(shape)
+        t = getattr(g, attr)
+        return np.zeros(shape) if t is None else np.broadcast_to(t, g.shape).reshape(shape)
+
+    parts = {a: np.stack([field(g, a) for g in grads]) for a in ("v", "e", "lo", "hi")}
+    if how in _JACOBIAN_VIAS:
+        full = out_shape + shape
+    elif how == "random-vjp":
+        full = (len(grads),) + shape
+    else:
+        full = shape
+    v, e, lo, hi = (scale * parts[a].reshape(full) for a in ("v", "e", "lo", "hi"))
+    text = "0 (no path from it to the output)" if all(g is None for g in grads) else "reverse mode over the op graph"
+    ref = Reference(name, v, text, rounding=e, verified=not failed)
+    if failed:
+        ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
+                    + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")
+    if np.any(lo) or np.any(hi):
+        ref.lower, ref.upper, ref.kink = v - lo, v + hi, (lo + hi) > 0
+    return ref

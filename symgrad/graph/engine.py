@@ -1,0 +1,79 @@
+"""Evaluate an op graph forward and in reverse mode, in Approx arithmetic (stage "differentiate").
+
+``forward(graph, ctx)`` gives every node's value with its rounding bound and kink band;
+``backward(graph, values, seeds, wrt, ctx)`` gives, for each leaf in ``wrt``, the vector-Jacobian
+product with the cotangents ``seeds`` (one per output), accumulated over every use of the leaf
+-- a weight used twice (tied) gets both contributions, as torch's does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .approx import Approx, add
+from .ir import Graph
+from .rules import forward as forward_rule
+from .rules import jvp as jvp_rule
+from .rules import vjp as vjp_rule
+from .scalar import Ctx
+
+__all__ = ["forward", "backward", "tangent"]
+
+
+def forward(graph: Graph, ctx: Ctx) -> dict:
+    values: dict = {}
+    for node in graph.nodes:
+        if node.kind == "leaf":
+            v = node.attrs["value"]
+            err = node.attrs.get("error", 0.0)
+            values[node] = Approx(v, err * np.abs(v) if err else None)
+        else:
+            values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
+    return values
+
+
+def _depends(graph: Graph, wrt: set) -> set:
+    """Nodes whose value depends on a leaf in ``wrt`` (the only ones that need a cotangent)."""
+    live = set()
+    for node in graph.nodes:
+        if node in wrt or (node.kind != "stop" and any(a in live for a in node.args)):
+            live.add(node)
+    return live
+
+
+def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx) -> dict:
+    """``seeds``: output node -> cotangent (Approx); returns leaf node -> accumulated cotangent."""
+    live = _depends(graph, set(wrt))
+    grads: dict = {}
+    for node, g in seeds.items():
+        if node in live:
+            grads[node] = g if node not in grads else add(grads[node], g)
+    for node in reversed(graph.nodes):
+        g = grads.get(node)
+        if g is None or node.kind == "leaf":
+            continue
+        needed = [a in live for a in node.args]
+        if not any(needed):
+            continue
+        args = [values[a] for a in node.args]
+        for a, ga in zip(node.args, vjp_rule(node, args, g, ctx, needed)):
+            if ga is None or a not in live:
+                continue
+            grads[a] = ga if a not in grads else add(grads[a], ga)
+        if node not in seeds:
+            del grads[node]  # free memory as the sweep goes
+    return {leaf: grads.get(leaf) for leaf in wrt}
+
+
+def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
+    """Forward mode: ``tangents`` maps leaf nodes to their tangents; returns the output's tangent."""
+    known = dict(tangents)
+    for node in graph.nodes:
+        if node.kind == "leaf" or node in known:
+            continue
+        ts = [known.get(a) for a in node.args]
+        if any(t is not None for t in ts):
+            t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
+            if t is not None:
+                known[node] = t
+    return known.get(out)

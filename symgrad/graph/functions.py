@@ -1,0 +1,59 @@
+"""SymPy functions that torch has as kernels of their own, with numpy forms.
+
+``sympy.exp(x) - 1`` loses every digit near 0 where ``torch.expm1`` does not; ``sigmoid``'s
+backward in torch is ``s (1 - s)`` from the output, not SymPy's ``exp(-x)/(1 + exp(-x))**2``.  Each
+function here is a SymPy ``Function`` whose ``fdiff`` is the textbook derivative, written in the
+form torch evaluates it (``tests/graph`` checks each against ``sympy.diff`` of its elementary
+definition), and whose numpy form is registered with the scalar evaluator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from .scalar import FUNCTIONS
+
+__all__ = ["expm1", "log1p", "sigmoid", "DEFINITIONS"]
+
+
+class expm1(sp.Function):  # noqa: N801 - named as torch names it
+    """exp(x) - 1, computed without cancellation."""
+
+    def fdiff(self, argindex=1):
+        return sp.exp(self.args[0])
+
+
+class log1p(sp.Function):  # noqa: N801
+    """log(1 + x), computed without cancellation."""
+
+    def fdiff(self, argindex=1):
+        return 1 / (1 + self.args[0])
+
+
+class sigmoid(sp.Function):  # noqa: N801
+    """1 / (1 + exp(-x)); its derivative in the form torch's backward uses: s (1 - s)."""
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+
+def _np_sigmoid(x):
+    with np.errstate(over="ignore"):
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# the elementary definition of each, for the tests and for printing
+DEFINITIONS = {
+    expm1: lambda x: sp.exp(x) - 1,
+    log1p: lambda x: sp.log(1 + x),
+    sigmoid: lambda x: 1 / (1 + sp.exp(-x)),
+}
+
+FUNCTIONS.update({
+    expm1: (np.expm1, np.exp),
+    log1p: (np.log1p, lambda x: 1 / (1 + x)),
+    sigmoid: (_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x)),
+})

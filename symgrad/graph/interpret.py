@@ -1,0 +1,148 @@
+"""An fx graph of ATen ops (from ``trace_callable``) as an op :class:`Graph`.
+
+Each placeholder is matched to a leaf the caller describes (an input, a parameter, or constant
+data); each call goes through its handler in ``symgrad.graph.aten`` unless none of its tensor
+arguments depends on a leaf, in which case it runs in torch (float64) and becomes a constant.
+"""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedOp
+from . import aten, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling and softmax handlers
+from .ir import Graph, Node
+from .trace import Builder
+
+__all__ = ["to_graph", "register"]
+
+_USER: dict = {}
+
+
+def register(target, handler) -> None:
+    """Teach the importer an op: ``handler(builder, args, kwargs, val)`` returns the op's output built
+    from core nodes (``builder.pointwise``, ``.contract``, ``.reduce``, ``.layout``, ``.select``).
+    ``target`` is an ATen overload or its name (``"aten.my_op.default"``)."""
+    _USER[str(target)] = handler
+
+
+def _map(x, env):
+    import torch.fx as fx
+
+    if isinstance(x, fx.Node):
+        return env[x]
+    if isinstance(x, (list, tuple)):
+        return type(x)(_map(a, env) for a in x)
+    if isinstance(x, dict):
+        return {k: _map(v, env) for k, v in x.items()}
+    return x
+
+
+def _has_node(x) -> bool:
+    if isinstance(x, Node):
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(_has_node(a) for a in x)
+    if isinstance(x, dict):
+        return any(_has_node(v) for v in x.values())
+    return False
+
+
+def _as_float64(x):
+    import torch
+
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.double()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_as_float64(a) for a in x)
+    return x
+
+
+def to_graph(gm, leaves: list) -> Graph:
+    """``leaves``: one ``(name, role, tensor)`` per placeholder, in order; role is ``input``,
+    ``param`` or ``const``."""
+    import torch
+
+    graph = Graph()
+    b = Builder(graph)
+    env: dict = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(leaves):
+        raise UnsupportedOp(f"the traced graph takes {len(placeholders)} tensors but {len(leaves)} were given")
+    for ph, (name, role, t) in zip(placeholders, leaves):
+        if role == "const" or not t.is_floating_point():
+            env[ph] = t.detach()
+        else:
+            env[ph] = b.leaf(name, t.detach().double().cpu().numpy(), role)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            continue
+        if node.op == "output":
+            graph.outputs = list(_flatten(_map(node.args[0], env)))
+            break
+        if node.op == "get_attr":  # a tensor the traced code held (a buffer, a constant)
+            env[node] = getattr(gm, node.target)
+            continue
+        if node.op != "call_function":
+            raise UnsupportedOp(f"fx node {node.name!r} is a {node.op}; only ATen calls are supported")
+        args, kwargs = _map(node.args, env), _map(node.kwargs, env)
+        b.fx_node = node
+        env[node] = _call(b, node, args, kwargs)
+    return graph
+
+
+def _flatten(x):
+    if isinstance(x, (list, tuple)):
+        for a in x:
+            yield from _flatten(a)
+    else:
+        yield x
+
+
+def _call(b: Builder, node, args, kwargs):
+    import operator
+
+    import torch
+
+    target = node.target
+    if target is operator.getitem:
+        return args[0][args[1]]
+    if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
+        with torch.no_grad():
+            out = target(*_as_float64(args), **kwargs)
+        return out
+    handler = _USER.get(str(target)) or aten.handler_for(target)
+    val = node.meta.get("val")
+    if handler is None and _integral(val):
+        # an integer or bool result that depends on floats (argmax, any, isnan): data, not a function
+        # with a derivative; computed from the float64 values
+        with torch.no_grad():
+            return target(*_values(b, args), **_values(b, kwargs))
+    if handler is None:
+        raise UnsupportedOp(
+            f"symgrad's op graph has no rule for ATen op {target} (fx node {node.name!r}). Register one with "
+            "symgrad.graph.register(torch.ops.aten.<op>.<overload>, handler) where handler builds the op's forward "
+            "from core nodes, or pass symbolic= with a reference forward written in supported torch ops."
+        )
+    try:
+        return handler(b, args, kwargs, val)
+    except UnsupportedOp:
+        raise
+    except NotImplementedError as err:
+        raise UnsupportedOp(f"ATen op {target} (fx node {node.name!r}): {err}") from err
+
+
+
+def _integral(val) -> bool:
+    import torch
+
+    vals = val if isinstance(val, (list, tuple)) else [val]
+    return bool(vals) and all(isinstance(v, torch.Tensor) and not v.is_floating_point() for v in vals)
+
+
+def _values(b: Builder, x):
+    if isinstance(x, Node):
+        return b.value_of(x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_values(b, a) for a in x)
+    if isinstance(x, dict):
+        return {k: _values(b, v) for k, v in x.items()}
+    return _as_float64(x)

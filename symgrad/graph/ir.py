@@ -1,0 +1,76 @@
+"""The op graph: the single intermediate form of a check.
+
+A :class:`Graph` is a list of :class:`Node` in topological order.  Every node is one of a small,
+closed set of core kinds; composite ops (softmax, layer_norm, convolution, every loss) are built
+from them by their forward definition (``symgrad.graph.trace``), so derivatives, rounding bounds
+and kink rules exist once per kind (``symgrad.graph.rules``):
+
+==============  ==========================================================================
+kind            meaning (attrs)
+==============  ==========================================================================
+``leaf``        an input, parameter or constant (``role``: input / param / const; ``value``)
+``pointwise``   a SymPy form of scalar symbols ``s0, s1, ...`` applied with broadcasting
+                (``expr``); its derivatives are ``sympy.diff`` of the form
+``contract``    an einsum (``spec``): matmul, bmm, linear, the kernel side of a convolution
+``reduce``      ``sum`` / ``max`` / ``min`` over ``axes`` (``keepdim``); ties of max/min are kinks
+``layout``      reshape / permute / expand (``op``, ``arg``): a numpy view and its adjoint
+``select``      out.flat[i] = concat(args).flat[idx[i] - 1], 0 where idx[i] = 0 (``idx``):
+                slicing, gather, cat, pad, flip, roll, embedding, im2col patches, ... -- any
+                op that only moves entries; its adjoint adds them back
+``stop``        the value of its argument with no derivative (``detach``)
+==============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Node", "Graph", "KINDS"]
+
+KINDS = ("leaf", "pointwise", "contract", "reduce", "layout", "select", "stop")
+
+
+@dataclass(eq=False)
+class Node:
+    kind: str
+    args: tuple = ()
+    attrs: dict = field(default_factory=dict)
+    shape: tuple = ()
+    name: str = ""  # the torch name (parameter / input) or the fx node it came from
+    origin: str = ""  # the torch op this node (or the composite it belongs to) came from
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown node kind {self.kind!r}; the core kinds are {KINDS}")
+        self.shape = tuple(int(d) for d in self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    def __repr__(self) -> str:
+        return f"Node({self.kind}, {self.name or self.origin}, shape={self.shape})"
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order, the named leaves and the output(s)."""
+
+    nodes: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)  # name -> leaf node (inputs and parameters)
+    outputs: list = field(default_factory=list)
+
+    def add(self, node: Node) -> Node:
+        self.nodes.append(node)
+        return node
+
+    def counts(self) -> dict:
+        out: dict = {}
+        for n in self.nodes:
+            out[n.kind] = out.get(n.kind, 0) + 1
+        return out
+
+    def origins(self) -> list:
+        return sorted({n.origin for n in self.nodes if n.origin})

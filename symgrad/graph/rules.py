@@ -1,0 +1,264 @@
+"""One forward rule and one reverse-mode (VJP) rule per core node kind, in Approx arithmetic.
+
+Every rule here is written in :mod:`symgrad.graph.approx`'s arithmetic, so its value, its rounding
+bound and its kink band come out together (Note [Approx arithmetic]).  A rule returns one entry per
+argument (``None`` where the argument has no derivative), as tinygrad's and jax's tables do.
+
+The rules of the linear kinds (``contract``, ``select``, ``layout``, ``reduce`` sums) are checked
+against their own forward on every graph before a result is trusted (``symgrad.graph.crosscheck``):
+a wrong rule there makes the check fail, never pass.  Pointwise rules are ``sympy.diff`` of the
+node's form; nothing per composite op is written by hand.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+
+from .approx import Approx, add, einsum, mul, reduce_sum, summation_factor, unbroadcast
+from .ir import Node
+from .scalar import KINK_ULPS, Ctx, evaluate
+
+__all__ = ["forward", "vjp", "jvp", "symbols_for", "derivatives"]
+
+
+@lru_cache(maxsize=None)
+def symbols_for(k: int) -> tuple:
+    return tuple(sp.Symbol(f"s{i}", real=True) for i in range(k))
+
+
+@lru_cache(maxsize=4096)
+def derivatives(expr: sp.Expr, k: int) -> tuple:
+    """∂expr/∂s_i for each argument: ``sympy.diff``, never written by hand."""
+    return tuple(sp.diff(expr, s) for s in symbols_for(k))
+
+
+def _broadcast(a: Approx, shape: tuple) -> Approx:
+    return a if a.shape == shape else a.map(lambda t: np.broadcast_to(t, shape))
+
+
+# ----------------------------------------------------------------------------------------- forward
+
+def forward(node: Node, args: list, ctx: Ctx) -> Approx:
+    kind = node.kind
+    if kind == "pointwise":
+        env = dict(zip(symbols_for(len(args)), args))
+        return _broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape)
+    if kind == "contract":
+        return einsum(node.attrs["spec"], *args)
+    if kind == "reduce":
+        return _reduce(node, args[0], ctx)
+    if kind == "layout":
+        return args[0].map(lambda t: _layout(node, t))
+    if kind == "select":
+        return _select(node, args)
+    if kind == "stop":
+        return args[0]
+    raise ValueError(f"no forward rule for node kind {kind!r}")
+
+
+def _layout(node: Node, t: np.ndarray) -> np.ndarray:
+    op, arg = node.attrs["op"], node.attrs["arg"]
+    if op == "reshape":
+        return np.reshape(t, arg)
+    if op == "permute":
+        return np.transpose(t, arg)
+    if op == "expand":
+        return np.broadcast_to(t, arg)
+    raise ValueError(f"unknown layout op {op!r}")
+
+
+def _flat(args: list, field: str) -> np.ndarray:
+    parts = [np.ravel(getattr(a, field)) if getattr(a, field) is not None else np.zeros(a.v.size) for a in args]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _select(node: Node, args: list) -> Approx:
+    idx = node.attrs["idx"]
+    pick = idx > 0
+    where = np.where(pick, idx - 1, 0)
+
+    def take(field, fill=0.0):
+        return np.where(pick, _flat(args, field)[where], fill).reshape(node.shape)
+
+    value = take("v", node.attrs.get("fill", 0.0))
+    if not any(a.banded for a in args):
+        return Approx(value, take("e"))
+    return Approx(value, take("e"), take("lo"), take("hi"))
+
+
+def _reduce(node: Node, a: Approx, ctx: Ctx) -> Approx:
+    axes, keep = tuple(node.attrs["axes"]), node.attrs["keepdim"]
+    if node.attrs["op"] == "sum":
+        return reduce_sum(a, axes, keep)
+    fn = np.max if node.attrs["op"] == "max" else np.min
+    v = fn(a.v, axis=axes, keepdims=True)
+    near = _near_extreme(a, v, axes, ctx)
+    e = np.max(np.where(near, a.e, 0.0), axis=axes, keepdims=True)
+    out = Approx(v, e)
+    return out if keep else out.map(lambda t: np.squeeze(t, axis=axes))
+
+
+def _near_extreme(a: Approx, ext: np.ndarray, axes: tuple, ctx: Ctx) -> np.ndarray:
+    """Entries that a correct evaluation could make the extreme: the extreme itself and any entry
+    within rounding (or band) of it -- ties are kinks."""
+    e_group = np.max(a.e, axis=axes, keepdims=True)
+    b_group = np.max(a.band(), axis=axes, keepdims=True)
+    slack = KINK_ULPS * ctx.eps * (a.e + e_group) + a.band() + b_group
+    return np.abs(a.v - ext) <= slack
+
+
+# ---------------------------------------------------------------------------------------------- vjp
+
+def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list) -> list:
+    """One cotangent per argument (``None``: no derivative, or not ``needed``), in Approx arithmetic."""
+    kind = node.kind
+    if kind == "pointwise":
+        env = dict(zip(symbols_for(len(args)), args))
+        grads = []
+        for a, d, need in zip(args, derivatives(node.attrs["expr"], len(args)), needed):
+            if d == 0 or not need:
+                grads.append(None)
+                continue
+            local = _broadcast(evaluate(d, env, ctx), node.shape)
+            grads.append(unbroadcast(mul(g, local), a.shape))
+        return grads
+    if kind == "contract":
+        return _vjp_contract(node.attrs["spec"], args, g, needed)
+    if kind == "reduce":
+        return [_vjp_reduce(node, args[0], g, ctx)]
+    if kind == "layout":
+        return [_vjp_layout(node, args[0], g)]
+    if kind == "select":
+        return _vjp_select(node, args, g)
+    if kind == "stop":
+        return [None]
+    raise ValueError(f"no vjp rule for node kind {kind!r}")
+
+
+def _vjp_contract(spec: str, args: list, g: Approx, needed: list) -> list:
+    ins, out = spec.split("->")
+    subs = ins.split(",")
+    grads = []
+    for i, (sub, a) in enumerate(zip(subs, args)):
+        if not needed[i]:
+            grads.append(None)
+            continue
+        others = [s for j, s in enumerate(subs) if j != i]
+        if set(sub) - set(out) - set("".join(others)):
+            raise NotImplementedError(f"einsum {spec!r}: an index summed within one operand only")
+        spec_i = ",".join([out] + others) + "->" + sub
+        grads.append(einsum(spec_i, g, *(args[j] for j in range(len(args)) if j != i)))
+    return grads
+
+
+def _vjp_layout(node: Node, a: Approx, g: Approx) -> Approx:
+    op, arg = node.attrs["op"], node.attrs["arg"]
+    if op == "reshape":
+        return g.map(lambda t: np.reshape(t, a.shape))
+    if op == "permute":
+        inverse = tuple(np.argsort(arg))
+        return g.map(lambda t: np.transpose(t, inverse))
+    if op == "expand":
+        return unbroadcast(g, a.shape)
+    raise ValueError(f"unknown layout op {op!r}")
+
+
+def _vjp_select(node: Node, args: list, g: Approx) -> list:
+    idx = node.attrs["idx"].ravel()
+    pick = idx > 0
+    slots = idx[pick] - 1
+    total = sum(a.v.size for a in args)
+    mult = node.attrs.get("_multiplicity")
+    if mult is None:
+        mult = node.attrs["_multiplicity"] = int(np.bincount(slots, minlength=total).max(initial=0))
+
+    def scatter(t):
+        return np.bincount(slots, weights=np.ravel(t)[pick], minlength=total)
+
+    v, e = scatter(g.v), scatter(g.e)
+    f = summation_factor(mult)
+    if f:
+        e = e + f * scatter(np.abs(g.v))
+    lo, hi = (scatter(g.lo), scatter(g.hi)) if g.banded else (None, None)
+    grads, start = [], 0
+    for a in args:
+        part = slice(start, start + a.v.size)
+        start += a.v.size
+        grads.append(Approx(*(None if t is None else t[part].reshape(a.shape) for t in (v, e, lo, hi))))
+    return grads
+
+
+def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx) -> Approx:
+    axes, keep = tuple(node.attrs["axes"]), node.attrs["keepdim"]
+    kept = list(a.shape)
+    for ax in axes:
+        kept[ax] = 1
+    gk = g.map(lambda t: np.reshape(t, kept)) if not keep else g
+    if node.attrs["op"] == "sum":
+        return _broadcast(gk, a.shape)
+    fn = np.max if node.attrs["op"] == "max" else np.min
+    ext = fn(a.v, axis=axes, keepdims=True)
+    exact = a.v == ext
+    count = np.sum(exact, axis=axes, keepdims=True)
+    weight = exact / count
+    near = _near_extreme(a, ext, axes, ctx)
+    tied = np.sum(near, axis=axes, keepdims=True) > 1
+    v = gk.v * weight
+    e = gk.e * weight + np.where(count > 1, np.abs(v), 0.0)
+    # at a tie each tied entry may receive anything from none of the cotangent to all of it
+    g_lo, g_hi = gk.sides()
+    lo_end, hi_end = np.minimum(0.0, gk.v - g_lo), np.maximum(0.0, gk.v + g_hi)
+    tie = near & tied
+    lo = np.where(tie, v - lo_end, g_lo * weight)
+    hi = np.where(tie, hi_end - v, g_hi * weight)
+    return Approx(v, e, lo, hi)
+
+
+# ---------------------------------------------------------------------------------------------- jvp
+
+def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
+    """The tangent of ``node`` from its arguments' tangents (``None``: zero), in Approx arithmetic."""
+    if all(t is None for t in tangents) or node.kind == "stop":
+        return None
+    kind = node.kind
+    if kind == "pointwise":
+        env = dict(zip(symbols_for(len(args)), args))
+        out = None
+        for t, d in zip(tangents, derivatives(node.attrs["expr"], len(args))):
+            if t is None or d == 0:
+                continue
+            term = mul(_broadcast(evaluate(d, env, ctx), node.shape), _broadcast(t, node.shape))
+            out = term if out is None else add(out, term)
+        return out
+    if kind == "contract":
+        out = None
+        for i, t in enumerate(tangents):
+            if t is not None:
+                term = einsum(node.attrs["spec"], *(t if j == i else a for j, a in enumerate(args)))
+                out = term if out is None else add(out, term)
+        return out
+    filled = [Approx(np.zeros(a.shape)) if t is None else t for a, t in zip(args, tangents)]
+    if kind in ("layout", "select") or (kind == "reduce" and node.attrs["op"] == "sum"):
+        return forward(node, filled, ctx)
+    return _jvp_extreme(node, args[0], filled[0], ctx)
+
+
+def _jvp_extreme(node: Node, a: Approx, t: Approx, ctx: Ctx) -> Approx:
+    """max/min: the tangent of the extreme entry (split evenly over exact ties); where entries tie
+    within rounding, any of their tangents could be taken -- a band over all of them."""
+    axes, keep = tuple(node.attrs["axes"]), node.attrs["keepdim"]
+    fn = np.max if node.attrs["op"] == "max" else np.min
+    ext = fn(a.v, axis=axes, keepdims=True)
+    exact = a.v == ext
+    weight = exact / np.sum(exact, axis=axes, keepdims=True)
+    v = np.sum(t.v * weight, axis=axes, keepdims=True)
+    e = np.sum(t.e * weight, axis=axes, keepdims=True) + np.abs(v)
+    near = _near_extreme(a, ext, axes, ctx)
+    t_lo, t_hi = t.sides()
+    low = np.min(np.where(near, t.v - t_lo, np.inf), axis=axes, keepdims=True)
+    high = np.max(np.where(near, t.v + t_hi, -np.inf), axis=axes, keepdims=True)
+    out = Approx(v, e, np.maximum(v - low, 0.0), np.maximum(high - v, 0.0))
+    return out if keep else out.map(lambda x: np.squeeze(x, axis=axes))

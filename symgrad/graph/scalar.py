@@ -1,0 +1,325 @@
+"""Scalar SymPy forms evaluated over whole arrays in :class:`Approx` arithmetic.
+
+A pointwise node of the op graph is a SymPy function of scalar symbols (``tanh(s0)``,
+``Piecewise((s0, s0 > 0), (0, True))``).  Its derivative is ``sympy.diff`` of that form -- never
+written by hand -- and both are evaluated here, entry by entry over numpy arrays, carrying the
+rounding bound and kink band of Note [Approx arithmetic].
+
+# Note [Kinks in the scalar evaluator]
+A condition ``lhs > rhs`` is *uncertain* at an entry where ``|lhs - rhs|`` is no larger than its
+own rounding allowance (``KINK_ULPS * eps * e``) or its band: a correct evaluation in the checked
+dtype could land on either side.  A ``Piecewise`` takes torch's branch (the one whose condition
+holds on the float64 values; Note [Kink conventions] in ``symgrad/ops.py`` puts each kink point on
+the branch torch's backward uses) and, at uncertain entries, a band as wide as the distance to
+every other branch that could hold.  Evaluated on a derivative, that band is the jump between the
+one-sided derivatives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+
+from .approx import Approx, add, mul, signed_band
+
+__all__ = ["Ctx", "evaluate", "FUNCTIONS", "constant_error"]
+
+KINK_ULPS = 4.0
+TRANSCENDENTAL_ULPS = 2.0  # one library function call: torch's vectorised kernels err by <= 1 ulp on CPU, CUDA's by <= 2
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """The checked dtype's machine epsilon, and that of float32 (torch may hand constants to its
+    kernels as float32 even in a float64 run)."""
+
+    eps: float = 2.0**-52
+    dtype: str = "float64"
+
+
+def constant_error(c, ctx: Ctx) -> float:
+    """A constant's rounding in the checked dtype, in units of ``ctx.eps``: 0 for a number the dtype
+    holds (every Python float in a float64 check), half an ulp or so for 1/3 or pi, and in float32 or
+    half precision the rounding torch applies when it hands the constant to the op."""
+    try:
+        exact = Fraction(str(c)) if isinstance(c, sp.Rational) else Fraction(float(c))
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    if exact == 0:
+        return 0.0
+    f = float(exact)
+    if not math.isfinite(f):
+        return 0.0
+    if ctx.dtype == "bfloat16":
+        m, ex = math.frexp(f)
+        low = math.ldexp(round(m * 256) / 256, ex)
+    elif ctx.dtype in ("float16", "float32"):
+        low = float(np.float16(f) if ctx.dtype == "float16" else np.float32(f))
+    else:
+        low = f
+    return float(abs(exact - Fraction(low))) / ctx.eps
+
+
+def _d_erfinv(x):
+    from scipy.special import erfinv
+
+    return math.sqrt(math.pi) / 2 * np.exp(erfinv(x) ** 2)
+
+
+def _scipy(name):
+    def fn(x):
+        import scipy.special as sc
+
+        return getattr(sc, name)(x)
+
+    return fn
+
+
+def _sinc(x):
+    with np.errstate(all="ignore"):
+        return np.where(x == 0, 1.0, np.sin(x) / np.where(x == 0, 1.0, x))
+
+
+def _dsinc(x):
+    with np.errstate(all="ignore"):
+        safe = np.where(x == 0, 1.0, x)
+        return np.where(x == 0, 0.0, (np.cos(x) * safe - np.sin(x)) / safe**2)
+
+
+# SymPy function -> (value, derivative) as numpy functions of one array.
+FUNCTIONS = {
+    sp.exp: (np.exp, np.exp),
+    sp.log: (np.log, lambda x: 1 / x),
+    sp.sin: (np.sin, np.cos),
+    sp.cos: (np.cos, lambda x: -np.sin(x)),
+    sp.tan: (np.tan, lambda x: 1 / np.cos(x) ** 2),
+    sp.tanh: (np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+    sp.sinh: (np.sinh, np.cosh),
+    sp.cosh: (np.cosh, np.sinh),
+    sp.asin: (np.arcsin, lambda x: 1 / np.sqrt(1 - x * x)),
+    sp.acos: (np.arccos, lambda x: -1 / np.sqrt(1 - x * x)),
+    sp.atan: (np.arctan, lambda x: 1 / (1 + x * x)),
+    sp.asinh: (np.arcsinh, lambda x: 1 / np.sqrt(1 + x * x)),
+    sp.acosh: (np.arccosh, lambda x: 1 / np.sqrt(x * x - 1)),
+    sp.atanh: (np.arctanh, lambda x: 1 / (1 - x * x)),
+    sp.erf: (_scipy("erf"), lambda x: 2 / math.sqrt(math.pi) * np.exp(-x * x)),
+    sp.erfc: (_scipy("erfc"), lambda x: -2 / math.sqrt(math.pi) * np.exp(-x * x)),
+    sp.erfinv: (_scipy("erfinv"), _d_erfinv),
+    sp.loggamma: (_scipy("gammaln"), _scipy("digamma")),
+    sp.sinc: (_sinc, _dsinc),
+    sp.floor: (np.floor, lambda x: np.zeros_like(x)),
+    sp.ceiling: (np.ceil, lambda x: np.zeros_like(x)),
+}
+
+
+def _polygamma(n: int):
+    from scipy.special import polygamma
+
+    return (lambda x: polygamma(n, x)), (lambda x: polygamma(n + 1, x))
+
+
+def evaluate(expr: sp.Expr, env: dict, ctx: Ctx) -> Approx:
+    """``expr`` over the arrays in ``env`` (symbol -> Approx), in Approx arithmetic."""
+    memo: dict = {}
+    with np.errstate(all="ignore"):
+        return _eval(expr, env, ctx, memo)
+
+
+def _eval(expr, env, ctx, memo) -> Approx:
+    got = memo.get(expr)
+    if got is not None:
+        return got
+    out = _eval_node(expr, env, ctx, memo)
+    memo[expr] = out
+    return out
+
+
+def _number(c, ctx: Ctx) -> Approx:
+    return Approx(np.float64(float(c)), constant_error(c, ctx))
+
+
+def _eval_node(expr, env, ctx, memo) -> Approx:
+    if expr.is_Symbol:
+        return env[expr]
+    if expr.is_Number:
+        return _number(expr, ctx)
+    if expr in (sp.pi, sp.E):  # irrational: half an ulp of float64 (its float value is rounded)
+        return Approx(np.float64(float(expr)), max(constant_error(float(expr), ctx), 0.5 * float(expr)))
+    if expr.is_Add:
+        terms = [_eval(a, env, ctx, memo) for a in expr.args]
+        out = terms[0]
+        for t in terms[1:]:
+            out = add(out, t)
+        return out
+    if expr.is_Mul:
+        coeff, rest = expr.as_coeff_Mul()
+        if coeff != 1 and _power_of_two(coeff):  # -x, x/2, 4x: scaling by ±2**k does not round
+            inner = _eval(rest, env, ctx, memo)
+            c = float(coeff)
+            return Approx(c * inner.v, abs(c) * inner.e, *(() if not inner.banded else
+                                                         signed_band(np.float64(c), inner.lo, inner.hi)))
+        factors = [_eval(a, env, ctx, memo) for a in expr.args]
+        out = factors[0]
+        for f in factors[1:]:
+            out = mul(out, f)
+        return out
+    if expr.is_Pow:
+        return _pow(expr, env, ctx, memo)
+    if isinstance(expr, sp.Piecewise):
+        return _piecewise(expr, env, ctx, memo)
+    if isinstance(expr, sp.polygamma):
+        n = int(expr.args[0])
+        fn, dfn = _polygamma(n)
+        return _apply(fn, dfn, _eval(expr.args[1], env, ctx, memo))
+    if isinstance(expr, sp.atan2):
+        y, x = (_eval(a, env, ctx, memo) for a in expr.args)
+        v = np.arctan2(y.v, x.v)
+        r2 = x.v**2 + y.v**2
+        e = (np.abs(x.v) * y.e + np.abs(y.v) * x.e) / r2 + TRANSCENDENTAL_ULPS * np.abs(v)
+        if not (x.banded or y.banded):
+            return Approx(v, e)
+        width = (np.abs(x.v) * y.band() + np.abs(y.v) * x.band()) / r2
+        return Approx(v, e, width, width)
+    fn = FUNCTIONS.get(expr.func)
+    if fn is not None and len(expr.args) == 1:
+        return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo))
+    if isinstance(expr, (sp.Abs, sp.sign, sp.Max, sp.Min, sp.Heaviside)):
+        return _eval(_as_piecewise(expr), env, ctx, memo)
+    raise NotImplementedError(f"the scalar evaluator has no rule for {expr.func.__name__} (in {sp.sstr(expr)[:80]})")
+
+
+def _power_of_two(c) -> bool:
+    f = abs(float(c))
+    return f != 0 and math.isfinite(f) and math.frexp(f)[0] == 0.5
+
+
+def _apply(fn, dfn, a: Approx) -> Approx:
+    v = np.asarray(fn(a.v), np.float64)
+    slope = np.asarray(dfn(a.v), np.float64)
+    e = np.abs(slope) * a.e + TRANSCENDENTAL_ULPS * np.abs(v)
+    return _with_band(v, e, slope, a)
+
+
+def _with_band(v, e, slope, a: Approx) -> Approx:
+    """A smooth function of ``a``: its band carried through the (signed) slope, to first order."""
+    if not a.banded:
+        return Approx(v, e)
+    return Approx(v, e, *signed_band(np.where(np.isfinite(slope), slope, 0.0), a.lo, a.hi))
+
+
+def _pow(expr, env, ctx, memo) -> Approx:
+    base, exp = expr.args
+    b = _eval(base, env, ctx, memo)
+    if exp.is_Integer:
+        k = int(exp)
+        v = b.v**k if k >= 0 else 1.0 / b.v ** (-k)
+        slope = k * b.v ** (k - 1) if k != 0 else np.zeros(b.shape)
+        roundings = 0 if k in (0, 1) else max(1, math.ceil(math.log2(abs(k)))) + (1 if k < 0 else 0)
+        if k == -1:
+            roundings = 1
+        return _with_band(v, np.abs(slope) * b.e + roundings * np.abs(v), slope, b)
+    if exp.is_Number:
+        k = float(exp)
+        v = b.v**k
+        slope = k * b.v ** (k - 1)
+        ulps = 1.0 if k in (0.5, -0.5) else TRANSCENDENTAL_ULPS  # sqrt/rsqrt round once (correctly rounded)
+        e = np.abs(slope) * b.e + (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
+        return _with_band(v, e, slope, b)
+    x = _eval(exp, env, ctx, memo)  # b ** x = exp(x log b)
+    v = b.v**x.v
+    d_b = np.abs(x.v * b.v ** (x.v - 1))
+    d_x = np.abs(v * np.log(np.where(b.v > 0, b.v, 1.0)))
+    e = d_b * b.e + d_x * x.e + TRANSCENDENTAL_ULPS * np.abs(v)
+    if not (b.banded or x.banded):
+        return Approx(v, e)
+    width = d_b * b.band() + d_x * x.band()
+    return Approx(v, e, width, width)
+
+
+def _as_piecewise(expr):
+    a = expr.args
+    if isinstance(expr, sp.Abs):
+        return sp.Piecewise((a[0], a[0] > 0), (0, sp.Eq(a[0], 0)), (-a[0], True))
+    if isinstance(expr, sp.sign):
+        return sp.Piecewise((1, a[0] > 0), (0, sp.Eq(a[0], 0)), (-1, True))
+    if isinstance(expr, sp.Heaviside):
+        return sp.Piecewise((1, a[0] > 0), (0, True))
+    if isinstance(expr, (sp.Max, sp.Min)):
+        out = a[0]
+        for other in a[1:]:
+            cond = out >= other if isinstance(expr, sp.Max) else out <= other
+            out = sp.Piecewise((out, cond), (other, True))
+        return out
+    raise NotImplementedError(expr)
+
+
+_REL = {sp.StrictGreaterThan: np.greater, sp.StrictLessThan: np.less, sp.GreaterThan: np.greater_equal,
+        sp.LessThan: np.less_equal, sp.Equality: np.equal, sp.Unequality: np.not_equal}
+
+
+def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, uncertain) of a condition at every entry (Note [Kinks in the scalar evaluator])."""
+    if cond is sp.true:
+        return np.bool_(True), np.bool_(False)
+    if cond is sp.false:
+        return np.bool_(False), np.bool_(False)
+    if type(cond) in _REL:
+        lhs, rhs = (_eval(s, env, ctx, memo) for s in cond.args)
+        diff = lhs.v - rhs.v
+        truth = _REL[type(cond)](lhs.v, rhs.v)
+        # comparing is exact: only the operands' own rounding (and bands) can move an entry across.
+        # An ordering (x > 0) is on its kink when the operands are equal; an (in)equality test of
+        # exact values (a 0/1 mask against 0) is not: it only flips if its operands can move.
+        slack = KINK_ULPS * ctx.eps * (lhs.e + rhs.e) + lhs.band() + rhs.band()
+        if isinstance(cond, (sp.Equality, sp.Unequality)):
+            return truth, (slack > 0) & (np.abs(diff) <= slack)
+        return truth, np.abs(diff) <= slack
+    if isinstance(cond, (sp.And, sp.Or)):
+        parts = [_condition(c, env, ctx, memo) for c in cond.args]
+        op = np.logical_and if isinstance(cond, sp.And) else np.logical_or
+        truth, unc = parts[0]
+        for t, u in parts[1:]:
+            truth, unc = op(truth, t), np.logical_or(unc, u)
+        return truth, unc
+    if isinstance(cond, sp.Not):
+        t, u = _condition(cond.args[0], env, ctx, memo)
+        return np.logical_not(t), u
+    raise NotImplementedError(f"condition {sp.sstr(cond)[:60]}")
+
+
+def _piecewise(expr, env, ctx, memo) -> Approx:
+    values, truths, uncs = [], [], []
+    for branch, cond in expr.args:
+        values.append(_eval(branch, env, ctx, memo))
+        t, u = _condition(cond, env, ctx, memo)
+        truths.append(t)
+        uncs.append(u)
+    shape = np.broadcast_shapes(*(v.shape for v in values), *(np.shape(t) for t in truths))
+    taken = np.zeros(shape, bool)
+    settled = np.zeros(shape, bool)  # an earlier branch holds for certain
+    v = np.zeros(shape)
+    e = np.zeros(shape)
+    picks = []
+    for val, t, u in zip(values, truths, uncs):
+        now = np.broadcast_to(t, shape) & ~taken
+        v = np.where(now, val.v, v)
+        e = np.where(now, val.e, e)
+        possible = (np.broadcast_to(t, shape) | np.broadcast_to(u, shape)) & ~settled
+        picks.append(possible)
+        taken |= now
+        settled |= np.broadcast_to(t, shape) & ~np.broadcast_to(u, shape)
+    lo, hi = np.zeros(shape), np.zeros(shape)
+    for val, possible in zip(values, picks):
+        val_lo, val_hi = val.sides()
+        with np.errstate(invalid="ignore"):
+            below = np.where(possible, v - (val.v - val_lo), 0.0)  # how far under the taken value it may go
+            above = np.where(possible, (val.v + val_hi) - v, 0.0)
+        lo = np.maximum(lo, np.where(np.isfinite(below), below, 0.0))
+        hi = np.maximum(hi, np.where(np.isfinite(above), above, 0.0))
+        e = np.where(possible, np.maximum(e, np.where(np.isfinite(val.e), val.e, 0.0)), e)
+    return Approx(v, e, lo, hi)

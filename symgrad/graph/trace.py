@@ -1,0 +1,260 @@
+"""Trace torch code into the op graph: ``make_fx`` down to core ATen ops, then one handler per op.
+
+Stage "trace": a module, a plain torch function or a reference forward is run once under
+``torch.fx.experimental.proxy_tensor.make_fx`` (functionalized, with torch's own decompositions
+of composite ops such as ``layer_norm``, ``silu``, ``nll_loss`` and ``lstm``), and every ATen call
+of the resulting graph becomes core nodes through the handler table of ``symgrad.graph.aten``.
+
+Constant folding: a call none of whose tensor arguments depends on an input or parameter (target
+masks, class-index arithmetic, buffers) runs in torch at float64 and becomes a constant leaf.
+Integer results that depend on floats (the indices of ``max.dim``) are taken from the traced run.
+"""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import sympy as sp
+
+from ..errors import InputError, UnsupportedOp
+from .approx import Approx
+from .ir import Graph, Node
+from .scalar import Ctx
+
+__all__ = ["Builder", "trace_callable", "decompositions", "number"]
+
+_DECOMPOSE = (
+    "gelu", "native_layer_norm", "silu", "native_group_norm",
+    "_native_batch_norm_legit_no_training", "native_batch_norm", "mish", "hardswish",
+    "hardsigmoid", "nll_loss_forward", "nll_loss2d_forward", "elu", "softplus", "leaky_relu",
+    "hardtanh", "glu", "lstm", "gru", "rnn_tanh", "rnn_relu", "linalg_vector_norm", "cumsum", "addmm",
+    "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu", "mse_loss", "binary_cross_entropy",
+    "binary_cross_entropy_with_logits", "huber_loss", "smooth_l1_loss", "soft_margin_loss", "log_sigmoid_forward",
+    "logit", "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "upsample_bilinear2d", "upsample_nearest2d",
+    "pixel_shuffle", "rrelu_with_noise", "threshold", "softshrink", "hardshrink", "celu", "selu", "prelu",
+    "_prelu_kernel", "addcmul", "addcdiv", "lerp", "xlogy", "logaddexp", "hypot", "cumprod", "norm", "dist",
+    "mv", "dot", "vdot", "addmv", "addr", "outer", "triu", "tril", "diag_embed", "trace", "std", "var_mean",
+    "std_mean", "frac", "nan_to_num", "sinc", "deg2rad", "rad2deg", "log10", "log2", "exp2", "special_xlog1py",
+    "huber_loss", "multilabel_margin_loss_forward", "_euclidean_dist", "cosine_similarity", "logcumsumexp",
+    "native_dropout", "margin_ranking_loss", "poisson_nll_loss", "kl_div", "cosine_embedding_loss",
+    "hinge_embedding_loss", "triplet_margin_loss", "multi_margin_loss", "im2col", "col2im", "reflection_pad1d",
+    "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d",
+    "avg_pool1d", "max_pool1d", "linalg_cross", "roll", "rot90", "repeat", "unfold", "embedding_dense_backward",
+)
+
+_TABLE = None
+
+
+def decompositions() -> dict:
+    """torch's core-ATen decompositions plus those of the composites above (built once per process)."""
+    global _TABLE
+    if _TABLE is None:
+        import torch
+        import torch._decomp as decomp
+
+        packets = [getattr(torch.ops.aten, n) for n in _DECOMPOSE if hasattr(torch.ops.aten, n)]
+        # the core-ATen table itself (torch.export's public helper also collects every implicit op,
+        # half a second, which make_fx decomposes on its own anyway)
+        table = dict(decomp._core_aten_decompositions_post_autograd())
+        table.update(decomp.get_decompositions(packets))
+        keep = {"convolution", "max_pool2d_with_indices", "avg_pool2d", "avg_pool3d", "max_pool3d_with_indices",
+                "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p"}
+        _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
+    return _TABLE
+
+
+def trace_callable(fn, args: tuple):
+    """``fn(*args)`` as an fx graph of core ATen ops (every tensor op ``fn`` runs, once)."""
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def run(wrapped):
+        with warnings.catch_warnings(), _no_stack_capture():
+            warnings.simplefilter("ignore")
+            with torch.backends.mkldnn.flags(enabled=False):  # the decomposed RNNs, not oneDNN's kernel
+                return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real")(*args)
+
+    try:
+        try:
+            return run(torch.func.functionalize(fn, remove="mutations_and_views"))
+        except RuntimeError as err:
+            if "setup_context" not in str(err):
+                raise
+            # an autograd.Function in the old style (forward(ctx, ...)): functorch transforms refuse
+            # it, so trace without functionalization (in-place ops are then read as out-of-place ones,
+            # and the forward row catches any aliasing this misreads)
+            return run(fn)
+    except UnsupportedOp:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch's tracer raises many kinds
+        raise UnsupportedOp(
+            f"torch could not trace the function into ATen ops ({type(err).__name__}: {str(err)[:300]}). "
+            "Code that leaves torch (numpy, .item(), Python control flow on values) cannot be traced: "
+            "pass symbolic= with a reference forward written in torch ops."
+        ) from err
+
+
+@contextmanager
+def _no_stack_capture():
+    """make_fx in real mode makes a FakeTensorMode for every node's metadata, and each one records
+    the Python stack for debugging (3 ms a node: seconds for an LSTM); symgrad never reads it."""
+    from torch._subclasses import fake_tensor
+
+    saved = fake_tensor.traceback
+    fake_tensor.traceback = _NoTraceback()
+    try:
+        yield
+    finally:
+        fake_tensor.traceback = saved
+
+
+class _NoTraceback:
+    def __getattr__(self, name):
+        return getattr(traceback, name)
+
+    @staticmethod
+    def extract_stack(*args, **kwargs):
+        return traceback.StackSummary()
+
+
+def number(v) -> sp.Expr:
+    """A Python scalar from the traced graph as a SymPy number (never a string: Note in the guide)."""
+    if isinstance(v, (bool, np.bool_)):
+        return sp.Integer(int(v))
+    if isinstance(v, (int, np.integer)):
+        return sp.Integer(int(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if f.is_integer() and abs(f) < 2**53:
+            return sp.Integer(int(f))
+        if f == float("inf"):
+            return sp.oo
+        if f == float("-inf"):
+            return -sp.oo
+        return sp.Float(f)
+    raise InputError(f"a scalar argument of the traced graph is a {type(v).__name__} ({v!r:.40}); only numbers "
+                     "are accepted as op parameters")
+
+
+class Builder:
+    """Builds a :class:`Graph` from an fx graph, op by op (handlers in ``symgrad.graph.aten``)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self._const_nodes: dict = {}
+        self.fx_node = None  # the fx node being converted (for error messages and origins)
+        self._values: dict = {}
+
+    # ------------------------------------------------------------------ leaves and constants
+    def leaf(self, name: str, value, role: str) -> Node:
+        node = Node("leaf", attrs={"role": role, "value": np.asarray(value, np.float64), "error": 0.0},
+                    shape=np.shape(value), name=name)
+        self.graph.inputs[name] = node
+        return self.graph.add(node)
+
+    def const(self, t, error: float = 0.0) -> Node:
+        """A constant tensor as a leaf (cached per tensor object)."""
+        key = id(t)
+        got = self._const_nodes.get(key)
+        if got is not None:
+            return got[0]
+        value = t.detach().double().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, np.float64)
+        node = self.graph.add(Node("leaf", attrs={"role": "const", "value": value, "error": error},
+                                   shape=value.shape, name="const"))
+        self._const_nodes[key] = (node, t)
+        return node
+
+    def value_of(self, x):
+        """The float64 value (a torch tensor) of a node built so far: for integer results that depend
+        on floats (the indices of ``max.dim``, ``any``), which are data, not functions to differentiate."""
+        import torch
+
+        if not isinstance(x, Node):
+            return x
+        from .rules import forward
+
+        for node in self.graph.nodes:
+            if node in self._values:
+                continue
+            if node.kind == "leaf":
+                self._values[node] = Approx(node.attrs["value"])
+            else:
+                self._values[node] = forward(node, [self._values[a] for a in node.args], Ctx())
+            if node is x:
+                break
+        return torch.from_numpy(np.array(self._values[x].v))
+
+    def node_of(self, x) -> Node:
+        return x if isinstance(x, Node) else self.const(x)
+
+    def add(self, kind: str, args, shape, **attrs) -> Node:
+        origin = str(getattr(self.fx_node, "target", "")) if self.fx_node is not None else ""
+        name = self.fx_node.name if self.fx_node is not None else ""
+        return self.graph.add(Node(kind, tuple(args), attrs, tuple(shape), name=name, origin=origin))
+
+    # ------------------------------------------------------------------ core node constructors
+    def pointwise(self, fn, operands, shape=None) -> Node:
+        """``fn(*sympy_operands)`` over tensor operands (Nodes or constants) and Python numbers."""
+        from .rules import symbols_for
+
+        tensors = [o for o in operands if _is_tensorish(o)]
+        syms = iter(symbols_for(len(tensors)))
+        sym_ops = [next(syms) if _is_tensorish(o) else number(o) for o in operands]
+        expr = fn(*sym_ops)
+        if not isinstance(expr, sp.Basic):
+            expr = number(expr)
+        nodes = [self.node_of(t) for t in tensors]
+        if shape is None:
+            shape = np.broadcast_shapes(*(n.shape for n in nodes)) if nodes else ()
+        if not nodes:
+            raise UnsupportedOp("a pointwise op with no tensor operand")
+        return self.add("pointwise", nodes, shape, expr=expr)
+
+    def contract(self, spec: str, *xs) -> Node:
+        nodes = [self.node_of(x) for x in xs]
+        ins, out = spec.split("->")
+        sizes = {}
+        for sub, n in zip(ins.split(","), nodes):
+            sizes.update(zip(sub, n.shape))
+        return self.add("contract", nodes, tuple(sizes[c] for c in out), spec=spec)
+
+    def reduce(self, op: str, x, axes, keepdim: bool) -> Node:
+        x = self.node_of(x)
+        axes = tuple(sorted(a % len(x.shape) for a in axes)) if x.shape else ()
+        if not axes:
+            return x
+        shape = [1 if i in axes else d for i, d in enumerate(x.shape)] if keepdim else \
+            [d for i, d in enumerate(x.shape) if i not in axes]
+        return self.add("reduce", [x], shape, op=op, axes=axes, keepdim=keepdim)
+
+    def layout(self, op: str, x, arg) -> Node:
+        x = self.node_of(x)
+        if op == "reshape":
+            shape = tuple(arg)
+            if shape == x.shape:
+                return x
+        elif op == "permute":
+            arg = tuple(a % len(x.shape) for a in arg) if x.shape else ()
+            if arg == tuple(range(len(x.shape))):
+                return x
+            shape = tuple(x.shape[a] for a in arg)
+        else:
+            shape = tuple(arg)
+            if shape == x.shape:
+                return x
+        return self.add("layout", [x], shape, op=op, arg=tuple(arg))
+
+    def select(self, xs, idx: np.ndarray, fill: float = 0.0) -> Node:
+        nodes = [self.node_of(x) for x in xs]
+        return self.add("select", nodes, idx.shape, idx=np.asarray(idx, np.int64), fill=fill)
+
+    def stop(self, x) -> Node:
+        x = self.node_of(x)
+        return self.add("stop", [x], x.shape)
+
+
+def _is_tensorish(x) -> bool:
+    return isinstance(x, Node) or hasattr(x, "dtype") and hasattr(x, "shape") and not isinstance(x, (int, float))

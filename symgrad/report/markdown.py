@@ -1,0 +1,42 @@
+"""GitHub-flavoured markdown: a PR comment's worth.  Each closed form is shown once (in backticks, or
+in a fenced block when it has several lines or is long); failure details in fenced blocks."""
+
+from __future__ import annotations
+
+from .common import closed_form_lines, detail_message, is_long, shown_closed_forms
+from .report import escape_markdown, escape_text, markdown_code
+from .text import table
+
+__all__ = ["render"]
+
+
+def _closed_forms(report) -> list[str]:
+    lines = []
+    for r, same_as in shown_closed_forms(report.records):
+        label = f"- {markdown_code(r.name)} ({r.quantity}{', **unverified**' if not r.verified else ''})"
+        if same_as is not None:
+            lines.append(f"{label}: same as {markdown_code(same_as)}")
+        elif is_long(r.closed_form):
+            body = "\n".join(closed_form_lines(r.closed_form))
+            lines += [f"{label}:", "", "  ````text", *[f"  {escape_text(x)}" for x in body.splitlines()], "  ````"]
+        else:
+            lines.append(f"{label}: {markdown_code(r.closed_form)}")
+    return lines
+
+
+def render(report, level: int = 2) -> str:
+    head = "#" * level
+    status = f"**{'PASS' if report.passed else 'FAIL'}** — {escape_markdown(report.summary())}"
+    if report.parts:
+        return f"{head} {escape_markdown(report.title)}\n\n{status}\n\n" + "\n".join(render(p, level + 1) for p in report.parts)
+    parts = [f"{head} {escape_markdown(report.title)}", "", status, ""]
+    parts += [f"- {escape_markdown(k)}: {escape_markdown(v)}" for k, v in report.meta.items()]
+    parts += ["", table(report, "github")]
+    forms = _closed_forms(report)
+    if forms:
+        parts += ["", f"{head}# Closed forms", "", *forms]
+    details = [detail_message(r) for r in report.noteworthy()]
+    if details:
+        parts += ["", f"{head}# Details", ""]
+        parts += [f"````text\n{escape_text(d)}\n````" for d in details]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,83 @@
+"""Random compositions of supported ops, for the property test and the false-alarm script.
+
+``random_program(draw)`` builds ``f(x) = sum(w * g_k(... g_1(x)))`` from the unary and row-wise ops
+below, each applied where its derivative is well defined and not saturated (so a relative bug in
+the backward is visible in every dtype).  ``scaled(fn, factor)`` is the same function as a custom
+``autograd.Function`` whose backward is torch's own gradient times ``factor``: a seeded bug.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["UNARY", "ROWWISE", "compose", "scaled"]
+
+# name -> (torch function, safe input transform that keeps the op inside its well-conditioned domain)
+UNARY = {
+    "tanh": (torch.tanh, lambda x: x.clamp(-2, 2)),
+    "sigmoid": (torch.sigmoid, lambda x: x.clamp(-4, 4)),
+    "exp": (torch.exp, lambda x: x.clamp(-3, 3)),
+    "log": (torch.log, lambda x: x.abs() + 0.5),
+    "sin": (torch.sin, lambda x: x),
+    "cos": (torch.cos, lambda x: x),
+    "gelu": (F.gelu, lambda x: x.clamp(-3, 3)),
+    "silu": (F.silu, lambda x: x.clamp(-4, 4)),
+    "softplus": (F.softplus, lambda x: x.clamp(-4, 4)),
+    "elu": (F.elu, lambda x: x.clamp(-3, 3)),
+    "square": (torch.square, lambda x: x),
+    "sqrt": (torch.sqrt, lambda x: x.abs() + 0.5),
+    "reciprocal": (torch.reciprocal, lambda x: x.abs() + 0.5),
+    "erf": (torch.erf, lambda x: x.clamp(-2, 2)),
+    "atan": (torch.atan, lambda x: x),
+    "log1p": (torch.log1p, lambda x: x.abs()),
+}
+ROWWISE = {
+    "softmax": lambda x: torch.softmax(x, -1),
+    "log_softmax": lambda x: torch.log_softmax(x, -1),
+    "layer_norm": lambda x: F.layer_norm(x, x.shape[-1:]),
+    "normalize": lambda x: F.normalize(x, dim=-1),
+    "logsumexp": lambda x: torch.logsumexp(x, -1, keepdim=True).expand_as(x) + x,
+    "cumsum": lambda x: torch.cumsum(x, -1),
+    "matmul": lambda x: x @ torch.linspace(-1, 1, x.shape[-1] ** 2, dtype=x.dtype).reshape(x.shape[-1], -1),
+}
+
+
+def compose(names: list[str], weights: torch.Tensor):
+    """``x -> sum(weights * op_k(... op_1(x)))`` (a random cotangent, so a backward that ignores
+    ``grad_output`` is visible too)."""
+
+    def chain(x):
+        for name in names:
+            if name in UNARY:
+                fn, domain = UNARY[name]
+                x = fn(domain(x))
+            else:
+                x = ROWWISE[name](x)
+        return x
+
+    def fn(x):
+        return (weights * chain(x)).sum()
+
+    fn.chain = chain
+    return fn
+
+
+def scaled(fn, factor: float):
+    """``fn`` whose backward is torch's own gradient times ``factor`` (a seeded bug)."""
+
+    class Scaled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return fn(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                xx = x.detach().requires_grad_()
+                (grad,) = torch.autograd.grad(fn(xx), xx, g)
+            return grad * factor
+
+    return Scaled.apply

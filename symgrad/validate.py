@@ -1,0 +1,222 @@
+"""Checks of what the user hands to ``symgrad.check`` before anything runs.
+
+Each refuses one kind of bad input with an ``InputError`` (or ``UnsupportedOp``) whose message
+names the cause and the fix in one short paragraph: a callable that is not one, TorchScript and
+``torch.compile`` wrappers, inputs that do not fit the function's parameters (too many, too few, a
+dict whose names are not its parameters), names that would collide with element symbols, sparse,
+non-finite and meta-device tensors, forward hooks the symbolic twin would not run, forwards that
+return no single tensor, and keywords a ``via`` or backend would silently ignore.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Mapping
+
+import numpy as np
+
+from .errors import InputError, UnsupportedOp
+
+__all__ = ["check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite",
+           "refuse_hooks", "refuse_meta", "refuse_non_tensor_output", "check_backend", "check_via_keywords",
+           "recursion_guard", "BACKENDS"]
+
+BACKENDS = ("auto", "symengine", "sympy")
+
+
+def check_callable(fn, what: str = "fn") -> None:
+    """``fn`` must be a Python callable symgrad can trace: not a number, not TorchScript, not a
+    ``torch.compile`` wrapper (whose Python forward fx cannot see)."""
+    if fn is None:
+        return
+    import torch
+
+    if isinstance(fn, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        raise UnsupportedOp(
+            f"{what} is a TorchScript {type(fn).__name__} (torch.jit.script / trace): it no longer has the Python "
+            "forward that symgrad imports with torch.fx. Check the original nn.Module or function, before scripting; "
+            "the derivatives TorchScript computes are the same autograd formulas.")
+    orig = getattr(fn, "_orig_mod", None) or getattr(fn, "_torchdynamo_orig_callable", None)
+    if orig is not None:
+        raise UnsupportedOp(
+            f"{what} is wrapped by torch.compile ({type(fn).__name__}), whose forward torch.fx cannot trace. Check "
+            f"the original: symgrad.check(model._orig_mod, ...) for a compiled module (or the function you passed "
+            "to torch.compile).")
+    if not callable(fn):
+        raise InputError(
+            f"{what} is a {type(fn).__name__} ({str(fn)[:40]}), not a callable: pass the torch function or nn.Module "
+            "to check, e.g. symgrad.check(lambda x: torch.tanh(x).sum(), (x,)), or fn=None with symbolic=...")
+
+
+def _positional(f):
+    """``(names, required, varargs)`` of ``f``'s positional parameters, or None without a signature."""
+    import sympy as sp
+
+    if f is None or isinstance(f, sp.Basic) or not callable(f):
+        return None
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.default is p.empty]
+    return names, required, any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _label(f) -> str:
+    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or type(f).__name__
+    return name.replace(".<locals>", "")
+
+
+def arrange_inputs(fns, inputs) -> dict | tuple:
+    """``inputs`` fitted to the first of ``fns`` that has a signature: a dict reordered to its
+    parameters' order (the function is called positionally, the SymPy expression matched by name);
+    too many or too few inputs, and dict names that are not its parameters, refused."""
+    sig = next((s for s in map(_positional, fns) if s is not None), None)
+    f = next((f for f in fns if _positional(f) is not None), None)
+    if sig is None:
+        return inputs
+    names, required, varargs = sig
+    if isinstance(inputs, Mapping):
+        keys = list(inputs)
+        if varargs or not set(keys) & set(names):
+            return inputs  # f(*args), or names unrelated to the parameters: the dict's order is the order
+        unknown = [k for k in keys if k not in names]
+        if unknown:
+            raise InputError(f"inputs {', '.join(map(repr, unknown))} are not parameters of {_label(f)}"
+                             f"({', '.join(names)}): name every input as its parameter is named, or pass a tuple "
+                             "in the parameters' order")
+        missing = [n for n in required if n not in inputs]
+        if missing:
+            raise InputError(f"{_label(f)}({', '.join(names)}) needs {', '.join(map(repr, missing))}, which "
+                             f"inputs does not give (it gives {', '.join(map(repr, keys))}); add "
+                             f"{'it' if len(missing) == 1 else 'them'} to inputs")
+        return {n: inputs[n] for n in names if n in inputs}
+    n = len(inputs)
+    if not varargs and n > len(names):
+        raise InputError(f"{n} inputs were given but {_label(f)}({', '.join(names)}) takes {len(names)}: pass "
+                         "one tensor per parameter (a tensor it closes over need not be an input)")
+    if n < len(required):
+        raise InputError(f"{_label(f)}({', '.join(names)}) needs {len(required)} inputs but {n} were given: "
+                         f"pass {', '.join(map(repr, required[n:]))} too")
+    return inputs
+
+
+def check_names(names) -> None:
+    """Input and parameter names must not look like element names (``x[0]``): the elements of
+    ``x`` are the symbols ``x[0]``, ``x[1]``, ... and the two would become one symbol."""
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise InputError(f"input name {name!r} is not a non-empty string; name inputs with strings like 'x'")
+        if any(c in name for c in "[]") or name != name.strip():
+            raise InputError(f"input or parameter name {name!r} contains brackets or surrounding spaces, which "
+                             "symgrad reserves for element names (the entries of 'x' are the symbols 'x[0]', "
+                             "'x[1]', ...): two different things would become one symbol. Rename it, e.g. "
+                             f"{name.replace('[', '_').replace(']', '').replace(' ', '')!r}")
+
+
+def check_wrt_type(wrt) -> None:
+    if wrt is None or isinstance(wrt, str):
+        return
+    if isinstance(wrt, (list, tuple, set, frozenset)) and all(isinstance(w, str) for w in wrt):
+        return
+    raise InputError(f"wrt={wrt!r} is a {type(wrt).__name__}; wrt names inputs (or parameters) by name: "
+                     "wrt='x' or wrt=['x', 'W'] (leave it out to differentiate every input that requires grad)")
+
+
+def refuse_nonfinite(tensors: Mapping[str, object], what: str = "input") -> None:
+    """NaN or +-inf in a value the check evaluates at: refused, naming the first such entry."""
+    for name, t in tensors.items():
+        if t is None or not hasattr(t, "is_floating_point") or not t.is_floating_point() or t.device.type == "meta":
+            continue
+        bad = ~np.isfinite(t.detach().double().cpu().numpy())
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            value = float(t.detach().double().cpu().numpy()[index])
+            at = f"{name}[{', '.join(map(str, index))}]" if index else name
+            raise InputError(f"{what} {name!r} holds {int(bad.sum())} non-finite value(s) (first: {at} = {value}); "
+                             "derivatives are checked at finite points only, and a NaN/inf would show as a "
+                             "disagreement of the forwards. Pass finite values (for a mask, a large finite "
+                             "number such as torch.finfo(dtype).min instead of -inf).")
+
+
+def refuse_hooks(model) -> None:
+    """Forward (pre-)hooks change what the module computes, and the symbolic twin does not run them."""
+    import torch.nn.modules.module as M
+
+    if getattr(M, "_global_forward_hooks", None) or getattr(M, "_global_forward_pre_hooks", None):
+        raise InputError("a global forward hook is registered (torch.nn.modules.module.register_module_forward_hook); "
+                         "symgrad's symbolic twin does not run hooks, so it would check another function. Remove "
+                         "the hook (handle.remove()) while checking.")
+    for qual, mod in model.named_modules():
+        if mod._forward_hooks or mod._forward_pre_hooks:
+            where = f"module {qual!r} ({type(mod).__name__})" if qual else type(mod).__name__
+            raise InputError(f"{where} has a forward hook or pre-hook; symgrad's symbolic twin does not run hooks, "
+                             "so it would check another function than torch runs. Remove it while checking "
+                             "(handle.remove()), or move what it does into forward.")
+
+
+def refuse_meta(model) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.device.type == "meta":
+            raise InputError(f"the model's {name!r} is on the meta device: it has a shape but no values, so "
+                             "there is nothing to evaluate. Give it real weights first, e.g. "
+                             "model.to_empty(device='cpu') and then model.load_state_dict(...)")
+
+
+def refuse_non_tensor_output(gm, who: str) -> None:
+    """The traced forward must return one tensor (not a tuple, dict, None or a string)."""
+    out = next((n for n in gm.graph.nodes if n.op == "output"), None)
+    if out is None:
+        return
+    value = out.args[0]
+    if isinstance(value, (tuple, list)):
+        kind, fix = f"a {type(value).__name__} of {len(value)}", "return out[0] (the loss or logits) alone"
+    elif isinstance(value, dict):
+        kind, fix = f"a dict (keys {', '.join(map(repr, list(value)[:4]))})", "return one of its values"
+    elif value is None:
+        kind, fix = "None", "add the missing return statement"
+    elif isinstance(value, (str, bytes, int, float, bool)):
+        kind, fix = f"a {type(value).__name__} ({str(value)[:30]!r})", "return a tensor"
+    else:
+        return
+    raise InputError(f"{who} returns {kind}, not one tensor: symgrad differentiates a single tensor output. "
+                     f"Fix: wrap it so that it returns one tensor, e.g. {fix}, as in "
+                     "symgrad.check(lambda x: model(x)[0], ...) or a small nn.Module around the model.")
+
+
+def check_backend(backend) -> None:
+    if backend not in BACKENDS:
+        raise InputError(f"backend={backend!r} is not a backend symgrad knows; choose one of {', '.join(BACKENDS)} "
+                         "('auto' = symengine; 'sympy' cross-checks it with SymPy's diff)")
+
+
+def check_via_keywords(via: str, quantity: str, v, tangents) -> None:
+    """``v=`` and ``tangents=`` must be used by the ``via`` named."""
+    if v is not None and quantity not in ("vjp",):
+        raise InputError(f"v= (a cotangent) is given but via={via!r} computes a {quantity}, which does not use it: "
+                         "drop v, or use via='backward' / 'functional.vjp' to check v-weighted gradients")
+    if tangents is not None and quantity != "jvp":
+        raise InputError(f"tangents= is given but via={via!r} computes a {quantity}, which does not use them: "
+                         "drop tangents, or use via='functional.jvp' / 'func.jvp'")
+
+
+def recursion_guard(fn):
+    """A RecursionError (a SymPy expression nested hundreds deep) as an error naming cause and fix."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RecursionError:
+            import sys
+
+            raise UnsupportedOp(
+                f"the check hit Python's recursion limit ({sys.getrecursionlimit()}), most often because the symbolic "
+                "forward is nested too deeply: SymPy and symengine walk an expression recursively, so a function "
+                "applied hundreds of times in a row (sin(sin(...))) exceeds it. Fix: raise the limit before "
+                "checking (sys.setrecursionlimit(20000)), or check a shallower composition.") from None
+
+    return wrapper

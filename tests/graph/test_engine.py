@@ -1,0 +1,130 @@
+"""The tensor back end's pieces: pointwise work at numpy's cost, kinks, the adjoint cross-check,
+the memory guard, and the SymPy functions with torch's derivative forms."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+import symgrad as sg
+from symgrad.graph import rules
+from symgrad.graph.functions import DEFINITIONS
+
+DTYPES = [torch.float64, torch.float32]
+
+
+def custom(forward, backward):
+    """A custom autograd.Function from a forward and a backward(x, g)."""
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return forward(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return backward(x, g)
+
+    return Fn.apply
+
+
+def silu_backward(x, g, scale=1.0):
+    s = torch.sigmoid(x)
+    return g * s * (1 + x * (1 - s)) * scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_custom_silu_on_4096_elements_gets_a_verdict_fast(dtype):
+    x = torch.randn(64, 64, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    good = custom(torch.nn.functional.silu, silu_backward)
+    delta = 1e-6 if dtype == torch.float64 else 1e-3
+    bad = custom(torch.nn.functional.silu, lambda x, g: silu_backward(x, g, 1 + delta))
+    start = time.perf_counter()
+    ok = sg.check(good, {"x": x})
+    wrong = sg.check(bad, {"x": x})
+    assert time.perf_counter() - start < 30  # was a MemoryError after minutes
+    assert ok.passed, ok.to_text()
+    assert not wrong.passed
+    assert ok.meta["engine"].startswith("graph") and ok.meta["quantity"].startswith("vjp")
+
+
+def test_backward_ignoring_grad_output_is_caught_by_random_cotangents():
+    x = torch.randn(50, 50, dtype=torch.float64)
+    ignores_g = custom(torch.tanh, lambda x, g: 1 - torch.tanh(x) ** 2)
+    assert not sg.check(ignores_g, {"x": x}).passed
+
+
+def test_tanh_sum_on_a_million_entries():
+    x = torch.randn(1000, 1000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    start = time.perf_counter()
+    report = sg.check(lambda x: sg.tanh(x).sum(), {"x": x})
+    assert report.passed, report.to_text()
+    assert time.perf_counter() - start < 30  # did not finish before
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_relu_on_its_kink(dtype):
+    x = torch.tensor([[-1.0, 0.0, 2.0], [0.0, 3.0, -0.5]], dtype=dtype)
+    w = torch.randn(3, 4, dtype=dtype)
+    fn = lambda x, w: (torch.relu(x) @ w).pow(2).sum()  # noqa: E731
+    assert sg.check(fn, {"x": x, "w": w}, engine="graph").passed
+    # relu'(0) taken as 1 is a subgradient choice: inside the band, passes (kink)
+    one_sided = custom(lambda x: x.clamp(min=0), lambda x, g: g * (x >= 0).to(g.dtype))
+    report = sg.check(lambda x, w: (one_sided(x) @ w).pow(2).sum(), {"x": x, "w": w}, engine="graph")
+    assert report.passed and report["x"].kinks > 0
+    # relu'(0) = 2 is no one-sided derivative: fails
+    two = custom(lambda x: x.clamp(min=0), lambda x, g: g * torch.where(x == 0, 2.0, (x > 0).to(g.dtype)).to(g.dtype))
+    assert not sg.check(lambda x, w: (two(x) @ w).pow(2).sum(), {"x": x, "w": w}, engine="graph").passed
+
+
+def test_max_pool_ties_are_kinks():
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    x[0, 0, 0, 0] = x[0, 0, 0, 1] = 1.0  # a tie inside one window
+    report = sg.check(lambda x: torch.nn.functional.max_pool2d(x, 2).pow(2).sum() + x.sum(), {"x": x}, engine="graph")
+    assert report.passed, report.to_text()
+
+
+def test_a_wrong_tensor_rule_never_passes(monkeypatch):
+    real = rules._vjp_layout
+
+    def wrong(node, a, g):  # a permute whose adjoint forgets to invert the permutation
+        if node.attrs["op"] == "permute":
+            return g.map(lambda t: np.transpose(t, node.attrs["arg"]).reshape(a.shape))
+        return real(node, a, g)
+
+    monkeypatch.setattr(rules, "_vjp_layout", wrong)
+    from symgrad.graph import crosscheck
+
+    monkeypatch.setattr(crosscheck, "_PASSED", set())
+    x, w = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    fn = lambda x, w: torch.tanh(x.permute(1, 2, 0) @ w).sum()  # noqa: E731 - (3, 4, 2) @ (2, 5)
+    report = sg.check(fn, {"x": x, "w": w}, engine="graph")
+    assert not report.passed
+    assert any("adjoint cross-check" in r.note for r in report.records)
+
+
+def test_memory_guard_refuses_a_huge_exploded_check_quickly():
+    x = torch.randn(300, 300, dtype=torch.float64)
+    start = time.perf_counter()
+    with pytest.raises(sg.InputError, match=r"memory budget.*engine='graph'"):
+        sg.check(lambda x: torch.tanh(x).sum(), {"x": x}, engine="elementwise", memory_budget=10 * 2**20)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("fn", list(DEFINITIONS))
+def test_torch_form_derivatives_equal_sympy_diff(fn):
+    """Each function's derivative, written in the form torch evaluates, is the textbook one:
+    symbolically (the printed form) and in value."""
+    x = sp.Symbol("x", real=True)
+    ours = sp.diff(fn(x), x)
+    textbook = sp.diff(DEFINITIONS[fn](x), x)
+    rewritten = ours.replace(fn, lambda a: DEFINITIONS[fn](a))
+    assert sp.simplify(rewritten - textbook) == 0
+    for point in (-2.5, -0.3, 0.7, 3.0):
+        assert float(rewritten.subs(x, point)) == pytest.approx(float(textbook.subs(x, point)), rel=1e-12)

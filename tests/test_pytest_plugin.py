@@ -1,0 +1,122 @@
+"""The pytest plugin and symgrad.testing: assert_close-style failures, HTML reports, xdist-safe names."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.testing import assert_gradients, dtypes, engines, report_path
+
+pytest_plugins = ["pytester"]
+
+TEST_FILE = '''
+import torch
+import symgrad as sg
+from symgrad.testing import dtypes
+
+
+class IgnoresGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return 1 - y * y  # the classic bug: grad_output ignored
+
+
+class GoodTanh(IgnoresGrad):
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+@dtypes("float64", "float32")
+def test_good(symgrad_check, dtype):
+    x = torch.linspace(-1, 1, 6, dtype=dtype).reshape(2, 3)
+    symgrad_check(GoodTanh.apply, {"x": x}, symbolic=sg.tanh, v=torch.randn(2, 3, dtype=dtype))
+
+
+def test_bad(symgrad_check):
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64).reshape(2, 3)
+    symgrad_check(IgnoresGrad.apply, {"x": x}, symbolic=sg.tanh, v=torch.randn(2, 3, dtype=torch.float64))
+'''
+
+
+def test_plugin_passes_good_and_fails_bad_with_a_report(pytester):
+    pytester.makepyfile(test_grads=TEST_FILE)
+    report_dir = pytester.path / "reports"
+    result = pytester.runpytest("-p", "symgrad.pytest_plugin", f"--symgrad-report-dir={report_dir}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    assert "GradientMismatch" in out and "vjp of x: FAIL" in out
+    assert "Worst entries (autograd | closed form | difference | allowed):" in out
+    assert "Closed form of x[" in out
+    written = sorted(report_dir.glob("*.html"))
+    assert len(written) == 1 and written[0].name.startswith("test_grads.py_test_bad-main-")
+    assert f"HTML report: {written[0]}" in out
+    assert "symgrad reports" in out and str(written[0]) in out.split("symgrad reports")[-1]
+    assert written[0].read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="pytest-xdist is not installed")
+def test_plugin_under_xdist(pytester, monkeypatch):
+    root = str(Path(sg.__file__).resolve().parents[1])  # the workers import this checkout's symgrad
+    monkeypatch.setenv("PYTHONPATH", root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    pytester.makepyfile(test_grads=TEST_FILE)
+    report_dir = pytester.path / "reports"
+    result = pytester.runpytest_subprocess("-p", "symgrad.pytest_plugin", "-n", "2",
+                                           f"--symgrad-report-dir={report_dir}")
+    result.assert_outcomes(passed=2, failed=1)
+    written = list(report_dir.glob("*.html"))
+    assert len(written) == 1 and re.search(r"-gw\d-", written[0].name)
+    assert str(written[0]) in result.stdout.str()
+
+
+def test_assert_gradients_message_and_unique_paths(tmp_path):
+    class Off(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.sin()
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x.cos() * 1.01
+
+    x = torch.tensor([0.5, 1.5, -2.0], dtype=torch.float64)
+    ok = assert_gradients(lambda x: x.sin() * 2, {"x": x}, v=torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64),
+                          report_dir=tmp_path)
+    assert ok.passed and not list(tmp_path.iterdir())  # nothing written for a pass
+    with pytest.raises(sg.GradientMismatch) as info:
+        assert_gradients(Off.apply, {"x": x}, symbolic=sg.sin, v=torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64),
+                         report_dir=tmp_path, report_name="off by 1%")
+    msg = str(info.value)
+    assert "Mismatched elements: 3 / 3" in msg
+    assert re.search(r"x\[2\]: -0\.8\d+ \| -0\.8\d+ \|", msg)  # the worst entry with both values
+    assert "Closed form of x[2]: v[2]*cos(x[2])" in msg
+    path = msg.split("HTML report: ")[1].strip()
+    assert path.startswith(str(tmp_path)) and "off_by_1" in path
+    assert len({report_path(tmp_path, "same") for _ in range(50)}) == 50
+
+
+def test_parametrisation_helpers():
+    mark = dtypes()
+    assert mark.args[0] == "dtype" and mark.args[1] == [torch.float64, torch.float32]
+    assert mark.kwargs["ids"] == ["float64", "float32"]
+    assert engines("matrix").args[1] == ["matrix"]
+    with pytest.raises(ValueError, match="not torch dtypes"):
+        dtypes("float128x")
+    with pytest.raises(ValueError, match="unknown engines"):
+        engines("numeric")
