@@ -191,12 +191,13 @@ def _in_ulps(rec: Record, e, a, diff, allowed, judged_mask, dtype: str) -> None:
     excess = np.where(judged_mask & (allowed == 0) & (diff > 0), np.inf, excess)
     i = np.unravel_index(int(np.argmax(err_ulps)), e.shape)
     rec.max_ulps, rec.ulps_index = float(err_ulps[i]), tuple(int(k) for k in i)
-    rec.allowed_ulps = float(allowed[i] / unit[i])
     order = np.argsort(-excess, axis=None, kind="stable")[:WORST_SHOWN]
-    rec.worst = [WorstEntry(tuple(int(k) for k in np.unravel_index(int(j), e.shape)), float(a.flat[j]), float(e.flat[j]),
-                            float(diff.flat[j]), float(err_ulps.flat[j]), float(allowed.flat[j]),
-                            float(allowed.flat[j] / unit.flat[j]))
-                 for j in order if judged_mask.flat[j] and excess.flat[j] > 1]
+    with np.errstate(all="ignore"):  # an allowance of inf (NaN/inf on both sides) is inf ulps
+        rec.allowed_ulps = float(allowed[i] / unit[i])
+        rec.worst = [WorstEntry(tuple(int(k) for k in np.unravel_index(int(j), e.shape)), float(a.flat[j]),
+                                float(e.flat[j]), float(diff.flat[j]), float(err_ulps.flat[j]), float(allowed.flat[j]),
+                                float(allowed.flat[j] / unit.flat[j]))
+                     for j in order if judged_mask.flat[j] and excess.flat[j] > 1]
 
 
 def _nonfinite_note(expected: np.ndarray, actual: np.ndarray, name: str) -> tuple[str, np.ndarray]:
