@@ -13,6 +13,7 @@ input scales 0.1, 1, 5 and 20, in float64 and float32, a few seeds each:
 
     python benchmarks/false_alarms.py            # everything (a few minutes)
     python benchmarks/false_alarms.py --quick    # one seed, fewer scales
+    python benchmarks/false_alarms.py --engine graph   # through the op graph's tensor back end
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def inputs(scale, seed, dtype, positive):
     return x.to(dtype)
 
 
-def run(quick: bool = False, verbose: bool = False) -> dict:
+def run(quick: bool = False, verbose: bool = False, engine: str = "auto") -> dict:
     scales = [1.0, 20.0] if quick else [0.1, 1.0, 5.0, 20.0]
     seeds = [0] if quick else [0, 1, 2]
     bugs = {torch.float64: [("x(1+1e-6)", 1 + 1e-6, None), ("x(1+1e-9)", 1 + 1e-9, None),
@@ -110,7 +111,8 @@ def run(quick: bool = False, verbose: bool = False) -> dict:
             for scale in scales:
                 for seed in seeds:
                     x = inputs(scale, seed, dtype, pos)
-                    rep = sg.check(f, {"x": x}, symbolic=f)
+                    kw = {"engine": "graph"} if engine == "graph" else {"symbolic": f}
+                    rep = sg.check(f, {"x": x}, **kw)
                     tried[(dname, "torch")] += 1
                     if not rep.passed:
                         alarms[dname] += 1
@@ -121,7 +123,7 @@ def run(quick: bool = False, verbose: bool = False) -> dict:
                     own = np.abs(rec.actual - rec.expected)  # torch's own error against the exact value
                     for bug, factor, precision in bugs[dtype]:
                         wrong = scaled_backward(f, factor, precision)
-                        got = sg.check(wrong, {"x": x}, symbolic=f)
+                        got = sg.check(wrong, {"x": x}, **kw)
                         # a bug counts where it moves some entry by more than 10x torch's own error there
                         if not np.any(np.abs(got["x"].actual - rec.actual) > 10 * own):
                             continue
@@ -136,9 +138,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--engine", choices=["auto", "graph"], default="auto",
+                    help="graph: the op graph's tensor back end (engine='graph'), else the symbolic forward")
     args = ap.parse_args(argv)
     t0 = time.time()
-    res = run(args.quick, args.verbose)
+    res = run(args.quick, args.verbose, args.engine)
     for dname in ("float64", "float32"):
         print(f"{dname}: false alarms {res['alarms'][dname]} / {res['tried'][(dname, 'torch')]} checks of torch's own autograd")
     for (dname, bug), n in sorted(res["tried"].items()):

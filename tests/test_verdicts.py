@@ -268,3 +268,23 @@ def test_ulps_in_float32_use_float32s_unit():
     rec = sg.check(f, {"x": x}, symbolic=lambda x: (x * x).sum())["x"]
     # the error 6 * 2**-20 at the exact value 6, where float32's ulp is 2**-21: 12 ulps (float64's would be 3e9)
     assert rec.ulps_index == (0,) and rec.max_ulps == 12.0
+
+
+@pytest.mark.parametrize("engine", ["graph", "auto"])
+@pytest.mark.parametrize("alpha", [0.3, 0.7])
+def test_float64_celu_with_a_float32_reciprocal_does_not_false_alarm(engine, alpha):
+    # torch's float64 celu' rounds 1/alpha to float32 (3.6e-7 off at alpha = 0.3, x = -3): without
+    # a fixed floor, that constant must carry its float32 rounding in every back end
+    x = torch.linspace(-3, 2, 11, dtype=torch.float64)
+    f = lambda x: torch.nn.functional.celu(x, alpha=alpha).sum()  # noqa: E731
+    kw = {"engine": "graph"} if engine == "graph" else {"symbolic": lambda x: sg.celu(x, alpha=alpha).sum()}
+    report = sg.check(f, {"x": x}, **kw)
+    assert report, report.to_text()
+    wrong = custom(f, lambda g, x: g * torch.where(x > 0, 1.0, torch.exp(x / alpha)) * (1 + 1e-5))
+    assert not sg.check(wrong, {"x": x}, **kw)
+
+
+def test_the_graph_back_end_catches_a_float64_backward_off_by_a_billionth():
+    f = custom(lambda x: torch.exp(x).sum(), lambda g, x: g * torch.exp(x) * (1 + 1e-9))
+    assert not sg.check(f, {"x": _x64()}, engine="graph")
+    assert sg.check(lambda x: torch.exp(x).sum(), {"x": _x64()}, engine="graph")
