@@ -255,7 +255,25 @@ class _Emitter(LogisticTerms):
             return f"(_K*{abs(c)!r})"
         raise KeyError(f"no error bound for {e}")  # pragma: no cover - nodes are emitted in order
 
+    def _resolved(self, e):
+        while e in self.aliases or e in self.rewritten:
+            e = self.aliases[e] if e in self.aliases else self.rewritten[e]
+        return e
+
+    def holds_float32_constant(self, e) -> bool:
+        """Whether ``e``'s DAG holds one of the op table's float32 constants (after emit_errors)."""
+        return self._resolved(e) in self.float32_nodes
+
     def emit_errors(self) -> None:
+        self.float32_nodes = set()
+        for e, _ in self.nodes:  # in the order computed: arguments first
+            for a in getattr(e, "args", ()):
+                a = self._resolved(a)
+                if a in self.float32_nodes or (getattr(a, "is_Number", False) and not a.is_Integer
+                                               and getattr(a, "is_real", True) is not False
+                                               and constant_key(float(a)) in FLOAT32_CONSTANTS):
+                    self.float32_nodes.add(e)
+                    break
         for e, var in self.nodes:
             code = self._error_code(e, var)
             if code == "0":
@@ -377,7 +395,10 @@ def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[
     # torch compares a with b (or tests the sign of a computed a - b, which a correct rounding
     # never flips): only the operands' own errors can put it on the other side.
     gaps = [_joined([em.error_of(a), em.error_of(b)], "+") for a, b in em.rel_operands]
-    result_errors = [em.error_of(r) for r in reduced]
+    # a closed form holding a float32 constant of torch's kernel (celu's 1/alpha) may have folded it
+    # with another (alpha * (1/alpha) = 1.0): one float32 rounding of the whole value, relative
+    result_errors = [em.error_of(r) + (f" + _KF*np.abs({em.value(r)})" if em.holds_float32_constant(r) else "")
+                     for r in reduced]
     # _Inline may have emitted value lines while the errors were written: they go before the errors
     extra = em.value_lines[n_value_lines:]
     lines = ["def _lowered(_A, _rel, _with_magnitudes, _K=0.0, _KF=0.0):"]
