@@ -19,6 +19,7 @@ Run: ``python benchmarks/bench_graph.py`` (about two minutes here; ``--quick`` s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -189,7 +190,8 @@ def _timed(fn) -> float:
 
 
 def _spawn(mode: str, name: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "SYMGRAD_CACHE": "0"}  # cold means cold: no graph from an earlier run's disk cache
+    out = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, timeout=900, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["UNARY", "ROWWISE", "compose", "scaled"]
+__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled"]
 
 # name -> (torch function, safe input transform that keeps the op inside its well-conditioned domain)
 UNARY = {
@@ -41,6 +41,8 @@ ROWWISE = {
     "cumsum": lambda x: torch.cumsum(x, -1),
     "matmul": lambda x: x @ torch.linspace(-1, 1, x.shape[-1] ** 2, dtype=x.dtype).reshape(x.shape[-1], -1),
 }
+
+OPS_FOR_SCRIPTS = sorted(UNARY) + sorted(ROWWISE)
 
 
 def compose(names: list[str], weights: torch.Tensor):

@@ -431,5 +431,5 @@ def _embedding(b, args, kwargs, val):
     idx = rows[..., None] * width + np.arange(width) + 1
     if padding_idx is not None and padding_idx >= 0:
         idx = np.where((rows == padding_idx)[..., None], idx + weight.size, idx)
-        return b.select([weight, b.stop(weight)], idx)
+        return b.select([weight, b.stop(weight, reverse_only=True)], idx)
     return b.select([weight], idx)

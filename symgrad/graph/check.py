@@ -23,11 +23,13 @@ from typing import Mapping
 import numpy as np
 
 from ..compare.compare import compare, compare_all
+from ..compare.kinks import stack_generators
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
+from . import diskcache
 from .crosscheck import crosscheck
 from .engine import backward, forward, tangent
 from .interpret import to_graph
@@ -107,18 +109,20 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
 
     torch_fn = runner(fn)
     key = _cache_key(fn, symbolic, loss, target, names, tensors)
+    disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if key not in _GRAPHS else None
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
     with torch.no_grad():
         out_t = torch_fn(*(t.detach() for t in leaves.values()))
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
     for attempt in ("cached", "traced"):
-        graph = _cached_graph(key, names, tensors) if attempt == "cached" else None
+        graph = _cached_graph(key, names, tensors, disk_key) if attempt == "cached" else None
         if graph is None:
             stage("op graph: tracing the forward into core ATen ops")
             gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
             graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
             attempt = "traced"
+            diskcache.store(disk_key, graph)
         out_node = _single_output(graph)
         stage("op graph: cross-checking the tensor rules")
         failed = crosscheck(graph)
@@ -159,8 +163,8 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
 
 # Note [Graph cache]
 # Tracing costs more than everything else on a repeat check, so the graph of a (function, leaf
-# names/shapes/dtypes, integer inputs, target) is kept (LRU, ``GRAPH_CACHE_SIZE``) and its leaves
-# refreshed with the new values.  Anything else the trace baked in (a tensor the function closes
+# names/shapes/dtypes, integer inputs, target) is kept (LRU, ``GRAPH_CACHE_SIZE``; on disk too,
+# Note [Disk cache] in diskcache.py) and its leaves refreshed with the new values.  Anything else the trace baked in (a tensor the function closes
 # over, a branch taken on a value) shows as a disagreement of the forward row: such a graph is
 # traced afresh before any derivative is compared.
 GRAPH_CACHE_SIZE = 8
@@ -178,12 +182,15 @@ def _cache_key(fn, symbolic, loss, target, names, tensors):
     return (id(fn), id(symbolic), id(loss), shapes, data.hexdigest())
 
 
-def _cached_graph(key, names, tensors):
+def _cached_graph(key, names, tensors, disk_key=None):
     entry = _GRAPHS.get(key)
-    if entry is None or entry[0]() is None:
-        return None
-    _GRAPHS.move_to_end(key)
-    graph = entry[1]
+    if entry is not None and entry[0]() is not None:
+        _GRAPHS.move_to_end(key)
+        graph = entry[1]
+    else:
+        graph = diskcache.load(disk_key)  # Note [Disk cache]
+        if graph is None:
+            return None
     for name, t in zip(names, tensors):
         node = graph.inputs.get(name)
         if node is not None:
@@ -235,12 +242,78 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
         actual = _autograd(st.torch_fn, st.leaves, st.wrt, how, seeds, v, backward_calls, run_autograd)
     nodes = [st.graph.inputs.get(n) for n in st.wrt]
     live = [n for n in nodes if n is not None]
-    per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
+    per_seed, units = [], []
+    for s in seeds:
+        found: list = []
+        per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
+        units.append(found)
+    generators = _kink_generators(st, live, units)
+    if generators is None:  # too many kinked units for the joint check: every one widens the band
+        per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
+        generators = {}
     scale = backward_calls if how == "backward" else 1
     refs = [_reference(n, [None if node is None else g[node] for g in per_seed], tuple(st.leaves[n].shape),
-                       out_shape, how, scale, st.failed) for n, node in zip(st.wrt, nodes)]
+                       out_shape, how, scale, st.failed, generators.get(node)) for n, node in zip(st.wrt, nodes)]
     quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
-    return compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
+    records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
+    for rec, ref in zip(records, refs):
+        _note_resolution(rec, ref, st.dtype)
+    return records
+
+
+def _note_resolution(rec, ref, dtype: str) -> None:
+    """Say how small a relative error the check can see, where that is coarse: the worst-case bound
+    of a deep float32 network (forward errors carried into the backward, kinked units within
+    rounding of their kink) can allow a percent -- a bug below that passes unseen."""
+    eps = EPS.get(dtype, 2.0**-52)
+    value = np.abs(np.asarray(ref.value, np.float64))
+    width = 4 * eps * np.abs(np.asarray(ref.rounding, np.float64))
+    if ref.lower is not None:
+        width = width + np.asarray(ref.upper, np.float64) - np.asarray(ref.lower, np.float64)
+    mask = value > 0
+    if not mask.any():
+        return
+    typical = float(np.median(width[mask] / value[mask]))
+    if typical > 1e3 * eps:
+        rec.note = (rec.note + " " if rec.note else "") + (
+            f"Resolution: a typical entry here is allowed {typical:.2g} of its size (rounding bound and kink "
+            f"bands of this {dtype} computation); a relative bug smaller than that passes unseen. Check in "
+            "float64 (model.double()) to resolve it.")
+
+
+# Note [Kink units]
+# A pointwise op whose argument sits within rounding of a kink (relu at a pre-activation torch may
+# round to either side) could have been evaluated on either side.  Widening every downstream entry by
+# that unit's contribution (the band) is sound but weak: one ambiguous relu of a late layer would
+# cover every gradient of the layers before it.  Instead each such unit is one *group* of the joint
+# kink check (Note [Joint kink check] in symgrad/compare/kinks.py): one backward sweep per unit and
+# side gives the change of every gradient entry if torch took that side, and autograd's value must
+# be explained by one choice per unit for all entries at once.  Past ``MAX_KINK_UNITS`` units the
+# sweeps cost too much and the bands are used (sound, weaker).
+MAX_KINK_UNITS = 32
+
+
+def _kink_generators(st: _State, live: list, units: list) -> dict | None:
+    """leaf node -> [[generator over the stacked seeds] per unit]; None: too many units."""
+    if sum(len(u) for u in units) > MAX_KINK_UNITS:
+        return None
+    out: dict = {node: [] for node in live}
+    for k, found in enumerate(units):
+        for arg, entry, changes in found:
+            gens = {node: [] for node in live}
+            for change in changes:
+                seed = np.zeros(arg.size)
+                seed[entry] = change
+                swept = backward(st.graph, st.values, {arg: Approx(seed.reshape(arg.shape))}, live, st.ctx)
+                for node in live:
+                    g = swept.get(node)
+                    full = np.zeros((len(units),) + node.shape)
+                    if g is not None:
+                        full[k] = np.broadcast_to(g.v, node.shape)
+                    gens[node].append(full)
+            for node in live:
+                out[node].append(gens[node])
+    return out
 
 
 def _jvp_records(st: _State, directions: list, via: str) -> list:
@@ -339,7 +412,8 @@ def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd
     return run_autograd(torch_fn, leaves, wrt, how, cotangent=cot, backward_calls=backward_calls)
 
 
-def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, scale: float, failed: list) -> Reference:
+def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, scale: float, failed: list,
+               generators: list | None = None) -> Reference:
     """One reference per differentiated tensor: its gradient, or its products stacked (random
     cotangents: ``(k, *shape)``; a Jacobian: ``(*out_shape, *shape)``)."""
     def field(g, attr):
@@ -361,6 +435,11 @@ def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str,
     if failed:
         ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
                     + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")
+    gens = stack_generators([[scale * g.reshape(full) for g in group] for group in generators or []], full)
+    if gens is not None:  # Note [Kink units]: the entrywise band spans every unit's sides, and more
+        lo = lo - np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0)
+        hi = hi + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0)
+        ref.kink_generators = gens
     if np.any(lo) or np.any(hi):
         ref.lower, ref.upper, ref.kink = v - lo, v + hi, (lo + hi) > 0
     return ref

@@ -41,8 +41,9 @@ def _depends(graph: Graph, wrt: set) -> set:
     return live
 
 
-def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx) -> dict:
-    """``seeds``: output node -> cotangent (Approx); returns leaf node -> accumulated cotangent."""
+def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks: list | None = None) -> dict:
+    """``seeds``: node -> cotangent (Approx); returns leaf node -> accumulated cotangent.  ``kinks``:
+    a list that collects the kinked units instead of widening bands (``rules.vjp``)."""
     live = _depends(graph, set(wrt))
     grads: dict = {}
     for node, g in seeds.items():
@@ -56,7 +57,7 @@ def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx) -> di
         if not any(needed):
             continue
         args = [values[a] for a in node.args]
-        for a, ga in zip(node.args, vjp_rule(node, args, g, ctx, needed)):
+        for a, ga in zip(node.args, vjp_rule(node, args, g, ctx, needed, kinks)):
             if ga is None or a not in live:
                 continue
             grads[a] = ga if a not in grads else add(grads[a], ga)

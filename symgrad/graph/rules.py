@@ -112,17 +112,24 @@ def _near_extreme(a: Approx, ext: np.ndarray, axes: tuple, ctx: Ctx) -> np.ndarr
 
 # ---------------------------------------------------------------------------------------------- vjp
 
-def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list) -> list:
-    """One cotangent per argument (``None``: no derivative, or not ``needed``), in Approx arithmetic."""
+def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list | None = None) -> list:
+    """One cotangent per argument (``None``: no derivative, or not ``needed``), in Approx arithmetic.
+
+    ``kinks``: where given, a pointwise derivative on a kink does not widen the band; instead each
+    kinked entry is recorded as ``(argument node, flat entry, [changes of its cotangent entry, one per
+    other side])`` for the joint kink check (Note [Kink units] in ``symgrad/graph/check.py``)."""
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
         grads = []
-        for a, d, need in zip(args, derivatives(node.attrs["expr"], len(args)), needed):
+        for i, (a, d, need) in enumerate(zip(args, derivatives(node.attrs["expr"], len(args)), needed)):
             if d == 0 or not need:
                 grads.append(None)
                 continue
             local = _broadcast(evaluate(d, env, ctx), node.shape)
+            if kinks is not None and local.banded and a.shape == node.shape:
+                _record_kinks(kinks, node.args[i], g, local)
+                local = Approx(local.v, local.e)
             grads.append(unbroadcast(mul(g, local), a.shape))
         return grads
     if kind == "contract":
@@ -136,6 +143,15 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list) -> list:
     if kind == "stop":
         return [None]
     raise ValueError(f"no vjp rule for node kind {kind!r}")
+
+
+def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
+    lo, hi = (np.ravel(t) for t in np.broadcast_arrays(local.lo, local.hi))
+    gv = np.ravel(np.broadcast_to(g.v, local.shape))
+    for u in np.flatnonzero((lo > 0) | (hi > 0)):
+        changes = [c for c in (-gv[u] * lo[u], gv[u] * hi[u]) if c != 0]
+        if changes:
+            kinks.append((arg, int(u), changes))
 
 
 def _vjp_contract(spec: str, args: list, g: Approx, needed: list) -> list:
@@ -221,8 +237,10 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx) -> Approx:
 
 def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
     """The tangent of ``node`` from its arguments' tangents (``None``: zero), in Approx arithmetic."""
-    if all(t is None for t in tangents) or node.kind == "stop":
+    if all(t is None for t in tangents):
         return None
+    if node.kind == "stop":  # detach: no derivative; a convention of torch's backward only: forward mode passes
+        return tangents[0] if node.attrs.get("reverse_only") else None
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))

@@ -266,9 +266,11 @@ class Builder:
         nodes = [self.node_of(x) for x in xs]
         return self.add("select", nodes, idx.shape, idx=np.asarray(idx, np.int64), fill=fill)
 
-    def stop(self, x) -> Node:
+    def stop(self, x, reverse_only: bool = False) -> Node:
+        """``detach``; ``reverse_only``: a rule of torch's backward alone (embedding's padding_idx)
+        that forward mode does not follow."""
         x = self.node_of(x)
-        return self.add("stop", [x], x.shape)
+        return self.add("stop", [x], x.shape, reverse_only=reverse_only)
 
 
 def _is_tensorish(x) -> bool:

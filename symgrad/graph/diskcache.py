@@ -1,0 +1,128 @@
+"""The op graph of a model kept on disk, so a second process checking it skips the trace.
+
+# Note [Disk cache]
+Tracing (``make_fx``, and the start-up of torch's tracer) is most of a first check's time.  The
+traced op graph -- no verdict, no derivative values, only the graph with its constants -- is stored
+under ``$SYMGRAD_CACHE_DIR`` (default ``$XDG_CACHE_HOME/symgrad`` or ``~/.cache/symgrad``), keyed by:
+
+* the function's identity that survives a process: its module, qualified name and source (a module's
+  class source and ``repr``, which holds every layer's options), the tensors and values it closes over;
+* the leaves' names, shapes and dtypes, the integer inputs, the target and the loss;
+* the source of ``symgrad/graph`` itself, symgrad's and torch's versions (any edit invalidates it).
+
+Anything it cannot fingerprint is not cached.  A loaded graph is used exactly like an in-memory one
+(Note [Graph cache]): its leaves are refreshed, its linear rules cross-checked, and a forward that
+disagrees with torch's makes symgrad trace again.  Files are written atomically, read only when they
+belong to the current user and nobody else can write them; ``SYMGRAD_CACHE=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import pickle
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["fingerprint", "load", "store", "cache_dir"]
+
+
+def cache_dir() -> Path | None:
+    if os.environ.get("SYMGRAD_CACHE", "1").strip() == "0":
+        return None
+    root = os.environ.get("SYMGRAD_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "symgrad")
+    return Path(root) / "graphs"
+
+
+@lru_cache(maxsize=1)
+def _code_version() -> str:
+    import torch
+
+    from .. import __version__
+
+    h = hashlib.sha1(f"{__version__}|{torch.__version__}".encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _describe(obj, h, depth: int = 0) -> None:
+    """Feed what defines ``obj``'s computation into ``h``; raises TypeError where it cannot."""
+    import torch
+
+    if depth > 3:
+        raise TypeError("too deep")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        h.update(repr(obj).encode())
+    elif isinstance(obj, torch.Tensor):
+        h.update(f"{tuple(obj.shape)}{obj.dtype}".encode())
+        h.update(obj.detach().cpu().contiguous().numpy().tobytes())
+    elif isinstance(obj, torch.nn.Module):
+        h.update(f"{type(obj).__module__}.{type(obj).__qualname__}|{obj!r}".encode())
+        h.update(inspect.getsource(type(obj)).encode())
+        for _, buf in obj.named_buffers():
+            _describe(buf, h, depth + 1)
+    elif callable(obj):
+        h.update(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}".encode())
+        target = getattr(obj, "__func__", obj)
+        h.update(inspect.getsource(target).encode())
+        for cell in getattr(target, "__closure__", None) or ():
+            _describe(cell.cell_contents, h, depth + 1)
+    else:
+        raise TypeError(type(obj).__name__)
+
+
+def fingerprint(fn, symbolic, loss, target, names, tensors) -> str | None:
+    """A key that survives the process, or None where something cannot be fingerprinted."""
+    h = hashlib.sha1(_code_version().encode())
+    try:
+        for part in (fn, symbolic, loss, target):
+            _describe(part, h)
+    except (TypeError, OSError):
+        return None
+    for name, t in zip(names, tensors):
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        if not t.is_floating_point():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load(key: str | None):
+    folder = cache_dir()
+    if key is None or folder is None:
+        return None
+    path = folder / f"{key}.pkl"
+    try:
+        st = path.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None  # someone else could have written it: never unpickle that
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return None
+
+
+def store(key: str | None, graph) -> None:
+    folder = cache_dir()
+    if key is None or folder is None:
+        return
+    saved = {}
+    for node in graph.inputs.values():  # inputs and parameters are refreshed on load: not stored
+        saved[node] = node.attrs["value"]
+        node.attrs["value"] = np.zeros(0)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            pickle.dump(graph, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, folder / f"{key}.pkl")
+    except (OSError, pickle.PicklingError, TypeError, AttributeError):
+        pass  # a cache that cannot be written is no cache, not an error
+    finally:
+        for node, value in saved.items():
+            node.attrs["value"] = value
