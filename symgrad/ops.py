@@ -50,14 +50,23 @@ class Op:
     torch_kwargs: Callable[..., dict] | None = None
     module: str = ""
     doc: str = ""
+    # parameters whose reciprocal torch's backward rounds to float32 even in float64 (celu's
+    # 1/alpha): that reciprocal carries one float32 rounding in the rounding bound (FLOAT32_CONSTANTS)
+    float32_reciprocals: tuple = ()
 
     def sym(self, x, **params):
         """The SymPy form at ``x`` with the row's default parameters filled in."""
-        return self.sympy(x, **{**self.params, **params})
+        full = {**self.params, **params}
+        for name in self.float32_reciprocals:
+            note_float32_reciprocal(full[name])
+        return self.sympy(x, **full)
 
     def diff(self, x, **params):
         """The hand-written derivative at ``x``."""
-        return self.derivative(x, **{**self.params, **params})
+        full = {**self.params, **params}
+        for name in self.float32_reciprocals:
+            note_float32_reciprocal(full[name])
+        return self.derivative(x, **full)
 
     def kink_points(self, **params) -> tuple:
         return self.kinks(**{**self.params, **params}) if self.kinks else ()
@@ -68,6 +77,28 @@ class Op:
         full = {k: float(v) if isinstance(v, sp.Basic) else v for k, v in {**self.params, **params}.items()}
         kwargs = self.torch_kwargs(**full) if self.torch_kwargs else full
         return (lambda t: fn(t, **kwargs)) if kwargs else fn
+
+
+# Constants that reach torch's kernels as float32 even in a float64 run (the reciprocals of
+# Op.float32_reciprocals), keyed by constant_key: the rounding bound gives each occurrence one
+# float32 rounding (codegen.py).  The set is process-wide: once celu(alpha=0.3) was built, the
+# constant 1/0.3 carries that rounding in every later closed form too (a wider allowance, never a
+# narrower one; 0.3 itself does not).
+FLOAT32_CONSTANTS: set = set()
+
+
+def constant_key(value: float) -> float:
+    """A float rounded to 12 significant digits: 1/0.3 computed either way finds the same key."""
+    return float(f"{float(value):.12g}")
+
+
+def note_float32_reciprocal(value) -> None:
+    try:
+        c = float(value)
+    except (TypeError, ValueError):
+        return
+    if c != 0 and c == c and abs(c) != float("inf"):
+        FLOAT32_CONSTANTS.add(constant_key(1 / c))
 
 
 def resolve_torch(dotted: str) -> Callable:
@@ -150,6 +181,7 @@ _ROWS = [
         lambda x, alpha: _pw((1, x > 0), (sp.exp(x / alpha), True)),
         params={"alpha": 1},
         module="torch.nn.CELU",
+        float32_reciprocals=("alpha",),  # torch's float64 celu' with alpha = 0.3 is off by 3.6e-7: 1/alpha in float32
     ),
     Op(
         "gelu",

@@ -35,9 +35,6 @@ class Reference:
     # entries whose closed form is identically 0 (a cancellation the algebra removed, which torch
     # still computes): judged against the scale of the check's other derivatives (Note [Tolerances])
     structural_zero: np.ndarray | None = None
-    # how far torch's own value moves when the inputs move by a few units of roundoff: measured
-    # only for a failing check, used only where the closed form cannot resolve (Note [Tolerances])
-    torch_noise: np.ndarray | None = None
     verified: bool = True  # closed form cross-checked against an independent derivation
     note: str = ""
     # for the reports only: the closed form as a SymPy expression (rendered as MathML), and a

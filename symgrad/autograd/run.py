@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 
 from ..errors import AutogradFailed, InputError
 
-__all__ = ["VIAS", "quantity_of", "run_autograd", "default_via", "torch_noise"]
+__all__ = ["VIAS", "quantity_of", "run_autograd", "default_via"]
 
 # name -> quantity it computes
 VIAS = {
@@ -127,35 +127,3 @@ def _zeros_if_none(grad, like):
     import torch
 
     return torch.zeros_like(like) if grad is None else grad
-
-
-def torch_noise(torch_fn, leaves: dict, wrt: list, via: str, autograd: dict, out_t, actual: dict, runs: int = 6):
-    """The largest change in torch's output and derivatives when every floating input moves by a few
-    units of roundoff (up to 8, at random; Note [Tolerances] in symgrad/compare/compare.py); None when
-    torch cannot be run again."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    base = {k: None if a is None else a.detach().double() for k, a in actual.items()}
-    base["output"] = None if out_t is None else out_t.detach().double()
-    moved = {k: torch.zeros_like(t) if t is not None else None for k, t in base.items()}
-    for _ in range(runs):
-        shifted = {}
-        for n, t in leaves.items():
-            t = t.detach()
-            if t.is_floating_point():
-                shift = (torch.rand(t.shape, generator=gen, dtype=torch.float64) * 2 - 1) * 8 * torch.finfo(t.dtype).eps
-                t = t + t * shift.to(t.dtype)
-            shifted[n] = t.clone().requires_grad_(n in wrt)
-        try:
-            with torch.no_grad():
-                got = {"output": torch_fn(*(t.detach() for t in shifted.values()))}
-            got.update(run_autograd(torch_fn, shifted, wrt, via, **autograd))
-        except Exception:  # noqa: BLE001 - the check already has its verdict; this only refines it
-            return None
-        for k, b in base.items():
-            g = got.get(k)
-            if b is None or g is None or tuple(g.shape) != tuple(b.shape):
-                continue
-            moved[k] = torch.maximum(moved[k], (g.detach().double() - b).abs().nan_to_num(0.0))
-    return {k: None if m is None else m.cpu().numpy() for k, m in moved.items()}

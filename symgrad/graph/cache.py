@@ -6,6 +6,7 @@ import hashlib
 import weakref
 from collections import OrderedDict
 
+from ..ops import FLOAT32_CONSTANTS
 from . import diskcache
 
 __all__ = ["key", "lookup", "remember", "known", "GRAPH_CACHE_SIZE"]
@@ -40,6 +41,7 @@ def lookup(k, names, tensors, disk_key=None):
         graph = diskcache.load(disk_key)  # Note [Disk cache]
         if graph is None:
             return None
+        FLOAT32_CONSTANTS.update(getattr(graph, "float32_constants", ()))  # noted when it was traced
     for name, t in zip(names, tensors):
         node = graph.inputs.get(name)
         if node is not None:

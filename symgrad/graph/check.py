@@ -26,6 +26,7 @@ from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
+from ..ops import FLOAT32_CONSTANTS
 from . import cache as graph_cache
 from . import diskcache
 from .crosscheck import crosscheck
@@ -120,6 +121,8 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
             stage("op graph: tracing the forward into core ATen ops")
             gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
             graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
+            # torch's float32 constants noted while tracing (celu's 1/alpha) travel with a stored graph
+            graph.float32_constants = set(FLOAT32_CONSTANTS)
             attempt = "traced"
             diskcache.store(disk_key, graph)
         out_node = _single_output(graph)

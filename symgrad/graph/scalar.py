@@ -26,6 +26,7 @@ import numpy as np
 import sympy as sp
 
 from .approx import Approx, add, mul, signed_band
+from ..ops import FLOAT32_CONSTANTS, constant_key
 
 __all__ = ["Ctx", "evaluate", "FUNCTIONS", "constant_error"]
 
@@ -60,6 +61,8 @@ def constant_error(c, ctx: Ctx) -> float:
         low = math.ldexp(round(m * 256) / 256, ex)
     elif ctx.dtype in ("float16", "float32"):
         low = float(np.float16(f) if ctx.dtype == "float16" else np.float32(f))
+    elif constant_key(f) in FLOAT32_CONSTANTS:  # celu's 1/alpha: float32 even in a float64 kernel
+        low = float(np.float32(f))
     else:
         low = f
     return float(abs(exact - Fraction(low))) / ctx.eps
@@ -140,12 +143,13 @@ def _eval(expr, env, ctx, memo) -> Approx:
 
 
 @lru_cache(maxsize=4096)
-def _constant(c, ctx: Ctx) -> tuple:
+def _constant(c, ctx: Ctx, registry_size: int) -> tuple:
     return np.float64(float(c)), constant_error(c, ctx)
 
 
 def _number(c, ctx: Ctx) -> Approx:
-    return Approx(*_constant(c, ctx))
+    # keyed on the registry's size too: a float32 constant noted later (celu's 1/alpha) is not stale
+    return Approx(*_constant(c, ctx, len(FLOAT32_CONSTANTS)))
 
 
 def _eval_node(expr, env, ctx, memo) -> Approx:

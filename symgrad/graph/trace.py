@@ -63,7 +63,22 @@ def decompositions() -> dict:
         keep = {"convolution", "max_pool2d_with_indices", "avg_pool2d", "avg_pool3d", "max_pool3d_with_indices",
                 "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p"}
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
+        for op in (torch.ops.aten.celu.default,):
+            if op in _TABLE:
+                _TABLE[op] = _noting_float32_reciprocal(_TABLE[op])
     return _TABLE
+
+
+def _noting_float32_reciprocal(decomposed):
+    """celu's decomposition, first noting 1/alpha: torch's float64 celu' rounds it to float32
+    (symgrad.ops.FLOAT32_CONSTANTS; graph/scalar.py constant_error)."""
+    from ..ops import note_float32_reciprocal
+
+    def run(x, alpha=1.0, *rest, **kw):
+        note_float32_reciprocal(alpha)
+        return decomposed(x, alpha, *rest, **kw)
+
+    return run
 
 
 def trace_callable(fn, args: tuple):

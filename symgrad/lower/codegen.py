@@ -20,10 +20,13 @@ values of its partial derivatives:
 Cancellation is what this catches: a sum of large terms that is nearly zero keeps the large terms'
 error.  A Piecewise has the error of the branch taken (that rounding may put torch on another
 branch near a boundary is the kink machinery's business).  Constants that float32 cannot hold
-exactly (0.3, 1/100) may reach torch's kernels as float32 even in a float64 run (torch's float64
-celu' with alpha = 0.3 is off by 3.6e-7, relative: its 1/alpha is rounded to float32): each carries
-``_K |c|`` units, with ``_K`` given at evaluation time.  Exponents that are numbers (x**2, sqrt), e
-and pi are exact, and so is scaling by a power of two (-1 included: a - b rounds once).
+exactly (0.3, 1/100) are rounded to float32 by torch in a float32 run: each carries ``_K |c|``
+units, with ``_K`` given at evaluation time (0 in a float64 run, where torch's scalars are doubles).
+A few kernels round a constant to float32 even in float64 (torch's float64 celu' with alpha = 0.3
+is off by 3.6e-7, relative: its 1/alpha is rounded to float32); the op table names them
+(``Op.float32_reciprocals``) and those constants carry ``_KF |c|`` units in every dtype.
+Exponents that are numbers (x**2, sqrt), e and pi are exact, and so is scaling by a power of two
+(-1 included: a - b rounds once).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import operator
 import numpy as np
 
 from ..errors import UnsupportedOp
+from ..ops import FLOAT32_CONSTANTS, constant_key
 from .logistic import LogisticTerms
 
 __all__ = ["RUNTIME", "FUNCTIONS", "generate", "RELATIONS", "BOOLEANS"]
@@ -246,10 +250,30 @@ class _Emitter(LogisticTerms):
             c = float(e)
             if float(np.float32(c)) == c:  # 0.5, 0.25, 3.0: the same in float32, nothing to round
                 return "0"
+            if constant_key(c) in FLOAT32_CONSTANTS:  # rounded to float32 by torch even in float64
+                return f"(_KF*{abs(c)!r})"
             return f"(_K*{abs(c)!r})"
         raise KeyError(f"no error bound for {e}")  # pragma: no cover - nodes are emitted in order
 
+    def _resolved(self, e):
+        while e in self.aliases or e in self.rewritten:
+            e = self.aliases[e] if e in self.aliases else self.rewritten[e]
+        return e
+
+    def holds_float32_constant(self, e) -> bool:
+        """Whether ``e``'s DAG holds one of the op table's float32 constants (after emit_errors)."""
+        return self._resolved(e) in self.float32_nodes
+
     def emit_errors(self) -> None:
+        self.float32_nodes = set()
+        for e, _ in self.nodes:  # in the order computed: arguments first
+            for a in getattr(e, "args", ()):
+                a = self._resolved(a)
+                if a in self.float32_nodes or (getattr(a, "is_Number", False) and not a.is_Integer
+                                               and getattr(a, "is_real", True) is not False
+                                               and constant_key(float(a)) in FLOAT32_CONSTANTS):
+                    self.float32_nodes.add(e)
+                    break
         for e, var in self.nodes:
             code = self._error_code(e, var)
             if code == "0":
@@ -354,7 +378,7 @@ class _Inline:
 
 
 def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[str, list[str]]:
-    """The source of ``_lowered(_A, _rel, _with_magnitudes, _K)`` and the relationals' texts.
+    """The source of ``_lowered(_A, _rel, _with_magnitudes, _K, _KF)`` and the relationals' texts.
 
     ``_lowered`` returns ``(values, error bounds or None, gap error bounds or None)``: one value
     and bound per expression of ``reduced``, one gap bound per relational ``_rel(k, ...)``.
@@ -371,10 +395,13 @@ def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[
     # torch compares a with b (or tests the sign of a computed a - b, which a correct rounding
     # never flips): only the operands' own errors can put it on the other side.
     gaps = [_joined([em.error_of(a), em.error_of(b)], "+") for a, b in em.rel_operands]
-    result_errors = [em.error_of(r) for r in reduced]
+    # a closed form holding a float32 constant of torch's kernel (celu's 1/alpha) may have folded it
+    # with another (alpha * (1/alpha) = 1.0): one float32 rounding of the whole value, relative
+    result_errors = [em.error_of(r) + (f" + _KF*np.abs({em.value(r)})" if em.holds_float32_constant(r) else "")
+                     for r in reduced]
     # _Inline may have emitted value lines while the errors were written: they go before the errors
     extra = em.value_lines[n_value_lines:]
-    lines = ["def _lowered(_A, _rel, _with_magnitudes, _K=0.0):"]
+    lines = ["def _lowered(_A, _rel, _with_magnitudes, _K=0.0, _KF=0.0):"]
     lines += em.value_lines[:n_value_lines]
     lines.append("    _values = [" + ", ".join(results) + "]")
     lines.append("    if not _with_magnitudes:")

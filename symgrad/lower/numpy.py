@@ -26,11 +26,13 @@ import itertools
 import re
 from dataclasses import dataclass
 
+import mpmath as mp
 import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
 from .codegen import FUNCTIONS, RUNTIME, generate
+from .wide import RUNTIME_WIDE, WIDE_DPS, from_wide, overflowed, to_wide
 
 __all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
 
@@ -38,9 +40,17 @@ KINK_NOISE = 16.0
 KINK_ULPS = 8.0
 MAX_KINK_COMBINATIONS_LOG2 = 6  # up to 2**6 forced evaluations for the kink band
 MAX_FLIPS = 256  # beyond that many near-kink conditions, only the entrywise band is checked
-# Non-integer constants may reach torch's kernels as float32 even in a float64 run: one float32
-# rounding each, relative (class _Magnitude).
+# Non-integer constants reach torch's kernels as float32 in a float32 run, and the op table's
+# float32 parameters (celu's alpha) even in a float64 run: one float32 rounding each, relative.
 CONSTANT_REL = 2.0**-24
+
+
+def _constant_units(kink_eps: float) -> tuple:
+    """(_K, _KF) of Note [Rounding bound] in codegen.py: units of roundoff of the checked dtype per
+    unit of a constant float32 cannot hold, for every such constant (only where torch rounds its
+    scalars to the checked dtype, i.e. below float64) and for the op table's float32 parameters."""
+    units = CONSTANT_REL / kink_eps
+    return (units if kink_eps > 1e-10 else 0.0), units
 
 
 def high_precision():
@@ -136,6 +146,77 @@ def to_symengine(expr):
         ) from err
 
 
+# Note [Sums kept as built]
+# symengine's ``cse`` also shares *parts* of sums: given x + y + z - (x + y + z), it names
+# t = x + y + z and returns t - t, which is 0.  The closed form of a centred sum
+# (``sum(x - mean(x))``, the weight gradient of a batch-centred input) is written as built,
+# un-cancelled, but cse would cancel it before any rounding bound exists, while torch adds the
+# terms up and gets their roundoff.  So every sum is hidden from cse inside an opaque function
+# ``_SUM(...)`` (cse still shares whole sums, products and everything else) and unwrapped after:
+# the bound (Note [Rounding bound] in codegen.py) then sees the terms as torch adds them.
+
+
+def _rebuild(e, args):
+    import symengine as se
+
+    kind = type(e).__name__
+    if kind == "Piecewise":
+        return se.Piecewise(*[(args[i], args[i + 1]) for i in range(0, len(args), 2)])
+    builders = {"Add": se.Add, "Mul": se.Mul, "Pow": se.Pow, "And": se.And, "Or": se.Or, "Not": se.Not,
+                "Xor": se.Xor, "StrictLessThan": se.Lt, "LessThan": se.Le, "Equality": se.Eq, "Unequality": se.Ne}
+    if kind in builders:
+        return builders[kind](*args)
+    try:
+        return e.func(*args)
+    except Exception as err:  # noqa: BLE001 - named below
+        raise UnsupportedOp(f"symgrad cannot rebuild the closed form's {kind} node ({err})") from err
+
+
+def _transform(exprs: list, rule) -> list:
+    """``exprs`` rebuilt bottom-up, ``rule(e, new_args)`` returning the replacement of a node (or None
+    to rebuild it as it was); shared nodes are visited once."""
+    memo: dict = {}
+    changed: set = set()
+
+    def visit(root):
+        stack = [(root, False)]
+        while stack:
+            e, expanded = stack.pop()
+            if e in memo:
+                continue
+            args = e.args
+            if not args:
+                memo[e] = e
+            elif not expanded:
+                stack.append((e, True))
+                stack.extend((a, False) for a in args if a not in memo)
+            else:
+                new = [memo[a] for a in args]
+                hit = rule(e, new)
+                if hit is None and any(a in changed for a in args):
+                    hit = _rebuild(e, new)
+                if hit is None:
+                    memo[e] = e
+                else:
+                    memo[e] = hit
+                    changed.add(e)
+        return memo[root]
+
+    return [visit(e) for e in exprs]
+
+
+def _cse_keeping_sums(exprs: list):
+    """symengine's cse with every sum opaque to it (Note [Sums kept as built])."""
+    import symengine as se
+
+    wrap = se.Function("_SUM")
+    hidden = _transform(exprs, lambda e, new: wrap(*new) if type(e).__name__ == "Add" else None)
+    reps, reduced = se.cse(hidden)
+    unwrap = lambda e, new: se.Add(*new) if type(e).__name__ == "FunctionSymbol" and e.get_name() == "_SUM" else None  # noqa: E731
+    values = _transform([v for _, v in reps] + list(reduced), unwrap)
+    return list(zip([s for s, _ in reps], values[: len(reps)])), values[len(reps):]
+
+
 _COMPARE = {"<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal}
 
 
@@ -187,20 +268,45 @@ class Lowered:
         if clash:
             se_exprs = [e.xreplace(clash) for e in se_exprs]
             names = {clash.get(a, a): n for a, n in names.items()}
-        reps, reduced = se.cse(se_exprs) if se_exprs else ([], [])
+        reps, reduced = _cse_keeping_sums(se_exprs) if se_exprs else ([], [])
         self.source, self._rel_text = generate(reps, reduced, names, forward)
         self.relationals = len(self._rel_text)
-        namespace = dict(RUNTIME)
-        exec(compile(self.source, "<symgrad.lower>", "exec"), namespace)  # noqa: S102 - our own generated code
-        self._fn = namespace["_lowered"]
+        self._code = compile(self.source, "<symgrad.lower>", "exec")
+        self._fn = self._compiled(RUNTIME)
+        self._fn_wide = None  # Note [Wide evaluation], compiled when first needed
         self.n = len(se_exprs)
 
-    def _run(self, vals, ctx, magnitudes: bool = False, constants: float = 0.0):
-        with np.errstate(all="ignore"):
-            values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, constants)
+    def _compiled(self, runtime: dict):
+        namespace = dict(runtime)
+        exec(self._code, namespace)  # noqa: S102 - our own generated code
+        return namespace["_lowered"]
+
+    def _run(self, vals, ctx, magnitudes: bool = False, constants: tuple = (0.0, 0.0), wide: bool = False):
+        if wide:  # Note [Wide evaluation]: mpmath numbers, then back to float64
+            if self._fn_wide is None:
+                self._fn_wide = self._compiled(RUNTIME_WIDE)
+            with mp.workdps(WIDE_DPS):
+                values, mags, gap_errors = self._fn_wide([to_wide(v) for v in vals], ctx.rel, magnitudes, *constants)
+                values = [from_wide(v) for v in values]
+                mags = None if mags is None else [from_wide(m) for m in mags]
+                gap_errors = None if gap_errors is None else [from_wide(g) for g in gap_errors]
+                ctx.gaps = {k: from_wide(g) for k, g in ctx.gaps.items()}
+                ctx.truths = {k: np.asarray(t, bool) for k, t in ctx.truths.items()}
+        else:
+            with np.errstate(all="ignore"):
+                values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, *constants)
         return (values, mags, gap_errors) if magnitudes else values
 
-    def _candidates(self, vals, near: dict, truths: dict, constants: float) -> tuple[list, list, list, bool]:
+    def _wide_or_none(self, vals, ctx, magnitudes: bool, constants: tuple):
+        """The wide evaluation, or None where it fails: a value truly infinite (1/sqrt(0)) raises
+        in mpmath, and numpy's inf is then the answer."""
+        try:
+            return self._run(vals, ctx, magnitudes=magnitudes, constants=constants, wide=True)
+        except (ArithmeticError, ValueError, TypeError):
+            return None
+
+    def _candidates(self, vals, near: dict, truths: dict, constants: tuple,
+                    wide: bool = False) -> tuple[list, list, list, bool]:
         """Forced evaluations at the near-kink conditions, grouped into independent choices.
 
         With few conditions, every combination: an entry can depend on several kinks pointing in
@@ -229,7 +335,7 @@ class Lowered:
                 choices += [dict.fromkeys(keys, False), dict.fromkeys(keys, True)]
         candidates, bounds = [], []
         for force in choices:
-            values, mags, _ = self._run(vals, _Context(near, force), magnitudes=True, constants=constants)
+            values, mags, _ = self._run(vals, _Context(near, force), magnitudes=True, constants=constants, wide=wide)
             candidates.append([np.asarray(v) for v in values])
             bounds.append([np.asarray(m, np.float64) for m in mags])
         return candidates, bounds, groups, joint
@@ -243,8 +349,18 @@ class Lowered:
         vals = [np.asarray(v, dtype=dtype) for v in values]
         ctx = _Context()
         if kink_eps is None:
-            return Evaluation(self._run(vals, ctx))
-        values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=CONSTANT_REL / kink_eps)
+            out = self._run(vals, ctx)
+            if overflowed(vals, out):
+                out = self._wide_or_none(vals, _Context(), False, (0.0, 0.0)) or out
+            return Evaluation(out)
+        constants = _constant_units(kink_eps)
+        values_hi, magnitudes, gap_errors = self._run(vals, ctx, magnitudes=True, constants=constants)
+        wide = False
+        if overflowed(vals, values_hi):  # terms beyond the exponent range of numpy's floats (Note [Wide evaluation])
+            wide_ctx = _Context()
+            found = self._wide_or_none(vals, wide_ctx, True, constants)
+            if found is not None:
+                (values_hi, magnitudes, gap_errors), ctx, wide = found, wide_ctx, True
         out = Evaluation(values_hi, magnitudes)
         low = np.float32 if kink_eps > 1e-10 else np.float64
         low_ctx = _Context()
@@ -261,8 +377,7 @@ class Lowered:
                 if np.any(mask):
                     near[k] = mask
         if near:
-            cands, bounds, out.kink_groups, out.kink_joint = self._candidates(vals, near, ctx.truths,
-                                                                               CONSTANT_REL / kink_eps)
+            cands, bounds, out.kink_groups, out.kink_joint = self._candidates(vals, near, ctx.truths, constants, wide)
             out.candidates = [[np.asarray(v, np.float64) for v in c] for c in cands]
             # a forced branch has its own rounding (relu(z) = z on one side, exactly 0 on the other)
             out.kink_magnitudes = [np.fmax.reduce([np.abs(np.asarray(magnitudes[i], np.float64))]

@@ -26,11 +26,12 @@ derivatives (``|.|`` is the entrywise absolute value, products of ``|.|`` are ma
   other side of a kink of f (``|A - p| <= 4 u err(A)``), the larger one-sided slope is used; a
   jump of f itself there is the kink band's business (Note [Kink bands] in ``references.py``);
 * transposes carry the error over; ``tr``, ``M[i, j]`` and scalar glue follow the scalar rules;
-* a non-integer constant (``1/3``, leaky_relu's ``1/100``, celu's ``alpha``) carries ``K |c|``
-  units, ``K = CONSTANT_REL / u``: torch may hand it to its kernels as float32 even in a float64
-  run (its float64 celu' with alpha != 1 is off by ~1e-8 for that reason), as in the elementwise
-  engine (``symgrad.lower.numpy.CONSTANT_REL``); integers, exponents that are numbers, e and pi
-  are exact;
+* a non-integer constant (``1/3``, leaky_relu's ``1/100``) carries ``K |c|`` units in a float32
+  run, ``K = CONSTANT_REL / u`` (torch hands it to its kernels as float32), and none in a float64
+  run; the op table's float32 reciprocals (celu's ``1/alpha``, ``Op.float32_reciprocals``) carry it
+  in every dtype (torch's float64 celu' with alpha != 1 is off by ~1e-8 for that reason), as in the
+  elementwise engine (``symgrad.lower.numpy.CONSTANT_REL``); integers, exponents that are
+  numbers, e and pi are exact;
 * softmax and log-softmax by rows, bounded conservatively.  With ``a = err(Z) + |Z| + m``,
   ``m = rowmax|Z|`` (the argument's error plus the rounding of ``Z - rowmax Z``; an error in the
   shift itself cancels), ``n`` the row length and ``λ = log Σ exp(Z - rowmax Z)``:
@@ -69,6 +70,7 @@ from sympy import (
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.matrix.evaluate import numpy_modules
+from symgrad.ops import FLOAT32_CONSTANTS, OPS, constant_key
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, one_sided, scalar_function
 
 __all__ = ["RoundingBound", "NoBound", "KINK_ULPS", "prepare"]
@@ -181,7 +183,11 @@ class RoundingBound:
         self.ev = ev
         self.defs = defs
         self.eps = float(eps)
-        self.K = CONSTANT_REL / self.eps
+        # a non-integer constant reaches torch's kernels as float32 only in a float32 (or lower) run;
+        # the op table's float32 parameters (celu's alpha) in every dtype (Note [Rounding bound] in
+        # symgrad/lower/codegen.py)
+        self.K_float32 = CONSTANT_REL / self.eps
+        self.K = self.K_float32 if self.eps > 1e-10 else 0.0
         self.memo: dict = {}
         self.abs_memo: dict = {}
         self._quiet = False
@@ -254,7 +260,10 @@ class RoundingBound:
             raise NoBound(f"no rounding rule for {type(e).__name__}")
         # scalars
         if isinstance(e, sp.Number):
-            return 0.0 if e.is_Integer else self.K * abs(float(e))
+            if e.is_Integer:
+                return 0.0
+            c = float(e)
+            return (self.K_float32 if constant_key(c) in FLOAT32_CONSTANTS else self.K) * abs(c)
         if isinstance(e, sp.Symbol) or e.is_number:
             return 0.0
         if isinstance(e, sp.Add):
@@ -364,7 +373,8 @@ class RoundingBound:
     def _elementwise(self, e):
         z = np.asarray(self.ev(e.arg), dtype=np.float64)
         err = self(e.arg)
-        slope, own = _error_fn(e.args[0], e.args[2], e.order)(z, self.K)
+        rounded = bool(getattr(OPS.get(str(e.args[0])), "float32_reciprocals", ()))
+        slope, own = _error_fn(e.args[0], e.args[2], e.order)(z, self.K_float32 if rounded else self.K)
         out = np.broadcast_to(np.abs(np.asarray(own, dtype=np.float64)), z.shape)
         if _is_zero(err):
             return np.array(out)

@@ -40,6 +40,10 @@ class Report:
     def passed(self) -> bool:
         return all(r.passed for r in self.records)
 
+    def __bool__(self) -> bool:
+        """A report is true only when it passed: ``assert sg.check(...)`` fails on a failing check."""
+        return self.passed
+
     @property
     def failures(self) -> list[Record]:
         return [r for r in self.records if not r.passed]
