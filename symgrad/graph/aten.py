@@ -17,9 +17,9 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
-from .functions import expm1, log1p, sigmoid
+from .functions import ceil, expm1, floor, log1p, round_even, sigmoid, trunc
 from .ir import Node
-from .trace import Builder
+from .trace import Builder, number
 
 __all__ = ["HANDLERS", "handles", "handler_for", "SELECTIONS"]
 
@@ -76,9 +76,8 @@ _UNARY = {
     "aten.lgamma": sp.loggamma, "aten.digamma": lambda x: sp.polygamma(0, x), "aten.expm1": expm1,
     "aten.log1p": log1p, "aten.sigmoid": sigmoid, "aten.sqrt": sp.sqrt, "aten.rsqrt": lambda x: 1 / sp.sqrt(x),
     "aten.reciprocal": lambda x: 1 / x, "aten.exp2": lambda x: 2**x, "aten.log2": lambda x: sp.log(x) / sp.log(2),
-    "aten.log10": lambda x: sp.log(x) / sp.log(10), "aten.floor": sp.floor, "aten.ceil": sp.ceiling,
-    "aten.trunc": lambda x: sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True)),
-    "aten.round": lambda x: sp.floor(x + sp.Rational(1, 2)),
+    "aten.log10": lambda x: sp.log(x) / sp.log(10), "aten.floor": floor, "aten.ceil": ceil,
+    "aten.trunc": trunc, "aten.round": round_even, "aten.frac": lambda x: x - trunc(x),
     "aten.relu": lambda x: _pw_piece((x, x > 0), (0, True)),
     "aten.abs": lambda x: _pw_piece((x, x > 0), (0, sp.Eq(x, 0)), (-x, True)),
     "aten.sign": lambda x: _pw_piece((1, x > 0), (0, sp.Eq(x, 0)), (-1, True)),
@@ -111,8 +110,10 @@ _BINARY = {
     "aten.logical_or": lambda x, y: _pw_piece((1, sp.Or(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
     "aten.bitwise_and": lambda x, y: _pw_piece((1, sp.And(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
     "aten.bitwise_or": lambda x, y: _pw_piece((1, sp.Or(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
-    "aten.remainder": lambda x, y: x - sp.floor(x / y) * y, "aten.fmod": lambda x, y: x - _trunc(x / y) * y,
-    "aten.xlogy": lambda x, y: _pw_piece((0, sp.Eq(x, 0)), (x * sp.log(y), True)),
+    "aten.remainder": lambda x, y: x - floor(x / y) * y, "aten.fmod": lambda x, y: x - _trunc(x / y) * y,
+    # xlogy is 0 at x = 0 even where log y is not finite; elsewhere (y > 0) x log y, whose x-derivative
+    # log y holds at x = 0 too (torch's backward agrees)
+    "aten.xlogy": lambda x, y: _pw_piece((0, sp.And(sp.Eq(x, 0), sp.Le(y, 0))), (x * sp.log(y), True)),
     "aten.hypot": lambda x, y: sp.sqrt(x**2 + y**2),
     "aten.polygamma": lambda n, x: sp.polygamma(n, x),
     "aten.rsub": lambda x, y, alpha=1: y - alpha * x,
@@ -120,7 +121,7 @@ _BINARY = {
 
 
 def _trunc(x):
-    return sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True))
+    return trunc(x)
 
 
 for _name, _fn in _BINARY.items():
@@ -134,7 +135,7 @@ HANDLERS["aten.mul_"] = HANDLERS["aten.mul"]
 @handles("aten.div.Tensor_mode", "aten.div.Scalar_mode")
 def _div_mode(b, args, kwargs, val):
     mode = kwargs.get("rounding_mode", args[2] if len(args) > 2 else None)
-    fn = {None: lambda x, y: x / y, "floor": lambda x, y: sp.floor(x / y), "trunc": lambda x, y: _trunc(x / y)}
+    fn = {None: lambda x, y: x / y, "floor": lambda x, y: floor(x / y), "trunc": lambda x, y: _trunc(x / y)}
     return b.pointwise(fn[mode], list(args[:2]), tuple(val.shape))
 
 
@@ -433,3 +434,19 @@ def _embedding(b, args, kwargs, val):
         idx = np.where((rows == padding_idx)[..., None], idx + weight.size, idx)
         return b.select([weight, b.stop(weight)], idx)
     return b.select([weight], idx)
+
+
+@handles("aten.rrelu_with_noise", "aten.rrelu_with_noise_functional", "aten.rrelu")
+def _rrelu(b, args, kwargs, val):
+    """rrelu in eval: leaky_relu with the mean slope ``(lower + upper) / 2``; in training its slopes
+    are random draws."""
+    name = str(b.fx_node.target)
+    rest = list(args[2:] if "noise" in name else args[1:])
+    lower = rest[0] if len(rest) > 0 else kwargs.get("lower", 1 / 8)
+    upper = rest[1] if len(rest) > 1 else kwargs.get("upper", 1 / 3)
+    training = rest[2] if len(rest) > 2 else kwargs.get("training", False)
+    if training:
+        return _random(b, args, kwargs, val)
+    slope = number((lower + upper) / 2)
+    out = b.pointwise(lambda x: _pw_piece((x, x >= 0), (slope * x, True)), [args[0]], tuple(args[0].shape))
+    return (out, args[1]) if "functional" in name else out

@@ -250,6 +250,10 @@ def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
         truth = _REL[type(cond)](lhs.v, rhs.v)
         # comparing is exact: only the operands' own rounding (and bands) can move an entry across
         slack = KINK_ULPS * ctx.eps * (lhs.e + rhs.e) + lhs.band() + rhs.band()
+        if type(cond) in (sp.Equality, sp.Unequality):
+            # exact values that are equal are equal for certain (a mask's 0, an input's 0): only
+            # rounding or a band can make an equality uncertain
+            return truth, (np.abs(diff) <= slack) & (slack > 0)
         return truth, np.abs(diff) <= slack
     if isinstance(cond, (sp.And, sp.Or)):
         parts = [_condition(c, env, ctx, memo) for c in cond.args]
