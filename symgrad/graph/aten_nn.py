@@ -158,3 +158,4 @@ def _avg_pool(b: Builder, args, kwargs, val):
 
     out = b.pointwise(lambda s, c: s / c, [total, torch.from_numpy(count)], total.shape)
     return b.layout("reshape", out, tuple(val.shape))
+from . import aten_ext  # noqa: E402,F401 - registers the handlers defined there

@@ -1,0 +1,130 @@
+"""More handlers, each an ATen op's forward from core nodes: products, logcumsumexp, cdist, and
+the ops torch's tracer leaves whole (``embedding_bag``, ``_cdist_forward``).
+
+``prod`` is a chain (or, past ``_CHAIN`` terms, a tree) of pointwise products of slices: its
+derivative, the product of the other terms, comes out of reverse mode exactly, zeros included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..errors import UnsupportedOp
+from .aten import HANDLERS, _clamp, _dims, handles
+from .trace import Builder
+
+_CHAIN = 32  # up to this many terms a product is a left-to-right chain, as torch's kernel multiplies
+
+
+def _move_last(b: Builder, x, axis: int):
+    n = len(x.shape)
+    perm = [i for i in range(n) if i != axis] + [axis]
+    return b.layout("permute", x, tuple(perm))
+
+
+def _index(node) -> np.ndarray:
+    return np.arange(1, node.size + 1, dtype=np.int64).reshape(node.shape)
+
+
+def product(b: Builder, x, axis: int, keepdim: bool):
+    """The product of ``x`` along ``axis`` (core nodes only)."""
+    x = b.node_of(x)
+    shape = list(x.shape)
+    n = shape[axis]
+    y = _move_last(b, x, axis)
+    if n == 0:
+        raise UnsupportedOp("prod over an empty axis")
+    if n <= _CHAIN:
+        idx = _index(y)
+        out = b.select([y], idx[..., 0])
+        for k in range(1, n):
+            out = b.pointwise(lambda s, t: s * t, [out, b.select([y], idx[..., k])])
+    else:
+        out = y
+        while out.shape[-1] > 1:
+            idx = _index(out)
+            if out.shape[-1] % 2:
+                idx = np.concatenate([idx, np.zeros(idx.shape[:-1] + (1,), np.int64)], axis=-1)
+            out = b.pointwise(lambda s, t: s * t, [b.select([out], idx[..., 0::2], fill=1.0),
+                                                   b.select([out], idx[..., 1::2], fill=1.0)])
+        out = b.layout("reshape", out, out.shape[:-1])
+    if keepdim:
+        shape[axis] = 1
+        out = b.layout("reshape", out, tuple(shape))
+    return out
+
+
+@handles("aten.prod.dim_int", "aten.prod.default", "aten.prod")
+def _prod(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    name = str(b.fx_node.target)
+    if name.startswith("prims."):
+        axes = _dims(args[1], len(x.shape))
+        keep = False
+    elif name.endswith("dim_int"):
+        axes = _dims(args[1], len(x.shape))
+        keep = bool(args[2]) if len(args) > 2 else bool(kwargs.get("keepdim", False))
+    else:
+        axes = tuple(range(len(x.shape)))
+        keep = False
+    if not x.shape:
+        return x
+    if len(axes) > 1:
+        keep_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        moved = b.layout("permute", x, tuple([i for i in range(len(x.shape)) if i not in axes] + list(axes)))
+        flat = b.layout("reshape", moved, moved.shape[:len(x.shape) - len(axes)] +
+                        (int(np.prod([x.shape[a] for a in axes])),))
+        out = product(b, flat, len(flat.shape) - 1, False)
+        return b.layout("reshape", out, keep_shape) if keep else out
+    return product(b, x, axes[0], keep)
+
+
+@handles("aten.logcumsumexp")
+def _logcumsumexp(b, args, kwargs, val):
+    """``m + log(cumsum(exp(x - m)))`` with ``m`` the axis' maximum held constant (the result does not
+    depend on it); the running sum is a contraction with a triangular matrix of ones."""
+    import torch
+
+    x = b.node_of(args[0])
+    axis = args[1] % max(1, len(x.shape))
+    n = x.shape[axis] if x.shape else 1
+    m = b.stop(b.reduce("max", x, (axis,), True))
+    shifted = b.pointwise(sp.exp, [b.pointwise(lambda s, t: s - t, [x, m])])
+    moved = _move_last(b, shifted, axis)
+    tri = torch.triu(torch.ones(n, n, dtype=torch.float64))
+    run = b.contract("...i,ij->...j".replace("...", _letters(len(x.shape) - 1)), moved, tri)
+    back = list(range(len(x.shape) - 1))
+    back.insert(axis, len(x.shape) - 1)
+    run = b.layout("permute", run, tuple(back))
+    return b.pointwise(lambda s, t: sp.log(s) + t, [run, m], tuple(val.shape))
+
+
+def _letters(k: int) -> str:
+    return "abcdefgh"[:k]
+
+
+@handles("aten._cdist_forward")
+def _cdist(b, args, kwargs, val):
+    """``(Σ_k |x1_ik - x2_jk|^p)^(1/p)`` over the last axis, batched over leading axes."""
+    x1, x2, p = b.node_of(args[0]), b.node_of(args[1]), float(args[2])
+    lead = x1.shape[:-2]
+    shape = lead + (x1.shape[-2], x2.shape[-2], x1.shape[-1])
+    a = b.layout("expand", b.layout("reshape", x1, lead + (x1.shape[-2], 1, x1.shape[-1])), shape)
+    c = b.layout("expand", b.layout("reshape", x2, lead + (1,) + x2.shape[-2:]), shape)
+    d = b.pointwise(lambda s, t: s - t, [a, c])
+    if p == 2:
+        total = b.reduce("sum", b.pointwise(lambda s: s**2, [d]), (len(shape) - 1,), False)
+        return b.pointwise(sp.sqrt, [total], tuple(val.shape))
+    if p == float("inf"):
+        return b.reduce("max", b.pointwise(sp.Abs, [d]), (len(shape) - 1,), False)
+    if p == 0:
+        raise UnsupportedOp("cdist with p=0 counts non-zeros: it has no derivative")
+    q = sp.Float(p) if not p.is_integer() else sp.Integer(int(p))
+    total = b.reduce("sum", b.pointwise(lambda s: sp.Abs(s) ** q, [d]), (len(shape) - 1,), False)
+    return b.pointwise(lambda s: s ** (1 / q), [total], tuple(val.shape))
+
+
+for _name in ("aten.clamp_min_", "aten.clamp_max_", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor",
+              "aten.clamp.Tensor_out"):
+    HANDLERS[_name] = _clamp
