@@ -176,20 +176,21 @@ def _nan_to_num(b, args, kwargs, val):
     return args[0]
 
 
-@handles("aten.detach", "aten.detach_")
+@handles("aten.detach", "aten.detach_", "aten.detach_copy")
 def _detach(b, args, kwargs, val):
     return b.stop(args[0])
 
 
 @handles("aten.clone", "aten.alias", "aten.lift_fresh_copy", "aten.contiguous", "aten._to_copy",
-         "aten.to.dtype", "aten.copy", "aten.view_of", "aten._conj", "aten.resolve_conj",
+         "aten.to.dtype", "aten.view_of", "aten._conj", "aten.resolve_conj",
          "aten.resolve_neg", "aten.positive", "aten.dropout", "aten.convert_element_type")
 def _identity(b, args, kwargs, val):
     return args[0]
 
 
-@handles("aten.copy_")
+@handles("aten.copy_", "aten.copy")
 def _copy_(b, args, kwargs, val):
+    """``copy(self, src)``: ``src``'s values in ``self``'s shape (broadcast)."""
     src = args[1]
     shape = tuple(val.shape)
     return b.layout("expand", src, shape) if getattr(src, "shape", shape) != shape else src
@@ -357,7 +358,9 @@ SELECTIONS = (
     "aten.unbind_copy.int", "aten.diagonal_copy", "aten.take", "aten.movedim", "aten.rot90",
     "aten.index_put", "aten.masked_fill.Scalar", "aten.slice_scatter", "aten.select_scatter",
     "aten.as_strided", "aten.as_strided_copy", "aten.alias_copy", "aten.repeat_interleave.self_int",
-    "aten._unsafe_index.Tensor", "aten.lift_fresh",
+    "aten._unsafe_index.Tensor", "aten.lift_fresh", "aten.split_copy.Tensor", "aten.split_copy", "aten.scatter.src",
+    "aten.scatter.value", "aten.masked_select", "aten.unfold_copy", "aten.chunk",
+    "aten.tensor_split", "aten.take_along_dim",
 )
 
 
@@ -367,8 +370,12 @@ def _selection(b, args, kwargs, val):
     target = b.fx_node.target
     name = str(target)
     fill = 0.0
-    if name.startswith("aten.constant_pad_nd") and (args[2] if len(args) > 2 else kwargs.get("value", 0)):
-        raise UnsupportedOp("constant_pad_nd with a non-zero value")
+    if name.startswith("aten.constant_pad_nd"):  # the padding holds a constant: the select's fill
+        fill = float(args[2] if len(args) > 2 else kwargs.get("value", 0.0))
+        args, kwargs = list(args[:2]), {}
+    if name.startswith("aten.scatter.value"):  # scatter(x, dim, index, value): the value is the fill
+        fill = float(args[3])
+        args = list(args[:3]) + [0.0]
     if name.startswith("aten.masked_fill") and args[2] != 0:
         # masked_fill(x, mask, v): entries under the mask become v, a constant
         idx_args, nodes = index_tensors(b, [args[0]])

@@ -128,3 +128,80 @@ def _cdist(b, args, kwargs, val):
 for _name in ("aten.clamp_min_", "aten.clamp_max_", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor",
               "aten.clamp.Tensor_out"):
     HANDLERS[_name] = _clamp
+
+
+# ------------------------------------------------------------------ ops that add entries up
+
+def accumulate(b: Builder, x, src, dest: np.ndarray, alpha=1):
+    """``x`` with ``alpha * src.flat[p]`` added at ``x.flat[dest[p] - 1]`` for every ``p`` (``dest``:
+    1-based, src's shape): ``x + s_1 + ... + s_K`` as one pointwise node, ``s_k`` the ``k``-th entry
+    of ``src`` landing at each position (a ``select``, 0 where fewer land)."""
+    x, src = b.node_of(x), b.node_of(src)
+    dest = np.asarray(dest, np.int64).ravel() - 1
+    order = np.argsort(dest, kind="stable")
+    counts = np.bincount(dest, minlength=x.size)
+    rank = np.empty(dest.size, np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank[order] = np.arange(dest.size) - starts[dest[order]]
+    terms = []
+    for k in range(int(counts.max(initial=0))):
+        idx = np.zeros(x.size, np.int64)
+        hit = rank == k
+        idx[dest[hit]] = np.nonzero(hit)[0] + 1
+        terms.append(b.select([src], idx.reshape(x.shape)))
+    if not terms:
+        return x
+    a = sp.nsimplify(alpha) if isinstance(alpha, int) else alpha
+    return b.pointwise(lambda base, *ts: base + a * sp.Add(*ts), [x] + terms, x.shape)
+
+
+def _ids(node) -> "object":
+    import torch
+
+    return torch.arange(1, node.size + 1, dtype=torch.float64).reshape(node.shape)
+
+
+@handles("aten.scatter_add", "aten.scatter_add_", "aten.scatter_reduce.two")
+def _scatter_add(b, args, kwargs, val):
+    import torch
+
+    x, dim, index, src = b.node_of(args[0]), args[1], args[2], b.node_of(args[3])
+    if "reduce" in str(b.fx_node.target):
+        reduce = args[4] if len(args) > 4 else kwargs.get("reduce")
+        include_self = args[5] if len(args) > 5 else kwargs.get("include_self", True)
+        if reduce != "sum" or not include_self:
+            raise UnsupportedOp(f"scatter_reduce with reduce={reduce!r}, include_self={include_self}: only 'sum' "
+                                "including self is defined on the op graph")
+    dest = torch.gather(_ids(x), dim, index).long().numpy()
+    src_pos = np.arange(1, src.size + 1).reshape(src.shape)[tuple(slice(0, n) for n in index.shape)]
+    picked = b.select([src], src_pos) if src_pos.shape != src.shape else src
+    return accumulate(b, x, picked, dest)
+
+
+@handles("aten.index_add", "aten.index_add_")
+def _index_add(b, args, kwargs, val):
+    import torch
+
+    x, dim, index, src = b.node_of(args[0]), args[1], args[2], b.node_of(args[3])
+    alpha = args[4] if len(args) > 4 else kwargs.get("alpha", 1)
+    dest = torch.index_select(_ids(x), dim, index).long().numpy()
+    return accumulate(b, x, src, np.broadcast_to(dest, src.shape), alpha)
+
+
+@handles("aten.index_put", "aten.index_put_", "aten._unsafe_index_put")
+def _index_put(b, args, kwargs, val):
+    """``x[indices] = values`` (a selection), or ``+=`` with ``accumulate=True``."""
+    import torch
+
+    from .aten import _selection
+
+    acc = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+    if not acc:
+        return _selection(b, args, kwargs, val)
+    x, indices = b.node_of(args[0]), args[1]
+    dest_t = _ids(x)[tuple(slice(None) if i is None else i for i in indices)]
+    values = b.node_of(args[2])
+    if values.shape != tuple(dest_t.shape):
+        values = b.layout("expand", b.layout("reshape", values, (1,) * (dest_t.dim() - len(values.shape)) + values.shape),
+                          tuple(dest_t.shape))
+    return accumulate(b, x, values, dest_t.long().numpy())
