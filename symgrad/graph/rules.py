@@ -45,7 +45,7 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
-        return _broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape)
+        return _finite_errors(_broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape))
     if kind == "contract":
         return einsum(node.attrs["spec"], *args)
     if kind == "reduce":
@@ -57,6 +57,16 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
     if kind == "stop":
         return args[0]
     raise ValueError(f"no forward rule for node kind {kind!r}")
+
+
+def _finite_errors(a: Approx) -> Approx:
+    """An infinite value (a masked score, ``x + (-inf)``) is what every evaluation gives: its rounding
+    bound is 0, not ``inf`` (which would turn into ``0 * inf = nan`` in the bounds downstream)."""
+    finite = np.isfinite(a.v)
+    if finite.all():
+        return a
+    e = np.where(finite, a.e, 0.0)
+    return Approx(a.v, e) if not a.banded else Approx(a.v, e, np.where(finite, a.lo, 0.0), np.where(finite, a.hi, 0.0))
 
 
 def _layout(node: Node, t: np.ndarray) -> np.ndarray:
@@ -104,9 +114,12 @@ def _reduce(node: Node, a: Approx, ctx: Ctx) -> Approx:
 def _near_extreme(a: Approx, ext: np.ndarray, axes: tuple, ctx: Ctx) -> np.ndarray:
     """Entries that a correct evaluation could make the extreme: the extreme itself and any entry
     within rounding (or band) of it -- ties are kinks."""
-    e_group = np.max(a.e, axis=axes, keepdims=True)
-    b_group = np.max(a.band(), axis=axes, keepdims=True)
-    slack = KINK_ULPS * ctx.eps * (a.e + e_group) + a.band() + b_group
+    finite = np.isfinite(a.v)  # a masked -inf (attention masks) is exact and never an extreme's rival
+    err = np.where(finite, a.e, 0.0)
+    band = np.where(finite, a.band(), 0.0)
+    e_group = np.max(err, axis=axes, keepdims=True)
+    b_group = np.max(band, axis=axes, keepdims=True)
+    slack = KINK_ULPS * ctx.eps * (err + e_group) + band + b_group
     return np.abs(a.v - ext) <= slack
 
 
