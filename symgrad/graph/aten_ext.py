@@ -205,3 +205,56 @@ def _index_put(b, args, kwargs, val):
         values = b.layout("expand", b.layout("reshape", values, (1,) * (dest_t.dim() - len(values.shape)) + values.shape),
                           tuple(dest_t.shape))
     return accumulate(b, x, values, dest_t.long().numpy())
+
+
+@handles("aten._trilinear")
+def _trilinear(b, args, kwargs, val):
+    """``Σ_sumdim i1 ⊗ i2 ⊗ i3``, each input unsqueezed at its ``expand`` axes: one contraction."""
+    ins = [b.node_of(a) for a in args[:3]]
+    expands, sumdim = args[3:6], set(args[6])
+    total = len(ins[0].shape) + len(expands[0])
+    letters = "abcdefghijklm"[:total]
+    subs = ["".join(letters[p] for p in range(total) if p not in set(e)) for e in expands]
+    out = "".join(letters[p] for p in range(total) if p not in sumdim)
+    y = b.contract(",".join(subs) + "->" + out, *ins)
+    return b.layout("reshape", y, tuple(val.shape))
+
+
+@handles("aten._embedding_bag_forward_only", "aten._embedding_bag")
+def _embedding_bag(b, args, kwargs, val):
+    """Bags of weight rows (a ``select`` into ``(bags, longest bag, width)``) summed, averaged or
+    maximised; rows at ``padding_idx`` are left out of their bag, as torch leaves them."""
+    import torch
+
+    weight, indices, offsets = b.node_of(args[0]), args[1], args[2]
+    mode = args[4] if len(args) > 4 else 0
+    psw = args[6] if len(args) > 6 else None
+    include_last = bool(args[7]) if len(args) > 7 else False
+    padding_idx = args[8] if len(args) > 8 and args[8] is not None else -1
+    if len(args) > 3 and args[3]:
+        raise UnsupportedOp("embedding_bag with scale_grad_by_freq=True: its gradient is not the derivative of its "
+                            "forward; check with scale_grad_by_freq=False")
+    rows = np.asarray(torch.as_tensor(indices).reshape(-1).numpy(), np.int64)
+    offs = list(np.asarray(torch.as_tensor(offsets).numpy(), np.int64)) + ([] if include_last else [rows.size])
+    bags = [[p for p in range(offs[i], offs[i + 1]) if rows[p] != padding_idx] for i in range(len(offs) - 1)]
+    length = max(1, max((len(x) for x in bags), default=1))
+    width = weight.shape[1]
+    pos = np.zeros((len(bags), length), np.int64)  # 1-based positions into ``indices``, 0: none
+    for i, bag in enumerate(bags):
+        pos[i, :len(bag)] = np.asarray(bag, np.int64) + 1
+    idx = np.where(pos[..., None] > 0, rows[np.maximum(pos - 1, 0)][..., None] * width + np.arange(width) + 1, 0)
+    counts = np.array([len(x) for x in bags], np.float64)
+    if mode == 2:
+        if np.any(counts == 0):
+            raise UnsupportedOp("embedding_bag mode='max' with an empty bag")
+        picked = b.select([weight], idx, fill=-np.inf)
+        out = b.reduce("max", picked, (1,), False)
+    else:
+        picked = b.select([weight], idx)
+        if psw is not None:
+            w_sel = b.select([b.node_of(psw)], pos[..., None] * np.ones((1, 1, width), np.int64))
+            picked = b.pointwise(lambda s, t: s * t, [picked, w_sel])
+        out = b.reduce("sum", picked, (1,), False)
+        if mode == 1:
+            out = b.pointwise(lambda s, c: s / c, [out, torch.from_numpy(np.maximum(counts, 1.0)[:, None])])
+    return (out, None, None, None)

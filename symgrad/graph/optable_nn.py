@@ -76,7 +76,11 @@ ROWS = [
         {"w": normal(6, 3), "i": ints(6, 7), "o": fixed([0, 3, 5])}),
     fnn("embedding_bag sum", lambda w, i: F.embedding_bag(i, w, mode="sum"), {"w": normal(6, 3), "i": ints(6, 2, 3)}),
     fnn("embedding_bag max", lambda w, i: F.embedding_bag(i, w, mode="max"), {"w": normal(6, 3), "i": fixed([[0, 2, 5], [1, 3, 4]])}),
-    fnn("one_hot matmul", lambda w, i: F.one_hot(i, 5).to(w.dtype) @ w, {"w": normal(5, 3), "i": ints(5, 4)}),
+    fnn("embedding_bag per_sample_weights", lambda w, i, o, p: F.embedding_bag(i, w, o, mode="sum", per_sample_weights=p),
+        {"w": normal(6, 3), "i": ints(6, 7), "o": fixed([0, 3, 5]), "p": normal(7)}),
+    fnn("one_hot matmul", lambda w, i: F.one_hot(i, 5).to(w.dtype) @ w, {"w": normal(5, 3), "i": ints(5, 4)},
+        xfail="F.one_hot reads its indices' values while tracing (a check that they are in range): make_fx refuses "
+              "it on an integer input; pass the one-hot matrix as a constant input instead"),
     fnn("scaled_dot_product_attention", F.scaled_dot_product_attention,
         {"q": normal(2, 3, 4), "k": normal(2, 5, 4), "v": normal(2, 5, 3)}),
     fnn("sdpa causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
