@@ -258,3 +258,39 @@ def _embedding_bag(b, args, kwargs, val):
         if mode == 1:
             out = b.pointwise(lambda s, c: s / c, [out, torch.from_numpy(np.maximum(counts, 1.0)[:, None])])
     return (out, None, None, None)
+
+
+@handles("aten.multilabel_margin_loss_forward")
+def _multilabel_margin(b, args, kwargs, val):
+    """``Σ_{j ∈ T} Σ_{i ∉ T} max(0, 1 - (x_j - x_i)) / C`` per sample, ``T`` the labels before the
+    first -1: a pointwise hinge over all pairs, weighted by a constant 0/1 pair mask."""
+    import torch
+
+    x, target = b.node_of(args[0]), torch.as_tensor(args[1])
+    reduction = args[2] if len(args) > 2 else 1
+    squeeze = len(x.shape) == 1
+    if squeeze:
+        x, target = b.layout("reshape", x, (1,) + x.shape), target.reshape(1, -1)
+    n, c = x.shape
+    pairs = np.zeros((n, c, c))
+    is_target = np.zeros((n, c))
+    for k in range(n):
+        labels = []
+        for t in target[k].tolist():
+            if t < 0:
+                break
+            labels.append(t)
+        is_target[k, labels] = 1.0
+        pairs[k] = np.outer(is_target[k], 1.0 - is_target[k])
+    xj = b.layout("expand", b.layout("reshape", x, (n, c, 1)), (n, c, c))
+    xi = b.layout("expand", b.layout("reshape", x, (n, 1, c)), (n, c, c))
+    hinge = b.pointwise(lambda a, d, m: m * sp.Piecewise((1 - a + d, 1 - a + d > 0), (0, True)),
+                        [xj, xi, torch.from_numpy(pairs)], (n, c, c))
+    per = b.pointwise(lambda s: s / c, [b.reduce("sum", hinge, (1, 2), False)])
+    if reduction == 1:
+        out = b.pointwise(lambda s: s / n, [b.reduce("sum", per, (0,), False)])
+    elif reduction == 2:
+        out = b.reduce("sum", per, (0,), False)
+    else:
+        out = b.layout("reshape", per, ()) if squeeze else per
+    return out, torch.from_numpy(is_target.reshape(val[1].shape) if squeeze else is_target)

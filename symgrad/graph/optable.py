@@ -116,6 +116,7 @@ class OpCase:
     xfail: str = ""  # why the op graph cannot check it yet (a strict xfail in the tests)
     zero_grad: bool = False  # the true derivative is 0 everywhere: a scaled backward is still right
     slow: bool = False
+    wrt: tuple = ()  # the inputs to differentiate (default: every float input)
     module: Callable | None = None  # a factory of an nn.Module checked with the inputs (fn unused)
     extra: dict = field(default_factory=dict)
 
@@ -147,7 +148,7 @@ def wrong_backward(fn: Callable, rel: float) -> Callable:
         def backward(ctx, g):
             xs = ctx.saved_tensors
             with torch.enable_grad():
-                leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in xs]
+                leaves = [x.detach().requires_grad_(bool(need)) for x, need in zip(xs, ctx.needs_input_grad)]
                 out = fn(*leaves)
                 diff = [x for x in leaves if x.requires_grad]
                 grads = iter(torch.autograd.grad(out, diff, g, allow_unused=True))
