@@ -1,0 +1,105 @@
+"""One parametrised op test over the op table (``symgrad.graph.optable``), in float64 and float32:
+torch's own autograd passes, and a seeded wrong backward (torch's gradient times 1 + 1e-6 in
+float64, 1 + 1e-3 in float32) fails wherever the true derivative is not zero.
+
+Rows marked ``slow`` run with ``pytest -m slow`` (the default run skips them: pyproject's addopts);
+rows marked ``xfail`` are strict: an op that starts working must have its mark removed."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.graph.optable import DTYPES, FACTOR, as_function, cases, coverage_markdown, wrong_backward
+
+
+def _params():
+    out = []
+    for case in cases():
+        for dt in DTYPES:
+            marks = []
+            if dt not in case.dtypes:
+                continue
+            if case.xfail:
+                marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
+            if case.slow:
+                marks.append(pytest.mark.slow)
+            out.append(pytest.param(case, dt, id=f"{case.name}-{dt}", marks=marks))
+    return out
+
+
+PARAMS = _params()
+
+
+def _check(fn, inputs, case):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sg.check(fn, inputs, engine="graph", wrt=list(case.wrt) or None)
+
+
+@pytest.mark.parametrize("case, dtype", PARAMS)
+def test_torch_autograd_passes(case, dtype):
+    fn, inputs = as_function(case, getattr(torch, dtype))
+    report = _check(fn, inputs, case)
+    assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("case, dtype", PARAMS)
+def test_seeded_wrong_backward_fails(case, dtype):
+    fn, inputs = as_function(case, getattr(torch, dtype))
+    report = _check(wrong_backward(fn, FACTOR[dtype]), inputs, case)
+    if case.zero_grad:  # a zero derivative scaled is still right: the check must not invent a failure
+        assert report.passed, report.to_text()
+    else:
+        assert not report.passed, report.to_text()
+
+
+MODULES = [p for p in PARAMS if p.values[0].module is not None]
+
+
+@pytest.mark.parametrize("case, dtype", MODULES)
+def test_module_passes_as_a_module(case, dtype):
+    """The module rows also go in as modules (parameters found by symgrad, not passed as inputs)."""
+    torch.manual_seed(0)
+    model = case.module().to(getattr(torch, dtype))
+    fn, inputs = as_function(case, getattr(torch, dtype))
+    own = {k: v for k, v in inputs.items() if k in case.inputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = sg.check(_FirstOutput(model), own, engine="graph")
+    assert report.passed, report.to_text()
+
+
+class _FirstOutput(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *xs):
+        out = self.inner(*xs)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def test_the_wrong_backward_helper_is_wrong_by_its_factor():
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(wrong_backward(torch.sin, 1e-3)(x).sum(), x)
+    assert torch.allclose(g, torch.cos(x) * (1 + 1e-3), rtol=0, atol=1e-15)
+
+
+def test_table_rows_are_unique_and_described():
+    names = [c.name for c in cases()]
+    assert len(names) == len(set(names))
+    kinds = {c.kind for c in cases()}
+    assert kinds <= {"pointwise", "reduction", "shape", "linalg", "nn", "loss", "module"}
+    assert all(c.xfail or c.fn is not None or c.module is not None for c in cases())
+
+
+def test_coverage_markdown_lists_every_row():
+    table = coverage_markdown()
+    lines = table.splitlines()
+    assert lines[0].startswith("| op | kind | domain | float64 | float32 | notes |")
+    assert len(lines) == 2 + len(cases())
+    assert any("xfail" in line for line in lines) and "| gelu | pointwise |" in table
