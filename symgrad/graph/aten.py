@@ -11,6 +11,7 @@ which input entry lands where, so one rule (the ``select`` node and its adjoint)
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -124,8 +125,25 @@ def _trunc(x):
     return trunc(x)
 
 
+def _compare(fn):
+    """A comparison; against an infinite number it is data computed from the values (SymPy's real
+    symbols are finite, so ``Eq(s0, -oo)`` would fold to false)."""
+    pointwise = _pw(fn)
+
+    def handler(b, args, kwargs, val):
+        import torch
+
+        if not any(isinstance(a, float) and not math.isfinite(a) for a in args):
+            return pointwise(b, args, kwargs, val)
+        with torch.no_grad():
+            return b.fx_node.target(*[b.value_of(a) if isinstance(a, Node) else a for a in args])
+
+    return handler
+
+
+_COMPARISONS = ("aten.gt", "aten.lt", "aten.ge", "aten.le", "aten.eq", "aten.ne")
 for _name, _fn in _BINARY.items():
-    HANDLERS[_name] = _pw(_fn)
+    HANDLERS[_name] = _compare(_fn) if _name in _COMPARISONS else _pw(_fn)
     HANDLERS[_name + "_"] = HANDLERS[_name]
 HANDLERS["aten.add"] = HANDLERS["aten.add_"] = _pw_kw(lambda x, y, a: x + a * y, "alpha", alpha=1)
 HANDLERS["aten.sub"] = HANDLERS["aten.sub_"] = _pw_kw(lambda x, y, a: x - a * y, "alpha", alpha=1)

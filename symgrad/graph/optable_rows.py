@@ -81,6 +81,9 @@ _BINARY = [
     ("remainder", lambda x: torch.remainder(x, 0.7), X), ("fmod", lambda x: torch.fmod(x, 0.7), X),
     ("broadcast mul", torch.mul, {"x": normal(3, 1, 5), "y": normal(4, 1)}),
     ("nan_to_num", lambda x: torch.nan_to_num(torch.log(x)), {"x": positive(3, 5)}),
+    ("nan_to_num on inf and nan", lambda x: torch.nan_to_num(x * 2, posinf=3.0) * x.isfinite(),
+     {"x": fixed([1.5, float("inf"), -float("inf"), float("nan"), -0.5])},
+     ),
 ]
 
 _CIRCULAR = ("torch.func.functionalize leaves circular padding's in-place copies into slices of a new_empty "
@@ -122,6 +125,10 @@ ROWS += [
     red("norm p=0.5", lambda x: torch.linalg.vector_norm(x, 0.5, dim=1)),
     red("norm fro", lambda x: torch.linalg.matrix_norm(x)), red("norm default", lambda x: x.norm()),
     red("cumsum", lambda x: torch.cumsum(x, 1)), red("cumprod", lambda x: torch.cumprod(x, 1)),
+    red("cumprod with a zero", lambda x: torch.cumprod(x, 1), {"x": fixed([[1.5, 0.0, 2.0, -1.0], [0.5, -1.0, 3.0, 0.0]])}),
+    red("sum of a long axis", lambda x: x.sum(0), {"x": normal(300, 2)}),
+    red("prod of a long axis", lambda x: x.prod(0), {"x": uniform(0.9, 1.1, 40, 2)},
+        notes="past 32 terms a tree of products"),
     red("logcumsumexp", lambda x: torch.logcumsumexp(x, 1)),
     red("softmax", lambda x: torch.softmax(x, 1)), red("log_softmax", lambda x: torch.log_softmax(x, 0)),
     red("softmin", lambda x: F.softmin(x, 1)), red("cosine_similarity", F.cosine_similarity,
@@ -215,6 +222,13 @@ ROWS += [
         xfail=_LINALG_XFAIL),
     lin("linalg.solve", torch.linalg.solve,
         {"a": fixed([[2.0, 0.5, 0.1], [0.3, 1.5, 0.2], [0.1, 0.4, 1.8]]), "b": normal(3, 2)}, xfail=_LINALG_XFAIL),
+    lin("linalg.slogdet", lambda x: torch.linalg.slogdet(x)[1],
+        {"x": fixed([[2.0, 0.5, 0.1], [0.3, 1.5, 0.2], [0.1, 0.4, 1.8]])}, xfail=_LINALG_XFAIL),
+    lin("linalg.qr", lambda x: torch.linalg.qr(x)[1], {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.eigh", lambda x: torch.linalg.eigh(x + x.mT)[0], {"x": normal(3, 3)}, xfail=_LINALG_XFAIL,
+        notes="distinct eigenvalues"),
+    lin("linalg.svdvals", torch.linalg.svdvals, {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.pinv", torch.linalg.pinv, {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
     lin("linalg.cholesky", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype)),
         {"x": normal(3, 3)}, xfail=_LINALG_XFAIL),
 ]
