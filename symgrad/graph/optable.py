@@ -125,11 +125,12 @@ class OpCase:
         return "; ".join(f"{k}: {v.describe()}" for k, v in self.inputs.items())
 
 
-def make_inputs(case: OpCase, dtype) -> dict:
-    """The case's inputs in ``dtype`` (a torch dtype), from a generator seeded by the case's name."""
+def make_inputs(case: OpCase, dtype, seed: int = 0) -> dict:
+    """The case's inputs in ``dtype`` (a torch dtype), from a generator seeded by the case's name
+    (and ``seed``, for sweeps)."""
     import torch
 
-    gen = torch.Generator().manual_seed(zlib.crc32(case.name.encode()))
+    gen = torch.Generator().manual_seed(zlib.crc32(case.name.encode()) + seed)
     return {k: f.make(gen, dtype) for k, f in case.inputs.items()}
 
 
@@ -190,15 +191,15 @@ def coverage_markdown() -> str:
     return "\n".join(lines)
 
 
-def as_function(case: OpCase, dtype) -> tuple:
+def as_function(case: OpCase, dtype, seed: int = 0) -> tuple:
     """``(fn, inputs)`` for a row: a module row becomes a function of its inputs and parameters
     (``torch.func.functional_call``), its first output where it returns several (RNNs)."""
     import torch
 
-    inputs = make_inputs(case, dtype)
+    inputs = make_inputs(case, dtype, seed)
     if case.module is None:
         return case.fn, inputs
-    torch.manual_seed(zlib.crc32(case.name.encode()))
+    torch.manual_seed(zlib.crc32(case.name.encode()) + seed)
     module = case.module().to(dtype)
     params = {n: p.detach() for n, p in module.named_parameters()}
     keys = list(params)

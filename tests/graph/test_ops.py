@@ -103,3 +103,28 @@ def test_coverage_markdown_lists_every_row():
     assert lines[0].startswith("| op | kind | domain | float64 | float32 | notes |")
     assert len(lines) == 2 + len(cases())
     assert any("xfail" in line for line in lines) and "| gelu | pointwise |" in table
+
+
+SWEEP_SEEDS = (1, 2, 3, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, dtype", [p for p in PARAMS if not p.values[0].xfail])
+def test_sweep_over_seeds(case, dtype):
+    """Four more draws of every row's inputs: no false alarm, and the wrong backward caught."""
+    for seed in SWEEP_SEEDS:
+        fn, inputs = as_function(case, getattr(torch, dtype), seed)
+        report = _check(fn, inputs, case)
+        assert report.passed, f"seed {seed}\n" + report.to_text()
+        wrong = _check(wrong_backward(fn, FACTOR[dtype]), inputs, case)
+        assert wrong.passed if case.zero_grad else not wrong.passed, f"seed {seed}\n" + wrong.to_text()
+
+
+def test_an_op_outside_the_table_names_itself_and_register():
+    from symgrad.errors import UnsupportedOp
+
+    a = torch.tensor([[2.0, 0.5], [0.3, 1.5]], dtype=torch.float64)
+    with pytest.raises(UnsupportedOp) as err:
+        sg.check(torch.linalg.inv, {"a": a}, engine="graph")
+    text = str(err.value)
+    assert "linalg_inv_ex" in text and "register(" in text and "fx node" in text
