@@ -294,3 +294,46 @@ def _multilabel_margin(b, args, kwargs, val):
     else:
         out = b.layout("reshape", per, ()) if squeeze else per
     return out, torch.from_numpy(is_target.reshape(val[1].shape) if squeeze else is_target)
+
+
+# ------------------------------------------------------------------ linear algebra (the linalg kind)
+
+def _lin(b: Builder, op: str, nodes, shape):
+    return b.add("linalg", [b.node_of(n) for n in nodes], shape, op=op)
+
+
+def _info(val):
+    """LAPACK's status: 0 (success; a singular matrix is refused when the node is evaluated)."""
+    import torch
+
+    return torch.zeros(tuple(val.shape), dtype=val.dtype)
+
+
+@handles("aten.linalg_inv_ex")
+def _inv(b, args, kwargs, val):
+    return _lin(b, "inv", [args[0]], tuple(val[0].shape)), _info(val[1])
+
+
+@handles("aten._linalg_solve_ex")
+def _solve(b, args, kwargs, val):
+    left = args[2] if len(args) > 2 else kwargs.get("left", True)
+    if not left:
+        raise UnsupportedOp("linalg.solve with left=False: transpose the system instead")
+    a, rhs = b.node_of(args[0]), b.node_of(args[1])
+    if len(rhs.shape) not in (len(a.shape), len(a.shape) - 1) or rhs.shape[:len(a.shape) - 2] != a.shape[:-2]:
+        raise UnsupportedOp("linalg.solve with broadcast batch axes: expand the operands to one batch shape first")
+    return _lin(b, "solve", [a, rhs], tuple(val[0].shape)), None, None, _info(val[3])
+
+
+@handles("aten._linalg_det")
+def _det(b, args, kwargs, val):
+    return _lin(b, "det", [args[0]], tuple(val[0].shape)), None, None
+
+
+@handles("aten._linalg_slogdet")
+def _slogdet(b, args, kwargs, val):
+    import torch
+
+    with torch.no_grad():
+        sign = torch.linalg.slogdet(b.value_of(b.node_of(args[0])))[0]
+    return sign, _lin(b, "logabsdet", [args[0]], tuple(val[1].shape)), None, None

@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
+from . import linalg
 from .approx import Approx, einsum, mul, reduce_sum, summation_factor, unbroadcast
 from .ir import Node
 from .scalar import KINK_ULPS, Ctx, evaluate
@@ -56,6 +57,8 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
         return _select(node, args)
     if kind == "stop":
         return args[0]
+    if kind == "linalg":
+        return linalg.forward(node.attrs["op"], args)
     raise ValueError(f"no forward rule for node kind {kind!r}")
 
 
@@ -148,6 +151,8 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list) -> list:
         return _vjp_select(node, args, g)
     if kind == "stop":
         return [None]
+    if kind == "linalg":
+        return linalg.vjp(node.attrs["op"], args, linalg.forward(node.attrs["op"], args), g, needed)
     raise ValueError(f"no vjp rule for node kind {kind!r}")
 
 
