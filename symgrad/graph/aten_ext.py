@@ -337,3 +337,29 @@ def _slogdet(b, args, kwargs, val):
     with torch.no_grad():
         sign = torch.linalg.slogdet(b.value_of(b.node_of(args[0])))[0]
     return sign, _lin(b, "logabsdet", [args[0]], tuple(val[1].shape)), None, None
+
+
+def _unused_outputs(b, positions, what):
+    used = {u.args[1] for u in b.fx_node.users if len(u.args) > 1 and isinstance(u.args[1], int) and u.users}
+    if used & set(positions):
+        raise UnsupportedOp(f"{b.fx_node.target}: the op graph has the {what} only (eigen- and singular vectors are "
+                            "not defined on it yet); use torch.linalg.eigvalsh / svdvals, or pass symbolic=")
+
+
+@handles("aten._linalg_eigh", "aten.linalg_eigh")
+def _eigh(b, args, kwargs, val):
+    _unused_outputs(b, (1,), "eigenvalues")
+    uplo = args[1] if len(args) > 1 else kwargs.get("UPLO", "L")
+    a = b.node_of(args[0])
+    mask = np.tril(np.ones(a.shape[-2:])) if uplo == "L" else np.triu(np.ones(a.shape[-2:]))
+    # LAPACK reads one triangle: the matrix is that triangle mirrored
+    idx = np.arange(1, a.size + 1).reshape(a.shape)
+    sym = np.where(mask.astype(bool), idx, np.swapaxes(idx, -1, -2))
+    full = b.select([a], sym)
+    return _lin(b, "eigvalsh", [full], tuple(val[0].shape)), None
+
+
+@handles("aten._linalg_svd", "aten.linalg_svd")
+def _svd(b, args, kwargs, val):
+    _unused_outputs(b, (0, 2), "singular values")
+    return None, _lin(b, "svdvals", [args[0]], tuple(val[1].shape)), None

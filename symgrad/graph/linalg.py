@@ -11,7 +11,11 @@ true for the diagonally dominant and well-conditioned matrices derivatives are c
 * ``X = A⁻¹``:   ``e_X = |X| (γ |A| + e_A) |X|``;
 * ``Y = A⁻¹B``:  ``e_Y = |A⁻¹| ((γ |A| + e_A) |Y| + e_B)``;
 * ``d = det A``: ``e_d = |d| Σ |X_ji| (γ |A_ij| + e_A,ij)`` (``δd = d tr(X δA)``);
-* ``log|det A|``: the same without ``|d|``, plus one rounding of the log.
+* ``log|det A|``: the same without ``|d|``, plus one rounding of the log;
+* eigenvalues of a symmetric ``A`` and singular values move by at most ``‖δA‖₂ <= ‖δA‖_F`` (Weyl),
+  with ``‖δA‖_F <= γ ‖A‖_F + ‖e_A‖_F`` for a backward-stable eigensolver or SVD; the vectors their
+  reverse-mode rules use (``Ā = V diag(λ̄) Vᵀ``, ``Ā = U diag(σ̄) Vᵀ``) move by ``‖δA‖ / gap``
+  (Davis-Kahan), the gap to the nearest other value (and to 0 for singular vectors).
 
 The reverse-mode rules are products of these values (``Ā = -Xᵀ Ȳ Yᵀ`` for a solve, ``Ā = d̄ d Xᵀ``
 for det) written with :func:`symgrad.graph.approx.einsum`, so their own rounding follows from the
@@ -27,7 +31,7 @@ from .approx import Approx, einsum, mul, scale
 
 __all__ = ["OPS", "forward", "vjp"]
 
-OPS = ("inv", "solve", "det", "logabsdet")
+OPS = ("inv", "solve", "det", "logabsdet", "eigvalsh", "svdvals")
 _B = "abcdefgh"
 
 
@@ -62,6 +66,8 @@ def _with_band(v, e, lo_hi_width):
 
 def forward(op: str, args: list) -> Approx:
     a = args[0]
+    if op in ("eigvalsh", "svdvals"):
+        return _spectrum(op, a)[0]
     n = a.shape[-1]
     nb = len(a.shape) - 2
     x = _inverse(a)
@@ -95,10 +101,45 @@ def forward(op: str, args: list) -> Approx:
     raise ValueError(f"unknown linalg op {op!r}; known: {OPS}")
 
 
+def _fro(t: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(t * t, axis=(-2, -1)))
+
+
+def _spectrum(op: str, a: Approx) -> tuple:
+    """(values, left vectors, right vectors) as Approx, bounded as Note [Linalg rounding] says."""
+    n = min(a.shape[-2:])
+    if op == "eigvalsh":
+        lam, v = np.linalg.eigh(a.v)
+        left = right = v
+        others = lam
+    else:
+        left, lam, vh = np.linalg.svd(a.v, full_matrices=False)
+        right = np.swapaxes(vh, -1, -2)
+        others = np.concatenate([lam, np.zeros(lam.shape[:-1] + (1,))], axis=-1) if a.shape[-1] != a.shape[-2] else lam
+    move = _gamma(max(a.shape[-2:])) * _fro(np.abs(a.v)) + _fro(a.e)  # ‖δA‖_F, eps units
+    values = Approx(lam, np.broadcast_to(move[..., None], lam.shape))
+    if a.banded:
+        width = np.broadcast_to(_fro(a.band())[..., None], lam.shape)
+        values = Approx(lam, values.e, width, width)
+    diff = np.abs(lam[..., :, None] - others[..., None, :])
+    idx = np.arange(n)
+    diff[..., idx, idx] = np.inf
+    gap = diff.min(axis=-1)
+    if np.any(gap == 0):
+        raise InputError(f"{op}: repeated {'eigen' if op == 'eigvalsh' else 'singular '}values at these inputs: "
+                         "their vectors, and so the derivative of the values' functions, are not unique; check at "
+                         "inputs with distinct values")
+    vec_e = (move[..., None] / gap)[..., None, :]
+    return values, Approx(left, np.broadcast_to(vec_e, left.shape)), Approx(right, np.broadcast_to(vec_e, right.shape))
+
+
 def vjp(op: str, args: list, out: Approx, g: Approx, needed: list) -> list:
     """One cotangent per argument, from the forward's values (``out``) in Approx arithmetic."""
     a = args[0]
     nb = len(a.shape) - 2
+    if op in ("eigvalsh", "svdvals"):  # Ā = U diag(ḡ) Vᵀ
+        _, left, right = _spectrum(op, a)
+        return [einsum(_spec(nb, "ij,j,kj->ik"), left, g, right)]
     xi = forward("inv", [a]) if op != "inv" else out
     if op == "inv":  # Ā = -Xᵀ G Xᵀ
         xt = _t(xi)

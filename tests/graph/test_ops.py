@@ -44,7 +44,10 @@ def _check(fn, inputs, case):
 def test_torch_autograd_passes(case, dtype):
     fn, inputs = as_function(case, getattr(torch, dtype))
     report = _check(fn, inputs, case)
-    assert report.passed, report.to_text()
+    if case.torch_differs:  # documented: torch's backward is not the derivative of its forward here
+        assert not report.passed, report.to_text()
+    else:
+        assert report.passed, report.to_text()
 
 
 @pytest.mark.parametrize("case, dtype", PARAMS)
@@ -115,7 +118,7 @@ def test_sweep_over_seeds(case, dtype):
     for seed in SWEEP_SEEDS:
         fn, inputs = as_function(case, getattr(torch, dtype), seed)
         report = _check(fn, inputs, case)
-        assert report.passed, f"seed {seed}\n" + report.to_text()
+        assert report.passed != bool(case.torch_differs), f"seed {seed}\n" + report.to_text()
         wrong = _check(wrong_backward(fn, FACTOR[dtype]), inputs, case)
         assert wrong.passed if case.zero_grad else not wrong.passed, f"seed {seed}\n" + wrong.to_text()
 
