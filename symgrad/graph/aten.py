@@ -20,7 +20,7 @@ import sympy as sp
 from ..errors import UnsupportedOp
 from .functions import ceil, expm1, floor, log1p, round_even, sigmoid, trunc
 from .ir import Node
-from .trace import Builder, number
+from .trace import Builder
 
 __all__ = ["HANDLERS", "handles", "handler_for", "SELECTIONS"]
 
@@ -460,18 +460,3 @@ def _embedding(b, args, kwargs, val):
         return b.select([weight, b.stop(weight)], idx)
     return b.select([weight], idx)
 
-
-@handles("aten.rrelu_with_noise", "aten.rrelu_with_noise_functional", "aten.rrelu")
-def _rrelu(b, args, kwargs, val):
-    """rrelu in eval: leaky_relu with the mean slope ``(lower + upper) / 2``; in training its slopes
-    are random draws."""
-    name = str(b.fx_node.target)
-    rest = list(args[2:] if "noise" in name else args[1:])
-    lower = rest[0] if len(rest) > 0 else kwargs.get("lower", 1 / 8)
-    upper = rest[1] if len(rest) > 1 else kwargs.get("upper", 1 / 3)
-    training = rest[2] if len(rest) > 2 else kwargs.get("training", False)
-    if training:
-        return _random(b, args, kwargs, val)
-    slope = number((lower + upper) / 2)
-    out = b.pointwise(lambda x: _pw_piece((x, x >= 0), (slope * x, True)), [args[0]], tuple(args[0].shape))
-    return (out, args[1]) if "functional" in name else out

@@ -11,8 +11,8 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
-from .aten import HANDLERS, _clamp, _dims, handles
-from .trace import Builder
+from .aten import HANDLERS, _clamp, _dims, _pw_piece, _random, handles
+from .trace import Builder, number
 
 _CHAIN = 32  # up to this many terms a product is a left-to-right chain, as torch's kernel multiplies
 
@@ -363,3 +363,19 @@ def _eigh(b, args, kwargs, val):
 def _svd(b, args, kwargs, val):
     _unused_outputs(b, (0, 2), "singular values")
     return None, _lin(b, "svdvals", [args[0]], tuple(val[1].shape)), None
+
+
+@handles("aten.rrelu_with_noise", "aten.rrelu_with_noise_functional", "aten.rrelu")
+def _rrelu(b, args, kwargs, val):
+    """rrelu in eval: leaky_relu with the mean slope ``(lower + upper) / 2``; in training its slopes
+    are random draws."""
+    name = str(b.fx_node.target)
+    rest = list(args[2:] if "noise" in name else args[1:])
+    lower = rest[0] if len(rest) > 0 else kwargs.get("lower", 1 / 8)
+    upper = rest[1] if len(rest) > 1 else kwargs.get("upper", 1 / 3)
+    training = rest[2] if len(rest) > 2 else kwargs.get("training", False)
+    if training:
+        return _random(b, args, kwargs, val)
+    slope = number((lower + upper) / 2)
+    out = b.pointwise(lambda x: _pw_piece((x, x >= 0), (slope * x, True)), [args[0]], tuple(args[0].shape))
+    return (out, args[1]) if "functional" in name else out

@@ -139,3 +139,25 @@ def test_a_singular_matrix_is_refused_with_a_clear_error():
     a = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
     with pytest.raises(SymgradError, match="singular"):  # torch's own forward refuses it while tracing
         sg.check(torch.linalg.inv, {"a": a}, engine="graph")
+
+
+JACREV_ROWS = ("gelu", "atan2", "logsumexp", "cumprod with a zero", "amax with ties", "gather", "scatter_add",
+               "pad reflect 2d", "linalg.solve", "linalg.eigvalsh", "conv2d", "layer_norm", "sdpa causal",
+               "cross_entropy label_smoothing", "nn.GRUCell")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", JACREV_ROWS)
+def test_full_jacobian_via_jacrev(name, dtype):
+    """The same rows through torch.func.jacrev: the whole Jacobian, one product per output entry (the
+    wrong backward, an old-style autograd.Function that torch.func refuses, through
+    torch.autograd.functional.jacobian)."""
+    (case,) = [c for c in cases() if c.name == name]
+    fn, inputs = as_function(case, getattr(torch, dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        good = sg.check(fn, inputs, engine="graph", via="jacrev", wrt=list(case.wrt) or None)
+        bad = sg.check(wrong_backward(fn, FACTOR[dtype]), inputs, engine="graph", via="functional.jacobian",
+                       wrt=list(case.wrt) or None)
+    assert good.passed and good.meta["quantity"].startswith("jacobian"), good.to_text()
+    assert not bad.passed, bad.to_text()
