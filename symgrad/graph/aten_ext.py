@@ -350,13 +350,26 @@ def _unused_outputs(b, positions, what):
 def _eigh(b, args, kwargs, val):
     _unused_outputs(b, (1,), "eigenvalues")
     uplo = args[1] if len(args) > 1 else kwargs.get("UPLO", "L")
-    a = b.node_of(args[0])
-    mask = np.tril(np.ones(a.shape[-2:])) if uplo == "L" else np.triu(np.ones(a.shape[-2:]))
-    # LAPACK reads one triangle: the matrix is that triangle mirrored
-    idx = np.arange(1, a.size + 1).reshape(a.shape)
-    sym = np.where(mask.astype(bool), idx, np.swapaxes(idx, -1, -2))
-    full = b.select([a], sym)
+    full = _mirror(b, args[0], uplo == "L")
     return _lin(b, "eigvalsh", [full], tuple(val[0].shape)), None
+
+
+def _mirror(b, a, lower: bool):
+    """The symmetric matrix LAPACK reads: one triangle of ``a`` mirrored (a ``select``)."""
+    a = b.node_of(a)
+    keep = np.tril(np.ones(a.shape[-2:])) if lower else np.triu(np.ones(a.shape[-2:]))
+    idx = np.arange(1, a.size + 1).reshape(a.shape)
+    return b.select([a], np.where(keep.astype(bool), idx, np.swapaxes(idx, -1, -2)))
+
+
+@handles("aten.linalg_cholesky_ex")
+def _chol(b, args, kwargs, val):
+    upper = args[1] if len(args) > 1 else kwargs.get("upper", False)
+    low = _lin(b, "cholesky", [_mirror(b, args[0], not upper)], tuple(val[0].shape))
+    if upper:
+        n = len(low.shape)
+        low = b.layout("permute", low, tuple(range(n - 2)) + (n - 1, n - 2))
+    return low, _info(val[1])
 
 
 @handles("aten._linalg_svd", "aten.linalg_svd")
@@ -379,3 +392,40 @@ def _rrelu(b, args, kwargs, val):
     slope = number((lower + upper) / 2)
     out = b.pointwise(lambda x: _pw_piece((x, x >= 0), (slope * x, True)), [args[0]], tuple(args[0].shape))
     return (out, args[1]) if "functional" in name else out
+
+
+def _triangle(b, a, lower: bool, unit: bool = False):
+    """The triangle of ``a`` a triangular solve reads (a ``select``; a unit diagonal is a constant)."""
+    import torch
+
+    a = b.node_of(a)
+    n = a.shape[-1]
+    keep = np.tril(np.ones((n, n)), -1 if unit else 0) if lower else np.triu(np.ones((n, n)), 1 if unit else 0)
+    idx = np.arange(1, a.size + 1).reshape(a.shape)
+    tri = b.select([a], np.where(keep.astype(bool), idx, 0))
+    if unit:
+        tri = b.pointwise(lambda s, c: s + c, [tri, torch.eye(n, dtype=torch.float64)], tri.shape)
+    return tri
+
+
+@handles("aten.cholesky_solve")
+def _cholesky_solve(b, args, kwargs, val):
+    """``(L Lᵀ)⁻¹ B`` (``Uᵀ U`` with ``upper``): a contraction, then a solve."""
+    rhs, factor = b.node_of(args[0]), args[1]
+    upper = args[2] if len(args) > 2 else kwargs.get("upper", False)
+    tri = _triangle(b, factor, not upper)
+    nb = len(tri.shape) - 2
+    pre = "abcdefgh"[:nb]
+    spec = f"{pre}ik,{pre}jk->{pre}ij" if not upper else f"{pre}ki,{pre}kj->{pre}ij"
+    return _lin(b, "solve", [b.contract(spec, tri, tri), rhs], tuple(val.shape))
+
+
+@handles("aten.linalg_solve_triangular")
+def _solve_triangular(b, args, kwargs, val):
+    a, rhs = args[0], b.node_of(args[1])
+    upper = args[2] if len(args) > 2 else kwargs["upper"]
+    left = kwargs.get("left", args[3] if len(args) > 3 else True)
+    unit = kwargs.get("unitriangular", args[4] if len(args) > 4 else False)
+    if not left:
+        raise UnsupportedOp("solve_triangular with left=False: transpose the system instead")
+    return _lin(b, "solve", [_triangle(b, a, not upper, unit), rhs], tuple(val.shape))

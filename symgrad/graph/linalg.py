@@ -15,7 +15,11 @@ true for the diagonally dominant and well-conditioned matrices derivatives are c
 * eigenvalues of a symmetric ``A`` and singular values move by at most ``‖δA‖₂ <= ‖δA‖_F`` (Weyl),
   with ``‖δA‖_F <= γ ‖A‖_F + ‖e_A‖_F`` for a backward-stable eigensolver or SVD; the vectors their
   reverse-mode rules use (``Ā = V diag(λ̄) Vᵀ``, ``Ā = U diag(σ̄) Vᵀ``) move by ``‖δA‖ / gap``
-  (Davis-Kahan), the gap to the nearest other value (and to 0 for singular vectors).
+  (Davis-Kahan), the gap to the nearest other value (and to 0 for singular vectors);
+* ``L = chol(A)``: ``A + δA = L Lᵀ`` with ``|δA| <= (n + 1) |L||Lᵀ|``, and ``δL = L Φ(L⁻¹ δA L⁻ᵀ)``
+  (``Φ``: the lower triangle, diagonal halved), so ``e_L = |L| Φ(|L⁻¹| ((n+1)|L||Lᵀ| + e_A) |L⁻ᵀ|)``;
+  its reverse rule is torch's ``Ā = sym(L⁻ᵀ Φ(Lᵀ L̄) L⁻¹)`` (``sym(X) = (X + Xᵀ)/2``: the input is
+  symmetric).
 
 The reverse-mode rules are products of these values (``Ā = -Xᵀ Ȳ Yᵀ`` for a solve, ``Ā = d̄ d Xᵀ``
 for det) written with :func:`symgrad.graph.approx.einsum`, so their own rounding follows from the
@@ -27,11 +31,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .approx import Approx, einsum, mul, scale
+from .approx import Approx, add, einsum, mul, scale
 
 __all__ = ["OPS", "forward", "vjp"]
 
-OPS = ("inv", "solve", "det", "logabsdet", "eigvalsh", "svdvals")
+OPS = ("inv", "solve", "det", "logabsdet", "eigvalsh", "svdvals", "cholesky")
 _B = "abcdefgh"
 
 
@@ -64,10 +68,34 @@ def _with_band(v, e, lo_hi_width):
     return Approx(v, e, lo_hi_width, lo_hi_width)
 
 
+def _phi(t: np.ndarray) -> np.ndarray:
+    low = np.tril(t)
+    return low - 0.5 * np.tril(np.triu(low))
+
+
+def _cholesky(a: Approx) -> Approx:
+    try:
+        low = np.linalg.cholesky(a.v)
+    except np.linalg.LinAlgError as err:
+        raise InputError("cholesky: the matrix is not positive definite at these inputs; check where it is") from err
+    nb = len(a.shape) - 2
+    li = np.abs(np.linalg.inv(low))
+    al = np.abs(low)
+    pert = (a.shape[-1] + 1) * np.einsum(_spec(nb, "ik,jk->ij"), al, al) + a.e
+    inner = np.einsum(_spec(nb, "ij,jk,lk->il"), li, pert, li)
+    e = np.einsum(_spec(nb, "ij,jk->ik"), al, _phi(inner))
+    if not a.banded:
+        return Approx(low, e)
+    width = np.einsum(_spec(nb, "ij,jk->ik"), al, _phi(np.einsum(_spec(nb, "ij,jk,lk->il"), li, a.band(), li)))
+    return Approx(low, e, width, width)
+
+
 def forward(op: str, args: list) -> Approx:
     a = args[0]
     if op in ("eigvalsh", "svdvals"):
         return _spectrum(op, a)[0]
+    if op == "cholesky":
+        return _cholesky(a)
     n = a.shape[-1]
     nb = len(a.shape) - 2
     x = _inverse(a)
@@ -140,6 +168,11 @@ def vjp(op: str, args: list, out: Approx, g: Approx, needed: list) -> list:
     if op in ("eigvalsh", "svdvals"):  # Ā = U diag(ḡ) Vᵀ
         _, left, right = _spectrum(op, a)
         return [einsum(_spec(nb, "ij,j,kj->ik"), left, g, right)]
+    if op == "cholesky":  # Ā = sym(L⁻ᵀ Φ(Lᵀ L̄) L⁻¹)
+        li = forward("inv", [out])
+        m = einsum(_spec(nb, "ki,kj->ij"), out, g).map(_phi)
+        ga = einsum(_spec(nb, "ki,kl,lj->ij"), li, m, li)
+        return [scale(add(ga, _t(ga)), 0.5)]
     xi = forward("inv", [a]) if op != "inv" else out
     if op == "inv":  # Ā = -Xᵀ G Xᵀ
         xt = _t(xi)

@@ -214,8 +214,8 @@ ROWS += [
     lin("cross", lambda x, y: torch.linalg.cross(x, y), {"x": normal(4, 3), "y": normal(4, 3)}),
 ]
 
-_LINALG_XFAIL = ("the linalg core kind has inverse, solve, det, log|det|, eigenvalues and singular values so far: "
-                 "no QR, Cholesky, pseudo-inverse or eigen-/singular vectors yet (UnsupportedOp)")
+_LINALG_XFAIL = ("the linalg core kind has inverse, solve, det, log|det|, Cholesky, eigenvalues and singular "
+                 "values so far: no QR, pseudo-inverse or eigen-/singular vectors yet (UnsupportedOp)")
 _M = [[2.0, 0.5, 0.1], [0.3, 1.5, 0.2], [0.1, 0.4, 1.8]]
 ROWS += [
     lin("linalg.inv", torch.linalg.inv, {"x": fixed(_M)}),
@@ -240,8 +240,15 @@ ROWS += [
     lin("matrix_norm nuc and 2", lambda x: torch.linalg.matrix_norm(x, "nuc") + torch.linalg.matrix_norm(x, 2),
         {"x": normal(4, 3)}),
     lin("linalg.pinv", torch.linalg.pinv, {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
-    lin("linalg.cholesky", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype)),
-        {"x": normal(3, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.cholesky", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype)), {"x": normal(3, 3)}),
+    lin("linalg.cholesky upper batched", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype), upper=True),
+        {"x": normal(2, 3, 3)}),
+    lin("cholesky_solve", lambda x, b: torch.cholesky_solve(b, torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype))),
+        {"x": normal(3, 3), "b": normal(3, 2)}),
+    lin("solve_triangular", lambda a, b: torch.linalg.solve_triangular(a + 3 * torch.eye(3, dtype=a.dtype), b, upper=True),
+        {"a": normal(3, 3), "b": normal(3, 2)}),
+    lin("solve_triangular unit lower", lambda a, b: torch.linalg.solve_triangular(a, b, upper=False, unitriangular=True),
+        {"a": normal(3, 3, std=0.5), "b": normal(3, 2)}),
 ]
 
 
