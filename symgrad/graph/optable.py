@@ -22,7 +22,7 @@ shape, linear algebra) and ``optable_nn`` (nn layers, losses, modules).
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 __all__ = ["OpCase", "Input", "normal", "uniform", "positive", "ints", "mask", "fixed", "cases", "make_inputs",
@@ -121,7 +121,6 @@ class OpCase:
     wrt: tuple = ()  # the inputs to differentiate (default: every float input)
     torch_differs: str = ""  # why torch's backward is not the derivative of its forward here (it must FAIL)
     module: Callable | None = None  # a factory of an nn.Module checked with the inputs (fn unused)
-    extra: dict = field(default_factory=dict)
 
     @property
     def domain(self) -> str:
