@@ -2,8 +2,9 @@
 torch's own autograd passes, and a seeded wrong backward (torch's gradient times 1 + 1e-6 in
 float64, 1 + 1e-3 in float32) fails wherever the true derivative is not zero.
 
-Rows marked ``slow`` run with ``pytest -m slow`` (the default run skips them: pyproject's addopts);
-rows marked ``xfail`` are strict: an op that starts working must have its mark removed."""
+The seed sweep (four more input draws per row) is marked ``slow``: the default run skips it
+(pyproject's addopts ``-m 'not slow'``); run it with ``python -m pytest tests/graph/test_ops.py -m slow``.
+Rows marked ``xfail`` are strict: an op that starts working must have its mark removed."""
 
 from __future__ import annotations
 
