@@ -315,3 +315,71 @@ def _rrelu(b, args, kwargs, val):
 
 
 from . import aten_linalg  # noqa: E402,F401 - registers the linear-algebra handlers
+
+
+# ------------------------------------------------------------------ order statistics: data-chosen selections
+
+@handles("aten.sort", "aten.topk", "aten.kthvalue", "aten.median.dim", "aten.nanmedian.dim", "aten.mode",
+         "aten.cummax", "aten.cummin", "aten.sort.stable")
+def _order(b, args, kwargs, val):
+    """Values picked by indices that the float64 values choose (torch's ``(values, indices)``): the
+    values are a ``select`` (a gather along the op's axis), the indices integer data."""
+    import torch
+
+    x = b.node_of(args[0])
+    with torch.no_grad():
+        out = b.fx_node.target(b.value_of(x), *args[1:], **kwargs)
+    indices = out[1]
+    name = str(b.fx_node.target)
+    if "sort" in name:
+        dim = kwargs.get("dim", args[2] if "stable" in name and len(args) > 2 else (args[1] if len(args) > 1 else -1))
+    elif "topk" in name:
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+    elif "kthvalue" in name:
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+    else:
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+    if not isinstance(dim, int):
+        dim = -1
+    ids = _ids(x)
+    keep = indices if indices.dim() == ids.dim() else indices.unsqueeze(dim)
+    picked = torch.gather(ids, dim, keep).reshape(indices.shape)
+    return b.select([x], picked.long().numpy()), indices
+
+
+@handles("aten.median.default", "aten.nanmedian.default")
+def _median_all(b, args, kwargs, val):
+    import torch
+
+    x = b.node_of(args[0])
+    with torch.no_grad():
+        flat = b.value_of(x).reshape(-1)
+        k = (flat.numel() - 1) // 2
+        index = torch.sort(flat, stable=True).indices[k]
+    return b.select([x], np.array(int(index) + 1))
+
+
+@handles("aten.addbmm")
+def _addbmm(b, args, kwargs, val):
+    """``beta * input + alpha * Σ_b b1[b] @ b2[b]``."""
+    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    prod = b.contract("bij,bjk->ik", args[1], args[2])
+    return b.pointwise(lambda s, t: beta * s + alpha * t, [args[0], prod], tuple(val.shape))
+
+
+@handles("aten._pdist_forward")
+def _pdist(b, args, kwargs, val):
+    """Distances between rows ``i < j`` (row-major order), as ``cdist`` computes them."""
+    x, p = b.node_of(args[0]), float(args[1]) if len(args) > 1 else 2.0
+    n, d = x.shape
+    i, j = np.triu_indices(n, 1)
+    idx = np.arange(1, x.size + 1).reshape(n, d)
+    diff = b.pointwise(lambda s, t: s - t, [b.select([x], idx[i]), b.select([x], idx[j])])
+    if p == 2:
+        total = b.reduce("sum", b.pointwise(lambda s: s**2, [diff]), (1,), False)
+        return b.pointwise(sp.sqrt, [total], tuple(val.shape))
+    if p == float("inf"):
+        return b.reduce("max", b.pointwise(sp.Abs, [diff]), (1,), False)
+    q = sp.Integer(int(p)) if p.is_integer() else sp.Float(p)
+    total = b.reduce("sum", b.pointwise(lambda s: sp.Abs(s) ** q, [diff]), (1,), False)
+    return b.pointwise(lambda s: s ** (1 / q), [total], tuple(val.shape))

@@ -191,4 +191,23 @@ def _adaptive_max_pool(b: Builder, args, kwargs, val):
     return out, _indices(b, args)
 
 
+@handles("aten._adaptive_avg_pool3d", "aten._adaptive_avg_pool2d", "aten.adaptive_avg_pool3d")
+def _adaptive_avg_pool(b: Builder, args, kwargs, val):
+    """The mean over each adaptive window (windows of different sizes: padded, divided by the count)."""
+    import torch
+
+    x = b.node_of(args[0])
+    sizes = tuple(args[1])
+    nd = len(sizes)
+    wins = [_adaptive_windows(s, o) for s, o in zip(x.shape[-nd:], sizes)]
+    grids = np.meshgrid(*[np.arange(o) for o in sizes], *[np.arange(w.shape[1]) for w in wins], indexing="ij")
+    pos = [wins[i][grids[i], grids[nd + i]] for i in range(nd)]
+    valid = np.all([p >= 0 for p in pos], axis=0)
+    idx = np.where(valid, _index_array(x)[(Ellipsis, *[np.maximum(p, 0) for p in pos])], 0)
+    axes = tuple(range(len(x.shape), len(x.shape) + nd))
+    total = b.reduce("sum", b.select([x], idx), axes, False)
+    count = torch.from_numpy(valid.sum(axis=tuple(range(nd, 2 * nd))).astype(np.float64))
+    return b.pointwise(lambda s, c: s / c, [total, count], tuple(val.shape))
+
+
 from . import aten_ext  # noqa: E402,F401 - registers the handlers defined there
