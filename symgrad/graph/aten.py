@@ -203,6 +203,10 @@ def _detach(b, args, kwargs, val):
          "aten.to.dtype", "aten.view_of", "aten._conj", "aten.resolve_conj",
          "aten.resolve_neg", "aten.positive", "aten.dropout", "aten.convert_element_type")
 def _identity(b, args, kwargs, val):
+    """Copies and casts; a cast of a value to an integer or bool dtype is data (grid_sample's floor of
+    its grid), computed from the float64 values."""
+    if isinstance(args[0], Node) and getattr(val, "is_floating_point", lambda: True)() is False:
+        return b.value_of(args[0]).to(val.dtype)
     return args[0]
 
 
@@ -382,12 +386,33 @@ SELECTIONS = (
 )
 
 
+# the argument positions that hold indices: an index computed from floats (grid_sample's floor of
+# its grid) is integer data, taken from the float64 values
+_INDEX_ARGS = {"aten.index.Tensor": 1, "aten._unsafe_index.Tensor": 1, "aten.index_put": 1, "aten.index_put_": 1,
+               "aten.gather": 2, "aten.index_select": 2, "aten.scatter.src": 2, "aten.scatter.value": 2,
+               "aten.take": 1}
+
+
+def _index_data(b, name: str, args: list) -> list:
+    pos = _INDEX_ARGS.get(name.rsplit(".", 1)[0] if name.count(".") >= 2 else name, _INDEX_ARGS.get(name))
+    if pos is None or pos >= len(args):
+        return args
+
+    def data(a):
+        return b.value_of(a).long() if isinstance(a, Node) else a
+
+    a = args[pos]
+    args[pos] = type(a)(data(x) for x in a) if isinstance(a, (list, tuple)) else data(a)
+    return args
+
+
 def _selection(b, args, kwargs, val):
     import torch
 
     target = b.fx_node.target
     name = str(target)
     fill = 0.0
+    args = _index_data(b, name, list(args))
     if name.startswith("aten.constant_pad_nd"):  # the padding holds a constant: the select's fill
         fill = float(args[2] if len(args) > 2 else kwargs.get("value", 0.0))
         args, kwargs = list(args[:2]), {}

@@ -41,6 +41,7 @@ _DECOMPOSE = (
     "hinge_embedding_loss", "triplet_margin_loss", "multi_margin_loss", "im2col", "col2im", "reflection_pad1d",
     "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d",
     "avg_pool1d", "max_pool1d", "linalg_cross", "roll", "rot90", "repeat", "unfold", "embedding_dense_backward",
+    "upsample_trilinear3d", "upsample_bicubic2d", "grid_sampler_2d", "upsample_linear1d",
 )
 
 _TABLE = None
