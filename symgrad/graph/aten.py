@@ -11,13 +11,14 @@ which input entry lands where, so one rule (the ``select`` node and its adjoint)
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
-from .functions import expm1, log1p, sigmoid
+from .functions import ceil, expm1, floor, log1p, round_even, sigmoid, trunc
 from .ir import Node
 from .trace import Builder
 
@@ -76,9 +77,8 @@ _UNARY = {
     "aten.lgamma": sp.loggamma, "aten.digamma": lambda x: sp.polygamma(0, x), "aten.expm1": expm1,
     "aten.log1p": log1p, "aten.sigmoid": sigmoid, "aten.sqrt": sp.sqrt, "aten.rsqrt": lambda x: 1 / sp.sqrt(x),
     "aten.reciprocal": lambda x: 1 / x, "aten.exp2": lambda x: 2**x, "aten.log2": lambda x: sp.log(x) / sp.log(2),
-    "aten.log10": lambda x: sp.log(x) / sp.log(10), "aten.floor": sp.floor, "aten.ceil": sp.ceiling,
-    "aten.trunc": lambda x: sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True)),
-    "aten.round": lambda x: sp.floor(x + sp.Rational(1, 2)),
+    "aten.log10": lambda x: sp.log(x) / sp.log(10), "aten.floor": floor, "aten.ceil": ceil,
+    "aten.trunc": trunc, "aten.round": round_even, "aten.frac": lambda x: x - trunc(x),
     "aten.relu": lambda x: _pw_piece((x, x > 0), (0, True)),
     "aten.abs": lambda x: _pw_piece((x, x > 0), (0, sp.Eq(x, 0)), (-x, True)),
     "aten.sign": lambda x: _pw_piece((1, x > 0), (0, sp.Eq(x, 0)), (-1, True)),
@@ -111,8 +111,10 @@ _BINARY = {
     "aten.logical_or": lambda x, y: _pw_piece((1, sp.Or(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
     "aten.bitwise_and": lambda x, y: _pw_piece((1, sp.And(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
     "aten.bitwise_or": lambda x, y: _pw_piece((1, sp.Or(sp.Ne(x, 0), sp.Ne(y, 0))), (0, True)),
-    "aten.remainder": lambda x, y: x - sp.floor(x / y) * y, "aten.fmod": lambda x, y: x - _trunc(x / y) * y,
-    "aten.xlogy": lambda x, y: _pw_piece((0, sp.Eq(x, 0)), (x * sp.log(y), True)),
+    "aten.remainder": lambda x, y: x - floor(x / y) * y, "aten.fmod": lambda x, y: x - _trunc(x / y) * y,
+    # xlogy is 0 at x = 0 even where log y is not finite; elsewhere (y > 0) x log y, whose x-derivative
+    # log y holds at x = 0 too (torch's backward agrees)
+    "aten.xlogy": lambda x, y: _pw_piece((0, sp.And(sp.Eq(x, 0), sp.Le(y, 0))), (x * sp.log(y), True)),
     "aten.hypot": lambda x, y: sp.sqrt(x**2 + y**2),
     "aten.polygamma": lambda n, x: sp.polygamma(n, x),
     "aten.rsub": lambda x, y, alpha=1: y - alpha * x,
@@ -120,11 +122,28 @@ _BINARY = {
 
 
 def _trunc(x):
-    return sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True))
+    return trunc(x)
 
 
+def _compare(fn):
+    """A comparison; against an infinite number it is data computed from the values (SymPy's real
+    symbols are finite, so ``Eq(s0, -oo)`` would fold to false)."""
+    pointwise = _pw(fn)
+
+    def handler(b, args, kwargs, val):
+        import torch
+
+        if not any(isinstance(a, float) and not math.isfinite(a) for a in args):
+            return pointwise(b, args, kwargs, val)
+        with torch.no_grad():
+            return b.fx_node.target(*[b.value_of(a) if isinstance(a, Node) else a for a in args])
+
+    return handler
+
+
+_COMPARISONS = ("aten.gt", "aten.lt", "aten.ge", "aten.le", "aten.eq", "aten.ne")
 for _name, _fn in _BINARY.items():
-    HANDLERS[_name] = _pw(_fn)
+    HANDLERS[_name] = _compare(_fn) if _name in _COMPARISONS else _pw(_fn)
     HANDLERS[_name + "_"] = HANDLERS[_name]
 HANDLERS["aten.add"] = HANDLERS["aten.add_"] = _pw_kw(lambda x, y, a: x + a * y, "alpha", alpha=1)
 HANDLERS["aten.sub"] = HANDLERS["aten.sub_"] = _pw_kw(lambda x, y, a: x - a * y, "alpha", alpha=1)
@@ -134,7 +153,7 @@ HANDLERS["aten.mul_"] = HANDLERS["aten.mul"]
 @handles("aten.div.Tensor_mode", "aten.div.Scalar_mode")
 def _div_mode(b, args, kwargs, val):
     mode = kwargs.get("rounding_mode", args[2] if len(args) > 2 else None)
-    fn = {None: lambda x, y: x / y, "floor": lambda x, y: sp.floor(x / y), "trunc": lambda x, y: _trunc(x / y)}
+    fn = {None: lambda x, y: x / y, "floor": lambda x, y: floor(x / y), "trunc": lambda x, y: _trunc(x / y)}
     return b.pointwise(fn[mode], list(args[:2]), tuple(val.shape))
 
 
@@ -175,20 +194,25 @@ def _nan_to_num(b, args, kwargs, val):
     return args[0]
 
 
-@handles("aten.detach", "aten.detach_")
+@handles("aten.detach", "aten.detach_", "aten.detach_copy")
 def _detach(b, args, kwargs, val):
     return b.stop(args[0])
 
 
 @handles("aten.clone", "aten.alias", "aten.lift_fresh_copy", "aten.contiguous", "aten._to_copy",
-         "aten.to.dtype", "aten.copy", "aten.view_of", "aten._conj", "aten.resolve_conj",
+         "aten.to.dtype", "aten.view_of", "aten._conj", "aten.resolve_conj",
          "aten.resolve_neg", "aten.positive", "aten.dropout", "aten.convert_element_type")
 def _identity(b, args, kwargs, val):
+    """Copies and casts; a cast of a value to an integer or bool dtype is data (grid_sample's floor of
+    its grid), computed from the float64 values."""
+    if isinstance(args[0], Node) and getattr(val, "is_floating_point", lambda: True)() is False:
+        return b.value_of(args[0]).to(val.dtype)
     return args[0]
 
 
-@handles("aten.copy_")
+@handles("aten.copy_", "aten.copy")
 def _copy_(b, args, kwargs, val):
+    """``copy(self, src)``: ``src``'s values in ``self``'s shape (broadcast)."""
     src = args[1]
     shape = tuple(val.shape)
     return b.layout("expand", src, shape) if getattr(src, "shape", shape) != shape else src
@@ -356,8 +380,30 @@ SELECTIONS = (
     "aten.unbind_copy.int", "aten.diagonal_copy", "aten.take", "aten.movedim", "aten.rot90",
     "aten.index_put", "aten.masked_fill.Scalar", "aten.slice_scatter", "aten.select_scatter",
     "aten.as_strided", "aten.as_strided_copy", "aten.alias_copy", "aten.repeat_interleave.self_int",
-    "aten._unsafe_index.Tensor", "aten.lift_fresh",
+    "aten._unsafe_index.Tensor", "aten.lift_fresh", "aten.split_copy.Tensor", "aten.split_copy", "aten.scatter.src",
+    "aten.scatter.value", "aten.masked_select", "aten.unfold_copy", "aten.chunk",
+    "aten.tensor_split", "aten.take_along_dim",
 )
+
+
+# the argument positions that hold indices: an index computed from floats (grid_sample's floor of
+# its grid) is integer data, taken from the float64 values
+_INDEX_ARGS = {"aten.index.Tensor": 1, "aten._unsafe_index.Tensor": 1, "aten.index_put": 1, "aten.index_put_": 1,
+               "aten.gather": 2, "aten.index_select": 2, "aten.scatter.src": 2, "aten.scatter.value": 2,
+               "aten.take": 1}
+
+
+def _index_data(b, name: str, args: list) -> list:
+    pos = _INDEX_ARGS.get(name.rsplit(".", 1)[0] if name.count(".") >= 2 else name, _INDEX_ARGS.get(name))
+    if pos is None or pos >= len(args):
+        return args
+
+    def data(a):
+        return b.value_of(a).long() if isinstance(a, Node) else a
+
+    a = args[pos]
+    args[pos] = type(a)(data(x) for x in a) if isinstance(a, (list, tuple)) else data(a)
+    return args
 
 
 def _selection(b, args, kwargs, val):
@@ -366,8 +412,13 @@ def _selection(b, args, kwargs, val):
     target = b.fx_node.target
     name = str(target)
     fill = 0.0
-    if name.startswith("aten.constant_pad_nd") and (args[2] if len(args) > 2 else kwargs.get("value", 0)):
-        raise UnsupportedOp("constant_pad_nd with a non-zero value")
+    args = _index_data(b, name, list(args))
+    if name.startswith("aten.constant_pad_nd"):  # the padding holds a constant: the select's fill
+        fill = float(args[2] if len(args) > 2 else kwargs.get("value", 0.0))
+        args, kwargs = list(args[:2]), {}
+    if name.startswith("aten.scatter.value"):  # scatter(x, dim, index, value): the value is the fill
+        fill = float(args[3])
+        args = list(args[:3]) + [0.0]
     if name.startswith("aten.masked_fill") and args[2] != 0:
         # masked_fill(x, mask, v): entries under the mask become v, a constant
         idx_args, nodes = index_tensors(b, [args[0]])
@@ -433,3 +484,4 @@ def _embedding(b, args, kwargs, val):
         idx = np.where((rows == padding_idx)[..., None], idx + weight.size, idx)
         return b.select([weight, b.stop(weight, reverse_only=True)], idx)
     return b.select([weight], idx)
+

@@ -9,8 +9,6 @@ window axes (padding is -inf there), average pooling a sum divided by torch's di
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 
 from ..errors import UnsupportedOp
@@ -70,7 +68,7 @@ def _conv_core(b, win_node, w, bias, groups, nd, val):
     kernel = w.shape[2:]
     cout = w.shape[0]
     g = groups
-    letters = iter(string.ascii_lowercase[8:])
+    letters = iter("ijklmpqrstuvwxyz")  # the spatial axes; n, g, c, o name the others
     o_ax = "".join(next(letters) for _ in range(nd))
     k_ax = "".join(next(letters) for _ in range(nd))
     grouped = b.layout("reshape", win_node, (n, g, c // g) + tuple(outs) + tuple(kernel))
@@ -128,7 +126,7 @@ def _max_pool(b: Builder, args, kwargs, val):
     win = b.select([x4], patches(_index_array(x4), kernel, stride, padding, dilation, ceil), fill=-np.inf)
     out = b.reduce("max", win, tuple(range(2 + nd, 2 + 2 * nd)), False)
     out = b.layout("reshape", out, tuple(val[0].shape))
-    return out, None  # the indices serve torch's own backward only
+    return out, _indices(b, args)  # the indices: integer data, from the float64 values
 
 
 @handles("aten.avg_pool2d", "aten.avg_pool3d")
@@ -158,3 +156,58 @@ def _avg_pool(b: Builder, args, kwargs, val):
 
     out = b.pointwise(lambda s, c: s / c, [total, torch.from_numpy(count)], total.shape)
     return b.layout("reshape", out, tuple(val.shape))
+
+
+def _indices(b: Builder, args):
+    import torch
+
+    with torch.no_grad():
+        return b.fx_node.target(b.value_of(args[0]), *args[1:])[1]
+
+
+def _adaptive_windows(s: int, o: int) -> np.ndarray:
+    """``(o, k)`` positions of each adaptive window along an axis of size ``s`` (-1 past its end)."""
+    start = (np.arange(o) * s) // o
+    end = -((-(np.arange(o) + 1) * s) // o)
+    k = int((end - start).max())
+    pos = start[:, None] + np.arange(k)
+    return np.where(pos < end[:, None], pos, -1)
+
+
+@handles("aten.adaptive_max_pool2d", "aten.adaptive_max_pool3d", "aten.adaptive_max_pool1d")
+def _adaptive_max_pool(b: Builder, args, kwargs, val):
+    x = b.node_of(args[0])
+    sizes = tuple(args[1])
+    nd = len(sizes)
+    spatial = x.shape[-nd:]
+    wins = [_adaptive_windows(s, o) for s, o in zip(spatial, sizes)]
+    grids = np.meshgrid(*[np.arange(o) for o in sizes], *[np.arange(w.shape[1]) for w in wins], indexing="ij")
+    pos = [wins[i][grids[i], grids[nd + i]] for i in range(nd)]
+    valid = np.all([p >= 0 for p in pos], axis=0)
+    idx = _index_array(x)[(Ellipsis, *[np.maximum(p, 0) for p in pos])]
+    idx = np.where(valid, idx, 0)
+    win = b.select([x], idx, fill=-np.inf)
+    out = b.reduce("max", win, tuple(range(len(x.shape), len(x.shape) + nd)), False)
+    return out, _indices(b, args)
+
+
+@handles("aten._adaptive_avg_pool3d", "aten._adaptive_avg_pool2d", "aten.adaptive_avg_pool3d")
+def _adaptive_avg_pool(b: Builder, args, kwargs, val):
+    """The mean over each adaptive window (windows of different sizes: padded, divided by the count)."""
+    import torch
+
+    x = b.node_of(args[0])
+    sizes = tuple(args[1])
+    nd = len(sizes)
+    wins = [_adaptive_windows(s, o) for s, o in zip(x.shape[-nd:], sizes)]
+    grids = np.meshgrid(*[np.arange(o) for o in sizes], *[np.arange(w.shape[1]) for w in wins], indexing="ij")
+    pos = [wins[i][grids[i], grids[nd + i]] for i in range(nd)]
+    valid = np.all([p >= 0 for p in pos], axis=0)
+    idx = np.where(valid, _index_array(x)[(Ellipsis, *[np.maximum(p, 0) for p in pos])], 0)
+    axes = tuple(range(len(x.shape), len(x.shape) + nd))
+    total = b.reduce("sum", b.select([x], idx), axes, False)
+    count = torch.from_numpy(valid.sum(axis=tuple(range(nd, 2 * nd))).astype(np.float64))
+    return b.pointwise(lambda s, c: s / c, [total, count], tuple(val.shape))
+
+
+from . import aten_ext  # noqa: E402,F401 - registers the handlers defined there

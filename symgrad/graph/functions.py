@@ -57,3 +57,35 @@ FUNCTIONS.update({
     log1p: (np.log1p, lambda x: 1 / (1 + x)),
     sigmoid: (_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x)),
 })
+
+
+class _Step(sp.Function):
+    """A piecewise-constant rounding function: derivative 0 wherever it has one (torch's backward
+    is 0 everywhere; the jumps at integers sit between samples drawn from a continuous law)."""
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(0)
+
+
+class floor(_Step):  # noqa: N801
+    pass
+
+
+class ceil(_Step):  # noqa: N801
+    pass
+
+
+class trunc(_Step):  # noqa: N801
+    pass
+
+
+class round_even(_Step):  # noqa: N801
+    """Rounding to the nearest integer, ties to even (``torch.round``)."""
+
+
+FUNCTIONS.update({
+    floor: (np.floor, np.zeros_like),
+    ceil: (np.ceil, np.zeros_like),
+    trunc: (np.trunc, np.zeros_like),
+    round_even: (np.round, np.zeros_like),
+})

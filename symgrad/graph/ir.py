@@ -18,6 +18,8 @@ kind            meaning (attrs)
                 slicing, gather, cat, pad, flip, roll, embedding, im2col patches, ... -- any
                 op that only moves entries; its adjoint adds them back
 ``stop``        the value of its argument with no derivative (``detach``)
+``linalg``      inverse, solve, det, log|det|, Cholesky, eigenvalues, singular values (``op``;
+                ``symgrad.graph.linalg``)
 ==============  ==========================================================================
 """
 
@@ -29,7 +31,7 @@ import numpy as np
 
 __all__ = ["Node", "Graph", "KINDS"]
 
-KINDS = ("leaf", "pointwise", "contract", "reduce", "layout", "select", "stop")
+KINDS = ("leaf", "pointwise", "contract", "reduce", "layout", "select", "stop", "linalg")
 
 
 @dataclass(eq=False)

@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
+from . import linalg
 from .approx import Approx, add, einsum, mul, reduce_sum, summation_factor, unbroadcast
 from .ir import Node
 from .scalar import KINK_ULPS, Ctx, evaluate
@@ -45,7 +46,7 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
-        return _broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape)
+        return _finite_errors(_broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape))
     if kind == "contract":
         return einsum(node.attrs["spec"], *args)
     if kind == "reduce":
@@ -56,7 +57,19 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
         return _select(node, args)
     if kind == "stop":
         return args[0]
+    if kind == "linalg":
+        return linalg.forward(node.attrs["op"], args)
     raise ValueError(f"no forward rule for node kind {kind!r}")
+
+
+def _finite_errors(a: Approx) -> Approx:
+    """An infinite value (a masked score, ``x + (-inf)``) is what every evaluation gives: its rounding
+    bound is 0, not ``inf`` (which would turn into ``0 * inf = nan`` in the bounds downstream)."""
+    finite = np.isfinite(a.v)
+    if finite.all():
+        return a
+    e = np.where(finite, a.e, 0.0)
+    return Approx(a.v, e) if not a.banded else Approx(a.v, e, np.where(finite, a.lo, 0.0), np.where(finite, a.hi, 0.0))
 
 
 def _layout(node: Node, t: np.ndarray) -> np.ndarray:
@@ -104,9 +117,12 @@ def _reduce(node: Node, a: Approx, ctx: Ctx) -> Approx:
 def _near_extreme(a: Approx, ext: np.ndarray, axes: tuple, ctx: Ctx) -> np.ndarray:
     """Entries that a correct evaluation could make the extreme: the extreme itself and any entry
     within rounding (or band) of it -- ties are kinks."""
-    e_group = np.max(a.e, axis=axes, keepdims=True)
-    b_group = np.max(a.band(), axis=axes, keepdims=True)
-    slack = KINK_ULPS * ctx.eps * (a.e + e_group) + a.band() + b_group
+    finite = np.isfinite(a.v)  # a masked -inf (attention masks) is exact and never an extreme's rival
+    err = np.where(finite, a.e, 0.0)
+    band = np.where(finite, a.band(), 0.0)
+    e_group = np.max(err, axis=axes, keepdims=True)
+    b_group = np.max(band, axis=axes, keepdims=True)
+    slack = KINK_ULPS * ctx.eps * (err + e_group) + band + b_group
     return np.abs(a.v - ext) <= slack
 
 
@@ -142,6 +158,8 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
         return _vjp_select(node, args, g)
     if kind == "stop":
         return [None]
+    if kind == "linalg":
+        return linalg.vjp(node.attrs["op"], args, linalg.forward(node.attrs["op"], args), g, needed)
     raise ValueError(f"no vjp rule for node kind {kind!r}")
 
 

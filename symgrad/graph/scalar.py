@@ -120,6 +120,9 @@ FUNCTIONS = {
 }
 
 
+_ROOTED = {sp.loggamma, sp.erfinv}
+
+
 def _polygamma(n: int):
     from scipy.special import polygamma
 
@@ -184,7 +187,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
     if isinstance(expr, sp.polygamma):
         n = int(expr.args[0])
         fn, dfn = _polygamma(n)
-        return _apply(fn, dfn, _eval(expr.args[1], env, ctx, memo))
+        return _apply(fn, dfn, _eval(expr.args[1], env, ctx, memo), rooted=True)
     if isinstance(expr, sp.atan2):
         y, x = (_eval(a, env, ctx, memo) for a in expr.args)
         v = np.arctan2(y.v, x.v)
@@ -196,7 +199,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         return Approx(v, e, width, width)
     fn = FUNCTIONS.get(expr.func)
     if fn is not None and len(expr.args) == 1:
-        return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo))
+        return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo), rooted=expr.func in _ROOTED)
     if isinstance(expr, (sp.Abs, sp.sign, sp.Max, sp.Min, sp.Heaviside)):
         return _eval(_as_piecewise(expr), env, ctx, memo)
     raise NotImplementedError(f"the scalar evaluator has no rule for {expr.func.__name__} (in {sp.sstr(expr)[:80]})")
@@ -207,10 +210,14 @@ def _power_of_two(c) -> bool:
     return f != 0 and math.isfinite(f) and math.frexp(f)[0] == 0.5
 
 
-def _apply(fn, dfn, a: Approx) -> Approx:
+def _apply(fn, dfn, a: Approx, rooted: bool = False) -> Approx:
+    """``fn(a)``: its argument's error through the slope, plus the kernel's own rounding.  A special
+    function whose kernel is not accurate relative to a small result (``rooted``: lgamma near 1 and
+    2, digamma near 1.46, erfinv) is charged on the size of its terms, ``|x f'(x)|``, as well."""
     v = np.asarray(fn(a.v), np.float64)
     slope = np.asarray(dfn(a.v), np.float64)
-    e = np.abs(slope) * a.e + TRANSCENDENTAL_ULPS * np.abs(v)
+    size = np.abs(v) + (np.abs(a.v * slope) if rooted else 0.0)
+    e = np.abs(slope) * a.e + TRANSCENDENTAL_ULPS * size
     return _with_band(v, e, slope, a)
 
 

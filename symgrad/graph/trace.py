@@ -35,14 +35,15 @@ _DECOMPOSE = (
     "binary_cross_entropy_with_logits", "huber_loss", "smooth_l1_loss", "soft_margin_loss", "log_sigmoid_forward",
     "logit", "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "upsample_bilinear2d", "upsample_nearest2d",
     "pixel_shuffle", "rrelu_with_noise", "threshold", "softshrink", "hardshrink", "celu", "selu", "prelu",
-    "_prelu_kernel", "addcmul", "addcdiv", "lerp", "xlogy", "logaddexp", "hypot", "cumprod", "norm", "dist",
+    "_prelu_kernel", "addcmul", "addcdiv", "lerp", "logaddexp", "hypot", "cumprod", "norm", "dist",
     "mv", "dot", "vdot", "addmv", "addr", "outer", "triu", "tril", "diag_embed", "trace", "std", "var_mean",
-    "std_mean", "frac", "nan_to_num", "sinc", "deg2rad", "rad2deg", "log10", "log2", "exp2", "special_xlog1py",
-    "huber_loss", "multilabel_margin_loss_forward", "_euclidean_dist", "cosine_similarity", "logcumsumexp",
+    "std_mean", "nan_to_num", "sinc", "deg2rad", "rad2deg", "log10", "log2", "exp2", "special_xlog1py",
+    "huber_loss", "_euclidean_dist", "cosine_similarity", "logcumsumexp",
     "native_dropout", "margin_ranking_loss", "poisson_nll_loss", "kl_div", "cosine_embedding_loss",
     "hinge_embedding_loss", "triplet_margin_loss", "multi_margin_loss", "im2col", "col2im", "reflection_pad1d",
     "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d",
     "avg_pool1d", "max_pool1d", "linalg_cross", "roll", "rot90", "repeat", "unfold", "embedding_dense_backward",
+    "upsample_trilinear3d", "upsample_bicubic2d", "grid_sampler_2d", "upsample_linear1d",
 )
 
 _TABLE = None
@@ -61,7 +62,8 @@ def decompositions() -> dict:
         table = dict(decomp._core_aten_decompositions_post_autograd())
         table.update(decomp.get_decompositions(packets))
         keep = {"convolution", "max_pool2d_with_indices", "avg_pool2d", "avg_pool3d", "max_pool3d_with_indices",
-                "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p"}
+                "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p", "xlogy",
+                "multilabel_margin_loss_forward"}  # torch 2.13's decomposition of it computes another value
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:

@@ -1,0 +1,385 @@
+"""More handlers, each an ATen op's forward from core nodes: products, logcumsumexp, cdist, ops
+that add entries up (scatter_add, index_add), bilinear, embedding_bag, multilabel_margin_loss,
+rrelu in eval.  The linear-algebra handlers are in ``aten_linalg``.
+
+``prod`` is a chain (or, past ``_CHAIN`` terms, a tree) of pointwise products of slices: its
+derivative, the product of the other terms, comes out of reverse mode exactly, zeros included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..errors import UnsupportedOp
+from .aten import HANDLERS, _clamp, _dims, _pw_piece, _random, handles
+from .trace import Builder, number
+
+_CHAIN = 32  # up to this many terms a product is a left-to-right chain, as torch's kernel multiplies
+
+
+def _move_last(b: Builder, x, axis: int):
+    n = len(x.shape)
+    perm = [i for i in range(n) if i != axis] + [axis]
+    return b.layout("permute", x, tuple(perm))
+
+
+def _index(node) -> np.ndarray:
+    return np.arange(1, node.size + 1, dtype=np.int64).reshape(node.shape)
+
+
+def product(b: Builder, x, axis: int, keepdim: bool):
+    """The product of ``x`` along ``axis`` (core nodes only)."""
+    x = b.node_of(x)
+    shape = list(x.shape)
+    n = shape[axis]
+    y = _move_last(b, x, axis)
+    if n == 0:
+        raise UnsupportedOp("prod over an empty axis")
+    if n <= _CHAIN:
+        idx = _index(y)
+        out = b.select([y], idx[..., 0])
+        for k in range(1, n):
+            out = b.pointwise(lambda s, t: s * t, [out, b.select([y], idx[..., k])])
+    else:
+        out = y
+        while out.shape[-1] > 1:
+            idx = _index(out)
+            if out.shape[-1] % 2:
+                idx = np.concatenate([idx, np.zeros(idx.shape[:-1] + (1,), np.int64)], axis=-1)
+            out = b.pointwise(lambda s, t: s * t, [b.select([out], idx[..., 0::2], fill=1.0),
+                                                   b.select([out], idx[..., 1::2], fill=1.0)])
+        out = b.layout("reshape", out, out.shape[:-1])
+    if keepdim:
+        shape[axis] = 1
+        out = b.layout("reshape", out, tuple(shape))
+    return out
+
+
+@handles("aten.prod.dim_int", "aten.prod.default", "aten.prod")
+def _prod(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    name = str(b.fx_node.target)
+    if name.startswith("prims."):
+        axes = _dims(args[1], len(x.shape))
+        keep = False
+    elif name.endswith("dim_int"):
+        axes = _dims(args[1], len(x.shape))
+        keep = bool(args[2]) if len(args) > 2 else bool(kwargs.get("keepdim", False))
+    else:
+        axes = tuple(range(len(x.shape)))
+        keep = False
+    if not x.shape:
+        return x
+    if len(axes) > 1:
+        keep_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        moved = b.layout("permute", x, tuple([i for i in range(len(x.shape)) if i not in axes] + list(axes)))
+        flat = b.layout("reshape", moved, moved.shape[:len(x.shape) - len(axes)] +
+                        (int(np.prod([x.shape[a] for a in axes])),))
+        out = product(b, flat, len(flat.shape) - 1, False)
+        return b.layout("reshape", out, keep_shape) if keep else out
+    return product(b, x, axes[0], keep)
+
+
+@handles("aten.logcumsumexp")
+def _logcumsumexp(b, args, kwargs, val):
+    """``m + log(cumsum(exp(x - m)))`` with ``m`` the axis' maximum held constant (the result does not
+    depend on it); the running sum is a contraction with a triangular matrix of ones."""
+    import torch
+
+    x = b.node_of(args[0])
+    axis = args[1] % max(1, len(x.shape))
+    n = x.shape[axis] if x.shape else 1
+    m = b.stop(b.reduce("max", x, (axis,), True))
+    shifted = b.pointwise(sp.exp, [b.pointwise(lambda s, t: s - t, [x, m])])
+    moved = _move_last(b, shifted, axis)
+    tri = torch.triu(torch.ones(n, n, dtype=torch.float64))
+    run = b.contract("...i,ij->...j".replace("...", _letters(len(x.shape) - 1)), moved, tri)
+    back = list(range(len(x.shape) - 1))
+    back.insert(axis, len(x.shape) - 1)
+    run = b.layout("permute", run, tuple(back))
+    return b.pointwise(lambda s, t: sp.log(s) + t, [run, m], tuple(val.shape))
+
+
+def _letters(k: int) -> str:
+    return "abcdefgh"[:k]
+
+
+@handles("aten._cdist_forward")
+def _cdist(b, args, kwargs, val):
+    """``(Σ_k |x1_ik - x2_jk|^p)^(1/p)`` over the last axis, batched over leading axes."""
+    x1, x2, p = b.node_of(args[0]), b.node_of(args[1]), float(args[2])
+    lead = x1.shape[:-2]
+    shape = lead + (x1.shape[-2], x2.shape[-2], x1.shape[-1])
+    a = b.layout("expand", b.layout("reshape", x1, lead + (x1.shape[-2], 1, x1.shape[-1])), shape)
+    c = b.layout("expand", b.layout("reshape", x2, lead + (1,) + x2.shape[-2:]), shape)
+    d = b.pointwise(lambda s, t: s - t, [a, c])
+    if p == 2:
+        total = b.reduce("sum", b.pointwise(lambda s: s**2, [d]), (len(shape) - 1,), False)
+        return b.pointwise(sp.sqrt, [total], tuple(val.shape))
+    if p == float("inf"):
+        return b.reduce("max", b.pointwise(sp.Abs, [d]), (len(shape) - 1,), False)
+    if p == 0:
+        raise UnsupportedOp("cdist with p=0 counts non-zeros: it has no derivative")
+    q = sp.Float(p) if not p.is_integer() else sp.Integer(int(p))
+    total = b.reduce("sum", b.pointwise(lambda s: sp.Abs(s) ** q, [d]), (len(shape) - 1,), False)
+    return b.pointwise(lambda s: s ** (1 / q), [total], tuple(val.shape))
+
+
+for _name in ("aten.clamp_min_", "aten.clamp_max_", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor",
+              "aten.clamp.Tensor_out"):
+    HANDLERS[_name] = _clamp
+
+
+# ------------------------------------------------------------------ ops that add entries up
+
+def accumulate(b: Builder, x, src, dest: np.ndarray, alpha=1):
+    """``x`` with ``alpha * src.flat[p]`` added at ``x.flat[dest[p] - 1]`` for every ``p`` (``dest``:
+    1-based, src's shape): ``x + s_1 + ... + s_K`` as one pointwise node, ``s_k`` the ``k``-th entry
+    of ``src`` landing at each position (a ``select``, 0 where fewer land)."""
+    x, src = b.node_of(x), b.node_of(src)
+    dest = np.asarray(dest, np.int64).ravel() - 1
+    order = np.argsort(dest, kind="stable")
+    counts = np.bincount(dest, minlength=x.size)
+    rank = np.empty(dest.size, np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank[order] = np.arange(dest.size) - starts[dest[order]]
+    terms = []
+    for k in range(int(counts.max(initial=0))):
+        idx = np.zeros(x.size, np.int64)
+        hit = rank == k
+        idx[dest[hit]] = np.nonzero(hit)[0] + 1
+        terms.append(b.select([src], idx.reshape(x.shape)))
+    if not terms:
+        return x
+    a = sp.nsimplify(alpha) if isinstance(alpha, int) else alpha
+    return b.pointwise(lambda base, *ts: base + a * sp.Add(*ts), [x] + terms, x.shape)
+
+
+def _ids(node) -> "object":
+    import torch
+
+    return torch.arange(1, node.size + 1, dtype=torch.float64).reshape(node.shape)
+
+
+@handles("aten.scatter_add", "aten.scatter_add_", "aten.scatter_reduce.two")
+def _scatter_add(b, args, kwargs, val):
+    import torch
+
+    x, dim, index, src = b.node_of(args[0]), args[1], args[2], b.node_of(args[3])
+    if "reduce" in str(b.fx_node.target):
+        reduce = args[4] if len(args) > 4 else kwargs.get("reduce")
+        include_self = args[5] if len(args) > 5 else kwargs.get("include_self", True)
+        if reduce != "sum" or not include_self:
+            raise UnsupportedOp(f"scatter_reduce with reduce={reduce!r}, include_self={include_self}: only 'sum' "
+                                "including self is defined on the op graph")
+    dest = torch.gather(_ids(x), dim, index).long().numpy()
+    src_pos = np.arange(1, src.size + 1).reshape(src.shape)[tuple(slice(0, n) for n in index.shape)]
+    picked = b.select([src], src_pos) if src_pos.shape != src.shape else src
+    return accumulate(b, x, picked, dest)
+
+
+@handles("aten.index_add", "aten.index_add_")
+def _index_add(b, args, kwargs, val):
+    import torch
+
+    x, dim, index, src = b.node_of(args[0]), args[1], args[2], b.node_of(args[3])
+    alpha = args[4] if len(args) > 4 else kwargs.get("alpha", 1)
+    dest = torch.index_select(_ids(x), dim, index).long().numpy()
+    return accumulate(b, x, src, np.broadcast_to(dest, src.shape), alpha)
+
+
+@handles("aten.index_put", "aten.index_put_", "aten._unsafe_index_put")
+def _index_put(b, args, kwargs, val):
+    """``x[indices] = values`` (a selection), or ``+=`` with ``accumulate=True``."""
+    import torch
+
+    from .aten import _selection
+
+    acc = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+    if not acc:
+        return _selection(b, args, kwargs, val)
+    x, indices = b.node_of(args[0]), args[1]
+    dest_t = _ids(x)[tuple(slice(None) if i is None else i for i in indices)]
+    values = b.node_of(args[2])
+    if values.shape != tuple(dest_t.shape):
+        values = b.layout("expand", b.layout("reshape", values, (1,) * (dest_t.dim() - len(values.shape)) + values.shape),
+                          tuple(dest_t.shape))
+    return accumulate(b, x, values, dest_t.long().numpy())
+
+
+@handles("aten._trilinear")
+def _trilinear(b, args, kwargs, val):
+    """``Σ_sumdim i1 ⊗ i2 ⊗ i3``, each input unsqueezed at its ``expand`` axes: one contraction."""
+    ins = [b.node_of(a) for a in args[:3]]
+    expands, sumdim = args[3:6], set(args[6])
+    total = len(ins[0].shape) + len(expands[0])
+    letters = "abcdefghijklm"[:total]
+    subs = ["".join(letters[p] for p in range(total) if p not in set(e)) for e in expands]
+    out = "".join(letters[p] for p in range(total) if p not in sumdim)
+    y = b.contract(",".join(subs) + "->" + out, *ins)
+    return b.layout("reshape", y, tuple(val.shape))
+
+
+@handles("aten._embedding_bag_forward_only", "aten._embedding_bag")
+def _embedding_bag(b, args, kwargs, val):
+    """Bags of weight rows (a ``select`` into ``(bags, longest bag, width)``) summed, averaged or
+    maximised; rows at ``padding_idx`` are left out of their bag, as torch leaves them."""
+    import torch
+
+    weight, indices, offsets = b.node_of(args[0]), args[1], args[2]
+    mode = args[4] if len(args) > 4 else 0
+    psw = args[6] if len(args) > 6 else None
+    include_last = bool(args[7]) if len(args) > 7 else False
+    padding_idx = args[8] if len(args) > 8 and args[8] is not None else -1
+    if len(args) > 3 and args[3]:
+        raise UnsupportedOp("embedding_bag with scale_grad_by_freq=True: its gradient is not the derivative of its "
+                            "forward; check with scale_grad_by_freq=False")
+    rows = np.asarray(torch.as_tensor(indices).reshape(-1).numpy(), np.int64)
+    offs = list(np.asarray(torch.as_tensor(offsets).numpy(), np.int64)) + ([] if include_last else [rows.size])
+    bags = [[p for p in range(offs[i], offs[i + 1]) if rows[p] != padding_idx] for i in range(len(offs) - 1)]
+    length = max(1, max((len(x) for x in bags), default=1))
+    width = weight.shape[1]
+    pos = np.zeros((len(bags), length), np.int64)  # 1-based positions into ``indices``, 0: none
+    for i, bag in enumerate(bags):
+        pos[i, :len(bag)] = np.asarray(bag, np.int64) + 1
+    idx = np.where(pos[..., None] > 0, rows[np.maximum(pos - 1, 0)][..., None] * width + np.arange(width) + 1, 0)
+    counts = np.array([len(x) for x in bags], np.float64)
+    if mode == 2:
+        if np.any(counts == 0):
+            raise UnsupportedOp("embedding_bag mode='max' with an empty bag")
+        picked = b.select([weight], idx, fill=-np.inf)
+        out = b.reduce("max", picked, (1,), False)
+    else:
+        picked = b.select([weight], idx)
+        if psw is not None:
+            w_sel = b.select([b.node_of(psw)], pos[..., None] * np.ones((1, 1, width), np.int64))
+            picked = b.pointwise(lambda s, t: s * t, [picked, w_sel])
+        out = b.reduce("sum", picked, (1,), False)
+        if mode == 1:
+            out = b.pointwise(lambda s, c: s / c, [out, torch.from_numpy(np.maximum(counts, 1.0)[:, None])])
+    return (out, None, None, None)
+
+
+@handles("aten.multilabel_margin_loss_forward")
+def _multilabel_margin(b, args, kwargs, val):
+    """``Σ_{j ∈ T} Σ_{i ∉ T} max(0, 1 - (x_j - x_i)) / C`` per sample, ``T`` the labels before the
+    first -1: a pointwise hinge over all pairs, weighted by a constant 0/1 pair mask."""
+    import torch
+
+    x, target = b.node_of(args[0]), torch.as_tensor(args[1])
+    reduction = args[2] if len(args) > 2 else 1
+    squeeze = len(x.shape) == 1
+    if squeeze:
+        x, target = b.layout("reshape", x, (1,) + x.shape), target.reshape(1, -1)
+    n, c = x.shape
+    pairs = np.zeros((n, c, c))
+    is_target = np.zeros((n, c))
+    for k in range(n):
+        labels = []
+        for t in target[k].tolist():
+            if t < 0:
+                break
+            labels.append(t)
+        is_target[k, labels] = 1.0
+        pairs[k] = np.outer(is_target[k], 1.0 - is_target[k])
+    xj = b.layout("expand", b.layout("reshape", x, (n, c, 1)), (n, c, c))
+    xi = b.layout("expand", b.layout("reshape", x, (n, 1, c)), (n, c, c))
+    hinge = b.pointwise(lambda a, d, m: m * sp.Piecewise((1 - a + d, 1 - a + d > 0), (0, True)),
+                        [xj, xi, torch.from_numpy(pairs)], (n, c, c))
+    per = b.pointwise(lambda s: s / c, [b.reduce("sum", hinge, (1, 2), False)])
+    if reduction == 1:
+        out = b.pointwise(lambda s: s / n, [b.reduce("sum", per, (0,), False)])
+    elif reduction == 2:
+        out = b.reduce("sum", per, (0,), False)
+    else:
+        out = b.layout("reshape", per, ()) if squeeze else per
+    return out, torch.from_numpy(is_target.reshape(val[1].shape) if squeeze else is_target)
+
+
+@handles("aten.rrelu_with_noise", "aten.rrelu_with_noise_functional", "aten.rrelu")
+def _rrelu(b, args, kwargs, val):
+    """rrelu in eval: leaky_relu with the mean slope ``(lower + upper) / 2``; in training its slopes
+    are random draws."""
+    name = str(b.fx_node.target)
+    rest = list(args[2:] if "noise" in name else args[1:])
+    lower = rest[0] if len(rest) > 0 else kwargs.get("lower", 1 / 8)
+    upper = rest[1] if len(rest) > 1 else kwargs.get("upper", 1 / 3)
+    training = rest[2] if len(rest) > 2 else kwargs.get("training", False)
+    if training:
+        return _random(b, args, kwargs, val)
+    slope = number((lower + upper) / 2)
+    out = b.pointwise(lambda x: _pw_piece((x, x >= 0), (slope * x, True)), [args[0]], tuple(args[0].shape))
+    return (out, args[1]) if "functional" in name else out
+
+
+
+from . import aten_linalg  # noqa: E402,F401 - registers the linear-algebra handlers
+
+
+# ------------------------------------------------------------------ order statistics: data-chosen selections
+
+@handles("aten.sort", "aten.topk", "aten.kthvalue", "aten.median.dim", "aten.nanmedian.dim", "aten.mode",
+         "aten.cummax", "aten.cummin", "aten.sort.stable")
+def _order(b, args, kwargs, val):
+    """Values picked by indices that the float64 values choose (torch's ``(values, indices)``): the
+    values are a ``select`` (a gather along the op's axis), the indices integer data."""
+    import torch
+
+    x = b.node_of(args[0])
+    with torch.no_grad():
+        out = b.fx_node.target(b.value_of(x), *args[1:], **kwargs)
+    indices = out[1]
+    name = str(b.fx_node.target)
+    if "sort" in name:
+        dim = kwargs.get("dim", args[2] if "stable" in name and len(args) > 2 else (args[1] if len(args) > 1 else -1))
+    elif "topk" in name:
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+    elif "kthvalue" in name:
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+    else:
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+    if not isinstance(dim, int):
+        dim = -1
+    ids = _ids(x)
+    keep = indices if indices.dim() == ids.dim() else indices.unsqueeze(dim)
+    picked = torch.gather(ids, dim, keep).reshape(indices.shape)
+    return b.select([x], picked.long().numpy()), indices
+
+
+@handles("aten.median.default", "aten.nanmedian.default")
+def _median_all(b, args, kwargs, val):
+    import torch
+
+    x = b.node_of(args[0])
+    with torch.no_grad():
+        flat = b.value_of(x).reshape(-1)
+        k = (flat.numel() - 1) // 2
+        index = torch.sort(flat, stable=True).indices[k]
+    return b.select([x], np.array(int(index) + 1))
+
+
+@handles("aten.addbmm")
+def _addbmm(b, args, kwargs, val):
+    """``beta * input + alpha * Σ_b b1[b] @ b2[b]``."""
+    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    prod = b.contract("bij,bjk->ik", args[1], args[2])
+    return b.pointwise(lambda s, t: beta * s + alpha * t, [args[0], prod], tuple(val.shape))
+
+
+@handles("aten._pdist_forward")
+def _pdist(b, args, kwargs, val):
+    """Distances between rows ``i < j`` (row-major order), as ``cdist`` computes them."""
+    x, p = b.node_of(args[0]), float(args[1]) if len(args) > 1 else 2.0
+    n, d = x.shape
+    i, j = np.triu_indices(n, 1)
+    idx = np.arange(1, x.size + 1).reshape(n, d)
+    diff = b.pointwise(lambda s, t: s - t, [b.select([x], idx[i]), b.select([x], idx[j])])
+    if p == 2:
+        total = b.reduce("sum", b.pointwise(lambda s: s**2, [diff]), (1,), False)
+        return b.pointwise(sp.sqrt, [total], tuple(val.shape))
+    if p == float("inf"):
+        return b.reduce("max", b.pointwise(sp.Abs, [diff]), (1,), False)
+    q = sp.Integer(int(p)) if p.is_integer() else sp.Float(p)
+    total = b.reduce("sum", b.pointwise(lambda s: sp.Abs(s) ** q, [diff]), (1,), False)
+    return b.pointwise(lambda s: s ** (1 / q), [total], tuple(val.shape))

@@ -1,0 +1,193 @@
+"""The ``linalg`` core node kind: inverse, solve, determinant and log-determinant of square
+matrices (batched over leading axes), with their forward and reverse-mode rules in Approx
+arithmetic.
+
+# Note [Linalg rounding]
+LU with partial pivoting is componentwise backward stable to first order: the computed result is
+the exact one for ``A + δA`` with ``|δA| <= γ |A|``, ``γ = 3n`` roundings (Higham, "Accuracy and
+Stability of Numerical Algorithms", Thm 9.3 and 14.4, taking the growth factor ``|L||U| ~ |A|``,
+true for the diagonally dominant and well-conditioned matrices derivatives are checked at).  So:
+
+* ``X = A⁻¹``:   ``e_X = |X| (γ |A| + e_A) |X|``;
+* ``Y = A⁻¹B``:  ``e_Y = |A⁻¹| ((γ |A| + e_A) |Y| + e_B)``;
+* ``d = det A``: ``e_d = |d| Σ |X_ji| (γ |A_ij| + e_A,ij)`` (``δd = d tr(X δA)``);
+* ``log|det A|``: the same without ``|d|``, plus one rounding of the log;
+* eigenvalues of a symmetric ``A`` and singular values move by at most ``‖δA‖₂ <= ‖δA‖_F`` (Weyl),
+  with ``‖δA‖_F <= γ ‖A‖_F + ‖e_A‖_F`` for a backward-stable eigensolver or SVD; the vectors their
+  reverse-mode rules use (``Ā = V diag(λ̄) Vᵀ``, ``Ā = U diag(σ̄) Vᵀ``) move by ``‖δA‖ / gap``
+  (Davis-Kahan), the gap to the nearest other value (and to 0 for singular vectors);
+* ``L = chol(A)``: ``A + δA = L Lᵀ`` with ``|δA| <= (n + 1) |L||Lᵀ|``, and ``δL = L Φ(L⁻¹ δA L⁻ᵀ)``
+  (``Φ``: the lower triangle, diagonal halved), so ``e_L = |L| Φ(|L⁻¹| ((n+1)|L||Lᵀ| + e_A) |L⁻ᵀ|)``;
+  its reverse rule is torch's ``Ā = sym(L⁻ᵀ Φ(Lᵀ L̄) L⁻¹)`` (``sym(X) = (X + Xᵀ)/2``: the input is
+  symmetric).
+
+The reverse-mode rules are products of these values (``Ā = -Xᵀ Ȳ Yᵀ`` for a solve, ``Ā = d̄ d Xᵀ``
+for det) written with :func:`symgrad.graph.approx.einsum`, so their own rounding follows from the
+values' bounds (Note [Approx arithmetic]).  Bands (kinks upstream) pass through to first order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from .approx import Approx, add, einsum, mul, scale
+
+__all__ = ["OPS", "forward", "vjp"]
+
+OPS = ("inv", "solve", "det", "logabsdet", "eigvalsh", "svdvals", "cholesky")
+_B = "abcdefgh"
+
+
+def _spec(nb: int, core: str) -> str:
+    """An einsum spec with ``nb`` batch letters in front of each operand's core letters."""
+    ins, out = core.split("->")
+    pre = _B[:nb]
+    return ",".join(pre + s for s in ins.split(",")) + "->" + pre + out
+
+
+def _t(a: Approx) -> Approx:
+    return a.map(lambda t: np.swapaxes(t, -1, -2))
+
+
+def _inverse(a: Approx) -> np.ndarray:
+    try:
+        return np.linalg.inv(a.v)
+    except np.linalg.LinAlgError as err:
+        raise InputError("a matrix the op graph inverts (linalg inv/solve/det) is singular at these inputs: its "
+                         "derivative does not exist there; check at inputs where it is invertible") from err
+
+
+def _gamma(n: int) -> float:
+    return 3.0 * n
+
+
+def _with_band(v, e, lo_hi_width):
+    if lo_hi_width is None:
+        return Approx(v, e)
+    return Approx(v, e, lo_hi_width, lo_hi_width)
+
+
+def _phi(t: np.ndarray) -> np.ndarray:
+    low = np.tril(t)
+    return low - 0.5 * np.tril(np.triu(low))
+
+
+def _cholesky(a: Approx) -> Approx:
+    try:
+        low = np.linalg.cholesky(a.v)
+    except np.linalg.LinAlgError as err:
+        raise InputError("cholesky: the matrix is not positive definite at these inputs; check where it is") from err
+    nb = len(a.shape) - 2
+    li = np.abs(np.linalg.inv(low))
+    al = np.abs(low)
+    pert = (a.shape[-1] + 1) * np.einsum(_spec(nb, "ik,jk->ij"), al, al) + a.e
+    inner = np.einsum(_spec(nb, "ij,jk,lk->il"), li, pert, li)
+    e = np.einsum(_spec(nb, "ij,jk->ik"), al, _phi(inner))
+    if not a.banded:
+        return Approx(low, e)
+    width = np.einsum(_spec(nb, "ij,jk->ik"), al, _phi(np.einsum(_spec(nb, "ij,jk,lk->il"), li, a.band(), li)))
+    return Approx(low, e, width, width)
+
+
+def forward(op: str, args: list) -> Approx:
+    a = args[0]
+    if op in ("eigvalsh", "svdvals"):
+        return _spectrum(op, a)[0]
+    if op == "cholesky":
+        return _cholesky(a)
+    n = a.shape[-1]
+    nb = len(a.shape) - 2
+    x = _inverse(a)
+    ax, aa = np.abs(x), np.abs(a.v)
+    pert = _gamma(n) * aa + a.e  # the backward error and the input's own error, in eps units
+    band = a.band() if a.banded else None
+    if op == "inv":
+        mm = _spec(nb, "ij,jk,kl->il")
+        e = np.einsum(mm, ax, pert, ax)
+        width = None if band is None else np.einsum(mm, ax, band, ax)
+        return _with_band(x, e, width)
+    if op == "solve":
+        b = args[1]
+        y = np.linalg.solve(a.v, b.v)
+        core = "ij,jk->ik" if b.v.ndim == a.v.ndim else "ij,j->i"
+        mm = _spec(nb, core)
+        e = np.einsum(mm, ax, np.einsum(mm, pert, np.abs(y)) + b.e)
+        width = None
+        if band is not None or b.banded:
+            width = np.einsum(mm, ax, np.einsum(mm, a.band(), np.abs(y)) + b.band())
+        return _with_band(y, e, width)
+    tr = _spec(nb, "ji,ij->")
+    rel = np.einsum(tr, ax, pert)
+    width = None if band is None else np.einsum(tr, ax, band)
+    if op == "det":
+        d = np.linalg.det(a.v)
+        return _with_band(d, np.abs(d) * rel, None if width is None else np.abs(d) * width)
+    if op == "logabsdet":
+        v = np.linalg.slogdet(a.v)[1]
+        return _with_band(v, rel + np.abs(v), width)
+    raise ValueError(f"unknown linalg op {op!r}; known: {OPS}")
+
+
+def _fro(t: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(t * t, axis=(-2, -1)))
+
+
+def _spectrum(op: str, a: Approx) -> tuple:
+    """(values, left vectors, right vectors) as Approx, bounded as Note [Linalg rounding] says."""
+    n = min(a.shape[-2:])
+    if op == "eigvalsh":
+        lam, v = np.linalg.eigh(a.v)
+        left = right = v
+        others = lam
+    else:
+        left, lam, vh = np.linalg.svd(a.v, full_matrices=False)
+        right = np.swapaxes(vh, -1, -2)
+        others = np.concatenate([lam, np.zeros(lam.shape[:-1] + (1,))], axis=-1) if a.shape[-1] != a.shape[-2] else lam
+    move = _gamma(max(a.shape[-2:])) * _fro(np.abs(a.v)) + _fro(a.e)  # ‖δA‖_F, eps units
+    values = Approx(lam, np.broadcast_to(move[..., None], lam.shape))
+    if a.banded:
+        width = np.broadcast_to(_fro(a.band())[..., None], lam.shape)
+        values = Approx(lam, values.e, width, width)
+    diff = np.abs(lam[..., :, None] - others[..., None, :])
+    idx = np.arange(n)
+    diff[..., idx, idx] = np.inf
+    gap = diff.min(axis=-1)
+    if np.any(gap == 0):
+        raise InputError(f"{op}: repeated {'eigen' if op == 'eigvalsh' else 'singular '}values at these inputs: "
+                         "their vectors, and so the derivative of the values' functions, are not unique; check at "
+                         "inputs with distinct values")
+    vec_e = (move[..., None] / gap)[..., None, :]
+    return values, Approx(left, np.broadcast_to(vec_e, left.shape)), Approx(right, np.broadcast_to(vec_e, right.shape))
+
+
+def vjp(op: str, args: list, out: Approx, g: Approx, needed: list) -> list:
+    """One cotangent per argument, from the forward's values (``out``) in Approx arithmetic."""
+    a = args[0]
+    nb = len(a.shape) - 2
+    if op in ("eigvalsh", "svdvals"):  # Ā = U diag(ḡ) Vᵀ
+        _, left, right = _spectrum(op, a)
+        return [einsum(_spec(nb, "ij,j,kj->ik"), left, g, right)]
+    if op == "cholesky":  # Ā = sym(L⁻ᵀ Φ(Lᵀ L̄) L⁻¹)
+        li = forward("inv", [out])
+        m = einsum(_spec(nb, "ki,kj->ij"), out, g).map(_phi)
+        ga = einsum(_spec(nb, "ki,kl,lj->ij"), li, m, li)
+        return [scale(add(ga, _t(ga)), 0.5)]
+    xi = forward("inv", [a]) if op != "inv" else out
+    if op == "inv":  # Ā = -Xᵀ G Xᵀ
+        xt = _t(xi)
+        return [scale(einsum(_spec(nb, "ij,jk,kl->il"), xt, g, xt), -1.0)]
+    if op == "solve":  # B̄ = A⁻ᵀ G,  Ā = -B̄ Yᵀ
+        b = args[1]
+        vec = b.v.ndim != a.v.ndim
+        gb = einsum(_spec(nb, "ji,j->i" if vec else "ji,jk->ik"), xi, g)
+        ga = scale(einsum(_spec(nb, "i,j->ij" if vec else "ik,jk->ij"), gb, out), -1.0) if needed[0] else None
+        return [ga, gb if needed[1] else None]
+    xt = _t(xi)
+    expand = (lambda t: t[..., None, None])
+    if op == "det":  # Ā = ḡ d Xᵀ
+        gd = mul(g, out)
+        return [mul(gd.map(expand), xt)]
+    if op == "logabsdet":  # Ā = ḡ Xᵀ
+        return [mul(g.map(expand), xt)]
+    raise ValueError(f"unknown linalg op {op!r}")
