@@ -139,7 +139,8 @@ def refuse_nonfinite(tensors: Mapping[str, object], what: str = "input") -> None
             raise InputError(f"{what} {name!r} holds {int(bad.sum())} non-finite value(s) (first: {at} = {value}); "
                              "derivatives are checked at finite points only, and a NaN/inf would show as a "
                              "disagreement of the forwards. Pass finite values (for a mask, a large finite "
-                             "number such as torch.finfo(dtype).min instead of -inf).")
+                             "number such as torch.finfo(dtype).min instead of -inf), or check with "
+                             "engine='graph', which evaluates inf and NaN as torch does.")
 
 
 def refuse_hooks(model) -> None:

@@ -162,6 +162,8 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
                 meta["quantity"] += f" and jvp ({cotangents} random tangents)"
             except AutogradFailed as err:  # e.g. a custom Function with no jvp: forward mode is not asked for
                 meta["jvp"] = f"not checked (torch.func.jvp could not run: {str(err)[:160]})"
+            except NotImplementedError as err:  # a node kind without a forward-mode rule (linalg)
+                meta["jvp"] = f"not checked ({err})"
     return Report(records, title=title or "symgrad check", meta=meta)
 
 

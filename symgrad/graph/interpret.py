@@ -108,6 +108,9 @@ def _call(b: Builder, node, args, kwargs):
     if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
         with torch.no_grad():
             out = target(*_as_float64(args), **kwargs)
+        for t in out if isinstance(out, (list, tuple)) else (out,):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
         return out
     handler = _USER.get(str(target)) or aten.handler_for(target)
     val = node.meta.get("val")

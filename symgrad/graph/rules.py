@@ -88,7 +88,8 @@ def _flat(args: list, field: str) -> np.ndarray:
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def _select(node: Node, args: list) -> Approx:
+def _select(node: Node, args: list, fill: float | None = None) -> Approx:
+    """``fill`` overrides the node's constant for the entries no argument supplies (a tangent's is 0)."""
     idx = node.attrs["idx"]
     pick = idx > 0
     where = np.where(pick, idx - 1, 0)
@@ -96,7 +97,7 @@ def _select(node: Node, args: list) -> Approx:
     def take(field, fill=0.0):
         return np.where(pick, _flat(args, field)[where], fill).reshape(node.shape)
 
-    value = take("v", node.attrs.get("fill", 0.0))
+    value = take("v", node.attrs.get("fill", 0.0) if fill is None else fill)
     if not any(a.banded for a in args):
         return Approx(value, take("e"))
     return Approx(value, take("e"), take("lo"), take("hi"))
@@ -277,9 +278,13 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
                 out = term if out is None else add(out, term)
         return out
     filled = [Approx(np.zeros(a.shape)) if t is None else t for a, t in zip(args, tangents)]
-    if kind in ("layout", "select") or (kind == "reduce" and node.attrs["op"] == "sum"):
+    if kind == "select":  # the constant fill (padding, a product's 1) has no tangent
+        return _select(node, filled, fill=0.0)
+    if kind == "layout" or (kind == "reduce" and node.attrs["op"] == "sum"):
         return forward(node, filled, ctx)
-    return _jvp_extreme(node, args[0], filled[0], ctx)
+    if kind == "reduce":
+        return _jvp_extreme(node, args[0], filled[0], ctx)
+    raise NotImplementedError(f"no forward-mode rule for {kind} nodes ({node.origin or node.name})")
 
 
 def _jvp_extreme(node: Node, a: Approx, t: Approx, ctx: Ctx) -> Approx:

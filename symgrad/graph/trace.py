@@ -43,6 +43,8 @@ _DECOMPOSE = (
     "hinge_embedding_loss", "triplet_margin_loss", "multi_margin_loss", "im2col", "col2im", "reflection_pad1d",
     "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d",
     "avg_pool1d", "max_pool1d", "linalg_cross", "roll", "rot90", "repeat", "unfold", "embedding_dense_backward",
+    "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_nearest1d",
+    "upsample_nearest3d",
     "upsample_trilinear3d", "upsample_bicubic2d", "grid_sampler_2d", "upsample_linear1d",
 )
 
@@ -68,17 +70,21 @@ def decompositions() -> dict:
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:
                 _TABLE[op] = _noting_float32_reciprocal(_TABLE[op])
+        # hardsigmoid' and hardswish' hold 1/6 as a float literal (1.0f / 6.0f) even in float64 kernels
+        for op in (torch.ops.aten.hardsigmoid.default, torch.ops.aten.hardswish.default):
+            if op in _TABLE:
+                _TABLE[op] = _noting_float32_reciprocal(_TABLE[op], 6.0)
     return _TABLE
 
 
-def _noting_float32_reciprocal(decomposed):
-    """celu's decomposition, first noting 1/alpha: torch's float64 celu' rounds it to float32
-    (symgrad.ops.FLOAT32_CONSTANTS; graph/scalar.py constant_error)."""
+def _noting_float32_reciprocal(decomposed, fixed: float | None = None):
+    """A decomposition that first notes a reciprocal torch's float64 backward rounds to float32:
+    celu's 1/alpha, hardsigmoid's 1/6 (symgrad.ops.FLOAT32_CONSTANTS; graph/scalar.py constant_error)."""
     from ..ops import note_float32_reciprocal
 
-    def run(x, alpha=1.0, *rest, **kw):
-        note_float32_reciprocal(alpha)
-        return decomposed(x, alpha, *rest, **kw)
+    def run(x, *rest, **kw):
+        note_float32_reciprocal(fixed if fixed is not None else (rest[0] if rest else kw.get("alpha", 1.0)))
+        return decomposed(x, *rest, **kw)
 
     return run
 
@@ -137,6 +143,13 @@ class _NoTraceback:
         return traceback.StackSummary()
 
 
+# Note [Folded constants]
+# A float tensor the trace computes from constants alone (interpolation weights from an arange, a
+# batch norm's 1/sqrt(var + eps)) is folded once in float64, but torch computes it in the checked
+# dtype, a few roundings deep: it carries FOLDED_ULPS units of its own size.
+FOLDED_ULPS = 4.0
+
+
 def number(v) -> sp.Expr:
     """A Python scalar from the traced graph as a SymPy number (never a string: Note in the guide)."""
     if isinstance(v, (bool, np.bool_)):
@@ -164,6 +177,7 @@ class Builder:
         self._const_nodes: dict = {}
         self.fx_node = None  # the fx node being converted (for error messages and origins)
         self._values: dict = {}
+        self.folded: dict = {}  # id -> float tensors computed by constant folding (kept alive here)
 
     # ------------------------------------------------------------------ leaves and constants
     def leaf(self, name: str, value, role: str) -> Node:
@@ -179,6 +193,8 @@ class Builder:
         if got is not None:
             return got[0]
         value = t.detach().double().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, np.float64)
+        if key in self.folded and not error:
+            error = FOLDED_ULPS  # Note [Folded constants]
         node = self.graph.add(Node("leaf", attrs={"role": "const", "value": value, "error": error},
                                    shape=value.shape, name="const"))
         self._const_nodes[key] = (node, t)

@@ -87,7 +87,7 @@ def _trace_loss(loss_fn):
     return trace(loss)
 
 
-def _named_inputs(model, inputs) -> dict:
+def _named_inputs(model, inputs, finite: bool = True) -> dict:
     """The model's inputs as ``{name: tensor}`` in the order of ``model.forward``'s parameters.
 
     A dict is matched to the parameters by name (``{"v": v, "u": u}`` for ``forward(u, v)`` is u, v);
@@ -95,7 +95,7 @@ def _named_inputs(model, inputs) -> dict:
     """
     import inspect
 
-    named = normalize_inputs(model.forward, None, inputs)
+    named = normalize_inputs(model.forward, None, inputs, finite=finite)
     if not isinstance(inputs, Mapping) or len(named) < 2:
         return named
     try:
@@ -150,12 +150,13 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     refuse_stateful(model)
     refuse_hooks(model)
     refuse_meta(model)
-    named = _named_inputs(model, inputs)
+    named = _named_inputs(model, inputs, finite=engine != "graph")
     params = dict(model.named_parameters())
     check_names(params)
-    refuse_nonfinite(params, "parameter")
-    if target is not None and hasattr(target, "is_floating_point"):
-        refuse_nonfinite({"target": target}, "the loss's")
+    if engine != "graph":  # the op graph evaluates inf and NaN; the exploded back end does not
+        refuse_nonfinite(params, "parameter")
+        if target is not None and hasattr(target, "is_floating_point"):
+            refuse_nonfinite({"target": target}, "the loss's")
     clash = set(named) & set(params)
     if clash:
         raise InputError(f"input name(s) {', '.join(sorted(clash))} clash with parameter names; pass inputs as a dict with other names")
