@@ -111,8 +111,12 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     key = graph_cache.key(fn, symbolic, loss, target, names, tensors)
     disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if not graph_cache.known(key) else None
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
-    with torch.no_grad():
-        out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    try:
+        with torch.no_grad():
+            out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise InputError(f"the function raised on these inputs ({type(err).__name__}: {str(err)[:300]}); "
+                         "symgrad checks derivatives where the forward runs: pass inputs it accepts") from err
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
     for attempt in ("cached", "traced"):
