@@ -28,8 +28,15 @@ def _table(rows: list[dict[str, str]]) -> str:
 def markdown() -> str:
     from .ops import coverage_rows as op_rows
 
-    parts = ["**Elementwise ops** (`symgrad/ops.py`): SymPy form, hand-written derivative (tested against "
-             "`sympy.diff` and torch), test domain, kinks and torch's convention there.", "", _table(op_rows())]
+    from .graph.optable import coverage_markdown
+
+    parts = ["**Op graph** (`symgrad/graph/optable.py`, the tensor back end): every op and module below is "
+             "checked in tests/graph/test_ops.py through `engine='graph'` in each dtype marked: torch's own "
+             "autograd passes and a backward off by 1 + 1e-6 (float64) / 1 + 1e-3 (float32) fails.", "",
+             coverage_markdown(), "",
+             "**Elementwise ops** (`symgrad/ops.py`, the exploded back end): SymPy form, hand-written derivative "
+             "(tested against `sympy.diff` and torch), test domain, kinks and torch's convention there.", "",
+             _table(op_rows())]
     try:
         from .importer.table import coverage_rows as importer_rows
     except ImportError:  # pragma: no cover - the importer is part of the package
