@@ -31,6 +31,7 @@ import sympy as sp
 import torch
 
 import symgrad as sg
+from symgrad.testing_ops import vjp, with_backward
 from symgrad.ops import OPS
 
 VARIANTS = [(name, {}) for name in OPS] + [
@@ -70,23 +71,13 @@ def scaled_backward(fn, factor, precision=None):
     """A custom Function: torch's forward of ``fn``, torch's gradient times ``factor`` (computed in
     ``precision`` when given): the code under test of a seeded bug."""
 
-    class Wrong(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return fn(x)
+    def backward(x, g):
+        d = vjp(fn, x, torch.ones((), dtype=x.dtype))
+        if precision is not None:
+            return (g.to(precision) * d.to(precision)).to(x.dtype)
+        return g * d * factor
 
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            with torch.enable_grad():
-                xx = x.detach().requires_grad_()
-                (d,) = torch.autograd.grad(fn(xx), xx)
-            if precision is not None:
-                return (g.to(precision) * d.to(precision)).to(x.dtype)
-            return g * d * factor
-
-    return Wrong.apply
+    return with_backward(fn, backward)
 
 
 def inputs(scale, seed, dtype, positive):

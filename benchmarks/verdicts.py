@@ -24,7 +24,7 @@ import torch
 from tabulate import tabulate
 
 import symgrad as sg
-from symgrad.testing_ops import OPS_FOR_SCRIPTS, compose
+from symgrad.testing_ops import OPS_FOR_SCRIPTS, compose, vjp, with_backward
 
 DELTA = {torch.float64: 1e-6, torch.float32: 1e-3}
 LOW = {torch.float64: torch.float32, torch.float32: torch.bfloat16}
@@ -37,38 +37,23 @@ def _grad(fn, x, dtype=None):
     return g
 
 
-def _vjp(fn, x, g):
-    with torch.enable_grad():
-        xx = x.detach().requires_grad_()
-        (out,) = torch.autograd.grad(fn(xx), xx, g)
-    return out
-
-
 def buggy(fn, kind: str, dtype):
     """``fn`` as a custom Function whose backward has the seeded bug ``kind``."""
 
-    class Bug(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return fn(x)
+    def backward(x, g):
+        if kind == "low precision":
+            return vjp(fn, x.to(LOW[dtype]), g.to(LOW[dtype])).to(x.dtype)
+        if kind == "ignores g":
+            return vjp(fn, x, torch.ones_like(g))
+        grad = vjp(fn, x, g)
+        if kind == "scaled":
+            return grad * (1 + DELTA[dtype])
+        grad = grad.clone()
+        k = int(grad.abs().argmax())
+        grad.view(-1)[k] = grad.view(-1)[k] * (1 + 10 * DELTA[dtype])
+        return grad
 
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            if kind == "low precision":
-                return _vjp(fn, x.to(LOW[dtype]), g.to(LOW[dtype])).to(x.dtype)
-            if kind == "ignores g":
-                return _vjp(fn, x, torch.ones_like(g))
-            grad = _vjp(fn, x, g)
-            if kind == "scaled":
-                return grad * (1 + DELTA[dtype])
-            grad = grad.clone()
-            k = int(grad.abs().argmax())
-            grad.view(-1)[k] = grad.view(-1)[k] * (1 + 10 * DELTA[dtype])
-            return grad
-
-    return Bug.apply
+    return with_backward(fn, backward)
 
 
 def flash_rule(fn_bug, fn, x) -> bool:

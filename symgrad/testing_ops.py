@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled"]
+__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled", "with_backward", "vjp"]
 
 # name -> (torch function, safe input transform that keeps the op inside its well-conditioned domain)
 UNARY = {
@@ -65,10 +65,11 @@ def compose(names: list[str], weights: torch.Tensor):
     return fn
 
 
-def scaled(fn, factor: float):
-    """``fn`` whose backward is torch's own gradient times ``factor`` (a seeded bug)."""
+def with_backward(fn, backward):
+    """``fn`` as a custom ``autograd.Function`` whose backward is ``backward(x, g)``: the code under
+    test of a seeded bug (the forward is torch's own)."""
 
-    class Scaled(torch.autograd.Function):
+    class Seeded(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
@@ -77,9 +78,19 @@ def scaled(fn, factor: float):
         @staticmethod
         def backward(ctx, g):
             (x,) = ctx.saved_tensors
-            with torch.enable_grad():
-                xx = x.detach().requires_grad_()
-                (grad,) = torch.autograd.grad(fn(xx), xx, g)
-            return grad * factor
+            return backward(x, g)
 
-    return Scaled.apply
+    return Seeded.apply
+
+
+def vjp(fn, x, g):
+    """torch's own vector-Jacobian product of ``fn`` at ``x`` with cotangent ``g``."""
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_()
+        (out,) = torch.autograd.grad(fn(xx), xx, g)
+    return out
+
+
+def scaled(fn, factor: float):
+    """``fn`` whose backward is torch's own gradient times ``factor`` (a seeded bug)."""
+    return with_backward(fn, lambda x, g: vjp(fn, x, g) * factor)
