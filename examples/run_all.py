@@ -1,4 +1,4 @@
-"""Run every examples/seed*.py in turn (from the repository root) and print a summary table.
+"""Run every examples/*.py in turn (from the repository root) and print a summary table.
 
 The same as ``symgrad examples`` (``symgrad.cli.run_examples``).  Exits nonzero if any script ended
 unexpectedly (a traceback or a nonzero exit status).  A report that records a seed's own mistake

@@ -1,7 +1,7 @@
 """The ``symgrad`` command (also ``python -m symgrad``), built on click.
 
     symgrad check path.py:fn --inputs "x=randn(3,4)" --dtype float32 --report out.html
-    symgrad examples            # every examples/seed*.py, reports under reports/, a summary table
+    symgrad examples            # every examples/*.py, reports under reports/, a summary table
     symgrad ops                 # the coverage tables (op table and importer)
 
 Exit status: 0 every check passed, 1 a check failed (or an example ended unexpectedly), 2 a usage
@@ -214,12 +214,14 @@ def _usage(fn, *args):
         raise click.UsageError(str(err)) from err
 
 
-def run_examples(directory: Path, pattern: str = "seed*.py", timeout: float = 1800.0, echo=print) -> list[dict]:
+def run_examples(directory: Path, pattern: str = "*.py", timeout: float = 1800.0, echo=print) -> list[dict]:
     """Run each example script (from the directory's parent, as the README does); one row per script."""
     directory = Path(directory).resolve()
     root = directory.parent
     rows = []
     for script in sorted(directory.glob(pattern)):
+        if script.name == "run_all.py" or script.name.startswith("_"):
+            continue  # the runner itself
         rel = script.relative_to(root)
         start = time.perf_counter()
         try:
@@ -238,7 +240,7 @@ def run_examples(directory: Path, pattern: str = "seed*.py", timeout: float = 18
 @cli.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True), default="examples",
               show_default=True, help="the examples folder (scripts run from its parent)")
-@click.option("--pattern", default="seed*.py", show_default=True)
+@click.option("--pattern", default="*.py", show_default=True)
 @click.option("--timeout", type=float, default=1800.0, show_default=True, help="seconds per example")
 def examples(directory, pattern, timeout):
     """Run every example; each writes its report under reports/.  Exit 1 if any ends unexpectedly."""
