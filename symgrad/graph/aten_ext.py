@@ -192,8 +192,6 @@ def _index_add(b, args, kwargs, val):
 @handles("aten.index_put", "aten.index_put_", "aten._unsafe_index_put")
 def _index_put(b, args, kwargs, val):
     """``x[indices] = values`` (a selection), or ``+=`` with ``accumulate=True``."""
-    import torch
-
     from .aten import _selection
 
     acc = args[3] if len(args) > 3 else kwargs.get("accumulate", False)

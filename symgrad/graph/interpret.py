@@ -59,8 +59,6 @@ def _as_float64(x):
 def to_graph(gm, leaves: list) -> Graph:
     """``leaves``: one ``(name, role, tensor)`` per placeholder, in order; role is ``input``,
     ``param`` or ``const``."""
-    import torch
-
     graph = Graph()
     b = Builder(graph)
     env: dict = {}

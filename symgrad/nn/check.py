@@ -30,7 +30,7 @@ from ..autograd.forward import forward_once, grad_enabled
 from ..check import _fresh, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
-from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from ..errors import InputError, ShapeMismatch, UnsupportedOp
 from ..importer.batch import Mixing, Reduced
 from ..importer.interpret import batch_axes, refuse_stateful, run_symbolic, trace
 from ..progress import stage, with_progress
@@ -499,8 +499,6 @@ def _per_sample(gm, loss_gm, plan, named, params, target, v, wrt, dtype, backend
 
 
 def _finish(refs, forward, torch_fn, leaves, wrt, via, v, dtype_name, rtol, atol, title, meta) -> Report:
-    import torch
-
     scalar_guess = forward is not None and np.asarray(forward.value).size == 1
     via = via or default_via(scalar_guess, v is not None)
     out_t, autograd_fn = None, torch_fn
