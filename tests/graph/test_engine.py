@@ -13,25 +13,9 @@ import torch
 import symgrad as sg
 from symgrad.graph import rules
 from symgrad.graph.functions import DEFINITIONS
+from symgrad.testing_ops import with_backward as custom  # custom(forward, backward(x, g))
 
 DTYPES = [torch.float64, torch.float32]
-
-
-def custom(forward, backward):
-    """A custom autograd.Function from a forward and a backward(x, g)."""
-
-    class Fn(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return forward(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return backward(x, g)
-
-    return Fn.apply
 
 
 def silu_backward(x, g, scale=1.0):
