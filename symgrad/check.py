@@ -286,6 +286,7 @@ def check(
     title: str | None = None,
     memory_budget: int | None = None,
     quiet: bool | None = None,
+    order: int = 1,
 ) -> Report:
     """Check torch autograd's derivatives of ``fn`` at ``inputs`` against the closed form.
 
@@ -333,6 +334,16 @@ def check(
     check_callable(fn)
     check_wrt_type(wrt)
     check_backend(backend)
+    if order != 1:  # second derivatives: symgrad/order2.py
+        from .graph.order2 import check_order
+        from .order2 import check_second_order
+
+        check_order(order, via)
+        if backward_calls != 1:
+            raise InputError("backward_calls applies to first-order checks (via='backward'), not to order=2")
+        return check_second_order(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, engine=engine,
+                                  backend=backend, rtol=rtol, atol=atol, symbols_map=symbols_map, title=title,
+                                  memory_budget=memory_budget, loss=loss, target=target)
     if _is_module(fn):
         from .nn.check import check_module
 
@@ -651,10 +662,11 @@ def assert_correct(
     title: str | None = None,
     memory_budget: int | None = None,
     quiet: bool | None = None,
+    order: int = 1,
 ) -> Report:
     """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails, and
     returns the passing ``Report`` otherwise.  The keywords are ``check``'s (see ``help(symgrad.check)``)."""
     return check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
                  engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
                  symbols_map=symbols_map, title=title, memory_budget=memory_budget,
-                 quiet=quiet).raise_for_failure()
+                 quiet=quiet, order=order).raise_for_failure()

@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 
 from ..errors import AutogradFailed, InputError
 
-__all__ = ["VIAS", "quantity_of", "run_autograd", "default_via"]
+__all__ = ["VIAS", "quantity_of", "run_autograd", "default_via", "run_double_backward"]
 
 # name -> quantity it computes
 VIAS = {
@@ -127,3 +127,59 @@ def _zeros_if_none(grad, like):
     import torch
 
     return torch.zeros_like(like) if grad is None else grad
+
+
+# Note [Double backward]
+# ``order=2`` checks what ``torch.autograd.gradgradcheck`` checks, against the exact second derivative:
+# ``g = grad(f(x), x, v, create_graph=True)`` and then ``grad(g, x, w)`` for a few directions ``w``,
+# i.e. ``H w`` with ``H`` the Hessian of ``<v, f>``.  A first backward whose result torch cannot
+# differentiate (``@once_differentiable``, ``.detach()`` or numpy inside a custom ``backward``, a
+# returned tensor built outside the graph) has no ``grad_fn``: torch's second ``grad`` would raise
+# "does not require grad".  That is also what a *linear* function gives (its gradient is constant),
+# so it is not an error here: the product is compared as zeros -- right where the exact second
+# derivative is zero, a failure (with a note naming the non-differentiable backward) where it is not.
+NOT_DIFFERENTIABLE_NOTE = (
+    "the first backward's result for {name} has no grad_fn, so torch cannot differentiate it again: the "
+    "backward is not differentiable (a custom Function's backward marked @once_differentiable, or one that "
+    "uses .detach(), numpy or torch.no_grad, or returns a tensor not built from its inputs and saved "
+    "tensors by differentiable torch ops); compared as zeros. Fix: write the backward in differentiable "
+    "torch ops on ctx.saved_tensors (save inputs or outputs, not detached intermediates)")
+
+
+def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[str], cotangent, directions: list):
+    """``({name: stacked H w}, note)``: torch's double backward of ``fn`` for each direction
+    (``{name: tensor}``); a first backward torch cannot differentiate is compared as zeros, with a note
+    (Note [Double backward]).  Any other error torch raises becomes ``AutogradFailed``."""
+    import torch
+
+    try:
+        with torch.enable_grad():
+            names = list(inputs)
+            diff = [inputs[w] for w in wrt]
+            out = fn(*(inputs[n] for n in names))
+            if not isinstance(out, torch.Tensor) or not out.requires_grad:
+                raise RuntimeError("does not require grad: the output is not connected to the inputs")
+            cot = torch.ones_like(out) if cotangent is None else cotangent.to(out.dtype)
+            grads = torch.autograd.grad(out, diff, cot, create_graph=True, allow_unused=True)
+            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            dead = [repr(w) for i, w in enumerate(wrt) if grads[i] is not None and i not in live]
+            note = NOT_DIFFERENTIABLE_NOTE.format(name=" and ".join(dead)) if dead else ""
+            per_dir = []
+            for k, d in enumerate(directions):
+                if not live:
+                    per_dir.append([None] * len(wrt))
+                    continue
+                got = torch.autograd.grad([grads[i] for i in live], diff, [d[wrt[i]].to(out.dtype) for i in live],
+                                          retain_graph=k + 1 < len(directions), allow_unused=True)
+                per_dir.append(list(got))
+    except (RuntimeError, NotImplementedError) as err:
+        text = str(err)
+        raise AutogradFailed(f"torch raised while running the double backward (order=2): "
+                             f"{text.splitlines()[0] if text else type(err).__name__}. Likely cause: the torch "
+                             "function's output does not depend on the differentiated inputs, or its backward "
+                             "fails when run with create_graph=True.") from err
+    result = {}
+    for i, w in enumerate(wrt):
+        parts = [torch.zeros_like(inputs[w]) if got[i] is None else got[i].detach() for got in per_dir]
+        result[w] = torch.stack(parts)
+    return result, note

@@ -77,7 +77,7 @@ _VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 
 def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
                 target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
-                atol: float | None = None, title: str | None = None) -> Report:
+                atol: float | None = None, title: str | None = None, order: int = 1) -> Report:
     """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
 
     ``symbolic``: a reference forward in torch ops, traced instead of ``fn`` (autograd still runs
@@ -86,8 +86,14 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     ``tangents``: ``{name: tensor}`` for a Jacobian-vector product (forward mode).
     ``cotangents``: how many random cotangents (and as many random tangents) check a tensor output
     with no ``v`` (or ``"full"``: the whole Jacobian).
+    ``order=2``: torch's double backward against exact Hessian-vector products (``symgrad.graph.order2``;
+    ``tangents`` is then the direction ``w``, ``cotangents`` the number of random ones).
     """
     import torch
+
+    from .order2 import check_order
+
+    check_order(order, via)
 
     model = fn if isinstance(fn, torch.nn.Module) else None
     inputs = dict(inputs)
@@ -148,6 +154,12 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
     meta = {"dtype": dtype, "engine": "graph (tensor back end)",
             "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
+    if order == 2:  # Note [Hessian-vector rules] in hvp.py
+        from .order2 import hvp_records
+
+        found, info = hvp_records(state, out_t, v=v, tangents=tangents, count=cotangents, seed=seed)
+        meta.update(info)
+        return Report(records + found, title=title or "symgrad check", meta=meta)
     if tangents is not None or via in ("functional.jvp", "func.jvp"):
         if tangents is None:
             raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents= (one per input in wrt)")

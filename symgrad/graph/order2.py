@@ -1,0 +1,101 @@
+"""``order=2`` on the tensor back end: torch's double backward against the op graph's exact
+Hessian-vector products (Note [Hessian-vector rules] in ``hvp.py``, Note [Double backward] in
+``symgrad/autograd/run.py``)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from ..compare.compare import compare_all
+from ..errors import InputError, ShapeMismatch
+from ..progress import stage
+from .approx import Approx
+from .hvp import hvp
+
+__all__ = ["ORDER2_VIAS", "hvp_records", "directions_and_cotangent", "check_order"]
+
+# order=2 runs torch.autograd.grad twice (the first with create_graph=True), whatever via names
+ORDER2_VIAS = (None, "autograd.grad", "backward")
+DOUBLE_BACKWARD = "double backward (autograd.grad with create_graph=True, then autograd.grad)"
+
+
+def check_order(order, via) -> None:
+    if order not in (1, 2) or isinstance(order, bool):
+        raise InputError(f"order must be 1 (first derivatives) or 2 (double backward, Hessian-vector products), "
+                         f"not {order!r}")
+    if order == 2 and via not in ORDER2_VIAS:
+        raise InputError(f"order=2 checks torch's double backward (autograd.grad twice, the first with "
+                         f"create_graph=True), so via={via!r} does not apply: leave via out, or check the full "
+                         "Hessian with via='functional.hessian' (order=1)")
+
+
+def directions_and_cotangent(out_t, leaves: Mapping, wrt: list, v, tangents, count, seed: int):
+    """(cotangent v or None for a scalar output, [{name: w}] directions): the given ``v`` / ``tangents``
+    (one direction ``w`` per input in ``wrt``), else seeded random ones (``count`` directions)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 7)
+    if v is not None:
+        v = torch.as_tensor(v, dtype=out_t.dtype)
+        if tuple(v.shape) != tuple(out_t.shape):
+            raise ShapeMismatch(f"v has shape {tuple(v.shape)}, the output has {tuple(out_t.shape)}")
+    elif out_t.numel() != 1:
+        v = torch.randn(out_t.shape, generator=gen, dtype=torch.float64).to(out_t.dtype)
+    if tangents is not None:
+        if isinstance(tangents, torch.Tensor) and len(wrt) == 1:
+            tangents = {wrt[0]: tangents}
+        if not isinstance(tangents, Mapping) or set(tangents) != set(wrt):
+            raise InputError(f"with order=2, tangents= is the direction w of the second derivative (H w): "
+                             f"one tensor per input in wrt ({', '.join(wrt)}), each of that input's shape")
+        one = {}
+        for n in wrt:
+            t = torch.as_tensor(tangents[n], dtype=leaves[n].dtype)
+            if tuple(t.shape) != tuple(leaves[n].shape):
+                raise ShapeMismatch(f"direction for {n!r} has shape {tuple(t.shape)}, the input has "
+                                    f"{tuple(leaves[n].shape)}")
+            one[n] = t
+        return v, [one]
+    if not isinstance(count, int) or count < 1:
+        raise InputError(f"cotangents (the number of random directions w) must be a positive integer, not {count!r}")
+    dirs = [{n: torch.randn(leaves[n].shape, generator=gen, dtype=torch.float64).to(leaves[n].dtype) for n in wrt}
+            for _ in range(count)]
+    return v, dirs
+
+
+def hvp_records(st, out_t, *, v=None, tangents=None, count: int = 3, seed: int = 0) -> tuple[list, dict]:
+    """Records of torch's double backward against forward-over-reverse over the graph, one per input
+    in ``wrt`` (the products stacked over the directions), and the report's meta entries."""
+    from ..autograd.run import run_double_backward
+    from .check import _reference
+
+    given_v = v is not None
+    v, dirs = directions_and_cotangent(out_t, st.leaves, st.wrt, v, tangents, count, seed)
+    seed_v = np.ones(tuple(out_t.shape)) if v is None else v.detach().double().cpu().numpy()
+    stage(f"op graph: {len(dirs)} Hessian-vector product(s) and torch's double backward")
+    actual, note = run_double_backward(st.torch_fn, st.leaves, st.wrt, v, dirs)
+    nodes = [st.graph.inputs.get(n) for n in st.wrt]
+    live = [n for n in nodes if n is not None]
+    per_dir = []
+    for d in dirs:
+        ts = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in st.wrt if n in st.graph.inputs}
+        per_dir.append(hvp(st.graph, st.values, st.out, Approx(seed_v), ts, live, st.ctx))
+    refs = [_reference(n, [None if node is None else h[node] for h in per_dir], tuple(st.leaves[n].shape),
+                       tuple(out_t.shape), "random-vjp", 1, st.failed, None,
+                       "forward over reverse over the op graph (Hessian-vector product)")
+            for n, node in zip(st.wrt, nodes)]
+    records = compare_all(refs, actual, st.dtype, quantity="hvp", rtol=st.rtol, atol=st.atol)
+    annotate(records, note)
+    what = "given direction w" if tangents is not None else f"{len(dirs)} random directions w"
+    cot = "v = 1 (scalar output)" if v is None else ("the given cotangent v" if given_v else "a random cotangent v")
+    return records, {"quantity": f"hvp: w^T d2<v, f>/dx2 ({what}, {cot})", "via": DOUBLE_BACKWARD}
+
+
+def annotate(records: list, note: str) -> None:
+    """The not-differentiable note on every failing record (Note [Double backward])."""
+    if not note:
+        return
+    for rec in records:
+        if not rec.passed:
+            rec.note = (rec.note + " " if rec.note else "") + note

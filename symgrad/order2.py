@@ -1,0 +1,176 @@
+"""``symgrad.check(..., order=2)``: torch's double backward against the exact second derivative.
+
+The counterpart of ``torch.autograd.gradgradcheck`` with an exact reference: for ``f`` with inputs
+``x`` (a tensor output gets a random cotangent ``v``, as first-order checks do), torch computes
+``g = grad(f(x), x, v, create_graph=True)`` and then ``grad(g, x, w)`` for a few random directions
+``w``; each entry is compared with the exact ``w^T d^2<v, f>/dx^2`` within its own rounding allowance.
+Small plain functions go to the exploded back end (``symgrad.differentiate.second``: symengine
+differentiates twice); modules, functions the symbolic forward cannot run, and large checks go to
+the op graph (forward over reverse, Note [Hessian-vector rules] in ``symgrad/graph/hvp.py``).  A first
+backward torch cannot differentiate fails with a note saying so (Note [Double backward] in
+``symgrad/autograd/run.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UnsupportedOp
+from .graph.order2 import DOUBLE_BACKWARD, annotate, check_order, directions_and_cotangent
+from .progress import stage
+from .reference import Reference
+from .report.report import Report
+
+__all__ = ["check_second_order", "EXPLODED_MAX_WRT"]
+
+EXPLODED_MAX_WRT = 64  # 'auto' differentiates a Hessian entry by entry up to this many differentiated entries
+DIRECTIONS = 3  # random directions w
+
+
+def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, backend, rtol, atol, symbols_map,
+                       title, memory_budget, loss, target) -> Report:
+    """See the module docstring; the keywords are ``symgrad.check``'s."""
+    from .check import _choose_wrt, _is_module, normalize_inputs
+    from .errors import InputError
+    from .graph import check_graph
+    from .graph.budget import refuse_exploded, too_big_to_explode
+
+    check_order(2, via)
+    if engine == "matrix":
+        raise InputError("order=2 runs on the elementwise engine or the op graph (engine='auto', 'elementwise' or "
+                         "'graph'), not engine='matrix'")
+    if _is_module(fn):
+        if engine == "elementwise":
+            raise InputError("order=2 checks an nn.Module on the op graph: use engine='auto' or 'graph'")
+        named = normalize_inputs(fn, symbolic, inputs, finite=False)
+        return check_graph(fn, named, symbolic=symbolic, wrt=wrt, v=v, tangents=tangents, loss=loss, target=target,
+                           rtol=rtol, atol=atol, title=title, order=2)
+    if loss is not None or target is not None:
+        raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
+    named = normalize_inputs(fn, symbolic, inputs, finite=engine != "graph")
+    wrt_names = _choose_wrt(named, wrt)
+    graph_args = dict(symbolic=symbolic, wrt=wrt_names, v=v, tangents=tangents, rtol=rtol, atol=atol, title=title,
+                      order=2)
+    n_in = sum(t.numel() for t in named.values() if t.is_floating_point())
+    n_wrt = sum(named[w].numel() for w in wrt_names)
+    import sympy as sp
+
+    traceable = fn is not None and not isinstance(symbolic, (sp.Basic, sp.MatrixBase, sp.NDimArray))
+    if engine == "graph":
+        if not traceable:
+            raise InputError("engine='graph' traces torch code: pass the torch function, not a SymPy expression")
+        return check_graph(fn, named, **graph_args)
+    if engine == "elementwise" or not traceable:
+        refuse_exploded(n_in, n_wrt, n_wrt, True, memory_budget)
+    elif n_wrt > EXPLODED_MAX_WRT or too_big_to_explode(n_in, n_wrt, n_wrt, True, memory_budget):
+        stage("op graph: trace, differentiate twice, compare")
+        return check_graph(fn, named, **graph_args)
+    try:
+        return _exploded(fn, named, symbolic, wrt_names, v, tangents, backend, rtol, atol, symbols_map, title)
+    except UnsupportedOp:
+        if engine != "auto" or not traceable:
+            raise
+        stage("op graph: trace, differentiate twice, compare")
+        return check_graph(fn, named, **graph_args)
+
+
+def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbols_map, title) -> Report:
+    import torch
+
+    from .autograd.run import run_double_backward
+    from .check import (_check_symbols, _fresh, _lowered_forward, _same_but_unit_dims, _symbolic_output,
+                        lowest_precision, symbolic_inputs)
+    from .compare.compare import compare, compare_all
+    from .differentiate.elementwise import entry_form, structural_zeros
+    from .differentiate.second import hvp_forms
+    from .errors import InputError, ShapeMismatch
+    from .lower.numpy import high_precision, lower
+    from .symbolic.tensor import symbols
+
+    stage("building the symbolic forward")
+    dtype = lowest_precision(named.values())
+    dtype_name = str(dtype).replace("torch.", "")
+    sym_in = symbolic_inputs(named)
+    out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
+    _check_symbols(out, sym_in, wrt, symbolic is not None and not callable(symbolic))
+    torch_fn = fn if fn is not None else _lowered_forward(out, sym_in, dtype)
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt) for n, t in named.items()}
+    with torch.no_grad():
+        out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    if not isinstance(out_t, torch.Tensor):
+        raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor")
+    if tuple(out_t.shape) != out.shape and _same_but_unit_dims(tuple(out_t.shape), out.shape):
+        out = out.reshape(tuple(out_t.shape))
+    if tuple(out_t.shape) != out.shape:
+        raise ShapeMismatch(f"the torch function returns shape {tuple(out_t.shape)} but the symbolic forward returns "
+                            f"{out.shape}; they must compute the same thing")
+    given_v = v is not None
+    v_t, dirs = directions_and_cotangent(out_t, leaves, wrt, v, tangents, DIRECTIONS, 0)
+    cot_sym = None if v_t is None else symbols(_fresh("v", named), out.shape)
+    w_sym = {w: symbols(_fresh(f"w_{w}", named), tuple(named[w].shape)) for w in wrt}
+    stage("differentiating twice in closed form")
+    forms = hvp_forms(out, {w: sym_in[w] for w in wrt}, cot_sym, w_sym, backend)
+
+    stage("evaluating the closed form")
+    floats = [n for n in named if named[n].is_floating_point()]
+    args = [s for n in floats for s in sym_in[n].data.ravel()]
+    args += [] if cot_sym is None else list(cot_sym.data.ravel())
+    args += [s for w in wrt for s in w_sym[w].data.ravel()]
+    exprs = list(out.data.ravel()) + [e for w in wrt for e in forms[w].ravel()]
+    lowered = lower(exprs, args, forward=out.numel())
+    base = [x for n in floats for x in named[n].detach().double().cpu().numpy().ravel()]
+    base += [] if v_t is None else list(v_t.detach().double().cpu().numpy().ravel())
+    evals = [lowered(base + [x for w in wrt for x in d[w].detach().double().cpu().numpy().ravel()],
+                     dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps)) for d in dirs]
+    refs = _references(evals, out, wrt, forms, named, structural_zeros, entry_form)
+
+    stage("running torch's double backward")
+    actual, note = run_double_backward(torch_fn, leaves, wrt, v_t, dirs)
+    out_ref = Reference("output", _floats(evals[0].values)[:out.numel()].reshape(out.shape),
+                        closed_form="symbolic forward",
+                        value_lowp=_floats(evals[0].values_lowp)[:out.numel()].reshape(out.shape), rounding=_floats(evals[0].magnitudes)[:out.numel()].reshape(out.shape))
+    forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward", rtol=rtol, atol=atol)
+    if not forward.passed:
+        forward.note = ("the symbolic forward and the torch function disagree: the derivatives below are derivatives "
+                        "of different functions. Fix the symbolic forward first.")
+    records = compare_all(refs, actual, dtype_name, quantity="hvp", rtol=rtol, atol=atol)
+    annotate(records, note)
+    what = "the given direction w" if tangents is not None else f"{len(dirs)} random directions w"
+    cot = "v = 1 (scalar output)" if v_t is None else ("the given cotangent v" if given_v else "a random cotangent v")
+    meta = {"dtype": dtype_name, "via": DOUBLE_BACKWARD, "engine": "elementwise",
+            "quantity": f"hvp: w^T d2<v, f>/dx2 ({what}, {cot})"}
+    return Report([forward] + records, title=title or "symgrad check", meta=meta)
+
+
+def _floats(vals) -> np.ndarray:
+    return np.array([float(x) for x in vals], dtype=np.float64) if vals else np.zeros(0)
+
+
+def _references(evals, out, wrt, forms, named, structural_zeros, entry_form) -> list:
+    """One reference per input: the products stacked over the directions, ``(k, *x.shape)``."""
+    refs, start = [], out.numel()
+    for w in wrt:
+        shape, n = tuple(named[w].shape), named[w].numel()
+
+        def part(field, ev):
+            got = getattr(ev, field)
+            return None if got is None else _floats(got)[start:start + n].reshape(shape)
+
+        value = np.stack([part("values", ev) for ev in evals])
+        rounding = np.stack([part("magnitudes", ev) for ev in evals])
+        lowp = [part("values_lowp", ev) for ev in evals]
+        zero = structural_zeros(forms[w])
+        text, latex = entry_form(forms[w])
+        ref = Reference(w, value, f"{text}  (entry [{', '.join('0' for _ in shape)}], w = each direction)"
+                        if shape else text, latex, rounding=rounding,
+                        value_lowp=None if any(x is None for x in lowp) else np.stack(lowp),
+                        structural_zero=None if zero is None else np.broadcast_to(zero, value.shape).copy())
+        if all(ev.lower is not None for ev in evals):
+            lo = np.stack([part("lower", ev) for ev in evals])
+            up = np.stack([part("upper", ev) for ev in evals])
+            kink = (lo != up) | (lo != value) | (up != value)
+            if kink.any():
+                ref.lower, ref.upper, ref.kink = lo, up, kink
+        refs.append(ref)
+        start += n
+    return refs
