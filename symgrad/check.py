@@ -375,6 +375,12 @@ def check(
         out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
     except UnsupportedOp as err:
         graph_ok = engine == "auto" and fn is not None and (symbolic is None or callable(symbolic))
+        if graph_ok and tangents is not None and backward_calls == 1:  # forward mode (a custom Function's jvp)
+            from .graph import check_graph
+
+            stage("op graph: trace, forward mode, compare")
+            return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, tangents=tangents, rtol=rtol,
+                               atol=atol, title=title)
         if (symbolic is not None and not graph_ok) or fn is None or tangents is not None or backward_calls != 1:
             raise
         # A plain torch function with no symbolic twin: import it through torch.fx, else trace it into
@@ -558,7 +564,7 @@ def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) ->
             raise InputError("engine='graph' traces torch code: pass the torch function (and, as symbolic=, a "
                              "reference forward in torch ops if you have one), not a SymPy expression")
         return True
-    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via == "jacfwd"
+    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via in ("jacfwd", "forward_ad")
     if engine == "elementwise" or forward_mode:
         refuse_exploded(n_in, n_wrt, 1, False, budget)
         return False

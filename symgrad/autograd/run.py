@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 
 from ..errors import AutogradFailed, InputError
 
-__all__ = ["VIAS", "quantity_of", "run_autograd", "default_via", "run_double_backward"]
+__all__ = ["VIAS", "FORWARD_MODE_VIAS", "quantity_of", "run_autograd", "default_via", "run_double_backward"]
 
 # name -> quantity it computes
 VIAS = {
@@ -26,7 +26,21 @@ VIAS = {
     "func.vjp": "vjp",
     "func.jvp": "jvp",
     "func.hessian": "hessian",
+    "forward_ad": "jvp",  # torch.autograd.forward_ad dual tensors: runs a custom Function's jvp
 }
+
+# Note [Which vias run forward mode]
+# ``func.jvp`` (torch.func.jvp) and ``forward_ad`` (torch.autograd.forward_ad's dual tensors) are real
+# forward mode: a custom ``autograd.Function`` is run through its ``jvp`` staticmethod, so checking
+# either checks ``Function.jvp``.  ``functional.jvp`` (torch.autograd.functional.jvp) is *not*: it
+# computes the product with the double-vjp trick (two reverse-mode passes), so it runs the Function's
+# ``backward`` and never its ``jvp`` -- a wrong ``jvp`` passes under it.
+FORWARD_MODE_VIAS = ("func.jvp", "forward_ad")
+MISSING_JVP_HINT = (
+    "the custom autograd.Function has no jvp staticmethod, which forward mode (torch.func.jvp, "
+    "torch.autograd.forward_ad) runs. Fix: define @staticmethod jvp(ctx, *tangents) returning the output's "
+    "tangent (saving what it needs in forward/setup_context, e.g. ctx.save_for_forward(x)), or check the "
+    "backward instead with via='functional.jvp' (the double-vjp trick) or a reverse-mode via")
 
 
 def default_via(scalar_output: bool, has_cotangent: bool) -> str:
@@ -56,9 +70,13 @@ def run_autograd(
     """
     try:
         return _run(fn, inputs, wrt, via, cotangent=cotangent, tangents=tangents, backward_calls=backward_calls)
-    except RuntimeError as err:
+    except (RuntimeError, NotImplementedError) as err:
         text = str(err)
-        if "does not require grad" in text or "does not have a grad_fn" in text:
+        if "implement the jvp function" in text:
+            hint = MISSING_JVP_HINT
+        elif isinstance(err, NotImplementedError):
+            hint = "torch has no rule for an op of the function under this way of running autograd"
+        elif "does not require grad" in text or "does not have a grad_fn" in text:
             hint = ("the torch function's output is not connected to the differentiated inputs: it detaches them, "
                     "runs under torch.no_grad(), goes through numpy, or uses an op with no derivative")
         elif "setup_context" in text or "functorch" in text or "vmap" in text:
@@ -101,6 +119,8 @@ def _run(fn, inputs, wrt, via, *, cotangent=None, tangents=None, backward_calls=
             _, pullback = torch.func.vjp(lambda *d: call_with(d), *diff)
             grads = pullback(cotangent)
         return dict(zip(wrt, grads))
+    if via == "forward_ad":
+        return {"jvp": _forward_ad(call_with, diff, tuple(tangents[w] for w in wrt))}
     if via in ("functional.jvp", "func.jvp"):
         t = tuple(tangents[w] for w in wrt)
         if via == "functional.jvp":
@@ -121,6 +141,19 @@ def _run(fn, inputs, wrt, via, *, cotangent=None, tangents=None, backward_calls=
             hes = torch.func.hessian(lambda *d: call_with(d), argnums=tuple(range(len(diff))))(*diff)
         return {(a, b): hes[i][j] for i, a in enumerate(wrt) for j, b in enumerate(wrt)}
     raise InputError(f"via={via!r} is not a way symgrad knows to run autograd; choose one of: {', '.join(VIAS)}")
+
+
+def _forward_ad(call_with, diff: tuple, tangents: tuple):
+    """The output's tangent through ``torch.autograd.forward_ad`` dual tensors (zero where the output
+    does not depend on them)."""
+    import torch
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():
+        duals = tuple(fwad.make_dual(d.detach(), t.to(d.dtype)) for d, t in zip(diff, tangents))
+        out = call_with(duals)
+        tangent = fwad.unpack_dual(out).tangent
+        return torch.zeros_like(out).detach() if tangent is None else tangent.detach().clone()
 
 
 def _zeros_if_none(grad, like):
@@ -174,10 +207,14 @@ def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[st
                 per_dir.append(list(got))
     except (RuntimeError, NotImplementedError) as err:
         text = str(err)
+        if "not implemented" in text and "derivative for" in text:
+            hint = ("torch has no derivative for this backward (an op whose double backward torch does not "
+                    "implement): its second derivatives cannot be checked through it")
+        else:
+            hint = ("the torch function's output does not depend on the differentiated inputs, or its backward "
+                    "fails when run with create_graph=True")
         raise AutogradFailed(f"torch raised while running the double backward (order=2): "
-                             f"{text.splitlines()[0] if text else type(err).__name__}. Likely cause: the torch "
-                             "function's output does not depend on the differentiated inputs, or its backward "
-                             "fails when run with create_graph=True.") from err
+                             f"{text.splitlines()[0] if text else type(err).__name__}. Likely cause: {hint}.") from err
     result = {}
     for i, w in enumerate(wrt):
         parts = [torch.zeros_like(inputs[w]) if got[i] is None else got[i].detach() for got in per_dir]

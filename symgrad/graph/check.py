@@ -160,7 +160,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
         found, info = hvp_records(state, out_t, v=v, tangents=tangents, count=cotangents, seed=seed)
         meta.update(info)
         return Report(records + found, title=title or "symgrad check", meta=meta)
-    if tangents is not None or via in ("functional.jvp", "func.jvp"):
+    if tangents is not None or via in ("functional.jvp", "func.jvp", "forward_ad"):
         if tangents is None:
             raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents= (one per input in wrt)")
         records += _jvp_records(state, [_tangent_dict(tangents, leaves, wrt_names)], via or "func.jvp")

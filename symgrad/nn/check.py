@@ -281,7 +281,7 @@ def _graph_route(engine, n_params, loss_fn, symbolic, via, tangents, backward_ca
     computed inside ``forward``, or the output's Jacobian / vector-Jacobian products."""
     if engine == "graph":
         return True
-    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via == "jacfwd"
+    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via in ("jacfwd", "forward_ad")
     return (engine == "auto" and n_params > MATRIX_THRESHOLD and loss_fn is None and not forward_mode
             and backward_calls == 1 and (symbolic is None or callable(symbolic)))
 
