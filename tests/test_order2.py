@@ -1,0 +1,210 @@
+"""``order=2`` (torch's double backward against the exact second derivative) and the forward mode of
+custom Functions (``via="forward_ad"`` / ``"func.jvp"`` run ``Function.jvp``), on both engines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd.function import once_differentiable
+
+import symgrad as sg
+from symgrad.errors import AutogradFailed, InputError, UnsupportedOp
+
+DTYPES = (torch.float64, torch.float32)
+# engine "graph": the op graph traces the Function's forward; "auto" with a symbolic twin: exploded
+ENGINES = (("graph", None), ("auto", lambda x: x * sg.sigmoid(x)))
+
+
+def silu_function(backward_kind: str):
+    """x * sigmoid(x) as a custom Function; ``backward_kind`` picks its backward (all right to first order)."""
+
+    class SiLU(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            s = torch.sigmoid(x)
+            ctx.save_for_backward(x, s)
+            return x * s
+
+        @staticmethod
+        def backward(ctx, g):
+            x, s_saved = ctx.saved_tensors
+            if backward_kind == "right":  # recomputed from the saved input: differentiable
+                s = torch.sigmoid(x)
+                return g * (s + x * s * (1 - s))
+            if backward_kind == "detach":
+                xd = x.detach()
+                s = torch.sigmoid(xd)
+                return g * (s + xd * s * (1 - s))
+            if backward_kind == "numpy":
+                xn = x.detach().numpy()
+                s = 1 / (1 + np.exp(-xn))
+                return g * torch.from_numpy(s + xn * s * (1 - s))
+            if backward_kind == "stale":  # sigmoid saved from forward (no graph): misses a term
+                return g * (s_saved + x * s_saved * (1 - s_saved))
+            raise AssertionError(backward_kind)
+
+    return SiLU.apply
+
+
+class OnceSiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return g * (s + x * s * (1 - s))
+
+
+def _x(dtype, n=5, seed=0):
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("engine, symbolic", ENGINES, ids=["graph", "exploded"])
+def test_differentiable_backward_passes(dtype, engine, symbolic):
+    report = sg.check(silu_function("right"), (_x(dtype),), symbolic, order=2, engine=engine)
+    assert report.passed, report.to_text()
+    assert report.records[1].quantity == "hvp"
+    assert "double backward" in report.meta["via"]
+    assert report.meta["engine"].startswith("graph" if engine == "graph" else "elementwise")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("engine, symbolic", ENGINES, ids=["graph", "exploded"])
+@pytest.mark.parametrize("kind", ["detach", "numpy", "once"])
+def test_backward_that_is_not_differentiable_fails_with_a_note(dtype, engine, symbolic, kind):
+    fn = OnceSiLU.apply if kind == "once" else silu_function(kind)
+    report = sg.check(fn, (_x(dtype),), symbolic, order=2, engine=engine)
+    assert not report.passed
+    failing = [r for r in report.records if not r.passed]
+    assert failing and all("not differentiable" in r.note for r in failing), report.to_text()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("engine, symbolic", ENGINES, ids=["graph", "exploded"])
+def test_backward_that_differentiates_wrongly_fails(dtype, engine, symbolic):
+    fn = silu_function("stale")
+    assert sg.check(fn, (_x(dtype),), symbolic, engine=engine).passed  # right to first order
+    report = sg.check(fn, (_x(dtype),), symbolic, order=2, engine=engine)
+    assert not report.passed, report.to_text()
+    assert "not differentiable" not in report.records[1].note  # connected, but the values are wrong
+    with pytest.raises(AssertionError):
+        sg.assert_correct(fn, (_x(dtype),), symbolic, order=2, engine=engine)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_ops_with_tensor_output_pass_on_both_engines(dtype):
+    x, w = _x(dtype, 3).reshape(3, 1).expand(3, 2).clone(), _x(dtype, 2, seed=1)
+
+    def fn(x, w):
+        return torch.tanh(x * w) + torch.exp(w) * x
+
+    for symbolic, engine in ((None, "graph"), (lambda x, w: sg.tanh(x * w) + sg.exp(w) * x, "elementwise")):
+        report = sg.check(fn, (x, w), symbolic, order=2, engine=engine)
+        assert report.passed, report.to_text()
+        assert "random cotangent v" in report.meta["quantity"]
+        assert report.records[1].shape == (3, 3, 2)  # three directions w, stacked
+
+
+def test_linear_function_has_zero_second_derivative_and_passes():
+    """A linear function's gradient has no grad_fn in torch: that is right (its Hessian is 0)."""
+    x = _x(torch.float64)
+    for engine in ("graph", "elementwise"):
+        report = sg.check(lambda x: 3 * x, (x,), (lambda x: 3 * x) if engine == "elementwise" else None,
+                          order=2, engine=engine)
+        assert report.passed, report.to_text()
+
+
+def test_given_direction_and_cotangent_are_used():
+    x = _x(torch.float64, 4)
+    w, v = torch.ones(4, dtype=torch.float64), torch.full((4,), 2.0, dtype=torch.float64)
+    report = sg.check(torch.sin, (x,), lambda x: sg.sin(x), order=2, v=v, tangents=w)
+    assert report.passed, report.to_text()
+    np.testing.assert_allclose(report.records[1].expected[0], -2 * np.sin(x.numpy()), rtol=1e-14)
+    assert "given direction" in report.meta["quantity"] and "given cotangent" in report.meta["quantity"]
+
+
+def test_bad_order_and_via_are_clear_errors():
+    x = _x(torch.float64)
+    with pytest.raises(InputError, match="order must be 1"):
+        sg.check(torch.sin, (x,), order=3)
+    with pytest.raises(InputError, match="double backward"):
+        sg.check(torch.sin, (x,), order=2, via="jacrev")
+
+
+def test_linalg_is_refused_with_the_node_named():
+    a = torch.eye(3, dtype=torch.float64) + 0.1 * _x(torch.float64, 9).reshape(3, 3)
+    with pytest.raises(UnsupportedOp, match="Hessian-vector rule for the linalg node inv"):
+        sg.check(lambda a: torch.linalg.inv(a).sum(), (a,), order=2, engine="graph")
+
+
+def test_torch_without_double_backward_is_a_clear_error():
+    x = _x(torch.float64)
+    with pytest.raises(AutogradFailed, match="torch has no derivative for this backward"):
+        sg.check(torch.nn.functional.hardsigmoid, (x,), order=2, engine="graph")
+
+
+def test_module_goes_to_the_op_graph():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    report = sg.check(model, (torch.randn(2, 3, dtype=torch.float64),), order=2)
+    assert report.passed, report.to_text()
+    assert {r.name for r in report.records} >= {"0.weight", "2.weight"}
+
+
+# ------------------------------------------------------------------------------ forward mode (item 2)
+
+def sin_function(jvp: str):
+    """sin as a setup_context-style Function; ``jvp``: "right", "wrong" (off by 1e-6) or "none"."""
+
+    class Sin(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return torch.sin(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+            ctx.x = inputs[0]
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * torch.cos(x)
+
+    if jvp == "right":
+        Sin.jvp = staticmethod(lambda ctx, t: t * torch.cos(ctx.x))
+    elif jvp == "wrong":
+        Sin.jvp = staticmethod(lambda ctx, t: t * torch.cos(ctx.x) * (1 + 1e-6))
+    return Sin.apply
+
+
+@pytest.mark.parametrize("via", ["forward_ad", "func.jvp"])
+@pytest.mark.parametrize("symbolic", [lambda x: sg.sin(x), lambda x: torch.sin(x)], ids=["exploded", "graph"])
+def test_function_jvp_is_checked(via, symbolic):
+    x, t = _x(torch.float64), _x(torch.float64, seed=3)
+    right = sg.check(sin_function("right"), (x,), symbolic, via=via, tangents=t)
+    assert right.passed, right.to_text()
+    assert right.records[-1].quantity == "jvp"
+    wrong = sg.check(sin_function("wrong"), (x,), symbolic, via=via, tangents=t)
+    assert not wrong.passed, wrong.to_text()
+
+
+def test_functional_jvp_runs_the_backward_not_the_jvp():
+    """Documented: torch.autograd.functional.jvp uses the double-vjp trick, so a wrong jvp passes under
+    it (its backward is right); via='forward_ad' is the check of Function.jvp."""
+    x, t = _x(torch.float64), _x(torch.float64, seed=3)
+    assert sg.check(sin_function("wrong"), (x,), lambda x: sg.sin(x), via="functional.jvp", tangents=t).passed
+
+
+@pytest.mark.parametrize("via", ["forward_ad", "func.jvp"])
+def test_missing_jvp_names_the_fix(via):
+    x, t = _x(torch.float64), _x(torch.float64, seed=3)
+    with pytest.raises(AutogradFailed, match="no jvp staticmethod.*Fix: define @staticmethod jvp"):
+        sg.check(sin_function("none"), (x,), lambda x: sg.sin(x), via=via, tangents=t)
