@@ -125,3 +125,43 @@ def test_a_wrong_contract_rule_fails(monkeypatch):
     original = hvp_module._hvp_contract
     monkeypatch.setattr(hvp_module, "_hvp_contract", no_cross)
     assert not sg.check(fn, (x, w), order=2, engine="graph").passed
+
+
+# ------------------------------------------------------------- the op table (benchmarks/order2_optable.py)
+
+def _table_params():
+    from symgrad.graph.optable import cases
+
+    out = []
+    for i, case in enumerate(c for c in cases() if not c.xfail and not c.torch_differs):
+        for dt in case.dtypes:
+            marks = [] if i % 12 == 0 else [pytest.mark.slow]  # a sample in the default run; all with -m slow
+            out.append(pytest.param(case, dt, id=f"{case.name}-{dt}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("case, dtype", _table_params())
+def test_op_table_double_backward(case, dtype):
+    """torch's own double backward passes (no false alarm), or fails where torch is documented to
+    differ; rows torch cannot double-differentiate, and linalg rows, are clear errors."""
+    import warnings
+
+    from symgrad.errors import AutogradFailed, UnsupportedOp
+    from symgrad.graph.optable import as_function
+    from symgrad.graph.order2 import TORCH_DIFFERS
+
+    fn, inputs = as_function(case, getattr(torch, dtype))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = sg.check(fn, inputs, engine="graph", wrt=list(case.wrt) or None, order=2)
+    except AutogradFailed as err:
+        assert "torch has no derivative for this backward" in str(err)
+        return
+    except UnsupportedOp as err:
+        assert "Hessian-vector rule for the linalg node" in str(err)
+        return
+    if case.name in TORCH_DIFFERS and dtype == "float64":
+        assert not report.passed, report.to_text()
+    else:
+        assert report.passed, report.to_text()
