@@ -305,7 +305,10 @@ def check(
     wrt : input names to differentiate (default: those with ``requires_grad``, else all floats).
     via : how autograd runs: ``"backward"``, ``"autograd.grad"``, ``"functional.jacobian"``,
         ``"functional.hessian"``, ``"functional.vjp"``, ``"functional.jvp"``, ``"jacrev"``,
-        ``"jacfwd"``, ``"func.vjp"``, ``"func.jvp"``, ``"func.hessian"`` (``symgrad.autograd.VIAS``).
+        ``"jacfwd"``, ``"func.vjp"``, ``"func.jvp"``, ``"func.hessian"``, ``"forward_ad"``
+        (``symgrad.autograd.VIAS``).  Forward mode of a custom ``autograd.Function`` (its ``jvp``
+        staticmethod) is run by ``"forward_ad"`` (dual tensors) and ``"func.jvp"``; ``"functional.jvp"``
+        is not forward mode (torch's double-vjp trick runs ``backward``) and never calls ``jvp``.
         Default: ``"backward"`` for a scalar output or with ``v``, else ``"functional.jacobian"``.
     v : the cotangent for ``backward(v)`` and the vjps, shaped like the output.  A random ``v``
         (``torch.randn_like(out)``) checks that a backward uses its ``grad_output``; a cotangent of
@@ -327,6 +330,13 @@ def check(
         ``"elementwise"`` is refused.
     quiet : ``True`` never shows progress (also: environment variable ``SYMGRAD_QUIET=1``); progress
         appears on stderr only for checks that take more than 2 s.
+    order : ``2`` checks double backward (``gradgradcheck``'s question) against the exact second
+        derivative: ``g = autograd.grad(f(x), x, v, create_graph=True)`` (``v``: the given cotangent, a
+        random one for a tensor output, 1 for a scalar), then ``autograd.grad(g, x, w)`` for three random
+        directions ``w`` (or ``tangents=``), each entry compared with ``w^T d2<v, f>/dx2`` (quantity
+        ``hvp``).  A backward torch cannot differentiate (``@once_differentiable``, ``.detach()``/numpy
+        inside) fails with a note saying so.  Small functions: exploded back end; modules and larger
+        ones: the op graph (linear-algebra nodes refused).  Default ``1``.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
