@@ -201,7 +201,7 @@ def check_via_keywords(via: str, quantity: str, v, tangents) -> None:
                          "drop v, or use via='backward' / 'functional.vjp' to check v-weighted gradients")
     if tangents is not None and quantity != "jvp":
         raise InputError(f"tangents= is given but via={via!r} computes a {quantity}, which does not use them: "
-                         "drop tangents, or use via='functional.jvp' / 'func.jvp'")
+                         "drop tangents, or use via='func.jvp' / 'forward_ad' / 'functional.jvp'")
 
 
 def recursion_guard(fn):
