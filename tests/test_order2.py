@@ -186,7 +186,8 @@ def sin_function(jvp: str):
 
 
 @pytest.mark.parametrize("via", ["forward_ad", "func.jvp"])
-@pytest.mark.parametrize("symbolic", [lambda x: sg.sin(x), lambda x: torch.sin(x)], ids=["exploded", "graph"])
+@pytest.mark.parametrize("symbolic", [lambda x: sg.sin(x), lambda x: torch.sin(x), None],
+                         ids=["exploded", "graph", "graph-traced-function"])
 def test_function_jvp_is_checked(via, symbolic):
     x, t = _x(torch.float64), _x(torch.float64, seed=3)
     right = sg.check(sin_function("right"), (x,), symbolic, via=via, tangents=t)
@@ -194,6 +195,19 @@ def test_function_jvp_is_checked(via, symbolic):
     assert right.records[-1].quantity == "jvp"
     wrong = sg.check(sin_function("wrong"), (x,), symbolic, via=via, tangents=t)
     assert not wrong.passed, wrong.to_text()
+
+
+def test_new_style_function_traced_for_order2():
+    """A setup_context-style Function, no symbolic twin: traced into the op graph, double backward checked."""
+    report = sg.check(sin_function("none"), (_x(torch.float64),), order=2)
+    assert report.passed and report.meta["engine"].startswith("graph"), report.to_text()
+
+
+def test_first_order_check_of_a_traced_function_checks_its_jvp_too():
+    """A tensor output on the op graph is checked by random vjps and jvps (func.jvp runs Function.jvp)."""
+    x = _x(torch.float64)
+    assert sg.check(sin_function("right"), (x,), engine="graph").passed
+    assert not sg.check(sin_function("wrong"), (x,), engine="graph").passed
 
 
 def test_functional_jvp_runs_the_backward_not_the_jvp():

@@ -104,10 +104,11 @@ def trace_callable(fn, args: tuple):
         try:
             return run(torch.func.functionalize(fn, remove="mutations_and_views"))
         except RuntimeError as err:
-            if "setup_context" not in str(err):
+            if "setup_context" not in str(err) and "custom_function_call" not in str(err):
                 raise
-            # an autograd.Function in the old style (forward(ctx, ...)): functorch transforms refuse
-            # it, so trace without functionalization (in-place ops are then read as out-of-place ones,
+            # an autograd.Function: functorch transforms refuse the old style (forward(ctx, ...)), and
+            # functionalization has no rule for the new one (setup_context, "custom_function_call"),
+            # so trace without functionalization (in-place ops are then read as out-of-place ones,
             # and the forward row catches any aliasing this misreads)
             return run(fn)
     except UnsupportedOp:
