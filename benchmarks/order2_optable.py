@@ -1,11 +1,14 @@
-"""order=2 over the op table: torch's own double backward must pass (no false alarm).  Prints one
-line per row and dtype, then the counts (seeded second-derivative bugs: tests/test_order2.py).
+"""order=2 over the op table: torch's own double backward must pass (no false alarm), and a seeded
+wrong second derivative (``symgrad.testing_ops.wrong_second``: the first backward right in value,
+its derivative off by ``1 + 1e-6`` in float64, ``1 + 1e-3`` in float32) must fail.  Prints one line
+per row and dtype, then the counts.
 
     python benchmarks/order2_optable.py [float64 float32]
 
 "refused": the op graph has no Hessian-vector rule (linalg) or torch itself has no double backward
 (hardsigmoid, cdist, sdpa, ...): a clear error, no verdict.  xfail and torch_differs rows are left out.
 "torch differs": torch's double backward is documented (in its source) to differ from the exact one.
+A seeded bug in a row whose second derivative is zero everywhere is still right ("zero Hessian").
 """
 
 from __future__ import annotations
@@ -14,44 +17,63 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import torch
 
 import symgrad as sg
 from symgrad.errors import SymgradError
-from symgrad.graph.optable import as_function, cases
+from symgrad.graph.optable import FACTOR, as_function, cases
 from symgrad.graph.order2 import TORCH_DIFFERS
+from symgrad.testing_ops import wrong_second
+
+
+def _check(fn, inputs, case):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sg.check(fn, inputs, engine="graph", wrt=list(case.wrt) or None, order=2, quiet=True)
+
+
+def _row(case, dt) -> tuple[str, str, str]:
+    """(verdict on torch's own double backward, verdict on the seeded bug, detail)."""
+    fn, inputs = as_function(case, getattr(torch, dt))
+    try:
+        rep = _check(fn, inputs, case)
+    except SymgradError as err:
+        return "refused", "-", str(err).splitlines()[0][:140]
+    except Exception as err:  # noqa: BLE001 - counted and printed
+        return "error", "-", f"{type(err).__name__}: {str(err)[:140]}"
+    verdict = "pass" if rep.passed else "FALSE ALARM"
+    detail = "" if rep.passed else rep.to_text().splitlines()[0]
+    if case.name in TORCH_DIFFERS and dt == "float64":  # 1e-11 relative: below float32's ulp
+        verdict = "torch differs" if not rep.passed else "MISSED"
+        detail = TORCH_DIFFERS[case.name]
+    zero = all(not np.any(r.expected) for r in rep.records if r.quantity == "hvp")
+    try:
+        bug = _check(wrong_second(fn, FACTOR[dt]), inputs, case)
+        seeded = ("zero Hessian" if bug.passed else "caught (zero Hessian?)") if zero else \
+            ("caught" if not bug.passed else "missed")
+    except Exception as err:  # noqa: BLE001 - counted and printed
+        seeded, detail = "error", f"seeded: {type(err).__name__}: {str(err)[:120]}"
+    return verdict, seeded, detail
 
 
 def main(dtypes) -> int:
-    counts = {}
+    counts: dict = {}
     for case in cases():
-        if case.xfail or getattr(case, "torch_differs", False):
+        if case.xfail or case.torch_differs:
             continue
         for dt in dtypes:
             if dt not in case.dtypes:
                 continue
-            fn, inputs = as_function(case, getattr(torch, dt))
             start = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    rep = sg.check(fn, inputs, engine="graph", wrt=list(case.wrt) or None, order=2, quiet=True)
-                verdict = "pass" if rep.passed else "FALSE ALARM"
-                detail = "" if rep.passed else rep.to_text().splitlines()[0]
-                if case.name in TORCH_DIFFERS and dt == "float64":  # 1e-11 relative: below float32's ulp
-                    verdict = "torch differs" if not rep.passed else "MISSED"
-                    detail = TORCH_DIFFERS[case.name] if not rep.passed else "torch differs, but the check passed"
-            except SymgradError as err:
-                verdict, detail = "refused", str(err).splitlines()[0][:140]
-            except Exception as err:  # noqa: BLE001 - counted and printed
-                verdict, detail = "error", f"{type(err).__name__}: {str(err)[:140]}"
-            counts[(dt, verdict)] = counts.get((dt, verdict), 0) + 1
-            print(f"{case.name:28s} {dt:8s} {verdict:12s} {time.perf_counter() - start:6.2f}s {detail}", flush=True)
+            verdict, seeded, detail = _row(case, dt)
+            for key in ((dt, verdict), (dt, "seeded " + seeded)):
+                counts[key] = counts.get(key, 0) + 1
+            print(f"{case.name:28s} {dt:8s} {verdict:13s} {seeded:13s} {time.perf_counter() - start:6.2f}s {detail}",
+                  flush=True)
     print()
     for dt in dtypes:
-        row = {v: counts.get((dt, v), 0) for v in ("pass", "FALSE ALARM", "torch differs", "MISSED",
-                                                             "refused", "error")}
-        print(dt, ", ".join(f"{k}: {n}" for k, n in row.items()))
+        print(dt, ", ".join(f"{k}: {n}" for (d, k), n in sorted(counts.items()) if d == dt))
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled", "with_backward", "vjp"]
+__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled", "with_backward", "vjp", "wrong_second"]
 
 # name -> (torch function, safe input transform that keeps the op inside its well-conditioned domain)
 UNARY = {
@@ -94,3 +94,31 @@ def vjp(fn, x, g):
 def scaled(fn, factor: float):
     """``fn`` whose backward is torch's own gradient times ``factor`` (a seeded bug)."""
     return with_backward(fn, lambda x, g: vjp(fn, x, g) * factor)
+
+
+def wrong_second(fn, rel: float):
+    """``fn`` as a custom ``autograd.Function`` whose backward is torch's own gradient, right in value,
+    but differentiable with a slope ``1 + rel`` times the true one: its double backward is off by
+    ``1 + rel`` (the inputs enter the recomputed gradient as ``x + rel (x - x.detach())``), so only
+    ``order=2`` can see the seeded bug."""
+
+    class WrongSecond(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            ctx.save_for_backward(*xs)
+            return fn(*xs)
+
+        @staticmethod
+        def backward(ctx, g):
+            xs = ctx.saved_tensors
+            with torch.enable_grad():
+                moved = [x + rel * (x - x.detach()) if need else x.detach()
+                         for x, need in zip(xs, ctx.needs_input_grad)]
+                # a graph from the moved copies; each is itself connected to x when x requires grad
+                leaves = [m if m.requires_grad else m.requires_grad_(bool(need))
+                          for m, need in zip(moved, ctx.needs_input_grad)]
+                diff = [m for m, need in zip(leaves, ctx.needs_input_grad) if need]
+                grads = iter(torch.autograd.grad(fn(*leaves), diff, g, create_graph=True, allow_unused=True))
+            return tuple(next(grads) if need else None for need in ctx.needs_input_grad)
+
+    return WrongSecond.apply

@@ -222,3 +222,18 @@ def test_missing_jvp_names_the_fix(via):
     x, t = _x(torch.float64), _x(torch.float64, seed=3)
     with pytest.raises(AutogradFailed, match="no jvp staticmethod.*Fix: define @staticmethod jvp"):
         sg.check(sin_function("none"), (x,), lambda x: sg.sin(x), via=via, tangents=t)
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float64, 1e-6), (torch.float32, 1e-3)])
+def test_seeded_second_derivative_bug_is_caught_only_by_order2(dtype, rel):
+    from symgrad.testing_ops import wrong_second
+
+    x, w = _x(dtype, 6).reshape(2, 3), _x(dtype, 6, seed=2).reshape(3, 2)
+
+    def fn(x, w):
+        return torch.tanh(x @ w)
+
+    assert sg.check(wrong_second(fn, 0.0), (x, w), order=2, engine="graph").passed  # the wrapper itself is right
+    bug = wrong_second(fn, rel)
+    assert sg.check(bug, (x, w), engine="graph").passed  # first order: right
+    assert not sg.check(bug, (x, w), order=2, engine="graph").passed
