@@ -31,7 +31,8 @@ operations and bounds as the worst-case bound).  What the model assumes, and whe
 wrong: roundings that are *not* independent (the same value rounded the same way many times, such
 as a sum of identical constants) add up coherently.  Such entries are rare and small; the checks
 are used only where the worst-case bound cannot resolve the dtype's resolution (float32 and half,
-a typical entry allowed more than ``WEAK`` units of eps), never for float64, and never for graphs
+a typical entry allowed more than ``WEAK`` of the relative error a seeded-bug check of the dtype
+looks for, ``compare.RESOLUTION``), never for float64, and never for graphs
 with linear-algebra nodes (their bounds are backward-error bounds, not per-operation roundings).
 Kink bands are untouched.
 """
@@ -42,6 +43,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ..compare.compare import EPS, RESOLUTION, ROUNDING_ULPS
 from . import approx
 from .approx import Approx
 from .engine import backward, forward
@@ -50,7 +52,9 @@ __all__ = ["SAMPLES", "LAMBDA", "WEAK", "wanted", "spread"]
 
 SAMPLES = 16
 LAMBDA = 8.0
-WEAK = 64.0  # a typical entry's worst-case bound, in units of eps, beyond which the reruns pay
+# the reruns pay where a typical entry's worst-case allowance is coarser than this share of the
+# relative error a seeded-bug check of the dtype looks for (compare.RESOLUTION: 1e-3 in float32)
+WEAK = 0.1
 DELTA = 2.0**-30  # the size of a move, per unit of an operation's own bound (the response is linear)
 
 
@@ -86,7 +90,8 @@ def wanted(graph, dtype: str, refs) -> bool:
         if rounding is None or value.size == 0:
             continue
         mask = value > 0
-        if mask.any() and float(np.median(rounding[mask] / value[mask])) > WEAK:
+        coarse = WEAK * RESOLUTION.get(dtype, 1e-3) / (ROUNDING_ULPS * EPS.get(dtype, 2.0**-23))
+        if mask.any() and float(np.median(rounding[mask] / value[mask])) > coarse:
             return True
     return False
 
