@@ -28,7 +28,24 @@ import math
 
 import numpy as np
 
-__all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "reduce_sum", "unbroadcast", "summation_factor"]
+__all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "reduce_sum", "unbroadcast", "summation_factor",
+           "rounded", "rounded_constant"]
+
+# While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
+# (value, own rounding bound in units of eps) -> the value moved by one random-signed rounding.
+_PERTURB = None
+
+
+def rounded(v, own):
+    """``v``; during a statistical rerun, ``v`` moved by ``±eps * own`` (a random sign per entry):
+    every site where an operation adds its *own* rounding calls this with that rounding's bound."""
+    return v if _PERTURB is None else _PERTURB(v, own)
+
+
+def rounded_constant(key, v, own):
+    """A constant's representation error: one random sign per constant and rerun, shared by every
+    use (the same rounded constant is used everywhere)."""
+    return v if _PERTURB is None else _PERTURB(v, own, key)
 
 
 def summation_factor(n: int) -> float:
@@ -92,6 +109,7 @@ def signed_band(slope, lo, hi) -> tuple:
 def add(a: Approx, c: Approx, sign: float = 1.0) -> Approx:
     """``a + sign*c``: one rounding, on the size of the result (the terms' errors carry their size)."""
     v = a.v + sign * c.v
+    v = rounded(v, np.abs(v))
     if not (a.banded or c.banded):
         return Approx(v, a.e + c.e + np.abs(v))
     (al, ah), (cl, ch) = a.sides(), c.sides()
@@ -100,7 +118,7 @@ def add(a: Approx, c: Approx, sign: float = 1.0) -> Approx:
 
 
 def mul(a: Approx, c: Approx) -> Approx:
-    v = a.v * c.v
+    v = rounded(a.v * c.v, np.abs(a.v * c.v))
     e = np.abs(a.v) * c.e + a.e * np.abs(c.v) + np.abs(v)
     if not (a.banded or c.banded):
         return Approx(v, e)
@@ -118,6 +136,8 @@ def scale(a: Approx, k: float, exact_scale: bool | None = None) -> Approx:
         m, _ = math.frexp(abs(k)) if k else (0.5, 0)
         exact_scale = m == 0.5
     e = abs(k) * a.e + (0.0 if exact_scale else np.abs(v))
+    if not exact_scale:
+        v = rounded(v, np.abs(v))
     if not a.banded:
         return Approx(v, e)
     lo, hi = signed_band(np.float64(k), a.lo, a.hi)
@@ -142,6 +162,7 @@ def einsum(spec: str, *ops: Approx) -> Approx:
     v = np.einsum(spec, *(o.v for o in ops), optimize=len(ops) > 2)
     absv = [np.abs(o.v) for o in ops]
     e = (len(ops) - 1 + summation_factor(k)) * abs_einsum(spec, *absv)
+    v = rounded(v, e)
     for i, o in enumerate(ops):
         if np.any(o.e):
             e = e + abs_einsum(spec, *(o.e if j == i else absv[j] for j in range(len(ops))))
@@ -177,7 +198,8 @@ def reduce_sum(a: Approx, axes: tuple, keepdims: bool = False) -> Approx:
     e = a.e.sum(axis=axes, keepdims=keepdims)
     f = summation_factor(n)
     if f:
-        e = e + f * np.abs(a.v).sum(axis=axes, keepdims=keepdims)
+        own = f * np.abs(a.v).sum(axis=axes, keepdims=keepdims)
+        v, e = rounded(v, own), e + own
     if not a.banded:
         return Approx(v, e)
     return Approx(v, e, a.lo.sum(axis=axes, keepdims=keepdims), a.hi.sum(axis=axes, keepdims=keepdims))

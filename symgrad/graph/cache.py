@@ -22,6 +22,8 @@ _GRAPHS: "OrderedDict" = OrderedDict()
 
 
 def key(fn, symbolic, loss, target, names, tensors):
+    import torch
+
     data = hashlib.sha1()
     for t in tensors:
         if not t.is_floating_point():
@@ -29,7 +31,19 @@ def key(fn, symbolic, loss, target, names, tensors):
     if target is not None and hasattr(target, "detach"):
         data.update(target.detach().double().cpu().contiguous().numpy().tobytes())
     shapes = tuple((n, tuple(t.shape), str(t.dtype)) for n, t in zip(names, tensors))
-    return (id(fn), id(symbolic), id(loss), shapes, data.hexdigest())
+    state = ()
+    if isinstance(fn, torch.nn.Module):  # Note [Module state] in diskcache.py: attributes and hooks too
+        state = diskcache.module_state(fn, _identity)
+    return (id(fn), id(symbolic), id(loss), shapes, data.hexdigest(), state)
+
+
+def _identity(v):
+    import torch
+
+    if isinstance(v, torch.Tensor):  # a tensor attribute is baked into the graph: its values count
+        raw = v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return (tuple(v.shape), str(v.dtype), hashlib.sha1(raw).hexdigest())
+    return (type(v).__qualname__, id(v))
 
 
 def lookup(k, names, tensors, disk_key=None):

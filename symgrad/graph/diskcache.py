@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["fingerprint", "load", "store", "cache_dir"]
+__all__ = ["fingerprint", "load", "store", "cache_dir", "module_state"]
 
 
 def cache_dir() -> Path | None:
@@ -72,6 +72,15 @@ def _describe(obj, h, depth: int = 0) -> None:
             h.update(inspect.getsource(cls).encode())
         for _, buf in obj.named_buffers():
             _describe(buf, h, depth + 1)
+        h.update(repr(module_state(obj, lambda v: _digest(v, depth + 1))).encode())
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _describe(item, h, depth + 1)
+    elif isinstance(obj, type):
+        if "<locals>" in obj.__qualname__:
+            raise TypeError("a class defined inside a function")
+        h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
+        h.update(inspect.getsource(obj).encode())
     elif inspect.isfunction(obj):
         # only module-level functions that close over nothing: a lambda, a nested function or a
         # custom Function's apply (whose source is torch's) could stand for anything
@@ -81,6 +90,46 @@ def _describe(obj, h, depth: int = 0) -> None:
         h.update(inspect.getsource(obj).encode())
     else:
         raise TypeError(type(obj).__name__)
+
+
+def _digest(obj, depth: int) -> str:
+    h = hashlib.sha1()
+    _describe(obj, h, depth)
+    return h.hexdigest()
+
+
+# Note [Module state]
+# A module's ``repr`` shows its layers' options, not everything its ``forward`` reads: a plain
+# attribute (``self.act = MyFunction``, ``self.scale = 0.5``, ``self.training``) or a hook changes
+# the computation and the repr stays the same.  Both caches therefore key a module on the state of
+# every submodule as well: every instance attribute except the parameters, buffers and submodules
+# (keyed separately), and every forward/backward hook.  ``describe`` turns a value into something
+# comparable: for the disk cache a digest of what survives a process (numbers, strings, tensors'
+# bytes, module-level classes and functions with their source; anything else is refused, so the
+# graph is not stored), for the in-memory cache the object's identity.  Without it, a graph traced
+# for one model was once used for another that differed only in a custom Function attribute.
+_STRUCTURE = ("_parameters", "_buffers", "_modules")
+_NOT_COMPUTATION = ("_non_persistent_buffers_set", "_state_dict_hooks", "_state_dict_pre_hooks",
+                    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_is_full_backward_hook")
+
+
+def module_state(module, describe) -> tuple:
+    """Every submodule's attributes that can change what ``forward`` computes (Note [Module state])."""
+    parts = []
+    for name, m in module.named_modules():
+        for k, v in sorted(vars(m).items()):
+            if k in _STRUCTURE:
+                parts.append((name, k, tuple(v)))
+            elif k in _NOT_COMPUTATION:
+                continue
+            elif "hooks" in k or k.endswith("always_called"):
+                if v:
+                    parts.append((name, k, tuple(describe(f) for f in v.values())))
+            elif isinstance(v, (bool, int, float, str, type(None))):
+                parts.append((name, k, repr(v)))
+            else:
+                parts.append((name, k, describe(v)))
+    return tuple(parts)
 
 
 def fingerprint(fn, symbolic, loss, target, names, tensors) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .approx import Approx, add
+from .approx import Approx, add, rounded
 from .ir import Graph
 from .rules import forward as forward_rule
 from .rules import jvp as jvp_rule
@@ -26,7 +26,7 @@ def forward(graph: Graph, ctx: Ctx) -> dict:
         if node.kind == "leaf":
             v = node.attrs["value"]
             err = node.attrs.get("error", 0.0)
-            values[node] = Approx(v, err * np.abs(v) if err else None)
+            values[node] = Approx(rounded(v, err * np.abs(v)) if err else v, err * np.abs(v) if err else None)
         else:
             values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
     return values

@@ -18,7 +18,7 @@ import numpy as np
 import sympy as sp
 
 from . import linalg
-from .approx import Approx, add, einsum, mul, reduce_sum, summation_factor, unbroadcast
+from .approx import Approx, add, einsum, mul, reduce_sum, rounded, summation_factor, unbroadcast
 from .ir import Node
 from .scalar import KINK_ULPS, Ctx, evaluate
 
@@ -216,7 +216,8 @@ def _vjp_select(node: Node, args: list, g: Approx) -> list:
     v, e = scatter(g.v), scatter(g.e)
     f = summation_factor(mult)
     if f:
-        e = e + f * scatter(np.abs(g.v))
+        own = f * scatter(np.abs(g.v))
+        v, e = rounded(v, own), e + own
     lo, hi = (scatter(g.lo), scatter(g.hi)) if g.banded else (None, None)
     grads, start = [], 0
     for a in args:
@@ -243,6 +244,7 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx) -> Approx:
     tied = np.sum(near, axis=axes, keepdims=True) > 1
     v = gk.v * weight
     e = gk.e * weight + np.where(count > 1, np.abs(v), 0.0)
+    v = rounded(v, np.where(count > 1, np.abs(v), 0.0))
     # at a tie each tied entry may receive anything from none of the cotangent to all of it
     g_lo, g_hi = gk.sides()
     lo_end, hi_end = np.minimum(0.0, gk.v - g_lo), np.maximum(0.0, gk.v + g_hi)

@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .approx import Approx, add, mul, signed_band
+from .approx import Approx, add, mul, rounded, rounded_constant, signed_band
 from ..ops import FLOAT32_CONSTANTS, constant_key
 
 __all__ = ["Ctx", "evaluate", "FUNCTIONS", "constant_error"]
@@ -160,7 +160,8 @@ def _constant(c, ctx: Ctx, registry_size: int) -> tuple:
 
 def _number(c, ctx: Ctx) -> Approx:
     # keyed on the registry's size too: a float32 constant noted later (celu's 1/alpha) is not stale
-    return Approx(*_constant(c, ctx, len(FLOAT32_CONSTANTS)))
+    v, e = _constant(c, ctx, len(FLOAT32_CONSTANTS))
+    return Approx(rounded_constant(c, v, e), e)
 
 
 def _eval_node(expr, env, ctx, memo) -> Approx:
@@ -197,12 +198,14 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         fn, dfn = _polygamma(n)
         out = _apply(fn, dfn, _eval(expr.args[1], env, ctx, memo), rooted=True)
         rel = KERNEL_REL.get(n, 0.0)  # Note [Kernels less accurate than their dtype]
-        return Approx(out.v, out.e + rel / ctx.eps * np.abs(out.v), out.lo, out.hi) if rel else out
+        own = rel / ctx.eps * np.abs(out.v)
+        return Approx(rounded(out.v, own), out.e + own, out.lo, out.hi) if rel else out
     if isinstance(expr, sp.atan2):
         y, x = (_eval(a, env, ctx, memo) for a in expr.args)
         v = np.arctan2(y.v, x.v)
         r2 = x.v**2 + y.v**2
         e = (np.abs(x.v) * y.e + np.abs(y.v) * x.e) / r2 + TRANSCENDENTAL_ULPS * np.abs(v)
+        v = rounded(v, TRANSCENDENTAL_ULPS * np.abs(v))
         if not (x.banded or y.banded):
             return Approx(v, e)
         width = (np.abs(x.v) * y.band() + np.abs(y.v) * x.band()) / r2
@@ -228,7 +231,7 @@ def _apply(fn, dfn, a: Approx, rooted: bool = False) -> Approx:
     slope = np.asarray(dfn(a.v), np.float64)
     size = np.abs(v) + (np.abs(a.v * slope) if rooted else 0.0)
     e = np.abs(slope) * a.e + TRANSCENDENTAL_ULPS * size
-    return _with_band(v, e, slope, a)
+    return _with_band(rounded(v, TRANSCENDENTAL_ULPS * size), e, slope, a)
 
 
 def _with_band(v, e, slope, a: Approx) -> Approx:
@@ -248,19 +251,20 @@ def _pow(expr, env, ctx, memo) -> Approx:
         roundings = 0 if k in (0, 1) else max(1, math.ceil(math.log2(abs(k)))) + (1 if k < 0 else 0)
         if k == -1:
             roundings = 1
-        return _with_band(v, np.abs(slope) * b.e + roundings * np.abs(v), slope, b)
+        return _with_band(rounded(v, roundings * np.abs(v)), np.abs(slope) * b.e + roundings * np.abs(v), slope, b)
     if exp.is_Number:
         k = float(exp)
         v = b.v**k
         slope = k * b.v ** (k - 1)
         ulps = 1.0 if k in (0.5, -0.5) else TRANSCENDENTAL_ULPS  # sqrt/rsqrt round once (correctly rounded)
-        e = np.abs(slope) * b.e + (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
-        return _with_band(v, e, slope, b)
+        own = (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
+        return _with_band(rounded(v, own), np.abs(slope) * b.e + own, slope, b)
     x = _eval(exp, env, ctx, memo)  # b ** x = exp(x log b)
     v = b.v**x.v
     d_b = np.abs(x.v * b.v ** (x.v - 1))
     d_x = np.abs(v * np.log(np.where(b.v > 0, b.v, 1.0)))
     e = d_b * b.e + d_x * x.e + TRANSCENDENTAL_ULPS * np.abs(v)
+    v = rounded(v, TRANSCENDENTAL_ULPS * np.abs(v))
     if not (b.banded or x.banded):
         return Approx(v, e)
     width = d_b * b.band() + d_x * x.band()

@@ -135,3 +135,60 @@ def test_only_what_its_source_defines_is_cached_on_disk():
     assert diskcache.fingerprint(lambda x: x.sum(), *args) is None
     w = torch.ones(3)
     assert diskcache.fingerprint(lambda x: (w * x).sum(), *args) is None
+
+
+
+class Wiggle(torch.autograd.Function):
+    """x + 1e-8 sin(1e5 x): a forward float32 cannot tell from x, a derivative off by up to 1e-3."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x + 1e-8 * torch.sin(1e5 * x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 + 1e-3 * torch.cos(1e5 * x))
+
+
+class WithAttribute(nn.Module):
+    """Instances differ only in plain attributes their repr does not show (Note [Module state])."""
+
+    def __init__(self, act=None, wiggle=False):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.act, self.wiggle = act, wiggle
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.act is not None:
+            h = self.act.apply(h)
+        if self.wiggle:
+            h = h + 1e-8 * torch.sin(1e5 * h)
+        return h.pow(2).sum()
+
+
+@pytest.mark.parametrize("change", ["function attribute", "flag attribute"])
+@pytest.mark.parametrize("process", ["same", "new"])
+def test_a_graph_is_never_reused_for_a_module_whose_attributes_differ(cache, change, process):
+    # float32: a stale graph's forward would agree with torch's, its gradient would not
+    torch.manual_seed(3)
+    first, x = WithAttribute(), {"x": torch.randn(5, 4)}
+    assert sg.check(first, x, engine="graph").passed
+    changed = {"act": Wiggle} if change == "function attribute" else {"wiggle": True}
+    if process == "new":  # a second process: another instance, the graph only on disk
+        graph_cache._GRAPHS.clear()
+        second = WithAttribute(**changed)
+        second.load_state_dict(first.state_dict())
+    else:  # the same object, changed in place
+        for k, val in changed.items():
+            setattr(first, k, val)
+        second = first
+    report = sg.check(second, x, engine="graph")
+    assert report.passed, report.to_text()
+    w = second.a.weight.detach().double().requires_grad_()
+    params = {"a.weight": w, "a.bias": second.a.bias.detach().double()}
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(torch.func.functional_call(second, params, (x["x"].double(),)), w)
+    torch.testing.assert_close(torch.as_tensor(report["a.weight"].expected), grad, rtol=1e-6, atol=1e-9)

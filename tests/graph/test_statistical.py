@@ -1,0 +1,101 @@
+"""The statistical rounding allowance of low-precision gradients (Note [Statistical allowance])."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.graph import montecarlo
+
+from .test_models import LeNet
+
+
+def _tanh_layer(factor: float = 1.0, entry: int | None = None):
+    class Tanh(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.tanh(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            gx = g * (1 - torch.tanh(x) ** 2)
+            if entry is None:
+                return gx * factor
+            gx = gx.clone()
+            gx.view(-1)[entry] *= factor
+            return gx
+
+    return Tanh
+
+
+def _lenet_check(layer, seed: int = 0):
+    torch.manual_seed(seed)
+    model = LeNet(act=layer).float()
+    inputs = {"x": torch.randn(2, 1, 28, 28), "y": torch.tensor([3, 7])}
+    return sg.check(model, inputs, engine="graph")
+
+
+def test_float32_lenet_passes_and_its_first_layer_is_resolved():
+    report = _lenet_check(_tanh_layer())
+    assert report.passed, report.to_text()
+    rec = report["c1.weight"]
+    assert "statistical bound" in rec.note
+    value = np.abs(rec.expected)
+    share = np.median(rec.allowed[value > 0] / value[value > 0])
+    assert share < 1e-3, share  # the worst-case bound alone allowed more than 100 % of each entry here
+
+
+@pytest.mark.parametrize("factor, entry", [(1.001, None), (1.001, 3)], ids=["scaled 1e-3", "one entry 1e-3"])
+def test_float32_lenet_catches_a_small_bug_the_worst_case_bound_let_pass(factor, entry):
+    report = _lenet_check(_tanh_layer(factor, entry))
+    assert not report.passed
+    assert {"f1.weight", "f1.bias"} & {r.name for r in report.failures}
+
+
+def test_float64_has_no_reruns(monkeypatch):
+    calls = []
+    real = montecarlo.spread
+    monkeypatch.setattr(montecarlo, "spread", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = LeNet(act=_tanh_layer()).double()
+    report = sg.check(model, {"x": torch.randn(2, 1, 28, 28, dtype=torch.float64), "y": torch.tensor([3, 7])},
+                      engine="graph")
+    assert report.passed and not calls  # the worst-case bound resolves float64: no reruns
+
+
+def test_the_statistical_bound_only_ever_tightens(monkeypatch):
+    from .test_models import _models
+
+    def allowed():
+        torch.manual_seed(2)
+        model, inputs = _models(torch.float32)["resblock"]
+        report = sg.check(model.float(), inputs, engine="graph")
+        return {r.name: r.allowed for r in report.records if r.quantity != "forward"}, report
+
+    tight, report = allowed()
+    assert any("statistical bound" in r.note for r in report.records)
+    monkeypatch.setattr(montecarlo, "LAMBDA", 1e30)  # a spread that explains anything: the worst case stays
+    loose, report = allowed()
+    assert not any("statistical bound" in r.note for r in report.records)
+    for name in tight:
+        assert np.all(tight[name] <= loose[name]) and np.any(tight[name] < loose[name]), name
+
+
+def test_rerun_spread_matches_the_first_order_variance():
+    # one product and one sum: d = a*b + c, each operation moved by +-its own bound; the spread's
+    # square is the sum of the squared moves carried to the output (here with slope 1)
+    from symgrad.graph.approx import Approx, add, mul
+
+    a, b, c = (Approx(np.array([v])) for v in (3.0, 5.0, -14.0))
+    rng = np.random.default_rng(0)
+    outs = []
+    with montecarlo.perturbing(rng):
+        for _ in range(4000):
+            outs.append(float(add(mul(a, b), c).v[0]) - 1.0)
+    got = np.sqrt(np.mean(np.square(outs))) / montecarlo.DELTA
+    expected = np.sqrt(15.0**2 + 1.0**2)  # |a*b| = 15 for the product, |a*b + c| = 1 for the sum
+    assert abs(got - expected) < 0.05 * expected
