@@ -84,7 +84,10 @@ def _describe(obj, h, depth: int = 0) -> None:
 
 
 def fingerprint(fn, symbolic, loss, target, names, tensors) -> str | None:
-    """A key that survives the process, or None where something cannot be fingerprinted."""
+    """A key that survives the process, or None where something cannot be fingerprinted (or the
+    disk cache is off: then no key is needed, and hashing the package's source costs a first check)."""
+    if cache_dir() is None:
+        return None
     h = hashlib.sha1(_code_version().encode())
     try:
         for part in (fn, symbolic, loss, target):
