@@ -44,7 +44,7 @@ def cache_dir() -> Path | None:
 def _code_version() -> str:
     import torch
 
-    from .. import __version__
+    from ..version import __version__
 
     h = hashlib.sha1(f"{__version__}|{torch.__version__}".encode())
     for path in sorted(Path(__file__).parent.glob("*.py")):
