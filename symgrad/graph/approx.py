@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 
 import numpy as np
 
@@ -133,23 +134,16 @@ def scale(a: Approx, k: float, exact_scale: bool | None = None) -> Approx:
 # batched matrix product after a transpose and reshape of each side, so ``dot`` runs it through
 # np.matmul.  Only large, finite operands take that route: small ones cost more to rearrange than
 # to loop over, and a reference BLAS may skip a zero's products (0 * inf gives 0 there, NaN in
-# numpy's loop), so non-finite values keep numpy's own loop.  The summation order changes, which
-# the rounding bound does not depend on (it charges log2 k roundings of the terms' sizes for any
-# blocked order), and small integers (the adjoint cross-check) stay exact in any order.
+# numpy's loop), so non-finite values keep numpy's own loop.  Only the float64 reference's summation
+# order changes (BLAS's blocked sums err no more than numpy's running sum); the bound, charged for
+# the checked dtype's evaluation, does not depend on it, and small integers (the adjoint
+# cross-check) stay exact in any order.
 FAST_MIN_WORK = 1 << 16  # multiply-adds below which numpy's loop is as fast
-_PLANS: dict = {}
 
 
+@lru_cache(maxsize=1024)  # bounded: a sweep over shapes must not grow it forever
 def _plan(spec: str, shapes: tuple):
     """(perm_a, perm_b, (nb, nl, nc, nr), out shape before the final permute, final perm) or None."""
-    plan = _PLANS.get((spec, shapes))
-    if plan is not None or (spec, shapes) in _PLANS:
-        return plan
-    _PLANS[(spec, shapes)] = plan = _make_plan(spec, shapes)
-    return plan
-
-
-def _make_plan(spec: str, shapes: tuple):
     ins, out = spec.split("->")
     sa, sb = ins.split(",")
     if "." in spec or len(set(sa)) != len(sa) or len(set(sb)) != len(sb) or len(set(out)) != len(out):

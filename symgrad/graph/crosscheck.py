@@ -7,7 +7,9 @@ forward: ``<w, f(..., u_i, ...)> = <vjp_i(w), u_i>`` for all ``u_i`` and ``w``. 
 *integers* for ``u`` and ``w`` both sides are exact in float64 (every product and sum is an integer
 far below 2**53), so the test has no tolerance at all: a wrong index, a missing transpose or a
 dropped term shows up as an inequality.  The check runs at the node's own shapes, on the graph being
-checked, and is remembered per node signature for the rest of the process.  Pointwise rules are
+checked, through the same code (and the same BLAS or numpy route, Note [Fast contractions]) as the
+real evaluation, and is remembered per node signature for the rest of the process.  Only values
+are compared, so it computes no rounding bounds (``approx.values_only``).  Pointwise rules are
 ``sympy.diff`` of the node's form; ``max``/``min`` reductions route the cotangent to the extreme
 (tested in ``tests/graph``).
 """
