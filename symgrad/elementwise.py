@@ -41,7 +41,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                 atol: float | None = None, backward_calls: int = 1,
                 symbols_map: Mapping[str, object] | None = None, title: str | None = None,
                 memory_budget: int | None = None, import_fx: Callable | None = None, loss=None,
-                target=None):
+                target=None) -> Report:
     """``symgrad.check`` for a function (not a module); the keywords are its own.  ``import_fx``:
     the torch.fx importer tried for a function with no symbolic forward (``None``: none)."""
     check_options(rtol, atol, backward_calls)
