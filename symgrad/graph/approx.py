@@ -219,9 +219,13 @@ def einsum(spec: str, *ops: Approx) -> Approx:
     absv = [np.abs(o.v) for o in ops]
     c = len(ops) - 1 + summation_factor(k)
     errs = [i for i, o in enumerate(ops) if np.any(o.e)]
-    if len(ops) == 2 and errs and errs[-1] == 1:
-        # bilinear: c |A|.|B| + |A|.e_B = |A|.(c |B| + e_B), one contraction fewer (same bound)
-        e = abs_einsum(spec, absv[0], c * absv[1] + ops[1].e)
+    if len(ops) == 2 and errs:
+        # bilinear: c |A|.|B| + |A|.e_B = |A|.(c |B| + e_B) (or (c |A| + e_A).|B|), one contraction
+        # fewer for the same bound
+        if errs[-1] == 1:
+            e = abs_einsum(spec, absv[0], c * absv[1] + ops[1].e)
+        else:
+            e = abs_einsum(spec, c * absv[0] + ops[0].e, absv[1])
         errs = errs[:-1]
     else:
         e = c * abs_einsum(spec, *absv)

@@ -186,7 +186,6 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
         out = torch.func.functional_call(model, ps, tuple(ins))
         return loss_fn(out, target) if loss_fn is not None else out
 
-    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
     n_params = sum(p.numel() for p in params.values())
 
     if engine not in ("auto", "elementwise", "matrix", "graph"):
@@ -196,6 +195,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
 
         return check_graph(model, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, loss=loss_fn,
                            target=target, backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
     whole_batch = ""
     if backward_calls != 1 or tangents is not None:
         whole_batch = "backward_calls= and tangents= are checked on the whole batch"

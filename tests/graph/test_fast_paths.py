@@ -60,10 +60,13 @@ def test_combined_bound_is_the_sum_of_its_terms():
     rng = np.random.default_rng(1)
     a = Approx(rng.standard_normal((80, 90)), np.abs(rng.standard_normal((80, 90))))
     b = Approx(rng.standard_normal((90, 70)), np.abs(rng.standard_normal((90, 70))))
-    out = einsum("ij,jk->ik", a, b)
     c = 1 + approx.summation_factor(90)
+    out = einsum("ij,jk->ik", a, b)
     expected = c * np.abs(a.v) @ np.abs(b.v) + a.e @ np.abs(b.v) + np.abs(a.v) @ b.e
     np.testing.assert_allclose(out.e, expected, rtol=1e-12)
+    for x, y in ((a, Approx(b.v)), (Approx(a.v), b)):  # one operand exact
+        expected = c * np.abs(x.v) @ np.abs(y.v) + x.e @ np.abs(y.v) + np.abs(x.v) @ y.e
+        np.testing.assert_allclose(einsum("ij,jk->ik", x, y).e, expected, rtol=1e-12)
 
 
 def test_a_wrong_contraction_rule_at_blas_size_fails_the_cross_check(monkeypatch):
