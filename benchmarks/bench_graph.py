@@ -2,10 +2,12 @@
 
 Each row runs in a fresh process (so its peak memory is its own), on one torch thread:
 
-* ``first s``: the first check in that process after the imports -- it includes torch's one-time
-  tracer start-up (``make_fx`` imports ``torch._dynamo``), shown on its own in ``tracer s``;
-* ``cold s``: the first check of the architecture once the tracer has started (every symgrad cache
-  cleared);
+* ``start-up s``: the process's one-time start-up, before any check: torch's tracer start-up
+  (``make_fx`` imports ``torch._dynamo``), the import of the op graph's modules and SymPy's own
+  modules that it loads on first use (no symgrad cache is filled: nothing is traced or evaluated);
+  the first check in a process costs start-up + cold;
+* ``cold s``: the first check of the architecture after the start-up (every symgrad cache empty,
+  the disk cache off);
 * ``warm s``: the best of 5 repeat checks;
 * ``gradcheck s``: ``torch.autograd.gradcheck`` in float64 on the same function (fast_mode=False,
   the default), skipped where it would take minutes;
@@ -13,7 +15,11 @@ Each row runs in a fresh process (so its peak memory is its own), on one torch t
 * ``peak MiB``: the process's peak resident memory after the symgrad checks (gradcheck runs in a
   process of its own).
 
-Run: ``python benchmarks/bench_graph.py`` (about two minutes here; ``--quick`` skips the largest).
+numpy's BLAS runs on one thread too (``OPENBLAS_NUM_THREADS=1`` unless set): on a shared machine
+a multi-threaded BLAS waiting for a busy core was ten times slower.
+
+Run: ``python benchmarks/bench_graph.py`` (about two minutes here; ``--quick`` skips the largest;
+``--cases mlp-1k mlp-1m`` runs only those rows).
 """
 
 from __future__ import annotations
@@ -140,6 +146,13 @@ def child(name: str) -> dict:
 
     start = time.perf_counter()
     make_fx(lambda x: x.sin())(torch.ones(2))  # torch's one-time tracer start-up
+    import sympy
+
+    import symgrad.graph.check  # noqa: F401 - the op graph's modules, imported on a first check
+    import symgrad.nn.check  # noqa: F401
+
+    s = sympy.Symbol("s")
+    sympy.diff(s * s + 1, s)  # SymPy's modules that it imports on first use (sympy.tensor, ...)
     tracer = time.perf_counter() - start
 
     def run():
@@ -191,18 +204,19 @@ def _timed(fn) -> float:
 
 def _spawn(mode: str, name: str) -> dict:
     env = {**os.environ, "SYMGRAD_CACHE": "0"}  # cold means cold: no graph from an earlier run's disk cache
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS on one thread, as torch is
     out = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, timeout=900, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(quick: bool) -> None:
+def main(quick: bool, only: list | None = None) -> None:
     import torch
 
     rows = []
     for name, label in CASES.items():
-        if quick and name in ("mlp-1m", "jac-100k"):
+        if (quick and name in ("mlp-1m", "jac-100k")) or (only and name not in only):
             continue
         r = _spawn("--child", name)
         if "error" in r:
@@ -217,7 +231,7 @@ def main(quick: bool) -> None:
                      f"{gc:.2f}" if gc else "skipped", speed, f"{r['fwd_bwd']:.4f}", f"{r['peak']:.0f}",
                      r["verdict"] + f" ({r['quantity']})"])
     print(f"op graph tensor back end; torch {torch.__version__}, 1 thread, float64 unless stated")
-    print(tabulate(rows, headers=["case", "params", "tracer s", "cold s", "warm s", "gradcheck s",
+    print(tabulate(rows, headers=["case", "params", "start-up s", "cold s", "warm s", "gradcheck s",
                                   "speed-up (cold / warm)", "torch fwd+bwd s", "peak MiB", "verdict"]))
 
 
@@ -226,4 +240,8 @@ if __name__ == "__main__":
         result = child(sys.argv[2]) if sys.argv[1] == "--child" else child_gradcheck(sys.argv[2])
         print(json.dumps(result))
     else:
-        main(quick="--quick" in sys.argv)
+        only = sys.argv[sys.argv.index("--cases") + 1:] if "--cases" in sys.argv else None
+        unknown = set(only or ()) - set(CASES)
+        if unknown:
+            sys.exit(f"unknown case(s) {', '.join(sorted(unknown))}; the cases are {', '.join(CASES)}")
+        main(quick="--quick" in sys.argv, only=only)

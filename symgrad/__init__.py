@@ -18,7 +18,7 @@ from .ops import OPS, Op, register_op
 from .reference import Reference
 from .report import GradientMismatch, Report
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Loaded on first use, so that `import symgrad` stays light (the importer and nn need torch).
 _LAZY = {

@@ -30,7 +30,10 @@ DIRECTIONS = 3  # random directions w
 def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, backend, rtol, atol, symbols_map,
                        title, memory_budget, loss, target) -> Report:
     """See the module docstring; the keywords are ``symgrad.check``'s."""
-    from .check import _choose_wrt, _is_module, normalize_inputs
+    import torch
+
+    from .elementwise import _choose_wrt
+    from .inputs import normalize_inputs
     from .errors import InputError
     from .graph import check_graph
     from .graph.budget import refuse_exploded, too_big_to_explode
@@ -39,7 +42,7 @@ def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, b
     if engine == "matrix":
         raise InputError("order=2 runs on the elementwise engine or the op graph (engine='auto', 'elementwise' or "
                          "'graph'), not engine='matrix'")
-    if _is_module(fn):
+    if isinstance(fn, torch.nn.Module):
         if engine == "elementwise":
             raise InputError("order=2 checks an nn.Module on the op graph: use engine='auto' or 'graph'")
         named = normalize_inputs(fn, symbolic, inputs, finite=False)
@@ -78,8 +81,12 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
     import torch
 
     from .autograd.run import run_double_backward
-    from .check import (_check_symbols, _fresh, _lowered_forward, _same_but_unit_dims, _symbolic_output,
-                        lowest_precision, symbolic_inputs)
+    from .elementwise import _lowered_forward, _same_but_unit_dims
+    from .inputs import fresh_name as _fresh
+    from .inputs import lowest_precision
+    from .symbolic.forward import check_symbols as _check_symbols
+    from .symbolic.forward import symbolic_inputs
+    from .symbolic.forward import symbolic_output as _symbolic_output
     from .compare.compare import compare, compare_all
     from .differentiate.elementwise import entry_form, structural_zeros
     from .differentiate.second import hvp_forms

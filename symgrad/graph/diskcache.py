@@ -44,7 +44,7 @@ def cache_dir() -> Path | None:
 def _code_version() -> str:
     import torch
 
-    from .. import __version__
+    from ..version import __version__
 
     h = hashlib.sha1(f"{__version__}|{torch.__version__}".encode())
     for path in sorted(Path(__file__).parent.glob("*.py")):
@@ -133,7 +133,10 @@ def module_state(module, describe) -> tuple:
 
 
 def fingerprint(fn, symbolic, loss, target, names, tensors) -> str | None:
-    """A key that survives the process, or None where something cannot be fingerprinted."""
+    """A key that survives the process, or None where something cannot be fingerprinted (or the
+    disk cache is off: then no key is needed, and hashing the package's source costs a first check)."""
+    if cache_dir() is None:
+        return None
     h = hashlib.sha1(_code_version().encode())
     try:
         for part in (fn, symbolic, loss, target):

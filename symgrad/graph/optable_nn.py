@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .optable import OpCase, fixed, ints, mask, normal, positive, uniform
+from .opcase import OpCase, fixed, ints, mask, normal, positive, uniform
 
 __all__ = ["ROWS"]
 

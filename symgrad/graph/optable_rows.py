@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .optable import OpCase, fixed, ints, mask, normal, positive, uniform
+from .opcase import OpCase, fixed, ints, mask, normal, positive, uniform
 
 __all__ = ["ROWS"]
 

@@ -12,7 +12,8 @@ from symgrad.matrix.diff import grad, hvp, jvp, vjp
 from symgrad.matrix.errors import ClosedFormUnverified, CrossCheckError, UnsupportedOp
 from symgrad.matrix.evaluate import Evaluator, evaluate
 from symgrad.matrix.explode import CrossCheck, check_grad, check_hvp, check_jvp, explode, exploded_grad, random_values
-from symgrad.matrix.network import Network, from_module
+from symgrad.matrix.fx_rules import from_module
+from symgrad.matrix.network import Network
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, elementwise, frobenius_sq, hadamard, ones, sum_all
 from symgrad.matrix.printing import to_latex, to_text
 from symgrad.matrix.references import clear_caches, closed_forms, module_references, network_gradients, verify_network

@@ -16,6 +16,9 @@ from sympy import OneMatrix
 from symgrad.matrix.errors import UnsupportedOp
 from symgrad.matrix.network import (
     _FUNCTIONAL_PARAMS,
+    Network,
+    _Builder,
+    loss_spec,
     _T,
     _activation_functions,
     _broadcast,
@@ -29,7 +32,7 @@ from symgrad.matrix.network import (
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, hadamard, hpow, sum_all
 from symgrad.ops import OPS
 
-__all__ = ["interpret"]
+__all__ = ["interpret", "from_module"]
 
 
 def _is_t(v) -> bool:
@@ -292,3 +295,44 @@ def interpret(b, gm) -> _T:
     if not _is_t(out):
         raise UnsupportedOp("matrix engine: the model must return one tensor")
     return out
+
+
+def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> Network:
+    """Trace ``model`` with ``torch.fx`` at ``inputs`` (``{placeholder name: tensor}``) into a
+    ``Network`` whose ``loss`` is ``loss(model(**inputs), target)`` as a matrix expression (the
+    model's own output when ``loss`` is None and that output is a scalar)."""
+    import torch.fx as fx
+
+    from symgrad.symbolic.numbers import refuse_string_attributes
+
+    refuse_string_attributes(model, loss)
+    gm = traced if traced is not None else fx.symbolic_trace(model)
+    from symgrad.validate import refuse_non_tensor_output
+
+    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
+    b = _Builder(model, inputs)
+    out = interpret(b, gm)
+    spec = loss_spec(loss)
+    if spec.kind == "none":
+        if out.shape not in ((), (1,), (1, 1)):
+            raise UnsupportedOp("matrix engine needs a scalar loss; pass loss=... or use engine='elementwise'")
+        loss_expr = out.expr
+    else:
+        if target is None:
+            raise ValueError(f"loss {spec.kind} needs a target")
+        loss_expr = _loss_expr(b, spec, out, target)
+    b.signature.append(("loss", spec.kind, spec.reduction, out.shape == ()))
+    return Network(
+        loss=loss_expr,
+        defs=b.defs,
+        params=b.params,
+        inputs=b.input_syms,
+        values=b.values,
+        shapes=b.shapes,
+        dims=dict(b.dims),
+        delta_names=b.delta_names,
+        legend=b.legend,
+        signature=tuple(b.signature),
+        cacheable=not b.has_const,
+        loss_spec=getattr(b, "loss_spec", spec),
+    )

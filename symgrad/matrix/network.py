@@ -1,4 +1,4 @@
-"""``from_module``: an ``nn.Module`` (traced with ``torch.fx``) and a loss as a matrix expression.
+"""The network: a matrix expression of an ``nn.Module`` and its loss (``fx_rules.from_module`` builds it).
 
 The batch is the rows: a Linear layer is ``z = h Wᵀ + 1 bᵀ``.  Every Linear output and every
 activation output becomes a named symbol (``z1``, ``h1``, … and ``yhat`` for the model's output)
@@ -24,7 +24,7 @@ from symgrad.matrix.errors import UnsupportedOp
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, hadamard, hpow, sum_all
 from symgrad.ops import OPS, resolve_torch
 
-__all__ = ["Network", "from_module", "loss_kind", "loss_spec", "LossSpec"]
+__all__ = ["Network", "loss_kind", "loss_spec", "LossSpec"]
 
 
 @dataclass
@@ -432,46 +432,3 @@ def _loss_expr(b: _Builder, spec: LossSpec, yhat: _T, target) -> sp.Basic:
         sp_ = Elementwise("softplus", Y, {"beta": 1, "threshold": sp.oo}, 0)
         return c * sum_all(sp_ - hadamard(T, Y))
     raise UnsupportedOp(f"matrix engine: unknown loss kind {kind!r}")
-
-
-def from_module(model, inputs: dict, *, loss=None, target=None, traced=None) -> Network:
-    """Trace ``model`` with ``torch.fx`` at ``inputs`` (``{placeholder name: tensor}``) into a
-    ``Network`` whose ``loss`` is ``loss(model(**inputs), target)`` as a matrix expression (the
-    model's own output when ``loss`` is None and that output is a scalar)."""
-    import torch.fx as fx
-
-    from symgrad.matrix.fx_rules import interpret
-
-    from symgrad.symbolic.numbers import refuse_string_attributes
-
-    refuse_string_attributes(model, loss)
-    gm = traced if traced is not None else fx.symbolic_trace(model)
-    from symgrad.validate import refuse_non_tensor_output
-
-    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
-    b = _Builder(model, inputs)
-    out = interpret(b, gm)
-    spec = loss_spec(loss)
-    if spec.kind == "none":
-        if out.shape not in ((), (1,), (1, 1)):
-            raise UnsupportedOp("matrix engine needs a scalar loss; pass loss=... or use engine='elementwise'")
-        loss_expr = out.expr
-    else:
-        if target is None:
-            raise ValueError(f"loss {spec.kind} needs a target")
-        loss_expr = _loss_expr(b, spec, out, target)
-    b.signature.append(("loss", spec.kind, spec.reduction, out.shape == ()))
-    return Network(
-        loss=loss_expr,
-        defs=b.defs,
-        params=b.params,
-        inputs=b.input_syms,
-        values=b.values,
-        shapes=b.shapes,
-        dims=dict(b.dims),
-        delta_names=b.delta_names,
-        legend=b.legend,
-        signature=tuple(b.signature),
-        cacheable=not b.has_const,
-        loss_spec=getattr(b, "loss_spec", spec),
-    )

@@ -56,7 +56,8 @@ from symgrad.matrix.errors import ClosedFormUnverified
 from symgrad.matrix.evaluate import Evaluator, matrix_symbols
 from symgrad.matrix.explode import compare, compare_values, concrete, exploded_grad, exploded_grad_values
 from symgrad.matrix.kinks import analyse
-from symgrad.matrix.network import Network, from_module
+from symgrad.matrix.fx_rules import from_module
+from symgrad.matrix.network import Network
 from symgrad.matrix.nodes import Elementwise, scalar_function
 from symgrad.matrix.printing import to_latex, to_text
 from symgrad.matrix.rounding import NoBound, RoundingBound, prepare

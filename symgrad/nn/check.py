@@ -8,7 +8,7 @@ otherwise -- with respect to every parameter (and every input with ``requires_gr
 
 Engines: when the traced graph keeps samples apart (Note [Per-sample derivation]) the closed form
 is derived for one symbolic sample and evaluated over the batch; otherwise the whole batch is
-exploded through ``symgrad.check``.  ``engine='matrix'`` (or ``'auto'`` on models with a loss and more than
+exploded through the plain-function pipeline (``symgrad.elementwise``).  ``engine='matrix'`` (or ``'auto'`` on models with a loss and more than
 ``MATRIX_THRESHOLD`` parameters) asks ``symgrad.matrix.module_references`` instead.
 """
 
@@ -27,7 +27,8 @@ from ..validate import (check_backend, check_callable, check_names, check_via_ke
                         refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
 from ..symbolic.tensor import as_symtensor, symbols
 from ..autograd.forward import forward_once, grad_enabled
-from ..check import _fresh, lowest_precision, normalize_inputs
+from ..elementwise import check_plain
+from ..inputs import fresh_name, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
 from ..errors import InputError, ShapeMismatch, UnsupportedOp
@@ -185,7 +186,6 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
         out = torch.func.functional_call(model, ps, tuple(ins))
         return loss_fn(out, target) if loss_fn is not None else out
 
-    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
     n_params = sum(p.numel() for p in params.values())
 
     if engine not in ("auto", "elementwise", "matrix", "graph"):
@@ -195,6 +195,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
 
         return check_graph(model, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, loss=loss_fn,
                            target=target, backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
     whole_batch = ""
     if backward_calls != 1 or tangents is not None:
         whole_batch = "backward_calls= and tangents= are checked on the whole batch"
@@ -468,7 +469,7 @@ def _per_sample(gm, loss_gm, plan, named, params, target, v, wrt, dtype, backend
     values.update({name: p.detach().double().cpu().numpy() for name, p in params.items()})
     out = run_symbolic(gm, sym_args, sym_params)
     out = as_symtensor(out)
-    t_name = _fresh("target", values)
+    t_name = fresh_name("target", values)
     if loss_gm is not None:
         t = target
         if not t.is_floating_point():  # cross-entropy class indices: the same loss with one-hot probabilities
@@ -482,7 +483,7 @@ def _per_sample(gm, loss_gm, plan, named, params, target, v, wrt, dtype, backend
         out = as_symtensor(run_symbolic(loss_gm, [out, sym_t]))
     if plan["vjp"] or (plan["reduction"] == "sum" and loss_gm is None):
         if plan["vjp"]:
-            v_name = _fresh("v", values)
+            v_name = fresh_name("v", values)
             cot = row_symbols(v_name, tuple(out.shape[1:]))
             batched[v_name] = cot
             values[v_name] = torch.as_tensor(v).detach().double().cpu().numpy().reshape((n,) + out.shape[1:])
@@ -551,9 +552,7 @@ def _onehot_jacobian(torch_fn, leaves, wrt) -> dict:
 
 def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt, via, v, tangents, backend,
              rtol, atol, title, reason, backward_calls: int = 1) -> Report:
-    """The whole batch as one symbolic computation, through the core ``symgrad.check``."""
-    from ..check import check
-
+    """The whole batch as one symbolic computation, through the plain-function pipeline."""
     names = list(leaves)
     k = len(named)
 
@@ -570,8 +569,8 @@ def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt
 
     if via == ONEHOT_VIA:
         raise InputError(f"via={ONEHOT_VIA!r} needs the per-sample engine, which this model cannot use ({reason})")
-    report = check(torch_fn, leaves, symbolic=sym_fn, wrt=wrt, via=via, v=v, tangents=tangents, backend=backend,
-                   rtol=rtol, atol=atol, title=title, backward_calls=backward_calls)
+    report = check_plain(torch_fn, leaves, symbolic=sym_fn, wrt=wrt, via=via, v=v, tangents=tangents,
+                         backend=backend, rtol=rtol, atol=atol, title=title, backward_calls=backward_calls)
     report.meta["engine"] = "elementwise, whole batch" + (f" ({reason})" if reason else "")
     return report
 

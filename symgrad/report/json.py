@@ -58,7 +58,7 @@ def _record(r) -> dict:
 
 
 def to_dict(report, top: bool = True) -> dict:
-    from .. import __version__
+    from ..version import __version__
 
     out = {"schema_version": SCHEMA_VERSION, "symgrad_version": __version__} if top else {}
     out.update({"title": report.title, "passed": bool(report.passed),

@@ -4,7 +4,7 @@ in a fenced block when it has several lines or is long); failure details in fenc
 from __future__ import annotations
 
 from .common import closed_form_lines, detail_message, is_long, shown_closed_forms
-from .report import escape_markdown, escape_text, markdown_code
+from .escape import escape_markdown, escape_text, markdown_code
 from .text import table
 
 __all__ = ["render"]

@@ -25,7 +25,7 @@ import sympy as sp
 from ..errors import ShapeMismatch
 from ..ops import OPS, op
 from .numbers import number
-from .tensor import SymTensor, as_symtensor, to_element
+from .tensor import SymTensor, as_symtensor, register_methods, to_element
 
 __all__ = [
     "is_torch",
@@ -392,3 +392,4 @@ def cross_entropy(input, target, reduction: str = "mean", weight=None, ignore_in
 
 
 METHODS = frozenset(OPS) | {"softmax", "log_softmax", "clamp", "gelu"}
+register_methods({_m: globals()[_m] for _m in METHODS if _m in globals()})

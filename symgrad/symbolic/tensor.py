@@ -297,12 +297,21 @@ class SymTensor:
         # Elementwise methods (x.tanh(), x.relu(), ...) come from the op table.
         if name.startswith("_"):
             raise AttributeError(name)
-        from . import functional
-
-        fn = getattr(functional, name, None)
-        if fn is None or name not in functional.METHODS:
+        fn = _METHODS.get(name)
+        if fn is None:
             raise AttributeError(f"SymTensor has no method {name!r}")
         return lambda *args, **kwargs: fn(self, *args, **kwargs)
+
+
+# The elementwise methods are the functional API's functions: symgrad.symbolic.functional (which
+# imports this module, never the reverse) registers them here when it is imported -- and the
+# package imports it with this module.
+_METHODS: dict = {}
+
+
+def register_methods(table: dict) -> None:
+    """``{method name: function of the tensor first}``: what ``x.name(...)`` calls."""
+    _METHODS.update(table)
 
 
 def matmul(a: SymTensor, b: SymTensor) -> SymTensor:

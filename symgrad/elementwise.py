@@ -1,0 +1,342 @@
+"""The plain-function pipeline: build the symbolic forward, differentiate it in closed form, lower
+the closed form to numpy, run torch autograd the way the user named (``via``), compare, report.
+
+``check_plain`` is what ``symgrad.check`` runs for anything that is not an ``nn.Module`` (after its
+argument checks), and what the module driver runs for a whole batch as one symbolic computation
+(``symgrad.nn.check``).  Large inputs go to the op graph's tensor back end (Note [Memory guard]).
+A function with no symbolic twin is handed to ``import_fx`` (the torch.fx importer, passed in by
+the public driver, which sits above both) and then to the op graph.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+import sympy as sp
+
+from .autograd.forward import forward_once, grad_enabled
+from .autograd.run import default_via, quantity_of, run_autograd
+from .compare.compare import compare, compare_all
+from .compare.kinks import stack_generators
+from .differentiate.elementwise import differentiate, entry_form, structural_zeros
+from .differentiate.matrix_form import matrix_closed_form
+from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from .inputs import check_options, fresh_name, lowest_precision, normalize_inputs
+from .lower.numpy import high_precision, lower
+from .progress import stage
+from .reference import Reference
+from .report.report import Report, shorten
+from .symbolic.forward import check_symbols, symbolic_inputs, symbolic_output
+from .symbolic.tensor import SymTensor, symbols
+from .validate import check_backend, check_callable, check_via_keywords, check_wrt_type, recursion_guard, refuse_nonfinite
+
+__all__ = ["check_plain"]
+
+
+@grad_enabled
+@recursion_guard
+def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: str | None = None, v=None,
+                tangents=None, engine: str = "auto", backend: str = "auto", rtol: float | None = None,
+                atol: float | None = None, backward_calls: int = 1,
+                symbols_map: Mapping[str, object] | None = None, title: str | None = None,
+                memory_budget: int | None = None, import_fx: Callable | None = None, loss=None,
+                target=None) -> Report:
+    """``symgrad.check`` for a function (not a module); the keywords are its own.  ``import_fx``:
+    the torch.fx importer tried for a function with no symbolic forward (``None``: none)."""
+    check_options(rtol, atol, backward_calls)
+    check_callable(fn)
+    check_wrt_type(wrt)
+    check_backend(backend)
+    if loss is not None or target is not None:
+        raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
+    if engine == "matrix":
+        raise InputError("engine='matrix' needs an nn.Module (symgrad.check(model, ...)) or a matrix expression "
+                         "(symgrad.matrix.grad); plain functions use the elementwise engine")
+    import torch
+
+    stage("building the symbolic forward")
+    named = normalize_inputs(fn, symbolic, inputs, finite=engine != "graph")
+    wrt_names = _choose_wrt(named, wrt)
+    dtype = lowest_precision(named.values())
+    dtype_name = str(dtype).replace("torch.", "")
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
+    if _tensor_back_end(fn, symbolic, named, wrt_names, via, tangents, engine, memory_budget):
+        from .graph import check_graph
+
+        stage("op graph: trace, differentiate, compare")
+        return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
+                           backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
+
+    sym_in = symbolic_inputs(named)
+    try:
+        out = symbolic_output(fn, symbolic, sym_in, symbols_map)
+    except UnsupportedOp as err:
+        graph_ok = engine == "auto" and fn is not None and (symbolic is None or callable(symbolic))
+        if graph_ok and tangents is not None and backward_calls == 1:  # forward mode (a custom Function's jvp)
+            from .graph import check_graph
+
+            stage("op graph: trace, forward mode, compare")
+            return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, tangents=tangents, rtol=rtol,
+                               atol=atol, title=title)
+        if (symbolic is not None and not graph_ok) or fn is None or tangents is not None or backward_calls != 1:
+            raise
+        # A plain torch function with no symbolic twin: import it through torch.fx, else trace it into
+        # the op graph (ops the exploded back end has no rule for: layer_norm, cumsum, normalize, ...)
+        try:
+            if symbolic is not None or import_fx is None:
+                raise err
+            return import_fx(fn, named, wrt=wrt, via=via, v=v, engine=engine, backend=backend,
+                             rtol=rtol, atol=atol, title=title)
+        except Exception as fx_err:  # noqa: BLE001 - the fx importer's own failures lead to the op graph
+            if not graph_ok or not isinstance(fx_err, (SymgradError, AttributeError, TypeError, KeyError)):
+                if isinstance(fx_err, SymgradError):
+                    raise UnsupportedOp(f"{err}\nImporting it with torch.fx failed too: {fx_err}") from fx_err
+                raise
+            from .graph import check_graph
+
+            stage("op graph: trace, differentiate, compare")
+            try:
+                return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v,
+                                   backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
+            except UnsupportedOp as graph_err:
+                fx_part = "" if symbolic is not None else f"\nImporting it with torch.fx failed too: {fx_err}"
+                raise UnsupportedOp(f"{err}{fx_part}\nTracing it into the op graph failed as well: {graph_err}") \
+                    from graph_err
+    from_sympy = symbolic is not None and not callable(symbolic)
+    check_symbols(out, sym_in, wrt_names, from_sympy)
+
+    torch_fn = fn if fn is not None else _lowered_forward(out, sym_in, dtype)
+    out_t, autograd_fn = forward_once(torch_fn, leaves)
+    if not isinstance(out_t, torch.Tensor):
+        raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor: symgrad differentiates "
+                         "one tensor output. Fix: return one tensor (for a tuple or dict, check a wrapper such as "
+                         "lambda x: fn(x)[0]; for None, add the missing return)")
+    if tuple(out_t.shape) != out.shape and _same_but_unit_dims(tuple(out_t.shape), out.shape):
+        out = out.reshape(tuple(out_t.shape))  # SymPy has no 1-d matrices: (n, 1) stands for (n,)
+    if tuple(out_t.shape) != out.shape:
+        raise ShapeMismatch(f"the torch function returns shape {tuple(out_t.shape)} but the symbolic forward returns "
+                            f"{out.shape}; they must compute the same thing")
+
+    scalar = out.numel() == 1
+    if via is None:
+        via = default_via(scalar, v is not None)
+    if backward_calls != 1 and via != "backward":
+        raise InputError(f"backward_calls={backward_calls} accumulates .grad over repeated backward() calls; "
+                         f"it needs via='backward' (a scalar output, or a cotangent v), not via={via!r}")
+    quantity = quantity_of(via, v is not None)
+    check_via_keywords(via, quantity, v, tangents)
+    cot_sym = tan_sym = None
+    extra_args, extra_vals = [], []
+    if quantity == "vjp":
+        if v is None:
+            raise InputError(f"via={via!r} computes a vector-Jacobian product: pass the cotangent v (shape {out.shape})")
+        v = torch.as_tensor(v, dtype=dtype)
+        refuse_nonfinite({"v": v}, "cotangent")
+        if tuple(v.shape) != out.shape:
+            raise ShapeMismatch(f"v has shape {tuple(v.shape)}, the output has {out.shape}")
+        cot_sym = symbols(fresh_name("v", named), out.shape)
+        extra_args += list(cot_sym.data.ravel())
+        extra_vals += list(v.detach().double().numpy().ravel())
+    elif quantity == "grad" and not scalar:
+        raise ShapeMismatch(f"via={via!r} differentiates a scalar, but the output has shape {out.shape}; "
+                            "pass v=torch.ones_like(out) for backward(v), or use via='functional.jacobian'")
+    if quantity in ("hessian",) and not scalar:
+        raise ShapeMismatch(f"a Hessian needs a scalar output; the output has shape {out.shape}")
+    if quantity == "jvp":
+        if tangents is None:
+            raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents (one per input in wrt)")
+        if isinstance(tangents, torch.Tensor):
+            tangents = {wrt_names[0]: tangents} if len(wrt_names) == 1 else None
+        if not isinstance(tangents, Mapping) or set(tangents) != set(wrt_names):
+            raise InputError(f"tangents must map each of {wrt_names} to a tensor of its shape")
+        tan_sym = {}
+        for w in wrt_names:
+            t = torch.as_tensor(tangents[w], dtype=dtype)
+            if tuple(t.shape) != tuple(named[w].shape):
+                raise ShapeMismatch(f"tangent for {w!r} has shape {tuple(t.shape)}, the input has {tuple(named[w].shape)}")
+            refuse_nonfinite({w: t}, "tangent for")
+            tangents[w] = t
+            tan_sym[w] = symbols(fresh_name(f"t_{w}", named), tuple(t.shape))
+            extra_args += list(tan_sym[w].data.ravel())
+            extra_vals += list(t.detach().double().numpy().ravel())
+
+    stage("differentiating in closed form")
+    derivs = differentiate(out, {w: sym_in[w] for w in wrt_names}, quantity, cotangent=cot_sym,
+                           tangents=tan_sym, backend=backend)
+
+    # Lower the forward and every derivative in one function (shared subexpressions computed once).
+    stage("evaluating the closed form")
+    keys = list(derivs)
+    exprs = list(out.data.ravel())
+    sizes = [out.numel()]
+    for k in keys:
+        exprs += list(derivs[k].ravel())
+        sizes.append(derivs[k].size)
+    floats = [n for n in named if named[n].is_floating_point()]
+    args = [s for n in floats for s in sym_in[n].data.ravel()] + extra_args
+    values = [x for n in floats for x in named[n].detach().double().cpu().numpy().ravel()] + extra_vals
+    hi = lower(exprs, args, forward=sizes[0])(values, dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps))
+
+    def split(vals):
+        flat = np.array([float(x) for x in vals], dtype=np.float64) if vals else np.zeros(0)
+        parts, start = [], 0
+        for size in sizes:
+            parts.append(flat[start:start + size])
+            start += size
+        return parts
+
+    main, low, rounding = split(hi.values), split(hi.values_lowp), split(hi.magnitudes)
+    band_lo = split(hi.lower) if hi.lower is not None else None
+    band_hi = split(hi.upper) if hi.upper is not None else None
+    cands = [split(c) for c in hi.candidates] if hi.candidates is not None else []
+    kink_rounding = split(hi.kink_magnitudes) if hi.kink_magnitudes is not None else None
+
+    scale = backward_calls if via == "backward" else 1
+    matrix_values = {n: t.detach().double().cpu().numpy().reshape(_as_2d(tuple(t.shape))) for n, t in named.items()}
+    refs = []
+    out_ref = Reference("output", main[0].reshape(out.shape), closed_form="symbolic forward",
+                        value_lowp=low[0].reshape(out.shape), rounding=rounding[0].reshape(out.shape))
+    for i, k in enumerate(keys, start=1):
+        shape = derivs[k].shape
+        name = k if isinstance(k, str) else f"({k[0]}, {k[1]})"
+        text, latex = _closed_form_text(derivs[k])
+        if scale != 1:
+            text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
+            latex = f"{scale} \\left({latex}\\right)" if latex else ""
+        ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape),
+                        rounding=scale * rounding[i].reshape(shape), structural_zero=structural_zeros(derivs[k]))
+        ref.closed_form_expr, ref.entry_form = _printable(derivs[k], latex, scale)
+        if from_sympy and quantity == "grad" and isinstance(k, str):
+            shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)
+            if shown is not None:
+                ref.note = shown[2]
+                if shown[0]:
+                    ref.closed_form, ref.closed_form_latex = shown[0], shown[1]
+                    ref.closed_form_expr = None  # the matrix form is shown as text, not the first entry
+        if band_lo is not None:
+            lo, up = scale * band_lo[i].reshape(shape), scale * band_hi[i].reshape(shape)
+            kink = (lo != up) | (lo != ref.value) | (up != ref.value)
+            if kink.any():
+                ref.lower, ref.upper, ref.kink = lo, up, kink
+                ref.kink_rounding = scale * kink_rounding[i].reshape(shape)
+                if hi.kink_joint:
+                    ref.kink_generators = stack_generators(
+                        [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
+        refs.append(ref)
+
+    tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
+    autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
+    stage(f"running autograd (via={via})")
+    actual = run_autograd(autograd_fn, leaves, wrt_names, via, **autograd)
+
+    def judge() -> list:
+        forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
+                          rtol=rtol, atol=atol)
+        if not forward.passed:
+            forward.note = ("the symbolic forward and the torch function disagree: the derivatives below are "
+                            "derivatives of different functions. Fix the symbolic forward first.")
+        return [forward] + compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name,
+                                       quantity=quantity, rtol=rtol, atol=atol)
+
+    stage("comparing")
+    records = judge()
+    meta = {"dtype": dtype_name, "via": via, "quantity": quantity, "engine": "elementwise"}
+    if hi.kink_conditions:
+        meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
+    return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _choose_wrt(named: dict, wrt) -> list[str]:
+    if isinstance(wrt, str):
+        wrt = [wrt]
+    floating = [n for n, t in named.items() if t.is_floating_point()]
+    if wrt is None:
+        chosen = [n for n in floating if named[n].requires_grad] or floating
+        if not chosen:
+            raise InputError("no floating-point input to differentiate; pass float tensors or name them in wrt")
+        return chosen
+    wrt = list(wrt)
+    if not wrt:
+        raise InputError("wrt is empty: name at least one input to differentiate, or leave wrt=None for all of them")
+    for w in wrt:
+        if w not in named:
+            raise InputError(f"wrt names {w!r}, which is not an input; the inputs are: {', '.join(named)}")
+        if not named[w].is_floating_point():
+            raise InputError(f"wrt names {w!r}, a {named[w].dtype} tensor; only floating-point inputs have derivatives")
+    return wrt
+
+
+def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
+    """The first entry's closed form, labelled as such when the derivative has more entries."""
+    text, latex = entry_form(arr)
+    if arr.size <= 1:
+        return text, latex
+    return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
+
+
+def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) -> bool:
+    """Whether the check goes to the op graph's tensor back end (Note [Memory guard])."""
+    import sympy
+
+    from .graph.budget import refuse_exploded, too_big_to_explode
+
+    n_in = sum(t.numel() for t in named.values() if t.is_floating_point())
+    n_wrt = sum(named[w].numel() for w in wrt)
+    if engine == "graph":
+        if fn is None or isinstance(symbolic, (sympy.Basic, sympy.MatrixBase, sympy.NDimArray)):
+            raise InputError("engine='graph' traces torch code: pass the torch function (and, as symbolic=, a "
+                             "reference forward in torch ops if you have one), not a SymPy expression")
+        return True
+    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via in ("jacfwd", "forward_ad")
+    if engine == "elementwise" or forward_mode:
+        refuse_exploded(n_in, n_wrt, 1, False, budget)
+        return False
+    traceable = fn is not None and (symbolic is None or callable(symbolic) and
+                                    not isinstance(symbolic, (sympy.Basic, sympy.MatrixBase, sympy.NDimArray)))
+    if not traceable:
+        refuse_exploded(n_in, n_wrt, 1, False, budget)
+        return False
+    return too_big_to_explode(n_in, n_wrt, 1, False, budget)
+
+
+def _printable(deriv: np.ndarray, latex: str, scale: int):
+    """For the reports: the first entry as a SymPy expression (only where it was short enough for
+    LaTeX), and a callable giving any entry's closed form text (the worst entry of a failure)."""
+    expr = None
+    if latex and deriv.size:
+        expr = sp.sympify(deriv.ravel()[0])
+        if scale != 1:
+            expr = sp.Mul(scale, expr, evaluate=False)
+
+    def entry_text(index: tuple) -> str:
+        text = entry_form(np.array([deriv[tuple(index)]], dtype=object))[0]
+        return f"{scale} * ({text})" if scale != 1 else text
+
+    return expr, entry_text
+
+
+def _same_but_unit_dims(a: tuple, b: tuple) -> bool:
+    return tuple(d for d in a if d != 1) == tuple(d for d in b if d != 1)
+
+
+def _as_2d(shape: tuple) -> tuple:
+    return shape if len(shape) == 2 else (shape + (1,) if len(shape) == 1 else (1, 1) if not shape else shape)
+
+
+def _lowered_forward(out: SymTensor, sym_in: dict[str, SymTensor], dtype):
+    """The symbolic forward as a torch function of the inputs (used when fn is None)."""
+    from .lower.torch import to_torch
+
+    names = list(sym_in)
+
+    def forward(*tensors):
+        env = {}
+        for name, t in zip(names, tensors):
+            st = sym_in[name]
+            if t.is_floating_point():
+                for index in np.ndindex(st.shape):
+                    env[str(st.data[index])] = t[index] if index else t
+        return to_torch(out.data, env, dtype)
+
+    return forward

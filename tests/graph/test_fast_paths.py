@@ -1,0 +1,110 @@
+"""The tensor back end's fast paths change speed, never answers: contractions through BLAS
+(Note [Fast contractions]), the value-only adjoint cross-check, and the comparison's shortcuts."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.graph import approx, rules
+from symgrad.graph.approx import FAST_MIN_WORK, Approx, dot, einsum
+from symgrad.reference import Reference
+
+compare_module = importlib.import_module("symgrad.compare.compare")
+
+SPECS = [
+    ("ij,jk->ik", (70, 60), (60, 50)),
+    ("ik,ij->jk", (64, 90), (64, 80)),  # a weight's gradient: summed over the batch
+    ("bij,bjk->bik", (4, 30, 40), (4, 40, 20)),
+    ("ij,ji->", (300, 400), (400, 300)),
+    ("ij,jk->ki", (70, 60), (60, 50)),  # the output permuted
+    ("i,j->ij", (400,), (300,)),  # nothing summed
+    ("ngcxk,gock->ngox", (8, 2, 3, 40, 9), (2, 4, 3, 9)),  # a grouped convolution's kernel side
+]
+
+
+@pytest.mark.parametrize("spec, sa, sb", SPECS)
+def test_dot_is_einsum(spec, sa, sb):
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(-3, 4, sa).astype(float), rng.integers(-3, 4, sb).astype(float)
+    assert np.array_equal(dot(spec, a, b), np.einsum(spec, a, b))  # integers: exact in any order
+    a, b = rng.standard_normal(sa), rng.standard_normal(sb)
+    np.testing.assert_allclose(dot(spec, a, b), np.einsum(spec, a, b), rtol=1e-12, atol=1e-12)
+
+
+def test_dot_takes_blas_only_for_large_finite_operands(monkeypatch):
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(approx.np, "matmul", lambda *a: calls.append(1) or real(*a))
+    big = np.ones((64, 64)), np.ones((64, 64))
+    assert 64 ** 3 >= FAST_MIN_WORK
+    dot("ij,jk->ik", *big)
+    assert calls, "a large contraction should go through matmul"
+    calls.clear()
+    dot("ij,jk->ik", np.ones((3, 4)), np.ones((4, 5)))
+    with_inf = big[0].copy()
+    with_inf[0, 0] = np.inf
+    zeros = np.zeros((64, 64))
+    out = dot("ij,jk->ik", with_inf, zeros)
+    assert not calls  # small, or non-finite: numpy's own loop
+    assert np.isnan(out[0]).all() and (out[1:] == 0).all()  # 0 * inf is NaN, as in numpy's einsum
+
+
+def test_combined_bound_is_the_sum_of_its_terms():
+    """einsum's bound with both operands carrying errors: c|A||B| + e_A|B| + |A|e_B, computed with
+    one contraction fewer."""
+    rng = np.random.default_rng(1)
+    a = Approx(rng.standard_normal((80, 90)), np.abs(rng.standard_normal((80, 90))))
+    b = Approx(rng.standard_normal((90, 70)), np.abs(rng.standard_normal((90, 70))))
+    c = 1 + approx.summation_factor(90)
+    out = einsum("ij,jk->ik", a, b)
+    expected = c * np.abs(a.v) @ np.abs(b.v) + a.e @ np.abs(b.v) + np.abs(a.v) @ b.e
+    np.testing.assert_allclose(out.e, expected, rtol=1e-12)
+    for x, y in ((a, Approx(b.v)), (Approx(a.v), b)):  # one operand exact
+        expected = c * np.abs(x.v) @ np.abs(y.v) + x.e @ np.abs(y.v) + np.abs(x.v) @ y.e
+        np.testing.assert_allclose(einsum("ij,jk->ik", x, y).e, expected, rtol=1e-12)
+
+
+def test_a_wrong_contraction_rule_at_blas_size_fails_the_cross_check(monkeypatch):
+    """The cross-check runs through the same route as the real evaluation: a vjp that transposes
+    a square weight's gradient (BLAS-sized) must fail the check, never pass it."""
+    real = rules._vjp_contract
+
+    def wrong(spec, args, g, needed):
+        grads = real(spec, args, g, needed)
+        if len(grads) > 1 and grads[1] is not None and grads[1].shape[0] == grads[1].shape[1]:
+            grads[1] = grads[1].map(lambda t: np.ascontiguousarray(t.T))
+        return grads
+
+    monkeypatch.setattr(rules, "_vjp_contract", wrong)
+    from symgrad.graph import crosscheck
+
+    monkeypatch.setattr(crosscheck, "_PASSED", set())
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 80, dtype=torch.float64), torch.randn(80, 80, dtype=torch.float64)
+    report = sg.check(lambda x, w: torch.tanh(x @ w).sum(), {"x": x, "w": w}, engine="graph")
+    assert not report.passed
+    assert any("adjoint cross-check" in r.note for r in report.records)
+
+
+def test_worst_entries_are_the_largest_excess_first_ties_in_index_order():
+    e = np.ones(1000)
+    a = e.copy()
+    for i, off in ((10, 1e-9), (500, 3e-9), (20, 3e-9), (999, 2e-9), (7, 2.2e-16)):
+        a[i] += off  # 500 and 20 tie; 7 is one ulp off, within its allowance
+    ref = Reference("x", e, "x", rounding=np.abs(e), verified=True)
+    rec = compare_module.compare(ref, a, "float64")
+    assert rec.mismatched == 4
+    assert [w.index for w in rec.worst] == [(20,), (500,), (999,)]
+
+
+def test_nonfinite_entries_still_compare_as_before():
+    e = np.array([1.0, np.inf, np.nan, 2.0])
+    a = np.array([1.0, np.inf, 0.0, 2.0 + 1e-3])
+    rec = compare_module.compare(Reference("x", e, "x", rounding=np.abs(np.nan_to_num(e)), verified=True), a, "float64")
+    assert rec.mismatched == 2 and "Non-finite" in rec.nonfinite
+    assert compare_module.ulp(np.float64(3.0), "float64") == 2.0**-51
