@@ -20,7 +20,6 @@ from typing import Mapping
 import numpy as np
 
 from ..compare.compare import ROUNDING_ULPS, compare, compare_all
-from ..compare.kinks import stack_generators
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
 from ..reference import Reference
@@ -31,6 +30,8 @@ from . import cache as graph_cache
 from . import montecarlo
 from . import diskcache
 from .crosscheck import crosscheck
+from .refs import JACOBIAN_VIAS
+from .refs import reference as _reference
 from .engine import backward, forward, tangent
 from .interpret import to_graph
 from .printing import gradient_text
@@ -72,7 +73,7 @@ def _leaves(model, inputs: Mapping, wrt):
     return names, tensors, roles, chosen
 
 
-_JACOBIAN_VIAS = ("functional.jacobian", "jacrev", "jacfwd")
+_JACOBIAN_VIAS = JACOBIAN_VIAS
 _VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 
 
@@ -431,40 +432,3 @@ def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd
     return run_autograd(torch_fn, leaves, wrt, how, cotangent=cot, backward_calls=backward_calls)
 
 
-def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, scale: float, failed: list,
-               generators: list | None = None, text: str = "reverse mode over the op graph") -> Reference:
-    """One reference per differentiated tensor: its gradient, or its products stacked (random
-    cotangents: ``(k, *shape)``; a Jacobian: ``(*out_shape, *shape)``)."""
-    def field(g, attr):
-        if g is None:
-            return np.zeros(shape)
-        t = getattr(g, attr)
-        return np.zeros(shape) if t is None else np.broadcast_to(t, g.shape).reshape(shape)
-
-    if how in _JACOBIAN_VIAS:
-        full = out_shape + shape
-    elif how == "random-vjp":
-        full = (len(grads),) + shape
-    else:
-        full = shape
-
-    def stacked(attr):
-        t = field(grads[0], attr).reshape(full) if len(grads) == 1 else np.stack([field(g, attr) for g in grads]).reshape(full)
-        return t if scale == 1 else scale * t
-
-    v, e = stacked("v"), stacked("e")
-    banded = any(g is not None and g.lo is not None for g in grads)
-    lo, hi = (stacked("lo"), stacked("hi")) if banded else (0.0, 0.0)  # unbanded: no kink, no band
-    text = "0 (no path from it to the output)" if all(g is None for g in grads) else text
-    ref = Reference(name, v, text, rounding=e, verified=not failed)
-    if failed:
-        ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
-                    + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")
-    gens = stack_generators([[scale * g.reshape(full) for g in group] for group in generators or []], full)
-    if gens is not None:  # Note [Kink units]: the entrywise band spans every unit's sides, and more
-        lo = lo - np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0)
-        hi = hi + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0)
-        ref.kink_generators = gens
-    if np.any(lo) or np.any(hi):
-        ref.lower, ref.upper, ref.kink = v - lo, v + hi, (lo + hi) > 0
-    return ref

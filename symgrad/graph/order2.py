@@ -76,7 +76,7 @@ def hvp_records(st, out_t, *, v=None, tangents=None, count: int = 3, seed: int =
     """Records of torch's double backward against forward-over-reverse over the graph, one per input
     in ``wrt`` (the products stacked over the directions), and the report's meta entries."""
     from ..autograd.run import run_double_backward
-    from .check import _reference
+    from .refs import reference as _reference
 
     given_v = v is not None
     v, dirs = directions_and_cotangent(out_t, st.leaves, st.wrt, v, tangents, count, seed)

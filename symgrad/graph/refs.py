@@ -1,0 +1,52 @@
+"""The tensor back end's references: a differentiated tensor's values, rounding bound and kink band,
+stacked the way autograd returns them (stage "compare"; used by check.py and order2.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compare.kinks import stack_generators
+from ..reference import Reference
+
+__all__ = ["JACOBIAN_VIAS", "reference"]
+
+JACOBIAN_VIAS = ("functional.jacobian", "jacrev", "jacfwd")
+
+
+def reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, scale: float, failed: list,
+               generators: list | None = None, text: str = "reverse mode over the op graph") -> Reference:
+    """One reference per differentiated tensor: its gradient, or its products stacked (random
+    cotangents: ``(k, *shape)``; a Jacobian: ``(*out_shape, *shape)``)."""
+    def field(g, attr):
+        if g is None:
+            return np.zeros(shape)
+        t = getattr(g, attr)
+        return np.zeros(shape) if t is None else np.broadcast_to(t, g.shape).reshape(shape)
+
+    if how in JACOBIAN_VIAS:
+        full = out_shape + shape
+    elif how == "random-vjp":
+        full = (len(grads),) + shape
+    else:
+        full = shape
+
+    def stacked(attr):
+        t = field(grads[0], attr).reshape(full) if len(grads) == 1 else np.stack([field(g, attr) for g in grads]).reshape(full)
+        return t if scale == 1 else scale * t
+
+    v, e = stacked("v"), stacked("e")
+    banded = any(g is not None and g.lo is not None for g in grads)
+    lo, hi = (stacked("lo"), stacked("hi")) if banded else (0.0, 0.0)  # unbanded: no kink, no band
+    text = "0 (no path from it to the output)" if all(g is None for g in grads) else text
+    ref = Reference(name, v, text, rounding=e, verified=not failed)
+    if failed:
+        ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
+                    + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")
+    gens = stack_generators([[scale * g.reshape(full) for g in group] for group in generators or []], full)
+    if gens is not None:  # Note [Kink units]: the entrywise band spans every unit's sides, and more
+        lo = lo - np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0)
+        hi = hi + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0)
+        ref.kink_generators = gens
+    if np.any(lo) or np.any(hi):
+        ref.lower, ref.upper, ref.kink = v - lo, v + hi, (lo + hi) > 0
+    return ref
