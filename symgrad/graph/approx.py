@@ -24,11 +24,48 @@ structure and the exact values alone (the guide's "no allowance from the code un
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
 
-__all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "reduce_sum", "unbroadcast", "summation_factor"]
+__all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "reduce_sum", "unbroadcast", "summation_factor",
+           "accumulating", "accumulated"]
+
+# Note [Half-precision accumulation]
+# torch adds up float16 and bfloat16 in float32: its CPU reductions (sum, the sum inside mean,
+# cumsum) keep an accumulator of acc_type<Half/BFloat16> = float, its matrix products (cpublas's
+# gemm with an opmath accumulator, mkldnn's bf16 gemm) accumulate in float32, and each rounds once
+# to the half dtype when it stores the result.  So in a half check a sum of n terms (a ``reduce``
+# node, a contraction, the sum over a broadcast axis in a backward) is charged one rounding of its
+# result plus log2(n) roundings of float32 on its terms' sizes, in units of the checked eps
+# (``eps32 / eps``, 2**-16 in bfloat16) -- not log2(n) half roundings on its terms, which would
+# allow a sum that cancels (a softmax's gradient) tens of percent.  Sums torch does with rounded
+# additions stay at one half rounding per add: elementwise adds (``add``), gradients accumulated
+# over a tensor's uses, and index_add's scatter (``_vjp_select`` in rules.py, by summation_factor).
+# The engine sets the ratio for the duration of an evaluation (``accumulating``, from Ctx.dtype).
+_ACCUMULATION: contextvars.ContextVar = contextvars.ContextVar("symgrad_accumulation", default=None)
+EPS32 = 2.0**-23
+
+
+@contextlib.contextmanager
+def accumulating(dtype: str, eps: float):
+    """Within: sums and contractions accumulate as torch's kernels do in ``dtype`` (the Note)."""
+    token = _ACCUMULATION.set(EPS32 / eps if dtype in ("float16", "bfloat16") else None)
+    try:
+        yield
+    finally:
+        _ACCUMULATION.reset(token)
+
+
+def accumulated(roundings: float, terms, result):
+    """The rounding of a sum: ``roundings`` (log2 n, plus a product's own) on the terms' sizes
+    ``terms``; in a half check those in float32 and one half rounding of ``result`` (the Note)."""
+    ratio = _ACCUMULATION.get()
+    if ratio is None or not roundings:
+        return roundings * terms
+    return ratio * roundings * terms + np.abs(result)
 
 
 def summation_factor(n: int) -> float:
@@ -141,7 +178,7 @@ def einsum(spec: str, *ops: Approx) -> Approx:
     k = int(np.prod([sizes[ch] for ch in summed])) if summed else 1
     v = np.einsum(spec, *(o.v for o in ops), optimize=len(ops) > 2)
     absv = [np.abs(o.v) for o in ops]
-    e = (len(ops) - 1 + summation_factor(k)) * abs_einsum(spec, *absv)
+    e = accumulated(len(ops) - 1 + summation_factor(k), abs_einsum(spec, *absv), v)
     for i, o in enumerate(ops):
         if np.any(o.e):
             e = e + abs_einsum(spec, *(o.e if j == i else absv[j] for j in range(len(ops))))
@@ -177,7 +214,7 @@ def reduce_sum(a: Approx, axes: tuple, keepdims: bool = False) -> Approx:
     e = a.e.sum(axis=axes, keepdims=keepdims)
     f = summation_factor(n)
     if f:
-        e = e + f * np.abs(a.v).sum(axis=axes, keepdims=keepdims)
+        e = e + accumulated(f, np.abs(a.v).sum(axis=axes, keepdims=keepdims), v)
     if not a.banded:
         return Approx(v, e)
     return Approx(v, e, a.lo.sum(axis=axes, keepdims=keepdims), a.hi.sum(axis=axes, keepdims=keepdims))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .approx import Approx, add
+from .approx import Approx, accumulating, add
 from .ir import Graph
 from .rules import forward as forward_rule
 from .rules import jvp as jvp_rule
@@ -21,6 +21,11 @@ __all__ = ["forward", "backward", "tangent"]
 
 
 def forward(graph: Graph, ctx: Ctx) -> dict:
+    with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
+        return _forward(graph, ctx)
+
+
+def _forward(graph: Graph, ctx: Ctx) -> dict:
     values: dict = {}
     for node in graph.nodes:
         if node.kind == "leaf":
@@ -44,6 +49,11 @@ def _depends(graph: Graph, wrt: set) -> set:
 def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks: list | None = None) -> dict:
     """``seeds``: node -> cotangent (Approx); returns leaf node -> accumulated cotangent.  ``kinks``:
     a list that collects the kinked units instead of widening bands (``rules.vjp``)."""
+    with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
+        return _backward(graph, values, seeds, wrt, ctx, kinks)
+
+
+def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks: list | None) -> dict:
     live = _depends(graph, set(wrt))
     grads: dict = {}
     for node, g in seeds.items():
@@ -68,6 +78,11 @@ def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks
 
 def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
     """Forward mode: ``tangents`` maps leaf nodes to their tangents; returns the output's tangent."""
+    with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
+        return _tangent(graph, values, tangents, out, ctx)
+
+
+def _tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
     known = dict(tangents)
     for node in graph.nodes:
         if node.kind == "leaf" or node in known:
