@@ -85,6 +85,7 @@ EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16"
 HALF_ROUNDING_ULPS = 0.625
 HALF_VALUE_ROUNDINGS = 1.5
 HALF_DTYPES = ("float16", "bfloat16")
+HALF_SUBNORMAL_ROUNDINGS = 4.0
 
 
 def rounding_ulps(dtype: str) -> float:
@@ -95,6 +96,12 @@ def rounding_ulps(dtype: str) -> float:
 def value_roundings(dtype: str) -> float:
     """How many roundings of its own size every entry's bound counts at least."""
     return HALF_VALUE_ROUNDINGS if dtype in HALF_DTYPES else 1.0
+
+
+def subnormal_floor(dtype: str) -> float:
+    """float16's subnormals (below 6.1e-5, common in half-precision gradients) round on an absolute
+    spacing of 6e-8, not relative to their size: HALF_SUBNORMAL_ROUNDINGS of those per entry."""
+    return HALF_SUBNORMAL_ROUNDINGS * EPS[dtype] * TINY[dtype] if dtype in HALF_DTYPES else 0.0
 
 
 def format_index(name: str, index: tuple) -> str:
@@ -281,6 +288,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         rounding = np.maximum(np.where(np.isfinite(rounding), rounding, 0.0),
                               value_roundings(dtype) * np.abs(np.where(finite, e, 0.0)))
         allowed = allowed + rounding_ulps(dtype) * eps * rounding + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale
+        allowed = allowed + subnormal_floor(dtype)
     else:  # no per-entry bound: compare on the tensor's scale
         fallback = max(rtol, NO_BOUND_RTOL.get(dtype, 1e-7))
         allowed = allowed + max(fallback * scale, fallback * 1e-3) + NOISE_FACTOR * float(noise.max(initial=0.0))

@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 __all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "reduce_sum", "unbroadcast", "summation_factor",
-           "accumulating", "accumulated"]
+           "accumulating", "accumulated", "kernel"]
 
 # Note [Half-precision accumulation]
 # torch adds up float16 and bfloat16 in float32: its CPU reductions (sum, the sum inside mean,
@@ -53,6 +53,26 @@ EPS32 = 2.0**-23
 def accumulating(dtype: str, eps: float):
     """Within: sums and contractions accumulate as torch's kernels do in ``dtype`` (the Note)."""
     token = _ACCUMULATION.set(EPS32 / eps if dtype in ("float16", "bfloat16") else None)
+    try:
+        yield
+    finally:
+        _ACCUMULATION.reset(token)
+
+
+# CPU kernels that add up in the half dtype itself: col2im's overlapping patches of a transposed
+# convolution (every convolution is one ``aten.convolution`` node, so all of them), and the 3-d
+# adaptive average pool's running sum (measured: errors of 5-18 ulps where float32 accumulation gives
+# under one).  Within their nodes sums count as half roundings, log2(n) on the terms' sizes.
+HALF_ACCUMULATING = ("aten.convolution", "aten._adaptive_avg_pool3d", "aten.adaptive_avg_pool3d")
+
+
+@contextlib.contextmanager
+def kernel(origin: str):
+    """Within: the sums of the node from torch op ``origin`` (Note [Half-precision accumulation])."""
+    if _ACCUMULATION.get() is None or not (origin or "").startswith(HALF_ACCUMULATING):
+        yield
+        return
+    token = _ACCUMULATION.set(None)
     try:
         yield
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .approx import Approx, accumulating, add
+from .approx import Approx, accumulating, add, kernel
 from .ir import Graph
 from .rules import forward as forward_rule
 from .rules import jvp as jvp_rule
@@ -33,7 +33,8 @@ def _forward(graph: Graph, ctx: Ctx) -> dict:
             err = node.attrs.get("error", 0.0)
             values[node] = Approx(v, err * np.abs(v) if err else None)
         else:
-            values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
+            with kernel(node.origin):
+                values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
     return values
 
 
@@ -67,7 +68,9 @@ def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kink
         if not any(needed):
             continue
         args = [values[a] for a in node.args]
-        for a, ga in zip(node.args, vjp_rule(node, args, g, ctx, needed, kinks)):
+        with kernel(node.origin):
+            cotangents = vjp_rule(node, args, g, ctx, needed, kinks)
+        for a, ga in zip(node.args, cotangents):
             if ga is None or a not in live:
                 continue
             grads[a] = ga if a not in grads else add(grads[a], ga)
@@ -89,7 +92,8 @@ def _tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Appro
             continue
         ts = [known.get(a) for a in node.args]
         if any(t is not None for t in ts):
-            t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
+            with kernel(node.origin):
+                t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
             if t is not None:
                 known[node] = t
     return known.get(out)

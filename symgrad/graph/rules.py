@@ -269,7 +269,7 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
                 continue
             term = mul(_broadcast(evaluate(d, env, ctx), node.shape), _broadcast(t, node.shape))
             out = term if out is None else add(out, term)
-        return out
+        return _half_jvp_rounding(out, tangents, node.shape, ctx)
     if kind == "contract":
         out = None
         for i, t in enumerate(tangents):
@@ -285,6 +285,17 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
     if kind == "reduce":
         return _jvp_extreme(node, args[0], filled[0], ctx)
     raise NotImplementedError(f"no forward-mode rule for {kind} nodes ({node.origin or node.name})")
+
+
+def _half_jvp_rounding(out: Approx | None, tangents: list, shape: tuple, ctx: Ctx) -> Approx | None:
+    """In a half check, one more rounding on the sizes of all the argument tangents: torch's
+    forward-mode formulas of binary ops combine them before selecting (maximum's tangent is
+    ``t_other + mask * (t_self - t_other)``, rounded twice in the half dtype)."""
+    given = [t for t in tangents if t is not None]
+    if out is None or len(tangents) < 2 or ctx.dtype not in ("float16", "bfloat16"):
+        return out
+    size = sum(np.abs(_broadcast(t, shape).v) for t in given)
+    return Approx(out.v, out.e + size, *((out.lo, out.hi) if out.banded else ()))
 
 
 def _jvp_extreme(node: Node, a: Approx, t: Approx, ctx: Ctx) -> Approx:

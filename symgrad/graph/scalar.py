@@ -257,12 +257,15 @@ def _pow(expr, env, ctx, memo) -> Approx:
         roundings = 0 if k in (0, 1) else max(1, math.ceil(math.log2(abs(k)))) + (1 if k < 0 else 0)
         if k == -1:
             roundings = 1
+        if k < -1:
+            roundings = max(roundings, _half_power_roundings(k, ctx))
         return _with_band(v, np.abs(slope) * b.e + roundings * np.abs(v), slope, b)
     if exp.is_Number:
         k = float(exp)
         v = b.v**k
         slope = k * b.v ** (k - 1)
         ulps = 1.0 if k in (0.5, -0.5) else library_ulps(ctx)  # sqrt/rsqrt round once (correctly rounded)
+        ulps = max(ulps, _half_power_roundings(k, ctx))
         e = np.abs(slope) * b.e + (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
         return _with_band(v, e, slope, b)
     x = _eval(exp, env, ctx, memo)  # b ** x = exp(x log b)
@@ -274,6 +277,15 @@ def _pow(expr, env, ctx, memo) -> Approx:
         return Approx(v, e)
     width = d_b * b.band() + d_x * x.band()
     return Approx(v, e, width, width)
+
+
+def _half_power_roundings(k: float, ctx: Ctx) -> float:
+    """Roundings of ``x**k`` in a half check where torch's backward raises a rounded result to a
+    power: rsqrt's derivative ``-r**3 / 2`` and reciprocal's ``-r**2`` amplify the rounding of ``r``
+    ``|k|``-fold in the half dtype, on top of the power's own (Note [Half-precision allowance])."""
+    if ctx.dtype not in ("float16", "bfloat16") or k in (0.5, -0.5) or (k >= 0 and float(k).is_integer()):
+        return 0.0
+    return math.ceil(abs(k)) + 1.0
 
 
 def _as_piecewise(expr):
