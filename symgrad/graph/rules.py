@@ -147,7 +147,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
             if kinks is not None and local.banded and a.shape == node.shape:
                 _record_kinks(kinks, node.args[i], g, local)
                 local = Approx(local.v, local.e)
-            grads.append(unbroadcast(mul(g, local), a.shape))
+            grads.append(unbroadcast(_times_cotangent(g, local), a.shape))
         return grads
     if kind == "contract":
         return _vjp_contract(node.attrs["spec"], args, g, needed)
@@ -162,6 +162,19 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
     if kind == "linalg":
         return linalg.vjp(node.attrs["op"], args, linalg.forward(node.attrs["op"], args), g, needed)
     raise ValueError(f"no vjp rule for node kind {kind!r}")
+
+
+def _times_cotangent(g: Approx, local: Approx) -> Approx:
+    """``g * local``, where an exactly zero cotangent (the branch ``where`` did not take) times an
+    infinite local derivative or bound (``exp(800)`` in softplus' unused branch) is 0, not NaN: the
+    derivative of what was computed does not depend on the branch left out."""
+    out = mul(g, local)
+    with np.errstate(invalid="ignore"):
+        masked = (g.v == 0) & ~(g.e > 0) & ~(np.isfinite(local.v) & np.isfinite(local.e))
+    if not np.any(masked):
+        return out
+    v, e = np.where(masked, 0.0, out.v), np.where(masked, 0.0, out.e)
+    return Approx(v, e, *((np.where(masked, 0.0, out.lo), np.where(masked, 0.0, out.hi)) if out.banded else ()))
 
 
 def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
