@@ -63,7 +63,7 @@ def accumulating(dtype: str, eps: float):
 # convolution (every convolution is one ``aten.convolution`` node, so all of them), and the 3-d
 # adaptive average pool's running sum (measured: errors of 5-18 ulps where float32 accumulation gives
 # under one).  Within their nodes sums count as half roundings, log2(n) on the terms' sizes.
-HALF_ACCUMULATING = ("aten.convolution", "aten._adaptive_avg_pool3d", "aten.adaptive_avg_pool3d")
+HALF_ACCUMULATING = ("aten.convolution", "aten._adaptive_avg_pool3d", "aten.adaptive_avg_pool3d", "aten._trilinear")
 
 
 @contextlib.contextmanager
