@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import symgrad as sg
-from symgrad.compare.compare import rounding_ulps, subnormal_floor, value_roundings
+from symgrad.compare.half import rounding_ulps, subnormal_floor, value_roundings
 from symgrad.graph.approx import Approx, accumulating, reduce_sum
 from symgrad.testing_ops import scaled
 
@@ -84,7 +84,7 @@ def test_float16_subnormal_product(monkeypatch, floor, passes):
     """The op table's product of 20 entries is a float16 subnormal (1.9e-6): its rounding is absolute."""
     import importlib
 
-    compare = importlib.import_module("symgrad.compare.compare")
+    compare = importlib.import_module("symgrad.compare.half")
     from symgrad.graph.optable import as_function, cases
 
     if floor is not None:

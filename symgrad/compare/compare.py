@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..reference import Reference
+from .half import ROUNDING_ULPS, rounding_ulps, subnormal_floor, value_roundings
 from .kinks import fit as joint_fit
 
-__all__ = ["Record", "WorstEntry", "ulp", "compare", "compare_all", "DEFAULT_RTOL", "NO_BOUND_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index",
-           "rounding_ulps", "value_roundings", "HALF_DTYPES"]
+__all__ = ["Record", "WorstEntry", "ulp", "compare", "compare_all", "DEFAULT_RTOL", "NO_BOUND_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
 
 # No fixed relative floor (issue 13 item 2): the default rtol is 0 and every allowance comes from
 # the rounding bound.  DEFAULT_RTOL is kept for callers that import it: all zeros.
@@ -60,48 +60,8 @@ NO_BOUND_RTOL = {"float64": 1e-7, "float32": 1e-5, "float16": 2e-3, "bfloat16": 
 # allowance is wider than this are named in the record's note.
 RESOLUTION = {"float64": 1e-6, "float32": 1e-3, "float16": 1e-2, "bfloat16": 1e-1}
 NOISE_FACTOR = 8.0
-ROUNDING_ULPS = 4.0
 FLOOR_ULPS = 1e-3
 EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
-
-
-# Note [Half-precision allowance]
-# torch computes float16 and bfloat16 in float32 inside each kernel and rounds once, to nearest,
-# when it stores the result (CPU kernels convert to their opmath type, float; CUDA's likewise):
-# a correct half computation errs by at most one unit roundoff u = eps/2 per kernel it runs, plus
-# float32 noise 2**16 (bfloat16) or 2**13 (float16) times smaller.  The rounding bound counts one
-# rounding per operation of the closed form (Note [Rounding bound] in symgrad/lower/codegen.py,
-# Note [Approx arithmetic] in symgrad/graph/approx.py), and a fused kernel (tanh_backward, gelu_backward,
-# softmax) is several operations there: counting is an upper bound on torch's roundings.  So in half
-# precision each counted rounding is allowed HALF_ROUNDING_ULPS = 5/8 of an eps (1.25 u: u itself
-# and a quarter for second-order terms, (1 + u)**k - 1 - k u <= k (k - 1) u**2 / 2, a quarter of k u
-# up to k = 33 roundings in bfloat16) instead of ROUNDING_ULPS = 4, which in half precision would
-# allow 8 roundings per counted one (3 % in bfloat16) and hide a 1 % bug.  Sums and matrix products
-# accumulate in float32 (Note [Half-precision accumulation] in symgrad/graph/approx.py).  An entry
-# is allowed at least HALF_VALUE_ROUNDINGS roundings of its own value (torch rounds even a
-# derivative the algebra simplified to a constant through its kernels), no more: at 1.5 (1.9 u, 0.73 %
-# in bfloat16) a gradient off by 1 % still fails wherever torch's own error is below 0.27 %.
-# In float32 and float64 the factor stays 4: there it costs nothing measurable.
-HALF_ROUNDING_ULPS = 0.625
-HALF_VALUE_ROUNDINGS = 1.5
-HALF_DTYPES = ("float16", "bfloat16")
-HALF_SUBNORMAL_ROUNDINGS = 4.0
-
-
-def rounding_ulps(dtype: str) -> float:
-    """Units of eps allowed per counted rounding of the bound (Note [Half-precision allowance])."""
-    return HALF_ROUNDING_ULPS if dtype in HALF_DTYPES else ROUNDING_ULPS
-
-
-def value_roundings(dtype: str) -> float:
-    """How many roundings of its own size every entry's bound counts at least."""
-    return HALF_VALUE_ROUNDINGS if dtype in HALF_DTYPES else 1.0
-
-
-def subnormal_floor(dtype: str) -> float:
-    """float16's subnormals (below 6.1e-5, common in half-precision gradients) round on an absolute
-    spacing of 6e-8, not relative to their size: HALF_SUBNORMAL_ROUNDINGS of those per entry."""
-    return HALF_SUBNORMAL_ROUNDINGS * EPS[dtype] * TINY[dtype] if dtype in HALF_DTYPES else 0.0
 
 
 def format_index(name: str, index: tuple) -> str:
