@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..reference import Reference
+from .half import ROUNDING_ULPS, rounding_ulps, subnormal_floor, value_roundings
 from .kinks import fit as joint_fit
 
 __all__ = ["Record", "WorstEntry", "ulp", "compare", "compare_all", "DEFAULT_RTOL", "NO_BOUND_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
@@ -59,7 +60,6 @@ NO_BOUND_RTOL = {"float64": 1e-7, "float32": 1e-5, "float16": 2e-3, "bfloat16": 
 # allowance is wider than this are named in the record's note.
 RESOLUTION = {"float64": 1e-6, "float32": 1e-3, "float16": 1e-2, "bfloat16": 1e-1}
 NOISE_FACTOR = 8.0
-ROUNDING_ULPS = 4.0
 FLOOR_ULPS = 1e-3
 EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
@@ -261,8 +261,9 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
             rounding = np.where(np.isfinite(rounding), rounding, 0.0)
         # at least one rounding of the value itself: torch computes even a derivative the algebra
         # simplified to an exact constant (log(exp(x)) -> 1) through rounded operations
-        rounding = np.maximum(rounding, abs_e_finite)
-        allowed = allowed + ROUNDING_ULPS * eps * rounding + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale
+        rounding = np.maximum(rounding, value_roundings(dtype) * abs_e_finite)
+        allowed = allowed + rounding_ulps(dtype) * eps * rounding + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale
+        allowed = allowed + subnormal_floor(dtype)
     else:  # no per-entry bound: compare on the tensor's scale
         fallback = max(rtol, NO_BOUND_RTOL.get(dtype, 1e-7))
         allowed = allowed + max(fallback * scale, fallback * 1e-3) + NOISE_FACTOR * float(np.max(noise, initial=0.0))
@@ -290,7 +291,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         band_tol = allowed + rtol * np.maximum(np.abs(lo), np.abs(hi))
         if ref.kink_rounding is not None and ref.rounding is not None:
             extra = np.asarray(ref.kink_rounding, np.float64).reshape(e.shape) - rounding
-            band_tol = band_tol + ROUNDING_ULPS * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)
+            band_tol = band_tol + rounding_ulps(dtype) * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)
         in_band = (a >= lo - band_tol) & (a <= hi + band_tol)
         ok_kink = in_band
         if ref.kink_generators is not None and in_band[kink].all():

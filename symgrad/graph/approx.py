@@ -24,6 +24,8 @@ structure and the exact values alone (the guide's "no allowance from the code un
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,7 +34,7 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "dot", "reduce_sum", "unbroadcast", "summation_factor",
-           "rounded", "rounded_constant"]
+           "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
 # (value, own rounding bound in units of eps) -> the value moved by one random-signed rounding.
@@ -49,6 +51,60 @@ def rounded_constant(key, v, own):
     """A constant's representation error: one random sign per constant and rerun, shared by every
     use (the same rounded constant is used everywhere)."""
     return v if _PERTURB is None else _PERTURB(v, own, key)
+
+# Note [Half-precision accumulation]
+# torch adds up float16 and bfloat16 in float32: its CPU reductions (sum, the sum inside mean,
+# cumsum) keep an accumulator of acc_type<Half/BFloat16> = float, its matrix products (cpublas's
+# gemm with an opmath accumulator, mkldnn's bf16 gemm) accumulate in float32, and each rounds once
+# to the half dtype when it stores the result.  So in a half check a sum of n terms (a ``reduce``
+# node, a contraction, the sum over a broadcast axis in a backward) is charged one rounding of its
+# result plus log2(n) roundings of float32 on its terms' sizes, in units of the checked eps
+# (``eps32 / eps``, 2**-16 in bfloat16) -- not log2(n) half roundings on its terms, which would
+# allow a sum that cancels (a softmax's gradient) tens of percent.  Sums torch does with rounded
+# additions stay at one half rounding per add: elementwise adds (``add``), gradients accumulated
+# over a tensor's uses, and index_add's scatter (``_vjp_select`` in rules.py, by summation_factor).
+# The engine sets the ratio for the duration of an evaluation (``accumulating``, from Ctx.dtype).
+_ACCUMULATION: contextvars.ContextVar = contextvars.ContextVar("symgrad_accumulation", default=None)
+EPS32 = 2.0**-23
+
+
+@contextlib.contextmanager
+def accumulating(dtype: str, eps: float):
+    """Within: sums and contractions accumulate as torch's kernels do in ``dtype`` (the Note)."""
+    token = _ACCUMULATION.set(EPS32 / eps if dtype in ("float16", "bfloat16") else None)
+    try:
+        yield
+    finally:
+        _ACCUMULATION.reset(token)
+
+
+# CPU kernels that add up in the half dtype itself: col2im's overlapping patches of a transposed
+# convolution (every convolution is one ``aten.convolution`` node, so all of them), and the 3-d
+# adaptive average pool's running sum (measured: errors of 5-18 ulps where float32 accumulation gives
+# under one).  Within their nodes sums count as half roundings, log2(n) on the terms' sizes.
+HALF_ACCUMULATING = ("aten.convolution", "aten._adaptive_avg_pool3d", "aten.adaptive_avg_pool3d", "aten._trilinear")
+
+
+@contextlib.contextmanager
+def kernel(origin: str):
+    """Within: the sums of the node from torch op ``origin`` (Note [Half-precision accumulation])."""
+    if _ACCUMULATION.get() is None or not (origin or "").startswith(HALF_ACCUMULATING):
+        yield
+        return
+    token = _ACCUMULATION.set(None)
+    try:
+        yield
+    finally:
+        _ACCUMULATION.reset(token)
+
+
+def accumulated(roundings: float, terms, result):
+    """The rounding of a sum: ``roundings`` (log2 n, plus a product's own) on the terms' sizes
+    ``terms``; in a half check those in float32 and one half rounding of ``result`` (the Note)."""
+    ratio = _ACCUMULATION.get()
+    if ratio is None or not roundings:
+        return roundings * terms
+    return ratio * roundings * terms + np.abs(result)
 
 
 def summation_factor(n: int) -> float:
@@ -239,9 +295,9 @@ def einsum(spec: str, *ops: Approx) -> Approx:
     absv = [np.abs(o.v) for o in ops]
     c = len(ops) - 1 + summation_factor(k)
     if _PERTURB is not None:  # a statistical rerun: the contraction's own rounding, on its own
-        v = rounded(v, c * abs_einsum(spec, *absv))
+        v = rounded(v, accumulated(c, abs_einsum(spec, *absv), v))
     errs = [i for i, o in enumerate(ops) if np.any(o.e)]
-    if len(ops) == 2 and errs:
+    if len(ops) == 2 and errs and _ACCUMULATION.get() is None:
         # bilinear: c |A|.|B| + |A|.e_B = |A|.(c |B| + e_B) (or (c |A| + e_A).|B|), one contraction
         # fewer for the same bound
         if errs[-1] == 1:
@@ -250,7 +306,7 @@ def einsum(spec: str, *ops: Approx) -> Approx:
             e = abs_einsum(spec, c * absv[0] + ops[0].e, absv[1])
         errs = errs[:-1]
     else:
-        e = c * abs_einsum(spec, *absv)
+        e = accumulated(c, abs_einsum(spec, *absv), v)
     for i in errs:
         e = e + abs_einsum(spec, *(ops[i].e if j == i else absv[j] for j in range(len(ops))))
     if not any(o.banded for o in ops):
@@ -285,7 +341,7 @@ def reduce_sum(a: Approx, axes: tuple, keepdims: bool = False) -> Approx:
     e = a.e.sum(axis=axes, keepdims=keepdims)
     f = summation_factor(n)
     if f:
-        own = f * np.abs(a.v).sum(axis=axes, keepdims=keepdims)
+        own = accumulated(f, np.abs(a.v).sum(axis=axes, keepdims=keepdims), v)
         v, e = rounded(v, own), e + own
     if not a.banded:
         return Approx(v, e)

@@ -19,7 +19,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..compare.compare import ROUNDING_ULPS, compare, compare_all
+from ..compare.compare import compare, compare_all
+from ..compare.half import rounding_ulps
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
 from ..reference import Reference
@@ -260,8 +261,8 @@ def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how,
             continue
         s = _reference(ref.name, [Approx(sg[node]) if sg.get(node) is not None else None for sg in sigma],
                        tuple(st.leaves[ref.name].shape), out_shape, how, scale, []).value
-        # the compare charges ROUNDING_ULPS units per unit of the bound: LAMBDA sigma in all
-        stat = montecarlo.LAMBDA * np.abs(s) / ROUNDING_ULPS
+        # the compare charges rounding_ulps(dtype) units of eps per unit of the bound: LAMBDA sigma in all
+        stat = montecarlo.LAMBDA * np.abs(s) / rounding_ulps(st.dtype)
         worst = np.asarray(ref.rounding, np.float64)
         tighter = np.isfinite(stat) & (stat < worst)
         ref.rounding = np.where(tighter, stat, worst)
@@ -275,7 +276,7 @@ def _note_resolution(rec, ref, dtype: str) -> None:
     rounding of their kink) can allow a percent -- a bug below that passes unseen."""
     eps = EPS.get(dtype, 2.0**-52)
     value = np.abs(np.asarray(ref.value, np.float64))
-    width = 4 * eps * np.abs(np.asarray(ref.rounding, np.float64))
+    width = rounding_ulps(dtype) * eps * np.abs(np.asarray(ref.rounding, np.float64))
     if ref.lower is not None:
         width = width + np.asarray(ref.upper, np.float64) - np.asarray(ref.lower, np.float64)
     mask = value > 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .approx import Approx, add, rounded
+from .approx import Approx, accumulating, add, kernel, rounded
 from .ir import Graph
 from .rules import forward as forward_rule
 from .rules import jvp as jvp_rule
@@ -21,6 +21,11 @@ __all__ = ["forward", "backward", "tangent"]
 
 
 def forward(graph: Graph, ctx: Ctx) -> dict:
+    with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
+        return _forward(graph, ctx)
+
+
+def _forward(graph: Graph, ctx: Ctx) -> dict:
     values: dict = {}
     for node in graph.nodes:
         if node.kind == "leaf":
@@ -28,7 +33,8 @@ def forward(graph: Graph, ctx: Ctx) -> dict:
             err = node.attrs.get("error", 0.0)
             values[node] = Approx(rounded(v, err * np.abs(v)) if err else v, err * np.abs(v) if err else None)
         else:
-            values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
+            with kernel(node.origin):
+                values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
     return values
 
 
@@ -44,6 +50,11 @@ def _depends(graph: Graph, wrt: set) -> set:
 def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks: list | None = None) -> dict:
     """``seeds``: node -> cotangent (Approx); returns leaf node -> accumulated cotangent.  ``kinks``:
     a list that collects the kinked units instead of widening bands (``rules.vjp``)."""
+    with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
+        return _backward(graph, values, seeds, wrt, ctx, kinks)
+
+
+def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks: list | None) -> dict:
     live = _depends(graph, set(wrt))
     grads: dict = {}
     for node, g in seeds.items():
@@ -57,7 +68,9 @@ def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks
         if not any(needed):
             continue
         args = [values[a] for a in node.args]
-        for a, ga in zip(node.args, vjp_rule(node, args, g, ctx, needed, kinks)):
+        with kernel(node.origin):
+            cotangents = vjp_rule(node, args, g, ctx, needed, kinks)
+        for a, ga in zip(node.args, cotangents):
             if ga is None or a not in live:
                 continue
             grads[a] = ga if a not in grads else add(grads[a], ga)
@@ -68,13 +81,19 @@ def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks
 
 def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
     """Forward mode: ``tangents`` maps leaf nodes to their tangents; returns the output's tangent."""
+    with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
+        return _tangent(graph, values, tangents, out, ctx)
+
+
+def _tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
     known = dict(tangents)
     for node in graph.nodes:
         if node.kind == "leaf" or node in known:
             continue
         ts = [known.get(a) for a in node.args]
         if any(t is not None for t in ts):
-            t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
+            with kernel(node.origin):
+                t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
             if t is not None:
                 known[node] = t
     return known.get(out)

@@ -18,10 +18,11 @@ __all__ = ["expm1", "log1p", "sigmoid", "DEFINITIONS"]
 
 
 class expm1(sp.Function):  # noqa: N801 - named as torch names it
-    """exp(x) - 1, computed without cancellation."""
+    """exp(x) - 1, computed without cancellation; its derivative in the form torch's backward uses,
+    ``result + 1`` (the rounded result's error grows by |y / (y + 1)| there, below x = -1 a lot)."""
 
     def fdiff(self, argindex=1):
-        return sp.exp(self.args[0])
+        return expm1(self.args[0]) + 1
 
 
 class log1p(sp.Function):  # noqa: N801
@@ -53,7 +54,7 @@ DEFINITIONS = {
 }
 
 FUNCTIONS.update({
-    expm1: (np.expm1, np.exp),
+    expm1: (np.expm1, np.exp),  # (the slope of the function itself, for its arguments' errors)
     log1p: (np.log1p, lambda x: 1 / (1 + x)),
     sigmoid: (_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x)),
 })

@@ -43,7 +43,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..compare.compare import EPS, RESOLUTION, ROUNDING_ULPS
+from ..compare.compare import EPS, RESOLUTION
+from ..compare.half import rounding_ulps
 from . import approx
 from .approx import Approx
 from .engine import backward, forward
@@ -90,7 +91,7 @@ def wanted(graph, dtype: str, refs) -> bool:
         if rounding is None or value.size == 0:
             continue
         mask = value > 0
-        coarse = WEAK * RESOLUTION.get(dtype, 1e-3) / (ROUNDING_ULPS * EPS.get(dtype, 2.0**-23))
+        coarse = WEAK * RESOLUTION.get(dtype, 1e-3) / (rounding_ulps(dtype) * EPS.get(dtype, 2.0**-23))
         if mask.any() and float(np.median(rounding[mask] / value[mask])) > coarse:
             return True
     return False

@@ -147,7 +147,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
             if kinks is not None and local.banded and a.shape == node.shape:
                 _record_kinks(kinks, node.args[i], g, local)
                 local = Approx(local.v, local.e)
-            grads.append(unbroadcast(mul(g, local), a.shape))
+            grads.append(unbroadcast(_times_cotangent(g, local), a.shape))
         return grads
     if kind == "contract":
         return _vjp_contract(node.attrs["spec"], args, g, needed)
@@ -162,6 +162,19 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
     if kind == "linalg":
         return linalg.vjp(node.attrs["op"], args, linalg.forward(node.attrs["op"], args), g, needed)
     raise ValueError(f"no vjp rule for node kind {kind!r}")
+
+
+def _times_cotangent(g: Approx, local: Approx) -> Approx:
+    """``g * local``, where an exactly zero cotangent (the branch ``where`` did not take) times an
+    infinite local derivative or bound (``exp(800)`` in softplus' unused branch) is 0, not NaN: the
+    derivative of what was computed does not depend on the branch left out."""
+    out = mul(g, local)
+    with np.errstate(invalid="ignore"):
+        masked = (g.v == 0) & ~(g.e > 0) & ~(np.isfinite(local.v) & np.isfinite(local.e))
+    if not np.any(masked):
+        return out
+    v, e = np.where(masked, 0.0, out.v), np.where(masked, 0.0, out.e)
+    return Approx(v, e, *((np.where(masked, 0.0, out.lo), np.where(masked, 0.0, out.hi)) if out.banded else ()))
 
 
 def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
@@ -271,7 +284,7 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
                 continue
             term = mul(_broadcast(evaluate(d, env, ctx), node.shape), _broadcast(t, node.shape))
             out = term if out is None else add(out, term)
-        return out
+        return _half_jvp_rounding(out, tangents, node.shape, ctx)
     if kind == "contract":
         out = None
         for i, t in enumerate(tangents):
@@ -287,6 +300,17 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
     if kind == "reduce":
         return _jvp_extreme(node, args[0], filled[0], ctx)
     raise NotImplementedError(f"no forward-mode rule for {kind} nodes ({node.origin or node.name})")
+
+
+def _half_jvp_rounding(out: Approx | None, tangents: list, shape: tuple, ctx: Ctx) -> Approx | None:
+    """In a half check, one more rounding on the sizes of all the argument tangents: torch's
+    forward-mode formulas of binary ops combine them before selecting (maximum's tangent is
+    ``t_other + mask * (t_self - t_other)``, rounded twice in the half dtype)."""
+    given = [t for t in tangents if t is not None]
+    if out is None or len(tangents) < 2 or ctx.dtype not in ("float16", "bfloat16"):
+        return out
+    size = sum(np.abs(_broadcast(t, shape).v) for t in given)
+    return Approx(out.v, out.e + size, *((out.lo, out.hi) if out.banded else ()))
 
 
 def _jvp_extreme(node: Node, a: Approx, t: Approx, ctx: Ctx) -> Approx:

@@ -40,6 +40,14 @@ KINK_ULPS = 4.0
 # rounding; in float32 it is below an ulp.  A backward of digamma off by more still fails.
 KERNEL_REL = {0: 1e-11, 1: 1e-9}
 TRANSCENDENTAL_ULPS = 2.0  # one library function call: torch's vectorised kernels err by <= 1 ulp on CPU, CUDA's by <= 2
+# in float16/bfloat16 the function runs in float32 and its result is rounded once: one rounding
+# (Note [Half-precision allowance] in symgrad/compare/compare.py)
+HALF_TRANSCENDENTAL_ULPS = 1.0
+
+
+def library_ulps(ctx: "Ctx") -> float:
+    """Roundings charged for one library function call in ``ctx``'s dtype."""
+    return HALF_TRANSCENDENTAL_ULPS if ctx.dtype in ("float16", "bfloat16") else TRANSCENDENTAL_ULPS
 
 
 @dataclass(frozen=True)
@@ -196,7 +204,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
     if isinstance(expr, sp.polygamma):
         n = int(expr.args[0])
         fn, dfn = _polygamma(n)
-        out = _apply(fn, dfn, _eval(expr.args[1], env, ctx, memo), rooted=True)
+        out = _apply(fn, dfn, _eval(expr.args[1], env, ctx, memo), rooted=True, ulps=library_ulps(ctx))
         rel = KERNEL_REL.get(n, 0.0)  # Note [Kernels less accurate than their dtype]
         own = rel / ctx.eps * np.abs(out.v)
         return Approx(rounded(out.v, own), out.e + own, out.lo, out.hi) if rel else out
@@ -204,15 +212,16 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         y, x = (_eval(a, env, ctx, memo) for a in expr.args)
         v = np.arctan2(y.v, x.v)
         r2 = x.v**2 + y.v**2
-        e = (np.abs(x.v) * y.e + np.abs(y.v) * x.e) / r2 + TRANSCENDENTAL_ULPS * np.abs(v)
-        v = rounded(v, TRANSCENDENTAL_ULPS * np.abs(v))
+        e = (np.abs(x.v) * y.e + np.abs(y.v) * x.e) / r2 + library_ulps(ctx) * np.abs(v)
+        v = rounded(v, library_ulps(ctx) * np.abs(v))
         if not (x.banded or y.banded):
             return Approx(v, e)
         width = (np.abs(x.v) * y.band() + np.abs(y.v) * x.band()) / r2
         return Approx(v, e, width, width)
     fn = FUNCTIONS.get(expr.func)
     if fn is not None and len(expr.args) == 1:
-        return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo), rooted=expr.func in _ROOTED)
+        return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo), rooted=expr.func in _ROOTED,
+                      ulps=library_ulps(ctx))
     if isinstance(expr, (sp.Abs, sp.sign, sp.Max, sp.Min, sp.Heaviside)):
         return _eval(_as_piecewise(expr), env, ctx, memo)
     raise NotImplementedError(f"the scalar evaluator has no rule for {expr.func.__name__} (in {sp.sstr(expr)[:80]})")
@@ -223,15 +232,15 @@ def _power_of_two(c) -> bool:
     return f != 0 and math.isfinite(f) and math.frexp(f)[0] == 0.5
 
 
-def _apply(fn, dfn, a: Approx, rooted: bool = False) -> Approx:
+def _apply(fn, dfn, a: Approx, rooted: bool = False, ulps: float = TRANSCENDENTAL_ULPS) -> Approx:
     """``fn(a)``: its argument's error through the slope, plus the kernel's own rounding.  A special
     function whose kernel is not accurate relative to a small result (``rooted``: lgamma near 1 and
     2, digamma near 1.46, erfinv) is charged on the size of its terms, ``|x f'(x)|``, as well."""
     v = np.asarray(fn(a.v), np.float64)
     slope = np.asarray(dfn(a.v), np.float64)
     size = np.abs(v) + (np.abs(a.v * slope) if rooted else 0.0)
-    e = np.abs(slope) * a.e + TRANSCENDENTAL_ULPS * size
-    return _with_band(rounded(v, TRANSCENDENTAL_ULPS * size), e, slope, a)
+    e = np.abs(slope) * a.e + ulps * size
+    return _with_band(rounded(v, ulps * size), e, slope, a)
 
 
 def _with_band(v, e, slope, a: Approx) -> Approx:
@@ -251,24 +260,36 @@ def _pow(expr, env, ctx, memo) -> Approx:
         roundings = 0 if k in (0, 1) else max(1, math.ceil(math.log2(abs(k)))) + (1 if k < 0 else 0)
         if k == -1:
             roundings = 1
+        if k < -1:
+            roundings = max(roundings, _half_power_roundings(k, ctx))
         return _with_band(rounded(v, roundings * np.abs(v)), np.abs(slope) * b.e + roundings * np.abs(v), slope, b)
     if exp.is_Number:
         k = float(exp)
         v = b.v**k
         slope = k * b.v ** (k - 1)
-        ulps = 1.0 if k in (0.5, -0.5) else TRANSCENDENTAL_ULPS  # sqrt/rsqrt round once (correctly rounded)
+        ulps = 1.0 if k in (0.5, -0.5) else library_ulps(ctx)  # sqrt/rsqrt round once (correctly rounded)
+        ulps = max(ulps, _half_power_roundings(k, ctx))
         own = (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
         return _with_band(rounded(v, own), np.abs(slope) * b.e + own, slope, b)
     x = _eval(exp, env, ctx, memo)  # b ** x = exp(x log b)
     v = b.v**x.v
     d_b = np.abs(x.v * b.v ** (x.v - 1))
     d_x = np.abs(v * np.log(np.where(b.v > 0, b.v, 1.0)))
-    e = d_b * b.e + d_x * x.e + TRANSCENDENTAL_ULPS * np.abs(v)
-    v = rounded(v, TRANSCENDENTAL_ULPS * np.abs(v))
+    e = d_b * b.e + d_x * x.e + library_ulps(ctx) * np.abs(v)
+    v = rounded(v, library_ulps(ctx) * np.abs(v))
     if not (b.banded or x.banded):
         return Approx(v, e)
     width = d_b * b.band() + d_x * x.band()
     return Approx(v, e, width, width)
+
+
+def _half_power_roundings(k: float, ctx: Ctx) -> float:
+    """Roundings of ``x**k`` in a half check where torch's backward raises a rounded result to a
+    power: rsqrt's derivative ``-r**3 / 2`` and reciprocal's ``-r**2`` amplify the rounding of ``r``
+    ``|k|``-fold in the half dtype, on top of the power's own (Note [Half-precision allowance])."""
+    if ctx.dtype not in ("float16", "bfloat16") or k in (0.5, -0.5) or (k >= 0 and float(k).is_integer()):
+        return 0.0
+    return math.ceil(abs(k)) + 1.0
 
 
 def _as_piecewise(expr):

@@ -27,6 +27,15 @@ is off by 3.6e-7, relative: its 1/alpha is rounded to float32); the op table nam
 (``Op.float32_reciprocals``) and those constants carry ``_KF |c|`` units in every dtype.
 Exponents that are numbers (x**2, sqrt), e and pi are exact, and so is scaling by a power of two
 (-1 included: a - b rounds once).
+
+# Note [Chained operations in half precision]
+A product of k rounded factors counts one rounding, and a sum of n terms log2(n) on their sizes:
+torch's a*b*c rounds twice, but in float32 and float64 the allowance's factor of 4 covers it.  In
+float16 and bfloat16 each counted rounding is allowed little more than one (Note [Half-precision
+allowance] in symgrad/compare/compare.py), so there (``_M = 1``) a product counts k - 1 roundings
+and a sum of three or four terms n - 1 (elementwise ``a + b + c`` is two rounded additions).  A
+longer sum is a reduction, which torch accumulates in float32 (one rounding, far below the
+log2(n) still counted).
 """
 
 from __future__ import annotations
@@ -303,7 +312,10 @@ class _Emitter(LogisticTerms):
             if len(args) == 2:  # one correctly rounded addition
                 return _joined(errs + [own], "+")
             sizes = _joined([f"np.abs({self.value(a)})" for a in args], "+")
-            return _joined(errs + [f"{math.log2(len(args))!r}*{sizes}"], "+")
+            count = f"{math.log2(len(args))!r}"
+            if len(args) <= 4:  # Note [Chained operations in half precision]
+                count = f"({count} + _M*{len(args) - 1 - math.log2(len(args))!r})"
+            return _joined(errs + [f"{count}*{sizes}"], "+")
         if kind == "Mul":
             terms = []
             vals = [self.value(a) for a in args]
@@ -313,7 +325,10 @@ class _Emitter(LogisticTerms):
                     others = [v for j, v in enumerate(vals) if j != i]
                     terms.append(f"np.abs({_joined(others, '*')})*{err}")
             # scaling by a power of two (-1 included) is exact: a - b is a + (-1)*b, rounded once
-            exact = sum(1 for a in args if not _power_of_two(a)) <= 1
+            rounded = sum(1 for a in args if not _power_of_two(a))
+            exact = rounded <= 1
+            if rounded > 2:  # Note [Chained operations in half precision]: a b c rounds twice
+                own = f"(1 + _M*{rounded - 2})*{own}"
             return _joined(terms if exact else terms + [own], "+") if terms or not exact else "0"
         if kind == "Piecewise":
             pairs = [f"({self.value(args[i + 1])}, {self.error_of(args[i])})" for i in range(0, len(args), 2)]
@@ -378,7 +393,7 @@ class _Inline:
 
 
 def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[str, list[str]]:
-    """The source of ``_lowered(_A, _rel, _with_magnitudes, _K, _KF)`` and the relationals' texts.
+    """The source of ``_lowered(_A, _rel, _with_magnitudes, _K, _KF, _M)`` and the relationals' texts.
 
     ``_lowered`` returns ``(values, error bounds or None, gap error bounds or None)``: one value
     and bound per expression of ``reduced``, one gap bound per relational ``_rel(k, ...)``.
@@ -401,7 +416,7 @@ def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[
                      for r in reduced]
     # _Inline may have emitted value lines while the errors were written: they go before the errors
     extra = em.value_lines[n_value_lines:]
-    lines = ["def _lowered(_A, _rel, _with_magnitudes, _K=0.0, _KF=0.0):"]
+    lines = ["def _lowered(_A, _rel, _with_magnitudes, _K=0.0, _KF=0.0, _M=0.0):"]
     lines += em.value_lines[:n_value_lines]
     lines.append("    _values = [" + ", ".join(results) + "]")
     lines.append("    if not _with_magnitudes:")

@@ -46,11 +46,12 @@ CONSTANT_REL = 2.0**-24
 
 
 def _constant_units(kink_eps: float) -> tuple:
-    """(_K, _KF) of Note [Rounding bound] in codegen.py: units of roundoff of the checked dtype per
+    """(_K, _KF, _M) of Note [Rounding bound] in codegen.py: units of roundoff of the checked dtype per
     unit of a constant float32 cannot hold, for every such constant (only where torch rounds its
-    scalars to the checked dtype, i.e. below float64) and for the op table's float32 parameters."""
+    scalars to the checked dtype, i.e. below float64) and for the op table's float32 parameters;
+    and 1 in half precision (Note [Chained operations in half precision])."""
     units = CONSTANT_REL / kink_eps
-    return (units if kink_eps > 1e-10 else 0.0), units
+    return (units if kink_eps > 1e-10 else 0.0), units, (1.0 if kink_eps > 1e-4 else 0.0)
 
 
 def high_precision():

@@ -1,0 +1,50 @@
+"""The allowance of float16 and bfloat16 checks (issue 11 item 5): see the Note below."""
+
+from __future__ import annotations
+
+__all__ = ["ROUNDING_ULPS", "rounding_ulps", "value_roundings", "subnormal_floor", "HALF_DTYPES", "HALF_ROUNDING_ULPS",
+           "HALF_VALUE_ROUNDINGS", "HALF_SUBNORMAL_ROUNDINGS"]
+
+ROUNDING_ULPS = 4.0  # float32 and float64: units of eps per counted rounding (Note [Tolerances] in compare.py)
+
+# Note [Half-precision allowance]
+# torch computes float16 and bfloat16 in float32 inside each kernel and rounds once, to nearest,
+# when it stores the result (CPU kernels convert to their opmath type, float; CUDA's likewise):
+# a correct half computation errs by at most one unit roundoff u = eps/2 per kernel it runs, plus
+# float32 noise 2**16 (bfloat16) or 2**13 (float16) times smaller.  The rounding bound counts one
+# rounding per operation of the closed form (Note [Rounding bound] in symgrad/lower/codegen.py,
+# Note [Approx arithmetic] in symgrad/graph/approx.py), and a fused kernel (tanh_backward, gelu_backward,
+# softmax) is several operations there: counting is an upper bound on torch's roundings.  So in half
+# precision each counted rounding is allowed HALF_ROUNDING_ULPS = 5/8 of an eps (1.25 u: u itself
+# and a quarter for second-order terms, (1 + u)**k - 1 - k u <= k (k - 1) u**2 / 2, a quarter of k u
+# up to k = 33 roundings in bfloat16) instead of ROUNDING_ULPS = 4, which in half precision would
+# allow 8 roundings per counted one (3 % in bfloat16) and hide a 1 % bug.  Sums and matrix products
+# accumulate in float32 (Note [Half-precision accumulation] in symgrad/graph/approx.py).  An entry
+# is allowed at least HALF_VALUE_ROUNDINGS roundings of its own value (torch rounds even a
+# derivative the algebra simplified to a constant through its kernels), no more: at 1.5 (1.9 u, 0.73 %
+# in bfloat16) a gradient off by 1 % still fails wherever torch's own error is below 0.27 %.
+# float16's subnormals (|v| < 6.1e-5) round on an absolute spacing, 2**-24: every entry is allowed
+# HALF_SUBNORMAL_ROUNDINGS of those besides.  In float32 and float64 the factor stays
+# ROUNDING_ULPS = 4: there it costs nothing measurable.
+HALF_ROUNDING_ULPS = 0.625
+HALF_VALUE_ROUNDINGS = 1.5
+HALF_DTYPES = ("float16", "bfloat16")
+HALF_SUBNORMAL_ROUNDINGS = 4.0
+SUBNORMAL_SPACING = {"float16": 2.0**-24, "bfloat16": 2.0**-133}
+
+
+def rounding_ulps(dtype: str) -> float:
+    """Units of eps allowed per counted rounding of the bound (Note [Half-precision allowance])."""
+    return HALF_ROUNDING_ULPS if dtype in HALF_DTYPES else ROUNDING_ULPS
+
+
+def value_roundings(dtype: str) -> float:
+    """How many roundings of its own size every entry's bound counts at least."""
+    return HALF_VALUE_ROUNDINGS if dtype in HALF_DTYPES else 1.0
+
+
+def subnormal_floor(dtype: str) -> float:
+    """float16's subnormals (below 6.1e-5, common in half-precision gradients) round on an absolute
+    spacing of 6e-8, not relative to their size: HALF_SUBNORMAL_ROUNDINGS of those per entry
+    (bfloat16's start below 1.2e-38, as float32's)."""
+    return HALF_SUBNORMAL_ROUNDINGS * SUBNORMAL_SPACING.get(dtype, 0.0)

@@ -1,0 +1,104 @@
+"""Half precision (issue 11 item 5): the bound models torch's float16/bfloat16 kernels (one rounding
+per kernel, float32 accumulation), so torch's own gradients pass and a backward off by 1 % fails."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.compare.half import rounding_ulps, subnormal_floor, value_roundings
+from symgrad.graph.approx import Approx, accumulating, reduce_sum
+from symgrad.testing_ops import scaled
+
+HALF = [torch.float16, torch.bfloat16]
+
+
+def _x(dtype, scale=1.0):
+    gen = torch.Generator().manual_seed(3)
+    return (scale * torch.randn(3, 6, generator=gen, dtype=torch.float64)).clamp(-1.5, 1.5).to(dtype)
+
+
+def _check(fn, x, engine):
+    kw = {"engine": "graph"} if engine == "graph" else {"symbolic": lambda t: sg.tanh(t).sum()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sg.check(fn, {"x": x}, quiet=True, **kw)
+
+
+@pytest.mark.parametrize("engine", ["graph", "elementwise"])
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_tanh_in_half_precision_passes_and_one_percent_off_fails(dtype, engine):
+    f = lambda t: torch.tanh(t).sum()  # noqa: E731
+    x = _x(dtype)
+    assert _check(f, x, engine).passed
+    assert not _check(scaled(f, 1.01), x, engine).passed
+    assert not _check(scaled(f, 0.99), x, engine).passed
+
+
+@pytest.mark.parametrize("low", HALF, ids=str)
+def test_float32_backward_computed_in_half_precision_fails(low):
+    f = lambda t: torch.softmax(t, -1).pow(2).sum()  # noqa: E731
+
+    class Low(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return f(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                xl = x.detach().to(low).requires_grad_()
+                (d,) = torch.autograd.grad(f(xl), xl, g.to(low))
+            return d.to(x.dtype)
+
+    x = _x(torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert sg.check(f, {"x": x}, engine="graph", quiet=True).passed
+        assert not sg.check(Low.apply, {"x": x}, engine="graph", symbolic=f, quiet=True).passed
+
+
+def test_half_allowance_is_tighter_than_float32s_and_unchanged_there():
+    assert rounding_ulps("float32") == rounding_ulps("float64") == 4.0
+    assert rounding_ulps("bfloat16") < 1.0 and rounding_ulps("float16") < 1.0
+    assert value_roundings("float64") == 1.0
+    assert subnormal_floor("float32") == 0.0 and 0 < subnormal_floor("float16") < 1e-6
+
+
+def test_sums_accumulate_in_float32_only_within_a_half_check():
+    a = Approx(np.array([1.0, -1.0, 0.5, 0.25]))
+    plain = reduce_sum(a, (0,))
+    assert float(plain.e) == 2.0 * 2.75  # log2(4) roundings on the terms' sizes
+    with accumulating("bfloat16", 2.0**-7):
+        half = reduce_sum(a, (0,))
+    assert float(half.e) == pytest.approx(0.75 + 2.0 * 2.75 * 2.0**-16)  # one rounding of the result
+    assert float(reduce_sum(a, (0,)).e) == float(plain.e)  # the setting does not leak
+
+
+@pytest.mark.parametrize("floor, passes", [(None, True), (0.0, False)])
+def test_float16_subnormal_product(monkeypatch, floor, passes):
+    """The op table's product of 20 entries is a float16 subnormal (1.9e-6): its rounding is absolute."""
+    import importlib
+
+    compare = importlib.import_module("symgrad.compare.half")
+    from symgrad.graph.optable import as_function, cases
+
+    if floor is not None:
+        monkeypatch.setattr(compare, "HALF_SUBNORMAL_ROUNDINGS", floor)
+    (case,) = [c for c in cases() if c.name == "prod all"]
+    fn, inputs = as_function(case, torch.float16, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert sg.check(fn, inputs, engine="graph", quiet=True).passed == passes
+
+
+def test_where_left_branch_overflowing_is_not_nan():
+    """softplus' unused branch exp(800) is inf in float64: its zero cotangent gives 0, not NaN."""
+    x = torch.tensor([800.0, 1.0, -2.0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert sg.check(lambda t: torch.nn.functional.softplus(t).sum(), {"x": x}, engine="graph", quiet=True).passed
