@@ -8,12 +8,15 @@ Each row runs in a fresh process (so its peak memory is its own), on one torch t
   cleared);
 * ``warm s``: the best of 5 repeat checks;
 * ``gradcheck s``: ``torch.autograd.gradcheck`` in float64 on the same function (fast_mode=False,
-  the default), skipped where it would take minutes;
+  the default; every parameter an input, through ``torch.func.functional_call``), skipped where it
+  would take minutes (LeNet-5, the encoder layer) unless ``--gradcheck-all`` is given;
 * ``torch fwd+bwd s``: one forward and backward of the same function;
 * ``peak MiB``: the process's peak resident memory after the symgrad checks (gradcheck runs in a
   process of its own).
 
-Run: ``python benchmarks/bench_graph.py`` (about two minutes here; ``--quick`` skips the largest).
+Run: ``python benchmarks/bench_graph.py`` (about two minutes here; ``--quick`` skips the largest;
+``--only lenet,encoder`` runs those rows; ``--gradcheck-all`` also runs gradcheck on LeNet-5 and the
+encoder layer, minutes each: run it under ``prlimit --as=8000000000`` and ``timeout``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ CASES = {
     "softmax-fn": "custom softmax Function, 256x1024 float32, 3 random VJPs",
 }
 GRADCHECK_MAX_PARAMS = 12_000
+GRADCHECK_ALL = ("lenet", "encoder")  # gradcheck takes minutes on these: only with --gradcheck-all
 
 
 def build(name: str):
@@ -191,30 +195,36 @@ def _timed(fn) -> float:
 
 def _spawn(mode: str, name: str) -> dict:
     env = {**os.environ, "SYMGRAD_CACHE": "0"}  # cold means cold: no graph from an earlier run's disk cache
-    out = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, timeout=900, env=env)
+    out = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, timeout=1800, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(quick: bool) -> None:
+def _wants_gradcheck(name: str, params: int, gradcheck_all: bool) -> bool:
+    if gradcheck_all and name in GRADCHECK_ALL:
+        return True
+    return params <= GRADCHECK_MAX_PARAMS and name.startswith(("mlp", "jac"))
+
+
+def main(quick: bool, gradcheck_all: bool = False, only: tuple = ()) -> None:
     import torch
 
     rows = []
     for name, label in CASES.items():
-        if quick and name in ("mlp-1m", "jac-100k"):
+        if (quick and name in ("mlp-1m", "jac-100k")) or (only and name not in only):
             continue
         r = _spawn("--child", name)
         if "error" in r:
             rows.append([label, "-", "-", "-", "-", "-", "-", "-", "-", r["error"][:60]])
             continue
-        g = {}
-        if r["params"] <= GRADCHECK_MAX_PARAMS and name.startswith(("mlp", "jac")):
+        g: dict = {}
+        if _wants_gradcheck(name, r["params"], gradcheck_all):
             g = _spawn("--gradcheck", name)
         gc = g.get("gradcheck")
         speed = f"{gc / r['cold']:.0f}× / {gc / r['warm']:.0f}×" if gc else "-"
         rows.append([label, f"{r['params']:,}", f"{r['tracer']:.2f}", f"{r['cold']:.3f}", f"{r['warm']:.3f}",
-                     f"{gc:.2f}" if gc else "skipped", speed, f"{r['fwd_bwd']:.4f}", f"{r['peak']:.0f}",
+                     f"{gc:.2f}" if gc else ("error: " + g["error"][:40] if "error" in g else "skipped"), speed, f"{r['fwd_bwd']:.4f}", f"{r['peak']:.0f}",
                      r["verdict"] + f" ({r['quantity']})"])
     print(f"op graph tensor back end; torch {torch.__version__}, 1 thread, float64 unless stated")
     print(tabulate(rows, headers=["case", "params", "tracer s", "cold s", "warm s", "gradcheck s",
@@ -226,4 +236,8 @@ if __name__ == "__main__":
         result = child(sys.argv[2]) if sys.argv[1] == "--child" else child_gradcheck(sys.argv[2])
         print(json.dumps(result))
     else:
-        main(quick="--quick" in sys.argv)
+        only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), "")
+        if "--only" in sys.argv[:-1]:
+            only = sys.argv[sys.argv.index("--only") + 1]
+        main(quick="--quick" in sys.argv, gradcheck_all="--gradcheck-all" in sys.argv,
+             only=tuple(x for x in only.split(",") if x))

@@ -109,14 +109,19 @@ def _call(b: Builder, node, args, kwargs):
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
+        _note_value_dependence(b, node, args, out)
         return out
     handler = _USER.get(str(target)) or aten.handler_for(target)
     val = node.meta.get("val")
+    if handler is None and "_local_scalar_dense" in str(target):
+        return _branch_value(b, node, args[0])
     if handler is None and _integral(val):
         # an integer or bool result that depends on floats (argmax, any, isnan): data, not a function
         # with a derivative; computed from the float64 values
         with torch.no_grad():
-            return target(*_values(b, args), **_values(b, kwargs))
+            out = target(*_values(b, args), **_values(b, kwargs))
+        _mark_data(b, out)
+        return out
     if handler is None:
         raise UnsupportedOp(
             f"symgrad's op graph has no rule for ATen op {target} (fx node {node.name!r}). Register one with "
@@ -130,6 +135,49 @@ def _call(b: Builder, node, args, kwargs):
     except NotImplementedError as err:
         raise UnsupportedOp(f"ATen op {target} (fx node {node.name!r}): {err}") from err
 
+
+
+# Note [Value-dependent branches]
+# A Python branch on a value computed from the inputs (F.gaussian_nll_loss's ``any(var < 0)``, a
+# ``.item()``) is traced at the checked values (make_fx's _error_on_data_dependent_ops=False): at
+# those values the function is the branch taken, so its derivative there is that branch's, as
+# torch's autograd takes it too (an ``.item()`` is a constant to both, as ``detach`` is).  Such a
+# graph holds only for inputs that take the same branches: it is never cached (``graph.specialized``).
+
+
+def _mark_data(b: Builder, out) -> None:
+    """Integer data computed from float values (a comparison, ``any``): remembered by id."""
+    for t in out if isinstance(out, (list, tuple)) else (out,):
+        if hasattr(t, "dtype"):
+            b.data_from_values[id(t)] = t
+
+
+def _note_value_dependence(b: Builder, node, args, out) -> None:
+    if not any(id(a) in b.data_from_values for a in _tensors(args)):
+        return
+    if "_local_scalar_dense" in str(node.target):  # a Python number the traced code went on with
+        b.graph.specialized = f"a Python branch or .item() on a value computed from the inputs (fx node {node.name!r})"
+    _mark_data(b, out)
+
+
+def _branch_value(b: Builder, node, arg):
+    """A Python ``bool`` the traced code branched on, computed from the inputs' values."""
+    src = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
+    if src is None or src.is_floating_point():
+        raise UnsupportedOp(
+            f".item() (fx node {node.name!r}) of a float computed from the inputs: the op graph cannot tell a "
+            "constant from a value to differentiate there; write .detach() where torch should treat it as a "
+            "constant, or keep the computation in tensors")
+    b.graph.specialized = f"a Python branch on a value computed from the inputs (fx node {node.name!r})"
+    return b.value_of(arg).to(src.dtype).item()
+
+
+def _tensors(x):
+    if isinstance(x, (list, tuple)):
+        for a in x:
+            yield from _tensors(a)
+    elif hasattr(x, "dtype"):
+        yield x
 
 
 def _integral(val) -> bool:
