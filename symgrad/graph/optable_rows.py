@@ -239,8 +239,35 @@ ROWS += [
     lin("cross", lambda x, y: torch.linalg.cross(x, y), {"x": normal(4, 3), "y": normal(4, 3)}),
 ]
 
-_LINALG_XFAIL = ("the linalg core kind has inverse, solve, det, log|det|, Cholesky, eigenvalues and singular "
-                 "values so far: no QR, pseudo-inverse or eigen-/singular vectors yet (UnsupportedOp)")
+
+
+def _sign_fixed(v):
+    """Vectors with a sign convention (largest-magnitude entry positive): gauge invariant."""
+    pick = v.abs().argmax(-2, keepdim=True)
+    return v * torch.sign(torch.gather(v, -2, pick))
+
+
+def _eig_fn(x):
+    lam, v = torch.linalg.eigh(x + x.mT)
+    return v @ torch.diag_embed(torch.exp(0.3 * lam)) @ v.mT
+
+
+def _spread(x):
+    """``0.3 x`` plus a diagonal 3, 2, 1, ...: singular values a unit apart (float32's bounds on vectors
+    grow as 1/gap, Note [Linalg vectors])."""
+    m, n = x.shape[-2:]
+    k = min(m, n)
+    d = torch.zeros(m, n, dtype=x.dtype)
+    d[range(k), range(k)] = torch.arange(k, 0, -1, dtype=x.dtype)
+    return 0.3 * x + d
+
+
+def _svd_fn(x):
+    u, s, vh = torch.linalg.svd(_spread(x), full_matrices=False)
+    return u @ torch.diag_embed(torch.tanh(s)) @ vh
+
+
+_GAUGE = "vectors up to sign: checked through gauge-invariant uses (Note [Linalg vectors])"
 _M = [[2.0, 0.5, 0.1], [0.3, 1.5, 0.2], [0.1, 0.4, 1.8]]
 ROWS += [
     lin("linalg.inv", torch.linalg.inv, {"x": fixed(_M)}),
@@ -253,18 +280,29 @@ ROWS += [
         {"a": normal(2, 3, 3), "b": normal(2, 3, 2)}),
     lin("linalg.slogdet", lambda x: torch.linalg.slogdet(x)[1], {"x": fixed(_M)}),
     lin("logdet", lambda x: torch.logdet(x @ x.mT + torch.eye(3, dtype=x.dtype)), {"x": normal(3, 3)}),
-    lin("linalg.qr", lambda x: torch.linalg.qr(x)[1], {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.qr", lambda x: torch.linalg.qr(x)[1], {"x": normal(4, 3)}, notes="R of the reduced QR"),
+    lin("linalg.qr Q", lambda x: torch.linalg.qr(x)[0], {"x": normal(4, 3)}, notes="Q of the reduced QR"),
+    lin("linalg.qr both batched", lambda x: (lambda q, r: q.sin() @ r)(*torch.linalg.qr(x + 2 * torch.eye(3, dtype=x.dtype))),
+        {"x": normal(2, 3, 3, std=0.5)}),
     lin("linalg.eigvalsh", lambda x: torch.linalg.eigvalsh(x + x.mT), {"x": normal(3, 3)}, notes="distinct eigenvalues"),
     lin("linalg.eigh values, symmetric input", lambda x: torch.linalg.eigh(x + x.mT)[0], {"x": normal(2, 3, 3)}),
     lin("linalg.eigh values, non-symmetric input", lambda x: torch.linalg.eigh(x)[0], {"x": normal(2, 3, 3)},
         torch_differs="eigh reads the lower triangle only, but torch's backward (documented to assume a symmetric "
                       "input) gives V diag(g) Vᵀ on both triangles: not the derivative of its forward"),
-    lin("linalg.eigh vectors", lambda x: torch.linalg.eigh(x + x.mT)[1].abs(), {"x": normal(3, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.eigh vectors", lambda x: torch.linalg.eigh(x + x.mT)[1].abs(), {"x": normal(3, 3)}, notes=_GAUGE),
+    lin("linalg.eigh matrix function", _eig_fn, {"x": normal(2, 3, 3)}, notes="V diag(exp(λ/3)) Vᵀ"),
+    lin("linalg.eigh vectors sign-fixed", lambda x: _sign_fixed(torch.linalg.eigh(x + x.mT)[1]), {"x": normal(4, 4)}),
     lin("linalg.svdvals", torch.linalg.svdvals, {"x": normal(4, 3)}, notes="distinct singular values"),
-    lin("linalg.svd vectors", lambda x: torch.linalg.svd(x)[0].abs(), {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.svd vectors", lambda x: torch.linalg.svd(x, full_matrices=False)[0].abs(), {"x": normal(4, 3)},
+        notes=_GAUGE),
+    lin("linalg.svd U diag(f(S)) Vh", _svd_fn, {"x": normal(4, 3)}),
+    lin("linalg.svd wide U Uᵀ and Vh", lambda x: (lambda u, s, vh: (u @ u.mT).sum() + (vh.mT @ vh) * s.sum())(
+        *torch.linalg.svd(_spread(x), full_matrices=False)), {"x": normal(3, 5)}, notes="U Uᵀ = I: its derivative is 0"),
+    lin("linalg.svd vectors sign-fixed batched", lambda x: _sign_fixed(torch.linalg.svd(_spread(x), full_matrices=False)[2].mT),
+        {"x": normal(2, 5, 3)}),
     lin("matrix_norm nuc and 2", lambda x: torch.linalg.matrix_norm(x, "nuc") + torch.linalg.matrix_norm(x, 2),
         {"x": normal(4, 3)}),
-    lin("linalg.pinv", torch.linalg.pinv, {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.pinv", torch.linalg.pinv, {"x": normal(4, 3)}, notes="full rank: through the SVD"),
     lin("linalg.cholesky", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype)), {"x": normal(3, 3)}),
     lin("linalg.cholesky upper batched", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype), upper=True),
         {"x": normal(2, 3, 3)}),
