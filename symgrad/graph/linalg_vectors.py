@@ -56,8 +56,12 @@ def _t(a: Approx) -> Approx:
 
 def _cols(a: Approx, signs) -> Approx:
     """Columns times ±1 (exact)."""
-    s = np.asarray(signs, np.float64)[..., None, :]
+    s = _per_column(signs, a.shape)[..., None, :]
     return Approx(a.v * s, a.e) if not a.banded else Approx(a.v * s, a.e, a.lo, a.hi)
+
+
+def _per_column(signs, shape) -> np.ndarray:
+    return np.broadcast_to(np.asarray(signs, np.float64), tuple(shape[:-2]) + tuple(shape[-1:]))
 
 
 def reciprocal_gaps(vals: Approx) -> Approx:
@@ -111,7 +115,7 @@ def _svd(a: Approx, attrs: dict) -> tuple:
 
 def _qr(a: Approx, attrs: dict) -> tuple:
     q, r = np.linalg.qr(a.v)
-    signs = np.asarray(attrs.get("signs", 1.0), np.float64)
+    signs = _per_column(attrs.get("signs", 1.0), a.shape)
     q, r = q * signs[..., None, :], r * signs[..., :, None]
     if np.any(np.abs(np.diagonal(r, axis1=-2, axis2=-1)) == 0):
         raise InputError("qr: the matrix has dependent columns at these inputs (R is singular): its derivative "
