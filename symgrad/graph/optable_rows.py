@@ -295,11 +295,11 @@ ROWS += [
     lin("linalg.svdvals", torch.linalg.svdvals, {"x": normal(4, 3)}, notes="distinct singular values"),
     lin("linalg.svd vectors", lambda x: torch.linalg.svd(x, full_matrices=False)[0].abs(), {"x": normal(4, 3)},
         notes=_GAUGE),
-    lin("linalg.svd U diag(f(S)) Vh", _svd_fn, {"x": normal(4, 3)}),
+    lin("linalg.svd U diag(f(S)) Vh", _svd_fn, {"x": normal(4, 3)}, notes="of 0.3x + diag(3, 2, 1): gaps of about 1"),
     lin("linalg.svd wide U Uᵀ and Vh", lambda x: (lambda u, s, vh: (u @ u.mT).sum() + (vh.mT @ vh) * s.sum())(
         *torch.linalg.svd(_spread(x), full_matrices=False)), {"x": normal(3, 5)}, notes="U Uᵀ = I: its derivative is 0"),
     lin("linalg.svd vectors sign-fixed batched", lambda x: _sign_fixed(torch.linalg.svd(_spread(x), full_matrices=False)[2].mT),
-        {"x": normal(2, 5, 3)}),
+        {"x": normal(2, 5, 3)}, notes="Vᵀ, each column's largest entry positive"),
     lin("matrix_norm nuc and 2", lambda x: torch.linalg.matrix_norm(x, "nuc") + torch.linalg.matrix_norm(x, 2),
         {"x": normal(4, 3)}),
     lin("linalg.pinv", torch.linalg.pinv, {"x": normal(4, 3)}, notes="full rank: through the SVD"),
