@@ -74,7 +74,7 @@ def to_graph(gm, leaves: list) -> Graph:
         if node.op == "placeholder":
             continue
         if node.op == "output":
-            graph.outputs = list(_flatten(_map(node.args[0], env)))
+            graph.outputs = [_read_buffers(b, o) for o in _flatten(_map(node.args[0], env))]
             break
         if node.op == "get_attr":  # a tensor the traced code held (a buffer, a constant)
             env[node] = getattr(gm, node.target)
@@ -103,7 +103,13 @@ def _call(b: Builder, node, args, kwargs):
     target = node.target
     if target is operator.getitem:
         return args[0][args[1]]
+    if b.buffers and not getattr(target, "is_view", False):  # a view of a buffer stays a view (read at use)
+        args = (args[0],) + _read_buffers(b, args[1:]) if _is_copy(target) else _read_buffers(b, args)
+    if _is_copy(target) and isinstance(args[0], torch.Tensor) and (_has_node(args[1:]) or b.buffers):
+        return _write_into_constant(b, args[0], args[1])
     if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
+        if isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
+            kwargs = {**kwargs, "dtype": torch.float64}  # a buffer made in float64, so its views stay views
         with torch.no_grad():
             out = target(*_as_float64(args), **kwargs)
         for t in out if isinstance(out, (list, tuple)) else (out,):
@@ -170,6 +176,60 @@ def _branch_value(b: Builder, node, arg):
             "constant, or keep the computation in tensors")
     b.graph.specialized = f"a Python branch on a value computed from the inputs (fx node {node.name!r})"
     return b.value_of(arg).to(src.dtype).item()
+
+
+# Note [Writes into a new buffer]
+# Some composites torch does not functionalize (circular padding) write their result into slices of
+# a fresh ``empty`` tensor with ``copy_``.  The buffer is a folded constant; each ``copy_`` of a value
+# that depends on the inputs into (a view of) it makes a ``select`` node holding the buffer's new
+# contents (``b.buffers``), and every later read of the buffer or of a view of it reads that node.
+
+
+def _is_copy(target) -> bool:
+    return str(target) == "aten.copy_.default"
+
+
+def _base_of(t):
+    return t._base if t._base is not None else t
+
+
+def _flat_index(base, view):
+    """The flat positions in ``base`` (contiguous) that ``view`` covers, in the view's shape."""
+    import torch
+
+    if not base.is_contiguous():
+        raise UnsupportedOp("a copy_ into a view of a non-contiguous buffer: symgrad follows writes into new "
+                            "contiguous tensors only (Note [Writes into a new buffer])")
+    pos = torch.arange(base.numel()).reshape(base.shape)
+    return pos.as_strided(tuple(view.shape), view.stride(), view.storage_offset() - base.storage_offset())
+
+
+def _read_buffers(b: Builder, x):
+    import torch
+
+    if isinstance(x, (list, tuple)):
+        return type(x)(_read_buffers(b, a) for a in x)
+    if not isinstance(x, torch.Tensor) or id(_base_of(x)) not in b.buffers:
+        return x
+    base, node = b.buffers[id(_base_of(x))]
+    return b.select([node], (_flat_index(base, x) + 1).numpy())
+
+
+def _write_into_constant(b: Builder, dst, src):
+    import numpy as np
+
+    base = _base_of(dst)
+    held = b.buffers.get(id(base))
+    current = held[1] if held else b.const(base)
+    if not isinstance(src, Node):
+        src = b.const(src)
+    if tuple(src.shape) != tuple(dst.shape):
+        src = b.layout("expand", src, tuple(dst.shape))
+    n = base.numel()
+    idx = np.arange(1, n + 1)
+    idx[_flat_index(base, dst).reshape(-1).numpy()] = n + 1 + np.arange(dst.numel())
+    b.buffers[id(base)] = (base, b.select([current, src], idx.reshape(tuple(base.shape))))
+    return _read_buffers(b, dst)
 
 
 def _tensors(x):

@@ -179,6 +179,7 @@ class Builder:
         self.fx_node = None  # the fx node being converted (for error messages and origins)
         self._values: dict = {}
         self.folded: dict = {}  # id -> float tensors computed by constant folding (kept alive here)
+        self.buffers: dict = {}  # id -> (tensor, node): constants written into (Note [Writes into a new buffer])
         self.data_from_values: dict = {}  # id -> integer data computed from float values (Note [Value-dependent branches])
 
     # ------------------------------------------------------------------ leaves and constants
