@@ -252,13 +252,13 @@ def _eig_fn(x):
 
 
 def _spread(x):
-    """``0.3 x`` plus a diagonal 3, 2, 1, ...: singular values a unit apart (float32's bounds on vectors
-    grow as 1/gap, Note [Linalg vectors])."""
+    """``0.2 x`` plus a diagonal 3, 2, 1, ...: singular values about a unit apart (float32's bounds on
+    vectors grow as 1/gap, Note [Linalg vectors])."""
     m, n = x.shape[-2:]
     k = min(m, n)
     d = torch.zeros(m, n, dtype=x.dtype)
     d[range(k), range(k)] = torch.arange(k, 0, -1, dtype=x.dtype)
-    return 0.3 * x + d
+    return 0.2 * x + d
 
 
 def _svd_fn(x):
@@ -266,6 +266,8 @@ def _svd_fn(x):
     return u @ torch.diag_embed(torch.tanh(s)) @ vh
 
 
+_LOOSE32 = ("float32: for two of five draws the seeded 1e-3 bug stays within the allowance of entries that "
+            "cancel (the report's 'Resolution' line says so); the seed sweep runs it in float64")
 _GAUGE = "vectors up to sign: checked through gauge-invariant uses (Note [Linalg vectors])"
 _M = [[2.0, 0.5, 0.1], [0.3, 1.5, 0.2], [0.1, 0.4, 1.8]]
 ROWS += [
@@ -279,8 +281,9 @@ ROWS += [
         {"a": normal(2, 3, 3), "b": normal(2, 3, 2)}),
     lin("linalg.slogdet", lambda x: torch.linalg.slogdet(x)[1], {"x": fixed(_M)}),
     lin("logdet", lambda x: torch.logdet(x @ x.mT + torch.eye(3, dtype=x.dtype)), {"x": normal(3, 3)}),
-    lin("linalg.qr", lambda x: torch.linalg.qr(x)[1], {"x": normal(4, 3)}, notes="R of the reduced QR"),
-    lin("linalg.qr Q", lambda x: torch.linalg.qr(x)[0], {"x": normal(4, 3)}, notes="Q of the reduced QR"),
+    lin("linalg.qr", lambda x: torch.linalg.qr(_spread(x))[1], {"x": normal(4, 3)}, notes="R of the reduced QR of "
+        "0.2x + diag(3, 2, 1)"),
+    lin("linalg.qr Q", lambda x: torch.linalg.qr(_spread(x))[0], {"x": normal(4, 3)}, notes="Q of the reduced QR"),
     lin("linalg.qr both batched", lambda x: (lambda q, r: q.sin() @ r)(*torch.linalg.qr(x + 2 * torch.eye(3, dtype=x.dtype))),
         {"x": normal(2, 3, 3, std=0.5)}),
     lin("linalg.eigvalsh", lambda x: torch.linalg.eigvalsh(x + x.mT), {"x": normal(3, 3)}, notes="distinct eigenvalues"),
@@ -294,14 +297,16 @@ ROWS += [
     lin("linalg.svdvals", torch.linalg.svdvals, {"x": normal(4, 3)}, notes="distinct singular values"),
     lin("linalg.svd vectors", lambda x: torch.linalg.svd(x, full_matrices=False)[0].abs(), {"x": normal(4, 3)},
         notes=_GAUGE),
-    lin("linalg.svd U diag(f(S)) Vh", _svd_fn, {"x": normal(4, 3)}, notes="of 0.3x + diag(3, 2, 1): gaps of about 1"),
+    lin("linalg.svd U diag(f(S)) Vh", _svd_fn, {"x": normal(4, 3)}, sweep_dtypes=("float64",),
+        notes="of 0.2x + diag(3, 2, 1): gaps of about 1; " + _LOOSE32),
     lin("linalg.svd wide U Uᵀ and Vh", lambda x: (lambda u, s, vh: (u @ u.mT).sum() + (vh.mT @ vh) * s.sum())(
         *torch.linalg.svd(_spread(x), full_matrices=False)), {"x": normal(3, 5)}, notes="U Uᵀ = I: its derivative is 0"),
     lin("linalg.svd vectors sign-fixed batched", lambda x: _sign_fixed(torch.linalg.svd(_spread(x), full_matrices=False)[2].mT),
         {"x": normal(2, 5, 3)}, notes="Vᵀ, each column's largest entry positive"),
     lin("matrix_norm nuc and 2", lambda x: torch.linalg.matrix_norm(x, "nuc") + torch.linalg.matrix_norm(x, 2),
         {"x": normal(4, 3)}),
-    lin("linalg.pinv", torch.linalg.pinv, {"x": normal(4, 3)}, notes="full rank: through the SVD"),
+    lin("linalg.pinv", lambda x: torch.linalg.pinv(_spread(x)), {"x": normal(4, 3)}, sweep_dtypes=("float64",),
+        notes="full rank: through the SVD; " + _LOOSE32),
     lin("linalg.cholesky", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype)), {"x": normal(3, 3)}),
     lin("linalg.cholesky upper batched", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype), upper=True),
         {"x": normal(2, 3, 3)}),
