@@ -108,7 +108,7 @@ def _call(b: Builder, node, args, kwargs):
     if _is_copy(target) and isinstance(args[0], torch.Tensor) and (_has_node(args[1:]) or b.buffers):
         return _write_into_constant(b, args[0], args[1])
     if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
-        if isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
+        if "empty" in str(target) and isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
             kwargs = {**kwargs, "dtype": torch.float64}  # a buffer made in float64, so its views stay views
         with torch.no_grad():
             out = target(*_as_float64(args), **kwargs)
