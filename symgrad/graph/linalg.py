@@ -1,6 +1,6 @@
 """The ``linalg`` core node kind: inverse, solve, determinant and log-determinant of square
-matrices (batched over leading axes), with their forward and reverse-mode rules in Approx
-arithmetic.
+matrices (batched over leading axes), with their forward, reverse-mode (VJP) and forward-mode (JVP)
+rules in Approx arithmetic; eigenvectors, singular vectors and QR are in ``linalg_vectors``.
 
 # Note [Linalg rounding]
 LU with partial pivoting is componentwise backward stable to first order: the computed result is
@@ -21,7 +21,7 @@ true for the diagonally dominant and well-conditioned matrices derivatives are c
   its reverse rule is torch's ``Ā = sym(L⁻ᵀ Φ(Lᵀ L̄) L⁻¹)`` (``sym(X) = (X + Xᵀ)/2``: the input is
   symmetric).
 
-The reverse-mode rules are products of these values (``Ā = -Xᵀ Ȳ Yᵀ`` for a solve, ``Ā = d̄ d Xᵀ``
+The reverse- and forward-mode rules are products of these values (``Ā = -Xᵀ Ȳ Yᵀ`` for a solve, ``Ā = d̄ d Xᵀ``
 for det) written with :func:`symgrad.graph.approx.einsum`, so their own rounding follows from the
 values' bounds (Note [Approx arithmetic]).  Bands (kinks upstream) pass through to first order.
 """
