@@ -10,7 +10,8 @@ Each row runs in a fresh process (so its peak memory is its own), on one torch t
   the disk cache off);
 * ``warm s``: the best of 5 repeat checks;
 * ``gradcheck s``: ``torch.autograd.gradcheck`` in float64 on the same function (fast_mode=False,
-  the default), skipped where it would take minutes;
+  the default; every parameter an input, through ``torch.func.functional_call``), skipped where it
+  would take minutes (LeNet-5, the encoder layer) unless ``--gradcheck-all`` is given;
 * ``torch fwd+bwd s``: one forward and backward of the same function;
 * ``peak MiB``: the process's peak resident memory after the symgrad checks (gradcheck runs in a
   process of its own).
@@ -19,7 +20,8 @@ numpy's BLAS runs on one thread too (``OPENBLAS_NUM_THREADS=1`` unless set): on 
 a multi-threaded BLAS waiting for a busy core was ten times slower.
 
 Run: ``python benchmarks/bench_graph.py`` (about two minutes here; ``--quick`` skips the largest;
-``--cases mlp-1k mlp-1m`` runs only those rows).
+``--cases mlp-1k mlp-1m`` runs only those rows; ``--gradcheck-all`` also runs gradcheck on LeNet-5 and
+the encoder layer, minutes each: run it under ``prlimit --as=8000000000`` and ``timeout``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ CASES = {
     "softmax-fn": "custom softmax Function, 256x1024 float32, 3 random VJPs",
 }
 GRADCHECK_MAX_PARAMS = 12_000
+GRADCHECK_ALL = ("lenet", "encoder")  # gradcheck takes minutes on these: only with --gradcheck-all
+GRADCHECK_HELD = {"lenet": ("f1.weight",)}  # Note [gradcheck's memory on LeNet-5]
 
 
 def build(name: str):
@@ -158,9 +162,9 @@ def child(name: str) -> dict:
     def run():
         return sg.check(fn, inputs, engine="graph", via=via)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = run()
-    cold = time.perf_counter() - start
+    cold, cold_cpu = time.perf_counter() - start, time.process_time() - cpu
     warm = min(_timed(run) for _ in range(5))
     leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs.values()]
     params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
@@ -170,7 +174,7 @@ def child(name: str) -> dict:
     fwd_bwd = time.perf_counter() - start
     n_params = sum(p.numel() for p in params) or sum(t.numel() for t in inputs.values() if t.is_floating_point())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"tracer": tracer, "cold": cold, "warm": warm, "fwd_bwd": fwd_bwd, "params": n_params,
+    return {"tracer": tracer, "cold": cold, "cold_cpu": cold_cpu, "warm": warm, "fwd_bwd": fwd_bwd, "params": n_params,
             "peak": peak, "verdict": "pass" if report.passed else "FAIL", "quantity": report.meta.get("quantity", "")}
 
 
@@ -183,15 +187,27 @@ def child_gradcheck(name: str) -> dict:
     fn, inputs, plain, _ = build(name)
     names = list(inputs)
     params = dict(fn.named_parameters()) if isinstance(fn, torch.nn.Module) else {}
+    held = {n: p.detach() for n, p in params.items() if n in GRADCHECK_HELD.get(name, ())}
+    free = [n for n in params if n not in held]
 
     def flat(*ps):
-        out = torch.func.functional_call(fn, dict(zip(params, ps)), tuple(inputs[n] for n in names))
-        return out
+        return torch.func.functional_call(fn, {**held, **dict(zip(free, ps))}, tuple(inputs[n] for n in names))
 
-    args = tuple(p.detach().clone().requires_grad_() for p in params.values())
-    start = time.perf_counter()
+    args = tuple(params[n].detach().clone().requires_grad_() for n in free)
+    start, cpu = time.perf_counter(), time.process_time()
     ok = torch.autograd.gradcheck(flat, args)
-    return {"gradcheck": time.perf_counter() - start, "gradcheck_ok": bool(ok)}
+    took, cpu = time.perf_counter() - start, time.process_time() - cpu
+    checked, total = sum(a.numel() for a in args), sum(p.numel() for p in params.values())
+    return {"gradcheck": took * total / checked, "gradcheck_ok": bool(ok), "measured": took, "entries": checked,
+            "gradcheck_cpu": cpu * total / checked}
+
+
+# Note [gradcheck's memory on LeNet-5]
+# gradcheck(fast_mode=False) on LeNet-5 with every parameter an input died of memory under
+# prlimit --as=8000000000 (7.4 GB resident after 13 minutes; it holds about 0.24 MB per parameter
+# entry in torch 2.13, so 61,706 entries would need some 15 GB).  So that row runs gradcheck on every
+# parameter but f1.weight (13,610 of 61,706 entries; f1.weight held as a constant) and scales its time
+# by 61,706 / 13,706: gradcheck's cost is two forwards per entry.  The table marks such a time "~".
 
 
 def _timed(fn) -> float:
@@ -205,16 +221,22 @@ def _timed(fn) -> float:
 def _spawn(mode: str, name: str) -> dict:
     env = {**os.environ, "SYMGRAD_CACHE": "0"}  # cold means cold: no graph from an earlier run's disk cache
     env.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS on one thread, as torch is
-    out = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, timeout=900, env=env)
+    out = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, timeout=1800, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(quick: bool, only: list | None = None) -> None:
+def _wants_gradcheck(name: str, params: int, gradcheck_all: bool) -> bool:
+    if gradcheck_all and name in GRADCHECK_ALL:
+        return True
+    return params <= GRADCHECK_MAX_PARAMS and name.startswith(("mlp", "jac"))
+
+
+def main(quick: bool, gradcheck_all: bool = False, only: list | None = None) -> None:
     import torch
 
-    rows = []
+    rows, notes = [], []
     for name, label in CASES.items():
         if (quick and name in ("mlp-1m", "jac-100k")) or (only and name not in only):
             continue
@@ -222,15 +244,22 @@ def main(quick: bool, only: list | None = None) -> None:
         if "error" in r:
             rows.append([label, "-", "-", "-", "-", "-", "-", "-", "-", r["error"][:60]])
             continue
-        g = {}
-        if r["params"] <= GRADCHECK_MAX_PARAMS and name.startswith(("mlp", "jac")):
+        g: dict = {}
+        if _wants_gradcheck(name, r["params"], gradcheck_all):
             g = _spawn("--gradcheck", name)
         gc = g.get("gradcheck")
+        if g.get("gradcheck_cpu"):  # wall time on a shared machine inflates with load: CPU seconds too
+            notes.append(f"  {name}: CPU seconds, symgrad cold {r['cold_cpu']:.2f}, gradcheck {g['gradcheck_cpu']:.1f}"
+                         f" ({g['gradcheck_cpu'] / r['cold_cpu']:.0f}×)")
         speed = f"{gc / r['cold']:.0f}× / {gc / r['warm']:.0f}×" if gc else "-"
+        scaled = gc and g.get("entries", r["params"]) < r["params"]
+        gc_text = (f"~{gc:.0f} ({g['measured']:.0f} s on {g['entries']:,})" if scaled else f"{gc:.2f}") if gc else None
         rows.append([label, f"{r['params']:,}", f"{r['tracer']:.2f}", f"{r['cold']:.3f}", f"{r['warm']:.3f}",
-                     f"{gc:.2f}" if gc else "skipped", speed, f"{r['fwd_bwd']:.4f}", f"{r['peak']:.0f}",
+                     gc_text or ("error: " + g["error"][:40] if "error" in g else "skipped"), speed, f"{r['fwd_bwd']:.4f}", f"{r['peak']:.0f}",
                      r["verdict"] + f" ({r['quantity']})"])
     print(f"op graph tensor back end; torch {torch.__version__}, 1 thread, float64 unless stated")
+    for line in notes:
+        print(line)
     print(tabulate(rows, headers=["case", "params", "start-up s", "cold s", "warm s", "gradcheck s",
                                   "speed-up (cold / warm)", "torch fwd+bwd s", "peak MiB", "verdict"]))
 
@@ -240,8 +269,8 @@ if __name__ == "__main__":
         result = child(sys.argv[2]) if sys.argv[1] == "--child" else child_gradcheck(sys.argv[2])
         print(json.dumps(result))
     else:
-        only = sys.argv[sys.argv.index("--cases") + 1:] if "--cases" in sys.argv else None
+        only = [a for a in sys.argv[sys.argv.index("--cases") + 1:] if not a.startswith("--")] if "--cases" in sys.argv else None
         unknown = set(only or ()) - set(CASES)
         if unknown:
             sys.exit(f"unknown case(s) {', '.join(sorted(unknown))}; the cases are {', '.join(CASES)}")
-        main(quick="--quick" in sys.argv, only=only)
+        main(quick="--quick" in sys.argv, gradcheck_all="--gradcheck-all" in sys.argv, only=only)

@@ -1,5 +1,6 @@
 """Linear-algebra handlers: each op as a ``linalg`` core node (``symgrad.graph.linalg``: inverse,
-solve, det, log|det|, Cholesky, eigenvalues, singular values) with the ``select`` of the triangle
+solve, det, log|det|, Cholesky, eigenvalues, singular values; ``symgrad.graph.linalg_vectors``:
+eigenvectors, singular vectors, QR) with the ``select`` of the triangle
 LAPACK reads and contractions around it (``cholesky_solve``, ``solve_triangular``)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import numpy as np
 
 from ..errors import UnsupportedOp
 from .aten import handles
+from .linalg_vectors import signs_like
 from .trace import Builder
 
 
@@ -52,19 +54,34 @@ def _slogdet(b, args, kwargs, val):
     return sign, _lin(b, "logabsdet", [args[0]], tuple(val[1].shape)), None, None
 
 
-def _unused_outputs(b, positions, what):
+def _used(b, positions) -> bool:
+    """Whether the traced code reads any of these outputs of the current (tuple-valued) fx node."""
     used = {u.args[1] for u in b.fx_node.users if len(u.args) > 1 and isinstance(u.args[1], int) and u.users}
-    if used & set(positions):
-        raise UnsupportedOp(f"{b.fx_node.target}: the op graph has the {what} only (eigen- and singular vectors are "
-                            "not defined on it yet); use torch.linalg.eigvalsh / svdvals, or pass symbolic=")
+    return bool(used & set(positions))
+
+
+def _torch_factors(b, node, dtype, fn):
+    """torch's own factorisation of a node's value in the checked dtype: only to pick the sign of each
+    vector (a branch, Note [Linalg vectors]), never a value or an allowance."""
+    import torch
+
+    with torch.no_grad():
+        return fn(b.value_of(node).to(dtype))
 
 
 @handles("aten._linalg_eigh", "aten.linalg_eigh")
 def _eigh(b, args, kwargs, val):
-    _unused_outputs(b, (1,), "eigenvalues")
     uplo = args[1] if len(args) > 1 else kwargs.get("UPLO", "L")
     full = _mirror(b, args[0], uplo == "L")
-    return _lin(b, "eigvalsh", [full], tuple(val[0].shape)), None
+    values = _lin(b, "eigvalsh", [full], tuple(val[0].shape))
+    if not _used(b, (1,)):
+        return values, None
+    import torch
+
+    theirs = _torch_factors(b, full, val[1].dtype, lambda t: torch.linalg.eigh(t)[1]).double().numpy()
+    ours = np.linalg.eigh(b.value_of(full).numpy())[1]
+    vectors = b.add("linalg", [full], tuple(val[1].shape), op="eigh_vectors", signs=signs_like(ours, theirs))
+    return values, vectors
 
 
 def _mirror(b, a, lower: bool):
@@ -87,8 +104,77 @@ def _chol(b, args, kwargs, val):
 
 @handles("aten._linalg_svd", "aten.linalg_svd")
 def _svd(b, args, kwargs, val):
-    _unused_outputs(b, (0, 2), "singular values")
-    return None, _lin(b, "svdvals", [args[0]], tuple(val[1].shape)), None
+    a = b.node_of(args[0])
+    values = _lin(b, "svdvals", [a], tuple(val[1].shape))
+    if not _used(b, (0, 2)):
+        return None, values, None
+    default = "_linalg_svd" not in str(b.fx_node.target)  # aten._linalg_svd's default is False, linalg_svd's True
+    full = args[1] if len(args) > 1 else kwargs.get("full_matrices", default)
+    return _svd_nodes(b, a, full, val[0].dtype, values)
+
+
+def _svd_nodes(b, a, full, dtype, values):
+    """(U, S, Vh) of node ``a`` as linalg nodes (thin; a wide matrix through its transpose)."""
+    import torch
+
+    m, n = a.shape[-2:]
+    if full and m != n:
+        raise UnsupportedOp("linalg.svd with full_matrices=True on a non-square matrix: the extra columns of U or Vh "
+                            "are not unique (torch's backward ignores them); pass full_matrices=False")
+    nd = len(a.shape)
+    swap = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    tall = a if m >= n else b.layout("permute", a, swap)
+    left, _, right_h = np.linalg.svd(b.value_of(tall).numpy(), full_matrices=False)
+    ours = left if m >= n else np.swapaxes(right_h, -1, -2)  # A's U either way
+    theirs = _torch_factors(b, a, dtype, lambda t: torch.linalg.svd(t, full_matrices=False)[0])
+    signs = signs_like(ours, theirs.double().numpy())
+    k = min(m, n)
+    u_t = b.add("linalg", [tall], tall.shape[:-1] + (k,), op="svd_u", signs=signs)
+    v_t = b.add("linalg", [tall], tall.shape[:-2] + (tall.shape[-1], k), op="svd_v", signs=signs)
+    u, v = (u_t, v_t) if m >= n else (v_t, u_t)
+    return u, values, b.layout("permute", v, swap)
+
+
+@handles("aten.linalg_pinv")
+def _pinv(b, args, kwargs, val):
+    """``A⁺ = V S⁻¹ Uᵀ`` at full rank (torch's rank cutoff keeps every singular value there)."""
+    import torch
+
+    a = b.node_of(args[0])
+    atol = kwargs.get("atol", args[1] if len(args) > 1 else None)
+    rtol = kwargs.get("rtol", args[2] if len(args) > 2 else None)
+    if kwargs.get("hermitian", args[3] if len(args) > 3 else False):
+        raise UnsupportedOp("linalg.pinv with hermitian=True: use hermitian=False (the same value at a symmetric input)")
+    s = torch.linalg.svdvals(b.value_of(a))
+    tol = [float(torch.as_tensor(t).max()) for t in (atol,) if t is not None]
+    eps = torch.finfo(val.dtype).eps * max(a.shape[-2:]) if rtol is None and not tol else rtol
+    if eps is not None:
+        tol.append(float(torch.as_tensor(eps).max()) * float(s.max()))
+    if float(s.min()) <= max(tol + [0.0]) * 4:
+        raise UnsupportedOp("linalg.pinv at a rank-deficient matrix (or within rounding of torch's rank cutoff): "
+                            "the op graph has the full-rank pseudo-inverse; check where the matrix has full rank")
+    values = _lin(b, "svdvals", [a], tuple(s.shape))
+    u, _, vh = _svd_nodes(b, a, False, val.dtype, values)
+    inv_s = b.pointwise(lambda t: 1 / t, [values])
+    pre = "abcdefgh"[:len(a.shape) - 2]
+    return b.contract(f"{pre}ki,{pre}k,{pre}jk->{pre}ij", vh, inv_s, u)
+
+
+@handles("aten.linalg_qr")
+def _qr(b, args, kwargs, val):
+    import torch
+
+    a = b.node_of(args[0])
+    mode = args[1] if len(args) > 1 else kwargs.get("mode", "reduced")
+    m, n = a.shape[-2:]
+    if m < n or (mode != "reduced" and m != n):
+        raise UnsupportedOp(f"linalg.qr with mode={mode!r} on a {m}x{n} matrix: the op graph has the reduced QR of "
+                            "a matrix with at least as many rows as columns (the other factors are not unique)")
+    r_np = np.linalg.qr(b.value_of(a).numpy())[1]
+    r_torch = _torch_factors(b, a, val[1].dtype, lambda t: torch.linalg.qr(t)[1]).double().numpy()
+    signs = np.where(np.diagonal(r_np, axis1=-2, axis2=-1) * np.diagonal(r_torch, axis1=-2, axis2=-1) < 0, -1.0, 1.0)
+    q = b.add("linalg", [a], tuple(val[0].shape), op="qr_q", signs=signs) if mode != "r" else None
+    return q, b.add("linalg", [a], tuple(val[1].shape), op="qr_r", signs=signs)
 
 
 def _triangle(b, a, lower: bool, unit: bool = False):

@@ -64,6 +64,8 @@ def lookup(k, names, tensors, disk_key=None):
 
 
 def remember(k, fn, graph) -> None:
+    if getattr(graph, "specialized", ""):  # Note [Value-dependent branches] in interpret.py
+        return
     try:
         ref = weakref.ref(fn)
     except TypeError:

@@ -167,7 +167,7 @@ def load(key: str | None):
 
 def store(key: str | None, graph) -> None:
     folder = cache_dir()
-    if key is None or folder is None:
+    if key is None or folder is None or getattr(graph, "specialized", ""):  # Note [Value-dependent branches]
         return
     saved = {}
     for node in graph.inputs.values():  # inputs and parameters are refreshed on load: not stored

@@ -18,8 +18,8 @@ kind            meaning (attrs)
                 slicing, gather, cat, pad, flip, roll, embedding, im2col patches, ... -- any
                 op that only moves entries; its adjoint adds them back
 ``stop``        the value of its argument with no derivative (``detach``)
-``linalg``      inverse, solve, det, log|det|, Cholesky, eigenvalues, singular values (``op``;
-                ``symgrad.graph.linalg``)
+``linalg``      inverse, solve, det, log|det|, Cholesky, eigenvalues and -vectors, singular
+                values and vectors, QR (``op``; ``symgrad.graph.linalg``, ``linalg_vectors``)
 ==============  ==========================================================================
 """
 

@@ -1,6 +1,6 @@
 """The ``linalg`` core node kind: inverse, solve, determinant and log-determinant of square
-matrices (batched over leading axes), with their forward and reverse-mode rules in Approx
-arithmetic.
+matrices (batched over leading axes), with their forward, reverse-mode (VJP) and forward-mode (JVP)
+rules in Approx arithmetic; eigenvectors, singular vectors and QR are in ``linalg_vectors``.
 
 # Note [Linalg rounding]
 LU with partial pivoting is componentwise backward stable to first order: the computed result is
@@ -21,7 +21,7 @@ true for the diagonally dominant and well-conditioned matrices derivatives are c
   its reverse rule is torch's ``Ā = sym(L⁻ᵀ Φ(Lᵀ L̄) L⁻¹)`` (``sym(X) = (X + Xᵀ)/2``: the input is
   symmetric).
 
-The reverse-mode rules are products of these values (``Ā = -Xᵀ Ȳ Yᵀ`` for a solve, ``Ā = d̄ d Xᵀ``
+The reverse- and forward-mode rules are products of these values (``Ā = -Xᵀ Ȳ Yᵀ`` for a solve, ``Ā = d̄ d Xᵀ``
 for det) written with :func:`symgrad.graph.approx.einsum`, so their own rounding follows from the
 values' bounds (Note [Approx arithmetic]).  Bands (kinks upstream) pass through to first order.
 """
@@ -31,11 +31,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from . import linalg_vectors
 from .approx import Approx, add, einsum, mul, scale
 
-__all__ = ["OPS", "forward", "vjp"]
+__all__ = ["OPS", "forward", "vjp", "jvp"]
 
-OPS = ("inv", "solve", "det", "logabsdet", "eigvalsh", "svdvals", "cholesky")
+OPS = ("inv", "solve", "det", "logabsdet", "eigvalsh", "svdvals", "cholesky") + linalg_vectors.OPS
 _B = "abcdefgh"
 
 
@@ -90,8 +91,10 @@ def _cholesky(a: Approx) -> Approx:
     return Approx(low, e, width, width)
 
 
-def forward(op: str, args: list) -> Approx:
+def forward(op: str, args: list, attrs: dict | None = None) -> Approx:
     a = args[0]
+    if op in linalg_vectors.OPS:  # eigen-/singular vectors, QR (Note [Linalg vectors])
+        return linalg_vectors.forward(op, args, attrs or {})
     if op in ("eigvalsh", "svdvals"):
         return _spectrum(op, a)[0]
     if op == "cholesky":
@@ -161,9 +164,11 @@ def _spectrum(op: str, a: Approx) -> tuple:
     return values, Approx(left, np.broadcast_to(vec_e, left.shape)), Approx(right, np.broadcast_to(vec_e, right.shape))
 
 
-def vjp(op: str, args: list, out: Approx, g: Approx, needed: list) -> list:
+def vjp(op: str, args: list, out: Approx, g: Approx, needed: list, attrs: dict | None = None) -> list:
     """One cotangent per argument, from the forward's values (``out``) in Approx arithmetic."""
     a = args[0]
+    if op in linalg_vectors.OPS:
+        return linalg_vectors.vjp(op, args, g, attrs or {})
     nb = len(a.shape) - 2
     if op in ("eigvalsh", "svdvals"):  # Ā = U diag(ḡ) Vᵀ
         _, left, right = _spectrum(op, a)
@@ -191,3 +196,50 @@ def vjp(op: str, args: list, out: Approx, g: Approx, needed: list) -> list:
     if op == "logabsdet":  # Ā = ḡ Xᵀ
         return [mul(g.map(expand), xt)]
     raise ValueError(f"unknown linalg op {op!r}")
+
+
+def jvp(op: str, args: list, tangents: list, attrs: dict | None = None) -> Approx | None:
+    """Forward mode: the output's tangent from the arguments' (``None``: zero), in Approx arithmetic:
+    ``dX = -X dA X``, ``dY = A⁻¹ (dB - dA Y)``, ``dd = d tr(X dA)``, ``d log|d| = tr(X dA)``,
+    ``dλ_i = v_iᵀ dA v_i``, ``ds_i = u_iᵀ dA v_i``, ``dL = L Φ(L⁻¹ dA L⁻ᵀ)`` (Note [Linalg rounding]:
+    their rounding follows from the values' bounds)."""
+    a = args[0]
+    ta = tangents[0]
+    nb = len(a.shape) - 2
+    if op == "solve":
+        return _jvp_solve(args, tangents, nb)
+    if ta is None:
+        return None
+    if op in linalg_vectors.OPS:
+        return linalg_vectors.jvp(op, args, ta, attrs or {})
+    if op in ("eigvalsh", "svdvals"):
+        _, left, right = _spectrum(op, a)
+        return einsum(_spec(nb, "ki,kl,li->i"), left, ta, right)
+    if op == "cholesky":
+        low = _cholesky(a)
+        li = forward("inv", [low])
+        inner = einsum(_spec(nb, "ik,kl,jl->ij"), li, ta, li).map(_phi)
+        return einsum(_spec(nb, "ik,kj->ij"), low, inner)
+    x = forward("inv", [a])
+    if op == "inv":
+        return scale(einsum(_spec(nb, "ik,kl,lj->ij"), x, ta, x), -1.0)
+    trace = einsum(_spec(nb, "ij,ji->"), x, ta)
+    if op == "det":
+        return mul(forward("det", [a]), trace)
+    if op == "logabsdet":
+        return trace
+    raise ValueError(f"unknown linalg op {op!r}; known: {OPS}")
+
+
+def _jvp_solve(args: list, tangents: list, nb: int) -> Approx | None:
+    a, b = args
+    ta, tb = tangents
+    if ta is None and tb is None:
+        return None
+    vec = b.v.ndim != a.v.ndim
+    rhs = tb
+    if ta is not None:
+        y = forward("solve", args)
+        moved = einsum(_spec(nb, "ij,j->i" if vec else "ij,jk->ik"), ta, y)
+        rhs = scale(moved, -1.0) if tb is None else add(tb, moved, -1.0)
+    return einsum(_spec(nb, "ij,j->i" if vec else "ij,jk->ik"), forward("inv", [a]), rhs)

@@ -100,6 +100,7 @@ class OpCase:
     wrt: tuple = ()  # the inputs to differentiate (default: every float input)
     torch_differs: str = ""  # why torch's backward is not the derivative of its forward here (it must FAIL)
     module: Callable | None = None  # a factory of an nn.Module checked with the inputs (fn unused)
+    sweep_dtypes: tuple = DTYPES  # the dtypes of the slow seed sweep (a row loose in float32 for some draws)
 
     @property
     def domain(self) -> str:

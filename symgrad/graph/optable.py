@@ -25,7 +25,7 @@ import zlib
 from typing import Callable
 
 __all__ = ["OpCase", "Input", "normal", "uniform", "positive", "ints", "mask", "fixed", "cases", "make_inputs",
-           "wrong_backward", "as_function", "FACTOR", "coverage_markdown", "DTYPES"]
+           "wrong_backward", "as_function", "FACTOR", "coverage_markdown", "DTYPES", "op_of", "representatives"]
 
 from .opcase import DTYPES, Input, OpCase, fixed, ints, mask, normal, positive, uniform  # noqa: F401 - re-exported
 
@@ -78,6 +78,22 @@ def cases() -> list:
     from .optable_rows import ROWS
 
     return list(ROWS) + list(NN_ROWS)
+
+
+def op_of(case: OpCase) -> str:
+    """The op a row exercises: the first word of its name (``"pad reflect 2d"`` -> ``"pad"``)."""
+    return case.name.split()[0]
+
+
+def representatives() -> set:
+    """One row name per op (:func:`op_of`): its first row that is expected to work (or its first row,
+    where none is).  The default test run checks these; the other parametrisations are ``slow``."""
+    first: dict = {}
+    for c in cases():
+        key = op_of(c)
+        if key not in first or (first[key].xfail and not c.xfail):
+            first[key] = c
+    return {c.name for c in first.values()}
 
 
 def coverage_markdown() -> str:

@@ -82,8 +82,7 @@ ROWS = [
     fnn("embedding_bag per_sample_weights", lambda w, i, o, p: F.embedding_bag(i, w, o, mode="sum", per_sample_weights=p),
         {"w": normal(6, 3), "i": ints(6, 7), "o": fixed([0, 3, 5]), "p": normal(7)}),
     fnn("one_hot matmul", lambda w, i: F.one_hot(i, 5).to(w.dtype) @ w, {"w": normal(5, 3), "i": ints(5, 4)},
-        xfail="F.one_hot reads its indices' values while tracing (a check that they are in range): make_fx refuses "
-              "it on an integer input; pass the one-hot matrix as a constant input instead"),
+        notes="the one-hot matrix is integer data (no derivative); the rest of the model is checked"),
     fnn("scaled_dot_product_attention", F.scaled_dot_product_attention,
         {"q": normal(2, 3, 4), "k": normal(2, 5, 4), "v": normal(2, 5, 3)}),
     fnn("sdpa causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
@@ -127,8 +126,7 @@ ROWS += [
     loss("poisson_nll_loss no log_input full", lambda x, y: F.poisson_nll_loss(x, y, log_input=False, full=True),
          {"x": positive(3, 4), "y": uniform(1.5, 4, 3, 4)}),
     loss("gaussian_nll_loss", F.gaussian_nll_loss, {"x": normal(3, 4), "y": normal(3, 4), "v": positive(3, 4)},
-         xfail="F.gaussian_nll_loss tests torch.any(var < 0) in Python: make_fx cannot trace a branch on a traced "
-               "tensor's values (UnsupportedOp)"),
+         notes="its Python test any(var < 0) is traced at the checked values (Note [Value-dependent branches])"),
     loss("cosine_embedding_loss", lambda x, y, t: F.cosine_embedding_loss(x, y, t, margin=0.1),
          {"x": normal(4, 5), "y": normal(4, 5), "t": fixed([1, -1, 1, -1])}),
     loss("margin_ranking_loss", lambda x, y, t: F.margin_ranking_loss(x, y, t, margin=0.2),

@@ -88,9 +88,6 @@ _BINARY = [
      ),
 ]
 
-_CIRCULAR = ("torch.func.functionalize leaves circular padding's in-place copies into slices of a new_empty "
-             "tensor in the trace; the op graph reads the result as a constant and refuses the check")
-
 _ZERO = [
     ("sign", torch.sign), ("floor", torch.floor), ("ceil", torch.ceil), ("round", torch.round), ("trunc", torch.trunc),
 ]
@@ -131,9 +128,12 @@ ROWS += [
     red("sum of a long axis", lambda x: x.sum(0), {"x": normal(300, 2)}),
     red("prod of a long axis", lambda x: x.prod(0), {"x": uniform(0.9, 1.1, 40, 2)},
         notes="past 32 terms a tree of products"),
-    red("logcumsumexp", lambda x: torch.logcumsumexp(x, 1), dtypes=(torch.float32,),
-        notes="float32 only: in float64 torch's forward-mode (jvp) formula errs by ~5e3 ulps, more than the "
-              "rounding of the decomposition symgrad bounds (reported as a FAIL of the jvp row)"),
+    red("logcumsumexp", lambda x: torch.logcumsumexp(x, 1), dtypes=("float32",),
+        notes="float64: the next row"),
+    red("logcumsumexp float64", lambda x: torch.logcumsumexp(x, 1), dtypes=("float64",),
+        torch_differs="torch's forward-mode formula (logcumsumexp_jvp) adds 1e-13 to its denominator: in float64 "
+                      "its jvp errs by up to ~1e-12 relative (thousands of ulps) and the jvp row FAILs; the "
+                      "reverse mode passes (tests/graph/test_ops.py checks both)"),
     red("softmax", lambda x: torch.softmax(x, 1)), red("log_softmax", lambda x: torch.log_softmax(x, 0)),
     red("softmin", lambda x: F.softmin(x, 1)), red("cosine_similarity", F.cosine_similarity,
                                                     {"x": normal(4, 5), "y": normal(4, 5)}),
@@ -192,7 +192,9 @@ ROWS += [
     shp("pad reflect 2d", lambda x: F.pad(x, (1, 1, 2, 1), mode="reflect"), {"x": normal(1, 2, 4, 4)}),
     shp("pad replicate", lambda x: F.pad(x, (2, 1), mode="replicate"), {"x": normal(2, 3, 4)}),
     shp("pad replicate 2d", lambda x: F.pad(x, (1, 2, 1, 0), mode="replicate"), {"x": normal(1, 2, 3, 4)}),
-    shp("pad circular", lambda x: F.pad(x, (2, 1), mode="circular"), {"x": normal(2, 3, 4)}, xfail=_CIRCULAR),
+    shp("pad circular", lambda x: F.pad(x, (2, 1), mode="circular"), {"x": normal(2, 3, 4)},
+        notes="torch writes it into slices of a new tensor (Note [Writes into a new buffer])"),
+    shp("pad circular 2d", lambda x: F.pad(x, (1, 2, 2, 1), mode="circular"), {"x": normal(1, 2, 3, 4)}),
     shp("Tensor.unfold", lambda x: x.unfold(1, 3, 2), {"x": normal(2, 7)}),
     shp("F.unfold (im2col)", lambda x: F.unfold(x, 2, padding=1, stride=2), {"x": normal(1, 2, 4, 4)}),
     shp("F.fold (col2im)", lambda x: F.fold(x, (3, 3), 2), {"x": normal(1, 8, 4)}),
@@ -236,8 +238,37 @@ ROWS += [
     lin("cross", lambda x, y: torch.linalg.cross(x, y), {"x": normal(4, 3), "y": normal(4, 3)}),
 ]
 
-_LINALG_XFAIL = ("the linalg core kind has inverse, solve, det, log|det|, Cholesky, eigenvalues and singular "
-                 "values so far: no QR, pseudo-inverse or eigen-/singular vectors yet (UnsupportedOp)")
+
+
+def _sign_fixed(v):
+    """Vectors with a sign convention (largest-magnitude entry positive): gauge invariant."""
+    pick = v.abs().argmax(-2, keepdim=True)
+    return v * torch.sign(torch.gather(v, -2, pick))
+
+
+def _eig_fn(x):
+    lam, v = torch.linalg.eigh(x + x.mT)
+    return v @ torch.diag_embed(torch.exp(0.3 * lam)) @ v.mT
+
+
+def _spread(x):
+    """``0.2 x`` plus a diagonal 3, 2, 1, ...: singular values about a unit apart (float32's bounds on
+    vectors grow as 1/gap, Note [Linalg vectors])."""
+    m, n = x.shape[-2:]
+    k = min(m, n)
+    d = torch.zeros(m, n, dtype=x.dtype)
+    d[range(k), range(k)] = torch.arange(k, 0, -1, dtype=x.dtype)
+    return 0.2 * x + d
+
+
+def _svd_fn(x):
+    u, s, vh = torch.linalg.svd(_spread(x), full_matrices=False)
+    return u @ torch.diag_embed(torch.tanh(s)) @ vh
+
+
+_LOOSE32 = ("float32: for two of five draws the seeded 1e-3 bug stays within the allowance of entries that "
+            "cancel (the report's 'Resolution' line says so); the seed sweep runs it in float64")
+_GAUGE = "vectors up to sign: checked through gauge-invariant uses (Note [Linalg vectors])"
 _M = [[2.0, 0.5, 0.1], [0.3, 1.5, 0.2], [0.1, 0.4, 1.8]]
 ROWS += [
     lin("linalg.inv", torch.linalg.inv, {"x": fixed(_M)}),
@@ -250,18 +281,32 @@ ROWS += [
         {"a": normal(2, 3, 3), "b": normal(2, 3, 2)}),
     lin("linalg.slogdet", lambda x: torch.linalg.slogdet(x)[1], {"x": fixed(_M)}),
     lin("logdet", lambda x: torch.logdet(x @ x.mT + torch.eye(3, dtype=x.dtype)), {"x": normal(3, 3)}),
-    lin("linalg.qr", lambda x: torch.linalg.qr(x)[1], {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.qr", lambda x: torch.linalg.qr(_spread(x))[1], {"x": normal(4, 3)}, notes="R of the reduced QR of "
+        "0.2x + diag(3, 2, 1)"),
+    lin("linalg.qr Q", lambda x: torch.linalg.qr(_spread(x))[0], {"x": normal(4, 3)}, notes="Q of the reduced QR"),
+    lin("linalg.qr both batched", lambda x: (lambda q, r: q.sin() @ r)(*torch.linalg.qr(x + 2 * torch.eye(3, dtype=x.dtype))),
+        {"x": normal(2, 3, 3, std=0.5)}),
     lin("linalg.eigvalsh", lambda x: torch.linalg.eigvalsh(x + x.mT), {"x": normal(3, 3)}, notes="distinct eigenvalues"),
     lin("linalg.eigh values, symmetric input", lambda x: torch.linalg.eigh(x + x.mT)[0], {"x": normal(2, 3, 3)}),
     lin("linalg.eigh values, non-symmetric input", lambda x: torch.linalg.eigh(x)[0], {"x": normal(2, 3, 3)},
         torch_differs="eigh reads the lower triangle only, but torch's backward (documented to assume a symmetric "
                       "input) gives V diag(g) Vᵀ on both triangles: not the derivative of its forward"),
-    lin("linalg.eigh vectors", lambda x: torch.linalg.eigh(x + x.mT)[1].abs(), {"x": normal(3, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.eigh vectors", lambda x: torch.linalg.eigh(x + x.mT)[1].abs(), {"x": normal(3, 3)}, notes=_GAUGE),
+    lin("linalg.eigh matrix function", _eig_fn, {"x": normal(2, 3, 3)}, notes="V diag(exp(λ/3)) Vᵀ"),
+    lin("linalg.eigh vectors sign-fixed", lambda x: _sign_fixed(torch.linalg.eigh(x + x.mT)[1]), {"x": normal(4, 4)}),
     lin("linalg.svdvals", torch.linalg.svdvals, {"x": normal(4, 3)}, notes="distinct singular values"),
-    lin("linalg.svd vectors", lambda x: torch.linalg.svd(x)[0].abs(), {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.svd vectors", lambda x: torch.linalg.svd(x, full_matrices=False)[0].abs(), {"x": normal(4, 3)},
+        notes=_GAUGE),
+    lin("linalg.svd U diag(f(S)) Vh", _svd_fn, {"x": normal(4, 3)}, sweep_dtypes=("float64",),
+        notes="of 0.2x + diag(3, 2, 1): gaps of about 1; " + _LOOSE32),
+    lin("linalg.svd wide U Uᵀ and Vh", lambda x: (lambda u, s, vh: (u @ u.mT).sum() + (vh.mT @ vh) * s.sum())(
+        *torch.linalg.svd(_spread(x), full_matrices=False)), {"x": normal(3, 5)}, notes="U Uᵀ = I: its derivative is 0"),
+    lin("linalg.svd vectors sign-fixed batched", lambda x: _sign_fixed(torch.linalg.svd(_spread(x), full_matrices=False)[2].mT),
+        {"x": normal(2, 5, 3)}, notes="Vᵀ, each column's largest entry positive"),
     lin("matrix_norm nuc and 2", lambda x: torch.linalg.matrix_norm(x, "nuc") + torch.linalg.matrix_norm(x, 2),
         {"x": normal(4, 3)}),
-    lin("linalg.pinv", torch.linalg.pinv, {"x": normal(4, 3)}, xfail=_LINALG_XFAIL),
+    lin("linalg.pinv", lambda x: torch.linalg.pinv(_spread(x)), {"x": normal(4, 3)}, sweep_dtypes=("float64",),
+        notes="full rank: through the SVD; " + _LOOSE32),
     lin("linalg.cholesky", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype)), {"x": normal(3, 3)}),
     lin("linalg.cholesky upper batched", lambda x: torch.linalg.cholesky(x @ x.mT + torch.eye(3, dtype=x.dtype), upper=True),
         {"x": normal(2, 3, 3)}),

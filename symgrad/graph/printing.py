@@ -39,6 +39,8 @@ def _use(node: Node, i: int) -> str:
         return f"scatter-add({d})"
     if node.kind == "reduce":
         return f"broadcast({d})" if node.attrs["op"] == "sum" else f"{d} at the {node.attrs['op']}"
+    if node.kind == "linalg":
+        return f"{node.attrs['op']}-vjp({d})"
     return f"0 ({node.kind})"
 
 

@@ -58,7 +58,7 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
     if kind == "stop":
         return args[0]
     if kind == "linalg":
-        return linalg.forward(node.attrs["op"], args)
+        return linalg.forward(node.attrs["op"], args, node.attrs)
     raise ValueError(f"no forward rule for node kind {kind!r}")
 
 
@@ -160,7 +160,8 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
     if kind == "stop":
         return [None]
     if kind == "linalg":
-        return linalg.vjp(node.attrs["op"], args, linalg.forward(node.attrs["op"], args), g, needed)
+        op = node.attrs["op"]
+        return linalg.vjp(op, args, linalg.forward(op, args, node.attrs), g, needed, node.attrs)
     raise ValueError(f"no vjp rule for node kind {kind!r}")
 
 
@@ -292,6 +293,8 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
                 term = einsum(node.attrs["spec"], *(t if j == i else a for j, a in enumerate(args)))
                 out = term if out is None else add(out, term)
         return out
+    if kind == "linalg":  # forward-mode rules in symgrad.graph.linalg (Note [Linalg rounding])
+        return linalg.jvp(node.attrs["op"], args, tangents, node.attrs)
     filled = [Approx(np.zeros(a.shape)) if t is None else t for a, t in zip(args, tangents)]
     if kind == "select":  # the constant fill (padding, a product's 1) has no tangent
         return _select(node, filled, fill=0.0)

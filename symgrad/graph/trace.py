@@ -98,7 +98,8 @@ def trace_callable(fn, args: tuple):
         with warnings.catch_warnings(), _no_stack_capture():
             warnings.simplefilter("ignore")
             with torch.backends.mkldnn.flags(enabled=False):  # the decomposed RNNs, not oneDNN's kernel
-                return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real")(*args)
+                return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real",
+                               _error_on_data_dependent_ops=False)(*args)
 
     try:
         try:
@@ -179,6 +180,8 @@ class Builder:
         self.fx_node = None  # the fx node being converted (for error messages and origins)
         self._values: dict = {}
         self.folded: dict = {}  # id -> float tensors computed by constant folding (kept alive here)
+        self.buffers: dict = {}  # id -> (tensor, node): constants written into (Note [Writes into a new buffer])
+        self.data_from_values: dict = {}  # id -> integer data computed from float values (Note [Value-dependent branches])
 
     # ------------------------------------------------------------------ leaves and constants
     def leaf(self, name: str, value, role: str) -> Node:

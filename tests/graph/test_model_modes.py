@@ -85,6 +85,73 @@ class TCN(nn.Module):
         return self.head(self.c2(F.gelu(self.c1(x))).flatten(1))
 
 
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(x, x.flip(1)).mean(1))
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        causal = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool), 1)
+        return self.head(self.attn(x, x, x, attn_mask=causal, need_weights=False)[0].mean(1))
+
+
+class Cells(nn.Module):
+    """An LSTMCell, a GRUCell and an RNNCell unrolled over the sequence by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.gru, self.rnn = nn.LSTMCell(3, 4), nn.GRUCell(4, 4), nn.RNNCell(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = c = torch.zeros(x.shape[0], 4, dtype=x.dtype)
+        g = r = h
+        for t in range(x.shape[1]):
+            h, c = self.lstm(x[:, t], (h, c))
+            g = self.gru(h, g)
+            r = self.rnn(g, r)
+        return self.head(r)
+
+
+class DeepBiLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(3, 3, num_layers=2, bidirectional=True, batch_first=True), nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+class BagClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bag, self.head = nn.EmbeddingBag(12, 6, mode="mean"), nn.Linear(6, 3)
+
+    def forward(self, tokens):
+        return self.head(self.bag(tokens))
+
+
+class Upsampler(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(2, 2, 3, padding=1), nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x):
+        h = F.interpolate(self.conv(x), size=(6, 6), mode="bilinear", align_corners=False)
+        return self.head(torch.tanh(h).flatten(1))
+
+
 def _family(name, dtype):
     g = torch.Generator().manual_seed(7)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
@@ -96,6 +163,12 @@ def _family(name, dtype):
         "gru": (GRURegressor(), r(2, 3, 3)),
         "text": (TextClassifier(), torch.tensor([[1, 4, 0, 7], [0, 2, 3, 11]])),
         "tcn": (TCN(), r(2, 2, 8)),
+        "decoder": (Decoder().eval(), r(2, 3, 8)),
+        "mha": (Attention(), r(2, 4, 8)),
+        "cells": (Cells(), r(2, 3, 3)),
+        "bilstm2": (DeepBiLSTM(), r(2, 3, 3)),
+        "bag": (BagClassifier(), torch.tensor([[1, 4, 2, 7], [5, 2, 3, 11]])),
+        "upsample": (Upsampler(), r(2, 2, 4, 4)),
     }
     torch.manual_seed(3)
     body, x = table[name]
@@ -117,12 +190,28 @@ class WithLoss(nn.Module):
         return self.loss(self.body(x), target)
 
 
-FAMILIES = ["lenet", "resblock", "encoder", "lstm", "gru", "text", "tcn"]
+ISSUE_FAMILIES = ["lenet", "resblock", "encoder", "lstm", "gru", "text", "tcn"]
+# beyond the issue's seven: the other layers it lists, each as a model in every mode; the default run
+# has one mode of each (loss inside forward, float32; the seeded bug in float64), the rest is slow
+MORE_FAMILIES = ["decoder", "mha", "cells", "bilstm2", "bag", "upsample"]
+FAMILIES = ISSUE_FAMILIES + MORE_FAMILIES
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("mode", ["loss=", "inside", "vjp"])
-@pytest.mark.parametrize("name", FAMILIES)
+def _families(default):
+    """(name, mode-or-dtype) parameters: the issue's families always, the others ``slow`` but for ``default``."""
+    def marks(name, key):
+        return [pytest.mark.slow] if name in MORE_FAMILIES and key != default else []
+
+    return marks
+
+
+_PASS_MARKS = _families(("inside", torch.float32))
+_BUG_MARKS = _families(torch.float64)
+
+
+@pytest.mark.parametrize("name, mode, dtype", [
+    pytest.param(n, m, d, id=f"{n}-{m}-{d}", marks=_PASS_MARKS(n, (m, d)))
+    for n in FAMILIES for m in ("loss=", "inside", "vjp") for d in DTYPES])
 def test_family_passes(name, mode, dtype):
     body, x = _family(name, dtype)
     loss, target = _loss(body(x))
@@ -159,13 +248,22 @@ class Bugged(nn.Module):
         return WrongAtOneEntry.apply(self.body(x))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", FAMILIES)
+LOOSE = {("decoder", torch.float32): "float32 allows the post-norm decoder's head gradients ~0.5 of their size "
+                                     "(three LayerNorms and two attentions of rounding, bounded entry by entry): a 1% "
+                                     "bug passes unseen there, and the report says so ('Resolution: ...'); float64 "
+                                     "catches it"}
+
+
+@pytest.mark.parametrize("name, dtype", [pytest.param(n, d, id=f"{n}-{d}", marks=_BUG_MARKS(n, d))
+                                         for n in FAMILIES for d in DTYPES])
 def test_wrong_custom_layer_is_caught_and_named(name, dtype):
     body, x = _family(name, dtype)
     loss, target = _loss(body(x))
     model = Bugged(body)
     report = sg.check(model, {"x": x}, loss=loss, target=target, engine="graph")
+    if (name, dtype) in LOOSE:  # documented: the report must say how large a bug passes unseen
+        assert report.passed and "a relative bug smaller than that passes unseen" in report.to_text(), LOOSE[name, dtype]
+        return
     assert not report.passed
     # entry 1 of the (batch, outputs) output: the head's bias entry 1 % outputs is off
     k = 1 % body(x).shape[-1]
