@@ -29,6 +29,8 @@ from .reference import Reference
 from .validate import (arrange_inputs, check_backend, check_callable, check_names, check_via_keywords,
                        check_wrt_type, recursion_guard, refuse_nonfinite)
 from .report.report import Report, shorten
+from .compare.accuracy import EntryOracle, apply_strict, check_accuracy_options, reference_mode
+from .lower.exact import ExactEvaluator
 
 __all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
 
@@ -286,6 +288,40 @@ def check(
     title: str | None = None,
     memory_budget: int | None = None,
     quiet: bool | None = None,
+    reference: str = "auto",
+    strict: bool = False,
+) -> Report:
+    check_accuracy_options(reference, strict)
+    token = reference_mode.set(reference)
+    try:
+        report = _check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
+                        engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
+                        symbols_map=symbols_map, title=title, memory_budget=memory_budget, quiet=quiet)
+    finally:
+        reference_mode.reset(token)
+    return apply_strict(report, strict)
+
+
+def _check(
+    fn: Callable | None,
+    inputs,
+    symbolic=None,
+    *,
+    wrt=None,
+    via: str | None = None,
+    v=None,
+    tangents=None,
+    loss=None,
+    target=None,
+    engine: str = "auto",
+    backend: str = "auto",
+    rtol: float | None = None,
+    atol: float | None = None,
+    backward_calls: int = 1,
+    symbols_map: Mapping[str, object] | None = None,
+    title: str | None = None,
+    memory_budget: int | None = None,
+    quiet: bool | None = None,
 ) -> Report:
     """Check torch autograd's derivatives of ``fn`` at ``inputs`` against the closed form.
 
@@ -326,6 +362,11 @@ def check(
         ``"elementwise"`` is refused.
     quiet : ``True`` never shows progress (also: environment variable ``SYMGRAD_QUIET=1``); progress
         appears on stderr only for checks that take more than 2 s.
+    reference : ``"auto"`` (the closed form in extended precision with a rounding bound, re-evaluated
+        over mpmath where that bound is not small against an ulp of the checked dtype), ``"mpmath"``
+        (every entry over mpmath) or ``"float"`` (never); each record states its reference's accuracy.
+    strict : ``True`` makes an ``inaccurate`` record (right, but less accurate than the problem's
+        conditioning allows; a warning by default) a failure.
     """
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -511,6 +552,10 @@ def check(
                     ref.kink_generators = stack_generators(
                         [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
         refs.append(ref)
+    evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
+    offsets = np.cumsum([0] + sizes)
+    for i, ref in enumerate(refs, start=1):
+        ref.oracle = EntryOracle(evaluator, lambda j, o=int(offsets[i]): [((o + j, None), float(scale))])
 
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
@@ -651,10 +696,15 @@ def assert_correct(
     title: str | None = None,
     memory_budget: int | None = None,
     quiet: bool | None = None,
+    reference: str = "auto",
+    strict: bool = False,
 ) -> Report:
     """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails, and
     returns the passing ``Report`` otherwise.  The keywords are ``check``'s (see ``help(symgrad.check)``)."""
     return check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
                  engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
                  symbols_map=symbols_map, title=title, memory_budget=memory_budget,
-                 quiet=quiet).raise_for_failure()
+                 quiet=quiet, reference=reference, strict=strict).raise_for_failure()
+
+
+check.__doc__ = _check.__doc__
