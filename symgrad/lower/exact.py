@@ -130,8 +130,8 @@ class ExactEvaluator:
             dps *= 2
 
     def sensitivity(self, slots: list) -> np.ndarray:
-        """``sum_j |a_j dg/da_j|`` for each slot (Note [Conditioning of an entry]); NaN where it
-        cannot be evaluated."""
+        """``sum_j |a_j dg/da_j|`` for each slot, plus the same for the saved values of Note [Saved
+        values] (Note [Conditioning of an entry]); NaN where it cannot be evaluated."""
         from .numpy import to_symengine
 
         ids = sorted({i for i, _ in slots})
@@ -140,10 +140,9 @@ class ExactEvaluator:
         for i in ids:
             g = to_symengine(self.exprs[i])
             free = g.free_symbols
-            for j, a in enumerate(se_args):
-                if a in free:
-                    parts.append(g.diff(a))
-                    owner.append((i, j))
+            terms = [a * g.diff(a) for a in se_args if a in free] + _saved_terms(g)
+            parts += terms
+            owner += [i] * len(terms)
         out = np.zeros(len(slots))
         if not parts:
             return out
@@ -154,16 +153,51 @@ class ExactEvaluator:
             return np.full(len(slots), np.nan)
         for n, (i, s) in enumerate(slots):
             total = mp.mpf(0)
-            for k, (owner_i, j) in enumerate(owner):
+            for k, owner_i in enumerate(owner):
                 if owner_i != i:
                     continue
                 d = values[k]
                 if isinstance(d, np.ndarray) and d.ndim:
                     d = d[column[s]]
-                a = self.values[j] if self.values[j].ndim == 0 else self.values[j][s]
-                total += abs(mp.mpf(float(a)) * d) if _finite(d) else mp.inf
+                total += abs(d) if _finite(d) else mp.inf
             out[n] = _to_float(total)
         return out
+
+
+# Note [Saved values]
+# torch's backward formulas reuse rounded values of the forward: tanh' = 1 - y**2 and sigmoid' =
+# y (1 - y) from the saved output y, exp' = y, gelu' from 0.5 (1 + erf(x/sqrt 2)).  Where 1 - y
+# cancels (tanh, sigmoid and gelu saturating), one rounding of y costs thousands of ulps of the
+# derivative, and no backward built on the saved output can do better: that is the problem torch's
+# backward solves, and its conditioning includes those values.  So every tanh(u), erf(u) and exp(u)
+# in the closed form, and every logistic 1/(1 + exp(u)) (exp(u) = (1 - s)/s), counts as one more
+# input rounded once: |t dg/dt| joins the sum.  sin, cos, log, sqrt, ... do not: a backward computes
+# them from its inputs (the naive sinc' = (x cos x - sin x)/x**2 stays inaccurate, as it should).
+_SAVED = ("tanh", "erf")
+
+
+def _saved_terms(g) -> list:
+    """``t dg/dt`` for each saved value t in ``g`` (Note [Saved values]), as expressions in the args."""
+    import symengine as se
+
+    found, seen, stack = [], set(), [g]
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        kind = type(e).__name__
+        if kind in _SAVED or (kind == "Pow" and e.args[0] == se.E):
+            found.append(e)
+        stack.extend(e.args)
+    terms = []
+    for k, t in enumerate(found):
+        tau = se.Symbol(f"_saved{k}")
+        terms.append(t * g.subs({t: tau}).diff(tau).subs({tau: t}))
+        if type(t).__name__ == "Pow":  # the logistic s = 1/(1 + exp(u)) as the saved value
+            s = 1 / (1 + t)
+            terms.append(s * g.subs({t: (1 - tau) / tau}).diff(tau).subs({tau: s}))
+    return terms
 
 
 def _finite(v) -> bool:
