@@ -78,9 +78,21 @@ def apply_strict(report, strict: bool):
                          f"{r.accuracy_allowed_ulps:.3g} are allowed" for r in bad[:4])
         message = (f"{report.title}: derivatives right but inaccurate (less accurate than the problem's "
                    f"conditioning allows): {text}" + ("" if strict else "; strict=True makes this a failure"))
-        logging.getLogger("symgrad").warning(message)
-        warnings.warn(message, InaccurateDerivative, stacklevel=3)
+        logging.getLogger("symgrad").info(message)  # warnings.warn shows it once; logging for whoever listens
+        warnings.warn(message, InaccurateDerivative, stacklevel=_caller_level())
     return report
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside symgrad (the user's call)."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(2), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class EntryOracle:
