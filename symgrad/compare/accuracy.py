@@ -147,7 +147,7 @@ def _hp_bound(ref, e: np.ndarray) -> np.ndarray:
     if ref.rounding is None:
         return np.full(e.shape, np.inf)
     rounding = np.abs(np.asarray(ref.rounding, np.float64).reshape(e.shape))
-    return REFERENCE_ULPS * hp_eps() * np.where(np.isfinite(rounding), rounding, np.inf)
+    return REFERENCE_ULPS * (ref.value_eps or hp_eps()) * np.where(np.isfinite(rounding), rounding, np.inf)
 
 
 def certify(ref, e: np.ndarray, dtype: str, ulp) -> tuple[np.ndarray, np.ndarray, str]:
@@ -176,7 +176,8 @@ def certify(ref, e: np.ndarray, dtype: str, ulp) -> tuple[np.ndarray, np.ndarray
     with np.errstate(all="ignore"):
         in_ulps = np.where(finite, bound / unit, 0.0)
     worst = float(np.max(in_ulps, initial=0.0))
-    fast = f"closed form in {hp_name()} floats" if ref.rounding is not None else "closed form in float64 (no bound)"
+    where = hp_name() if not ref.value_eps else "float64" if ref.value_eps == 2.0**-52 else f"eps {ref.value_eps:g}"
+    fast = f"closed form in {where} floats" if ref.rounding is not None else "closed form in float64 (no bound)"
     text = (f"{fast}, mpmath {dps} digits for {done} of {e.size} entries" if done else fast)
     text += (f"; |error| <= {worst:.2g} ulp of {dtype}" if np.isfinite(worst) else "; error not bounded")
     if done and dtype == "float64":

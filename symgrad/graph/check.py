@@ -19,6 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..compare.accuracy import apply_strict, check_accuracy_options, reference_mode
 from ..compare.compare import compare, compare_all
 from ..compare.kinks import stack_generators
 from ..progress import stage
@@ -29,9 +30,11 @@ from .approx import Approx
 from ..ops import FLOAT32_CONSTANTS
 from . import cache as graph_cache
 from . import diskcache
+from . import exact as graph_exact
 from .crosscheck import crosscheck
 from .engine import backward, forward, tangent
 from .interpret import to_graph
+from .pointwise_oracle import attach_pointwise_oracles
 from .printing import gradient_text
 from .scalar import Ctx
 from .trace import trace_callable
@@ -77,7 +80,8 @@ _VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 
 def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
                 target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
-                atol: float | None = None, title: str | None = None) -> Report:
+                atol: float | None = None, title: str | None = None, reference: str | None = None,
+                strict: bool = False) -> Report:
     """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
 
     ``symbolic``: a reference forward in torch ops, traced instead of ``fn`` (autograd still runs
@@ -86,7 +90,28 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     ``tangents``: ``{name: tensor}`` for a Jacobian-vector product (forward mode).
     ``cotangents``: how many random cotangents (and as many random tangents) check a tensor output
     with no ``v`` (or ``"full"``: the whole Jacobian).
+    ``reference``, ``strict``: as ``symgrad.check``'s (None: the running check's reference mode).
+    The op graph answers "is it right?"; "is it accurate?" needs an entry's conditioning, which only
+    the exploded engine computes (Note [Accurate, not only right] in symgrad/compare/accuracy.py).
     """
+    check_accuracy_options(reference or reference_mode.get(), strict)
+    token = reference_mode.set(reference or reference_mode.get())
+    start = graph_exact.counter["certified"]
+    try:
+        report = _check_graph(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
+                              target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
+                              rtol=rtol, atol=atol, title=title)
+    finally:
+        reference_mode.reset(token)
+    done = graph_exact.counter["certified"] - start
+    for r in report.records:
+        r.reference = r.reference.replace("closed form in float64 floats", "op graph in float64" + (
+            f" ({done} cancelling pointwise entries re-evaluated over mpmath, at their float64 arguments)" if done else ""))
+    return apply_strict(report, strict)
+
+
+def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
+                 backward_calls, rtol, atol, title) -> Report:
     import torch
 
     model = fn if isinstance(fn, torch.nn.Module) else None
@@ -218,6 +243,7 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
                        out_shape, how, scale, st.failed, generators.get(node),
                        gradient_text(st.graph, node) if node is not None else "")
             for n, node in zip(st.wrt, nodes)]
+    attach_pointwise_oracles(st.graph, refs, st.wrt, st.out, seeds, how, scale, st.leaves)
     quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
     for rec, ref in zip(records, refs):
@@ -323,7 +349,7 @@ def _tangent_dict(tangents, leaves, wrt) -> dict:
 
 
 def _approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:
-    ref = Reference(name, a.v, text, rounding=np.broadcast_to(a.e, a.shape), verified=not failed)
+    ref = Reference(name, a.v, text, rounding=np.broadcast_to(a.e, a.shape), verified=not failed, value_eps=2.0**-52)
     if a.banded:
         ref.lower, ref.upper, ref.kink = a.v - a.lo, a.v + a.hi, a.band() > 0
     return ref
@@ -396,7 +422,7 @@ def _reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str,
         full = shape
     v, e, lo, hi = (scale * parts[a].reshape(full) for a in ("v", "e", "lo", "hi"))
     text = "0 (no path from it to the output)" if all(g is None for g in grads) else text
-    ref = Reference(name, v, text, rounding=e, verified=not failed)
+    ref = Reference(name, v, text, rounding=e, verified=not failed, value_eps=2.0**-52)
     if failed:
         ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
                     + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")
