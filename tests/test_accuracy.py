@@ -150,3 +150,29 @@ def test_the_reports_state_the_reference_and_the_verdict():
     from symgrad.report.json import schema
 
     jsonschema.validate(data, schema())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_op_graph_judges_a_pointwise_gradient(dtype):
+    """Note [Pointwise gradients on the op graph]: torch.sinc traced into five pointwise nodes gets a
+    certified reference and its conditioning; a wrong backward still fails there."""
+    x = torch.tensor(SMALL, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InaccurateDerivative)
+        report = sg.check(torch.sinc, {"x": x}, engine="graph", v=torch.ones_like(x))
+        good = sg.check(stable, {"x": x}, engine="graph", v=torch.ones_like(x))
+        bad = sg.check(wrong, {"x": x}, engine="graph", v=torch.ones_like(x))
+        strict = sg.check(torch.sinc, {"x": x}, engine="graph", v=torch.ones_like(x), strict=True)
+    rec = report["x"]
+    assert rec.verdict == "inaccurate" and report.passed and "mpmath" in rec.reference
+    assert good["x"].verdict == "pass" and bad["x"].verdict == "FAIL" and not strict.passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["tanh", "sigmoid", "exp", "sin", "softplus", "elu"])
+def test_torch_ops_are_not_inaccurate_on_the_op_graph(op, dtype):
+    f = getattr(torch.nn.functional, op, None) or getattr(torch, op)
+    x = torch.linspace(-5, 5, 31, dtype=dtype)
+    v = torch.randn(31, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    report = sg.check(f, {"x": x}, engine="graph", v=v)
+    assert report.passed and not report.inaccurate, report.to_text()
