@@ -167,7 +167,7 @@ class Record:
         return "\n".join(lines)
 
     def _accuracy_lines(self) -> list[str]:
-        lines = [f"Reference: {self.reference}"] if self.reference else []
+        lines = [f"Reference: {self.reference}"] if self.reference and self.inaccurate else []
         if self.inaccurate:
             lines.append(
                 f"Inaccurate: {self.inaccurate} of {self.total} entries are right (within what correct arithmetic "
