@@ -213,6 +213,9 @@ def judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype: str
     bad = suspect & (diff > allowed)
     if len(entries) < int(suspect.sum()):
         rec.accuracy_note = f"conditioning computed for {len(entries)} of {int(suspect.sum())} suspect entries"
+    if np.isnan(sens).any():
+        rec.accuracy_note = (f"the conditioning of {int(np.isnan(sens).sum())} suspect entries was too large a "
+                             "computation (or could not be evaluated): the accuracy question is not answered there")
     rec.inaccurate = int(bad.sum())
     if not rec.inaccurate:
         return

@@ -40,6 +40,8 @@ MAX_DPS = 320
 CERTIFY_FRACTION = 1.0 / 64  # an entry's reference is certified when its error bound is below this share of an ulp
 REFERENCE_ULPS = 2.0  # the running bound counts roundings of size one unit; a factor two for the first-order terms
 MAX_EXACT_ENTRIES = 4096  # entries per record re-evaluated over mpmath; beyond, the fast reference stays
+MAX_SLOTS = 20_000  # (closed form, sample) pairs one mpmath evaluation takes (a parameter summed over a batch: one per sample)
+MAX_PARTS = 4_000  # partial derivatives one conditioning takes; beyond, the accuracy question is not answered
 _RATIONAL = re.compile(r"\((-?\d+)/(\d+)\)")
 
 
@@ -107,6 +109,8 @@ class ExactEvaluator:
         mpmath lacks here, a value truly infinite).  Returns (values, bounds, digits used)."""
         ids = sorted({i for i, _ in slots})
         pos = {i: k for k, i in enumerate(ids)}
+        if len(slots) > MAX_SLOTS:
+            return None
         try:
             fn = self._compile([self.exprs[i] for i in ids])
         except Exception:  # noqa: BLE001 - a form the mpmath runtime cannot print: no certified value
@@ -143,6 +147,8 @@ class ExactEvaluator:
             terms = [a * g.diff(a) for a in se_args if a in free] + _saved_terms(g)
             parts += terms
             owner += [i] * len(terms)
+            if len(parts) > MAX_PARTS or len(parts) * len(slots) > 50 * MAX_SLOTS:
+                return np.full(len(slots), np.nan)
         out = np.zeros(len(slots))
         if not parts:
             return out
