@@ -40,8 +40,10 @@ MAX_DPS = 320
 CERTIFY_FRACTION = 1.0 / 64  # an entry's reference is certified when its error bound is below this share of an ulp
 REFERENCE_ULPS = 2.0  # the running bound counts roundings of size one unit; a factor two for the first-order terms
 MAX_EXACT_ENTRIES = 4096  # entries per record re-evaluated over mpmath; beyond, the fast reference stays
-MAX_SLOTS = 20_000  # (closed form, sample) pairs one mpmath evaluation takes (a parameter summed over a batch: one per sample)
-MAX_PARTS = 4_000  # partial derivatives one conditioning takes; beyond, the accuracy question is not answered
+MAX_SLOTS = 2048  # (closed form, sample) pairs one mpmath evaluation takes (a parameter summed over a batch: one per sample)
+MAX_PARTS = 512  # partial derivatives one conditioning takes; beyond, the accuracy question is not answered
+MAX_SENSITIVITY_SLOTS = 256  # (closed form, sample) pairs one conditioning takes
+MAX_FREE = 64  # a closed form in more symbols than this is not differentiated again (a network's entry)
 _RATIONAL = re.compile(r"\((-?\d+)/(\d+)\)")
 
 
@@ -139,12 +141,19 @@ class ExactEvaluator:
         from .numpy import to_symengine
 
         ids = sorted({i for i, _ in slots})
+        if len(slots) > MAX_SENSITIVITY_SLOTS:
+            return np.full(len(slots), np.nan)
         se_args = [to_symengine(a) for a in self.args]
         parts, owner = [], []
         for i in ids:
             g = to_symengine(self.exprs[i])
             free = g.free_symbols
-            terms = [a * g.diff(a) for a in se_args if a in free] + _saved_terms(g)
+            if len(free) > MAX_FREE:
+                return np.full(len(slots), np.nan)
+            saved = _saved_terms(g)
+            if saved is None:
+                return np.full(len(slots), np.nan)
+            terms = [a * g.diff(a) for a in se_args if a in free] + saved
             parts += terms
             owner += [i] * len(terms)
             if len(parts) > MAX_PARTS or len(parts) * len(slots) > 50 * MAX_SLOTS:
@@ -182,7 +191,7 @@ class ExactEvaluator:
 _SAVED = ("tanh", "erf")
 
 
-def _saved_terms(g) -> list:
+def _saved_terms(g) -> list | None:
     """``t dg/dt`` for each saved value t in ``g`` (Note [Saved values]), as expressions in the args."""
     import symengine as se
 
@@ -197,6 +206,8 @@ def _saved_terms(g) -> list:
             found.append(e)
         stack.extend(e.args)
     terms = []
+    if len(found) > MAX_FREE:
+        return None  # too many: the accuracy question is not answered
     for k, t in enumerate(found):
         tau = se.Symbol(f"_saved{k}")
         terms.append(t * g.subs({t: tau}).diff(tau).subs({tau: t}))
