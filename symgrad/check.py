@@ -29,7 +29,7 @@ from .reference import Reference
 from .validate import (arrange_inputs, check_backend, check_callable, check_names, check_via_keywords,
                        check_wrt_type, recursion_guard, refuse_nonfinite)
 from .report.report import Report, shorten
-from .compare.accuracy import EntryOracle, apply_strict, check_accuracy_options, reference_mode
+from .compare.accuracy import EntryOracle, apply_strict, check_accuracy_options, nesting, reference_mode
 from .lower.exact import ExactEvaluator
 
 __all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
@@ -288,18 +288,20 @@ def check(
     title: str | None = None,
     memory_budget: int | None = None,
     quiet: bool | None = None,
-    reference: str = "auto",
+    reference: str | None = None,
     strict: bool = False,
 ) -> Report:
+    reference = reference or reference_mode.get()  # None: "auto", or the mode of the check this one runs inside
     check_accuracy_options(reference, strict)
-    token = reference_mode.set(reference)
+    token, depth = reference_mode.set(reference), nesting.set(nesting.get() + 1)
     try:
         report = _check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
                         engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
                         symbols_map=symbols_map, title=title, memory_budget=memory_budget, quiet=quiet)
     finally:
         reference_mode.reset(token)
-    return apply_strict(report, strict)
+        nesting.reset(depth)
+    return apply_strict(report, strict, warn=nesting.get() == 0)
 
 
 def _check(
@@ -362,7 +364,7 @@ def _check(
         ``"elementwise"`` is refused.
     quiet : ``True`` never shows progress (also: environment variable ``SYMGRAD_QUIET=1``); progress
         appears on stderr only for checks that take more than 2 s.
-    reference : ``"auto"`` (the closed form in extended precision with a rounding bound, re-evaluated
+    reference : ``"auto"`` (the default; the closed form in extended precision with a rounding bound, re-evaluated
         over mpmath where that bound is not small against an ulp of the checked dtype), ``"mpmath"``
         (every entry over mpmath) or ``"float"`` (never); each record states its reference's accuracy.
     strict : ``True`` makes an ``inaccurate`` record (right, but less accurate than the problem's
@@ -696,7 +698,7 @@ def assert_correct(
     title: str | None = None,
     memory_budget: int | None = None,
     quiet: bool | None = None,
-    reference: str = "auto",
+    reference: str | None = None,
     strict: bool = False,
 ) -> Report:
     """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails, and

@@ -176,3 +176,11 @@ def test_torch_ops_are_not_inaccurate_on_the_op_graph(op, dtype):
     v = torch.randn(31, dtype=dtype, generator=torch.Generator().manual_seed(0))
     report = sg.check(f, {"x": x}, engine="graph", v=v)
     assert report.passed and not report.inaccurate, report.to_text()
+
+
+def test_one_check_warns_once():
+    x = torch.tensor(SMALL, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sg.check(naive, {"x": x}, v=torch.ones_like(x))  # the fx importer's path
+    assert sum(issubclass(w.category, InaccurateDerivative) for w in caught) == 1

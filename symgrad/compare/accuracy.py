@@ -39,7 +39,7 @@ import contextvars
 
 import numpy as np
 
-__all__ = ["certify", "judge_accuracy", "REFERENCE_MODES", "reference_mode", "ACCURACY_ULPS", "MAX_CONDITIONED",
+__all__ = ["nesting", "certify", "judge_accuracy", "REFERENCE_MODES", "reference_mode", "ACCURACY_ULPS", "MAX_CONDITIONED",
            "EntryOracle", "apply_strict", "check_accuracy_options", "InaccurateDerivative"]
 
 REFERENCE_MODES = ("auto", "mpmath", "float")
@@ -48,6 +48,9 @@ MAX_CONDITIONED = 512
 # the reference mode of the running check (symgrad.check's ``reference=``): set for the length of
 # one check, read by ``certify`` on every path (exploded, per-sample, op graph)
 reference_mode: contextvars.ContextVar[str] = contextvars.ContextVar("symgrad_reference_mode", default="auto")
+# how many checks are running inside each other (the fx importer's whole-batch path calls symgrad.check):
+# only the outermost one warns
+nesting: contextvars.ContextVar[int] = contextvars.ContextVar("symgrad_check_nesting", default=0)
 
 
 class InaccurateDerivative(UserWarning):
@@ -64,7 +67,7 @@ def check_accuracy_options(reference, strict) -> None:
         raise InputError(f"strict must be True or False, not {strict!r}")
 
 
-def apply_strict(report, strict: bool):
+def apply_strict(report, strict: bool, warn: bool = True):
     """Mark every record of ``report`` (and of its parts) strict or not; warn about inaccurate ones."""
     import logging
     import warnings
@@ -73,7 +76,7 @@ def apply_strict(report, strict: bool):
         for r in part.records:
             r.strict = strict
     bad = [r for r in report.records if r.inaccurate and not r.mismatched]
-    if bad:
+    if bad and warn:
         text = "; ".join(f"{r.name}: {r.inaccurate} entries, {r.accuracy_ulps:.3g} ulps where "
                          f"{r.accuracy_allowed_ulps:.3g} are allowed" for r in bad[:4])
         message = (f"{report.title}: derivatives right but inaccurate (less accurate than the problem's "

@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..compare.accuracy import apply_strict, check_accuracy_options, reference_mode
+from ..compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
 from ..compare.compare import compare, compare_all
 from ..compare.kinks import stack_generators
 from ..progress import stage
@@ -96,6 +96,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     """
     check_accuracy_options(reference or reference_mode.get(), strict)
     token = reference_mode.set(reference or reference_mode.get())
+    depth = nesting.set(nesting.get() + 1)
     start = graph_exact.counter["certified"]
     try:
         report = _check_graph(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
@@ -103,11 +104,12 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
                               rtol=rtol, atol=atol, title=title)
     finally:
         reference_mode.reset(token)
+        nesting.reset(depth)
     done = graph_exact.counter["certified"] - start
     for r in report.records:
         r.reference = r.reference.replace("closed form in float64 floats", "op graph in float64" + (
             f" ({done} cancelling pointwise entries re-evaluated over mpmath, at their float64 arguments)" if done else ""))
-    return apply_strict(report, strict)
+    return apply_strict(report, strict, warn=nesting.get() == 0)
 
 
 def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
