@@ -24,13 +24,18 @@ Constants matter little here: the naive sinc at x = 1e-3 errs by ~1e6 ulps in fl
 within "right" but beyond "accurate" makes the record ``inaccurate`` (a warning; a failure with
 ``strict=True``).
 
-What the conditioning does not know: a backward that reuses the forward's rounded output (torch's
-tanh' = 1 - y**2, sigmoid' = y (1 - y)) inherits that output's rounding, amplified where 1 - y
-cancels; where tanh or sigmoid saturate, torch's own backward is honestly ``inaccurate`` (README,
-"How symgrad decides", has the measured counts).  The conditioning is computed only for entries
-whose error exceeds ACCURACY_ULPS * eps * |g| (cond >= 0 makes every other entry accurate), at most
-``MAX_CONDITIONED`` per record; entries on a kink, identically-zero entries and non-finite ones are
-never judged.
+A backward that reuses the forward's rounded output (torch's tanh' = 1 - y**2, sigmoid' =
+y (1 - y)) inherits that output's rounding, amplified where 1 - y cancels: thousands of ulps at
+|x| = 5 in float64.  Those values count as inputs of the problem (Note [Saved values] in
+``symgrad/lower/exact.py``), so torch's own kernels are not ``inaccurate`` (measured over the op
+table: README, "How symgrad decides"), while sin and cos, which a backward computes from x, do not
+(the naive sinc stays ``inaccurate``).  The conditioning is computed only for entries whose error
+exceeds ACCURACY_ULPS * eps * |g| (cond >= 0 makes every other entry accurate), at most
+``MAX_CONDITIONED`` per record and within the work limits of ``symgrad/lower/exact.py`` (a network's
+entries, in hundreds of symbols, are not differentiated again: the record's ``accuracy_note`` says
+the question was not answered); entries on a kink, identically-zero entries and non-finite ones are
+never judged.  Covered: the exploded engine (every path: the direct one, per sample, whole batch),
+and the op graph where the gradient is pointwise in x (Note [Pointwise gradients on the op graph]).
 """
 
 from __future__ import annotations
