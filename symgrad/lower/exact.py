@@ -125,9 +125,7 @@ class ExactEvaluator:
                 return None
             got, bounds = [], []
             for i, s in slots:
-                v, m = values[pos[i]], mags[pos[i]]
-                if isinstance(v, np.ndarray) and v.ndim:
-                    v, m = v[column[s]], m[column[s]]
+                v, m = _pick(values[pos[i]], column[s]), _pick(mags[pos[i]], column[s])
                 got.append(v)
                 bounds.append(REFERENCE_ULPS * unit * abs(mp.mpf(m)) if _finite(m) else mp.inf)
             ok = all(b <= CERTIFY_FRACTION * dtype_ulp(_to_float(v)) for v, b in zip(got, bounds))
@@ -171,9 +169,7 @@ class ExactEvaluator:
             for k, owner_i in enumerate(owner):
                 if owner_i != i:
                     continue
-                d = values[k]
-                if isinstance(d, np.ndarray) and d.ndim:
-                    d = d[column[s]]
+                d = _pick(values[k], column[s])
                 total += abs(d) if _finite(d) else mp.inf
             out[n] = _to_float(total)
         return out
@@ -215,6 +211,11 @@ def _saved_terms(g) -> list | None:
             s = 1 / (1 + t)
             terms.append(s * g.subs({t: (1 - tau) / tau}).diff(tau).subs({tau: s}))
     return terms
+
+
+def _pick(value, column: int):
+    """One sample's entry of an evaluated value (an array over the samples, or one number for all)."""
+    return value[column] if isinstance(value, np.ndarray) and value.ndim else value
 
 
 def _finite(v) -> bool:
