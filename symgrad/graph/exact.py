@@ -73,7 +73,9 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
                 got = fn(*(mp.mpf(float(a.flat[j])) for a in args))
                 value = float(got.real) if isinstance(got, mp.mpc) and got.imag == 0 else float(got)
             except (ArithmeticError, ValueError, TypeError):
-                continue
+                continue  # this entry only (a pole, a complex value): float64 stays
+            except Exception:  # noqa: BLE001 - a function mpmath lacks (trunc): float64 stays everywhere
+                return out
             if np.isfinite(value):
                 new.flat[j] = value
                 done += 1
