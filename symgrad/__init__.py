@@ -13,6 +13,7 @@ from .symbolic.functional import *  # noqa: F401,F403 - the symbolic tensor API 
 from .symbolic.functional import __all__ as _functional_all
 from .check import assert_correct, check
 from .compare import Record
+from .compare.accuracy import InaccurateDerivative
 from .errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .ops import OPS, Op, register_op
 from .reference import Reference
@@ -59,6 +60,7 @@ __all__ = [
     "UnsupportedOp",
     "AutogradFailed",
     "GradientMismatch",
+    "InaccurateDerivative",
     "import_fn",
     "check_function",
     "weight_jacobian",

@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 
 from .autograd.forward import grad_enabled
 from .elementwise import check_plain
+from .compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
 from .errors import InputError
 from .inputs import check_options, lowest_precision  # noqa: F401 - lowest_precision re-exported
 from .progress import with_progress
@@ -59,6 +60,8 @@ def check(
     memory_budget: int | None = None,
     quiet: bool | None = None,
     order: int = 1,
+    reference: str | None = None,
+    strict: bool = False,
 ) -> Report:
     """Check torch autograd's derivatives of ``fn`` at ``inputs`` against the closed form.
 
@@ -110,7 +113,28 @@ def check(
         ``hvp``).  A backward torch cannot differentiate (``@once_differentiable``, ``.detach()``/numpy
         inside) fails with a note saying so.  Small functions: exploded back end; modules and larger
         ones: the op graph (linear-algebra nodes refused).  Default ``1``.
+    reference : ``"auto"`` (the default; the closed form in extended precision with a rounding bound, re-evaluated
+        over mpmath where that bound is not small against an ulp of the checked dtype), ``"mpmath"``
+        (every entry over mpmath) or ``"float"`` (never); each record states its reference's accuracy.
+    strict : ``True`` makes an ``inaccurate`` record (right, but less accurate than the problem's
+        conditioning allows; a warning by default) a failure.
     """
+    reference = reference or reference_mode.get()  # None: "auto", or the mode of the check this one runs inside
+    check_accuracy_options(reference, strict)
+    token, depth = reference_mode.set(reference), nesting.set(nesting.get() + 1)
+    try:
+        report = _route(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
+                        engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
+                        symbols_map=symbols_map, title=title, memory_budget=memory_budget, order=order)
+    finally:
+        reference_mode.reset(token)
+        nesting.reset(depth)
+    return apply_strict(report, strict, warn=nesting.get() == 0)
+
+
+def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine, backend, rtol, atol,
+           backward_calls, symbols_map, title, memory_budget, order) -> Report:
+    """``check``'s dispatch: second derivatives, modules, plain functions."""
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
     check_options(rtol, atol, backward_calls)
@@ -161,10 +185,13 @@ def assert_correct(
     memory_budget: int | None = None,
     quiet: bool | None = None,
     order: int = 1,
+    reference: str | None = None,
+    strict: bool = False,
 ) -> Report:
     """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails, and
     returns the passing ``Report`` otherwise.  The keywords are ``check``'s (see ``help(symgrad.check)``)."""
     return check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
                  engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
                  symbols_map=symbols_map, title=title, memory_budget=memory_budget,
-                 quiet=quiet, order=order).raise_for_failure()
+                 quiet=quiet, order=order, reference=reference,
+                 strict=strict).raise_for_failure()

@@ -17,12 +17,14 @@ import sympy as sp
 
 from .autograd.forward import forward_once, grad_enabled
 from .autograd.run import default_via, quantity_of, run_autograd
+from .compare.accuracy import EntryOracle
 from .compare.compare import compare, compare_all
 from .compare.kinks import stack_generators
 from .differentiate.elementwise import differentiate, entry_form, structural_zeros
 from .differentiate.matrix_form import matrix_closed_form
 from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from .inputs import check_options, fresh_name, lowest_precision, normalize_inputs
+from .lower.exact import ExactEvaluator
 from .lower.numpy import high_precision, lower
 from .progress import stage
 from .reference import Reference
@@ -224,6 +226,10 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                     ref.kink_generators = stack_generators(
                         [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
         refs.append(ref)
+    evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
+    offsets = np.cumsum([0] + sizes)
+    for i, ref in enumerate(refs, start=1):
+        ref.oracle = EntryOracle(evaluator, lambda j, o=int(offsets[i]): [((o + j, None), float(scale))])
 
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)

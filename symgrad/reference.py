@@ -41,3 +41,7 @@ class Reference:
     # callable giving any entry's closed form text (index tuple -> str); None where not known
     closed_form_expr: object = None
     entry_form: object = None
+    # issue 11: raised-precision values and conditioning of chosen entries (compare/accuracy.py's
+    # EntryOracle); None where the engine has none (the accuracy question then stays unanswered)
+    oracle: object = None
+    value_eps: float | None = None  # machine epsilon of the evaluation of ``value`` (None: numpy's extended precision)

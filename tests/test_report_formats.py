@@ -246,3 +246,24 @@ def test_failure_details_show_the_worst_entries_with_both_values(failing):
     worst = failing["x"]
     assert f"Closed form of x[{worst.abs_index[0]}, {worst.abs_index[1]}]:" in text
     assert "tanh" in text.split("Closed form of x[", 1)[1]
+
+
+def test_an_inaccurate_record_in_json_keeps_its_worst_entries_and_reference():
+    """Issue 11: the verdict, the reference's accuracy and the worst entries (both values, the error,
+    the allowance) reach the JSON, valid against the schema; the schema refuses a negative count."""
+    from symgrad.compare.compare import Record, WorstEntry
+
+    rec = Record("x", "grad", (2,), "float64", total=2, inaccurate=1, accuracy_index=(1,), accuracy_ulps=1e7,
+                 accuracy_allowed_ulps=20.0, condition=2.0, reference="closed form in 80-bit extended floats, "
+                 "mpmath 40 digits for 2 of 2 entries; |error| <= 1e-20 ulp of float64",
+                 worst=[WorstEntry((1,), -1.0000165e-06, -1e-06, 1.65e-11, 7.8e10, 4e-21, 19.0, 2.0)])
+    data = _strict_loads(Report([rec]).to_json())
+    row = data["rows"][0]
+    assert row["verdict_code"] == "inaccurate" and row["passed"] is True and row["inaccurate"] == 1
+    assert row["worst"][0]["expected"] == -1e-06 and row["worst"][0]["condition"] == 2.0
+    assert row["reference"].startswith("closed form")
+    _validate(data)
+    jsonschema = pytest.importorskip("jsonschema")
+    row["inaccurate"] = -1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, schema())

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..reference import Reference
 from .half import ROUNDING_ULPS, rounding_ulps, subnormal_floor, value_roundings
+from .accuracy import certify, judge_accuracy
 from .kinks import fit as joint_fit
 
 __all__ = ["Record", "WorstEntry", "ulp", "compare", "compare_all", "DEFAULT_RTOL", "NO_BOUND_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
@@ -99,6 +100,15 @@ class Record:
     allowed_ulps: float = 0.0  # the allowance at ulps_index, in the same unit
     # WorstEntry, the most out of allowance first, with ulps (the reports list theirs: report/common.py)
     worst: list = field(default_factory=list, repr=False)
+    # issue 11 items 1 and 3: the reference's own accuracy, and "is it accurate?" beside "is it right?"
+    reference: str = ""  # e.g. "closed form in 80-bit extended floats; |error| <= 0.004 ulp of float64"
+    inaccurate: int = 0  # entries right but less accurate than their conditioning allows (compare/accuracy.py)
+    accuracy_index: tuple = ()  # the entry farthest beyond its accuracy allowance
+    accuracy_ulps: float = 0.0  # its error, in ulps of the checked dtype
+    accuracy_allowed_ulps: float = 0.0  # its accuracy allowance, (cond + 8) eps |g| + 8 ulp, in ulps
+    condition: float = 0.0  # its condition number sum_j |a_j dg/da_j| / |g|
+    accuracy_note: str = ""
+    strict: bool = False  # symgrad.check(strict=True): an inaccurate record fails
     expected: np.ndarray | None = field(default=None, repr=False)
     actual: np.ndarray | None = field(default=None, repr=False)
     # for the reports only (heatmaps, worst entries): each entry's allowance and kink mask, the closed
@@ -117,11 +127,14 @@ class Record:
             return "FAIL (NaN/inf)" if self.mismatched else "NaN/inf"
         if self.mismatched:
             return "FAIL"
+        if self.inaccurate:
+            return "inaccurate"
         return "pass (kink)" if self.kinks else "pass"
 
     @property
     def passed(self) -> bool:
-        return self.verdict in ("pass", "pass (kink)")
+        verdict = self.verdict
+        return verdict in ("pass", "pass (kink)") or (verdict == "inaccurate" and not self.strict)
 
     def message(self) -> str:
         """A mismatch message in the manner of ``torch.testing.assert_close``."""
@@ -150,7 +163,22 @@ class Record:
                          + ("; check in float64 to resolve them." if self.dtype != "float64" else "."))
         if self.note:
             lines.append(self.note)
+        lines += self._accuracy_lines()
         return "\n".join(lines)
+
+    def _accuracy_lines(self) -> list[str]:
+        lines = [f"Reference: {self.reference}"] if self.reference and self.inaccurate else []
+        if self.inaccurate:
+            lines.append(
+                f"Inaccurate: {self.inaccurate} of {self.total} entries are right (within what correct arithmetic "
+                f"following the closed form may lose) but less accurate than the problem's conditioning allows: "
+                f"{self.accuracy_ulps:.3g} ulps of {self.dtype} at {format_index(self.name, self.accuracy_index)}, where "
+                f"condition number {self.condition:.3g} allows {self.accuracy_allowed_ulps:.3g} ulps"
+                + (" (a failure: strict=True)." if self.strict else " (a warning; strict=True makes it a failure)."))
+            lines += [w.line(self.name) for w in self.worst]
+        if self.accuracy_note:
+            lines.append(f"Accuracy: {self.accuracy_note}")
+        return lines
 
 
 @dataclass
@@ -164,10 +192,12 @@ class WorstEntry:
     error_ulps: float
     allowed: float
     allowed_ulps: float
+    condition: float | None = None  # set where ``allowed`` is the accuracy allowance (compare/accuracy.py)
 
     def line(self, name: str) -> str:
+        what = "allowed" if self.condition is None else f"accurate to (condition number {self.condition:.3g})"
         return (f"  {format_index(name, self.index)}: autograd {self.actual:.17g}, exact {self.expected:.17g}, "
-                f"error {self.error:.3g} ({self.error_ulps:.3g} ulps), allowed {self.allowed:.3g} ({self.allowed_ulps:.3g} ulps)")
+                f"error {self.error:.3g} ({self.error_ulps:.3g} ulps), {what} {self.allowed:.3g} ({self.allowed_ulps:.3g} ulps)")
 
 
 TINY = {"float64": float(np.finfo(np.float64).tiny), "float32": float(np.finfo(np.float32).tiny),
@@ -237,6 +267,8 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         rec.mismatched, rec.note = rec.total, f"shape mismatch: autograd gave {a.shape}, the closed form has {e.shape}"
         return rec
     rtol = 0.0 if rtol is None else rtol
+    e, ref_bound, rec.reference = certify(ref, e, dtype, ulp)  # Note [Certified reference] (lower/exact.py)
+    rec.expected = e
     # (where every entry is finite -- the usual case -- the masking passes are skipped: a million
     # entries cost a few milliseconds a pass)
     abs_e, fin_e = np.abs(e), np.isfinite(e)
@@ -352,6 +384,8 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         i = rec.rel_index
         rec.rel_allowed = float(allowed[i] / abs(e[i])) if np.isfinite(e[i]) and e[i] != 0 else float("inf")
         _in_ulps(rec, e, a, diff, allowed, judged_mask, dtype)
+        if not rec.mismatched and not differ.any():  # Note [Accurate, not only right] (accuracy.py)
+            judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype, ulp, eps, rtol, atol)
     return rec
 
 

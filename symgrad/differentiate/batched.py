@@ -27,6 +27,8 @@ import symengine as se
 
 from ..symbolic.tensor import SymTensor
 from ..compare.kinks import stack_generators
+from ..compare.accuracy import EntryOracle
+from ..lower.exact import ExactEvaluator
 from ..lower.numpy import high_precision, lower
 from ..reference import Reference
 from ..report.report import shorten
@@ -177,7 +179,24 @@ def per_sample_references(
                     ref.kink_generators = stack_generators(
                         [[pick(_at(diffs[j], i, pos)) for j in ids] for pos, ids in hi.kink_groups], value.shape)
         refs.append(ref)
+    _attach_oracles(refs, wrt, batched, syms, ExactEvaluator(exprs, args, vals), sizes, n, c, rows)
     return forward, refs, list(hi.kink_conditions or [])
+
+
+def _attach_oracles(refs, wrt, batched, syms, evaluator, sizes, n: int, c: float, rows: bool) -> None:
+    """Each reference's entries as slots of ``evaluator`` (Note [Certified reference] in
+    symgrad/lower/exact.py): a batched input's entry is one sample's closed form, a parameter's is
+    the sum over the samples.  The assembled Jacobian rows (``rows``) have none."""
+    if rows:
+        return
+    offsets = np.cumsum([0] + list(sizes))
+    for i, (w, ref) in enumerate(zip(wrt, refs), start=1):
+        o = int(offsets[i])
+        if w in batched:
+            inner = int(np.prod(syms[w].shape[1:], dtype=int))
+            ref.oracle = EntryOracle(evaluator, lambda j, o=o, m=inner: [((o + j % m, j // m), c)])
+        else:
+            ref.oracle = EntryOracle(evaluator, lambda j, o=o: [((o + j, s), c) for s in range(n)])
 
 
 def _at(diff_blocks: list, i: int, pos: tuple) -> dict:

@@ -19,6 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
 from ..compare.compare import compare, compare_all
 from ..compare.half import rounding_ulps
 from ..progress import stage
@@ -30,11 +31,13 @@ from ..ops import FLOAT32_CONSTANTS
 from . import cache as graph_cache
 from . import montecarlo
 from . import diskcache
+from . import exact as graph_exact
 from .crosscheck import crosscheck
 from .refs import JACOBIAN_VIAS
 from .refs import reference as _reference
 from .engine import backward, forward, tangent
 from .interpret import to_graph
+from .pointwise_oracle import attach_pointwise_oracles
 from .printing import gradient_text
 from .scalar import Ctx
 from .trace import trace_callable
@@ -80,7 +83,8 @@ _VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 
 def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
                 target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
-                atol: float | None = None, title: str | None = None, order: int = 1) -> Report:
+                atol: float | None = None, title: str | None = None, order: int = 1, reference: str | None = None,
+                strict: bool = False) -> Report:
     """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
 
     ``symbolic``: a reference forward in torch ops, traced instead of ``fn`` (autograd still runs
@@ -91,7 +95,30 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     with no ``v`` (or ``"full"``: the whole Jacobian).
     ``order=2``: torch's double backward against exact Hessian-vector products (``symgrad.graph.order2``;
     ``tangents`` is then the direction ``w``, ``cotangents`` the number of random ones).
+    ``reference``, ``strict``: as ``symgrad.check``'s (None: the running check's reference mode).
+    The op graph answers "is it right?"; "is it accurate?" needs an entry's conditioning, which only
+    the exploded engine computes (Note [Accurate, not only right] in symgrad/compare/accuracy.py).
     """
+    check_accuracy_options(reference or reference_mode.get(), strict)
+    token = reference_mode.set(reference or reference_mode.get())
+    depth = nesting.set(nesting.get() + 1)
+    start = graph_exact.counter["certified"]
+    try:
+        report = _check_graph(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
+                              target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
+                              rtol=rtol, atol=atol, title=title, order=order)
+    finally:
+        reference_mode.reset(token)
+        nesting.reset(depth)
+    done = graph_exact.counter["certified"] - start
+    for r in report.records:
+        r.reference = r.reference.replace("closed form in float64 floats", "op graph in float64" + (
+            f" ({done} cancelling pointwise entries re-evaluated over mpmath, at their float64 arguments)" if done else ""))
+    return apply_strict(report, strict, warn=nesting.get() == 0)
+
+
+def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
+                 backward_calls, rtol, atol, title, order) -> Report:
     import torch
 
     from .order2 import check_order
@@ -233,6 +260,7 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
                        out_shape, how, scale, st.failed, generators.get(node),
                        gradient_text(st.graph, node) if node is not None else "")
             for n, node in zip(st.wrt, nodes)]
+    attach_pointwise_oracles(st.graph, refs, st.wrt, st.out, seeds, how, scale, st.leaves)
     statistical = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
     quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
@@ -379,7 +407,7 @@ def _tangent_dict(tangents, leaves, wrt) -> dict:
 
 
 def _approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:
-    ref = Reference(name, a.v, text, rounding=np.broadcast_to(a.e, a.shape), verified=not failed)
+    ref = Reference(name, a.v, text, rounding=np.broadcast_to(a.e, a.shape), verified=not failed, value_eps=2.0**-52)
     if a.banded:
         ref.lower, ref.upper, ref.kink = a.v - a.lo, a.v + a.hi, a.band() > 0
     return ref

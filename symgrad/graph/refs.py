@@ -38,7 +38,7 @@ def reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, 
     banded = any(g is not None and g.lo is not None for g in grads)
     lo, hi = (stacked("lo"), stacked("hi")) if banded else (0.0, 0.0)  # unbanded: no kink, no band
     text = "0 (no path from it to the output)" if all(g is None for g in grads) else text
-    ref = Reference(name, v, text, rounding=e, verified=not failed)
+    ref = Reference(name, v, text, rounding=e, verified=not failed, value_eps=2.0**-52)
     if failed:
         ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
                     + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")

@@ -20,6 +20,7 @@ import sympy as sp
 from . import linalg
 from .approx import Approx, add, einsum, mul, reduce_sum, rounded, summation_factor, unbroadcast
 from .ir import Node
+from .exact import certified
 from .scalar import KINK_ULPS, Ctx, evaluate
 
 __all__ = ["forward", "vjp", "jvp", "symbols_for", "derivatives"]
@@ -46,7 +47,8 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
-        return _finite_errors(_broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape))
+        expr = node.attrs["expr"]
+        return _finite_errors(_broadcast(certified(expr, env, ctx, evaluate(expr, env, ctx)), node.shape))
     if kind == "contract":
         return einsum(node.attrs["spec"], *args)
     if kind == "reduce":
@@ -143,7 +145,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
             if d == 0 or not need:
                 grads.append(None)
                 continue
-            local = _broadcast(evaluate(d, env, ctx), node.shape)
+            local = _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape)  # Note [Certified pointwise values]
             if kinks is not None and local.banded and a.shape == node.shape:
                 _record_kinks(kinks, node.args[i], g, local)
                 local = Approx(local.v, local.e)
@@ -283,7 +285,7 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
         for t, d in zip(tangents, derivatives(node.attrs["expr"], len(args))):
             if t is None or d == 0:
                 continue
-            term = mul(_broadcast(evaluate(d, env, ctx), node.shape), _broadcast(t, node.shape))
+            term = mul(_broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape), _broadcast(t, node.shape))
             out = term if out is None else add(out, term)
         return _half_jvp_rounding(out, tangents, node.shape, ctx)
     if kind == "contract":

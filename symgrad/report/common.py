@@ -12,7 +12,7 @@ import numpy as np
 
 from ..compare.compare import Record, format_index
 
-__all__ = ["VERDICT_CODES", "verdict_code", "closed_form_lines", "is_long", "detail_message", "worst_entries",
+__all__ = ["reference_line", "VERDICT_CODES", "verdict_code", "closed_form_lines", "is_long", "detail_message", "worst_entries",
            "entry_ratio", "shown_closed_forms", "worst_lines", "worst_closed_form", "failure_message"]
 
 # Machine-readable verdicts (the JSON's "verdict_code"; documented in schema.json)
@@ -50,6 +50,12 @@ def verdict_code(r: Record) -> str:
             return "pass_kink"
         return "unresolved" if r.unresolved else "pass"
     return "unknown"
+
+
+def reference_line(records: list[Record]) -> str:
+    """One line on the references' own accuracy (issue 11 item 1), empty when no record states it."""
+    parts = [f"{r.name}: {r.reference}" for r in records if r.reference and r.quantity != "forward"]
+    return ("Reference accuracy: " + "; ".join(parts)) if parts else ""
 
 
 def closed_form_lines(text: str) -> list[str]:

@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from ..compare.compare import format_index
-from .common import closed_form_lines, detail_message, entry_ratio, is_long, shown_closed_forms, verdict_code
+from .common import (closed_form_lines, detail_message, entry_ratio, is_long, reference_line, shown_closed_forms,
+                     verdict_code)
 from .text import TABLE_COLUMNS
 
 __all__ = ["render", "heatmap_svg", "mathml"]
@@ -225,6 +226,8 @@ def _section(report, level: int) -> str:
             label = f"<b>{html.escape(r.name)}</b> <span class='muted'>({html.escape(r.quantity)})</span>"
             body = f"same as <b>{html.escape(same_as)}</b>" if same_as is not None else _closed_form(r)
             out.append(f'<div class="closed-form">{label}{body}</div>')
+    if reference_line(report.records):
+        out.append(f'<p class="muted">{html.escape(reference_line(report.records))}</p>')
     noteworthy = report.noteworthy()
     if noteworthy:
         out.append(f"<h{min(level + 1, 6)}>Details</h{min(level + 1, 6)}>")

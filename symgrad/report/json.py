@@ -35,6 +35,8 @@ def encode(value):
         return {"nonfinite": "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")}
     if value is None or isinstance(value, str):
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a WorstEntry
+        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

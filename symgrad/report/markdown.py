@@ -3,7 +3,7 @@ in a fenced block when it has several lines or is long); failure details in fenc
 
 from __future__ import annotations
 
-from .common import closed_form_lines, detail_message, is_long, shown_closed_forms
+from .common import closed_form_lines, detail_message, is_long, reference_line, shown_closed_forms
 from .escape import escape_markdown, escape_text, markdown_code
 from .text import table
 
@@ -35,6 +35,8 @@ def render(report, level: int = 2) -> str:
     forms = _closed_forms(report)
     if forms:
         parts += ["", f"{head}# Closed forms", "", *forms]
+    if reference_line(report.records):
+        parts += ["", escape_markdown(reference_line(report.records))]
     details = [detail_message(r) for r in report.noteworthy()]
     if details:
         parts += ["", f"{head}# Details", ""]

@@ -49,6 +49,12 @@ class Report:
     def failures(self) -> list[Record]:
         return [r for r in self.records if not r.passed]
 
+    @property
+    def inaccurate(self) -> list[Record]:
+        """The records whose derivative is right but less accurate than the problem's conditioning
+        allows (verdict ``inaccurate``: a warning, a failure with ``strict=True``)."""
+        return [r for r in self.records if r.verdict == "inaccurate"]
+
     def __getitem__(self, name: str) -> Record:
         for r in self.records:
             if r.name == name:
@@ -74,11 +80,14 @@ class Report:
     def summary(self) -> str:
         n_fail = len(self.failures)
         status = "all derivatives match the closed form" if not n_fail else f"{n_fail} of {len(self.records)} rows FAIL"
+        if self.inaccurate:
+            status += f"; {len(self.inaccurate)} inaccurate"
         return f"{self.title}: {status}"
 
     def noteworthy(self) -> list[Record]:
         """The records that did not plainly pass, or carry a kink, a note or unresolved entries."""
-        return [r for r in self.records if not r.passed or r.kinks or not r.verified or r.note or r.unresolved]
+        return [r for r in self.records if not r.passed or r.kinks or not r.verified or r.note or r.unresolved
+                or r.inaccurate or r.accuracy_note]
 
     def details(self) -> list[str]:
         """assert_close-style messages for every row that did not plainly pass, and kink notes."""

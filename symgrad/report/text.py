@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from .common import closed_form_lines, detail_message, shown_closed_forms
+from .common import closed_form_lines, detail_message, reference_line, shown_closed_forms
 
 __all__ = ["render", "TABLE_COLUMNS"]
 
@@ -42,6 +42,8 @@ def render(report) -> str:
     forms = closed_forms(report)
     if forms:
         parts += ["", *forms]
+    if reference_line(report.records):
+        parts += ["", reference_line(report.records)]
     details = [detail_message(r) for r in report.noteworthy()]
     if details:
         parts += ["", "\n\n".join(details)]

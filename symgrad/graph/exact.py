@@ -1,0 +1,83 @@
+"""Note [Certified pointwise values]: a pointwise node's cancelling entries re-evaluated over mpmath.
+
+The op graph evaluates a pointwise form (``sinc'(s0) = cos(s0)/s0 - sin(s0)/s0**2``) in float64,
+with a running bound ``e`` in units of the checked dtype's epsilon (Note [Approx arithmetic]).  Where
+that bound is many times the value (``e > CANCELLATION * |v|``: the terms cancel) *and* the float64
+evaluation's own error, about ``2**-52 * e``, is not small against an ulp of the checked dtype
+(``CERTIFY_FRACTION``), the float64 value shares the weakness of a naive backward.  Those entries
+(every entry with ``reference="mpmath"``; none with ``"float"``) are evaluated again over mpmath at
+``EXACT_DPS`` digits from the same SymPy form (only forms holding a function: sin, exp, ...), at the
+node's float64 arguments: the value becomes
+exact *given those arguments* (an argument computed upstream keeps its own float64 error).  The
+rounding bound ``e`` is kept: it is what torch's computation in the checked dtype may lose there,
+the "right?" allowance.  At most ``MAX_ENTRIES`` entries per evaluation; beyond, float64 stays.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import mpmath as mp
+import numpy as np
+import sympy as sp
+
+from .approx import Approx
+
+__all__ = ["certified", "CANCELLATION", "MAX_ENTRIES", "counter"]
+
+CANCELLATION = 16.0
+MAX_ENTRIES = 1024
+EPS64 = 2.0**-52
+# entries re-evaluated during the running check (read by check_graph for the records' reference text)
+counter = {"certified": 0}
+
+
+@lru_cache(maxsize=1024)
+def _mp_function(expr: sp.Expr, symbols: tuple):
+    return sp.lambdify(symbols, expr, modules="mpmath")
+
+
+def _ulp(v: np.ndarray, eps: float) -> np.ndarray:
+    return np.ldexp(eps, np.frexp(np.maximum(np.abs(v), np.finfo(np.float64).tiny))[1] - 1)
+
+
+def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
+    """``out`` (``expr`` evaluated over ``env`` in Approx arithmetic) with its cancelling entries
+    re-evaluated over mpmath (Note [Certified pointwise values])."""
+    from ..compare.accuracy import reference_mode
+    from ..lower.exact import CERTIFY_FRACTION, EXACT_DPS
+
+    mode = reference_mode.get()
+    if mode == "float" or expr.is_Number or not expr.atoms(sp.Function):
+        return out  # sums and products of float64 arguments: nothing a library function loses
+    v, e = np.asarray(out.v, np.float64), np.broadcast_to(np.asarray(out.e, np.float64), out.shape)
+    with np.errstate(all="ignore"):
+        want = np.isfinite(v) & np.isfinite(e)
+        if mode == "auto":
+            want &= (e > CANCELLATION * np.abs(v)) & (EPS64 * e > CERTIFY_FRACTION * _ulp(v, ctx.eps))
+    if not want.any() or int(want.sum()) > MAX_ENTRIES:
+        return out
+    symbols = tuple(sorted(expr.free_symbols, key=lambda s: s.name))
+    if any(s not in env for s in symbols):
+        return out
+    try:
+        fn = _mp_function(expr, symbols)
+    except Exception:  # noqa: BLE001 - a form mpmath cannot take: float64 stays
+        return out
+    args = [np.broadcast_to(np.asarray(env[s].v, np.float64), out.shape) for s in symbols]
+    new = np.array(v, copy=True)
+    done = 0
+    with mp.workdps(EXACT_DPS):
+        for j in np.flatnonzero(want):
+            try:
+                got = fn(*(mp.mpf(float(a.flat[j])) for a in args))
+                value = float(got.real) if isinstance(got, mp.mpc) and got.imag == 0 else float(got)
+            except (ArithmeticError, ValueError, TypeError):
+                continue  # this entry only (a pole, a complex value): float64 stays
+            except Exception:  # noqa: BLE001 - a function mpmath lacks (trunc): float64 stays everywhere
+                return out
+            if np.isfinite(value):
+                new.flat[j] = value
+                done += 1
+    counter["certified"] += done
+    return Approx(new, out.e, out.lo, out.hi)

@@ -1,0 +1,93 @@
+"""Note [Pointwise gradients on the op graph]: a certified reference and conditioning where the
+gradient is pointwise in x.
+
+Where the output is a chain of pointwise nodes of one input x (``torch.sinc(x)``, a custom
+Function's elementwise forward, ``tanh(sin(x))``; every node of x's shape), possibly summed to a
+scalar, the gradient entry is ``g_i = c_i F'(x_i)`` with ``F`` the chain composed into one SymPy
+form and ``c_i`` the cotangent entry.  Its reference is then known exactly: ``c F'(x)`` goes to
+the exploded engine's raised-precision evaluator (Note [Certified reference] in
+``symgrad/lower/exact.py``), and so does its conditioning, ``|x c F''(x)| + |c F'(x)|`` plus the
+saved values (Note [Conditioning of an entry], Note [Saved values]): the op graph then answers
+"is it accurate?" too.  Anything else (a reduction other than a full sum, a second input, a
+contraction, layouts) has no such oracle: its records say the accuracy question is not answered.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..compare.accuracy import EntryOracle
+from .rules import symbols_for
+
+__all__ = ["attach_pointwise_oracles"]
+
+MAX_CHAIN = 64  # pointwise nodes composed at most
+
+
+def _compose(node, leaf, x, memo: dict, budget: list):
+    if node is leaf:
+        return x
+    if node in memo:
+        return memo[node]
+    if node.kind == "leaf" and node.attrs.get("role") == "const" and node.shape == ():
+        return sp.Float(float(np.asarray(node.attrs["value"])), 30)  # the float torch holds, exactly
+    if node.kind != "pointwise" or node.shape not in (leaf.shape, ()) or budget[0] <= 0:
+        return None
+    budget[0] -= 1
+    args = []
+    for a in node.args:
+        got = _compose(a, leaf, x, memo, budget)
+        if got is None:
+            return None
+        args.append(got)
+    expr = node.attrs["expr"].xreplace(dict(zip(symbols_for(len(args)), args)))
+    memo[node] = expr
+    return expr
+
+
+def chain_form(graph, leaf, out):
+    """(F as a SymPy form of the symbol ``x``, summed to a scalar?) or None (Note [Pointwise
+    gradients on the op graph])."""
+    summed = False
+    if out.kind == "reduce" and out.attrs.get("op") == "sum" and out.args and out.args[0].shape == leaf.shape:
+        if out.size != 1:
+            return None
+        out, summed = out.args[0], True
+    if out.shape != leaf.shape:
+        return None
+    x = sp.Symbol("x", real=True)
+    form = _compose(out, leaf, x, {}, [MAX_CHAIN])
+    if form is None or not form.has(x):
+        return None
+    return form, summed
+
+
+def attach_pointwise_oracles(graph, refs, wrt, out, seeds, how, scale, leaves) -> None:
+    """Give each reference whose gradient is pointwise in its input an ``EntryOracle``."""
+    import symengine as se
+
+    from ..lower.exact import ExactEvaluator
+
+    if how not in ("backward", "autograd.grad", "functional.vjp", "func.vjp", "random-vjp"):
+        return
+    for ref, name in zip(refs, wrt):
+        leaf = graph.inputs.get(name)
+        if leaf is None or getattr(ref, "kink", None) is not None and np.any(ref.kink):
+            continue
+        found = chain_form(graph, leaf, out)
+        if found is None:
+            continue
+        form, summed = found
+        x, c = sp.Symbol("x", real=True), sp.Symbol("c", real=True)
+        try:
+            g = se.sympify(c * sp.diff(form, x))
+        except Exception:  # noqa: BLE001 - a form symengine cannot take: no oracle
+            continue
+        xs = leaves[name].detach().double().cpu().numpy().ravel()
+        size = xs.size
+        cots = [np.full(size, float(np.asarray(s).ravel()[0])) if summed else np.asarray(s, np.float64).ravel()
+                for s in seeds]
+        xv, cv = np.tile(xs, len(seeds)), np.concatenate(cots)
+        evaluator = ExactEvaluator([g], [se.Symbol("x"), se.Symbol("c")], [xv, cv])
+        ref.oracle = EntryOracle(evaluator, lambda j: [((0, j), float(scale))])
