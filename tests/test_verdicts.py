@@ -288,3 +288,27 @@ def test_the_graph_back_end_catches_a_float64_backward_off_by_a_billionth():
     f = custom(lambda x: torch.exp(x).sum(), lambda g, x: g * torch.exp(x) * (1 + 1e-9))
     assert not sg.check(f, {"x": _x64()}, engine="graph")
     assert sg.check(lambda x: torch.exp(x).sum(), {"x": _x64()}, engine="graph")
+
+
+def test_a_celu_check_never_widens_later_float64_checks():
+    # celu's 1/alpha is a float32 constant in torch's kernel; with alpha = 1 it is 1.0, which float32
+    # holds exactly: noting it charged every later 1.0 (clamp's bound, hardtanh's) a float32 rounding
+    import torch.nn.functional as F
+
+    x = torch.tensor([-1.2, -0.3, 0.4, 1.7], dtype=torch.float64)
+    sg.check(lambda t: F.celu(t).sum(), {"x": x})
+
+    class ClampOff(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t.clamp(-1.0, 1.0)
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            return g * ((t > -1.0) & (t < 1.0)).to(g.dtype) * (1 + 1e-9)
+
+    report = sg.check(ClampOff.apply, {"x": x}, symbolic=lambda t: sg.clamp(t, -1.0, 1.0),
+                      v=torch.tensor([0.3, -1.1, 0.7, 2.0], dtype=torch.float64))
+    assert not report.passed, report.to_text()
