@@ -200,7 +200,7 @@ def judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype: str
                    rtol: float, atol: float | None):
     """Count the entries that are right but not accurate (Note [Accurate, not only right]), and
     fill the record's accuracy fields."""
-    from .compare import WorstEntry, WORST_SHOWN
+    from .worst import WORST_SHOWN, WorstEntry
 
     judged = finite & ~kink & ok & (e != 0)
     if ref.structural_zero is not None:

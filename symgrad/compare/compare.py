@@ -49,6 +49,7 @@ from ..reference import Reference
 from .half import ROUNDING_ULPS, rounding_ulps, subnormal_floor, value_roundings
 from .accuracy import certify, judge_accuracy
 from .kinks import fit as joint_fit
+from .worst import WORST_SHOWN, WorstEntry, format_index
 
 __all__ = ["Record", "WorstEntry", "ulp", "compare", "compare_all", "DEFAULT_RTOL", "NO_BOUND_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
 
@@ -63,10 +64,6 @@ RESOLUTION = {"float64": 1e-6, "float32": 1e-3, "float16": 1e-2, "bfloat16": 1e-
 NOISE_FACTOR = 8.0
 FLOOR_ULPS = 1e-3
 EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
-
-
-def format_index(name: str, index: tuple) -> str:
-    return f"{name}[{', '.join(map(str, index))}]" if index else name
 
 
 @dataclass
@@ -181,28 +178,8 @@ class Record:
         return lines
 
 
-@dataclass
-class WorstEntry:
-    """One compared entry as ``assert_close`` users read it: the values, the error, the allowance."""
-
-    index: tuple
-    actual: float
-    expected: float
-    error: float
-    error_ulps: float
-    allowed: float
-    allowed_ulps: float
-    condition: float | None = None  # set where ``allowed`` is the accuracy allowance (compare/accuracy.py)
-
-    def line(self, name: str) -> str:
-        what = "allowed" if self.condition is None else f"accurate to (condition number {self.condition:.3g})"
-        return (f"  {format_index(name, self.index)}: autograd {self.actual:.17g}, exact {self.expected:.17g}, "
-                f"error {self.error:.3g} ({self.error_ulps:.3g} ulps), {what} {self.allowed:.3g} ({self.allowed_ulps:.3g} ulps)")
-
-
 TINY = {"float64": float(np.finfo(np.float64).tiny), "float32": float(np.finfo(np.float32).tiny),
         "float16": float(np.finfo(np.float16).tiny), "bfloat16": float(np.finfo(np.float32).tiny)}
-WORST_SHOWN = 3
 
 
 def ulp(values: np.ndarray, dtype: str) -> np.ndarray:
