@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import linalg_vectors
+from .spectrum import _spectrum, gamma
 from .approx import Approx, add, einsum, mul, scale
 
 __all__ = ["OPS", "forward", "vjp", "jvp"]
@@ -60,7 +61,7 @@ def _inverse(a: Approx) -> np.ndarray:
 
 
 def _gamma(n: int) -> float:
-    return 3.0 * n
+    return gamma(n)
 
 
 def _with_band(v, e, lo_hi_width):
@@ -132,43 +133,11 @@ def forward(op: str, args: list, attrs: dict | None = None) -> Approx:
     raise ValueError(f"unknown linalg op {op!r}; known: {OPS}")
 
 
-def _fro(t: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum(t * t, axis=(-2, -1)))
-
-
-def _spectrum(op: str, a: Approx) -> tuple:
-    """(values, left vectors, right vectors) as Approx, bounded as Note [Linalg rounding] says."""
-    n = min(a.shape[-2:])
-    if op == "eigvalsh":
-        lam, v = np.linalg.eigh(a.v)
-        left = right = v
-        others = lam
-    else:
-        left, lam, vh = np.linalg.svd(a.v, full_matrices=False)
-        right = np.swapaxes(vh, -1, -2)
-        others = np.concatenate([lam, np.zeros(lam.shape[:-1] + (1,))], axis=-1) if a.shape[-1] != a.shape[-2] else lam
-    move = _gamma(max(a.shape[-2:])) * _fro(np.abs(a.v)) + _fro(a.e)  # ‖δA‖_F, eps units
-    values = Approx(lam, np.broadcast_to(move[..., None], lam.shape))
-    if a.banded:
-        width = np.broadcast_to(_fro(a.band())[..., None], lam.shape)
-        values = Approx(lam, values.e, width, width)
-    diff = np.abs(lam[..., :, None] - others[..., None, :])
-    idx = np.arange(n)
-    diff[..., idx, idx] = np.inf
-    gap = diff.min(axis=-1)
-    if np.any(gap == 0):
-        raise InputError(f"{op}: repeated {'eigen' if op == 'eigvalsh' else 'singular '}values at these inputs: "
-                         "their vectors, and so the derivative of the values' functions, are not unique; check at "
-                         "inputs with distinct values")
-    vec_e = (move[..., None] / gap)[..., None, :]
-    return values, Approx(left, np.broadcast_to(vec_e, left.shape)), Approx(right, np.broadcast_to(vec_e, right.shape))
-
-
 def vjp(op: str, args: list, out: Approx, g: Approx, needed: list, attrs: dict | None = None) -> list:
     """One cotangent per argument, from the forward's values (``out``) in Approx arithmetic."""
     a = args[0]
     if op in linalg_vectors.OPS:
-        return linalg_vectors.vjp(op, args, g, attrs or {})
+        return linalg_vectors.vjp(op, args, g, attrs or {}, inverse=lambda m: forward("inv", [m]))
     nb = len(a.shape) - 2
     if op in ("eigvalsh", "svdvals"):  # Ā = U diag(ḡ) Vᵀ
         _, left, right = _spectrum(op, a)
@@ -211,7 +180,7 @@ def jvp(op: str, args: list, tangents: list, attrs: dict | None = None) -> Appro
     if ta is None:
         return None
     if op in linalg_vectors.OPS:
-        return linalg_vectors.jvp(op, args, ta, attrs or {})
+        return linalg_vectors.jvp(op, args, ta, attrs or {}, inverse=lambda m: forward("inv", [m]))
     if op in ("eigvalsh", "svdvals"):
         _, left, right = _spectrum(op, a)
         return einsum(_spec(nb, "ki,kl,li->i"), left, ta, right)
