@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 import symgrad as sg
 from symgrad.graph import montecarlo
+from symgrad.testing_ops import with_backward
 
 from .test_models import LeNet
 
 
 def _tanh_layer(factor: float = 1.0, entry: int | None = None):
-    class Tanh(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return torch.tanh(x)
+    """A custom tanh layer (``.apply``) whose backward is scaled by ``factor``, everywhere or at one entry."""
+    def backward(x, g):
+        gx = g * (1 - torch.tanh(x) ** 2)
+        if entry is None:
+            return gx * factor
+        gx = gx.clone()
+        gx.view(-1)[entry] *= factor
+        return gx
 
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            gx = g * (1 - torch.tanh(x) ** 2)
-            if entry is None:
-                return gx * factor
-            gx = gx.clone()
-            gx.view(-1)[entry] *= factor
-            return gx
-
-    return Tanh
+    return SimpleNamespace(apply=with_backward(torch.tanh, backward))
 
 
 def _lenet_check(layer, seed: int = 0):
