@@ -17,7 +17,7 @@ from .rules import jvp as jvp_rule
 from .rules import vjp as vjp_rule
 from .scalar import Ctx
 
-__all__ = ["forward", "backward", "tangent"]
+__all__ = ["forward", "backward", "tangent", "tangent_sweep"]
 
 
 def forward(graph: Graph, ctx: Ctx) -> dict:
@@ -86,14 +86,27 @@ def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx
 
 
 def _tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
+    return tangent_sweep(graph, values, tangents, ctx).get(out)
+
+
+def tangent_sweep(graph: Graph, values: dict, tangents: dict, ctx: Ctx, skip: tuple = ("leaf",),
+                  refuse=None) -> dict:
+    """Every node's tangent along ``tangents`` (leaf node -> Approx); absent: zero.  ``skip``: node
+    kinds that get none; ``refuse(node, err)``: the exception to raise where a node has no
+    forward-mode rule (default: the rule's own NotImplementedError)."""
     known = dict(tangents)
     for node in graph.nodes:
-        if node.kind == "leaf" or node in known:
+        if node.kind in skip or node in known:
             continue
         ts = [known.get(a) for a in node.args]
         if any(t is not None for t in ts):
-            with kernel(node.origin):
-                t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
+            try:
+                with kernel(node.origin):
+                    t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
+            except NotImplementedError as err:
+                if refuse is None:
+                    raise
+                raise refuse(node, err) from err
             if t is not None:
                 known[node] = t
-    return known.get(out)
+    return known

@@ -33,15 +33,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
 from .approx import Approx, add, einsum, mul, unbroadcast
-from .engine import _depends
+from .engine import _depends, tangent_sweep
 from .ir import Graph, Node
 from .rules import _broadcast, derivatives, symbols_for
-from .rules import jvp as jvp_rule
 from .rules import vjp as vjp_rule
 from .scalar import Ctx, evaluate
 
@@ -147,19 +145,8 @@ def refuse_unsupported(graph: Graph, wrt: list) -> None:
 def _tangent_sweep(graph: Graph, values: dict, tangents: dict, ctx: Ctx) -> dict:
     """Every node's tangent along ``tangents`` (leaf node -> Approx); absent: zero.  A ``stop`` node's
     tangent is zero, the padding-row kind too: torch's double backward differentiates its backward."""
-    known = dict(tangents)
-    for node in graph.nodes:
-        if node.kind in ("leaf", "stop") or node in known:
-            continue
-        ts = [known.get(a) for a in node.args]
-        if any(t is not None for t in ts):
-            try:
-                t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
-            except NotImplementedError as err:
-                raise UnsupportedOp(f"{_refusal(node)} ({err})") from err
-            if t is not None:
-                known[node] = t
-    return known
+    return tangent_sweep(graph, values, tangents, ctx, skip=("leaf", "stop"),
+                         refuse=lambda node, err: UnsupportedOp(f"{_refusal(node)} ({err})"))
 
 
 def hvp(graph: Graph, values: dict, out: Node, seed: Approx, tangents: dict, wrt: list, ctx: Ctx) -> dict:
