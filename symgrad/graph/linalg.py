@@ -32,26 +32,12 @@ import numpy as np
 
 from ..errors import InputError
 from . import linalg_vectors
-from .spectrum import _spectrum, gamma
+from .spectrum import _spec, _spectrum, _t, gamma
 from .approx import Approx, add, einsum, mul, scale
 
 __all__ = ["OPS", "forward", "vjp", "jvp"]
 
 OPS = ("inv", "solve", "det", "logabsdet", "eigvalsh", "svdvals", "cholesky") + linalg_vectors.OPS
-_B = "abcdefgh"
-
-
-def _spec(nb: int, core: str) -> str:
-    """An einsum spec with ``nb`` batch letters in front of each operand's core letters."""
-    ins, out = core.split("->")
-    pre = _B[:nb]
-    return ",".join(pre + s for s in ins.split(",")) + "->" + pre + out
-
-
-def _t(a: Approx) -> Approx:
-    return a.map(lambda t: np.swapaxes(t, -1, -2))
-
-
 def _inverse(a: Approx) -> np.ndarray:
     try:
         return np.linalg.inv(a.v)

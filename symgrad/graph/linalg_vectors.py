@@ -37,23 +37,11 @@ import numpy as np
 
 from ..errors import InputError
 from .approx import Approx, add, einsum, mul, scale
+from .spectrum import _spec, _t
 
 __all__ = ["OPS", "forward", "vjp", "jvp", "reciprocal_gaps", "signs_like"]
 
 OPS = ("eigh_vectors", "svd_u", "svd_v", "qr_q", "qr_r")
-_B = "abcdefgh"
-
-
-def _spec(nb: int, core: str) -> str:
-    ins, out = core.split("->")
-    pre = _B[:nb]
-    return ",".join(pre + s for s in ins.split(",")) + "->" + pre + out
-
-
-def _t(a: Approx) -> Approx:
-    return a.map(lambda t: np.swapaxes(t, -1, -2))
-
-
 def _cols(a: Approx, signs) -> Approx:
     """Columns times ±1 (exact)."""
     s = _per_column(signs, a.shape)[..., None, :]

@@ -1,5 +1,5 @@
-"""Symmetric eigen- and singular decompositions with their rounding bounds (Note [Linalg rounding]
-in linalg.py); below both linalg.py and linalg_vectors.py."""
+"""What linalg.py and linalg_vectors.py share, below both: batched einsum specs, transposes, and
+symmetric eigen- and singular decompositions with their rounding bounds (Note [Linalg rounding])."""
 
 from __future__ import annotations
 
@@ -8,7 +8,20 @@ import numpy as np
 from ..errors import InputError
 from .approx import Approx
 
-__all__ = ["gamma", "_fro", "_spectrum"]
+__all__ = ["gamma", "_fro", "_spectrum", "_spec", "_t"]
+
+_B = "abcdefgh"
+
+
+def _spec(nb: int, core: str) -> str:
+    """An einsum spec with ``nb`` batch letters in front of each operand's core letters."""
+    ins, out = core.split("->")
+    pre = _B[:nb]
+    return ",".join(pre + s for s in ins.split(",")) + "->" + pre + out
+
+
+def _t(a: Approx) -> Approx:
+    return a.map(lambda t: np.swapaxes(t, -1, -2))
 
 
 def gamma(n: int) -> float:
