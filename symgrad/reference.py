@@ -29,6 +29,7 @@ class Reference:
     # (groups, generators, *value.shape); None where only the entrywise band is known
     kink_generators: np.ndarray | None = None
     kink_rounding: np.ndarray | None = None  # ``rounding`` on whichever side of the kinks (the largest)
+    statistical: int = 0  # entries whose rounding allowance is the op graph's statistical one
     value_lowp: np.ndarray | None = None  # the same closed form evaluated in the checked dtype
     rounding: np.ndarray | None = None  # running error bound of evaluating it, in units of roundoff:
     # a correct evaluation in the checked dtype errs by at most eps(dtype) * rounding, entry by entry

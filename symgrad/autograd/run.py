@@ -27,6 +27,7 @@ VIAS = {
     "func.jvp": "jvp",
     "func.hessian": "hessian",
     "forward_ad": "jvp",  # torch.autograd.forward_ad dual tensors: runs a custom Function's jvp
+    "onehot-vjp": "jacobian",  # one backward(v) per output entry, v one-hot (seed 004's answer)
 }
 
 # Note [Which vias run forward mode]
@@ -134,6 +135,8 @@ def _run(fn, inputs, wrt, via, *, cotangent=None, tangents=None, backward_calls=
         else:
             jac = getattr(torch.func, via)(lambda *d: call_with(d), argnums=tuple(range(len(diff))))(*diff)
         return dict(zip(wrt, jac))
+    if via == "onehot-vjp":
+        return _onehot_jacobian(call_with(diff), diff, wrt)
     if via in ("functional.hessian", "func.hessian"):
         if via == "functional.hessian":
             hes = torch.autograd.functional.hessian(lambda *d: call_with(d), diff)
@@ -141,6 +144,22 @@ def _run(fn, inputs, wrt, via, *, cotangent=None, tangents=None, backward_calls=
             hes = torch.func.hessian(lambda *d: call_with(d), argnums=tuple(range(len(diff))))(*diff)
         return {(a, b): hes[i][j] for i, a in enumerate(wrt) for j, b in enumerate(wrt)}
     raise InputError(f"via={via!r} is not a way symgrad knows to run autograd; choose one of: {', '.join(VIAS)}")
+
+
+def _onehot_jacobian(out, diff: tuple, wrt: list) -> dict:
+    """The Jacobian built row by row from one-hot ``backward(v)`` calls, as seed 004's answer describes."""
+    import torch
+
+    flat = out.reshape(-1)
+    rows = {w: [] for w in wrt}
+    for i in range(flat.numel()):
+        onehot = torch.zeros_like(flat)
+        onehot[i] = 1
+        grads = torch.autograd.grad(out, diff, grad_outputs=onehot.reshape(out.shape), retain_graph=True,
+                                    allow_unused=True)
+        for w, d, g in zip(wrt, diff, grads):
+            rows[w].append(torch.zeros_like(d) if g is None else g)
+    return {w: torch.stack(rows[w]).reshape(tuple(out.shape) + tuple(d.shape)) for w, d in zip(wrt, diff)}
 
 
 def _forward_ad(call_with, diff: tuple, tangents: tuple):

@@ -36,6 +36,7 @@ from .crosscheck import crosscheck
 from .refs import JACOBIAN_VIAS
 from .refs import reference as _reference
 from .engine import backward, forward, tangent
+from .rules import KinkLog
 from .interpret import to_graph
 from .pointwise_oracle import attach_pointwise_oracles
 from .printing import gradient_text
@@ -246,56 +247,107 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
         actual = _autograd(st.torch_fn, st.leaves, st.wrt, how, seeds, v, backward_calls, run_autograd)
     nodes = [st.graph.inputs.get(n) for n in st.wrt]
     live = [n for n in nodes if n is not None]
-    per_seed, units = [], []
-    for s in seeds:
-        found: list = []
-        per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
-        units.append(found)
-    generators = _kink_generators(st, live, units)
-    if generators is None:  # too many kinked units for the joint check: every one widens the band
-        per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
-        generators = {}
     scale = backward_calls if how == "backward" else 1
-    refs = [_reference(n, [None if node is None else g[node] for g in per_seed], tuple(st.leaves[n].shape),
-                       out_shape, how, scale, st.failed, generators.get(node),
-                       gradient_text(st.graph, node) if node is not None else "")
-            for n, node in zip(st.wrt, nodes)]
-    attach_pointwise_oracles(st.graph, refs, st.wrt, st.out, seeds, how, scale, st.leaves)
-    statistical = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
+    refs, per_seed, kinked = _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=False)
+    stats = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
     quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
-    for rec, ref, tighter in zip(records, refs, statistical):
-        if tighter:
+    if kinked and not all(r.passed for r in records):  # Note [Other side everywhere]
+        flipped, _, _ = _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=True)
+        for ref, stat in zip(flipped, stats):
+            _tighten(ref, stat)
+        others = compare_all(flipped, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
+        for i, (rec, other) in enumerate(zip(records, others)):
+            if not rec.passed and other.passed:
+                other.note = (other.note + " " if other.note else "") + (
+                    "Autograd took the other one-sided derivative at every kinked unit (e.g. relu'(0) = 1); "
+                    "checked against that choice (Note [Other side everywhere]).")
+                records[i], refs[i] = other, flipped[i]
+    for rec, ref, stat in zip(records, refs, stats):
+        if stat is not None and ref.statistical:
             rec.note = (rec.note + " " if rec.note else "") + (
-                f"Rounding allowance: {tighter:,} entries use the statistical bound ({montecarlo.LAMBDA:g} standard "
+                f"Rounding allowance: {ref.statistical:,} entries use the statistical bound ({montecarlo.LAMBDA:g} standard "
                 f"deviations of {montecarlo.SAMPLES} random-rounding reruns), tighter than the worst case "
                 "(Note [Statistical allowance]).")
         _note_resolution(rec, ref, st.dtype)
     return records
 
 
+# Note [Other side everywhere]
+# The joint kink check fits autograd's value as the graph's side plus one change per kinked unit,
+# each change taken alone.  When kinked units feed each other (a relu layer on its kink feeding
+# another: a zero input with zero biases) the change of taking both other sides is not the sum of
+# the single changes -- the path through both has a cross term -- so a custom backward that takes
+# the other convention everywhere (``grad * (x >= 0)``, relu'(0) = 1) would be a false alarm.  When
+# a check with kinked units fails, the sweeps are run again with every kinked unit on its other
+# side, and the fit is repeated around that choice; a record that passes there passes.  A mixed
+# choice with cross terms (some units each way, several layers deep) is still beyond the fit.
+
+
+def _sweep_references(st: _State, seeds, live, nodes, how, out_shape, scale, *, flip: bool):
+    """``(refs, sweeps, kinked)``: one reference per differentiated name with its kink generators
+    and their rounding (Note [Kink units]), the reverse sweeps per seed, and whether any kinked
+    unit was met.  ``flip``: every kinked unit takes its other side (Note [Other side everywhere])."""
+    per_seed, units = [], []
+    for s in seeds:
+        found = KinkLog(flip=flip)
+        per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
+        units.append(found)
+    found_gens = _kink_generators(st, live, units, flip)
+    if found_gens is None:  # too many kinked units for the joint check: every one widens the band
+        per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
+        generators, kink_e = {}, {}
+    else:
+        generators, kink_e = found_gens
+    refs = [_reference(n, [None if node is None else g[node] for g in per_seed], tuple(st.leaves[n].shape),
+                       out_shape, how, scale, st.failed, generators.get(node),
+                       gradient_text(st.graph, node) if node is not None else "")
+            for n, node in zip(st.wrt, nodes)]
+    attach_pointwise_oracles(st.graph, refs, st.wrt, st.out, seeds, how, scale, st.leaves)
+    for ref, node in zip(refs, nodes):  # the rounding of whichever side torch took
+        if node is not None and node in kink_e and ref.kink_generators is not None and ref.rounding is not None:
+            extra = _reference(ref.name, [Approx(e) for e in kink_e[node]], tuple(st.leaves[ref.name].shape),
+                               out_shape, how, scale, []).value
+            ref.kink_rounding = np.asarray(ref.rounding, np.float64) + np.abs(extra)
+    return refs, per_seed, any(units)
+
+
 def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how, scale) -> list:
     """Note [Statistical allowance]: where the worst-case bound leaves a low-precision gradient
     coarse, each entry's rounding allowance becomes the smaller of it and LAMBDA standard deviations
-    of random-rounding reruns.  Returns, per reference, how many entries got tighter."""
+    of random-rounding reruns.  Applies it to ``refs`` and returns, per reference, the statistical
+    allowance (None where not used)."""
     if len(seeds) > 64 or not montecarlo.wanted(st.graph, st.dtype, refs):
-        return [0] * len(refs)
+        return [None] * len(refs)
     stage("op graph: random-rounding reruns for the statistical allowance")
     sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed)
-    counts = []
+    stats = []
     for ref, node in zip(refs, nodes):
         if node is None or ref.rounding is None:
-            counts.append(0)
+            stats.append(None)
             continue
         s = _reference(ref.name, [Approx(sg[node]) if sg.get(node) is not None else None for sg in sigma],
                        tuple(st.leaves[ref.name].shape), out_shape, how, scale, []).value
         # the compare charges rounding_ulps(dtype) units of eps per unit of the bound: LAMBDA sigma in all
-        stat = montecarlo.LAMBDA * np.abs(s) / rounding_ulps(st.dtype)
-        worst = np.asarray(ref.rounding, np.float64)
-        tighter = np.isfinite(stat) & (stat < worst)
-        ref.rounding = np.where(tighter, stat, worst)
-        counts.append(int(tighter.sum()))
-    return counts
+        stats.append(montecarlo.LAMBDA * np.abs(s) / rounding_ulps(st.dtype))
+        _tighten(ref, stats[-1])
+    return stats
+
+
+def _tighten(ref, stat) -> None:
+    """Each entry's rounding allowance: the smaller of the worst case and ``stat``, except on
+    entries a kinked unit reaches (the reruns see one side's slope only); the kink rounding moves
+    by as much.  ``ref.statistical``: how many entries got tighter."""
+    if stat is None or ref.rounding is None:
+        return
+    worst = np.asarray(ref.rounding, np.float64)
+    tighter = np.isfinite(stat) & (stat < worst)
+    if ref.kink is not None:
+        tighter &= ~np.asarray(ref.kink, bool).reshape(tighter.shape)
+    ref.rounding = np.where(tighter, stat, worst)
+    if ref.kink_rounding is not None:
+        ref.kink_rounding = np.asarray(ref.kink_rounding, np.float64) - (worst - ref.rounding)
+    ref.statistical = int(tighter.sum())
 
 
 def _note_resolution(rec, ref, dtype: str) -> None:
@@ -342,27 +394,34 @@ def _median(x: np.ndarray) -> float:
 MAX_KINK_UNITS = 32
 
 
-def _kink_generators(st: _State, live: list, units: list) -> dict | None:
-    """leaf node -> [[generator over the stacked seeds] per unit]; None: too many units."""
+def _kink_generators(st: _State, live: list, units: list, flip: bool = False) -> tuple | None:
+    """``(generators, roundings)``: leaf node -> [[generator over the stacked seeds] per unit], and
+    per leaf node the rounding bound (units of eps) the other sides add at most: each unit's
+    largest generator bound, summed over units (their choices add up).  None: too many units."""
     if sum(len(u) for u in units) > MAX_KINK_UNITS:
         return None
     out: dict = {node: [] for node in live}
+    extra: dict = {node: np.zeros((len(units),) + node.shape) for node in live}
     for k, found in enumerate(units):
         for arg, entry, changes in found:
             gens = {node: [] for node in live}
-            for change in changes:
-                seed = np.zeros(arg.size)
-                seed[entry] = change
-                swept = backward(st.graph, st.values, {arg: Approx(seed.reshape(arg.shape))}, live, st.ctx)
+            worst = {node: np.zeros(node.shape) for node in live}
+            for change, change_e in changes:
+                seed, seed_e = np.zeros(arg.size), np.zeros(arg.size)
+                seed[entry], seed_e[entry] = change, change_e
+                swept = backward(st.graph, st.values, {arg: Approx(seed.reshape(arg.shape), seed_e.reshape(arg.shape))},
+                                 live, st.ctx, kinks=KinkLog(flip=flip))
                 for node in live:
                     g = swept.get(node)
                     full = np.zeros((len(units),) + node.shape)
                     if g is not None:
                         full[k] = np.broadcast_to(g.v, node.shape)
+                        worst[node] = np.maximum(worst[node], np.broadcast_to(g.e, node.shape))
                     gens[node].append(full)
             for node in live:
                 out[node].append(gens[node])
-    return out
+                extra[node][k] += worst[node]
+    return out, extra
 
 
 def _jvp_records(st: _State, directions: list, via: str) -> list:

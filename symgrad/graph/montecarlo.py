@@ -39,7 +39,10 @@ are used only where the worst-case bound cannot resolve the dtype's resolution (
 a typical entry allowed more than ``WEAK`` of the relative error a seeded-bug check of the dtype
 looks for, ``compare.RESOLUTION``), never for float64, and never for graphs
 with linear-algebra nodes (their bounds are backward-error bounds, not per-operation roundings).
-Kink bands are untouched.
+Kink bands are untouched, and so is the rounding allowance of every entry a kinked unit reaches
+(``Reference.kink``): a unit within rounding of its kink (a relu pre-activation torch rounded to
+the other side) responds to the moves with the graph's side's slope only, while torch's value
+came from the other side's -- the worst-case bound, which charges both, stays there.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from ..reference import Reference
 
 __all__ = ["JACOBIAN_VIAS", "reference"]
 
-JACOBIAN_VIAS = ("functional.jacobian", "jacrev", "jacfwd")
+JACOBIAN_VIAS = ("functional.jacobian", "jacrev", "jacfwd", "onehot-vjp")
 
 
 def reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, scale: float, failed: list,

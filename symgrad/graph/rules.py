@@ -23,7 +23,7 @@ from .ir import Node
 from .exact import certified
 from .scalar import KINK_ULPS, Ctx, evaluate
 
-__all__ = ["forward", "vjp", "jvp", "symbols_for", "derivatives"]
+__all__ = ["forward", "vjp", "jvp", "symbols_for", "derivatives", "KinkLog"]
 
 
 @lru_cache(maxsize=None)
@@ -147,6 +147,8 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
                 continue
             local = _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape)  # Note [Certified pointwise values]
             if kinks is not None and local.banded and a.shape == node.shape:
+                if getattr(kinks, "flip", False):
+                    local = _other_side(local)
                 _record_kinks(kinks, node.args[i], g, local)
                 local = Approx(local.v, local.e)
             grads.append(unbroadcast(_times_cotangent(g, local), a.shape))
@@ -180,11 +182,34 @@ def _times_cotangent(g: Approx, local: Approx) -> Approx:
     return Approx(v, e, *((np.where(masked, 0.0, out.lo), np.where(masked, 0.0, out.hi)) if out.banded else ()))
 
 
+class KinkLog(list):
+    """The kinked units a reverse sweep met (``vjp``'s ``kinks``); ``flip``: the sweep takes every
+    kinked unit's other one-sided derivative (Note [Other side everywhere] in graph/check.py)."""
+
+    def __init__(self, flip: bool = False):
+        super().__init__()
+        self.flip = flip
+
+
+def _other_side(local: Approx) -> Approx:
+    """A banded derivative moved to the far edge of its band (``v + hi``, or ``v - lo`` where the
+    band lies below), its band re-expressed around the new value."""
+    v, lo, hi = np.broadcast_arrays(local.v, local.lo, local.hi)
+    new = np.where(hi > 0, v + hi, v - lo)
+    return Approx(new, local.e, new - (v - lo), (v + hi) - new)
+
+
 def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
+    """Each change comes with its rounding bound (units of eps): the cotangent's bound times the
+    jump, plus the cotangent times the local derivative's bound (the jump is a difference of two
+    rounded derivative values).  The other side's value is a rounded computation too."""
     lo, hi = (np.ravel(t) for t in np.broadcast_arrays(local.lo, local.hi))
     gv = np.ravel(np.broadcast_to(g.v, local.shape))
+    ge = np.ravel(np.broadcast_to(g.e, local.shape))
+    le = np.ravel(np.broadcast_to(local.e, local.shape))
     for u in np.flatnonzero((lo > 0) | (hi > 0)):
-        changes = [c for c in (-gv[u] * lo[u], gv[u] * hi[u]) if c != 0]
+        changes = [(c, ge[u] * jump + abs(gv[u]) * 2 * le[u])
+                   for c, jump in ((-gv[u] * lo[u], lo[u]), (gv[u] * hi[u], hi[u])) if c != 0]
         if changes:
             kinks.append((arg, int(u), changes))
 

@@ -126,7 +126,8 @@ def test_identically_zero_gradient_is_no_false_alarm(dtype):
     x, t = torch.randn(6, 3, dtype=dtype), torch.softmax(torch.randn(6, 4, dtype=dtype), 1)
     report = sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t)
     assert report.passed, report.to_text()
-    assert np.all(report["c"].expected == 0)
+    # zero up to the rounding of the op graph's float64 evaluation (the exploded engine simplified it to 0)
+    assert np.all(np.abs(report["c"].expected) < 1e-14)
 
 
 def test_unused_parameter_is_a_zero_gradient():
