@@ -19,7 +19,7 @@ import numpy as np
 from .errors import InputError, UnsupportedOp
 
 __all__ = ["check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite",
-           "refuse_hooks", "refuse_meta", "refuse_non_tensor_output", "check_backend", "check_via_keywords",
+           "refuse_hooks", "refuse_meta", "refuse_non_tensor_output", "refuse_non_tensor_value", "check_backend", "check_via_keywords",
            "recursion_guard", "BACKENDS"]
 
 BACKENDS = ("auto", "symengine", "sympy")
@@ -170,9 +170,13 @@ def refuse_meta(model) -> None:
 def refuse_non_tensor_output(gm, who: str) -> None:
     """The traced forward must return one tensor (not a tuple, dict, None or a string)."""
     out = next((n for n in gm.graph.nodes if n.op == "output"), None)
-    if out is None:
-        return
-    value = out.args[0]
+    if out is not None and type(out.args[0]).__name__ != "Node":  # an fx Node: the traced tensor
+        refuse_non_tensor_value(out.args[0], who)
+
+
+def refuse_non_tensor_value(value, who: str) -> None:
+    """``value`` (what a forward returned) must be one tensor; otherwise an ``InputError`` naming
+    what it is and how to wrap it."""
     if isinstance(value, (tuple, list)):
         kind, fix = f"a {type(value).__name__} of {len(value)}", "return out[0] (the loss or logits) alone"
     elif isinstance(value, dict):
@@ -181,8 +185,10 @@ def refuse_non_tensor_output(gm, who: str) -> None:
         kind, fix = "None", "add the missing return statement"
     elif isinstance(value, (str, bytes, int, float, bool)):
         kind, fix = f"a {type(value).__name__} ({str(value)[:30]!r})", "return a tensor"
-    else:
+    elif hasattr(value, "shape") and hasattr(value, "dtype"):
         return
+    else:
+        kind, fix = f"a {type(value).__name__}", "return a tensor"
     raise InputError(f"{who} returns {kind}, not one tensor: symgrad differentiates a single tensor output. "
                      f"Fix: wrap it so that it returns one tensor, e.g. {fix}, as in "
                      "symgrad.check(lambda x: model(x)[0], ...) or a small nn.Module around the model.")

@@ -24,6 +24,7 @@ from ..compare.compare import compare, compare_all
 from ..compare.half import rounding_ulps
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
+from ..validate import refuse_non_tensor_value
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
@@ -35,6 +36,7 @@ from . import exact as graph_exact
 from .crosscheck import crosscheck
 from .refs import JACOBIAN_VIAS
 from .refs import reference as _reference
+from .columns import by_columns
 from .engine import backward, forward, tangent
 from .rules import KinkLog
 from .interpret import to_graph
@@ -155,7 +157,8 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         raise InputError(f"the function raised on these inputs ({type(err).__name__}: {str(err)[:300]}); "
                          "symgrad checks derivatives where the forward runs: pass inputs it accepts") from err
     if not isinstance(out_t, torch.Tensor):
-        raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
+        who = f"{type(model).__name__}.forward" if model is not None else getattr(fn, "__name__", "the function")
+        refuse_non_tensor_value(out_t, who)
     for attempt in ("cached", "traced"):
         graph = graph_cache.lookup(key, names, tensors, disk_key) if attempt == "cached" else None
         if graph is None:
@@ -196,6 +199,10 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
             raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents= (one per input in wrt)")
         records += _jvp_records(state, [_tangent_dict(tangents, leaves, wrt_names)], via or "func.jvp")
         meta["quantity"], meta["via"] = "jvp", via or "func.jvp"
+    elif _by_columns(state, out_t, via, cotangents):  # Note [Jacobian by columns]
+        how = via or "functional.jacobian"
+        records += _column_records(state, how, tuple(out_t.shape))
+        meta["quantity"], meta["via"] = f"jacobian (one jvp per input entry, {_n_in(state)})", how
     else:
         seeds, quantity, how = _plan(out_t, via, v, cotangents, seed)
         records += _vjp_records(state, seeds, how, v, backward_calls, tuple(out_t.shape))
@@ -250,7 +257,8 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
     scale = backward_calls if how == "backward" else 1
     refs, per_seed, kinked = _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=False)
     stats = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
-    quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
+    quantity = ("jacobian" if how in _JACOBIAN_VIAS else
+                "grad" if len(seeds) == 1 and v is None else "vjp")
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
     if kinked and not all(r.passed for r in records):  # Note [Other side everywhere]
         flipped, _, _ = _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=True)
@@ -304,6 +312,12 @@ def _sweep_references(st: _State, seeds, live, nodes, how, out_shape, scale, *, 
                        gradient_text(st.graph, node) if node is not None else "")
             for n, node in zip(st.wrt, nodes)]
     attach_pointwise_oracles(st.graph, refs, st.wrt, st.out, seeds, how, scale, st.leaves)
+    if found_gens is None:
+        for ref in refs:
+            if ref.kink is not None:
+                ref.note = (ref.note + " " if ref.note else "") + (
+                    f"More than {MAX_KINK_UNITS} kinked units: the joint kink check fell back to entrywise bands "
+                    "(every choice of side per entry; sound, but a bug smaller than a unit's contribution passes).")
     for ref, node in zip(refs, nodes):  # the rounding of whichever side torch took
         if node is not None and node in kink_e and ref.kink_generators is not None and ref.rounding is not None:
             extra = _reference(ref.name, [Approx(e) for e in kink_e[node]], tuple(st.leaves[ref.name].shape),
@@ -463,6 +477,33 @@ def _tangent_dict(tangents, leaves, wrt) -> dict:
             raise ShapeMismatch(f"tangent for {n!r} has shape {tuple(t.shape)}, the input has {tuple(leaves[n].shape)}")
         out[n] = t
     return out
+
+
+def _n_in(st: _State) -> int:
+    return sum(st.leaves[n].numel() for n in st.wrt if n in st.graph.inputs)
+
+
+def _by_columns(st: _State, out_t, via, cotangents) -> bool:
+    """A full Jacobian with fewer differentiated input entries than output entries."""
+    full = via in _JACOBIAN_VIAS or (via is None and cotangents == "full")
+    return full and 0 < _n_in(st) < out_t.numel()
+
+
+def _column_records(st: _State, how: str, out_shape: tuple) -> list:
+    """The Jacobian by forward-mode sweeps, one per input entry (Note [Jacobian by columns])."""
+    import torch
+
+    from ..autograd.run import run_autograd
+
+    stage(f"op graph: {_n_in(st)} forward-mode sweeps and torch autograd")
+    with torch.enable_grad():
+        actual = run_autograd(st.torch_fn, st.leaves, st.wrt, how)
+    nodes = {n: st.graph.inputs.get(n) for n in st.wrt}
+    cols = by_columns(st.graph, st.values, st.out, st.ctx, nodes, {n: tuple(st.leaves[n].shape) for n in st.wrt},
+                      out_shape)
+    refs = [_approx_reference(n, cols[n], "forward mode over the op graph, one input entry at a time", st.failed)
+            for n in st.wrt]
+    return compare_all(refs, actual, st.dtype, quantity="jacobian", rtol=st.rtol, atol=st.atol)
 
 
 def _approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:

@@ -6,7 +6,7 @@ engine importable on its own.
 
 from __future__ import annotations
 
-__all__ = ["UnsupportedOp", "CrossCheckError", "ClosedFormUnverified"]
+__all__ = ["UnsupportedOp", "CrossCheckError"]
 
 try:  # the project-wide errors
     from symgrad.errors import SymgradError, UnsupportedOp  # type: ignore[attr-defined]
@@ -24,10 +24,3 @@ except ImportError:  # pragma: no cover - depends on the lead's progress
 
 class CrossCheckError(AssertionError):
     """The matrix-form derivative disagrees with the exact elementwise derivative."""
-
-
-class ClosedFormUnverified(SymgradError):
-    """The matrix engine's closed forms for a model failed the once-per-architecture cross-check
-    against the exact elementwise derivative: an internal symgrad bug.  Its references are not
-    handed out; ``engine='auto'`` falls back to the elementwise engine, ``engine='matrix'`` raises
-    this."""

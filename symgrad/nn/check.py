@@ -144,6 +144,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     named = _named_inputs(model, inputs, finite=False)  # the op graph evaluates inf and NaN; the exploded route refuses them
     params = dict(model.named_parameters())
     check_names(params)
+    refuse_nonfinite(params, "parameter")  # a NaN weight is a broken model, not a point to check derivatives at
     clash = set(named) & set(params)
     if clash:
         raise InputError(f"input name(s) {', '.join(sorted(clash))} clash with parameter names; pass inputs as a dict with other names")
@@ -182,7 +183,6 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
                            loss=loss_fn, target=target, backward_calls=backward_calls, rtol=rtol, atol=atol,
                            title=title)
     refuse_nonfinite(named, "input")
-    refuse_nonfinite(params, "parameter")
     if target is not None and hasattr(target, "is_floating_point"):
         refuse_nonfinite({"target": target}, "the loss's")
     if engine == "elementwise":
