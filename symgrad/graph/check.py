@@ -261,10 +261,11 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
                        gradient_text(st.graph, node) if node is not None else "")
             for n, node in zip(st.wrt, nodes)]
     attach_pointwise_oracles(st.graph, refs, st.wrt, st.out, seeds, how, scale, st.leaves)
-    statistical = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
+    statistical, runs = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
     quantity = "grad" if len(seeds) == 1 and v is None and how not in _JACOBIAN_VIAS else "vjp"
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
-    for rec, ref, tighter in zip(records, refs, statistical):
+    for rec, ref, tighter, ref_runs in zip(records, refs, statistical, runs):
+        montecarlo.apply_scale_test(rec, ref_runs, st.dtype)  # Note [Systematic scale]
         if tighter:
             rec.note = (rec.note + " " if rec.note else "") + (
                 f"Rounding allowance: {tighter:,} entries use the statistical bound ({montecarlo.LAMBDA:g} standard "
@@ -274,28 +275,38 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
     return records
 
 
-def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how, scale) -> list:
+def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how, scale) -> tuple:
     """Note [Statistical allowance]: where the worst-case bound leaves a low-precision gradient
     coarse, each entry's rounding allowance becomes the smaller of it and LAMBDA standard deviations
-    of random-rounding reruns.  Returns, per reference, how many entries got tighter."""
-    if len(seeds) > 64 or not montecarlo.wanted(st.graph, st.dtype, refs):
-        return [0] * len(refs)
+    of random-rounding reruns.  Returns, per reference, how many entries got tighter, and the reruns'
+    changes stacked as the reference (for Note [Systematic scale]; None where it does not run)."""
+    none = [None] * len(refs)
+    tight = len(seeds) <= 64 and montecarlo.wanted(st.graph, st.dtype, refs)
+    scaled = len(seeds) <= 64 and montecarlo.scale_wanted(st.graph, st.dtype, st.rtol, st.atol)
+    if not (tight or scaled):
+        return [0] * len(refs), none
     stage("op graph: random-rounding reruns for the statistical allowance")
-    sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed)
-    counts = []
+    kept: list | None = [] if scaled else None
+    sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed, keep=kept)
+
+    def stacked(ref, node, per_seed_arrays):
+        return _reference(ref.name, [Approx(a[node]) if a.get(node) is not None else None for a in per_seed_arrays],
+                          tuple(st.leaves[ref.name].shape), out_shape, how, scale, []).value
+
+    counts, runs = [], []
     for ref, node in zip(refs, nodes):
-        if node is None or ref.rounding is None:
+        usable = node is not None and ref.rounding is not None
+        runs.append([stacked(ref, node, run) for run in kept] if usable and kept else None)
+        if not usable or not tight:
             counts.append(0)
             continue
-        s = _reference(ref.name, [Approx(sg[node]) if sg.get(node) is not None else None for sg in sigma],
-                       tuple(st.leaves[ref.name].shape), out_shape, how, scale, []).value
         # the compare charges rounding_ulps(dtype) units of eps per unit of the bound: LAMBDA sigma in all
-        stat = montecarlo.LAMBDA * np.abs(s) / rounding_ulps(st.dtype)
+        stat = montecarlo.LAMBDA * np.abs(stacked(ref, node, sigma)) / rounding_ulps(st.dtype)
         worst = np.asarray(ref.rounding, np.float64)
         tighter = np.isfinite(stat) & (stat < worst)
         ref.rounding = np.where(tighter, stat, worst)
         counts.append(int(tighter.sum()))
-    return counts
+    return counts, runs
 
 
 def _note_resolution(rec, ref, dtype: str) -> None:
