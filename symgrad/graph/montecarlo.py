@@ -18,8 +18,8 @@ inequality gives ``P(|E| > λσ) <= 2 exp(-λ²/2)``, ``σ² = eps² Σ S_k² a_
 
 ``σ`` is measured, not bounded: the forward and every backward sweep are evaluated again
 ``SAMPLES`` times in float64 with every operation's result moved by ``±DELTA * a_k``, a random sign
-per operation, entry and rerun (a constant's representation error: one sign per rerun, shared by
-its uses; ``approx.rounded``).  ``DELTA = 2**-30`` per unit of a bound is small enough that no
+per operation, entry and rerun (equal values of one operation share theirs, Note [Systematic
+scale]; a constant's representation error: one sign per rerun, shared by its uses; ``approx.rounded``).  ``DELTA = 2**-30`` per unit of a bound is small enough that no
 branch flips (kinks are the bands' business) and large enough against float64's own rounding;
 the response is linear, so each rerun's change divided by ``DELTA`` is one draw of ``E / eps``
 with the largest variance the model allows (every rounding at its full bound), and ``σ`` is their
