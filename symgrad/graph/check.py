@@ -282,7 +282,8 @@ def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how,
     changes stacked as the reference (for Note [Systematic scale]; None where it does not run)."""
     none = [None] * len(refs)
     tight = len(seeds) <= 64 and montecarlo.wanted(st.graph, st.dtype, refs)
-    scaled = len(seeds) <= 64 and montecarlo.scale_wanted(st.graph, st.dtype, st.rtol, st.atol)
+    size = montecarlo.SAMPLES * len(seeds) * sum(int(np.prod(n.shape)) for n in live)
+    scaled = len(seeds) <= 64 and montecarlo.scale_wanted(st.graph, st.dtype, st.rtol, st.atol, size)
     if not (tight or scaled):
         return [0] * len(refs), none
     stage("op graph: random-rounding reruns for the statistical allowance")

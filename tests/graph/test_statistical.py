@@ -134,3 +134,8 @@ def test_equal_values_of_one_operation_move_together():
     others = signs.reshape(64, 8)[0, 4:]
     flips = [montecarlo._keyed_signs(v.copy(), salt)[4:8] for salt in range(64)]
     assert 0.3 < np.mean(np.array(flips) > 0) < 0.7 and others.shape == (4,)  # distinct values: independent signs
+
+
+def test_the_scale_test_keeps_no_more_reruns_than_its_limit(monkeypatch):
+    monkeypatch.setattr(montecarlo, "MAX_KEPT", 16 * 255)  # one entry short of the sigmoid's 16 x 256
+    assert _sigmoid_check(torch.bfloat16, 1.01).passed  # not run: each entry alone lets 1 % pass
