@@ -9,6 +9,7 @@ on the CPU (LAPACK, some kernels) are counted as "cannot run".
 
     python benchmarks/half_optable.py            # seeds 0, 1, 2
     python benchmarks/half_optable.py --seeds 1 --list
+    python benchmarks/half_optable.py --dtypes bfloat16 --first-seed 2 --seeds 1   # one part of the run
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ def _check(fn, inputs, case):
         return sg.check(fn, inputs, engine="graph", wrt=list(case.wrt) or None, quiet=True)
 
 
-def run(seeds: int) -> tuple[Counter, list]:
+def run(seeds: int, dtypes=("float16", "bfloat16"), first_seed: int = 0) -> tuple[Counter, list]:
     count, named = Counter(), []
-    for dtype in (torch.float16, torch.bfloat16):
-        dname = str(dtype).replace("torch.", "")
+    for dname in dtypes:
+        dtype = getattr(torch, dname)
         for case in cases():
             if case.xfail or case.slow:
                 continue
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 try:
                     fn, inputs = as_function(case, dtype, seed)
                     rep = _check(fn, inputs, case)
@@ -86,11 +87,13 @@ def run(seeds: int) -> tuple[Counter, list]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="input draws first_seed .. first_seed + seeds - 1")
+    ap.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"])
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.time()
-    count, named = run(args.seeds)
-    for d in ("float16", "bfloat16"):
+    count, named = run(args.seeds, tuple(args.dtypes), args.first_seed)
+    for d in args.dtypes:
         print(f"{d}: false alarms {count[(d, 'alarms')]} / {count[(d, 'checks')]} checks of torch's own autograd "
               f"({count[(d, 'cannot run')]} cannot run in {d}); backward x 1.01 missed {count[(d, 'missed')]} / "
               f"{count[(d, 'bugs')]}; rows where torch's backward differs from its forward's derivative: seen "

@@ -102,3 +102,43 @@ def test_where_left_branch_overflowing_is_not_nan():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert sg.check(lambda t: torch.nn.functional.softplus(t).sum(), {"x": x}, engine="graph", quiet=True).passed
+
+
+def _optable_check(name: str, dtype, seed: int):
+    from symgrad.graph.optable import as_function, cases
+
+    (case,) = [c for c in cases() if c.name == name]
+    fn, inputs = as_function(case, dtype, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sg.check(fn, inputs, engine="graph", wrt=list(case.wrt) or None, quiet=True), inputs
+
+
+def test_bfloat16_fmod_at_a_jump_the_rounded_divisor_moves():
+    """torch's fmod(x, 0.7) in bfloat16 divides by 0.7 rounded to 0.69921875: at x = 0.69921875 it
+    returns 0, where x - trunc(x / 0.7) * 0.7 is x (Note [Steps at their jumps] in graph/scalar.py)."""
+    report, inputs = _optable_check("fmod", torch.bfloat16, 1)
+    assert float(inputs["x"][0, 3]) == 0.69921875
+    assert report.passed, report.to_text()
+    forward = report["output"]
+    assert forward.kinks >= 1 and forward.kink_mask[0, 3]  # the jump is a band there, not a pass everywhere
+    x = torch.tensor([0.69921875, 0.3, -1.2], dtype=torch.bfloat16)
+    wrong = lambda t: torch.fmod(t, 0.7) + (t == 0.3) * 0.05  # noqa: E731 - off by 0.05 away from the jump
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert sg.check(lambda t: torch.fmod(t, 0.7), {"x": x}, engine="graph", quiet=True).passed
+        assert not sg.check(wrong, {"x": x}, engine="graph", symbolic=lambda t: torch.fmod(t, 0.7),
+                            quiet=True)["output"].passed
+
+
+def test_float16_product_gradient_reuses_its_subnormal_result():
+    """torch's prod backward is grad * (result / x) from the rounded result: a float16 product of 9e-8
+    (a subnormal, stored as 6e-8) errs by a third at every entry of its gradient (Note [Products reuse
+    their result] in graph/functions.py)."""
+    report, inputs = _optable_check("prod all", torch.float16, 1)
+    assert 0 < abs(float(inputs["x"].double().prod())) < 6.1e-5
+    assert report.passed, report.to_text()
+    x = inputs["x"]  # the result's rounding allows each entry a third of its size there, not a wrong sign
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not sg.check(scaled(lambda t: t.prod(), -1.0), {"x": x}, engine="graph", quiet=True).passed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["ROUNDING_ULPS", "rounding_ulps", "value_roundings", "subnormal_floor", "HALF_DTYPES", "HALF_ROUNDING_ULPS",
-           "HALF_VALUE_ROUNDINGS", "HALF_SUBNORMAL_ROUNDINGS"]
+           "HALF_VALUE_ROUNDINGS", "HALF_SUBNORMAL_ROUNDINGS", "subnormal_rounding"]
 
 ROUNDING_ULPS = 4.0  # float32 and float64: units of eps per counted rounding (Note [Tolerances] in compare.py)
 
@@ -48,3 +48,14 @@ def subnormal_floor(dtype: str) -> float:
     spacing of 6e-8, not relative to their size: HALF_SUBNORMAL_ROUNDINGS of those per entry
     (bfloat16's start below 1.2e-38, as float32's)."""
     return HALF_SUBNORMAL_ROUNDINGS * SUBNORMAL_SPACING.get(dtype, 0.0)
+
+
+SMALLEST_NORMAL = {"float16": 2.0**-14, "bfloat16": 2.0**-126}
+
+
+def subnormal_rounding(dtype: str) -> tuple:
+    """(smallest normal number, the largest rounding error below it: half the subnormal spacing) of
+    ``dtype``; (0, 0) where subnormals never matter (float32, float64)."""
+    if dtype not in SMALLEST_NORMAL:
+        return 0.0, 0.0
+    return SMALLEST_NORMAL[dtype], SUBNORMAL_SPACING[dtype] / 2

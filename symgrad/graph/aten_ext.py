@@ -12,6 +12,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
+from .functions import saved_product
 from .aten import HANDLERS, _clamp, _dims, _pw_piece, _random, handles
 from .trace import Builder, number
 
@@ -38,9 +39,9 @@ def product(b: Builder, x, axis: int, keepdim: bool):
         raise UnsupportedOp("prod over an empty axis")
     if n <= _CHAIN:
         idx = _index(y)
-        out = b.select([y], idx[..., 0])
-        for k in range(1, n):
-            out = b.pointwise(lambda s, t: s * t, [out, b.select([y], idx[..., k])])
+        slices = [b.select([y], idx[..., k]) for k in range(n)]
+        # one node whose derivative reuses its result, as torch's does (Note [Products reuse their result])
+        out = slices[0] if n == 1 else b.pointwise(lambda *s: saved_product(*s), slices)
     else:
         out = y
         while out.shape[-1] > 1:

@@ -256,7 +256,7 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
     live = [n for n in nodes if n is not None]
     scale = backward_calls if how == "backward" else 1
     refs, per_seed, kinked = _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=False)
-    stats = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
+    stats, runs = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
     quantity = ("jacobian" if how in _JACOBIAN_VIAS else
                 "grad" if len(seeds) == 1 and v is None else "vjp")
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
@@ -271,7 +271,8 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
                     "Autograd took the other one-sided derivative at every kinked unit (e.g. relu'(0) = 1); "
                     "checked against that choice (Note [Other side everywhere]).")
                 records[i], refs[i] = other, flipped[i]
-    for rec, ref, stat in zip(records, refs, stats):
+    for rec, ref, stat, ref_runs in zip(records, refs, stats, runs):
+        montecarlo.apply_scale_test(rec, ref_runs, st.dtype)  # Note [Systematic scale]
         if stat is not None and ref.statistical:
             rec.note = (rec.note + " " if rec.note else "") + (
                 f"Rounding allowance: {ref.statistical:,} entries use the statistical bound ({montecarlo.LAMBDA:g} standard "
@@ -326,26 +327,37 @@ def _sweep_references(st: _State, seeds, live, nodes, how, out_shape, scale, *, 
     return refs, per_seed, any(units)
 
 
-def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how, scale) -> list:
+def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how, scale) -> tuple:
     """Note [Statistical allowance]: where the worst-case bound leaves a low-precision gradient
     coarse, each entry's rounding allowance becomes the smaller of it and LAMBDA standard deviations
-    of random-rounding reruns.  Applies it to ``refs`` and returns, per reference, the statistical
-    allowance (None where not used)."""
-    if len(seeds) > 64 or not montecarlo.wanted(st.graph, st.dtype, refs):
-        return [None] * len(refs)
+    of random-rounding reruns (applied to ``refs``).  Returns, per reference, that statistical
+    allowance (None where not used) and the reruns' changes stacked as the reference (for Note
+    [Systematic scale]; None where it does not run)."""
+    none = [None] * len(refs)
+    tight = len(seeds) <= 64 and montecarlo.wanted(st.graph, st.dtype, refs)
+    size = montecarlo.SAMPLES * len(seeds) * sum(int(np.prod(n.shape)) for n in live)
+    scaled = len(seeds) <= 64 and montecarlo.scale_wanted(st.graph, st.dtype, st.rtol, st.atol, size)
+    if not (tight or scaled):
+        return none, none
     stage("op graph: random-rounding reruns for the statistical allowance")
-    sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed)
-    stats = []
+    kept: list | None = [] if scaled else None
+    sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed, keep=kept)
+
+    def stacked(ref, node, per_seed_arrays):
+        return _reference(ref.name, [Approx(a[node]) if a.get(node) is not None else None for a in per_seed_arrays],
+                          tuple(st.leaves[ref.name].shape), out_shape, how, scale, []).value
+
+    stats, runs = [], []
     for ref, node in zip(refs, nodes):
-        if node is None or ref.rounding is None:
+        usable = node is not None and ref.rounding is not None
+        runs.append([stacked(ref, node, run) for run in kept] if usable and kept else None)
+        if not usable or not tight:
             stats.append(None)
             continue
-        s = _reference(ref.name, [Approx(sg[node]) if sg.get(node) is not None else None for sg in sigma],
-                       tuple(st.leaves[ref.name].shape), out_shape, how, scale, []).value
         # the compare charges rounding_ulps(dtype) units of eps per unit of the bound: LAMBDA sigma in all
-        stats.append(montecarlo.LAMBDA * np.abs(s) / rounding_ulps(st.dtype))
+        stats.append(montecarlo.LAMBDA * np.abs(stacked(ref, node, sigma)) / rounding_ulps(st.dtype))
         _tighten(ref, stats[-1])
-    return stats
+    return stats, runs
 
 
 def _tighten(ref, stat) -> None:

@@ -28,7 +28,7 @@ import sympy as sp
 from .approx import Approx, add, mul, rounded, rounded_constant, signed_band
 from ..ops import FLOAT32_CONSTANTS, constant_key
 
-__all__ = ["Ctx", "evaluate", "FUNCTIONS", "constant_error"]
+__all__ = ["Ctx", "evaluate", "FUNCTIONS", "STEPS", "NARY", "constant_error"]
 
 KINK_ULPS = 4.0
 
@@ -134,6 +134,11 @@ FUNCTIONS = {
     sp.floor: (np.floor, lambda x: np.zeros_like(x)),
     sp.ceiling: (np.ceil, lambda x: np.zeros_like(x)),
 }
+# the piecewise-constant, non-decreasing functions of FUNCTIONS (floor, ceil, trunc, round): they
+# jump at integers or half-integers (Note [Steps at their jumps])
+STEPS = {sp.floor, sp.ceiling}
+# SymPy functions of several arguments -> their evaluation (a list of Approx arguments, Ctx) -> Approx
+NARY: dict = {}
 
 
 _ROOTED = {sp.loggamma, sp.erfinv}
@@ -218,7 +223,11 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
             return Approx(v, e)
         width = (np.abs(x.v) * y.band() + np.abs(y.v) * x.band()) / r2
         return Approx(v, e, width, width)
+    if expr.func in NARY:
+        return NARY[expr.func]([_eval(a, env, ctx, memo) for a in expr.args], ctx)
     fn = FUNCTIONS.get(expr.func)
+    if fn is not None and len(expr.args) == 1 and expr.func in STEPS:
+        return _step(fn[0], _eval(expr.args[0], env, ctx, memo), ctx)
     if fn is not None and len(expr.args) == 1:
         return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo), rooted=expr.func in _ROOTED,
                       ulps=library_ulps(ctx))
@@ -241,6 +250,29 @@ def _apply(fn, dfn, a: Approx, rooted: bool = False, ulps: float = TRANSCENDENTA
     size = np.abs(v) + (np.abs(a.v * slope) if rooted else 0.0)
     e = np.abs(slope) * a.e + ulps * size
     return _with_band(rounded(v, ulps * size), e, slope, a)
+
+
+# Note [Steps at their jumps]
+# floor, ceil, trunc and round are constant between their jumps, so their slope says nothing of
+# where the argument's rounding can take them: an argument within its rounding allowance
+# (``KINK_ULPS * eps * e``, as a condition's, Note [Kinks in the scalar evaluator]) or its band of a
+# jump may land on the other side in a correct evaluation, and the result then differs by the
+# jump.  torch's ``fmod(x, 0.7)`` in bfloat16 divides by 0.7 rounded to bfloat16 (0.69921875), so
+# at x = 0.69921875 it returns 0 where the exact x - trunc(x / 0.7) * 0.7 is x itself: the
+# constant's rounding is in the argument's bound, and the band is the one jump.  Each step
+# function is non-decreasing, so the band is ``f(v) - f(v - lo - s)`` below and
+# ``f(v + hi + s) - f(v)`` above; an exact argument off its jumps gets none.
+
+
+def _step(fn, a: Approx, ctx: Ctx) -> Approx:
+    out = _apply(fn, np.zeros_like, a, ulps=library_ulps(ctx))
+    slack = KINK_ULPS * ctx.eps * np.asarray(a.e, np.float64)
+    below, above = a.sides()
+    with np.errstate(invalid="ignore"):
+        lo = out.v - fn(a.v - below - slack)
+        hi = fn(a.v + above + slack) - out.v
+    lo, hi = (np.where(np.isfinite(t), t, 0.0) for t in (lo, hi))
+    return Approx(out.v, out.e, lo, hi)
 
 
 def _with_band(v, e, slope, a: Approx) -> Approx:

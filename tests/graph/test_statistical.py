@@ -95,3 +95,47 @@ def test_rerun_spread_matches_the_first_order_variance():
     got = np.sqrt(np.mean(np.square(outs))) / montecarlo.DELTA
     expected = np.sqrt(15.0**2 + 1.0**2)  # |a*b| = 15 for the product, |a*b + c| = 1 for the sum
     assert abs(got - expected) < 0.05 * expected
+
+
+def _sigmoid_check(dtype, factor: float = 1.0):
+    from symgrad.testing_ops import scaled
+
+    f = lambda t: torch.sigmoid(3 * t).sum()  # noqa: E731
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    return sg.check(f if factor == 1.0 else scaled(f, factor), {"x": x}, engine="graph", quiet=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_systematic_scale_catches_one_percent_every_entry_alone_lets_pass(dtype):
+    """Note [Systematic scale]: 256 entries of a sigmoid gradient, each allowed more than 1 % in
+    bfloat16, together resolve a scale of 1.01 (the per-entry bound alone passed it)."""
+    assert _sigmoid_check(dtype).passed
+    for factor in (1.01, 0.99):
+        report = _sigmoid_check(dtype, factor)
+        assert not report.passed
+        # float16's entries catch it one by one already; in bfloat16 only the scale does
+        assert dtype == torch.float16 or "Systematic scale" in report["x"].note
+
+
+def test_the_scale_test_runs_only_in_half_precision(monkeypatch):
+    kept = []
+    real = montecarlo.spread
+    monkeypatch.setattr(montecarlo, "spread", lambda *a, **k: kept.append(k.get("keep")) or real(*a, **k))
+    assert _sigmoid_check(torch.float32).passed and _sigmoid_check(torch.float64).passed
+    assert all(k is None for k in kept)  # no reruns kept for the scale test (float64: no reruns at all)
+    _sigmoid_check(torch.bfloat16)
+    assert len(kept[-1]) == montecarlo.SAMPLES
+
+
+def test_equal_values_of_one_operation_move_together():
+    v = np.array([0.3, 0.3, -0.3, 0.3 * 2.0**-5, 0.7, 1.1, 2.5, 3.7] * 64)
+    signs = montecarlo._keyed_signs(v.copy(), 12345)
+    assert signs[0] == signs[1] == -signs[2] == signs[3]  # the same value (up to sign and a power of 2)
+    others = signs.reshape(64, 8)[0, 4:]
+    flips = [montecarlo._keyed_signs(v.copy(), salt)[4:8] for salt in range(64)]
+    assert 0.3 < np.mean(np.array(flips) > 0) < 0.7 and others.shape == (4,)  # distinct values: independent signs
+
+
+def test_the_scale_test_keeps_no_more_reruns_than_its_limit(monkeypatch):
+    monkeypatch.setattr(montecarlo, "MAX_KEPT", 16 * 255)  # one entry short of the sigmoid's 16 x 256
+    assert _sigmoid_check(torch.bfloat16, 1.01).passed  # not run: each entry alone lets 1 % pass
