@@ -17,6 +17,7 @@ from .autograd.forward import grad_enabled
 from .elementwise import check_plain
 from .compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
 from .errors import InputError
+from .ops import float32_scoped
 from .inputs import check_options, lowest_precision  # noqa: F401 - lowest_precision re-exported
 from .progress import with_progress
 from .report.report import Report
@@ -39,6 +40,7 @@ def _is_module(fn) -> bool:
 @with_progress("symgrad check")
 @grad_enabled
 @recursion_guard
+@float32_scoped  # Note [Float32 constants of a check] in symgrad/ops.py
 def check(
     fn: Callable | None,
     inputs,

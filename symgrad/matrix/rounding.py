@@ -70,7 +70,7 @@ from sympy import (
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.matrix.evaluate import numpy_modules
-from symgrad.ops import FLOAT32_CONSTANTS, OPS, constant_key
+from symgrad.ops import OPS, is_float32_constant
 from symgrad.matrix.nodes import Elementwise, LogSoftmaxRows, SoftmaxRows, one_sided, scalar_function
 
 __all__ = ["RoundingBound", "NoBound", "KINK_ULPS", "prepare"]
@@ -263,7 +263,7 @@ class RoundingBound:
             if e.is_Integer:
                 return 0.0
             c = float(e)
-            return (self.K_float32 if constant_key(c) in FLOAT32_CONSTANTS else self.K) * abs(c)
+            return (self.K_float32 if is_float32_constant(c) else self.K) * abs(c)
         if isinstance(e, sp.Symbol) or e.is_number:
             return 0.0
         if isinstance(e, sp.Add):

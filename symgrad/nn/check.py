@@ -28,6 +28,7 @@ from ..validate import (check_backend, check_callable, check_names, check_via_ke
 from ..symbolic.tensor import as_symtensor, symbols
 from ..autograd.forward import forward_once, grad_enabled
 from ..elementwise import check_plain
+from ..ops import float32_scoped
 from ..inputs import fresh_name, lowest_precision, normalize_inputs
 from ..compare.compare import compare, compare_all
 from ..differentiate.batched import per_sample_references, row_symbols
@@ -133,6 +134,7 @@ def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
 
 @with_progress("symgrad check")
 @grad_enabled
+@float32_scoped
 def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
                  engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
                  tangents=None, backward_calls: int = 1, quiet: bool | None = None) -> Report:
@@ -575,6 +577,7 @@ def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt
     return report
 
 
+@float32_scoped
 def check_function(fn: Callable, inputs, **kwargs) -> Report:
     """``check_module`` for a plain function of tensors: traced with fx, no ``symbolic=`` needed.
     Called directly it is the torch.fx importer alone (``engine="elementwise"``); ``symgrad.check``
