@@ -154,7 +154,7 @@ def test_naive_sinc_never_strict(symgrad_check):
 def _sinc_run(pytester, *args):
     pytester.makepyfile(test_sinc=SINC_FILE)
     return pytester.runpytest("-p", "symgrad.pytest_plugin", f"--symgrad-report-dir={pytester.path / 'r'}",
-                              "-p", "no:cacheprovider", *args)
+                              "-p", "no:cacheprovider", "-W", "always::symgrad.InaccurateDerivative", *args)
 
 
 def test_an_inaccurate_derivative_warns_by_default_and_fails_with_symgrad_strict(pytester):
