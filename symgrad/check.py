@@ -170,7 +170,7 @@ def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine,
 
 # Note [One keyword list]
 # ``assert_correct`` takes exactly ``check``'s arguments.  It is built from ``check`` rather than
-# written with a second copy of the keyword list (which drifted whenever a keyword was added):
+# written with a second copy of the keyword list (which every new keyword had to be added to twice):
 # ``functools.wraps`` sets ``__wrapped__``, so ``inspect.signature`` and ``help()`` show check's
 # full signature, and the ``ParamSpec`` carries the same parameters to type checkers and IDEs
 # (the package ships ``py.typed``).  Name and docstring are assert_correct's own.
