@@ -11,12 +11,14 @@ it into an ``AssertionError``).  This module sits on top: nothing in the package
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import functools
+from typing import Callable, Mapping, ParamSpec
 
 from .autograd.forward import grad_enabled
 from .elementwise import check_plain
 from .compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
 from .errors import InputError
+from .ops import float32_scoped
 from .inputs import check_options, lowest_precision  # noqa: F401 - lowest_precision re-exported
 from .progress import with_progress
 from .report.report import Report
@@ -26,6 +28,7 @@ from .validate import check_backend, check_callable, check_wrt_type, recursion_g
 __all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
 
 ENGINES = ("auto", "elementwise", "matrix", "graph")
+P = ParamSpec("P")
 
 
 def _is_module(fn) -> bool:
@@ -39,6 +42,7 @@ def _is_module(fn) -> bool:
 @with_progress("symgrad check")
 @grad_enabled
 @recursion_guard
+@float32_scoped  # Note [Float32 constants of a check] in symgrad/ops.py
 def check(
     fn: Callable | None,
     inputs,
@@ -164,34 +168,23 @@ def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine,
                        symbols_map=symbols_map, title=title, memory_budget=memory_budget, import_fx=check_function)
 
 
-def assert_correct(
-    fn: Callable | None,
-    inputs,
-    symbolic=None,
-    *,
-    wrt=None,
-    via: str | None = None,
-    v=None,
-    tangents=None,
-    loss=None,
-    target=None,
-    engine: str = "auto",
-    backend: str = "auto",
-    rtol: float | None = None,
-    atol: float | None = None,
-    backward_calls: int = 1,
-    symbols_map: Mapping[str, object] | None = None,
-    title: str | None = None,
-    memory_budget: int | None = None,
-    quiet: bool | None = None,
-    order: int = 1,
-    reference: str | None = None,
-    strict: bool = False,
-) -> Report:
-    """``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails, and
-    returns the passing ``Report`` otherwise.  The keywords are ``check``'s (see ``help(symgrad.check)``)."""
-    return check(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
-                 engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
-                 symbols_map=symbols_map, title=title, memory_budget=memory_budget,
-                 quiet=quiet, order=order, reference=reference,
-                 strict=strict).raise_for_failure()
+# Note [One keyword list]
+# ``assert_correct`` takes exactly ``check``'s arguments.  It is built from ``check`` rather than
+# written with a second copy of the keyword list (which every new keyword had to be added to twice):
+# ``functools.wraps`` sets ``__wrapped__``, so ``inspect.signature`` and ``help()`` show check's
+# full signature, and the ``ParamSpec`` carries the same parameters to type checkers and IDEs
+# (the package ships ``py.typed``).  Name and docstring are assert_correct's own.
+def _raising(run: Callable[P, Report]) -> Callable[P, Report]:
+    @functools.wraps(run)
+    def assert_correct(*args: P.args, **kwargs: P.kwargs) -> Report:
+        return run(*args, **kwargs).raise_for_failure()
+
+    assert_correct.__name__ = assert_correct.__qualname__ = "assert_correct"
+    assert_correct.__doc__ = (
+        "``check(...)`` that raises ``GradientMismatch`` (an AssertionError) when a row fails (with\n"
+        "    ``strict=True``, also when one is ``inaccurate``), and returns the passing ``Report`` otherwise.\n"
+        "    The arguments are ``check``'s (see ``help(symgrad.check)``).")
+    return assert_correct
+
+
+assert_correct = _raising(check)

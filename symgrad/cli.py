@@ -5,7 +5,9 @@
     symgrad ops                 # the coverage tables (op table and importer)
 
 Exit status: 0 every check passed, 1 a check failed (or an example ended unexpectedly), 2 a usage
-error or a check that could not run (bad input, unsupported op): the message says which.
+error or a check that could not run (bad input, unsupported op): the message says which.  A
+derivative that is right but ``inaccurate`` (less accurate than the problem's conditioning allows)
+is a warning with exit status 0, and a failure (exit 1) with ``--strict``.
 
 Inputs are parsed by a small grammar, never evaluated: ``name=randn(3,4)``, ``rand``, ``ones``,
 ``zeros`` (a shape of integers), ``name=0.5`` (a scalar), ``name=file.pt`` (a tensor saved with
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import click
 
+from .compare.accuracy import REFERENCE_MODES
 from .errors import SymgradError
 
 __all__ = ["main", "cli", "parse_input", "load_target", "run_examples"]
@@ -141,12 +144,23 @@ def cli():
               help="write the report (.txt, .md, .html, .json); repeat for several")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
               help="what is printed on stdout")
+@click.option("--strict", is_flag=True,
+              help="an 'inaccurate' derivative (right, but less accurate than the problem's conditioning allows; "
+                   "a warning by default) fails the check: exit status 1")
+@click.option("--reference", type=click.Choice(REFERENCE_MODES), default="auto", show_default=True,
+              help="the exact reference: auto (the closed form in extended precision with a rounding bound, "
+                   "re-evaluated over mpmath where that bound is not small against an ulp of --dtype), mpmath "
+                   "(every entry over mpmath), float (never mpmath)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress display")
-def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent, seed, reports, fmt, quiet):
+def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent, seed, reports, fmt, strict,
+          reference, quiet):
     """Check the derivatives of TARGET (FILE.py:NAME or MODULE:NAME) at the given inputs.
 
     TARGET is a function of tensors, a custom Function's apply (MyFn.apply), an nn.Module instance
-    or an nn.Module class that takes no arguments (instantiated, converted to --dtype)."""
+    or an nn.Module class that takes no arguments (instantiated, converted to --dtype).
+
+    Exit status 0: every derivative right (an inaccurate one is a warning on stderr); 1: a check
+    failed, or with --strict a derivative is inaccurate; 2: a usage error."""
     import torch
 
     from .check import check as run_check
@@ -164,12 +178,31 @@ def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent
                                                             "functional.jvp"):
         v = _cotangent(fn, inputs, cotangent, gen)
     extra = {"loss": loss, "target": target_t} if loss or target_t is not None else {}
-    report = _usage(lambda: run_check(fn, inputs, sym, wrt=list(wrt) or None, via=via, v=v, quiet=quiet,
-                                      title=f"symgrad check {target}", **extra))
+    report = _usage(lambda: _warnings_to_stderr(run_check, fn, inputs, sym, wrt=list(wrt) or None, via=via, v=v,
+                                                quiet=quiet, title=f"symgrad check {target}", strict=strict,
+                                                reference=reference, **extra))
     click.echo(render_as(report, fmt).rstrip("\n"))
     for path in reports:
         click.echo(f"report written: {report.write(path)}", err=True)
     sys.exit(0 if report.passed else 1)
+
+
+def _warnings_to_stderr(run_check, *args, **kwargs):
+    """``run_check(...)``, its ``InaccurateDerivative`` warnings as one line each on stderr (not Python's
+    warning display, which names a file and line of symgrad's)."""
+    import warnings
+
+    from .compare.accuracy import InaccurateDerivative
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InaccurateDerivative)
+        report = run_check(*args, **kwargs)
+    for w in caught:
+        if issubclass(w.category, InaccurateDerivative):
+            click.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return report
 
 
 def _module_or_function(obj, dtype: str):

@@ -27,14 +27,19 @@ evaluation time] in ``symgrad/lower/numpy.py``.
 
 from __future__ import annotations
 
+import functools
 import importlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import sympy as sp
 
-__all__ = ["Op", "OPS", "op", "register_op", "coverage_rows", "resolve_torch"]
+__all__ = ["Op", "OPS", "op", "register_op", "coverage_rows", "resolve_torch", "float32_scope", "float32_scoped",
+           "float32_constants", "is_float32_constant", "note_float32_reciprocal", "note_float32_constants",
+           "constant_key"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Op:
     module: str = ""
     doc: str = ""
     # parameters whose reciprocal torch's backward rounds to float32 even in float64 (celu's
-    # 1/alpha): that reciprocal carries one float32 rounding in the rounding bound (FLOAT32_CONSTANTS)
+    # 1/alpha): that reciprocal carries one float32 rounding in the rounding bound (Note [Float32 constants of a check])
     float32_reciprocals: tuple = ()
 
     def sym(self, x, **params):
@@ -80,12 +85,62 @@ class Op:
         return (lambda t: fn(t, **kwargs)) if kwargs else fn
 
 
-# Constants that reach torch's kernels as float32 even in a float64 run (the reciprocals of
-# Op.float32_reciprocals), keyed by constant_key: the rounding bound gives each occurrence one
-# float32 rounding (codegen.py).  The set is process-wide: once celu(alpha=0.3) was built, the
-# constant 1/0.3 carries that rounding in every later closed form too (a wider allowance, never a
-# narrower one; 0.3 itself does not).
-FLOAT32_CONSTANTS: set = set()
+# Note [Float32 constants of a check]
+# A few torch kernels round a constant to float32 even in a float64 run (the reciprocals of
+# Op.float32_reciprocals: celu's 1/alpha; hardsigmoid's 1/6, noted while tracing); the rounding
+# bound gives each occurrence of such a constant, keyed by constant_key, one float32 rounding
+# (codegen.py, graph/scalar.py, matrix/rounding.py).  Which constants those are is a fact about
+# the function being checked, so the set belongs to one check: ``float32_scope()`` opens it for
+# the length of a check (symgrad.check, check_module, check_graph; a check run inside another
+# shares the outer one's set) and ``note_float32_reciprocal`` adds to it.  It used to be one set
+# for the whole process: after a check of celu(alpha=0.3), every later float64 check holding the
+# constant 1/0.3 got a float32-sized allowance, and a backward off by 1e-9 passed.  A note made
+# outside any check is dropped (never a wider allowance for a later one); whatever caches a form
+# across checks notes again when it is reused (symbolic/functional.py's templates, the op graph's
+# cache, which restores ``graph.float32_constants``).
+_FLOAT32_SCOPE: ContextVar["set | None"] = ContextVar("symgrad_float32_constants", default=None)
+
+
+def float32_constants() -> frozenset:
+    """The keys (``constant_key``) of the float32 constants noted by the running check (empty outside one)."""
+    scope = _FLOAT32_SCOPE.get()
+    return frozenset(scope) if scope else frozenset()
+
+
+def is_float32_constant(value: float) -> bool:
+    scope = _FLOAT32_SCOPE.get()
+    return bool(scope) and constant_key(value) in scope
+
+
+@contextmanager
+def float32_scope():
+    """The float32 constants of one check (Note [Float32 constants of a check]); nested: the outer one's."""
+    if _FLOAT32_SCOPE.get() is not None:
+        yield _FLOAT32_SCOPE.get()
+        return
+    token = _FLOAT32_SCOPE.set(set())
+    try:
+        yield _FLOAT32_SCOPE.get()
+    finally:
+        _FLOAT32_SCOPE.reset(token)
+
+
+def float32_scoped(fn):
+    """``fn`` run inside ``float32_scope()`` (a decorator for the public checks)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with float32_scope():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def note_float32_constants(keys) -> None:
+    """Add keys (``constant_key`` values, e.g. a cached graph's) to the running check's set."""
+    scope = _FLOAT32_SCOPE.get()
+    if scope is not None:
+        scope.update(keys)
 
 
 def constant_key(value: float) -> float:
@@ -104,7 +159,7 @@ def note_float32_reciprocal(value) -> None:
         # it would charge every later 1.0 a float32 rounding, in float64 checks too (a float64 backward
         # off by 1e-9 passed after one celu check)
         if float(np.float32(r)) != r:
-            FLOAT32_CONSTANTS.add(constant_key(r))
+            note_float32_constants((constant_key(r),))
 
 
 def resolve_torch(dotted: str) -> Callable:

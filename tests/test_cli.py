@@ -39,6 +39,27 @@ MODULE = textwrap.dedent('''
     def layer(x, w):
         return torch.tanh(x @ w).sum()
 
+    def _sinc(backward):
+        class Sinc(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return torch.sin(x) / x
+
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                return g * backward(x)
+
+        return Sinc.apply
+
+    # sinc' computed as written: right, but it cancels near 0 (millions of ulps where a few are allowed)
+    naive_sinc = _sinc(lambda x: (torch.cos(x) * x - torch.sin(x)) / x**2)
+    wrong_sinc = _sinc(lambda x: torch.cos(x) / x)
+
+    def sinc_twin(x):
+        return sg.sin(x) / x
+
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -116,6 +137,39 @@ def test_check_a_module_class_with_a_loss(target):
               "--dtype", "float32")
     assert res.exit_code == 0, res.output
     assert "fc.weight" in res.output and "fc.bias" in res.output
+
+
+@pytest.fixture()
+def small(tmp_path):
+    """Inputs near 0, where the naive sinc backward cancels."""
+    path = tmp_path / "small.pt"
+    torch.save(torch.tensor([1e-3, -2e-4, 1e-5, -3e-6, 1e-6], dtype=torch.float64), path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_strict_makes_an_inaccurate_derivative_exit_1(target, small, dtype):
+    base = ["check", f"{target}:naive_sinc", "-i", f"x={small}", "--symbolic", "sinc_twin", "--dtype", dtype, "-q"]
+    loose = CliRunner().invoke(cli, base, catch_exceptions=False)
+    assert loose.exit_code == 0, loose.output
+    assert "inaccurate" in loose.output and "warning:" in loose.stderr and "--strict" not in loose.stdout
+    strict = run(*base, "--strict")
+    assert strict.exit_code == 1, strict.output
+    assert "inaccurate" in strict.output
+    wrong = run("check", f"{target}:wrong_sinc", "-i", f"x={small}", "--symbolic", "sinc_twin", "--dtype", dtype, "-q")
+    assert wrong.exit_code == 1 and "FAIL" in wrong.output
+
+
+def test_reference_option_reaches_the_check(target, small):
+    for mode, needle in (("mpmath", "mpmath"), ("float", None)):
+        res = run("check", f"{target}:naive_sinc", "-i", f"x={small}", "--symbolic", "sinc_twin", "--reference", mode,
+                  "--format", "json", "-q")
+        assert res.exit_code == 0, res.output
+        rows = json.loads(res.stdout)["rows"]
+        refs = [r["reference"] for r in rows if r.get("quantity") != "forward"]
+        assert refs and all(("mpmath" in r) == (needle is not None) for r in refs), rows
+    bad = run("check", f"{target}:naive_sinc", "-i", f"x={small}", "--reference", "exact")
+    assert bad.exit_code == 2 and "exact" in bad.output
 
 
 @pytest.mark.parametrize("args,needle", [

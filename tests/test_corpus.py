@@ -25,6 +25,37 @@ def test_corpus_subset(case):
     assert got["passed"] == (case.bug is None), got["report"].to_text()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_correct_sinc_twin_is_accurate_and_the_shipped_one_is_not(dtype):
+    """Note [An accurate sinc backward]: the fixed twin passes strict=True in every dtype (its Taylor
+    branch used to stop at |x| = 0.02, leaving cancelling entries `inaccurate`); the shipped naive one
+    stays `inaccurate` (or non-finite in float16) and fails it."""
+    import symgrad as sg
+
+    cases = {c.name: c for c in corpus([dtype]) if c.name.startswith("sinc")}
+    for name, accurate in (("sinc: correct", True), ("sinc: cancellation (shipped)", False)):
+        case = cases[name]
+        report = sg.check(case.fn, case.inputs, symbolic=case.reference, engine="graph", quiet=True, strict=True)
+        assert report.passed == accurate, report.to_text()
+        assert (not report.inaccurate) == (accurate or dtype == torch.float16), report.to_text()
+
+
+def test_the_op_graph_reference_of_sinc_is_exact_near_0():
+    """torch.sinc traces to sin(P x) * Q / x (P = fl(pi), Q = fl(1/pi)); its exact derivative at
+    x = 1e-3, -pi**2 x / 3 (1 - (pi x)**2 / 10 + ...), was 5e4 ulps off when SymPy folded P Q to 53 bits."""
+    import math
+
+    import symgrad as sg
+
+    x = torch.tensor([1e-3, -2e-4, 1e-5], dtype=torch.float64)
+    report = sg.check(torch.sinc, {"x": x}, engine="graph", v=torch.ones_like(x), reference="mpmath")
+    rec = report["x"]
+    t = math.pi * x
+    series = math.pi * t * (-1 / 3 + t**2 / 30 - t**4 / 840)  # to 1e-17 relative at |t| <= 3.2e-3
+    expected = torch.as_tensor(rec.expected, dtype=torch.float64).reshape(-1)
+    assert torch.allclose(expected, series, rtol=1e-15, atol=0), (expected - series) / series
+
+
 def test_corpus_is_large_and_covers_every_dtype():
     cases = corpus()
     assert len(cases) >= 60

@@ -120,3 +120,78 @@ def test_parametrisation_helpers():
         dtypes("float128x")
     with pytest.raises(ValueError, match="unknown engines"):
         engines("numeric")
+
+
+SINC_FILE = '''
+import torch
+import symgrad as sg
+
+
+class NaiveSinc(torch.autograd.Function):
+    """sinc' computed as written: right, but it cancels near 0 (inaccurate, not wrong)."""
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sin(x) / x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (torch.cos(x) * x - torch.sin(x)) / x**2
+
+
+def test_naive_sinc(symgrad_check):
+    x = torch.tensor([1e-3, -2e-4, 1e-5, -3e-6, 1e-6], dtype=torch.float64)
+    symgrad_check(NaiveSinc.apply, {"x": x}, symbolic=lambda x: sg.sin(x) / x, v=torch.ones_like(x))
+
+
+def test_naive_sinc_never_strict(symgrad_check):
+    x = torch.tensor([1e-3, -2e-4], dtype=torch.float32)
+    symgrad_check(NaiveSinc.apply, {"x": x}, symbolic=lambda x: sg.sin(x) / x, v=torch.ones_like(x), strict=False)
+'''
+
+
+def _sinc_run(pytester, *args):
+    pytester.makepyfile(test_sinc=SINC_FILE)
+    return pytester.runpytest("-p", "symgrad.pytest_plugin", f"--symgrad-report-dir={pytester.path / 'r'}",
+                              "-p", "no:cacheprovider", "-W", "always::symgrad.InaccurateDerivative", *args)
+
+
+def test_an_inaccurate_derivative_warns_by_default_and_fails_with_symgrad_strict(pytester):
+    loose = _sinc_run(pytester)
+    loose.assert_outcomes(passed=2)
+    assert loose.stdout.str().count("InaccurateDerivative: symgrad check: derivatives right but inaccurate") == 2
+    strict = _sinc_run(pytester, "--symgrad-strict")
+    strict.assert_outcomes(passed=1, failed=1)  # a call's own strict=False still wins
+    out = strict.stdout.str()
+    assert "GradientMismatch" in out and "inaccurate" in out
+    assert re.search(r"FAILED test_sinc.py::test_naive_sinc(?!_never)", out) and "FAILED test_sinc.py::test_naive_sinc_never" not in out
+
+
+def test_symgrad_strict_and_reference_as_ini_settings(pytester):
+    pytester.makeini("[pytest]\nsymgrad_strict = true\nsymgrad_reference = mpmath\n")
+    _sinc_run(pytester).assert_outcomes(passed=1, failed=1)
+    pytester.makeini("[pytest]\nsymgrad_reference = exact\n")
+    bad = _sinc_run(pytester)
+    bad.assert_outcomes(errors=2)
+    assert "symgrad_reference = 'exact' is not one of auto, mpmath, float" in bad.stdout.str()
+
+
+def test_symgrad_reference_reaches_the_check(pytester):
+    pytester.makepyfile(test_ref='''
+import torch
+import symgrad as sg
+
+def test_ref(symgrad_check):
+    x = torch.tensor([1e-3, 0.5], dtype=torch.float64)
+    report = symgrad_check(lambda x: (x.sin() / x).sum(), {"x": x}, symbolic=lambda x: (sg.sin(x) / x).sum())
+    print("REFERENCE:", report["x"].reference)
+''')
+    args = ("-p", "symgrad.pytest_plugin", "-p", "no:cacheprovider", "-s")
+    mp = pytester.runpytest(*args, "--symgrad-reference=mpmath")
+    mp.assert_outcomes(passed=1)
+    assert re.search(r"REFERENCE: .*mpmath \d+ digits for 2 of 2", mp.stdout.str())
+    fl = pytester.runpytest(*args, "--symgrad-reference=float")
+    fl.assert_outcomes(passed=1)
+    assert "REFERENCE:" in fl.stdout.str() and "mpmath" not in fl.stdout.str().split("REFERENCE:")[1].splitlines()[0]
+    assert pytester.runpytest(*args, "--symgrad-reference=exact").ret == 4  # a usage error

@@ -108,5 +108,13 @@ def test_help_of_check_lists_every_keyword_and_assert_correct_has_its_signature(
         assert f"\n    {name} :" in sg.check.__doc__ or f"{name}, " in sg.check.__doc__ or f", {name} :" in sg.check.__doc__, name
         assert name in text
     assert list(inspect.signature(sg.assert_correct).parameters) == list(params)
+    # one keyword list (Note [One keyword list] in symgrad/check.py): its own name and docstring, check's keywords
+    assert sg.assert_correct.__name__ == "assert_correct" and "GradientMismatch" in sg.assert_correct.__doc__
+    assert "assert_correct(fn" in pydoc.render_doc(sg.assert_correct, renderer=pydoc.plaintext)
+    import pytest
+    import torch
+
+    with pytest.raises(TypeError, match="strictly"):
+        sg.assert_correct(torch.sin, {"x": torch.ones(2, dtype=torch.float64)}, strictly=True)
     assert (ROOT / "symgrad" / "py.typed").exists()
     assert '"py.typed"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -312,3 +312,40 @@ def test_a_celu_check_never_widens_later_float64_checks():
     report = sg.check(ClampOff.apply, {"x": x}, symbolic=lambda t: sg.clamp(t, -1.0, 1.0),
                       v=torch.tensor([0.3, -1.1, 0.7, 2.0], dtype=torch.float64))
     assert not report.passed, report.to_text()
+
+
+# -- Note [Float32 constants of a check] (symgrad/ops.py): celu's 1/alpha belongs to its own check --
+_C = 1 / 0.3  # celu(alpha=0.3)'s reciprocal, which torch's kernel rounds to float32 even in float64
+
+
+def _exp_scaled(off: float):
+    """exp(x / 0.3) as a custom Function whose float64 backward is off by ``off``, relative."""
+    return custom(lambda t: torch.exp(t * _C).sum(), lambda g, t: g * _C * torch.exp(t * _C) * (1 + off))
+
+
+@pytest.mark.parametrize("engine", ["auto", "graph"])
+def test_a_celu_check_does_not_widen_a_later_check_holding_its_reciprocal(engine):
+    import torch.nn.functional as F
+
+    x = torch.tensor([-1.2, -0.3, 0.4, 1.7], dtype=torch.float64)
+    kw = {"engine": "graph"} if engine == "graph" else {"symbolic": lambda t: sg.exp(t * _C).sum()}
+    celu = lambda t: F.celu(t, alpha=0.3).sum()  # noqa: E731
+    assert sg.check(celu, {"x": x}, engine=engine)  # notes 1/0.3 as a float32 constant, for itself only
+    # 1e-9 relative is ~4.5e6 ulps of float64, far below a float32 rounding of 1/0.3 (~3e-8)
+    report = sg.check(_exp_scaled(1e-9), {"x": x}, **kw)
+    assert not report.passed, report.to_text()
+    assert sg.check(_exp_scaled(0.0), {"x": x}, **kw)
+
+
+@pytest.mark.parametrize("engine", ["auto", "graph"])
+def test_a_repeated_celu_check_keeps_its_float32_constant(engine):
+    # the second check reuses cached work (the op graph's cached trace, sg.celu's cached template):
+    # the constant must be noted again for it, or torch's own celu' (3.6e-7 off) false-alarms
+    import torch.nn.functional as F
+
+    x = torch.linspace(-3, 2, 11, dtype=torch.float64)
+    celu = lambda t: F.celu(t, alpha=0.3).sum()  # noqa: E731
+    kw = {"engine": "graph"} if engine == "graph" else {"symbolic": lambda t: sg.celu(t, alpha=0.3).sum()}
+    for _ in range(2):
+        report = sg.check(celu, {"x": x}, **kw)
+        assert report.passed, report.to_text()

@@ -6,7 +6,7 @@ import hashlib
 import weakref
 from collections import OrderedDict
 
-from ..ops import FLOAT32_CONSTANTS
+from ..ops import note_float32_constants
 from . import diskcache
 
 __all__ = ["key", "lookup", "remember", "known", "GRAPH_CACHE_SIZE"]
@@ -55,7 +55,9 @@ def lookup(k, names, tensors, disk_key=None):
         graph = diskcache.load(disk_key)  # Note [Disk cache]
         if graph is None:
             return None
-        FLOAT32_CONSTANTS.update(getattr(graph, "float32_constants", ()))  # noted when it was traced
+    # the float32 constants noted when it was traced (celu's 1/alpha), for this check (Note [Float32
+    # constants of a check] in symgrad/ops.py): a cached graph is not traced again to note them
+    note_float32_constants(getattr(graph, "float32_constants", ()))
     for name, t in zip(names, tensors):
         node = graph.inputs.get(name)
         if node is not None:

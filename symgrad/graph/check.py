@@ -28,7 +28,7 @@ from ..validate import refuse_non_tensor_value
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
-from ..ops import FLOAT32_CONSTANTS
+from ..ops import float32_constants, float32_scoped
 from . import cache as graph_cache
 from . import montecarlo
 from . import diskcache
@@ -84,6 +84,7 @@ _JACOBIAN_VIAS = JACOBIAN_VIAS
 _VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 
 
+@float32_scoped
 def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
                 target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
                 atol: float | None = None, title: str | None = None, order: int = 1, reference: str | None = None,
@@ -166,7 +167,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
             gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
             graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
             # torch's float32 constants noted while tracing (celu's 1/alpha) travel with a stored graph
-            graph.float32_constants = set(FLOAT32_CONSTANTS)
+            graph.float32_constants = set(float32_constants())
             attempt = "traced"
             diskcache.store(disk_key, graph)
         out_node = _single_output(graph)

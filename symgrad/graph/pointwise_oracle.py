@@ -31,7 +31,7 @@ def _compose(node, leaf, x, memo: dict, budget: list):
     if node in memo:
         return memo[node]
     if node.kind == "leaf" and node.attrs.get("role") == "const" and node.shape == ():
-        return sp.Float(float(np.asarray(node.attrs["value"])), 30)  # the float torch holds, exactly
+        return sp.Rational(float(np.asarray(node.attrs["value"])))  # the float torch holds, exactly
     if node.kind != "pointwise" or node.shape not in (leaf.shape, ()) or budget[0] <= 0:
         return None
     budget[0] -= 1
@@ -41,9 +41,18 @@ def _compose(node, leaf, x, memo: dict, budget: list):
         if got is None:
             return None
         args.append(got)
-    expr = node.attrs["expr"].xreplace(dict(zip(symbols_for(len(args)), args)))
+    expr = _exact_constants(node.attrs["expr"]).xreplace(dict(zip(symbols_for(len(args)), args)))
     memo[node] = expr
     return expr
+
+
+def _exact_constants(expr):
+    """``expr`` with its Floats as the exact Rationals they hold.  SymPy folds Floats at their own
+    precision: differentiating torch.sinc's ``sin(P x) * Q / x`` (P = fl(pi), Q = fl(1/pi)) gave
+    ``P Q cos(P x)/x - Q sin(P x)/x**2`` with ``P Q`` rounded to 53 bits, whose terms then no
+    longer cancel as they must near 0: the "exact" reference was 7e-12 (5e4 ulps) off at x = 1e-3."""
+    floats = expr.atoms(sp.Float)
+    return expr.xreplace({f: sp.Rational(f) for f in floats}) if floats else expr
 
 
 def chain_form(graph, leaf, out):

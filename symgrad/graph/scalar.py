@@ -26,7 +26,7 @@ import numpy as np
 import sympy as sp
 
 from .approx import Approx, add, mul, rounded, rounded_constant, signed_band
-from ..ops import FLOAT32_CONSTANTS, constant_key
+from ..ops import is_float32_constant
 
 __all__ = ["Ctx", "evaluate", "FUNCTIONS", "STEPS", "NARY", "constant_error"]
 
@@ -77,7 +77,7 @@ def constant_error(c, ctx: Ctx) -> float:
         low = math.ldexp(round(m * 256) / 256, ex)
     elif ctx.dtype in ("float16", "float32"):
         low = float(np.float16(f) if ctx.dtype == "float16" else np.float32(f))
-    elif constant_key(f) in FLOAT32_CONSTANTS:  # celu's 1/alpha: float32 even in a float64 kernel
+    elif is_float32_constant(f):  # celu's 1/alpha: float32 even in a float64 kernel
         low = float(np.float32(f))
     else:
         low = f
@@ -167,13 +167,21 @@ def _eval(expr, env, ctx, memo) -> Approx:
 
 
 @lru_cache(maxsize=4096)
-def _constant(c, ctx: Ctx, registry_size: int) -> tuple:
+def _constant(c, ctx: Ctx, float32_in_float64: bool) -> tuple:
     return np.float64(float(c)), constant_error(c, ctx)
 
 
+def _noted(c) -> bool:
+    try:
+        return is_float32_constant(float(c))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def _number(c, ctx: Ctx) -> Approx:
-    # keyed on the registry's size too: a float32 constant noted later (celu's 1/alpha) is not stale
-    v, e = _constant(c, ctx, len(FLOAT32_CONSTANTS))
+    # keyed on whether the running check noted c as a float32 constant of torch's (celu's 1/alpha;
+    # Note [Float32 constants of a check] in symgrad/ops.py): one check's note never reaches another
+    v, e = _constant(c, ctx, _noted(c))
     return Approx(rounded_constant(c, v, e), e)
 
 

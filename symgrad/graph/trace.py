@@ -79,7 +79,7 @@ def decompositions() -> dict:
 
 def _noting_float32_reciprocal(decomposed, fixed: float | None = None):
     """A decomposition that first notes a reciprocal torch's float64 backward rounds to float32:
-    celu's 1/alpha, hardsigmoid's 1/6 (symgrad.ops.FLOAT32_CONSTANTS; graph/scalar.py constant_error)."""
+    celu's 1/alpha, hardsigmoid's 1/6 (Note [Float32 constants of a check] in symgrad/ops.py; graph/scalar.py constant_error)."""
     from ..ops import note_float32_reciprocal
 
     def run(x, *rest, **kw):

@@ -47,7 +47,7 @@ import operator
 import numpy as np
 
 from ..errors import UnsupportedOp
-from ..ops import FLOAT32_CONSTANTS, constant_key
+from ..ops import is_float32_constant
 from .logistic import LogisticTerms
 
 __all__ = ["RUNTIME", "FUNCTIONS", "generate", "RELATIONS", "BOOLEANS"]
@@ -259,7 +259,7 @@ class _Emitter(LogisticTerms):
             c = float(e)
             if float(np.float32(c)) == c:  # 0.5, 0.25, 3.0: the same in float32, nothing to round
                 return "0"
-            if constant_key(c) in FLOAT32_CONSTANTS:  # rounded to float32 by torch even in float64
+            if is_float32_constant(c):  # rounded to float32 by torch even in float64
                 return f"(_KF*{abs(c)!r})"
             return f"(_K*{abs(c)!r})"
         raise KeyError(f"no error bound for {e}")  # pragma: no cover - nodes are emitted in order
@@ -280,7 +280,7 @@ class _Emitter(LogisticTerms):
                 a = self._resolved(a)
                 if a in self.float32_nodes or (getattr(a, "is_Number", False) and not a.is_Integer
                                                and getattr(a, "is_real", True) is not False
-                                               and constant_key(float(a)) in FLOAT32_CONSTANTS):
+                                               and is_float32_constant(float(a))):
                     self.float32_nodes.add(e)
                     break
         for e, var in self.nodes:

@@ -25,6 +25,7 @@ from ..symbolic.numbers import refuse_string_attributes
 from ..symbolic.tensor import as_symtensor
 from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
                         refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
+from ..ops import float32_scoped
 
 __all__ = ["check_module", "check_function", "resolve_loss", "MATRIX_THRESHOLD", "LOSSES", "ONEHOT_VIA"]
 
@@ -123,6 +124,7 @@ def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
 
 @with_progress("symgrad check")
 @grad_enabled
+@float32_scoped
 def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
                  engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
                  tangents=None, backward_calls: int = 1, quiet: bool | None = None) -> Report:
@@ -234,6 +236,7 @@ def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt
     return report
 
 
+@float32_scoped
 def check_function(fn: Callable, inputs, **kwargs) -> Report:
     """``check_module`` for a plain function of tensors: traced with fx, no ``symbolic=`` needed.
     Called directly it is the torch.fx importer alone (``engine="elementwise"``); ``symgrad.check``

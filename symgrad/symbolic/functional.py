@@ -23,7 +23,7 @@ import symengine as se
 import sympy as sp
 
 from ..errors import ShapeMismatch
-from ..ops import OPS, op
+from ..ops import OPS, note_float32_reciprocal, op
 from .numbers import number
 from .tensor import SymTensor, as_symtensor, register_methods, to_element
 
@@ -82,6 +82,8 @@ def apply_op(name: str, x, **params):
         raise TypeError(f"{name}() got unexpected parameter(s) {', '.join(sorted(unknown))}; it takes {', '.join(row.params) or 'none'}")
     full = {k: number(v, f"{name}()'s parameter {k!r}") for k, v in {**row.params, **params}.items()}
     form, slot = _template(name, tuple(sorted(full.items())))
+    for p in row.float32_reciprocals:  # noted on every use: the template is cached across checks
+        note_float32_reciprocal(full[p])
     return as_symtensor(x).map(lambda e: form.xreplace({slot: e}))
 
 
