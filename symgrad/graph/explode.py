@@ -1,0 +1,351 @@
+"""The exploded back end of the op graph: one exact symengine expression per entry.
+
+# Note [Exploded back end]
+The tensor back end (``engine.py``, ``rules.py``) evaluates the graph with numpy at full size.  The
+exploded back end takes the *same* graph and writes every entry of every node as one exact scalar
+expression over per-entry symbols of the graph's float leaves (``x[0, 1]``, ``fc.weight[2, 0]``):
+
+==============  ==========================================================================
+kind            exploded entry
+==============  ==========================================================================
+``leaf``        a symbol per entry (inputs, parameters); constants and buffers: their exact
+                value (a float64 is a dyadic rational: ``Rational(p, q)``, no rounding)
+``pointwise``   the node's SymPy form, converted once to symengine, with its symbols
+                replaced by the (broadcast) argument entries
+``contract``    sum over the einsum's summed indices of the operands' products
+``reduce``      sum: one ``Add``; max/min: the n-ary form of ``lower.numpy`` whose Piecewise
+                conditions are the kinks (a tie splits evenly, as torch's amax does)
+``layout``      numpy's reshape / transpose / broadcast of the object array (entries move)
+``select``      entry moves; an index 0 is the node's constant fill (its derivative is 0)
+``stop``        a fresh constant: the argument's float64 value from the tensor forward
+``linalg``      refused (UnsupportedOp): the tensor back end's rules serve those
+==============  ==========================================================================
+
+SymPy forms holding symgrad's own functions (``expm1``, ``log1p``, ``sigmoid``) are replaced by
+their elementary definitions first: symengine would wrap an unknown SymPy function and give it a
+derivative of 0, silently.  Any function left opaque is refused.  Step functions (floor, ceil,
+trunc) keep their values and get derivative 0 (``clean_derivative``), as their tensor rule does.
+
+Exploding is quadratic where the tensor back end is linear, so the size is estimated before
+anything is built (``estimate``; Note [Memory guard] in ``budget.py``) and a graph beyond the
+budget is refused with the size, the budget and the alternative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+
+from ..errors import InputError, UnsupportedOp
+from .budget import BYTES_PER_NODE, memory_budget
+from .ir import Graph, Node
+
+__all__ = ["explode", "estimate", "Estimate", "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big"]
+
+
+def output_node(graph: Graph) -> Node:
+    outs = [o for o in graph.outputs if isinstance(o, Node)]
+    if len(outs) != 1:
+        raise UnsupportedOp(f"the exploded back end needs one tensor output; the graph has {len(graph.outputs)}")
+    return outs[0]
+
+
+# ------------------------------------------------------------------------------------ numbers
+
+def exact_number(v: float):
+    """A float64 as an exact symengine number (never through a string)."""
+    import symengine as se
+
+    f = float(v)
+    if f != f:
+        return se.nan
+    if f in (float("inf"), float("-inf")):
+        return se.oo if f > 0 else -se.oo
+    if f.is_integer():
+        return se.Integer(int(f))
+    p, q = f.as_integer_ratio()
+    return se.Rational(p, q)
+
+
+def _numbers(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, np.float64)
+    out = np.empty(values.shape, object)
+    cache: dict = {}
+    for j, f in enumerate(values.ravel().tolist()):
+        got = cache.get(f)
+        if got is None:
+            got = cache[f] = exact_number(f)
+        out.flat[j] = got
+    return out
+
+
+# ------------------------------------------------------------------------------ pointwise forms
+
+def _elementary(expr: sp.Expr) -> sp.Expr:
+    """symgrad's own SymPy functions replaced by what they compute (Note [Exploded back end])."""
+    from . import functions as F
+
+    table = {**{f: d for f, d in F.DEFINITIONS.items()}, F.floor: sp.floor, F.ceil: sp.ceiling,
+             F.trunc: lambda a: sp.Piecewise((sp.floor(a), a >= 0), (sp.ceiling(a), True))}
+    for f, build in table.items():
+        if expr.has(f):
+            expr = expr.replace(lambda e, f=f: isinstance(e, f), lambda e, b=build: b(*e.args))
+    # exact constants: a float of the form is a float64, i.e. a dyadic rational
+    return expr.xreplace({c: sp.Rational(float(c)) for c in expr.atoms(sp.Float) if np.isfinite(float(c))})
+
+
+@lru_cache(maxsize=2048)
+def _form(expr: sp.Expr, k: int) -> tuple:
+    """(symengine form, its symbols s0..s{k-1}): the pointwise node's scalar function."""
+    import symengine as se
+
+    from ..lower.numpy import to_symengine
+    from .rules import symbols_for
+
+    form = to_symengine(_elementary(expr))
+    opaque = sorted({type(f).__name__ if not hasattr(f, "get_name") else f.get_name()
+                     for f in form.atoms(se.FunctionSymbol)})
+    if opaque:
+        raise UnsupportedOp(f"the pointwise form {sp.sstr(expr)[:80]} holds {', '.join(opaque)}, which the exploded "
+                            "back end cannot differentiate exactly; use backend='tensor' (engine='graph') for it")
+    return form, tuple(se.Symbol(s.name) for s in symbols_for(k))
+
+
+def _pointwise(node: Node, args: list) -> np.ndarray:
+    form, syms = _form(node.attrs["expr"], len(args))
+    out = np.empty(node.shape, object)
+    if not form.free_symbols:
+        out.fill(form)
+        return out
+    used = [i for i, s in enumerate(syms) if s in form.free_symbols]
+    flat = [np.broadcast_to(args[i], node.shape).ravel() for i in used]
+    for j in range(out.size):
+        out.flat[j] = form.xreplace({syms[i]: a[j] for i, a in zip(used, flat)})
+    return out
+
+
+# ------------------------------------------------------------------------------ the other kinds
+
+def _contract(spec: str, args: list, shape: tuple) -> np.ndarray:
+    import symengine as se
+
+    ins, out = spec.split("->")
+    subs = ins.split(",")
+    sizes: dict = {}
+    for sub, a in zip(subs, args):
+        sizes.update(zip(sub, a.shape))
+    summed = sorted(set(ins.replace(",", "")) - set(out))
+    letters = list(out) + summed
+    full = tuple(sizes[c] for c in letters)
+    grid = np.indices(full) if full else np.zeros((0,), np.int64)
+    terms = None
+    for sub, a in zip(subs, args):
+        if sub:
+            flat = np.ravel_multi_index(tuple(grid[letters.index(c)] for c in sub), a.shape)
+            got = a.ravel()[flat]
+        else:
+            got = np.full(full, a.reshape(()).item(), object)
+        terms = got if terms is None else terms * got
+    n_out = int(np.prod([sizes[c] for c in out])) if out else 1
+    rows = terms.reshape(n_out, -1)
+    result = np.empty(n_out, object)
+    for j in range(n_out):
+        result[j] = se.Add(*rows[j]) if rows.shape[1] > 1 else rows[j, 0]
+    return result.reshape(shape)
+
+
+def _reduce(node: Node, a: np.ndarray) -> np.ndarray:
+    import symengine as se
+
+    from ..lower.numpy import _extreme
+
+    axes = tuple(node.attrs["axes"])
+    kept = [i for i in range(a.ndim) if i not in axes]
+    rows = np.transpose(a, kept + list(axes)).reshape(int(np.prod([a.shape[i] for i in kept])), -1)
+    op = node.attrs["op"]
+    build = se.Add if op == "sum" else _extreme("Ge" if op == "max" else "Le")
+    result = np.empty(rows.shape[0], object)
+    for j in range(rows.shape[0]):
+        result[j] = build(*rows[j])
+    return result.reshape(node.shape)
+
+
+def _layout(node: Node, a: np.ndarray) -> np.ndarray:
+    op, arg = node.attrs["op"], node.attrs["arg"]
+    if op == "reshape":
+        return np.reshape(a, arg)
+    if op == "permute":
+        return np.transpose(a, arg)
+    if op == "expand":
+        return np.broadcast_to(a, arg)
+    raise ValueError(f"unknown layout op {op!r}")
+
+
+def _select(node: Node, args: list) -> np.ndarray:
+    idx = node.attrs["idx"]
+    flat = np.concatenate([np.ravel(a) for a in args]) if len(args) > 1 else np.ravel(args[0])
+    out = np.empty(idx.shape, object)
+    out.fill(exact_number(node.attrs.get("fill", 0.0)))
+    pick = idx > 0
+    out[pick] = flat[idx[pick] - 1]
+    return out
+
+
+def _node(node: Node, args: list, values: dict | None) -> np.ndarray:
+    kind = node.kind
+    if kind == "pointwise":
+        return _pointwise(node, args)
+    if kind == "contract":
+        return _contract(node.attrs["spec"], args, node.shape)
+    if kind == "reduce":
+        return _reduce(node, args[0])
+    if kind == "layout":
+        return _layout(node, args[0])
+    if kind == "select":
+        return _select(node, args)
+    if kind == "stop":
+        return _numbers(np.broadcast_to(values[node.args[0]].v, node.shape))
+    raise UnsupportedOp(f"the exploded back end has no scalar form for the {kind} node "
+                        f"{node.attrs.get('op', '')} ({node.origin or node.name}); the tensor back end "
+                        "(engine='graph', backend='tensor') checks it")
+
+
+# ------------------------------------------------------------------------------------- sizes
+
+@dataclass
+class Estimate:
+    """What exploding would build, before anything is built (Note [Memory guard] in budget.py)."""
+
+    forward_nodes: int  # new expression nodes of the exploded forward (a DAG: shared entries count once)
+    derivative_nodes: int  # the derivative entries times the expression size each one reads
+    entries: int  # derivative entries
+
+    @property
+    def bytes(self) -> int:
+        return BYTES_PER_NODE * (self.forward_nodes + self.derivative_nodes)
+
+
+def _cone(graph: Graph, out: Node) -> list:
+    need = {out}
+    for node in reversed(graph.nodes):
+        if node in need:
+            need.update(node.args)
+    return [n for n in graph.nodes if n in need]
+
+
+def _own_nodes(node: Node) -> int:
+    """New expression nodes per entry of ``node`` (its arguments' entries are shared, not copied)."""
+    if node.kind == "pointwise":
+        return sp.count_ops(node.attrs["expr"]) + 1
+    if node.kind == "contract":
+        ins, out = node.attrs["spec"].split("->")
+        sizes = {}
+        for sub, a in zip(ins.split(","), node.args):
+            sizes.update(zip(sub, a.shape))
+        summed = int(np.prod([sizes[c] for c in set(ins.replace(",", "")) - set(out)] or [1]))
+        return summed * len(node.args)
+    if node.kind == "reduce":
+        group = node.args[0].size // max(node.size, 1)
+        return group if node.attrs["op"] == "sum" else 3 * group * group
+    return 1
+
+
+def estimate(graph: Graph, out: Node, n_wrt: int, n_diff: int) -> Estimate:
+    """``n_wrt`` symbols differentiated, ``n_diff`` expressions differentiated (1 for a gradient or
+    one vjp, the output's entries for a Jacobian)."""
+    forward = 0
+    reads: dict = {}  # node -> the expression size (tree, capped by the DAG) one entry reads
+    for node in _cone(graph, out):
+        own = _own_nodes(node)
+        forward += own * node.size
+        fan = own if node.kind in ("contract", "reduce") else 1
+        reads[node] = min(own + fan * sum(reads.get(a, 1) for a in node.args), forward)
+    per_entry = min(reads[out] * (out.size if n_diff == 1 else 1), forward)
+    return Estimate(forward, 2 * n_diff * n_wrt * per_entry, n_diff * n_wrt)
+
+
+def refuse_if_too_big(est: Estimate, budget: int | None = None) -> None:
+    """InputError naming the size, the budget and the alternative, before anything is built."""
+    have = memory_budget(budget)
+    if est.bytes > have:
+        raise InputError(
+            f"the exploded back end would build about {est.bytes / 2**20:,.0f} MiB of exact expressions "
+            f"({est.forward_nodes:,} forward nodes, {est.entries:,} derivative entries of about "
+            f"{est.derivative_nodes // max(est.entries, 1):,} nodes each), more than the memory budget of "
+            f"{have / 2**20:,.0f} MiB (memory_budget= or SYMGRAD_MEMORY_BUDGET changes it). Use the tensor back "
+            "end (engine='graph', backend='tensor'), whose cost is numpy's.")
+
+
+# ----------------------------------------------------------------------------------- explode
+
+def explode(graph: Graph, values: dict | None = None, *, leaves=None, out: Node | None = None,
+            n_wrt: int | None = None, n_diff: int = 1, budget: int | None = None) -> tuple:
+    """``(exprs, symbols)``: the output's entries as an object array of symengine expressions, and
+    ``{leaf name: object array of its entry symbols}``.
+
+    ``leaves``: the names of the leaves written as symbols (default: every input and parameter);
+    the others are their exact values.  ``values``: the tensor forward (node -> Approx), needed for
+    ``stop`` nodes (computed here when missing).  ``n_wrt``/``n_diff`` size the derivative the caller
+    will take, for the memory guard (default: every symbol, one expression).
+    """
+    from ..symbolic.tensor import symbols as symbol_tensor
+
+    out = out if out is not None else output_node(graph)
+    names = list(graph.inputs) if leaves is None else list(leaves)
+    for n in names:
+        if n not in graph.inputs:
+            raise InputError(f"{n!r} is not a float leaf of the graph; its leaves are {', '.join(graph.inputs)}")
+    chosen = {graph.inputs[n] for n in names}
+    cone = _cone(graph, out)
+    for node in cone:
+        if node.kind == "linalg":
+            _node(node, [], values)  # refuses, naming it
+    wrt_size = sum(graph.inputs[n].size for n in names) if n_wrt is None else n_wrt
+    refuse_if_too_big(estimate(graph, out, wrt_size, n_diff), budget)
+    if values is None and any(n.kind == "stop" for n in cone):
+        from .engine import forward
+        from .scalar import Ctx
+
+        values = forward(graph, Ctx())
+    symbols: dict = {}
+    built: dict = {}
+    for node in cone:
+        if node.kind == "leaf":
+            if node in chosen:
+                symbols[node.name] = built[node] = symbol_tensor(node.name, node.shape).data
+            else:
+                built[node] = _numbers(node.attrs["value"])
+            continue
+        built[node] = _node(node, [built[a] for a in node.args], values)
+    return np.asarray(built[out], object).reshape(out.shape), symbols
+
+
+def has_steps(graph: Graph) -> bool:
+    """Whether a pointwise form holds a step function (then derivatives need ``clean_derivative``)."""
+    from . import functions as F
+
+    steps = (F.floor, F.ceil, F.trunc, sp.floor, sp.ceiling)
+    return any(n.kind == "pointwise" and n.attrs["expr"].has(*steps) for n in graph.nodes)
+
+
+def clean_derivative(expr, steps: bool = True):
+    """A derivative with the step functions' derivatives set to 0 (their tensor rule's value); any
+    other unevaluated derivative is refused.  ``steps=False`` (``has_steps`` said none): as it is
+    (walking a large DAG's atoms costs more than differentiating it)."""
+    import symengine as se
+
+    if not steps:
+        return expr
+    left = expr.atoms(se.Subs, se.Derivative)
+    if not left:
+        return expr
+    zero = {}
+    for d in left:
+        if not any(f in str(d) for f in ("Derivative(floor(", "Derivative(ceiling(")):
+            raise UnsupportedOp(f"symengine left an unevaluated derivative ({str(d)[:80]}); the exploded back end "
+                                "cannot differentiate this form: use backend='tensor'")
+        zero[d] = se.Integer(0)
+    return expr.xreplace(zero)
