@@ -84,8 +84,11 @@ _VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
                 target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
                 atol: float | None = None, title: str | None = None, order: int = 1, reference: str | None = None,
-                strict: bool = False) -> Report:
+                strict: bool = False, backend: str = "tensor", memory_budget: int | None = None) -> Report:
     """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
+
+    ``backend="exploded"``: the same graph on the exploded back end instead, one exact closed form
+    per entry (``symgrad.graph.explode_check``, Note [Exploded route]); ``memory_budget`` bounds it.
 
     ``symbolic``: a reference forward in torch ops, traced instead of ``fn`` (autograd still runs
     ``fn``).  ``via``: how autograd runs (``backward``, ``autograd.grad``, ``functional.vjp``,
@@ -100,6 +103,18 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     the exploded engine computes (Note [Accurate, not only right] in symgrad/compare/accuracy.py).
     """
     check_accuracy_options(reference or reference_mode.get(), strict)
+    if backend not in ("tensor", "exploded"):
+        raise InputError(f"backend must be 'tensor' or 'exploded', not {backend!r}")
+    if backend == "exploded":
+        from .explode_check import check_exploded
+
+        if order != 1:
+            raise UnsupportedOp("backend='exploded' checks first derivatives; order=2 runs on backend='tensor'")
+
+        report = check_exploded(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
+                                target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
+                                rtol=rtol, atol=atol, title=title, memory_budget=memory_budget)
+        return apply_strict(report, strict, warn=nesting.get() == 0)
     token = reference_mode.set(reference or reference_mode.get())
     depth = nesting.set(nesting.get() + 1)
     start = graph_exact.counter["certified"]
