@@ -43,7 +43,7 @@ from ..errors import InputError, UnsupportedOp
 from .budget import BYTES_PER_NODE, memory_budget
 from .ir import Graph, Node
 
-__all__ = ["explode", "estimate", "Estimate", "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big"]
+__all__ = ["explode", "explode_nodes", "cone", "estimate", "Estimate", "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big"]
 
 
 def output_node(graph: Graph) -> Node:
@@ -228,7 +228,8 @@ class Estimate:
         return BYTES_PER_NODE * (self.forward_nodes + self.derivative_nodes)
 
 
-def _cone(graph: Graph, out: Node) -> list:
+def cone(graph: Graph, out: Node) -> list:
+    """The nodes ``out`` reads, in topological order."""
     need = {out}
     for node in reversed(graph.nodes):
         if node in need:
@@ -258,7 +259,7 @@ def estimate(graph: Graph, out: Node, n_wrt: int, n_diff: int) -> Estimate:
     one vjp, the output's entries for a Jacobian)."""
     forward = 0
     reads: dict = {}  # node -> the expression size (tree, capped by the DAG) one entry reads
-    for node in _cone(graph, out):
+    for node in cone(graph, out):
         own = _own_nodes(node)
         forward += own * node.size
         fan = own if node.kind in ("contract", "reduce") else 1
@@ -291,6 +292,15 @@ def explode(graph: Graph, values: dict | None = None, *, leaves=None, out: Node 
     ``stop`` nodes (computed here when missing).  ``n_wrt``/``n_diff`` size the derivative the caller
     will take, for the memory guard (default: every symbol, one expression).
     """
+    out = out if out is not None else output_node(graph)
+    built, symbols = explode_nodes(graph, values, leaves=leaves, out=out, n_wrt=n_wrt, n_diff=n_diff, budget=budget)
+    return np.asarray(built[out], object).reshape(out.shape), symbols
+
+
+def explode_nodes(graph: Graph, values: dict | None = None, *, leaves=None, out: Node | None = None,
+                  n_wrt: int | None = None, n_diff: int = 1, budget: int | None = None) -> tuple:
+    """``explode``'s work: ``({node: object array of its entries}, symbols)`` for every node that
+    the output reads (``symgrad.graph.explode_reverse`` differentiates through them)."""
     from ..symbolic.tensor import symbols as symbol_tensor
 
     out = out if out is not None else output_node(graph)
@@ -299,28 +309,28 @@ def explode(graph: Graph, values: dict | None = None, *, leaves=None, out: Node 
         if n not in graph.inputs:
             raise InputError(f"{n!r} is not a float leaf of the graph; its leaves are {', '.join(graph.inputs)}")
     chosen = {graph.inputs[n] for n in names}
-    cone = _cone(graph, out)
-    for node in cone:
+    read = cone(graph, out)
+    for node in read:
         if node.kind == "linalg":
             _node(node, [], values)  # refuses, naming it
     wrt_size = sum(graph.inputs[n].size for n in names) if n_wrt is None else n_wrt
     refuse_if_too_big(estimate(graph, out, wrt_size, n_diff), budget)
-    if values is None and any(n.kind == "stop" for n in cone):
+    if values is None and any(n.kind == "stop" for n in read):
         from .engine import forward
         from .scalar import Ctx
 
         values = forward(graph, Ctx())
     symbols: dict = {}
     built: dict = {}
-    for node in cone:
+    for node in read:
         if node.kind == "leaf":
             if node in chosen:
                 symbols[node.name] = built[node] = symbol_tensor(node.name, node.shape).data
             else:
                 built[node] = _numbers(node.attrs["value"])
             continue
-        built[node] = _node(node, [built[a] for a in node.args], values)
-    return np.asarray(built[out], object).reshape(out.shape), symbols
+        built[node] = np.asarray(_node(node, [built[a] for a in node.args], values), object)
+    return built, symbols
 
 
 def has_steps(graph: Graph) -> bool:

@@ -40,7 +40,7 @@ def check_exploded(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=
 
     from ..autograd.run import run_autograd
     from .check import EPS, _autograd, _dtype_name, _leaves, _plan
-    from .explode import explode, output_node
+    from .explode import explode_nodes, output_node
     from .interpret import to_graph
     from .refs import JACOBIAN_VIAS
     from .trace import trace_callable
@@ -73,10 +73,10 @@ def check_exploded(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=
     jacobian = how in JACOBIAN_VIAS
     wrt_live = [n for n in wrt_names if n in graph.inputs]
     stage("exploded back end: one exact expression per entry")
-    exprs, syms = explode(graph, out=out, n_wrt=sum(graph.inputs[n].size for n in wrt_live),
-                          n_diff=out.size if jacobian else 1, budget=memory_budget)
+    built, syms = explode_nodes(graph, out=out, n_wrt=sum(graph.inputs[n].size for n in wrt_live),
+                                n_diff=out.size if jacobian else 1, budget=memory_budget)
     stage("exploded back end: differentiating and evaluating the closed forms")
-    refs, out_ref, kinks = _references(graph, exprs, syms, wrt_names, wrt_live, seeds, how, v, dtype, EPS,
+    refs, out_ref, kinks = _references(graph, built, out, syms, wrt_names, wrt_live, seeds, how, v, dtype, EPS,
                                        backward_calls, {n: tuple(leaves[n].shape) for n in wrt_names})
     stage(f"running autograd (via={how})")
     with torch.enable_grad():
@@ -107,33 +107,41 @@ def _runner(model, forward_fn, names, n_params, loss, target):
     return run
 
 
-def _derivatives(exprs, syms, wrt_live, how, jacobian: bool):
-    """(closed forms per name, cotangent symbols or None)."""
-    from ..differentiate.elementwise import differentiate
-    from ..symbolic.tensor import SymTensor, symbols
-    from .explode import clean_derivative
+def _derivatives(graph, built, out, syms, wrt_live, how, jacobian: bool):
+    """(closed forms per name, cotangent symbols or None), by reverse mode over the exploded entries
+    (Note [Exploded reverse mode])."""
+    import symengine as se
 
-    out = SymTensor(exprs)
-    wrt = {n: SymTensor(syms[n]) for n in wrt_live}
+    from ..symbolic.tensor import symbols
+    from .explode_reverse import gradient_entries
+
+    nodes = [graph.inputs[n] for n in wrt_live]
+    cot = None
     if jacobian:
-        derivs = differentiate(out, wrt, "jacobian")
-        cot = None
-    elif exprs.size == 1 and how != "random-vjp":
-        derivs, cot = differentiate(out, wrt, "grad"), None
+        rows = []
+        for o in range(out.size):
+            unit = np.full(out.size, se.Integer(0), object)
+            unit[o] = se.Integer(1)
+            rows.append(gradient_entries(graph, built, out, unit.reshape(out.shape), nodes))
+        derivs = {n: np.stack([r[node] for r in rows]).reshape(out.shape + node.shape) for n, node in zip(wrt_live, nodes)}
+        return derivs, cot
+    if out.size == 1 and how != "random-vjp":
+        seed = np.full(out.shape, se.Integer(1), object)
     else:
-        cot = symbols("v", exprs.shape)
-        derivs = differentiate(out, wrt, "vjp", cotangent=cot)
-    clean = np.vectorize(clean_derivative, otypes=[object])
-    return {n: clean(d) if d.size else d for n, d in derivs.items()}, cot
+        cot = symbols("v", out.shape)
+        seed = cot.data
+    got = gradient_entries(graph, built, out, seed, nodes)
+    return {n: got[node] for n, node in zip(wrt_live, nodes)}, cot
 
 
-def _references(graph, exprs, syms, wrt_names, wrt_live, seeds, how, v, dtype, eps_table, backward_calls,
+def _references(graph, built, out, syms, wrt_names, wrt_live, seeds, how, v, dtype, eps_table, backward_calls,
                 shapes) -> tuple:
     from ..lower.numpy import high_precision, lower
     from .refs import JACOBIAN_VIAS
 
     jacobian = how in JACOBIAN_VIAS
-    derivs, cot = _derivatives(exprs, syms, wrt_live, how, jacobian)
+    derivs, cot = _derivatives(graph, built, out, syms, wrt_live, how, jacobian)
+    exprs = np.asarray(built[out], object).reshape(out.shape)
     flat = list(exprs.ravel()) + [e for n in wrt_live for e in derivs[n].ravel()]
     args = [s for arr in syms.values() for s in arr.ravel()]
     vals = [np.float64(x) for n in syms for x in np.ravel(graph.inputs[n].attrs["value"])]
