@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedOp
 from .approx import Approx
-from .explode import clean_derivative, explode, has_steps, output_node
+from .explode import clean_derivative, explode_nodes, has_steps, output_node
 from .ir import Graph
 
 __all__ = ["crosscheck_exploded", "ExplodedCrossCheck", "ULPS"]
@@ -60,12 +60,14 @@ def _sample(rng, n: int, k: int) -> np.ndarray:
 
 
 def crosscheck_exploded(graph: Graph, values: dict | None = None, *, wrt=None, cotangents: int = 2,
-                        sample_outputs: int = 16, sample_entries: int = 32, rng=None,
-                        budget: int | None = None) -> ExplodedCrossCheck:
+                        sample_outputs: int = 16, sample_entries: int = 32, rng=None, budget: int | None = None,
+                        method: str = "reverse") -> ExplodedCrossCheck:
     """The tensor back end's VJPs of ``graph`` against the exploded exact derivative, on sampled
     output entries and leaf entries (Note [Exploded cross-check]).  ``values``: the tensor forward
     in float64 (``engine.forward(graph, Ctx())``; computed when missing); ``wrt``: leaf names
-    (default every input and parameter)."""
+    (default every input and parameter).  ``method``: how the exact derivative is taken: "reverse"
+    (Note [Exploded reverse mode]: linear in the exploded size) or "diff" (symengine's ``diff`` of
+    every sampled output entry by every sampled leaf entry: slower, no structure assumed at all)."""
     from .engine import backward, forward
     from .scalar import Ctx
 
@@ -74,18 +76,19 @@ def crosscheck_exploded(graph: Graph, values: dict | None = None, *, wrt=None, c
     names = list(graph.inputs) if wrt is None else list(wrt)
     outs = _sample(rng, out.size, sample_outputs)
     picks = {n: _sample(rng, graph.inputs[n].size, sample_entries) for n in names}
+    ws = rng.standard_normal((cotangents, len(outs)))
     n_syms = sum(len(p) for p in picks.values())
     try:
-        exprs, symbols = explode(graph, values, out=out, n_wrt=n_syms, n_diff=len(outs), budget=budget)
-        exact = _exact_jacobian(graph, exprs, symbols, outs, picks)
+        built, symbols = explode_nodes(graph, values, out=out, n_wrt=n_syms, n_diff=len(outs), budget=budget)
+        exact_of = _exact_by_diff if method == "diff" else _exact_by_reverse
+        exact = exact_of(graph, built, out, symbols, outs, picks, ws)
     except (UnsupportedOp, InputError) as err:
         return ExplodedCrossCheck(None, reason=str(err))
     ctx = Ctx()
     values = values if values is not None else forward(graph, ctx)
     result = ExplodedCrossCheck(True)
     nodes = [graph.inputs[n] for n in names]
-    for _ in range(cotangents):
-        w = rng.standard_normal(len(outs))
+    for c, w in enumerate(ws):
         seed = np.zeros(out.size)
         seed[outs] = w
         grads = backward(graph, values, {out: Approx(seed.reshape(out.shape))}, nodes, ctx)
@@ -93,47 +96,67 @@ def crosscheck_exploded(graph: Graph, values: dict | None = None, *, wrt=None, c
         for name, node in zip(names, nodes):
             cols = slice(start, start + len(picks[name]))
             start += len(picks[name])
-            _compare(result, name, picks[name], grads.get(node), node.shape, w, exact, cols)
+            _compare(result, name, picks[name], grads.get(node), node.shape, {k: x[c, cols] for k, x in exact.items()})
     result.passed = not result.failures
     return result
 
 
-def _exact_jacobian(graph: Graph, exprs: np.ndarray, symbols: dict, outs: np.ndarray, picks: dict) -> dict:
-    """d out[o] / d leaf[j] for the sampled o and j, evaluated with its bound and kink band."""
-    from ..differentiate.elementwise import diff_all
+def _evaluate(graph: Graph, exprs: list, symbols: dict, extra_args=(), extra_values=()) -> tuple:
+    """(values, bounds, lower, upper) of ``exprs`` at the leaves' values, as float64 arrays."""
     from ..lower.numpy import high_precision, lower
 
-    targets = [symbols[n].ravel()[j] for n, js in picks.items() for j in js]
-    flat = exprs.ravel()
-    steps = has_steps(graph)
-    rows = [[clean_derivative(d, steps) for d in diff_all(flat[o], targets)] for o in outs]
-    derivs = [d for row in rows for d in row]
-    args = [s for arr in symbols.values() for s in arr.ravel()]
-    leaf_values = [v for n in symbols for v in np.ravel(graph.inputs[n].attrs["value"])]
-    evaluated = lower(derivs, args)(leaf_values, dtype=high_precision(), kink_eps=EPS64)
-    shape = (len(outs), len(targets))
-    value = np.array([float(v) for v in evaluated.values], np.float64).reshape(shape)
-    mag = np.abs(np.array([float(m) for m in evaluated.magnitudes], np.float64)).reshape(shape)
-    if evaluated.lower is not None:
-        lo = np.array([float(v) for v in evaluated.lower], np.float64).reshape(shape)
-        hi = np.array([float(v) for v in evaluated.upper], np.float64).reshape(shape)
-    else:
-        lo = hi = value
+    args = [s for arr in symbols.values() for s in arr.ravel()] + list(extra_args)
+    vals = [v for n in symbols for v in np.ravel(graph.inputs[n].attrs["value"])] + list(extra_values)
+    got = lower(exprs, args)(vals, dtype=high_precision(), kink_eps=EPS64)
+    k = max([np.size(v) for v in extra_values] + [1])
+
+    def floats(items):
+        return np.stack([np.broadcast_to(np.asarray(x, np.float64), (k,)) for x in items], axis=1)
+
+    value = floats(got.values)
+    lo, hi = (floats(got.lower), floats(got.upper)) if got.lower is not None else (value, value)
     eps_hp = float(np.finfo(high_precision()).eps)
-    return {"value": value, "bound": eps_hp * mag, "lower": np.minimum(lo, value), "upper": np.maximum(hi, value)}
+    return value, eps_hp * np.abs(floats(got.magnitudes)), np.minimum(lo, value), np.maximum(hi, value)
 
 
-def _compare(result: ExplodedCrossCheck, name: str, entries, g, shape, w, exact: dict, cols: slice) -> None:
+def _exact_by_reverse(graph, built, out, symbols, outs, picks, ws) -> dict:
+    """One exploded reverse sweep with cotangent symbols at the sampled outputs, evaluated per cotangent."""
+    import symengine as se
+
+    from .explode_reverse import gradient_entries
+
+    seed = np.full(out.size, se.Integer(0), object)
+    w_syms = [se.Symbol(f"_w{i}") for i in range(len(outs))]
+    seed[outs] = w_syms
+    leaves = [graph.inputs[n] for n in picks]
+    got = gradient_entries(graph, built, out, seed.reshape(out.shape), leaves)
+    exprs = [got[leaf].ravel()[j] for leaf, js in zip(leaves, picks.values()) for j in js]
+    value, bound, lo, hi = _evaluate(graph, exprs, symbols, w_syms, list(ws.T))
+    return {"value": value, "bound": bound, "lower": lo, "upper": hi}
+
+
+def _exact_by_diff(graph, built, out, symbols, outs, picks, ws) -> dict:
+    """d out[o] / d leaf[j] for the sampled o and j by symengine's diff, contracted with each cotangent."""
+    from ..differentiate.elementwise import diff_all
+
+    targets = [symbols[n].ravel()[j] for n, js in picks.items() for j in js]
+    flat = np.asarray(built[out], object).ravel()
+    steps = has_steps(graph)
+    derivs = [clean_derivative(d, steps) for o in outs for d in diff_all(flat[o], targets)]
+    value, bound, lo, hi = (x[0].reshape(len(outs), len(targets)) for x in _evaluate(graph, derivs, symbols))
+    ends = np.stack([ws[:, :, None] * lo[None], ws[:, :, None] * hi[None]])  # (2, k, outs, cols)
+    return {"value": ws @ value, "bound": np.abs(ws) @ bound, "lower": ends.min(axis=0).sum(axis=1),
+            "upper": ends.max(axis=0).sum(axis=1)}
+
+
+def _compare(result: ExplodedCrossCheck, name: str, entries, g, shape, x: dict) -> None:
     if g is None:
         t_v = t_e = t_lo = t_hi = np.zeros(len(entries))
     else:
         full = lambda x: np.broadcast_to(np.asarray(x, np.float64), shape).ravel()[entries]  # noqa: E731
         lo_side, hi_side = g.sides()
         t_v, t_e, t_lo, t_hi = full(g.v), full(g.e), full(lo_side), full(hi_side)
-    x_v = w @ exact["value"][:, cols]
-    x_bound = np.abs(w) @ exact["bound"][:, cols]
-    ends = np.stack([w[:, None] * exact["lower"][:, cols], w[:, None] * exact["upper"][:, cols]])
-    x_lo, x_hi = ends.min(axis=0).sum(axis=0), ends.max(axis=0).sum(axis=0)
+    x_v, x_bound, x_lo, x_hi = x["value"], x["bound"], x["lower"], x["upper"]
     allowed = ULPS * (EPS64 * (t_e + np.abs(t_v)) + x_bound) + np.finfo(np.float64).tiny
     with np.errstate(invalid="ignore"):
         gap = np.maximum(np.maximum(x_lo - (t_v + t_hi), (t_v - t_lo) - x_hi), 0.0)
