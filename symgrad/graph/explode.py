@@ -110,7 +110,7 @@ def _form(expr: sp.Expr, k: int) -> tuple:
                      for f in form.atoms(se.FunctionSymbol)})
     if opaque:
         raise UnsupportedOp(f"the pointwise form {sp.sstr(expr)[:80]} holds {', '.join(opaque)}, which the exploded "
-                            "back end cannot differentiate exactly; use backend='tensor' (engine='graph') for it")
+                            "back end cannot differentiate exactly; use the tensor back end (engine='graph') for it")
     return form, tuple(se.Symbol(s.name) for s in symbols_for(k))
 
 
@@ -210,7 +210,7 @@ def _node(node: Node, args: list, values: dict | None) -> np.ndarray:
         return _numbers(np.broadcast_to(values[node.args[0]].v, node.shape))
     raise UnsupportedOp(f"the exploded back end has no scalar form for the {kind} node "
                         f"{node.attrs.get('op', '')} ({node.origin or node.name}); the tensor back end "
-                        "(engine='graph', backend='tensor') checks it")
+                        "(engine='graph') checks it")
 
 
 # ------------------------------------------------------------------------------------- sizes
@@ -277,7 +277,7 @@ def refuse_if_too_big(est: Estimate, budget: int | None = None) -> None:
             f"({est.forward_nodes:,} forward nodes, {est.entries:,} derivative entries of about "
             f"{est.derivative_nodes // max(est.entries, 1):,} nodes each), more than the memory budget of "
             f"{have / 2**20:,.0f} MiB (memory_budget= or SYMGRAD_MEMORY_BUDGET changes it). Use the tensor back "
-            "end (engine='graph', backend='tensor'), whose cost is numpy's.")
+            "end (engine='graph'), whose cost is numpy's.")
 
 
 # ----------------------------------------------------------------------------------- explode
@@ -356,6 +356,6 @@ def clean_derivative(expr, steps: bool = True):
     for d in left:
         if not any(f in str(d) for f in ("Derivative(floor(", "Derivative(ceiling(")):
             raise UnsupportedOp(f"symengine left an unevaluated derivative ({str(d)[:80]}); the exploded back end "
-                                "cannot differentiate this form: use backend='tensor'")
+                                "cannot differentiate this form: use the tensor back end (engine='graph')")
         zero[d] = se.Integer(0)
     return expr.xreplace(zero)

@@ -1,4 +1,4 @@
-"""A check on the exploded back end of the op graph: ``check_graph(..., backend="exploded")``.
+"""A check on the exploded back end of the op graph: ``check_exploded``, ``check_graph``'s twin.
 
 # Note [Exploded route]
 The forward is traced into the op graph exactly as for the tensor back end (``check.py``), then
@@ -33,9 +33,20 @@ __all__ = ["check_exploded"]
 
 def check_exploded(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
                    target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
-                   atol: float | None = None, title: str | None = None, memory_budget: int | None = None) -> Report:
+                   atol: float | None = None, title: str | None = None, memory_budget: int | None = None,
+                   strict: bool = False) -> Report:
     """``check_graph``'s check on the exploded back end (Note [Exploded route]); the keywords are
     ``check_graph``'s, and ``memory_budget`` (bytes) that of Note [Memory guard]."""
+    from ..compare.accuracy import apply_strict
+
+    report = _check_exploded(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
+                             target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
+                             rtol=rtol, atol=atol, title=title, memory_budget=memory_budget)
+    return apply_strict(report, strict)
+
+
+def _check_exploded(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
+                    backward_calls, rtol, atol, title, memory_budget) -> Report:
     import torch
 
     from ..autograd.run import run_autograd
@@ -48,7 +59,7 @@ def check_exploded(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=
     if tangents is not None or via in ("functional.jvp", "func.jvp", "forward_ad", "functional.hessian",
                                        "func.hessian", "jacfwd"):
         raise UnsupportedOp(f"the exploded back end checks reverse mode (gradients, vjps, Jacobians by jacrev), "
-                            f"not via={via!r} or tangents=; use backend='tensor' (engine='graph') for forward mode")
+                            f"not via={via!r} or tangents=; use check_graph (the tensor back end) for forward mode")
     model = fn if isinstance(fn, torch.nn.Module) else None
     inputs = dict(inputs)
     names, tensors, roles, wrt_names = _leaves(model, inputs, wrt)

@@ -30,7 +30,7 @@ from .approx import Approx
 from .explode import clean_derivative, explode_nodes, has_steps, output_node
 from .ir import Graph
 
-__all__ = ["crosscheck_exploded", "ExplodedCrossCheck", "ULPS"]
+__all__ = ["crosscheck_exploded", "ExplodedCrossCheck", "ULPS", "mark_report"]
 
 ULPS = 8.0
 EPS64 = 2.0**-52
@@ -168,3 +168,15 @@ def _compare(result: ExplodedCrossCheck, name: str, entries, g, shape, x: dict) 
         result.worst = max(result.worst, float(ratio.max()))
     for k in np.flatnonzero(ratio > 1):
         result.failures.append((name, int(entries[k]), float(t_v[k]), float(x_v[k]), float(allowed[k])))
+
+
+def mark_report(report, result: ExplodedCrossCheck):
+    """``report`` with the cross-check stated in its meta; where it failed, every derivative record
+    is unverified (it never passes) and says why."""
+    report.meta["exploded cross-check"] = str(result)
+    if result.passed is False:
+        for rec in report.records:
+            if rec.quantity != "forward":
+                rec.verified = False
+                rec.note = (rec.note + " " if rec.note else "") + str(result)
+    return report

@@ -208,3 +208,17 @@ def test_reverse_mode_entries_equal_symengine_diff(case):
             want = float(clean_derivative(total.diff(s)).xreplace(env).n(80))
             got = float(r.xreplace(env).n(80))
             assert got == pytest.approx(want, rel=1e-14, abs=1e-300), (leaf.name, s)
+
+
+def test_check_graph_with_the_exploded_crosscheck(monkeypatch):
+    from symgrad.graph import check_graph
+
+    x, w = randn(3, 3), randn(3, 3, seed=1)
+    fn = lambda x, w: torch.tanh(x @ w).sum()  # noqa: E731
+    report = check_graph(fn, {"x": x, "w": w}, exploded_crosscheck=True)
+    assert report.passed and "the tensor rules agree" in report.meta["exploded cross-check"]
+    # a wrong pointwise rule: the adjoint cross-check cannot see it, the exploded one does
+    monkeypatch.setattr(engine, "vjp_rule", _spoiled("pointwise", "scale"))
+    wrong = check_graph(fn, {"x": x, "w": w}, exploded_crosscheck=True)
+    assert not wrong.passed
+    assert all(not r.verified for r in wrong.records if r.quantity != "forward")
