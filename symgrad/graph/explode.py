@@ -215,6 +215,8 @@ def _node(node: Node, args: list, values: dict | None) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------- sizes
 
+REVERSE_FACTOR = 4  # adjoint nodes per forward node of one reverse sweep: a term and a local partial per read
+
 @dataclass
 class Estimate:
     """What exploding would build, before anything is built (Note [Memory guard] in budget.py)."""
@@ -254,9 +256,11 @@ def _own_nodes(node: Node) -> int:
     return 1
 
 
-def estimate(graph: Graph, out: Node, n_wrt: int, n_diff: int) -> Estimate:
+def estimate(graph: Graph, out: Node, n_wrt: int, n_diff: int, sweeps: int = 0) -> Estimate:
     """``n_wrt`` symbols differentiated, ``n_diff`` expressions differentiated (1 for a gradient or
-    one vjp, the output's entries for a Jacobian)."""
+    one vjp, the output's entries for a Jacobian) by symengine's ``diff``; or, with ``sweeps``,
+    that many reverse sweeps over the exploded entries (Note [Exploded reverse mode]), each of
+    which builds about ``REVERSE_FACTOR`` adjoint nodes per forward node."""
     forward = 0
     reads: dict = {}  # node -> the expression size (tree, capped by the DAG) one entry reads
     for node in cone(graph, out):
@@ -264,6 +268,8 @@ def estimate(graph: Graph, out: Node, n_wrt: int, n_diff: int) -> Estimate:
         forward += own * node.size
         fan = own if node.kind in ("contract", "reduce") else 1
         reads[node] = min(own + fan * sum(reads.get(a, 1) for a in node.args), forward)
+    if sweeps:
+        return Estimate(forward, REVERSE_FACTOR * sweeps * forward, n_diff * n_wrt)
     per_entry = min(reads[out] * (out.size if n_diff == 1 else 1), forward)
     return Estimate(forward, 2 * n_diff * n_wrt * per_entry, n_diff * n_wrt)
 
@@ -283,22 +289,24 @@ def refuse_if_too_big(est: Estimate, budget: int | None = None) -> None:
 # ----------------------------------------------------------------------------------- explode
 
 def explode(graph: Graph, values: dict | None = None, *, leaves=None, out: Node | None = None,
-            n_wrt: int | None = None, n_diff: int = 1, budget: int | None = None) -> tuple:
+            n_wrt: int | None = None, n_diff: int = 1, budget: int | None = None, sweeps: int = 0) -> tuple:
     """``(exprs, symbols)``: the output's entries as an object array of symengine expressions, and
     ``{leaf name: object array of its entry symbols}``.
 
     ``leaves``: the names of the leaves written as symbols (default: every input and parameter);
     the others are their exact values.  ``values``: the tensor forward (node -> Approx), needed for
     ``stop`` nodes (computed here when missing).  ``n_wrt``/``n_diff`` size the derivative the caller
-    will take, for the memory guard (default: every symbol, one expression).
+    will take by ``diff``, for the memory guard (default: every symbol, one expression); ``sweeps``:
+    by that many reverse sweeps instead (``estimate``).
     """
     out = out if out is not None else output_node(graph)
-    built, symbols = explode_nodes(graph, values, leaves=leaves, out=out, n_wrt=n_wrt, n_diff=n_diff, budget=budget)
+    built, symbols = explode_nodes(graph, values, leaves=leaves, out=out, n_wrt=n_wrt, n_diff=n_diff, budget=budget,
+                                   sweeps=sweeps)
     return np.asarray(built[out], object).reshape(out.shape), symbols
 
 
 def explode_nodes(graph: Graph, values: dict | None = None, *, leaves=None, out: Node | None = None,
-                  n_wrt: int | None = None, n_diff: int = 1, budget: int | None = None) -> tuple:
+                  n_wrt: int | None = None, n_diff: int = 1, budget: int | None = None, sweeps: int = 0) -> tuple:
     """``explode``'s work: ``({node: object array of its entries}, symbols)`` for every node that
     the output reads (``symgrad.graph.explode_reverse`` differentiates through them)."""
     from ..symbolic.tensor import symbols as symbol_tensor
@@ -314,7 +322,7 @@ def explode_nodes(graph: Graph, values: dict | None = None, *, leaves=None, out:
         if node.kind == "linalg":
             _node(node, [], values)  # refuses, naming it
     wrt_size = sum(graph.inputs[n].size for n in names) if n_wrt is None else n_wrt
-    refuse_if_too_big(estimate(graph, out, wrt_size, n_diff), budget)
+    refuse_if_too_big(estimate(graph, out, wrt_size, n_diff, sweeps), budget)
     if values is None and any(n.kind == "stop" for n in read):
         from .engine import forward
         from .scalar import Ctx

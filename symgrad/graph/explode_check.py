@@ -85,7 +85,8 @@ def _check_exploded(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, los
     wrt_live = [n for n in wrt_names if n in graph.inputs]
     stage("exploded back end: one exact expression per entry")
     built, syms = explode_nodes(graph, out=out, n_wrt=sum(graph.inputs[n].size for n in wrt_live),
-                                n_diff=out.size if jacobian else 1, budget=memory_budget)
+                                n_diff=out.size if jacobian else 1, budget=memory_budget,
+                                sweeps=out.size if jacobian else 1)
     stage("exploded back end: differentiating and evaluating the closed forms")
     refs, out_ref, kinks = _references(graph, built, out, syms, wrt_names, wrt_live, seeds, how, v, dtype, EPS,
                                        backward_calls, {n: tuple(leaves[n].shape) for n in wrt_names})

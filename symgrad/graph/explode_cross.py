@@ -79,7 +79,8 @@ def crosscheck_exploded(graph: Graph, values: dict | None = None, *, wrt=None, c
     ws = rng.standard_normal((cotangents, len(outs)))
     n_syms = sum(len(p) for p in picks.values())
     try:
-        built, symbols = explode_nodes(graph, values, out=out, n_wrt=n_syms, n_diff=len(outs), budget=budget)
+        built, symbols = explode_nodes(graph, values, out=out, n_wrt=n_syms, n_diff=len(outs), budget=budget,
+                                       sweeps=0 if method == "diff" else 1)
         exact_of = _exact_by_diff if method == "diff" else _exact_by_reverse
         exact = exact_of(graph, built, out, symbols, outs, picks, ws)
     except (UnsupportedOp, InputError) as err:
