@@ -43,7 +43,7 @@ from ..errors import InputError, UnsupportedOp
 from .budget import BYTES_PER_NODE, memory_budget
 from .ir import Graph, Node
 
-__all__ = ["explode", "explode_nodes", "cone", "estimate", "Estimate", "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big"]
+__all__ = ["explode", "explode_nodes", "cone", "einsum_plan", "extreme_columns", "estimate", "Estimate", "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big"]
 
 
 def output_node(graph: Graph) -> Node:
@@ -129,32 +129,51 @@ def _pointwise(node: Node, args: list) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the other kinds
 
-def _contract(spec: str, args: list, shape: tuple) -> np.ndarray:
-    import symengine as se
-
+def einsum_plan(spec: str, shapes: list) -> tuple:
+    """The index space of an einsum, output letters first: ``(full shape, n_out, numbers)`` where
+    ``numbers[i]`` gives, at every point of the space, the flat entry of operand ``i`` it reads (a
+    size-1 axis broadcasts, as numpy's einsum does)."""
     ins, out = spec.split("->")
     subs = ins.split(",")
     sizes: dict = {}
-    for sub, a in zip(subs, args):
-        sizes.update(zip(sub, a.shape))
-    summed = sorted(set(ins.replace(",", "")) - set(out))
-    letters = list(out) + summed
+    for sub, shape in zip(subs, shapes):
+        for c, d in zip(sub, shape):
+            sizes[c] = max(sizes.get(c, 1), d)
+    letters = list(out) + sorted(set(ins.replace(",", "")) - set(out))
     full = tuple(sizes[c] for c in letters)
-    grid = np.indices(full) if full else np.zeros((0,), np.int64)
+    grid = np.indices(full)
+    numbers = []
+    for sub, shape in zip(subs, shapes):
+        if not sub:
+            numbers.append(np.zeros(full, np.int64))
+            continue
+        at = tuple(grid[letters.index(c)] if d > 1 else np.zeros(full, np.int64) for c, d in zip(sub, shape))
+        numbers.append(np.ravel_multi_index(at, shape))
+    return full, int(np.prod([sizes[c] for c in out])) if out else 1, numbers
+
+
+def _contract(spec: str, args: list, shape: tuple) -> np.ndarray:
+    import symengine as se
+
+    full, n_out, numbers = einsum_plan(spec, [a.shape for a in args])
     terms = None
-    for sub, a in zip(subs, args):
-        if sub:
-            flat = np.ravel_multi_index(tuple(grid[letters.index(c)] for c in sub), a.shape)
-            got = a.ravel()[flat]
-        else:
-            got = np.full(full, a.reshape(()).item(), object)
+    for a, at in zip(args, numbers):
+        got = np.asarray(a, object).ravel()[at]
         terms = got if terms is None else terms * got
-    n_out = int(np.prod([sizes[c] for c in out])) if out else 1
     rows = terms.reshape(n_out, -1)
     result = np.empty(n_out, object)
     for j in range(n_out):
         result[j] = se.Add(*rows[j]) if rows.shape[1] > 1 else rows[j, 0]
     return result.reshape(shape)
+
+
+def extreme_columns(row, op: str) -> list:
+    """The entries of a max (min) row that can be its extreme: all but the fill -inf (+inf) of a
+    padded max pooling, whose product with its 0 indicator would be NaN in the n-ary form."""
+    import symengine as se
+
+    neutral = -se.oo if op == "max" else se.oo
+    return [c for c, e in enumerate(row) if e != neutral]
 
 
 def _reduce(node: Node, a: np.ndarray) -> np.ndarray:
@@ -166,10 +185,13 @@ def _reduce(node: Node, a: np.ndarray) -> np.ndarray:
     kept = [i for i in range(a.ndim) if i not in axes]
     rows = np.transpose(a, kept + list(axes)).reshape(int(np.prod([a.shape[i] for i in kept])), -1)
     op = node.attrs["op"]
-    build = se.Add if op == "sum" else _extreme("Ge" if op == "max" else "Le")
     result = np.empty(rows.shape[0], object)
     for j in range(rows.shape[0]):
-        result[j] = build(*rows[j])
+        if op == "sum":
+            result[j] = se.Add(*rows[j])
+            continue
+        keep = extreme_columns(rows[j], op)
+        result[j] = _extreme("Ge" if op == "max" else "Le")(*rows[j][keep]) if keep else rows[j][0]
     return result.reshape(node.shape)
 
 

@@ -124,6 +124,7 @@ def _derivatives(graph, built, out, syms, wrt_live, how, jacobian: bool):
     (Note [Exploded reverse mode])."""
     import symengine as se
 
+    from ..inputs import fresh_name
     from ..symbolic.tensor import symbols
     from .explode_reverse import gradient_entries
 
@@ -140,7 +141,7 @@ def _derivatives(graph, built, out, syms, wrt_live, how, jacobian: bool):
     if out.size == 1 and how != "random-vjp":
         seed = np.full(out.shape, se.Integer(1), object)
     else:
-        cot = symbols("v", out.shape)
+        cot = symbols(fresh_name("v", graph.inputs), out.shape)  # not an input's own name
         seed = cot.data
     got = gradient_entries(graph, built, out, seed, nodes)
     return {n: got[node] for n, node in zip(wrt_live, nodes)}, cot

@@ -126,8 +126,11 @@ def _exact_by_reverse(graph, built, out, symbols, outs, picks, ws) -> dict:
 
     from .explode_reverse import gradient_entries
 
+    from ..inputs import fresh_name
+    from ..symbolic.tensor import symbols as symbol_tensor
+
     seed = np.full(out.size, se.Integer(0), object)
-    w_syms = [se.Symbol(f"_w{i}") for i in range(len(outs))]
+    w_syms = list(symbol_tensor(fresh_name("w", graph.inputs), (len(outs),)).data)  # not an input's name
     seed[outs] = w_syms
     leaves = [graph.inputs[n] for n in picks]
     got = gradient_entries(graph, built, out, seed.reshape(out.shape), leaves)

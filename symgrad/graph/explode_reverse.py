@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .explode import _form, cone
+from .explode import _form, cone, einsum_plan, extreme_columns
 from .ir import Graph, Node
 
 __all__ = ["gradient_entries"]
@@ -121,25 +121,13 @@ def _partial(expr, k: int, i: int):
 
 
 def _contract(spec: str, i: int, args: list, adj: np.ndarray) -> tuple:
-    ins, out = spec.split("->")
-    subs = ins.split(",")
-    sizes: dict = {}
-    for sub, a in zip(subs, args):
-        sizes.update(zip(sub, a.shape))
-    letters = list(out) + sorted(set(ins.replace(",", "")) - set(out))
-    full = tuple(sizes[c] for c in letters)
-    grid = np.indices(full)
-
-    def numbers(sub, shape):
-        if not sub:
-            return np.zeros(full, np.int64)
-        return np.ravel_multi_index(tuple(grid[letters.index(c)] for c in sub), shape)
-
-    terms = np.broadcast_to(adj.reshape(tuple(sizes[c] for c in out) + (1,) * (len(full) - len(out))), full)
-    for j, (sub, a) in enumerate(zip(subs, args)):
+    full, n_out, numbers = einsum_plan(spec, [np.shape(a) for a in args])
+    n_all = int(np.prod(full)) if full else 1
+    terms = np.repeat(np.asarray(adj, object), n_all // max(n_out, 1))  # output letters come first
+    for j, (a, at) in enumerate(zip(args, numbers)):
         if j != i:
-            terms = terms * np.asarray(a).ravel()[numbers(sub, a.shape)]
-    return numbers(subs[i], args[i].shape).ravel(), np.asarray(terms, object).ravel()
+            terms = terms * np.asarray(a, object).ravel()[np.ravel(at)]
+    return np.ravel(numbers[i]), terms
 
 
 def _reduce(node: Node, a: np.ndarray, adj: np.ndarray) -> tuple:
@@ -150,13 +138,16 @@ def _reduce(node: Node, a: np.ndarray, adj: np.ndarray) -> tuple:
     if node.attrs["op"] == "sum":
         return idx.ravel(), np.repeat(adj, idx.shape[1])
     rows = np.transpose(a, order).reshape(adj.size, -1)
-    partials, syms = _extreme_partials(node.attrs["op"], idx.shape[1])
-    terms = np.empty(idx.shape, object)
+    got_idx, got = [], []
     for r in range(idx.shape[0]):
-        env = dict(zip(syms, rows[r]))
-        for c in range(idx.shape[1]):
-            terms[r, c] = 0 if adj[r] == 0 else adj[r] * partials[c].xreplace(env)
-    return idx.ravel(), terms.ravel()
+        keep = extreme_columns(rows[r], node.attrs["op"])
+        if adj[r] == 0 or not keep:
+            continue
+        partials, syms = _extreme_partials(node.attrs["op"], len(keep))
+        env = dict(zip(syms, rows[r][keep]))
+        got_idx += [idx[r, c] for c in keep]
+        got += [adj[r] * p.xreplace(env) for p in partials]
+    return np.asarray(got_idx, np.int64), np.asarray(got, object)
 
 
 @lru_cache(maxsize=64)

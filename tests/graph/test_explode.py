@@ -222,3 +222,25 @@ def test_check_graph_with_the_exploded_crosscheck(monkeypatch):
     wrong = check_graph(fn, {"x": x, "w": w}, exploded_crosscheck=True)
     assert not wrong.passed
     assert all(not r.verified for r in wrong.records if r.quantity != "forward")
+
+
+def test_padded_max_pooling_and_broadcast_contractions():
+    """-inf fill of a padded max pool is never a candidate (0 * -inf would be NaN); a size-1 axis
+    of an einsum operand broadcasts."""
+    x = randn(1, 1, 4, 4, seed=9)
+    g = graph_of(lambda x: torch.nn.functional.max_pool2d(x, 3, stride=2, padding=1).pow(2).sum(), x=x)
+    assert crosscheck_exploded(g).passed is True
+    a, b = randn(1, 3, 4, seed=10), randn(2, 4, 5, seed=11)
+    g = graph_of(lambda a, b: torch.tanh(torch.matmul(a, b)).sum(), a=a, b=b)
+    exprs, syms = explode(g)
+    assert exprs.shape == ()
+    assert crosscheck_exploded(g).passed is True
+
+
+def test_leaves_named_like_the_cotangent_symbols():
+    from symgrad.graph import check_exploded
+
+    v, w = randn(3, 2), randn(2, 2, seed=1)
+    report = check_exploded(lambda v, w: torch.tanh(v @ w), {"v": v, "w": w})
+    assert report.passed, report.to_text()
+    assert crosscheck_exploded(graph_of(lambda v, w: torch.tanh(v @ w), v=v, w=w)).passed is True
