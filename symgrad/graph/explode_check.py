@@ -9,7 +9,11 @@ are bound per cotangent, or the Jacobian), so each entry has a closed form the r
 the elementwise engine's do.  The closed forms are evaluated by ``symgrad.lower``: in extended
 precision, with the running rounding bound of Note [Rounding bound] in the checked dtype and
 one-sided bands where a condition (a relu, a max) sits within rounding of its kink (Note [Kinks at
-evaluation time]).  The kink band is entrywise here (no joint kink check).  Forward mode and
+evaluation time]).  An entry's rounding allowance is the larger of that bound and the tensor back
+end's for the same product: exploding folds exact constants together (attention's ``q * s`` and
+``k * s`` become ``s**2 * q * k``), so the closed form's bound misses roundings torch's evaluation
+makes, which the tensor back end's bound, following the graph's nodes, counts; each bounds a
+legitimate evaluation order.  The kink band is entrywise here (no joint kink check).  Forward mode and
 Hessians are the tensor back end's business; the accuracy oracle (issue 11) is not attached.
 
 Exploding costs entries times expression size: the size is estimated before anything is built and
@@ -90,6 +94,8 @@ def _check_exploded(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, los
     stage("exploded back end: differentiating and evaluating the closed forms")
     refs, out_ref, kinks = _references(graph, built, out, syms, wrt_names, wrt_live, seeds, how, v, dtype, EPS,
                                        backward_calls, {n: tuple(leaves[n].shape) for n in wrt_names})
+    _widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype, EPS,
+                            backward_calls if how == "backward" else 1)
     stage(f"running autograd (via={how})")
     with torch.enable_grad():
         actual = _autograd(torch_fn, leaves, wrt_names, how, seeds, v, backward_calls, run_autograd)
@@ -102,6 +108,31 @@ def _check_exploded(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, los
     if kinks:
         meta["kink conditions"] = ", ".join(kinks[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype, eps_table, scale) -> None:
+    """Each entry's rounding allowance: the larger of the closed form's bound and the tensor back
+    end's for the same product (Note [Exploded route]).  A NaN bound (a masked score's ``-inf``
+    times a zero in the bound's propagation) gives way to the other."""
+    from .approx import Approx
+    from .engine import backward, forward
+    from .refs import reference
+    from .scalar import Ctx
+
+    ctx = Ctx(eps_table.get(dtype, 2.0**-52), dtype)
+    try:
+        values = forward(graph, ctx)
+        nodes = [graph.inputs.get(n) for n in wrt_names]
+        live = [n for n in nodes if n is not None]
+        per_seed = [backward(graph, values, {out: Approx(s)}, live, ctx) for s in seeds]
+    except (NotImplementedError, ValueError, ArithmeticError):  # a rule the tensor back end lacks: its own bound
+        return
+    out_ref.rounding = np.fmax(out_ref.rounding, np.broadcast_to(values[out].e, out.shape))
+    for ref, name, node in zip(refs, wrt_names, nodes):
+        grads = [None if node is None else g[node] for g in per_seed]
+        tensor = reference(name, grads, node.shape if node is not None else np.shape(ref.value), out.shape, how,
+                           scale, []).rounding
+        ref.rounding = np.fmax(ref.rounding, np.broadcast_to(tensor, np.shape(ref.value)))  # NaN: the other
 
 
 def _runner(model, forward_fn, names, n_params, loss, target):
