@@ -43,7 +43,8 @@ from ..errors import InputError, UnsupportedOp
 from .budget import BYTES_PER_NODE, memory_budget
 from .ir import Graph, Node
 
-__all__ = ["explode", "explode_nodes", "cone", "einsum_plan", "extreme_columns", "estimate", "Estimate", "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big"]
+__all__ = ["explode", "explode_nodes", "cone", "einsum_plan", "extreme_columns", "estimate", "Estimate",
+           "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big"]
 
 
 def output_node(graph: Graph) -> Node:
@@ -88,7 +89,7 @@ def _elementary(expr: sp.Expr) -> sp.Expr:
     """symgrad's own SymPy functions replaced by what they compute (Note [Exploded back end])."""
     from . import functions as F
 
-    table = {**{f: d for f, d in F.DEFINITIONS.items()}, F.floor: sp.floor, F.ceil: sp.ceiling,
+    table = {**F.DEFINITIONS, F.floor: sp.floor, F.ceil: sp.ceiling,
              F.trunc: lambda a: sp.Piecewise((sp.floor(a), a >= 0), (sp.ceiling(a), True))}
     for f, build in table.items():
         if expr.has(f):

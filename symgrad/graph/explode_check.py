@@ -167,7 +167,8 @@ def _derivatives(graph, built, out, syms, wrt_live, how, jacobian: bool):
             unit = np.full(out.size, se.Integer(0), object)
             unit[o] = se.Integer(1)
             rows.append(gradient_entries(graph, built, out, unit.reshape(out.shape), nodes))
-        derivs = {n: np.stack([r[node] for r in rows]).reshape(out.shape + node.shape) for n, node in zip(wrt_live, nodes)}
+        derivs = {n: np.stack([r[node] for r in rows]).reshape(out.shape + node.shape)
+                  for n, node in zip(wrt_live, nodes)}
         return derivs, cot
     if out.size == 1 and how != "random-vjp":
         seed = np.full(out.shape, se.Integer(1), object)

@@ -77,3 +77,41 @@ def test_refused_beyond_the_budget_quickly():
 def test_forward_mode_is_the_tensor_back_ends():
     with pytest.raises(UnsupportedOp, match="check_graph"):
         check_exploded(torch.sin, {"x": randn(3)}, tangents={"x": randn(3)})
+
+
+def _op_rows():
+    from symgrad.graph.optable import cases, representatives
+
+    reps = representatives()
+    return [pytest.param(c, id=c.name) for c in cases() if c.name in reps and not c.xfail and "float64" in c.dtypes]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _op_rows())
+def test_op_table_on_the_exploded_back_end(case):
+    """Every representative op row (float64): the tensor rules agree with the exploded derivative
+    (or the row is refused with its reason), torch's own backward passes the exploded route and a
+    seeded wrong backward fails it.  ``python -m pytest tests/graph/test_explode_route.py -m slow``"""
+    import warnings
+
+    from symgrad.errors import SymgradError
+    from symgrad.graph.explode_cross import crosscheck_exploded
+    from symgrad.graph.interpret import to_graph
+    from symgrad.graph.optable import FACTOR, as_function, wrong_backward
+    from symgrad.graph.trace import trace_callable
+
+    warnings.simplefilter("ignore")
+    fn, inputs = as_function(case, torch.float64)
+    names = list(inputs)
+    graph = to_graph(trace_callable(lambda *a: fn(*a), tuple(inputs[n] for n in names)),
+                     [(n, "input" if inputs[n].is_floating_point() else "const", inputs[n]) for n in names])
+    result = crosscheck_exploded(graph, wrt=[n for n in (case.wrt or graph.inputs) if n in graph.inputs])
+    assert result.passed is not False, str(result)
+    try:
+        right = check_exploded(fn, inputs, wrt=list(case.wrt) or None)
+    except SymgradError as err:  # a function the exploded back end cannot take: refused, never passed
+        assert "tensor back end" in str(err) or "cannot evaluate" in str(err), str(err)
+        return
+    assert right.passed, right.to_text()
+    wrong = check_exploded(wrong_backward(fn, FACTOR["float64"]), inputs, wrt=list(case.wrt) or None)
+    assert wrong.passed == bool(case.zero_grad), wrong.to_text()
