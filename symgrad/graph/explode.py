@@ -44,7 +44,7 @@ from .budget import BYTES_PER_NODE, memory_budget
 from .ir import Graph, Node
 
 __all__ = ["explode", "explode_nodes", "cone", "einsum_plan", "extreme_columns", "estimate", "Estimate",
-           "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big"]
+           "clean_derivative", "has_steps", "exact_number", "output_node", "refuse_if_too_big", "substitute"]
 
 
 def output_node(graph: Graph) -> Node:
@@ -121,11 +121,52 @@ def _pointwise(node: Node, args: list) -> np.ndarray:
     if not form.free_symbols:
         out.fill(form)
         return out
-    used = [i for i, s in enumerate(syms) if s in form.free_symbols]
-    flat = [np.broadcast_to(args[i], node.shape).ravel() for i in used]
+    flat = [np.broadcast_to(a, node.shape).ravel() for a in args]
     for j in range(out.size):
-        out.flat[j] = form.xreplace({syms[i]: a[j] for i, a in zip(used, flat)})
+        out.flat[j] = substitute(form, syms, [a[j] for a in flat])
     return out
+
+
+# Note [Indicators in conditions]
+# torch's ``where(x > 20, a, b)`` reaches the graph as a mask node (``Piecewise((1, s0 > 20), (0,
+# True))``) read by ``Piecewise((s1, Ne(s0, 0)), (s2, True))``.  Substituted as it is, the condition
+# becomes ``Ne(Piecewise((1, x > 20), (0, True)), 0)``, whose gap is exactly 0 wherever the mask is 0:
+# the evaluation (Note [Kinks at evaluation time]) would call every such entry a kink and give it a
+# band spanning both branches -- wide enough to let a wrong derivative pass.  So a test of an
+# indicator against 0 is replaced by the indicator's own condition (``x > 20``), whose gap is real.
+
+
+def _zero_tests(form) -> dict:
+    """``{Ne(s, 0) or Eq(s, 0) found in form: (s, is_ne)}``."""
+    import symengine as se
+
+    found = {}
+    for s in form.free_symbols:
+        for rel, is_ne in ((se.Ne(s, 0), True), (se.Eq(s, 0), False)):
+            if form.has(rel):
+                found[rel] = (s, is_ne)
+    return found
+
+
+def substitute(form, syms: tuple, entries: list):
+    """``form`` with its symbols replaced by ``entries`` (Note [Indicators in conditions])."""
+    import symengine as se
+
+    tests = _ZERO_TESTS.get(form)
+    if tests is None:
+        tests = _ZERO_TESTS[form] = _zero_tests(form)
+    env = {s: e for s, e in zip(syms, entries) if s in form.free_symbols}
+    out = form.xreplace(env)
+    swap = {}
+    for rel, (s, is_ne) in tests.items():
+        e = env.get(s)
+        a = e.args if type(e).__name__ == "Piecewise" else ()
+        if len(a) == 4 and a[0] == 1 and a[2] == 0 and a[3] == se.true:
+            swap[rel.xreplace(env)] = a[1] if is_ne else se.Not(a[1])
+    return out.xreplace(swap) if swap else out
+
+
+_ZERO_TESTS: dict = {}
 
 
 # ------------------------------------------------------------------------------ the other kinds

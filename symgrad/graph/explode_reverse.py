@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .explode import _form, cone, einsum_plan, extreme_columns
+from .explode import _form, cone, einsum_plan, extreme_columns, substitute
 from .ir import Graph, Node
 
 __all__ = ["gradient_entries"]
@@ -104,11 +104,10 @@ def _pointwise(node: Node, i: int, args: list, adj: np.ndarray) -> tuple:
     idx = np.broadcast_to(_numbers(args[i].shape), node.shape).ravel()
     if partial == 0:
         return idx[:0], adj[:0]
-    used = [k for k, s in enumerate(syms) if s in partial.free_symbols]
-    flat = [np.broadcast_to(args[k], node.shape).ravel() for k in used]
+    flat = [np.broadcast_to(a, node.shape).ravel() for a in args]
     terms = np.empty(node.size, object)
     for j in range(node.size):
-        terms[j] = 0 if adj[j] == 0 else adj[j] * partial.xreplace({syms[k]: a[j] for k, a in zip(used, flat)})
+        terms[j] = 0 if adj[j] == 0 else adj[j] * substitute(partial, syms, [a[j] for a in flat])
     return idx, terms
 
 

@@ -115,3 +115,16 @@ def test_op_table_on_the_exploded_back_end(case):
     assert right.passed, right.to_text()
     wrong = check_exploded(wrong_backward(fn, FACTOR["float64"]), inputs, wrt=list(case.wrt) or None)
     assert wrong.passed == bool(case.zero_grad), wrong.to_text()
+
+
+def test_a_mask_read_by_where_is_no_kink():
+    """softplus is where(x > 20, x, log1p(exp(x))): the mask tested against 0 must not make every
+    entry a kink whose band lets a wrong backward pass (Note [Indicators in conditions])."""
+    from symgrad.graph.optable import wrong_backward
+
+    x = randn(3, 5)
+    softplus = torch.nn.functional.softplus
+    assert check_exploded(softplus, {"x": x}).passed
+    report = check_exploded(wrong_backward(softplus, 1e-6), {"x": x})
+    assert not report.passed, report.to_text()
+    assert not any(r.kinks for r in report.records)
