@@ -14,7 +14,8 @@ kind            exploded entry
                 replaced by the (broadcast) argument entries
 ``contract``    sum over the einsum's summed indices of the operands' products
 ``reduce``      sum: one ``Add``; max/min: the n-ary form of ``lower.numpy`` whose Piecewise
-                conditions are the kinks (a tie splits evenly, as torch's amax does)
+                conditions are the kinks (a tie splits evenly, as torch's amax does); the
+                -inf fill of a padded max pooling is left out of the row
 ``layout``      numpy's reshape / transpose / broadcast of the object array (entries move)
 ``select``      entry moves; an index 0 is the node's constant fill (its derivative is 0)
 ``stop``        a fresh constant: the argument's float64 value from the tensor forward
@@ -26,9 +27,14 @@ their elementary definitions first: symengine would wrap an unknown SymPy functi
 derivative of 0, silently.  Any function left opaque is refused.  Step functions (floor, ceil,
 trunc) keep their values and get derivative 0 (``clean_derivative``), as their tensor rule does.
 
-Exploding is quadratic where the tensor back end is linear, so the size is estimated before
-anything is built (``estimate``; Note [Memory guard] in ``budget.py``) and a graph beyond the
-budget is refused with the size, the budget and the alternative.
+A pointwise node reading a mask through ``Ne(s, 0)`` gets the mask's own condition instead (Note
+[Indicators in conditions]).
+
+Exploding costs what the scalar expressions cost (every product of a contraction is a node; a
+Jacobian is one reverse sweep per output entry; ``diff`` by every symbol rebuilds the chain rule
+per symbol), far above numpy's, so the size is estimated before anything is built (``estimate``;
+Note [Memory guard] in ``budget.py``) and a graph beyond the budget is refused with the size, the
+budget and the alternative.
 """
 
 from __future__ import annotations
@@ -314,9 +320,10 @@ def _own_nodes(node: Node) -> int:
         return sp.count_ops(node.attrs["expr"]) + 1
     if node.kind == "contract":
         ins, out = node.attrs["spec"].split("->")
-        sizes = {}
+        sizes: dict = {}
         for sub, a in zip(ins.split(","), node.args):
-            sizes.update(zip(sub, a.shape))
+            for c, d in zip(sub, a.shape):
+                sizes[c] = max(sizes.get(c, 1), d)
         summed = int(np.prod([sizes[c] for c in set(ins.replace(",", "")) - set(out)] or [1]))
         return summed * len(node.args)
     if node.kind == "reduce":
