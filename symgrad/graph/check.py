@@ -88,8 +88,11 @@ _VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
                 target=None, cotangents=3, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
                 atol: float | None = None, title: str | None = None, order: int = 1, reference: str | None = None,
-                strict: bool = False) -> Report:
+                strict: bool = False, exploded_crosscheck: bool = False) -> Report:
     """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
+
+    ``exploded_crosscheck``: the tensor VJPs are first compared with the exploded exact derivative on
+    sampled entries (Note [Exploded cross-check]); a disagreement makes every derivative unverified.
 
     ``symbolic``: a reference forward in torch ops, traced instead of ``fn`` (autograd still runs
     ``fn``).  ``via``: how autograd runs (``backward``, ``autograd.grad``, ``functional.vjp``,
@@ -110,7 +113,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     try:
         report = _check_graph(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
                               target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
-                              rtol=rtol, atol=atol, title=title, order=order)
+                              rtol=rtol, atol=atol, title=title, order=order, exploded_crosscheck=exploded_crosscheck)
     finally:
         reference_mode.reset(token)
         nesting.reset(depth)
@@ -122,7 +125,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
 
 
 def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
-                 backward_calls, rtol, atol, title, order) -> Report:
+                 backward_calls, rtol, atol, title, order, exploded_crosscheck=False) -> Report:
     import torch
 
     from .order2 import check_order
@@ -186,6 +189,12 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         if records[0].passed or attempt == "traced":
             break  # a cached graph that disagrees with torch's forward is traced again (Note [Graph cache] in cache.py)
     graph_cache.remember(key, fn, graph)
+    exploded = None
+    if exploded_crosscheck:  # Note [Exploded cross-check]
+        from .explode_cross import crosscheck_exploded, mark_report
+
+        stage("op graph: cross-checking the tensor derivative against the exploded one")
+        exploded = crosscheck_exploded(graph, wrt=[n for n in wrt_names if n in graph.inputs])
     state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
     meta = {"dtype": dtype, "engine": "graph (tensor back end)",
             "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
@@ -194,7 +203,8 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
 
         found, info = hvp_records(state, out_t, v=v, tangents=tangents, count=cotangents, seed=seed)
         meta.update(info)
-        return Report(records + found, title=title or "symgrad check", meta=meta)
+        report = Report(records + found, title=title or "symgrad check", meta=meta)
+        return report if exploded is None else mark_report(report, exploded)
     if tangents is not None or via in ("functional.jvp", "func.jvp", "forward_ad"):
         if tangents is None:
             raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents= (one per input in wrt)")
@@ -219,7 +229,8 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
                 meta["jvp"] = f"not checked (torch.func.jvp could not run: {str(err)[:160]})"
             except NotImplementedError as err:  # a node kind without a forward-mode rule (linalg)
                 meta["jvp"] = f"not checked ({err})"
-    return Report(records, title=title or "symgrad check", meta=meta)
+    report = Report(records, title=title or "symgrad check", meta=meta)
+    return report if exploded is None else mark_report(report, exploded)
 
 
 def _single_output(graph):

@@ -1,0 +1,130 @@
+"""symgrad.graph.check_exploded: the op graph's exploded back end as a whole check (Note
+[Exploded route]): closed forms per entry, rounding bounds and kink bands from symgrad.lower."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from symgrad.errors import InputError, UnsupportedOp
+from symgrad.graph import check_exploded
+from symgrad.testing_ops import with_backward
+
+
+def randn(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def test_gradient_with_closed_forms_per_entry():
+    x, w = randn(4, 3), randn(3, 2, seed=1)
+    report = check_exploded(lambda x, w: torch.tanh(x @ w).pow(2).sum(), {"x": x, "w": w})
+    assert report.passed, report.to_text()
+    assert report.meta["engine"] == "graph (exploded back end)" and report.meta["quantity"] == "grad"
+    w_rec = next(r for r in report.records if r.name == "w")
+    assert "tanh(x[0, 0]*w[0, 0]" in w_rec.closed_form or "tanh(w[0, 0]*x[0, 0]" in w_rec.closed_form
+
+
+def test_a_wrong_backward_fails():
+    x = randn(3, 4)
+    good = with_backward(torch.sin, lambda x, g: g * torch.cos(x))
+    bad = with_backward(torch.sin, lambda x, g: g * torch.cos(x) * (1 + 1e-6))
+    assert check_exploded(lambda x: good(x).pow(2).sum(), {"x": x}).passed
+    report = check_exploded(lambda x: bad(x).pow(2).sum(), {"x": x})
+    assert not report.passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_relu_on_its_kink_and_rounding_in_float32(dtype):
+    x = torch.tensor([[-1.0, 0.0, 2.0], [0.0, 3.0, -0.5]], dtype=dtype)
+    w = randn(3, 4, dtype=dtype)
+    report = check_exploded(lambda x, w: (torch.relu(x) @ w).pow(2).sum(), {"x": x, "w": w})
+    assert report.passed, report.to_text()
+
+
+def test_module_with_the_loss_inside_forward():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4).double()
+
+        def forward(self, x, y):
+            return torch.nn.functional.cross_entropy(torch.tanh(self.fc(x)), y)
+
+    torch.manual_seed(0)
+    report = check_exploded(Net(), {"x": randn(5, 3), "y": torch.tensor([0, 3, 1, 1, 2])})
+    assert report.passed, report.to_text()
+    assert {r.name for r in report.records} >= {"fc.weight", "fc.bias"}
+
+
+@pytest.mark.parametrize("how", [{}, {"via": "jacrev"}, {"v": "ones"}])
+def test_vector_outputs(how):
+    x, w = randn(3, 2), randn(2, 4, seed=1)
+    kw = {"v": torch.ones(3, 4, dtype=torch.float64)} if how.get("v") else how
+    report = check_exploded(lambda x, w: torch.sigmoid(x @ w), {"x": x, "w": w}, **kw)
+    assert report.passed, report.to_text()
+
+
+def test_refused_beyond_the_budget_quickly():
+    x, w = randn(32, 64), randn(64, 64, seed=1)
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="memory budget"):
+        check_exploded(lambda x, w: torch.tanh(x @ w).sum(), {"x": x, "w": w}, memory_budget=2**24)
+    assert time.perf_counter() - start < 10
+
+
+def test_forward_mode_is_the_tensor_back_ends():
+    with pytest.raises(UnsupportedOp, match="check_graph"):
+        check_exploded(torch.sin, {"x": randn(3)}, tangents={"x": randn(3)})
+
+
+def _op_rows():
+    from symgrad.graph.optable import cases, representatives
+
+    reps = representatives()
+    return [pytest.param(c, id=c.name) for c in cases() if c.name in reps and not c.xfail and "float64" in c.dtypes]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _op_rows())
+def test_op_table_on_the_exploded_back_end(case):
+    """Every representative op row (float64): the tensor rules agree with the exploded derivative
+    (or the row is refused with its reason), torch's own backward passes the exploded route and a
+    seeded wrong backward fails it.  ``python -m pytest tests/graph/test_explode_route.py -m slow``"""
+    import warnings
+
+    from symgrad.errors import SymgradError
+    from symgrad.graph.explode_cross import crosscheck_exploded
+    from symgrad.graph.interpret import to_graph
+    from symgrad.graph.optable import FACTOR, as_function, wrong_backward
+    from symgrad.graph.trace import trace_callable
+
+    warnings.simplefilter("ignore")
+    fn, inputs = as_function(case, torch.float64)
+    names = list(inputs)
+    graph = to_graph(trace_callable(lambda *a: fn(*a), tuple(inputs[n] for n in names)),
+                     [(n, "input" if inputs[n].is_floating_point() else "const", inputs[n]) for n in names])
+    result = crosscheck_exploded(graph, wrt=[n for n in (case.wrt or graph.inputs) if n in graph.inputs])
+    assert result.passed is not False, str(result)
+    try:
+        right = check_exploded(fn, inputs, wrt=list(case.wrt) or None)
+    except SymgradError as err:  # a function the exploded back end cannot take: refused, never passed
+        assert "tensor back end" in str(err) or "cannot evaluate" in str(err), str(err)
+        return
+    assert right.passed, right.to_text()
+    wrong = check_exploded(wrong_backward(fn, FACTOR["float64"]), inputs, wrt=list(case.wrt) or None)
+    assert wrong.passed == bool(case.zero_grad), wrong.to_text()
+
+
+def test_a_mask_read_by_where_is_no_kink():
+    """softplus is where(x > 20, x, log1p(exp(x))): the mask tested against 0 must not make every
+    entry a kink whose band lets a wrong backward pass (Note [Indicators in conditions])."""
+    from symgrad.graph.optable import wrong_backward
+
+    x = randn(3, 5)
+    softplus = torch.nn.functional.softplus
+    assert check_exploded(softplus, {"x": x}).passed
+    report = check_exploded(wrong_backward(softplus, 1e-6), {"x": x})
+    assert not report.passed, report.to_text()
+    assert not any(r.kinks for r in report.records)
