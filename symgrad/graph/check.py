@@ -131,6 +131,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     n_params = len(names) - len(inputs)
     dtype = _dtype_name(tensors)
     ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+    structure: list = []  # a tuple / dict output: its kind and its tensors' shapes (Note [Structured outputs])
 
     def runner(forward_fn):
         def run(*flat):
@@ -139,7 +140,12 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
                 out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False)
             else:
                 out = forward_fn(*flat[n_params:]) if model is not None else forward_fn(*flat)
-            return loss(out, target) if loss is not None else out
+            if loss is not None:
+                return loss(out, target)
+            flat, shapes = _flatten_output(out)
+            if shapes is not None:
+                structure[:] = [type(out).__name__, shapes]
+            return flat
 
         return run
 
@@ -154,7 +160,8 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         raise InputError(f"the function raised on these inputs ({type(err).__name__}: {str(err)[:300]}); "
                          "symgrad checks derivatives where the forward runs: pass inputs it accepts") from err
     if not isinstance(out_t, torch.Tensor):
-        raise InputError(f"the function returned a {type(out_t).__name__}, not a tensor")
+        raise InputError(f"the loss returned a {type(out_t).__name__}, not a tensor: make loss(output, target) "
+                         "return a scalar tensor")
     for attempt in ("cached", "traced"):
         graph = graph_cache.lookup(key, names, tensors, disk_key) if attempt == "cached" else None
         if graph is None:
@@ -184,6 +191,10 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
     meta = {"dtype": dtype, "engine": "graph (tensor back end)",
             "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
+    if structure:
+        meta["output"] = (f"a {structure[0]} of {len(structure[1])} floating-point tensors (shapes "
+                          f"{', '.join('x'.join(map(str, s)) or 'scalar' for s in structure[1])}), checked as one "
+                          "vector of their entries in that order")
     if order == 2:  # Note [Hessian-vector rules] in hvp.py
         from .order2 import hvp_records
 
@@ -211,6 +222,45 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
             except NotImplementedError as err:  # a node kind without a forward-mode rule (linalg)
                 meta["jvp"] = f"not checked ({err})"
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+# Note [Structured outputs]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~
+# A model returning a tuple, list or dict of tensors (nn.LSTM's (out, (h, c)), a detection head's
+# {"logits": ..., "boxes": ...}) has one Jacobian per output; a vector-Jacobian product with random
+# cotangents on every output is the same as one with a random cotangent on the concatenation of
+# their flattened entries.  So the function under test and its traced twin both return that
+# concatenation (floating-point tensors only, in the order a depth-first walk meets them: tuple and
+# list order, dict insertion order); integer outputs (topk's indices) and non-tensors carry no
+# derivative and are left out.  The report's meta says which tensors, in which order.
+
+
+def _flatten_output(out):
+    """(tensor, shapes): ``out`` itself and None when it is a tensor; else the concatenation of its
+    floating-point tensors' flattened entries and their shapes (Note [Structured outputs])."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out, None
+    parts: list = []
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            if o.is_floating_point() or o.is_complex():
+                parts.append(o)
+        elif isinstance(o, dict):
+            for value in o.values():
+                walk(value)
+        elif isinstance(o, (tuple, list)):
+            for value in o:
+                walk(value)
+
+    walk(out)
+    if not isinstance(out, (tuple, list, dict)) or not parts:
+        raise InputError(f"the function returned a {type(out).__name__} with no floating-point tensor in it, so "
+                         "there is no derivative to check: return a tensor (or a tuple / dict of tensors), or "
+                         "pass loss= to reduce the output to a scalar")
+    return torch.cat([p.reshape(-1) for p in parts]), [tuple(p.shape) for p in parts]
 
 
 def _single_output(graph):
