@@ -1,6 +1,6 @@
 """Robustness sweep of ``symgrad.check`` on nn.Module families the test suite does not cover.
 
-Every family (``FAMILIES`` in ``benchmarks/model_family_defs.py``) is a small model with its
+Every family (``FAMILIES`` in ``tests/graph/families.py``) is a small model with its
 inputs, checked in float64 and float32 over a few seeds:
 
 * (a) correct: torch's own autograd; a failing verdict is a false alarm;
@@ -34,12 +34,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's symgrad
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
 import symgrad as sg  # noqa: E402
-from model_family_defs import FAMILIES, TORCH_BUGS, bugged  # noqa: E402
+from tests.graph.families import FAMILIES, TORCH_BUGS, bugged  # noqa: E402
 from symgrad.errors import SymgradError  # noqa: E402
 
 DELTA = {torch.float64: 1e-6, torch.float32: 1e-3}

@@ -103,6 +103,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     token = reference_mode.set(reference or reference_mode.get())
     depth = nesting.set(nesting.get() + 1)
     start = graph_exact.counter["certified"]
+    saved = _buffers(fn)
     try:
         report = _check_graph(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
                               target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
@@ -110,11 +111,33 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     finally:
         reference_mode.reset(token)
         nesting.reset(depth)
+        _restore(fn, saved)
     done = graph_exact.counter["certified"] - start
     for r in report.records:
         r.reference = r.reference.replace("closed form in float64 floats", "op graph in float64" + (
             f" ({done} cancelling pointwise entries re-evaluated over mpmath, at their float64 arguments)" if done else ""))
     return apply_strict(report, strict, warn=nesting.get() == 0)
+
+
+def _buffers(fn) -> dict:
+    """A copy of a module's buffers: the check runs its forward several times, and a BatchNorm in
+    training mode updates its running statistics on every call; they are put back afterwards."""
+    import torch
+
+    if not isinstance(fn, torch.nn.Module):
+        return {}
+    return {name: b.detach().clone() for name, b in fn.named_buffers()}
+
+
+def _restore(fn, saved: dict) -> None:
+    import torch
+
+    if not saved:
+        return
+    with torch.no_grad():
+        for name, b in fn.named_buffers():
+            if name in saved and b.shape == saved[name].shape:
+                b.copy_(saved[name])
 
 
 def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
@@ -265,7 +288,11 @@ def _flatten_output(out):
 
 def _single_output(graph):
     outs = [o for o in graph.outputs if o is not None]
-    if len(outs) != 1 or not hasattr(outs[0], "kind"):
+    if len(outs) == 1 and not hasattr(outs[0], "kind"):
+        raise InputError("the function's output does not depend on any of its inputs or parameters (it is a "
+                         "constant, or built from integer inputs only), so it has no derivative to check: check a "
+                         "function whose output is computed from the floating-point inputs")
+    if len(outs) != 1:
         raise UnsupportedOp("the function must return one floating-point tensor that depends on its inputs "
                             f"(it returned {len(graph.outputs)} values); return the loss, or pass loss=")
     return outs[0]
@@ -493,14 +520,19 @@ def _plan(out_t, via, v, cotangents, seed: int):
 def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd) -> dict:
     import torch
 
+    from ..autograd.run import autograd_failure
+
     if how == "random-vjp":
         grads = []
         diff = [leaves[n] for n in wrt]
         out = torch_fn(*leaves.values())
         dtype = out.dtype
         for k, s in enumerate(seeds):
-            got = torch.autograd.grad(out, diff, torch.from_numpy(s).to(dtype), retain_graph=k + 1 < len(seeds),
-                                      allow_unused=True)
+            try:
+                got = torch.autograd.grad(out, diff, torch.from_numpy(s).to(dtype), retain_graph=k + 1 < len(seeds),
+                                          allow_unused=True)
+            except RuntimeError as err:  # an output detached from every input: say so, not a traceback
+                raise autograd_failure(err, "autograd.grad") from err
             grads.append(got)
         return {n: None if any(g[i] is None for g in grads) else torch.stack([g[i] for g in grads])
                 for i, n in enumerate(wrt)}

@@ -1,4 +1,4 @@
-"""The model families of ``benchmarks/model_families.py``: ``FAMILIES[name](dtype, seed)`` returns
+"""The model families of ``benchmarks/model_families.py`` and ``tests/graph/test_model_families.py``: ``FAMILIES[name](dtype, seed)`` returns
 ``(model, inputs, check_kwargs)``; ``bugged(model, kind, factor)`` seeds a wrong backward."""
 
 from __future__ import annotations
