@@ -8,7 +8,7 @@ arguments depends on a leaf, in which case it runs in torch (float64) and become
 from __future__ import annotations
 
 from ..errors import UnsupportedOp
-from . import aten, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling and softmax handlers
+from . import aten, aten_ctc, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling, softmax and CTC handlers
 from .ir import Graph, Node
 from .trace import Builder
 

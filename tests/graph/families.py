@@ -317,12 +317,15 @@ class ScanSortTopk(nn.Module):
 
 
 class LogCumSumExp(nn.Module):
+    """A first entry 30 below the rest: torch's JVP bias (1e-13 against exp(-30)) shows in float32 too."""
+
     def __init__(self):
         super().__init__()
         self.lin = nn.Linear(4, 6)
+        self.register_buffer("offset", torch.tensor([-30.0, 0, 0, 0, 0, 0]))
 
     def forward(self, x):
-        return self.lin(x).logcumsumexp(1)
+        return (self.lin(x) + self.offset).logcumsumexp(1)
 
 
 @family

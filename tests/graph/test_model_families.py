@@ -16,8 +16,8 @@ from .families import FAMILIES, TORCH_BUGS, bugged
 
 DELTA = {torch.float64: 1e-6, torch.float32: 1e-3}
 # once failed (a crash, a refusal with no fix) or exercise a rule no other test does: in the default run
-DEFAULT = {"tuple_output", "dict_output", "avgpool_ceil", "fold_unfold", "ce_ignore_weight", "cumsum_topk_sort"}
-REFUSED = {"batchnorm_train", "batchnorm1d_train", "resnet_block_train", "ctc"}  # with a message naming a fix
+DEFAULT = {"tuple_output", "dict_output", "avgpool_ceil", "fold_unfold", "ce_ignore_weight", "cumsum_topk_sort", "ctc"}
+REFUSED = {"batchnorm_train", "batchnorm1d_train", "resnet_block_train"}  # with a message naming a fix
 CHECKED = [n for n in FAMILIES if n not in REFUSED and n not in TORCH_BUGS]
 
 
@@ -117,3 +117,30 @@ def test_torch_logcumsumexp_jvp_is_wrong_and_said_so():
     assert "logcumsumexp" in TORCH_BUGS
     model, inputs, _ = _build("logcumsumexp", torch.float64)
     assert not sg.check(model, inputs, engine="graph").passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", ["padded", "concatenated-blank4-repeats", "none-reduction-zero_infinity"])
+def test_ctc_loss_on_the_graph(case, dtype):
+    """Note [CTC as core nodes]: the alpha recursion unrolled; a 1+delta backward on the log-softmax
+    feeding it is caught."""
+    import torch.nn.functional as F
+
+    from symgrad.testing_ops import scaled
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 2, 5, dtype=dtype, generator=g)
+    if case == "padded":
+        def loss(lp):
+            return F.ctc_loss(lp, torch.tensor([[1, 2, 2], [3, 1, 0]]), torch.tensor([6, 5]), torch.tensor([3, 2]))
+    elif case.startswith("concatenated"):
+        def loss(lp):
+            return F.ctc_loss(lp, torch.tensor([1, 1, 2, 3]), torch.tensor([6, 4]), torch.tensor([2, 2]), blank=4)
+    else:
+        def loss(lp):
+            return F.ctc_loss(lp, torch.tensor([[2, 2], [1, 3]]), torch.tensor([5, 6]), torch.tensor([2, 1]),
+                              reduction="none", zero_infinity=True)
+    good = sg.check(lambda x: loss(x.log_softmax(2)), {"x": x}, engine="graph")
+    assert good.passed, good.to_text()
+    bug = scaled(lambda y: y.log_softmax(2), 1 + DELTA[dtype])
+    assert not sg.check(lambda x: loss(bug(x)), {"x": x}, engine="graph").passed
