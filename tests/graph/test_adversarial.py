@@ -117,3 +117,16 @@ def test_non_finite_values_are_reported_not_crashed_on():
         report = _check(fn, x, dtype)
         assert not report.passed
         assert any("NaN/inf" in r.verdict for r in report.records)
+
+
+@pytest.mark.parametrize("draw", [
+    lambda x: x * torch.rand(4, dtype=x.dtype),
+    lambda x: x * torch.rand(4, dtype=x.dtype, generator=torch.Generator().manual_seed(0)),
+    lambda x: x[torch.randperm(4)],
+    lambda x: x + torch.randn_like(x),
+], ids=["rand", "rand-with-generator", "randperm", "randn_like"])
+def test_random_draws_inside_the_forward_are_refused(draw):
+    """A draw with no tensor argument was folded into a constant at trace time, and torch drew
+    again: a false alarm.  Now every seeded-random op is refused, naming the fix."""
+    with pytest.raises(sg.SymgradError, match="pass the noise as an input"):
+        sg.check(draw, {"x": torch.randn(4, dtype=torch.float64)}, engine="graph")
