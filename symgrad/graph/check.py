@@ -289,9 +289,9 @@ def _flatten_output(out):
 def _single_output(graph):
     outs = [o for o in graph.outputs if o is not None]
     if len(outs) == 1 and not hasattr(outs[0], "kind"):
-        raise InputError("the function's output does not depend on any of its inputs or parameters (it is a "
-                         "constant, or built from integer inputs only), so it has no derivative to check: check a "
-                         "function whose output is computed from the floating-point inputs")
+        raise UnsupportedOp("the function's output does not depend on any of its inputs or parameters (it is a "
+                            "constant, or built from integer inputs only), so it has no derivative to check: check a "
+                            "function whose output is computed from the floating-point inputs")
     if len(outs) != 1:
         raise UnsupportedOp("the function must return one floating-point tensor that depends on its inputs "
                             f"(it returned {len(graph.outputs)} values); return the loss, or pass loss=")
