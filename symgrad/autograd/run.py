@@ -72,22 +72,28 @@ def run_autograd(
     try:
         return _run(fn, inputs, wrt, via, cotangent=cotangent, tangents=tangents, backward_calls=backward_calls)
     except (RuntimeError, NotImplementedError) as err:
-        text = str(err)
-        if "implement the jvp function" in text:
-            hint = MISSING_JVP_HINT
-        elif isinstance(err, NotImplementedError):
-            hint = "torch has no rule for an op of the function under this way of running autograd"
-        elif "does not require grad" in text or "does not have a grad_fn" in text:
-            hint = ("the torch function's output is not connected to the differentiated inputs: it detaches them, "
-                    "runs under torch.no_grad(), goes through numpy, or uses an op with no derivative")
-        elif "setup_context" in text or "functorch" in text or "vmap" in text:
-            hint = ("torch.func transforms (jacrev, jacfwd, func.vjp/jvp/hessian) need a custom autograd.Function "
-                    "to define setup_context (and vmap support); use via='functional.jacobian', 'backward' or "
-                    "'autograd.grad' instead")
-        else:
-            hint = "the torch function (or its backward) failed under this way of running autograd"
-        raise AutogradFailed(f"torch raised while running via={via!r}: {text.splitlines()[0] if text else type(err).__name__}. "
-                             f"Likely cause: {hint}.") from err
+        raise autograd_failure(err, via) from err
+
+
+def autograd_failure(err: Exception, via: str) -> AutogradFailed:
+    """The ``AutogradFailed`` for an error torch raised while running autograd ``via``: its first line
+    and what usually causes it."""
+    text = str(err)
+    if "implement the jvp function" in text:
+        hint = MISSING_JVP_HINT
+    elif isinstance(err, NotImplementedError):
+        hint = "torch has no rule for an op of the function under this way of running autograd"
+    elif "does not require grad" in text or "does not have a grad_fn" in text:
+        hint = ("the torch function's output is not connected to the differentiated inputs: it detaches them, "
+                "runs under torch.no_grad(), goes through numpy, or uses an op with no derivative")
+    elif "setup_context" in text or "functorch" in text or "vmap" in text:
+        hint = ("torch.func transforms (jacrev, jacfwd, func.vjp/jvp/hessian) need a custom autograd.Function "
+                "to define setup_context (and vmap support); use via='functional.jacobian', 'backward' or "
+                "'autograd.grad' instead")
+    else:
+        hint = "the torch function (or its backward) failed under this way of running autograd"
+    return AutogradFailed(f"torch raised while running via={via!r}: {text.splitlines()[0] if text else type(err).__name__}. "
+                          f"Likely cause: {hint}.")
 
 
 def _run(fn, inputs, wrt, via, *, cotangent=None, tangents=None, backward_calls=1) -> dict:

@@ -24,7 +24,6 @@ from ..compare.compare import compare, compare_all
 from ..compare.half import rounding_ulps
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
-from ..validate import refuse_non_tensor_value
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
@@ -34,6 +33,7 @@ from . import montecarlo
 from . import diskcache
 from . import exact as graph_exact
 from .crosscheck import crosscheck
+from .outputs import buffers as _buffers, flatten_output as _flatten_output, restore as _restore
 from .refs import JACOBIAN_VIAS
 from .refs import reference as _reference
 from .columns import by_columns
@@ -110,6 +110,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     token = reference_mode.set(reference or reference_mode.get())
     depth = nesting.set(nesting.get() + 1)
     start = graph_exact.counter["certified"]
+    saved = _buffers(fn)
     try:
         report = _check_graph(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
                               target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
@@ -117,6 +118,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     finally:
         reference_mode.reset(token)
         nesting.reset(depth)
+        _restore(fn, saved)
     done = graph_exact.counter["certified"] - start
     for r in report.records:
         r.reference = r.reference.replace("closed form in float64 floats", "op graph in float64" + (
@@ -138,6 +140,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     n_params = len(names) - len(inputs)
     dtype = _dtype_name(tensors)
     ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+    structure: list = []  # a tuple / dict output: its kind and its tensors' shapes (Note [Structured outputs])
 
     def runner(forward_fn):
         def run(*flat):
@@ -146,7 +149,12 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
                 out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False)
             else:
                 out = forward_fn(*flat[n_params:]) if model is not None else forward_fn(*flat)
-            return loss(out, target) if loss is not None else out
+            if loss is not None:
+                return loss(out, target)
+            flat, shapes = _flatten_output(out)
+            if shapes is not None:
+                structure[:] = [type(out).__name__, shapes]
+            return flat
 
         return run
 
@@ -161,8 +169,8 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         raise InputError(f"the function raised on these inputs ({type(err).__name__}: {str(err)[:300]}); "
                          "symgrad checks derivatives where the forward runs: pass inputs it accepts") from err
     if not isinstance(out_t, torch.Tensor):
-        who = f"{type(model).__name__}.forward" if model is not None else getattr(fn, "__name__", "the function")
-        refuse_non_tensor_value(out_t, who)
+        raise InputError(f"the loss returned a {type(out_t).__name__}, not a tensor: make loss(output, target) "
+                         "return a scalar tensor")
     for attempt in ("cached", "traced"):
         graph = graph_cache.lookup(key, names, tensors, disk_key) if attempt == "cached" else None
         if graph is None:
@@ -198,6 +206,10 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
     meta = {"dtype": dtype, "engine": "graph (tensor back end)",
             "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
+    if structure:
+        meta["output"] = (f"a {structure[0]} of {len(structure[1])} floating-point tensors (shapes "
+                          f"{', '.join('x'.join(map(str, s)) or 'scalar' for s in structure[1])}), checked as one "
+                          "vector of their entries in that order")
     if order == 2:  # Note [Hessian-vector rules] in hvp.py
         from .order2 import hvp_records
 
@@ -235,7 +247,11 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
 
 def _single_output(graph):
     outs = [o for o in graph.outputs if o is not None]
-    if len(outs) != 1 or not hasattr(outs[0], "kind"):
+    if len(outs) == 1 and not hasattr(outs[0], "kind"):
+        raise UnsupportedOp("the function's output does not depend on any of its inputs or parameters (it is a "
+                            "constant, or built from integer inputs only), so it has no derivative to check: check a "
+                            "function whose output is computed from the floating-point inputs")
+    if len(outs) != 1:
         raise UnsupportedOp("the function must return one floating-point tensor that depends on its inputs "
                             f"(it returned {len(graph.outputs)} values); return the loss, or pass loss=")
     return outs[0]
@@ -567,14 +583,19 @@ def _plan(out_t, via, v, cotangents, seed: int):
 def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd) -> dict:
     import torch
 
+    from ..autograd.run import autograd_failure
+
     if how == "random-vjp":
         grads = []
         diff = [leaves[n] for n in wrt]
         out = torch_fn(*leaves.values())
         dtype = out.dtype
         for k, s in enumerate(seeds):
-            got = torch.autograd.grad(out, diff, torch.from_numpy(s).to(dtype), retain_graph=k + 1 < len(seeds),
-                                      allow_unused=True)
+            try:
+                got = torch.autograd.grad(out, diff, torch.from_numpy(s).to(dtype), retain_graph=k + 1 < len(seeds),
+                                          allow_unused=True)
+            except RuntimeError as err:  # an output detached from every input: say so, not a traceback
+                raise autograd_failure(err, "autograd.grad") from err
             grads.append(got)
         return {n: None if any(g[i] is None for g in grads) else torch.stack([g[i] for g in grads])
                 for i, n in enumerate(wrt)}

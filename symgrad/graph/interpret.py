@@ -8,7 +8,7 @@ arguments depends on a leaf, in which case it runs in torch (float64) and become
 from __future__ import annotations
 
 from ..errors import UnsupportedOp
-from . import aten, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling and softmax handlers
+from . import aten, aten_ctc, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling, softmax and CTC handlers
 from .ir import Graph, Node
 from .trace import Builder
 
@@ -107,6 +107,11 @@ def _call(b: Builder, node, args, kwargs):
         args = (args[0],) + _read_buffers(b, args[1:]) if _is_copy(target) else _read_buffers(b, args)
     if _is_copy(target) and isinstance(args[0], torch.Tensor) and (_has_node(args[1:]) or b.buffers):
         return _write_into_constant(b, args[0], args[1])
+    if not (_has_node(args) or _has_node(kwargs)) and torch.Tag.nondeterministic_seeded in getattr(target, "tags", ()):
+        # torch.rand(4) in forward: folding it would freeze the trace's draw, and torch draws again
+        raise UnsupportedOp(f"{target} (fx node {node.name!r}) draws random numbers on every call, so torch and the "
+                            "closed form would see different values: pass the noise as an input (draw it outside "
+                            "forward), or call model.eval() for dropout")
     if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
         if "empty" in str(target) and isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
             kwargs = {**kwargs, "dtype": torch.float64}  # a buffer made in float64, so its views stay views

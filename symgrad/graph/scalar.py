@@ -81,6 +81,8 @@ def constant_error(c, ctx: Ctx) -> float:
         low = float(np.float32(f))
     else:
         low = f
+    if not math.isfinite(low):  # 1e200 in a float32 kernel: the constant itself overflows to inf
+        return math.inf
     return float(abs(exact - Fraction(low))) / ctx.eps
 
 
