@@ -23,7 +23,7 @@ from ..compare.accuracy import apply_strict, check_accuracy_options, nesting, re
 from ..compare.compare import compare, compare_all
 from ..compare.half import rounding_ulps
 from ..progress import stage
-from ..errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp
+from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
@@ -165,6 +165,8 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     try:
         with torch.no_grad():
             out_t = torch_fn(*(t.detach() for t in leaves.values()))
+    except SymgradError:
+        raise
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise InputError(f"the function raised on these inputs ({type(err).__name__}: {str(err)[:300]}); "
                          "symgrad checks derivatives where the forward runs: pass inputs it accepts") from err

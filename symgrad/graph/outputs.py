@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from ..validate import refuse_non_tensor_value
 
 __all__ = ["flatten_output", "buffers", "restore"]
 
@@ -40,7 +41,9 @@ def flatten_output(out):
                 walk(value)
 
     walk(out)
-    if not isinstance(out, (tuple, list, dict)) or not parts:
+    if not isinstance(out, (tuple, list, dict)):
+        refuse_non_tensor_value(out, "the function")  # None, a string, a number: say what to return
+    if not parts:
         raise InputError(f"the function returned a {type(out).__name__} with no floating-point tensor in it, so "
                          "there is no derivative to check: return a tensor (or a tuple / dict of tensors), or "
                          "pass loss= to reduce the output to a scalar")

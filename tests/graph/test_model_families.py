@@ -17,7 +17,7 @@ from .families import FAMILIES, TORCH_BUGS, bugged
 DELTA = {torch.float64: 1e-6, torch.float32: 1e-3}
 # once failed (a crash, a refusal with no fix) or exercise a rule no other test does: in the default run
 DEFAULT = {"tuple_output", "dict_output", "avgpool_ceil", "fold_unfold", "ce_ignore_weight", "cumsum_topk_sort", "ctc"}
-REFUSED = {"batchnorm_train", "batchnorm1d_train", "resnet_block_train"}  # with a message naming a fix
+REFUSED: set = set()  # families refused with a message naming a fix (training-mode BatchNorm was, before modules went to the graph)
 CHECKED = [n for n in FAMILIES if n not in REFUSED and n not in TORCH_BUGS]
 
 
@@ -87,24 +87,16 @@ def test_integer_outputs_of_a_tuple_are_left_out_and_none_is_refused():
       for d in (torch.float64, torch.float32)]])
 def test_batchnorm_in_training_mode_on_the_graph_restores_running_stats(name, dtype):
     """The op graph checks train-mode BatchNorm (batch statistics) directly; the many forwards of a
-    check would move the running statistics, so they are put back.  (symgrad.check refuses it in
-    symgrad/nn's routing before the graph sees it.)"""
+    check would move the running statistics, so they are put back.  symgrad.check sends every module
+    there; only engine='elementwise' refuses it."""
     model, inputs, _ = _build(name, dtype)
     before = {k: b.clone() for k, b in model.named_buffers()}
     report = check_graph(model, inputs)
     assert report.passed, report.to_text()
+    assert sg.check(model, inputs).passed
     assert all(torch.equal(before[k], b) for k, b in model.named_buffers())
     bad, _, _ = _build(name, dtype, "scaled")
     assert not check_graph(bad, inputs).passed
-
-
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_refusals_name_a_fix(name):
-    model, inputs, kwargs = _build(name, torch.float64)
-    with pytest.raises(SymgradError) as err:
-        sg.check(model, inputs, engine="graph", **kwargs)
-    text = str(err.value)
-    assert len(text) < 2000 and any(w in text for w in ("Call model.eval()", "Register one", "pass symbolic="))
 
 
 def test_torch_logcumsumexp_jvp_is_wrong_and_said_so():
