@@ -37,11 +37,9 @@ from .outputs import buffers as _buffers, flatten_output as _flatten_output, res
 from .refs import JACOBIAN_VIAS
 from .refs import reference as _reference
 from .columns import by_columns
-from .engine import backward, forward, tangent
-from .rules import KinkLog
+from .engine import forward, tangent
+from .kinkunits import sweep_references
 from .interpret import to_graph
-from .pointwise_oracle import attach_pointwise_oracles
-from .printing import gradient_text
 from .scalar import Ctx
 from .trace import trace_callable
 
@@ -285,13 +283,13 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
     nodes = [st.graph.inputs.get(n) for n in st.wrt]
     live = [n for n in nodes if n is not None]
     scale = backward_calls if how == "backward" else 1
-    refs, per_seed, kinked = _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=False)
+    refs, per_seed, kinked = sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=False)
     stats, runs = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
     quantity = ("jacobian" if how in _JACOBIAN_VIAS else
                 "grad" if len(seeds) == 1 and v is None else "vjp")
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
     if kinked and not all(r.passed for r in records):  # Note [Other side everywhere]
-        flipped, _, _ = _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=True)
+        flipped, _, _ = sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=True)
         for ref, stat in zip(flipped, stats):
             _tighten(ref, stat)
         others = compare_all(flipped, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
@@ -310,51 +308,6 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
                 "(Note [Statistical allowance]).")
         _note_resolution(rec, ref, st.dtype)
     return records
-
-
-# Note [Other side everywhere]
-# The joint kink check fits autograd's value as the graph's side plus one change per kinked unit,
-# each change taken alone.  When kinked units feed each other (a relu layer on its kink feeding
-# another: a zero input with zero biases) the change of taking both other sides is not the sum of
-# the single changes -- the path through both has a cross term -- so a custom backward that takes
-# the other convention everywhere (``grad * (x >= 0)``, relu'(0) = 1) would be a false alarm.  When
-# a check with kinked units fails, the sweeps are run again with every kinked unit on its other
-# side, and the fit is repeated around that choice; a record that passes there passes.  A mixed
-# choice with cross terms (some units each way, several layers deep) is still beyond the fit.
-
-
-def _sweep_references(st: _State, seeds, live, nodes, how, out_shape, scale, *, flip: bool):
-    """``(refs, sweeps, kinked)``: one reference per differentiated name with its kink generators
-    and their rounding (Note [Kink units]), the reverse sweeps per seed, and whether any kinked
-    unit was met.  ``flip``: every kinked unit takes its other side (Note [Other side everywhere])."""
-    per_seed, units = [], []
-    for s in seeds:
-        found = KinkLog(flip=flip)
-        per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
-        units.append(found)
-    found_gens = _kink_generators(st, live, units, flip)
-    if found_gens is None:  # too many kinked units for the joint check: every one widens the band
-        per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
-        generators, kink_e = {}, {}
-    else:
-        generators, kink_e = found_gens
-    refs = [_reference(n, [None if node is None else g[node] for g in per_seed], tuple(st.leaves[n].shape),
-                       out_shape, how, scale, st.failed, generators.get(node),
-                       gradient_text(st.graph, node) if node is not None else "")
-            for n, node in zip(st.wrt, nodes)]
-    attach_pointwise_oracles(st.graph, refs, st.wrt, st.out, seeds, how, scale, st.leaves)
-    if found_gens is None:
-        for ref in refs:
-            if ref.kink is not None:
-                ref.note = (ref.note + " " if ref.note else "") + (
-                    f"More than {MAX_KINK_UNITS} kinked units: the joint kink check fell back to entrywise bands "
-                    "(every choice of side per entry; sound, but a bug smaller than a unit's contribution passes).")
-    for ref, node in zip(refs, nodes):  # the rounding of whichever side torch took
-        if node is not None and node in kink_e and ref.kink_generators is not None and ref.rounding is not None:
-            extra = _reference(ref.name, [Approx(e) for e in kink_e[node]], tuple(st.leaves[ref.name].shape),
-                               out_shape, how, scale, []).value
-            ref.kink_rounding = np.asarray(ref.rounding, np.float64) + np.abs(extra)
-    return refs, per_seed, any(units)
 
 
 def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how, scale) -> tuple:
@@ -436,48 +389,6 @@ def _median(x: np.ndarray) -> float:
         return float(np.partition(x, k)[k])
     part = np.partition(x, (k - 1, k))
     return float((part[k - 1] + part[k]) / 2)
-
-
-# Note [Kink units]
-# A pointwise op whose argument sits within rounding of a kink (relu at a pre-activation torch may
-# round to either side) could have been evaluated on either side.  Widening every downstream entry by
-# that unit's contribution (the band) is sound but weak: one ambiguous relu of a late layer would
-# cover every gradient of the layers before it.  Instead each such unit is one *group* of the joint
-# kink check (Note [Joint kink check] in symgrad/compare/kinks.py): one backward sweep per unit and
-# side gives the change of every gradient entry if torch took that side, and autograd's value must
-# be explained by one choice per unit for all entries at once.  Past ``MAX_KINK_UNITS`` units the
-# sweeps cost too much and the bands are used (sound, weaker).
-MAX_KINK_UNITS = 32
-
-
-def _kink_generators(st: _State, live: list, units: list, flip: bool = False) -> tuple | None:
-    """``(generators, roundings)``: leaf node -> [[generator over the stacked seeds] per unit], and
-    per leaf node the rounding bound (units of eps) the other sides add at most: each unit's
-    largest generator bound, summed over units (their choices add up).  None: too many units."""
-    if sum(len(u) for u in units) > MAX_KINK_UNITS:
-        return None
-    out: dict = {node: [] for node in live}
-    extra: dict = {node: np.zeros((len(units),) + node.shape) for node in live}
-    for k, found in enumerate(units):
-        for arg, entry, changes in found:
-            gens = {node: [] for node in live}
-            worst = {node: np.zeros(node.shape) for node in live}
-            for change, change_e in changes:
-                seed, seed_e = np.zeros(arg.size), np.zeros(arg.size)
-                seed[entry], seed_e[entry] = change, change_e
-                swept = backward(st.graph, st.values, {arg: Approx(seed.reshape(arg.shape), seed_e.reshape(arg.shape))},
-                                 live, st.ctx, kinks=KinkLog(flip=flip))
-                for node in live:
-                    g = swept.get(node)
-                    full = np.zeros((len(units),) + node.shape)
-                    if g is not None:
-                        full[k] = np.broadcast_to(g.v, node.shape)
-                        worst[node] = np.maximum(worst[node], np.broadcast_to(g.e, node.shape))
-                    gens[node].append(full)
-            for node in live:
-                out[node].append(gens[node])
-                extra[node][k] += worst[node]
-    return out, extra
 
 
 def _jvp_records(st: _State, directions: list, via: str) -> list:

@@ -136,7 +136,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
 
     ``kinks``: where given, a pointwise derivative on a kink does not widen the band; instead each
     kinked entry is recorded as ``(argument node, flat entry, [changes of its cotangent entry, one per
-    other side])`` for the joint kink check (Note [Kink units] in ``symgrad/graph/check.py``)."""
+    other side])`` for the joint kink check (Note [Kink units] in ``symgrad/graph/kinkunits.py``)."""
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
@@ -184,7 +184,7 @@ def _times_cotangent(g: Approx, local: Approx) -> Approx:
 
 class KinkLog(list):
     """The kinked units a reverse sweep met (``vjp``'s ``kinks``); ``flip``: the sweep takes every
-    kinked unit's other one-sided derivative (Note [Other side everywhere] in graph/check.py)."""
+    kinked unit's other one-sided derivative (Note [Other side everywhere] in graph/kinkunits.py)."""
 
     def __init__(self, flip: bool = False):
         super().__init__()
