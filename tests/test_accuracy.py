@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import symgrad as sg
+from symgrad.testing_ops import with_backward
 from symgrad.compare.accuracy import InaccurateDerivative
 from symgrad.errors import InputError
 
@@ -23,18 +24,8 @@ SMALL = [1e-3, -2e-4, 1e-5, -3e-6, 1e-6]
 
 
 def _sinc_function(backward):
-    class Sinc(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return torch.sin(x) / x
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return g * backward(x)
-
-    return Sinc.apply
+    """sin(x)/x as a custom Function whose backward is ``g * backward(x)``."""
+    return with_backward(lambda x: torch.sin(x) / x, lambda x, g: g * backward(x))
 
 
 naive = _sinc_function(lambda x: (torch.cos(x) * x - torch.sin(x)) / x**2)

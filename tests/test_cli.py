@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE = textwrap.dedent('''
     import torch
     import symgrad as sg
+    from symgrad.testing_ops import with_backward
 
     class IgnoresGrad(torch.autograd.Function):
         """tanh whose backward ignores grad_output: right only for a cotangent of ones."""
@@ -40,18 +41,7 @@ MODULE = textwrap.dedent('''
         return torch.tanh(x @ w).sum()
 
     def _sinc(backward):
-        class Sinc(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                ctx.save_for_backward(x)
-                return torch.sin(x) / x
-
-            @staticmethod
-            def backward(ctx, g):
-                (x,) = ctx.saved_tensors
-                return g * backward(x)
-
-        return Sinc.apply
+        return with_backward(lambda x: torch.sin(x) / x, lambda x, g: g * backward(x))
 
     # sinc' computed as written: right, but it cancels near 0 (millions of ulps where a few are allowed)
     naive_sinc = _sinc(lambda x: (torch.cos(x) * x - torch.sin(x)) / x**2)

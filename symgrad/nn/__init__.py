@@ -5,12 +5,12 @@
 equivalent torch module with identical weights (``.to_torch()``).
 """
 
-from .check import LOSSES, MATRIX_THRESHOLD, ONEHOT_VIA, check_function, check_module, resolve_loss
+from .check import LOSSES, ONEHOT_VIA, check_function, check_module, resolve_loss
 from .jacobian import WeightJacobian, weight_jacobian
 from .modules import *  # noqa: F401,F403
 from .modules import __all__ as _modules_all
 
-__all__ = ["check_module", "check_function", "resolve_loss", "LOSSES", "MATRIX_THRESHOLD", "ONEHOT_VIA",
+__all__ = ["check_module", "check_function", "resolve_loss", "LOSSES", "ONEHOT_VIA",
            "trace", "weight_jacobian", "WeightJacobian", *_modules_all]
 
 

@@ -27,9 +27,8 @@ from ..validate import (check_backend, check_callable, check_names, check_via_ke
                         refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
 from ..ops import float32_scoped
 
-__all__ = ["check_module", "check_function", "resolve_loss", "MATRIX_THRESHOLD", "LOSSES", "ONEHOT_VIA"]
+__all__ = ["check_module", "check_function", "resolve_loss", "LOSSES", "ONEHOT_VIA"]
 
-MATRIX_THRESHOLD = 1000  # kept for imports: modules go to the op graph at every size
 ENGINES = ("auto", "elementwise", "matrix", "graph")  # "matrix": the op graph (the matrix engine's successor)
 ONEHOT_VIA = "onehot-vjp"  # the Jacobian as N one-hot backward(v) calls (seed 004's answer)
 
@@ -57,13 +56,6 @@ def resolve_loss(loss) -> tuple[Callable | None, str]:
     if callable(loss):
         return loss, getattr(loss, "__name__", type(loss).__name__)
     raise InputError(f"loss must be a string, an nn loss module or a callable(output, target), not {type(loss).__name__}")
-
-
-def _is_cross_entropy(loss_fn) -> bool:
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    return loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss)
 
 
 def _trace_loss(loss_fn):
@@ -136,7 +128,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     check_wrt_type(wrt)
     check_backend(backend)
     if via is not None:
-        check_via_keywords(via, "jacobian" if via == ONEHOT_VIA else quantity_of(via, v is not None), v, tangents)
+        check_via_keywords(via, quantity_of(via, v is not None), v, tangents)
     refuse_string_attributes(model, loss)  # before torch or the importer reads them (never sympified)
     stage(f"tracing {type(model).__name__}")
 
