@@ -21,14 +21,14 @@ from .report import GradientMismatch, Report
 
 from .version import __version__
 
-# Loaded on first use, so that `import symgrad` stays light (the importer and nn need torch).
+# Loaded on first use, so that `import symgrad` stays light (the op graph and nn need torch).
 _LAZY = {
-    "import_fn": ("symgrad.importer", "import_fn"),
+    "import_fn": ("symgrad.graph.twin", "import_fn"),
+    "register": ("symgrad.graph.interpret", "register"),
     "check_function": ("symgrad.nn.check", "check_function"),
     "weight_jacobian": ("symgrad.nn", "weight_jacobian"),
     "nn": ("symgrad.nn", None),
     "matrix": ("symgrad.matrix", None),
-    "importer": ("symgrad.importer", None),
 }
 
 
@@ -62,6 +62,7 @@ __all__ = [
     "GradientMismatch",
     "InaccurateDerivative",
     "import_fn",
+    "register",
     "check_function",
     "weight_jacobian",
     *[n for n in _functional_all if n not in ("METHODS", "is_torch", "apply_op")],

@@ -80,7 +80,7 @@ def check(
     symbolic : the same function built symbolically -- a callable on ``SymTensor``s (written with
         ``sg.*`` functions, or returning SymPy objects) or a SymPy expression / matrix expression
         whose (Matrix)Symbols are named after the inputs.  ``None``: ``fn`` itself, if written with
-        ``sg.*``, else ``fn`` is imported through ``torch.fx``.
+        ``sg.*``, else ``fn`` is traced into the op graph.
     wrt : input names to differentiate (default: those with ``requires_grad``, else all floats).
     via : how autograd runs: ``"backward"``, ``"autograd.grad"``, ``"functional.jacobian"``,
         ``"functional.hessian"``, ``"functional.vjp"``, ``"functional.jvp"``, ``"jacrev"``,
@@ -161,11 +161,9 @@ def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine,
         return check_module(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, loss=loss, target=target,
                             engine=engine, backend=backend, rtol=rtol, atol=atol, title=title, tangents=tangents,
                             backward_calls=backward_calls)
-    from .nn.check import check_function
-
     return check_plain(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
                        engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
-                       symbols_map=symbols_map, title=title, memory_budget=memory_budget, import_fx=check_function)
+                       symbols_map=symbols_map, title=title, memory_budget=memory_budget)
 
 
 # Note [One keyword list]

@@ -2,7 +2,7 @@
 
     symgrad check path.py:fn --inputs "x=randn(3,4)" --dtype float32 --report out.html
     symgrad examples            # every examples/*.py, reports under reports/, a summary table
-    symgrad ops                 # the coverage tables (op table and importer)
+    symgrad ops                 # the coverage tables (op graph and elementwise op table)
 
 Exit status: 0 every check passed, 1 a check failed (or an example ended unexpectedly), 2 a usage
 error or a check that could not run (bad input, unsupported op): the message says which.  A
@@ -131,7 +131,7 @@ def cli():
 @cli.command()
 @click.argument("target")
 @click.option("--inputs", "-i", "specs", multiple=True, required=True, metavar="NAME=VALUE", help=INPUT_HELP)
-@click.option("--symbolic", metavar="FILE.py:NAME", help="the symbolic twin (default: the target itself, or torch.fx)")
+@click.option("--symbolic", metavar="FILE.py:NAME", help="the symbolic twin (default: the target itself, traced into the op graph)")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True)
 @click.option("--via", default=None, help="how autograd runs (backward, functional.jacobian, func.vjp, ...)")
 @click.option("--wrt", multiple=True, help="an input to differentiate (repeat; default: every float input)")
@@ -293,7 +293,7 @@ def examples(directory, pattern, timeout):
 
 @cli.command()
 def ops():
-    """Print the coverage tables: the elementwise op table and the importer's torch ops."""
+    """Print the coverage tables: the op graph's ops and the elementwise op table."""
     from .coverage import markdown
 
     click.echo(markdown())

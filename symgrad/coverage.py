@@ -1,4 +1,4 @@
-"""The README's coverage tables, generated from the op table and the importer's table.
+"""The README's coverage tables, generated from the op graph's op table and the elementwise op table.
 
 ``python -m symgrad.coverage`` prints them; ``python -m symgrad.coverage --write README.md``
 replaces the part of the README between the coverage markers.  ``tests/test_readme.py`` fails
@@ -37,13 +37,6 @@ def markdown() -> str:
              "**Elementwise ops** (`symgrad/ops.py`, the exploded back end): SymPy form, hand-written derivative "
              "(tested against `sympy.diff` and torch), test domain, kinks and torch's convention there.", "",
              _table(op_rows())]
-    try:
-        from .importer.table import coverage_rows as importer_rows
-    except ImportError:  # pragma: no cover - the importer is part of the package
-        importer_rows = None
-    if importer_rows is not None:
-        parts += ["", "**Importer** (`symgrad/importer/table.py`): torch functions, tensor methods and "
-                  "`nn` modules that `torch.fx` traces into the symbolic twin.", "", _table(importer_rows())]
     return "\n".join(parts)
 
 

@@ -4,8 +4,8 @@ the closed form to numpy, run torch autograd the way the user named (``via``), c
 ``check_plain`` is what ``symgrad.check`` runs for anything that is not an ``nn.Module`` (after its
 argument checks), and what the module driver runs for a whole batch as one symbolic computation
 (``symgrad.nn.check``).  Large inputs go to the op graph's tensor back end (Note [Memory guard]).
-A function with no symbolic twin is handed to ``import_fx`` (the torch.fx importer, passed in by
-the public driver, which sits above both) and then to the op graph.
+Torch code with no symbolic twin goes to the op graph: its tensor back end, or (``engine=
+"elementwise"``) this pipeline with the forward exploded through the graph (Note [Exploded twin]).
 """
 
 from __future__ import annotations
@@ -42,10 +42,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                 tangents=None, engine: str = "auto", backend: str = "auto", rtol: float | None = None,
                 atol: float | None = None, backward_calls: int = 1,
                 symbols_map: Mapping[str, object] | None = None, title: str | None = None,
-                memory_budget: int | None = None, import_fx: Callable | None = None, loss=None,
-                target=None) -> Report:
-    """``symgrad.check`` for a function (not a module); the keywords are its own.  ``import_fx``:
-    the torch.fx importer tried for a function with no symbolic forward (``None``: none)."""
+                memory_budget: int | None = None, loss=None, target=None) -> Report:
+    """``symgrad.check`` for a function (not a module); the keywords are its own."""
     check_options(rtol, atol, backward_calls)
     check_callable(fn)
     check_wrt_type(wrt)
@@ -74,37 +72,26 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     try:
         out = symbolic_output(fn, symbolic, sym_in, symbols_map)
     except UnsupportedOp as err:
-        graph_ok = engine == "auto" and fn is not None and (symbolic is None or callable(symbolic))
-        if graph_ok and tangents is not None and backward_calls == 1:  # forward mode (a custom Function's jvp)
-            from .graph import check_graph
-
-            stage("op graph: trace, forward mode, compare")
-            return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, tangents=tangents, rtol=rtol,
-                               atol=atol, title=title)
-        if (symbolic is not None and not graph_ok) or fn is None or tangents is not None or backward_calls != 1:
+        # torch code (no symbolic twin written with sg.* or SymPy): read through the op graph, by its
+        # tensor back end, or exploded into one expression per entry when asked (Note [Exploded twin])
+        if fn is None or (symbolic is not None and not callable(symbolic)):
             raise
-        # A plain torch function with no symbolic twin: import it through torch.fx, else trace it into
-        # the op graph (ops the exploded back end has no rule for: layer_norm, cumsum, normalize, ...)
-        try:
-            if symbolic is not None or import_fx is None:
-                raise err
-            return import_fx(fn, named, wrt=wrt, via=via, v=v, engine=engine, backend=backend,
-                             rtol=rtol, atol=atol, title=title)
-        except Exception as fx_err:  # noqa: BLE001 - the fx importer's own failures lead to the op graph
-            if not graph_ok or not isinstance(fx_err, (SymgradError, AttributeError, TypeError, KeyError)):
-                if isinstance(fx_err, SymgradError):
-                    raise UnsupportedOp(f"{err}\nImporting it with torch.fx failed too: {fx_err}") from fx_err
-                raise
+        if engine != "elementwise":
             from .graph import check_graph
 
             stage("op graph: trace, differentiate, compare")
             try:
-                return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v,
+                return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
                                    backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
             except UnsupportedOp as graph_err:
-                fx_part = "" if symbolic is not None else f"\nImporting it with torch.fx failed too: {fx_err}"
-                raise UnsupportedOp(f"{err}{fx_part}\nTracing it into the op graph failed as well: {graph_err}") \
-                    from graph_err
+                if symbolic is None:  # torch code: the graph's message names the op and the fix
+                    raise
+                raise UnsupportedOp(f"{err}\nTracing it into the op graph failed as well: {graph_err}") from graph_err
+        from .graph.twin import exploded_output
+
+        stage("exploding the forward through the op graph")
+        out = exploded_output(symbolic if symbolic is not None else fn, named, budget=memory_budget,
+                              n_wrt=sum(named[w].numel() for w in wrt_names))
     from_sympy = symbolic is not None and not callable(symbolic)
     check_symbols(out, sym_in, wrt_names, from_sympy)
 

@@ -19,7 +19,8 @@ import numpy as np
 from .errors import InputError, UnsupportedOp
 
 __all__ = ["check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite",
-           "refuse_hooks", "refuse_meta", "refuse_non_tensor_output", "refuse_non_tensor_value", "check_backend", "check_via_keywords",
+           "refuse_hooks", "refuse_meta", "refuse_stateful", "refuse_non_tensor_value", "check_backend",
+           "check_via_keywords",
            "recursion_guard", "BACKENDS"]
 
 BACKENDS = ("auto", "symengine", "sympy")
@@ -35,12 +36,12 @@ def check_callable(fn, what: str = "fn") -> None:
     if isinstance(fn, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
         raise UnsupportedOp(
             f"{what} is a TorchScript {type(fn).__name__} (torch.jit.script / trace): it no longer has the Python "
-            "forward that symgrad imports with torch.fx. Check the original nn.Module or function, before scripting; "
+            "forward that symgrad traces into the op graph. Check the original nn.Module or function, before scripting; "
             "the derivatives TorchScript computes are the same autograd formulas.")
     orig = getattr(fn, "_orig_mod", None) or getattr(fn, "_torchdynamo_orig_callable", None)
     if orig is not None:
         raise UnsupportedOp(
-            f"{what} is wrapped by torch.compile ({type(fn).__name__}), whose forward torch.fx cannot trace. Check "
+            f"{what} is wrapped by torch.compile ({type(fn).__name__}), whose forward symgrad's tracer cannot read. Check "
             f"the original: symgrad.check(model._orig_mod, ...) for a compiled module (or the function you passed "
             "to torch.compile).")
     if not callable(fn):
@@ -159,19 +160,31 @@ def refuse_hooks(model) -> None:
                              "(handle.remove()), or move what it does into forward.")
 
 
+def refuse_stateful(model) -> None:
+    """Training-mode dropout and batch norm change the forward from call to call: the exploded twin
+    (one fixed expression per entry) cannot describe them; refuse them there."""
+    import torch.nn as nn
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.dropout import _DropoutNd
+
+    for name, m in model.named_modules():
+        where = f"module {name!r} ({type(m).__name__})" if name else type(m).__name__
+        if isinstance(m, (_DropoutNd, nn.AlphaDropout)) and m.training and m.p > 0:
+            raise UnsupportedOp(f"{where} is in training mode: dropout makes the forward random, so no closed form "
+                                "describes it. Call model.eval() before checking (dropout is then the identity).")
+        if isinstance(m, _BatchNorm) and m.training:
+            raise UnsupportedOp(f"{where} is in training mode: it normalises with batch statistics and updates its "
+                                "running stats on every call. Call model.eval() before checking (it then uses the "
+                                "running stats, which symgrad supports), or check it on the op graph "
+                                "(engine='graph'), which restores the buffers.")
+
+
 def refuse_meta(model) -> None:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.device.type == "meta":
             raise InputError(f"the model's {name!r} is on the meta device: it has a shape but no values, so "
                              "there is nothing to evaluate. Give it real weights first, e.g. "
                              "model.to_empty(device='cpu') and then model.load_state_dict(...)")
-
-
-def refuse_non_tensor_output(gm, who: str) -> None:
-    """The traced forward must return one tensor (not a tuple, dict, None or a string)."""
-    out = next((n for n in gm.graph.nodes if n.op == "output"), None)
-    if out is not None and type(out.args[0]).__name__ != "Node":  # an fx Node: the traced tensor
-        refuse_non_tensor_value(out.args[0], who)
 
 
 def refuse_non_tensor_value(value, who: str) -> None:

@@ -53,7 +53,7 @@ MAX_CONDITIONED = 512
 # the reference mode of the running check (symgrad.check's ``reference=``): set for the length of
 # one check, read by ``certify`` on every path (exploded, per-sample, op graph)
 reference_mode: contextvars.ContextVar[str] = contextvars.ContextVar("symgrad_reference_mode", default="auto")
-# how many checks are running inside each other (the fx importer's whole-batch path calls symgrad.check):
+# how many checks are running inside each other (a module's exploded whole-batch check calls check_plain):
 # only the outermost one warns
 nesting: contextvars.ContextVar[int] = contextvars.ContextVar("symgrad_check_nesting", default=0)
 

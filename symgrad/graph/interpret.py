@@ -7,7 +7,9 @@ arguments depends on a leaf, in which case it runs in torch (float64) and become
 
 from __future__ import annotations
 
-from ..errors import UnsupportedOp
+from typing import Callable
+
+from ..errors import InputError, UnsupportedOp
 from . import aten, aten_ctc, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling, softmax and CTC handlers
 from .ir import Graph, Node
 from .trace import Builder
@@ -17,11 +19,74 @@ __all__ = ["to_graph", "register"]
 _USER: dict = {}
 
 
-def register(target, handler) -> None:
-    """Teach the importer an op: ``handler(builder, args, kwargs, val)`` returns the op's output built
-    from core nodes (``builder.pointwise``, ``.contract``, ``.reduce``, ``.layout``, ``.select``).
-    ``target`` is an ATen overload or its name (``"aten.my_op.default"``)."""
-    _USER[str(target)] = handler
+# Note [One register hook]
+# An op torch keeps opaque in the trace (a ``torch.library`` custom op, or an ATen op the table has
+# no handler for) is taught to symgrad once, by its forward: ``register(op, forward)`` where
+# ``forward`` computes what the op computes in torch ops the graph reads.  Where the op appears,
+# ``forward`` is traced at the op's own argument values and its ATen ops are read into the graph in
+# the op's place, so both back ends (tensor and exploded), every check (gradients, forward mode,
+# second order) and every dtype see one definition; its derivative, rounding bound and kinks come
+# from the core nodes it is made of.  Python functions and modules need no registration: the trace
+# goes through them.
+
+def register(op, forward: Callable) -> None:
+    """Teach symgrad an op the trace keeps opaque (Note [One register hook]).  ``op``: a custom op or
+    ATen op (``torch.ops.mylib.cube``, ``torch.ops.aten.erfinv.default``) or its name (``"mylib.cube"``);
+    ``forward``: a function of the op's arguments computing the same thing in supported torch ops."""
+    import torch
+
+    if not callable(forward):
+        raise InputError(f"register needs the op's forward as a callable, not a {type(forward).__name__}")
+    if isinstance(op, str):
+        name = op.replace("::", ".")
+    elif isinstance(op, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        name = str(op)
+    else:
+        raise InputError(f"register takes an op (torch.ops.<namespace>.<op>, or its name), not {op!r}: symgrad "
+                         "traces through Python functions and modules, so only ops the trace keeps opaque "
+                         "(torch.library custom ops, ATen ops outside the table) need registering")
+    _USER[name] = forward
+
+
+_INLINING: set = set()  # the registered ops whose forward is being read (inside it, the op is the table's)
+
+
+def _user_handler(target):
+    name = str(target)
+    packet = name.rsplit(".", 1)[0] if name.count(".") >= 2 else name
+    for key in (name, packet):
+        if key in _USER and key not in _INLINING:
+            return key, _USER[key]
+    return None
+
+
+def _inline(b: Builder, key: str, forward: Callable, args, kwargs):
+    """``forward(*args, **kwargs)`` traced at the arguments' values and read into the graph in the
+    registered op's place (Note [One register hook])."""
+    import torch.utils._pytree as pytree
+
+    from .trace import trace_callable
+
+    flat, spec = pytree.tree_flatten((args, kwargs))
+    slots = [i for i, a in enumerate(flat) if isinstance(a, Node)]
+
+    def run(*tensors):
+        filled = list(flat)
+        for i, t in zip(slots, tensors):
+            filled[i] = t
+        a, k = pytree.tree_unflatten(filled, spec)
+        return forward(*a, **k)
+
+    values = tuple(b.value_of(flat[i]) for i in slots)
+    outer = b.fx_node
+    _INLINING.add(key)
+    try:
+        sub = trace_callable(run, values)
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        return _interpret(b, sub, {ph: flat[i] for ph, i in zip(placeholders, slots)}, top=False)
+    finally:
+        _INLINING.discard(key)
+        b.fx_node = outer
 
 
 def _map(x, env):
@@ -70,12 +135,23 @@ def to_graph(gm, leaves: list) -> Graph:
             env[ph] = t.detach()
         else:
             env[ph] = b.leaf(name, t.detach().double().cpu().numpy(), role)
+    _interpret(b, gm, env, top=True)
+    if b.data_from_values:  # read by the exploded twin of symbolic inputs (Note [Exploded twin])
+        graph.data_from_values = "integer data computed from the inputs' values (an argmax, a comparison)"
+    return graph
+
+
+def _interpret(b: Builder, gm, env: dict, top: bool):
+    """Read ``gm``'s calls into the graph; the top level sets the graph's outputs, an inlined forward
+    (Note [One register hook]) returns its output."""
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             continue
         if node.op == "output":
-            graph.outputs = [_read_buffers(b, o) for o in _flatten(_map(node.args[0], env))]
-            break
+            if not top:
+                return _map(node.args[0], env)
+            b.graph.outputs = [_read_buffers(b, o) for o in _flatten(_map(node.args[0], env))]
+            return None
         if node.op == "get_attr":  # a tensor the traced code held (a buffer, a constant)
             env[node] = getattr(gm, node.target)
             continue
@@ -84,7 +160,7 @@ def to_graph(gm, leaves: list) -> Graph:
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
         env[node] = _call(b, node, args, kwargs)
-    return graph
+    return None
 
 
 def _flatten(x):
@@ -122,7 +198,10 @@ def _call(b: Builder, node, args, kwargs):
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
         _note_value_dependence(b, node, args, out)
         return out
-    handler = _USER.get(str(target)) or aten.handler_for(target)
+    user = _user_handler(target)
+    if user is not None:
+        return _inline(b, *user, args, kwargs)
+    handler = aten.handler_for(target)
     val = node.meta.get("val")
     if handler is None and "_local_scalar_dense" in str(target):
         return _branch_value(b, node, args[0])
@@ -136,8 +215,8 @@ def _call(b: Builder, node, args, kwargs):
     if handler is None:
         raise UnsupportedOp(
             f"symgrad's op graph has no rule for ATen op {target} (fx node {node.name!r}). Register one with "
-            "symgrad.graph.register(torch.ops.aten.<op>.<overload>, handler) where handler builds the op's forward "
-            "from core nodes, or pass symbolic= with a reference forward written in supported torch ops."
+            "symgrad.register(torch.ops.aten.<op>.<overload>, forward) where forward computes the op in supported "
+            "torch ops, or pass symbolic= with a reference forward written in supported torch ops."
         )
     try:
         return handler(b, args, kwargs, val)

@@ -71,6 +71,15 @@ def _erf(x):
         return np.vectorize(math.erf, otypes=[np.float64])(x)
 
 
+def _erfc(x):  # not 1 - erf: erfc(x) for large x is far below erf's rounding
+    try:
+        from scipy.special import erfc  # noqa: PLC0415 - optional, vectorised
+
+        return erfc(np.asarray(x, dtype=np.float64))
+    except ImportError:
+        return np.vectorize(math.erfc, otypes=[np.float64])(x)
+
+
 def _logistic(u):
     """1/(1 + exp(u)) without overflow on either side (Note [Logistic terms])."""
     u = np.asarray(u)
@@ -101,7 +110,7 @@ FUNCTIONS = {
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "asinh": np.arcsinh, "acosh": np.arccosh,
     "atanh": np.arctanh, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign,
-    "erf": _erf, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
+    "erf": _erf, "erfc": _erfc, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
     "ceiling": np.ceil,
 }
 RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_logistic": _logistic, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}

@@ -215,7 +215,9 @@ def _saved_terms(g) -> list | None:
 
 def _pick(value, column: int):
     """One sample's entry of an evaluated value (an array over the samples, or one number for all)."""
-    return value[column] if isinstance(value, np.ndarray) and value.ndim else value
+    if isinstance(value, np.ndarray):
+        return value[column] if value.ndim else value.item()  # a 0-d array: its one number
+    return value
 
 
 def _finite(v) -> bool:

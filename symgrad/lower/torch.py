@@ -56,6 +56,7 @@ SYMPY_TO_TORCH: dict[type, Callable] = {
     sp.acos: lambda a: _torch().acos(a),
     sp.atan: lambda a: _torch().atan(a),
     sp.erf: lambda a: _torch().erf(a),
+    sp.erfc: lambda a: _torch().erfc(a),
     sp.Abs: lambda a: _torch().abs(a),
     sp.sign: lambda a: _torch().sign(a),
     sp.Heaviside: _heaviside,

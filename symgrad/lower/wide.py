@@ -47,7 +47,7 @@ def _erf(x):
 _MP = {
     "sin": mp.sin, "cos": mp.cos, "tan": mp.tan, "asin": mp.asin, "acos": mp.acos, "atan": mp.atan,
     "sinh": mp.sinh, "cosh": mp.cosh, "tanh": mp.tanh, "asinh": mp.asinh, "acosh": mp.acosh,
-    "atanh": mp.atanh, "log": mp.log, "exp": mp.exp, "sqrt": mp.sqrt, "erf": _erf, "sign": mp.sign,
+    "atanh": mp.atanh, "log": mp.log, "exp": mp.exp, "sqrt": mp.sqrt, "erf": _erf, "erfc": mp.erfc, "sign": mp.sign,
     "floor": mp.floor, "ceiling": mp.ceil,
 }
 RUNTIME_WIDE = {**RUNTIME, **{name: _elementwise(fn) for name, fn in _MP.items()},

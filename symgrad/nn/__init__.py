@@ -1,4 +1,4 @@
-"""Networks: symbolic twins of torch.nn models (built here or imported through torch.fx), checked.
+"""Networks: symbolic twins of torch.nn models (built here or exploded through the op graph), checked.
 
 ``symgrad.check(model, inputs, loss=..., target=...)`` lands in ``check_module``; the modules here
 (``symgrad.nn.Linear``, ``Sequential``, ``ReLU``, ...) build a network symbolically and give the
@@ -15,7 +15,7 @@ __all__ = ["check_module", "check_function", "resolve_loss", "LOSSES", "ONEHOT_V
 
 
 def trace(fn):
-    """The symbolic twin of a torch function or module (``symgrad.importer.import_fn``)."""
-    from ..importer import import_fn
+    """The symbolic twin of a torch function or module (``symgrad.import_fn``, Note [Exploded twin])."""
+    from ..graph.twin import import_fn
 
     return import_fn(fn)

@@ -17,14 +17,13 @@ from ..autograd.run import quantity_of
 from ..elementwise import check_plain
 from ..errors import InputError
 from ..graph.budget import refuse_exploded, too_big_to_explode
-from ..importer.interpret import refuse_stateful, run_symbolic, trace
 from ..inputs import normalize_inputs
 from ..progress import stage, with_progress
 from ..report.report import Report
 from ..symbolic.numbers import refuse_string_attributes
-from ..symbolic.tensor import as_symtensor
+from ..symbolic.tensor import SymTensor, as_symtensor
 from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
-                        refuse_hooks, refuse_meta, refuse_non_tensor_output, refuse_nonfinite)
+                        refuse_hooks, refuse_meta, refuse_nonfinite, refuse_stateful)
 from ..ops import float32_scoped
 
 __all__ = ["check_module", "check_function", "resolve_loss", "LOSSES", "ONEHOT_VIA"]
@@ -56,19 +55,6 @@ def resolve_loss(loss) -> tuple[Callable | None, str]:
     if callable(loss):
         return loss, getattr(loss, "__name__", type(loss).__name__)
     raise InputError(f"loss must be a string, an nn loss module or a callable(output, target), not {type(loss).__name__}")
-
-
-def _trace_loss(loss_fn):
-    """The loss as an fx graph of (output, target): a module traced as root, a callable through a wrapper."""
-    import torch.nn as nn
-
-    if isinstance(loss_fn, nn.Module):
-        return trace(loss_fn)
-
-    def loss(output, target):
-        return loss_fn(output, target)
-
-    return trace(loss)
 
 
 def _named_inputs(model, inputs, finite: bool = True) -> dict:
@@ -129,7 +115,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     check_backend(backend)
     if via is not None:
         check_via_keywords(via, quantity_of(via, v is not None), v, tangents)
-    refuse_string_attributes(model, loss)  # before torch or the importer reads them (never sympified)
+    refuse_string_attributes(model, loss)  # before torch or the tracer reads them (never sympified)
     stage(f"tracing {type(model).__name__}")
 
     refuse_hooks(model)
@@ -182,12 +168,8 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     if engine == "elementwise":
         refuse_exploded(n_in, n_wrt, 1, False)
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
-    stage("tracing with torch.fx")
-    gm = trace(model)
-    refuse_non_tensor_output(gm, f"{type(model).__name__}.forward")
-    loss_gm = _trace_loss(loss_fn) if loss_fn is not None else None
     reason = "a symbolic= forward was given" if symbolic is not None else f"engine={engine!r}"
-    return _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
+    return _explode(model, loss_fn, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,
                     backend, rtol, atol, title, reason, backward_calls)
 
 
@@ -205,22 +187,29 @@ def _exploded_route(engine, symbolic, via, n_in: int, n_wrt: int) -> bool:
     return symbolic is not None and not too_big_to_explode(n_in, n_wrt, 1, False)
 
 
-def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt, via, v, tangents, backend,
+def _explode(model, loss_fn, symbolic, torch_fn, leaves, named, params, target, wrt, via, v, tangents, backend,
              rtol, atol, title, reason, backward_calls: int = 1) -> Report:
-    """The whole batch as one symbolic computation, through the plain-function pipeline."""
+    """The whole batch as one symbolic computation, through the plain-function pipeline: the
+    ``symbolic=`` twin, or the module exploded through the op graph (Note [Exploded twin])."""
+    from ..graph.twin import exploded_output
+
     names = list(leaves)
     k = len(named)
+    n_wrt = sum(leaves[w].numel() for w in wrt)
 
     def sym_fn(*tensors):
+        if symbolic is None:
+            return exploded_output(torch_fn, leaves, n_wrt=n_wrt)
         ins = list(tensors[:k])
         ps = dict(zip(names[k:], tensors[k:]))
-        if symbolic is not None:
-            out = symbolic(ps, *ins) if not hasattr(symbolic, "symbolic_forward") else symbolic.symbolic_forward(*ins, params=ps)
-        else:
-            out = run_symbolic(gm, ins, ps)
-        if loss_gm is not None:
-            out = run_symbolic(loss_gm, [as_symtensor(out), as_symtensor(target.detach().cpu())])
-        return as_symtensor(out)
+        out = symbolic(ps, *ins) if not hasattr(symbolic, "symbolic_forward") else symbolic.symbolic_forward(*ins, params=ps)
+        if loss_fn is None:
+            return as_symtensor(out)
+        import torch
+
+        with torch.no_grad():  # the output's value, where the loss's graph is traced
+            at = torch.func.functional_call(model, {n: leaves[n] for n in names[k:]}, tuple(leaves[n] for n in names[:k]))
+        return _exploded_loss(as_symtensor(out), at.detach(), loss_fn, target)
 
     report = check_plain(torch_fn, leaves, symbolic=sym_fn, wrt=wrt, via=via, v=v, tangents=tangents,
                          backend=backend, rtol=rtol, atol=atol, title=title, backward_calls=backward_calls)
@@ -228,32 +217,31 @@ def _explode(gm, loss_gm, symbolic, torch_fn, leaves, named, params, target, wrt
     return report
 
 
+def _exploded_loss(out: SymTensor, at, loss_fn, target) -> SymTensor:
+    """``loss_fn(out, target)`` for a symbolic output: the loss exploded through the op graph at the
+    output's value ``at`` (the target is data), its output symbols then replaced by ``out``'s entries."""
+    import numpy as np
+
+    from ..graph.twin import exploded_output
+    from ..symbolic.tensor import symbols
+
+    name = "__symgrad_output"
+    loss = exploded_output(lambda o, t: loss_fn(o, t), {name: at, "__symgrad_target": target.detach()},
+                           constants=("__symgrad_target",))
+    swap = dict(zip(symbols(name, out.shape).data.ravel(), out.data.ravel()))
+    data = np.empty(loss.data.shape, object)
+    for j, e in enumerate(loss.data.ravel()):
+        data.flat[j] = e.xreplace(swap) if hasattr(e, "xreplace") else e
+    return as_symtensor(data)
+
+
 @float32_scoped
 def check_function(fn: Callable, inputs, **kwargs) -> Report:
-    """``check_module`` for a plain function of tensors: traced with fx, no ``symbolic=`` needed.
-    Called directly it is the torch.fx importer alone (``engine="elementwise"``); ``symgrad.check``
-    passes its own engine, so that ``"auto"`` may go on to the op graph."""
-    inputs = normalize_inputs(fn, None, inputs)
-    kwargs.setdefault("title", f"symgrad check of {getattr(fn, '__name__', 'function')}")
-    if kwargs.get("engine", "auto") == "auto":  # the exploded route; symgrad.check goes on to the op graph when it refuses
+    """``symgrad.check`` of a plain torch function on the exploded engine: one exact expression per
+    entry, the forward read through the op graph (Note [Exploded twin]); ``engine="graph"`` takes
+    the tensor back end instead.  The keywords are ``symgrad.check``'s."""
+    if kwargs.get("engine", "auto") == "auto":
         kwargs["engine"] = "elementwise"
-    if kwargs.get("wrt") is None:
-        floats = [n for n, t in inputs.items() if t.is_floating_point()]
-        kwargs["wrt"] = [n for n in floats if inputs[n].requires_grad] or floats
-    return check_module(_TracedFunction(fn, list(inputs)), inputs, **kwargs)
-
-
-def _TracedFunction(fn, names):
-    """An ``nn.Module`` whose forward is ``fn`` with its positional parameters named ``names``."""
-    import torch
-
-    import keyword
-
-    if not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
-        raise InputError(f"check_function needs input names that are Python identifiers (not keywords), got {names}; "
-                         "pass the inputs as a dict with other names")
-    params = ", ".join(names)
-    namespace = {"__symgrad_fn": fn}  # names no input can take (an input may be called fn or self)
-    exec(f"def forward(__symgrad_self, {params}):\n    return __symgrad_fn({params})\n", namespace)  # fx placeholders
-    cls = type(f"Traced_{getattr(fn, '__name__', 'function')}", (torch.nn.Module,), {"forward": namespace["forward"]})
-    return cls()
+    kwargs.setdefault("title", f"symgrad check of {getattr(fn, '__name__', 'function')}")
+    kwargs.pop("quiet", None)
+    return check_plain(fn, inputs, **kwargs)

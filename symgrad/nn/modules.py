@@ -9,7 +9,7 @@
 
 A module holds its parameter *values* (float64 numpy arrays, initialised as torch initialises the
 module it mirrors) and builds its output from *symbols* named by the parameter's qualified name,
-exactly as the fx importer names the parameters of the torch twin, so both give the same closed form.
+exactly as the op graph names the parameters of the torch twin, so both give the same closed form.
 The activations are generated from the op table (rows with a ``module``).
 """
 

@@ -6,7 +6,7 @@ functions would run as code.  Every place that turns a user's or a module's valu
 symengine number goes through ``number`` here, which accepts numbers only and refuses anything
 else (strings above all) with an ``InputError`` naming the value, its type and the fix.
 ``refuse_string_attributes(model)`` checks a whole model up front, so the error names the module
-attribute before torch or the importer trips over it.
+attribute before torch or the tracer trips over it.
 """
 
 from __future__ import annotations

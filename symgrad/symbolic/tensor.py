@@ -191,6 +191,14 @@ class SymTensor:
     def __le__(self, o):
         return self._binary(o, lambda a, b: se.Piecewise((1, se.Le(a, b)), (0, True)))
 
+    def __eq__(self, o):  # torch's elementwise ==, never Python's object equality (x * (x == c) is a mask)
+        return self._binary(o, lambda a, b: se.Piecewise((1, se.Eq(a, b)), (0, True)))
+
+    def __ne__(self, o):
+        return self._binary(o, lambda a, b: se.Piecewise((1, se.Ne(a, b)), (0, True)))
+
+    __hash__ = object.__hash__  # identity, as torch tensors hash
+
     def __neg__(self):
         return self.map(lambda a: -a)
 

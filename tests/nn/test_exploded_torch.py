@@ -1,8 +1,10 @@
-"""Every row of the importer's coverage table, imported through fx and checked in float64 and float32.
+"""Torch code on the exploded engine (``engine="elementwise"``), read through the op graph.
 
-Each case is a tiny torch module or function using the op; the check must pass (forward and every
-gradient).  ``test_every_rule_has_a_case`` keeps this list complete: a new importer rule without
-a case fails it.  ``test_a_wrong_rule_is_caught`` shows the cases can fail.
+Each case is a tiny torch function or module using a torch function, tensor method, ``nn`` module or
+loss; it is traced into the op graph and exploded into one exact expression per entry (Note
+[Exploded twin] in symgrad/graph/twin.py), and the check must pass (forward and every gradient) in
+float64 and float32.  ``test_a_wrong_definition_is_caught`` shows the cases can fail; the
+``register`` tests cover the one hook for ops the trace keeps opaque (Note [One register hook]).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import symgrad
-from symgrad.importer import coverage_rows, register
-from symgrad.importer.table import RULES, describe_target
+from symgrad.graph import interpret
 from symgrad.nn import check_function, check_module
 from symgrad.ops import OPS
 
@@ -84,6 +85,7 @@ HAND = {
     "Tensor.__rmul__": _fn(lambda x: x.__rmul__(1.5), x=_x()),
     "Tensor.__truediv__": _fn(lambda x: x.__truediv__(1.5), x=_x()),
     "Tensor.__rtruediv__": _fn(lambda x: x.__rtruediv__(1.5), x=_x((N, 4), 0.5, 2.0)),
+    "torch.erfc": _fn(lambda x: torch.erfc(2 * x), x=_x()),  # erfc itself, never 1 - erf (tiny for large x)
     "torch.clamp": _fn(lambda x: torch.clamp(x, -0.5, 0.7) + torch.clamp(x, min=0.1) + torch.clamp(x, max=0.2), x=_x()),
     "torch.clip": _fn(lambda x: torch.clip(x, -0.5, 0.7), x=_x()),
     "Tensor.clamp": _fn(lambda x: x.clamp(min=-0.3), x=_x()),
@@ -194,28 +196,32 @@ HAND["torch.nn.BatchNorm1d(...)"] = _bn(nn.BatchNorm1d, _x())
 HAND["torch.nn.BatchNorm2d(...)"] = _bn(nn.BatchNorm2d, None)
 
 
-def _case(rule):
-    name = describe_target(rule.target) + ("(...)" if rule.kind == "module" else "")
-    if name in HAND:
-        return HAND[name]
-    if rule.form.startswith("op table row"):
-        lo, hi = _row_domain(rule.target)
-        if rule.kind == "module":
-            return _mod(_seq(rule.target()))
-        if rule.kind == "method":
-            return _fn(lambda x: getattr(x, rule.target)(), x=_x(lo=lo, hi=hi))
-        return _fn(lambda x: rule.target(x), x=_x(lo=lo, hi=hi))
-    return None
+def _resolve(dotted: str):
+    """``"torch.nn.functional.gelu"`` -> the function (attribute lookups from the torch module)."""
+    obj = torch
+    for part in dotted.split(".")[1:]:
+        obj = getattr(obj, part)
+    return obj
 
 
-RULE_NAMES = sorted({describe_target(r.target) + ("(...)" if r.kind == "module" else "") for r in RULES.values()})
-CASES = {describe_target(r.target) + ("(...)" if r.kind == "module" else ""): r for r in list(RULES.values())}
+def _op_table_cases() -> dict:
+    """The elementwise op table's rows as torch functions, tensor methods and nn modules."""
+    cases = {}
+    for row in OPS.values():
+        if row.name == "gelu_tanh":
+            cases["gelu(approximate='tanh')"] = _fn(lambda x: F.gelu(x, approximate="tanh"), x=_x())
+            continue
+        lo, hi = row.domain
+        fn = _resolve(row.torch)
+        cases[row.torch] = _fn(lambda x, fn=fn: fn(x), x=_x(lo=lo, hi=hi))
+        if hasattr(torch.Tensor, row.name):
+            cases[f"Tensor.{row.name}"] = _fn(lambda x, n=row.name: getattr(x, n)(), x=_x(lo=lo, hi=hi))
+        if row.module:
+            cases[f"{row.module}(...)"] = _mod(_seq(_resolve(row.module)()))
+    return cases
 
 
-def test_every_rule_has_a_case():
-    missing = [name for name, rule in CASES.items() if _case(rule) is None]
-    assert not missing, f"importer rules without a test case: {missing}"
-    assert {r["torch op"] for r in coverage_rows()} == set(CASES)
+CASES = {**_op_table_cases(), **HAND}
 
 
 def _run(case, dtype):
@@ -225,62 +231,96 @@ def _run(case, dtype):
     kw = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kw.items()}
     if kind == "fn":
         return check_function(obj, inputs, **kw)
-    model = obj.to(dtype)
-    return check_module(model, inputs, **kw)
+    return check_module(obj.to(dtype), inputs, engine="elementwise", **kw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("name", RULE_NAMES)
-def test_op_imports_and_checks(name, dtype):
-    report = _run(_case(CASES[name]), dtype)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_torch_code_checks_on_the_exploded_engine(name, dtype):
+    report = _run(CASES[name], dtype)
     assert report.passed, report.to_text()
-    assert len(report.records) >= 2
+    assert "elementwise" in report.meta["engine"] and len(report.records) >= 2
 
 
-def test_a_wrong_rule_is_caught():
-    """Map torch.sigmoid to tanh: the forward row fails, so the op tests above can fail."""
-    good = RULES[("function", torch.sigmoid)]
+def test_a_wrong_definition_is_caught():
+    """Define aten.sigmoid as tanh: the forward row fails on both back ends, so the cases above can fail."""
     try:
-        register(torch.sigmoid, lambda x: symgrad.tanh(x), batch="pointwise")
-        report = check_function(lambda x: torch.sigmoid(x), {"x": _x()})
-        assert not report.passed
-        assert report["output"].verdict == "FAIL"
+        symgrad.register(torch.ops.aten.sigmoid, lambda x: torch.tanh(x))
+        for engine in ("elementwise", "graph"):
+            report = symgrad.check(lambda x: torch.sigmoid(x), {"x": _x()}, engine=engine)
+            assert not report.passed and report["output"].verdict == "FAIL", engine
     finally:
-        RULES[("function", torch.sigmoid)] = good
+        interpret._USER.pop("aten.sigmoid", None)
     assert check_function(lambda x: torch.sigmoid(x), {"x": _x()}).passed
 
 
-def test_unknown_op_names_op_node_and_fix():
+def test_an_op_outside_the_table_names_op_node_and_register():
     with pytest.raises(symgrad.UnsupportedOp) as err:
-        check_function(lambda x: torch.erfinv(x * 0.5), {"x": _x()})
+        check_function(lambda x: torch.linalg.matrix_exp(x[:, :3].reshape(1, 3, 3)), {"x": _x((N, 4))})
     msg = str(err.value)
-    assert "torch.erfinv" in msg and "fx node" in msg and "symgrad.importer.register" in msg
+    assert "matrix_exp" in msg and "fx node" in msg and "symgrad.register" in msg and len(msg) < 1000
 
 
-def cube(x):
+@torch.library.custom_op("symgrad_test::cube", mutates_args=())
+def _cube(x: torch.Tensor) -> torch.Tensor:
     return x * x * x
 
 
-torch.fx.wrap("cube")
+@_cube.register_fake
+def _(x):
+    return torch.empty_like(x)
 
 
-class Square(nn.Module):
-    """A user module made a leaf of the trace by registering it."""
-
-    def forward(self, x):
-        return x * x
+SCALE = {"backward": 1.0}
 
 
-def test_register_hook_for_a_user_op():
-    register(cube, lambda x: x * x * x, batch="pointwise", notes="test op")
-    report = check_function(lambda x: cube(x).sum(), {"x": _x()})
-    assert report.passed and "elementwise" in report.meta["engine"]
-    register(Square, lambda mod, get, x: x * x)  # no batch rule: sound fallback to the whole batch
-    report = check_module(nn.Sequential(nn.Linear(4, 2), Square()).double(), {"x": _x()}, engine="elementwise")
-    assert report.passed and "whole batch" in report.meta["engine"]
+def _cube_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
 
 
-def test_operator_table_is_data():
-    assert RULES[("function", operator.add)].batch == "pointwise"
-    rows = coverage_rows()
-    assert all({"torch op", "symbolic form", "notes"} <= set(r) for r in rows)
+def _cube_backward(ctx, g):
+    (x,) = ctx.saved_tensors
+    return g * 3 * x * x * SCALE["backward"]
+
+
+_cube.register_autograd(_cube_backward, setup_context=_cube_setup)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_one_register_hook_serves_every_engine(dtype):
+    """A torch.library op is opaque to the trace: refused with the fix, then defined once by its
+    forward; both back ends check it, and a wrong backward of it fails on both."""
+    x = _x().detach().to(dtype)
+
+    def f(x):
+        return torch.ops.symgrad_test.cube(torch.sin(x)).sum()
+
+    interpret._USER.pop("symgrad_test.cube", None)
+    with pytest.raises(symgrad.UnsupportedOp, match="symgrad.register"):
+        symgrad.check(f, {"x": x})
+    try:
+        symgrad.register(torch.ops.symgrad_test.cube, lambda x: x ** 3)
+        for engine in ("graph", "elementwise"):
+            assert symgrad.check(f, {"x": x}, engine=engine).passed, engine
+        SCALE["backward"] = 1 + (1e-6 if dtype == torch.float64 else 1e-3)
+        for engine in ("graph", "elementwise"):
+            assert not symgrad.check(f, {"x": x}, engine=engine).passed, engine
+    finally:
+        SCALE["backward"] = 1.0
+        interpret._USER.pop("symgrad_test.cube", None)
+
+
+def test_register_refuses_what_needs_no_registering():
+    with pytest.raises(symgrad.InputError, match="traces through Python functions"):
+        symgrad.register(lambda x: x, lambda x: x)
+    with pytest.raises(symgrad.InputError, match="callable"):
+        symgrad.register(torch.ops.aten.sigmoid, "tanh(x)")
+
+
+def test_a_forward_that_calls_its_own_op_is_not_recursion():
+    """``register(aten.sigmoid, f)`` where ``f`` calls torch.sigmoid: inside ``f`` the op is the table's."""
+    try:
+        symgrad.register(torch.ops.aten.sigmoid, lambda x: 2 * torch.sigmoid(x) - torch.sigmoid(x))
+        assert symgrad.check(lambda x: torch.sigmoid(x).sum(), {"x": _x()}, engine="graph").passed
+    finally:
+        interpret._USER.pop("aten.sigmoid", None)

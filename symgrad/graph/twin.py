@@ -1,0 +1,199 @@
+"""Exploded twins: torch code as one exact expression per output entry, read through the op graph.
+
+# Note [Exploded twin]
+The exploded engine (``symgrad.elementwise``: one exact expression per entry, differentiated by
+symengine, with its accuracy oracle and joint kink check) reads torch code the way every other
+route does: the forward is traced into core ATen ops (``trace.py``), read as an op graph
+(``interpret.py``, where ops registered with ``symgrad.register`` come in), and exploded
+(``explode.py``).  Every output entry becomes one exact expression over per-entry symbols of the
+float leaves, named as ``symgrad.symbols`` names them (``x[0, 1]``, ``fc.weight[2, 0]``), so the
+twin of a torch forward is an ordinary ``SymTensor`` in the check's own input symbols.  There is
+no second importer: what the tensor back end reads, the exploded engine reads, with the same
+definition of every op.
+
+The trace runs at the values being checked, so value-dependent choices (a max pooling's
+argmax, a detached value, a Python branch on a value) are those of that point, as torch's autograd
+makes them.  ``import_fn`` has no values (its inputs are symbols): it traces at random values and
+refuses a forward whose graph depends on them (a branch or integer data computed from values, Note
+[Value-dependent branches] in interpret.py), since its twin would then hold only near an arbitrary
+point.  A detached value is a constant of that point: softmax's shift by its detached maximum
+cancels, ``x * x.detach()`` does not, so a twin holding one is compared with torch at a second
+random point and refused where they differ.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..errors import InputError, UnsupportedOp
+
+__all__ = ["exploded_output", "SymbolicTwin", "import_fn"]
+
+
+def _graph_of(torch_fn: Callable, names: list, tensors: list, constants=()):
+    from .interpret import to_graph
+    from .trace import trace_callable
+
+    roles = ["input" if t.is_floating_point() and n not in constants else "const" for n, t in zip(names, tensors)]
+    def run(*flat):  # the leaves positionally, whatever torch_fn's signature (defaults, *args)
+        return torch_fn(*flat)
+
+    gm = trace_callable(run, tuple(tensors))
+    return to_graph(gm, list(zip(names, roles, tensors)))
+
+
+def _explode_output(graph, budget, n_wrt, n_diff):
+    from ..symbolic.tensor import SymTensor
+    from .explode import explode_nodes
+    from .ir import Node
+
+    outs = graph.outputs
+    if len(outs) != 1 or not isinstance(outs[0], Node):
+        what = "None" if outs == [None] else f"{len(outs)} values"
+        raise InputError(f"the forward returned {what}, not one tensor: the exploded engine differentiates one tensor "
+                         "output. Fix: return one tensor (for a tuple or dict, check a wrapper such as "
+                         "lambda x: fn(x)[0]; for None, add the missing return), or use the op graph "
+                         "(engine='graph'), which checks tuple and dict outputs")
+    out = outs[0]
+    built, _ = explode_nodes(graph, out=out, n_wrt=n_wrt, n_diff=n_diff, budget=budget)
+    return SymTensor(np.asarray(built[out], object).reshape(out.shape))
+
+
+def exploded_output(torch_fn: Callable, leaves: Mapping, *, budget: int | None = None, n_wrt: int | None = None,
+                    n_diff: int = 1, constants=()):
+    """``torch_fn(*leaves.values())`` as a ``SymTensor`` (Note [Exploded twin]): each output entry's exact
+    expression over the symbols of the float leaves, named after ``leaves``' keys (those named in
+    ``constants`` are data: their values, not symbols).  ``budget``,
+    ``n_wrt`` and ``n_diff`` size the explosion before it is built (Note [Memory guard])."""
+    names = list(leaves)
+    tensors = [leaves[n].detach() for n in names]
+    return _explode_output(_graph_of(torch_fn, names, tensors, constants), budget, n_wrt, n_diff)
+
+
+def _example(x, seed: int):
+    """A float64 tensor to trace at: a SymTensor's numbers as they are, its symbols drawn at random."""
+    import torch
+
+    from ..symbolic.tensor import SymTensor
+
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    data = x.data if isinstance(x, SymTensor) else np.asarray(x, object)
+    rng = np.random.default_rng(seed)
+    values = np.empty(data.shape, np.float64)
+    for i, e in enumerate(data.ravel()):
+        try:
+            values.flat[i] = float(e)
+        except (TypeError, RuntimeError, ValueError):
+            values.flat[i] = rng.uniform(0.25, 1.5) * rng.choice([-1.0, 1.0])
+    return torch.from_numpy(values)
+
+
+class SymbolicTwin:
+    """A torch function or module, callable on ``SymTensor``s (Note [Exploded twin]).
+
+    ``twin(*inputs)`` gives the output's exact expressions; a module's parameters are symbols
+    named after them (``layer1.weight[0, 1]``) unless ``params={name: SymTensor}`` is passed.
+    """
+
+    def __init__(self, fn):
+        import torch.nn as nn
+
+        from ..validate import check_callable, refuse_hooks, refuse_stateful
+
+        check_callable(fn)
+        if isinstance(fn, nn.Module):
+            from ..symbolic.numbers import refuse_string_attributes
+
+            refuse_string_attributes(fn)
+            refuse_stateful(fn)
+            refuse_hooks(fn)
+        self.fn = fn
+
+    def parameters(self) -> dict:
+        from ..symbolic.tensor import symbols
+
+        named = self.fn.named_parameters() if hasattr(self.fn, "named_parameters") else ()
+        return {name: symbols(name, tuple(p.shape)) for name, p in named}
+
+    def __call__(self, *inputs, params=None):
+        import torch
+
+        from ..symbolic.tensor import as_symtensor, symbols
+
+        model = self.fn if isinstance(self.fn, torch.nn.Module) else None
+        weights = dict(model.named_parameters()) if model is not None else {}
+        given = self.parameters() if params is None else {n: as_symtensor(p) for n, p in params.items()}
+        tensor_at = [i for i, x in enumerate(inputs) if not isinstance(x, (int, float))]
+        names = list(weights) + [f"__symgrad_in{i}" for i in tensor_at]
+        tensors = [p.detach().double() for p in weights.values()] + [_example(inputs[i], i) for i in tensor_at]
+
+        def run(*flat):
+            args = list(inputs)
+            for i, t in zip(tensor_at, flat[len(weights):]):
+                args[i] = t
+            if model is None:
+                return self.fn(*args)
+            return torch.func.functional_call(model, dict(zip(weights, flat[:len(weights)])), tuple(args))
+
+        graph = _graph_of(run, names, tensors)
+        label = getattr(self.fn, "__name__", type(self.fn).__name__)
+        _refuse_value_dependence(graph, label)
+        out = _explode_output(graph, None, None, 1)
+        if any(n.kind == "stop" for n in graph.nodes):
+            _refuse_unless_it_holds_elsewhere(out, run, names, tensors, label)
+        swap = {}
+        for name, i, t in zip(names[len(weights):], tensor_at, tensors[len(weights):]):
+            if t.is_floating_point():
+                swap.update(zip(symbols(name, tuple(t.shape)).data.ravel(), as_symtensor(inputs[i]).data.ravel()))
+        for name in weights:
+            if name not in given:
+                raise InputError(f"params= has no entry for the parameter {name!r}; give every parameter or none")
+            swap.update(zip(symbols(name, tuple(weights[name].shape)).data.ravel(), given[name].data.ravel()))
+        data = np.empty(out.data.shape, object)
+        for j, e in enumerate(out.data.ravel()):
+            data.flat[j] = e.xreplace(swap) if hasattr(e, "xreplace") else e
+        return as_symtensor(data)
+
+
+def _refuse_unless_it_holds_elsewhere(out, run, names, tensors, label: str) -> None:
+    """A detached value is a constant of the trace's point.  Softmax's shift by its detached maximum
+    cancels, ``x * x.detach()`` does not: the twin is evaluated at a second random point and
+    compared with torch there; where they differ, it is refused."""
+    import symengine as se
+    import torch
+
+    from ..symbolic.tensor import symbols
+
+    rng = np.random.default_rng(12345)
+    other = [torch.from_numpy(rng.uniform(0.25, 1.5, tuple(t.shape)) * rng.choice([-1.0, 1.0], tuple(t.shape)))
+             if t.is_floating_point() else t for t in tensors]
+    subs = {}
+    for name, t, o in zip(names, tensors, other):
+        if t.is_floating_point():
+            subs.update({s: se.Float(float(v)) for s, v in zip(symbols(name, tuple(t.shape)).data.ravel(),
+                                                               o.numpy().ravel())})
+    with torch.no_grad():
+        want = run(*other).double().numpy().ravel()
+    got = np.array([float(se.sympify(e).xreplace(subs)) if hasattr(e, "xreplace") else float(e)
+                    for e in out.data.ravel()])
+    if not np.allclose(got, want, rtol=1e-9, atol=1e-12):
+        _refuse(label, "a detached value that does not cancel")
+
+
+def _refuse(label: str, reason: str) -> None:
+    raise UnsupportedOp(f"{label} depends on its inputs' values ({reason}), so no twin holds for symbolic inputs; "
+                        "check it at values instead: symgrad.check(fn, inputs, engine='elementwise')")
+
+
+def _refuse_value_dependence(graph, label: str) -> None:
+    reason = getattr(graph, "specialized", "") or getattr(graph, "data_from_values", "")
+    if reason:
+        _refuse(label, reason)
+
+
+def import_fn(fn) -> SymbolicTwin:
+    """The exploded twin of a torch function or ``nn.Module`` (Note [Exploded twin])."""
+    return SymbolicTwin(fn)
