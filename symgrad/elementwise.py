@@ -69,6 +69,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                            backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
 
     sym_in = symbolic_inputs(named)
+    twin_graph = None  # the op graph of torch code exploded here (Note [Exploded twin])
     try:
         out = symbolic_output(fn, symbolic, sym_in, symbols_map)
     except UnsupportedOp as err:
@@ -87,11 +88,15 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                 if symbolic is None:  # torch code: the graph's message names the op and the fix
                     raise
                 raise UnsupportedOp(f"{err}\nTracing it into the op graph failed as well: {graph_err}") from graph_err
-        from .graph.twin import exploded_output
+        from .graph.twin import explode_torch
 
         stage("exploding the forward through the op graph")
-        out = exploded_output(symbolic if symbolic is not None else fn, named, budget=memory_budget,
-                              n_wrt=sum(named[w].numel() for w in wrt_names))
+        out, twin_graph = explode_torch(symbolic if symbolic is not None else fn, named, budget=memory_budget,
+                                        n_wrt=sum(named[w].numel() for w in wrt_names))
+    if twin_graph is None and symbolic is None and fn is not None:  # torch code that also ran on SymTensors
+        from .graph.twin import graph_for_bounds
+
+        twin_graph = graph_for_bounds(fn, named)
     from_sympy = symbolic is not None and not callable(symbolic)
     check_symbols(out, sym_in, wrt_names, from_sympy)
 
@@ -213,6 +218,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                     ref.kink_generators = stack_generators(
                         [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
         refs.append(ref)
+    if twin_graph is not None and quantity in ("grad", "vjp", "jacobian"):
+        _widen(twin_graph, refs, out_ref, quantity, out.shape, v, via, scale, dtype_name)
     evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
     offsets = np.cumsum([0] + sizes)
     for i, ref in enumerate(refs, start=1):
@@ -238,6 +245,22 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale, dtype: str) -> None:
+    """The tensor back end's bounds for the same products (Note [Bounds of two evaluation orders])."""
+    from .graph.refs import JACOBIAN_VIAS
+    from .graph.twin import widen_to_tensor_bounds
+
+    if quantity == "jacobian":
+        m = int(np.prod(shape, dtype=np.int64))
+        seeds, how = list(np.eye(m).reshape((m,) + shape)), via if via in JACOBIAN_VIAS else "functional.jacobian"
+    else:
+        seeds = [np.ones(shape) if quantity == "grad" else v.detach().double().cpu().numpy()]
+        how = "backward"
+    node = next((o for o in graph.outputs if o is not None), None)
+    if node is not None and tuple(node.shape) == tuple(shape):
+        widen_to_tensor_bounds(graph, node, refs, out_ref, seeds, how, [r.name for r in refs], dtype, scale)
 
 
 def _choose_wrt(named: dict, wrt) -> list[str]:

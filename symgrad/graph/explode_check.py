@@ -59,6 +59,7 @@ def _check_exploded(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, los
     from .interpret import to_graph
     from .refs import JACOBIAN_VIAS
     from .trace import trace_callable
+    from .twin import widen_to_tensor_bounds
 
     if tangents is not None or via in ("functional.jvp", "func.jvp", "forward_ad", "functional.hessian",
                                        "func.hessian", "jacfwd"):
@@ -94,8 +95,8 @@ def _check_exploded(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, los
     stage("exploded back end: differentiating and evaluating the closed forms")
     refs, out_ref, kinks = _references(graph, built, out, syms, wrt_names, wrt_live, seeds, how, v, dtype, EPS,
                                        backward_calls, {n: tuple(leaves[n].shape) for n in wrt_names})
-    _widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype, EPS,
-                            backward_calls if how == "backward" else 1)
+    widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype,
+                           backward_calls if how == "backward" else 1)
     stage(f"running autograd (via={how})")
     with torch.enable_grad():
         actual = _autograd(torch_fn, leaves, wrt_names, how, seeds, v, backward_calls, run_autograd)
@@ -108,31 +109,6 @@ def _check_exploded(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, los
     if kinks:
         meta["kink conditions"] = ", ".join(kinks[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
-
-
-def _widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype, eps_table, scale) -> None:
-    """Each entry's rounding allowance: the larger of the closed form's bound and the tensor back
-    end's for the same product (Note [Exploded route]).  A NaN bound (a masked score's ``-inf``
-    times a zero in the bound's propagation) gives way to the other."""
-    from .approx import Approx
-    from .engine import backward, forward
-    from .refs import reference
-    from .scalar import Ctx
-
-    ctx = Ctx(eps_table.get(dtype, 2.0**-52), dtype)
-    try:
-        values = forward(graph, ctx)
-        nodes = [graph.inputs.get(n) for n in wrt_names]
-        live = [n for n in nodes if n is not None]
-        per_seed = [backward(graph, values, {out: Approx(s)}, live, ctx) for s in seeds]
-    except (NotImplementedError, ValueError, ArithmeticError):  # a rule the tensor back end lacks: its own bound
-        return
-    out_ref.rounding = np.fmax(out_ref.rounding, np.broadcast_to(values[out].e, out.shape))
-    for ref, name, node in zip(refs, wrt_names, nodes):
-        grads = [None if node is None else g[node] for g in per_seed]
-        tensor = reference(name, grads, node.shape if node is not None else np.shape(ref.value), out.shape, how,
-                           scale, []).rounding
-        ref.rounding = np.fmax(ref.rounding, np.broadcast_to(tensor, np.shape(ref.value)))  # NaN: the other
 
 
 def _runner(model, forward_fn, names, n_params, loss, target):

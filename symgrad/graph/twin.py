@@ -29,7 +29,8 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedOp
 
-__all__ = ["exploded_output", "SymbolicTwin", "import_fn"]
+__all__ = ["exploded_output", "explode_torch", "graph_for_bounds", "widen_to_tensor_bounds", "SymbolicTwin",
+           "import_fn"]
 
 
 def _graph_of(torch_fn: Callable, names: list, tensors: list, constants=()):
@@ -61,15 +62,70 @@ def _explode_output(graph, budget, n_wrt, n_diff):
     return SymTensor(np.asarray(built[out], object).reshape(out.shape))
 
 
+def explode_torch(torch_fn: Callable, leaves: Mapping, *, budget: int | None = None, n_wrt: int | None = None,
+                  n_diff: int = 1, constants=()) -> tuple:
+    """``(exploded_output(...), the op graph it came from)``: the graph gives the tensor back end's
+    rounding bounds for the same products (``widen_to_tensor_bounds``)."""
+    names = list(leaves)
+    tensors = [leaves[n].detach() for n in names]
+    graph = _graph_of(torch_fn, names, tensors, constants)
+    return _explode_output(graph, budget, n_wrt, n_diff), graph
+
+
 def exploded_output(torch_fn: Callable, leaves: Mapping, *, budget: int | None = None, n_wrt: int | None = None,
                     n_diff: int = 1, constants=()):
     """``torch_fn(*leaves.values())`` as a ``SymTensor`` (Note [Exploded twin]): each output entry's exact
     expression over the symbols of the float leaves, named after ``leaves``' keys (those named in
     ``constants`` are data: their values, not symbols).  ``budget``,
     ``n_wrt`` and ``n_diff`` size the explosion before it is built (Note [Memory guard])."""
-    names = list(leaves)
-    tensors = [leaves[n].detach() for n in names]
-    return _explode_output(_graph_of(torch_fn, names, tensors, constants), budget, n_wrt, n_diff)
+    return explode_torch(torch_fn, leaves, budget=budget, n_wrt=n_wrt, n_diff=n_diff, constants=constants)[0]
+
+
+# Note [Bounds of two evaluation orders]
+# An exploded entry is the derivative simplified: symengine folds ``1 - (1 - tanh(x)**2)`` (what
+# autograd computes for tanhshrink) into ``tanh(x)**2``, and exact constants into one (attention's
+# ``q * s`` and ``k * s`` into ``s**2 * q * k``).  The closed form's rounding bound follows the
+# simplified expression, so it misses roundings torch's evaluation makes: torch's own tanhshrink
+# failed in float64, 114 ulps where 19 were allowed.  The tensor back end's bound follows the graph's
+# nodes, as autograd does.  Each bounds a legitimate evaluation order of the same derivative, so an
+# entry's rounding allowance is the larger of the two (``widen_to_tensor_bounds``).
+
+
+def graph_for_bounds(torch_fn: Callable, leaves: Mapping):
+    """The op graph of torch code whose forward also ran on symbolic tensors (operators, ``F.tanhshrink``),
+    for its tensor bounds; None where it cannot be traced (the closed form's bound then stands alone)."""
+    from ..errors import SymgradError
+
+    try:
+        return _graph_of(torch_fn, list(leaves), [leaves[n].detach() for n in leaves])
+    except (SymgradError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype: str, scale) -> None:
+    """Each entry's rounding allowance: the larger of the closed form's bound and the tensor back
+    end's for the same product (Note [Bounds of two evaluation orders]).  A NaN bound (a masked
+    score's ``-inf`` times a zero in the bound's propagation) gives way to the other."""
+    from .approx import Approx
+    from .check import EPS
+    from .engine import backward, forward
+    from .refs import reference
+    from .scalar import Ctx
+
+    ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+    try:
+        values = forward(graph, ctx)
+        nodes = [graph.inputs.get(n) for n in wrt_names]
+        live = [n for n in nodes if n is not None]
+        per_seed = [backward(graph, values, {out: Approx(s)}, live, ctx) for s in seeds]
+    except (NotImplementedError, ValueError, ArithmeticError):  # a rule the tensor back end lacks: its own bound
+        return
+    out_ref.rounding = np.fmax(out_ref.rounding, np.broadcast_to(values[out].e, out.shape))
+    for ref, name, node in zip(refs, wrt_names, nodes):
+        grads = [None if node is None else g[node] for g in per_seed]
+        tensor = reference(name, grads, node.shape if node is not None else np.shape(ref.value), out.shape, how,
+                           scale, []).rounding
+        ref.rounding = np.fmax(ref.rounding, np.broadcast_to(tensor, np.shape(ref.value)))  # NaN: the other
 
 
 def _example(x, seed: int):
