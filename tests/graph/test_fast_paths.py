@@ -108,3 +108,69 @@ def test_nonfinite_entries_still_compare_as_before():
     rec = compare_module.compare(Reference("x", e, "x", rounding=np.abs(np.nan_to_num(e)), verified=True), a, "float64")
     assert rec.mismatched == 2 and "Non-finite" in rec.nonfinite
     assert compare_module.ulp(np.float64(3.0), "float64") == 2.0**-51
+
+
+def _keyed_signs_reference(v, salt):
+    """montecarlo._keyed_signs as first written (temporaries, no in-place steps)."""
+    mantissa = np.uint64((1 << 52) - 1) ^ np.uint64((1 << (52 - 20)) - 1)
+    with np.errstate(over="ignore"):
+        h = (v.view(np.uint64) & mantissa) ^ np.uint64(salt)
+        h = (h + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    sign = np.where((h >> np.uint64(63)) == 1, 1.0, -1.0)
+    return np.where(v < 0, -sign, sign)
+
+
+def test_keyed_signs_in_place_equal_the_formula():
+    from symgrad.graph import montecarlo
+
+    assert montecarlo.KEY_BITS == 20
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(5000) * 10.0 ** rng.integers(-30, 30, 5000)
+    x[::7], x[::11], x[::13], x[::17] = 0.0, -0.0, np.nan, -np.inf
+    x[::19] = x[1::19]  # repeated values share a sign
+    for v in (x, x.reshape(50, 100), np.array(3.0), np.array(-2.5), np.zeros((0, 3))):
+        for salt in (0, 5, 2**63 - 1, int(rng.integers(0, 2**63))):
+            got = montecarlo._keyed_signs(v, salt)
+            assert got.shape == v.shape and np.array_equal(got, _keyed_signs_reference(v, salt))
+    assert set(np.unique(montecarlo._keyed_signs(x, 1))) == {-1.0, 1.0}  # both signs occur
+
+
+def _select_reference(idx, args, fill, shape):
+    """rules._select and rules._vjp_select's scatter as first written (np.where over a pick mask)."""
+    pick = idx > 0
+    where = np.where(pick, idx - 1, 0)
+    flat = np.concatenate([np.ravel(a) for a in args])
+    return np.where(pick, flat[where], fill).reshape(shape)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_select_gather_and_scatter_equal_the_mask_formulas(padded):
+    """Note [Gather with a fill slot]: the same entries picked, value, bound and band alike, and the
+    scatter (a select's vjp) adds the same terms in the same order, on a convolution's patches."""
+    from symgrad.graph.aten_nn import patches
+    from symgrad.graph.ir import Node
+
+    rng = np.random.default_rng(4)
+    x = np.arange(1, 2 * 3 * 7 * 6 + 1).reshape(2, 3, 7, 6)
+    idx = patches(x, (3, 2), (2, 1), (1, 1) if padded else (0, 0), (1, 2))
+    assert (idx == 0).any() == padded
+    args = [Approx(rng.standard_normal(x.shape), np.abs(rng.standard_normal(x.shape)),
+                   np.abs(rng.standard_normal(x.shape)), np.zeros(x.shape))]
+    node = Node("select", (), {"idx": idx, "fill": -np.inf}, idx.shape)
+    for _ in range(2):  # the cached index arrays give the same answer again
+        out = rules._select(node, args)
+        assert np.array_equal(out.v, _select_reference(idx, [args[0].v], -np.inf, idx.shape))
+        for field in ("e", "lo", "hi"):
+            assert np.array_equal(getattr(out, field), _select_reference(idx, [getattr(args[0], field)], 0.0, idx.shape))
+        g = Approx(rng.standard_normal(idx.shape), np.abs(rng.standard_normal(idx.shape)))
+        (grad,) = rules._vjp_select(node, args, g)
+        pick = idx.ravel() > 0
+        slots = idx.ravel()[pick] - 1
+        expected = np.bincount(slots, weights=g.v.ravel()[pick], minlength=x.size).reshape(x.shape)
+        assert np.array_equal(grad.v, expected)
+        own = approx.summation_factor(int(np.bincount(slots).max())) * np.bincount(
+            slots, weights=np.abs(g.v).ravel()[pick], minlength=x.size)
+        expected_e = np.bincount(slots, weights=g.e.ravel()[pick], minlength=x.size) + own
+        assert np.array_equal(grad.e, expected_e.reshape(x.shape))
