@@ -102,7 +102,10 @@ def perturbing(rng: np.random.Generator):
         else:
             sign = _keyed_signs(v, int(rng.integers(0, 2**63)))  # v: a fresh contiguous copy
         step = DELTA * own * sign
-        return np.where(np.isfinite(step) & np.isfinite(v), v + step, v)
+        moved = v + step
+        if np.isfinite(moved).all():  # then v and step are finite everywhere: nothing to keep
+            return moved
+        return np.where(np.isfinite(step) & np.isfinite(v), moved, v)
 
     previous, approx._PERTURB = approx._PERTURB, move
     try:

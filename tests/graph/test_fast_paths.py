@@ -174,3 +174,78 @@ def test_select_gather_and_scatter_equal_the_mask_formulas(padded):
             slots, weights=np.abs(g.v).ravel()[pick], minlength=x.size)
         expected_e = np.bincount(slots, weights=g.e.ravel()[pick], minlength=x.size) + own
         assert np.array_equal(grad.e, expected_e.reshape(x.shape))
+
+
+CONV = ("ngcijkl,gockl->ngoij", (4, 1, 5, 9, 9, 3, 3), (1, 6, 5, 3, 3))  # a convolution's patches x kernel
+
+
+@pytest.mark.parametrize("spec, sa, sb", SPECS + [CONV])
+def test_dots_equal_dot_bit_for_bit(spec, sa, sb):
+    """``dots`` rearranges a recurring operand once; every product is dot's, bit for bit, also where
+    an operand is non-finite (numpy's own loop) or recurs on both sides."""
+    rng = np.random.default_rng(5)
+    a1, a2 = rng.standard_normal(sa), rng.standard_normal(sa)
+    b1, b2 = rng.standard_normal(sb), np.abs(rng.standard_normal(sb))
+    bad = b2.copy()
+    bad.flat[3] = np.inf
+    pairs = [(a1, b1), (a1, b2), (a2, b1), (a2, b2), (a1, bad)]
+    for (a, b), got in zip(pairs, approx.dots(spec, pairs)):
+        want = dot(spec, a, b)
+        assert np.array_equal(got, want, equal_nan=True)
+
+
+def _einsum_reference(spec, a, b):
+    """einsum's bound and band for two operands as first written: one contraction per term."""
+    k = int(np.prod([n for ch, n in zip(spec.split(",")[0], a.shape) if ch not in spec.split("->")[1]]))
+    c = 1 + approx.summation_factor(k)
+    aa, ab = np.abs(a.v), np.abs(b.v)
+    e = np.einsum(spec, aa, c * ab + b.e) + np.einsum(spec, a.e, ab)
+    pos, neg = np.maximum(b.v, 0.0), np.maximum(-b.v, 0.0)
+    lo = np.einsum(spec, a.lo, pos) + np.einsum(spec, a.hi, neg)
+    hi = np.einsum(spec, a.hi, pos) + np.einsum(spec, a.lo, neg)
+    return e, lo, hi
+
+
+@pytest.mark.parametrize("spec, sa, sb", [SPECS[0], SPECS[6], CONV])
+def test_einsum_bound_and_band_through_dots(spec, sa, sb):
+    """The contraction's bound and one-sided band (a banded operand against a signed one) are the
+    one-product-per-term formulas; bands that are zero stay exactly zero, side by side."""
+    rng = np.random.default_rng(6)
+    lo = np.where(rng.random(sa) < 0.05, rng.random(sa), 0.0)
+    hi = np.where(rng.random(sa) < 0.05, rng.random(sa), 0.0)
+    a = Approx(rng.standard_normal(sa), rng.random(sa), lo, hi)
+    bv = rng.standard_normal(sb)
+    bv.flat[::3] = np.abs(bv.flat[::3])
+    b = Approx(bv, rng.random(sb))
+    out = einsum(spec, a, b)
+    e, lo_ref, hi_ref = _einsum_reference(spec, a, b)
+    np.testing.assert_allclose(out.v, np.einsum(spec, a.v, b.v), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.e, e, rtol=1e-12)
+    np.testing.assert_allclose(out.lo, lo_ref, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(out.hi, hi_ref, rtol=1e-12, atol=0)
+    assert np.array_equal(out.lo == 0, lo_ref == 0) and np.array_equal(out.hi == 0, hi_ref == 0)
+    assert (lo_ref == 0).any() or spec != CONV[0]
+
+
+def test_rerun_rounding_shares_an_operand_with_the_bound():
+    """In a random-rounding rerun the contraction's own rounding |A|.|B| and the bilinear bound
+    share |A|: the rerun's move is c |A|.|B| per unit, its bound the same as outside a rerun."""
+    rng = np.random.default_rng(7)
+    a = Approx(rng.standard_normal((64, 90)), rng.random((64, 90)))
+    b = Approx(rng.standard_normal((90, 80)), rng.random((90, 80)))
+    seen = []
+
+    def perturb(v, own, key=None):
+        seen.append(np.array(own))
+        return v
+
+    plain = einsum("ij,jk->ik", a, b)
+    previous, approx._PERTURB = approx._PERTURB, perturb
+    try:
+        rerun = einsum("ij,jk->ik", a, b)
+    finally:
+        approx._PERTURB = previous
+    c = 1 + approx.summation_factor(90)
+    assert len(seen) == 1
+    np.testing.assert_allclose(seen[0], c * np.abs(a.v) @ np.abs(b.v), rtol=1e-12)
+    assert np.array_equal(rerun.e, plain.e) and np.array_equal(rerun.v, plain.v)
