@@ -249,3 +249,32 @@ def test_rerun_rounding_shares_an_operand_with_the_bound():
     assert len(seen) == 1
     np.testing.assert_allclose(seen[0], c * np.abs(a.v) @ np.abs(b.v), rtol=1e-12)
     assert np.array_equal(rerun.e, plain.e) and np.array_equal(rerun.v, plain.v)
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (40, 30)])
+def test_certified_picks_the_entries_of_the_two_tests(shape):
+    """exact.certified runs its ulp test only where the cancellation test holds: the entries it
+    re-evaluates over mpmath are those of both tests on every entry (Note [Certified pointwise values])."""
+    import sympy as sp
+
+    from symgrad.graph import exact
+    from symgrad.graph.scalar import Ctx
+    from symgrad.lower.exact import CERTIFY_FRACTION
+
+    rng = np.random.default_rng(8)
+    s0 = rules.symbols_for(1)[0]
+    expr = sp.sin(s0)
+    x = np.asarray(rng.uniform(0.5, 3.0, shape))
+    v = np.asarray(np.sin(x) * 10.0 ** rng.integers(-12, 0, shape))  # a float64 value, near or not
+    e = np.asarray(np.abs(rng.standard_normal(shape)) * 10.0 ** rng.integers(-2, 12, shape))
+    ctx = Ctx(eps=2.0**-23, dtype="float32")
+    with np.errstate(all="ignore"):
+        ulp = exact._ulp(v, ctx.eps)
+        want = (e > exact.CANCELLATION * np.abs(v)) & (2.0**-52 * e > CERTIFY_FRACTION * ulp)
+    if int(want.sum()) > exact.MAX_ENTRIES:
+        pytest.skip("beyond the entry cap")
+    before = exact.counter["certified"]
+    out = exact.certified(expr, {s0: Approx(x)}, ctx, Approx(v, e))
+    assert exact.counter["certified"] - before == int(want.sum())
+    changed = np.asarray(out.v) != v
+    assert np.array_equal(changed, want)  # the re-evaluated entries are sin(x), far from the scaled v
