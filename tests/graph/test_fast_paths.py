@@ -278,3 +278,26 @@ def test_certified_picks_the_entries_of_the_two_tests(shape):
     assert exact.counter["certified"] - before == int(want.sum())
     changed = np.asarray(out.v) != v
     assert np.array_equal(changed, want)  # the re-evaluated entries are sin(x), far from the scaled v
+
+
+@pytest.mark.parametrize("spec, sa, sb, taken", [("ij,jk->ik", (400, 60), (60, 300), True), (*CONV, True),
+                                                 ("ngoij,ngcijkl->gockl", (4, 1, 6, 9, 9), (4, 1, 5, 9, 9, 3, 3), False)])
+def test_dots_leave_out_zero_rows_and_columns(spec, sa, sb, taken, monkeypatch):
+    """Note [Sparse bands]: a sparse non-negative operand's zero rows (or columns) are left out of
+    the product; the result is dot's to float64 rounding, with exactly the same zeros."""
+    rng = np.random.default_rng(9)
+    calls = []
+    real = approx._product
+    monkeypatch.setattr(approx, "_product", lambda am, bm, r, c: calls.append((r is not None, c is not None))
+                        or real(am, bm, r, c))
+    a = np.abs(rng.standard_normal(sa)) * (rng.random(sa) < 2e-3)
+    b = np.abs(rng.standard_normal(sb)) * (rng.random(sb) < 2e-3)
+    dense_a, dense_b = np.abs(rng.standard_normal(sa)), np.abs(rng.standard_normal(sb))
+    pairs = [(a, dense_b), (dense_a, b), (a, b), (dense_a, dense_b), (np.zeros(sa), dense_b)]
+    for (x, y), got in zip(pairs, approx.dots(spec, pairs)):
+        want = dot(spec, x, y)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+        assert np.array_equal(got == 0, want == 0)
+    assert any(r or c for r, c in calls[:3]) == taken  # few free entries (a weight's gradient): all taken
+    assert calls[3] == (False, False)
+    assert (got == 0).all()
