@@ -12,7 +12,6 @@ node's form; nothing per composite op is written by hand.
 
 from __future__ import annotations
 
-import weakref
 from functools import lru_cache
 
 import numpy as np
@@ -107,34 +106,22 @@ def _select(node: Node, args: list, fill: float | None = None) -> Approx:
 # flat[where], fill)`` was three and took most of a convolution's select (the patches of a
 # 32-channel 32x32 batch hold 2.4M entries, gathered for value, bound and band in every sweep and
 # every random-rounding rerun).  The same entries are picked, so the results are identical.  The
-# index array (0-based, the fill slot for the 0s) depends only on the node and its arguments' total
-# size: it is kept per node while the node lives (not in ``attrs``, which the disk cache pickles).
-_GATHER: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_SCATTER: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# index arrays are made once per call and shared by the fields, not kept between calls: kept per
+# node they held some 150 MB on a small ResNet (memory comes before speed).
 
 
 def _gather_index(node: Node, total: int) -> np.ndarray:
     idx = node.attrs["idx"]
-    cached = _GATHER.get(node)
-    if cached is not None and cached[0] == total and cached[1] is idx:
-        return cached[2]
-    gather = np.where(idx > 0, idx - 1, total).ravel()
-    _GATHER[node] = (total, idx, gather)
-    return gather
+    return np.where(idx > 0, idx - 1, total).ravel()
 
 
 def _scatter_plan(node: Node) -> tuple:
     """(the picked entries of the select's flattened output, or None for all; their 0-based slots)."""
-    idx = node.attrs["idx"]
-    cached = _SCATTER.get(node)
-    if cached is not None and cached[0] is idx:
-        return cached[1], cached[2]
-    flat = idx.ravel()
+    flat = node.attrs["idx"].ravel()
     pick = flat > 0
-    every = bool(pick.all())
-    plan = (None if every else np.flatnonzero(pick), (flat if every else flat[pick]) - 1)
-    _SCATTER[node] = (idx, *plan)
-    return plan
+    if pick.all():
+        return None, flat - 1
+    return pick, flat[pick] - 1
 
 
 def _reduce(node: Node, a: Approx, ctx: Ctx) -> Approx:

@@ -159,7 +159,7 @@ def test_select_gather_and_scatter_equal_the_mask_formulas(padded):
     args = [Approx(rng.standard_normal(x.shape), np.abs(rng.standard_normal(x.shape)),
                    np.abs(rng.standard_normal(x.shape)), np.zeros(x.shape))]
     node = Node("select", (), {"idx": idx, "fill": -np.inf}, idx.shape)
-    for _ in range(2):  # the cached index arrays give the same answer again
+    for _ in range(2):  # a second call gives the same answer
         out = rules._select(node, args)
         assert np.array_equal(out.v, _select_reference(idx, [args[0].v], -np.inf, idx.shape))
         for field in ("e", "lo", "hi"):
