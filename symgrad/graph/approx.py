@@ -29,6 +29,7 @@ import contextvars
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
+
 import numpy as np
 
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
