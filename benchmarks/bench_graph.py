@@ -11,7 +11,9 @@ Each row runs in a fresh process (so its peak memory is its own), on one torch t
 * ``warm s``: the best of 5 repeat checks;
 * ``gradcheck s``: ``torch.autograd.gradcheck`` in float64 on the same function (fast_mode=False,
   the default; every parameter an input, through ``torch.func.functional_call``), skipped where it
-  would take minutes (LeNet-5, the encoder layer) unless ``--gradcheck-all`` is given;
+  would take minutes (LeNet-5, the encoder layer) unless ``--gradcheck-all`` is given, and always on
+  the two float32 CNN rows (25,578 parameters: a gradcheck there is of the float64 copy, minutes long,
+  and says nothing of float32);
 * ``torch fwd+bwd s``: one forward and backward of the same function;
 * ``peak MiB``: the process's peak resident memory after the symgrad checks (gradcheck runs in a
   process of its own).
@@ -41,6 +43,8 @@ CASES = {
     "jac-100k": "output Jacobian (jacrev) of a 100k-param MLP, batch 8",
     "lenet": "LeNet-5 (61.7k params), batch 8, cross-entropy inside forward",
     "encoder": "TransformerEncoderLayer d=64, 4 heads, seq 16, batch 4",
+    "cnn-loss": "2-conv CNN, 32x32x3, batch 8, float32, loss=cross_entropy",
+    "cnn-inside": "2-conv CNN, 32x32x3, batch 8, float32, cross-entropy inside forward",
     "layernorm-fn": "custom LayerNorm Function, 256x1024 float32, 3 random VJPs",
     "rmsnorm-fn": "custom RMSNorm Function, 256x1024 float32, 3 random VJPs",
     "softmax-fn": "custom softmax Function, 256x1024 float32, 3 random VJPs",
@@ -51,12 +55,45 @@ GRADCHECK_HELD = {"lenet": ("f1.weight",)}  # Note [gradcheck's memory on LeNet-
 
 
 def build(name: str):
-    """(module or function, inputs dict, torch function of the inputs for gradcheck, #params, via)."""
+    """(module or function, inputs dict, torch function of the inputs for gradcheck, via, extra keyword
+    arguments of the check: ``loss=`` and ``target=``)."""
+    import torch
+
+    torch.manual_seed(0)
+    if name.startswith("cnn"):
+        return _cnn(name)
+    return (*_build(name), {})
+
+
+def _cnn(name: str):
+    """Conv2d(3,16,3,pad 1)-ReLU-MaxPool(2)-Conv2d(16,32,3,pad 1)-ReLU-MaxPool(2)-Linear(2048,10) in
+    float32 (25,578 parameters): the loss given as ``loss=`` or computed inside ``forward``."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
-    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
+                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    if name == "cnn-loss":
+        return net, {"x": x}, None, None, {"loss": "cross_entropy", "target": y}
+
+    class WithLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, y):
+            return F.cross_entropy(self.net(x), y)
+
+    return WithLoss(), {"x": x, "y": y}, None, None, {}
+
+
+def _build(name: str):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
     if name.startswith("mlp") or name.startswith("jac"):
         width = {"mlp-1k": 19, "mlp-10k": 84, "mlp-1m": 983, "jac-10k": 84, "jac-100k": 299}[name]
         mlp = nn.Sequential(nn.Linear(32, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
@@ -145,7 +182,7 @@ def child(name: str) -> dict:
     import symgrad as sg
 
     torch.set_num_threads(1)
-    fn, inputs, _, via = build(name)
+    fn, inputs, _, via, extra = build(name)
     from torch.fx.experimental.proxy_tensor import make_fx
 
     start = time.perf_counter()
@@ -160,7 +197,7 @@ def child(name: str) -> dict:
     tracer = time.perf_counter() - start
 
     def run():
-        return sg.check(fn, inputs, engine="graph", via=via)
+        return sg.check(fn, inputs, engine="graph", via=via, **extra)
 
     start, cpu = time.perf_counter(), time.process_time()
     report = run()
@@ -170,6 +207,8 @@ def child(name: str) -> dict:
     params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
     start = time.perf_counter()
     out = fn(*leaves)
+    if "loss" in extra:  # loss="cross_entropy" (the only loss= row)
+        out = torch.nn.functional.cross_entropy(out, extra["target"])
     (out.sum() if out.dim() else out).backward()
     fwd_bwd = time.perf_counter() - start
     n_params = sum(p.numel() for p in params) or sum(t.numel() for t in inputs.values() if t.is_floating_point())
@@ -184,7 +223,7 @@ def child_gradcheck(name: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    fn, inputs, plain, _ = build(name)
+    fn, inputs, plain, _, _ = build(name)
     names = list(inputs)
     params = dict(fn.named_parameters()) if isinstance(fn, torch.nn.Module) else {}
     held = {n: p.detach() for n, p in params.items() if n in GRADCHECK_HELD.get(name, ())}

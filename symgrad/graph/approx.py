@@ -29,11 +29,12 @@ import contextvars
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "dot", "reduce_sum", "unbroadcast", "summation_factor",
+from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
+
+__all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "unbroadcast", "summation_factor",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -203,63 +204,6 @@ def scale(a: Approx, k: float, exact_scale: bool | None = None) -> Approx:
     return Approx(v, e, lo, hi)
 
 
-# Note [Fast contractions]
-# numpy's einsum without a path runs its own C loop, not BLAS: a 64 x 983 x 983 product took
-# 17-100 ms where BLAS takes a few.  A two-operand contraction whose letters are each either in
-# both operands (batch: kept; contracted: summed) or in one operand and the output (free) is a
-# batched matrix product after a transpose and reshape of each side, so ``dot`` runs it through
-# np.matmul.  Only large, finite operands take that route: small ones cost more to rearrange than
-# to loop over, and a reference BLAS may skip a zero's products (0 * inf gives 0 there, NaN in
-# numpy's loop), so non-finite values keep numpy's own loop.  Only the float64 reference's summation
-# order changes (BLAS's blocked sums err no more than numpy's running sum); the bound, charged for
-# the checked dtype's evaluation, does not depend on it, and small integers (the adjoint
-# cross-check) stay exact in any order.
-FAST_MIN_WORK = 1 << 16  # multiply-adds below which numpy's loop is as fast
-
-
-@lru_cache(maxsize=1024)  # bounded: a sweep over shapes must not grow it forever
-def _plan(spec: str, shapes: tuple):
-    """(perm_a, perm_b, (nb, nl, nc, nr), out shape before the final permute, final perm) or None."""
-    ins, out = spec.split("->")
-    sa, sb = ins.split(",")
-    if "." in spec or len(set(sa)) != len(sa) or len(set(sb)) != len(sb) or len(set(out)) != len(out):
-        return None
-    size: dict = {}
-    for sub, shape in ((sa, shapes[0]), (sb, shapes[1])):
-        for ch, n in zip(sub, shape):
-            if size.setdefault(ch, n) != n:
-                return None  # a broadcast size-1 axis: numpy's own rules
-    batch = [c for c in out if c in sa and c in sb]
-    left = [c for c in out if c in sa and c not in sb]
-    right = [c for c in out if c in sb and c not in sa]
-    summed = [c for c in sa if c in sb and c not in out]
-    if set(sa) | set(sb) != set(batch + left + right + summed) or set(out) - set(sa) - set(sb):
-        return None  # an index summed within one operand only
-    work = int(np.prod([size[c] for c in batch + left + right + summed], dtype=np.float64))
-    if work < FAST_MIN_WORK:
-        return None
-    dims = tuple(int(np.prod([size[c] for c in group], dtype=np.int64)) for group in (batch, left, summed, right))
-    perm_a = tuple(sa.index(c) for c in batch + left + summed)
-    perm_b = tuple(sb.index(c) for c in batch + summed + right)
-    order = batch + left + right
-    mid_shape = tuple(size[c] for c in order)
-    final = tuple(order.index(c) for c in out)
-    return perm_a, perm_b, dims, mid_shape, final
-
-
-def dot(spec: str, *arrays) -> np.ndarray:
-    """``np.einsum(spec, *arrays)``, through BLAS where it pays (Note [Fast contractions])."""
-    if len(arrays) == 2:
-        a, b = arrays
-        plan = _plan(spec, (a.shape, b.shape))
-        if plan is not None and np.isfinite(a).all() and np.isfinite(b).all():
-            perm_a, perm_b, (nb, nl, nc, nr), mid_shape, final = plan
-            am = np.transpose(a, perm_a).reshape(nb, nl, nc)
-            bm = np.transpose(b, perm_b).reshape(nb, nc, nr)
-            return np.transpose(np.matmul(am, bm).reshape(mid_shape), final)
-    return np.einsum(spec, *arrays, optimize=len(arrays) > 2)
-
-
 def abs_einsum(spec: str, *arrays):
     return dot(spec, *arrays)
 
@@ -278,6 +222,29 @@ def values_only():
         _VALUES_ONLY.reset(token)
 
 
+def _bound_terms(spec: str, ops, absv: list, c: float, errs: list, bilinear: bool, whole: bool) -> dict:
+    """The contractions of einsum's bound: ``"whole"`` |A_1|…|A_n| (where wanted), ``"bilinear"``
+    (two operands) and, per other operand ``i`` with an error, |A_1|…e(A_i)…|A_n|.  With two
+    operands they go through ``dots``, so an operand they share (|A| in a rerun's own rounding and
+    in the bilinear bound) is rearranged for BLAS once; the products are the same."""
+    n = len(ops)
+    wanted: dict = {}
+    if whole:
+        wanted["whole"] = list(absv)
+    rest = errs
+    if bilinear:
+        if errs[-1] == 1:
+            wanted["bilinear"] = [absv[0], c * absv[1] + ops[1].e]
+        else:
+            wanted["bilinear"] = [c * absv[0] + ops[0].e, absv[1]]
+        rest = errs[:-1]
+    for i in rest:
+        wanted[i] = [ops[i].e if j == i else absv[j] for j in range(n)]
+    if n != 2:
+        return {key: abs_einsum(spec, *arrays) for key, arrays in wanted.items()}
+    return dict(zip(wanted, dots(spec, [tuple(arrays) for arrays in wanted.values()])))
+
+
 def einsum(spec: str, *ops: Approx) -> Approx:
     """A contraction; each output entry is a sum of ``k`` products (``k`` = the summed extent):
     ``e = Σ_i |A_1|…e(A_i)…|A_n| + (n - 1 + log2 k) |A_1|…|A_n|``."""
@@ -294,21 +261,20 @@ def einsum(spec: str, *ops: Approx) -> Approx:
     v = dot(spec, *(o.v for o in ops))
     absv = [np.abs(o.v) for o in ops]
     c = len(ops) - 1 + summation_factor(k)
-    if _PERTURB is not None:  # a statistical rerun: the contraction's own rounding, on its own
-        v = rounded(v, accumulated(c, abs_einsum(spec, *absv), v))
     errs = [i for i, o in enumerate(ops) if np.any(o.e)]
-    if len(ops) == 2 and errs and _ACCUMULATION.get() is None:
-        # bilinear: c |A|.|B| + |A|.e_B = |A|.(c |B| + e_B) (or (c |A| + e_A).|B|), one contraction
-        # fewer for the same bound
-        if errs[-1] == 1:
-            e = abs_einsum(spec, absv[0], c * absv[1] + ops[1].e)
-        else:
-            e = abs_einsum(spec, c * absv[0] + ops[0].e, absv[1])
+    # bilinear: c |A|.|B| + |A|.e_B = |A|.(c |B| + e_B) (or (c |A| + e_A).|B|), one contraction
+    # fewer for the same bound
+    bilinear = len(ops) == 2 and bool(errs) and _ACCUMULATION.get() is None
+    terms = _bound_terms(spec, ops, absv, c, errs, bilinear, whole=_PERTURB is not None or not bilinear)
+    if _PERTURB is not None:  # a statistical rerun: the contraction's own rounding, on its own
+        v = rounded(v, accumulated(c, terms["whole"], v))
+    if bilinear:
+        e = terms["bilinear"]
         errs = errs[:-1]
     else:
-        e = accumulated(c, abs_einsum(spec, *absv), v)
+        e = accumulated(c, terms["whole"], v)
     for i in errs:
-        e = e + abs_einsum(spec, *(ops[i].e if j == i else absv[j] for j in range(len(ops))))
+        e = e + terms[i]
     if not any(o.banded for o in ops):
         return Approx(v, e)
     lo, hi = np.zeros(v.shape), np.zeros(v.shape)
@@ -324,8 +290,10 @@ def einsum(spec: str, *ops: Approx) -> Approx:
         if len(others) == 1 and not others[0].banded:
             pos, neg = np.maximum(others[0].v, 0.0), np.maximum(-others[0].v, 0.0)
             pair = (lambda x, y: (x, y)) if i == 0 else (lambda x, y: (y, x))
-            lo = lo + dot(spec, *pair(o.lo, pos)) + dot(spec, *pair(o.hi, neg))
-            hi = hi + dot(spec, *pair(o.hi, pos)) + dot(spec, *pair(o.lo, neg))
+            lo_pos, hi_neg, hi_pos, lo_neg = dots(spec, [pair(o.lo, pos), pair(o.hi, neg), pair(o.hi, pos),
+                                                         pair(o.lo, neg)])
+            lo = lo + lo_pos + hi_neg
+            hi = hi + hi_pos + lo_neg
         else:
             width = abs_einsum(spec, *((o.band() if j == i else absv[j] + ops[j].band()) for j in range(len(ops))))
             lo, hi = lo + width, hi + width

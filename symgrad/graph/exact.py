@@ -52,9 +52,11 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
         return out  # sums and products of float64 arguments: nothing a library function loses
     v, e = np.asarray(out.v, np.float64), np.broadcast_to(np.asarray(out.e, np.float64), out.shape)
     with np.errstate(all="ignore"):
-        want = np.isfinite(v) & np.isfinite(e)
+        want = np.array(np.isfinite(v) & np.isfinite(e), dtype=bool)  # an array even at 0-d: written below
         if mode == "auto":
-            want &= (e > CANCELLATION * np.abs(v)) & (EPS64 * e > CERTIFY_FRACTION * _ulp(v, ctx.eps))
+            want &= e > CANCELLATION * np.abs(v)
+            at = np.flatnonzero(want)  # few entries cancel: the ulp test only there
+            want.flat[at] = EPS64 * e.flat[at] > CERTIFY_FRACTION * _ulp(v.flat[at], ctx.eps)
     if not want.any() or int(want.sum()) > MAX_ENTRIES:
         return out
     symbols = tuple(sorted(expr.free_symbols, key=lambda s: s.name))

@@ -73,14 +73,21 @@ _MANTISSA = np.uint64((1 << 52) - 1) ^ np.uint64((1 << (52 - KEY_BITS)) - 1)
 
 def _keyed_signs(v: np.ndarray, salt: int) -> np.ndarray:
     """±1 per entry, the same for values whose leading KEY_BITS mantissa bits agree (times the
-    value's own sign): a splitmix64 hash of those bits and the rerun's ``salt``."""
+    value's own sign): a splitmix64 hash of those bits and the rerun's ``salt`` (computed in place:
+    every rounding site of every rerun calls this on arrays of up to millions of entries)."""
     with np.errstate(over="ignore"):
-        h = (v.view(np.uint64) & _MANTISSA) ^ np.uint64(salt)
-        h = (h + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    sign = np.where((h >> np.uint64(63)) == 1, 1.0, -1.0)
-    return np.where(v < 0, -sign, sign)
+        h = np.bitwise_and(v.view(np.uint64), _MANTISSA, out=np.empty(v.shape, np.uint64))
+        h ^= np.uint64(salt)
+        h += np.uint64(0x9E3779B97F4A7C15)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        t = np.right_shift(h, np.uint64(27), out=np.empty(v.shape, np.uint64))
+        h ^= t
+        h *= np.uint64(0x94D049BB133111EB)
+        np.right_shift(h, np.uint64(31), out=t)
+        h ^= t
+    plus = np.right_shift(h, np.uint64(63), out=t).astype(bool)  # the hash's top bit set: +1
+    plus ^= v < 0
+    return np.where(plus, 1.0, -1.0)
 
 
 @contextmanager
@@ -95,7 +102,10 @@ def perturbing(rng: np.random.Generator):
         else:
             sign = _keyed_signs(v, int(rng.integers(0, 2**63)))  # v: a fresh contiguous copy
         step = DELTA * own * sign
-        return np.where(np.isfinite(step) & np.isfinite(v), v + step, v)
+        moved = v + step
+        if np.isfinite(moved).all():  # then v and step are finite everywhere: nothing to keep
+            return moved
+        return np.where(np.isfinite(step) & np.isfinite(v), moved, v)
 
     previous, approx._PERTURB = approx._PERTURB, move
     try:
