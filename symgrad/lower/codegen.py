@@ -246,8 +246,9 @@ class _Emitter(LogisticTerms):
         if name in FUNCTIONS:
             return f"{name}({', '.join(self.value(a) for a in args)})"
         raise UnsupportedOp(
-            f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which symgrad cannot evaluate with numpy; "
-            "add it to symgrad.lower.codegen.FUNCTIONS"
+            f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which the exploded engine cannot evaluate "
+            "with numpy (symgrad.lower.codegen.FUNCTIONS); for torch code, the op graph's tensor back end "
+            "(engine='graph', or 'auto') evaluates it"
         )
 
     # -- error bounds (Note [Rounding bound]) ------------------------------------------------------

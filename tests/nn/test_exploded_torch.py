@@ -340,3 +340,34 @@ def test_autograd_evaluation_order_is_allowed_for(dtype):
     factor = 1 + FACTOR[str(dtype).replace("torch.", "")]
     bad = with_backward(F.tanhshrink, lambda x, g: g * torch.tanh(x) ** 2 * factor)
     assert not symgrad.check(bad, {"x": x}, engine="elementwise").passed
+
+
+def _op_rows():
+    from symgrad.graph.optable import cases, representatives
+
+    reps = representatives()
+    return [pytest.param(c, id=c.name) for c in cases() if c.name in reps and not c.xfail and "float64" in c.dtypes]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _op_rows())
+def test_op_table_on_the_exploded_engine(case):
+    """Every representative op row (float64) with engine="elementwise": torch's own backward passes,
+    a seeded wrong backward fails, or the row is refused naming the tensor back end.
+    ``python -m pytest tests/nn/test_exploded_torch.py -m slow`` (about 5 minutes)."""
+    import warnings
+
+    from symgrad.errors import SymgradError
+    from symgrad.graph.optable import FACTOR, as_function, wrong_backward
+
+    warnings.simplefilter("ignore")
+    fn, inputs = as_function(case, torch.float64)
+    kw = dict(wrt=list(case.wrt) or None, engine="elementwise", quiet=True)
+    try:
+        right = symgrad.check(fn, inputs, **kw)
+    except SymgradError as err:  # a function the exploded engine cannot take: refused, never passed
+        assert "tensor back end" in str(err) or "engine='graph'" in str(err), str(err)
+        return
+    assert right.passed, right.to_text()
+    wrong = symgrad.check(wrong_backward(fn, FACTOR["float64"]), inputs, **kw)
+    assert wrong.passed == bool(case.zero_grad), wrong.to_text()
