@@ -197,7 +197,7 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
 #       P(|alpha| > lam * sigma_hat) <= 2 (1 + lam**2 / n) ** (-n / 2)
 #   (the chi-square's moment generating function).  LAMBDA = 8 at n = SAMPLES = 16 gives 5.1e-6;
 #   ``scale_lambda(n)`` keeps that probability for n reruns: 8 at 16, 6.29 at 32, 5.63 at 64.  So
-#   where the test runs on a small graph (at most SCALE_WORK numbers per rerun and cotangent) the
+#   where the test runs on a small graph (at most SCALE_WORK numbers per rerun, SCALE_NODES nodes) the
 #   reruns are SCALE_SAMPLES = 64, and the scale is allowed 5.63 of its spread, not 8 (the per-entry
 #   statistical allowance keeps LAMBDA: its estimate only gets better).
 # Neither change looks at torch's numbers; both keep the model's false-alarm probability per record.
@@ -205,6 +205,7 @@ MIN_ENTRIES = 8
 MAX_KEPT = 1 << 24  # numbers the kept reruns may hold (128 MB); past it the test does not run
 SCALE_SAMPLES = 64
 SCALE_WORK = 1 << 16  # numbers one rerun computes (every node, times the cotangents) below which reruns are cheap
+SCALE_NODES = 100  # and nodes: a rerun costs per node too (an LSTM of small tensors took 4x as long with 64)
 
 
 def scale_lambda(samples: int) -> float:
@@ -217,7 +218,7 @@ def scale_lambda(samples: int) -> float:
 def samples_for(graph, seeds: int, scaled: bool) -> int:
     """How many reruns: SCALE_SAMPLES where the scale test runs on a small graph, else SAMPLES."""
     work = seeds * sum(int(np.prod(n.shape)) for n in graph.nodes)
-    return SCALE_SAMPLES if scaled and work <= SCALE_WORK else SAMPLES
+    return SCALE_SAMPLES if scaled and work <= SCALE_WORK and len(graph.nodes) <= SCALE_NODES else SAMPLES
 
 
 def scale_wanted(graph, dtype: str, rtol, atol, kept: int = 0) -> bool:
