@@ -304,7 +304,7 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
         if stat is not None and ref.statistical:
             rec.note = (rec.note + " " if rec.note else "") + (
                 f"Rounding allowance: {ref.statistical:,} entries use the statistical bound ({montecarlo.LAMBDA:g} standard "
-                f"deviations of {montecarlo.SAMPLES} random-rounding reruns), tighter than the worst case "
+                f"deviations of {len(ref_runs) if ref_runs else montecarlo.SAMPLES} random-rounding reruns), tighter than the worst case "
                 "(Note [Statistical allowance]).")
         _note_resolution(rec, ref, st.dtype)
     return records
@@ -324,7 +324,8 @@ def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how,
         return none, none
     stage("op graph: random-rounding reruns for the statistical allowance")
     kept: list | None = [] if scaled else None
-    sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed, keep=kept)
+    samples = montecarlo.samples_for(st.graph, len(seeds), scaled)  # Note [Scale test's spread]
+    sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed, samples=samples, keep=kept)
 
     def stacked(ref, node, per_seed_arrays):
         return _reference(ref.name, [Approx(a[node]) if a.get(node) is not None else None for a in per_seed_arrays],

@@ -124,7 +124,7 @@ def test_the_scale_test_runs_only_in_half_precision(monkeypatch):
     assert _sigmoid_check(torch.float32).passed and _sigmoid_check(torch.float64).passed
     assert all(k is None for k in kept)  # no reruns kept for the scale test (float64: no reruns at all)
     _sigmoid_check(torch.bfloat16)
-    assert len(kept[-1]) == montecarlo.SAMPLES
+    assert len(kept[-1]) == montecarlo.SCALE_SAMPLES  # a small graph: more reruns (Note [Scale test's spread])
 
 
 def test_equal_values_of_one_operation_move_together():
@@ -139,3 +139,57 @@ def test_equal_values_of_one_operation_move_together():
 def test_the_scale_test_keeps_no_more_reruns_than_its_limit(monkeypatch):
     monkeypatch.setattr(montecarlo, "MAX_KEPT", 16 * 255)  # one entry short of the sigmoid's 16 x 256
     assert _sigmoid_check(torch.bfloat16, 1.01).passed  # not run: each entry alone lets 1 % pass
+
+
+def _small_sigmoid_check(factor: float = 1.0, n: int = 12):
+    from symgrad.testing_ops import scaled
+
+    f = lambda t: torch.sigmoid(3 * t).sum()  # noqa: E731
+    x = torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(torch.bfloat16)
+    return sg.check(f if factor == 1.0 else scaled(f, factor), {"x": x}, engine="graph", quiet=True)
+
+
+def test_one_percent_is_resolved_over_144_bfloat16_entries():
+    """Note [Scale test's spread]: 144 entries resolve a scale of 1.01 in bfloat16 (the 16 reruns at
+    8 standard deviations with the floor added on top passed it)."""
+    assert _small_sigmoid_check().passed
+    for factor in (1.01, 0.99):
+        report = _small_sigmoid_check(factor)
+        assert not report.passed and "Systematic scale" in report["x"].note, report["x"].note
+
+
+def test_scale_lambda_keeps_the_false_alarm_probability():
+    from scipy.stats import t as student_t
+
+    assert montecarlo.scale_lambda(montecarlo.SAMPLES) == pytest.approx(montecarlo.LAMBDA)
+    tail = 2 * (1 + montecarlo.LAMBDA**2 / montecarlo.SAMPLES) ** (-montecarlo.SAMPLES / 2)
+    lams = [montecarlo.scale_lambda(n) for n in (16, 32, 64, 128)]
+    assert all(a > b for a, b in zip(lams, lams[1:])) and lams[-1] > 5.0  # never below the known-sigma 5.07
+    for n, lam in zip((16, 32, 64, 128), lams):
+        # a Gaussian scale over an estimated spread is Student's t: its tail stays below the bound
+        assert 2 * student_t.sf(lam, n) <= tail * 1.0001
+
+
+def _scale_record(g, actual, allowed):
+    return SimpleNamespace(passed=True, expected=g, actual=actual, allowed=allowed, kink_mask=None)
+
+
+def test_the_floor_is_an_at_least_in_the_scale_test():
+    """An entry whose reruns already spread it by more than its floor gets nothing from the floor;
+    one that the reruns leave still gets it (Note [Scale test's spread])."""
+    from symgrad.compare.compare import EPS
+    from symgrad.compare.half import rounding_ulps, value_roundings
+
+    rng = np.random.default_rng(0)
+    g = rng.uniform(0.5, 2.0, 64)
+    unit = rounding_ulps("bfloat16") * EPS["bfloat16"]
+    allowed = np.full(64, 1.0)  # a worst case far away: the spread decides
+    loud = [g * value_roundings("bfloat16") * 3 * rng.choice((-1.0, 1.0), 64) for _ in range(16)]
+    alpha, allow, n = montecarlo.systematic_scale(_scale_record(g, g, allowed), loud, "bfloat16")
+    w = g / np.sum(g * g)
+    runs_only = montecarlo.LAMBDA * unit * np.sqrt(np.mean([np.sum(w * r) ** 2 for r in loud]))
+    assert alpha == 0 and n == 64 and allow == pytest.approx(runs_only)
+    quiet = [np.zeros(64) for _ in range(16)]  # nothing counted: the floor alone
+    _, allow, _ = montecarlo.systematic_scale(_scale_record(g, g, allowed), quiet, "bfloat16")
+    floor = value_roundings("bfloat16") * unit * g
+    assert allow == pytest.approx(montecarlo.LAMBDA * np.sqrt(np.sum((w * floor) ** 2)))
