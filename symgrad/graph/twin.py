@@ -58,14 +58,16 @@ def _explode_output(graph, budget, n_wrt, n_diff):
                          "lambda x: fn(x)[0]; for None, add the missing return), or use the op graph "
                          "(engine='graph'), which checks tuple and dict outputs")
     out = outs[0]
+    n_diff = out.size if n_diff is None else n_diff  # None: every output entry is differentiated (a Jacobian)
     built, _ = explode_nodes(graph, out=out, n_wrt=n_wrt, n_diff=n_diff, budget=budget)
     return SymTensor(np.asarray(built[out], object).reshape(out.shape))
 
 
 def explode_torch(torch_fn: Callable, leaves: Mapping, *, budget: int | None = None, n_wrt: int | None = None,
-                  n_diff: int = 1, constants=()) -> tuple:
+                  n_diff: int | None = 1, constants=()) -> tuple:
     """``(exploded_output(...), the op graph it came from)``: the graph gives the tensor back end's
-    rounding bounds for the same products (``widen_to_tensor_bounds``)."""
+    rounding bounds for the same products (``widen_to_tensor_bounds``).  ``n_diff=None``: a Jacobian
+    (every output entry differentiated), sized as such before anything is built."""
     names = list(leaves)
     tensors = [leaves[n].detach() for n in names]
     graph = _graph_of(torch_fn, names, tensors, constants)
