@@ -13,7 +13,8 @@ evaluation time]).  An entry's rounding allowance is the larger of that bound an
 end's for the same product: exploding folds exact constants together (attention's ``q * s`` and
 ``k * s`` become ``s**2 * q * k``), so the closed form's bound misses roundings torch's evaluation
 makes, which the tensor back end's bound, following the graph's nodes, counts; each bounds a
-legitimate evaluation order.  The kink band is entrywise here (no joint kink check).  Forward mode and
+legitimate evaluation order (Note [Bounds of two evaluation orders] in twin.py).  The kink band is
+entrywise here (no joint kink check; ``symgrad.check(..., engine="elementwise")`` has one).  Forward mode and
 Hessians are the tensor back end's business; the accuracy oracle (issue 11) is not attached.
 
 Exploding costs entries times expression size: the size is estimated before anything is built and
