@@ -1,9 +1,10 @@
 """The op graph's two back ends on the same small models: tensor (``check_graph``) beside exploded
-(``check_exploded``), and the exploded cross-check of the tensor rules (``crosscheck_exploded``).
+(``symgrad.check(..., engine="elementwise")``), and the exploded cross-check of the tensor rules (``crosscheck_exploded``).
 
 Rows: a 2-layer tanh MLP of 50 parameters (batch 8) and a small conv net of 204 parameters (two
 3x3 convolutions, tanh and relu, a linear layer; batch 2 of 1x6x6), each with the loss passed as
-``loss=`` (one gradient) and as an output checked through 3 random cotangents.  ``cold s`` is the
+``loss=`` (one gradient) and as an output, checked through 3 random cotangents by the tensor back
+end and through its whole Jacobian by the exploded engine (its default for a tensor output).  ``cold s`` is the
 first check of that row in this process (caches empty; the process start-up is paid by an untimed
 warm-up check of another function), ``warm s`` the best of 3 repeats; ``peak MiB`` the process's
 peak resident memory after the row.  Run: ``python benchmarks/bench_exploded.py``.
@@ -59,7 +60,11 @@ def _graph_of(model, inputs, loss):
 
 
 def main() -> None:
-    from symgrad.graph import check_exploded, check_graph
+    import symgrad
+    from symgrad.graph import check_graph
+
+    def check_exploded(model, inputs, **kw):  # the exploded engine, the forward read through the graph
+        return symgrad.check(model, inputs, engine="elementwise", quiet=True, **kw)
     from symgrad.graph.explode_cross import crosscheck_exploded
 
     check_graph(lambda x: torch.tanh(x).sum(), {"x": torch.randn(3, dtype=torch.float64)})  # start-up
@@ -68,7 +73,7 @@ def main() -> None:
         model, inputs = make()
         target = torch.randn(model(inputs["x"]).shape, dtype=torch.float64)
         loss = lambda out, t: ((out - t) ** 2).mean()  # noqa: E731
-        for how, kw in (("loss=", dict(loss=loss, target=target)), ("output, 3 random vjps", {})):
+        for how, kw in (("loss=", dict(loss=loss, target=target)), ("output (vjps / Jacobian)", {})):
             for backend, check in (("tensor", check_graph), ("exploded", check_exploded)):
                 cold, warm, passed = _timed(lambda: check(model, inputs, **kw))
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,8 +1,7 @@
 """The op graph and its tensor back end (see ``symgrad/graph/ir.py`` for the core node kinds)."""
 
 from .check import check_graph
-from .explode_check import check_exploded
 from .interpret import register
 from .ir import Graph, Node
 
-__all__ = ["check_graph", "check_exploded", "register", "Graph", "Node"]
+__all__ = ["check_graph", "register", "Graph", "Node"]

@@ -1,5 +1,7 @@
-"""symgrad.graph.check_exploded: the op graph's exploded back end as a whole check (Note
-[Exploded route]): closed forms per entry, rounding bounds and kink bands from symgrad.lower."""
+"""The op graph's exploded back end as a whole check: ``symgrad.check(..., engine="elementwise")`` on
+torch code, exploded through the graph (Note [Exploded twin]): closed forms per entry, rounding
+bounds and kink bands from symgrad.lower, the accuracy oracle and joint kink check of the exploded
+engine."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ import time
 import pytest
 import torch
 
-from symgrad.errors import InputError, UnsupportedOp
-from symgrad.graph import check_exploded
+import symgrad
+from symgrad.errors import InputError
 from symgrad.testing_ops import with_backward
+
+
+def check_exploded(fn, inputs, **kw):
+    return symgrad.check(fn, inputs, engine="elementwise", quiet=True, **kw)
 
 
 def randn(*shape, seed=0, dtype=torch.float64):
@@ -21,7 +27,7 @@ def test_gradient_with_closed_forms_per_entry():
     x, w = randn(4, 3), randn(3, 2, seed=1)
     report = check_exploded(lambda x, w: torch.tanh(x @ w).pow(2).sum(), {"x": x, "w": w})
     assert report.passed, report.to_text()
-    assert report.meta["engine"] == "graph (exploded back end)" and report.meta["quantity"] == "grad"
+    assert report.meta["engine"] == "elementwise" and report.meta["quantity"] == "grad"
     w_rec = next(r for r in report.records if r.name == "w")
     assert "tanh(x[0, 0]*w[0, 0]" in w_rec.closed_form or "tanh(w[0, 0]*x[0, 0]" in w_rec.closed_form
 
@@ -74,9 +80,11 @@ def test_refused_beyond_the_budget_quickly():
     assert time.perf_counter() - start < 10
 
 
-def test_forward_mode_is_the_tensor_back_ends():
-    with pytest.raises(UnsupportedOp, match="check_graph"):
-        check_exploded(torch.sin, {"x": randn(3)}, tangents={"x": randn(3)})
+def test_forward_mode_on_the_exploded_engine():
+    x, t = randn(3), randn(3, seed=1)
+    assert check_exploded(torch.sin, {"x": x}, tangents={"x": t}, via="func.jvp").passed
+    report = check_exploded(lambda x: torch.sin(x) * 2, {"x": x}, tangents={"x": t}, via="forward_ad")
+    assert report.passed and report.meta["quantity"] == "jvp"
 
 
 def _op_rows():
@@ -88,16 +96,16 @@ def _op_rows():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", _op_rows())
-def test_op_table_on_the_exploded_back_end(case):
-    """Every representative op row (float64): the tensor rules agree with the exploded derivative
-    (or the row is refused with its reason), torch's own backward passes the exploded route and a
-    seeded wrong backward fails it.  ``python -m pytest tests/graph/test_explode_route.py -m slow``"""
+def test_op_table_tensor_rules_agree_with_the_exploded_derivative(case):
+    """Every representative op row (float64): the tensor rules agree with the exploded derivative,
+    or the row is refused with its reason (the exploded engine's verdicts on the same rows:
+    tests/nn/test_exploded_torch.py::test_op_table_on_the_exploded_engine).
+    ``python -m pytest tests/graph/test_explode_route.py -m slow``"""
     import warnings
 
-    from symgrad.errors import SymgradError
     from symgrad.graph.explode_cross import crosscheck_exploded
     from symgrad.graph.interpret import to_graph
-    from symgrad.graph.optable import FACTOR, as_function, wrong_backward
+    from symgrad.graph.optable import as_function
     from symgrad.graph.trace import trace_callable
 
     warnings.simplefilter("ignore")
@@ -107,14 +115,6 @@ def test_op_table_on_the_exploded_back_end(case):
                      [(n, "input" if inputs[n].is_floating_point() else "const", inputs[n]) for n in names])
     result = crosscheck_exploded(graph, wrt=[n for n in (case.wrt or graph.inputs) if n in graph.inputs])
     assert result.passed is not False, str(result)
-    try:
-        right = check_exploded(fn, inputs, wrt=list(case.wrt) or None)
-    except SymgradError as err:  # a function the exploded back end cannot take: refused, never passed
-        assert "tensor back end" in str(err) or "cannot evaluate" in str(err), str(err)
-        return
-    assert right.passed, right.to_text()
-    wrong = check_exploded(wrong_backward(fn, FACTOR["float64"]), inputs, wrt=list(case.wrt) or None)
-    assert wrong.passed == bool(case.zero_grad), wrong.to_text()
 
 
 def test_a_mask_read_by_where_is_no_kink():
