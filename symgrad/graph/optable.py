@@ -24,7 +24,7 @@ from __future__ import annotations
 import zlib
 from typing import Callable
 
-__all__ = ["OpCase", "Input", "normal", "uniform", "positive", "ints", "mask", "fixed", "cases", "make_inputs",
+__all__ = ["representative_cases", "OpCase", "Input", "normal", "uniform", "positive", "ints", "mask", "fixed", "cases", "make_inputs",
            "wrong_backward", "as_function", "FACTOR", "coverage_markdown", "DTYPES", "op_of", "representatives"]
 
 from .opcase import DTYPES, Input, OpCase, fixed, ints, mask, normal, positive, uniform  # noqa: F401 - re-exported
@@ -94,6 +94,13 @@ def representatives() -> set:
         if key not in first or (first[key].xfail and not c.xfail):
             first[key] = c
     return {c.name for c in first.values()}
+
+
+def representative_cases(dtype: str = "float64") -> list:
+    """The representative rows (:func:`representatives`) expected to work in ``dtype``: what the
+    slow sweeps of the exploded back end run."""
+    reps = representatives()
+    return [c for c in cases() if c.name in reps and not c.xfail and dtype in c.dtypes]
 
 
 def coverage_markdown() -> str:

@@ -343,10 +343,9 @@ def test_autograd_evaluation_order_is_allowed_for(dtype):
 
 
 def _op_rows():
-    from symgrad.graph.optable import cases, representatives
+    from symgrad.graph.optable import representative_cases
 
-    reps = representatives()
-    return [pytest.param(c, id=c.name) for c in cases() if c.name in reps and not c.xfail and "float64" in c.dtypes]
+    return [pytest.param(c, id=c.name) for c in representative_cases("float64")]
 
 
 @pytest.mark.slow
