@@ -38,6 +38,7 @@ def _graph_of(torch_fn: Callable, names: list, tensors: list, constants=()):
     from .trace import trace_callable
 
     roles = ["input" if t.is_floating_point() and n not in constants else "const" for n, t in zip(names, tensors)]
+
     def run(*flat):  # the leaves positionally, whatever torch_fn's signature (defaults, *args)
         return torch_fn(*flat)
 
@@ -75,7 +76,7 @@ def explode_torch(torch_fn: Callable, leaves: Mapping, *, budget: int | None = N
 
 
 def exploded_output(torch_fn: Callable, leaves: Mapping, *, budget: int | None = None, n_wrt: int | None = None,
-                    n_diff: int = 1, constants=()):
+                    n_diff: int | None = 1, constants=()):
     """``torch_fn(*leaves.values())`` as a ``SymTensor`` (Note [Exploded twin]): each output entry's exact
     expression over the symbols of the float leaves, named after ``leaves``' keys (those named in
     ``constants`` are data: their values, not symbols).  ``budget``,

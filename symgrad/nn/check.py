@@ -191,15 +191,17 @@ def _explode(model, loss_fn, symbolic, torch_fn, leaves, named, params, target, 
              rtol, atol, title, reason, backward_calls: int = 1) -> Report:
     """The whole batch as one symbolic computation, through the plain-function pipeline: the
     ``symbolic=`` twin, or the module exploded through the op graph (Note [Exploded twin])."""
+    from ..graph.refs import JACOBIAN_VIAS
     from ..graph.twin import exploded_output
 
     names = list(leaves)
     k = len(named)
     n_wrt = sum(leaves[w].numel() for w in wrt)
+    jacobian = loss_fn is None and (via in JACOBIAN_VIAS or (via is None and v is None and tangents is None))
 
     def sym_fn(*tensors):
-        if symbolic is None:
-            return exploded_output(torch_fn, leaves, n_wrt=n_wrt)
+        if symbolic is None:  # a Jacobian (an output, no cotangent) is sized as one before it is built
+            return exploded_output(torch_fn, leaves, n_wrt=n_wrt, n_diff=None if jacobian else 1)
         ins = list(tensors[:k])
         ps = dict(zip(names[k:], tensors[k:]))
         out = symbolic(ps, *ins) if not hasattr(symbolic, "symbolic_forward") else symbolic.symbolic_forward(*ins, params=ps)
