@@ -363,3 +363,17 @@ def test_two_layer_piecewise_network_builds_quickly(act):
     w1, w2 = _arr((8, 8), 31), _arr((8, 8), 32)
     ref = getattr(F, act)(torch.tensor(w2) @ getattr(F, act)(torch.tensor(w1) @ torch.tensor(a))).sum()
     np.testing.assert_allclose(evaluate(out, {x: a, W1: w1, W2: w2}), ref.numpy(), rtol=1e-10)
+
+
+def test_comparisons_are_entrywise_and_have_no_truth_value():
+    """``==``/``!=`` are torch's entrywise comparisons (``x * (x == c)`` is a mask), so a SymTensor
+    has no truth value unless it is one number, as a torch tensor has none beyond one entry."""
+    import pytest
+
+    x, y = sg.symbols("x", (2,)), sg.symbols("y", (2,))
+    assert (x == x).shape == (2,) and (x != y).shape == (2,)
+    with pytest.raises(TypeError, match="ambiguous"):
+        bool(x == y)
+    with pytest.raises(TypeError, match="ambiguous"):
+        x in [y]  # noqa: B015 - what the truth value guards
+    assert x in [x] and bool(sg.as_symtensor(np.array([1.0], object)))

@@ -199,6 +199,15 @@ class SymTensor:
 
     __hash__ = object.__hash__  # identity, as torch tensors hash
 
+    def __bool__(self):  # as torch: only a one-entry tensor has a truth value (here: a number's)
+        if self.numel() == 1:
+            try:
+                return float(self.data.ravel()[0]) != 0.0
+            except (TypeError, RuntimeError, ValueError):
+                pass
+        raise TypeError(f"the truth value of a SymTensor of shape {self.shape} is ambiguous: its entries are "
+                        "expressions (== and != compare entry by entry, as torch's do); use `is` for identity")
+
     def __neg__(self):
         return self.map(lambda a: -a)
 
