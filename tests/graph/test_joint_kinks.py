@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import symgrad as sg
 from symgrad.graph import kinkunits
+from symgrad.testing_ops import vjp, with_backward
 
 DTYPES = [torch.float64, torch.float32]
 OPS = {  # name: (torch function, kink point used, one-sided derivatives there (left, right), torch's)
@@ -38,26 +39,16 @@ def activation(op, points=(0.0,), at_kink=None, scale=1.0, near=0.0):
     backward is torch's own derivative of ``op`` times ``scale``, except that where ``z`` is within
     ``near`` of a kink point it returns ``at_kink`` (when given) instead."""
 
-    class Act(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, z):
-            ctx.save_for_backward(z)
-            return op(z)
+    def backward(z, g):
+        d = vjp(op, z, g)
+        if at_kink is not None:
+            on = torch.zeros_like(z, dtype=torch.bool)
+            for p in points:
+                on |= (z - p).abs() <= near
+            d = torch.where(on, g * at_kink, d)
+        return scale * d
 
-        @staticmethod
-        def backward(ctx, g):
-            (z,) = ctx.saved_tensors
-            with torch.enable_grad():
-                zz = z.detach().requires_grad_(True)
-                (d,) = torch.autograd.grad(op(zz), zz, g)
-            if at_kink is not None:
-                on = torch.zeros_like(z, dtype=torch.bool)
-                for p in points:
-                    on |= (z - p).abs() <= near
-                d = torch.where(on, g * at_kink, d)
-            return scale * d
-
-    return Act.apply
+    return with_backward(op, backward)
 
 
 class MLP(nn.Module):
