@@ -226,6 +226,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                     ref.kink_generators = stack_generators(
                         [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
         refs.append(ref)
+    if any(np.isnan(r.value).any() for r in refs) and np.isfinite(main[0]).all():
+        _limits(refs, exprs, args, sizes, values, len(values) - len(extra_vals), named, floats, scale, dtype)
     if twin_graph is not None and quantity in ("grad", "vjp", "jacobian"):
         _widen(twin_graph, refs, out_ref, quantity, out.shape, v, via, scale, dtype_name)
     evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
@@ -253,6 +255,36 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _limits(refs, exprs, args, sizes, values, n_moved, named, floats, scale, dtype) -> None:
+    """Note [Cone points] (symgrad/graph/cones.py): NaN entries of the closed form (0/0, as a norm at
+    zero) judged against the band of the derivative's limits at nearby points."""
+    from .graph.cones import bands_from
+
+    fn = lower(exprs, args, forward=sizes[0])
+    counts = [named[n].numel() for n in floats]
+    offsets = np.cumsum([0] + sizes)
+
+    def evaluate(move):
+        base, start, parts = np.asarray(values[:n_moved], np.float64), 0, []
+        for c in counts:
+            parts.append(move(base[start:start + c]))
+            start += c
+        got = fn(list(np.concatenate(parts + [np.zeros(0)])) + list(values[n_moved:]), dtype=high_precision(),
+                 kink_eps=float(torch_eps(dtype)))
+        flat = np.array([float(x) for x in got.values], np.float64)
+        mags = np.array([float(x) for x in got.magnitudes], np.float64)
+        return ([scale * flat[offsets[i]:offsets[i + 1]].reshape(r.value.shape) for i, r in enumerate(refs, 1)],
+                [scale * mags[offsets[i]:offsets[i + 1]].reshape(r.value.shape) for i, r in enumerate(refs, 1)])
+
+    bands_from(refs, evaluate)
+
+
+def torch_eps(dtype) -> float:
+    import torch
+
+    return float(torch.finfo(dtype).eps)
 
 
 def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale, dtype: str) -> None:

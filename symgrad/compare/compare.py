@@ -215,6 +215,25 @@ def _in_ulps(rec: Record, e, a, diff, allowed, judged_mask, dtype: str) -> None:
                      for j in order]
 
 
+# Note [Overflow is the right answer]
+# exp(100) is 2.7e43, beyond float32's largest number (3.4e38): the correctly rounded float32 result
+# is +inf, and a float32 forward or backward that returns it is right, not a NaN/inf failure.  The
+# reference is float64, so it still holds the finite value.  An autograd +-inf of the same sign is
+# accepted where the exact value, widened by its allowance, reaches the dtype's largest finite
+# number; an inf where the exact value stays below it (an intermediate overflow) still fails.
+MAX_FINITE = {"float32": 3.4028234663852886e38, "float16": 65504.0, "bfloat16": 3.3895313892515355e38}
+
+
+def _overflowed(e: np.ndarray, a: np.ndarray, allowed, dtype: str) -> np.ndarray:
+    """Entries where autograd's +-inf is ``e`` correctly rounded to ``dtype`` (the Note above)."""
+    top = MAX_FINITE.get(dtype)
+    if top is None or np.isfinite(a).all():
+        return np.zeros(e.shape, bool)
+    with np.errstate(all="ignore"):
+        reach = np.abs(e) + np.where(np.isfinite(allowed), allowed, 0.0)
+        return np.isinf(a) & np.isfinite(e) & (np.sign(a) == np.sign(e)) & (reach >= top)
+
+
 def _nonfinite_note(expected: np.ndarray, actual: np.ndarray, name: str) -> tuple[str, np.ndarray]:
     """Text describing NaN/inf on either side, and a mask of entries where the sides differ in kind."""
     bad_e, bad_a = ~np.isfinite(expected), ~np.isfinite(actual)
@@ -250,6 +269,8 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     # entries cost a few milliseconds a pass)
     abs_e, fin_e = np.abs(e), np.isfinite(e)
     finite_e = abs_e if fin_e.all() else abs_e[fin_e]
+    if dtype in MAX_FINITE and finite_e.size and finite_e.max() >= MAX_FINITE[dtype]:
+        finite_e = finite_e[finite_e < MAX_FINITE[dtype]]  # the scale of what the dtype can hold (Note [Overflow is the right answer])
     scale = float(finite_e.max()) if finite_e.size else 0.0
     eps = EPS.get(dtype, 2.0**-52)
 
@@ -315,6 +336,15 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         ok = np.where(kink, ok_kink, ok)
         rec.kinks = int(kink.sum())
         rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band, fit)
+    over = _overflowed(e, a, allowed, dtype)  # Note [Overflow is the right answer]
+    if over.any():
+        rec.nonfinite, differ = _nonfinite_note(e, np.where(over, e, a), name)
+        ok |= over
+        first = tuple(int(i) for i in np.argwhere(over)[0])
+        rec.note = (rec.note + " " if rec.note else "") + (
+            f"{int(over.sum())} entries overflow {dtype} (e.g. {format_index(name, first)}: exact value "
+            f"{float(e[first]):.6g}, beyond {dtype}'s largest number {MAX_FINITE[dtype]:.6g}): autograd's "
+            f"{'-' if a[first] < 0 else '+'}inf there is the correctly rounded result.")
     ok &= ~differ
     rec.allowed, rec.kink_mask, rec.mismatch_mask = allowed, kink, ~ok
     rec.mismatched = int((~ok).sum())

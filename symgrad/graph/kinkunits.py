@@ -15,6 +15,7 @@ from .approx import Approx
 from .engine import backward
 from .pointwise_oracle import attach_pointwise_oracles
 from .printing import gradient_text
+from .cones import limit_bands
 from .refs import reference as _reference
 from .rules import KinkLog
 
@@ -105,4 +106,5 @@ def sweep_references(st, seeds, live, nodes, how, out_shape, scale, *, flip: boo
             extra = _reference(ref.name, [Approx(e) for e in kink_e[node]], tuple(st.leaves[ref.name].shape),
                                out_shape, how, scale, []).value
             ref.kink_rounding = np.asarray(ref.rounding, np.float64) + np.abs(extra)
+    limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale)  # Note [Cone points]
     return refs, per_seed, any(units)

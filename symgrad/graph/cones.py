@@ -1,0 +1,218 @@
+"""Derivatives at cone points: where the closed form is 0/0 but the function is not (stage "differentiate").
+
+# Note [Cone points]
+A norm at zero is the classic: ``||x||`` is finite and Lipschitz at ``x = 0``, but its derivative
+``x / ||x||`` is 0/0 there, so the reverse sweep over the op graph gives NaN (``sqrt'(0) = inf``
+times ``2x = 0``).  ``torch.dist(x, y)`` at ``x = y``, ``torch.cdist(x, x)`` (its diagonal), a
+Frobenius norm of a zero matrix, ``F.normalize`` of a zero row go the same way.  Torch returns 0
+there -- the subgradient of least norm -- after years of returning NaN; both are shipped
+behaviours that a verifier must tell apart, so a NaN reference (no verdict possible) is not good
+enough.
+
+Where an entry of the reference is NaN while the forward is finite, the derivative's *limits* are
+computed instead.  The whole op graph is evaluated again at ``x + t d`` for ``DIRECTIONS`` random
+directions ``d`` (every floating-point input and parameter moved together) and two steps ``t``.
+Along a ray into a cone point the derivative of a norm is constant (``d / ||d||``); at a
+removable singularity every direction converges to the same number.  The entry's band is the
+smallest interval holding every limit, widened by how much each direction's value still moved
+between the two steps (a convergence estimate).  Autograd's value must lie in it, as at any kink
+(``Reference.lower``/``upper``): 0 for a norm at zero passes, NaN fails, and so does a value
+outside every limit (e.g. 1 for every entry of a norm of several entries at zero, whose limits
+``d_i / ||d||`` stay inside ``[-0.99, 0.99]``).  The band is a superset of the entry's Clarke
+subdifferential, so a correct subgradient never false-alarms; a wrong one inside the band passes,
+as at a kink.
+
+Some NaNs survive any move of the inputs: ``cdist(x, x)`` has ``x_i - x_i = 0`` for every ``x``, so
+its diagonal's ``sqrt`` sits at 0 wherever the inputs go, although the function (0 there) is
+smooth.  For those entries every *use* of an input is moved independently: the graph gets one
+copy of the leaf per consumer (``f(x) = F(x, x)``, evaluated at ``F(x + t d_1, x + t d_2)``), and the
+leaf's derivative is the sum over its copies.  Where ``F`` is differentiable this is ``f``'s
+derivative (the chain rule); at ``cdist``'s diagonal the copies' contributions cancel exactly to 0.
+It is used only where the plain move left a NaN, because the sum of the copies' limits can be
+wider than ``f``'s own.  An entry that is NaN in both stays NaN and fails, with the reason in the
+report.  Bounds come from the closed form at the moved points, never from torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..progress import stage
+from .approx import Approx
+from .engine import backward, forward
+from .ir import Graph, Node
+from .refs import reference
+
+__all__ = ["limit_bands", "bands_from", "moved", "DIRECTIONS", "STEPS"]
+
+DIRECTIONS = 8
+STEPS = (2.0**-18, 2.0**-24)  # relative to each input's largest entry (1 for an input of zeros)
+
+
+def limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale) -> None:
+    """Replace NaN entries of ``refs`` (one per name in ``st.wrt``) by bands of the derivative's
+    limits around the point (Note [Cone points]).  ``st``: the graph check's state."""
+    todo = [i for i, r in enumerate(refs) if np.isnan(np.asarray(r.value, np.float64)).any()]
+    if not todo or not np.all(np.isfinite(st.values[st.out].v)):
+        return
+    stage("op graph: derivative limits at a 0/0 point")
+    rng = np.random.default_rng(0)
+    plain = _samples(st, st.graph, {n: [n] for n in live}, seeds, live, nodes, how, out_shape, scale, rng)
+    split = None
+    for i in todo:
+        ref = refs[i]
+        nan = np.isnan(np.asarray(ref.value, np.float64))
+        lo, hi, e = _band([s[i] for s in plain])
+        still = nan & np.isnan(lo)
+        how_found = "every input moved together"
+        if still.any():
+            if split is None:
+                graph, copies = _split_uses(st.graph)
+                split = _samples(st, graph, copies, seeds, live, nodes, how, out_shape, scale, rng)
+            lo2, hi2, e2 = _band([s[i] for s in split])
+            lo, hi, e = np.where(still, lo2, lo), np.where(still, hi2, hi), np.where(still, e2, e)
+            how_found += "; where that stayed 0/0, each use of an input moved on its own"
+        _apply(ref, nan, lo, hi, e, how_found)
+
+
+def bands_from(refs, evaluate) -> None:
+    """Note [Cone points] for an engine that evaluates its closed forms directly: ``evaluate(move)``
+    gives, per reference, (values, roundings) at the inputs moved by ``move(value array, direction
+    generator, step)`` (see :func:`moved`)."""
+    todo = [i for i, r in enumerate(refs) if np.isnan(np.asarray(r.value, np.float64)).any()]
+    if not todo:
+        return
+    stage("derivative limits at a 0/0 point")
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(DIRECTIONS):
+        seed = int(rng.integers(2**31))
+        at = []
+        for t in STEPS:
+            gen = np.random.default_rng(seed)  # the same direction at both steps, one draw per input
+            at.append(evaluate(lambda v, gen=gen, t=t: moved(v, gen, t)))
+        samples.append([(a, b, r) for (a, r), (b, _) in zip(zip(*at[0]), zip(*at[1]))])
+    for i in todo:
+        nan = np.isnan(np.asarray(refs[i].value, np.float64))
+        lo, hi, e = _band([s[i] for s in samples])
+        _apply(refs[i], nan, lo, hi, e, "every input moved together")
+
+
+def moved(v: np.ndarray, rng, t: float) -> np.ndarray:
+    """``v + t * max|v| * d`` for a standard normal ``d`` drawn from ``rng`` (``max|v|`` = 1 for zeros)."""
+    v = np.asarray(v, np.float64)
+    size = float(np.max(np.abs(v))) if v.size and np.max(np.abs(v)) > 0 else 1.0
+    return v + t * size * rng.standard_normal(v.shape)
+
+
+def _apply(ref, nan, lo, hi, e, how_found: str) -> None:
+    fixed = nan & np.isfinite(lo) & np.isfinite(hi)
+    value = np.array(ref.value, np.float64)
+    value[fixed] = 0.5 * (lo[fixed] + hi[fixed])
+    lower = np.array(ref.lower if ref.lower is not None else value, np.float64)
+    upper = np.array(ref.upper if ref.upper is not None else value, np.float64)
+    lower[fixed], upper[fixed] = lo[fixed], hi[fixed]
+    kink = np.zeros(value.shape, bool) if ref.kink is None else np.array(ref.kink, bool)
+    kink |= fixed
+    rounding = np.array(np.broadcast_to(ref.rounding if ref.rounding is not None else 0.0, value.shape), np.float64)
+    rounding[fixed] = e[fixed]
+    ref.value, ref.lower, ref.upper, ref.kink, ref.rounding = value, lower, upper, kink, rounding
+    ref.kink_generators = None  # these entries are judged by their band alone (Note [Joint kink check])
+    first = tuple(int(j) for j in np.argwhere(nan)[0])
+    left = int((nan & ~fixed).sum())
+    text = (f"{int(nan.sum())} entries have a closed form that is 0/0 at this input (e.g. a norm at zero; first "
+            f"{ref.name}{list(first)}): autograd's value is judged against the band of the derivative's limits "
+            f"from {DIRECTIONS} random directions ({how_found}; Note [Cone points])")
+    if fixed.any():
+        j = tuple(np.argwhere(fixed)[0])
+        text += f", e.g. [{lower[j]:.6g}, {upper[j]:.6g}]"
+    if left:
+        text += f"; {left} stay 0/0 at every nearby point tried and cannot be judged"
+    ref.note = (ref.note + " " if ref.note else "") + text + "."
+
+
+def _band(samples: list) -> tuple:
+    """Entrywise (lower, upper, rounding) over ``samples`` = [(step-1 values, step-2 values, e), ...]
+    per direction; NaN where any direction gave NaN."""
+    firsts = np.stack([a for a, _, _ in samples])
+    lasts = np.stack([b for _, b, _ in samples])
+    moved = np.abs(firsts - lasts).max(axis=0)  # how far from converged
+    both = np.concatenate([firsts, lasts])
+    lo, hi = both.min(axis=0) - moved, both.max(axis=0) + moved
+    e = np.stack([r for _, _, r in samples]).max(axis=0)
+    bad = np.isnan(both).any(axis=0) | ~np.isfinite(moved)
+    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi), e
+
+
+def _samples(st, graph: Graph, copies: dict, seeds, live, nodes, how, out_shape, scale, rng) -> list:
+    """Per direction, per reference: (values at step 1, values at step 2, rounding) of the
+    reverse sweeps of ``graph`` at moved leaves.  ``copies``: original leaf -> its leaves in ``graph``."""
+    movable = [c for cs in copies.values() for c in cs] + [n for n in graph.inputs.values()
+                                                       if n not in copies and _floating(n)]
+    movable = list(dict.fromkeys(movable))
+    base = {n: np.asarray(n.attrs["value"], np.float64) for n in movable}
+    out = graph.outputs[0] if graph is not st.graph else st.out
+    per_dir = []
+    for _ in range(DIRECTIONS):
+        seed = int(rng.integers(2**31))
+        at_steps = []
+        for t in STEPS:
+            gen = np.random.default_rng(seed)
+            for n, v in base.items():
+                n.attrs["value"] = moved(v, gen, t)
+            try:
+                values = forward(graph, st.ctx)
+                flat = [c for cs in copies.values() for c in cs]
+                grads = [backward(graph, values, {out: Approx(s)}, flat, st.ctx) for s in seeds]
+            finally:
+                for n, v in base.items():
+                    n.attrs["value"] = v
+            at_steps.append(_references(st, grads, copies, live, nodes, how, out_shape, scale))
+        (a, ea), (b, _) = at_steps
+        per_dir.append([(x, y, r) for x, y, r in zip(a, b, ea)])
+    return [[d[i] for i in range(len(d))] for d in per_dir]
+
+
+def _references(st, grads, copies, live, nodes, how, out_shape, scale) -> tuple:
+    """(values, roundings) per name in ``st.wrt`` from per-seed sweeps, the copies of a leaf summed."""
+    summed = []
+    for g in grads:
+        per_leaf = {}
+        for leaf in live:
+            parts = [g[c] for c in copies[leaf] if g.get(c) is not None]
+            per_leaf[leaf] = None if not parts else Approx(sum(p.v for p in parts), sum(p.e for p in parts))
+        summed.append(per_leaf)
+    refs = [reference(n, [None if node is None else s[node] for s in summed], tuple(st.leaves[n].shape),
+                      out_shape, how, scale, []) for n, node in zip(st.wrt, nodes)]
+    return [np.asarray(r.value, np.float64) for r in refs], [np.asarray(r.rounding, np.float64) for r in refs]
+
+
+def _floating(node: Node) -> bool:
+    v = node.attrs.get("value")
+    return v is not None and np.asarray(v).dtype.kind == "f"
+
+
+def _split_uses(graph: Graph) -> tuple:
+    """A copy of ``graph`` with one leaf per use of each input or parameter, and original leaf ->
+    its copies (Note [Cone points])."""
+    originals = {id(n) for n in graph.inputs.values() if _floating(n)}
+    copies: dict = {n: [] for n in graph.inputs.values() if id(n) in originals}
+    new = Graph()
+    mapped: dict = {}
+    for node in graph.nodes:
+        if id(node) in originals:
+            continue
+        args = []
+        for a in node.args:
+            if id(a) in originals:
+                leaf = new.add(Node("leaf", attrs=dict(a.attrs), shape=a.shape, name=a.name, origin=a.origin))
+                copies[a].append(leaf)
+                args.append(leaf)
+            else:
+                args.append(mapped.get(a, a))
+        mapped[node] = new.add(Node(node.kind, tuple(args), node.attrs, node.shape, node.name, node.origin))
+    new.outputs = [mapped.get(o, o) for o in graph.outputs if o is not None]
+    for leaf, cs in copies.items():  # an input used nowhere keeps no copy; the output itself an input keeps one
+        if not cs and any(o is leaf for o in graph.outputs):
+            cs.append(leaf)
+    return new, copies

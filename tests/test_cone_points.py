@@ -1,0 +1,84 @@
+"""Note [Cone points]: derivatives where the closed form is 0/0 (a norm at zero), both engines;
+Note [Zero by cancellation]: an exactly-zero gradient is not called inaccurate."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import symgrad as sg
+from symgrad.testing_ops import vjp, with_backward
+
+norm = torch.linalg.vector_norm
+ENGINES = ["auto", "elementwise"]
+DTYPES = [torch.float64, torch.float32]
+
+
+def _zero_grad(x, g):
+    return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fn", [
+    lambda x: norm(x),
+    lambda x: torch.linalg.matrix_norm(x.reshape(2, 2)),
+    lambda x: torch.dist(x, x.detach().clone()),
+], ids=["vector_norm", "frobenius", "dist"])
+def test_torch_norms_at_zero_pass(fn, dtype, engine):
+    report = sg.check(fn, {"x": torch.zeros(4, dtype=dtype)}, engine=engine)
+    assert report.passed, str(report)
+    assert "0/0 at this input" in str(report)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cdist_of_a_set_with_itself_passes(engine):
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0], [1.0, -1.0]], dtype=torch.float64)
+    assert sg.check(lambda x: torch.cdist(x, x).sum(), {"x": x}, engine=engine).passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backward,passes", [
+    (_zero_grad, True),  # torch's choice: the least-norm subgradient
+    (lambda x, g: g * torch.full_like(x, 0.25), True),  # inside the unit ball: a subgradient too
+    (lambda x, g: g * x / norm(x), False),  # the shipped bug: NaN
+    (lambda x, g: g * torch.ones_like(x), False),  # outside every limit x / |x|
+])
+def test_norm_at_zero_backwards(backward, passes, dtype):
+    f = with_backward(norm, backward)
+    report = sg.check(f, {"x": torch.zeros(4, dtype=dtype)})
+    assert report.passed is passes, str(report)
+
+
+def test_rows_at_zero_among_others_and_a_wrong_backward_there():
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]], dtype=torch.float64)
+    right = with_backward(lambda x: norm(x, dim=1), lambda x, g: vjp(lambda x: norm(x, dim=1), x, g))
+    assert sg.check(lambda x: right(x).sum(), {"x": x}).passed
+    wrong = with_backward(lambda x: norm(x, dim=1), lambda x, g: vjp(lambda x: norm(x, dim=1), x, g) + 0.7)
+    assert not sg.check(lambda x: wrong(x).sum(), {"x": x}).passed
+
+
+def test_normalize_of_a_zero_row_in_a_module():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3).double()
+
+        def forward(self, x):
+            return self.lin(F.normalize(x, dim=1) + torch.linalg.vector_norm(x, dim=1, keepdim=True))
+
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    assert sg.check(M(), {"x": x}).passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradient_zero_by_cancellation_is_not_inaccurate(dtype):
+    def layer_norm(x):
+        return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5)
+
+    torch.manual_seed(0)
+    x = torch.randn(6, dtype=dtype)
+    f = with_backward(layer_norm, lambda x, g: vjp(layer_norm, x, g))
+    report = sg.check(lambda x: f(x).sum(), {"x": x}, engine="elementwise", strict=True)
+    assert report.passed and not any(r.inaccurate for r in report.records), str(report)
+    bad = with_backward(layer_norm, lambda x, g: vjp(layer_norm, x, g) + 1e-3)
+    assert not sg.check(lambda x: bad(x).sum(), {"x": x}, engine="elementwise").passed
