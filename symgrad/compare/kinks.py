@@ -89,6 +89,8 @@ def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
     r = np.asarray(r, np.float64)
     tol = np.maximum(np.asarray(tol, np.float64), np.finfo(np.float64).tiny)
     G = np.asarray(gens, np.float64)
+    if G.size and not np.isfinite(G).all():  # a candidate that could not be evaluated is no choice at all
+        G = np.where(np.isfinite(G).all(axis=-1, keepdims=True), G, 0.0)
     n_groups, n_gen = G.shape[:2]
     lam = np.zeros((n_groups, n_gen))
     res = r.copy()

@@ -175,7 +175,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
     if kind == "contract":
         return _vjp_contract(node.attrs["spec"], args, g, needed)
     if kind == "reduce":
-        return [_vjp_reduce(node, args[0], g, ctx)]
+        return [_vjp_reduce(node, args[0], g, ctx, kinks)]
     if kind == "layout":
         return [_vjp_layout(node, args[0], g)]
     if kind == "select":
@@ -286,7 +286,7 @@ def _vjp_select(node: Node, args: list, g: Approx) -> list:
     return grads
 
 
-def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx) -> Approx:
+def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None = None) -> Approx:
     axes, keep = tuple(node.attrs["axes"]), node.attrs["keepdim"]
     kept = list(a.shape)
     for ax in axes:
@@ -308,9 +308,39 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx) -> Approx:
     g_lo, g_hi = gk.sides()
     lo_end, hi_end = np.minimum(0.0, gk.v - g_lo), np.maximum(0.0, gk.v + g_hi)
     tie = near & tied
+    if kinks is not None and tie.any() and not gk.banded:  # Note [Ties as kink units]
+        _record_ties(kinks, node.args[0], np.broadcast_to(v, a.shape), np.broadcast_to(gk.v, a.shape),
+                     np.broadcast_to(gk.e, a.shape), tie, axes)
+        return Approx(v, e)
     lo = np.where(tie, v - lo_end, g_lo * weight)
     hi = np.where(tie, hi_end - v, g_hi * weight)
     return Approx(v, e, lo, hi)
+
+
+# Note [Ties as kink units]
+# At a tie of max/min each tied entry may receive anything from none of the cotangent to all of
+# it -- but together they receive exactly the cotangent: torch's amax splits it evenly, max()
+# sends it to one index, and any convex combination is a subgradient.  Entrywise bands alone would
+# pass a backward that sends the whole cotangent to *every* tied entry.  With a kink log (the
+# joint kink check's sweeps, Note [Kink units]) a tied group is one unit instead: one generator per
+# tied entry, "all of the cotangent to this entry" minus the sweep's own split, so the joint fit
+# accepts exactly the convex combinations (its weights are capped simplices).  Without a log, or
+# past MAX_KINK_UNITS units, the entrywise band stays (sound, weaker).
+def _record_ties(kinks: list, arg: Node, v: np.ndarray, gv: np.ndarray, ge: np.ndarray, tie: np.ndarray,
+                 axes: tuple) -> None:
+    order = [d for d in range(v.ndim) if d not in axes] + list(axes)
+    rows = int(np.prod([v.shape[d] for d in axes], dtype=np.int64))
+
+    def grouped(t):
+        return np.transpose(np.asarray(t), order).reshape(-1, rows)
+
+    ids = grouped(np.arange(v.size).reshape(v.shape))
+    for group in np.flatnonzero(grouped(tie).sum(axis=1) > 1):
+        members = ids[group][grouped(tie)[group]]
+        given, total = v.ravel()[members], float(gv.ravel()[members[0]])
+        bound = np.full(len(members), float(ge.ravel()[members[0]]) + abs(total))
+        changes = [(total * (np.arange(len(members)) == j) - given, bound) for j in range(len(members))]
+        kinks.append((arg, members, changes))
 
 
 # ---------------------------------------------------------------------------------------------- jvp

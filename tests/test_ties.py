@@ -1,0 +1,56 @@
+"""Ties of max/min and of order statistics: any convex combination of the tied entries passes,
+more or less than the whole cotangent fails (Notes [Ties as kink units], [Ties of order statistics])."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import symgrad as sg
+from symgrad.testing_ops import with_backward
+
+ENGINES = ["auto", "elementwise"]
+X = torch.tensor([1.0, 3.0, 3.0, 3.0], dtype=torch.float64)
+SPLITS = [  # (gradient on the tied entries 1..3, passes)
+    ([1 / 3, 1 / 3, 1 / 3], True),  # torch's amax and median(): evenly
+    ([1.0, 0.0, 0.0], True),  # torch's max(): one index
+    ([0.5, 0.5, 0.0], True),
+    ([1.0, 1.0, 1.0], False),  # the whole cotangent to every tied entry
+    ([0.5, 0.0, 0.0], False),  # half of it lost
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("split,passes", SPLITS)
+@pytest.mark.parametrize("op", [lambda x: x.amax(), lambda x: x.max(), lambda x: -(-x).min(),
+                                lambda x: torch.sort(x).values[-1]], ids=["amax", "max", "min", "sort"])
+def test_a_tie_of_the_maximum(op, split, passes, engine):
+    grad = torch.tensor([0.0] + split, dtype=torch.float64)
+    f = with_backward(op, lambda x, g: g * grad)
+    assert sg.check(f, {"x": X}, engine=engine).passed is passes
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("split,passes", SPLITS)
+def test_a_tie_at_the_median(split, passes, engine):
+    x = torch.tensor([3.0, 1.0, 1.0, 1.0], dtype=torch.float64)  # median 1, three ways
+    grad = torch.tensor([0.0] + split, dtype=torch.float64)
+    f = with_backward(lambda x: x.median(), lambda x, g: g * grad)
+    assert sg.check(f, {"x": x}, engine=engine).passed is passes
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_torch_order_statistics_at_ties_pass(engine):
+    y = torch.tensor([[3.0, 1.0, 3.0], [2.0, 2.0, 0.0]], dtype=torch.float64)
+    w = torch.arange(3.0, dtype=torch.float64)
+    for fn in (lambda y: y.median(), lambda y: torch.kthvalue(y, 2, dim=1).values.sum(),
+               lambda y: torch.mode(y, 1).values.sum(), lambda y: (torch.cummax(y, 1).values * w).sum(),
+               lambda y: (torch.sort(y, 1, descending=True).values * w).sum(), lambda y: y.median(dim=1).values.sum()):
+        assert sg.check(fn, {"y": y}, engine=engine).passed
+
+
+def test_max_pool_windows_of_ties_with_a_backward_that_doubles_them():
+    x = torch.ones(1, 1, 4, 4, dtype=torch.float64)
+    assert sg.check(lambda x: F.max_pool2d(x, 2).sum(), {"x": x}).passed
+    doubled = with_backward(lambda x: F.max_pool2d(x, 2),
+                            lambda x, g: torch.ones_like(x) * g.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    assert not sg.check(lambda x: doubled(x).sum(), {"x": x}).passed
