@@ -82,3 +82,24 @@ def test_gradient_zero_by_cancellation_is_not_inaccurate(dtype):
     assert report.passed and not any(r.inaccurate for r in report.records), str(report)
     bad = with_backward(layer_norm, lambda x, g: vjp(layer_norm, x, g) + 1e-3)
     assert not sg.check(lambda x: bad(x).sum(), {"x": x}, engine="elementwise").passed
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_power_at_a_zero_base_uses_the_side_where_it_is_defined(engine):
+    """d(x**y)/dy = x**y log x is 0 * -inf at x = 0; only x > 0 is defined for non-integer y."""
+    inputs = {"x": torch.tensor([0.0, 2.0], dtype=torch.float64), "y": torch.tensor([2.0, 3.0], dtype=torch.float64)}
+    assert sg.check(lambda x, y: torch.pow(x, y).sum(), inputs, engine=engine).passed
+
+    class Pow(torch.autograd.Function):  # d/dy wrong at the zero base: 1 instead of the limit 0
+        @staticmethod
+        def forward(ctx, x, y):
+            ctx.save_for_backward(x, y)
+            return torch.pow(x, y)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, y = ctx.saved_tensors
+            gy = torch.where(x > 0, torch.pow(x, y) * torch.log(x.clamp_min(1e-300)), torch.ones_like(x))
+            return g * y * torch.pow(x, y - 1), g * gy
+
+    assert not sg.check(lambda x, y: Pow.apply(x, y).sum(), inputs).passed

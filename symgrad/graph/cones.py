@@ -13,7 +13,8 @@ Where an entry of the reference is NaN while the forward is finite, the derivati
 computed instead.  The whole op graph is evaluated again at ``x + t d`` for ``DIRECTIONS`` random
 directions ``d`` (every floating-point input and parameter moved together) and two steps ``t``.
 Along a ray into a cone point the derivative of a norm is constant (``d / ||d||``); at a
-removable singularity every direction converges to the same number.  The entry's band is the
+removable singularity every direction converges to the same number; at the edge of a domain
+(``x ** y`` at ``x = 0`` by ``y``) only the directions where the closed form is defined count.  The entry's band is the
 smallest interval holding every limit, widened by how much each direction's value still moved
 between the two steps (a convergence estimate).  Autograd's value must lie in it, as at any kink
 (``Reference.lower``/``upper``): 0 for a norm at zero passes, NaN fails, and so does a value
@@ -133,15 +134,19 @@ def _apply(ref, nan, lo, hi, e, how_found: str) -> None:
 
 def _band(samples: list) -> tuple:
     """Entrywise (lower, upper, rounding) over ``samples`` = [(step-1 values, step-2 values, e), ...]
-    per direction; NaN where any direction gave NaN."""
+    per direction, from the directions where both steps are finite (at the edge of a domain, as
+    ``x log x`` at 0, only one side is defined: its limits are the one-sided derivative); NaN where
+    fewer than two directions are."""
     firsts = np.stack([a for a, _, _ in samples])
     lasts = np.stack([b for _, b, _ in samples])
-    moved = np.abs(firsts - lasts).max(axis=0)  # how far from converged
-    both = np.concatenate([firsts, lasts])
-    lo, hi = both.min(axis=0) - moved, both.max(axis=0) + moved
-    e = np.stack([r for _, _, r in samples]).max(axis=0)
-    bad = np.isnan(both).any(axis=0) | ~np.isfinite(moved)
-    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi), e
+    valid = np.isfinite(firsts) & np.isfinite(lasts)
+    with np.errstate(invalid="ignore"):
+        moved = np.where(valid, np.abs(firsts - lasts), 0.0).max(axis=0)  # how far from converged
+        lo = np.minimum(np.where(valid, firsts, np.inf).min(axis=0), np.where(valid, lasts, np.inf).min(axis=0))
+        hi = np.maximum(np.where(valid, firsts, -np.inf).max(axis=0), np.where(valid, lasts, -np.inf).max(axis=0))
+    e = np.stack([np.where(np.isfinite(r), r, 0.0) for _, _, r in samples]).max(axis=0)
+    bad = valid.sum(axis=0) < 2
+    return np.where(bad, np.nan, lo - moved), np.where(bad, np.nan, hi + moved), e
 
 
 def _samples(st, graph: Graph, copies: dict, seeds, live, nodes, how, out_shape, scale, rng) -> list:
