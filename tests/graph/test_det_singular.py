@@ -1,0 +1,50 @@
+"""Note [Determinant at a singular matrix]: det's derivative, the cofactor matrix, at and near
+singular matrices."""
+
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.testing_ops import with_backward
+
+SINGULAR = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)  # cof = [[4, -2], [-2, 1]]
+NEAR = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]], dtype=torch.float64)
+
+
+def _cofactor_backward(A, g):
+    n = A.shape[-1]
+    cof = torch.empty_like(A)
+    for i in range(n):
+        for j in range(n):
+            minor = torch.cat([A[:i], A[i + 1:]])[:, [c for c in range(n) if c != j]]
+            cof[i, j] = (-1) ** (i + j) * torch.linalg.det(minor)
+    return g * cof
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("A", [SINGULAR, NEAR, torch.zeros(3, 3, dtype=torch.float64)], ids=["singular", "near", "zero"])
+def test_a_cofactor_backward_passes(A, dtype):
+    f = with_backward(torch.linalg.det, _cofactor_backward)
+    assert sg.check(f, {"A": A.to(dtype)}).passed
+
+
+@pytest.mark.parametrize("A", [SINGULAR, NEAR], ids=["singular", "near"])
+def test_a_slightly_wrong_backward_fails(A):
+    f = with_backward(torch.linalg.det, lambda A, g: _cofactor_backward(A, g) * 1.001)
+    assert not sg.check(f, {"A": A}).passed
+
+
+def test_torch_213_det_backward_at_an_exactly_singular_matrix_is_caught():
+    """torch 2.13 returns 0 for det's gradient at [[1, 2], [2, 4]] (gradcheck disagrees too); the
+    derivative is the cofactor matrix, [[4, -2], [-2, 1]]."""
+    A = SINGULAR.clone().requires_grad_()
+    torch.linalg.det(A).backward()
+    if torch.allclose(A.grad, torch.tensor([[4.0, -2.0], [-2.0, 1.0]], dtype=torch.float64)):
+        pytest.skip("this torch computes det's gradient at a singular matrix correctly")
+    report = sg.check(torch.linalg.det, {"A": SINGULAR})
+    assert not report.passed
+
+
+def test_the_inverse_based_backward_near_a_singular_matrix_fails():
+    f = with_backward(torch.linalg.det, lambda A, g: g * torch.linalg.det(A) * torch.linalg.inv(A).mT)
+    assert not sg.check(f, {"A": NEAR}).passed
