@@ -34,7 +34,20 @@ __all__ = ["sweep_references", "MAX_KINK_UNITS"]
 MAX_KINK_UNITS = 32
 
 
-def _kink_generators(st, live: list, units: list, flip: bool = False) -> tuple | None:
+def _sweeps(st, seeds, live, flip: bool, ties: bool) -> tuple:
+    per_seed, units = [], []
+    for s in seeds:
+        found = KinkLog(flip=flip, ties=ties)
+        per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
+        units.append(found)
+    return per_seed, units
+
+
+def _is_tie(unit) -> bool:
+    return isinstance(unit[1], np.ndarray)  # a tie of max/min: several entries at once
+
+
+def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool = True) -> tuple | None:
     """``(generators, roundings)``: leaf node -> [[generator over the stacked seeds] per unit], and
     per leaf node the rounding bound (units of eps) the other sides add at most: each unit's
     largest generator bound, summed over units (their choices add up).  None: too many units."""
@@ -50,7 +63,7 @@ def _kink_generators(st, live: list, units: list, flip: bool = False) -> tuple |
                 seed, seed_e = np.zeros(arg.size), np.zeros(arg.size)
                 seed[entry], seed_e[entry] = change, change_e
                 swept = backward(st.graph, st.values, {arg: Approx(seed.reshape(arg.shape), seed_e.reshape(arg.shape))},
-                                 live, st.ctx, kinks=KinkLog(flip=flip))
+                                 live, st.ctx, kinks=KinkLog(flip=flip, ties=ties))
                 for node in live:
                     g = swept.get(node)
                     full = np.zeros((len(units),) + node.shape)
@@ -79,12 +92,11 @@ def sweep_references(st, seeds, live, nodes, how, out_shape, scale, *, flip: boo
     """``(refs, sweeps, kinked)``: one reference per differentiated name with its kink generators
     and their rounding (Note [Kink units]), the reverse sweeps per seed, and whether any kinked
     unit was met.  ``flip``: every kinked unit takes its other side (Note [Other side everywhere])."""
-    per_seed, units = [], []
-    for s in seeds:
-        found = KinkLog(flip=flip)
-        per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
-        units.append(found)
-    found_gens = _kink_generators(st, live, units, flip)
+    per_seed, units = _sweeps(st, seeds, live, flip, ties=True)
+    if sum(len(u) for u in units) > MAX_KINK_UNITS and any(_is_tie(k) for u in units for k in u):
+        per_seed, units = _sweeps(st, seeds, live, flip, ties=False)  # Note [Ties as kink units]
+    ties = any(_is_tie(k) for u in units for k in u)
+    found_gens = _kink_generators(st, live, units, flip, ties)
     if found_gens is None:  # too many kinked units for the joint check: every one widens the band
         per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
         generators, kink_e = {}, {}

@@ -205,9 +205,10 @@ class KinkLog(list):
     """The kinked units a reverse sweep met (``vjp``'s ``kinks``); ``flip``: the sweep takes every
     kinked unit's other one-sided derivative (Note [Other side everywhere] in graph/kinkunits.py)."""
 
-    def __init__(self, flip: bool = False):
+    def __init__(self, flip: bool = False, ties: bool = True):
         super().__init__()
         self.flip = flip
+        self.ties = ties  # ties of max/min as units (Note [Ties as kink units]); False: as bands
 
 
 def _other_side(local: Approx) -> Approx:
@@ -308,7 +309,7 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
     g_lo, g_hi = gk.sides()
     lo_end, hi_end = np.minimum(0.0, gk.v - g_lo), np.maximum(0.0, gk.v + g_hi)
     tie = near & tied
-    if kinks is not None and tie.any() and not gk.banded:  # Note [Ties as kink units]
+    if kinks is not None and getattr(kinks, "ties", True) and tie.any() and not gk.banded:  # Note [Ties as kink units]
         _record_ties(kinks, node.args[0], np.broadcast_to(v, a.shape), np.broadcast_to(gk.v, a.shape),
                      np.broadcast_to(gk.e, a.shape), tie, axes)
         return Approx(v, e)
@@ -324,8 +325,10 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
 # pass a backward that sends the whole cotangent to *every* tied entry.  With a kink log (the
 # joint kink check's sweeps, Note [Kink units]) a tied group is one unit instead: one generator per
 # tied entry, "all of the cotangent to this entry" minus the sweep's own split, so the joint fit
-# accepts exactly the convex combinations (its weights are capped simplices).  Without a log, or
-# past MAX_KINK_UNITS units, the entrywise band stays (sound, weaker).
+# accepts exactly the convex combinations (its weights are capped simplices).  Without a log the
+# entrywise band stays (sound, weaker); where ties would take the units past MAX_KINK_UNITS (relu
+# then max pooling ties every all-zero window), the sweeps are run again with ties as bands, so the
+# relu units keep their joint check (graph/kinkunits.py).
 def _record_ties(kinks: list, arg: Node, v: np.ndarray, gv: np.ndarray, ge: np.ndarray, tie: np.ndarray,
                  axes: tuple) -> None:
     order = [d for d in range(v.ndim) if d not in axes] + list(axes)
