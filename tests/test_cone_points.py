@@ -103,3 +103,16 @@ def test_power_at_a_zero_base_uses_the_side_where_it_is_defined(engine):
             return g * y * torch.pow(x, y - 1), g * gy
 
     assert not sg.check(lambda x, y: Pow.apply(x, y).sum(), inputs).passed
+
+
+@pytest.mark.parametrize("kw", [{}, {"via": "jacrev"}, {"tangents": {"x": torch.ones(2, 3, dtype=torch.float64)},
+                                                        "via": "func.jvp"}], ids=["vjp+jvp", "jacobian", "jvp"])
+def test_rows_at_zero_in_every_quantity_of_the_op_graph(kw):
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]], dtype=torch.float64)
+    assert sg.check(lambda x: norm(x, dim=1), {"x": x}, **kw).passed
+
+
+def test_jacobian_by_columns_at_zero():
+    a = torch.arange(1.0, 11.0, dtype=torch.float64)[:, None]
+    report = sg.check(lambda x: norm(x * a, dim=1), {"x": torch.zeros(1, 3, dtype=torch.float64)}, via="jacrev")
+    assert report.passed and "one jvp per input entry" in report.meta["quantity"]

@@ -38,6 +38,7 @@ from .refs import JACOBIAN_VIAS
 from .refs import reference as _reference
 from .columns import by_columns
 from .engine import forward, tangent
+from .cones import tangent_bands
 from .kinkunits import sweep_references
 from .interpret import to_graph
 from .scalar import Ctx
@@ -411,8 +412,21 @@ def _jvp_records(st: _State, directions: list, via: str) -> list:
                      np.stack([t.sides()[0] for t in ours]), np.stack([t.sides()[1] for t in ours]))
     ref = _approx_reference("jvp", stacked if len(ours) > 1 else ours[0], "forward mode over the op graph",
                             st.failed)
+    tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape))
     value = torch.stack(got) if len(got) > 1 else got[0]
     return compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
+
+
+def _tangents_at(st: _State, values: dict, directions: list, shape: tuple) -> tuple:
+    """([tangents stacked like the jvp reference], [their bounds]) at the forward ``values``."""
+    vs, es = [], []
+    for d in directions:
+        seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in st.wrt if n in st.graph.inputs}
+        t = tangent(st.graph, values, seeds, st.out, st.ctx)
+        t = t if t is not None else Approx(np.zeros(values[st.out].shape))
+        vs.append(t.v)
+        es.append(np.broadcast_to(t.e, t.shape))
+    return [np.stack(vs).reshape(shape)], [np.stack(es).reshape(shape)]
 
 
 def _tangent_dict(tangents, leaves, wrt) -> dict:
@@ -457,6 +471,14 @@ def _column_records(st: _State, how: str, out_shape: tuple) -> list:
                       out_shape)
     refs = [_approx_reference(n, cols[n], "forward mode over the op graph, one input entry at a time", st.failed)
             for n in st.wrt]
+
+    def at(values):  # Note [Cone points]: the columns again at moved inputs
+        moved = by_columns(st.graph, values, st.out, st.ctx, nodes, {n: tuple(st.leaves[n].shape) for n in st.wrt},
+                           out_shape)
+        return ([moved[n].v.reshape(r.value.shape) for n, r in zip(st.wrt, refs)],
+                [np.broadcast_to(moved[n].e, moved[n].shape).reshape(r.value.shape) for n, r in zip(st.wrt, refs)])
+
+    tangent_bands(st, refs, at)
     return compare_all(refs, actual, st.dtype, quantity="jacobian", rtol=st.rtol, atol=st.atol)
 
 

@@ -44,7 +44,7 @@ from .engine import backward, forward
 from .ir import Graph, Node
 from .refs import reference
 
-__all__ = ["limit_bands", "bands_from", "moved", "DIRECTIONS", "STEPS"]
+__all__ = ["limit_bands", "tangent_bands", "bands_from", "moved", "DIRECTIONS", "STEPS"]
 
 DIRECTIONS = 8
 STEPS = (2.0**-18, 2.0**-24)  # relative to each input's largest entry (1 for an input of zeros)
@@ -74,6 +74,29 @@ def limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale) -> None:
             lo, hi, e = np.where(still, lo2, lo), np.where(still, hi2, hi), np.where(still, e2, e)
             how_found += "; where that stayed 0/0, each use of an input moved on its own"
         _apply(ref, nan, lo, hi, e, how_found)
+
+
+def tangent_bands(st, refs, sweep) -> None:
+    """Note [Cone points] for forward mode over the op graph: ``sweep(values)`` gives, per
+    reference, (values, roundings) from the graph's forward ``values`` at moved inputs."""
+    if not any(np.isnan(np.asarray(r.value, np.float64)).any() for r in refs):
+        return
+    if not np.all(np.isfinite(st.values[st.out].v)):
+        return
+    stage("op graph: tangent limits at a 0/0 point")
+    movable = [n for n in st.graph.inputs.values() if _floating(n)]
+    base = {n: np.asarray(n.attrs["value"], np.float64) for n in movable}
+
+    def evaluate(move):
+        try:
+            for n, v in base.items():
+                n.attrs["value"] = move(v)
+            return sweep(forward(st.graph, st.ctx))
+        finally:
+            for n, v in base.items():
+                n.attrs["value"] = v
+
+    bands_from(refs, evaluate)
 
 
 def bands_from(refs, evaluate) -> None:
