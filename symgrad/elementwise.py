@@ -61,11 +61,12 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     dtype = lowest_precision(named.values())
     dtype_name = str(dtype).replace("torch.", "")
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
-    if _tensor_back_end(fn, symbolic, named, wrt_names, via, tangents, engine, memory_budget):
+    as_torch = _matrix_reference(fn, symbolic, named, engine)  # Note [Matrix expressions into the op graph]
+    if _tensor_back_end(fn, as_torch or symbolic, named, wrt_names, via, tangents, engine, memory_budget):
         from .graph import check_graph
 
         stage("op graph: trace, differentiate, compare")
-        return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
+        return check_graph(fn, named, symbolic=as_torch or symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
                            backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
 
     sym_in = symbolic_inputs(named)
@@ -329,6 +330,25 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     if arr.size <= 1:
         return text, latex
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
+
+
+def _matrix_reference(fn, symbolic, named: dict, engine: str):
+    """A SymPy matrix expression's torch function, the reference forward the op graph traces (Note
+    [Matrix expressions into the op graph] in symgrad/matrix/to_torch.py); None where it does not apply."""
+    from .matrix.to_torch import is_matrix_expression, matrix_forward
+
+    if fn is None or engine == "elementwise" or not is_matrix_expression(symbolic):
+        return None
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = fn(*(t.detach() for t in named.values()))
+    except Exception:  # noqa: BLE001 - the check itself reports a forward that raises
+        return None
+    if not isinstance(out, torch.Tensor):
+        return None
+    return matrix_forward(symbolic, list(named), tuple(out.shape))
 
 
 def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) -> bool:

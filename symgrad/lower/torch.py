@@ -16,7 +16,7 @@ import sympy as sp
 
 from ..errors import UnsupportedOp
 
-__all__ = ["SYMPY_TO_TORCH", "to_torch"]
+__all__ = ["SYMPY_TO_TORCH", "to_torch", "walker"]
 
 
 def _torch():
@@ -68,11 +68,10 @@ SYMPY_TO_TORCH: dict[type, Callable] = {
 }
 
 
-def to_torch(exprs: np.ndarray, env: Mapping[sp.Symbol, object], dtype) -> object:
-    """Evaluate an object array of SymPy expressions in torch.
-
-    ``env`` maps each symbol's name to a 0-d torch tensor (an element of an input, still in the graph).
-    """
+def walker(env: Mapping[str, object], dtype, fallback: Callable | None = None) -> Callable:
+    """``expr -> torch value``: symbols by name from ``env`` (tensors of any shape broadcast), nodes
+    by ``SYMPY_TO_TORCH``; ``fallback(e)`` takes what the table lacks (a matrix node inside a
+    scalar, ``symgrad/matrix/to_torch.py``) before ``UnsupportedOp`` is raised."""
     torch = _torch()
     memo: dict = {}
 
@@ -105,8 +104,14 @@ def to_torch(exprs: np.ndarray, env: Mapping[sp.Symbol, object], dtype) -> objec
             r = ops[e.rel_op](walk(e.lhs), walk(e.rhs))
         elif e is sp.true or e is sp.false:
             r = torch.tensor(bool(e))
+        elif (type(e) in SYMPY_TO_TORCH or e.func in SYMPY_TO_TORCH) and any(isinstance(a, sp.MatrixExpr) for a in e.args):
+            raise UnsupportedOp(f"the symbolic forward applies {e.func.__name__} to a matrix ({sp.sstr(e)[:60]}): a "
+                                f"function of a matrix (exp(Y) is the matrix exponential), not of its entries; for "
+                                f"the entrywise function write Y.applyfunc({e.func.__name__})")
         elif type(e) in SYMPY_TO_TORCH or e.func in SYMPY_TO_TORCH:
             r = SYMPY_TO_TORCH[e.func](*(walk(a) for a in e.args))
+        elif fallback is not None and (isinstance(e, sp.MatrixExpr) or e.atoms(sp.MatrixSymbol)):
+            r = fallback(e)
         else:
             raise UnsupportedOp(
                 f"the symbolic forward uses {e.func.__name__} ({sp.sstr(e)[:60]}), which symgrad cannot lower to torch; "
@@ -115,6 +120,16 @@ def to_torch(exprs: np.ndarray, env: Mapping[sp.Symbol, object], dtype) -> objec
         memo[e] = r
         return r
 
+    return walk
+
+
+def to_torch(exprs: np.ndarray, env: Mapping[sp.Symbol, object], dtype) -> object:
+    """Evaluate an object array of SymPy expressions in torch.
+
+    ``env`` maps each symbol's name to a 0-d torch tensor (an element of an input, still in the graph).
+    """
+    torch = _torch()
+    walk = walker(env, dtype)
     flat = [walk(sp.sympify(e)) for e in exprs.ravel()]
     if not flat:
         return torch.zeros(exprs.shape, dtype=dtype)

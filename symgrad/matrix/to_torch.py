@@ -1,0 +1,121 @@
+"""A SymPy matrix expression as a torch function, so that it enters the op graph like torch code.
+
+# Note [Matrix expressions into the op graph]
+A forward given as a SymPy matrix expression of ``MatrixSymbol``s named after the inputs
+(``a.T * X * b``, ``(X * W).applyfunc(tanh)``, ``Trace(X.inv())``) is checked by the exploded
+engine while its entries fit the memory budget: that is where its matrix-notation derivative is
+shown, cross-checked entry by entry.  Beyond the budget it used to be refused.  It is now written
+as the torch function computing the same thing -- one torch op per matrix node, by a walk over the
+expression tree (never a printed string) -- and that function is the reference forward the op
+graph traces (``torch.export``/``make_fx`` into core ATen ops), exactly as a reference forward
+written in torch is: one op graph, whichever way the forward came in.  Scalar parts (coefficients,
+the body of an elementwise function) go through ``symgrad.lower.torch``'s table; a node outside
+these raises ``UnsupportedOp`` naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.matexpr import MatrixElement
+
+from ..errors import UnsupportedOp
+from ..lower.torch import walker
+from .nodes import Elementwise, LogSoftmaxRows, SoftmaxRows
+
+__all__ = ["matrix_forward", "is_matrix_expression"]
+
+
+def is_matrix_expression(symbolic) -> bool:
+    """A SymPy expression built from ``MatrixSymbol``s (not an explicit ``Matrix`` of entries)."""
+    return isinstance(symbolic, sp.Basic) and not isinstance(symbolic, sp.MatrixBase) and bool(
+        symbolic.atoms(sp.MatrixSymbol))
+
+
+def matrix_forward(expr: sp.Basic, names: list, out_shape: tuple) -> Callable:
+    """The torch function of the inputs ``names`` (in order) computing ``expr``, its result shaped
+    ``out_shape`` (the torch function's own output: SymPy's (n, 1) stands for torch's (n,))."""
+    unknown = sorted(s.name for s in expr.atoms(sp.MatrixSymbol) if s.name not in names)
+    if unknown:
+        raise UnsupportedOp(f"the SymPy forward uses MatrixSymbol(s) {', '.join(unknown)}, which are not inputs "
+                            f"({', '.join(names)}); name each MatrixSymbol after its input")
+
+    def forward(*tensors):
+        env = dict(zip(names, tensors))
+        return _lower(expr, env, tensors[0].dtype).reshape(out_shape)
+
+    return forward
+
+
+def _lower(expr, env: Mapping[str, object], dtype):
+    import torch
+
+    memo: dict = {}
+
+    def scalar_part(e):
+        return walker({}, dtype, fallback=matrix)(e)
+
+    def matrix(e):
+        if e in memo:
+            return memo[e]
+        if isinstance(e, sp.MatrixSymbol):
+            t = env[e.name]
+            r = t.reshape(tuple(int(d) for d in e.shape)) if t.numel() == int(e.shape[0] * e.shape[1]) else t
+        elif isinstance(e, sp.MatAdd):
+            r = matrix(e.args[0])
+            for a in e.args[1:]:
+                r = r + matrix(a)
+        elif isinstance(e, sp.MatMul):
+            coeff, mats = e.as_coeff_matrices()
+            r = matrix(mats[0])
+            for m in mats[1:]:
+                r = r @ matrix(m)
+            if coeff != 1:
+                r = scalar_part(coeff) * r
+        elif isinstance(e, sp.Transpose):
+            r = matrix(e.arg).mT
+        elif isinstance(e, sp.Inverse):
+            r = torch.linalg.inv(matrix(e.arg))
+        elif isinstance(e, sp.MatPow) and e.exp.is_Integer:
+            base, k = matrix(e.base), int(e.exp)
+            r = torch.linalg.matrix_power(base if k >= 0 else torch.linalg.inv(base), abs(k))
+        elif isinstance(e, sp.HadamardProduct):
+            r = matrix(e.args[0])
+            for a in e.args[1:]:
+                r = r * matrix(a)
+        elif isinstance(e, sp.HadamardPower):
+            r = matrix(e.base) ** scalar_part(e.exp)
+        elif isinstance(e, sp.Trace):
+            r = torch.trace(matrix(e.arg))
+        elif isinstance(e, sp.Determinant):
+            r = torch.linalg.det(matrix(e.arg))
+        elif isinstance(e, sp.Identity):
+            r = torch.eye(int(e.shape[0]), dtype=dtype)
+        elif isinstance(e, sp.ZeroMatrix):
+            r = torch.zeros(tuple(int(d) for d in e.shape), dtype=dtype)
+        elif isinstance(e, sp.OneMatrix):
+            r = torch.ones(tuple(int(d) for d in e.shape), dtype=dtype)
+        elif isinstance(e, Elementwise) and e.order == 0:
+            r = e.row.torch_fn(**e.params)(matrix(e.arg))
+        elif isinstance(e, SoftmaxRows):
+            r = torch.softmax(matrix(e.arg), dim=1)
+        elif isinstance(e, LogSoftmaxRows):
+            r = torch.log_softmax(matrix(e.arg), dim=1)
+        elif isinstance(e, ElementwiseApplyFunction):
+            var, body = e.function.variables, e.function.expr
+            if len(var) != 1:
+                raise UnsupportedOp(f"applyfunc with {len(var)} variables; symgrad lowers one-variable functions")
+            r = walker({var[0].name: matrix(e.expr)}, dtype, fallback=matrix)(body)
+        elif isinstance(e, MatrixElement):
+            r = matrix(e.parent)[int(e.i), int(e.j)]
+        elif isinstance(e, sp.MatrixExpr):
+            raise UnsupportedOp(f"the SymPy forward uses {type(e).__name__} ({sp.sstr(e)[:60]}), which symgrad "
+                                "cannot write as torch ops; pass your own torch function as symbolic=")
+        else:
+            r = scalar_part(e)
+        memo[e] = r
+        return r
+
+    return matrix(expr)

@@ -1,0 +1,58 @@
+"""Note [Matrix expressions into the op graph]: SymPy matrix forwards as torch functions, and the
+checks beyond the exploded engine's memory budget that they make possible."""
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+import symgrad as sg
+from symgrad.errors import UnsupportedOp
+from symgrad.matrix.to_torch import matrix_forward
+from symgrad.testing_ops import with_backward
+
+X, Y = sp.MatrixSymbol("X", 4, 3), sp.MatrixSymbol("Y", 3, 3)
+a, b = sp.MatrixSymbol("a", 4, 1), sp.MatrixSymbol("b", 3, 1)
+EXPRESSIONS = [  # (SymPy matrix expression, the same computed with numpy)
+    (a.T * X * b, lambda v: v["a"].T @ v["X"] @ v["b"]),
+    ((X * Y).applyfunc(sp.tanh), lambda v: np.tanh(v["X"] @ v["Y"])),
+    (2 * sp.Trace(Y.inv()) + sp.Determinant(Y), lambda v: 2 * np.trace(np.linalg.inv(v["Y"])) + np.linalg.det(v["Y"])),
+    (sp.HadamardProduct(X, X) * 3 - X * Y.T, lambda v: 3 * v["X"] * v["X"] - v["X"] @ v["Y"].T),
+    (Y**3 + sp.Identity(3), lambda v: np.linalg.matrix_power(v["Y"], 3) + np.eye(3)),
+    ((X.T * X).applyfunc(lambda t: sp.exp(-t**2) + sp.Abs(t)), lambda v: np.exp(-(v["X"].T @ v["X"]) ** 2) + np.abs(v["X"].T @ v["X"])),
+]
+
+
+@pytest.mark.parametrize("expr,numpy_form", EXPRESSIONS, ids=range(len(EXPRESSIONS)))
+def test_the_torch_function_computes_the_expression(expr, numpy_form):
+    g = torch.Generator().manual_seed(0)
+    values = {"a": torch.randn(4, 1, generator=g, dtype=torch.float64),
+              "X": torch.randn(4, 3, generator=g, dtype=torch.float64),
+              "Y": torch.randn(3, 3, generator=g, dtype=torch.float64) + 3 * torch.eye(3, dtype=torch.float64),
+              "b": torch.randn(3, 1, generator=g, dtype=torch.float64)}
+    want = torch.as_tensor(numpy_form({n: t.numpy() for n, t in values.items()}), dtype=torch.float64)
+    got = matrix_forward(expr, list(values), tuple(want.shape))(*values.values())
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_large_bilinear_form_is_checked_on_the_op_graph():
+    n = 200
+    A, W, B = sp.MatrixSymbol("a", n, 1), sp.MatrixSymbol("W", n, n), sp.MatrixSymbol("b", n, 1)
+    g = torch.Generator().manual_seed(1)
+    inputs = {"a": torch.randn(n, 1, generator=g, dtype=torch.float64),
+              "W": torch.randn(n, n, generator=g, dtype=torch.float64),
+              "b": torch.randn(n, 1, generator=g, dtype=torch.float64)}
+    report = sg.check(lambda a, W, b: a.T @ W @ b, inputs, symbolic=A.T * W * B, wrt="W")
+    assert report.passed and "graph" in report.meta["engine"]
+    wrong = with_backward(lambda W: inputs["a"].T @ W @ inputs["b"], lambda W, gr: gr * (inputs["a"] @ inputs["b"].T) * 1.0001)
+    assert not sg.check(lambda a, W, b: wrong(W), inputs, symbolic=A.T * W * B, wrt="W").passed
+    other = sg.check(lambda a, W, b: (a.T @ W @ b) * 1.001, inputs, symbolic=A.T * W * B, wrt="W")
+    assert not other.passed  # the torch function computes something else: its forward row fails
+
+
+def test_names_and_nodes_outside_the_lowering_are_refused_with_the_reason():
+    Z = sp.MatrixSymbol("Z", 3, 3)
+    with pytest.raises(UnsupportedOp, match="Z"):
+        matrix_forward(Z * Y, ["Y"], (3, 3))
+    with pytest.raises(UnsupportedOp, match="matrix exponential"):
+        matrix_forward(sp.exp(Y), ["Y"], (3, 3))(torch.eye(3, dtype=torch.float64))
