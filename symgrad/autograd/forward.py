@@ -8,6 +8,8 @@ together (README: "How often your function runs").
 
 from __future__ import annotations
 
+from ..errors import InputError, SymgradError
+
 __all__ = ["grad_enabled", "forward_once"]
 
 
@@ -39,7 +41,13 @@ def forward_once(torch_fn, leaves: dict):
         out = torch_fn(*leaves.values())
     except Exception:  # noqa: BLE001 - reported by run_autograd, with its hints
         with torch.no_grad():
-            return torch_fn(*(t.detach() for t in leaves.values())), torch_fn
+            try:
+                return torch_fn(*(t.detach() for t in leaves.values())), torch_fn
+            except SymgradError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:  # it cannot run at all here
+                raise InputError(f"the function raised on these inputs ({type(err).__name__}: {str(err)[:300]}); "
+                                 "symgrad checks derivatives where the forward runs: pass inputs it accepts") from err
     if not isinstance(out, torch.Tensor):
         return out, torch_fn
     unused = [True]
