@@ -172,15 +172,21 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the loss returned a {type(out_t).__name__}, not a tensor: make loss(output, target) "
                          "return a scalar tensor")
-    for attempt in ("cached", "traced"):
+    tried: set = set()
+    for attempt in ("cached", "traced", "plain"):  # Note [Functionalization and numpy]
+        if attempt in tried:
+            continue
         graph = graph_cache.lookup(key, names, tensors, disk_key) if attempt == "cached" else None
         if graph is None:
             stage("op graph: tracing the forward into core ATen ops")
-            gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors))
+            functional = attempt != "plain"
+            gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors),
+                                functional=functional)
             graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
             # torch's float32 constants noted while tracing (celu's 1/alpha) travel with a stored graph
             graph.float32_constants = set(float32_constants())
-            attempt = "traced"
+            attempt = "traced" if functional else "plain"
+            tried.add(attempt)
             diskcache.store(disk_key, graph)
         out_node = _single_output(graph)
         stage("op graph: cross-checking the tensor rules")
@@ -195,7 +201,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         forward_ref = _approx_reference("output", out_val, "op graph forward", failed)
         records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",
                            rtol=rtol, atol=atol)]
-        if records[0].passed or attempt == "traced":
+        if records[0].passed or attempt == "plain":
             break  # a cached graph that disagrees with torch's forward is traced again (Note [Graph cache] in cache.py)
     graph_cache.remember(key, fn, graph)
     exploded = None

@@ -89,8 +89,16 @@ def _noting_float32_reciprocal(decomposed, fixed: float | None = None):
     return run
 
 
-def trace_callable(fn, args: tuple):
-    """``fn(*args)`` as an fx graph of core ATen ops (every tensor op ``fn`` runs, once)."""
+# Note [Functionalization and numpy]
+# The forward is traced functionalized (in-place ops and views become out-of-place ops).  A value
+# that leaves torch -- ``torch.from_numpy(x.detach().numpy() * 2)``, a detached constant -- is read
+# under functionalization from the wrapper's own storage, which holds garbage (9e-310), and the
+# graph's forward disagrees with torch's.  A fresh functionalized graph whose forward disagrees is
+# traced once more without functionalization (the constant is then read from the real tensor), and
+# that graph's forward row decides.
+def trace_callable(fn, args: tuple, functional: bool = True):
+    """``fn(*args)`` as an fx graph of core ATen ops (every tensor op ``fn`` runs, once);
+    ``functional=False``: without functionalization (Note [Functionalization and numpy])."""
     import torch
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -103,6 +111,8 @@ def trace_callable(fn, args: tuple):
 
     try:
         try:
+            if not functional:
+                return run(fn)
             return run(torch.func.functionalize(fn, remove="mutations_and_views"))
         except RuntimeError as err:
             if "setup_context" not in str(err) and "custom_function_call" not in str(err):

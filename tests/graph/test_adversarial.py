@@ -131,3 +131,16 @@ def test_random_draws_inside_the_forward_are_refused(draw):
     again: a false alarm.  Now every seeded-random op is refused, naming the fix."""
     with pytest.raises(sg.SymgradError, match="pass the noise as an input"):
         sg.check(draw, {"x": torch.randn(4, dtype=torch.float64)}, engine="graph")
+
+
+def test_a_detached_numpy_constant_is_read_from_the_real_tensor():
+    """Note [Functionalization and numpy]: the functionalized trace read the constant from garbage."""
+    from symgrad.testing_ops import with_backward
+
+    def fn(x):
+        return torch.from_numpy(x.detach().numpy() * 2).sum() + (x * x).sum()
+
+    x = T([1.0, -2.0, 0.5])
+    assert sg.check(fn, {"x": x}).passed
+    wrong = with_backward(lambda x: x * x, lambda x, g: g * 2.001 * x)
+    assert not sg.check(lambda x: torch.from_numpy(x.detach().numpy() * 2).sum() + wrong(x).sum(), {"x": x}).passed
