@@ -310,9 +310,11 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
     lo_end, hi_end = np.minimum(0.0, gk.v - g_lo), np.maximum(0.0, gk.v + g_hi)
     tie = near & tied
     if kinks is not None and getattr(kinks, "ties", True) and tie.any() and not gk.banded:  # Note [Ties as kink units]
-        _record_ties(kinks, node.args[0], np.broadcast_to(v, a.shape), np.broadcast_to(gk.v, a.shape),
-                     np.broadcast_to(gk.e, a.shape), tie, axes)
-        return Approx(v, e)
+        small = tie & (np.sum(near, axis=axes, keepdims=True) <= MAX_TIE_MEMBERS)
+        if small.any():
+            _record_ties(kinks, node.args[0], np.broadcast_to(v, a.shape), np.broadcast_to(gk.v, a.shape),
+                         np.broadcast_to(gk.e, a.shape), small, axes)
+            tie = tie & ~small
     lo = np.where(tie, v - lo_end, g_lo * weight)
     hi = np.where(tie, hi_end - v, g_hi * weight)
     return Approx(v, e, lo, hi)
@@ -325,10 +327,14 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
 # pass a backward that sends the whole cotangent to *every* tied entry.  With a kink log (the
 # joint kink check's sweeps, Note [Kink units]) a tied group is one unit instead: one generator per
 # tied entry, "all of the cotangent to this entry" minus the sweep's own split, so the joint fit
-# accepts exactly the convex combinations (its weights are capped simplices).  Without a log the
+# accepts exactly the convex combinations (its weights are capped simplices).  A tie of more than
+# MAX_TIE_MEMBERS entries (each a reverse sweep) keeps the band.  Without a log the
 # entrywise band stays (sound, weaker); where ties would take the units past MAX_KINK_UNITS (relu
 # then max pooling ties every all-zero window), the sweeps are run again with ties as bands, so the
 # relu units keep their joint check (graph/kinkunits.py).
+MAX_TIE_MEMBERS = 8  # a larger tie (a dead channel under global max pooling) keeps its band: one sweep per member
+
+
 def _record_ties(kinks: list, arg: Node, v: np.ndarray, gv: np.ndarray, ge: np.ndarray, tie: np.ndarray,
                  axes: tuple) -> None:
     order = [d for d in range(v.ndim) if d not in axes] + list(axes)
