@@ -146,9 +146,15 @@ def resolve(e, new: list):
 
 def resolve_all(expr):
     """``expr`` with every derivative of an ``OPAQUE`` function in closed form (small expressions)."""
-    from .numpy import _transform
+    import symengine as se
 
-    return _transform([expr], resolve)[0]
+    swap = {}
+    for d in expr.atoms(se.Subs, se.Derivative):
+        new = [resolve_all(d.args[0]), *d.args[1:]] if type(d).__name__ == "Subs" else list(d.args)
+        hit = resolve(d, new)
+        if hit is not None:
+            swap[d] = hit
+    return expr.xreplace(swap) if swap else expr
 
 
 def own_rounding(name: str, args: tuple, var: str, inline) -> str:
