@@ -246,7 +246,7 @@ class _Emitter(LogisticTerms):
             return f"np.logical_not({self.value(args[0])})"
         name = e.get_name() if hasattr(e, "get_name") else kind
         if name in FUNCTIONS:
-            self.float64_kernels |= name in FLOAT64_ONLY or name in ("erf", "erfc")
+            self.float64_kernels |= name in FLOAT64_ONLY
             return f"{name}({', '.join(self.value(a) for a in args)})"
         raise UnsupportedOp(
             f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which the exploded engine cannot evaluate "
