@@ -24,8 +24,10 @@ kind            exploded entry
 
 SymPy forms holding symgrad's own functions (``expm1``, ``log1p``, ``sigmoid``) are replaced by
 their elementary definitions first: symengine would wrap an unknown SymPy function and give it a
-derivative of 0, silently.  Any function left opaque is refused.  Step functions (floor, ceil,
-trunc) keep their values and get derivative 0 (``clean_derivative``), as their tensor rule does.
+derivative of 0, silently.  Any function left opaque is refused, but erfinv and round, which
+symengine lacks and the lowering evaluates and differentiates itself (Note [Special functions on the
+exploded engine] in symgrad/lower/special.py).  Step functions (floor, ceil, trunc, round) keep their
+values and get derivative 0 (``clean_derivative``), as their tensor rule does.
 
 A pointwise node reading a mask through ``Ne(s, 0)`` gets the mask's own condition instead (Note
 [Indicators in conditions]).
