@@ -146,3 +146,27 @@ def test_rounding_bound_charges_the_kernels():
     assert lg >= 2 * 2 * 0.42  # 2 units of |x digamma(x)| = 2 * 0.845
     assert tri >= 1e-9 / 2.0**-52 * 0.64  # trigamma(2) = 0.645
     assert sin <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_precision_passes_with_torch_backward(dtype):
+    """Half precision: one rounding per special function (the kernel runs in float32), and torch passes."""
+    for name in ("lgamma", "digamma", "erfinv", "atan2", "round"):
+        fn, x = CASES[name]
+        report = _check(fn, x.to(dtype))
+        assert report.passed, (name, report.to_text())
+
+
+@pytest.mark.parametrize("op", [torch.floor, torch.ceil, torch.round], ids=["floor", "ceil", "round"])
+def test_steps_at_their_jumps_in_bfloat16(op):
+    """bfloat16 x where torch's op(3 x) lands across a jump of the exact one (Note [Jumps of the step
+    functions] in symgrad/lower/codegen.py): a kink, not a false alarm; the other entries still catch
+    a backward off by 2 percent."""
+    grid = torch.linspace(-2, 2, 4001, dtype=torch.float64).to(torch.bfloat16).unique()
+    across = grid[op(3 * grid).double() != op(3 * grid.double())]
+    assert len(across) >= 4
+    x = torch.cat([across[:4], torch.tensor([0.1, -0.7, 1.3, 0.45], dtype=torch.bfloat16)])
+    fn = lambda x: x * op(3 * x)  # noqa: E731
+    report = _check(fn, x)
+    assert report.passed and report["output"].kinks and report["x"].kinks, report.to_text()
+    assert not _check(with_backward(fn, lambda x, g: vjp(fn, x, g) * 1.02), x).passed

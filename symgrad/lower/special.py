@@ -37,7 +37,8 @@ erfinv         0.48              0.24             0.67
 Relative to ``|f(x)|`` alone the errors are unbounded at the roots (lgamma at 1 and 2, digamma at
 1.4616: a kernel is accurate to its terms' size, not to a result that cancels to 0), so these
 functions are charged ``SPECIAL_ULPS`` = 2 units on ``|f(x)| + |x f'(x)|``, as the op graph's
-scalar evaluator charges them (``_ROOTED``, ``TRANSCENDENTAL_ULPS`` in symgrad/graph/scalar.py);
+scalar evaluator charges them (``_ROOTED``, ``TRANSCENDENTAL_ULPS`` in symgrad/graph/scalar.py; one in
+float16 and bfloat16, ``HALF_TRANSCENDENTAL_ULPS``);
 torch's trigamma is far less accurate than its dtype in float64 and gets the relative error
 ``KERNEL_REL`` on top (Note [Kernels less accurate than their dtype] there), a unit count that
 ``_KF`` scales to the checked dtype (``_KF`` = 2**-24 / eps).  atan2 (torch within 1 ulp of
@@ -167,7 +168,8 @@ def own_rounding(name: str, args: tuple, var: str, inline) -> str:
         return own
     x = args[-1]
     slope = derivative(name, args, len(args) - 1)
-    out = f"{SPECIAL_ULPS!r}*({own} + np.abs({inline(x)} * {inline(slope)}))"
+    # in float16/bfloat16 (_M = 1) the kernel runs in float32 and its result is rounded once
+    out = f"({SPECIAL_ULPS!r} - _M)*({own} + np.abs({inline(x)} * {inline(slope)}))"
     rel = KERNEL_REL.get(int(args[0])) if name == "polygamma" else None
     if rel:
         out += f" + _KF*{rel * 2.0**24!r}*{own}"  # _KF: units of the checked dtype per 2**-24, relative
