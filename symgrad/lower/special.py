@@ -8,8 +8,9 @@ graph as SymPy forms (``loggamma``, ``polygamma(n, .)``, ``erfinv``, ``atan2``, 
 no rounding to even: those two become undefined symengine functions of the same name
 (``OPAQUE``, ``to_symengine``), whose derivatives symengine leaves as ``Derivative``/``Subs``
 nodes; ``resolve`` replaces them by the closed forms (erfinv' = sqrt(pi)/2 exp(erfinv**2); round's
-derivative is 0, as floor's is: Note [Steps at their jumps] in symgrad/graph/scalar.py) before
-anything is evaluated, at any order (the accuracy oracle differentiates once more).
+derivative is 0, as floor's is; its jumps at half-integers are kinks, Note [Jumps of the step
+functions] in codegen.py) before anything is evaluated, at any order (the accuracy oracle
+differentiates once more).
 
 Each function has a numpy kernel (``NUMPY``; scipy.special, which computes in float64 only, also
 for the extended-precision reference: ``FLOAT64_ONLY``, Note [Float64 kernels in the reference]
@@ -51,7 +52,7 @@ import mpmath as mp
 import numpy as np
 
 __all__ = ["OPAQUE", "NUMPY", "MPMATH", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "derivative", "resolve",
-           "own_rounding"]
+           "resolve_all", "own_rounding"]
 
 OPAQUE = ("erfinv", "round_even")  # undefined symengine functions standing for SymPy's erfinv and round_even
 SPECIAL_ULPS = 2.0
