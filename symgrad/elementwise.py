@@ -202,7 +202,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                         value_lowp=low[0].reshape(out.shape), rounding=rounding[0].reshape(out.shape),
                         value_eps=lowered.value_eps)
     if band_lo is not None and any(c.endswith("at a jump") for c in hi.kink_conditions or ()):
-        # the forward of a step function at its jump (Note [Jumps of the step functions] in lower/codegen.py)
+        # the forward of a step function at its jump (Note [Jumps of the step functions] in lower/special.py)
         lo, up = band_lo[0].reshape(out.shape), band_hi[0].reshape(out.shape)
         kink = (lo != up) | (lo != out_ref.value) | (up != out_ref.value)
         if kink.any():

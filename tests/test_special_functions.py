@@ -160,7 +160,7 @@ def test_half_precision_passes_with_torch_backward(dtype):
 @pytest.mark.parametrize("op", [torch.floor, torch.ceil, torch.round], ids=["floor", "ceil", "round"])
 def test_steps_at_their_jumps_in_bfloat16(op):
     """bfloat16 x where torch's op(3 x) lands across a jump of the exact one (Note [Jumps of the step
-    functions] in symgrad/lower/codegen.py): a kink, not a false alarm; the other entries still catch
+    functions] in symgrad/lower/special.py): a kink, not a false alarm; the other entries still catch
     a backward off by 2 percent."""
     grid = torch.linspace(-2, 2, 4001, dtype=torch.float64).to(torch.bfloat16).unique()
     across = grid[op(3 * grid).double() != op(3 * grid.double())]

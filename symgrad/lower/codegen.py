@@ -49,7 +49,7 @@ import numpy as np
 from ..errors import UnsupportedOp
 from ..ops import is_float32_constant
 from .logistic import LogisticTerms
-from .special import FLOAT64_ONLY, NUMPY as SPECIAL, OPAQUE, derivative, own_rounding
+from .special import FLOAT64_ONLY, NUMPY as SPECIAL, OPAQUE, SIDES, derivative, jumps, own_rounding
 
 __all__ = ["RUNTIME", "FUNCTIONS", "generate", "RELATIONS", "BOOLEANS"]
 
@@ -114,40 +114,8 @@ FUNCTIONS = {
     "erf": _erf, "erfc": _erfc, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
     "ceiling": np.ceil, **SPECIAL,  # lgamma, digamma, polygamma, erfinv, atan2, round (special.py)
 }
-# Note [Jumps of the step functions]
-# floor, ceil and round are constant between their jumps (integers; half-integers for round), where
-# the rounding of their argument in the checked dtype can put torch on the other side (Note [Steps
-# at their jumps] in symgrad/graph/scalar.py): torch's bfloat16 floor(3 x) at x = -0.334 is -1
-# where the exact one is -2.  So each call records the distance ``d`` of its argument to the nearest
-# jump ``j`` as a condition ``d < 0`` (Note [Kinks at evaluation time] in numpy.py; its gap bound is
-# the argument's, the jump being exact) and, forced to the other side near it, takes the value there
-# (``_SIDES``: offsets from j).  Beyond a quarter of the spacing the gap is recorded as 1: at the
-# midpoint between two jumps the nearest one flips between precisions, which is no kink.
-_SIDES = {"floor": (-1.0, 0.0), "ceiling": (0.0, 1.0), "round_even": (-0.5, 0.5)}
-
-
-def _jumps(runtime: dict):
-    """``_jump(k, name, a, rel)``: ``name(a)`` with its jump as condition ``k`` (Note [Jumps of the
-    step functions]), over ``runtime``'s functions (numpy, or mpmath in the wide runtime)."""
-    floor = runtime["floor"]
-
-    def jump(k, name, a, rel):
-        j = floor(a) + 0.5 if name == "round_even" else floor(a + 0.5)
-        d = a - j
-        gap = np.where(np.abs(d) <= 0.25, d, 1.0)
-        below = rel(k, "<", gap, 0)
-        unforced = gap < 0
-        value = runtime[name](a)
-        if np.all(below == unforced):
-            return value
-        left, right = _SIDES[name]
-        return np.where(below == unforced, value, np.where(below, j + left, j + right))
-
-    return jump
-
-
 RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_logistic": _logistic, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
-RUNTIME["_jump"] = _jumps(RUNTIME)
+RUNTIME["_jump"] = jumps(RUNTIME)
 
 RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}
 BOOLEANS = ("BooleanTrue", "BooleanFalse")
@@ -278,7 +246,7 @@ class _Emitter(LogisticTerms):
         if kind == "Not":
             return f"np.logical_not({self.value(args[0])})"
         name = e.get_name() if hasattr(e, "get_name") else kind
-        if name in _SIDES and len(args) == 1:  # Note [Jumps of the step functions]
+        if name in SIDES and len(args) == 1:  # Note [Jumps of the step functions] in special.py
             import symengine as se
 
             k = len(self.rel_operands)

@@ -52,7 +52,7 @@ import mpmath as mp
 import numpy as np
 
 __all__ = ["OPAQUE", "NUMPY", "MPMATH", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "derivative", "resolve",
-           "resolve_all", "own_rounding"]
+           "resolve_all", "own_rounding", "SIDES", "jumps"]
 
 OPAQUE = ("erfinv", "round_even")  # undefined symengine functions standing for SymPy's erfinv and round_even
 SPECIAL_ULPS = 2.0
@@ -176,3 +176,34 @@ def own_rounding(name: str, args: tuple, var: str, inline) -> str:
         out += f" + _KF*{rel * 2.0**24!r}*{own}"  # _KF: units of the checked dtype per 2**-24, relative
     return out
 
+
+# Note [Jumps of the step functions]
+# floor, ceil and round are constant between their jumps (integers; half-integers for round), where
+# the rounding of their argument in the checked dtype can put torch on the other side (Note [Steps
+# at their jumps] in symgrad/graph/scalar.py): torch's bfloat16 floor(3 x) at x = -0.334 is -1
+# where the exact one is -2.  So each call records the distance ``d`` of its argument to the nearest
+# jump ``j`` as a condition ``d < 0`` (Note [Kinks at evaluation time] in numpy.py; its gap bound is
+# the argument's, the jump being exact) and, forced to the other side near it, takes the value there
+# (``SIDES``: offsets from j).  Beyond a quarter of the spacing the gap is recorded as 1: at the
+# midpoint between two jumps the nearest one flips between precisions, which is no kink.
+SIDES = {"floor": (-1.0, 0.0), "ceiling": (0.0, 1.0), "round_even": (-0.5, 0.5)}
+
+
+def jumps(runtime: dict):
+    """``_jump(k, name, a, rel)``: ``name(a)`` with its jump as condition ``k`` (Note [Jumps of the
+    step functions]), over ``runtime``'s functions (numpy, or mpmath in the wide runtime)."""
+    floor = runtime["floor"]
+
+    def jump(k, name, a, rel):
+        j = floor(a) + 0.5 if name == "round_even" else floor(a + 0.5)
+        d = a - j
+        gap = np.where(np.abs(d) <= 0.25, d, 1.0)
+        below = rel(k, "<", gap, 0)
+        unforced = gap < 0
+        value = runtime[name](a)
+        if np.all(below == unforced):
+            return value
+        left, right = SIDES[name]
+        return np.where(below == unforced, value, np.where(below, j + left, j + right))
+
+    return jump

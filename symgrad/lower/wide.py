@@ -19,8 +19,8 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
-from .codegen import RUNTIME, _jumps
-from .special import MPMATH
+from .codegen import RUNTIME
+from .special import MPMATH, jumps
 
 __all__ = ["RUNTIME_WIDE", "WIDE_DPS", "WIDE_MAX_BATCH", "to_wide", "from_wide", "overflowed"]
 
@@ -54,7 +54,7 @@ _MP = {
 RUNTIME_WIDE = {**RUNTIME, **{name: _elementwise(fn) for name, fn in _MP.items()},
                 **{name: _elementwise(fn, nin) for name, (fn, nin) in MPMATH.items()},
                 "_logistic": _elementwise(_logistic), "_E": mp.e, "_PI": mp.pi, "_INF": mp.inf}
-RUNTIME_WIDE["_jump"] = _jumps(RUNTIME_WIDE)
+RUNTIME_WIDE["_jump"] = jumps(RUNTIME_WIDE)
 
 
 def to_wide(value):
