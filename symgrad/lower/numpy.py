@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import mpmath as mp
 import numpy as np
 import sympy as sp
+from sympy.core.function import Application
 
 from ..errors import UnsupportedOp
 from .codegen import FUNCTIONS, RUNTIME, generate
@@ -136,8 +137,8 @@ def to_symengine(expr):
         raise UnsupportedOp(f"the expression holds an unevaluated derivative ({sp.sstr(expr)[:80]}): "
                             "a function symgrad cannot differentiate")
     try:
-        if not (isinstance(expr, sp.Basic) and (expr.has(*_KINK_REWRITES) or
-                                                any(_opaque(f) for f in expr.atoms(sp.Function)))):
+        if not (isinstance(expr, sp.Basic) and any(type(f) in _KINK_REWRITES or _opaque(f)
+                                                   for f in expr.atoms(Application))):  # one walk
             return se.sympify(expr)
         # Swap each kink function for a placeholder (innermost first), then build its form in
         # symengine from its converted arguments and put it back.
