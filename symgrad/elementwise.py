@@ -179,7 +179,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     floats = [n for n in named if named[n].is_floating_point()]
     args = [s for n in floats for s in sym_in[n].data.ravel()] + extra_args
     values = [x for n in floats for x in named[n].detach().double().cpu().numpy().ravel()] + extra_vals
-    hi = lower(exprs, args, forward=sizes[0])(values, dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps))
+    lowered = lower(exprs, args, forward=sizes[0])
+    hi = lowered(values, dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps))
 
     def split(vals):
         flat = np.array([float(x) for x in vals], dtype=np.float64) if vals else np.zeros(0)
@@ -199,7 +200,15 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     matrix_values = {n: t.detach().double().cpu().numpy().reshape(_as_2d(tuple(t.shape))) for n, t in named.items()}
     refs = []
     out_ref = Reference("output", main[0].reshape(out.shape), closed_form="symbolic forward",
-                        value_lowp=low[0].reshape(out.shape), rounding=rounding[0].reshape(out.shape))
+                        value_lowp=low[0].reshape(out.shape), rounding=rounding[0].reshape(out.shape),
+                        value_eps=lowered.value_eps)
+    if band_lo is not None and any(c.endswith("at a jump") for c in hi.kink_conditions or ()):
+        # the forward of a step function at its jump (Note [Jumps of the step functions] in lower/special.py)
+        lo, up = band_lo[0].reshape(out.shape), band_hi[0].reshape(out.shape)
+        kink = (lo != up) | (lo != out_ref.value) | (up != out_ref.value)
+        if kink.any():
+            out_ref.lower, out_ref.upper, out_ref.kink = lo, up, kink
+            out_ref.kink_rounding = kink_rounding[0].reshape(out.shape)
     for i, k in enumerate(keys, start=1):
         shape = derivs[k].shape
         name = k if isinstance(k, str) else f"({k[0]}, {k[1]})"
@@ -208,7 +217,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
             text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
             latex = f"{scale} \\left({latex}\\right)" if latex else ""
         ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape),
-                        rounding=scale * rounding[i].reshape(shape), structural_zero=structural_zeros(derivs[k]))
+                        rounding=scale * rounding[i].reshape(shape), structural_zero=structural_zeros(derivs[k]),
+                        value_eps=lowered.value_eps)
         ref.closed_form_expr, ref.entry_form = _printable(derivs[k], latex, scale)
         if from_sympy and quantity == "grad" and isinstance(k, str):
             shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)

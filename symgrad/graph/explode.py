@@ -24,8 +24,10 @@ kind            exploded entry
 
 SymPy forms holding symgrad's own functions (``expm1``, ``log1p``, ``sigmoid``) are replaced by
 their elementary definitions first: symengine would wrap an unknown SymPy function and give it a
-derivative of 0, silently.  Any function left opaque is refused.  Step functions (floor, ceil,
-trunc) keep their values and get derivative 0 (``clean_derivative``), as their tensor rule does.
+derivative of 0, silently.  Any function left opaque is refused, but erfinv and round, which
+symengine lacks and the lowering evaluates and differentiates itself (Note [Special functions on the
+exploded engine] in symgrad/lower/special.py).  Step functions (floor, ceil, trunc, round) keep their
+values and get derivative 0 (``clean_derivative``), as their tensor rule does.
 
 A pointwise node reading a mask through ``Ne(s, 0)`` gets the mask's own condition instead (Note
 [Indicators in conditions]).
@@ -111,9 +113,11 @@ def _form(expr: sp.Expr, k: int) -> tuple:
     from ..lower.numpy import to_symengine
     from .rules import symbols_for
 
+    from ..lower.special import OPAQUE
+
     form = to_symengine(_elementary(expr))
     opaque = sorted({type(f).__name__ if not hasattr(f, "get_name") else f.get_name()
-                     for f in form.atoms(se.FunctionSymbol)})
+                     for f in form.atoms(se.FunctionSymbol)} - set(OPAQUE))  # erfinv, round: lower/special.py
     if opaque:
         raise UnsupportedOp(f"the pointwise form {sp.sstr(expr)[:80]} holds {', '.join(opaque)}, which the exploded "
                             "back end cannot differentiate exactly; use the tensor back end (engine='graph') for it")
@@ -341,7 +345,7 @@ def has_steps(graph: Graph) -> bool:
     """Whether a pointwise form holds a step function (then derivatives need ``clean_derivative``)."""
     from . import functions as F
 
-    steps = (F.floor, F.ceil, F.trunc, sp.floor, sp.ceiling)
+    steps = (F.floor, F.ceil, F.trunc, F.round_even, sp.floor, sp.ceiling)
     return any(n.kind == "pointwise" and n.attrs["expr"].has(*steps) for n in graph.nodes)
 
 
@@ -358,7 +362,10 @@ def clean_derivative(expr, steps: bool = True):
         return expr
     zero = {}
     for d in left:
-        if not any(f in str(d) for f in ("Derivative(floor(", "Derivative(ceiling(")):
+        text = str(d)
+        if "Derivative(erfinv(" in text:
+            continue  # in closed form when evaluated (symgrad/lower/special.py)
+        if not any(f in text for f in ("Derivative(floor(", "Derivative(ceiling(", "Derivative(round_even(")):
             raise UnsupportedOp(f"symengine left an unevaluated derivative ({str(d)[:80]}); the exploded back end "
                                 "cannot differentiate this form: use the tensor back end (engine='graph')")
         zero[d] = se.Integer(0)

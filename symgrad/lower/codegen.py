@@ -49,6 +49,7 @@ import numpy as np
 from ..errors import UnsupportedOp
 from ..ops import is_float32_constant
 from .logistic import LogisticTerms
+from .special import FLOAT64_ONLY, NUMPY as SPECIAL, OPAQUE, SIDES, derivative, jumps, own_rounding
 
 __all__ = ["RUNTIME", "FUNCTIONS", "generate", "RELATIONS", "BOOLEANS"]
 
@@ -111,9 +112,10 @@ FUNCTIONS = {
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "asinh": np.arcsinh, "acosh": np.arccosh,
     "atanh": np.arctanh, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign,
     "erf": _erf, "erfc": _erfc, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
-    "ceiling": np.ceil,
+    "ceiling": np.ceil, **SPECIAL,  # lgamma, digamma, polygamma, erfinv, atan2, round (special.py)
 }
 RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_logistic": _logistic, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
+RUNTIME["_jump"] = jumps(RUNTIME)
 
 RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}
 BOOLEANS = ("BooleanTrue", "BooleanFalse")
@@ -175,6 +177,7 @@ class _Emitter(LogisticTerms):
         self.logistic: dict = {}  # u -> (s, 1 - s) symbols (Note [Logistic terms])
         self.sigmoids: set = set()  # the u of the sigmoids the forward computes
         self.synthetic: dict = {}  # those symbols -> how their error bound is made
+        self.float64_kernels = False  # a scipy kernel (float64 only) is called (Note [Float64 kernels in the reference])
 
     # -- values ---------------------------------------------------------------------------------
     def value(self, e) -> str:
@@ -243,7 +246,15 @@ class _Emitter(LogisticTerms):
         if kind == "Not":
             return f"np.logical_not({self.value(args[0])})"
         name = e.get_name() if hasattr(e, "get_name") else kind
+        if name in SIDES and len(args) == 1:  # Note [Jumps of the step functions] in special.py
+            import symengine as se
+
+            k = len(self.rel_operands)
+            self.rel_operands.append((args[0], se.Integer(0)))
+            self.rel_texts.append(f"{name}({args[0]}) at a jump")
+            return f"_jump({k}, {name!r}, {self.value(args[0])}, _rel)"
         if name in FUNCTIONS:
+            self.float64_kernels |= name in FLOAT64_ONLY
             return f"{name}({', '.join(self.value(a) for a in args)})"
         raise UnsupportedOp(
             f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which the exploded engine cannot evaluate "
@@ -350,22 +361,26 @@ class _Emitter(LogisticTerms):
             errs = [self.error_of(a) for a in args]
             errs = [err for err in errs if err != "0"]
             return "0" if not errs else errs[0] if len(errs) == 1 else f"np.fmax.reduce([{', '.join(errs)}])"
-        if name in ("sign", "floor", "ceiling"):  # piecewise constant: a jump is a kink, not a rounding
+        if name in ("sign", "floor", "ceiling", "round_even"):  # piecewise constant: a jump is a kink, not a rounding
             return "0"
         # A function (Pow included): |partial| times each argument's error, plus one rounding.
         slot = se.Symbol("_error_slot")
         terms = []
         for i, a in enumerate(args):
-            if kind == "Pow" and i == 1 and a.is_Number:
-                continue  # x**2, sqrt(x): the exponent is exact
+            if (kind == "Pow" and i == 1 and a.is_Number) or (name == "polygamma" and i == 0):
+                continue  # x**2, sqrt(x): the exponent is exact; polygamma's order too
             err = self.error_of(a)
             if err == "0":
                 continue
-            slot_args = list(args)
-            slot_args[i] = slot
-            at_slot = e.func(*slot_args)
-            partial = at_slot.diff(slot).xreplace({slot: a})
+            if name in OPAQUE:  # symengine leaves their derivatives unevaluated (special.py)
+                partial = derivative(name, tuple(args), i)
+            else:
+                slot_args = list(args)
+                slot_args[i] = slot
+                partial = e.func(*slot_args).diff(slot).xreplace({slot: a})
             terms.append(f"np.abs({_Inline(self)(partial)})*{err}")
+        if name in SPECIAL:  # Note [Rounding of the special functions] in special.py
+            own = own_rounding(name, tuple(args), var, _Inline(self))
         return _joined(terms + [own], "+")
 
 
@@ -402,7 +417,7 @@ class _Inline:
         return self.em.value(e)
 
 
-def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[str, list[str]]:
+def generate(reps: list, reduced: list, names: dict, forward: int = 0, calls: dict | None = None) -> tuple[str, list[str]]:
     """The source of ``_lowered(_A, _rel, _with_magnitudes, _K, _KF, _M)`` and the relationals' texts.
 
     ``_lowered`` returns ``(values, error bounds or None, gap error bounds or None)``: one value
@@ -434,4 +449,6 @@ def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[
     lines += extra
     lines += em.error_lines
     lines.append("    return _values, [" + ", ".join(result_errors) + "], [" + ", ".join(gaps) + "]")
+    if calls is not None:
+        calls["float64_kernels"] = em.float64_kernels
     return "\n".join(lines), em.rel_texts

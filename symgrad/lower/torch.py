@@ -57,6 +57,10 @@ SYMPY_TO_TORCH: dict[type, Callable] = {
     sp.atan: lambda a: _torch().atan(a),
     sp.erf: lambda a: _torch().erf(a),
     sp.erfc: lambda a: _torch().erfc(a),
+    sp.erfinv: lambda a: _torch().erfinv(a),
+    sp.loggamma: lambda a: _torch().lgamma(a),
+    sp.polygamma: lambda n, a: _torch().polygamma(int(n), a),  # n: an integer order, lowered to a 0-d tensor
+    sp.atan2: lambda y, x: _torch().atan2(y, x),
     sp.Abs: lambda a: _torch().abs(a),
     sp.sign: lambda a: _torch().sign(a),
     sp.Heaviside: _heaviside,
@@ -65,6 +69,13 @@ SYMPY_TO_TORCH: dict[type, Callable] = {
     sp.And: _chain("logical_and"),
     sp.Or: _chain("logical_or"),
     sp.Not: lambda a: _torch().logical_not(a),
+}
+
+# functions symengine has no counterpart of come back from it as undefined functions of the same
+# name (Note [Special functions on the exploded engine] in special.py): matched by that name
+_BY_NAME: dict[str, Callable] = {
+    "erfinv": lambda a: _torch().erfinv(a),
+    "round_even": lambda a: _torch().round(a),  # half to even, symgrad.graph.functions.round_even
 }
 
 
@@ -110,6 +121,8 @@ def walker(env: Mapping[str, object], dtype, fallback: Callable | None = None) -
                                 f"the entrywise function write Y.applyfunc({e.func.__name__})")
         elif type(e) in SYMPY_TO_TORCH or e.func in SYMPY_TO_TORCH:
             r = SYMPY_TO_TORCH[e.func](*(walk(a) for a in e.args))
+        elif isinstance(e, sp.Function) and type(e).__name__ in _BY_NAME:
+            r = _BY_NAME[type(e).__name__](*(walk(a) for a in e.args))
         elif fallback is not None and (isinstance(e, sp.MatrixExpr) or e.atoms(sp.MatrixSymbol)):
             r = fallback(e)
         else:

@@ -20,6 +20,7 @@ import mpmath as mp
 import numpy as np
 
 from .codegen import RUNTIME
+from .special import MPMATH, jumps
 
 __all__ = ["RUNTIME_WIDE", "WIDE_DPS", "WIDE_MAX_BATCH", "to_wide", "from_wide", "overflowed"]
 
@@ -27,11 +28,11 @@ WIDE_DPS = 40
 WIDE_MAX_BATCH = 4096  # values per input (samples of a batched evaluation) the wide evaluation takes
 
 
-def _elementwise(fn):
-    ufunc = np.frompyfunc(fn, 1, 1)
+def _elementwise(fn, nin: int = 1):
+    ufunc = np.frompyfunc(fn, nin, 1)
 
-    def apply(x):
-        return ufunc(x)
+    def apply(*x):
+        return ufunc(*x)
 
     return apply
 
@@ -51,7 +52,9 @@ _MP = {
     "floor": mp.floor, "ceiling": mp.ceil,
 }
 RUNTIME_WIDE = {**RUNTIME, **{name: _elementwise(fn) for name, fn in _MP.items()},
+                **{name: _elementwise(fn, nin) for name, (fn, nin) in MPMATH.items()},
                 "_logistic": _elementwise(_logistic), "_E": mp.e, "_PI": mp.pi, "_INF": mp.inf}
+RUNTIME_WIDE["_jump"] = jumps(RUNTIME_WIDE)
 
 
 def to_wide(value):

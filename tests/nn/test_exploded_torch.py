@@ -348,11 +348,25 @@ def _op_rows():
     return [pytest.param(c, id=c.name) for c in representative_cases("float64")]
 
 
+# The rows the exploded engine refuses (measured with the slow test below): the linear-algebra nodes,
+# which have no scalar form, and layers whose exact expressions exceed the memory budget (Note
+# [Memory guard] in symgrad/graph/budget.py; on a machine with more memory they may be checked).
+# Every other row is checked, lgamma, digamma, polygamma, erfinv, atan2 and round included
+# (symgrad/lower/special.py; they were refused before).
+REFUSED_LINALG = {
+    "linalg.inv", "linalg.det", "linalg.solve", "linalg.slogdet", "logdet", "linalg.qr", "linalg.eigvalsh",
+    "linalg.eigh values, symmetric input", "linalg.svdvals", "linalg.svd vectors", "matrix_norm nuc and 2",
+    "linalg.pinv", "linalg.cholesky", "cholesky_solve", "solve_triangular",
+}
+REFUSED_SIZE = {"nn.MultiheadAttention", "nn.LSTM bidirectional", "nn.GRU", "nn.TransformerEncoderLayer eval",
+                "nn.TransformerDecoderLayer eval"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", _op_rows())
 def test_op_table_on_the_exploded_engine(case):
     """Every representative op row (float64) with engine="elementwise": torch's own backward passes,
-    a seeded wrong backward fails, or the row is refused naming the tensor back end.
+    a seeded wrong backward fails, or the row is one of those refused (naming the tensor back end).
     ``python -m pytest tests/nn/test_exploded_torch.py -m slow`` (about 5 minutes)."""
     import warnings
 
@@ -366,6 +380,8 @@ def test_op_table_on_the_exploded_engine(case):
         right = symgrad.check(fn, inputs, **kw)
     except SymgradError as err:  # a function the exploded engine cannot take: refused, never passed
         assert "tensor back end" in str(err) or "engine='graph'" in str(err), str(err)
+        expected = REFUSED_LINALG if "linalg node" in str(err) else REFUSED_SIZE
+        assert case.name in expected, f"{case.name} is refused: {err}"
         return
     assert right.passed, right.to_text()
     wrong = symgrad.check(wrong_backward(fn, FACTOR["float64"]), inputs, **kw)
