@@ -61,7 +61,9 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     dtype = lowest_precision(named.values())
     dtype_name = str(dtype).replace("torch.", "")
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
-    as_torch = _matrix_reference(fn, symbolic, named, engine)  # Note [Matrix expressions into the op graph]
+    from .matrix.to_torch import torch_reference
+
+    as_torch = torch_reference(fn, symbolic, named, engine)  # Note [Matrix expressions into the op graph]
     if _tensor_back_end(fn, as_torch or symbolic, named, wrt_names, via, tangents, engine, memory_budget):
         from .graph import check_graph
 
@@ -238,7 +240,10 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                         [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
         refs.append(ref)
     if any(np.isnan(r.value).any() for r in refs) and np.isfinite(main[0]).all():
-        _limits(refs, exprs, args, sizes, values, len(values) - len(extra_vals), named, floats, scale, dtype)
+        from .graph.cones import exploded_bands
+
+        exploded_bands(refs, lower(exprs, args, forward=sizes[0]), sizes, values, len(values) - len(extra_vals),
+                       [named[n].numel() for n in floats], scale, float(torch.finfo(dtype).eps))
     if twin_graph is not None and quantity in ("grad", "vjp", "jacobian"):
         _widen(twin_graph, refs, out_ref, quantity, out.shape, v, via, scale, dtype_name)
     evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
@@ -266,36 +271,6 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     if hi.kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
-
-
-def _limits(refs, exprs, args, sizes, values, n_moved, named, floats, scale, dtype) -> None:
-    """Note [Cone points] (symgrad/graph/cones.py): NaN entries of the closed form (0/0, as a norm at
-    zero) judged against the band of the derivative's limits at nearby points."""
-    from .graph.cones import bands_from
-
-    fn = lower(exprs, args, forward=sizes[0])
-    counts = [named[n].numel() for n in floats]
-    offsets = np.cumsum([0] + sizes)
-
-    def evaluate(move):
-        base, start, parts = np.asarray(values[:n_moved], np.float64), 0, []
-        for c in counts:
-            parts.append(move(base[start:start + c]))
-            start += c
-        got = fn(list(np.concatenate(parts + [np.zeros(0)])) + list(values[n_moved:]), dtype=high_precision(),
-                 kink_eps=float(torch_eps(dtype)))
-        flat = np.array([float(x) for x in got.values], np.float64)
-        mags = np.array([float(x) for x in got.magnitudes], np.float64)
-        return ([scale * flat[offsets[i]:offsets[i + 1]].reshape(r.value.shape) for i, r in enumerate(refs, 1)],
-                [scale * mags[offsets[i]:offsets[i + 1]].reshape(r.value.shape) for i, r in enumerate(refs, 1)])
-
-    bands_from(refs, evaluate)
-
-
-def torch_eps(dtype) -> float:
-    import torch
-
-    return float(torch.finfo(dtype).eps)
 
 
 def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale, dtype: str) -> None:
@@ -340,25 +315,6 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     if arr.size <= 1:
         return text, latex
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
-
-
-def _matrix_reference(fn, symbolic, named: dict, engine: str):
-    """A SymPy matrix expression's torch function, the reference forward the op graph traces (Note
-    [Matrix expressions into the op graph] in symgrad/matrix/to_torch.py); None where it does not apply."""
-    from .matrix.to_torch import is_matrix_expression, matrix_forward
-
-    if fn is None or engine == "elementwise" or not is_matrix_expression(symbolic):
-        return None
-    import torch
-
-    try:
-        with torch.no_grad():
-            out = fn(*(t.detach() for t in named.values()))
-    except Exception:  # noqa: BLE001 - the check itself reports a forward that raises
-        return None
-    if not isinstance(out, torch.Tensor):
-        return None
-    return matrix_forward(symbolic, list(named), tuple(out.shape))
 
 
 def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) -> bool:

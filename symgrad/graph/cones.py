@@ -44,7 +44,7 @@ from .engine import backward, forward
 from .ir import Graph, Node
 from .refs import reference
 
-__all__ = ["limit_bands", "tangent_bands", "bands_from", "moved", "DIRECTIONS", "STEPS"]
+__all__ = ["limit_bands", "tangent_bands", "exploded_bands", "bands_from", "moved", "DIRECTIONS", "STEPS"]
 
 DIRECTIONS = 8
 STEPS = (2.0**-18, 2.0**-24)  # relative to each input's largest entry (1 for an input of zeros)
@@ -95,6 +95,30 @@ def tangent_bands(st, refs, sweep) -> None:
         finally:
             for n, v in base.items():
                 n.attrs["value"] = v
+
+    bands_from(refs, evaluate)
+
+
+def exploded_bands(refs, lowered, sizes: list, values: list, n_moved: int, counts: list, scale, eps: float) -> None:
+    """Note [Cone points] on the exploded engine: ``lowered`` evaluates the forward and every
+    derivative (``sizes`` entries each, the forward first) at ``values``, whose first ``n_moved``
+    entries are the inputs (``counts`` per input) and the rest cotangents or tangents, kept."""
+    from ..lower.numpy import high_precision
+
+    offsets = np.cumsum([0] + list(sizes))
+
+    def evaluate(move):
+        base, start, parts = np.asarray(values[:n_moved], np.float64), 0, []
+        for c in counts:
+            parts.append(move(base[start:start + c]))
+            start += c
+        got = lowered(list(np.concatenate(parts + [np.zeros(0)])) + list(values[n_moved:]), dtype=high_precision(),
+                      kink_eps=eps)
+        flat = np.array([float(x) for x in got.values], np.float64)
+        mags = np.array([float(x) for x in got.magnitudes], np.float64)
+        pieces = [(offsets[i], offsets[i + 1], r.value.shape) for i, r in enumerate(refs, 1)]
+        return ([scale * flat[a:b].reshape(shape) for a, b, shape in pieces],
+                [scale * mags[a:b].reshape(shape) for a, b, shape in pieces])
 
     bands_from(refs, evaluate)
 

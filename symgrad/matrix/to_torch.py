@@ -25,13 +25,31 @@ from ..errors import UnsupportedOp
 from ..lower.torch import walker
 from .nodes import Elementwise, LogSoftmaxRows, SoftmaxRows
 
-__all__ = ["matrix_forward", "is_matrix_expression"]
+__all__ = ["matrix_forward", "is_matrix_expression", "torch_reference"]
 
 
 def is_matrix_expression(symbolic) -> bool:
     """A SymPy expression built from ``MatrixSymbol``s (not an explicit ``Matrix`` of entries)."""
     return isinstance(symbolic, sp.Basic) and not isinstance(symbolic, sp.MatrixBase) and bool(
         symbolic.atoms(sp.MatrixSymbol))
+
+
+def torch_reference(fn, symbolic, named: dict, engine: str):
+    """The torch function of a SymPy matrix expression given as ``symbolic=``, shaped as ``fn``'s
+    output, for the op graph to trace; None where it does not apply (no torch function, the exploded
+    engine asked for, not a matrix expression, or a forward that does not run)."""
+    if fn is None or engine == "elementwise" or not is_matrix_expression(symbolic):
+        return None
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = fn(*(t.detach() for t in named.values()))
+    except Exception:  # noqa: BLE001 - the check itself reports a forward that raises
+        return None
+    if not isinstance(out, torch.Tensor):
+        return None
+    return matrix_forward(symbolic, list(named), tuple(out.shape))
 
 
 def matrix_forward(expr: sp.Basic, names: list, out_shape: tuple) -> Callable:
