@@ -1,0 +1,76 @@
+"""torch's own ops at their kinks, ties and edges (inputs exactly on them): no false alarm on
+either engine.  Kept from the probes of stop 12 (Notes [Ties as kink units], [Cone points])."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import symgrad as sg
+
+dt = torch.float64
+
+
+def T(*v):
+    return torch.tensor(v, dtype=dt)
+
+
+CASES = {
+    "relu0": (lambda x: F.relu(x).sum(), T(0., 1, -1)),
+    "abs0": (lambda x: x.abs().sum(), T(0., 1, -1)),
+    "max ties": (lambda x: x.max(), T(1., 2, 2)),
+    "amax ties": (lambda x: x.amax(), T(1., 2, 2)),
+    "max dim ties": (lambda x: x.max(dim=1).values.sum(), T(1., 2, 2, 0).reshape(2,2)),
+    "maximum eq": (lambda x: torch.maximum(x, x.flip(0)).sum(), T(1., 2, 1)),
+    "clamp bounds": (lambda x: x.clamp(-1, 1).sum(), T(-1., 1, 0)),
+    "hardtanh": (lambda x: F.hardtanh(x).sum(), T(-1., 1, 0)),
+    "relu6": (lambda x: F.relu6(x).sum(), T(6., 0, 3)),
+    "hardswish": (lambda x: F.hardswish(x).sum(), T(-3., 3, 0)),
+    "hardsigmoid": (lambda x: F.hardsigmoid(x).sum(), T(-3., 3, 0)),
+    "leaky0": (lambda x: F.leaky_relu(x, 0.1).sum(), T(0., 1)),
+    "sort ties": (lambda x: (torch.sort(x).values * T(1., 2, 3)).sum(), T(1., 1, 0)),
+    "topk ties": (lambda x: torch.topk(x, 2).values.sum() * 1 + torch.topk(x,2).values[0], T(2., 2, 2)),
+    "median ties": (lambda x: x.median(), T(1., 1, 1, 3)),
+    "maxpool ties": (lambda x: F.max_pool2d(x, 2).sum(), torch.ones(1,1,4,4, dtype=dt)),
+    "l1 at 0": (lambda x: F.l1_loss(x, torch.zeros_like(x)), T(0., 1, -2)),
+    "smoothl1 at beta": (lambda x: F.smooth_l1_loss(x, torch.zeros_like(x), beta=1.0), T(1., -1, 0)),
+    "huber at delta": (lambda x: F.huber_loss(x, torch.zeros_like(x), delta=1.0), T(1., -1, 0)),
+    "norm p1 at 0": (lambda x: torch.linalg.vector_norm(x, 1), T(0., 1)),
+    "norm inf ties": (lambda x: torch.linalg.vector_norm(x, float('inf')), T(2., -2, 1)),
+    "cummax ties": (lambda x: torch.cummax(x, 0).values.sum(), T(1., 1, 0, 2)),
+    "kthvalue ties": (lambda x: x.kthvalue(2).values, T(1., 1, 3)),
+    "prelu0": (lambda x: F.prelu(x, torch.tensor([0.25], dtype=dt)).sum(), T(0., 1)),
+    "softplus thr": (lambda x: F.softplus(x, beta=1, threshold=20).sum(), T(20., 0)),
+    "sign": (lambda x: (torch.sign(x) * x * x).sum(), T(0., 1)),
+    "round half": (lambda x: (torch.round(x) + x).sum(), T(0.5, 1.5)),
+    "floor int": (lambda x: (torch.floor(x) * x).sum(), T(1., 2)),
+    "where boundary": (lambda x: torch.where(x > 0, x * x, -x).sum(), T(0., 1)),
+    "logsumexp eq": (lambda x: torch.logsumexp(x, 0), T(1., 1)),
+    "adaptive maxpool": (lambda x: F.adaptive_max_pool1d(x, 2).sum(), torch.ones(1,1,4, dtype=dt)),
+    "cdist p1 ties": (lambda x: torch.cdist(x, x.detach() + 0, p=1).sum(), T(0., 1, 2, 1).reshape(2,2)),
+    "min 2-arg ties": (lambda x: torch.min(x, torch.ones_like(x)).sum(), T(1., 0.5)),
+    "elu0": (lambda x: F.elu(x).sum(), T(0., 1)),
+    "celu0": (lambda x: F.celu(x).sum(), T(0., 1)),
+    "selu0": (lambda x: F.selu(x).sum(), T(0., 1)),
+    "threshold": (lambda x: F.threshold(x, 0.5, 0.0).sum(), T(0.5, 1)),
+    "softshrink": (lambda x: F.softshrink(x, 0.5).sum(), T(0.5, -0.5, 0)),
+    "hardshrink": (lambda x: F.hardshrink(x, 0.5).sum(), T(0.5, -0.5, 1)),
+    "rrelu eval": (lambda x: F.rrelu(x, training=False).sum(), T(0., 1)),
+    "margin ranking": (lambda x: F.margin_ranking_loss(x[:2], x[2:], torch.ones(2, dtype=dt), margin=0.0), T(1., 2, 1, 2)),
+    "hinge": (lambda x: F.hinge_embedding_loss(x, torch.tensor([1., -1], dtype=dt), margin=1.0), T(0., 1)),
+    "multimargin": (lambda x: F.multi_margin_loss(x.reshape(1,3), torch.tensor([0])), T(1., 0, 0)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_at_its_kinks_passes_on_the_op_graph(name):
+    fn, x = CASES[name]
+    report = sg.check(fn, {"x": x})
+    assert report.passed, str(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_at_its_kinks_passes_on_the_exploded_engine(name):
+    fn, x = CASES[name]
+    report = sg.check(fn, {"x": x}, engine="elementwise")
+    assert report.passed, str(report)
