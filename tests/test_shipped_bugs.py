@@ -1,0 +1,65 @@
+"""Autodiff bugs of the kinds that shipped in public libraries, each beside its fixed twin, as
+custom Functions (the forward is torch's own): the bug fails, the fix passes, on both engines and
+in float64 and float32."""
+
+import math
+
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.testing_ops import vjp, with_backward
+
+norm = torch.linalg.vector_norm
+
+
+def _cumprod_dividing(x, g):  # the gradient of cumprod by dividing the products by x: NaN at a zero
+    y = torch.cumprod(x, 0)
+    return torch.flip(torch.cumsum(torch.flip(g * y, [0]), 0), [0]) / x
+
+
+def _gelu_tanh_backward(x, g):  # exact gelu forward, the tanh approximation's derivative
+    c = math.sqrt(2 / math.pi)
+    t = torch.tanh(c * (x + 0.044715 * x**3))
+    return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x))
+
+
+def _layer_norm(x):
+    return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5)
+
+
+def _layer_norm_without_mean_term(x, g):
+    s = torch.sqrt(x.var(unbiased=False) + 1e-5)
+    y = (x - x.mean()) / s
+    return (g - y * (g * y).mean()) / s
+
+
+def _norm_fixed(x, g):  # torch's fix: 0 where the norm is 0
+    n = norm(x)
+    return g * x / n if n > 0 else torch.zeros_like(x)
+
+
+WITH_ZERO = [1.5, 0.0, 2.0, -0.7]
+PAIRS = [  # (name, forward, buggy backward, fixed backward, input)
+    ("cumprod at a zero", lambda x: torch.cumprod(x, 0), _cumprod_dividing,
+     lambda x, g: vjp(lambda x: torch.cumprod(x, 0), x, g), WITH_ZERO),
+    ("prod at a zero", torch.prod, lambda x, g: g * torch.prod(x) / x, lambda x, g: vjp(torch.prod, x, g), WITH_ZERO),
+    ("gelu with the tanh derivative", torch.nn.functional.gelu, _gelu_tanh_backward,
+     lambda x, g: vjp(torch.nn.functional.gelu, x, g), [-3.0, -1.0, -0.5, 0.5, 1.0, 3.0]),
+    ("layer norm without the mean term", _layer_norm, _layer_norm_without_mean_term,
+     lambda x, g: vjp(_layer_norm, x, g), [0.3, -1.2, 2.0, 0.1, -0.4, 0.9]),
+    ("norm at zero: NaN", norm, lambda x, g: g * x / norm(x), _norm_fixed, [0.0, 0.0, 0.0]),
+    ("median at a tie: twice the cotangent", lambda x: x.median(),
+     lambda x, g: g * (x == x.median()).to(x.dtype), lambda x, g: vjp(lambda x: x.median(), x, g), [3.0, 1.0, 1.0, 5.0]),
+]
+
+
+@pytest.mark.parametrize("engine", ["auto", "elementwise"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name,forward,buggy,fixed,values", PAIRS, ids=[p[0] for p in PAIRS])
+def test_the_bug_fails_and_its_fix_passes(name, forward, buggy, fixed, values, dtype, engine):
+    x = torch.tensor(values, dtype=dtype)
+    bug = with_backward(forward, buggy)
+    fix = with_backward(forward, fixed)
+    assert not sg.check(lambda x: bug(x).sum(), {"x": x}, engine=engine).passed
+    assert sg.check(lambda x: fix(x).sum(), {"x": x}, engine=engine).passed
