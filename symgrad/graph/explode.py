@@ -281,9 +281,58 @@ def _node(node: Node, args: list, values: dict | None) -> np.ndarray:
         return _select(node, args)
     if kind == "stop":
         return _numbers(np.broadcast_to(values[node.args[0]].v, node.shape))
+    if kind == "linalg" and node.attrs.get("op") in _LINALG and node.args[0].shape[-1] <= MAX_LINALG_N:
+        return _linalg(node, args)
     raise UnsupportedOp(f"the exploded back end has no scalar form for the {kind} node "
                         f"{node.attrs.get('op', '')} ({node.origin or node.name}); the tensor back end "
                         "(engine='graph') checks it")
+
+
+# Note [Exploded linear algebra]
+# det, log|det|, inv and solve of matrices up to MAX_LINALG_N x MAX_LINALG_N are written out: det
+# by symengine (a polynomial of the entries), the inverse as adj(A) / det(A) with the adjugate's
+# cofactors as determinants of minors -- never by elimination, whose pivots divide by entries that
+# may be 0 in an invertible matrix ([[0, 1], [1, 0]]).  Larger ones (n! terms) stay refused, naming
+# engine='graph'.
+MAX_LINALG_N = 4
+_LINALG = ("det", "logabsdet", "inv", "solve")
+
+
+def _det(m: np.ndarray):
+    import symengine as se
+
+    n = m.shape[0]
+    return se.expand(se.Matrix(m.tolist()).det()) if n else se.Integer(1)
+
+
+def _adjugate(m: np.ndarray) -> np.ndarray:
+    n = m.shape[0]
+    adj = np.empty((n, n), object)
+    for i in range(n):
+        for j in range(n):
+            minor = np.delete(np.delete(m, j, axis=0), i, axis=1)
+            adj[i, j] = (-1) ** (i + j) * (_det(minor) if n > 1 else 1)
+    return adj
+
+
+def _linalg(node: Node, args: list) -> np.ndarray:
+    import symengine as se
+
+    op, a = node.attrs["op"], args[0]
+    out = np.empty(node.shape, object)
+    for idx in np.ndindex(*a.shape[:-2]):
+        m = np.asarray(a[idx], object)
+        d = _det(m)
+        if op == "det":
+            out[idx] = d
+        elif op == "logabsdet":
+            out[idx] = se.log(d * d) / 2  # log|d|, whose derivative d'/d symengine can take (not Abs's)
+        elif op == "inv":
+            out[idx] = _adjugate(m) / d
+        else:  # solve: A X = B, B a vector or a matrix
+            b = np.asarray(args[1][idx], object)
+            out[idx] = (_adjugate(m) @ b) / d
+    return out
 
 
 # ----------------------------------------------------------------------------------- explode
@@ -319,7 +368,7 @@ def explode_nodes(graph: Graph, values: dict | None = None, *, leaves=None, out:
     chosen = {graph.inputs[n] for n in names}
     read = cone(graph, out)
     for node in read:
-        if node.kind == "linalg":
+        if node.kind == "linalg" and not (node.attrs.get("op") in _LINALG and node.args[0].shape[-1] <= MAX_LINALG_N):
             _node(node, [], values)  # refuses, naming it
     wrt_size = sum(graph.inputs[n].size for n in names) if n_wrt is None else n_wrt
     refuse_if_too_big(estimate(graph, out, wrt_size, n_diff, sweeps), budget)

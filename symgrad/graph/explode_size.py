@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import sympy as sp
 
@@ -58,6 +60,9 @@ def _own_nodes(node: Node) -> int:
     if node.kind == "reduce":
         group = node.args[0].size // max(node.size, 1)
         return group if node.attrs["op"] == "sum" else 3 * group * group
+    if node.kind == "linalg":  # Note [Exploded linear algebra]: determinants of minors, n! terms each
+        n = node.args[0].shape[-1]
+        return n * n * math.factorial(n) * n
     return 1
 
 
@@ -71,7 +76,7 @@ def estimate(graph: Graph, out: Node, n_wrt: int, n_diff: int, sweeps: int = 0) 
     for node in cone(graph, out):
         own = _own_nodes(node)
         forward += own * node.size
-        fan = own if node.kind in ("contract", "reduce") else 1
+        fan = own if node.kind in ("contract", "reduce", "linalg") else 1
         reads[node] = min(own + fan * sum(reads.get(a, 1) for a in node.args), forward)
     if sweeps:
         return Estimate(forward, REVERSE_FACTOR * sweeps * forward, n_diff * n_wrt)

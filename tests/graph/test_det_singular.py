@@ -48,3 +48,29 @@ def test_torch_213_det_backward_at_an_exactly_singular_matrix_is_caught():
 def test_the_inverse_based_backward_near_a_singular_matrix_fails():
     f = with_backward(torch.linalg.det, lambda A, g: g * torch.linalg.det(A) * torch.linalg.inv(A).mT)
     assert not sg.check(f, {"A": NEAR}).passed
+
+
+@pytest.mark.parametrize("name,fn,inputs", [
+    ("det", lambda A: torch.linalg.det(A), {"A": NEAR + torch.eye(3, dtype=torch.float64)}),
+    ("inv of a matrix with a zero pivot", lambda A: torch.linalg.inv(A).sum(),
+     {"A": torch.tensor([[0.0, 1.0], [1.0, 0.5]], dtype=torch.float64)}),
+    ("solve", lambda A, b: torch.linalg.solve(A, b).sum(),
+     {"A": NEAR + torch.eye(3, dtype=torch.float64), "b": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)}),
+    ("slogdet", lambda A: torch.linalg.slogdet(A)[1], {"A": NEAR + torch.eye(3, dtype=torch.float64)}),
+])
+def test_small_linear_algebra_on_the_exploded_engine(name, fn, inputs):
+    """Note [Exploded linear algebra]: written out as adj(A) / det(A), torch's backward passes."""
+    assert sg.check(fn, inputs, engine="elementwise").passed
+
+
+def test_a_wrong_inverse_backward_fails_on_the_exploded_engine():
+    A = torch.tensor([[0.0, 1.0], [1.0, 0.5]], dtype=torch.float64)
+    bad = with_backward(torch.linalg.inv, lambda A, g: -(torch.linalg.inv(A).mT @ g @ torch.linalg.inv(A).mT) * 1.0001)
+    assert not sg.check(lambda A: bad(A).sum(), {"A": A}, engine="elementwise").passed
+
+
+def test_a_large_matrix_is_still_refused_on_the_exploded_engine_with_the_alternative():
+    from symgrad.errors import UnsupportedOp
+
+    with pytest.raises(UnsupportedOp, match="engine='graph'"):
+        sg.check(lambda A: torch.linalg.det(A), {"A": torch.eye(5, dtype=torch.float64)}, engine="elementwise")
