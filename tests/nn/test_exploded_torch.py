@@ -353,10 +353,10 @@ def _op_rows():
 # [Memory guard] in symgrad/graph/budget.py; on a machine with more memory they may be checked).
 # Every other row is checked, lgamma, digamma, polygamma, erfinv, atan2 and round included
 # (symgrad/lower/special.py; they were refused before).
-REFUSED_LINALG = {  # inv, det, solve, slogdet, logdet are written out (Note [Exploded linear algebra])
+REFUSED_LINALG = {  # inv, det, solve, slogdet, logdet, solve_triangular are written out (Note [Exploded linear algebra])
     "linalg.qr", "linalg.eigvalsh",
     "linalg.eigh values, symmetric input", "linalg.svdvals", "linalg.svd vectors", "matrix_norm nuc and 2",
-    "linalg.pinv", "linalg.cholesky", "cholesky_solve", "solve_triangular",
+    "linalg.pinv", "linalg.cholesky", "cholesky_solve",
 }
 REFUSED_SIZE = {"nn.MultiheadAttention", "nn.LSTM bidirectional", "nn.GRU", "nn.TransformerEncoderLayer eval",
                 "nn.TransformerDecoderLayer eval"}
