@@ -1,0 +1,401 @@
+"""Every non-linear node's reverse rule cross-checked against the exploded exact derivative, by default.
+
+# Note [Node cross-check]
+The adjoint cross-check (Note [Adjoint cross-check]) proves the *linear* rules right with no
+tolerance at all.  The other kinds -- ``pointwise`` (with broadcasting arguments), ``reduce``
+max/min, ``stop`` and ``linalg`` -- are checked here, one node at a time, against an independent
+exact derivative, on every check (the whole-graph check of Note [Exploded cross-check] is the
+opt-in deeper one: seconds to minutes on a real network).
+
+For a node ``n``, a one-node graph is built whose arguments are fresh leaves holding the values
+the forward gave ``n``'s arguments, *reduced*: every axis cut to its first ``CUT`` entries (fewer
+while the node would exceed ``MAX_ENTRIES``), a size-1 (broadcast) axis kept at 1, a matrix of a
+``linalg`` node cut to its leading ``MATRIX`` x ``MATRIX`` block and its batch to the first one.
+The same rule code serves every size, so the reduced node tests the rule the real node runs.
+
+* The tensor side: ``engine.backward`` over that graph (``rules.vjp`` of the node, the code path of
+  the real evaluation) in float64 with its Approx bound and kink band, the cotangent a random one
+  at ``SAMPLES`` sampled output entries and 0 elsewhere.
+* The exact side: the node exploded (``explode.py``'s scalar form of its kind; for ``linalg`` the
+  textbook formulas -- cofactor inverse, Leibniz determinant, the Cholesky recurrence -- written
+  here), each sampled output entry differentiated by symengine with respect to the argument
+  entries it holds, contracted with the same cotangent and evaluated at the argument values as
+  exact rationals: rational parts exactly, the rest in MPFR at ``PRECISION`` bits and at twice
+  that, whose difference (times 2) is the exact side's own error bound.  Piecewise conditions
+  are decided at the exact values (a relu input of exactly 0 takes the branch the form says).
+
+They agree when they differ by no more than ``ULPS`` units of each side's own bound, the rule of
+Note [Exploded cross-check] (no allowance comes from torch).  A node that fails makes every
+derivative record of the check unverified (it never passes) and the report names it.  A node the
+exploded back end cannot take (a function symengine lacks, eigen- and singular vectors, a reduced
+matrix that is singular) is reported as not cross-checked, with the reason -- never as a pass.
+Results are kept per node signature for the process (``signature``: ``crosscheck._signature``'s fields), passes and
+reasons alike: a second check of the same graph does no exploded work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError, UnsupportedOp
+from .approx import Approx
+from .crosscheck import _MAX_ENTRIES, _linear
+from .ir import Graph, Node
+
+__all__ = ["crosscheck_nodes", "NodeCrossCheck", "annotate", "CUT", "MAX_ENTRIES", "SAMPLES"]
+
+CUT = 3  # entries kept per axis
+MAX_ENTRIES = 27  # entries of the reduced node (and of a reduction's argument)
+MATRIX = 3  # a linalg node's matrices: their leading 3 x 3 block
+SAMPLES = 4  # output entries differentiated
+PRECISION = 120  # bits of the exact side's evaluation (and twice that, for its error bound)
+LINALG_EXACT = ("inv", "solve", "det", "logabsdet", "cholesky")
+
+_PASSED: set = set()
+_SKIPPED: dict = {}  # signature -> why it is not cross-checked
+counter = {"exploded": 0}  # one-node graphs exploded in this process (the tests count them)
+
+
+@dataclass
+class NodeCrossCheck:
+    linear: int = 0  # linear nodes (adjoint cross-check, Note [Adjoint cross-check])
+    linear_failed: list = field(default_factory=list)
+    checked: int = 0  # non-linear nodes that agree (now or earlier in the process)
+    failed: list = field(default_factory=list)  # (node, what disagrees)
+    skipped: list = field(default_factory=list)  # (node, why not cross-checked)
+
+    @property
+    def failed_nodes(self) -> list:
+        return [n for n, _ in self.failed]
+
+    def __str__(self) -> str:
+        text = (f"{self.linear} linear nodes (adjoint, exact), {self.checked} non-linear nodes (against the "
+                "exploded exact derivative of each node, reduced sizes, sampled entries)")
+        if self.skipped:
+            reasons = sorted({f"{describe(n)}: {why}" for n, why in self.skipped})
+            text += (f"; {len(self.skipped)} not cross-checked ("
+                     + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "") + ")")
+        return text
+
+    def failures(self) -> str:
+        parts = [f"adjoint identity fails for {describe(n)}" for n in self.linear_failed]
+        parts += [f"{describe(n)}: {why}" for n, why in self.failed]
+        return "; ".join(parts)
+
+
+def describe(node: Node) -> str:
+    """A node named for a reader: its kind, what it computes and the torch op it came from."""
+    what = node.attrs.get("op", "")
+    if node.kind == "pointwise":
+        what = str(node.attrs["expr"])[:60]
+    where = f" from {node.origin}" if node.origin else (f" ({node.name})" if node.name else "")
+    return f"the {node.kind} node {what}{where}, shape {node.shape}".replace("node  ", "node ")
+
+
+def crosscheck_nodes(graph: Graph, values: dict, linear_failed: list = (), rng=None) -> NodeCrossCheck:
+    """Every non-linear node's reverse rule against its exploded exact derivative (Note [Node
+    cross-check]); ``values``: the tensor forward (node -> Approx); ``linear_failed``: what
+    ``crosscheck`` returned (counted in the summary)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    result = NodeCrossCheck(linear_failed=list(linear_failed))
+    for node in graph.nodes:
+        if node.kind == "leaf":
+            continue
+        if _linear(node):
+            result.linear += node.size <= _MAX_ENTRIES and node not in result.linear_failed
+            continue
+        problem = _outcome(node, values, rng)
+        if problem is None:
+            result.checked += 1
+        elif isinstance(problem, _Skip):
+            result.skipped.append((node, str(problem)))
+        else:
+            result.failed.append((node, problem))
+    return result
+
+
+def signature(node: Node) -> tuple:
+    """What a node's rule depends on: ``crosscheck._signature``'s fields (kind, shapes, attributes)
+    as a tuple -- a SymPy form is hashed, not printed (printing one cost as much as checking it)."""
+    attrs = tuple((k, _hashable(v)) for k, v in sorted(node.attrs.items()) if not k.startswith("_"))
+    return node.kind, tuple(a.shape for a in node.args), node.shape, attrs
+
+
+def _hashable(v):
+    if isinstance(v, np.ndarray):
+        return v.shape, str(v.dtype), v.tobytes()
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple((k, _hashable(x)) for k, x in sorted(v.items()))
+    try:
+        hash(v)
+    except TypeError:
+        return repr(v)
+    return v
+
+
+class _Skip(str):
+    """Why a node is not cross-checked."""
+
+
+def _outcome(node: Node, values: dict, rng):
+    """None: the rule agrees (now or before, at this signature or at its reduced one); a ``_Skip``:
+    not cross-checked, why; a str: what disagrees (never remembered: it fails every time)."""
+    key = signature(node)
+    if key in _PASSED or key in _SKIPPED:
+        return _SKIPPED.get(key)
+    try:
+        graph, mini, leaves = _one_node_graph(node, [values[a].v for a in node.args])
+    except (UnsupportedOp, InputError, _NoExact) as err:
+        _SKIPPED[key] = _Skip(str(err)[:200])
+        return _SKIPPED[key]
+    reduced = signature(mini)  # nodes that reduce to the same node share one check
+    if reduced in _PASSED or reduced in _SKIPPED:
+        got = _SKIPPED.get(reduced)
+    else:
+        try:
+            got = _check_node(graph, mini, leaves, rng) or None
+        except (UnsupportedOp, InputError, _NoExact) as err:
+            got = _Skip(str(err)[:200])
+    if got is None:
+        _PASSED.update((key, reduced))
+    elif isinstance(got, _Skip):
+        _SKIPPED[key] = _SKIPPED[reduced] = got
+    return got
+
+
+class _NoExact(Exception):
+    """The exact side cannot be evaluated (a condition that rounding cannot decide, ...)."""
+
+
+# ------------------------------------------------------------------------------- reduced nodes
+
+def _cut_shape(shape: tuple, c: int) -> tuple:
+    return tuple(min(d, c) for d in shape)
+
+
+def _fit(shape: tuple) -> tuple:
+    """``shape`` cut to ``CUT`` entries per axis, fewer while it holds more than ``MAX_ENTRIES``."""
+    for c in range(CUT, 0, -1):
+        got = _cut_shape(shape, c)
+        if int(np.prod(got)) <= MAX_ENTRIES:
+            return got
+    return _cut_shape(shape, 1)
+
+
+def _take(v, shape: tuple) -> np.ndarray:
+    return np.array(np.asarray(v, np.float64)[tuple(slice(0, d) for d in shape)])
+
+
+def _reduced(node: Node, vals: list) -> tuple:
+    """(the node's kind, attrs, reduced output shape, reduced argument values)."""
+    attrs = {k: v for k, v in node.attrs.items() if not k.startswith("_")}
+    if node.kind in ("pointwise", "stop"):
+        out = _fit(node.shape)
+        args = []
+        for v in vals:
+            v = np.asarray(v, np.float64)
+            lead = len(out) - v.ndim
+            args.append(_take(v, tuple(1 if d == 1 else out[lead + j] for j, d in enumerate(v.shape))))
+        return attrs, out, args
+    if node.kind == "reduce":  # the reduced axes keep CUT entries where they can: a row shows the routing
+        shape = np.shape(vals[0])
+        axes = tuple(ax % len(shape) for ax in node.attrs["axes"])
+        for c_row in range(CUT, 0, -1):
+            for c_kept in range(c_row, 0, -1):
+                cut = tuple(min(d, c_row if i in axes else c_kept) for i, d in enumerate(shape))
+                if int(np.prod(cut)) <= MAX_ENTRIES:
+                    break
+            if int(np.prod(cut)) <= MAX_ENTRIES:
+                break
+        a = _take(vals[0], cut)
+        out = tuple(1 if i in axes else d for i, d in enumerate(a.shape)) if node.attrs["keepdim"] else \
+            tuple(d for i, d in enumerate(a.shape) if i not in axes)
+        return attrs, out, [a]
+    if node.kind == "linalg":
+        return _reduced_linalg(node, attrs, vals)
+    raise UnsupportedOp(f"no node cross-check for {node.kind} nodes")
+
+
+def _reduced_linalg(node: Node, attrs: dict, vals: list) -> tuple:
+    op = attrs["op"]
+    if op not in LINALG_EXACT:
+        raise _NoExact(f"linalg {op} has no exact scalar form to compare with (only {', '.join(LINALG_EXACT)} do)")
+    a = np.asarray(vals[0], np.float64)
+    n = min(a.shape[-1], MATRIX)
+    batch = (1,) * (a.ndim - 2)
+    args = [_take(a, batch + (n, n))]
+    if op == "solve":
+        b = np.asarray(vals[1], np.float64)
+        args.append(_take(b, batch + ((n,) if b.ndim == a.ndim - 1 else (n, min(b.shape[-1], MATRIX)))))
+        out = args[1].shape
+    else:
+        out = batch if op in ("det", "logabsdet") else batch + (n, n)
+    return attrs, out, args
+
+
+def _one_node_graph(node: Node, vals: list) -> tuple:
+    from .ir import Graph
+
+    attrs, out, args = _reduced(node, vals)
+    g = Graph()
+    leaves = []
+    for i, v in enumerate(args):
+        leaf = g.add(Node("leaf", (), {"value": v, "role": "input"}, v.shape, name=f"a{i}"))
+        g.inputs[leaf.name] = leaf
+        leaves.append(leaf)
+    mini = g.add(Node(node.kind, tuple(leaves), attrs, out, origin=node.origin))
+    g.outputs = [mini]
+    return g, mini, leaves
+
+
+# ---------------------------------------------------------------------------------- the check
+
+def _check_node(graph: Graph, mini: Node, leaves: list, rng) -> str:
+    """'' where the one-node graph's rule agrees with the exact derivative, else what disagrees."""
+    from .engine import backward
+    from .explode_cross import ExplodedCrossCheck, _compare
+    from .scalar import Ctx
+
+    ctx = Ctx()
+    values = {leaf: Approx(leaf.attrs["value"]) for leaf in leaves}  # no rule reads the node's own value
+    outs = np.arange(mini.size) if mini.size <= SAMPLES else np.sort(rng.permutation(mini.size)[:SAMPLES])
+    w = rng.standard_normal(len(outs))
+    counter["exploded"] += 1
+    exact = _exact_vjp(graph, mini, leaves, values, outs, w)
+    seed = np.zeros(mini.size)
+    seed[outs] = w
+    with np.errstate(all="ignore"):  # a reduced max-pooling row may be all -inf padding: never compared
+        grads = backward(graph, values, {mini: Approx(seed.reshape(mini.shape))}, leaves, ctx)
+    result = ExplodedCrossCheck(True)
+    for leaf in leaves:
+        x_v, x_bound = exact[leaf]
+        # an infinite entry (a mask's -inf) is a constant of the exact form: its derivative is not compared
+        entries = np.flatnonzero(np.isfinite(np.ravel(leaf.attrs["value"])))
+        x_v, x_bound = x_v[entries], x_bound[entries]
+        _compare(result, leaf.name, entries, grads.get(leaf), leaf.shape,
+                 {"value": x_v, "bound": x_bound, "lower": x_v, "upper": x_v})
+    if not result.failures:
+        return ""
+    name, j, t, x, tol = result.failures[0]
+    return (f"{len(result.failures)} of {result.compared} derivative entries disagree (reduced to shape "
+            f"{mini.shape}), first d/d{name}[{j}]: the rule gives {t!r}, the exact derivative {x!r} (allowed "
+            f"{tol:.3g})")
+
+
+def _exact_vjp(graph, mini: Node, leaves: list, values: dict, outs, w) -> dict:
+    """{leaf: (value, bound)}: sum_o w_o d out_o / d leaf, exactly, for every leaf entry."""
+    import symengine as se
+
+    from .explode import _node, clean_derivative, exact_number, has_steps
+
+    syms, built_args, env = {}, [], {}
+    for leaf in leaves:
+        v = leaf.attrs["value"]
+        arr = np.empty(leaf.shape, object)
+        for j, f in enumerate(np.ravel(v).tolist()):
+            if np.isfinite(f):  # a masked -inf is a constant of the form: no derivative, as in the graph
+                s = se.Symbol(f"_{leaf.name}_{j}")
+                syms[s] = (leaf, j)
+                env[s] = exact_number(f)
+                arr.flat[j] = s
+            else:
+                arr.flat[j] = exact_number(f)
+        built_args.append(arr)
+    if mini.kind == "linalg":
+        from .node_cross_linalg import NotExact, exact_linalg
+
+        try:
+            built = exact_linalg(mini.attrs["op"], built_args, [leaf.attrs["value"] for leaf in leaves], env)
+        except NotExact as err:
+            raise _NoExact(str(err)) from err
+    else:
+        built = np.asarray(_node(mini, built_args, values), object)
+    flat = built.ravel()
+    steps = has_steps(graph)
+    exact = {leaf: [se.Integer(0)] * leaf.size for leaf in leaves}
+    coarse = {leaf: [se.Integer(0)] * leaf.size for leaf in leaves}  # the same at PRECISION bits
+    for o, wo in zip(outs, w):
+        e, wo = flat[o], exact_number(wo)
+        for s in getattr(e, "free_symbols", ()):
+            leaf, j = syms[s]
+            at = clean_derivative(e.diff(s), steps).xreplace(env)
+            fine = _evaluate(at, 2 * PRECISION)
+            exact[leaf][j] += wo * fine
+            coarse[leaf][j] += wo * (fine if isinstance(fine, (se.Integer, se.Rational)) else _evaluate(at, PRECISION))
+    out = {}
+    for leaf in leaves:
+        hi = np.array([float(x) for x in exact[leaf]])
+        lo = np.array([float(x) for x in coarse[leaf]])
+        out[leaf] = (hi, 2 * np.abs(hi - lo) + 2.0 ** (8 - 2 * PRECISION) * np.abs(hi))
+    return out
+
+
+def _evaluate(expr, prec: int):
+    """``expr`` (symbols already replaced by exact numbers) as a number: exact where it is rational,
+    else a real of ``prec`` bits; Piecewise branches chosen by deciding their conditions."""
+    import symengine as se
+
+    if isinstance(expr, (se.Integer, se.Rational, se.RealMPFR)):
+        return expr
+    try:
+        return expr.n(prec, real=True)
+    except RuntimeError as err:  # symengine evaluates no Piecewise: choose the branch, then the rest
+        if type(expr).__name__ == "Piecewise":
+            args = expr.args
+            for k in range(0, len(args), 2):
+                if _truth(args[k + 1], prec):
+                    return _evaluate(args[k], prec)
+            raise _NoExact(f"no branch of {str(expr)[:60]} holds") from err
+        if not expr.args:
+            raise _NoExact(f"symengine cannot evaluate {str(expr)[:60]} ({err})") from err
+        return _evaluate(expr.func(*[_evaluate(a, prec) for a in expr.args]), prec)
+    except TypeError as err:
+        raise _NoExact(f"symengine cannot evaluate {str(expr)[:60]} ({err})") from err
+
+
+_RELATIONS = {"StrictLessThan": lambda v: v < 0, "LessThan": lambda v: v <= 0,
+              "Equality": lambda v: v == 0, "Unequality": lambda v: v != 0}
+
+
+def _truth(cond, prec: int) -> bool:
+    """A condition decided at exact arguments (a gap rounding could flip: ``_NoExact``)."""
+    import symengine as se
+
+    if cond == se.true or cond == se.false:
+        return cond == se.true
+    name = type(cond).__name__
+    if name in ("And", "Or"):
+        got = [_truth(c, prec) for c in cond.args]
+        return all(got) if name == "And" else any(got)
+    if name == "Not":
+        return not _truth(cond.args[0], prec)
+    if name not in _RELATIONS:
+        raise _NoExact(f"a condition the node cross-check cannot decide: {str(cond)[:60]}")
+    lhs, rhs = cond.args
+    gap = _evaluate(lhs - rhs, prec)
+    if isinstance(gap, se.RealMPFR):  # inexact: decided only where it is clear of rounding
+        scale = 1.0 + abs(float(_evaluate(lhs, prec))) + abs(float(_evaluate(rhs, prec)))
+        if abs(float(gap)) <= 2.0 ** (8 - prec) * scale:
+            raise _NoExact(f"the condition {str(cond)[:60]} is a tie within {prec} bits")
+    return _RELATIONS[name](float(gap) if not isinstance(gap, (se.Integer, se.Rational)) else
+                            (0 if gap == 0 else (1 if gap > 0 else -1)))
+
+
+# -------------------------------------------------------------------------------------- report
+
+def annotate(report, result: NodeCrossCheck):
+    """``report`` with what was cross-checked in its meta; where a node failed, every derivative
+    record says which (they are unverified already: ``Reference.verified``)."""
+    report.meta["cross-checked"] = str(result)
+    bad = result.failures()
+    if bad:
+        report.meta["cross-check failures"] = bad
+        for rec in report.records:
+            if rec.quantity != "forward":
+                rec.verified = False
+                rec.note = (rec.note + " " if rec.note else "") + f"A tensor rule failed its cross-check: {bad}."
+    return report
