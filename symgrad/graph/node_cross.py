@@ -8,10 +8,11 @@ exact derivative, on every check (the whole-graph check of Note [Exploded cross-
 opt-in deeper one: seconds to minutes on a real network).
 
 For a node ``n``, a one-node graph is built whose arguments are fresh leaves holding the values
-the forward gave ``n``'s arguments, *reduced*: every axis cut to its first ``CUT`` entries (fewer
-while the node would exceed ``MAX_ENTRIES``), a size-1 (broadcast) axis kept at 1, a matrix of a
-``linalg`` node cut to its leading ``MATRIX`` x ``MATRIX`` block and its batch to the first one.
-The same rule code serves every size, so the reduced node tests the rule the real node runs.
+the forward gave ``n``'s arguments, *reduced*: neighbouring axes the rule treats alike merged into
+one (Note [Merged axes]), each cut to its first ``POINTWISE_CUT`` entries (a reduced axis to
+``CUT``), a size-1 (broadcast) axis kept at 1, a matrix of a ``linalg`` node cut to its leading
+``MATRIX`` x ``MATRIX`` block and its batch to the first one.  The same rule code serves every
+size, so the reduced node tests the rule the real node runs.
 
 * The tensor side: ``engine.backward`` over that graph (``rules.vjp`` of the node, the code path of
   the real evaluation) in float64 with its Approx bound and kink band, the cotangent a random one
@@ -40,14 +41,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError, UnsupportedOp
+from ..lower import numpy as _lower  # noqa: F401 - explode's forms need it: imported with the graph, not mid-check
 from .approx import Approx
 from .crosscheck import _MAX_ENTRIES, _linear
+from .explode import _node, clean_derivative, exact_number, has_steps
+from .explode_cross import ExplodedCrossCheck, _compare
 from .ir import Graph, Node
 
-__all__ = ["crosscheck_nodes", "NodeCrossCheck", "annotate", "CUT", "MAX_ENTRIES", "SAMPLES"]
+__all__ = ["crosscheck_nodes", "NodeCrossCheck", "annotate", "CUT", "SAMPLES"]
 
 CUT = 3  # entries kept per axis
-MAX_ENTRIES = 27  # entries of the reduced node (and of a reduction's argument)
+POINTWISE_CUT = 2  # of a pointwise (and stop) node
 MATRIX = 3  # a linalg node's matrices: their leading 3 x 3 block
 SAMPLES = 4  # output entries differentiated
 PRECISION = 120  # bits of the exact side's evaluation (and twice that, for its error bound)
@@ -174,51 +178,81 @@ class _NoExact(Exception):
 
 # ------------------------------------------------------------------------------- reduced nodes
 
-def _cut_shape(shape: tuple, c: int) -> tuple:
-    return tuple(min(d, c) for d in shape)
-
-
-def _fit(shape: tuple) -> tuple:
-    """``shape`` cut to ``CUT`` entries per axis, fewer while it holds more than ``MAX_ENTRIES``."""
-    for c in range(CUT, 0, -1):
-        got = _cut_shape(shape, c)
-        if int(np.prod(got)) <= MAX_ENTRIES:
-            return got
-    return _cut_shape(shape, 1)
-
-
 def _take(v, shape: tuple) -> np.ndarray:
     return np.array(np.asarray(v, np.float64)[tuple(slice(0, d) for d in shape)])
 
 
+# Note [Merged axes]
+# A pointwise rule treats an axis by what each argument has there: the full axis, a size-1 axis
+# (broadcast) or none (a lower rank: broadcast from the left); a reduction by whether the axis is
+# reduced.  Neighbouring axes treated alike can be merged into one without changing what the rule
+# computes (numpy's broadcasting and reductions act axis by axis), so the reduced node keeps one
+# axis per run of alike axes: ``tanh`` of any shape is checked as ``tanh`` of 2 entries, ``x + b``
+# with ``x`` (B, T, D) and ``b`` (D,) as (2, 2) + (2,), a max over the last axis of (B, C, H, W)
+# as one over (2, 3).  Nodes that merge to the same node share one check.
+
+
+def _groups(patterns: list) -> list:
+    groups: list = []
+    for i, p in enumerate(patterns):
+        if groups and patterns[groups[-1][0]] == p:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _merge(v, rank: int, groups: list, reps: list, sizes: list) -> np.ndarray:
+    """``v`` (right-aligned to ``rank`` axes) with each group of axes merged into its representative
+    axis, cut to ``sizes`` entries (a size-1 axis stays 1; an axis ``v`` lacks stays absent)."""
+    v = np.asarray(v, np.float64)
+    lead = rank - v.ndim
+    index, kept = [], []
+    for group, rep, size in zip(groups, reps, sizes):
+        for ax in group:
+            j = ax - lead
+            if j < 0:
+                continue
+            index.append(slice(0, min(v.shape[j], size)) if ax == rep else slice(0, 1))
+            if ax == rep:
+                kept.append(j)
+    w = v[tuple(index)]
+    return np.array(w.reshape([w.shape[j] for j in kept]))
+
+
 def _reduced(node: Node, vals: list) -> tuple:
-    """(the node's kind, attrs, reduced output shape, reduced argument values)."""
+    """(attrs, reduced output shape, reduced argument values): Note [Merged axes], each merged axis
+    cut to ``POINTWISE_CUT`` entries (a reduced one to ``CUT``)."""
     attrs = {k: v for k, v in node.attrs.items() if not k.startswith("_")}
-    if node.kind in ("pointwise", "stop"):
-        out = _fit(node.shape)
-        args = []
-        for v in vals:
-            v = np.asarray(v, np.float64)
-            lead = len(out) - v.ndim
-            args.append(_take(v, tuple(1 if d == 1 else out[lead + j] for j, d in enumerate(v.shape))))
-        return attrs, out, args
-    if node.kind == "reduce":  # the reduced axes keep CUT entries where they can: a row shows the routing
-        shape = np.shape(vals[0])
-        axes = tuple(ax % len(shape) for ax in node.attrs["axes"])
-        for c_row in range(CUT, 0, -1):
-            for c_kept in range(c_row, 0, -1):
-                cut = tuple(min(d, c_row if i in axes else c_kept) for i, d in enumerate(shape))
-                if int(np.prod(cut)) <= MAX_ENTRIES:
-                    break
-            if int(np.prod(cut)) <= MAX_ENTRIES:
-                break
-        a = _take(vals[0], cut)
-        out = tuple(1 if i in axes else d for i, d in enumerate(a.shape)) if node.attrs["keepdim"] else \
-            tuple(d for i, d in enumerate(a.shape) if i not in axes)
-        return attrs, out, [a]
     if node.kind == "linalg":
         return _reduced_linalg(node, attrs, vals)
-    raise UnsupportedOp(f"no node cross-check for {node.kind} nodes")
+    if node.kind not in ("pointwise", "stop", "reduce"):
+        raise UnsupportedOp(f"no node cross-check for {node.kind} nodes")
+    if node.size == 0:
+        raise UnsupportedOp("the node has no entries")
+    shapes = [np.shape(v) for v in vals]
+    if node.kind == "reduce":
+        shape = shapes[0]
+        axes = {ax % len(shape) for ax in node.attrs["axes"]}
+        patterns = [i in axes for i in range(len(shape))]
+    else:
+        shape = node.shape
+        patterns = [tuple("none" if i < len(shape) - len(s) else
+                          "one" if s[i - len(shape) + len(s)] == 1 and shape[i] > 1 else "full" for s in shapes)
+                    for i in range(len(shape))]
+    groups = _groups(patterns)
+    reps = [max(g, key=lambda ax: shape[ax]) for g in groups]
+    sizes = [CUT if node.kind == "reduce" and patterns[g[0]] else POINTWISE_CUT for g in groups]
+    args = [_merge(v, len(shape), groups, reps, sizes) for v in vals]
+    if node.kind != "reduce":
+        out = tuple(min(shape[r], c) for r, c in zip(reps, sizes))
+        return attrs, out, args
+    new_axes = tuple(k for k, g in enumerate(groups) if patterns[g[0]])
+    attrs["axes"] = new_axes
+    a = args[0].shape
+    out = tuple(1 if k in new_axes else d for k, d in enumerate(a)) if node.attrs["keepdim"] else \
+        tuple(d for k, d in enumerate(a) if k not in new_axes)
+    return attrs, out, args
 
 
 def _reduced_linalg(node: Node, attrs: dict, vals: list) -> tuple:
@@ -258,7 +292,6 @@ def _one_node_graph(node: Node, vals: list) -> tuple:
 def _check_node(graph: Graph, mini: Node, leaves: list, rng) -> str:
     """'' where the one-node graph's rule agrees with the exact derivative, else what disagrees."""
     from .engine import backward
-    from .explode_cross import ExplodedCrossCheck, _compare
     from .scalar import Ctx
 
     ctx = Ctx()
@@ -291,7 +324,6 @@ def _exact_vjp(graph, mini: Node, leaves: list, values: dict, outs, w) -> dict:
     """{leaf: (value, bound)}: sum_o w_o d out_o / d leaf, exactly, for every leaf entry."""
     import symengine as se
 
-    from .explode import _node, clean_derivative, exact_number, has_steps
 
     syms, built_args, env = {}, [], {}
     for leaf in leaves:
