@@ -28,8 +28,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 __all__ = ["Node", "Graph", "KINDS"]
 
 KINDS = ("leaf", "pointwise", "contract", "reduce", "layout", "select", "stop", "linalg")
