@@ -4,7 +4,8 @@
 functions and custom ``autograd.Function``s alike.  The forward is traced once into the op graph
 (``symgrad.graph.trace``); the closed-form derivative is reverse mode over the graph's core
 nodes, evaluated with numpy at full size with a per-entry rounding bound and kink band (Note
-[Approx arithmetic]); every linear rule is cross-checked first (Note [Adjoint cross-check]).
+[Approx arithmetic]); every linear rule is cross-checked first (Note [Adjoint cross-check]), every
+other rule node by node against its exploded exact derivative (Note [Node cross-check]).
 
 A scalar output is checked as a gradient.  A tensor output is checked through ``cotangents``
 random cotangents (vector-Jacobian products, the exact counterpart of gradcheck's fast mode):
