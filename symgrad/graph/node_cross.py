@@ -328,7 +328,6 @@ def _exact_vjp(graph, mini: Node, leaves: list, values: dict, outs, w) -> dict:
     """{leaf: (value, bound)}: sum_o w_o d out_o / d leaf, exactly, for every leaf entry."""
     import symengine as se
 
-
     syms, built_args, env = {}, [], {}
     for leaf in leaves:
         v = leaf.attrs["value"]
