@@ -4,7 +4,8 @@
 functions and custom ``autograd.Function``s alike.  The forward is traced once into the op graph
 (``symgrad.graph.trace``); the closed-form derivative is reverse mode over the graph's core
 nodes, evaluated with numpy at full size with a per-entry rounding bound and kink band (Note
-[Approx arithmetic]); every linear rule is cross-checked first (Note [Adjoint cross-check]).
+[Approx arithmetic]); every linear rule is cross-checked first (Note [Adjoint cross-check]), every
+other rule node by node against its exploded exact derivative (Note [Node cross-check]).
 
 A scalar output is checked as a gradient.  A tensor output is checked through ``cotangents``
 random cotangents (vector-Jacobian products, the exact counterpart of gradcheck's fast mode):
@@ -33,6 +34,7 @@ from . import montecarlo
 from . import diskcache
 from . import exact as graph_exact
 from .crosscheck import crosscheck
+from .node_cross import annotate as _annotate_crosscheck, crosscheck_nodes
 from .outputs import buffers as _buffers, flatten_output as _flatten_output, restore as _restore
 from .refs import JACOBIAN_VIAS
 from .refs import reference as _reference
@@ -193,6 +195,9 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         failed = crosscheck(graph)
         stage("op graph: evaluating the forward")
         values = forward(graph, ctx)
+        stage("op graph: cross-checking the non-linear rules, node by node")
+        crossed = crosscheck_nodes(graph, values, failed)  # Note [Node cross-check]
+        failed = failed + crossed.failed_nodes
         out_val = values[out_node]
         if tuple(out_t.shape) != out_val.shape:
             if attempt == "cached":
@@ -222,7 +227,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
 
         found, info = hvp_records(state, out_t, v=v, tangents=tangents, count=cotangents, seed=seed)
         meta.update(info)
-        report = Report(records + found, title=title or "symgrad check", meta=meta)
+        report = _annotate_crosscheck(Report(records + found, title=title or "symgrad check", meta=meta), crossed)
         return report if exploded is None else mark_report(report, exploded)
     if tangents is not None or via in ("functional.jvp", "func.jvp", "forward_ad"):
         if tangents is None:
@@ -248,7 +253,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
                 meta["jvp"] = f"not checked (torch.func.jvp could not run: {str(err)[:160]})"
             except NotImplementedError as err:  # a node kind without a forward-mode rule (linalg)
                 meta["jvp"] = f"not checked ({err})"
-    report = Report(records, title=title or "symgrad check", meta=meta)
+    report = _annotate_crosscheck(Report(records, title=title or "symgrad check", meta=meta), crossed)
     return report if exploded is None else mark_report(report, exploded)
 
 

@@ -98,9 +98,11 @@ def _elementary(expr: sp.Expr) -> sp.Expr:
 
     table = {**F.DEFINITIONS, F.floor: sp.floor, F.ceil: sp.ceiling,
              F.trunc: lambda a: sp.Piecewise((sp.floor(a), a >= 0), (sp.ceiling(a), True))}
+    present = {type(a) for a in expr.atoms(sp.Function)}  # one walk, not one per function of the table
     for f, build in table.items():
-        if expr.has(f):
+        if f in present and expr.has(f):
             expr = expr.replace(lambda e, f=f: isinstance(e, f), lambda e, b=build: b(*e.args))
+            present = {type(a) for a in expr.atoms(sp.Function)}
     # exact constants: a float of the form is a float64, i.e. a dyadic rational
     return expr.xreplace({c: sp.Rational(float(c)) for c in expr.atoms(sp.Float) if np.isfinite(float(c))})
 

@@ -25,9 +25,8 @@ kind            meaning (attrs)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-
-import numpy as np
 
 __all__ = ["Node", "Graph", "KINDS"]
 
@@ -50,7 +49,7 @@ class Node:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
+        return math.prod(self.shape)  # not np.prod: a thousand times per check, 10x slower on a tuple
 
     def __repr__(self) -> str:
         return f"Node({self.kind}, {self.name or self.origin}, shape={self.shape})"

@@ -40,8 +40,12 @@ def reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, 
     text = "0 (no path from it to the output)" if all(g is None for g in grads) else text
     ref = Reference(name, v, text, rounding=e, verified=not failed, value_eps=2.0**-52)
     if failed:
+        from .crosscheck import _linear
+
+        which = ("adjoint cross-check (Note [Adjoint cross-check])" if all(_linear(n) for n in failed) else
+                 "cross-check (Note [Adjoint cross-check], Note [Node cross-check])")
         ref.note = ("the tensor rule of " + ", ".join(f"{n.kind} node {n.name or n.origin}" for n in failed[:3])
-                    + " failed its adjoint cross-check (Note [Adjoint cross-check]): no verdict can be trusted")
+                    + f" failed its {which}: no verdict can be trusted")
     gens = stack_generators([[scale * g.reshape(full) for g in group] for group in generators or []], full)
     if gens is not None:  # Note [Kink units]: the entrywise band spans every unit's sides, and more
         lo = lo - np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0)
