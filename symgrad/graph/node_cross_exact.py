@@ -112,6 +112,8 @@ def evaluate(expr, prec: int):
 
     if isinstance(expr, (se.Integer, se.Rational, se.RealMPFR)):
         return expr
+    if type(expr).__name__ in ("ComplexInfinity", "Infinity", "NegativeInfinity", "NaN"):
+        raise NotExact(f"the exact value is {expr} here (a derivative at a 0/0 or a pole: Note [Cone points])")
     try:
         return expr.n(prec, real=True)
     except (RuntimeError, TypeError, ValueError) as err:  # symengine evaluates no Piecewise, no polygamma

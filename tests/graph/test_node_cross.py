@@ -148,8 +148,8 @@ def test_a_broadcast_reduction_that_drops_an_axis_never_passes(monkeypatch):
 def test_a_max_routed_to_the_wrong_entry_never_passes(monkeypatch):
     real = rules._vjp_reduce
 
-    def rolled(node, a, g, ctx):  # the cotangent lands one entry past the maximum
-        out = real(node, a, g, ctx)
+    def rolled(node, a, g, ctx, kinks=None):  # the cotangent lands one entry past the maximum
+        out = real(node, a, g, ctx, kinks)
         if node.attrs["op"] == "sum":
             return out
         axis = node.attrs["axes"][0]
