@@ -69,7 +69,8 @@ def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, b
         stage("op graph: trace, differentiate twice, compare")
         return check_graph(fn, named, **graph_args)
     try:
-        return _exploded(fn, named, symbolic, wrt_names, v, tangents, backend, rtol, atol, symbols_map, title)
+        return _exploded(fn, named, symbolic, wrt_names, v, tangents, backend, rtol, atol, symbols_map, title,
+                         twin=engine == "elementwise")
     except UnsupportedOp:
         if engine != "auto" or not traceable:
             raise
@@ -77,7 +78,9 @@ def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, b
         return check_graph(fn, named, **graph_args)
 
 
-def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbols_map, title) -> Report:
+def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbols_map, title, twin=False) -> Report:
+    """``twin``: torch code is exploded through its op graph (engine='elementwise'; under 'auto' it
+    goes to the tensor back end instead, as at first order)."""
     import torch
 
     from .autograd.run import run_double_backward
@@ -98,7 +101,15 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
     dtype = lowest_precision(named.values())
     dtype_name = str(dtype).replace("torch.", "")
     sym_in = symbolic_inputs(named)
-    out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
+    try:
+        out = _symbolic_output(fn, symbolic, sym_in, symbols_map)
+    except UnsupportedOp:  # torch code: its op graph exploded into one expression per entry (Note [Exploded twin])
+        if not twin or fn is None or (symbolic is not None and not callable(symbolic)):
+            raise
+        from .graph.twin import explode_torch
+
+        out, _ = explode_torch(symbolic if symbolic is not None else fn, named, budget=None,
+                               n_wrt=sum(named[w].numel() for w in wrt), n_diff=None)
     _check_symbols(out, sym_in, wrt, symbolic is not None and not callable(symbolic))
     torch_fn = fn if fn is not None else _lowered_forward(out, sym_in, dtype)
     leaves = {n: t.detach().clone().requires_grad_(n in wrt) for n, t in named.items()}

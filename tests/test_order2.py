@@ -237,3 +237,12 @@ def test_seeded_second_derivative_bug_is_caught_only_by_order2(dtype, rel):
     bug = wrong_second(fn, rel)
     assert sg.check(bug, (x, w), engine="graph").passed  # first order: right
     assert not sg.check(bug, (x, w), order=2, engine="graph").passed
+
+
+@pytest.mark.parametrize("fn", [lambda x: (torch.softmax(x, 0) ** 2).sum(), lambda x: torch.logsumexp(x, 0),
+                                lambda x: torch.linalg.vector_norm(x)], ids=["softmax", "logsumexp", "norm"])
+def test_torch_code_on_the_exploded_engine_at_second_order(fn):
+    """torch code with engine='elementwise' and order=2: its op graph exploded (it was refused as
+    'the symbolic forward could not run')."""
+    x = torch.tensor([0.3, -1.2, 0.8, 2.0], dtype=torch.float64)
+    assert sg.check(fn, {"x": x}, order=2, engine="elementwise").passed
