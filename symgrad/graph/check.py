@@ -15,7 +15,6 @@ whole Jacobian, one product per output entry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -25,7 +24,6 @@ from ..compare.compare import compare, compare_all
 from ..compare.half import rounding_ulps
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
-from ..reference import Reference
 from ..report.report import Report
 from .approx import Approx
 from ..ops import float32_constants, float32_scoped
@@ -37,10 +35,9 @@ from .crosscheck import crosscheck
 from .node_cross import annotate as _annotate_crosscheck, crosscheck_nodes
 from .outputs import buffers as _buffers, flatten_output as _flatten_output, restore as _restore
 from .refs import JACOBIAN_VIAS
-from .refs import reference as _reference
-from .columns import by_columns
-from .engine import forward, tangent
-from .cones import tangent_bands
+from .refs import State as _State, approx_reference as _approx_reference, reference as _reference
+from .forward_records import by_columns_wanted as _by_columns, column_records as _column_records, jvp_records as _jvp_records, n_in as _n_in, tangent_dict as _tangent_dict
+from .engine import forward
 from .kinkunits import sweep_references
 from .interpret import to_graph
 from .scalar import Ctx
@@ -269,21 +266,6 @@ def _single_output(graph):
     return outs[0]
 
 
-@dataclass
-class _State:
-    graph: object
-    values: dict
-    out: object
-    ctx: Ctx
-    failed: list
-    torch_fn: object
-    leaves: dict
-    wrt: list
-    dtype: str
-    rtol: float | None
-    atol: float | None
-
-
 def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
     import torch
 
@@ -402,102 +384,6 @@ def _median(x: np.ndarray) -> float:
         return float(np.partition(x, k)[k])
     part = np.partition(x, (k - 1, k))
     return float((part[k - 1] + part[k]) / 2)
-
-
-def _jvp_records(st: _State, directions: list, via: str) -> list:
-    """One record of the output's tangents, stacked over ``directions`` ({name: tangent tensor})."""
-    import torch
-
-    from ..autograd.run import run_autograd
-
-    got, ours = [], []
-    for d in directions:
-        with torch.enable_grad():
-            actual = run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d)
-        got.append(actual["jvp"])
-        seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy())
-                 for n in st.wrt if n in st.graph.inputs}
-        t = tangent(st.graph, st.values, seeds, st.out, st.ctx)
-        ours.append(t if t is not None else Approx(np.zeros(st.values[st.out].shape)))
-    stacked = Approx(np.stack([t.v for t in ours]), np.stack([np.broadcast_to(t.e, t.shape) for t in ours]),
-                     np.stack([t.sides()[0] for t in ours]), np.stack([t.sides()[1] for t in ours]))
-    ref = _approx_reference("jvp", stacked if len(ours) > 1 else ours[0], "forward mode over the op graph",
-                            st.failed)
-    tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape))
-    value = torch.stack(got) if len(got) > 1 else got[0]
-    return compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
-
-
-def _tangents_at(st: _State, values: dict, directions: list, shape: tuple) -> tuple:
-    """([tangents stacked like the jvp reference], [their bounds]) at the forward ``values``."""
-    vs, es = [], []
-    for d in directions:
-        seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in st.wrt if n in st.graph.inputs}
-        t = tangent(st.graph, values, seeds, st.out, st.ctx)
-        t = t if t is not None else Approx(np.zeros(values[st.out].shape))
-        vs.append(t.v)
-        es.append(np.broadcast_to(t.e, t.shape))
-    return [np.stack(vs).reshape(shape)], [np.stack(es).reshape(shape)]
-
-
-def _tangent_dict(tangents, leaves, wrt) -> dict:
-    import torch
-
-    if isinstance(tangents, torch.Tensor):
-        if len(wrt) != 1:
-            raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
-        tangents = {wrt[0]: tangents}
-    if not isinstance(tangents, Mapping) or set(tangents) != set(wrt):
-        raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
-    out = {}
-    for n in wrt:
-        t = torch.as_tensor(tangents[n], dtype=leaves[n].dtype)
-        if tuple(t.shape) != tuple(leaves[n].shape):
-            raise ShapeMismatch(f"tangent for {n!r} has shape {tuple(t.shape)}, the input has {tuple(leaves[n].shape)}")
-        out[n] = t
-    return out
-
-
-def _n_in(st: _State) -> int:
-    return sum(st.leaves[n].numel() for n in st.wrt if n in st.graph.inputs)
-
-
-def _by_columns(st: _State, out_t, via, cotangents) -> bool:
-    """A full Jacobian with fewer differentiated input entries than output entries."""
-    full = via in _JACOBIAN_VIAS or (via is None and cotangents == "full")
-    return full and 0 < _n_in(st) < out_t.numel()
-
-
-def _column_records(st: _State, how: str, out_shape: tuple) -> list:
-    """The Jacobian by forward-mode sweeps, one per input entry (Note [Jacobian by columns])."""
-    import torch
-
-    from ..autograd.run import run_autograd
-
-    stage(f"op graph: {_n_in(st)} forward-mode sweeps and torch autograd")
-    with torch.enable_grad():
-        actual = run_autograd(st.torch_fn, st.leaves, st.wrt, how)
-    nodes = {n: st.graph.inputs.get(n) for n in st.wrt}
-    cols = by_columns(st.graph, st.values, st.out, st.ctx, nodes, {n: tuple(st.leaves[n].shape) for n in st.wrt},
-                      out_shape)
-    refs = [_approx_reference(n, cols[n], "forward mode over the op graph, one input entry at a time", st.failed)
-            for n in st.wrt]
-
-    def at(values):  # Note [Cone points]: the columns again at moved inputs
-        moved = by_columns(st.graph, values, st.out, st.ctx, nodes, {n: tuple(st.leaves[n].shape) for n in st.wrt},
-                           out_shape)
-        return ([moved[n].v.reshape(r.value.shape) for n, r in zip(st.wrt, refs)],
-                [np.broadcast_to(moved[n].e, moved[n].shape).reshape(r.value.shape) for n, r in zip(st.wrt, refs)])
-
-    tangent_bands(st, refs, at)
-    return compare_all(refs, actual, st.dtype, quantity="jacobian", rtol=st.rtol, atol=st.atol)
-
-
-def _approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:
-    ref = Reference(name, a.v, text, rounding=np.broadcast_to(a.e, a.shape), verified=not failed, value_eps=2.0**-52)
-    if a.banded:
-        ref.lower, ref.upper, ref.kink = a.v - a.lo, a.v + a.hi, a.band() > 0
-    return ref
 
 
 def _plan(out_t, via, v, cotangents, seed: int):

@@ -3,12 +3,15 @@ stacked the way autograd returns them (stage "compare"; used by check.py and ord
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..compare.kinks import stack_generators
 from ..reference import Reference
+from .approx import Approx
 
-__all__ = ["JACOBIAN_VIAS", "reference"]
+__all__ = ["JACOBIAN_VIAS", "reference", "approx_reference", "State"]
 
 JACOBIAN_VIAS = ("functional.jacobian", "jacrev", "jacfwd", "onehot-vjp")
 
@@ -53,4 +56,29 @@ def reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, 
         ref.kink_generators = gens
     if np.any(lo) or np.any(hi):
         ref.lower, ref.upper, ref.kink = v - lo, v + hi, (lo + hi) > 0
+    return ref
+
+
+@dataclass
+class State:
+    """A graph check's state (graph/check.py): its graph and forward values, output node, context,
+    failed cross-checks, the torch function and leaves, differentiated names, dtype, tolerances."""
+
+    graph: object
+    values: dict
+    out: object
+    ctx: object
+    failed: list
+    torch_fn: object
+    leaves: dict
+    wrt: list
+    dtype: str
+    rtol: float | None
+    atol: float | None
+
+
+def approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:
+    ref = Reference(name, a.v, text, rounding=np.broadcast_to(a.e, a.shape), verified=not failed, value_eps=2.0**-52)
+    if a.banded:
+        ref.lower, ref.upper, ref.kink = a.v - a.lo, a.v + a.hi, a.band() > 0
     return ref

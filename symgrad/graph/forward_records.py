@@ -1,0 +1,108 @@
+"""Forward mode over the op graph: JVP records and the Jacobian by columns (stage "compare";
+graph/check.py's check state, Note [Jacobian by columns])."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from ..compare.compare import compare_all
+from ..errors import InputError, ShapeMismatch
+from ..progress import stage
+from .approx import Approx
+from .columns import by_columns
+from .cones import tangent_bands
+from .engine import tangent
+from .refs import JACOBIAN_VIAS, State, approx_reference
+
+__all__ = ["jvp_records", "tangent_dict", "n_in", "by_columns_wanted", "column_records"]
+
+
+def jvp_records(st: State, directions: list, via: str) -> list:
+    """One record of the output's tangents, stacked over ``directions`` ({name: tangent tensor})."""
+    import torch
+
+    from ..autograd.run import run_autograd
+
+    got, ours = [], []
+    for d in directions:
+        with torch.enable_grad():
+            actual = run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d)
+        got.append(actual["jvp"])
+        seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy())
+                 for n in st.wrt if n in st.graph.inputs}
+        t = tangent(st.graph, st.values, seeds, st.out, st.ctx)
+        ours.append(t if t is not None else Approx(np.zeros(st.values[st.out].shape)))
+    stacked = Approx(np.stack([t.v for t in ours]), np.stack([np.broadcast_to(t.e, t.shape) for t in ours]),
+                     np.stack([t.sides()[0] for t in ours]), np.stack([t.sides()[1] for t in ours]))
+    ref = approx_reference("jvp", stacked if len(ours) > 1 else ours[0], "forward mode over the op graph",
+                            st.failed)
+    tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape))
+    value = torch.stack(got) if len(got) > 1 else got[0]
+    return compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
+
+
+def _tangents_at(st: State, values: dict, directions: list, shape: tuple) -> tuple:
+    """([tangents stacked like the jvp reference], [their bounds]) at the forward ``values``."""
+    vs, es = [], []
+    for d in directions:
+        seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in st.wrt if n in st.graph.inputs}
+        t = tangent(st.graph, values, seeds, st.out, st.ctx)
+        t = t if t is not None else Approx(np.zeros(values[st.out].shape))
+        vs.append(t.v)
+        es.append(np.broadcast_to(t.e, t.shape))
+    return [np.stack(vs).reshape(shape)], [np.stack(es).reshape(shape)]
+
+
+def tangent_dict(tangents, leaves, wrt) -> dict:
+    import torch
+
+    if isinstance(tangents, torch.Tensor):
+        if len(wrt) != 1:
+            raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
+        tangents = {wrt[0]: tangents}
+    if not isinstance(tangents, Mapping) or set(tangents) != set(wrt):
+        raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
+    out = {}
+    for n in wrt:
+        t = torch.as_tensor(tangents[n], dtype=leaves[n].dtype)
+        if tuple(t.shape) != tuple(leaves[n].shape):
+            raise ShapeMismatch(f"tangent for {n!r} has shape {tuple(t.shape)}, the input has {tuple(leaves[n].shape)}")
+        out[n] = t
+    return out
+
+
+def n_in(st: State) -> int:
+    return sum(st.leaves[n].numel() for n in st.wrt if n in st.graph.inputs)
+
+
+def by_columns_wanted(st: State, out_t, via, cotangents) -> bool:
+    """A full Jacobian with fewer differentiated input entries than output entries."""
+    full = via in JACOBIAN_VIAS or (via is None and cotangents == "full")
+    return full and 0 < n_in(st) < out_t.numel()
+
+
+def column_records(st: State, how: str, out_shape: tuple) -> list:
+    """The Jacobian by forward-mode sweeps, one per input entry (Note [Jacobian by columns])."""
+    import torch
+
+    from ..autograd.run import run_autograd
+
+    stage(f"op graph: {n_in(st)} forward-mode sweeps and torch autograd")
+    with torch.enable_grad():
+        actual = run_autograd(st.torch_fn, st.leaves, st.wrt, how)
+    nodes = {n: st.graph.inputs.get(n) for n in st.wrt}
+    cols = by_columns(st.graph, st.values, st.out, st.ctx, nodes, {n: tuple(st.leaves[n].shape) for n in st.wrt},
+                      out_shape)
+    refs = [approx_reference(n, cols[n], "forward mode over the op graph, one input entry at a time", st.failed)
+            for n in st.wrt]
+
+    def at(values):  # Note [Cone points]: the columns again at moved inputs
+        moved = by_columns(st.graph, values, st.out, st.ctx, nodes, {n: tuple(st.leaves[n].shape) for n in st.wrt},
+                           out_shape)
+        return ([moved[n].v.reshape(r.value.shape) for n, r in zip(st.wrt, refs)],
+                [np.broadcast_to(moved[n].e, moved[n].shape).reshape(r.value.shape) for n, r in zip(st.wrt, refs)])
+
+    tangent_bands(st, refs, at)
+    return compare_all(refs, actual, st.dtype, quantity="jacobian", rtol=st.rtol, atol=st.atol)
