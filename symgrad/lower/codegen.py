@@ -1,6 +1,6 @@
 """Code generation for ``symgrad.lower.numpy``: symengine expressions to one Python function.
 
-The expressions (after symengine's ``cse``) are emitted in single-assignment form: every node of
+The expressions are emitted in single-assignment form: every node of
 the expression DAG is computed once, into its own variable ``_vK``, from its arguments' variables.
 A second block of lines computes each node's running rounding-error bound ``_eK`` the same way
 (class ``_Emitter``, ``error``), so both blocks grow linearly with the DAG, however much it shares.
@@ -402,18 +402,22 @@ class _Inline:
         return self.em.value(e)
 
 
-def generate(reps: list, reduced: list, names: dict, forward: int = 0) -> tuple[str, list[str]]:
+def generate(reps: list, reduced: list, names: dict, forward: int = 0, shared: list = ()) -> tuple[str, list[str]]:
     """The source of ``_lowered(_A, _rel, _with_magnitudes, _K, _KF, _M)`` and the relationals' texts.
 
     ``_lowered`` returns ``(values, error bounds or None, gap error bounds or None)``: one value
     and bound per expression of ``reduced``, one gap bound per relational ``_rel(k, ...)``.
     The first ``forward`` of ``reduced`` are the forward computation (Note [Logistic terms]).
+    ``reps``: (temporary, node) pairs naming nodes; ``shared``: nodes to emit first, children first
+    (Note [Sums kept as built] in numpy.py).
     """
     em = _Emitter(names)
     em.aliases.update(reps)  # known before any value is written: the forward's sigmoids first
     em.sigmoid_arguments(reduced[:forward])
     for sym, value in reps:
         em.alias(sym, value)
+    for node in shared:
+        em.value(node)
     results = [em.value(r) for r in reduced]
     n_value_lines = len(em.value_lines)
     em.emit_errors()

@@ -87,12 +87,11 @@ class ExactEvaluator:
         return out
 
     def _compile(self, exprs: list):
-        from .numpy import _cse_keeping_sums, to_symengine
+        from .numpy import _shared_first, to_symengine
 
         se_exprs = [to_symengine(e) for e in exprs]
         names = {to_symengine(a): f"_A[{i}]" for i, a in enumerate(self.args)}
-        reps, reduced = _cse_keeping_sums(se_exprs)
-        source, _ = generate(reps, reduced, names, 0)
+        source, _ = generate([], se_exprs, names, 0, shared=_shared_first(se_exprs))
         namespace = {**RUNTIME_WIDE, "_Q": lambda p, q: mp.mpf(p) / q}
         exec(compile(_exact_source(source), "<symgrad.exact>", "exec"), namespace)  # noqa: S102 - our own code
         return namespace["_lowered"]
