@@ -133,3 +133,17 @@ def test_shared_nodes_are_printed_once_children_first():
     assert source.count("sin(") == 1  # computed once, however many parents
     lines = [line for line in source.splitlines() if "sin(" in line or "exp(" in line]
     assert "sin(" in lines[0]
+
+
+def test_a_condition_on_a_large_dag_is_named_not_printed():
+    """A relu on a DAG whose tree is exponentially larger (no cse temporaries to print it through):
+    lowering is linear in the DAG and the condition's text is short."""
+    import symengine as se
+
+    x, y = se.symbols("x y")
+    e = x
+    for _ in range(60):  # 2**60 leaves as a tree, 120 nodes as a DAG
+        e = e * e / 4 + y
+    lowered = lower([se.Piecewise((e, se.Gt(e, 0)), (0, True))], [x, y])
+    assert lowered.relationals == 1 and len(lowered._rel_text[0]) < 80
+    assert len(lowered.source.splitlines()) < 1000

@@ -148,6 +148,26 @@ def _literal(e) -> str | None:
     return {"Exp1": "_E", "Pi": "_PI", "BooleanTrue": "True", "BooleanFalse": "False"}.get(kind)
 
 
+_TEXT_NODES = 200  # an expression printed in more nodes than this is named by its kind only
+
+
+def _text(e) -> str:
+    """``str(e)`` where it prints in at most ``_TEXT_NODES`` nodes; a larger expression (a network's
+    pre-activation, a DAG whose tree is exponentially larger) by its kind, and a relation by its
+    operands so: printing walks the tree, and the closed forms are printed as built (Note [Sums
+    kept as built] in numpy.py), not through short cse temporaries."""
+    count, stack = 0, [e]
+    while stack:
+        count += 1
+        if count > _TEXT_NODES:
+            kind = type(e).__name__
+            if kind in RELATIONS:
+                return f"{_text(e.args[0])} {RELATIONS[kind]} {_text(e.args[1])}"
+            return f"({kind} of {len(e.args)} terms)"
+        stack.extend(stack.pop().args)
+    return str(e)
+
+
 def _power_of_two(e) -> bool:
     """A number whose product with anything is exact in binary floating point (2, 1/2, -1, 0.25)."""
     if not e.is_Number or getattr(e, "is_real", True) is False:
@@ -233,7 +253,7 @@ class _Emitter(LogisticTerms):
         if kind in RELATIONS:
             k = len(self.rel_operands)
             self.rel_operands.append((args[0], args[1]))
-            self.rel_texts.append(str(e))
+            self.rel_texts.append(_text(e))
             return f"_rel({k}, {RELATIONS[kind]!r}, {self.value(args[0])}, {self.value(args[1])})"
         if kind in ("And", "Or"):
             fn = "np.logical_and" if kind == "And" else "np.logical_or"
@@ -247,7 +267,7 @@ class _Emitter(LogisticTerms):
         if name in FUNCTIONS:
             return f"{name}({', '.join(self.value(a) for a in args)})"
         raise UnsupportedOp(
-            f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which the exploded engine cannot evaluate "
+            f"the closed form uses {name}({', '.join(map(_text, args))[:60]}), which the exploded engine cannot evaluate "
             "with numpy (symgrad.lower.codegen.FUNCTIONS); for torch code, the op graph's tensor back end "
             "(engine='graph', or 'auto') evaluates it"
         )
