@@ -36,6 +36,32 @@ entries, in hundreds of symbols, are not differentiated again: the record's ``ac
 the question was not answered); entries on a kink, identically-zero entries and non-finite ones are
 never judged, and neither are entries zero by cancellation (Note [Zero by cancellation]).  Covered: the exploded engine (every path: the direct one, per sample, whole batch),
 and the op graph where the gradient is pointwise in x (Note [Pointwise gradients on the op graph]).
+
+# Note [Certify what the verdicts depend on]
+Re-evaluating an entry over mpmath costs printing, compiling and running its whole closed form over
+mpmath numbers: a conv net's gradient entries each hold the whole forward, and certifying them
+all took 9 of the 15 s of its check (benchmarks/bench_exploded.py).  Most of them cannot change
+any verdict: the fast reference e errs by at most its bound b (80-bit floats: 2**-63 times the
+running bound, tens of float64 ulps there, against allowances of 1e4-1e5 ulps).  So in the
+``auto`` mode an entry whose bound is not small is re-evaluated only where its verdicts depend on it
+(``depends_on_reference``, from the fast values):
+
+* "right" holds for every exact value within b when diff + (1 + s) b <= allowed(e), diff =
+  |autograd - e|; s (``allowance_slope``) bounds how far the allowance itself moves when e moves
+  by b (NOISE_FACTOR for the noise term, 1 for the rounding and scale terms, the caller's rtol).
+  Anything else -- a failing entry, or one within reach of its allowance -- is certified, so a
+  failure is always shown and judged against the certified value.
+* "accurate" holds for every exact value within b when diff + b <= ACCURACY_ULPS (eps |g| + ulp(g))
+  + rtol |g| + atol at |g| = |e| - b (Note [Accurate, not only right]); such an entry is no
+  suspect with any reference.  The others are certified, except where the entry's conditioning is
+  beyond the work limits (``EntryOracle.conditionable``: a network's entries, in hundreds of
+  symbols): there the accuracy question goes unanswered with any reference, and ``judge_accuracy``
+  counts the entry as a suspect (its test is diff + its reference's bound > the floor, so an
+  uncertified entry is never taken for accurate) and says so in ``accuracy_note``.
+* ``reference="mpmath"`` certifies every entry, as asked; ``"float"`` none.
+
+The record's reference sentence states the bounds that hold: of the certified entries and, apart,
+of the others ("not re-evaluated over mpmath: the verdicts of all N entries hold within it").
 """
 
 # Note [Zero by cancellation]
@@ -57,7 +83,7 @@ import numpy as np
 CANCELLED = 2.0**-100
 
 __all__ = ["nesting", "certify", "judge_accuracy", "REFERENCE_MODES", "reference_mode", "ACCURACY_ULPS", "MAX_CONDITIONED",
-           "EntryOracle", "apply_strict", "check_accuracy_options", "InaccurateDerivative"]
+           "EntryOracle", "depends_on_reference", "apply_strict", "check_accuracy_options", "InaccurateDerivative"]
 
 REFERENCE_MODES = ("auto", "mpmath", "float")
 ACCURACY_ULPS = 8.0
@@ -150,6 +176,13 @@ class EntryOracle:
             out_b.append(_to_float(bound))  # of the exact value; it is then stored rounded to float64
         return np.array(out_v), np.array(out_b), dps
 
+    def conditionable(self, entries: list) -> np.ndarray:
+        """Whether each entry's conditioning is within the work limits (``sensitivity`` gives NaN else)."""
+        check = getattr(self.evaluator, "conditionable", None)
+        if check is None:
+            return np.ones(len(entries), bool)
+        return np.array([all(check(i) for (i, _), _ in self.slots(j)) for j in entries], bool)
+
     def sensitivity(self, entries: list) -> np.ndarray:
         plan = [self.slots(j) for j in entries]
         flat = sorted({s for p in plan for s, _ in p}, key=lambda s: (s[0], -1 if s[1] is None else s[1]))
@@ -170,9 +203,13 @@ def _hp_bound(ref, e: np.ndarray) -> np.ndarray:
     return REFERENCE_ULPS * (ref.value_eps or hp_eps()) * np.where(np.isfinite(rounding), rounding, np.inf)
 
 
-def certify(ref, e: np.ndarray, dtype: str, ulp) -> tuple[np.ndarray, np.ndarray, str]:
-    """The reference values to compare with, their error bounds, and a sentence on their accuracy."""
-    from ..lower.exact import CERTIFY_FRACTION, MAX_EXACT_ENTRIES, hp_name
+def certify(ref, e: np.ndarray, dtype: str, ulp, need=None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The reference values to compare with, their error bounds, and a sentence on their accuracy.
+
+    ``need(bound)``: the entries whose verdicts depend on the reference, given the fast one's error
+    bound (``depends_on_reference``); only those are re-evaluated over mpmath in the ``auto`` mode
+    (Note [Certify what the verdicts depend on]).  None: every entry whose bound is not small."""
+    from ..lower.exact import CERTIFY_FRACTION, MAX_EXACT_ENTRIES
 
     e = np.array(e, dtype=np.float64, copy=True)
     bound = _hp_bound(ref, e)
@@ -183,7 +220,11 @@ def certify(ref, e: np.ndarray, dtype: str, ulp) -> tuple[np.ndarray, np.ndarray
     if ref.kink is not None:
         want &= ~np.asarray(ref.kink, bool)
     oracle = getattr(ref, "oracle", None)
-    n_want, done, dps = int(want.sum()), 0, 0
+    decided = np.zeros(e.shape, bool)
+    if mode == "auto" and need is not None and oracle is not None and want.any():
+        decided = want & ~np.asarray(need(bound), bool).reshape(e.shape)
+        want &= ~decided
+    n_want, done, dps = int(want.sum()), np.zeros(e.shape, bool), 0
     if n_want and oracle is not None and mode != "float" and n_want <= MAX_EXACT_ENTRIES:
         entries = [int(j) for j in np.flatnonzero(want)]
         got = oracle.exact(entries, lambda v: float(ulp(np.asarray(v), dtype)))
@@ -192,20 +233,57 @@ def certify(ref, e: np.ndarray, dtype: str, ulp) -> tuple[np.ndarray, np.ndarray
             ok = np.isfinite(values)
             idx = np.array(entries)[ok]
             e.flat[idx], bound.flat[idx] = values[ok], bounds[ok]
-            done = int(ok.sum())
+            done.flat[idx] = True
+    return e, bound, _reference_text(ref, e, bound, unit, dtype, done, decided, n_want, dps, mode)
+
+
+def _reference_text(ref, e, bound, unit, dtype: str, done, decided, n_want: int, dps: int, mode: str) -> str:
+    """The sentence on the reference's accuracy (Note [Certified reference]); every bound it states
+    holds for every entry it speaks of."""
+    from ..lower.exact import hp_name
+
     with np.errstate(all="ignore"):
-        in_ulps = np.where(finite, bound / unit, 0.0)
+        in_ulps = np.where(np.isfinite(e), bound / unit, 0.0)
     worst = float(np.max(in_ulps, initial=0.0))
+    n_done, n_decided = int(done.sum()), int(decided.sum())
     where = hp_name() if not ref.value_eps else "float64" if ref.value_eps == 2.0**-52 else f"eps {ref.value_eps:g}"
     fast = f"closed form in {where} floats" if ref.rounding is not None else "closed form in float64 (no bound)"
-    text = (f"{fast}, mpmath {dps} digits for {done} of {e.size} entries" if done else fast)
-    text += (f"; |error| <= {worst:.2g} ulp of {dtype}" if np.isfinite(worst) else "; error not bounded")
-    if done and dtype == "float64":
+    text = (f"{fast}, mpmath {dps} digits for {n_done} of {e.size} entries" if n_done else fast)
+    if n_done and n_decided:
+        certified, others = float(np.max(in_ulps[done])), float(np.max(in_ulps[~done], initial=0.0))
+        text += (f"; |error| <= {certified:.2g} ulp of {dtype} there, <= {others:.2g} ulp elsewhere "
+                 f"({n_decided} entries whose verdicts hold for any value within their bound)")
+    else:
+        text += (f"; |error| <= {worst:.2g} ulp of {dtype}" if np.isfinite(worst) else "; error not bounded")
+        if n_decided:
+            text += f" (not re-evaluated over mpmath: the verdicts of all {n_decided} entries hold within it)"
+    if n_done and dtype == "float64":
         text += " (then rounded to float64)"
-    if n_want > done and mode != "float":
-        text += (f" ({n_want - done} entries are not certified to 1/64 ulp: no raised-precision evaluation here; "
+    if n_want > n_done and mode != "float":
+        text += (f" ({n_want - n_done} entries are not certified to 1/64 ulp: no raised-precision evaluation here; "
                  "their bound stands)")
-    return e, bound, text
+    return text
+
+
+def depends_on_reference(ref, e, a, allowed, bound, dtype: str, ulp, eps: float, rtol: float, atol: float | None,
+                         allowance_slope: float) -> np.ndarray:
+    """The entries whose verdicts a reference value anywhere within ``bound`` of ``e`` could change
+    (Note [Certify what the verdicts depend on]); ``allowed``: the allowance computed at ``e``."""
+    finite = np.isfinite(e) & np.isfinite(a)
+    with np.errstate(all="ignore"):
+        diff = np.where(finite, np.abs(a - e), np.inf)
+        b = np.where(np.isfinite(bound), bound, np.inf)
+        right = diff + (1.0 + allowance_slope) * b <= allowed
+        low = np.where(finite, np.maximum(np.abs(e) - b, 0.0), 0.0)
+        floor = ACCURACY_ULPS * (eps * low + ulp(low, dtype)) + rtol * low + (atol or 0.0)
+        accurate = diff + b <= floor
+    depends = ~(right & accurate)
+    oracle = getattr(ref, "oracle", None)
+    maybe = np.flatnonzero(right & ~accurate)  # only the accuracy question is open there
+    if maybe.size and oracle is not None:
+        can = oracle.conditionable([int(j) for j in maybe])
+        depends.flat[maybe[~can]] = False  # no conditioning: unanswered with any reference (judge_accuracy says so)
+    return depends
 
 
 def judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype: str, ulp, eps: float,
@@ -221,9 +299,12 @@ def judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype: str
         terms = np.abs(np.asarray(ref.rounding, np.float64).reshape(e.shape))
         judged &= ~(np.abs(e) <= CANCELLED * np.where(np.isfinite(terms), terms, 0.0))
     unit = ulp(e, dtype)
-    floor = ACCURACY_ULPS * (eps * np.abs(e) + unit) + np.where(np.isfinite(ref_bound), ref_bound, np.inf)
-    floor = floor + rtol * np.abs(e) + (atol or 0.0)
-    suspect = judged & (diff > floor)
+    own = ACCURACY_ULPS * (eps * np.abs(e) + unit) + rtol * np.abs(e) + (atol or 0.0)
+    known = np.isfinite(ref_bound)
+    floor = own + np.where(known, ref_bound, np.inf)
+    # suspect: not shown accurate by this reference, whatever the exact value within its bound
+    # (Note [Certify what the verdicts depend on]); an entry without a bound is not judged
+    suspect = judged & known & (diff + np.where(known, ref_bound, 0.0) > own)
     oracle = getattr(ref, "oracle", None)
     if not suspect.any():
         return

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..reference import Reference
 from .half import ROUNDING_ULPS, rounding_ulps, subnormal_floor, value_roundings
-from .accuracy import certify, judge_accuracy
+from .accuracy import certify, depends_on_reference, judge_accuracy
 from .kinks import fit as joint_fit
 from .worst import WORST_SHOWN, WorstEntry, format_index
 
@@ -263,46 +263,26 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         rec.mismatched, rec.note = rec.total, f"shape mismatch: autograd gave {a.shape}, the closed form has {e.shape}"
         return rec
     rtol = 0.0 if rtol is None else rtol
-    e, ref_bound, rec.reference = certify(ref, e, dtype, ulp)  # Note [Certified reference] (lower/exact.py)
-    rec.expected = e
-    # (where every entry is finite -- the usual case -- the masking passes are skipped: a million
-    # entries cost a few milliseconds a pass)
-    abs_e, fin_e = np.abs(e), np.isfinite(e)
-    finite_e = abs_e if fin_e.all() else abs_e[fin_e]
-    if dtype in MAX_FINITE and finite_e.size and finite_e.max() >= MAX_FINITE[dtype]:
-        finite_e = finite_e[finite_e < MAX_FINITE[dtype]]  # the scale of what the dtype can hold (Note [Overflow is the right answer])
-    scale = float(finite_e.max()) if finite_e.size else 0.0
     eps = EPS.get(dtype, 2.0**-52)
 
+    def depends(bound):  # Note [Certify what the verdicts depend on] (accuracy.py)
+        # the terms on the tensor's scale move by the largest bound of any entry, at most
+        widest = float(np.max(np.where(np.isfinite(bound), bound, 0.0), initial=0.0))
+        allowed = _allowance(ref, e, a, dtype, rtol, atol, floor_scale)[0] - (FLOOR_ULPS + ROUNDING_ULPS) * eps * widest
+        return depends_on_reference(ref, e, a, allowed, bound, dtype, ulp, eps, rtol, atol,
+                                    allowance_slope=2.0 + NOISE_FACTOR + rtol)
+
+    e, ref_bound, rec.reference = certify(ref, e, dtype, ulp, need=depends)  # Note [Certified reference] (lower/exact.py)
+    rec.expected = e
+    abs_e = np.abs(e)
     rec.nonfinite, differ = _nonfinite_note(e, a, name)
-    finite = fin_e & np.isfinite(a)
+    finite = np.isfinite(e) & np.isfinite(a)
     all_finite = bool(finite.all())
     with np.errstate(all="ignore"):
         diff = np.abs(a - e) if all_finite else np.where(finite, np.abs(a - e), 0.0)
         rel = np.where((finite & (diff > 0)) if not all_finite else diff > 0, diff / abs_e, 0.0)
-        noise = 0.0 if ref.value_lowp is None else np.abs(np.asarray(ref.value_lowp, np.float64) - e)
-    if ref.value_lowp is not None:
-        noise = np.where(np.isfinite(noise), noise, 0.0)
-    abs_e_finite = abs_e if all_finite else np.abs(np.where(finite, e, 0.0))
-    allowed = rtol * abs_e_finite
-    if ref.rounding is not None:  # per entry: what correct arithmetic in this dtype may get wrong here
-        rounding = np.asarray(ref.rounding, dtype=np.float64).reshape(e.shape)
-        if not np.isfinite(rounding).all():
-            rounding = np.where(np.isfinite(rounding), rounding, 0.0)
-        # at least one rounding of the value itself: torch computes even a derivative the algebra
-        # simplified to an exact constant (log(exp(x)) -> 1) through rounded operations
-        rounding = np.maximum(rounding, value_roundings(dtype) * abs_e_finite)
-        allowed = allowed + rounding_ulps(dtype) * eps * rounding + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale
-        allowed = allowed + subnormal_floor(dtype)
-    else:  # no per-entry bound: compare on the tensor's scale
-        fallback = max(rtol, NO_BOUND_RTOL.get(dtype, 1e-7))
-        allowed = allowed + max(fallback * scale, fallback * 1e-3) + NOISE_FACTOR * float(np.max(noise, initial=0.0))
-    if ref.structural_zero is not None:
-        allowed = allowed + np.where(np.asarray(ref.structural_zero, bool).reshape(e.shape),
-                                     ROUNDING_ULPS * eps * max(floor_scale, scale), 0.0)
+    allowed, rounding = _allowance(ref, e, a, dtype, rtol, atol, floor_scale)
     kink = np.zeros(e.shape, bool) if ref.kink is None else np.asarray(ref.kink, bool)
-    if atol is not None:  # the caller's own absolute tolerance, on top
-        allowed = allowed + atol
     rec.rtol = rtol
     rec.closed_form_expr, rec.entry_form = ref.closed_form_expr, ref.entry_form
     ok = diff <= allowed
@@ -394,6 +374,52 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         if not rec.mismatched and not differ.any():  # Note [Accurate, not only right] (accuracy.py)
             judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype, ulp, eps, rtol, atol)
     return rec
+
+
+def _scale(e: np.ndarray, dtype: str = "float64") -> float:
+    """The largest finite |entry| the dtype can hold (Note [Overflow is the right answer]; where every
+    entry is finite -- the usual case -- the masking pass is skipped: a million entries cost a few
+    milliseconds a pass)."""
+    abs_e, fin_e = np.abs(e), np.isfinite(e)
+    finite_e = abs_e if fin_e.all() else abs_e[fin_e]
+    if dtype in MAX_FINITE and finite_e.size and finite_e.max() >= MAX_FINITE[dtype]:
+        finite_e = finite_e[finite_e < MAX_FINITE[dtype]]
+    return float(finite_e.max()) if finite_e.size else 0.0
+
+
+def _allowance(ref: Reference, e: np.ndarray, a: np.ndarray, dtype: str, rtol: float, atol: float | None,
+               floor_scale: float) -> tuple:
+    """Each entry's allowance at the reference values ``e`` (Note [Tolerances]), and the per-entry
+    rounding bound it counted (None for a reference without one)."""
+    eps = EPS.get(dtype, 2.0**-52)
+    scale = _scale(e, dtype)
+    finite = np.isfinite(e) & np.isfinite(a)
+    all_finite = bool(finite.all())
+    with np.errstate(all="ignore"):
+        noise = 0.0 if ref.value_lowp is None else np.abs(np.asarray(ref.value_lowp, np.float64) - e)
+    if ref.value_lowp is not None:
+        noise = np.where(np.isfinite(noise), noise, 0.0)
+    abs_e_finite = np.abs(e) if all_finite else np.abs(np.where(finite, e, 0.0))
+    allowed = rtol * abs_e_finite
+    rounding = None
+    if ref.rounding is not None:  # per entry: what correct arithmetic in this dtype may get wrong here
+        rounding = np.asarray(ref.rounding, dtype=np.float64).reshape(e.shape)
+        if not np.isfinite(rounding).all():
+            rounding = np.where(np.isfinite(rounding), rounding, 0.0)
+        # at least one rounding of the value itself: torch computes even a derivative the algebra
+        # simplified to an exact constant (log(exp(x)) -> 1) through rounded operations
+        rounding = np.maximum(rounding, value_roundings(dtype) * abs_e_finite)
+        allowed = allowed + rounding_ulps(dtype) * eps * rounding + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale
+        allowed = allowed + subnormal_floor(dtype)
+    else:  # no per-entry bound: compare on the tensor's scale
+        fallback = max(rtol, NO_BOUND_RTOL.get(dtype, 1e-7))
+        allowed = allowed + max(fallback * scale, fallback * 1e-3) + NOISE_FACTOR * float(np.max(noise, initial=0.0))
+    if ref.structural_zero is not None:
+        allowed = allowed + np.where(np.asarray(ref.structural_zero, bool).reshape(e.shape),
+                                     ROUNDING_ULPS * eps * max(floor_scale, scale), 0.0)
+    if atol is not None:  # the caller's own absolute tolerance, on top
+        allowed = allowed + atol
+    return allowed, rounding
 
 
 def _kink_note(name, kink, e, a, lo, hi, in_band, fit=None) -> str:

@@ -1,6 +1,6 @@
 """Code generation for ``symgrad.lower.numpy``: symengine expressions to one Python function.
 
-The expressions (after symengine's ``cse``) are emitted in single-assignment form: every node of
+The expressions are emitted in single-assignment form: every node of
 the expression DAG is computed once, into its own variable ``_vK``, from its arguments' variables.
 A second block of lines computes each node's running rounding-error bound ``_eK`` the same way
 (class ``_Emitter``, ``error``), so both blocks grow linearly with the DAG, however much it shares.
@@ -116,6 +116,7 @@ FUNCTIONS = {
 }
 RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_logistic": _logistic, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
 RUNTIME["_jump"] = jumps(RUNTIME)
+RUNTIME["_abs"] = np.abs  # the bound's |.| (Note [Rounding bound]): shorter lines than np.abs compile faster
 
 RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}
 BOOLEANS = ("BooleanTrue", "BooleanFalse")
@@ -147,6 +148,26 @@ def _literal(e) -> str | None:
             raise UnsupportedOp(f"the closed form has the complex number {e}; symgrad checks real derivatives")
         return f"({float(e)!r})"
     return {"Exp1": "_E", "Pi": "_PI", "BooleanTrue": "True", "BooleanFalse": "False"}.get(kind)
+
+
+_TEXT_NODES = 200  # an expression printed in more nodes than this is named by its kind only
+
+
+def _text(e) -> str:
+    """``str(e)`` where it prints in at most ``_TEXT_NODES`` nodes; a larger expression (a network's
+    pre-activation, a DAG whose tree is exponentially larger) by its kind, and a relation by its
+    operands so: printing walks the tree, and the closed forms are printed as built (Note [Sums
+    kept as built] in numpy.py), not through short cse temporaries."""
+    count, stack = 0, [e]
+    while stack:
+        count += 1
+        if count > _TEXT_NODES:
+            kind = type(e).__name__
+            if kind in RELATIONS:
+                return f"{_text(e.args[0])} {RELATIONS[kind]} {_text(e.args[1])}"
+            return f"({kind} of {len(e.args)} terms)"
+        stack.extend(stack.pop().args)
+    return str(e)
 
 
 def _power_of_two(e) -> bool:
@@ -235,7 +256,7 @@ class _Emitter(LogisticTerms):
         if kind in RELATIONS:
             k = len(self.rel_operands)
             self.rel_operands.append((args[0], args[1]))
-            self.rel_texts.append(str(e))
+            self.rel_texts.append(_text(e))
             return f"_rel({k}, {RELATIONS[kind]!r}, {self.value(args[0])}, {self.value(args[1])})"
         if kind in ("And", "Or"):
             fn = "np.logical_and" if kind == "And" else "np.logical_or"
@@ -257,7 +278,7 @@ class _Emitter(LogisticTerms):
             self.float64_kernels |= name in FLOAT64_ONLY
             return f"{name}({', '.join(self.value(a) for a in args)})"
         raise UnsupportedOp(
-            f"the closed form uses {name}({', '.join(map(str, args))[:60]}), which the exploded engine cannot evaluate "
+            f"the closed form uses {name}({', '.join(map(_text, args))[:60]}), which the exploded engine cannot evaluate "
             "with numpy (symgrad.lower.codegen.FUNCTIONS); for torch code, the op graph's tensor back end "
             "(engine='graph', or 'auto') evaluates it"
         )
@@ -320,19 +341,19 @@ class _Emitter(LogisticTerms):
             rule, arg = self.synthetic[e]
             if rule == "s":  # s = logistic(u): |s (1 - s)| err(u) + one rounding
                 err = self.error_of(arg)
-                own = f"np.abs({var})"
-                return own if err == "0" else f"(np.abs({var} * (1 - {var}))*{err} + {own})"
-            return f"({self.error_of(arg)} + np.abs({var}))"  # 1 - s: one more rounding, s's error
+                own = f"_abs({var})"
+                return own if err == "0" else f"(_abs({var} * (1 - {var}))*{err} + {own})"
+            return f"({self.error_of(arg)} + _abs({var}))"  # 1 - s: one more rounding, s's error
         kind = type(e).__name__
         args = e.args
         if kind in RELATIONS or kind in BOOLEANS or kind in ("And", "Or", "Not", "Equality", "Unequality"):
             return "0"
-        own = f"np.abs({var})"
+        own = f"_abs({var})"
         if kind == "Add":
             errs = [err for err in (self.error_of(a) for a in args) if err != "0"]
             if len(args) == 2:  # one correctly rounded addition
                 return _joined(errs + [own], "+")
-            sizes = _joined([f"np.abs({self.value(a)})" for a in args], "+")
+            sizes = _joined([f"_abs({self.value(a)})" for a in args], "+")
             count = f"{math.log2(len(args))!r}"
             if len(args) <= 4:  # Note [Chained operations in half precision]
                 count = f"({count} + _M*{len(args) - 1 - math.log2(len(args))!r})"
@@ -344,7 +365,7 @@ class _Emitter(LogisticTerms):
                 err = self.error_of(a)
                 if err != "0":
                     others = [v for j, v in enumerate(vals) if j != i]
-                    terms.append(f"np.abs({_joined(others, '*')})*{err}")
+                    terms.append(f"_abs({_joined(others, '*')})*{err}")
             # scaling by a power of two (-1 included) is exact: a - b is a + (-1)*b, rounded once
             rounded = sum(1 for a in args if not _power_of_two(a))
             exact = rounded <= 1
@@ -378,7 +399,7 @@ class _Emitter(LogisticTerms):
                 slot_args = list(args)
                 slot_args[i] = slot
                 partial = e.func(*slot_args).diff(slot).xreplace({slot: a})
-            terms.append(f"np.abs({_Inline(self)(partial)})*{err}")
+            terms.append(f"_abs({_Inline(self)(partial)})*{err}")
         if name in SPECIAL:  # Note [Rounding of the special functions] in special.py
             own = own_rounding(name, tuple(args), var, _Inline(self))
         return _joined(terms + [own], "+")
@@ -417,18 +438,23 @@ class _Inline:
         return self.em.value(e)
 
 
-def generate(reps: list, reduced: list, names: dict, forward: int = 0, calls: dict | None = None) -> tuple[str, list[str]]:
+def generate(reps: list, reduced: list, names: dict, forward: int = 0, calls: dict | None = None,
+             shared: list = ()) -> tuple[str, list[str]]:
     """The source of ``_lowered(_A, _rel, _with_magnitudes, _K, _KF, _M)`` and the relationals' texts.
 
     ``_lowered`` returns ``(values, error bounds or None, gap error bounds or None)``: one value
     and bound per expression of ``reduced``, one gap bound per relational ``_rel(k, ...)``.
     The first ``forward`` of ``reduced`` are the forward computation (Note [Logistic terms]).
+    ``reps``: (temporary, node) pairs naming nodes; ``shared``: nodes to emit first, children first
+    (Note [Sums kept as built] in numpy.py).
     """
     em = _Emitter(names)
     em.aliases.update(reps)  # known before any value is written: the forward's sigmoids first
     em.sigmoid_arguments(reduced[:forward])
     for sym, value in reps:
         em.alias(sym, value)
+    for node in shared:
+        em.value(node)
     results = [em.value(r) for r in reduced]
     n_value_lines = len(em.value_lines)
     em.emit_errors()
@@ -437,7 +463,7 @@ def generate(reps: list, reduced: list, names: dict, forward: int = 0, calls: di
     gaps = [_joined([em.error_of(a), em.error_of(b)], "+") for a, b in em.rel_operands]
     # a closed form holding a float32 constant of torch's kernel (celu's 1/alpha) may have folded it
     # with another (alpha * (1/alpha) = 1.0): one float32 rounding of the whole value, relative
-    result_errors = [em.error_of(r) + (f" + _KF*np.abs({em.value(r)})" if em.holds_float32_constant(r) else "")
+    result_errors = [em.error_of(r) + (f" + _KF*_abs({em.value(r)})" if em.holds_float32_constant(r) else "")
                      for r in reduced]
     # _Inline may have emitted value lines while the errors were written: they go before the errors
     extra = em.value_lines[n_value_lines:]

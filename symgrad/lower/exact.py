@@ -11,7 +11,9 @@ naive backward: it cannot tell a cancelling implementation from an accurate one.
 are evaluated again over mpmath at ``EXACT_DPS`` decimal digits, from the same generated code with
 every rational constant made exact, and the running bound of that evaluation is computed with it:
 while it exceeds the fraction, the precision doubles (up to ``MAX_DPS``).  The result is the
-reference used for every comparison, and the record states its accuracy.
+reference used for every comparison, and the record states its accuracy.  In the ``auto`` mode only
+the entries whose verdicts a value within the fast bound could change are re-evaluated (Note
+[Certify what the verdicts depend on] in ``symgrad/compare/accuracy.py``).
 
 # Note [Conditioning of an entry]
 For an entry g of the derivative, evaluated at inputs a_j (the inputs, parameters, cotangent and
@@ -85,12 +87,11 @@ class ExactEvaluator:
         return out
 
     def _compile(self, exprs: list):
-        from .numpy import _cse_keeping_sums, to_symengine
+        from .numpy import _shared_first, to_symengine
 
         se_exprs = [to_symengine(e) for e in exprs]
         names = {to_symengine(a): f"_A[{i}]" for i, a in enumerate(self.args)}
-        reps, reduced = _cse_keeping_sums(se_exprs)
-        source, _ = generate(reps, reduced, names, 0)
+        source, _ = generate([], se_exprs, names, 0, shared=_shared_first(se_exprs))
         namespace = {**RUNTIME_WIDE, "_Q": lambda p, q: mp.mpf(p) / q}
         exec(compile(_exact_source(source), "<symgrad.exact>", "exec"), namespace)  # noqa: S102 - our own code
         return namespace["_lowered"]
@@ -133,38 +134,59 @@ class ExactEvaluator:
                 return got, bounds, dps
             dps *= 2
 
+    def conditionable(self, i: int) -> bool:
+        """Whether the conditioning of closed form ``i`` is within the work limits (``MAX_FREE``
+        symbols: a network's entries, in hundreds of symbols, are not differentiated again)."""
+        from .numpy import to_symengine
+
+        if not hasattr(self, "_conditionable"):
+            self._conditionable = {}
+        if i not in self._conditionable:
+            self._conditionable[i] = len(to_symengine(self.exprs[i]).free_symbols) <= MAX_FREE
+        return self._conditionable[i]
+
+    def _partials(self, i: int, se_args: list) -> list | None:
+        """``a dg/da`` for each arg and saved value of closed form ``i``; None beyond the work limits."""
+        from .numpy import to_symengine
+
+        if not self.conditionable(i):
+            return None
+        g = to_symengine(self.exprs[i])
+        free = g.free_symbols
+        saved = _saved_terms(g)
+        if saved is None:
+            return None
+        return [a * g.diff(a) for a in se_args if a in free] + saved
+
     def sensitivity(self, slots: list) -> np.ndarray:
         """``sum_j |a_j dg/da_j|`` for each slot, plus the same for the saved values of Note [Saved
-        values] (Note [Conditioning of an entry]); NaN where it cannot be evaluated."""
+        values] (Note [Conditioning of an entry]); NaN where it cannot be evaluated (a closed form
+        beyond the work limits: only its own slots)."""
         from .numpy import to_symengine
 
         ids = sorted({i for i, _ in slots})
         if len(slots) > MAX_SENSITIVITY_SLOTS:
             return np.full(len(slots), np.nan)
         se_args = [to_symengine(a) for a in self.args]
-        parts, owner = [], []
+        parts, owner, skipped = [], [], set()
         for i in ids:
-            g = to_symengine(self.exprs[i])
-            free = g.free_symbols
-            if len(free) > MAX_FREE:
-                return np.full(len(slots), np.nan)
-            saved = _saved_terms(g)
-            if saved is None:
-                return np.full(len(slots), np.nan)
-            terms = [a * g.diff(a) for a in se_args if a in free] + saved
+            terms = self._partials(i, se_args)
+            if terms is None or len(parts) + len(terms) > MAX_PARTS or (len(parts) + len(terms)) * len(slots) > 50 * MAX_SLOTS:
+                skipped.add(i)
+                continue
             parts += terms
             owner += [i] * len(terms)
-            if len(parts) > MAX_PARTS or len(parts) * len(slots) > 50 * MAX_SLOTS:
-                return np.full(len(slots), np.nan)
         out = np.zeros(len(slots))
-        if not parts:
-            return out
-        try:
-            fn = self._compile(parts)
-            values, _, column, _ = self._run(fn, slots, EXACT_DPS, False)
-        except Exception:  # noqa: BLE001 - no conditioning known: the accuracy question stays unanswered
-            return np.full(len(slots), np.nan)
+        if parts:
+            try:
+                fn = self._compile(parts)
+                values, _, column, _ = self._run(fn, slots, EXACT_DPS, False)
+            except Exception:  # noqa: BLE001 - no conditioning known: the accuracy question stays unanswered
+                return np.full(len(slots), np.nan)
         for n, (i, s) in enumerate(slots):
+            if i in skipped:
+                out[n] = np.nan
+                continue
             total = mp.mpf(0)
             for k, owner_i in enumerate(owner):
                 if owner_i != i:

@@ -110,6 +110,8 @@ class LogisticTerms:
         import symengine as se
 
         kind = type(e).__name__
+        if not any(self._numeric_power(f) for f in (e.args if kind == "Mul" else (e,))):
+            return None  # most nodes: no factor can be (1 + exp(u))**(-k) (a quick test before the matching)
         factors = self._flat(e, "Mul") if kind == "Mul" else [e] if kind == "Pow" else []
         for i, f in enumerate(factors):
             base, ex = self._power(f)
@@ -131,6 +133,12 @@ class LogisticTerms:
             s, one_minus = self._logistic(u)
             return se.Mul(*rest, se.Pow(one_minus, m), se.Pow(s, k - m)) if m else se.Mul(*rest, se.Pow(s, k))
         return None
+
+    def _numeric_power(self, f) -> bool:
+        """Whether ``f`` (through cse temporaries) is a power with a number exponent, or a product that may hold one."""
+        f = self._resolve(f)
+        kind = type(f).__name__
+        return kind == "Mul" or (kind == "Pow" and not self._is_exp(f) and f.args[1].is_Number)
 
     def _logistic(self, u):
         """Symbols standing for s = 1/(1 + exp(u)) and 1 - s, emitted once per u."""

@@ -1,8 +1,8 @@
 """Stage 3, lower: closed forms to numpy functions, with kinks made explicit.
 
 ``lower(exprs, args)`` turns a list of expressions (SymPy or symengine) into one Python function
-over numpy values: common subexpressions are found by symengine's ``cse`` and the code is printed
-by ``_Printer`` below, one table entry per function (``FUNCTIONS``).  SymPy's ``lambdify`` does the
+over numpy values: each shared subexpression is computed once (Note [Sums kept as built]) and the
+code is printed by ``codegen.generate``, one table entry per function (``FUNCTIONS``).  SymPy's ``lambdify`` does the
 same job but took 13 s where this takes well under one on a small MLP's gradient (its printer and
 cse are pure Python); SymPy stays the reference for *showing* closed forms.
 
@@ -174,13 +174,19 @@ def to_symengine(expr):
 
 
 # Note [Sums kept as built]
-# symengine's ``cse`` also shares *parts* of sums: given x + y + z - (x + y + z), it names
-# t = x + y + z and returns t - t, which is 0.  The closed form of a centred sum
-# (``sum(x - mean(x))``, the weight gradient of a batch-centred input) is written as built,
-# un-cancelled, but cse would cancel it before any rounding bound exists, while torch adds the
-# terms up and gets their roundoff.  So every sum is hidden from cse inside an opaque function
-# ``_SUM(...)`` (cse still shares whole sums, products and everything else) and unwrapped after:
-# the bound (Note [Rounding bound] in codegen.py) then sees the terms as torch adds them.
+# The closed forms are printed as built: every node is computed once, into its own variable, however
+# many parents share it (the emitter looks nodes up by structural identity), and the nodes that
+# several parents share are emitted first, children before parents (``_shared_first``), so that
+# printing any one node recurses no deeper than to the shared nodes below it.  Nothing is
+# rewritten.  symengine's ``cse``, used here before, also shared *parts* of sums: given
+# x + y + z - (x + y + z), it named t = x + y + z and returned t - t, which is 0.  The closed form
+# of a centred sum (``sum(x - mean(x))``, the weight gradient of a batch-centred input) is written
+# as built, un-cancelled, and torch adds its terms up and gets their roundoff: the bound (Note
+# [Rounding bound] in codegen.py) must see the terms as torch adds them.  Hiding every sum from cse
+# inside an opaque function and unwrapping it after took two passes over the DAG, and cse itself
+# (which also split products, x*y*z beside x*y*w into (x*y)*z) most of the rest: 3 of the 5 s CPU of
+# the 204-parameter conv net's exploded check (benchmarks/bench_exploded.py).  tests/test_lowering.py
+# compares the two on random closed forms: the same values, and bounds the true error stays below.
 
 
 def _rebuild(e, args):
@@ -232,21 +238,37 @@ def _transform(exprs: list, rule) -> list:
     return [visit(e) for e in exprs]
 
 
-def _cse_keeping_sums(exprs: list):
-    """symengine's cse with every sum opaque to it (Note [Sums kept as built])."""
+def _resolve_special(exprs: list) -> list:
+    """Derivatives of erfinv and round in closed form (special.py), where the closed forms hold any."""
     import symengine as se
 
-    wrap = se.Function("_SUM")
+    if not any(e.atoms(se.Derivative, se.Subs) for e in exprs):
+        return exprs
+    return _transform(exprs, lambda e, new: resolve(e, new) if type(e).__name__ in ("Derivative", "Subs") else None)
 
-    def hide(e, new):  # and derivatives of erfinv and round in closed form (special.py)
-        kind = type(e).__name__
-        return wrap(*new) if kind == "Add" else resolve(e, new) if kind in ("Derivative", "Subs") else None
 
-    hidden = _transform(exprs, hide)
-    reps, reduced = se.cse(hidden)
-    unwrap = lambda e, new: se.Add(*new) if type(e).__name__ == "FunctionSymbol" and e.get_name() == "_SUM" else None  # noqa: E731
-    values = _transform([v for _, v in reps] + list(reduced), unwrap)
-    return list(zip([s for s, _ in reps], values[: len(reps)])), values[len(reps):]
+def _shared_first(exprs: list) -> list:
+    """The nodes of ``exprs`` (not atoms) that more than one parent (or root) refers to, children
+    before parents; one iterative walk over the DAG, each shared node expanded once."""
+    count: dict = {}
+    order: list = []
+    stack = [(e, False) for e in reversed(exprs)]
+    while stack:
+        e, done = stack.pop()
+        if done:
+            order.append(e)
+            continue
+        seen = count.get(e)
+        if seen is not None:
+            count[e] = seen + 1
+            continue
+        args = e.args
+        if not args:
+            continue
+        count[e] = 1
+        stack.append((e, True))
+        stack.extend((a, False) for a in reversed(args))
+    return [e for e in order if count[e] > 1]
 
 
 _COMPARE = {"<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal}
@@ -295,14 +317,14 @@ class Lowered:
         se_args = [to_symengine(a) for a in args]
         se_exprs = [to_symengine(e) for e in exprs]
         names = {a: f"_A[{i}]" for i, a in enumerate(se_args)}
-        # cse names its temporaries x0, x1, ...: keep them apart from inputs named so.
+        # the generated code's own variables are _v0, _e0, ...; inputs named x0, x1 are renamed all the same
         clash = {a: se.Symbol(f"_arg{i}") for i, a in enumerate(se_args) if re.fullmatch(r"x\d+", str(a))}
         if clash:
             se_exprs = [e.xreplace(clash) for e in se_exprs]
             names = {clash.get(a, a): n for a, n in names.items()}
-        reps, reduced = _cse_keeping_sums(se_exprs) if se_exprs else ([], [])
+        se_exprs = _resolve_special(se_exprs)
         calls: dict = {}
-        self.source, self._rel_text = generate(reps, reduced, names, forward, calls)
+        self.source, self._rel_text = generate([], se_exprs, names, forward, calls, shared=_shared_first(se_exprs))
         # Note [Float64 kernels in the reference]
         self.value_eps = 2.0**-52 if calls.get("float64_kernels") and high_precision() is not np.float64 else None
         self.relationals = len(self._rel_text)
