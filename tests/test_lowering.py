@@ -48,7 +48,7 @@ def _transform(exprs, rule):
     return [visit(e) for e in exprs]
 
 
-def _old_generate(reps, reduced, names, forward=0, shared=()):
+def _old_generate(reps, reduced, names, forward=0, calls=None, shared=()):
     import symengine as se
 
     wrap = se.Function("_SUM")
@@ -56,7 +56,8 @@ def _old_generate(reps, reduced, names, forward=0, shared=()):
     reps, red = se.cse(hidden)
     unwrap = lambda e, new: se.Add(*new) if type(e).__name__ == "FunctionSymbol" and e.get_name() == "_SUM" else None  # noqa: E731
     values = _transform([v for _, v in reps] + list(red), unwrap)
-    return codegen.generate(list(zip([s for s, _ in reps], values[: len(reps)])), values[len(reps):], names, forward)
+    return codegen.generate(list(zip([s for s, _ in reps], values[: len(reps)])), values[len(reps):], names, forward,
+                            calls)
 
 
 # -- random closed forms ----------------------------------------------------------------------------

@@ -87,9 +87,9 @@ class ExactEvaluator:
         return out
 
     def _compile(self, exprs: list):
-        from .numpy import _shared_first, to_symengine
+        from .numpy import _resolve_special, _shared_first, to_symengine
 
-        se_exprs = [to_symengine(e) for e in exprs]
+        se_exprs = _resolve_special([to_symengine(e) for e in exprs])
         names = {to_symengine(a): f"_A[{i}]" for i, a in enumerate(self.args)}
         source, _ = generate([], se_exprs, names, 0, shared=_shared_first(se_exprs))
         namespace = {**RUNTIME_WIDE, "_Q": lambda p, q: mp.mpf(p) / q}
