@@ -330,6 +330,8 @@ def _exact_vjp(graph, mini: Node, leaves: list, values: dict, outs, w) -> dict:
     """{leaf: (value, bound)}: sum_o w_o d out_o / d leaf, exactly, for every leaf entry."""
     import symengine as se
 
+    from ..lower.special import resolve_all
+
     syms, built_args, env = {}, [], {}
     for leaf in leaves:
         v = leaf.attrs["value"]
@@ -355,7 +357,7 @@ def _exact_vjp(graph, mini: Node, leaves: list, values: dict, outs, w) -> dict:
         e, wo = flat[o], exact_number(wo)
         for s in getattr(e, "free_symbols", ()):
             leaf, j = syms[s]
-            at = clean_derivative(e.diff(s), steps).xreplace(env)
+            at = clean_derivative(resolve_all(e.diff(s)), steps).xreplace(env)  # erfinv', round' in closed form
             fine = _evaluate(at, 2 * PRECISION)
             exact[leaf][j] += wo * fine
             coarse[leaf][j] += wo * (fine if isinstance(fine, (se.Integer, se.Rational)) else _evaluate(at, PRECISION))

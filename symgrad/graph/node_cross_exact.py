@@ -144,7 +144,7 @@ def _by_mpmath(expr, args: list, prec: int):
     import mpmath as mp
     import symengine as se
 
-    name = type(expr).__name__.lower()
+    name = (expr.get_name() if type(expr).__name__ == "FunctionSymbol" else type(expr).__name__).lower()  # erfinv: undefined in symengine
     fn = getattr(mp, name, None)
     if fn is None or not all(isinstance(a, (se.Integer, se.Rational, se.RealMPFR)) for a in args):
         raise NotExact(f"neither symengine nor mpmath evaluates {str(expr)[:60]}")
