@@ -240,11 +240,25 @@ def _transform(exprs: list, rule) -> list:
 
 def _resolve_special(exprs: list) -> list:
     """Derivatives of erfinv and round in closed form (special.py), where the closed forms hold any."""
-    import symengine as se
-
-    if not any(e.atoms(se.Derivative, se.Subs) for e in exprs):
+    if not _holds_derivatives(exprs):
         return exprs
     return _transform(exprs, lambda e, new: resolve(e, new) if type(e).__name__ in ("Derivative", "Subs") else None)
+
+
+def _holds_derivatives(exprs: list) -> bool:
+    """Whether a Derivative or Subs node occurs: one walk over the DAG, each shared node once
+    (symengine's ``atoms`` walks the tree, exponential in a deep network's closed form)."""
+    seen: set = set()
+    stack = list(exprs)
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        if type(e).__name__ in ("Derivative", "Subs"):
+            return True
+        stack.extend(e.args)
+    return False
 
 
 def _shared_first(exprs: list) -> list:
