@@ -36,6 +36,8 @@ report.  Bounds come from the closed form at the moved points, never from torch.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..progress import stage
@@ -58,7 +60,8 @@ def limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale) -> None:
         return
     stage("op graph: derivative limits at a 0/0 point")
     rng = np.random.default_rng(0)
-    plain = _samples(st, st.graph, {n: [n] for n in live}, seeds, live, nodes, how, out_shape, scale, rng)
+    sweep = (seeds, live, nodes, how, out_shape, scale)
+    plain = _sample(_reverse_at_moved(st, st.graph, {n: [n] for n in live}, *sweep), rng)
     split = None
     for i in todo:
         ref = refs[i]
@@ -69,7 +72,7 @@ def limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale) -> None:
         if still.any():
             if split is None:
                 graph, copies = _split_uses(st.graph)
-                split = _samples(st, graph, copies, seeds, live, nodes, how, out_shape, scale, rng)
+                split = _sample(_reverse_at_moved(st, graph, copies, *sweep), rng)
             lo2, hi2, e2 = _band([s[i] for s in split])
             lo, hi, e = np.where(still, lo2, lo), np.where(still, hi2, hi), np.where(still, e2, e)
             how_found += "; where that stayed 0/0, each use of an input moved on its own"
@@ -85,18 +88,7 @@ def tangent_bands(st, refs, sweep) -> None:
         return
     stage("op graph: tangent limits at a 0/0 point")
     movable = [n for n in st.graph.inputs.values() if _floating(n)]
-    base = {n: np.asarray(n.attrs["value"], np.float64) for n in movable}
-
-    def evaluate(move):
-        try:
-            for n, v in base.items():
-                n.attrs["value"] = move(v)
-            return sweep(forward(st.graph, st.ctx))
-        finally:
-            for n, v in base.items():
-                n.attrs["value"] = v
-
-    bands_from(refs, evaluate)
+    bands_from(refs, _at_moved(movable, lambda: sweep(forward(st.graph, st.ctx))))
 
 
 def exploded_bands(refs, lowered, sizes: list, values: list, n_moved: int, counts: list, scale, eps: float) -> None:
@@ -131,7 +123,16 @@ def bands_from(refs, evaluate) -> None:
     if not todo:
         return
     stage("derivative limits at a 0/0 point")
-    rng = np.random.default_rng(0)
+    samples = _sample(evaluate, np.random.default_rng(0))
+    for i in todo:
+        nan = np.isnan(np.asarray(refs[i].value, np.float64))
+        lo, hi, e = _band([s[i] for s in samples])
+        _apply(refs[i], nan, lo, hi, e, "every input moved together")
+
+
+def _sample(evaluate, rng) -> list:
+    """Per direction, per reference: (values at step 1, values at step 2, rounding at step 1), from
+    ``evaluate(move)`` (per reference, (values, roundings) at the inputs moved by ``move``)."""
     samples = []
     for _ in range(DIRECTIONS):
         seed = int(rng.integers(2**31))
@@ -140,10 +141,23 @@ def bands_from(refs, evaluate) -> None:
             gen = np.random.default_rng(seed)  # the same direction at both steps, one draw per input
             at.append(evaluate(lambda v, gen=gen, t=t: moved(v, gen, t)))
         samples.append([(a, b, r) for (a, r), (b, _) in zip(zip(*at[0]), zip(*at[1]))])
-    for i in todo:
-        nan = np.isnan(np.asarray(refs[i].value, np.float64))
-        lo, hi, e = _band([s[i] for s in samples])
-        _apply(refs[i], nan, lo, hi, e, "every input moved together")
+    return samples
+
+
+def _at_moved(leaves: list, run) -> Callable:
+    """``evaluate(move)`` for :func:`_sample`: ``run()`` with the ``leaves``' values moved, restored after."""
+    base = {n: np.asarray(n.attrs["value"], np.float64) for n in leaves}
+
+    def evaluate(move):
+        try:
+            for n, v in base.items():
+                n.attrs["value"] = move(v)
+            return run()
+        finally:
+            for n, v in base.items():
+                n.attrs["value"] = v
+
+    return evaluate
 
 
 def moved(v: np.ndarray, rng, t: float) -> np.ndarray:
@@ -188,41 +202,27 @@ def _band(samples: list) -> tuple:
     lasts = np.stack([b for _, b, _ in samples])
     valid = np.isfinite(firsts) & np.isfinite(lasts)
     with np.errstate(invalid="ignore"):
-        moved = np.where(valid, np.abs(firsts - lasts), 0.0).max(axis=0)  # how far from converged
+        drift = np.where(valid, np.abs(firsts - lasts), 0.0).max(axis=0)  # how far from converged
         lo = np.minimum(np.where(valid, firsts, np.inf).min(axis=0), np.where(valid, lasts, np.inf).min(axis=0))
         hi = np.maximum(np.where(valid, firsts, -np.inf).max(axis=0), np.where(valid, lasts, -np.inf).max(axis=0))
     e = np.stack([np.where(np.isfinite(r), r, 0.0) for _, _, r in samples]).max(axis=0)
     bad = valid.sum(axis=0) < 2
-    return np.where(bad, np.nan, lo - moved), np.where(bad, np.nan, hi + moved), e
+    return np.where(bad, np.nan, lo - drift), np.where(bad, np.nan, hi + drift), e
 
 
-def _samples(st, graph: Graph, copies: dict, seeds, live, nodes, how, out_shape, scale, rng) -> list:
-    """Per direction, per reference: (values at step 1, values at step 2, rounding) of the
-    reverse sweeps of ``graph`` at moved leaves.  ``copies``: original leaf -> its leaves in ``graph``."""
-    movable = [c for cs in copies.values() for c in cs] + [n for n in graph.inputs.values()
-                                                       if n not in copies and _floating(n)]
-    movable = list(dict.fromkeys(movable))
-    base = {n: np.asarray(n.attrs["value"], np.float64) for n in movable}
+def _reverse_at_moved(st, graph: Graph, copies: dict, seeds, live, nodes, how, out_shape, scale):
+    """``evaluate(move)`` for :func:`_sample`: the reverse sweeps of ``graph`` at moved leaves, as
+    references.  ``copies``: original leaf -> its leaves in ``graph``."""
+    flat = [c for cs in copies.values() for c in cs]
+    movable = list(dict.fromkeys(flat + [n for n in graph.inputs.values() if n not in copies and _floating(n)]))
     out = graph.outputs[0] if graph is not st.graph else st.out
-    per_dir = []
-    for _ in range(DIRECTIONS):
-        seed = int(rng.integers(2**31))
-        at_steps = []
-        for t in STEPS:
-            gen = np.random.default_rng(seed)
-            for n, v in base.items():
-                n.attrs["value"] = moved(v, gen, t)
-            try:
-                values = forward(graph, st.ctx)
-                flat = [c for cs in copies.values() for c in cs]
-                grads = [backward(graph, values, {out: Approx(s)}, flat, st.ctx) for s in seeds]
-            finally:
-                for n, v in base.items():
-                    n.attrs["value"] = v
-            at_steps.append(_references(st, grads, copies, live, nodes, how, out_shape, scale))
-        (a, ea), (b, _) = at_steps
-        per_dir.append([(x, y, r) for x, y, r in zip(a, b, ea)])
-    return [[d[i] for i in range(len(d))] for d in per_dir]
+
+    def run():
+        values = forward(graph, st.ctx)
+        grads = [backward(graph, values, {out: Approx(s)}, flat, st.ctx) for s in seeds]
+        return _references(st, grads, copies, live, nodes, how, out_shape, scale)
+
+    return _at_moved(movable, run)
 
 
 def _references(st, grads, copies, live, nodes, how, out_shape, scale) -> tuple:
