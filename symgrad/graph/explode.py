@@ -42,6 +42,7 @@ budget and the alternative.
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import permutations
 
 import numpy as np
 import sympy as sp
@@ -292,7 +293,7 @@ def _node(node: Node, args: list, values: dict | None) -> np.ndarray:
 
 # Note [Exploded linear algebra]
 # det, log|det|, inv and solve of matrices up to MAX_LINALG_N x MAX_LINALG_N are written out: det
-# by symengine (a polynomial of the entries), the inverse as adj(A) / det(A) with the adjugate's
+# by Leibniz's formula (a polynomial of the entries), the inverse as adj(A) / det(A) with the adjugate's
 # cofactors as determinants of minors -- never by elimination, whose pivots divide by entries that
 # may be 0 in an invertible matrix ([[0, 1], [1, 0]]).  Larger ones (n! terms) stay refused, naming
 # engine='graph'.
@@ -300,21 +301,35 @@ MAX_LINALG_N = 4
 _LINALG = ("det", "logabsdet", "inv", "solve")
 
 
-def _det(m: np.ndarray):
+def _parity(p: tuple) -> int:
+    sign, seen = 1, list(p)
+    for i in range(len(seen)):
+        while seen[i] != i:
+            j = seen[i]
+            seen[i], seen[j] = seen[j], seen[i]
+            sign = -sign
+    return sign
+
+
+def det_form(m: np.ndarray):
+    """det of a square object array of entries, by Leibniz's formula (a polynomial, no division)."""
     import symengine as se
 
     n = m.shape[0]
-    return se.expand(se.Matrix(m.tolist()).det()) if n else se.Integer(1)
+    if n == 0:
+        return se.Integer(1)
+    return se.Add(*[_parity(p) * se.Mul(*[m[i, p[i]] for i in range(n)]) for p in permutations(range(n))])
 
 
-def _adjugate(m: np.ndarray) -> np.ndarray:
+def inverse_form(m: np.ndarray, det) -> np.ndarray:
+    """The inverse of ``m`` as its adjugate over ``det`` (cofactors as determinants of minors)."""
     n = m.shape[0]
-    adj = np.empty((n, n), object)
+    out = np.empty((n, n), object)
     for i in range(n):
         for j in range(n):
             minor = np.delete(np.delete(m, j, axis=0), i, axis=1)
-            adj[i, j] = (-1) ** (i + j) * (_det(minor) if n > 1 else 1)
-    return adj
+            out[i, j] = (-1) ** (i + j) * det_form(minor) / det
+    return out
 
 
 def _linalg(node: Node, args: list) -> np.ndarray:
@@ -324,16 +339,15 @@ def _linalg(node: Node, args: list) -> np.ndarray:
     out = np.empty(node.shape, object)
     for idx in np.ndindex(*a.shape[:-2]):
         m = np.asarray(a[idx], object)
-        d = _det(m)
+        d = det_form(m)
         if op == "det":
             out[idx] = d
         elif op == "logabsdet":
             out[idx] = se.log(d * d) / 2  # log|d|, whose derivative d'/d symengine can take (not Abs's)
         elif op == "inv":
-            out[idx] = _adjugate(m) / d
+            out[idx] = inverse_form(m, d)
         else:  # solve: A X = B, B a vector or a matrix
-            b = np.asarray(args[1][idx], object)
-            out[idx] = (_adjugate(m) @ b) / d
+            out[idx] = inverse_form(m, d) @ np.asarray(args[1][idx], object)
     return out
 
 

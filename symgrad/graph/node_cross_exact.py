@@ -1,9 +1,9 @@
 """The node cross-check's exact side (Note [Node cross-check]): exact scalar forms of the ``linalg``
 nodes it can explode, and the evaluation of an exact derivative in MPFR with its conditions decided.
 
-The exploded back end has none (``explode.py`` refuses ``linalg``); for the cross-check of one
-reduced node (matrices of at most 3 x 3, a batch of one) the textbook formulas are exact and
-small: the Leibniz determinant, the inverse as adjugate over determinant, a solve as that inverse
+For the cross-check of one reduced node (matrices of at most 3 x 3, a batch of one) the textbook
+formulas are exact and small: the Leibniz determinant and the inverse as adjugate over determinant
+(``explode.det_form``, ``inverse_form``, which the exploded back end writes too), a solve as that inverse
 times the right-hand side, ``log|det|`` as ``log(sign * det)`` with the sign of the exact
 determinant at the point, and the Cholesky recurrence ``L_jj = sqrt(S_jj - sum_k L_jk^2)``,
 ``L_ij = (S_ij - sum_k L_ik L_jk) / L_jj`` of ``S = (A + A^T) / 2``: torch's and the graph's
@@ -13,9 +13,9 @@ of the factor of ``(A + A^T) / 2``.  None of this reads ``linalg.py``'s rules or
 
 from __future__ import annotations
 
-from itertools import permutations
-
 import numpy as np
+
+from .explode import det_form, inverse_form
 
 __all__ = ["exact_linalg", "evaluate", "NotExact"]
 
@@ -23,35 +23,6 @@ __all__ = ["exact_linalg", "evaluate", "NotExact"]
 class NotExact(Exception):
     """No exact derivative here: a singular block, a non-symmetric Cholesky input, a condition that
     rounding cannot decide, a function neither symengine nor mpmath evaluates."""
-
-
-def _parity(p: tuple) -> int:
-    sign, seen = 1, list(p)
-    for i in range(len(seen)):
-        while seen[i] != i:
-            j = seen[i]
-            seen[i], seen[j] = seen[j], seen[i]
-            sign = -sign
-    return sign
-
-
-def _det(m: np.ndarray):
-    import symengine as se
-
-    n = m.shape[0]
-    if n == 0:
-        return se.Integer(1)
-    return se.Add(*[_parity(p) * se.Mul(*[m[i, p[i]] for i in range(n)]) for p in permutations(range(n))])
-
-
-def _inverse(m: np.ndarray, det) -> np.ndarray:
-    n = m.shape[0]
-    out = np.empty((n, n), object)
-    for i in range(n):
-        for j in range(n):
-            minor = np.delete(np.delete(m, j, axis=0), i, axis=1)
-            out[i, j] = (-1) ** (i + j) * _det(minor) / det
-    return out
 
 
 def _cholesky(m: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -78,7 +49,7 @@ def exact_linalg(op: str, args: list, values: list, env: dict) -> np.ndarray:
     m = np.asarray(a, object).reshape(n, n)
     if op == "cholesky":
         return _cholesky(m, np.asarray(values[0]).reshape(n, n)).reshape(a.shape)
-    det = _det(m)
+    det = det_form(m)
     at = det.xreplace(env)
     if at == 0:
         raise NotExact("the reduced matrix (its leading block) is singular at these values")
@@ -90,7 +61,7 @@ def exact_linalg(op: str, args: list, values: list, env: dict) -> np.ndarray:
         return np.array([se.log(det if at > 0 else -det)], object).reshape(batch)
     import symengine as se
 
-    inv = _inverse(m, det)
+    inv = inverse_form(m, det)
     if op == "inv":
         return inv.reshape(a.shape)
     b = np.asarray(args[1], object)
