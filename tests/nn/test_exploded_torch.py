@@ -138,30 +138,6 @@ HAND = {
     "Tensor.to": _fn(lambda x: x * (x > 0).to(x.dtype), x=_x()),
     "Tensor.type_as": _fn(lambda x: x * (x > 0.5).type_as(x), x=_x()),
     "torch.minimum": _fn(lambda x, y: torch.minimum(x, y), x=_x(), y=_x((4,), seed=2)),
-    "operator.gt": _fn(lambda x: x * operator.gt(x, 0.2), x=_x()),
-    "torch.gt": _fn(lambda x: x * torch.gt(x, 0.2), x=_x()),
-    "Tensor.gt": _fn(lambda x: x * x.gt(0.2), x=_x()),
-    "Tensor.__gt__": _fn(lambda x: x * x.__gt__(0.2), x=_x()),
-    "operator.lt": _fn(lambda x: x * operator.lt(x, 0.2), x=_x()),
-    "torch.lt": _fn(lambda x: x * torch.lt(x, 0.2), x=_x()),
-    "Tensor.lt": _fn(lambda x: x * x.lt(0.2), x=_x()),
-    "Tensor.__lt__": _fn(lambda x: x * x.__lt__(0.2), x=_x()),
-    "operator.ge": _fn(lambda x: x * operator.ge(x, 0.2), x=_x()),
-    "torch.ge": _fn(lambda x: x * torch.ge(x, 0.2), x=_x()),
-    "Tensor.ge": _fn(lambda x: x * x.ge(0.2), x=_x()),
-    "Tensor.__ge__": _fn(lambda x: x * x.__ge__(0.2), x=_x()),
-    "operator.le": _fn(lambda x: x * operator.le(x, 0.2), x=_x()),
-    "torch.le": _fn(lambda x: x * torch.le(x, 0.2), x=_x()),
-    "Tensor.le": _fn(lambda x: x * x.le(0.2), x=_x()),
-    "Tensor.__le__": _fn(lambda x: x * x.__le__(0.2), x=_x()),
-    "operator.eq": _fn(lambda x: x * operator.eq(x, 0.2), x=_x()),
-    "torch.eq": _fn(lambda x: x * torch.eq(x, 0.2), x=_x()),
-    "Tensor.eq": _fn(lambda x: x * x.eq(0.2), x=_x()),
-    "Tensor.__eq__": _fn(lambda x: x * x.__eq__(0.2), x=_x()),
-    "operator.ne": _fn(lambda x: x * operator.ne(x, 0.2), x=_x()),
-    "torch.ne": _fn(lambda x: x * torch.ne(x, 0.2), x=_x()),
-    "Tensor.ne": _fn(lambda x: x * x.ne(0.2), x=_x()),
-    "Tensor.__ne__": _fn(lambda x: x * x.__ne__(0.2), x=_x()),
     "torch.nn.functional.dropout": _fn(lambda x: F.dropout(x.tanh(), 0.5, training=False), x=_x()),
     "torch.nn.Dropout(...)": _mod(_seq(nn.Dropout(0.3)).eval()),
     "torch.nn.AlphaDropout(...)": _mod(_seq(nn.AlphaDropout(0.3)).eval()),
@@ -221,6 +197,21 @@ def _op_table_cases() -> dict:
     return cases
 
 
+
+
+def _comparisons() -> dict:
+    """Each comparison by its four ways in: operator.gt, torch.gt, Tensor.gt and Tensor.__gt__."""
+    rows = {}
+    for op in ("gt", "lt", "ge", "le", "eq", "ne"):
+        ways = {f"operator.{op}": getattr(operator, op), f"torch.{op}": getattr(torch, op),
+                f"Tensor.{op}": lambda x, c, op=op: getattr(x, op)(c),
+                f"Tensor.__{op}__": lambda x, c, op=op: getattr(x, f"__{op}__")(c)}
+        for name, compare in ways.items():
+            rows[name] = _fn(lambda x, compare=compare: x * compare(x, 0.2), x=_x())
+    return rows
+
+
+HAND.update(_comparisons())
 CASES = {**_op_table_cases(), **HAND}
 
 
