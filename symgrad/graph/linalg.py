@@ -62,7 +62,7 @@ def _inverse(a: Approx) -> np.ndarray:
 MAX_COFACTOR_N = 32
 
 
-def _singular(a: np.ndarray) -> bool:
+def _by_cofactors(a: np.ndarray) -> bool:
     """Whether det's rules read cofactors: every matrix up to ``MAX_COFACTOR_N`` (exact where the
     inverse is not: at and near a singular matrix, d A⁻ᵀ is a product of two inaccurate factors)."""
     return a.shape[-1] <= MAX_COFACTOR_N
@@ -138,7 +138,7 @@ def forward(op: str, args: list, attrs: dict | None = None) -> Approx:
         return _cholesky(a)
     n = a.shape[-1]
     nb = len(a.shape) - 2
-    if op == "det" and _singular(a.v):  # Note [Determinant at a singular matrix]
+    if op == "det" and _by_cofactors(a.v):  # Note [Determinant at a singular matrix]
         cof = _cofactors(a.v)
         e = np.einsum(_spec(nb, "ij,ij->"), np.abs(cof), _gamma(n) * np.abs(a.v) + a.e)
         width = None if not a.banded else np.einsum(_spec(nb, "ij,ij->"), np.abs(cof), a.band())
@@ -188,7 +188,7 @@ def vjp(op: str, args: list, out: Approx, g: Approx, needed: list, attrs: dict |
         m = einsum(_spec(nb, "ki,kj->ij"), out, g).map(_phi)
         ga = einsum(_spec(nb, "ki,kl,lj->ij"), li, m, li)
         return [scale(add(ga, _t(ga)), 0.5)]
-    if op == "det" and _singular(a.v):  # Ā = ḡ cof(A), which exists at a singular A too
+    if op == "det" and _by_cofactors(a.v):  # Ā = ḡ cof(A), which exists at a singular A too
         return [mul(g.map(lambda t: t[..., None, None]), _cofactor_approx(a))]
     xi = forward("inv", [a]) if op != "inv" else out
     if op == "inv":  # Ā = -Xᵀ G Xᵀ
@@ -232,7 +232,7 @@ def jvp(op: str, args: list, tangents: list, attrs: dict | None = None) -> Appro
         li = forward("inv", [low])
         inner = einsum(_spec(nb, "ik,kl,jl->ij"), li, ta, li).map(_phi)
         return einsum(_spec(nb, "ik,kj->ij"), low, inner)
-    if op == "det" and _singular(a.v):
+    if op == "det" and _by_cofactors(a.v):
         return einsum(_spec(nb, "ij,ij->"), _cofactor_approx(a), ta)
     x = forward("inv", [a])
     if op == "inv":
