@@ -1,7 +1,8 @@
 """Note [Sums kept as built] (symgrad/lower/numpy.py): the closed forms are printed as built, shared
 nodes first, where symengine's cse (with every sum hidden from it) ran before.  On random closed
-forms with shared subexpressions, cancelling sums, long products and kinks (rational constants
-dyadic: a p/q is printed as a float64 division, a rounding the bound does not count), the new printing gives
+forms with shared subexpressions, cancelling sums, long products, kinks and rational constants
+(1/3, 3/10: exact to the evaluation's precision, Note [Constants in the reference] in
+codegen.py), the new printing gives
 the values of the old one (each within both evaluations' own rounding bounds), and its rounding
 bound holds the true error of an evaluation in float32 and in high precision (the exact value from
 SymPy at 50 digits)."""
@@ -75,7 +76,7 @@ def _random_forms(seed: int) -> list:
             node = rng.choice(unary)(rng.choice(pool))
         elif kind < 0.55:
             terms = rng.sample(pool, min(len(pool), rng.randint(2, 5)))
-            node = sp.Add(*terms) - sp.Add(*terms[:2]) * sp.Rational(rng.randint(1, 3), 2)  # cancels in part
+            node = sp.Add(*terms) - sp.Add(*terms[:2]) * sp.Rational(rng.randint(1, 3), rng.choice([2, 3, 10]))
         elif kind < 0.8:
             node = sp.Mul(*rng.sample(pool, min(len(pool), rng.randint(2, 4))))  # long products, shared factors
         else:
@@ -148,3 +149,22 @@ def test_a_condition_on_a_large_dag_is_named_not_printed():
     lowered = lower([se.Piecewise((e, se.Gt(e, 0)), (0, True))], [x, y])
     assert lowered.relationals == 1 and len(lowered._rel_text[0]) < 80
     assert len(lowered.source.splitlines()) < 1000
+
+
+@pytest.mark.parametrize("form", [lambda x: x / 10, lambda x: x * sp.sqrt(2), lambda x: sp.pi * x / 3,
+                                  lambda x: sp.exp(x) * sp.log(3) / 7])
+def test_constants_are_exact_to_each_evaluation(form):
+    """Note [Constants in the reference] (codegen.py): 1/10, sqrt(2), pi/3 held as float64 made the
+    extended-precision reference err by half an ulp of float64, beyond its own bound."""
+    x = sp.Symbol("x", real=True)
+    expr = form(x)
+    ev = lower([expr], [x])([1.25], dtype=high_precision(), kink_eps=2.0**-52)
+    with mp.workdps(60):
+        exact = mp.mpf(str(sp.N(expr.subs(x, sp.Rational(5, 4)), 60)))
+        assert abs(_exactly(ev.values[0]) - exact) <= REFERENCE_ULPS * hp_eps() * abs(float(ev.magnitudes[0]))
+    from symgrad.lower.exact import ExactEvaluator
+
+    values, bounds, dps = ExactEvaluator([expr], [x], [1.25]).exact([(0, None)], lambda v: 2.0**-200 * abs(v))
+    with mp.workdps(dps + 20):
+        exact = mp.mpf(str(sp.N(expr.subs(x, sp.Rational(5, 4)), dps + 20)))
+        assert abs(values[0] - exact) <= bounds[0] < 2.0**-200 * abs(exact)

@@ -28,6 +28,15 @@ is off by 3.6e-7, relative: its 1/alpha is rounded to float32); the op table nam
 Exponents that are numbers (x**2, sqrt), e and pi are exact, and so is scaling by a power of two
 (-1 included: a - b rounds once).
 
+# Note [Constants in the reference]
+A rational constant whose denominator is not a power of two (1/10, 1/3) is printed ``_Q(p, q)``,
+pi and e as ``_PI`` and ``_E``, and a node without symbols (sqrt(2), log(2)) as ``_F`` of its
+decimal value to 340 digits, more than any evaluation holds (its bound unchanged: one rounding where torch computes it); each runtime gives them in its own precision: Python floats in
+the float64 and checked-dtype evaluations, long doubles divided or parsed from decimal in the
+extended-precision reference (``RUNTIME_HIGH``), mpmath numbers in the wide and certified ones.
+Printed as float64 quotients, they made the extended-precision reference err by up to half an ulp
+of float64 per constant, which its bound (in units of the extended precision) did not count.
+
 # Note [Chained operations in half precision]
 A product of k rounded factors counts one rounding, and a sum of n terms log2(n) on their sizes:
 torch's a*b*c rounds twice, but in float32 and float64 the allowance's factor of 4 covers it.  In
@@ -51,7 +60,7 @@ from ..ops import is_float32_constant
 from .logistic import LogisticTerms
 from .special import FLOAT64_ONLY, NUMPY as SPECIAL, OPAQUE, SIDES, derivative, jumps, own_rounding
 
-__all__ = ["RUNTIME", "FUNCTIONS", "generate", "RELATIONS", "BOOLEANS"]
+__all__ = ["RUNTIME", "RUNTIME_HIGH", "FUNCTIONS", "generate", "RELATIONS", "BOOLEANS"]
 
 
 def _fold(binary):
@@ -114,9 +123,19 @@ FUNCTIONS = {
     "erf": _erf, "erfc": _erfc, "Max": _fold(np.maximum), "Min": _fold(np.minimum), "floor": np.floor,
     "ceiling": np.ceil, **SPECIAL,  # lgamma, digamma, polygamma, erfinv, atan2, round (special.py)
 }
-RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_logistic": _logistic, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi, "_INF": np.inf}
+RUNTIME = {**FUNCTIONS, "np": np, "_pw": _pw, "_logistic": _logistic, "_sum": _sum, "_prod": _prod, "_E": np.e, "_PI": np.pi,
+           "_INF": np.inf, "_Q": operator.truediv, "_F": float}
 RUNTIME["_jump"] = jumps(RUNTIME)
 RUNTIME["_abs"] = np.abs  # the bound's |.| (Note [Rounding bound]): shorter lines than np.abs compile faster
+
+
+def _long_ratio(p: int, q: int):
+    return np.longdouble(str(p)) / np.longdouble(str(q))
+
+
+# the extended-precision evaluation's constants (Note [Constants in the reference])
+RUNTIME_HIGH = {**RUNTIME, "_Q": _long_ratio, "_F": np.longdouble, "_PI": np.longdouble("3.14159265358979323846264338327950288"),
+                "_E": np.longdouble("2.71828182845904523536028747135266250")}
 
 RELATIONS = {"StrictLessThan": "<", "LessThan": "<=", "Equality": "==", "Unequality": "!="}
 BOOLEANS = ("BooleanTrue", "BooleanFalse")
@@ -141,9 +160,10 @@ def _literal(e) -> str | None:
     if e.is_Number:
         if e.is_Integer:
             return f"({int(e)})"
-        if e.is_Rational:
-            p, q = e.get_num_den()
-            return f"({int(p)}/{int(q)})"
+        if e.is_Rational:  # Note [Constants in the reference]
+            p, q = (int(v) for v in e.get_num_den())
+            exact = q & (q - 1) == 0 and abs(p) < 2**53
+            return f"({p}/{q})" if exact else f"(_Q({p}, {q}))"
         if e.is_real is False:
             raise UnsupportedOp(f"the closed form has the complex number {e}; symgrad checks real derivatives")
         return f"({float(e)!r})"
@@ -181,6 +201,29 @@ def _power_of_two(e) -> bool:
     return c > 0 and math.isfinite(c) and math.frexp(c)[0] == 0.5
 
 
+_FOLDED = ("Pow", "Mul", "Add", "FunctionSymbol") + tuple(f"{name}" for name in ("sin", "cos", "tan", "exp", "log",
+                                                                                "sinh", "cosh", "tanh", "atan", "erf"))
+
+
+CONSTANT_DIGITS = 340  # beyond the certified evaluation's most digits (exact.MAX_DPS)
+
+
+def _constant(e) -> str | None:
+    """A node without symbols (sqrt(2), log(2), pi/3) as its value to ``CONSTANT_DIGITS``, parsed by each
+    runtime in its own precision (Note [Constants in the reference]); None for anything else."""
+    if getattr(e, "free_symbols", True) or type(e).__name__ not in _FOLDED and not hasattr(e, "get_name"):
+        return None
+    import sympy as sp
+
+    try:
+        v = sp.N(e._sympy_() if hasattr(e, "_sympy_") else e, CONSTANT_DIGITS)
+    except Exception:  # noqa: BLE001 - a form SymPy cannot evaluate: computed as written
+        return None
+    if not (v.is_Number and v.is_real and v.is_finite) or v.is_Integer:
+        return None
+    return f"_F({str(v)!r})"
+
+
 class _Emitter(LogisticTerms):
     """Emits the value and the error-bound lines of each DAG node once (see the module docstring)."""
 
@@ -216,7 +259,7 @@ class _Emitter(LogisticTerms):
             self.names[e] = var
             self.rewritten[e] = logistic
             return var
-        code = self._code(e)
+        code = _constant(e) or self._code(e)
         var = f"_v{len(self.nodes)}"
         self.value_lines.append(f"    {var} = {code}")
         self.nodes.append((e, var))

@@ -31,6 +31,7 @@ import re
 import mpmath as mp
 import numpy as np
 
+from . import codegen
 from .codegen import generate
 from .wide import RUNTIME_WIDE
 
@@ -46,6 +47,7 @@ MAX_SLOTS = 2048  # (closed form, sample) pairs one mpmath evaluation takes (a p
 MAX_PARTS = 512  # partial derivatives one conditioning takes; beyond, the accuracy question is not answered
 MAX_SENSITIVITY_SLOTS = 256  # (closed form, sample) pairs one conditioning takes
 MAX_FREE = 64  # a closed form in more symbols than this is not differentiated again (a network's entry)
+assert codegen.CONSTANT_DIGITS > MAX_DPS + 10  # Note [Constants in the reference] in codegen.py
 _RATIONAL = re.compile(r"\((-?\d+)/(\d+)\)")
 
 

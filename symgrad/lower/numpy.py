@@ -32,7 +32,7 @@ import sympy as sp
 from sympy.core.function import Application
 
 from ..errors import UnsupportedOp
-from .codegen import FUNCTIONS, RUNTIME, generate
+from .codegen import FUNCTIONS, RUNTIME, RUNTIME_HIGH, generate
 from .special import OPAQUE, resolve
 from .wide import RUNTIME_WIDE, WIDE_DPS, from_wide, overflowed, to_wide
 
@@ -344,6 +344,7 @@ class Lowered:
         self.relationals = len(self._rel_text)
         self._code = compile(self.source, "<symgrad.lower>", "exec")
         self._fn = self._compiled(RUNTIME)
+        self._fn_high = self._compiled(RUNTIME_HIGH)  # Note [Constants in the reference] in codegen.py
         self._fn_wide = None  # Note [Wide evaluation], compiled when first needed
         self.n = len(se_exprs)
 
@@ -365,7 +366,9 @@ class Lowered:
                 ctx.truths = {k: np.asarray(t, bool) for k, t in ctx.truths.items()}
         else:
             with np.errstate(all="ignore"):
-                values, mags, gap_errors = self._fn(vals, ctx.rel, magnitudes, *constants)
+                high = bool(vals) and np.asarray(vals[0]).dtype == np.longdouble != np.float64
+                fn = self._fn_high if high else self._fn
+                values, mags, gap_errors = fn(vals, ctx.rel, magnitudes, *constants)
         return (values, mags, gap_errors) if magnitudes else values
 
     def _wide_or_none(self, vals, ctx, magnitudes: bool, constants: tuple):

@@ -53,7 +53,8 @@ _MP = {
 }
 RUNTIME_WIDE = {**RUNTIME, **{name: _elementwise(fn) for name, fn in _MP.items()},
                 **{name: _elementwise(fn, nin) for name, (fn, nin) in MPMATH.items()},
-                "_logistic": _elementwise(_logistic), "_E": mp.e, "_PI": mp.pi, "_INF": mp.inf}
+                "_logistic": _elementwise(_logistic), "_E": mp.e, "_PI": mp.pi, "_INF": mp.inf,
+                "_Q": lambda p, q: mp.mpf(p) / q, "_F": mp.mpf}
 RUNTIME_WIDE["_jump"] = jumps(RUNTIME_WIDE)
 
 
