@@ -150,6 +150,40 @@ HANDLERS["aten.sub"] = HANDLERS["aten.sub_"] = _pw_kw(lambda x, y, a: x - a * y,
 HANDLERS["aten.mul_"] = HANDLERS["aten.mul"]
 
 
+# Note [A constant zero base]
+# x**y differentiated by y is x**y log x, which is 0 (-inf) = NaN at x = 0.  Where the base is a
+# constant (a number, a buffer, data: never differentiated), a zero base is a function of y alone:
+# 0**y is 0 for y > 0 (derivative 0, torch's too), 1 at y = 0 (a jump: one-sided derivatives 0) and
+# inf below.  The form says so, so the closed form is 0 where torch's is, not NaN.  A base that is
+# an input keeps x**y: there the point is a cone point (Note [Cone points] in cones.py), and the
+# x-derivative y x**(y - 1) must stay.
+def _zero_base_pow(x, y):
+    return _pw_piece((x**y, sp.Ne(x, 0)), (0, y > 0), (1, sp.Eq(y, 0)), (sp.oo, True))
+
+
+def _constant_with_zero(b, x) -> bool:
+    if isinstance(x, (int, float)):
+        return x == 0
+    if isinstance(x, Node):
+        if x.kind != "leaf" or x.attrs.get("role") != "const":
+            return False
+        return bool(np.any(np.asarray(x.attrs["value"]) == 0))
+    return hasattr(x, "dtype") and hasattr(x, "shape") and bool((x == 0).any())  # a constant tensor
+
+
+def _pow(b, args, kwargs, val):
+    base, ex = args[0], args[1]
+    if _constant_with_zero(b, base) and not isinstance(ex, (int, float)):
+        if isinstance(base, (int, float)):
+            return b.pointwise(lambda y: _pw_piece((0, y > 0), (1, sp.Eq(y, 0)), (sp.oo, True)),
+                               [ex], tuple(val.shape))
+        return b.pointwise(_zero_base_pow, [base, ex], tuple(val.shape))
+    return b.pointwise(operator.pow, [base, ex], tuple(val.shape))
+
+
+HANDLERS["aten.pow"] = HANDLERS["aten.pow_"] = _pow
+
+
 @handles("aten.div.Tensor_mode", "aten.div.Scalar_mode")
 def _div_mode(b, args, kwargs, val):
     mode = kwargs.get("rounding_mode", args[2] if len(args) > 2 else None)

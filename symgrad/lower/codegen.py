@@ -30,7 +30,7 @@ Exponents that are numbers (x**2, sqrt), e and pi are exact, and so is scaling b
 
 # Note [Constants in the reference]
 A rational constant whose denominator is not a power of two (1/10, 1/3) is printed ``_Q(p, q)``,
-pi and e as ``_PI`` and ``_E``, and a node without symbols (sqrt(2), log(2)) as ``_F`` of its
+pi and e as ``_PI`` and ``_E``, and a function of numbers (sqrt(2), log(2)) as ``_F`` of its
 decimal value to 340 digits, more than any evaluation holds (its bound unchanged: one rounding where torch computes it); each runtime gives them in its own precision: Python floats in
 the float64 and checked-dtype evaluations, long doubles divided or parsed from decimal in the
 extended-precision reference (``RUNTIME_HIGH``), mpmath numbers in the wide and certified ones.
@@ -209,10 +209,12 @@ CONSTANT_DIGITS = 340  # beyond the certified evaluation's most digits (exact.MA
 
 
 def _constant(e) -> str | None:
-    """A node without symbols (sqrt(2), log(2), pi/3) as its value to ``CONSTANT_DIGITS``, parsed by each
+    """A node of numbers (sqrt(2), log(2), pi/3) as its value to ``CONSTANT_DIGITS``, parsed by each
     runtime in its own precision (Note [Constants in the reference]); None for anything else."""
     if getattr(e, "free_symbols", True) or type(e).__name__ not in _FOLDED and not hasattr(e, "get_name"):
         return None
+    if not all(a.is_Number or type(a).__name__ in ("Pi", "Exp1") for a in e.args):
+        return None  # a node of folded nodes is computed from them: its bound needs theirs
     import sympy as sp
 
     try:
