@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 from typing import Callable, Mapping, ParamSpec
 
+import numpy as np
+
 from .autograd.forward import grad_enabled
 from .elementwise import check_plain
 from .compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
@@ -127,9 +129,12 @@ def check(
     check_accuracy_options(reference, strict)
     token, depth = reference_mode.set(reference), nesting.set(nesting.get() + 1)
     try:
-        report = _route(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
-                        engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
-                        symbols_map=symbols_map, title=title, memory_budget=memory_budget, order=order)
+        # bounds may overflow to inf (a band that says "anything"), and inf * 0 is NaN: both are read
+        # as such where verdicts are made, so numpy's warnings about them are noise to the user
+        with np.errstate(all="ignore"):
+            report = _route(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
+                            engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
+                            symbols_map=symbols_map, title=title, memory_budget=memory_budget, order=order)
     finally:
         reference_mode.reset(token)
         nesting.reset(depth)

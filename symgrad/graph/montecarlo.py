@@ -137,8 +137,20 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
     """The root-mean-square change (units of eps) of every leaf's cotangent under random roundings,
     per seed: ``[{leaf node: array}]`` shaped as ``base`` (the unperturbed sweeps).  ``keep``: a list
     that receives each rerun's changes, ``[{leaf node: array}]`` per seed (Note [Systematic scale])."""
+    from ..compare.accuracy import reference_mode
+
     rng = np.random.default_rng(seed)
     total = [{node: 0.0 for node in live} for _ in seeds]
+    # the reruns skip mpmath (Note [Certified pointwise values]): float64's own error is 2**-22 of a
+    # move (DELTA = 2**-30 of a bound in units of eps <= 2**-23), far below the spread measured
+    token = reference_mode.set("float")
+    try:
+        return _spread(graph, ctx, out, seeds, live, base, samples, rng, total, keep)
+    finally:
+        reference_mode.reset(token)
+
+
+def _spread(graph, ctx, out, seeds, live, base, samples, rng, total, keep) -> list:
     with np.errstate(all="ignore"), perturbing(rng):
         for _ in range(samples):
             values = forward(graph, ctx)
