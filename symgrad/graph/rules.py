@@ -227,11 +227,18 @@ def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
     gv = np.ravel(np.broadcast_to(g.v, local.shape))
     ge = np.ravel(np.broadcast_to(g.e, local.shape))
     le = np.ravel(np.broadcast_to(local.e, local.shape))
-    for u in np.flatnonzero((lo > 0) | (hi > 0)):
-        changes = [(c, ge[u] * jump + abs(gv[u]) * 2 * le[u])
-                   for c, jump in ((-gv[u] * lo[u], lo[u]), (gv[u] * hi[u], hi[u])) if c != 0]
+    units = np.flatnonzero((lo > 0) | (hi > 0))
+    if not units.size:
+        return
+    g_u, ge_u, le_u, lo_u, hi_u = (np.broadcast_to(t, gv.shape)[units] for t in (gv, ge, le, lo, hi))
+    slack = np.abs(g_u) * 2 * le_u
+    # the same numbers as one unit at a time, computed over all units at once (Python floats after)
+    columns = (units.tolist(), (-g_u * lo_u).tolist(), (ge_u * lo_u + slack).tolist(), (g_u * hi_u).tolist(),
+               (ge_u * hi_u + slack).tolist())
+    for u, c_lo, t_lo, c_hi, t_hi in zip(*columns):
+        changes = [(c, t) for c, t in ((c_lo, t_lo), (c_hi, t_hi)) if c != 0]
         if changes:
-            kinks.append((arg, int(u), changes))
+            kinks.append((arg, u, changes))
 
 
 def _vjp_contract(spec: str, args: list, g: Approx, needed: list) -> list:
