@@ -54,3 +54,31 @@ def test_max_pool_windows_of_ties_with_a_backward_that_doubles_them():
     doubled = with_backward(lambda x: F.max_pool2d(x, 2),
                             lambda x, g: torch.ones_like(x) * g.repeat_interleave(2, 2).repeat_interleave(2, 3))
     assert not sg.check(lambda x: doubled(x).sum(), {"x": x}).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [9, 64])
+def test_a_large_tie_of_a_small_function_is_one_unit(n, dtype):
+    """Past 8 tied entries a tie kept its entrywise band, whatever the graph's size: amax over 9 or
+    64 equal entries passed a backward sending the whole cotangent to each, or losing half of it.
+    A small graph now takes ties of up to MAX_SMALL_TIE entries as units (Note [Ties as kink units])."""
+    x = torch.zeros(n, dtype=dtype)
+    first = torch.zeros(n, dtype=dtype)
+    first[0] = 1
+    for grad, passes in ((torch.full((n,), 1 / n, dtype=dtype), True), (first, True),
+                         (torch.ones(n, dtype=dtype), False), (torch.full((n,), 0.5 / n, dtype=dtype), False)):
+        f = with_backward(lambda x: x.amax(), lambda x, g, grad=grad: g * grad)
+        assert sg.check(f, {"x": x}, engine="graph", quiet=True).passed is passes, (grad[:2], passes)
+
+
+def test_the_tie_size_follows_the_graph_size():
+    from symgrad.graph.kinkunits import tie_members
+    from symgrad.graph.rules import MAX_SMALL_TIE, MAX_TIE_MEMBERS
+
+    class Graph:
+        def __init__(self, numbers):
+            self.nodes = [type("N", (), {"shape": (numbers,)})()]
+
+    assert tie_members(Graph(100)) == MAX_SMALL_TIE
+    assert tie_members(Graph(10**6)) == MAX_TIE_MEMBERS
+    assert MAX_TIE_MEMBERS < tie_members(Graph(5000)) < MAX_SMALL_TIE

@@ -17,9 +17,9 @@ from .pointwise_oracle import attach_pointwise_oracles
 from .printing import gradient_text
 from .cones import limit_bands
 from .refs import reference as _reference
-from .rules import KinkLog
+from .rules import MAX_SMALL_TIE, MAX_TIE_MEMBERS, KinkLog
 
-__all__ = ["sweep_references", "MAX_KINK_UNITS"]
+__all__ = ["sweep_references", "MAX_KINK_UNITS", "tie_members"]
 
 
 # Note [Kink units]
@@ -32,12 +32,21 @@ __all__ = ["sweep_references", "MAX_KINK_UNITS"]
 # be explained by one choice per unit for all entries at once.  Past ``MAX_KINK_UNITS`` units the
 # sweeps cost too much and the bands are used (sound, weaker).
 MAX_KINK_UNITS = 32
+SWEEP_NUMBERS = 4_000_000  # the numbers the ties' sweeps may compute, at most MAX_KINK_UNITS of them
+
+
+def tie_members(graph) -> int:
+    """The largest tie taken as a kink unit (Note [Ties as kink units] in rules.py): one reverse
+    sweep per tied entry, MAX_KINK_UNITS ties at most, within SWEEP_NUMBERS numbers in all."""
+    numbers = max(1, sum(int(np.prod(n.shape, dtype=np.int64)) for n in graph.nodes))
+    return int(min(MAX_SMALL_TIE, max(MAX_TIE_MEMBERS, SWEEP_NUMBERS // (numbers * max(1, MAX_KINK_UNITS)))))
 
 
 def _sweeps(st, seeds, live, flip: bool, ties: bool) -> tuple:
     per_seed, units = [], []
+    members = tie_members(st.graph)
     for s in seeds:
-        found = KinkLog(flip=flip, ties=ties)
+        found = KinkLog(flip=flip, ties=ties, members=members)
         per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
         units.append(found)
     return per_seed, units
@@ -63,7 +72,7 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
                 seed, seed_e = np.zeros(arg.size), np.zeros(arg.size)
                 seed[entry], seed_e[entry] = change, change_e
                 swept = backward(st.graph, st.values, {arg: Approx(seed.reshape(arg.shape), seed_e.reshape(arg.shape))},
-                                 live, st.ctx, kinks=KinkLog(flip=flip, ties=ties))
+                                 live, st.ctx, kinks=KinkLog(flip=flip, ties=ties, members=tie_members(st.graph)))
                 for node in live:
                     g = swept.get(node)
                     full = np.zeros((len(units),) + node.shape)

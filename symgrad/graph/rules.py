@@ -205,10 +205,11 @@ class KinkLog(list):
     """The kinked units a reverse sweep met (``vjp``'s ``kinks``); ``flip``: the sweep takes every
     kinked unit's other one-sided derivative (Note [Other side everywhere] in graph/kinkunits.py)."""
 
-    def __init__(self, flip: bool = False, ties: bool = True):
+    def __init__(self, flip: bool = False, ties: bool = True, members: int = 0):
         super().__init__()
         self.flip = flip
         self.ties = ties  # ties of max/min as units (Note [Ties as kink units]); False: as bands
+        self.members = members or MAX_TIE_MEMBERS  # the largest tie taken as a unit
 
 
 def _other_side(local: Approx) -> Approx:
@@ -317,7 +318,7 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
     lo_end, hi_end = np.minimum(0.0, gk.v - g_lo), np.maximum(0.0, gk.v + g_hi)
     tie = near & tied
     if kinks is not None and getattr(kinks, "ties", True) and tie.any() and not gk.banded:  # Note [Ties as kink units]
-        small = tie & (np.sum(near, axis=axes, keepdims=True) <= MAX_TIE_MEMBERS)
+        small = tie & (np.sum(near, axis=axes, keepdims=True) <= getattr(kinks, "members", MAX_TIE_MEMBERS))
         if small.any():
             _record_ties(kinks, node.args[0], np.broadcast_to(v, a.shape), np.broadcast_to(gk.v, a.shape),
                          np.broadcast_to(gk.e, a.shape), small, axes)
@@ -334,12 +335,15 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
 # pass a backward that sends the whole cotangent to *every* tied entry.  With a kink log (the
 # joint kink check's sweeps, Note [Kink units]) a tied group is one unit instead: one generator per
 # tied entry, "all of the cotangent to this entry" minus the sweep's own split, so the joint fit
-# accepts exactly the convex combinations (its weights are capped simplices).  A tie of more than
-# MAX_TIE_MEMBERS entries (each a reverse sweep) keeps the band.  Without a log the
+# accepts exactly the convex combinations (its weights are capped simplices).  Each tied entry costs
+# a reverse sweep, so a tie of more entries than the graph's size allows (``tie_members`` in
+# graph/kinkunits.py: MAX_TIE_MEMBERS on a model, up to MAX_SMALL_TIE on a small function, whose
+# amax over 64 equal entries passed a backward sending the whole cotangent to each) keeps the band.  Without a log the
 # entrywise band stays (sound, weaker); where ties would take the units past MAX_KINK_UNITS (relu
 # then max pooling ties every all-zero window), the sweeps are run again with ties as bands, so the
 # relu units keep their joint check (graph/kinkunits.py).
-MAX_TIE_MEMBERS = 8  # a larger tie (a dead channel under global max pooling) keeps its band: one sweep per member
+MAX_TIE_MEMBERS = 8  # on a model, a larger tie (a dead channel under global max pooling) keeps its band
+MAX_SMALL_TIE = 1024  # on a small graph, ties up to this many entries are units
 
 
 def _record_ties(kinks: list, arg: Node, v: np.ndarray, gv: np.ndarray, ge: np.ndarray, tie: np.ndarray,
