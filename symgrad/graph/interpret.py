@@ -12,7 +12,7 @@ from typing import Callable
 from ..errors import InputError, UnsupportedOp
 from . import aten, aten_ctc, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling, softmax and CTC handlers
 from .ir import Graph, Node
-from .trace import Builder
+from .trace import NO_GRAD, Builder
 
 __all__ = ["to_graph", "register"]
 
@@ -160,7 +160,18 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
         env[node] = _call(b, node, args, kwargs)
+        if node.meta.get(NO_GRAD):  # Note [Grad mode inside forward]
+            env[node] = _stopped(b, env[node])
     return None
+
+
+def _stopped(b: Builder, x):
+    """``x`` (a node, or a tuple of them) computed under ``no_grad``: constant to reverse mode."""
+    if isinstance(x, Node):
+        return b.stop(x, reverse_only=True)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_stopped(b, a) for a in x)
+    return x
 
 
 def _flatten(x):

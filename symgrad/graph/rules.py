@@ -359,7 +359,7 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
     if all(t is None for t in tangents):
         return None
     if node.kind == "stop":  # detach: no derivative; a convention of torch's backward only: forward mode passes
-        return tangents[0] if node.attrs.get("reverse_only") else None
+        return tangents[0] if node.attrs.get("reverse_only") and not ctx.backward_graph else None
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))

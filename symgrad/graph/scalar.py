@@ -53,10 +53,13 @@ def library_ulps(ctx: "Ctx") -> float:
 @dataclass(frozen=True)
 class Ctx:
     """The checked dtype's machine epsilon, and that of float32 (torch may hand constants to its
-    kernels as float32 even in a float64 run)."""
+    kernels as float32 even in a float64 run).  ``backward_graph``: torch computes the checked
+    forward-mode quantity through its backward graph (``functional.jvp``, a Jacobian by ``jacrev``),
+    where stops that hold for reverse mode only hold too (Note [Grad mode inside forward] in trace.py)."""
 
     eps: float = 2.0**-52
     dtype: str = "float64"
+    backward_graph: bool = False
 
 
 def constant_error(c, ctx: Ctx) -> float:

@@ -65,6 +65,7 @@ def decompositions() -> dict:
         table.update(decomp.get_decompositions(packets))
         keep = {"convolution", "max_pool2d_with_indices", "avg_pool2d", "avg_pool3d", "max_pool3d_with_indices",
                 "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p", "xlogy",
+                "detach",  # the core table writes it as alias: unfunctionalized traces would lose the stop
                 "multilabel_margin_loss_forward"}  # torch 2.13's decomposition of it computes another value
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
@@ -103,9 +104,9 @@ def trace_callable(fn, args: tuple, functional: bool = True):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     def run(wrapped):
-        with warnings.catch_warnings(), _no_stack_capture():
+        with warnings.catch_warnings(), _no_stack_capture(), _marking_grad_mode():
             warnings.simplefilter("ignore")
-            with torch.backends.mkldnn.flags(enabled=False):  # the decomposed RNNs, not oneDNN's kernel
+            with torch.backends.mkldnn.flags(enabled=False), torch.enable_grad():  # the decomposed RNNs, not oneDNN's kernel
                 return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real",
                                _error_on_data_dependent_ops=False)(*args)
 
@@ -130,6 +131,38 @@ def trace_callable(fn, args: tuple, functional: bool = True):
             "Code that leaves torch (numpy, .item(), Python control flow on values) cannot be traced: "
             "pass symbolic= with a reference forward written in torch ops."
         ) from err
+
+
+# Note [Grad mode inside forward]
+# Code under ``torch.no_grad()`` (a running statistic, a normaliser, a target) is a constant to
+# torch's backward, but make_fx records its ops like any other: read as they stand, the closed form
+# would differentiate through them and disagree with a right backward (a false alarm).  While
+# tracing, every fx node notes whether grad mode was on when it was recorded (NO_GRAD in its meta;
+# the trace itself runs under ``enable_grad``, so only the traced code's own ``no_grad`` counts), and
+# the interpreter wraps the float results of such nodes in a ``stop`` that holds for reverse mode
+# only: torch's forward-mode AD ignores grad mode (``detach`` stops both and stays a plain stop).
+NO_GRAD = "symgrad_no_grad"
+
+
+@contextmanager
+def _marking_grad_mode():
+    """Every fx node created inside notes ``NO_GRAD`` when grad mode is off (Note [Grad mode inside forward])."""
+    import torch
+    import torch.fx as fx
+
+    create = fx.Graph.create_node
+
+    def marked(self, *args, **kwargs):
+        node = create(self, *args, **kwargs)
+        if not torch.is_grad_enabled():
+            node.meta[NO_GRAD] = True
+        return node
+
+    fx.Graph.create_node = marked
+    try:
+        yield
+    finally:
+        fx.Graph.create_node = create
 
 
 @contextmanager
