@@ -60,6 +60,7 @@ class Ctx:
     eps: float = 2.0**-52
     dtype: str = "float64"
     backward_graph: bool = False
+    values: bool = False  # forward values, not derivatives (Note [Exact orderings of values])
 
 
 def constant_error(c, ctx: Ctx) -> float:
@@ -358,6 +359,18 @@ _REL = {sp.StrictGreaterThan: np.greater, sp.StrictLessThan: np.less, sp.Greater
         sp.LessThan: np.less_equal, sp.Equality: np.equal, sp.Unequality: np.not_equal}
 
 
+# Note [Exact orderings of values]
+# An ordering on its kink (``x > 0`` at x = 0) is uncertain in a derivative: the one-sided
+# derivatives differ there and torch's backward picks one by convention (relu'(0) = 0), which a right
+# custom backward may pick otherwise.  A forward *value* has no convention: ``floor(u) >= 0`` at
+# floor(u) = 0, both exact, is true in every evaluation.  Read as uncertain, grid_sample's in-bounds
+# masks (``floor(ix) >= 0``, exact integers at 0) got a band of a whole bilinear weight at a third
+# of their entries, every such entry became a kinked unit, and past MAX_KINK_UNITS the check fell
+# back to entrywise bands wide enough to pass a 1e-3 scaled backward (a missed bug).  So in forward
+# values (``Ctx.values``, set by the forward rule) an ordering is uncertain only where its operands
+# can move (rounding or a band), as an (in)equality test always was.
+
+
 def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
     """(truth, uncertain) of a condition at every entry (Note [Kinks in the scalar evaluator])."""
     if cond is sp.true:
@@ -372,7 +385,7 @@ def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
         # An ordering (x > 0) is on its kink when the operands are equal; an (in)equality test of
         # exact values (a 0/1 mask against 0) is not: it only flips if its operands can move.
         slack = KINK_ULPS * ctx.eps * (lhs.e + rhs.e) + lhs.band() + rhs.band()
-        if isinstance(cond, (sp.Equality, sp.Unequality)):
+        if isinstance(cond, (sp.Equality, sp.Unequality)) or ctx.values:  # Note [Exact orderings of values]
             return truth, (slack > 0) & (np.abs(diff) <= slack)
         return truth, np.abs(diff) <= slack
     if isinstance(cond, (sp.And, sp.Or)):
