@@ -12,6 +12,7 @@ Integer results that depend on floats (the indices of ``max.dim``) are taken fro
 
 from __future__ import annotations
 
+import sys
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -195,6 +196,8 @@ def trace_callable(fn, args: tuple, functional: bool = True):
 # the trace itself runs under ``enable_grad``, so only the traced code's own ``no_grad`` counts), and
 # the interpreter wraps the float results of such nodes in a ``stop`` that holds for reverse mode
 # only: torch's forward-mode AD ignores grad mode (``detach`` stops both and stays a plain stop).
+# torch runs a custom ``autograd.Function``'s forward under ``no_grad`` too, but those ops are the
+# function checked: inside ``Function.apply`` the grad mode of its caller counts.
 NO_GRAD = "symgrad_no_grad"
 
 
@@ -204,19 +207,41 @@ def _marking_grad_mode():
     import torch
     import torch.fx as fx
 
-    create = fx.Graph.create_node
+    import torch.autograd.function as function
+
+    create, setup_defined = fx.Graph.create_node, function._is_setup_context_defined
+    apply_code = torch.autograd.Function.apply.__func__.__code__
+    calls: dict = {}  # id(frame of Function.apply) -> (that frame, grad mode of its caller)
+
+    def noting(*args, **kwargs):  # the first thing Function.apply calls
+        frame = sys._getframe(1)
+        if frame.f_code is apply_code:
+            calls[id(frame)] = (frame, torch.is_grad_enabled())
+        return setup_defined(*args, **kwargs)
+
+    def grad_on() -> bool:
+        if torch.is_grad_enabled():
+            return True
+        frame = sys._getframe(2)
+        while frame is not None:  # inside a custom Function's forward: its caller's grad mode counts
+            got = calls.get(id(frame))
+            if got is not None and got[0] is frame:
+                return got[1]
+            frame = frame.f_back
+        return False
 
     def marked(self, *args, **kwargs):
         node = create(self, *args, **kwargs)
-        if not torch.is_grad_enabled():
+        if not grad_on():
             node.meta[NO_GRAD] = True
         return node
 
-    fx.Graph.create_node = marked
+    fx.Graph.create_node, function._is_setup_context_defined = marked, noting
     try:
         yield
     finally:
-        fx.Graph.create_node = create
+        fx.Graph.create_node, function._is_setup_context_defined = create, setup_defined
+        calls.clear()
 
 
 @contextmanager

@@ -94,11 +94,18 @@ for _name, _body, _shape in [
 # --- spatial transformer --------------------------------------------------------------------------
 
 class SpatialTransformer(nn.Module):
-    """theta from a linear localisation net (near the identity), then affine_grid + grid_sample."""
+    """theta from a linear localisation net (near the identity), then affine_grid + grid_sample of
+    features.  Nearest sampling is piecewise constant in theta (its gradient there is 0, so a bug
+    seeded on the localisation net changes nothing): there the features' 1x1 conv comes first and
+    carries the seeded bug."""
 
     def __init__(self, mode, padding, align):
         super().__init__()
+        if mode == "nearest":
+            self.feat = nn.Conv2d(2, 2, 1)
         self.loc = nn.Linear(2 * 4 * 4, 6)
+        if mode != "nearest":
+            self.feat = nn.Conv2d(2, 2, 1)
         with torch.no_grad():
             self.loc.weight.mul_(0.1)
             self.loc.bias.copy_(torch.tensor([0.9, 0.1, 0.05, -0.1, 1.1, -0.05]))
@@ -108,7 +115,7 @@ class SpatialTransformer(nn.Module):
     def forward(self, x):
         theta = self.loc(x.flatten(1)).view(-1, 2, 3)
         grid = F.affine_grid(theta, [x.shape[0], 2, 3, 5], align_corners=self.align)
-        y = F.grid_sample(x, grid, mode=self.mode, padding_mode=self.padding, align_corners=self.align)
+        y = F.grid_sample(self.feat(x), grid, mode=self.mode, padding_mode=self.padding, align_corners=self.align)
         return self.head(y.flatten(1))
 
 
