@@ -72,6 +72,9 @@ def decompositions() -> dict:
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:
                 _TABLE[op] = _noting_float32_reciprocal(_TABLE[op])
+        from .decomp_vision import VISION_DECOMPOSITIONS
+
+        _TABLE.update(VISION_DECOMPOSITIONS())  # kernels torch has no decomposition of
         for name, n, linear in _SAME_SIZE_KERNELS:  # Note [Scales of a kept size]
             packet = getattr(torch.ops.aten, name)
             if packet.default in _TABLE:
