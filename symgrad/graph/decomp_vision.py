@@ -1,5 +1,5 @@
-"""Forwards in torch ops for the vision kernels torch has no decomposition of: antialiased bilinear and
-bicubic resizing, fractional max pooling with its samples given, 3-d grid sampling.
+"""Forwards in torch ops for kernels torch has no decomposition of: antialiased bilinear and bicubic
+resizing, fractional max pooling with its samples given, 3-d grid sampling, the Householder product.
 
 Each function computes what the ATen kernel computes, from the kernel's definition (the interval and
 weight formulas of ``UpSampleKernel.cpp``, ``FractionalMaxPool2d.cpp``, ``GridSampler.cpp``), in
@@ -197,6 +197,25 @@ def _grid_sampler_3d(x, grid, interpolation_mode: int = 0, padding_mode: int = 0
     return out
 
 
+# Note [Householder product]
+# ``linalg_householder_product(A, tau)`` (the orthogonal parametrization's 'householder' map) is
+# ``H_1 H_2 ... H_k`` with ``H_i = I - tau_i v_i v_i^T``, ``v_i`` zero above row i, 1 at row i and
+# ``A[i+1:, i]`` below, truncated to A's n columns: k rank-one updates in torch ops.
+
+
+def _householder_product(a, tau):
+    import torch
+
+    m, n = a.shape[-2:]
+    k = tau.shape[-1]
+    q = torch.eye(m, dtype=a.dtype).expand(a.shape[:-2] + (m, m))
+    rows = torch.arange(m)
+    for i in range(k):
+        v = torch.where(rows > i, a[..., :, i], (rows == i).to(a.dtype))  # (..., m)
+        q = q - tau[..., i, None, None] * (q @ v.unsqueeze(-1)) * v.unsqueeze(-2)
+    return q[..., :, :n]
+
+
 def _vision_decompositions() -> dict:
     import torch
 
@@ -206,6 +225,7 @@ def _vision_decompositions() -> dict:
         aten._upsample_bicubic2d_aa.default: _resize_aa(4, _keys_cubic),
         aten.fractional_max_pool2d.default: _fractional_max_pool2d,
         aten.grid_sampler_3d.default: _grid_sampler_3d,
+        aten.linalg_householder_product.default: _householder_product,
     }
 
 

@@ -48,6 +48,12 @@ def register(op, forward: Callable) -> None:
     _USER[name] = forward
 
 
+# where a refused op usually comes from, and the supported way around it
+_HINTS = {
+    "linalg_matrix_exp": " (torch.nn.utils.parametrizations.orthogonal maps square weights through matrix_exp: "
+                         "orthogonal(layer, orthogonal_map='cayley') or 'householder' is checked)",
+}
+
 _INLINING: set = set()  # the registered ops whose forward is being read (inside it, the op is the table's)
 
 
@@ -198,7 +204,8 @@ def _call(b: Builder, node, args, kwargs):
         # torch.rand(4) in forward: folding it would freeze the trace's draw, and torch draws again
         raise UnsupportedOp(f"{target} (fx node {node.name!r}) draws random numbers on every call, so torch and the "
                             "closed form would see different values: pass the noise as an input (draw it outside "
-                            "forward), or call model.eval() for dropout")
+                            "forward), or call model.eval() for dropout; FractionalMaxPool draws its samples so: "
+                            "call F.fractional_max_pool2d with _random_samples= fixed (a buffer)")
     if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
         if "empty" in str(target) and isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
             kwargs = {**kwargs, "dtype": torch.float64}  # a buffer made in float64, so its views stay views
@@ -228,6 +235,7 @@ def _call(b: Builder, node, args, kwargs):
             f"symgrad's op graph has no rule for ATen op {target} (fx node {node.name!r}). Register one with "
             "symgrad.register(torch.ops.aten.<op>.<overload>, forward) where forward computes the op in supported "
             "torch ops, or pass symbolic= with a reference forward written in supported torch ops."
+            + _HINTS.get(str(target).split(".")[1] if str(target).count(".") >= 2 else "", "")
         )
     try:
         return handler(b, args, kwargs, val)
