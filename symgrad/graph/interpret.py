@@ -12,7 +12,7 @@ from typing import Callable
 from ..errors import InputError, UnsupportedOp
 from . import aten, aten_ctc, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling, softmax and CTC handlers
 from .ir import Graph, Node
-from .trace import NO_GRAD, Builder
+from .trace import IN_PLACE, NO_GRAD, Builder
 
 __all__ = ["to_graph", "register"]
 
@@ -52,6 +52,8 @@ def register(op, forward: Callable) -> None:
 _HINTS = {
     "linalg_matrix_exp": " (torch.nn.utils.parametrizations.orthogonal maps square weights through matrix_exp: "
                          "orthogonal(layer, orthogonal_map='cayley') or 'householder' is checked)",
+    "embedding_renorm": " (F.embedding(max_norm=) renorms the weight in place, through a detached alias, on "
+                        "every call: check with max_norm=None, the weight renormed before the check)",
 }
 
 _INLINING: set = set()  # the registered ops whose forward is being read (inside it, the op is the table's)
@@ -166,9 +168,33 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
         env[node] = _call(b, node, args, kwargs)
-        if node.meta.get(NO_GRAD):  # Note [Grad mode inside forward]
-            env[node] = _stopped(b, env[node])
+        if node.meta.get(NO_GRAD) or _detached_in_place(node, args):  # Note [Grad mode inside forward]
+            env[node] = _no_grad_result(b, node, args, env[node])
     return None
+
+
+def _in_place(node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return bool(node.meta.get(IN_PLACE) or schema is not None and schema.is_mutable)
+
+
+def _detached_in_place(node, args) -> bool:
+    a = args[0] if args else None
+    return _in_place(node) and isinstance(a, Node) and a.kind == "stop" and not a.attrs.get("reverse_only")
+
+
+def _no_grad_result(b: Builder, node, args, out):
+    """An op run under ``no_grad``: a new tensor is a constant to reverse mode; an in-place op on a
+    tensor autograd tracks (cosine_similarity's ``clamp_min_`` of its norms), or on a detached alias
+    of one (embedding's renorm of ``weight.detach()``), changes its value but not its history, so the
+    gradient passes as if it were the identity: ``a + stop(op(a) - a)``."""
+    a = args[0] if args else None
+    if _in_place(node) and isinstance(a, Node) and isinstance(out, Node) and out.shape == a.shape:
+        if a.kind == "stop" and not a.attrs.get("reverse_only"):
+            a = a.args[0]  # in place on a detached alias: the values of the tensor it aliases change
+        moved = b.stop(b.pointwise(lambda r, x: r - x, [out, a]), reverse_only=True)
+        return b.pointwise(lambda x, d: x + d, [a, moved])
+    return _stopped(b, out)
 
 
 def _stopped(b: Builder, x):

@@ -200,8 +200,15 @@ def trace_callable(fn, args: tuple, functional: bool = True):
 # the interpreter wraps the float results of such nodes in a ``stop`` that holds for reverse mode
 # only: torch's forward-mode AD ignores grad mode (``detach`` stops both and stays a plain stop).
 # torch runs a custom ``autograd.Function``'s forward under ``no_grad`` too, but those ops are the
-# function checked: inside ``Function.apply`` the grad mode of its caller counts.
+# function checked: inside ``Function.apply`` the grad mode of its caller counts.  An in-place op
+# under ``no_grad`` on a tracked tensor (cosine_similarity clamps its norms so, in C++) keeps the
+# tensor's history: its gradient passes straight through (``_no_grad_result`` in interpret.py), as
+# does one on a detached alias of it.  An in-place call is seen where the traced code makes it (a
+# TorchFunctionMode) or where the trace keeps it in place (cosine_similarity's C++ ``clamp_min_``);
+# one inside another torch function (``F.embedding(max_norm=)``'s renorm) is neither, and its op
+# (``embedding_renorm``) stays refused.
 NO_GRAD = "symgrad_no_grad"
+IN_PLACE = "symgrad_in_place"  # recorded inside an in-place call (functionalization writes it out of place)
 
 
 @contextmanager
@@ -233,15 +240,32 @@ def _marking_grad_mode():
             frame = frame.f_back
         return False
 
+    in_place: list = []
+
     def marked(self, *args, **kwargs):
         node = create(self, *args, **kwargs)
         if not grad_on():
             node.meta[NO_GRAD] = True
+        if in_place:
+            node.meta[IN_PLACE] = True
         return node
+
+    class InPlace(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            mutating = (name.endswith("_") and not name.endswith("__")) or (name.startswith("__i") and name != "__init__")
+            if mutating:
+                in_place.append(True)
+            try:
+                return func(*args, **(kwargs or {}))  # (torch pops the mode meanwhile: calls inside go unseen)
+            finally:
+                if mutating:
+                    in_place.pop()
 
     fx.Graph.create_node, function._is_setup_context_defined = marked, noting
     try:
-        yield
+        with InPlace():
+            yield
     finally:
         fx.Graph.create_node, function._is_setup_context_defined = create, setup_defined
         calls.clear()

@@ -194,3 +194,25 @@ def test_dropout_in_training_mode_is_refused_not_judged():
     model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).double().train()
     with pytest.raises(UnsupportedOp, match="random"):
         sg.check(model, {"x": torch.randn(2, 4, dtype=F64)}, engine="graph", quiet=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_an_in_place_op_under_no_grad_passes_the_gradient_straight_through(dtype):
+    """A clamp in place under no_grad (cosine_similarity clamps its norms so, under NoGradGuard):
+    torch's gradient passes as if the in-place op were the identity (the clamp is active here)."""
+    def clamped(x):
+        n = x.norm(dim=1, keepdim=True).clone()
+        with torch.no_grad():
+            n.clamp_min_(1.5)  # active on some rows
+        return x / n
+
+    x = torch.tensor([[0.3, -0.4], [2.0, 1.0], [0.5, 0.2]], dtype=dtype)
+    assert sg.check(clamped, {"x": x}, engine="graph", quiet=True).passed
+    a, b = torch.tensor([[0.3, 1e-9], [2.0, 1.0]], dtype=dtype), torch.tensor([[1e-10, 0.0], [1.0, 3.0]], dtype=dtype)
+    assert sg.check(lambda a, b: F.cosine_similarity(a, b), {"a": a, "b": b}, engine="graph", quiet=True).passed
+
+
+def test_embedding_max_norm_is_refused_naming_the_fix():
+    emb = lambda w: torch.tanh(F.embedding(torch.tensor([1, 4, 1]), w, max_norm=1.0))  # noqa: E731
+    with pytest.raises(UnsupportedOp, match="max_norm=None"):
+        sg.check(emb, {"w": torch.randn(6, 3, dtype=F64) * 2}, engine="graph", quiet=True)
