@@ -52,8 +52,6 @@ def register(op, forward: Callable) -> None:
 _HINTS = {
     "linalg_matrix_exp": " (torch.nn.utils.parametrizations.orthogonal maps square weights through matrix_exp: "
                          "orthogonal(layer, orthogonal_map='cayley') or 'householder' is checked)",
-    "embedding_renorm": " (F.embedding(max_norm=) renorms the weight in place, through a detached alias, on "
-                        "every call: check with max_norm=None, the weight renormed before the check)",
 }
 
 _INLINING: set = set()  # the registered ops whose forward is being read (inside it, the op is the table's)
@@ -190,9 +188,10 @@ def _no_grad_result(b: Builder, node, args, out):
     gradient passes as if it were the identity: ``a + stop(op(a) - a)``."""
     a = args[0] if args else None
     if _in_place(node) and isinstance(a, Node) and isinstance(out, Node) and out.shape == a.shape:
-        if a.kind == "stop" and not a.attrs.get("reverse_only"):
-            a = a.args[0]  # in place on a detached alias: the values of the tensor it aliases change
-        moved = b.stop(b.pointwise(lambda r, x: r - x, [out, a]), reverse_only=True)
+        alias = a.kind == "stop" and not a.attrs.get("reverse_only")
+        if alias:  # in place on a detached alias: the values of the tensor it aliases change, in
+            a = a.args[0]  # neither mode's history (forward-mode AD ignores no_grad, not detach)
+        moved = b.stop(b.pointwise(lambda r, x: r - x, [out, a]), reverse_only=not alias)
         return b.pointwise(lambda x, d: x + d, [a, moved])
     return _stopped(b, out)
 

@@ -203,10 +203,10 @@ def trace_callable(fn, args: tuple, functional: bool = True):
 # function checked: inside ``Function.apply`` the grad mode of its caller counts.  An in-place op
 # under ``no_grad`` on a tracked tensor (cosine_similarity clamps its norms so, in C++) keeps the
 # tensor's history: its gradient passes straight through (``_no_grad_result`` in interpret.py), as
-# does one on a detached alias of it.  An in-place call is seen where the traced code makes it (a
-# TorchFunctionMode) or where the trace keeps it in place (cosine_similarity's C++ ``clamp_min_``);
-# one inside another torch function (``F.embedding(max_norm=)``'s renorm) is neither, and its op
-# (``embedding_renorm``) stays refused.
+# does one on a detached alias of it (``F.embedding(max_norm=)`` renorms ``weight.detach()``).  An
+# in-place call is seen by wrapping torch's in-place methods and functions while tracing (IN_PLACE:
+# functionalization writes it out of place) or where the trace keeps it in place (cosine_similarity's
+# C++ ``clamp_min_``).
 NO_GRAD = "symgrad_no_grad"
 IN_PLACE = "symgrad_in_place"  # recorded inside an in-place call (functionalization writes it out of place)
 
@@ -250,25 +250,56 @@ def _marking_grad_mode():
             node.meta[IN_PLACE] = True
         return node
 
-    class InPlace(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            name = getattr(func, "__name__", "")
-            mutating = (name.endswith("_") and not name.endswith("__")) or (name.startswith("__i") and name != "__init__")
-            if mutating:
-                in_place.append(True)
-            try:
-                return func(*args, **(kwargs or {}))  # (torch pops the mode meanwhile: calls inside go unseen)
-            finally:
-                if mutating:
-                    in_place.pop()
-
     fx.Graph.create_node, function._is_setup_context_defined = marked, noting
     try:
-        with InPlace():
+        with _noting_in_place(in_place):
             yield
     finally:
         fx.Graph.create_node, function._is_setup_context_defined = create, setup_defined
         calls.clear()
+
+
+_IN_PLACE_DUNDERS = ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imod__",
+                     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__")
+
+
+@contextmanager
+def _noting_in_place(flag: list):
+    """While inside, every in-place tensor method and ``torch.*_`` function pushes onto ``flag`` for
+    the duration of its call, however deep in torch's Python code it is made (a TorchFunctionMode
+    would not see the calls inside ``F.gaussian_nll_loss``'s own ``var.clamp_``)."""
+    import torch
+
+    def wrapped(fn):
+        def run(*args, **kwargs):
+            flag.append(True)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                flag.pop()
+        return run
+
+    saved = []
+    names = [n for n in dir(torch._C.TensorBase) if n.endswith("_") and not n.startswith("_")
+             and n not in ("requires_grad_", "retain_grad_", "share_memory_")] + list(_IN_PLACE_DUNDERS)
+    for name in names:
+        fn = getattr(torch.Tensor, name, None)
+        if callable(fn):
+            saved.append((torch.Tensor, name, torch.Tensor.__dict__.get(name)))
+            setattr(torch.Tensor, name, wrapped(fn))
+    for name in [n for n in dir(torch) if n.endswith("_") and not n.startswith("_") and n[:-1].isidentifier()]:
+        fn = getattr(torch, name, None)
+        if callable(fn) and not isinstance(fn, type):
+            saved.append((torch, name, fn))
+            setattr(torch, name, wrapped(fn))
+    try:
+        yield
+    finally:
+        for owner, name, old in reversed(saved):
+            if old is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
 
 
 @contextmanager

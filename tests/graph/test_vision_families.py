@@ -212,7 +212,15 @@ def test_an_in_place_op_under_no_grad_passes_the_gradient_straight_through(dtype
     assert sg.check(lambda a, b: F.cosine_similarity(a, b), {"a": a, "b": b}, engine="graph", quiet=True).passed
 
 
-def test_embedding_max_norm_is_refused_naming_the_fix():
-    emb = lambda w: torch.tanh(F.embedding(torch.tensor([1, 4, 1]), w, max_norm=1.0))  # noqa: E731
-    with pytest.raises(UnsupportedOp, match="max_norm=None"):
-        sg.check(emb, {"w": torch.randn(6, 3, dtype=F64) * 2}, engine="graph", quiet=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_embedding_max_norm_renorms_through_a_detached_alias(dtype):
+    """F.embedding(max_norm=) renorms ``weight.detach()`` in place: the values change, the gradient
+    passes straight through to the weight; a gaussian_nll_loss clamps its variance in place under
+    no_grad (both were a false alarm: no path from the weight / the variance)."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 3, generator=g, dtype=dtype) * 2
+    emb = lambda w: torch.tanh(F.embedding(torch.tensor([1, 4, 1, 5]), w, max_norm=1.0))  # noqa: E731
+    assert sg.check(emb, {"w": w}, engine="graph", quiet=True).passed
+    x, v = torch.randn(3, 2, generator=g, dtype=dtype), torch.tensor([[1e-8, 0.5], [2.0, 1e-9], [0.3, 1.0]], dtype=dtype)
+    nll = lambda x, v: F.gaussian_nll_loss(x, torch.zeros_like(x), v)  # noqa: E731
+    assert sg.check(nll, {"x": x, "v": v}, engine="graph", quiet=True).passed
