@@ -13,7 +13,65 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["VISION_DECOMPOSITIONS"]
+__all__ = ["VISION_DECOMPOSITIONS", "kept_size_scales"]
+
+
+# Note [Scales of a kept size]
+# ``F.interpolate(x, scale_factor=1.3, recompute_scale_factor=False)`` hands the scale to the kernel,
+# which maps output to input coordinates by 1/1.3 -- except, in torch's CPU kernels of linear,
+# bilinear, trilinear and 2-d nearest upsampling, along a dimension whose size the rounding left
+# unchanged (3 * 1.3 -> 3): that dimension is copied as it stands.  torch's decompositions apply the
+# scale there too and compute another forward (up to 1.6 off; torch's backward kernels agree with
+# its forward kernels, gradcheck passes), so the op graph's forward disagreed with torch: a false
+# alarm on a right model.  For these ops a kept dimension's scale is dropped before decomposing (the
+# kernel's own choice); tests/graph/test_vision_families.py compares every upsampling decomposition
+# with its kernel, so a torch release that changes either shows there.
+_SAME_SIZE_KERNELS = (("upsample_linear1d", 1, True), ("upsample_bilinear2d", 2, True),
+                      ("upsample_trilinear3d", 3, True), ("upsample_nearest2d", 2, False))
+
+
+def _positional(op, args, kwargs) -> list:
+    """``args`` then ``kwargs`` in the order of ``op``'s schema."""
+    names = [a.name for a in op._schema.arguments]
+    return list(args) + [kwargs[k] for k in names[len(args):] if k in kwargs]
+
+
+def _kernel_scales(decomposed, op, n: int, linear: bool):
+    """``decomposed`` with the scale of every spatial dimension the op keeps at its size dropped."""
+    def run(*args, **kwargs):
+        x, size, *rest = _positional(op, args, kwargs)
+        head, scales = (rest[:1], list(rest[1:])) if linear else ([], list(rest))
+        scales += [None] * (n - len(scales))
+        scales = [None if x.shape[x.dim() - n + i] == size[i] else s for i, s in enumerate(scales)]
+        return decomposed(x, size, *head, *scales)
+
+    return run
+
+
+def _vec_as_default(default, n: int, linear: bool):
+    """The ``.vec`` overload (an output size or scale factors) through the ``.default`` one."""
+
+    def run(x, size, *rest, **kwargs):
+        rest = list(rest) + list(kwargs.values())
+        head, factors = (rest[:1], rest[1] if len(rest) > 1 else None) if linear else ([], rest[0] if rest else None)
+        if size is None:
+            size = [int(math.floor(x.shape[x.dim() - n + i] * float(factors[i]))) for i in range(n)]
+            scales = list(factors)
+        else:
+            scales = [None] * n
+        return default(x, list(size), *head, *scales)
+
+    return run
+
+def kept_size_scales(table: dict) -> None:
+    """``table``'s upsampling decompositions with the scale of a kept dimension dropped."""
+    import torch
+
+    for name, n, linear in _SAME_SIZE_KERNELS:
+        packet = getattr(torch.ops.aten, name)
+        if packet.default in table:
+            table[packet.default] = _kernel_scales(table[packet.default], packet.default, n, linear)
+            table[packet.vec] = _vec_as_default(table[packet.default], n, linear)
 
 
 # Note [Antialiased resizing]

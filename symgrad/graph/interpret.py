@@ -12,7 +12,8 @@ from typing import Callable
 from ..errors import InputError, UnsupportedOp
 from . import aten, aten_ctc, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling, softmax and CTC handlers
 from .ir import Graph, Node
-from .trace import IN_PLACE, NO_GRAD, Builder
+from .trace import Builder
+from .trace_grad import IN_PLACE, NO_GRAD
 
 __all__ = ["to_graph", "register"]
 

@@ -12,7 +12,6 @@ Integer results that depend on floats (the indices of ``max.dim``) are taken fro
 
 from __future__ import annotations
 
-import sys
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -24,8 +23,9 @@ from ..errors import InputError, UnsupportedOp
 from .approx import Approx
 from .ir import Graph, Node
 from .scalar import Ctx
+from .trace_grad import IN_PLACE, NO_GRAD, marking_grad_mode
 
-__all__ = ["Builder", "trace_callable", "decompositions", "number"]
+__all__ = ["Builder", "trace_callable", "decompositions", "number", "NO_GRAD", "IN_PLACE"]
 
 _DECOMPOSE = (
     "gelu", "native_layer_norm", "silu", "native_group_norm",
@@ -72,68 +72,15 @@ def decompositions() -> dict:
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:
                 _TABLE[op] = _noting_float32_reciprocal(_TABLE[op])
-        from .decomp_vision import VISION_DECOMPOSITIONS
+        from .decomp_vision import VISION_DECOMPOSITIONS, kept_size_scales
 
         _TABLE.update(VISION_DECOMPOSITIONS())  # kernels torch has no decomposition of
-        for name, n, linear in _SAME_SIZE_KERNELS:  # Note [Scales of a kept size]
-            packet = getattr(torch.ops.aten, name)
-            if packet.default in _TABLE:
-                _TABLE[packet.default] = _kernel_scales(_TABLE[packet.default], packet.default, n, linear)
-                _TABLE[packet.vec] = _vec_as_default(_TABLE[packet.default], n, linear)
+        kept_size_scales(_TABLE)  # Note [Scales of a kept size]
         # hardsigmoid' and hardswish' hold 1/6 as a float literal (1.0f / 6.0f) even in float64 kernels
         for op in (torch.ops.aten.hardsigmoid.default, torch.ops.aten.hardswish.default):
             if op in _TABLE:
                 _TABLE[op] = _noting_float32_reciprocal(_TABLE[op], 6.0)
     return _TABLE
-
-
-# Note [Scales of a kept size]
-# ``F.interpolate(x, scale_factor=1.3, recompute_scale_factor=False)`` hands the scale to the kernel,
-# which maps output to input coordinates by 1/1.3 -- except, in torch's CPU kernels of linear,
-# bilinear, trilinear and 2-d nearest upsampling, along a dimension whose size the rounding left
-# unchanged (3 * 1.3 -> 3): that dimension is copied as it stands.  torch's decompositions apply the
-# scale there too and compute another forward (up to 1.6 off; torch's backward kernels agree with
-# its forward kernels, gradcheck passes), so the op graph's forward disagreed with torch: a false
-# alarm on a right model.  For these ops a kept dimension's scale is dropped before decomposing (the
-# kernel's own choice); tests/graph/test_vision_families.py compares every upsampling decomposition
-# with its kernel, so a torch release that changes either shows there.
-_SAME_SIZE_KERNELS = (("upsample_linear1d", 1, True), ("upsample_bilinear2d", 2, True),
-                      ("upsample_trilinear3d", 3, True), ("upsample_nearest2d", 2, False))
-
-
-def _positional(op, args, kwargs) -> list:
-    """``args`` then ``kwargs`` in the order of ``op``'s schema."""
-    names = [a.name for a in op._schema.arguments]
-    return list(args) + [kwargs[k] for k in names[len(args):] if k in kwargs]
-
-
-def _kernel_scales(decomposed, op, n: int, linear: bool):
-    """``decomposed`` with the scale of every spatial dimension the op keeps at its size dropped."""
-    def run(*args, **kwargs):
-        x, size, *rest = _positional(op, args, kwargs)
-        head, scales = (rest[:1], list(rest[1:])) if linear else ([], list(rest))
-        scales += [None] * (n - len(scales))
-        scales = [None if x.shape[x.dim() - n + i] == size[i] else s for i, s in enumerate(scales)]
-        return decomposed(x, size, *head, *scales)
-
-    return run
-
-
-def _vec_as_default(default, n: int, linear: bool):
-    """The ``.vec`` overload (an output size or scale factors) through the ``.default`` one."""
-    import math
-
-    def run(x, size, *rest, **kwargs):
-        rest = list(rest) + list(kwargs.values())
-        head, factors = (rest[:1], rest[1] if len(rest) > 1 else None) if linear else ([], rest[0] if rest else None)
-        if size is None:
-            size = [int(math.floor(x.shape[x.dim() - n + i] * float(factors[i]))) for i in range(n)]
-            scales = list(factors)
-        else:
-            scales = [None] * n
-        return default(x, list(size), *head, *scales)
-
-    return run
 
 
 def _noting_float32_reciprocal(decomposed, fixed: float | None = None):
@@ -162,7 +109,7 @@ def trace_callable(fn, args: tuple, functional: bool = True):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     def run(wrapped):
-        with warnings.catch_warnings(), _no_stack_capture(), _marking_grad_mode():
+        with warnings.catch_warnings(), _no_stack_capture(), marking_grad_mode():
             warnings.simplefilter("ignore")
             with torch.backends.mkldnn.flags(enabled=False), torch.enable_grad():  # the decomposed RNNs, not oneDNN's kernel
                 return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real",
@@ -189,117 +136,6 @@ def trace_callable(fn, args: tuple, functional: bool = True):
             "Code that leaves torch (numpy, .item(), Python control flow on values) cannot be traced: "
             "pass symbolic= with a reference forward written in torch ops."
         ) from err
-
-
-# Note [Grad mode inside forward]
-# Code under ``torch.no_grad()`` (a running statistic, a normaliser, a target) is a constant to
-# torch's backward, but make_fx records its ops like any other: read as they stand, the closed form
-# would differentiate through them and disagree with a right backward (a false alarm).  While
-# tracing, every fx node notes whether grad mode was on when it was recorded (NO_GRAD in its meta;
-# the trace itself runs under ``enable_grad``, so only the traced code's own ``no_grad`` counts), and
-# the interpreter wraps the float results of such nodes in a ``stop`` that holds for reverse mode
-# only: torch's forward-mode AD ignores grad mode (``detach`` stops both and stays a plain stop).
-# torch runs a custom ``autograd.Function``'s forward under ``no_grad`` too, but those ops are the
-# function checked: inside ``Function.apply`` the grad mode of its caller counts.  An in-place op
-# under ``no_grad`` on a tracked tensor (cosine_similarity clamps its norms so, in C++) keeps the
-# tensor's history: its gradient passes straight through (``_no_grad_result`` in interpret.py), as
-# does one on a detached alias of it (``F.embedding(max_norm=)`` renorms ``weight.detach()``).  An
-# in-place call is seen by wrapping torch's in-place methods and functions while tracing (IN_PLACE:
-# functionalization writes it out of place) or where the trace keeps it in place (cosine_similarity's
-# C++ ``clamp_min_``).
-NO_GRAD = "symgrad_no_grad"
-IN_PLACE = "symgrad_in_place"  # recorded inside an in-place call (functionalization writes it out of place)
-
-
-@contextmanager
-def _marking_grad_mode():
-    """Every fx node created inside notes ``NO_GRAD`` when grad mode is off (Note [Grad mode inside forward])."""
-    import torch
-    import torch.fx as fx
-
-    import torch.autograd.function as function
-
-    create, setup_defined = fx.Graph.create_node, function._is_setup_context_defined
-    apply_code = torch.autograd.Function.apply.__func__.__code__
-    calls: dict = {}  # id(frame of Function.apply) -> (that frame, grad mode of its caller)
-
-    def noting(*args, **kwargs):  # the first thing Function.apply calls
-        frame = sys._getframe(1)
-        if frame.f_code is apply_code:
-            calls[id(frame)] = (frame, torch.is_grad_enabled())
-        return setup_defined(*args, **kwargs)
-
-    def grad_on() -> bool:
-        if torch.is_grad_enabled():
-            return True
-        frame = sys._getframe(2)
-        while frame is not None:  # inside a custom Function's forward: its caller's grad mode counts
-            got = calls.get(id(frame))
-            if got is not None and got[0] is frame:
-                return got[1]
-            frame = frame.f_back
-        return False
-
-    in_place: list = []
-
-    def marked(self, *args, **kwargs):
-        node = create(self, *args, **kwargs)
-        if not grad_on():
-            node.meta[NO_GRAD] = True
-        if in_place:
-            node.meta[IN_PLACE] = True
-        return node
-
-    fx.Graph.create_node, function._is_setup_context_defined = marked, noting
-    try:
-        with _noting_in_place(in_place):
-            yield
-    finally:
-        fx.Graph.create_node, function._is_setup_context_defined = create, setup_defined
-        calls.clear()
-
-
-_IN_PLACE_DUNDERS = ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imod__",
-                     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__")
-
-
-@contextmanager
-def _noting_in_place(flag: list):
-    """While inside, every in-place tensor method and ``torch.*_`` function pushes onto ``flag`` for
-    the duration of its call, however deep in torch's Python code it is made (a TorchFunctionMode
-    would not see the calls inside ``F.gaussian_nll_loss``'s own ``var.clamp_``)."""
-    import torch
-
-    def wrapped(fn):
-        def run(*args, **kwargs):
-            flag.append(True)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                flag.pop()
-        return run
-
-    saved = []
-    names = [n for n in dir(torch._C.TensorBase) if n.endswith("_") and not n.startswith("_")
-             and n not in ("requires_grad_", "retain_grad_", "share_memory_")] + list(_IN_PLACE_DUNDERS)
-    for name in names:
-        fn = getattr(torch.Tensor, name, None)
-        if callable(fn):
-            saved.append((torch.Tensor, name, torch.Tensor.__dict__.get(name)))
-            setattr(torch.Tensor, name, wrapped(fn))
-    for name in [n for n in dir(torch) if n.endswith("_") and not n.startswith("_") and n[:-1].isidentifier()]:
-        fn = getattr(torch, name, None)
-        if callable(fn) and not isinstance(fn, type):
-            saved.append((torch, name, fn))
-            setattr(torch, name, wrapped(fn))
-    try:
-        yield
-    finally:
-        for owner, name, old in reversed(saved):
-            if old is None:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, old)
 
 
 @contextmanager
