@@ -23,9 +23,9 @@ from ..errors import InputError, UnsupportedOp
 from .approx import Approx
 from .ir import Graph, Node
 from .scalar import Ctx
-from .trace_grad import IN_PLACE, NO_GRAD, marking_grad_mode
+from .trace_grad import marking_grad_mode
 
-__all__ = ["Builder", "trace_callable", "decompositions", "number", "NO_GRAD", "IN_PLACE"]
+__all__ = ["Builder", "trace_callable", "decompositions", "number"]
 
 _DECOMPOSE = (
     "gelu", "native_layer_norm", "silu", "native_group_norm",
