@@ -97,8 +97,10 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
         from .graph.refs import JACOBIAN_VIAS
 
         jacobian = via in JACOBIAN_VIAS or (via is None and v is None and tangents is None)  # default_via's choice
+        forward_ad = via in ("jacfwd", "func.jvp", "forward_ad") or (via is None and tangents is not None)
         out, twin_graph = explode_torch(symbolic if symbolic is not None else fn, named, budget=memory_budget,
-                                        n_wrt=sum(named[w].numel() for w in wrt_names), n_diff=None if jacobian else 1)
+                                        n_wrt=sum(named[w].numel() for w in wrt_names), n_diff=None if jacobian else 1,
+                                        forward_ad=forward_ad)
     if twin_graph is None and symbolic is None and fn is not None:  # torch code that also ran on SymTensors
         from .graph.twin import graph_for_bounds
 

@@ -371,9 +371,12 @@ def explode(graph: Graph, values: dict | None = None, *, leaves=None, out: Node 
 
 
 def explode_nodes(graph: Graph, values: dict | None = None, *, leaves=None, out: Node | None = None,
-                  n_wrt: int | None = None, n_diff: int = 1, budget: int | None = None, sweeps: int = 0) -> tuple:
+                  n_wrt: int | None = None, n_diff: int = 1, budget: int | None = None, sweeps: int = 0,
+                  forward_ad: bool = False) -> tuple:
     """``explode``'s work: ``({node: object array of its entries}, symbols)`` for every node that
-    the output reads (``symgrad.graph.explode_reverse`` differentiates through them)."""
+    the output reads (``symgrad.graph.explode_reverse`` differentiates through them).  ``forward_ad``:
+    the expressions are differentiated for torch's forward-mode AD, which passes the stops of
+    reverse mode alone (Note [Grad mode inside forward] in trace.py)."""
     from ..symbolic.tensor import symbols as symbol_tensor
 
     out = out if out is not None else output_node(graph)
@@ -401,6 +404,9 @@ def explode_nodes(graph: Graph, values: dict | None = None, *, leaves=None, out:
                 symbols[node.name] = built[node] = symbol_tensor(node.name, node.shape).data
             else:
                 built[node] = _numbers(node.attrs["value"])
+            continue
+        if forward_ad and node.kind == "stop" and node.attrs.get("reverse_only"):
+            built[node] = np.broadcast_to(built[node.args[0]], node.shape)
             continue
         built[node] = np.asarray(_node(node, [built[a] for a in node.args], values), object)
     return built, symbols

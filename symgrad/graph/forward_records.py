@@ -3,6 +3,7 @@ graph/check.py's check state, Note [Jacobian by columns])."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
 import numpy as np
@@ -16,7 +17,7 @@ from .cones import tangent_bands
 from .engine import tangent
 from .refs import JACOBIAN_VIAS, State, approx_reference
 
-__all__ = ["jvp_records", "tangent_dict", "n_in", "by_columns_wanted", "column_records"]
+__all__ = ["jvp_records", "tangent_dict", "n_in", "by_columns_wanted", "column_records", "has_reverse_stops"]
 
 
 def jvp_records(st: State, directions: list, via: str) -> list:
@@ -26,6 +27,7 @@ def jvp_records(st: State, directions: list, via: str) -> list:
     from ..autograd.run import run_autograd
 
     got, ours = [], []
+    st = _convention(st, via != "functional.jvp")
     for d in directions:
         with torch.enable_grad():
             actual = run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d)
@@ -55,6 +57,18 @@ def _tangents_at(st: State, values: dict, directions: list, shape: tuple) -> tup
     return [np.stack(vs).reshape(shape)], [np.stack(es).reshape(shape)]
 
 
+def _convention(st: State, forward_ad: bool) -> State:
+    """``st`` with the stops of reverse mode alone (``no_grad`` regions, embedding's padding row)
+    holding in the tangent sweeps unless torch runs forward-mode AD (Note [Grad mode inside forward])."""
+    if st.ctx.backward_graph != (not forward_ad):
+        st = replace(st, ctx=replace(st.ctx, backward_graph=not forward_ad))
+    return st
+
+
+def has_reverse_stops(graph) -> bool:
+    return any(n.kind == "stop" and n.attrs.get("reverse_only") for n in graph.nodes)
+
+
 def tangent_dict(tangents, leaves, wrt) -> dict:
     import torch
 
@@ -80,6 +94,8 @@ def n_in(st: State) -> int:
 def by_columns_wanted(st: State, out_t, via, cotangents) -> bool:
     """A full Jacobian with fewer differentiated input entries than output entries."""
     full = via in JACOBIAN_VIAS or (via is None and cotangents == "full")
+    if via == "jacfwd" and n_in(st) > 0 and has_reverse_stops(st.graph):
+        return True  # forward-mode AD passes them where the rows' reverse sweeps would stop
     return full and 0 < n_in(st) < out_t.numel()
 
 
@@ -90,6 +106,7 @@ def column_records(st: State, how: str, out_shape: tuple) -> list:
     from ..autograd.run import run_autograd
 
     stage(f"op graph: {n_in(st)} forward-mode sweeps and torch autograd")
+    st = _convention(st, how == "jacfwd")
     with torch.enable_grad():
         actual = run_autograd(st.torch_fn, st.leaves, st.wrt, how)
     nodes = {n: st.graph.inputs.get(n) for n in st.wrt}

@@ -13,6 +13,7 @@ from ..errors import InputError, UnsupportedOp
 from . import aten, aten_ctc, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling, softmax and CTC handlers
 from .ir import Graph, Node
 from .trace import Builder
+from .trace_grad import IN_PLACE, NO_GRAD
 
 __all__ = ["to_graph", "register"]
 
@@ -47,6 +48,12 @@ def register(op, forward: Callable) -> None:
                          "(torch.library custom ops, ATen ops outside the table) need registering")
     _USER[name] = forward
 
+
+# where a refused op usually comes from, and the supported way around it
+_HINTS = {
+    "linalg_matrix_exp": " (torch.nn.utils.parametrizations.orthogonal maps square weights through matrix_exp: "
+                         "orthogonal(layer, orthogonal_map='cayley') or 'householder' is checked)",
+}
 
 _INLINING: set = set()  # the registered ops whose forward is being read (inside it, the op is the table's)
 
@@ -160,7 +167,43 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
         env[node] = _call(b, node, args, kwargs)
+        if node.meta.get(NO_GRAD) or _detached_in_place(node, args):  # Note [Grad mode inside forward]
+            env[node] = _no_grad_result(b, node, args, env[node])
     return None
+
+
+def _in_place(node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return bool(node.meta.get(IN_PLACE) or schema is not None and schema.is_mutable)
+
+
+def _detached_in_place(node, args) -> bool:
+    a = args[0] if args else None
+    return _in_place(node) and isinstance(a, Node) and a.kind == "stop" and not a.attrs.get("reverse_only")
+
+
+def _no_grad_result(b: Builder, node, args, out):
+    """An op run under ``no_grad``: a new tensor is a constant to reverse mode; an in-place op on a
+    tensor autograd tracks (cosine_similarity's ``clamp_min_`` of its norms), or on a detached alias
+    of one (embedding's renorm of ``weight.detach()``), changes its value but not its history, so the
+    gradient passes as if it were the identity: ``a + stop(op(a) - a)``."""
+    a = args[0] if args else None
+    if _in_place(node) and isinstance(a, Node) and isinstance(out, Node) and out.shape == a.shape:
+        alias = a.kind == "stop" and not a.attrs.get("reverse_only")
+        if alias:  # in place on a detached alias: the values of the tensor it aliases change, in
+            a = a.args[0]  # neither mode's history (forward-mode AD ignores no_grad, not detach)
+        moved = b.stop(b.pointwise(lambda r, x: r - x, [out, a]), reverse_only=not alias)
+        return b.pointwise(lambda x, d: x + d, [a, moved])
+    return _stopped(b, out)
+
+
+def _stopped(b: Builder, x):
+    """``x`` (a node, or a tuple of them) computed under ``no_grad``: constant to reverse mode."""
+    if isinstance(x, Node):
+        return b.stop(x, reverse_only=True)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_stopped(b, a) for a in x)
+    return x
 
 
 def _flatten(x):
@@ -187,7 +230,8 @@ def _call(b: Builder, node, args, kwargs):
         # torch.rand(4) in forward: folding it would freeze the trace's draw, and torch draws again
         raise UnsupportedOp(f"{target} (fx node {node.name!r}) draws random numbers on every call, so torch and the "
                             "closed form would see different values: pass the noise as an input (draw it outside "
-                            "forward), or call model.eval() for dropout")
+                            "forward), or call model.eval() for dropout; FractionalMaxPool draws its samples so: "
+                            "call F.fractional_max_pool2d with _random_samples= fixed (a buffer)")
     if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
         if "empty" in str(target) and isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
             kwargs = {**kwargs, "dtype": torch.float64}  # a buffer made in float64, so its views stay views
@@ -217,6 +261,7 @@ def _call(b: Builder, node, args, kwargs):
             f"symgrad's op graph has no rule for ATen op {target} (fx node {node.name!r}). Register one with "
             "symgrad.register(torch.ops.aten.<op>.<overload>, forward) where forward computes the op in supported "
             "torch ops, or pass symbolic= with a reference forward written in supported torch ops."
+            + _HINTS.get(str(target).split(".")[1] if str(target).count(".") >= 2 else "", "")
         )
     try:
         return handler(b, args, kwargs, val)

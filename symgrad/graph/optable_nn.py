@@ -61,6 +61,9 @@ ROWS = [
     fnn("adaptive_max_pool1d", lambda x: F.adaptive_max_pool1d(x, 3), SEQ),
     fnn("adaptive_max_pool2d", lambda x: F.adaptive_max_pool2d(x, (2, 3)), IMG),
     fnn("lp_pool1d", lambda x: F.lp_pool1d(x, 2.0, 2), {"x": positive(2, 3, 6)}),
+    fnn("fractional_max_pool2d (samples given)",
+        lambda x: F.fractional_max_pool2d(x, 2, output_size=3, _random_samples=torch.tensor(
+            [[[0.3, 0.7], [0.5, 0.1], [0.9, 0.2]]] * 2, dtype=x.dtype)), IMG),
     fnn("layer_norm", lambda x, w, b: F.layer_norm(x, (5,), w, b), {"x": normal(3, 5), "w": normal(5), "b": normal(5)}),
     fnn("layer_norm 2 dims", lambda x: F.layer_norm(x, (3, 4)), {"x": normal(2, 3, 4)}),
     fnn("group_norm", lambda x, w, b: F.group_norm(x, 2, w, b), {"x": normal(2, 4, 3), "w": normal(4), "b": normal(4)}),

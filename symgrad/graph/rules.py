@@ -12,6 +12,7 @@ node's form; nothing per composite op is written by hand.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -48,7 +49,8 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
         expr = node.attrs["expr"]
-        return _finite_errors(_broadcast(certified(expr, env, ctx, evaluate(expr, env, ctx)), node.shape))
+        values = replace(ctx, values=True)  # Note [Exact orderings of values] in scalar.py
+        return _finite_errors(_broadcast(certified(expr, env, ctx, evaluate(expr, env, values)), node.shape))
     if kind == "contract":
         return einsum(node.attrs["spec"], *args)
     if kind == "reduce":
@@ -370,7 +372,7 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
     if all(t is None for t in tangents):
         return None
     if node.kind == "stop":  # detach: no derivative; a convention of torch's backward only: forward mode passes
-        return tangents[0] if node.attrs.get("reverse_only") else None
+        return tangents[0] if node.attrs.get("reverse_only") and not ctx.backward_graph else None
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))

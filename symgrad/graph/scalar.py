@@ -53,10 +53,14 @@ def library_ulps(ctx: "Ctx") -> float:
 @dataclass(frozen=True)
 class Ctx:
     """The checked dtype's machine epsilon, and that of float32 (torch may hand constants to its
-    kernels as float32 even in a float64 run)."""
+    kernels as float32 even in a float64 run).  ``backward_graph``: torch computes the checked
+    forward-mode quantity through its backward graph (``functional.jvp``, a Jacobian by ``jacrev``),
+    where stops that hold for reverse mode only hold too (Note [Grad mode inside forward] in trace.py)."""
 
     eps: float = 2.0**-52
     dtype: str = "float64"
+    backward_graph: bool = False
+    values: bool = False  # forward values, not derivatives (Note [Exact orderings of values])
 
 
 def constant_error(c, ctx: Ctx) -> float:
@@ -199,7 +203,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         out = terms[0]
         for t in terms[1:]:
             out = add(out, t)
-        return out
+        return _exact_integers(out, terms, ctx)
     if expr.is_Mul:
         coeff, rest = expr.as_coeff_Mul()
         if coeff != 1 and _power_of_two(coeff):  # -x, x/2, 4x: scaling by ±2**k does not round
@@ -275,7 +279,7 @@ def _apply(fn, dfn, a: Approx, rooted: bool = False, ulps: float = TRANSCENDENTA
 
 
 def _step(fn, a: Approx, ctx: Ctx) -> Approx:
-    out = _apply(fn, np.zeros_like, a, ulps=library_ulps(ctx))
+    out = Approx(fn(a.v), 0.0)  # an integer the dtype holds: exact, moved only by a jump (the band)
     slack = KINK_ULPS * ctx.eps * np.asarray(a.e, np.float64)
     below, above = a.sides()
     with np.errstate(invalid="ignore"):
@@ -283,6 +287,24 @@ def _step(fn, a: Approx, ctx: Ctx) -> Approx:
         hi = fn(a.v + above + slack) - out.v
     lo, hi = (np.where(np.isfinite(t), t, 0.0) for t in (lo, hi))
     return Approx(out.v, out.e, lo, hi)
+
+
+# Note [Exact integer sums]
+# A sum of exact integers (``floor(ix) + 1``, a grid corner) is exact in floating point while its
+# terms and result stay below 2**p (p the dtype's significand bits); charged a rounding as any sum,
+# the corner 4 of ``floor(ix) + 1 < 4`` became uncertain, every bilinear sample on the image's
+# edge a kinked unit (Note [Exact orderings of values]).  Such a sum keeps a zero bound.
+_SIGNIFICAND = {"float64": 53, "float32": 24, "float16": 11, "bfloat16": 8}
+
+
+def _exact_integers(out: Approx, terms: list, ctx: Ctx) -> Approx:
+    if out.banded or any(t.banded or np.any(t.e) for t in terms):
+        return out
+    limit = 2.0 ** _SIGNIFICAND.get(ctx.dtype, 8)
+    with np.errstate(invalid="ignore"):
+        exact = all(np.all((np.floor(t.v) == t.v) & (np.abs(t.v) < limit)) for t in terms)
+        exact = exact and np.all(sum(np.abs(t.v) for t in terms) < limit)
+    return Approx(out.v, 0.0) if exact else out
 
 
 def _with_band(v, e, slope, a: Approx) -> Approx:
@@ -355,6 +377,18 @@ _REL = {sp.StrictGreaterThan: np.greater, sp.StrictLessThan: np.less, sp.Greater
         sp.LessThan: np.less_equal, sp.Equality: np.equal, sp.Unequality: np.not_equal}
 
 
+# Note [Exact orderings of values]
+# An ordering on its kink (``x > 0`` at x = 0) is uncertain in a derivative: the one-sided
+# derivatives differ there and torch's backward picks one by convention (relu'(0) = 0), which a right
+# custom backward may pick otherwise.  A forward *value* has no convention: ``floor(u) >= 0`` at
+# floor(u) = 0, both exact, is true in every evaluation.  Read as uncertain, grid_sample's in-bounds
+# masks (``floor(ix) >= 0``, exact integers at 0) got a band of a whole bilinear weight at a third
+# of their entries, every such entry became a kinked unit, and past MAX_KINK_UNITS the check fell
+# back to entrywise bands wide enough to pass a 1e-3 scaled backward (a missed bug).  So in forward
+# values (``Ctx.values``, set by the forward rule) an ordering is uncertain only where its operands
+# can move (rounding or a band), as an (in)equality test always was.
+
+
 def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
     """(truth, uncertain) of a condition at every entry (Note [Kinks in the scalar evaluator])."""
     if cond is sp.true:
@@ -369,7 +403,7 @@ def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
         # An ordering (x > 0) is on its kink when the operands are equal; an (in)equality test of
         # exact values (a 0/1 mask against 0) is not: it only flips if its operands can move.
         slack = KINK_ULPS * ctx.eps * (lhs.e + rhs.e) + lhs.band() + rhs.band()
-        if isinstance(cond, (sp.Equality, sp.Unequality)):
+        if isinstance(cond, (sp.Equality, sp.Unequality)) or ctx.values:  # Note [Exact orderings of values]
             return truth, (slack > 0) & (np.abs(diff) <= slack)
         return truth, np.abs(diff) <= slack
     if isinstance(cond, (sp.And, sp.Or)):

@@ -23,6 +23,7 @@ from ..errors import InputError, UnsupportedOp
 from .approx import Approx
 from .ir import Graph, Node
 from .scalar import Ctx
+from .trace_grad import marking_grad_mode
 
 __all__ = ["Builder", "trace_callable", "decompositions", "number"]
 
@@ -65,11 +66,16 @@ def decompositions() -> dict:
         table.update(decomp.get_decompositions(packets))
         keep = {"convolution", "max_pool2d_with_indices", "avg_pool2d", "avg_pool3d", "max_pool3d_with_indices",
                 "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p", "xlogy",
+                "detach",  # the core table writes it as alias: unfunctionalized traces would lose the stop
                 "multilabel_margin_loss_forward"}  # torch 2.13's decomposition of it computes another value
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:
                 _TABLE[op] = _noting_float32_reciprocal(_TABLE[op])
+        from .decomp_vision import VISION_DECOMPOSITIONS, kept_size_scales
+
+        _TABLE.update(VISION_DECOMPOSITIONS())  # kernels torch has no decomposition of
+        kept_size_scales(_TABLE)  # Note [Scales of a kept size]
         # hardsigmoid' and hardswish' hold 1/6 as a float literal (1.0f / 6.0f) even in float64 kernels
         for op in (torch.ops.aten.hardsigmoid.default, torch.ops.aten.hardswish.default):
             if op in _TABLE:
@@ -103,9 +109,9 @@ def trace_callable(fn, args: tuple, functional: bool = True):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     def run(wrapped):
-        with warnings.catch_warnings(), _no_stack_capture():
+        with warnings.catch_warnings(), _no_stack_capture(), marking_grad_mode():
             warnings.simplefilter("ignore")
-            with torch.backends.mkldnn.flags(enabled=False):  # the decomposed RNNs, not oneDNN's kernel
+            with torch.backends.mkldnn.flags(enabled=False), torch.enable_grad():  # the decomposed RNNs, not oneDNN's kernel
                 return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real",
                                _error_on_data_dependent_ops=False)(*args)
 

@@ -46,7 +46,7 @@ def _graph_of(torch_fn: Callable, names: list, tensors: list, constants=()):
     return to_graph(gm, list(zip(names, roles, tensors)))
 
 
-def _explode_output(graph, budget, n_wrt, n_diff):
+def _explode_output(graph, budget, n_wrt, n_diff, forward_ad=False):
     from ..symbolic.tensor import SymTensor
     from .explode import explode_nodes
     from .ir import Node
@@ -60,19 +60,20 @@ def _explode_output(graph, budget, n_wrt, n_diff):
                          "(engine='graph'), which checks tuple and dict outputs")
     out = outs[0]
     n_diff = out.size if n_diff is None else n_diff  # None: every output entry is differentiated (a Jacobian)
-    built, _ = explode_nodes(graph, out=out, n_wrt=n_wrt, n_diff=n_diff, budget=budget)
+    built, _ = explode_nodes(graph, out=out, n_wrt=n_wrt, n_diff=n_diff, budget=budget, forward_ad=forward_ad)
     return SymTensor(np.asarray(built[out], object).reshape(out.shape))
 
 
 def explode_torch(torch_fn: Callable, leaves: Mapping, *, budget: int | None = None, n_wrt: int | None = None,
-                  n_diff: int | None = 1, constants=()) -> tuple:
+                  n_diff: int | None = 1, constants=(), forward_ad: bool = False) -> tuple:
     """``(exploded_output(...), the op graph it came from)``: the graph gives the tensor back end's
     rounding bounds for the same products (``widen_to_tensor_bounds``).  ``n_diff=None``: a Jacobian
-    (every output entry differentiated), sized as such before anything is built."""
+    (every output entry differentiated), sized as such before anything is built.  ``forward_ad``: for
+    torch's forward-mode AD (Note [Grad mode inside forward] in trace.py)."""
     names = list(leaves)
     tensors = [leaves[n].detach() for n in names]
     graph = _graph_of(torch_fn, names, tensors, constants)
-    return _explode_output(graph, budget, n_wrt, n_diff), graph
+    return _explode_output(graph, budget, n_wrt, n_diff, forward_ad), graph
 
 
 def exploded_output(torch_fn: Callable, leaves: Mapping, *, budget: int | None = None, n_wrt: int | None = None,

@@ -496,3 +496,6 @@ def bugged(model, kind, factor):
     parent, name = owner
     setattr(parent, name, _Seeded(getattr(parent, name), layer))
     return model
+
+
+from . import families_vision  # noqa: E402,F401 -- registers the vision families in FAMILIES

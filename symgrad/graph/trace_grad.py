@@ -1,0 +1,121 @@
+"""Grad mode and in-place calls while tracing (Note [Grad mode inside forward]): each fx node notes
+whether torch recorded it under ``no_grad`` (NO_GRAD) and inside an in-place call (IN_PLACE); the
+interpreter (``interpret._no_grad_result``) turns them into the stops torch's autograd has."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+__all__ = ["NO_GRAD", "IN_PLACE", "marking_grad_mode"]
+
+
+# Note [Grad mode inside forward]
+# Code under ``torch.no_grad()`` (a running statistic, a normaliser, a target) is a constant to
+# torch's backward, but make_fx records its ops like any other: read as they stand, the closed form
+# would differentiate through them and disagree with a right backward (a false alarm).  While
+# tracing, every fx node notes whether grad mode was on when it was recorded (NO_GRAD in its meta;
+# the trace itself runs under ``enable_grad``, so only the traced code's own ``no_grad`` counts), and
+# the interpreter wraps the float results of such nodes in a ``stop`` that holds for reverse mode
+# only: torch's forward-mode AD ignores grad mode (``detach`` stops both and stays a plain stop).
+# torch runs a custom ``autograd.Function``'s forward under ``no_grad`` too, but those ops are the
+# function checked: inside ``Function.apply`` the grad mode of its caller counts.  An in-place op
+# under ``no_grad`` on a tracked tensor (cosine_similarity clamps its norms so, in C++) keeps the
+# tensor's history: its gradient passes straight through (``_no_grad_result`` in interpret.py), as
+# does one on a detached alias of it (``F.embedding(max_norm=)`` renorms ``weight.detach()``).  An
+# in-place call is seen by wrapping torch's in-place methods and functions while tracing (IN_PLACE:
+# functionalization writes it out of place) or where the trace keeps it in place (cosine_similarity's
+# C++ ``clamp_min_``).
+NO_GRAD = "symgrad_no_grad"
+IN_PLACE = "symgrad_in_place"  # recorded inside an in-place call (functionalization writes it out of place)
+
+
+@contextmanager
+def marking_grad_mode():
+    """Every fx node created inside notes ``NO_GRAD`` when grad mode is off (Note [Grad mode inside forward])."""
+    import torch
+    import torch.fx as fx
+
+    import torch.autograd.function as function
+
+    create, setup_defined = fx.Graph.create_node, function._is_setup_context_defined
+    apply_code = torch.autograd.Function.apply.__func__.__code__
+    calls: dict = {}  # id(frame of Function.apply) -> (that frame, grad mode of its caller)
+
+    def noting(*args, **kwargs):  # the first thing Function.apply calls
+        frame = sys._getframe(1)
+        if frame.f_code is apply_code:
+            calls[id(frame)] = (frame, torch.is_grad_enabled())
+        return setup_defined(*args, **kwargs)
+
+    def grad_on() -> bool:
+        if torch.is_grad_enabled():
+            return True
+        frame = sys._getframe(2)
+        while frame is not None:  # inside a custom Function's forward: its caller's grad mode counts
+            got = calls.get(id(frame))
+            if got is not None and got[0] is frame:
+                return got[1]
+            frame = frame.f_back
+        return False
+
+    in_place: list = []
+
+    def marked(self, *args, **kwargs):
+        node = create(self, *args, **kwargs)
+        if not grad_on():
+            node.meta[NO_GRAD] = True
+        if in_place:
+            node.meta[IN_PLACE] = True
+        return node
+
+    fx.Graph.create_node, function._is_setup_context_defined = marked, noting
+    try:
+        with _noting_in_place(in_place):
+            yield
+    finally:
+        fx.Graph.create_node, function._is_setup_context_defined = create, setup_defined
+        calls.clear()
+
+
+_IN_PLACE_DUNDERS = ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imod__",
+                     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__")
+
+
+@contextmanager
+def _noting_in_place(flag: list):
+    """While inside, every in-place tensor method and ``torch.*_`` function pushes onto ``flag`` for
+    the duration of its call, however deep in torch's Python code it is made (a TorchFunctionMode
+    would not see the calls inside ``F.gaussian_nll_loss``'s own ``var.clamp_``)."""
+    import torch
+
+    def wrapped(fn):
+        def run(*args, **kwargs):
+            flag.append(True)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                flag.pop()
+        return run
+
+    saved = []
+    names = [n for n in dir(torch._C.TensorBase) if n.endswith("_") and not n.startswith("_")
+             and n not in ("requires_grad_", "retain_grad_", "share_memory_")] + list(_IN_PLACE_DUNDERS)
+    for name in names:
+        fn = getattr(torch.Tensor, name, None)
+        if callable(fn):
+            saved.append((torch.Tensor, name, torch.Tensor.__dict__.get(name)))
+            setattr(torch.Tensor, name, wrapped(fn))
+    for name in [n for n in dir(torch) if n.endswith("_") and not n.startswith("_") and n[:-1].isidentifier()]:
+        fn = getattr(torch, name, None)
+        if callable(fn) and not isinstance(fn, type):
+            saved.append((torch, name, fn))
+            setattr(torch, name, wrapped(fn))
+    try:
+        yield
+    finally:
+        for owner, name, old in reversed(saved):
+            if old is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
