@@ -466,22 +466,3 @@ def _random(b, args, kwargs, val):
     raise UnsupportedOp(f"{b.fx_node.target} draws random numbers: call model.eval() (dropout) or pass the noise "
                         "as an input, so that torch and the closed form see the same values")
 
-
-
-@handles("aten.embedding")
-def _embedding(b, args, kwargs, val):
-    """``weight[indices]``; rows at ``padding_idx`` are looked up but pass no gradient back, as torch
-    defines it (a ``stop`` copy of the weight serves them)."""
-    weight, indices = b.node_of(args[0]), args[1]
-    padding_idx = args[2] if len(args) > 2 else -1
-    if len(args) > 3 and args[3]:
-        raise UnsupportedOp("embedding with scale_grad_by_freq=True: its gradient is not the derivative of "
-                            "its forward; check with scale_grad_by_freq=False")
-    rows = np.asarray(indices.detach().cpu().numpy(), np.int64)
-    width = weight.shape[1]
-    idx = rows[..., None] * width + np.arange(width) + 1
-    if padding_idx is not None and padding_idx >= 0:
-        idx = np.where((rows == padding_idx)[..., None], idx + weight.size, idx)
-        return b.select([weight, b.stop(weight, reverse_only=True)], idx)
-    return b.select([weight], idx)
-

@@ -163,17 +163,11 @@ def _ids(node) -> "object":
     return torch.arange(1, node.size + 1, dtype=torch.float64).reshape(node.shape)
 
 
-@handles("aten.scatter_add", "aten.scatter_add_", "aten.scatter_reduce.two")
+@handles("aten.scatter_add", "aten.scatter_add_")
 def _scatter_add(b, args, kwargs, val):
     import torch
 
     x, dim, index, src = b.node_of(args[0]), args[1], args[2], b.node_of(args[3])
-    if "reduce" in str(b.fx_node.target):
-        reduce = args[4] if len(args) > 4 else kwargs.get("reduce")
-        include_self = args[5] if len(args) > 5 else kwargs.get("include_self", True)
-        if reduce != "sum" or not include_self:
-            raise UnsupportedOp(f"scatter_reduce with reduce={reduce!r}, include_self={include_self}: only 'sum' "
-                                "including self is defined on the op graph")
     dest = torch.gather(_ids(x), dim, index).long().numpy()
     src_pos = np.arange(1, src.size + 1).reshape(src.shape)[tuple(slice(0, n) for n in index.shape)]
     picked = b.select([src], src_pos) if src_pos.shape != src.shape else src
