@@ -225,10 +225,11 @@ def _embedding_bag(b, args, kwargs, val):
     psw = args[6] if len(args) > 6 else None
     include_last = bool(args[7]) if len(args) > 7 else False
     padding_idx = args[8] if len(args) > 8 and args[8] is not None else -1
-    if len(args) > 3 and args[3]:
-        raise UnsupportedOp("embedding_bag with scale_grad_by_freq=True: its gradient is not the derivative of its "
-                            "forward; check with scale_grad_by_freq=False")
     rows = np.asarray(torch.as_tensor(indices).reshape(-1).numpy(), np.int64)
+    if len(args) > 3 and args[3]:  # Note [Gradient rules torch defines beside the derivative]
+        from .aten_seq import freq_scaled
+
+        weight = freq_scaled(b, weight, rows, padding_idx)
     offs = list(np.asarray(torch.as_tensor(offsets).numpy(), np.int64)) + ([] if include_last else [rows.size])
     bags = [[p for p in range(offs[i], offs[i + 1]) if rows[p] != padding_idx] for i in range(len(offs) - 1)]
     length = max(1, max((len(x) for x in bags), default=1))
@@ -238,11 +239,13 @@ def _embedding_bag(b, args, kwargs, val):
         pos[i, :len(bag)] = np.asarray(bag, np.int64) + 1
     idx = np.where(pos[..., None] > 0, rows[np.maximum(pos - 1, 0)][..., None] * width + np.arange(width) + 1, 0)
     counts = np.array([len(x) for x in bags], np.float64)
-    if mode == 2:
-        if np.any(counts == 0):
-            raise UnsupportedOp("embedding_bag mode='max' with an empty bag")
+    if mode == 2:  # an empty bag is 0, as in torch: its max reads row 0, then a select drops it
+        empty = counts == 0
+        idx[empty, 0, :] = np.arange(1, width + 1)
         picked = b.select([weight], idx, fill=-np.inf)
         out = b.reduce("max", picked, (1,), False)
+        if np.any(empty):
+            out = b.select([out], np.where(empty[:, None], 0, np.arange(1, out.size + 1).reshape(out.shape)))
     else:
         picked = b.select([weight], idx)
         if psw is not None:

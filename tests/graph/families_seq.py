@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.checkpoint import checkpoint
 
-from .families import FAMILIES, _rand, family
+from .families import FAMILIES, TORCH_BUGS, _rand, family
 
 __all__: list = []  # the families register themselves in FAMILIES
 
@@ -284,27 +284,32 @@ def packed_gru(dtype, seed):
 # --- embeddings ----------------------------------------------------------------------------------
 
 class Bag(nn.Module):
-    def __init__(self, mode, weighted=False, padding_idx=None):
+    def __init__(self, mode, weighted=False, padding_idx=None, freq=False):
         super().__init__()
-        self.bag = nn.EmbeddingBag(9, 4, mode=mode, padding_idx=padding_idx)
+        self.bag = nn.EmbeddingBag(9, 4, mode=mode, padding_idx=padding_idx, scale_grad_by_freq=freq)
         self.head, self.weighted = nn.Linear(4, 2), weighted
 
     def forward(self, tokens, offsets, weights):
         return self.head(self.bag(tokens, offsets, per_sample_weights=weights if self.weighted else None))
 
 
-def _bag(mode, weighted=False, padding_idx=None):
+def _bag(mode, weighted=False, padding_idx=None, freq=False, tokens=(1, 4, 4, 8, 0, 3, 2, 7)):
     def build(dtype, seed):
         r = _rand(seed, dtype)
-        inputs = {"tokens": torch.tensor([1, 4, 4, 8, 0, 3, 2, 7]), "offsets": torch.tensor([0, 3, 3, 5]),
-                  "weights": r(8)}
-        return Bag(mode, weighted, padding_idx).to(dtype), inputs, {}
+        inputs = {"tokens": torch.tensor(tokens), "offsets": torch.tensor([0, 3, 3, 5]), "weights": r(len(tokens))}
+        return Bag(mode, weighted, padding_idx, freq).to(dtype), inputs, {}
     return build
 
 
 FAMILIES["embbag_sum_weighted"] = _bag("sum", weighted=True)
 FAMILIES["embbag_mean_pad"] = _bag("mean", padding_idx=4)
-FAMILIES["embbag_max"] = _bag("max")
+FAMILIES["embbag_max"] = _bag("max")  # bag 1 is empty: 0, as torch makes it
+FAMILIES["embbag_mean_freq"] = _bag("mean", freq=True, tokens=(1, 8, 8, 4, 0, 3, 2, 7))  # 8 twice, sorting last
+FAMILIES["embbag_sum_freq"] = _bag("sum", freq=True)  # 8 and 7 once each, sorting after 4 (thrice)
+TORCH_BUGS["embbag_sum_freq"] = (
+    "torch's CPU embedding_bag backward with scale_grad_by_freq divides by counts[indices_data[i]], i the "
+    "unique-group counter, not by the current index's count: an index seen once that sorts after a repeated one "
+    "is divided by the repeated count (pytorch/pytorch#190063; the 2.13 build here has it)")
 
 
 class EmbedNorm(nn.Module):
@@ -421,13 +426,13 @@ class InPlace(nn.Module):
         self.head = nn.Linear(5, 2)
 
     def forward(self, x):
-        h = self.act(self.a(x))  # in place on the linear's output (not saved by its backward)
+        h = self.act(self.a(x))  # in place on the linear's output, which its backward does not keep
         g = self.b(h)
         g += h
+        g = torch.tanh(g).mul(2.0)
+        g[:, 0] += 1.0  # a write into a slice
         g.mul_(0.5)
-        g = torch.tanh(g)
-        g[:, 0] += 1.0  # an in-place write into a slice of a saved output would fail: tanh_ output is unsaved here
-        return self.head(F.silu(g.clone(), inplace=True))
+        return self.head(F.silu(g, inplace=True) + g)
 
 
 @family
