@@ -158,3 +158,12 @@ def _pack_padded(b, args, kwargs, val):
     idx = np.concatenate(chosen, 0).reshape((-1,) + tuple(x.shape[2:]))
     sizes = torch.tensor([c.shape[0] for c in chosen], dtype=torch.int64)
     return (b.select([x], idx), sizes)
+
+
+@handles("aten._nested_tensor_from_mask_left_aligned")
+def _mask_left_aligned(b, args, kwargs, val):
+    """Whether a padding mask keeps each sequence's entries at its start (TransformerEncoder asks before
+    its inference fast path): a fact about the integer mask, not about the values."""
+    import torch
+
+    return bool(torch._nested_tensor_from_mask_left_aligned(torch.zeros(args[0].shape), torch.as_tensor(args[1])))

@@ -438,3 +438,30 @@ class InPlace(nn.Module):
 @family
 def inplace_acts(dtype, seed):
     return InPlace().to(dtype), {"x": _rand(seed, dtype)(3, 4)}, {}
+
+
+# --- eval mode, where torch's inference fast paths (native MHA, nested tensors) apply without grad ---
+
+class EncoderNested(nn.Module):
+    """Post-norm encoder in eval mode with a padding mask and nested tensors enabled: under no_grad
+    torch runs its fused kernel on a nested tensor and returns 0 at padded positions."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        pad = torch.tensor([[False, False, False, False], [False, False, True, True]])
+        return self.head(self.enc(x, src_key_padding_mask=pad)).flatten(1)
+
+
+@family
+def encoder_nested_eval(dtype, seed):
+    return EncoderNested().to(dtype).eval(), {"x": _rand(seed, dtype)(2, 4, 8)}, {}
+
+
+@family
+def mha_eval(dtype, seed):
+    return MHAMasks(False, False).to(dtype).eval(), {"x": _rand(seed, dtype)(2, 4, 8)}, {}
