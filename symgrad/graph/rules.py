@@ -64,12 +64,34 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
     raise ValueError(f"no forward rule for node kind {kind!r}")
 
 
+# Note [Astronomical values]
+# Bounds are kept in units of float64's eps, so a value near the float64 limit -- a score plus
+# ``torch.finfo(torch.float64).min``, Hugging Face's additive attention mask -- has a bound past the
+# largest float: it overflows to inf, and exp of the masked score (0, derivative 0) turns it into
+# 0 * inf = NaN, which spreads an unbounded error over the whole softmax row.  An entry larger than
+# DBL_MAX * eps (about 4e292) keeps a bound of at most DBL_MAX (an absolute error of about one ulp
+# of it); such entries are masks, and what they feed (exp, a softmax) sends them to 0.  Entries of
+# ordinary size keep inf where their bound is truly unbounded.
+_HUGE = float(np.finfo(np.float64).max) * 2.0**-52
+
+
+def _astronomical(a: Approx) -> Approx:
+    if a.e is None or not np.any(np.isinf(a.e)):
+        return a
+    with np.errstate(invalid="ignore"):
+        cap = np.isinf(a.e) & (np.abs(a.v) >= _HUGE)
+    if not cap.any():
+        return a
+    e = np.where(cap, np.finfo(np.float64).max, a.e)
+    return Approx(a.v, e) if not a.banded else Approx(a.v, e, a.lo, a.hi)
+
+
 def _finite_errors(a: Approx) -> Approx:
     """An infinite value (a masked score, ``x + (-inf)``) is what every evaluation gives: its rounding
     bound is 0, not ``inf`` (which would turn into ``0 * inf = nan`` in the bounds downstream)."""
     finite = np.isfinite(a.v)
     if finite.all():
-        return a
+        return _astronomical(a)
     e = np.where(finite, a.e, 0.0)
     return Approx(a.v, e) if not a.banded else Approx(a.v, e, np.where(finite, a.lo, 0.0), np.where(finite, a.hi, 0.0))
 
@@ -144,7 +166,7 @@ def _near_extreme(a: Approx, ext: np.ndarray, axes: tuple, ctx: Ctx) -> np.ndarr
     band = np.where(finite, a.band(), 0.0)
     e_group = np.max(err, axis=axes, keepdims=True)
     b_group = np.max(band, axis=axes, keepdims=True)
-    slack = KINK_ULPS * ctx.eps * (err + e_group) + band + b_group
+    slack = KINK_ULPS * ctx.eps * err + KINK_ULPS * ctx.eps * e_group + band + b_group  # no overflow: Note [Astronomical values]
     with np.errstate(invalid="ignore"):  # a group of -inf only (a fully masked row): no rival
         return np.abs(a.v - ext) <= slack
 

@@ -465,3 +465,176 @@ def encoder_nested_eval(dtype, seed):
 @family
 def mha_eval(dtype, seed):
     return MHAMasks(False, False).to(dtype).eval(), {"x": _rand(seed, dtype)(2, 4, 8)}, {}
+
+
+# --- more sequence models: grouped-query attention, HF-style masks, causal convolutions, scans ---
+
+class GQA(nn.Module):
+    """Grouped-query attention: 4 query heads share 2 key/value heads (enable_gqa), causal."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.kv, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 2).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, 2, 2).permute(3, 0, 2, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.out(h.transpose(1, 2).reshape(b, n, 8)).flatten(1)
+
+
+@family
+def sdpa_gqa(dtype, seed):
+    return GQA().to(dtype), {"x": _rand(seed, dtype)(2, 3, 8)}, {}
+
+
+class FinfoMask(nn.Module):
+    """Padding added as (1 - mask) * finfo.min to the scores (HF style), then softmax in the dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x, attention_mask):
+        s = torch.baddbmm(torch.zeros(1, dtype=x.dtype), self.q(x), self.k(x).transpose(1, 2), alpha=0.5)
+        s = s + (1.0 - attention_mask[:, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        return self.out(s.softmax(-1) @ self.v(x)).flatten(1)
+
+
+@family
+def hf_finfo_mask(dtype, seed):
+    return FinfoMask().to(dtype), {"x": _rand(seed, dtype)(2, 4, 4),
+                                   "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])}, {}
+
+
+class CausalConv(nn.Module):
+    """WaveNet-style: left padding, dilated causal Conv1d, gated tanh * sigmoid, residual, GLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.res, self.glu = nn.Conv1d(3, 6, 2, dilation=2), nn.Conv1d(3, 3, 1), nn.Conv1d(3, 4, 1)
+        self.head = nn.Linear(2 * 6, 2)
+
+    def forward(self, x):
+        h = self.conv(F.pad(x, (2, 0)))
+        h = torch.tanh(h[:, :3]) * torch.sigmoid(h[:, 3:])
+        h = F.glu(self.glu(self.res(h) + x), dim=1)
+        return self.head(h.flatten(1)[:, -12:])
+
+
+@family
+def causal_conv_glu(dtype, seed):
+    return CausalConv().to(dtype), {"x": _rand(seed, dtype)(2, 3, 6)}, {}
+
+
+class LMLoss(nn.Module):
+    """A tiny language model's loss: tied embedding / output projection, cross-entropy over the
+    shifted tokens with padding ignored (-100) and label smoothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mix, self.norm = nn.Embedding(7, 6), nn.Linear(6, 6), nn.LayerNorm(6, bias=False)
+
+    def forward(self, tokens, labels):
+        h = self.norm(F.gelu(self.mix(self.emb(tokens))))
+        logits = h @ self.emb.weight.T
+        return F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100,
+                               label_smoothing=0.1)
+
+
+@family
+def lm_loss_ignore(dtype, seed):
+    tokens = torch.tensor([[1, 5, 2, 6], [3, 0, 4, 4]])
+    return LMLoss().to(dtype), {"tokens": tokens, "labels": tokens.masked_fill(tokens == 4, -100)}, {}
+
+
+class SelectiveScan(nn.Module):
+    """A diagonal state-space scan in closed form: decays exp(-softplus(.)) accumulated by cumsum of
+    logs, and a causal linear attention (elu + 1 features, cumsum of k v)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dt, self.inp, self.q, self.k = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        logdecay = -F.softplus(self.dt(x)).cumsum(1)  # (b, t, d)
+        u = self.inp(x)
+        w = torch.exp(logdecay[:, :, None, :] - logdecay[:, None, :, :])  # (b, t, s, d): decay from s to t
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()[None, :, :, None]
+        ssm = (w.masked_fill(~causal, 0.0) * u[:, None]).sum(2)
+        q, k = F.elu(self.q(x)) + 1, F.elu(self.k(x)) + 1
+        kv = (k[..., None] * u[:, :, None, :]).cumsum(1)
+        lin = (q[..., None] * kv).sum(2) / ((q * k.cumsum(1)).sum(-1, keepdim=True))
+        return self.head(torch.cat([ssm, lin], -1)).flatten(1)
+
+
+@family
+def ssm_linear_attention(dtype, seed):
+    return SelectiveScan().to(dtype), {"x": _rand(seed, dtype)(2, 4, 3)}, {}
+
+
+class RNNState(nn.Module):
+    """An LSTM started from a given (h0, c0) (inputs, differentiated), dropout between layers in eval."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(3, 4, num_layers=2, dropout=0.3), nn.Linear(4, 2)
+
+    def forward(self, x, h0, c0):
+        out, _ = self.rnn(x, (h0, c0))
+        return self.head(out[-1])
+
+
+@family
+def lstm_initial_state(dtype, seed):
+    r = _rand(seed, dtype)
+    return RNNState().to(dtype).eval(), {"x": r(3, 2, 3), "h0": r(2, 2, 4), "c0": r(2, 2, 4)}, {}
+
+
+class RelativeBias(nn.Module):
+    """T5-style relative position buckets: an embedding looked up at a computed integer matrix,
+    added to the scores; sinusoidal absolute positions as a buffer."""
+
+    def __init__(self, n=5, d=4):
+        super().__init__()
+        self.bias, self.qk, self.head = nn.Embedding(4, 2), nn.Linear(d, 2 * 2 * d), nn.Linear(2 * n, 2)
+        rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+        self.register_buffer("bucket", (rel.sign() + 1) + (rel.abs() > 2).long(), persistent=False)
+        pos = torch.arange(n, dtype=torch.float64)[:, None] / 10000 ** (torch.arange(0, d, 2) / d)
+        self.register_buffer("pe", torch.cat([pos.sin(), pos.cos()], 1))
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k = (self.qk(x + self.pe)).view(b, n, 2, 2, d).permute(2, 0, 3, 1, 4)
+        s = q @ k.transpose(-1, -2) + self.bias(self.bucket).permute(2, 0, 1)
+        return self.head(s.softmax(-1).amax(-1).transpose(1, 2).reshape(b, -1))
+
+
+@family
+def t5_relative_bias(dtype, seed):
+    return RelativeBias().to(dtype), {"x": _rand(seed, dtype)(2, 5, 4)}, {}
+
+
+class TopPFilter(nn.Module):
+    """Nucleus (top-p) filtering of logits: sort, cumulative softmax, scatter a removal mask back,
+    -inf, softmax; the removed set is data, fixed at the checked values."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+
+    def forward(self, x):
+        logits = self.lin(x)
+        srt, idx = logits.sort(-1, descending=True)
+        remove = srt.softmax(-1).cumsum(-1) > 0.8
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        mask = remove.scatter(-1, idx, remove)
+        return logits.masked_fill(mask, float("-inf")).softmax(-1)
+
+
+@family
+def top_p_filter(dtype, seed):
+    return TopPFilter().to(dtype), {"x": _rand(seed, dtype)(3, 4) * 2}, {}

@@ -163,3 +163,40 @@ def test_fully_masked_attention_row(dtype):
     assert not report.passed
     assert report["x"].passed, report.to_text()
     assert "NaN" in report.to_text()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bool_mask_shifted_by_slicing_is_data(dtype):
+    """Note [Bool entries moved beside a comparison]: top-p filtering shifts a comparison's mask by one
+    (``remove[..., 1:] = remove[..., :-1].clone()``); its bool copy was read as index positions (a
+    forward false alarm).  A seeded bug on the logits is still caught."""
+    def f(x):
+        srt, idx = x.sort(-1, descending=True)
+        remove = srt.softmax(-1).cumsum(-1) > 0.8
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        return x.masked_fill(remove.scatter(-1, idx, remove), float("-inf")).softmax(-1)
+
+    x = _rand(3, 6, dtype=dtype) * 2
+    report = sg.check(f, {"x": x}, engine="graph")
+    assert report.passed, report.to_text()
+    bug = scaled(lambda x: x * 1.0, 1 + DELTA[dtype])
+    assert not sg.check(lambda x: f(bug(x)), {"x": x}, engine="graph").passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_finfo_min_attention_mask(dtype):
+    """Note [Astronomical values]: scores plus (1 - mask) * finfo(dtype).min, then softmax: in float64
+    the masked scores' bounds overflowed eps units, NaN spread over the rows, and the allowances of
+    every gradient shrank (a false alarm).  A seeded bug is caught."""
+    keep = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+
+    def f(q, k):
+        s = q @ k.transpose(-1, -2) + (1.0 - keep[:, None, :].to(q.dtype)) * torch.finfo(q.dtype).min
+        return s.softmax(-1) @ k
+
+    inputs = {"q": _rand(2, 3, 4, dtype=dtype), "k": _rand(2, 4, 4, dtype=dtype, seed=1)}
+    report = sg.check(f, inputs, engine="graph")
+    assert report.passed, report.to_text()
+    bug = scaled(lambda q: q * 1.0, 1 + DELTA[dtype])
+    assert not sg.check(lambda q, k: f(bug(q), k), inputs, engine="graph").passed
