@@ -411,8 +411,10 @@ def _selection(b, args, kwargs, val):
 
     target = b.fx_node.target
     name = str(target)
-    if _moves_data(val) and _has_node(args):
-        return _data_selection(b, target, args, kwargs, val)
+    from .aten_seq import data_selection, moves_data
+
+    if moves_data(val, args):  # Note [Bool entries moved beside a comparison]
+        return data_selection(b, target, args, kwargs, val)
     fill = 0.0
     args = _index_data(b, name, list(args))
     if name.startswith("aten.constant_pad_nd"):  # the padding holds a constant: the select's fill
@@ -436,41 +438,6 @@ def _selection(b, args, kwargs, val):
     if isinstance(out, (list, tuple)):
         return type(out)(b.select(nodes, o.long().numpy(), fill) for o in out)
     return b.select(nodes, out.long().numpy(), fill)
-
-
-def _moves_data(val) -> bool:
-    import torch
-
-    vals = val if isinstance(val, (list, tuple)) else [val]
-    return bool(vals) and all(isinstance(v, torch.Tensor) and not v.is_floating_point() for v in vals)
-
-
-def _has_node(x) -> bool:
-    return isinstance(x, Node) or isinstance(x, (list, tuple)) and any(_has_node(a) for a in x)
-
-
-# Note [Bool entries moved beside a comparison]
-# A comparison is a node (a step, so that ties are kinks), but torch's result is bool: a mask built
-# from it with slicing, copies and scatters (top-p filtering: ``remove[..., 1:] = remove[..., :-1]``)
-# mixes such nodes with bool tensors that are already data.  Selecting by index tensors would read the
-# bool data's 0/1 as positions; a selection whose result is bool or integer is therefore data, computed
-# from the float64 values of its node operands cast to torch's dtype, as a cast of a node is.
-
-def _data_selection(b, target, args, kwargs, val):
-    import torch
-
-    dtype = (val[0] if isinstance(val, (list, tuple)) else val).dtype
-
-    def cast(a):
-        if isinstance(a, Node):
-            return b.value_of(a).to(dtype)
-        return type(a)(cast(x) for x in a) if isinstance(a, (list, tuple)) else a
-
-    with torch.no_grad():
-        out = target(*cast(list(args)), **kwargs)
-    for t in out if isinstance(out, (list, tuple)) else (out,):
-        b.data_from_values[id(t)] = t
-    return out
 
 
 for _name in SELECTIONS:
