@@ -19,6 +19,7 @@ import sympy as sp
 
 from ..errors import UnsupportedOp
 from .functions import ceil, expm1, floor, log1p, round_even, sigmoid, trunc
+from .data_select import data_selection, moves_data
 from .ir import Node
 from .trace import Builder
 
@@ -411,8 +412,6 @@ def _selection(b, args, kwargs, val):
 
     target = b.fx_node.target
     name = str(target)
-    from .aten_seq import data_selection, moves_data
-
     if moves_data(val, args):  # Note [Bool entries moved beside a comparison]
         return data_selection(b, target, args, kwargs, val)
     fill = 0.0
