@@ -19,6 +19,7 @@ import sympy as sp
 
 from ..errors import UnsupportedOp
 from .functions import ceil, expm1, floor, log1p, round_even, sigmoid, trunc
+from .data_select import data_selection, moves_data
 from .ir import Node
 from .trace import Builder
 
@@ -445,6 +446,8 @@ def _selection(b, args, kwargs, val):
 
     target = b.fx_node.target
     name = str(target)
+    if moves_data(val, args):  # Note [Bool entries moved beside a comparison]
+        return data_selection(b, target, args, kwargs, val)
     fill = 0.0
     args = _index_data(b, name, list(args))
     if name.startswith("aten.constant_pad_nd"):  # the padding holds a constant: the select's fill
@@ -499,23 +502,4 @@ def _constant(b, args, kwargs, val):
 def _random(b, args, kwargs, val):
     raise UnsupportedOp(f"{b.fx_node.target} draws random numbers: call model.eval() (dropout) or pass the noise "
                         "as an input, so that torch and the closed form see the same values")
-
-
-
-@handles("aten.embedding")
-def _embedding(b, args, kwargs, val):
-    """``weight[indices]``; rows at ``padding_idx`` are looked up but pass no gradient back, as torch
-    defines it (a ``stop`` copy of the weight serves them)."""
-    weight, indices = b.node_of(args[0]), args[1]
-    padding_idx = args[2] if len(args) > 2 else -1
-    if len(args) > 3 and args[3]:
-        raise UnsupportedOp("embedding with scale_grad_by_freq=True: its gradient is not the derivative of "
-                            "its forward; check with scale_grad_by_freq=False")
-    rows = np.asarray(indices.detach().cpu().numpy(), np.int64)
-    width = weight.shape[1]
-    idx = rows[..., None] * width + np.arange(width) + 1
-    if padding_idx is not None and padding_idx >= 0:
-        idx = np.where((rows == padding_idx)[..., None], idx + weight.size, idx)
-        return b.select([weight, b.stop(weight, reverse_only=True)], idx)
-    return b.select([weight], idx)
 

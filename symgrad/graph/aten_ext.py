@@ -163,17 +163,11 @@ def _ids(node) -> "object":
     return torch.arange(1, node.size + 1, dtype=torch.float64).reshape(node.shape)
 
 
-@handles("aten.scatter_add", "aten.scatter_add_", "aten.scatter_reduce.two")
+@handles("aten.scatter_add", "aten.scatter_add_")
 def _scatter_add(b, args, kwargs, val):
     import torch
 
     x, dim, index, src = b.node_of(args[0]), args[1], args[2], b.node_of(args[3])
-    if "reduce" in str(b.fx_node.target):
-        reduce = args[4] if len(args) > 4 else kwargs.get("reduce")
-        include_self = args[5] if len(args) > 5 else kwargs.get("include_self", True)
-        if reduce != "sum" or not include_self:
-            raise UnsupportedOp(f"scatter_reduce with reduce={reduce!r}, include_self={include_self}: only 'sum' "
-                                "including self is defined on the op graph")
     dest = torch.gather(_ids(x), dim, index).long().numpy()
     src_pos = np.arange(1, src.size + 1).reshape(src.shape)[tuple(slice(0, n) for n in index.shape)]
     picked = b.select([src], src_pos) if src_pos.shape != src.shape else src
@@ -231,10 +225,11 @@ def _embedding_bag(b, args, kwargs, val):
     psw = args[6] if len(args) > 6 else None
     include_last = bool(args[7]) if len(args) > 7 else False
     padding_idx = args[8] if len(args) > 8 and args[8] is not None else -1
-    if len(args) > 3 and args[3]:
-        raise UnsupportedOp("embedding_bag with scale_grad_by_freq=True: its gradient is not the derivative of its "
-                            "forward; check with scale_grad_by_freq=False")
     rows = np.asarray(torch.as_tensor(indices).reshape(-1).numpy(), np.int64)
+    if len(args) > 3 and args[3]:  # Note [Gradient rules torch defines beside the derivative]
+        from .aten_seq import freq_scaled
+
+        weight = freq_scaled(b, weight, rows, padding_idx)
     offs = list(np.asarray(torch.as_tensor(offsets).numpy(), np.int64)) + ([] if include_last else [rows.size])
     bags = [[p for p in range(offs[i], offs[i + 1]) if rows[p] != padding_idx] for i in range(len(offs) - 1)]
     length = max(1, max((len(x) for x in bags), default=1))
@@ -244,11 +239,13 @@ def _embedding_bag(b, args, kwargs, val):
         pos[i, :len(bag)] = np.asarray(bag, np.int64) + 1
     idx = np.where(pos[..., None] > 0, rows[np.maximum(pos - 1, 0)][..., None] * width + np.arange(width) + 1, 0)
     counts = np.array([len(x) for x in bags], np.float64)
-    if mode == 2:
-        if np.any(counts == 0):
-            raise UnsupportedOp("embedding_bag mode='max' with an empty bag")
+    if mode == 2:  # an empty bag is 0, as in torch: its max reads row 0, then a select drops it
+        empty = counts == 0
+        idx[empty, 0, :] = np.arange(1, width + 1)
         picked = b.select([weight], idx, fill=-np.inf)
         out = b.reduce("max", picked, (1,), False)
+        if np.any(empty):
+            out = b.select([out], np.where(empty[:, None], 0, np.arange(1, out.size + 1).reshape(out.shape)))
     else:
         picked = b.select([weight], idx)
         if psw is not None:

@@ -124,6 +124,14 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     return apply_strict(report, strict, warn=nesting.get() == 0)
 
 
+# Note [The forward torch differentiates]
+# torch's output is taken with autograd on and the leaves to differentiate requiring grad, as in the
+# runs whose derivatives are checked: modules choose their inference fast paths by grad mode
+# (TransformerEncoder in eval mode packs padded sequences into nested tensors under no_grad and
+# returns 0 at padded positions, where the differentiated function computes values), and the forward
+# row must compare the function torch differentiates.
+
+
 def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
                  backward_calls, rtol, atol, title, order, exploded_crosscheck=False) -> Report:
     import torch
@@ -161,8 +169,9 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if not graph_cache.known(key) else None
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
     try:
-        with torch.no_grad():
-            out_t = torch_fn(*(t.detach() for t in leaves.values()))
+        with torch.enable_grad():  # Note [The forward torch differentiates]
+            out_t = torch_fn(*leaves.values())
+        out_t = out_t.detach() if isinstance(out_t, torch.Tensor) else out_t
     except SymgradError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as err:

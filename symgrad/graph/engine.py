@@ -31,11 +31,21 @@ def _forward(graph: Graph, ctx: Ctx) -> dict:
         if node.kind == "leaf":
             v = node.attrs["value"]
             err = node.attrs.get("error", 0.0)
-            values[node] = Approx(rounded(v, err * np.abs(v)) if err else v, err * np.abs(v) if err else None)
+            own = _own_error(v, err) if err else None
+            values[node] = Approx(rounded(v, own) if err else v, own)
         else:
             with kernel(node.origin):
                 values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
     return values
+
+
+def _own_error(v, err: float):
+    """A constant's error bound, ``err`` units of its own size (in eps units): at most the largest
+    float, so a mask constant near the float64 limit (``torch.finfo(float64).min``, Hugging Face's
+    attention masks) keeps a finite bound, and a 0 derivative through it (exp of the masked score)
+    contributes 0, not inf * 0."""
+    with np.errstate(over="ignore"):
+        return np.minimum(err * np.abs(v), np.finfo(np.float64).max)
 
 
 def _depends(graph: Graph, wrt: set) -> set:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import InputError, UnsupportedOp
-from . import aten, aten_ctc, aten_nn, aten_shift  # noqa: F401 - register the convolution, pooling, softmax and CTC handlers
+from . import aten, aten_ctc, aten_nn, aten_seq, aten_shift  # noqa: F401 - register the convolution, pooling, softmax, CTC and sequence handlers
 from .ir import Graph, Node
 from .trace import Builder
 from .trace_grad import IN_PLACE, NO_GRAD
@@ -151,6 +151,7 @@ def to_graph(gm, leaves: list) -> Graph:
 def _interpret(b: Builder, gm, env: dict, top: bool):
     """Read ``gm``'s calls into the graph; the top level sets the graph's outputs, an inlined forward
     (Note [One register hook]) returns its output."""
+    written = _writes_into_inputs(gm, env)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             continue
@@ -169,6 +170,8 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         env[node] = _call(b, node, args, kwargs)
         if node.meta.get(NO_GRAD) or _detached_in_place(node, args):  # Note [Grad mode inside forward]
             env[node] = _no_grad_result(b, node, args, env[node])
+        if node in written and hasattr(env[node], "shape"):
+            env[node] = aten_seq.straight_through(b, env[written[node]], env[node])
     return None
 
 
@@ -206,6 +209,29 @@ def _stopped(b: Builder, x):
     return x
 
 
+
+# Note [Writes into an input]
+# Functionalization turns an in-place update of an input (``embedding_renorm_`` on the weight under
+# ``max_norm=``, a ``clamp_`` under no_grad) into a new value ``V`` that later ops read, and a final
+# ``copy_(input, V)``.  In torch the input stays the same autograd leaf -- updating a leaf that needs
+# gradients in place is an error unless autograd is off -- so every later read is differentiated as
+# the leaf itself, at the new values.  The node computing ``V`` is therefore read as
+# ``leaf + stop(V - leaf)`` (``aten_seq.straight_through``; Note [Gradient rules torch defines
+# beside the derivative]).
+
+
+def _writes_into_inputs(gm, env: dict) -> dict:
+    """fx node of each value ``copy_`` writes into a differentiable input -> that input's fx node."""
+    written = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and _is_copy(node.target) and len(node.args) > 1:
+            dst, src = node.args[0], node.args[1]
+            if getattr(dst, "op", None) == "placeholder" and isinstance(env.get(dst), Node) \
+                    and getattr(src, "op", None) == "call_function":
+                written[src] = dst
+    return written
+
+
 def _flatten(x):
     if isinstance(x, (list, tuple)):
         for a in x:
@@ -233,8 +259,11 @@ def _call(b: Builder, node, args, kwargs):
                             "forward), or call model.eval() for dropout; FractionalMaxPool draws its samples so: "
                             "call F.fractional_max_pool2d with _random_samples= fixed (a buffer)")
     if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
-        if "empty" in str(target) and isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
-            kwargs = {**kwargs, "dtype": torch.float64}  # a buffer made in float64, so its views stay views
+        if isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point and \
+                ("empty" in str(target) or not any(True for _ in _tensors(args))):
+            # a buffer (empty, full, zeros) made in float64, so its views stay views of it in a float32
+            # check too (a float32 one would be copied to float64 at each view): Note [Writes into a new buffer]
+            kwargs = {**kwargs, "dtype": torch.float64}
         with torch.no_grad():
             out = target(*_as_float64(args), **kwargs)
         for t in out if isinstance(out, (list, tuple)) else (out,):

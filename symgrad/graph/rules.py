@@ -66,12 +66,34 @@ def forward(node: Node, args: list, ctx: Ctx) -> Approx:
     raise ValueError(f"no forward rule for node kind {kind!r}")
 
 
+# Note [Astronomical values]
+# Bounds are kept in units of float64's eps, so a value near the float64 limit -- a score plus
+# ``torch.finfo(torch.float64).min``, Hugging Face's additive attention mask -- has a bound past the
+# largest float: it overflows to inf, and exp of the masked score (0, derivative 0) turns it into
+# 0 * inf = NaN, which spreads an unbounded error over the whole softmax row.  An entry larger than
+# DBL_MAX * eps (about 4e292) keeps a bound of at most DBL_MAX (an absolute error of about one ulp
+# of it); such entries are masks, and what they feed (exp, a softmax) sends them to 0.  Entries of
+# ordinary size keep inf where their bound is truly unbounded.
+_HUGE = float(np.finfo(np.float64).max) * 2.0**-52
+
+
+def _astronomical(a: Approx) -> Approx:
+    if a.e is None or not np.any(np.isinf(a.e)):
+        return a
+    with np.errstate(invalid="ignore"):
+        cap = np.isinf(a.e) & (np.abs(a.v) >= _HUGE)
+    if not cap.any():
+        return a
+    e = np.where(cap, np.finfo(np.float64).max, a.e)
+    return Approx(a.v, e) if not a.banded else Approx(a.v, e, a.lo, a.hi)
+
+
 def _finite_errors(a: Approx) -> Approx:
     """An infinite value (a masked score, ``x + (-inf)``) is what every evaluation gives: its rounding
     bound is 0, not ``inf`` (which would turn into ``0 * inf = nan`` in the bounds downstream)."""
     finite = np.isfinite(a.v)
     if finite.all():
-        return a
+        return _astronomical(a)
     e = np.where(finite, a.e, 0.0)
     return Approx(a.v, e) if not a.banded else Approx(a.v, e, np.where(finite, a.lo, 0.0), np.where(finite, a.hi, 0.0))
 
@@ -146,8 +168,9 @@ def _near_extreme(a: Approx, ext: np.ndarray, axes: tuple, ctx: Ctx) -> np.ndarr
     band = np.where(finite, a.band(), 0.0)
     e_group = np.max(err, axis=axes, keepdims=True)
     b_group = np.max(band, axis=axes, keepdims=True)
-    slack = KINK_ULPS * ctx.eps * (err + e_group) + band + b_group
-    return np.abs(a.v - ext) <= slack
+    slack = KINK_ULPS * ctx.eps * err + KINK_ULPS * ctx.eps * e_group + band + b_group  # no overflow: Note [Astronomical values]
+    with np.errstate(invalid="ignore"):  # a group of -inf only (a fully masked row): no rival
+        return np.abs(a.v - ext) <= slack
 
 
 # ---------------------------------------------------------------------------------------------- vjp
@@ -172,7 +195,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
                     local = _other_side(local)
                 _record_kinks(kinks, node.args[i], g, local)
                 local = Approx(local.v, local.e)
-            grads.append(unbroadcast(_times_cotangent(g, local), a.shape))
+            grads.append(unbroadcast(_times_cotangent(g, local, _chosen(d)), a.shape))
         return grads
     if kind == "contract":
         return _vjp_contract(node.attrs["spec"], args, g, needed)
@@ -190,17 +213,37 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
     raise ValueError(f"no vjp rule for node kind {kind!r}")
 
 
-def _times_cotangent(g: Approx, local: Approx) -> Approx:
+def _chosen(d) -> bool:
+    """Whether the derivative ``d`` picks a branch (``where``, ``masked_fill``, ``relu``): an entry it
+    sends nowhere (an exact 0) has no derivative path, whatever the cotangent."""
+    return isinstance(d, sp.Basic) and d.has(sp.Piecewise)
+
+
+def _times_cotangent(g: Approx, local: Approx, chosen: bool = False) -> Approx:
     """``g * local``, where an exactly zero cotangent (the branch ``where`` did not take) times an
     infinite local derivative or bound (``exp(800)`` in softplus' unused branch) is 0, not NaN: the
-    derivative of what was computed does not depend on the branch left out."""
+    derivative of what was computed does not depend on the branch left out.  Likewise ``chosen``
+    (Note [Masked entries under a NaN cotangent]): an exact 0 of a branch-picking derivative times a
+    NaN or infinite cotangent is 0."""
     out = mul(g, local)
     with np.errstate(invalid="ignore"):
         masked = (g.v == 0) & ~(g.e > 0) & ~(np.isfinite(local.v) & np.isfinite(local.e))
+        if chosen:
+            masked = masked | ((local.v == 0) & (local.e == 0) & ~np.isfinite(g.v))
     if not np.any(masked):
         return out
     v, e = np.where(masked, 0.0, out.v), np.where(masked, 0.0, out.e)
     return Approx(v, e, *((np.where(masked, 0.0, out.lo), np.where(masked, 0.0, out.hi)) if out.banded else ()))
+
+
+# Note [Masked entries under a NaN cotangent]
+# A row of attention scores masked entirely with -inf gives a NaN softmax row (0/0), and so a NaN
+# cotangent reaching ``masked_fill``.  The masked entries never reach the output: torch's backward
+# of ``where``/``masked_fill``/``threshold`` selects 0 for them, and the derivative of the computed
+# function with respect to them is 0 too.  ``g * 0`` would make it NaN and blame torch's correct 0,
+# so an exact 0 of a branch-picking (``Piecewise``) derivative stays 0 under a non-finite cotangent.
+# A product with a constant 0 (``x * 0``) is not a branch and keeps NaN, as torch's ``mul`` does.
+# The NaN forward row itself still fails the check (Non-finite values: nothing to verify there).
 
 
 class KinkLog(list):

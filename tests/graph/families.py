@@ -478,6 +478,8 @@ class _Seeded(nn.Module):
         out = self.inner(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             return self.layer(out)
+        if isinstance(out, tuple) and isinstance(out[0], nn.utils.rnn.PackedSequence):  # an RNN on packed input
+            return (out[0]._replace(data=self.layer(out[0].data)),) + out[1:]
         if isinstance(out, tuple) and isinstance(out[0], torch.Tensor):
             return (self.layer(out[0]),) + out[1:]
         if isinstance(out, dict):
@@ -499,3 +501,4 @@ def bugged(model, kind, factor):
 
 
 from . import families_vision  # noqa: E402,F401 -- registers the vision families in FAMILIES
+from . import families_seq  # noqa: E402,F401 -- the sequence / attention families register into FAMILIES

@@ -1,0 +1,202 @@
+"""The sequence and embedding rules of ``symgrad/graph/aten_seq.py`` and the fixes found by the
+sequence / attention model families (``tests/graph/families_seq.py``): each correct function passes,
+a seeded wrong backward fails, and where torch's own rule is wrong the check says so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import symgrad as sg
+from symgrad.testing_ops import scaled, with_backward
+
+DTYPES = [torch.float64, torch.float32]
+DELTA = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+
+def _rand(*shape, dtype, seed=0):
+    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduce", ["sum", "prod", "mean", "amax", "amin"])
+@pytest.mark.parametrize("include_self", [True, False])
+def test_scatter_reduce_every_reduction(reduce, include_self, dtype):
+    """Position 3 receives nothing (keeps x), position 0 two entries, position 1 three.  torch's JVP of
+    reduce='prod' is silently zero (its forward-mode rule was left out): the jvp row fails, as it should."""
+    index = torch.tensor([0, 1, 1, 0, 2, 1])
+
+    def f(x, src):
+        return x.scatter_reduce(0, index, src, reduce, include_self=include_self)
+
+    inputs = {"x": _rand(4, dtype=dtype), "src": _rand(6, dtype=dtype, seed=1)}
+    report = sg.check(f, inputs, engine="graph")
+    if reduce == "prod":  # torch's forward mode gives no tangent at all for prod (pytorch/pytorch#196702)
+        assert report["x"].passed and report["src"].passed and not report["jvp"].passed, report.to_text()
+    else:
+        assert report.passed, report.to_text()
+    bug = scaled(lambda s: s * 1.0, 1 + DELTA[dtype])
+    assert not sg.check(lambda x, src: f(x, bug(src)), inputs, engine="graph").passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_embedding_scale_grad_by_freq_is_torch_rule(dtype):
+    """Note [Gradient rules torch defines beside the derivative]: row 3 occurs twice, row 2 (the
+    padding row) three times; a backward that forgets the 1/count is caught;
+    ``padding_idx`` rows get none."""
+    tokens = torch.tensor([[3, 2, 3, 9], [1, 2, 0, 2]])
+    weight = _rand(10, 4, dtype=dtype)
+
+    def good(w):
+        return torch.tanh(F.embedding(tokens, w, padding_idx=2, scale_grad_by_freq=True))
+
+    def plain_backward(w, g):  # torch's rule without the frequency scaling
+        return _lookup_grad(tokens, g, w.shape, padding_idx=2)
+
+    forgot = with_backward(lambda w: F.embedding(tokens, w, padding_idx=2, scale_grad_by_freq=True), plain_backward)
+    assert sg.check(good, {"w": weight}, engine="graph").passed
+    assert not sg.check(lambda w: torch.tanh(forgot(w)), {"w": weight}, engine="graph").passed
+
+
+def _lookup_grad(tokens, g, shape, padding_idx):
+    out = torch.zeros(shape, dtype=g.dtype).index_add_(0, tokens.reshape(-1), g.reshape(-1, shape[1]))
+    out[padding_idx] = 0
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_embedding_max_norm_differentiates_the_renormed_weight_as_the_leaf(dtype):
+    """Note [Writes into an input]: F.embedding(max_norm=1) renormalises the named rows of the weight in
+    place under no_grad, and torch's gradient is the lookup's, at the renormalised values.  The same
+    gradient for the renormalisation written as a function of the weight (no in-place write) is
+    wrong, and caught."""
+    tokens = torch.tensor([1, 3, 1, 4])
+    weight = (_rand(6, 3, dtype=torch.float64) * 2).to(dtype)
+    assert (weight[[1, 3, 4]].norm(dim=1) > 1).all()  # every named row is renormalised
+
+    def f(w):
+        return torch.sin(F.embedding(tokens, w, max_norm=1.0))
+
+    report = sg.check(f, {"w": weight.clone()}, engine="graph")
+    assert report.passed, report.to_text()
+
+    def renormed_lookup(w):  # the same values, the renormalisation written as a function of w
+        n = w.norm(dim=1, keepdim=True)
+        return F.embedding(tokens, torch.where(n > 1, w / (n + 1e-7), w))
+
+    def lookup_backward(w, g):  # torch's max_norm gradient: the plain lookup's
+        return torch.zeros_like(w).index_add_(0, tokens, g)
+
+    wrong = with_backward(renormed_lookup, lookup_backward)  # right for max_norm, wrong for this forward
+    bad = sg.check(lambda w: torch.sin(wrong(w)), {"w": weight.clone()}, engine="graph")
+    assert not bad.passed and not bad["w"].passed and bad.records[0].passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_no_grad_write_into_an_input_is_read_as_that_input(dtype):
+    """Note [Writes into an input]: a clamp_ of a parameter under no_grad changes its values, not its
+    place in autograd; the gradient is 2 x w' (w' the clamped values), not masked by the clamp."""
+    def f(w, x):
+        with torch.no_grad():
+            w.clamp_(-0.5, 0.5)
+        return (w * x) ** 2
+
+    w, x = _rand(5, dtype=dtype), _rand(5, dtype=dtype, seed=2)
+    assert (w.abs() > 0.5).any()
+    report = sg.check(f, {"w": w.clone(), "x": x}, wrt=["w", "x"], engine="graph")
+    assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_embedding_bag_max_with_an_empty_bag_is_zero(dtype):
+    def f(w):
+        return F.embedding_bag(torch.tensor([1, 4, 4, 8, 0]), w, torch.tensor([0, 3, 3]), mode="max").tanh()
+
+    assert sg.check(f, {"w": _rand(9, 4, dtype=dtype)}, engine="graph").passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_torch_embedding_bag_scale_grad_by_freq_cpu_count_is_wrong_and_said_so(dtype):
+    """torch's CPU embedding_bag backward (sum/mean, scale_grad_by_freq) divides by the count of the
+    wrong index (pytorch/pytorch#190063): with indices [1, 1, 3] row 3's gradient is halved.  With the
+    repeated index sorting last it is right, and passes."""
+    w = _rand(4, 3, dtype=dtype)
+
+    def bag(tokens):
+        return lambda w: F.embedding_bag(torch.tensor(tokens), w, torch.tensor([0]), mode="sum",
+                                         scale_grad_by_freq=True).sin()
+
+    wrong = sg.check(bag([1, 1, 3]), {"w": w}, engine="graph")
+    assert not wrong.passed and not wrong["w"].passed
+    assert not sg.check(bag([3, 1, 1]), {"w": w}, engine="graph").passed  # torch sorts the indices first
+    assert sg.check(bag([0, 3, 3]), {"w": w}, engine="graph").passed  # the repeated index sorts last
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pack_and_pad_unequal_lengths(dtype):
+    """_pack_padded_sequence as a select; pad_packed_sequence's writes into a float32 zeros buffer are
+    followed (the buffer is folded in float64, so its views stay views: Note [Writes into a new buffer];
+    before, float32 lost the writes and saw a constant output)."""
+    def f(x, lengths):
+        packed = pack_padded_sequence(x * 1.5, lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(packed, batch_first=True, total_length=x.shape[1])[0].tanh()
+
+    inputs = {"x": _rand(3, 4, 2, dtype=dtype), "lengths": torch.tensor([2, 4, 1])}
+    assert sg.check(f, inputs, engine="graph").passed
+    bug = scaled(lambda x: x * 1.0, 1 + DELTA[dtype])
+    assert not sg.check(lambda x, lengths: f(bug(x), lengths), inputs, engine="graph").passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fully_masked_attention_row(dtype):
+    """Note [Masked entries under a NaN cotangent]: a row masked entirely gives NaN in torch; the
+    forward row reports the non-finite output (not verifiable: the check does not pass), while the
+    vjp -- 0 for the masked entries in torch and in the derivative -- passes, not blaming torch."""
+    mask = torch.tensor([[True, False, False, True], [True, True, True, True], [False, False, False, False]])
+
+    def f(x):
+        return x.masked_fill(mask, float("-inf")).softmax(-1)
+
+    report = sg.check(f, {"x": _rand(3, 4, dtype=dtype)}, engine="graph")
+    assert not report.passed
+    assert report["x"].passed, report.to_text()
+    assert "NaN" in report.to_text()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bool_mask_shifted_by_slicing_is_data(dtype):
+    """Note [Bool entries moved beside a comparison]: top-p filtering shifts a comparison's mask by one
+    (``remove[..., 1:] = remove[..., :-1].clone()``); its bool copy was read as index positions (a
+    forward false alarm).  A seeded bug on the logits is still caught."""
+    def f(x):
+        srt, idx = x.sort(-1, descending=True)
+        remove = srt.softmax(-1).cumsum(-1) > 0.8
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        return x.masked_fill(remove.scatter(-1, idx, remove), float("-inf")).softmax(-1)
+
+    x = _rand(3, 6, dtype=dtype) * 2
+    report = sg.check(f, {"x": x}, engine="graph")
+    assert report.passed, report.to_text()
+    bug = scaled(lambda x: x * 1.0, 1 + DELTA[dtype])
+    assert not sg.check(lambda x: f(bug(x)), {"x": x}, engine="graph").passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_finfo_min_attention_mask(dtype):
+    """Note [Astronomical values]: scores plus (1 - mask) * finfo(dtype).min, then softmax: in float64
+    the masked scores' bounds overflowed eps units, NaN spread over the rows, and the allowances of
+    every gradient shrank (a false alarm).  A seeded bug is caught."""
+    keep = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+
+    def f(q, k):
+        s = q @ k.transpose(-1, -2) + (1.0 - keep[:, None, :].to(q.dtype)) * torch.finfo(q.dtype).min
+        return s.softmax(-1) @ k
+
+    inputs = {"q": _rand(2, 3, 4, dtype=dtype), "k": _rand(2, 4, 4, dtype=dtype, seed=1)}
+    report = sg.check(f, inputs, engine="graph")
+    assert report.passed, report.to_text()
+    bug = scaled(lambda q: q * 1.0, 1 + DELTA[dtype])
+    assert not sg.check(lambda q, k: f(bug(q), k), inputs, engine="graph").passed
