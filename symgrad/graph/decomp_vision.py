@@ -1,6 +1,6 @@
 """Forwards in torch ops for kernels torch has no decomposition of: antialiased bilinear and bicubic
-resizing, fractional max pooling with its samples given, 3-d grid sampling, the Householder product,
-embedding's renorm.
+resizing, fractional max pooling with its samples given, 3-d grid sampling, the Householder product
+(embedding's renorm is a handler of its own: graph/aten_seq.py).
 
 Each function computes what the ATen kernel computes, from the kernel's definition (the interval and
 weight formulas of ``UpSampleKernel.cpp``, ``FractionalMaxPool2d.cpp``, ``GridSampler.cpp``), in
@@ -275,19 +275,6 @@ def _householder_product(a, tau):
     return q[..., :, :n]
 
 
-def _embedding_renorm(weight, indices, max_norm: float, norm_type: float):
-    """The rows ``indices`` names, scaled to norm ``max_norm`` where larger (``Embedding.cpp``:
-    ``max_norm / (norm + 1e-7)``); the rows are data (folded from the indices).  torch runs it in place
-    on ``weight.detach()``: the interpreter passes the gradient straight through (interpret.py)."""
-    import torch
-
-    rows = torch.unique(indices.reshape(-1))
-    picked = weight[rows]
-    norms = torch.linalg.vector_norm(picked, norm_type, dim=1, keepdim=True)
-    scale = torch.where(norms > max_norm, max_norm / (norms + 1e-7), torch.ones_like(norms))
-    return weight.index_put((rows,), picked * scale)
-
-
 def _vision_decompositions() -> dict:
     import torch
 
@@ -298,7 +285,6 @@ def _vision_decompositions() -> dict:
         aten.fractional_max_pool2d.default: _fractional_max_pool2d,
         aten.grid_sampler_3d.default: _grid_sampler_3d,
         aten.linalg_householder_product.default: _householder_product,
-        aten.embedding_renorm.default: _embedding_renorm,
     }
 
 
