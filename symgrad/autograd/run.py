@@ -11,7 +11,8 @@ from typing import Callable, Mapping
 
 from ..errors import AutogradFailed, InputError
 
-__all__ = ["VIAS", "FORWARD_MODE_VIAS", "quantity_of", "run_autograd", "default_via", "run_double_backward"]
+__all__ = ["VIAS", "FORWARD_MODE_VIAS", "quantity_of", "run_autograd", "default_via", "run_double_backward",
+           "private", "unmodified"]
 
 # name -> quantity it computes
 VIAS = {
@@ -70,9 +71,66 @@ def run_autograd(
     An error torch raises on the way becomes ``AutogradFailed``, saying what usually causes it.
     """
     try:
-        return _run(fn, inputs, wrt, via, cotangent=cotangent, tangents=tangents, backward_calls=backward_calls)
+        with unmodified(inputs, wrt):
+            return _run(fn, inputs, wrt, via, cotangent=private(cotangent),
+                        tangents=None if tangents is None else {k: private(t) for k, t in tangents.items()},
+                        backward_calls=backward_calls)
     except (RuntimeError, NotImplementedError) as err:
         raise autograd_failure(err, via) from err
+
+
+# Note [Code under test owns no reference value]
+# The reference is computed from the inputs, the cotangent and the tangents, some of it after torch has
+# run.  Code under test can write into what it is given: a backward that zeroes ``grad_output`` in place
+# and returns it (``return g.zero_()``), or one that does ``x.add_(1)`` on its saved input.  When torch
+# was handed the very tensor the reference reads later (a float64 cotangent is ``v`` itself, and the op
+# graph's random cotangent a numpy view of it), the reference moved with the bug: the zeroed cotangent
+# made the exact vjp 0 and the wrong backward passed.  So torch gets private copies of every cotangent,
+# tangent and direction (``private``), and the differentiated inputs are compared bit for bit before and
+# after torch runs (``unmodified``): a function that changed one raises ``AutogradFailed`` naming it,
+# since no derivative at the point the user gave was computed.  Only the differentiated inputs are
+# watched: a module's buffers (batch-norm running statistics) change in forward by design.
+def private(t):
+    """A copy of tensor ``t`` that code under test may write into without reaching the reference."""
+    import torch
+
+    return t.detach().clone() if isinstance(t, torch.Tensor) else t
+
+
+class unmodified:
+    """Raise ``AutogradFailed`` when the code run inside changed a differentiated input in place
+    (Note [Code under test owns no reference value])."""
+
+    def __init__(self, inputs: Mapping[str, object], wrt):
+        import torch
+
+        self.inputs = inputs
+        self.saved = {w: inputs[w].detach().clone() for w in wrt
+                      if isinstance(inputs.get(w), torch.Tensor) and inputs[w].is_floating_point()}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if kind is None:
+            for name, before in self.saved.items():
+                self._same(name, before, self.inputs[name].detach())
+        return False
+
+    @staticmethod
+    def _same(name, before, after):
+        import torch
+
+        same = (before == after) | (torch.isnan(before) & torch.isnan(after))
+        if bool(same.all()):
+            return
+        i = tuple(int(k) for k in torch.nonzero(~same)[0]) if before.dim() else ()
+        index = f"[{', '.join(map(str, i))}]" if i else ""
+        raise AutogradFailed(
+            f"the function under test changed input {name!r} in place while torch ran it ({name}{index} was "
+            f"{before[i].item()!r}, then {after[i].item()!r}): its derivatives were not computed at the point "
+            "given, so none can be checked. Fix: do not write into the inputs or the saved tensors in forward "
+            "or backward (use out-of-place ops, or clone before an in-place one).")
 
 
 def autograd_failure(err: Exception, via: str) -> AutogradFailed:
@@ -211,13 +269,13 @@ def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[st
     import torch
 
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), unmodified(inputs, wrt):
             names = list(inputs)
             diff = [inputs[w] for w in wrt]
             out = fn(*(inputs[n] for n in names))
             if not isinstance(out, torch.Tensor) or not out.requires_grad:
                 raise RuntimeError("does not require grad: the output is not connected to the inputs")
-            cot = torch.ones_like(out) if cotangent is None else cotangent.to(out.dtype)
+            cot = torch.ones_like(out) if cotangent is None else private(cotangent.to(out.dtype))
             grads = torch.autograd.grad(out, diff, cot, create_graph=True, allow_unused=True)
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
             dead = [repr(w) for i, w in enumerate(wrt) if grads[i] is not None and i not in live]
@@ -227,7 +285,7 @@ def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[st
                 if not live:
                     per_dir.append([None] * len(wrt))
                     continue
-                got = torch.autograd.grad([grads[i] for i in live], diff, [d[wrt[i]].to(out.dtype) for i in live],
+                got = torch.autograd.grad([grads[i] for i in live], diff, [private(d[wrt[i]].to(out.dtype)) for i in live],
                                           retain_graph=k + 1 < len(directions), allow_unused=True)
                 per_dir.append(list(got))
     except (RuntimeError, NotImplementedError) as err:

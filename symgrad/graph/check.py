@@ -425,20 +425,21 @@ def _plan(out_t, via, v, cotangents, seed: int):
 def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd) -> dict:
     import torch
 
-    from ..autograd.run import autograd_failure
+    from ..autograd.run import autograd_failure, private, unmodified
 
     if how == "random-vjp":
         grads = []
         diff = [leaves[n] for n in wrt]
-        out = torch_fn(*leaves.values())
-        dtype = out.dtype
-        for k, s in enumerate(seeds):
-            try:
-                got = torch.autograd.grad(out, diff, torch.from_numpy(s).to(dtype), retain_graph=k + 1 < len(seeds),
-                                          allow_unused=True)
-            except RuntimeError as err:  # an output detached from every input: say so, not a traceback
-                raise autograd_failure(err, "autograd.grad") from err
-            grads.append(got)
+        with unmodified(leaves, wrt):  # Note [Code under test owns no reference value]
+            out = torch_fn(*leaves.values())
+            dtype = out.dtype
+            for k, s in enumerate(seeds):
+                try:
+                    got = torch.autograd.grad(out, diff, private(torch.from_numpy(s).to(dtype)),
+                                              retain_graph=k + 1 < len(seeds), allow_unused=True)
+                except RuntimeError as err:  # an output detached from every input: say so, not a traceback
+                    raise autograd_failure(err, "autograd.grad") from err
+                grads.append(got)
         return {n: None if any(g[i] is None for g in grads) else torch.stack([g[i] for g in grads])
                 for i, n in enumerate(wrt)}
     cot = None if how in _JACOBIAN_VIAS else (torch.from_numpy(seeds[0]).to(next(iter(leaves.values())).dtype)
