@@ -60,6 +60,8 @@ def _expand(graph: Graph, node: Node, depth: int, limit: int) -> list:
     for n, i in uses:
         if depth < 6 and _transparent(n, i):
             inner = _expand(graph, n, depth + 1, limit)
+            if not inner and any(n is o for o in graph.outputs):  # the output itself: its cotangent
+                inner = [f"δ[{_label(n)}]"]
             if not inner:
                 continue
             body = " + ".join(inner)
