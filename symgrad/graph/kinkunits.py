@@ -69,9 +69,7 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
             gens = {node: [] for node in live}
             worst = {node: np.zeros(node.shape) for node in live}
             for change, change_e in changes:
-                seed, seed_e = np.zeros(arg.size), np.zeros(arg.size)
-                seed[entry], seed_e[entry] = change, change_e
-                swept = backward(st.graph, st.values, {arg: Approx(seed.reshape(arg.shape), seed_e.reshape(arg.shape))},
+                swept = backward(st.graph, st.values, _seeds(arg, entry, change, change_e),
                                  live, st.ctx, kinks=KinkLog(flip=flip, ties=ties, members=tie_members(st.graph)))
                 for node in live:
                     g = swept.get(node)
@@ -84,6 +82,21 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
                 out[node].append(gens[node])
                 extra[node][k] += worst[node]
     return out, extra
+
+
+def _seeds(arg, entry, change, change_e) -> dict:
+    """The cotangent seeds of one unit's change: one argument node, or several arguments of one
+    node that move together (a tuple, Note [One side per node] in graph/rules.py; the bound is the
+    unit's, charged once)."""
+    nodes, changes = (arg, change) if isinstance(arg, tuple) else ((arg,), (change,))
+    seeds: dict = {}
+    for k, (node, c) in enumerate(zip(nodes, changes)):
+        v, e = seeds.get(node, (np.zeros(node.size), np.zeros(node.size)))
+        v[entry] += c
+        if k == 0:
+            e[entry] += change_e
+        seeds[node] = (v, e)
+    return {node: Approx(v.reshape(node.shape), e.reshape(node.shape)) for node, (v, e) in seeds.items()}
 
 
 # Note [Other side everywhere]

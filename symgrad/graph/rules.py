@@ -184,7 +184,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
     kind = node.kind
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
-        grads = []
+        grads, banded = [], []
         for i, (a, d, need) in enumerate(zip(args, derivatives(node.attrs["expr"], len(args)), needed)):
             if d == 0 or not need:
                 grads.append(None)
@@ -193,9 +193,11 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
             if kinks is not None and local.banded and a.shape == node.shape:
                 if getattr(kinks, "flip", False):
                     local = _other_side(local)
-                _record_kinks(kinks, node.args[i], g, local)
+                banded.append((node.args[i], local))
                 local = Approx(local.v, local.e)
             grads.append(unbroadcast(_times_cotangent(g, local, _chosen(d)), a.shape))
+        if banded:
+            _record_node_kinks(kinks, banded, g)
         return grads
     if kind == "contract":
         return _vjp_contract(node.attrs["spec"], args, g, needed)
@@ -285,6 +287,40 @@ def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
         changes = [(c, t) for c, t in ((c_lo, t_lo), (c_hi, t_hi)) if c != 0]
         if changes:
             kinks.append((arg, u, changes))
+
+
+# Note [One side per node]
+# A pointwise node on its kink is evaluated on one side for all of its arguments at once: elu traces
+# to ``where(x > 0, x, alpha * expm1(x))``, whose derivatives with respect to its two branches jump at
+# the same condition, 1 and 0 on one side, 0 and alpha on the other.  Recorded as two units, the
+# joint kink check chose their sides independently and accepted 0 and 1 + alpha too (an elu backward
+# counting both branches at 0, 3 where the sides are 1 and 2, passed on the op graph).  So where
+# several arguments of one node are banded at one entry and each band has a single far edge (one
+# other side), the entry is one unit whose change moves every argument to its far edge together.  An
+# argument whose band reaches both ways (the sweep took a value between the sides) keeps the units
+# per argument, as before: wider, never narrower than the truth.
+def _record_node_kinks(kinks: list, banded: list, g: Approx) -> None:
+    if len(banded) == 1:
+        _record_kinks(kinks, banded[0][0], g, banded[0][1])
+        return
+    shape = banded[0][1].shape
+    sides = [tuple(np.ravel(np.broadcast_to(t, shape)) for t in (local.lo, local.hi)) for _, local in banded]
+    both = np.zeros(int(np.prod(shape, dtype=np.int64)), bool)
+    for lo, hi in sides:
+        both |= (lo > 0) & (hi > 0)
+    joint = (sum(((lo > 0) | (hi > 0)).astype(int) for lo, hi in sides) >= 2) & ~both
+    for (arg, local), (lo, hi) in zip(banded, sides):  # the other entries: one unit per argument
+        alone = Approx(local.v, local.e, np.where(joint, 0.0, lo).reshape(shape), np.where(joint, 0.0, hi).reshape(shape))
+        if alone.banded:
+            _record_kinks(kinks, arg, g, alone)
+    gv = np.ravel(np.broadcast_to(g.v, shape))
+    ge = np.ravel(np.broadcast_to(g.e, shape))
+    errs = [np.ravel(np.broadcast_to(local.e, shape)) for _, local in banded]
+    for u in np.flatnonzero(joint):
+        moves = [gv[u] * hi[u] if hi[u] > 0 else -gv[u] * lo[u] for lo, hi in sides]
+        bound = sum(ge[u] * max(lo[u], hi[u]) + abs(gv[u]) * 2 * le[u] for (lo, hi), le in zip(sides, errs))
+        if any(moves):
+            kinks.append((tuple(arg for arg, _ in banded), int(u), [(tuple(moves), bound)]))
 
 
 def _vjp_contract(spec: str, args: list, g: Approx, needed: list) -> list:
