@@ -273,7 +273,7 @@ _ROWS = [
     ),
     Op(
         "clamp",
-        lambda x, min, max: _pw((min, x < min), (max, x > max), (x, True)),
+        lambda x, min, max: _pw((max, sp.Or(x > max, sp.Gt(min, max))), (min, x < min), (x, True)),
         "torch.clamp",
         lambda x, min, max: _pw((0, x < min), (0, x > max), (1, True)),
         params={"min": -1, "max": 1},

@@ -197,6 +197,11 @@ def _where(b, args, kwargs, val):
     return b.pointwise(lambda c, x, y: _pw_piece((x, sp.Ne(c, 0)), (y, True)), list(args), tuple(val.shape))
 
 
+# Note [Clamp with min > max]
+# torch.clamp(x, min, max) is min(max(x, min), max): where min > max every entry is max, and its
+# backward's mask (min <= x <= max) is empty, so the derivative is 0.  Testing x < min first gave min
+# there: torch's own clamp(x, 1, 0) failed its forward check.  The max piece comes first and also
+# holds where min > max; with min <= max the two pieces never overlap, so nothing else moves.
 @handles("aten.clamp", "aten.clamp.Tensor", "aten.clamp_", "aten.clamp_min", "aten.clamp_max")
 def _clamp(b, args, kwargs, val):
     x = args[0]
@@ -215,10 +220,10 @@ def _clamp(b, args, kwargs, val):
         bounds = list(bounds)
         low = bounds.pop(0) if lo is not None else None
         high = bounds.pop(0) if hi is not None else None
+        if high is not None:  # min(max(x, low), high): high wins where low > high (Note [Clamp with min > max])
+            parts.append((high, x > high if low is None else sp.Or(x > high, sp.Gt(low, high))))
         if low is not None:
             parts.append((low, x < low))
-        if high is not None:
-            parts.append((high, x > high))
         return _pw_piece(*parts, (x, True))
 
     return b.pointwise(fn, ops, tuple(val.shape))
