@@ -54,7 +54,8 @@ def test_half_allowance_is_tighter_than_float32s_and_unchanged_there():
     assert rounding_ulps("float32") == rounding_ulps("float64") == 4.0
     assert rounding_ulps("bfloat16") < 1.0 and rounding_ulps("float16") < 1.0
     assert value_roundings("float64") == 1.0
-    assert subnormal_floor("float32") == 0.0 and 0 < subnormal_floor("float16") < 1e-6
+    assert 0 < subnormal_floor("float32") < 1e-44 and 0 < subnormal_floor("float64") < 1e-322  # Note [Underflow floor]
+    assert 0 < subnormal_floor("float16") < 1e-6
 
 
 def test_sums_accumulate_in_float32_only_within_a_half_check():

@@ -30,7 +30,16 @@ HALF_ROUNDING_ULPS = 0.625
 HALF_VALUE_ROUNDINGS = 1.5
 HALF_DTYPES = ("float16", "bfloat16")
 HALF_SUBNORMAL_ROUNDINGS = 4.0
-SUBNORMAL_SPACING = {"float16": 2.0**-24, "bfloat16": 2.0**-133}
+SUBNORMAL_SPACING = {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149, "float64": 2.0**-1074}
+
+# Note [Underflow floor]
+# The relative rounding bound charges each operation eps times its size, which says nothing where a
+# value underflows: a float32 softmax gradient whose exact value is 1.7e-283 (exp(-650) in a row with a
+# logit of 750) is 0 in float32, and the float64 reruns of the statistical allowance (Note [Statistical
+# allowance]) tightened that entry's allowance to 8e-290, so torch's own softmax failed.  Every dtype
+# rounds below its smallest normal number on an absolute spacing (2**-149 in float32, 2**-1074 in
+# float64), so every entry is allowed HALF_SUBNORMAL_ROUNDINGS of that spacing, as float16's always
+# was: 5.6e-45 in float32, 2e-323 in float64, nothing a gradient of a representable size could hide in.
 
 
 def rounding_ulps(dtype: str) -> float:
@@ -44,9 +53,9 @@ def value_roundings(dtype: str) -> float:
 
 
 def subnormal_floor(dtype: str) -> float:
-    """float16's subnormals (below 6.1e-5, common in half-precision gradients) round on an absolute
-    spacing of 6e-8, not relative to their size: HALF_SUBNORMAL_ROUNDINGS of those per entry
-    (bfloat16's start below 1.2e-38, as float32's)."""
+    """Subnormals round on an absolute spacing, not relative to their size (float16's below 6.1e-5,
+    common in half-precision gradients, on 6e-8; bfloat16's and float32's below 1.2e-38): every
+    entry is allowed HALF_SUBNORMAL_ROUNDINGS of that spacing (Note [Underflow floor])."""
     return HALF_SUBNORMAL_ROUNDINGS * SUBNORMAL_SPACING.get(dtype, 0.0)
 
 
