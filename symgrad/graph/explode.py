@@ -64,6 +64,21 @@ def output_node(graph: Graph) -> Node:
 
 # ------------------------------------------------------------------------------------ numbers
 
+def exact_float(x) -> float:
+    """An exact symengine number as the nearest float64.  symengine's own ``float`` of a Rational
+    divides its numerator and denominator as floats: 1/1e-300 (a numerator past 1e308) came out as
+    inf, and the node cross-check called log's right rule wrong at x = 1e-300."""
+    import symengine as se
+
+    if isinstance(x, se.Rational):
+        p, q = (int(t) for t in x.get_num_den())
+        try:
+            return p / q  # Python divides integers correctly rounded
+        except OverflowError:
+            return float("inf") if (p > 0) == (q > 0) else float("-inf")
+    return float(x)
+
+
 def exact_number(v: float):
     """A float64 as an exact symengine number (never through a string)."""
     import symengine as se

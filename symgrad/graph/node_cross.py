@@ -46,7 +46,7 @@ from ..errors import InputError, UnsupportedOp
 from ..lower import numpy as _lower  # noqa: F401 - explode's forms need it: imported with the graph, not mid-check
 from .approx import Approx
 from .crosscheck import _MAX_ENTRIES, _linear
-from .explode import _node, clean_derivative, exact_number, has_steps
+from .explode import _node, clean_derivative, exact_float, exact_number, has_steps
 from .explode_cross import ExplodedCrossCheck, _compare
 from .ir import Graph, Node
 from .node_cross_exact import NotExact as _NoExact, evaluate as _evaluate, exact_linalg
@@ -363,8 +363,8 @@ def _exact_vjp(graph, mini: Node, leaves: list, values: dict, outs, w) -> dict:
             coarse[leaf][j] += wo * (fine if isinstance(fine, (se.Integer, se.Rational)) else _evaluate(at, PRECISION))
     out = {}
     for leaf in leaves:
-        hi = np.array([float(x) for x in exact[leaf]])
-        lo = np.array([float(x) for x in coarse[leaf]])
+        hi = np.array([exact_float(x) for x in exact[leaf]])
+        lo = np.array([exact_float(x) for x in coarse[leaf]])
         out[leaf] = (hi, 2 * np.abs(hi - lo) + 2.0 ** (8 - 2 * PRECISION) * np.abs(hi))
     return out
 
