@@ -36,8 +36,30 @@ def symbols_for(k: int) -> tuple:
 def derivatives(expr: sp.Expr, k: int) -> tuple:
     """∂expr/∂s_i for each argument: ``sympy.diff``, never written by hand (Note [acosh' as torch
     computes it] merges one product back)."""
-    joined = expr.has(sp.acosh)
-    return tuple(_joined_roots(sp.diff(expr, s)) if joined else sp.diff(expr, s) for s in symbols_for(k))
+    joined, powered = expr.has(sp.acosh), expr.has(sp.Pow)
+    out = []
+    for s in symbols_for(k):
+        d = sp.diff(expr, s)
+        d = _joined_roots(d) if joined else d
+        out.append(_zero_base(d) if powered and d.has(sp.log) else d)
+    return tuple(out)
+
+
+# Note [pow' at a zero base]
+# d(b**e)/de = b**e log(b), which numpy evaluates to 0 * -inf = NaN at b = 0.  For e > 0 the product
+# tends to 0 as b -> 0 (and b**e is identically 0 along e there), so the derivative is 0: torch's
+# pow backward says 0 too (it masks base == 0 and exponent >= 0), and a NaN reference failed torch's
+# own pow(0, y) with respect to y.  Each product of b**e and log(b) is 0 where b == 0 and e > 0; at
+# b = 0, e <= 0 the derivative does not exist and the NaN stands.
+def _zero_base(d: sp.Expr) -> sp.Expr:
+    def masked(m):
+        logs = {f.args[0] for f in m.args if isinstance(f, sp.log)}
+        for f in m.args:
+            if f.is_Pow and f.base in logs:
+                return sp.Piecewise((0, sp.And(sp.Eq(f.base, 0), f.exp > 0)), (m, True))
+        return m
+
+    return d.replace(lambda e: e.is_Mul and any(isinstance(f, sp.log) for f in e.args), masked)
 
 
 # Note [acosh' as torch computes it]

@@ -155,7 +155,11 @@ def _literal(e) -> str | None:
     kind = type(e).__name__
     if kind in ("Infty", "Infinity", "NegativeInfinity", "ComplexInfinity"):
         if kind == "ComplexInfinity":
-            raise UnsupportedOp("the closed form holds complex infinity (zoo): a division by zero in the forward")
+            raise UnsupportedOp(
+                "the closed form holds complex infinity (zoo): a constant of the function made a term of it "
+                "infinite before any input was given (a division by zero, or log(0) as in d(0**y)/dy = 0**y log(0)). "
+                "Fix: check it with engine='graph', which evaluates such limits at the input values, or move the "
+                "constant into the inputs")
         return "(-_INF)" if str(e).startswith("-") else "_INF"
     if e.is_Number:
         if e.is_Integer:
