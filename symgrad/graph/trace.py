@@ -38,7 +38,7 @@ _DECOMPOSE = (
     "pixel_shuffle", "rrelu_with_noise", "threshold", "softshrink", "hardshrink", "celu", "selu", "prelu",
     "_prelu_kernel", "addcmul", "addcdiv", "lerp", "logaddexp", "hypot", "cumprod", "norm", "dist",
     "mv", "dot", "vdot", "addmv", "addr", "outer", "triu", "tril", "diag_embed", "trace", "std", "var_mean",
-    "std_mean", "nan_to_num", "sinc", "deg2rad", "rad2deg", "log10", "log2", "exp2", "special_xlog1py",
+    "std_mean", "nan_to_num", "sinc", "deg2rad", "rad2deg", "log10", "log2", "exp2",
     "huber_loss", "_euclidean_dist", "cosine_similarity", "logcumsumexp",
     "native_dropout", "margin_ranking_loss", "poisson_nll_loss", "kl_div", "cosine_embedding_loss",
     "hinge_embedding_loss", "triplet_margin_loss", "multi_margin_loss", "im2col", "col2im", "reflection_pad1d",
@@ -67,6 +67,7 @@ def decompositions() -> dict:
         keep = {"convolution", "max_pool2d_with_indices", "avg_pool2d", "avg_pool3d", "max_pool3d_with_indices",
                 "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p", "xlogy",
                 "detach",  # the core table writes it as alias: unfunctionalized traces would lose the stop
+                "special_xlog1py",  # Note [xlog1py as torch's kernel] in graph/aten.py
                 "multilabel_margin_loss_forward"}  # torch 2.13's decomposition of it computes another value
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
