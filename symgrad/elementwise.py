@@ -56,7 +56,12 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     import torch
 
     stage("building the symbolic forward")
-    named = normalize_inputs(fn, symbolic, inputs, finite=engine != "graph")
+    named = normalize_inputs(fn, symbolic, inputs, finite=False)
+    if engine != "graph" and not _all_finite(named):  # Note [Non-finite inputs on auto]
+        if engine == "auto" and fn is not None and symbolic is None and not _forward_mode(via, tangents):
+            engine = "graph"
+        else:
+            refuse_nonfinite(named)
     wrt_names = _choose_wrt(named, wrt)
     dtype = lowest_precision(named.values())
     dtype_name = str(dtype).replace("torch.", "")
@@ -319,6 +324,29 @@ def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
 
 
+# Note [Non-finite inputs on auto]
+# The exploded back end evaluates closed forms at finite points only and refuses an inf or NaN input;
+# the op graph evaluates them as torch does (a -inf attention mask, log_softmax with a -inf logit, an
+# inf through exp(-x)) and reports NaN/inf on either side as such, never as a match.  With
+# engine='auto' torch code (no symbolic= twin) with a non-finite input therefore goes to the op graph
+# instead of being refused; engine='elementwise', a symbolic= twin and forward mode still refuse it,
+# with a message naming engine='graph'.
+def _all_finite(named) -> bool:
+    return all(bool(np.isfinite(t.detach().double().cpu().numpy()).all()) for t in named.values()
+               if t.is_floating_point())
+
+
+def _traceable(fn, symbolic) -> bool:
+    import sympy
+
+    return fn is not None and (symbolic is None or callable(symbolic) and
+                               not isinstance(symbolic, (sympy.Basic, sympy.MatrixBase, sympy.NDimArray)))
+
+
+def _forward_mode(via, tangents) -> bool:
+    return tangents is not None or (via or "").endswith(("jvp", "hessian")) or via in ("jacfwd", "forward_ad")
+
+
 def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) -> bool:
     """Whether the check goes to the op graph's tensor back end (Note [Memory guard])."""
     import sympy
@@ -332,13 +360,10 @@ def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) ->
             raise InputError("engine='graph' traces torch code: pass the torch function (and, as symbolic=, a "
                              "reference forward in torch ops if you have one), not a SymPy expression")
         return True
-    forward_mode = tangents is not None or (via or "").endswith(("jvp", "hessian")) or via in ("jacfwd", "forward_ad")
-    if engine == "elementwise" or forward_mode:
+    if engine == "elementwise" or _forward_mode(via, tangents):
         refuse_exploded(n_in, n_wrt, 1, False, budget)
         return False
-    traceable = fn is not None and (symbolic is None or callable(symbolic) and
-                                    not isinstance(symbolic, (sympy.Basic, sympy.MatrixBase, sympy.NDimArray)))
-    if not traceable:
+    if not _traceable(fn, symbolic):
         refuse_exploded(n_in, n_wrt, 1, False, budget)
         return False
     return too_big_to_explode(n_in, n_wrt, 1, False, budget)
