@@ -50,7 +50,9 @@ def derivatives(expr: sp.Expr, k: int) -> tuple:
 # tends to 0 as b -> 0 (and b**e is identically 0 along e there), so the derivative is 0: torch's
 # pow backward says 0 too (it masks base == 0 and exponent >= 0), and a NaN reference failed torch's
 # own pow(0, y) with respect to y.  Each product of b**e and log(b) is 0 where b == 0 and e > 0; at
-# b = 0, e <= 0 the derivative does not exist and the NaN stands.
+# b = 0, e <= 0 the derivative does not exist and the NaN stands.  A constant base is read as a
+# function of e alone already (Note [A constant zero base] in graph/aten.py); this covers a base that
+# is computed or differentiated (pow(relu(x), y), pow(x, y) at x = 0), exactly 0 instead of a band.
 def _zero_base(d: sp.Expr) -> sp.Expr:
     def masked(m):
         logs = {f.args[0] for f in m.args if isinstance(f, sp.log)}
