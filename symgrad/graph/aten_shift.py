@@ -7,6 +7,14 @@ derivative through ``m`` is zero, and ``m`` enters the op graph as a ``stop`` no
 is unchanged, ties in the maximum are no kinks (any choice gives the same value), and the
 rounding bound does not charge a cotangent that torch's own backward never computes (the sum of
 the row's terms routed to the argmax, which cancels exactly).
+
+# Note [logsumexp' from its rounded output]
+torch's logsumexp backward is g * exp(x - out), from its own rounded output out, whose absolute
+error is |out| eps: every entry of the gradient inherits a relative error of |out| eps (2e-13 at
+logits of 800 in float64).  The graph's derivative exp(x - m) / sum(exp(x - m)) never touches out,
+and its bound allowed a few eps: torch's own logsumexp of logits near 300 failed on the op graph.
+The output node is marked ``reuses_output``: its reverse and forward rules charge each local
+derivative |out| roundings of its own size besides (graph/rules.py, ``_reused_output``).
 """
 
 from __future__ import annotations
@@ -47,4 +55,5 @@ def _logsumexp(b, args, kwargs, val):
     m = b.stop(b.reduce("max", x, axes, True))
     total = b.reduce("sum", b.pointwise(lambda s, t: sp.exp(s - t), [x, m], x.shape), axes, True)
     out = b.pointwise(lambda s, t: t + sp.log(s), [total, m], total.shape)
+    out.attrs["reuses_output"] = True  # Note [logsumexp' from its rounded output]
     return b.layout("reshape", out, tuple(val.shape)) if not keep else out

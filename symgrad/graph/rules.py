@@ -239,6 +239,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
                 grads.append(None)
                 continue
             local = _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape)  # Note [Certified pointwise values]
+            local = _reused_output(node, env, ctx, local)
             if kinks is not None and local.banded and a.shape == node.shape:
                 if getattr(kinks, "flip", False):
                     local = _other_side(local)
@@ -262,6 +263,18 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
         op = node.attrs["op"]
         return linalg.vjp(op, args, linalg.forward(op, args, node.attrs), g, needed, node.attrs)
     raise ValueError(f"no vjp rule for node kind {kind!r}")
+
+
+def _reused_output(node: Node, env: dict, ctx: Ctx, local: Approx) -> Approx:
+    """``local`` charged |out| roundings of its own size where torch's derivative recomputes from the
+    node's rounded output ``out`` through exp (Note [logsumexp' from its rounded output] in
+    graph/aten_shift.py)."""
+    if not node.attrs.get("reuses_output"):
+        return local
+    out = _broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape)
+    with np.errstate(invalid="ignore"):
+        extra = np.where(np.isfinite(out.v), np.abs(local.v) * np.abs(out.v), 0.0)
+    return Approx(rounded(local.v, extra), local.e + extra, *((local.lo, local.hi) if local.banded else ()))
 
 
 def _chosen(d) -> bool:
@@ -508,7 +521,8 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
         for t, d in zip(tangents, derivatives(node.attrs["expr"], len(args))):
             if t is None or d == 0:
                 continue
-            term = mul(_broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape), _broadcast(t, node.shape))
+            local = _reused_output(node, env, ctx, _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape))
+            term = mul(local, _broadcast(t, node.shape))
             out = term if out is None else add(out, term)
         return _half_jvp_rounding(out, tangents, node.shape, ctx)
     if kind == "contract":

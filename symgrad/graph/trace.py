@@ -68,6 +68,7 @@ def decompositions() -> dict:
                 "mm", "bmm", "sigmoid", "tanh", "expm1", "log1p", "xlogy",
                 "detach",  # the core table writes it as alias: unfunctionalized traces would lose the stop
                 "special_xlog1py",  # Note [xlog1py as torch's kernel] in graph/aten.py
+                "logsumexp",  # read by graph/aten_shift.py, max shift detached (its decomposition shadowed it)
                 "multilabel_margin_loss_forward"}  # torch 2.13's decomposition of it computes another value
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
