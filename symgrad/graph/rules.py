@@ -288,7 +288,9 @@ def _times_cotangent(g: Approx, local: Approx, chosen: bool = False) -> Approx:
     infinite local derivative or bound (``exp(800)`` in softplus' unused branch) is 0, not NaN: the
     derivative of what was computed does not depend on the branch left out.  Likewise ``chosen``
     (Note [Masked entries under a NaN cotangent]): an exact 0 of a branch-picking derivative times a
-    NaN or infinite cotangent is 0."""
+    NaN or infinite cotangent is 0.  Forward mode calls it with the roles swapped: an exactly zero
+    local derivative (``where``'s, for the branch it did not take) times that branch's tangent, NaN
+    at softplus(1e5) (exp(1e5) / (1 + exp(1e5))), is 0."""
     out = mul(g, local)
     with np.errstate(invalid="ignore"):
         masked = (g.v == 0) & ~(g.e > 0) & ~(np.isfinite(local.v) & np.isfinite(local.e))
@@ -522,7 +524,7 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
             if t is None or d == 0:
                 continue
             local = _reused_output(node, env, ctx, _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape))
-            term = mul(local, _broadcast(t, node.shape))
+            term = _times_cotangent(local, _broadcast(t, node.shape))  # a branch not taken: 0, even times inf
             out = term if out is None else add(out, term)
         return _half_jvp_rounding(out, tangents, node.shape, ctx)
     if kind == "contract":
