@@ -77,7 +77,7 @@ def _real(z) -> float:
 def from_wide(value, dtype=np.float64):
     """mpmath numbers (object array, one number, or a plain float) back to ``dtype``; non-real -> NaN."""
     if isinstance(value, np.ndarray) and value.dtype == object:
-        return np.frompyfunc(_real, 1, 1)(value).astype(dtype)
+        return np.asarray(np.frompyfunc(_real, 1, 1)(value)).astype(dtype)  # a 0-d array gives a bare float
     if isinstance(value, np.ndarray):
         return value.astype(dtype)
     return dtype(_real(value))
