@@ -182,6 +182,26 @@ def test_saturated_activations_pass_on_the_op_graph(dtype):
         assert passes(fn, {"x": big}, "graph"), fn
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_remainder_at_its_jumps_passes_and_a_doubled_backward_fails(dtype):
+    """Note [Certified pointwise values]: the 40-digit re-evaluation put remainder(1.5, 1.5) on the
+    other step (x / 1.5 read as x * 0.666...), 1.5 where torch gives 0."""
+    x = torch.tensor([1.5, 3.0, -1.5, 0.0, 0.7], dtype=dtype)
+    rem = lambda x: torch.remainder(x, 1.5)  # noqa: E731
+    doubled = custom(rem, lambda x, g: 2 * g)
+    for engine in ENGINES:
+        assert passes(rem, {"x": x}, engine), engine
+        assert not passes(lambda x: doubled(x), {"x": x}, engine, v=cotangent(5, dtype)), engine
+
+
+def test_a_fully_masked_softmax_row_is_reported_not_a_crash():
+    x = torch.tensor([[-1.0, -2.0], [1.0, -3.0]], dtype=torch.float64)
+    for engine in ENGINES:
+        report = sg.check(lambda x: torch.softmax(x.masked_fill(x < 0, -math.inf), 1), {"x": x}, engine=engine,
+                          quiet=True)
+        assert not report.passed  # its row is NaN in torch and in the closed form: never a match
+
+
 def test_acosh_near_one_passes_and_a_wrong_backward_fails():
     """Note [acosh' as torch computes it] (symgrad/graph/rules.py): torch's (x**2 - 1).rsqrt() near
     x = 1 errs by 2.5e-13 relative in float64; the op graph allowed 6e-15."""
@@ -211,6 +231,16 @@ def test_a_nan_input_on_auto_is_never_a_pass():
 
 
 # --- true catches: kept so that no fix turns them into passes ------------------------------------
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_torch_where_over_a_nan_branch_fails(engine):
+    """torch.where(x > 0, sqrt(x), 0) at x = -1: torch's backward multiplies sqrt's NaN derivative by
+    where's 0 and returns NaN; the derivative is 0 there (the classic where-NaN trap)."""
+    x = torch.tensor([-1.0, 1.0, 3.0], dtype=torch.float64)
+    assert not passes(lambda x: torch.where(x > 0, torch.sqrt(x), torch.zeros_like(x)).sum(), {"x": x}, engine)
+    safe = lambda x: torch.where(x > 0, torch.sqrt(torch.where(x > 0, x, 1.0)), torch.zeros_like(x)).sum()  # noqa: E731
+    assert passes(safe, {"x": x}, engine)
+
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_torch_cdist_inf_norm_at_a_tie_is_not_a_subgradient(engine):

@@ -16,6 +16,9 @@ re-evaluated: the rerun's value is the float64 one its moved roundings made.  Re
 exact value threw those moves away, so the reruns of tanh' = 1 - tanh(x)**2 at x = 8.5 (a cancelling
 entry in float32) did not spread at all, the statistical allowance fell to 2e-10 where torch's
 1 - y**2 from its rounded y errs by 6e-8, and torch's own float32 tanh failed on the op graph.
+Nor is a form holding floor or ceiling: at a jump the float64 argument (1.5 * (1/1.5) = 1.0) and the
+40-digit one (0.999...) fall on different steps, and remainder(1.5, 1.5) became 1.5, not torch's 0.
+The steps' own bands (Note [Steps at their jumps] in graph/scalar.py) say what rounding can do there.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
 
     mode = reference_mode.get()
     if approx._PERTURB is not None:  # a random-rounding rerun: keep its moved value (see above)
+        return out
+    from .scalar import STEPS
+
+    if expr.has(*STEPS):  # a step at its jump: see above
         return out
     if mode == "float" or expr.is_Number or not expr.atoms(sp.Function):
         return out  # sums and products of float64 arguments: nothing a library function loses
