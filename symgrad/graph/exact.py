@@ -12,7 +12,8 @@ exact *given those arguments* (an argument computed upstream keeps its own float
 rounding bound ``e`` is kept: it is what torch's computation in the checked dtype may lose there,
 the "right?" allowance.  At most ``MAX_ENTRIES`` entries per evaluation; beyond, float64 stays.
 During a random-rounding rerun (Note [Statistical allowance] in montecarlo.py) nothing is
-re-evaluated: the rerun's value is the float64 one its moved roundings made.  Replacing it with the
+re-evaluated (``montecarlo.spread`` sets the reference mode to "float"): the rerun's value is the
+float64 one its moved roundings made.  Replacing it with the
 exact value threw those moves away, so the reruns of tanh' = 1 - tanh(x)**2 at x = 8.5 (a cancelling
 entry in float32) did not spread at all, the statistical allowance fell to 2e-10 where torch's
 1 - y**2 from its rounded y errs by 6e-8, and torch's own float32 tanh failed on the op graph.
@@ -55,12 +56,9 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
     from ..compare.accuracy import reference_mode
     from ..lower.exact import CERTIFY_FRACTION, EXACT_DPS
 
-    from . import approx
-
-    mode = reference_mode.get()
-    if approx._PERTURB is not None:  # a random-rounding rerun: keep its moved value (see above)
-        return out
     from .scalar import STEPS
+
+    mode = reference_mode.get()  # "float" during a random-rounding rerun (montecarlo.spread): see above
 
     if expr.has(*STEPS):  # a step at its jump: see above
         return out
