@@ -117,20 +117,12 @@ def test_a_derivative_outside_both_sides_of_a_kink_fails(name, dtype, engine):
     v = cotangent(len(x), dtype)
     assert not passes(lambda x: outside(x), {"x": x}, engine, v=v)
     assert passes(f, {"x": x}, engine, v=v)
-    if engine == "graph" and name in ("elu alpha 2", "selu", "where", "softplus threshold"):  # each a where
-        pytest.xfail(EXACT_ORDERINGS)
     assert passes(lambda x: between(x), {"x": x}, engine, v=v)
 
 
-# main's 7e7668b (Note [Exact orderings of values] in graph/scalar.py) reads x > 0 at x = 0 as certain
-# in forward values: the 0/1 mask of a comparison node then carries no band, and torch.where(x > 0, ..)
-# or x * (x > 0) at exactly 0 is no kink on the op graph, so a right backward taking the other side
-# (relu'(0) = 1) or a subgradient between the sides fails there (the exploded engine still passes).
-EXACT_ORDERINGS = ("op graph: a comparison's mask at an exact tie is certain since 7e7668b, so where's kink "
-                   "at x = 0 is lost; see test_where_relu_taking_the_other_side_at_zero")
-
-
-@pytest.mark.xfail(reason=EXACT_ORDERINGS, strict=True)
+# Note [Exact orderings of values] (graph/scalar.py): a comparison's mask at an exact tie is certain
+# only where its operands are piecewise constant (grid_sample's floor(ix) >= 0); x > 0 at x = 0 is a
+# kink, so a right backward taking the other side (relu'(0) = 1) passes on the op graph too.
 def test_where_relu_taking_the_other_side_at_zero():
     x, v = torch.tensor([0.0, 0.31, -1.7], dtype=torch.float64), cotangent(3, torch.float64)
     for f in (lambda x: torch.where(x > 0, x, 0.0), lambda x: x * (x > 0)):

@@ -386,7 +386,11 @@ _REL = {sp.StrictGreaterThan: np.greater, sp.StrictLessThan: np.less, sp.Greater
 # of their entries, every such entry became a kinked unit, and past MAX_KINK_UNITS the check fell
 # back to entrywise bands wide enough to pass a 1e-3 scaled backward (a missed bug).  So in forward
 # values (``Ctx.values``, set by the forward rule) an ordering is uncertain only where its operands
-# can move (rounding or a band), as an (in)equality test always was.
+# can move (rounding or a band), as an (in)equality test always was -- but only where every operand
+# is piecewise constant in the inputs (``rules._step_valued``: constants, floors, masks and their
+# sums).  ``torch.where(x > 0, x, 0)`` at x = 0 has an operand that moves with x: there the tie is a
+# kink, and a right backward taking relu'(0) = 1 passes (it failed while every exact tie in a value
+# was certain; tests/test_adversarial_functions.py).
 
 
 def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
