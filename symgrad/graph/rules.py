@@ -50,30 +50,30 @@ def _step_valued(node: Node) -> bool:
     """Whether ``node``'s value is piecewise constant in the leaves (a constant, a floor, a mask, and
     arithmetic, layout and sums of those): an exact tie of such values stays a tie under any small
     move of the inputs, where ``x > 0`` at x = 0 is a kink (Note [Exact orderings of values]).
-    Remembered per node (``attrs["step_valued"]``); arguments come first in a graph's order."""
-    hit = node.attrs.get("step_valued")
+    Remembered per node (``attrs["_step_valued"]``); arguments come first in a graph's order."""
+    hit = node.attrs.get("_step_valued")
     if hit is not None:
         return hit
     stack, order = [node], []
     while stack:  # the unknown arguments first, without recursion (a graph may be thousands deep)
         n = stack.pop()
-        if n.attrs.get("step_valued") is None:
+        if n.attrs.get("_step_valued") is None:
             order.append(n)
-            stack.extend(a for a in n.args if a.attrs.get("step_valued") is None)
+            stack.extend(a for a in n.args if a.attrs.get("_step_valued") is None)
     for n in reversed(order):
-        if n.attrs.get("step_valued") is not None:
+        if n.attrs.get("_step_valued") is not None:
             continue
         if n.kind == "leaf":
             flag = n.attrs.get("role") == "const"
         elif n.kind == "pointwise":
             derivs = derivatives(n.attrs["expr"], len(n.args))
-            flag = all(a.attrs["step_valued"] or d == 0 for a, d in zip(n.args, derivs))
+            flag = all(a.attrs["_step_valued"] or d == 0 for a, d in zip(n.args, derivs))
         elif n.kind in ("contract", "reduce", "layout", "select"):
-            flag = all(a.attrs["step_valued"] for a in n.args)
+            flag = all(a.attrs["_step_valued"] for a in n.args)
         else:  # stop keeps its argument's values; linear algebra: continuous
-            flag = n.kind == "stop" and all(a.attrs["step_valued"] for a in n.args)
-        n.attrs["step_valued"] = bool(flag)
-    return node.attrs["step_valued"]
+            flag = n.kind == "stop" and all(a.attrs["_step_valued"] for a in n.args)
+        n.attrs["_step_valued"] = bool(flag)
+    return node.attrs["_step_valued"]
 
 
 def forward(node: Node, args: list, ctx: Ctx) -> Approx:
