@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled", "with_backward", "vjp", "wrong_second"]
+__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled", "with_backward", "custom", "vjp", "wrong_second"]
 
 # name -> (torch function, safe input transform that keeps the op inside its well-conditioned domain)
 UNARY = {
@@ -79,6 +79,23 @@ def with_backward(fn, backward):
         def backward(ctx, g):
             (x,) = ctx.saved_tensors
             return backward(x, g)
+
+    return Seeded.apply
+
+
+def custom(forward, backward):
+    """``forward`` as a custom Function of any number of tensors whose backward is
+    ``backward(*saved inputs, grad_output)``."""
+
+    class Seeded(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            ctx.save_for_backward(*xs)
+            return forward(*xs)
+
+        @staticmethod
+        def backward(ctx, g):
+            return backward(*ctx.saved_tensors, g)
 
     return Seeded.apply
 

@@ -11,27 +11,10 @@ import torch.nn.functional as F
 
 import symgrad as sg
 from symgrad.errors import AutogradFailed
-from symgrad.testing_ops import vjp
+from symgrad.testing_ops import custom, vjp
 
 ENGINES = ["auto", "graph", "elementwise"]
 DTYPES = [torch.float64, torch.float32]
-
-
-def custom(forward, backward):
-    """``forward`` as a custom Function of any number of tensors whose backward is
-    ``backward(*saved inputs, grad_output)``."""
-
-    class Seeded(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *xs):
-            ctx.save_for_backward(*xs)
-            return forward(*xs)
-
-        @staticmethod
-        def backward(ctx, g):
-            return backward(*ctx.saved_tensors, g)
-
-    return Seeded.apply
 
 
 def cotangent(n, dtype):
