@@ -14,6 +14,7 @@ import sympy as sp
 import torch
 
 import symgrad as sg
+from symgrad import testing_ops
 
 DTYPES = [torch.float64, torch.float32]
 # Tolerances for comparing torch with an exact value computed in float64 (not symgrad's).
@@ -85,16 +86,6 @@ def rng(seed: int) -> np.random.Generator:
 
 def custom(fwd, bwd):
     """A torch.autograd.Function from a forward ``fwd(*xs)`` and a backward ``bwd(g, *xs)``
-    (the inputs are saved for it): the code under test in seeded-bug cases."""
-
-    class Fn(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *xs):
-            ctx.save_for_backward(*xs)
-            return fwd(*xs)
-
-        @staticmethod
-        def backward(ctx, g):
-            return bwd(g, *ctx.saved_tensors)
-
-    return Fn.apply
+    (the inputs are saved for it): the code under test in seeded-bug cases
+    (``symgrad.testing_ops.custom``, whose backward takes the cotangent last)."""
+    return testing_ops.custom(fwd, lambda *saved_and_g: bwd(saved_and_g[-1], *saved_and_g[:-1]))
