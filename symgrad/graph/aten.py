@@ -170,7 +170,7 @@ def _zero_base_pow(x, y):
     return _pw_piece((x**y, sp.Ne(x, 0)), (0, y > 0), (1, sp.Eq(y, 0)), (sp.oo, True))
 
 
-def _constant_with_zero(b, x) -> bool:
+def _constant_with_zero(x) -> bool:
     if isinstance(x, (int, float)):
         return x == 0
     if isinstance(x, Node):
@@ -182,7 +182,7 @@ def _constant_with_zero(b, x) -> bool:
 
 def _pow(b, args, kwargs, val):
     base, ex = args[0], args[1]
-    if _constant_with_zero(b, base) and not isinstance(ex, (int, float)):
+    if _constant_with_zero(base) and not isinstance(ex, (int, float)):
         if isinstance(base, (int, float)):
             return b.pointwise(lambda y: _pw_piece((0, y > 0), (1, sp.Eq(y, 0)), (sp.oo, True)),
                                [ex], tuple(val.shape))

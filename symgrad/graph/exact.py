@@ -55,11 +55,9 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
     re-evaluated over mpmath (Note [Certified pointwise values])."""
     from ..compare.accuracy import reference_mode
     from ..lower.exact import CERTIFY_FRACTION, EXACT_DPS
-
     from .scalar import STEPS
 
     mode = reference_mode.get()  # "float" during a random-rounding rerun (montecarlo.spread): see above
-
     if expr.has(*STEPS):  # a step at its jump: see above
         return out
     if mode == "float" or expr.is_Number or not expr.atoms(sp.Function):

@@ -64,13 +64,14 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
         return None
     out: dict = {node: [] for node in live}
     extra: dict = {node: np.zeros((len(units),) + node.shape) for node in live}
+    members = tie_members(st.graph)
     for k, found in enumerate(units):
         for arg, entry, changes in found:
             gens = {node: [] for node in live}
             worst = {node: np.zeros(node.shape) for node in live}
             for change, change_e in changes:
                 swept = backward(st.graph, st.values, _seeds(arg, entry, change, change_e),
-                                 live, st.ctx, kinks=KinkLog(flip=flip, ties=ties, members=tie_members(st.graph)))
+                                 live, st.ctx, kinks=KinkLog(flip=flip, ties=ties, members=members))
                 for node in live:
                     g = swept.get(node)
                     full = np.zeros((len(units),) + node.shape)

@@ -141,8 +141,8 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
 
     rng = np.random.default_rng(seed)
     total = [{node: 0.0 for node in live} for _ in seeds]
-    # the reruns skip mpmath (Note [Certified pointwise values]): float64's own error is 2**-22 of a
-    # move (DELTA = 2**-30 of a bound in units of eps <= 2**-23), far below the spread measured
+    # the reruns re-evaluate nothing over mpmath (Note [Certified pointwise values] in exact.py: an
+    # exact value would throw the rerun's moves away); float64's own error is 2**-22 of a move
     token = reference_mode.set("float")
     try:
         return _spread(graph, ctx, out, seeds, live, base, samples, rng, total, keep)

@@ -205,8 +205,7 @@ def _power_of_two(e) -> bool:
     return c > 0 and math.isfinite(c) and math.frexp(c)[0] == 0.5
 
 
-_FOLDED = ("Pow", "Mul", "Add", "FunctionSymbol") + tuple(f"{name}" for name in ("sin", "cos", "tan", "exp", "log",
-                                                                                "sinh", "cosh", "tanh", "atan", "erf"))
+_FOLDED = ("Pow", "Mul", "Add", "FunctionSymbol", "sin", "cos", "tan", "exp", "log", "sinh", "cosh", "tanh", "atan", "erf")
 
 
 CONSTANT_DIGITS = 340  # beyond the certified evaluation's most digits (exact.MAX_DPS)

@@ -26,7 +26,6 @@ partial derivatives themselves cancel where g does), only for the entries asked 
 
 from __future__ import annotations
 
-import re
 
 import mpmath as mp
 import numpy as np
@@ -48,7 +47,6 @@ MAX_PARTS = 512  # partial derivatives one conditioning takes; beyond, the accur
 MAX_SENSITIVITY_SLOTS = 256  # (closed form, sample) pairs one conditioning takes
 MAX_FREE = 64  # a closed form in more symbols than this is not differentiated again (a network's entry)
 assert codegen.CONSTANT_DIGITS > MAX_DPS + 10  # Note [Constants in the reference] in codegen.py
-_RATIONAL = re.compile(r"\((-?\d+)/(\d+)\)")
 
 
 def hp_eps() -> float:
@@ -61,11 +59,6 @@ def hp_name() -> str:
     from .numpy import high_precision
 
     return "80-bit extended" if high_precision() is not np.float64 else "float64"
-
-
-def _exact_source(source: str) -> str:
-    """The generated code with rational constants exact over mpmath ((1/3) -> _Q(1, 3))."""
-    return _RATIONAL.sub(r"(_Q(\1, \2))", source)
 
 
 class ExactEvaluator:
@@ -94,8 +87,8 @@ class ExactEvaluator:
         se_exprs = _resolve_special([to_symengine(e) for e in exprs])
         names = {to_symengine(a): f"_A[{i}]" for i, a in enumerate(self.args)}
         source, _ = generate([], se_exprs, names, 0, shared=_shared_first(se_exprs))
-        namespace = {**RUNTIME_WIDE, "_Q": lambda p, q: mp.mpf(p) / q}
-        exec(compile(_exact_source(source), "<symgrad.exact>", "exec"), namespace)  # noqa: S102 - our own code
+        namespace = dict(RUNTIME_WIDE)  # its constants exact at the working precision (Note [Constants in the reference])
+        exec(compile(source, "<symgrad.exact>", "exec"), namespace)  # noqa: S102 - our own code
         return namespace["_lowered"]
 
     def _run(self, fn, slots: list, dps: int, magnitudes: bool):
