@@ -20,12 +20,10 @@ from typing import Mapping
 import numpy as np
 
 from ..compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
-from ..compare.compare import compare, compare_all
-from ..compare.half import rounding_ulps
+from ..compare.compare import EPS, compare, compare_all
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..report.report import Report
-from .approx import Approx
 from ..ops import float32_constants, float32_scoped
 from . import cache as graph_cache
 from . import montecarlo
@@ -35,17 +33,16 @@ from .crosscheck import crosscheck
 from .node_cross import annotate as _annotate_crosscheck, crosscheck_nodes
 from .outputs import buffers as _buffers, flatten_output as _flatten_output, restore as _restore
 from .refs import JACOBIAN_VIAS
-from .refs import State as _State, approx_reference as _approx_reference, reference as _reference
+from .refs import State as _State, approx_reference as _approx_reference
 from .forward_records import by_columns_wanted as _by_columns, column_records as _column_records, jvp_records as _jvp_records, n_in as _n_in, tangent_dict as _tangent_dict
 from .engine import forward
 from .kinkunits import sweep_references
+from .statistical import note_resolution as _note_resolution, statistical as _statistical, statistical_forward as _statistical_forward, tighten as _tighten
 from .interpret import to_graph
 from .scalar import Ctx
 from .trace import trace_callable
 
 __all__ = ["check_graph", "EPS"]
-
-EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 
 def _dtype_name(tensors) -> str:
@@ -247,6 +244,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     else:
         seeds, quantity, how = _plan(out_t, via, v, cotangents, seed)
         records += _vjp_records(state, seeds, how, v, backward_calls, tuple(out_t.shape))
+        records[0] = _statistical_forward(state, forward_ref, records[0], out_t)
         meta["quantity"], meta["via"] = quantity, how
         if how == "random-vjp":  # forward mode too: the exact counterpart of gradcheck's fast mode
             gen = torch.Generator().manual_seed(seed + 1)
@@ -302,8 +300,11 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
                     "Autograd took the other one-sided derivative at every kinked unit (e.g. relu'(0) = 1); "
                     "checked against that choice (Note [Other side everywhere]).")
                 records[i], refs[i] = other, flipped[i]
-    for rec, ref, stat, ref_runs in zip(records, refs, stats, runs):
-        montecarlo.apply_scale_test(rec, ref_runs, st.dtype)  # Note [Systematic scale]
+    for rec, (ref_runs, ref_constants) in zip(records, runs):
+        montecarlo.apply_scale_test(rec, ref_runs, st.dtype, ref_constants)  # Note [Systematic scale]
+    if len(runs) > 1:  # Note [One scale over every gradient]
+        montecarlo.apply_joint_scale_test(records, [r for r, _ in runs], st.dtype, [c for _, c in runs])
+    for rec, ref, stat, (ref_runs, _) in zip(records, refs, stats, runs):
         if stat is not None and ref.statistical:
             rec.note = (rec.note + " " if rec.note else "") + (
                 f"Rounding allowance: {ref.statistical:,} entries use the statistical bound ({montecarlo.LAMBDA:g} standard "
@@ -311,88 +312,6 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
                 "(Note [Statistical allowance]).")
         _note_resolution(rec, ref, st.dtype)
     return records
-
-
-def _statistical(st: _State, seeds, live, per_seed, refs, nodes, out_shape, how, scale) -> tuple:
-    """Note [Statistical allowance]: where the worst-case bound leaves a low-precision gradient
-    coarse, each entry's rounding allowance becomes the smaller of it and LAMBDA standard deviations
-    of random-rounding reruns (applied to ``refs``).  Returns, per reference, that statistical
-    allowance (None where not used) and the reruns' changes stacked as the reference (for Note
-    [Systematic scale]; None where it does not run)."""
-    none = [None] * len(refs)
-    tight = len(seeds) <= 64 and montecarlo.wanted(st.graph, st.dtype, refs)
-    size = montecarlo.SAMPLES * len(seeds) * sum(int(np.prod(n.shape)) for n in live)
-    scaled = len(seeds) <= 64 and montecarlo.scale_wanted(st.graph, st.dtype, st.rtol, st.atol, size)
-    if not (tight or scaled):
-        return none, none
-    stage("op graph: random-rounding reruns for the statistical allowance")
-    kept: list | None = [] if scaled else None
-    samples = montecarlo.samples_for(st.graph, len(seeds), scaled)  # Note [Scale test's spread]
-    sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed, samples=samples, keep=kept)
-
-    def stacked(ref, node, per_seed_arrays):
-        return _reference(ref.name, [Approx(a[node]) if a.get(node) is not None else None for a in per_seed_arrays],
-                          tuple(st.leaves[ref.name].shape), out_shape, how, scale, []).value
-
-    stats, runs = [], []
-    for ref, node in zip(refs, nodes):
-        usable = node is not None and ref.rounding is not None
-        runs.append([stacked(ref, node, run) for run in kept] if usable and kept else None)
-        if not usable or not tight:
-            stats.append(None)
-            continue
-        # the compare charges rounding_ulps(dtype) units of eps per unit of the bound: LAMBDA sigma in all
-        stats.append(montecarlo.LAMBDA * np.abs(stacked(ref, node, sigma)) / rounding_ulps(st.dtype))
-        _tighten(ref, stats[-1])
-    return stats, runs
-
-
-def _tighten(ref, stat) -> None:
-    """Each entry's rounding allowance: the smaller of the worst case and ``stat``, except on
-    entries a kinked unit reaches (the reruns see one side's slope only); the kink rounding moves
-    by as much.  ``ref.statistical``: how many entries got tighter."""
-    if stat is None or ref.rounding is None:
-        return
-    worst = np.asarray(ref.rounding, np.float64)
-    tighter = np.isfinite(stat) & (stat < worst)
-    if ref.kink is not None:
-        tighter &= ~np.asarray(ref.kink, bool).reshape(tighter.shape)
-    ref.rounding = np.where(tighter, stat, worst)
-    if ref.kink_rounding is not None:
-        ref.kink_rounding = np.asarray(ref.kink_rounding, np.float64) - (worst - ref.rounding)
-    ref.statistical = int(tighter.sum())
-
-
-def _note_resolution(rec, ref, dtype: str) -> None:
-    """Say how small a relative error the check can see, where that is coarse: the worst-case bound
-    of a deep float32 network (forward errors carried into the backward, kinked units within
-    rounding of their kink) can allow a percent -- a bug below that passes unseen."""
-    eps = EPS.get(dtype, 2.0**-52)
-    value = np.abs(np.asarray(ref.value, np.float64))
-    width = rounding_ulps(dtype) * eps * np.abs(np.asarray(ref.rounding, np.float64))
-    if ref.lower is not None:
-        width = width + np.asarray(ref.upper, np.float64) - np.asarray(ref.lower, np.float64)
-    mask = value > 0
-    if not mask.any():
-        return
-    typical = _median(width[mask] / value[mask])
-    if typical > 1e4 * eps:
-        advice = (" Check in float64 (model.double()) to resolve it." if dtype != "float64" else
-                  " The entries are small differences of large terms here.")
-        rec.note = (rec.note + " " if rec.note else "") + (
-            f"Resolution: a typical entry here is allowed {typical:.2g} of its size (rounding bound and kink "
-            f"bands of this {dtype} computation); a relative bug smaller than that passes unseen.{advice}")
-
-
-def _median(x: np.ndarray) -> float:
-    """np.median by partition (np.median imports numpy.ma on first use: a first check paid it)."""
-    if np.isnan(x).any():
-        return float("nan")
-    k = x.size // 2
-    if x.size % 2:
-        return float(np.partition(x, k)[k])
-    part = np.partition(x, (k - 1, k))
-    return float((part[k - 1] + part[k]) / 2)
 
 
 def _plan(out_t, via, v, cotangents, seed: int):

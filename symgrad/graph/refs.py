@@ -75,6 +75,7 @@ class State:
     dtype: str
     rtol: float | None
     atol: float | None
+    forward_spread: object = None  # LAMBDA sigma of the forward output (Note [Statistical forward])
 
 
 def approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:

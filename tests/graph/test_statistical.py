@@ -186,10 +186,110 @@ def test_the_floor_is_an_at_least_in_the_scale_test():
     allowed = np.full(64, 1.0)  # a worst case far away: the spread decides
     loud = [g * value_roundings("bfloat16") * 3 * rng.choice((-1.0, 1.0), 64) for _ in range(16)]
     alpha, allow, n = montecarlo.systematic_scale(_scale_record(g, g, allowed), loud, "bfloat16")
-    w = g / np.sum(g * g)
+    spread2 = unit**2 * np.mean(np.square(loud), axis=0)  # Note [Weighted scale]
+    w = (g / spread2) / np.sum(g * g / spread2)
     runs_only = montecarlo.LAMBDA * unit * np.sqrt(np.mean([np.sum(w * r) ** 2 for r in loud]))
     assert alpha == 0 and n == 64 and allow == pytest.approx(runs_only)
     quiet = [np.zeros(64) for _ in range(16)]  # nothing counted: the floor alone
     _, allow, _ = montecarlo.systematic_scale(_scale_record(g, g, allowed), quiet, "bfloat16")
     floor = value_roundings("bfloat16") * unit * g
+    w = (g / floor**2) / np.sum(g * g / floor**2)
     assert allow == pytest.approx(montecarlo.LAMBDA * np.sqrt(np.sum((w * floor) ** 2)))
+
+
+def test_quiet_entries_set_the_weighted_scale():
+    """Note [Weighted scale]: entries the reruns spread widely weigh little, so a few noisy entries
+    do not widen the scale's allowance; a scale of the quiet entries is seen through them."""
+    from symgrad.compare.compare import EPS
+    from symgrad.compare.half import rounding_ulps
+
+    rng = np.random.default_rng(1)
+    g = rng.uniform(0.5, 2.0, 64)
+    unit = rounding_ulps("bfloat16") * EPS["bfloat16"]
+    size = np.where(np.arange(64) < 8, 40.0, 2.0) * g  # 8 entries err by 20 % in the model
+    runs = [size * rng.choice((-1.0, 1.0), 64) for _ in range(64)]
+    allowed = np.full(64, 1.0)
+    _, allow, _ = montecarlo.systematic_scale(_scale_record(g, g * 1.01, allowed), runs, "bfloat16")
+    unweighted = g / np.sum(g * g)
+    plain = montecarlo.scale_lambda(64) * unit * np.sqrt(np.mean([np.sum(unweighted * r) ** 2 for r in runs]))
+    assert allow < 0.01 < plain  # 1 % is beyond the weighted allowance, within the unweighted one
+    assert montecarlo.systematic_scale(_scale_record(g, g * 1.01, allowed), runs, "bfloat16")[0] == pytest.approx(0.01)
+
+
+def test_a_coherent_rounding_is_charged_its_size_not_lambda_times():
+    """Note [Coherent roundings]: a rounding every entry shares moves the scale by at most its size."""
+    from symgrad.compare.compare import EPS
+    from symgrad.compare.half import rounding_ulps
+
+    rng = np.random.default_rng(2)
+    g = rng.uniform(0.5, 2.0, 64)
+    unit = rounding_ulps("bfloat16") * EPS["bfloat16"]
+    runs = [2.0 * g * rng.choice((-1.0, 1.0), 64) for _ in range(64)]
+    shared = [1.5 * g]  # one site moving every entry by 1.5 roundings of itself
+    _, alone, _ = montecarlo.systematic_scale(_scale_record(g, g, np.full(64, 1.0)), runs, "bfloat16")
+    _, both, _ = montecarlo.systematic_scale(_scale_record(g, g, np.full(64, 1.0)), runs, "bfloat16", shared)
+    # the entries' weights see the shared site as spread (its mean square), the allowance as a shift
+    assert both > alone + 1.5 * unit * 0.99
+    assert both < alone * np.sqrt(1 + 1.5**2 / 2.0**2) + 1.5 * unit + 1e-12
+
+
+def test_erf_constant_is_a_coherent_rounding():
+    """erf's derivative holds 1/sqrt(pi), one rounding every entry shares: the scale test holds it
+    still in the reruns and charges its worst case (Note [Coherent roundings])."""
+    seen = []
+    real = montecarlo._constant_runs
+
+    def spy(*args):
+        real(*args)
+        seen.append(len(args[-2]))
+
+    x = torch.linspace(-2, 2, 48, dtype=torch.float64).reshape(6, 8).to(torch.bfloat16)
+    try:
+        montecarlo._constant_runs = spy
+        report = sg.check(torch.erf, {"x": x}, engine="graph", quiet=True)
+    finally:
+        montecarlo._constant_runs = real
+    assert report.passed and seen and seen[0] >= 1
+
+
+def test_the_forward_row_gets_the_statistical_allowance():
+    """Note [Statistical forward]: a deep float32 forward's worst-case bound allowed 6 % of the loss;
+    with the reruns' spread a forward off by 3e-4 fails at the output row."""
+    def net(x, ws, last):
+        h = x
+        for w in ws:
+            h = torch.tanh(h @ w) * 3
+        return last(h).pow(2).mean()
+
+    gen = torch.Generator().manual_seed(0)
+    ws = [torch.randn(48, 48, generator=gen) / 4 for _ in range(6)]
+    inputs = {"x": torch.randn(8, 48, generator=gen), **{f"w{i}": w for i, w in enumerate(ws)}}
+    for factor in (1.0, 1 + 3e-4):
+        off = with_backward(lambda h, factor=factor: h * factor, lambda h, g: g)
+        report = sg.check(lambda x, *w: net(x, w, off), inputs, symbolic=lambda x, *w: net(x, w, lambda h: h),
+                          engine="graph", quiet=True)
+        row = report.records[0]
+        assert row.name == "output" and row.passed == (factor == 1.0), row.note
+        assert row.allowed < 1e-4 * abs(row.expected) and "Statistical forward" in row.note
+
+
+def test_one_scale_over_every_gradient():
+    """Note [One scale over every gradient]: two gradients scaled alike, each too small alone to
+    resolve the scale, fail together; scaled apart (one up, one down) they do not."""
+    rng = np.random.default_rng(3)
+    shape = (40,)
+    gs = [rng.uniform(0.5, 2.0, shape) for _ in range(2)]
+    runs = [[3.0 * g * rng.choice((-1.0, 1.0), shape) for _ in range(64)] for g in gs]
+
+    def records(factors):
+        return [SimpleNamespace(name=f"x{i}", passed=True, expected=g, actual=g * f, allowed=np.full(shape, 1.0),
+                                kink_mask=None, note="", mismatched=0) for i, (g, f) in enumerate(zip(gs, factors))]
+
+    alone = [montecarlo.systematic_scale(rec, run, "bfloat16") for rec, run in zip(records((1.012, 1.012)), runs)]
+    assert all(abs(a) <= allow for a, allow, _ in alone)  # each alone passes
+    recs = records((1.012, 1.012))
+    montecarlo.apply_joint_scale_test(recs, runs, "bfloat16", [[], []])
+    assert all(r.mismatched and "every gradient" in r.note for r in recs)
+    recs = records((1.012, 0.988))
+    montecarlo.apply_joint_scale_test(recs, runs, "bfloat16", [[], []])
+    assert not any(r.mismatched for r in recs)
