@@ -79,17 +79,26 @@ def accumulating(dtype: str, eps: float):
         _ACCUMULATION.reset(token)
 
 
-# CPU kernels that add up in the half dtype itself: col2im's overlapping patches of a transposed
-# convolution (every convolution is one ``aten.convolution`` node, so all of them), and the 3-d
-# adaptive average pool's running sum (measured: errors of 5-18 ulps where float32 accumulation gives
-# under one).  Within their nodes sums count as half roundings, log2(n) on the terms' sizes.
-HALF_ACCUMULATING = ("aten.convolution", "aten._adaptive_avg_pool3d", "aten.adaptive_avg_pool3d", "aten._trilinear")
+# CPU kernels that add up in the half dtype itself: col2im's overlapping patches (a transposed
+# convolution's forward, a convolution's input gradient) and a convolution's weight gradient, and
+# the 3-d adaptive average pool's running sum (measured: errors of 5-50 ulps where float32
+# accumulation gives under one).  Within their nodes sums count as half roundings, log2(n) on the
+# terms' sizes.  A convolution's own forward (im2col and a float32 gemm) rounds once: measured in
+# bfloat16 and float16 over conv1d/2d/3d, strided, dilated and grouped, torch's output is the exact
+# result rounded once at 99.8-100 % of entries.  So a convolution's sums are half in its backward
+# sweep and, for a transposed one (its contraction marked ``_col2im``), in its forward too.
+HALF_ACCUMULATING = ("aten._adaptive_avg_pool3d", "aten.adaptive_avg_pool3d", "aten._trilinear")
+CONVOLUTION = "aten.convolution"
 
 
 @contextlib.contextmanager
-def kernel(origin: str):
-    """Within: the sums of the node from torch op ``origin`` (Note [Half-precision accumulation])."""
-    if _ACCUMULATION.get() is None or not (origin or "").startswith(HALF_ACCUMULATING):
+def kernel(node, backward: bool = False):
+    """Within: the sums of ``node`` (from torch op ``node.origin``) in its forward/tangent rule, or
+    in its reverse rule with ``backward`` (Note [Half-precision accumulation])."""
+    origin = node.origin or ""
+    half = origin.startswith(HALF_ACCUMULATING) or (
+        origin.startswith(CONVOLUTION) and (backward or bool(node.attrs.get("_col2im"))))
+    if _ACCUMULATION.get() is None or not half:
         yield
         return
     token = _ACCUMULATION.set(None)

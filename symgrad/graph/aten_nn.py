@@ -62,7 +62,7 @@ def _convolution(b: Builder, args, kwargs, val):
     return _conv_core(b, b.select([x], win), w, bias, groups, nd, val)
 
 
-def _conv_core(b, win_node, w, bias, groups, nd, val):
+def _conv_core(b, win_node, w, bias, groups, nd, val, col2im: bool = False):
     n, c = win_node.shape[:2]
     outs = win_node.shape[2:2 + nd]
     kernel = w.shape[2:]
@@ -74,6 +74,8 @@ def _conv_core(b, win_node, w, bias, groups, nd, val):
     grouped = b.layout("reshape", win_node, (n, g, c // g) + tuple(outs) + tuple(kernel))
     wg = b.layout("reshape", w, (g, cout // g, c // g) + tuple(kernel))
     y = b.contract(f"ngc{o_ax}{k_ax},goc{k_ax}->ngo{o_ax}", grouped, wg)
+    if col2im:  # a transposed convolution adds its patches up in half precision (approx.kernel)
+        y.attrs["_col2im"] = True
     y = b.layout("reshape", y, (n, cout) + tuple(outs))
     if bias is not None:
         bn = b.layout("reshape", b.node_of(bias), (cout,) + (1,) * nd)
@@ -104,7 +106,7 @@ def _conv_transpose(b, x, w, bias, stride, padding, dilation, output_padding, gr
     wf = b.layout("reshape", wf, (g, cin_g, cout_g) + tuple(kernel))
     wf = b.layout("permute", wf, (0, 2, 1) + tuple(range(3, 3 + nd)))
     wf = b.layout("reshape", wf, (g * cout_g, cin_g) + tuple(kernel))
-    return _conv_core(b, b.select([x], win), wf, bias, groups, nd, val)
+    return _conv_core(b, b.select([x], win), wf, bias, groups, nd, val, col2im=True)
 
 
 def _pool_args(args, nd):

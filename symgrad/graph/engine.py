@@ -34,7 +34,7 @@ def _forward(graph: Graph, ctx: Ctx) -> dict:
             own = _own_error(v, err) if err else None
             values[node] = Approx(rounded(v, own) if err else v, own)
         else:
-            with kernel(node.origin):
+            with kernel(node):
                 values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
     return values
 
@@ -78,7 +78,7 @@ def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kink
         if not any(needed):
             continue
         args = [values[a] for a in node.args]
-        with kernel(node.origin):
+        with kernel(node, backward=True):
             cotangents = vjp_rule(node, args, g, ctx, needed, kinks)
         for a, ga in zip(node.args, cotangents):
             if ga is None or a not in live:
@@ -111,7 +111,7 @@ def tangent_sweep(graph: Graph, values: dict, tangents: dict, ctx: Ctx, skip: tu
         ts = [known.get(a) for a in node.args]
         if any(t is not None for t in ts):
             try:
-                with kernel(node.origin):
+                with kernel(node):
                     t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
             except NotImplementedError as err:
                 if refuse is None:
