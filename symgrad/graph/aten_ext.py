@@ -13,7 +13,8 @@ import sympy as sp
 
 from ..errors import UnsupportedOp
 from .functions import saved_product
-from .aten import HANDLERS, _clamp, _dims, _pw_piece, _random, handles
+from .aten import HANDLERS, _clamp, _pw_piece, handles
+from .aten_tensor import _dims, _random, _selection
 from .trace import Builder, number
 
 _CHAIN = 32  # up to this many terms a product is a left-to-right chain, as torch's kernel multiplies
@@ -187,8 +188,6 @@ def _index_add(b, args, kwargs, val):
 @handles("aten.index_put", "aten.index_put_", "aten._unsafe_index_put")
 def _index_put(b, args, kwargs, val):
     """``x[indices] = values`` (a selection), or ``+=`` with ``accumulate=True``."""
-    from .aten import _selection
-
     acc = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
     if not acc:
         return _selection(b, args, kwargs, val)
