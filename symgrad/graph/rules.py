@@ -26,6 +26,7 @@ from .derivforms import as_torch_computes
 from .ir import Node
 from .exact import certified
 from .kinklog import _other_side, _record_node_kinks
+# the dispatchers below look these names up here (tests patch a rule as rules._vjp_layout etc.)
 from .rules_tensor import (_broadcast, _jvp_extreme, _layout, _reduce, _select, _vjp_contract, _vjp_layout,
                            _vjp_reduce, _vjp_select)
 from .scalar import Ctx, evaluate

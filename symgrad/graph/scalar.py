@@ -43,7 +43,7 @@ KINK_ULPS = 4.0
 KERNEL_REL = {0: 1e-11, 1: 1e-9}
 TRANSCENDENTAL_ULPS = 2.0  # one library function call: torch's vectorised kernels err by <= 1 ulp on CPU, CUDA's by <= 2
 # in float16/bfloat16 the function runs in float32 and its result is rounded once: one rounding
-# (Note [Half-precision allowance] in symgrad/compare/compare.py)
+# (Note [Half-precision allowance] in symgrad/compare/half.py)
 HALF_TRANSCENDENTAL_ULPS = 1.0
 
 
@@ -57,7 +57,7 @@ class Ctx:
     """The checked dtype's machine epsilon, and that of float32 (torch may hand constants to its
     kernels as float32 even in a float64 run).  ``backward_graph``: torch computes the checked
     forward-mode quantity through its backward graph (``functional.jvp``, a Jacobian by ``jacrev``),
-    where stops that hold for reverse mode only hold too (Note [Grad mode inside forward] in trace.py)."""
+    where stops that hold for reverse mode only hold too (Note [Grad mode inside forward] in trace_grad.py)."""
 
     eps: float = 2.0**-52
     dtype: str = "float64"

@@ -33,7 +33,7 @@ Exponents that are numbers (x**2, sqrt), e and pi are exact, and so is scaling b
 A product of k rounded factors counts one rounding, and a sum of n terms log2(n) on their sizes:
 torch's a*b*c rounds twice, but in float32 and float64 the allowance's factor of 4 covers it.  In
 float16 and bfloat16 each counted rounding is allowed little more than one (Note [Half-precision
-allowance] in symgrad/compare/compare.py), so there (``_M = 1``) a product counts k - 1 roundings
+allowance] in symgrad/compare/half.py), so there (``_M = 1``) a product counts k - 1 roundings
 and a sum of three or four terms n - 1 (elementwise ``a + b + c`` is two rounded additions).  A
 longer sum is a reduction, which torch accumulates in float32 (one rounding, far below the
 log2(n) still counted).
