@@ -7,8 +7,9 @@ Python values otherwise) and ``val``, the traced run's output (for shapes and in
 The pointwise ops, copies and ``detach`` are here; the other op groups register their handlers
 from their own modules: contractions, reductions, layouts, selections and constants in
 ``aten_tensor``, convolution and pooling in ``aten_nn`` (more in ``aten_ext``, linear algebra in
-``aten_linalg``), scatter_reduce, embedding and packed sequences in ``aten_seq``, softmax and
-logsumexp in ``aten_shift``, CTC in ``aten_ctc``.  ``symgrad.graph.interpret`` imports them all.
+``aten_linalg``), order statistics in ``aten_order``, scatter_reduce, embedding and packed
+sequences in ``aten_seq``, softmax and logsumexp in ``aten_shift``, CTC in ``aten_ctc``.
+``symgrad.graph.interpret`` imports them all.
 """
 
 from __future__ import annotations
