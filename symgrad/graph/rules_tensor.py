@@ -1,11 +1,11 @@
 """The rules of the tensor kinds -- ``contract``, ``reduce``, ``layout``, ``select`` -- in Approx
-arithmetic: forward, reverse-mode (VJP) and, for max/min, forward-mode; ``symgrad.graph.rules``
-dispatches to them by node kind.
+arithmetic: their forward and reverse-mode (VJP) rules, and max/min's forward-mode one (the other
+tangents are computed in ``rules.jvp``); ``symgrad.graph.rules`` dispatches to them by node kind.
 
-These linear kinds (and ``reduce`` sums) are checked against their own forward on every graph
-before a result is trusted (``symgrad.graph.crosscheck``): a wrong rule here makes the check fail,
-never pass.  A tie of max/min is a kink: its entries are recorded as kink units where the sweep
-keeps a log (``symgrad.graph.kinklog``), else banded.
+The linear ones (``contract``, ``layout``, ``select`` and ``reduce`` sums) are checked against
+their own forward on every graph before a result is trusted (``symgrad.graph.crosscheck``): a
+wrong rule there makes the check fail, never pass.  A tie of max/min is a kink: its entries are
+recorded as kink units where the sweep keeps a log (``symgrad.graph.kinklog``), else banded.
 """
 
 from __future__ import annotations

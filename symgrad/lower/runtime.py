@@ -13,7 +13,6 @@ the float64 and checked-dtype evaluations, long doubles divided or parsed from d
 extended-precision reference (``RUNTIME_HIGH``), mpmath numbers in the wide and certified ones.
 Printed as float64 quotients, they made the extended-precision reference err by up to half an ulp
 of float64 per constant, which its bound (in units of the extended precision) did not count.
-
 """
 
 from __future__ import annotations
