@@ -18,7 +18,7 @@ and ``bug``: ``None`` for a correct backward, else the kind of bug seeded.  The 
 
 # Note [Correct half-precision kernels]
 What a correct float16/bfloat16 backward may do, as the corpus writes them and as symgrad's bound
-allows (Note [Half-precision allowance] in symgrad/compare/compare.py): every elementwise operation
+allows (Note [Half-precision allowance] in symgrad/compare/half.py): every elementwise operation
 in the half dtype, each rounded once (a backward written in plain torch ops on half tensors, the
 usual way), or any part of it in float32 with one rounding at the end (a fused kernel, the
 "float32 accumulation" twins here); sums and matrix products through torch's own reductions,

@@ -56,7 +56,7 @@ def test_a_vjp_of_the_output_itself_prints_its_cotangent():
     assert report.passed and "no path" not in report["x"].closed_form
 
 
-# --- Note [One side per node] (symgrad/graph/rules.py) -------------------------------------------
+# --- Note [One side per node] (symgrad/graph/kinklog.py) -----------------------------------------
 
 KINKED = {  # op, kink points; one-sided derivatives taken from torch just off each kink
     "elu alpha 2": (lambda x: F.elu(x, 2.0), [0.0]),
@@ -126,7 +126,7 @@ TORCH_OWN = {  # name: (function, inputs, engines); Notes in the comments
     "x * x at subnormals": (lambda x: (x * x).sum(), [5e-324, 1e-310, 1e-45], ENGINES),
     # node cross-check: 1/1e-300 as a symengine Rational converted to inf
     "log at 1e-300": (lambda x: torch.log(x).sum(), [1e-300, 1.0], ["graph"]),  # float64 only: 0 in float32
-    # Note [pow' at a zero base] (symgrad/graph/rules.py), Note [A constant zero base] (graph/aten.py)
+    # Note [pow' at a zero base] (symgrad/graph/derivforms.py), Note [A constant zero base] (graph/aten.py)
     "pow(0, y) in y": (lambda y: torch.pow(torch.tensor([0.0, 2.0], dtype=y.dtype), y).sum(), [2.0, 1.5], ENGINES),
     "pow(relu(x), y) in y at a zero base": (
         lambda y: torch.pow(torch.relu(torch.tensor([0.0, 2.0], dtype=y.dtype)), y).sum(), [2.0, 1.5], ENGINES),
@@ -197,7 +197,7 @@ def test_a_fully_masked_softmax_row_is_reported_not_a_crash():
 
 
 def test_acosh_near_one_passes_and_a_wrong_backward_fails():
-    """Note [acosh' as torch computes it] (symgrad/graph/rules.py): torch's (x**2 - 1).rsqrt() near
+    """Note [acosh' as torch computes it] (symgrad/graph/derivforms.py): torch's (x**2 - 1).rsqrt() near
     x = 1 errs by 2.5e-13 relative in float64; the op graph allowed 6e-15."""
     x = torch.tensor([1.0 + 1e-12, 2.0], dtype=torch.float64)
     wrong = custom(torch.acosh, lambda x, g: g / torch.sqrt(x * x + 1))

@@ -2,7 +2,7 @@
 nodes first, where symengine's cse (with every sum hidden from it) ran before.  On random closed
 forms with shared subexpressions, cancelling sums, long products, kinks and rational constants
 (1/3, 3/10: exact to the evaluation's precision, Note [Constants in the reference] in
-codegen.py), the new printing gives
+runtime.py), the new printing gives
 the values of the old one (each within both evaluations' own rounding bounds), and its rounding
 bound holds the true error of an evaluation in float32 and in high precision (the exact value from
 SymPy at 50 digits)."""
@@ -154,7 +154,7 @@ def test_a_condition_on_a_large_dag_is_named_not_printed():
 @pytest.mark.parametrize("form", [lambda x: x / 10, lambda x: x * sp.sqrt(2), lambda x: sp.pi * x / 3,
                                   lambda x: sp.exp(x) * sp.log(3) / 7])
 def test_constants_are_exact_to_each_evaluation(form):
-    """Note [Constants in the reference] (codegen.py): 1/10, sqrt(2), pi/3 held as float64 made the
+    """Note [Constants in the reference] (runtime.py): 1/10, sqrt(2), pi/3 held as float64 made the
     extended-precision reference err by half an ulp of float64, beyond its own bound."""
     x = sp.Symbol("x", real=True)
     expr = form(x)

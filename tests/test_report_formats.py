@@ -251,7 +251,8 @@ def test_failure_details_show_the_worst_entries_with_both_values(failing):
 def test_an_inaccurate_record_in_json_keeps_its_worst_entries_and_reference():
     """Issue 11: the verdict, the reference's accuracy and the worst entries (both values, the error,
     the allowance) reach the JSON, valid against the schema; the schema refuses a negative count."""
-    from symgrad.compare.compare import Record, WorstEntry
+    from symgrad.compare.compare import WorstEntry
+    from symgrad.compare.record import Record
 
     rec = Record("x", "grad", (2,), "float64", total=2, inaccurate=1, accuracy_index=(1,), accuracy_ulps=1e7,
                  accuracy_allowed_ulps=20.0, condition=2.0, reference="closed form in 80-bit extended floats, "

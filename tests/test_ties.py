@@ -73,7 +73,7 @@ def test_a_large_tie_of_a_small_function_is_one_unit(n, dtype):
 
 def test_the_tie_size_follows_the_graph_size():
     from symgrad.graph.kinkunits import tie_members
-    from symgrad.graph.rules import MAX_SMALL_TIE, MAX_TIE_MEMBERS
+    from symgrad.graph.kinklog import MAX_SMALL_TIE, MAX_TIE_MEMBERS
 
     class Graph:
         def __init__(self, numbers):

@@ -63,7 +63,7 @@ def rounded_constant(key, v, own):
 # (``eps32 / eps``, 2**-16 in bfloat16) -- not log2(n) half roundings on its terms, which would
 # allow a sum that cancels (a softmax's gradient) tens of percent.  Sums torch does with rounded
 # additions stay at one half rounding per add: elementwise adds (``add``), gradients accumulated
-# over a tensor's uses, and index_add's scatter (``_vjp_select`` in rules.py, by summation_factor).
+# over a tensor's uses, and index_add's scatter (``_vjp_select`` in rules_tensor.py, by summation_factor).
 # The engine sets the ratio for the duration of an evaluation (``accumulating``, from Ctx.dtype).
 _ACCUMULATION: contextvars.ContextVar = contextvars.ContextVar("symgrad_accumulation", default=None)
 EPS32 = 2.0**-23

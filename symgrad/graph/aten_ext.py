@@ -1,6 +1,7 @@
 """More handlers, each an ATen op's forward from core nodes: products, logcumsumexp, cdist, ops
 that add entries up (scatter_add, index_add), bilinear, embedding_bag, multilabel_margin_loss,
-rrelu in eval.  The linear-algebra handlers are in ``aten_linalg``.
+rrelu in eval.  The linear-algebra handlers are in ``aten_linalg``, the order statistics in
+``aten_order``.
 
 ``prod`` is a chain (or, past ``_CHAIN`` terms, a tree) of pointwise products of slices: its
 derivative, the product of the other terms, comes out of reverse mode exactly, zeros included.
@@ -13,7 +14,8 @@ import sympy as sp
 
 from ..errors import UnsupportedOp
 from .functions import saved_product
-from .aten import HANDLERS, _clamp, _dims, _pw_piece, _random, handles
+from .aten import HANDLERS, _clamp, _pw_piece, handles
+from .aten_tensor import _dims, _random, _selection
 from .trace import Builder, number
 
 _CHAIN = 32  # up to this many terms a product is a left-to-right chain, as torch's kernel multiplies
@@ -187,8 +189,6 @@ def _index_add(b, args, kwargs, val):
 @handles("aten.index_put", "aten.index_put_", "aten._unsafe_index_put")
 def _index_put(b, args, kwargs, val):
     """``x[indices] = values`` (a selection), or ``+=`` with ``accumulate=True``."""
-    from .aten import _selection
-
     acc = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
     if not acc:
         return _selection(b, args, kwargs, val)
@@ -311,89 +311,6 @@ def _rrelu(b, args, kwargs, val):
 
 
 from . import aten_linalg  # noqa: E402,F401 - registers the linear-algebra handlers
-
-
-# ------------------------------------------------------------------ order statistics: data-chosen selections
-
-@handles("aten.sort", "aten.topk", "aten.kthvalue", "aten.median.dim", "aten.nanmedian.dim", "aten.mode",
-         "aten.cummax", "aten.cummin", "aten.sort.stable")
-def _order(b, args, kwargs, val):
-    """Values picked by indices that the float64 values choose (torch's ``(values, indices)``): the
-    values are a ``select`` (a gather along the op's axis), the indices integer data."""
-    import torch
-
-    x = b.node_of(args[0])
-    with torch.no_grad():
-        out = b.fx_node.target(b.value_of(x), *args[1:], **kwargs)
-    indices = out[1]
-    name = str(b.fx_node.target)
-    if "sort" in name:
-        dim = kwargs.get("dim", args[2] if "stable" in name and len(args) > 2 else (args[1] if len(args) > 1 else -1))
-    elif "topk" in name:
-        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
-    elif "kthvalue" in name:
-        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
-    else:
-        dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
-    if not isinstance(dim, int):
-        dim = -1
-    ids = _ids(x)
-    keep = indices if indices.dim() == ids.dim() else indices.unsqueeze(dim)
-    picked = torch.gather(ids, dim, keep).reshape(indices.shape)
-    prefix = "cummax" in name or "cummin" in name
-    return _tied_select(b, x, picked.long().numpy(), dim, prefix), indices
-
-
-@handles("aten.median.default", "aten.nanmedian.default")
-def _median_all(b, args, kwargs, val):
-    import torch
-
-    x = b.node_of(args[0])
-    with torch.no_grad():
-        flat = b.value_of(x).reshape(-1)
-        k = (flat.numel() - 1) // 2
-        index = torch.sort(flat, stable=True).indices[k]
-    if len(x.shape) > 1:  # the ties of median() are among all entries
-        x = b.layout("reshape", x, (x.size,))
-    return _tied_select(b, x, np.array(int(index) + 1), 0 if x.shape else None, False)
-
-
-# Note [Ties of order statistics]
-# sort, topk, kthvalue, median, mode, cummax and cummin pick an entry by its value.  Where several
-# entries along the axis hold the picked value, which one is picked is the implementation's choice
-# (torch's median() spreads the gradient evenly over them, median(dim) routes it to one), and every
-# choice -- any convex combination -- is a valid derivative: locally, the picked value is the
-# max over the tied entries, whose derivative has one side per entry.  So a tied pick is read as
-# ``max`` over the tied entries (a ``select`` of the candidates and a ``reduce``), and the kink rule
-# of ``max`` (ties are kinks, Note [Kink units]) judges whichever entry autograd routed to.  An
-# untied pick stays a plain ``select``.
-def _tied_select(b, x, picked: np.ndarray, dim, prefix: bool):
-    """The entries of ``x`` at 1-based flat ``picked`` ids, each read as the max over the entries
-    along ``dim`` that tie with it (only those up to the output's own position where ``prefix``:
-    cummax / cummin)."""
-    vals = b.value_of(x).detach().double().cpu().numpy().reshape(x.shape)
-    if dim is None or not x.shape or picked.size == 0:
-        return b.select([x], picked)
-    dim %= len(x.shape)
-    flat = picked.reshape(-1) - 1
-    coords = np.array(np.unravel_index(flat, x.shape))  # (ndim, m)
-    n = x.shape[dim]
-    rows = np.repeat(coords[:, :, None], n, axis=2)
-    rows[dim] = np.arange(n)[None, :]
-    row_ids = np.ravel_multi_index(tuple(rows), x.shape)  # (m, n), 0-based
-    tie = vals.reshape(-1)[row_ids] == vals.reshape(-1)[flat][:, None]
-    if prefix:  # the output's position along dim bounds the window
-        position = np.unravel_index(np.arange(picked.size), picked.shape)[dim] if picked.shape == x.shape else None
-        if position is not None:
-            tie &= np.arange(n)[None, :] <= np.asarray(position)[:, None]
-    k = int(tie.sum(axis=1).max())
-    if k <= 1:
-        return b.select([x], picked)
-    cand = np.where(tie, row_ids, flat[:, None])
-    order = np.argsort(~tie, axis=1, kind="stable")[:, :k]
-    cand = np.take_along_axis(cand, order, axis=1) + 1
-    node = b.select([x], cand.reshape(picked.shape + (k,)))
-    return b.reduce("max", node, (len(picked.shape),), False)
 
 
 @handles("aten.addbmm")

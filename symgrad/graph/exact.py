@@ -55,7 +55,7 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
     re-evaluated over mpmath (Note [Certified pointwise values])."""
     from ..compare.accuracy import reference_mode
     from ..lower.exact import CERTIFY_FRACTION, EXACT_DPS
-    from .scalar import STEPS
+    from .scalar_kernels import STEPS
 
     mode = reference_mode.get()  # "float" during a random-rounding rerun (montecarlo.spread): see above
     if expr.has(*STEPS):  # a step at its jump: see above

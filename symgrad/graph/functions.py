@@ -14,7 +14,7 @@ import sympy as sp
 
 from ..compare.half import rounding_ulps, subnormal_rounding
 from .approx import Approx, mul, rounded
-from .scalar import FUNCTIONS, NARY, STEPS
+from .scalar_kernels import FUNCTIONS, NARY, STEPS
 
 __all__ = ["expm1", "log1p", "sigmoid", "saved_product", "DEFINITIONS"]
 

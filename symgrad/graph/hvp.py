@@ -39,8 +39,9 @@ from ..errors import UnsupportedOp
 from .approx import Approx, add, einsum, mul, unbroadcast
 from .engine import _depends, tangent_sweep
 from .ir import Graph, Node
-from .rules import _broadcast, derivatives, symbols_for
+from .rules import derivatives, symbols_for
 from .rules import vjp as vjp_rule
+from .rules_tensor import _broadcast
 from .scalar import Ctx, evaluate
 
 __all__ = ["second_derivatives", "hvp_rule", "hvp", "refuse_unsupported"]

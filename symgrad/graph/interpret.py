@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import InputError, UnsupportedOp
-from . import aten, aten_ctc, aten_nn, aten_seq, aten_shift  # noqa: F401 - register the convolution, pooling, softmax, CTC and sequence handlers
+from . import aten, aten_ctc, aten_nn, aten_order, aten_seq, aten_shift, aten_tensor  # noqa: F401 - register the tensor, convolution, pooling, order-statistics, softmax, CTC and sequence handlers
 from .ir import Graph, Node
 from .trace import Builder
 from .trace_grad import IN_PLACE, NO_GRAD

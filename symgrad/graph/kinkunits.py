@@ -17,7 +17,7 @@ from .pointwise_oracle import attach_pointwise_oracles
 from .printing import gradient_text
 from .cones import limit_bands
 from .refs import reference as _reference
-from .rules import MAX_SMALL_TIE, MAX_TIE_MEMBERS, KinkLog
+from .kinklog import MAX_SMALL_TIE, MAX_TIE_MEMBERS, KinkLog
 
 __all__ = ["sweep_references", "MAX_KINK_UNITS", "tie_members"]
 
@@ -36,7 +36,7 @@ SWEEP_NUMBERS = 4_000_000  # the numbers the ties' sweeps may compute, at most M
 
 
 def tie_members(graph) -> int:
-    """The largest tie taken as a kink unit (Note [Ties as kink units] in rules.py): one reverse
+    """The largest tie taken as a kink unit (Note [Ties as kink units] in kinklog.py): one reverse
     sweep per tied entry, MAX_KINK_UNITS ties at most, within SWEEP_NUMBERS numbers in all."""
     numbers = max(1, sum(int(np.prod(n.shape, dtype=np.int64)) for n in graph.nodes))
     return int(min(MAX_SMALL_TIE, max(MAX_TIE_MEMBERS, SWEEP_NUMBERS // (numbers * max(1, MAX_KINK_UNITS)))))
@@ -87,7 +87,7 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
 
 def _seeds(arg, entry, change, change_e) -> dict:
     """The cotangent seeds of one unit's change: one argument node, or several arguments of one
-    node that move together (a tuple, Note [One side per node] in graph/rules.py; the bound is the
+    node that move together (a tuple, Note [One side per node] in graph/kinklog.py; the bound is the
     unit's, charged once)."""
     nodes, changes = (arg, change) if isinstance(arg, tuple) else ((arg,), (change,))
     seeds: dict = {}

@@ -3,7 +3,8 @@
 A pointwise node of the op graph is a SymPy function of scalar symbols (``tanh(s0)``,
 ``Piecewise((s0, s0 > 0), (0, True))``).  Its derivative is ``sympy.diff`` of that form -- never
 written by hand -- and both are evaluated here, entry by entry over numpy arrays, carrying the
-rounding bound and kink band of Note [Approx arithmetic].
+rounding bound and kink band of Note [Approx arithmetic].  The functions' numpy kernels (value and
+derivative) are in ``symgrad.graph.scalar_kernels``.
 
 # Note [Kinks in the scalar evaluator]
 A condition ``lhs > rhs`` is *uncertain* at an entry where ``|lhs - rhs|`` is no larger than its
@@ -27,8 +28,9 @@ import sympy as sp
 
 from .approx import Approx, add, mul, rounded, rounded_constant, signed_band
 from ..ops import is_float32_constant
+from .scalar_kernels import FUNCTIONS, NARY, STEPS, _polygamma
 
-__all__ = ["Ctx", "evaluate", "FUNCTIONS", "STEPS", "NARY", "constant_error"]
+__all__ = ["Ctx", "evaluate", "constant_error"]
 
 KINK_ULPS = 4.0
 
@@ -41,7 +43,7 @@ KINK_ULPS = 4.0
 KERNEL_REL = {0: 1e-11, 1: 1e-9}
 TRANSCENDENTAL_ULPS = 2.0  # one library function call: torch's vectorised kernels err by <= 1 ulp on CPU, CUDA's by <= 2
 # in float16/bfloat16 the function runs in float32 and its result is rounded once: one rounding
-# (Note [Half-precision allowance] in symgrad/compare/compare.py)
+# (Note [Half-precision allowance] in symgrad/compare/half.py)
 HALF_TRANSCENDENTAL_ULPS = 1.0
 
 
@@ -55,7 +57,7 @@ class Ctx:
     """The checked dtype's machine epsilon, and that of float32 (torch may hand constants to its
     kernels as float32 even in a float64 run).  ``backward_graph``: torch computes the checked
     forward-mode quantity through its backward graph (``functional.jvp``, a Jacobian by ``jacrev``),
-    where stops that hold for reverse mode only hold too (Note [Grad mode inside forward] in trace.py)."""
+    where stops that hold for reverse mode only hold too (Note [Grad mode inside forward] in trace_grad.py)."""
 
     eps: float = 2.0**-52
     dtype: str = "float64"
@@ -90,70 +92,7 @@ def constant_error(c, ctx: Ctx) -> float:
     return float(abs(exact - Fraction(low))) / ctx.eps
 
 
-def _d_erfinv(x):
-    from scipy.special import erfinv
-
-    return math.sqrt(math.pi) / 2 * np.exp(erfinv(x) ** 2)
-
-
-def _scipy(name):
-    def fn(x):
-        import scipy.special as sc
-
-        return getattr(sc, name)(x)
-
-    return fn
-
-
-def _sinc(x):
-    with np.errstate(all="ignore"):
-        return np.where(x == 0, 1.0, np.sin(x) / np.where(x == 0, 1.0, x))
-
-
-def _dsinc(x):
-    with np.errstate(all="ignore"):
-        safe = np.where(x == 0, 1.0, x)
-        return np.where(x == 0, 0.0, (np.cos(x) * safe - np.sin(x)) / safe**2)
-
-
-# SymPy function -> (value, derivative) as numpy functions of one array.
-FUNCTIONS = {
-    sp.exp: (np.exp, np.exp),
-    sp.log: (np.log, lambda x: 1 / x),
-    sp.sin: (np.sin, np.cos),
-    sp.cos: (np.cos, lambda x: -np.sin(x)),
-    sp.tan: (np.tan, lambda x: 1 / np.cos(x) ** 2),
-    sp.tanh: (np.tanh, lambda x: 1 - np.tanh(x) ** 2),
-    sp.sinh: (np.sinh, np.cosh),
-    sp.cosh: (np.cosh, np.sinh),
-    sp.asin: (np.arcsin, lambda x: 1 / np.sqrt(1 - x * x)),
-    sp.acos: (np.arccos, lambda x: -1 / np.sqrt(1 - x * x)),
-    sp.atan: (np.arctan, lambda x: 1 / (1 + x * x)),
-    sp.asinh: (np.arcsinh, lambda x: 1 / np.sqrt(1 + x * x)),
-    sp.acosh: (np.arccosh, lambda x: 1 / np.sqrt(x * x - 1)),
-    sp.atanh: (np.arctanh, lambda x: 1 / (1 - x * x)),
-    sp.erf: (_scipy("erf"), lambda x: 2 / math.sqrt(math.pi) * np.exp(-x * x)),
-    sp.erfc: (_scipy("erfc"), lambda x: -2 / math.sqrt(math.pi) * np.exp(-x * x)),
-    sp.erfinv: (_scipy("erfinv"), _d_erfinv),
-    sp.loggamma: (_scipy("gammaln"), _scipy("digamma")),
-    sp.sinc: (_sinc, _dsinc),
-    sp.floor: (np.floor, lambda x: np.zeros_like(x)),
-    sp.ceiling: (np.ceil, lambda x: np.zeros_like(x)),
-}
-# the piecewise-constant, non-decreasing functions of FUNCTIONS (floor, ceil, trunc, round): they
-# jump at integers or half-integers (Note [Steps at their jumps])
-STEPS = {sp.floor, sp.ceiling}
-# SymPy functions of several arguments -> their evaluation (a list of Approx arguments, Ctx) -> Approx
-NARY: dict = {}
-
-
 _ROOTED = {sp.loggamma, sp.erfinv}
-
-
-def _polygamma(n: int):
-    from scipy.special import polygamma
-
-    return (lambda x: polygamma(n, x)), (lambda x: polygamma(n + 1, x))
 
 
 def evaluate(expr: sp.Expr, env: dict, ctx: Ctx) -> Approx:

@@ -69,7 +69,7 @@ def explode_torch(torch_fn: Callable, leaves: Mapping, *, budget: int | None = N
     """``(exploded_output(...), the op graph it came from)``: the graph gives the tensor back end's
     rounding bounds for the same products (``widen_to_tensor_bounds``).  ``n_diff=None``: a Jacobian
     (every output entry differentiated), sized as such before anything is built.  ``forward_ad``: for
-    torch's forward-mode AD (Note [Grad mode inside forward] in trace.py)."""
+    torch's forward-mode AD (Note [Grad mode inside forward] in trace_grad.py)."""
     names = list(leaves)
     tensors = [leaves[n].detach() for n in names]
     graph = _graph_of(torch_fn, names, tensors, constants)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
-from . import codegen
 from .codegen import generate
+from .runtime import CONSTANT_DIGITS
 from .wide import RUNTIME_WIDE
 
 __all__ = ["ExactEvaluator", "EXACT_DPS", "MAX_DPS", "CERTIFY_FRACTION", "REFERENCE_ULPS", "MAX_EXACT_ENTRIES",
@@ -46,7 +46,7 @@ MAX_SLOTS = 2048  # (closed form, sample) pairs one mpmath evaluation takes (a p
 MAX_PARTS = 512  # partial derivatives one conditioning takes; beyond, the accuracy question is not answered
 MAX_SENSITIVITY_SLOTS = 256  # (closed form, sample) pairs one conditioning takes
 MAX_FREE = 64  # a closed form in more symbols than this is not differentiated again (a network's entry)
-assert codegen.CONSTANT_DIGITS > MAX_DPS + 10  # Note [Constants in the reference] in codegen.py
+assert CONSTANT_DIGITS > MAX_DPS + 10  # Note [Constants in the reference] in runtime.py
 
 
 def hp_eps() -> float:

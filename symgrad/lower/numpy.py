@@ -2,7 +2,7 @@
 
 ``lower(exprs, args)`` turns a list of expressions (SymPy or symengine) into one Python function
 over numpy values: each shared subexpression is computed once (Note [Sums kept as built]) and the
-code is printed by ``codegen.generate``, one table entry per function (``FUNCTIONS``).  SymPy's ``lambdify`` does the
+code is printed by ``codegen.generate``, one table entry per function (``runtime.FUNCTIONS``).  SymPy's ``lambdify`` does the
 same job but took 13 s where this takes well under one on a small MLP's gradient (its printer and
 cse are pure Python); SymPy stays the reference for *showing* closed forms.
 
@@ -32,7 +32,8 @@ import sympy as sp
 from sympy.core.function import Application
 
 from ..errors import UnsupportedOp
-from .codegen import FUNCTIONS, RUNTIME, RUNTIME_HIGH, generate
+from .codegen import generate
+from .runtime import FUNCTIONS, RUNTIME, RUNTIME_HIGH
 from .special import OPAQUE, resolve
 from .wide import RUNTIME_WIDE, WIDE_DPS, from_wide, overflowed, to_wide
 
@@ -344,7 +345,7 @@ class Lowered:
         self.relationals = len(self._rel_text)
         self._code = compile(self.source, "<symgrad.lower>", "exec")
         self._fn = self._compiled(RUNTIME)
-        self._fn_high = self._compiled(RUNTIME_HIGH)  # Note [Constants in the reference] in codegen.py
+        self._fn_high = self._compiled(RUNTIME_HIGH)  # Note [Constants in the reference] in runtime.py
         self._fn_wide = None  # Note [Wide evaluation], compiled when first needed
         self.n = len(se_exprs)
 

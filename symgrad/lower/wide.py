@@ -19,7 +19,7 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
-from .codegen import RUNTIME
+from .runtime import RUNTIME
 from .special import MPMATH, jumps
 
 __all__ = ["RUNTIME_WIDE", "WIDE_DPS", "WIDE_MAX_BATCH", "to_wide", "from_wide", "overflowed"]

@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-from ..compare.compare import Record, format_index
+from ..compare.compare import format_index
+from ..compare.record import Record
 
 __all__ = ["reference_line", "VERDICT_CODES", "verdict_code", "closed_form_lines", "is_long", "detail_message", "worst_entries",
            "entry_ratio", "shown_closed_forms", "worst_lines", "worst_closed_form", "failure_message"]

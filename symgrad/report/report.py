@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..compare.compare import Record, format_index
+from ..compare.compare import format_index
+from ..compare.record import Record
 from ..errors import SymgradError
 from .escape import escape_markdown, escape_text, markdown_code
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import symgrad as sg
-from symgrad.graph import approx, rules
+from symgrad.graph import approx, rules, rules_tensor
 from symgrad.graph.approx import FAST_MIN_WORK, Approx, dot, einsum
 from symgrad.reference import Reference
 
@@ -138,7 +138,7 @@ def test_keyed_signs_in_place_equal_the_formula():
 
 
 def _select_reference(idx, args, fill, shape):
-    """rules._select and rules._vjp_select's scatter as first written (np.where over a pick mask)."""
+    """rules_tensor._select and rules_tensor._vjp_select's scatter as first written (np.where over a pick mask)."""
     pick = idx > 0
     where = np.where(pick, idx - 1, 0)
     flat = np.concatenate([np.ravel(a) for a in args])
@@ -160,12 +160,12 @@ def test_select_gather_and_scatter_equal_the_mask_formulas(padded):
                    np.abs(rng.standard_normal(x.shape)), np.zeros(x.shape))]
     node = Node("select", (), {"idx": idx, "fill": -np.inf}, idx.shape)
     for _ in range(2):  # a second call gives the same answer
-        out = rules._select(node, args)
+        out = rules_tensor._select(node, args)
         assert np.array_equal(out.v, _select_reference(idx, [args[0].v], -np.inf, idx.shape))
         for field in ("e", "lo", "hi"):
             assert np.array_equal(getattr(out, field), _select_reference(idx, [getattr(args[0], field)], 0.0, idx.shape))
         g = Approx(rng.standard_normal(idx.shape), np.abs(rng.standard_normal(idx.shape)))
-        (grad,) = rules._vjp_select(node, args, g)
+        (grad,) = rules_tensor._vjp_select(node, args, g)
         pick = idx.ravel() > 0
         slots = idx.ravel()[pick] - 1
         expected = np.bincount(slots, weights=g.v.ravel()[pick], minlength=x.size).reshape(x.shape)

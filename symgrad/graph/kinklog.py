@@ -1,0 +1,126 @@
+"""The kinked units a reverse sweep meets, as the joint kink check's generators.
+
+``symgrad.graph.rules``' ``vjp`` records here, instead of widening a band, each entry where a
+pointwise derivative sits on its kink (one unit per node and entry, Note [One side per node]) and
+each tie of max/min small enough to be one unit (Note [Ties as kink units]);
+``symgrad.graph.kinkunits`` runs the sweeps and the joint check over what is recorded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .approx import Approx
+from .ir import Node
+
+__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE"]
+
+
+class KinkLog(list):
+    """The kinked units a reverse sweep met (``vjp``'s ``kinks``); ``flip``: the sweep takes every
+    kinked unit's other one-sided derivative (Note [Other side everywhere] in graph/kinkunits.py)."""
+
+    def __init__(self, flip: bool = False, ties: bool = True, members: int = 0):
+        super().__init__()
+        self.flip = flip
+        self.ties = ties  # ties of max/min as units (Note [Ties as kink units]); False: as bands
+        self.members = members or MAX_TIE_MEMBERS  # the largest tie taken as a unit
+
+
+def _other_side(local: Approx) -> Approx:
+    """A banded derivative moved to the far edge of its band (``v + hi``, or ``v - lo`` where the
+    band lies below), its band re-expressed around the new value."""
+    v, lo, hi = np.broadcast_arrays(local.v, local.lo, local.hi)
+    new = np.where(hi > 0, v + hi, v - lo)
+    return Approx(new, local.e, new - (v - lo), (v + hi) - new)
+
+
+def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
+    """Each change comes with its rounding bound (units of eps): the cotangent's bound times the
+    jump, plus the cotangent times the local derivative's bound (the jump is a difference of two
+    rounded derivative values).  The other side's value is a rounded computation too."""
+    lo, hi = (np.ravel(t) for t in np.broadcast_arrays(local.lo, local.hi))
+    gv = np.ravel(np.broadcast_to(g.v, local.shape))
+    ge = np.ravel(np.broadcast_to(g.e, local.shape))
+    le = np.ravel(np.broadcast_to(local.e, local.shape))
+    units = np.flatnonzero((lo > 0) | (hi > 0))
+    if not units.size:
+        return
+    g_u, ge_u, le_u, lo_u, hi_u = (np.broadcast_to(t, gv.shape)[units] for t in (gv, ge, le, lo, hi))
+    slack = np.abs(g_u) * 2 * le_u
+    # the same numbers as one unit at a time, computed over all units at once (Python floats after)
+    columns = (units.tolist(), (-g_u * lo_u).tolist(), (ge_u * lo_u + slack).tolist(), (g_u * hi_u).tolist(),
+               (ge_u * hi_u + slack).tolist())
+    for u, c_lo, t_lo, c_hi, t_hi in zip(*columns):
+        changes = [(c, t) for c, t in ((c_lo, t_lo), (c_hi, t_hi)) if c != 0]
+        if changes:
+            kinks.append((arg, u, changes))
+
+
+# Note [One side per node]
+# A pointwise node on its kink is evaluated on one side for all of its arguments at once: elu traces
+# to ``where(x > 0, x, alpha * expm1(x))``, whose derivatives with respect to its two branches jump at
+# the same condition, 1 and 0 on one side, 0 and alpha on the other.  Recorded as two units, the
+# joint kink check chose their sides independently and accepted 0 and 1 + alpha too (an elu backward
+# counting both branches at 0, 3 where the sides are 1 and 2, passed on the op graph).  So where
+# several arguments of one node are banded at one entry and each band has a single far edge (one
+# other side), the entry is one unit whose change moves every argument to its far edge together.  An
+# argument whose band reaches both ways (the sweep took a value between the sides) keeps the units
+# per argument, as before: wider, never narrower than the truth.
+def _record_node_kinks(kinks: list, banded: list, g: Approx) -> None:
+    if len(banded) == 1:
+        _record_kinks(kinks, banded[0][0], g, banded[0][1])
+        return
+    shape = banded[0][1].shape
+    sides = [tuple(np.ravel(np.broadcast_to(t, shape)) for t in (local.lo, local.hi)) for _, local in banded]
+    both = np.zeros(int(np.prod(shape, dtype=np.int64)), bool)
+    for lo, hi in sides:
+        both |= (lo > 0) & (hi > 0)
+    joint = (sum(((lo > 0) | (hi > 0)).astype(int) for lo, hi in sides) >= 2) & ~both
+    for (arg, local), (lo, hi) in zip(banded, sides):  # the other entries: one unit per argument
+        alone = Approx(local.v, local.e, np.where(joint, 0.0, lo).reshape(shape), np.where(joint, 0.0, hi).reshape(shape))
+        if alone.banded:
+            _record_kinks(kinks, arg, g, alone)
+    gv = np.ravel(np.broadcast_to(g.v, shape))
+    ge = np.ravel(np.broadcast_to(g.e, shape))
+    errs = [np.ravel(np.broadcast_to(local.e, shape)) for _, local in banded]
+    for u in np.flatnonzero(joint):
+        moves = [gv[u] * hi[u] if hi[u] > 0 else -gv[u] * lo[u] for lo, hi in sides]
+        bound = sum(ge[u] * max(lo[u], hi[u]) + abs(gv[u]) * 2 * le[u] for (lo, hi), le in zip(sides, errs))
+        if any(moves):
+            kinks.append((tuple(arg for arg, _ in banded), int(u), [(tuple(moves), bound)]))
+
+
+# Note [Ties as kink units]
+# At a tie of max/min each tied entry may receive anything from none of the cotangent to all of
+# it -- but together they receive exactly the cotangent: torch's amax splits it evenly, max()
+# sends it to one index, and any convex combination is a subgradient.  Entrywise bands alone would
+# pass a backward that sends the whole cotangent to *every* tied entry.  With a kink log (the
+# joint kink check's sweeps, Note [Kink units]) a tied group is one unit instead: one generator per
+# tied entry, "all of the cotangent to this entry" minus the sweep's own split, so the joint fit
+# accepts exactly the convex combinations (its weights are capped simplices).  Each tied entry costs
+# a reverse sweep, so a tie of more entries than the graph's size allows (``tie_members`` in
+# graph/kinkunits.py: MAX_TIE_MEMBERS on a model, up to MAX_SMALL_TIE on a small function, whose
+# amax over 64 equal entries passed a backward sending the whole cotangent to each) keeps the band.  Without a log the
+# entrywise band stays (sound, weaker); where ties would take the units past MAX_KINK_UNITS (relu
+# then max pooling ties every all-zero window), the sweeps are run again with ties as bands, so the
+# relu units keep their joint check (graph/kinkunits.py).
+MAX_TIE_MEMBERS = 8  # on a model, a larger tie (a dead channel under global max pooling) keeps its band
+MAX_SMALL_TIE = 1024  # on a small graph, ties up to this many entries are units
+
+
+def _record_ties(kinks: list, arg: Node, v: np.ndarray, gv: np.ndarray, ge: np.ndarray, tie: np.ndarray,
+                 axes: tuple) -> None:
+    order = [d for d in range(v.ndim) if d not in axes] + list(axes)
+    rows = int(np.prod([v.shape[d] for d in axes], dtype=np.int64))
+
+    def grouped(t):
+        return np.transpose(np.asarray(t), order).reshape(-1, rows)
+
+    ids = grouped(np.arange(v.size).reshape(v.shape))
+    for group in np.flatnonzero(grouped(tie).sum(axis=1) > 1):
+        members = ids[group][grouped(tie)[group]]
+        given, total = v.ravel()[members], float(gv.ravel()[members[0]])
+        bound = np.full(len(members), float(ge.ravel()[members[0]]) + abs(total))
+        changes = [(total * (np.arange(len(members)) == j) - given, bound) for j in range(len(members))]
+        kinks.append((arg, members, changes))
