@@ -27,6 +27,7 @@ from ..report.report import Report
 from ..ops import float32_constants, float32_scoped
 from . import cache as graph_cache
 from . import montecarlo
+from . import scale as scale_test
 from . import diskcache
 from . import exact as graph_exact
 from .crosscheck import crosscheck
@@ -301,9 +302,9 @@ def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
                     "checked against that choice (Note [Other side everywhere]).")
                 records[i], refs[i] = other, flipped[i]
     for rec, (ref_runs, ref_constants) in zip(records, runs):
-        montecarlo.apply_scale_test(rec, ref_runs, st.dtype, ref_constants)  # Note [Systematic scale]
+        scale_test.apply_scale_test(rec, ref_runs, st.dtype, ref_constants)  # Note [Systematic scale]
     if len(runs) > 1:  # Note [One scale over every gradient]
-        montecarlo.apply_joint_scale_test(records, [r for r, _ in runs], st.dtype, [c for _, c in runs])
+        scale_test.apply_joint_scale_test(records, [r for r, _ in runs], st.dtype, [c for _, c in runs])
     for rec, ref, stat, (ref_runs, _) in zip(records, refs, stats, runs):
         if stat is not None and ref.statistical:
             rec.note = (rec.note + " " if rec.note else "") + (

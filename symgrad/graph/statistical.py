@@ -10,6 +10,7 @@ from ..compare.compare import EPS, compare
 from ..compare.half import rounding_ulps
 from ..progress import stage
 from . import montecarlo
+from . import scale as scale_test
 from .approx import Approx
 from .refs import State, reference as _reference
 
@@ -25,13 +26,13 @@ def statistical(st: State, seeds, live, per_seed, refs, nodes, out_shape, how, s
     none = [None] * len(refs)
     tight = len(seeds) <= 64 and montecarlo.wanted(st.graph, st.dtype, refs)
     size = montecarlo.SAMPLES * len(seeds) * sum(int(np.prod(n.shape)) for n in live)
-    scaled = len(seeds) <= 64 and montecarlo.scale_wanted(st.graph, st.dtype, st.rtol, st.atol, size)
+    scaled = len(seeds) <= 64 and scale_test.scale_wanted(st.graph, st.dtype, st.rtol, st.atol, size)
     if not (tight or scaled):
         return none, [(None, None)] * len(refs)
     stage("op graph: random-rounding reruns for the statistical allowance")
     kept: list | None = [] if scaled else None
     constants: list | None = [] if scaled else None  # Note [Coherent roundings]
-    samples = montecarlo.samples_for(st.graph, len(seeds), scaled)  # Note [Scale test's spread]
+    samples = scale_test.samples_for(st.graph, len(seeds), scaled)  # Note [Scale test's spread]
     output = {"base": np.asarray(st.values[st.out].v, np.float64)} if tight else None
     sigma = montecarlo.spread(st.graph, st.ctx, st.out, seeds, live, per_seed, samples=samples, keep=kept,
                               constants=constants, output=output)

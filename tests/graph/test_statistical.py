@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import symgrad as sg
-from symgrad.graph import montecarlo
+from symgrad.graph import montecarlo, scale
 from symgrad.testing_ops import with_backward
 
 from .test_models import LeNet
@@ -124,7 +124,7 @@ def test_the_scale_test_runs_only_in_half_precision(monkeypatch):
     assert _sigmoid_check(torch.float32).passed and _sigmoid_check(torch.float64).passed
     assert all(k is None for k in kept)  # no reruns kept for the scale test (float64: no reruns at all)
     _sigmoid_check(torch.bfloat16)
-    assert len(kept[-1]) == montecarlo.SCALE_SAMPLES  # a small graph: more reruns (Note [Scale test's spread])
+    assert len(kept[-1]) == scale.SCALE_SAMPLES  # a small graph: more reruns (Note [Scale test's spread])
 
 
 def test_equal_values_of_one_operation_move_together():
@@ -137,7 +137,7 @@ def test_equal_values_of_one_operation_move_together():
 
 
 def test_the_scale_test_keeps_no_more_reruns_than_its_limit(monkeypatch):
-    monkeypatch.setattr(montecarlo, "MAX_KEPT", 16 * 255)  # one entry short of the sigmoid's 16 x 256
+    monkeypatch.setattr(scale, "MAX_KEPT", 16 * 255)  # one entry short of the sigmoid's 16 x 256
     assert _sigmoid_check(torch.bfloat16, 1.01).passed  # not run: each entry alone lets 1 % pass
 
 
@@ -161,9 +161,9 @@ def test_one_percent_is_resolved_over_144_bfloat16_entries():
 def test_scale_lambda_keeps_the_false_alarm_probability():
     from scipy.stats import t as student_t
 
-    assert montecarlo.scale_lambda(montecarlo.SAMPLES) == pytest.approx(montecarlo.LAMBDA)
+    assert scale.scale_lambda(montecarlo.SAMPLES) == pytest.approx(montecarlo.LAMBDA)
     tail = 2 * (1 + montecarlo.LAMBDA**2 / montecarlo.SAMPLES) ** (-montecarlo.SAMPLES / 2)
-    lams = [montecarlo.scale_lambda(n) for n in (16, 32, 64, 128)]
+    lams = [scale.scale_lambda(n) for n in (16, 32, 64, 128)]
     assert all(a > b for a, b in zip(lams, lams[1:])) and lams[-1] > 5.0  # never below the known-sigma 5.07
     for n, lam in zip((16, 32, 64, 128), lams):
         # a Gaussian scale over an estimated spread is Student's t: its tail stays below the bound
@@ -185,13 +185,13 @@ def test_the_floor_is_an_at_least_in_the_scale_test():
     unit = rounding_ulps("bfloat16") * EPS["bfloat16"]
     allowed = np.full(64, 1.0)  # a worst case far away: the spread decides
     loud = [g * value_roundings("bfloat16") * 3 * rng.choice((-1.0, 1.0), 64) for _ in range(16)]
-    alpha, allow, n = montecarlo.systematic_scale(_scale_record(g, g, allowed), loud, "bfloat16")
+    alpha, allow, n = scale.systematic_scale(_scale_record(g, g, allowed), loud, "bfloat16")
     spread2 = unit**2 * np.mean(np.square(loud), axis=0)  # Note [Weighted scale]
     w = (g / spread2) / np.sum(g * g / spread2)
     runs_only = montecarlo.LAMBDA * unit * np.sqrt(np.mean([np.sum(w * r) ** 2 for r in loud]))
     assert alpha == 0 and n == 64 and allow == pytest.approx(runs_only)
     quiet = [np.zeros(64) for _ in range(16)]  # nothing counted: the floor alone
-    _, allow, _ = montecarlo.systematic_scale(_scale_record(g, g, allowed), quiet, "bfloat16")
+    _, allow, _ = scale.systematic_scale(_scale_record(g, g, allowed), quiet, "bfloat16")
     floor = value_roundings("bfloat16") * unit * g
     w = (g / floor**2) / np.sum(g * g / floor**2)
     assert allow == pytest.approx(montecarlo.LAMBDA * np.sqrt(np.sum((w * floor) ** 2)))
@@ -209,11 +209,11 @@ def test_quiet_entries_set_the_weighted_scale():
     size = np.where(np.arange(64) < 8, 40.0, 2.0) * g  # 8 entries err by 20 % in the model
     runs = [size * rng.choice((-1.0, 1.0), 64) for _ in range(64)]
     allowed = np.full(64, 1.0)
-    _, allow, _ = montecarlo.systematic_scale(_scale_record(g, g * 1.01, allowed), runs, "bfloat16")
+    _, allow, _ = scale.systematic_scale(_scale_record(g, g * 1.01, allowed), runs, "bfloat16")
     unweighted = g / np.sum(g * g)
-    plain = montecarlo.scale_lambda(64) * unit * np.sqrt(np.mean([np.sum(unweighted * r) ** 2 for r in runs]))
+    plain = scale.scale_lambda(64) * unit * np.sqrt(np.mean([np.sum(unweighted * r) ** 2 for r in runs]))
     assert allow < 0.01 < plain  # 1 % is beyond the weighted allowance, within the unweighted one
-    assert montecarlo.systematic_scale(_scale_record(g, g * 1.01, allowed), runs, "bfloat16")[0] == pytest.approx(0.01)
+    assert scale.systematic_scale(_scale_record(g, g * 1.01, allowed), runs, "bfloat16")[0] == pytest.approx(0.01)
 
 
 def test_a_coherent_rounding_is_charged_its_size_not_lambda_times():
@@ -226,8 +226,8 @@ def test_a_coherent_rounding_is_charged_its_size_not_lambda_times():
     unit = rounding_ulps("bfloat16") * EPS["bfloat16"]
     runs = [2.0 * g * rng.choice((-1.0, 1.0), 64) for _ in range(64)]
     shared = [1.5 * g]  # one site moving every entry by 1.5 roundings of itself
-    _, alone, _ = montecarlo.systematic_scale(_scale_record(g, g, np.full(64, 1.0)), runs, "bfloat16")
-    _, both, _ = montecarlo.systematic_scale(_scale_record(g, g, np.full(64, 1.0)), runs, "bfloat16", shared)
+    _, alone, _ = scale.systematic_scale(_scale_record(g, g, np.full(64, 1.0)), runs, "bfloat16")
+    _, both, _ = scale.systematic_scale(_scale_record(g, g, np.full(64, 1.0)), runs, "bfloat16", shared)
     # the entries' weights see the shared site as spread (its mean square), the allowance as a shift
     assert both > alone + 1.5 * unit * 0.99
     assert both < alone * np.sqrt(1 + 1.5**2 / 2.0**2) + 1.5 * unit + 1e-12
@@ -285,11 +285,11 @@ def test_one_scale_over_every_gradient():
         return [SimpleNamespace(name=f"x{i}", passed=True, expected=g, actual=g * f, allowed=np.full(shape, 1.0),
                                 kink_mask=None, note="", mismatched=0) for i, (g, f) in enumerate(zip(gs, factors))]
 
-    alone = [montecarlo.systematic_scale(rec, run, "bfloat16") for rec, run in zip(records((1.012, 1.012)), runs)]
+    alone = [scale.systematic_scale(rec, run, "bfloat16") for rec, run in zip(records((1.012, 1.012)), runs)]
     assert all(abs(a) <= allow for a, allow, _ in alone)  # each alone passes
     recs = records((1.012, 1.012))
-    montecarlo.apply_joint_scale_test(recs, runs, "bfloat16", [[], []])
+    scale.apply_joint_scale_test(recs, runs, "bfloat16", [[], []])
     assert all(r.mismatched and "every gradient" in r.note for r in recs)
     recs = records((1.012, 0.988))
-    montecarlo.apply_joint_scale_test(recs, runs, "bfloat16", [[], []])
+    scale.apply_joint_scale_test(recs, runs, "bfloat16", [[], []])
     assert not any(r.mismatched for r in recs)
