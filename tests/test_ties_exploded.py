@@ -35,7 +35,8 @@ def seeded(op, share):
 @pytest.mark.parametrize("n", [2, 9, 16, 64])
 def test_a_tie_of_the_maximum_is_one_unit(n, dtype):
     x = torch.full((n,), 0.3, dtype=dtype)
-    for name, share, passes in splits(n, dtype):
+    cases = splits(n, dtype)
+    for name, share, passes in cases if n < 64 else [cases[i] for i in (1, 4, 5)]:  # 3 s a check at 64
         assert check(seeded(lambda x: x.amax(), share), {"x": x}).passed is passes, name
 
 
@@ -44,7 +45,8 @@ def test_a_tie_of_sympy_max_and_of_the_minimum(n):
     x = torch.full((n,), -1.25, dtype=torch.float64)
     for name, share, passes in splits(n, torch.float64)[1::3]:  # first index, ..., one index half lost
         assert check(seeded(lambda x: x.amax(), share), {"x": x}, symbolic=lambda x: x.amax()).passed is passes, name
-        assert check(seeded(lambda x: x.amin(), share), {"x": x}).passed is passes, name
+        if n < 64:
+            assert check(seeded(lambda x: x.amin(), share), {"x": x}).passed is passes, name
 
 
 def test_the_tie_is_found_among_larger_entries_and_with_others_below():
@@ -66,11 +68,11 @@ def test_a_tie_inside_a_larger_expression(dtype):
 
 
 def _rows(dtype):
-    """Ties of 24, 3 and 24 in rows 0, 1 and 3; row 2 has none."""
-    spread = torch.linspace(-1.0, 1.9, 24, dtype=dtype)
+    """Ties of 12, 3 and 12 in rows 0, 1 and 3; row 2 has none."""
+    spread = torch.linspace(-1.0, 1.9, 12, dtype=dtype)
     tie3 = spread.clone()
     tie3[[0, 5, 11]] = 2.0
-    x = torch.stack([torch.ones(24, dtype=dtype), tie3, spread, torch.full((24,), -0.5, dtype=dtype)])
+    x = torch.stack([torch.ones(12, dtype=dtype), tie3, spread, torch.full((12,), -0.5, dtype=dtype)])
     return x, torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=dtype)
 
 
@@ -83,7 +85,7 @@ def test_ties_in_several_rows_of_max_over_a_dim(dtype):
     even = tied / tied.sum(dim=1, keepdim=True)
     mixed = even.clone()
     mixed[0], mixed[3] = 0, 0
-    mixed[0, 4], mixed[3, 23] = 1, 1  # one index in rows 0 and 3, an even split in row 1
+    mixed[0, 4], mixed[3, 11] = 1, 1  # one index in rows 0 and 3, an even split in row 1
     half_lost = mixed.clone()
     half_lost[3] *= 0.5
     for share, passes in ((mixed, True), (tied, False), (half_lost, False)):
