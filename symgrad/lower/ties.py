@@ -4,10 +4,12 @@
 An n-ary max (min) is lowered as ``Σ a_i I_i / Σ I_i``, with ``I_i = [a_i beats every other
 argument]``, one ``<=`` per ordered pair of arguments (``_extreme`` in numpy.py).  At a tie of k
 arguments the k(k-1) conditions between tied arguments are on a kink.  Past
-``MAX_KINK_COMBINATIONS_LOG2`` conditions, ``Lowered._candidates`` flips each condition alone, and a
-flip only takes one member out of the tie: "member i wins, every other member loses" -- the
-one-index subgradient torch's ``max(dim)`` takes -- was the sum of all (k-1)^2 flips of the losers,
-at the corner of the fit's weights, so a one-index backward passed a tie of 4 and failed one of 9.
+``MAX_KINK_COMBINATIONS_LOG2`` conditions ``Lowered._candidates`` flips conditions alone (as it still
+does every other condition), and a flip only takes one member out of the tie: "member i wins, every
+other member loses" -- the one-index subgradient torch's ``max(dim)`` takes -- was the sum of all
+(k-1)^2 flips of the losers, at the corner of the fit's weights, so a one-index backward passed a
+tie of 4 and was a false alarm at 9; past ``MAX_FLIPS`` conditions (a tie of 17) only the entrywise
+band was left.
 
 As on the op graph (Note [Ties as kink units] in symgrad/graph/rules.py), a tie is one unit whose
 vertices are "member i takes everything": the evaluation with ``I_i``'s conditions forced true and,
