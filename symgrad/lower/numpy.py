@@ -34,7 +34,7 @@ from sympy.core.function import Application
 from ..errors import UnsupportedOp
 from .codegen import FUNCTIONS, RUNTIME, RUNTIME_HIGH, generate
 from .special import OPAQUE, resolve
-from .ties import find_units, many_choices, positions, union
+from .ties import any_tie, find_units, many_choices, positions, union
 from .wide import RUNTIME_WIDE, WIDE_DPS, from_wide, overflowed, to_wide
 
 __all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
@@ -397,10 +397,9 @@ class Lowered:
             groups = [(pos, list(range(len(choices)))) for pos in positions(union(near, keys))]
             joint = True
         else:  # Note [Ties on the exploded engine]
-            if self._units is None:
+            if self._units is None and any_tie(self._tie_source[1], near):
                 self._units = find_units(*self._tie_source)
-                self._tie_source = None
-            choices, groups, joint = many_choices(self._units, near, truths, MAX_FLIPS)
+            choices, groups, joint = many_choices(self._units or [], near, truths, MAX_FLIPS)
         candidates, bounds = [], []
         for force in choices:
             values, mags, _ = self._run(vals, _Context(near, force), magnitudes=True, constants=constants, wide=wide)

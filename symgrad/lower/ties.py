@@ -23,9 +23,10 @@ evaluation per tied member instead of one per condition.
 The units are read off the closed forms, not told: a denominator ``Σ I_i`` -- an ``Add`` whose terms
 are all indicators ``Piecewise((1, c), (0, True))``, ``c`` a ``<=`` or an ``And`` of them -- is one
 max or min (its forward and every partial share it), and its conditions are numbered by their
-operands (codegen's ``rel_operands``).  Every forced evaluation is a choice of sides of conditions
-on a kink, each of which torch could have taken, so reading a structure wrongly costs strength, not
-soundness.  A unit is left to the single flips (as before) when a condition's number is ambiguous
+operands (codegen's ``rel_operands``); the walk over the DAG is made only where a condition on a kink
+has a twin comparing its operands the other way round (``any_tie``: a network's relu kinks have
+none).  Every forced evaluation is a choice of sides of conditions on a kink, each of which torch
+could have taken, so reading a structure wrongly costs strength, not soundness.  A unit is left to the single flips (as before) when a condition's number is ambiguous
 (two relationals on the same operands), and when it shares a condition on a kink with another unit
 (overlapping max-pooling windows, whose choices are not independent).
 """
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TieUnit", "find_units", "many_choices", "positions", "union"]
+__all__ = ["TieUnit", "any_tie", "find_units", "many_choices", "positions", "union"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,13 @@ def _unit(terms, number: dict) -> TieUnit | None:
             return None
         vertices.append((win, lose))
     return TieUnit(frozenset(k for ks in keyed for k, _ in ks), tuple(vertices))
+
+
+def any_tie(rel_operands: list, near) -> bool:
+    """Whether a condition on a kink compares two operands that another compares the other way
+    round, as every tie of a max/min does: else there is no unit to look for in the closed forms."""
+    pairs = {tuple(p) for p in rel_operands}
+    return any((rel_operands[k][1], rel_operands[k][0]) in pairs for k in near if k < len(rel_operands))
 
 
 def find_units(exprs: list, rel_operands: list) -> list[TieUnit]:
