@@ -16,8 +16,8 @@ of roundoff times the gap's running error bound (class ``_Magnitude``), or than 
 times the difference between the two evaluations of the gap.  There, rounding in torch's dtype may
 put torch on the other side.  For those, the expressions are evaluated again with the conditions
 forced false and true (every combination when there are few, see ``Lowered._candidates``; with
-many, Note [Ties on the exploded engine] in ties.py), giving the band ``[lower, upper]`` of one-sided derivatives.  Entries whose band has width are the
-kink-affected ones.
+many, Note [Ties on the exploded engine] in ties.py), giving the band ``[lower, upper]`` of
+one-sided derivatives.  Entries whose band has width are the kink-affected ones.
 """
 
 from __future__ import annotations
