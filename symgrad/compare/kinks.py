@@ -10,9 +10,10 @@ backward that scales the whole gradient by 1.3 lands inside every band.  But a c
 made once per kinked unit, and it holds for every entry that unit touches.
 
 So the candidates come as *generators* ``g = candidate - closed form``, in *groups*: a group is one
-independent choice (a sample, a condition, or all conditions together when every combination was
-evaluated), and within a group autograd may take any convex combination of its generators (a
-subgradient: torch's abs'(0) = 0 lies between -1 and 1).  Autograd's value ``a`` is explained
+independent choice (a sample, a condition, a tie of a max/min -- Note [Ties on the exploded engine]
+in symgrad/lower/ties.py -- or all conditions together when every combination was evaluated), and
+within a group autograd may take any convex combination of its generators (a subgradient: torch's
+abs'(0) = 0 lies between -1 and 1).  Autograd's value ``a`` is explained
 when, for weights ``λ`` with ``λ ≥ 0`` and ``Σ_group λ ≤ 1``,
 
     |a - e - Σ λ_j g_j| <= allowed        entry by entry, on every kinked entry at once.

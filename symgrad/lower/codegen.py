@@ -395,4 +395,5 @@ def generate(reps: list, reduced: list, names: dict, forward: int = 0, calls: di
     lines.append("    return _values, [" + ", ".join(result_errors) + "], [" + ", ".join(gaps) + "]")
     if calls is not None:
         calls["float64_kernels"] = em.float64_kernels
+        calls["rel_operands"] = em.rel_operands  # (lhs, rhs) of condition k (Note [Ties on the exploded engine])
     return "\n".join(lines), em.rel_texts

@@ -15,9 +15,9 @@ in high precision, or within rounding of zero in torch's dtype: no larger than `
 of roundoff times the gap's running error bound (class ``_Magnitude``), or than ``KINK_NOISE``
 times the difference between the two evaluations of the gap.  There, rounding in torch's dtype may
 put torch on the other side.  For those, the expressions are evaluated again with the conditions
-forced false and true (every combination when there are few, see ``Lowered._bands``), giving the
-band ``[lower, upper]`` of one-sided derivatives.  Entries whose band has width are the
-kink-affected ones.
+forced false and true (every combination when there are few, see ``Lowered._candidates``; with
+many, Note [Ties on the exploded engine] in ties.py), giving the band ``[lower, upper]`` of
+one-sided derivatives.  Entries whose band has width are the kink-affected ones.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ..errors import UnsupportedOp
 from .codegen import generate
 from .runtime import FUNCTIONS, RUNTIME, RUNTIME_HIGH
 from .special import OPAQUE, resolve
+from .ties import any_tie, find_units, many_choices, positions, union
 from .wide import RUNTIME_WIDE, WIDE_DPS, from_wide, overflowed, to_wide
 
 __all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
@@ -340,6 +341,7 @@ class Lowered:
         se_exprs = _resolve_special(se_exprs)
         calls: dict = {}
         self.source, self._rel_text = generate([], se_exprs, names, forward, calls, shared=_shared_first(se_exprs))
+        self._tie_source, self._units = (se_exprs, calls["rel_operands"]), None  # Note [Ties on the exploded engine]
         # Note [Float64 kernels in the reference]
         self.value_eps = 2.0**-52 if calls.get("float64_kernels") and high_precision() is not np.float64 else None
         self.relationals = len(self._rel_text)
@@ -387,27 +389,18 @@ class Lowered:
         With few conditions, every combination: an entry can depend on several kinks pointing in
         different directions (relu(x) + relu(-x) at 0), and nested kinks do not add up.  Each
         position where any condition is near (a sample of a batched evaluation, or the whole of
-        a scalar one) is then one choice among all combinations.  With many, each condition is
-        flipped alone against torch's convention, and each (condition, position) is its own
-        choice: the effects are taken to add up, as they do for kinks in one layer.
+        a scalar one) is then one choice among all combinations.  With many, each tie of a max/min
+        is one choice among its members, and every other condition is flipped alone (``many_choices``).
         """
         keys = sorted(near)
-        positions = lambda mask: [()] if np.ndim(mask) == 0 else [tuple(int(i) for i in p) for p in np.argwhere(mask)]  # noqa: E731
         if len(keys) <= MAX_KINK_COMBINATIONS_LOG2:
             choices = [dict(zip(keys, bits)) for bits in itertools.product((False, True), repeat=len(keys))]
-            union = np.zeros(np.broadcast_shapes(*(np.shape(near[k]) for k in keys)), bool)
-            for k in keys:
-                union = union | near[k]
-            cand_ids = list(range(len(choices)))
-            groups = [(pos, cand_ids) for pos in positions(union)]
+            groups = [(pos, list(range(len(choices)))) for pos in positions(union(near, keys))]
             joint = True
-        else:
-            flipped = keys[:MAX_FLIPS]
-            choices = [{k: np.logical_not(truths[k])} for k in flipped]
-            groups = [(pos, [j]) for j, k in enumerate(flipped) for pos in positions(near[k])]
-            joint = len(flipped) == len(keys)
-            if not joint:  # the entrywise band at least sees the extremes
-                choices += [dict.fromkeys(keys, False), dict.fromkeys(keys, True)]
+        else:  # Note [Ties on the exploded engine]
+            if self._units is None and any_tie(self._tie_source[1], near):
+                self._units = find_units(*self._tie_source)
+            choices, groups, joint = many_choices(self._units or [], near, truths, MAX_FLIPS)
         candidates, bounds = [], []
         for force in choices:
             values, mags, _ = self._run(vals, _Context(near, force), magnitudes=True, constants=constants, wide=wide)
