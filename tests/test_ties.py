@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import symgrad as sg
-from symgrad.testing_ops import with_backward
+from symgrad.testing_ops import custom, with_backward
 
 ENGINES = ["auto", "elementwise"]
 X = torch.tensor([1.0, 3.0, 3.0, 3.0], dtype=torch.float64)
@@ -82,3 +82,93 @@ def test_the_tie_size_follows_the_graph_size():
     assert tie_members(Graph(100)) == MAX_SMALL_TIE
     assert tie_members(Graph(10**6)) == MAX_TIE_MEMBERS
     assert MAX_TIE_MEMBERS < tie_members(Graph(5000)) < MAX_SMALL_TIE
+
+
+def _pool_backward(share):
+    """max pooling 2x2 under test: ``share(tied, count)`` is each window entry's part of the cotangent."""
+    def backward(x, g):
+        n, c, h, w = x.shape
+        win = x.reshape(n, c, h // 2, 2, w // 2, 2)
+        tied = (win == win.amax(dim=(3, 5), keepdim=True)).to(x.dtype)
+        part = share(tied, tied.sum(dim=(3, 5), keepdim=True))
+        return (part * g.reshape(n, c, h // 2, 1, w // 2, 1)).reshape(n, c, h, w)
+    return custom(lambda x: F.max_pool2d(x, 2), backward)
+
+
+class _TiedCNN(torch.nn.Module):
+    """Two conv-relu-pool blocks over images with a zero background: every background window of
+    both poolings is a tie (relu of the bias, four times) -- a few hundred ties in all."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 3 * 3, 10)
+        with torch.no_grad():
+            self.c1.bias.fill_(0.1)
+            self.c2.bias.fill_(0.05)
+        self.pool = pool
+
+    def forward(self, x, y):
+        h = self.pool(torch.relu(self.c1(x)))
+        h = self.pool(torch.relu(self.c2(h)))[..., :3, :3]
+        return F.cross_entropy(self.fc(h.flatten(1)), y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_hundreds_of_pooling_ties_in_a_cnn_are_units(dtype):
+    """Before Note [A budget of sweeps]: past 32 kinked units every tied entry kept its band, so a
+    pooling backward giving every tied entry the whole cotangent (4x the first bias's gradient)
+    passed in float64 and float32."""
+    torch.manual_seed(0)
+    x = torch.zeros(2, 1, 12, 12)
+    x[:, :, 3:9, 5:7] = torch.rand(2, 1, 6, 2) + 0.5  # a stroke on a zero background
+    inputs = {"x": x.to(dtype), "y": torch.tensor([3, 7])}
+    pools = {"torch": (lambda x: F.max_pool2d(x, 2), True),
+             "even": (_pool_backward(lambda tied, n: tied / n), True),  # amax's split: a subgradient
+             "every": (_pool_backward(lambda tied, n: tied), False),
+             "half lost": (_pool_backward(lambda tied, n: tied / (2 * n)), False)}
+    for name, (pool, passes) in pools.items():
+        torch.manual_seed(1)
+        report = sg.check(_TiedCNN(pool).to(dtype), inputs, quiet=True)
+        assert report.passed is passes, (name, report.to_text()[:3000])
+        assert "Too many kinked units" not in report.to_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ties_of_indistinct_entries_need_no_choice(dtype):
+    """28x28 images in batches of 4: thousands of background ties, past the sweeps' budget.  Their
+    entries have the same rows towards every parameter, so any split gives the same gradient and
+    the tie is no choice (Note [Ties of indistinct entries]); before, each kept its band and a
+    pooling backward giving every tied entry the whole cotangent passed."""
+    torch.manual_seed(0)
+    x = torch.zeros(4, 1, 28, 28)
+    x[:, :, 7:21, 13:15] = torch.rand(4, 1, 14, 2) + 0.5
+    inputs = {"x": x.to(dtype), "y": torch.tensor([3, 7, 1, 0])}
+
+    class Wide(_TiedCNN):
+        def __init__(self, pool):
+            super().__init__(pool)
+            self.fc = torch.nn.Linear(8 * 7 * 7, 10)
+
+        def forward(self, x, y):
+            h = self.pool(torch.relu(self.c1(x)))
+            h = self.pool(torch.relu(self.c2(h)))
+            return F.cross_entropy(self.fc(h.flatten(1)), y)
+
+    for name, pool, passes in [("torch", lambda x: F.max_pool2d(x, 2), True),
+                               ("even", _pool_backward(lambda tied, n: tied / n), True),
+                               ("every", _pool_backward(lambda tied, n: tied), False),
+                               ("half lost", _pool_backward(lambda tied, n: tied / (2 * n)), False)]:
+        torch.manual_seed(1)
+        report = sg.check(Wide(pool).to(dtype), inputs, quiet=True)
+        assert report.passed is passes, (name, report.to_text()[:3000])
+
+
+def test_ties_past_the_budget_say_so():
+    """4,096 ties of distinct entries (the input's own rows) are past the sweeps' budget: they keep
+    their entrywise bands, and the report says what that lets pass."""
+    x = torch.zeros(1, 1, 128, 128, dtype=torch.float64)
+    report = sg.check(lambda x: F.max_pool2d(x, 2).sum(), {"x": x}, quiet=True)
+    assert report.passed
+    assert "4096 ties of max/min were too many for the sweeps' budget" in report.to_text()

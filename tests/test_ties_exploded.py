@@ -132,3 +132,47 @@ def test_the_units_are_read_off_the_closed_form():
     assert sorted(len(u.vertices) for u in units) == [2, 3]
     big = next(u for u in units if len(u.vertices) == 3)
     assert len(big.keys) == 6 and all(len(win) == 2 and len(lose) == 2 for win, lose in big.vertices)
+
+
+def _overlapping_pool(share):
+    """max pooling 3x3, stride 2 under test (one channel): ``share(tied, count)`` is each window
+    entry's part of its window's cotangent; overlapping windows add up."""
+    def backward(x, g):
+        n, _, h, w = x.shape
+        win = F.unfold(x, 3, stride=2)
+        tied = (win == win.amax(1, keepdim=True)).to(x.dtype)
+        return F.fold(share(tied, tied.sum(1, keepdim=True)) * g.reshape(n, 1, -1), (h, w), 3, stride=2)
+    return with_backward(lambda x: F.max_pool2d(x, 3, stride=2), backward)
+
+
+@pytest.mark.parametrize("engine", ["elementwise", "auto"])
+def test_overlapping_pooling_windows_of_ties(engine):
+    """Overlapping windows compare the same entries: as one shared condition, forcing one window's
+    vertex re-split its neighbours, and torch's own max pooling over a zero input was a false alarm
+    on the exploded engine (Note [Each max its own conditions] in symgrad/lower/ties.py)."""
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    plateau = torch.ones(1, 1, 5, 5, dtype=torch.float64)
+    plateau[0, 0, 1, 1] = 2.0  # the first window has one maximum, the others tie over the plateau
+    for x in (torch.zeros(1, 1, 5, 5, dtype=torch.float64), plateau):
+        for name, pool, passes in [("torch", lambda x: F.max_pool2d(x, 3, stride=2), True),
+                                   ("even", _overlapping_pool(lambda t, n: t / n), True),
+                                   ("every", _overlapping_pool(lambda t, n: t), False),
+                                   ("half lost", _overlapping_pool(lambda t, n: t / (2 * n)), False)]:
+            report = sg.check(lambda x: (pool(x) * w).sum(), {"x": x}, engine=engine, quiet=True)
+            assert report.passed is passes, (name, report.to_text()[:2000])
+
+
+def test_a_sliding_max_in_plain_sympy():
+    """A plain SymPy forward of overlapping windows goes to the exploded engine by default."""
+    import sympy as sp
+
+    X = sp.MatrixSymbol("x", 5, 1)
+    symbolic = sp.Matrix([sp.Max(*[X[j, 0] for j in range(i, i + 3)]) for i in range(3)])
+    x = torch.zeros(5, 1, dtype=torch.float64)
+    report = sg.check(lambda x: x[:, 0].unfold(0, 3, 1).max(-1).values.reshape(3, 1), {"x": x},
+                      symbolic=symbolic, quiet=True)
+    assert report.passed, report.to_text()[:2000]
+    assert "_own" not in report.to_text()  # the conditions' tags are not printed
+    every = with_backward(lambda x: x[:, 0].unfold(0, 3, 1).max(-1).values.reshape(3, 1),
+                          lambda x, g: torch.stack([g[max(0, j - 2):j + 1].sum() for j in range(5)]).reshape(5, 1))
+    assert not sg.check(every, {"x": x}, symbolic=symbolic, quiet=True).passed

@@ -30,6 +30,7 @@ import sympy as sp
 from ..symbolic.tensor import SymTensor
 from ..errors import ShapeMismatch
 from ..lower.numpy import to_symengine
+from ..lower.ties import untag
 
 __all__ = ["QUANTITIES", "differentiate", "diff_all", "entry_form", "structural_zeros", "LATEX_MAX_CHARS"]
 
@@ -135,7 +136,7 @@ def entry_form(deriv: np.ndarray) -> tuple[str, str]:
     """The closed form of a derivative's first entry: text, and LaTeX when it is short."""
     if deriv.size == 0:
         return "", ""
-    first = deriv.ravel()[0]
+    first = untag(deriv.ravel()[0])  # Note [Each max its own conditions] in lower/ties.py
     if _tree_size(first) > PRINT_MAX_NODES:
         # Printed as a tree, a DAG that shares subexpressions (nested relus) grows exponentially:
         # show it with its common subexpressions named instead.

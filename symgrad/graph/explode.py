@@ -132,10 +132,11 @@ def _form(expr: sp.Expr, k: int) -> tuple:
     from .rules import symbols_for
 
     from ..lower.special import OPAQUE
+    from ..lower.ties import OWN
 
     form = to_symengine(_elementary(expr))
     opaque = sorted({type(f).__name__ if not hasattr(f, "get_name") else f.get_name()
-                     for f in form.atoms(se.FunctionSymbol)} - set(OPAQUE))  # erfinv, round: lower/special.py
+                     for f in form.atoms(se.FunctionSymbol)} - set(OPAQUE) - {OWN})  # erfinv, round: lower/special.py
     if opaque:
         raise UnsupportedOp(f"the pointwise form {sp.sstr(expr)[:80]} holds {', '.join(opaque)}, which the exploded "
                             "back end cannot differentiate exactly; use the tensor back end (engine='graph') for it")

@@ -129,7 +129,17 @@ def _contract(spec: str, i: int, args: list, adj: np.ndarray) -> tuple:
     return np.ravel(numbers[i]), terms
 
 
+@lru_cache(maxsize=1)
+def _tag():
+    """The symbol standing for a window's tag in the cached partials."""
+    import symengine as se
+
+    return se.Symbol("_rtag")
+
+
 def _reduce(node: Node, a: np.ndarray, adj: np.ndarray) -> tuple:
+    import symengine as se
+
     axes = tuple(node.attrs["axes"])
     kept = [d for d in range(a.ndim) if d not in axes]
     order = kept + list(axes)
@@ -144,6 +154,8 @@ def _reduce(node: Node, a: np.ndarray, adj: np.ndarray) -> tuple:
             continue
         partials, syms = _extreme_partials(node.attrs["op"], len(keep))
         env = dict(zip(syms, rows[r][keep]))
+        if len(keep) > 2:  # this window's own conditions (Note [Each max its own conditions] in lower/ties.py)
+            env[_tag()] = se.Integer(hash(tuple(rows[r][keep])) & 0x7FFFFFFF)
         got_idx += [idx[r, c] for c in keep]
         got += [adj[r] * p.xreplace(env) for p in partials]
     return np.asarray(got_idx, np.int64), np.asarray(got, object)
@@ -156,7 +168,7 @@ def _extreme_partials(op: str, n: int) -> tuple:
     from ..lower.numpy import _extreme
 
     syms = tuple(se.Symbol(f"_r{c}") for c in range(n))
-    form = _extreme("Ge" if op == "max" else "Le")(*syms)
+    form = _extreme("Ge" if op == "max" else "Le")(*syms, tag=_tag() if n > 2 else None)
     return tuple(form.diff(s) for s in syms), syms
 
 

@@ -8,12 +8,15 @@ each tie of max/min small enough to be one unit (Note [Ties as kink units]);
 
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
+
 import numpy as np
 
 from .approx import Approx
 from .ir import Node
 
-__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE"]
+__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE", "tie_rows", "indistinct"]
 
 
 class KinkLog(list):
@@ -124,3 +127,50 @@ def _record_ties(kinks: list, arg: Node, v: np.ndarray, gv: np.ndarray, ge: np.n
         bound = np.full(len(members), float(ge.ravel()[members[0]]) + abs(total))
         changes = [(total * (np.arange(len(members)) == j) - given, bound) for j in range(len(members))]
         kinks.append((arg, members, changes))
+
+
+# Note [Ties of indistinct entries]
+# A tie matters only where its entries reach the differentiated leaves differently.  Under max
+# pooling of a CNN over images with a zero background, every background window holds four copies
+# of relu(bias): each has the same row of the Jacobian with respect to every differentiated leaf
+# (one towards its channel's bias, zero towards the weights), so every way of sharing the cotangent
+# among them -- the even split, one index, or any convex mix -- gives the same gradient, and only
+# the total matters.  Such a tie is no choice at all: it needs neither a band nor a kink unit.  Its
+# entries are recognised by forward mode: two tangent sweeps along random directions of the
+# differentiated leaves (``graph/kinkunits.py``) give each entry two projections of its row, and a
+# tie whose entries all have exactly the same projections, none of them banded (no kink upstream,
+# whose side could tell them apart), takes the sweep's own split as exact.  Rows that differ give
+# equal random projections with probability zero; where a difference hides below rounding, the
+# sharing it could move is below rounding too.  Before this, a CNN over 28x28 images in batches of
+# 4 had thousands of such ties, past the sweeps' budget (Note [A budget of sweeps] in
+# graph/kinkunits.py): each tied entry kept its band [none, all], and a pooling backward giving
+# every tied entry the whole cotangent passed.
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("symgrad_tie_rows", default=None)
+
+
+@contextmanager
+def tie_rows(rows: dict | None):
+    """Within the block, the reverse sweeps know the projected rows ``rows`` (node -> array
+    ``(directions, *node.shape)``, NaN where banded) of the inputs of the graph's max/min reductions."""
+    token = _ROWS.set(rows or None)
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
+def indistinct(node: Node, near: np.ndarray, axes: tuple) -> np.ndarray | None:
+    """Per group of a max/min over ``axes`` of ``node`` (kept dims): whether every entry ``near``
+    the extreme has the same projected rows (Note [Ties of indistinct entries]); None: not known."""
+    rows = _ROWS.get()
+    if rows is None or node not in rows:
+        return None
+    same = None
+    for t in rows[node]:
+        t = np.broadcast_to(t, near.shape)
+        with np.errstate(invalid="ignore"):
+            hi = np.max(np.where(near, t, -np.inf), axis=axes, keepdims=True)
+            lo = np.min(np.where(near, t, np.inf), axis=axes, keepdims=True)
+            eq = hi == lo  # NaN (a banded row) is never equal
+        same = eq if same is None else same & eq
+    return same

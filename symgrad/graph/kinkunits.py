@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .approx import Approx
-from .engine import backward
+from .approx import Approx, accumulating
+from .engine import backward, tangent_sweep
 from .pointwise_oracle import attach_pointwise_oracles
 from .printing import gradient_text
 from .cones import limit_bands
 from .refs import reference as _reference
-from .kinklog import MAX_SMALL_TIE, MAX_TIE_MEMBERS, KinkLog
+from .kinklog import MAX_SMALL_TIE, MAX_TIE_MEMBERS, KinkLog, tie_rows
 
 __all__ = ["sweep_references", "MAX_KINK_UNITS", "tie_members"]
 
@@ -30,9 +30,38 @@ __all__ = ["sweep_references", "MAX_KINK_UNITS", "tie_members"]
 # kink check (Note [Joint kink check] in symgrad/compare/kinks.py): one backward sweep per unit and
 # side gives the change of every gradient entry if torch took that side, and autograd's value must
 # be explained by one choice per unit for all entries at once.  Past ``MAX_KINK_UNITS`` units the
-# sweeps cost too much and the bands are used (sound, weaker).
+# sweeps cost too much and the bands are used (sound, weaker) -- unless the graph is small enough
+# that more sweeps stay cheap (Note [A budget of sweeps]).
 MAX_KINK_UNITS = 32
 SWEEP_NUMBERS = 4_000_000  # the numbers the ties' sweeps may compute, at most MAX_KINK_UNITS of them
+
+# Note [A budget of sweeps]
+# A fixed cap on kinked units is the wrong measure: on a small CNN over zero-background images every
+# background window of a max pooling is a tie (relu(bias) four times), a few hundred ties in all, and
+# past 32 units each tied entry fell back to its band [none, all of the cotangent] -- so a pooling
+# backward that sent the whole cotangent to every tied entry passed, four times the true gradient of
+# the first bias.  What the units cost is their sweeps: one reverse sweep per change, each visiting
+# every node (about 30 us of Python per node) and computing every number of the graph.  So past
+# MAX_KINK_UNITS units the joint check still runs while
+#     sweeps x (nodes + numbers / NUMBERS_PER_VISIT) <= SWEEP_VISITS
+# and at most MAX_BUDGET_UNITS units (the fit's groups); that CNN (241 ties, 938 sweeps, 48 nodes,
+# 22k numbers) takes 1.3 s.  Past the budget the bands stay, and the report says so.
+SWEEP_VISITS = 200_000  # about 6 s of sweeps on this project's 2-core machine
+NUMBERS_PER_VISIT = 2_000  # numbers one node visit's Python overhead is worth
+MAX_BUDGET_UNITS = 2_048
+
+
+def _within_budget(graph, units: list) -> bool:
+    """Whether the joint kink check's sweeps over ``units`` (one KinkLog per seed) are affordable:
+    up to MAX_KINK_UNITS always, past that within the budget (Note [A budget of sweeps])."""
+    count = sum(len(u) for u in units)
+    if count <= MAX_KINK_UNITS:
+        return True
+    if count > MAX_BUDGET_UNITS:
+        return False
+    sweeps = sum(len(changes) for u in units for _, _, changes in u)
+    numbers = sum(int(np.prod(n.shape, dtype=np.int64)) for n in graph.nodes)
+    return sweeps * (len(graph.nodes) + numbers / NUMBERS_PER_VISIT) <= SWEEP_VISITS
 
 
 def tie_members(graph) -> int:
@@ -60,7 +89,7 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
     """``(generators, roundings)``: leaf node -> [[generator over the stacked seeds] per unit], and
     per leaf node the rounding bound (units of eps) the other sides add at most: each unit's
     largest generator bound, summed over units (their choices add up).  None: too many units."""
-    if sum(len(u) for u in units) > MAX_KINK_UNITS:
+    if not _within_budget(st.graph, units):
         return None
     out: dict = {node: [] for node in live}
     extra: dict = {node: np.zeros((len(units),) + node.shape) for node in live}
@@ -111,12 +140,44 @@ def _seeds(arg, entry, change, change_e) -> dict:
 # choice with cross terms (some units each way, several layers deep) is still beyond the fit.
 
 
+def _tie_rows(st, live: list, directions: int = 2) -> dict:
+    """Node -> ``(directions, *shape)``: random projections of the rows of each max/min
+    reduction's input (Note [Ties of indistinct entries] in kinklog.py), NaN where banded."""
+    inputs = {n.args[0] for n in st.graph.nodes if n.kind == "reduce" and n.attrs.get("op") in ("max", "min")}
+    if not inputs or not live:
+        return {}
+    rng = np.random.default_rng(20261204)
+    rows: dict = {n: [] for n in inputs}
+    for _ in range(directions):
+        tangents = {leaf: Approx(rng.standard_normal(leaf.shape)) for leaf in live}
+        try:
+            with accumulating(st.ctx.dtype, st.ctx.eps):
+                known = tangent_sweep(st.graph, st.values, tangents, st.ctx)
+        except (NotImplementedError, ValueError, FloatingPointError):
+            return {}  # a node without a forward-mode rule: ties keep their units or bands
+        for n in inputs:
+            t = known.get(n)
+            if t is None:
+                rows[n].append(np.zeros(n.shape))  # no path from a differentiated leaf: rows of zeros
+            else:
+                v = np.broadcast_to(t.v, n.shape).astype(np.float64)
+                rows[n].append(np.where(np.broadcast_to(t.band(), n.shape) > 0, np.nan, v) if t.banded else v)
+    return {n: np.stack(r) for n, r in rows.items()}
+
+
 def sweep_references(st, seeds, live, nodes, how, out_shape, scale, *, flip: bool):
     """``(refs, sweeps, kinked)``: one reference per differentiated name with its kink generators
     and their rounding (Note [Kink units]), the reverse sweeps per seed, and whether any kinked
     unit was met.  ``flip``: every kinked unit takes its other side (Note [Other side everywhere])."""
+    with tie_rows(_tie_rows(st, live)):
+        return _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip)
+
+
+def _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip):
     per_seed, units = _sweeps(st, seeds, live, flip, ties=True)
-    if sum(len(u) for u in units) > MAX_KINK_UNITS and any(_is_tie(k) for u in units for k in u):
+    banded_ties = 0
+    if not _within_budget(st.graph, units) and any(_is_tie(k) for u in units for k in u):
+        banded_ties = sum(1 for u in units for k in u if _is_tie(k))
         per_seed, units = _sweeps(st, seeds, live, flip, ties=False)  # Note [Ties as kink units]
     ties = any(_is_tie(k) for u in units for k in u)
     found_gens = _kink_generators(st, live, units, flip, ties)
@@ -134,8 +195,16 @@ def sweep_references(st, seeds, live, nodes, how, out_shape, scale, *, flip: boo
         for ref in refs:
             if ref.kink is not None:
                 ref.note = (ref.note + " " if ref.note else "") + (
-                    f"More than {MAX_KINK_UNITS} kinked units: the joint kink check fell back to entrywise bands "
+                    "Too many kinked units for the sweeps' budget (Note [A budget of sweeps]): the joint kink "
+                    "check fell back to entrywise bands "
                     "(every choice of side per entry; sound, but a bug smaller than a unit's contribution passes).")
+    elif banded_ties:
+        for ref in refs:
+            if ref.kink is not None:
+                ref.note = (ref.note + " " if ref.note else "") + (
+                    f"{banded_ties} ties of max/min were too many for the sweeps' budget (Note [A "
+                    "budget of sweeps]): each tied entry was judged entry by entry, anywhere from none to all of "
+                    "its cotangent, so a backward giving every tied entry the whole cotangent could pass.")
     for ref, node in zip(refs, nodes):  # the rounding of whichever side torch took
         if node is not None and node in kink_e and ref.kink_generators is not None and ref.rounding is not None:
             extra = _reference(ref.name, [Approx(e) for e in kink_e[node]], tuple(st.leaves[ref.name].shape),

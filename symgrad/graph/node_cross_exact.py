@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..lower.ties import is_own
 from .explode import det_form, inverse_form
 
 __all__ = ["exact_linalg", "evaluate", "NotExact"]
@@ -83,6 +84,8 @@ def evaluate(expr, prec: int):
 
     if isinstance(expr, (se.Integer, se.Rational, se.RealMPFR)):
         return expr
+    if is_own(expr):  # the identity inside a max's conditions (Note [Each max its own conditions])
+        return evaluate(expr.args[0], prec)
     if type(expr).__name__ in ("ComplexInfinity", "Infinity", "NegativeInfinity", "NaN"):
         raise NotExact(f"the exact value is {expr} here (a derivative at a 0/0 or a pole: Note [Cone points])")
     try:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .approx import Approx, einsum, reduce_sum, rounded, summation_factor, unbroadcast
 from .ir import Node
-from .kinklog import MAX_TIE_MEMBERS, _record_ties
+from .kinklog import MAX_TIE_MEMBERS, _record_ties, indistinct
 from .scalar import KINK_ULPS, Ctx
 
 __all__: list = []  # the rules are reached through symgrad.graph.rules' forward, vjp and jvp
@@ -176,6 +176,9 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
     g_lo, g_hi = gk.sides()
     lo_end, hi_end = np.minimum(0.0, gk.v - g_lo), np.maximum(0.0, gk.v + g_hi)
     tie = near & tied
+    same = indistinct(node.args[0], near, axes)
+    if same is not None:  # Note [Ties of indistinct entries]: any split gives the same gradient
+        tie = tie & ~same
     if kinks is not None and getattr(kinks, "ties", True) and tie.any() and not gk.banded:  # Note [Ties as kink units]
         small = tie & (np.sum(near, axis=axes, keepdims=True) <= getattr(kinks, "members", MAX_TIE_MEMBERS))
         if small.any():

@@ -49,6 +49,7 @@ from ..errors import UnsupportedOp
 from ..ops import is_float32_constant
 from .logistic import LogisticTerms
 from .runtime import FUNCTIONS, _constant, _literal
+from .ties import is_own, untag
 from .special import FLOAT64_ONLY, NUMPY as SPECIAL, OPAQUE, SIDES, derivative, own_rounding
 
 __all__ = ["generate", "RELATIONS", "BOOLEANS"]
@@ -84,7 +85,7 @@ def _text(e) -> str:
                 return f"{_text(e.args[0])} {RELATIONS[kind]} {_text(e.args[1])}"
             return f"({kind} of {len(e.args)} terms)"
         stack.extend(stack.pop().args)
-    return str(e)
+    return str(untag(e))
 
 
 def _power_of_two(e) -> bool:
@@ -128,6 +129,11 @@ class _Emitter(LogisticTerms):
             return lit
         if type(e).__name__ == "Symbol":
             raise UnsupportedOp(f"symbol {e} is not an input of the closed form")
+        if is_own(e):  # the identity, inside a max's conditions (Note [Each max its own conditions] in ties.py)
+            var = self.value(e.args[0])
+            self.names[e] = var
+            self.rewritten[e] = e.args[0]
+            return var
         logistic = self._as_logistic(e)
         if logistic is not None:  # Note [Logistic terms]
             var = self.value(logistic)

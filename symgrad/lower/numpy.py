@@ -35,7 +35,7 @@ from ..errors import UnsupportedOp
 from .codegen import generate
 from .runtime import FUNCTIONS, RUNTIME, RUNTIME_HIGH
 from .special import OPAQUE, resolve
-from .ties import any_tie, find_units, many_choices, positions, union
+from .ties import any_tie, find_units, many_choices, own, positions, union
 from .wide import RUNTIME_WIDE, WIDE_DPS, from_wide, overflowed, to_wide
 
 __all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
@@ -71,15 +71,20 @@ def _extreme(compare_name: str):
     into ``ITE`` terms that symengine cannot take.
     """
 
-    def build(*args):
+    def build(*args, tag=None):
         import symengine as se
 
         if len(args) == 1:
             return args[0]
         compare = getattr(se, compare_name)
+        if len(args) > 2:  # Note [Each max its own conditions] in ties.py
+            tag = se.Integer(hash(tuple(args)) & 0x7FFFFFFF) if tag is None else tag
+            cmp_args = [own(a, tag) for a in args]
+        else:
+            cmp_args = list(args)
         wins = []
-        for i, a in enumerate(args):
-            conds = [compare(a, b) for j, b in enumerate(args) if j != i]
+        for i, a in enumerate(cmp_args):
+            conds = [compare(a, b) for j, b in enumerate(cmp_args) if j != i]
             wins.append(se.Piecewise((1, conds[0] if len(conds) == 1 else se.And(*conds)), (0, True)))
         return se.Add(*(a * w for a, w in zip(args, wins))) / se.Add(*wins)
 

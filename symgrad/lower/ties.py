@@ -38,7 +38,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TieUnit", "any_tie", "find_units", "many_choices", "positions", "union"]
+__all__ = ["TieUnit", "any_tie", "find_units", "many_choices", "positions", "union", "OWN", "own", "is_own", "untag"]
+
+
+# Note [Each max its own conditions]
+# Overlapping max-pooling windows, or a sliding max, compare the same two entries in several
+# windows.  Built as plain ``a <= b``, those comparisons were one condition shared by the windows,
+# so forcing one window's vertex ("this entry takes everything") re-split its neighbours too, the
+# units were left to single flips, and torch's own max pooling with stride 2 over a zero input
+# (first index per window) was a false alarm on the exploded engine.  Each max/min of three or more
+# arguments therefore compares ``_own(a, tag)`` with ``_own(b, tag)``: ``_own`` is the identity
+# (the emitter evaluates it as its first argument, with that argument's rounding; it is never
+# differentiated, since it stands inside conditions only), and the tag -- an integer hashed from the
+# window's arguments -- makes each window's conditions its own.  Two maxes over the same arguments
+# are the same max, with the same conditions; should two different windows' tags collide, they share
+# conditions as before (weaker, never unsound).  Printed closed forms and kink notes drop ``_own``.
+OWN = "_own"
+
+
+def own(a, tag):
+    import symengine as se
+
+    return se.Function(OWN)(a, tag)
+
+
+def is_own(e) -> bool:
+    return type(e).__name__ == "FunctionSymbol" and e.get_name() == OWN
+
+
+def untag(e):
+    """``e`` with every ``_own(a, tag)`` replaced by ``a`` (for printing)."""
+    import symengine as se
+
+    if not isinstance(e, se.Basic):
+        return e
+    tagged = [f for f in e.atoms(se.FunctionSymbol) if is_own(f)]
+    while tagged:
+        e = e.xreplace({f: f.args[0] for f in tagged})
+        tagged = [f for f in e.atoms(se.FunctionSymbol) if is_own(f)]
+    return e
 
 
 @dataclass(frozen=True)

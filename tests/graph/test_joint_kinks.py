@@ -221,6 +221,7 @@ def test_backward_scaled_by_1_3_with_a_sample_on_the_kink_fails(dtype, op_name, 
     same_verdict_elementwise(m, x, t, report, wrt=params)
     # the joint check is what catches it: entry by entry, every value lies in its one-sided band
     monkeypatch.setattr(kinkunits, "MAX_KINK_UNITS", 0)
+    monkeypatch.setattr(kinkunits, "MAX_BUDGET_UNITS", 0)
     assert check(m, x, t, wrt=params)["l1.weight"].passed
 
 
@@ -375,6 +376,7 @@ def test_float64_units_rounded_onto_the_kink_both_ways_pass():
 
 def test_past_a_bound_the_check_falls_back_to_entrywise_bands_and_says_so(monkeypatch):
     monkeypatch.setattr(kinkunits, "MAX_KINK_UNITS", 0)
+    monkeypatch.setattr(kinkunits, "MAX_BUDGET_UNITS", 0)
     m, x, t = one_unit_on_kink(torch.float64, "relu")
     report = check(m, x, t)
     assert report.passed and report["l1.weight"].verdict == "pass (kink)"
@@ -389,6 +391,7 @@ def test_without_generators_the_band_is_still_every_choice_of_side(monkeypatch):
     # past the bound on kinked units the band of each entry is the hull of every choice of side,
     # not the two extremes', so units going different ways pass
     monkeypatch.setattr(kinkunits, "MAX_KINK_UNITS", 0)
+    monkeypatch.setattr(kinkunits, "MAX_BUDGET_UNITS", 0)
     pattern = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
     m, x, t = second_layer_on_kink(torch.float64, activation(torch.relu, at_kink=pattern))
     report = check(m, x, t)

@@ -336,7 +336,17 @@ def test_autograd_evaluation_order_is_allowed_for(dtype):
 def _op_rows():
     from symgrad.graph.optable import representative_cases
 
-    return [pytest.param(c, id=c.name) for c in representative_cases("float64")]
+    return [pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_FALSE_ALARMS[c.name])]
+                         if c.name in KNOWN_FALSE_ALARMS else []) for c in representative_cases("float64")]
+
+
+# Rows where torch's own backward fails on the exploded engine (found by the slow test below; both
+# pass on engine='auto', which takes them to the op graph).  Kept as strict xfails: when fixed, the
+# test says so.
+KNOWN_FALSE_ALARMS = {
+    "householder_product": "d Q[i, j] / d tau[k] is structurally 0 for k > j: the exploded closed form is exactly 0 "
+                           "with no rounding, while torch's backward gets 4.5e-15 from cancelling terms (O(1) entries)",
+}
 
 
 # The rows the exploded engine refuses (measured with the slow test below): the linear-algebra nodes,
