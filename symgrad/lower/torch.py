@@ -15,6 +15,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
+from .ties import OWN
 
 __all__ = ["SYMPY_TO_TORCH", "to_torch", "walker"]
 
@@ -121,6 +122,8 @@ def walker(env: Mapping[str, object], dtype, fallback: Callable | None = None) -
                                 f"the entrywise function write Y.applyfunc({e.func.__name__})")
         elif type(e) in SYMPY_TO_TORCH or e.func in SYMPY_TO_TORCH:
             r = SYMPY_TO_TORCH[e.func](*(walk(a) for a in e.args))
+        elif isinstance(e, sp.Function) and type(e).__name__ == OWN:  # Note [Each max its own conditions]
+            r = walk(e.args[0])
         elif isinstance(e, sp.Function) and type(e).__name__ in _BY_NAME:
             r = _BY_NAME[type(e).__name__](*(walk(a) for a in e.args))
         elif fallback is not None and (isinstance(e, sp.MatrixExpr) or e.atoms(sp.MatrixSymbol)):

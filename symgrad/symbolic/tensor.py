@@ -129,7 +129,9 @@ class SymTensor:
 
     def to_sympy(self):
         """A ``sympy.Matrix`` (2-d), the scalar (0-d) or a ``sympy.Array``, in SymPy objects."""
-        conv = np.vectorize(sp.sympify, otypes=[object])(self.data) if self.data.size else self.data
+        from ..lower.ties import untag  # a max's own conditions are the plain ones (lower/ties.py)
+
+        conv = np.vectorize(lambda e: sp.sympify(untag(e)), otypes=[object])(self.data) if self.data.size else self.data
         if self.ndim == 0:
             return conv.reshape(()).item()
         if self.ndim == 2:
