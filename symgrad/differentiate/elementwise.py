@@ -29,7 +29,7 @@ import sympy as sp
 
 from ..symbolic.tensor import SymTensor
 from ..errors import ShapeMismatch
-from ..lower.numpy import to_symengine
+from ..lower.symengine_forms import to_symengine
 from ..lower.ties import untag
 
 __all__ = ["QUANTITIES", "differentiate", "diff_all", "entry_form", "structural_zeros", "LATEX_MAX_CHARS"]

@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ShapeMismatch
-from ..lower.numpy import to_symengine
+from ..lower.symengine_forms import to_symengine
 from ..symbolic.tensor import SymTensor
 from .elementwise import diff_all
 

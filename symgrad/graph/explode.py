@@ -128,7 +128,7 @@ def _form(expr: sp.Expr, k: int) -> tuple:
     """(symengine form, its symbols s0..s{k-1}): the pointwise node's scalar function."""
     import symengine as se
 
-    from ..lower.numpy import to_symengine
+    from ..lower.symengine_forms import to_symengine
     from .rules import symbols_for
 
     from ..lower.special import OPAQUE
@@ -249,7 +249,7 @@ def extreme_columns(row, op: str) -> list:
 def _reduce(node: Node, a: np.ndarray) -> np.ndarray:
     import symengine as se
 
-    from ..lower.numpy import _extreme
+    from ..lower.symengine_forms import extreme
 
     axes = tuple(node.attrs["axes"])
     kept = [i for i in range(a.ndim) if i not in axes]
@@ -261,7 +261,7 @@ def _reduce(node: Node, a: np.ndarray) -> np.ndarray:
             result[j] = se.Add(*rows[j])
             continue
         keep = extreme_columns(rows[j], op)
-        result[j] = _extreme("Ge" if op == "max" else "Le")(*rows[j][keep]) if keep else rows[j][0]
+        result[j] = extreme("Ge" if op == "max" else "Le")(*rows[j][keep]) if keep else rows[j][0]
     return result.reshape(node.shape)
 
 

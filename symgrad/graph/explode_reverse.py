@@ -165,10 +165,10 @@ def _reduce(node: Node, a: np.ndarray, adj: np.ndarray) -> tuple:
 def _extreme_partials(op: str, n: int) -> tuple:
     import symengine as se
 
-    from ..lower.numpy import _extreme
+    from ..lower.symengine_forms import extreme
 
     syms = tuple(se.Symbol(f"_r{c}") for c in range(n))
-    form = _extreme("Ge" if op == "max" else "Le")(*syms, tag=_tag() if n > 2 else None)
+    form = extreme("Ge" if op == "max" else "Le")(*syms, tag=_tag() if n > 2 else None)
     return tuple(form.diff(s) for s in syms), syms
 
 

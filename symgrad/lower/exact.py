@@ -82,7 +82,8 @@ class ExactEvaluator:
         return out
 
     def _compile(self, exprs: list):
-        from .numpy import _resolve_special, _shared_first, to_symengine
+        from .numpy import _resolve_special, _shared_first
+        from .symengine_forms import to_symengine
 
         se_exprs = _resolve_special([to_symengine(e) for e in exprs])
         names = {to_symengine(a): f"_A[{i}]" for i, a in enumerate(self.args)}
@@ -132,7 +133,7 @@ class ExactEvaluator:
     def conditionable(self, i: int) -> bool:
         """Whether the conditioning of closed form ``i`` is within the work limits (``MAX_FREE``
         symbols: a network's entries, in hundreds of symbols, are not differentiated again)."""
-        from .numpy import to_symengine
+        from .symengine_forms import to_symengine
 
         if not hasattr(self, "_conditionable"):
             self._conditionable = {}
@@ -142,7 +143,7 @@ class ExactEvaluator:
 
     def _partials(self, i: int, se_args: list) -> list | None:
         """``a dg/da`` for each arg and saved value of closed form ``i``; None beyond the work limits."""
-        from .numpy import to_symengine
+        from .symengine_forms import to_symengine
 
         if not self.conditionable(i):
             return None
@@ -157,7 +158,7 @@ class ExactEvaluator:
         """``sum_j |a_j dg/da_j|`` for each slot, plus the same for the saved values of Note [Saved
         values] (Note [Conditioning of an entry]); NaN where it cannot be evaluated (a closed form
         beyond the work limits: only its own slots)."""
-        from .numpy import to_symengine
+        from .symengine_forms import to_symengine
 
         ids = sorted({i for i, _ in slots})
         if len(slots) > MAX_SENSITIVITY_SLOTS:

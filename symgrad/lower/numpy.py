@@ -28,17 +28,16 @@ from dataclasses import dataclass
 
 import mpmath as mp
 import numpy as np
-import sympy as sp
-from sympy.core.function import Application
 
 from ..errors import UnsupportedOp
 from .codegen import generate
 from .runtime import FUNCTIONS, RUNTIME, RUNTIME_HIGH
-from .special import OPAQUE, resolve
-from .ties import any_tie, find_units, many_choices, own, positions, union
+from .special import resolve
+from .symengine_forms import to_symengine
+from .ties import any_tie, find_units, many_choices, positions, union
 from .wide import RUNTIME_WIDE, WIDE_DPS, from_wide, overflowed, to_wide
 
-__all__ = ["Lowered", "lower", "to_symengine", "KINK_NOISE", "high_precision", "FUNCTIONS"]
+__all__ = ["Lowered", "lower", "KINK_NOISE", "high_precision", "FUNCTIONS"]
 
 KINK_NOISE = 16.0
 KINK_ULPS = 8.0
@@ -61,112 +60,6 @@ def _constant_units(kink_eps: float) -> tuple:
 def high_precision():
     """The most precise float numpy has here (80-bit extended on x86-64, else float64)."""
     return np.longdouble if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps else np.float64
-
-
-def _extreme(compare_name: str):
-    """n-ary max ("Ge") or min ("Le"): sum_i a_i I_i / sum_i I_i, I_i = [a_i beats all others].
-
-    A tie splits the derivative evenly among the tied arguments, as torch's max/min reductions
-    and torch.maximum/minimum do.  Built in symengine: SymPy folds a Piecewise inside a condition
-    into ``ITE`` terms that symengine cannot take.
-    """
-
-    def build(*args, tag=None):
-        import symengine as se
-
-        if len(args) == 1:
-            return args[0]
-        compare = getattr(se, compare_name)
-        if len(args) > 2:  # Note [Each max its own conditions] in ties.py
-            tag = se.Integer(hash(tuple(args)) & 0x7FFFFFFF) if tag is None else tag
-            cmp_args = [own(a, tag) for a in args]
-        else:
-            cmp_args = list(args)
-        wins = []
-        for i, a in enumerate(cmp_args):
-            conds = [compare(a, b) for j, b in enumerate(cmp_args) if j != i]
-            wins.append(se.Piecewise((1, conds[0] if len(conds) == 1 else se.And(*conds)), (0, True)))
-        return se.Add(*(a * w for a, w in zip(args, wins))) / se.Add(*wins)
-
-    return build
-
-
-def _abs(a):
-    import symengine as se
-
-    return se.Piecewise((a, se.Gt(a, 0)), (0, se.Eq(a, 0)), (-a, True))
-
-
-def _sign(a):
-    import symengine as se
-
-    return se.Piecewise((1, se.Gt(a, 0)), (0, se.Eq(a, 0)), (-1, True))
-
-
-def _heaviside(a, h=None):
-    import symengine as se
-
-    return se.Piecewise((1, se.Gt(a, 0)), (se.Rational(1, 2) if h is None else h, se.Eq(a, 0)), (0, True))
-
-
-# SymPy's kink functions, rebuilt in symengine as Piecewise forms with torch's conventions (see Note
-# [Kink conventions] in symgrad/ops.py): symengine leaves d Max/dx unevaluated, and SymPy's
-# Heaviside(0) is 1/2.  The relationals then make kinks visible to the evaluation (Note [Kinks at
-# evaluation time]).
-_KINK_REWRITES = {
-    sp.Max: _extreme("Ge"),
-    sp.Min: _extreme("Le"),
-    sp.Abs: _abs,
-    sp.sign: _sign,
-    sp.Heaviside: _heaviside,
-}
-
-
-def _opaque(e) -> bool:
-    """SymPy's erfinv and symgrad's round_even: undefined functions in symengine (Note [Special
-    functions on the exploded engine] in special.py; as symengine wraps them, they break its sums)."""
-    return isinstance(e, sp.Function) and type(e).__name__ in OPAQUE
-
-
-def _rewrite(e):
-    import symengine as se
-
-    return (lambda *a: se.Function(type(e).__name__)(*a)) if _opaque(e) else _KINK_REWRITES[type(e)]
-
-
-def to_symengine(expr):
-    """A SymPy (or symengine) expression as a symengine one; UnsupportedOp if it has no counterpart."""
-    import symengine as se
-
-    if isinstance(expr, se.Basic):
-        return expr
-    if isinstance(expr, sp.Basic) and expr.has(sp.Derivative):
-        raise UnsupportedOp(f"the expression holds an unevaluated derivative ({sp.sstr(expr)[:80]}): "
-                            "a function symgrad cannot differentiate")
-    try:
-        if not (isinstance(expr, sp.Basic) and any(type(f) in _KINK_REWRITES or _opaque(f)
-                                                   for f in expr.atoms(Application))):  # one walk
-            return se.sympify(expr)
-        # Swap each kink function for a placeholder (innermost first), then build its form in
-        # symengine from its converted arguments and put it back.
-        found: dict = {}
-
-        def swap(e):
-            slot = sp.Symbol(f"_kink_slot_{len(found)}")
-            found[slot] = e
-            return slot
-
-        plain = expr.replace(lambda e: type(e) in _KINK_REWRITES or _opaque(e), swap)
-        built: dict = {}
-        for slot, e in found.items():
-            args = [se.sympify(a).xreplace(built) for a in e.args]
-            built[se.Symbol(slot.name)] = _rewrite(e)(*args)
-        return se.sympify(plain).xreplace(built)
-    except Exception as err:
-        raise UnsupportedOp(
-            f"symgrad's engine (symengine) has no counterpart for part of {sp.sstr(expr)[:80]!r} ({err}); "
-            "use functions from symgrad's op table or common SymPy functions"
-        ) from err
 
 
 # Note [Float64 kernels in the reference]

@@ -2,7 +2,7 @@
 
 # Note [Ties on the exploded engine]
 An n-ary max (min) is lowered as ``Σ a_i I_i / Σ I_i``, with ``I_i = [a_i beats every other
-argument]``, one ``<=`` per ordered pair of arguments (``_extreme`` in numpy.py).  At a tie of k
+argument]``, one ``<=`` per ordered pair of arguments (``extreme`` in symengine_forms.py).  At a tie of k
 arguments the k(k-1) conditions between tied arguments are on a kink.  Past
 ``MAX_KINK_COMBINATIONS_LOG2`` conditions ``Lowered._candidates`` flips conditions alone (as it still
 does every other condition), and a flip only takes one member out of the tie: "member i wins, every

@@ -59,7 +59,7 @@ def to_element(value):
         from .numbers import number
 
         value = number(value, "a tensor entry")  # never a string: symengine would parse it
-    from ..lower.numpy import to_symengine
+    from ..lower.symengine_forms import to_symengine
 
     return to_symengine(value)
 
