@@ -175,15 +175,27 @@ def signed_band(slope, lo, hi) -> tuple:
     return pos * lo + neg * hi, pos * hi + neg * lo
 
 
+# Note [An exact infinity]
+# A masked score is an exact -inf (``masked_fill(mask, -inf)``, an attention mask).  ``x - lse`` at
+# such an entry is exactly -inf, and exp of it exactly 0: nothing rounds.  Charged its own size as
+# a rounding, the sum's bound was inf, and exp's bound ``exp'(-inf) * inf`` was NaN -- and the NaN
+# spread through logsumexp's sum to every entry of the row, so the worst-case bound was lost and
+# the statistical allowance alone judged torch's float16 logsumexp over masked scores (a false
+# alarm at 3 ulps).  A sum that is infinite because an exact infinite operand is, is exact; a
+# finite sum that overflows keeps its infinite bound (Note [Astronomical values] in rules.py).
 def add(a: Approx, c: Approx, sign: float = 1.0) -> Approx:
     """``a + sign*c``: one rounding, on the size of the result (the terms' errors carry their size)."""
     v = a.v + sign * c.v
-    v = rounded(v, np.abs(v))
+    own = np.abs(v)
+    if np.isinf(own).any():  # Note [An exact infinity]: a mask's -inf plus a finite number is exactly -inf
+        exact_inf = (np.isinf(a.v) & (a.e == 0)) | (np.isinf(c.v) & (c.e == 0))
+        own = np.where(np.isinf(v) & exact_inf, 0.0, own)
+    v = rounded(v, own)
     if not (a.banded or c.banded):
-        return Approx(v, a.e + c.e + np.abs(v))
+        return Approx(v, a.e + c.e + own)
     (al, ah), (cl, ch) = a.sides(), c.sides()
     lo, hi = (al + cl, ah + ch) if sign > 0 else (al + ch, ah + cl)
-    return Approx(v, a.e + c.e + np.abs(v), lo, hi)
+    return Approx(v, a.e + c.e + own, lo, hi)
 
 
 def mul(a: Approx, c: Approx) -> Approx:
