@@ -44,20 +44,28 @@ SWEEP_NUMBERS = 4_000_000  # the numbers the ties' sweeps may compute, at most M
 # every node (about 30 us of Python per node) and computing every number of the graph.  So past
 # MAX_KINK_UNITS units the joint check still runs while
 #     sweeps x (nodes + numbers / NUMBERS_PER_VISIT) <= SWEEP_VISITS
-# and at most MAX_BUDGET_UNITS units (the fit's groups); that CNN (241 ties, 938 sweeps, 48 nodes,
-# 22k numbers) takes 1.3 s.  Past the budget the bands stay, and the report says so.
+# and at most MAX_BUDGET_UNITS units, whose generators (units x changes per unit x entries of the
+# largest differentiated tensor x seeds) hold at most FIT_NUMBERS numbers: the joint fit's
+# iterations run over them, and a stack too large for the fit would leave the units unmodelled.
+# That CNN (241 ties, 938 sweeps, 48 nodes, 22k numbers) takes 1.3 s.  Past the budget the bands
+# stay, and the report says so.
 SWEEP_VISITS = 200_000  # about 6 s of sweeps on this project's 2-core machine
 NUMBERS_PER_VISIT = 2_000  # numbers one node visit's Python overhead is worth
 MAX_BUDGET_UNITS = 2_048
+FIT_NUMBERS = 4_000_000
 
 
-def _within_budget(graph, units: list) -> bool:
+def _within_budget(graph, units: list, live: list) -> bool:
     """Whether the joint kink check's sweeps over ``units`` (one KinkLog per seed) are affordable:
     up to MAX_KINK_UNITS always, past that within the budget (Note [A budget of sweeps])."""
     count = sum(len(u) for u in units)
     if count <= MAX_KINK_UNITS:
         return True
     if count > MAX_BUDGET_UNITS:
+        return False
+    width = max(len(changes) for u in units for _, _, changes in u)
+    largest = max((int(np.prod(n.shape, dtype=np.int64)) for n in live), default=1)
+    if count * width * largest * len(units) > FIT_NUMBERS:
         return False
     sweeps = sum(len(changes) for u in units for _, _, changes in u)
     numbers = sum(int(np.prod(n.shape, dtype=np.int64)) for n in graph.nodes)
@@ -89,7 +97,7 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
     """``(generators, roundings)``: leaf node -> [[generator over the stacked seeds] per unit], and
     per leaf node the rounding bound (units of eps) the other sides add at most: each unit's
     largest generator bound, summed over units (their choices add up).  None: too many units."""
-    if not _within_budget(st.graph, units):
+    if not _within_budget(st.graph, units, live):
         return None
     out: dict = {node: [] for node in live}
     extra: dict = {node: np.zeros((len(units),) + node.shape) for node in live}
@@ -176,7 +184,7 @@ def sweep_references(st, seeds, live, nodes, how, out_shape, scale, *, flip: boo
 def _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip):
     per_seed, units = _sweeps(st, seeds, live, flip, ties=True)
     banded_ties = 0
-    if not _within_budget(st.graph, units) and any(_is_tie(k) for u in units for k in u):
+    if not _within_budget(st.graph, units, live) and any(_is_tie(k) for u in units for k in u):
         banded_ties = sum(1 for u in units for k in u if _is_tie(k))
         per_seed, units = _sweeps(st, seeds, live, flip, ties=False)  # Note [Ties as kink units]
     ties = any(_is_tie(k) for u in units for k in u)
