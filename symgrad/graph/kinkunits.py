@@ -9,6 +9,8 @@ differentiated names and failed cross-checks.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .approx import Approx, accumulating
@@ -156,11 +158,12 @@ def _tie_rows(st, live: list, directions: int = 2) -> dict:
         return {}
     rng = np.random.default_rng(20261204)
     rows: dict = {n: [] for n in inputs}
+    ctx = dataclasses.replace(st.ctx, backward_graph=True)  # stops that hold for reverse mode hold here too
     for _ in range(directions):
         tangents = {leaf: Approx(rng.standard_normal(leaf.shape)) for leaf in live}
         try:
-            with accumulating(st.ctx.dtype, st.ctx.eps):
-                known = tangent_sweep(st.graph, st.values, tangents, st.ctx)
+            with accumulating(ctx.dtype, ctx.eps):
+                known = tangent_sweep(st.graph, st.values, tangents, ctx)
         except (NotImplementedError, ValueError, FloatingPointError):
             return {}  # a node without a forward-mode rule: ties keep their units or bands
         for n in inputs:
