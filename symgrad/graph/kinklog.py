@@ -105,10 +105,11 @@ def _record_node_kinks(kinks: list, banded: list, g: Approx) -> None:
 # a reverse sweep, so a tie of more entries than the graph's size allows (``tie_members`` in
 # graph/kinkunits.py: MAX_TIE_MEMBERS on a model, up to MAX_SMALL_TIE on a small function, whose
 # amax over 64 equal entries passed a backward sending the whole cotangent to each) keeps the band.  Without a log the
-# entrywise band stays (sound, weaker); where ties would take the units past MAX_KINK_UNITS (relu
-# then max pooling ties every all-zero window), the sweeps are run again with ties as bands, so the
-# relu units keep their joint check (graph/kinkunits.py).
-MAX_TIE_MEMBERS = 8  # on a model, a larger tie (a dead channel under global max pooling) keeps its band
+# entrywise band stays (sound, weaker); where ties would take the units past the sweeps' budget
+# (Note [A budget of sweeps] in graph/kinkunits.py), the sweeps are run again with ties as bands, so
+# the relu units keep their joint check, and the report says how many ties were banded.  A tie of
+# indistinct entries needs neither (Note [Ties of indistinct entries] below).
+MAX_TIE_MEMBERS = 8  # on a model, a larger tie keeps its band (unless its entries are indistinct)
 MAX_SMALL_TIE = 1024  # on a small graph, ties up to this many entries are units
 
 
