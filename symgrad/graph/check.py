@@ -254,7 +254,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         if how == "random-vjp":  # forward mode too: the exact counterpart of gradcheck's fast mode
             gen = torch.Generator().manual_seed(seed + 1)
             dirs = [{n: torch.randn(leaves[n].shape, generator=gen, dtype=torch.float64).to(leaves[n].dtype)
-                     for n in wrt_names} for _ in range(n_tangents if isinstance(n_tangents, int) else cotangents)]
+                     for n in wrt_names} for _ in range(n_tangents)]
             try:
                 records += _jvp_records(state, dirs, "func.jvp")
                 meta["quantity"] += f" and jvp ({len(dirs)} random tangents)"

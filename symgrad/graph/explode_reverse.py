@@ -138,7 +138,7 @@ def _tag():
 
 
 def _reduce(node: Node, a: np.ndarray, adj: np.ndarray) -> tuple:
-    import symengine as se
+    from ..lower.ties import window_tag
 
     axes = tuple(node.attrs["axes"])
     kept = [d for d in range(a.ndim) if d not in axes]
@@ -155,7 +155,7 @@ def _reduce(node: Node, a: np.ndarray, adj: np.ndarray) -> tuple:
         partials, syms = _extreme_partials(node.attrs["op"], len(keep))
         env = dict(zip(syms, rows[r][keep]))
         if len(keep) > 2:  # this window's own conditions (Note [Each max its own conditions] in lower/ties.py)
-            env[_tag()] = se.Integer(hash(tuple(rows[r][keep])) & 0x7FFFFFFF)
+            env[_tag()] = window_tag(rows[r][keep])
         got_idx += [idx[r, c] for c in keep]
         got += [adj[r] * p.xreplace(env) for p in partials]
     return np.asarray(got_idx, np.int64), np.asarray(got, object)

@@ -14,7 +14,7 @@ from sympy.core.function import Application
 
 from ..errors import UnsupportedOp
 from .special import OPAQUE
-from .ties import own
+from .ties import own, window_tag
 
 __all__ = ["to_symengine", "extreme"]
 
@@ -34,7 +34,7 @@ def extreme(compare_name: str):
             return args[0]
         compare = getattr(se, compare_name)
         if len(args) > 2:  # Note [Each max its own conditions] in ties.py
-            tag = se.Integer(hash(tuple(args)) & 0x7FFFFFFF) if tag is None else tag
+            tag = window_tag(args) if tag is None else tag
             cmp_args = [own(a, tag) for a in args]
         else:
             cmp_args = list(args)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TieUnit", "any_tie", "find_units", "many_choices", "positions", "union", "OWN", "own", "is_own", "untag"]
+__all__ = ["TieUnit", "any_tie", "find_units", "many_choices", "positions", "union", "OWN", "own", "is_own", "untag", "window_tag"]
 
 
 # Note [Each max its own conditions]
@@ -54,6 +54,13 @@ __all__ = ["TieUnit", "any_tie", "find_units", "many_choices", "positions", "uni
 # are the same max, with the same conditions; should two different windows' tags collide, they share
 # conditions as before (weaker, never unsound).  Printed closed forms and kink notes drop ``_own``.
 OWN = "_own"
+
+
+def window_tag(args):
+    """The tag of a max/min over ``args``: an integer hashed from them (Note [Each max its own conditions])."""
+    import symengine as se
+
+    return se.Integer(hash(tuple(args)) & 0x7FFFFFFF)
 
 
 def own(a, tag):
