@@ -42,13 +42,13 @@ budget and the alternative.
 from __future__ import annotations
 
 from functools import lru_cache
-from itertools import permutations
 
 import numpy as np
 import sympy as sp
 
 from ..errors import InputError, UnsupportedOp
 from .explode_size import Estimate, cone, estimate, refuse_if_too_big
+from .explode_linalg import LINALG, MAX_LINALG_N, linalg_entries
 from .ir import Graph, Node
 
 __all__ = ["explode", "explode_nodes", "cone", "einsum_plan", "extreme_columns", "estimate", "Estimate",
@@ -300,71 +300,11 @@ def _node(node: Node, args: list, values: dict | None) -> np.ndarray:
         return _select(node, args)
     if kind == "stop":
         return _numbers(np.broadcast_to(values[node.args[0]].v, node.shape))
-    if kind == "linalg" and node.attrs.get("op") in _LINALG and node.args[0].shape[-1] <= MAX_LINALG_N:
-        return _linalg(node, args)
+    if kind == "linalg" and node.attrs.get("op") in LINALG and node.args[0].shape[-1] <= MAX_LINALG_N:
+        return linalg_entries(node, args)
     raise UnsupportedOp(f"the exploded back end has no scalar form for the {kind} node "
                         f"{node.attrs.get('op', '')} ({node.origin or node.name}); the tensor back end "
                         "(engine='graph') checks it")
-
-
-# Note [Exploded linear algebra]
-# det, log|det|, inv and solve of matrices up to MAX_LINALG_N x MAX_LINALG_N are written out: det
-# by Leibniz's formula (a polynomial of the entries), the inverse as adj(A) / det(A) with the adjugate's
-# cofactors as determinants of minors -- never by elimination, whose pivots divide by entries that
-# may be 0 in an invertible matrix ([[0, 1], [1, 0]]).  Larger ones (n! terms) stay refused, naming
-# engine='graph'.
-MAX_LINALG_N = 4
-_LINALG = ("det", "logabsdet", "inv", "solve")
-
-
-def _parity(p: tuple) -> int:
-    sign, seen = 1, list(p)
-    for i in range(len(seen)):
-        while seen[i] != i:
-            j = seen[i]
-            seen[i], seen[j] = seen[j], seen[i]
-            sign = -sign
-    return sign
-
-
-def det_form(m: np.ndarray):
-    """det of a square object array of entries, by Leibniz's formula (a polynomial, no division)."""
-    import symengine as se
-
-    n = m.shape[0]
-    if n == 0:
-        return se.Integer(1)
-    return se.Add(*[_parity(p) * se.Mul(*[m[i, p[i]] for i in range(n)]) for p in permutations(range(n))])
-
-
-def inverse_form(m: np.ndarray, det) -> np.ndarray:
-    """The inverse of ``m`` as its adjugate over ``det`` (cofactors as determinants of minors)."""
-    n = m.shape[0]
-    out = np.empty((n, n), object)
-    for i in range(n):
-        for j in range(n):
-            minor = np.delete(np.delete(m, j, axis=0), i, axis=1)
-            out[i, j] = (-1) ** (i + j) * det_form(minor) / det
-    return out
-
-
-def _linalg(node: Node, args: list) -> np.ndarray:
-    import symengine as se
-
-    op, a = node.attrs["op"], args[0]
-    out = np.empty(node.shape, object)
-    for idx in np.ndindex(*a.shape[:-2]):
-        m = np.asarray(a[idx], object)
-        d = det_form(m)
-        if op == "det":
-            out[idx] = d
-        elif op == "logabsdet":
-            out[idx] = se.log(d * d) / 2  # log|d|, whose derivative d'/d symengine can take (not Abs's)
-        elif op == "inv":
-            out[idx] = inverse_form(m, d)
-        else:  # solve: A X = B, B a vector or a matrix
-            out[idx] = inverse_form(m, d) @ np.asarray(args[1][idx], object)
-    return out
 
 
 # ----------------------------------------------------------------------------------- explode
@@ -403,7 +343,7 @@ def explode_nodes(graph: Graph, values: dict | None = None, *, leaves=None, out:
     chosen = {graph.inputs[n] for n in names}
     read = cone(graph, out)
     for node in read:
-        if node.kind == "linalg" and not (node.attrs.get("op") in _LINALG and node.args[0].shape[-1] <= MAX_LINALG_N):
+        if node.kind == "linalg" and not (node.attrs.get("op") in LINALG and node.args[0].shape[-1] <= MAX_LINALG_N):
             _node(node, [], values)  # refuses, naming it
     wrt_size = sum(graph.inputs[n].size for n in names) if n_wrt is None else n_wrt
     refuse_if_too_big(estimate(graph, out, wrt_size, n_diff, sweeps), budget)

@@ -13,6 +13,8 @@ from ..errors import InputError, UnsupportedOp
 from . import aten, aten_ctc, aten_nn, aten_order, aten_seq, aten_shift, aten_tensor  # noqa: F401 - register the tensor, convolution, pooling, order-statistics, softmax, CTC and sequence handlers
 from .ir import Graph, Node
 from .trace import Builder
+from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
+                             write_into_constant)
 from .trace_grad import IN_PLACE, NO_GRAD
 
 __all__ = ["to_graph", "register"]
@@ -158,7 +160,7 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         if node.op == "output":
             if not top:
                 return _map(node.args[0], env)
-            b.graph.outputs = [_read_buffers(b, o) for o in _flatten(_map(node.args[0], env))]
+            b.graph.outputs = [read_buffers(b, o) for o in _flatten(_map(node.args[0], env))]
             return None
         if node.op == "get_attr":  # a tensor the traced code held (a buffer, a constant)
             env[node] = getattr(gm, node.target)
@@ -224,7 +226,7 @@ def _writes_into_inputs(gm, env: dict) -> dict:
     """fx node of each value ``copy_`` writes into a differentiable input -> that input's fx node."""
     written = {}
     for node in gm.graph.nodes:
-        if node.op == "call_function" and _is_copy(node.target) and len(node.args) > 1:
+        if node.op == "call_function" and is_copy(node.target) and len(node.args) > 1:
             dst, src = node.args[0], node.args[1]
             if getattr(dst, "op", None) == "placeholder" and isinstance(env.get(dst), Node) \
                     and getattr(src, "op", None) == "call_function":
@@ -249,9 +251,9 @@ def _call(b: Builder, node, args, kwargs):
     if target is operator.getitem:
         return args[0][args[1]]
     if b.buffers and not getattr(target, "is_view", False):  # a view of a buffer stays a view (read at use)
-        args = (args[0],) + _read_buffers(b, args[1:]) if _is_copy(target) else _read_buffers(b, args)
-    if _is_copy(target) and isinstance(args[0], torch.Tensor) and (_has_node(args[1:]) or b.buffers):
-        return _write_into_constant(b, args[0], args[1])
+        args = (args[0],) + read_buffers(b, args[1:]) if is_copy(target) else read_buffers(b, args)
+    if is_copy(target) and isinstance(args[0], torch.Tensor) and (_has_node(args[1:]) or b.buffers):
+        return write_into_constant(b, args[0], args[1])
     if not (_has_node(args) or _has_node(kwargs)) and torch.Tag.nondeterministic_seeded in getattr(target, "tags", ()):
         # torch.rand(4) in forward: folding it would freeze the trace's draw, and torch draws again
         raise UnsupportedOp(f"{target} (fx node {node.name!r}) draws random numbers on every call, so torch and the "
@@ -260,7 +262,7 @@ def _call(b: Builder, node, args, kwargs):
                             "call F.fractional_max_pool2d with _random_samples= fixed (a buffer)")
     if not (_has_node(args) or _has_node(kwargs)):  # constant folding, in float64
         if isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point and \
-                ("empty" in str(target) or not any(True for _ in _tensors(args))):
+                ("empty" in str(target) or not any(True for _ in iter_tensors(args))):
             # a buffer (empty, full, zeros) made in float64, so its views stay views of it in a float32
             # check too (a float32 one would be copied to float64 at each view): Note [Writes into a new buffer]
             kwargs = {**kwargs, "dtype": torch.float64}
@@ -269,7 +271,7 @@ def _call(b: Builder, node, args, kwargs):
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
-        _note_value_dependence(b, node, args, out)
+        note_value_dependence(b, node, args, out)
         return out
     user = _user_handler(target)
     if user is not None:
@@ -277,13 +279,13 @@ def _call(b: Builder, node, args, kwargs):
     handler = aten.handler_for(target)
     val = node.meta.get("val")
     if handler is None and "_local_scalar_dense" in str(target):
-        return _branch_value(b, node, args[0])
+        return branch_value(b, node, args[0])
     if handler is None and _integral(val):
         # an integer or bool result that depends on floats (argmax, any, isnan): data, not a function
         # with a derivative; computed from the float64 values
         with torch.no_grad():
             out = target(*_values(b, args), **_values(b, kwargs))
-        _mark_data(b, out)
+        mark_data(b, out)
         return out
     if handler is None:
         raise UnsupportedOp(
@@ -299,103 +301,6 @@ def _call(b: Builder, node, args, kwargs):
     except NotImplementedError as err:
         raise UnsupportedOp(f"ATen op {target} (fx node {node.name!r}): {err}") from err
 
-
-
-# Note [Value-dependent branches]
-# A Python branch on a value computed from the inputs (F.gaussian_nll_loss's ``any(var < 0)``, a
-# ``.item()``) is traced at the checked values (make_fx's _error_on_data_dependent_ops=False): at
-# those values the function is the branch taken, so its derivative there is that branch's, as
-# torch's autograd takes it too (an ``.item()`` is a constant to both, as ``detach`` is).  Such a
-# graph holds only for inputs that take the same branches: it is never cached (``graph.specialized``).
-
-
-def _mark_data(b: Builder, out) -> None:
-    """Integer data computed from float values (a comparison, ``any``): remembered by id."""
-    for t in out if isinstance(out, (list, tuple)) else (out,):
-        if hasattr(t, "dtype"):
-            b.data_from_values[id(t)] = t
-
-
-def _note_value_dependence(b: Builder, node, args, out) -> None:
-    if not any(id(a) in b.data_from_values for a in _tensors(args)):
-        return
-    if "_local_scalar_dense" in str(node.target):  # a Python number the traced code went on with
-        b.graph.specialized = f"a Python branch or .item() on a value computed from the inputs (fx node {node.name!r})"
-    _mark_data(b, out)
-
-
-def _branch_value(b: Builder, node, arg):
-    """A Python ``bool`` the traced code branched on, computed from the inputs' values."""
-    src = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
-    if src is None or src.is_floating_point():
-        raise UnsupportedOp(
-            f".item() (fx node {node.name!r}) of a float computed from the inputs: the op graph cannot tell a "
-            "constant from a value to differentiate there; write .detach() where torch should treat it as a "
-            "constant, or keep the computation in tensors")
-    b.graph.specialized = f"a Python branch on a value computed from the inputs (fx node {node.name!r})"
-    return b.value_of(arg).to(src.dtype).item()
-
-
-# Note [Writes into a new buffer]
-# Some composites torch does not functionalize (circular padding) write their result into slices of
-# a fresh ``empty`` tensor with ``copy_``.  The buffer is a folded constant; each ``copy_`` of a value
-# that depends on the inputs into (a view of) it makes a ``select`` node holding the buffer's new
-# contents (``b.buffers``), and every later read of the buffer or of a view of it reads that node.
-
-
-def _is_copy(target) -> bool:
-    return str(target) == "aten.copy_.default"
-
-
-def _base_of(t):
-    return t._base if t._base is not None else t
-
-
-def _flat_index(base, view):
-    """The flat positions in ``base`` (contiguous) that ``view`` covers, in the view's shape."""
-    import torch
-
-    if not base.is_contiguous():
-        raise UnsupportedOp("a copy_ into a view of a non-contiguous buffer: symgrad follows writes into new "
-                            "contiguous tensors only (Note [Writes into a new buffer])")
-    pos = torch.arange(base.numel()).reshape(base.shape)
-    return pos.as_strided(tuple(view.shape), view.stride(), view.storage_offset() - base.storage_offset())
-
-
-def _read_buffers(b: Builder, x):
-    import torch
-
-    if isinstance(x, (list, tuple)):
-        return type(x)(_read_buffers(b, a) for a in x)
-    if not isinstance(x, torch.Tensor) or id(_base_of(x)) not in b.buffers:
-        return x
-    base, node = b.buffers[id(_base_of(x))]
-    return b.select([node], (_flat_index(base, x) + 1).numpy())
-
-
-def _write_into_constant(b: Builder, dst, src):
-    import numpy as np
-
-    base = _base_of(dst)
-    held = b.buffers.get(id(base))
-    current = held[1] if held else b.const(base)
-    if not isinstance(src, Node):
-        src = b.const(src)
-    if tuple(src.shape) != tuple(dst.shape):
-        src = b.layout("expand", src, tuple(dst.shape))
-    n = base.numel()
-    idx = np.arange(1, n + 1)
-    idx[_flat_index(base, dst).reshape(-1).numpy()] = n + 1 + np.arange(dst.numel())
-    b.buffers[id(base)] = (base, b.select([current, src], idx.reshape(tuple(base.shape))))
-    return _read_buffers(b, dst)
-
-
-def _tensors(x):
-    if isinstance(x, (list, tuple)):
-        for a in x:
-            yield from _tensors(a)
-    elif hasattr(x, "dtype"):
-        yield x
 
 
 def _integral(val) -> bool:

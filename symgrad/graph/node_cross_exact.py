@@ -3,7 +3,7 @@ nodes it can explode, and the evaluation of an exact derivative in MPFR with its
 
 For the cross-check of one reduced node (matrices of at most 3 x 3, a batch of one) the textbook
 formulas are exact and small: the Leibniz determinant and the inverse as adjugate over determinant
-(``explode.det_form``, ``inverse_form``, which the exploded back end writes too), a solve as that inverse
+(``explode_linalg.det_form``, ``inverse_form``, which the exploded back end writes too), a solve as that inverse
 times the right-hand side, ``log|det|`` as ``log(sign * det)`` with the sign of the exact
 determinant at the point, and the Cholesky recurrence ``L_jj = sqrt(S_jj - sum_k L_jk^2)``,
 ``L_ij = (S_ij - sum_k L_ik L_jk) / L_jj`` of ``S = (A + A^T) / 2``: torch's and the graph's
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..lower.ties import is_own
-from .explode import det_form, inverse_form
+from .explode_linalg import det_form, inverse_form
 
 __all__ = ["exact_linalg", "evaluate", "NotExact"]
 
