@@ -13,21 +13,16 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 import numpy as np
-import sympy as sp
 
 from .autograd.forward import forward_once, grad_enabled
 from .autograd.run import default_via, quantity_of, run_autograd
-from .compare.accuracy import EntryOracle
+from .graph.refs import JACOBIAN_VIAS
 from .compare.compare import compare, compare_all
-from .compare.kinks import stack_generators
-from .differentiate.elementwise import differentiate, entry_form, structural_zeros
-from .differentiate.matrix_form import matrix_closed_form
-from .errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from .differentiate.elementwise import differentiate
+from .errors import InputError, ShapeMismatch, UnsupportedOp
 from .inputs import check_options, fresh_name, lowest_precision, normalize_inputs
-from .lower.exact import ExactEvaluator
-from .lower.numpy import high_precision, lower
 from .progress import stage
-from .reference import Reference
+from .plain_refs import closed_form_references
 from .report.report import Report, shorten
 from .symbolic.forward import check_symbols, symbolic_inputs, symbolic_output
 from .symbolic.tensor import SymTensor, symbols
@@ -44,17 +39,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                 symbols_map: Mapping[str, object] | None = None, title: str | None = None,
                 memory_budget: int | None = None, loss=None, target=None) -> Report:
     """``symgrad.check`` for a function (not a module); the keywords are its own."""
-    check_options(rtol, atol, backward_calls)
-    check_callable(fn)
-    check_wrt_type(wrt)
-    check_backend(backend)
-    if loss is not None or target is not None:
-        raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
-    if engine == "matrix":
-        raise InputError("engine='matrix' needs an nn.Module (symgrad.check(model, ...)) or a matrix expression "
-                         "(symgrad.matrix.grad); plain functions use the elementwise engine")
-    import torch
-
+    _check_keywords(fn, wrt, backend, rtol, atol, backward_calls, loss, target, engine)
     stage("building the symbolic forward")
     named = normalize_inputs(fn, symbolic, inputs, finite=False)
     if engine != "graph" and not _all_finite(named):  # Note [Non-finite inputs on auto]
@@ -69,14 +54,87 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     from .matrix.to_torch import torch_reference
 
     as_torch = torch_reference(fn, symbolic, named, engine)  # Note [Matrix expressions into the op graph]
-    if _tensor_back_end(fn, as_torch or symbolic, named, wrt_names, via, tangents, engine, memory_budget):
+
+    def on_graph(sym):
         from .graph import check_graph
 
         stage("op graph: trace, differentiate, compare")
-        return check_graph(fn, named, symbolic=as_torch or symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
+        return check_graph(fn, named, symbolic=sym, wrt=wrt_names, via=via, v=v, tangents=tangents,
                            backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
 
+    if _tensor_back_end(fn, as_torch or symbolic, named, wrt_names, via, tangents, engine, memory_budget):
+        return on_graph(as_torch or symbolic)
     sym_in = symbolic_inputs(named)
+    routed = _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engine, memory_budget,
+                               forward_ad=via in ("jacfwd", "func.jvp", "forward_ad") or (via is None and tangents is not None),
+                               jacobian=via in JACOBIAN_VIAS or (via is None and v is None and tangents is None),
+                               on_graph=on_graph)
+    if isinstance(routed, Report):
+        return routed
+    out, twin_graph = routed
+    from_sympy = symbolic is not None and not callable(symbolic)
+    check_symbols(out, sym_in, wrt_names, from_sympy)
+
+    out, out_t, autograd_fn = _torch_output(fn, out, sym_in, dtype, leaves)
+    via, quantity, v, tangents, cot_sym, tan_sym, extra_args, extra_vals = _products(
+        out, named, wrt_names, via, v, tangents, dtype, backward_calls)
+
+    stage("differentiating in closed form")
+    derivs = differentiate(out, {w: sym_in[w] for w in wrt_names}, quantity, cotangent=cot_sym,
+                           tangents=tan_sym, backend=backend)
+    derivs = _without_steps(derivs, twin_graph)
+
+    stage("evaluating the closed form")
+    out_ref, refs, kink_conditions = closed_form_references(
+        out, derivs, named, sym_in, extra_args, extra_vals, dtype, scale=backward_calls if via == "backward" else 1,
+        symbolic=symbolic if from_sympy and quantity == "grad" else None, twin_graph=twin_graph,
+        quantity=quantity, v=v, via=via)
+    tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
+    autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
+    stage(f"running autograd (via={via})")
+    actual = run_autograd(autograd_fn, leaves, wrt_names, via, **autograd)
+
+    stage("comparing")
+    forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
+                      rtol=rtol, atol=atol)
+    if not forward.passed:
+        forward.note = ("the symbolic forward and the torch function disagree: the derivatives below are "
+                        "derivatives of different functions. Fix the symbolic forward first.")
+    records = [forward] + compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, derivs)}, dtype_name,
+                                      quantity=quantity, rtol=rtol, atol=atol)
+    meta = {"dtype": dtype_name, "via": via, "quantity": quantity, "engine": "elementwise"}
+    if kink_conditions:
+        meta["kink conditions"] = ", ".join(shorten(c, 40) for c in kink_conditions[:4])
+    return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _check_keywords(fn, wrt, backend, rtol, atol, backward_calls, loss, target, engine) -> None:
+    check_options(rtol, atol, backward_calls)
+    check_callable(fn)
+    check_wrt_type(wrt)
+    check_backend(backend)
+    if loss is not None or target is not None:
+        raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
+    if engine == "matrix":
+        raise InputError("engine='matrix' needs an nn.Module (symgrad.check(model, ...)) or a matrix expression "
+                         "(symgrad.matrix.grad); plain functions use the elementwise engine")
+
+
+def _without_steps(derivs: dict, twin_graph) -> dict:
+    """floor, ceil, trunc of torch code have derivative 0, as their tensor rules."""
+    if twin_graph is None:
+        return derivs
+    from .graph.explode import clean_derivative, has_steps
+
+    if not has_steps(twin_graph):
+        return derivs
+    return {k: np.vectorize(clean_derivative, otypes=[object])(d) if d.size else d for k, d in derivs.items()}
+
+
+def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engine, budget, *, forward_ad: bool,
+                      jacobian: bool, on_graph):
+    """(symbolic output, op graph of exploded torch code or None), or the op graph's report for torch
+    code with no symbolic twin (Note [Exploded twin])."""
     twin_graph = None  # the op graph of torch code exploded here (Note [Exploded twin])
     try:
         out = symbolic_output(fn, symbolic, sym_in, symbols_map)
@@ -86,12 +144,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
         if fn is None or (symbolic is not None and not callable(symbolic)):
             raise
         if engine != "elementwise":
-            from .graph import check_graph
-
-            stage("op graph: trace, differentiate, compare")
             try:
-                return check_graph(fn, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
-                                   backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
+                return on_graph(symbolic)
             except UnsupportedOp as graph_err:
                 if symbolic is None:  # torch code: the graph's message names the op and the fix
                     raise
@@ -99,19 +153,20 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
         from .graph.twin import explode_torch
 
         stage("exploding the forward through the op graph")
-        from .graph.refs import JACOBIAN_VIAS
-
-        jacobian = via in JACOBIAN_VIAS or (via is None and v is None and tangents is None)  # default_via's choice
-        forward_ad = via in ("jacfwd", "func.jvp", "forward_ad") or (via is None and tangents is not None)
-        out, twin_graph = explode_torch(symbolic if symbolic is not None else fn, named, budget=memory_budget,
+        out, twin_graph = explode_torch(symbolic if symbolic is not None else fn, named, budget=budget,
                                         n_wrt=sum(named[w].numel() for w in wrt_names), n_diff=None if jacobian else 1,
                                         forward_ad=forward_ad)
     if twin_graph is None and symbolic is None and fn is not None:  # torch code that also ran on SymTensors
         from .graph.twin import graph_for_bounds
 
         twin_graph = graph_for_bounds(fn, named)
-    from_sympy = symbolic is not None and not callable(symbolic)
-    check_symbols(out, sym_in, wrt_names, from_sympy)
+    return out, twin_graph
+
+
+def _torch_output(fn, out: SymTensor, sym_in: dict, dtype, leaves: dict):
+    """The torch forward run once: (symbolic output reshaped to torch's, torch's output, the function
+    autograd differentiates)."""
+    import torch
 
     torch_fn = fn if fn is not None else _lowered_forward(out, sym_in, dtype)
     out_t, autograd_fn = forward_once(torch_fn, leaves)
@@ -124,6 +179,14 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     if tuple(out_t.shape) != out.shape:
         raise ShapeMismatch(f"the torch function returns shape {tuple(out_t.shape)} but the symbolic forward returns "
                             f"{out.shape}; they must compute the same thing")
+    return out, out_t, autograd_fn
+
+
+def _products(out: SymTensor, named: dict, wrt_names: list, via, v, tangents, dtype, backward_calls: int):
+    """The product autograd computes (``via``, its quantity) with the cotangent or tangents as symbols
+    of the closed form: (via, quantity, v, tangents, cotangent symbols, tangent symbols, their symbols
+    and values as extra arguments of the lowered function)."""
+    import torch
 
     scalar = out.numel() == 1
     if via is None:
@@ -167,133 +230,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
             tan_sym[w] = symbols(fresh_name(f"t_{w}", named), tuple(t.shape))
             extra_args += list(tan_sym[w].data.ravel())
             extra_vals += list(t.detach().double().numpy().ravel())
-
-    stage("differentiating in closed form")
-    derivs = differentiate(out, {w: sym_in[w] for w in wrt_names}, quantity, cotangent=cot_sym,
-                           tangents=tan_sym, backend=backend)
-    if twin_graph is not None:  # floor, ceil, trunc of torch code: derivative 0, as their tensor rules
-        from .graph.explode import clean_derivative, has_steps
-
-        if has_steps(twin_graph):
-            derivs = {k: np.vectorize(clean_derivative, otypes=[object])(d) if d.size else d for k, d in derivs.items()}
-
-    # Lower the forward and every derivative in one function (shared subexpressions computed once).
-    stage("evaluating the closed form")
-    keys = list(derivs)
-    exprs = list(out.data.ravel())
-    sizes = [out.numel()]
-    for k in keys:
-        exprs += list(derivs[k].ravel())
-        sizes.append(derivs[k].size)
-    floats = [n for n in named if named[n].is_floating_point()]
-    args = [s for n in floats for s in sym_in[n].data.ravel()] + extra_args
-    values = [x for n in floats for x in named[n].detach().double().cpu().numpy().ravel()] + extra_vals
-    lowered = lower(exprs, args, forward=sizes[0])
-    hi = lowered(values, dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps))
-
-    def split(vals):
-        flat = np.array([float(x) for x in vals], dtype=np.float64) if vals else np.zeros(0)
-        parts, start = [], 0
-        for size in sizes:
-            parts.append(flat[start:start + size])
-            start += size
-        return parts
-
-    main, low, rounding = split(hi.values), split(hi.values_lowp), split(hi.magnitudes)
-    band_lo = split(hi.lower) if hi.lower is not None else None
-    band_hi = split(hi.upper) if hi.upper is not None else None
-    cands = [split(c) for c in hi.candidates] if hi.candidates is not None else []
-    kink_rounding = split(hi.kink_magnitudes) if hi.kink_magnitudes is not None else None
-
-    scale = backward_calls if via == "backward" else 1
-    matrix_values = {n: t.detach().double().cpu().numpy().reshape(_as_2d(tuple(t.shape))) for n, t in named.items()}
-    refs = []
-    out_ref = Reference("output", main[0].reshape(out.shape), closed_form="symbolic forward",
-                        value_lowp=low[0].reshape(out.shape), rounding=rounding[0].reshape(out.shape),
-                        value_eps=lowered.value_eps)
-    if band_lo is not None and any(c.endswith("at a jump") for c in hi.kink_conditions or ()):
-        # the forward of a step function at its jump (Note [Jumps of the step functions] in lower/special.py)
-        lo, up = band_lo[0].reshape(out.shape), band_hi[0].reshape(out.shape)
-        kink = (lo != up) | (lo != out_ref.value) | (up != out_ref.value)
-        if kink.any():
-            out_ref.lower, out_ref.upper, out_ref.kink = lo, up, kink
-            out_ref.kink_rounding = kink_rounding[0].reshape(out.shape)
-    for i, k in enumerate(keys, start=1):
-        shape = derivs[k].shape
-        name = k if isinstance(k, str) else f"({k[0]}, {k[1]})"
-        text, latex = _closed_form_text(derivs[k])
-        if scale != 1:
-            text = f"{scale} * ({text})  [grad accumulated over {scale} backward calls]"
-            latex = f"{scale} \\left({latex}\\right)" if latex else ""
-        ref = Reference(name, scale * main[i].reshape(shape), text, latex, value_lowp=scale * low[i].reshape(shape),
-                        rounding=scale * rounding[i].reshape(shape), structural_zero=structural_zeros(derivs[k]),
-                        value_eps=lowered.value_eps)
-        ref.closed_form_expr, ref.entry_form = _printable(derivs[k], latex, scale)
-        if from_sympy and quantity == "grad" and isinstance(k, str):
-            shown = matrix_closed_form(symbolic, k, matrix_values, ref.value / scale)
-            if shown is not None:
-                ref.note = shown[2]
-                if shown[0]:
-                    ref.closed_form, ref.closed_form_latex = shown[0], shown[1]
-                    ref.closed_form_expr = None  # the matrix form is shown as text, not the first entry
-        if band_lo is not None:
-            lo, up = scale * band_lo[i].reshape(shape), scale * band_hi[i].reshape(shape)
-            kink = (lo != up) | (lo != ref.value) | (up != ref.value)
-            if kink.any():
-                ref.lower, ref.upper, ref.kink = lo, up, kink
-                ref.kink_rounding = scale * kink_rounding[i].reshape(shape)
-                if hi.kink_joint:
-                    ref.kink_generators = stack_generators(
-                        [[scale * (cands[j][i] - main[i]) for j in ids] for _, ids in hi.kink_groups], shape)
-        refs.append(ref)
-    if any(np.isnan(r.value).any() for r in refs) and np.isfinite(main[0]).all():
-        from .graph.cones import exploded_bands
-
-        exploded_bands(refs, lower(exprs, args, forward=sizes[0]), sizes, values, len(values) - len(extra_vals),
-                       [named[n].numel() for n in floats], scale, float(torch.finfo(dtype).eps))
-    if twin_graph is not None and quantity in ("grad", "vjp", "jacobian"):
-        _widen(twin_graph, refs, out_ref, quantity, out.shape, v, via, scale, dtype_name)
-    evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
-    offsets = np.cumsum([0] + sizes)
-    for i, ref in enumerate(refs, start=1):
-        ref.oracle = EntryOracle(evaluator, lambda j, o=int(offsets[i]): [((o + j, None), float(scale))])
-
-    tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
-    autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
-    stage(f"running autograd (via={via})")
-    actual = run_autograd(autograd_fn, leaves, wrt_names, via, **autograd)
-
-    def judge() -> list:
-        forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
-                          rtol=rtol, atol=atol)
-        if not forward.passed:
-            forward.note = ("the symbolic forward and the torch function disagree: the derivatives below are "
-                            "derivatives of different functions. Fix the symbolic forward first.")
-        return [forward] + compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, keys)}, dtype_name,
-                                       quantity=quantity, rtol=rtol, atol=atol)
-
-    stage("comparing")
-    records = judge()
-    meta = {"dtype": dtype_name, "via": via, "quantity": quantity, "engine": "elementwise"}
-    if hi.kink_conditions:
-        meta["kink conditions"] = ", ".join(shorten(c, 40) for c in hi.kink_conditions[:4])
-    return Report(records, title=title or "symgrad check", meta=meta)
-
-
-def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale, dtype: str) -> None:
-    """The tensor back end's bounds for the same products (Note [Bounds of two evaluation orders])."""
-    from .graph.refs import JACOBIAN_VIAS
-    from .graph.twin import widen_to_tensor_bounds
-
-    if quantity == "jacobian":
-        m = int(np.prod(shape, dtype=np.int64))
-        seeds, how = list(np.eye(m).reshape((m,) + shape)), via if via in JACOBIAN_VIAS else "functional.jacobian"
-    else:
-        seeds = [np.ones(shape) if quantity == "grad" else v.detach().double().cpu().numpy()]
-        how = "backward"
-    node = next((o for o in graph.outputs if o is not None), None)
-    if node is not None and tuple(node.shape) == tuple(shape):
-        widen_to_tensor_bounds(graph, node, refs, out_ref, seeds, how, [r.name for r in refs], dtype, scale)
+    return via, quantity, v, tangents, cot_sym, tan_sym, extra_args, extra_vals
 
 
 def _choose_wrt(named: dict, wrt) -> list[str]:
@@ -314,14 +251,6 @@ def _choose_wrt(named: dict, wrt) -> list[str]:
         if not named[w].is_floating_point():
             raise InputError(f"wrt names {w!r}, a {named[w].dtype} tensor; only floating-point inputs have derivatives")
     return wrt
-
-
-def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
-    """The first entry's closed form, labelled as such when the derivative has more entries."""
-    text, latex = entry_form(arr)
-    if arr.size <= 1:
-        return text, latex
-    return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
 
 
 # Note [Non-finite inputs on auto]
@@ -369,28 +298,8 @@ def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) ->
     return too_big_to_explode(n_in, n_wrt, 1, False, budget)
 
 
-def _printable(deriv: np.ndarray, latex: str, scale: int):
-    """For the reports: the first entry as a SymPy expression (only where it was short enough for
-    LaTeX), and a callable giving any entry's closed form text (the worst entry of a failure)."""
-    expr = None
-    if latex and deriv.size:
-        expr = sp.sympify(deriv.ravel()[0])
-        if scale != 1:
-            expr = sp.Mul(scale, expr, evaluate=False)
-
-    def entry_text(index: tuple) -> str:
-        text = entry_form(np.array([deriv[tuple(index)]], dtype=object))[0]
-        return f"{scale} * ({text})" if scale != 1 else text
-
-    return expr, entry_text
-
-
 def _same_but_unit_dims(a: tuple, b: tuple) -> bool:
     return tuple(d for d in a if d != 1) == tuple(d for d in b if d != 1)
-
-
-def _as_2d(shape: tuple) -> tuple:
-    return shape if len(shape) == 2 else (shape + (1,) if len(shape) == 1 else (1, 1) if not shape else shape)
 
 
 def _lowered_forward(out: SymTensor, sym_in: dict[str, SymTensor], dtype):

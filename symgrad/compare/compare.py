@@ -174,44 +174,17 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     rec.closed_form_expr, rec.entry_form = ref.closed_form_expr, ref.entry_form
     ok = diff <= allowed
 
-    fit = None
+    fit = band_tol = None
     if kink.any() and ref.lower is not None and ref.upper is not None:
-        lo = np.minimum(np.minimum(ref.lower, ref.upper), e)
-        hi = np.maximum(np.maximum(ref.lower, ref.upper), e)
-        if ref.kink_generators is not None:  # choices made independently add up: the band is their sum
-            gens = np.asarray(ref.kink_generators, np.float64).reshape((-1,) + np.shape(ref.kink_generators)[1:2] + e.shape)
-            with np.errstate(invalid="ignore"):
-                lo = np.fmin(lo, e + np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0))
-                hi = np.fmax(hi, e + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0))
-        # each edge of the band carries its own relative tolerance (the expected value may be 0),
-        # and the rounding of whichever side torch took
-        band_tol = allowed + rtol * np.maximum(np.abs(lo), np.abs(hi))
-        if ref.kink_rounding is not None and ref.rounding is not None:
-            extra = np.asarray(ref.kink_rounding, np.float64).reshape(e.shape) - rounding
-            band_tol = band_tol + rounding_ulps(dtype) * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)
-        in_band = (a >= lo - band_tol) & (a <= hi + band_tol)
-        ok_kink = in_band
-        if ref.kink_generators is not None and in_band[kink].all():
-            # Note [Joint kink check]: one choice of side per kinked unit, for every entry at once
-            gens = np.asarray(ref.kink_generators, np.float64)
-            gens = gens.reshape(gens.shape[:2] + (-1,))[:, :, kink.ravel()]
-            fit = joint_fit(np.where(finite, a - e, 0.0)[kink], band_tol[kink], gens)
-            if not fit.explained:
-                unexplained = np.zeros(e.shape, bool)
-                unexplained[kink] = ~(np.abs(fit.residual) <= band_tol[kink])  # a NaN residual explains nothing
-                ok_kink = in_band & ~unexplained
+        ok_kink, fit, band_tol, rec.kink_note = _kink_verdict(ref, e, a, allowed, rounding, kink, finite, rtol,
+                                                              dtype, eps, name)
         ok = np.where(kink, ok_kink, ok)
         rec.kinks = int(kink.sum())
-        rec.kink_note = _kink_note(name, kink, e, a, lo, hi, in_band, fit)
     over = _overflowed(e, a, allowed, dtype)  # Note [Overflow is the right answer]
     if over.any():
         rec.nonfinite, differ = _nonfinite_note(e, np.where(over, e, a), name)
         ok |= over
-        first = tuple(int(i) for i in np.argwhere(over)[0])
-        rec.note = (rec.note + " " if rec.note else "") + (
-            f"{int(over.sum())} entries overflow {dtype} (e.g. {format_index(name, first)}: exact value "
-            f"{float(e[first]):.6g}, beyond {dtype}'s largest number {MAX_FINITE[dtype]:.6g}): autograd's "
-            f"{'-' if a[first] < 0 else '+'}inf there is the correctly rounded result.")
+        rec.note = _joined(rec.note, _overflow_note(over, e, a, name, dtype))
     ok &= ~differ
     rec.allowed, rec.kink_mask, rec.mismatch_mask = allowed, kink, ~ok
     rec.mismatched = int((~ok).sum())
@@ -219,48 +192,101 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     judged_mask = (finite & ~kink) if any_kink else (True if all_finite else finite)
     resolved = (e != 0) if judged_mask is True else judged_mask & (e != 0)
     rec.unresolved = int((resolved & (allowed >= abs_e)).sum())
-    resolution = RESOLUTION.get(dtype, 1e-6)
-    coarse = resolved & (allowed > resolution * abs_e) & (allowed < abs_e)
-    if coarse.any():  # resolved, but not to the relative size of error a property test would seed
-        first = tuple(int(i) for i in np.argwhere(coarse)[0])
-        rec.note = (rec.note + " " if rec.note else "") + (
-            f"{int(coarse.sum())} entries are allowed more than {resolution:g} of their value (e.g. {format_index(name, first)}: "
-            f"{float(allowed[first] / abs(e[first])):.2g}): their closed form is a small difference of larger terms, and "
-            f"correct {dtype} arithmetic may err by that much there; a relative error of {resolution:g} in them would pass"
-            + (" (check in float64 to resolve them)." if dtype != "float64" else "."))
+    rec.note = _joined(rec.note, _coarse_note(resolved, allowed, abs_e, name, dtype))
 
-    judged = np.where(kink, 0.0, diff) if any_kink else diff
-    rel_judged = np.where(kink, 0.0, rel) if any_kink else rel
     if e.size:
-        i_abs = np.unravel_index(int(np.argmax(judged)), e.shape)
-        i_rel = np.unravel_index(int(np.argmax(rel_judged)), e.shape)
-        rec.max_abs, rec.abs_index = float(judged[i_abs]), tuple(int(i) for i in i_abs)
-        rec.atol = float(allowed[i_abs] - rtol * abs(e[i_abs])) if finite[i_abs] else float(allowed[i_abs])
-        rec.max_rel, rec.rel_index = float(rel_judged[i_rel]), tuple(int(i) for i in i_rel)
-        if differ.any():  # a NaN/inf on one side only is the worst difference there is
-            i = tuple(int(k) for k in np.argwhere(differ)[0])
-            rec.abs_index = rec.rel_index = i
-            rec.max_abs = rec.max_rel = float("inf")
-            rec.atol = float(allowed[i] - rtol * abs(e[i])) if finite[i] else float(allowed[i])
-        elif rec.mismatched and not (~ok & ~kink).any():  # only kink entries failed: point at one
-            bad = ~ok
-            if fit is not None and not fit.explained:
-                off = np.zeros(e.shape)
-                off[kink] = np.abs(fit.residual) / band_tol[kink]
-                i = np.unravel_index(int(np.argmax(np.where(bad, off, -1.0))), e.shape)
-            else:
-                i = tuple(int(k) for k in np.argwhere(bad)[0])
-            i = tuple(int(k) for k in i)
-            rec.abs_index = rec.rel_index = i
-            rec.max_abs = float(diff[i])
-            rec.max_rel = float(rel[i])
-            rec.atol = float(allowed[i] - rtol * abs(e[i]))
+        _worst_entries(rec, e, diff, rel, allowed, kink, ok, finite, differ, fit, band_tol, rtol)
         i = rec.rel_index
         rec.rel_allowed = float(allowed[i] / abs(e[i])) if np.isfinite(e[i]) and e[i] != 0 else float("inf")
         _in_ulps(rec, e, a, diff, allowed, judged_mask, dtype)
         if not rec.mismatched and not differ.any():  # Note [Accurate, not only right] (accuracy.py)
             judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype, ulp, eps, rtol, atol)
     return rec
+
+
+def _joined(note: str | None, more: str | None) -> str | None:
+    if not more:
+        return note
+    return (note + " " if note else "") + more
+
+
+def _kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: float, dtype: str, eps: float, name):
+    """Entries on a kink: inside the band of one-sided values (each edge with its own tolerance and
+    the rounding of whichever side torch took), and explained by one choice of side per kinked unit
+    (Note [Joint kink check]).  (ok at each kinked entry, the joint fit or None, band tolerance, note)."""
+    lo = np.minimum(np.minimum(ref.lower, ref.upper), e)
+    hi = np.maximum(np.maximum(ref.lower, ref.upper), e)
+    if ref.kink_generators is not None:  # choices made independently add up: the band is their sum
+        gens = np.asarray(ref.kink_generators, np.float64).reshape((-1,) + np.shape(ref.kink_generators)[1:2] + e.shape)
+        with np.errstate(invalid="ignore"):
+            lo = np.fmin(lo, e + np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0))
+            hi = np.fmax(hi, e + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0))
+    band_tol = allowed + rtol * np.maximum(np.abs(lo), np.abs(hi))
+    if ref.kink_rounding is not None and ref.rounding is not None:
+        extra = np.asarray(ref.kink_rounding, np.float64).reshape(e.shape) - rounding
+        band_tol = band_tol + rounding_ulps(dtype) * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)
+    in_band = (a >= lo - band_tol) & (a <= hi + band_tol)
+    ok_kink, fit = in_band, None
+    if ref.kink_generators is not None and in_band[kink].all():
+        gens = np.asarray(ref.kink_generators, np.float64)
+        gens = gens.reshape(gens.shape[:2] + (-1,))[:, :, kink.ravel()]
+        fit = joint_fit(np.where(finite, a - e, 0.0)[kink], band_tol[kink], gens)
+        if not fit.explained:
+            unexplained = np.zeros(e.shape, bool)
+            unexplained[kink] = ~(np.abs(fit.residual) <= band_tol[kink])  # a NaN residual explains nothing
+            ok_kink = in_band & ~unexplained
+    return ok_kink, fit, band_tol, _kink_note(name, kink, e, a, lo, hi, in_band, fit)
+
+
+def _overflow_note(over, e, a, name, dtype: str) -> str:
+    first = tuple(int(i) for i in np.argwhere(over)[0])
+    return (f"{int(over.sum())} entries overflow {dtype} (e.g. {format_index(name, first)}: exact value "
+            f"{float(e[first]):.6g}, beyond {dtype}'s largest number {MAX_FINITE[dtype]:.6g}): autograd's "
+            f"{'-' if a[first] < 0 else '+'}inf there is the correctly rounded result.")
+
+
+def _coarse_note(resolved, allowed, abs_e, name, dtype: str) -> str | None:
+    """Entries resolved, but not to the relative size of error a property test would seed."""
+    resolution = RESOLUTION.get(dtype, 1e-6)
+    coarse = resolved & (allowed > resolution * abs_e) & (allowed < abs_e)
+    if not coarse.any():
+        return None
+    first = tuple(int(i) for i in np.argwhere(coarse)[0])
+    return (f"{int(coarse.sum())} entries are allowed more than {resolution:g} of their value (e.g. "
+            f"{format_index(name, first)}: {float(allowed[first] / abs_e[first]):.2g}): their closed form is a small "
+            f"difference of larger terms, and correct {dtype} arithmetic may err by that much there; a relative error "
+            f"of {resolution:g} in them would pass" + (" (check in float64 to resolve them)." if dtype != "float64" else "."))
+
+
+def _worst_entries(rec: Record, e, diff, rel, allowed, kink, ok, finite, differ, fit, band_tol, rtol: float) -> None:
+    """The entries a report shows: the largest absolute and relative errors off the kinks, a one-sided
+    NaN/inf before anything, or the worst unexplained kinked entry when only those failed."""
+    any_kink = bool(kink.any())
+    judged = np.where(kink, 0.0, diff) if any_kink else diff
+    rel_judged = np.where(kink, 0.0, rel) if any_kink else rel
+    i_abs = np.unravel_index(int(np.argmax(judged)), e.shape)
+    i_rel = np.unravel_index(int(np.argmax(rel_judged)), e.shape)
+    rec.max_abs, rec.abs_index = float(judged[i_abs]), tuple(int(i) for i in i_abs)
+    rec.atol = float(allowed[i_abs] - rtol * abs(e[i_abs])) if finite[i_abs] else float(allowed[i_abs])
+    rec.max_rel, rec.rel_index = float(rel_judged[i_rel]), tuple(int(i) for i in i_rel)
+    if differ.any():  # a NaN/inf on one side only is the worst difference there is
+        i = tuple(int(k) for k in np.argwhere(differ)[0])
+        rec.abs_index = rec.rel_index = i
+        rec.max_abs = rec.max_rel = float("inf")
+        rec.atol = float(allowed[i] - rtol * abs(e[i])) if finite[i] else float(allowed[i])
+    elif rec.mismatched and not (~ok & ~kink).any():  # only kink entries failed: point at one
+        bad = ~ok
+        if fit is not None and not fit.explained:
+            off = np.zeros(e.shape)
+            off[kink] = np.abs(fit.residual) / band_tol[kink]
+            i = np.unravel_index(int(np.argmax(np.where(bad, off, -1.0))), e.shape)
+        else:
+            i = tuple(int(k) for k in np.argwhere(bad)[0])
+        i = tuple(int(k) for k in i)
+        rec.abs_index = rec.rel_index = i
+        rec.max_abs = float(diff[i])
+        rec.max_rel = float(rel[i])
+        rec.atol = float(allowed[i] - rtol * abs(e[i]))
 
 
 def _scale(e: np.ndarray, dtype: str = "float64") -> float:

@@ -22,6 +22,7 @@ import sympy as sp
 
 from .functions import ceil, expm1, floor, log1p, round_even, sigmoid, trunc
 from .ir import Node
+from .trace_grad import IN_FUNCTION
 
 __all__ = ["HANDLERS", "handles", "handler_for"]
 
@@ -244,6 +245,9 @@ def _nan_to_num(b, args, kwargs, val):
 
 @handles("aten.detach", "aten.detach_", "aten.detach_copy")
 def _detach(b, args, kwargs, val):
+    fx_node = getattr(b, "fx_node", None)
+    if fx_node is not None and fx_node.meta.get(IN_FUNCTION):  # Note [Inside a custom Function's forward]
+        return args[0]
     return b.stop(args[0])
 
 

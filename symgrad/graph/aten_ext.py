@@ -15,7 +15,7 @@ import sympy as sp
 from ..errors import UnsupportedOp
 from .functions import saved_product
 from .aten import HANDLERS, _clamp, _pw_piece, handles
-from .aten_tensor import _dims, _random, _selection
+from .aten_tensor import _dims, _index_data, _random, _selection
 from .trace import Builder, number
 
 _CHAIN = 32  # up to this many terms a product is a left-to-right chain, as torch's kernel multiplies
@@ -192,7 +192,7 @@ def _index_put(b, args, kwargs, val):
     acc = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
     if not acc:
         return _selection(b, args, kwargs, val)
-    x, indices = b.node_of(args[0]), args[1]
+    x, indices = b.node_of(args[0]), _index_data(b, "aten.index_put", list(args))[1]
     dest_t = _ids(x)[tuple(slice(None) if i is None else i for i in indices)]
     values = b.node_of(args[2])
     if values.shape != tuple(dest_t.shape):

@@ -200,11 +200,22 @@ def _index_data(b, name: str, args: list) -> list:
     if pos is None or pos >= len(args):
         return args
 
-    def data(a):
-        return b.value_of(a).long() if isinstance(a, Node) else a
+    def data(a, fx_arg):
+        if not isinstance(a, Node):
+            return a
+        # a bool mask (x[x > 0]) stays a mask: as 0/1 integers it would pick rows 0 and 1
+        val = getattr(fx_arg, "meta", {}).get("val")
+        return b.value_of(a).bool() if getattr(val, "dtype", None) == torch.bool else b.value_of(a).long()
+
+    import torch
 
     a = args[pos]
-    args[pos] = type(a)(data(x) for x in a) if isinstance(a, (list, tuple)) else data(a)
+    fx_a = b.fx_node.args[pos] if b.fx_node is not None and pos < len(b.fx_node.args) else None
+    if isinstance(a, (list, tuple)):
+        fx_list = fx_a if isinstance(fx_a, (list, tuple)) and len(fx_a) == len(a) else [None] * len(a)
+        args[pos] = type(a)(data(x, f) for x, f in zip(a, fx_list))
+    else:
+        args[pos] = data(a, fx_a)
     return args
 
 

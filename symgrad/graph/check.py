@@ -17,31 +17,26 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import numpy as np
-
 from ..compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
-from ..compare.compare import EPS, compare, compare_all
+from ..compare.compare import EPS, compare
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..report.report import Report
 from ..ops import float32_constants, float32_scoped
 from . import cache as graph_cache
-from . import montecarlo
-from . import scale as scale_test
 from . import diskcache
 from . import exact as graph_exact
 from .crosscheck import crosscheck
 from .node_cross import annotate as _annotate_crosscheck, crosscheck_nodes
 from .outputs import buffers as _buffers, flatten_output as _flatten_output, restore as _restore
-from .refs import JACOBIAN_VIAS
 from .refs import State as _State, approx_reference as _approx_reference
 from .forward_records import by_columns_wanted as _by_columns, column_records as _column_records, jvp_records as _jvp_records, n_in as _n_in, tangent_dict as _tangent_dict
 from .engine import forward
-from .kinkunits import sweep_references
-from .statistical import note_resolution as _note_resolution, statistical as _statistical, statistical_forward as _statistical_forward, tighten as _tighten
+from .statistical import statistical_forward as _statistical_forward
 from .interpret import to_graph
 from .scalar import Ctx
 from .trace import trace_callable
+from .vjp_records import default_cotangents, plan, vjp_records
 
 __all__ = ["check_graph", "EPS"]
 
@@ -74,10 +69,6 @@ def _leaves(model, inputs: Mapping, wrt):
                 raise InputError(f"wrt names {w!r}, an integer tensor: only floating-point tensors have derivatives")
     roles = ["param"] * len(params) + ["input" if t.is_floating_point() else "const" for t in inputs.values()]
     return names, tensors, roles, chosen
-
-
-_JACOBIAN_VIAS = JACOBIAN_VIAS
-_VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 
 
 @float32_scoped
@@ -147,6 +138,69 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
     structure: list = []  # a tuple / dict output: its kind and its tensors' shapes (Note [Structured outputs])
 
+    runner = _runner(model, names, n_params, loss, target, structure)
+    torch_fn = runner(fn)
+    key = graph_cache.key(fn, symbolic, loss, target, names, tensors)
+    disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if not graph_cache.known(key) else None
+    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
+    out_t = _torch_forward(torch_fn, leaves)
+    graph, values, out_node, failed, crossed, forward_ref, records = _traced(
+        runner(symbolic if symbolic is not None else fn), key, disk_key, names, roles, tensors, out_t, ctx, dtype,
+        rtol, atol)
+    graph_cache.remember(key, fn, graph)
+    exploded = None
+    if exploded_crosscheck:  # Note [Exploded cross-check]
+        from .explode_cross import crosscheck_exploded, mark_report
+
+        stage("op graph: cross-checking the tensor derivative against the exploded one")
+        exploded = crosscheck_exploded(graph, wrt=[n for n in wrt_names if n in graph.inputs])
+    state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
+    meta = {"dtype": dtype, "engine": "graph (tensor back end)",
+            "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
+    if structure:
+        meta["output"] = (f"a {structure[0]} of {len(structure[1])} floating-point tensors (shapes "
+                          f"{', '.join('x'.join(map(str, s)) or 'scalar' for s in structure[1])}), checked as one "
+                          "vector of their entries in that order")
+    v = _flat_cotangent(v, structure)
+    n_tangents = 3 if cotangents is None else cotangents  # Note [More cotangents in half precision]
+    if cotangents is None:
+        cotangents = 3 if order == 2 else default_cotangents(out_t)
+    if order == 2:  # Note [Hessian-vector rules] in hvp.py
+        from .order2 import hvp_records
+
+        found, info = hvp_records(state, out_t, v=v, tangents=tangents, count=cotangents, seed=seed)
+        meta.update(info)
+        records += found
+    else:
+        records += _products(state, out_t, forward_ref, records, meta, via=via, v=v, tangents=tangents,
+                             cotangents=cotangents, n_tangents=n_tangents, seed=seed, backward_calls=backward_calls)
+    report = _annotate_crosscheck(Report(records, title=title or "symgrad check", meta=meta), crossed)
+    return report if exploded is None else mark_report(report, exploded)
+
+
+def _flat_cotangent(v, structure: list):
+    """A cotangent given per tensor of a tuple / dict output, as the one vector the output is checked
+    as (Note [Structured outputs]): its parts flattened and concatenated in the output's order."""
+    import torch
+
+    if not isinstance(v, (list, tuple, dict)):
+        return v
+    parts = list(v.values()) if isinstance(v, dict) else list(v)
+    shapes = [tuple(s) for s in structure[1]] if structure else None
+    got = [tuple(torch.as_tensor(p).shape) for p in parts]
+    if shapes is None or got != shapes:
+        raise ShapeMismatch(f"v is a {type(v).__name__} of shapes {got}, but the output is "
+                            + (f"a {structure[0]} of shapes {shapes}" if structure else "one tensor")
+                            + ": give one cotangent per output tensor, shaped like it (or one tensor shaped like the output)")
+    return torch.cat([torch.as_tensor(p).reshape(-1) for p in parts])
+
+
+def _runner(model, names: list, n_params: int, loss, target, structure: list):
+    """``runner(forward_fn)``: a function of the flat leaves (parameters, then inputs) returning the
+    one tensor checked: the loss of the output, or the output, a tuple or dict flattened
+    (``structure`` notes its kind and shapes)."""
+    import torch
+
     def runner(forward_fn):
         def run(*flat):
             if model is not None and forward_fn is model:
@@ -163,12 +217,15 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
 
         return run
 
-    torch_fn = runner(fn)
-    key = graph_cache.key(fn, symbolic, loss, target, names, tensors)
-    disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if not graph_cache.known(key) else None
-    leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
+    return runner
+
+
+def _torch_forward(torch_fn, leaves: dict):
+    """torch's output, with autograd on (Note [The forward torch differentiates])."""
+    import torch
+
     try:
-        with torch.enable_grad():  # Note [The forward torch differentiates]
+        with torch.enable_grad():
             out_t = torch_fn(*leaves.values())
         out_t = out_t.detach() if isinstance(out_t, torch.Tensor) else out_t
     except SymgradError:
@@ -179,6 +236,14 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the loss returned a {type(out_t).__name__}, not a tensor: make loss(output, target) "
                          "return a scalar tensor")
+    return out_t
+
+
+def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: str, rtol, atol):
+    """The op graph of ``traced_fn`` (cached, traced functionalized, or traced plain: Note
+    [Functionalization and numpy]), its rules cross-checked and its forward evaluated and compared
+    with torch's: (graph, values, output node, failed rules, node cross-check, forward reference,
+    [forward record])."""
     tried: set = set()
     for attempt in ("cached", "traced", "plain"):  # Note [Functionalization and numpy]
         if attempt in tried:
@@ -187,8 +252,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         if graph is None:
             stage("op graph: tracing the forward into core ATen ops")
             functional = attempt != "plain"
-            gm = trace_callable(runner(symbolic if symbolic is not None else fn), tuple(t.detach() for t in tensors),
-                                functional=functional)
+            gm = trace_callable(traced_fn, tuple(t.detach() for t in tensors), functional=functional)
             graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
             # torch's float32 constants noted while tracing (celu's 1/alpha) travel with a stored graph
             graph.float32_constants = set(float32_constants())
@@ -213,42 +277,29 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
                            rtol=rtol, atol=atol)]
         if records[0].passed or attempt == "plain":
             break  # a cached graph that disagrees with torch's forward is traced again (Note [Graph cache] in cache.py)
-    graph_cache.remember(key, fn, graph)
-    exploded = None
-    if exploded_crosscheck:  # Note [Exploded cross-check]
-        from .explode_cross import crosscheck_exploded, mark_report
+    return graph, values, out_node, failed, crossed, forward_ref, records
 
-        stage("op graph: cross-checking the tensor derivative against the exploded one")
-        exploded = crosscheck_exploded(graph, wrt=[n for n in wrt_names if n in graph.inputs])
-    state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
-    meta = {"dtype": dtype, "engine": "graph (tensor back end)",
-            "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
-    if structure:
-        meta["output"] = (f"a {structure[0]} of {len(structure[1])} floating-point tensors (shapes "
-                          f"{', '.join('x'.join(map(str, s)) or 'scalar' for s in structure[1])}), checked as one "
-                          "vector of their entries in that order")
-    n_tangents = 3 if cotangents is None else cotangents  # Note [More cotangents in half precision]
-    if cotangents is None:
-        cotangents = 3 if order == 2 else default_cotangents(out_t)
-    if order == 2:  # Note [Hessian-vector rules] in hvp.py
-        from .order2 import hvp_records
 
-        found, info = hvp_records(state, out_t, v=v, tangents=tangents, count=cotangents, seed=seed)
-        meta.update(info)
-        report = _annotate_crosscheck(Report(records + found, title=title or "symgrad check", meta=meta), crossed)
-        return report if exploded is None else mark_report(report, exploded)
+def _products(state: _State, out_t, forward_ref, records: list, meta: dict, *, via, v, tangents, cotangents,
+              n_tangents: int, seed: int, backward_calls: int) -> list:
+    """The records of the products checked (forward mode, the Jacobian by columns, or VJPs with
+    random tangents beside them); ``records[0]`` (the forward) may be sharpened, ``meta`` says
+    which products were checked."""
+    import torch
+
+    leaves, wrt_names, found = state.leaves, state.wrt, []
     if tangents is not None or via in ("functional.jvp", "func.jvp", "forward_ad"):
         if tangents is None:
             raise InputError(f"via={via!r} computes a Jacobian-vector product: pass tangents= (one per input in wrt)")
-        records += _jvp_records(state, [_tangent_dict(tangents, leaves, wrt_names)], via or "func.jvp")
+        found += _jvp_records(state, [_tangent_dict(tangents, leaves, wrt_names)], via or "func.jvp")
         meta["quantity"], meta["via"] = "jvp", via or "func.jvp"
     elif _by_columns(state, out_t, via, cotangents):  # Note [Jacobian by columns]
         how = via or "functional.jacobian"
-        records += _column_records(state, how, tuple(out_t.shape))
+        found += _column_records(state, how, tuple(out_t.shape))
         meta["quantity"], meta["via"] = f"jacobian (one jvp per input entry, {_n_in(state)})", how
     else:
-        seeds, quantity, how = _plan(out_t, via, v, cotangents, seed)
-        records += _vjp_records(state, seeds, how, v, backward_calls, tuple(out_t.shape))
+        seeds, quantity, how = plan(out_t, via, v, cotangents, seed)
+        found += vjp_records(state, seeds, how, v, backward_calls, tuple(out_t.shape))
         records[0] = _statistical_forward(state, forward_ref, records[0], out_t)
         meta["quantity"], meta["via"] = quantity, how
         if how == "random-vjp":  # forward mode too: the exact counterpart of gradcheck's fast mode
@@ -256,14 +307,13 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
             dirs = [{n: torch.randn(leaves[n].shape, generator=gen, dtype=torch.float64).to(leaves[n].dtype)
                      for n in wrt_names} for _ in range(n_tangents)]
             try:
-                records += _jvp_records(state, dirs, "func.jvp")
+                found += _jvp_records(state, dirs, "func.jvp")
                 meta["quantity"] += f" and jvp ({len(dirs)} random tangents)"
             except AutogradFailed as err:  # e.g. a custom Function with no jvp: forward mode is not asked for
                 meta["jvp"] = f"not checked (torch.func.jvp could not run: {str(err)[:160]})"
             except NotImplementedError as err:  # a node kind without a forward-mode rule (linalg)
                 meta["jvp"] = f"not checked ({err})"
-    report = _annotate_crosscheck(Report(records, title=title or "symgrad check", meta=meta), crossed)
-    return report if exploded is None else mark_report(report, exploded)
+    return found
 
 
 def _single_output(graph):
@@ -276,121 +326,3 @@ def _single_output(graph):
         raise UnsupportedOp("the function must return one floating-point tensor that depends on its inputs "
                             f"(it returned {len(graph.outputs)} values); return the loss, or pass loss=")
     return outs[0]
-
-
-def _vjp_records(st: _State, seeds, how, v, backward_calls, out_shape) -> list:
-    import torch
-
-    from ..autograd.run import run_autograd
-
-    stage(f"op graph: {len(seeds)} reverse-mode sweep(s) and torch autograd")
-    with torch.enable_grad():
-        actual = _autograd(st.torch_fn, st.leaves, st.wrt, how, seeds, v, backward_calls, run_autograd)
-    nodes = [st.graph.inputs.get(n) for n in st.wrt]
-    live = [n for n in nodes if n is not None]
-    scale = backward_calls if how == "backward" else 1
-    refs, per_seed, kinked = sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=False)
-    stats, runs = _statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
-    quantity = ("jacobian" if how in _JACOBIAN_VIAS else
-                "grad" if len(seeds) == 1 and v is None else "vjp")
-    records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
-    if kinked and not all(r.passed for r in records):  # Note [Other side everywhere]
-        flipped, _, _ = sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=True)
-        for ref, stat in zip(flipped, stats):
-            _tighten(ref, stat)
-        others = compare_all(flipped, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
-        for i, (rec, other) in enumerate(zip(records, others)):
-            if not rec.passed and other.passed:
-                other.note = (other.note + " " if other.note else "") + (
-                    "Autograd took the other one-sided derivative at every kinked unit (e.g. relu'(0) = 1); "
-                    "checked against that choice (Note [Other side everywhere]).")
-                records[i], refs[i] = other, flipped[i]
-    for rec, (ref_runs, ref_constants) in zip(records, runs):
-        scale_test.apply_scale_test(rec, ref_runs, st.dtype, ref_constants)  # Note [Systematic scale]
-    if len(runs) > 1:  # Note [One scale over every gradient]
-        scale_test.apply_joint_scale_test(records, [r for r, _ in runs], st.dtype, [c for _, c in runs])
-    for rec, ref, stat, (ref_runs, _) in zip(records, refs, stats, runs):
-        if stat is not None and ref.statistical:
-            rec.note = (rec.note + " " if rec.note else "") + (
-                f"Rounding allowance: {ref.statistical:,} entries use the statistical bound ({montecarlo.LAMBDA:g} standard "
-                f"deviations of {len(ref_runs) if ref_runs else montecarlo.SAMPLES} random-rounding reruns), tighter than the worst case "
-                "(Note [Statistical allowance]).")
-        _note_resolution(rec, ref, st.dtype)
-    return records
-
-
-# Note [More cotangents in half precision]
-# A backward off by 1 % in bfloat16 is 2.6 units of its roundoff; whether it shows depends on how
-# many entries the scale test (Note [Systematic scale] in scale.py) fits.  A small tensor output's
-# three random cotangents give 3 x its size entries per input; each further cotangent is another
-# independent draw of roundings against the same systematic error.  So a float16 or bfloat16
-# output of at most HALF_COTANGENT_ENTRIES entries gets HALF_COTANGENTS random cotangents.  Measured
-# over the op table in bfloat16 (`python benchmarks/half_optable.py --dtypes bfloat16 --first-seed 0
-# --seeds 1`): 1 % bugs missed 126 of 329 with 3, 86 with 12.  The random tangents stay 3: a
-# backward's bug does not move torch's forward mode, and 12 tangents made rsqrt's float16 JVP a
-# false alarm (one entry of 180 at 1.005 of its statistical allowance, seed 1).
-HALF_COTANGENTS = 12
-HALF_COTANGENT_ENTRIES = 4096
-
-
-def default_cotangents(out_t) -> int:
-    import torch
-
-    small_half = out_t.dtype in (torch.float16, torch.bfloat16) and out_t.numel() <= HALF_COTANGENT_ENTRIES
-    return HALF_COTANGENTS if small_half else 3
-
-
-def _plan(out_t, via, v, cotangents, seed: int):
-    """(seeds as float64 arrays, quantity label, how autograd runs)."""
-    import torch
-
-    if via is not None and via not in _VJP_VIAS + _JACOBIAN_VIAS:
-        raise UnsupportedOp(f"via={via!r}: the tensor back end checks reverse mode (gradients, vector-Jacobian "
-                            "products, Jacobians); use engine='elementwise' for forward mode and Hessians")
-    if via in _JACOBIAN_VIAS or cotangents == "full":
-        m = out_t.numel()
-        eye = np.eye(m).reshape((m,) + tuple(out_t.shape))
-        return list(eye), f"jacobian (one vjp per output entry, {m})", via or "functional.jacobian"
-    if v is not None:
-        vt = torch.as_tensor(v, dtype=out_t.dtype)
-        if tuple(vt.shape) != tuple(out_t.shape):
-            raise ShapeMismatch(f"v has shape {tuple(vt.shape)}, the output has {tuple(out_t.shape)}")
-        return [vt.double().cpu().numpy()], "vjp", via or "backward"
-    if out_t.numel() == 1:
-        if out_t.dim() != 0 and via in ("backward", "autograd.grad", None):
-            return [np.ones(out_t.shape)], "grad", via or "autograd.grad"
-        return [np.ones(out_t.shape)], "grad", via or "backward"
-    if not isinstance(cotangents, int) or cotangents < 1:
-        raise InputError(f"cotangents must be a positive integer or 'full', not {cotangents!r}")
-    gen = torch.Generator().manual_seed(seed)
-    vs = [torch.randn(out_t.shape, generator=gen, dtype=torch.float64).to(out_t.dtype) for _ in range(cotangents)]
-    return [t.double().numpy() for t in vs], f"vjp ({cotangents} random cotangents)", "random-vjp"
-
-
-def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd) -> dict:
-    import torch
-
-    from ..autograd.run import autograd_failure, private, unmodified
-
-    if how == "random-vjp":
-        grads = []
-        diff = [leaves[n] for n in wrt]
-        with unmodified(leaves, wrt):  # Note [Code under test owns no reference value]
-            out = torch_fn(*leaves.values())
-            dtype = out.dtype
-            for k, s in enumerate(seeds):
-                try:
-                    got = torch.autograd.grad(out, diff, private(torch.from_numpy(s).to(dtype)),
-                                              retain_graph=k + 1 < len(seeds), allow_unused=True)
-                except RuntimeError as err:  # an output detached from every input: say so, not a traceback
-                    raise autograd_failure(err, "autograd.grad") from err
-                grads.append(got)
-        return {n: None if any(g[i] is None for g in grads) else torch.stack([g[i] for g in grads])
-                for i, n in enumerate(wrt)}
-    cot = None if how in _JACOBIAN_VIAS else (torch.from_numpy(seeds[0]).to(next(iter(leaves.values())).dtype)
-                                              if v is not None or how in ("functional.vjp", "func.vjp") else None)
-    if v is not None:
-        cot = torch.as_tensor(v).to(cot.dtype)
-    return run_autograd(torch_fn, leaves, wrt, how, cotangent=cot, backward_calls=backward_calls)
-
-

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-__all__ = ["NO_GRAD", "IN_PLACE", "marking_grad_mode"]
+__all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "marking_grad_mode"]
 
 
 # Note [Grad mode inside forward]
@@ -30,6 +30,26 @@ NO_GRAD = "symgrad_no_grad"
 IN_PLACE = "symgrad_in_place"  # recorded inside an in-place call (functionalization writes it out of place)
 
 
+# Note [Inside a custom Function's forward]
+# torch runs ``Function.forward`` with autograd off, so its ``detach()`` and ``.data`` change no
+# history: the Function checked is the map its forward computes, values included, and its backward
+# must give that map's derivative.  Read as a stop, ``x * exp(x.detach())`` would have the closed
+# form exp(x), and a backward that forgot the second term (the true derivative is exp(x) (1 + x))
+# would pass while the right one failed.  So every fx node recorded inside a Function's forward notes
+# IN_FUNCTION, and there ``detach`` is the identity.  A value the forward takes out of torch
+# (``.numpy()``, ``.tolist()``, ``np.asarray``) comes back as a constant the trace cannot follow,
+# so the trace refuses it, naming ``symbolic=``; outside a Function, such a value was detached first
+# and is a constant to torch's autograd too.
+IN_FUNCTION = "symgrad_in_function"
+
+# Note [.data in the trace]
+# ``w.data`` is ``w`` cut from autograd's history, but make_fx records no op for it: read as it stands,
+# ``w * w.data`` would be differentiated as ``w * w``.  While tracing, reading ``.data`` is
+# ``detach()``, which the trace records (a stop; inside a Function's forward the identity, Note
+# [Inside a custom Function's forward]); writing ``.data`` is left as torch does it.
+_LEAVING = ("numpy", "tolist", "__array__")
+
+
 @contextmanager
 def marking_grad_mode():
     """Every fx node created inside notes ``NO_GRAD`` when grad mode is off (Note [Grad mode inside forward])."""
@@ -48,16 +68,23 @@ def marking_grad_mode():
             calls[id(frame)] = (frame, torch.is_grad_enabled())
         return setup_defined(*args, **kwargs)
 
+    def apply_call(depth: int):
+        """(frame, caller's grad mode) of the innermost ``Function.apply`` running, or None."""
+        if not calls:
+            return None
+        frame = sys._getframe(depth + 1)
+        while frame is not None:
+            got = calls.get(id(frame))
+            if got is not None and got[0] is frame:
+                return got
+            frame = frame.f_back
+        return None
+
     def grad_on() -> bool:
         if torch.is_grad_enabled():
             return True
-        frame = sys._getframe(2)
-        while frame is not None:  # inside a custom Function's forward: its caller's grad mode counts
-            got = calls.get(id(frame))
-            if got is not None and got[0] is frame:
-                return got[1]
-            frame = frame.f_back
-        return False
+        got = apply_call(2)  # inside a custom Function's forward: its caller's grad mode counts
+        return got is not None and got[1]
 
     in_place: list = []
 
@@ -65,16 +92,45 @@ def marking_grad_mode():
         node = create(self, *args, **kwargs)
         if not grad_on():
             node.meta[NO_GRAD] = True
+        if apply_call(1) is not None:  # Note [Inside a custom Function's forward]
+            node.meta[IN_FUNCTION] = True
         if in_place:
             node.meta[IN_PLACE] = True
         return node
 
+    def leaving(name):
+        method = getattr(torch.Tensor, name)
+
+        def run(self, *args, **kwargs):
+            if self.is_floating_point() and apply_call(1) is not None:
+                from ..errors import UnsupportedOp
+
+                raise UnsupportedOp(
+                    f"a custom autograd.Function's forward takes values out of torch (Tensor.{name}): the trace "
+                    "sees a constant where the Function computes from its inputs, so the derivative of the map "
+                    "it computes cannot be read from it. Fix: pass symbolic= with the same forward written in "
+                    "torch ops (Note [Inside a custom Function's forward])")
+            return method(self, *args, **kwargs)
+
+        return run
+
+    data = torch._C.TensorBase.data  # Note [.data in the trace]
+
+    saved = {name: torch.Tensor.__dict__.get(name) for name in _LEAVING + ("data",)}
     fx.Graph.create_node, function._is_setup_context_defined = marked, noting
+    for name in _LEAVING:
+        setattr(torch.Tensor, name, leaving(name))
+    torch.Tensor.data = property(lambda self: self.detach(), lambda self, new: data.__set__(self, new))
     try:
         with _noting_in_place(in_place):
             yield
     finally:
         fx.Graph.create_node, function._is_setup_context_defined = create, setup_defined
+        for name, old in saved.items():
+            if old is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, old)
         calls.clear()
 
 

@@ -1,0 +1,157 @@
+"""What the trace reads as torch's autograd does: ``detach``/``.data`` inside a custom Function's
+forward (Note [Inside a custom Function's forward]), ``.data`` in plain code (Note [.data in the
+trace]), boolean masks as indices, and a cotangent given per tensor of a tuple output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.errors import ShapeMismatch, UnsupportedOp
+
+DTYPES = [torch.float64, torch.float32]
+
+
+def _xexp(how: str, wrong: bool):
+    """y = x * exp(x), with exp taken of a detached alias of x: the Function's map is still x exp(x)."""
+
+    class XExp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            alias = x.detach() if how == "detach" else x.data
+            return x * torch.exp(alias)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x.exp() if wrong else g * x.exp() * (1 + x)  # wrong: forgets d exp(x)/dx
+
+    return XExp.apply
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("how", ["detach", "data"])
+def test_detach_inside_a_functions_forward_is_the_identity(how, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64).to(dtype)
+    v = torch.randn(3, 4, generator=gen, dtype=torch.float64).to(dtype)
+    assert sg.check(_xexp(how, wrong=False), {"x": x}, v=v, quiet=True).passed
+    assert not sg.check(_xexp(how, wrong=True), {"x": x}, v=v, quiet=True).passed
+
+
+def test_values_leaving_torch_inside_a_function_are_refused():
+    class HostExp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            e = torch.from_numpy(np.exp(x.detach().cpu().numpy()))
+            ctx.save_for_backward(x, e)
+            return x * e
+
+        @staticmethod
+        def backward(ctx, g):
+            x, e = ctx.saved_tensors
+            return g * e  # wrong, and the trace would see e as a constant
+
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(UnsupportedOp, match="out of torch.*symbolic="):
+        sg.check(HostExp.apply, {"x": x}, v=torch.randn(3, 4, dtype=torch.float64), quiet=True)
+    # with the forward written in torch ops as symbolic=, the wrong backward fails
+    report = sg.check(HostExp.apply, {"x": x}, symbolic=lambda x: x * torch.exp(x),
+                      v=torch.randn(3, 4, dtype=torch.float64), quiet=True)
+    assert not report.passed
+
+
+def test_data_in_a_module_is_a_constant_as_in_torch():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return torch.tanh(self.lin(x) * self.lin.weight.data.sum())
+
+    torch.manual_seed(0)
+    model = Scaled().double()
+    x, t = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    assert sg.check(model, {"x": x}, loss="mse", target=t, quiet=True).passed
+
+
+class _Square(torch.autograd.Function):
+    scale = 1.0
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 2 * x * _Square.scale
+
+
+def _masked_sum(x):
+    return _Square.apply(x)[x > 0.3].sum()
+
+
+def _masked_write(x):
+    y = x * 2
+    y[x > 0] += _Square.apply(x[x > 0])
+    return y
+
+
+def _masked_scale(x):
+    y = x * 2
+    y[y > 0.5] *= 0.5
+    return y
+
+
+def _masked_accumulate(x):
+    return torch.zeros(3, 4, dtype=x.dtype).index_put((x > 0,), _Square.apply(x[x > 0]) * 3, accumulate=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fn", [_masked_sum, _masked_write, _masked_scale, _masked_accumulate],
+                         ids=lambda f: f.__name__)
+def test_a_boolean_mask_selects_entries_not_rows(fn, dtype, monkeypatch):
+    """A bool mask computed from the values is an index of entries (read as 0/1 integers it picked
+    rows 0 and 1: the forward itself disagreed)."""
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    assert sg.check(fn, {"x": x}, quiet=True).passed
+    if fn is not _masked_scale:
+        monkeypatch.setattr(_Square, "scale", 1.001)
+        assert not sg.check(fn, {"x": x}, quiet=True).passed
+
+
+class _AddRMS(torch.autograd.Function):
+    """A tuple output (normalised sum, the sum), as fused residual + RMS-norm kernels return."""
+
+    scale = 1.0
+
+    @staticmethod
+    def forward(ctx, x, res):
+        h = x + res
+        r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        ctx.save_for_backward(h, r)
+        return h * r, h
+
+    @staticmethod
+    def backward(ctx, gy, gh):
+        h, r = ctx.saved_tensors
+        hh = h * r
+        gx = r * (gy - hh * (gy * hh).mean(-1, keepdim=True)) + gh
+        return gx * _AddRMS.scale, gx
+
+
+def test_a_cotangent_per_tensor_of_a_tuple_output(monkeypatch):
+    gen = torch.Generator().manual_seed(2)
+    x, res = (torch.randn(3, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = (torch.randn(3, 4, generator=gen, dtype=torch.float64), torch.randn(3, 4, generator=gen, dtype=torch.float64))
+    assert sg.check(_AddRMS.apply, {"x": x, "res": res}, v=v, quiet=True).passed
+    with pytest.raises(ShapeMismatch, match="one cotangent per output tensor"):
+        sg.check(_AddRMS.apply, {"x": x, "res": res}, v=(v[0],), quiet=True)
+    monkeypatch.setattr(_AddRMS, "scale", 1.001)
+    assert not sg.check(_AddRMS.apply, {"x": x, "res": res}, v=v, quiet=True).passed
