@@ -74,3 +74,46 @@ def test_torch_at_its_kinks_passes_on_the_exploded_engine(name):
     fn, x = CASES[name]
     report = sg.check(fn, {"x": x}, engine="elementwise")
     assert report.passed, str(report)
+
+
+class _BiasAdd(torch.autograd.Function):
+    factor = 1.0
+
+    @staticmethod
+    def forward(ctx, x, b):
+        return x + b.view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g.sum((0, 2, 3)) * _BiasAdd.factor
+
+
+class _ZeroBackground(torch.nn.Module):
+    """relu(conv(img) + b) over a zero background with a zero bias: every background unit is relu at
+    the one exact point b_c = 0 (Note [One choice at one point])."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1, bias=False)
+        self.b = torch.nn.Parameter(torch.zeros(3))
+        self.head = torch.nn.Linear(27, 2)
+
+    def forward(self, img):
+        x = img.to(self.head.weight.dtype) / 255
+        h = torch.relu(_BiasAdd.apply(self.conv(x), self.b))
+        return self.head(torch.nn.functional.avg_pool2d(h, 2).flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_units_at_one_exact_point_take_one_side(dtype, monkeypatch):
+    """About 60 relu units exactly on their kink, each a choice of its own, explained a bias gradient
+    twice the true one (and twenty times); as one unit they explain torch's only."""
+    torch.manual_seed(0)
+    model = _ZeroBackground().to(dtype)
+    img = torch.zeros(2, 1, 6, 6, dtype=torch.uint8)
+    img[:, 0, 1:3, 1:3] = torch.randint(1, 255, (2, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    kw = dict(loss=torch.nn.CrossEntropyLoss(), target=torch.tensor([0, 1]), quiet=True)
+    assert sg.check(model, {"img": img}, **kw).passed
+    for factor in (2.0, 20.0):
+        monkeypatch.setattr(_BiasAdd, "factor", factor)
+        assert not sg.check(model, {"img": img}, **kw).passed

@@ -155,3 +155,54 @@ def test_a_cotangent_per_tensor_of_a_tuple_output(monkeypatch):
         sg.check(_AddRMS.apply, {"x": x, "res": res}, v=(v[0],), quiet=True)
     monkeypatch.setattr(_AddRMS, "scale", 1.001)
     assert not sg.check(_AddRMS.apply, {"x": x, "res": res}, v=v, quiet=True).passed
+
+
+def test_a_sparse_gradient_is_compared_dense():
+    """nn.Embedding(sparse=True) gives a sparse gradient (a TypeError from numpy before)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(6, 3, sparse=True), torch.nn.Flatten(),
+                                torch.nn.Linear(9, 2)).double()
+    tokens = torch.tensor([[1, 2, 1], [0, 5, 4]])  # token 1 twice: its two rows add up
+    assert sg.check(model, {"input": tokens}, quiet=True).passed
+
+
+@pytest.mark.parametrize("fn", [
+    lambda w: torch.fft.irfft(torch.fft.rfft(torch.ones(2, 8, dtype=torch.float64)) * w, n=8),
+    lambda w: (torch.fft.rfft(w).abs() ** 2).sum(),
+    lambda w: torch.view_as_real(torch.complex(w, 2 * w) * torch.complex(w, -w)),
+], ids=["rfft_irfft", "rfft_abs", "complex_mul"])
+def test_complex_paths_are_refused_by_name(fn):
+    """A complex intermediate was read as a constant ("does not depend on any of its inputs", or a
+    failing gradient of 0): refused, naming complex numbers and the fix."""
+    with pytest.raises(UnsupportedOp, match="complex numbers"):
+        sg.check(fn, {"w": torch.randn(5, dtype=torch.float64)}, quiet=True)
+
+
+def test_a_buffer_written_in_forward_is_refused_by_name():
+    """A running average updated in place under no_grad: the trace cannot follow the write (it was
+    refused with a hint about numpy and .item())."""
+
+    class RunningCentre(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+            self.register_buffer("centre", torch.zeros(4, dtype=torch.float64))
+
+        def forward(self, x):
+            h = self.lin(x)
+            with torch.no_grad():
+                self.centre.mul_(0.9).add_(0.1 * h.mean(0))
+            return torch.tanh(h - self.centre)
+
+    model = RunningCentre().double()
+    with pytest.raises(UnsupportedOp, match="writes in place into a tensor it does not compute"):
+        sg.check(model, {"x": torch.randn(5, 3, dtype=torch.float64)}, loss="mse",
+                 target=torch.randn(5, 4, dtype=torch.float64), quiet=True)
+
+
+@pytest.mark.parametrize("engine", ["auto", "elementwise", "graph"])
+def test_data_in_a_small_function_is_a_constant(engine):
+    """A small function runs on symgrad's symbolic tensors, whose .data is their entries: w * w.data
+    was differentiated as w * w (a false alarm) there."""
+    w = torch.randn(3, dtype=torch.float64)
+    assert sg.check(lambda w: (w * w.data).sum(), {"w": w}, engine=engine, quiet=True).passed

@@ -370,6 +370,8 @@ def compare_all(refs: list, actual: dict, dtype: str, *, quantity: str, rtol=Non
             rec = compare(ref, np.zeros(np.shape(ref.value)), dtype, quantity=quantity, rtol=rtol, atol=atol, floor_scale=floor)
             rec.note = (rec.note + " " if rec.note else "") + NO_GRADIENT_NOTE
         else:
+            if str(getattr(got, "layout", "torch.strided")) != "torch.strided":
+                got = got.to_dense()  # a sparse gradient (nn.Embedding(sparse=True)): its duplicates add up
             rec = compare(ref, got.detach().double().cpu().numpy(), dtype, quantity=quantity, rtol=rtol, atol=atol,
                           floor_scale=floor)
         records.append(rec)

@@ -57,6 +57,11 @@ def _depends(graph: Graph, wrt: set) -> set:
     return live
 
 
+# During a statistical rerun (montecarlo.py): ``(node, i) -> the arguments`` the node's reverse rule
+# reads for its argument ``i``'s cotangent (Note [Each use its own moves]); None: ``values``'.
+_RULE_ARGS = None
+
+
 def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks: list | None = None) -> dict:
     """``seeds``: node -> cotangent (Approx); returns leaf node -> accumulated cotangent.  ``kinks``:
     a list that collects the kinked units instead of widening bands (``rules.vjp``)."""
@@ -77,9 +82,12 @@ def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kink
         needed = [a in live for a in node.args]
         if not any(needed):
             continue
-        args = [values[a] for a in node.args]
         with kernel(node, backward=True):
-            cotangents = vjp_rule(node, args, g, ctx, needed, kinks)
+            if _RULE_ARGS is None:
+                cotangents = vjp_rule(node, [values[a] for a in node.args], g, ctx, needed, kinks)
+            else:  # Note [Each use its own moves] (montecarlo.py)
+                cotangents = [vjp_rule(node, _RULE_ARGS(node, i), g, ctx, [j == i for j in range(len(needed))],
+                                       kinks)[i] if need else None for i, need in enumerate(needed)]
         for a, ga in zip(node.args, cotangents):
             if ga is None or a not in live:
                 continue

@@ -167,6 +167,10 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
             continue
         if node.op != "call_function":
             raise UnsupportedOp(f"fx node {node.name!r} is a {node.op}; only ATen calls are supported")
+        if getattr(node.meta.get("val"), "is_complex", lambda: False)():
+            from ..symbolic.numbers import COMPLEX
+
+            raise UnsupportedOp(f"{COMPLEX} (fx node {node.name!r}, {node.target})")
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
         env[node] = _call(b, node, args, kwargs)

@@ -38,10 +38,40 @@ def _other_side(local: Approx) -> Approx:
     return Approx(new, local.e, new - (v - lo), (v + hi) - new)
 
 
-def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
+# Note [One choice at one point]
+# Entries of one pointwise node whose arguments are exactly the same numbers, computed with no
+# rounding at all (a relu over a zero background: conv(0) + b is b at every background pixel), are
+# one scalar function at one point: a kernel decides its derivative there by the same rule at each
+# of them (torch's relu takes 0 at every one, clamp the inside at every one).  As one unit per entry
+# the joint kink check could take a different side at each, and with a scalar loss a few hundred such
+# units explained almost anything: a bias backward giving twice the gradient passed in a small CNN.
+# So such entries are one unit: every one moves to its other side together.  Entries within rounding
+# of a kink (torch may round each to either side on its own), or exactly on it at distinct points,
+# stay one unit each.
+def _same_points(args: list, shape: tuple):
+    """Per entry of a node's output, a group label of the entries whose arguments are the same exact
+    numbers (Note [One choice at one point]); -1 where some argument carries rounding."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if not n:
+        return None
+    values = [np.ravel(np.broadcast_to(a.v, shape)) for a in args]
+    exact = np.ones(n, bool)
+    for a in args:
+        if a.e is not None:
+            exact &= np.ravel(np.broadcast_to(a.e, shape)) == 0
+    if not exact.any():
+        return None
+    rows = np.stack(values, axis=1)[exact] + 0.0  # + 0.0: -0.0 and 0.0 are one point
+    labels = np.full(n, -1, np.int64)
+    labels[exact] = np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+    return labels
+
+
+def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx, points=None) -> None:
     """Each change comes with its rounding bound (units of eps): the cotangent's bound times the
     jump, plus the cotangent times the local derivative's bound (the jump is a difference of two
-    rounded derivative values).  The other side's value is a rounded computation too."""
+    rounded derivative values).  The other side's value is a rounded computation too.  ``points``:
+    group labels of entries at one exact point (Note [One choice at one point])."""
     lo, hi = (np.ravel(t) for t in np.broadcast_arrays(local.lo, local.hi))
     gv = np.ravel(np.broadcast_to(g.v, local.shape))
     ge = np.ravel(np.broadcast_to(g.e, local.shape))
@@ -49,6 +79,16 @@ def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
     units = np.flatnonzero((lo > 0) | (hi > 0))
     if not units.size:
         return
+    if points is not None:
+        labels, keep = points[units], np.ones(units.size, bool)
+        for label in np.unique(labels[labels >= 0]):
+            mine = labels == label
+            if mine.sum() > 1:
+                _record_group(kinks, arg, units[mine], gv, ge, le, lo, hi)
+                keep &= ~mine
+        units = units[keep]
+        if not units.size:
+            return
     g_u, ge_u, le_u, lo_u, hi_u = (np.broadcast_to(t, gv.shape)[units] for t in (gv, ge, le, lo, hi))
     slack = np.abs(g_u) * 2 * le_u
     # the same numbers as one unit at a time, computed over all units at once (Python floats after)
@@ -58,6 +98,18 @@ def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
         changes = [(c, t) for c, t in ((c_lo, t_lo), (c_hi, t_hi)) if c != 0]
         if changes:
             kinks.append((arg, u, changes))
+
+
+def _record_group(kinks: list, arg: Node, members: np.ndarray, gv, ge, le, lo, hi) -> None:
+    """One unit for entries at one exact point: each side's change over all of them at once."""
+    g_m, ge_m, le_m, lo_m, hi_m = (np.broadcast_to(t, gv.shape)[members] for t in (gv, ge, le, lo, hi))
+    slack = np.abs(g_m) * 2 * le_m
+    changes = []
+    for c, t in ((-g_m * lo_m, ge_m * lo_m + slack), (g_m * hi_m, ge_m * hi_m + slack)):
+        if np.any(c != 0):
+            changes.append((c, t))
+    if changes:
+        kinks.append((arg, members.tolist(), changes))
 
 
 # Note [One side per node]
@@ -70,9 +122,9 @@ def _record_kinks(kinks: list, arg: Node, g: Approx, local: Approx) -> None:
 # other side), the entry is one unit whose change moves every argument to its far edge together.  An
 # argument whose band reaches both ways (the sweep took a value between the sides) keeps the units
 # per argument, as before: wider, never narrower than the truth.
-def _record_node_kinks(kinks: list, banded: list, g: Approx) -> None:
+def _record_node_kinks(kinks: list, banded: list, g: Approx, points=None) -> None:
     if len(banded) == 1:
-        _record_kinks(kinks, banded[0][0], g, banded[0][1])
+        _record_kinks(kinks, banded[0][0], g, banded[0][1], points)
         return
     shape = banded[0][1].shape
     sides = [tuple(np.ravel(np.broadcast_to(t, shape)) for t in (local.lo, local.hi)) for _, local in banded]

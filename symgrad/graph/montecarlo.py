@@ -174,6 +174,7 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
     # the reruns re-evaluate nothing over mpmath (Note [Certified pointwise values] in exact.py: an
     # exact value would throw the rerun's moves away); float64's own error is 2**-22 of a move
     token = reference_mode.set("float")
+    _PER_USE.append((forward(graph, ctx), np.random.default_rng([seed, 1])))  # Note [Each use its own moves]
     try:
         split = keep is not None and constants is not None
         seen: dict = {}
@@ -191,13 +192,62 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
                         np.broadcast_to(np.sqrt(total[k][node] / samples), base[k][node].shape))
                  for node in live} for k in range(len(seeds))]
     finally:
+        _PER_USE.pop()
         reference_mode.reset(token)
 
 
-def _rerun(graph, ctx, out, seeds, live, base, total, weight: float = 1.0) -> list:
+# Note [Each use its own moves]
+# torch's backward formulas are not the op graph's reverse sweep term for term: they drop paths whose
+# contribution is zero in exact arithmetic.  x.var()'s backward is 2 (x - m) / (n - 1) with torch's
+# rounded mean m; the graph also differentiates through m, and that path, -2 Σ(x - m) / n, cancels
+# the move of m exactly, so reruns in which every use of m moves together saw no sensitivity to m's
+# rounding at all, while torch's result carries it: torch's own float32 var, layer_norm and
+# group_norm backwards failed on rows with a mean of 100 (0.6 ulp of the mean's rounding times
+# 2/(n-1), allowed a third of it).  So in a rerun each reverse rule reads the forward values' moves
+# with a random sign of its own per argument whose cotangent it gives: base + s (moved - base).  A
+# cancellation between uses then shows as the spread of uses that do not cancel (either sign is
+# equally likely, so each path's moves count in the mean square as if alone), while one use's own
+# moves keep their size.  The forward sweep and the roundings of the reverse rules are unchanged.
+_PER_USE: list = []  # [(unperturbed forward values, generator)] while reruns are under way
+
+
+def _rule_args(values: dict, base: dict, rng) -> callable:
+    signs: dict = {}
+
+    def args(node, i):
+        s = signs.get((node, i))
+        if s is None:
+            s = signs[(node, i)] = float(rng.choice((-1.0, 1.0)))
+        out = []
+        for a in node.args:
+            moved, still = values[a], base.get(a)
+            if still is None or moved is still or s == 1.0:
+                out.append(moved)
+                continue
+            v = still.v + s * (moved.v - still.v)
+            out.append(Approx(v, moved.e, moved.lo, moved.hi) if moved.banded else Approx(v, moved.e))
+        return out
+
+    return args
+
+
+def _rerun(graph, ctx, out, seeds, live, base, total, weight: float = 1.0, per_use: bool = True) -> list:
     """One perturbed forward and backward sweep: its changes per seed and leaf (units of a move),
-    their squares added into ``total`` (times ``weight``)."""
+    their squares added into ``total`` (times ``weight``); ``per_use``: each reverse rule reads
+    the forward moves with its own signs (Note [Each use its own moves])."""
+    from . import engine
+
     values = forward(graph, ctx)
+    saved = engine._RULE_ARGS
+    if _PER_USE and per_use:
+        engine._RULE_ARGS = _rule_args(values, *_PER_USE[-1])
+    try:
+        return _sweeps(graph, ctx, out, seeds, live, base, total, weight, values)
+    finally:
+        engine._RULE_ARGS = saved
+
+
+def _sweeps(graph, ctx, out, seeds, live, base, total, weight, values) -> list:
     if len(total) > len(seeds):  # the forward output's change too (Note [Statistical forward])
         d = (values[out].v - total[-1]["base"]) / DELTA
         total[-1][out] = total[-1][out] + weight * np.where(np.isfinite(d), d, np.inf) ** 2
@@ -225,12 +275,13 @@ def _constant_runs(graph, ctx, out, seeds, live, base, samples, rng, total, keep
         for key in keys:
             with np.errstate(all="ignore"), perturbing(rng, ("only", key)) as move:
                 move.reroll()
-                constants.append(_rerun(graph, ctx, out, seeds, live, base, total, weight=float(samples)))
+                constants.append(_rerun(graph, ctx, out, seeds, live, base, total, weight=float(samples),
+                                        per_use=False))
         return
     with np.errstate(all="ignore"), perturbing(rng, "alone") as move:
         for run in keep:
             move.reroll()
-            extra = _rerun(graph, ctx, out, seeds, live, base, total)
+            extra = _rerun(graph, ctx, out, seeds, live, base, total, per_use=False)
             for mine, theirs in zip(run, extra):
                 for node, d in theirs.items():
                     mine[node] = mine[node] + d if node in mine else d

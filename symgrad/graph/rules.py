@@ -25,7 +25,7 @@ from .approx import Approx, add, einsum, mul, rounded, unbroadcast
 from .derivforms import as_torch_computes
 from .ir import Node
 from .exact import certified
-from .kinklog import _other_side, _record_node_kinks
+from .kinklog import _other_side, _record_node_kinks, _same_points
 # the dispatchers below look these names up here (tests patch a rule as rules._vjp_layout etc.)
 from .rules_tensor import (_broadcast, _jvp_extreme, _layout, _reduce, _select, _vjp_contract, _vjp_layout,
                            _vjp_reduce, _vjp_select)
@@ -158,7 +158,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
                 local = Approx(local.v, local.e)
             grads.append(unbroadcast(_times_cotangent(g, local, _chosen(d)), a.shape))
         if banded:
-            _record_node_kinks(kinks, banded, g)
+            _record_node_kinks(kinks, banded, g, _same_points(args, node.shape))
         return grads
     if kind == "contract":
         return _vjp_contract(node.attrs["spec"], args, g, needed)

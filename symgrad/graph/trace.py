@@ -132,12 +132,23 @@ def trace_callable(fn, args: tuple, functional: bool = True):
             return run(fn)
     except UnsupportedOp:
         raise
-    except Exception as err:  # noqa: BLE001 - torch's tracer raises many kinds
+    except RuntimeError as err:
+        if "mutating a non-functional tensor" not in str(err):
+            raise _untraceable(err) from err
         raise UnsupportedOp(
-            f"torch could not trace the function into ATen ops ({type(err).__name__}: {str(err)[:300]}). "
-            "Code that leaves torch (numpy, .item(), Python control flow on values) cannot be traced: "
-            "pass symbolic= with a reference forward written in torch ops."
-        ) from err
+            "forward writes in place into a tensor it does not compute (a buffer or parameter updated under "
+            "no_grad, such as a running average, or spectral_norm's power iteration in training mode): the "
+            "trace cannot follow that write. Fix: check the module in eval mode (model.eval()), or move the "
+            "update out of forward") from err
+    except Exception as err:  # noqa: BLE001 - torch's tracer raises many kinds
+        raise _untraceable(err) from err
+
+
+def _untraceable(err: Exception) -> UnsupportedOp:
+    return UnsupportedOp(
+        f"torch could not trace the function into ATen ops ({type(err).__name__}: {str(err)[:300]}). "
+        "Code that leaves torch (numpy, .item(), Python control flow on values) cannot be traced: "
+        "pass symbolic= with a reference forward written in torch ops.")
 
 
 @contextmanager

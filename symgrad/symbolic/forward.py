@@ -114,6 +114,10 @@ def symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
         return explode_sympy(symbolic, sym_inputs, symbols_map)
     if not callable(symbolic):
         raise InputError(f"symbolic must be a callable or a SymPy expression, not {type(symbolic).__name__}")
+    if "data" in getattr(getattr(symbolic, "__code__", None), "co_names", ()):
+        # torch code reading x.data (a constant to autograd): a SymTensor's .data is its entries, so
+        # the op graph reads it instead (Note [.data in the trace] in symgrad/graph/trace_grad.py)
+        raise UnsupportedOp("the forward reads .data: traced through the op graph, where it is a constant")
     # First on SymTensors (sg.* functions, operators); then, for forwards written with SymPy
     # functions (X.applyfunc(sympy.tanh), sympy.exp(x)), on SymPy matrices of the same symbols.
     attempts = (("symbolic tensors", lambda: list(sym_inputs.values())),

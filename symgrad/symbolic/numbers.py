@@ -18,7 +18,7 @@ import numpy as np
 import symengine as se
 import sympy as sp
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedOp
 
 __all__ = ["number", "refuse_string_attributes", "describe_value"]
 
@@ -53,7 +53,14 @@ def number(value, what: str):
     if (type(value).__module__ or "").startswith("torch") and hasattr(value, "numel"):
         if value.numel() == 1 and not value.is_complex():
             return value.detach().cpu().reshape(()).item()
+    if isinstance(value, (complex, np.complexfloating)) or getattr(value, "is_complex", lambda: False)():
+        raise UnsupportedOp(COMPLEX)
     raise _refuse(value, what)
+
+
+COMPLEX = ("the function computes with complex numbers (an FFT, torch.complex, a complex constant): symgrad "
+           "checks real derivatives through real ops only. Fix: check the real parts of the computation on "
+           "their own, or write the complex arithmetic on real and imaginary parts as real tensors")
 
 
 def _numeric_defaults(cls) -> dict:
