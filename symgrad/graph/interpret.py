@@ -153,6 +153,8 @@ def to_graph(gm, leaves: list) -> Graph:
 def _interpret(b: Builder, gm, env: dict, top: bool):
     """Read ``gm``'s calls into the graph; the top level sets the graph's outputs, an inlined forward
     (Note [One register hook]) returns its output."""
+    import torch
+
     written = _writes_into_inputs(gm, env)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -167,7 +169,7 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
             continue
         if node.op != "call_function":
             raise UnsupportedOp(f"fx node {node.name!r} is a {node.op}; only ATen calls are supported")
-        if getattr(node.meta.get("val"), "is_complex", lambda: False)():
+        if isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].is_complex():
             from ..symbolic.numbers import COMPLEX
 
             raise UnsupportedOp(f"{COMPLEX} (fx node {node.name!r}, {node.target})")

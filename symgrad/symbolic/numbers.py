@@ -53,7 +53,8 @@ def number(value, what: str):
     if (type(value).__module__ or "").startswith("torch") and hasattr(value, "numel"):
         if value.numel() == 1 and not value.is_complex():
             return value.detach().cpu().reshape(()).item()
-    if isinstance(value, (complex, np.complexfloating)) or getattr(value, "is_complex", lambda: False)():
+    is_complex = getattr(value, "is_complex", None)  # a torch tensor's method (SymPy's is a property)
+    if isinstance(value, (complex, np.complexfloating)) or (callable(is_complex) and is_complex() is True):
         raise UnsupportedOp(COMPLEX)
     raise _refuse(value, what)
 
