@@ -106,7 +106,7 @@ class _ZeroBackground(torch.nn.Module):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_units_at_one_exact_point_take_one_side(dtype, monkeypatch):
-    """About 60 relu units exactly on their kink, each a choice of its own, explained a bias gradient
+    """120 relu units exactly on their kink, each a choice of its own, explained a bias gradient
     twice the true one (and twenty times); as one unit they explain torch's only."""
     torch.manual_seed(0)
     model = _ZeroBackground().to(dtype)
