@@ -79,14 +79,16 @@ def ulp(values: np.ndarray, dtype: str) -> np.ndarray:
     return eps * (size.view(np.int64) & np.int64(0x7FF0000000000000)).view(np.float64)
 
 
-def _in_ulps(rec: Record, e, a, diff, allowed, judged_mask, dtype: str) -> None:
-    """Record the errors in ulps of ``dtype`` and the worst entries (issue 11 item 2)."""
+def _in_ulps(rec: Record, e, a, diff, allowed, judged_mask, dtype: str, point=None, point_ulps=None) -> None:
+    """Record the errors in ulps of ``dtype`` and the worst entries (issue 11 item 2).  ``point``:
+    the entry to report instead of the largest judged error (a failing kinked entry, or a NaN/inf
+    on one side, whose error is ``point_ulps``), so the line never says 0 ulps beside a failure."""
     unit = ulp(e, dtype)
     every = judged_mask is True
     with np.errstate(all="ignore"):
         err_ulps = diff / unit if every else np.where(judged_mask, diff / unit, 0.0)
-    i = np.unravel_index(int(np.argmax(err_ulps)), e.shape)
-    rec.max_ulps, rec.ulps_index = float(err_ulps[i]), tuple(int(k) for k in i)
+    i = np.unravel_index(int(np.argmax(err_ulps)), e.shape) if point is None else tuple(point)
+    rec.max_ulps, rec.ulps_index = float(err_ulps[i] if point_ulps is None else point_ulps), tuple(int(k) for k in i)
     # the worst failing entries (error over allowance, inf for an allowance of 0), largest first,
     # ties in index order; computed on the failing entries alone: a full sort of a million passing
     # entries took longer than the whole comparison
@@ -198,7 +200,14 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         _worst_entries(rec, e, diff, rel, allowed, kink, ok, finite, differ, fit, band_tol, rtol)
         i = rec.rel_index
         rec.rel_allowed = float(allowed[i] / abs(e[i])) if np.isfinite(e[i]) and e[i] != 0 else float("inf")
-        _in_ulps(rec, e, a, diff, allowed, judged_mask, dtype)
+        point = point_ulps = None
+        if differ.any():
+            point, point_ulps = rec.abs_index, float("inf")
+        elif rec.mismatched and not (~ok & ~kink).any():  # only kinked entries failed: the one shown
+            point = rec.abs_index
+            with np.errstate(all="ignore"):
+                point_ulps = float(diff[point] / ulp(e[point], dtype))
+        _in_ulps(rec, e, a, diff, allowed, judged_mask, dtype, point, point_ulps)
         if not rec.mismatched and not differ.any():  # Note [Accurate, not only right] (accuracy.py)
             judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype, ulp, eps, rtol, atol)
     return rec
