@@ -15,7 +15,7 @@ from .lower.exact import ExactEvaluator
 from .lower.numpy import high_precision, lower
 from .reference import Reference
 
-__all__ = ["closed_form_references", "as_2d"]
+__all__ = ["closed_form_references"]
 
 
 def _parts(vals, sizes: list) -> list:
@@ -78,7 +78,7 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
                         value_eps=ev.lowered.value_eps)
     if any(c.endswith("at a jump") for c in ev.hi.kink_conditions or ()):
         ev.bands(out_ref, 0, 1)  # a step function's forward at its jump (Note [Jumps of the step functions])
-    matrix_values = {n: t.detach().double().cpu().numpy().reshape(as_2d(tuple(t.shape))) for n, t in named.items()}
+    matrix_values = {n: t.detach().double().cpu().numpy().reshape(_as_2d(tuple(t.shape))) for n, t in named.items()}
     refs = [_derivative_reference(derivs[k], k, i, ev, scale, symbolic, matrix_values)
             for i, k in enumerate(keys, start=1)]
     if any(np.isnan(r.value).any() for r in refs) and np.isfinite(ev.main[0]).all():
@@ -158,5 +158,5 @@ def _printable(deriv: np.ndarray, latex: str, scale: int):
     return expr, entry_text
 
 
-def as_2d(shape: tuple) -> tuple:
+def _as_2d(shape: tuple) -> tuple:
     return shape if len(shape) == 2 else (shape + (1,) if len(shape) == 1 else (1, 1) if not shape else shape)

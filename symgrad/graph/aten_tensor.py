@@ -199,6 +199,7 @@ def _index_data(b, name: str, args: list) -> list:
     pos = _INDEX_ARGS.get(name.rsplit(".", 1)[0] if name.count(".") >= 2 else name, _INDEX_ARGS.get(name))
     if pos is None or pos >= len(args):
         return args
+    import torch
 
     def data(a, fx_arg):
         if not isinstance(a, Node):
@@ -206,8 +207,6 @@ def _index_data(b, name: str, args: list) -> list:
         # a bool mask (x[x > 0]) stays a mask: as 0/1 integers it would pick rows 0 and 1
         val = getattr(fx_arg, "meta", {}).get("val")
         return b.value_of(a).bool() if getattr(val, "dtype", None) == torch.bool else b.value_of(a).long()
-
-    import torch
 
     a = args[pos]
     fx_a = b.fx_node.args[pos] if b.fx_node is not None and pos < len(b.fx_node.args) else None

@@ -174,14 +174,14 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
     # the reruns re-evaluate nothing over mpmath (Note [Certified pointwise values] in exact.py: an
     # exact value would throw the rerun's moves away); float64's own error is 2**-22 of a move
     token = reference_mode.set("float")
-    _PER_USE.append((forward(graph, ctx), np.random.default_rng([seed, 1])))  # Note [Each use its own moves]
+    per_use = (forward(graph, ctx), np.random.default_rng([seed, 1]))  # Note [Each use its own moves]
     try:
         split = keep is not None and constants is not None
         seen: dict = {}
         with np.errstate(all="ignore"), perturbing(rng, "still" if split else "random", seen) as move:
             for _ in range(samples):
                 move.reroll()
-                run = _rerun(graph, ctx, out, seeds, live, base, total)
+                run = _rerun(graph, ctx, out, seeds, live, base, total, per_use=per_use)
                 if keep is not None:
                     keep.append(run)
         if split and seen:
@@ -192,7 +192,6 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
                         np.broadcast_to(np.sqrt(total[k][node] / samples), base[k][node].shape))
                  for node in live} for k in range(len(seeds))]
     finally:
-        _PER_USE.pop()
         reference_mode.reset(token)
 
 
@@ -208,7 +207,6 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
 # cancellation between uses then shows as the spread of uses that do not cancel (either sign is
 # equally likely, so each path's moves count in the mean square as if alone), while one use's own
 # moves keep their size.  The forward sweep and the roundings of the reverse rules are unchanged.
-_PER_USE: list = []  # [(unperturbed forward values, generator)] while reruns are under way
 
 
 def _rule_args(values: dict, base: dict, rng) -> callable:
@@ -221,7 +219,7 @@ def _rule_args(values: dict, base: dict, rng) -> callable:
         out = []
         for a in node.args:
             moved, still = values[a], base.get(a)
-            if still is None or moved is still or s == 1.0:
+            if still is None or s == 1.0:
                 out.append(moved)
                 continue
             v = still.v + s * (moved.v - still.v)
@@ -231,16 +229,17 @@ def _rule_args(values: dict, base: dict, rng) -> callable:
     return args
 
 
-def _rerun(graph, ctx, out, seeds, live, base, total, weight: float = 1.0, per_use: bool = True) -> list:
+def _rerun(graph, ctx, out, seeds, live, base, total, weight: float = 1.0, per_use: tuple | None = None) -> list:
     """One perturbed forward and backward sweep: its changes per seed and leaf (units of a move),
-    their squares added into ``total`` (times ``weight``); ``per_use``: each reverse rule reads
-    the forward moves with its own signs (Note [Each use its own moves])."""
+    their squares added into ``total`` (times ``weight``); ``per_use``: (the unperturbed forward
+    values, a generator): each reverse rule reads the forward moves with its own signs (Note [Each
+    use its own moves]); None: every rule reads them as they are."""
     from . import engine
 
     values = forward(graph, ctx)
     saved = engine._RULE_ARGS
-    if _PER_USE and per_use:
-        engine._RULE_ARGS = _rule_args(values, *_PER_USE[-1])
+    if per_use is not None:
+        engine._RULE_ARGS = _rule_args(values, *per_use)
     try:
         return _sweeps(graph, ctx, out, seeds, live, base, total, weight, values)
     finally:
@@ -275,13 +274,12 @@ def _constant_runs(graph, ctx, out, seeds, live, base, samples, rng, total, keep
         for key in keys:
             with np.errstate(all="ignore"), perturbing(rng, ("only", key)) as move:
                 move.reroll()
-                constants.append(_rerun(graph, ctx, out, seeds, live, base, total, weight=float(samples),
-                                        per_use=False))
+                constants.append(_rerun(graph, ctx, out, seeds, live, base, total, weight=float(samples)))
         return
     with np.errstate(all="ignore"), perturbing(rng, "alone") as move:
         for run in keep:
             move.reroll()
-            extra = _rerun(graph, ctx, out, seeds, live, base, total, per_use=False)
+            extra = _rerun(graph, ctx, out, seeds, live, base, total)
             for mine, theirs in zip(run, extra):
                 for node, d in theirs.items():
                     mine[node] = mine[node] + d if node in mine else d

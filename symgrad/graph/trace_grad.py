@@ -80,19 +80,14 @@ def marking_grad_mode():
             frame = frame.f_back
         return None
 
-    def grad_on() -> bool:
-        if torch.is_grad_enabled():
-            return True
-        got = apply_call(2)  # inside a custom Function's forward: its caller's grad mode counts
-        return got is not None and got[1]
-
     in_place: list = []
 
     def marked(self, *args, **kwargs):
         node = create(self, *args, **kwargs)
-        if not grad_on():
+        inside = apply_call(1)  # inside a custom Function's forward: its caller's grad mode counts
+        if not (torch.is_grad_enabled() or (inside is not None and inside[1])):
             node.meta[NO_GRAD] = True
-        if apply_call(1) is not None:  # Note [Inside a custom Function's forward]
+        if inside is not None:  # Note [Inside a custom Function's forward]
             node.meta[IN_FUNCTION] = True
         if in_place:
             node.meta[IN_PLACE] = True
