@@ -157,6 +157,35 @@ def test_a_cotangent_per_tensor_of_a_tuple_output(monkeypatch):
     assert not sg.check(_AddRMS.apply, {"x": x, "res": res}, v=v, quiet=True).passed
 
 
+class _SinCos(torch.autograd.Function):
+    sign = -1.0
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sin(x), torch.cos(x)
+
+    @staticmethod
+    def backward(ctx, g_sin, g_cos):
+        (x,) = ctx.saved_tensors
+        return g_sin * torch.cos(x) + _SinCos.sign * g_cos * torch.sin(x)
+
+
+@pytest.mark.parametrize("with_v", [False, True])
+def test_a_symbolic_twin_with_a_tuple_output(with_v, monkeypatch):
+    """A twin written with sg.* returning a tuple is checked on the op graph, as a torch twin is."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, generator=gen, dtype=torch.float64)
+    v = (torch.randn(5, generator=gen, dtype=torch.float64), torch.randn(5, generator=gen, dtype=torch.float64))
+    kw = {"v": v} if with_v else {}
+    twin = lambda x: (sg.sin(x), sg.cos(x))  # noqa: E731
+    assert sg.check(_SinCos.apply, {"x": x}, symbolic=twin, quiet=True, **kw).passed
+    monkeypatch.setattr(_SinCos, "sign", 1.0)  # d cos/dx taken as +sin
+    assert not sg.check(_SinCos.apply, {"x": x}, symbolic=twin, quiet=True, **kw).passed
+    with pytest.raises(UnsupportedOp, match="several outputs"):
+        sg.check(None, {"x": x}, symbolic=twin, quiet=True)
+
+
 def test_a_sparse_gradient_is_compared_dense():
     """nn.Embedding(sparse=True) gives a sparse gradient (a TypeError from numpy before)."""
     torch.manual_seed(0)

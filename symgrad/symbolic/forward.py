@@ -140,6 +140,10 @@ def symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
         )
     if isinstance(out, (sp.Basic, sp.MatrixBase, sp.NDimArray)) and not isinstance(out, SymTensor):
         return explode_sympy(out, sym_inputs, symbols_map)
+    if isinstance(out, (tuple, list)) and out and all(isinstance(o, SymTensor) for o in out):
+        # several outputs: the op graph checks them together (Note [Structured outputs])
+        raise UnsupportedOp(f"the symbolic forward returned a {type(out).__name__} of {len(out)} tensors; several "
+                            "outputs are checked through the op graph: pass the torch function as well")
     if out is None or isinstance(out, (str, bytes, dict)) or (
             isinstance(out, (tuple, list)) and any(isinstance(o, SymTensor) for o in out)):
         kind = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
