@@ -37,6 +37,25 @@ def test_cdist_of_a_set_with_itself_passes(engine):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_a_structural_zero_through_cdist_has_a_bound(dtype):
+    """The gradient of a kernel matrix's logdet with respect to a translation of every point is 0
+    exactly; torch returns roundings of about 1e-17.  sqrt at the diagonal's exact 0 carries no
+    error (its infinite slope times a zero bound), so the bound stays finite and covers them."""
+    gen = torch.Generator().manual_seed(0)
+    z, t = torch.randn(5, 2, generator=gen, dtype=dtype), torch.randn(1, 2, generator=gen, dtype=dtype)
+
+    def f(z, t):
+        d = torch.cdist(z + t, z + t)
+        return torch.logdet(torch.exp(-d**2) + 0.1 * torch.eye(5, dtype=dtype))
+
+    report = sg.check(f, {"z": z, "t": t}, wrt=["t"], quiet=True)
+    assert report.passed, str(report)
+    size = 1e-6 if dtype == torch.float64 else 1e-3
+    moved = with_backward(lambda t: t, lambda t, g: g + size * t.abs().max())  # a bug off zero
+    assert not sg.check(lambda z, t: f(z, moved(t)), {"z": z, "t": t}, wrt=["t"], symbolic=f, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backward,passes", [
     (_zero_grad, True),  # torch's choice: the least-norm subgradient
     (lambda x, g: g * torch.full_like(x, 0.25), True),  # inside the unit ball: a subgradient too

@@ -194,6 +194,14 @@ def _power_of_two(c) -> bool:
     return f != 0 and math.isfinite(f) and math.frexp(f)[0] == 0.5
 
 
+def _through(slope, e):
+    """An argument's error carried through ``slope``: ``|slope| * e``, and 0 where the argument is
+    exact (``e = 0``) even if the slope is infinite -- sqrt of an exact 0 (``cdist(x, x)``'s
+    diagonal) is exactly 0, where ``inf * 0`` would make the bound NaN and, downstream, no bound."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.asarray(e) == 0, 0.0, np.abs(slope) * e)
+
+
 def _apply(fn, dfn, a: Approx, rooted: bool = False, ulps: float = TRANSCENDENTAL_ULPS) -> Approx:
     """``fn(a)``: its argument's error through the slope, plus the kernel's own rounding.  A special
     function whose kernel is not accurate relative to a small result (``rooted``: lgamma near 1 and
@@ -201,7 +209,7 @@ def _apply(fn, dfn, a: Approx, rooted: bool = False, ulps: float = TRANSCENDENTA
     v = np.asarray(fn(a.v), np.float64)
     slope = np.asarray(dfn(a.v), np.float64)
     size = np.abs(v) + (np.abs(a.v * slope) if rooted else 0.0)
-    e = np.abs(slope) * a.e + ulps * size
+    e = _through(slope, a.e) + ulps * size
     return _with_band(rounded(v, ulps * size), e, slope, a)
 
 
@@ -265,7 +273,7 @@ def _pow(expr, env, ctx, memo) -> Approx:
             roundings = 1
         if k < -1:
             roundings = max(roundings, _half_power_roundings(k, ctx))
-        return _with_band(rounded(v, roundings * np.abs(v)), np.abs(slope) * b.e + roundings * np.abs(v), slope, b)
+        return _with_band(rounded(v, roundings * np.abs(v)), _through(slope, b.e) + roundings * np.abs(v), slope, b)
     if exp.is_Number:
         k = float(exp)
         v = b.v**k
@@ -273,12 +281,12 @@ def _pow(expr, env, ctx, memo) -> Approx:
         ulps = 1.0 if k in (0.5, -0.5) else library_ulps(ctx)  # sqrt/rsqrt round once (correctly rounded)
         ulps = max(ulps, _half_power_roundings(k, ctx))
         own = (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
-        return _with_band(rounded(v, own), np.abs(slope) * b.e + own, slope, b)
+        return _with_band(rounded(v, own), _through(slope, b.e) + own, slope, b)
     x = _eval(exp, env, ctx, memo)  # b ** x = exp(x log b)
     v = b.v**x.v
     d_b = np.abs(x.v * b.v ** (x.v - 1))
     d_x = np.abs(v * np.log(np.where(b.v > 0, b.v, 1.0)))
-    e = d_b * b.e + d_x * x.e + library_ulps(ctx) * np.abs(v)
+    e = _through(d_b, b.e) + _through(d_x, x.e) + library_ulps(ctx) * np.abs(v)
     v = rounded(v, library_ulps(ctx) * np.abs(v))
     if not (b.banded or x.banded):
         return Approx(v, e)
