@@ -51,18 +51,21 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     dtype = lowest_precision(named.values())
     dtype_name = str(dtype).replace("torch.", "")
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in named.items()}
-    from .matrix.to_torch import torch_reference
+    from .matrix.to_torch import standalone_reference, torch_reference
 
     as_torch = torch_reference(fn, symbolic, named, engine)  # Note [Matrix expressions into the op graph]
+    graph_fn = fn
+    if fn is None and as_torch is None:
+        as_torch = graph_fn = standalone_reference(symbolic, named, engine)
 
     def on_graph(sym):
         from .graph import check_graph
 
         stage("op graph: trace, differentiate, compare")
-        return check_graph(fn, named, symbolic=sym, wrt=wrt_names, via=via, v=v, tangents=tangents,
+        return check_graph(graph_fn, named, symbolic=sym, wrt=wrt_names, via=via, v=v, tangents=tangents,
                            backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
 
-    if _tensor_back_end(fn, as_torch or symbolic, named, wrt_names, via, tangents, engine, memory_budget):
+    if _tensor_back_end(graph_fn, as_torch or symbolic, named, wrt_names, via, tangents, engine, memory_budget):
         return on_graph(as_torch or symbolic)
     sym_in = symbolic_inputs(named)
     routed = _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engine, memory_budget,

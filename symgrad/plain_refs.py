@@ -134,9 +134,19 @@ def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale
         widen_to_tensor_bounds(graph, node, refs, out_ref, seeds, how, [r.name for r in refs], dtype, scale)
 
 
+MAX_FORM_CHARS = 2000  # a closed form longer than this is shown cut, with its length (an exploded sum)
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= MAX_FORM_CHARS:
+        return text
+    return f"{text[:MAX_FORM_CHARS]} ... [{len(text):,} characters in all]"
+
+
 def _closed_form_text(arr: np.ndarray) -> tuple[str, str]:
     """The first entry's closed form, labelled as such when the derivative has more entries."""
     text, latex = entry_form(arr)
+    text = _shortened(text)
     if arr.size <= 1:
         return text, latex
     return f"{text}  (entry [{', '.join('0' for _ in arr.shape)}])", latex
@@ -152,7 +162,7 @@ def _printable(deriv: np.ndarray, latex: str, scale: int):
             expr = sp.Mul(scale, expr, evaluate=False)
 
     def entry_text(index: tuple) -> str:
-        text = entry_form(np.array([deriv[tuple(index)]], dtype=object))[0]
+        text = _shortened(entry_form(np.array([deriv[tuple(index)]], dtype=object))[0])
         return f"{scale} * ({text})" if scale != 1 else text
 
     return expr, entry_text

@@ -135,3 +135,17 @@ def test_jacobian_by_columns_at_zero():
     a = torch.arange(1.0, 11.0, dtype=torch.float64)[:, None]
     report = sg.check(lambda x: norm(x * a, dim=1), {"x": torch.zeros(1, 3, dtype=torch.float64)}, via="jacrev")
     assert report.passed and "one jvp per input entry" in report.meta["quantity"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [8, 64])
+def test_torch_norm_of_a_long_zero_vector_passes(n, dtype):
+    """Eight directions alone gave some entry limits of one sign only (a band without torch's 0);
+    with their opposites the band is symmetric."""
+    assert sg.check(norm, {"x": torch.zeros(n, dtype=dtype)}, quiet=True).passed
+    x = torch.randn(6, 9, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    x[[1, 4]] = 0
+    rows = lambda x: norm(x, dim=1)  # noqa: E731
+    assert sg.check(rows, {"x": x}, v=torch.randn(6, dtype=dtype), quiet=True).passed
+    wrong = with_backward(norm, lambda x, g: g * torch.ones_like(x))
+    assert not sg.check(wrong, {"x": torch.zeros(n, dtype=dtype)}, quiet=True).passed

@@ -172,3 +172,50 @@ def test_ties_past_the_budget_say_so():
     report = sg.check(lambda x: F.max_pool2d(x, 2).sum(), {"x": x}, quiet=True)
     assert report.passed
     assert "4096 ties of max/min were too many for the sweeps' budget" in report.to_text()
+
+
+TWO_INPUT_TIES = {
+    "maximum": torch.maximum, "minimum": torch.minimum, "fmax": torch.fmax,
+    "where": lambda a, b: torch.where(a > b, a, b),
+    "stack-amax": lambda a, b: torch.stack([a, b]).amax(0),
+    "clamp-min": lambda a, b: torch.clamp(a, min=b),
+}
+
+
+def _two_input(op, split):
+    """``op`` with a backward that gives each argument ``split`` of the cotangent at a tie (None:
+    torch's own backward of ``op``)."""
+    class Tied(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            ctx.save_for_backward(a, b)
+            return op(a, b)
+
+        @staticmethod
+        def backward(ctx, g):
+            a, b = ctx.saved_tensors
+            with torch.enable_grad():
+                a2, b2 = a.detach().requires_grad_(), b.detach().requires_grad_()
+                ga, gb = torch.autograd.grad(op(a2, b2), (a2, b2), g)
+            if split is None:
+                return ga, gb
+            tie = a == b
+            return torch.where(tie, split[0] * g, ga), torch.where(tie, split[1] * g, gb)
+
+    return Tied.apply
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", TWO_INPUT_TIES)
+@pytest.mark.parametrize("split,passes", [(None, True), ((1.0, 0.0), True), ((0.25, 0.75), True),
+                                          ((1.0, 1.0), False), ((0.0, 0.0), False)])
+def test_a_tie_between_two_inputs(name, split, passes, dtype, engine):
+    """One choice of side holds for both inputs (Notes [Sides of one region], [One choice for every
+    input]): the cotangent goes to a, to b or is split; to both, or to neither, fails."""
+    op = TWO_INPUT_TIES[name]
+    a = torch.tensor([1.0, 2.0, 3.0, -0.5], dtype=dtype)
+    b = torch.tensor([1.0, 0.0, 3.0, 0.25], dtype=dtype)  # ties at 0 and 2
+    v = torch.tensor([0.5, -1.0, 2.0, 0.75], dtype=dtype)
+    report = sg.check(_two_input(op, split), {"a": a, "b": b}, symbolic=op, v=v, engine=engine, quiet=True)
+    assert report.passed is passes, str(report)

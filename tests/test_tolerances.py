@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import symgrad as sg
 from symgrad.compare.kinks import fit
+from symgrad.testing_ops import with_backward
 
 from helpers import custom, time_limit
 
@@ -415,3 +416,29 @@ def test_a_wrong_backward_of_a_centred_sum_fails(dtype, wrong):
     assert rec.verdict == "FAIL", rec.message()
     if wrong == "one entry off":
         assert rec.abs_index == (1, 2) and rec.mismatched == 1, rec.message()
+
+
+# -- one huge entry does not widen the others (the floor serves entries with no bound) -------------
+@pytest.mark.parametrize("engine", ["auto", "elementwise"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("op,big", [(torch.exp, 50.0), (torch.expm1, 50.0), (lambda x: x * x, 1e15)],
+                         ids=["exp", "expm1", "square"])
+def test_a_huge_entry_beside_a_small_one(op, big, dtype, engine):
+    """exp at [1, 50]: a thousandth of an ulp of e**50 is 600 times exp(1); entry 0 is judged by its
+    own bound, so a backward 50 % off there fails, and torch's own passes."""
+    x, v = torch.tensor([1.0, big], dtype=dtype), torch.tensor([0.7, -1.3], dtype=dtype)
+
+    def backward(x, g):
+        with torch.enable_grad():
+            x2 = x.detach().requires_grad_()
+            (gx,) = torch.autograd.grad(op(x2), x2, g)
+        return gx
+
+    def wrong(x, g):
+        gx = backward(x, g).clone()
+        gx[0] = gx[0] * 1.5
+        return gx
+
+    assert sg.check(with_backward(op, backward), {"x": x}, symbolic=op, v=v, engine=engine, quiet=True).passed
+    report = sg.check(with_backward(op, wrong), {"x": x}, symbolic=op, v=v, engine=engine, quiet=True)
+    assert not report.passed, str(report)

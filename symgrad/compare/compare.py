@@ -182,6 +182,10 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
                                                               dtype, eps, name)
         ok = np.where(kink, ok_kink, ok)
         rec.kinks = int(kink.sum())
+        if ref.kink_generators is not None:  # for the fit over every input at once (compare_all)
+            gens = np.asarray(ref.kink_generators, np.float64)
+            rec.kink_parts = (np.where(finite, a - e, 0.0)[kink], band_tol[kink],
+                              gens.reshape(gens.shape[:2] + (-1,))[:, :, kink.ravel()], kink)
     over = _overflowed(e, a, allowed, dtype)  # Note [Overflow is the right answer]
     if over.any():
         rec.nonfinite, differ = _nonfinite_note(e, np.where(over, e, a), name)
@@ -331,7 +335,11 @@ def _allowance(ref: Reference, e: np.ndarray, a: np.ndarray, dtype: str, rtol: f
         # at least one rounding of the value itself: torch computes even a derivative the algebra
         # simplified to an exact constant (log(exp(x)) -> 1) through rounded operations
         rounding = np.maximum(rounding, value_roundings(dtype) * abs_e_finite)
-        allowed = allowed + rounding_ulps(dtype) * eps * rounding + NOISE_FACTOR * noise + FLOOR_ULPS * eps * scale
+        # the floor serves entries with no bound of their own (an exact 0 the closed form computes);
+        # an entry with a bound is judged by it alone, or one huge entry would widen every other
+        # (exp at [1, 50]: a thousandth of an ulp of e**50 is 1e3, 600 times exp(1))
+        floor = np.where(rounding > 0, 0.0, FLOOR_ULPS * eps * scale)
+        allowed = allowed + rounding_ulps(dtype) * eps * rounding + NOISE_FACTOR * noise + floor
         allowed = allowed + subnormal_floor(dtype)
     else:  # no per-entry bound: compare on the tensor's scale
         fallback = max(rtol, NO_BOUND_RTOL.get(dtype, 1e-7))
@@ -384,4 +392,41 @@ def compare_all(refs: list, actual: dict, dtype: str, *, quantity: str, rtol=Non
             rec = compare(ref, got.detach().double().cpu().numpy(), dtype, quantity=quantity, rtol=rtol, atol=atol,
                           floor_scale=floor)
         records.append(rec)
+    _fit_together(records)
     return records
+
+
+# Note [One choice for every input]
+# A kinked unit's side is one choice, and it holds for the derivative with respect to every input it
+# reaches: torch.maximum(a, b) at a tie sends the cotangent to a, to b, or splits it, and what a gets
+# b does not.  Fitted one input at a time, a backward that gives the whole cotangent to both (or to
+# neither) is explained twice over, once per input, with the opposite choices.  So after the per-input
+# verdicts, the kinked entries of every input are fitted together with one weight per generator
+# (the generators of one check come from one set of units, in one order, for every input: the op
+# graph's sweeps, or the exploded engine's kink groups); entries no common choice explains fail.
+def _fit_together(records: list) -> None:
+    parts = [r for r in records if getattr(r, "kink_parts", None) is not None]
+    if len(parts) < 2 or any(r.mismatched for r in parts):
+        return
+    if len({r.kink_parts[2].shape[:2] for r in parts}) != 1:
+        return
+    res = np.concatenate([r.kink_parts[0] for r in parts])
+    tol = np.concatenate([r.kink_parts[1] for r in parts])
+    fit = joint_fit(res, tol, np.concatenate([r.kink_parts[2] for r in parts], axis=2))
+    if fit.explained:
+        return
+    start = 0
+    for r in parts:
+        n = r.kink_parts[0].size
+        bad = ~(np.abs(fit.residual[start:start + n]) <= tol[start:start + n])  # NaN explains nothing
+        start += n
+        if not bad.any():
+            continue
+        mask = np.zeros(r.kink_parts[3].shape, bool)
+        mask[r.kink_parts[3]] = bad
+        r.mismatch_mask = mask if r.mismatch_mask is None else (np.asarray(r.mismatch_mask, bool) | mask)
+        r.mismatched = int(r.mismatch_mask.sum())
+        r.kink_note = _joined(r.kink_note, (
+            f"{int(bad.sum())} kinked entries are explained input by input, but no one choice of side per "
+            "kinked unit explains every input's together (Note [One choice for every input]): the derivative "
+            "is wrong, not a subgradient choice."))

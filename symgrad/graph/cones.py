@@ -11,7 +11,12 @@ enough.
 
 Where an entry of the reference is NaN while the forward is finite, the derivative's *limits* are
 computed instead.  The whole op graph is evaluated again at ``x + t d`` for ``DIRECTIONS`` random
-directions ``d`` (every floating-point input and parameter moved together) and two steps ``t``.
+directions ``d`` and their opposites ``-d`` (every floating-point input and parameter moved
+together) and two steps ``t``.  The opposites matter: the limits of a norm's derivative at 0 are
+``d_i / ||d||``, and eight random ``d`` alone gave some entry eight limits of one sign in most
+vectors of 8 or more entries, a band without 0 -- torch's own least-norm subgradient failed.  With
+``-d`` the band of a positively homogeneous function's limits is symmetric about 0 where the
+function is symmetric, as a norm is.
 Along a ray into a cone point the derivative of a norm is constant (``d / ||d||``); at a
 removable singularity every direction converges to the same number; at the edge of a domain
 (``x ** y`` at ``x = 0`` by ``y``) only the directions where the closed form is defined count.  The entry's band is the
@@ -19,9 +24,10 @@ smallest interval holding every limit, widened by how much each direction's valu
 between the two steps (a convergence estimate).  Autograd's value must lie in it, as at any kink
 (``Reference.lower``/``upper``): 0 for a norm at zero passes, NaN fails, and so does a value
 outside every limit (e.g. 1 for every entry of a norm of several entries at zero, whose limits
-``d_i / ||d||`` stay inside ``[-0.99, 0.99]``).  The band is a superset of the entry's Clarke
-subdifferential, so a correct subgradient never false-alarms; a wrong one inside the band passes,
-as at a kink.
+``d_i / ||d||`` stay inside ``[-0.99, 0.99]``).  The band is sampled, so it lies inside the range of
+the entry's limits (a norm's are all of ``[-1, 1]``): torch's choice at a symmetric cone point, 0,
+lies in it, but a subgradient near the range's edge (0.9 on one entry of a zero vector of 9) can
+fall outside a sampled band and fail; a wrong value inside the band passes, as at a kink.
 
 Some NaNs survive any move of the inputs: ``cdist(x, x)`` has ``x_i - x_i = 0`` for every ``x``, so
 its diagonal's ``sqrt`` sits at 0 wherever the inputs go, although the function (0 there) is
@@ -136,11 +142,12 @@ def _sample(evaluate, rng) -> list:
     samples = []
     for _ in range(DIRECTIONS):
         seed = int(rng.integers(2**31))
-        at = []
-        for t in STEPS:
-            gen = np.random.default_rng(seed)  # the same direction at both steps, one draw per input
-            at.append(evaluate(lambda v, gen=gen, t=t: moved(v, gen, t)))
-        samples.append([(a, b, r) for (a, r), (b, _) in zip(zip(*at[0]), zip(*at[1]))])
+        for sign in (1.0, -1.0):  # each direction and its opposite (Note [Cone points])
+            at = []
+            for t in STEPS:
+                gen = np.random.default_rng(seed)  # the same direction at both steps, one draw per input
+                at.append(evaluate(lambda v, gen=gen, t=t * sign: moved(v, gen, t)))
+            samples.append([(a, b, r) for (a, r), (b, _) in zip(zip(*at[0]), zip(*at[1]))])
     return samples
 
 
@@ -184,7 +191,7 @@ def _apply(ref, nan, lo, hi, e, how_found: str) -> None:
     left = int((nan & ~fixed).sum())
     text = (f"{int(nan.sum())} entries have a closed form that is 0/0 at this input (e.g. a norm at zero; first "
             f"{ref.name}{list(first)}): autograd's value is judged against the band of the derivative's limits "
-            f"from {DIRECTIONS} random directions ({how_found}; Note [Cone points])")
+            f"from {DIRECTIONS} random directions and their opposites ({how_found}; Note [Cone points])")
     if fixed.any():
         j = tuple(np.argwhere(fixed)[0])
         text += f", e.g. [{lower[j]:.6g}, {upper[j]:.6g}]"

@@ -38,6 +38,32 @@ def _other_side(local: Approx) -> Approx:
     return Approx(new, local.e, new - (v - lo), (v + hi) - new)
 
 
+def _other_sides(banded: list, regions) -> list:
+    """:func:`_other_side` for the banded derivatives of one node's arguments; where several are
+    banded both ways at one entry, all move to the edges of one region (Note [Sides of one region]),
+    not each to its own upper edge (maximum(a, b) at a tie: (1, 0), never (1, 1))."""
+    moved = [_other_side(local) for local in banded]
+    if regions is None:
+        return moved
+    shape = banded[0].shape
+    sides = [tuple(np.ravel(np.broadcast_to(t, shape)) for t in (local.lo, local.hi)) for local in banded]
+    centres = [np.ravel(np.broadcast_to(local.v, shape)) for local in banded]
+    both = np.zeros(centres[0].size, bool)
+    for lo, hi in sides:
+        both |= (lo > 0) & (hi > 0)
+    several = sum(((lo > 0) | (hi > 0)).astype(int) for lo, hi in sides) >= 2
+    news = [np.ravel(np.array(np.broadcast_to(m.v, shape))) for m in moved]
+    for u in np.flatnonzero(several & both):
+        changes = _region_changes(int(u), sides, centres, regions, 1.0)
+        if changes:
+            for k, d in enumerate(changes[0]):
+                news[k][u] = centres[k][u] + d
+    out = []
+    for (lo, hi), c, new, local in zip(sides, centres, news, banded):
+        out.append(Approx(new.reshape(shape), local.e, (new - (c - lo)).reshape(shape), ((c + hi) - new).reshape(shape)))
+    return out
+
+
 # Note [One choice at one point]
 # Entries of one pointwise node whose arguments are exactly the same numbers, computed with no
 # rounding at all (a relu over a zero background: conv(0) + b is b at every background pixel), are
@@ -122,7 +148,9 @@ def _record_group(kinks: list, arg: Node, members: np.ndarray, gv, ge, le, lo, h
 # other side), the entry is one unit whose change moves every argument to its far edge together.  An
 # argument whose band reaches both ways (the sweep took a value between the sides) keeps the units
 # per argument, as before: wider, never narrower than the truth.
-def _record_node_kinks(kinks: list, banded: list, g: Approx, points=None) -> None:
+def _record_node_kinks(kinks: list, banded: list, g: Approx, points=None, regions=None) -> None:
+    """``regions``: per direction off the kink, per banded argument, its derivative there (rules'
+    ``_one_sided``; Note [Sides of one region])."""
     if len(banded) == 1:
         _record_kinks(kinks, banded[0][0], g, banded[0][1], points)
         return
@@ -131,19 +159,66 @@ def _record_node_kinks(kinks: list, banded: list, g: Approx, points=None) -> Non
     both = np.zeros(int(np.prod(shape, dtype=np.int64)), bool)
     for lo, hi in sides:
         both |= (lo > 0) & (hi > 0)
-    joint = (sum(((lo > 0) | (hi > 0)).astype(int) for lo, hi in sides) >= 2) & ~both
-    for (arg, local), (lo, hi) in zip(banded, sides):  # the other entries: one unit per argument
-        alone = Approx(local.v, local.e, np.where(joint, 0.0, lo).reshape(shape), np.where(joint, 0.0, hi).reshape(shape))
-        if alone.banded:
-            _record_kinks(kinks, arg, g, alone)
+    several = sum(((lo > 0) | (hi > 0)).astype(int) for lo, hi in sides) >= 2
+    joint = several & ~both
     gv = np.ravel(np.broadcast_to(g.v, shape))
     ge = np.ravel(np.broadcast_to(g.e, shape))
     errs = [np.ravel(np.broadcast_to(local.e, shape)) for _, local in banded]
+    paired = {}
+    if regions is not None:
+        centres = [np.ravel(np.broadcast_to(local.v, shape)) for _, local in banded]
+        for u in np.flatnonzero(several & both):
+            changes = _region_changes(u, sides, centres, regions, gv[u])
+            if changes:
+                bound = sum(ge[u] * max(lo[u], hi[u]) + abs(gv[u]) * 2 * le[u] for (lo, hi), le in zip(sides, errs))
+                paired[int(u)] = [(c, bound) for c in changes]
+    together = joint.copy()
+    together[list(paired)] = True
+    for (arg, local), (lo, hi) in zip(banded, sides):  # the other entries: one unit per argument
+        alone = Approx(local.v, local.e, np.where(together, 0.0, lo).reshape(shape),
+                       np.where(together, 0.0, hi).reshape(shape))
+        if alone.banded:
+            _record_kinks(kinks, arg, g, alone)
+    args = tuple(arg for arg, _ in banded)
     for u in np.flatnonzero(joint):
         moves = [gv[u] * hi[u] if hi[u] > 0 else -gv[u] * lo[u] for lo, hi in sides]
         bound = sum(ge[u] * max(lo[u], hi[u]) + abs(gv[u]) * 2 * le[u] for (lo, hi), le in zip(sides, errs))
         if any(moves):
-            kinks.append((tuple(arg for arg, _ in banded), int(u), [(tuple(moves), bound)]))
+            kinks.append((args, int(u), [(tuple(moves), bound)]))
+    for u, changes in paired.items():
+        kinks.append((args, u, changes))
+
+
+# Note [Sides of one region]
+# Where a node's derivatives with respect to several arguments are banded both ways at one entry --
+# torch's convention lies between the sides, as maximum(a, b) at a == b gives each half the
+# cotangent -- the sides are not free per argument: the valid gradients are the one-sided gradients
+# of the regions that meet there, (1, 0) and (0, 1), and their convex combinations.  As one unit per
+# argument the joint kink check also accepted (1, 1) and (0, 0): a backward sending the whole
+# cotangent to both tied arguments, or to neither, passed (maximum, minimum, where(a > b, a, b),
+# clamp with tensor bounds).  So the regions are found: every banded derivative is evaluated just off
+# the kink, each argument moved up and then down alone (2^-20 of the entry's size, far past any
+# rounding of it), and each argument's value there names the edge of its band it belongs to.  Each
+# region is one change of one unit, all arguments moving together to that region's edges; the
+# fit's capped simplex then accepts exactly the convex combinations.  The values themselves are the
+# band's edges (evaluated at the point), the moved evaluation only pairs them.  An entry where no
+# direction is defined keeps the units per argument (wider, never narrower).
+def _region_changes(u: int, sides: list, centres: list, regions: list, g: float) -> list:
+    """The distinct changes (one tuple over the banded arguments) of the regions at entry ``u``."""
+    found = []
+    for direction in regions:
+        move = []
+        for (lo, hi), c, at in zip(sides, centres, direction):
+            x = at[u]
+            if not np.isfinite(x):
+                break
+            edges = (-lo[u], 0.0, hi[u])
+            move.append(min(edges, key=lambda d: abs(c[u] + d - x)))
+        else:
+            change = tuple(g * d for d in move)
+            if any(change) and change not in found:
+                found.append(change)
+    return found
 
 
 # Note [Ties as kink units]

@@ -25,7 +25,7 @@ from .approx import Approx, add, einsum, mul, rounded, unbroadcast
 from .derivforms import as_torch_computes
 from .ir import Node
 from .exact import certified
-from .kinklog import _other_side, _record_node_kinks, _same_points
+from .kinklog import _other_sides, _record_node_kinks, _same_points
 # the dispatchers below look these names up here (tests patch a rule as rules._vjp_layout etc.)
 from .rules_tensor import (_broadcast, _jvp_extreme, _layout, _reduce, _select, _vjp_contract, _vjp_layout,
                            _vjp_reduce, _vjp_select)
@@ -143,23 +143,7 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
     other side])`` for the joint kink check (Note [Kink units] in ``symgrad/graph/kinkunits.py``)."""
     kind = node.kind
     if kind == "pointwise":
-        env = dict(zip(symbols_for(len(args)), args))
-        grads, banded = [], []
-        for i, (a, d, need) in enumerate(zip(args, derivatives(node.attrs["expr"], len(args)), needed)):
-            if d == 0 or not need:
-                grads.append(None)
-                continue
-            local = _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape)  # Note [Certified pointwise values]
-            local = _reused_output(node, env, ctx, local)
-            if kinks is not None and local.banded and a.shape == node.shape:
-                if getattr(kinks, "flip", False):
-                    local = _other_side(local)
-                banded.append((node.args[i], local))
-                local = Approx(local.v, local.e)
-            grads.append(unbroadcast(_times_cotangent(g, local, _chosen(d)), a.shape))
-        if banded:
-            _record_node_kinks(kinks, banded, g, _same_points(args, node.shape))
-        return grads
+        return _vjp_pointwise(node, args, g, ctx, needed, kinks)
     if kind == "contract":
         return _vjp_contract(node.attrs["spec"], args, g, needed)
     if kind == "reduce":
@@ -174,6 +158,49 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
         op = node.attrs["op"]
         return linalg.vjp(op, args, linalg.forward(op, args, node.attrs), g, needed, node.attrs)
     raise ValueError(f"no vjp rule for node kind {kind!r}")
+
+
+def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks) -> list:
+    env = dict(zip(symbols_for(len(args)), args))
+    forms = derivatives(node.attrs["expr"], len(args))
+    local = {}
+    for i, (d, need) in enumerate(zip(forms, needed)):
+        if d != 0 and need:
+            value = _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape)  # Note [Certified pointwise values]
+            local[i] = _reused_output(node, env, ctx, value)
+    kinked = [i for i in local if kinks is not None and local[i].banded and args[i].shape == node.shape]
+    regions = _one_sided([forms[i] for i in kinked], args, ctx, node.shape) if len(kinked) > 1 else None
+    if kinked and getattr(kinks, "flip", False):
+        for i, moved in zip(kinked, _other_sides([local[i] for i in kinked], regions)):
+            local[i] = moved
+    grads = []
+    for i, (a, d) in enumerate(zip(args, forms)):
+        if i not in local:
+            grads.append(None)
+            continue
+        chosen = Approx(local[i].v, local[i].e) if i in kinked else local[i]
+        grads.append(unbroadcast(_times_cotangent(g, chosen, _chosen(d)), a.shape))
+    if kinked:
+        _record_node_kinks(kinks, [(node.args[i], local[i]) for i in kinked], g, _same_points(args, node.shape),
+                           regions)
+    return grads
+
+
+def _one_sided(forms: list, args: list, ctx: Ctx, shape: tuple) -> list:
+    """The banded derivatives ``forms`` evaluated just off the kink, once per direction: each argument
+    moved up, then down, alone (Note [Sides of one region] in graph/kinklog.py).  Per direction, per
+    form, the flat values (NaN where undefined there)."""
+    values = [np.ravel(np.broadcast_to(a.v, shape)).astype(np.float64) for a in args]
+    with np.errstate(all="ignore"):
+        size = np.maximum.reduce([np.where(np.isfinite(v), np.abs(v), 0.0) for v in values])
+    step = np.maximum(size, 2.0**-40) * 2.0**-20
+    syms = symbols_for(len(args))
+    out = []
+    for i in range(len(args)):
+        for sign in (1.0, -1.0):
+            env = {s: Approx((v + sign * step if j == i else v).reshape(shape)) for j, (s, v) in enumerate(zip(syms, values))}
+            out.append([np.ravel(np.broadcast_to(evaluate(d, env, ctx).v, shape)) for d in forms])
+    return out
 
 
 def _reused_output(node: Node, env: dict, ctx: Ctx, local: Approx) -> Approx:
