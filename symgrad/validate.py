@@ -38,6 +38,13 @@ def check_callable(fn, what: str = "fn") -> None:
             f"{what} is a TorchScript {type(fn).__name__} (torch.jit.script / trace): it no longer has the Python "
             "forward that symgrad traces into the op graph. Check the original nn.Module or function, before scripting; "
             "the derivatives TorchScript computes are the same autograd formulas.")
+    if isinstance(fn, torch.nn.Module):
+        scripted = next((n for n, m in fn.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+        if scripted is not None:
+            raise UnsupportedOp(
+                f"{what} holds a TorchScript submodule ({scripted!r}, torch.jit.script / trace): it no longer has the "
+                "Python forward that symgrad traces into the op graph. Check the model built from the original "
+                "nn.Module, before scripting; the derivatives TorchScript computes are the same autograd formulas.")
     orig = getattr(fn, "_orig_mod", None) or getattr(fn, "_torchdynamo_orig_callable", None)
     if orig is not None:
         raise UnsupportedOp(

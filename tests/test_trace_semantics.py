@@ -235,3 +235,54 @@ def test_data_in_a_small_function_is_a_constant(engine):
     was differentiated as w * w (a false alarm) there."""
     w = torch.randn(3, dtype=torch.float64)
     assert sg.check(lambda w: (w * w.data).sum(), {"w": w}, engine=engine, quiet=True).passed
+
+
+def test_torch_distributions_with_argument_validation():
+    """Normal(...).log_prob validates its arguments with comparisons read by ``all``: the graph's 0/1
+    values go back to bool for it (they were float64 and torch asserted)."""
+    import torch.distributions as D
+
+    class GaussHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 4)
+
+        def forward(self, x, y):
+            mu, log_std = self.net(x).chunk(2, -1)
+            return -D.Normal(mu, log_std.exp()).log_prob(y).mean()
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    assert sg.check(GaussHead().double(), {"x": x, "y": y}, quiet=True).passed
+
+
+def test_a_scripted_submodule_is_refused_by_name():
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh()))
+
+        def forward(self, x):
+            return self.body(x)
+
+    with pytest.raises(UnsupportedOp, match="TorchScript submodule .'body'"):
+        sg.check(Wrapper(), {"x": torch.randn(4, 5)}, quiet=True)
+
+
+@pytest.mark.parametrize("detach_trick", [True, False])
+def test_a_gradient_penalty_inside_forward_is_refused_by_name(detach_trick):
+    class Critic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+        def forward(self, real, fake):
+            xh = 0.5 * (real + fake)
+            if detach_trick:
+                xh = xh.detach().requires_grad_()
+            (g,) = torch.autograd.grad(self.net(xh).sum(), xh, create_graph=True)
+            return self.net(fake).mean() - self.net(real).mean() + ((g.norm(dim=1) - 1) ** 2).mean()
+
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedOp, match="takes a derivative itself"):
+        sg.check(Critic(), {"real": torch.randn(4, 3), "fake": torch.randn(4, 3)}, quiet=True)

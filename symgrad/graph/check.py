@@ -49,6 +49,36 @@ def _dtype_name(tensors) -> str:
     return str(worst).replace("torch.", "")
 
 
+# Note [A forward that computes in a narrower dtype]
+# Code written for mixed precision casts inside its forward: Llama's RMSNorm computes in float32
+# (``hidden_states.to(torch.float32)``), eager attention takes ``softmax(..., dtype=torch.float32)``,
+# an autocast region computes in bfloat16.  Checked with float64 inputs, those parts still round as
+# float32 does, and bounds charged at float64's eps failed every correct such model.  The op graph
+# has one rounding unit per check, so a trace that holds a floating-point value narrower than the
+# inputs (any node of the traced ATen graph) makes the check one of that dtype: every allowance
+# is the narrower dtype's (coarser than needed on the parts that stay wide: sound, never a false
+# alarm from the casts), and the report's meta says so.
+def _narrowest(gm) -> str | None:
+    """The narrowest floating-point dtype a cast of the traced graph narrows a floating value to
+    (``_to_copy``, ``convert_element_type``), or None.  Constants made in the default dtype
+    (``torch.ones(3)`` beside float64 values) are not casts: they round nothing torch computes."""
+    import torch
+
+    found = None
+    for n in gm.graph.nodes:
+        if not any(k in str(n.target) for k in ("_to_copy", "convert_element_type", "to.dtype")):
+            continue
+        src = n.args[0].meta.get("val") if n.args and hasattr(n.args[0], "meta") else None
+        out = n.meta.get("val")
+        s_dt, o_dt = getattr(src, "dtype", None), getattr(out, "dtype", None)
+        if not (isinstance(s_dt, torch.dtype) and isinstance(o_dt, torch.dtype)):
+            continue
+        if s_dt.is_floating_point and o_dt.is_floating_point and torch.finfo(o_dt).eps > torch.finfo(s_dt).eps:
+            if found is None or torch.finfo(o_dt).eps > torch.finfo(found).eps:
+                found = o_dt
+    return None if found is None else str(found).replace("torch.", "")
+
+
 def _leaves(model, inputs: Mapping, wrt):
     """(names, tensors, roles, wrt): parameters (a tied weight once: functional_call ties it back),
     then inputs; integer inputs are data."""
@@ -148,6 +178,12 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         runner(symbolic if symbolic is not None else fn), key, disk_key, names, roles, tensors, out_t, ctx, dtype,
         rtol, atol)
     graph_cache.remember(key, fn, graph)
+    narrow = getattr(graph, "narrowest", None)
+    if narrow is not None and EPS.get(narrow, 0.0) > EPS.get(dtype, 2.0**-52):
+        dtype, ctx = narrow, Ctx(EPS[narrow], narrow)  # Note [A forward that computes in a narrower dtype]
+        graph, values, out_node, failed, crossed, forward_ref, records = _traced(
+            runner(symbolic if symbolic is not None else fn), key, disk_key, names, roles, tensors, out_t, ctx,
+            dtype, rtol, atol)
     exploded = None
     if exploded_crosscheck:  # Note [Exploded cross-check]
         from .explode_cross import crosscheck_exploded, mark_report
@@ -157,6 +193,9 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     state = _State(graph, values, out_node, ctx, failed, torch_fn, leaves, wrt_names, dtype, rtol, atol)
     meta = {"dtype": dtype, "engine": "graph (tensor back end)",
             "graph": ", ".join(f"{k} {c}" for k, c in graph.counts().items())}
+    if dtype != _dtype_name(tensors):
+        meta["computes in"] = (f"{dtype}: the forward casts to it inside (inputs are {_dtype_name(tensors)}); "
+                               f"every allowance is {dtype}'s")
     if structure:
         meta["output"] = (f"a {structure[0]} of {len(structure[1])} floating-point tensors (shapes "
                           f"{', '.join('x'.join(map(str, s)) or 'scalar' for s in structure[1])}), checked as one "
@@ -231,6 +270,10 @@ def _torch_forward(torch_fn, leaves: dict):
     except SymgradError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        from .trace import NESTED_GRAD, nested_grad
+
+        if nested_grad(err):
+            raise UnsupportedOp(f"{NESTED_GRAD} ({type(err).__name__}: {str(err)[:160]})") from err
         raise InputError(f"the function raised on these inputs ({type(err).__name__}: {str(err)[:300]}); "
                          "symgrad checks derivatives where the forward runs: pass inputs it accepts") from err
     if not isinstance(out_t, torch.Tensor):
@@ -256,6 +299,7 @@ def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: 
             graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
             # torch's float32 constants noted while tracing (celu's 1/alpha) travel with a stored graph
             graph.float32_constants = set(float32_constants())
+            graph.narrowest = _narrowest(gm)  # Note [A forward that computes in a narrower dtype]
             attempt = "traced" if functional else "plain"
             tried.add(attempt)
             diskcache.store(disk_key, graph)

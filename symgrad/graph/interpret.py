@@ -290,7 +290,7 @@ def _call(b: Builder, node, args, kwargs):
         # an integer or bool result that depends on floats (argmax, any, isnan): data, not a function
         # with a derivative; computed from the float64 values
         with torch.no_grad():
-            out = target(*_values(b, args), **_values(b, kwargs))
+            out = target(*_traced_dtypes(node.args, _values(b, args)), **_values(b, kwargs))
         mark_data(b, out)
         return out
     if handler is None:
@@ -314,6 +314,21 @@ def _integral(val) -> bool:
 
     vals = val if isinstance(val, (list, tuple)) else [val]
     return bool(vals) and all(isinstance(v, torch.Tensor) and not v.is_floating_point() for v in vals)
+
+
+def _traced_dtypes(fx_args, values):
+    """``values`` with each integer or bool argument back in the dtype the trace gave it (the graph
+    holds a comparison as 0/1 in float64; torch.distributions' validation reads it with ``all``)."""
+    import torch
+
+    out = []
+    for fx, v in zip(fx_args, values):
+        dt = getattr(getattr(fx, "meta", {}).get("val"), "dtype", None) if hasattr(fx, "meta") else None
+        if isinstance(v, torch.Tensor) and isinstance(dt, torch.dtype) and not dt.is_floating_point \
+                and v.is_floating_point():
+            v = v.to(dt)
+        out.append(v)
+    return out + list(values[len(out):])
 
 
 def _values(b: Builder, x):

@@ -144,7 +144,19 @@ def trace_callable(fn, args: tuple, functional: bool = True):
         raise _untraceable(err) from err
 
 
+NESTED_GRAD = ("the forward takes a derivative itself (torch.autograd.grad or requires_grad_() inside it, as a "
+               "WGAN-GP gradient penalty does), which symgrad's trace cannot follow. Check the network without the "
+               "penalty, and its second derivatives with order=2 (what the penalty's backward uses)")
+
+
+def nested_grad(err: Exception) -> bool:
+    text = str(err)
+    return "requires_grad_()" in text or "does not require grad" in text or "autograd.functional" in text
+
+
 def _untraceable(err: Exception) -> UnsupportedOp:
+    if nested_grad(err):
+        return UnsupportedOp(f"{NESTED_GRAD} ({type(err).__name__}: {str(err)[:160]})")
     return UnsupportedOp(
         f"torch could not trace the function into ATen ops ({type(err).__name__}: {str(err)[:300]}). "
         "Code that leaves torch (numpy, .item(), Python control flow on values) cannot be traced: "

@@ -269,3 +269,30 @@ def test_wrong_custom_layer_is_caught_and_named(name, dtype):
     k = 1 % body(x).shape[-1]
     bias = report["body.head.bias"]
     assert not bias.passed and bias.abs_index == (k,) and f"body.head.bias[{k}]" in bias.message()
+
+
+class _UpcastRMSNorm(nn.Module):
+    """Llama's RMSNorm: computes in float32 whatever the input's dtype, then casts back."""
+
+    def __init__(self, d, scale=1.0):
+        super().__init__()
+        self.weight, self.scale = nn.Parameter(torch.linspace(0.5, 1.5, d)), scale
+
+    def forward(self, x):
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        out = self.weight * h.to(x.dtype)
+        if self.scale == 1.0:
+            return out
+        from symgrad.testing_ops import with_backward  # a backward off by `scale`, forward unchanged
+        return with_backward(lambda t: t, lambda t, g: g * self.scale)(out)
+
+
+@pytest.mark.parametrize("scale,passes", [(1.0, True), (1.01, False)])
+def test_a_forward_that_casts_to_float32_inside_a_float64_check(scale, passes):
+    """Note [A forward that computes in a narrower dtype]: the check takes float32's allowances."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), _UpcastRMSNorm(8, scale), nn.Linear(8, 3)).double()
+    report = sg.check(model, {"input": torch.randn(4, 8, dtype=torch.float64)}, quiet=True)
+    assert report.passed is passes, str(report)
+    assert report.meta["dtype"] == "float32" and "casts" in report.meta["computes in"]
