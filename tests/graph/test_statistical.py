@@ -293,3 +293,44 @@ def test_one_scale_over_every_gradient():
     recs = records((1.012, 0.988))
     scale.apply_joint_scale_test(recs, runs, "bfloat16", [[], []])
     assert not any(r.mismatched for r in recs)
+
+
+class _FlipLast(torch.autograd.Function):
+    """The identity, whose backward flips the sign of the last feature column."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        g[..., -1] = -g[..., -1]
+        return g
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, flip: bool, layers: int = 2):
+        super().__init__()
+        self.flip = flip
+        self.inp, self.out = torch.nn.Linear(8, 16), torch.nn.Linear(16, 10)
+        self.layers = torch.nn.ModuleList([torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+                                           for _ in range(layers)])
+
+    def forward(self, x, y):
+        h = self.inp(x)
+        h = _FlipLast.apply(h) if self.flip else h
+        for layer in self.layers:
+            h = layer(h)
+        return torch.nn.functional.cross_entropy(self.out(h).flatten(0, 1), y.flatten())
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_deep_float64_model_is_resolved(flip):
+    """Float64 runs the reruns too: the worst case of a transformer encoder compounds past each
+    entry's size, and a gradient with a flipped column passed (Note [Statistical allowance])."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 6, 8, dtype=torch.float64, generator=gen), torch.randint(0, 10, (2, 6), generator=gen)
+    report = sg.check(_Encoder(flip, layers=3).double().eval(), {"x": x, "y": y}, quiet=True)
+    assert report.passed is not flip, str(report)
