@@ -16,7 +16,7 @@ import numpy as np
 from .approx import Approx
 from .ir import Node
 
-__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE", "tie_rows", "indistinct"]
+__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE", "tie_rows", "indistinct", "shared_both_ways"]
 
 
 class KinkLog(list):
@@ -38,6 +38,23 @@ def _other_side(local: Approx) -> Approx:
     return Approx(new, local.e, new - (v - lo), (v + hi) - new)
 
 
+def _sides(banded: list) -> tuple:
+    """Flat (lower, upper) band per banded derivative, and the entries where several are banded and
+    some both ways (where their sides pair by region, Note [Sides of one region])."""
+    shape = banded[0].shape
+    sides = [tuple(np.ravel(np.broadcast_to(t, shape)) for t in (local.lo, local.hi)) for local in banded]
+    both = np.zeros(int(np.prod(shape, dtype=np.int64)), bool)
+    for lo, hi in sides:
+        both |= (lo > 0) & (hi > 0)
+    several = sum(((lo > 0) | (hi > 0)).astype(int) for lo, hi in sides) >= 2
+    return sides, several & both
+
+
+def shared_both_ways(banded: list) -> bool:
+    """Whether some entry has several of these derivatives banded, one of them both ways."""
+    return bool(_sides(banded)[1].any())
+
+
 def _other_sides(banded: list, regions) -> list:
     """:func:`_other_side` for the banded derivatives of one node's arguments; where several are
     banded both ways at one entry, all move to the edges of one region (Note [Sides of one region]),
@@ -46,14 +63,10 @@ def _other_sides(banded: list, regions) -> list:
     if regions is None:
         return moved
     shape = banded[0].shape
-    sides = [tuple(np.ravel(np.broadcast_to(t, shape)) for t in (local.lo, local.hi)) for local in banded]
+    sides, paired = _sides(banded)
     centres = [np.ravel(np.broadcast_to(local.v, shape)) for local in banded]
-    both = np.zeros(centres[0].size, bool)
-    for lo, hi in sides:
-        both |= (lo > 0) & (hi > 0)
-    several = sum(((lo > 0) | (hi > 0)).astype(int) for lo, hi in sides) >= 2
     news = [np.ravel(np.array(np.broadcast_to(m.v, shape))) for m in moved]
-    for u in np.flatnonzero(several & both):
+    for u in np.flatnonzero(paired):
         changes = _region_changes(int(u), sides, centres, regions, 1.0)
         if changes:
             for k, d in enumerate(changes[0]):

@@ -25,7 +25,7 @@ from .approx import Approx, add, einsum, mul, rounded, unbroadcast
 from .derivforms import as_torch_computes
 from .ir import Node
 from .exact import certified
-from .kinklog import _other_sides, _record_node_kinks, _same_points
+from .kinklog import _other_sides, _record_node_kinks, _same_points, shared_both_ways
 # the dispatchers below look these names up here (tests patch a rule as rules._vjp_layout etc.)
 from .rules_tensor import (_broadcast, _jvp_extreme, _layout, _reduce, _select, _vjp_contract, _vjp_layout,
                            _vjp_reduce, _vjp_select)
@@ -169,7 +169,9 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
             value = _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape)  # Note [Certified pointwise values]
             local[i] = _reused_output(node, env, ctx, value)
     kinked = [i for i in local if kinks is not None and local[i].banded and args[i].shape == node.shape]
-    regions = _one_sided([forms[i] for i in kinked], args, ctx, node.shape) if len(kinked) > 1 else None
+    regions = None
+    if len(kinked) > 1 and shared_both_ways([local[i] for i in kinked]):
+        regions = _one_sided([forms[i] for i in kinked], args, ctx, node.shape)
     if kinked and getattr(kinks, "flip", False):
         for i, moved in zip(kinked, _other_sides([local[i] for i in kinked], regions)):
             local[i] = moved
