@@ -46,7 +46,7 @@ import numpy as np
 from ..reference import Reference
 from .half import ROUNDING_ULPS, rounding_ulps, subnormal_floor, value_roundings
 from .accuracy import certify, depends_on_reference, judge_accuracy
-from .kinks import fit as joint_fit
+from .kinks import fit_together, kink_verdict
 from .record import Record
 from .worst import WORST_SHOWN, WorstEntry, format_index
 
@@ -178,7 +178,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
 
     fit = band_tol = None
     if kink.any() and ref.lower is not None and ref.upper is not None:
-        ok_kink, fit, band_tol, rec.kink_note = _kink_verdict(ref, e, a, allowed, rounding, kink, finite, rtol,
+        ok_kink, fit, band_tol, rec.kink_note = kink_verdict(ref, e, a, allowed, rounding, kink, finite, rtol,
                                                               dtype, eps, name)
         ok = np.where(kink, ok_kink, ok)
         rec.kinks = int(kink.sum())
@@ -221,34 +221,6 @@ def _joined(note: str | None, more: str | None) -> str | None:
     if not more:
         return note
     return (note + " " if note else "") + more
-
-
-def _kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: float, dtype: str, eps: float, name):
-    """Entries on a kink: inside the band of one-sided values (each edge with its own tolerance and
-    the rounding of whichever side torch took), and explained by one choice of side per kinked unit
-    (Note [Joint kink check]).  (ok at each kinked entry, the joint fit or None, band tolerance, note)."""
-    lo = np.minimum(np.minimum(ref.lower, ref.upper), e)
-    hi = np.maximum(np.maximum(ref.lower, ref.upper), e)
-    if ref.kink_generators is not None:  # choices made independently add up: the band is their sum
-        gens = np.asarray(ref.kink_generators, np.float64).reshape((-1,) + np.shape(ref.kink_generators)[1:2] + e.shape)
-        with np.errstate(invalid="ignore"):
-            lo = np.fmin(lo, e + np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0))
-            hi = np.fmax(hi, e + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0))
-    band_tol = allowed + rtol * np.maximum(np.abs(lo), np.abs(hi))
-    if ref.kink_rounding is not None and ref.rounding is not None:
-        extra = np.asarray(ref.kink_rounding, np.float64).reshape(e.shape) - rounding
-        band_tol = band_tol + rounding_ulps(dtype) * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)
-    in_band = (a >= lo - band_tol) & (a <= hi + band_tol)
-    ok_kink, fit = in_band, None
-    if ref.kink_generators is not None and in_band[kink].all():
-        gens = np.asarray(ref.kink_generators, np.float64)
-        gens = gens.reshape(gens.shape[:2] + (-1,))[:, :, kink.ravel()]
-        fit = joint_fit(np.where(finite, a - e, 0.0)[kink], band_tol[kink], gens)
-        if not fit.explained:
-            unexplained = np.zeros(e.shape, bool)
-            unexplained[kink] = ~(np.abs(fit.residual) <= band_tol[kink])  # a NaN residual explains nothing
-            ok_kink = in_band & ~unexplained
-    return ok_kink, fit, band_tol, _kink_note(name, kink, e, a, lo, hi, in_band, fit)
 
 
 def _overflow_note(over, e, a, name, dtype: str) -> str:
@@ -352,24 +324,6 @@ def _allowance(ref: Reference, e: np.ndarray, a: np.ndarray, dtype: str, rtol: f
     return allowed, rounding
 
 
-def _kink_note(name, kink, e, a, lo, hi, in_band, fit=None) -> str:
-    first = tuple(int(i) for i in np.argwhere(kink)[0])
-    side = "the closed form's (torch's convention)" if np.isclose(a[first], e[first], rtol=1e-6, atol=1e-12) else (
-        "the lower one-sided value" if np.isclose(a[first], lo[first], rtol=1e-6, atol=1e-12) else
-        "the upper one-sided value" if np.isclose(a[first], hi[first], rtol=1e-6, atol=1e-12) else
-        "a value inside the band" if in_band[first] else "a value OUTSIDE the one-sided band")
-    outside = int((kink & ~in_band).sum())
-    text = (f"{int(kink.sum())} entries sit on a kink (an input exactly at, or within rounding of, a point where the "
-            f"derivative jumps): e.g. {format_index(name, first)} has one-sided derivatives {lo[first]:.6g} and "
-            f"{hi[first]:.6g}; autograd gave {a[first]:.6g}, {side}.")
-    if outside:
-        text += f" {outside} of them lie outside their one-sided band: that is a bug, not a subgradient choice."
-    elif fit is not None and not fit.explained:
-        text += (" Each entry lies in its own band, but no one choice of side per kinked unit gives them all "
-                 "(Note [Joint kink check]): the derivative is wrong, not a subgradient choice.")
-    return text
-
-
 NO_GRADIENT_NOTE = ("autograd gave no gradient (None: torch never reached this input, because it is unused or "
                     "detached); compared as zeros")
 
@@ -392,41 +346,5 @@ def compare_all(refs: list, actual: dict, dtype: str, *, quantity: str, rtol=Non
             rec = compare(ref, got.detach().double().cpu().numpy(), dtype, quantity=quantity, rtol=rtol, atol=atol,
                           floor_scale=floor)
         records.append(rec)
-    _fit_together(records)
+    fit_together(records)
     return records
-
-
-# Note [One choice for every input]
-# A kinked unit's side is one choice, and it holds for the derivative with respect to every input it
-# reaches: torch.maximum(a, b) at a tie sends the cotangent to a, to b, or splits it, and what a gets
-# b does not.  Fitted one input at a time, a backward that gives the whole cotangent to both (or to
-# neither) is explained twice over, once per input, with the opposite choices.  So after the per-input
-# verdicts, the kinked entries of every input are fitted together with one weight per generator
-# (the generators of one check come from one set of units, in one order, for every input: the op
-# graph's sweeps, or the exploded engine's kink groups); entries no common choice explains fail.
-def _fit_together(records: list) -> None:
-    parts = [r for r in records if getattr(r, "kink_parts", None) is not None]
-    if len(parts) < 2 or any(r.mismatched for r in parts):
-        return
-    if len({r.kink_parts[2].shape[:2] for r in parts}) != 1:
-        return
-    res = np.concatenate([r.kink_parts[0] for r in parts])
-    tol = np.concatenate([r.kink_parts[1] for r in parts])
-    fit = joint_fit(res, tol, np.concatenate([r.kink_parts[2] for r in parts], axis=2))
-    if fit.explained:
-        return
-    start = 0
-    for r in parts:
-        n = r.kink_parts[0].size
-        bad = ~(np.abs(fit.residual[start:start + n]) <= tol[start:start + n])  # NaN explains nothing
-        start += n
-        if not bad.any():
-            continue
-        mask = np.zeros(r.kink_parts[3].shape, bool)
-        mask[r.kink_parts[3]] = bad
-        r.mismatch_mask = mask if r.mismatch_mask is None else (np.asarray(r.mismatch_mask, bool) | mask)
-        r.mismatched = int(r.mismatch_mask.sum())
-        r.kink_note = _joined(r.kink_note, (
-            f"{int(bad.sum())} kinked entries are explained input by input, but no one choice of side per "
-            "kinked unit explains every input's together (Note [One choice for every input]): the derivative "
-            "is wrong, not a subgradient choice."))

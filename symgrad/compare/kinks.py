@@ -29,7 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KinkFit", "fit", "stack_generators", "MAX_GENERATOR_ENTRIES"]
+from ..reference import Reference
+from .half import rounding_ulps
+from .worst import format_index
+
+__all__ = ["KinkFit", "fit", "stack_generators", "kink_verdict", "kink_note", "fit_together", "MAX_GENERATOR_ENTRIES"]
 
 MAX_GENERATOR_ENTRIES = 20_000_000  # groups x generators x kinked entries held at once
 _ITERATIONS = 4000
@@ -155,3 +159,91 @@ def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
                 return KinkFit(True, wr * tol, x)
     wr = b - np.einsum("gj,gjm->m", best_lam, A)
     return KinkFit(False, wr * tol, best_lam)
+
+
+def kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: float, dtype: str, eps: float, name):
+    """Entries on a kink: inside the band of one-sided values (each edge with its own tolerance and
+    the rounding of whichever side torch took), and explained by one choice of side per kinked unit
+    (Note [Joint kink check]).  (ok at each kinked entry, the joint fit or None, band tolerance, note)."""
+    lo = np.minimum(np.minimum(ref.lower, ref.upper), e)
+    hi = np.maximum(np.maximum(ref.lower, ref.upper), e)
+    if ref.kink_generators is not None:  # choices made independently add up: the band is their sum
+        gens = np.asarray(ref.kink_generators, np.float64).reshape((-1,) + np.shape(ref.kink_generators)[1:2] + e.shape)
+        with np.errstate(invalid="ignore"):
+            lo = np.fmin(lo, e + np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0))
+            hi = np.fmax(hi, e + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0))
+    band_tol = allowed + rtol * np.maximum(np.abs(lo), np.abs(hi))
+    if ref.kink_rounding is not None and ref.rounding is not None:
+        extra = np.asarray(ref.kink_rounding, np.float64).reshape(e.shape) - rounding
+        band_tol = band_tol + rounding_ulps(dtype) * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)
+    in_band = (a >= lo - band_tol) & (a <= hi + band_tol)
+    ok_kink, found = in_band, None
+    if ref.kink_generators is not None and in_band[kink].all():
+        gens = np.asarray(ref.kink_generators, np.float64)
+        gens = gens.reshape(gens.shape[:2] + (-1,))[:, :, kink.ravel()]
+        found = fit(np.where(finite, a - e, 0.0)[kink], band_tol[kink], gens)
+        if not found.explained:
+            unexplained = np.zeros(e.shape, bool)
+            unexplained[kink] = ~(np.abs(found.residual) <= band_tol[kink])  # a NaN residual explains nothing
+            ok_kink = in_band & ~unexplained
+    return ok_kink, found, band_tol, kink_note(name, kink, e, a, lo, hi, in_band, found)
+
+
+def kink_note(name, kink, e, a, lo, hi, in_band, found=None) -> str:
+    first = tuple(int(i) for i in np.argwhere(kink)[0])
+    side = "the closed form's (torch's convention)" if np.isclose(a[first], e[first], rtol=1e-6, atol=1e-12) else (
+        "the lower one-sided value" if np.isclose(a[first], lo[first], rtol=1e-6, atol=1e-12) else
+        "the upper one-sided value" if np.isclose(a[first], hi[first], rtol=1e-6, atol=1e-12) else
+        "a value inside the band" if in_band[first] else "a value OUTSIDE the one-sided band")
+    outside = int((kink & ~in_band).sum())
+    text = (f"{int(kink.sum())} entries sit on a kink (an input exactly at, or within rounding of, a point where the "
+            f"derivative jumps): e.g. {format_index(name, first)} has one-sided derivatives {lo[first]:.6g} and "
+            f"{hi[first]:.6g}; autograd gave {a[first]:.6g}, {side}.")
+    if outside:
+        text += f" {outside} of them lie outside their one-sided band: that is a bug, not a subgradient choice."
+    elif found is not None and not found.explained:
+        text += (" Each entry lies in its own band, but no one choice of side per kinked unit gives them all "
+                 "(Note [Joint kink check]): the derivative is wrong, not a subgradient choice.")
+    return text
+
+
+# Note [One choice for every input]
+# A kinked unit's side is one choice, and it holds for the derivative with respect to every input it
+# reaches: torch.maximum(a, b) at a tie sends the cotangent to a, to b, or splits it, and what a gets
+# b does not.  Fitted one input at a time, a backward that gives the whole cotangent to both (or to
+# neither) is explained twice over, once per input, with the opposite choices.  So after the per-input
+# verdicts, the kinked entries of every input are fitted together with one weight per generator
+# (the generators of one check come from one set of units, in one order, for every input: the op
+# graph's sweeps, or the exploded engine's kink groups); entries no common choice explains fail.
+def fit_together(records: list) -> None:
+    parts = [r for r in records if getattr(r, "kink_parts", None) is not None]
+    if len(parts) < 2 or any(r.mismatched for r in parts):
+        return
+    if len({r.kink_parts[2].shape[:2] for r in parts}) != 1:
+        return
+    res = np.concatenate([r.kink_parts[0] for r in parts])
+    tol = np.concatenate([r.kink_parts[1] for r in parts])
+    found = fit(res, tol, np.concatenate([r.kink_parts[2] for r in parts], axis=2))
+    if found.explained:
+        return
+    start = 0
+    for r in parts:
+        n = r.kink_parts[0].size
+        bad = ~(np.abs(found.residual[start:start + n]) <= tol[start:start + n])  # NaN explains nothing
+        start += n
+        if not bad.any():
+            continue
+        mask = np.zeros(r.kink_parts[3].shape, bool)
+        mask[r.kink_parts[3]] = bad
+        r.mismatch_mask = mask if r.mismatch_mask is None else (np.asarray(r.mismatch_mask, bool) | mask)
+        r.mismatched = int(r.mismatch_mask.sum())
+        r.kink_note = _joined(r.kink_note, (
+            f"{int(bad.sum())} kinked entries are explained input by input, but no one choice of side per "
+            "kinked unit explains every input's together (Note [One choice for every input]): the derivative "
+            "is wrong, not a subgradient choice."))
+
+
+def _joined(note, more):
+    if not more:
+        return note
+    return (note + " " if note else "") + more
