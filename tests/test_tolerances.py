@@ -442,3 +442,15 @@ def test_a_huge_entry_beside_a_small_one(op, big, dtype, engine):
     assert sg.check(with_backward(op, backward), {"x": x}, symbolic=op, v=v, engine=engine, quiet=True).passed
     report = sg.check(with_backward(op, wrong), {"x": x}, symbolic=op, v=v, engine=engine, quiet=True)
     assert not report.passed, str(report)
+
+
+def test_an_infinite_kink_band_with_no_rtol():
+    """0 * an infinite band was NaN, and every entry on such a kink fell outside it (a correct float32
+    transformer failed): with rtol 0 the band's tolerance is the allowance alone."""
+    from symgrad.compare.compare import compare
+    from symgrad.reference import Reference
+
+    e = np.array([-0.25, 0.5])
+    ref = Reference("w", e, "w", rounding=np.abs(e), value_eps=2.0**-52)
+    ref.lower, ref.upper, ref.kink = np.array([-np.inf, 0.5]), np.array([np.inf, 0.5]), np.array([True, False])
+    assert compare(ref, e + np.array([1e-9, 0.0]), "float32").passed

@@ -172,7 +172,7 @@ def kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: fl
         with np.errstate(invalid="ignore"):
             lo = np.fmin(lo, e + np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0))
             hi = np.fmax(hi, e + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0))
-    band_tol = allowed + rtol * np.maximum(np.abs(lo), np.abs(hi))
+    band_tol = allowed + (rtol * np.maximum(np.abs(lo), np.abs(hi)) if rtol else 0.0)  # 0 * an infinite band is no NaN
     if ref.kink_rounding is not None and ref.rounding is not None:
         extra = np.asarray(ref.kink_rounding, np.float64).reshape(e.shape) - rounding
         band_tol = band_tol + rounding_ulps(dtype) * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)

@@ -73,7 +73,10 @@ def _narrowest(gm) -> str | None:
         s_dt, o_dt = getattr(src, "dtype", None), getattr(out, "dtype", None)
         if not (isinstance(s_dt, torch.dtype) and isinstance(o_dt, torch.dtype)):
             continue
-        if s_dt.is_floating_point and o_dt.is_floating_point and torch.finfo(o_dt).eps > torch.finfo(s_dt).eps:
+        feeds_floats = any(getattr(getattr(u.meta.get("val"), "dtype", None), "is_floating_point", False)
+                           for u in n.users)  # x.float() > 0 only makes a mask: no rounding reaches a value
+        if s_dt.is_floating_point and o_dt.is_floating_point and feeds_floats \
+                and torch.finfo(o_dt).eps > torch.finfo(s_dt).eps:
             if found is None or torch.finfo(o_dt).eps > torch.finfo(found).eps:
                 found = o_dt
     return None if found is None else str(found).replace("torch.", "")

@@ -70,6 +70,7 @@ def _describe(obj, h, depth: int = 0) -> None:
                 raise TypeError("a module class defined inside a function")
             h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
             h.update(inspect.getsource(cls).encode())
+            _class_globals(cls, h)
         for _, buf in obj.named_buffers():
             _describe(buf, h, depth + 1)
         h.update(repr(module_state(obj, lambda v: _digest(v, depth + 1))).encode())
@@ -81,6 +82,7 @@ def _describe(obj, h, depth: int = 0) -> None:
             raise TypeError("a class defined inside a function")
         h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
         h.update(inspect.getsource(obj).encode())
+        _class_globals(obj, h)
     elif inspect.isfunction(obj):
         # only module-level functions that close over nothing: a lambda, a nested function or a
         # custom Function's apply (whose source is torch's) could stand for anything
@@ -88,8 +90,43 @@ def _describe(obj, h, depth: int = 0) -> None:
             raise TypeError("a nested function, lambda or closure")
         h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
         h.update(inspect.getsource(obj).encode())
+        _read_globals(obj, h)
     else:
         raise TypeError(type(obj).__name__)
+
+
+# Note [Globals a forward reads]
+# The source of a class says what its forward computes only together with the module-level names it
+# reads: a flag (``MODE = "inf"``), a constant, a helper function of the same module.  Keyed on the
+# source alone, a graph traced with one value of such a name was reused from disk for another whose
+# forward gave the same numbers (an additive mask of -1e9 where -inf had been cached, a cast removed):
+# a stale graph, and a 1 + 1e-6 bug passed.  So the numbers, strings and tensors a method reads from
+# its module's globals, and the source of the module's own functions it calls, are in the key too.
+def _class_globals(cls, h) -> None:
+    for value in vars(cls).values():
+        fn = getattr(value, "__func__", value)
+        if inspect.isfunction(fn):
+            _read_globals(fn, h)
+
+
+def _read_globals(fn, h) -> None:
+    import torch
+
+    code, scope = fn.__code__, fn.__globals__
+    names, stack = set(), [code]
+    while stack:  # the names of nested code too (comprehensions, lambdas)
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if inspect.iscode(k))
+    for name in sorted(n for n in names if n in scope):
+        value = scope[name]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            h.update(f"{name}={value!r}".encode())
+        elif isinstance(value, torch.Tensor):
+            h.update(name.encode())
+            _describe(value, h, 3)
+        elif inspect.isfunction(value) and value.__module__ == fn.__module__ and value is not fn:
+            h.update(f"{name}:".encode() + inspect.getsource(value).encode())
 
 
 def _digest(obj, depth: int) -> str:

@@ -192,3 +192,34 @@ def test_a_graph_is_never_reused_for_a_module_whose_attributes_differ(cache, cha
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(torch.func.functional_call(second, params, (x["x"].double(),)), w)
     torch.testing.assert_close(torch.as_tensor(report["a.weight"].expected), grad, rtol=1e-6, atol=1e-9)
+
+
+MASK_FILL = float("-inf")  # a module-level name the forward below reads
+
+
+def _scale(x):
+    return 2 * x
+
+
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        mask = torch.triu(torch.full((4, 4), MASK_FILL, dtype=x.dtype), 1)
+        return torch.softmax(_scale(self.a(x)) + mask, -1).sum()
+
+
+def test_the_key_reads_the_globals_a_forward_reads(cache, monkeypatch):
+    """Note [Globals a forward reads]: a flag or a helper of the module changes the key."""
+    x = torch.randn(4, 4, dtype=torch.float64)
+    args = (None, None, None, ["x"], [x])
+    first = diskcache.fingerprint(Masked(), *args)
+    assert first is not None and diskcache.fingerprint(Masked(), *args) == first
+    monkeypatch.setitem(Masked.forward.__globals__, "MASK_FILL", -1e9)
+    assert diskcache.fingerprint(Masked(), *args) != first
+    monkeypatch.setitem(Masked.forward.__globals__, "MASK_FILL", float("-inf"))
+    assert diskcache.fingerprint(Masked(), *args) == first
+    monkeypatch.setitem(Masked.forward.__globals__, "_scale", module_level)  # another helper: another key
+    assert diskcache.fingerprint(Masked(), *args) != first

@@ -296,3 +296,26 @@ def test_a_forward_that_casts_to_float32_inside_a_float64_check(scale, passes):
     report = sg.check(model, {"input": torch.randn(4, 8, dtype=torch.float64)}, quiet=True)
     assert report.passed is passes, str(report)
     assert report.meta["dtype"] == "float32" and "casts" in report.meta["computes in"]
+
+
+def test_a_cast_that_only_makes_a_mask_keeps_the_dtype():
+    """``x.float() > 0`` rounds nothing that reaches a value: the check stays float64, and a bug of
+    1e-6 still fails."""
+    from symgrad.testing_ops import with_backward
+
+    class Gate(nn.Module):
+        def __init__(self, scale=1.0):
+            super().__init__()
+            self.a, self.scale = nn.Linear(8, 16), scale
+
+        def forward(self, x):
+            h = self.a(x)
+            if self.scale != 1.0:
+                h = with_backward(lambda t: t, lambda t, g: g * self.scale)(h)
+            return (h * (h.float() > 0)).pow(2).sum()
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    report = sg.check(Gate().double(), {"x": x}, quiet=True)
+    assert report.passed and report.meta["dtype"] == "float64", str(report)
+    assert not sg.check(Gate(1 + 1e-6).double(), {"x": x}, quiet=True).passed
