@@ -231,7 +231,10 @@ def _rule_args(values: dict, base: dict, rng) -> callable:
             if still is None or s == 1.0:
                 out.append(moved)
                 continue
-            v = still.v + s * (moved.v - still.v)
+            with np.errstate(invalid="ignore"):
+                v = still.v + s * (moved.v - still.v)
+            if not np.isfinite(v).all():  # an infinite value (a -inf mask) does not move: inf - inf is no move
+                v = np.where(np.isfinite(v), v, moved.v)
             out.append(Approx(v, moved.e, moved.lo, moved.hi) if moved.banded else Approx(v, moved.e))
         return out
 
