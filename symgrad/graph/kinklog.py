@@ -158,9 +158,9 @@ def _record_group(kinks: list, arg: Node, members: np.ndarray, gv, ge, le, lo, h
 # joint kink check chose their sides independently and accepted 0 and 1 + alpha too (an elu backward
 # counting both branches at 0, 3 where the sides are 1 and 2, passed on the op graph).  So where
 # several arguments of one node are banded at one entry and each band has a single far edge (one
-# other side), the entry is one unit whose change moves every argument to its far edge together.  An
-# argument whose band reaches both ways (the sweep took a value between the sides) keeps the units
-# per argument, as before: wider, never narrower than the truth.
+# other side), the entry is one unit whose change moves every argument to its far edge together.
+# Where a band reaches both ways (the sweep took a value between the sides, as maximum's even split
+# at a tie), the sides are paired by region instead (Note [Sides of one region] below).
 def _record_node_kinks(kinks: list, banded: list, g: Approx, points=None, regions=None) -> None:
     """``regions``: per direction off the kink, per banded argument, its derivative there (rules'
     ``_one_sided``; Note [Sides of one region])."""
@@ -168,19 +168,16 @@ def _record_node_kinks(kinks: list, banded: list, g: Approx, points=None, region
         _record_kinks(kinks, banded[0][0], g, banded[0][1], points)
         return
     shape = banded[0][1].shape
-    sides = [tuple(np.ravel(np.broadcast_to(t, shape)) for t in (local.lo, local.hi)) for _, local in banded]
-    both = np.zeros(int(np.prod(shape, dtype=np.int64)), bool)
-    for lo, hi in sides:
-        both |= (lo > 0) & (hi > 0)
+    sides, both_ways = _sides([local for _, local in banded])
     several = sum(((lo > 0) | (hi > 0)).astype(int) for lo, hi in sides) >= 2
-    joint = several & ~both
+    joint = several & ~both_ways
     gv = np.ravel(np.broadcast_to(g.v, shape))
     ge = np.ravel(np.broadcast_to(g.e, shape))
     errs = [np.ravel(np.broadcast_to(local.e, shape)) for _, local in banded]
     paired = {}
     if regions is not None:
         centres = [np.ravel(np.broadcast_to(local.v, shape)) for _, local in banded]
-        for u in np.flatnonzero(several & both):
+        for u in np.flatnonzero(both_ways):
             changes = _region_changes(u, sides, centres, regions, gv[u])
             if changes:
                 bound = sum(ge[u] * max(lo[u], hi[u]) + abs(gv[u]) * 2 * le[u] for (lo, hi), le in zip(sides, errs))
