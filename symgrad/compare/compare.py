@@ -48,7 +48,7 @@ from .half import ROUNDING_ULPS, rounding_ulps, subnormal_floor, value_roundings
 from .accuracy import certify, depends_on_reference, judge_accuracy
 from .kinks import fit_together, kink_verdict
 from .record import Record
-from .worst import WORST_SHOWN, WorstEntry, format_index
+from .worst import WORST_SHOWN, WorstEntry, format_index, joined
 
 __all__ = ["WorstEntry", "ulp", "compare", "compare_all", "DEFAULT_RTOL", "NO_BOUND_RTOL", "NOISE_FACTOR", "ROUNDING_ULPS", "FLOOR_ULPS", "EPS", "format_index"]
 
@@ -190,7 +190,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     if over.any():
         rec.nonfinite, differ = _nonfinite_note(e, np.where(over, e, a), name)
         ok |= over
-        rec.note = _joined(rec.note, _overflow_note(over, e, a, name, dtype))
+        rec.note = joined(rec.note, _overflow_note(over, e, a, name, dtype))
     ok &= ~differ
     rec.allowed, rec.kink_mask, rec.mismatch_mask = allowed, kink, ~ok
     rec.mismatched = int((~ok).sum())
@@ -198,7 +198,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     judged_mask = (finite & ~kink) if any_kink else (True if all_finite else finite)
     resolved = (e != 0) if judged_mask is True else judged_mask & (e != 0)
     rec.unresolved = int((resolved & (allowed >= abs_e)).sum())
-    rec.note = _joined(rec.note, _coarse_note(resolved, allowed, abs_e, name, dtype))
+    rec.note = joined(rec.note, _coarse_note(resolved, allowed, abs_e, name, dtype))
 
     if e.size:
         _worst_entries(rec, e, diff, rel, allowed, kink, ok, finite, differ, fit, band_tol, rtol)
@@ -215,12 +215,6 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
         if not rec.mismatched and not differ.any():  # Note [Accurate, not only right] (accuracy.py)
             judge_accuracy(rec, ref, e, a, diff, ok, kink, finite, ref_bound, dtype, ulp, eps, rtol, atol)
     return rec
-
-
-def _joined(note: str | None, more: str | None) -> str | None:
-    if not more:
-        return note
-    return (note + " " if note else "") + more
 
 
 def _overflow_note(over, e, a, name, dtype: str) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..reference import Reference
 from .half import rounding_ulps
-from .worst import format_index
+from .worst import format_index, joined
 
 __all__ = ["KinkFit", "fit", "stack_generators", "kink_verdict", "kink_note", "fit_together", "MAX_GENERATOR_ENTRIES"]
 
@@ -237,13 +237,7 @@ def fit_together(records: list) -> None:
         mask[r.kink_parts[3]] = bad
         r.mismatch_mask = mask if r.mismatch_mask is None else (np.asarray(r.mismatch_mask, bool) | mask)
         r.mismatched = int(r.mismatch_mask.sum())
-        r.kink_note = _joined(r.kink_note, (
+        r.kink_note = joined(r.kink_note, (
             f"{int(bad.sum())} kinked entries are explained input by input, but no one choice of side per "
             "kinked unit explains every input's together (Note [One choice for every input]): the derivative "
             "is wrong, not a subgradient choice."))
-
-
-def _joined(note, more):
-    if not more:
-        return note
-    return (note + " " if note else "") + more

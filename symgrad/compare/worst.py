@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["WorstEntry", "WORST_SHOWN", "format_index"]
+__all__ = ["WorstEntry", "WORST_SHOWN", "format_index", "joined"]
 
 WORST_SHOWN = 3
 
@@ -30,3 +30,10 @@ class WorstEntry:
         what = "allowed" if self.condition is None else f"accurate to (condition number {self.condition:.3g})"
         return (f"  {format_index(name, self.index)}: autograd {self.actual:.17g}, exact {self.expected:.17g}, "
                 f"error {self.error:.3g} ({self.error_ulps:.3g} ulps), {what} {self.allowed:.3g} ({self.allowed_ulps:.3g} ulps)")
+
+
+def joined(note: str | None, more: str | None) -> str | None:
+    """``note`` with ``more`` appended (a space between), either of them possibly empty."""
+    if not more:
+        return note
+    return (note + " " if note else "") + more

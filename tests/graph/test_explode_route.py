@@ -127,23 +127,3 @@ def test_a_mask_read_by_where_is_no_kink():
     report = check_exploded(wrong_backward(softplus, 1e-6), {"x": x})
     assert not report.passed, report.to_text()
     assert not any(r.kinks for r in report.records)
-
-
-@pytest.mark.parametrize("engine", ["auto", "graph"])
-def test_a_large_matrix_expression_with_no_torch_function(engine):
-    """symgrad.check(None, inputs, symbolic=expr) beyond the exploded engine's size: the expression is
-    written as torch ops (Note [Matrix expressions into the op graph]) and checked on the op graph."""
-    import sympy
-
-    n = 40
-    a, X, b = sympy.MatrixSymbol("a", n, 1), sympy.MatrixSymbol("X", n, n), sympy.MatrixSymbol("b", n, 1)
-    gen = torch.Generator().manual_seed(0)
-    inputs = {"a": torch.randn(n, 1, generator=gen, dtype=torch.float64),
-              "X": torch.randn(n, n, generator=gen, dtype=torch.float64),
-              "b": torch.randn(n, 1, generator=gen, dtype=torch.float64)}
-    expr = (a.T * X * b).applyfunc(sympy.tanh)
-    report = symgrad.check(None, inputs, symbolic=expr, wrt="X", engine=engine, quiet=True)
-    assert report.passed and report.meta["engine"].startswith("graph"), str(report)
-    a_, X_, b_ = inputs["a"], inputs["X"], inputs["b"]
-    expected = (1 - torch.tanh(a_.T @ X_ @ b_) ** 2) * (a_ @ b_.T)
-    assert torch.allclose(torch.as_tensor(report["X"].expected), expected, rtol=1e-12, atol=1e-14)

@@ -35,19 +35,36 @@ def test_the_torch_function_computes_the_expression(expr, numpy_form):
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_a_large_bilinear_form_is_checked_on_the_op_graph():
-    n = 200
+def _bilinear(n: int, seed: int) -> tuple:
+    """(a, W, b) MatrixSymbols of a bilinear form aᵀWb, and random float64 inputs named after them."""
     A, W, B = sp.MatrixSymbol("a", n, 1), sp.MatrixSymbol("W", n, n), sp.MatrixSymbol("b", n, 1)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     inputs = {"a": torch.randn(n, 1, generator=g, dtype=torch.float64),
               "W": torch.randn(n, n, generator=g, dtype=torch.float64),
               "b": torch.randn(n, 1, generator=g, dtype=torch.float64)}
+    return A, W, B, inputs
+
+
+def test_a_large_bilinear_form_is_checked_on_the_op_graph():
+    A, W, B, inputs = _bilinear(200, seed=1)
     report = sg.check(lambda a, W, b: a.T @ W @ b, inputs, symbolic=A.T * W * B, wrt="W")
     assert report.passed and "graph" in report.meta["engine"]
     wrong = with_backward(lambda W: inputs["a"].T @ W @ inputs["b"], lambda W, gr: gr * (inputs["a"] @ inputs["b"].T) * 1.0001)
     assert not sg.check(lambda a, W, b: wrong(W), inputs, symbolic=A.T * W * B, wrt="W").passed
     other = sg.check(lambda a, W, b: (a.T @ W @ b) * 1.001, inputs, symbolic=A.T * W * B, wrt="W")
     assert not other.passed  # the torch function computes something else: its forward row fails
+
+
+@pytest.mark.parametrize("engine", ["auto", "graph"])
+def test_a_large_matrix_expression_with_no_torch_function(engine):
+    """symgrad.check(None, inputs, symbolic=expr) beyond the exploded engine's size: the expression is
+    written as torch ops (Note [Matrix expressions into the op graph]) and checked on the op graph."""
+    A, W, B, inputs = _bilinear(40, seed=0)
+    report = sg.check(None, inputs, symbolic=(A.T * W * B).applyfunc(sp.tanh), wrt="W", engine=engine, quiet=True)
+    assert report.passed and report.meta["engine"].startswith("graph"), str(report)
+    a, b = inputs["a"], inputs["b"]
+    expected = (1 - torch.tanh(a.T @ inputs["W"] @ b) ** 2) * (a @ b.T)
+    assert torch.allclose(torch.as_tensor(report["W"].expected), expected, rtol=1e-12, atol=1e-14)
 
 
 def test_names_and_nodes_outside_the_lowering_are_refused_with_the_reason():
