@@ -120,3 +120,18 @@ def test_units_at_one_exact_point_take_one_side(dtype, monkeypatch):
         assert not report.passed
         # only kinked entries fail: the ulps line shows the failing entry's error, not 0 off the kinks
         assert report["b"].max_ulps > report["b"].allowed_ulps
+
+
+def test_an_infinite_one_sided_derivative_taken_by_autograd():
+    """entr(x) = -x log x at x = 0: one-sided derivatives 0 (the where's constant branch) and +inf
+    (from the right); torch's +inf is the upper side, not a NaN/inf failure.  -inf and NaN fail."""
+    from symgrad.testing_ops import with_backward
+
+    x = torch.tensor([0.0, 0.3], dtype=torch.float64)
+    v = torch.ones(2, dtype=torch.float64)
+    report = sg.check(torch.special.entr, {"x": x}, v=v)
+    assert report.passed and "upper one-sided value" in str(report), str(report)
+    for bad in (float("-inf"), float("nan")):
+        wrong = with_backward(torch.special.entr,
+                              lambda x, g, bad=bad: g * torch.where(x == 0, bad, -torch.log(x) - 1))
+        assert not sg.check(wrong, {"x": x}, symbolic=torch.special.entr, v=v).passed

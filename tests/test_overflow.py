@@ -26,3 +26,35 @@ def test_an_intermediate_overflow_still_fails():
 def test_an_inf_of_the_wrong_sign_fails():
     wrong = with_backward(torch.exp, lambda x, g: -g * torch.exp(x))
     assert not sg.check(lambda x: wrong(x).sum(), {"x": torch.tensor([100.0, 1.0])}).passed
+
+
+def _rsqrt_with(backward):
+    return with_backward(torch.rsqrt, backward)
+
+
+def test_a_derivative_beyond_float64_is_checked_over_mpmath():
+    """rsqrt' at 1e-300 is -5e449: -inf in float64 on both sides, and the exact value (over mpmath)
+    is beyond float64's range as well, so torch's -inf is the correctly rounded result.  A +inf
+    there, and an -inf where the exact value fits (an intermediate overflow), still fail."""
+    x = torch.tensor([1e-300, 4.0], dtype=torch.float64)
+    v = torch.ones(2, dtype=torch.float64)
+    report = sg.check(torch.rsqrt, {"x": x}, v=v)
+    assert report.passed and "overflow float64" in str(report), str(report)
+    flipped = _rsqrt_with(lambda x, g: 0.5 * g * x ** -1.5)
+    assert not sg.check(flipped, {"x": x}, symbolic=torch.rsqrt, v=v).passed
+    fits = torch.tensor([1e-110, 4.0], dtype=torch.float64)  # -0.5 x**-1.5 = -5e164 fits; x**-3 does not
+    overflowing = _rsqrt_with(lambda x, g: -0.5 * g * (x ** -3) ** 0.5)
+    report = sg.check(overflowing, {"x": fits}, symbolic=torch.rsqrt, v=v)
+    assert not report.passed, str(report)
+
+
+def test_an_intermediate_overflow_in_the_closed_form_is_re_evaluated():
+    """asinh' = 1/sqrt(x**2 + 1) at x = 1e155: x**2 overflows and the float64 form gives 0, where the
+    derivative is 1e-155 (Note [Certified pointwise values], ``_extreme``).  A backward through
+    hypot, which does not overflow, passes; torch's own, (x**2 + 1).rsqrt(), gives 0 and fails."""
+    x = torch.tensor([1e155, 2.0], dtype=torch.float64)
+    v = torch.ones(2, dtype=torch.float64)
+    right = with_backward(torch.asinh, lambda x, g: g / torch.hypot(x, torch.ones_like(x)))
+    report = sg.check(right, {"x": x}, symbolic=torch.asinh, v=v)
+    assert report.passed, str(report)
+    assert not sg.check(torch.asinh, {"x": x}, v=v).passed

@@ -109,7 +109,11 @@ def _in_ulps(rec: Record, e, a, diff, allowed, judged_mask, dtype: str, point=No
 # is +inf, and a float32 forward or backward that returns it is right, not a NaN/inf failure.  The
 # reference is float64, so it still holds the finite value.  An autograd +-inf of the same sign is
 # accepted where the exact value, widened by its allowance, reaches the dtype's largest finite
-# number; an inf where the exact value stays below it (an intermediate overflow) still fails.
+# number; an inf where the exact value stays below it (an intermediate overflow) still fails.  Where
+# the float64 reference is itself the same infinity, the exact value is evaluated over mpmath: an
+# entry beyond float64's range too is accepted in every dtype (``_beyond_float64``); one whose
+# exact value fits, or that mpmath cannot evaluate, stays "NaN/inf", which never passes.
+MAX_OVERFLOW_CHECKS = 256  # entries where both sides are the same infinity, evaluated over mpmath
 MAX_FINITE = {"float32": 3.4028234663852886e38, "float16": 65504.0, "bfloat16": 3.3895313892515355e38}
 
 
@@ -121,6 +125,34 @@ def _overflowed(e: np.ndarray, a: np.ndarray, allowed, dtype: str) -> np.ndarray
     with np.errstate(all="ignore"):
         reach = np.abs(e) + np.where(np.isfinite(allowed), allowed, 0.0)
         return np.isinf(a) & np.isfinite(e) & (np.sign(a) == np.sign(e)) & (reach >= top)
+
+
+def _infinite_side(ref, a: np.ndarray, kink: np.ndarray) -> np.ndarray:
+    """Kinked entries where autograd's +-inf is exactly one of the one-sided derivatives there."""
+    with np.errstate(invalid="ignore"):
+        lower, upper = np.asarray(ref.lower, np.float64), np.asarray(ref.upper, np.float64)
+        return kink & np.isinf(a) & ((a == lower) | (a == upper))
+
+
+def _beyond_float64(ref, e: np.ndarray, a: np.ndarray, dtype: str) -> np.ndarray:
+    """Entries where both sides are the same infinity and the exact value, evaluated over mpmath,
+    is beyond float64's range too: rsqrt' at 1e-300 is -5e449 (the Note above)."""
+    with np.errstate(invalid="ignore"):
+        same = np.isinf(e) & np.isinf(a) & (np.sign(e) == np.sign(a))
+    oracle = getattr(ref, "oracle", None)
+    if not same.any() or oracle is None or int(same.sum()) > MAX_OVERFLOW_CHECKS:
+        return np.zeros(e.shape, bool)
+    entries = [int(j) for j in np.flatnonzero(same)]
+    try:
+        got = oracle.exact(entries, lambda v: float(ulp(np.asarray(v), dtype)))
+    except Exception:  # noqa: BLE001 - no mpmath value for these entries: they stay non-finite
+        return np.zeros(e.shape, bool)
+    if got is None:
+        return np.zeros(e.shape, bool)
+    values = np.asarray(got[0], np.float64)
+    over = np.zeros(e.shape, bool)
+    over.flat[entries] = np.isinf(values) & (np.sign(values) == np.sign(e.flat[entries]))
+    return over
 
 
 def _nonfinite_note(expected: np.ndarray, actual: np.ndarray, name: str) -> tuple[str, np.ndarray]:
@@ -182,13 +214,16 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
                                                               dtype, eps, name)
         ok = np.where(kink, ok_kink, ok)
         rec.kinks = int(kink.sum())
+        taken = _infinite_side(ref, a, kink)
+        if taken.any():  # entr'(0) = +inf from the right: that side's value, not a NaN/inf failure
+            rec.nonfinite, differ = _nonfinite_note(np.where(taken, 0.0, e), np.where(taken, 0.0, a), name)
         if ref.kink_generators is not None:  # for the fit over every input at once (compare_all)
             gens = np.asarray(ref.kink_generators, np.float64)
             rec.kink_parts = (np.where(finite, a - e, 0.0)[kink], band_tol[kink],
                               gens.reshape(gens.shape[:2] + (-1,))[:, :, kink.ravel()], kink)
-    over = _overflowed(e, a, allowed, dtype)  # Note [Overflow is the right answer]
+    over = _overflowed(e, a, allowed, dtype) | _beyond_float64(ref, e, a, dtype)  # Note [Overflow is the right answer]
     if over.any():
-        rec.nonfinite, differ = _nonfinite_note(e, np.where(over, e, a), name)
+        rec.nonfinite, differ = _nonfinite_note(np.where(over, 0.0, e), np.where(over, 0.0, a), name)
         ok |= over
         rec.note = joined(rec.note, _overflow_note(over, e, a, name, dtype))
     ok &= ~differ
@@ -219,9 +254,12 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
 
 def _overflow_note(over, e, a, name, dtype: str) -> str:
     first = tuple(int(i) for i in np.argwhere(over)[0])
-    return (f"{int(over.sum())} entries overflow {dtype} (e.g. {format_index(name, first)}: exact value "
-            f"{float(e[first]):.6g}, beyond {dtype}'s largest number {MAX_FINITE[dtype]:.6g}): autograd's "
-            f"{'-' if a[first] < 0 else '+'}inf there is the correctly rounded result.")
+    exact = (f"exact value {float(e[first]):.6g}" if np.isfinite(e[first]) else
+             f"exact value {'-' if e[first] < 0 else '+'}{np.finfo(np.float64).max:.6g} or more in size, by mpmath")
+    top = MAX_FINITE.get(dtype, float(np.finfo(np.float64).max))
+    return (f"{int(over.sum())} entries overflow {dtype} (e.g. {format_index(name, first)}: {exact}, beyond "
+            f"{dtype}'s largest number {top:.6g}): autograd's {'-' if a[first] < 0 else '+'}inf there is the "
+            "correctly rounded result.")
 
 
 def _coarse_note(resolved, allowed, abs_e, name, dtype: str) -> str | None:

@@ -73,10 +73,12 @@ EPS32 = 2.0**-23
 def accumulating(dtype: str, eps: float):
     """Within: sums and contractions accumulate as torch's kernels do in ``dtype`` (the Note)."""
     token = _ACCUMULATION.set(EPS32 / eps if dtype in ("float16", "bfloat16") else None)
+    checked = _CHECKED.set(dtype)
     try:
         yield
     finally:
         _ACCUMULATION.reset(token)
+        _CHECKED.reset(checked)
 
 
 # CPU kernels that add up in the half dtype itself: col2im's overlapping patches (a transposed
@@ -91,21 +93,48 @@ HALF_ACCUMULATING = ("aten._adaptive_avg_pool3d", "aten.adaptive_avg_pool3d", "a
 CONVOLUTION = "aten.convolution"
 
 
+# Note [Sequential scans]
+# torch's CPU running sums (cumsum, its backward -- a reversed cumsum -- and logcumsumexp) add one
+# term at a time: the entry at position i carries up to i roundings on the sizes of its terms, not
+# the log2 i of a blocked sum.  The accumulator is double for float32 and float64 (ATen's CPU
+# acc_type), float for the half dtypes: measured, a float32 cumsum of 10**5 entries is within one
+# float32 rounding of the exact sum, and so is its backward (a cumsum; ``_scan_double``).  A float32
+# logcumsumexp's backward is a formula of float32 pieces (exp(logcumsumexp(log g - out) + x)): its
+# sums keep the blocked bound of the whole axis, log2 n (a double accumulator charged too little:
+# torch's own op failed 2 of 4 seeds at |x| ~ 30; the log2 k of each block, 3 of 3 at n = 2,000).  The nodes of a running sum (graph/aten_ext.py, ``running_sum``)
+# carry ``_scan`` = the axis' length, and within them a sum of any length is charged that many
+# roundings (in the accumulator's precision: Note [Half-precision accumulation]).  Charged as the
+# worst case, so an entry's allowance covers every order of the additions; in float64 at n = 10**5
+# that is 1e-11 of the terms' sizes.
+_SCAN: contextvars.ContextVar = contextvars.ContextVar("symgrad_scan", default=None)
+_CHECKED: contextvars.ContextVar = contextvars.ContextVar("symgrad_checked", default=None)
+EPS64 = 2.0**-52
+
+
 @contextlib.contextmanager
 def kernel(node, backward: bool = False):
     """Within: the sums of ``node`` (from torch op ``node.origin``) in its forward/tangent rule, or
-    in its reverse rule with ``backward`` (Note [Half-precision accumulation])."""
+    in its reverse rule with ``backward`` (Note [Half-precision accumulation], Note [Sequential scans])."""
     origin = node.origin or ""
     half = origin.startswith(HALF_ACCUMULATING) or (
         origin.startswith(CONVOLUTION) and (backward or bool(node.attrs.get("_col2im"))))
-    if _ACCUMULATION.get() is None or not half:
-        yield
-        return
-    token = _ACCUMULATION.set(None)
+    scan = node.attrs.get("_scan")
+    tokens = []
+    if _ACCUMULATION.get() is not None and half:
+        tokens.append((_ACCUMULATION, _ACCUMULATION.set(None)))
+    if scan and _CHECKED.get() == "float32":
+        if node.attrs.get("_scan_double"):  # a double accumulator, rounded once to float32
+            tokens.append((_SCAN, _SCAN.set((int(scan), True))))
+            tokens.append((_ACCUMULATION, _ACCUMULATION.set(EPS64 / EPS32)))
+        else:  # the blocked bound of the whole axis, whichever block this sum is
+            tokens.append((_SCAN, _SCAN.set((int(scan), False))))
+    elif scan:
+        tokens.append((_SCAN, _SCAN.set((int(scan), True))))
     try:
         yield
     finally:
-        _ACCUMULATION.reset(token)
+        for var, token in reversed(tokens):
+            var.reset(token)
 
 
 def accumulated(roundings: float, terms, result):
@@ -119,8 +148,15 @@ def accumulated(roundings: float, terms, result):
 
 def summation_factor(n: int) -> float:
     """Roundings charged for adding ``n`` terms: pairwise/blocked summation errs by about
-    ``log2 n`` units on the sum of the terms' sizes (at least one rounding when n > 1)."""
-    return 0.0 if n <= 1 else max(1.0, math.ceil(math.log2(n)))
+    ``log2 n`` units on the sum of the terms' sizes (at least one rounding when n > 1); within a
+    sequential scan of length L, L units (Note [Sequential scans])."""
+    if n <= 1:
+        return 0.0
+    scan = _SCAN.get()
+    if scan is not None:
+        length, sequential = scan
+        return float(max(length - 1, 1)) if sequential else max(1.0, math.ceil(math.log2(length)))
+    return max(1.0, math.ceil(math.log2(n)))
 
 
 class Approx:

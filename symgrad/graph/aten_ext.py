@@ -1,7 +1,7 @@
-"""More handlers, each an ATen op's forward from core nodes: products, logcumsumexp, cdist, ops
-that add entries up (scatter_add, index_add), bilinear, embedding_bag, multilabel_margin_loss,
-rrelu in eval.  The linear-algebra handlers are in ``aten_linalg``, the order statistics in
-``aten_order``.
+"""More handlers, each an ATen op's forward from core nodes: products, cdist, ops that add entries
+up (scatter_add, index_add), bilinear, embedding_bag, multilabel_margin_loss, rrelu in eval.  The
+linear-algebra handlers are in ``aten_linalg``, the order statistics in ``aten_order``, the running
+sums in ``aten_scan``.
 
 ``prod`` is a chain (or, past ``_CHAIN`` terms, a tree) of pointwise products of slices: its
 derivative, the product of the other terms, comes out of reverse mode exactly, zeros included.
@@ -82,26 +82,6 @@ def _prod(b, args, kwargs, val):
         out = product(b, flat, len(flat.shape) - 1, False)
         return b.layout("reshape", out, keep_shape) if keep else out
     return product(b, x, axes[0], keep)
-
-
-@handles("aten.logcumsumexp")
-def _logcumsumexp(b, args, kwargs, val):
-    """``m + log(cumsum(exp(x - m)))`` with ``m`` the axis' maximum held constant (the result does not
-    depend on it); the running sum is a contraction with a triangular matrix of ones."""
-    import torch
-
-    x = b.node_of(args[0])
-    axis = args[1] % max(1, len(x.shape))
-    n = x.shape[axis] if x.shape else 1
-    m = b.stop(b.reduce("max", x, (axis,), True))
-    shifted = b.pointwise(sp.exp, [b.pointwise(lambda s, t: s - t, [x, m])])
-    moved = _move_last(b, shifted, axis)
-    tri = torch.triu(torch.ones(n, n, dtype=torch.float64))
-    run = b.contract("...i,ij->...j".replace("...", _letters(len(x.shape) - 1)), moved, tri)
-    back = list(range(len(x.shape) - 1))
-    back.insert(axis, len(x.shape) - 1)
-    run = b.layout("permute", run, tuple(back))
-    return b.pointwise(lambda s, t: sp.log(s) + t, [run, m], tuple(val.shape))
 
 
 def _letters(k: int) -> str:

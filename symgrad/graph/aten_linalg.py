@@ -84,9 +84,19 @@ def _eigh(b, args, kwargs, val):
     return values, vectors
 
 
+# Note [One triangle read]
+# cholesky, eigh and eigvalsh read one triangle of their input (LAPACK's), and the op graph
+# differentiates what they read: the other triangle's derivative is 0.  torch's backward returns the
+# derivative for a symmetric perturbation instead, half to each triangle (its documented convention),
+# so the two differ wherever the matrix given is itself an input.  Both are right for a symmetric
+# input built symmetric ((A + A.mT) / 2, X X^T): there they agree.  The graph records the ops
+# (``graph.one_triangle``) and a failing derivative row of such a check says so (graph/check.py).
 def _mirror(b, a, lower: bool):
     """The symmetric matrix LAPACK reads: one triangle of ``a`` mirrored (a ``select``)."""
     a = b.node_of(a)
+    op = str(getattr(b.fx_node, "target", "aten.linalg")).split(".")[1]
+    op = op.lstrip("_").replace("linalg_", "linalg.").removesuffix("_ex")
+    b.graph.one_triangle = sorted(set(getattr(b.graph, "one_triangle", ())) | {op})
     keep = np.tril(np.ones(a.shape[-2:])) if lower else np.triu(np.ones(a.shape[-2:]))
     idx = np.arange(1, a.size + 1).reshape(a.shape)
     return b.select([a], np.where(keep.astype(bool), idx, np.swapaxes(idx, -1, -2)))

@@ -212,4 +212,4 @@ def _adaptive_avg_pool(b: Builder, args, kwargs, val):
     return b.pointwise(lambda s, c: s / c, [total, count], tuple(val.shape))
 
 
-from . import aten_ext  # noqa: E402,F401 - registers the handlers defined there
+from . import aten_ext, aten_scan  # noqa: E402,F401 - register the handlers defined there

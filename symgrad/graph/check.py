@@ -19,6 +19,7 @@ from typing import Mapping
 
 from ..compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
 from ..compare.compare import EPS, compare
+from ..compare.worst import joined
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..report.report import Report
@@ -216,8 +217,23 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     else:
         records += _products(state, out_t, forward_ref, records, meta, via=via, v=v, tangents=tangents,
                              cotangents=cotangents, n_tangents=n_tangents, seed=seed, backward_calls=backward_calls)
+    _one_triangle_note(graph, records)
     report = _annotate_crosscheck(Report(records, title=title or "symgrad check", meta=meta), crossed)
     return report if exploded is None else mark_report(report, exploded)
+
+
+def _one_triangle_note(graph, records: list) -> None:
+    """A failing derivative row of a graph that reads one triangle of a matrix (Note [One triangle
+    read] in aten_linalg.py) says how torch's convention differs."""
+    ops = getattr(graph, "one_triangle", ())
+    if not ops:
+        return
+    text = (f"{', '.join(ops)}: each reads one triangle of its matrix, and the closed form's derivative by the other "
+            "triangle is 0, where torch's backward returns the symmetric one (half to each triangle). Where the "
+            "matrix is an input, that alone fails; build it symmetric ((A + A.mT) / 2) to compare the derivatives.")
+    for rec in records:
+        if rec.quantity != "forward" and not rec.passed:
+            rec.note = joined(rec.note, text)
 
 
 def _flat_cotangent(v, structure: list):

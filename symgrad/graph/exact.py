@@ -20,6 +20,8 @@ entry in float32) did not spread at all, the statistical allowance fell to 2e-10
 Nor is a form holding floor or ceiling: at a jump the float64 argument (1.5 * (1/1.5) = 1.0) and the
 40-digit one (0.999...) fall on different steps, and remainder(1.5, 1.5) became 1.5, not torch's 0.
 The steps' own bands (Note [Steps at their jumps] in graph/scalar.py) say what rounding can do there.
+Entries whose arguments are extreme in size (``_extreme``) are re-evaluated as well, cancelling or
+not: an intermediate square may overflow there while the value fits.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = ["certified", "CANCELLATION", "MAX_ENTRIES", "counter"]
 
 CANCELLATION = 16.0
 MAX_ENTRIES = 1024
+EXTREME = 1e150  # arguments past this size (or below its reciprocal) are re-evaluated: ``_extreme``
 EPS64 = 2.0**-52
 # entries re-evaluated during the running check (read by check_graph for the records' reference text)
 counter = {"certified": 0}
@@ -44,6 +47,18 @@ counter = {"certified": 0}
 @lru_cache(maxsize=1024)
 def _mp_function(expr: sp.Expr, symbols: tuple):
     return sp.lambdify(symbols, expr, modules="mpmath")
+
+
+def _extreme(symbols: tuple, env: dict, shape: tuple) -> np.ndarray:
+    """Entries with an argument beyond 1e150 or below 1e-150 in size: a square or a product inside
+    the form can overflow or underflow there while the result fits (asinh' = 1/sqrt(x**2 + 1) at
+    x = 1e155 came out 0 in float64, not 1e-155), which no rounding bound sees."""
+    out = np.zeros(shape, bool)
+    with np.errstate(all="ignore"):
+        for s in symbols:
+            a = np.abs(np.broadcast_to(np.asarray(env[s].v, np.float64), shape))
+            out |= np.isfinite(a) & ((a > EXTREME) | ((a > 0) & (a < 1.0 / EXTREME)))
+    return out
 
 
 def _ulp(v: np.ndarray, eps: float) -> np.ndarray:
@@ -60,19 +75,23 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
     mode = reference_mode.get()  # "float" during a random-rounding rerun (montecarlo.spread): see above
     if expr.has(*STEPS):  # a step at its jump: see above
         return out
-    if mode == "float" or expr.is_Number or not expr.atoms(sp.Function):
-        return out  # sums and products of float64 arguments: nothing a library function loses
+    if mode == "float" or expr.is_Number:
+        return out
+    symbols = tuple(sorted(expr.free_symbols, key=lambda s: s.name))
+    if any(s not in env for s in symbols):
+        return out
     v, e = np.asarray(out.v, np.float64), np.broadcast_to(np.asarray(out.e, np.float64), out.shape)
+    extreme = _extreme(symbols, env, out.shape) & np.isfinite(v) if mode == "auto" else np.zeros(out.shape, bool)
+    if not expr.atoms(sp.Function) and not extreme.any():
+        return out  # sums and products of float64 arguments: nothing a library function loses
     with np.errstate(all="ignore"):
         want = np.array(np.isfinite(v) & np.isfinite(e), dtype=bool)  # an array even at 0-d: written below
         if mode == "auto":
             want &= e > CANCELLATION * np.abs(v)
             at = np.flatnonzero(want)  # few entries cancel: the ulp test only there
             want.flat[at] = EPS64 * e.flat[at] > CERTIFY_FRACTION * _ulp(v.flat[at], ctx.eps)
+    want |= extreme
     if not want.any() or int(want.sum()) > MAX_ENTRIES:
-        return out
-    symbols = tuple(sorted(expr.free_symbols, key=lambda s: s.name))
-    if any(s not in env for s in symbols):
         return out
     try:
         fn = _mp_function(expr, symbols)

@@ -16,6 +16,7 @@ from .columns import by_columns
 from .cones import tangent_bands
 from .engine import tangent
 from .refs import JACOBIAN_VIAS, State, approx_reference
+from .rerun_scale import scale_products
 
 __all__ = ["jvp_records", "tangent_dict", "n_in", "by_columns_wanted", "column_records", "has_reverse_stops"]
 
@@ -42,7 +43,11 @@ def jvp_records(st: State, directions: list, via: str) -> list:
                             st.failed)
     tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape))
     value = torch.stack(got) if len(got) > 1 else got[0]
-    return compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
+    records = compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
+    base = np.asarray(ref.value, np.float64)  # Note [Scale of every product] in rerun_scale.py
+    scale_products(st, records, [base], lambda values: _tangents_at(st, values, directions, base.shape)[0],
+                   len(directions))
+    return records
 
 
 def _tangents_at(st: State, values: dict, directions: list, shape: tuple) -> tuple:

@@ -13,6 +13,7 @@ from ..errors import InputError, ShapeMismatch
 from ..progress import stage
 from .approx import Approx
 from .hvp import hvp
+from .rerun_scale import scale_products
 
 __all__ = ["TORCH_DIFFERS", "ORDER2_VIAS", "hvp_records", "directions_and_cotangent", "check_order"]
 
@@ -85,15 +86,22 @@ def hvp_records(st, out_t, *, v=None, tangents=None, count: int = 3, seed: int =
     actual, note = run_double_backward(st.torch_fn, st.leaves, st.wrt, v, dirs)
     nodes = [st.graph.inputs.get(n) for n in st.wrt]
     live = [n for n in nodes if n is not None]
-    per_dir = []
-    for d in dirs:
-        ts = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in st.wrt if n in st.graph.inputs}
-        per_dir.append(hvp(st.graph, st.values, st.out, Approx(seed_v), ts, live, st.ctx))
-    refs = [_reference(n, [None if node is None else h[node] for h in per_dir], tuple(st.leaves[n].shape),
-                       tuple(out_t.shape), "random-vjp", 1, st.failed, None,
-                       "forward over reverse over the op graph (Hessian-vector product)")
-            for n, node in zip(st.wrt, nodes)]
+    tangents_at = [{st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in st.wrt
+                    if n in st.graph.inputs} for d in dirs]
+
+    def products(values) -> list:
+        per_dir = [hvp(st.graph, values, st.out, Approx(seed_v), ts, live, st.ctx) for ts in tangents_at]
+        return [_reference(n, [None if node is None else h[node] for h in per_dir], tuple(st.leaves[n].shape),
+                           tuple(out_t.shape), "random-vjp", 1, st.failed, None,
+                           "forward over reverse over the op graph (Hessian-vector product)")
+                for n, node in zip(st.wrt, nodes)]
+
+    refs = products(st.values)
     records = compare_all(refs, actual, st.dtype, quantity="hvp", rtol=st.rtol, atol=st.atol)
+    kept = [(rec, np.asarray(ref.value, np.float64)) for rec, ref in zip(records, refs) if ref.rounding is not None]
+    scale_products(st, [rec for rec, _ in kept], [b for _, b in kept],  # Note [Scale of every product]
+                   lambda values: [np.asarray(r.value, np.float64) for r in products(values) if r.rounding is not None],
+                   len(dirs))
     annotate(records, note)
     what = "given direction w" if tangents is not None else f"{len(dirs)} random directions w"
     cot = "v = 1 (scalar output)" if v is None else ("the given cotangent v" if given_v else "a random cotangent v")

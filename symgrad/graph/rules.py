@@ -167,7 +167,7 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
     for i, (d, need) in enumerate(zip(forms, needed)):
         if d != 0 and need:
             value = _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape)  # Note [Certified pointwise values]
-            local[i] = _reused_output(node, env, ctx, value)
+            local[i] = _reused_output(node, env, ctx, value, i)
     kinked = [i for i in local if kinks is not None and local[i].banded and args[i].shape == node.shape]
     regions = None
     if len(kinked) > 1 and shared_both_ways([local[i] for i in kinked]):
@@ -205,15 +205,22 @@ def _one_sided(forms: list, args: list, ctx: Ctx, shape: tuple) -> list:
     return out
 
 
-def _reused_output(node: Node, env: dict, ctx: Ctx, local: Approx) -> Approx:
-    """``local`` charged |out| roundings of its own size where torch's derivative recomputes from the
-    node's rounded output ``out`` through exp (Note [logsumexp' from its rounded output] in
-    graph/aten_shift.py)."""
-    if not node.attrs.get("reuses_output"):
+def _reused_output(node: Node, env: dict, ctx: Ctx, local: Approx, i: int) -> Approx:
+    """``local`` (the derivative by argument ``i``) charged |out| roundings of its own size where torch's
+    derivative recomputes from the node's rounded output ``out`` through exp (Note [logsumexp' from its
+    rounded output] in graph/aten_shift.py), and |a_i| where the node marks argument ``i`` as one whose
+    size enters an exponent torch's backward rounds (``charged_sizes``; Note [Each position its own
+    shift] in graph/aten_scan.py)."""
+    reused, charged = node.attrs.get("reuses_output"), i in node.attrs.get("charged_sizes", ())
+    if not (reused or charged):
         return local
-    out = _broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape)
+    sizes = []
+    if reused:
+        sizes.append(_broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape).v)
+    if charged:
+        sizes.append(np.broadcast_to(env[symbols_for(len(env))[i]].v, node.shape))
     with np.errstate(invalid="ignore"):
-        extra = np.where(np.isfinite(out.v), np.abs(local.v) * np.abs(out.v), 0.0)
+        extra = sum(np.where(np.isfinite(size), np.abs(local.v) * np.abs(size), 0.0) for size in sizes)
     return Approx(rounded(local.v, extra), local.e + extra, *((local.lo, local.hi) if local.banded else ()))
 
 
@@ -264,13 +271,14 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
         out = None
-        for t, d in zip(tangents, derivatives(node.attrs["expr"], len(args))):
+        for i, (t, d) in enumerate(zip(tangents, derivatives(node.attrs["expr"], len(args)))):
             if t is None or d == 0:
                 continue
-            local = _reused_output(node, env, ctx, _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape))
+            local = _reused_output(node, env, ctx, _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape),
+                                   i)
             term = _times_cotangent(local, _broadcast(t, node.shape))  # a branch not taken: 0, even times inf
             out = term if out is None else add(out, term)
-        return _half_jvp_rounding(out, tangents, node.shape, ctx)
+        return _half_jvp_rounding(out, tangents, node, ctx)
     if kind == "contract":
         out = None
         for i, t in enumerate(tangents):
@@ -290,12 +298,19 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
     raise NotImplementedError(f"no forward-mode rule for {kind} nodes ({node.origin or node.name})")
 
 
-def _half_jvp_rounding(out: Approx | None, tangents: list, shape: tuple, ctx: Ctx) -> Approx | None:
-    """In a half check, one more rounding on the sizes of all the argument tangents: torch's
-    forward-mode formulas of binary ops combine them before selecting (maximum's tangent is
-    ``t_other + mask * (t_self - t_other)``, rounded twice in the half dtype)."""
+_COMBINING_JVP = ("aten.maximum", "aten.minimum", "aten.fmax", "aten.fmin")
+
+
+def _half_jvp_rounding(out: Approx | None, tangents: list, node: Node, ctx: Ctx) -> Approx | None:
+    """In a half check, one more rounding on the sizes of all the argument tangents where torch's
+    forward-mode formula of a binary op combines them before selecting (maximum's tangent is
+    ``t_other + mask * (t_self - t_other)``, rounded twice in the half dtype).  Not a ``where``'s,
+    ``where(c, t_self, t_other)``, which picks one exactly: charged there, leaky_relu's 0.01 t was
+    allowed half its size in bfloat16, and a jvp 1 % off passed."""
     given = [t for t in tangents if t is not None]
-    if out is None or len(tangents) < 2 or ctx.dtype not in ("float16", "bfloat16"):
+    if (out is None or len(tangents) < 2 or ctx.dtype not in ("float16", "bfloat16")
+            or not (node.origin or "").startswith(_COMBINING_JVP)):
         return out
+    shape = node.shape
     size = sum(np.abs(_broadcast(t, shape).v) for t in given)
     return Approx(out.v, out.e + size, *((out.lo, out.hi) if out.banded else ()))

@@ -31,7 +31,7 @@ _DECOMPOSE = (
     "gelu", "native_layer_norm", "silu", "native_group_norm",
     "_native_batch_norm_legit_no_training", "native_batch_norm", "mish", "hardswish",
     "hardsigmoid", "nll_loss_forward", "nll_loss2d_forward", "elu", "softplus", "leaky_relu",
-    "hardtanh", "glu", "lstm", "gru", "rnn_tanh", "rnn_relu", "linalg_vector_norm", "cumsum", "addmm",
+    "hardtanh", "glu", "lstm", "gru", "rnn_tanh", "rnn_relu", "linalg_vector_norm", "addmm",
     "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu", "mse_loss", "binary_cross_entropy",
     "binary_cross_entropy_with_logits", "huber_loss", "smooth_l1_loss", "soft_margin_loss", "log_sigmoid_forward",
     "logit", "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "upsample_bilinear2d", "upsample_nearest2d",
@@ -69,7 +69,8 @@ def decompositions() -> dict:
                 "detach",  # the core table writes it as alias: unfunctionalized traces would lose the stop
                 "special_xlog1py",  # Note [xlog1py as torch's kernel] in graph/aten.py
                 "logsumexp",  # read by graph/aten_shift.py, max shift detached (its decomposition shadowed it)
-                "multilabel_margin_loss_forward"}  # torch 2.13's decomposition of it computes another value
+                "multilabel_margin_loss_forward",  # torch 2.13's decomposition of it computes another value
+                "cumsum"}  # graph/aten_scan.py: in blocks (Note [A running sum in blocks])
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:

@@ -112,3 +112,17 @@ def test_torch_form_derivatives_equal_sympy_diff(fn):
     assert sp.simplify(rewritten - textbook) == 0
     for point in (-2.5, -0.3, 0.7, 3.0):
         assert float(rewritten.subs(x, point)) == pytest.approx(float(textbook.subs(x, point)), rel=1e-12)
+
+
+def test_the_reciprocal_of_a_tiny_value_keeps_a_finite_bound():
+    """The error of s carried through 1/s is |s**-2| e_s: at s = 6.5e-244 (a running sum's first entry
+    shifted by its row's maximum) s**-2 overflows, and inf * e_s made the bound of every entry summed
+    from it NaN (scalar._power_error writes it |v| e_s / |s|, finite where 1/s is)."""
+    from symgrad.graph.approx import Approx
+    from symgrad.graph.rules import symbols_for
+    from symgrad.graph.scalar import Ctx, evaluate
+
+    (s,) = symbols_for(1)
+    out = evaluate(1 / s, {s: Approx(np.array([6.5e-244, 2.0]), np.array([1e-259, 1.0]))}, Ctx())
+    assert np.isfinite(out.e).all()
+    assert out.e[0] >= 1e-259 / 6.5e-244 / 6.5e-244 and out.e[1] == pytest.approx(0.25 + 0.5)

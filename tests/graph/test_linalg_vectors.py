@@ -143,3 +143,14 @@ def test_a_sign_dependent_use_of_the_vectors_compares_on_torchs_branch():
     fn = (lambda x: torch.linalg.svd(_spread(x), full_matrices=False)[0])
     assert sg.check(fn, {"x": x}, engine="graph").passed
     assert not sg.check(wrong_backward(fn, 1e-6), {"x": x}, engine="graph").passed
+
+
+def test_a_matrix_given_to_cholesky_directly_says_why_it_fails():
+    """Note [One triangle read]: cholesky of the input itself differs from torch's symmetric
+    convention, and the report says so; built symmetric, the same matrix passes."""
+    x = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = x @ x.mT + 3 * torch.eye(3, dtype=torch.float64)
+    v = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = sg.check(torch.linalg.cholesky, {"A": a}, v=v)
+    assert not report.passed and "reads one triangle" in str(report), str(report)
+    assert sg.check(lambda a: torch.linalg.cholesky((a + a.mT) / 2), {"A": a}, v=v).passed

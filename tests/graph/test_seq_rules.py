@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import symgrad as sg
-from symgrad.testing_ops import scaled, with_backward
+from symgrad.testing_ops import scaled, vjp, with_backward
 
 DTYPES = [torch.float64, torch.float32]
 DELTA = {torch.float64: 1e-6, torch.float32: 1e-3}
@@ -200,3 +200,39 @@ def test_finfo_min_attention_mask(dtype):
     assert report.passed, report.to_text()
     bug = scaled(lambda q: q * 1.0, 1 + DELTA[dtype])
     assert not sg.check(lambda q, k: f(bug(q), k), inputs, engine="graph").passed
+
+
+def _one_entry_off(fn, rel):
+    """``fn`` with torch's own backward, one entry in the middle off by ``1 + rel``."""
+    def backward(x, g):
+        out = vjp(fn, x, g).clone()
+        out[..., out.shape[-1] // 2] *= 1 + rel
+        return out
+    return with_backward(fn, backward)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", ["cumsum", "logcumsumexp"])
+def test_a_running_sum_over_a_long_axis(op, dtype):
+    """Note [A running sum in blocks]: 20,000 entries made a 20,000 x 20,000 constant (a MemoryError
+    in the adjoint cross-check).  Note [Sequential scans]: torch adds one term at a time, and a float64
+    logcumsumexp of 10,000 entries had erred past the log2 n allowance of a blocked sum (2 of 3 seeds)."""
+    fn = (lambda x: torch.cumsum(x, -1)) if op == "cumsum" else (lambda x: torch.logcumsumexp(x, -1))
+    x = torch.rand(2, 20_000, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    v = torch.rand(2, 20_000, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    report = sg.check(fn, {"x": x}, v=v)
+    assert report.passed, report.to_text()
+    delta = 1e-9 if dtype == torch.float64 else 1e-3
+    bugged = sg.check(_one_entry_off(fn, delta), {"x": x}, symbolic=fn, v=v)
+    assert not bugged.passed, bugged.to_text()
+
+
+def test_a_float64_scan_of_positive_terms():
+    """100,000 positive terms: torch's sequential float64 cumsum (and its backward, a reversed
+    cumsum) erred past the blocked sum's allowance in 2 of 3 seeds."""
+    fn = lambda x: torch.cumsum(x, 0)  # noqa: E731
+    for seed in range(3):
+        x = torch.rand(100_000, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        v = torch.rand(100_000, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 10))
+        report = sg.check(fn, {"x": x}, v=v)
+        assert report.passed, report.to_text()

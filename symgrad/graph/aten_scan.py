@@ -1,0 +1,201 @@
+"""Running sums as core nodes: ``cumsum`` and ``logcumsumexp`` along an axis of any length.
+
+# Note [A running sum in blocks]
+``cumsum`` along an axis of n entries is a contraction with a triangular matrix of ones, n x n
+constants: 3.2 GB at n = 20,000, and the adjoint cross-check makes integers of that shape too.
+Past ``DENSE`` entries (a 134 MB triangle) the axis is cut into blocks of k = ceil(sqrt n)
+(zero-padded at its end): a running sum within each block (a k x k triangle), the blocks' totals
+summed before each block (a strict B x B triangle) and added on.  Constants of 2n entries, not
+n**2.  Every entry is still a sum of its prefix; its sums are charged as torch's sequential kernel
+rounds (Note [Sequential scans] in approx.py), whichever blocks the graph cuts the axis into.  One
+thing the blocks change: in a reverse sweep whose cotangents cancel, the sum over blocks is charged
+on the blocks' (cancelled) totals, not on every term, so its bound is tighter than one triangle's.
+torch's own float32 logcumsumexp failed that way in blocks at n = 2,000 (|x| ~ 30, 3 of 3 seeds)
+and passes as one triangle: hence the large ``DENSE``.
+
+# Note [Each position its own shift]
+``logcumsumexp`` is ``c_i + log sum_{j<=i} exp(x_j - c_i)`` for any constant ``c_i``.  One shift for
+the whole axis (its maximum) underflows: at entries of size 300 the first position's only term was
+exp(-1000) = 0 and its log -inf, a false alarm on torch's own op.  Each position is shifted by the
+running maximum up to it (held constant, read from the traced values as ``cummax`` picks it): every
+term is at most 1, the largest exactly 1, and a term that underflows is below 1e-308 of the sum,
+whose derivative underflows as well.  Within blocks of k the terms form a k x k triangle; the
+blocks' totals, a B x B one; the two meet in a log-add-exp shifted by the running maximum of the
+whole axis.  A graph kept for other values of the same shapes reads other shifts: still the same
+function, and where they over- or underflow the forward disagrees with torch's and symgrad traces again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sympy as sp
+
+from .aten import handles
+from .trace import Builder
+
+__all__ = ["running_sum", "DENSE"]
+
+DENSE = 4096  # a running sum over up to this many entries is one triangle (Note [A running sum in blocks])
+_DENSE_LOG = 64  # logcumsumexp: one block up to this length
+_ONE_SHIFT = 600.0  # entries this close to their row's maximum: one shift for the row (exp(-600) > 0)
+
+
+def _letters(k: int) -> str:
+    return "abcdefgh"[:k]
+
+
+def _moved(b: Builder, x, axis: int):
+    n = len(x.shape)
+    return b.layout("permute", x, tuple([i for i in range(n) if i != axis] + [axis]))
+
+
+def _back(b: Builder, x, axis: int):
+    back = list(range(len(x.shape) - 1))
+    back.insert(axis, len(x.shape) - 1)
+    return b.layout("permute", x, tuple(back))
+
+
+def _ids(node) -> np.ndarray:
+    return np.arange(1, node.size + 1, dtype=np.int64).reshape(node.shape)
+
+
+def _blocks(b: Builder, moved, n: int):
+    """``moved`` (..., n) as (..., B, k) blocks, zero-padded at the end; (node, k, B)."""
+    k = math.isqrt(n - 1) + 1
+    blocks = -(-n // k)
+    rows = moved.shape[:-1]
+    if blocks * k != n:  # index 0 is the select's fill
+        idx = np.zeros(rows + (blocks * k,), np.int64)
+        idx[..., :n] = _ids(moved)
+        moved = b.select([moved], idx)
+    return b.layout("reshape", moved, rows + (blocks, k)), k, blocks
+
+
+def _unblocked(b: Builder, run, n: int):
+    rows = run.shape[:-2]
+    run = b.layout("reshape", run, rows + (run.shape[-2] * run.shape[-1],))
+    return run if run.shape[-1] == n else b.select([run], _ids(run)[..., :n])
+
+
+def _scan(nodes, n: int, double: bool) -> None:
+    for node in nodes:
+        node.attrs.update(_scan=n, _scan_double=double)  # Note [Sequential scans] in approx.py
+
+
+def running_sum(b: Builder, x, axis: int, double: bool = False):
+    """The running sum of ``x`` along ``axis`` (Note [A running sum in blocks]); ``double``: torch's
+    kernel and its backward add in double in a float32 check (Note [Sequential scans])."""
+    import torch
+
+    x = b.node_of(x)
+    if not x.shape:
+        return x
+    axis %= len(x.shape)
+    n, lead = x.shape[axis], _letters(len(x.shape) - 1)
+    moved = _moved(b, x, axis)
+    if n <= DENSE:
+        run = b.contract(f"{lead}i,ij->{lead}j", moved, torch.triu(torch.ones(n, n, dtype=torch.float64)))
+        _scan([run], n, double)
+        return _back(b, run, axis)
+    cut, k, blocks = _blocks(b, moved, n)
+    within = b.contract(f"{lead}zi,ij->{lead}zj", cut, torch.triu(torch.ones(k, k, dtype=torch.float64)))
+    totals = b.reduce("sum", cut, (len(cut.shape) - 1,), False)
+    before = b.contract(f"{lead}y,yz->{lead}z", totals,
+                        torch.triu(torch.ones(blocks, blocks, dtype=torch.float64), diagonal=1))
+    _scan([within, totals, before], n, double)
+    run = b.pointwise(lambda s, t: s + t, [within, b.layout("reshape", before, before.shape + (1,))])
+    return _back(b, _unblocked(b, run, n), axis)
+
+
+@handles("aten.cumsum")
+def _cumsum(b, args, kwargs, val):
+    return running_sum(b, args[0], int(args[1]), double=True)
+
+
+def _running_max(b: Builder, z):
+    """The running maximum of ``z`` along its last axis, held constant (picked from the traced values)."""
+    import torch
+
+    values = b.value_of(z)
+    picked = torch.cummax(values, dim=-1).indices.numpy()
+    flat = _ids(z) - np.arange(z.shape[-1]) + picked  # the same row, at the picked position
+    return b.stop(b.select([z], flat))
+
+
+def _log_prefix(b: Builder, z, n: int):
+    """``log sum_{j<=i} exp(z_j)`` along the last axis of ``z`` (Note [Each position its own shift])."""
+    import torch
+
+    k = z.shape[-1]
+    if _spread(b, z) <= _ONE_SHIFT:  # every term within exp's range of its row's maximum
+        m = b.stop(b.reduce("max", z, (len(z.shape) - 1,), True))
+        terms = b.pointwise(sp.exp, [_charged(b.pointwise(lambda s, t: s - t, [z, m]))])
+        lead = _letters(len(z.shape) - 1)
+        run = b.contract(f"{lead}i,ij->{lead}j", terms, torch.triu(torch.ones(k, k, dtype=torch.float64)))
+        _scan([run], n, False)
+        return b.pointwise(lambda s, t: sp.log(s) + t, [run, m])
+    c = _running_max(b, z)
+    pairs = z.shape[:-1] + (k, k)  # (..., i, j)
+    diff = _charged(b.pointwise(lambda s, t: s - t, [b.layout("reshape", z, z.shape[:-1] + (1, k)),
+                                                     b.layout("reshape", c, c.shape + (1,))], pairs))
+    keep = torch.tril(torch.ones(k, k, dtype=torch.bool)).numpy()
+    ids = np.where(keep, _ids(diff), 0)  # j > i: exp(-inf) = 0, an exact term
+    terms = b.pointwise(sp.exp, [b.select([diff], ids, fill=-math.inf)])
+    total = b.reduce("sum", terms, (len(pairs) - 1,), False)
+    return b.pointwise(lambda s, t: sp.log(s) + t, [total, c])
+
+
+def _spread(b: Builder, z) -> float:
+    """The largest distance between two entries of one row (the last axis) of ``z``'s traced values."""
+    values = b.value_of(z).numpy()
+    if not values.size:
+        return 0.0
+    with np.errstate(invalid="ignore"):
+        return float(np.max(np.max(values, axis=-1) - np.min(values, axis=-1)))
+
+
+def _log_running_sum(b: Builder, moved, n: int):
+    if _spread(b, moved) <= _ONE_SHIFT:  # one shift per row: a running sum of exp(x - max)
+        m = b.stop(b.reduce("max", moved, (len(moved.shape) - 1,), True))
+        terms = b.pointwise(sp.exp, [_charged(b.pointwise(lambda s, t: s - t, [moved, m]))])
+        run = running_sum(b, terms, len(moved.shape) - 1)
+        return _reusing(b.pointwise(lambda s, t: sp.log(s) + t, [run, m]))
+    if n <= _DENSE_LOG:
+        return _reusing(_log_prefix(b, moved, n))
+    cut, k, blocks = _blocks(b, moved, n)
+    inner = _log_prefix(b, cut, n)  # (..., B, k): within each block
+    rows = cut.shape[:-2]
+    last = b.select([inner], _ids(inner)[..., -1])  # each block's total, (..., B)
+    upto = _log_prefix(b, last, n)
+    idx = np.zeros(rows + (blocks,), np.int64)
+    idx[..., 1:] = _ids(upto)[..., :-1]
+    before = b.layout("reshape", b.select([upto], idx, fill=-math.inf), rows + (blocks, 1))
+    shift = _running_max(b, b.layout("reshape", cut, rows + (blocks * k,)))
+    shift = b.layout("reshape", shift, rows + (blocks, k))
+    apart = [b.pointwise(lambda s, t: s - t, [part, shift], cut.shape) for part in (before, inner)]
+    run = b.pointwise(lambda p, q, t: sp.log(sp.exp(p) + sp.exp(q)) + t, apart + [shift])
+    return _unblocked(b, _reusing(run), n)
+
+
+def _charged(diff):
+    """``z - shift``: torch's backward adds x into an exponent next to terms of the output's size, so
+    the exponent errs by |x| roundings besides (graph/rules.py, ``_reused_output``)."""
+    diff.attrs["charged_sizes"] = (0,)
+    return diff
+
+
+def _reusing(out):
+    """torch's backward, exp(logcumsumexp(log g - out) + x), starts from its rounded output ``out``."""
+    out.attrs["reuses_output"] = True  # Note [logsumexp' from its rounded output] in aten_shift.py
+    return out
+
+
+@handles("aten.logcumsumexp")
+def _logcumsumexp(b, args, kwargs, val):
+    x = b.node_of(args[0])
+    if not x.shape:
+        return x
+    axis = args[1] % len(x.shape)
+    return _back(b, _log_running_sum(b, _moved(b, x, axis), x.shape[axis]), axis)
