@@ -1,9 +1,10 @@
 """order=2 over the op table: torch's own double backward must pass (no false alarm), and a seeded
 wrong second derivative (``symgrad.testing_ops.wrong_second``: the first backward right in value,
-its derivative off by ``1 + 1e-6`` in float64, ``1 + 1e-3`` in float32) must fail.  Prints one line
-per row and dtype, then the counts.
+its derivative off by ``1 + 1e-6`` in float64, ``1 + 1e-3`` in float32, ``1 + 1e-2`` in float16 and
+bfloat16) must fail.  Prints one line per row and dtype, then the counts.
 
     python benchmarks/order2_optable.py [float64 float32]
+    python benchmarks/order2_optable.py bfloat16      # the float32 rows, in bfloat16
 
 "refused": the op graph has no Hessian-vector rule (linalg) or torch itself has no double backward
 (hardsigmoid, cdist, sdpa, ...): a clear error, no verdict.  xfail and torch_differs rows are left out.
@@ -25,6 +26,8 @@ from symgrad.errors import SymgradError
 from symgrad.graph.optable import FACTOR, as_function, cases
 from symgrad.graph.order2 import TORCH_DIFFERS
 from symgrad.testing_ops import wrong_second
+
+HALF_FACTOR = 1e-2  # a 1 % bug in float16 and bfloat16
 
 
 def _check(fn, inputs, case):
@@ -49,7 +52,7 @@ def _row(case, dt) -> tuple[str, str, str]:
         detail = TORCH_DIFFERS[case.name]
     zero = all(not np.any(r.expected) for r in rep.records if r.quantity == "hvp")
     try:
-        bug = _check(wrong_second(fn, FACTOR[dt]), inputs, case)
+        bug = _check(wrong_second(fn, FACTOR.get(dt, HALF_FACTOR)), inputs, case)
         # "H=0 unwrapped": a detach or setitem inside a custom Function's forward is no stop (the forward
         # runs without a graph), so the wrapped function's Hessian is not the row's zero one
         seeded = ("zero Hessian" if bug.passed else "caught (H=0 unwrapped)") if zero else \
@@ -65,7 +68,7 @@ def main(dtypes) -> int:
         if case.xfail or case.torch_differs:
             continue
         for dt in dtypes:
-            if dt not in case.dtypes:
+            if dt not in case.dtypes and not (dt in ("float16", "bfloat16") and "float32" in case.dtypes):
                 continue
             start = time.perf_counter()
             verdict, seeded, detail = _row(case, dt)

@@ -30,6 +30,10 @@ HALF_ROUNDING_ULPS = 0.625
 HALF_VALUE_ROUNDINGS = 1.5
 HALF_DTYPES = ("float16", "bfloat16")
 HALF_SUBNORMAL_ROUNDINGS = 4.0
+# float32 and bfloat16 kernels compute in float32, whose subnormal intermediates a kernel may flush to
+# 0 (torch's bfloat16 silu at x = -88 returns -0 where the exact value is -1.98e-37): such an entry
+# is off by up to a few hundred of float32's smallest normal numbers, and is allowed 2**-118 (3e-36)
+FLUSHED = {"float32": 2.0**-118, "bfloat16": 2.0**-118}
 WIDE_SUBNORMAL_ROUNDINGS = 64.0  # float32, float64: nothing a gradient of a representable size hides in
 SUBNORMAL_SPACING = {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149, "float64": 2.0**-1074}
 
@@ -62,7 +66,8 @@ def subnormal_floor(dtype: str) -> float:
     """Subnormals round on an absolute spacing, not relative to their size (float16's below 6.1e-5,
     common in half-precision gradients, on 6e-8; bfloat16's and float32's below 1.2e-38): every
     entry is allowed HALF_SUBNORMAL_ROUNDINGS of that spacing (Note [Underflow floor])."""
-    return (HALF_SUBNORMAL_ROUNDINGS if dtype in HALF_DTYPES else WIDE_SUBNORMAL_ROUNDINGS) * SUBNORMAL_SPACING.get(dtype, 0.0)
+    spacings = (HALF_SUBNORMAL_ROUNDINGS if dtype in HALF_DTYPES else WIDE_SUBNORMAL_ROUNDINGS) * SUBNORMAL_SPACING.get(dtype, 0.0)
+    return max(spacings, FLUSHED.get(dtype, 0.0))
 
 
 SMALLEST_NORMAL = {"float16": 2.0**-14, "bfloat16": 2.0**-126}

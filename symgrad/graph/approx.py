@@ -137,13 +137,46 @@ def kernel(node, backward: bool = False):
             var.reset(token)
 
 
+# Note [Rounding below the normal range]
+# A rounding errs by eps times the size of its result only down to the dtype's smallest normal
+# number; below it the spacing is fixed (6e-8 in float16).  torch's float16 gelu double backward at
+# x = 5.7 rounds exp(-x**2 / 2) to one spacing (exact 4.3e-8) and multiplies it by x**2 = 32: 9
+# spacings off, where the bound (eps times 4.3e-8) had allowed a fraction of one; so had a float16
+# silu backward's sigmoid at x = -15 times 15.  Each rounding's own bound is charged on
+# ``size(v)``: |v|, but at least the checked dtype's smallest normal number where v is not 0 (an
+# exact 0 stays exact), so an underflowed intermediate carries its absolute spacing through the
+# products after it.
+SMALLEST_NORMAL = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float64": 2.0**-1022}
+
+
+@contextlib.contextmanager
+def checking(dtype: str):
+    """Within: roundings are charged as in a ``dtype`` check (Note [Rounding below the normal range]),
+    for sweeps that do not model the kernels' accumulation (the Hessian-vector sweep)."""
+    token = _CHECKED.set(dtype)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
+def size(v):
+    """The size a rounding of ``v`` is charged on (Note [Rounding below the normal range])."""
+    a = np.abs(v)
+    tiny = SMALLEST_NORMAL.get(_CHECKED.get())
+    if tiny is None:
+        return a
+    with np.errstate(invalid="ignore"):
+        return np.where((a > 0) & (a < tiny), tiny, a)
+
+
 def accumulated(roundings: float, terms, result):
     """The rounding of a sum: ``roundings`` (log2 n, plus a product's own) on the terms' sizes
     ``terms``; in a half check those in float32 and one half rounding of ``result`` (the Note)."""
     ratio = _ACCUMULATION.get()
     if ratio is None or not roundings:
         return roundings * terms
-    return ratio * roundings * terms + np.abs(result)
+    return ratio * roundings * terms + size(result)
 
 
 def summation_factor(n: int) -> float:
@@ -222,7 +255,7 @@ def signed_band(slope, lo, hi) -> tuple:
 def add(a: Approx, c: Approx, sign: float = 1.0) -> Approx:
     """``a + sign*c``: one rounding, on the size of the result (the terms' errors carry their size)."""
     v = a.v + sign * c.v
-    own = np.abs(v)
+    own = size(v)
     if np.isinf(own).any():  # Note [An exact infinity]: a mask's -inf plus a finite number is exactly -inf
         exact_inf = (np.isinf(a.v) & (a.e == 0)) | (np.isinf(c.v) & (c.e == 0))
         own = np.where(np.isinf(v) & exact_inf, 0.0, own)
@@ -235,8 +268,8 @@ def add(a: Approx, c: Approx, sign: float = 1.0) -> Approx:
 
 
 def mul(a: Approx, c: Approx) -> Approx:
-    v = rounded(a.v * c.v, np.abs(a.v * c.v))
-    e = np.abs(a.v) * c.e + a.e * np.abs(c.v) + np.abs(v)
+    v = rounded(a.v * c.v, size(a.v * c.v))
+    e = np.abs(a.v) * c.e + a.e * np.abs(c.v) + size(v)
     if not (a.banded or c.banded):
         return Approx(v, e)
     (al, ah), (cl, ch) = a.sides(), c.sides()
@@ -252,9 +285,9 @@ def scale(a: Approx, k: float, exact_scale: bool | None = None) -> Approx:
     if exact_scale is None:
         m, _ = math.frexp(abs(k)) if k else (0.5, 0)
         exact_scale = m == 0.5
-    e = abs(k) * a.e + (0.0 if exact_scale else np.abs(v))
+    e = abs(k) * a.e + (0.0 if exact_scale else size(v))
     if not exact_scale:
-        v = rounded(v, np.abs(v))
+        v = rounded(v, size(v))
     if not a.banded:
         return Approx(v, e)
     lo, hi = signed_band(np.float64(k), a.lo, a.hi)

@@ -3,7 +3,7 @@
 # Note [A running sum in blocks]
 ``cumsum`` along an axis of n entries is a contraction with a triangular matrix of ones, n x n
 constants: 3.2 GB at n = 20,000, and the adjoint cross-check makes integers of that shape too.
-Past ``DENSE`` entries (a 134 MB triangle) the axis is cut into blocks of k = ceil(sqrt n)
+Past ``DENSE`` entries the axis is cut into blocks of k = ceil(sqrt n)
 (zero-padded at its end): a running sum within each block (a k x k triangle), the blocks' totals
 summed before each block (a strict B x B triangle) and added on.  Constants of 2n entries, not
 n**2.  Every entry is still a sum of its prefix; its sums are charged as torch's sequential kernel
@@ -11,7 +11,9 @@ rounds (Note [Sequential scans] in approx.py), whichever blocks the graph cuts t
 thing the blocks change: in a reverse sweep whose cotangents cancel, the sum over blocks is charged
 on the blocks' (cancelled) totals, not on every term, so its bound is tighter than one triangle's.
 torch's own float32 logcumsumexp failed that way in blocks at n = 2,000 (|x| ~ 30, 3 of 3 seeds)
-and passes as one triangle: hence the large ``DENSE``.
+and passes as one triangle: so its running sum is one triangle up to ``DENSE_LOG`` (a 134 MB
+triangle) in float32 and float64.  In half precision a triangle that large made a check of 4,096
+entries take 71 s (its random-rounding reruns), and there the blocks start at ``DENSE``.
 
 # Note [Each position its own shift]
 ``logcumsumexp`` is ``c_i + log sum_{j<=i} exp(x_j - c_i)`` for any constant ``c_i``.  One shift for
@@ -35,9 +37,10 @@ import sympy as sp
 from .aten import handles
 from .trace import Builder
 
-__all__ = ["running_sum", "DENSE"]
+__all__ = ["running_sum", "DENSE", "DENSE_LOG"]
 
-DENSE = 4096  # a running sum over up to this many entries is one triangle (Note [A running sum in blocks])
+DENSE = 512  # a running sum over up to this many entries is one triangle (Note [A running sum in blocks])
+DENSE_LOG = 4096  # logcumsumexp's in float32 and float64: see the Note
 _DENSE_LOG = 64  # logcumsumexp: one block up to this length
 _ONE_SHIFT = 600.0  # entries this close to their row's maximum: one shift for the row (exp(-600) > 0)
 
@@ -84,9 +87,10 @@ def _scan(nodes, n: int, double: bool) -> None:
         node.attrs.update(_scan=n, _scan_double=double)  # Note [Sequential scans] in approx.py
 
 
-def running_sum(b: Builder, x, axis: int, double: bool = False):
+def running_sum(b: Builder, x, axis: int, double: bool = False, dense: int = DENSE):
     """The running sum of ``x`` along ``axis`` (Note [A running sum in blocks]); ``double``: torch's
-    kernel and its backward add in double in a float32 check (Note [Sequential scans])."""
+    kernel and its backward add in double in a float32 check (Note [Sequential scans]); up to
+    ``dense`` entries, one triangle."""
     import torch
 
     x = b.node_of(x)
@@ -95,7 +99,7 @@ def running_sum(b: Builder, x, axis: int, double: bool = False):
     axis %= len(x.shape)
     n, lead = x.shape[axis], _letters(len(x.shape) - 1)
     moved = _moved(b, x, axis)
-    if n <= DENSE:
+    if n <= dense:
         run = b.contract(f"{lead}i,ij->{lead}j", moved, torch.triu(torch.ones(n, n, dtype=torch.float64)))
         _scan([run], n, double)
         return _back(b, run, axis)
@@ -115,27 +119,61 @@ def _cumsum(b, args, kwargs, val):
 
 
 def _running_max(b: Builder, z):
-    """The running maximum of ``z`` along its last axis, held constant (picked from the traced values)."""
+    """The running maximum of ``z`` along its last axis, held constant (picked from the traced
+    values); 0 where every entry so far is -inf (Note [An empty prefix])."""
     import torch
 
     values = b.value_of(z)
     picked = torch.cummax(values, dim=-1).indices.numpy()
     flat = _ids(z) - np.arange(z.shape[-1]) + picked  # the same row, at the picked position
-    return b.stop(b.select([z], flat))
+    return b.stop(b.select([z], np.where(_empty(b, z), 0, flat)))
 
 
-def _log_prefix(b: Builder, z, n: int):
+def _row_max(b: Builder, z):
+    """The maximum of each row (last axis, kept), held constant; 0 for a row of -inf alone."""
+    m = b.reduce("max", z, (len(z.shape) - 1,), True)
+    empty = _empty(b, z)[..., -1:]
+    return b.stop(b.select([m], np.where(empty, 0, _ids(m))) if empty.any() else m)
+
+
+# Note [An empty prefix]
+# A -inf entry (a mask) is a term exp(-inf) = 0 of every sum after it.  Where every entry so far is
+# -inf, the sum is 0 and its log -inf, as torch's is; but its shift was -inf too (-inf - -inf =
+# NaN), and log's derivative 1/0 times the terms' 0 is NaN.  There the shift is 0, the sum gets 1
+# (log 1 = 0, derivative 1), and the output is a select's fill of -inf, which passes no cotangent
+# back: every derivative through those positions is 0, as the output does not move with any input.
+def _empty(b: Builder, z) -> np.ndarray:
+    """Positions of ``z`` whose prefix along the last axis holds no finite or +inf entry."""
+    values = b.value_of(z).numpy()
+    with np.errstate(invalid="ignore"):
+        return np.maximum.accumulate(np.where(np.isnan(values), np.inf, values), axis=-1) == -np.inf
+
+
+def _log_of(b: Builder, total, shift, empty: np.ndarray, reuse: bool = False):
+    """``log(total) + shift``, -inf where the prefix is empty (Note [An empty prefix])."""
+    import torch
+
+    if empty.any():
+        total = b.pointwise(lambda s, c: s + c, [total, torch.from_numpy(empty.astype(np.float64))])
+    out = b.pointwise(lambda s, t: sp.log(s) + t, [total, shift], tuple(empty.shape))
+    if reuse:
+        _reusing(out)
+    return b.select([out], np.where(empty, 0, _ids(out)), fill=-math.inf) if empty.any() else out
+
+
+def _log_prefix(b: Builder, z, n: int, reuse: bool = False):
     """``log sum_{j<=i} exp(z_j)`` along the last axis of ``z`` (Note [Each position its own shift])."""
     import torch
 
     k = z.shape[-1]
+    empty = _empty(b, z)
     if _spread(b, z) <= _ONE_SHIFT:  # every term within exp's range of its row's maximum
-        m = b.stop(b.reduce("max", z, (len(z.shape) - 1,), True))
+        m = _row_max(b, z)
         terms = b.pointwise(sp.exp, [_charged(b.pointwise(lambda s, t: s - t, [z, m]))])
         lead = _letters(len(z.shape) - 1)
         run = b.contract(f"{lead}i,ij->{lead}j", terms, torch.triu(torch.ones(k, k, dtype=torch.float64)))
         _scan([run], n, False)
-        return b.pointwise(lambda s, t: sp.log(s) + t, [run, m])
+        return _log_of(b, run, m, empty, reuse)
     c = _running_max(b, z)
     pairs = z.shape[:-1] + (k, k)  # (..., i, j)
     diff = _charged(b.pointwise(lambda s, t: s - t, [b.layout("reshape", z, z.shape[:-1] + (1, k)),
@@ -144,26 +182,28 @@ def _log_prefix(b: Builder, z, n: int):
     ids = np.where(keep, _ids(diff), 0)  # j > i: exp(-inf) = 0, an exact term
     terms = b.pointwise(sp.exp, [b.select([diff], ids, fill=-math.inf)])
     total = b.reduce("sum", terms, (len(pairs) - 1,), False)
-    return b.pointwise(lambda s, t: sp.log(s) + t, [total, c])
+    return _log_of(b, total, c, empty, reuse)
 
 
 def _spread(b: Builder, z) -> float:
-    """The largest distance between two entries of one row (the last axis) of ``z``'s traced values."""
+    """The largest distance between two finite entries of one row (the last axis) of ``z``'s traced values."""
     values = b.value_of(z).numpy()
-    if not values.size:
+    finite = np.isfinite(values)
+    if not finite.any():
         return 0.0
-    with np.errstate(invalid="ignore"):
-        return float(np.max(np.max(values, axis=-1) - np.min(values, axis=-1)))
+    hi = np.max(np.where(finite, values, -np.inf), axis=-1)
+    lo = np.min(np.where(finite, values, np.inf), axis=-1)
+    return float(np.max(np.where(finite.any(axis=-1), hi - lo, 0.0)))
 
 
-def _log_running_sum(b: Builder, moved, n: int):
+def _log_running_sum(b: Builder, moved, n: int, dense: int):
     if _spread(b, moved) <= _ONE_SHIFT:  # one shift per row: a running sum of exp(x - max)
-        m = b.stop(b.reduce("max", moved, (len(moved.shape) - 1,), True))
+        m = _row_max(b, moved)
         terms = b.pointwise(sp.exp, [_charged(b.pointwise(lambda s, t: s - t, [moved, m]))])
-        run = running_sum(b, terms, len(moved.shape) - 1)
-        return _reusing(b.pointwise(lambda s, t: sp.log(s) + t, [run, m]))
+        run = running_sum(b, terms, len(moved.shape) - 1, dense=dense)
+        return _log_of(b, run, m, _empty(b, moved), reuse=True)
     if n <= _DENSE_LOG:
-        return _reusing(_log_prefix(b, moved, n))
+        return _log_prefix(b, moved, n, reuse=True)
     cut, k, blocks = _blocks(b, moved, n)
     inner = _log_prefix(b, cut, n)  # (..., B, k): within each block
     rows = cut.shape[:-2]
@@ -172,11 +212,12 @@ def _log_running_sum(b: Builder, moved, n: int):
     idx = np.zeros(rows + (blocks,), np.int64)
     idx[..., 1:] = _ids(upto)[..., :-1]
     before = b.layout("reshape", b.select([upto], idx, fill=-math.inf), rows + (blocks, 1))
-    shift = _running_max(b, b.layout("reshape", cut, rows + (blocks * k,)))
-    shift = b.layout("reshape", shift, rows + (blocks, k))
+    whole = b.layout("reshape", cut, rows + (blocks * k,))
+    shift = b.layout("reshape", _running_max(b, whole), rows + (blocks, k))
     apart = [b.pointwise(lambda s, t: s - t, [part, shift], cut.shape) for part in (before, inner)]
-    run = b.pointwise(lambda p, q, t: sp.log(sp.exp(p) + sp.exp(q)) + t, apart + [shift])
-    return _unblocked(b, _reusing(run), n)
+    total = b.pointwise(lambda p, q: sp.exp(p) + sp.exp(q), apart)
+    run = _log_of(b, total, shift, _empty(b, whole).reshape(cut.shape), reuse=True)
+    return _unblocked(b, run, n)
 
 
 def _charged(diff):
@@ -198,4 +239,5 @@ def _logcumsumexp(b, args, kwargs, val):
     if not x.shape:
         return x
     axis = args[1] % len(x.shape)
-    return _back(b, _log_running_sum(b, _moved(b, x, axis), x.shape[axis]), axis)
+    half = str(getattr(val, "dtype", "")) in ("torch.float16", "torch.bfloat16")
+    return _back(b, _log_running_sum(b, _moved(b, x, axis), x.shape[axis], DENSE if half else DENSE_LOG), axis)

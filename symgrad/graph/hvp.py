@@ -36,7 +36,7 @@ from functools import lru_cache
 import sympy as sp
 
 from ..errors import UnsupportedOp
-from .approx import Approx, add, einsum, mul, unbroadcast
+from .approx import Approx, add, checking, einsum, mul, unbroadcast
 from .engine import _depends, tangent_sweep
 from .ir import Graph, Node
 from .rules import derivatives, symbols_for
@@ -154,6 +154,11 @@ def hvp(graph: Graph, values: dict, out: Node, seed: Approx, tangents: dict, wrt
     """Leaf node -> ``H w``: the tangent along ``tangents`` (leaf -> w) of the cotangents that the
     output's cotangent ``seed`` sends back (Note [Hessian-vector rules]); ``None`` where zero."""
     refuse_unsupported(graph, wrt)
+    with checking(ctx.dtype):  # Note [Rounding below the normal range] in approx.py
+        return _hvp(graph, values, out, seed, tangents, wrt, ctx)
+
+
+def _hvp(graph: Graph, values: dict, out: Node, seed: Approx, tangents: dict, wrt: list, ctx: Ctx) -> dict:
     ts = _tangent_sweep(graph, values, tangents, ctx)
     live = _depends(graph, set(wrt))
     grads: dict = {out: seed} if out in live else {}

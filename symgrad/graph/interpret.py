@@ -240,6 +240,29 @@ def _writes_into_inputs(gm, env: dict) -> dict:
     return written
 
 
+_CASTS = ("aten._to_copy", "prims.convert_element_type", "aten.to.")
+
+
+def _exact_fold(b: Builder, node, target, args) -> bool:
+    """Whether torch computes this folded op exactly as the float64 fold does (Note [Folded constants]
+    in trace.py): its floating inputs are given or exact folds, and it ran in float64 or is a cast."""
+    inputs = [t for t in iter_tensors(list(args)) if t.is_floating_point()]
+    if any(id(t) in b.folded and id(t) not in b.exact_folds for t in inputs):
+        return False
+    if str(target).startswith(_CASTS):
+        return all(_traced_float64(a) for a in node.args[:1])
+    vals = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
+    return all(str(v.dtype) == "torch.float64" for v in vals) and all(_traced_float64(a) for a in node.args)
+
+
+def _traced_float64(arg) -> bool:
+    """An fx argument that is not a floating tensor, or one traced in float64."""
+    vals = [v for v in iter_tensors([getattr(arg, "meta", {}).get("val")]) if v.is_floating_point()]
+    if isinstance(arg, (list, tuple)):
+        return all(_traced_float64(a) for a in arg)
+    return all(str(v.dtype) == "torch.float64" for v in vals)
+
+
 def _flatten(x):
     if isinstance(x, (list, tuple)):
         for a in x:
@@ -274,9 +297,12 @@ def _call(b: Builder, node, args, kwargs):
             kwargs = {**kwargs, "dtype": torch.float64}
         with torch.no_grad():
             out = target(*_as_float64(args), **kwargs)
+        exact = _exact_fold(b, node, target, args)
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
+                if exact:
+                    b.exact_folds.add(id(t))  # ... unless it computes it as the fold did (Note [Folded constants])
         note_value_dependence(b, node, args, out)
         return out
     user = _user_handler(target)

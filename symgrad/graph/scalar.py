@@ -26,7 +26,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .approx import Approx, add, mul, rounded, rounded_constant, signed_band
+from .approx import Approx, add, mul, rounded, rounded_constant, signed_band, size
 from ..ops import is_float32_constant
 from .scalar_kernels import FUNCTIONS, NARY, STEPS, _polygamma
 
@@ -164,14 +164,14 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         fn, dfn = _polygamma(n)
         out = _apply(fn, dfn, _eval(expr.args[1], env, ctx, memo), rooted=True, ulps=library_ulps(ctx))
         rel = KERNEL_REL.get(n, 0.0)  # Note [Kernels less accurate than their dtype]
-        own = rel / ctx.eps * np.abs(out.v)
+        own = rel / ctx.eps * size(out.v)
         return Approx(rounded(out.v, own), out.e + own, out.lo, out.hi) if rel else out
     if isinstance(expr, sp.atan2):
         y, x = (_eval(a, env, ctx, memo) for a in expr.args)
         v = np.arctan2(y.v, x.v)
         r2 = x.v**2 + y.v**2
-        e = (np.abs(x.v) * y.e + np.abs(y.v) * x.e) / r2 + library_ulps(ctx) * np.abs(v)
-        v = rounded(v, library_ulps(ctx) * np.abs(v))
+        e = (np.abs(x.v) * y.e + np.abs(y.v) * x.e) / r2 + library_ulps(ctx) * size(v)
+        v = rounded(v, library_ulps(ctx) * size(v))
         if not (x.banded or y.banded):
             return Approx(v, e)
         width = (np.abs(x.v) * y.band() + np.abs(y.v) * x.band()) / r2
@@ -208,9 +208,9 @@ def _apply(fn, dfn, a: Approx, rooted: bool = False, ulps: float = TRANSCENDENTA
     2, digamma near 1.46, erfinv) is charged on the size of its terms, ``|x f'(x)|``, as well."""
     v = np.asarray(fn(a.v), np.float64)
     slope = np.asarray(dfn(a.v), np.float64)
-    size = np.abs(v) + (np.abs(a.v * slope) if rooted else 0.0)
-    e = _through(slope, a.e) + ulps * size
-    return _with_band(rounded(v, ulps * size), e, slope, a)
+    own = size(v) + (np.abs(a.v * slope) if rooted else 0.0)
+    e = _through(slope, a.e) + ulps * own
+    return _with_band(rounded(v, ulps * own), e, slope, a)
 
 
 # Note [Steps at their jumps]
@@ -273,21 +273,21 @@ def _pow(expr, env, ctx, memo) -> Approx:
             roundings = 1
         if k < -1:
             roundings = max(roundings, _half_power_roundings(k, ctx))
-        return _with_band(rounded(v, roundings * np.abs(v)), _power_error(k, v, b) + roundings * np.abs(v), slope, b)
+        return _with_band(rounded(v, roundings * size(v)), _power_error(k, v, b) + roundings * size(v), slope, b)
     if exp.is_Number:
         k = float(exp)
         v = b.v**k
         slope = k * b.v ** (k - 1)
         ulps = 1.0 if k in (0.5, -0.5) else library_ulps(ctx)  # sqrt/rsqrt round once (correctly rounded)
         ulps = max(ulps, _half_power_roundings(k, ctx))
-        own = (ulps + (1 if k == -0.5 else 0)) * np.abs(v)
+        own = (ulps + (1 if k == -0.5 else 0)) * size(v)
         return _with_band(rounded(v, own), _power_error(k, v, b) + own, slope, b)
     x = _eval(exp, env, ctx, memo)  # b ** x = exp(x log b)
     v = b.v**x.v
     d_b = np.abs(x.v * b.v ** (x.v - 1))
     d_x = np.abs(v * np.log(np.where(b.v > 0, b.v, 1.0)))
-    e = _through(d_b, b.e) + _through(d_x, x.e) + library_ulps(ctx) * np.abs(v)
-    v = rounded(v, library_ulps(ctx) * np.abs(v))
+    e = _through(d_b, b.e) + _through(d_x, x.e) + library_ulps(ctx) * size(v)
+    v = rounded(v, library_ulps(ctx) * size(v))
     if not (b.banded or x.banded):
         return Approx(v, e)
     width = d_b * b.band() + d_x * x.band()
