@@ -236,3 +236,19 @@ def test_a_float64_scan_of_positive_terms():
         v = torch.rand(100_000, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 10))
         report = sg.check(fn, {"x": x}, v=v)
         assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n, scale", [(12, 1.0), (200, 400.0), (5000, 1.0)])
+def test_logcumsumexp_with_masked_entries(n, scale, dtype):
+    """Note [An empty prefix] and Note [Each position its own shift] (graph/aten_scan.py): -inf entries
+    inside a row and a row whose second half is -inf; with a row spanning 1,000 (scale 400) the
+    shift is per position.  -inf - -inf had made the closed form NaN."""
+    fn = lambda x: torch.logcumsumexp(x, 1)  # noqa: E731
+    x = scale * _rand(3, n, dtype=dtype)
+    x[1, n // 3: n // 3 + 5] = -float("inf")
+    x[2, n // 2:] = -float("inf")
+    v = _rand(3, n, dtype=dtype, seed=1)
+    assert sg.check(fn, {"x": x}, v=v).passed
+    bugged = sg.check(scaled(fn, 1 + DELTA[dtype]), {"x": x}, symbolic=fn, v=v, engine="graph")
+    assert not bugged.passed
