@@ -23,7 +23,9 @@ running maximum up to it (held constant, read from the traced values as ``cummax
 term is at most 1, the largest exactly 1, and a term that underflows is below 1e-308 of the sum,
 whose derivative underflows as well.  Within blocks of k the terms form a k x k triangle; the
 blocks' totals, a B x B one; the two meet in a log-add-exp shifted by the running maximum of the
-whole axis.  A graph kept for other values of the same shapes reads other shifts: still the same
+whole axis.  The triangles of terms cost k times the entries; where every finite entry of a row is
+within ``_ONE_SHIFT`` (600) of the row's maximum no term can underflow, and the row keeps one shift,
+its maximum, and a running sum of exp(x - max) (Note [A running sum in blocks]).  A graph kept for other values of the same shapes reads other shifts: still the same
 function, and where they over- or underflow the forward disagrees with torch's and symgrad traces again.
 """
 
@@ -41,7 +43,7 @@ __all__ = ["running_sum", "DENSE", "DENSE_LOG"]
 
 DENSE = 512  # a running sum over up to this many entries is one triangle (Note [A running sum in blocks])
 DENSE_LOG = 4096  # logcumsumexp's in float32 and float64: see the Note
-_DENSE_LOG = 64  # logcumsumexp: one block up to this length
+_ONE_BLOCK = 64  # logcumsumexp shifted per position: one k x k block of terms up to this length
 _ONE_SHIFT = 600.0  # entries this close to their row's maximum: one shift for the row (exp(-600) > 0)
 
 
@@ -202,7 +204,7 @@ def _log_running_sum(b: Builder, moved, n: int, dense: int):
         terms = b.pointwise(sp.exp, [_charged(b.pointwise(lambda s, t: s - t, [moved, m]))])
         run = running_sum(b, terms, len(moved.shape) - 1, dense=dense)
         return _log_of(b, run, m, _empty(b, moved), reuse=True)
-    if n <= _DENSE_LOG:
+    if n <= _ONE_BLOCK:
         return _log_prefix(b, moved, n, reuse=True)
     cut, k, blocks = _blocks(b, moved, n)
     inner = _log_prefix(b, cut, n)  # (..., B, k): within each block
