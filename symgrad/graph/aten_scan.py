@@ -25,8 +25,9 @@ whose derivative underflows as well.  Within blocks of k the terms form a k x k 
 blocks' totals, a B x B one; the two meet in a log-add-exp shifted by the running maximum of the
 whole axis.  The triangles of terms cost k times the entries; where every finite entry of a row is
 within ``_ONE_SHIFT`` (600) of the row's maximum no term can underflow, and the row keeps one shift,
-its maximum, and a running sum of exp(x - max) (Note [A running sum in blocks]).  A graph kept for other values of the same shapes reads other shifts: still the same
-function, and where they over- or underflow the forward disagrees with torch's and symgrad traces again.
+its maximum, and a running sum of exp(x - max) (Note [A running sum in blocks]).  A graph kept for
+other values of the same shapes reads other shifts: still the same function, and where they over-
+or underflow the forward disagrees with torch's and symgrad traces again.
 """
 
 from __future__ import annotations
