@@ -101,9 +101,10 @@ CONVOLUTION = "aten.convolution"
 # float32 rounding of the exact sum, and so is its backward (a cumsum; ``_scan_double``).  A float32
 # logcumsumexp's backward is a formula of float32 pieces (exp(logcumsumexp(log g - out) + x)): its
 # sums keep the blocked bound of the whole axis, log2 n (a double accumulator charged too little:
-# torch's own op failed 2 of 4 seeds at |x| ~ 30; the log2 k of each block, 3 of 3 at n = 2,000).  The nodes of a running sum (graph/aten_ext.py, ``running_sum``)
-# carry ``_scan`` = the axis' length, and within them a sum of any length is charged that many
-# roundings (in the accumulator's precision: Note [Half-precision accumulation]).  Charged as the
+# torch's own op failed 2 of 4 seeds at |x| ~ 30; the log2 k of each block, 3 of 3 at n = 2,000).
+# The nodes of a running sum (graph/aten_scan.py) carry ``_scan`` = the axis' length, and within them
+# a sum of any length is charged that many roundings (in the accumulator's precision: Note
+# [Half-precision accumulation]).  Charged as the
 # worst case, so an entry's allowance covers every order of the additions; in float64 at n = 10**5
 # that is 1e-11 of the terms' sizes.
 _SCAN: contextvars.ContextVar = contextvars.ContextVar("symgrad_scan", default=None)
@@ -122,14 +123,12 @@ def kernel(node, backward: bool = False):
     tokens = []
     if _ACCUMULATION.get() is not None and half:
         tokens.append((_ACCUMULATION, _ACCUMULATION.set(None)))
-    if scan and _CHECKED.get() == "float32":
-        if node.attrs.get("_scan_double"):  # a double accumulator, rounded once to float32
-            tokens.append((_SCAN, _SCAN.set((int(scan), True))))
+    if scan:
+        float32, double = _CHECKED.get() == "float32", bool(node.attrs.get("_scan_double"))
+        # in float32 a sum that torch does not add in double keeps the blocked bound of the whole axis
+        tokens.append((_SCAN, _SCAN.set((int(scan), double or not float32))))
+        if float32 and double:  # a double accumulator, rounded once to float32
             tokens.append((_ACCUMULATION, _ACCUMULATION.set(EPS64 / EPS32)))
-        else:  # the blocked bound of the whole axis, whichever block this sum is
-            tokens.append((_SCAN, _SCAN.set((int(scan), False))))
-    elif scan:
-        tokens.append((_SCAN, _SCAN.set((int(scan), True))))
     try:
         yield
     finally:
