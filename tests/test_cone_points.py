@@ -68,6 +68,21 @@ def test_norm_at_zero_backwards(backward, passes, dtype):
     assert report.passed is passes, str(report)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_half_norm_at_zero_is_judged_on_its_limits(dtype):
+    """The limits are taken at inputs moved by 2**-18, subnormal in float16: charged the floor below
+    the normal range there, a squared norm of 1e-10 widened the band by thousands and 10 in every
+    entry passed (Note [Cone points])."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 8, generator=g, dtype=torch.float64).to(dtype)
+    x[1] = 0
+    v = torch.randn(3, generator=g, dtype=torch.float64).to(dtype)
+    rows = lambda x: norm(x, dim=1)  # noqa: E731
+    assert sg.check(rows, {"x": x}, v=v, quiet=True).passed
+    ten = with_backward(rows, lambda x, g: torch.where(x == 0, 10.0, vjp(rows, x, g)).to(x.dtype))
+    assert not sg.check(ten, {"x": x}, v=v, quiet=True).passed
+
+
 def test_rows_at_zero_among_others_and_a_wrong_backward_there():
     x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]], dtype=torch.float64)
     right = with_backward(lambda x: norm(x, dim=1), lambda x, g: vjp(lambda x: norm(x, dim=1), x, g))

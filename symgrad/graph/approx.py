@@ -34,7 +34,7 @@ import numpy as np
 
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
-__all__ = ["Approx", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "unbroadcast", "summation_factor",
+__all__ = ["Approx", "scale_free", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "unbroadcast", "summation_factor",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -145,7 +145,21 @@ def kernel(node, backward: bool = False):
 # ``size(v)``: |v|, but at least the checked dtype's smallest normal number where v is not 0 (an
 # exact 0 stays exact), so an underflowed intermediate carries its absolute spacing through the
 # products after it.
+# The limits at a cone point (Note [Cone points] in cones.py) are taken at inputs moved by a tiny
+# step, which a half check's dtype could not even hold; the limit is the same at any step, so roundings
+# there are charged on |v| alone (``scale_free``).
 SMALLEST_NORMAL = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float64": 2.0**-1022}
+_SCALE_FREE: contextvars.ContextVar = contextvars.ContextVar("symgrad_scale_free", default=False)
+
+
+@contextlib.contextmanager
+def scale_free():
+    """Within: no rounding is charged below the normal range (limits at moved points)."""
+    token = _SCALE_FREE.set(True)
+    try:
+        yield
+    finally:
+        _SCALE_FREE.reset(token)
 
 
 @contextlib.contextmanager
@@ -163,7 +177,7 @@ def size(v):
     """The size a rounding of ``v`` is charged on (Note [Rounding below the normal range])."""
     a = np.abs(v)
     tiny = SMALLEST_NORMAL.get(_CHECKED.get())
-    if tiny is None:
+    if tiny is None or _SCALE_FREE.get():
         return a
     with np.errstate(invalid="ignore"):
         return np.where((a > 0) & (a < tiny), tiny, a)

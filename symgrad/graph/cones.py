@@ -37,7 +37,11 @@ leaf's derivative is the sum over its copies.  Where ``F`` is differentiable thi
 derivative (the chain rule); at ``cdist``'s diagonal the copies' contributions cancel exactly to 0.
 It is used only where the plain move left a NaN, because the sum of the copies' limits can be
 wider than ``f``'s own.  An entry that is NaN in both stays NaN and fails, with the reason in the
-report.  Bounds come from the closed form at the moved points, never from torch.
+report.  Bounds come from the closed form at the moved points, never from torch; their roundings
+are charged on the values' sizes alone, with no floor below the dtype's normal range: a step of
+2**-18 puts a float16 check's moved inputs among the subnormals, and the floor (Note [Rounding below
+the normal range]) charged on a squared norm of 1e-10 let a norm's gradient at zero be anything (10
+in every entry passed, its band widened by thousands).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from typing import Callable
 import numpy as np
 
 from ..progress import stage
-from .approx import Approx
+from .approx import Approx, scale_free
 from .engine import backward, forward
 from .ir import Graph, Node
 from .refs import reference
@@ -146,7 +150,8 @@ def _sample(evaluate, rng) -> list:
             at = []
             for t in STEPS:
                 gen = np.random.default_rng(seed)  # the same direction at both steps, one draw per input
-                at.append(evaluate(lambda v, gen=gen, t=t * sign: moved(v, gen, t)))
+                with scale_free():  # the step is arbitrary: no underflow charges (approx.py)
+                    at.append(evaluate(lambda v, gen=gen, t=t * sign: moved(v, gen, t)))
             samples.append([(a, b, r) for (a, r), (b, _) in zip(zip(*at[0]), zip(*at[1]))])
     return samples
 

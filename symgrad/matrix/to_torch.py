@@ -24,6 +24,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from ..errors import UnsupportedOp
+from ..lower.batched import MANY_ENTRIES, batched, entry_count
 from ..lower.torch import walker
 from .nodes import Elementwise, LogSoftmaxRows, SoftmaxRows
 
@@ -93,8 +94,10 @@ def _lower(expr, env: Mapping[str, object], dtype):
 
     memo: dict = {}
 
-    def scalar_part(e):
-        return walker({}, dtype, fallback=matrix)(e)
+    walk = walker({}, dtype, fallback=lambda e: matrix(e))
+
+    def scalar_part(e):  # Note [Entries written out]: a sum over many entries in a few batched ops
+        return batched(e, matrix, walk) if entry_count(e) > MANY_ENTRIES else walk(e)
 
     def matrix(e):
         if e in memo:

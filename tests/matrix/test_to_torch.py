@@ -73,3 +73,35 @@ def test_names_and_nodes_outside_the_lowering_are_refused_with_the_reason():
         matrix_forward(Z * Y, ["Y"], (3, 3))
     with pytest.raises(UnsupportedOp, match="matrix exponential"):
         matrix_forward(sp.exp(Y), ["Y"], (3, 3))(torch.eye(3, dtype=torch.float64))
+
+
+def test_entries_written_out_are_lowered_in_a_few_batched_ops():
+    """Note [Entries written out] (symgrad/lower/batched.py): SymPy writes (a.T*W*b)[0, 0] out as n**2
+    terms; the lowering reads them with a few gathers, so the traced op graph does not grow with n,
+    and its values equal the node-by-node lowering's."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    sizes = {}
+    for n in (8, 24):
+        A, W, B, inputs = _bilinear(n, seed=2)
+        entry = (A.T * W * B)[0, 0]
+        expr = entry**2 + sp.sin(entry) * W[0, 1] - sp.exp(W[1, 1]) + sp.Piecewise((W[0, 0], W[1, 0] > 0), (0, True))
+        forward = matrix_forward(expr, list(inputs), ())
+        a, w, b = inputs.values()
+        s = (a.T @ w @ b)[0, 0]
+        want = s**2 + torch.sin(s) * w[0, 1] - torch.exp(w[1, 1]) + (w[0, 0] if w[1, 0] > 0 else 0.0)
+        assert torch.allclose(forward(*inputs.values()), want, rtol=1e-12, atol=1e-12)
+        sizes[n] = len(make_fx(forward)(*inputs.values()).graph.nodes)
+    assert sizes[24] == sizes[8] < 200, sizes  # node by node: 24**2 products alone
+
+
+def test_a_squared_entry_of_a_product_on_the_op_graph():
+    A, W, B, inputs = _bilinear(40, seed=3)
+    symbolic = (A.T * W * B)[0, 0] ** 2
+    report = sg.check(lambda a, W, b: (a.T @ W @ b)[0, 0] ** 2, inputs, symbolic=symbolic, wrt="W", quiet=True)
+    assert report.passed and report.meta["engine"].startswith("graph"), str(report)
+    a, w, b = inputs.values()
+    assert torch.allclose(torch.as_tensor(report["W"].expected), 2 * (a.T @ w @ b) * (a @ b.T), rtol=1e-12)
+    wrong = with_backward(lambda W: (inputs["a"].T @ W @ inputs["b"])[0, 0] ** 2,
+                          lambda W, g: g * 2 * (a.T @ W @ b) * (a @ b.T) * (1 + 1e-9))
+    assert not sg.check(lambda a, W, b: wrong(W), inputs, symbolic=symbolic, wrt="W", quiet=True).passed
