@@ -20,12 +20,13 @@ from .autograd.forward import grad_enabled
 from .elementwise import check_plain
 from .compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
 from .errors import InputError
+from .compare.worst import joined
 from .ops import float32_scoped
 from .inputs import check_options, lowest_precision  # noqa: F401 - lowest_precision re-exported
 from .progress import with_progress
 from .report.report import Report
 from .symbolic.forward import symbolic_inputs  # noqa: F401 - re-exported
-from .validate import check_backend, check_callable, check_wrt_type, recursion_guard
+from .validate import check_backend, check_callable, check_wrt_type, recursion_guard, refuse_zero_products
 
 __all__ = ["check", "assert_correct", "symbolic_inputs", "lowest_precision"]
 
@@ -138,7 +139,24 @@ def check(
     finally:
         reference_mode.reset(token)
         nesting.reset(depth)
+    _note_unchecked(report, fn, inputs, wrt)
     return apply_strict(report, strict, warn=nesting.get() == 0)
+
+
+def _note_unchecked(report: Report, fn, inputs, wrt) -> None:
+    """With no ``wrt``, a function's inputs that do not require grad are left out when others do:
+    the report says which, so a skipped gradient is never mistaken for a checked one."""
+    import torch
+
+    if wrt is not None or _is_module(fn) or not report.records:
+        return
+    tensors = inputs.items() if isinstance(inputs, Mapping) else enumerate(inputs) if isinstance(inputs, (list, tuple)) else ()
+    floats = {str(k): t for k, t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    left = [k for k, t in floats.items() if not t.requires_grad]
+    if left and len(left) < len(floats):
+        report.records[0].note = joined(report.records[0].note, (
+            f"Not checked: {', '.join(left)} (requires_grad=False, while the other inputs require grad); pass "
+            f"wrt={list(floats)!r} to check every input."))
 
 
 def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine, backend, rtol, atol,
@@ -150,6 +168,11 @@ def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine,
     check_callable(fn)
     check_wrt_type(wrt)
     check_backend(backend)
+    refuse_zero_products(v, tangents)
+    from .autograd.run import VIAS
+
+    if via is not None and via not in VIAS:
+        raise InputError(f"via={via!r} is not a way symgrad knows to run autograd; choose one of: {', '.join(VIAS)}")
     if order != 1:  # second derivatives: symgrad/order2.py
         from .graph.order2 import check_order
         from .order2 import check_second_order

@@ -43,7 +43,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     stage("building the symbolic forward")
     named = normalize_inputs(fn, symbolic, inputs, finite=False)
     if engine != "graph" and not _all_finite(named):  # Note [Non-finite inputs on auto]
-        if engine == "auto" and fn is not None and symbolic is None and not _forward_mode(via, tangents):
+        if engine == "auto" and fn is not None and symbolic is None and not (via or "").endswith("hessian"):
             engine = "graph"
         else:
             refuse_nonfinite(named)
@@ -71,7 +71,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     routed = _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engine, memory_budget,
                                forward_ad=via in ("jacfwd", "func.jvp", "forward_ad") or (via is None and tangents is not None),
                                jacobian=via in JACOBIAN_VIAS or (via is None and v is None and tangents is None),
-                               on_graph=on_graph)
+                               on_graph=on_graph, hessian=via in ("functional.hessian", "func.hessian"))
     if isinstance(routed, Report):
         return routed
     out, twin_graph = routed
@@ -100,6 +100,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     stage("comparing")
     forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
                       rtol=rtol, atol=atol)
+    if not forward.passed and symbolic is None and fn is not None and engine == "auto":
+        return on_graph(None)  # its own twin disagrees: torch code the twin misread (torch.randn inside)
     if not forward.passed:
         forward.note = ("the symbolic forward and the torch function disagree: the derivatives below are "
                         "derivatives of different functions. Fix the symbolic forward first.")
@@ -135,7 +137,7 @@ def _without_steps(derivs: dict, twin_graph) -> dict:
 
 
 def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engine, budget, *, forward_ad: bool,
-                      jacobian: bool, on_graph):
+                      jacobian: bool, on_graph, hessian: bool = False):
     """(symbolic output, op graph of exploded torch code or None), or the op graph's report for torch
     code with no symbolic twin (Note [Exploded twin])."""
     twin_graph = None  # the op graph of torch code exploded here (Note [Exploded twin])
@@ -146,7 +148,7 @@ def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engin
         # tensor back end, or exploded into one expression per entry when asked (Note [Exploded twin])
         if fn is None or (symbolic is not None and not callable(symbolic)):
             raise
-        if engine != "elementwise":
+        if engine != "elementwise" and not hessian:  # a full Hessian: exploded, within the memory budget
             try:
                 return on_graph(symbolic)
             except UnsupportedOp as graph_err:
@@ -177,6 +179,10 @@ def _torch_output(fn, out: SymTensor, sym_in: dict, dtype, leaves: dict):
         raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor: symgrad differentiates "
                          "one tensor output. Fix: return one tensor (for a tuple or dict, check a wrapper such as "
                          "lambda x: fn(x)[0]; for None, add the missing return)")
+    if not (out_t.is_floating_point() or out_t.is_complex()):
+        raise InputError(f"the torch function returned a {str(out_t.dtype).replace('torch.', '')} tensor: it has no "
+                         "derivative (a comparison, an index or a count is constant almost everywhere). Fix: check "
+                         "the floating-point computation it is made from")
     if tuple(out_t.shape) != out.shape and _same_but_unit_dims(tuple(out_t.shape), out.shape):
         out = out.reshape(tuple(out_t.shape))  # SymPy has no 1-d matrices: (n, 1) stands for (n,)
     if tuple(out_t.shape) != out.shape:
@@ -261,8 +267,8 @@ def _choose_wrt(named: dict, wrt) -> list[str]:
 # the op graph evaluates them as torch does (a -inf attention mask, log_softmax with a -inf logit, an
 # inf through exp(-x)) and reports NaN/inf on either side as such, never as a match.  With
 # engine='auto' torch code (no symbolic= twin) with a non-finite input therefore goes to the op graph
-# instead of being refused; engine='elementwise', a symbolic= twin and forward mode still refuse it,
-# with a message naming engine='graph'.
+# instead of being refused, in reverse and forward mode and for order=2; engine='elementwise', a
+# symbolic= twin and full Hessians still refuse it, with a message naming engine='graph'.
 def _all_finite(named) -> bool:
     return all(bool(np.isfinite(t.detach().double().cpu().numpy()).all()) for t in named.values()
                if t.is_floating_point())

@@ -59,7 +59,11 @@ def normalize_inputs(fn, symbolic, inputs, *, finite: bool = True) -> dict:
         if t.is_complex():
             raise InputError(f"input {name!r} is complex ({t.dtype}); symgrad checks real derivatives")
         if t.numel() == 0:
-            raise InputError(f"input {name!r} is empty (shape {tuple(t.shape)}): there is nothing to check")
+            others = [n for n, u in named.items() if n != name and isinstance(u, torch.Tensor) and u.numel()]
+            fix = (f"to check the others ({', '.join(others)}), bind it as a constant, e.g. symgrad.check(lambda "
+                   f"{', '.join(others)}: fn(...), ...) with {name} fixed inside" if others else "give it entries")
+            raise InputError(f"input {name!r} is empty (shape {tuple(t.shape)}): it has no entries to differentiate, "
+                             f"and symgrad refuses empty inputs. Fix: {fix}")
     if finite:  # the op graph evaluates inf and NaN (nan_to_num, -inf masks); the exploded back end does not
         refuse_nonfinite(named)
     return named

@@ -32,7 +32,8 @@ def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, b
     """See the module docstring; the keywords are ``symgrad.check``'s."""
     import torch
 
-    from .elementwise import _choose_wrt
+    from .elementwise import _all_finite as _finite, _choose_wrt
+    from .validate import refuse_nonfinite
     from .inputs import normalize_inputs
     from .errors import InputError
     from .graph import check_graph
@@ -50,7 +51,12 @@ def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, b
                            rtol=rtol, atol=atol, title=title, order=2)
     if loss is not None or target is not None:
         raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
-    named = normalize_inputs(fn, symbolic, inputs, finite=engine != "graph")
+    named = normalize_inputs(fn, symbolic, inputs, finite=False)
+    traceable_code = fn is not None and (symbolic is None or callable(symbolic))
+    if engine == "auto" and traceable_code and not _finite(named):
+        engine = "graph"  # Note [Non-finite inputs on auto] (elementwise.py): the op graph evaluates them
+    if engine != "graph":
+        refuse_nonfinite(named)
     wrt_names = _choose_wrt(named, wrt)
     graph_args = dict(symbolic=symbolic, wrt=wrt_names, v=v, tangents=tangents, rtol=rtol, atol=atol, title=title,
                       order=2)

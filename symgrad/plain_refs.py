@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from .compare.accuracy import EntryOracle
+from .compare.accuracy import EntryOracle, ForwardOracle
 from .compare.kinks import stack_generators
 from .differentiate.elementwise import entry_form, structural_zeros
 from .differentiate.matrix_form import matrix_closed_form
@@ -76,6 +76,7 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
     out_ref = Reference("output", ev.main[0].reshape(out.shape), closed_form="symbolic forward",
                         value_lowp=ev.low[0].reshape(out.shape), rounding=ev.rounding[0].reshape(out.shape),
                         value_eps=ev.lowered.value_eps)
+    out_ref.exact_forward = ForwardOracle(lambda: _exact_entries(out.data, args, values))
     if any(c.endswith("at a jump") for c in ev.hi.kink_conditions or ()):
         ev.bands(out_ref, 0, 1)  # a step function's forward at its jump (Note [Jumps of the step functions])
     matrix_values = {n: t.detach().double().cpu().numpy().reshape(_as_2d(tuple(t.shape))) for n, t in named.items()}
@@ -116,6 +117,14 @@ def _derivative_reference(deriv: np.ndarray, key, i: int, ev: _Evaluated, scale,
                 ref.closed_form_expr = None  # the matrix form is shown as text, not the first entry
     ev.bands(ref, i, scale)
     return ref
+
+
+def _exact_entries(entries: np.ndarray, args: list, values: list) -> np.ndarray:
+    """The forward's entries with every input symbol replaced by its exact value."""
+    from .graph.explode import exact_number
+
+    at = {a: exact_number(v) for a, v in zip(args, values)}
+    return np.array([e.xreplace(at) if hasattr(e, "xreplace") else e.subs(at) for e in np.ravel(entries)], object)
 
 
 def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale, dtype: str) -> None:

@@ -45,4 +45,6 @@ class Reference:
     # issue 11: raised-precision values and conditioning of chosen entries (compare/accuracy.py's
     # EntryOracle); None where the engine has none (the accuracy question then stays unanswered)
     oracle: object = None
+    # the exact values of a forward's entries where they overflow (compare.py, Note [Overflow is the right answer])
+    exact_forward: object = None
     value_eps: float | None = None  # machine epsilon of the evaluation of ``value`` (None: numpy's extended precision)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import InputError, UnsupportedOp
 
-__all__ = ["check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite",
+__all__ = ["refuse_zero_products", "check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite",
            "refuse_hooks", "refuse_meta", "refuse_stateful", "refuse_non_tensor_value", "check_backend",
            "check_via_keywords",
            "recursion_guard", "BACKENDS"]
@@ -157,14 +157,15 @@ def refuse_hooks(model) -> None:
 
     if getattr(M, "_global_forward_hooks", None) or getattr(M, "_global_forward_pre_hooks", None):
         raise InputError("a global forward hook is registered (torch.nn.modules.module.register_module_forward_hook); "
-                         "symgrad's symbolic twin does not run hooks, so it would check another function. Remove "
-                         "the hook (handle.remove()) while checking.")
+                         "symgrad's exploded twin does not run hooks, so it would check another function. Check on "
+                         "the op graph (engine='graph'), or remove the hook (handle.remove()) while checking.")
     for qual, mod in model.named_modules():
         if mod._forward_hooks or mod._forward_pre_hooks:
             where = f"module {qual!r} ({type(mod).__name__})" if qual else type(mod).__name__
-            raise InputError(f"{where} has a forward hook or pre-hook; symgrad's symbolic twin does not run hooks, "
-                             "so it would check another function than torch runs. Remove it while checking "
-                             "(handle.remove()), or move what it does into forward.")
+            raise InputError(f"{where} has a forward hook or pre-hook; symgrad's exploded twin does not run hooks, "
+                             "so it would check another function than torch runs. Check it on the op graph "
+                             "(engine='graph', which runs hooks as torch does), or remove it while checking "
+                             "(handle.remove()) if it is not part of the function.")
 
 
 def refuse_stateful(model) -> None:
@@ -228,6 +229,23 @@ def check_via_keywords(via: str, quantity: str, v, tangents) -> None:
     if tangents is not None and quantity != "jvp":
         raise InputError(f"tangents= is given but via={via!r} computes a {quantity}, which does not use them: "
                          "drop tangents, or use via='func.jvp' / 'forward_ad' / 'functional.jvp'")
+
+
+def refuse_zero_products(v, tangents) -> None:
+    """A cotangent (or every tangent) of zeros checks nothing: every product is 0 whatever the
+    backward (or jvp) computes, and a backward 50 % off passed."""
+    import torch
+
+    def zero(t) -> bool:
+        return isinstance(t, torch.Tensor) and t.numel() > 0 and t.is_floating_point() and not bool(t.detach().ne(0).any())
+
+    if zero(v):
+        raise InputError("v is all zeros: every vector-Jacobian product is then 0 whatever the backward computes, so "
+                         "the check would prove nothing. Fix: pass a random cotangent, v=torch.randn_like(out)")
+    given = list(tangents.values()) if isinstance(tangents, Mapping) else [tangents] if tangents is not None else []
+    if given and all(zero(t) for t in given):
+        raise InputError("every tangent is all zeros: every Jacobian-vector product is then 0 whatever the jvp computes. "
+                         "Fix: pass random tangents (torch.randn_like(x) for each input)")
 
 
 def recursion_guard(fn):

@@ -219,3 +219,31 @@ def test_a_tie_between_two_inputs(name, split, passes, dtype, engine):
     v = torch.tensor([0.5, -1.0, 2.0, 0.75], dtype=dtype)
     report = sg.check(_two_input(op, split), {"a": a, "b": b}, symbolic=op, v=v, engine=engine, quiet=True)
     assert report.passed is passes, str(report)
+
+
+class _Router(torch.nn.Module):
+    """A top-2-of-4 router initialised at zero (every logit tied) whose indices pick expert values."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+        self.gate = torch.nn.Linear(3, 4).double()
+        torch.nn.init.zeros_(self.gate.weight)
+        torch.nn.init.zeros_(self.gate.bias)
+        self.experts = torch.nn.Parameter(torch.tensor([0.3, -1.2, 0.7, 2.0], dtype=torch.float64))
+
+    def forward(self, x, t):
+        scale = with_backward(lambda z: z * 1.0, lambda z, g: g * self.factor)
+        vals, idx = torch.topk(scale(self.gate(x)), 2, dim=-1)
+        y = (torch.softmax(vals, -1) * self.experts[idx]).sum(-1)
+        return ((y - t) ** 2).mean()
+
+
+@pytest.mark.parametrize("factor,passes", [(1.0, True), (-1.0, False), (1 + 1e-6, False)])
+def test_a_tied_top_k_whose_indices_are_read_follows_torchs_indices(factor, passes):
+    """Note [Ties of order statistics] (graph/aten_order.py): with the tie free, the values could route
+    to another tied entry while idx still picked torch's experts, and a sign-flipped router passed."""
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    report = sg.check(_Router(factor), {"x": x, "t": t}, quiet=True)
+    assert report.passed is passes, str(report)

@@ -82,7 +82,7 @@ import numpy as np
 
 CANCELLED = 2.0**-100
 
-__all__ = ["nesting", "certify", "judge_accuracy", "REFERENCE_MODES", "reference_mode", "ACCURACY_ULPS", "MAX_CONDITIONED",
+__all__ = ["ForwardOracle", "nesting", "certify", "judge_accuracy", "REFERENCE_MODES", "reference_mode", "ACCURACY_ULPS", "MAX_CONDITIONED",
            "EntryOracle", "depends_on_reference", "apply_strict", "check_accuracy_options", "InaccurateDerivative"]
 
 REFERENCE_MODES = ("auto", "mpmath", "float")
@@ -139,6 +139,21 @@ def _caller_level() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
     return level
+
+
+class ForwardOracle:
+    """The exact values of a forward's entries, for Note [Overflow is the right answer] in compare.py:
+    ``expressions()`` gives them as an object array of exact constants (built only when asked: a
+    forward that overflows float64 on both sides), evaluated here over mpmath at 30 digits."""
+
+    def __init__(self, expressions):
+        self.expressions = expressions
+
+    def exact(self, entries: list, dtype_ulp):
+        import sympy as sp
+
+        flat = np.asarray(self.expressions(), object).ravel()
+        return np.array([float(sp.sympify(flat[j]).evalf(30)) for j in entries]), None, 30
 
 
 class EntryOracle:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["ROUNDING_ULPS", "rounding_ulps", "value_roundings", "subnormal_floor", "HALF_DTYPES", "HALF_ROUNDING_ULPS",
            "HALF_VALUE_ROUNDINGS", "HALF_SUBNORMAL_ROUNDINGS", "subnormal_rounding"]
 
@@ -62,12 +64,20 @@ def value_roundings(dtype: str) -> float:
     return HALF_VALUE_ROUNDINGS if dtype in HALF_DTYPES else 1.0
 
 
-def subnormal_floor(dtype: str) -> float:
+def subnormal_floor(dtype: str, e=None, a=None):
     """Subnormals round on an absolute spacing, not relative to their size (float16's below 6.1e-5,
     common in half-precision gradients, on 6e-8; bfloat16's and float32's below 1.2e-38): every
-    entry is allowed HALF_SUBNORMAL_ROUNDINGS of that spacing (Note [Underflow floor])."""
+    entry is allowed HALF_SUBNORMAL_ROUNDINGS of that spacing (Note [Underflow floor]).  With the
+    exact values ``e`` and autograd's ``a``, FLUSHED applies only where ``a`` lies between 0 and
+    ``e``: a flush moves a value toward zero, it never turns its sign or makes it larger (a float32
+    backward returning -2x at x = 1e-37 passed under the floor)."""
     spacings = (HALF_SUBNORMAL_ROUNDINGS if dtype in HALF_DTYPES else WIDE_SUBNORMAL_ROUNDINGS) * SUBNORMAL_SPACING.get(dtype, 0.0)
-    return max(spacings, FLUSHED.get(dtype, 0.0))
+    flushed = FLUSHED.get(dtype, 0.0)
+    if flushed <= spacings or e is None or a is None:
+        return max(spacings, flushed)
+    with np.errstate(invalid="ignore"):
+        toward_zero = (a * e >= 0) & (np.abs(a) <= np.abs(e))
+    return np.where(toward_zero, flushed, spacings)
 
 
 SMALLEST_NORMAL = {"float16": 2.0**-14, "bfloat16": 2.0**-126}

@@ -194,7 +194,9 @@ def kink_note(name, kink, e, a, lo, hi, in_band, found=None) -> str:
     side = "the closed form's (torch's convention)" if np.isclose(a[first], e[first], rtol=1e-6, atol=1e-12) else (
         "the lower one-sided value" if np.isclose(a[first], lo[first], rtol=1e-6, atol=1e-12) else
         "the upper one-sided value" if np.isclose(a[first], hi[first], rtol=1e-6, atol=1e-12) else
-        "a value inside the band" if in_band[first] else "a value OUTSIDE the one-sided band")
+        "a value inside the band" if lo[first] <= a[first] <= hi[first] else
+        "a value outside the one-sided values but within their rounding allowance" if in_band[first] else
+        "a value OUTSIDE the one-sided band")
     outside = int((kink & ~in_band).sum())
     text = (f"{int(kink.sum())} entries sit on a kink (an input exactly at, or within rounding of, a point where the "
             f"derivative jumps): e.g. {format_index(name, first)} has one-sided derivatives {lo[first]:.6g} and "

@@ -37,6 +37,7 @@ class Record:
     kinks: int = 0
     kink_note: str = ""
     unresolved: int = 0  # non-zero entries whose allowance is at least their size
+    coarse: float = 0.0  # a typical entry's allowance relative to its size, where it is past the dtype's RESOLUTION
     verified: bool = True
     note: str = ""
     # errors in units in the last place of the checked dtype at the exact value (issue 11 item 2)
@@ -87,6 +88,9 @@ class Record:
         lines = [f"{head}: {self.verdict}  (closed form: {self.closed_form or 'n/a'})"]
         share = 100.0 * self.mismatched / self.total if self.total else 0.0
         lines.append(f"Mismatched elements: {self.mismatched} / {self.total} ({share:.1f}%)")
+        if self.kinks and self.kinks == self.total and not self.mismatched:
+            lines.append("Every entry sits on a kink: the differences below are off the kinks (none), each entry is "
+                         "judged against its band of one-sided values (see the kink note)")
         lines.append(
             f"Greatest absolute difference: {self.max_abs:.6g} at index {format_index(self.name, self.abs_index)} "
             f"(up to {self.atol:.3g} allowed)"

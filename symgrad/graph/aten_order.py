@@ -37,7 +37,17 @@ def _order(b, args, kwargs, val):
     keep = indices if indices.dim() == ids.dim() else indices.unsqueeze(dim)
     picked = torch.gather(ids, dim, keep).reshape(indices.shape)
     prefix = "cummax" in name or "cummin" in name
+    if _indices_used(b.fx_node):  # Note [Ties of order statistics]: torch's indices pin its choice
+        return b.select([x], picked.long().numpy()), indices
     return _tied_select(b, x, picked.long().numpy(), dim, prefix), indices
+
+
+def _indices_used(fx_node) -> bool:
+    """Whether the op's indices output (its second) is read by anything after it."""
+    import operator
+
+    return any(u.target is operator.getitem and len(u.args) > 1 and u.args[1] == 1 and len(u.users) > 0
+               for u in fx_node.users)
 
 
 @handles("aten.median.default", "aten.nanmedian.default")
@@ -62,7 +72,11 @@ def _median_all(b, args, kwargs, val):
 # max over the tied entries, whose derivative has one side per entry.  So a tied pick is read as
 # ``max`` over the tied entries (a ``select`` of the candidates and a ``reduce``), and the kink rule
 # of ``max`` (ties are kinks, Note [Kink units]) judges whichever entry autograd routed to.  An
-# untied pick stays a plain ``select``.
+# untied pick stays a plain ``select``.  So does a tied pick whose indices the computation reads
+# (``E[idx]`` after a top-k router): torch's indices are its side of the tie, and the values must
+# follow them -- a value routed to another tied entry while ``idx`` still selects torch's expert is no
+# side of the function (whose other sides select other experts, a jump).  With the tie free, a router
+# whose backward flipped the sign passed (zero-initialised router, every logit tied).
 def _tied_select(b, x, picked: np.ndarray, dim, prefix: bool):
     """The entries of ``x`` at 1-based flat ``picked`` ids, each read as the max over the entries
     along ``dim`` that tie with it (only those up to the output's own position where ``prefix``:

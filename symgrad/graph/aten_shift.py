@@ -19,7 +19,11 @@ derivative |out| roundings of its own size besides (graph/rules.py, ``_reused_ou
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import sympy as sp
+import torch
 
 from .aten import handles
 
@@ -52,8 +56,31 @@ def _logsumexp(b, args, kwargs, val):
     keep = bool(args[2]) if len(args) > 2 else kwargs.get("keepdim", False)
     x = b.node_of(args[0])
     axes = tuple(d % len(x.shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims])) if x.shape else ()
-    m = b.stop(b.reduce("max", x, axes, True))
+    m = b.reduce("max", x, axes, True)
+    empty = _masked_rows(b, x, axes)
+    if empty.any():  # Note [A masked row]: shift 0, sum + 1, output -inf
+        m = b.select([m], np.where(empty, 0, _ids(m)))
+    m = b.stop(m)
     total = b.reduce("sum", b.pointwise(lambda s, t: sp.exp(s - t), [x, m], x.shape), axes, True)
+    if empty.any():
+        total = b.pointwise(lambda s, c: s + c, [total, torch.from_numpy(empty.astype(np.float64))])
     out = b.pointwise(lambda s, t: t + sp.log(s), [total, m], total.shape)
     out.attrs["reuses_output"] = True  # Note [logsumexp' from its rounded output]
+    if empty.any():
+        out = b.select([out], np.where(empty, 0, _ids(out)), fill=-math.inf)
     return b.layout("reshape", out, tuple(val.shape)) if not keep else out
+
+
+# Note [A masked row]
+# logsumexp over a row of -inf alone (a fully masked attention row) is log 0 = -inf, as torch's is;
+# but its shift, the row's maximum, was -inf too, and -inf - -inf = NaN made the reference NaN.  Such a
+# row is shifted by 0, its sum gets 1 (log 1 = 0) and its output is a select's fill of -inf, which
+# passes no cotangent back: the output does not move with any entry of the row, and torch's
+# gradient there is 0 (the same device as Note [An empty prefix] in aten_scan.py).
+def _masked_rows(b, x, axes) -> np.ndarray:
+    values = b.value_of(x).numpy()
+    return np.all(values == -np.inf, axis=axes, keepdims=True) if axes else values == -np.inf
+
+
+def _ids(node) -> np.ndarray:
+    return np.arange(1, node.size + 1, dtype=np.int64).reshape(node.shape)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..compare.accuracy import apply_strict, check_accuracy_options, nesting, reference_mode
+from ..compare.accuracy import ForwardOracle, apply_strict, check_accuracy_options, nesting, reference_mode
 from ..compare.compare import EPS, compare
 from ..compare.worst import joined
 from ..progress import stage
@@ -172,7 +172,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
     structure: list = []  # a tuple / dict output: its kind and its tensors' shapes (Note [Structured outputs])
 
-    runner = _runner(model, names, n_params, loss, target, structure)
+    runner = _runner(model, names, n_params, loss, target, structure, _buffers(model))
     torch_fn = runner(fn)
     key = graph_cache.key(fn, symbolic, loss, target, names, tensors)
     disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if not graph_cache.known(key) else None
@@ -253,14 +253,20 @@ def _flat_cotangent(v, structure: list):
     return torch.cat([torch.as_tensor(p).reshape(-1) for p in parts])
 
 
-def _runner(model, names: list, n_params: int, loss, target, structure: list):
+def _runner(model, names: list, n_params: int, loss, target, structure: list, saved: dict):
     """``runner(forward_fn)``: a function of the flat leaves (parameters, then inputs) returning the
     one tensor checked: the loss of the output, or the output, a tuple or dict flattened
-    (``structure`` notes its kind and shapes)."""
+    (``structure`` notes its kind and shapes).  Every run starts from the buffers ``saved`` at the
+    start: a forward that advances a buffer before using it (a step counter) is the same function
+    each time the check runs it -- torch's forward, the trace, autograd."""
     import torch
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
     def runner(forward_fn):
         def run(*flat):
+            if saved:
+                with disable_proxy_modes_tracing():  # not an op of the traced function
+                    _restore(model, saved)
             if model is not None and forward_fn is model:
                 params = dict(zip(names[:n_params], flat[:n_params]))
                 out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False)
@@ -273,6 +279,7 @@ def _runner(model, names: list, n_params: int, loss, target, structure: list):
                 structure[:] = [type(out).__name__, shapes]
             return flat
 
+        run.reset = lambda: _restore(model, saved)
         return run
 
     return runner
@@ -315,6 +322,7 @@ def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: 
             stage("op graph: tracing the forward into core ATen ops")
             functional = attempt != "plain"
             gm = trace_callable(traced_fn, tuple(t.detach() for t in tensors), functional=functional)
+            getattr(traced_fn, "reset", lambda: None)()  # the trace's constants are buffers it advanced
             graph = to_graph(gm, list(zip(names, roles, (t.detach() for t in tensors))))
             # torch's float32 constants noted while tracing (celu's 1/alpha) travel with a stored graph
             graph.float32_constants = set(float32_constants())
@@ -336,11 +344,19 @@ def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: 
                 continue  # a cached graph of something else: trace this function
             raise ShapeMismatch(f"torch's output has shape {tuple(out_t.shape)}, the op graph's {out_val.shape}")
         forward_ref = _approx_reference("output", out_val, "op graph forward", failed)
+        forward_ref.exact_forward = ForwardOracle(lambda g=graph, vals=values, o=out_node: _exact_forward(g, vals, o))
         records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",
                            rtol=rtol, atol=atol)]
         if records[0].passed or attempt == "plain":
             break  # a cached graph that disagrees with torch's forward is traced again (Note [Graph cache] in cache.py)
     return graph, values, out_node, failed, crossed, forward_ref, records
+
+
+def _exact_forward(graph, values, out):
+    """The output's entries as exact constants (every leaf its exact value), within a small budget."""
+    from .explode import explode
+
+    return explode(graph, values, leaves=[], out=out, budget=2**27)[0]
 
 
 def _products(state: _State, out_t, forward_ref, records: list, meta: dict, *, via, v, tangents, cotangents,

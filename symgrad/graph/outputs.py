@@ -65,7 +65,7 @@ def restore(fn, saved: dict) -> None:
 
     if not saved:
         return
-    with torch.no_grad():
+    with torch.no_grad(), torch._C._DisableFuncTorch():  # also inside torch.func.jvp's transform
         for name, b in fn.named_buffers():
-            if name in saved and b.shape == saved[name].shape:
+            if name in saved and b.shape == saved[name].shape and not torch.equal(b, saved[name]):
                 b.copy_(saved[name])

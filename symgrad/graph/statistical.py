@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compare.compare import EPS, compare
+from ..compare.compare import EPS, RESOLUTION, compare
 from ..compare.half import rounding_ulps
 from ..progress import stage
 from . import montecarlo
@@ -111,9 +111,10 @@ def note_resolution(rec, ref, dtype: str) -> None:
     if not mask.any():
         return
     typical = median(width[mask] / value[mask])
-    if typical > 1e4 * eps:
+    if typical > min(1e4 * eps, RESOLUTION.get(dtype, 1.0)):  # half: past the 1 % (10 %) a bug check looks for
         advice = (" Check in float64 (model.double()) to resolve it." if dtype != "float64" else
                   " The entries are small differences of large terms here.")
+        rec.coarse = float(typical)
         rec.note = (rec.note + " " if rec.note else "") + (
             f"Resolution: a typical entry here is allowed {typical:.2g} of its size (rounding bound and kink "
             f"bands of this {dtype} computation); a relative bug smaller than that passes unseen.{advice}")

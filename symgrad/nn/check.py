@@ -118,7 +118,6 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
     refuse_string_attributes(model, loss)  # before torch or the tracer reads them (never sympified)
     stage(f"tracing {type(model).__name__}")
 
-    refuse_hooks(model)
     refuse_meta(model)
     named = _named_inputs(model, inputs, finite=False)  # the op graph evaluates inf and NaN; the exploded route refuses them
     params = dict(model.named_parameters())
@@ -161,6 +160,7 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
         return check_graph(model, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
                            loss=loss_fn, target=target, backward_calls=backward_calls, rtol=rtol, atol=atol,
                            title=title)
+    refuse_hooks(model)  # the op graph runs hooks (weight_norm, spectral_norm, pruning) as torch does; the twin does not
     refuse_stateful(model)  # the op graph takes training-mode batch norm (restoring its buffers); the fx twin does not
     refuse_nonfinite(named, "input")
     if target is not None and hasattr(target, "is_floating_point"):

@@ -46,6 +46,19 @@ class Report:
         """A report is true only when it passed: ``assert sg.check(...)`` fails on a failing check."""
         return self.passed
 
+    def __repr__(self) -> str:
+        """One line per row, the failing rows with their worst entry: what ``assert sg.check(...)``
+        prints in pytest (str(report) and report.to_text() give the whole report)."""
+        rows = []
+        for r in self.records:
+            row = f"{r.name} {r.quantity} {r.verdict}"
+            if not r.passed:
+                row += (f": {r.mismatched}/{r.total} entries, worst {format_index(r.name, r.abs_index)} "
+                        f"differs by {r.max_abs:.3g} (allowed {r.atol:.3g})")
+            rows.append(row)
+        head = "passed" if self.passed else f"{len(self.failures)} of {len(self.records)} rows FAIL"
+        return shorten(f"<symgrad Report {head}: " + "; ".join(rows) + ">", 600)
+
     @property
     def failures(self) -> list[Record]:
         return [r for r in self.records if not r.passed]
@@ -83,6 +96,10 @@ class Report:
         status = "all derivatives match the closed form" if not n_fail else f"{n_fail} of {len(self.records)} rows FAIL"
         if self.inaccurate:
             status += f"; {len(self.inaccurate)} inaccurate"
+        coarse = [r for r in self.records if r.passed and r.coarse]
+        if coarse:  # Note [Statistical allowance]: a pass that says little
+            status += (f"; {len(coarse)} coarse (a typical entry allowed up to {max(r.coarse for r in coarse):.2g} of its "
+                       "size: see Resolution)")
         return f"{self.title}: {status}"
 
     def noteworthy(self) -> list[Record]:

@@ -7,6 +7,7 @@ absent (``fn`` itself, written with ``sg.*``).  Nothing here is sympified from a
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Mapping
 
 import numpy as np
@@ -14,7 +15,7 @@ import sympy as sp
 
 from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..inputs import torch_bool
-from .tensor import SymTensor, as_symtensor, symbols
+from .tensor import TORCH_CODE, SymTensor, as_symtensor, symbols
 
 __all__ = ["symbolic_inputs", "symbolic_output", "check_symbols", "explode_sympy"]
 
@@ -107,7 +108,31 @@ def _sympy_view(st: SymTensor):
     return sp.Array(conv, st.shape)
 
 
+@contextmanager
+def _grad_switch_refused(on: bool):
+    """Within: torch code that turns grad off (no_grad, set_grad_enabled(False)) raises UnsupportedOp
+    (Note [Torch code on symbolic tensors] in tensor.py)."""
+    import torch
+
+    original = torch._C._set_grad_enabled
+    if not on:
+        yield
+        return
+
+    def switch(mode):
+        if not mode:
+            raise UnsupportedOp("the forward turns grad off (torch.no_grad): a stop-gradient, traced through the op graph")
+        return original(mode)
+
+    torch._C._set_grad_enabled = switch
+    try:
+        yield
+    finally:
+        torch._C._set_grad_enabled = original
+
+
 def symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
+    torch_code = symbolic is None  # the function under test run as its own twin: torch's semantics apply
     if symbolic is None:
         symbolic = fn
     if isinstance(symbolic, (sp.Basic, sp.MatrixBase, sp.NDimArray)):
@@ -126,13 +151,17 @@ def symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
     for label, make_args in attempts:
         if errors and "SymTensor" in errors[-1] and "must be Tensor" in errors[-1]:
             continue  # a torch function refused the symbolic tensors: SymPy matrices fare no better
+        token = TORCH_CODE.set(torch_code)  # Note [Torch code on symbolic tensors]
         try:
-            out = symbolic(*make_args())
+            with _grad_switch_refused(torch_code):
+                out = symbolic(*make_args())
             break
         except SymgradError:
             raise
         except Exception as err:  # noqa: BLE001 - reported below with every attempt's error
             errors.append(f"on {label}: {type(err).__name__}: {err}")
+        finally:
+            TORCH_CODE.reset(token)
     else:
         raise UnsupportedOp(
             "the symbolic forward could not run (" + "; ".join(errors) + "). Write it with symgrad's functions "
@@ -144,8 +173,10 @@ def symbolic_output(fn, symbolic, sym_inputs, symbols_map) -> SymTensor:
         # several outputs: the op graph checks them together (Note [Structured outputs])
         raise UnsupportedOp(f"the symbolic forward returned a {type(out).__name__} of {len(out)} tensors; several "
                             "outputs are checked through the op graph: pass the torch function as well")
-    if out is None or isinstance(out, (str, bytes, dict)) or (
-            isinstance(out, (tuple, list)) and any(isinstance(o, SymTensor) for o in out)):
+    structured = isinstance(out, dict) or (isinstance(out, (tuple, list)) and any(isinstance(o, SymTensor) for o in out))
+    if torch_code and structured:  # torch code: the op graph checks a dict or a tuple with other values
+        raise UnsupportedOp(f"the forward returned a {type(out).__name__}: checked through the op graph")
+    if out is None or isinstance(out, (str, bytes)) or structured:
         kind = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
         raise InputError(f"the symbolic forward returned {kind if out is not None else 'None'}, not one tensor: "
                          "symgrad differentiates a single output. Fix: return one tensor (out[0] of a tuple, "

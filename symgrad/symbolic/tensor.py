@@ -20,13 +20,34 @@ table's forms) are converted; ``to_sympy()``/``sympy.sympify`` convert back for 
 from __future__ import annotations
 
 import itertools
+import sys
+from contextvars import ContextVar
 from typing import Iterable, Sequence
 
 import numpy as np
 import symengine as se
 import sympy as sp
 
-from ..errors import ShapeMismatch
+from ..errors import ShapeMismatch, UnsupportedOp
+
+# Note [Torch code on symbolic tensors]
+# Small torch code with no symbolic twin runs on SymTensors (x.sin(), operators): its own twin.  What
+# torch does outside the values -- a region under ``torch.no_grad()`` (or ``@torch.no_grad``,
+# ``set_grad_enabled(False)``, ``inference_mode``), ``.item()`` -- is a stop-gradient that symbolic
+# entries cannot carry: the twin differentiated through it and torch's correct gradient failed.
+# While torch code runs here (``TORCH_CODE``; symbolic/forward.py), turning grad off from Python,
+# building a tensor in inference mode or reading an entry out raises ``UnsupportedOp``, and the check
+# goes to the op graph, which traces torch's own semantics.  (A custom Function's forward runs with
+# grad off too, but torch turns it off in C++, not through ``torch._C._set_grad_enabled``.)
+TORCH_CODE: ContextVar[bool] = ContextVar("symgrad_torch_code", default=False)
+
+
+def _leaving_autograd(what: str) -> None:
+    torch = sys.modules.get("torch")
+    if TORCH_CODE.get() and (what != "grad" or (torch is not None and torch.is_inference_mode_enabled())):
+        raise UnsupportedOp(f"the forward {'runs in inference mode' if what == 'grad' else 'reads ' + what}: "
+                            "a stop-gradient, traced through the op graph")
+
 
 __all__ = ["SymTensor", "symbols", "as_symtensor", "element_name"]
 
@@ -92,6 +113,7 @@ class SymTensor:
 
     def __init__(self, data: np.ndarray):
         self.data = np.asarray(data, dtype=object)
+        _leaving_autograd("grad")  # Note [Torch code on symbolic tensors]
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -120,11 +142,13 @@ class SymTensor:
         return f"SymTensor(shape={self.shape})"
 
     def item(self):
+        _leaving_autograd(".item()")
         if self.data.size != 1:
             raise ShapeMismatch(f"item() needs a tensor with one element, this one has shape {self.shape}")
         return self.data.reshape(()).item()
 
     def tolist(self):
+        _leaving_autograd(".tolist()")
         return self.data.tolist()
 
     def to_sympy(self):

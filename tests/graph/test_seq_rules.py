@@ -252,3 +252,24 @@ def test_logcumsumexp_with_masked_entries(n, scale, dtype):
     assert sg.check(fn, {"x": x}, v=v).passed
     bugged = sg.check(scaled(fn, 1 + DELTA[dtype]), {"x": x}, symbolic=fn, v=v, engine="graph")
     assert not bugged.passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_logsumexp_over_a_fully_masked_row(dtype):
+    """Note [A masked row] (graph/aten_shift.py): log 0 = -inf on both sides, not a NaN reference;
+    torch's own gradient there is NaN (fails), a backward giving 0 there passes, 1 there fails."""
+    lse = lambda x: torch.logsumexp(x, 1)  # noqa: E731
+    x = _rand(3, 4, dtype=dtype)
+    x[1] = -float("inf")
+    v = _rand(3, dtype=dtype, seed=1)
+    report = sg.check(lse, {"x": x}, v=v, quiet=True)
+    assert report.records[0].passed and not report["x"].passed  # torch: NaN in the masked row
+
+    def masked_grad(x, g, fill):
+        finite = torch.isfinite(x).any(1, keepdim=True)
+        return torch.where(finite, g[:, None] * torch.softmax(torch.where(finite, x, 0.0), 1), fill)
+
+    fixed = with_backward(lse, lambda x, g: masked_grad(x, g, 0.0))
+    assert sg.check(fixed, {"x": x}, symbolic=lse, v=v, engine="graph", quiet=True).passed
+    wrong = with_backward(lse, lambda x, g: masked_grad(x, g, 1.0))
+    assert not sg.check(wrong, {"x": x}, symbolic=lse, v=v, engine="graph", quiet=True).passed

@@ -1,0 +1,134 @@
+"""Unusual ways of calling symgrad, each of which once gave a wrong verdict or a misleading error:
+stop-gradients inside small torch code, random draws, dict outputs, zero cotangents, bool outputs,
+a forward that overflows float64, tiny float32 gradients, stateful modules, hooks, unknown vias and
+the ``assert sg.check(...)`` idiom."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import symgrad as sg
+from symgrad.errors import InputError, UnsupportedOp
+from symgrad.testing_ops import with_backward
+
+D = torch.float64
+
+
+def _x(*shape, seed=0, dtype=D):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _no_grad_scale(x):
+    with torch.no_grad():
+        scale = x.abs().amax()
+    return (x / scale).sin().sum()
+
+
+@torch.no_grad()
+def _constant_exp(x):
+    return x.exp()
+
+
+@pytest.mark.parametrize("fn", [_no_grad_scale, lambda x: (_constant_exp(x) * x).sum()], ids=["with", "decorator"])
+def test_no_grad_inside_small_torch_code_is_a_stop_gradient(fn):
+    """Note [Torch code on symbolic tensors]: the twin run on symbolic tensors differentiated through
+    the no_grad region and failed torch's correct gradient; a seeded bug in front is still caught."""
+    x = _x(3, 4)
+    assert sg.check(fn, {"x": x}, quiet=True).passed
+    off = with_backward(lambda x: x * 1.0, lambda x, g: g * 1.001)
+    assert not sg.check(lambda x: fn(off(x)), {"x": x}, quiet=True).passed
+
+
+def test_item_and_random_draws_inside_small_torch_code_get_the_graphs_refusal():
+    x = _x(3)
+    with pytest.raises(UnsupportedOp, match="item"):
+        sg.check(lambda x: x * x.sum().item(), {"x": x}, quiet=True)
+    with pytest.raises(UnsupportedOp, match="random"):
+        sg.check(lambda x: (x * torch.randn(3, dtype=D)).sum(), {"x": x}, quiet=True)
+
+
+def test_small_torch_code_returning_a_dict_is_checked():
+    assert sg.check(lambda x: {"a": x.sin(), "b": x * x}, {"x": _x(2, 3)}, quiet=True).passed
+
+
+def test_a_cotangent_or_tangents_of_zeros_are_refused():
+    bad = with_backward(torch.sin, lambda x, g: g * torch.cos(x) * 1.5)
+    with pytest.raises(InputError, match="v is all zeros"):
+        sg.check(bad, {"x": _x(3)}, v=torch.zeros(3, dtype=D), quiet=True)
+    with pytest.raises(InputError, match="every tangent is all zeros"):
+        sg.check(torch.sin, {"x": _x(3)}, tangents={"x": torch.zeros(3, dtype=D)}, via="forward_ad", quiet=True)
+
+
+def test_a_bool_output_is_refused():
+    with pytest.raises(InputError, match="bool tensor"):
+        sg.check(lambda a: a > 0, {"a": _x(3)}, quiet=True)
+
+
+@pytest.mark.parametrize("engine", ["auto", "elementwise", "graph"])
+def test_a_forward_beyond_float64_on_both_sides_passes_and_an_intermediate_overflow_fails(engine):
+    """Note [Overflow is the right answer]: (x*x).sum() at 1e300 is 1.5e601, and +inf is right; the
+    forward's entries are written out exactly to tell it from an inf whose exact value fits."""
+    x = torch.tensor([1.0, -2.0, 3.0], dtype=D) * 1e300
+    report = sg.check(lambda x: (x * x).sum(), {"x": x}, engine=engine, quiet=True)
+    assert report.passed, str(report)
+    y = torch.tensor([1.0, 2.0], dtype=D) * 1e200
+    assert not sg.check(lambda y: (y * y).sum() / (y * y).sum(), {"y": y}, engine=engine, quiet=True).passed
+
+
+@pytest.mark.parametrize("scale", [1e-37, 1e-39])
+def test_tiny_float32_gradients_keep_their_sign(scale):
+    """Note [Underflow floor]: the flush allowance takes a value toward 0, never past it."""
+    x = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float32) * scale
+    square = lambda x: (x * x).sum()  # noqa: E731
+    for factor, ok in ((2.0, True), (-2.0, False), (3.0, False)):
+        fn = with_backward(square, lambda x, g, f=factor: g * f * x)
+        assert sg.check(fn, {"x": x}, symbolic=square, quiet=True).passed is ok, factor
+
+
+class _Annealed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3).double()
+        self.register_buffer("step", torch.zeros((), dtype=D))
+
+    def forward(self, x):
+        self.step += 1  # a step counter advanced before use
+        return self.lin(x) / (1.0 + self.step)
+
+
+def test_a_module_that_advances_a_buffer_is_the_same_function_on_every_run():
+    torch.manual_seed(0)
+    m, x, t = _Annealed(), _x(5, 4), _x(5, 3, seed=1)
+    assert sg.check(m, {"x": x}, loss=nn.MSELoss(), target=t, quiet=True).passed
+    assert float(m.step) == 0.0
+
+
+def test_modules_with_pre_hooks_go_to_the_op_graph():
+    torch.manual_seed(0)
+    from torch.nn.utils import prune
+
+    pruned = prune.l1_unstructured(nn.Linear(4, 3).double(), "weight", amount=0.5)
+    assert sg.check(pruned, {"x": _x(5, 4)}, loss=nn.MSELoss(), target=_x(5, 3, seed=1), quiet=True).passed
+
+
+def test_an_unknown_via_is_named_with_the_choices():
+    with pytest.raises(InputError, match="choose one of"):
+        sg.check(torch.sin, {"x": _x(3)}, via="jacobian", quiet=True)
+
+
+def test_a_full_hessian_of_small_torch_code_is_checked():
+    assert sg.check(lambda x: torch.tanh(x).sum() ** 2, {"x": _x(3)}, via="functional.hessian", quiet=True).passed
+
+
+def test_inputs_left_out_by_requires_grad_are_named():
+    x, y = _x(3).requires_grad_(), _x(3, seed=1)
+    report = sg.check(lambda x, y: (x * y).sum(), {"x": x, "y": y}, quiet=True)
+    assert report.passed and "Not checked: y" in str(report)
+
+
+def test_a_failing_reports_repr_is_one_short_line():
+    bad = with_backward(torch.sin, lambda x, g: g * torch.cos(x) * 1.01)
+    report = sg.check(bad, {"x": _x(3, 4)}, v=_x(3, 4, seed=1), quiet=True)
+    text = repr(report)
+    assert not report and text.startswith("<symgrad Report 1 of 2 rows FAIL") and "x vjp FAIL" in text
+    assert len(text) <= 600 and "\n" not in text
