@@ -239,7 +239,8 @@ def refuse_zero_products(v, tangents) -> None:
     def zero(t) -> bool:
         return isinstance(t, torch.Tensor) and t.numel() > 0 and t.is_floating_point() and not bool(t.detach().ne(0).any())
 
-    if zero(v):
+    parts = list(v.values()) if isinstance(v, Mapping) else list(v) if isinstance(v, (list, tuple)) else [v]
+    if parts and all(zero(t) for t in parts):
         raise InputError("v is all zeros: every vector-Jacobian product is then 0 whatever the backward computes, so "
                          "the check would prove nothing. Fix: pass a random cotangent, v=torch.randn_like(out)")
     given = list(tangents.values()) if isinstance(tangents, Mapping) else [tangents] if tangents is not None else []

@@ -213,7 +213,7 @@ def compare(ref: Reference, actual, dtype: str, *, quantity: str = "grad", rtol:
     fit = band_tol = None
     if kink.any() and ref.lower is not None and ref.upper is not None:
         ok_kink, fit, band_tol, rec.kink_note = kink_verdict(ref, e, a, allowed, rounding, kink, finite, rtol,
-                                                              dtype, eps, name)
+                                                              dtype, eps, name, quantity == "forward")
         ok = np.where(kink, ok_kink, ok)
         rec.kinks = int(kink.sum())
         taken = _infinite_side(ref, a, kink)

@@ -69,14 +69,18 @@ def subnormal_floor(dtype: str, e=None, a=None):
     common in half-precision gradients, on 6e-8; bfloat16's and float32's below 1.2e-38): every
     entry is allowed HALF_SUBNORMAL_ROUNDINGS of that spacing (Note [Underflow floor]).  With the
     exact values ``e`` and autograd's ``a``, FLUSHED applies only where ``a`` lies between 0 and
-    ``e``: a flush moves a value toward zero, it never turns its sign or makes it larger (a float32
+    ``e``, or where ``a`` is below float32's normal range: a flush moves a value toward zero or leaves
+    a subnormal remainder, it never makes a normal value of the other sign or a larger one (a float32
     backward returning -2x at x = 1e-37 passed under the floor)."""
     spacings = (HALF_SUBNORMAL_ROUNDINGS if dtype in HALF_DTYPES else WIDE_SUBNORMAL_ROUNDINGS) * SUBNORMAL_SPACING.get(dtype, 0.0)
     flushed = FLUSHED.get(dtype, 0.0)
     if flushed <= spacings or e is None or a is None:
         return max(spacings, flushed)
     with np.errstate(invalid="ignore"):
-        toward_zero = (a * e >= 0) & (np.abs(a) <= np.abs(e))
+        # toward 0, or itself below float32's normal range: a kernel that flushed the dominant of two
+        # tiny terms returns the other one, whatever its sign (torch's float32 mish' at x = -90 gives
+        # +7e-40 where the exact value is -6.6e-38)
+        toward_zero = ((a * e >= 0) & (np.abs(a) <= np.abs(e))) | (np.abs(a) < 2.0**-126)
     return np.where(toward_zero, flushed, spacings)
 
 

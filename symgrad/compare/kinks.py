@@ -161,7 +161,8 @@ def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
     return KinkFit(False, wr * tol, best_lam)
 
 
-def kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: float, dtype: str, eps: float, name):
+def kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: float, dtype: str, eps: float, name,
+                 forward: bool = False):
     """Entries on a kink: inside the band of one-sided values (each edge with its own tolerance and
     the rounding of whichever side torch took), and explained by one choice of side per kinked unit
     (Note [Joint kink check]).  (ok at each kinked entry, the joint fit or None, band tolerance, note)."""
@@ -186,10 +187,10 @@ def kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: fl
             unexplained = np.zeros(e.shape, bool)
             unexplained[kink] = ~(np.abs(found.residual) <= band_tol[kink])  # a NaN residual explains nothing
             ok_kink = in_band & ~unexplained
-    return ok_kink, found, band_tol, kink_note(name, kink, e, a, lo, hi, in_band, found)
+    return ok_kink, found, band_tol, kink_note(name, kink, e, a, lo, hi, in_band, found, forward)
 
 
-def kink_note(name, kink, e, a, lo, hi, in_band, found=None) -> str:
+def kink_note(name, kink, e, a, lo, hi, in_band, found=None, forward: bool = False) -> str:
     first = tuple(int(i) for i in np.argwhere(kink)[0])
     side = "the closed form's (torch's convention)" if np.isclose(a[first], e[first], rtol=1e-6, atol=1e-12) else (
         "the lower one-sided value" if np.isclose(a[first], lo[first], rtol=1e-6, atol=1e-12) else
@@ -199,7 +200,8 @@ def kink_note(name, kink, e, a, lo, hi, in_band, found=None) -> str:
         "a value OUTSIDE the one-sided band")
     outside = int((kink & ~in_band).sum())
     text = (f"{int(kink.sum())} entries sit on a kink (an input exactly at, or within rounding of, a point where the "
-            f"derivative jumps): e.g. {format_index(name, first)} has one-sided derivatives {lo[first]:.6g} and "
+            f"derivative jumps): e.g. {format_index(name, first)} has one-sided "
+            f"{'values (the kink moves a step function or a rounding)' if forward else 'derivatives'} {lo[first]:.6g} and "
             f"{hi[first]:.6g}; autograd gave {a[first]:.6g}, {side}.")
     if outside:
         text += f" {outside} of them lie outside their one-sided band: that is a bug, not a subgradient choice."
