@@ -63,6 +63,17 @@ def test_a_bool_output_is_refused():
     with pytest.raises(InputError, match="bool tensor"):
         sg.check(lambda a: a > 0, {"a": _x(3)}, quiet=True)
 
+    class Sign(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2).double()
+
+        def forward(self, x):
+            return self.lin(x) > 0
+
+    with pytest.raises(InputError, match="bool tensor"):
+        sg.check(Sign(), {"x": _x(4, 3)}, quiet=True)
+
 
 @pytest.mark.parametrize("engine", ["auto", "elementwise", "graph"])
 def test_a_forward_beyond_float64_on_both_sides_passes_and_an_intermediate_overflow_fails(engine):

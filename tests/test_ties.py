@@ -247,3 +247,27 @@ def test_a_tied_top_k_whose_indices_are_read_follows_torchs_indices(factor, pass
     x, t = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
     report = sg.check(_Router(factor), {"x": x, "t": t}, quiet=True)
     assert report.passed is passes, str(report)
+
+
+@pytest.mark.parametrize("pick", ["max", "topk", "argmax"])
+def test_a_float32_near_tie_follows_torchs_own_pick(pick):
+    """Note [Torch's own picks] (graph/aten_order.py): x + 3 ties in float32 but not in float64; the
+    index torch returns selects a weight, so the graph must pick as torch did (every row failed)."""
+    x = torch.tensor([[1.0, 1.0 + 2**-23, 0.5, 0.2]], dtype=torch.float32)
+    w = torch.tensor([[0.3, -1.2, 0.7, 2.0]], dtype=torch.float32)
+
+    def f(x, w):
+        y = x + 3.0
+        if pick == "max":
+            v, i = torch.max(y, dim=1)
+        elif pick == "topk":
+            v, i = torch.topk(y, 1, dim=1)
+            v, i = v[:, 0], i[:, 0]
+        else:
+            i = torch.argmax(y, dim=1)
+            v = torch.gather(y, 1, i[:, None])[:, 0]
+        return v * torch.gather(w, 1, i[:, None])[:, 0]
+
+    assert sg.check(f, {"x": x, "w": w}, v=torch.tensor([0.8]), quiet=True).passed
+    off = with_backward(lambda w: w * 1.0, lambda w, g: g * 1.01)
+    assert not sg.check(lambda x, w: f(x, off(w)), {"x": x, "w": w}, v=torch.tensor([0.8]), quiet=True).passed

@@ -19,8 +19,9 @@ def _order(b, args, kwargs, val):
     import torch
 
     x = b.node_of(args[0])
+    own = b.torch_value(b.fx_node) if _indices_used(b.fx_node) else None  # Note [Torch's own picks]
     with torch.no_grad():
-        out = b.fx_node.target(b.value_of(x), *args[1:], **kwargs)
+        out = own if own is not None else b.fx_node.target(b.value_of(x), *args[1:], **kwargs)
     indices = out[1]
     name = str(b.fx_node.target)
     if "sort" in name:
@@ -50,6 +51,13 @@ def _indices_used(fx_node) -> bool:
                for u in fx_node.users)
 
 
+# Note [Torch's own picks]
+# Where an order statistic's indices are read after it (``E[idx]``, a gather by ``argmax``), they are
+# taken from torch's own run of the traced graph on the inputs as given, in the checked dtype
+# (``Builder.torch_value``), not from the float64 forward: in float32, ``max(x + 3, dim)`` ties two
+# entries that float64 tells apart, torch picked the first, the graph the second, and every row
+# failed (the expert the index selects differs).  The values then follow those indices.  Where the
+# traced graph does not run, the float64 forward picks, as before.
 @handles("aten.median.default", "aten.nanmedian.default")
 def _median_all(b, args, kwargs, val):
     import torch

@@ -58,8 +58,9 @@ def _logsumexp(b, args, kwargs, val):
     axes = tuple(d % len(x.shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims])) if x.shape else ()
     m = b.reduce("max", x, axes, True)
     empty = _masked_rows(b, x, axes)
-    if empty.any():  # Note [A masked row]: shift 0, sum + 1, output -inf
-        m = b.select([m], np.where(empty, 0, _ids(m)))
+    unshifted = empty | _masked_rows(b, x, axes, np.inf, any_entry=True)
+    if unshifted.any():  # Note [A masked row]: shift 0 (and for a masked row, sum + 1, output -inf)
+        m = b.select([m], np.where(unshifted, 0, _ids(m)))
     m = b.stop(m)
     total = b.reduce("sum", b.pointwise(lambda s, t: sp.exp(s - t), [x, m], x.shape), axes, True)
     if empty.any():
@@ -76,10 +77,14 @@ def _logsumexp(b, args, kwargs, val):
 # but its shift, the row's maximum, was -inf too, and -inf - -inf = NaN made the reference NaN.  Such a
 # row is shifted by 0, its sum gets 1 (log 1 = 0) and its output is a select's fill of -inf, which
 # passes no cotangent back: the output does not move with any entry of the row, and torch's
-# gradient there is 0 (the same device as Note [An empty prefix] in aten_scan.py).
-def _masked_rows(b, x, axes) -> np.ndarray:
+# gradient there is 0 (the same device as Note [An empty prefix] in aten_scan.py).  A row holding +inf
+# is shifted by 0 as torch shifts it: its sum and output are +inf (inf - inf made the reference NaN).
+def _masked_rows(b, x, axes, at: float = -np.inf, any_entry: bool = False) -> np.ndarray:
+    """Rows (over ``axes``) whose entries are all ``at`` (or, with ``any_entry``, hold one)."""
     values = b.value_of(x).numpy()
-    return np.all(values == -np.inf, axis=axes, keepdims=True) if axes else values == -np.inf
+    if not axes:
+        return values == at
+    return (np.any if any_entry else np.all)(values == at, axis=axes, keepdims=True)
 
 
 def _ids(node) -> np.ndarray:

@@ -79,9 +79,18 @@ def _max_dim(b, args, kwargs, val):
     x = b.node_of(args[0])
     op = "max" if ".max." in str(b.fx_node.target) else "min"
     keep = bool(args[2]) if len(args) > 2 else False
-    values = b.reduce(op, x, _dims(args[1], len(x.shape)), keep)
     import torch
 
+    from .aten_order import _indices_used
+
+    own = b.torch_value(b.fx_node) if _indices_used(b.fx_node) else None
+    if own is not None:  # Note [Torch's own picks] (aten_order.py): the values follow torch's indices
+        dim = args[1] % len(x.shape) if x.shape else 0
+        ids = torch.arange(1, x.size + 1).reshape(x.shape)
+        picked = torch.gather(ids, dim, own[1].unsqueeze(dim) if own[1].dim() < ids.dim() else own[1])
+        picked = picked if keep else picked.squeeze(dim)
+        return b.select([x], picked.long().numpy()), own[1]
+    values = b.reduce(op, x, _dims(args[1], len(x.shape)), keep)
     with torch.no_grad():  # the indices: integer data, from the float64 values
         indices = b.fx_node.target(b.value_of(x), *args[1:])[1]
     return values, indices

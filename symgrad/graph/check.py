@@ -305,6 +305,10 @@ def _torch_forward(torch_fn, leaves: dict):
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the loss returned a {type(out_t).__name__}, not a tensor: make loss(output, target) "
                          "return a scalar tensor")
+    if not (out_t.is_floating_point() or out_t.is_complex()):
+        raise InputError(f"the function returned a {str(out_t.dtype).replace('torch.', '')} tensor: it has no "
+                         "derivative (a comparison, an index or a count is constant almost everywhere). Fix: check "
+                         "the floating-point computation it is made from")
     return out_t
 
 

@@ -184,7 +184,10 @@ def substitute(form, syms: tuple, entries: list):
     if tests is None:
         tests = _ZERO_TESTS[form] = _zero_tests(form)
     env = {s: e for s, e in zip(syms, entries) if s in form.free_symbols}
-    out = form.xreplace(env)
+    try:
+        out = form.xreplace(env)
+    except RuntimeError:  # symengine compares a NaN inside a condition (an inf - inf entry): the entry is NaN
+        return se.nan
     swap = {}
     for rel, (s, is_ne) in tests.items():
         e = env.get(s)

@@ -144,10 +144,32 @@ def to_graph(gm, leaves: list) -> Graph:
             env[ph] = t.detach()
         else:
             env[ph] = b.leaf(name, t.detach().double().cpu().numpy(), role)
+    b.torch_run = lambda: _torch_values(gm, [t for _, _, t in leaves])
     _interpret(b, gm, env, top=True)
     if b.data_from_values:  # read by the exploded twin of symbolic inputs (Note [Exploded twin])
         graph.data_from_values = "integer data computed from the inputs' values (an argmax, a comparison)"
     return graph
+
+
+def _torch_values(gm, tensors: list) -> dict:
+    """Every fx node's value with ``gm`` run on the leaves as given (torch's own dtype and kernels);
+    empty where it does not run."""
+    import torch
+
+    seen: dict = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            seen[n] = out
+            return out
+
+    try:
+        with torch.no_grad():
+            Recorder(gm).run(*(t.detach() for t in tensors))
+    except Exception:  # noqa: BLE001 - no values of torch's own: the float64 forward decides, as before
+        return {}
+    return seen
 
 
 def _interpret(b: Builder, gm, env: dict, top: bool):
@@ -315,8 +337,9 @@ def _call(b: Builder, node, args, kwargs):
     if handler is None and _integral(val):
         # an integer or bool result that depends on floats (argmax, any, isnan): data, not a function
         # with a derivative; computed from the float64 values
-        with torch.no_grad():
-            out = target(*_traced_dtypes(node.args, _values(b, args)), **_values(b, kwargs))
+        own = b.torch_value(node) if "argmax" in str(target) or "argmin" in str(target) else None
+        with torch.no_grad():  # an argmax is torch's own pick (Note [Torch's own picks] in aten_order.py)
+            out = own if own is not None else target(*_traced_dtypes(node.args, _values(b, args)), **_values(b, kwargs))
         mark_data(b, out)
         return out
     if handler is None:

@@ -229,6 +229,8 @@ class Builder:
         self.exact_folds: set = set()  # ids of folded tensors torch computes the same way (Note [Folded constants])
         self.buffers: dict = {}  # id -> (tensor, node): constants written into (Note [Writes into a new buffer])
         self.data_from_values: dict = {}  # id -> integer data computed from float values (Note [Value-dependent branches])
+        self.torch_run = None  # () -> {fx node: torch's own value}, or None (Note [Torch's own picks])
+        self._torch_values: dict | None = None
 
     # ------------------------------------------------------------------ leaves and constants
     def leaf(self, name: str, value, role: str) -> Node:
@@ -250,6 +252,13 @@ class Builder:
                                    shape=value.shape, name="const"))
         self._const_nodes[key] = (node, t)
         return node
+
+    def torch_value(self, fx_node):
+        """torch's own value of ``fx_node`` in the checked dtype (the traced graph run as torch runs it),
+        or None where it is not known (Note [Torch's own picks] in aten_order.py)."""
+        if self._torch_values is None:
+            self._torch_values = (self.torch_run() if self.torch_run is not None else None) or {}
+        return self._torch_values.get(fx_node)
 
     def value_of(self, x):
         """The float64 value (a torch tensor) of a node built so far: for integer results that depend
