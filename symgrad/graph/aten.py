@@ -24,7 +24,7 @@ from .functions import ceil, expm1, floor, log1p, round_even, sigmoid, trunc
 from .ir import Node
 from .trace_grad import IN_FUNCTION
 
-__all__ = ["HANDLERS", "handles", "handler_for"]
+__all__ = ["HANDLERS", "handles", "handler_for", "indices_read"]
 
 HANDLERS: dict = {}
 
@@ -46,6 +46,13 @@ def handler_for(target):
         return HANDLERS[name]
     packet = name.rsplit(".", 1)[0] if name.count(".") >= 2 else name
     return HANDLERS.get(packet)
+
+
+def indices_read(fx_node) -> bool:
+    """Whether an op's indices output (its second) is read by anything after it (Note [Ties of order
+    statistics] in aten_order.py)."""
+    return any(u.target is operator.getitem and len(u.args) > 1 and u.args[1] == 1 and len(u.users) > 0
+               for u in fx_node.users)
 
 
 def _pw(fn):

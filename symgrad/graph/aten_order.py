@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .aten import handles
+from .aten import handles, indices_read
 from .aten_ext import _ids
 
 
@@ -19,7 +19,7 @@ def _order(b, args, kwargs, val):
     import torch
 
     x = b.node_of(args[0])
-    own = b.torch_value(b.fx_node) if _indices_used(b.fx_node) else None  # Note [Torch's own picks]
+    own = b.torch_value(b.fx_node) if indices_read(b.fx_node) else None  # Note [Torch's own picks]
     with torch.no_grad():
         out = own if own is not None else b.fx_node.target(b.value_of(x), *args[1:], **kwargs)
     indices = out[1]
@@ -38,17 +38,10 @@ def _order(b, args, kwargs, val):
     keep = indices if indices.dim() == ids.dim() else indices.unsqueeze(dim)
     picked = torch.gather(ids, dim, keep).reshape(indices.shape)
     prefix = "cummax" in name or "cummin" in name
-    if _indices_used(b.fx_node):  # Note [Ties of order statistics]: torch's indices pin its choice
+    if indices_read(b.fx_node):  # Note [Ties of order statistics]: torch's indices pin its choice
         return b.select([x], picked.long().numpy()), indices
     return _tied_select(b, x, picked.long().numpy(), dim, prefix), indices
 
-
-def _indices_used(fx_node) -> bool:
-    """Whether the op's indices output (its second) is read by anything after it."""
-    import operator
-
-    return any(u.target is operator.getitem and len(u.args) > 1 and u.args[1] == 1 and len(u.users) > 0
-               for u in fx_node.users)
 
 
 # Note [Torch's own picks]

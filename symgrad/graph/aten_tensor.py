@@ -12,7 +12,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
-from .aten import HANDLERS, handles
+from .aten import HANDLERS, handles, indices_read
 from .data_select import data_selection, moves_data
 from .ir import Node
 from .trace import Builder
@@ -81,9 +81,7 @@ def _max_dim(b, args, kwargs, val):
     keep = bool(args[2]) if len(args) > 2 else False
     import torch
 
-    from .aten_order import _indices_used
-
-    own = b.torch_value(b.fx_node) if _indices_used(b.fx_node) else None
+    own = b.torch_value(b.fx_node) if indices_read(b.fx_node) else None
     if own is not None:  # Note [Torch's own picks] (aten_order.py): the values follow torch's indices
         dim = args[1] % len(x.shape) if x.shape else 0
         ids = torch.arange(1, x.size + 1).reshape(x.shape)
