@@ -303,9 +303,10 @@ class SymTensor:
     def reshape(self, *shape) -> "SymTensor":
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         try:
-            return SymTensor(self.data.reshape(tuple(shape)))
+            data = self.data.reshape(tuple(shape))
         except ValueError:
             raise ShapeMismatch(f"cannot reshape a tensor of shape {self.shape} to {tuple(shape)}") from None
+        return SymTensor(data)  # outside the try: its own errors are not shape errors
 
     view = reshape
 
