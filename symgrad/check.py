@@ -169,10 +169,10 @@ def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine,
     check_wrt_type(wrt)
     check_backend(backend)
     refuse_zero_products(v, tangents)
-    from .autograd.run import VIAS
+    if via is not None:
+        from .autograd.run import quantity_of
 
-    if via is not None and via not in VIAS:
-        raise InputError(f"via={via!r} is not a way symgrad knows to run autograd; choose one of: {', '.join(VIAS)}")
+        quantity_of(via, v is not None)  # an unknown via: its error names the choices
     if order != 1:  # second derivatives: symgrad/order2.py
         from .graph.order2 import check_order
         from .order2 import check_second_order

@@ -26,7 +26,8 @@ from .plain_refs import closed_form_references
 from .report.report import Report, shorten
 from .symbolic.forward import check_symbols, symbolic_inputs, symbolic_output
 from .symbolic.tensor import SymTensor, symbols
-from .validate import check_backend, check_callable, check_via_keywords, check_wrt_type, recursion_guard, refuse_nonfinite
+from .validate import (check_backend, check_callable, check_via_keywords, check_wrt_type, recursion_guard,
+                       refuse_non_float_output, refuse_nonfinite)
 
 __all__ = ["check_plain"]
 
@@ -179,10 +180,7 @@ def _torch_output(fn, out: SymTensor, sym_in: dict, dtype, leaves: dict):
         raise InputError(f"the torch function returned a {type(out_t).__name__}, not a tensor: symgrad differentiates "
                          "one tensor output. Fix: return one tensor (for a tuple or dict, check a wrapper such as "
                          "lambda x: fn(x)[0]; for None, add the missing return)")
-    if not (out_t.is_floating_point() or out_t.is_complex()):
-        raise InputError(f"the torch function returned a {str(out_t.dtype).replace('torch.', '')} tensor: it has no "
-                         "derivative (a comparison, an index or a count is constant almost everywhere). Fix: check "
-                         "the floating-point computation it is made from")
+    refuse_non_float_output(out_t)
     if tuple(out_t.shape) != out.shape and _same_but_unit_dims(tuple(out_t.shape), out.shape):
         out = out.reshape(tuple(out_t.shape))  # SymPy has no 1-d matrices: (n, 1) stands for (n,)
     if tuple(out_t.shape) != out.shape:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import InputError, UnsupportedOp
 
-__all__ = ["refuse_zero_products", "check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite",
+__all__ = ["refuse_zero_products", "refuse_non_float_output", "check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite",
            "refuse_hooks", "refuse_meta", "refuse_stateful", "refuse_non_tensor_value", "check_backend",
            "check_via_keywords",
            "recursion_guard", "BACKENDS"]
@@ -229,6 +229,14 @@ def check_via_keywords(via: str, quantity: str, v, tangents) -> None:
     if tangents is not None and quantity != "jvp":
         raise InputError(f"tangents= is given but via={via!r} computes a {quantity}, which does not use them: "
                          "drop tangents, or use via='func.jvp' / 'forward_ad' / 'functional.jvp'")
+
+
+def refuse_non_float_output(out) -> None:
+    """A bool or integer output (a comparison, an index, a count) has no derivative to check."""
+    if not (out.is_floating_point() or out.is_complex()):
+        raise InputError(f"the function returned a {str(out.dtype).replace('torch.', '')} tensor: it has no "
+                         "derivative (a comparison, an index or a count is constant almost everywhere). Fix: check "
+                         "the floating-point computation it is made from")
 
 
 def refuse_zero_products(v, tangents) -> None:

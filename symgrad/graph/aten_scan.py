@@ -40,7 +40,7 @@ import sympy as sp
 from .aten import handles
 from .trace import Builder
 
-__all__ = ["running_sum", "DENSE", "DENSE_LOG"]
+__all__ = ["running_sum", "log_of", "DENSE", "DENSE_LOG"]
 
 DENSE = 512  # a running sum over up to this many entries is one triangle (Note [A running sum in blocks])
 DENSE_LOG = 4096  # logcumsumexp's in float32 and float64: see the Note
@@ -152,7 +152,7 @@ def _empty(b: Builder, z) -> np.ndarray:
         return np.maximum.accumulate(np.where(np.isnan(values), np.inf, values), axis=-1) == -np.inf
 
 
-def _log_of(b: Builder, total, shift, empty: np.ndarray, reuse: bool = False):
+def log_of(b: Builder, total, shift, empty: np.ndarray, reuse: bool = False):
     """``log(total) + shift``, -inf where the prefix is empty (Note [An empty prefix])."""
     import torch
 
@@ -176,7 +176,7 @@ def _log_prefix(b: Builder, z, n: int, reuse: bool = False):
         lead = _letters(len(z.shape) - 1)
         run = b.contract(f"{lead}i,ij->{lead}j", terms, torch.triu(torch.ones(k, k, dtype=torch.float64)))
         _scan([run], n, False)
-        return _log_of(b, run, m, empty, reuse)
+        return log_of(b, run, m, empty, reuse)
     c = _running_max(b, z)
     pairs = z.shape[:-1] + (k, k)  # (..., i, j)
     diff = _charged(b.pointwise(lambda s, t: s - t, [b.layout("reshape", z, z.shape[:-1] + (1, k)),
@@ -185,7 +185,7 @@ def _log_prefix(b: Builder, z, n: int, reuse: bool = False):
     ids = np.where(keep, _ids(diff), 0)  # j > i: exp(-inf) = 0, an exact term
     terms = b.pointwise(sp.exp, [b.select([diff], ids, fill=-math.inf)])
     total = b.reduce("sum", terms, (len(pairs) - 1,), False)
-    return _log_of(b, total, c, empty, reuse)
+    return log_of(b, total, c, empty, reuse)
 
 
 def _spread(b: Builder, z) -> float:
@@ -204,7 +204,7 @@ def _log_running_sum(b: Builder, moved, n: int, dense: int):
         m = _row_max(b, moved)
         terms = b.pointwise(sp.exp, [_charged(b.pointwise(lambda s, t: s - t, [moved, m]))])
         run = running_sum(b, terms, len(moved.shape) - 1, dense=dense)
-        return _log_of(b, run, m, _empty(b, moved), reuse=True)
+        return log_of(b, run, m, _empty(b, moved), reuse=True)
     if n <= _ONE_BLOCK:
         return _log_prefix(b, moved, n, reuse=True)
     cut, k, blocks = _blocks(b, moved, n)
@@ -219,7 +219,7 @@ def _log_running_sum(b: Builder, moved, n: int, dense: int):
     shift = b.layout("reshape", _running_max(b, whole), rows + (blocks, k))
     apart = [b.pointwise(lambda s, t: s - t, [part, shift], cut.shape) for part in (before, inner)]
     total = b.pointwise(lambda p, q: sp.exp(p) + sp.exp(q), apart)
-    run = _log_of(b, total, shift, _empty(b, whole).reshape(cut.shape), reuse=True)
+    run = log_of(b, total, shift, _empty(b, whole).reshape(cut.shape), reuse=True)
     return _unblocked(b, run, n)
 
 

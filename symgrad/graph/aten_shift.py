@@ -19,13 +19,11 @@ derivative |out| roundings of its own size besides (graph/rules.py, ``_reused_ou
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import sympy as sp
-import torch
 
 from .aten import handles
+from .aten_scan import _ids, log_of
 
 
 def _shifted(b, x, dim):
@@ -63,12 +61,7 @@ def _logsumexp(b, args, kwargs, val):
         m = b.select([m], np.where(unshifted, 0, _ids(m)))
     m = b.stop(m)
     total = b.reduce("sum", b.pointwise(lambda s, t: sp.exp(s - t), [x, m], x.shape), axes, True)
-    if empty.any():
-        total = b.pointwise(lambda s, c: s + c, [total, torch.from_numpy(empty.astype(np.float64))])
-    out = b.pointwise(lambda s, t: t + sp.log(s), [total, m], total.shape)
-    out.attrs["reuses_output"] = True  # Note [logsumexp' from its rounded output]
-    if empty.any():
-        out = b.select([out], np.where(empty, 0, _ids(out)), fill=-math.inf)
+    out = log_of(b, total, m, empty, reuse=True)  # Note [logsumexp' from its rounded output]
     return b.layout("reshape", out, tuple(val.shape)) if not keep else out
 
 
@@ -77,8 +70,9 @@ def _logsumexp(b, args, kwargs, val):
 # but its shift, the row's maximum, was -inf too, and -inf - -inf = NaN made the reference NaN.  Such a
 # row is shifted by 0, its sum gets 1 (log 1 = 0) and its output is a select's fill of -inf, which
 # passes no cotangent back: the output does not move with any entry of the row, and torch's
-# gradient there is 0 (the same device as Note [An empty prefix] in aten_scan.py).  A row holding +inf
-# is shifted by 0 as torch shifts it: its sum and output are +inf (inf - inf made the reference NaN).
+# gradient there is 0 (Note [An empty prefix] in aten_scan.py, whose ``log_of`` builds it).  A row
+# holding +inf is shifted by 0 as torch shifts it: its sum and output are +inf (inf - inf made the
+# reference NaN).
 def _masked_rows(b, x, axes, at: float = -np.inf, any_entry: bool = False) -> np.ndarray:
     """Rows (over ``axes``) whose entries are all ``at`` (or, with ``any_entry``, hold one)."""
     values = b.value_of(x).numpy()
@@ -86,6 +80,3 @@ def _masked_rows(b, x, axes, at: float = -np.inf, any_entry: bool = False) -> np
         return values == at
     return (np.any if any_entry else np.all)(values == at, axis=axes, keepdims=True)
 
-
-def _ids(node) -> np.ndarray:
-    return np.arange(1, node.size + 1, dtype=np.int64).reshape(node.shape)

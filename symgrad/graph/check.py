@@ -24,6 +24,7 @@ from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..report.report import Report
 from ..ops import float32_constants, float32_scoped
+from ..validate import refuse_non_float_output
 from . import cache as graph_cache
 from . import diskcache
 from . import exact as graph_exact
@@ -136,7 +137,8 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     try:
         report = _check_graph(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
                               target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
-                              rtol=rtol, atol=atol, title=title, order=order, exploded_crosscheck=exploded_crosscheck)
+                              rtol=rtol, atol=atol, title=title, order=order, exploded_crosscheck=exploded_crosscheck,
+                              buffers=saved)
     finally:
         reference_mode.reset(token)
         nesting.reset(depth)
@@ -157,7 +159,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
 
 
 def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
-                 backward_calls, rtol, atol, title, order, exploded_crosscheck=False) -> Report:
+                 backward_calls, rtol, atol, title, order, exploded_crosscheck=False, buffers=None) -> Report:
     import torch
 
     from .order2 import check_order
@@ -172,7 +174,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
     structure: list = []  # a tuple / dict output: its kind and its tensors' shapes (Note [Structured outputs])
 
-    runner = _runner(model, names, n_params, loss, target, structure, _buffers(model))
+    runner = _runner(model, names, n_params, loss, target, structure, buffers or {})  # check_graph's copy
     torch_fn = runner(fn)
     key = graph_cache.key(fn, symbolic, loss, target, names, tensors)
     disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if not graph_cache.known(key) else None
@@ -305,10 +307,7 @@ def _torch_forward(torch_fn, leaves: dict):
     if not isinstance(out_t, torch.Tensor):
         raise InputError(f"the loss returned a {type(out_t).__name__}, not a tensor: make loss(output, target) "
                          "return a scalar tensor")
-    if not (out_t.is_floating_point() or out_t.is_complex()):
-        raise InputError(f"the function returned a {str(out_t.dtype).replace('torch.', '')} tensor: it has no "
-                         "derivative (a comparison, an index or a count is constant almost everywhere). Fix: check "
-                         "the floating-point computation it is made from")
+    refuse_non_float_output(out_t)
     return out_t
 
 

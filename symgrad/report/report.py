@@ -25,20 +25,15 @@ class GradientMismatch(AssertionError):
 
 
 def _worst_failing(r: Record) -> str:
-    """', worst <entry>: autograd a, closed form e (allowed d)' at the failing entry furthest past its
-    allowance; the row's largest difference where the arrays are not kept."""
-    import numpy as np
+    """', worst <entry>: autograd a, closed form e (allowed d)' at the entry farthest past its allowance
+    (``worst_entries``); the row's largest difference where the arrays are not kept."""
+    from .common import worst_entries
 
-    bad = None if r.mismatch_mask is None else np.asarray(r.mismatch_mask, bool)
-    if bad is None or not bad.any() or r.expected is None or r.actual is None or r.allowed is None:
+    worst = worst_entries(r, 1)
+    if not worst:
         return f", worst {format_index(r.name, r.abs_index)} differs by {r.max_abs:.3g} (allowed {r.atol:.3g})"
-    e, a = np.asarray(r.expected, np.float64), np.asarray(r.actual, np.float64)
-    allowed = np.broadcast_to(np.asarray(r.allowed, np.float64), e.shape)
-    with np.errstate(all="ignore"):
-        past = np.where(bad, np.abs(a - e) / np.maximum(allowed, 1e-300), -1.0)
-    past = np.where(np.isnan(past), np.inf, past)
-    i = tuple(int(k) for k in np.unravel_index(int(np.argmax(past)), e.shape))
-    return f", worst {format_index(r.name, i)}: autograd {a[i]:.6g}, closed form {e[i]:.6g} (allowed {allowed[i]:.3g})"
+    w = worst[0]
+    return f", worst {w['index']}: autograd {w['autograd']:.6g}, closed form {w['closed_form']:.6g} (allowed {w['allowed']:.3g})"
 
 
 def shorten(text: str, width: int = 48) -> str:
