@@ -61,7 +61,7 @@ from . import approx
 from .approx import Approx
 from .engine import backward, forward
 
-__all__ = ["SAMPLES", "LAMBDA", "WEAK", "wanted", "spread", "perturbing"]
+__all__ = ["SAMPLES", "LAMBDA", "WEAK", "wanted", "spread", "perturbing", "coherent_reruns"]
 
 SAMPLES = 16
 LAMBDA = 8.0
@@ -186,15 +186,15 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
     per_use = (forward(graph, ctx), np.random.default_rng([seed, 1]))  # Note [Each use its own moves]
     try:
         split = keep is not None and constants is not None
-        seen: dict = {}
-        with np.errstate(all="ignore"), perturbing(rng, "still" if split else "random", seen) as move:
-            for _ in range(samples):
-                move.reroll()
-                run = _rerun(graph, ctx, out, seeds, live, base, total, per_use=per_use)
-                if keep is not None:
-                    keep.append(run)
-        if split and seen:
-            _constant_runs(graph, ctx, out, seeds, live, base, samples, rng, total, keep, constants, list(seen))
+        runs, fixed = coherent_reruns(
+            rng, samples, lambda kind: _rerun(graph, ctx, out, seeds, live, base, total,
+                                              weight=float(samples) if kind == "only" else 1.0,
+                                              per_use=per_use if kind == "still" else None),
+            _add_runs, split=split)
+        if keep is not None:
+            keep.extend(runs)
+        if constants is not None:
+            constants.extend(fixed)
         if output is not None:
             output["rms"] = np.sqrt(total.pop()[out] / samples)
         return [{node: (None if base[k].get(node) is None else
@@ -277,24 +277,40 @@ def _sweeps(graph, ctx, out, seeds, live, base, total, weight, values) -> list:
     return run
 
 
-def _constant_runs(graph, ctx, out, seeds, live, base, samples, rng, total, keep, constants, keys) -> None:
-    """Note [Coherent roundings]: each coherent site's own change, one sweep per site (its squares
-    count ``samples`` times in ``total``: the mean square a random sign per rerun gives); past
-    ``samples`` sites, ``samples`` sweeps moving them all with random signs are added into the kept
-    reruns instead (moves add up: the response is linear)."""
-    if len(keys) <= samples:
-        for key in keys:
+def coherent_reruns(rng, samples: int, rerun, add, split: bool = True) -> tuple[list, list]:
+    """Note [Coherent roundings]: ``samples`` reruns with every coherent site held still
+    (``rerun("still")``), then one rerun per coherent site moving it alone (``rerun("only")``); past
+    ``samples`` sites, ``samples`` reruns moving them all with random signs (``rerun("alone")``),
+    added into the first ones by ``add(run, extra)`` (moves add up: the response is linear).
+    ``split=False``: coherent sites move with random signs in the reruns themselves and no site runs
+    alone.  Returns (the reruns, each site's own rerun)."""
+    runs: list = []
+    constants: list = []
+    seen: dict = {}
+    with np.errstate(all="ignore"), perturbing(rng, "still" if split else "random", seen) as move:
+        for _ in range(samples):
+            move.reroll()
+            runs.append(rerun("still"))
+    if not split or not seen:
+        return runs, constants
+    if len(seen) <= samples:
+        for key in list(seen):
             with np.errstate(all="ignore"), perturbing(rng, ("only", key)) as move:
                 move.reroll()
-                constants.append(_rerun(graph, ctx, out, seeds, live, base, total, weight=float(samples)))
-        return
+                constants.append(rerun("only"))
+        return runs, constants
     with np.errstate(all="ignore"), perturbing(rng, "alone") as move:
-        for run in keep:
+        for k, run in enumerate(runs):
             move.reroll()
-            extra = _rerun(graph, ctx, out, seeds, live, base, total)
-            for mine, theirs in zip(run, extra):
-                for node, d in theirs.items():
-                    mine[node] = mine[node] + d if node in mine else d
+            runs[k] = add(run, rerun("alone"))
+    return runs, constants
+
+
+def _add_runs(run: list, extra: list) -> list:
+    for mine, theirs in zip(run, extra):
+        for node, d in theirs.items():
+            mine[node] = mine[node] + d if node in mine else d
+    return run
 
 
 # Note [Coherent roundings]
@@ -305,7 +321,7 @@ def _constant_runs(graph, ctx, out, seeds, live, base, samples, rng, total, keep
 # deviations of it charge it 5.6 to 8 times its size, while it can move alpha by at most its size.
 # So the scale test (scale.py) splits the roundings in two: such coherent sites (a keyed constant, or a
 # rounding site whose value is a single number) are held still in the kept reruns and moved one at
-# a time, each by its own bound, in a sweep of its own (``_constant_runs``); alpha is allowed the
+# a time, each by its own bound, in a sweep of its own (``coherent_reruns``); alpha is allowed the
 # sum of their effects' sizes (their worst case, exact since the response is linear) plus LAMBDA
 # standard deviations of the rest, which is P(|alpha| > allowance) <= P(|rest| > LAMBDA sigma).
 # Each entry's own spread still counts every coherent site with a random sign (its mean square).

@@ -6,7 +6,7 @@ A jvp or a double backward off by 1 % is 2.6 units of bfloat16's roundoff, as a 
 entry alone resolves it (a custom Function's jvp times 1.01 passed in 17 of 17 patterns in
 bfloat16, and so did its second derivative).  The reverse sweeps' records get the scale test from
 the reruns of Note [Statistical allowance]; these products are reran here the same way: the forward
-sweep and the product's own sweep with every rounding moved by its bound (``montecarlo.perturbing``:
+sweep and the product's own sweep with every rounding moved by its bound (``montecarlo.coherent_reruns``:
 coherent sites held still, then moved one at a time, Note [Coherent roundings]), in SCALE_SAMPLES
 reruns on a small graph, and each record's least-squares scale is allowed what those reruns give
 it, then one scale over every record (Note [One scale over every gradient]).  Only in float16 and
@@ -19,7 +19,7 @@ import numpy as np
 
 from . import scale as scale_test
 from .engine import forward
-from .montecarlo import DELTA, perturbing
+from .montecarlo import DELTA, coherent_reruns
 
 __all__ = ["scale_products"]
 
@@ -34,26 +34,10 @@ def scale_products(st, records: list, base: list, compute, directions: int) -> N
 
     samples = scale_test.samples_for(st.graph, directions, True)
     rng = np.random.default_rng(0)
-    runs: list = []
-    constants: list = []
-    seen: dict = {}
     token = reference_mode.set("float")  # no mpmath inside a rerun (Note [Certified pointwise values])
     try:
-        with np.errstate(all="ignore"), perturbing(rng, "still", seen) as move:
-            for _ in range(samples):
-                move.reroll()
-                runs.append(_changes(st, compute, base))
-        keys = list(seen)
-        if len(keys) <= samples:
-            for key in keys:
-                with np.errstate(all="ignore"), perturbing(rng, ("only", key)) as move:
-                    move.reroll()
-                    constants.append(_changes(st, compute, base))
-        else:  # past ``samples`` sites: all of them with random signs, into the reruns
-            with np.errstate(all="ignore"), perturbing(rng, "alone") as move:
-                for k, run in enumerate(runs):
-                    move.reroll()
-                    runs[k] = [a + b for a, b in zip(run, _changes(st, compute, base))]
+        runs, constants = coherent_reruns(rng, samples, lambda kind: _changes(st, compute, base),
+                                          lambda run, extra: [x + y for x, y in zip(run, extra)])
     finally:
         reference_mode.reset(token)
     per_record = [[run[i] for run in runs] for i in range(len(records))]

@@ -237,18 +237,19 @@ def test_erf_constant_is_a_coherent_rounding():
     """erf's derivative holds 1/sqrt(pi), one rounding every entry shares: the scale test holds it
     still in the reruns and charges its worst case (Note [Coherent roundings])."""
     seen = []
-    real = montecarlo._constant_runs
+    real = montecarlo.coherent_reruns
 
-    def spy(*args):
-        real(*args)
-        seen.append(len(args[-2]))
+    def spy(*args, **kwargs):
+        runs, constants = real(*args, **kwargs)
+        seen.append(len(constants))
+        return runs, constants
 
     x = torch.linspace(-2, 2, 48, dtype=torch.float64).reshape(6, 8).to(torch.bfloat16)
     try:
-        montecarlo._constant_runs = spy
+        montecarlo.coherent_reruns = spy
         report = sg.check(torch.erf, {"x": x}, engine="graph", quiet=True)
     finally:
-        montecarlo._constant_runs = real
+        montecarlo.coherent_reruns = real
     assert report.passed and seen and seen[0] >= 1
 
 
