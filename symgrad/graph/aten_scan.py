@@ -1,4 +1,5 @@
-"""Running sums as core nodes: ``cumsum`` and ``logcumsumexp`` along an axis of any length.
+"""Running sums and products as core nodes: ``cumsum``, ``logcumsumexp`` and ``cumprod`` along an
+axis of any length.
 
 # Note [A running sum in blocks]
 ``cumsum`` along an axis of n entries is a contraction with a triangular matrix of ones, n x n
@@ -40,7 +41,7 @@ import sympy as sp
 from .aten import handles
 from .trace import Builder
 
-__all__ = ["running_sum", "log_of", "DENSE", "DENSE_LOG"]
+__all__ = ["running_sum", "running_product", "log_of", "DENSE", "DENSE_LOG", "DENSE_PRODUCT"]
 
 DENSE = 512  # a running sum over up to this many entries is one triangle (Note [A running sum in blocks])
 DENSE_LOG = 4096  # logcumsumexp's in float32 and float64: see the Note
@@ -119,6 +120,56 @@ def running_sum(b: Builder, x, axis: int, double: bool = False, dense: int = DEN
 @handles("aten.cumsum")
 def _cumsum(b, args, kwargs, val):
     return running_sum(b, args[0], int(args[1]), double=True)
+
+
+# Note [A running product in blocks]
+# torch's decomposition of ``cumprod`` is a product over an n x n triangle (entries past the
+# position replaced by 1): at n = 2,048 over 4 rows that graph held 16 million numbers per node,
+# and the check took 33 s and 2.7 GB.  A running product is read here as a running sum is (Note [A
+# running sum in blocks]): past ``DENSE_PRODUCT`` entries, within blocks of k = ceil(sqrt n) a k x k
+# triangle, the blocks' products before each block a B x B strict triangle, the two multiplied.
+# The zero-padding of the last block reaches only positions past n, which are dropped, and that
+# block's product, which no position reads.  A product's first-order rounding is the same relative
+# bound in any order of its multiplications, and its derivatives come out of reverse mode exactly,
+# zeros included, as ``product``'s do.
+DENSE_PRODUCT = 64
+
+
+def _triangle_product(b: Builder, moved, strict: bool = False):
+    """Along the last axis of ``moved`` (m entries), position j the product of entries i <= j (i < j
+    where ``strict``): a product over an m x m triangle of selected entries, 1 elsewhere."""
+    from .aten_ext import product
+
+    m = moved.shape[-1]
+    rows, cols = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+    inside = rows < cols if strict else rows <= cols
+    idx = np.where(inside, _ids(moved)[..., :, None], 0)  # [..., i, j]: entry i of position j's product
+    return product(b, b.select([moved], idx, fill=1.0), len(moved.shape) - 1, False)
+
+
+def running_product(b: Builder, x, axis: int, dense: int = DENSE_PRODUCT):
+    """The running product of ``x`` along ``axis`` (Note [A running product in blocks])."""
+    x = b.node_of(x)
+    if not x.shape:
+        return x
+    axis %= len(x.shape)
+    n = x.shape[axis]
+    moved = _moved(b, x, axis)
+    if n <= dense:
+        return _back(b, _triangle_product(b, moved), axis)
+    from .aten_ext import product
+
+    cut, k, blocks = _blocks(b, moved, n)
+    within = _triangle_product(b, cut)
+    totals = product(b, cut, len(cut.shape) - 1, False)
+    before = _triangle_product(b, totals, strict=True)
+    run = b.pointwise(lambda s, t: s * t, [within, b.layout("reshape", before, before.shape + (1,))])
+    return _back(b, _unblocked(b, run, n), axis)
+
+
+@handles("aten.cumprod")
+def _cumprod(b, args, kwargs, val):
+    return running_product(b, args[0], int(args[1]))
 
 
 def _running_max(b: Builder, z):

@@ -36,7 +36,7 @@ _DECOMPOSE = (
     "binary_cross_entropy_with_logits", "huber_loss", "smooth_l1_loss", "soft_margin_loss", "log_sigmoid_forward",
     "logit", "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "upsample_bilinear2d", "upsample_nearest2d",
     "pixel_shuffle", "rrelu_with_noise", "threshold", "softshrink", "hardshrink", "celu", "selu", "prelu",
-    "_prelu_kernel", "addcmul", "addcdiv", "lerp", "logaddexp", "hypot", "cumprod", "norm", "dist",
+    "_prelu_kernel", "addcmul", "addcdiv", "lerp", "logaddexp", "hypot", "norm", "dist",
     "mv", "dot", "vdot", "addmv", "addr", "outer", "triu", "tril", "diag_embed", "trace", "std", "var_mean",
     "std_mean", "nan_to_num", "sinc", "deg2rad", "rad2deg", "log10", "log2", "exp2",
     "huber_loss", "_euclidean_dist", "cosine_similarity", "logcumsumexp",
