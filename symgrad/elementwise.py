@@ -310,7 +310,7 @@ def _tensor_back_end(fn, symbolic, named, wrt, via, tangents, engine, budget) ->
         return True
     if engine == "auto" and _half(named) and _traceable(fn, symbolic):
         return True  # Note [Half precision on the op graph]
-    if engine == "elementwise" or _forward_mode(via, tangents):
+    if engine == "elementwise" or (_forward_mode(via, tangents) and not _traceable(fn, symbolic)):
         refuse_exploded(n_in, n_wrt, 1, False, budget)
         return False
     if not _traceable(fn, symbolic):

@@ -146,3 +146,85 @@ def test_a_failing_reports_repr_is_one_short_line():
     text = repr(report)
     assert not report and text.startswith("<symgrad Report 1 of 2 rows FAIL") and "x vjp FAIL" in text
     assert len(text) <= 600 and "\n" not in text
+
+
+def test_the_repr_prints_the_two_values_apart():
+    """A float64 failure 1e-11 off (Megatron's bias_gelu constant 0.1070322243) printed both values
+    as 0.315808: the repr and the worst-entry lines take as many digits as tell them apart."""
+    bad = with_backward(torch.sin, lambda x, g: g * torch.cos(x) * (1 + 1e-11))
+    report = sg.check(bad, {"x": _x(3, 4)}, v=_x(3, 4, seed=1), quiet=True)
+    head = repr(report).split("worst ")[1]
+    autograd, closed = head.split("autograd ")[1].split(",")[0], head.split("closed form ")[1].split(" ")[0]
+    assert not report.passed and autograd != closed and "difference" in head
+    line = [ln for ln in str(report).splitlines() if ln.startswith("  x[")][0]
+    assert line.split(" | ")[0].split(": ")[1] != line.split(" | ")[1]
+
+
+class _Cube(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x * x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (ctx.x,) = inputs
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 3 * ctx.x ** 2
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t * 3 * ctx.x ** 2
+
+
+def test_forward_mode_past_the_exploded_budget_goes_to_the_op_graph():
+    """engine='auto' refused forward mode of 100,000 entries with the exploded engine's memory guard
+    (and advised engine='auto'); it goes to the op graph as reverse mode does."""
+    x = _x(100_000)
+    t = _x(100_000, seed=1)
+    twin = lambda x: x * x * x  # noqa: E731
+    assert sg.check(_Cube.apply, {"x": x}, twin, via="forward_ad", tangents=t, quiet=True).passed
+    wrong_jvp = type("WrongCube", (_Cube,), {"jvp": staticmethod(lambda ctx, t: t * 3 * ctx.x ** 2 * 1.001)})
+    assert not sg.check(wrong_jvp.apply, {"x": x}, twin, via="forward_ad", tangents=t, quiet=True).passed
+
+
+def test_the_exploded_memory_guard_is_not_called_a_trace_failure():
+    """engine='elementwise' on a 19k-parameter MLP: the memory guard's refusal, raised while the
+    forward is traced, came wrapped as "torch could not trace the function", cut mid-word."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Tanh(), torch.nn.Linear(256, 10)).double()
+    with pytest.raises(sg.InputError) as err:
+        sg.check(model, {"x": _x(32, 64)}, loss=torch.nn.MSELoss(), target=_x(32, 10, seed=1),
+                 engine="elementwise", quiet=True)
+    assert "memory budget" in str(err.value) and "could not trace" not in str(err.value)
+
+
+def test_a_loss_class_instead_of_an_instance_is_named():
+    model = torch.nn.Linear(3, 2).double()
+    with pytest.raises(InputError, match=r"loss=MSELoss\(\)"):
+        sg.check(model, {"x": _x(4, 3)}, loss=torch.nn.MSELoss, target=_x(4, 2, seed=1), quiet=True)
+
+
+def test_a_cotangent_for_a_tuple_output_names_the_tuple():
+    """v for one tensor of a tuple output was refused as "the output has (12,)", a shape the user never made."""
+    pair = with_backward(lambda a: torch.stack([a.sin(), a.cos()]), lambda a, g: g[0] * a.cos() - g[1] * a.sin())
+    with pytest.raises(sg.ShapeMismatch, match=r"a tuple of shapes \[\(6,\), \(6,\)\]"):
+        sg.check(lambda a: tuple(pair(a)), {"a": _x(6)}, v=_x(6, seed=1), quiet=True)
+
+
+def test_a_large_models_markdown_fits_a_comment():
+    """A ResNet's 62 rows made 100 kB of markdown, past GitHub's 65,536 characters per comment: past
+    60,000 the closed forms and passing rows' notes are left out, failing rows kept."""
+    from symgrad.report import markdown
+
+    layers = [torch.nn.Linear(6, 6) for _ in range(40)]
+    model = torch.nn.Sequential(*[m for lay in layers for m in (lay, torch.nn.ReLU())]).double()
+    report = sg.check(model, {"x": _x(4, 6)}, loss=torch.nn.MSELoss(), target=_x(4, 6, seed=1), quiet=True)
+    full = markdown.render(report)
+    limit = markdown.COMMENT_CHARS
+    try:
+        markdown.COMMENT_CHARS = len(full) // 2
+        short = markdown.render(report)
+    finally:
+        markdown.COMMENT_CHARS = limit
+    assert len(short) < len(full) // 2 + 2000 and "left out to fit a comment" in short

@@ -22,7 +22,7 @@ SPLITS = [  # (gradient on the tied entries 1..3, passes)
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("split,passes", SPLITS)
 @pytest.mark.parametrize("op", [lambda x: x.amax(), lambda x: x.max(), lambda x: -(-x).min(),
-                                lambda x: torch.sort(x).values[-1]], ids=["amax", "max", "min", "sort"])
+                                lambda x: torch.topk(x, 1).values[0]], ids=["amax", "max", "min", "topk1"])
 def test_a_tie_of_the_maximum(op, split, passes, engine):
     grad = torch.tensor([0.0] + split, dtype=torch.float64)
     f = with_backward(op, lambda x, g: g * grad)
@@ -271,3 +271,56 @@ def test_a_float32_near_tie_follows_torchs_own_pick(pick):
     assert sg.check(f, {"x": x, "w": w}, v=torch.tensor([0.8]), quiet=True).passed
     off = with_backward(lambda w: w * 1.0, lambda w, g: g * 1.01)
     assert not sg.check(lambda x, w: f(x, off(w)), {"x": x, "w": w}, v=torch.tensor([0.8]), quiet=True).passed
+
+
+class _FirstMatchSort(torch.autograd.Function):
+    """sort whose backward and jvp invert the permutation by the first input equal to each output (a
+    realistic bug: ``(sorted == x).argmax``): at a tie, both outputs read one input."""
+
+    @staticmethod
+    def forward(x):
+        return torch.sort(x).values
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x,) = inputs
+        ctx.save_for_backward(x, output)
+        ctx.first = (output.unsqueeze(-1) == x.unsqueeze(-2)).to(torch.int64).argmax(-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, _ = ctx.saved_tensors
+        return torch.zeros_like(x).scatter_add(-1, ctx.first, g)
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t.gather(-1, ctx.first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_a_tie_shared_by_two_outputs_of_sort(dtype):
+    """Note [A tie shared by outputs] (graph/aten_order.py): sort([1, 1]) is (min, max) near the tie,
+    the outputs take distinct entries; routing both to the first passed as two free maxima."""
+    x = torch.tensor([[1.0, 1.0, 0.5], [2.0, -1.0, 2.0]], dtype=dtype)
+    v = torch.tensor([[1.0, 2.0, 3.0], [0.5, 1.5, -2.0]], dtype=dtype)
+    sort = lambda x: torch.sort(x).values  # noqa: E731
+    assert sg.check(sort, {"x": x}, v=v).passed
+    assert sg.check(sort, {"x": x}, v=v, engine="elementwise").passed
+    report = sg.check(_FirstMatchSort.apply, {"x": x}, symbolic=sort, v=v)
+    assert not report.passed, report.to_text()
+    assert not sg.check(_FirstMatchSort.apply, {"x": x}, symbolic=sort, via="forward_ad", tangents=v).passed
+
+
+def test_a_tie_of_a_top_k_in_a_model():
+    """Ordinal cut-points initialised equal and sorted (every output tied): torch's sort passes, the
+    first-match backward (the whole cotangent sum on one cut-point) fails."""
+    cut = torch.zeros(4, dtype=torch.float64)
+    h = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def loss(cut, h, sort):
+        c = sort(cut)
+        return (torch.sigmoid(c[None, :] - h[:, None]) * torch.arange(1.0, 5.0, dtype=cut.dtype)).sum()
+
+    assert sg.check(lambda cut, h: loss(cut, h, lambda c: torch.sort(c).values), {"cut": cut, "h": h}).passed
+    assert not sg.check(lambda cut, h: loss(cut, h, _FirstMatchSort.apply), {"cut": cut, "h": h},
+                        symbolic=lambda cut, h: loss(cut, h, lambda c: torch.sort(c).values)).passed

@@ -19,11 +19,12 @@ def _order(b, args, kwargs, val):
     import torch
 
     x = b.node_of(args[0])
-    own = b.torch_value(b.fx_node) if indices_read(b.fx_node) else None  # Note [Torch's own picks]
+    name = str(b.fx_node.target)
+    several = "sort" in name or "topk" in name  # several outputs may draw on one tie (Note [A tie shared by outputs])
+    own = b.torch_value(b.fx_node) if several or indices_read(b.fx_node) else None  # Note [Torch's own picks]
     with torch.no_grad():
         out = own if own is not None else b.fx_node.target(b.value_of(x), *args[1:], **kwargs)
     indices = out[1]
-    name = str(b.fx_node.target)
     if "sort" in name:
         dim = kwargs.get("dim", args[2] if "stable" in name and len(args) > 2 else (args[1] if len(args) > 1 else -1))
     elif "topk" in name:
@@ -40,7 +41,35 @@ def _order(b, args, kwargs, val):
     prefix = "cummax" in name or "cummin" in name
     if indices_read(b.fx_node):  # Note [Ties of order statistics]: torch's indices pin its choice
         return b.select([x], picked.long().numpy()), indices
-    return _tied_select(b, x, picked.long().numpy(), dim, prefix), indices
+    pinned = _shared(b, x, picked.long().numpy(), dim) if several and own is not None else None
+    return _tied_select(b, x, picked.long().numpy(), dim, prefix, pinned), indices
+
+
+# Note [A tie shared by outputs]
+# sort([1, 1]) has two outputs drawing on one tie: near it they are min(x0, x1) and max(x0, x1),
+# whose choices are one choice -- the outputs take distinct entries (a permutation, or a convex
+# combination of permutations).  Read as two free maxima, each output picked its side alone, and a
+# backward routing both outputs to the first tied entry (a cotangent of (3, 0) where (1, 2) and
+# (2, 1) are the two sides) passed, in reverse and forward mode, on both engines.  So an output of
+# sort or topk whose value another output of its row shares is a plain select at torch's own pick
+# (Note [Torch's own picks]): the permutation torch's forward made, which its backward and a custom
+# Function saving its indices both follow.  A single output at a tie (topk(1), a tie that only one
+# output reaches) stays a free max.
+def _shared(b, x, picked: np.ndarray, dim) -> np.ndarray | None:
+    """Outputs whose float64 value another output along ``dim`` holds too."""
+    if dim is None or not x.shape or picked.size == 0:
+        return None
+    vals = b.value_of(x).detach().double().cpu().numpy().reshape(-1)[picked - 1]
+    moved = np.moveaxis(vals, dim % vals.ndim, -1)
+    order = np.argsort(moved, axis=-1, kind="stable")
+    srt = np.take_along_axis(moved, order, axis=-1)
+    same = srt[..., 1:] == srt[..., :-1]
+    dup = np.zeros(srt.shape, bool)
+    dup[..., 1:] |= same
+    dup[..., :-1] |= same
+    back = np.empty_like(dup)
+    np.put_along_axis(back, order, dup, axis=-1)
+    return np.moveaxis(back, -1, dim % vals.ndim)
 
 
 
@@ -78,10 +107,10 @@ def _median_all(b, args, kwargs, val):
 # follow them -- a value routed to another tied entry while ``idx`` still selects torch's expert is no
 # side of the function (whose other sides select other experts, a jump).  With the tie free, a router
 # whose backward flipped the sign passed (zero-initialised router, every logit tied).
-def _tied_select(b, x, picked: np.ndarray, dim, prefix: bool):
+def _tied_select(b, x, picked: np.ndarray, dim, prefix: bool, pinned: np.ndarray | None = None):
     """The entries of ``x`` at 1-based flat ``picked`` ids, each read as the max over the entries
     along ``dim`` that tie with it (only those up to the output's own position where ``prefix``:
-    cummax / cummin)."""
+    cummax / cummin); ``pinned`` outputs are plain picks (Note [A tie shared by outputs])."""
     vals = b.value_of(x).detach().double().cpu().numpy().reshape(x.shape)
     if dim is None or not x.shape or picked.size == 0:
         return b.select([x], picked)
@@ -97,6 +126,9 @@ def _tied_select(b, x, picked: np.ndarray, dim, prefix: bool):
         position = np.unravel_index(np.arange(picked.size), picked.shape)[dim] if picked.shape == x.shape else None
         if position is not None:
             tie &= np.arange(n)[None, :] <= np.asarray(position)[:, None]
+    if pinned is not None and pinned.any():
+        keep = pinned.reshape(-1)
+        tie[keep] = row_ids[keep] == flat[keep][:, None]
     k = int(tie.sum(axis=1).max())
     if k <= 1:
         return b.select([x], picked)

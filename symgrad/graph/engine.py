@@ -20,12 +20,14 @@ from .scalar import Ctx
 __all__ = ["forward", "backward", "tangent", "tangent_sweep"]
 
 
-def forward(graph: Graph, ctx: Ctx) -> dict:
+def forward(graph: Graph, ctx: Ctx, caps: dict | None = None) -> dict:
+    """``caps``: node -> a cap on its rounding bound (units of eps), applied as the sweep goes, so the
+    nodes after it read the capped bound (Note [Statistical kinks] in montecarlo.py)."""
     with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
-        return _forward(graph, ctx)
+        return _forward(graph, ctx, caps)
 
 
-def _forward(graph: Graph, ctx: Ctx) -> dict:
+def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None) -> dict:
     values: dict = {}
     for node in graph.nodes:
         if node.kind == "leaf":
@@ -36,7 +38,20 @@ def _forward(graph: Graph, ctx: Ctx) -> dict:
         else:
             with kernel(node):
                 values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
+            cap = caps.get(node) if caps else None
+            if cap is not None:
+                values[node] = _capped(values[node], cap)
     return values
+
+
+def _capped(val: Approx, cap) -> Approx:
+    """``val`` with its rounding bound capped (Note [Statistical kinks] in montecarlo.py), except at
+    entries a kinked unit reaches (banded): there the bound holds the other side's value too, which
+    the reruns, moving every rounding by a small step on the graph's side, never see."""
+    e = np.minimum(val.e, cap)
+    if val.banded:
+        e = np.where(val.lo + val.hi > 0, val.e, e)
+    return Approx(val.v, e, val.lo, val.hi)
 
 
 def _own_error(v, err: float):

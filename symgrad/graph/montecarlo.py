@@ -61,7 +61,7 @@ from . import approx
 from .approx import Approx
 from .engine import backward, forward
 
-__all__ = ["SAMPLES", "LAMBDA", "WEAK", "wanted", "spread", "perturbing", "coherent_reruns"]
+__all__ = ["SAMPLES", "LAMBDA", "WEAK", "wanted", "spread", "perturbing", "coherent_reruns", "kink_caps"]
 
 SAMPLES = 16
 LAMBDA = 8.0
@@ -161,6 +161,61 @@ def wanted(graph, dtype: str, refs) -> bool:
         weak = WEAK_FLOAT64 if dtype == "float64" else WEAK
         coarse = weak * RESOLUTION.get(dtype, 1e-3) / (rounding_ulps(dtype) * EPS.get(dtype, 2.0**-23))
         if mask.any() and float(np.median(rounding[mask] / value[mask])) > coarse:
+            return True
+    return False
+
+
+# Note [Statistical kinks]
+# Whether a relu unit (any kink) could have been evaluated on its other side is decided by its
+# argument's rounding bound: within KINK_ULPS * eps * e of the kink, it is a kinked unit.  The forward
+# bound is a worst case too, and it compounds with depth like the backward's: on a ResNet-18-like
+# model (17 convolutions, BatchNorm in eval mode, 32 x 32 inputs) its float64 forward was allowed
+# 1e26 ulps, every relu unit and even the loss counted as within rounding of a kink, every entry of
+# every gradient got a band, and a relu backward off by 1e-3 passed in float64 and float32.  Where
+# the forward bound is coarse (a node's typical entry allowed more than COARSE_FORWARD_ULPS), the
+# forward is rerun SAMPLES times with every rounding moved by its bound and a random sign (the
+# model of Note [Statistical allowance]; nothing from torch's numbers), and each node's bound is
+# capped at LAMBDA standard deviations of its moves (in the units the compare charges, as a
+# gradient's statistical allowance) as the sweep goes, so the nodes after it read the capped bound.  A unit beyond that is torch's on the graph's side with the probability the
+# gradients' allowances already rest on; units within it stay kinked, judged as before.  Graphs
+# with linear-algebra nodes keep the worst case (their bounds are backward errors).
+COARSE_FORWARD_ULPS = 64.0
+
+
+def kink_caps(graph, ctx, values: dict, samples: int = SAMPLES, seed: int = 7) -> dict | None:
+    """Per non-leaf node, LAMBDA standard deviations of its forward value's moves (units of eps)
+    where the forward bound is coarse; None where it is not or the graph has linear-algebra nodes
+    (Note [Statistical kinks])."""
+    from ..compare.accuracy import reference_mode
+
+    if any(n.kind == "linalg" for n in graph.nodes) or not _coarse_forward(graph, values):
+        return None
+    rng = np.random.default_rng(seed)
+    total = {n: 0.0 for n in graph.nodes if n.kind != "leaf"}
+    token = reference_mode.set("float")
+    try:
+        with np.errstate(all="ignore"), perturbing(rng, "random") as move:
+            for _ in range(samples):
+                move.reroll()
+                moved = forward(graph, ctx)
+                for node in total:
+                    d = (moved[node].v - values[node].v) / DELTA
+                    total[node] = total[node] + np.where(np.isfinite(d), d, np.inf) ** 2
+    finally:
+        reference_mode.reset(token)
+    # the compare and the kink slack charge several units of eps per unit of a bound: LAMBDA sigma in all
+    unit = rounding_ulps(ctx.dtype)
+    return {node: LAMBDA * np.sqrt(sq / samples) / unit for node, sq in total.items()}
+
+
+def _coarse_forward(graph, values: dict) -> bool:
+    for node in graph.nodes:
+        if node.kind == "leaf":
+            continue
+        val = values[node]
+        size = np.abs(val.v)
+        mask = np.isfinite(size) & (size > 0) & np.isfinite(val.e)
+        if mask.any() and float(np.median(val.e[mask] / size[mask])) > COARSE_FORWARD_ULPS:
             return True
     return False
 

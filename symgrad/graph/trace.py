@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 import sympy as sp
 
-from ..errors import InputError, UnsupportedOp
+from ..errors import InputError, SymgradError, UnsupportedOp
 from .approx import Approx
 from .ir import Graph, Node
 from .scalar import Ctx
@@ -131,7 +131,7 @@ def trace_callable(fn, args: tuple, functional: bool = True):
             # so trace without functionalization (in-place ops are then read as out-of-place ones,
             # and the forward row catches any aliasing this misreads)
             return run(fn)
-    except UnsupportedOp:
+    except SymgradError:  # symgrad's own refusal raised inside the traced code (a memory guard): as it is
         raise
     except RuntimeError as err:
         if "mutating a non-functional tensor" not in str(err):

@@ -52,6 +52,9 @@ def resolve_loss(loss) -> tuple[Callable | None, str]:
                              "an nn loss module, an F.* loss or a callable(output, target)")
         fn = getattr(F, LOSSES[loss])
         return fn, LOSSES[loss]
+    if isinstance(loss, type):  # loss=nn.MSELoss: the class, called as loss(output, target), builds a module
+        raise InputError(f"loss= got the class {loss.__name__}, not a loss: pass an instance, "
+                         f"loss={loss.__name__}() (with its options, e.g. reduction=)")
     if callable(loss):
         return loss, getattr(loss, "__name__", type(loss).__name__)
     raise InputError(f"loss must be a string, an nn loss module or a callable(output, target), not {type(loss).__name__}")

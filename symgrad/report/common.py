@@ -13,7 +13,7 @@ import numpy as np
 from ..compare.compare import format_index
 from ..compare.record import Record
 
-__all__ = ["reference_line", "VERDICT_CODES", "verdict_code", "closed_form_lines", "is_long", "detail_message", "worst_entries",
+__all__ = ["reference_line", "VERDICT_CODES", "verdict_code", "closed_form_lines", "is_long", "detail_message", "worst_entries", "distinct",
            "entry_ratio", "shown_closed_forms", "worst_lines", "worst_closed_form", "failure_message"]
 
 # Machine-readable verdicts (the JSON's "verdict_code"; documented in schema.json)
@@ -55,8 +55,25 @@ def verdict_code(r: Record) -> str:
 
 def reference_line(records: list[Record]) -> str:
     """One line on the references' own accuracy (issue 11 item 1), empty when no record states it."""
-    parts = [f"{r.name}: {r.reference}" for r in records if r.reference and r.quantity != "forward"]
-    return ("Reference accuracy: " + "; ".join(parts)) if parts else ""
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        if r.reference and r.quantity != "forward":
+            groups.setdefault(r.reference, []).append(r.name)
+    if not groups:
+        return ""
+    parts = [f"{_names(names)}: {text}" for text, names in groups.items()]
+    shown = parts[:REFERENCE_GROUPS]
+    if len(parts) > len(shown):  # a ResNet's 62 rows made one line of 11,000 characters
+        rest = sum(len(names) for names in list(groups.values())[REFERENCE_GROUPS:])
+        shown.append(f"and {rest} more rows (each record's own line is in the JSON report, 'reference')")
+    return "Reference accuracy: " + "; ".join(shown)
+
+
+REFERENCE_GROUPS = 6
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"
 
 
 def closed_form_lines(text: str) -> list[str]:
@@ -99,6 +116,16 @@ def detail_message(r: Record) -> str:
     return "\n".join(lines)
 
 
+def distinct(a: float, e: float, digits: int = 6) -> tuple[str, str]:
+    """``a`` and ``e`` printed with at least ``digits`` significant digits and as many more (up to
+    17) as tell them apart: a float64 failure 1e-11 off printed both as 0.315808."""
+    for p in range(digits, 18):
+        sa, se = f"{a:.{p}g}", f"{e:.{p}g}"
+        if sa != se or a == e or not (np.isfinite(a) and np.isfinite(e)):
+            return sa, se
+    return sa, se
+
+
 def worst_lines(r: Record, k: int = 3) -> list[str]:
     """The worst entries with both values, and the closed form of the worst one (where known)."""
     worst = [w for w in worst_entries(r, k) if w["ratio"] > 1.0]
@@ -106,7 +133,8 @@ def worst_lines(r: Record, k: int = 3) -> list[str]:
         return []
     lines = ["Worst entries (autograd | closed form | difference | allowed):"]
     for w in worst:
-        lines.append(f"  {w['index']}: {w['autograd']:.10g} | {w['closed_form']:.10g} | {w['difference']:.3g} | "
+        sa, se = distinct(w["autograd"], w["closed_form"], 10)
+        lines.append(f"  {w['index']}: {sa} | {se} | {w['difference']:.3g} | "
                      f"{w['allowed']:.3g}" + (" (on a kink)" if w["kink"] else ""))
     form = worst_closed_form(r, worst[0]["position"])
     if form:

@@ -33,12 +33,27 @@ def render(report, level: int = 2) -> str:
     parts += [f"- {escape_markdown(k)}: {escape_markdown(v)}" for k, v in report.meta.items()]
     parts += ["", table(report, "github")]
     forms = _closed_forms(report)
+    noteworthy = report.noteworthy()
+    details = [f"````text\n{escape_text(detail_message(r))}\n````" for r in noteworthy]
+    body = parts + _tail(report, head, forms, details)
+    if len("\n".join(body)) > COMMENT_CHARS:  # a ResNet's 62 rows: 100 kB, past GitHub's 65,536
+        failing = [f"````text\n{escape_text(detail_message(r))}\n````" for r in noteworthy if not r.passed]
+        left = len(noteworthy) - len(failing)
+        note = (f"The closed forms and the notes of {left} passing rows are left out to fit a comment "
+                "(`to_text()`, `to_html()` and `to_json()` hold them).")
+        body = parts + _tail(report, head, [], [note] + [d[:6000] for d in failing])
+    return "\n".join(body) + "\n"
+
+
+COMMENT_CHARS = 60_000  # under GitHub's 65,536 characters per comment
+
+
+def _tail(report, head: str, forms: list[str], details: list[str]) -> list[str]:
+    out = []
     if forms:
-        parts += ["", f"{head}# Closed forms", "", *forms]
+        out += ["", f"{head}# Closed forms", "", *forms]
     if reference_line(report.records):
-        parts += ["", escape_markdown(reference_line(report.records))]
-    details = [detail_message(r) for r in report.noteworthy()]
+        out += ["", escape_markdown(reference_line(report.records))]
     if details:
-        parts += ["", f"{head}# Details", ""]
-        parts += [f"````text\n{escape_text(d)}\n````" for d in details]
-    return "\n".join(parts) + "\n"
+        out += ["", f"{head}# Details", "", *details]
+    return out

@@ -27,13 +27,15 @@ class GradientMismatch(AssertionError):
 def _worst_failing(r: Record) -> str:
     """', worst <entry>: autograd a, closed form e (allowed d)' at the entry farthest past its allowance
     (``worst_entries``); the row's largest difference where the arrays are not kept."""
-    from .common import worst_entries
+    from .common import distinct, worst_entries
 
     worst = worst_entries(r, 1)
     if not worst:
         return f", worst {format_index(r.name, r.abs_index)} differs by {r.max_abs:.3g} (allowed {r.atol:.3g})"
     w = worst[0]
-    return f", worst {w['index']}: autograd {w['autograd']:.6g}, closed form {w['closed_form']:.6g} (allowed {w['allowed']:.3g})"
+    sa, se = distinct(w["autograd"], w["closed_form"])
+    return (f", worst {w['index']}: autograd {sa}, closed form {se} (difference {w['difference']:.3g}, "
+            f"allowed {w['allowed']:.3g})")
 
 
 def shorten(text: str, width: int = 48) -> str:

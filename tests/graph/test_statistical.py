@@ -271,7 +271,10 @@ def test_the_forward_row_gets_the_statistical_allowance():
                           engine="graph", quiet=True)
         row = report.records[0]
         assert row.name == "output" and row.passed == (factor == 1.0), row.note
-        assert row.allowed < 1e-4 * abs(row.expected) and "Statistical forward" in row.note
+        # the forward's bounds are capped as it is evaluated (Note [Statistical kinks]), or its row
+        # tightened after the reruns (Note [Statistical forward])
+        assert row.allowed < 1e-4 * abs(row.expected)
+        assert "Statistical forward" in row.note or "Statistical kinks" in row.note
 
 
 def test_one_scale_over_every_gradient():
@@ -338,3 +341,39 @@ def test_a_deep_float64_model_is_resolved(flip, causal):
     x, y = torch.randn(2, 6, 8, dtype=torch.float64, generator=gen), torch.randint(0, 10, (2, 6), generator=gen)
     report = sg.check(_Encoder(flip, layers=3, causal=causal).double().eval(), {"x": x, "y": y}, quiet=True)
     assert report.passed is not flip, str(report)  # a -inf causal mask: no move of -inf (it was NaN)
+
+
+class _DeepReluNet(torch.nn.Module):
+    """Plain 3x3 convolutions and relus, the middle relu's backward optionally 1.001 times torch's."""
+
+    def __init__(self, depth: int, bad: bool):
+        super().__init__()
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1, bias=False)
+                                          for i in range(depth)])
+        self.fc = torch.nn.Linear(8, 10)
+        self.bad = bad
+
+    def forward(self, x, y):
+        from symgrad.testing_ops import with_backward
+
+        relu = with_backward(torch.relu, lambda z, g: g * (z > 0).to(g.dtype) * 1.001)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            x = relu(x) if self.bad and i == len(self.convs) // 2 else torch.relu(x)
+        return torch.nn.functional.cross_entropy(self.fc(x.mean((2, 3))), y)
+
+
+@pytest.mark.parametrize("dtype, depth", [(torch.float32, 10), (torch.float64, 24)], ids=["float32", "float64"])
+def test_relu_units_beyond_the_forwards_statistical_spread_are_not_kinks(dtype, depth):
+    """Note [Statistical kinks] (montecarlo.py): the worst-case forward bound of a deep relu network
+    outgrew its values (1e20 of a gradient entry's size in float64 at depth 24), every relu unit
+    counted as within rounding of its kink, and a relu backward off by 1e-3 passed in both dtypes."""
+    x = torch.randn(2, 3, 8, 8, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1, 2])
+    torch.manual_seed(1)
+    good = _DeepReluNet(depth, False).to(dtype)
+    bad = _DeepReluNet(depth, True).to(dtype)
+    bad.load_state_dict(good.state_dict())
+    report = sg.check(good, {"x": x, "y": y}, quiet=True)
+    assert report.passed and not any(r.coarse for r in report.records), report.summary()
+    assert not sg.check(bad, {"x": x, "y": y}, quiet=True).passed
