@@ -151,9 +151,15 @@ def cli():
               help="the exact reference: auto (the closed form in extended precision with a rounding bound, "
                    "re-evaluated over mpmath where that bound is not small against an ulp of --dtype), mpmath "
                    "(every entry over mpmath), float (never mpmath)")
+@click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="2: double backward (what gradgradcheck checks), against the exact second derivative")
+@click.option("--engine", type=click.Choice(["auto", "graph", "elementwise"]), default="auto", show_default=True,
+              help="graph: the op graph's tensor back end; elementwise: one exact expression per entry (small checks)")
+@click.option("--memory-budget", "memory_mib", type=int, default=None, metavar="MIB",
+              help="MiB the elementwise engine may use before it refuses (default: a share of available memory)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress display")
 def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent, seed, reports, fmt, strict,
-          reference, quiet):
+          reference, order, engine, memory_mib, quiet):
     """Check the derivatives of TARGET (FILE.py:NAME or MODULE:NAME) at the given inputs.
 
     TARGET is a function of tensors, a custom Function's apply (MyFn.apply), an nn.Module instance
@@ -178,6 +184,9 @@ def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent
                                                             "functional.jvp"):
         v = _cotangent(fn, inputs, cotangent, gen)
     extra = {"loss": loss, "target": target_t} if loss or target_t is not None else {}
+    extra.update(order=int(order), engine=engine)
+    if memory_mib is not None:
+        extra["memory_budget"] = memory_mib * 2**20
     report = _usage(lambda: _warnings_to_stderr(run_check, fn, inputs, sym, wrt=list(wrt) or None, via=via, v=v,
                                                 quiet=quiet, title=f"symgrad check {target}", strict=strict,
                                                 reference=reference, **extra))

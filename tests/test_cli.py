@@ -213,3 +213,15 @@ def test_import_symgrad_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_check_takes_order_engine_and_memory_budget(target):
+    res = run("check", f"{target}:layer", "-i", "x=randn(3,4)", "-i", "w=randn(4,2)", "--order", "2", "-q",
+              "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert "hvp" in json.loads(res.output)["meta"]["quantity"]
+    res = run("check", f"{target}:layer", "-i", "x=randn(3,4)", "-i", "w=randn(4,2)", "--engine", "graph", "-q")
+    assert res.exit_code == 0 and "all derivatives match" in res.output, res.output
+    res = run("check", f"{target}:layer", "-i", "x=randn(30,40)", "-i", "w=randn(40,20)", "--engine", "elementwise",
+              "--memory-budget", "1", "-q")
+    assert res.exit_code == 2 and "memory budget" in res.output, res.output
