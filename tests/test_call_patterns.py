@@ -228,3 +228,9 @@ def test_a_large_models_markdown_fits_a_comment():
     finally:
         markdown.COMMENT_CHARS = limit
     assert len(short) < len(full) // 2 + 2000 and "left out to fit a comment" in short
+
+
+def test_a_modules_tangents_for_its_input_name_wrt():
+    model = torch.nn.Linear(3, 2).double()
+    with pytest.raises(InputError, match=r"wrt=\['x'\]"):
+        sg.check(model, {"x": _x(4, 3)}, via="func.jvp", tangents=_x(4, 3, seed=1), quiet=True)

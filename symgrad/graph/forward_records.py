@@ -74,15 +74,26 @@ def has_reverse_stops(graph) -> bool:
     return any(n.kind == "stop" and n.attrs.get("reverse_only") for n in graph.nodes)
 
 
+def _hint(tangents, leaves, wrt) -> str:
+    """Where the tangents fit inputs that wrt leaves out (a module's parameters are its default wrt),
+    name the wrt= that checks them."""
+    import torch
+
+    given = {"?": tangents} if isinstance(tangents, torch.Tensor) else dict(tangents) if isinstance(tangents, Mapping) else {}
+    fits = [n for n, leaf in leaves.items() if n not in wrt and leaf.is_floating_point() and any(
+        tuple(getattr(t, "shape", ())) == tuple(leaf.shape) for t in given.values())]
+    return f" (to push tangents into the inputs instead, pass wrt={fits!r})" if fits else ""
+
+
 def tangent_dict(tangents, leaves, wrt) -> dict:
     import torch
 
     if isinstance(tangents, torch.Tensor):
         if len(wrt) != 1:
-            raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
+            raise InputError(f"tangents must map each of {wrt} to a tensor of its shape{_hint(tangents, leaves, wrt)}")
         tangents = {wrt[0]: tangents}
     if not isinstance(tangents, Mapping) or set(tangents) != set(wrt):
-        raise InputError(f"tangents must map each of {wrt} to a tensor of its shape")
+        raise InputError(f"tangents must map each of {wrt} to a tensor of its shape{_hint(tangents, leaves, wrt)}")
     out = {}
     for n in wrt:
         t = torch.as_tensor(tangents[n], dtype=leaves[n].dtype)
