@@ -176,9 +176,14 @@ def wanted(graph, dtype: str, refs) -> bool:
 # forward is rerun SAMPLES times with every rounding moved by its bound and a random sign (the
 # model of Note [Statistical allowance]; nothing from torch's numbers), and each node's bound is
 # capped at LAMBDA standard deviations of its moves (in the units the compare charges, as a
-# gradient's statistical allowance) as the sweep goes, so the nodes after it read the capped bound.  A unit beyond that is torch's on the graph's side with the probability the
-# gradients' allowances already rest on; units within it stay kinked, judged as before.  Graphs
-# with linear-algebra nodes keep the worst case (their bounds are backward errors).
+# gradient's statistical allowance) as the sweep goes, so the nodes after it read the capped bound
+# (``engine.forward``'s ``caps``).  A unit beyond that is torch's on the graph's side with the
+# probability the gradients' allowances already rest on; units within it stay kinked, judged as
+# before.  Entries a kinked unit reaches (banded) keep their worst case: a rerun moves every rounding
+# by a small step on the graph's side, so a relu output at 0 whose argument may be either side of
+# it never moves, and a capped bound of 0 there failed a correct model whose units torch had
+# rounded onto the kink (tests/test_regressions.py).  Graphs with linear-algebra nodes keep the
+# worst case (their bounds are backward errors).
 COARSE_FORWARD_ULPS = 64.0
 
 
