@@ -324,3 +324,4 @@ def test_a_tie_of_a_top_k_in_a_model():
     assert sg.check(lambda cut, h: loss(cut, h, lambda c: torch.sort(c).values), {"cut": cut, "h": h}).passed
     assert not sg.check(lambda cut, h: loss(cut, h, _FirstMatchSort.apply), {"cut": cut, "h": h},
                         symbolic=lambda cut, h: loss(cut, h, lambda c: torch.sort(c).values)).passed
+

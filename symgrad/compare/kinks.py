@@ -241,7 +241,26 @@ def fit_together(records: list) -> None:
         mask[r.kink_parts[3]] = bad
         r.mismatch_mask = mask if r.mismatch_mask is None else (np.asarray(r.mismatch_mask, bool) | mask)
         r.mismatched = int(r.mismatch_mask.sum())
+        _point_at(r, np.argwhere(r.kink_parts[3])[bad], np.abs(found.residual[start - n:start])[bad],
+                  tol[start - n:start][bad])
         r.kink_note = joined(r.kink_note, (
             f"{int(bad.sum())} kinked entries are explained input by input, but no one choice of side per "
             "kinked unit explains every input's together (Note [One choice for every input]): the derivative "
             "is wrong, not a subgradient choice."))
+
+
+def _point_at(r, positions: np.ndarray, residual: np.ndarray, tol: np.ndarray) -> None:
+    """The record's worst entry: the unexplained kinked entry farthest past its tolerance, with the
+    joint fit's tolerance there as its allowance (the row's greatest difference had been measured off
+    the kinks: 0 beside a FAIL)."""
+    if not len(positions) or r.actual is None or r.expected is None:
+        return
+    with np.errstate(divide="ignore", invalid="ignore"):
+        how_far = np.where(np.isfinite(residual), residual / tol, np.inf)
+    k = int(np.argmax(how_far))
+    i = tuple(int(j) for j in positions[k])
+    a, e = float(np.asarray(r.actual)[i]), float(np.asarray(r.expected)[i])
+    r.abs_index = r.rel_index = i
+    r.max_abs, r.atol = abs(a - e), float(tol[k])
+    r.max_rel = abs(a - e) / abs(e) if e else float("inf")
+    r.rel_allowed = float(tol[k]) / abs(e) if e else float("inf")
