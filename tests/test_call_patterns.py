@@ -235,3 +235,12 @@ def test_a_modules_tangents_for_its_input_name_wrt():
     model = torch.nn.Linear(3, 2).double()
     with pytest.raises(InputError, match=r"wrt=\['x'\]"):
         sg.check(model, {"x": _x(4, 3)}, via="func.jvp", tangents=_x(4, 3, seed=1), quiet=True)
+
+
+def test_the_text_report_says_what_was_checked():
+    """How many random cotangents and tangents were used, and a narrower dtype the forward computes
+    in, were only in the meta (JSON, markdown, HTML), not in the text report or the CLI's output."""
+    report = sg.check(torch.nn.Linear(3, 2).double(), {"x": _x(4, 3)}, quiet=True)
+    assert "Checked: vjp (3 random cotangents) and jvp (3 random tangents); float64" in report.to_text()
+    narrow = sg.check(lambda x: torch.tanh(x.float()).double().sum(), {"x": _x(4)}, quiet=True)
+    assert "computes in float32" in narrow.to_text()

@@ -39,6 +39,9 @@ def render(report) -> str:
     if report.parts:
         return "\n\n".join([report.summary()] + [render(p) for p in report.parts])
     parts = [report.summary(), "", table(report, "simple")]
+    checked = _checked(report.meta)
+    if checked:
+        parts += ["", checked]
     forms = closed_forms(report)
     if forms:
         parts += ["", *forms]
@@ -48,3 +51,18 @@ def render(report) -> str:
     if details:
         parts += ["", "\n\n".join(details)]
     return "\n".join(parts)
+
+
+def _checked(meta: dict) -> str:
+    """What was checked, in one line: the products (how many random cotangents / tangents), the dtype
+    and the engine (the JSON, markdown and HTML reports list the whole meta)."""
+    if not meta or "quantity" not in meta:
+        return ""
+    line = f"Checked: {meta['quantity']}"
+    if meta.get("dtype"):
+        line += f"; {meta['dtype']}"
+    if meta.get("computes in"):
+        line += f" (computes in {meta['computes in']})"
+    if meta.get("engine"):
+        line += f"; engine {meta['engine']}"
+    return line
