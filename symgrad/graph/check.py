@@ -36,7 +36,6 @@ from .refs import State as _State, approx_reference as _approx_reference
 from .forward_records import by_columns_wanted as _by_columns, column_records as _column_records, jvp_records as _jvp_records, n_in as _n_in, tangent_dict as _tangent_dict
 from .engine import forward
 from . import montecarlo
-from .montecarlo import kink_caps
 from .statistical import statistical_forward as _statistical_forward
 from .interpret import to_graph
 from .scalar import Ctx
@@ -345,7 +344,7 @@ def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: 
         failed = crosscheck(graph)
         stage("op graph: evaluating the forward")
         values = forward(graph, ctx)
-        caps = kink_caps(graph, ctx, values)  # Note [Statistical kinks] in montecarlo.py
+        caps = montecarlo.kink_caps(graph, ctx, values)  # Note [Statistical kinks] in montecarlo.py
         if caps is not None:
             values = forward(graph, ctx, caps)
         stage("op graph: cross-checking the non-linear rules, node by node")

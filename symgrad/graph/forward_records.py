@@ -88,11 +88,9 @@ def _hint(tangents, leaves, wrt) -> str:
 def tangent_dict(tangents, leaves, wrt) -> dict:
     import torch
 
-    if isinstance(tangents, torch.Tensor):
-        if len(wrt) != 1:
-            raise InputError(f"tangents must map each of {wrt} to a tensor of its shape{_hint(tangents, leaves, wrt)}")
+    if isinstance(tangents, torch.Tensor) and len(wrt) == 1:
         tangents = {wrt[0]: tangents}
-    if not isinstance(tangents, Mapping) or set(tangents) != set(wrt):
+    if not isinstance(tangents, Mapping) or set(tangents) != set(wrt):  # a lone tensor for several names too
         raise InputError(f"tangents must map each of {wrt} to a tensor of its shape{_hint(tangents, leaves, wrt)}")
     out = {}
     for n in wrt:
