@@ -221,6 +221,23 @@ def test_a_tie_between_two_inputs(name, split, passes, dtype, engine):
     assert report.passed is passes, str(report)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["maximum", "clamp-min"])
+@pytest.mark.parametrize("split,passes", [((0.0, 1.0), True), ((0.25, 0.75), True), ((1.0, 1.0), False),
+                                          ((0.0, 0.0), False), ((0.5, 0.6), False)])
+def test_a_tie_at_every_entry_between_two_inputs(name, split, passes, dtype, engine):
+    """Every entry tied: each input's record alone is explained by one side (a by the graph's, b by
+    the other), so the other side (Note [Other side everywhere]) is taken for all records or none,
+    and the split's weights are fitted where the graph's side of b is exactly 0 (Note [A split is
+    rounded too] in compare/kinks.py)."""
+    op = TWO_INPUT_TIES[name]
+    a = torch.linspace(-2.0, 2.0, 24, dtype=dtype)
+    v = torch.randn(24, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    report = sg.check(_two_input(op, split), {"a": a, "b": a.clone()}, symbolic=op, v=v, engine=engine, quiet=True)
+    assert report.passed is passes, str(report)
+
+
 class _Router(torch.nn.Module):
     """A top-2-of-4 router initialised at zero (every logit tied) whose indices pick expert values."""
 

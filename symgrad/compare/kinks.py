@@ -85,6 +85,18 @@ def _worst(res: np.ndarray, tol: np.ndarray) -> float:
     return float(np.max(np.abs(res) / tol)) if res.size else 0.0
 
 
+def _weighted(r, tol, G) -> tuple:
+    """``(A, b, limit, unit)``: the generators and the residual divided by the tolerance, both scaled
+    so that their largest entry is at most 1, the weighted residual's bound in that scale, and each
+    entry's unit (weighted residual x unit = residual).  A tolerance of 1e-320 (an exactly-zero side)
+    divides a generator of size 1 past float64's range."""
+    size = max(float(np.max(np.abs(G), initial=0.0)), float(np.max(np.abs(r), initial=0.0)), np.finfo(np.float64).tiny)
+    t = np.maximum(tol / size, np.finfo(np.float64).tiny)
+    A, b = (G / size) / t, (r / size) / t
+    top = max(float(np.max(np.abs(A), initial=0.0)), float(np.max(np.abs(b), initial=0.0)), 1.0)
+    return A / top, b / top, 1.0 / top, top * t * size
+
+
 def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
     """Weights ``λ`` (shape ``gens.shape[:2]``) with ``|r - Σ λ g| <= tol``, if any are found.
 
@@ -101,8 +113,7 @@ def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
     res = r.copy()
     if _worst(res, tol) <= 1.0 or G.size == 0:
         return KinkFit(_worst(res, tol) <= 1.0, res, lam)
-    A = G / tol  # weighted generators
-    b = r / tol
+    A, b, limit, unit = _weighted(r, tol, G)
 
     # 1. vertices: group by group, the one generator (or none) that best reduces the weighted
     #    residual, given the others; a few sweeps settle separable and nearly separable cases.
@@ -123,8 +134,8 @@ def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
                 changed = True
                 lam[g] = new
                 wres = base - new @ A[g]
-        if np.max(np.abs(wres)) <= 1.0:
-            return KinkFit(True, wres * tol, lam)
+        if np.max(np.abs(wres)) <= limit:
+            return KinkFit(True, wres * unit, lam)
         if not changed:
             break
 
@@ -155,10 +166,10 @@ def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
             worst = float(np.max(np.abs(wr)))
             if worst < best_worst:
                 best_lam, best_worst = x.copy(), worst
-            if worst <= 1.0:
-                return KinkFit(True, wr * tol, x)
+            if worst <= limit:
+                return KinkFit(True, wr * unit, x)
     wr = b - np.einsum("gj,gjm->m", best_lam, A)
-    return KinkFit(False, wr * tol, best_lam)
+    return KinkFit(False, wr * unit, best_lam)
 
 
 def kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: float, dtype: str, eps: float, name,
@@ -174,6 +185,9 @@ def kink_verdict(ref: Reference, e, a, allowed, rounding, kink, finite, rtol: fl
             lo = np.fmin(lo, e + np.sum(np.minimum(gens.min(axis=1), 0.0), axis=0))
             hi = np.fmax(hi, e + np.sum(np.maximum(gens.max(axis=1), 0.0), axis=0))
     band_tol = allowed + (rtol * np.maximum(np.abs(lo), np.abs(hi)) if rtol else 0.0)  # 0 * an infinite band is no NaN
+    with np.errstate(invalid="ignore"):  # Note [A split is rounded too]
+        width = hi - lo
+    band_tol = band_tol + eps * np.where(np.isfinite(width), width, 0.0)
     if ref.kink_rounding is not None and ref.rounding is not None:
         extra = np.asarray(ref.kink_rounding, np.float64).reshape(e.shape) - rounding
         band_tol = band_tol + rounding_ulps(dtype) * eps * np.where(np.isfinite(extra) & (extra > 0), extra, 0.0)
@@ -209,6 +223,14 @@ def kink_note(name, kink, e, a, lo, hi, in_band, found=None, forward: bool = Fal
         text += (" Each entry lies in its own band, but no one choice of side per kinked unit gives them all "
                  "(Note [Joint kink check]): the derivative is wrong, not a subgradient choice.")
     return text
+
+
+# Note [A split is rounded too]
+# A subgradient between the sides (torch.maximum's tie split evenly, a custom clamp giving a quarter
+# of the cotangent to x and three quarters to its bound) is computed as w * g, one more rounding than
+# either side: |a - Σ λ g| may be an ulp of the band.  Where the closed form's side is exactly 0 (the
+# bound's derivative at a tie the graph gives to x) the entry's own allowance is 0, and without this
+# ulp of the band's width even an exactly representable split had to be met to 1e-322.
 
 
 # Note [One choice for every input]

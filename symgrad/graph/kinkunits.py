@@ -146,7 +146,9 @@ def _seeds(arg, entry, change, change_e) -> dict:
 # the single changes -- the path through both has a cross term -- so a custom backward that takes
 # the other convention everywhere (``grad * (x >= 0)``, relu'(0) = 1) would be a false alarm.  When
 # a check with kinked units fails, the sweeps are run again with every kinked unit on its other
-# side, and the fit is repeated around that choice; a record that passes there passes.  A mixed
+# side, and the fit is repeated around that choice; when every record passes there, they pass (a
+# record alone may not take its own side: a backward giving the cotangent both to x and to its bound
+# at a tie of clamp(x, lo) is explained for x by one side and for lo by the other).  A mixed
 # choice with cross terms (some units each way, several layers deep) is still beyond the fit.
 
 
