@@ -454,3 +454,29 @@ def test_an_infinite_kink_band_with_no_rtol():
     ref = Reference("w", e, "w", rounding=np.abs(e), value_eps=2.0**-52)
     ref.lower, ref.upper, ref.kink = np.array([-np.inf, 0.5]), np.array([np.inf, 0.5]), np.array([True, False])
     assert compare(ref, e + np.array([1e-9, 0.0]), "float32").passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pos_weight", [False, True])
+def test_bce_with_logits_is_read_as_torchs_fused_backward(dtype, pos_weight):
+    """Note [BCE-with-logits as torch's kernel]: torch's backward sigmoid(x) - t cancels where t = 1
+    and x is large (0 in float32 past x = 17); read through its decomposition's three terms, torch's
+    own loss failed at logits of randn * 10.  A backward off at one entry still fails."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 6, dtype=dtype) * 10
+    t = (torch.rand(40, 6) < 0.3).to(dtype)
+    kw = {"pos_weight": torch.rand(6, dtype=dtype) * 3} if pos_weight else {}
+    loss = lambda x: torch.nn.functional.binary_cross_entropy_with_logits(x, t, **kw)  # noqa: E731
+    assert sg.check(loss, {"x": x}, quiet=True).passed
+    delta = 1e-6 if dtype == torch.float64 else 1e-3
+
+    def off(x, g):
+        with torch.enable_grad():
+            x2 = x.detach().requires_grad_()
+            (gx,) = torch.autograd.grad(loss(x2), x2, g)
+        gx = gx.clone()
+        gx[3, 2] *= 1 + delta
+        return gx
+
+    bugged = with_backward(loss, off)
+    assert not sg.check(bugged, {"x": x}, symbolic=loss, quiet=True).passed

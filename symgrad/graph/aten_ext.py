@@ -1,5 +1,6 @@
 """More handlers, each an ATen op's forward from core nodes: products, cdist, ops that add entries
-up (scatter_add, index_add), bilinear, embedding_bag, multilabel_margin_loss, rrelu in eval.  The
+up (scatter_add, index_add), bilinear, embedding_bag, multilabel_margin_loss, BCE with logits,
+rrelu in eval.  The
 linear-algebra handlers are in ``aten_linalg``, the order statistics in ``aten_order``, the running
 sums in ``aten_scan``.
 
@@ -13,7 +14,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
-from .functions import saved_product
+from .functions import logsigmoid, saved_product
 from .aten import HANDLERS, _clamp, _pw_piece, handles
 from .aten_tensor import _dims, _index_data, _random, _selection
 from .trace import Builder, number
@@ -271,6 +272,36 @@ def _multilabel_margin(b, args, kwargs, val):
     else:
         out = b.layout("reshape", per, ()) if squeeze else per
     return out, torch.from_numpy(is_target.reshape(val[1].shape) if squeeze else is_target)
+
+
+# Note [BCE-with-logits as torch's kernel]
+# torch's decomposition of binary_cross_entropy_with_logits (a shift by max(-x, 0), two exps and a
+# log) differentiates into three terms that cancel, each with its own small bound, while torch's
+# backward is one fused formula, sigmoid(x) - t, which cancels in the subtraction: where t = 1 and
+# x = 17 its float32 value is 0 (the gradient is -4e-8), and in float64 at x = 10 it is a few
+# percent off.  The decomposed closed form's bound allowed 1e-12 of that; torch's own loss failed
+# in float64 and float32.  So the op is kept whole (Note [Fused backwards] in trace_fused.py) and
+# read as torch computes it: per entry (1 - t) x - w log(sigmoid(x)) with w = 1 + (pos_weight - 1) t, whose derivative
+# (logsigmoid's is 1 - sigmoid) is s - t without pos_weight, and (1 - t) - w (1 - s) with it.
+@handles("aten.binary_cross_entropy_with_logits", "symgrad.bce_with_logits")
+def _bce_with_logits(b, args, kwargs, val):
+    args = list(args) + [None] * (5 - len(args))
+    weight = kwargs.get("weight", args[2])
+    pos_weight = kwargs.get("pos_weight", args[3])
+    reduction = kwargs.get("reduction", args[4] if args[4] is not None else 1)
+    x, t = args[0], args[1]
+    if pos_weight is None:
+        per = b.pointwise(lambda x, t: (1 - t) * x - logsigmoid(x), [x, t])
+    else:
+        per = b.pointwise(lambda x, t, p: (1 - t) * x - (1 + (p - 1) * t) * logsigmoid(x), [x, t, pos_weight])
+    if weight is not None:
+        per = b.pointwise(lambda loss, w: loss * w, [per, weight])
+    if reduction == 0:
+        return per
+    axes = tuple(range(len(per.shape)))
+    total = b.reduce("sum", per, axes, False)
+    n = max(1, int(np.prod(per.shape, dtype=np.int64)))
+    return total if reduction == 2 else b.pointwise(lambda s: s / n, [total])
 
 
 @handles("aten.rrelu_with_noise", "aten.rrelu_with_noise_functional", "aten.rrelu")

@@ -16,7 +16,7 @@ from ..compare.half import rounding_ulps, subnormal_rounding
 from .approx import Approx, mul, rounded
 from .scalar_kernels import FUNCTIONS, NARY, STEPS
 
-__all__ = ["expm1", "log1p", "sigmoid", "saved_product", "DEFINITIONS"]
+__all__ = ["expm1", "log1p", "sigmoid", "logsigmoid", "saved_product", "DEFINITIONS"]
 
 
 class expm1(sp.Function):  # noqa: N801 - named as torch names it
@@ -42,6 +42,19 @@ class sigmoid(sp.Function):  # noqa: N801
         return s * (1 - s)
 
 
+class logsigmoid(sp.Function):  # noqa: N801
+    """log(sigmoid(x)) = -log(1 + exp(-x)), computed without overflow; its derivative ``1 - s``, so
+    that BCE-with-logits' derivative, ``(1 - t) - (1 - s)``, is ``s - t``: torch's backward, with
+    its cancellation where s is close to t (Note [BCE-with-logits as torch's kernel] in aten_ext.py)."""
+
+    def fdiff(self, argindex=1):
+        return 1 - sigmoid(self.args[0])
+
+
+def _np_logsigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
 def _np_sigmoid(x):
     with np.errstate(over="ignore"):
         e = np.exp(-np.abs(x))
@@ -53,12 +66,14 @@ DEFINITIONS = {
     expm1: lambda x: sp.exp(x) - 1,
     log1p: lambda x: sp.log(1 + x),
     sigmoid: lambda x: 1 / (1 + sp.exp(-x)),
+    logsigmoid: lambda x: -sp.log(1 + sp.exp(-x)),
 }
 
 FUNCTIONS.update({
     expm1: (np.expm1, np.exp),  # (the slope of the function itself, for its arguments' errors)
     log1p: (np.log1p, lambda x: 1 / (1 + x)),
     sigmoid: (_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x)),
+    logsigmoid: (_np_logsigmoid, lambda x: _np_sigmoid(-x)),
 })
 
 

@@ -23,6 +23,7 @@ from ..errors import InputError, SymgradError, UnsupportedOp
 from .approx import Approx
 from .ir import Graph, Node
 from .scalar import Ctx
+from .trace_fused import keeping_fused_ops
 from .trace_grad import marking_grad_mode
 
 __all__ = ["Builder", "trace_callable", "decompositions", "number"]
@@ -33,7 +34,7 @@ _DECOMPOSE = (
     "hardsigmoid", "nll_loss_forward", "nll_loss2d_forward", "elu", "softplus", "leaky_relu",
     "hardtanh", "glu", "lstm", "gru", "rnn_tanh", "rnn_relu", "linalg_vector_norm", "addmm",
     "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu", "mse_loss", "binary_cross_entropy",
-    "binary_cross_entropy_with_logits", "huber_loss", "smooth_l1_loss", "soft_margin_loss", "log_sigmoid_forward",
+    "huber_loss", "smooth_l1_loss", "soft_margin_loss", "log_sigmoid_forward",
     "logit", "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "upsample_bilinear2d", "upsample_nearest2d",
     "pixel_shuffle", "rrelu_with_noise", "threshold", "softshrink", "hardshrink", "celu", "selu", "prelu",
     "_prelu_kernel", "addcmul", "addcdiv", "lerp", "logaddexp", "hypot", "norm", "dist",
@@ -114,7 +115,7 @@ def trace_callable(fn, args: tuple, functional: bool = True):
     def run(wrapped):
         with warnings.catch_warnings(), _no_stack_capture(), marking_grad_mode():
             warnings.simplefilter("ignore")
-            with torch.backends.mkldnn.flags(enabled=False), torch.enable_grad():  # the decomposed RNNs, not oneDNN's kernel
+            with torch.backends.mkldnn.flags(enabled=False), torch.enable_grad(), keeping_fused_ops():  # the decomposed RNNs, not oneDNN's kernel
                 return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real",
                                _error_on_data_dependent_ops=False)(*args)
 
