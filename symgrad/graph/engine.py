@@ -40,16 +40,16 @@ def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None) -> dict:
                 values[node] = forward_rule(node, [values[a] for a in node.args], ctx)
             cap = caps.get(node) if caps else None
             if cap is not None:
-                values[node] = _capped(values[node], cap, node.kind == 'pointwise' or not __import__('os').environ.get('EXPA'))
+                values[node] = _capped(values[node], cap)
     return values
 
 
-def _capped(val: Approx, cap, keep: bool = True) -> Approx:
+def _capped(val: Approx, cap) -> Approx:
     """``val`` with its rounding bound capped (Note [Statistical kinks] in montecarlo.py), except at
     entries a kinked unit reaches (banded): there the bound holds the other side's value too, which
     the reruns, moving every rounding by a small step on the graph's side, never see."""
     e = np.minimum(val.e, cap)
-    if val.banded and keep:
+    if val.banded:
         e = np.where(val.lo + val.hi > 0, val.e, e)
     return Approx(val.v, e, val.lo, val.hi)
 
