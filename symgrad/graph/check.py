@@ -343,9 +343,11 @@ def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: 
         stage("op graph: cross-checking the tensor rules")
         failed = crosscheck(graph)
         stage("op graph: evaluating the forward")
+        graph.kink_caps = None  # a cached graph's caps were another check's
         values = forward(graph, ctx)
         caps = montecarlo.kink_caps(graph, ctx, values)  # Note [Statistical kinks] in montecarlo.py
         if caps is not None:
+            graph.kink_caps = caps  # every later forward of this check (its reruns) reads them
             values = forward(graph, ctx, caps)
         stage("op graph: cross-checking the non-linear rules, node by node")
         crossed = crosscheck_nodes(graph, values, failed)  # Note [Node cross-check]

@@ -202,7 +202,7 @@ def kink_caps(graph, ctx, values: dict, samples: int = SAMPLES, seed: int = 7) -
         with np.errstate(all="ignore"), perturbing(rng, "random") as move:
             for _ in range(samples):
                 move.reroll()
-                moved = forward(graph, ctx)
+                moved = forward(graph, ctx, fold_moves=False)  # Note [Continuous kinks are roundings] (engine.py)
                 for node in total:
                     d = (moved[node].v - values[node].v) / DELTA
                     total[node] = total[node] + np.where(np.isfinite(d), d, np.inf) ** 2
