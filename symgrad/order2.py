@@ -133,7 +133,8 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
     cot_sym = None if v_t is None else symbols(_fresh("v", named), out.shape)
     w_sym = {w: symbols(_fresh(f"w_{w}", named), tuple(named[w].shape)) for w in wrt}
     stage("differentiating twice in closed form")
-    forms = hvp_forms(out, {w: sym_in[w] for w in wrt}, cot_sym, w_sym, backend)
+    extras: dict = {}
+    forms = hvp_forms(out, {w: sym_in[w] for w in wrt}, cot_sym, w_sym, backend, extras)
 
     stage("evaluating the closed form")
     floats = [n for n in named if named[n].is_floating_point()]
@@ -141,15 +142,23 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
     args += [] if cot_sym is None else list(cot_sym.data.ravel())
     args += [s for w in wrt for s in w_sym[w].data.ravel()]
     exprs = list(out.data.ravel()) + [e for w in wrt for e in forms[w].ravel()]
+    exprs += [e for w in wrt for e in extras["grad"][w].ravel()] + list(extras["jw"].ravel())
     lowered = lower(exprs, args, forward=out.numel())
     base = [x for n in floats for x in named[n].detach().double().cpu().numpy().ravel()]
     base += [] if v_t is None else list(v_t.detach().double().cpu().numpy().ravel())
     evals = [lowered(base + [x for w in wrt for x in d[w].detach().double().cpu().numpy().ravel()],
                      dtype=high_precision(), kink_eps=float(torch.finfo(dtype).eps)) for d in dirs]
-    refs = _references(evals, out, wrt, forms, named, structural_zeros, entry_form)
+    refs = _references(evals, out.numel(), [(w, forms[w], tuple(named[w].shape)) for w in wrt], structural_zeros,
+                       entry_form)
+    start = out.numel() + sum(named[w].numel() for w in wrt)
+    firsts = _references(evals[:1], start, [(w, extras["grad"][w], tuple(named[w].shape)) for w in wrt],
+                         structural_zeros, entry_form, stacked=False)
+    start += sum(named[w].numel() for w in wrt)
+    jw_ref = _references(evals, start, [("grad_output", extras["jw"], out.shape)], structural_zeros, entry_form)
 
     stage("running torch's double backward")
-    actual, note = run_double_backward(torch_fn, leaves, wrt, v_t, dirs)
+    got: dict = {}
+    actual, note = run_double_backward(torch_fn, leaves, wrt, v_t, dirs, got)
     out_ref = Reference("output", _floats(evals[0].values)[:out.numel()].reshape(out.shape),
                         closed_form="symbolic forward",
                         value_lowp=_floats(evals[0].values_lowp)[:out.numel()].reshape(out.shape), rounding=_floats(evals[0].magnitudes)[:out.numel()].reshape(out.shape))
@@ -158,11 +167,15 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
         forward.note = ("the symbolic forward and the torch function disagree: the derivatives below are derivatives "
                         "of different functions. Fix the symbolic forward first.")
     records = compare_all(refs, actual, dtype_name, quantity="hvp", rtol=rtol, atol=atol)
+    records += compare_all(firsts, got["grad"], dtype_name, quantity="vjp (create_graph)" if v_t is not None else
+                           "grad (create_graph)", rtol=rtol, atol=atol)
+    records += compare_all(jw_ref, {"grad_output": got["jw"]}, dtype_name, quantity="jvp", rtol=rtol, atol=atol)
     annotate(records, note)
     what = "the given direction w" if tangents is not None else f"{len(dirs)} random directions w"
     cot = "v = 1 (scalar output)" if v_t is None else ("the given cotangent v" if given_v else "a random cotangent v")
     meta = {"dtype": dtype_name, "via": DOUBLE_BACKWARD, "engine": "elementwise",
-            "quantity": f"hvp: w^T d2<v, f>/dx2 ({what}, {cot})"}
+            "quantity": f"hvp: w^T d2<v, f>/dx2 ({what}, {cot}), with the first backward under create_graph=True "
+                     "and its derivative in v (J w)"}
     return Report([forward] + records, title=title or "symgrad check", meta=meta)
 
 
@@ -170,28 +183,30 @@ def _floats(vals) -> np.ndarray:
     return np.array([float(x) for x in vals], dtype=np.float64) if vals else np.zeros(0)
 
 
-def _references(evals, out, wrt, forms, named, structural_zeros, entry_form) -> list:
-    """One reference per input: the products stacked over the directions, ``(k, *x.shape)``."""
-    refs, start = [], out.numel()
-    for w in wrt:
-        shape, n = tuple(named[w].shape), named[w].numel()
+def _references(evals, start: int, parts: list, structural_zeros, entry_form, stacked: bool = True) -> list:
+    """One reference per ``(name, forms, shape)`` in ``parts``, whose entries follow ``start`` in the
+    evaluations: stacked over the directions, ``(k, *shape)``, or (``stacked=False``) the first's."""
+    refs = []
+    for w, form, shape in parts:
+        n = int(np.prod(shape, dtype=np.int64))
 
         def part(field, ev):
             got = getattr(ev, field)
             return None if got is None else _floats(got)[start:start + n].reshape(shape)
 
-        value = np.stack([part("values", ev) for ev in evals])
-        rounding = np.stack([part("magnitudes", ev) for ev in evals])
+        def over(field):
+            return np.stack([part(field, ev) for ev in evals]) if stacked else part(field, evals[0])
+
+        value, rounding = over("values"), over("magnitudes")
         lowp = [part("values_lowp", ev) for ev in evals]
-        zero = structural_zeros(forms[w])
-        text, latex = entry_form(forms[w])
-        ref = Reference(w, value, f"{text}  (entry [{', '.join('0' for _ in shape)}], w = each direction)"
+        zero = structural_zeros(form)
+        text, latex = entry_form(form)
+        ref = Reference(w, value, f"{text}  (entry [{', '.join('0' for _ in shape)}]{', w = each direction' if stacked else ''})"
                         if shape else text, latex, rounding=rounding,
-                        value_lowp=None if any(x is None for x in lowp) else np.stack(lowp),
+                        value_lowp=None if any(x is None for x in lowp) else over("values_lowp"),
                         structural_zero=None if zero is None else np.broadcast_to(zero, value.shape).copy())
         if all(ev.lower is not None for ev in evals):
-            lo = np.stack([part("lower", ev) for ev in evals])
-            up = np.stack([part("upper", ev) for ev in evals])
+            lo, up = over("lower"), over("upper")
             kink = (lo != up) | (lo != value) | (up != value)
             if kink.any():
                 ref.lower, ref.upper, ref.kink = lo, up, kink

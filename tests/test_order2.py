@@ -86,6 +86,45 @@ def test_backward_that_is_not_differentiable_fails_with_a_note(dtype, engine, sy
     assert failing and all("not differentiable" in r.note for r in failing), report.to_text()
 
 
+def _silu_backward_variant(kind: str):
+    """SiLU whose backward is right to first order and in x, but not as gradgradcheck checks it:
+    ``grad_output`` detached (no derivative in the cotangent), or a value off by 1e-6 g (1e-3 in
+    float32) on the create_graph=True path only (a fused kernel with a composite fallback)."""
+
+    class SiLU(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * torch.sigmoid(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            s = torch.sigmoid(x)
+            d = s + x * s * (1 - s)
+            if kind == "grad_output detached":
+                return g.detach() * d
+            if torch.is_grad_enabled():  # create_graph=True
+                return g * d + (1e-6 if g.dtype == torch.float64 else 1e-3) * g.detach()
+            return g * d
+
+    return SiLU.apply
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("engine, symbolic", ENGINES, ids=["graph", "exploded"])
+@pytest.mark.parametrize("kind, row", [("grad_output detached", "jvp"), ("create_graph value", "vjp (create_graph)")])
+def test_what_gradgradcheck_checks_beyond_the_hessian(kind, row, dtype, engine, symbolic):
+    """Note [Double backward] (symgrad/autograd/run.py): the Hessian-vector products were right in both
+    cases and order=2 passed; gradgradcheck fails both."""
+    fn = _silu_backward_variant(kind)
+    assert sg.check(fn, (_x(dtype),), symbolic, engine=engine).passed  # right to first order
+    report = sg.check(fn, (_x(dtype),), symbolic, order=2, engine=engine, v=_x(dtype, seed=3))
+    assert not report.passed, report.to_text()
+    assert {r.quantity for r in report.failures} == {row}, report.to_text()
+    assert report.records[1].passed  # the hvp itself is right
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("engine, symbolic", ENGINES, ids=["graph", "exploded"])
 def test_backward_that_differentiates_wrongly_fails(dtype, engine, symbolic):

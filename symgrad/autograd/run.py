@@ -254,6 +254,12 @@ def _zeros_if_none(grad, like):
 # "does not require grad".  That is also what a *linear* function gives (its gradient is constant),
 # so it is not an error here: the product is compared as zeros -- right where the exact second
 # derivative is zero, a failure (with a note naming the non-differentiable backward) where it is not.
+# gradgradcheck also differentiates the backward with respect to its cotangent (the second backward
+# of a backward that detaches ``grad_output``, or computes on it in numpy, misses that term, and
+# every double-vjp jvp through it breaks) and differentiates a first backward run with
+# create_graph=True, whose value may differ from the plain one (a fused kernel with a composite
+# fallback under grad mode).  So the cotangent requires grad, and the check also gets
+# ``d<g, w>/dv = J w`` per direction and ``g`` itself, each against its exact value.
 NOT_DIFFERENTIABLE_NOTE = (
     "the first backward's result for {name} has no grad_fn, so torch cannot differentiate it again: the "
     "backward is not differentiable (a custom Function's backward marked @once_differentiable, or one that "
@@ -262,10 +268,13 @@ NOT_DIFFERENTIABLE_NOTE = (
     "torch ops on ctx.saved_tensors (save inputs or outputs, not detached intermediates)")
 
 
-def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[str], cotangent, directions: list):
+def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[str], cotangent, directions: list,
+                        extras: dict | None = None):
     """``({name: stacked H w}, note)``: torch's double backward of ``fn`` for each direction
     (``{name: tensor}``); a first backward torch cannot differentiate is compared as zeros, with a note
-    (Note [Double backward]).  Any other error torch raises becomes ``AutogradFailed``."""
+    (Note [Double backward]).  ``extras``, when given, receives ``"grad"``: {name: the first backward
+    run with create_graph=True} and ``"jw"``: the stacked derivatives in the cotangent, J w.  Any
+    other error torch raises becomes ``AutogradFailed``."""
     import torch
 
     try:
@@ -276,18 +285,24 @@ def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[st
             if not isinstance(out, torch.Tensor) or not out.requires_grad:
                 raise RuntimeError("does not require grad: the output is not connected to the inputs")
             cot = torch.ones_like(out) if cotangent is None else private(cotangent.to(out.dtype))
+            cot.requires_grad_(True)  # gradgradcheck's second term: the backward's derivative in it
             grads = torch.autograd.grad(out, diff, cot, create_graph=True, allow_unused=True)
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-            dead = [repr(w) for i, w in enumerate(wrt) if grads[i] is not None and i not in live]
-            note = NOT_DIFFERENTIABLE_NOTE.format(name=" and ".join(dead)) if dead else ""
-            per_dir = []
+            per_dir, jw = [], []
             for k, d in enumerate(directions):
                 if not live:
                     per_dir.append([None] * len(wrt))
+                    jw.append(None)
                     continue
-                got = torch.autograd.grad([grads[i] for i in live], diff, [private(d[wrt[i]].to(out.dtype)) for i in live],
+                got = torch.autograd.grad([grads[i] for i in live], diff + [cot],
+                                          [private(d[wrt[i]].to(out.dtype)) for i in live],
                                           retain_graph=k + 1 < len(directions), allow_unused=True)
-                per_dir.append(list(got))
+                per_dir.append(list(got[:-1]))
+                jw.append(got[-1])
+            # no grad_fn, or one that reaches the inputs by no path (it depends on the cotangent alone)
+            dead = [repr(w) for i, w in enumerate(wrt) if grads[i] is not None and (
+                i not in live or all(got[i] is None for got in per_dir))]
+            note = NOT_DIFFERENTIABLE_NOTE.format(name=" and ".join(dead)) if dead else ""
     except (RuntimeError, NotImplementedError) as err:
         text = str(err)
         if "not implemented" in text and "derivative for" in text:
@@ -302,4 +317,7 @@ def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[st
     for i, w in enumerate(wrt):
         parts = [torch.zeros_like(inputs[w]) if got[i] is None else got[i].detach() for got in per_dir]
         result[w] = torch.stack(parts)
+    if extras is not None:
+        extras["grad"] = {w: torch.zeros_like(inputs[w]) if g is None else g.detach() for w, g in zip(wrt, grads)}
+        extras["jw"] = torch.stack([torch.zeros_like(out) if j is None else j.detach() for j in jw])
     return result, note

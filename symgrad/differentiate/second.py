@@ -33,9 +33,12 @@ def _no_deltas(e):
 
 
 def hvp_forms(out: SymTensor, wrt: Mapping[str, SymTensor], cotangent: SymTensor | None,
-              directions: Mapping[str, SymTensor], backend: str = "auto") -> dict:
+              directions: Mapping[str, SymTensor], backend: str = "auto", extras: dict | None = None) -> dict:
     """``{name: object array of x.shape}``: ``sum_b H[name, b] w_b``, the Hessian of ``<v, out>`` (of
-    ``out`` itself when it is a scalar and ``cotangent`` is None) times the direction symbols."""
+    ``out`` itself when it is a scalar and ``cotangent`` is None) times the direction symbols.
+    ``extras``, when given, receives ``"grad"``: {name: the gradient of ``<v, out>``} and ``"jw"``:
+    ``J w`` shaped as ``out``, the gradient's derivative in the cotangent along ``w`` (Note [Double
+    backward] in symgrad/autograd/run.py)."""
     if cotangent is None:
         if out.numel() != 1:
             raise ShapeMismatch(f"a tensor output (shape {out.shape}) needs a cotangent v for its second derivative")
@@ -56,8 +59,17 @@ def hvp_forms(out: SymTensor, wrt: Mapping[str, SymTensor], cotangent: SymTensor
             if h != 0:
                 hw[j] = hw[j] + w_i * _no_deltas(h)
     result, start = {}, 0
+    if extras is not None:
+        extras["grad"] = {}
     for name, x in wrt.items():
         n = x.numel()
         result[name] = np.array(hw[start:start + n], dtype=object).reshape(x.shape)
+        if extras is not None:
+            extras["grad"][name] = np.array(grads[start:start + n], dtype=object).reshape(x.shape)
         start += n
+    if extras is not None:
+        along = sum((w_i * g_i for w_i, g_i in zip(dirs, grads) if g_i != 0), 0)
+        jw = [along] if cotangent is None else [
+            along.diff(to_symengine(c)) if hasattr(along, "diff") else 0 for c in cotangent.data.ravel()]
+        extras["jw"] = np.array(jw, dtype=object).reshape(out.shape)
     return result

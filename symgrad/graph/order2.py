@@ -83,7 +83,8 @@ def hvp_records(st, out_t, *, v=None, tangents=None, count: int = 3, seed: int =
     v, dirs = directions_and_cotangent(out_t, st.leaves, st.wrt, v, tangents, count, seed)
     seed_v = np.ones(tuple(out_t.shape)) if v is None else v.detach().double().cpu().numpy()
     stage(f"op graph: {len(dirs)} Hessian-vector product(s) and torch's double backward")
-    actual, note = run_double_backward(st.torch_fn, st.leaves, st.wrt, v, dirs)
+    extras: dict = {}
+    actual, note = run_double_backward(st.torch_fn, st.leaves, st.wrt, v, dirs, extras)
     nodes = [st.graph.inputs.get(n) for n in st.wrt]
     live = [n for n in nodes if n is not None]
     tangents_at = [{st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in st.wrt
@@ -102,10 +103,41 @@ def hvp_records(st, out_t, *, v=None, tangents=None, count: int = 3, seed: int =
     scale_products(st, [rec for rec, _ in kept], [b for _, b in kept],  # Note [Scale of every product]
                    lambda values: [np.asarray(r.value, np.float64) for r in products(values) if r.rounding is not None],
                    len(dirs))
+    records += _first_order_records(st, out_t, seed_v, tangents_at, extras, v is None)
     annotate(records, note)
     what = "given direction w" if tangents is not None else f"{len(dirs)} random directions w"
     cot = "v = 1 (scalar output)" if v is None else ("the given cotangent v" if given_v else "a random cotangent v")
-    return records, {"quantity": f"hvp: w^T d2<v, f>/dx2 ({what}, {cot})", "via": DOUBLE_BACKWARD}
+    return records, {"quantity": f"hvp: w^T d2<v, f>/dx2 ({what}, {cot}), with the first backward under create_graph=True "
+                     "and its derivative in v (J w)", "via": DOUBLE_BACKWARD}
+
+
+def _first_order_records(st, out_t, seed_v, tangents_at: list, extras: dict, scalar: bool) -> list:
+    """The first backward run with create_graph=True against the exact gradient, and its derivative
+    in the cotangent against the exact J w (Note [Double backward] in symgrad/autograd/run.py)."""
+    from .engine import backward, tangent
+    from .refs import approx_reference
+    from .refs import reference as _reference
+
+    nodes = [st.graph.inputs.get(n) for n in st.wrt]
+    live = [n for n in nodes if n is not None]
+    grads = backward(st.graph, st.values, {st.out: Approx(seed_v)}, live, st.ctx)
+    refs = [_reference(n, [None if node is None else grads.get(node)], tuple(st.leaves[n].shape), tuple(out_t.shape),
+                       "autograd.grad", 1, st.failed) for n, node in zip(st.wrt, nodes)]
+    quantity = "grad (create_graph)" if scalar else "vjp (create_graph)"
+    records = compare_all(refs, extras["grad"], st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
+    try:
+        ours = [tangent(st.graph, st.values, ts, st.out, st.ctx) for ts in tangents_at]
+    except NotImplementedError:  # a node without a forward-mode rule: the cotangent's row is left out
+        return records
+    ours = [t if t is not None else Approx(np.zeros(st.values[st.out].shape)) for t in ours]
+    stacked = Approx(np.stack([np.broadcast_to(t.v, t.shape) for t in ours]),
+                     np.stack([np.broadcast_to(t.e, t.shape) for t in ours]),
+                     np.stack([np.broadcast_to(t.sides()[0], t.shape) for t in ours]),
+                     np.stack([np.broadcast_to(t.sides()[1], t.shape) for t in ours]))
+    ref = approx_reference("grad_output", stacked, "forward mode over the op graph: the derivative of the backward "
+                           "in its cotangent, J w", st.failed)
+    return records + compare_all([ref], {"grad_output": extras["jw"]}, st.dtype, quantity="jvp",
+                                 rtol=st.rtol, atol=st.atol)
 
 
 def annotate(records: list, note: str) -> None:
