@@ -342,3 +342,33 @@ def test_a_tie_of_a_top_k_in_a_model():
     assert not sg.check(lambda cut, h: loss(cut, h, _FirstMatchSort.apply), {"cut": cut, "h": h},
                         symbolic=lambda cut, h: loss(cut, h, lambda c: torch.sort(c).values)).passed
 
+
+
+class _MaskedMaxPool(torch.nn.Module):
+    """Deep Sets' pooling: a padded set's entries filled with -1e9, then the maximum over the set."""
+
+    def __init__(self):
+        super().__init__()
+        self.phi = torch.nn.Sequential(torch.nn.Linear(3, 96), torch.nn.ELU(), torch.nn.Linear(96, 96), torch.nn.ELU())
+        self.out = torch.nn.Linear(96, 1)
+
+    def forward(self, x, mask, y):
+        h = self.phi(x).masked_fill(~mask.bool()[..., None], -1e9).amax(1)
+        return torch.nn.functional.mse_loss(self.out(h).squeeze(-1), y)
+
+
+def test_a_masked_fill_far_below_the_maximum_is_no_rival():
+    """The -1e9 of the padding is never the maximum, but its bound (a few float32 ulps of 1e9) was
+    taken as every entry's: every channel of a padded row was a tie, past the sweeps' budget the ties
+    were banded, and a first layer's backward off by 1e-3 passed (allowed 70 times its size)."""
+    from tests.graph.families import bugged
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 10, 3), torch.randn(4)
+    mask = torch.ones(4, 10)
+    mask[1, 6:] = 0
+    mask[3, 3:] = 0
+    good = _MaskedMaxPool()
+    report = sg.check(good, {"x": x, "mask": mask, "y": y}, quiet=True)
+    assert report.passed and not any(r.coarse for r in report.records), report.summary()
+    assert not sg.check(bugged(good, "scaled", 1 + 1e-3), {"x": x, "mask": mask, "y": y}, quiet=True).passed
