@@ -74,3 +74,17 @@ def test_a_large_matrix_is_still_refused_on_the_exploded_engine_with_the_alterna
 
     with pytest.raises(UnsupportedOp, match="engine='graph'"):
         sg.check(lambda A: torch.linalg.det(A), {"A": torch.eye(5, dtype=torch.float64)}, engine="elementwise")
+
+
+def test_torchs_own_inverse_of_a_well_conditioned_matrix_passes():
+    """Note [A refined inverse] (graph/linalg.py): LAPACK's float64 inverse was the exact value, 1.6e-16
+    off at [1, 2] of this matrix (condition 5) against 9e-17 allowed; torch's own inverse failed."""
+    A = torch.tensor([[3.7840069737590536, 0.6051366885806492, -0.01560936919820438],
+                      [0.6754695975329801, 1.2520984108681883, -0.020449040477696686],
+                      [-0.011797686355691837, -1.597174779099883, 4.933986059769708]], dtype=torch.float64)
+    report = sg.check(torch.linalg.inv, {"A": A}, quiet=True)
+    assert report.passed, report.to_text()
+    exact = 0.0031447089613145909953  # mpmath at 50 digits
+    assert abs(report.records[0].expected[1, 2] - exact) < 1e-18
+    b = torch.tensor([0.3, -1.1, 2.0], dtype=torch.float64)
+    assert sg.check(torch.linalg.solve, {"A": A, "b": b}, quiet=True).passed
