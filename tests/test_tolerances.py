@@ -480,3 +480,16 @@ def test_bce_with_logits_is_read_as_torchs_fused_backward(dtype, pos_weight):
 
     bugged = with_backward(loss, off)
     assert not sg.check(bugged, {"x": x}, symbolic=loss, quiet=True).passed
+
+
+def test_a_constant_computed_in_float32_inside_a_float64_function():
+    """Note [Folded constants] (graph/trace.py): log of a float32 constant, cast to float64, is float32's
+    log; charged 4 float64 ulps, torch's own float64 gradient (that constant) failed by 1e-8 relative.
+    A backward 1e-5 off (past float32's rounding of the constant) still fails."""
+    torch.manual_seed(0)
+    c32 = torch.rand(20) + 0.5
+    x = torch.randn(20, dtype=torch.float64)
+    fn = lambda x: (x * torch.log(c32).to(x.dtype)).sum()  # noqa: E731
+    assert sg.check(fn, {"x": x}, quiet=True).passed
+    bugged = with_backward(fn, lambda x, g: g * torch.log(c32).to(x.dtype) * (1 + 1e-5))
+    assert not sg.check(bugged, {"x": x}, symbolic=fn, quiet=True).passed

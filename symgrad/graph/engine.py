@@ -38,7 +38,7 @@ def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool 
     for node in graph.nodes:
         if node.kind == "leaf":
             v = node.attrs["value"]
-            err = node.attrs.get("error", 0.0)
+            err = node.attrs.get("error", 0.0) * node.attrs.get("error_eps", ctx.eps) / ctx.eps
             own = _own_error(v, err) if err else None
             values[node] = Approx(rounded(v, own) if err else v, own)
         else:

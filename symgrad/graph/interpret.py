@@ -277,6 +277,18 @@ def _exact_fold(b: Builder, node, target, args) -> bool:
     return all(str(v.dtype) == "torch.float64" for v in vals) and all(_traced_float64(a) for a in node.args)
 
 
+def _fold_eps(b: Builder, node, args) -> float:
+    """The machine epsilon of the narrowest float dtype torch computes a folded value in: its own
+    traced dtype and its folded inputs' (log of a float32 constant cast to float64 is float32's)."""
+    import torch
+
+    vals = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
+    eps = max((torch.finfo(v.dtype).eps for v in vals), default=0.0)
+    for t in iter_tensors(list(args)):
+        eps = max(eps, b.fold_eps.get(id(t), 0.0))
+    return eps
+
+
 def _traced_float64(arg) -> bool:
     """An fx argument that is not a floating tensor, or one traced in float64."""
     vals = [v for v in iter_tensors([getattr(arg, "meta", {}).get("val")]) if v.is_floating_point()]
@@ -320,9 +332,11 @@ def _call(b: Builder, node, args, kwargs):
         with torch.no_grad():
             out = target(*_as_float64(args), **kwargs)
         exact = _exact_fold(b, node, target, args)
+        coarsest = _fold_eps(b, node, args)
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
+                b.fold_eps[id(t)] = coarsest  # ... or in a narrower one on the way
                 if exact:
                     b.exact_folds.add(id(t))  # ... unless it computes it as the fold did (Note [Folded constants])
         note_value_dependence(b, node, args, out)

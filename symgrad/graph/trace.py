@@ -195,7 +195,9 @@ class _NoTraceback:
 # it the same way: every op of its chain traced in float64 (the fold's own precision), or a cast of
 # such a value (rounding it to bfloat16 gives the same bits in both).  Those folds are exact
 # (``exact_folds``): a discount matrix built in float64 inside forward and cast to bfloat16 was
-# charged 4 units on each of its 90,000 entries, and a backward 1 % off passed.
+# charged 4 units on each of its 90,000 entries, and a backward 1 % off passed.  The units are those
+# of the narrowest dtype on the fold's way: log of a float32 constant cast to float64 is float32's
+# log (charged in float64 units, torch's own float64 gradient failed by 1e-8 relative).
 FOLDED_ULPS = 4.0
 
 
@@ -228,6 +230,7 @@ class Builder:
         self._values: dict = {}
         self.folded: dict = {}  # id -> float tensors computed by constant folding (kept alive here)
         self.exact_folds: set = set()  # ids of folded tensors torch computes the same way (Note [Folded constants])
+        self.fold_eps: dict = {}  # id -> the eps of the narrowest dtype a fold went through (Note [Folded constants])
         self.buffers: dict = {}  # id -> (tensor, node): constants written into (Note [Writes into a new buffer])
         self.data_from_values: dict = {}  # id -> integer data computed from float values (Note [Value-dependent branches])
         self.torch_run = None  # () -> {fx node: torch's own value}, or None (Note [Torch's own picks])
@@ -247,10 +250,12 @@ class Builder:
         if got is not None:
             return got[0]
         value = t.detach().double().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, np.float64)
+        attrs = {"role": "const", "value": value, "error": error}
         if key in self.folded and key not in self.exact_folds and not error:
-            error = FOLDED_ULPS  # Note [Folded constants]
-        node = self.graph.add(Node("leaf", attrs={"role": "const", "value": value, "error": error},
-                                   shape=value.shape, name="const"))
+            attrs["error"] = FOLDED_ULPS  # Note [Folded constants]
+            if self.fold_eps.get(key):
+                attrs["error_eps"] = self.fold_eps[key]  # units of that dtype's eps, not the check's
+        node = self.graph.add(Node("leaf", attrs=attrs, shape=value.shape, name="const"))
         self._const_nodes[key] = (node, t)
         return node
 
