@@ -137,6 +137,11 @@ def trace_callable(fn, args: tuple, functional: bool = True):
     except RuntimeError as err:
         if "mutating a non-functional tensor" not in str(err):
             raise _untraceable(err) from err
+        if functional:  # a buffer written under no_grad (spectral_norm's power iteration): read as written
+            try:
+                return run(fn)
+            except Exception:  # noqa: BLE001 - the refusal below says what to do
+                pass
         raise UnsupportedOp(
             "forward writes in place into a tensor it does not compute (a buffer or parameter updated under "
             "no_grad, such as a running average, or spectral_norm's power iteration in training mode): the "

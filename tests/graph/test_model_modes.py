@@ -319,3 +319,22 @@ def test_a_cast_that_only_makes_a_mask_keeps_the_dtype():
     report = sg.check(Gate().double(), {"x": x}, quiet=True)
     assert report.passed and report.meta["dtype"] == "float64", str(report)
     assert not sg.check(Gate(1 + 1e-6).double(), {"x": x}, quiet=True).passed
+
+
+@pytest.mark.parametrize("style", ["parametrizations", "hooks"])
+@pytest.mark.parametrize("dtype, delta", [(torch.float64, 1e-6), (torch.float32, 1e-3)])
+def test_spectral_norm_in_training_mode(style, dtype, delta):
+    """spectral_norm's power iteration writes its u and v buffers in place under no_grad each training
+    forward: functionalization refused the write, and a GAN discriminator in training mode could not be
+    checked.  The trace is then taken without functionalization (the write read as written, u and v
+    constants to autograd as they are to torch); the buffers are put back after the check."""
+    from .families import bugged
+
+    sn = nn.utils.parametrizations.spectral_norm if style == "parametrizations" else nn.utils.spectral_norm
+    torch.manual_seed(0)
+    model = nn.Sequential(sn(nn.Linear(6, 5)), nn.LeakyReLU(0.2), sn(nn.Linear(5, 1))).to(dtype).train()
+    x, t = torch.randn(4, 6, dtype=dtype), torch.randn(4, 1, dtype=dtype)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    assert sg.check(model, {"x": x}, loss=nn.MSELoss(), target=t, quiet=True).passed
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
+    assert not sg.check(bugged(model, "scaled", 1 + delta), {"x": x}, loss=nn.MSELoss(), target=t, quiet=True).passed
