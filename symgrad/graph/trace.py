@@ -236,6 +236,7 @@ class Builder:
         self.folded: dict = {}  # id -> float tensors computed by constant folding (kept alive here)
         self.exact_folds: set = set()  # ids of folded tensors torch computes the same way (Note [Folded constants])
         self.fold_eps: dict = {}  # id -> the eps of the narrowest dtype a fold went through (Note [Folded constants])
+        self.fold_abs: dict = {}  # id -> a fold's absolute bound (Note [Rounding of folded constants] in fold_error.py)
         self.buffers: dict = {}  # id -> (tensor, node): constants written into (Note [Writes into a new buffer])
         self.data_from_values: dict = {}  # id -> integer data computed from float values (Note [Value-dependent branches])
         self.torch_run = None  # () -> {fx node: torch's own value}, or None (Note [Torch's own picks])
@@ -260,6 +261,8 @@ class Builder:
             attrs["error"] = FOLDED_ULPS  # Note [Folded constants]
             if self.fold_eps.get(key):
                 attrs["error_eps"] = self.fold_eps[key]  # units of that dtype's eps, not the check's
+        if key in self.fold_abs and np.any(self.fold_abs[key]):
+            attrs["error_abs"] = np.broadcast_to(self.fold_abs[key], value.shape)
         node = self.graph.add(Node("leaf", attrs=attrs, shape=value.shape, name="const"))
         self._const_nodes[key] = (node, t)
         return node

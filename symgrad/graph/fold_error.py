@@ -1,0 +1,88 @@
+"""The rounding a folded constant carries: a running error bound through the ops that fold it.
+
+# Note [Rounding of folded constants]
+# A constant the trace folds (Note [Folded constants] in trace.py) is charged FOLDED_ULPS units of
+# its own size, which is right for one short chain of roundings on values of its own size.  It is
+# not for interpolation weights: bicubic's weights are cubic polynomials of t = s - floor(s), the
+# fraction of a source coordinate s = (i + 0.5) / scale - 0.5 that is up to the input's size (20,
+# 200); s is rounded on its own scale, so t, and each weight, is off by a few ulps of s, not of t.
+# torch's own bicubic upsampling by 2.3 failed in float64 and float32 (its kernel computes the
+# weights by another formula than the decomposition the trace folds), and so did antialiased
+# bilinear resizing in float32.  So every folded op also carries an absolute bound: its inputs'
+# bounds carried through it (each input moved by its bound either way, the larger change kept:
+# first order, like the rest of Note [Approx arithmetic]) plus one rounding of its result in the
+# narrowest dtype on the way.  Step functions (floor, comparisons, integer casts) give data, exact:
+# torch's index choice is its own, and the value they select is continuous across it.  Layout ops
+# add no rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["fold_error"]
+
+_STEPS = ("floor", "ceil", "trunc", "round", "sign", ".eq", ".ne", ".lt", ".le", ".gt", ".ge", "logical_",
+          "bitwise_", "argmax", "argmin", "isnan", "isinf", "isfinite")
+_LAYOUT = ("view", "reshape", "permute", "expand", "cat", "stack", "select", "slice", "index", "clone",
+           "squeeze", "unsqueeze", "transpose", ".t.", "alias", "copy", "gather", "where", "flip", "roll",
+           "repeat", "narrow", "split", "chunk", "unbind", "constant_pad", "full", "zeros", "ones", "empty",
+           "arange", "scalar_tensor", "lift_fresh", "detach", "clamp", "minimum", "maximum", "amax", "amin")
+
+
+def _moved(args: list, position: tuple, step) -> list:
+    out = list(args)
+    if len(position) == 1:
+        out[position[0]] = args[position[0]] + step
+    else:
+        inner = list(args[position[0]])
+        inner[position[1]] = inner[position[1]] + step
+        out[position[0]] = type(args[position[0]])(inner)
+    return out
+
+
+def _positions(args: list):
+    import torch
+
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            yield (i,), a
+        elif isinstance(a, (list, tuple)):
+            for j, t in enumerate(a):
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    yield (i, j), t
+
+
+def fold_error(target, args: list, kwargs: dict, out, errors: dict, eps: float, narrowing: bool):
+    """An absolute bound (float64 array of ``out``'s shape) on how far torch's own evaluation of this
+    folded op may be from the float64 fold, given ``errors`` (id -> bound) of its folded inputs (the
+    float64 ``args`` it was folded from) and ``eps`` of the dtype torch computes it in; ``narrowing``:
+    a cast to a narrower dtype (it rounds); None where ``out`` is no float tensor."""
+    import torch
+
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return None
+    name = str(target)
+    base = out.detach().double()
+    if any(s in name for s in _STEPS):
+        return np.zeros(tuple(base.shape))
+    rounds = narrowing if ("_to_copy" in name or "convert_element_type" in name) else \
+        not any(s in name for s in _LAYOUT)
+    total = eps * np.abs(base.numpy()) if rounds else np.zeros(tuple(base.shape))
+    with torch.no_grad(), np.errstate(invalid="ignore", over="ignore"):
+        for position, t in _positions(args):
+            err = errors.get(id(t))
+            if err is None or not np.any(err):
+                continue
+            step = torch.as_tensor(err, dtype=t.dtype)
+            change = np.zeros(tuple(base.shape))
+            for sign in (1.0, -1.0):
+                try:
+                    moved = target(*_moved(args, position, sign * step), **kwargs)
+                except Exception:  # noqa: BLE001 - an op that will not take the moved input keeps its bound
+                    return total
+                if not isinstance(moved, torch.Tensor) or tuple(moved.shape) != tuple(base.shape):
+                    return total
+                change = np.maximum(change, np.abs(moved.detach().double().numpy() - base.numpy()))
+            total = total + np.where(np.isfinite(change), change, 0.0)
+    return total
