@@ -78,7 +78,10 @@ def _continuous(val: Approx, eps: float, moves: bool = True) -> tuple:
     if not folded.any():
         return val, None
     own = np.where(folded, width / eps, 0.0)
-    v = rounded(val.v, own) if moves else val.v  # a statistical rerun moves it so too: torch may be on either side
+    # a statistical rerun moves it as far as its argument moves (a continuous kink is 1-Lipschitz in
+    # it): the other side's value is at most the band, but torch reaches it only by as much
+    move = np.minimum(own, np.where(folded, val.e, 0.0))
+    v = rounded(val.v, move) if moves else val.v
     return Approx(v, val.e + own, np.where(folded, 0.0, val.lo), np.where(folded, 0.0, val.hi)), folded
 
 
