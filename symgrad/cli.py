@@ -139,6 +139,8 @@ def cli():
 @click.option("--target", "target_spec", default=None, metavar="NAME=VALUE", help="the loss's target, as --inputs")
 @click.option("--cotangent", type=click.Choice(["none", "random", "ones"]), default="random", show_default=True,
               help="v for a non-scalar output: random catches a backward that ignores grad_output")
+@click.option("--tangents", "tangent_kind", type=click.Choice(["random", "ones"]), default="random", show_default=True,
+              help="with a forward-mode --via (forward_ad, func.jvp, functional.jvp): one tangent per differentiated input")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of randn/rand inputs and cotangents")
 @click.option("--report", "reports", multiple=True, type=click.Path(dir_okay=False),
               help="write the report (.txt, .md, .html, .json); repeat for several")
@@ -158,8 +160,8 @@ def cli():
 @click.option("--memory-budget", "memory_mib", type=int, default=None, metavar="MIB",
               help="MiB the elementwise engine may use before it refuses (default: a share of available memory)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress display")
-def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent, seed, reports, fmt, strict,
-          reference, order, engine, memory_mib, quiet):
+def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent, tangent_kind, seed, reports, fmt,
+          strict, reference, order, engine, memory_mib, quiet):
     """Check the derivatives of TARGET (FILE.py:NAME or MODULE:NAME) at the given inputs.
 
     TARGET is a function of tensors, a custom Function's apply (MyFn.apply), an nn.Module instance
@@ -185,6 +187,11 @@ def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent
         v = _cotangent(fn, inputs, cotangent, gen)
     extra = {"loss": loss, "target": target_t} if loss or target_t is not None else {}
     extra.update(order=int(order), engine=engine)
+    if via in ("forward_ad", "func.jvp", "functional.jvp") and not isinstance(fn, torch.nn.Module):
+        names = list(wrt) or [n for n, t in inputs.items() if t.is_floating_point()]
+        extra["tangents"] = {n: torch.ones_like(inputs[n]) if tangent_kind == "ones" else
+                             torch.randn(inputs[n].shape, generator=gen, dtype=torch.float64).to(inputs[n].dtype)
+                             for n in names if n in inputs}
     if memory_mib is not None:
         extra["memory_budget"] = memory_mib * 2**20
     report = _usage(lambda: _warnings_to_stderr(run_check, fn, inputs, sym, wrt=list(wrt) or None, via=via, v=v,

@@ -50,6 +50,22 @@ MODULE = textwrap.dedent('''
     def sinc_twin(x):
         return sg.sin(x) / x
 
+    class OffJvp(torch.autograd.Function):
+        """sin whose forward mode (jvp) is off by 1e-6; its backward is right."""
+        @staticmethod
+        def forward(x):
+            return torch.sin(x)
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            (ctx.x,) = inputs
+            ctx.save_for_backward(ctx.x)
+        @staticmethod
+        def backward(ctx, g):
+            return g * torch.cos(ctx.saved_tensors[0])
+        @staticmethod
+        def jvp(ctx, t):
+            return t * torch.cos(ctx.x) * (1 + 1e-6)
+
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -225,3 +241,12 @@ def test_check_takes_order_engine_and_memory_budget(target):
     res = run("check", f"{target}:layer", "-i", "x=randn(30,40)", "-i", "w=randn(40,20)", "--engine", "elementwise",
               "--memory-budget", "1", "-q")
     assert res.exit_code == 2 and "memory budget" in res.output, res.output
+
+
+def test_check_runs_forward_mode_with_tangents(target):
+    """A forward-mode --via gets one tangent per differentiated input (random, or ones)."""
+    res = run("check", f"{target}:OffJvp.apply", "-i", "x=randn(5)", "--via", "forward_ad", "-q")
+    assert res.exit_code == 1 and "jvp" in res.output, res.output
+    res = run("check", f"{target}:OffJvp.apply", "-i", "x=randn(5)", "--via", "functional.jvp", "--tangents", "ones",
+              "-q")
+    assert res.exit_code == 0, res.output  # functional.jvp runs the (right) backward twice, not jvp
