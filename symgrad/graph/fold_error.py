@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fold_error"]
+from .interpret_data import iter_tensors
+
+__all__ = ["fold_error", "fold_eps", "traced_eps", "errors_by_wide"]
 
 _STEPS = ("floor", "ceil", "trunc", "round", "sign", ".eq", ".ne", ".lt", ".le", ".gt", ".ge", "logical_",
           "bitwise_", "argmax", "argmin", "isnan", "isinf", "isfinite")
@@ -86,3 +88,44 @@ def fold_error(target, args: list, kwargs: dict, out, errors: dict, eps: float, 
                 change = np.maximum(change, np.abs(moved.detach().double().numpy() - base.numpy()))
             total = total + np.where(np.isfinite(change), change, 0.0)
     return total
+
+
+def traced_eps(node) -> tuple:
+    """(eps of the dtype torch computes this node in, whether it narrows its inputs' dtype)."""
+    import torch
+
+    outs = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
+    ins = [v for a in node.args for v in iter_tensors([getattr(a, "meta", {}).get("val")]) if v.is_floating_point()]
+    out_eps = max((torch.finfo(v.dtype).eps for v in outs), default=0.0)
+    in_eps = min((torch.finfo(v.dtype).eps for v in ins), default=out_eps)
+    return out_eps, out_eps > in_eps
+
+
+def errors_by_wide(b, args, wide) -> dict:
+    """The folded inputs' bounds, keyed by the float64 tensors the fold runs on (``wide``: ``args``
+    through ``_as_float64``, a copy where the dtype changes)."""
+    out = {}
+    for a, w in zip(_flatten(list(args)), _flatten(list(wide))):
+        if id(a) in b.fold_abs:
+            out[id(w)] = b.fold_abs[id(a)]
+    return out
+
+
+def fold_eps(b, node, args) -> float:
+    """The machine epsilon of the narrowest float dtype torch computes a folded value in: its own
+    traced dtype and its folded inputs' (log of a float32 constant cast to float64 is float32's)."""
+    import torch
+
+    vals = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
+    eps = max((torch.finfo(v.dtype).eps for v in vals), default=0.0)
+    for t in iter_tensors(list(args)):
+        eps = max(eps, b.fold_eps.get(id(t), 0.0))
+    return eps
+
+
+def _flatten(x):
+    if isinstance(x, (list, tuple)):
+        for a in x:
+            yield from _flatten(a)
+    else:
+        yield x

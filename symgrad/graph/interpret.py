@@ -15,7 +15,7 @@ from .ir import Graph, Node
 from .trace import Builder
 from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
                              write_into_constant)
-from .fold_error import fold_error
+from .fold_error import errors_by_wide, fold_eps, fold_error, traced_eps
 from .trace_grad import IN_PLACE, NO_GRAD
 
 __all__ = ["to_graph", "register"]
@@ -278,39 +278,6 @@ def _exact_fold(b: Builder, node, target, args) -> bool:
     return all(str(v.dtype) == "torch.float64" for v in vals) and all(_traced_float64(a) for a in node.args)
 
 
-def _traced_eps(node) -> tuple:
-    """(eps of the dtype torch computes this node in, whether it narrows its inputs' dtype)."""
-    import torch
-
-    outs = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
-    ins = [v for a in node.args for v in iter_tensors([getattr(a, "meta", {}).get("val")]) if v.is_floating_point()]
-    out_eps = max((torch.finfo(v.dtype).eps for v in outs), default=0.0)
-    in_eps = min((torch.finfo(v.dtype).eps for v in ins), default=out_eps)
-    return out_eps, out_eps > in_eps
-
-
-def _errors_by_wide(b: Builder, args, wide) -> dict:
-    """The folded inputs' bounds, keyed by the float64 tensors the fold runs on (``wide``: ``args``
-    through ``_as_float64``, a copy where the dtype changes)."""
-    out = {}
-    for a, w in zip(_flatten(list(args)), _flatten(list(wide))):
-        if id(a) in b.fold_abs:
-            out[id(w)] = b.fold_abs[id(a)]
-    return out
-
-
-def _fold_eps(b: Builder, node, args) -> float:
-    """The machine epsilon of the narrowest float dtype torch computes a folded value in: its own
-    traced dtype and its folded inputs' (log of a float32 constant cast to float64 is float32's)."""
-    import torch
-
-    vals = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
-    eps = max((torch.finfo(v.dtype).eps for v in vals), default=0.0)
-    for t in iter_tensors(list(args)):
-        eps = max(eps, b.fold_eps.get(id(t), 0.0))
-    return eps
-
-
 def _traced_float64(arg) -> bool:
     """An fx argument that is not a floating tensor, or one traced in float64."""
     vals = [v for v in iter_tensors([getattr(arg, "meta", {}).get("val")]) if v.is_floating_point()]
@@ -355,10 +322,10 @@ def _call(b: Builder, node, args, kwargs):
         with torch.no_grad():
             out = target(*wide, **kwargs)
         exact = _exact_fold(b, node, target, args)
-        coarsest = _fold_eps(b, node, args)
-        own_eps, narrowing = _traced_eps(node)
+        coarsest = fold_eps(b, node, args)
+        own_eps, narrowing = traced_eps(node)
         with torch.no_grad():  # Note [Rounding of folded constants] (fold_error.py)
-            err = fold_error(target, list(wide), kwargs, out, _errors_by_wide(b, args, wide), own_eps, narrowing)
+            err = fold_error(target, list(wide), kwargs, out, errors_by_wide(b, args, wide), own_eps, narrowing)
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
