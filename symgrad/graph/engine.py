@@ -41,7 +41,7 @@ def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool 
             err = node.attrs.get("error", 0.0) * node.attrs.get("error_eps", ctx.eps) / ctx.eps
             own = _own_error(v, err) if err else None
             if node.attrs.get("error_abs") is not None:  # Note [Rounding of folded constants] (fold_error.py)
-                own = (0.0 if own is None else own) + node.attrs["error_abs"] / ctx.eps
+                own = node.attrs["error_abs"] / ctx.eps if own is None else np.maximum(own, node.attrs["error_abs"] / ctx.eps)
                 err = True
             values[node] = Approx(rounded(v, own) if err else v, own)
         else:

@@ -10,10 +10,16 @@
 # weights by another formula than the decomposition the trace folds), and so did antialiased
 # bilinear resizing in float32.  So every folded op also carries an absolute bound: its inputs'
 # bounds carried through it (each input moved by its bound either way, the larger change kept:
-# first order, like the rest of Note [Approx arithmetic]) plus one rounding of its result in the
-# narrowest dtype on the way.  Step functions (floor, comparisons, integer casts) give data, exact:
-# torch's index choice is its own, and the value they select is continuous across it.  Layout ops
-# add no rounding.
+# first order, like the rest of Note [Approx arithmetic]) plus an ulp of its result in the dtype torch
+# computes it in, unless a narrower dtype holds it exactly.  An ulp, not the half a correctly rounded
+# op errs by: torch's kernels compute their weights by their own formulas, not the decomposition's
+# (with half an ulp, float32 bilinear resizing with align_corners=True failed; with nothing in
+# float64, where the fold holds every result by construction, bicubic did).  A cast adds nothing:
+# the fold rounds as torch does.  The constant is charged the larger of that bound and FOLDED_ULPS
+# of its own size, not both (x * exp(3 c).double() with a float32 c was allowed 15 times its
+# rounding, and a float64 backward 1e-5 off passed).  Step functions (floor, comparisons, integer
+# casts) give data, exact: torch's index choice is its own, and the value they select is continuous
+# across it.  Layout ops add no rounding.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 from .interpret_data import iter_tensors
 
-__all__ = ["fold_error", "fold_eps", "traced_eps", "errors_by_wide"]
+__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide"]
 
 _STEPS = ("floor", "ceil", "trunc", "round", "sign", ".eq", ".ne", ".lt", ".le", ".gt", ".ge", "logical_",
           "bitwise_", "argmax", "argmin", "isnan", "isinf", "isfinite")
@@ -55,11 +61,11 @@ def _positions(args: list):
                     yield (i, j), t
 
 
-def fold_error(target, args: list, kwargs: dict, out, errors: dict, eps: float, narrowing: bool):
+def fold_error(target, args: list, kwargs: dict, out, errors: dict, dtype):
     """An absolute bound (float64 array of ``out``'s shape) on how far torch's own evaluation of this
     folded op may be from the float64 fold, given ``errors`` (id -> bound) of its folded inputs (the
-    float64 ``args`` it was folded from) and ``eps`` of the dtype torch computes it in; ``narrowing``:
-    a cast to a narrower dtype (it rounds); None where ``out`` is no float tensor."""
+    float64 ``args`` it was folded from) and the float ``dtype`` torch computes it in (None: no
+    float output); None where ``out`` is no float tensor."""
     import torch
 
     if not isinstance(out, torch.Tensor) or not out.is_floating_point():
@@ -68,9 +74,16 @@ def fold_error(target, args: list, kwargs: dict, out, errors: dict, eps: float, 
     base = out.detach().double()
     if any(s in name for s in _STEPS):
         return np.zeros(tuple(base.shape))
-    rounds = narrowing if ("_to_copy" in name or "convert_element_type" in name) else \
+    # a cast rounds as torch's does (the fold runs it too): it carries its input's bound only
+    rounds = dtype is not None and not ("_to_copy" in name or "convert_element_type" in name) and \
         not any(s in name for s in _LAYOUT)
-    total = eps * np.abs(base.numpy()) if rounds else np.zeros(tuple(base.shape))
+    total = np.zeros(tuple(base.shape))
+    if rounds:  # a rounding where a narrower dtype does not hold the result (arange(7) - 3 it does, in float16)
+        held = np.zeros(tuple(base.shape), bool)
+        if torch.finfo(dtype).eps > torch.finfo(torch.float64).eps:  # a float64 fold is held by construction
+            with np.errstate(over="ignore", invalid="ignore"):
+                held = (base.to(dtype).double() == base).numpy()
+        total = np.where(held, 0.0, torch.finfo(dtype).eps * np.abs(base.numpy()))
     with torch.no_grad(), np.errstate(invalid="ignore", over="ignore"):
         for position, t in _positions(args):
             err = errors.get(id(t))
@@ -90,15 +103,12 @@ def fold_error(target, args: list, kwargs: dict, out, errors: dict, eps: float, 
     return total
 
 
-def traced_eps(node) -> tuple:
-    """(eps of the dtype torch computes this node in, whether it narrows its inputs' dtype)."""
+def traced_dtype(node):
+    """The float dtype torch computes this node in (the widest ulp of its float outputs), or None."""
     import torch
 
-    outs = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
-    ins = [v for a in node.args for v in iter_tensors([getattr(a, "meta", {}).get("val")]) if v.is_floating_point()]
-    out_eps = max((torch.finfo(v.dtype).eps for v in outs), default=0.0)
-    in_eps = min((torch.finfo(v.dtype).eps for v in ins), default=out_eps)
-    return out_eps, out_eps > in_eps
+    outs = [v.dtype for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
+    return max(outs, key=lambda d: torch.finfo(d).eps) if outs else None
 
 
 def errors_by_wide(b, args, wide) -> dict:

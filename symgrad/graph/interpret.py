@@ -15,7 +15,7 @@ from .ir import Graph, Node
 from .trace import Builder
 from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
                              write_into_constant)
-from .fold_error import errors_by_wide, fold_eps, fold_error, traced_eps
+from .fold_error import errors_by_wide, fold_eps, fold_error, traced_dtype
 from .trace_grad import IN_PLACE, NO_GRAD
 
 __all__ = ["to_graph", "register"]
@@ -323,9 +323,8 @@ def _call(b: Builder, node, args, kwargs):
             out = target(*wide, **kwargs)
         exact = _exact_fold(b, node, target, args)
         coarsest = fold_eps(b, node, args)
-        own_eps, narrowing = traced_eps(node)
         with torch.no_grad():  # Note [Rounding of folded constants] (fold_error.py)
-            err = fold_error(target, list(wide), kwargs, out, errors_by_wide(b, args, wide), own_eps, narrowing)
+            err = fold_error(target, list(wide), kwargs, out, errors_by_wide(b, args, wide), traced_dtype(node))
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
