@@ -14,7 +14,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
-from .functions import logsigmoid, saved_product
+from .functions import logsigmoid, saved_product, sigmoid
 from .aten import HANDLERS, _clamp, _pw_piece, handles
 from .aten_tensor import _dims, _index_data, _random, _selection
 from .trace import Builder, number
@@ -281,8 +281,9 @@ def _multilabel_margin(b, args, kwargs, val):
 # x = 17 its float32 value is 0 (the gradient is -4e-8), and in float64 at x = 10 it is a few
 # percent off.  The decomposed closed form's bound allowed 1e-12 of that; torch's own loss failed
 # in float64 and float32.  So the op is kept whole (Note [Fused backwards] in trace_fused.py) and
-# read as torch computes it: per entry (1 - t) x - w log(sigmoid(x)) with w = 1 + (pos_weight - 1) t, whose derivative
-# (logsigmoid's is 1 - sigmoid) is s - t without pos_weight, and (1 - t) - w (1 - s) with it.
+# read as torch computes it: per entry (1 - t) x - log(sigmoid(x)), whose derivative (logsigmoid's
+# is 1 - sigmoid) is s - t; with pos_weight p, -p t log(s) - (1 - t) log(1 - s), whose derivatives are
+# (1 - t) s - p t (1 - s) and torch's log(1 - s) - p log(s) for the target.
 @handles("aten.binary_cross_entropy_with_logits", "symgrad.bce_with_logits")
 def _bce_with_logits(b, args, kwargs, val):
     args = list(args) + [None] * (5 - len(args))
@@ -293,7 +294,10 @@ def _bce_with_logits(b, args, kwargs, val):
     if pos_weight is None:
         per = b.pointwise(lambda x, t: (1 - t) * x - logsigmoid(x), [x, t])
     else:
-        per = b.pointwise(lambda x, t, p: (1 - t) * x - (1 + (p - 1) * t) * logsigmoid(x), [x, t, pos_weight])
+        # -p t log s - (1 - t) log(1 - s): its derivative in t is torch's log(1 - s) - p log(s), with
+        # the cancellation of 1 - s (bfloat16's pos_weight row failed on the target's gradient)
+        per = b.pointwise(lambda x, t, p: -p * t * logsigmoid(x) - (1 - t) * sp.log(1 - sigmoid(x)),
+                          [x, t, pos_weight])
     if weight is not None:
         per = b.pointwise(lambda loss, w: loss * w, [per, weight])
     if reduction == 0:
