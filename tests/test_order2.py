@@ -17,7 +17,10 @@ ENGINES = (("graph", None), ("auto", lambda x: x * sg.sigmoid(x)))
 
 
 def silu_function(backward_kind: str):
-    """x * sigmoid(x) as a custom Function; ``backward_kind`` picks its backward (all right to first order)."""
+    """x * sigmoid(x) as a custom Function; ``backward_kind`` picks its backward (all right to first
+    order; "grad_output detached" and "create_graph value" are wrong only as gradgradcheck checks:
+    no derivative in the cotangent, or a value off on the create_graph=True path, a fused kernel's
+    composite fallback)."""
 
     class SiLU(torch.autograd.Function):
         @staticmethod
@@ -42,6 +45,13 @@ def silu_function(backward_kind: str):
                 return g * torch.from_numpy(s + xn * s * (1 - s))
             if backward_kind == "stale":  # sigmoid saved from forward (no graph): misses a term
                 return g * (s_saved + x * s_saved * (1 - s_saved))
+            s = torch.sigmoid(x)
+            d = s + x * s * (1 - s)
+            if backward_kind == "grad_output detached":  # no derivative in the cotangent
+                return g.detach() * d
+            if backward_kind == "create_graph value":  # off by 1e-6 g (1e-3 in float32) under grad mode only
+                return g * d + (1e-6 if g.dtype == torch.float64 else 1e-3) * g.detach() if torch.is_grad_enabled() \
+                    else g * d
             raise AssertionError(backward_kind)
 
     return SiLU.apply
@@ -86,38 +96,13 @@ def test_backward_that_is_not_differentiable_fails_with_a_note(dtype, engine, sy
     assert failing and all("not differentiable" in r.note for r in failing), report.to_text()
 
 
-def _silu_backward_variant(kind: str):
-    """SiLU whose backward is right to first order and in x, but not as gradgradcheck checks it:
-    ``grad_output`` detached (no derivative in the cotangent), or a value off by 1e-6 g (1e-3 in
-    float32) on the create_graph=True path only (a fused kernel with a composite fallback)."""
-
-    class SiLU(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x * torch.sigmoid(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            s = torch.sigmoid(x)
-            d = s + x * s * (1 - s)
-            if kind == "grad_output detached":
-                return g.detach() * d
-            if torch.is_grad_enabled():  # create_graph=True
-                return g * d + (1e-6 if g.dtype == torch.float64 else 1e-3) * g.detach()
-            return g * d
-
-    return SiLU.apply
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("engine, symbolic", ENGINES, ids=["graph", "exploded"])
 @pytest.mark.parametrize("kind, row", [("grad_output detached", "jvp"), ("create_graph value", "vjp (create_graph)")])
 def test_what_gradgradcheck_checks_beyond_the_hessian(kind, row, dtype, engine, symbolic):
     """Note [Double backward] (symgrad/autograd/run.py): the Hessian-vector products were right in both
     cases and order=2 passed; gradgradcheck fails both."""
-    fn = _silu_backward_variant(kind)
+    fn = silu_function(kind)
     assert sg.check(fn, (_x(dtype),), symbolic, engine=engine).passed  # right to first order
     report = sg.check(fn, (_x(dtype),), symbolic, order=2, engine=engine, v=_x(dtype, seed=3))
     assert not report.passed, report.to_text()

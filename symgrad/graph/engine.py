@@ -40,10 +40,10 @@ def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool 
             v = node.attrs["value"]
             err = node.attrs.get("error", 0.0) * node.attrs.get("error_eps", ctx.eps) / ctx.eps
             own = _own_error(v, err) if err else None
-            if node.attrs.get("error_abs") is not None:  # Note [Rounding of folded constants] (fold_error.py)
-                own = node.attrs["error_abs"] / ctx.eps if own is None else np.maximum(own, node.attrs["error_abs"] / ctx.eps)
-                err = True
-            values[node] = Approx(rounded(v, own) if err else v, own)
+            folded = node.attrs.get("error_abs")  # Note [Rounding of folded constants] (fold_error.py)
+            if folded is not None:
+                own = folded / ctx.eps if own is None else np.maximum(own, folded / ctx.eps)
+            values[node] = Approx(v if own is None else rounded(v, own), own)
         else:
             with kernel(node):
                 val, folded = _continuous(forward_rule(node, [values[a] for a in node.args], ctx), ctx.eps, fold_moves)

@@ -115,7 +115,7 @@ def errors_by_wide(b, args, wide) -> dict:
     """The folded inputs' bounds, keyed by the float64 tensors the fold runs on (``wide``: ``args``
     through ``_as_float64``, a copy where the dtype changes)."""
     out = {}
-    for a, w in zip(_flatten(list(args)), _flatten(list(wide))):
+    for a, w in zip(iter_tensors(list(args)), iter_tensors(list(wide))):  # the same tensors, in order
         if id(a) in b.fold_abs:
             out[id(w)] = b.fold_abs[id(a)]
     return out
@@ -132,10 +132,3 @@ def fold_eps(b, node, args) -> float:
         eps = max(eps, b.fold_eps.get(id(t), 0.0))
     return eps
 
-
-def _flatten(x):
-    if isinstance(x, (list, tuple)):
-        for a in x:
-            yield from _flatten(a)
-    else:
-        yield x

@@ -18,7 +18,7 @@ from .engine import tangent
 from .refs import JACOBIAN_VIAS, State, approx_reference
 from .rerun_scale import scale_products
 
-__all__ = ["jvp_records", "tangent_dict", "n_in", "by_columns_wanted", "column_records", "has_reverse_stops"]
+__all__ = ["jvp_records", "stack_tangents", "tangent_dict", "n_in", "by_columns_wanted", "column_records", "has_reverse_stops"]
 
 
 def jvp_records(st: State, directions: list, via: str) -> list:
@@ -35,12 +35,10 @@ def jvp_records(st: State, directions: list, via: str) -> list:
         got.append(actual["jvp"])
         seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy())
                  for n in st.wrt if n in st.graph.inputs}
-        t = tangent(st.graph, st.values, seeds, st.out, st.ctx)
-        ours.append(t if t is not None else Approx(np.zeros(st.values[st.out].shape)))
-    stacked = Approx(np.stack([t.v for t in ours]), np.stack([np.broadcast_to(t.e, t.shape) for t in ours]),
-                     np.stack([t.sides()[0] for t in ours]), np.stack([t.sides()[1] for t in ours]))
-    ref = approx_reference("jvp", stacked if len(ours) > 1 else ours[0], "forward mode over the op graph",
-                            st.failed)
+        ours.append(tangent(st.graph, st.values, seeds, st.out, st.ctx))
+    stacked = stack_tangents(ours, st.values[st.out].shape)
+    ref = approx_reference("jvp", stacked if len(ours) > 1 else stacked.map(lambda t: t[0]),
+                           "forward mode over the op graph", st.failed)
     tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape))
     value = torch.stack(got) if len(got) > 1 else got[0]
     records = compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
@@ -48,6 +46,13 @@ def jvp_records(st: State, directions: list, via: str) -> list:
     scale_products(st, records, [base], lambda values: _tangents_at(st, values, directions, base.shape)[0],
                    len(directions))
     return records
+
+
+def stack_tangents(ours: list, shape: tuple) -> Approx:
+    """The output's tangents along several directions (None: zero) as one Approx, ``(k, *shape)``."""
+    ours = [Approx(np.zeros(shape)) if t is None else t for t in ours]
+    return Approx(*(np.stack([np.broadcast_to(f, t.shape) for f, t in zip(fields, ours)]) for fields in
+                    ([t.v for t in ours], [t.e for t in ours], [t.sides()[0] for t in ours], [t.sides()[1] for t in ours])))
 
 
 def _tangents_at(st: State, values: dict, directions: list, shape: tuple) -> tuple:

@@ -177,11 +177,10 @@ def forward(op: str, args: list, attrs: dict | None = None) -> Approx:
         b = args[1]
         y = np.linalg.solve(a.v, b.v)
         if x is not None and np.finfo(np.longdouble).eps < np.finfo(np.float64).eps:  # Note [A refined inverse]
+            apply = np.matmul if b.v.ndim == a.v.ndim else (lambda m, v: np.einsum("...ij,...j->...i", m, v))
             wide_y = y.astype(np.longdouble)
-            residual = b.v.astype(np.longdouble) - (a.v.astype(np.longdouble) @ wide_y if b.v.ndim == a.v.ndim else
-                                                     np.einsum("...ij,...j->...i", a.v.astype(np.longdouble), wide_y))
-            step = x @ residual.astype(np.float64) if b.v.ndim == a.v.ndim else np.einsum("...ij,...j->...i", x, residual.astype(np.float64))
-            refined = (wide_y + step).astype(np.float64)
+            residual = b.v.astype(np.longdouble) - apply(a.v.astype(np.longdouble), wide_y)
+            refined = (wide_y + apply(x, residual.astype(np.float64))).astype(np.float64)
             y = np.where(np.isfinite(refined), refined, y)
         core = "ij,jk->ik" if b.v.ndim == a.v.ndim else "ij,j->i"
         mm = _spec(nb, core)

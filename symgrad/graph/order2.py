@@ -115,6 +115,7 @@ def _first_order_records(st, out_t, seed_v, tangents_at: list, extras: dict, sca
     """The first backward run with create_graph=True against the exact gradient, and its derivative
     in the cotangent against the exact J w (Note [Double backward] in symgrad/autograd/run.py)."""
     from .engine import backward, tangent
+    from .forward_records import stack_tangents
     from .refs import approx_reference
     from .refs import reference as _reference
 
@@ -129,12 +130,7 @@ def _first_order_records(st, out_t, seed_v, tangents_at: list, extras: dict, sca
         ours = [tangent(st.graph, st.values, ts, st.out, st.ctx) for ts in tangents_at]
     except NotImplementedError:  # a node without a forward-mode rule: the cotangent's row is left out
         return records
-    ours = [t if t is not None else Approx(np.zeros(st.values[st.out].shape)) for t in ours]
-    stacked = Approx(np.stack([np.broadcast_to(t.v, t.shape) for t in ours]),
-                     np.stack([np.broadcast_to(t.e, t.shape) for t in ours]),
-                     np.stack([np.broadcast_to(t.sides()[0], t.shape) for t in ours]),
-                     np.stack([np.broadcast_to(t.sides()[1], t.shape) for t in ours]))
-    ref = approx_reference("grad_output", stacked, "forward mode over the op graph: the derivative of the backward "
+    ref = approx_reference("grad_output", stack_tangents(ours, st.values[st.out].shape), "forward mode over the op graph: the derivative of the backward "
                            "in its cotangent, J w", st.failed)
     return records + compare_all([ref], {"grad_output": extras["jw"]}, st.dtype, quantity="jvp",
                                  rtol=st.rtol, atol=st.atol)
