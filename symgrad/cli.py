@@ -16,6 +16,8 @@ Inputs are parsed by a small grammar, never evaluated: ``name=randn(3,4)``, ``ra
 
 from __future__ import annotations
 
+import math
+
 import importlib
 import importlib.util
 import re
@@ -60,6 +62,9 @@ def parse_input(spec: str, dtype: str = "float64", generator=None):
             return name, getattr(torch, kind)(shape, generator=generator, dtype=torch.float64).to(torch_dtype)
         return name, getattr(torch, kind)(shape, dtype=torch_dtype)
     if _NUMBER.match(value):
+        if not math.isfinite(float(value)):
+            raise click.BadParameter(f"{spec!r}: {value!r} is not a finite number in float64; give a finite value",
+                                     param_hint="--inputs")
         return name, torch.tensor(float(value), dtype=torch_dtype)
     if value.endswith((".pt", ".pth", ".npy")):
         return name, _load_tensor(name, Path(value), torch_dtype)
@@ -85,9 +90,13 @@ def _load_tensor(name: str, path: Path, dtype):
     except Exception as err:  # noqa: BLE001 - any loading failure is the user's file
         raise click.BadParameter(f"input {name!r}: cannot load {str(path)!r} ({type(err).__name__}: {err})",
                                  param_hint="--inputs") from err
-    tensor = torch.as_tensor(data) if not isinstance(data, torch.Tensor) else data
+    try:
+        tensor = torch.as_tensor(data) if not isinstance(data, torch.Tensor) else data
+    except (TypeError, ValueError, RuntimeError):  # a dict, a list of tensors, a string: no one tensor
+        tensor = None
     if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.dtype in (torch.int64, torch.int32, torch.bool)):
-        raise click.BadParameter(f"input {name!r}: {str(path)!r} holds no real tensor", param_hint="--inputs")
+        raise click.BadParameter(f"input {name!r}: {str(path)!r} holds no real tensor ({type(data).__name__}); save "
+                                 "one tensor per file (torch.save(t, path))", param_hint="--inputs")
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
@@ -183,7 +192,7 @@ def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent
     sym = load_target(symbolic if ":" in symbolic else f"{target.rpartition(':')[0]}:{symbolic}") if symbolic else None
     v = None
     if cotangent != "none" and loss is None and via not in ("functional.jacobian", "jacrev", "jacfwd", "func.jvp",
-                                                            "functional.jvp"):
+                                                            "functional.jvp", "forward_ad"):  # none: no cotangent
         v = _cotangent(fn, inputs, cotangent, gen)
     extra = {"loss": loss, "target": target_t} if loss or target_t is not None else {}
     extra.update(order=int(order), engine=engine)

@@ -50,6 +50,9 @@ MODULE = textwrap.dedent('''
     def sinc_twin(x):
         return sg.sin(x) / x
 
+    def sin_twin(x):
+        return sg.sin(x)
+
     class OffJvp(torch.autograd.Function):
         """sin whose forward mode (jvp) is off by 1e-6; its backward is right."""
         @staticmethod
@@ -109,6 +112,12 @@ def test_inputs_from_files(tmp_path):
     assert parse_input(f"b={tmp_path / 'b.npy'}")[1].shape == (4,)
     with pytest.raises(click.BadParameter, match="no file"):
         parse_input(f"c={tmp_path / 'missing.pt'}")
+    torch.save({"x": torch.ones(2)}, tmp_path / "d.pt")  # a dict, not a tensor: a usage error, not a traceback
+    with pytest.raises(click.BadParameter, match="holds no real tensor"):
+        parse_input(f"d={tmp_path / 'd.pt'}")
+    for number in ("1e400", "-1e999"):  # parsed as inf: refused like nan
+        with pytest.raises(click.BadParameter, match="not a finite number"):
+            parse_input(f"x={number}")
 
 
 def test_check_passes_with_exit_0_and_writes_reports(target, tmp_path):
@@ -247,6 +256,9 @@ def test_check_runs_forward_mode_with_tangents(target):
     """A forward-mode --via gets one tangent per differentiated input (random, or ones)."""
     res = run("check", f"{target}:OffJvp.apply", "-i", "x=randn(5)", "--via", "forward_ad", "-q")
     assert res.exit_code == 1 and "jvp" in res.output, res.output
+    res = run("check", f"{target}:OffJvp.apply", "-i", "x=randn(5)", "--symbolic", "sin_twin", "--via", "forward_ad",
+              "-q")  # with a twin too: no cotangent is made for a forward-mode via (it was, and refused)
+    assert res.exit_code == 1 and "jvp" in res.output and "v=" not in res.output, res.output
     res = run("check", f"{target}:OffJvp.apply", "-i", "x=randn(5)", "--via", "functional.jvp", "--tangents", "ones",
               "-q")
     assert res.exit_code == 0, res.output  # functional.jvp runs the (right) backward twice, not jvp

@@ -135,3 +135,42 @@ def test_an_infinite_one_sided_derivative_taken_by_autograd():
         wrong = with_backward(torch.special.entr,
                               lambda x, g, bad=bad: g * torch.where(x == 0, bad, -torch.log(x) - 1))
         assert not sg.check(wrong, {"x": x}, symbolic=torch.special.entr, v=v).passed
+
+
+def _relu_used_twice(s1: float, s2: float):
+    """A custom Function computing (relu(x), 2 relu(x) + x) whose jvp takes relu'(0) = s1 in the
+    first output and s2 in the second."""
+
+    class ReluTwice(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            y = torch.relu(x)
+            return torch.cat([y, 2 * y + x])
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_forward(inputs[0])
+
+        @staticmethod
+        def jvp(ctx, t):
+            (x,) = ctx.saved_tensors
+            d1 = torch.where(x == 0, torch.full_like(x, s1), (x > 0).to(x.dtype))
+            d2 = torch.where(x == 0, torch.full_like(x, s2), (x > 0).to(x.dtype))
+            return torch.cat([t * d1, 2 * t * d2 + t])
+
+    return ReluTwice
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("s1, s2", [(0, 0), (1, 1), (0.5, 0.5), (1, 0), (0, 1), (0.5, 0.25)])
+def test_a_jvp_takes_one_side_per_unit(s1, s2, dtype):
+    """Note [Forward kink units]: each entry's band held either side, so a jvp taking relu'(0) = 1
+    in one use of a unit and 0 in the other passed; one choice per unit, any subgradient, passes."""
+    def twin(x):
+        y = torch.relu(x)
+        return torch.cat([y, 2 * y + x])
+
+    x = torch.tensor([0.0, 1.0, -1.0, 0.0, 2.0], dtype=dtype)
+    t = torch.tensor([0.7, -1.3, 0.4, -0.9, 1.1], dtype=dtype)
+    report = sg.check(_relu_used_twice(s1, s2).apply, {"x": x}, symbolic=twin, via="forward_ad", tangents={"x": t})
+    assert report.passed == (s1 == s2), report.to_text()

@@ -156,21 +156,19 @@ def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kink
     return {leaf: grads.get(leaf) for leaf in wrt}
 
 
-def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
-    """Forward mode: ``tangents`` maps leaf nodes to their tangents; returns the output's tangent."""
+def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx, kinks=None) -> Approx | None:
+    """Forward mode: ``tangents`` maps leaf nodes to their tangents; returns the output's tangent.
+    ``kinks``: a ``ForwardKinkLog`` that records pointwise kinks as units instead of bands (Note
+    [Forward kink units] in graph/forward_kinks.py)."""
     with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
-        return _tangent(graph, values, tangents, out, ctx)
-
-
-def _tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx) -> Approx | None:
-    return tangent_sweep(graph, values, tangents, ctx).get(out)
+        return tangent_sweep(graph, values, tangents, ctx, kinks=kinks).get(out)
 
 
 def tangent_sweep(graph: Graph, values: dict, tangents: dict, ctx: Ctx, skip: tuple = ("leaf",),
-                  refuse=None) -> dict:
+                  refuse=None, kinks=None) -> dict:
     """Every node's tangent along ``tangents`` (leaf node -> Approx); absent: zero.  ``skip``: node
     kinds that get none; ``refuse(node, err)``: the exception to raise where a node has no
-    forward-mode rule (default: the rule's own NotImplementedError)."""
+    forward-mode rule (default: the rule's own NotImplementedError); ``kinks``: as for ``tangent``."""
     known = dict(tangents)
     for node in graph.nodes:
         if node.kind in skip or node in known:
@@ -179,7 +177,7 @@ def tangent_sweep(graph: Graph, values: dict, tangents: dict, ctx: Ctx, skip: tu
         if any(t is not None for t in ts):
             try:
                 with kernel(node):
-                    t = jvp_rule(node, [values[a] for a in node.args], ts, ctx)
+                    t = jvp_rule(node, [values[a] for a in node.args], ts, ctx, kinks)
             except NotImplementedError as err:
                 if refuse is None:
                     raise

@@ -89,18 +89,46 @@ def fold_error(target, args: list, kwargs: dict, out, errors: dict, dtype):
             err = errors.get(id(t))
             if err is None or not np.any(err):
                 continue
-            step = torch.as_tensor(err, dtype=t.dtype)
-            change = np.zeros(tuple(base.shape))
-            for sign in (1.0, -1.0):
-                try:
-                    moved = target(*_moved(args, position, sign * step), **kwargs)
-                except Exception:  # noqa: BLE001 - an op that will not take the moved input keeps its bound
-                    return total
-                if not isinstance(moved, torch.Tensor) or tuple(moved.shape) != tuple(base.shape):
-                    return total
-                change = np.maximum(change, np.abs(moved.detach().double().numpy() - base.numpy()))
+            change = _carried(target, args, kwargs, position, t, np.asarray(err, np.float64), base)
             total = total + np.where(np.isfinite(change), change, 0.0)
     return total
+
+
+def _carried(target, args, kwargs, position, t, err, base):
+    """The change of the op's result when one folded input moves by its bound, either way; where
+    the op will not run on the moved input (it raises, or its result changes shape) the input's
+    largest absolute and relative bounds are carried to every entry (Note [Unmovable folds])."""
+    import torch
+
+    step = torch.as_tensor(err, dtype=t.dtype)
+    change = np.zeros(tuple(base.shape))
+    for sign in (1.0, -1.0):
+        try:
+            moved = target(*_moved(args, position, sign * step), **kwargs)
+        except Exception:  # noqa: BLE001 - an op that will not take the moved input: Note [Unmovable folds]
+            moved = None
+        if not isinstance(moved, torch.Tensor) or tuple(moved.shape) != tuple(base.shape):
+            return _unmovable(t, err, base)
+        change = np.maximum(change, np.abs(moved.detach().double().numpy() - base.numpy()))
+    return change
+
+
+# Note [Unmovable folds]
+# An op that raises on its input moved by the input's bound, or whose result then changes shape (a
+# data-dependent selection), cannot be asked how far the bound moves it.  Dropping the input's bound
+# there would charge the result its own rounding alone: the unsound direction.  Instead every entry
+# keeps the input's largest absolute bound and its largest relative bound times the result's size:
+# first order for sums, products and selections of the input (an op that amplifies its input's error,
+# exp of a large argument, is not covered; none such was seen to refuse its moved input).
+def _unmovable(t, err, base) -> np.ndarray:
+    size = np.abs(t.detach().double().cpu().numpy())
+    err = np.broadcast_to(err, size.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(size > 0, err / size, 0.0)
+    finite = np.isfinite(err)
+    largest = float(err[finite].max()) if finite.any() else 0.0
+    ratio = float(rel[np.isfinite(rel)].max()) if np.isfinite(rel).any() else 0.0
+    return np.maximum(largest, ratio * np.abs(base.numpy()))
 
 
 def traced_dtype(node):

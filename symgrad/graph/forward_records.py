@@ -15,6 +15,7 @@ from .approx import Approx
 from .columns import by_columns
 from .cones import tangent_bands
 from .engine import tangent
+from .forward_kinks import forward_generators
 from .refs import JACOBIAN_VIAS, State, approx_reference
 from .rerun_scale import scale_products
 
@@ -27,7 +28,7 @@ def jvp_records(st: State, directions: list, via: str) -> list:
 
     from ..autograd.run import run_autograd
 
-    got, ours = [], []
+    got, ours, all_seeds = [], [], []
     st = _convention(st, via != "functional.jvp")
     for d in directions:
         with torch.enable_grad():
@@ -36,9 +37,12 @@ def jvp_records(st: State, directions: list, via: str) -> list:
         seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy())
                  for n in st.wrt if n in st.graph.inputs}
         ours.append(tangent(st.graph, st.values, seeds, st.out, st.ctx))
+        all_seeds.append(seeds)
     stacked = stack_tangents(ours, st.values[st.out].shape)
     ref = approx_reference("jvp", stacked if len(ours) > 1 else stacked.map(lambda t: t[0]),
                            "forward mode over the op graph", st.failed)
+    if ref.kink is not None:  # Note [Forward kink units]
+        ref.kink_generators = forward_generators(st, all_seeds, tuple(ref.value.shape))
     tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape))
     value = torch.stack(got) if len(got) > 1 else got[0]
     records = compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)

@@ -74,16 +74,23 @@ def _within_budget(graph, units: list, live: list) -> bool:
     return sweeps * (len(graph.nodes) + numbers / NUMBERS_PER_VISIT) <= SWEEP_VISITS
 
 
-def tie_members(graph) -> int:
+def tie_members(graph, ties: int = MAX_KINK_UNITS) -> int:
     """The largest tie taken as a kink unit (Note [Ties as kink units] in kinklog.py): one reverse
-    sweep per tied entry, MAX_KINK_UNITS ties at most, within SWEEP_NUMBERS numbers in all."""
+    sweep per tied entry, ``ties`` ties at most, within SWEEP_NUMBERS numbers in all."""
     numbers = max(1, sum(int(np.prod(n.shape, dtype=np.int64)) for n in graph.nodes))
-    return int(min(MAX_SMALL_TIE, max(MAX_TIE_MEMBERS, SWEEP_NUMBERS // (numbers * max(1, MAX_KINK_UNITS)))))
+    return int(min(MAX_SMALL_TIE, max(MAX_TIE_MEMBERS, SWEEP_NUMBERS // (numbers * max(1, ties)))))
 
 
-def _sweeps(st, seeds, live, flip: bool, ties: bool) -> tuple:
+# Note [One large tie]
+# The largest tie taken as a unit assumes MAX_KINK_UNITS of them share the sweeps' numbers, so on a
+# 1,000-entry amax every entry tied (all ones, a zero-background image) was past it: each tied entry
+# was judged by its band, none to all of the cotangent, and a backward giving every tied entry the
+# whole cotangent (n times the true gradient) passed.  Where the sweeps met ties larger than that and
+# few units in all, they are run again with the ties' share for the units actually met; the joint
+# check takes the second sweeps when they stay within the budget (Note [A budget of sweeps]).
+def _sweeps(st, seeds, live, flip: bool, ties: bool, members: int | None = None) -> tuple:
     per_seed, units = [], []
-    members = tie_members(st.graph)
+    members = members or tie_members(st.graph)
     for s in seeds:
         found = KinkLog(flip=flip, ties=ties, members=members)
         per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
@@ -95,7 +102,8 @@ def _is_tie(unit) -> bool:
     return isinstance(unit[1], np.ndarray)  # a tie of max/min: several entries at once
 
 
-def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool = True) -> tuple | None:
+def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool = True,
+                     members: int | None = None) -> tuple | None:
     """``(generators, roundings)``: leaf node -> [[generator over the stacked seeds] per unit], and
     per leaf node the rounding bound (units of eps) the other sides add at most: each unit's
     largest generator bound, summed over units (their choices add up).  None: too many units."""
@@ -103,7 +111,7 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
         return None
     out: dict = {node: [] for node in live}
     extra: dict = {node: np.zeros((len(units),) + node.shape) for node in live}
-    members = tie_members(st.graph)
+    members = members or tie_members(st.graph)
     for k, found in enumerate(units):
         for arg, entry, changes in found:
             gens = {node: [] for node in live}
@@ -188,12 +196,21 @@ def sweep_references(st, seeds, live, nodes, how, out_shape, scale, *, flip: boo
 
 def _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip):
     per_seed, units = _sweeps(st, seeds, live, flip, ties=True)
+    members = None
+    met = max(len(u) for u in units) if units else 0
+    if any(u.oversized for u in units) and met < MAX_KINK_UNITS:  # Note [One large tie]
+        members = tie_members(st.graph, met + max(u.oversized for u in units))
+        again = _sweeps(st, seeds, live, flip, ties=True, members=members)
+        if _within_budget(st.graph, again[1], live):
+            per_seed, units = again
+        else:
+            members = None
     banded_ties = 0
     if not _within_budget(st.graph, units, live) and any(_is_tie(k) for u in units for k in u):
         banded_ties = sum(1 for u in units for k in u if _is_tie(k))
         per_seed, units = _sweeps(st, seeds, live, flip, ties=False)  # Note [Ties as kink units]
     ties = any(_is_tie(k) for u in units for k in u)
-    found_gens = _kink_generators(st, live, units, flip, ties)
+    found_gens = _kink_generators(st, live, units, flip, ties, members)
     if found_gens is None:  # too many kinked units for the joint check: every one widens the band
         per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
         generators, kink_e = {}, {}

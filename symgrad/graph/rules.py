@@ -261,8 +261,10 @@ def _times_cotangent(g: Approx, local: Approx, chosen: bool = False) -> Approx:
 
 # ---------------------------------------------------------------------------------------------- jvp
 
-def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
-    """The tangent of ``node`` from its arguments' tangents (``None``: zero), in Approx arithmetic."""
+def jvp(node: Node, args: list, tangents: list, ctx: Ctx, kinks=None) -> Approx | None:
+    """The tangent of ``node`` from its arguments' tangents (``None``: zero), in Approx arithmetic.
+    ``kinks``: a ``ForwardKinkLog`` taking a pointwise derivative on a kink as a unit, not a band
+    (Note [Forward kink units] in graph/forward_kinks.py)."""
     if all(t is None for t in tangents):
         return None
     if node.kind == "stop":  # detach: no derivative; a convention of torch's backward only: forward mode passes
@@ -276,6 +278,8 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx) -> Approx | None:
                 continue
             local = _reused_output(node, env, ctx, _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape),
                                    i)
+            if kinks is not None and local.banded:
+                local = kinks.record(node, i, local, _broadcast(t, node.shape), args[i].shape)
             term = _times_cotangent(local, _broadcast(t, node.shape))  # a branch not taken: 0, even times inf
             out = term if out is None else add(out, term)
         return _half_jvp_rounding(out, tangents, node, ctx)

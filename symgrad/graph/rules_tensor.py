@@ -191,6 +191,8 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
             _record_ties(kinks, node.args[0], np.broadcast_to(v, a.shape), np.broadcast_to(gk.v, a.shape),
                          np.broadcast_to(gk.e, a.shape), small, axes)
             tie = tie & ~small
+        if tie.any():  # ties too large to be units here: kinkunits may sweep again allowing larger ones
+            kinks.oversized = getattr(kinks, "oversized", 0) + 1
     lo = np.where(tie, v - lo_end, g_lo * weight)
     hi = np.where(tie, hi_end - v, g_hi * weight)
     return Approx(v, e, lo, hi)

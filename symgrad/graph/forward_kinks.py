@@ -1,0 +1,106 @@
+"""Kinked units in the forward (tangent) sweeps: the joint kink check's generators for JVP records.
+
+# Note [Forward kink units]
+# A JVP's entries on a kink were judged each by its own band (the sides of every kinked unit it
+# reaches), so a custom ``jvp`` taking relu'(0) = 1 for one use of a unit and 0 for another use of
+# the same unit passed: each entry was a one-sided value, no one choice gave them all.  Reverse mode
+# has had one choice per unit since Note [Kink units] (kinkunits.py); forward mode now has it too.
+# A tangent sweep given a ``ForwardKinkLog`` takes the closed form's side at every pointwise kink
+# (the band's centre) and records the unit: its node, argument and entry, the changes of its local
+# derivative to the other sides (``-lo``, ``+hi``), and the argument's tangent there for each
+# direction.  A unit's generator is the output tangent that one change makes: a tangent sweep seeded
+# at the unit's node with its change times the tangent, one entry, zero elsewhere (one sweep per
+# change serves every direction: the seed's size is a factor).  Kinks the log cannot take as units --
+# a node kinked in two arguments at one entry (maximum at a tie: the sides pair, Note [Sides of one
+# region]), an argument broadcast into the node, a tie of max/min, a linear-algebra node's band --
+# leave the output banded, and then no generators are attached: the entrywise bands stay (sound,
+# weaker), as past the budget of sweeps (Note [A budget of sweeps], kinkunits.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compare.kinks import stack_generators
+from .approx import Approx
+from .engine import tangent, tangent_sweep
+from .kinkunits import MAX_BUDGET_UNITS, MAX_KINK_UNITS, NUMBERS_PER_VISIT, SWEEP_VISITS, FIT_NUMBERS
+
+__all__ = ["ForwardKinkLog", "forward_generators"]
+
+
+class ForwardKinkLog:
+    """The kinked units one tangent sweep met: ``units`` maps (node, argument, flat entry) to the
+    changes of the local derivative there; ``tangents`` to the argument's tangent at the entry;
+    ``unmodelled``: some kink could not be taken as a unit."""
+
+    def __init__(self):
+        self.units: dict = {}
+        self.tangents: dict = {}
+        self.unmodelled = False
+        self._entries: dict = {}  # node -> (argument, kinked flat entries) already recorded
+
+    def record(self, node, i: int, local: Approx, t: Approx, arg_shape: tuple) -> Approx:
+        """``local`` (banded) at the closed form's side, its kinked entries recorded as units."""
+        if tuple(arg_shape) != tuple(node.shape):
+            self.unmodelled = True
+            return local
+        lo = np.ravel(np.broadcast_to(local.lo, node.shape))
+        hi = np.ravel(np.broadcast_to(local.hi, node.shape))
+        entries = np.flatnonzero((lo > 0) | (hi > 0))
+        seen = self._entries.get(node)
+        if seen is not None and seen[0] != i and np.intersect1d(seen[1], entries).size:
+            self.unmodelled = True  # two arguments' sides pair at one entry
+            return local
+        self._entries[node] = (i, entries if seen is None else np.union1d(seen[1], entries))
+        tv = np.ravel(np.broadcast_to(t.v, node.shape))
+        for j in entries:
+            key = (node, i, int(j))
+            self.units[key] = [c for c in (-lo[j], hi[j]) if c != 0 and np.isfinite(c)]
+            self.tangents[key] = float(tv[j])
+        return Approx(local.v, local.e)
+
+
+def _banded(t: Approx | None) -> bool:
+    return t is not None and t.banded and bool(np.any(t.lo > 0) or np.any(t.hi > 0))
+
+
+def _affordable(st, units: list, full: tuple) -> bool:
+    sweeps = sum(len(changes) for _, changes in units)
+    if len(units) <= MAX_KINK_UNITS:
+        return True
+    if len(units) > MAX_BUDGET_UNITS or len(units) * 2 * int(np.prod(full)) > FIT_NUMBERS:
+        return False
+    numbers = sum(int(np.prod(n.shape, dtype=np.int64)) for n in st.graph.nodes)
+    return sweeps * (len(st.graph.nodes) + numbers / NUMBERS_PER_VISIT) <= SWEEP_VISITS
+
+
+def forward_generators(st, seeds_per_direction: list, full: tuple):
+    """The joint kink check's generators ``(units, changes, *full)`` of the output tangents stacked
+    over directions (``seeds_per_direction``: leaf node -> Approx tangent, one dict per direction;
+    ``full``: the stacked record's shape), or None where some kink is no unit or past the budget
+    (Note [Forward kink units])."""
+    units: dict = {}
+    per_direction = []
+    for seeds in seeds_per_direction:
+        log = ForwardKinkLog()
+        out = tangent(st.graph, st.values, seeds, st.out, st.ctx, kinks=log)
+        if log.unmodelled or _banded(out):
+            return None
+        for key, changes in log.units.items():
+            units.setdefault(key, changes)
+        per_direction.append(log.tangents)
+    if not units or not _affordable(st, list(units.items()), full):
+        return None
+    k = len(seeds_per_direction)
+    out_shape = tuple(st.values[st.out].shape)
+    groups = []
+    for (node, _, j), changes in units.items():
+        seed = np.zeros(node.shape)
+        seed.flat[j] = 1.0
+        swept = tangent_sweep(st.graph, st.values, {node: Approx(seed)}, st.ctx).get(st.out)
+        reach = np.zeros(out_shape) if swept is None else np.broadcast_to(swept.v, out_shape)
+        sizes = [d.get((node, _, j), 0.0) for d in per_direction]
+        groups.append([np.stack([c * s * reach for s in sizes]).reshape(full) if k > 1 else
+                       (c * sizes[0] * reach).reshape(full) for c in changes])
+    return stack_generators(groups, full)
