@@ -372,3 +372,27 @@ def test_a_masked_fill_far_below_the_maximum_is_no_rival():
     report = sg.check(good, {"x": x, "mask": mask, "y": y}, quiet=True)
     assert report.passed and not any(r.coarse for r in report.records), report.summary()
     assert not sg.check(bugged(good, "scaled", 1 + 1e-3), {"x": x, "mask": mask, "y": y}, quiet=True).passed
+
+
+class _AmaxToEveryTie(torch.autograd.Function):
+    """amax whose backward gives the whole cotangent to every tied entry (n times the gradient)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        m = x.amax()
+        ctx.save_for_backward(x, m)
+        return m
+
+    @staticmethod
+    def backward(ctx, g):
+        x, m = ctx.saved_tensors
+        return g * (x == m).to(g.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_tie_of_five_hundred_entries_is_a_unit(dtype):
+    """Note [One large tie]: past the tie size shared by 32 units, each tied entry was judged by its
+    band (none to all of the cotangent) and the whole cotangent to every entry passed."""
+    x = torch.ones(500, dtype=dtype)
+    assert not sg.check(_AmaxToEveryTie.apply, {"x": x}, symbolic=lambda x: x.amax()).passed
+    assert sg.check(lambda x: x.amax(), {"x": x}).passed
