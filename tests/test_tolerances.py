@@ -517,3 +517,22 @@ def test_interpolation_weights_carry_their_coordinates_rounding(mode, dtype, del
         return gx
 
     assert not sg.check(with_backward(fn, off), {"x": x}, symbolic=fn, quiet=True).passed
+
+
+def test_a_python_scalar_in_a_folded_coordinate_is_rounded_too():
+    """Note [Scalars are rounded too] (graph/fold_error.py): float32 bilinear resizing with
+    align_corners=True computes the last column's coordinate as 37 * fl32(6/37) = 5.9999995 (index 5),
+    the float64 fold as 6.0 (index 6, held exactly: no bound), and torch's own resize failed its
+    forward row by 4.8e-7 where 3.0e-7 was allowed.  A backward 1e-4 off still fails."""
+    fn = lambda x: F.interpolate(x, size=(10, 38), mode="bilinear", align_corners=True)  # noqa: E731
+    torch.manual_seed(0)
+    x, v = torch.randn(1, 1, 8, 7), torch.randn(1, 1, 10, 38)
+    assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
+
+    def off(x, g):
+        with torch.enable_grad():
+            x2 = x.detach().requires_grad_()
+            (gx,) = torch.autograd.grad(fn(x2), x2, g)
+        return gx * (1 + 1e-4)
+
+    assert not sg.check(with_backward(fn, off), {"x": x}, symbolic=fn, v=v, quiet=True).passed

@@ -256,6 +256,70 @@ def _grid_sampler_3d(x, grid, interpolation_mode: int = 0, padding_mode: int = 0
     return out
 
 
+# Note [Bilinear grid sampling as tents]
+# torch's decomposition of ``grid_sampler_2d`` reads the input at ``floor(ix)`` and ``floor(ix) + 1``
+# and weights them ``floor(ix) + 1 - ix`` and ``ix - floor(ix)``.  The corners it reads are integer
+# data (an index cast from floats, Note in graph/aten.py ``_identity``): taken from the float64
+# floor, they cannot move.  Where a sample point lies within rounding of a pixel boundary the floor
+# node gets a band of one (Note [Steps at their jumps] in scalar.py), and its other side moves the
+# weights to the next cell while the pixels read stay those of this one: a function that is no side
+# of the sample at all (the value jumps by a pixel difference, the x-slope does not change, the
+# y-slope does).  torch's float32 coordinates that land on the other side of the boundary were then
+# judged against that band and failed (affine_grid + grid_sample, theta [[0.9, 0.1, 0.05], [-0.1,
+# 0.8, 0.02]] on 8x8: 4 of 12 kinked entries "outside their one-sided band").  So bilinear sampling
+# is written as the same interpolant with tents, ``sum_k x[k] relu(1 - |ix - k|)`` over the three
+# corners ``k`` around ``round(ix)`` (integer data, and constants in the graph): exactly torch's value
+# and slope off the boundaries, continuous across them, and at a boundary its kinks (abs' at the
+# corner, relu' at its neighbours) are pointwise kink units whose sides include the cell torch's
+# own floor picked.  Nearest and bicubic keep torch's decomposition.
+
+
+def _tents(c, size: int):
+    """[(corner index, its tent weight, inside mask)] for the three corners around round(c)."""
+    import torch
+
+    r = torch.round(c).to(torch.int64)  # integer data: the float64 value's nearest corner
+    out = []
+    for d in (-1, 0, 1):
+        k = r + d
+        w = torch.relu(1 - (c - k.to(c.dtype)).abs())
+        out.append((k, w, (k >= 0) & (k < size)))
+    return out
+
+
+def _source_2d(c, size: int, padding: int, align: bool):
+    """The source coordinate as torch's decomposition computes it (``c * mul + ofs``)."""
+    import torch
+
+    c = c * ((size * 0.5 - 0.5) if align else size * 0.5) + (size * 0.5 - 0.5)
+    if padding == 2:
+        c = _reflect(c, size, align)
+    if padding >= 1:
+        c = torch.clamp(c, 0, size - 1)
+    return c
+
+
+def _grid_sampler_2d(x, grid, interpolation_mode: int = 0, padding_mode: int = 0, align_corners: bool = False):
+    import torch
+    from torch._decomp.decompositions import _grid_sampler_2d as torch_grid_sampler_2d
+
+    if interpolation_mode != 0:
+        return torch_grid_sampler_2d(x, grid, interpolation_mode, padding_mode, align_corners)
+    n, c, h, w = x.shape
+    ix = _source_2d(grid[..., 0], w, padding_mode, align_corners)
+    iy = _source_2d(grid[..., 1], h, padding_mode, align_corners)
+    ni = torch.arange(n).view(n, 1, 1, 1)
+    ci = torch.arange(c).view(1, c, 1, 1)
+    out = None
+    for ky, wy, in_y in _tents(iy, h):
+        for kx, wx, in_x in _tents(ix, w):
+            vals = x[ni, ci, ky.clamp(0, h - 1).unsqueeze(1), kx.clamp(0, w - 1).unsqueeze(1)]
+            vals = torch.where((in_x & in_y).unsqueeze(1), vals, torch.zeros_like(vals))
+            term = vals * (wx * wy).unsqueeze(1)
+            out = term if out is None else out + term
+    return out
+
+
 # Note [Householder product]
 # ``linalg_householder_product(A, tau)`` (the orthogonal parametrization's 'householder' map) is
 # ``H_1 H_2 ... H_k`` with ``H_i = I - tau_i v_i v_i^T``, ``v_i`` zero above row i, 1 at row i and
@@ -283,6 +347,7 @@ def _vision_decompositions() -> dict:
         aten._upsample_bilinear2d_aa.default: _resize_aa(2, _triangle),
         aten._upsample_bicubic2d_aa.default: _resize_aa(4, _keys_cubic),
         aten.fractional_max_pool2d.default: _fractional_max_pool2d,
+        aten.grid_sampler_2d.default: _grid_sampler_2d,
         aten.grid_sampler_3d.default: _grid_sampler_3d,
         aten.linalg_householder_product.default: _householder_product,
     }

@@ -24,6 +24,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .interpret_data import iter_tensors
@@ -77,13 +79,8 @@ def fold_error(target, args: list, kwargs: dict, out, errors: dict, dtype):
     # a cast rounds as torch's does (the fold runs it too): it carries its input's bound only
     rounds = dtype is not None and not ("_to_copy" in name or "convert_element_type" in name) and \
         not any(s in name for s in _LAYOUT)
+    narrow = dtype is not None and torch.finfo(dtype).eps > torch.finfo(torch.float64).eps
     total = np.zeros(tuple(base.shape))
-    if rounds:  # a rounding where a narrower dtype does not hold the result (arange(7) - 3 it does, in float16)
-        held = np.zeros(tuple(base.shape), bool)
-        if torch.finfo(dtype).eps > torch.finfo(torch.float64).eps:  # a float64 fold is held by construction
-            with np.errstate(over="ignore", invalid="ignore"):
-                held = (base.to(dtype).double() == base).numpy()
-        total = np.where(held, 0.0, torch.finfo(dtype).eps * np.abs(base.numpy()))
     with torch.no_grad(), np.errstate(invalid="ignore", over="ignore"):
         for position, t in _positions(args):
             err = errors.get(id(t))
@@ -91,7 +88,29 @@ def fold_error(target, args: list, kwargs: dict, out, errors: dict, dtype):
                 continue
             change = _carried(target, args, kwargs, position, t, np.asarray(err, np.float64), base)
             total = total + np.where(np.isfinite(change), change, 0.0)
+        if rounds and narrow:  # Note [Scalars are rounded too]
+            for i, a in enumerate(args):
+                if isinstance(a, float) and math.isfinite(a) and float(torch.tensor(a, dtype=dtype)) != a:
+                    step = abs(float(torch.tensor(a, dtype=dtype)) - a)
+                    change = _carried(target, args, kwargs, (i,), torch.tensor(a), np.float64(step), base)
+                    total = total + np.where(np.isfinite(change), change, 0.0)
+    if rounds:  # a rounding where a narrower dtype does not hold the result (arange(7) - 3 it does, in float16)
+        held = np.zeros(tuple(base.shape), bool)
+        if narrow:  # a float64 fold is held by construction
+            with np.errstate(over="ignore", invalid="ignore"):
+                held = (base.to(dtype).double() == base).numpy() & ~(total > 0)  # held, unless its inputs moved it
+        total = total + np.where(held, 0.0, torch.finfo(dtype).eps * np.abs(base.numpy()))
     return total
+
+
+# Note [Scalars are rounded too]
+# A Python float in a folded op (``37 * (6 / 37)``, the source coordinate of bilinear resizing with
+# align_corners=True, ``0.99 ** arange(n)``) is rounded by torch to the dtype it computes in; the fold
+# kept it in float64.  At the last output column torch's coordinate was 5.9999995 (index 5, weight
+# 0.9999995), the fold's exactly 6.0, and the result 6.0 "held" exactly in float32 got no bound at all:
+# torch's own float32 resize failed by 4.8e-7 where 3.0e-7 was allowed.  Each such scalar is moved by
+# its rounding in that dtype like a folded input, and a result counts as held only where nothing moved
+# it.  (Its partner: a folded floor or integer cast takes torch's own pick, in interpret.py.)
 
 
 def _carried(target, args, kwargs, position, t, err, base):
@@ -100,7 +119,8 @@ def _carried(target, args, kwargs, position, t, err, base):
     largest absolute and relative bounds are carried to every entry (Note [Unmovable folds])."""
     import torch
 
-    step = torch.as_tensor(err, dtype=t.dtype)
+    scalar = len(position) == 1 and isinstance(args[position[0]], float)
+    step = float(err) if scalar else torch.as_tensor(err, dtype=t.dtype)  # a Python scalar stays one
     change = np.zeros(tuple(base.shape))
     for sign in (1.0, -1.0):
         try:

@@ -294,6 +294,17 @@ def _flatten(x):
         yield x
 
 
+def _picks_integers(target, out) -> bool:
+    """A folded floor/ceil/round/trunc, or a cast to an integer dtype: an index torch picks."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        return False
+    name = str(target)
+    return any(s in name for s in ("floor", "ceil", "round", "trunc")) or (
+        ("_to_copy" in name or "convert_element_type" in name) and not out.is_floating_point())
+
+
 def _call(b: Builder, node, args, kwargs):
     import operator
 
@@ -323,6 +334,10 @@ def _call(b: Builder, node, args, kwargs):
             out = target(*wide, **kwargs)
         exact = _exact_fold(b, node, target, args)
         coarsest = fold_eps(b, node, args)
+        if coarsest > 2.0**-52 and _picks_integers(target, out):  # Note [Scalars are rounded too] (fold_error.py)
+            own = b.torch_value(node)
+            if isinstance(own, torch.Tensor) and tuple(own.shape) == tuple(out.shape):
+                out = own.to(out.dtype)  # torch's own floor or index, as Note [Torch's own picks]
         with torch.no_grad():  # Note [Rounding of folded constants] (fold_error.py)
             err = fold_error(target, list(wide), kwargs, out, errors_by_wide(b, args, wide), traced_dtype(node))
         for t in out if isinstance(out, (list, tuple)) else (out,):

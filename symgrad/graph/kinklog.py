@@ -28,7 +28,7 @@ class KinkLog(list):
         self.flip = flip
         self.ties = ties  # ties of max/min as units (Note [Ties as kink units]); False: as bands
         self.members = members or MAX_TIE_MEMBERS  # the largest tie taken as a unit
-        self.oversized = 0  # ties met that were larger than ``members`` (banded)
+        self.oversized = 0  # ties met that were larger than ``members`` (banded), counted per group
 
 
 def _other_side(local: Approx) -> Approx:

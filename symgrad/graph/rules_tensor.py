@@ -192,7 +192,7 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
                          np.broadcast_to(gk.e, a.shape), small, axes)
             tie = tie & ~small
         if tie.any():  # ties too large to be units here: kinkunits may sweep again allowing larger ones
-            kinks.oversized = getattr(kinks, "oversized", 0) + 1
+            kinks.oversized = getattr(kinks, "oversized", 0) + int(np.sum(np.any(tie, axis=axes)))  # ties, not entries
     lo = np.where(tie, v - lo_end, g_lo * weight)
     hi = np.where(tie, hi_end - v, g_hi * weight)
     return Approx(v, e, lo, hi)

@@ -21,7 +21,7 @@ from symgrad.graph.trace import trace_callable
 from symgrad.testing_ops import with_backward
 
 from .families import FAMILIES, bugged
-from .families_vision import FLOAT32_LIMITS, REFUSED_VISION
+from .families_vision import REFUSED_VISION
 
 A = torch.ops.aten
 F64 = torch.float64
@@ -180,16 +180,6 @@ def test_refused_families_name_the_fix(name):
         sg.check(model, inputs, engine="graph", quiet=True, **kwargs)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(FLOAT32_LIMITS))
-def test_float32_limit_is_said_and_float64_catches(name):
-    model, inputs, _ = FAMILIES[name](torch.float32, 0)
-    report = sg.check(bugged(model, "scaled", 1 + 1e-3), inputs, engine="graph", quiet=True)
-    assert report.passed and FLOAT32_LIMITS[name] in report.to_text()
-    model, inputs, _ = FAMILIES[name](F64, 0)
-    assert not sg.check(bugged(model, "scaled", 1 + 1e-6), inputs, engine="graph", quiet=True).passed
-
-
 def test_dropout_in_training_mode_is_refused_not_judged():
     model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).double().train()
     with pytest.raises(UnsupportedOp, match="random"):
@@ -224,3 +214,31 @@ def test_embedding_max_norm_renorms_through_a_detached_alias(dtype):
     x, v = torch.randn(3, 2, generator=g, dtype=dtype), torch.tensor([[1e-8, 0.5], [2.0, 1e-9], [0.3, 1.0]], dtype=dtype)
     nll = lambda x, v: F.gaussian_nll_loss(x, torch.zeros_like(x), v)  # noqa: E731
     assert sg.check(nll, {"x": x, "v": v}, engine="graph", quiet=True).passed
+
+
+class _Scaled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_float32_samples_on_pixel_boundaries(bug):
+    """Note [Bilinear grid sampling as tents]: sample points within rounding of a pixel boundary, where
+    torch's float32 floor picks the other cell, failed: the other side of the floor kept reading this
+    cell's pixels.  Torch's own sampling passes; a theta gradient 1e-3 off still fails."""
+    theta = torch.tensor([[0.9, 0.1, 0.05], [-0.1, 0.8, 0.02]]).repeat(2, 1, 1)
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
+
+    def sampled(theta, x, w):
+        th = _Scaled.apply(theta) if bug else theta
+        grid = F.affine_grid(th, x.shape, align_corners=False)
+        return (F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * w).sum()
+
+    report = sg.check(sampled, {"theta": theta, "x": x, "w": w}, wrt="theta", engine="graph", quiet=True)
+    assert report.passed != bug, report.to_text()
