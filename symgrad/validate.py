@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import InputError, UnsupportedOp
 
-__all__ = ["refuse_zero_products", "refuse_non_float_output", "check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite",
+__all__ = ["refuse_zero_products", "refuse_non_float_output", "check_callable", "arrange_inputs", "check_names", "check_wrt_type", "refuse_nonfinite", "refuse_nan",
            "refuse_hooks", "refuse_meta", "refuse_stateful", "refuse_non_tensor_value", "check_backend",
            "check_via_keywords",
            "recursion_guard", "BACKENDS"]
@@ -147,8 +147,23 @@ def refuse_nonfinite(tensors: Mapping[str, object], what: str = "input") -> None
             raise InputError(f"{what} {name!r} holds {int(bad.sum())} non-finite value(s) (first: {at} = {value}); "
                              "derivatives are checked at finite points only, and a NaN/inf would show as a "
                              "disagreement of the forwards. Pass finite values (for a mask, a large finite "
-                             "number such as torch.finfo(dtype).min instead of -inf), or check with "
-                             "engine='graph', which evaluates inf and NaN as torch does.")
+                             "number such as torch.finfo(dtype).min instead of -inf), or, for an inf, check "
+                             "with engine='graph', which evaluates inf as torch does (NaN is refused there too).")
+
+
+def refuse_nan(tensors: Mapping[str, object], what: str = "input") -> None:
+    """NaN in a value the op graph evaluates at: no derivative exists there (an inf is a mask, and
+    the graph evaluates it as torch does)."""
+    for name, t in tensors.items():
+        if t is None or not hasattr(t, "is_floating_point") or not t.is_floating_point() or t.device.type == "meta":
+            continue
+        bad = np.isnan(t.detach().double().cpu().numpy())
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            at = f"{name}[{', '.join(map(str, index))}]" if index else name
+            raise InputError(f"{what} {name!r} holds {int(bad.sum())} NaN value(s) (first: {at}); a derivative at "
+                             "NaN is not defined, so there is nothing to check there. Pass finite values (or "
+                             "find where the NaN comes from: torch.autograd.set_detect_anomaly(True)).")
 
 
 def refuse_hooks(model) -> None:
@@ -252,6 +267,13 @@ def refuse_zero_products(v, tangents) -> None:
         raise InputError("v is all zeros: every vector-Jacobian product is then 0 whatever the backward computes, so "
                          "the check would prove nothing. Fix: pass a random cotangent, v=torch.randn_like(out)")
     given = list(tangents.values()) if isinstance(tangents, Mapping) else [tangents] if tangents is not None else []
+    for what, tensors in (("v (the cotangent)", parts), ("a tangent", given)):
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type != "meta" and \
+                    not bool(torch.isfinite(t.detach()).all()):
+                raise InputError(f"{what} holds NaN or inf: every product it enters is then NaN or inf whatever the "
+                                 "derivative, so the check would prove nothing. Fix: pass finite values "
+                                 "(torch.randn_like(...))")
     if given and all(zero(t) for t in given):
         raise InputError("every tangent is all zeros: every Jacobian-vector product is then 0 whatever the jvp computes. "
                          "Fix: pass random tangents (torch.randn_like(x) for each input)")

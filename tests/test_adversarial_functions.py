@@ -218,10 +218,13 @@ def test_a_backward_dropping_xlog1py_derivative_at_zero_fails(dtype):
         assert passes(lambda x: right(x), {"x": x}, engine, v=cotangent(2, dtype)), engine
 
 
-def test_a_nan_input_on_auto_is_never_a_pass():
-    report = sg.check(lambda x: torch.tanh(x).sum(), {"x": torch.tensor([math.nan, 1.0], dtype=torch.float64)},
-                      quiet=True)
-    assert not report.passed
+@pytest.mark.parametrize("engine", ["auto", "graph", "elementwise"])
+def test_a_nan_input_is_never_a_pass(engine):
+    """Refused on every engine, naming the entry (on the graph a NaN input failed with a closed form
+    claiming relu(nan) = 0, blaming torch)."""
+    with pytest.raises(sg.SymgradError, match=r"x\[0\]"):
+        sg.check(lambda x: torch.tanh(x).sum(), {"x": torch.tensor([math.nan, 1.0], dtype=torch.float64)},
+                 engine=engine, quiet=True)
 
 
 # --- true catches: kept so that no fix turns them into passes ------------------------------------
@@ -354,3 +357,14 @@ def test_torch_own_ops_at_every_magnitude_pass(name, dtype):
                 continue
         for engine in ("graph", "elementwise"):
             assert passes(fn, {"x": x}, engine), (scale, engine)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_cotangent_or_tangent_is_refused(bad):
+    """A NaN in v failed as a 0/0 point and an inf in v passed: neither proves anything."""
+    x = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    v = torch.tensor([bad, 1.0], dtype=torch.float64)
+    with pytest.raises(sg.SymgradError, match="NaN or inf"):
+        sg.check(torch.sin, {"x": x}, v=v, quiet=True)
+    with pytest.raises(sg.SymgradError, match="NaN or inf"):
+        sg.check(torch.sin, {"x": x}, via="forward_ad", tangents={"x": v}, quiet=True)

@@ -25,7 +25,7 @@ from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
 from ..report.report import Report
 from ..ops import float32_constants, float32_scoped
-from ..validate import refuse_non_float_output
+from ..validate import refuse_nan, refuse_non_float_output
 from . import cache as graph_cache
 from . import diskcache
 from . import exact as graph_exact
@@ -171,6 +171,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     model = fn if isinstance(fn, torch.nn.Module) else None
     inputs = dict(inputs)
     names, tensors, roles, wrt_names = _leaves(model, inputs, wrt)
+    refuse_nan(dict(zip(names, tensors)), "input or parameter")
     n_params = len(names) - len(inputs)
     dtype = _dtype_name(tensors)
     ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
