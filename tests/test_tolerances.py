@@ -536,3 +536,14 @@ def test_a_python_scalar_in_a_folded_coordinate_is_rounded_too():
         return gx * (1 + 1e-4)
 
     assert not sg.check(with_backward(fn, off), {"x": x}, symbolic=fn, v=v, quiet=True).passed
+
+
+def test_a_separating_direction_ends_the_fit_at_once():
+    """Note in compare/kinks.py ``_separated``: a residual no convex choice can reach (every tied
+    entry given the whole cotangent: 1 - 1/n each, where the generators sum to zero) is refused
+    without the relaxation's iterations; a reachable one (one tied entry takes it all) is explained."""
+    n = 50
+    gens = (np.eye(n) - 1.0 / n)[None]  # one group: "all of it to entry j" minus the even split
+    tol = np.full(n, 1e-12)
+    assert not fit(np.full(n, 1 - 1.0 / n), tol, gens).explained
+    assert fit(gens[0, 3], tol, gens).explained
