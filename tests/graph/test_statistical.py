@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import symgrad as sg
 from symgrad.graph import montecarlo, scale
@@ -416,3 +417,42 @@ def test_a_float32_dense_block_is_resolved(train):
     inputs = {"x": torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1000)), "y": torch.tensor([0, 3, 5, 9])}
     assert sg.check(good, inputs, quiet=True).passed
     assert not sg.check(bugged(good, "scaled", 1 + 1e-3), inputs, quiet=True).passed
+
+
+def _layer_norm(eps_forward: float, eps_backward: float):
+    """A custom LayerNorm whose backward recomputes rstd with ``eps_backward``."""
+
+    class LayerNorm(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b):
+            ctx.save_for_backward(x, w)
+            mu = x.mean(-1, keepdim=True)
+            var = ((x - mu) ** 2).mean(-1, keepdim=True)
+            return (x - mu) / torch.sqrt(var + eps_forward) * w + b
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            mu = x.mean(-1, keepdim=True)
+            var = ((x - mu) ** 2).mean(-1, keepdim=True)
+            rstd = 1 / torch.sqrt(var + eps_backward)
+            xh, gx = (x - mu) * rstd, g * w
+            dx = rstd * (gx - gx.mean(-1, keepdim=True) - xh * (gx * xh).mean(-1, keepdim=True))
+            return dx, (g * xh).sum(0), g.sum(0)
+
+    return LayerNorm
+
+
+def test_a_float32_layer_norm_backward_without_eps_fails():
+    """Note [Float32's reruns at a hundredth] (montecarlo.py): a LayerNorm backward that drops eps
+    (5e-6 relative) passed in float32, each entry allowed about 230 times torch's error; the right
+    backward and torch's own layer_norm pass."""
+    torch.manual_seed(0)
+    x = (torch.randn(8, 32, dtype=torch.float64) + 0.5).float()
+    w, b = (1 + 0.1 * torch.randn(32, dtype=torch.float64)).float(), (0.1 * torch.randn(32, dtype=torch.float64)).float()
+    v = torch.randn(8, 32)
+    ref = lambda x, w, b: F.layer_norm(x, (32,), w, b, 1e-5)  # noqa: E731
+    inputs = {"x": x, "w": w, "b": b}
+    assert not sg.check(_layer_norm(1e-5, 0.0).apply, inputs, symbolic=ref, v=v, quiet=True).passed
+    assert sg.check(_layer_norm(1e-5, 1e-5).apply, inputs, symbolic=ref, v=v, quiet=True).passed
+    assert sg.check(ref, inputs, v=v, quiet=True).passed
