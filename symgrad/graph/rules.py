@@ -160,9 +160,17 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
     raise ValueError(f"no vjp rule for node kind {kind!r}")
 
 
+def _moving(node: Node, ctx: Ctx) -> Ctx:
+    """``ctx`` knowing which of the node's argument symbols move with the inputs (Note [Equalities at
+    a kink] in scalar.py)."""
+    moving = frozenset(s for s, a in zip(symbols_for(len(node.args)), node.args) if not _step_valued(a))
+    return replace(ctx, moving=moving) if moving else ctx
+
+
 def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks) -> list:
     env = dict(zip(symbols_for(len(args)), args))
     forms = derivatives(node.attrs["expr"], len(args))
+    ctx = _moving(node, ctx)
     local = {}
     for i, (d, need) in enumerate(zip(forms, needed)):
         if d != 0 and need:
@@ -273,6 +281,7 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx, kinks=None) -> Approx 
     if kind == "pointwise":
         env = dict(zip(symbols_for(len(args)), args))
         out = None
+        ctx = _moving(node, ctx)
         for i, (t, d) in enumerate(zip(tangents, derivatives(node.attrs["expr"], len(args)))):
             if t is None or d == 0:
                 continue

@@ -63,6 +63,7 @@ class Ctx:
     dtype: str = "float64"
     backward_graph: bool = False
     values: bool = False  # forward values, not derivatives (Note [Exact orderings of values])
+    moving: frozenset = frozenset()  # symbols whose values move with the inputs (Note [Equalities at a kink])
 
 
 def constant_error(c, ctx: Ctx) -> float:
@@ -359,6 +360,23 @@ _REL = {sp.StrictGreaterThan: np.greater, sp.StrictLessThan: np.less, sp.Greater
 # was certain; tests/test_adversarial_functions.py).
 
 
+# Note [Equalities at a kink]
+# abs' is Piecewise((1, x > 0), (0, Eq(x, 0)), (-1, True)): torch's sign(0) = 0 sits on its own
+# branch.  An equality of exact values is certain (a 0/1 mask against 0 flips only if it can move),
+# so at x = 0 the middle branch settled the choice, the ordering before it was uncertain (a kink)
+# and the branch after it was never possible: the band was [0, 1], and a right backward taking the
+# left side, ``grad * where(x > 0, 1, -1)`` (an L1 loss's at a zero residual), failed on the op graph
+# while the exploded engine allowed [-1, 1].  In a derivative, an equality that holds exactly where
+# an earlier branch's ordering is on its kink, with operands that move with the inputs (``Ctx.moving``:
+# arguments that are not piecewise constant, ``rules._step_valued``), is torch's convention at that
+# kink, not a certainty: the branches after it are possible too.  An equality with no kink before
+# it (xlog1py's guard at x = 0, where the value is continuous and the guard's 0 no side) and masks
+# stay certain.
+def _moving_equality(cond, ctx) -> bool:
+    return (isinstance(cond, (sp.Equality, sp.Unequality)) and not ctx.values and bool(ctx.moving)
+            and bool(cond.free_symbols & ctx.moving))
+
+
 def _condition(cond, env, ctx, memo) -> tuple[np.ndarray, np.ndarray]:
     """(truth, uncertain) of a condition at every entry (Note [Kinks in the scalar evaluator])."""
     if cond is sp.true:
@@ -399,17 +417,22 @@ def _piecewise(expr, env, ctx, memo) -> Approx:
     shape = np.broadcast_shapes(*(v.shape for v in values), *(np.shape(t) for t in truths))
     taken = np.zeros(shape, bool)
     settled = np.zeros(shape, bool)  # an earlier branch holds for certain
+    kinked = np.zeros(shape, bool)  # an earlier branch's condition is uncertain (a kink)
     v = np.zeros(shape)
     e = np.zeros(shape)
     picks = []
-    for val, t, u in zip(values, truths, uncs):
-        now = np.broadcast_to(t, shape) & ~taken
+    for (_, cond), val, t, u in zip(expr.args, values, truths, uncs):
+        t, u = np.broadcast_to(t, shape), np.broadcast_to(u, shape)
+        if kinked.any() and _moving_equality(cond, ctx):  # Note [Equalities at a kink]
+            u = u | (kinked & t)
+        now = t & ~taken
         v = np.where(now, val.v, v)
         e = np.where(now, val.e, e)
-        possible = (np.broadcast_to(t, shape) | np.broadcast_to(u, shape)) & ~settled
+        possible = (t | u) & ~settled
         picks.append(possible)
         taken |= now
-        settled |= np.broadcast_to(t, shape) & ~np.broadcast_to(u, shape)
+        settled |= t & ~u
+        kinked |= u & ~settled
     lo, hi = np.zeros(shape), np.zeros(shape)
     for val, possible in zip(values, picks):
         val_lo, val_hi = val.sides()
