@@ -147,6 +147,8 @@ def _relu_used_twice(s1: float, s2: float):
             y = torch.relu(x)
             return torch.cat([y, 2 * y + x])
 
+        generate_vmap_rule = True  # for jacfwd
+
         @staticmethod
         def setup_context(ctx, inputs, output):
             ctx.save_for_forward(inputs[0])
@@ -173,6 +175,8 @@ def test_a_jvp_takes_one_side_per_unit(s1, s2, dtype):
     x = torch.tensor([0.0, 1.0, -1.0, 0.0, 2.0], dtype=dtype)
     t = torch.tensor([0.7, -1.3, 0.4, -0.9, 1.1], dtype=dtype)
     report = sg.check(_relu_used_twice(s1, s2).apply, {"x": x}, symbolic=twin, via="forward_ad", tangents={"x": t})
+    assert report.passed == (s1 == s2), report.to_text()
+    report = sg.check(_relu_used_twice(s1, s2).apply, {"x": x}, symbolic=twin, via="jacfwd")  # by columns
     assert report.passed == (s1 == s2), report.to_text()
 
 

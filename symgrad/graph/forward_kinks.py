@@ -14,7 +14,9 @@
 # a node kinked in two arguments at one entry (maximum at a tie: the sides pair, Note [Sides of one
 # region]), an argument broadcast into the node, a tie of max/min, a linear-algebra node's band --
 # leave the output banded, and then no generators are attached: the entrywise bands stay (sound,
-# weaker), as past the budget of sweeps (Note [A budget of sweeps], kinkunits.py).
+# weaker), as past the budget of sweeps (Note [A budget of sweeps], kinkunits.py).  A Jacobian by
+# columns (``jacfwd``) takes one set of units over every column of every input, so one choice per
+# unit holds for all of them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .approx import Approx
 from .engine import tangent, tangent_sweep
 from .kinkunits import MAX_BUDGET_UNITS, MAX_KINK_UNITS, NUMBERS_PER_VISIT, SWEEP_VISITS, FIT_NUMBERS
 
-__all__ = ["ForwardKinkLog", "forward_generators"]
+__all__ = ["ForwardKinkLog", "forward_generators", "column_generators"]
 
 
 class ForwardKinkLog:
@@ -75,11 +77,10 @@ def _affordable(st, units: list, full: tuple) -> bool:
     return sweeps * (len(st.graph.nodes) + numbers / NUMBERS_PER_VISIT) <= SWEEP_VISITS
 
 
-def forward_generators(st, seeds_per_direction: list, full: tuple):
-    """The joint kink check's generators ``(units, changes, *full)`` of the output tangents stacked
-    over directions (``seeds_per_direction``: leaf node -> Approx tangent, one dict per direction;
-    ``full``: the stacked record's shape), or None where some kink is no unit or past the budget
-    (Note [Forward kink units])."""
+def _collect(st, seeds_per_direction: list):
+    """``(units, per_direction)``: every kinked unit the tangent sweeps along the directions meet,
+    with its changes, and per direction the arguments' tangents at the units; None where some kink
+    is no unit."""
     units: dict = {}
     per_direction = []
     for seeds in seeds_per_direction:
@@ -90,17 +91,63 @@ def forward_generators(st, seeds_per_direction: list, full: tuple):
         for key, changes in log.units.items():
             units.setdefault(key, changes)
         per_direction.append(log.tangents)
-    if not units or not _affordable(st, list(units.items()), full):
-        return None
-    k = len(seeds_per_direction)
+    return units, per_direction
+
+
+def _reach(st, node, j: int) -> np.ndarray:
+    """The output's tangent when the node's entry ``j`` moves by one (zero elsewhere)."""
+    seed = np.zeros(node.shape)
+    seed.flat[j] = 1.0
     out_shape = tuple(st.values[st.out].shape)
+    swept = tangent_sweep(st.graph, st.values, {node: Approx(seed)}, st.ctx).get(st.out)
+    return np.zeros(out_shape) if swept is None else np.broadcast_to(swept.v, out_shape)
+
+
+def forward_generators(st, seeds_per_direction: list, full: tuple):
+    """The joint kink check's generators ``(units, changes, *full)`` of the output tangents stacked
+    over directions (``seeds_per_direction``: leaf node -> Approx tangent, one dict per direction;
+    ``full``: the stacked record's shape), or None where some kink is no unit or past the budget
+    (Note [Forward kink units])."""
+    found = _collect(st, seeds_per_direction)
+    if found is None or not found[0] or not _affordable(st, list(found[0].items()), full):
+        return None
+    units, per_direction = found
+    k = len(seeds_per_direction)
     groups = []
-    for (node, _, j), changes in units.items():
-        seed = np.zeros(node.shape)
-        seed.flat[j] = 1.0
-        swept = tangent_sweep(st.graph, st.values, {node: Approx(seed)}, st.ctx).get(st.out)
-        reach = np.zeros(out_shape) if swept is None else np.broadcast_to(swept.v, out_shape)
-        sizes = [d.get((node, _, j), 0.0) for d in per_direction]
+    for key, changes in units.items():
+        reach = _reach(st, key[0], key[2])
+        sizes = [d.get(key, 0.0) for d in per_direction]
         groups.append([np.stack([c * s * reach for s in sizes]).reshape(full) if k > 1 else
                        (c * sizes[0] * reach).reshape(full) for c in changes])
     return stack_generators(groups, full)
+
+
+def column_generators(st, nodes: dict, shapes: dict, out_shape: tuple) -> dict | None:
+    """The same for a Jacobian by columns (``jacfwd``): per differentiated name, generators shaped
+    ``out_shape + shapes[name]``, over one set of units for every name (one choice per unit holds
+    for every input, Note [One choice for every input] in compare/kinks.py); None as above."""
+    seeds, owner = [], []
+    for name, node in nodes.items():
+        if node is None:
+            continue
+        size = int(np.prod(shapes[name])) if shapes[name] else 1
+        for j in range(size):
+            seed = np.zeros(size)
+            seed[j] = 1.0
+            seeds.append({node: Approx(seed.reshape(node.shape))})
+            owner.append(name)
+    found = _collect(st, seeds)
+    total = sum(int(np.prod(out_shape + tuple(shapes[n]))) for n in nodes)
+    if found is None or not found[0] or not _affordable(st, list(found[0].items()), (total,)):
+        return None
+    units, per_direction = found
+    out: dict = {name: [] for name in nodes}
+    for key, changes in units.items():
+        reach = np.ravel(_reach(st, key[0], key[2]))
+        for name in nodes:
+            sizes = np.array([d.get(key, 0.0) for d, o in zip(per_direction, owner) if o == name])
+            if not sizes.size:
+                sizes = np.zeros(int(np.prod(shapes[name])) if shapes[name] else 1)
+            full = tuple(out_shape) + tuple(shapes[name])
+            out[name].append([(c * np.outer(reach, sizes)).reshape(full) for c in changes])
+    return {name: stack_generators(groups, tuple(out_shape) + tuple(shapes[name])) for name, groups in out.items()}

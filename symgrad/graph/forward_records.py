@@ -15,7 +15,7 @@ from .approx import Approx
 from .columns import by_columns
 from .cones import tangent_bands
 from .engine import tangent
-from .forward_kinks import forward_generators
+from .forward_kinks import column_generators, forward_generators
 from .refs import JACOBIAN_VIAS, State, approx_reference
 from .rerun_scale import scale_products
 
@@ -137,6 +137,10 @@ def column_records(st: State, how: str, out_shape: tuple) -> list:
                       out_shape)
     refs = [approx_reference(n, cols[n], "forward mode over the op graph, one input entry at a time", st.failed)
             for n in st.wrt]
+    if any(r.kink is not None for r in refs):  # Note [Forward kink units]
+        gens = column_generators(st, nodes, {n: tuple(st.leaves[n].shape) for n in st.wrt}, tuple(out_shape))
+        for r in refs:
+            r.kink_generators = None if gens is None else gens.get(r.name)
 
     def at(values):  # Note [Cone points]: the columns again at moved inputs
         moved = by_columns(st.graph, values, st.out, st.ctx, nodes, {n: tuple(st.leaves[n].shape) for n in st.wrt},
