@@ -456,3 +456,48 @@ def test_a_float32_layer_norm_backward_without_eps_fails():
     assert not sg.check(_layer_norm(1e-5, 0.0).apply, inputs, symbolic=ref, v=v, quiet=True).passed
     assert sg.check(_layer_norm(1e-5, 1e-5).apply, inputs, symbolic=ref, v=v, quiet=True).passed
     assert sg.check(ref, inputs, v=v, quiet=True).passed
+
+
+def _layer_norm_jvp(eps_tangent: float):
+    """A custom LayerNorm (eps 1e-5) whose jvp recomputes rstd with ``eps_tangent``."""
+
+    class LayerNorm(torch.autograd.Function):
+        @staticmethod
+        def forward(x, w, b):
+            mu = x.mean(-1, keepdim=True)
+            var = ((x - mu) ** 2).mean(-1, keepdim=True)
+            return (x - mu) / torch.sqrt(var + 1e-5) * w + b
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.inputs = inputs
+
+        @staticmethod
+        def backward(ctx, g):
+            raise NotImplementedError
+
+        @staticmethod
+        def jvp(ctx, tx, tw, tb):
+            x, w, _ = ctx.inputs
+            mu = x.mean(-1, keepdim=True)
+            var = ((x - mu) ** 2).mean(-1, keepdim=True)
+            rstd = 1 / torch.sqrt(var + eps_tangent)
+            xh = (x - mu) * rstd
+            dxh = rstd * (tx - tx.mean(-1, keepdim=True) - xh * (tx * xh).mean(-1, keepdim=True))
+            return dxh * w + xh * tw + tb
+
+    return LayerNorm
+
+
+def test_a_float32_layer_norm_jvp_without_eps_fails():
+    """Note [Statistical tangents] (graph/forward_records.py): the same bug in a custom jvp passed on
+    9 of 10 seeds in float32; the right jvp passes."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).float()  # noqa: E731
+    inputs = {"x": r(4, 16) + 0.5, "w": 1 + 0.1 * r(16), "b": 0.1 * r(16)}
+    tangents = {k: r(*v.shape) for k, v in inputs.items()}
+    ref = lambda x, w, b: F.layer_norm(x, (16,), w, b, 1e-5)  # noqa: E731
+    for eps, ok in ((0.0, False), (1e-5, True)):
+        report = sg.check(_layer_norm_jvp(eps).apply, inputs, symbolic=ref, via="forward_ad", tangents=tangents,
+                          quiet=True)
+        assert report.passed == ok, report.to_text()
