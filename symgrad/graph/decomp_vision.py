@@ -208,10 +208,10 @@ def _reflect(c, size: int, align: bool):
     return torch.where(torch.fmod(flips, 2) == 0, extra + low, span + low - extra)
 
 
-def _source(c, size: int, padding: int, align: bool):
+def _source(c, size: int, padding: int, align: bool, unnormalise=_unnormalise):
     import torch
 
-    c = _unnormalise(c, size, align)
+    c = unnormalise(c, size, align)
     if padding == 2:
         c = _reflect(c, size, align)
     if padding >= 1:
@@ -287,16 +287,9 @@ def _tents(c, size: int):
     return out
 
 
-def _source_2d(c, size: int, padding: int, align: bool):
-    """The source coordinate as torch's decomposition computes it (``c * mul + ofs``)."""
-    import torch
-
-    c = c * ((size * 0.5 - 0.5) if align else size * 0.5) + (size * 0.5 - 0.5)
-    if padding == 2:
-        c = _reflect(c, size, align)
-    if padding >= 1:
-        c = torch.clamp(c, 0, size - 1)
-    return c
+def _unnormalise_2d(c, size: int, align: bool):
+    """The source coordinate as torch's 2-d decomposition computes it (``c * mul + ofs``)."""
+    return c * ((size * 0.5 - 0.5) if align else size * 0.5) + (size * 0.5 - 0.5)
 
 
 def _grid_sampler_2d(x, grid, interpolation_mode: int = 0, padding_mode: int = 0, align_corners: bool = False):
@@ -306,8 +299,8 @@ def _grid_sampler_2d(x, grid, interpolation_mode: int = 0, padding_mode: int = 0
     if interpolation_mode != 0:
         return torch_grid_sampler_2d(x, grid, interpolation_mode, padding_mode, align_corners)
     n, c, h, w = x.shape
-    ix = _source_2d(grid[..., 0], w, padding_mode, align_corners)
-    iy = _source_2d(grid[..., 1], h, padding_mode, align_corners)
+    ix = _source(grid[..., 0], w, padding_mode, align_corners, _unnormalise_2d)
+    iy = _source(grid[..., 1], h, padding_mode, align_corners, _unnormalise_2d)
     ni = torch.arange(n).view(n, 1, 1, 1)
     ci = torch.arange(c).view(1, c, 1, 1)
     out = None
