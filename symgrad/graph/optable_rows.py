@@ -209,7 +209,7 @@ ROWS += [
     shp("interpolate bicubic", lambda x: F.interpolate(x, scale_factor=2, mode="bicubic"), {"x": normal(1, 2, 3, 3)}),
     shp("interpolate trilinear", lambda x: F.interpolate(x, size=(2, 5, 5), mode="trilinear"), {"x": normal(1, 1, 2, 3, 3)}),
     shp("grid_sample", lambda x, g: F.grid_sample(x, g, align_corners=False), {"x": normal(1, 2, 4, 4), "g": uniform(-1, 1, 1, 3, 3, 2)},
-        notes="the sampled positions (floor of the grid) are data; the grid's derivative is the bilinear weights'"),
+        notes="the sampled corners (the grid's nearest pixel and its neighbours) are data; the grid's derivative is the bilinear tents' slopes"),
     shp("interpolate linear", lambda x: F.interpolate(x, size=7, mode="linear"), {"x": normal(1, 2, 4)}),
     shp("interpolate bilinear scale 1.3 (a kept size)",
         lambda x: F.interpolate(x, scale_factor=1.3, mode="bilinear", recompute_scale_factor=False), {"x": normal(1, 2, 4, 3)},
