@@ -134,36 +134,41 @@ def check_wrt_type(wrt) -> None:
                      "wrt='x' or wrt=['x', 'W'] (leave it out to differentiate every input that requires grad)")
 
 
-def refuse_nonfinite(tensors: Mapping[str, object], what: str = "input") -> None:
-    """NaN or +-inf in a value the check evaluates at: refused, naming the first such entry."""
+def _first_bad(tensors: Mapping[str, object], bad_of):
+    """``(name, count, entry text, value)`` of the first tensor with entries ``bad_of`` marks, or None."""
     for name, t in tensors.items():
         if t is None or not hasattr(t, "is_floating_point") or not t.is_floating_point() or t.device.type == "meta":
             continue
-        bad = ~np.isfinite(t.detach().double().cpu().numpy())
+        values = t.detach().double().cpu().numpy()
+        bad = bad_of(values)
         if bad.any():
             index = tuple(int(i) for i in np.argwhere(bad)[0])
-            value = float(t.detach().double().cpu().numpy()[index])
             at = f"{name}[{', '.join(map(str, index))}]" if index else name
-            raise InputError(f"{what} {name!r} holds {int(bad.sum())} non-finite value(s) (first: {at} = {value}); "
-                             "derivatives are checked at finite points only, and a NaN/inf would show as a "
-                             "disagreement of the forwards. Pass finite values (for a mask, a large finite "
-                             "number such as torch.finfo(dtype).min instead of -inf), or, for an inf, check "
-                             "with engine='graph', which evaluates inf as torch does (NaN is refused there too).")
+            return name, int(bad.sum()), at, float(values[index])
+    return None
+
+
+def refuse_nonfinite(tensors: Mapping[str, object], what: str = "input") -> None:
+    """NaN or +-inf in a value the check evaluates at: refused, naming the first such entry."""
+    found = _first_bad(tensors, lambda v: ~np.isfinite(v))
+    if found:
+        name, count, at, value = found
+        raise InputError(f"{what} {name!r} holds {count} non-finite value(s) (first: {at} = {value}); "
+                         "derivatives are checked at finite points only, and a NaN/inf would show as a "
+                         "disagreement of the forwards. Pass finite values (for a mask, a large finite "
+                         "number such as torch.finfo(dtype).min instead of -inf), or, for an inf, check "
+                         "with engine='graph', which evaluates inf as torch does (NaN is refused there too).")
 
 
 def refuse_nan(tensors: Mapping[str, object], what: str = "input") -> None:
     """NaN in a value the op graph evaluates at: no derivative exists there (an inf is a mask, and
     the graph evaluates it as torch does)."""
-    for name, t in tensors.items():
-        if t is None or not hasattr(t, "is_floating_point") or not t.is_floating_point() or t.device.type == "meta":
-            continue
-        bad = np.isnan(t.detach().double().cpu().numpy())
-        if bad.any():
-            index = tuple(int(i) for i in np.argwhere(bad)[0])
-            at = f"{name}[{', '.join(map(str, index))}]" if index else name
-            raise InputError(f"{what} {name!r} holds {int(bad.sum())} NaN value(s) (first: {at}); a derivative at "
-                             "NaN is not defined, so there is nothing to check there. Pass finite values (or "
-                             "find where the NaN comes from: torch.autograd.set_detect_anomaly(True)).")
+    found = _first_bad(tensors, np.isnan)
+    if found:
+        name, count, at, _ = found
+        raise InputError(f"{what} {name!r} holds {count} NaN value(s) (first: {at}); a derivative at "
+                         "NaN is not defined, so there is nothing to check there. Pass finite values (or "
+                         "find where the NaN comes from: torch.autograd.set_detect_anomaly(True)).")
 
 
 def refuse_hooks(model) -> None:

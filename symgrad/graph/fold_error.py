@@ -30,9 +30,10 @@ import numpy as np
 
 from .interpret_data import iter_tensors
 
-__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide"]
+__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide", "INDEX_STEPS"]
 
-_STEPS = ("floor", "ceil", "trunc", "round", "sign", ".eq", ".ne", ".lt", ".le", ".gt", ".ge", "logical_",
+INDEX_STEPS = ("floor", "ceil", "trunc", "round")  # steps whose result torch may use as an index
+_STEPS = INDEX_STEPS + ("sign", ".eq", ".ne", ".lt", ".le", ".gt", ".ge", "logical_",
           "bitwise_", "argmax", "argmin", "isnan", "isinf", "isfinite")
 _LAYOUT = ("view", "reshape", "permute", "expand", "cat", "stack", "select", "slice", "index", "clone",
            "squeeze", "unsqueeze", "transpose", ".t.", "alias", "copy", "gather", "where", "flip", "roll",
@@ -90,8 +91,11 @@ def fold_error(target, args: list, kwargs: dict, out, errors: dict, dtype):
             total = total + np.where(np.isfinite(change), change, 0.0)
         if rounds and narrow:  # Note [Scalars are rounded too]
             for i, a in enumerate(args):
-                if isinstance(a, float) and math.isfinite(a) and float(torch.tensor(a, dtype=dtype)) != a:
-                    step = abs(float(torch.tensor(a, dtype=dtype)) - a)
+                if not (isinstance(a, float) and math.isfinite(a)):
+                    continue
+                held_as = float(torch.tensor(a, dtype=dtype))
+                if held_as != a:
+                    step = abs(held_as - a)
                     change = _carried(target, args, kwargs, (i,), torch.tensor(a), np.float64(step), base)
                     total = total + np.where(np.isfinite(change), change, 0.0)
     if rounds:  # a rounding where a narrower dtype does not hold the result (arange(7) - 3 it does, in float16)

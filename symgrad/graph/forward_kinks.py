@@ -112,13 +112,11 @@ def forward_generators(st, seeds_per_direction: list, full: tuple):
     if found is None or not found[0] or not _affordable(st, list(found[0].items()), full):
         return None
     units, per_direction = found
-    k = len(seeds_per_direction)
     groups = []
     for key, changes in units.items():
         reach = _reach(st, key[0], key[2])
         sizes = [d.get(key, 0.0) for d in per_direction]
-        groups.append([np.stack([c * s * reach for s in sizes]).reshape(full) if k > 1 else
-                       (c * sizes[0] * reach).reshape(full) for c in changes])
+        groups.append([np.stack([c * s * reach for s in sizes]).reshape(full) for c in changes])
     return stack_generators(groups, full)
 
 

@@ -15,10 +15,10 @@ from .approx import Approx
 from .columns import by_columns
 from .cones import tangent_bands
 from . import montecarlo
-from .engine import forward, tangent
+from .engine import tangent
 from .forward_kinks import column_generators, forward_generators
 from .refs import JACOBIAN_VIAS, State, approx_reference
-from .rerun_scale import scale_products
+from .rerun_scale import product_spread, scale_products
 from .statistical import tighten
 
 __all__ = ["jvp_records", "stack_tangents", "tangent_dict", "n_in", "by_columns_wanted", "column_records", "has_reverse_stops"]
@@ -46,12 +46,12 @@ def jvp_records(st: State, directions: list, via: str) -> list:
     if ref.kink is not None:  # Note [Forward kink units]
         ref.kink_generators = forward_generators(st, all_seeds, tuple(ref.value.shape))
     tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape))
-    _statistical_jvp(st, ref, directions)
+    base = np.asarray(ref.value, np.float64)
+    compute = lambda values: _tangents_at(st, values, directions, base.shape)[0]  # noqa: E731
+    _statistical_jvp(st, ref, compute)
     value = torch.stack(got) if len(got) > 1 else got[0]
     records = compare_all([ref], {"jvp": value}, st.dtype, quantity="jvp", rtol=st.rtol, atol=st.atol)
-    base = np.asarray(ref.value, np.float64)  # Note [Scale of every product] in rerun_scale.py
-    scale_products(st, records, [base], lambda values: _tangents_at(st, values, directions, base.shape)[0],
-                   len(directions))
+    scale_products(st, records, [base], compute, len(directions))  # Note [Scale of every product] in rerun_scale.py
     return records
 
 
@@ -63,28 +63,13 @@ def jvp_records(st: State, directions: list, via: str) -> list:
 # SAMPLES more times with every rounding moved by its bound and a random sign, and each entry's
 # allowance becomes the smaller of the worst case and LAMBDA standard deviations of those reruns.
 # float32 and float64 only: half precision has the products' scale test (rerun_scale.py).
-def _statistical_jvp(st: State, ref, directions: list) -> None:
-    from ..compare.accuracy import reference_mode
+def _statistical_jvp(st: State, ref, compute) -> None:
     from ..compare.half import rounding_ulps
 
     if st.dtype not in ("float32", "float64") or ref.rounding is None or not montecarlo.wanted(st.graph, st.dtype, [ref]):
         return
     stage("op graph: random-rounding reruns of the tangents")
-    base = np.asarray(ref.value, np.float64)
-
-    def rerun(kind):
-        got = _tangents_at(st, forward(st.graph, st.ctx), directions, base.shape)[0][0]
-        return [(np.asarray(got, np.float64).reshape(base.shape) - base) / montecarlo.DELTA]
-
-    token = reference_mode.set("float")  # no mpmath inside a rerun (Note [Certified pointwise values])
-    try:
-        runs, _ = montecarlo.coherent_reruns(np.random.default_rng(0), montecarlo.SAMPLES, rerun,
-                                             lambda run, extra: [x + y for x, y in zip(run, extra)], split=False)
-    finally:
-        reference_mode.reset(token)
-    moves = np.stack([r[0] for r in runs])
-    with np.errstate(over="ignore", invalid="ignore"):
-        sigma = np.sqrt(np.mean(np.where(np.isfinite(moves), moves, np.inf) ** 2, axis=0))
+    sigma = product_spread(st, compute, [np.asarray(ref.value, np.float64)])[0]
     tighten(ref, montecarlo.LAMBDA * sigma / rounding_ulps(st.dtype))
 
 

@@ -15,7 +15,7 @@ from .ir import Graph, Node
 from .trace import Builder
 from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
                              write_into_constant)
-from .fold_error import errors_by_wide, fold_eps, fold_error, traced_dtype
+from .fold_error import INDEX_STEPS, errors_by_wide, fold_eps, fold_error, traced_dtype
 from .trace_grad import IN_PLACE, NO_GRAD
 
 __all__ = ["to_graph", "register"]
@@ -301,7 +301,7 @@ def _picks_integers(target, out) -> bool:
     if not isinstance(out, torch.Tensor):
         return False
     name = str(target)
-    return any(s in name for s in ("floor", "ceil", "round", "trunc")) or (
+    return any(s in name for s in INDEX_STEPS) or (
         ("_to_copy" in name or "convert_element_type" in name) and not out.is_floating_point())
 
 

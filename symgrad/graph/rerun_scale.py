@@ -19,9 +19,9 @@ import numpy as np
 
 from . import scale as scale_test
 from .engine import forward
-from .montecarlo import DELTA, coherent_reruns
+from .montecarlo import DELTA, SAMPLES, coherent_reruns
 
-__all__ = ["scale_products"]
+__all__ = ["scale_products", "product_spread"]
 
 
 def scale_products(st, records: list, base: list, compute, directions: int) -> None:
@@ -30,22 +30,36 @@ def scale_products(st, records: list, base: list, compute, directions: int) -> N
     kept = scale_test.SCALE_SAMPLES * sum(int(np.size(b)) for b in base)
     if not records or not scale_test.scale_wanted(st.graph, st.dtype, st.rtol, st.atol, kept):
         return
-    from ..compare.accuracy import reference_mode
-
-    samples = scale_test.samples_for(st.graph, directions, True)
-    rng = np.random.default_rng(0)
-    token = reference_mode.set("float")  # no mpmath inside a rerun (Note [Certified pointwise values])
-    try:
-        runs, constants = coherent_reruns(rng, samples, lambda kind: _changes(st, compute, base),
-                                          lambda run, extra: [x + y for x, y in zip(run, extra)])
-    finally:
-        reference_mode.reset(token)
+    runs, constants = _reruns(st, compute, base, scale_test.samples_for(st.graph, directions, True), split=True)
     per_record = [[run[i] for run in runs] for i in range(len(records))]
     per_constant = [[c[i] for c in constants] for i in range(len(records))]
     for rec, moves, fixed in zip(records, per_record, per_constant):
         scale_test.apply_scale_test(rec, moves, st.dtype, fixed)
     if len(records) > 1:
         scale_test.apply_joint_scale_test(records, per_record, st.dtype, per_constant)
+
+
+def product_spread(st, compute, base: list) -> list:
+    """Note [Statistical tangents] (forward_records.py): each product's root-mean-square change (units
+    of a move) over SAMPLES reruns with every rounding moved by its bound and a random sign."""
+    runs, _ = _reruns(st, compute, base, SAMPLES, split=False)
+    out = []
+    for i in range(len(base)):
+        moves = np.stack([run[i] for run in runs])
+        with np.errstate(over="ignore", invalid="ignore"):
+            out.append(np.sqrt(np.mean(np.where(np.isfinite(moves), moves, np.inf) ** 2, axis=0)))
+    return out
+
+
+def _reruns(st, compute, base: list, samples: int, split: bool) -> tuple:
+    from ..compare.accuracy import reference_mode
+
+    token = reference_mode.set("float")  # no mpmath inside a rerun (Note [Certified pointwise values])
+    try:
+        return coherent_reruns(np.random.default_rng(0), samples, lambda kind: _changes(st, compute, base),
+                               lambda run, extra: [x + y for x, y in zip(run, extra)], split=split)
+    finally:
+        reference_mode.reset(token)
 
 
 def _changes(st, compute, base: list) -> list:

@@ -163,8 +163,11 @@ def vjp(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks: list |
 def _moving(node: Node, ctx: Ctx) -> Ctx:
     """``ctx`` knowing which of the node's argument symbols move with the inputs (Note [Equalities at
     a kink] in scalar.py)."""
-    moving = frozenset(s for s, a in zip(symbols_for(len(node.args)), node.args) if not _step_valued(a))
-    return replace(ctx, moving=moving) if moving else ctx
+    moving = node.attrs.get("_moving")
+    if moving is None:  # remembered per node, as ``_step_valued`` is
+        moving = node.attrs["_moving"] = frozenset(
+            s for s, a in zip(symbols_for(len(node.args)), node.args) if not _step_valued(a))
+    return replace(ctx, moving=moving) if moving and ctx.moving != moving else ctx
 
 
 def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, kinks) -> list:

@@ -18,7 +18,7 @@ from symgrad.graph.approx import Approx
 from symgrad.graph.decomp_vision import VISION_DECOMPOSITIONS
 from symgrad.graph.scalar import Ctx, evaluate
 from symgrad.graph.trace import trace_callable
-from symgrad.testing_ops import with_backward
+from symgrad.testing_ops import scaled, with_backward
 
 from .families import FAMILIES, bugged
 from .families_vision import REFUSED_VISION
@@ -216,16 +216,6 @@ def test_embedding_max_norm_renorms_through_a_detached_alias(dtype):
     assert sg.check(nll, {"x": x, "v": v}, engine="graph", quiet=True).passed
 
 
-class _Scaled(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * (1 + 1e-3)
-
-
 @pytest.mark.parametrize("bug", [False, True])
 def test_float32_samples_on_pixel_boundaries(bug):
     """Note [Bilinear grid sampling as tents]: sample points within rounding of a pixel boundary, where
@@ -236,7 +226,7 @@ def test_float32_samples_on_pixel_boundaries(bug):
     x, w = torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
 
     def sampled(theta, x, w):
-        th = _Scaled.apply(theta) if bug else theta
+        th = scaled(torch.clone, 1 + 1e-3)(theta) if bug else theta
         grid = F.affine_grid(th, x.shape, align_corners=False)
         return (F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * w).sum()
 
