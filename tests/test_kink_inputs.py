@@ -193,3 +193,105 @@ def test_an_l1_backward_taking_the_left_side_at_zero(dtype):
         fn = with_backward(torch.abs, lambda x, g, left=left: g * torch.where(x > 0, 1.0, left).to(x.dtype))
         report = sg.check(fn, {"x": x}, symbolic=torch.abs, v=v, engine="graph", quiet=True)
         assert report.passed == ok, report.to_text()
+
+
+def _with_jvp(forward, jvp):
+    """``forward`` of any number of tensors as a custom Function whose jvp is ``jvp(*inputs, *tangents)``."""
+
+    class WithJvp(torch.autograd.Function):
+        generate_vmap_rule = True  # for jacfwd
+
+        @staticmethod
+        def forward(*xs):
+            return forward(*xs)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_forward(*inputs)
+
+        @staticmethod
+        def jvp(ctx, *ts):
+            return jvp(*ctx.saved_tensors, *ts)
+
+    return WithJvp.apply
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_two_computations_of_one_relu_take_one_side(dtype):
+    """Note [One node per computation] (graph/ir.py): ``3 relu(x) - relu(x)`` traced as two relu nodes
+    took a side per node, and a derivative of 3 at x = 0 (the sides are 0 and 2) passed in reverse and
+    forward mode.  A side taken once (0 or 2 at 0) passes; torch's own code passes."""
+    from symgrad.testing_ops import with_backward
+
+    def twin(x):
+        return 3 * F.relu(x) - F.relu(x)
+
+    x = torch.tensor([0.0, 1.0, -1.0, 0.0, 2.0], dtype=dtype)
+    v = torch.tensor([0.7, -1.3, 0.4, -0.9, 1.1], dtype=dtype)
+    for at_zero, ok in ((3.0, False), (-1.0, False), (2.0, True), (0.0, True)):
+        def slope(x, at_zero=at_zero):
+            return torch.where(x == 0, torch.full_like(x, at_zero), 2.0 * (x > 0).to(x.dtype))
+
+        fn = with_backward(twin, lambda x, g, slope=slope: g * slope(x))
+        report = sg.check(fn, {"x": x}, symbolic=twin, v=v, engine="graph", quiet=True)
+        assert report.passed == ok, report.to_text()
+        fn = _with_jvp(twin, lambda x, t, slope=slope: t * slope(x))
+        for via, kw in (("forward_ad", {"tangents": {"x": v}}), ("jacfwd", {})):
+            report = sg.check(fn, {"x": x}, symbolic=twin, via=via, engine="graph", quiet=True, **kw)
+            assert report.passed == ok, (via, report.to_text())
+    assert sg.check(twin, {"x": x}, v=v, quiet=True).passed
+    # relu and clamp(min=0) are different ops with different sides at 0 in torch: kept apart
+    assert sg.check(lambda x: F.relu(x) + x.clamp(min=0), {"x": x}, via="jacrev", quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_jvp_at_a_tie_of_two_inputs(dtype):
+    """Note [Paired sides in forward mode] (graph/rules.py): maximum(a, b) at a == b has the tangents
+    ta, tb and what lies between; each argument's band on its own also accepted ta + tb and 0."""
+    a = torch.tensor([1.0, 0.5, 2.0, -1.0], dtype=dtype)
+    b = torch.tensor([1.0, 1.0, 2.0, 0.0], dtype=dtype)
+    ta = torch.tensor([0.5, -1.0, 2.0, 0.75], dtype=dtype)
+    tb = torch.tensor([-0.3, 0.2, 0.9, 1.0], dtype=dtype)
+    for op, first in ((torch.maximum, torch.gt), (torch.minimum, torch.lt)):
+        for wa, wb, ok in ((1, 1, False), (0, 0, False), (1, 0, True), (0, 1, True), (0.3, 0.7, True)):
+            def jvp(a, b, ta, tb, wa=wa, wb=wb, first=first):
+                return torch.where(a == b, wa * ta + wb * tb, torch.where(first(a, b), ta, tb))
+
+            fn = _with_jvp(op, jvp)
+            for via, kw in (("forward_ad", {"tangents": {"a": ta, "b": tb}}), ("jacfwd", {})):
+                report = sg.check(fn, {"a": a, "b": b}, symbolic=op, via=via, engine="graph", quiet=True, **kw)
+                assert report.passed == ok, (op, wa, wb, via, report.to_text())
+        report = sg.check(op, {"a": a, "b": b}, via="forward_ad", tangents={"a": ta, "b": tb}, quiet=True)
+        assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_an_l1_loss_at_exactly_zero_residuals(dtype):
+    """Note [Exact weights] (compare/kinks.py): torch's sign(0) = 0 is the middle of each unit where
+    the closed form put a residual within rounding of 0 on a side; with nearly collinear units the
+    fit's iterations stopped short of it, and torch's own float64 L1 loss failed (6 of 6 seeds).
+    A backward off by 1e-6 (float64) or 1e-3 (float32) still fails."""
+    from symgrad.testing_ops import with_backward
+
+    torch.manual_seed(100)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).to(dtype)
+    g = torch.Generator().manual_seed(200)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64).to(dtype)
+    with torch.no_grad():
+        target = model(x).clone()
+        target[4:] += torch.randn(4, 3, generator=g, dtype=torch.float64).to(dtype)  # half the rows at 0
+    delta = 1e-6 if dtype == torch.float64 else 1e-3
+
+    class Bugged(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            h = with_backward(lambda z: z, lambda z, gz: gz * (1 + delta))(self.inner[0](x))
+            return self.inner[2](self.inner[1](h))
+
+    report = sg.check(model, {"x": x}, loss=torch.nn.L1Loss(), target=target, quiet=True)
+    assert report.passed, report.to_text()
+    report = sg.check(Bugged(model), {"x": x}, loss=torch.nn.L1Loss(), target=target, quiet=True)
+    assert not report.passed, report.to_text()

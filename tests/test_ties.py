@@ -396,3 +396,29 @@ def test_one_tie_of_five_hundred_entries_is_a_unit(dtype):
     x = torch.ones(500, dtype=dtype)
     assert not sg.check(_AmaxToEveryTie.apply, {"x": x}, symbolic=lambda x: x.amax()).passed
     assert sg.check(lambda x: x.amax(), {"x": x}).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_tie_choice_for_every_jacobian_row(dtype):
+    """Note [One choice for every cotangent] (graph/kinkunits.py): a tie met by several rows of a
+    Jacobian (or several cotangents) is one choice for all of them; the rows of
+    ``stack([amax(x), 2 amax(x)])`` sent to different tied entries passed, each row alone valid."""
+    def twin(x):
+        return torch.stack([x.amax(), 2 * x.amax()])
+
+    def routed(first, second):
+        def backward(x, g):
+            out = torch.zeros_like(x)
+            out[first] = out[first] + g[0]
+            out[second] = out[second] + 2 * g[1]
+            return out
+        return custom(twin, backward)
+
+    x = torch.tensor([1.0, 3.0, 3.0, 3.0], dtype=dtype)
+    for first, second, ok in ((1, 2, False), (3, 1, False), (2, 2, True), (1, 1, True)):
+        for via, kw in (("functional.jacobian", {}), ("backward", {"v": torch.tensor([0.7, -1.3], dtype=dtype)})):
+            report = sg.check(routed(first, second), {"x": x}, symbolic=twin, via=via, engine="graph", quiet=True,
+                              **kw)
+            if via == "functional.jacobian" or ok:  # one cotangent: a mix of both rows, caught or not
+                assert report.passed == ok, (first, second, via, report.to_text())
+    assert sg.check(twin, {"x": x}, via="jacrev", quiet=True).passed

@@ -547,3 +547,18 @@ def test_a_separating_direction_ends_the_fit_at_once():
     tol = np.full(n, 1e-12)
     assert not fit(np.full(n, 1 - 1.0 / n), tol, gens).explained
     assert fit(gens[0, 3], tol, gens).explained
+
+
+def test_the_middle_of_nearly_collinear_units_is_found():
+    """Note [Exact weights] in compare/kinks.py: six units of one generator each, nearly collinear,
+    autograd at the middle of every one (sign(0) = 0, lambda = 1/2) and a tolerance 1e-13 of their size:
+    the iterations stop short; the linear program and least squares find the weights.  A value
+    1e-9 off that middle is explained by no weights and still fails."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(20)
+    gens = (base + 0.05 * rng.standard_normal((6, 20)))[:, None, :]  # (groups, 1, entries)
+    middle = 0.5 * gens[:, 0, :].sum(axis=0)
+    tol = np.full(20, 1e-13 * np.abs(gens).max())
+    assert fit(middle, tol, gens).explained
+    off = middle + 1e-9 * rng.standard_normal(20)
+    assert not fit(off, tol, gens).explained

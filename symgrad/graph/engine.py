@@ -12,6 +12,7 @@ import numpy as np
 
 from .approx import Approx, accumulating, add, kernel, rounded
 from .ir import Graph
+from .kinklog import KinkLog
 from .rules import forward as forward_rule
 from .rules import jvp as jvp_rule
 from .rules import vjp as vjp_rule
@@ -147,6 +148,8 @@ def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kink
             else:  # Note [Each use its own moves] (montecarlo.py)
                 cotangents = [vjp_rule(node, _RULE_ARGS(node, i), g, ctx, [j == i for j in range(len(needed))],
                                        kinks)[i] if need else None for i, need in enumerate(needed)]
+        if isinstance(kinks, KinkLog):
+            kinks.owned_by(node)
         for a, ga in zip(node.args, cotangents):
             if ga is None or a not in live:
                 continue

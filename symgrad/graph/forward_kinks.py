@@ -62,6 +62,20 @@ class ForwardKinkLog:
             self.tangents[key] = float(tv[j])
         return Approx(local.v, local.e)
 
+    def record_paired(self, node, entries: list, changes: list, sizes: list) -> None:
+        """Entries whose banded arguments pair by region (Note [Paired sides in forward mode] in
+        graph/rules.py): one unit each, its changes tuples over those arguments, its tangent theirs."""
+        for j, found, size in zip(entries, changes, sizes):
+            key = (node, -1, int(j))
+            self.units[key] = list(found)
+            self.tangents[key] = size
+
+
+def _moved(change, size) -> float:
+    """The output tangent's change at a unit: the local derivative's change times the argument's
+    tangent, summed over the arguments of a paired unit."""
+    return float(np.sum(np.multiply(change, size)))
+
 
 def _banded(t: Approx | None) -> bool:
     return t is not None and t.banded and bool(np.any(t.lo > 0) or np.any(t.hi > 0))
@@ -116,7 +130,7 @@ def forward_generators(st, seeds_per_direction: list, full: tuple):
     for key, changes in units.items():
         reach = _reach(st, key[0], key[2])
         sizes = [d.get(key, 0.0) for d in per_direction]
-        groups.append([np.stack([c * s * reach for s in sizes]).reshape(full) for c in changes])
+        groups.append([np.stack([_moved(c, s) * reach for s in sizes]).reshape(full) for c in changes])
     return stack_generators(groups, full)
 
 
@@ -143,9 +157,9 @@ def column_generators(st, nodes: dict, shapes: dict, out_shape: tuple) -> dict |
     for key, changes in units.items():
         reach = np.ravel(_reach(st, key[0], key[2]))
         for name in nodes:
-            sizes = np.array([d.get(key, 0.0) for d, o in zip(per_direction, owner) if o == name])
-            if not sizes.size:
-                sizes = np.zeros(int(np.prod(shapes[name])) if shapes[name] else 1)
+            columns = [d.get(key, 0.0) for d, o in zip(per_direction, owner) if o == name]
+            if not columns:
+                columns = [0.0] * (int(np.prod(shapes[name])) if shapes[name] else 1)
             full = tuple(out_shape) + tuple(shapes[name])
-            out[name].append([(c * np.outer(reach, sizes)).reshape(full) for c in changes])
+            out[name].append([np.outer(reach, [_moved(c, s) for s in columns]).reshape(full) for c in changes])
     return {name: stack_generators(groups, tuple(out_shape) + tuple(shapes[name])) for name, groups in out.items()}

@@ -147,6 +147,7 @@ def to_graph(gm, leaves: list) -> Graph:
             env[ph] = b.leaf(name, t.detach().double().cpu().numpy(), role)
     b.torch_run = lambda: _torch_values(gm, [t for _, _, t in leaves])
     _interpret(b, gm, env, top=True)
+    graph.merge_repeats()  # Note [One node per computation] in ir.py
     if b.data_from_values:  # read by the exploded twin of symbolic inputs (Note [Exploded twin])
         graph.data_from_values = "integer data computed from the inputs' values (an argmax, a comparison)"
     return graph

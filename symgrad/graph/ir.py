@@ -75,3 +75,51 @@ class Graph:
 
     def origins(self) -> list:
         return sorted({n.origin for n in self.nodes if n.origin})
+
+    def merge_repeats(self) -> int:
+        """One node per computation (Note [One node per computation]): a node that repeats an earlier
+        one -- same kind, same torch op, same arguments, same attributes -- is replaced by it.
+        Returns how many were merged."""
+        seen: dict = {}
+        replaced: dict = {}
+        kept = []
+        for n in self.nodes:
+            if replaced and any(a in replaced for a in n.args):
+                n.args = tuple(replaced.get(a, a) for a in n.args)
+            key = _repeat_key(n)
+            if key is not None and key in seen:
+                replaced[n] = seen[key]
+                continue
+            if key is not None:
+                seen[key] = n
+            kept.append(n)
+        if replaced:
+            self.nodes = kept
+            self.outputs = [replaced.get(o, o) for o in self.outputs]
+        return len(replaced)
+
+
+# Note [One node per computation]
+# torch code often computes one thing twice: ``3 * relu(x) - relu(x)``, a mask built in two places,
+# ``amax(x)`` for a shift and again for a score.  Traced as two nodes, each relu on its kink was a
+# unit of its own, and the joint kink check let the two uses take different sides: a backward giving
+# 3 at x = 0 (the sides of 2 relu(x) are 0 and 2) passed on the op graph, as did two uses of one tie
+# sent to different entries.  One computation has one value and one side: torch's kernels decide a
+# kink by the same rule wherever the same op meets the same numbers (Note [One choice at one point] in
+# graph/kinklog.py).  So after tracing, a pointwise, reduce, layout or stop node repeating an earlier
+# one -- the same torch op (its origin, so relu and clamp(min=0), whose conventions at 0 differ, stay
+# apart), the same argument nodes, equal attributes -- is merged into it.  Nodes with array
+# attributes (select's indices) are left as they are.
+_MERGED_KINDS = ("pointwise", "reduce", "layout", "stop")
+
+
+def _repeat_key(n: Node):
+    if n.kind not in _MERGED_KINDS:
+        return None
+    try:
+        attrs = tuple(sorted(n.attrs.items()))
+        key = (n.kind, n.origin, tuple(id(a) for a in n.args), n.shape, attrs)
+        hash(key)
+    except TypeError:  # an unhashable attribute (an array): not merged
+        return None
+    return key

@@ -29,6 +29,11 @@ class KinkLog(list):
         self.ties = ties  # ties of max/min as units (Note [Ties as kink units]); False: as bands
         self.members = members or MAX_TIE_MEMBERS  # the largest tie taken as a unit
         self.oversized = 0  # ties met that were larger than ``members`` (banded), counted per group
+        self.owners: list = []  # per recorded unit, the node whose rule recorded it
+
+    def owned_by(self, node) -> None:
+        """The units recorded since the last call came from ``node``'s rule."""
+        self.owners.extend([node] * (len(self) - len(self.owners)))
 
 
 def _other_side(local: Approx) -> Approx:

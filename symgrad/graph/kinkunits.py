@@ -19,6 +19,7 @@ from .pointwise_oracle import attach_pointwise_oracles
 from .printing import gradient_text
 from .cones import limit_bands
 from .refs import reference as _reference
+from .ir import Node
 from .kinklog import MAX_SMALL_TIE, MAX_TIE_MEMBERS, KinkLog, tie_rows
 
 __all__ = ["sweep_references", "MAX_KINK_UNITS", "tie_members"]
@@ -112,24 +113,63 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
     out: dict = {node: [] for node in live}
     extra: dict = {node: np.zeros((len(units),) + node.shape) for node in live}
     members = members or tie_members(st.graph)
-    for k, found in enumerate(units):
-        for arg, entry, changes in found:
-            gens = {node: [] for node in live}
+    for unit in _across_seeds(units):  # Note [One choice for every cotangent]
+        gens = {node: [np.zeros((len(units),) + node.shape) for _ in unit[0][3]] for node in live}
+        for k, arg, entry, changes in unit:
             worst = {node: np.zeros(node.shape) for node in live}
-            for change, change_e in changes:
+            for j, (change, change_e) in enumerate(changes):
                 swept = backward(st.graph, st.values, _seeds(arg, entry, change, change_e),
                                  live, st.ctx, kinks=KinkLog(flip=flip, ties=ties, members=members))
                 for node in live:
                     g = swept.get(node)
-                    full = np.zeros((len(units),) + node.shape)
                     if g is not None:
-                        full[k] = np.broadcast_to(g.v, node.shape)
+                        gens[node][j][k] = np.broadcast_to(g.v, node.shape)
                         worst[node] = np.maximum(worst[node], np.broadcast_to(g.e, node.shape))
-                    gens[node].append(full)
             for node in live:
-                out[node].append(gens[node])
                 extra[node][k] += worst[node]
+        for node in live:
+            out[node].append(gens[node])
     return out, extra
+
+
+# Note [One choice for every cotangent]
+# A kinked unit met by the sweeps of several cotangents (three random ones, or every row of a
+# Jacobian) is one choice for all of them: a backward is one linear map, the transpose of one
+# one-sided Jacobian, whatever cotangent it is given, and torch's kernels take the same side at the
+# same point each time.  As one unit per sweep, the joint kink check took a side per cotangent:
+# ``stack([amax(x), 2 * amax(x)])``'s Jacobian with its first row sent to one tied entry and its
+# second row to another passed, each row alone a valid choice.  So the units the sweeps record are
+# matched across cotangents -- the same recording node, the same argument and entries, the same
+# number of changes, which move the same sides since each change is the cotangent there times one
+# jump -- and a matched unit has one weight per change over every sweep.  A unit a sweep did not
+# meet (its cotangent was 0 there) adds nothing for it; a key a sweep records twice stays unmatched.
+def _across_seeds(units: list) -> list:
+    """The recorded units grouped across sweeps: per group, ``(sweep, arg, entry, changes)`` each."""
+    groups: dict = {}
+    repeated = set()
+    for k, found in enumerate(units):
+        owners = getattr(found, "owners", [])
+        mine = set()
+        for i, (arg, entry, changes) in enumerate(found):
+            owner = owners[i] if i < len(owners) else None
+            key = (id(owner) if owner is not None else ("unowned", k, i), _identity(arg), _identity(entry),
+                   len(changes))
+            if key in mine:
+                repeated.add(key)
+            mine.add(key)
+            groups.setdefault(key, []).append((k, arg, entry, changes))
+    out = []
+    for key, members in groups.items():
+        out.extend([[m] for m in members] if key in repeated else [members])
+    return out
+
+
+def _identity(x):
+    if isinstance(x, tuple):
+        return tuple(id(a) for a in x)
+    if isinstance(x, Node):
+        return id(x)
+    return tuple(np.ravel(x).tolist()) if isinstance(x, (list, np.ndarray)) else int(x)
 
 
 def _seeds(arg, entry, change, change_e) -> dict:

@@ -25,7 +25,8 @@ from .approx import Approx, add, einsum, mul, rounded, unbroadcast
 from .derivforms import as_torch_computes
 from .ir import Node
 from .exact import certified
-from .kinklog import _other_sides, _record_node_kinks, _same_points, shared_both_ways
+from .kinklog import (_other_sides, _record_node_kinks, _region_changes, _same_points, _sides,
+                      shared_both_ways)
 # the dispatchers below look these names up here (tests patch a rule as rules._vjp_layout etc.)
 from .rules_tensor import (_broadcast, _jvp_extreme, _layout, _reduce, _select, _vjp_contract, _vjp_layout,
                            _vjp_reduce, _vjp_select)
@@ -282,19 +283,7 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx, kinks=None) -> Approx 
         return tangents[0] if node.attrs.get("reverse_only") and not ctx.backward_graph else None
     kind = node.kind
     if kind == "pointwise":
-        env = dict(zip(symbols_for(len(args)), args))
-        out = None
-        ctx = _moving(node, ctx)
-        for i, (t, d) in enumerate(zip(tangents, derivatives(node.attrs["expr"], len(args)))):
-            if t is None or d == 0:
-                continue
-            local = _reused_output(node, env, ctx, _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape),
-                                   i)
-            if kinks is not None and local.banded:
-                local = kinks.record(node, i, local, _broadcast(t, node.shape), args[i].shape)
-            term = _times_cotangent(local, _broadcast(t, node.shape))  # a branch not taken: 0, even times inf
-            out = term if out is None else add(out, term)
-        return _half_jvp_rounding(out, tangents, node, ctx)
+        return _jvp_pointwise(node, args, tangents, ctx, kinks)
     if kind == "contract":
         out = None
         for i, t in enumerate(tangents):
@@ -312,6 +301,76 @@ def jvp(node: Node, args: list, tangents: list, ctx: Ctx, kinks=None) -> Approx 
     if kind == "reduce":
         return _jvp_extreme(node, args[0], filled[0], ctx)
     raise NotImplementedError(f"no forward-mode rule for {kind} nodes ({node.origin or node.name})")
+
+
+def _jvp_pointwise(node: Node, args: list, tangents: list, ctx: Ctx, kinks) -> Approx | None:
+    env = dict(zip(symbols_for(len(args)), args))
+    forms = derivatives(node.attrs["expr"], len(args))
+    ctx = _moving(node, ctx)
+    local, ts = {}, {}
+    for i, (t, d) in enumerate(zip(tangents, forms)):
+        if t is not None and d != 0:
+            value = _broadcast(certified(d, env, ctx, evaluate(d, env, ctx)), node.shape)
+            local[i], ts[i] = _reused_output(node, env, ctx, value, i), _broadcast(t, node.shape)
+    paired = _paired_tangents(node, args, forms, local, ts, ctx)  # Note [Paired sides in forward mode]
+    out = None
+    for i in local:
+        if kinks is not None and local[i].banded:
+            local[i] = kinks.record(node, i, local[i], ts[i], args[i].shape)
+        term = _times_cotangent(local[i], ts[i])  # a branch not taken: 0, even times inf
+        out = term if out is None else add(out, term)
+    if paired is not None:
+        entries, changes, sizes = paired
+        if kinks is not None:
+            kinks.record_paired(node, entries, changes, sizes)
+        else:
+            out = _widened(out, entries, [[float(np.dot(c, s)) for c in cs] for cs, s in zip(changes, sizes)])
+    return _half_jvp_rounding(out, tangents, node, ctx)
+
+
+# Note [Paired sides in forward mode]
+# Where a node's derivatives in several arguments are banded both ways at one entry (maximum(a, b)
+# at a == b, torch's tangent (ta + tb) / 2), the valid tangents are those of the regions that meet
+# there, ta and tb, and what lies between (Note [Sides of one region] in graph/kinklog.py): not
+# each argument's band on its own, which accepted ta + tb and 0 (a custom jvp adding both tangents
+# at a tie passed forward_ad and jvp).  Such entries take the torch convention's centre in every
+# argument, and their region changes are one unit (``ForwardKinkLog.record_paired``), or, in a sweep
+# without a log, one band over the regions' tangents.
+def _paired_tangents(node: Node, args: list, forms: tuple, local: dict, ts: dict, ctx: Ctx):
+    """``(entries, changes, sizes)`` for the entries where several banded arguments pair by region:
+    per entry the region changes (a tuple over the banded arguments) and those arguments' tangents;
+    their bands are taken off ``local`` there.  None where no entry pairs."""
+    kinked = [i for i in local if local[i].banded and args[i].shape == node.shape]
+    if len(kinked) < 2 or not shared_both_ways([local[i] for i in kinked]):
+        return None
+    sides, paired = _sides([local[i] for i in kinked])
+    regions = _one_sided([forms[i] for i in kinked], args, ctx, node.shape)
+    centres = [np.ravel(np.broadcast_to(local[i].v, node.shape)) for i in kinked]
+    sizes_all = [np.ravel(np.broadcast_to(ts[i].v, node.shape)) for i in kinked]
+    entries, changes, sizes = [], [], []
+    for u in np.flatnonzero(paired):
+        found = _region_changes(int(u), sides, centres, regions, 1.0)
+        if found:
+            entries.append(int(u))
+            changes.append(found)
+            sizes.append(tuple(float(s[u]) for s in sizes_all))
+    if not entries:
+        return None
+    for i, (lo, hi) in zip(kinked, sides):
+        keep = np.ones(lo.shape, bool)
+        keep[entries] = False
+        local[i] = Approx(local[i].v, local[i].e, np.where(keep, lo, 0.0).reshape(node.shape),
+                          np.where(keep, hi, 0.0).reshape(node.shape))
+    return entries, changes, sizes
+
+
+def _widened(out: Approx, entries: list, moves: list) -> Approx:
+    """``out`` with a band at each flat entry reaching its moves (the regions' tangent changes)."""
+    lo, hi = (np.array(np.ravel(np.broadcast_to(s, out.shape))) for s in out.sides())
+    for u, m in zip(entries, moves):
+        lo[u] = max(lo[u], -min(m + [0.0]))
+        hi[u] = max(hi[u], max(m + [0.0]))
+    return Approx(out.v, out.e, lo.reshape(out.shape), hi.reshape(out.shape))
 
 
 _COMBINING_JVP = ("aten.maximum", "aten.minimum", "aten.fmax", "aten.fmin")
