@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
@@ -28,6 +27,7 @@ import sympy as sp
 
 from .approx import Approx, add, mul, rounded, rounded_constant, signed_band, size
 from ..ops import is_float32_constant
+from .scalar_constants import _folded_number, constant_error
 from .scalar_kernels import FUNCTIONS, NARY, STEPS, _polygamma
 
 __all__ = ["Ctx", "evaluate", "constant_error"]
@@ -66,34 +66,8 @@ class Ctx:
     moving: frozenset = frozenset()  # symbols whose values move with the inputs (Note [Equalities at a kink])
 
 
-def constant_error(c, ctx: Ctx) -> float:
-    """A constant's rounding in the checked dtype, in units of ``ctx.eps``: 0 for a number the dtype
-    holds (every Python float in a float64 check), half an ulp or so for 1/3 or pi, and in float32 or
-    half precision the rounding torch applies when it hands the constant to the op."""
-    try:
-        exact = Fraction(str(c)) if isinstance(c, sp.Rational) else Fraction(float(c))
-    except (TypeError, ValueError, OverflowError):
-        return 0.0
-    if exact == 0:
-        return 0.0
-    f = float(exact)
-    if not math.isfinite(f):
-        return 0.0
-    if ctx.dtype == "bfloat16":
-        m, ex = math.frexp(f)
-        low = math.ldexp(round(m * 256) / 256, ex)
-    elif ctx.dtype in ("float16", "float32"):
-        low = float(np.float16(f) if ctx.dtype == "float16" else np.float32(f))
-    elif is_float32_constant(f):  # celu's 1/alpha: float32 even in a float64 kernel
-        low = float(np.float32(f))
-    else:
-        low = f
-    if not math.isfinite(low):  # 1e200 in a float32 kernel: the constant itself overflows to inf
-        return math.inf
-    return float(abs(exact - Fraction(low))) / ctx.eps
-
-
 _ROOTED = {sp.loggamma, sp.erfinv}
+_HALF = ("float16", "bfloat16")
 
 
 def evaluate(expr: sp.Expr, env: dict, ctx: Ctx) -> Approx:
@@ -136,6 +110,10 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         return env[expr]
     if expr.is_Number:
         return _number(expr, ctx)
+    if ctx.dtype in _HALF and not expr.is_Number and not expr.free_symbols:  # Note [Folded number expressions]
+        folded = _folded_number(expr, ctx)
+        if folded is not None:
+            return folded
     if expr in (sp.pi, sp.E):  # irrational: half an ulp of float64 (its float value is rounded)
         return Approx(np.float64(float(expr)), max(constant_error(float(expr), ctx), 0.5 * float(expr)))
     if expr.is_Add:
@@ -151,7 +129,12 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
             c = float(coeff)
             return Approx(c * inner.v, abs(c) * inner.e, *(() if not inner.banded else
                                                          signed_band(np.float64(c), inner.lo, inner.hi)))
-        factors = [_eval(a, env, ctx, memo) for a in expr.args]
+        args = expr.args
+        if ctx.dtype in _HALF:  # Note [Folded number expressions]: the numbers of a product, one constant
+            numbers = [a for a in args if not a.free_symbols]
+            if len(numbers) > 1:
+                args = (sp.Mul(*numbers),) + tuple(a for a in args if a.free_symbols)
+        factors = [_eval(a, env, ctx, memo) for a in args]
         out = factors[0]
         for f in factors[1:]:
             out = mul(out, f)
