@@ -79,6 +79,9 @@ def decompositions() -> dict:
         from .decomp_vision import VISION_DECOMPOSITIONS, kept_size_scales
 
         _TABLE.update(VISION_DECOMPOSITIONS())  # kernels torch has no decomposition of
+        from .decomp_attention import ATTENTION_DECOMPOSITIONS
+
+        _TABLE.update(ATTENTION_DECOMPOSITIONS())  # Note [Attention as the flash kernel computes it]
         kept_size_scales(_TABLE)  # Note [Scales of a kept size]
         # hardsigmoid' and hardswish' hold 1/6 as a float literal (1.0f / 6.0f) even in float64 kernels
         for op in (torch.ops.aten.hardsigmoid.default, torch.ops.aten.hardswish.default):
