@@ -207,6 +207,13 @@ def test_complex_paths_are_refused_by_name(fn):
         sg.check(fn, {"w": torch.randn(5, dtype=torch.float64)}, quiet=True)
 
 
+def test_a_complex_refusal_names_the_fft_not_the_cast():
+    """FNet's ``fft2(h).real``: the first complex value is the cast of h to complex; the refusal
+    names the FFT that follows it."""
+    with pytest.raises(UnsupportedOp, match="fft_c2c"):
+        sg.check(lambda w: torch.fft.fft2(w).real.sum(), {"w": torch.randn(3, 4, dtype=torch.float64)}, quiet=True)
+
+
 def test_a_buffer_written_in_forward_is_a_constant_as_written():
     """A running average updated in place under no_grad: functionalization cannot follow the write
     (it was refused, first with a hint about numpy and .item(), then by name); traced without

@@ -196,7 +196,9 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         if isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].is_complex():
             from ..symbolic.numbers import COMPLEX
 
-            raise UnsupportedOp(f"{COMPLEX} (fx node {node.name!r}, {node.target})")
+            # name the FFT where there is one, not the cast to complex that feeds it (FNet's fft2)
+            named = next((n for n in gm.graph.nodes if "fft" in str(n.target)), node)
+            raise UnsupportedOp(f"{COMPLEX} (fx node {named.name!r}, {named.target})")
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
         env[node] = _call(b, node, args, kwargs)
