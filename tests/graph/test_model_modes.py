@@ -261,8 +261,9 @@ def test_wrong_custom_layer_is_caught_and_named(name, dtype):
     loss, target = _loss(body(x))
     model = Bugged(body)
     report = sg.check(model, {"x": x}, loss=loss, target=target, engine="graph")
-    if (name, dtype) in LOOSE:  # documented: the report must say how large a bug passes unseen
-        assert report.passed and "a relative bug smaller than that passes unseen" in report.to_text(), LOOSE[name, dtype]
+    if (name, dtype) in LOOSE:  # documented: caught, or the report says how large a bug passes unseen
+        # (caught on an AVX-512 build, whose float32 kernels the statistical allowance resolves)
+        assert not report.passed or "a relative bug smaller than that passes unseen" in report.to_text(), LOOSE[name, dtype]
         return
     assert not report.passed
     # entry 1 of the (batch, outputs) output: the head's bias entry 1 % outputs is off
