@@ -19,8 +19,8 @@ when, for weights ``λ`` with ``λ ≥ 0`` and ``Σ_group λ ≤ 1``,
     |a - e - Σ λ_j g_j| <= allowed        entry by entry, on every kinked entry at once.
 
 ``fit`` looks for such ``λ``: a sweep over each group's vertices first (torch takes one side, so
-the answer is usually a vertex), then accelerated projected gradient on the weighted least
-squares problem.  A value no ``λ`` explains is a failure, whatever the entrywise bands say.
+the answer is usually a vertex), then a linear program and least squares (Note [Exact weights]),
+then accelerated projected gradient on the weighted least squares problem.  A value no ``λ`` explains is a failure, whatever the entrywise bands say.
 """
 
 from __future__ import annotations
