@@ -27,7 +27,7 @@ import sympy as sp
 
 from .approx import Approx, add, mul, rounded, rounded_constant, signed_band, size
 from ..ops import is_float32_constant
-from .scalar_constants import _folded_number, constant_error
+from .scalar_constants import folded_number, constant_error
 from .scalar_kernels import FUNCTIONS, NARY, STEPS, _polygamma
 
 __all__ = ["Ctx", "evaluate", "constant_error"]
@@ -111,7 +111,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
     if expr.is_Number:
         return _number(expr, ctx)
     if ctx.dtype in _HALF and not expr.is_Number and not expr.free_symbols:  # Note [Folded number expressions]
-        folded = _folded_number(expr, ctx)
+        folded = folded_number(expr, ctx)
         if folded is not None:
             return folded
     if expr in (sp.pi, sp.E):  # irrational: half an ulp of float64 (its float value is rounded)

@@ -14,7 +14,7 @@ import sympy as sp
 from ..ops import is_float32_constant
 from .approx import Approx, rounded_constant
 
-__all__ = ["constant_error"]
+__all__ = ["constant_error", "folded_number"]
 
 
 def constant_error(c, ctx) -> float:
@@ -55,7 +55,7 @@ def constant_error(c, ctx) -> float:
 # and erf's and log10's backward times 1.01 passed.  In float16 and bfloat16 such a subexpression
 # (and the product of a product's number factors) is one constant: its exact value, rounded as
 # ``constant_error`` rounds a literal to the checked dtype, and at least float32's rounding of it.
-def _folded_number(expr, ctx) -> Approx | None:
+def folded_number(expr, ctx) -> Approx | None:
     v = _number_value(expr)
     if v is None:
         return None
