@@ -56,6 +56,8 @@ def constant_error(c, ctx) -> float:
 # (and the product of a product's number factors) is one constant: its exact value, rounded as
 # ``constant_error`` rounds a literal to the checked dtype, and at least float32's rounding of it.
 def folded_number(expr, ctx) -> Approx | None:
+    """A number subexpression as one constant of the checked half dtype; None where it is not a
+    finite nonzero real."""
     v = _number_value(expr)
     if v is None:
         return None
