@@ -169,6 +169,17 @@ def _polished(A: np.ndarray, b: np.ndarray, lam: np.ndarray):
     return _project(out.reshape(n_groups, n_gen))
 
 
+def _explaining(A: np.ndarray, b: np.ndarray, limit: float, unit, *candidates) -> KinkFit | None:
+    """The first of the candidate weights (None: no candidate) whose recomputed residual is within
+    the limit, as an explained fit; None where none is."""
+    for lam in candidates:
+        if lam is not None:
+            wr = b - np.einsum("gj,gjm->m", lam, A)
+            if float(np.max(np.abs(wr))) <= limit:
+                return KinkFit(True, wr * unit, lam)
+    return None
+
+
 def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
     """Weights ``λ`` (shape ``gens.shape[:2]``) with ``|r - Σ λ g| <= tol``, if any are found.
 
@@ -214,11 +225,10 @@ def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
     if _separated(A, b, limit, wres):
         return KinkFit(False, wres * unit, lam)
     program = _linear_program(A, b)  # Note [Exact weights]
-    for found in (program, None if program is None else _polished(A, b, program), _polished(A, b, np.ones_like(lam))):
-        if found is not None:
-            wr = b - np.einsum("gj,gjm->m", found, A)
-            if float(np.max(np.abs(wr))) <= limit:
-                return KinkFit(True, wr * unit, found)
+    found = _explaining(A, b, limit, unit, program, None if program is None else _polished(A, b, program),
+                        _polished(A, b, np.ones_like(lam)))
+    if found is not None:
+        return found
 
     # 2. the convex relaxation: min ||b - Σ λ A||² over the capped simplices (FISTA).
     flat = A.reshape(n_groups * n_gen, -1)
@@ -249,11 +259,9 @@ def fit(r: np.ndarray, tol: np.ndarray, gens: np.ndarray) -> KinkFit:
                 best_lam, best_worst = x.copy(), worst
             if worst <= limit:
                 return KinkFit(True, wr * unit, x)
-    polished = _polished(A, b, best_lam)  # Note [Exact weights]
-    if polished is not None:
-        wr = b - np.einsum("gj,gjm->m", polished, A)
-        if float(np.max(np.abs(wr))) <= limit:
-            return KinkFit(True, wr * unit, polished)
+    found = _explaining(A, b, limit, unit, _polished(A, b, best_lam))  # Note [Exact weights]
+    if found is not None:
+        return found
     wr = b - np.einsum("gj,gjm->m", best_lam, A)
     return KinkFit(False, wr * unit, best_lam)
 

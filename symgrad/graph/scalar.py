@@ -110,7 +110,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         return env[expr]
     if expr.is_Number:
         return _number(expr, ctx)
-    if ctx.dtype in _HALF and not expr.is_Number and not expr.free_symbols:  # Note [Folded number expressions]
+    if ctx.dtype in _HALF and not expr.free_symbols:  # Note [Folded number expressions]
         folded = folded_number(expr, ctx)
         if folded is not None:
             return folded
