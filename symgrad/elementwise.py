@@ -92,7 +92,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     out_ref, refs, kink_conditions = closed_form_references(
         out, derivs, named, sym_in, extra_args, extra_vals, dtype, scale=backward_calls if via == "backward" else 1,
         symbolic=symbolic if from_sympy and quantity == "grad" else None, twin_graph=twin_graph,
-        quantity=quantity, v=v, via=via)
+        quantity=quantity, v=v, via=via, tangents=tangents if quantity == "jvp" else None)
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
     stage(f"running autograd (via={via})")
@@ -142,6 +142,12 @@ def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engin
     """(symbolic output, op graph of exploded torch code or None), or the op graph's report for torch
     code with no symbolic twin (Note [Exploded twin])."""
     twin_graph = None  # the op graph of torch code exploded here (Note [Exploded twin])
+    if engine == "auto" and symbolic is None and fn is not None and not hessian:
+        from .graph.twin import graph_for_bounds
+
+        twin_graph = graph_for_bounds(fn, named)
+        if twin_graph is not None and _slow_to_explode(twin_graph, sum(named[w].numel() for w in wrt_names), jacobian):
+            return on_graph(None)  # Note [Slow to explode]
     try:
         out = symbolic_output(fn, symbolic, sym_in, symbols_map)
     except UnsupportedOp as err:
@@ -167,6 +173,26 @@ def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engin
 
         twin_graph = graph_for_bounds(fn, named)
     return out, twin_graph
+
+
+# Note [Slow to explode]
+# Torch code that also runs on symbolic tensors (operators, ``x @ W``) is exploded when its inputs
+# are few -- but a constant it closes over is not an input: ``x @ W`` with x of 8 x 128 entries and
+# a captured 128 x 128 weight took 72 s exploded and 2.5 s on the op graph, every exploded entry
+# reading W's 16,384 numbers.  So on ``engine='auto'`` the op graph traced for the bounds is sized
+# first (``explode_size.estimate``, which counts every node the output reads, constants included),
+# and past ``EXPLODE_NODES`` derivative nodes the check goes to the tensor back end.  Measured: that
+# check estimates 573 million; at 8 x 24 entries and a 24 x 24 weight, 3.9 million, 0.7 s exploded
+# and 0.01 s on the graph; the largest exploded checks of tests/test_check.py, test_corpus.py,
+# test_shipped_bugs.py and test_special_functions.py estimate 40,000.
+EXPLODE_NODES = 2_000_000
+
+
+def _slow_to_explode(graph, n_wrt: int, jacobian: bool) -> bool:
+    from .graph.explode_size import estimate
+
+    out = graph.outputs[0]
+    return estimate(graph, out, n_wrt, out.size if jacobian else 1).derivative_nodes > EXPLODE_NODES
 
 
 def _torch_output(fn, out: SymTensor, sym_in: dict, dtype, leaves: dict):

@@ -58,7 +58,7 @@ class _Evaluated:
 
 
 def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_args: list, extra_vals: list,
-                           dtype, *, scale, symbolic, twin_graph, quantity: str, v, via: str):
+                           dtype, *, scale, symbolic, twin_graph, quantity: str, v, via: str, tangents=None):
     """(output reference, one reference per derivative in ``derivs``' order, kink conditions).
     ``symbolic``: the SymPy forward when a matrix closed form may be shown (gradients of plain SymPy)."""
     import torch
@@ -83,10 +83,17 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
     refs = [_derivative_reference(derivs[k], k, i, ev, scale, symbolic, matrix_values)
             for i, k in enumerate(keys, start=1)]
     if any(np.isnan(r.value).any() for r in refs) and np.isfinite(ev.main[0]).all():
-        from .graph.cones import exploded_bands
+        from .graph.cones import basis, exploded_bands
 
+        if quantity == "jvp" and tangents:  # Note [Moves along the tangent]
+            moves = [{k: tangents[n].detach().double().cpu().numpy().ravel() for k, n in enumerate(floats)
+                      if n in tangents}]
+        elif via == "jacfwd":
+            moves = basis({k: (named[n].numel(),) for k, n in enumerate(floats) if n in keys})
+        else:
+            moves = []
         exploded_bands(refs, lower(exprs, args, forward=sizes[0]), sizes, values, len(values) - len(extra_vals),
-                       [named[n].numel() for n in floats], scale, eps)
+                       [named[n].numel() for n in floats], scale, eps, moves)
     if twin_graph is not None and quantity in ("grad", "vjp", "jacobian"):
         _widen(twin_graph, refs, out_ref, quantity, out.shape, v, via, scale, str(dtype).replace("torch.", ""))
     evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)

@@ -164,3 +164,45 @@ def test_torch_norm_of_a_long_zero_vector_passes(n, dtype):
     assert sg.check(rows, {"x": x}, v=torch.randn(6, dtype=dtype), quiet=True).passed
     wrong = with_backward(norm, lambda x, g: g * torch.ones_like(x))
     assert not sg.check(wrong, {"x": torch.zeros(n, dtype=dtype)}, quiet=True).passed
+
+
+def _norm_with_jvp(factor: float):
+    """vector_norm with a custom jvp giving ``factor * ||t||`` at 0 (``f'(0; t)`` for factor 1)."""
+    class Norm(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return norm(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+            ctx.x = inputs[0]
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x / norm(x).clamp_min(1e-300)
+
+        @staticmethod
+        def jvp(ctx, t):
+            n = norm(ctx.x)
+            return torch.where(n == 0, factor * norm(t), (ctx.x * t).sum() / n.clamp_min(1e-300))
+
+    return Norm.apply
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("via", ["forward_ad", "func.jvp", "jacfwd"])
+@pytest.mark.parametrize("factor,passes", [(1.0, True), (0.0, True), (1.5, False)])
+def test_a_jvp_at_a_cone_point_is_the_directional_derivative(factor, passes, via, dtype, engine):
+    """A norm's jvp at 0 along ``t`` has limits up to ``||t||`` (the one-sided derivative), reached
+    only along ``t`` itself: sampled along random directions alone, the band stopped short and the
+    exact ``||t||`` was called a bug (Note [Moves along the tangent])."""
+    x = torch.zeros(2, 2, dtype=dtype)
+    extra = {} if via == "jacfwd" else {"tangents": {"x": torch.tensor([[0.3, -1.2], [0.5, 2.0]], dtype=dtype)}}
+    report = sg.check(lambda x: _norm_with_jvp(factor)(x), {"x": x}, via=via, symbolic=norm, quiet=True,
+                      engine=engine, **extra)
+    assert report.passed is passes, str(report)

@@ -56,7 +56,8 @@ from .engine import backward, forward
 from .ir import Graph, Node
 from .refs import reference
 
-__all__ = ["limit_bands", "tangent_bands", "exploded_bands", "bands_from", "moved", "DIRECTIONS", "STEPS"]
+__all__ = ["limit_bands", "tangent_bands", "basis", "along", "ALONG", "exploded_bands", "bands_from", "moved",
+           "DIRECTIONS", "STEPS"]
 
 DIRECTIONS = 8
 STEPS = (2.0**-18, 2.0**-24)  # relative to each input's largest entry (1 for an input of zeros)
@@ -71,7 +72,9 @@ def limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale) -> None:
     stage("op graph: derivative limits at a 0/0 point")
     rng = np.random.default_rng(0)
     sweep = (seeds, live, nodes, how, out_shape, scale)
-    plain = _sample(_reverse_at_moved(st, st.graph, {n: [n] for n in live}, *sweep), rng)
+    columns = basis({n: np.shape(n.attrs["value"]) for n in dict.fromkeys(nodes) if n is not None})
+    extra = along(columns, _size(live)) if how == "jacfwd" else []  # Note [Moves along the tangent]
+    plain = _sample(_reverse_at_moved(st, st.graph, {n: [n] for n in live}, *sweep), rng, extra)
     split = None
     for i in todo:
         ref = refs[i]
@@ -89,30 +92,83 @@ def limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale) -> None:
         _apply(ref, nan, lo, hi, e, how_found)
 
 
-def tangent_bands(st, refs, sweep) -> None:
+def tangent_bands(st, refs, sweep, tangents=()) -> None:
     """Note [Cone points] for forward mode over the op graph: ``sweep(values)`` gives, per
-    reference, (values, roundings) from the graph's forward ``values`` at moved inputs."""
+    reference, (values, roundings) from the graph's forward ``values`` at moved inputs;
+    ``tangents``: the sweeps' tangents ({input node: array}), each also a direction of the moves
+    (Note [Moves along the tangent])."""
     if not any(np.isnan(np.asarray(r.value, np.float64)).any() for r in refs):
         return
     if not np.all(np.isfinite(st.values[st.out].v)):
         return
     stage("op graph: tangent limits at a 0/0 point")
     movable = [n for n in st.graph.inputs.values() if _floating(n)]
-    bands_from(refs, _at_moved(movable, lambda: sweep(forward(st.graph, st.ctx))))
+    tangents = [{n: d for n, d in t.items() if n in movable} for t in tangents]
+    bands_from(refs, _at_moved(movable, lambda: sweep(forward(st.graph, st.ctx))), along(tangents, _size(movable)))
 
 
-def exploded_bands(refs, lowered, sizes: list, values: list, n_moved: int, counts: list, scale, eps: float) -> None:
+# Note [Moves along the tangent]
+# A jvp at a cone point is a directional derivative, and along its own tangent ``t`` the limit is
+# the one-sided derivative itself: a norm's jvp at 0 has limits ``<d, t> / ||d||`` for the random
+# directions ``d``, all short of ``||t||`` unless ``d`` is parallel to ``t``, so a custom jvp
+# returning ``||t||`` -- exactly ``f'(0; t)`` -- was called a bug (0.93 ||t|| was the band's edge).
+# Every tangent is therefore also a direction of the moves, both signs, at one scale for all
+# inputs so that the move is along ``t`` itself.  Each adds one forward sweep of every tangent, so
+# a Jacobian by columns (one tangent per input entry; ``jacfwd``, also where its rows are swept in
+# reverse) gets these moves only up to ``ALONG`` columns; its band stays the random directions'
+# beyond that.
+ALONG = 16
+
+
+def basis(shapes: dict) -> list:
+    """A Jacobian's columns' tangents ({key: array}), one per entry of each ``shapes`` key's
+    array, or none past ``ALONG`` of them."""
+    if sum(int(np.prod(s, dtype=np.int64)) for s in shapes.values()) > ALONG:
+        return []
+    out = []
+    for key, shape in shapes.items():
+        for j in range(int(np.prod(shape, dtype=np.int64))):
+            e = np.zeros(shape)
+            e.flat[j] = 1.0
+            out.append({key: e})
+    return out
+
+
+def along(tangents, size: float) -> list:
+    """The tangents ({key: array}) as directions of the moves, each scaled so that its largest entry
+    is ``size`` (the inputs' largest, 1 where all are 0); none past ``ALONG`` of them."""
+    tangents = list(tangents)
+    if len(tangents) > ALONG:
+        return []
+    out = []
+    for t in tangents:
+        t = {k: np.asarray(d, np.float64) for k, d in t.items()}
+        top = max((float(np.max(np.abs(d), initial=0.0)) for d in t.values()), default=0.0)
+        if top > 0:
+            out.append({k: d * ((size or 1.0) / top) for k, d in t.items()})
+    return out
+
+
+def _size(leaves: list) -> float:
+    """The largest entry's size over the leaves' values."""
+    return max((float(np.max(np.abs(np.asarray(n.attrs["value"], np.float64)), initial=0.0)) for n in leaves),
+               default=0.0)
+
+
+def exploded_bands(refs, lowered, sizes: list, values: list, n_moved: int, counts: list, scale, eps: float,
+                   tangents=()) -> None:
     """Note [Cone points] on the exploded engine: ``lowered`` evaluates the forward and every
     derivative (``sizes`` entries each, the forward first) at ``values``, whose first ``n_moved``
-    entries are the inputs (``counts`` per input) and the rest cotangents or tangents, kept."""
+    entries are the inputs (``counts`` per input) and the rest cotangents or tangents, kept;
+    ``tangents``: directions to move along too ({input position: array}, Note [Moves along the tangent])."""
     from ..lower.numpy import high_precision
 
     offsets = np.cumsum([0] + list(sizes))
 
     def evaluate(move):
         base, start, parts = np.asarray(values[:n_moved], np.float64), 0, []
-        for c in counts:
-            parts.append(move(base[start:start + c]))
+        for k, c in enumerate(counts):
+            parts.append(move(base[start:start + c], k))
             start += c
         got = lowered(list(np.concatenate(parts + [np.zeros(0)])) + list(values[n_moved:]), dtype=high_precision(),
                       kink_eps=eps)
@@ -122,36 +178,45 @@ def exploded_bands(refs, lowered, sizes: list, values: list, n_moved: int, count
         return ([scale * flat[a:b].reshape(shape) for a, b, shape in pieces],
                 [scale * mags[a:b].reshape(shape) for a, b, shape in pieces])
 
-    bands_from(refs, evaluate)
+    top = float(np.max(np.abs(np.asarray(values[:n_moved], np.float64)), initial=0.0))
+    bands_from(refs, evaluate, along(tangents, top))
 
 
-def bands_from(refs, evaluate) -> None:
+def bands_from(refs, evaluate, along=()) -> None:
     """Note [Cone points] for an engine that evaluates its closed forms directly: ``evaluate(move)``
-    gives, per reference, (values, roundings) at the inputs moved by ``move(value array, direction
-    generator, step)`` (see :func:`moved`)."""
+    gives, per reference, (values, roundings) at the inputs moved by ``move(value array, key)``
+    (``key``: the input's node or position); ``along``: further directions ({key: array})."""
     todo = [i for i, r in enumerate(refs) if np.isnan(np.asarray(r.value, np.float64)).any()]
     if not todo:
         return
     stage("derivative limits at a 0/0 point")
-    samples = _sample(evaluate, np.random.default_rng(0))
+    samples = _sample(evaluate, np.random.default_rng(0), along)
     for i in todo:
         nan = np.isnan(np.asarray(refs[i].value, np.float64))
         lo, hi, e = _band([s[i] for s in samples])
         _apply(refs[i], nan, lo, hi, e, "every input moved together")
 
 
-def _sample(evaluate, rng) -> list:
+def _sample(evaluate, rng, along=()) -> list:
     """Per direction, per reference: (values at step 1, values at step 2, rounding at step 1), from
-    ``evaluate(move)`` (per reference, (values, roundings) at the inputs moved by ``move``)."""
+    ``evaluate(move)`` (per reference, (values, roundings) at the inputs moved by ``move``);
+    ``DIRECTIONS`` random directions, then ``along`` ({key: direction}, Note [Moves along the tangent])."""
+    def random_move(seed, t):
+        gen = np.random.default_rng(seed)  # the same direction at both steps, one draw per input
+        return lambda v, key=None: moved(v, gen, t)
+
+    def fixed_move(d, t):
+        return lambda v, key=None: np.asarray(v, np.float64) + t * d[key] if key in d else np.asarray(v, np.float64)
+
+    makers = [lambda t, seed=int(rng.integers(2**31)): random_move(seed, t) for _ in range(DIRECTIONS)]
+    makers += [lambda t, d=d: fixed_move(d, t) for d in along]
     samples = []
-    for _ in range(DIRECTIONS):
-        seed = int(rng.integers(2**31))
+    for make in makers:
         for sign in (1.0, -1.0):  # each direction and its opposite (Note [Cone points])
             at = []
             for t in STEPS:
-                gen = np.random.default_rng(seed)  # the same direction at both steps, one draw per input
                 with scale_free():  # the step is arbitrary: no underflow charges (approx.py)
-                    at.append(evaluate(lambda v, gen=gen, t=t * sign: moved(v, gen, t)))
+                    at.append(evaluate(make(t * sign)))
             samples.append([(a, b, r) for (a, r), (b, _) in zip(zip(*at[0]), zip(*at[1]))])
     return samples
 
@@ -163,7 +228,7 @@ def _at_moved(leaves: list, run) -> Callable:
     def evaluate(move):
         try:
             for n, v in base.items():
-                n.attrs["value"] = move(v)
+                n.attrs["value"] = move(v, n)
             return run()
         finally:
             for n, v in base.items():

@@ -13,7 +13,7 @@ from ..errors import InputError, ShapeMismatch
 from ..progress import stage
 from .approx import Approx
 from .columns import by_columns
-from .cones import tangent_bands
+from .cones import basis, tangent_bands
 from . import montecarlo
 from .engine import tangent
 from .forward_kinks import column_generators, forward_generators
@@ -45,7 +45,8 @@ def jvp_records(st: State, directions: list, via: str) -> list:
                            "forward mode over the op graph", st.failed)
     if ref.kink is not None:  # Note [Forward kink units]
         ref.kink_generators = forward_generators(st, all_seeds, tuple(ref.value.shape))
-    tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape))
+    tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape),
+                  [{n: a.v for n, a in seeds.items()} for seeds in all_seeds])
     base = np.asarray(ref.value, np.float64)
     compute = lambda values: _tangents_at(st, values, directions, base.shape)[0]  # noqa: E731
     _statistical_jvp(st, ref, compute)
@@ -169,5 +170,6 @@ def column_records(st: State, how: str, out_shape: tuple) -> list:
         return ([moved[n].v.reshape(r.value.shape) for n, r in zip(st.wrt, refs)],
                 [np.broadcast_to(moved[n].e, moved[n].shape).reshape(r.value.shape) for n, r in zip(st.wrt, refs)])
 
-    tangent_bands(st, refs, at)
+    columns = basis({nodes[n]: tuple(st.leaves[n].shape) for n in st.wrt if nodes[n] is not None})
+    tangent_bands(st, refs, at, columns)
     return compare_all(refs, actual, st.dtype, quantity="jacobian", rtol=st.rtol, atol=st.atol)

@@ -80,6 +80,18 @@ def test_refused_beyond_the_budget_quickly():
     assert time.perf_counter() - start < 10
 
 
+def test_auto_sizes_a_captured_constant_before_exploding():
+    """``x @ W`` with a closed-over weight has few inputs, but every entry reads W: exploded it took
+    72 s (Note [Slow to explode]); 'auto' takes the op graph, and a wrong backward still fails."""
+    x, w, v = randn(8, 64), randn(64, 64, seed=1), randn(8, 64, seed=2)
+    report = symgrad.check(lambda x: x @ w, {"x": x}, v=v, quiet=True)
+    assert report.passed and "graph" in report.meta["engine"], report.meta["engine"]
+    bad = with_backward(lambda x: x @ w, lambda x, g: g @ w.T * (1 + 1e-9))
+    assert not symgrad.check(bad, {"x": x}, v=v, symbolic=lambda x: x @ w, quiet=True).passed
+    small = symgrad.check(lambda x: x @ w[:4, :4], {"x": x[:, :4]}, v=v[:, :4], quiet=True)
+    assert small.passed and small.meta["engine"] == "elementwise"  # a small one is still exploded
+
+
 def test_forward_mode_on_the_exploded_engine():
     x, t = randn(3), randn(3, seed=1)
     assert check_exploded(torch.sin, {"x": x}, tangents={"x": t}, via="func.jvp").passed
