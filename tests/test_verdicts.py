@@ -284,6 +284,17 @@ def test_float64_celu_with_a_float32_reciprocal_does_not_false_alarm(engine, alp
     assert not sg.check(wrong, {"x": x}, **kw)
 
 
+@pytest.mark.parametrize("engine", ["graph", "auto"])
+def test_float64_hardswish_carries_no_float32_constant(engine):
+    """hardsigmoid's float64 kernel holds 1/6 in float32, hardswish's (x / 3 + 0.5) does not: charged
+    hardsigmoid's constant, a hardswish backward off by 1 + 1e-7 passed (allowed ~1.2e-7 of each entry)."""
+    x = torch.linspace(-2.9, 2.9, 13, dtype=torch.float64)
+    f = lambda x: torch.nn.functional.hardswish(x).sum()  # noqa: E731
+    assert sg.check(f, {"x": x}, engine=engine)
+    wrong = custom(f, lambda g, x: g * (x / 3 + 0.5) * (1 + 1e-8))
+    assert not sg.check(wrong, {"x": x}, engine=engine, symbolic=f)
+
+
 def test_the_graph_back_end_catches_a_float64_backward_off_by_a_billionth():
     f = custom(lambda x: torch.exp(x).sum(), lambda g, x: g * torch.exp(x) * (1 + 1e-9))
     assert not sg.check(f, {"x": _x64()}, engine="graph")

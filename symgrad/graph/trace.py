@@ -83,10 +83,11 @@ def decompositions() -> dict:
 
         _TABLE.update(ATTENTION_DECOMPOSITIONS())  # Note [Attention as the flash kernel computes it]
         kept_size_scales(_TABLE)  # Note [Scales of a kept size]
-        # hardsigmoid' and hardswish' hold 1/6 as a float literal (1.0f / 6.0f) even in float64 kernels
-        for op in (torch.ops.aten.hardsigmoid.default, torch.ops.aten.hardswish.default):
-            if op in _TABLE:
-                _TABLE[op] = _noting_float32_reciprocal(_TABLE[op], 6.0)
+        # hardsigmoid' holds 1/6 as a float literal (1.0f / 6.0f) even in float64 kernels; hardswish'
+        # is x / 3 + 0.5 in the kernel's own dtype, exact to float64's rounding there
+        op = torch.ops.aten.hardsigmoid.default
+        if op in _TABLE:
+            _TABLE[op] = _noting_float32_reciprocal(_TABLE[op], 6.0)
     return _TABLE
 
 
