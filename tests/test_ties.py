@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import symgrad as sg
-from symgrad.testing_ops import custom, with_backward
+from symgrad.testing_ops import custom, vjp, with_backward
 
 ENGINES = ["auto", "elementwise"]
 X = torch.tensor([1.0, 3.0, 3.0, 3.0], dtype=torch.float64)
@@ -422,3 +422,61 @@ def test_one_tie_choice_for_every_jacobian_row(dtype):
             if via == "functional.jacobian" or ok:  # one cotangent: a mix of both rows, caught or not
                 assert report.passed == ok, (first, second, via, report.to_text())
     assert sg.check(twin, {"x": x}, via="jacrev", quiet=True).passed
+
+
+def _nested_pool(x):
+    return F.max_pool1d(F.max_pool1d(x, 2), 2).sum()
+
+
+def _routed(pick: str):
+    """Both pools of ``_nested_pool`` on a flat region, by hand: ``pick`` of each window's ties."""
+    def backward(x, g):
+        out = torch.zeros_like(x)
+        if pick == "first":
+            out[..., 0] = g
+        elif pick == "last":
+            out[..., 3] = g
+        elif pick == "even":
+            out[...] = g / 4
+        elif pick == "every":
+            out[...] = g
+        elif pick == "first and 0.2":
+            out[..., 0], out[..., 2] = g, 0.2 * g
+        return out
+    return with_backward(_nested_pool, backward)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pick,passes", [("torch", True), ("first", True), ("last", True), ("even", True),
+                                         ("every", False), ("first and 0.2", False)])
+def test_ties_that_feed_ties(pick, passes, dtype):
+    """A flat region max-pooled twice: torch's [1, 0, 0, 0] is the first entry at both levels, which
+    the even split plus one change per tie cannot express (a cross term); it failed until the fit was
+    repeated around each tie's first and last entry (Note [A tie's first entry])."""
+    x = torch.ones(1, 1, 4, dtype=dtype)
+    f = _nested_pool if pick == "torch" else _routed(pick)
+    report = sg.check(f, {"x": x}, symbolic=_nested_pool, quiet=True)
+    assert report.passed is passes, str(report)
+    if pick == "torch":
+        rows = sg.check(lambda x: x.reshape(2, 2).max(-1).values.max(-1).values, {"x": x.flatten()}, quiet=True)
+        assert rows.passed, str(rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_saliency_of_a_cnn_that_pools_a_binary_image_first(dtype):
+    """The gradient with respect to a binary image pooled before a conv, relu and a second pool:
+    ties at both pools; torch's own backward failed (Note [A tie's first entry])."""
+    torch.manual_seed(0)
+    conv, fc = torch.nn.Conv2d(1, 4, 3, padding=1).to(dtype), torch.nn.Linear(16, 3).to(dtype)
+
+    def f(x):
+        h = F.max_pool2d(torch.relu(conv(F.max_pool2d(x, 2))), 2)
+        return F.cross_entropy(fc(h.flatten(1)), torch.tensor([1]))
+
+    x = torch.zeros(1, 1, 8, 8, dtype=dtype)
+    x[0, 0, 3:8, 0:4] = 1
+    assert sg.check(f, {"x": x}, quiet=True).passed
+    twice = with_backward(lambda x: F.max_pool2d(x, 2), lambda x, g: 2 * vjp(lambda x: F.max_pool2d(x, 2), x, g))
+    wrong = lambda x: F.cross_entropy(fc(F.max_pool2d(torch.relu(conv(twice(x))), 2).flatten(1)),  # noqa: E731
+                                      torch.tensor([1]))
+    assert not sg.check(wrong, {"x": x}, symbolic=f, quiet=True).passed

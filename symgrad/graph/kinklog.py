@@ -21,11 +21,13 @@ __all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE", "tie_rows", "indistinc
 
 class KinkLog(list):
     """The kinked units a reverse sweep met (``vjp``'s ``kinks``); ``flip``: the sweep takes every
-    kinked unit's other one-sided derivative (Note [Other side everywhere] in graph/kinkunits.py)."""
+    kinked unit's other one-sided derivative (Note [Other side everywhere] in graph/kinkunits.py);
+    ``pick``: every tie's first or last entry (Note [A tie's first entry])."""
 
-    def __init__(self, flip: bool = False, ties: bool = True, members: int = 0):
+    def __init__(self, flip: bool = False, ties: bool = True, members: int = 0, pick: str | None = None):
         super().__init__()
         self.flip = flip
+        self.pick = pick  # "first"/"last": a tie's own share goes to that entry, not evenly (Note [A tie's first entry])
         self.ties = ties  # ties of max/min as units (Note [Ties as kink units]); False: as bands
         self.members = members or MAX_TIE_MEMBERS  # the largest tie taken as a unit
         self.oversized = 0  # ties met that were larger than ``members`` (banded), counted per group

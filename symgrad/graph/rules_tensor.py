@@ -172,7 +172,8 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
     ext = fn(a.v, axis=axes, keepdims=True)
     exact = a.v == ext
     count = np.sum(exact, axis=axes, keepdims=True)
-    weight = exact / count
+    pick = getattr(kinks, "pick", None)
+    weight = _first_entry(exact, axes, pick == "last") if pick else exact / count
     near = _near_extreme(a, ext, axes, ctx)
     tied = np.sum(near, axis=axes, keepdims=True) > 1
     v = gk.v * weight
@@ -197,6 +198,19 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
     hi = np.where(tie, hi_end - v, g_hi * weight)
     return Approx(v, e, lo, hi)
 
+
+
+def _first_entry(exact: np.ndarray, axes: tuple, last: bool = False) -> np.ndarray:
+    """1.0 at the first (``last``: the last) True of ``exact`` over ``axes`` in C order, 0.0
+    elsewhere (Note [A tie's first entry] in graph/kinkunits.py)."""
+    rest = [d for d in range(exact.ndim) if d not in axes]
+    moved = np.transpose(exact, rest + list(axes))
+    flat = moved.reshape(moved.shape[:len(rest)] + (-1,))
+    one = np.zeros(flat.shape)
+    at = flat.shape[-1] - 1 - np.argmax(flat[..., ::-1], axis=-1) if last else np.argmax(flat, axis=-1)
+    np.put_along_axis(one, at[..., None], 1.0, axis=-1)
+    one = one.reshape(moved.shape)
+    return np.transpose(one, np.argsort(rest + list(axes)))
 
 
 def _jvp_extreme(node: Node, a: Approx, t: Approx, ctx: Ctx) -> Approx:

@@ -37,17 +37,24 @@ def vjp_records(st: State, seeds, how, v, backward_calls, out_shape) -> list:
     quantity = ("jacobian" if how in JACOBIAN_VIAS else
                 "grad" if len(seeds) == 1 and v is None else "vjp")
     records = compare_all(refs, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
-    if kinked and not all(r.passed for r in records):  # Note [Other side everywhere]
-        flipped, _, _ = sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=True)
-        for ref, stat in zip(flipped, stats):
+    retries = [(dict(flip=True), "Autograd took the other one-sided derivative at every kinked unit (e.g. "
+                "relu'(0) = 1); checked against that choice (Note [Other side everywhere]).")] if kinked else []
+    if kinked == 2:  # Note [A tie's first entry]
+        retries += [(dict(flip=False, pick="first"), "Autograd took the first entry of every tie (as torch's max(dim) "
+                     "and max pooling do); checked against that choice (Note [A tie's first entry])."),
+                    (dict(flip=False, pick="last"), "Autograd took the last entry of every tie; checked against "
+                     "that choice (Note [A tie's first entry]).")]
+    for sides, text in retries:
+        if all(r.passed for r in records):
+            break
+        again, _, _ = sweep_references(st, seeds, live, nodes, how, out_shape, scale, **sides)
+        for ref, stat in zip(again, stats):
             tighten(ref, stat)
-        others = compare_all(flipped, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
+        others = compare_all(again, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
         for i, (rec, other) in enumerate(zip(records, others) if all(o.passed for o in others) else ()):
             if not rec.passed:
-                other.note = (other.note + " " if other.note else "") + (
-                    "Autograd took the other one-sided derivative at every kinked unit (e.g. relu'(0) = 1); "
-                    "checked against that choice (Note [Other side everywhere]).")
-                records[i], refs[i] = other, flipped[i]
+                other.note = (other.note + " " if other.note else "") + text
+                records[i], refs[i] = other, again[i]
     for rec, (ref_runs, ref_constants) in zip(records, runs):
         scale_test.apply_scale_test(rec, ref_runs, st.dtype, ref_constants)  # Note [Systematic scale]
     if len(runs) > 1:  # Note [One scale over every gradient]
