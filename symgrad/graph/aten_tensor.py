@@ -121,7 +121,7 @@ def _var(b, args, kwargs, val):
 
 @handles("aten.view", "aten._unsafe_view", "aten.reshape", "aten.view_copy", "aten.unsqueeze", "aten.squeeze",
          "aten.flatten", "aten.unflatten", "aten.squeeze_copy", "aten.unsqueeze_copy", "aten.collapse_view",
-         "aten.split_dim")
+         "aten.split_dim", "aten.squeeze_", "aten.unsqueeze_")  # in-place twins: torch.quantile's trace ends in squeeze_
 def _reshape(b, args, kwargs, val):
     return b.layout("reshape", args[0], tuple(val.shape))
 

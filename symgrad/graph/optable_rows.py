@@ -149,6 +149,7 @@ ROWS += [
     red("topk", lambda x: torch.topk(x, 2, 1).values), red("kthvalue", lambda x: torch.kthvalue(x, 2, 1).values),
     red("median dim", lambda x: torch.median(x, 1).values), red("median all", torch.median),
     red("cummax", lambda x: torch.cummax(x, 1).values),
+    red("quantile", lambda x: torch.quantile(x, 0.3, dim=1)),
     red("logsumexp of masked scores", lambda x: torch.logsumexp(x.masked_fill(x > 1.0, -float("inf")), 1),
         {"x": fixed([[0.5, 2.0, -1.0, 0.3], [1.5, -0.2, 0.7, 3.0]])}),
     red("softmax with a -inf column", lambda x: torch.softmax(x + torch.tensor([0.0, -float("inf"), 0.0, 0.0], dtype=x.dtype), 1),
