@@ -206,3 +206,19 @@ def test_a_jvp_at_a_cone_point_is_the_directional_derivative(factor, passes, via
     report = sg.check(lambda x: _norm_with_jvp(factor)(x), {"x": x}, via=via, symbolic=norm, quiet=True,
                       engine=engine, **extra)
     assert report.passed is passes, str(report)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_zero_initialised_parameter_through_normalize_and_a_norm(dtype):
+    """normalize(B) is B / 1e-12 near B = 0 and the norm is a cone point there: the limits were taken
+    at moves that left normalize's clamp, and torch's exact gradient failed (Note [Cone points])."""
+    B = torch.zeros(2, 3, dtype=dtype)
+    w = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=dtype)
+
+    def f(B):
+        return (F.normalize(B, dim=0) * w).sum() + 0.01 * norm(B)
+
+    assert sg.check(f, {"B": B}, quiet=True).passed
+    if dtype == torch.float64:  # in float32, 0.01 is far below the rounding of entries of 1e12
+        ones = with_backward(f, lambda B, g: vjp(f, B, g) + 0.01 * g)  # the norm's part: 0.01 in every entry
+        assert not sg.check(ones, {"B": B}, symbolic=f, quiet=True).passed

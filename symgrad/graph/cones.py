@@ -29,6 +29,11 @@ the entry's limits (a norm's are all of ``[-1, 1]``): torch's choice at a symmet
 lies in it, but a subgradient near the range's edge (0.9 on one entry of a zero vector of 9) can
 fall outside a sampled band and fail; a wrong value inside the band passes, as at a kink.
 
+The steps are relative to each input's largest entry; an input of zeros (a zero-initialised
+parameter) moves by ``ZERO_SIZE`` times them, inside the clamps such code puts around its cone
+points: ``F.normalize(B) + vector_norm(B)`` at ``B = 0`` is ``B / 1e-12`` plus a norm, and moves of
+2**-18 left normalize's clamp, so its limits were about 1/|t d| instead of torch's exact 1e12 -- a
+false alarm, where each term alone passed.
 Some NaNs survive any move of the inputs: ``cdist(x, x)`` has ``x_i - x_i = 0`` for every ``x``, so
 its diagonal's ``sqrt`` sits at 0 wherever the inputs go, although the function (0 there) is
 smooth.  For those entries every *use* of an input is moved independently: the graph gets one
@@ -60,7 +65,8 @@ __all__ = ["limit_bands", "tangent_bands", "basis", "along", "ALONG", "exploded_
            "DIRECTIONS", "STEPS"]
 
 DIRECTIONS = 8
-STEPS = (2.0**-18, 2.0**-24)  # relative to each input's largest entry (1 for an input of zeros)
+STEPS = (2.0**-18, 2.0**-24)  # relative to each input's largest entry (ZERO_SIZE for an input of zeros)
+ZERO_SIZE = 2.0**-30  # Note [Cone points]: inside the clamps of normalize (1e-12) and the like
 
 
 def limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale) -> None:
@@ -136,7 +142,7 @@ def basis(shapes: dict) -> list:
 
 def along(tangents, size: float) -> list:
     """The tangents ({key: array}) as directions of the moves, each scaled so that its largest entry
-    is ``size`` (the inputs' largest, 1 where all are 0); none past ``ALONG`` of them."""
+    is ``size`` (the inputs' largest, ZERO_SIZE where all are 0); none past ``ALONG`` of them."""
     tangents = list(tangents)
     if len(tangents) > ALONG:
         return []
@@ -145,7 +151,7 @@ def along(tangents, size: float) -> list:
         t = {k: np.asarray(d, np.float64) for k, d in t.items()}
         top = max((float(np.max(np.abs(d), initial=0.0)) for d in t.values()), default=0.0)
         if top > 0:
-            out.append({k: d * ((size or 1.0) / top) for k, d in t.items()})
+            out.append({k: d * ((size or ZERO_SIZE) / top) for k, d in t.items()})
     return out
 
 
@@ -240,7 +246,7 @@ def _at_moved(leaves: list, run) -> Callable:
 def moved(v: np.ndarray, rng, t: float) -> np.ndarray:
     """``v + t * max|v| * d`` for a standard normal ``d`` drawn from ``rng`` (``max|v|`` = 1 for zeros)."""
     v = np.asarray(v, np.float64)
-    size = float(np.max(np.abs(v))) if v.size and np.max(np.abs(v)) > 0 else 1.0
+    size = float(np.max(np.abs(v))) if v.size and np.max(np.abs(v)) > 0 else ZERO_SIZE
     return v + t * size * rng.standard_normal(v.shape)
 
 
