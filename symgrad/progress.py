@@ -23,7 +23,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-__all__ = ["progress", "stage", "with_progress", "logger", "is_quiet", "DELAY"]
+__all__ = ["progress", "stage", "advance", "with_progress", "logger", "is_quiet", "DELAY"]
 
 logger = logging.getLogger("symgrad")
 DELAY = 2.0  # seconds of work before anything is shown
@@ -85,15 +85,22 @@ class Progress:
 
     def stage(self, name: str) -> None:
         """Enter the next stage (logged; shown if the display is up)."""
-        self.current = name
+        self.current, self.fraction = name, ""
         self.stages.append((name, self.elapsed))
         logger.debug("%s: %s (%.2f s)", self.description, name, self.elapsed)
         with self._lock:
             if self._display is not None:
                 self._display.update(self._task, description=self._label())
 
+    def advance(self, done: int, total: int) -> None:
+        """How far the current stage is: ``done`` of ``total`` steps (shown, not logged)."""
+        self.fraction = f" ({done}/{total})" if total else ""
+        with self._lock:
+            if self._display is not None:
+                self._display.update(self._task, description=self._label())
+
     def _label(self) -> str:
-        return f"{self.description}: {self.current}"
+        return f"{self.description}: {self.current}{getattr(self, 'fraction', '')}"
 
     def _show(self) -> None:
         with self._lock:
@@ -138,6 +145,13 @@ def stage(name: str) -> None:
         bar.stage(name)
     else:
         logger.debug("%s", name)
+
+
+def advance(done: int, total: int) -> None:
+    """Say how far the running check's current stage is (``done`` of ``total``); a no-op outside ``progress``."""
+    bar = _ACTIVE.get()
+    if bar is not None:
+        bar.advance(done, total)
 
 
 def with_progress(description: str):

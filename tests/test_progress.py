@@ -54,3 +54,22 @@ def test_check_logs_its_stages_and_quiet_changes_no_result(caplog):
         assert name in text
     quiet = sg.check(lambda x: (x.tanh() * 3).sum(), {"x": x}, quiet=True)
     assert quiet.to_dict() == loud.to_dict()
+
+
+def test_the_reruns_say_how_far_they_are(monkeypatch):
+    """A long stage shows its fraction done (issue 9): the random-rounding reruns count themselves."""
+    from symgrad.progress import Progress
+
+    seen = []
+    original = Progress.advance
+
+    def spy(self, done, total):
+        original(self, done, total)
+        seen.append((done, total, self._label()))
+
+    monkeypatch.setattr(Progress, "advance", spy)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    sg.check(model, {"x": torch.randn(4, 8)}, loss=torch.nn.MSELoss(), target=torch.randn(4, 3), quiet=True)
+    assert seen and all(0 <= d < t for d, t, _ in seen), seen[:3]
+    assert any(label.endswith(f"({d}/{t})") and "reruns" in label for d, t, label in seen), seen[:3]

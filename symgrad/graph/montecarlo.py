@@ -57,6 +57,7 @@ import numpy as np
 
 from ..compare.compare import EPS, RESOLUTION
 from ..compare.half import rounding_ulps
+from ..progress import advance, stage
 from . import approx
 from .approx import Approx
 from .engine import backward, forward
@@ -209,8 +210,10 @@ def kink_caps(graph, ctx, values: dict, samples: int = SAMPLES, seed: int = 7) -
     total = {n: 0.0 for n in graph.nodes if n.kind != "leaf"}
     token = reference_mode.set("float")
     try:
+        stage("op graph: random-rounding reruns of the forward (Note [Statistical kinks])")
         with np.errstate(all="ignore"), perturbing(rng, "random") as move:
-            for _ in range(samples):
+            for k in range(samples):
+                advance(k, samples)
                 move.reroll()
                 moved = forward(graph, ctx, fold_moves=False)  # Note [Continuous kinks are roundings] (engine.py)
                 for node in total:
@@ -358,19 +361,22 @@ def coherent_reruns(rng, samples: int, rerun, add, split: bool = True) -> tuple[
     constants: list = []
     seen: dict = {}
     with np.errstate(all="ignore"), perturbing(rng, "still" if split else "random", seen) as move:
-        for _ in range(samples):
+        for k in range(samples):
+            advance(k, samples)
             move.reroll()
             runs.append(rerun("still"))
     if not split or not seen:
         return runs, constants
     if len(seen) <= samples:
-        for key in list(seen):
+        for k, key in enumerate(list(seen)):
+            advance(samples + k, samples + len(seen))
             with np.errstate(all="ignore"), perturbing(rng, ("only", key)) as move:
                 move.reroll()
                 constants.append(rerun("only"))
         return runs, constants
     with np.errstate(all="ignore"), perturbing(rng, "alone") as move:
         for k, run in enumerate(runs):
+            advance(samples + k, 2 * samples)
             move.reroll()
             runs[k] = add(run, rerun("alone"))
     return runs, constants
