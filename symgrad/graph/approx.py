@@ -34,7 +34,7 @@ import numpy as np
 
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
-__all__ = ["Approx", "scale_free", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "unbroadcast", "summation_factor",
+__all__ = ["Approx", "scale_free", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "unbroadcast", "summation_factor", "rerun_share",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -107,14 +107,21 @@ CONVOLUTION = "aten.convolution"
 # [Half-precision accumulation]).  Charged as the
 # worst case, so an entry's allowance covers every order of the additions; in float64 at n = 10**5
 # that is 1e-11 of the terms' sizes.
-# Note [A convolution's bias gradient]
-# torch's float32 convolution backward (oneDNN on CPU) adds the bias gradient up over batch and
-# positions one term at a time: measured against the exact sum, 377 units of eps on the terms'
-# sizes at 64 x 64 positions and 1,863 at 128 x 128 (n / 9, where log2 n charged 12 and 14) -- after
-# a global average pool every term of a channel is the same number, and equal roundings add up
-# coherently.  torch's own CNN (conv, relu, mean over 4,096 positions) failed on its bias.  So in a
-# float32 check the sum of the bias gradient of a convolution (its bias add, ``_conv_bias``) is
-# charged as a sequential scan, n - 1 roundings on its terms' sizes.  That bound is one coherent
+# Note [Sequential reverse sums]
+# Some of torch's CPU backward kernels add a gradient up one term at a time, where ``reduce_sum``
+# charges a blocked sum's log2 n roundings.  Measured against the exact sum, in units of eps on the
+# terms' sizes: a float32 convolution's bias gradient (oneDNN), 377 at 64 x 64 positions and 1,863
+# at 128 x 128 (log2 n: 12 and 14); layer_norm's bias gradient over 16,384 rows, 594 in float32 and
+# 254 in float64 (its weight's up to 3 times log2 n); an embedding's gradient, 75 at 16,384 lookups
+# of 10 rows and 202 at 4,096 of one row.  After a global average pool, or a constant cotangent,
+# the terms are equal numbers and their roundings add up coherently (n / 10).  torch's own CNN (conv,
+# relu, mean over 4,096 positions), layer_norm over 16,384 rows and an embedding over a small
+# vocabulary failed.  So the nodes whose reverse sums torch adds so carry ``_sequential`` (the
+# dtypes it does so in: the convolution's bias add, float32; layer_norm's weight and bias, float32
+# and float64, marked while tracing its decomposition, trace.sequential_sums; an embedding's lookup,
+# float32 and float64), and in their reverse rules a sum of n terms is charged as a sequential scan,
+# n - 1 roundings on its terms' sizes.  Half precision keeps its float32 accumulators (under one
+# unit measured).  That bound is one coherent
 # error, not many independent ones: moved by all of it with a random sign per rerun, LAMBDA = 8
 # standard deviations of the reruns (Note [Statistical allowance]) would allow it eight times over
 # (a bias backward off by 1e-3 passed at 4,096 positions), so in the reruns it moves by
@@ -123,6 +130,11 @@ CONVOLUTION = "aten.convolution"
 # gradient (a contraction: 25 units at 4,096 positions, 46 at 16,384) and the half dtypes (float32
 # accumulators, under one unit) keep theirs.
 COHERENT_SHARE = 1 / 8
+
+
+def rerun_share() -> float:
+    """How much of a sum's own rounding bound a statistical rerun moves it by (Note [Sequential reverse sums])."""
+    return COHERENT_SHARE if _SCAN.get() == (None, True) else 1.0
 _SCAN: contextvars.ContextVar = contextvars.ContextVar("symgrad_scan", default=None)
 _CHECKED: contextvars.ContextVar = contextvars.ContextVar("symgrad_checked", default=None)
 EPS64 = 2.0**-52
@@ -139,7 +151,7 @@ def kernel(node, backward: bool = False):
     tokens = []
     if _ACCUMULATION.get() is not None and half:
         tokens.append((_ACCUMULATION, _ACCUMULATION.set(None)))
-    if backward and node.attrs.get("_conv_bias") and _CHECKED.get() == "float32":  # Note [A convolution's bias gradient]
+    if backward and _CHECKED.get() in node.attrs.get("_sequential", ()):  # Note [Sequential reverse sums]
         tokens.append((_SCAN, _SCAN.set((None, True))))
     if scan:
         float32, double = _CHECKED.get() == "float32", bool(node.attrs.get("_scan_double"))
@@ -219,7 +231,7 @@ def summation_factor(n: int) -> float:
     scan = _SCAN.get()
     if scan is not None:
         length, sequential = scan
-        length = n if length is None else length  # None: the sum itself is the scan (Note [A convolution's bias gradient])
+        length = n if length is None else length  # None: the sum itself is the scan (Note [Sequential reverse sums])
         return float(max(length - 1, 1)) if sequential else max(1.0, math.ceil(math.log2(length)))
     return max(1.0, math.ceil(math.log2(n)))
 
@@ -432,8 +444,7 @@ def reduce_sum(a: Approx, axes: tuple, keepdims: bool = False) -> Approx:
     f = summation_factor(n)
     if f:
         own = accumulated(f, np.abs(a.v).sum(axis=axes, keepdims=keepdims), v)
-        share = COHERENT_SHARE if _SCAN.get() == (None, True) else 1.0  # Note [A convolution's bias gradient]
-        v, e = rounded(v, own * share), e + own
+        v, e = rounded(v, own * rerun_share()), e + own
     if not a.banded:
         return Approx(v, e)
     return Approx(v, e, a.lo.sum(axis=axes, keepdims=keepdims), a.hi.sum(axis=axes, keepdims=keepdims))

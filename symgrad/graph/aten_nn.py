@@ -80,7 +80,7 @@ def _conv_core(b, win_node, w, bias, groups, nd, val, col2im: bool = False):
     if bias is not None:
         bn = b.layout("reshape", b.node_of(bias), (cout,) + (1,) * nd)
         y = b.pointwise(lambda s, t: s + t, [y, bn], y.shape)
-        y.attrs["_conv_bias"] = True  # its reverse sum is sequential in float32 (Note [A convolution's bias gradient])
+        y.attrs["_sequential"] = ("float32",)  # Note [Sequential reverse sums] (approx.py)
     if tuple(y.shape) != tuple(val.shape):
         raise UnsupportedOp(f"convolution: symgrad's output shape {y.shape} differs from torch's {tuple(val.shape)}")
     return y

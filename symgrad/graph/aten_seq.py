@@ -106,8 +106,11 @@ def _embedding(b, args, kwargs, val):
     idx = rows[..., None] * width + np.arange(width) + 1
     if padding_idx is not None and padding_idx >= 0:
         idx = np.where((rows == padding_idx)[..., None], idx + weight.size, idx)
-        return b.select([looked, b.stop(weight, reverse_only=True)], idx)
-    return b.select([looked], idx)
+        out = b.select([looked, b.stop(weight, reverse_only=True)], idx)
+    else:
+        out = b.select([looked], idx)
+    out.attrs["_sequential"] = ("float32", "float64")  # Note [Sequential reverse sums] (approx.py)
+    return out
 
 
 @handles("aten.embedding_renorm", "aten.embedding_renorm_")

@@ -16,7 +16,7 @@ from .trace import Builder
 from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
                              write_into_constant)
 from .fold_error import INDEX_STEPS, errors_by_wide, fold_eps, fold_error, traced_dtype
-from .trace_grad import IN_PLACE, NO_GRAD
+from .trace_grad import IN_PLACE, NO_GRAD, SEQUENTIAL
 
 __all__ = ["to_graph", "register"]
 
@@ -202,6 +202,8 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
         env[node] = _call(b, node, args, kwargs)
+        if node.meta.get(SEQUENTIAL) and isinstance(env[node], Node):  # Note [Sequential reverse sums]
+            env[node].attrs["_sequential"] = node.meta[SEQUENTIAL]
         if node.meta.get(NO_GRAD) or _detached_in_place(node, args):  # Note [Grad mode inside forward]
             env[node] = _no_grad_result(b, node, args, env[node])
         if node in written and hasattr(env[node], "shape"):

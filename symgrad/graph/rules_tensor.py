@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .approx import Approx, einsum, reduce_sum, rounded, summation_factor, unbroadcast
+from .approx import Approx, einsum, reduce_sum, rerun_share, rounded, summation_factor, unbroadcast
 from .ir import Node
 from .kinklog import MAX_TIE_MEMBERS, _record_ties, indistinct
 from .scalar import KINK_ULPS, Ctx
@@ -148,9 +148,11 @@ def _vjp_select(node: Node, args: list, g: Approx) -> list:
 
     v, e = scatter(g.v), scatter(g.e)
     f = summation_factor(mult)
-    if f:
+    if f and rerun_share() < 1:  # one term at a time: each entry its own count (Note [Sequential reverse sums])
+        f = np.maximum(np.bincount(slots, minlength=total) - 1, 0)
+    if np.any(f):
         own = f * scatter(np.abs(g.v))
-        v, e = rounded(v, own), e + own
+        v, e = rounded(v, own * rerun_share()), e + own
     lo, hi = (scatter(g.lo), scatter(g.hi)) if g.banded else (None, None)
     grads, start = [], 0
     for a in args:

@@ -88,7 +88,28 @@ def decompositions() -> dict:
         op = torch.ops.aten.hardsigmoid.default
         if op in _TABLE:
             _TABLE[op] = _noting_float32_reciprocal(_TABLE[op], 6.0)
+        op = torch.ops.aten.native_layer_norm.default
+        if op in _TABLE:
+            _TABLE[op] = _sequential_affine(_TABLE[op])
     return _TABLE
+
+
+def _sequential_affine(decomposed):
+    """native_layer_norm's decomposition with its weight and bias applied after it, under
+    ``sequential_sums``: torch's CPU kernel adds their gradients up row by row, in float32 and float64
+    (Note [Sequential reverse sums] in graph/approx.py)."""
+    from .trace_grad import sequential_sums
+
+    def run(x, shape, weight=None, bias=None, eps=1e-5):
+        out, mean, rstd = decomposed(x, shape, None, None, eps)
+        with sequential_sums(("float32", "float64")):
+            if weight is not None:
+                out = out * weight
+            if bias is not None:
+                out = out + bias
+        return out, mean, rstd
+
+    return run
 
 
 def _noting_float32_reciprocal(decomposed, fixed: float | None = None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-__all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "marking_grad_mode"]
+__all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "marking_grad_mode", "sequential_sums"]
 
 
 # Note [Grad mode inside forward]
@@ -48,6 +48,22 @@ IN_FUNCTION = "symgrad_in_function"
 # ``detach()``, which the trace records (a stop; inside a Function's forward the identity, Note
 # [Inside a custom Function's forward]); writing ``.data`` is left as torch does it.
 _LEAVING = ("numpy", "tolist", "__array__")
+
+
+# fx nodes recorded inside ``sequential_sums(dtypes)``: their reverse sums are torch's one-term-at-a-time
+# additions in those dtypes (Note [Sequential reverse sums] in graph/approx.py)
+SEQUENTIAL = "symgrad_sequential"
+_SEQUENTIAL: list = []
+
+
+@contextmanager
+def sequential_sums(dtypes: tuple):
+    """The fx nodes recorded inside note ``SEQUENTIAL`` = ``dtypes``."""
+    _SEQUENTIAL.append(tuple(dtypes))
+    try:
+        yield
+    finally:
+        _SEQUENTIAL.pop()
 
 
 @contextmanager
@@ -91,6 +107,8 @@ def marking_grad_mode():
             node.meta[IN_FUNCTION] = True
         if in_place:
             node.meta[IN_PLACE] = True
+        if _SEQUENTIAL:
+            node.meta[SEQUENTIAL] = _SEQUENTIAL[-1]
         return node
 
     def leaving(name):

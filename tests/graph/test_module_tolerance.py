@@ -275,3 +275,43 @@ def test_float32_conv_bias_summed_over_many_positions():
     assert sg.check(f, inputs, quiet=True).passed
     off = with_backward(lambda b: b, lambda b, g: g * (1 + 1e-3))
     assert not sg.check(lambda w, b: f(w, b, off), inputs, symbolic=f, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layer_norm_weight_and_bias_summed_over_many_rows(dtype):
+    """torch's layer_norm backward adds its weight and bias gradients row by row (594 units of eps at
+    16,384 rows in float32, 254 in float64, where log2 n = 14 were charged): torch's own op failed on
+    its bias under a constant cotangent (Note [Sequential reverse sums]).  A bias backward off by
+    1e-3 (float32) or 1e-6 (float64) still fails."""
+    from symgrad.testing_ops import with_backward
+
+    torch.manual_seed(0)
+    rows, d = 16384, 16
+    inputs = {"x": (torch.rand(rows, d) * 2 + 0.5).to(dtype), "w": torch.randn(d).to(dtype), "b": torch.randn(d).to(dtype)}
+    v = torch.full((rows, d), 0.7312345, dtype=dtype)
+
+    def f(x, w, b, bug=None):
+        return torch.nn.functional.layer_norm(x, (d,), w, b if bug is None else bug(b))
+
+    assert sg.check(f, inputs, v=v, quiet=True).passed
+    # n - 1 roundings of float32 over 16,384 rows are 1e-3 of the sum: a 1e-3 bug is caught at 4,096
+    for n, size in ((rows, 1e-2 if dtype == torch.float32 else 1e-6), (4096, 1e-3 if dtype == torch.float32 else 1e-6)):
+        off = with_backward(lambda b: b, lambda b, g, size=size: g * (1 + size))
+        cut = {"x": inputs["x"][:n], "w": inputs["w"], "b": inputs["b"]}
+        assert not sg.check(lambda x, w, b: f(x, w, b, off), cut, v=v[:n], symbolic=f, quiet=True).passed, n
+
+
+def test_an_embedding_over_a_small_vocabulary():
+    """torch adds an embedding's gradient one lookup at a time (75 units of eps at 16,384 lookups of
+    10 rows, where log2 of the multiplicity was charged): torch's own float32 lookup failed (Note
+    [Sequential reverse sums]).  A backward off by 1e-3 still fails."""
+    from symgrad.testing_ops import with_backward
+
+    torch.manual_seed(0)
+    weight, ids = torch.randn(10, 16), torch.randint(0, 10, (16384,))
+    v = torch.full((16384, 16), 0.7312345)
+    assert sg.check(lambda w: torch.nn.functional.embedding(ids, w), {"w": weight}, v=v, quiet=True).passed
+    off = with_backward(lambda w: w, lambda w, g: g * (1 + 1e-3))
+    wrong = lambda w: torch.nn.functional.embedding(ids, off(w))  # noqa: E731
+    assert not sg.check(wrong, {"w": weight}, v=v, symbolic=lambda w: torch.nn.functional.embedding(ids, w),
+                        quiet=True).passed
