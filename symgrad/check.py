@@ -110,7 +110,10 @@ def check(
     title : the report's title.
     memory_budget : bytes the exploded (elementwise) back end may use (Note [Memory guard] in
         ``symgrad/graph/budget.py``); beyond it ``"auto"`` goes to the tensor back end and a forced
-        ``"elementwise"`` is refused.
+        ``"elementwise"`` is refused.  The tensor back end refuses, right after tracing, a graph whose
+        estimated peak is beyond it (Note [Memory guard of the op graph]).  None: a quarter of the
+        available memory for the exploded back end and half of it for the tensor back end, or
+        ``SYMGRAD_MEMORY_BUDGET`` for both.
     quiet : ``True`` never shows progress (also: environment variable ``SYMGRAD_QUIET=1``); progress
         appears on stderr only for checks that take more than 2 s.
     order : ``2`` checks double backward (``gradgradcheck``'s question) against the exact second
@@ -188,7 +191,7 @@ def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine,
 
         return check_module(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, loss=loss, target=target,
                             engine=engine, backend=backend, rtol=rtol, atol=atol, title=title, tangents=tangents,
-                            backward_calls=backward_calls)
+                            backward_calls=backward_calls, memory_budget=memory_budget)
     return check_plain(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
                        engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
                        symbols_map=symbols_map, title=title, memory_budget=memory_budget)

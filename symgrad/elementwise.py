@@ -64,7 +64,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
 
         stage("op graph: trace, differentiate, compare")
         return check_graph(graph_fn, named, symbolic=sym, wrt=wrt_names, via=via, v=v, tangents=tangents,
-                           backward_calls=backward_calls, rtol=rtol, atol=atol, title=title)
+                           backward_calls=backward_calls, rtol=rtol, atol=atol, title=title,
+                           memory_budget=memory_budget)
 
     if _tensor_back_end(graph_fn, as_torch or symbolic, named, wrt_names, via, tangents, engine, memory_budget):
         return on_graph(as_torch or symbolic)

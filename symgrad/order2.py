@@ -48,7 +48,7 @@ def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, b
             raise InputError("order=2 checks an nn.Module on the op graph: use engine='auto' or 'graph'")
         named = normalize_inputs(fn, symbolic, inputs, finite=False)
         return check_graph(fn, named, symbolic=symbolic, wrt=wrt, v=v, tangents=tangents, loss=loss, target=target,
-                           rtol=rtol, atol=atol, title=title, order=2)
+                           rtol=rtol, atol=atol, title=title, order=2, memory_budget=memory_budget)
     if loss is not None or target is not None:
         raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
     named = normalize_inputs(fn, symbolic, inputs, finite=False)
@@ -59,7 +59,7 @@ def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, b
         refuse_nonfinite(named)
     wrt_names = _choose_wrt(named, wrt)
     graph_args = dict(symbolic=symbolic, wrt=wrt_names, v=v, tangents=tangents, rtol=rtol, atol=atol, title=title,
-                      order=2)
+                      order=2, memory_budget=memory_budget)
     n_in = sum(t.numel() for t in named.values() if t.is_floating_point())
     n_wrt = sum(named[w].numel() for w in wrt_names)
     import sympy as sp

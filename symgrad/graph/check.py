@@ -36,6 +36,7 @@ from .refs import State as _State, approx_reference as _approx_reference
 from .forward_records import by_columns_wanted as _by_columns, column_records as _column_records, jvp_records as _jvp_records, n_in as _n_in, tangent_dict as _tangent_dict
 from .engine import forward
 from . import montecarlo
+from .budget import refuse_graph
 from .statistical import statistical_forward as _statistical_forward
 from .interpret import to_graph
 from .scalar import Ctx
@@ -112,7 +113,7 @@ def _leaves(model, inputs: Mapping, wrt):
 def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=None, tangents=None, loss=None,
                 target=None, cotangents=None, seed: int = 0, backward_calls: int = 1, rtol: float | None = None,
                 atol: float | None = None, title: str | None = None, order: int = 1, reference: str | None = None,
-                strict: bool = False, exploded_crosscheck: bool = False) -> Report:
+                strict: bool = False, exploded_crosscheck: bool = False, memory_budget: int | None = None) -> Report:
     """Check ``fn`` (a module or torch callable) on the tensor back end; see the module docstring.
 
     ``exploded_crosscheck``: the tensor VJPs are first compared with the exploded exact derivative on
@@ -128,6 +129,9 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     ``order=2``: torch's double backward against exact Hessian-vector products (``symgrad.graph.order2``;
     ``tangents`` is then the direction ``w``, ``cotangents`` the number of random ones).
     ``reference``, ``strict``: as ``symgrad.check``'s (None: the running check's reference mode).
+    ``memory_budget``: bytes the check may use (None: a quarter of the available memory, or
+    ``SYMGRAD_MEMORY_BUDGET``); a graph whose estimate is beyond it is refused right after tracing
+    (Note [Memory guard of the op graph] in budget.py).
     The op graph answers "is it right?"; "is it accurate?" needs an entry's conditioning, which only
     the exploded engine computes (Note [Accurate, not only right] in symgrad/compare/accuracy.py).
     """
@@ -140,7 +144,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
         report = _check_graph(fn, inputs, symbolic=symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss,
                               target=target, cotangents=cotangents, seed=seed, backward_calls=backward_calls,
                               rtol=rtol, atol=atol, title=title, order=order, exploded_crosscheck=exploded_crosscheck,
-                              buffers=saved)
+                              buffers=saved, memory_budget=memory_budget)
     finally:
         reference_mode.reset(token)
         nesting.reset(depth)
@@ -161,7 +165,8 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
 
 
 def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, target, cotangents, seed,
-                 backward_calls, rtol, atol, title, order, exploded_crosscheck=False, buffers=None) -> Report:
+                 backward_calls, rtol, atol, title, order, exploded_crosscheck=False, buffers=None,
+                 memory_budget: int | None = None) -> Report:
     import torch
 
     from .order2 import check_order
@@ -185,14 +190,14 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     out_t = _torch_forward(torch_fn, leaves)
     graph, values, out_node, failed, crossed, forward_ref, records = _traced(
         runner(symbolic if symbolic is not None else fn), key, disk_key, names, roles, tensors, out_t, ctx, dtype,
-        rtol, atol)
+        rtol, atol, memory_budget)
     graph_cache.remember(key, fn, graph)
     narrow = getattr(graph, "narrowest", None)
     if narrow is not None and EPS.get(narrow, 0.0) > EPS.get(dtype, 2.0**-52):
         dtype, ctx = narrow, Ctx(EPS[narrow], narrow)  # Note [A forward that computes in a narrower dtype]
         graph, values, out_node, failed, crossed, forward_ref, records = _traced(
             runner(symbolic if symbolic is not None else fn), key, disk_key, names, roles, tensors, out_t, ctx,
-            dtype, rtol, atol)
+            dtype, rtol, atol, memory_budget)
     exploded = None
     if exploded_crosscheck:  # Note [Exploded cross-check]
         from .explode_cross import crosscheck_exploded, mark_report
@@ -318,7 +323,8 @@ def _torch_forward(torch_fn, leaves: dict):
     return out_t
 
 
-def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: str, rtol, atol):
+def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: str, rtol, atol,
+            memory_budget: int | None = None):
     """The op graph of ``traced_fn`` (cached, traced functionalized, or traced plain: Note
     [Functionalization and numpy]), its rules cross-checked and its forward evaluated and compared
     with torch's: (graph, values, output node, failed rules, node cross-check, forward reference,
@@ -341,6 +347,7 @@ def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: 
             tried.add(attempt)
             diskcache.store(disk_key, graph)
         out_node = _single_output(graph)
+        refuse_graph(graph, memory_budget)  # Note [Memory guard of the op graph] in budget.py: before the forward
         stage("op graph: cross-checking the tensor rules")
         failed = crosscheck(graph)
         stage("op graph: evaluating the forward")
@@ -349,6 +356,7 @@ def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: 
         caps = montecarlo.kink_caps(graph, ctx, values)  # Note [Statistical kinks] in montecarlo.py
         if caps is not None:
             graph.kink_caps = caps  # every later forward of this check (its reruns) reads them
+            values = None  # freed before the capped forward is made, not after (memory)
             values = forward(graph, ctx, caps)
         stage("op graph: cross-checking the non-linear rules, node by node")
         crossed = crosscheck_nodes(graph, values, failed)  # Note [Node cross-check]

@@ -21,22 +21,38 @@ from .scalar import KINK_ULPS, Ctx
 __all__ = ["forward", "backward", "tangent", "tangent_sweep"]
 
 
-def forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool = True) -> dict:
+def forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool = True, visit=None) -> dict:
     """``caps``: node -> a cap on its rounding bound (units of eps), applied as the sweep goes, so the
     nodes after it read the capped bound (Note [Statistical kinks] in montecarlo.py); by default the
     check's own (``graph.kink_caps``), so a statistical rerun folds the kinks the check folded (Note
     [Continuous kinks are roundings]).  ``fold_moves=False``: a statistical rerun does not move the
     folded kinks (the reruns that set the caps: before them every unit the worst case reaches is
-    folded)."""
+    folded).  ``visit(node, value)``: called on every non-leaf node's value as the sweep goes, and
+    then no value is kept past its last use (the result holds the graph's outputs only): a rerun
+    that only reads each value once holds the live ones, not the whole forward (Note [Memory guard
+    of the op graph] in budget.py)."""
     if caps is None:
         caps = getattr(graph, "kink_caps", None)
     with accumulating(ctx.dtype, ctx.eps):  # Note [Half-precision accumulation]
-        return _forward(graph, ctx, caps, fold_moves)
+        return _forward(graph, ctx, caps, fold_moves, visit)
 
 
-def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool = True) -> dict:
+def _last_uses(graph: Graph) -> dict:
+    """node -> the position of the last node that reads it (outputs: past the end)."""
+    last = {}
+    for i, node in enumerate(graph.nodes):
+        for a in node.args:
+            last[a] = i
+    for out in graph.outputs:
+        if out is not None:
+            last[out] = len(graph.nodes)
+    return last
+
+
+def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool = True, visit=None) -> dict:
     values: dict = {}
-    for node in graph.nodes:
+    last = _last_uses(graph) if visit is not None else None
+    for i, node in enumerate(graph.nodes):
         if node.kind == "leaf":
             v = node.attrs["value"]
             err = node.attrs.get("error", 0.0) * node.attrs.get("error_eps", ctx.eps) / ctx.eps
@@ -50,6 +66,11 @@ def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool 
                 val, folded = _continuous(forward_rule(node, [values[a] for a in node.args], ctx), ctx.eps, fold_moves)
             cap = caps.get(node) if caps else None
             values[node] = val if cap is None else _capped(val, cap, folded)
+            if visit is not None:
+                visit(node, values[node])
+                for a in {*node.args, node}:
+                    if last.get(a, -1) <= i:
+                        values.pop(a, None)
     return values
 
 

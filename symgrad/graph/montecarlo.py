@@ -215,15 +215,39 @@ def kink_caps(graph, ctx, values: dict, samples: int = SAMPLES, seed: int = 7) -
             for k in range(samples):
                 advance(k, samples)
                 move.reroll()
-                moved = forward(graph, ctx, fold_moves=False)  # Note [Continuous kinks are roundings] (engine.py)
-                for node in total:
-                    d = (moved[node].v - values[node].v) / DELTA
-                    total[node] = total[node] + np.where(np.isfinite(d), d, np.inf) ** 2
+                # Note [Continuous kinks are roundings] (engine.py); each moved value is read once, as the
+                # sweep makes it, so the rerun holds the live values only, not a second forward
+                forward(graph, ctx, fold_moves=False, visit=_add_square(total, values))
     finally:
         reference_mode.reset(token)
     # the compare and the kink slack charge several units of eps per unit of a bound: LAMBDA sigma in all
     unit = rounding_ulps(ctx.dtype)
-    return {node: LAMBDA * np.sqrt(sq / samples) / unit for node, sq in total.items()}
+    for node, sq in total.items():  # in place: the caps take the squares' memory
+        if isinstance(sq, np.ndarray) and sq.flags.writeable and sq.base is None:
+            np.sqrt(np.divide(sq, samples, out=sq), out=sq)
+            sq *= LAMBDA
+            sq /= unit
+        else:
+            total[node] = LAMBDA * np.sqrt(sq / samples) / unit
+    return total
+
+
+def _add_square(total: dict, values: dict):
+    """``visit`` for a rerun of the forward: each node's squared move (units of a move) into ``total``."""
+
+    def add(node, moved):
+        if node not in total:
+            return
+        d = (moved.v - values[node].v) / DELTA
+        d = np.where(np.isfinite(d), d, np.inf)
+        d *= d
+        sq = total[node]
+        if isinstance(sq, np.ndarray) and sq.shape == d.shape:
+            sq += d
+        else:
+            total[node] = sq + d
+
+    return add
 
 
 def _coarse_forward(graph, values: dict) -> bool:

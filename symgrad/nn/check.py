@@ -108,7 +108,8 @@ def _choose_wrt(named: dict, params: dict, wrt) -> list[str]:
 @float32_scoped
 def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, loss=None, target=None,
                  engine: str = "auto", backend: str = "auto", rtol=None, atol=None, title=None,
-                 tangents=None, backward_calls: int = 1, quiet: bool | None = None) -> Report:
+                 tangents=None, backward_calls: int = 1, quiet: bool | None = None,
+                 memory_budget: int | None = None) -> Report:
     """Check autograd's gradients of ``model`` (and of ``loss(model(*inputs), target)``) against the closed
     form.  The keywords are ``symgrad.check``'s; ``quiet=True`` never shows progress."""
     import torch
@@ -162,14 +163,14 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
         stage("op graph: trace, differentiate, compare")
         return check_graph(model, named, symbolic=symbolic, wrt=wrt_names, via=via, v=v, tangents=tangents,
                            loss=loss_fn, target=target, backward_calls=backward_calls, rtol=rtol, atol=atol,
-                           title=title)
+                           title=title, memory_budget=memory_budget)
     refuse_hooks(model)  # the op graph runs hooks (weight_norm, spectral_norm, pruning) as torch does; the twin does not
     refuse_stateful(model)  # the op graph takes training-mode batch norm (restoring its buffers); the fx twin does not
     refuse_nonfinite(named, "input")
     if target is not None and hasattr(target, "is_floating_point"):
         refuse_nonfinite({"target": target}, "the loss's")
     if engine == "elementwise":
-        refuse_exploded(n_in, n_wrt, 1, False)
+        refuse_exploded(n_in, n_wrt, 1, False, memory_budget)
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in everything.items()}
     reason = "a symbolic= forward was given" if symbolic is not None else f"engine={engine!r}"
     return _explode(model, loss_fn, symbolic, torch_fn, leaves, named, params, target, wrt_names, via, v, tangents,

@@ -128,3 +128,17 @@ def test_the_reciprocal_of_a_tiny_value_keeps_a_finite_bound():
     out = evaluate(1 / s, {s: Approx(np.array([6.5e-244, 2.0]), np.array([1e-259, 1.0]))}, Ctx())
     assert np.isfinite(out.e).all()
     assert out.e[0] >= 1e-259 / 6.5e-244 / 6.5e-244 and out.e[1] == pytest.approx(0.25 + 0.5)
+
+
+def test_memory_guard_of_the_op_graph_refuses_before_the_forward():
+    """A graph check whose estimated peak is beyond the budget is refused right after tracing, with
+    the estimate, the largest nodes and what to do (Note [Memory guard of the op graph])."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 32 * 32, 10))
+    x = torch.randn(2, 3, 32, 32)
+    start = time.perf_counter()
+    with pytest.raises(sg.InputError, match=r"(?s)GiB on the op graph.*convolution.*smaller batch.*memory_budget="):
+        sg.check(model, {"x": x}, loss=torch.nn.CrossEntropyLoss(), target=torch.tensor([1, 3]), memory_budget=2**20)
+    assert time.perf_counter() - start < 10
+    assert sg.check(model, {"x": x}, loss=torch.nn.CrossEntropyLoss(), target=torch.tensor([1, 3]), quiet=True).passed
