@@ -129,7 +129,7 @@ def check_graph(fn, inputs: Mapping, *, symbolic=None, wrt=None, via=None, v=Non
     ``order=2``: torch's double backward against exact Hessian-vector products (``symgrad.graph.order2``;
     ``tangents`` is then the direction ``w``, ``cotangents`` the number of random ones).
     ``reference``, ``strict``: as ``symgrad.check``'s (None: the running check's reference mode).
-    ``memory_budget``: bytes the check may use (None: a quarter of the available memory, or
+    ``memory_budget``: bytes the check may use (None: half of the available memory, or
     ``SYMGRAD_MEMORY_BUDGET``); a graph whose estimate is beyond it is refused right after tracing
     (Note [Memory guard of the op graph] in budget.py).
     The op graph answers "is it right?"; "is it accurate?" needs an entry's conditioning, which only
