@@ -4,6 +4,8 @@ Hessian-vector products (Note [Hessian-vector rules] in ``hvp.py``, Note [Double
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Mapping
 
 import numpy as np
@@ -126,8 +128,11 @@ def _first_order_records(st, out_t, seed_v, tangents_at: list, extras: dict, sca
                        "autograd.grad", 1, st.failed) for n, node in zip(st.wrt, nodes)]
     quantity = "grad (create_graph)" if scalar else "vjp (create_graph)"
     records = compare_all(refs, extras["grad"], st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
+    # J w is the transpose of the backward's map: the stops that hold for reverse mode hold here too
+    # (an embedding's padding row, read through a reverse-only stop, passes nothing back)
+    ctx = dataclasses.replace(st.ctx, backward_graph=True)
     try:
-        ours = [tangent(st.graph, st.values, ts, st.out, st.ctx) for ts in tangents_at]
+        ours = [tangent(st.graph, st.values, ts, st.out, ctx) for ts in tangents_at]
     except NotImplementedError:  # a node without a forward-mode rule: the cotangent's row is left out
         return records
     ref = approx_reference("grad_output", stack_tangents(ours, st.values[st.out].shape), "forward mode over the op graph: the derivative of the backward "
