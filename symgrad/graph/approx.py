@@ -107,6 +107,11 @@ CONVOLUTION = "aten.convolution"
 # [Half-precision accumulation]).  Charged as the
 # worst case, so an entry's allowance covers every order of the additions; in float64 at n = 10**5
 # that is 1e-11 of the terms' sizes.
+_SCAN: contextvars.ContextVar = contextvars.ContextVar("symgrad_scan", default=None)
+_CHECKED: contextvars.ContextVar = contextvars.ContextVar("symgrad_checked", default=None)
+EPS64 = 2.0**-52
+
+
 # Note [Sequential reverse sums]
 # Some of torch's CPU backward kernels add a gradient up one term at a time, where ``reduce_sum``
 # charges a blocked sum's log2 n roundings.  Measured against the exact sum, in units of eps on the
@@ -120,24 +125,20 @@ CONVOLUTION = "aten.convolution"
 # dtypes it does so in: the convolution's bias add, float32; layer_norm's weight and bias, float32
 # and float64, marked while tracing its decomposition, trace.sequential_sums; an embedding's lookup,
 # float32 and float64), and in their reverse rules a sum of n terms is charged as a sequential scan,
-# n - 1 roundings on its terms' sizes.  Half precision keeps its float32 accumulators (under one
-# unit measured).  That bound is one coherent
-# error, not many independent ones: moved by all of it with a random sign per rerun, LAMBDA = 8
-# standard deviations of the reruns (Note [Statistical allowance]) would allow it eight times over
-# (a bias backward off by 1e-3 passed at 4,096 positions), so in the reruns it moves by
-# ``COHERENT_SHARE`` = 1/8 of it: eight standard deviations of it alone are its bound, and with the
-# other roundings the allowance lies between the larger and the sum of the two parts.  Its weight
-# gradient (a contraction: 25 units at 4,096 positions, 46 at 16,384) and the half dtypes (float32
-# accumulators, under one unit) keep theirs.
+# n - 1 roundings on its terms' sizes (a lookup's: each entry its own count).  Half precision keeps
+# its float32 accumulators (under one unit measured); a convolution's weight gradient (a contraction:
+# 25 units at 4,096 positions, 46 at 16,384) keeps its own charge.
+# That bound is one coherent error, not many independent ones.  Moved by all of it with a random sign
+# per rerun, LAMBDA = 8 standard deviations of the reruns (Note [Statistical allowance]) would allow
+# it eight times over (a bias backward off by 1e-3 passed at 4,096 positions), so in the reruns it
+# moves by ``COHERENT_SHARE`` = 1/8 of it: eight standard deviations of it alone are its bound, and
+# with the other roundings the allowance lies between the larger of the two parts and their sum.
 COHERENT_SHARE = 1 / 8
 
 
 def rerun_share() -> float:
     """How much of a sum's own rounding bound a statistical rerun moves it by (Note [Sequential reverse sums])."""
     return COHERENT_SHARE if _SCAN.get() == (None, True) else 1.0
-_SCAN: contextvars.ContextVar = contextvars.ContextVar("symgrad_scan", default=None)
-_CHECKED: contextvars.ContextVar = contextvars.ContextVar("symgrad_checked", default=None)
-EPS64 = 2.0**-52
 
 
 @contextlib.contextmanager
