@@ -54,6 +54,7 @@ class Progress:
         self.delay = delay
         self.stream = stream
         self.current = "starting"
+        self.fraction = ""  # how far the current stage is, " (5/16)" (``advance``)
         self.stages: list[tuple[str, float]] = []  # (name, seconds since start)
         self.shown = False
         self._start = time.perf_counter()
@@ -100,7 +101,7 @@ class Progress:
                 self._display.update(self._task, description=self._label())
 
     def _label(self) -> str:
-        return f"{self.description}: {self.current}{getattr(self, 'fraction', '')}"
+        return f"{self.description}: {self.current}{self.fraction}"
 
     def _show(self) -> None:
         with self._lock:

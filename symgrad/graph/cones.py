@@ -34,6 +34,7 @@ parameter) moves by ``ZERO_SIZE`` times them, inside the clamps such code puts a
 points: ``F.normalize(B) + vector_norm(B)`` at ``B = 0`` is ``B / 1e-12`` plus a norm, and moves of
 2**-18 left normalize's clamp, so its limits were about 1/|t d| instead of torch's exact 1e12 -- a
 false alarm, where each term alone passed.
+
 Some NaNs survive any move of the inputs: ``cdist(x, x)`` has ``x_i - x_i = 0`` for every ``x``, so
 its diagonal's ``sqrt`` sits at 0 wherever the inputs go, although the function (0 there) is
 smooth.  For those entries every *use* of an input is moved independently: the graph gets one
