@@ -6,7 +6,9 @@ it starts, its size is estimated: entries (derivative entries, times output entr
 Jacobian) times the expression size per entry (the number of input entries each one can read,
 capped by a typical op count), at ``BYTES_PER_NODE`` each.  Beyond the memory budget -- a quarter
 of the memory available when the check starts, or ``SYMGRAD_MEMORY_BUDGET`` (bytes, or with a
-``K``/``M``/``G`` suffix), or the ``memory_budget=`` keyword -- ``engine='auto'`` takes the tensor
+``K``/``M``/``G`` suffix), or the ``memory_budget=`` keyword; the memory available is the
+machine's, or less where a container's cgroup or an address-space limit (``prlimit --as``) leaves
+less -- ``engine='auto'`` takes the tensor
 back end (``symgrad.graph``), whose cost is what numpy's is; a forced ``engine='elementwise'`` is
 refused at once with the estimate, the budget and the alternative.  A check never dies of memory.
 
@@ -58,16 +60,50 @@ def memory_budget(budget: int | None = None) -> int:
     env = os.environ.get("SYMGRAD_MEMORY_BUDGET")
     if env:
         return _parse_bytes(env)
-    available = None
+    return _available() // 4
+
+
+def _available() -> int:
+    """Memory this process may still take: the machine's available memory, or less where a cgroup
+    (a container's memory.max) or an address-space limit (``prlimit --as``) leaves less."""
+    limits = [_read_bytes("/proc/meminfo", "MemAvailable:")]
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            cap = fh.read().strip()
+        if cap.isdigit():
+            limits.append(int(cap) - (_read_int("/sys/fs/cgroup/memory.current") or 0))
     except OSError:
         pass
-    return (available or 8 * 2**30) // 4
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft - (_read_bytes("/proc/self/status", "VmSize:") or 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    known = [x for x in limits if x is not None]
+    return max(min(known), 0) if known else 8 * 2**30
+
+
+def _read_bytes(path: str, key: str) -> int | None:
+    """A ``key: N kB`` line of a /proc file, in bytes."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def exploded_bytes(n_in: int, n_wrt: int, n_out: int, jacobian: bool) -> int:

@@ -142,3 +142,18 @@ def test_memory_guard_of_the_op_graph_refuses_before_the_forward():
         sg.check(model, {"x": x}, loss=torch.nn.CrossEntropyLoss(), target=torch.tensor([1, 3]), memory_budget=2**20)
     assert time.perf_counter() - start < 10
     assert sg.check(model, {"x": x}, loss=torch.nn.CrossEntropyLoss(), target=torch.tensor([1, 3]), quiet=True).passed
+
+
+def test_the_memory_budget_heeds_an_address_space_limit(monkeypatch):
+    """Under ``prlimit --as`` the machine's free memory overstates what the check may take: a check
+    between the limit and the machine's budget got past the guard and died (Note [Memory guard])."""
+    import resource
+
+    from symgrad.graph.budget import memory_budget
+
+    from symgrad.graph.budget import _read_bytes
+
+    monkeypatch.delenv("SYMGRAD_MEMORY_BUDGET", raising=False)
+    limit = _read_bytes("/proc/self/status", "VmSize:") + 2**30  # 1 GiB of address space left
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, resource.RLIM_INFINITY))
+    assert 0 < memory_budget() <= 2**30 // 4
