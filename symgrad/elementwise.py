@@ -170,20 +170,16 @@ def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engin
         n_wrt = sum(named[w].numel() for w in wrt_names)
         if engine == "auto" and not hessian and twin_graph is not None and _slow_to_explode(twin_graph, n_wrt, jacobian):
             return on_graph(None)  # Note [Slow to explode]
-    return out, twin_graph
-
-
-# Note [Slow to explode]
 # Torch code that also runs on symbolic tensors (operators, ``x @ W``) is exploded when its inputs
 # are few -- but a constant it closes over is not an input: ``x @ W`` with x of 8 x 128 entries and
 # a captured 128 x 128 weight took 72 s exploded and 2.5 s on the op graph, every exploded entry
 # reading W's 16,384 numbers.  So on ``engine='auto'`` the op graph traced for the bounds is sized
 # before anything is differentiated (``explode_size.estimate``, which counts every node the output
 # reads, constants included), and past ``EXPLODE_NODES`` derivative nodes the check goes to the
-# tensor back end.  Measured: that
-# check estimates 573 million; at 8 x 24 entries and a 24 x 24 weight, 3.9 million, 0.7 s exploded
-# and 0.01 s on the graph; the largest exploded checks of tests/test_check.py, test_corpus.py,
-# test_shipped_bugs.py and test_special_functions.py estimate 40,000.
+# tensor back end.  Measured: that check estimates 573 million; at 8 x 24 entries and a 24 x 24
+# weight, 3.9 million, 0.7 s exploded and 0.01 s on the graph; the largest exploded checks of
+# tests/test_check.py, test_corpus.py, test_shipped_bugs.py and test_special_functions.py estimate
+# 40,000.
 EXPLODE_NODES = 2_000_000
 
 
