@@ -170,6 +170,10 @@ def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engin
         n_wrt = sum(named[w].numel() for w in wrt_names)
         if engine == "auto" and not hessian and twin_graph is not None and _slow_to_explode(twin_graph, n_wrt, jacobian):
             return on_graph(None)  # Note [Slow to explode]
+    return out, twin_graph
+
+
+# Note [Slow to explode]
 # Torch code that also runs on symbolic tensors (operators, ``x @ W``) is exploded when its inputs
 # are few -- but a constant it closes over is not an input: ``x @ W`` with x of 8 x 128 entries and
 # a captured 128 x 128 weight took 72 s exploded and 2.5 s on the op graph, every exploded entry
