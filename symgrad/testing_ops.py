@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled", "with_backward", "custom", "vjp", "wrong_second"]
+__all__ = ["UNARY", "ROWWISE", "OPS_FOR_SCRIPTS", "compose", "scaled", "with_backward", "with_jvp", "custom", "vjp",
+           "wrong_second"]
 
 # name -> (torch function, safe input transform that keeps the op inside its well-conditioned domain)
 UNARY = {
@@ -85,6 +86,33 @@ def custom(forward, backward):
         def backward(ctx, g):
             return backward(*ctx.saved_tensors, g)
 
+    return Seeded.apply
+
+
+def with_jvp(fn, backward, jvp=None, vmap: bool = False):
+    """``fn`` of one tensor as a setup_context-style Function (what torch.func and forward-mode AD
+    need) whose backward is ``backward(x, g)`` and, when given, whose jvp is ``jvp(x, t)``;
+    ``vmap``: torch generates its vmap rule (``jacfwd``/``jacrev`` over it)."""
+
+    class Seeded(torch.autograd.Function):
+        generate_vmap_rule = vmap
+
+        @staticmethod
+        def forward(x):
+            return fn(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+            ctx.x = inputs[0]
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return backward(x, g)
+
+    if jvp is not None:
+        Seeded.jvp = staticmethod(lambda ctx, t: jvp(ctx.x, t))
     return Seeded.apply
 
 

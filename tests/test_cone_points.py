@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import symgrad as sg
-from symgrad.testing_ops import vjp, with_backward
+from symgrad.testing_ops import vjp, with_backward, with_jvp
 
 norm = torch.linalg.vector_norm
 ENGINES = ["auto", "elementwise"]
@@ -168,29 +168,11 @@ def test_torch_norm_of_a_long_zero_vector_passes(n, dtype):
 
 def _norm_with_jvp(factor: float):
     """vector_norm with a custom jvp giving ``factor * ||t||`` at 0 (``f'(0; t)`` for factor 1)."""
-    class Norm(torch.autograd.Function):
-        generate_vmap_rule = True
+    def jvp(x, t):
+        n = norm(x)
+        return torch.where(n == 0, factor * norm(t), (x * t).sum() / n.clamp_min(1e-300))
 
-        @staticmethod
-        def forward(x):
-            return norm(x)
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.save_for_backward(inputs[0])
-            ctx.x = inputs[0]
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return g * x / norm(x).clamp_min(1e-300)
-
-        @staticmethod
-        def jvp(ctx, t):
-            n = norm(ctx.x)
-            return torch.where(n == 0, factor * norm(t), (ctx.x * t).sum() / n.clamp_min(1e-300))
-
-    return Norm.apply
+    return with_jvp(norm, lambda x, g: g * x / norm(x).clamp_min(1e-300), jvp, vmap=True)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

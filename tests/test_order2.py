@@ -10,6 +10,7 @@ from torch.autograd.function import once_differentiable
 
 import symgrad as sg
 from symgrad.errors import AutogradFailed, InputError, UnsupportedOp
+from symgrad.testing_ops import with_jvp
 
 DTYPES = (torch.float64, torch.float32)
 # engine "graph": the op graph traces the Function's forward; "auto" with a symbolic twin: exploded
@@ -186,27 +187,8 @@ def test_module_goes_to_the_op_graph():
 
 def sin_function(jvp: str):
     """sin as a setup_context-style Function; ``jvp``: "right", "wrong" (off by 1e-6) or "none"."""
-
-    class Sin(torch.autograd.Function):
-        @staticmethod
-        def forward(x):
-            return torch.sin(x)
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.save_for_backward(inputs[0])
-            ctx.x = inputs[0]
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return g * torch.cos(x)
-
-    if jvp == "right":
-        Sin.jvp = staticmethod(lambda ctx, t: t * torch.cos(ctx.x))
-    elif jvp == "wrong":
-        Sin.jvp = staticmethod(lambda ctx, t: t * torch.cos(ctx.x) * (1 + 1e-6))
-    return Sin.apply
+    rule = {"right": lambda x, t: t * torch.cos(x), "wrong": lambda x, t: t * torch.cos(x) * (1 + 1e-6)}.get(jvp)
+    return with_jvp(torch.sin, lambda x, g: g * torch.cos(x), rule)
 
 
 @pytest.mark.parametrize("via", ["forward_ad", "func.jvp"])
