@@ -34,7 +34,7 @@ import numpy as np
 
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
-__all__ = ["Approx", "scale_free", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "unbroadcast", "summation_factor", "rerun_share",
+__all__ = ["Approx", "scale_free", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -136,9 +136,15 @@ EPS64 = 2.0**-52
 COHERENT_SHARE = 1 / 8
 
 
+def in_sequence() -> bool:
+    """Whether the sums of the rule running now are torch's one-term-at-a-time sums (Note
+    [Sequential reverse sums])."""
+    return _SCAN.get() == (None, True)
+
+
 def rerun_share() -> float:
     """How much of a sum's own rounding bound a statistical rerun moves it by (Note [Sequential reverse sums])."""
-    return COHERENT_SHARE if _SCAN.get() == (None, True) else 1.0
+    return COHERENT_SHARE if in_sequence() else 1.0
 
 
 @contextlib.contextmanager

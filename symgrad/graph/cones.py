@@ -79,8 +79,10 @@ def limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale) -> None:
     stage("op graph: derivative limits at a 0/0 point")
     rng = np.random.default_rng(0)
     sweep = (seeds, live, nodes, how, out_shape, scale)
-    columns = basis({n: np.shape(n.attrs["value"]) for n in dict.fromkeys(nodes) if n is not None})
-    extra = along(columns, _size(live)) if how == "jacfwd" else []  # Note [Moves along the tangent]
+    extra = []
+    if how == "jacfwd":  # the Jacobian's columns are tangents too (Note [Moves along the tangent])
+        columns = basis({n: np.shape(n.attrs["value"]) for n in dict.fromkeys(nodes) if n is not None})
+        extra = along(columns, _size(live))
     plain = _sample(_reverse_at_moved(st, st.graph, {n: [n] for n in live}, *sweep), rng, extra)
     split = None
     for i in todo:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .approx import Approx, einsum, reduce_sum, rerun_share, rounded, summation_factor, unbroadcast
+from .approx import Approx, einsum, in_sequence, reduce_sum, rerun_share, rounded, summation_factor, unbroadcast
 from .ir import Node
 from .kinklog import MAX_TIE_MEMBERS, _record_ties, indistinct
 from .scalar import KINK_ULPS, Ctx
@@ -148,7 +148,7 @@ def _vjp_select(node: Node, args: list, g: Approx) -> list:
 
     v, e = scatter(g.v), scatter(g.e)
     f = summation_factor(mult)
-    if f and rerun_share() < 1:  # one term at a time: each entry its own count (Note [Sequential reverse sums])
+    if f and in_sequence():  # one term at a time: each entry its own count (Note [Sequential reverse sums])
         f = np.maximum(np.bincount(slots, minlength=total) - 1, 0)
     if np.any(f):
         own = f * scatter(np.abs(g.v))
