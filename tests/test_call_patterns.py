@@ -47,6 +47,32 @@ def test_item_and_random_draws_inside_small_torch_code_get_the_graphs_refusal():
         sg.check(lambda x: (x * torch.randn(3, dtype=D)).sum(), {"x": x}, quiet=True)
 
 
+class _FocalLoss(torch.nn.Module):
+    """A detection-style focal loss normalised by the number of positive targets, a Python number."""
+
+    def __init__(self, sigmoid=torch.sigmoid):
+        super().__init__()
+        self.head, self.sigmoid = torch.nn.Linear(8, 4), sigmoid
+
+    def forward(self, x, t):
+        p = self.sigmoid(self.head(x))
+        num_pos = max(t.sum().item(), 1.0)
+        return -(t * (1 - p) ** 2 * torch.log(p) + (1 - t) * p**2 * torch.log(1 - p)).sum() / num_pos
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_float_item_of_data_is_a_constant(dtype):
+    """Note [A float .item()]: the focal loss's normaliser, computed from the targets, was refused;
+    now a constant, as to torch, while a 1% bug in the head's sigmoid is still caught."""
+    torch.manual_seed(0)
+    x, t = torch.randn(64, 8, dtype=dtype), (torch.rand(64, 4) > 0.7).to(dtype)
+    assert sg.check(_FocalLoss().to(dtype), {"x": x, "t": t}, quiet=True).passed
+    off = with_backward(torch.sigmoid, lambda z, g: g * torch.sigmoid(z) * (1 - torch.sigmoid(z)) * 1.01)
+    assert not sg.check(_FocalLoss(off).to(dtype), {"x": x, "t": t}, quiet=True).passed
+    with pytest.raises(UnsupportedOp, match="'t', which is differentiated"):
+        sg.check(_FocalLoss().to(dtype), {"x": x, "t": t}, wrt=["t"], quiet=True)
+
+
 def test_small_torch_code_returning_a_dict_is_checked():
     assert sg.check(lambda x: {"a": x.sin(), "b": x * x}, {"x": _x(2, 3)}, quiet=True).passed
 

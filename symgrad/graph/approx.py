@@ -34,7 +34,7 @@ import numpy as np
 
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
-__all__ = ["Approx", "scale_free", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
+__all__ = ["Approx", "scale_free", "exact", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -160,6 +160,8 @@ def kernel(node, backward: bool = False):
         tokens.append((_ACCUMULATION, _ACCUMULATION.set(None)))
     if backward and _CHECKED.get() in node.attrs.get("_sequential", ()):  # Note [Sequential reverse sums]
         tokens.append((_SCAN, _SCAN.set((None, True))))
+    if not backward and node.attrs.get("_sequential_forward"):  # Note [Many entries landing at one place]
+        tokens.append((_SCAN, _SCAN.set((None, True))))  # in aten_ext.py; its rerun share (sequential_sum)
     if scan:
         float32, double = _CHECKED.get() == "float32", bool(node.attrs.get("_scan_double"))
         # in float32 a sum that torch does not add in double keeps the blocked bound of the whole axis
@@ -455,6 +457,23 @@ def reduce_sum(a: Approx, axes: tuple, keepdims: bool = False) -> Approx:
     if not a.banded:
         return Approx(v, e)
     return Approx(v, e, a.lo.sum(axis=axes, keepdims=keepdims), a.hi.sum(axis=axes, keepdims=keepdims))
+
+
+def sequential_sum(a: Approx, axis: int, opmath: bool) -> Approx:
+    """The sum over ``axis`` added one term at a time in its order, each add rounding on the size of
+    its partial sum; ``opmath``: in a half check the adds are float32's and the sum is rounded once
+    (Note [Many entries landing at one place] in aten_ext.py).  Adding an exact 0 rounds nothing."""
+    v, e = a.v.sum(axis=axis), a.e.sum(axis=axis)
+    later = (np.arange(a.shape[axis]) > 0).reshape([-1 if i == axis else 1 for i in range(a.v.ndim)])
+    adds = later & ((a.v != 0) | (a.e != 0))
+    own = np.where(adds, size(np.cumsum(a.v, axis=axis)), 0.0).sum(axis=axis)
+    ratio = _ACCUMULATION.get() if opmath else None
+    if ratio is not None:
+        own = ratio * own + size(v)
+    v = rounded(v, own * rerun_share())
+    if not a.banded:
+        return Approx(v, e + own)
+    return Approx(v, e + own, a.lo.sum(axis=axis), a.hi.sum(axis=axis))
 
 
 def unbroadcast(a: Approx, shape: tuple) -> Approx:

@@ -39,6 +39,7 @@ from . import montecarlo
 from .budget import refuse_graph
 from .statistical import statistical_forward as _statistical_forward
 from .interpret import to_graph
+from .interpret_data import refuse_float_items
 from .scalar import Ctx
 from .trace import trace_callable
 from .vjp_records import default_cotangents, plan, vjp_records
@@ -191,6 +192,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     graph, values, out_node, failed, crossed, forward_ref, records = _traced(
         runner(symbolic if symbolic is not None else fn), key, disk_key, names, roles, tensors, out_t, ctx, dtype,
         rtol, atol, memory_budget)
+    refuse_float_items(graph, wrt_names)  # Note [A float .item()] in interpret_data.py
     graph_cache.remember(key, fn, graph)
     narrow = getattr(graph, "narrowest", None)
     if narrow is not None and EPS.get(narrow, 0.0) > EPS.get(dtype, 2.0**-52):

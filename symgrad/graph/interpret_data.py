@@ -8,7 +8,7 @@ from .ir import Node
 from .trace import Builder
 
 __all__ = ["branch_value", "is_copy", "iter_tensors", "mark_data", "note_value_dependence", "read_buffers",
-           "write_into_constant"]
+           "refuse_float_items", "write_into_constant"]
 
 
 # Note [Value-dependent branches]
@@ -35,15 +35,57 @@ def note_value_dependence(b: Builder, node, args, out) -> None:
 
 
 def branch_value(b: Builder, node, arg):
-    """A Python ``bool`` the traced code branched on, computed from the inputs' values."""
+    """A Python number the traced code went on with (a branch's ``bool``, an ``.item()``), computed
+    from the inputs' values: data at the checked values (Note [Value-dependent branches])."""
     src = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
-    if src is None or src.is_floating_point():
-        raise UnsupportedOp(
-            f".item() (fx node {node.name!r}) of a float computed from the inputs: the op graph cannot tell a "
-            "constant from a value to differentiate there; write .detach() where torch should treat it as a "
-            "constant, or keep the computation in tensors")
-    b.graph.specialized = f"a Python branch on a value computed from the inputs (fx node {node.name!r})"
-    return b.value_of(arg).to(src.dtype).item()
+    if src is None:
+        raise UnsupportedOp(f".item() (fx node {node.name!r}) of a value the trace did not record: keep the "
+                            "computation in tensors, or write .detach() where torch should treat it as a constant")
+    b.graph.specialized = f"a Python branch or .item() on a value computed from the inputs (fx node {node.name!r})"
+    if not src.is_floating_point():
+        return b.value_of(arg).to(src.dtype).item()
+    # Note [A float .item()]: a constant to torch; to symgrad only while it depends on no leaf
+    # differentiated (checked once wrt is known: refuse_float_items)
+    items = getattr(b.graph, "float_items", None)
+    if items is None:
+        items = b.graph.float_items = {}
+    items[node.name] = _leaves_under(arg)
+    own = b.torch_value(node)
+    return float(own) if own is not None else b.value_of(arg).item()
+
+
+# Note [A float .item()]
+# A float ``.item()`` is a Python number: torch's autograd treats it as a constant.  Where it is
+# computed from data only (a focal loss dividing by the number of positive targets), that is the
+# derivative of the function too, and the number is torch's own (in the checked dtype).  Where it
+# depends on a value differentiated, torch's gradient lacks the term through it and the op graph
+# cannot tell which the user meant: refused, naming ``.detach()`` as the way to say "constant".
+
+
+def _leaves_under(node) -> set:
+    """Names of the leaves (inputs and parameters, not constants) ``node`` is computed from."""
+    seen, todo, names = set(), [node], set()
+    while todo:
+        n = todo.pop()
+        if not isinstance(n, Node) or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.kind == "leaf":
+            if n.attrs.get("role") != "const":
+                names.add(n.name)
+        todo.extend(n.args)
+    return names
+
+
+def refuse_float_items(graph, wrt) -> None:
+    """Refuse a float ``.item()`` computed from a leaf in ``wrt`` (Note [A float .item()])."""
+    for fx_name, leaves in (getattr(graph, "float_items", None) or {}).items():
+        hit = sorted(set(leaves) & set(wrt))
+        if hit:
+            raise UnsupportedOp(
+                f".item() (fx node {fx_name!r}) of a float computed from {', '.join(map(repr, hit))}, which is "
+                "differentiated: torch treats that number as a constant, so its gradient lacks the term through "
+                "it. Write .detach() where a constant is meant, or keep the computation in tensors")
 
 
 # Note [Writes into a new buffer]

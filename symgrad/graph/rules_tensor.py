@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .approx import Approx, einsum, in_sequence, reduce_sum, rerun_share, rounded, summation_factor, unbroadcast
+from .approx import (Approx, einsum, in_sequence, reduce_sum, rerun_share, rounded, sequential_sum, summation_factor,
+                     unbroadcast)
 from .ir import Node
 from .kinklog import MAX_TIE_MEMBERS, _record_ties, indistinct
 from .scalar import KINK_ULPS, Ctx
@@ -78,6 +79,8 @@ def _scatter_plan(node: Node) -> tuple:
 def _reduce(node: Node, a: Approx, ctx: Ctx) -> Approx:
     axes, keep = tuple(node.attrs["axes"]), node.attrs["keepdim"]
     if node.attrs["op"] == "sum":
+        if node.attrs.get("_sequential_forward"):  # one axis, not kept: Note [Many entries landing at one place]
+            return sequential_sum(a, axes[0], node.attrs["_sequential_forward"] == "opmath")
         return reduce_sum(a, axes, keep)
     fn = np.max if node.attrs["op"] == "max" else np.min
     v = fn(a.v, axis=axes, keepdims=True)
