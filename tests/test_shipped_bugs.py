@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import symgrad as sg
-from symgrad.testing_ops import vjp, with_backward
+from symgrad.testing_ops import custom, vjp, with_backward
 
 norm = torch.linalg.vector_norm
 
@@ -63,3 +63,24 @@ def test_the_bug_fails_and_its_fix_passes(name, forward, buggy, fixed, values, d
     fix = with_backward(forward, fixed)
     assert not sg.check(lambda x: bug(x).sum(), {"x": x}, engine=engine).passed
     assert sg.check(lambda x: fix(x).sum(), {"x": x}, engine=engine).passed
+
+
+def _logaddexp_routing_to_the_max(x, y, g):  # keras#23616: the max's side for both terms at x == y
+    d = x - y
+    k = torch.sigmoid(-d.abs())
+    m = (x >= y).to(x.dtype)
+    return g * (m - k * torch.sign(d)), g * (1 - m + k * torch.sign(d))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_logaddexp_at_a_tie_is_smooth(dtype):
+    """Note [One step, one side] (kinklog.py): at x == y torch's logaddexp traces to two wheres on one
+    comparison; their sides were chosen apart, and a backward giving (1, 0) instead of (1/2, 1/2)
+    passed on the op graph."""
+    x = torch.tensor([1.0, -0.5, 3.0, 0.0], dtype=dtype)
+    y = torch.tensor([1.0, -0.5, 2.0, 0.0], dtype=dtype)
+    v = torch.tensor([1.0, -2.0, 0.5, 1.5], dtype=dtype)
+    bug = custom(torch.logaddexp, _logaddexp_routing_to_the_max)
+    assert sg.check(torch.logaddexp, {"x": x, "y": y}, v=v, quiet=True).passed
+    assert not sg.check(bug, {"x": x, "y": y}, v=v, quiet=True).passed
+    assert not sg.check(lambda x, y: bug(x, y).sum(), {"x": x, "y": y}, engine="elementwise", quiet=True).passed

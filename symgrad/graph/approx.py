@@ -125,8 +125,11 @@ EPS64 = 2.0**-52
 # dtypes it does so in: the convolution's bias add, float32; layer_norm's weight and bias, float32
 # and float64, marked while tracing its decomposition, trace.sequential_sums; an embedding's lookup,
 # float32 and float64), and in their reverse rules a sum of n terms is charged as a sequential scan,
-# n - 1 roundings on its terms' sizes (a lookup's: each entry its own count).  Half precision keeps
-# its float32 accumulators (under one unit measured); a convolution's weight gradient (a contraction:
+# n - 1 roundings on its terms' sizes (a lookup's: each entry its own count).  Half precision mostly
+# keeps its float32 accumulators (under one unit measured), but layer_norm's CPU backward adds its
+# weight and bias gradients row by row in the half dtype itself (its bias gradient equals that sum at
+# every entry, 1 thread; torch's own float16 layer_norm over 512 rows failed), so there its sums are
+# charged n - 1 half roundings; a convolution's weight gradient (a contraction:
 # 25 units at 4,096 positions, 46 at 16,384) keeps its own charge.
 # That bound is one coherent error, not many independent ones.  Moved by all of it with a random sign
 # per rerun, LAMBDA = 8 standard deviations of the reruns (Note [Statistical allowance]) would allow
@@ -160,6 +163,8 @@ def kernel(node, backward: bool = False):
         tokens.append((_ACCUMULATION, _ACCUMULATION.set(None)))
     if backward and _CHECKED.get() in node.attrs.get("_sequential", ()):  # Note [Sequential reverse sums]
         tokens.append((_SCAN, _SCAN.set((None, True))))
+        if _ACCUMULATION.get() is not None:  # a half dtype's sums in that dtype itself
+            tokens.append((_ACCUMULATION, _ACCUMULATION.set(None)))
     if not backward and node.attrs.get("_sequential_forward"):  # Note [Many entries landing at one place]
         tokens.append((_SCAN, _SCAN.set((None, True))))  # in aten_ext.py; its rerun share (sequential_sum)
     if scan:

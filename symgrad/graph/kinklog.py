@@ -16,7 +16,7 @@ import numpy as np
 from .approx import Approx
 from .ir import Node
 
-__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE", "tie_rows", "indistinct", "shared_both_ways"]
+__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE", "tie_rows", "indistinct", "shared_both_ways", "merge_driven"]
 
 
 class KinkLog(list):
@@ -32,10 +32,50 @@ class KinkLog(list):
         self.members = members or MAX_TIE_MEMBERS  # the largest tie taken as a unit
         self.oversized = 0  # ties met that were larger than ``members`` (banded), counted per group
         self.owners: list = []  # per recorded unit, the node whose rule recorded it
+        self.drivers: dict = {}  # unit index -> the step entries that put it on its kink (Note [One step, one side])
 
     def owned_by(self, node) -> None:
         """The units recorded since the last call came from ``node``'s rule."""
         self.owners.extend([node] * (len(self) - len(self.owners)))
+
+
+# Note [One step, one side]
+# A comparison is one choice for everything it decides.  torch's logaddexp traces to max = where(x >=
+# y, x, y), min = where(x >= y, y, x) and max + log1p(exp(min - max)): at x == y the step ``x >= y``
+# is on its kink and both wheres could take either branch, but they take the same one, and on
+# either side the gradient is (1/2, 1/2) -- the function is smooth there.  Recorded as one unit per
+# where, the joint kink check chose their sides independently (max from x, min from x) and passed a
+# backward giving (1, 0), a bug that shipped.  So the units a pointwise rule records because a
+# step-valued argument (``rules._step_valued``: a comparison's 0/1 and what is computed from such
+# values only) is uncertain at that entry carry that step's entry as their driver (``drivers``), and
+# after the sweep units with the same driver, each with one other side, become one unit whose change
+# moves all of them together (``merge_driven``).  Flipping every unit (Note [Other side everywhere])
+# was consistent already.
+def merge_driven(log: "KinkLog") -> None:
+    """Units of one sweep driven by the same step entries become one unit (the Note)."""
+    groups: dict = {}
+    for i, key in log.drivers.items():
+        groups.setdefault(key, []).append(i)
+    merged = [sorted(idx) for idx in groups.values() if len(idx) > 1 and all(len(log[i][2]) == 1 for i in idx)]
+    if not merged:
+        return
+    drop: set = set()
+    for idx in merged:
+        args, entries, moves, bound = [], [], [], 0.0
+        for i in idx:
+            arg, entry, ((change, b),) = log[i]
+            nodes, changes = (arg, change) if isinstance(arg, tuple) else ((arg,), (change,))
+            args += nodes
+            entries += [entry] * len(nodes)
+            moves += changes
+            bound += b
+        log[idx[0]] = (tuple(args), tuple(entries), [(tuple(moves), bound)])
+        drop.update(idx[1:])
+    keep = [i for i in range(len(log)) if i not in drop]
+    owners = log.owners
+    log[:] = [log[i] for i in keep]
+    log.owners = [owners[i] for i in keep if i < len(owners)]
+    log.drivers = {}
 
 
 def _other_side(local: Approx) -> Approx:

@@ -20,7 +20,7 @@ from .printing import gradient_text
 from .cones import limit_bands
 from .refs import reference as _reference
 from .ir import Node
-from .kinklog import MAX_SMALL_TIE, MAX_TIE_MEMBERS, KinkLog, tie_rows
+from .kinklog import MAX_SMALL_TIE, MAX_TIE_MEMBERS, KinkLog, merge_driven, tie_rows
 
 __all__ = ["sweep_references", "MAX_KINK_UNITS", "tie_members"]
 
@@ -95,6 +95,7 @@ def _sweeps(st, seeds, live, flip: bool, ties: bool, members: int | None = None,
     for s in seeds:
         found = KinkLog(flip=flip, ties=ties, members=members, pick=pick)
         per_seed.append(backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx, kinks=found))
+        merge_driven(found)  # Note [One step, one side] in kinklog.py
         units.append(found)
     return per_seed, units
 
@@ -166,7 +167,7 @@ def _across_seeds(units: list) -> list:
 
 def _identity(x):
     if isinstance(x, tuple):
-        return tuple(id(a) for a in x)
+        return tuple(_identity(a) for a in x)
     if isinstance(x, Node):
         return id(x)
     return tuple(np.ravel(x).tolist()) if isinstance(x, (list, np.ndarray)) else int(x)
@@ -177,12 +178,13 @@ def _seeds(arg, entry, change, change_e) -> dict:
     node that move together (a tuple, Note [One side per node] in graph/kinklog.py; the bound is the
     unit's, charged once)."""
     nodes, changes = (arg, change) if isinstance(arg, tuple) else ((arg,), (change,))
+    entries = entry if isinstance(entry, tuple) else (entry,) * len(nodes)  # one per node: Note [One step, one side]
     seeds: dict = {}
-    for k, (node, c) in enumerate(zip(nodes, changes)):
+    for k, (node, at, c) in enumerate(zip(nodes, entries, changes)):
         v, e = seeds.get(node, (np.zeros(node.size), np.zeros(node.size)))
-        v[entry] += c
+        v[at] += c
         if k == 0:
-            e[entry] += change_e
+            e[at] += change_e
         seeds[node] = (v, e)
     return {node: Approx(v.reshape(node.shape), e.reshape(node.shape)) for node, (v, e) in seeds.items()}
 

@@ -195,9 +195,32 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
         chosen = Approx(local[i].v, local[i].e) if i in kinked else local[i]
         grads.append(unbroadcast(_times_cotangent(g, chosen, _chosen(d)), a.shape))
     if kinked:
+        start = len(kinks)
         _record_node_kinks(kinks, [(node.args[i], local[i]) for i in kinked], g, _same_points(args, node.shape),
                            regions)
+        _note_drivers(kinks, start, node, args)
     return grads
+
+
+def _note_drivers(kinks, start: int, node: Node, args: list) -> None:
+    """The step-valued arguments (a comparison's 0/1) whose uncertain value put the units recorded
+    from ``start`` on their kink: one driver per unit (Note [One step, one side] in kinklog.py)."""
+    steps = [(a, v) for a, v in zip(node.args, args) if v.banded and _step_valued(a)]
+    if not steps or not hasattr(kinks, "drivers"):
+        return
+    for i in range(start, len(kinks)):
+        entry = kinks[i][1]
+        if not isinstance(entry, int):
+            continue
+        at = np.unravel_index(entry, node.shape)
+        key = []
+        for a, v in steps:
+            j = int(np.ravel_multi_index(tuple(0 if d == 1 else k for k, d in
+                                               zip(at[len(at) - len(a.shape):], a.shape)), a.shape)) if a.shape else 0
+            if np.ravel(np.broadcast_to(v.band(), a.shape))[j] > 0:
+                key.append((id(a), j))
+        if key:
+            kinks.drivers[i] = tuple(key)
 
 
 def _one_sided(forms: list, args: list, ctx: Ctx, shape: tuple) -> list:

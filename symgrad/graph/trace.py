@@ -96,13 +96,13 @@ def decompositions() -> dict:
 
 def _sequential_affine(decomposed):
     """native_layer_norm's decomposition with its weight and bias applied after it, under
-    ``sequential_sums``: torch's CPU kernel adds their gradients up row by row, in float32 and float64
-    (Note [Sequential reverse sums] in graph/approx.py)."""
+    ``sequential_sums``: torch's CPU kernel adds their gradients up row by row, in every dtype (the
+    half ones in the half dtype; Note [Sequential reverse sums] in graph/approx.py)."""
     from .trace_grad import sequential_sums
 
     def run(x, shape, weight=None, bias=None, eps=1e-5):
         out, mean, rstd = decomposed(x, shape, None, None, eps)
-        with sequential_sums(("float32", "float64")):
+        with sequential_sums(("float32", "float64", "float16", "bfloat16")):
             if weight is not None:
                 out = out * weight
             if bias is not None:

@@ -301,6 +301,24 @@ def test_layer_norm_weight_and_bias_summed_over_many_rows(dtype):
         assert not sg.check(lambda x, w, b: f(x, w, b, off), cut, v=v[:n], symbolic=f, quiet=True).passed, n
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layer_norm_bias_in_half_precision_summed_in_the_half_dtype(dtype, threads):
+    """torch's CPU half layer_norm adds its bias gradient row by row in the half dtype itself (equal
+    to that sum at every entry with one thread), where a float32 accumulator was assumed: torch's own
+    float16 layer_norm over 512 rows failed on its bias (Note [Sequential reverse sums])."""
+    torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, v = torch.randn(16, 32, 256).to(dtype), torch.randn(16, 32, 256).to(dtype)
+        w, b = torch.randn(256).to(dtype), torch.randn(256).to(dtype)
+        f = lambda x, w, b: torch.nn.functional.layer_norm(x, (256,), w, b)  # noqa: E731
+        assert sg.check(f, {"x": x, "w": w, "b": b}, v=v, quiet=True).passed
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_an_embedding_over_a_small_vocabulary():
     """torch adds an embedding's gradient one lookup at a time (75 units of eps at 16,384 lookups of
     10 rows, where log2 of the multiplicity was charged): torch's own float32 lookup failed (Note
