@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import InputError
 from . import linalg_vectors
 from .spectrum import _spec, _spectrum, _t, gamma
+from . import approx
 from .approx import Approx, add, einsum, mul, scale
 
 __all__ = ["OPS", "forward", "vjp", "jvp"]
@@ -149,7 +150,32 @@ def _cholesky(a: Approx) -> Approx:
     return Approx(low, e, width, width)
 
 
+# Note [Linalg in the reruns]
+# The statistical reruns (Note [Statistical allowance] in montecarlo.py) move every operation's
+# result by its own rounding bound with a random sign; a factorisation's result is no sum of
+# roundings of its own, but the exact result for a moved input (Note [Linalg rounding]).  So in a
+# rerun a linear-algebra node is evaluated exactly at ``A + δA``, ``δA`` its backward error moved
+# with a random sign per entry (``approx.rounded``: equal values share a sign, so a symmetric
+# matrix stays symmetric), ``γ |A|`` for LU and the spectral solvers, ``(n + 1) |L||Lᵀ|`` for
+# Cholesky.  Without them the graphs holding such nodes kept the worst case, which compounds along
+# a chain: a Kalman filter's 20 inverses were allowed 4e42 ulps, a GP's Cholesky 1e13, and seeded
+# bugs of 1e-5 passed.  Outside the reruns ``rounded`` returns ``A`` itself.
+def _backward_error(op: str, a: Approx) -> Approx:
+    if not approx.perturbing_now() or a.v.ndim < 2:
+        return a
+    if op == "cholesky":
+        try:
+            low = np.abs(np.linalg.cholesky(a.v))
+        except np.linalg.LinAlgError:
+            return a  # the forward says where it is not positive definite
+        own = (a.shape[-1] + 1) * np.einsum(_spec(len(a.shape) - 2, "ik,jk->ij"), low, low)
+    else:
+        own = _gamma(a.shape[-1]) * np.abs(a.v)
+    return Approx(approx.rounded(a.v, own), a.e, *((a.lo, a.hi) if a.banded else ()))
+
+
 def forward(op: str, args: list, attrs: dict | None = None) -> Approx:
+    args = [_backward_error(op, args[0])] + list(args[1:])  # Note [Linalg in the reruns]
     a = args[0]
     if op in linalg_vectors.OPS:  # eigen-/singular vectors, QR (Note [Linalg vectors])
         return linalg_vectors.forward(op, args, attrs or {})

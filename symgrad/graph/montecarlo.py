@@ -37,8 +37,8 @@ wrong: roundings that are *not* independent (the same value rounded the same way
 as a sum of identical constants) add up coherently.  Such entries are rare and small; the checks
 are used only where the worst-case bound cannot resolve the dtype's resolution (a typical entry
 allowed more than ``WEAK`` of the relative error a seeded-bug check of the dtype looks for,
-``compare.RESOLUTION``), and never for graphs with linear-algebra nodes (their bounds are
-backward-error bounds, not per-operation roundings).  That includes float64: the worst case
+``compare.RESOLUTION``); a linear-algebra node, whose bound is a backward error, is evaluated at
+its input moved by that error (Note [Linalg in the reruns] in linalg.py).  That includes float64: the worst case
 compounds with depth there too (a 3-layer transformer encoder's input-projection gradient was
 allowed 3.5e10 times its size, a 30-step log-domain Sinkhorn's 1e20, so a gradient with a flipped
 sign passed), and the reruns run in float64 with moves of ``DELTA`` per unit of a bound, far
@@ -160,9 +160,7 @@ def perturbing(rng: np.random.Generator, coherent="random", seen: dict | None = 
 
 def wanted(graph, dtype: str, refs) -> bool:
     """Whether the reruns are worth their cost: a check some of whose gradients the worst-case bound
-    leaves coarse, on a graph without linear-algebra nodes."""
-    if any(n.kind == "linalg" for n in graph.nodes):
-        return False
+    leaves coarse (linear-algebra nodes included: Note [Linalg in the reruns] in linalg.py)."""
     for ref in refs:
         value = np.abs(np.asarray(ref.value, np.float64))
         rounding = np.asarray(ref.rounding, np.float64) if ref.rounding is not None else None
@@ -193,18 +191,17 @@ def wanted(graph, dtype: str, refs) -> bool:
 # before.  Entries a kinked unit reaches (banded) keep their worst case: a rerun moves every rounding
 # by a small step on the graph's side, so a relu output at 0 whose argument may be either side of
 # it never moves, and a capped bound of 0 there failed a correct model whose units torch had
-# rounded onto the kink (tests/test_regressions.py).  Graphs with linear-algebra nodes keep the
-# worst case (their bounds are backward errors).
+# rounded onto the kink (tests/test_regressions.py).  Linear-algebra nodes are evaluated at inputs
+# moved by their backward error (Note [Linalg in the reruns] in linalg.py).
 COARSE_FORWARD_ULPS = 64.0
 
 
 def kink_caps(graph, ctx, values: dict, samples: int = SAMPLES, seed: int = 7) -> dict | None:
     """Per non-leaf node, LAMBDA standard deviations of its forward value's moves (units of eps)
-    where the forward bound is coarse; None where it is not or the graph has linear-algebra nodes
-    (Note [Statistical kinks])."""
+    where the forward bound is coarse; None where it is not (Note [Statistical kinks])."""
     from ..compare.accuracy import reference_mode
 
-    if any(n.kind == "linalg" for n in graph.nodes) or not _coarse_forward(graph, values):
+    if not _coarse_forward(graph, values):
         return None
     rng = np.random.default_rng(seed)
     total = {n: 0.0 for n in graph.nodes if n.kind != "leaf"}

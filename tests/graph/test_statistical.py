@@ -501,3 +501,73 @@ def test_a_float32_layer_norm_jvp_without_eps_fails():
         report = sg.check(_layer_norm_jvp(eps).apply, inputs, symbolic=ref, via="forward_ad", tangents=tangents,
                           quiet=True)
         assert report.passed == ok, report.to_text()
+
+
+class _KalmanLike(torch.nn.Module):
+    """A chain of ``steps`` inverses and log-determinants (a Kalman filter's likelihood)."""
+
+    def __init__(self, steps, inv=torch.linalg.inv):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Parameter(torch.eye(4) * 0.9 + 0.05 * torch.randn(4, 4))
+        self.steps, self.inv = steps, inv
+
+    def forward(self, y):
+        p, ll, eye = torch.eye(4, dtype=y.dtype), 0, torch.eye(4, dtype=y.dtype)
+        for t in range(self.steps):
+            s = self.a @ p @ self.a.T + eye
+            si = self.inv(s)
+            ll = ll + y[t] @ si @ y[t] + torch.logdet(s)
+            p = s - s @ si @ s * 0.5
+        return ll
+
+
+class _GaussianProcess(torch.nn.Module):
+    """A GP's negative log marginal likelihood: an RBF kernel of learned features, its Cholesky factor."""
+
+    def __init__(self, kexp=torch.exp):
+        super().__init__()
+        torch.manual_seed(0)
+        self.feat = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32))
+        self.kexp = kexp
+
+    def forward(self, x, y):
+        z = self.feat(x)
+        k = self.kexp(-0.5 * (z[:, None] - z[None]).pow(2).sum(-1)) + 0.37 * torch.eye(len(y), dtype=y.dtype)
+        low = torch.linalg.cholesky(k)
+        return 0.5 * (y[:, None] * torch.cholesky_solve(y[:, None], low)).sum() + torch.log(torch.diagonal(low)).sum()
+
+
+def test_a_chain_of_inverses_is_resolved():
+    """Note [Linalg in the reruns] (linalg.py): graphs with linear-algebra nodes kept the worst case,
+    which compounds along a chain (20 inverses: 4e42 ulps), and an inverse's backward off by 1e-5 on
+    the gradient's diagonal passed in float64."""
+    from symgrad.testing_ops import vjp
+
+    def off(s, g):
+        gr = vjp(torch.linalg.inv, s, g)
+        return gr + 1e-5 * torch.diag_embed(torch.diagonal(gr, dim1=-2, dim2=-1))
+
+    y = torch.randn(20, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert sg.check(_KalmanLike(20).double(), {"y": y}, quiet=True).passed
+    assert not sg.check(_KalmanLike(20, with_backward(torch.linalg.inv, off)).double(), {"y": y}, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_gaussian_process_likelihood_is_resolved(dtype):
+    """The same for a Cholesky factor over 64 points: its exp's backward off on the kernel's first
+    sub-diagonal (1e-5 in float64, 1e-2 in float32) passed, the allowances 1e13 times the entries."""
+    from symgrad.testing_ops import vjp
+
+    size = 1e-5 if dtype == torch.float64 else 1e-2
+
+    def off(x, g):
+        m = torch.ones_like(x)
+        i = torch.arange(1, x.shape[-1])
+        m[i, i - 1] = 1 + size
+        return vjp(torch.exp, x, g) * m
+
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 8, generator=gen).to(dtype), torch.randn(64, generator=gen).to(dtype)
+    assert sg.check(_GaussianProcess().to(dtype), {"x": x, "y": y}, quiet=True).passed
+    assert not sg.check(_GaussianProcess(with_backward(torch.exp, off)).to(dtype), {"x": x, "y": y}, quiet=True).passed
