@@ -298,3 +298,13 @@ def test_a_gradient_penalty_inside_forward_is_refused_by_name(detach_trick):
     torch.manual_seed(0)
     with pytest.raises(UnsupportedOp, match="takes a derivative itself"):
         sg.check(Critic(), {"real": torch.randn(4, 3), "fake": torch.randn(4, 3)}, quiet=True)
+
+
+def test_an_identity_of_256_or_more_rows_inside_forward():
+    """A dense GCN adds torch.eye(n) to its adjacency: torch 2.13's decomposition of eye takes a
+    uint16 arange from n = 256, which CPU lacks, and the check was refused as code leaving torch."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2).double()
+    a = (torch.rand(300, 300) < 0.05).double()
+    gcn = lambda x, a: ((a + torch.eye(a.shape[0], dtype=a.dtype)) @ lin(x)).tanh().sum()  # noqa: E731
+    assert sg.check(gcn, {"x": torch.randn(300, 3, dtype=torch.float64), "a": a}, wrt="x", quiet=True).passed

@@ -71,7 +71,8 @@ def decompositions() -> dict:
                 "special_xlog1py",  # Note [xlog1py as torch's kernel] in graph/aten.py
                 "logsumexp",  # read by graph/aten_shift.py, max shift detached (its decomposition shadowed it)
                 "multilabel_margin_loss_forward",  # torch 2.13's decomposition of it computes another value
-                "cumsum"}  # graph/aten_scan.py: in blocks (Note [A running sum in blocks])
+                "cumsum",  # graph/aten_scan.py: in blocks (Note [A running sum in blocks])
+                "eye"}  # a constant; torch 2.13's decomposition takes a uint16 arange from n = 256, which CPU lacks
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:
