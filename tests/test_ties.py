@@ -491,3 +491,39 @@ def test_quantile_of_ratings_with_ties(fn):
     assert sg.check(fn, {"x": x}, quiet=True).passed
     off = with_backward(fn, lambda x, g: vjp(fn, x, g) * (1 + 1e-6))
     assert not sg.check(off, {"x": x}, symbolic=fn, quiet=True).passed
+
+
+def _first_of_the_maximum(x, g):
+    out = torch.zeros_like(x)
+    out.view(-1)[torch.argmax(x)] = g
+    return out
+
+
+LARGE_TIE_BACKWARDS = [  # (name, backward of x.max() over a tie of thousands, passes)
+    ("torch's max", None, True),
+    ("the first tied entry", _first_of_the_maximum, True),
+    ("the cotangent lost (tinygrad#12296's count overflowing to inf)", lambda x, g: torch.zeros_like(x), False),
+    ("the whole cotangent to every tied entry", lambda x, g: g * (x == x.max()).to(x.dtype), False),
+    ("half of it, split evenly", lambda x, g: 0.5 * g * (x == x.max()).to(x.dtype) / (x == x.max()).sum(), False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name,backward,passes", LARGE_TIE_BACKWARDS, ids=[c[0] for c in LARGE_TIE_BACKWARDS])
+def test_a_tie_too_large_for_units_hands_on_its_total(name, backward, passes, dtype):
+    """Note [A tie's total] (tie_totals.py): past the sweeps' budget each of 2,571 tied entries was
+    judged alone, anywhere from none to all of the cotangent, and a backward losing it passed."""
+    x = torch.ones(3000, dtype=dtype)
+    x[::7] = 0.5
+    op = (lambda x: x.max()) if backward is None else custom(lambda x: x.max(), backward)
+    assert sg.check(lambda x: 2.0 * op(torch.tanh(x)), {"x": x}, quiet=True).passed is passes
+
+
+def test_saliency_through_a_global_max_pool_of_a_saturated_image():
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1).double()
+    img = torch.ones(1, 1, 48, 48, dtype=torch.float64)
+    img[..., 10:20, 10:20] = 0.3
+    pool = lambda im: F.adaptive_max_pool2d(im, 1)  # noqa: E731
+    lost = custom(pool, lambda im, g: torch.zeros_like(im))
+    assert sg.check(lambda im: pool(im).sum() + conv(im).tanh().mean(), {"im": img}, quiet=True).passed
+    assert not sg.check(lambda im: lost(im).sum() + conv(im).tanh().mean(), {"im": img}, quiet=True).passed

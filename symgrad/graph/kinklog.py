@@ -33,6 +33,8 @@ class KinkLog(list):
         self.oversized = 0  # ties met that were larger than ``members`` (banded), counted per group
         self.owners: list = []  # per recorded unit, the node whose rule recorded it
         self.drivers: dict = {}  # unit index -> the step entries that put it on its kink (Note [One step, one side])
+        self.banded_ties: list = []  # (arg, members, cotangent, its bound) per banded tie (Note [A tie's total])
+        self.even_ties = False  # every tie at its even split, unbanded (tie_totals._only_bands)
 
     def owned_by(self, node) -> None:
         """The units recorded since the last call came from ``node``'s rule."""

@@ -266,6 +266,8 @@ def _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip, pick)
         banded_ties = sum(1 for u in units for k in u if _is_tie(k))
         per_seed, units = _sweeps(st, seeds, live, flip, ties=False, pick=pick)  # Note [Ties as kink units]
     ties = any(_is_tie(k) for u in units for k in u)
+    if not flip and pick is None:
+        st.tie_logs = units  # Note [A tie's total] (tie_totals.py)
     found_gens = _kink_generators(st, live, units, flip, ties, members, pick)
     if found_gens is None:  # too many kinked units for the joint check: every one widens the band
         per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]

@@ -191,6 +191,8 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
     same = indistinct(node.args[0], near, axes)
     if same is not None:  # Note [Ties of indistinct entries]: any split gives the same gradient
         tie = tie & ~same
+    if getattr(kinks, "even_ties", False):  # Note [A tie's total] (tie_totals.py): the even split, no band
+        tie = np.zeros_like(tie)
     if kinks is not None and getattr(kinks, "ties", True) and tie.any() and not gk.banded:  # Note [Ties as kink units]
         small = tie & (np.sum(near, axis=axes, keepdims=True) <= getattr(kinks, "members", MAX_TIE_MEMBERS))
         if small.any():
@@ -199,10 +201,27 @@ def _vjp_reduce(node: Node, a: Approx, g: Approx, ctx: Ctx, kinks: list | None =
             tie = tie & ~small
         if tie.any():  # ties too large to be units here: kinkunits may sweep again allowing larger ones
             kinks.oversized = getattr(kinks, "oversized", 0) + int(np.sum(np.any(tie, axis=axes)))  # ties, not entries
+    if kinks is not None and tie.any() and not gk.banded and hasattr(kinks, "banded_ties"):
+        _note_banded_ties(kinks, node.args[0], tie, np.broadcast_to(weight, a.shape), np.broadcast_to(gk.v, a.shape),
+                          np.broadcast_to(gk.e, a.shape), axes)
     lo = np.where(tie, v - lo_end, g_lo * weight)
     hi = np.where(tie, hi_end - v, g_hi * weight)
     return Approx(v, e, lo, hi)
 
+
+
+def _note_banded_ties(kinks, arg: Node, tie: np.ndarray, weight: np.ndarray, gv: np.ndarray, ge: np.ndarray,
+                      axes: tuple) -> None:
+    """Each banded tie's flat members in ``arg``, the sweep's share of each, its cotangent and that
+    cotangent's bound (Note [A tie's total] in tie_totals.py)."""
+    order = [d for d in range(tie.ndim) if d not in axes] + list(axes)
+    rows = int(np.prod([tie.shape[d] for d in axes], dtype=np.int64))
+    ids = np.transpose(np.arange(tie.size).reshape(tie.shape), order).reshape(-1, rows)
+    grouped = np.transpose(tie, order).reshape(-1, rows)
+    for group in np.flatnonzero(grouped.sum(axis=1) > 1):
+        members = ids[group][grouped[group]]
+        kinks.banded_ties.append((arg, members, weight.ravel()[members], float(gv.ravel()[members[0]]),
+                                  float(ge.ravel()[members[0]])))
 
 
 def _first_entry(exact: np.ndarray, axes: tuple, last: bool = False) -> np.ndarray:
