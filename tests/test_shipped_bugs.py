@@ -84,3 +84,29 @@ def test_logaddexp_at_a_tie_is_smooth(dtype):
     assert sg.check(torch.logaddexp, {"x": x, "y": y}, v=v, quiet=True).passed
     assert not sg.check(bug, {"x": x, "y": y}, v=v, quiet=True).passed
     assert not sg.check(lambda x, y: bug(x, y).sum(), {"x": x, "y": y}, engine="elementwise", quiet=True).passed
+
+
+def _lae_not(x, y):  # logaddexp written by hand, its min selected by the comparison's negation
+    c = x >= y
+    m, n = torch.where(c, x, y), torch.where(~c, x, y)
+    return m + torch.log1p(torch.exp(n - m))
+
+
+def _relu_split(x):  # where(x > 0, x, 0) + where(x > 0, -x, x / 2): x/2 below 0, 0 above, one comparison
+    c = x > 0
+    return torch.where(c, x, 0.0) + torch.where(c, -x, 0.5 * x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_selections_of_one_comparison_through_its_negation_and_at_repeated_points(dtype):
+    """Note [One step, one side]: a where reading ~c is driven by c; entries at one exact point
+    (repeated zeros) are one unit whose driver is every entry's comparison."""
+    x = torch.tensor([1.0, -0.5, 3.0], dtype=dtype)
+    y = torch.tensor([1.0, -0.5, 2.0], dtype=dtype)
+    v = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
+    assert sg.check(_lae_not, {"x": x, "y": y}, v=v, quiet=True).passed
+    assert not sg.check(custom(_lae_not, _logaddexp_routing_to_the_max), {"x": x, "y": y}, v=v, quiet=True).passed
+    z = torch.tensor([0.0, 0.0, 1.3], dtype=dtype)  # the valid derivatives at 0: 0 and 1/2
+    assert sg.check(_relu_split, {"z": z}, v=torch.ones(3, dtype=dtype), quiet=True).passed
+    wrong = custom(_relu_split, lambda z, g: g * torch.where(z > 0, 0.0, torch.where(z < 0, 0.5, 1.5)).to(dtype))
+    assert not sg.check(wrong, {"z": z}, v=torch.ones(3, dtype=dtype), quiet=True).passed

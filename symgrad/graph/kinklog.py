@@ -51,26 +51,32 @@ class KinkLog(list):
 # step-valued argument (``rules._step_valued``: a comparison's 0/1 and what is computed from such
 # values only) is uncertain at that entry carry that step's entry as their driver (``drivers``), and
 # after the sweep units with the same driver, each with one other side, become one unit whose change
-# moves all of them together (``merge_driven``).  Flipping every unit (Note [Other side everywhere])
-# was consistent already.
+# moves all of them together (``merge_driven``).  A driver is the comparison itself, found through
+# the pointwise nodes of steps in between (``~c``, ``c.float()``, ``1 - k``: rules._step_roots), and
+# entries at one exact point (Note [One choice at one point]) are driven by each entry's comparison:
+# units of one comparison node join wherever they share an entry; units driven by several
+# comparisons join only those driven by exactly the same ones, as either may flip alone.  Flipping
+# every unit (Note [Other side everywhere]) was consistent already.  Still beyond it: two comparisons
+# of the same values (``x >= y`` for the max, ``x > y`` for the min), a float mask's products whose
+# value bands do not cancel (``k x + (1 - k) y`` at x == y), kinks of different ops at one point
+# with no comparison between them (relu(x) + log1p(exp(-|x|))), and forward mode.
 def merge_driven(log: "KinkLog") -> None:
-    """Units of one sweep driven by the same step entries become one unit (the Note)."""
-    groups: dict = {}
-    for i, key in log.drivers.items():
-        groups.setdefault(key, []).append(i)
-    merged = [sorted(idx) for idx in groups.values() if len(idx) > 1 and all(len(log[i][2]) == 1 for i in idx)]
+    """Units of one sweep driven by the same comparison entries become one unit (the Note): units
+    driven by single comparison entries of one comparison node join wherever they share one; units
+    driven by several comparisons join only those driven by exactly the same ones."""
+    groups = _driven_groups(log.drivers)
+    merged = [idx for idx in groups if len(idx) > 1 and all(len(log[i][2]) == 1 for i in idx)]
     if not merged:
         return
     drop: set = set()
     for idx in merged:
         args, entries, moves, bound = [], [], [], 0.0
         for i in idx:
-            arg, entry, ((change, b),) = log[i]
-            nodes, changes = (arg, change) if isinstance(arg, tuple) else ((arg,), (change,))
-            args += nodes
-            entries += [entry] * len(nodes)
-            moves += changes
-            bound += b
+            for node, at, move in _moves(log[i]):
+                args.append(node)
+                entries.append(at)
+                moves.append(move)
+            bound += float(np.sum(log[i][2][0][1]))
         log[idx[0]] = (tuple(args), tuple(entries), [(tuple(moves), bound)])
         drop.update(idx[1:])
     keep = [i for i in range(len(log)) if i not in drop]
@@ -78,6 +84,38 @@ def merge_driven(log: "KinkLog") -> None:
     log[:] = [log[i] for i in keep]
     log.owners = [owners[i] for i in keep if i < len(owners)]
     log.drivers = {}
+
+
+def _moves(unit) -> list:
+    """(argument node, flat entry, move) for each entry one unit's single change moves."""
+    arg, entry, ((change, _),) = unit
+    if isinstance(arg, tuple):  # Note [One side per node]: several arguments at one entry
+        return [(a, entry, c) for a, c in zip(arg, change)]
+    if isinstance(entry, list):  # Note [One choice at one point]: several entries of one argument
+        return [(arg, e, float(c)) for e, c in zip(entry, np.ravel(change))]
+    return [(arg, entry, change)]
+
+
+def _driven_groups(drivers: dict) -> list:
+    """Sorted unit indices per group: single-comparison drivers joined by a shared entry of the same
+    comparison node (union-find), the others by equal keys."""
+    parent: dict = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, keys in drivers.items():
+        simple = all(len(k) == 1 for k in keys) and len({next(iter(k))[0] for k in keys}) == 1
+        for k in (keys if simple else (("exact", keys),)):
+            for elem in (k if simple else (k,)):
+                parent[find(("unit", i))] = find(("key", elem))
+    groups: dict = {}
+    for i in drivers:
+        groups.setdefault(find(("unit", i)), []).append(i)
+    return [sorted(g) for g in groups.values()]
 
 
 def _other_side(local: Approx) -> Approx:

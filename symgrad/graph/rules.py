@@ -203,24 +203,53 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
 
 
 def _note_drivers(kinks, start: int, node: Node, args: list) -> None:
-    """The step-valued arguments (a comparison's 0/1) whose uncertain value put the units recorded
-    from ``start`` on their kink: one driver per unit (Note [One step, one side] in kinklog.py)."""
-    steps = [(a, v) for a, v in zip(node.args, args) if v.banded and _step_valued(a)]
+    """The comparisons whose uncertain value put the units recorded from ``start`` on their kink:
+    per unit, per entry it moves, the set of comparison entries (Note [One step, one side] in kinklog.py)."""
+    steps = [(a, v) for a, v in zip(node.args, args) if v.banded and a.kind != "leaf" and _step_valued(a)]
     if not steps or not hasattr(kinks, "drivers"):
         return
     for i in range(start, len(kinks)):
         entry = kinks[i][1]
-        if not isinstance(entry, int):
+        entries = [entry] if isinstance(entry, int) else entry if isinstance(entry, list) else None
+        keys = []
+        for u in entries or ():  # a single entry, or the entries at one exact point (_record_group)
+            key: set = set()
+            for a, v in steps:
+                j = _entry_in(a.shape, node.shape, u)
+                if np.ravel(np.broadcast_to(v.band(), a.shape))[j] > 0:
+                    key |= _step_roots(a, j)
+            if not key:
+                break
+            keys.append(frozenset(key))
+        else:
+            if keys:
+                kinks.drivers[i] = tuple(keys)
+
+
+def _entry_in(arg_shape: tuple, shape: tuple, u: int) -> int:
+    """The flat entry of an argument broadcast to ``shape`` that the output's flat entry ``u`` reads."""
+    if not arg_shape:
+        return 0
+    at = np.unravel_index(u, shape)[len(shape) - len(arg_shape):]
+    return int(np.ravel_multi_index(tuple(0 if d == 1 else k for k, d in zip(at, arg_shape)), arg_shape))
+
+
+def _step_roots(node: Node, j: int) -> set:
+    """The comparisons of moving values that step-valued ``node``'s entry ``j`` is computed from,
+    through pointwise nodes of steps only (``~c``, ``c.float()``, ``1 - k``), as (id, flat entry)."""
+    roots, todo, seen = set(), [(node, j)], set()
+    while todo:
+        n, k = todo.pop()
+        if (id(n), k) in seen:
             continue
-        at = np.unravel_index(entry, node.shape)
-        key = []
-        for a, v in steps:
-            j = int(np.ravel_multi_index(tuple(0 if d == 1 else k for k, d in
-                                               zip(at[len(at) - len(a.shape):], a.shape)), a.shape)) if a.shape else 0
-            if np.ravel(np.broadcast_to(v.band(), a.shape))[j] > 0:
-                key.append((id(a), j))
-        if key:
-            kinks.drivers[i] = tuple(key)
+        seen.add((id(n), k))
+        ups = [a for a in n.args if a.kind != "leaf"]
+        if n.kind != "pointwise" or not ups or not all(_step_valued(a) for a in ups) or any(
+                a.kind == "leaf" and not _step_valued(a) for a in n.args):
+            roots.add((id(n), k))  # a comparison of values that move (or a node not walked through)
+            continue
+        todo.extend((a, _entry_in(a.shape, n.shape, k)) for a in ups)
+    return roots
 
 
 def _one_sided(forms: list, args: list, ctx: Ctx, shape: tuple) -> list:
