@@ -110,3 +110,27 @@ def test_selections_of_one_comparison_through_its_negation_and_at_repeated_point
     assert sg.check(_relu_split, {"z": z}, v=torch.ones(3, dtype=dtype), quiet=True).passed
     wrong = custom(_relu_split, lambda z, g: g * torch.where(z > 0, 0.0, torch.where(z < 0, 0.5, 1.5)).to(dtype))
     assert not sg.check(wrong, {"z": z}, v=torch.ones(3, dtype=dtype), quiet=True).passed
+
+
+@pytest.mark.parametrize("via", ["forward_ad", "jacfwd"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_logaddexp_at_a_tie_in_forward_mode(dtype, via):
+    """Forward mode takes one side per node and per comparison too (Note [One step, one side]): a
+    where whose two branches are both banded was left to entrywise bands, and a jvp giving the max's
+    tangent alone at x == y, tx instead of (tx + ty) / 2, passed forward_ad."""
+    from symgrad.testing_ops import with_jvp
+
+    z = torch.tensor([[1.0, -0.5, 3.0, 0.0], [1.0, -0.5, 2.0, 0.0]], dtype=dtype)
+    t = torch.tensor([[1.0, 0.3, -0.4, 2.0], [0.2, -1.0, 0.5, 0.7]], dtype=dtype)
+
+    def lae(z):
+        return torch.logaddexp(z[0], z[1])
+
+    def max_side_jvp(z, t):
+        s = torch.where(z[0] == z[1], 1.0, torch.sigmoid(z[0] - z[1]))
+        return t[0] * s + t[1] * (1 - s)
+
+    kw = {"tangents": {"z": t}} if via == "forward_ad" else {}
+    assert sg.check(lae, {"z": z}, via=via, quiet=True, **kw).passed
+    bug = with_jvp(lae, lambda z, g: torch.stack([g * 0.5, g * 0.5]), max_side_jvp, vmap=True)
+    assert not sg.check(bug, {"z": z}, via=via, quiet=True, **kw).passed

@@ -10,9 +10,12 @@
 # derivative to the other sides (``-lo``, ``+hi``), and the argument's tangent there for each
 # direction.  A unit's generator is the output tangent that one change makes: a tangent sweep seeded
 # at the unit's node with its change times the tangent, one entry, zero elsewhere (one sweep per
-# change serves every direction: the seed's size is a factor).  Kinks the log cannot take as units --
-# a node kinked in two arguments at one entry (maximum at a tie: the sides pair, Note [Sides of one
-# region]), an argument broadcast into the node, a tie of max/min, a linear-algebra node's band --
+# change serves every direction: the seed's size is a factor).  A node kinked in several arguments
+# at one entry, each banded to one far edge (``where`` at its comparison's kink), is one unit moving
+# them together (Note [One side per node] in kinklog.py), and units driven by one comparison share
+# one change (Note [One step, one side]): a jvp giving logaddexp's max tangent alone at x == y passed
+# forward_ad before.  Kinks the log cannot take as units -- an argument broadcast into the node, a
+# tie of max/min, a linear-algebra node's band --
 # leave the output banded, and then no generators are attached: the entrywise bands stay (sound,
 # weaker), as past the budget of sweeps (Note [A budget of sweeps], kinkunits.py).  A Jacobian by
 # columns (``jacfwd``) takes one set of units over every column of every input, so one choice per
@@ -39,28 +42,46 @@ class ForwardKinkLog:
     def __init__(self):
         self.units: dict = {}
         self.tangents: dict = {}
+        self.drivers: dict = {}  # unit key -> the comparison entries that put it on its kink (Note [One step, one side])
         self.unmodelled = False
-        self._entries: dict = {}  # node -> (argument, kinked flat entries) already recorded
+        self._pending: dict = {}  # entry -> [(argument, changes, tangent)] of the node being swept
+        self._drivers: dict = {}  # entry -> driver of the node being swept, for record_paired
 
     def record(self, node, i: int, local: Approx, t: Approx, arg_shape: tuple) -> Approx:
-        """``local`` (banded) at the closed form's side, its kinked entries recorded as units."""
+        """``local`` (banded) at the closed form's side, its kinked entries kept for ``close``."""
         if tuple(arg_shape) != tuple(node.shape):
             self.unmodelled = True
             return local
         lo = np.ravel(np.broadcast_to(local.lo, node.shape))
         hi = np.ravel(np.broadcast_to(local.hi, node.shape))
-        entries = np.flatnonzero((lo > 0) | (hi > 0))
-        seen = self._entries.get(node)
-        if seen is not None and seen[0] != i and np.intersect1d(seen[1], entries).size:
-            self.unmodelled = True  # two arguments' sides pair at one entry
-            return local
-        self._entries[node] = (i, entries if seen is None else np.union1d(seen[1], entries))
         tv = np.ravel(np.broadcast_to(t.v, node.shape))
-        for j in entries:
-            key = (node, i, int(j))
-            self.units[key] = [c for c in (-lo[j], hi[j]) if c != 0 and np.isfinite(c)]
-            self.tangents[key] = float(tv[j])
+        for j in np.flatnonzero((lo > 0) | (hi > 0)):
+            changes = [c for c in (-lo[j], hi[j]) if c != 0 and np.isfinite(c)]
+            self._pending.setdefault(int(j), []).append((i, changes, float(tv[j])))
         return Approx(local.v, local.e)
+
+    def pending(self) -> list:
+        """The kinked entries of the node being swept, recorded since the last ``close``."""
+        return list(self._pending)
+
+    def close(self, node, drivers=None) -> None:
+        """The node's kinked entries as units: one argument's alone, or several arguments banded each
+        to one far edge moving together (Note [One side per node] in kinklog.py); ``drivers``: entry ->
+        its comparison entries (Note [One step, one side])."""
+        pending, self._pending = self._pending, {}
+        self._drivers = drivers or {}  # for record_paired, which follows
+        for j, found in pending.items():
+            if len(found) == 1:
+                i, changes, size = found[0]
+                key = (node, i, j)
+            elif all(len(changes) == 1 for _, changes, _ in found):
+                key, changes, size = (node, -2, j), [tuple(c[0] for _, c, _ in found)], tuple(s for _, _, s in found)
+            else:
+                self.unmodelled = True  # two arguments' sides pair at one entry
+                continue
+            self.units[key], self.tangents[key] = changes, size
+            if drivers and j in drivers:
+                self.drivers[key] = drivers[j]
 
     def record_paired(self, node, entries: list, changes: list, sizes: list) -> None:
         """Entries whose banded arguments pair by region (Note [Paired sides in forward mode] in
@@ -69,6 +90,8 @@ class ForwardKinkLog:
             key = (node, -1, int(j))
             self.units[key] = list(found)
             self.tangents[key] = size
+            if int(j) in getattr(self, "_drivers", {}):
+                self.drivers[key] = self._drivers[int(j)]
 
 
 def _moved(change, size) -> float:
@@ -96,6 +119,7 @@ def _collect(st, seeds_per_direction: list):
     with its changes, and per direction the arguments' tangents at the units; None where some kink
     is no unit."""
     units: dict = {}
+    drivers: dict = {}
     per_direction = []
     for seeds in seeds_per_direction:
         log = ForwardKinkLog()
@@ -104,8 +128,10 @@ def _collect(st, seeds_per_direction: list):
             return None
         for key, changes in log.units.items():
             units.setdefault(key, changes)
+        for key, driver in log.drivers.items():
+            drivers.setdefault(key, driver)
         per_direction.append(log.tangents)
-    return units, per_direction
+    return units, per_direction, drivers
 
 
 def _reach(st, node, j: int) -> np.ndarray:
@@ -125,13 +151,29 @@ def forward_generators(st, seeds_per_direction: list, full: tuple):
     found = _collect(st, seeds_per_direction)
     if found is None or not found[0] or not _affordable(st, list(found[0].items()), full):
         return None
-    units, per_direction = found
+    units, per_direction, drivers = found
     groups = []
-    for key, changes in units.items():
-        reach = _reach(st, key[0], key[2])
-        sizes = [d.get(key, 0.0) for d in per_direction]
-        groups.append([np.stack([_moved(c, s) * reach for s in sizes]).reshape(full) for c in changes])
+    for keys in _joined(units, drivers):  # Note [One step, one side]: one change for every unit driven alike
+        reaches = {key: _reach(st, key[0], key[2]) for key in keys}
+        gens = []
+        for c in range(len(units[keys[0]])):
+            per = [sum(_moved(units[k][c], d.get(k, 0.0)) * reaches[k] for k in keys) for d in per_direction]
+            gens.append(np.stack(per).reshape(full))
+        groups.append(gens)
     return stack_generators(groups, full)
+
+
+def _joined(units: dict, drivers: dict) -> list:
+    """Unit keys grouped by their driver (kinklog's rule): each alone, or the units of one comparison
+    with one change each, together."""
+    from .kinklog import _driven_groups
+
+    keys = list(units)
+    index = {k: i for i, k in enumerate(keys)}
+    grouped = _driven_groups({index[k]: d for k, d in drivers.items() if k in index})
+    together = [[keys[i] for i in g] for g in grouped if len(g) > 1 and all(len(units[keys[i]]) == 1 for i in g)]
+    taken = {k for g in together for k in g}
+    return together + [[k] for k in keys if k not in taken]
 
 
 def column_generators(st, nodes: dict, shapes: dict, out_shape: tuple) -> dict | None:
@@ -152,14 +194,15 @@ def column_generators(st, nodes: dict, shapes: dict, out_shape: tuple) -> dict |
     total = sum(int(np.prod(out_shape + tuple(shapes[n]))) for n in nodes)
     if found is None or not found[0] or not _affordable(st, list(found[0].items()), (total,)):
         return None
-    units, per_direction = found
+    units, per_direction, drivers = found
     out: dict = {name: [] for name in nodes}
-    for key, changes in units.items():
-        reach = np.ravel(_reach(st, key[0], key[2]))
+    for keys in _joined(units, drivers):
+        reaches = {k: np.ravel(_reach(st, k[0], k[2])) for k in keys}
         for name in nodes:
-            columns = [d.get(key, 0.0) for d, o in zip(per_direction, owner) if o == name]
-            if not columns:
-                columns = [0.0] * (int(np.prod(shapes[name])) if shapes[name] else 1)
+            mine = [d for d, o in zip(per_direction, owner) if o == name]
+            width = len(mine) or (int(np.prod(shapes[name])) if shapes[name] else 1)
             full = tuple(out_shape) + tuple(shapes[name])
-            out[name].append([np.outer(reach, [_moved(c, s) for s in columns]).reshape(full) for c in changes])
+            out[name].append([sum(np.outer(reaches[k], [_moved(units[k][c], d.get(k, 0.0)) for d in mine] or
+                                           [0.0] * width) for k in keys).reshape(full)
+                              for c in range(len(units[keys[0]]))])
     return {name: stack_generators(groups, tuple(out_shape) + tuple(shapes[name])) for name, groups in out.items()}

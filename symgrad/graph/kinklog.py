@@ -59,7 +59,8 @@ class KinkLog(list):
 # every unit (Note [Other side everywhere]) was consistent already.  Still beyond it: two comparisons
 # of the same values (``x >= y`` for the max, ``x > y`` for the min), a float mask's products whose
 # value bands do not cancel (``k x + (1 - k) y`` at x == y), kinks of different ops at one point
-# with no comparison between them (relu(x) + log1p(exp(-|x|))), and forward mode.
+# with no comparison between them (relu(x) + log1p(exp(-|x|))).  Forward mode groups its units the
+# same way (forward_kinks.py).
 def merge_driven(log: "KinkLog") -> None:
     """Units of one sweep driven by the same comparison entries become one unit (the Note): units
     driven by single comparison entries of one comparison node join wherever they share one; units

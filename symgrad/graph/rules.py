@@ -205,25 +205,26 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
 def _note_drivers(kinks, start: int, node: Node, args: list) -> None:
     """The comparisons whose uncertain value put the units recorded from ``start`` on their kink:
     per unit, per entry it moves, the set of comparison entries (Note [One step, one side] in kinklog.py)."""
-    steps = [(a, v) for a, v in zip(node.args, args) if v.banded and a.kind != "leaf" and _step_valued(a)]
-    if not steps or not hasattr(kinks, "drivers"):
+    if not hasattr(kinks, "drivers"):
         return
     for i in range(start, len(kinks)):
         entry = kinks[i][1]
-        entries = [entry] if isinstance(entry, int) else entry if isinstance(entry, list) else None
-        keys = []
-        for u in entries or ():  # a single entry, or the entries at one exact point (_record_group)
-            key: set = set()
-            for a, v in steps:
-                j = _entry_in(a.shape, node.shape, u)
-                if np.ravel(np.broadcast_to(v.band(), a.shape))[j] > 0:
-                    key |= _step_roots(a, j)
-            if not key:
-                break
-            keys.append(frozenset(key))
-        else:
-            if keys:
-                kinks.drivers[i] = tuple(keys)
+        entries = [entry] if isinstance(entry, int) else entry if isinstance(entry, list) else []
+        keys = [_driver(node, args, u) for u in entries]  # one entry, or those at one exact point (_record_group)
+        if keys and all(keys):
+            kinks.drivers[i] = tuple(keys)
+
+
+def _driver(node: Node, args: list, u: int) -> frozenset:
+    """The comparison entries (id, flat entry) whose uncertain 0/1 reaches ``node``'s entry ``u``
+    through its step-valued arguments; empty where none does."""
+    key: set = set()
+    for a, v in zip(node.args, args):
+        if v.banded and a.kind != "leaf" and _step_valued(a):
+            j = _entry_in(a.shape, node.shape, u)
+            if np.ravel(np.broadcast_to(v.band(), a.shape))[j] > 0:
+                key |= _step_roots(a, j)
+    return frozenset(key)
 
 
 def _entry_in(arg_shape: tuple, shape: tuple, u: int) -> int:
@@ -371,6 +372,9 @@ def _jvp_pointwise(node: Node, args: list, tangents: list, ctx: Ctx, kinks) -> A
             local[i] = kinks.record(node, i, local[i], ts[i], args[i].shape)
         term = _times_cotangent(local[i], ts[i])  # a branch not taken: 0, even times inf
         out = term if out is None else add(out, term)
+    if kinks is not None:
+        pending = set(kinks.pending()) | set(paired[0] if paired is not None else ())
+        kinks.close(node, {j: (d,) for j in pending if (d := _driver(node, args, j))})
     if paired is not None:
         entries, changes, sizes = paired
         if kinks is not None:
