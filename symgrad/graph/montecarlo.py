@@ -102,11 +102,13 @@ def _keyed_signs(v: np.ndarray, salt: int) -> np.ndarray:
         t = np.right_shift(h, np.uint64(27), out=np.empty(v.shape, np.uint64))
         h ^= t
         h *= np.uint64(0x94D049BB133111EB)
-        np.right_shift(h, np.uint64(31), out=t)
-        h ^= t
+        # splitmix64's last step, h ^= h >> 31, leaves the top bit alone: skipped
     plus = np.right_shift(h, np.uint64(63), out=t).astype(bool)  # the hash's top bit set: +1
     plus ^= v < 0
-    return np.where(plus, 1.0, -1.0)
+    out = plus.astype(np.float64)
+    out *= 2.0
+    out -= 1.0
+    return out
 
 
 @contextmanager
