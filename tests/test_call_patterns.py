@@ -71,6 +71,8 @@ def test_a_float_item_of_data_is_a_constant(dtype):
     assert not sg.check(_FocalLoss(off).to(dtype), {"x": x, "t": t}, quiet=True).passed
     with pytest.raises(UnsupportedOp, match="'t', which is differentiated"):
         sg.check(_FocalLoss().to(dtype), {"x": x, "t": t}, wrt=["t"], quiet=True)
+    w = torch.randn(5, dtype=dtype)  # past a detach the number is a constant to torch too
+    assert sg.check(lambda w: (w / w.detach().abs().mean().item()).pow(2).sum(), {"w": w}, quiet=True).passed
 
 
 def test_small_torch_code_returning_a_dict_is_checked():

@@ -527,3 +527,19 @@ def test_saliency_through_a_global_max_pool_of_a_saturated_image():
     lost = custom(pool, lambda im, g: torch.zeros_like(im))
     assert sg.check(lambda im: pool(im).sum() + conv(im).tanh().mean(), {"im": img}, quiet=True).passed
     assert not sg.check(lambda im: lost(im).sum() + conv(im).tanh().mean(), {"im": img}, quiet=True).passed
+
+
+def test_a_large_near_tie_split_by_torch_over_its_rounded_ties():
+    """Note [A tie's total]: W's 2,000 rows equal up to 2 ulps, so torch's float64 W @ x ties at 410
+    entries and splits the cotangent over them, the reference over its own exact ties; the total's
+    functional must sum over every leaf (t is the tangent of all of them) and allow the rounding of
+    torch's spread split: torch's own gradient failed."""
+    gen = torch.Generator().manual_seed(13)
+    for shape in ((6,), (6,), (2000, 1), (30, 40)):  # the draws that gave the failing values
+        torch.randint(-2, 3, shape, generator=gen) if shape == (2000, 1) else torch.randn(shape, generator=gen)
+    x, base = torch.randn(6, dtype=torch.float64, generator=gen), torch.randn(6, dtype=torch.float64, generator=gen)
+    w = base.repeat(2000, 1) * (1 + torch.randint(-2, 3, (2000, 1), generator=gen).double() * torch.finfo(torch.float64).eps)
+    assert int((w @ x == (w @ x).max()).sum()) > 100
+    assert sg.check(lambda w, x: torch.amax(w @ x) * 2, {"w": w, "x": x}, quiet=True).passed
+    lost = custom(lambda y: torch.amax(y), lambda y, g: torch.zeros_like(y))
+    assert not sg.check(lambda w, x: lost(w @ x) * 2, {"w": w, "x": x}, quiet=True).passed

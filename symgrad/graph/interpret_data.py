@@ -63,7 +63,8 @@ def branch_value(b: Builder, node, arg):
 
 
 def _leaves_under(node) -> set:
-    """Names of the leaves (inputs and parameters, not constants) ``node`` is computed from."""
+    """Names of the leaves (inputs and parameters, not constants) ``node`` is computed from, not
+    through a ``detach``."""
     seen, todo, names = set(), [node], set()
     while todo:
         n = todo.pop()
@@ -73,7 +74,8 @@ def _leaves_under(node) -> set:
         if n.kind == "leaf":
             if n.attrs.get("role") != "const":
                 names.add(n.name)
-        todo.extend(n.args)
+        elif n.kind != "stop":  # past a detach the number is a constant to torch too
+            todo.extend(n.args)
     return names
 
 

@@ -36,7 +36,7 @@ from .spectrum import _spec, _spectrum, _t, gamma
 from . import approx
 from .approx import Approx, add, einsum, mul, scale
 
-__all__ = ["OPS", "forward", "vjp", "jvp"]
+__all__ = ["OPS", "NOT_RERUN", "forward", "vjp", "jvp"]
 
 OPS = ("inv", "solve", "det", "logabsdet", "eigvalsh", "svdvals", "cholesky") + linalg_vectors.OPS
 def _inverse(a: Approx) -> np.ndarray:
@@ -156,12 +156,22 @@ def _cholesky(a: Approx) -> Approx:
 # roundings of its own, but the exact result for a moved input (Note [Linalg rounding]).  So in a
 # rerun a linear-algebra node is evaluated exactly at ``A + δA``, ``δA`` its backward error moved
 # with a random sign per entry (``approx.rounded``: equal values share a sign, so a symmetric
-# matrix stays symmetric), ``γ |A|`` for LU and the spectral solvers, ``(n + 1) |L||Lᵀ|`` for
+# matrix stays symmetric), ``γ |A|`` for LU, ``(n + 1) |L||Lᵀ|`` for
 # Cholesky.  Without them the graphs holding such nodes kept the worst case, which compounds along
 # a chain: a Kalman filter's 20 inverses were allowed 4e42 ulps, a GP's Cholesky 1e13, and seeded
-# bugs of 1e-5 passed.  Outside the reruns ``rounded`` returns ``A`` itself.
+# bugs of 1e-5 passed.  The reverse and forward rules move their matrix too (torch's backward
+# factorises it again or reads its factors, with their own rounding): read unmoved, a determinant's
+# cofactors did not spread at all, and torch's float32 det gradient of random 8 x 8 matrices failed.
+# Outside the reruns ``rounded`` returns ``A`` itself.
+# The spectral ops (eigenvalues, singular values, their vectors, QR) are not: near a repeated value
+# the moves rotate the vectors by far more than first order, and the reruns' spread says nothing
+# (eigvalsh at a numerically repeated eigenvalue failed torch's own gradient); graphs holding them
+# keep the worst case (montecarlo.wanted, kink_caps: ``NOT_RERUN``).
+NOT_RERUN = ("eigvalsh", "svdvals") + linalg_vectors.OPS
+
+
 def _backward_error(op: str, a: Approx) -> Approx:
-    if not approx.perturbing_now() or a.v.ndim < 2:
+    if not approx.perturbing_now() or a.v.ndim < 2 or op in NOT_RERUN:
         return a
     if op == "cholesky":
         try:
@@ -175,7 +185,14 @@ def _backward_error(op: str, a: Approx) -> Approx:
 
 
 def forward(op: str, args: list, attrs: dict | None = None) -> Approx:
-    args = [_backward_error(op, args[0])] + list(args[1:])  # Note [Linalg in the reruns]
+    return _evaluate(op, _moved(op, args), attrs)
+
+
+def _moved(op: str, args: list) -> list:
+    return [_backward_error(op, args[0])] + list(args[1:])  # Note [Linalg in the reruns]
+
+
+def _evaluate(op: str, args: list, attrs: dict | None = None) -> Approx:
     a = args[0]
     if op in linalg_vectors.OPS:  # eigen-/singular vectors, QR (Note [Linalg vectors])
         return linalg_vectors.forward(op, args, attrs or {})
@@ -229,6 +246,7 @@ def forward(op: str, args: list, attrs: dict | None = None) -> Approx:
 
 def vjp(op: str, args: list, out: Approx, g: Approx, needed: list, attrs: dict | None = None) -> list:
     """One cotangent per argument, from the forward's values (``out``) in Approx arithmetic."""
+    args = _moved(op, args)  # torch's backward factorises A again, or reads its factors: its own rounding
     a = args[0]
     if op in linalg_vectors.OPS:
         return linalg_vectors.vjp(op, args, g, attrs or {}, inverse=lambda m: forward("inv", [m]))
@@ -243,7 +261,7 @@ def vjp(op: str, args: list, out: Approx, g: Approx, needed: list, attrs: dict |
         return [scale(add(ga, _t(ga)), 0.5)]
     if op == "det" and _by_cofactors(a.v):  # Ā = ḡ cof(A), which exists at a singular A too
         return [mul(g.map(lambda t: t[..., None, None]), _cofactor_approx(a))]
-    xi = forward("inv", [a]) if op != "inv" else out
+    xi = _evaluate("inv", [a]) if op != "inv" else out
     if op == "inv":  # Ā = -Xᵀ G Xᵀ
         xt = _t(xi)
         return [scale(einsum(_spec(nb, "ij,jk,kl->il"), xt, g, xt), -1.0)]
@@ -268,6 +286,7 @@ def jvp(op: str, args: list, tangents: list, attrs: dict | None = None) -> Appro
     ``dX = -X dA X``, ``dY = A⁻¹ (dB - dA Y)``, ``dd = d tr(X dA)``, ``d log|d| = tr(X dA)``,
     ``dλ_i = v_iᵀ dA v_i``, ``ds_i = u_iᵀ dA v_i``, ``dL = L Φ(L⁻¹ dA L⁻ᵀ)`` (Note [Linalg rounding]:
     their rounding follows from the values' bounds)."""
+    args = _moved(op, args)  # Note [Linalg in the reruns]
     a = args[0]
     ta = tangents[0]
     nb = len(a.shape) - 2
@@ -287,12 +306,12 @@ def jvp(op: str, args: list, tangents: list, attrs: dict | None = None) -> Appro
         return einsum(_spec(nb, "ik,kj->ij"), low, inner)
     if op == "det" and _by_cofactors(a.v):
         return einsum(_spec(nb, "ij,ij->"), _cofactor_approx(a), ta)
-    x = forward("inv", [a])
+    x = _evaluate("inv", [a])
     if op == "inv":
         return scale(einsum(_spec(nb, "ik,kl,lj->ij"), x, ta, x), -1.0)
     trace = einsum(_spec(nb, "ij,ji->"), x, ta)
     if op == "det":
-        return mul(forward("det", [a]), trace)
+        return mul(_evaluate("det", [a]), trace)
     if op == "logabsdet":
         return trace
     raise ValueError(f"unknown linalg op {op!r}; known: {OPS}")
@@ -306,7 +325,7 @@ def _jvp_solve(args: list, tangents: list, nb: int) -> Approx | None:
     vec = b.v.ndim != a.v.ndim
     rhs = tb
     if ta is not None:
-        y = forward("solve", args)
+        y = _evaluate("solve", args)
         moved = einsum(_spec(nb, "ij,j->i" if vec else "ij,jk->ik"), ta, y)
         rhs = scale(moved, -1.0) if tb is None else add(tb, moved, -1.0)
-    return einsum(_spec(nb, "ij,j->i" if vec else "ij,jk->ik"), forward("inv", [a]), rhs)
+    return einsum(_spec(nb, "ij,j->i" if vec else "ij,jk->ik"), _evaluate("inv", [a]), rhs)

@@ -162,7 +162,9 @@ def perturbing(rng: np.random.Generator, coherent="random", seen: dict | None = 
 
 def wanted(graph, dtype: str, refs) -> bool:
     """Whether the reruns are worth their cost: a check some of whose gradients the worst-case bound
-    leaves coarse (linear-algebra nodes included: Note [Linalg in the reruns] in linalg.py)."""
+    leaves coarse (linear-algebra nodes included but the spectral ones: Note [Linalg in the reruns])."""
+    if _spectral(graph):
+        return False
     for ref in refs:
         value = np.abs(np.asarray(ref.value, np.float64))
         rounding = np.asarray(ref.rounding, np.float64) if ref.rounding is not None else None
@@ -174,6 +176,13 @@ def wanted(graph, dtype: str, refs) -> bool:
         if mask.any() and float(np.median(rounding[mask] / value[mask])) > coarse:
             return True
     return False
+
+
+def _spectral(graph) -> bool:
+    """Whether the graph holds a linear-algebra node the reruns cannot move (linalg.NOT_RERUN)."""
+    from .linalg import NOT_RERUN
+
+    return any(n.kind == "linalg" and n.attrs.get("op") in NOT_RERUN for n in graph.nodes)
 
 
 # Note [Statistical kinks]
@@ -203,7 +212,7 @@ def kink_caps(graph, ctx, values: dict, samples: int = SAMPLES, seed: int = 7) -
     where the forward bound is coarse; None where it is not (Note [Statistical kinks])."""
     from ..compare.accuracy import reference_mode
 
-    if not _coarse_forward(graph, values):
+    if _spectral(graph) or not _coarse_forward(graph, values):
         return None
     rng = np.random.default_rng(seed)
     total = {n: 0.0 for n in graph.nodes if n.kind != "leaf"}

@@ -21,8 +21,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..compare.half import rounding_ulps
 from .approx import Approx
 from .engine import backward, tangent_sweep
 from .kinklog import KinkLog
@@ -52,8 +55,10 @@ def _only_bands(st, live, seeds) -> bool:
     return not len(log) and not any(g is not None and g.banded for g in got.values())
 
 
-def tie_total_failures(st, live, nodes, seeds, logs, records, scale: float = 1.0) -> list:
-    """Indices of the records whose autograd values break a banded tie's total (the Note)."""
+def tie_total_failures(st, live, nodes, seeds, logs, records, refs, scale: float = 1.0) -> list:
+    """``(records, got, lo, hi, slack)`` where autograd's values break the banded ties' total (the
+    Note): the functional sums over every differentiated leaf, since t is the tangent of all of
+    them together; empty where it holds or does not apply."""
     ties = [getattr(log, "banded_ties", []) for log in logs]
     if not ties or not all(ties) or any(len(log) for log in logs):
         return []
@@ -65,25 +70,31 @@ def tie_total_failures(st, live, nodes, seeds, logs, records, scale: float = 1.0
     u, t = _direction(st, live, arg, members)
     if u is None:
         return []
+    used = [i for i, node in enumerate(nodes) if node is not None and node in u]
+    if any(not records[i].passed or records[i].actual is None or records[i].allowed is None for i in used):
+        return []  # a record failed already: the verdict stands without the functional
     tv, te = np.ravel(np.broadcast_to(t.v, arg.shape)), np.ravel(np.broadcast_to(t.e, arg.shape))
-    failed = []
-    for i, (rec, node) in enumerate(zip(records, nodes)):
-        if node is None or node not in u or not rec.passed or rec.actual is None or rec.allowed is None:
-            continue
-        w = np.asarray(u[node], np.float64)
-        diff = (np.asarray(rec.actual, np.float64) - np.asarray(rec.expected, np.float64)).reshape((len(seeds),) + w.shape)
-        allowed = np.asarray(rec.allowed, np.float64).reshape(diff.shape)
-        for k, found in enumerate(ties):
-            lo = hi = 0.0
-            slack = float(np.sum(np.abs(w) * allowed[k]))
-            for _, mem, share, delta, delta_e in found:
-                delta, taken = scale * delta, float(np.dot(share, tv[mem]))  # the sweep's own split
-                span = (tv[mem].min() - taken, tv[mem].max() - taken)
-                lo += min(delta * span[0], delta * span[1])
-                hi += max(delta * span[0], delta * span[1])
-                slack += st.ctx.eps * (abs(delta) * float(te[mem].max()) + delta_e * float(np.abs(tv[mem]).max()))
-            got = float(np.sum(w * diff[k]))
-            if not lo - slack <= got <= hi + slack:
-                failed.append((i, got, lo, hi, slack))
-                break
-    return failed
+    # torch's own split rounds as it spreads the cotangent: log2 of the tied entries' count roundings
+    # on each entry's reach (its band), which the reference's split does not carry
+    spreads = st.ctx.eps * rounding_ulps(st.dtype) * max(1.0, math.log2(len(members)))
+    got, slack = np.zeros(len(seeds)), np.zeros(len(seeds))
+    for i in used:
+        w = np.asarray(u[nodes[i]], np.float64)
+        full = (len(seeds),) + w.shape
+        diff = (np.asarray(records[i].actual, np.float64) - np.asarray(records[i].expected, np.float64)).reshape(full)
+        allowed = np.asarray(records[i].allowed, np.float64).reshape(full)
+        reach = np.zeros(full) if refs[i].kink is None else np.abs(refs[i].upper - refs[i].lower).reshape(full)
+        axes = tuple(range(1, len(full)))
+        got += np.sum(w * diff, axis=axes)
+        slack += np.sum(np.abs(w) * (allowed + spreads * reach), axis=axes)
+    for k, found in enumerate(ties):
+        lo = hi = 0.0
+        for _, mem, share, delta, delta_e in found:
+            delta, taken = scale * delta, float(np.dot(share, tv[mem]))  # the sweep's own split
+            span = (tv[mem].min() - taken, tv[mem].max() - taken)
+            lo += min(delta * span[0], delta * span[1])
+            hi += max(delta * span[0], delta * span[1])
+            slack[k] += st.ctx.eps * (abs(delta) * float(te[mem].max()) + delta_e * float(np.abs(tv[mem]).max()))
+        if not lo - slack[k] <= got[k] <= hi + slack[k]:
+            return [([records[i] for i in used], float(got[k]), lo, hi, float(slack[k]))]
+    return []

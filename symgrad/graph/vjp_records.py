@@ -56,7 +56,7 @@ def vjp_records(st: State, seeds, how, v, backward_calls, out_shape) -> list:
             if not rec.passed:
                 other.note = (other.note + " " if other.note else "") + text
                 records[i], refs[i] = other, again[i]
-    _tie_totals(st, live, nodes, seeds, records, scale)
+    _tie_totals(st, live, nodes, seeds, records, refs, scale)
     for rec, (ref_runs, ref_constants) in zip(records, runs):
         scale_test.apply_scale_test(rec, ref_runs, st.dtype, ref_constants)  # Note [Systematic scale]
     if len(runs) > 1:  # Note [One scale over every gradient]
@@ -71,16 +71,18 @@ def vjp_records(st: State, seeds, how, v, backward_calls, out_shape) -> list:
     return records
 
 
-def _tie_totals(st, live, nodes, seeds, records, scale) -> None:
-    """Fail a record whose values break a banded tie's total (Note [A tie's total] in tie_totals.py)."""
-    for i, got, lo, hi, slack in tie_total_failures(st, live, nodes, seeds, st.tie_logs or [], records, scale):
-        rec = records[i]
-        rec.mismatched = max(1, rec.mismatched)
-        rec.note = (rec.note + " " if rec.note else "") + (
-            f"The ties of max/min too large for the joint kink check hand on the wrong total: along the gradient a "
-            f"cotangent of 1 on every tied entry gives, autograd's {rec.name} differs from the even split's by {got:.6g}, "
-            f"where any split of the cotangent among the tied entries gives between {lo:.6g} and {hi:.6g} "
-            f"(± {slack:.3g} of rounding; Note [A tie's total]).")
+def _tie_totals(st, live, nodes, seeds, records, refs, scale) -> None:
+    """Fail the records whose values break a banded tie's total (Note [A tie's total] in tie_totals.py)."""
+    for failed, got, lo, hi, slack in tie_total_failures(st, live, nodes, seeds, st.tie_logs or [], records, refs,
+                                                         scale):
+        names = ", ".join(rec.name for rec in failed)
+        for rec in failed:
+            rec.mismatched = max(1, rec.mismatched)
+            rec.note = (rec.note + " " if rec.note else "") + (
+                f"The ties of max/min too large for the joint kink check hand on the wrong total: along the "
+                f"gradients ({names}) that a cotangent of 1 on every tied entry gives, autograd's differ from the "
+                f"even split's by {got:.6g}, where any split of the cotangent among the tied entries gives between "
+                f"{lo:.6g} and {hi:.6g} (± {slack:.3g} of rounding; Note [A tie's total]).")
 
 
 # Note [More cotangents in half precision]
