@@ -97,6 +97,21 @@ def _relu_split(x):  # where(x > 0, x, 0) + where(x > 0, -x, x / 2): x/2 below 0
     return torch.where(c, x, 0.0) + torch.where(c, -x, 0.5 * x)
 
 
+def _lae_max_min(x, y):  # the usual stable logaddexp, written with maximum and minimum
+    return torch.maximum(x, y) + torch.log1p(torch.exp(torch.minimum(x, y) - torch.maximum(x, y)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_maximum_and_minimum_of_one_pair_take_one_region(dtype):
+    """maximum(x, y) and minimum(x, y) at x == y are one choice of region (Note [One step, one side]):
+    chosen apart, a backward giving (1, 0) instead of (1/2, 1/2) passed (found by a regression helper)."""
+    x = torch.tensor([1.0, -0.5, 3.0, 0.0], dtype=dtype)
+    y = torch.tensor([1.0, -0.5, 2.0, 0.0], dtype=dtype)
+    v = torch.tensor([1.0, -2.0, 0.5, 1.5], dtype=dtype)
+    assert sg.check(_lae_max_min, {"x": x, "y": y}, v=v, quiet=True).passed
+    assert not sg.check(custom(_lae_max_min, _logaddexp_routing_to_the_max), {"x": x, "y": y}, v=v, quiet=True).passed
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_selections_of_one_comparison_through_its_negation_and_at_repeated_points(dtype):
     """Note [One step, one side]: a where reading ~c is driven by c; entries at one exact point

@@ -50,35 +50,40 @@ class KinkLog(list):
 # backward giving (1, 0), a bug that shipped.  So the units a pointwise rule records because a
 # step-valued argument (``rules._step_valued``: a comparison's 0/1 and what is computed from such
 # values only) is uncertain at that entry carry that step's entry as their driver (``drivers``), and
-# after the sweep units with the same driver, each with one other side, become one unit whose change
-# moves all of them together (``merge_driven``).  A driver is the comparison itself, found through
+# after the sweep units with the same driver and as many changes become one unit whose changes move
+# all of them together (``merge_driven``).  A driver is the comparison itself, found through
 # the pointwise nodes of steps in between (``~c``, ``c.float()``, ``1 - k``: rules._step_roots), and
-# entries at one exact point (Note [One choice at one point]) are driven by each entry's comparison:
+# entries at one exact point (Note [One choice at one point]) are driven by each entry's comparison;
 # units of one comparison node join wherever they share an entry; units driven by several
-# comparisons join only those driven by exactly the same ones, as either may flip alone.  Flipping
+# comparisons join only those driven by exactly the same ones, as either may flip alone.  A node
+# whose conditions all compare its two arguments (maximum, minimum) is driven by that pair at that
+# entry, its changes one per region in the same order (Note [Sides of one region]): maximum(x, y)
+# and minimum(x, y) at x == y take one region, as the usual stable logaddexp needs.  Flipping
 # every unit (Note [Other side everywhere]) was consistent already.  Still beyond it: two comparisons
-# of the same values (``x >= y`` for the max, ``x > y`` for the min), a float mask's products whose
+# of the same values (``x >= y`` for the max, ``x > y`` or ``x < y`` for the min), a float mask's products whose
 # value bands do not cancel (``k x + (1 - k) y`` at x == y), kinks of different ops at one point
-# with no comparison between them (relu(x) + log1p(exp(-|x|))).  Forward mode groups its units the
-# same way (forward_kinks.py).
+# with no comparison between them (relu(x) + log1p(exp(-|x|))).  Forward mode groups its units by
+# comparison the same way (forward_kinks.py), not yet maximum/minimum pairs.
 def merge_driven(log: "KinkLog") -> None:
     """Units of one sweep driven by the same comparison entries become one unit (the Note): units
     driven by single comparison entries of one comparison node join wherever they share one; units
     driven by several comparisons join only those driven by exactly the same ones."""
     groups = _driven_groups(log.drivers)
-    merged = [idx for idx in groups if len(idx) > 1 and all(len(log[i][2]) == 1 for i in idx)]
+    merged = [idx for idx in groups if len(idx) > 1 and len({len(log[i][2]) for i in idx}) == 1]
     if not merged:
         return
     drop: set = set()
     for idx in merged:
-        args, entries, moves, bound = [], [], [], 0.0
+        args, entries, moves, bounds = [], [], [[] for _ in log[idx[0]][2]], [0.0] * len(log[idx[0]][2])
         for i in idx:
-            for node, at, move in _moves(log[i]):
-                args.append(node)
-                entries.append(at)
-                moves.append(move)
-            bound += float(np.sum(log[i][2][0][1]))
-        log[idx[0]] = (tuple(args), tuple(entries), [(tuple(moves), bound)])
+            for c, (change, bound) in enumerate(log[i][2]):  # change c of every unit: one region, or the other side
+                for node, at, move in _moves(log[i][0], log[i][1], change):
+                    if c == 0:
+                        args.append(node)
+                        entries.append(at)
+                    moves[c].append(move)
+                bounds[c] += float(np.sum(bound))
+        log[idx[0]] = (tuple(args), tuple(entries), [(tuple(m), b) for m, b in zip(moves, bounds)])
         drop.update(idx[1:])
     keep = [i for i in range(len(log)) if i not in drop]
     owners = log.owners
@@ -87,9 +92,8 @@ def merge_driven(log: "KinkLog") -> None:
     log.drivers = {}
 
 
-def _moves(unit) -> list:
-    """(argument node, flat entry, move) for each entry one unit's single change moves."""
-    arg, entry, ((change, _),) = unit
+def _moves(arg, entry, change) -> list:
+    """(argument node, flat entry, move) for each entry one change of a unit moves."""
     if isinstance(arg, tuple):  # Note [One side per node]: several arguments at one entry
         return [(a, entry, c) for a, c in zip(arg, change)]
     if isinstance(entry, list):  # Note [One choice at one point]: several entries of one argument

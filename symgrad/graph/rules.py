@@ -208,11 +208,25 @@ def _note_drivers(kinks, start: int, node: Node, args: list) -> None:
     if not hasattr(kinks, "drivers"):
         return
     for i in range(start, len(kinks)):
-        entry = kinks[i][1]
+        arg, entry, changes = kinks[i]
         entries = [entry] if isinstance(entry, int) else entry if isinstance(entry, list) else []
         keys = [_driver(node, args, u) for u in entries]  # one entry, or those at one exact point (_record_group)
         if keys and all(keys):
             kinks.drivers[i] = tuple(keys)
+        elif isinstance(arg, tuple) and len(arg) == 2 and isinstance(entry, int) and _compares_its_pair(node):
+            # the regions of one pair of values (Note [Sides of one region]): maximum(x, y) and
+            # minimum(x, y) at x == y, their changes in the same order (arg 0 above, then below)
+            kinks.drivers[i] = (frozenset({("pair", id(arg[0]), id(arg[1]), entry)}),)
+
+
+def _compares_its_pair(node: Node) -> bool:
+    """Whether every condition of the node's expression compares its two arguments with each other
+    (maximum, minimum, where(x > y, x, y)): its kink is where they are equal, whatever else it computes."""
+    if len(node.args) != 2:
+        return False
+    pair = set(symbols_for(2))
+    rels = node.attrs["expr"].atoms(sp.Rel)
+    return bool(rels) and all({r.lhs, r.rhs} == pair for r in rels)
 
 
 def _driver(node: Node, args: list, u: int) -> frozenset:

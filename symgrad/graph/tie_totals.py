@@ -74,9 +74,10 @@ def tie_total_failures(st, live, nodes, seeds, logs, records, refs, scale: float
     if any(not records[i].passed or records[i].actual is None or records[i].allowed is None for i in used):
         return []  # a record failed already: the verdict stands without the functional
     tv, te = np.ravel(np.broadcast_to(t.v, arg.shape)), np.ravel(np.broadcast_to(t.e, arg.shape))
-    # torch's own split rounds as it spreads the cotangent: log2 of the tied entries' count roundings
-    # on each entry's reach (its band), which the reference's split does not carry
-    spreads = st.ctx.eps * rounding_ulps(st.dtype) * max(1.0, math.log2(len(members)))
+    # torch's own split (even over its own ties) rounds as it spreads the cotangent: log2 of the tied
+    # entries' count roundings on each entry's reach (its band) over the count, which the reference's
+    # split does not carry
+    spreads = st.ctx.eps * rounding_ulps(st.dtype) * max(1.0, math.log2(len(members))) / len(members)
     got, slack = np.zeros(len(seeds)), np.zeros(len(seeds))
     for i in used:
         w = np.asarray(u[nodes[i]], np.float64)
