@@ -132,7 +132,7 @@ for _name in ("aten.clamp_min_", "aten.clamp_max_", "aten.clamp_min.Tensor", "at
 # and one sum over its last axis, so the graph holds at most twice ``src``'s entries in O(log K)
 # nodes.  That sum carries ``_sequential_forward``: its forward and tangent rules charge each add one
 # rounding on the size of its partial sum (approx.sequential_sum), as the kernel rounds; its
-# reverse rule is a broadcast and the select's a gather, with nothing charged.
+# reverse rule is a broadcast and the select's a scatter of distinct entries, with nothing charged.
 FEW_LANDINGS = 16
 
 

@@ -11,12 +11,14 @@
 # gives the tie's entries (one forward sweep); tᵀs lies between δ min t and δ max t.  So with u the
 # gradient a cotangent of 1 on every tied entry produces (one reverse sweep; t = AᵀA 1 is then the
 # same at every entry when the tied entries are the leaves themselves, and the bound is exact),
-#     uᵀ(G_torch - G_sweep) ∈ Σ_T δ_T [min_T t - wᵀt, max_T t - wᵀt]
-# within Σ |u| (each entry's rounding allowance), G_sweep the reference at the sweep's own split w
-# (even over the exact ties).  It is a
-# necessary condition only (no choice of s is fitted), checked where the banded ties are the only
-# bands of the sweep (one sweep with them unbanded shows it) and all lie at one max/min node, so
-# that no other kink or tie upstream moves A.
+#     uᵀ(G_torch - G_sweep) ∈ Σ_T δ_T [min_T t - wᵀt, max_T t - wᵀt],
+# summed over every differentiated leaf (t is the tangent of all of them together; taken leaf by
+# leaf, a float64 near-tie of 410 entries failed torch's own gradient), G_sweep the reference at the
+# sweep's own split w (even over its exact ties), within Σ |u| times each entry's rounding allowance
+# plus the rounding of torch's own spread of the cotangent (log2 n roundings on each entry's band
+# over n).  It is a necessary condition only (no choice of s is fitted), checked where the banded
+# ties are the only bands of the sweep (one sweep with them unbanded shows it) and all lie at one
+# max/min node, so that no other kink or tie upstream moves A.
 """
 
 from __future__ import annotations
