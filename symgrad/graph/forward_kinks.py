@@ -29,6 +29,7 @@ import numpy as np
 from ..compare.kinks import stack_generators
 from .approx import Approx
 from .engine import tangent, tangent_sweep
+from .kinklog import _driven_groups
 from .kinkunits import MAX_BUDGET_UNITS, MAX_KINK_UNITS, NUMBERS_PER_VISIT, SWEEP_VISITS, FIT_NUMBERS
 
 __all__ = ["ForwardKinkLog", "forward_generators", "column_generators"]
@@ -90,7 +91,7 @@ class ForwardKinkLog:
             key = (node, -1, int(j))
             self.units[key] = list(found)
             self.tangents[key] = size
-            if int(j) in getattr(self, "_drivers", {}):
+            if int(j) in self._drivers:
                 self.drivers[key] = self._drivers[int(j)]
 
 
@@ -166,8 +167,6 @@ def forward_generators(st, seeds_per_direction: list, full: tuple):
 def _joined(units: dict, drivers: dict) -> list:
     """Unit keys grouped by their driver (kinklog's rule): each alone, or the units of one comparison
     with one change each, together."""
-    from .kinklog import _driven_groups
-
     keys = list(units)
     index = {k: i for i, k in enumerate(keys)}
     grouped = _driven_groups({index[k]: d for k, d in drivers.items() if k in index})

@@ -16,7 +16,8 @@ import numpy as np
 from .approx import Approx
 from .ir import Node
 
-__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE", "tie_rows", "indistinct", "shared_both_ways", "merge_driven"]
+__all__ = ["KinkLog", "MAX_TIE_MEMBERS", "MAX_SMALL_TIE", "tie_rows", "indistinct", "shared_both_ways", "merge_driven",
+           "tie_groups"]
 
 
 class KinkLog(list):
@@ -343,17 +344,18 @@ MAX_TIE_MEMBERS = 8  # on a model, a larger tie keeps its band (unless its entri
 MAX_SMALL_TIE = 1024  # on a small graph, ties up to this many entries are units
 
 
+def tie_groups(tie: np.ndarray, axes: tuple) -> list:
+    """The flat entries of each tie (a reduction's group over ``axes`` with more than one of ``tie``)."""
+    order = [d for d in range(tie.ndim) if d not in axes] + list(axes)
+    rows = int(np.prod([tie.shape[d] for d in axes], dtype=np.int64))
+    ids = np.transpose(np.arange(tie.size).reshape(tie.shape), order).reshape(-1, rows)
+    grouped = np.transpose(np.asarray(tie), order).reshape(-1, rows)
+    return [ids[group][grouped[group]] for group in np.flatnonzero(grouped.sum(axis=1) > 1)]
+
+
 def _record_ties(kinks: list, arg: Node, v: np.ndarray, gv: np.ndarray, ge: np.ndarray, tie: np.ndarray,
                  axes: tuple) -> None:
-    order = [d for d in range(v.ndim) if d not in axes] + list(axes)
-    rows = int(np.prod([v.shape[d] for d in axes], dtype=np.int64))
-
-    def grouped(t):
-        return np.transpose(np.asarray(t), order).reshape(-1, rows)
-
-    ids = grouped(np.arange(v.size).reshape(v.shape))
-    for group in np.flatnonzero(grouped(tie).sum(axis=1) > 1):
-        members = ids[group][grouped(tie)[group]]
+    for members in tie_groups(tie, axes):
         given, total = v.ravel()[members], float(gv.ravel()[members[0]])
         bound = np.full(len(members), float(ge.ravel()[members[0]]) + abs(total))
         changes = [(total * (np.arange(len(members)) == j) - given, bound) for j in range(len(members))]

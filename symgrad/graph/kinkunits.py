@@ -242,10 +242,11 @@ def _tie_rows(st, live: list, directions: int = 2) -> dict:
 
 
 def sweep_references(st, seeds, live, nodes, how, out_shape, scale, *, flip: bool, pick: str | None = None):
-    """``(refs, sweeps, kinked)``: one reference per differentiated name with its kink generators
-    and their rounding (Note [Kink units]), the reverse sweeps per seed, and the kinked units met
-    (0: none; 2: ties among them).  ``flip``: every kinked unit takes its other side (Note [Other
-    side everywhere]); ``pick``: every tie its "first" or "last" entry (Note [A tie's first entry])."""
+    """``(refs, sweeps, kinked, logs)``: one reference per differentiated name with its kink generators
+    and their rounding (Note [Kink units]), the reverse sweeps per seed, the kinked units met
+    (0: none; 2: ties among them), and the sweeps' kink logs (their banded ties: Note [A tie's
+    total]).  ``flip``: every kinked unit takes its other side (Note [Other side everywhere]);
+    ``pick``: every tie its "first" or "last" entry (Note [A tie's first entry])."""
     with tie_rows(_tie_rows(st, live)):
         return _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip, pick)
 
@@ -266,8 +267,6 @@ def _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip, pick)
         banded_ties = sum(1 for u in units for k in u if _is_tie(k))
         per_seed, units = _sweeps(st, seeds, live, flip, ties=False, pick=pick)  # Note [Ties as kink units]
     ties = any(_is_tie(k) for u in units for k in u)
-    if not flip and pick is None:
-        st.tie_logs = units  # Note [A tie's total] (tie_totals.py)
     found_gens = _kink_generators(st, live, units, flip, ties, members, pick)
     if found_gens is None:  # too many kinked units for the joint check: every one widens the band
         per_seed = [backward(st.graph, st.values, {st.out: Approx(s)}, live, st.ctx) for s in seeds]
@@ -299,4 +298,4 @@ def _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip, pick)
                                out_shape, how, scale, []).value
             ref.kink_rounding = np.asarray(ref.rounding, np.float64) + np.abs(extra)
     limit_bands(st, seeds, live, nodes, refs, how, out_shape, scale)  # Note [Cone points]
-    return refs, per_seed, 2 if ties else int(any(units))
+    return refs, per_seed, 2 if ties else int(any(units)), units

@@ -76,7 +76,6 @@ class State:
     rtol: float | None
     atol: float | None
     forward_spread: object = None  # LAMBDA sigma of the forward output (Note [Statistical forward])
-    tie_logs: object = None  # the reverse sweeps' kink logs, one per cotangent (Note [A tie's total])
 
 
 def approx_reference(name: str, a: Approx, text: str, failed: list) -> Reference:

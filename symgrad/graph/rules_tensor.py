@@ -15,7 +15,7 @@ import numpy as np
 from .approx import (Approx, einsum, in_sequence, reduce_sum, rerun_share, rounded, sequential_sum, summation_factor,
                      unbroadcast)
 from .ir import Node
-from .kinklog import MAX_TIE_MEMBERS, _record_ties, indistinct
+from .kinklog import MAX_TIE_MEMBERS, _record_ties, indistinct, tie_groups
 from .scalar import KINK_ULPS, Ctx
 
 __all__: list = []  # the rules are reached through symgrad.graph.rules' forward, vjp and jvp
@@ -214,12 +214,7 @@ def _note_banded_ties(kinks, arg: Node, tie: np.ndarray, weight: np.ndarray, gv:
                       axes: tuple) -> None:
     """Each banded tie's flat members in ``arg``, the sweep's share of each, its cotangent and that
     cotangent's bound (Note [A tie's total] in tie_totals.py)."""
-    order = [d for d in range(tie.ndim) if d not in axes] + list(axes)
-    rows = int(np.prod([tie.shape[d] for d in axes], dtype=np.int64))
-    ids = np.transpose(np.arange(tie.size).reshape(tie.shape), order).reshape(-1, rows)
-    grouped = np.transpose(tie, order).reshape(-1, rows)
-    for group in np.flatnonzero(grouped.sum(axis=1) > 1):
-        members = ids[group][grouped[group]]
+    for members in tie_groups(tie, axes):
         kinks.banded_ties.append((arg, members, weight.ravel()[members], float(gv.ravel()[members[0]]),
                                   float(ge.ravel()[members[0]])))
 

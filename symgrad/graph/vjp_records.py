@@ -33,7 +33,7 @@ def vjp_records(st: State, seeds, how, v, backward_calls, out_shape) -> list:
     nodes = [st.graph.inputs.get(n) for n in st.wrt]
     live = [n for n in nodes if n is not None]
     scale = backward_calls if how == "backward" else 1
-    refs, per_seed, kinked = sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=False)
+    refs, per_seed, kinked, logs = sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip=False)
     stats, runs = statistical(st, seeds, live, per_seed, refs, nodes, out_shape, how, scale)
     quantity = ("jacobian" if how in JACOBIAN_VIAS else
                 "grad" if len(seeds) == 1 and v is None else "vjp")
@@ -48,7 +48,7 @@ def vjp_records(st: State, seeds, how, v, backward_calls, out_shape) -> list:
     for sides, text in retries:
         if all(r.passed for r in records):
             break
-        again, _, _ = sweep_references(st, seeds, live, nodes, how, out_shape, scale, **sides)
+        again, _, _, _ = sweep_references(st, seeds, live, nodes, how, out_shape, scale, **sides)
         for ref, stat in zip(again, stats):
             tighten(ref, stat)
         others = compare_all(again, actual, st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
@@ -56,7 +56,7 @@ def vjp_records(st: State, seeds, how, v, backward_calls, out_shape) -> list:
             if not rec.passed:
                 other.note = (other.note + " " if other.note else "") + text
                 records[i], refs[i] = other, again[i]
-    _tie_totals(st, live, nodes, seeds, records, refs, scale)
+    _tie_totals(st, live, nodes, seeds, logs, records, refs, scale)
     for rec, (ref_runs, ref_constants) in zip(records, runs):
         scale_test.apply_scale_test(rec, ref_runs, st.dtype, ref_constants)  # Note [Systematic scale]
     if len(runs) > 1:  # Note [One scale over every gradient]
@@ -71,9 +71,9 @@ def vjp_records(st: State, seeds, how, v, backward_calls, out_shape) -> list:
     return records
 
 
-def _tie_totals(st, live, nodes, seeds, records, refs, scale) -> None:
+def _tie_totals(st, live, nodes, seeds, logs, records, refs, scale) -> None:
     """Fail the records whose values break a banded tie's total (Note [A tie's total] in tie_totals.py)."""
-    for failed, got, lo, hi, slack in tie_total_failures(st, live, nodes, seeds, st.tie_logs or [], records, refs,
+    for failed, got, lo, hi, slack in tie_total_failures(st, live, nodes, seeds, logs, records, refs,
                                                          scale):
         names = ", ".join(rec.name for rec in failed)
         for rec in failed:
