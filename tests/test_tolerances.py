@@ -495,6 +495,23 @@ def test_a_constant_computed_in_float32_inside_a_float64_function():
     assert not sg.check(bugged, {"x": x}, symbolic=fn, quiet=True).passed
 
 
+@pytest.mark.parametrize("built", ["arange.to", "arange_sub_mul.to", "cat_of_ints.to"])
+def test_an_exact_float32_constant_cast_to_float64_is_exact(built):
+    """Note [A cast settles a fold] (graph/fold_error.py): ``arange(1., 7.).to(float64)`` inside forward
+    was charged 4 float32 units, and a float64 backward 1e-6 off passed; an exact float32 result (sums,
+    differences, products of exact values the dtype holds, an arange of integers) is torch's too."""
+    from symgrad.testing_ops import scaled
+
+    made = {"arange.to": lambda: torch.arange(1., 7.).to(torch.float64),
+            "arange_sub_mul.to": lambda: ((torch.arange(6.) - 2.5) * 0.5).to(torch.float64),
+            "cat_of_ints.to": lambda: torch.cat([torch.ones(3), torch.arange(3.) * 2]).to(torch.float64)}[built]
+    a = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fn = lambda a: (torch.tanh(a)[:, -1] * made()).sum()  # noqa: E731
+    assert sg.check(fn, {"a": a}, quiet=True).passed
+    bugged = lambda a: (scaled(torch.tanh, 1 + 1e-6)(a)[:, -1] * made()).sum()  # noqa: E731
+    assert not sg.check(bugged, {"a": a}, symbolic=fn, quiet=True).passed
+
+
 @pytest.mark.parametrize("dtype, delta", [(torch.float64, 1e-6), (torch.float32, 1e-3)])
 @pytest.mark.parametrize("mode", ["bicubic", "antialias"])
 def test_interpolation_weights_carry_their_coordinates_rounding(mode, dtype, delta):

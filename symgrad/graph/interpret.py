@@ -15,7 +15,7 @@ from .ir import Graph, Node
 from .trace import Builder
 from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
                              write_into_constant)
-from .fold_error import INDEX_STEPS, errors_by_wide, fold_eps, fold_error, traced_dtype
+from .fold_error import INDEX_STEPS, casts, errors_by_wide, exact_fold, fold_eps, fold_error, traced_dtype
 from .trace_grad import IN_PLACE, NO_GRAD, SEQUENTIAL
 
 __all__ = ["to_graph", "register"]
@@ -268,29 +268,6 @@ def _writes_into_inputs(gm, env: dict) -> dict:
     return written
 
 
-_CASTS = ("aten._to_copy", "prims.convert_element_type", "aten.to.")
-
-
-def _exact_fold(b: Builder, node, target, args) -> bool:
-    """Whether torch computes this folded op exactly as the float64 fold does (Note [Folded constants]
-    in trace.py): its floating inputs are given or exact folds, and it ran in float64 or is a cast."""
-    inputs = [t for t in iter_tensors(list(args)) if t.is_floating_point()]
-    if any(id(t) in b.folded and id(t) not in b.exact_folds for t in inputs):
-        return False
-    if str(target).startswith(_CASTS):
-        return all(_traced_float64(a) for a in node.args[:1])
-    vals = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]
-    return all(str(v.dtype) == "torch.float64" for v in vals) and all(_traced_float64(a) for a in node.args)
-
-
-def _traced_float64(arg) -> bool:
-    """An fx argument that is not a floating tensor, or one traced in float64."""
-    vals = [v for v in iter_tensors([getattr(arg, "meta", {}).get("val")]) if v.is_floating_point()]
-    if isinstance(arg, (list, tuple)):
-        return all(_traced_float64(a) for a in arg)
-    return all(str(v.dtype) == "torch.float64" for v in vals)
-
-
 def _flatten(x):
     if isinstance(x, (list, tuple)):
         for a in x:
@@ -337,14 +314,15 @@ def _call(b: Builder, node, args, kwargs):
         wide = _as_float64(args)
         with torch.no_grad():
             out = target(*wide, **kwargs)
-        exact = _exact_fold(b, node, target, args)
+        exact = exact_fold(b, node, target, args, out)
         coarsest = fold_eps(b, node, args)
         if coarsest > 2.0**-52 and _picks_integers(target, out):  # Note [Scalars are rounded too] (fold_error.py)
             own = b.torch_value(node)
             if isinstance(own, torch.Tensor) and tuple(own.shape) == tuple(out.shape):
                 out = own.to(out.dtype)  # torch's own floor or index, as Note [Torch's own picks]
         with torch.no_grad():  # Note [Rounding of folded constants] (fold_error.py)
-            err = fold_error(target, list(wide), kwargs, out, errors_by_wide(b, args, wide), traced_dtype(node))
+            err = fold_error(target, list(wide), kwargs, out, errors_by_wide(b, args, wide, casts(target)),
+                             traced_dtype(node))
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype

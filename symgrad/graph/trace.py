@@ -228,7 +228,8 @@ class _NoTraceback:
 # (``exact_folds``): a discount matrix built in float64 inside forward and cast to bfloat16 was
 # charged 4 units on each of its 90,000 entries, and a backward 1 % off passed.  The units are those
 # of the narrowest dtype on the fold's way: log of a float32 constant cast to float64 is float32's
-# log (charged in float64 units, torch's own float64 gradient failed by 1e-8 relative).
+# log (charged in float64 units, torch's own float64 gradient failed by 1e-8 relative).  Past a cast,
+# or where the result is exact, the charge is settled otherwise (Note [A cast settles a fold]).
 FOLDED_ULPS = 4.0
 
 
@@ -260,7 +261,7 @@ class Builder:
         self.fx_node = None  # the fx node being converted (for error messages and origins)
         self._values: dict = {}
         self.folded: dict = {}  # id -> float tensors computed by constant folding (kept alive here)
-        self.exact_folds: set = set()  # ids of folded tensors torch computes the same way (Note [Folded constants])
+        self.exact_folds: set = set()  # ids of folded tensors torch computes the same way, or bounded by a cast (Note [A cast settles a fold])
         self.fold_eps: dict = {}  # id -> the eps of the narrowest dtype a fold went through (Note [Folded constants])
         self.fold_abs: dict = {}  # id -> a fold's absolute bound (Note [Rounding of folded constants] in fold_error.py)
         self.buffers: dict = {}  # id -> (tensor, node): constants written into (Note [Writes into a new buffer])
