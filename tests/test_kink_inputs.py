@@ -295,3 +295,24 @@ def test_an_l1_loss_at_exactly_zero_residuals(dtype):
     assert report.passed, report.to_text()
     report = sg.check(Bugged(model), {"x": x}, loss=torch.nn.L1Loss(), target=target, quiet=True)
     assert not report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_logsigmoid_is_smooth_at_zero(dtype):
+    """Note [logsigmoid as torch's kernel] (graph/aten_ext.py): torch's decomposition of logsigmoid,
+    min(0, x) - log1p(exp(-|x|)), has two kinks at 0 that cancel; read as two units, a backward twice
+    torch's at x = 0 passed in reverse mode, in forward mode and at order 2.  torch's own passes, its
+    double backward too at large x (s (s - 1) there cancels)."""
+    from symgrad.testing_ops import scaled, with_jvp, wrong_second
+
+    x = torch.tensor([0.0, 0.0, -2.0, 1.5], dtype=dtype)
+    f = lambda x: F.logsigmoid(x).sum()  # noqa: E731
+    assert sg.check(f, {"x": x}, quiet=True).passed
+    assert sg.check(f, {"x": x}, order=2, quiet=True).passed
+    far = torch.tensor([17.0, 30.0, 40.0, -30.0], dtype=dtype)
+    assert sg.check(f, {"x": far}, order=2, quiet=True).passed
+    assert not sg.check(scaled(F.logsigmoid, 2.0), {"x": x}, symbolic=F.logsigmoid, quiet=True).passed
+    assert not sg.check(wrong_second(f, 1.0), {"x": x}, symbolic=f, order=2, quiet=True).passed
+    doubled = with_jvp(F.logsigmoid, lambda x, g: 2 * g * torch.sigmoid(-x), lambda x, t: 2 * t * torch.sigmoid(-x))
+    t = {"x": torch.ones_like(x)}
+    assert not sg.check(doubled, {"x": x}, symbolic=F.logsigmoid, via="forward_ad", tangents=t, quiet=True).passed

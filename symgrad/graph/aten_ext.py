@@ -14,7 +14,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import UnsupportedOp
-from .functions import logsigmoid, saved_product, sigmoid
+from .functions import log_sigmoid, logsigmoid, saved_product, sigmoid
 from .aten import HANDLERS, _clamp, _pw_piece, handles
 from .aten_tensor import _dims, _index_data, _random, _selection
 from .trace import Builder, number
@@ -355,6 +355,20 @@ def _bce_with_logits(b, args, kwargs, val):
     total = b.reduce("sum", per, axes, False)
     n = max(1, int(np.prod(per.shape, dtype=np.int64)))
     return total if reduction == 2 else b.pointwise(lambda s: s / n, [total])
+
+
+# Note [logsigmoid as torch's kernel]
+# torch's decomposition of log_sigmoid_forward is min(0, x) - log1p(exp(-|x|)): two kinks at x = 0
+# that cancel, the function being smooth there.  Read as two units chosen apart, the joint kink check
+# allowed any slope in [-1/2, 3/2] at 0, where the truth is 1/2: a backward twice torch's passed in
+# reverse and forward mode and at order 2.  The op is read whole, as one smooth pointwise function
+# whose derivative is the form torch's backward computes, sigmoid(-x) (no cancellation at large x).
+@handles("aten.log_sigmoid_forward")
+def _log_sigmoid_forward(b, args, kwargs, val):
+    import torch
+
+    out = b.pointwise(lambda x: log_sigmoid(x), [args[0]], tuple(val[0].shape))
+    return out, torch.zeros(tuple(val[1].shape), dtype=torch.float64)  # the buffer torch's backward reads
 
 
 @handles("aten.rrelu_with_noise", "aten.rrelu_with_noise_functional", "aten.rrelu")

@@ -16,7 +16,7 @@ from ..compare.half import rounding_ulps, subnormal_rounding
 from .approx import Approx, mul, rounded
 from .scalar_kernels import FUNCTIONS, NARY, STEPS
 
-__all__ = ["expm1", "log1p", "sigmoid", "logsigmoid", "saved_product", "DEFINITIONS"]
+__all__ = ["expm1", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product", "DEFINITIONS"]
 
 
 class expm1(sp.Function):  # noqa: N801 - named as torch names it
@@ -51,6 +51,23 @@ class logsigmoid(sp.Function):  # noqa: N801
         return 1 - sigmoid(self.args[0])
 
 
+class log_sigmoid(sp.Function):  # noqa: N801
+    """logsigmoid as torch's own op computes it (Note [logsigmoid as torch's kernel] in aten_ext.py):
+    the same function, its derivative in the form torch's backward uses, ``sigmoid(-x)``."""
+
+    def fdiff(self, argindex=1):
+        return log_sigmoid_slope(self.args[0])
+
+
+class log_sigmoid_slope(sp.Function):  # noqa: N801
+    """sigmoid(-x), logsigmoid's derivative; its own derivative in the form torch's double backward
+    uses, ``s (s - 1)`` with s = sigmoid(x), which cancels where s is close to 1."""
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s * (s - 1)
+
+
 def _np_logsigmoid(x):
     return -np.logaddexp(0.0, -x)
 
@@ -67,6 +84,8 @@ DEFINITIONS = {
     log1p: lambda x: sp.log(1 + x),
     sigmoid: lambda x: 1 / (1 + sp.exp(-x)),
     logsigmoid: lambda x: -sp.log(1 + sp.exp(-x)),
+    log_sigmoid: lambda x: -sp.log(1 + sp.exp(-x)),
+    log_sigmoid_slope: lambda x: 1 / (1 + sp.exp(x)),
 }
 
 FUNCTIONS.update({
@@ -74,6 +93,8 @@ FUNCTIONS.update({
     log1p: (np.log1p, lambda x: 1 / (1 + x)),
     sigmoid: (_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x)),
     logsigmoid: (_np_logsigmoid, lambda x: _np_sigmoid(-x)),
+    log_sigmoid: (_np_logsigmoid, lambda x: _np_sigmoid(-x)),
+    log_sigmoid_slope: (lambda x: _np_sigmoid(-x), lambda x: -_np_sigmoid(x) * _np_sigmoid(-x)),
 })
 
 

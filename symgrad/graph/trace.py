@@ -34,7 +34,7 @@ _DECOMPOSE = (
     "hardsigmoid", "nll_loss_forward", "nll_loss2d_forward", "elu", "softplus", "leaky_relu",
     "hardtanh", "glu", "lstm", "gru", "rnn_tanh", "rnn_relu", "linalg_vector_norm", "addmm",
     "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu", "mse_loss", "binary_cross_entropy",
-    "huber_loss", "smooth_l1_loss", "soft_margin_loss", "log_sigmoid_forward",
+    "huber_loss", "smooth_l1_loss", "soft_margin_loss",
     "logit", "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "upsample_bilinear2d", "upsample_nearest2d",
     "pixel_shuffle", "rrelu_with_noise", "threshold", "softshrink", "hardshrink", "celu", "selu", "prelu",
     "_prelu_kernel", "addcmul", "addcdiv", "lerp", "logaddexp", "hypot", "norm", "dist",
@@ -72,7 +72,8 @@ def decompositions() -> dict:
                 "logsumexp",  # read by graph/aten_shift.py, max shift detached (its decomposition shadowed it)
                 "multilabel_margin_loss_forward",  # torch 2.13's decomposition of it computes another value
                 "cumsum",  # graph/aten_scan.py: in blocks (Note [A running sum in blocks])
-                "eye"}  # a constant; torch 2.13's decomposition takes a uint16 arange from n = 256, which CPU lacks
+                "eye",  # a constant; torch 2.13's decomposition takes a uint16 arange from n = 256, which CPU lacks
+                "log_sigmoid_forward"}  # Note [logsigmoid as torch's kernel] in graph/aten_ext.py
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:
