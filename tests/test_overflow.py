@@ -58,3 +58,16 @@ def test_an_intermediate_overflow_in_the_closed_form_is_re_evaluated():
     report = sg.check(right, {"x": x}, symbolic=torch.asinh, v=v)
     assert report.passed, str(report)
     assert not sg.check(torch.asinh, {"x": x}, v=v).passed
+
+
+@pytest.mark.parametrize("size", [1e-200, 1e-300])
+def test_an_intermediate_underflow_to_an_infinite_form_is_re_evaluated(size):
+    """hypot's derivative x / sqrt(x**2 + y**2) at x, y ~ 1e-200: the squares underflow to 0 and the
+    float64 form is inf, where the derivative is 1/sqrt(5); such entries were kept as inf (only finite
+    ones were re-evaluated) and torch's own hypot failed.  A backward 1e-6 off still fails."""
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64) * size
+    y = torch.tensor([2.0, 1.0], dtype=torch.float64) * size
+    fn = lambda x: torch.hypot(x, y)  # noqa: E731
+    assert sg.check(fn, {"x": x}, quiet=True).passed
+    bugged = with_backward(fn, lambda x, g: g * x / torch.hypot(x, y) * (1 + 1e-6))
+    assert not sg.check(bugged, {"x": x}, symbolic=fn, quiet=True).passed

@@ -21,7 +21,9 @@ Nor is a form holding floor or ceiling: at a jump the float64 argument (1.5 * (1
 40-digit one (0.999...) fall on different steps, and remainder(1.5, 1.5) became 1.5, not torch's 0.
 The steps' own bands (Note [Steps at their jumps] in graph/scalar.py) say what rounding can do there.
 Entries whose arguments are extreme in size (``_extreme``) are re-evaluated as well, cancelling or
-not: an intermediate square may overflow there while the value fits.
+not: an intermediate square may overflow there while the value fits, or underflow to an infinite
+form (hypot' = x / sqrt(x**2 + y**2) at x, y ~ 1e-200 was inf, and torch's own hypot failed); an
+entry whose float64 form was not finite takes an ulp of its re-evaluated value as its bound.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
     if any(s not in env for s in symbols):
         return out
     v, e = np.asarray(out.v, np.float64), np.broadcast_to(np.asarray(out.e, np.float64), out.shape)
-    extreme = _extreme(symbols, env, out.shape) & np.isfinite(v) if mode == "auto" else np.zeros(out.shape, bool)
+    extreme = _extreme(symbols, env, out.shape) if mode == "auto" else np.zeros(out.shape, bool)
     if not expr.atoms(sp.Function) and not extreme.any():
         return out  # sums and products of float64 arguments: nothing a library function loses
     with np.errstate(all="ignore"):
@@ -98,7 +100,7 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
     except Exception:  # noqa: BLE001 - a form mpmath cannot take: float64 stays
         return out
     args = [np.broadcast_to(np.asarray(env[s].v, np.float64), out.shape) for s in symbols]
-    new = np.array(v, copy=True)
+    new, bound = np.array(v, copy=True), np.array(e, copy=True)
     done = 0
     with mp.workdps(EXACT_DPS):
         for j in np.flatnonzero(want):
@@ -110,7 +112,9 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
             except Exception:  # noqa: BLE001 - a function mpmath lacks (trunc): float64 stays everywhere
                 return out
             if np.isfinite(value):
+                if not (np.isfinite(v.flat[j]) and np.isfinite(e.flat[j])):  # an overflowed form: the bound
+                    bound.flat[j] = _ulp(np.float64(value), EPS64) / ctx.eps  # of the value it failed to give
                 new.flat[j] = value
                 done += 1
     counter["certified"] += done
-    return Approx(new, out.e, out.lo, out.hi)
+    return Approx(new, bound, out.lo, out.hi)
