@@ -71,3 +71,15 @@ def test_an_intermediate_underflow_to_an_infinite_form_is_re_evaluated(size):
     assert sg.check(fn, {"x": x}, quiet=True).passed
     bugged = with_backward(fn, lambda x, g: g * x / torch.hypot(x, y) * (1 + 1e-6))
     assert not sg.check(bugged, {"x": x}, symbolic=fn, quiet=True).passed
+
+
+def test_a_rule_overflowing_float64_is_cross_checked_as_overflowing():
+    """Note [Node cross-check]: exp's rule at 711 gives inf in float64; with a cotangent below 1 in
+    size the exact side's w exp(711) fitted, and the node failed its cross-check (torch's own exp
+    was unverified).  The cross-check's cotangents are at least 1 in size.  A bug at the finite
+    entry still fails."""
+    x = torch.tensor([711.0, 1.0], dtype=torch.float64)
+    fn = lambda x: torch.exp(x).sum()  # noqa: E731
+    assert sg.check(fn, {"x": x}, quiet=True).passed
+    bugged = with_backward(fn, lambda x, g: g * torch.exp(x) * (1 + 1e-6))
+    assert not sg.check(bugged, {"x": x}, symbolic=fn, quiet=True).passed
