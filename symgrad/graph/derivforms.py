@@ -1,7 +1,7 @@
 """Derivatives put in the form torch's backward computes, so the bound charges what torch's does.
 
 ``rules.derivatives`` differentiates a pointwise form with SymPy; ``as_torch_computes`` then rewrites
-the two places where SymPy's form and torch's differ in value or in rounding.
+the places where SymPy's form and torch's differ in value or in rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ def as_torch_computes(expr: sp.Expr, d: sp.Expr) -> sp.Expr:
         d = _joined_roots(d)
     if expr.has(sp.Pow) and d.has(sp.log):
         d = _zero_base(d)
+    if expr.has(sp.Pow):
+        d = _lowered_power(d)
     return d
 
 
@@ -60,3 +62,24 @@ def _zero_base(d: sp.Expr) -> sp.Expr:
         return m
 
     return d.replace(lambda e: e.is_Mul and any(isinstance(f, sp.log) for f in e.args), masked)
+
+
+# Note [pow' in its base as torch computes it]
+# SymPy differentiates b**e with a symbolic exponent to e b**e / b, which is 0/0 = NaN at b = 0,
+# where the derivative is e b**(e - 1) (0 for e > 1, 1 at e = 1, +inf below): torch's backward computes
+# that form.  At first order a cone-point band covered the NaN; the second derivative, whose forms
+# are not banded so, failed torch's own pow(b, e) at b = 0 (order=2).  Each product of b**e and 1/b
+# is joined back into b**(e - 1).
+def _lowered_power(d: sp.Expr) -> sp.Expr:
+    def joined(m):
+        pows = [f for f in m.args if f.is_Pow]
+        for f in pows:
+            if f.exp.is_Number:
+                continue
+            for h in pows:
+                if h is not f and h.base == f.base and h.exp == -1:
+                    rest = [x for x in m.args if x is not f and x is not h]
+                    return sp.Mul(*rest, sp.Pow(f.base, f.exp - 1))
+        return m
+
+    return d.replace(lambda e: e.is_Mul, joined)

@@ -39,6 +39,7 @@ from ..errors import UnsupportedOp
 from .approx import Approx, add, checking, einsum, mul, unbroadcast
 from .engine import _depends, tangent_sweep
 from .ir import Graph, Node
+from .derivforms import as_torch_computes
 from .rules import derivatives, symbols_for
 from .rules import vjp as vjp_rule
 from .rules_tensor import _broadcast
@@ -57,9 +58,10 @@ def _no_deltas(expr: sp.Expr) -> sp.Expr:
 
 @lru_cache(maxsize=4096)
 def second_derivatives(expr: sp.Expr, k: int) -> tuple:
-    """``f_ij = d^2 expr / ds_i ds_j`` for each pair of arguments (``sympy.diff`` twice)."""
+    """``f_ij = d^2 expr / ds_i ds_j`` for each pair of arguments (``sympy.diff`` twice, each in the
+    form torch computes: graph/derivforms.py)."""
     syms = symbols_for(k)
-    return tuple(tuple(_no_deltas(sp.diff(d, s)) for s in syms) for d in derivatives(expr, k))
+    return tuple(tuple(as_torch_computes(expr, _no_deltas(sp.diff(d, s))) for s in syms) for d in derivatives(expr, k))
 
 
 def _total(terms: list):
