@@ -31,7 +31,7 @@ import numpy as np
 from .interpret_data import iter_tensors
 from .trace import FOLDED_ULPS
 
-__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide", "exact_fold", "casts", "INDEX_STEPS"]
+__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide", "exact_fold", "deep_fold", "casts", "INDEX_STEPS"]
 
 INDEX_STEPS = ("floor", "ceil", "trunc", "round")  # steps whose result torch may use as an index
 _STEPS = INDEX_STEPS + ("sign", ".eq", ".ne", ".lt", ".le", ".gt", ".ge", "logical_",
@@ -188,7 +188,9 @@ def errors_by_wide(b, args, wide, floored: bool = False) -> dict:
 # within its input's bound (fold_abs, at least the FOLDED_ULPS it would be charged), so it is off by
 # at most what the cast does to the ends of that interval: 0 where both ends round alike, the step
 # to the next representable number where they do not (``fold_error`` moves the input by its bound).
-# That bound is complete, so the cast's result is charged it and no FOLDED_ULPS.  And an exact
+# That bound is complete where the chain before the cast is pointwise and layout ops, an ulp or so
+# each (a sum's rounding grows with its length: past a reduction the cast keeps FOLDED_ULPS of its
+# narrowest dtype), so the cast's result is charged it and no FOLDED_ULPS.  And an exact
 # result needs no allowance: a sum, difference or product of exact values (given constants, exact
 # folds, Python numbers the dtype holds), a layout op of them, or an arange of integers, whose float64
 # result the traced dtype holds, is what torch computes too (each is one correctly rounded operation,
@@ -203,12 +205,23 @@ def casts(target) -> bool:
     return str(target).startswith(_CASTS)
 
 
+def deep_fold(b, target, args) -> bool:
+    """Whether a folded op or one before it is neither pointwise nor layout (a sum, a product of
+    matrices): its bound, an ulp per op, is not complete (Note [A cast settles a fold])."""
+    import torch
+
+    if any(id(t) in b.fold_deep for t in iter_tensors(list(args))):
+        return True
+    name = str(target)
+    return not (torch.Tag.pointwise in getattr(target, "tags", ()) or casts(target) or any(s in name for s in _LAYOUT))
+
+
 def exact_fold(b, node, target, args, out) -> bool:
     """Whether a folded op's result needs no FOLDED_ULPS: torch computes it as the float64 fold does
     (Note [Folded constants] in trace.py) or its bound is complete (Note [A cast settles a fold])."""
-    if casts(target):
-        return True
     inputs = [t for t in iter_tensors(list(args)) if t.is_floating_point()]
+    if casts(target):
+        return not any(id(t) in b.folded and id(t) not in b.exact_folds and id(t) in b.fold_deep for t in inputs)
     if any(id(t) in b.folded and id(t) not in b.exact_folds for t in inputs):
         return False
     vals = [v for v in iter_tensors([node.meta.get("val")]) if v.is_floating_point()]

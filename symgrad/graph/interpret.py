@@ -15,7 +15,8 @@ from .ir import Graph, Node
 from .trace import Builder
 from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
                              write_into_constant)
-from .fold_error import INDEX_STEPS, casts, errors_by_wide, exact_fold, fold_eps, fold_error, traced_dtype
+from .fold_error import (INDEX_STEPS, casts, deep_fold, errors_by_wide, exact_fold, fold_eps, fold_error,
+                         traced_dtype)
 from .trace_grad import IN_PLACE, NO_GRAD, SEQUENTIAL
 
 __all__ = ["to_graph", "register"]
@@ -314,7 +315,7 @@ def _call(b: Builder, node, args, kwargs):
         wide = _as_float64(args)
         with torch.no_grad():
             out = target(*wide, **kwargs)
-        exact = exact_fold(b, node, target, args, out)
+        exact, deep = exact_fold(b, node, target, args, out), deep_fold(b, target, args)
         coarsest = fold_eps(b, node, args)
         if coarsest > 2.0**-52 and _picks_integers(target, out):  # Note [Scalars are rounded too] (fold_error.py)
             own = b.torch_value(node)
@@ -329,6 +330,8 @@ def _call(b: Builder, node, args, kwargs):
                 b.fold_eps[id(t)] = coarsest  # ... or in a narrower one on the way
                 if err is not None and t is out:
                     b.fold_abs[id(t)] = err
+                if deep:
+                    b.fold_deep.add(id(t))
                 if exact:
                     b.exact_folds.add(id(t))  # ... unless it computes it as the fold did (Note [Folded constants])
         note_value_dependence(b, node, args, out)

@@ -263,6 +263,7 @@ class Builder:
         self._values: dict = {}
         self.folded: dict = {}  # id -> float tensors computed by constant folding (kept alive here)
         self.exact_folds: set = set()  # ids of folded tensors torch computes the same way, or bounded by a cast (Note [A cast settles a fold])
+        self.fold_deep: set = set()  # ids of folds computed through a reduction (Note [A cast settles a fold])
         self.fold_eps: dict = {}  # id -> the eps of the narrowest dtype a fold went through (Note [Folded constants])
         self.fold_abs: dict = {}  # id -> a fold's absolute bound (Note [Rounding of folded constants] in fold_error.py)
         self.buffers: dict = {}  # id -> (tensor, node): constants written into (Note [Writes into a new buffer])
