@@ -204,3 +204,15 @@ def test_scalar_quantities_of_a_non_scalar_output():
 def test_bad_engine_and_module_only_arguments():
     _raises(InputError, "engine must be one of", lambda: sg.check(lambda x: x.sum(), {"x": x3}, engine="fast"))
     _raises(InputError, "loss=/target= apply to nn.Module", lambda: sg.check(lambda x: x.sum(), {"x": x3}, loss="mse"))
+
+
+def test_the_exploded_back_end_running_out_of_memory_is_a_clear_refusal(monkeypatch):
+    """Note [Memory guard]: a deeply nested forward (an ODE solver's stages) can outgrow the size
+    estimate; generated code past MAX_SOURCE_CHARS, or a MemoryError while building, is an InputError
+    naming the tensor back end, never a bare MemoryError."""
+    import symgrad.lower.numpy as lowered
+
+    monkeypatch.setattr(lowered, "MAX_SOURCE_CHARS", 10)
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    with pytest.raises(sg.InputError, match="engine='graph'"):
+        sg.check(lambda x: torch.tanh(torch.tanh(x)).sum(), {"x": x}, engine="elementwise", quiet=True)

@@ -222,6 +222,9 @@ class Evaluation:
     kink_joint: bool = True  # False: too many kinks to model; only the entrywise band is known
 
 
+MAX_SOURCE_CHARS = 32 * 2**20  # generated source past this (3 GiB to compile) is refused: see check_plain
+
+
 class Lowered:
     """Numpy evaluation of a fixed list of expressions (see Note [Kinks at evaluation time])."""
 
@@ -243,6 +246,9 @@ class Lowered:
         # Note [Float64 kernels in the reference]
         self.value_eps = 2.0**-52 if calls.get("float64_kernels") and high_precision() is not np.float64 else None
         self.relationals = len(self._rel_text)
+        if len(self.source) > MAX_SOURCE_CHARS:  # compiling takes ~100 bytes per character of source
+            raise MemoryError(f"the generated evaluation code is {len(self.source) / 2**20:,.0f} MiB of source, "
+                              f"about {100 * len(self.source) / 2**30:,.1f} GiB to compile")
         self._code = compile(self.source, "<symgrad.lower>", "exec")
         self._fn = self._compiled(RUNTIME)
         self._fn_high = self._compiled(RUNTIME_HIGH)  # Note [Constants in the reference] in runtime.py
