@@ -543,3 +543,18 @@ def test_a_large_near_tie_split_by_torch_over_its_rounded_ties():
     assert sg.check(lambda w, x: torch.amax(w @ x) * 2, {"w": w, "x": x}, quiet=True).passed
     lost = custom(lambda y: torch.amax(y), lambda y, g: torch.zeros_like(y))
     assert not sg.check(lambda w, x: lost(w @ x) * 2, {"w": w, "x": x}, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("op", ["max_pool1d", "max_dim", "amax"])
+def test_a_window_of_masked_entries_only_is_a_tie_in_forward_mode(op, dtype):
+    """rules_tensor._near_extreme: a window or row whose entries are all -inf (masked) had no tie, and
+    the tangent was taken as the even split with nothing allowed; torch's max(dim) and max pooling
+    route it to the first entry, and their own forward mode failed.  Equal infinite entries tie."""
+    fn = {"max_pool1d": lambda x: F.max_pool1d(x.reshape(1, 1, 4), 2).reshape(2),
+          "max_dim": lambda x: x.reshape(2, 2).max(1).values,
+          "amax": lambda x: x.reshape(2, 2).amax(1)}[op]
+    x = torch.tensor([-float("inf"), -float("inf"), 0.0, 0.0], dtype=dtype)
+    t = torch.tensor([0.3, -0.7, 0.5, 0.2], dtype=dtype)
+    assert sg.check(fn, {"x": x}, quiet=True).passed
+    assert sg.check(fn, {"x": x}, via="forward_ad", tangents=t, quiet=True).passed

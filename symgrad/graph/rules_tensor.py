@@ -104,8 +104,8 @@ def _near_extreme(a: Approx, ext: np.ndarray, axes: tuple, ctx: Ctx) -> np.ndarr
         e_group = np.max(np.where(near, err, 0.0), axis=axes, keepdims=True)
         b_group = np.max(np.where(near, band, 0.0), axis=axes, keepdims=True)
         slack = KINK_ULPS * ctx.eps * err + KINK_ULPS * ctx.eps * e_group + band + b_group  # no overflow: Note [Astronomical values] in rules.py
-        with np.errstate(invalid="ignore"):  # a group of -inf only (a fully masked row): no rival
-            near = np.abs(a.v - ext) <= slack
+        with np.errstate(invalid="ignore"):  # a group of -inf only (a fully masked row): its equal entries
+            near = (np.abs(a.v - ext) <= slack) | (~np.isfinite(ext) & (a.v == ext))  # tie (forward mode's tangents)
     return near
 
 
