@@ -10,7 +10,6 @@ Torch code with no symbolic twin goes to the op graph: its tensor back end, or (
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Mapping
 
 import numpy as np
@@ -20,7 +19,7 @@ from .autograd.run import default_via, quantity_of, run_autograd
 from .graph.refs import JACOBIAN_VIAS
 from .compare.compare import compare, compare_all
 from .differentiate.elementwise import differentiate
-from .errors import InputError, ShapeMismatch, UnsupportedOp
+from .errors import InputError, ShapeMismatch, UnsupportedOp, exploded_memory_guard
 from .inputs import check_options, fresh_name, lowest_precision, normalize_inputs
 from .progress import stage
 from .plain_refs import closed_form_references
@@ -33,23 +32,7 @@ from .validate import (check_backend, check_callable, check_via_keywords, check_
 __all__ = ["check_plain"]
 
 
-def _memory_refused(check):
-    """A MemoryError of the exploded back end (its exact expressions, their generated code) as an
-    InputError naming the alternative (Note [Memory guard] in graph/budget.py): the size estimate
-    counts expression nodes, and a deeply nested forward (an ODE solver's stages) can still outgrow it."""
-    @functools.wraps(check)
-    def guarded(*args, **kwargs):
-        try:
-            return check(*args, **kwargs)
-        except MemoryError as err:
-            raise InputError(f"the exploded back end ran out of memory ({err or 'MemoryError'}): its exact "
-                             "expressions grew past the size estimate. Use the tensor back end (engine='graph' "
-                             "or 'auto'), whose cost is numpy's.") from None
-
-    return guarded
-
-
-@_memory_refused
+@exploded_memory_guard
 @grad_enabled
 @recursion_guard
 def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: str | None = None, v=None,

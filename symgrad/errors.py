@@ -35,3 +35,21 @@ class UnsupportedOp(SymgradError):
 
 class AutogradFailed(SymgradError):
     """torch's autograd raised while running the torch function the way the user named (``via``)."""
+
+
+def exploded_memory_guard(check):
+    """A MemoryError of the exploded back end (its exact expressions, their generated code) as an
+    InputError naming the alternative (Note [Memory guard] in graph/budget.py): the size estimate
+    counts expression nodes, and a deeply nested forward (an ODE solver's stages) can still outgrow it."""
+    import functools
+
+    @functools.wraps(check)
+    def guarded(*args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except MemoryError as err:
+            raise InputError(f"the exploded back end ran out of memory ({err or 'MemoryError'}): its exact "
+                             "expressions grew past the size estimate. Use the tensor back end (engine='graph' "
+                             "or 'auto'), whose cost is numpy's.") from None
+
+    return guarded

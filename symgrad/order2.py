@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UnsupportedOp
+from .errors import UnsupportedOp, exploded_memory_guard
 from .graph.order2 import DOUBLE_BACKWARD, annotate, check_order, directions_and_cotangent
 from .progress import stage
 from .reference import Reference
@@ -84,6 +84,7 @@ def check_second_order(fn, inputs, symbolic, *, wrt, via, v, tangents, engine, b
         return check_graph(fn, named, **graph_args)
 
 
+@exploded_memory_guard
 def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbols_map, title, twin=False) -> Report:
     """``twin``: torch code is exploded through its op graph (engine='elementwise'; under 'auto' it
     goes to the tensor back end instead, as at first order)."""

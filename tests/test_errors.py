@@ -216,3 +216,13 @@ def test_the_exploded_back_end_running_out_of_memory_is_a_clear_refusal(monkeypa
     x = torch.tensor([0.3, -0.2], dtype=torch.float64)
     with pytest.raises(sg.InputError, match="engine='graph'"):
         sg.check(lambda x: torch.tanh(torch.tanh(x)).sum(), {"x": x}, engine="elementwise", quiet=True)
+
+
+def test_the_exploded_second_order_running_out_of_memory_is_a_clear_refusal(monkeypatch):
+    """The same at order=2 (its exploded Hessian-vector products are lowered too)."""
+    import symgrad.lower.numpy as lowered
+
+    monkeypatch.setattr(lowered, "MAX_SOURCE_CHARS", 10)
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    with pytest.raises(sg.InputError, match="engine='graph'"):
+        sg.check(lambda x: torch.tanh(torch.tanh(x)).sum(), {"x": x}, engine="elementwise", order=2, quiet=True)

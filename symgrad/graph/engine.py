@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..compare.half import rounding_ulps
 from .approx import Approx, accumulating, add, kernel, rounded
 from .ir import Graph
 from .kinklog import KinkLog
@@ -58,8 +59,9 @@ def _forward(graph: Graph, ctx: Ctx, caps: dict | None = None, fold_moves: bool 
             err = node.attrs.get("error", 0.0) * node.attrs.get("error_eps", ctx.eps) / ctx.eps
             own = _own_error(v, err) if err else None
             folded = node.attrs.get("error_abs")  # Note [Rounding of folded constants] (fold_error.py)
-            if folded is not None:
-                own = folded / ctx.eps if own is None else np.maximum(own, folded / ctx.eps)
+            if folded is not None:  # a bound in value, not in counted roundings (each allowed rounding_ulps eps)
+                folded = folded / (ctx.eps * min(1.0, rounding_ulps(ctx.dtype)))
+                own = folded if own is None else np.maximum(own, folded)
             values[node] = Approx(v if own is None else rounded(v, own), own)
         else:
             with kernel(node):

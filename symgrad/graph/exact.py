@@ -23,7 +23,8 @@ The steps' own bands (Note [Steps at their jumps] in graph/scalar.py) say what r
 Entries whose arguments are extreme in size (``_extreme``) are re-evaluated as well, cancelling or
 not: an intermediate square may overflow there while the value fits, or underflow to an infinite
 form (hypot' = x / sqrt(x**2 + y**2) at x, y ~ 1e-200 was inf, and torch's own hypot failed); an
-entry whose float64 form was not finite takes an ulp of its re-evaluated value as its bound.
+entry whose float64 form was not finite (and whose arguments carry no error) takes a rounding per
+operation of the form, on its re-evaluated value, as its bound.
 """
 
 from __future__ import annotations
@@ -83,7 +84,12 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
     if any(s not in env for s in symbols):
         return out
     v, e = np.asarray(out.v, np.float64), np.broadcast_to(np.asarray(out.e, np.float64), out.shape)
-    extreme = _extreme(symbols, env, out.shape) if mode == "auto" else np.zeros(out.shape, bool)
+    exact_args = np.ones(out.shape, bool)  # entries whose arguments carry no error (an overflowed form's bound)
+    for s in symbols:
+        exact_args &= np.broadcast_to(np.asarray(env[s].e, np.float64) == 0, out.shape) & ~np.broadcast_to(
+            env[s].band() > 0, out.shape)
+    extreme = _extreme(symbols, env, out.shape) & (np.isfinite(v) | exact_args) if mode == "auto" else \
+        np.zeros(out.shape, bool)
     if not expr.atoms(sp.Function) and not extreme.any():
         return out  # sums and products of float64 arguments: nothing a library function loses
     with np.errstate(all="ignore"):
@@ -101,6 +107,7 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
         return out
     args = [np.broadcast_to(np.asarray(env[s].v, np.float64), out.shape) for s in symbols]
     new, bound = np.array(v, copy=True), np.array(e, copy=True)
+    roundings = max(1, int(sp.count_ops(expr)))
     done = 0
     with mp.workdps(EXACT_DPS):
         for j in np.flatnonzero(want):
@@ -112,8 +119,8 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
             except Exception:  # noqa: BLE001 - a function mpmath lacks (trunc): float64 stays everywhere
                 return out
             if np.isfinite(value):
-                if not (np.isfinite(v.flat[j]) and np.isfinite(e.flat[j])):  # an overflowed form: the bound
-                    bound.flat[j] = _ulp(np.float64(value), EPS64) / ctx.eps  # of the value it failed to give
+                if not (np.isfinite(v.flat[j]) and np.isfinite(e.flat[j])):  # an overflowed form: a rounding
+                    bound.flat[j] = roundings * abs(value)  # per operation of it, on the value it failed to give
                 new.flat[j] = value
                 done += 1
     counter["certified"] += done

@@ -115,9 +115,12 @@ def note_resolution(rec, ref, dtype: str) -> None:
     eps = EPS.get(dtype, 2.0**-52)
     value = np.abs(np.asarray(ref.value, np.float64))
     width = rounding_ulps(dtype) * eps * np.abs(np.asarray(ref.rounding, np.float64))
-    if ref.lower is not None:
-        width = width + np.asarray(ref.upper, np.float64) - np.asarray(ref.lower, np.float64)
     mask = value > 0
+    if ref.lower is not None:
+        band = np.asarray(ref.upper, np.float64) - np.asarray(ref.lower, np.float64)
+        width = width + band
+        off = mask & ~(band > 0)  # entries on a kink are judged by their one-sided values (the joint kink
+        mask = off if off.any() else mask  # check), not by a relative allowance: the others say the resolution
     if not mask.any():
         return
     typical = median(width[mask] / value[mask])
