@@ -51,6 +51,7 @@ came from the other side's -- the worst-case bound, which charges both, stays th
 
 from __future__ import annotations
 
+import contextvars
 from contextlib import contextmanager
 
 import numpy as np
@@ -84,6 +85,43 @@ WEAK_FLOAT64 = 1.0
 # alarm with it.  Half precision keeps WEAK (its reruns already run, and its sweeps were measured so).
 WEAK_FLOAT32 = 0.01
 DELTA = 2.0**-30  # the size of a move, per unit of an operation's own bound (the response is linear)
+# Note [Moves stay linear]
+# A move of DELTA per unit of a bound is 2**-30 of a value whose bound is a few of its own units.  A
+# folded float32 constant in a float64 check carries 2**31 units of its own size: moved by DELTA per
+# unit it moved by itself, past the linear range (a tanh after it saturated), the reruns measured a
+# spread 100 times too small, and torch's own float64 gradient through a float32 positional table
+# failed.  So the move per unit is DELTA scaled down by the largest bound of a constant against its
+# value, past LINEAR_RATIO units: every move stays below 2**-20 of its value.  float64's own rounding
+# of the smaller moves of ordinary roundings adds to their spread (a larger allowance, never a smaller).
+LINEAR_RATIO = 2.0**10
+_MOVE: contextvars.ContextVar = contextvars.ContextVar("symgrad_move", default=DELTA)
+
+
+def move_size() -> float:
+    """The size of a move per unit of a bound in the reruns under way (Note [Moves stay linear])."""
+    return _MOVE.get()
+
+
+@contextmanager
+def linear_moves(graph, ctx):
+    """Within: moves sized for ``graph``'s constants (Note [Moves stay linear])."""
+    worst = 0.0
+    for node in graph.nodes:
+        if node.kind != "leaf":
+            continue
+        worst = max(worst, float(node.attrs.get("error", 0.0)) * node.attrs.get("error_eps", ctx.eps) / ctx.eps)
+        folded = node.attrs.get("error_abs")
+        if folded is not None:
+            size = np.abs(np.asarray(node.attrs["value"], np.float64)) * ctx.eps
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(size > 0, np.asarray(folded, np.float64) / size, 0.0)
+            finite = ratio[np.isfinite(ratio)]
+            worst = max(worst, float(finite.max()) if finite.size else 0.0)
+    token = _MOVE.set(DELTA * min(1.0, LINEAR_RATIO / worst) if worst > LINEAR_RATIO else DELTA)
+    try:
+        yield
+    finally:
+        _MOVE.reset(token)
 
 
 KEY_BITS = 20  # leading mantissa bits that key a rounding's sign (Note [Correlated roundings])
@@ -142,7 +180,7 @@ def perturbing(rng: np.random.Generator, coherent="random", seen: dict | None = 
             sign = signs.setdefault(site, float(rng.choice((-1.0, 1.0))))
         else:
             sign = _keyed_signs(v, int(rng.integers(0, 2**63)))  # v: a fresh contiguous copy
-        step = DELTA * own * sign
+        step = _MOVE.get() * own * sign
         moved = v + step
         if np.isfinite(moved).all():  # then v and step are finite everywhere: nothing to keep
             return moved
@@ -219,7 +257,7 @@ def kink_caps(graph, ctx, values: dict, samples: int = SAMPLES, seed: int = 7) -
     token = reference_mode.set("float")
     try:
         stage("op graph: random-rounding reruns of the forward (Note [Statistical kinks])")
-        with np.errstate(all="ignore"), perturbing(rng, "random") as move:
+        with np.errstate(all="ignore"), linear_moves(graph, ctx), perturbing(rng, "random") as move:
             for k in range(samples):
                 advance(k, samples)
                 move.reroll()
@@ -246,7 +284,7 @@ def _add_square(total: dict, values: dict):
     def add(node, moved):
         if node not in total:
             return
-        d = (moved.v - values[node].v) / DELTA
+        d = (moved.v - values[node].v) / _MOVE.get()
         d = np.where(np.isfinite(d), d, np.inf)
         d *= d
         sq = total[node]
@@ -289,6 +327,8 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
     # exact value would throw the rerun's moves away); float64's own error is 2**-22 of a move
     token = reference_mode.set("float")
     per_use = (forward(graph, ctx), np.random.default_rng([seed, 1]))  # Note [Each use its own moves]
+    moves = linear_moves(graph, ctx)
+    moves.__enter__()
     try:
         split = keep is not None and constants is not None
         runs, fixed = coherent_reruns(
@@ -306,6 +346,7 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
                         np.broadcast_to(np.sqrt(total[k][node] / samples), base[k][node].shape))
                  for node in live} for k in range(len(seeds))]
     finally:
+        moves.__exit__(None, None, None)
         reference_mode.reset(token)
 
 
@@ -365,7 +406,7 @@ def _rerun(graph, ctx, out, seeds, live, base, total, weight: float = 1.0, per_u
 
 def _sweeps(graph, ctx, out, seeds, live, base, total, weight, values) -> list:
     if len(total) > len(seeds):  # the forward output's change too (Note [Statistical forward])
-        d = (values[out].v - total[-1]["base"]) / DELTA
+        d = (values[out].v - total[-1]["base"]) / _MOVE.get()
         total[-1][out] = total[-1][out] + weight * np.where(np.isfinite(d), d, np.inf) ** 2
     run = []
     for k, s in enumerate(seeds):
@@ -375,7 +416,7 @@ def _sweeps(graph, ctx, out, seeds, live, base, total, weight, values) -> list:
             g, g0 = grads.get(node), base[k].get(node)
             if g is None or g0 is None:
                 continue
-            d = (np.broadcast_to(g.v, g0.shape) - g0.v) / DELTA
+            d = (np.broadcast_to(g.v, g0.shape) - g0.v) / _MOVE.get()
             changes[node] = d
             total[k][node] = total[k][node] + weight * np.where(np.isfinite(d), d, np.inf) ** 2
         run.append(changes)

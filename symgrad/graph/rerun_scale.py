@@ -19,7 +19,7 @@ import numpy as np
 
 from . import scale as scale_test
 from .engine import forward
-from .montecarlo import DELTA, SAMPLES, coherent_reruns
+from .montecarlo import SAMPLES, coherent_reruns, linear_moves, move_size
 
 __all__ = ["scale_products", "product_spread"]
 
@@ -56,8 +56,9 @@ def _reruns(st, compute, base: list, samples: int, split: bool) -> tuple:
 
     token = reference_mode.set("float")  # no mpmath inside a rerun (Note [Certified pointwise values])
     try:
-        return coherent_reruns(np.random.default_rng(0), samples, lambda kind: _changes(st, compute, base),
-                               lambda run, extra: [x + y for x, y in zip(run, extra)], split=split)
+        with linear_moves(st.graph, st.ctx):
+            return coherent_reruns(np.random.default_rng(0), samples, lambda kind: _changes(st, compute, base),
+                                   lambda run, extra: [x + y for x, y in zip(run, extra)], split=split)
     finally:
         reference_mode.reset(token)
 
@@ -65,4 +66,4 @@ def _reruns(st, compute, base: list, samples: int, split: bool) -> tuple:
 def _changes(st, compute, base: list) -> list:
     """One perturbed sweep: each product's change from ``base``, in units of a move."""
     got = compute(forward(st.graph, st.ctx))
-    return [(np.asarray(g, np.float64).reshape(np.shape(b)) - b) / DELTA for g, b in zip(got, base)]
+    return [(np.asarray(g, np.float64).reshape(np.shape(b)) - b) / move_size() for g, b in zip(got, base)]

@@ -589,3 +589,25 @@ def test_linear_algebra_in_the_reruns_moves_its_reverse_rules_too():
     q2, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
     a = (q @ torch.diag(torch.tensor([3.0, 1.0, 1.0, 0.2], dtype=torch.float64)) @ q2.T).float()
     assert sg.check(torch.linalg.svdvals, {"a": a}, v=torch.randn(4), quiet=True).passed
+
+
+def test_a_float32_table_in_a_float64_check_moves_linearly():
+    """Note [Moves stay linear] (montecarlo.py): a float32 sinusoidal table built inside a float64
+    forward carries 2**31 units of its size; moved by 2**-30 per unit, it moved by itself, the tanh
+    after it saturated, and torch's own gradient failed.  A backward 1e-5 off still fails."""
+    import math
+
+    from symgrad.testing_ops import scaled
+
+    def table(L, d):
+        pos = torch.arange(L, dtype=torch.float32).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+        return torch.stack([torch.sin(pos * div), torch.cos(pos * div)], -1).reshape(L, d).double()
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 48, dtype=torch.float64, generator=gen)
+    v = torch.randn(64, 48, dtype=torch.float64, generator=gen)
+    fn = lambda x: torch.tanh(x * table(*x.shape))  # noqa: E731
+    assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
+    bugged = lambda x: scaled(torch.tanh, 1 + 1e-5)(x * table(*x.shape))  # noqa: E731
+    assert not sg.check(bugged, {"x": x}, v=v, symbolic=fn, quiet=True).passed
