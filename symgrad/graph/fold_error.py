@@ -31,7 +31,7 @@ import numpy as np
 from .interpret_data import iter_tensors
 from .trace import FOLDED_ULPS
 
-__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide", "exact_fold", "deep_fold", "casts", "INDEX_STEPS"]
+__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide", "exact_fold", "deep_fold", "casts", "flatten", "INDEX_STEPS"]
 
 INDEX_STEPS = ("floor", "ceil", "trunc", "round")  # steps whose result torch may use as an index
 _STEPS = INDEX_STEPS + ("sign", ".eq", ".ne", ".lt", ".le", ".gt", ".ge", "logical_",
@@ -243,20 +243,21 @@ def _held_exactly(b, node, target, args, inputs, out) -> bool:
     dtype = traced_dtype(node)
     if dtype is None or not isinstance(out, torch.Tensor) or any(np.any(b.fold_abs.get(id(t), 0.0)) for t in inputs):
         return False
-    for a in _flat(args):
+    for a in flatten(args):
         if isinstance(a, float) and float(torch.tensor(a, dtype=dtype)) != a:
             return False
-    if "arange" in name and not all(float(a).is_integer() for a in _flat(args) if isinstance(a, (int, float))):
+    if "arange" in name and not all(float(a).is_integer() for a in flatten(args) if isinstance(a, (int, float))):
         return False
     base = out.detach().double()
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(torch.isfinite(base).all()) and bool((base.to(dtype).double() == base).all())
 
 
-def _flat(x):
+def flatten(x):
+    """The leaves of nested lists and tuples, in order."""
     if isinstance(x, (list, tuple)):
         for a in x:
-            yield from _flat(a)
+            yield from flatten(a)
     else:
         yield x
 

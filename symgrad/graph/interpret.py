@@ -15,7 +15,7 @@ from .ir import Graph, Node
 from .trace import Builder
 from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
                              write_into_constant)
-from .fold_error import (INDEX_STEPS, casts, deep_fold, errors_by_wide, exact_fold, fold_eps, fold_error,
+from .fold_error import (INDEX_STEPS, casts, deep_fold, errors_by_wide, exact_fold, flatten, fold_eps, fold_error,
                          traced_dtype)
 from .trace_grad import IN_PLACE, NO_GRAD, SEQUENTIAL
 
@@ -187,7 +187,7 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         if node.op == "output":
             if not top:
                 return _map(node.args[0], env)
-            b.graph.outputs = [read_buffers(b, o) for o in _flatten(_map(node.args[0], env))]
+            b.graph.outputs = [read_buffers(b, o) for o in flatten(_map(node.args[0], env))]
             return None
         if node.op == "get_attr":  # a tensor the traced code held (a buffer, a constant)
             env[node] = getattr(gm, node.target)
@@ -267,14 +267,6 @@ def _writes_into_inputs(gm, env: dict) -> dict:
                     and getattr(src, "op", None) == "call_function":
                 written[src] = dst
     return written
-
-
-def _flatten(x):
-    if isinstance(x, (list, tuple)):
-        for a in x:
-            yield from _flatten(a)
-    else:
-        yield x
 
 
 def _picks_integers(target, out) -> bool:
