@@ -360,3 +360,15 @@ def test_a_repeated_celu_check_keeps_its_float32_constant(engine):
     for _ in range(2):
         report = sg.check(celu, {"x": x}, **kw)
         assert report.passed, report.to_text()
+
+
+def test_the_resolution_line_reads_the_entries_off_kinks():
+    """graph/statistical.py note_resolution: entries on a kink are judged by their one-sided values,
+    not a relative allowance; their band (hardsigmoid at +-3: 0 to 1/6) made the line say a typical
+    entry was allowed half its size, in float32, where a 1e-3 bug off the kinks is caught."""
+    import torch.nn.functional as F
+
+    x = torch.tensor([-3.0, 3.0, -2.0, 1.0, 4.0], dtype=torch.float32)
+    v = torch.tensor([0.7, -1.1, 0.4, 1.3, -0.6], dtype=torch.float32)
+    report = sg.check(F.hardsigmoid, {"x": x}, v=v, quiet=True)
+    assert report.passed and "Resolution" not in str(report), str(report)
