@@ -90,10 +90,13 @@ DELTA = 2.0**-30  # the size of a move, per unit of an operation's own bound (th
 # folded float32 constant in a float64 check carries 2**31 units of its own size: moved by DELTA per
 # unit it moved by itself, past the linear range (a tanh after it saturated), the reruns measured a
 # spread 100 times too small, and torch's own float64 gradient through a float32 positional table
-# failed.  So the move per unit is DELTA scaled down by the largest bound of a constant against its
-# value, past LINEAR_RATIO units: every move stays below 2**-20 of its value.  float64's own rounding
-# of the smaller moves of ordinary roundings adds to their spread (a larger allowance, never a smaller).
-LINEAR_RATIO = 2.0**10
+# failed.  So the move per unit is DELTA scaled down by the largest bound of a constant against the
+# size of its values (the largest of them, not each: a weight near 0 has a bound many times its own
+# size without being moved far), past LINEAR_RATIO units, so that every move stays below 2**-12 of
+# that size, and never below FINEST_MOVE: a move under float64's own spacing rounds away, the reruns
+# then saw no spread at all, and torch's own antialiased resize failed.
+LINEAR_RATIO = 2.0**18
+FINEST_MOVE = 2.0**-44
 _MOVE: contextvars.ContextVar = contextvars.ContextVar("symgrad_move", default=DELTA)
 
 
@@ -112,12 +115,13 @@ def linear_moves(graph, ctx):
         worst = max(worst, float(node.attrs.get("error", 0.0)) * node.attrs.get("error_eps", ctx.eps) / ctx.eps)
         folded = node.attrs.get("error_abs")
         if folded is not None:
-            size = np.abs(np.asarray(node.attrs["value"], np.float64)) * ctx.eps
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(size > 0, np.asarray(folded, np.float64) / size, 0.0)
-            finite = ratio[np.isfinite(ratio)]
-            worst = max(worst, float(finite.max()) if finite.size else 0.0)
-    token = _MOVE.set(DELTA * min(1.0, LINEAR_RATIO / worst) if worst > LINEAR_RATIO else DELTA)
+            values = np.abs(np.asarray(node.attrs["value"], np.float64))
+            values = values[np.isfinite(values)]
+            folded = np.asarray(folded, np.float64)
+            folded = folded[np.isfinite(folded)]
+            if values.size and folded.size and values.max() > 0:
+                worst = max(worst, float(folded.max()) / (ctx.eps * float(values.max())))
+    token = _MOVE.set(max(FINEST_MOVE, DELTA * LINEAR_RATIO / worst) if worst > LINEAR_RATIO else DELTA)
     try:
         yield
     finally:
