@@ -31,7 +31,8 @@ import numpy as np
 from .interpret_data import iter_tensors
 from .trace import FOLDED_ULPS
 
-__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide", "exact_fold", "deep_fold", "casts", "flatten", "INDEX_STEPS"]
+__all__ = ["fold_error", "fold_eps", "traced_dtype", "errors_by_wide", "exact_fold", "deep_fold", "casts", "cast_margin",
+           "flatten", "INDEX_STEPS"]
 
 INDEX_STEPS = ("floor", "ceil", "trunc", "round")  # steps whose result torch may use as an index
 _STEPS = INDEX_STEPS + ("sign", ".eq", ".ne", ".lt", ".le", ".gt", ".ge", "logical_",
@@ -164,16 +165,16 @@ def traced_dtype(node):
     return max(outs, key=lambda d: torch.finfo(d).eps) if outs else None
 
 
-def errors_by_wide(b, args, wide, floored: bool = False) -> dict:
+def errors_by_wide(b, args, wide, floored: bool = False, margin: float = 1.0) -> dict:
     """The folded inputs' bounds, keyed by the float64 tensors the fold runs on (``wide``: ``args``
-    through ``_as_float64``, a copy where the dtype changes); ``floored``: each FOLDED_ULPS times
-    over, and at least the FOLDED_ULPS a fold that is not exact is charged (Note [A cast settles a fold])."""
+    through ``_as_float64``, a copy where the dtype changes); ``floored``: each ``margin`` times over,
+    and at least the FOLDED_ULPS a fold that is not exact is charged (Note [A cast settles a fold])."""
     out = {}
     for a, w in zip(iter_tensors(list(args)), iter_tensors(list(wide))):  # the same tensors, in order
         err = b.fold_abs.get(id(a))
         if floored and id(a) in b.folded and id(a) not in b.exact_folds:
             floor = FOLDED_ULPS * b.fold_eps.get(id(a), 0.0) * np.abs(a.detach().double().numpy())
-            err = floor if err is None else np.maximum(FOLDED_ULPS * err, floor)
+            err = floor if err is None else np.maximum(margin * err, floor)
         if err is not None:
             out[id(w)] = err
     return out
@@ -188,9 +189,10 @@ def errors_by_wide(b, args, wide, floored: bool = False) -> dict:
 # within its input's bound (fold_abs, and at least the FOLDED_ULPS it would be charged), so it is off by
 # at most what the cast does to the ends of that interval: 0 where both ends round alike, the step
 # to the next representable number where they do not (``fold_error`` moves the input by its bound).
-# Its bound is taken FOLDED_ULPS times over (its ulp per op is first order, and torch's float32
-# exp and sin are an ulp or two off: a sinusoidal table of 2,048 positions cast to float16, whose
-# angles carry the exp's error times the position, failed torch's own gradient at 1 in 3 draws).
+# Where the cast narrows, that bound is taken FOLDED_ULPS times over (its ulp per op is first order,
+# and torch's float32 exp and sin are an ulp or two off: a sinusoidal table of 2,048 positions cast
+# to float16, whose angles carry the exp's error times the position, failed torch's own gradient at 1
+# in 3 draws); a widening cast passes the value on, and its bound as it is.
 # That bound is complete where the chain before the cast is pointwise and layout ops, an ulp or so
 # each (a sum's rounding grows with its length: past a reduction the cast keeps FOLDED_ULPS of its
 # narrowest dtype), so the cast's result is charged it and no FOLDED_ULPS.  And an exact
@@ -206,6 +208,19 @@ _EXACT_WHEN_HELD = ("aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "at
 
 def casts(target) -> bool:
     return str(target).startswith(_CASTS)
+
+
+def cast_margin(node) -> float:
+    """How many times over a cast takes its input's fold bound: FOLDED_ULPS where it narrows (which
+    side of a rounding boundary torch's value lies on), 1 where it widens (the value passes unchanged)."""
+    import torch
+
+    src = node.args[0] if node.args else None
+    before = traced_dtype(src) if hasattr(src, "meta") else None
+    after = traced_dtype(node)
+    if before is None or after is None:
+        return FOLDED_ULPS
+    return FOLDED_ULPS if torch.finfo(after).eps > torch.finfo(before).eps else 1.0
 
 
 def deep_fold(b, target, args) -> bool:

@@ -15,8 +15,8 @@ from .ir import Graph, Node
 from .trace import Builder
 from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, note_value_dependence, read_buffers,
                              write_into_constant)
-from .fold_error import (INDEX_STEPS, casts, deep_fold, errors_by_wide, exact_fold, flatten, fold_eps, fold_error,
-                         traced_dtype)
+from .fold_error import (INDEX_STEPS, cast_margin, casts, deep_fold, errors_by_wide, exact_fold, flatten, fold_eps,
+                         fold_error, traced_dtype)
 from .trace_grad import IN_PLACE, NO_GRAD, SEQUENTIAL
 
 __all__ = ["to_graph", "register"]
@@ -313,9 +313,10 @@ def _call(b: Builder, node, args, kwargs):
             own = b.torch_value(node)
             if isinstance(own, torch.Tensor) and tuple(own.shape) == tuple(out.shape):
                 out = own.to(out.dtype)  # torch's own floor or index, as Note [Torch's own picks]
+        cast = casts(target)
+        inputs = errors_by_wide(b, args, wide, cast, cast_margin(node) if cast else 1.0)
         with torch.no_grad():  # Note [Rounding of folded constants] (fold_error.py)
-            err = fold_error(target, list(wide), kwargs, out, errors_by_wide(b, args, wide, casts(target)),
-                             traced_dtype(node))
+            err = fold_error(target, list(wide), kwargs, out, inputs, traced_dtype(node))
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 b.folded[id(t)] = t  # computed, not given: torch rounds it in the checked dtype
