@@ -331,26 +331,24 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
     # exact value would throw the rerun's moves away); float64's own error is 2**-22 of a move
     token = reference_mode.set("float")
     per_use = (forward(graph, ctx), np.random.default_rng([seed, 1]))  # Note [Each use its own moves]
-    moves = linear_moves(graph, ctx)
-    moves.__enter__()
     try:
-        split = keep is not None and constants is not None
-        runs, fixed = coherent_reruns(
-            rng, samples, lambda kind: _rerun(graph, ctx, out, seeds, live, base, total,
-                                              weight=float(samples) if kind == "only" else 1.0,
-                                              per_use=per_use if kind == "still" else None),
-            _add_runs, split=split)
-        if keep is not None:
-            keep.extend(runs)
-        if constants is not None:
-            constants.extend(fixed)
-        if output is not None:
-            output["rms"] = np.sqrt(total.pop()[out] / samples)
-        return [{node: (None if base[k].get(node) is None else
-                        np.broadcast_to(np.sqrt(total[k][node] / samples), base[k][node].shape))
-                 for node in live} for k in range(len(seeds))]
+        with linear_moves(graph, ctx):
+            split = keep is not None and constants is not None
+            runs, fixed = coherent_reruns(
+                rng, samples, lambda kind: _rerun(graph, ctx, out, seeds, live, base, total,
+                                                  weight=float(samples) if kind == "only" else 1.0,
+                                                  per_use=per_use if kind == "still" else None),
+                _add_runs, split=split)
+            if keep is not None:
+                keep.extend(runs)
+            if constants is not None:
+                constants.extend(fixed)
+            if output is not None:
+                output["rms"] = np.sqrt(total.pop()[out] / samples)
+            return [{node: (None if base[k].get(node) is None else
+                            np.broadcast_to(np.sqrt(total[k][node] / samples), base[k][node].shape))
+                     for node in live} for k in range(len(seeds))]
     finally:
-        moves.__exit__(None, None, None)
         reference_mode.reset(token)
 
 
