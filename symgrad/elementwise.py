@@ -42,6 +42,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                 memory_budget: int | None = None, loss=None, target=None) -> Report:
     """``symgrad.check`` for a function (not a module); the keywords are its own."""
     _check_keywords(fn, wrt, backend, rtol, atol, backward_calls, loss, target, engine)
+    if via is not None:  # tangents= with via='jacfwd' reached the op graph and died of a KeyError
+        check_via_keywords(via, quantity_of(via, v is not None), v, tangents)
     stage("building the symbolic forward")
     named = normalize_inputs(fn, symbolic, inputs, finite=False)
     if engine != "graph" and not _all_finite(named):  # Note [Non-finite inputs on auto]

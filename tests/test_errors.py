@@ -226,3 +226,11 @@ def test_the_exploded_second_order_running_out_of_memory_is_a_clear_refusal(monk
     x = torch.tensor([0.3, -0.2], dtype=torch.float64)
     with pytest.raises(sg.InputError, match="engine='graph'"):
         sg.check(lambda x: torch.tanh(torch.tanh(x)).sum(), {"x": x}, engine="elementwise", order=2, quiet=True)
+
+
+def test_tangents_with_a_jacobian_via_are_refused_clearly():
+    """tangents= with via='jacfwd' (which computes the whole Jacobian) reached the op graph and died
+    of a KeyError; it is refused naming the vias that take tangents."""
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    with pytest.raises(sg.InputError, match="forward_ad"):
+        sg.check(torch.tanh, {"x": x}, via="jacfwd", tangents={"x": torch.ones_like(x)}, quiet=True)
