@@ -611,3 +611,30 @@ def test_a_float32_table_in_a_float64_check_moves_linearly():
     assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
     bugged = lambda x: scaled(torch.tanh, 1 + 1e-5)(x * table(*x.shape))  # noqa: E731
     assert not sg.check(bugged, {"x": x}, v=v, symbolic=fn, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", ["arange", "cos", "sin"])
+def test_a_constant_with_a_rounding_residue_of_zero_keeps_the_moves(kind, dtype):
+    """Note [Moves stay linear]: a float32 constant whose entry is a rounding residue of 0 (0.1 * 3 -
+    0.3, cos(pi/2), sin(pi)) has a bound many times its own size there; scaled by that entry, every
+    move of the reruns fell below float64's spacing, the reruns saw no spread, and torch's own
+    gradient failed (an audit helper's find on an intermediate commit)."""
+    import math
+
+    make = {"arange": lambda: torch.arange(8, dtype=torch.float32) * 0.1 - 0.3,
+            "cos": lambda: torch.cos(torch.arange(8, dtype=torch.float32) * (math.pi / 2)),
+            "sin": lambda: torch.sin(torch.arange(8, dtype=torch.float32) * math.pi)}[kind]
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x, t):
+            return F.mse_loss(torch.tanh(self.lin(x) + make()), t)
+
+    gen = torch.Generator().manual_seed(0)
+    x, t = (torch.randn(16, 8, generator=gen, dtype=dtype) for _ in range(2))
+    torch.manual_seed(0)
+    assert sg.check(Model().to(dtype), {"x": x, "t": t}, quiet=True).passed
