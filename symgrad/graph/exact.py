@@ -64,6 +64,15 @@ def _extreme(symbols: tuple, env: dict, shape: tuple) -> np.ndarray:
     return out
 
 
+def _exact_arguments(symbols: tuple, env: dict, shape: tuple) -> np.ndarray:
+    """Entries whose arguments carry no rounding bound and no kink band."""
+    out = np.ones(shape, bool)
+    for s in symbols:
+        out &= np.broadcast_to(np.asarray(env[s].e, np.float64) == 0, shape)
+        out &= ~np.broadcast_to(env[s].band() > 0, shape)
+    return out
+
+
 def _ulp(v: np.ndarray, eps: float) -> np.ndarray:
     return np.ldexp(eps, np.frexp(np.maximum(np.abs(v), np.finfo(np.float64).tiny))[1] - 1)
 
@@ -84,12 +93,10 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
     if any(s not in env for s in symbols):
         return out
     v, e = np.asarray(out.v, np.float64), np.broadcast_to(np.asarray(out.e, np.float64), out.shape)
-    exact_args = np.ones(out.shape, bool)  # entries whose arguments carry no error (an overflowed form's bound)
-    for s in symbols:
-        exact_args &= np.broadcast_to(np.asarray(env[s].e, np.float64) == 0, out.shape) & ~np.broadcast_to(
-            env[s].band() > 0, out.shape)
-    extreme = _extreme(symbols, env, out.shape) & (np.isfinite(v) | exact_args) if mode == "auto" else \
-        np.zeros(out.shape, bool)
+    extreme = _extreme(symbols, env, out.shape) if mode == "auto" else np.zeros(out.shape, bool)
+    overflowed = extreme & ~np.isfinite(v)
+    if overflowed.any():  # kept only where the arguments carry no error (the bound it then takes)
+        extreme &= ~overflowed | _exact_arguments(symbols, env, out.shape)
     if not expr.atoms(sp.Function) and not extreme.any():
         return out  # sums and products of float64 arguments: nothing a library function loses
     with np.errstate(all="ignore"):
@@ -107,7 +114,7 @@ def certified(expr: sp.Expr, env: dict, ctx, out: Approx) -> Approx:
         return out
     args = [np.broadcast_to(np.asarray(env[s].v, np.float64), out.shape) for s in symbols]
     new, bound = np.array(v, copy=True), np.array(e, copy=True)
-    roundings = max(1, int(sp.count_ops(expr)))
+    roundings = max(1, int(sp.count_ops(expr))) if overflowed.any() else 1
     done = 0
     with mp.workdps(EXACT_DPS):
         for j in np.flatnonzero(want):

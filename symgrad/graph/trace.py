@@ -262,7 +262,8 @@ class Builder:
         self.fx_node = None  # the fx node being converted (for error messages and origins)
         self._values: dict = {}
         self.folded: dict = {}  # id -> float tensors computed by constant folding (kept alive here)
-        self.exact_folds: set = set()  # ids of folded tensors torch computes the same way, or bounded by a cast (Note [A cast settles a fold])
+        # ids of folds torch computes alike, or bounded by a cast (Note [A cast settles a fold])
+        self.exact_folds: set = set()
         self.fold_deep: set = set()  # ids of folds computed through a reduction (Note [A cast settles a fold])
         self.fold_eps: dict = {}  # id -> the eps of the narrowest dtype a fold went through (Note [Folded constants])
         self.fold_abs: dict = {}  # id -> a fold's absolute bound (Note [Rounding of folded constants] in fold_error.py)
