@@ -171,3 +171,48 @@ def test_steps_at_their_jumps_in_bfloat16(op):
     report = _check(fn, x)
     assert report.passed and report["output"].kinks and report["x"].kinks, report.to_text()
     assert not _check(with_backward(fn, lambda x, g: vjp(fn, x, g) * 1.02), x).passed
+
+
+# ------------------------------------------------------------------ modified Bessel functions (op graph)
+
+_BESSEL_X = torch.tensor([0.0, 0.4, -1.3, 2.0, 7.9, -12.0, 30.0], dtype=torch.float64)
+
+
+def _safe_div(a, b):
+    return torch.where(b == 0, torch.zeros_like(a), a / torch.where(b == 0, torch.ones_like(b), b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bessel_functions_pass_torch_and_catch_shipped_bugs(dtype):
+    """torch.i0 and torch.special.i0e, i1, i1e (Note [Modified Bessel functions as torch's kernels]):
+    torch's backwards pass, including at 0 (i1' = 1/2 there, i0e's kink); i1' computed as
+    I0 - safe_div(I1, x), 1 at 0 (tensorflow#120578), fails, its fix passes; i0e' without the sign of
+    x, and a backward off by 1e-6 (float64) or 1e-4 (float32), fail."""
+    x = _BESSEL_X.to(dtype)
+    off = 1 + (1e-6 if dtype == torch.float64 else 1e-4)
+    for fn in (torch.i0, torch.special.i0e, torch.special.i1, torch.special.i1e):
+        assert symgrad.check(fn, {"x": x}).passed
+        assert not symgrad.check(with_backward(fn, lambda x, g, fn=fn: vjp(fn, x, g) * off), {"x": x}).passed
+    i1 = torch.special.i1
+    shipped = with_backward(i1, lambda x, g: g * (torch.i0(x) - _safe_div(i1(x), x)))
+    fixed = with_backward(i1, lambda x, g: g * torch.where(x == 0, 0.5, torch.i0(x) - _safe_div(i1(x), x)))
+    assert not symgrad.check(shipped, {"x": x}).passed
+    assert symgrad.check(fixed, {"x": x}).passed
+    i0e, i1e = torch.special.i0e, torch.special.i1e
+    assert not symgrad.check(with_backward(i0e, lambda x, g: g * (i1e(x) - i0e(x))), {"x": x}).passed
+
+
+def test_i0e_at_its_kink_takes_either_slope_and_no_other_value():
+    i0e, i1e = torch.special.i0e, torch.special.i1e
+    x = _BESSEL_X
+    right = with_backward(i0e, lambda x, g: g * (i1e(x) - torch.where(x >= 0, 1.0, -1.0).to(x) * i0e(x)))
+    half = with_backward(i0e, lambda x, g: vjp(i0e, x, g) + 0.5 * (x == 0))
+    assert symgrad.check(right, {"x": x}).passed
+    assert not symgrad.check(half, {"x": x}).passed
+
+
+def test_bessel_functions_second_order_and_forward_mode():
+    x = _BESSEL_X[1:]
+    for fn in (torch.i0, torch.special.i0e, torch.special.i1, torch.special.i1e):
+        assert symgrad.check(lambda x, fn=fn: fn(x).sum(), {"x": x}, order=2).passed
+        assert symgrad.check(fn, {"x": x}, via="functional.jvp", tangents={"x": torch.ones_like(x)}).passed

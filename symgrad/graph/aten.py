@@ -20,7 +20,7 @@ import operator
 import numpy as np
 import sympy as sp
 
-from .functions import ceil, expm1, floor, log1p, round_even, sigmoid, trunc
+from .functions import bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, floor, log1p, round_even, sigmoid, trunc
 from .ir import Node
 from .trace_grad import IN_FUNCTION
 
@@ -96,6 +96,8 @@ _UNARY = {
     "aten.logical_not": lambda x: _pw_piece((1, sp.Eq(x, 0)), (0, True)),
     "aten.bitwise_not": lambda x: _pw_piece((1, sp.Eq(x, 0)), (0, True)),
     "aten.square": lambda x: x**2,
+    "aten.i0": bessel_i0, "aten.special_i0e": bessel_i0e, "aten.special_i1": bessel_i1,
+    "aten.special_i1e": bessel_i1e,  # Note [Modified Bessel functions as torch's kernels] in functions.py
 }
 for _name, _fn in _UNARY.items():
     HANDLERS[_name] = _pw(_fn)

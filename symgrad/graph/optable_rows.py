@@ -57,6 +57,11 @@ _UNARY = [
     ("abs", torch.abs, X), ("neg", torch.neg, X), ("pow scalar", lambda x: x**3, X),
     ("pow fractional", lambda x: x**1.5, POS), ("scalar ** x", lambda x: 2.5**x, X),
     ("deg2rad", torch.deg2rad, X), ("frac", torch.frac, X),
+    ("i0", torch.i0, X), ("i0e", torch.special.i0e, X), ("i1", torch.special.i1, X), ("i1e", torch.special.i1e, X),
+    # i1', i1e' at their removable point 0 and i0e' at its kink (Note [Modified Bessel functions as torch's kernels])
+    ("i1 at 0", torch.special.i1, {"x": fixed([0.0, 1e-9, -2.0, 9.0])}),
+    ("i1e at 0", torch.special.i1e, {"x": fixed([0.0, -1e-9, 2.0, -9.0])}),
+    ("i0e at 0", torch.special.i0e, {"x": fixed([0.0, 0.5, -3.0, 30.0])}),
 ]
 
 _BINARY = [

@@ -28,7 +28,7 @@ import sympy as sp
 from .approx import Approx, add, mul, rounded, rounded_constant, signed_band, size
 from ..ops import is_float32_constant
 from .scalar_constants import folded_number, constant_error
-from .scalar_kernels import FUNCTIONS, NARY, STEPS, _polygamma
+from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _polygamma
 
 __all__ = ["Ctx", "evaluate", "constant_error"]
 
@@ -47,9 +47,13 @@ TRANSCENDENTAL_ULPS = 2.0  # one library function call: torch's vectorised kerne
 HALF_TRANSCENDENTAL_ULPS = 1.0
 
 
-def library_ulps(ctx: "Ctx") -> float:
-    """Roundings charged for one library function call in ``ctx``'s dtype."""
-    return HALF_TRANSCENDENTAL_ULPS if ctx.dtype in ("float16", "bfloat16") else TRANSCENDENTAL_ULPS
+def library_ulps(ctx: "Ctx", func=None) -> float:
+    """Roundings charged for one library function call (of ``func``, if given) in ``ctx``'s dtype."""
+    half = ctx.dtype in ("float16", "bfloat16")
+    own = KERNEL_ULPS.get(func)
+    if own is not None:
+        return own[half]
+    return HALF_TRANSCENDENTAL_ULPS if half else TRANSCENDENTAL_ULPS
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         return _step(fn[0], _eval(expr.args[0], env, ctx, memo), ctx)
     if fn is not None and len(expr.args) == 1:
         return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo), rooted=expr.func in _ROOTED,
-                      ulps=library_ulps(ctx))
+                      ulps=library_ulps(ctx, expr.func))
     if isinstance(expr, (sp.Abs, sp.sign, sp.Max, sp.Min, sp.Heaviside)):
         return _eval(_as_piecewise(expr), env, ctx, memo)
     raise NotImplementedError(f"the scalar evaluator has no rule for {expr.func.__name__} (in {sp.sstr(expr)[:80]})")

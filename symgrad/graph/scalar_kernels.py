@@ -11,7 +11,7 @@ import math
 import numpy as np
 import sympy as sp
 
-__all__ = ["FUNCTIONS", "STEPS", "NARY"]
+__all__ = ["FUNCTIONS", "STEPS", "NARY", "KERNEL_ULPS"]
 
 
 def _d_erfinv(x):
@@ -69,6 +69,10 @@ FUNCTIONS = {
 STEPS = {sp.floor, sp.ceiling}
 # SymPy functions of several arguments -> their evaluation (a list of Approx arguments, Ctx) -> Approx
 NARY: dict = {}
+# SymPy function -> the units of its value charged for one call (float32/float64, float16/bfloat16)
+# where torch's kernel is less accurate than a library function's (Note [Modified Bessel functions
+# as torch's kernels] in functions.py)
+KERNEL_ULPS: dict = {}
 
 
 def _polygamma(n: int):

@@ -111,9 +111,28 @@ def test_torch_form_derivatives_equal_sympy_diff(fn):
     rewritten = ours
     for f, definition in DEFINITIONS.items():  # logsigmoid's derivative holds sigmoid
         rewritten = rewritten.replace(f, definition)
-    assert sp.simplify(rewritten - textbook) == 0
+    # on each side of 0 (i1's and i1e's forms are 1/2 at their removable point 0, i0e's 0 at its kink)
+    for side in (sp.Symbol("p", positive=True), sp.Symbol("n", negative=True)):
+        assert sp.simplify((rewritten - textbook).subs(x, side)) == 0
     for point in (-2.5, -0.3, 0.7, 3.0):
         assert float(rewritten.subs(x, point)) == pytest.approx(float(textbook.subs(x, point)), rel=1e-12)
+
+
+def test_bessel_derivatives_at_zero_are_the_limits_torch_takes():
+    """i1' and i1e' are 1/2 at 0 (their forms' limit there, which SymPy's ``limit`` gets wrong: it says
+    the difference of i1's two forms tends to 1); i0e has a kink at 0, slopes -1 and 1, and torch's 0."""
+    import mpmath as mp
+
+    from symgrad.graph.functions import bessel_i0e, bessel_i1, bessel_i1e
+
+    x = sp.Symbol("x", real=True)
+    h = mp.mpf("1e-20")
+    with mp.workdps(40):
+        for fn, want in ((bessel_i1, 0.5), (bessel_i1e, 0.5), (bessel_i0e, 0.0)):
+            assert sp.diff(fn(x), x).subs(x, 0) == sp.Rational(want)
+        i1e = lambda t: mp.exp(-abs(t)) * mp.besseli(1, t)  # noqa: E731
+        assert float((mp.besseli(1, h) - mp.besseli(1, -h)) / (2 * h)) == 0.5
+        assert float((i1e(h) - i1e(-h)) / (2 * h)) == pytest.approx(0.5, rel=1e-15)
 
 
 def test_the_reciprocal_of_a_tiny_value_keeps_a_finite_bound():
