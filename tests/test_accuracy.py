@@ -160,6 +160,32 @@ def test_the_op_graph_judges_a_pointwise_gradient(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_mode_judges_a_pointwise_tangent(dtype):
+    """The forward-mode counterpart (jax's sinc jvp was the naive form): a jvp written as the naive
+    sinc' is inaccurate (a failure with strict=True), a stable one passes, a wrong one fails; torch's
+    own ops are not inaccurate in forward mode either.  Before, forward mode had no conditioning."""
+    from symgrad.testing_ops import with_jvp
+
+    x = torch.tensor(SMALL + [2.5, -1.7], dtype=dtype)
+    naive_d = lambda x: (torch.cos(x) * x - torch.sin(x)) / x**2  # noqa: E731
+    stable_d = lambda x: torch.where(x.abs() < 0.05, -x / 3 + x**3 / 30 - x**5 / 840, naive_d(x))  # noqa: E731
+
+    def fn(d):
+        return with_jvp(lambda x: torch.sin(x) / x, lambda x, g: g * stable_d(x), lambda x, t: t * d(x))
+
+    t = torch.linspace(0.5, 1.5, len(x), dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InaccurateDerivative)
+        runs = {name: [sg.check(fn(d), {"x": x}, via="forward_ad", tangents=t, strict=s) for s in (False, True)]
+                for name, d in (("naive", naive_d), ("stable", stable_d), ("wrong", lambda x: torch.cos(x) / x))}
+        tanh = sg.check(torch.tanh, {"x": x}, via="forward_ad", tangents=t)
+    (lenient, strict), (good, _), (bad, _) = runs["naive"], runs["stable"], runs["wrong"]
+    assert lenient.passed and lenient["jvp"].verdict == "inaccurate" and not strict.passed
+    assert good["jvp"].verdict == "pass" and bad["jvp"].verdict == "FAIL"
+    assert tanh.passed and not tanh.inaccurate, tanh.to_text()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ["tanh", "sigmoid", "exp", "sin", "softplus", "elu"])
 def test_torch_ops_are_not_inaccurate_on_the_op_graph(op, dtype):
     f = getattr(torch.nn.functional, op, None) or getattr(torch, op)

@@ -17,6 +17,7 @@ from .cones import basis, tangent_bands
 from . import montecarlo
 from .engine import tangent
 from .forward_kinks import column_generators, forward_generators
+from .pointwise_oracle import attach_tangent_oracle
 from .refs import JACOBIAN_VIAS, State, approx_reference
 from .rerun_scale import product_spread, scale_products
 from .statistical import tighten
@@ -45,6 +46,7 @@ def jvp_records(st: State, directions: list, via: str) -> list:
                            "forward mode over the op graph", st.failed)
     if ref.kink is not None:  # Note [Forward kink units]
         ref.kink_generators = forward_generators(st, all_seeds, tuple(ref.value.shape))
+    attach_tangent_oracle(st.graph, ref, st.out, directions, st.leaves)
     tangent_bands(st, [ref], lambda values: _tangents_at(st, values, directions, ref.value.shape),
                   [{n: a.v for n, a in seeds.items()} for seeds in all_seeds])
     base = np.asarray(ref.value, np.float64)

@@ -20,7 +20,7 @@ import sympy as sp
 from ..compare.accuracy import EntryOracle
 from .rules import symbols_for
 
-__all__ = ["attach_pointwise_oracles"]
+__all__ = ["attach_pointwise_oracles", "attach_tangent_oracle"]
 
 MAX_CHAIN = 64  # pointwise nodes composed at most
 
@@ -72,12 +72,25 @@ def chain_form(graph, leaf, out):
     return form, summed
 
 
-def attach_pointwise_oracles(graph, refs, wrt, out, seeds, how, scale, leaves) -> None:
-    """Give each reference whose gradient is pointwise in its input an ``EntryOracle``."""
+def _oracle(form, xs: np.ndarray, weights: list, scale: float):
+    """An ``EntryOracle`` of the entries ``w_k,i F'(x_i)`` (stacked over the weights ``k``), or None
+    where symengine cannot take the form."""
     import symengine as se
 
     from ..lower.exact import ExactEvaluator
 
+    x, c = sp.Symbol("x", real=True), sp.Symbol("c", real=True)
+    try:
+        g = se.sympify(c * sp.diff(form, x))
+    except Exception:  # noqa: BLE001 - a form symengine cannot take: no oracle
+        return None
+    xv, cv = np.tile(xs, len(weights)), np.concatenate(weights)
+    evaluator = ExactEvaluator([g], [se.Symbol("x"), se.Symbol("c")], [xv, cv])
+    return EntryOracle(evaluator, lambda j: [((0, j), float(scale))])
+
+
+def attach_pointwise_oracles(graph, refs, wrt, out, seeds, how, scale, leaves) -> None:
+    """Give each reference whose gradient is pointwise in its input an ``EntryOracle``."""
     if how not in ("backward", "autograd.grad", "functional.vjp", "func.vjp", "random-vjp"):
         return
     for ref, name in zip(refs, wrt):
@@ -88,15 +101,27 @@ def attach_pointwise_oracles(graph, refs, wrt, out, seeds, how, scale, leaves) -
         if found is None:
             continue
         form, summed = found
-        x, c = sp.Symbol("x", real=True), sp.Symbol("c", real=True)
-        try:
-            g = se.sympify(c * sp.diff(form, x))
-        except Exception:  # noqa: BLE001 - a form symengine cannot take: no oracle
-            continue
         xs = leaves[name].detach().double().cpu().numpy().ravel()
-        size = xs.size
-        cots = [np.full(size, float(np.asarray(s).ravel()[0])) if summed else np.asarray(s, np.float64).ravel()
+        cots = [np.full(xs.size, float(np.asarray(s).ravel()[0])) if summed else np.asarray(s, np.float64).ravel()
                 for s in seeds]
-        xv, cv = np.tile(xs, len(seeds)), np.concatenate(cots)
-        evaluator = ExactEvaluator([g], [se.Symbol("x"), se.Symbol("c")], [xv, cv])
-        ref.oracle = EntryOracle(evaluator, lambda j: [((0, j), float(scale))])
+        oracle = _oracle(form, xs, cots, scale)
+        if oracle is not None:
+            ref.oracle = oracle
+
+
+def attach_tangent_oracle(graph, ref, out, directions: list, leaves) -> None:
+    """Forward mode's counterpart: the output's tangent ``t_i F'(x_i)`` where the output is a
+    pointwise chain of the one input the tangents move (Note [Pointwise gradients on the op graph]);
+    a chain summed to a scalar mixes the entries and gets none."""
+    moved = {n for d in directions for n, t in d.items() if n in graph.inputs and bool((t != 0).any())}
+    if len(moved) != 1 or getattr(ref, "kink", None) is not None and np.any(ref.kink):
+        return
+    (name,) = moved
+    found = chain_form(graph, graph.inputs[name], out)
+    if found is None or found[1]:
+        return
+    xs = leaves[name].detach().double().cpu().numpy().ravel()
+    tangents = [d[name].detach().double().cpu().numpy().ravel() for d in directions]
+    oracle = _oracle(found[0], xs, tangents, 1.0)
+    if oracle is not None:
+        ref.oracle = oracle
