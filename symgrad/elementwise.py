@@ -45,7 +45,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     if via is not None:  # tangents= with via='jacfwd' reached the op graph and died of a KeyError
         check_via_keywords(via, quantity_of(via, v is not None), v, tangents)
     stage("building the symbolic forward")
-    named = normalize_inputs(fn, symbolic, inputs, finite=False)
+    named = _private(normalize_inputs(fn, symbolic, inputs, finite=False))
     if engine != "graph" and not _all_finite(named):  # Note [Non-finite inputs on auto]
         if engine == "auto" and fn is not None and symbolic is None and not (via or "").endswith("hessian"):
             engine = "graph"
@@ -79,6 +79,13 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
                                on_graph=on_graph, hessian=via in ("functional.hessian", "func.hessian"))
     if isinstance(routed, Report):
         return routed
+    written = _written(named, leaves)
+    if written and engine == "auto":
+        return on_graph(None)  # Note [Inputs written in forward] in graph/check.py: each run gets a copy there
+    if written:
+        raise InputError(f"the function writes into its input {written!r} in place (an in-place op such as "
+                         f"{written}.add_ or {written} += ...), so each run of it would see other values. Fix: "
+                         "engine='graph' (or 'auto'), which gives every run its own copy, or an out-of-place op")
     out, twin_graph = routed
     from_sympy = symbolic is not None and not callable(symbolic)
     check_symbols(out, sym_in, wrt_names, from_sympy)
@@ -116,6 +123,27 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     if kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _private(named: dict) -> dict:
+    """Copies of the inputs not differentiated: a forward that writes into one never reaches the
+    user's tensor (Note [Inputs written in forward] in graph/check.py)."""
+    import torch
+
+    return {n: t.detach().clone() if isinstance(t, torch.Tensor) and not t.requires_grad else t
+            for n, t in named.items()}
+
+
+def _written(named: dict, leaves: dict) -> str | None:
+    """The first input the symbolic forward's runs changed in place (``leaves``: copies from before)."""
+    import torch
+
+    for n, t in named.items():
+        if isinstance(t, torch.Tensor) and not t.requires_grad:
+            before = leaves[n].detach()
+            if not bool(((t == before) | (t.isnan() & before.isnan()) if t.is_floating_point() else t == before).all()):
+                return n
+    return None
 
 
 def _check_keywords(fn, wrt, backend, rtol, atol, backward_calls, loss, target, engine) -> None:

@@ -272,3 +272,38 @@ def test_the_text_report_says_what_was_checked():
     assert "Checked: vjp (3 random cotangents) and jvp (3 random tangents); float64" in report.to_text()
     narrow = sg.check(lambda x: torch.tanh(x.float()).double().sum(), {"x": _x(4)}, quiet=True)
     assert "computes in float32" in narrow.to_text()
+
+
+class _AddsIntoItsInput(nn.Module):
+    def __init__(self, backward=None):
+        super().__init__()
+        self.lin = nn.Linear(4, 2).double()
+        self.act = torch.tanh if backward is None else with_backward(torch.tanh, backward)
+
+    def forward(self, x):
+        x += 1.0  # in place on the (non-differentiated) input, as `x += pe`
+        return self.act(self.lin(x)).sum()
+
+
+def test_a_forward_writing_into_its_input_is_one_function_and_the_users_tensor_is_kept():
+    """Note [Inputs written in forward]: every run starts from the values given (each run got x + 1,
+    x + 2, ... before, and a correct module failed its forward and its gradients)."""
+    x = _x(3, 4)
+    before = x.clone()
+    torch.manual_seed(0)
+    assert sg.check(_AddsIntoItsInput(), {"x": x}).passed
+    assert torch.equal(x, before)
+    torch.manual_seed(0)
+    wrong = _AddsIntoItsInput(lambda y, g: g * (1 - torch.tanh(y) ** 2) * (1 + 1e-6))
+    assert not sg.check(wrong, {"x": x}).passed
+
+    def f(x, w):
+        x.add_(1.0)
+        return (x @ w).tanh().sum()
+
+    w = _x(4, 2, seed=1)
+    assert sg.check(f, {"x": x, "w": w}, wrt="w").passed
+    assert torch.equal(x, before)
+    with pytest.raises(InputError, match=r"writes into its input 'x' in place.*engine='graph'"):
+        sg.check(f, {"x": x, "w": w}, wrt="w", engine="elementwise")
+    assert torch.equal(x, before)

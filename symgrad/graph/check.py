@@ -269,6 +269,13 @@ def _flat_cotangent(v, structure: list):
     return torch.cat([torch.as_tensor(p).reshape(-1) for p in parts])
 
 
+# Note [Inputs written in forward]
+# A forward may write into an input it is given (``x += pe``, ``mask.masked_fill_(...)``): the
+# function it computes is the same each time only if each run starts from the values the user gave.
+# The check runs torch's forward, the trace and autograd on the same leaves, so each run gets its
+# own copy of every input that is not differentiated (a traced ``clone``; a differentiated input
+# written in place is torch's own error, a leaf that requires grad).  Before this, the forward row
+# and the gradients saw x + 1, x + 2, ... and a correct function failed.
 def _runner(model, names: list, n_params: int, loss, target, structure: list, saved: dict):
     """``runner(forward_fn)``: a function of the flat leaves (parameters, then inputs) returning the
     one tensor checked: the loss of the output, or the output, a tuple or dict flattened
@@ -283,6 +290,9 @@ def _runner(model, names: list, n_params: int, loss, target, structure: list, sa
             if saved:
                 with disable_proxy_modes_tracing():  # not an op of the traced function
                     _restore(model, saved)
+            first = n_params if model is not None else 0  # Note [Inputs written in forward]
+            flat = flat[:first] + tuple(t.clone() if isinstance(t, torch.Tensor) and not t.requires_grad else t
+                                        for t in flat[first:])
             if model is not None and forward_fn is model:
                 params = dict(zip(names[:n_params], flat[:n_params]))
                 out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False)
