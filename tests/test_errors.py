@@ -234,3 +234,19 @@ def test_tangents_with_a_jacobian_via_are_refused_clearly():
     x = torch.tensor([0.3, -0.2], dtype=torch.float64)
     with pytest.raises(sg.InputError, match="forward_ad"):
         sg.check(torch.tanh, {"x": x}, via="jacfwd", tangents={"x": torch.ones_like(x)}, quiet=True)
+
+
+def test_a_full_jacobian_beyond_the_budget_is_refused_before_autograd_runs():
+    """Note [Memory guard of a full Jacobian]: a 2,048 x 16,576 Jacobian died of a numpy MemoryError
+    in the comparison; the refusal names the size and the way that scales."""
+    import time
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 64)).double()
+    x = torch.randn(32, 64, dtype=torch.float64)
+    start = time.perf_counter()
+    _raises(InputError, r"full Jacobian asked for \(2,048 output entries x 16,576 .*Leave via= out",
+            lambda: sg.check(model, {"x": x}, via="jacrev", memory_budget=2**30))
+    _raises(InputError, r"90,000 output entries", lambda: sg.check(torch.tanh, {"x": torch.randn(300, 300, dtype=torch.float64)},
+                                                                   via="functional.jacobian"))
+    assert time.perf_counter() - start < 30

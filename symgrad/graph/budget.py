@@ -35,7 +35,7 @@ import os
 from ..errors import InputError
 
 __all__ = ["memory_budget", "exploded_bytes", "too_big_to_explode", "refuse_exploded", "EXPLODE_ENTRIES",
-           "graph_bytes", "refuse_graph"]
+           "graph_bytes", "refuse_graph", "refuse_jacobian"]
 
 BYTES_PER_NODE = 400  # a SymPy/symengine node with its share of hashing tables and generated code
 EXPLODE_ENTRIES = 1024  # above this many input entries, 'auto' prefers the tensor back end anyway
@@ -162,4 +162,33 @@ def refuse_graph(graph, budget: int | None = None) -> None:
         "SYMGRAD_MEMORY_BUDGET changes it). The cost grows with every activation's size: check a smaller batch "
         "(1 or 2) or smaller images / shorter sequences, or one block of the model on its own; engine='elementwise' "
         "is far costlier at this size. To run it anyway, pass memory_budget= (bytes) above the estimate."
+    )
+
+
+# Note [Memory guard of a full Jacobian]
+# A full Jacobian (``via='jacrev'``, ``'functional.jacobian'``, ``cotangents='full'``) holds, beside
+# torch's own Jacobian, its reference's values, bounds and kink sides and the comparison's arrays,
+# one entry per output entry and differentiated input entry: measured 114 to 121 bytes per entry
+# (a 64-64-64 tanh MLP, batch 8 and 16, float64: 0.49 and 0.92 GB past the start for 4.3 and 8.5
+# million entries), and row by row a one-hot cotangent per output entry (8 m**2 bytes).  The
+# graph's own guard does not see it (its nodes are the forward's), so a 2,048-output Jacobian of a
+# 16k-parameter MLP died of a numpy MemoryError in the comparison after minutes.  It is estimated
+# before autograd runs and refused past the op graph's budget, naming the way that scales.
+JACOBIAN_BYTES_PER_ENTRY = 128
+
+
+def refuse_jacobian(n_out: int, n_in: int, budget: int | None = None) -> None:
+    """Raise before a full Jacobian is built where it would not fit the memory budget."""
+    need = JACOBIAN_BYTES_PER_ENTRY * n_out * n_in + 8 * n_out * n_out
+    explicit = budget is not None or os.environ.get("SYMGRAD_MEMORY_BUDGET")
+    have = memory_budget(budget) if explicit else GRAPH_SHARE * memory_budget()
+    if need <= have:
+        return
+    raise InputError(
+        f"the full Jacobian asked for ({n_out:,} output entries x {n_in:,} differentiated input entries = "
+        f"{n_out * n_in:,} entries) would take about {need / 2**30:.1f} GiB, more than the memory budget of "
+        f"{have / 2**30:.1f} GiB (" + ("as set" if explicit else "half of the available memory") + "). Leave "
+        "via= out to check exact vector-Jacobian products with random cotangents and Jacobian-vector products "
+        "with random tangents, every entry against its own bound (gradcheck's fast mode, exact); or pass v= (one "
+        "cotangent), a smaller batch, or memory_budget= (bytes) above the estimate to run it anyway."
     )

@@ -32,11 +32,11 @@ from . import exact as graph_exact
 from .crosscheck import crosscheck
 from .node_cross import annotate as _annotate_crosscheck, crosscheck_nodes
 from .outputs import buffers as _buffers, flatten_output as _flatten_output, restore as _restore
-from .refs import State as _State, approx_reference as _approx_reference
+from .refs import JACOBIAN_VIAS, State as _State, approx_reference as _approx_reference
 from .forward_records import by_columns_wanted as _by_columns, column_records as _column_records, jvp_records as _jvp_records, n_in as _n_in, tangent_dict as _tangent_dict
 from .engine import forward
 from . import montecarlo
-from .budget import refuse_graph
+from .budget import refuse_graph, refuse_jacobian
 from .statistical import statistical_forward as _statistical_forward
 from .interpret import to_graph
 from .interpret_data import refuse_float_items
@@ -227,6 +227,8 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
         meta.update(info)
         records += found
     else:
+        if tangents is None and (via in JACOBIAN_VIAS or cotangents == "full"):  # Note [Memory guard of a full Jacobian]
+            refuse_jacobian(out_t.numel(), _n_in(state), memory_budget)
         records += _products(state, out_t, forward_ref, records, meta, via=via, v=v, tangents=tangents,
                              cotangents=cotangents, n_tangents=n_tangents, seed=seed, backward_calls=backward_calls)
     _one_triangle_note(graph, records)
