@@ -393,5 +393,4 @@ PAIRS = {
 KNOWN_DEFECTS = {
     "renorm maxnorm=0 identity": "missed (both engines): a branch true only at a point (norm <= 0) read as a side",
     "sinc jvp cancellation": "missed: the allowance is the naive cancelling form's rounding; forward mode has no accuracy oracle",
-    "sinc second derivative at zero": "graph: closed form NaN at 0 (both fail); elementwise: closed form 0 at 0 (bug passes, fix fails)",
 }

@@ -78,6 +78,14 @@ def _step(rel):
     return lambda x, y: _pw_piece((1, rel(x, y)), (0, True))
 
 
+# Note [sinc at 0]
+# torch's decomposition of sinc is where(x == 0, 1, sin(pi x) / (pi x)): differentiated twice, the
+# constant branch says 0 at 0 and the other is 0/0, where sinc'' (0) = -pi**2/3 (its Taylor series
+# 1 - (pi x)**2/6 + ...): the reference was NaN, and a correct double backward failed beside torch's
+# own (which is NaN there too).  sinc is read whole, its branch at 0 being that series' first two
+# terms, which hold the value and the first two derivatives there; elsewhere torch's quotient, whose
+# derivative cancels near 0 as torch's backward does (the accuracy question says so, Note [Pointwise
+# gradients on the op graph]).
 _UNARY = {
     "aten.neg": lambda x: -x, "aten.exp": sp.exp, "aten.log": sp.log, "aten.sin": sp.sin, "aten.cos": sp.cos,
     "aten.tan": sp.tan, "aten.tanh": sp.tanh, "aten.sinh": sp.sinh, "aten.cosh": sp.cosh, "aten.asin": sp.asin,
@@ -92,7 +100,8 @@ _UNARY = {
     "aten.abs": lambda x: _pw_piece((x, x > 0), (0, sp.Eq(x, 0)), (-x, True)),
     "aten.sign": lambda x: _pw_piece((1, x > 0), (0, sp.Eq(x, 0)), (-1, True)),
     "aten.sgn": lambda x: _pw_piece((1, x > 0), (0, sp.Eq(x, 0)), (-1, True)),
-    "aten.sinc": lambda x: sp.sinc(sp.pi * x),
+    "aten.sinc": lambda x: _pw_piece((sp.sin(sp.pi * x) / (sp.pi * x), sp.Ne(x, 0)),
+                                     (1 - (sp.pi * x) ** 2 / 6, True)),  # Note [sinc at 0]
     "aten.logical_not": lambda x: _pw_piece((1, sp.Eq(x, 0)), (0, True)),
     "aten.bitwise_not": lambda x: _pw_piece((1, sp.Eq(x, 0)), (0, True)),
     "aten.square": lambda x: x**2,

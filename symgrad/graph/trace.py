@@ -39,7 +39,7 @@ _DECOMPOSE = (
     "pixel_shuffle", "rrelu_with_noise", "threshold", "softshrink", "hardshrink", "celu", "selu", "prelu",
     "_prelu_kernel", "addcmul", "addcdiv", "lerp", "logaddexp", "hypot", "norm", "dist",
     "mv", "dot", "vdot", "addmv", "addr", "outer", "triu", "tril", "diag_embed", "trace", "std", "var_mean",
-    "std_mean", "nan_to_num", "sinc", "deg2rad", "rad2deg", "log10", "log2", "exp2",
+    "std_mean", "nan_to_num", "deg2rad", "rad2deg", "log10", "log2", "exp2",
     "huber_loss", "_euclidean_dist", "cosine_similarity", "logcumsumexp",
     "native_dropout", "margin_ranking_loss", "poisson_nll_loss", "kl_div", "cosine_embedding_loss",
     "hinge_embedding_loss", "triplet_margin_loss", "multi_margin_loss", "im2col", "col2im", "reflection_pad1d",
@@ -73,7 +73,8 @@ def decompositions() -> dict:
                 "multilabel_margin_loss_forward",  # torch 2.13's decomposition of it computes another value
                 "cumsum",  # graph/aten_scan.py: in blocks (Note [A running sum in blocks])
                 "eye",  # a constant; torch 2.13's decomposition takes a uint16 arange from n = 256, which CPU lacks
-                "log_sigmoid_forward"}  # Note [logsigmoid as torch's kernel] in graph/aten_ext.py
+                "log_sigmoid_forward",  # Note [logsigmoid as torch's kernel] in graph/aten_ext.py
+                "sinc"}  # Note [sinc at 0] in graph/aten.py
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:
