@@ -97,9 +97,9 @@ def check(
         ones (``.sum()``) does not.
     tangents : a tensor or ``{name: tensor}`` for the jvps.
     loss, target : for an ``nn.Module``: the loss (``"mse"``, a loss module or callable) and its target.
-    engine : ``"auto"``, ``"elementwise"`` (one exact expression per entry), ``"matrix"`` (the
-        matrix-calculus engine, modules with a loss) or ``"graph"`` (the op graph's tensor back end:
-        any size; reverse and forward mode).  ``"auto"`` picks by size (Note [Memory guard]).
+    engine : ``"auto"``, ``"elementwise"`` (one exact expression per entry) or ``"graph"`` (the op
+        graph's tensor back end: any size; reverse and forward mode; ``"matrix"``, the retired
+        matrix-calculus engine's name, is another name for it).  ``"auto"`` picks by size (Note [Memory guard]).
     backend : the elementwise engine's differentiation: ``"auto"`` (symengine) or ``"sympy"`` (slow;
         for cross-checking the fast path).
     rtol : an extra relative tolerance: ``rtol * |closed form|`` is added to each entry's allowance.
@@ -167,6 +167,7 @@ def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine,
     """``check``'s dispatch: second derivatives, modules, plain functions."""
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
+    engine = "graph" if engine == "matrix" else engine  # the matrix engine's successor, for functions too
     check_options(rtol, atol, backward_calls)
     check_callable(fn)
     check_wrt_type(wrt)

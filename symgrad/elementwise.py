@@ -103,7 +103,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     out_ref, refs, kink_conditions = closed_form_references(
         out, derivs, named, sym_in, extra_args, extra_vals, dtype, scale=backward_calls if via == "backward" else 1,
         symbolic=symbolic if from_sympy and quantity == "grad" else None, twin_graph=twin_graph,
-        quantity=quantity, v=v, via=via, tangents=tangents if quantity == "jvp" else None)
+        quantity=quantity, v=v, via=via, tangents=tangents if quantity == "jvp" else None,
+        zeros_graph=_zeros_graph(twin_graph, fn, named, derivs))
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
     stage(f"running autograd (via={via})")
@@ -123,6 +124,20 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     if kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in kink_conditions[:4])
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _zeros_graph(twin_graph, fn, named: dict, derivs: dict):
+    """The torch code's op graph, traced where a symbolic twin was given beside it and the twin's
+    closed form cancels an entry to 0: that entry is allowed at most what torch's computation sums
+    there, not a share of the check's largest derivative (Note [Allowances of other entries] in
+    compare/compare.py)."""
+    from .differentiate.elementwise import structural_zeros
+
+    if twin_graph is not None or fn is None or all(structural_zeros(d) is None for d in derivs.values()):
+        return None
+    from .graph.twin import graph_for_bounds
+
+    return graph_for_bounds(fn, named)
 
 
 def _private(named: dict) -> dict:
@@ -153,9 +168,6 @@ def _check_keywords(fn, wrt, backend, rtol, atol, backward_calls, loss, target, 
     check_backend(backend)
     if loss is not None or target is not None:
         raise InputError("loss=/target= apply to nn.Module checks; for a function, put the loss inside it")
-    if engine == "matrix":
-        raise InputError("engine='matrix' needs an nn.Module (symgrad.check(model, ...)) or a matrix expression "
-                         "(symgrad.matrix.grad); plain functions use the elementwise engine")
 
 
 def _without_steps(derivs: dict, twin_graph) -> dict:

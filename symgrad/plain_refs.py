@@ -58,9 +58,12 @@ class _Evaluated:
 
 
 def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_args: list, extra_vals: list,
-                           dtype, *, scale, symbolic, twin_graph, quantity: str, v, via: str, tangents=None):
+                           dtype, *, scale, symbolic, twin_graph, quantity: str, v, via: str, tangents=None,
+                           zeros_graph=None):
     """(output reference, one reference per derivative in ``derivs``' order, kink conditions).
-    ``symbolic``: the SymPy forward when a matrix closed form may be shown (gradients of plain SymPy)."""
+    ``symbolic``: the SymPy forward when a matrix closed form may be shown (gradients of plain SymPy).
+    ``zeros_graph``: the torch code's op graph where a symbolic twin was given beside it: it bounds
+    only the entries the twin cancels to 0 (Note [Allowances of other entries] in compare/compare.py)."""
     import torch
 
     keys = list(derivs)
@@ -94,8 +97,9 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
             moves = []
         exploded_bands(refs, lower(exprs, args, forward=sizes[0]), sizes, values, len(values) - len(extra_vals),
                        [named[n].numel() for n in floats], scale, eps, moves)
-    if twin_graph is not None and quantity in ("grad", "vjp", "jacobian"):
-        _widen(twin_graph, refs, out_ref, quantity, out.shape, v, via, scale, str(dtype).replace("torch.", ""))
+    if quantity in ("grad", "vjp", "jacobian") and (twin_graph or zeros_graph) is not None:
+        _widen(twin_graph or zeros_graph, refs, out_ref, quantity, out.shape, v, via, scale,
+               str(dtype).replace("torch.", ""), zeros_only=twin_graph is None)
     evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
     offsets = np.cumsum([0] + sizes)
     for i, ref in enumerate(refs, start=1):
@@ -134,8 +138,10 @@ def _exact_entries(entries: np.ndarray, args: list, values: list) -> np.ndarray:
     return np.array([e.xreplace(at) if hasattr(e, "xreplace") else e.subs(at) for e in np.ravel(entries)], object)
 
 
-def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale, dtype: str) -> None:
-    """The tensor back end's bounds for the same products (Note [Bounds of two evaluation orders])."""
+def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale, dtype: str,
+           zeros_only: bool = False) -> None:
+    """The tensor back end's bounds for the same products (Note [Bounds of two evaluation orders]);
+    ``zeros_only``: for the entries the closed form cancels to 0 alone."""
     from .graph.refs import JACOBIAN_VIAS
     from .graph.twin import widen_to_tensor_bounds
 
@@ -147,7 +153,8 @@ def _widen(graph, refs, out_ref, quantity: str, shape: tuple, v, via: str, scale
         how = "backward"
     node = next((o for o in graph.outputs if o is not None), None)
     if node is not None and tuple(node.shape) == tuple(shape):
-        widen_to_tensor_bounds(graph, node, refs, out_ref, seeds, how, [r.name for r in refs], dtype, scale)
+        widen_to_tensor_bounds(graph, node, refs, out_ref, seeds, how, [r.name for r in refs], dtype, scale,
+                               zeros_only)
 
 
 MAX_FORM_CHARS = 2000  # a closed form longer than this is shown cut, with its length (an exploded sum)

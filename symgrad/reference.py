@@ -36,6 +36,9 @@ class Reference:
     # entries whose closed form is identically 0 (a cancellation the algebra removed, which torch
     # still computes): judged against the scale of the check's other derivatives (Note [Tolerances])
     structural_zero: np.ndarray | None = None
+    # the op graph's bound of what torch sums at those entries, where it was traced: their allowance
+    # is the smaller of the two (Note [Allowances of other entries] in compare/compare.py)
+    structural_bound: np.ndarray | None = None
     verified: bool = True  # closed form cross-checked against an independent derivation
     note: str = ""
     # for the reports only: the closed form as a SymPy expression (rendered as MathML), and a

@@ -579,3 +579,33 @@ def test_the_middle_of_nearly_collinear_units_is_found():
     assert fit(middle, tol, gens).explained
     off = middle + 1e-9 * rng.standard_normal(20)
     assert not fit(off, tol, gens).explained
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_an_entry_is_never_allowed_a_share_of_larger_ones(dtype):
+    """Note [Allowances of other entries]: cosh' is exactly 0 at 0, and a backward (or jvp, or double
+    backward) adding 0.5 there passed beside cosh' at 80 (a floor of a thousandth of an ulp of the
+    tensor's largest entry, 6.5e24 in float64); with a symbolic twin, a pointwise Jacobian's
+    off-diagonal leak, an unused input's gradient and a padding row's leak of 1e-3 passed beside exp(10)
+    (4 ulps of the check's largest derivative).  Each now fails; the correct twins pass."""
+    from symgrad.testing_ops import custom, with_jvp
+
+    big = 80.0 if dtype == torch.float32 else 100.0
+    x = torch.tensor([0.0, 1.0, big], dtype=dtype)
+    at0 = lambda x: (x == 0).to(x.dtype)  # noqa: E731
+    cosh = with_jvp(torch.cosh, lambda x, g: g * torch.sinh(x) + 0.5 * at0(x), lambda x, t: t * torch.sinh(x))
+    assert not sg.check(cosh, {"x": x}).passed
+    jvp = with_jvp(torch.cosh, lambda x, g: g * torch.sinh(x), lambda x, t: t * torch.sinh(x) + 0.5 * at0(x))
+    assert not sg.check(jvp, {"x": x}, via="forward_ad", tangents=torch.ones_like(x)).passed
+    if dtype == torch.float64:
+        twice = custom(torch.sinh, lambda x, g: g * torch.cosh(x) + 0.5 * g * at0(x) * x)  # d(0.5 g x)/dx = 0.5 g
+        assert not sg.check(lambda x: twice(x).sum(), {"x": x}, order=2).passed
+
+    e = torch.tensor([0.0, 1.0, 10.0], dtype=dtype)
+    leak = with_backward(torch.exp, lambda x, g: g * torch.exp(x) + 1e-3 * g.roll(1))
+    assert not sg.check(leak, {"x": e}, symbolic=sg.exp).passed
+    assert sg.check(with_backward(torch.exp, lambda x, g: g * torch.exp(x)), {"x": e}, symbolic=sg.exp).passed
+    unused = custom(lambda x, y: torch.exp(x) + 0 * y, lambda x, y, g: (g * torch.exp(x), 1e-3 * g))
+    v = torch.tensor([0.3, -1.2, 0.8], dtype=dtype)
+    assert not sg.check(unused, {"x": e, "y": torch.ones(3, dtype=dtype)}, symbolic=lambda x, y: sg.exp(x) + 0 * y,
+                        v=v).passed

@@ -106,10 +106,13 @@ def graph_for_bounds(torch_fn: Callable, leaves: Mapping):
         return None
 
 
-def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype: str, scale) -> None:
+def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype: str, scale,
+                           zeros_only: bool = False) -> None:
     """Each entry's rounding allowance: the larger of the closed form's bound and the tensor back
     end's for the same product (Note [Bounds of two evaluation orders]).  A NaN bound (a masked
-    score's ``-inf`` times a zero in the bound's propagation) gives way to the other."""
+    score's ``-inf`` times a zero in the bound's propagation) gives way to the other.  The entries
+    the closed form cancels to 0 get the tensor bound as their structural one (``zeros_only``: those
+    alone)."""
     from .approx import Approx
     from .check import EPS
     from .engine import backward, forward
@@ -124,12 +127,19 @@ def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dty
         per_seed = [backward(graph, values, {out: Approx(s)}, live, ctx) for s in seeds]
     except (NotImplementedError, ValueError, ArithmeticError):  # a rule the tensor back end lacks: its own bound
         return
-    out_ref.rounding = np.fmax(out_ref.rounding, np.broadcast_to(values[out].e, out.shape))
+    if not zeros_only:
+        out_ref.rounding = np.fmax(out_ref.rounding, np.broadcast_to(values[out].e, out.shape))
     for ref, name, node in zip(refs, wrt_names, nodes):
         grads = [None if node is None else g[node] for g in per_seed]
         tensor = reference(name, grads, node.shape if node is not None else np.shape(ref.value), out.shape, how,
                            scale, []).rounding
-        ref.rounding = np.fmax(ref.rounding, np.broadcast_to(tensor, np.shape(ref.value)))  # NaN: the other
+        tensor = np.broadcast_to(tensor, np.shape(ref.value))
+        if ref.structural_zero is not None:  # Note [Allowances of other entries] in compare/compare.py
+            zero = np.asarray(ref.structural_zero, bool).reshape(tensor.shape)
+            ref.structural_bound = np.where(zero, tensor, 0.0)
+            tensor = np.where(zero, 0.0, tensor)
+        if not zeros_only:
+            ref.rounding = np.fmax(ref.rounding, tensor)  # NaN: the other
 
 
 def _example(x, seed: int):
