@@ -307,3 +307,21 @@ def test_a_forward_writing_into_its_input_is_one_function_and_the_users_tensor_i
     with pytest.raises(InputError, match=r"writes into its input 'x' in place.*engine='graph'"):
         sg.check(f, {"x": x, "w": w}, wrt="w", engine="elementwise")
     assert torch.equal(x, before)
+
+
+def test_a_jvp_that_raises_is_not_skipped_and_a_skipped_forward_mode_is_said():
+    """Note [A jvp that raises]: the default check of a tensor output runs forward mode beside the
+    random vector-Jacobian products; a custom Function's jvp returning a tangent of the wrong shape
+    was skipped as if forward mode were not there, and the check passed."""
+    from symgrad.errors import AutogradFailed
+    from symgrad.testing_ops import with_jvp
+
+    lse = lambda x: torch.logsumexp(x, -1)  # noqa: E731
+    backward = lambda x, g: g[..., None] * torch.softmax(x, -1)  # noqa: E731
+    raises = with_jvp(lse, backward, lambda x, t: (torch.softmax(x, -1) * t).sum(-1)[..., None] * t)
+    x = _x(5, 3)
+    with pytest.raises(AutogradFailed, match="raised in forward mode"):
+        sg.check(raises, {"x": x}, engine="graph")
+    no_jvp = with_backward(lse, backward)
+    report = sg.check(no_jvp, {"x": x}, engine="graph")
+    assert report.passed and "Forward mode: not checked" in report.to_text()

@@ -150,8 +150,29 @@ def autograd_failure(err: Exception, via: str) -> AutogradFailed:
                 "'autograd.grad' instead")
     else:
         hint = "the torch function (or its backward) failed under this way of running autograd"
-    return AutogradFailed(f"torch raised while running via={via!r}: {text.splitlines()[0] if text else type(err).__name__}. "
-                          f"Likely cause: {hint}.")
+    failure = AutogradFailed(f"torch raised while running via={via!r}: "
+                             f"{text.splitlines()[0] if text else type(err).__name__}. Likely cause: {hint}.")
+    failure.in_user_jvp = _in_user_jvp(err)
+    return failure
+
+
+def _in_user_jvp(err: Exception) -> bool:
+    """Whether ``err`` came from a custom Function's own ``jvp``: raised inside one (a frame named jvp
+    outside torch), or torch refusing the tangent it returned (Note [A jvp that raises] in graph/check.py)."""
+    import os
+
+    import torch
+
+    if "forward gradient that has a different size" in str(err) or "forward grad" in str(err).lower():
+        return True
+    root = os.path.dirname(torch.__file__)
+    tb = err.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "jvp" and not os.path.abspath(code.co_filename).startswith(root):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _run(fn, inputs, wrt, via, *, cotangent=None, tangents=None, backward_calls=1) -> dict:

@@ -183,7 +183,8 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
     structure: list = []  # a tuple / dict output: its kind and its tensors' shapes (Note [Structured outputs])
 
-    runner = _runner(model, names, n_params, loss, target, structure, buffers or {})  # check_graph's copy
+    copied = frozenset(i for i, n in enumerate(names) if i >= n_params and n not in wrt_names)
+    runner = _runner(model, names, n_params, loss, target, structure, buffers or {}, copied)  # check_graph's copy
     torch_fn = runner(fn)
     key = graph_cache.key(fn, symbolic, loss, target, names, tensors)
     disk_key = diskcache.fingerprint(fn, symbolic, loss, target, names, tensors) if not graph_cache.known(key) else None
@@ -278,12 +279,14 @@ def _flat_cotangent(v, structure: list):
 # own copy of every input that is not differentiated (a traced ``clone``; a differentiated input
 # written in place is torch's own error, a leaf that requires grad).  Before this, the forward row
 # and the gradients saw x + 1, x + 2, ... and a correct function failed.
-def _runner(model, names: list, n_params: int, loss, target, structure: list, saved: dict):
+def _runner(model, names: list, n_params: int, loss, target, structure: list, saved: dict,
+            copied: frozenset = frozenset()):
     """``runner(forward_fn)``: a function of the flat leaves (parameters, then inputs) returning the
     one tensor checked: the loss of the output, or the output, a tuple or dict flattened
     (``structure`` notes its kind and shapes).  Every run starts from the buffers ``saved`` at the
     start: a forward that advances a buffer before using it (a step counter) is the same function
-    each time the check runs it -- torch's forward, the trace, autograd."""
+    each time the check runs it -- torch's forward, the trace, autograd; so do the inputs not
+    differentiated, by their positions ``copied`` in the flat leaves."""
     import torch
     from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
@@ -292,9 +295,8 @@ def _runner(model, names: list, n_params: int, loss, target, structure: list, sa
             if saved:
                 with disable_proxy_modes_tracing():  # not an op of the traced function
                     _restore(model, saved)
-            first = n_params if model is not None else 0  # Note [Inputs written in forward]
-            flat = flat[:first] + tuple(t.clone() if isinstance(t, torch.Tensor) and not t.requires_grad else t
-                                        for t in flat[first:])
+            flat = tuple(t.clone() if i in copied and isinstance(t, torch.Tensor) else t  # Note [Inputs written in forward]
+                         for i, t in enumerate(flat))
             if model is not None and forward_fn is model:
                 params = dict(zip(names[:n_params], flat[:n_params]))
                 out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False)
@@ -431,12 +433,25 @@ def _products(state: _State, out_t, forward_ref, records: list, meta: dict, *, v
                 found += _jvp_records(state, dirs, "func.jvp")
                 meta["quantity"] += f" and jvp ({len(dirs)} random tangents)"
             except AutogradFailed as err:  # e.g. a custom Function with no jvp: forward mode is not asked for
+                if getattr(err, "in_user_jvp", False):  # Note [A jvp that raises]
+                    raise AutogradFailed(
+                        f"{err} It raised in forward mode (torch.func.jvp with random tangents), which the check runs "
+                        "beside reverse mode: a custom Function's jvp that raises is a bug of its own. Fix it, or pass "
+                        "v= (or via='backward') to check reverse mode alone.") from err
                 meta["jvp"] = f"not checked (torch.func.jvp could not run: {str(err)[:160]})"
             except NotImplementedError as err:  # a node kind without a forward-mode rule (linalg)
                 meta["jvp"] = f"not checked ({err})"
     return found
 
 
+# Note [A jvp that raises]
+# The default check of a tensor output runs forward mode with random tangents beside the random
+# vector-Jacobian products, and skips it, with a note, where forward mode is not there to run: a
+# custom Function with no jvp or no setup_context, an op torch has no forward-mode rule for, a
+# module torch.func cannot transform (batch norm's running statistics).  A custom Function's jvp
+# that is there and raises, or returns a tangent torch refuses (of the wrong shape), was skipped the
+# same way, and the check passed on the reverse-mode products alone without a word in the text
+# report: that is raised now, and a skipped forward mode is printed beside what was checked.
 def _single_output(graph):
     outs = [o for o in graph.outputs if o is not None]
     if len(outs) == 1 and not hasattr(outs[0], "kind"):

@@ -65,4 +65,6 @@ def _checked(meta: dict) -> str:
         line += f" (computes in {meta['computes in']})"
     if meta.get("engine"):
         line += f"; engine {meta['engine']}"
+    if str(meta.get("jvp", "")).startswith("not checked"):  # Note [A jvp that raises] in graph/check.py
+        line += f"\nForward mode: {meta['jvp']}"
     return line
