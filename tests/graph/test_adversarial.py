@@ -111,14 +111,13 @@ def test_non_finite_values_are_reported_not_crashed_on():
     tests/test_overflow.py.)  A NaN input is refused, naming it."""
     with pytest.raises(sg.SymgradError, match="NaN value"):
         _check(lambda x: torch.tanh(x).sum(), T([1.0, float("nan"), -2.0]), torch.float64)
-    cases = [
-        (lambda x: torch.exp(x), T([800.0, 1.0]), torch.float64),
-        (lambda x: (x.exp() * 1e200 * 1e-200).sum(), T([1.0, 2.0]), torch.float32),
-    ]
-    for fn, x, dtype in cases:
-        report = _check(fn, x, dtype)
-        assert not report.passed
-        assert any("NaN/inf" in r.verdict for r in report.records)
+    report = _check(lambda x: (x.exp() * 1e200 * 1e-200).sum(), T([1.0, 2.0]), torch.float32)
+    assert not report.passed
+    assert any("NaN/inf" in r.verdict for r in report.records)
+    # exp(800) is beyond the dtype: torch's inf is the correctly rounded value in every row (the jvp
+    # row said NaN/inf until forward mode had the reverse rows' certified reference)
+    report = _check(lambda x: torch.exp(x), T([800.0, 1.0]), torch.float64)
+    assert report.passed and "the correctly rounded result" in report.to_text(), report.to_text()
 
 
 @pytest.mark.parametrize("draw", [
