@@ -31,7 +31,7 @@ def input_names(fn, symbolic, n: int) -> list[str]:
                 return [p.name for p in params[:n]]
     return [f"x{i}" for i in range(n)]
 
-def normalize_inputs(fn, symbolic, inputs, *, finite: bool = True) -> dict:
+def normalize_inputs(fn, symbolic, inputs, *, finite: bool = True, keywords: bool = False) -> dict:
     """``inputs`` as an ordered ``{name: tensor}``; a clear error for anything that is not a tensor."""
     import torch
 
@@ -40,7 +40,7 @@ def normalize_inputs(fn, symbolic, inputs, *, finite: bool = True) -> dict:
     if not isinstance(inputs, (Mapping, list, tuple)):
         raise InputError(f"inputs must be a dict {{name: tensor}} or a tuple of tensors, not {type(inputs).__name__}; "
                          "e.g. symgrad.check(fn, (x,)) or symgrad.check(fn, {'x': x})")
-    inputs = arrange_inputs((fn, symbolic), inputs)
+    inputs = arrange_inputs((fn, symbolic), inputs, keywords)
     if isinstance(inputs, Mapping):
         named = dict(inputs)
     else:

@@ -73,15 +73,31 @@ def _positional(f):
     return names, required, any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
+def keyword_only(f) -> list[str]:
+    """The names of ``f``'s keyword-only parameters (``forward(self, x, *, mask=None)``: mask)."""
+    try:
+        return [p.name for p in inspect.signature(f).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    except (TypeError, ValueError):
+        return []
+
+
+def _takes_keywords(f) -> bool:
+    try:
+        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
 def _label(f) -> str:
     name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or type(f).__name__
     return name.replace(".<locals>", "")
 
 
-def arrange_inputs(fns, inputs) -> dict | tuple:
+def arrange_inputs(fns, inputs, keywords: bool = False) -> dict | tuple:
     """``inputs`` fitted to the first of ``fns`` that has a signature: a dict reordered to its
-    parameters' order (the function is called positionally, the SymPy expression matched by name);
-    too many or too few inputs, and dict names that are not its parameters, refused."""
+    parameters' order (the function is called positionally, the SymPy expression matched by name),
+    then its keyword-only parameters where ``keywords`` (a module's forward: the op graph passes them
+    by name); too many or too few inputs, and dict names that are not its parameters, refused."""
     sig = next((s for s in map(_positional, fns) if s is not None), None)
     f = next((f for f in fns if _positional(f) is not None), None)
     if sig is None:
@@ -89,19 +105,31 @@ def arrange_inputs(fns, inputs) -> dict | tuple:
     names, required, varargs = sig
     if isinstance(inputs, Mapping):
         keys = list(inputs)
+        by_keyword = [k for k in keyword_only(f) if k in inputs]
+        label = "fn" if _label(f).endswith("<lambda>") else _label(f)
+        if by_keyword and not keywords:
+            shown = ", ".join([*names, *by_keyword])
+            raise InputError(f"{', '.join(map(repr, by_keyword))} {'is a keyword-only parameter' if len(by_keyword) == 1 else 'are keyword-only parameters'} "
+                             f"of {label}, and symgrad calls a function with its inputs in order: wrap it, "
+                             f"e.g. symgrad.check(lambda {shown}: {label}({', '.join([*names, *(f'{k}={k}' for k in by_keyword)])}), inputs)")
+        if not names and not varargs and _takes_keywords(f):
+            raise InputError(f"{label} takes its inputs as **kwargs, and symgrad calls a function with its inputs in "
+                             f"order: wrap it, e.g. symgrad.check(lambda {', '.join(keys)}: {label}("
+                             f"{', '.join(f'{k}={k}' for k in keys)}), inputs)")
         if varargs or not set(keys) & set(names):
             return inputs  # f(*args), or names unrelated to the parameters: the dict's order is the order
-        unknown = [k for k in keys if k not in names]
+        unknown = [k for k in keys if k not in names and k not in by_keyword]
         if unknown:
+            kw = keyword_only(f)
             raise InputError(f"inputs {', '.join(map(repr, unknown))} are not parameters of {_label(f)}"
-                             f"({', '.join(names)}): name every input as its parameter is named, or pass a tuple "
-                             "in the parameters' order")
+                             f"({', '.join(names + ([f'*, {chr(44).join(kw)}'] if kw else []))}): name every input as "
+                             "its parameter is named, or pass a tuple in the parameters' order")
         missing = [n for n in required if n not in inputs]
         if missing:
             raise InputError(f"{_label(f)}({', '.join(names)}) needs {', '.join(map(repr, missing))}, which "
                              f"inputs does not give (it gives {', '.join(map(repr, keys))}); add "
                              f"{'it' if len(missing) == 1 else 'them'} to inputs")
-        return {n: inputs[n] for n in names if n in inputs}
+        return {**{n: inputs[n] for n in names if n in inputs}, **{k: inputs[k] for k in by_keyword}}
     n = len(inputs)
     if not varargs and n > len(names):
         raise InputError(f"{n} inputs were given but {_label(f)}({', '.join(names)}) takes {len(names)}: pass "

@@ -325,3 +325,33 @@ def test_a_jvp_that_raises_is_not_skipped_and_a_skipped_forward_mode_is_said():
     no_jvp = with_backward(lse, backward)
     report = sg.check(no_jvp, {"x": x}, engine="graph")
     assert report.passed and "Forward mode: not checked" in report.to_text()
+
+
+class _KeywordMask(nn.Module):
+    def __init__(self, backward=None):
+        super().__init__()
+        self.lin = nn.Linear(4, 3).double()
+        self.act = torch.tanh if backward is None else with_backward(torch.tanh, backward)
+
+    def forward(self, x, *, mask=None):  # keyword-only, as attention masks often are
+        h = self.act(self.lin(x))
+        return h if mask is None else h * mask
+
+
+def test_a_modules_keyword_only_inputs_are_passed_by_name():
+    """A dict naming forward's keyword-only parameter was refused as "not a parameter"; the op graph
+    passes it by name now, a seeded bug still fails, and a function (called with its inputs in order)
+    or the exploded back end says how to pass it."""
+    x, mask = _x(5, 4), (_x(5, 3, seed=1) > 0).double()
+    torch.manual_seed(0)
+    report = sg.check(_KeywordMask(), {"x": x, "mask": mask})
+    assert report.passed, report.to_text()
+    torch.manual_seed(0)
+    wrong = _KeywordMask(lambda y, g: g * (1 - torch.tanh(y) ** 2) * 1.001)
+    assert not sg.check(wrong, {"x": x, "mask": mask}).passed
+    with pytest.raises(InputError, match="keyword-only in _KeywordMask.forward.*engine='graph'"):
+        sg.check(_KeywordMask(), {"x": x, "mask": mask}, engine="elementwise")
+    with pytest.raises(InputError, match=r"'s' is a keyword-only parameter of fn.*lambda x, s: fn\(x, s=s\)"):
+        sg.check(lambda x, *, s: (x * s).tanh().sum(), {"x": x, "s": x.clone()})
+    with pytest.raises(InputError, match=r"takes its inputs as \*\*kwargs"):
+        sg.check(lambda **kw: (kw["x"] * kw["s"]).tanh().sum(), {"x": x, "s": x.clone()})

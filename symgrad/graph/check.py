@@ -290,6 +290,11 @@ def _runner(model, names: list, n_params: int, loss, target, structure: list, sa
     import torch
     from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
+    from ..validate import keyword_only
+
+    given = set(names[n_params:])
+    keyword = [k for k in keyword_only(model.forward) if k in given] if model is not None else []
+
     def runner(forward_fn):
         def run(*flat):
             if saved:
@@ -297,11 +302,14 @@ def _runner(model, names: list, n_params: int, loss, target, structure: list, sa
                     _restore(model, saved)
             flat = tuple(t.clone() if i in copied and isinstance(t, torch.Tensor) else t  # Note [Inputs written in forward]
                          for i, t in enumerate(flat))
+            args, kwargs = flat[n_params:], {}
+            if keyword:  # a module's keyword-only inputs, by name (they come last: nn/check._named_inputs)
+                args, kwargs = args[:len(args) - len(keyword)], dict(zip(keyword, args[len(args) - len(keyword):]))
             if model is not None and forward_fn is model:
                 params = dict(zip(names[:n_params], flat[:n_params]))
-                out = torch.func.functional_call(model, params, tuple(flat[n_params:]), strict=False)
+                out = torch.func.functional_call(model, params, tuple(args), kwargs, strict=False)
             else:
-                out = forward_fn(*flat[n_params:]) if model is not None else forward_fn(*flat)
+                out = forward_fn(*args, **kwargs) if model is not None else forward_fn(*flat)
             if loss is not None:
                 return loss(out, target)
             flat, shapes = _flatten_output(out)

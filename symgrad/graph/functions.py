@@ -13,6 +13,7 @@ import numpy as np
 import sympy as sp
 
 from ..compare.half import rounding_ulps, subnormal_rounding
+from ..lower.special import BESSEL_ULPS
 from .approx import Approx, mul, rounded
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS
 
@@ -206,7 +207,7 @@ FUNCTIONS.update({
     bessel_i0e: (_scipy_bessel("i0e"), lambda x: _scipy_bessel("i1e")(x) - np.sign(x) * _scipy_bessel("i0e")(x)),
     bessel_i1e: (_scipy_bessel("i1e"), _np_d_i1e),
 })
-KERNEL_ULPS.update({bessel_i0: (6.0, 1.0), bessel_i0e: (6.0, 10.0), bessel_i1: (20.0, 1.0), bessel_i1e: (20.0, 1.0)})
+KERNEL_ULPS.update({f: BESSEL_ULPS[f.__name__] for f in (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e)})
 
 
 class _Step(sp.Function):

@@ -118,8 +118,10 @@ def _by_mpmath(expr, args: list, prec: int):
     import mpmath as mp
     import symengine as se
 
+    from ..lower.special import MPMATH
+
     name = (expr.get_name() if type(expr).__name__ == "FunctionSymbol" else type(expr).__name__).lower()  # erfinv: undefined in symengine
-    fn = getattr(mp, name, None)
+    fn = MPMATH[name][0] if name in MPMATH and name.startswith("bessel") else getattr(mp, name, None)
     if fn is None or not all(isinstance(a, (se.Integer, se.Rational, se.RealMPFR)) for a in args):
         raise NotExact(f"neither symengine nor mpmath evaluates {str(expr)[:60]}")
     with mp.workprec(prec):

@@ -1,4 +1,5 @@
-"""Special functions of the exploded engine: lgamma, digamma, polygamma, erfinv, atan2 and round.
+"""Special functions of the exploded engine: lgamma, digamma, polygamma, erfinv, atan2, round and the
+modified Bessel functions i0, i0e, i1, i1e.
 
 # Note [Special functions on the exploded engine]
 torch's ``lgamma``, ``digamma``, ``polygamma``, ``erfinv``, ``atan2`` and ``round`` reach the op
@@ -7,7 +8,9 @@ graph as SymPy forms (``loggamma``, ``polygamma(n, .)``, ``erfinv``, ``atan2``, 
 (d loggamma = polygamma(0, .), d polygamma(n, .) = polygamma(n + 1, .)).  It has no ``erfinv`` and
 no rounding to even: those two become undefined symengine functions of the same name
 (``OPAQUE``, ``to_symengine``), whose derivatives symengine leaves as ``Derivative``/``Subs``
-nodes; ``resolve`` replaces them by the closed forms (erfinv' = sqrt(pi)/2 exp(erfinv**2); round's
+nodes; ``resolve`` replaces them by the closed forms (erfinv' = sqrt(pi)/2 exp(erfinv**2); the Bessel
+functions' in torch's forms, Note [Modified Bessel functions as torch's kernels] in
+symgrad/graph/functions.py, which charges their kernels ``BESSEL_ULPS``; round's
 derivative is 0, as floor's is; its jumps at half-integers are kinks, Note [Jumps of the step
 functions] in codegen.py) before anything is evaluated, at any order (the accuracy oracle
 differentiates once more).
@@ -51,14 +54,18 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
-__all__ = ["OPAQUE", "NUMPY", "MPMATH", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "derivative", "resolve",
+__all__ = ["OPAQUE", "NUMPY", "MPMATH", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "BESSEL_ULPS", "derivative", "resolve",
            "resolve_all", "own_rounding", "SIDES", "jumps"]
 
-OPAQUE = ("erfinv", "round_even")  # undefined symengine functions standing for SymPy's erfinv and round_even
+# undefined symengine functions standing for SymPy's erfinv, symgrad's round_even and modified Bessel functions
+OPAQUE = ("erfinv", "round_even", "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e")
+# units of its value charged for one call of a modified Bessel function (float32/float64, float16/bfloat16):
+# Note [Modified Bessel functions as torch's kernels] in symgrad/graph/functions.py
+BESSEL_ULPS = {"bessel_i0": (6.0, 1.0), "bessel_i0e": (6.0, 10.0), "bessel_i1": (20.0, 1.0), "bessel_i1e": (20.0, 1.0)}
 SPECIAL_ULPS = 2.0
 KERNEL_REL = {1: 1e-9}  # polygamma order -> torch's float64 relative error, measured 4.9e-10 (table above)
 _ROOTED = ("loggamma", "polygamma", "erfinv")
-FLOAT64_ONLY = ("loggamma", "polygamma", "erfinv")
+FLOAT64_ONLY = ("loggamma", "polygamma", "erfinv", *BESSEL_ULPS)
 
 
 def _float64(fn):
@@ -86,7 +93,8 @@ def _polygamma(n, x):
 
 
 NUMPY = {"loggamma": _scipy("gammaln"), "polygamma": _polygamma, "erfinv": _scipy("erfinv"), "atan2": np.arctan2,
-         "round_even": np.round}  # np.round rounds half to even, as torch.round
+         "round_even": np.round,  # np.round rounds half to even, as torch.round
+         "bessel_i0": _scipy("i0"), "bessel_i1": _scipy("i1"), "bessel_i0e": _scipy("i0e"), "bessel_i1e": _scipy("i1e")}
 
 
 def _mp_loggamma(x):
@@ -102,7 +110,10 @@ def _mp_round(x):
 
 
 MPMATH = {"loggamma": (_mp_loggamma, 1), "polygamma": (_mp_polygamma, 2), "erfinv": (mp.erfinv, 1),
-          "atan2": (mp.atan2, 2), "round_even": (_mp_round, 1)}  # name -> (function, number of arguments)
+          "atan2": (mp.atan2, 2), "round_even": (_mp_round, 1),  # name -> (function, number of arguments)
+          "bessel_i0": (lambda x: mp.besseli(0, x), 1), "bessel_i1": (lambda x: mp.besseli(1, x), 1),
+          "bessel_i0e": (lambda x: mp.exp(-abs(x)) * mp.besseli(0, x), 1),
+          "bessel_i1e": (lambda x: mp.exp(-abs(x)) * mp.besseli(1, x), 1)}
 
 
 def derivative(name: str, args: tuple, i: int = 0):
@@ -117,7 +128,24 @@ def derivative(name: str, args: tuple, i: int = 0):
         return se.polygamma(0, args[0])
     if name == "polygamma":
         return se.polygamma(args[0] + 1, args[1]) if i == 1 else se.Integer(0)  # the order is an integer
+    if name in BESSEL_ULPS:  # torch's forms (Note [Modified Bessel functions as torch's kernels])
+        return _bessel_derivative(name, args[0])
     raise KeyError(name)
+
+
+def _bessel_derivative(name: str, x):
+    import symengine as se
+
+    f = {n: se.Function(n)(x) for n in BESSEL_ULPS}
+    sgn = se.Piecewise((1, se.Gt(x, 0)), (0, se.Eq(x, 0)), (-1, True))
+    half = se.Rational(1, 2)
+    if name == "bessel_i0":
+        return f["bessel_i1"]
+    if name == "bessel_i1":
+        return se.Piecewise((f["bessel_i0"] - f["bessel_i1"] / x, se.Ne(x, 0)), (half, True))
+    if name == "bessel_i0e":
+        return f["bessel_i1e"] - sgn * f["bessel_i0e"]
+    return se.Piecewise((f["bessel_i0e"] - f["bessel_i1e"] * (sgn + 1 / x), se.Ne(x, 0)), (half, True))
 
 
 def _function_name(e) -> str | None:
@@ -165,6 +193,9 @@ def own_rounding(name: str, args: tuple, var: str, inline) -> str:
     if name == "round_even":
         return "0"
     own = f"np.abs({var})"
+    if name in BESSEL_ULPS:  # _M = 1 in float16/bfloat16
+        full, half = BESSEL_ULPS[name]
+        return f"({full!r} - {full - half!r}*_M)*{own}"
     if name not in _ROOTED:
         return own
     x = args[-1]

@@ -77,6 +77,8 @@ SYMPY_TO_TORCH: dict[type, Callable] = {
 _BY_NAME: dict[str, Callable] = {
     "erfinv": lambda a: _torch().erfinv(a),
     "round_even": lambda a: _torch().round(a),  # half to even, symgrad.graph.functions.round_even
+    "bessel_i0": lambda a: _torch().i0(a), "bessel_i1": lambda a: _torch().special.i1(a),
+    "bessel_i0e": lambda a: _torch().special.i0e(a), "bessel_i1e": lambda a: _torch().special.i1e(a),
 }
 
 

@@ -22,7 +22,7 @@ from ..progress import stage, with_progress
 from ..report.report import Report
 from ..symbolic.numbers import refuse_string_attributes
 from ..symbolic.tensor import SymTensor, as_symtensor
-from ..validate import (check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
+from ..validate import (keyword_only, check_backend, check_callable, check_names, check_via_keywords, check_wrt_type,
                         refuse_hooks, refuse_meta, refuse_nonfinite, refuse_stateful)
 from ..ops import float32_scoped
 
@@ -68,7 +68,7 @@ def _named_inputs(model, inputs, finite: bool = True) -> dict:
     """
     import inspect
 
-    named = normalize_inputs(model.forward, None, inputs, finite=finite)
+    named = normalize_inputs(model.forward, None, inputs, finite=finite, keywords=True)
     if not isinstance(inputs, Mapping) or len(named) < 2:
         return named
     try:
@@ -77,7 +77,7 @@ def _named_inputs(model, inputs, finite: bool = True) -> dict:
         return named
     if any(p.kind == p.VAR_POSITIONAL for p in signature):
         return named  # forward(*args): the dict's order is the only order there is
-    params = [p.name for p in signature if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params = [p.name for p in signature if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if set(named) <= set(params):
         return {p: named[p] for p in params if p in named}
     raise InputError(f"inputs {', '.join(named)} do not match {type(model).__name__}.forward's parameters "
@@ -157,7 +157,11 @@ def check_module(model, inputs, *, symbolic=None, wrt=None, via=None, v=None, lo
         raise InputError(f"engine must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}")
     n_in = sum(t.numel() for t in everything.values() if t.is_floating_point())
     n_wrt = sum(everything[w].numel() for w in wrt_names)
-    if not _exploded_route(engine, symbolic, via, n_in, n_wrt):
+    by_keyword = [k for k in keyword_only(model.forward) if k in named]
+    if by_keyword and engine == "elementwise":
+        raise InputError(f"{', '.join(map(repr, by_keyword))}: keyword-only in {type(model).__name__}.forward, which "
+                         "the op graph passes by name and the exploded back end does not: use engine='graph' (or 'auto')")
+    if by_keyword or not _exploded_route(engine, symbolic, via, n_in, n_wrt):
         from ..graph import check_graph
 
         stage("op graph: trace, differentiate, compare")
