@@ -202,6 +202,13 @@ def test_bessel_functions_pass_torch_and_catch_shipped_bugs(dtype):
     assert not symgrad.check(with_backward(i0e, lambda x, g: g * (i1e(x) - i0e(x))), {"x": x}).passed
 
 
+def test_i0_beyond_float64_is_its_correctly_rounded_infinity():
+    """i0(720) = 7.3e310 (mpmath, through the function's own evaluation): torch's inf is right; i0(713)
+    = 6.7e307 fits float64, and torch's inf there (its kernel overflows early) is not."""
+    assert symgrad.check(torch.i0, {"x": torch.tensor([720.0], dtype=torch.float64)}).passed
+    assert not symgrad.check(torch.i0, {"x": torch.tensor([713.0], dtype=torch.float64)}).passed
+
+
 def test_i0e_at_its_kink_takes_either_slope_and_no_other_value():
     i0e, i1e = torch.special.i0e, torch.special.i1e
     x = _BESSEL_X

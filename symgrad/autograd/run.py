@@ -159,18 +159,18 @@ def autograd_failure(err: Exception, via: str) -> AutogradFailed:
 def _in_user_jvp(err: Exception) -> bool:
     """Whether ``err`` came from a custom Function's own ``jvp``: raised inside one (a frame named jvp
     outside torch), or torch refusing the tangent it returned (Note [A jvp that raises] in graph/check.py)."""
-    import os
-
     import torch
+    from torch.autograd.function import FunctionCtx
 
-    if "forward gradient that has a different size" in str(err) or "forward grad" in str(err).lower():
+    if "forward gradient that has a different size" in str(err):  # torch refusing the tangent a jvp returned
         return True
-    root = os.path.dirname(torch.__file__)
     tb = err.__traceback__
     while tb is not None:
-        code = tb.tb_frame.f_code
-        if code.co_name == "jvp" and not os.path.abspath(code.co_filename).startswith(root):
-            return True
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "jvp" and frame.f_code.co_argcount:  # jvp(ctx, *tangents) of a Function
+            first = frame.f_locals.get(frame.f_code.co_varnames[0])
+            if isinstance(first, FunctionCtx) and not frame.f_code.co_filename.startswith(torch.__path__[0]):
+                return True
         tb = tb.tb_next
     return False
 

@@ -150,10 +150,27 @@ class ForwardOracle:
         self.expressions = expressions
 
     def exact(self, entries: list, dtype_ulp):
-        import sympy as sp
-
         flat = np.asarray(self.expressions(), object).ravel()
-        return np.array([float(sp.sympify(flat[j]).evalf(30)) for j in entries]), None, 30
+        return np.array([_over_mpmath(flat[j]) for j in entries]), None, 30
+
+
+def _over_mpmath(expr) -> float:
+    """An exact constant's value at 30 digits; the special functions symengine holds as undefined
+    functions (the modified Bessel functions, erfinv) by their mpmath kernels (lower/special.py)."""
+    import mpmath as mp
+    import sympy as sp
+    from sympy.core.function import AppliedUndef
+
+    from ..lower.special import MPMATH
+
+    def value(e):
+        fn, _ = MPMATH[e.func.__name__]
+        with mp.workdps(40):
+            return sp.Float(mp.nstr(fn(*(mp.mpf(str(a.evalf(40))) for a in e.args)), 40), 40)
+
+    expr = sp.sympify(expr)
+    expr = expr.replace(lambda e: isinstance(e, AppliedUndef) and e.func.__name__ in MPMATH, value)
+    return float(expr.evalf(30))
 
 
 class EntryOracle:

@@ -127,6 +127,19 @@ class _Bessel(sp.Function):
     def eval(cls, x):
         return sp.Integer(cls.at_zero) if x.is_zero else None
 
+    def _eval_evalf(self, prec):
+        """The value over mpmath at ``prec`` bits (the exact reference: beyond float64's range too)."""
+        import mpmath as mp
+
+        from ..lower.special import MPMATH
+
+        x = self.args[0].evalf(sp.prec_to_dps(prec) if hasattr(sp, "prec_to_dps") else 30)
+        if not x.is_Number:
+            return None
+        with mp.workprec(prec):
+            value = MPMATH[type(self).__name__][0](mp.mpf(x._to_mpmath(prec)))
+        return sp.Float._new(value._mpf_, prec)
+
 
 class bessel_i0(_Bessel):  # noqa: N801
     """torch.i0, I0(x); its derivative torch's i1 (Note [Modified Bessel functions as torch's kernels])."""
