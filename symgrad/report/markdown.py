@@ -31,7 +31,7 @@ def render(report, level: int = 2) -> str:
         return f"{head} {escape_markdown(report.title)}\n\n{status}\n\n" + "\n".join(render(p, level + 1) for p in report.parts)
     parts = [f"{head} {escape_markdown(report.title)}", "", status, ""]
     parts += [f"- {escape_markdown(k)}: {escape_markdown(v)}" for k, v in report.meta.items()]
-    parts += ["", table(report, "github")]
+    parts += ["", table(report, "github", escape_markdown)]
     forms = _closed_forms(report)
     noteworthy = report.noteworthy()
     details = [f"````text\n{escape_text(detail_message(r))}\n````" for r in noteworthy]

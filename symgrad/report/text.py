@@ -14,9 +14,10 @@ __all__ = ["render", "TABLE_COLUMNS"]
 TABLE_COLUMNS = ["input", "quantity", "shape", "max abs err", "max rel err", "worst index", "verdict"]
 
 
-def table(report, fmt: str) -> str:
-    return tabulate([[row[c] for c in TABLE_COLUMNS] for row in report.rows], headers=TABLE_COLUMNS, tablefmt=fmt,
-                    disable_numparse=True)
+def table(report, fmt: str, cell=str) -> str:
+    """The verdict table; ``cell`` writes each cell (markdown escapes a name holding ``|`` or ``<``)."""
+    return tabulate([[cell(row[c]) for c in TABLE_COLUMNS] for row in report.rows], headers=TABLE_COLUMNS,
+                    tablefmt=fmt, disable_numparse=True)
 
 
 def closed_forms(report) -> list[str]:
