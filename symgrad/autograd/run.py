@@ -157,8 +157,9 @@ def autograd_failure(err: Exception, via: str) -> AutogradFailed:
 
 
 def _in_user_jvp(err: Exception) -> bool:
-    """Whether ``err`` came from a custom Function's own ``jvp``: raised inside one (a frame named jvp
-    outside torch), or torch refusing the tangent it returned (Note [A jvp that raises] in graph/check.py)."""
+    """Whether ``err`` came from a custom Function's own ``jvp``: raised inside one (a frame of a jvp
+    whose first argument is a Function's ctx, outside torch), or torch refusing the tangent it
+    returned (Note [A jvp that raises] in graph/check.py)."""
     import torch
     from torch.autograd.function import FunctionCtx
 

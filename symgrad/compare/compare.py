@@ -35,8 +35,10 @@ its tensor's largest entry, 6.5e24, and a backward adding 0.5 there passed (a fl
 the entry's own bound of 0 says torch computes exactly 0 there); a structural zero was allowed 4
 ulps of the check's largest derivative, so a Jacobian's off-diagonal leak, an unused input's
 gradient, a padding row's leak of 1e-3 passed beside an exp(10) (now at most the op graph's bound of
-what torch sums there, where torch's code was traced: 0 for those three).  Entries where the allowance is as large as the value itself (float32 near saturation)
-cannot have their sign checked; the record counts them (``unresolved``) and says so.
+what torch sums there, where torch's code was traced: 0 for those three).
+
+Entries where the allowance is as large as the value itself (float32 near saturation) cannot have
+their sign checked; the record counts them (``unresolved``) and says so.
 
 All of it comes from the closed form alone, never from the code under test (torch is never run
 again to measure its own noise), so it cannot hide a bug in it; and it is per entry: a small

@@ -15,7 +15,7 @@ import sympy as sp
 from ..compare.half import rounding_ulps, subnormal_rounding
 from ..lower.special import BESSEL_ULPS
 from .approx import Approx, mul, rounded
-from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS
+from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _scipy
 
 __all__ = ["expm1", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
            "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e", "DEFINITIONS"]
@@ -111,9 +111,10 @@ FUNCTIONS.update({
 # float32) i0 2.2, 2.3, 2.7; i0e 1.8, 2.5, 2.2; i1 6.6, 8.6, 8.6; i1e 6.0, 8.4, 8.7.  In float16
 # and bfloat16 (every finite value of each dtype) torch's results are correctly rounded, but i0e's:
 # its kernel for tensors too short to vectorise computes in half precision and errs by up to 5.9 ulp
-# (float16) and 4.5 (bfloat16).  So a call is charged ``KERNEL_ULPS`` units of its value, (float32
-# and float64, float16 and bfloat16): torch's and the reference's errors added and rounded up, where a
-# library call is charged two and one.
+# (float16) and 4.5 (bfloat16).  So a call is charged ``BESSEL_ULPS`` units of its value (float32
+# and float64; float16 and bfloat16: lower/special.py, one table for both back ends), torch's and
+# the reference's errors added and rounded up, where a library call is charged two and one.  Their
+# exact values come from mpmath (``_eval_evalf``), beyond float64's range too: i0(720) = 7.3e310.
 
 
 def _sgn(x):
@@ -133,7 +134,7 @@ class _Bessel(sp.Function):
 
         from ..lower.special import MPMATH
 
-        x = self.args[0].evalf(sp.prec_to_dps(prec) if hasattr(sp, "prec_to_dps") else 30)
+        x = self.args[0].evalf(mp.libmp.prec_to_dps(prec))
         if not x.is_Number:
             return None
         with mp.workprec(prec):
@@ -193,32 +194,23 @@ DEFINITIONS.update({
 })
 
 
-def _scipy_bessel(name):
-    def fn(x):
-        import scipy.special as sc
-
-        return getattr(sc, name)(x)
-
-    return fn
-
-
 def _np_d_i1(x):
     with np.errstate(all="ignore"):
         safe = np.where(x == 0, 1.0, x)
-        return np.where(x == 0, 0.5, _scipy_bessel("i0")(x) - _scipy_bessel("i1")(x) / safe)
+        return np.where(x == 0, 0.5, _scipy("i0")(x) - _scipy("i1")(x) / safe)
 
 
 def _np_d_i1e(x):
     with np.errstate(all="ignore"):
         safe = np.where(x == 0, 1.0, x)
-        return np.where(x == 0, 0.5, _scipy_bessel("i0e")(x) - _scipy_bessel("i1e")(x) * (np.sign(x) + 1 / safe))
+        return np.where(x == 0, 0.5, _scipy("i0e")(x) - _scipy("i1e")(x) * (np.sign(x) + 1 / safe))
 
 
 FUNCTIONS.update({
-    bessel_i0: (_scipy_bessel("i0"), _scipy_bessel("i1")),
-    bessel_i1: (_scipy_bessel("i1"), _np_d_i1),
-    bessel_i0e: (_scipy_bessel("i0e"), lambda x: _scipy_bessel("i1e")(x) - np.sign(x) * _scipy_bessel("i0e")(x)),
-    bessel_i1e: (_scipy_bessel("i1e"), _np_d_i1e),
+    bessel_i0: (_scipy("i0"), _scipy("i1")),
+    bessel_i1: (_scipy("i1"), _np_d_i1),
+    bessel_i0e: (_scipy("i0e"), lambda x: _scipy("i1e")(x) - np.sign(x) * _scipy("i0e")(x)),
+    bessel_i1e: (_scipy("i1e"), _np_d_i1e),
 })
 KERNEL_ULPS.update({f: BESSEL_ULPS[f.__name__] for f in (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e)})
 

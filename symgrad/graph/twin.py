@@ -136,7 +136,7 @@ def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dty
         tensor = np.broadcast_to(tensor, np.shape(ref.value))
         if ref.structural_zero is not None:  # Note [Allowances of other entries] in compare/compare.py
             zero = np.asarray(ref.structural_zero, bool).reshape(tensor.shape)
-            ref.structural_bound = np.where(zero, tensor, 0.0)
+            ref.structural_bound = np.where(zero, np.where(np.isnan(tensor), np.inf, tensor), 0.0)  # NaN: no cap
             tensor = np.where(zero, 0.0, tensor)
         if not zeros_only:
             ref.rounding = np.fmax(ref.rounding, tensor)  # NaN: the other
