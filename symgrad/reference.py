@@ -37,7 +37,7 @@ class Reference:
     # still computes): judged against the scale of the check's other derivatives (Note [Tolerances])
     structural_zero: np.ndarray | None = None
     # the op graph's bound of what torch sums at those entries, where it was traced: their allowance
-    # is the smaller of the two (Note [Allowances of other entries] in compare/compare.py)
+    # instead of the share of the check's largest derivative (Note [Allowances of other entries])
     structural_bound: np.ndarray | None = None
     verified: bool = True  # closed form cross-checked against an independent derivation
     note: str = ""

@@ -25,8 +25,8 @@ An entry passes when ``|actual - expected| <= allowed``, entry by entry, where `
 An entry whose closed form is identically 0 (``Reference.structural_zero``: the differentiation
 cancelled what torch still computes, as the gradient of a softmax's shift) has no terms to bound:
 it gets ``ROUNDING_ULPS`` units of roundoff of ``floor_scale``, the largest derivative of the whole
-check, or, where torch's code was traced, the op graph's bound of what torch sums there if that is
-smaller (Note [Bounds of two evaluation orders] in graph/twin.py; 0 where torch sums nothing).
+check, or, where torch's code was traced, the op graph's bound of what torch sums there instead
+(Note [Bounds of two evaluation orders] in graph/twin.py; 0 where torch sums nothing).
 
 # Note [Allowances of other entries]
 An allowance taken from other entries lets a bug through where the entry is small beside them:
@@ -34,8 +34,9 @@ an exact 0 with no bound (cosh' at 0 beside cosh' at 100) was allowed a thousand
 its tensor's largest entry, 6.5e24, and a backward adding 0.5 there passed (a floor since removed:
 the entry's own bound of 0 says torch computes exactly 0 there); a structural zero was allowed 4
 ulps of the check's largest derivative, so a Jacobian's off-diagonal leak, an unused input's
-gradient, a padding row's leak of 1e-3 passed beside an exp(10) (now at most the op graph's bound of
-what torch sums there, where torch's code was traced: 0 for those three).
+gradient, a padding row's leak of 1e-3 passed beside an exp(10) (now the op graph's bound of what
+torch sums there, where torch's code was traced: 0 for those three, and the size of the terms of a
+softmax's shift, whose residue beat the share of a small check's largest derivative).
 
 Entries where the allowance is as large as the value itself (float32 near saturation) cannot have
 their sign checked; the record counts them (``unresolved``) and says so.
@@ -360,7 +361,8 @@ def _allowance(ref: Reference, e: np.ndarray, a: np.ndarray, dtype: str, rtol: f
     if ref.structural_zero is not None:
         share = ROUNDING_ULPS * eps * max(floor_scale, scale)
         if ref.structural_bound is not None:  # what torch sums there, where known (Note [Allowances of other entries])
-            share = np.minimum(share, rounding_ulps(dtype) * eps * np.asarray(ref.structural_bound).reshape(e.shape))
+            known = np.asarray(ref.structural_bound, np.float64).reshape(e.shape)
+            share = np.where(np.isinf(known), share, rounding_ulps(dtype) * eps * np.where(np.isinf(known), 0.0, known))
         allowed = allowed + np.where(np.asarray(ref.structural_zero, bool).reshape(e.shape), share, 0.0)
     if atol is not None:  # the caller's own absolute tolerance, on top
         allowed = allowed + atol
