@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .autograd.forward import forward_once, grad_enabled
-from .autograd.run import default_via, quantity_of, run_autograd
+from .autograd.run import default_via, quantity_of, run_autograd, same_values
 from .graph.refs import JACOBIAN_VIAS
 from .compare.compare import compare, compare_all
 from .differentiate.elementwise import differentiate
@@ -104,7 +104,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
         out, derivs, named, sym_in, extra_args, extra_vals, dtype, scale=backward_calls if via == "backward" else 1,
         symbolic=symbolic if from_sympy and quantity == "grad" else None, twin_graph=twin_graph,
         quantity=quantity, v=v, via=via, tangents=tangents if quantity == "jvp" else None,
-        zeros_graph=_zeros_graph(twin_graph, fn, named, derivs))
+        zeros_graph=None if twin_graph is not None or fn is None else (lambda: _zeros_graph(fn, named)))
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
     stage(f"running autograd (via={via})")
@@ -126,15 +126,11 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     return Report(records, title=title or "symgrad check", meta=meta)
 
 
-def _zeros_graph(twin_graph, fn, named: dict, derivs: dict):
+def _zeros_graph(fn, named: dict):
     """The torch code's op graph, traced where a symbolic twin was given beside it and the twin's
-    closed form cancels an entry to 0: that entry is allowed at most what torch's computation sums
-    there, not a share of the check's largest derivative (Note [Allowances of other entries] in
+    closed form cancels an entry to 0: that entry is allowed what torch's computation sums there,
+    not a share of the check's largest derivative (Note [Allowances of other entries] in
     compare/compare.py)."""
-    from .differentiate.elementwise import structural_zeros
-
-    if twin_graph is not None or fn is None or all(structural_zeros(d) is None for d in derivs.values()):
-        return None
     from .graph.twin import graph_for_bounds
 
     return graph_for_bounds(fn, named)
@@ -154,10 +150,8 @@ def _written(named: dict, leaves: dict) -> str | None:
     import torch
 
     for n, t in named.items():
-        if isinstance(t, torch.Tensor) and not t.requires_grad:
-            before = leaves[n].detach()
-            if not bool(((t == before) | (t.isnan() & before.isnan()) if t.is_floating_point() else t == before).all()):
-                return n
+        if isinstance(t, torch.Tensor) and not t.requires_grad and not bool(same_values(leaves[n].detach(), t).all()):
+            return n
     return None
 
 

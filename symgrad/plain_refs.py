@@ -62,8 +62,9 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
                            zeros_graph=None):
     """(output reference, one reference per derivative in ``derivs``' order, kink conditions).
     ``symbolic``: the SymPy forward when a matrix closed form may be shown (gradients of plain SymPy).
-    ``zeros_graph``: the torch code's op graph where a symbolic twin was given beside it: it bounds
-    only the entries the twin cancels to 0 (Note [Allowances of other entries] in compare/compare.py)."""
+    ``zeros_graph``: where a symbolic twin was given beside torch code, a function tracing that
+    code's op graph, called only if the twin cancels an entry to 0: it bounds those entries alone
+    (Note [Allowances of other entries] in compare/compare.py)."""
     import torch
 
     keys = list(derivs)
@@ -97,9 +98,12 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
             moves = []
         exploded_bands(refs, lower(exprs, args, forward=sizes[0]), sizes, values, len(values) - len(extra_vals),
                        [named[n].numel() for n in floats], scale, eps, moves)
-    if quantity in ("grad", "vjp", "jacobian") and (twin_graph or zeros_graph) is not None:
-        _widen(twin_graph or zeros_graph, refs, out_ref, quantity, out.shape, v, via, scale,
-               str(dtype).replace("torch.", ""), zeros_only=twin_graph is None)
+    zeros_only = twin_graph is None and zeros_graph is not None and any(r.structural_zero is not None for r in refs)
+    if zeros_only and quantity in ("grad", "vjp", "jacobian"):
+        twin_graph = zeros_graph()
+    if twin_graph is not None and quantity in ("grad", "vjp", "jacobian"):
+        _widen(twin_graph, refs, out_ref, quantity, out.shape, v, via, scale, str(dtype).replace("torch.", ""),
+               zeros_only)
     evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
     offsets = np.cumsum([0] + sizes)
     for i, ref in enumerate(refs, start=1):

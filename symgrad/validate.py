@@ -57,15 +57,22 @@ def check_callable(fn, what: str = "fn") -> None:
             "to check, e.g. symgrad.check(lambda x: torch.tanh(x).sum(), (x,)), or fn=None with symbolic=...")
 
 
-def _positional(f):
-    """``(names, required, varargs)`` of ``f``'s positional parameters, or None without a signature."""
+def _parameters(f) -> list | None:
+    """``f``'s parameters, or None where it has no signature (a SymPy expression, a builtin)."""
     import sympy as sp
 
     if f is None or isinstance(f, sp.Basic) or not callable(f):
         return None
     try:
-        params = list(inspect.signature(f).parameters.values())
+        return list(inspect.signature(f).parameters.values())
     except (TypeError, ValueError):
+        return None
+
+
+def _positional(f):
+    """``(names, required, varargs)`` of ``f``'s positional parameters, or None without a signature."""
+    params = _parameters(f)
+    if params is None:
         return None
     names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
@@ -75,17 +82,11 @@ def _positional(f):
 
 def keyword_only(f) -> list[str]:
     """The names of ``f``'s keyword-only parameters (``forward(self, x, *, mask=None)``: mask)."""
-    try:
-        return [p.name for p in inspect.signature(f).parameters.values() if p.kind == p.KEYWORD_ONLY]
-    except (TypeError, ValueError):
-        return []
+    return [p.name for p in _parameters(f) or () if p.kind == p.KEYWORD_ONLY]
 
 
 def _takes_keywords(f) -> bool:
-    try:
-        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(f).parameters.values())
-    except (TypeError, ValueError):
-        return False
+    return any(p.kind == p.VAR_KEYWORD for p in _parameters(f) or ())
 
 
 def _label(f) -> str:
@@ -105,7 +106,8 @@ def arrange_inputs(fns, inputs, keywords: bool = False) -> dict | tuple:
     names, required, varargs = sig
     if isinstance(inputs, Mapping):
         keys = list(inputs)
-        by_keyword = [k for k in keyword_only(f) if k in inputs]
+        keyword = keyword_only(f)
+        by_keyword = [k for k in keyword if k in inputs]
         label = "fn" if _label(f).endswith("<lambda>") else _label(f)
         if by_keyword and not keywords:
             shown = ", ".join([*names, *by_keyword])
@@ -120,10 +122,10 @@ def arrange_inputs(fns, inputs, keywords: bool = False) -> dict | tuple:
             return inputs  # f(*args), or names unrelated to the parameters: the dict's order is the order
         unknown = [k for k in keys if k not in names and k not in by_keyword]
         if unknown:
-            kw = keyword_only(f)
+            shown = ", ".join(names + (["*", *keyword] if keyword else []))
             raise InputError(f"inputs {', '.join(map(repr, unknown))} are not parameters of {_label(f)}"
-                             f"({', '.join(names + ([f'*, {chr(44).join(kw)}'] if kw else []))}): name every input as "
-                             "its parameter is named, or pass a tuple in the parameters' order")
+                             f"({shown}): name every input as its parameter is named, or pass a tuple in the "
+                             "parameters' order")
         missing = [n for n in required if n not in inputs]
         if missing:
             raise InputError(f"{_label(f)}({', '.join(names)}) needs {', '.join(map(repr, missing))}, which "

@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 from ..errors import AutogradFailed, InputError
 
 __all__ = ["VIAS", "FORWARD_MODE_VIAS", "quantity_of", "run_autograd", "default_via", "run_double_backward",
-           "private", "unmodified"]
+           "private", "unmodified", "same_values"]
 
 # name -> quantity it computes
 VIAS = {
@@ -97,6 +97,13 @@ def private(t):
     return t.detach().clone() if isinstance(t, torch.Tensor) else t
 
 
+def same_values(before, after):
+    """Where two tensors of one shape hold the same values, NaN equal to NaN."""
+    import torch
+
+    return (before == after) | (torch.isnan(before) & torch.isnan(after))
+
+
 class unmodified:
     """Raise ``AutogradFailed`` when the code run inside changed a differentiated input in place
     (Note [Code under test owns no reference value])."""
@@ -121,7 +128,7 @@ class unmodified:
     def _same(name, before, after):
         import torch
 
-        same = (before == after) | (torch.isnan(before) & torch.isnan(after))
+        same = same_values(before, after)
         if bool(same.all()):
             return
         i = tuple(int(k) for k in torch.nonzero(~same)[0]) if before.dim() else ()

@@ -13,7 +13,7 @@ import numpy as np
 import sympy as sp
 
 from ..compare.half import rounding_ulps, subnormal_rounding
-from ..lower.special import BESSEL_ULPS
+from ..lower.special import BESSEL_ULPS, MPMATH
 from .approx import Approx, mul, rounded
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _scipy
 
@@ -131,8 +131,6 @@ class _Bessel(sp.Function):
     def _eval_evalf(self, prec):
         """The value over mpmath at ``prec`` bits (the exact reference: beyond float64's range too)."""
         import mpmath as mp
-
-        from ..lower.special import MPMATH
 
         x = self.args[0].evalf(mp.libmp.prec_to_dps(prec))
         if not x.is_Number:

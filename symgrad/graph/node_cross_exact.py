@@ -118,10 +118,10 @@ def _by_mpmath(expr, args: list, prec: int):
     import mpmath as mp
     import symengine as se
 
-    from ..lower.special import MPMATH
+    from ..lower.special import BESSEL_ULPS, MPMATH
 
     name = (expr.get_name() if type(expr).__name__ == "FunctionSymbol" else type(expr).__name__).lower()  # erfinv: undefined in symengine
-    fn = MPMATH[name][0] if name in MPMATH and name.startswith("bessel") else getattr(mp, name, None)
+    fn = MPMATH[name][0] if name in BESSEL_ULPS else getattr(mp, name, None)  # symgrad's own names: no mpmath twin
     if fn is None or not all(isinstance(a, (se.Integer, se.Rational, se.RealMPFR)) for a in args):
         raise NotExact(f"neither symengine nor mpmath evaluates {str(expr)[:60]}")
     with mp.workprec(prec):
