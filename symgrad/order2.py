@@ -156,6 +156,8 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
                          structural_zeros, entry_form, stacked=False)
     start += sum(named[w].numel() for w in wrt)
     jw_ref = _references(evals, start, [("grad_output", extras["jw"], out.shape)], structural_zeros, entry_form)
+    if fn is not None and any(r.structural_zero is not None for r in refs + firsts + jw_ref):
+        _bound_structural_zeros(fn, named, refs, firsts, jw_ref[0], v_t, dirs, wrt, dtype_name)
 
     stage("running torch's double backward")
     got: dict = {}
@@ -178,6 +180,18 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
             "quantity": f"hvp: w^T d2<v, f>/dx2 ({what}, {cot}), with the first backward under create_graph=True "
                      "and its derivative in v (J w)"}
     return Report([forward] + records, title=title or "symgrad check", meta=meta)
+
+
+def _bound_structural_zeros(fn, named, refs, firsts, jw_ref, v_t, dirs, wrt, dtype_name) -> None:
+    """Torch's code traced to bound the entries the closed form cancels to 0 (Note [Allowances of
+    other entries] in compare/compare.py); untraceable code keeps the share of the largest entry."""
+    from .graph.order2 import bound_structural_zeros
+    from .graph.twin import graph_for_bounds
+
+    graph = graph_for_bounds(fn, named)
+    if graph is not None:
+        seed_v = None if v_t is None else v_t.detach().double().cpu().numpy()
+        bound_structural_zeros(graph, refs, firsts, jw_ref, seed_v, dirs, wrt, dtype_name)
 
 
 def _floats(vals) -> np.ndarray:

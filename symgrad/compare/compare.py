@@ -36,7 +36,9 @@ the entry's own bound of 0 says torch computes exactly 0 there); a structural ze
 ulps of the check's largest derivative, so a Jacobian's off-diagonal leak, an unused input's
 gradient, a padding row's leak of 1e-3 passed beside an exp(10) (now the op graph's bound of what
 torch sums there, where torch's code was traced: 0 for those three, and the size of the terms of a
-softmax's shift, whose residue beat the share of a small check's largest derivative).
+softmax's shift, whose residue beat the share of a small check's largest derivative); at order 2
+the same (``graph/order2.py: bound_structural_zeros``): a double backward leaking 1e-3 into the
+Hessian-vector product of an input that enters linearly passed beside exp(10 x) in float32.
 
 Entries where the allowance is as large as the value itself (float32 near saturation) cannot have
 their sign checked; the record counts them (``unresolved``) and says so.

@@ -17,7 +17,8 @@ from .approx import Approx
 from .hvp import hvp
 from .rerun_scale import scale_products
 
-__all__ = ["TORCH_DIFFERS", "ORDER2_VIAS", "hvp_records", "directions_and_cotangent", "check_order"]
+__all__ = ["TORCH_DIFFERS", "ORDER2_VIAS", "hvp_records", "directions_and_cotangent", "check_order",
+           "bound_structural_zeros"]
 
 # torch's double backward deliberately differs from the exact second derivative here (a documented
 # constant in its source, not a rounding error): the check must FAIL these, and does
@@ -148,3 +149,51 @@ def annotate(records: list, note: str) -> None:
     for rec in records:
         if not rec.passed:
             rec.note = (rec.note + " " if rec.note else "") + note
+
+
+def bound_structural_zeros(graph, refs: list, firsts: list, jw_ref, seed_v, dirs: list, wrt: list, dtype: str) -> None:
+    """``seed_v``: the output's cotangent (None: a scalar output's 1).  The exploded check's structural zeros at order 2 (entries of ``H w``, of the first gradient and
+    of ``J w`` that its closed form cancels to 0) get the op graph's bound of what torch sums there:
+    0 where torch's code sums nothing (an input entering linearly, a separable function's
+    cross terms), the size of the terms where it sums a cancelling shift (Note [Allowances of other
+    entries] in compare/compare.py).  Where a rule is missing the share of the check's largest
+    derivative stands."""
+    from ..compare.compare import EPS
+    from ..errors import UnsupportedOp
+    from .engine import backward, forward, tangent
+    from .scalar import Ctx
+
+    out = next((o for o in graph.outputs if o is not None), None)
+    if out is None or (seed_v is not None and tuple(out.shape) != tuple(np.shape(seed_v))):
+        return
+    seed_v = np.ones(tuple(out.shape)) if seed_v is None else seed_v
+    ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+    nodes = [graph.inputs.get(n) for n in wrt]
+    live = [n for n in nodes if n is not None]
+    moves = [{graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in wrt if n in graph.inputs}
+             for d in dirs]
+    try:
+        values = forward(graph, ctx)
+        per_dir = [hvp(graph, values, out, Approx(seed_v), m, live, ctx) for m in moves]
+        grads = backward(graph, values, {out: Approx(seed_v)}, live, ctx)
+        jws = [tangent(graph, values, m, out, dataclasses.replace(ctx, backward_graph=True)) for m in moves]
+    except (NotImplementedError, ValueError, ArithmeticError, UnsupportedOp):
+        return
+    for ref, node in zip(refs, nodes):
+        _structural_bound(ref, [None if node is None else h.get(node) for h in per_dir])
+    for ref, node in zip(firsts, nodes):
+        _structural_bound(ref, [None if node is None else grads.get(node)])
+    _structural_bound(jw_ref, jws)
+
+
+def _structural_bound(ref, approxes: list) -> None:
+    """``ref.structural_bound`` from the op graph's bounds ``approxes`` (one per direction, stacked
+    as the reference is; ``None``: torch sums nothing there)."""
+    if ref.structural_zero is None:
+        return
+    shape = np.shape(ref.value)
+    parts = [np.zeros(shape[1:] if len(approxes) > 1 else shape) if a is None or a.e is None
+             else np.broadcast_to(a.e, a.shape) for a in approxes]
+    bound = (np.stack(parts) if len(approxes) > 1 else parts[0]).reshape(shape)
+    zero = np.asarray(ref.structural_zero, bool).reshape(shape)
+    ref.structural_bound = np.where(zero, np.where(np.isnan(bound), np.inf, bound), 0.0)  # NaN: no cap
