@@ -622,3 +622,28 @@ def test_a_structural_zero_is_allowed_what_torch_sums_there(dtype):
     report = sg.check(lambda x, y: torch.softmax(x + y[:, None], -1), {"x": x, "y": y},
                       symbolic=lambda x, y: sg.softmax(x, -1))
     assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_mode_zeros_of_a_twin_are_allowed_what_torch_sums_there(dtype):
+    """Forward mode, with a symbolic twin: a jvp leaking 1e-3 t into an output entry the twin's closed
+    form cancels to 0 (a masked entry) passed beside exp(10) in float32; a twin leaving out a
+    softmax's shift, checked along a tangent on the shift alone, failed torch's residue of the
+    shift's tangent (value 0 and bound 0 in the twin).  Both entries now get the op graph's bound of
+    what torch sums there: the leak fails, the correct code passes."""
+    from symgrad.testing_ops import with_jvp
+
+    mask, leak = torch.tensor([1.0, 0.0, 1.0], dtype=dtype), 1e-6 if dtype == torch.float64 else 1e-3
+    x, t = torch.tensor([10.0, 1.0, 0.0], dtype=dtype), torch.ones(3, dtype=dtype)
+    twin = lambda x: sg.exp(x) * np.array([1.0, 0.0, 1.0])  # noqa: E731
+    for extra in (leak, 0.0):
+        f = with_jvp(lambda x: torch.exp(x) * mask, lambda x, g: g * torch.exp(x) * mask,
+                     lambda x, t, e=extra: t * torch.exp(x) * mask + e * t * (1 - mask))
+        assert sg.check(f, {"x": x}, symbolic=twin, via="forward_ad", tangents=t, quiet=True).passed == (extra == 0)
+    gen = torch.Generator().manual_seed(0)
+    z = (3 * torch.randn(3, 5, generator=gen, dtype=torch.float64)).to(dtype)
+    y = (5 * torch.randn(3, generator=gen, dtype=torch.float64)).to(dtype)
+    report = sg.check(lambda z, y: torch.softmax(z + y[:, None], -1), {"z": z, "y": y},
+                      symbolic=lambda z, y: sg.softmax(z, -1), via="forward_ad",
+                      tangents={"z": torch.zeros_like(z), "y": torch.randn(3, generator=gen, dtype=torch.float64).to(dtype)})
+    assert report.passed, report.to_text()

@@ -29,8 +29,8 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedOp
 
-__all__ = ["exploded_output", "explode_torch", "graph_for_bounds", "widen_to_tensor_bounds", "SymbolicTwin",
-           "import_fn"]
+__all__ = ["exploded_output", "explode_torch", "graph_for_bounds", "widen_to_tensor_bounds", "bound_tangent_zeros",
+           "SymbolicTwin", "import_fn"]
 
 
 def _graph_of(torch_fn: Callable, names: list, tensors: list, constants=()):
@@ -140,6 +140,37 @@ def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dty
             tensor = np.where(zero, 0.0, tensor)
         if not zeros_only:
             ref.rounding = np.fmax(ref.rounding, tensor)  # NaN: the other
+
+
+def bound_tangent_zeros(graph, ref, tangents: Mapping, dtype: str) -> None:
+    """Forward mode: the entries of the jvp reference ``ref`` that its closed form cancels to 0, or
+    evaluates to an exact 0, get the bound of the op graph's tangent along ``tangents`` (input name ->
+    tensor) there, what torch sums (Note [Allowances of other entries] in compare/compare.py)."""
+    from .approx import Approx
+    from .check import EPS
+    from .engine import forward, tangent
+    from .scalar import Ctx
+
+    out = next((o for o in graph.outputs if o is not None), None)
+    if out is None or int(np.prod(out.shape, dtype=np.int64)) != np.size(ref.value):
+        return
+    ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+    moves = {graph.inputs[n]: Approx(t.detach().double().cpu().numpy()) for n, t in tangents.items()
+             if n in graph.inputs}
+    try:
+        got = tangent(graph, forward(graph, ctx), moves, out, ctx)
+    except (NotImplementedError, ValueError, ArithmeticError, UnsupportedOp):  # the share stands
+        return
+    shape = np.shape(ref.value)
+    tensor = np.zeros(shape) if got is None else np.broadcast_to(got.e, got.shape).reshape(shape)
+    if ref.structural_zero is not None:
+        zero = np.asarray(ref.structural_zero, bool).reshape(shape)
+        ref.structural_bound = np.where(zero, np.where(np.isnan(tensor), np.inf, tensor), 0.0)  # NaN: no cap
+    # an exact 0 the twin gets from zero tangents (a twin leaving out a softmax's shift, the shift's
+    # tangent alone nonzero): torch sums the shift's tangent there, and is allowed its bound
+    exact = (np.asarray(ref.value) == 0) & (np.asarray(ref.rounding) == 0) & np.isfinite(tensor)
+    if exact.any():
+        ref.rounding = np.where(exact, tensor, ref.rounding)
 
 
 def _example(x, seed: int):
