@@ -647,3 +647,22 @@ def test_forward_mode_zeros_of_a_twin_are_allowed_what_torch_sums_there(dtype):
                       symbolic=lambda z, y: sg.softmax(z, -1), via="forward_ad",
                       tangents={"z": torch.zeros_like(z), "y": torch.randn(3, generator=gen, dtype=torch.float64).to(dtype)})
     assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_elu_family_slope_is_bounded_from_the_input(dtype):
+    """Note [elu's slope from its input] (graph/trace_grad.py): elu, selu and celu's slope below 0 was
+    bounded as expm1's (result + 1), a result near -1, and a gradient negated below x = -5 passed in
+    float32 (scaled by 1 + 1e-6 in float64).  torch's own kernels pass, in place too (where
+    torch does take the slope from the result)."""
+    from symgrad.testing_ops import vjp
+
+    x = torch.tensor([-30.0, -25.0, -22.0, -0.5, 0.7] if dtype == torch.float64 else [-20.0, -17.0, -12.0, -0.5, 0.7],
+                     dtype=dtype)
+    scale = 1 + 1e-6 if dtype == torch.float64 else -1.0
+    for op in (F.elu, F.selu, lambda x: F.celu(x, 0.5)):
+        assert sg.check(op, {"x": x}, quiet=True).passed
+        bug = with_backward(op, lambda x, g, op=op: vjp(op, x, g) * torch.where(x < -5, scale, 1.0))
+        assert not sg.check(bug, {"x": x}, engine="graph", quiet=True).passed
+    for op in (lambda x: torch.nn.ELU(inplace=True)(x * 1.0), lambda x: F.celu(x * 1.0, 0.5, inplace=True)):
+        assert sg.check(op, {"x": x}, quiet=True).passed

@@ -20,9 +20,10 @@ import operator
 import numpy as np
 import sympy as sp
 
-from .functions import bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, floor, log1p, round_even, sigmoid, trunc
+from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_exp, floor, log1p, round_even,
+                        sigmoid, trunc)
 from .ir import Node
-from .trace_grad import IN_FUNCTION
+from .trace_grad import EXP_SLOPE, IN_FUNCTION, IN_PLACE
 
 __all__ = ["HANDLERS", "handles", "handler_for", "indices_read"]
 
@@ -91,7 +92,7 @@ _UNARY = {
     "aten.tan": sp.tan, "aten.tanh": sp.tanh, "aten.sinh": sp.sinh, "aten.cosh": sp.cosh, "aten.asin": sp.asin,
     "aten.acos": sp.acos, "aten.atan": sp.atan, "aten.asinh": sp.asinh, "aten.acosh": sp.acosh,
     "aten.atanh": sp.atanh, "aten.erf": sp.erf, "aten.erfc": sp.erfc, "aten.erfinv": sp.erfinv,
-    "aten.lgamma": sp.loggamma, "aten.digamma": lambda x: sp.polygamma(0, x), "aten.expm1": expm1,
+    "aten.lgamma": sp.loggamma, "aten.digamma": lambda x: sp.polygamma(0, x),
     "aten.log1p": log1p, "aten.sigmoid": sigmoid, "aten.sqrt": sp.sqrt, "aten.rsqrt": lambda x: 1 / sp.sqrt(x),
     "aten.reciprocal": lambda x: 1 / x, "aten.exp2": lambda x: 2**x, "aten.log2": lambda x: sp.log(x) / sp.log(2),
     "aten.log10": lambda x: sp.log(x) / sp.log(10), "aten.floor": floor, "aten.ceil": ceil,
@@ -111,6 +112,15 @@ _UNARY = {
 for _name, _fn in _UNARY.items():
     HANDLERS[_name] = _pw(_fn)
     HANDLERS[_name + "_"] = HANDLERS[_name]  # in-place twins, as functional ops (the trace rebinds)
+
+
+@handles("aten.expm1", "aten.expm1_")
+def _expm1(b, args, kwargs, val):
+    """expm1, or inside elu's decomposition (not in place) ``expm1_exp``, whose slope is exp (Note
+    [elu's slope from its input] in trace_grad.py)."""
+    meta = getattr(getattr(b, "fx_node", None), "meta", {})
+    fn = expm1_exp if meta.get(EXP_SLOPE) and not meta.get(IN_PLACE) else expm1
+    return b.pointwise(fn, list(args), tuple(val.shape))
 
 
 def _maximum(x, y):  # torch splits a tie's gradient in half

@@ -17,7 +17,7 @@ from ..lower.special import BESSEL_ULPS, MPMATH
 from .approx import Approx, mul, rounded
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _scipy
 
-__all__ = ["expm1", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
+__all__ = ["expm1", "expm1_exp", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
            "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e", "DEFINITIONS"]
 
 
@@ -27,6 +27,14 @@ class expm1(sp.Function):  # noqa: N801 - named as torch names it
 
     def fdiff(self, argindex=1):
         return expm1(self.args[0]) + 1
+
+
+class expm1_exp(expm1):  # noqa: N801
+    """expm1 whose derivative torch's kernel takes from the input, ``exp(x)``: elu, selu and celu's
+    backward (not in place; Note [elu's slope from its input] in graph/trace_grad.py)."""
+
+    def fdiff(self, argindex=1):
+        return sp.exp(self.args[0])
 
 
 class log1p(sp.Function):  # noqa: N801
@@ -83,6 +91,7 @@ def _np_sigmoid(x):
 # the elementary definition of each, for the tests and for printing
 DEFINITIONS = {
     expm1: lambda x: sp.exp(x) - 1,
+    expm1_exp: lambda x: sp.exp(x) - 1,
     log1p: lambda x: sp.log(1 + x),
     sigmoid: lambda x: 1 / (1 + sp.exp(-x)),
     logsigmoid: lambda x: -sp.log(1 + sp.exp(-x)),
@@ -92,6 +101,7 @@ DEFINITIONS = {
 
 FUNCTIONS.update({
     expm1: (np.expm1, np.exp),  # (the slope of the function itself, for its arguments' errors)
+    expm1_exp: (np.expm1, np.exp),
     log1p: (np.log1p, lambda x: 1 / (1 + x)),
     sigmoid: (_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x)),
     logsigmoid: (_np_logsigmoid, lambda x: _np_sigmoid(-x)),

@@ -76,6 +76,9 @@ def decompositions() -> dict:
                 "log_sigmoid_forward",  # Note [logsigmoid as torch's kernel] in graph/aten_ext.py
                 "sinc"}  # Note [sinc at 0] in graph/aten.py
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
+        for op in (torch.ops.aten.elu.default, torch.ops.aten.selu.default, torch.ops.aten.celu.default):
+            if op in _TABLE:  # Note [elu's slope from its input] in trace_grad.py
+                _TABLE[op] = _slope_from_input(_TABLE[op])
         for op in (torch.ops.aten.celu.default,):
             if op in _TABLE:
                 _TABLE[op] = _noting_float32_reciprocal(_TABLE[op])
@@ -111,6 +114,18 @@ def _sequential_affine(decomposed):
             if bias is not None:
                 out = out + bias
         return out, mean, rstd
+
+    return run
+
+
+def _slope_from_input(decomposed):
+    """elu's (selu's, celu's) decomposition with its nodes noting EXP_SLOPE (Note [elu's slope from
+    its input] in trace_grad.py)."""
+    from .trace_grad import slope_from_input
+
+    def run(*args, **kw):
+        with slope_from_input():
+            return decomposed(*args, **kw)
 
     return run
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-__all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "marking_grad_mode", "sequential_sums"]
+__all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "EXP_SLOPE", "marking_grad_mode", "sequential_sums",
+           "slope_from_input"]
 
 
 # Note [Grad mode inside forward]
@@ -66,6 +67,30 @@ def sequential_sums(dtypes: tuple):
         _SEQUENTIAL.pop()
 
 
+# Note [elu's slope from its input]
+# elu, selu and celu trace to ``where(x > 0, scale x, alpha scale expm1(c x))``, and torch's own
+# expm1 backward is ``g (result + 1)``: read so, the derivative's bound charged the rounding of a
+# result near -1 against a slope of exp(c x), and below x = -15 in float32 (-20 in float64) a
+# negated elu gradient passed (allowed 463 times its value).  torch's elu_backward takes the slope
+# from the input, ``alpha scale c exp(c x)``, to an ulp, except in place (``F.elu(x, inplace=True)``,
+# ``nn.ELU(inplace=True)``, ``selu_``, ``celu_``), where the input is gone and it uses the result,
+# with that cancellation.  So the expm1 nodes of those three decompositions note EXP_SLOPE, and one
+# recorded outside an in-place call (IN_PLACE) is read as ``expm1_exp`` (graph/functions.py), whose
+# derivative is exp.
+EXP_SLOPE = "symgrad_exp_slope"
+_EXP_SLOPE: list = []
+
+
+@contextmanager
+def slope_from_input():
+    """The fx nodes recorded inside note ``EXP_SLOPE`` (Note [elu's slope from its input])."""
+    _EXP_SLOPE.append(True)
+    try:
+        yield
+    finally:
+        _EXP_SLOPE.pop()
+
+
 @contextmanager
 def marking_grad_mode():
     """Every fx node created inside notes ``NO_GRAD`` when grad mode is off (Note [Grad mode inside forward])."""
@@ -109,6 +134,8 @@ def marking_grad_mode():
             node.meta[IN_PLACE] = True
         if _SEQUENTIAL:
             node.meta[SEQUENTIAL] = _SEQUENTIAL[-1]
+        if _EXP_SLOPE:
+            node.meta[EXP_SLOPE] = True
         return node
 
     def leaving(name):
@@ -175,11 +202,12 @@ def _noting_in_place(flag: list):
         if callable(fn):
             saved.append((torch.Tensor, name, torch.Tensor.__dict__.get(name)))
             setattr(torch.Tensor, name, wrapped(fn))
-    for name in [n for n in dir(torch) if n.endswith("_") and not n.startswith("_") and n[:-1].isidentifier()]:
-        fn = getattr(torch, name, None)
-        if callable(fn) and not isinstance(fn, type):
-            saved.append((torch, name, fn))
-            setattr(torch, name, wrapped(fn))
+    for owner in (torch, torch._C._nn):  # torch._C._nn: F.elu's in-place kernel, elu_ (and hardtanh_, ...)
+        for name in [n for n in dir(owner) if n.endswith("_") and not n.startswith("_") and n[:-1].isidentifier()]:
+            fn = getattr(owner, name, None)
+            if callable(fn) and not isinstance(fn, type):
+                saved.append((owner, name, fn))
+                setattr(owner, name, wrapped(fn))
     try:
         yield
     finally:
