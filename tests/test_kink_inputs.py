@@ -316,3 +316,29 @@ def test_logsigmoid_is_smooth_at_zero(dtype):
     doubled = with_jvp(F.logsigmoid, lambda x, g: 2 * g * torch.sigmoid(-x), lambda x, t: 2 * t * torch.sigmoid(-x))
     t = {"x": torch.ones_like(x)}
     assert not sg.check(doubled, {"x": x}, symbolic=F.logsigmoid, via="forward_ad", tangents=t, quiet=True).passed
+
+
+def test_a_clamp_before_acos_hit_by_one_sample_checks_every_other_sample():
+    """Note [A side's own error, carried linearly] (graph/kinkunits.py): one sample's cosine exactly 1,
+    clamped to 1 - 1e-6 before acos (a class weight imprinted from that sample's embedding), left
+    every gradient entry upstream kinked with an allowance of 15 against gradients of 1 in float32:
+    a backward 5 % off, or negated, passed.  The other sample's contributions are checked now."""
+    from symgrad.testing_ops import with_backward
+
+    class Arc(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.emb, self.W = torch.nn.Linear(4, 5), torch.nn.Parameter(torch.randn(3, 5))
+            self.scaled = with_backward(lambda x: x.clone(), lambda x, g: g * scale)
+
+        def forward(self, x):
+            cos = F.linear(F.normalize(self.scaled(self.emb(x))), F.normalize(self.W)).clamp(-1 + 1e-6, 1 - 1e-6)
+            return torch.cos(torch.acos(cos) + 0.3).sum()
+
+    for scale, passes in ((1.0, True), (1.05, False), (-1.0, False)):
+        torch.manual_seed(0)
+        model = Arc(scale).float()
+        x = torch.randn(6, 4)
+        with torch.no_grad():
+            model.W[0] = model.emb(x)[0]  # sample 0 exactly on class 0: cosine 1, clamped
+        assert sg.check(model, {"x": x}, quiet=True).passed == passes, scale

@@ -119,13 +119,21 @@ def _kink_generators(st, live: list, units: list, flip: bool = False, ties: bool
         for k, arg, entry, changes in unit:
             worst = {node: np.zeros(node.shape) for node in live}
             for j, (change, change_e) in enumerate(changes):
-                swept = backward(st.graph, st.values, _seeds(arg, entry, change, change_e),
-                                 live, st.ctx, kinks=KinkLog(flip=flip, ties=ties, members=members, pick=pick))
+                log = dict(flip=flip, ties=ties, members=members, pick=pick)
+                alone = _one_entry(arg, entry) and np.any(np.abs(change_e) * st.ctx.eps > SEED_ERROR * np.abs(change))
+                swept = backward(st.graph, st.values, _seeds(arg, entry, change, 0.0 if alone else change_e),
+                                 live, st.ctx, kinks=KinkLog(**log))
+                seed_error = {}
+                if alone:  # Note [A side's own error, carried linearly]
+                    moved = backward(st.graph, st.values, _seeds(arg, entry, change_e, 0.0), live, st.ctx,
+                                     kinks=KinkLog(**log))
+                    seed_error = {n: np.abs(g.v) for n, g in moved.items() if g is not None}
                 for node in live:
                     g = swept.get(node)
                     if g is not None:
                         gens[node][j][k] = np.broadcast_to(g.v, node.shape)
-                        worst[node] = np.maximum(worst[node], np.broadcast_to(g.e, node.shape))
+                        e = np.broadcast_to(g.e, node.shape) + seed_error.get(node, 0.0)
+                        worst[node] = np.maximum(worst[node], e)
             for node in live:
                 extra[node][k] += worst[node]
         for node in live:
@@ -171,6 +179,25 @@ def _identity(x):
     if isinstance(x, Node):
         return id(x)
     return tuple(np.ravel(x).tolist()) if isinstance(x, (list, np.ndarray)) else int(x)
+
+
+# Note [A side's own error, carried linearly]
+# The other side of a unit is a cotangent at one entry, known to its rounding bound: acos' at a
+# cosine clamped to 1 - 1e-6, where the cosine's own rounding moves acos' by most of its size.
+# Carried through the rest of the sweep as a rounding bound, that error was multiplied by the
+# magnitudes of every path (|J|), not by the paths' sum: where those cancel (a normalised vector
+# moved along itself, the sample's cosine stationary at its maximum) the bound was 1e7 times what a
+# value at that entry can change, 15 where the gradients were 1, and every entry of every parameter
+# upstream -- all of them kinked through that one sample -- passed a gradient 5 % off, or negated.
+# The sweep is linear in its seed, so an error d at one entry moves the result by exactly d J^T e_i:
+# where the seed's own error is large (past SEED_ERROR of the change) and sits at one entry, the
+# sweep runs without it, and once more with that error as its value, whose size is added.
+SEED_ERROR = 2.0**-10
+
+
+def _one_entry(arg, entry) -> bool:
+    """Whether a unit's change seeds one entry of one node (its error then moves the sweep linearly)."""
+    return isinstance(arg, Node) and np.size(entry) == 1
 
 
 def _seeds(arg, entry, change, change_e) -> dict:
