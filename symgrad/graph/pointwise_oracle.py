@@ -78,10 +78,12 @@ def _oracle(form, xs: np.ndarray, weights: list, scale: float):
     import symengine as se
 
     from ..lower.exact import ExactEvaluator
+    from ..lower.symengine_forms import to_symengine
 
     x, c = sp.Symbol("x", real=True), sp.Symbol("c", real=True)
-    try:
-        g = se.sympify(c * sp.diff(form, x))
+    try:  # to_symengine, not se.sympify: symengine wraps a function it lacks (erfinv, the Bessel
+        # functions) as one whose derivative is 0, and the conditioning lost its x d g/dx term
+        g = to_symengine(c * sp.diff(form, x))
     except Exception:  # noqa: BLE001 - a form symengine cannot take: no oracle
         return None
     xv, cv = np.tile(xs, len(weights)), np.concatenate(weights)
