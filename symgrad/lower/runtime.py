@@ -47,13 +47,15 @@ def _erf(x):
         return np.vectorize(math.erf, otypes=[np.float64])(x)
 
 
-def _erfc(x):  # not 1 - erf: erfc(x) for large x is far below erf's rounding
-    try:
-        from scipy.special import erfc  # noqa: PLC0415 - optional, vectorised
-
-        return erfc(np.asarray(x, dtype=np.float64))
-    except ImportError:
-        return np.vectorize(math.erfc, otypes=[np.float64])(x)
+# Note [erfc from the C library]
+# Not 1 - erf: erfc(x) for large x is far below erf's rounding.  Not scipy's either: measured against
+# mpmath at 40 digits (500 points per interval), scipy.special.erfc errs by up to 9 ulps on (0.5, 1),
+# 32 on (4, 6), 61 on (6, 10) and 235 on (10, 20), where torch's kernel is correctly rounded, and the
+# reference, charged two ulps for a library call, failed torch's forward (30 ulps where 8.5 were
+# allowed).  Python's math.erfc (the C library's) stays within 2 ulps everywhere: one call per entry.
+def _erfc(x):
+    x = np.asarray(x, dtype=np.float64)
+    return np.frompyfunc(math.erfc, 1, 1)(x).astype(np.float64) if x.ndim else np.float64(math.erfc(float(x)))
 
 
 def _logistic(u):
