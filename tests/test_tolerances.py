@@ -664,5 +664,46 @@ def test_elu_family_slope_is_bounded_from_the_input(dtype):
         assert sg.check(op, {"x": x}, quiet=True).passed
         bug = with_backward(op, lambda x, g, op=op: vjp(op, x, g) * torch.where(x < -5, scale, 1.0))
         assert not sg.check(bug, {"x": x}, engine="graph", quiet=True).passed
-    for op in (lambda x: torch.nn.ELU(inplace=True)(x * 1.0), lambda x: F.celu(x * 1.0, 0.5, inplace=True)):
+    for op in (lambda x: torch.nn.ELU(inplace=True)(x * 1.0), lambda x: F.celu(x * 1.0, 0.5, inplace=True),
+               lambda x: torch.ops.aten.elu_(x * 1.0)):
         assert sg.check(op, {"x": x}, quiet=True).passed
+
+
+def test_moments_of_rows_far_from_zero():
+    """Note [A running mean's roundings] (graph/functions.py) and Note [Each use its own moves] in
+    forward mode (graph/engine.py ``_tangent_of``): torch's own float64 var and std of rows with mean
+    1e4 failed their forward rows (3.4e3 ulps allowed 30), and its float32 var jvp at mean 100 failed on
+    some draws (its formula carries the mean's rounding, which the graph's path through the mean
+    cancels).  A backward 1e-6 off still fails in float64."""
+    from symgrad.testing_ops import vjp
+
+    for seed in range(4):
+        gen = torch.Generator().manual_seed(seed)
+        x = 1e4 + torch.randn(4, 6, generator=gen, dtype=torch.float64)
+        for op in (lambda x: x.var(-1), lambda x: x.std(-1), lambda x: torch.var_mean(x, -1)[0]):
+            assert sg.check(op, {"x": x}, quiet=True).passed
+        x32 = (100 + torch.randn(4, 16, generator=gen, dtype=torch.float64)).float()
+        assert sg.check(lambda x: x.var(-1), {"x": x32}, quiet=True).passed
+    bug = with_backward(lambda x: x.var(-1), lambda x, g: vjp(lambda x: x.var(-1), x, g) * (1 + 1e-6))
+    assert not sg.check(bug, {"x": x}, engine="graph", quiet=True).passed
+
+
+def test_attention_inside_a_custom_function_keeps_its_kernel_form():
+    """The flash kernel's max shift (Note [Attention as the flash kernel computes it]) is symgrad's own
+    detach: inside a custom Function's forward it was read as the identity (Note [Inside a custom
+    Function's forward]), and torch's own float32 causal attention backward, wrapped in a Function,
+    failed at the first query."""
+    from symgrad.testing_ops import custom
+
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def torch_backward(q, k, v, g):
+        with torch.enable_grad():
+            xs = [t.detach().requires_grad_() for t in (q, k, v)]
+            return torch.autograd.grad(sdpa(*xs), xs, g)
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, g = (torch.randn(1, 2, 4, 6, generator=gen) for _ in range(4))
+    report = sg.check(custom(sdpa, torch_backward), {"q": q, "k": k, "v": v}, v=g, quiet=True)
+    assert report.passed, report.to_text()

@@ -23,7 +23,7 @@ import sympy as sp
 from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_exp, floor, log1p, round_even,
                         sigmoid, trunc)
 from .ir import Node
-from .trace_grad import EXP_SLOPE, IN_FUNCTION, IN_PLACE
+from .trace_grad import EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
 
 __all__ = ["HANDLERS", "handles", "handler_for", "indices_read"]
 
@@ -274,8 +274,8 @@ def _nan_to_num(b, args, kwargs, val):
 @handles("aten.detach", "aten.detach_", "aten.detach_copy")
 def _detach(b, args, kwargs, val):
     fx_node = getattr(b, "fx_node", None)
-    if fx_node is not None and fx_node.meta.get(IN_FUNCTION):  # Note [Inside a custom Function's forward]
-        return args[0]
+    if fx_node is not None and fx_node.meta.get(IN_FUNCTION) and not fx_node.meta.get(OWN_STOP):
+        return args[0]  # Note [Inside a custom Function's forward]
     return b.stop(args[0])
 
 

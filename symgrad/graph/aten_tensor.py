@@ -15,6 +15,7 @@ from ..errors import UnsupportedOp
 from .aten import HANDLERS, handles, indices_read
 from .data_select import data_selection, moves_data
 from .ir import Node
+from .functions import centred as running_centred
 from .trace import Builder
 
 __all__ = ["SELECTIONS", "index_tensors"]
@@ -111,7 +112,7 @@ def _var(b, args, kwargs, val):
     keep = kwargs.get("keepdim", False)
     n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
     mean = b.pointwise(lambda s: s / n, [b.reduce("sum", x, axes, True)])
-    centred = b.pointwise(lambda s, m: (s - m) ** 2, [x, mean])
+    centred = b.pointwise(lambda s, m: running_centred(s, m) ** 2, [x, mean])  # Note [A running mean's roundings]
     total = b.reduce("sum", centred, axes, bool(keep))
     var = b.pointwise(lambda s: s / (n - correction), [total])
     return b.pointwise(sp.sqrt, [var]) if "std" in str(b.fx_node.target) else var

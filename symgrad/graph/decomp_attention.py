@@ -41,7 +41,10 @@ def _flash_attention_for_cpu(query, key, value, dropout_p: float = 0.0, is_causa
         s = s.masked_fill(~keep, float("-inf"))
     if attn_mask is not None:
         s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
-    shift = s.amax(dim=-1, keepdim=True).detach()  # a fully masked row is NaN, as on the math path
+    from .trace_grad import own_stop
+
+    with own_stop():  # a stop inside a custom Function's forward too
+        shift = s.amax(dim=-1, keepdim=True).detach()  # a fully masked row is NaN, as on the math path
     e = torch.exp(s - shift)
     total = e.sum(dim=-1, keepdim=True)
     output = (e @ value) / total

@@ -190,6 +190,21 @@ def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx, kinks=Non
         return tangent_sweep(graph, values, tangents, ctx, kinks=kinks).get(out)
 
 
+def _tangent_of(node, values: dict, ts: list, ctx: Ctx, kinks):
+    """A node's tangent from its arguments' ``ts``; in a rerun with per-use moves (``_RULE_ARGS``),
+    each argument's part reads the forward values with that argument's own signs, and the parts are
+    added (a jvp rule is linear in the tangents; Note [Each use its own moves] in montecarlo.py)."""
+    if _RULE_ARGS is None:
+        return jvp_rule(node, [values[a] for a in node.args], ts, ctx, kinks)
+    out = None
+    for i, t in enumerate(ts):
+        if t is None:
+            continue
+        part = jvp_rule(node, _RULE_ARGS(node, i), [t if j == i else None for j in range(len(ts))], ctx, kinks)
+        out = part if out is None else (out if part is None else add(out, part))
+    return out
+
+
 def tangent_sweep(graph: Graph, values: dict, tangents: dict, ctx: Ctx, skip: tuple = ("leaf",),
                   refuse=None, kinks=None) -> dict:
     """Every node's tangent along ``tangents`` (leaf node -> Approx); absent: zero.  ``skip``: node
@@ -203,7 +218,7 @@ def tangent_sweep(graph: Graph, values: dict, tangents: dict, ctx: Ctx, skip: tu
         if any(t is not None for t in ts):
             try:
                 with kernel(node):
-                    t = jvp_rule(node, [values[a] for a in node.args], ts, ctx, kinks)
+                    t = _tangent_of(node, values, ts, ctx, kinks)
             except NotImplementedError as err:
                 if refuse is None:
                     raise

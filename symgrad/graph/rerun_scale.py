@@ -19,7 +19,7 @@ import numpy as np
 
 from . import scale as scale_test
 from .engine import forward
-from .montecarlo import SAMPLES, coherent_reruns, linear_moves, move_size
+from .montecarlo import SAMPLES, _rule_args, coherent_reruns, linear_moves, move_size
 
 __all__ = ["scale_products", "product_spread"]
 
@@ -42,7 +42,7 @@ def scale_products(st, records: list, base: list, compute, directions: int) -> N
 def product_spread(st, compute, base: list) -> list:
     """Note [Statistical tangents] (forward_records.py): each product's root-mean-square change (units
     of a move) over SAMPLES reruns with every rounding moved by its bound and a random sign."""
-    runs, _ = _reruns(st, compute, base, SAMPLES, split=False)
+    runs, _ = _reruns(st, compute, base, SAMPLES, split=False, per_use=True)
     out = []
     for i in range(len(base)):
         moves = np.stack([run[i] for run in runs])
@@ -51,19 +51,33 @@ def product_spread(st, compute, base: list) -> list:
     return out
 
 
-def _reruns(st, compute, base: list, samples: int, split: bool) -> tuple:
+def _reruns(st, compute, base: list, samples: int, split: bool, per_use: bool = False) -> tuple:
+    """``per_use``: each rule of the product's sweep reads the forward moves with its own signs per
+    argument (Note [Each use its own moves] in montecarlo.py: torch's var jvp, 2 Σ t (x - m) / (n - 1),
+    carries the move of its mean m, which the graph's path through m cancels)."""
     from ..compare.accuracy import reference_mode
 
+    still = (forward(st.graph, st.ctx), np.random.default_rng([0, 1])) if per_use else None
     token = reference_mode.set("float")  # no mpmath inside a rerun (Note [Certified pointwise values])
     try:
         with linear_moves(st.graph, st.ctx):
-            return coherent_reruns(np.random.default_rng(0), samples, lambda kind: _changes(st, compute, base),
+            return coherent_reruns(np.random.default_rng(0), samples,
+                                   lambda kind: _changes(st, compute, base, still if kind == "still" else None),
                                    lambda run, extra: [x + y for x, y in zip(run, extra)], split=split)
     finally:
         reference_mode.reset(token)
 
 
-def _changes(st, compute, base: list) -> list:
+def _changes(st, compute, base: list, per_use: tuple | None = None) -> list:
     """One perturbed sweep: each product's change from ``base``, in units of a move."""
-    got = compute(forward(st.graph, st.ctx))
+    from . import engine
+
+    values = forward(st.graph, st.ctx)
+    saved = engine._RULE_ARGS
+    if per_use is not None:
+        engine._RULE_ARGS = _rule_args(values, *per_use)
+    try:
+        got = compute(values)
+    finally:
+        engine._RULE_ARGS = saved
     return [(np.asarray(g, np.float64).reshape(np.shape(b)) - b) / move_size() for g, b in zip(got, base)]

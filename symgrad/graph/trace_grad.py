@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 
 __all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "EXP_SLOPE", "marking_grad_mode", "sequential_sums",
-           "slope_from_input"]
+           "slope_from_input", "OWN_STOP", "own_stop"]
 
 
 # Note [Grad mode inside forward]
@@ -81,6 +81,23 @@ EXP_SLOPE = "symgrad_exp_slope"
 _EXP_SLOPE: list = []
 
 
+# A detach symgrad's own decomposition writes (the flash kernel's max shift, Note [Attention as the
+# flash kernel computes it]) is a stop wherever it is traced, inside a custom Function's forward too:
+# Note [Inside a custom Function's forward] reads only the user's own detach as the identity.
+OWN_STOP = "symgrad_own_stop"
+_OWN_STOP: list = []
+
+
+@contextmanager
+def own_stop():
+    """The fx nodes recorded inside note ``OWN_STOP``."""
+    _OWN_STOP.append(True)
+    try:
+        yield
+    finally:
+        _OWN_STOP.pop()
+
+
 @contextmanager
 def slope_from_input():
     """The fx nodes recorded inside note ``EXP_SLOPE`` (Note [elu's slope from its input])."""
@@ -136,6 +153,8 @@ def marking_grad_mode():
             node.meta[SEQUENTIAL] = _SEQUENTIAL[-1]
         if _EXP_SLOPE:
             node.meta[EXP_SLOPE] = True
+        if _OWN_STOP:
+            node.meta[OWN_STOP] = True
         return node
 
     def leaving(name):
@@ -178,6 +197,24 @@ _IN_PLACE_DUNDERS = ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__iflo
                      "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__")
 
 
+# the in-place ATen packets whose trace depends on it (Note [elu's slope from its input])
+_ATEN_IN_PLACE = ("elu_", "celu_", "selu_")
+
+
+class _NotingPacket:
+    """An ATen op packet whose calls note IN_PLACE; every attribute (``.default``, the schema) is the
+    packet's own."""
+
+    def __init__(self, packet, call):
+        self._packet, self._call = packet, call
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._packet, name)
+
+
 @contextmanager
 def _noting_in_place(flag: list):
     """While inside, every in-place tensor method and ``torch.*_`` function pushes onto ``flag`` for
@@ -208,6 +245,11 @@ def _noting_in_place(flag: list):
             if callable(fn) and not isinstance(fn, type):
                 saved.append((owner, name, fn))
                 setattr(owner, name, wrapped(fn))
+    for name in _ATEN_IN_PLACE:  # torch.ops.aten.elu_(x): the packet called (its overloads stay as they are)
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None:
+            saved.append((torch.ops.aten, name, packet))
+            setattr(torch.ops.aten, name, _NotingPacket(packet, wrapped(packet)))
     try:
         yield
     finally:
