@@ -292,3 +292,25 @@ def test_a_structural_zero_of_the_second_derivative_is_not_allowed_a_share_of_la
     for f in (lambda z, c: torch.logsumexp(z - c, -1).sum() - c.sum(),
               lambda z, c: torch.log_softmax(3 * z + c, -1)[..., 0].sum()):
         assert sg.check(f, {"z": z, "c": c}, order=2, engine="elementwise", quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_direction_of_zero_on_some_inputs_allows_what_torch_sums(dtype):
+    """order=2 with given directions, x's all 0: the closed form's Hessian-vector product is an exact 0
+    with no rounding where torch's double backward sums the shift c's cancelling terms (8e-15 against
+    an allowance of 3e-322); those entries get the op graph's bound.  A wrong one still fails."""
+    import torch.nn.functional as F
+
+    from symgrad.testing_ops import wrong_second
+
+    gen = torch.Generator().manual_seed(0)
+    x, w = (torch.randn(2, 4, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2))
+    c = (100 * torch.randn(2, generator=gen, dtype=torch.float64)).to(dtype)
+    f = lambda x, c: (F.layer_norm(x + c[:, None], (4,)) * w).sum()  # noqa: E731
+    tangents = {"x": torch.zeros_like(x), "c": torch.randn(2, generator=gen, dtype=torch.float64).to(dtype)}
+    report = sg.check(f, {"x": x, "c": c}, order=2, engine="elementwise", tangents=tangents, quiet=True)
+    assert report.passed, report.to_text()
+    if dtype == torch.float32:
+        return  # float32's second derivative at a mean of 100 is too coarse for a 1e-3 bug
+    assert not sg.check(wrong_second(f, 1e-6), {"x": x, "c": c}, symbolic=f, order=2, tangents={
+        "x": torch.randn(2, 4, generator=gen, dtype=torch.float64).to(dtype), "c": tangents["c"]}, quiet=True).passed

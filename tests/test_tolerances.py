@@ -707,3 +707,20 @@ def test_attention_inside_a_custom_function_keeps_its_kernel_form():
     q, k, v, g = (torch.randn(1, 2, 4, 6, generator=gen) for _ in range(4))
     report = sg.check(custom(sdpa, torch_backward), {"q": q, "k": k, "v": v}, v=g, quiet=True)
     assert report.passed, report.to_text()
+
+
+def test_a_twin_leaving_out_a_large_shift_allows_torchs_forward_rounding():
+    """A twin leaving out a shift of about 1000 (log_softmax(z + c) beside sg.log_softmax(z)) has none
+    of torch's rounding of z + c in its forward row's bound, which failed torch's own float32 forward;
+    the failing row is compared again with the op graph's bound of the torch code's forward.  A twin
+    of a different function still fails."""
+    gen = torch.Generator().manual_seed(0)
+    z, c = 3 * torch.randn(3, 5, generator=gen), 1000 * torch.randn(3, generator=gen)
+    fn = lambda z, c: torch.log_softmax(z + c[:, None], -1)  # noqa: E731
+    tangents = {"z": torch.zeros_like(z), "c": torch.randn(3, generator=gen)}
+    report = sg.check(fn, {"z": z, "c": c}, symbolic=lambda z, c: sg.log_softmax(z, -1), via="forward_ad",
+                      tangents=tangents, quiet=True)
+    assert report.passed, report.to_text()
+    other = sg.check(fn, {"z": z, "c": c}, symbolic=lambda z, c: sg.log_softmax(1.001 * z, -1), via="forward_ad",
+                     tangents=tangents, quiet=True)
+    assert not other.records[0].passed

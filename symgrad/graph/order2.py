@@ -188,12 +188,18 @@ def bound_structural_zeros(graph, refs: list, firsts: list, jw_ref, seed_v, dirs
 
 def _structural_bound(ref, approxes: list) -> None:
     """``ref.structural_bound`` from the op graph's bounds ``approxes`` (one per direction, stacked
-    as the reference is; ``None``: torch sums nothing there)."""
-    if ref.structural_zero is None:
+    as the reference is; ``None``: torch sums nothing there); an entry the closed form evaluates to
+    an exact 0 with no rounding (a direction of 0 on every input it keeps) gets that bound as its
+    rounding (torch sums the other inputs' cancelling terms there)."""
+    exact = (np.asarray(ref.value) == 0) & (np.asarray(ref.rounding) == 0) if ref.rounding is not None else None
+    if ref.structural_zero is None and (exact is None or not exact.any()):
         return
     shape = np.shape(ref.value)
     parts = [np.zeros(shape[1:] if len(approxes) > 1 else shape) if a is None or a.e is None
              else np.broadcast_to(a.e, a.shape) for a in approxes]
     bound = (np.stack(parts) if len(approxes) > 1 else parts[0]).reshape(shape)
-    zero = np.asarray(ref.structural_zero, bool).reshape(shape)
-    ref.structural_bound = np.where(zero, np.where(np.isnan(bound), np.inf, bound), 0.0)  # NaN: no cap
+    if ref.structural_zero is not None:
+        zero = np.asarray(ref.structural_zero, bool).reshape(shape)
+        ref.structural_bound = np.where(zero, np.where(np.isnan(bound), np.inf, bound), 0.0)  # NaN: no cap
+    if exact is not None and exact.any():
+        ref.rounding = np.where(exact & np.isfinite(bound), bound, ref.rounding)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedOp
 
-__all__ = ["exploded_output", "explode_torch", "graph_for_bounds", "widen_to_tensor_bounds", "bound_tangent_zeros",
+__all__ = ["exploded_output", "explode_torch", "graph_for_bounds", "widen_to_tensor_bounds", "bound_tangent_zeros", "widen_forward",
            "SymbolicTwin", "import_fn"]
 
 
@@ -140,6 +140,25 @@ def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dty
             tensor = np.where(zero, 0.0, tensor)
         if not zeros_only:
             ref.rounding = np.fmax(ref.rounding, tensor)  # NaN: the other
+
+
+def widen_forward(graph, out_ref, dtype: str) -> bool:
+    """``out_ref``'s rounding: the larger of its own and the op graph's forward bound (Note [Bounds of
+    two evaluation orders]).  Whether it could be computed."""
+    from .check import EPS
+    from .engine import forward
+    from .scalar import Ctx
+
+    out = next((o for o in graph.outputs if o is not None), None)
+    if out is None or out_ref.rounding is None or int(np.prod(out.shape, dtype=np.int64)) != np.size(out_ref.value):
+        return False
+    try:
+        values = forward(graph, Ctx(EPS.get(dtype, 2.0**-52), dtype))
+    except (NotImplementedError, ValueError, ArithmeticError, UnsupportedOp):
+        return False
+    bound = np.broadcast_to(values[out].e, out.shape).reshape(np.shape(out_ref.value))
+    out_ref.rounding = np.fmax(np.asarray(out_ref.rounding, np.float64), bound)
+    return True
 
 
 def bound_tangent_zeros(graph, ref, tangents: Mapping, dtype: str) -> None:
