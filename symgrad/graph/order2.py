@@ -117,16 +117,16 @@ def hvp_records(st, out_t, *, v=None, tangents=None, count: int = 3, seed: int =
 def _first_order_records(st, out_t, seed_v, tangents_at: list, extras: dict, scalar: bool) -> list:
     """The first backward run with create_graph=True against the exact gradient, and its derivative
     in the cotangent against the exact J w (Note [Double backward] in symgrad/autograd/run.py)."""
-    from .engine import backward, tangent
+    from .cones import tangent_bands
+    from .engine import tangent
     from .forward_records import stack_tangents
+    from .kinkunits import sweep_references
     from .refs import approx_reference
-    from .refs import reference as _reference
 
     nodes = [st.graph.inputs.get(n) for n in st.wrt]
     live = [n for n in nodes if n is not None]
-    grads = backward(st.graph, st.values, {st.out: Approx(seed_v)}, live, st.ctx)
-    refs = [_reference(n, [None if node is None else grads.get(node)], tuple(st.leaves[n].shape), tuple(out_t.shape),
-                       "autograd.grad", 1, st.failed) for n, node in zip(st.wrt, nodes)]
+    # the same references a first-order check builds: kinks, ties and cone points (a norm at 0) included
+    refs = sweep_references(st, [seed_v], live, nodes, "autograd.grad", tuple(out_t.shape), 1, flip=False)[0]
     quantity = "grad (create_graph)" if scalar else "vjp (create_graph)"
     records = compare_all(refs, extras["grad"], st.dtype, quantity=quantity, rtol=st.rtol, atol=st.atol)
     # J w is the transpose of the backward's map: the stops that hold for reverse mode hold here too
@@ -138,6 +138,16 @@ def _first_order_records(st, out_t, seed_v, tangents_at: list, extras: dict, sca
         return records
     ref = approx_reference("grad_output", stack_tangents(ours, st.values[st.out].shape), "forward mode over the op graph: the derivative of the backward "
                            "in its cotangent, J w", st.failed)
+    shape = np.shape(ref.value)
+
+    def at(values):  # the tangents at moved inputs (Note [Cone points]), stacked as the reference
+        got = [tangent(st.graph, values, ts, st.out, ctx) for ts in tangents_at]
+        return ([np.stack([np.zeros(st.values[st.out].shape) if t is None else np.broadcast_to(t.v, t.shape)
+                           for t in got]).reshape(shape)],
+                [np.stack([np.zeros(st.values[st.out].shape) if t is None else np.broadcast_to(t.e, t.shape)
+                           for t in got]).reshape(shape)])
+
+    tangent_bands(dataclasses.replace(st, ctx=ctx), [ref], at, [{n: a.v for n, a in ts.items()} for ts in tangents_at])
     return records + compare_all([ref], {"grad_output": extras["jw"]}, st.dtype, quantity="jvp",
                                  rtol=st.rtol, atol=st.atol)
 
