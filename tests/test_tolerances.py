@@ -665,7 +665,7 @@ def test_elu_family_slope_is_bounded_from_the_input(dtype):
         bug = with_backward(op, lambda x, g, op=op: vjp(op, x, g) * torch.where(x < -5, scale, 1.0))
         assert not sg.check(bug, {"x": x}, engine="graph", quiet=True).passed
     for op in (lambda x: torch.nn.ELU(inplace=True)(x * 1.0), lambda x: F.celu(x * 1.0, 0.5, inplace=True),
-               lambda x: torch.ops.aten.elu_(x * 1.0)):
+               lambda x: torch.ops.aten.elu_(x * 1.0), lambda x: F.selu(x * 1.0, inplace=True)):
         assert sg.check(op, {"x": x}, quiet=True).passed
 
 

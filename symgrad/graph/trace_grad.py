@@ -197,6 +197,17 @@ _IN_PLACE_DUNDERS = ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__iflo
                      "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__")
 
 
+# in-place functions functionalization cannot follow (torch.selu_ is a composite whose output
+# aliases its input: "custom (non-ATen) operator whose output has alias annotations"), traced as the
+# out-of-place op copied back, as torch's own in-place kernel leaves them
+def _selu_in_place(x):
+    import torch
+
+    return x.copy_(torch.selu(x))
+
+
+_FUNCTIONAL_TWINS = {(True, "selu_"): _selu_in_place}
+
 # the in-place ATen packets whose trace depends on it (Note [elu's slope from its input])
 _ATEN_IN_PLACE = ("elu_", "celu_", "selu_")
 
@@ -244,7 +255,7 @@ def _noting_in_place(flag: list):
             fn = getattr(owner, name, None)
             if callable(fn) and not isinstance(fn, type):
                 saved.append((owner, name, fn))
-                setattr(owner, name, wrapped(fn))
+                setattr(owner, name, wrapped(_FUNCTIONAL_TWINS.get((owner is torch, name), fn)))
     for name in _ATEN_IN_PLACE:  # torch.ops.aten.elu_(x): the packet called (its overloads stay as they are)
         packet = getattr(torch.ops.aten, name, None)
         if packet is not None:
