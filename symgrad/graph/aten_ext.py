@@ -278,10 +278,12 @@ def _embedding_bag(b, args, kwargs, val):
             out = b.select([out], np.where(empty[:, None], 0, np.arange(1, out.size + 1).reshape(out.shape)))
     else:
         picked = b.select([weight], idx)
+        picked.attrs["_sequential"] = ("float32", "float64")  # as an embedding's (Note [Sequential reverse sums])
         if psw is not None:
             w_sel = b.select([b.node_of(psw)], pos[..., None] * np.ones((1, 1, width), np.int64))
             picked = b.pointwise(lambda s, t: s * t, [picked, w_sel])
         out = b.reduce("sum", picked, (1,), False)
+        out.attrs["_sequential_forward"] = "opmath"  # a bag's rows added one at a time (Note [Many entries landing at one place])
         if mode == 1:
             out = b.pointwise(lambda s, c: s / c, [out, torch.from_numpy(np.maximum(counts, 1.0)[:, None])])
     return (out, None, None, None)
