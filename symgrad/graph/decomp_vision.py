@@ -332,6 +332,41 @@ def _householder_product(a, tau):
     return q[..., :, :n]
 
 
+# Note [Matrix exponential as a series]
+# ``linalg_matrix_exp`` (the orthogonal parametrization's map for square weights) is read as scaling
+# and squaring of its Taylor series: A / 2**s with s the least making the 1-norm at most 1/2, the
+# series to degree MATRIX_EXP_DEGREE, then s squarings.  The truncation, (1/2)**19 / 19! < 2e-23
+# relative, is far below float64's rounding, so the series' exact value and derivatives (the
+# Fréchet derivative, through its products) are exp(A)'s to that accuracy; torch's kernel (a
+# degree-18 Taylor form evaluated with fewer products) rounds differently, and the bound of the
+# series' products covers both.  s is read from the values (a constant of the trace).
+MATRIX_EXP_DEGREE = 18
+
+
+def _matrix_exp(a):
+    import math
+
+    import torch
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+    from .trace_grad import chosen_from_values
+
+    n = a.shape[-1]
+    with disable_proxy_modes_tracing():
+        norm = float(a.detach().abs().sum(-2).amax()) if a.numel() else 0.0
+    s = max(0, math.ceil(math.log2(norm / 0.5))) if norm > 0.5 and math.isfinite(norm) else 0
+    with chosen_from_values(f"matrix_exp's {s} squarings, chosen from its argument's norm {norm:.3g}"):
+        x = a / 2.0**s
+        eye = torch.eye(n, dtype=a.dtype).expand(a.shape)
+        term, out = eye, eye
+        for k in range(1, MATRIX_EXP_DEGREE + 1):
+            term = (term @ x) / k
+            out = out + term
+        for _ in range(s):
+            out = out @ out
+    return out
+
+
 def _vision_decompositions() -> dict:
     import torch
 
@@ -343,6 +378,7 @@ def _vision_decompositions() -> dict:
         aten.grid_sampler_2d.default: _grid_sampler_2d,
         aten.grid_sampler_3d.default: _grid_sampler_3d,
         aten.linalg_householder_product.default: _householder_product,
+        aten.linalg_matrix_exp.default: _matrix_exp,
     }
 
 

@@ -17,7 +17,7 @@ from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, not
                              write_into_constant)
 from .fold_error import (INDEX_STEPS, cast_margin, casts, deep_fold, errors_by_wide, exact_fold, flatten, fold_eps,
                          fold_error, traced_dtype)
-from .trace_grad import IN_PLACE, NO_GRAD, SEQUENTIAL
+from .trace_grad import CHOSEN, IN_PLACE, NO_GRAD, SEQUENTIAL
 
 __all__ = ["to_graph", "register"]
 
@@ -54,10 +54,7 @@ def register(op, forward: Callable) -> None:
 
 
 # where a refused op usually comes from, and the supported way around it
-_HINTS = {
-    "linalg_matrix_exp": " (torch.nn.utils.parametrizations.orthogonal maps square weights through matrix_exp: "
-                         "orthogonal(layer, orthogonal_map='cayley') or 'householder' is checked)",
-}
+_HINTS: dict = {}
 
 _INLINING: set = set()  # the registered ops whose forward is being read (inside it, the op is the table's)
 
@@ -203,6 +200,8 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
         env[node] = _call(b, node, args, kwargs)
+        if node.meta.get(CHOSEN):  # a form chosen from the values: never cached
+            b.graph.specialized = node.meta[CHOSEN]
         if node.meta.get(SEQUENTIAL) and isinstance(env[node], Node):  # Note [Sequential reverse sums]
             env[node].attrs["_sequential"] = node.meta[SEQUENTIAL]
         if node.meta.get(NO_GRAD) or _detached_in_place(node, args):  # Note [Grad mode inside forward]

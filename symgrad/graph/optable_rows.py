@@ -241,6 +241,8 @@ ROWS += [
     lin("mv", torch.mv, {"x": normal(3, 4), "y": normal(4)}), lin("dot", torch.dot, {"x": normal(5), "y": normal(5)}),
     lin("bmm", torch.bmm, {"x": normal(2, 3, 4), "y": normal(2, 4, 2)}),
     lin("householder_product", torch.linalg.householder_product, {"x": normal(4, 3), "y": uniform(0.5, 1.5, 3)}),
+    lin("matrix_exp", torch.linalg.matrix_exp, {"x": normal(3, 3)}),  # Note [Matrix exponential as a series]
+    lin("matrix_exp batched", torch.linalg.matrix_exp, {"x": normal(2, 3, 3)}),
     lin("baddbmm", lambda a, x, y: torch.baddbmm(a, x, y, beta=0.5, alpha=2.0),
         {"a": normal(2, 3, 2), "x": normal(2, 3, 4), "y": normal(2, 4, 2)}),
     lin("addmm", torch.addmm, {"a": normal(3, 2), "x": normal(3, 4), "y": normal(4, 2)}),

@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 
 __all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "EXP_SLOPE", "marking_grad_mode", "sequential_sums",
-           "slope_from_input", "OWN_STOP", "own_stop"]
+           "slope_from_input", "OWN_STOP", "own_stop", "CHOSEN", "chosen_from_values"]
 
 
 # Note [Grad mode inside forward]
@@ -88,6 +88,23 @@ OWN_STOP = "symgrad_own_stop"
 _OWN_STOP: list = []
 
 
+# fx nodes of a decomposition whose form was chosen from the traced values (the matrix
+# exponential's number of squarings): the graph holds at those values only and is never cached
+# (``graph.specialized``, Note [Value-dependent branches] in interpret_data.py)
+CHOSEN = "symgrad_chosen_from_values"
+_CHOSEN: list = []
+
+
+@contextmanager
+def chosen_from_values(reason: str):
+    """The fx nodes recorded inside note ``CHOSEN`` = ``reason``."""
+    _CHOSEN.append(reason)
+    try:
+        yield
+    finally:
+        _CHOSEN.pop()
+
+
 @contextmanager
 def own_stop():
     """The fx nodes recorded inside note ``OWN_STOP``."""
@@ -155,6 +172,8 @@ def marking_grad_mode():
             node.meta[EXP_SLOPE] = True
         if _OWN_STOP:
             node.meta[OWN_STOP] = True
+        if _CHOSEN:
+            node.meta[CHOSEN] = _CHOSEN[-1]
         return node
 
     def leaving(name):

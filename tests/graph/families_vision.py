@@ -19,7 +19,6 @@ __all__ = ["VISION", "REFUSED_VISION", "FLOAT32_LIMITS"]
 VISION: list[str] = []  # the names this file adds, in order
 # refused with a message naming cause and fix (the words the message must hold)
 REFUSED_VISION = {
-    "orthogonal": "orthogonal_map='cayley'",  # linalg_matrix_exp: no exact finite form
     "dropout_train": "model.eval()",  # torch draws a new mask on every call
     "fractional_maxpool_drawn": "draws random numbers",  # torch draws new samples on every call
 }
@@ -356,7 +355,7 @@ def _orthogonal(omap, shape):
     return build
 
 
-_add("orthogonal", _orthogonal(None, (3, 3)))  # square: matrix_exp (refused, naming the other maps)
+_add("orthogonal", _orthogonal(None, (3, 3)))  # square: matrix_exp (Note [Matrix exponential as a series])
 _add("orthogonal_cayley", _orthogonal("cayley", (3, 3)))
 _add("orthogonal_householder", _orthogonal("householder", (4, 3)))
 
