@@ -307,6 +307,12 @@ def kink_note(name, kink, e, a, lo, hi, in_band, found=None, forward: bool = Fal
         "a value outside the one-sided values but within their rounding allowance" if in_band[first] else
         "a value OUTSIDE the one-sided band")
     outside = int((kink & ~in_band).sum())
+    unbounded = kink & ~in_band & np.isneginf(lo) & np.isposinf(hi) & np.isnan(a)
+    if unbounded.any():  # sqrt(|x|) at 0: no derivative to compare with
+        where = format_index(name, tuple(int(i) for i in np.argwhere(unbounded)[0]))
+        return (f"{int(unbounded.sum())} entries (e.g. {where}) sit where the derivative does not exist: its "
+                "one-sided values are -inf and inf, and autograd gave NaN; nothing can be checked there, so "
+                "the entry fails as undecided. Check at inputs off that point.")
     text = (f"{int(kink.sum())} entries sit on a kink (an input exactly at, or within rounding of, a point where the "
             f"derivative jumps): e.g. {format_index(name, first)} has one-sided "
             f"{'values (the kink moves a step function or a rounding)' if forward else 'derivatives'} {lo[first]:.6g} and "
