@@ -342,3 +342,13 @@ def test_a_clamp_before_acos_hit_by_one_sample_checks_every_other_sample():
         with torch.no_grad():
             model.W[0] = model.emb(x)[0]  # sample 0 exactly on class 0: cosine 1, clamped
         assert sg.check(model, {"x": x}, quiet=True).passed == passes, scale
+
+
+def test_a_point_with_no_derivative_is_said_to_be_undecided():
+    """sqrt(|x|) at 0: one-sided derivatives -inf and inf, torch's NaN; the report said "a value OUTSIDE
+    the one-sided band ... that is a bug".  It fails, saying the derivative does not exist there."""
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    report = sg.check(lambda x: torch.sqrt(x.abs()), {"x": x}, v=torch.ones(2, dtype=torch.float64), quiet=True)
+    assert not report.passed
+    text = report.to_text()
+    assert "derivative does not exist" in text and "that is a bug" not in text
