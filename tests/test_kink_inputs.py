@@ -352,3 +352,36 @@ def test_a_point_with_no_derivative_is_said_to_be_undecided():
     assert not report.passed
     text = report.to_text()
     assert "derivative does not exist" in text and "that is a bug" not in text
+
+
+def test_the_other_side_everywhere_does_not_pass_by_leaving_entries_unresolved():
+    """Note [Other side everywhere]: a rotation geodesic loss, acos of the rotation's cosine clamped to
+    1 - 1e-15 in float64, with one sample predicted exactly (cosine one ulp from 1): every kinked unit
+    on its other side allowed 1e8 times each gradient entry, and a backward 1 % off passed on that
+    retry.  The correct model still passes."""
+    from symgrad.testing_ops import with_backward
+
+    def rot6d(o):  # Gram-Schmidt of two 3-vectors into a rotation matrix
+        a = F.normalize(o[:, :3], dim=1)
+        b = F.normalize(o[:, 3:] - (a * o[:, 3:]).sum(1, keepdim=True) * a, dim=1)
+        return torch.stack([a, b, torch.cross(a, b, dim=1)], 2)
+
+    class Geodesic(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 6)
+            self.scaled = with_backward(lambda x: x.clone(), lambda x, g: g * scale)
+
+        def forward(self, x, target):
+            r = rot6d(self.scaled(self.lin(x)))
+            c = ((r.transpose(1, 2) @ target).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
+            return torch.acos(c.clamp(-1 + 1e-15, 1 - 1e-15)).mean()
+
+    for scale, passes in ((1.0, True), (1.01, False)):
+        torch.manual_seed(0)
+        model = Geodesic(scale).double()
+        x = torch.randn(4, 4, dtype=torch.float64)
+        target = rot6d(torch.randn(4, 6, dtype=torch.float64))
+        with torch.no_grad():
+            target[0] = rot6d(model.lin(x))[0]  # sample 0 predicted exactly
+        assert sg.check(model, {"x": x, "target": target}, quiet=True).passed == passes, scale

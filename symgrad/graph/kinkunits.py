@@ -226,7 +226,10 @@ def _seeds(arg, entry, change, change_e) -> dict:
 # side, and the fit is repeated around that choice; when every record passes there, they pass (a
 # record alone may not take its own side: a backward giving the cotangent both to x and to its bound
 # at a tie of clamp(x, lo) is explained for x by one side and for lo by the other).  A mixed
-# choice with cross terms (some units each way, several layers deep) is still beyond the fit.
+# choice with cross terms (some units each way, several layers deep) is still beyond the fit.  A
+# record passes on the other sides only if that choice leaves no more entries unresolved (allowed
+# their own size) than its own did: at a cosine one ulp from 1, clamped before acos in float64, the
+# unclamped side's bound (acos'' times the cosine's rounding, 1e23 ulps) let a backward 1 % off pass.
 
 # Note [A tie's first entry]
 # The sweeps take a tie of max/min at its even split (amax's convention), and the fit adds one
