@@ -28,7 +28,7 @@ import sympy as sp
 from .approx import Approx, add, mul, rounded, rounded_constant, signed_band, size
 from ..ops import is_float32_constant
 from .scalar_constants import folded_number, constant_error
-from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _polygamma
+from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, ROOTED, STEPS, _polygamma
 
 __all__ = ["Ctx", "evaluate", "constant_error"]
 
@@ -70,7 +70,6 @@ class Ctx:
     moving: frozenset = frozenset()  # symbols whose values move with the inputs (Note [Equalities at a kink])
 
 
-_ROOTED = {sp.loggamma}  # Note [Kernels accurate relative to their result]
 _HALF = ("float16", "bfloat16")
 
 
@@ -180,7 +179,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
     if fn is not None and len(expr.args) == 1 and expr.func in STEPS:
         return _step(fn[0], _eval(expr.args[0], env, ctx, memo), ctx)
     if fn is not None and len(expr.args) == 1:
-        return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo), rooted=expr.func in _ROOTED,
+        return _apply(fn[0], fn[1], _eval(expr.args[0], env, ctx, memo), rooted=expr.func in ROOTED,
                       ulps=library_ulps(ctx, expr.func))
     if isinstance(expr, (sp.Abs, sp.sign, sp.Max, sp.Min, sp.Heaviside)):
         return _eval(_as_piecewise(expr), env, ctx, memo)

@@ -13,7 +13,7 @@ import sympy as sp
 
 from ..lower.runtime import _erfc
 
-__all__ = ["FUNCTIONS", "STEPS", "NARY", "KERNEL_ULPS"]
+__all__ = ["FUNCTIONS", "STEPS", "NARY", "KERNEL_ULPS", "ROOTED"]
 
 
 def _d_erfinv(x):
@@ -75,6 +75,9 @@ NARY: dict = {}
 # where torch's kernel is less accurate than a library function's (Note [Modified Bessel functions
 # as torch's kernels] in functions.py)
 KERNEL_ULPS: dict = {}
+# functions whose kernels are charged |x f'(x)| as well (Note [Kernels accurate relative to their result]
+# in scalar.py; functions.py adds its own)
+ROOTED: set = {sp.loggamma}
 
 
 def _polygamma(n: int):

@@ -54,18 +54,18 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
-__all__ = ["OPAQUE", "NUMPY", "MPMATH", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "BESSEL_ULPS", "derivative", "resolve",
+__all__ = ["OPAQUE", "NUMPY", "MPMATH", "erfcx_kernel", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "BESSEL_ULPS", "derivative", "resolve",
            "resolve_all", "own_rounding", "SIDES", "jumps"]
 
 # undefined symengine functions standing for SymPy's erfinv, symgrad's round_even and modified Bessel functions
-OPAQUE = ("erfinv", "round_even", "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e")
+OPAQUE = ("erfinv", "round_even", "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e", "erfcx")
 # units of its value charged for one call of a modified Bessel function (float32/float64, float16/bfloat16):
 # Note [Modified Bessel functions as torch's kernels] in symgrad/graph/functions.py
 BESSEL_ULPS = {"bessel_i0": (6.0, 1.0), "bessel_i0e": (6.0, 10.0), "bessel_i1": (20.0, 1.0), "bessel_i1e": (20.0, 1.0)}
 SPECIAL_ULPS = 2.0
 KERNEL_REL = {1: 1e-9}  # polygamma order -> torch's float64 relative error, measured 4.9e-10 (table above)
-_ROOTED = ("loggamma", "polygamma", "erfinv")
-FLOAT64_ONLY = ("loggamma", "polygamma", "erfinv", *BESSEL_ULPS)
+_ROOTED = ("loggamma", "polygamma", "erfcx")  # erfinv: Note [Kernels accurate relative to their result]
+FLOAT64_ONLY = ("loggamma", "polygamma", "erfinv", "erfcx", *BESSEL_ULPS)
 
 
 def _float64(fn):
@@ -92,7 +92,24 @@ def _polygamma(n, x):
     return sc.digamma(x) if int(n) == 0 else sc.polygamma(int(n), x)
 
 
-NUMPY = {"loggamma": _scipy("gammaln"), "polygamma": _polygamma, "erfinv": _scipy("erfinv"), "atan2": np.arctan2,
+def _mp_erfcx(x):
+    return mp.exp(x * x) * mp.erfc(x)
+
+
+def erfcx_kernel(x):
+    """exp(x**2) erfc(x): scipy's (the Faddeeva package's) from -1 up, mpmath's below, where scipy's
+    errs as torch's does (368 ulps at -26: the same code; Note [erfcx] in graph/functions.py)."""
+    x = np.asarray(x, np.float64)
+    out = np.asarray(_scipy("erfcx")(x), np.float64)
+    low = x < -1
+    if np.any(low):
+        with mp.workdps(30):
+            out = np.array(out, np.float64, copy=True)
+            out[low] = [float(_mp_erfcx(mp.mpf(float(v)))) for v in x[low]]
+    return out
+
+
+NUMPY = {"erfcx": erfcx_kernel, "loggamma": _scipy("gammaln"), "polygamma": _polygamma, "erfinv": _scipy("erfinv"), "atan2": np.arctan2,
          "round_even": np.round,  # np.round rounds half to even, as torch.round
          "bessel_i0": _scipy("i0"), "bessel_i1": _scipy("i1"), "bessel_i0e": _scipy("i0e"), "bessel_i1e": _scipy("i1e")}
 
@@ -113,7 +130,7 @@ MPMATH = {"loggamma": (_mp_loggamma, 1), "polygamma": (_mp_polygamma, 2), "erfin
           "atan2": (mp.atan2, 2), "round_even": (_mp_round, 1),  # name -> (function, number of arguments)
           "bessel_i0": (lambda x: mp.besseli(0, x), 1), "bessel_i1": (lambda x: mp.besseli(1, x), 1),
           "bessel_i0e": (lambda x: mp.exp(-abs(x)) * mp.besseli(0, x), 1),
-          "bessel_i1e": (lambda x: mp.exp(-abs(x)) * mp.besseli(1, x), 1)}
+          "bessel_i1e": (lambda x: mp.exp(-abs(x)) * mp.besseli(1, x), 1), "erfcx": (_mp_erfcx, 1)}
 
 
 def derivative(name: str, args: tuple, i: int = 0):
@@ -130,6 +147,8 @@ def derivative(name: str, args: tuple, i: int = 0):
         return se.polygamma(args[0] + 1, args[1]) if i == 1 else se.Integer(0)  # the order is an integer
     if name in BESSEL_ULPS:  # torch's forms (Note [Modified Bessel functions as torch's kernels])
         return _bessel_derivative(name, args[0])
+    if name == "erfcx":  # torch's: 2 x erfcx(x) - 2 / sqrt(pi)
+        return 2 * args[0] * se.Function("erfcx")(args[0]) - 2 / se.sqrt(se.pi)
     raise KeyError(name)
 
 
