@@ -278,3 +278,20 @@ def test_erfcx_on_both_engines_down_its_tail(dtype):
         bug = with_backward(f, lambda x, g: vjp(f, x, g) * (1 + rel))
         assert not symgrad.check(bug, {"x": x}, symbolic=f if engine == "elementwise" else None, engine=engine,
                                  quiet=True).passed, engine
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_log_ndtr_is_read_as_torchs_kernel(dtype):
+    """Note [log_ndtr as torch's kernel] (graph/functions.py): torch's backward is written from its
+    result, exp(-(y + x**2/2)) / sqrt(2 pi), 266 ulps off at x = -20 in float64; read through its
+    decomposition torch's own failed there, and its forward at 12 (-1.8e-33, where Phi rounds to 1)
+    was compared with 0.  Both engines pass torch's own, and are not called inaccurate; a backward
+    off by 1e-6 (1e-3 in float32) fails."""
+    x = torch.tensor([-100.0, -20.0, -3.0, -0.5, 0.0, 2.0, 8.0, 12.0], dtype=dtype)
+    f = torch.special.log_ndtr
+    rel = 1e-6 if dtype == torch.float64 else 1e-3
+    for engine in ("graph", "elementwise"):
+        assert symgrad.check(f, {"x": x}, engine=engine, strict=True, quiet=True).passed, engine
+        bug = with_backward(f, lambda x, g: vjp(f, x, g) * (1 + rel))
+        assert not symgrad.check(bug, {"x": x}, symbolic=f if engine == "elementwise" else None, engine=engine,
+                                 quiet=True).passed, engine

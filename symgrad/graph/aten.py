@@ -20,7 +20,7 @@ import operator
 import numpy as np
 import sympy as sp
 
-from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, erfcx, expm1, expm1_exp, floor, log1p, round_even,
+from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, erfcx, expm1, expm1_exp, floor, log1p, log_ndtr, round_even,
                         sigmoid, trunc)
 from .ir import Node
 from .trace_grad import EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
@@ -109,6 +109,7 @@ _UNARY = {
     "aten.i0": bessel_i0, "aten.special_i0e": bessel_i0e, "aten.special_i1": bessel_i1,
     "aten.special_i1e": bessel_i1e,  # Note [Modified Bessel functions as torch's kernels] in functions.py
     "aten.special_erfcx": erfcx,  # Note [erfcx] in functions.py
+    "aten.special_log_ndtr": log_ndtr,  # Note [log_ndtr as torch's kernel] in functions.py
 }
 for _name, _fn in _UNARY.items():
     HANDLERS[_name] = _pw(_fn)

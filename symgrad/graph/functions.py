@@ -13,11 +13,11 @@ import numpy as np
 import sympy as sp
 
 from ..compare.half import rounding_ulps, subnormal_rounding
-from ..lower.special import BESSEL_ULPS, MPMATH, erfcx_kernel
+from ..lower.special import BESSEL_ULPS, MPMATH, erfcx_kernel, log_ndtr_kernel
 from .approx import Approx, add, mul, rounded, size
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, ROOTED, STEPS, _scipy
 
-__all__ = ["expm1", "expm1_exp", "centred", "erfcx", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
+__all__ = ["expm1", "expm1_exp", "centred", "erfcx", "log_ndtr", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
            "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e", "DEFINITIONS"]
 
 
@@ -360,3 +360,42 @@ FUNCTIONS[erfcx] = (erfcx_kernel, _np_d_erfcx)
 KERNEL_ULPS[erfcx] = (6.0, 2.0)  # 5 ulps measured on (-1, 1) in float64, 6.3 in float32 (the Note)
 ROOTED.add(erfcx)
 DEFINITIONS[erfcx] = lambda x: sp.exp(x**2) * sp.erfc(x)
+
+
+# Note [log_ndtr as torch's kernel]
+# torch.special.log_ndtr, log Phi(x), is a kernel of its own, and its backward is written from its
+# result y: exp(-(y + x**2 / 2)) / sqrt(2 pi), which cancels far below 0 (y + x**2/2 is -3 at
+# x = -20, from terms of 200): torch's float64 derivative there is 266 ulps off.  Read through
+# torch's decomposition (via erfcx), the bound did not see that cancellation and torch's own backward
+# failed.  So it is read whole, its derivative in torch's form.  Its forward (torch's and scipy's
+# alike) keeps 3 ulps from -38 to 1, 23 up to 5, and loses the small result above (log of 1 - tiny),
+# an absolute error of about eps: charged |x f'(x)| as well (Note [Kernels accurate relative to their
+# result] in graph/scalar.py), whose size there is about x phi(x) > eps.  The reference is mpmath's
+# outside (-38, 1).
+class log_ndtr(sp.Function):  # noqa: N801
+    """log Phi(x), Phi the standard normal CDF (Note [log_ndtr as torch's kernel])."""
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return sp.exp(-(log_ndtr(x) + x**2 / 2)) / sp.sqrt(2 * sp.pi)
+
+    def _eval_evalf(self, prec):
+        import mpmath as mp
+
+        x = self.args[0].evalf(mp.libmp.prec_to_dps(prec))
+        if not x.is_Number:
+            return None
+        with mp.workprec(prec):
+            value = MPMATH["log_ndtr"][0](mp.mpf(x._to_mpmath(prec)))
+        return sp.Float._new(value._mpf_, prec)
+
+
+def _np_d_log_ndtr(x):
+    with np.errstate(all="ignore"):
+        return np.exp(-(log_ndtr_kernel(x) + x * x / 2)) / np.sqrt(2 * np.pi)
+
+
+FUNCTIONS[log_ndtr] = (log_ndtr_kernel, _np_d_log_ndtr)
+KERNEL_ULPS[log_ndtr] = (3.0, 2.0)
+ROOTED.add(log_ndtr)
+DEFINITIONS[log_ndtr] = lambda x: sp.log(sp.erfc(-x / sp.sqrt(2)) / 2)

@@ -143,11 +143,12 @@ class ExactEvaluator:
 
     def _partials(self, i: int, se_args: list) -> list | None:
         """``a dg/da`` for each arg and saved value of closed form ``i``; None beyond the work limits."""
+        from .special import resolve_all
         from .symengine_forms import to_symengine
 
         if not self.conditionable(i):
             return None
-        g = to_symengine(self.exprs[i])
+        g = resolve_all(to_symengine(self.exprs[i]))  # an OPAQUE function's derivative in closed form first
         free = g.free_symbols
         saved = _saved_terms(g)
         if saved is None:
@@ -202,7 +203,10 @@ class ExactEvaluator:
 # in the closed form, and every logistic 1/(1 + exp(u)) (exp(u) = (1 - s)/s), counts as one more
 # input rounded once: |t dg/dt| joins the sum.  sin, cos, log, sqrt, ... do not: a backward computes
 # them from its inputs (the naive sinc' = (x cos x - sin x)/x**2 stays inaccurate, as it should).
+# log_ndtr' is written from log_ndtr's result, which counts so too.
 _SAVED = ("tanh", "erf")
+# log_ndtr' from its result, a kernel of 3 ulps: counted four times (Note [log_ndtr as torch's kernel] in graph/functions.py)
+_SAVED_OPAQUE = {"log_ndtr": 4}
 
 
 def _saved_terms(g) -> list | None:
@@ -216,7 +220,8 @@ def _saved_terms(g) -> list | None:
             continue
         seen.add(e)
         kind = type(e).__name__
-        if kind in _SAVED or (kind == "Pow" and e.args[0] == se.E):
+        saved_opaque = kind == "FunctionSymbol" and e.get_name() in _SAVED_OPAQUE
+        if kind in _SAVED or saved_opaque or (kind == "Pow" and e.args[0] == se.E):
             found.append(e)
         stack.extend(e.args)
     terms = []
@@ -224,7 +229,8 @@ def _saved_terms(g) -> list | None:
         return None  # too many: the accuracy question is not answered
     for k, t in enumerate(found):
         tau = se.Symbol(f"_saved{k}")
-        terms.append(t * g.subs({t: tau}).diff(tau).subs({tau: t}))
+        weight = _SAVED_OPAQUE.get(t.get_name(), 1) if type(t).__name__ == "FunctionSymbol" else 1
+        terms.append(weight * t * g.subs({t: tau}).diff(tau).subs({tau: t}))
         if type(t).__name__ == "Pow":  # the logistic s = 1/(1 + exp(u)) as the saved value
             s = 1 / (1 + t)
             terms.append(s * g.subs({t: (1 - tau) / tau}).diff(tau).subs({tau: s}))

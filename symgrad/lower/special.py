@@ -54,18 +54,18 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
-__all__ = ["OPAQUE", "NUMPY", "MPMATH", "erfcx_kernel", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "BESSEL_ULPS", "derivative", "resolve",
+__all__ = ["OPAQUE", "NUMPY", "MPMATH", "erfcx_kernel", "log_ndtr_kernel", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "BESSEL_ULPS", "derivative", "resolve",
            "resolve_all", "own_rounding", "SIDES", "jumps"]
 
 # undefined symengine functions standing for SymPy's erfinv, symgrad's round_even and modified Bessel functions
-OPAQUE = ("erfinv", "round_even", "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e", "erfcx")
+OPAQUE = ("erfinv", "round_even", "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e", "erfcx", "log_ndtr")
 # units of its value charged for one call of a modified Bessel function (float32/float64, float16/bfloat16):
 # Note [Modified Bessel functions as torch's kernels] in symgrad/graph/functions.py
 BESSEL_ULPS = {"bessel_i0": (6.0, 1.0), "bessel_i0e": (6.0, 10.0), "bessel_i1": (20.0, 1.0), "bessel_i1e": (20.0, 1.0)}
 SPECIAL_ULPS = 2.0
 KERNEL_REL = {1: 1e-9}  # polygamma order -> torch's float64 relative error, measured 4.9e-10 (table above)
-_ROOTED = ("loggamma", "polygamma", "erfcx")  # erfinv: Note [Kernels accurate relative to their result]
-FLOAT64_ONLY = ("loggamma", "polygamma", "erfinv", "erfcx", *BESSEL_ULPS)
+_ROOTED = ("loggamma", "polygamma", "erfcx", "log_ndtr")  # erfinv: Note [Kernels accurate relative to their result]
+FLOAT64_ONLY = ("loggamma", "polygamma", "erfinv", "erfcx", "log_ndtr", *BESSEL_ULPS)
 
 
 def _float64(fn):
@@ -109,7 +109,23 @@ def erfcx_kernel(x):
     return out
 
 
-NUMPY = {"erfcx": erfcx_kernel, "loggamma": _scipy("gammaln"), "polygamma": _polygamma, "erfinv": _scipy("erfinv"), "atan2": np.arctan2,
+def _mp_log_ndtr(x):
+    return mp.log1p(-mp.ncdf(-x)) if x > 0 else mp.log(mp.ncdf(x))  # Phi(x) near 1 would round to 1
+
+
+def log_ndtr_kernel(x):
+    """log Phi(x): scipy's from -38 to 1 (3 ulps), mpmath's elsewhere, where scipy's and torch's lose
+    the small result (Note [log_ndtr as torch's kernel] in graph/functions.py)."""
+    x = np.asarray(x, np.float64)
+    out = np.array(_scipy("log_ndtr")(x), np.float64, copy=True)
+    far = (x > 1) | (x < -38)
+    if np.any(far):
+        with mp.workdps(30):
+            out[far] = [float(_mp_log_ndtr(mp.mpf(float(v)))) for v in x[far]]
+    return out
+
+
+NUMPY = {"erfcx": erfcx_kernel, "log_ndtr": log_ndtr_kernel, "loggamma": _scipy("gammaln"), "polygamma": _polygamma, "erfinv": _scipy("erfinv"), "atan2": np.arctan2,
          "round_even": np.round,  # np.round rounds half to even, as torch.round
          "bessel_i0": _scipy("i0"), "bessel_i1": _scipy("i1"), "bessel_i0e": _scipy("i0e"), "bessel_i1e": _scipy("i1e")}
 
@@ -130,7 +146,8 @@ MPMATH = {"loggamma": (_mp_loggamma, 1), "polygamma": (_mp_polygamma, 2), "erfin
           "atan2": (mp.atan2, 2), "round_even": (_mp_round, 1),  # name -> (function, number of arguments)
           "bessel_i0": (lambda x: mp.besseli(0, x), 1), "bessel_i1": (lambda x: mp.besseli(1, x), 1),
           "bessel_i0e": (lambda x: mp.exp(-abs(x)) * mp.besseli(0, x), 1),
-          "bessel_i1e": (lambda x: mp.exp(-abs(x)) * mp.besseli(1, x), 1), "erfcx": (_mp_erfcx, 1)}
+          "bessel_i1e": (lambda x: mp.exp(-abs(x)) * mp.besseli(1, x), 1), "erfcx": (_mp_erfcx, 1),
+          "log_ndtr": (_mp_log_ndtr, 1)}
 
 
 def derivative(name: str, args: tuple, i: int = 0):
@@ -149,6 +166,8 @@ def derivative(name: str, args: tuple, i: int = 0):
         return _bessel_derivative(name, args[0])
     if name == "erfcx":  # torch's: 2 x erfcx(x) - 2 / sqrt(pi)
         return 2 * args[0] * se.Function("erfcx")(args[0]) - 2 / se.sqrt(se.pi)
+    if name == "log_ndtr":  # torch's, from the result: exp(-(y + x**2 / 2)) / sqrt(2 pi)
+        return se.exp(-(se.Function("log_ndtr")(args[0]) + args[0] ** 2 / 2)) / se.sqrt(2 * se.pi)
     raise KeyError(name)
 
 

@@ -145,9 +145,9 @@ def test_an_op_outside_the_table_names_itself_and_register():
 
     a = torch.tensor([[2.0, 0.5], [0.3, 1.5]], dtype=torch.float64)
     with pytest.raises(UnsupportedOp) as err:
-        sg.check(torch.special.log_ndtr, {"a": a}, engine="graph")
+        sg.check(torch.special.airy_ai, {"a": a}, engine="graph")
     text = str(err.value)
-    assert "special_log_ndtr" in text and "register(" in text and "fx node" in text
+    assert "special_airy_ai" in text and "register(" in text and "fx node" in text
 
 
 def test_a_singular_matrix_is_refused_with_a_clear_error():

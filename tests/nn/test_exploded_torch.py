@@ -247,9 +247,9 @@ def test_a_wrong_definition_is_caught():
 
 def test_an_op_outside_the_table_names_op_node_and_register():
     with pytest.raises(symgrad.UnsupportedOp) as err:
-        check_function(lambda x: torch.special.log_ndtr(x), {"x": _x((N, 4))})
+        check_function(lambda x: torch.special.airy_ai(x), {"x": _x((N, 4))})
     msg = str(err.value)
-    assert "log_ndtr" in msg and "fx node" in msg and "symgrad.register" in msg and len(msg) < 1000
+    assert "airy_ai" in msg and "fx node" in msg and "symgrad.register" in msg and len(msg) < 1000
 
 
 @torch.library.custom_op("symgrad_test::cube", mutates_args=())
