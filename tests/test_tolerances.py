@@ -740,3 +740,15 @@ def test_a_bag_repeating_one_row_is_summed_one_term_at_a_time():
         assert sg.check(f, {"w": weight}, quiet=True).passed, mode
         bug = with_backward(f, lambda w, g, f=f: vjp(f, w, g) * (1 + 1e-3))
         assert not sg.check(bug, {"w": weight}, engine="graph", quiet=True).passed, mode
+
+
+def test_aten_elu_in_place_inside_a_custom_function_is_traced():
+    """The decomposition table is built before the trace wraps torch's in-place packets: built inside,
+    it lost aten.elu_ (a _NotingPacket is no packet to torch's table), and torch.ops.aten.elu_ inside a
+    custom Function's forward was refused."""
+    from symgrad.testing_ops import vjp
+
+    op = lambda x: torch.ops.aten.elu_(x * 1.0)  # noqa: E731
+    x = torch.linspace(-6, 3, 19, dtype=torch.float64)
+    bug = with_backward(op, lambda x, g: vjp(op, x, g) * (1 + 1e-6))
+    assert not sg.check(bug, {"x": x}, engine="graph", quiet=True).passed

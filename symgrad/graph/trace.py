@@ -157,10 +157,11 @@ def trace_callable(fn, args: tuple, functional: bool = True):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     def run(wrapped):
+        table = decompositions()  # built before marking_grad_mode wraps torch's in-place packets
         with warnings.catch_warnings(), _no_stack_capture(), marking_grad_mode():
             warnings.simplefilter("ignore")
             with torch.backends.mkldnn.flags(enabled=False), torch.enable_grad(), keeping_fused_ops():  # the decomposed RNNs, not oneDNN's kernel
-                return make_fx(wrapped, decomposition_table=decompositions(), tracing_mode="real",
+                return make_fx(wrapped, decomposition_table=table, tracing_mode="real",
                                _error_on_data_dependent_ops=False)(*args)
 
     try:
