@@ -20,8 +20,9 @@ import operator
 import numpy as np
 import sympy as sp
 
-from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, erfcx, expm1, expm1_exp, floor, log1p, log_ndtr, round_even,
+from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_exp, floor, log1p, round_even,
                         sigmoid, trunc)
+from .functions_stats import erfcx, log_ndtr
 from .ir import Node
 from .trace_grad import EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
 
@@ -108,8 +109,8 @@ _UNARY = {
     "aten.square": lambda x: x**2,
     "aten.i0": bessel_i0, "aten.special_i0e": bessel_i0e, "aten.special_i1": bessel_i1,
     "aten.special_i1e": bessel_i1e,  # Note [Modified Bessel functions as torch's kernels] in functions.py
-    "aten.special_erfcx": erfcx,  # Note [erfcx] in functions.py
-    "aten.special_log_ndtr": log_ndtr,  # Note [log_ndtr as torch's kernel] in functions.py
+    "aten.special_erfcx": erfcx,  # Note [erfcx] in functions_stats.py
+    "aten.special_log_ndtr": log_ndtr,  # Note [log_ndtr as torch's kernel] in functions_stats.py
 }
 for _name, _fn in _UNARY.items():
     HANDLERS[_name] = _pw(_fn)

@@ -15,7 +15,7 @@ from ..errors import UnsupportedOp
 from .aten import HANDLERS, handles, indices_read
 from .data_select import data_selection, moves_data
 from .ir import Node
-from .functions import centred as running_centred
+from .functions_stats import centred as running_centred
 from .trace import Builder
 
 __all__ = ["SELECTIONS", "index_tensors"]

@@ -58,7 +58,7 @@ _UNARY = [
     ("pow fractional", lambda x: x**1.5, POS), ("scalar ** x", lambda x: 2.5**x, X),
     ("deg2rad", torch.deg2rad, X), ("frac", torch.frac, X),
     ("i0", torch.i0, X), ("i0e", torch.special.i0e, X), ("i1", torch.special.i1, X), ("i1e", torch.special.i1e, X),
-    ("erfcx", torch.special.erfcx, {"x": uniform(-4.0, 6.0, 3, 5)}),  # Note [erfcx] in graph/functions.py
+    ("erfcx", torch.special.erfcx, {"x": uniform(-4.0, 6.0, 3, 5)}),  # Note [erfcx] in graph/functions_stats.py
     ("log_ndtr", torch.special.log_ndtr, {"x": uniform(-6.0, 3.0, 3, 5)}),  # Note [log_ndtr as torch's kernel]
     # i1', i1e' at their removable point 0 and i0e' at its kink (Note [Modified Bessel functions as torch's kernels])
     ("i1 at 0", torch.special.i1, {"x": fixed([0.0, 1e-9, -2.0, 9.0])}),

@@ -75,7 +75,7 @@ def decompositions() -> dict:
                 "eye",  # a constant; torch 2.13's decomposition takes a uint16 arange from n = 256, which CPU lacks
                 "log_sigmoid_forward",  # Note [logsigmoid as torch's kernel] in graph/aten_ext.py
                 "sinc",  # Note [sinc at 0] in graph/aten.py
-                "special_log_ndtr"}  # Note [log_ndtr as torch's kernel] in graph/functions.py
+                "special_log_ndtr"}  # Note [log_ndtr as torch's kernel] in graph/functions_stats.py
         _TABLE = {k: v for k, v in table.items() if getattr(k, "__name__", "").split(".")[0] not in keep}
         for op in (torch.ops.aten.elu.default, torch.ops.aten.selu.default, torch.ops.aten.celu.default):
             if op in _TABLE:  # Note [elu's slope from its input] in trace_grad.py

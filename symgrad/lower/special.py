@@ -98,7 +98,7 @@ def _mp_erfcx(x):
 
 def erfcx_kernel(x):
     """exp(x**2) erfc(x): scipy's (the Faddeeva package's) from -1 up, mpmath's below, where scipy's
-    errs as torch's does (368 ulps at -26: the same code; Note [erfcx] in graph/functions.py)."""
+    errs as torch's does (368 ulps at -26: the same code; Note [erfcx] in graph/functions_stats.py)."""
     x = np.asarray(x, np.float64)
     out = np.asarray(_scipy("erfcx")(x), np.float64)
     low = x < -1
@@ -115,7 +115,7 @@ def _mp_log_ndtr(x):
 
 def log_ndtr_kernel(x):
     """log Phi(x): scipy's from -38 to 1 (3 ulps), mpmath's elsewhere, where scipy's and torch's lose
-    the small result (Note [log_ndtr as torch's kernel] in graph/functions.py)."""
+    the small result (Note [log_ndtr as torch's kernel] in graph/functions_stats.py)."""
     x = np.asarray(x, np.float64)
     out = np.array(_scipy("log_ndtr")(x), np.float64, copy=True)
     far = (x > 1) | (x < -38)
