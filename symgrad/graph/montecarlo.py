@@ -63,7 +63,7 @@ from . import approx
 from .approx import Approx
 from .engine import backward, forward
 
-__all__ = ["SAMPLES", "LAMBDA", "WEAK", "wanted", "spread", "perturbing", "coherent_reruns", "kink_caps"]
+__all__ = ["SAMPLES", "LAMBDA", "WEAK", "wanted", "spread", "perturbing", "coherent_reruns", "kink_caps", "per_use_args"]
 
 SAMPLES = 16
 LAMBDA = 8.0
@@ -366,7 +366,9 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
 # moves keep their size.  The forward sweep and the roundings of the reverse rules are unchanged.
 
 
-def _rule_args(values: dict, base: dict, rng) -> callable:
+def per_use_args(values: dict, base: dict, rng) -> callable:
+    """``args(node, i)``: ``node``'s arguments as its rule for argument ``i`` reads them in a rerun,
+    each moved from ``base`` with a sign of its own (Note [Each use its own moves])."""
     signs: dict = {}
 
     def args(node, i):
@@ -399,7 +401,7 @@ def _rerun(graph, ctx, out, seeds, live, base, total, weight: float = 1.0, per_u
     values = forward(graph, ctx)
     saved = engine._RULE_ARGS
     if per_use is not None:
-        engine._RULE_ARGS = _rule_args(values, *per_use)
+        engine._RULE_ARGS = per_use_args(values, *per_use)
     try:
         return _sweeps(graph, ctx, out, seeds, live, base, total, weight, values)
     finally:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import scale as scale_test
 from .engine import forward
-from .montecarlo import SAMPLES, _rule_args, coherent_reruns, linear_moves, move_size
+from .montecarlo import SAMPLES, per_use_args, coherent_reruns, linear_moves, move_size
 
 __all__ = ["scale_products", "product_spread"]
 
@@ -75,7 +75,7 @@ def _changes(st, compute, base: list, per_use: tuple | None = None) -> list:
     values = forward(st.graph, st.ctx)
     saved = engine._RULE_ARGS
     if per_use is not None:
-        engine._RULE_ARGS = _rule_args(values, *per_use)
+        engine._RULE_ARGS = per_use_args(values, *per_use)
     try:
         got = compute(values)
     finally:
