@@ -364,6 +364,9 @@ def spread(graph, ctx, out, seeds: list, live: list, base: list, samples: int = 
 # cancellation between uses then shows as the spread of uses that do not cancel (either sign is
 # equally likely, so each path's moves count in the mean square as if alone), while one use's own
 # moves keep their size.  The forward sweep and the roundings of the reverse rules are unchanged.
+# Forward mode's reruns (Note [Statistical tangents]) read them so too, a rule's part per tangent
+# argument (``engine._tangent_of``): torch's var jvp, 2 Σ t (x - m) / (n - 1), carries its mean's
+# rounding times Σ t, which the graph's path through m cancelled (a float32 false alarm at mean 100).
 
 
 def per_use_args(values: dict, base: dict, rng) -> callable:
