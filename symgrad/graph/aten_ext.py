@@ -283,7 +283,8 @@ def _embedding_bag(b, args, kwargs, val):
             w_sel = b.select([b.node_of(psw)], pos[..., None] * np.ones((1, 1, width), np.int64))
             picked = b.pointwise(lambda s, t: s * t, [picked, w_sel])
         out = b.reduce("sum", picked, (1,), False)
-        out.attrs["_sequential_forward"] = "opmath"  # a bag's rows added one at a time (Note [Many entries landing at one place])
+        # a bag's rows added one at a time (Note [Many entries landing at one place])
+        out.attrs["_sequential_forward"] = "opmath"
         if mode == 1:
             out = b.pointwise(lambda s, c: s / c, [out, torch.from_numpy(np.maximum(counts, 1.0)[:, None])])
     return (out, None, None, None)

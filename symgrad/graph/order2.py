@@ -162,12 +162,12 @@ def annotate(records: list, note: str) -> None:
 
 
 def bound_structural_zeros(graph, refs: list, firsts: list, jw_ref, seed_v, dirs: list, wrt: list, dtype: str) -> None:
-    """``seed_v``: the output's cotangent (None: a scalar output's 1).  The exploded check's structural zeros at order 2 (entries of ``H w``, of the first gradient and
+    """The exploded check's structural zeros at order 2 (entries of ``H w``, of the first gradient and
     of ``J w`` that its closed form cancels to 0) get the op graph's bound of what torch sums there:
-    0 where torch's code sums nothing (an input entering linearly, a separable function's
-    cross terms), the size of the terms where it sums a cancelling shift (Note [Allowances of other
+    0 where torch's code sums nothing (an input entering linearly, a separable function's cross
+    terms), the size of the terms where it sums a cancelling shift (Note [Allowances of other
     entries] in compare/compare.py).  Where a rule is missing the share of the check's largest
-    derivative stands."""
+    derivative stands.  ``seed_v``: the output's cotangent (None: a scalar output's 1)."""
     from ..compare.compare import EPS
     from ..errors import UnsupportedOp
     from .engine import backward, forward, tangent

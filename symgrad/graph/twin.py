@@ -29,8 +29,8 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedOp
 
-__all__ = ["exploded_output", "explode_torch", "graph_for_bounds", "widen_to_tensor_bounds", "bound_tangent_zeros", "widen_forward",
-           "SymbolicTwin", "import_fn"]
+__all__ = ["exploded_output", "explode_torch", "graph_for_bounds", "widen_to_tensor_bounds", "bound_tangent_zeros",
+           "widen_forward", "SymbolicTwin", "import_fn"]
 
 
 def _graph_of(torch_fn: Callable, names: list, tensors: list, constants=()):

@@ -205,7 +205,8 @@ class ExactEvaluator:
 # them from its inputs (the naive sinc' = (x cos x - sin x)/x**2 stays inaccurate, as it should).
 # log_ndtr' is written from log_ndtr's result, which counts so too.
 _SAVED = ("tanh", "erf")
-# log_ndtr' from its result, a kernel of 3 ulps: counted four times (Note [log_ndtr as torch's kernel] in graph/functions_stats.py)
+# log_ndtr' from its result, a kernel of 3 ulps: counted four times (Note [log_ndtr as torch's
+# kernel] in graph/functions_stats.py)
 _SAVED_OPAQUE = {"log_ndtr": 4}
 
 

@@ -54,7 +54,8 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
-__all__ = ["OPAQUE", "NUMPY", "MPMATH", "erfcx_kernel", "log_ndtr_kernel", "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "BESSEL_ULPS", "derivative", "resolve",
+__all__ = ["OPAQUE", "NUMPY", "MPMATH", "erfcx_kernel", "log_ndtr_kernel",
+           "FLOAT64_ONLY", "SPECIAL_ULPS", "KERNEL_REL", "BESSEL_ULPS", "derivative", "resolve",
            "resolve_all", "own_rounding", "SIDES", "jumps"]
 
 # undefined symengine functions standing for SymPy's erfinv, symgrad's round_even and modified Bessel functions
@@ -125,7 +126,8 @@ def log_ndtr_kernel(x):
     return out
 
 
-NUMPY = {"erfcx": erfcx_kernel, "log_ndtr": log_ndtr_kernel, "loggamma": _scipy("gammaln"), "polygamma": _polygamma, "erfinv": _scipy("erfinv"), "atan2": np.arctan2,
+NUMPY = {"erfcx": erfcx_kernel, "log_ndtr": log_ndtr_kernel,
+         "loggamma": _scipy("gammaln"), "polygamma": _polygamma, "erfinv": _scipy("erfinv"), "atan2": np.arctan2,
          "round_even": np.round,  # np.round rounds half to even, as torch.round
          "bessel_i0": _scipy("i0"), "bessel_i1": _scipy("i1"), "bessel_i0e": _scipy("i0e"), "bessel_i1e": _scipy("i1e")}
 
