@@ -10,6 +10,7 @@ Torch code with no symbolic twin goes to the op graph: its tensor back end, or (
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping
 
 import numpy as np
@@ -100,7 +101,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     derivs = _without_steps(derivs, twin_graph)
 
     stage("evaluating the closed form")
-    torch_graph = None if twin_graph is not None or fn is None else _once(lambda: _zeros_graph(fn, named))
+    torch_graph = None if twin_graph is not None or fn is None else functools.cache(lambda: _zeros_graph(fn, named))
     out_ref, refs, kink_conditions = closed_form_references(
         out, derivs, named, sym_in, extra_args, extra_vals, dtype, scale=backward_calls if via == "backward" else 1,
         symbolic=symbolic if from_sympy and quantity == "grad" else None, twin_graph=twin_graph,
@@ -137,18 +138,6 @@ def _zeros_graph(fn, named: dict):
     from .graph.twin import graph_for_bounds
 
     return graph_for_bounds(fn, named)
-
-
-def _once(build):
-    """``build`` called once, on first use, its result kept."""
-    kept: list = []
-
-    def get():
-        if not kept:
-            kept.append(build())
-        return kept[0]
-
-    return get
 
 
 def _widen_forward(graph, out_ref, dtype: str) -> bool:

@@ -101,6 +101,7 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
     from .differentiate.elementwise import entry_form, structural_zeros
     from .differentiate.second import hvp_forms
     from .errors import InputError, ShapeMismatch
+    from .graph.twin import exact_zeros
     from .lower.numpy import high_precision, lower
     from .symbolic.tensor import symbols
 
@@ -156,7 +157,7 @@ def _exploded(fn, named, symbolic, wrt, v, tangents, backend, rtol, atol, symbol
                          structural_zeros, entry_form, stacked=False)
     start += sum(named[w].numel() for w in wrt)
     jw_ref = _references(evals, start, [("grad_output", extras["jw"], out.shape)], structural_zeros, entry_form)
-    if fn is not None and any(r.structural_zero is not None or _exact_zeros(r) for r in refs + firsts + jw_ref):
+    if fn is not None and any(r.structural_zero is not None or exact_zeros(r).any() for r in refs + firsts + jw_ref):
         _bound_structural_zeros(fn, named, refs, firsts, jw_ref[0], v_t, dirs, wrt, dtype_name)
 
     stage("running torch's double backward")
@@ -192,11 +193,6 @@ def _bound_structural_zeros(fn, named, refs, firsts, jw_ref, v_t, dirs, wrt, dty
     if graph is not None:
         seed_v = None if v_t is None else v_t.detach().double().cpu().numpy()
         bound_structural_zeros(graph, refs, firsts, jw_ref, seed_v, dirs, wrt, dtype_name)
-
-
-def _exact_zeros(ref) -> bool:
-    """Whether the closed form evaluates an entry to an exact 0 with no rounding (a direction of 0)."""
-    return ref.rounding is not None and bool(((np.asarray(ref.value) == 0) & (np.asarray(ref.rounding) == 0)).any())
 
 
 def _floats(vals) -> np.ndarray:

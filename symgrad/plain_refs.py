@@ -98,8 +98,10 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
             moves = []
         exploded_bands(refs, lower(exprs, args, forward=sizes[0]), sizes, values, len(values) - len(extra_vals),
                        [named[n].numel() for n in floats], scale, eps, moves)
+    from .graph.twin import exact_zeros
+
     zeros_only = twin_graph is None and zeros_graph is not None and any(
-        r.structural_zero is not None or (quantity == "jvp" and _exact_zeros(r).any()) for r in refs)
+        r.structural_zero is not None or (quantity == "jvp" and exact_zeros(r).any()) for r in refs)
     if zeros_only and quantity in ("grad", "vjp", "jacobian", "jvp"):
         twin_graph = zeros_graph()
     if twin_graph is not None and quantity in ("grad", "vjp", "jacobian"):
@@ -114,12 +116,6 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
     for i, ref in enumerate(refs, start=1):
         ref.oracle = EntryOracle(evaluator, lambda j, o=int(offsets[i]): [((o + j, None), float(scale))])
     return out_ref, refs, ev.hi.kink_conditions
-
-
-def _exact_zeros(ref) -> np.ndarray:
-    """Entries a jvp's closed form evaluates to exactly 0 with no rounding (a tangent of 0 on every
-    input the twin keeps), where torch may still sum the tangent of an input it drops."""
-    return (np.asarray(ref.value) == 0) & (np.asarray(ref.rounding) == 0)
 
 
 def _derivative_reference(deriv: np.ndarray, key, i: int, ev: _Evaluated, scale, symbolic,

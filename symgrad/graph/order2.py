@@ -168,16 +168,15 @@ def bound_structural_zeros(graph, refs: list, firsts: list, jw_ref, seed_v, dirs
     terms), the size of the terms where it sums a cancelling shift (Note [Allowances of other
     entries] in compare/compare.py).  Where a rule is missing the share of the check's largest
     derivative stands.  ``seed_v``: the output's cotangent (None: a scalar output's 1)."""
-    from ..compare.compare import EPS
     from ..errors import UnsupportedOp
     from .engine import backward, forward, tangent
-    from .scalar import Ctx
+    from .twin import graph_ctx, graph_output
 
-    out = next((o for o in graph.outputs if o is not None), None)
+    out = graph_output(graph)
     if out is None or (seed_v is not None and tuple(out.shape) != tuple(np.shape(seed_v))):
         return
     seed_v = np.ones(tuple(out.shape)) if seed_v is None else seed_v
-    ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+    ctx = graph_ctx(dtype)
     nodes = [graph.inputs.get(n) for n in wrt]
     live = [n for n in nodes if n is not None]
     moves = [{graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy()) for n in wrt if n in graph.inputs}
@@ -197,19 +196,13 @@ def bound_structural_zeros(graph, refs: list, firsts: list, jw_ref, seed_v, dirs
 
 
 def _structural_bound(ref, approxes: list) -> None:
-    """``ref.structural_bound`` from the op graph's bounds ``approxes`` (one per direction, stacked
-    as the reference is; ``None``: torch sums nothing there); an entry the closed form evaluates to
-    an exact 0 with no rounding (a direction of 0 on every input it keeps) gets that bound as its
-    rounding (torch sums the other inputs' cancelling terms there)."""
-    exact = (np.asarray(ref.value) == 0) & (np.asarray(ref.rounding) == 0) if ref.rounding is not None else None
-    if ref.structural_zero is None and (exact is None or not exact.any()):
+    """``twin.bound_zeros`` with the op graph's bounds ``approxes`` (one per direction, stacked as the
+    reference is; ``None``: torch sums nothing there)."""
+    from .twin import bound_zeros, exact_zeros
+
+    if ref.structural_zero is None and not exact_zeros(ref).any():
         return
     shape = np.shape(ref.value)
     parts = [np.zeros(shape[1:] if len(approxes) > 1 else shape) if a is None or a.e is None
              else np.broadcast_to(a.e, a.shape) for a in approxes]
-    bound = (np.stack(parts) if len(approxes) > 1 else parts[0]).reshape(shape)
-    if ref.structural_zero is not None:
-        zero = np.asarray(ref.structural_zero, bool).reshape(shape)
-        ref.structural_bound = np.where(zero, np.where(np.isnan(bound), np.inf, bound), 0.0)  # NaN: no cap
-    if exact is not None and exact.any():
-        ref.rounding = np.where(exact & np.isfinite(bound), bound, ref.rounding)
+    bound_zeros(ref, np.stack(parts) if len(approxes) > 1 else parts[0])

@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 
 __all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "EXP_SLOPE", "marking_grad_mode", "sequential_sums",
-           "slope_from_input", "OWN_STOP", "own_stop", "CHOSEN", "chosen_from_values"]
+           "slope_from_input", "OWN_STOP", "own_stop", "CHOSEN", "chosen_from_values", "marking"]
 
 
 # Note [Grad mode inside forward]
@@ -51,20 +51,28 @@ IN_FUNCTION = "symgrad_in_function"
 _LEAVING = ("numpy", "tolist", "__array__")
 
 
-# fx nodes recorded inside ``sequential_sums(dtypes)``: their reverse sums are torch's one-term-at-a-time
-# additions in those dtypes (Note [Sequential reverse sums] in graph/approx.py)
-SEQUENTIAL = "symgrad_sequential"
-_SEQUENTIAL: list = []
+# Notes on fx nodes by the stretch of tracing that records them: while ``marking(key, value)`` is
+# open, every fx node created notes ``meta[key] = value`` (the innermost, where they nest).
+_MARKS: dict = {}
 
 
 @contextmanager
-def sequential_sums(dtypes: tuple):
-    """The fx nodes recorded inside note ``SEQUENTIAL`` = ``dtypes``."""
-    _SEQUENTIAL.append(tuple(dtypes))
+def marking(key: str, value):
+    """The fx nodes recorded inside note ``key`` = ``value``."""
+    _MARKS.setdefault(key, []).append(value)
     try:
         yield
     finally:
-        _SEQUENTIAL.pop()
+        _MARKS[key].pop()
+
+
+# fx nodes recorded inside ``sequential_sums(dtypes)``: their reverse sums are torch's one-term-at-a-time
+# additions in those dtypes (Note [Sequential reverse sums] in graph/approx.py)
+SEQUENTIAL = "symgrad_sequential"
+
+
+def sequential_sums(dtypes: tuple):
+    return marking(SEQUENTIAL, tuple(dtypes))
 
 
 # Note [elu's slope from its input]
@@ -78,51 +86,30 @@ def sequential_sums(dtypes: tuple):
 # recorded outside an in-place call (IN_PLACE) is read as ``expm1_exp`` (graph/functions.py), whose
 # derivative is exp.
 EXP_SLOPE = "symgrad_exp_slope"
-_EXP_SLOPE: list = []
+
+
+def slope_from_input():
+    return marking(EXP_SLOPE, True)
 
 
 # A detach symgrad's own decomposition writes (the flash kernel's max shift, Note [Attention as the
 # flash kernel computes it]) is a stop wherever it is traced, inside a custom Function's forward too:
 # Note [Inside a custom Function's forward] reads only the user's own detach as the identity.
 OWN_STOP = "symgrad_own_stop"
-_OWN_STOP: list = []
+
+
+def own_stop():
+    return marking(OWN_STOP, True)
 
 
 # fx nodes of a decomposition whose form was chosen from the traced values (the matrix
 # exponential's number of squarings): the graph holds at those values only and is never cached
 # (``graph.specialized``, Note [Value-dependent branches] in interpret_data.py)
 CHOSEN = "symgrad_chosen_from_values"
-_CHOSEN: list = []
 
 
-@contextmanager
 def chosen_from_values(reason: str):
-    """The fx nodes recorded inside note ``CHOSEN`` = ``reason``."""
-    _CHOSEN.append(reason)
-    try:
-        yield
-    finally:
-        _CHOSEN.pop()
-
-
-@contextmanager
-def own_stop():
-    """The fx nodes recorded inside note ``OWN_STOP``."""
-    _OWN_STOP.append(True)
-    try:
-        yield
-    finally:
-        _OWN_STOP.pop()
-
-
-@contextmanager
-def slope_from_input():
-    """The fx nodes recorded inside note ``EXP_SLOPE`` (Note [elu's slope from its input])."""
-    _EXP_SLOPE.append(True)
-    try:
-        yield
-    finally:
-        _EXP_SLOPE.pop()
+    return marking(CHOSEN, reason)
 
 
 @contextmanager
@@ -166,14 +153,9 @@ def marking_grad_mode():
             node.meta[IN_FUNCTION] = True
         if in_place:
             node.meta[IN_PLACE] = True
-        if _SEQUENTIAL:
-            node.meta[SEQUENTIAL] = _SEQUENTIAL[-1]
-        if _EXP_SLOPE:
-            node.meta[EXP_SLOPE] = True
-        if _OWN_STOP:
-            node.meta[OWN_STOP] = True
-        if _CHOSEN:
-            node.meta[CHOSEN] = _CHOSEN[-1]
+        for key, stack in _MARKS.items():
+            if stack:
+                node.meta[key] = stack[-1]
         return node
 
     def leaving(name):

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import InputError, UnsupportedOp
 
 __all__ = ["exploded_output", "explode_torch", "graph_for_bounds", "widen_to_tensor_bounds", "bound_tangent_zeros",
-           "widen_forward", "SymbolicTwin", "import_fn"]
+           "widen_forward", "bound_zeros", "exact_zeros", "graph_ctx", "graph_output", "SymbolicTwin", "import_fn"]
 
 
 def _graph_of(torch_fn: Callable, names: list, tensors: list, constants=()):
@@ -106,6 +106,41 @@ def graph_for_bounds(torch_fn: Callable, leaves: Mapping):
         return None
 
 
+def exact_zeros(ref) -> np.ndarray:
+    """Entries the closed form evaluates to exactly 0 with no rounding (a tangent or direction of 0
+    on every input it keeps), where torch may still sum what the other inputs send."""
+    if ref.rounding is None:
+        return np.zeros(np.shape(ref.value), bool)
+    return (np.asarray(ref.value) == 0) & (np.asarray(ref.rounding) == 0)
+
+
+def bound_zeros(ref, bound, exact: bool = True) -> None:
+    """The op graph's bound ``bound`` (shaped as ``ref``) where the closed form has none of torch's
+    terms (Note [Allowances of other entries] in compare/compare.py): its structural zeros'
+    ``structural_bound`` (NaN: no cap) and, with ``exact``, its exact zeros' rounding."""
+    bound = np.asarray(bound, np.float64).reshape(np.shape(ref.value))
+    if ref.structural_zero is not None:
+        zero = np.asarray(ref.structural_zero, bool).reshape(bound.shape)
+        ref.structural_bound = np.where(zero, np.where(np.isnan(bound), np.inf, bound), 0.0)
+    if exact:
+        hit = exact_zeros(ref) & np.isfinite(bound)
+        if hit.any():
+            ref.rounding = np.where(hit, bound, ref.rounding)
+
+
+def graph_ctx(dtype: str):
+    """The scalar evaluator's context for a check in ``dtype``."""
+    from ..compare.compare import EPS
+    from .scalar import Ctx
+
+    return Ctx(EPS.get(dtype, 2.0**-52), dtype)
+
+
+def graph_output(graph):
+    """The graph's first output node, or None."""
+    return next((o for o in graph.outputs if o is not None), None)
+
+
 def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dtype: str, scale,
                            zeros_only: bool = False) -> None:
     """Each entry's rounding allowance: the larger of the closed form's bound and the tensor back
@@ -114,12 +149,10 @@ def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dty
     the closed form cancels to 0 get the tensor bound as their structural one (``zeros_only``: those
     alone)."""
     from .approx import Approx
-    from .check import EPS
     from .engine import backward, forward
     from .refs import reference
-    from .scalar import Ctx
 
-    ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+    ctx = graph_ctx(dtype)
     try:
         values = forward(graph, ctx)
         nodes = [graph.inputs.get(n) for n in wrt_names]
@@ -135,9 +168,8 @@ def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dty
                            scale, []).rounding
         tensor = np.broadcast_to(tensor, np.shape(ref.value))
         if ref.structural_zero is not None:  # Note [Allowances of other entries] in compare/compare.py
-            zero = np.asarray(ref.structural_zero, bool).reshape(tensor.shape)
-            ref.structural_bound = np.where(zero, np.where(np.isnan(tensor), np.inf, tensor), 0.0)  # NaN: no cap
-            tensor = np.where(zero, 0.0, tensor)
+            bound_zeros(ref, tensor, exact=False)
+            tensor = np.where(np.asarray(ref.structural_zero, bool).reshape(tensor.shape), 0.0, tensor)
         if not zeros_only:
             ref.rounding = np.fmax(ref.rounding, tensor)  # NaN: the other
 
@@ -145,15 +177,13 @@ def widen_to_tensor_bounds(graph, out, refs, out_ref, seeds, how, wrt_names, dty
 def widen_forward(graph, out_ref, dtype: str) -> bool:
     """``out_ref``'s rounding: the larger of its own and the op graph's forward bound (Note [Bounds of
     two evaluation orders]).  Whether it could be computed."""
-    from .check import EPS
     from .engine import forward
-    from .scalar import Ctx
 
-    out = next((o for o in graph.outputs if o is not None), None)
+    out = graph_output(graph)
     if out is None or out_ref.rounding is None or int(np.prod(out.shape, dtype=np.int64)) != np.size(out_ref.value):
         return False
     try:
-        values = forward(graph, Ctx(EPS.get(dtype, 2.0**-52), dtype))
+        values = forward(graph, graph_ctx(dtype))
     except (NotImplementedError, ValueError, ArithmeticError, UnsupportedOp):
         return False
     bound = np.broadcast_to(values[out].e, out.shape).reshape(np.shape(out_ref.value))
@@ -166,30 +196,21 @@ def bound_tangent_zeros(graph, ref, tangents: Mapping, dtype: str) -> None:
     evaluates to an exact 0, get the bound of the op graph's tangent along ``tangents`` (input name ->
     tensor) there, what torch sums (Note [Allowances of other entries] in compare/compare.py)."""
     from .approx import Approx
-    from .check import EPS
     from .engine import forward, tangent
-    from .scalar import Ctx
 
-    out = next((o for o in graph.outputs if o is not None), None)
+    out = graph_output(graph)
     if out is None or int(np.prod(out.shape, dtype=np.int64)) != np.size(ref.value):
         return
-    ctx = Ctx(EPS.get(dtype, 2.0**-52), dtype)
+    ctx = graph_ctx(dtype)
     moves = {graph.inputs[n]: Approx(t.detach().double().cpu().numpy()) for n, t in tangents.items()
              if n in graph.inputs}
     try:
         got = tangent(graph, forward(graph, ctx), moves, out, ctx)
     except (NotImplementedError, ValueError, ArithmeticError, UnsupportedOp):  # the share stands
         return
-    shape = np.shape(ref.value)
-    tensor = np.zeros(shape) if got is None else np.broadcast_to(got.e, got.shape).reshape(shape)
-    if ref.structural_zero is not None:
-        zero = np.asarray(ref.structural_zero, bool).reshape(shape)
-        ref.structural_bound = np.where(zero, np.where(np.isnan(tensor), np.inf, tensor), 0.0)  # NaN: no cap
     # an exact 0 the twin gets from zero tangents (a twin leaving out a softmax's shift, the shift's
     # tangent alone nonzero): torch sums the shift's tangent there, and is allowed its bound
-    exact = (np.asarray(ref.value) == 0) & (np.asarray(ref.rounding) == 0) & np.isfinite(tensor)
-    if exact.any():
-        ref.rounding = np.where(exact, tensor, ref.rounding)
+    bound_zeros(ref, np.zeros(np.shape(ref.value)) if got is None else np.broadcast_to(got.e, got.shape))
 
 
 def _example(x, seed: int):

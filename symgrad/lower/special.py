@@ -97,33 +97,31 @@ def _mp_erfcx(x):
     return mp.exp(x * x) * mp.erfc(x)
 
 
-def erfcx_kernel(x):
-    """exp(x**2) erfc(x): scipy's (the Faddeeva package's) from -1 up, mpmath's below, where scipy's
-    errs as torch's does (368 ulps at -26: the same code; Note [erfcx] in graph/functions_stats.py)."""
-    x = np.asarray(x, np.float64)
-    out = np.asarray(_scipy("erfcx")(x), np.float64)
-    low = x < -1
-    if np.any(low):
-        with mp.workdps(30):
-            out = np.array(out, np.float64, copy=True)
-            out[low] = [float(_mp_erfcx(mp.mpf(float(v)))) for v in x[low]]
-    return out
-
-
 def _mp_log_ndtr(x):
     return mp.log1p(-mp.ncdf(-x)) if x > 0 else mp.log(mp.ncdf(x))  # Phi(x) near 1 would round to 1
 
 
-def log_ndtr_kernel(x):
-    """log Phi(x): scipy's from -38 to 1 (3 ulps), mpmath's elsewhere, where scipy's and torch's lose
-    the small result (Note [log_ndtr as torch's kernel] in graph/functions_stats.py)."""
-    x = np.asarray(x, np.float64)
-    out = np.array(_scipy("log_ndtr")(x), np.float64, copy=True)
-    far = (x > 1) | (x < -38)
-    if np.any(far):
-        with mp.workdps(30):
-            out[far] = [float(_mp_log_ndtr(mp.mpf(float(v)))) for v in x[far]]
-    return out
+def _scipy_but_where(name: str, exact, outside):
+    """scipy's ``name``, with mpmath's ``exact`` (at 30 digits) where ``outside(x)``: where scipy's
+    kernel loses digits that the reference must have."""
+    def apply(x):
+        x = np.asarray(x, np.float64)
+        out = np.array(_scipy(name)(x), np.float64, copy=True)
+        far = outside(x)
+        if np.any(far):
+            with mp.workdps(30):
+                out[far] = [float(exact(mp.mpf(float(v)))) for v in x[far]]
+        return out
+
+    return apply
+
+
+# exp(x**2) erfc(x): scipy's (the Faddeeva package's) from -1 up; below, scipy's errs as torch's
+# does (368 ulps at -26: the same code; Note [erfcx] in graph/functions_stats.py)
+erfcx_kernel = _scipy_but_where("erfcx", _mp_erfcx, lambda x: x < -1)
+# log Phi(x): scipy's from -38 to 1 (3 ulps); elsewhere scipy's and torch's lose the small result
+# (Note [log_ndtr as torch's kernel] in graph/functions_stats.py)
+log_ndtr_kernel = _scipy_but_where("log_ndtr", _mp_log_ndtr, lambda x: (x > 1) | (x < -38))
 
 
 NUMPY = {"erfcx": erfcx_kernel, "log_ndtr": log_ndtr_kernel,
