@@ -169,7 +169,7 @@ def _route(fn, inputs, symbolic, *, wrt, via, v, tangents, loss, target, engine,
         raise InputError(f"engine must be one of {ENGINES}, not {engine!r}")
     engine = "graph" if engine == "matrix" else engine  # the matrix engine's successor, for functions too
     check_options(rtol, atol, backward_calls)
-    check_callable(fn)
+    check_callable(fn, symbolic=symbolic)
     check_wrt_type(wrt)
     check_backend(backend)
     refuse_zero_products(v, tangents)

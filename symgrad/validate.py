@@ -26,9 +26,10 @@ __all__ = ["refuse_zero_products", "refuse_non_float_output", "check_callable", 
 BACKENDS = ("auto", "symengine", "sympy")
 
 
-def check_callable(fn, what: str = "fn") -> None:
+def check_callable(fn, what: str = "fn", symbolic=None) -> None:
     """``fn`` must be a Python callable symgrad can trace: not a number, not TorchScript, not a
-    ``torch.compile`` wrapper (whose Python forward fx cannot see)."""
+    ``torch.compile`` wrapper (whose Python forward fx cannot see), except a compiled function given a
+    ``symbolic`` reference (then only torch runs it: its compiled derivatives are what is checked)."""
     if fn is None:
         return
     import torch
@@ -45,12 +46,19 @@ def check_callable(fn, what: str = "fn") -> None:
                 f"{what} holds a TorchScript submodule ({scripted!r}, torch.jit.script / trace): it no longer has the "
                 "Python forward that symgrad traces into the op graph. Check the model built from the original "
                 "nn.Module, before scripting; the derivatives TorchScript computes are the same autograd formulas.")
+        compiled = next((n for n, m in fn.named_modules() if n and hasattr(m, "_orig_mod")), None)
+        if compiled is not None:
+            raise UnsupportedOp(
+                f"{what} holds a torch.compile'd submodule ({compiled!r}), whose forward symgrad's tracer cannot read. "
+                f"Check the model with the original in its place (model.{compiled} = model.{compiled}._orig_mod), "
+                "or check the compiled part as a function with symbolic= a reference forward in torch ops.")
     orig = getattr(fn, "_orig_mod", None) or getattr(fn, "_torchdynamo_orig_callable", None)
-    if orig is not None:
+    if orig is not None and (symbolic is None or isinstance(fn, torch.nn.Module)):
         raise UnsupportedOp(
             f"{what} is wrapped by torch.compile ({type(fn).__name__}), whose forward symgrad's tracer cannot read. Check "
             f"the original: symgrad.check(model._orig_mod, ...) for a compiled module (or the function you passed "
-            "to torch.compile).")
+            "to torch.compile), or pass symbolic= a reference forward in torch ops: torch then runs the compiled "
+            "function, and its derivatives are checked against the reference's.")
     if not callable(fn):
         raise InputError(
             f"{what} is a {type(fn).__name__} ({str(fn)[:40]}), not a callable: pass the torch function or nn.Module "

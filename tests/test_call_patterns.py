@@ -327,6 +327,71 @@ def test_a_jvp_that_raises_is_not_skipped_and_a_skipped_forward_mode_is_said():
     assert report.passed and "Forward mode: not checked" in report.to_text()
 
 
+class _ExpWithJvp(torch.autograd.Function):
+    """exp written with forward(ctx, x) (no setup_context) and a jvp scaled by SCALE."""
+    SCALE = 1.0
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.exp(x)
+        ctx.save_for_backward(y)
+        ctx.save_for_forward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved_tensors[0]
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t * ctx.saved_tensors[0] * _ExpWithJvp.SCALE
+
+
+@pytest.mark.parametrize("symbolic", [torch.exp, sg.exp], ids=["graph", "exploded"])
+def test_the_jvp_of_a_function_written_with_ctx_is_checked_by_default(symbolic):
+    """torch.func.jvp refuses a Function without setup_context; its jvp runs under dual tensors,
+    which the default check now tries (Note [A jvp that raises]), and the exploded check of a tensor
+    output runs forward mode beside its Jacobian (Note [Forward mode beside the Jacobian]): a jvp
+    1 % off passed both ways."""
+    x = _x(3, 4)
+    try:
+        report = sg.check(_ExpWithJvp.apply, {"x": x}, symbolic=symbolic)
+        assert report.passed and "and jvp" in report.to_text(), report.to_text()
+        _ExpWithJvp.SCALE = 1.01
+        assert not sg.check(_ExpWithJvp.apply, {"x": x}, symbolic=symbolic).passed
+    finally:
+        _ExpWithJvp.SCALE = 1.0
+
+
+def test_the_exploded_check_says_when_forward_mode_is_left_out():
+    lse = lambda x: torch.logsumexp(x, -1)  # noqa: E731
+    no_jvp = with_backward(lse, lambda x, g: g[..., None] * torch.softmax(x, -1))
+    report = sg.check(no_jvp, {"x": _x(2, 3)}, engine="elementwise")
+    assert report.passed and "Forward mode: not checked" in report.to_text()
+
+
+def test_a_compiled_function_is_checked_against_a_reference_and_a_compiled_submodule_is_named():
+    """torch.compile hides the Python forward from the trace: a compiled function given symbolic= is
+    run by torch and checked against the reference; a module holding a compiled submodule is refused
+    with the fix (it fell through to "code that leaves torch cannot be traced")."""
+    x = _x(3, 4)
+    ok = torch.compile(lambda x: torch.sin(x).sum(), backend="eager")
+    assert sg.check(ok, {"x": x}, symbolic=lambda x: torch.sin(x).sum()).passed
+    wrong = torch.compile(with_backward(torch.sin, lambda x, g: g * torch.cos(x) * 1.01), backend="eager")
+    assert not sg.check(wrong, {"x": x}, symbolic=torch.sin).passed
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.compile(nn.Linear(4, 4), backend="eager")
+
+        def forward(self, x):
+            return torch.tanh(self.inner(x)).sum()
+
+    with pytest.raises(UnsupportedOp, match=r"compile'd submodule \('inner'\).*model.inner._orig_mod"):
+        sg.check(Outer().double(), {"x": x})
+
+
 class _KeywordMask(nn.Module):
     def __init__(self, backward=None):
         super().__init__()

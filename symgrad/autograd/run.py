@@ -12,7 +12,8 @@ from typing import Callable, Mapping
 from ..errors import AutogradFailed, InputError
 
 __all__ = ["VIAS", "FORWARD_MODE_VIAS", "quantity_of", "run_autograd", "default_via", "run_double_backward",
-           "private", "unmodified", "same_values"]
+           "private", "unmodified", "same_values", "recording_ops", "tangent_dropping_ops",
+           "dropped_reason"]
 
 # name -> quantity it computes
 VIAS = {
@@ -65,13 +66,17 @@ def run_autograd(
     cotangent=None,
     tangents: Mapping[str, object] | None = None,
     backward_calls: int = 1,
+    record=None,
 ) -> dict:
     """Run autograd; returns ``{name: tensor}`` (``{(a, b): tensor}`` for Hessians, ``{"jvp": t}``).
 
     An error torch raises on the way becomes ``AutogradFailed``, saying what usually causes it.
+    ``record``, a ``recording_ops()`` context, is entered around the run.
     """
+    import contextlib
+
     try:
-        with unmodified(inputs, wrt):
+        with unmodified(inputs, wrt), record or contextlib.nullcontext():
             return _run(fn, inputs, wrt, via, cotangent=private(cotangent),
                         tangents=None if tangents is None else {k: private(t) for k, t in tangents.items()},
                         backward_calls=backward_calls)
@@ -266,6 +271,76 @@ def _forward_ad(call_with, diff: tuple, tangents: tuple):
         out = call_with(duals)
         tangent = fwad.unpack_dual(out).tangent
         return torch.zeros_like(out).detach() if tangent is None else tangent.detach().clone()
+
+
+# Note [A tangent torch drops]
+# A torch.library custom op (``custom_op`` with ``register_autograd``, or ``register_autograd`` on a
+# defined op) gets its autograd from a generated Function with no jvp, applied only where an input
+# requires grad: under forward mode (dual tensors, ``torch.func.jvp``) the op runs as if no tangent
+# reached it, and its output's tangent is zero without an error (torch 2.13).  A correct custom op
+# then failed the jvp that the default check runs beside reverse mode.  The first forward-mode run
+# records the ops outside torch's own namespaces that the function calls (a dispatch mode sees them
+# below autograd), and each runs once more on dual tensors: one whose output comes back with no
+# tangent is named.  The default check then leaves forward mode out with that reason; a jvp the user
+# asked for is compared (torch's tangent is wrong) and the report gives the reason.
+TORCH_NAMESPACES = frozenset({"aten", "prims", "prim"})
+
+
+def recording_ops():
+    """A context whose ``calls`` list holds ``(op, args, kwargs)`` of the first call of each op outside
+    torch's own namespaces run inside it (Note [A tangent torch drops])."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Recording(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls, self._seen = [], set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if getattr(func, "namespace", "aten") not in TORCH_NAMESPACES and func not in self._seen:
+                self._seen.add(func)
+                self.calls.append((func, _detached(args), _detached(kwargs)))
+            return func(*args, **kwargs)
+
+    return _Recording()
+
+
+def _detached(tree):
+    import torch
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a, tree)
+
+
+def tangent_dropping_ops(calls) -> list[str]:
+    """The names of the recorded ops whose floating-point output has no tangent when their floating
+    inputs carry one (Note [A tangent torch drops]); an op that raises on dual tensors is not named
+    (forward mode through it raises in the check's own run)."""
+    import torch
+    import torch.autograd.forward_ad as fwad
+    from torch.utils._pytree import tree_flatten, tree_map
+
+    named = []
+    for op, args, kwargs in calls:
+        with fwad.dual_level():
+            dual = lambda a: (fwad.make_dual(a, torch.ones_like(a))  # noqa: E731
+                              if isinstance(a, torch.Tensor) and a.is_floating_point() else a)
+            try:
+                out = op(*tree_map(dual, args), **tree_map(dual, kwargs))
+            except Exception:  # noqa: BLE001 - torch refuses forward mode here: the check's own run says so
+                continue
+            floats = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor) and o.is_floating_point()]
+            if any(fwad.unpack_dual(o).tangent is None for o in floats):
+                named.append(op._schema.name)
+    return named
+
+
+def dropped_reason(names: list[str]) -> str:
+    """Why torch's tangent is wrong through the ops ``names`` (Note [A tangent torch drops])."""
+    return (f"torch's forward mode drops the tangent through {', '.join(names)}: a torch.library custom op has no "
+            "forward-mode rule (register_autograd gives reverse mode only), and torch runs it under forward mode "
+            "as if no tangent reached it, so a jvp through it comes back as zero there without an error")
 
 
 def _zeros_if_none(grad, like):

@@ -22,20 +22,35 @@ from .refs import JACOBIAN_VIAS, State, approx_reference
 from .rerun_scale import product_spread, scale_products
 from .statistical import tighten
 
-__all__ = ["jvp_records", "stack_tangents", "tangent_dict", "n_in", "by_columns_wanted", "column_records", "has_reverse_stops"]
+__all__ = ["TangentDropped", "jvp_records", "stack_tangents", "tangent_dict", "n_in", "by_columns_wanted", "column_records", "has_reverse_stops"]
 
 
-def jvp_records(st: State, directions: list, via: str) -> list:
-    """One record of the output's tangents, stacked over ``directions`` ({name: tangent tensor})."""
+class TangentDropped(Exception):
+    """torch's forward mode drops the tangent through a custom op of the function (Note [A tangent
+    torch drops] in autograd/run.py); ``str()`` says which and why."""
+
+
+def jvp_records(st: State, directions: list, via: str, *, meta: dict | None = None) -> list:
+    """One record of the output's tangents, stacked over ``directions`` ({name: tangent tensor}).
+    Where torch drops the tangent through a custom op, ``TangentDropped`` is raised when no ``meta``
+    is given (the default check's forward mode, not asked for), else the reason goes to ``meta["jvp"]``
+    and torch's tangent is compared."""
     import torch
 
-    from ..autograd.run import run_autograd
+    from ..autograd.run import dropped_reason, recording_ops, run_autograd, tangent_dropping_ops
 
     got, ours, all_seeds = [], [], []
     st = _convention(st, via != "functional.jvp")
-    for d in directions:
+    for k, d in enumerate(directions):
+        record = recording_ops() if k == 0 else None
         with torch.enable_grad():
-            actual = run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d)
+            actual = run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d, record=record)
+        dropped = tangent_dropping_ops(record.calls) if k == 0 else []
+        if dropped:
+            why = dropped_reason(dropped)
+            if meta is None:
+                raise TangentDropped(why)
+            meta["jvp"] = why
         got.append(actual["jvp"])
         seeds = {st.graph.inputs[n]: Approx(d[n].detach().double().cpu().numpy())
                  for n in st.wrt if n in st.graph.inputs}

@@ -345,8 +345,9 @@ def _call(b: Builder, node, args, kwargs):
         return out
     if handler is None:
         raise UnsupportedOp(
-            f"symgrad's op graph has no rule for ATen op {target} (fx node {node.name!r}). Register one with "
-            "symgrad.register(torch.ops.aten.<op>.<overload>, forward) where forward computes the op in supported "
+            f"symgrad's op graph has no rule for {'ATen' if str(target).startswith('aten.') else 'custom'} op {target} "
+            f"(fx node {node.name!r}). Register one with "
+            f"symgrad.register(torch.ops.{target}, forward) where forward computes the op in supported "
             "torch ops, or pass symbolic= with a reference forward written in supported torch ops."
             + _HINTS.get(str(target).split(".")[1] if str(target).count(".") >= 2 else "", "")
         )

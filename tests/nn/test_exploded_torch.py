@@ -301,6 +301,30 @@ def test_one_register_hook_serves_every_engine(dtype):
         interpret._USER.pop("symgrad_test.cube", None)
 
 
+def test_forward_mode_through_a_custom_op_is_left_out_with_the_reason():
+    """torch runs a torch.library op under forward mode as if no tangent reached it (its autograd is
+    reverse mode only): the default check of a tensor output leaves forward mode out and says why,
+    instead of failing a correct op on a zero jvp (Note [A tangent torch drops]); a wrong backward
+    still fails, and a jvp asked for is compared (torch's is wrong) with the reason beside it."""
+    x = _x((3, 4)).detach()
+
+    def f(x):
+        return torch.ops.symgrad_test.cube(x) * 2 + x
+
+    try:
+        symgrad.register(torch.ops.symgrad_test.cube, lambda x: x ** 3)
+        report = symgrad.check(f, {"x": x})
+        assert report.passed and "drops the tangent through symgrad_test::cube" in str(report)
+        asked = symgrad.check(f, {"x": x}, via="func.jvp", tangents={"x": torch.ones_like(x)})
+        assert not asked.passed and "drops the tangent" in str(asked)
+        SCALE["backward"] = 1 + 1e-6
+        assert not symgrad.check(f, {"x": x}).passed
+        assert symgrad.check(lambda x: torch.sin(x) * 2, {"x": x}).meta.get("jvp") is None
+    finally:
+        SCALE["backward"] = 1.0
+        interpret._USER.pop("symgrad_test.cube", None)
+
+
 def test_register_refuses_what_needs_no_registering():
     with pytest.raises(symgrad.InputError, match="traces through Python functions"):
         symgrad.register(lambda x: x, lambda x: x)
