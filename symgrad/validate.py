@@ -40,6 +40,7 @@ def check_callable(fn, what: str = "fn", symbolic=None) -> None:
             "forward that symgrad traces into the op graph. Check the original nn.Module or function, before scripting; "
             "the derivatives TorchScript computes are the same autograd formulas.")
     if isinstance(fn, torch.nn.Module):
+        what = "the model" if what == "fn" else what
         scripted = next((n for n, m in fn.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
         if scripted is not None:
             raise UnsupportedOp(

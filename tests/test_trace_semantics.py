@@ -300,6 +300,63 @@ def test_a_gradient_penalty_inside_forward_is_refused_by_name(detach_trick):
         sg.check(Critic(), {"real": torch.randn(4, 3), "fake": torch.randn(4, 3)}, quiet=True)
 
 
+class _Sin(torch.autograd.Function):
+    generate_vmap_rule = True
+    SCALE = 1.0
+
+    @staticmethod
+    def forward(x):
+        return torch.sin(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * torch.cos(ctx.saved_tensors[0]) * _Sin.SCALE
+
+
+def _pinn(sin):
+    """A PINN-style residual loss of (x, w): du/dx by vmap(grad(u)) inside the function."""
+    def loss(x, w):
+        k = torch.arange(1.0, 5.0, dtype=x.dtype)
+        du = torch.func.vmap(torch.func.grad(lambda xx: (sin(xx * k) * w).sum()))(x)
+        return ((du - torch.cos(x)) ** 2).mean()
+    return loss
+
+
+def test_a_custom_function_differentiated_inside_the_forward_is_not_read_into_the_reference():
+    """Note [A custom Function differentiated inside the forward]: the trace ran the Function's
+    backward under torch.func.grad and read it into the reference; a backward 1e-3 off passed with
+    the loss itself 1e-3 off.  Refused with the fix, and the fix (symbolic= the same function in torch
+    ops) passes the right backward and fails the wrong one."""
+    x = torch.rand(6, dtype=torch.float64)
+    w = torch.randn(4, dtype=torch.float64)
+    try:
+        with pytest.raises(UnsupportedOp, match="differentiates through the custom autograd.Function _Sin"):
+            sg.check(_pinn(_Sin.apply), {"x": x, "w": w}, quiet=True)
+        assert sg.check(_pinn(_Sin.apply), {"x": x, "w": w}, symbolic=_pinn(torch.sin), quiet=True).passed
+        assert sg.check(lambda x: torch.func.vmap(_Sin.apply)(x).sum(), {"x": x}, quiet=True).passed  # vmap alone
+        _Sin.SCALE = 1 + 1e-3
+        assert not sg.check(_pinn(_Sin.apply), {"x": x, "w": w}, symbolic=_pinn(torch.sin), quiet=True).passed
+        assert not sg.check(lambda x: torch.func.vmap(_Sin.apply)(x).sum(), {"x": x}, quiet=True).passed
+    finally:
+        _Sin.SCALE = 1.0
+
+
+def test_forward_mode_inside_the_forward_is_refused_with_the_reverse_mode_fix():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+
+    def hutchinson(x, eps):
+        out, jv = torch.func.jvp(net, (x,), (eps,))
+        return ((out ** 2).sum(1) + (eps * jv).sum(1)).mean()
+
+    x, eps = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(UnsupportedOp, match=r"forward mode \(torch.func.jvp or jacfwd\) inside the function"):
+        sg.check(hutchinson, {"x": x, "eps": eps}, wrt="x", quiet=True)
+
+
 def test_an_identity_of_256_or_more_rows_inside_forward():
     """A dense GCN adds torch.eye(n) to its adjacency: torch 2.13's decomposition of eye takes a
     uint16 arange from n = 256, which CPU lacks, and the check was refused as code leaving torch."""

@@ -54,7 +54,12 @@ def register(op, forward: Callable) -> None:
 
 
 # where a refused op usually comes from, and the supported way around it
-_HINTS: dict = {}
+_FORWARD_MODE_INSIDE = (
+    " This op comes from forward mode (torch.func.jvp or jacfwd) inside the function: symgrad traces the "
+    "reverse-mode transforms (torch.func.grad, vjp, jacrev) inside a forward, not the forward-mode ones. Fix: "
+    "write the inner derivative with torch.func.vjp or jacrev (a Hutchinson estimate's eps . (J eps) is "
+    "(eps^T J) . eps, and eps^T J is torch.func.vjp(net, x)[1](eps)).")
+_HINTS: dict = {"is_same_size": _FORWARD_MODE_INSIDE, "_has_same_storage_numel": _FORWARD_MODE_INSIDE}
 
 _INLINING: set = set()  # the registered ops whose forward is being read (inside it, the op is the table's)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-__all__ = ["NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "EXP_SLOPE", "marking_grad_mode", "sequential_sums",
+__all__ = ["refuse_differentiated_function", "NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "EXP_SLOPE", "marking_grad_mode", "sequential_sums",
            "slope_from_input", "OWN_STOP", "own_stop", "CHOSEN", "chosen_from_values", "marking"]
 
 
@@ -127,6 +127,7 @@ def marking_grad_mode():
     def noting(*args, **kwargs):  # the first thing Function.apply calls
         frame = sys._getframe(1)
         if frame.f_code is apply_code:
+            refuse_differentiated_function(frame.f_locals.get("cls"))
             calls[id(frame)] = (frame, torch.is_grad_enabled())
         return setup_defined(*args, **kwargs)
 
@@ -192,6 +193,39 @@ def marking_grad_mode():
             else:
                 setattr(torch.Tensor, name, old)
         calls.clear()
+
+
+# Note [A custom Function differentiated inside the forward]
+# A forward that takes a derivative with torch.func (a PINN's residual from ``vmap(grad(u))``, a MAML
+# inner step, a gradient penalty through ``func.grad``) is traced through that transform: make_fx
+# records the ops that compute the inner derivative.  Where the inner derivative goes through a
+# custom autograd.Function, those ops are the Function's hand-written backward (or jvp), and the
+# op graph, the reference, was built from the code under test: a backward 1e-3 off inside a PINN's
+# residual passed at every size and dtype, the loss itself 1e-3 off.  A Function applied under a
+# grad or jvp transform during the trace is refused, naming the fix.  (Under vmap alone only its
+# forward runs, which the trace reads as ever; the legacy ``autograd.grad`` inside forward is refused
+# by trace.NESTED_GRAD.)
+def refuse_differentiated_function(cls) -> None:
+    """Raise ``UnsupportedOp`` where custom Function ``cls`` is applied under a torch.func grad or jvp
+    transform (Note [A custom Function differentiated inside the forward])."""
+    import torch
+    from torch._C._functorch import TransformType, get_interpreter_stack
+
+    if not torch._C._are_functorch_transforms_active():
+        return
+    kinds = {i.key() for i in (get_interpreter_stack() or [])}
+    if not kinds & {TransformType.Grad, TransformType.Jvp}:
+        return
+    from ..errors import UnsupportedOp
+
+    name = getattr(cls, "__qualname__", "a custom autograd.Function")
+    raise UnsupportedOp(
+        f"the forward differentiates through the custom autograd.Function {name} (torch.func.grad, vjp, jvp, "
+        "jacrev or jacfwd inside the forward runs its hand-written backward or jvp), so a reference traced from "
+        "it would contain that derivative, the code under test. Fix: check the computation as a function of its "
+        f"inputs and weights, symgrad.check(f, {{...}}, symbolic=g), with g the same function in torch ops in place "
+        f"of {name} (the inner derivative is then taken exactly, and torch's run through {name} is checked "
+        f"against it); and check {name} itself with symgrad.check({name}.apply, ..., order=2).")
 
 
 _IN_PLACE_DUNDERS = ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imod__",
