@@ -61,7 +61,8 @@ def number(value, what: str):
 
 COMPLEX = ("the function computes with complex numbers (an FFT, torch.complex, a complex constant): symgrad "
            "checks real derivatives through real ops only. Fix: check the real parts of the computation on "
-           "their own, or write the complex arithmetic on real and imaginary parts as real tensors")
+           "their own, or write the complex arithmetic on real and imaginary parts as real tensors (an FFT "
+           "along n points as matmuls with the real matrices cos(2 pi j k / n) and -sin(2 pi j k / n))")
 
 
 def _numeric_defaults(cls) -> dict:
