@@ -110,7 +110,7 @@ def closed_form_references(out, derivs: dict, named: dict, sym_in: dict, extra_a
     elif twin_graph is not None and quantity == "jvp" and tangents:
         from .graph.twin import bound_tangent_zeros
 
-        bound_tangent_zeros(twin_graph, refs[0], tangents, str(dtype).replace("torch.", ""))
+        bound_tangent_zeros(twin_graph, refs[0], tangents, str(dtype).replace("torch.", ""), widen=not zeros_only)
     evaluator = ExactEvaluator(exprs, args, values)  # Note [Certified reference] (symgrad/lower/exact.py)
     offsets = np.cumsum([0] + sizes)
     for i, ref in enumerate(refs, start=1):

@@ -191,10 +191,12 @@ def widen_forward(graph, out_ref, dtype: str) -> bool:
     return True
 
 
-def bound_tangent_zeros(graph, ref, tangents: Mapping, dtype: str) -> None:
+def bound_tangent_zeros(graph, ref, tangents: Mapping, dtype: str, widen: bool = False) -> None:
     """Forward mode: the entries of the jvp reference ``ref`` that its closed form cancels to 0, or
     evaluates to an exact 0, get the bound of the op graph's tangent along ``tangents`` (input name ->
-    tensor) there, what torch sums (Note [Allowances of other entries] in compare/compare.py)."""
+    tensor) there, what torch sums (Note [Allowances of other entries] in compare/compare.py); with
+    ``widen``, every entry's rounding is the larger of the two bounds (Note [Bounds of two evaluation
+    orders]: torch's tanhshrink jvp ``t - t (1 - tanh(x)**2)`` against the closed form's ``tanh(x)**2 t``)."""
     from .approx import Approx
     from .engine import forward, tangent
 
@@ -210,7 +212,10 @@ def bound_tangent_zeros(graph, ref, tangents: Mapping, dtype: str) -> None:
         return
     # an exact 0 the twin gets from zero tangents (a twin leaving out a softmax's shift, the shift's
     # tangent alone nonzero): torch sums the shift's tangent there, and is allowed its bound
-    bound_zeros(ref, np.zeros(np.shape(ref.value)) if got is None else np.broadcast_to(got.e, got.shape))
+    bound = np.zeros(np.shape(ref.value)) if got is None else np.broadcast_to(got.e, got.shape)
+    bound_zeros(ref, bound)
+    if widen and got is not None and ref.rounding is not None:  # Note [Bounds of two evaluation orders]
+        ref.rounding = np.fmax(np.asarray(ref.rounding, np.float64), np.reshape(bound, np.shape(ref.value)))
 
 
 def _example(x, seed: int):
