@@ -16,8 +16,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .autograd.forward import forward_once, grad_enabled
-from .autograd.run import (default_via, dropped_reason, quantity_of, recording_ops, run_autograd, same_values,
-                           tangent_dropping_ops)
+from .autograd.run import (NO_TANGENT_REASON, default_via, dropped_reason, jvp_raised, no_tangent, quantity_of, recording_ops,
+                           run_autograd, same_values, tangent_dropping_ops)
 from .graph.refs import JACOBIAN_VIAS
 from .compare.compare import compare, compare_all
 from .differentiate.elementwise import differentiate
@@ -111,9 +111,7 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
     stage(f"running autograd (via={via})")
-    record = recording_ops() if quantity == "jvp" else None
-    actual = run_autograd(autograd_fn, leaves, wrt_names, via, **autograd, record=record)
-    dropped = tangent_dropping_ops(record.calls) if record is not None else []
+    actual, dropped = _run_torch(autograd_fn, leaves, wrt_names, via, autograd, quantity == "jvp")
 
     stage("comparing")
     forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
@@ -129,8 +127,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     records = [forward] + compare_all(refs, {ref.name: actual[k] for ref, k in zip(refs, derivs)}, dtype_name,
                                       quantity=quantity, rtol=rtol, atol=atol)
     meta = {"dtype": dtype_name, "via": via, "quantity": quantity, "engine": "elementwise"}
-    if dropped:
-        meta["jvp"] = dropped_reason(dropped)
+    if dropped or (quantity == "jvp" and no_tangent(actual["jvp"])):  # Note [A tangent torch drops]
+        meta["jvp"] = dropped_reason(dropped) if dropped else NO_TANGENT_REASON
     if kink_conditions:
         meta["kink conditions"] = ", ".join(shorten(c, 40) for c in kink_conditions[:4])
     if asked_via is None and quantity == "jacobian" and fn is not None:
@@ -138,6 +136,19 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
             fn, inputs, symbolic, wrt=wrt_names, via=how, tangents=t, engine=engine, backend=backend, rtol=rtol,
             atol=atol, symbols_map=symbols_map, memory_budget=memory_budget), named, wrt_names)
     return Report(records, title=title or "symgrad check", meta=meta)
+
+
+def _run_torch(fn, leaves: dict, wrt_names: list, via: str, autograd: dict, forward_mode: bool):
+    """``(torch's result, the custom ops it drops the tangent through)``: forward mode runs with the
+    ops recorded, and again without where the recorded run fails (Note [A tangent torch drops])."""
+    if forward_mode:
+        record = recording_ops()
+        try:
+            return run_autograd(fn, leaves, wrt_names, via, **autograd, record=record), \
+                tangent_dropping_ops(record.calls)
+        except Exception:  # noqa: BLE001 - its own error, if any, comes from the plain run
+            pass
+    return run_autograd(fn, leaves, wrt_names, via, **autograd), []
 
 
 # Note [Forward mode beside the Jacobian]
@@ -159,7 +170,7 @@ def _forward_mode_beside(meta: dict, check_jvp, named: dict, wrt_names: list) ->
             report = check_jvp(how, {w: v.clone() for w, v in t.items()})
         except AutogradFailed as err:
             if getattr(err, "in_user_jvp", False):
-                raise
+                raise jvp_raised(err, how) from err
             failed = failed or err
             continue
         except (UnsupportedOp, InputError, NotImplementedError) as err:  # a twin forward mode cannot run

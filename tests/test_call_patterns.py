@@ -363,6 +363,55 @@ def test_the_jvp_of_a_function_written_with_ctx_is_checked_by_default(symbolic):
         _ExpWithJvp.SCALE = 1.0
 
 
+def _exp_with(jvp):
+    class Exp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.exp(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * torch.exp(ctx.saved_tensors[0])
+
+    Exp.jvp = staticmethod(jvp)
+    return Exp.apply
+
+
+def _reads_saved_tensors(ctx, t):
+    (x,) = ctx.saved_tensors  # empty in forward mode: a ValueError
+    return t * torch.exp(x)
+
+
+def _placeholder(ctx, t):
+    raise NotImplementedError("no forward mode yet")
+
+
+@pytest.mark.parametrize("symbolic", [torch.exp, sg.exp], ids=["graph", "exploded"])
+def test_a_jvp_that_fails_in_its_own_code_is_named_and_a_placeholder_is_not(symbolic):
+    """The default check's dual-tensor try runs jvps torch.func never ran: one that fails in its own
+    code (reading ctx.saved_tensors, empty in forward mode) is a bug named with the fix, not a raw
+    ValueError; one raising NotImplementedError says it is not there, as torch's default does."""
+    from symgrad.errors import AutogradFailed
+
+    x = _x(2, 3)
+    with pytest.raises(AutogradFailed, match="save_for_forward"):
+        sg.check(_exp_with(_reads_saved_tensors), {"x": x}, symbolic=symbolic)
+    report = sg.check(_exp_with(_placeholder), {"x": x}, symbolic=symbolic)
+    assert report.passed and "Forward mode: not checked" in report.to_text()
+
+
+def test_a_function_torch_runs_no_forward_mode_through_is_not_failed_on_it():
+    """torch.cond under func.jvp raises a bare KeyError inside functorch (after a dispatch mode ran
+    it, every later run does); with dual tensors its output gets no tangent.  Neither fails the check
+    of a correct function, and neither escapes as torch's own exception (Note [A tangent torch drops])."""
+    x = _x(3)
+    fn = lambda x: torch.cond(x.sum() > 0, lambda y: y.sin(), lambda y: y.cos(), (x,))  # noqa: E731
+    ref = lambda x: torch.sin(x) if x.sum() > 0 else torch.cos(x)  # noqa: E731
+    report = sg.check(fn, {"x": x}, symbolic=ref)
+    assert report.passed and "Forward mode: not checked" in report.to_text()
+
+
 def test_the_exploded_check_says_when_forward_mode_is_left_out():
     lse = lambda x: torch.logsumexp(x, -1)  # noqa: E731
     no_jvp = with_backward(lse, lambda x, g: g[..., None] * torch.softmax(x, -1))

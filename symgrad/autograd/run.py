@@ -13,7 +13,7 @@ from ..errors import AutogradFailed, InputError
 
 __all__ = ["VIAS", "FORWARD_MODE_VIAS", "quantity_of", "run_autograd", "default_via", "run_double_backward",
            "private", "unmodified", "same_values", "recording_ops", "tangent_dropping_ops",
-           "dropped_reason"]
+           "dropped_reason", "no_tangent", "NO_TANGENT_REASON", "jvp_raised"]
 
 # name -> quantity it computes
 VIAS = {
@@ -82,6 +82,10 @@ def run_autograd(
                         backward_calls=backward_calls)
     except (RuntimeError, NotImplementedError) as err:
         raise autograd_failure(err, via) from err
+    except Exception as err:  # noqa: BLE001 - forward mode failing in a custom Function's jvp, or in torch
+        if via in FORWARD_MODE_VIAS + ("functional.jvp", "jacfwd"):  # (functorch has no jvp rule for torch.cond)
+            raise autograd_failure(err, via) from err
+        raise
 
 
 # Note [Code under test owns no reference value]
@@ -162,9 +166,13 @@ def autograd_failure(err: Exception, via: str) -> AutogradFailed:
                 "'autograd.grad' instead")
     else:
         hint = "the torch function (or its backward) failed under this way of running autograd"
+    first = text.splitlines()[0] if text else ""
+    if not isinstance(err, (RuntimeError, NotImplementedError)):  # a KeyError's text alone says little
+        first = f"{type(err).__name__}: {first}" if first else type(err).__name__
     failure = AutogradFailed(f"torch raised while running via={via!r}: "
-                             f"{text.splitlines()[0] if text else type(err).__name__}. Likely cause: {hint}.")
-    failure.in_user_jvp = _in_user_jvp(err)
+                             f"{first or type(err).__name__}. Likely cause: {hint}.")
+    # a jvp raising NotImplementedError says it is not there, as torch's default jvp does: not a bug
+    failure.in_user_jvp = _in_user_jvp(err) and not isinstance(err, NotImplementedError)
     return failure
 
 
@@ -180,9 +188,11 @@ def _in_user_jvp(err: Exception) -> bool:
     tb = err.__traceback__
     while tb is not None:
         frame = tb.tb_frame
-        if frame.f_code.co_name == "jvp" and frame.f_code.co_argcount:  # jvp(ctx, *tangents) of a Function
+        if frame.f_code.co_argcount:  # jvp(ctx, *tangents) of a Function, under any name
             first = frame.f_locals.get(frame.f_code.co_varnames[0])
-            if isinstance(first, FunctionCtx) and not frame.f_code.co_filename.startswith(torch.__path__[0]):
+            jvp = getattr(getattr(first, "_forward_cls", None), "jvp", None)
+            if isinstance(first, FunctionCtx) and not frame.f_code.co_filename.startswith(torch.__path__[0]) and (
+                    frame.f_code.co_name == "jvp" or getattr(jvp, "__code__", None) is frame.f_code):
                 return True
         tb = tb.tb_next
     return False
@@ -270,7 +280,31 @@ def _forward_ad(call_with, diff: tuple, tangents: tuple):
         duals = tuple(fwad.make_dual(d.detach(), t.to(d.dtype)) for d, t in zip(diff, tangents))
         out = call_with(duals)
         tangent = fwad.unpack_dual(out).tangent
-        return torch.zeros_like(out).detach() if tangent is None else tangent.detach().clone()
+        if tangent is not None:
+            return tangent.detach().clone()
+        zeros = torch.zeros_like(out).detach()
+        zeros.symgrad_no_tangent = True  # Note [A tangent torch drops]: torch gave none, read as zeros
+        return zeros
+
+
+def jvp_raised(err: Exception, how: str) -> AutogradFailed:
+    """The error for a custom Function's jvp that raised in the forward mode a check runs by default
+    (Note [A jvp that raises] in graph/check.py)."""
+    return AutogradFailed(
+        f"{err} It raised in forward mode (random tangents, via={how!r}), which the check runs beside reverse "
+        "mode: a custom Function's jvp that raises is a bug of its own (in forward mode ctx.saved_tensors is "
+        "empty: a jvp reads what forward gave ctx.save_for_forward). Fix it, or pass v= (or via='backward') to "
+        "check reverse mode alone.")
+
+
+def no_tangent(result) -> bool:
+    """Whether torch's forward mode gave the output no tangent at all (``via="forward_ad"``)."""
+    return bool(getattr(result, "symgrad_no_tangent", False))
+
+
+NO_TANGENT_REASON = ("torch's forward mode gave the output no tangent (dual tensors): an op on the way has no "
+                     "forward-mode rule and lets the tangent go without an error (a higher-order op such as "
+                     "torch.cond, a torch.library custom op)")
 
 
 # Note [A tangent torch drops]
@@ -282,7 +316,11 @@ def _forward_ad(call_with, diff: tuple, tangents: tuple):
 # records the ops outside torch's own namespaces that the function calls (a dispatch mode sees them
 # below autograd), and each runs once more on dual tensors: one whose output comes back with no
 # tangent is named.  The default check then leaves forward mode out with that reason; a jvp the user
-# asked for is compared (torch's tangent is wrong) and the report gives the reason.
+# asked for is compared (torch's tangent is wrong) and the report gives the reason.  Dual tensors
+# (``via="forward_ad"``, the default check's second try) do the same through ``torch.cond``: an
+# output with no tangent at all is read as zeros and marked, and is treated the same way.  Where the
+# recording itself breaks the run (a dispatch mode changes ``torch.cond``'s eager path), the run is
+# repeated without it.
 TORCH_NAMESPACES = frozenset({"aten", "prims", "prim"})
 
 

@@ -23,6 +23,7 @@ from ..compare.compare import EPS, compare
 from ..compare.worst import joined
 from ..progress import stage
 from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from ..autograd.run import jvp_raised
 from ..report.report import Report
 from ..ops import float32_constants, float32_scoped
 from ..validate import refuse_nan, refuse_non_float_output
@@ -451,10 +452,7 @@ def _default_jvps(state: _State, dirs: list, meta: dict) -> list:
             found = _jvp_records(state, dirs, how)
         except AutogradFailed as err:  # e.g. a custom Function with no jvp
             if getattr(err, "in_user_jvp", False):
-                raise AutogradFailed(
-                    f"{err} It raised in forward mode (random tangents, via={how!r}), which the check runs "
-                    "beside reverse mode: a custom Function's jvp that raises is a bug of its own. Fix it, or pass "
-                    "v= (or via='backward') to check reverse mode alone.") from err
+                raise jvp_raised(err, how) from err
             failed = failed or err
             continue
         except (NotImplementedError, TangentDropped) as err:  # a node kind without a forward-mode rule

@@ -30,6 +30,28 @@ class TangentDropped(Exception):
     torch drops] in autograd/run.py); ``str()`` says which and why."""
 
 
+def _run_jvp(st: State, via: str, d: dict, record=None) -> dict:
+    import torch
+
+    from ..autograd.run import run_autograd
+
+    with torch.enable_grad():
+        return run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d, record=record)
+
+
+def _recorded_jvp(st: State, via: str, d: dict):
+    """``(torch's result, the custom ops it drops the tangent through)`` (Note [A tangent torch drops]
+    in autograd/run.py); run again without the recording where the recorded run fails."""
+    from ..autograd.run import recording_ops, tangent_dropping_ops
+
+    record = recording_ops()
+    try:
+        actual = _run_jvp(st, via, d, record)
+    except Exception:  # noqa: BLE001 - its own error, if any, comes from the plain run
+        return _run_jvp(st, via, d), []
+    return actual, tangent_dropping_ops(record.calls)
+
+
 def jvp_records(st: State, directions: list, via: str, *, meta: dict | None = None) -> list:
     """One record of the output's tangents, stacked over ``directions`` ({name: tangent tensor}).
     Where torch drops the tangent through a custom op, ``TangentDropped`` is raised when no ``meta``
@@ -37,17 +59,14 @@ def jvp_records(st: State, directions: list, via: str, *, meta: dict | None = No
     and torch's tangent is compared."""
     import torch
 
-    from ..autograd.run import dropped_reason, recording_ops, run_autograd, tangent_dropping_ops
+    from ..autograd.run import NO_TANGENT_REASON, dropped_reason, no_tangent
 
     got, ours, all_seeds = [], [], []
     st = _convention(st, via != "functional.jvp")
     for k, d in enumerate(directions):
-        record = recording_ops() if k == 0 else None
-        with torch.enable_grad():
-            actual = run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d, record=record)
-        dropped = tangent_dropping_ops(record.calls) if k == 0 else []
-        if dropped:
-            why = dropped_reason(dropped)
+        actual, dropped = _recorded_jvp(st, via, d) if k == 0 else (_run_jvp(st, via, d), [])
+        if dropped or (k == 0 and no_tangent(actual["jvp"])):
+            why = dropped_reason(dropped) if dropped else NO_TANGENT_REASON
             if meta is None:
                 raise TangentDropped(why)
             meta["jvp"] = why
