@@ -134,7 +134,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     if asked_via is None and quantity == "jacobian" and fn is not None:
         records += _forward_mode_beside(meta, lambda how, t: check_plain(
             fn, inputs, symbolic, wrt=wrt_names, via=how, tangents=t, engine=engine, backend=backend, rtol=rtol,
-            atol=atol, symbols_map=symbols_map, memory_budget=memory_budget), named, wrt_names)
+            atol=atol, symbols_map=symbols_map, memory_budget=memory_budget), named, wrt_names,
+            lambda how, t: run_autograd(autograd_fn, leaves, wrt_names, how, tangents=t))
     return Report(records, title=title or "symgrad check", meta=meta)
 
 
@@ -158,8 +159,9 @@ def _run_torch(fn, leaves: dict, wrt_names: list, via: str, autograd: dict, forw
 # failed with ``symbolic=torch.sin``.  The exploded check now also runs forward mode along one random
 # tangent (torch.func.jvp, else dual tensors, as Note [A jvp that raises] in graph/check.py), and
 # says why where it cannot.
-def _forward_mode_beside(meta: dict, check_jvp, named: dict, wrt_names: list) -> list:
-    """The jvp records along one random tangent, or none with ``meta["jvp"]`` saying why."""
+def _forward_mode_beside(meta: dict, check_jvp, named: dict, wrt_names: list, torch_jvp) -> list:
+    """The jvp records along one random tangent, or none with ``meta["jvp"]`` saying why.  torch's
+    forward mode is tried first (``torch_jvp``, cheap), so a way it cannot run costs no exact jvp."""
     import torch
 
     gen = torch.Generator().manual_seed(1)
@@ -167,6 +169,7 @@ def _forward_mode_beside(meta: dict, check_jvp, named: dict, wrt_names: list) ->
     failed = None
     for how in ("func.jvp", "forward_ad"):
         try:
+            torch_jvp(how, {w: v.clone() for w, v in t.items()})
             report = check_jvp(how, {w: v.clone() for w, v in t.items()})
         except AutogradFailed as err:
             if getattr(err, "in_user_jvp", False):
@@ -270,6 +273,10 @@ def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engin
         out, twin_graph = explode_torch(symbolic if symbolic is not None else fn, named, budget=budget,
                                         n_wrt=sum(named[w].numel() for w in wrt_names), n_diff=None if jacobian else 1,
                                         forward_ad=forward_ad)
+    n_jacobian = out.numel() * sum(named[w].numel() for w in wrt_names) if jacobian else 0
+    if engine == "auto" and not hessian and fn is not None and n_jacobian > JACOBIAN_ENTRIES and \
+            _traceable(fn, symbolic):
+        return on_graph(symbolic)  # Note [Slow to explode]: a full Jacobian of many entries
     if twin_graph is None and symbolic is None and fn is not None:  # torch code that also ran on SymTensors
         from .graph.twin import graph_for_bounds
 
@@ -292,6 +299,11 @@ def _symbolic_forward(fn, symbolic, named, sym_in, symbols_map, wrt_names, engin
 # tests/test_check.py, test_corpus.py, test_shipped_bugs.py and test_special_functions.py estimate
 # 40,000.
 EXPLODE_NODES = 2_000_000
+# The default check of a tensor output on the exploded engine is its whole Jacobian: an ``sg.tanh``
+# twin of 1,024 entries made a million entries (43 s, 2.4 GB) where 1,025 went to the tensor back
+# end's random products (the routing had sized one derivative row) in 2.4 s.  On ``engine='auto'``
+# a Jacobian of more than JACOBIAN_ENTRIES entries goes to the tensor back end too.
+JACOBIAN_ENTRIES = 2**17
 
 
 def _slow_to_explode(graph, n_wrt: int, jacobian: bool) -> bool:

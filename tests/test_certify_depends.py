@@ -132,3 +132,25 @@ def test_an_entry_within_reach_of_its_allowance_depends_on_the_reference():
     got = depends_on_reference(_ref(e, np.ones(4)), e, np.array([np.nan, 1, 1, 1]), allowed,
                                np.array([1e-16, np.inf, 1e-16, 1e-16]), "float64", ulp, eps, 0.0, None, allowance_slope=10.0)
     assert got[:2].tolist() == [True, True] and not got[2]
+
+
+def test_a_check_certifies_at_most_its_budget_and_keeps_its_verdicts(monkeypatch):
+    """Note [A budget of certified entries]: past PER_CHECK re-evaluated entries float64 stays (an
+    LSTM's saturated gates took 45 s one by one); the verdicts do not move, the reference line says
+    how many were re-evaluated, and a backward 1e-6 off still fails."""
+    from symgrad.graph import exact
+
+    x = torch.linspace(1e-4, 3e-3, 200, dtype=torch.float64)
+    sinc = lambda x: torch.special.sinc(x).sum()  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = sg.check(sinc, {"x": x}, engine="graph")
+        monkeypatch.setattr(exact, "PER_CHECK", 10)
+        capped = sg.check(sinc, {"x": x}, engine="graph")
+        wrong = with_backward(torch.special.sinc, lambda x, g: g * torch.func.grad(
+            lambda y: torch.special.sinc(y).sum())(x) * (1 + 1e-6))
+        bug = sg.check(lambda x: wrong(x).sum(), {"x": x}, symbolic=sinc, engine="graph")
+    assert "200 cancelling pointwise entries re-evaluated" in full.records[1].reference
+    assert "re-evaluated over mpmath" not in capped.records[1].reference
+    assert full.passed and capped.passed and not bug.passed
+    assert exact.counter["stop"] is None  # the budget ends with its check
