@@ -160,8 +160,9 @@ def refuse_graph(graph, budget: int | None = None) -> None:
         f"memory budget of {have / 2**30:.1f} GiB ("
         + ("as set" if explicit else "half of the available memory") + "; memory_budget= or "
         "SYMGRAD_MEMORY_BUDGET changes it). The cost grows with every activation's size: check a smaller batch "
-        "(1 or 2) or smaller images / shorter sequences, or one block of the model on its own; engine='elementwise' "
-        "is far costlier at this size. To run it anyway, pass memory_budget= (bytes) above the estimate."
+        "or smaller images / shorter sequences (a quarter of the values is about a quarter of the memory and "
+        "of the time), or one block of the model on its own; engine='elementwise' is far costlier at this size. "
+        "To run it anyway, pass memory_budget= (bytes) above the estimate."
     )
 
 
