@@ -16,12 +16,13 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .autograd.forward import forward_once, grad_enabled
-from .autograd.run import (NO_TANGENT_REASON, default_via, dropped_reason, jvp_raised, no_tangent, quantity_of, recording_ops,
-                           run_autograd, same_values, tangent_dropping_ops)
+from .autograd.forward_mode import (NO_TANGENT_REASON, dropped_reason, first_forward_mode, no_tangent,
+                                    run_recording_ops)
+from .autograd.run import default_via, quantity_of, run_autograd, same_values
 from .graph.refs import JACOBIAN_VIAS
 from .compare.compare import compare, compare_all
 from .differentiate.elementwise import differentiate
-from .errors import AutogradFailed, InputError, ShapeMismatch, UnsupportedOp, exploded_memory_guard
+from .errors import InputError, ShapeMismatch, UnsupportedOp, exploded_memory_guard
 from .inputs import check_options, fresh_name, lowest_precision, normalize_inputs
 from .progress import stage
 from .plain_refs import closed_form_references
@@ -111,7 +112,8 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     tangents_t = {w: tangents[w] for w in wrt_names} if quantity == "jvp" else None
     autograd = dict(cotangent=v, tangents=tangents_t, backward_calls=backward_calls)
     stage(f"running autograd (via={via})")
-    actual, dropped = _run_torch(autograd_fn, leaves, wrt_names, via, autograd, quantity == "jvp")
+    actual, dropped = (run_recording_ops(autograd_fn, leaves, wrt_names, via, **autograd) if quantity == "jvp"
+                       else (run_autograd(autograd_fn, leaves, wrt_names, via, **autograd), []))
 
     stage("comparing")
     forward = compare(out_ref, out_t.detach().double().cpu().numpy(), dtype_name, quantity="forward",
@@ -139,19 +141,6 @@ def check_plain(fn: Callable | None, inputs, symbolic=None, *, wrt=None, via: st
     return Report(records, title=title or "symgrad check", meta=meta)
 
 
-def _run_torch(fn, leaves: dict, wrt_names: list, via: str, autograd: dict, forward_mode: bool):
-    """``(torch's result, the custom ops it drops the tangent through)``: forward mode runs with the
-    ops recorded, and again without where the recorded run fails (Note [A tangent torch drops])."""
-    if forward_mode:
-        record = recording_ops()
-        try:
-            return run_autograd(fn, leaves, wrt_names, via, **autograd, record=record), \
-                tangent_dropping_ops(record.calls)
-        except Exception:  # noqa: BLE001 - its own error, if any, comes from the plain run
-            pass
-    return run_autograd(fn, leaves, wrt_names, via, **autograd), []
-
-
 # Note [Forward mode beside the Jacobian]
 # The op graph checks a tensor output's random VJPs and random JVPs; the exploded check of the same
 # output (a small one, or one whose twin is an ``sg.*`` expression) checked the whole Jacobian by
@@ -166,28 +155,20 @@ def _forward_mode_beside(meta: dict, check_jvp, named: dict, wrt_names: list, to
 
     gen = torch.Generator().manual_seed(1)
     t = {w: torch.randn(named[w].shape, generator=gen, dtype=torch.float64).to(named[w].dtype) for w in wrt_names}
-    failed = None
-    for how in ("func.jvp", "forward_ad"):
-        try:
-            torch_jvp(how, {w: v.clone() for w, v in t.items()})
-            report = check_jvp(how, {w: v.clone() for w, v in t.items()})
-        except AutogradFailed as err:
-            if getattr(err, "in_user_jvp", False):
-                raise jvp_raised(err, how) from err
-            failed = failed or err
-            continue
-        except (UnsupportedOp, InputError, NotImplementedError) as err:  # a twin forward mode cannot run
-            meta["jvp"] = f"not checked ({str(err)[:300]})"
-            return []
-        if report.meta.get("jvp"):  # torch drops the tangent through a custom op
-            meta["jvp"] = f"not checked ({report.meta['jvp']})"
-            return []
-        meta["quantity"] += f" and jvp (a random tangent{', dual tensors' if how == 'forward_ad' else ''})"
-        meta.update({k: v for k, v in report.meta.items() if k == "kink conditions" and k not in meta})
-        return report.records[1:]
-    text = str(failed)
-    meta["jvp"] = f"not checked (torch's forward mode could not run: {text if len(text) < 400 else text[:400].rsplit(' ', 1)[0] + ' ...'})"
-    return []
+    def run(how):
+        torch_jvp(how, {w: v.clone() for w, v in t.items()})
+        return check_jvp(how, {w: v.clone() for w, v in t.items()})
+
+    got = first_forward_mode(run, meta, (UnsupportedOp, InputError, NotImplementedError))  # a twin it cannot run
+    if got is None:
+        return []
+    how, report = got
+    if report.meta.get("jvp"):  # torch drops the tangent through a custom op
+        meta["jvp"] = f"not checked ({report.meta['jvp']})"
+        return []
+    meta["quantity"] += f" and jvp (a random tangent{', dual tensors' if how == 'forward_ad' else ''})"
+    meta.update({k: v for k, v in report.meta.items() if k == "kink conditions" and k not in meta})
+    return report.records[1:]
 
 
 def _zeros_graph(fn, named: dict):

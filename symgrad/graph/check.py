@@ -22,8 +22,8 @@ from ..compare.accuracy import ForwardOracle, apply_strict, check_accuracy_optio
 from ..compare.compare import EPS, compare
 from ..compare.worst import joined
 from ..progress import stage
-from ..errors import AutogradFailed, InputError, ShapeMismatch, SymgradError, UnsupportedOp
-from ..autograd.run import jvp_raised
+from ..errors import InputError, ShapeMismatch, SymgradError, UnsupportedOp
+from ..autograd.forward_mode import first_forward_mode
 from ..report.report import Report
 from ..ops import float32_constants, float32_scoped
 from ..validate import refuse_nan, refuse_non_float_output
@@ -449,23 +449,12 @@ def _default_jvps(state: _State, dirs: list, meta: dict) -> list:
     """Forward mode beside the random VJPs, not asked for: through ``torch.func.jvp``, else through dual
     tensors (a custom Function written with ``forward(ctx, ...)`` and a ``jvp`` runs there, not under
     torch.func); left out with the reason where neither runs (Note [A jvp that raises])."""
-    failed = None
-    for how in ("func.jvp", "forward_ad"):
-        try:
-            found = _jvp_records(state, dirs, how)
-        except AutogradFailed as err:  # e.g. a custom Function with no jvp
-            if getattr(err, "in_user_jvp", False):
-                raise jvp_raised(err, how) from err
-            failed = failed or err
-            continue
-        except (NotImplementedError, TangentDropped) as err:  # a node kind without a forward-mode rule
-            meta["jvp"] = f"not checked ({err})"  # (linalg), or a custom op torch has none for
-            return []
-        meta["quantity"] += f" and jvp ({len(dirs)} random tangents{', dual tensors' if how == 'forward_ad' else ''})"
-        return found
-    text = str(failed)
-    meta["jvp"] = f"not checked (torch's forward mode could not run: {text if len(text) < 400 else text[:400].rsplit(' ', 1)[0] + ' ...'})"
-    return []
+    got = first_forward_mode(lambda how: _jvp_records(state, dirs, how), meta, (NotImplementedError, TangentDropped))
+    if got is None:  # a node kind without a forward-mode rule (linalg), or a custom op torch has none for
+        return []
+    how, found = got
+    meta["quantity"] += f" and jvp ({len(dirs)} random tangents{', dual tensors' if how == 'forward_ad' else ''})"
+    return found
 
 
 # Note [A jvp that raises]

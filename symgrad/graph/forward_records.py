@@ -30,26 +30,17 @@ class TangentDropped(Exception):
     torch drops] in autograd/run.py); ``str()`` says which and why."""
 
 
-def _run_jvp(st: State, via: str, d: dict, record=None) -> dict:
+def _run_jvp(st: State, via: str, d: dict, record: bool = False):
+    """torch's result (and, ``record``: the custom ops it drops the tangent through)."""
     import torch
 
+    from ..autograd.forward_mode import run_recording_ops
     from ..autograd.run import run_autograd
 
     with torch.enable_grad():
-        return run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d, record=record)
-
-
-def _recorded_jvp(st: State, via: str, d: dict):
-    """``(torch's result, the custom ops it drops the tangent through)`` (Note [A tangent torch drops]
-    in autograd/run.py); run again without the recording where the recorded run fails."""
-    from ..autograd.run import recording_ops, tangent_dropping_ops
-
-    record = recording_ops()
-    try:
-        actual = _run_jvp(st, via, d, record)
-    except Exception:  # noqa: BLE001 - its own error, if any, comes from the plain run
-        return _run_jvp(st, via, d), []
-    return actual, tangent_dropping_ops(record.calls)
+        if record:
+            return run_recording_ops(st.torch_fn, st.leaves, st.wrt, via, tangents=d)
+        return run_autograd(st.torch_fn, st.leaves, st.wrt, via, tangents=d)
 
 
 def jvp_records(st: State, directions: list, via: str, *, meta: dict | None = None) -> list:
@@ -59,12 +50,12 @@ def jvp_records(st: State, directions: list, via: str, *, meta: dict | None = No
     and torch's tangent is compared."""
     import torch
 
-    from ..autograd.run import NO_TANGENT_REASON, dropped_reason, no_tangent
+    from ..autograd.forward_mode import NO_TANGENT_REASON, dropped_reason, no_tangent
 
     got, ours, all_seeds = [], [], []
     st = _convention(st, via != "functional.jvp")
     for k, d in enumerate(directions):
-        actual, dropped = _recorded_jvp(st, via, d) if k == 0 else (_run_jvp(st, via, d), [])
+        actual, dropped = _run_jvp(st, via, d, record=True) if k == 0 else (_run_jvp(st, via, d), [])
         if dropped or (k == 0 and no_tangent(actual["jvp"])):
             why = dropped_reason(dropped) if dropped else NO_TANGENT_REASON
             if meta is None:

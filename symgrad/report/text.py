@@ -66,6 +66,6 @@ def _checked(meta: dict) -> str:
         line += f" (computes in {meta['computes in']})"
     if meta.get("engine"):
         line += f"; engine {meta['engine']}"
-    if meta.get("jvp"):  # Note [A jvp that raises] in graph/check.py, [A tangent torch drops] in autograd/run.py
+    if meta.get("jvp"):  # Note [A jvp that raises] in graph/check.py, [A tangent torch drops] in autograd/forward_mode.py
         line += f"\nForward mode: {meta['jvp']}"
     return line
