@@ -155,6 +155,7 @@ def _forward_mode_beside(meta: dict, check_jvp, named: dict, wrt_names: list, to
 
     gen = torch.Generator().manual_seed(1)
     t = {w: torch.randn(named[w].shape, generator=gen, dtype=torch.float64).to(named[w].dtype) for w in wrt_names}
+
     def run(how):
         torch_jvp(how, {w: v.clone() for w, v in t.items()})
         return check_jvp(how, {w: v.clone() for w, v in t.items()})

@@ -27,7 +27,7 @@ __all__ = ["TangentDropped", "jvp_records", "stack_tangents", "tangent_dict", "n
 
 class TangentDropped(Exception):
     """torch's forward mode drops the tangent through a custom op of the function (Note [A tangent
-    torch drops] in autograd/run.py); ``str()`` says which and why."""
+    torch drops] in autograd/forward_mode.py); ``str()`` says which and why."""
 
 
 def _run_jvp(st: State, via: str, d: dict, record: bool = False):
