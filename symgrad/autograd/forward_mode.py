@@ -126,8 +126,7 @@ def first_forward_mode(run: Callable, meta: dict, absent: tuple = (NotImplemente
                 raise jvp_raised(err, how) from err
             failed = failed or err
         except absent as err:
-            text = str(err)
-            meta["jvp"] = f"not checked ({text if len(text) < 600 else text[:600].rsplit(' ', 1)[0] + ' ...'})"
+            meta["jvp"] = f"not checked ({_cut(str(err), 600)})"
             return None
     meta["jvp"] = not_run_note(failed)
     return None
@@ -135,8 +134,12 @@ def first_forward_mode(run: Callable, meta: dict, absent: tuple = (NotImplemente
 
 def not_run_note(err: Exception) -> str:
     """The report's line for forward mode that could not run (Note [A jvp that raises])."""
-    text = str(err)
-    return f"not checked (torch's forward mode could not run: {text if len(text) < 400 else text[:400].rsplit(' ', 1)[0] + ' ...'})"
+    return f"not checked (torch's forward mode could not run: {_cut(str(err), 400)})"
+
+
+def _cut(text: str, width: int) -> str:
+    """``text``, or its first ``width`` characters cut at a word, for the report's forward-mode line."""
+    return text if len(text) < width else text[:width].rsplit(" ", 1)[0] + " ..."
 
 
 def dropped_reason(names: list[str]) -> str:
