@@ -34,7 +34,7 @@ import numpy as np
 
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
-__all__ = ["Approx", "scale_free", "exact", "perturbing_now", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
+__all__ = ["Approx", "scale_free", "exact", "perturbing_now", "rounded_input", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -46,6 +46,12 @@ def rounded(v, own):
     """``v``; during a statistical rerun, ``v`` moved by ``±eps * own`` (a random sign per entry):
     every site where an operation adds its *own* rounding calls this with that rounding's bound."""
     return v if _PERTURB is None else _PERTURB(v, own)
+
+
+def rounded_input(v, own):
+    """``rounded`` for a backward error moving a matrix (Note [Linalg in the reruns] in linalg.py):
+    equal entries share a sign, and entries a power of two apart do not."""
+    return v if _PERTURB is None else _PERTURB(v, own, whole=True)
 
 
 def perturbing_now() -> bool:

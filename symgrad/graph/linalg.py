@@ -155,9 +155,11 @@ def _cholesky(a: Approx) -> Approx:
 # result by its own rounding bound with a random sign; a factorisation's result is no sum of
 # roundings of its own, but the exact result for a moved input (Note [Linalg rounding]).  So in a
 # rerun a linear-algebra node is evaluated exactly at ``A + δA``, ``δA`` its backward error moved
-# with a random sign per entry (``approx.rounded``: equal values share a sign, so a symmetric
-# matrix stays symmetric), ``γ |A|`` for LU, ``(n + 1) |L||Lᵀ|`` for
-# Cholesky.  Without them the graphs holding such nodes kept the worst case, which compounds along
+# with a random sign per entry (``approx.rounded_input``: equal values share a sign, so a symmetric
+# matrix stays symmetric; values a power of two apart do not, as the roundings of one operation's
+# results do: with them a row twice another moved in proportion, a singular integer matrix stayed
+# singular in every rerun, and torch's float32 det gradient there failed), ``γ |A|`` for LU,
+# ``(n + 1) |L||Lᵀ|`` for Cholesky.  Without them the graphs holding such nodes kept the worst case, which compounds along
 # a chain: a Kalman filter's 20 inverses were allowed 4e42 ulps, a GP's Cholesky 1e13, and seeded
 # bugs of 1e-5 passed.  The reverse and forward rules move their matrix too (torch's backward
 # factorises it again or reads its factors, with their own rounding): read unmoved, a determinant's
@@ -181,7 +183,7 @@ def _backward_error(op: str, a: Approx) -> Approx:
         own = (a.shape[-1] + 1) * np.einsum(_spec(len(a.shape) - 2, "ik,jk->ij"), low, low)
     else:
         own = _gamma(a.shape[-1]) * np.abs(a.v)
-    return Approx(approx.rounded(a.v, own), a.e, *((a.lo, a.hi) if a.banded else ()))
+    return Approx(approx.rounded_input(a.v, own), a.e, *((a.lo, a.hi) if a.banded else ()))
 
 
 def forward(op: str, args: list, attrs: dict | None = None) -> Approx:

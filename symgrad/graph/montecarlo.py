@@ -130,14 +130,16 @@ def linear_moves(graph, ctx):
 
 KEY_BITS = 20  # leading mantissa bits that key a rounding's sign (Note [Correlated roundings])
 _MANTISSA = np.uint64((1 << 52) - 1) ^ np.uint64((1 << (52 - KEY_BITS)) - 1)
+_MAGNITUDE = _MANTISSA | np.uint64(((1 << 11) - 1) << 52)  # the exponent too: values a power of two apart differ
 
 
-def _keyed_signs(v: np.ndarray, salt: int) -> np.ndarray:
+def _keyed_signs(v: np.ndarray, salt: int, whole: bool = False) -> np.ndarray:
     """±1 per entry, the same for values whose leading KEY_BITS mantissa bits agree (times the
-    value's own sign): a splitmix64 hash of those bits and the rerun's ``salt`` (computed in place:
-    every rounding site of every rerun calls this on arrays of up to millions of entries)."""
+    value's own sign; ``whole``: and whose exponents agree): a splitmix64 hash of those bits and the
+    rerun's ``salt`` (computed in place: every rounding site of every rerun calls this on arrays of
+    up to millions of entries)."""
     with np.errstate(over="ignore"):
-        h = np.bitwise_and(v.view(np.uint64), _MANTISSA, out=np.empty(v.shape, np.uint64))
+        h = np.bitwise_and(v.view(np.uint64), _MAGNITUDE if whole else _MANTISSA, out=np.empty(v.shape, np.uint64))
         h ^= np.uint64(salt)
         h += np.uint64(0x9E3779B97F4A7C15)
         h *= np.uint64(0xBF58476D1CE4E5B9)
@@ -165,7 +167,7 @@ def perturbing(rng: np.random.Generator, coherent="random", seen: dict | None = 
     visits = [0]
     only = coherent[1] if isinstance(coherent, tuple) else None
 
-    def move(v, own, key=None):
+    def move(v, own, key=None, whole=False):
         site = None
         if key is not None or np.size(v) == 1:
             site = key if key is not None else ("scalar", visits[0])
@@ -183,7 +185,7 @@ def perturbing(rng: np.random.Generator, coherent="random", seen: dict | None = 
         elif site is not None:
             sign = signs.setdefault(site, float(rng.choice((-1.0, 1.0))))
         else:
-            sign = _keyed_signs(v, int(rng.integers(0, 2**63)))  # v: a fresh contiguous copy
+            sign = _keyed_signs(v, int(rng.integers(0, 2**63)), whole)  # v: a fresh contiguous copy
         step = _MOVE.get() * own * sign
         moved = v + step
         if np.isfinite(moved).all():  # then v and step are finite everywhere: nothing to keep

@@ -88,3 +88,16 @@ def test_torchs_own_inverse_of_a_well_conditioned_matrix_passes():
     assert abs(report.records[0].expected[1, 2] - exact) < 1e-18
     b = torch.tensor([0.3, -1.1, 2.0], dtype=torch.float64)
     assert sg.check(torch.linalg.solve, {"A": A, "b": b}, quiet=True).passed
+
+
+@pytest.mark.parametrize("A", [[[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]],
+                               [[1.0, 2.5, 3.0], [2.0, 4.5, 6.0], [1.5, 0.25, 1.75]]], ids=["singular", "zero-cofactor"])
+def test_torchs_float32_det_where_entries_are_powers_of_two_apart(A):
+    """Note [Linalg in the reruns]: the reruns moved entries a power of two apart (1 and 2, 3 and 6)
+    with one sign, so a row twice another (a minor 1*6 - 3*2) stayed exactly singular in every rerun,
+    its spread was 0, and torch's float32 det failed by 3 ulps of the matrix against 1e-12 allowed.
+    A backward off by 1e-3 still fails there."""
+    A = torch.tensor(A)
+    assert sg.check(torch.linalg.det, {"A": A}, quiet=True).passed
+    f = with_backward(torch.linalg.det, lambda A, g: _cofactor_backward(A.double(), g.double()).float() * 1.001)
+    assert not sg.check(f, {"A": A}, quiet=True).passed
