@@ -20,11 +20,11 @@ import operator
 import numpy as np
 import sympy as sp
 
-from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_exp, floor, log1p, round_even,
+from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_either, expm1_exp, floor, log1p, round_even,
                         sigmoid, trunc)
 from .functions_stats import erfcx, log_ndtr
 from .ir import Node
-from .trace_grad import EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
+from .trace_grad import BACKWARD_UNSEEN, EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
 
 __all__ = ["HANDLERS", "handles", "handler_for", "indices_read"]
 
@@ -122,7 +122,9 @@ def _expm1(b, args, kwargs, val):
     """expm1, or inside elu's decomposition (not in place) ``expm1_exp``, whose slope is exp (Note
     [elu's slope from its input] in trace_grad.py)."""
     meta = getattr(getattr(b, "fx_node", None), "meta", {})
-    fn = expm1_exp if meta.get(EXP_SLOPE) and not meta.get(IN_PLACE) else expm1
+    fn = expm1
+    if meta.get(EXP_SLOPE) and not meta.get(IN_PLACE):
+        fn = expm1_either if meta.get(IN_FUNCTION) or meta.get(BACKWARD_UNSEEN) else expm1_exp
     return b.pointwise(fn, list(args), tuple(val.shape))
 
 

@@ -16,6 +16,7 @@ whole Jacobian, one product per output entry.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Mapping
 
 from ..compare.accuracy import ForwardOracle, apply_strict, check_accuracy_options, nesting, reference_mode
@@ -43,6 +44,7 @@ from .interpret import to_graph
 from .interpret_data import refuse_float_items
 from .scalar import Ctx
 from .trace import trace_callable
+from .trace_grad import BACKWARD_UNSEEN, marking
 from .vjp_records import default_cotangents, plan, vjp_records
 
 __all__ = ["check_graph", "EPS"]
@@ -195,7 +197,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     leaves = {n: t.detach().clone().requires_grad_(n in wrt_names) for n, t in zip(names, tensors)}
     out_t = _torch_forward(torch_fn, leaves)
     graph, values, out_node, failed, crossed, forward_ref, records = _traced(
-        runner(symbolic if symbolic is not None else fn), key, disk_key, names, roles, tensors, out_t, ctx, dtype,
+        runner(symbolic if symbolic is not None else fn, symbolic is not None), key, disk_key, names, roles, tensors, out_t, ctx, dtype,
         rtol, atol, memory_budget)
     refuse_float_items(graph, wrt_names)  # Note [A float .item()] in interpret_data.py
     graph_cache.remember(key, fn, graph)
@@ -203,7 +205,7 @@ def _check_graph(fn, inputs: Mapping, *, symbolic, wrt, via, v, tangents, loss, 
     if narrow is not None and EPS.get(narrow, 0.0) > EPS.get(dtype, 2.0**-52):
         dtype, ctx = narrow, Ctx(EPS[narrow], narrow)  # Note [A forward that computes in a narrower dtype]
         graph, values, out_node, failed, crossed, forward_ref, records = _traced(
-            runner(symbolic if symbolic is not None else fn), key, disk_key, names, roles, tensors, out_t, ctx,
+            runner(symbolic if symbolic is not None else fn, symbolic is not None), key, disk_key, names, roles, tensors, out_t, ctx,
             dtype, rtol, atol, memory_budget)
     exploded = None
     if exploded_crosscheck:  # Note [Exploded cross-check]
@@ -299,7 +301,9 @@ def _runner(model, names: list, n_params: int, loss, target, structure: list, sa
     given = set(names[n_params:])
     keyword = [k for k in keyword_only(model.forward) if k in given] if model is not None else []
 
-    def runner(forward_fn):
+    def runner(forward_fn, twin: bool = False):
+        """``twin``: ``forward_fn`` is a reference forward (``symbolic=``), not the code whose backward runs."""
+
         def run(*flat):
             if saved:
                 with disable_proxy_modes_tracing():  # not an op of the traced function
@@ -313,7 +317,8 @@ def _runner(model, names: list, n_params: int, loss, target, structure: list, sa
                 params = dict(zip(names[:n_params], flat[:n_params]))
                 out = torch.func.functional_call(model, params, tuple(args), kwargs, strict=False)
             else:
-                out = forward_fn(*args, **kwargs) if model is not None else forward_fn(*flat)
+                with marking(BACKWARD_UNSEEN, True) if twin else nullcontext():  # Note [elu's slope from its input]
+                    out = forward_fn(*args, **kwargs) if model is not None else forward_fn(*flat)
             if loss is not None:
                 return loss(out, target)
             flat, shapes = _flatten_output(out)

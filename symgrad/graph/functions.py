@@ -17,7 +17,7 @@ from ..lower.special import BESSEL_ULPS, MPMATH
 from .approx import Approx, mul, rounded
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _scipy
 
-__all__ = ["expm1", "expm1_exp", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
+__all__ = ["expm1", "expm1_exp", "expm1_either", "elu_slope", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
            "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e", "DEFINITIONS", "MpmathValued"]
 
 
@@ -35,6 +35,45 @@ class expm1_exp(expm1):  # noqa: N801
 
     def fdiff(self, argindex=1):
         return sp.exp(self.args[0])
+
+
+class expm1_either(expm1):  # noqa: N801
+    """expm1 of an elu decomposition whose backward may take its slope from the input or from the
+    saved result: inside a custom Function's forward, or a ``symbolic=`` reference forward (Note
+    [elu's slope from its input] in graph/trace_grad.py)."""
+
+    def fdiff(self, argindex=1):
+        return elu_slope(self.args[0])
+
+
+class elu_slope(sp.Function):  # noqa: N801
+    """exp(x), allowed the rounding of ``expm1(x) + 1`` too, up to its own size (``_elu_slope``)."""
+
+    _imp_ = staticmethod(lambda x: __import__("mpmath").exp(x))  # lambdify over mpmath (the certified values): exp
+
+    def fdiff(self, argindex=1):
+        return elu_slope(self.args[0])
+
+
+def _elu_slope(args: list, ctx) -> Approx:
+    """exp(x) through the library; where ``expm1(x) + 1`` rounds worse (x below 0: the +1 cancels),
+    the difference joins the bound, capped where the allowance it gives reaches the slope itself: a
+    saved-result backward may lose the slope (``result + 1`` rounds to 0 below x = -9 in bfloat16),
+    never flip it."""
+    from .scalar import _apply, library_ulps
+
+    (a,) = args
+    ulps = library_ulps(ctx)
+    out = _apply(np.exp, np.exp, a, ulps=ulps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        from_result = ulps * np.abs(np.expm1(a.v)) + np.abs(out.v)  # expm1's rounding, then the add's
+        cap = np.abs(out.v) / (ctx.eps * rounding_ulps(ctx.dtype))
+        extra = np.minimum(np.maximum(from_result - ulps * np.abs(out.v), 0.0), cap)
+    extra = np.where(np.isfinite(extra), extra, 0.0)
+    return Approx(rounded(out.v, extra), out.e + extra, *((out.lo, out.hi) if out.banded else ()))
+
+
+NARY[elu_slope] = _elu_slope
 
 
 class log1p(sp.Function):  # noqa: N801
@@ -92,6 +131,8 @@ def _np_sigmoid(x):
 DEFINITIONS = {
     expm1: lambda x: sp.exp(x) - 1,
     expm1_exp: lambda x: sp.exp(x) - 1,
+    expm1_either: lambda x: sp.exp(x) - 1,
+    elu_slope: sp.exp,
     log1p: lambda x: sp.log(1 + x),
     sigmoid: lambda x: 1 / (1 + sp.exp(-x)),
     logsigmoid: lambda x: -sp.log(1 + sp.exp(-x)),
@@ -102,6 +143,7 @@ DEFINITIONS = {
 FUNCTIONS.update({
     expm1: (np.expm1, np.exp),  # (the slope of the function itself, for its arguments' errors)
     expm1_exp: (np.expm1, np.exp),
+    expm1_either: (np.expm1, np.exp),
     log1p: (np.log1p, lambda x: 1 / (1 + x)),
     sigmoid: (_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x)),
     logsigmoid: (_np_logsigmoid, lambda x: _np_sigmoid(-x)),
