@@ -24,6 +24,7 @@ from .compare.worst import joined
 from .ops import float32_scoped
 from .inputs import check_options, lowest_precision  # noqa: F401 - lowest_precision re-exported
 from .progress import with_progress
+from .threads import blas_limited
 from .report.report import Report
 from .symbolic.forward import symbolic_inputs  # noqa: F401 - re-exported
 from .validate import check_backend, check_callable, check_wrt_type, recursion_guard, refuse_zero_products
@@ -135,7 +136,7 @@ def check(
     try:
         # bounds may overflow to inf (a band that says "anything"), and inf * 0 is NaN: both are read
         # as such where verdicts are made, so numpy's warnings about them are noise to the user
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), blas_limited():  # Note [BLAS threads on a busy machine]
             report = _route(fn, inputs, symbolic, wrt=wrt, via=via, v=v, tangents=tangents, loss=loss, target=target,
                             engine=engine, backend=backend, rtol=rtol, atol=atol, backward_calls=backward_calls,
                             symbols_map=symbols_map, title=title, memory_budget=memory_budget, order=order)
