@@ -34,7 +34,7 @@ import numpy as np
 
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
-__all__ = ["Approx", "scale_free", "exact", "perturbing_now", "rounded_input", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
+__all__ = ["Approx", "scale_free", "exact", "perturbing_now", "rounded_input", "wide_now", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -161,6 +161,56 @@ def rerun_share() -> float:
     return COHERENT_SHARE if in_sequence() else 1.0
 
 
+# Note [Nodes computed in a wider dtype]
+# A half-precision kernel often computes in float32 inside: ``z = x.float() + b.float()``, the
+# activation in float32, ``.to(x.dtype)`` once at the end (Megatron's and apex's fused bias-GELU,
+# Llama's RMSNorm in a bfloat16 model).  Charged one rounding unit per check, every float32 step was
+# charged a bfloat16 rounding (65,536 of its own), the cancellation in ``1 + tanh(u)`` made the
+# bound 1,238 times the gradient, and a bfloat16 GELU backward whose cubic term was a third of its
+# size passed at 8 x 128 x 512.  So each node notes the dtype torch computed it in (``_dtype``,
+# from its traced value), and its rules charge their own roundings in that dtype's eps, expressed in
+# the check's units (``size`` and ``accumulated`` scale by the ratio, and its smallest normal is
+# the node's): a forward rule in the node's dtype, a reverse rule in the narrowest of the node's
+# and its arguments' (a cotangent is rounded to its argument's dtype; an untagged argument, a leaf,
+# counts as the check's).  A cast is a node of its own (aten.py): narrowing, its forward charges
+# one rounding of the narrow dtype; widening, it is exact forward and its reverse rule, in the
+# narrow dtype, charges the cotangent's rounding down.  Constants keep the check's dtype's
+# representation error (more than a float32 constant's: sound).
+_WIDE: contextvars.ContextVar = contextvars.ContextVar("symgrad_wide", default=None)  # (ratio, smallest normal)
+_DTYPE_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+def wide_now() -> bool:
+    """Whether the rule running now computes in a dtype wider than the check's (Note [Nodes computed in a wider dtype])."""
+    return _WIDE.get() is not None
+
+
+def _node_dtype(node, backward: bool):
+    """The dtype ``node``'s forward (or reverse) rule computes in; None: the check's."""
+    own = node.attrs.get("_dtype")
+    if own is None or not backward:
+        return own
+    narrowest = own
+    for a in node.args:
+        d = a.attrs.get("_dtype") if a.kind != "leaf" else None
+        if d is None:
+            return None  # an argument in the check's dtype
+        if _DTYPE_EPS.get(d, 0.0) > _DTYPE_EPS.get(narrowest, 0.0):
+            narrowest = d
+    return narrowest
+
+
+def _wide_token(node, backward: bool):
+    checked = _CHECKED.get()
+    dtype = _node_dtype(node, backward)
+    if dtype is None or checked not in _DTYPE_EPS or dtype not in _DTYPE_EPS:
+        return None
+    ratio = _DTYPE_EPS[dtype] / _DTYPE_EPS[checked]
+    if ratio >= 1.0:
+        return None
+    return _WIDE.set((ratio, SMALLEST_NORMAL[dtype]))
+
+
 @contextlib.contextmanager
 def kernel(node, backward: bool = False):
     """Within: the sums of ``node`` (from torch op ``node.origin``) in its forward/tangent rule, or
@@ -170,6 +220,9 @@ def kernel(node, backward: bool = False):
         origin.startswith(CONVOLUTION) and (backward or bool(node.attrs.get("_col2im"))))
     scan = node.attrs.get("_scan")
     tokens = []
+    wide = _wide_token(node, backward)  # Note [Nodes computed in a wider dtype]
+    if wide is not None:
+        tokens.append((_WIDE, wide))
     if _ACCUMULATION.get() is not None and half:
         tokens.append((_ACCUMULATION, _ACCUMULATION.set(None)))
     if backward and _CHECKED.get() in node.attrs.get("_sequential", ()):  # Note [Sequential reverse sums]
@@ -229,18 +282,24 @@ def checking(dtype: str):
 
 
 def size(v):
-    """The size a rounding of ``v`` is charged on (Note [Rounding below the normal range])."""
+    """The size a rounding of ``v`` is charged on (Note [Rounding below the normal range]), in the
+    check's units (Note [Nodes computed in a wider dtype])."""
     a = np.abs(v)
-    tiny = SMALLEST_NORMAL.get(_CHECKED.get())
-    if tiny is None or _SCALE_FREE.get():
-        return a
-    with np.errstate(invalid="ignore"):
-        return np.where((a > 0) & (a < tiny), tiny, a)
+    wide = _WIDE.get()
+    tiny = SMALLEST_NORMAL.get(_CHECKED.get()) if wide is None else wide[1]
+    if tiny is not None and not _SCALE_FREE.get():
+        with np.errstate(invalid="ignore"):
+            a = np.where((a > 0) & (a < tiny), tiny, a)
+    return a if wide is None else wide[0] * a
 
 
 def accumulated(roundings: float, terms, result):
     """The rounding of a sum: ``roundings`` (log2 n, plus a product's own) on the terms' sizes
-    ``terms``; in a half check those in float32 and one half rounding of ``result`` (the Note)."""
+    ``terms``; in a half check those in float32 and one half rounding of ``result`` (the Note); in a
+    node computed in a wider dtype, that dtype's (Note [Nodes computed in a wider dtype])."""
+    wide = _WIDE.get()
+    if wide is not None:
+        return wide[0] * roundings * terms if roundings else roundings * terms
     ratio = _ACCUMULATION.get()
     if ratio is None or not roundings:
         return roundings * terms

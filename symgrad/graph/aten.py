@@ -20,13 +20,15 @@ import operator
 import numpy as np
 import sympy as sp
 
-from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_either, expm1_exp, floor, log1p, round_even,
+from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_either, expm1_exp, floor, log1p, narrowed, round_even,
                         sigmoid, trunc)
 from .functions_stats import erfcx, log_ndtr
 from .ir import Node
 from .trace_grad import BACKWARD_UNSEEN, EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
 
 __all__ = ["HANDLERS", "handles", "handler_for", "indices_read"]
+
+EPS_OF = {"torch.float64": 2.0**-52, "torch.float32": 2.0**-23, "torch.float16": 2.0**-10, "torch.bfloat16": 2.0**-7}
 
 HANDLERS: dict = {}
 
@@ -292,7 +294,20 @@ def _identity(b, args, kwargs, val):
     its grid), computed from the float64 values."""
     if isinstance(args[0], Node) and getattr(val, "is_floating_point", lambda: True)() is False:
         return b.value_of(args[0]).to(val.dtype)
-    return args[0]
+    return _cast(b, args[0], val)
+
+
+def _cast(b, x, val):
+    """A cast between floating dtypes is a node of its own (Note [Nodes computed in a wider dtype] in
+    approx.py): narrowing rounds its value; widening is exact, its reverse rule rounds the cotangent."""
+    fx_node = getattr(b, "fx_node", None)
+    src = fx_node.args[0].meta.get("val") if fx_node is not None and fx_node.args and hasattr(fx_node.args[0], "meta") else None
+    s_dt, o_dt = getattr(src, "dtype", None), getattr(val, "dtype", None)
+    if not isinstance(x, Node) or s_dt is None or o_dt is None or s_dt == o_dt or not (
+            s_dt.is_floating_point and o_dt.is_floating_point) or s_dt.is_complex or o_dt.is_complex:
+        return x
+    narrowing = EPS_OF.get(str(o_dt), 0.0) > EPS_OF.get(str(s_dt), 0.0)
+    return b.pointwise((lambda u: narrowed(u)) if narrowing else (lambda u: u), [x])
 
 
 @handles("aten.copy_", "aten.copy")

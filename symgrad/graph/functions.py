@@ -14,10 +14,10 @@ import sympy as sp
 
 from ..compare.half import rounding_ulps, subnormal_rounding
 from ..lower.special import BESSEL_ULPS, MPMATH
-from .approx import Approx, mul, rounded
+from .approx import Approx, mul, rounded, size
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _scipy
 
-__all__ = ["expm1", "expm1_exp", "expm1_either", "elu_slope", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
+__all__ = ["expm1", "expm1_exp", "expm1_either", "elu_slope", "narrowed", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
            "bessel_i0", "bessel_i1", "bessel_i0e", "bessel_i1e", "DEFINITIONS", "MpmathValued"]
 
 
@@ -74,6 +74,25 @@ def _elu_slope(args: list, ctx) -> Approx:
 
 
 NARY[elu_slope] = _elu_slope
+
+
+class narrowed(sp.Function):  # noqa: N801
+    """x cast to a narrower floating dtype: the same value, one rounding of that dtype (Note [Nodes
+    computed in a wider dtype] in graph/approx.py)."""
+
+    _imp_ = staticmethod(lambda x: x)  # lambdify over mpmath (the certified values): the value itself
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(1)
+
+
+def _narrowed(args: list, ctx) -> Approx:
+    (a,) = args
+    own = size(a.v)
+    return Approx(rounded(a.v, own), a.e + own, *((a.lo, a.hi) if a.banded else ()))
+
+
+NARY[narrowed] = _narrowed
 
 
 class log1p(sp.Function):  # noqa: N801
@@ -133,6 +152,7 @@ DEFINITIONS = {
     expm1_exp: lambda x: sp.exp(x) - 1,
     expm1_either: lambda x: sp.exp(x) - 1,
     elu_slope: sp.exp,
+    narrowed: lambda x: x,
     log1p: lambda x: sp.log(1 + x),
     sigmoid: lambda x: 1 / (1 + sp.exp(-x)),
     logsigmoid: lambda x: -sp.log(1 + sp.exp(-x)),

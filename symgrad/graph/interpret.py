@@ -204,6 +204,7 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
             raise UnsupportedOp(f"{COMPLEX} (fx node {named.name!r}, {named.target})")
         args, kwargs = _map(node.args, env), _map(node.kwargs, env)
         b.fx_node = node
+        start = len(b.graph.nodes)
         env[node] = _call(b, node, args, kwargs)
         if node.meta.get(CHOSEN):  # a form chosen from the values: never cached
             b.graph.specialized = node.meta[CHOSEN]
@@ -213,7 +214,24 @@ def _interpret(b: Builder, gm, env: dict, top: bool):
             env[node] = _no_grad_result(b, node, args, env[node])
         if node in written and hasattr(env[node], "shape"):
             env[node] = aten_seq.straight_through(b, env[written[node]], env[node])
+        _note_dtype(b.graph.nodes[start:], node)
     return None
+
+
+def _note_dtype(nodes: list, fx_node) -> None:
+    """The nodes made for ``fx_node`` note the floating dtype torch computed it in (Note [Nodes
+    computed in a wider dtype] in approx.py)."""
+    import torch
+
+    val = fx_node.meta.get("val")
+    vals = val if isinstance(val, (tuple, list)) else (val,)
+    dtype = next((v.dtype for v in vals if isinstance(v, torch.Tensor) and v.is_floating_point()), None)
+    if dtype is None:
+        return
+    name = str(dtype).replace("torch.", "")
+    for n in nodes:
+        if n.kind != "leaf":
+            n.attrs.setdefault("_dtype", name)
 
 
 def _in_place(node) -> bool:

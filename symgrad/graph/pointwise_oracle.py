@@ -18,7 +18,7 @@ import numpy as np
 import sympy as sp
 
 from ..compare.accuracy import EntryOracle
-from .functions import elu_slope
+from .functions import elu_slope, narrowed
 from .rules import symbols_for
 
 __all__ = ["attach_pointwise_oracles", "attach_tangent_oracle"]
@@ -84,7 +84,7 @@ def _oracle(form, xs: np.ndarray, weights: list, scale: float):
     x, c = sp.Symbol("x", real=True), sp.Symbol("c", real=True)
     try:  # to_symengine, not se.sympify: symengine wraps a function it lacks (erfinv, the Bessel
         # functions) as one whose derivative is 0, and the conditioning lost its x d g/dx term
-        g = to_symengine((c * sp.diff(form, x)).replace(elu_slope, sp.exp))  # its value; its bound is no concern here
+        g = to_symengine((c * sp.diff(form, x)).replace(elu_slope, sp.exp).replace(narrowed, lambda u: u))  # values
     except Exception:  # noqa: BLE001 - a form symengine cannot take: no oracle
         return None
     xv, cv = np.tile(xs, len(weights)), np.concatenate(weights)

@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .approx import Approx, add, mul, rounded, rounded_constant, signed_band, size
+from .approx import Approx, add, mul, rounded, rounded_constant, signed_band, size, wide_now
 from ..ops import is_float32_constant
 from .scalar_constants import folded_number, constant_error
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, ROOTED, STEPS, _polygamma
@@ -49,7 +49,7 @@ HALF_TRANSCENDENTAL_ULPS = 1.0
 
 def library_ulps(ctx: "Ctx", func=None) -> float:
     """Roundings charged for one library function call (of ``func``, if given) in ``ctx``'s dtype."""
-    half = ctx.dtype in ("float16", "bfloat16")
+    half = ctx.dtype in ("float16", "bfloat16") and not wide_now()  # Note [Nodes computed in a wider dtype]
     own = KERNEL_ULPS.get(func)
     if own is not None:
         return own[half]

@@ -1,0 +1,72 @@
+"""Note [Nodes computed in a wider dtype] (graph/approx.py): a half-precision kernel that computes
+in float32 inside is charged float32 roundings there, one half rounding at its casts."""
+
+import math
+
+import pytest
+import torch
+
+import symgrad as sg
+from symgrad.testing_ops import custom
+
+K, C = math.sqrt(2 / math.pi), 0.044715
+
+
+def _gelu(x):
+    z = x.float()
+    return (0.5 * z * (1 + torch.tanh(K * (z + C * z**3)))).to(x.dtype)
+
+
+def _gelu_backward(cubic):
+    def backward(x, g):
+        z = x.float()
+        t = torch.tanh(K * (z + C * z**3))
+        return (g.float() * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * K * (1 + cubic * z * z))).to(x.dtype)
+
+    return backward
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_gelu_kernel_computing_in_float32(dtype):
+    """The fused bias-GELU pattern: its cubic term's coefficient 10 % short (4.5 % of the gradient
+    at z = -2, ten times the kernel's own bfloat16 error) passed in bfloat16: each float32 step was
+    charged a bfloat16 rounding, and the cancellation in 1 + tanh(u) below 0 made the bound wide."""
+    x = (2 * torch.randn(16, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).to(dtype)
+    assert sg.check(custom(_gelu, _gelu_backward(3 * C)), {"x": x}, quiet=True).passed
+    assert not sg.check(custom(_gelu, _gelu_backward(2.7 * C)), {"x": x}, quiet=True).passed
+    assert sg.check(_gelu, {"x": x}, quiet=True).passed  # torch's own backward of the same forward
+
+
+def _rms(x):
+    xf = x.float()
+    return (xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
+
+def _rms_backward(x, g, full=True):
+    xf, gf = x.float(), g.float()
+    r = torch.rsqrt((xf * xf).mean(-1, keepdim=True) + 1e-6)
+    return (gf * r - (xf * r**3 * (gf * xf).mean(-1, keepdim=True) if full else 0)).to(x.dtype)
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0, 1e4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_rmsnorm_kernel_computing_in_float32(dtype, scale):
+    """An RMSNorm backward without its projection term (26 % off) passed in float16 at inputs of 300
+    and more: x * x, a float32 value past float16's largest, was charged as a float16 one."""
+    x = (torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * scale).to(dtype)
+    assert sg.check(custom(_rms, _rms_backward), {"x": x}, quiet=True).passed
+    assert sg.check(_rms, {"x": x}, quiet=True).passed
+    bad = custom(_rms, lambda x, g: _rms_backward(x, g, full=False))
+    assert not sg.check(bad, {"x": x}, quiet=True).passed
+
+
+def test_casts_are_nodes_of_their_own():
+    """A narrowing cast rounds once in its forward; a widening one is exact there and rounds the
+    cotangent in its reverse rule."""
+    from symgrad.graph.interpret import to_graph  # noqa: F401 - the reader the check uses
+    from symgrad.graph.check import check_graph
+
+    x = torch.randn(8, dtype=torch.bfloat16)
+    report = check_graph(lambda x: (x.float() * 3.0).exp().to(torch.bfloat16), {"x": x})
+    assert report.passed
+    assert "pointwise 4" in report.meta["graph"]  # widen, mul, exp, narrow
