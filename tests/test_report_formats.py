@@ -268,3 +268,19 @@ def test_an_inaccurate_record_in_json_keeps_its_worst_entries_and_reference():
     row["inaccurate"] = -1
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, schema())
+
+
+def test_a_straight_through_estimator_is_named_with_its_fix():
+    """round's derivative is 0: a Function with an identity backward fails, and the closed form says
+    why (a step on every path, not "no path") and names the surrogate that checks it."""
+    import torch
+
+    from symgrad.testing_ops import custom
+
+    ste = custom(torch.round, lambda x, g: g)
+    x = 3 * torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = sg.check(ste, {"x": x}, quiet=True)
+    assert not report.passed
+    text = report.to_text()
+    assert "step function" in text and "no path" not in text and "symbolic=" in text
+    assert sg.check(ste, {"x": x}, symbolic=lambda x: x + (torch.round(x) - x).detach(), quiet=True).passed

@@ -40,7 +40,12 @@ def reference(name: str, grads: list, shape: tuple, out_shape: tuple, how: str, 
     v, e = stacked("v"), stacked("e")
     banded = any(g is not None and g.lo is not None for g in grads)
     lo, hi = (stacked("lo"), stacked("hi")) if banded else (0.0, 0.0)  # unbanded: no kink, no band
-    text = "0 (no path from it to the output)" if all(g is None for g in grads) else text
+    if all(g is None for g in grads):
+        uses = str(text).split("   (δ")[0] if text and "δ[" in str(text) else None
+        text = "0 (no path from it to the output)" if uses is None else (
+            f"0 (its uses, {uses}, pass a step function (round, floor, sign, a comparison) or a detach, whose "
+            "derivative is 0; a straight-through estimator is checked with symbolic= its surrogate, e.g. "
+            "x + (torch.round(x) - x).detach())")
     ref = Reference(name, v, text, rounding=e, verified=not failed, value_eps=2.0**-52)
     if failed:
         from .crosscheck import _linear
