@@ -696,6 +696,21 @@ def test_an_elu_backward_from_the_saved_result_passes_in_a_custom_function(dtype
             assert sg.check(f, {"x": x}, symbolic=op, quiet=True).passed == (k == 1.0)
 
 
+@pytest.mark.parametrize("dtype,low", [(torch.float64, -720.0), (torch.float32, -90.0)])
+def test_a_sigmoid_lost_below_the_normal_range(dtype, low):
+    """Note [A sigmoid below the normal range] (graph/functions.py): torch's sigmoid is 0 where
+    exp(-x) overflows; scaled up by a product (silu(a) * b, b = 3e4), that loss failed torch's own
+    float32 and float64 silu.  A silu backward 1e-3 off (1e-6 in float64) still fails."""
+    from symgrad.testing_ops import vjp
+
+    a = torch.tensor([low, -1.0, 2.0, 0.3], dtype=dtype)
+    b = torch.tensor([3e4, 1.0, 1.0, -2.0], dtype=dtype)
+    assert sg.check(lambda a, b: F.silu(a) * b, {"a": a, "b": b}, quiet=True).passed
+    k = 1 + (1e-6 if dtype == torch.float64 else 1e-3)
+    bad = with_backward(F.silu, lambda x, g: vjp(F.silu, x, g) * k)
+    assert not sg.check(lambda a, b: bad(a) * b, {"a": a, "b": b}, quiet=True).passed
+
+
 def test_moments_of_rows_far_from_zero():
     """Note [A running mean's roundings] (graph/functions.py) and Note [Each use its own moves] in
     forward mode (graph/engine.py ``_tangent_of``): torch's own float64 var and std of rows with mean

@@ -110,6 +110,31 @@ class sigmoid(sp.Function):  # noqa: N801
         return s * (1 - s)
 
 
+# Note [A sigmoid below the normal range]
+# torch's sigmoid kernel is 1 / (1 + exp(-x)): below x = -88.7 in float32 (-709.8 in float64)
+# exp(-x) overflows and the result is 0, where the exact value is a subnormal number.  Charged one
+# rounding of a subnormal result (Note [Rounding below the normal range] in approx.py), that loss
+# was allowed a few of the dtype's smallest spacings, and torch's own ``silu(a) * b`` with a = -90,
+# b = 3e4 in float32 (exact -2.2e-33, torch -0) failed.  Such a result may be lost whole: its bound
+# includes its own size.
+def _sigmoid(args: list, ctx) -> Approx:
+    from .approx import SMALLEST_NORMAL, _WIDE, _CHECKED
+    from .scalar import _apply, library_ulps
+
+    (a,) = args
+    out = _apply(_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x), a, ulps=library_ulps(ctx))
+    wide = _WIDE.get()
+    tiny = wide[1] if wide is not None else SMALLEST_NORMAL.get(_CHECKED.get() or ctx.dtype, 0.0)
+    lost = np.abs(out.v) < tiny
+    if not lost.any():
+        return out
+    extra = np.where(lost, np.abs(out.v) / ctx.eps, 0.0)
+    return Approx(rounded(out.v, extra), out.e + extra, *((out.lo, out.hi) if out.banded else ()))
+
+
+NARY[sigmoid] = _sigmoid
+
+
 class logsigmoid(sp.Function):  # noqa: N801
     """log(sigmoid(x)) = -log(1 + exp(-x)), computed without overflow; its derivative ``1 - s``, so
     that BCE-with-logits' derivative, ``(1 - t) - (1 - s)``, is ``s - t``: torch's backward, with
