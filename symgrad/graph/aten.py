@@ -24,7 +24,7 @@ from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm
                         sigmoid, trunc)
 from .functions_stats import erfcx, log_ndtr
 from .ir import Node
-from .trace_grad import BACKWARD_UNSEEN, EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
+from .trace_grad import BACKWARD_UNSEEN, DECOMPOSED, EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
 
 __all__ = ["HANDLERS", "handles", "handler_for", "indices_read"]
 
@@ -303,6 +303,8 @@ def _cast(b, x, val):
     fx_node = getattr(b, "fx_node", None)
     src = fx_node.args[0].meta.get("val") if fx_node is not None and fx_node.args and hasattr(fx_node.args[0], "meta") else None
     s_dt, o_dt = getattr(src, "dtype", None), getattr(val, "dtype", None)
+    if fx_node is not None and fx_node.meta.get(DECOMPOSED):
+        return x  # a decomposition's own upcast: its dtypes are not torch's kernel's
     if not isinstance(x, Node) or s_dt is None or o_dt is None or s_dt == o_dt or not (
             s_dt.is_floating_point and o_dt.is_floating_point) or s_dt.is_complex or o_dt.is_complex:
         return x

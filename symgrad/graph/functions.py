@@ -128,7 +128,7 @@ def _sigmoid(args: list, ctx) -> Approx:
     lost = np.abs(out.v) < tiny
     if not lost.any():
         return out
-    extra = np.where(lost, np.abs(out.v) / ctx.eps, 0.0)
+    extra = np.where(lost, np.abs(out.v) / (ctx.eps * rounding_ulps(ctx.dtype)), 0.0)  # allowed: |v| itself
     return Approx(rounded(out.v, extra), out.e + extra, *((out.lo, out.hi) if out.banded else ()))
 
 

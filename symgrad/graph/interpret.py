@@ -17,7 +17,7 @@ from .interpret_data import (branch_value, is_copy, iter_tensors, mark_data, not
                              write_into_constant)
 from .fold_error import (INDEX_STEPS, cast_margin, casts, deep_fold, errors_by_wide, exact_fold, flatten, fold_eps,
                          fold_error, traced_dtype)
-from .trace_grad import CHOSEN, IN_PLACE, NO_GRAD, SEQUENTIAL
+from .trace_grad import CHOSEN, DECOMPOSED, IN_PLACE, NO_GRAD, SEQUENTIAL
 
 __all__ = ["to_graph", "register"]
 
@@ -223,6 +223,8 @@ def _note_dtype(nodes: list, fx_node) -> None:
     computed in a wider dtype] in approx.py)."""
     import torch
 
+    if fx_node.meta.get(DECOMPOSED):  # a decomposition's inner dtypes are not torch's kernel's
+        return
     val = fx_node.meta.get("val")
     vals = val if isinstance(val, (tuple, list)) else (val,)
     dtype = next((v.dtype for v in vals if isinstance(v, torch.Tensor) and v.is_floating_point()), None)

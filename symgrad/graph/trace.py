@@ -98,7 +98,21 @@ def decompositions() -> dict:
         op = torch.ops.aten.native_layer_norm.default
         if op in _TABLE:
             _TABLE[op] = _sequential_affine(_TABLE[op])
+        _TABLE = {op: _decomposing(fn) for op, fn in _TABLE.items()}
     return _TABLE
+
+
+def _decomposing(decomposed):
+    """A decomposition whose fx nodes note DECOMPOSED: the dtypes inside it are the decomposition's
+    (glu, std, instance_norm upcast a half input to float32 there), not torch's kernel's (Note
+    [Nodes computed in a wider dtype] in graph/approx.py)."""
+    from .trace_grad import DECOMPOSED, marking
+
+    def run(*args, **kw):
+        with marking(DECOMPOSED, True):
+            return decomposed(*args, **kw)
+
+    return run
 
 
 def _sequential_affine(decomposed):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-__all__ = ["refuse_differentiated_function", "NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "EXP_SLOPE", "BACKWARD_UNSEEN", "marking_grad_mode", "sequential_sums",
+__all__ = ["refuse_differentiated_function", "NO_GRAD", "IN_PLACE", "IN_FUNCTION", "SEQUENTIAL", "EXP_SLOPE", "BACKWARD_UNSEEN", "DECOMPOSED", "marking_grad_mode", "sequential_sums",
            "slope_from_input", "OWN_STOP", "own_stop", "CHOSEN", "chosen_from_values", "marking"]
 
 
@@ -96,6 +96,7 @@ def sequential_sums(dtypes: tuple):
 # give 0, and a negated gradient still fails.
 EXP_SLOPE = "symgrad_exp_slope"
 BACKWARD_UNSEEN = "symgrad_backward_unseen"
+DECOMPOSED = "symgrad_decomposed"  # recorded inside one of the trace's decompositions (trace.decompositions)
 
 
 def slope_from_input():

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import symgrad as sg
 from symgrad.testing_ops import custom
@@ -70,3 +71,22 @@ def test_casts_are_nodes_of_their_own():
     report = check_graph(lambda x: (x.float() * 3.0).exp().to(torch.bfloat16), {"x": x})
     assert report.passed
     assert "pointwise 4" in report.meta["graph"]  # widen, mul, exp, narrow
+
+
+_DECOMPOSED = {"std": (lambda x: x.std(-1), 1.0), "instance_norm": (lambda x: F.instance_norm(x[None]), 1.0),
+               "glu": (lambda x: F.glu(x, -1), 2.0), "elu_inplace": (lambda x: F.elu(x * 1, inplace=True), 4.0),
+               "batch_norm": (lambda x: F.batch_norm(x, None, None, training=True), 1.0)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(_DECOMPOSED))
+def test_a_decompositions_own_upcast_is_not_torchs_kernel(name, dtype):
+    """glu, std, instance_norm and elu's decompositions upcast a half input to float32 inside; torch's
+    kernels and backward formulas do not all do so, and charged float32 there torch's own ops failed
+    on most seeds (the first version of the Note).  A decomposition's nodes keep the check's dtype."""
+    fn, scale = _DECOMPOSED[name]
+    for seed in (20, 21, 22):
+        gen = torch.Generator().manual_seed(seed)
+        x = (torch.randn(6, 8, generator=gen) * scale).to(dtype)
+        v = torch.randn(fn(x.clone()).shape, generator=torch.Generator().manual_seed(seed + 100)).to(dtype)
+        assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
