@@ -297,11 +297,13 @@ def _identity(b, args, kwargs, val):
     return _cast(b, args[0], val)
 
 
-def _cast(b, x, val):
-    """A cast between floating dtypes is a node of its own (Note [Nodes computed in a wider dtype] in
-    approx.py): narrowing rounds its value; widening is exact, its reverse rule rounds the cotangent."""
+def _cast(b, x, val, i: int = 0):
+    """A cast between floating dtypes (of the fx node's argument ``i``) is a node of its own (Note
+    [Nodes computed in a wider dtype] in approx.py): narrowing rounds its value; widening is exact,
+    its reverse rule rounds the cotangent."""
     fx_node = getattr(b, "fx_node", None)
-    src = fx_node.args[0].meta.get("val") if fx_node is not None and fx_node.args and hasattr(fx_node.args[0], "meta") else None
+    src = fx_node.args[i].meta.get("val") if fx_node is not None and len(fx_node.args) > i and hasattr(
+        fx_node.args[i], "meta") else None
     s_dt, o_dt = getattr(src, "dtype", None), getattr(val, "dtype", None)
     if fx_node is not None and fx_node.meta.get(DECOMPOSED):
         return x  # a decomposition's own upcast: its dtypes are not torch's kernel's
@@ -315,6 +317,6 @@ def _cast(b, x, val):
 @handles("aten.copy_", "aten.copy")
 def _copy_(b, args, kwargs, val):
     """``copy(self, src)``: ``src``'s values in ``self``'s shape (broadcast)."""
-    src = args[1]
+    src = _cast(b, args[1], val, 1)  # into a narrower tensor: one rounding (Note [Nodes computed in a wider dtype])
     shape = tuple(val.shape)
     return b.layout("expand", src, shape) if getattr(src, "shape", shape) != shape else src

@@ -75,9 +75,11 @@ def _narrowest(gm) -> str | None:
 
     found = None
     for n in gm.graph.nodes:
-        if not any(k in str(n.target) for k in ("_to_copy", "convert_element_type", "to.dtype")):
+        copy = str(n.target).startswith("aten.copy")  # a value stored into a narrower tensor (copy_, setitem)
+        if not (copy or any(k in str(n.target) for k in ("_to_copy", "convert_element_type", "to.dtype"))):
             continue
-        src = n.args[0].meta.get("val") if n.args and hasattr(n.args[0], "meta") else None
+        i = 1 if copy else 0
+        src = n.args[i].meta.get("val") if len(n.args) > i and hasattr(n.args[i], "meta") else None
         out = n.meta.get("val")
         s_dt, o_dt = getattr(src, "dtype", None), getattr(out, "dtype", None)
         if not (isinstance(s_dt, torch.dtype) and isinstance(o_dt, torch.dtype)):
