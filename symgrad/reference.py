@@ -40,6 +40,9 @@ class Reference:
     # instead of the share of the check's largest derivative (Note [Allowances of other entries])
     structural_bound: np.ndarray | None = None
     verified: bool = True  # closed form cross-checked against an independent derivation
+    # the dtype the checked tensor is stored in, where wider than the check's (an island of a narrower
+    # dtype inside: compare.py's one rounding of each entry's own size is charged in it)
+    stored_dtype: str | None = None
     note: str = ""
     # for the reports only: the closed form as a SymPy expression (rendered as MathML), and a
     # callable giving any entry's closed form text (index tuple -> str); None where not known

@@ -34,7 +34,7 @@ import numpy as np
 
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
-__all__ = ["Approx", "scale_free", "exact", "perturbing_now", "rounded_input", "wide_now", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
+__all__ = ["Approx", "scale_free", "exact", "perturbing_now", "rounded_input", "wide_now", "stored_as", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -171,10 +171,11 @@ def rerun_share() -> float:
 # from its traced value), and its rules charge their own roundings in that dtype's eps, expressed in
 # the check's units (``size`` and ``accumulated`` scale by the ratio, and its smallest normal is
 # the node's): a forward rule in the node's dtype, a reverse rule in the narrowest of the node's
-# and its arguments' (a cotangent is rounded to its argument's dtype; an untagged argument, a leaf,
-# counts as the check's).  A cast is a node of its own (aten.py): narrowing, its forward charges
+# and its arguments' (a cotangent is rounded to its argument's dtype; an input's or parameter's
+# dtype is its tensor's, a constant's the check's).  A cast is a node of its own (aten.py): narrowing, its forward charges
 # one rounding of the narrow dtype; widening, it is exact forward and its reverse rule, in the
-# narrow dtype, charges the cotangent's rounding down.  Constants keep the check's dtype's
+# narrow dtype, charges the cotangent's rounding down; the cotangents of a tensor's uses are added
+# in the tensor's dtype (``stored_as``, as torch accumulates them).  Constants keep the check's dtype's
 # representation error (more than a float32 constant's: sound).  Only the dtypes of the user's own
 # code count: a decomposition the trace applies (glu, std, instance_norm, elu) may upcast a half
 # input to float32 inside where torch's kernel and backward formula do not, and charged float32
@@ -196,9 +197,9 @@ def _node_dtype(node, backward: bool):
         return own
     narrowest = own
     for a in node.args:
-        d = a.attrs.get("_dtype") if a.kind != "leaf" else None
+        d = a.attrs.get("_dtype")  # an input's or parameter's: its tensor's (graph/check.py)
         if d is None:
-            return None  # an argument in the check's dtype
+            return None  # an argument in the check's dtype (a constant)
         if _DTYPE_EPS.get(d, 0.0) > _DTYPE_EPS.get(narrowest, 0.0):
             narrowest = d
     return narrowest
@@ -213,6 +214,18 @@ def _wide_token(node, backward: bool):
     if ratio >= 1.0:
         return None
     return _WIDE.set((ratio, SMALLEST_NORMAL[dtype]))
+
+
+@contextlib.contextmanager
+def stored_as(node):
+    """Within: roundings charged in ``node``'s own dtype (a cotangent accumulated for it: torch adds
+    the gradients of a tensor's uses in that tensor's dtype)."""
+    token = _wide_token(node, False)
+    try:
+        yield
+    finally:
+        if token is not None:
+            _WIDE.reset(token)
 
 
 @contextlib.contextmanager

@@ -402,6 +402,7 @@ def _traced(traced_fn, key, disk_key, names, roles, tensors, out_t, ctx, dtype: 
                 continue  # a cached graph of something else: trace this function
             raise ShapeMismatch(f"torch's output has shape {tuple(out_t.shape)}, the op graph's {out_val.shape}")
         forward_ref = _approx_reference("output", out_val, "op graph forward", failed)
+        forward_ref.stored_dtype = str(out_t.dtype).replace("torch.", "")
         forward_ref.exact_forward = ForwardOracle(lambda g=graph, vals=values, o=out_node: _exact_forward(g, vals, o))
         records = [compare(forward_ref, out_t.detach().double().cpu().numpy(), dtype, quantity="forward",
                            rtol=rtol, atol=atol)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compare.half import rounding_ulps
-from .approx import Approx, accumulating, add, kernel, rounded
+from .approx import Approx, accumulating, add, kernel, rounded, stored_as
 from .ir import Graph
 from .kinklog import KinkLog
 from .rules import forward as forward_rule
@@ -176,7 +176,11 @@ def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kink
         for a, ga in zip(node.args, cotangents):
             if ga is None or a not in live:
                 continue
-            grads[a] = ga if a not in grads else add(grads[a], ga)
+            if a not in grads:
+                grads[a] = ga
+                continue
+            with stored_as(a):  # Note [Nodes computed in a wider dtype] in approx.py
+                grads[a] = add(grads[a], ga)
         if node not in seeds:
             del grads[node]  # free memory as the sweep goes
     return {leaf: grads.get(leaf) for leaf in wrt}

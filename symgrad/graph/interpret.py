@@ -148,6 +148,7 @@ def to_graph(gm, leaves: list) -> Graph:
             env[ph] = t.detach()
         else:
             env[ph] = b.leaf(name, t.detach().double().cpu().numpy(), role)
+            env[ph].attrs["_dtype"] = str(t.dtype).replace("torch.", "")  # Note [Nodes computed in a wider dtype]
     b.torch_run = lambda: _torch_values(gm, [t for _, _, t in leaves])
     _interpret(b, gm, env, top=True)
     graph.merge_repeats()  # Note [One node per computation] in ir.py

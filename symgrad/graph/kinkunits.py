@@ -307,6 +307,8 @@ def _sweep_references(st, seeds, live, nodes, how, out_shape, scale, flip, pick)
                        out_shape, how, scale, st.failed, generators.get(node),
                        gradient_text(st.graph, node) if node is not None else "")
             for n, node in zip(st.wrt, nodes)]
+    for ref, n in zip(refs, st.wrt):  # Note [Nodes computed in a wider dtype]: the leaf's own dtype
+        ref.stored_dtype = str(st.leaves[n].dtype).replace("torch.", "")
     attach_pointwise_oracles(st.graph, refs, st.wrt, st.out, seeds, how, scale, st.leaves)
     if found_gens is None:
         for ref in refs:

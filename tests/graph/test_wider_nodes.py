@@ -114,3 +114,20 @@ def test_a_value_stored_into_a_narrower_tensor_is_a_cast():
         report = sg.check(lambda x: stored(x, setitem=setitem), {"x": x}, v=v, quiet=True)
         assert report.passed and report.meta["dtype"] == "bfloat16"
         assert not sg.check(lambda x: stored(x, bad_sin, setitem), {"x": x}, v=v, quiet=True).passed
+
+
+def test_a_float32_model_with_a_bfloat16_island_is_resolved_in_float32():
+    """An island of bfloat16 makes the check a bfloat16 one (Note [A forward that computes in a
+    narrower dtype]), but the float32 parts keep float32's resolution: their nodes, the sum of a
+    tensor's cotangents and each entry's own rounding are charged in the stored dtype.  An exp
+    backward 1e-3 off beside ``1e-2 * tanh(x.to(bfloat16))`` passed (allowed 1.5 %)."""
+    from symgrad.testing_ops import vjp
+
+    bad_exp = custom(torch.exp, lambda x, g: vjp(torch.exp, x, g) * (1 + 1e-3))
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+    for exp, right in ((torch.exp, True), (bad_exp, False)):
+        report = sg.check(lambda x: exp(x) + 1e-2 * torch.tanh(x.to(torch.bfloat16)).float(), {"x": x}, v=v, quiet=True)
+        assert report.passed == right and report.meta["dtype"] == "bfloat16"
+    assert sg.check(lambda x: torch.softmax(x @ x.T, -1).to(torch.bfloat16).float().sum(-1) * x.sum(-1),
+                    {"x": x}, quiet=True).passed
