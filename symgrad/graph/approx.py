@@ -32,6 +32,7 @@ from contextvars import ContextVar
 
 import numpy as np
 
+from ..compare.compare import EPS
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
 __all__ = ["Approx", "scale_free", "exact", "perturbing_now", "rounded_input", "wide_now", "stored_as", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
@@ -182,7 +183,6 @@ def rerun_share() -> float:
 # there torch's own half glu, std, instance_norm, batch_norm and in-place elu failed on most seeds;
 # its nodes (DECOMPOSED, trace.py) keep the check's dtype and its casts stay the identity.
 _WIDE: contextvars.ContextVar = contextvars.ContextVar("symgrad_wide", default=None)  # (ratio, smallest normal)
-_DTYPE_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 
 def wide_now() -> bool:
@@ -200,7 +200,7 @@ def _node_dtype(node, backward: bool):
         d = a.attrs.get("_dtype")  # an input's or parameter's: its tensor's (graph/check.py)
         if d is None:
             return None  # an argument in the check's dtype (a constant)
-        if _DTYPE_EPS.get(d, 0.0) > _DTYPE_EPS.get(narrowest, 0.0):
+        if EPS.get(d, 0.0) > EPS.get(narrowest, 0.0):
             narrowest = d
     return narrowest
 
@@ -208,9 +208,9 @@ def _node_dtype(node, backward: bool):
 def _wide_token(node, backward: bool):
     checked = _CHECKED.get()
     dtype = _node_dtype(node, backward)
-    if dtype is None or checked not in _DTYPE_EPS or dtype not in _DTYPE_EPS:
+    if dtype is None or checked not in EPS or dtype not in EPS:
         return None
-    ratio = _DTYPE_EPS[dtype] / _DTYPE_EPS[checked]
+    ratio = EPS[dtype] / EPS[checked]
     if ratio >= 1.0:
         return None
     return _WIDE.set((ratio, SMALLEST_NORMAL[dtype]))

@@ -20,6 +20,7 @@ import operator
 import numpy as np
 import sympy as sp
 
+from ..compare.compare import EPS
 from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_either, expm1_exp, floor, log1p, narrowed, round_even,
                         sigmoid, trunc)
 from .functions_stats import erfcx, log_ndtr
@@ -27,8 +28,6 @@ from .ir import Node
 from .trace_grad import BACKWARD_UNSEEN, DECOMPOSED, EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
 
 __all__ = ["HANDLERS", "handles", "handler_for", "indices_read"]
-
-EPS_OF = {"torch.float64": 2.0**-52, "torch.float32": 2.0**-23, "torch.float16": 2.0**-10, "torch.bfloat16": 2.0**-7}
 
 HANDLERS: dict = {}
 
@@ -310,7 +309,7 @@ def _cast(b, x, val, i: int = 0):
     if not isinstance(x, Node) or s_dt is None or o_dt is None or s_dt == o_dt or not (
             s_dt.is_floating_point and o_dt.is_floating_point) or s_dt.is_complex or o_dt.is_complex:
         return x
-    narrowing = EPS_OF.get(str(o_dt), 0.0) > EPS_OF.get(str(s_dt), 0.0)
+    narrowing = EPS.get(str(o_dt)[6:], 0.0) > EPS.get(str(s_dt)[6:], 0.0)  # "torch.bfloat16"[6:]
     return b.pointwise((lambda u: narrowed(u)) if narrowing else (lambda u: u), [x])
 
 
