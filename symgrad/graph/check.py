@@ -442,7 +442,7 @@ def _products(state: _State, out_t, forward_ref, records: list, meta: dict, *, v
         meta["quantity"], meta["via"] = f"jacobian (one jvp per input entry, {_n_in(state)})", how
     else:
         seeds, quantity, how = plan(out_t, via, v, cotangents, seed)
-        found += vjp_records(state, seeds, how, v, backward_calls, tuple(out_t.shape))
+        found += vjp_records(state, seeds, how, v, backward_calls, tuple(out_t.shape), out_t.dtype)
         records[0] = _statistical_forward(state, forward_ref, records[0], out_t)
         meta["quantity"], meta["via"] = quantity, how
         if how == "random-vjp":  # forward mode too: the exact counterpart of gradcheck's fast mode

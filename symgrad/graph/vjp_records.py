@@ -22,14 +22,14 @@ __all__ = ["vjp_records", "default_cotangents", "plan", "HALF_COTANGENTS", "HALF
 VJP_VIAS = ("backward", "autograd.grad", "functional.vjp", "func.vjp")
 
 
-def vjp_records(st: State, seeds, how, v, backward_calls, out_shape) -> list:
+def vjp_records(st: State, seeds, how, v, backward_calls, out_shape, out_dtype=None) -> list:
     import torch
 
     from ..autograd.run import run_autograd
 
     stage(f"op graph: {len(seeds)} reverse-mode sweep(s) and torch autograd")
     with torch.enable_grad():
-        actual = _autograd(st.torch_fn, st.leaves, st.wrt, how, seeds, v, backward_calls, run_autograd)
+        actual = _autograd(st.torch_fn, st.leaves, st.wrt, how, seeds, v, backward_calls, run_autograd, out_dtype)
     nodes = [st.graph.inputs.get(n) for n in st.wrt]
     live = [n for n in nodes if n is not None]
     scale = backward_calls if how == "backward" else 1
@@ -135,7 +135,7 @@ def plan(out_t, via, v, cotangents, seed: int):
     return [t.double().numpy() for t in vs], f"vjp ({cotangents} random cotangents)", "random-vjp"
 
 
-def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd) -> dict:
+def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd, out_dtype=None) -> dict:
     import torch
 
     from ..autograd.run import autograd_failure, private, unmodified
@@ -155,7 +155,10 @@ def _autograd(torch_fn, leaves, wrt, how, seeds, v, backward_calls, run_autograd
                 grads.append(got)
         return {n: None if any(g[i] is None for g in grads) else torch.stack([g[i] for g in grads])
                 for i, n in enumerate(wrt)}
-    cot = None if how in JACOBIAN_VIAS else (torch.from_numpy(seeds[0]).to(next(iter(leaves.values())).dtype)
+    # the cotangent in the output's dtype, as ``plan`` read it for the closed form: in the first
+    # input's, a float32 v of a half input's float32 softmax reached torch rounded to the half dtype
+    dtype = out_dtype if out_dtype is not None else next(iter(leaves.values())).dtype
+    cot = None if how in JACOBIAN_VIAS else (torch.from_numpy(seeds[0]).to(dtype)
                                               if v is not None or how in ("functional.vjp", "func.vjp") else None)
     if v is not None:
         cot = torch.as_tensor(v).to(cot.dtype)

@@ -131,3 +131,17 @@ def test_a_float32_model_with_a_bfloat16_island_is_resolved_in_float32():
         assert report.passed == right and report.meta["dtype"] == "bfloat16"
     assert sg.check(lambda x: torch.softmax(x @ x.T, -1).to(torch.bfloat16).float().sum(-1) * x.sum(-1),
                     {"x": x}, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_float32_output_of_a_half_input_takes_its_cotangent_in_float32(dtype):
+    """torch ran autograd with ``v`` cast to the first input's dtype while the closed form read it in
+    the output's: ``softmax(x_half, dtype=float32)`` with a float32 v failed on every seed once its
+    float32 node was charged float32 roundings."""
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(4, 16, generator=gen).to(dtype)
+        v = torch.randn(4, 16, generator=gen)
+        for fn in (lambda x: torch.softmax(x, -1, dtype=torch.float32),
+                   lambda x: torch.log_softmax(x, -1, dtype=torch.float32)):
+            assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
