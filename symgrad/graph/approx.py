@@ -35,7 +35,7 @@ import numpy as np
 from ..compare.compare import EPS
 from .fastdot import FAST_MIN_WORK, dot, dots  # noqa: F401 - FAST_MIN_WORK re-exported
 
-__all__ = ["Approx", "scale_free", "exact", "perturbing_now", "rounded_input", "wide_now", "stored_as", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
+__all__ = ["Approx", "scale_free", "exact", "perturbing_now", "rounded_input", "wide_now", "stored_as", "smallest_normal", "add", "mul", "scale", "einsum", "dot", "dots", "reduce_sum", "sequential_sum", "unbroadcast", "summation_factor", "rerun_share", "in_sequence",
            "rounded", "rounded_constant", "accumulating", "accumulated", "kernel"]
 
 # While a statistical rerun is under way (Note [Statistical allowance] in montecarlo.py): a function
@@ -168,20 +168,24 @@ def rerun_share() -> float:
 # Llama's RMSNorm in a bfloat16 model).  Charged one rounding unit per check, every float32 step was
 # charged a bfloat16 rounding (65,536 of its own), the cancellation in ``1 + tanh(u)`` made the
 # bound 1,238 times the gradient, and a bfloat16 GELU backward whose cubic term was a third of its
-# size passed at 8 x 128 x 512.  So each node notes the dtype torch computed it in (``_dtype``,
-# from its traced value), and its rules charge their own roundings in that dtype's eps, expressed in
-# the check's units (``size`` and ``accumulated`` scale by the ratio, and its smallest normal is
-# the node's): a forward rule in the node's dtype, a reverse rule in the narrowest of the node's
-# and its arguments' (a cotangent is rounded to its argument's dtype; an input's or parameter's
-# dtype is its tensor's, a constant's the check's).  A cast is a node of its own (aten.py): narrowing, its forward charges
-# one rounding of the narrow dtype; widening, it is exact forward and its reverse rule, in the
-# narrow dtype, charges the cotangent's rounding down; the cotangents of a tensor's uses are added
-# in the tensor's dtype (``stored_as``, as torch accumulates them).  Constants keep the check's dtype's
-# representation error (more than a float32 constant's: sound).  Only the dtypes of the user's own
-# code count: a decomposition the trace applies (glu, std, instance_norm, elu) may upcast a half
-# input to float32 inside where torch's kernel and backward formula do not, and charged float32
-# there torch's own half glu, std, instance_norm, batch_norm and in-place elu failed on most seeds;
-# its nodes (DECOMPOSED, trace.py) keep the check's dtype and its casts stay the identity.
+# size passed at 8 x 128 x 512.  So each node notes the dtype torch computed it in (``_dtype``, from
+# its traced value; an input's or parameter's is its tensor's, interpret.to_graph), and its rules
+# charge their own roundings in that dtype's eps, in the check's units (``size`` and
+# ``accumulated`` scale by the ratio; the smallest normal is the node's): a forward rule in the
+# node's dtype, a reverse rule in the narrowest of the node's and its arguments' (a cotangent is
+# rounded to its argument's dtype; a constant counts as the check's), and the cotangents of a
+# tensor's uses add up in the tensor's dtype (``stored_as``), as torch accumulates them.  A cast is
+# a node of its own (aten.py): narrowing, its forward rounds once in the narrow dtype; widening, it
+# is exact forward and its reverse rule, in the narrow dtype, rounds the cotangent down; a value
+# stored into a narrower tensor (``copy_``, setitem) is such a cast.  Each entry's own-size rounding
+# in the compare is the stored tensor's (compare.py ``_own_roundings``): a float32 model with a
+# bfloat16 island, a check of bfloat16, hid a float32 backward 1e-3 off under 1.5 bfloat16
+# roundings of each entry.  Constants keep the check's dtype's representation error (more than a
+# float32 constant's: sound).  Only the user's own code's dtypes count: a decomposition the trace
+# applies (glu, std, instance_norm, elu) may upcast a half input to float32 inside where torch's
+# kernel and backward formula do not, and charged float32 there torch's own half glu, std,
+# instance_norm, batch_norm and in-place elu failed on most seeds; its nodes (DECOMPOSED, trace.py)
+# keep the check's dtype and its casts stay the identity.
 _WIDE: contextvars.ContextVar = contextvars.ContextVar("symgrad_wide", default=None)  # (ratio, smallest normal)
 
 
@@ -197,7 +201,7 @@ def _node_dtype(node, backward: bool):
         return own
     narrowest = own
     for a in node.args:
-        d = a.attrs.get("_dtype")  # an input's or parameter's: its tensor's (graph/check.py)
+        d = a.attrs.get("_dtype")  # an input's or parameter's: its tensor's (interpret.to_graph)
         if d is None:
             return None  # an argument in the check's dtype (a constant)
         if EPS.get(d, 0.0) > EPS.get(narrowest, 0.0):
@@ -296,6 +300,12 @@ def checking(dtype: str):
         yield
     finally:
         _CHECKED.reset(token)
+
+
+def smallest_normal() -> float | None:
+    """The smallest normal number of the dtype the rule running now computes in (None: no check)."""
+    wide = _WIDE.get()
+    return wide[1] if wide is not None else SMALLEST_NORMAL.get(_CHECKED.get())
 
 
 def size(v):

@@ -14,7 +14,7 @@ import sympy as sp
 
 from ..compare.half import rounding_ulps, subnormal_rounding
 from ..lower.special import BESSEL_ULPS, MPMATH
-from .approx import Approx, mul, rounded, size
+from .approx import Approx, mul, rounded, size, smallest_normal
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _scipy
 
 __all__ = ["expm1", "expm1_exp", "expm1_either", "elu_slope", "narrowed", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
@@ -118,13 +118,13 @@ class sigmoid(sp.Function):  # noqa: N801
 # b = 3e4 in float32 (exact -2.2e-33, torch -0) failed.  Such a result may be lost whole: its bound
 # includes its own size.
 def _sigmoid(args: list, ctx) -> Approx:
-    from .approx import SMALLEST_NORMAL, _WIDE, _CHECKED
     from .scalar import _apply, library_ulps
 
     (a,) = args
     out = _apply(_np_sigmoid, lambda x: _np_sigmoid(x) * _np_sigmoid(-x), a, ulps=library_ulps(ctx))
-    wide = _WIDE.get()
-    tiny = wide[1] if wide is not None else SMALLEST_NORMAL.get(_CHECKED.get() or ctx.dtype, 0.0)
+    tiny = smallest_normal()
+    if tiny is None:
+        return out
     lost = np.abs(out.v) < tiny
     if not lost.any():
         return out
