@@ -23,6 +23,7 @@ import sympy as sp
 from ..compare.compare import EPS
 from .functions import (bessel_i0, bessel_i0e, bessel_i1, bessel_i1e, ceil, expm1, expm1_either, expm1_exp, floor, log1p, narrowed, round_even,
                         sigmoid, trunc)
+from .fold_error import traced_dtype
 from .functions_stats import erfcx, log_ndtr
 from .ir import Node
 from .trace_grad import BACKWARD_UNSEEN, DECOMPOSED, EXP_SLOPE, IN_FUNCTION, IN_PLACE, OWN_STOP
@@ -293,21 +294,19 @@ def _identity(b, args, kwargs, val):
     its grid), computed from the float64 values."""
     if isinstance(args[0], Node) and getattr(val, "is_floating_point", lambda: True)() is False:
         return b.value_of(args[0]).to(val.dtype)
-    return _cast(b, args[0], val)
+    return _cast(b, args[0])
 
 
-def _cast(b, x, val, i: int = 0):
+def _cast(b, x, i: int = 0):
     """A cast between floating dtypes (of the fx node's argument ``i``) is a node of its own (Note
     [Nodes computed in a wider dtype] in approx.py): narrowing rounds its value; widening is exact,
     its reverse rule rounds the cotangent."""
     fx_node = getattr(b, "fx_node", None)
-    src = fx_node.args[i].meta.get("val") if fx_node is not None and len(fx_node.args) > i and hasattr(
-        fx_node.args[i], "meta") else None
-    s_dt, o_dt = getattr(src, "dtype", None), getattr(val, "dtype", None)
-    if fx_node is not None and fx_node.meta.get(DECOMPOSED):
-        return x  # a decomposition's own upcast: its dtypes are not torch's kernel's
-    if not isinstance(x, Node) or s_dt is None or o_dt is None or s_dt == o_dt or not (
-            s_dt.is_floating_point and o_dt.is_floating_point) or s_dt.is_complex or o_dt.is_complex:
+    if fx_node is None or fx_node.meta.get(DECOMPOSED) or not isinstance(x, Node) or len(fx_node.args) <= i \
+            or not hasattr(fx_node.args[i], "meta"):
+        return x  # a decomposition's own upcast keeps the identity: its dtypes are not torch's kernel's
+    s_dt, o_dt = traced_dtype(fx_node.args[i]), traced_dtype(fx_node)  # floating dtypes only
+    if s_dt is None or o_dt is None or s_dt == o_dt:
         return x
     narrowing = EPS.get(str(o_dt)[6:], 0.0) > EPS.get(str(s_dt)[6:], 0.0)  # "torch.bfloat16"[6:]
     return b.pointwise((lambda u: narrowed(u)) if narrowing else (lambda u: u), [x])
@@ -316,6 +315,6 @@ def _cast(b, x, val, i: int = 0):
 @handles("aten.copy_", "aten.copy")
 def _copy_(b, args, kwargs, val):
     """``copy(self, src)``: ``src``'s values in ``self``'s shape (broadcast)."""
-    src = _cast(b, args[1], val, 1)  # into a narrower tensor: one rounding (Note [Nodes computed in a wider dtype])
+    src = _cast(b, args[1], 1)  # into a narrower tensor: one rounding (Note [Nodes computed in a wider dtype])
     shape = tuple(val.shape)
     return b.layout("expand", src, shape) if getattr(src, "shape", shape) != shape else src
