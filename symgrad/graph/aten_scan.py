@@ -38,7 +38,7 @@ import math
 import numpy as np
 import sympy as sp
 
-from .aten import handles
+from .aten import handles, narrowed_cotangent
 from .trace import Builder
 
 __all__ = ["running_sum", "running_product", "log_of", "DENSE", "DENSE_LOG", "DENSE_PRODUCT"]
@@ -119,7 +119,7 @@ def running_sum(b: Builder, x, axis: int, double: bool = False, dense: int = DEN
 
 @handles("aten.cumsum")
 def _cumsum(b, args, kwargs, val):
-    return running_sum(b, args[0], int(args[1]), double=True)
+    return narrowed_cotangent(b, running_sum(b, args[0], int(args[1]), double=True))
 
 
 # Note [A running product in blocks]
@@ -169,7 +169,7 @@ def running_product(b: Builder, x, axis: int, dense: int = DENSE_PRODUCT):
 
 @handles("aten.cumprod")
 def _cumprod(b, args, kwargs, val):
-    return running_product(b, args[0], int(args[1]))
+    return narrowed_cotangent(b, running_product(b, args[0], int(args[1])))
 
 
 def _running_max(b: Builder, z):

@@ -145,3 +145,24 @@ def test_a_float32_output_of_a_half_input_takes_its_cotangent_in_float32(dtype):
         for fn in (lambda x: torch.softmax(x, -1, dtype=torch.float32),
                    lambda x: torch.log_softmax(x, -1, dtype=torch.float32)):
             assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
+
+
+def _reverse_cumsum(g):
+    return g.flip(-1).cumsum(-1).flip(-1)
+
+
+@pytest.mark.parametrize("n", [8, 300])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cumsum_to_a_wider_dtype_rounds_its_cotangent_first(dtype, n):
+    """torch's ``cumsum(x_half, dtype=float32)`` backward rounds the float32 cotangent to the half
+    dtype before its reverse running sum (``grad.to(self.scalar_type())``): errs by a half rounding of
+    every term, not of the sum, and failed at 1.6 ulps where one was allowed, on most seeds."""
+    fn = lambda x: torch.cumsum(x, -1, dtype=torch.float32)
+    bad = custom(fn, lambda x, g: (1.02 * _reverse_cumsum(g.double())).to(x.dtype))
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        x = (2 * torch.randn(6, n, generator=gen)).to(dtype)
+        v = torch.randn(6, n, generator=gen)
+        assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
+        assert sg.check(lambda x: torch.cumprod(x, -1, dtype=torch.float32), {"x": 1 + x / 20}, v=v, quiet=True).passed
+        assert not sg.check(bad, {"x": x}, v=v, quiet=True).passed
