@@ -290,9 +290,7 @@ def _add_square(total: dict, values: dict):
     def add(node, moved):
         if node not in total:
             return
-        d = (moved.v - values[node].v) / _MOVE.get()
-        d = np.where(np.isfinite(d), d, np.inf)
-        d *= d
+        d = _squared((moved.v - values[node].v) / _MOVE.get())
         sq = total[node]
         if isinstance(sq, np.ndarray) and sq.shape == d.shape:
             sq += d
@@ -300,6 +298,23 @@ def _add_square(total: dict, values: dict):
             total[node] = sq + d
 
     return add
+
+
+# Note [Moves too small to square]
+# The reruns add up the squares of each entry's changes.  A change below 2**-511 squares to a
+# subnormal or to 0 in float64: torch's float64 ``sigmoid(a) * b`` at a = -710, whose value
+# 4.5e-309 torch loses whole (Note [A sigmoid below the normal range]), moved its product by 1e-289
+# per rerun, the squares came out 0, the allowance was capped at 0 spreads, and the check failed.
+# Where a change is too small to square, or not finite, its square is inf: the entry keeps its
+# worst-case bound.
+SMALLEST_SQUARED = 2.0**-511
+
+
+def _squared(d) -> np.ndarray:
+    """``d * d``; inf where ``d`` is not finite or is too small to square (Note [Moves too small to square])."""
+    a = np.abs(d)
+    unresolved = ~np.isfinite(a) | ((a < SMALLEST_SQUARED) & (a > 0))
+    return np.where(unresolved, np.inf, a * a) if unresolved.any() else a * a
 
 
 def _coarse_forward(graph, values: dict) -> bool:
@@ -416,7 +431,7 @@ def _rerun(graph, ctx, out, seeds, live, base, total, weight: float = 1.0, per_u
 def _sweeps(graph, ctx, out, seeds, live, base, total, weight, values) -> list:
     if len(total) > len(seeds):  # the forward output's change too (Note [Statistical forward])
         d = (values[out].v - total[-1]["base"]) / _MOVE.get()
-        total[-1][out] = total[-1][out] + weight * np.where(np.isfinite(d), d, np.inf) ** 2
+        total[-1][out] = total[-1][out] + weight * _squared(d)
     run = []
     for k, s in enumerate(seeds):
         grads = backward(graph, values, {out: Approx(s)}, live, ctx)
@@ -427,7 +442,7 @@ def _sweeps(graph, ctx, out, seeds, live, base, total, weight, values) -> list:
                 continue
             d = (np.broadcast_to(g.v, g0.shape) - g0.v) / _MOVE.get()
             changes[node] = d
-            total[k][node] = total[k][node] + weight * np.where(np.isfinite(d), d, np.inf) ** 2
+            total[k][node] = total[k][node] + weight * _squared(d)
         run.append(changes)
     return run
 

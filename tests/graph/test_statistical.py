@@ -638,3 +638,13 @@ def test_a_constant_with_a_rounding_residue_of_zero_keeps_the_moves(kind, dtype)
     x, t = (torch.randn(16, 8, generator=gen, dtype=dtype) for _ in range(2))
     torch.manual_seed(0)
     assert sg.check(Model().to(dtype), {"x": x, "t": t}, quiet=True).passed
+
+
+@pytest.mark.parametrize("fn", [lambda a, b: torch.sigmoid(a) * b, lambda a, b: F.silu(a) * b])
+def test_a_change_too_small_to_square_keeps_the_worst_case(fn):
+    """torch's float64 sigmoid(-710) is 0 (exact 4.5e-309, lost whole): the reruns moved ``s * b``
+    by about 1e-289, their squares came out 0 and capped the allowance at 0 (Note [Moves too small
+    to square] in montecarlo.py)."""
+    a = torch.tensor([-710.0, -712.0], dtype=torch.float64)
+    b = torch.full((2,), 3e4, dtype=torch.float64)
+    assert sg.check(fn, {"a": a, "b": b}, v=torch.ones(2, dtype=torch.float64), quiet=True).passed
