@@ -326,6 +326,7 @@ def narrowed_cotangent(b, out, i: int = 0):
         return out
     rounded = b.pointwise(lambda u: u, [out])
     rounded.attrs["_dtype"] = str(s_dt)[6:]  # its reverse rule in the narrow dtype; its forward is exact
+    rounded.attrs["_narrows_cotangent"] = True  # (Note [A cotangent passed on as it is] in rules.py)
     return rounded
 
 
