@@ -368,3 +368,15 @@ def test_a_non_finite_cotangent_or_tangent_is_refused(bad):
         sg.check(torch.sin, {"x": x}, v=v, quiet=True)
     with pytest.raises(sg.SymgradError, match="NaN or inf"):
         sg.check(torch.sin, {"x": x}, via="forward_ad", tangents={"x": v}, quiet=True)
+
+
+@pytest.mark.parametrize("shapes", [((1, 3, 2), (3, 4, 2)), ((2, 1, 3, 2), (1, 2, 4, 2)), ((3, 2), (2, 4, 2)),
+                                    ((3, 3, 2), (1, 4, 2))])
+def test_torch_cdist_with_broadcast_batch_axes(shapes):
+    """The batch axes of cdist's two inputs broadcast: x2 was reshaped with x1's batch axes, a numpy
+    error where the sizes differed and a false alarm (forward 12 times off) where they matched."""
+    gen = torch.Generator().manual_seed(0)
+    x1, x2 = (torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes)
+    assert sg.check(lambda x1, x2: torch.cdist(x1, x2), {"x1": x1, "x2": x2}, quiet=True).passed
+    wrong = custom(lambda x: torch.cdist(x, x2), lambda x, g: 1.001 * vjp(lambda x: torch.cdist(x, x2), x, g))
+    assert not sg.check(wrong, {"x": x1}, quiet=True).passed

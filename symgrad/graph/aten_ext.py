@@ -93,10 +93,14 @@ def _letters(k: int) -> str:
 def _cdist(b, args, kwargs, val):
     """``(Σ_k |x1_ik - x2_jk|^p)^(1/p)`` over the last axis, batched over leading axes."""
     x1, x2, p = b.node_of(args[0]), b.node_of(args[1]), float(args[2])
-    lead = x1.shape[:-2]
+    lead = tuple(np.broadcast_shapes(x1.shape[:-2], x2.shape[:-2]))  # batch axes broadcast, as torch's do
+
+    def padded(x):
+        return (1,) * (len(lead) + 2 - len(x.shape)) + x.shape[:-2]
+
     shape = lead + (x1.shape[-2], x2.shape[-2], x1.shape[-1])
-    a = b.layout("expand", b.layout("reshape", x1, lead + (x1.shape[-2], 1, x1.shape[-1])), shape)
-    c = b.layout("expand", b.layout("reshape", x2, lead + (1,) + x2.shape[-2:]), shape)
+    a = b.layout("expand", b.layout("reshape", x1, padded(x1) + (x1.shape[-2], 1, x1.shape[-1])), shape)
+    c = b.layout("expand", b.layout("reshape", x2, padded(x2) + (1,) + x2.shape[-2:]), shape)
     d = b.pointwise(lambda s, t: s - t, [a, c])
     if p == 2:
         total = b.reduce("sum", b.pointwise(lambda s: s**2, [d]), (len(shape) - 1,), False)
