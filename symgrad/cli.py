@@ -100,33 +100,38 @@ def _load_tensor(name: str, path: Path, dtype):
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
-def load_target(target: str):
-    """``path.py:fn`` or ``package.module:fn`` (``fn`` may be dotted: ``MyFn.apply``) -> the object."""
+def load_target(target: str, hint: str = "TARGET"):
+    """``path.py:fn`` or ``package.module:fn`` (``fn`` may be dotted: ``MyFn.apply``) -> the object;
+    a file or module that does not import is a usage error (exit 2), named with ``hint``."""
     path, sep, attr = target.rpartition(":")
     if not sep or not path or not _TARGET_ATTR.match(attr):
         raise click.BadParameter(f"{target!r} is not FILE.py:NAME or MODULE:NAME (e.g. mylib.py:my_fn or "
-                                 "mylib.ops:MyTanh.apply)", param_hint="TARGET")
+                                 "mylib.ops:MyTanh.apply)", param_hint=hint)
     if path.endswith(".py"):
         file = Path(path)
         if not file.is_file():
-            raise click.BadParameter(f"no file {path!r}", param_hint="TARGET")
+            raise click.BadParameter(f"no file {path!r}", param_hint=hint)
         name = f"_symgrad_target_{abs(hash(str(file.resolve())))}"
         spec = importlib.util.spec_from_file_location(name, file)
         module = importlib.util.module_from_spec(spec)
         sys.path.insert(0, str(file.resolve().parent))  # so that the file's own imports work
         try:
             spec.loader.exec_module(module)
+        except Exception as err:  # noqa: BLE001 - any error the file raises on import is the user's to fix
+            raise click.BadParameter(f"{path} does not import: {type(err).__name__}: {str(err)[:300]}",
+                                     param_hint=hint) from err
         finally:
             sys.path.remove(str(file.resolve().parent))
     else:
         try:
             module = importlib.import_module(path)
-        except ImportError as err:
-            raise click.BadParameter(f"cannot import module {path!r}: {err}", param_hint="TARGET") from err
+        except Exception as err:  # noqa: BLE001 - as above
+            raise click.BadParameter(f"cannot import module {path!r}: {type(err).__name__}: {str(err)[:300]}",
+                                     param_hint=hint) from err
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise click.BadParameter(f"{path} has no attribute {attr!r}", param_hint="TARGET")
+            raise click.BadParameter(f"{path} has no attribute {attr!r}", param_hint=hint)
         obj = getattr(obj, part)
     return obj
 
@@ -189,7 +194,8 @@ def check(target, specs, symbolic, dtype, via, wrt, loss, target_spec, cotangent
     inputs = dict(parse_input(s, dtype, gen) for s in specs)
     fn = _module_or_function(load_target(target), dtype)
     target_t = parse_input(target_spec, dtype, gen)[1] if target_spec else None
-    sym = load_target(symbolic if ":" in symbolic else f"{target.rpartition(':')[0]}:{symbolic}") if symbolic else None
+    sym = load_target(symbolic if ":" in symbolic else f"{target.rpartition(':')[0]}:{symbolic}",
+                      "'--symbolic'") if symbolic else None
     v = None
     if cotangent != "none" and loss is None and via not in ("functional.jacobian", "jacrev", "jacfwd", "func.jvp",
                                                             "functional.jvp", "forward_ad"):  # none: no cotangent

@@ -262,3 +262,15 @@ def test_check_runs_forward_mode_with_tangents(target):
     res = run("check", f"{target}:OffJvp.apply", "-i", "x=randn(5)", "--via", "functional.jvp", "--tangents", "ones",
               "-q")
     assert res.exit_code == 0, res.output  # functional.jvp runs the (right) backward twice, not jvp
+
+
+@pytest.mark.parametrize("source,needle", [("def f(x:\n    return x\n", "SyntaxError"),
+                                           ("import not_a_real_pkg_xyz\ndef f(x): return x\n", "ModuleNotFoundError"),
+                                           ("raise ValueError('half-written')\n", "half-written")])
+def test_a_target_that_does_not_import_is_a_usage_error(tmp_path, target, source, needle):
+    """Exit 1 means a check failed: a typo in the target's file exits 2, naming the error."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(source)
+    for args in ([f"{bad}:f", "-i", "x=ones(2)"], [f"{target}:layer", "-i", "x=ones(2)", "--symbolic", f"{bad}:f"]):
+        res = CliRunner().invoke(cli, ["check", *args])
+        assert res.exit_code == 2 and needle in res.output and "does not import" in res.output, res.output
