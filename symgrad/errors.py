@@ -10,7 +10,8 @@ def cap(message: str, limit: int = MAX_MESSAGE) -> str:
     """``message`` cut to about ``limit`` characters, keeping its start (the cause) and its end (the fix)."""
     if len(message) <= limit:
         return message
-    head, tail = message[: limit * 3 // 4], message[-(limit // 4):]
+    room = limit - 48  # the marker's own characters
+    head, tail = message[: room * 3 // 4], message[-(room // 4):]
     return f"{head} [... {len(message) - len(head) - len(tail):,} characters cut ...] {tail}"
 
 
