@@ -169,7 +169,7 @@ def autograd_failure(err: Exception, via: str) -> AutogradFailed:
     if not isinstance(err, (RuntimeError, NotImplementedError)):  # a KeyError's text alone says little
         first = f"{type(err).__name__}: {first}" if first else type(err).__name__
     failure = AutogradFailed(f"torch raised while running via={via!r}: "
-                             f"{first or type(err).__name__}. Likely cause: {hint}.")
+                             f"{(first or type(err).__name__).rstrip('.')}. Likely cause: {hint}.")
     # a jvp raising NotImplementedError says it is not there, as torch's default jvp does: not a bug
     failure.in_user_jvp = _in_user_jvp(err) and not isinstance(err, NotImplementedError)
     return failure
@@ -359,7 +359,7 @@ def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[st
             hint = ("the torch function's output does not depend on the differentiated inputs, or its backward "
                     "fails when run with create_graph=True")
         raise AutogradFailed(f"torch raised while running the double backward (order=2): "
-                             f"{text.splitlines()[0] if text else type(err).__name__}. Likely cause: {hint}.") from err
+                             f"{(text.splitlines()[0] if text else type(err).__name__).rstrip('.')}. Likely cause: {hint}.") from err
     result = {}
     for i, w in enumerate(wrt):
         parts = [torch.zeros_like(inputs[w]) if got[i] is None else got[i].detach() for got in per_dir]

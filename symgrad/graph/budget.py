@@ -51,12 +51,15 @@ def _parse_bytes(text: str) -> int:
         raise InputError(f"SYMGRAD_MEMORY_BUDGET={text!r} is not a size; write bytes, or a number with K, M or G") from None
 
 
-def memory_budget(budget: int | None = None) -> int:
+def memory_budget(budget: int | float | None = None) -> int:
     """Bytes the exploded back end may use (Note [Memory guard])."""
     if budget is not None:
-        if not isinstance(budget, int) or budget <= 0:
-            raise InputError(f"memory_budget must be a positive number of bytes, not {budget!r}")
-        return budget
+        whole = isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget == budget \
+            and budget not in (float("inf"),) and float(budget).is_integer()
+        if not whole or budget <= 0:
+            raise InputError(f"memory_budget must be a positive whole number of bytes (such as 2e9 or 2 * 2**30), "
+                             f"not {budget!r}")
+        return int(budget)
     env = os.environ.get("SYMGRAD_MEMORY_BUDGET")
     if env:
         return _parse_bytes(env)
@@ -106,6 +109,14 @@ def _read_int(path: str) -> int | None:
         return None
 
 
+def size_text(n: int) -> str:
+    """``n`` bytes as a person reads them: GiB, MiB, KiB or bytes, two significant digits at least."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale / 10 or unit == "KiB" and n >= 1024:
+            return f"{n / scale:.2g} {unit}" if n < 10 * scale else f"{n / scale:,.0f} {unit}"
+    return f"{n:,} bytes"
+
+
 def exploded_bytes(n_in: int, n_wrt: int, n_out: int, jacobian: bool) -> int:
     """Estimated size of the exploded derivative: entries times expression size per entry."""
     entries = n_wrt * (n_out if jacobian else 1) + n_out
@@ -121,11 +132,13 @@ def refuse_exploded(n_in: int, n_wrt: int, n_out: int, jacobian: bool, budget: i
     """Raise before an exploded evaluation that would not fit (a forced ``engine='elementwise'``)."""
     need, have = exploded_bytes(n_in, n_wrt, n_out, jacobian), memory_budget(budget)
     if need > have:
+        explicit = budget is not None or os.environ.get("SYMGRAD_MEMORY_BUDGET")
         raise InputError(
-            f"engine='elementwise' would build about {need / 2**30:.1f} GiB of exact expressions "
+            f"engine='elementwise' would build about {size_text(need)} of exact expressions "
             f"({n_wrt * (n_out if jacobian else 1):,} derivative entries over {n_in:,} input entries), more than the "
-            f"memory budget of {have / 2**30:.1f} GiB (a quarter of the available memory; set memory_budget= or "
-            "SYMGRAD_MEMORY_BUDGET to change it). Use engine='graph' (or 'auto'), whose cost is numpy's."
+            f"memory budget of {size_text(have)} (" + ("as set" if explicit else "a quarter of the available memory")
+            + "; memory_budget= or SYMGRAD_MEMORY_BUDGET changes it). Use engine='graph' (or 'auto'), whose cost is "
+            "numpy's."
         )
 
 
@@ -154,10 +167,10 @@ def refuse_graph(graph, budget: int | None = None) -> None:
     largest = sorted(inner, key=lambda n: n.size, reverse=True)[:3]
     named = ", ".join(f"{n.origin or n.name or n.kind} ({'x'.join(map(str, n.shape))})" for n in largest)
     raise InputError(
-        f"this check would use about {need / 2**30:.1f} GiB on the op graph (tensor back end): its "
+        f"this check would use about {size_text(need)} on the op graph (tensor back end): its "
         f"{len(inner):,} nodes hold {sum(n.size for n in inner):,} values, each kept in float64 with its rounding "
         f"bound and a few copies for the random-rounding reruns; the largest are {named}. That is more than the "
-        f"memory budget of {have / 2**30:.1f} GiB ("
+        f"memory budget of {size_text(have)} ("
         + ("as set" if explicit else "half of the available memory") + "; memory_budget= or "
         "SYMGRAD_MEMORY_BUDGET changes it). The cost grows with every activation's size: check a smaller batch "
         "or smaller images / shorter sequences (a quarter of the values is about a quarter of the memory and "
@@ -187,8 +200,8 @@ def refuse_jacobian(n_out: int, n_in: int, budget: int | None = None) -> None:
         return
     raise InputError(
         f"the full Jacobian asked for ({n_out:,} output entries x {n_in:,} differentiated input entries = "
-        f"{n_out * n_in:,} entries) would take about {need / 2**30:.1f} GiB, more than the memory budget of "
-        f"{have / 2**30:.1f} GiB (" + ("as set" if explicit else "half of the available memory") + "). Leave "
+        f"{n_out * n_in:,} entries) would take about {size_text(need)}, more than the memory budget of "
+        f"{size_text(have)} (" + ("as set" if explicit else "half of the available memory") + "). Leave "
         "via= out to check exact vector-Jacobian products with random cotangents and Jacobian-vector products "
         "with random tangents, every entry against its own bound (gradcheck's fast mode, exact); or pass v= (one "
         "cotangent), a smaller batch, or memory_budget= (bytes) above the estimate to run it anyway."

@@ -101,6 +101,17 @@ def test_memory_guard_refuses_a_huge_exploded_check_quickly():
     assert time.perf_counter() - start < 5
 
 
+def test_a_memory_budget_reads_as_set():
+    """A whole number of bytes written as a float is a budget; the refusal says it was set and
+    gives sizes a person reads (it said 0.0 GiB of a budget of 1,000 bytes)."""
+    x = torch.randn(300, 300, dtype=torch.float64)
+    with pytest.raises(sg.InputError, match=r"budget of 9.5 MiB \(as set"):
+        sg.check(lambda x: torch.tanh(x).sum(), {"x": x}, engine="elementwise", memory_budget=1e7)
+    for bad in (0, -5, 2.5, float("nan"), True, "1G"):
+        with pytest.raises(sg.InputError, match="positive whole number of bytes"):
+            sg.check(lambda x: torch.tanh(x).sum(), {"x": x}, engine="elementwise", memory_budget=bad)
+
+
 @pytest.mark.parametrize("fn", list(DEFINITIONS))
 def test_torch_form_derivatives_equal_sympy_diff(fn):
     """Each function's derivative, written in the form torch evaluates, is the textbook one:
@@ -157,7 +168,7 @@ def test_memory_guard_of_the_op_graph_refuses_before_the_forward():
                                 torch.nn.Linear(16 * 32 * 32, 10))
     x = torch.randn(2, 3, 32, 32)
     start = time.perf_counter()
-    with pytest.raises(sg.InputError, match=r"(?s)GiB on the op graph.*convolution.*smaller batch.*memory_budget="):
+    with pytest.raises(sg.InputError, match=r"(?s)[GMK]iB on the op graph.*convolution.*budget of 1 MiB \(as set.*smaller batch.*memory_budget="):
         sg.check(model, {"x": x}, loss=torch.nn.CrossEntropyLoss(), target=torch.tensor([1, 3]), memory_budget=2**20)
     assert time.perf_counter() - start < 10
     assert sg.check(model, {"x": x}, loss=torch.nn.CrossEntropyLoss(), target=torch.tensor([1, 3]), quiet=True).passed
