@@ -60,7 +60,7 @@ def test_plugin_passes_good_and_fails_bad_with_a_report(pytester):
     result.assert_outcomes(passed=2, failed=1)
     out = result.stdout.str()
     assert "GradientMismatch" in out and "vjp of x: FAIL" in out
-    assert "Worst entries (autograd | closed form | difference | allowed):" in out
+    assert "Worst entries, farthest past their allowance (autograd | closed form | difference | allowed):" in out
     assert "Closed form of x[" in out
     written = sorted(report_dir.glob("*.html"))
     assert len(written) == 1 and written[0].name.startswith("test_grads.py_test_bad-main-")

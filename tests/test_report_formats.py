@@ -242,7 +242,7 @@ def test_multiline_closed_forms_go_into_fenced_blocks():
 
 def test_failure_details_show_the_worst_entries_with_both_values(failing):
     text = failing.to_text()
-    assert "Worst entries (autograd | closed form | difference | allowed):" in text
+    assert "Worst entries, farthest past their allowance (autograd | closed form | difference | allowed):" in text
     worst = failing["x"]
     assert f"Closed form of x[{worst.abs_index[0]}, {worst.abs_index[1]}]:" in text
     assert "tanh" in text.split("Closed form of x[", 1)[1]

@@ -131,7 +131,7 @@ def worst_lines(r: Record, k: int = 3) -> list[str]:
     worst = [w for w in worst_entries(r, k) if w["ratio"] > 1.0]
     if not worst:
         return []
-    lines = ["Worst entries (autograd | closed form | difference | allowed):"]
+    lines = ["Worst entries, farthest past their allowance (autograd | closed form | difference | allowed):"]
     for w in worst:
         sa, se = distinct(w["autograd"], w["closed_form"], 10)
         lines.append(f"  {w['index']}: {sa} | {se} | {w['difference']:.3g} | "

@@ -31,10 +31,10 @@ def _worst_failing(r: Record) -> str:
 
     worst = worst_entries(r, 1)
     if not worst:
-        return f", worst {format_index(r.name, r.abs_index)} differs by {r.max_abs:.3g} (allowed {r.atol:.3g})"
+        return f", largest difference {r.max_abs:.3g} at {format_index(r.name, r.abs_index)} (allowed {r.atol:.3g})"
     w = worst[0]
     sa, se = distinct(w["autograd"], w["closed_form"])
-    return (f", worst {w['index']}: autograd {sa}, closed form {se} (difference {w['difference']:.3g}, "
+    return (f", farthest past its allowance {w['index']}: autograd {sa}, closed form {se} (difference {w['difference']:.3g}, "
             f"allowed {w['allowed']:.3g})")
 
 
