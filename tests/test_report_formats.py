@@ -284,3 +284,27 @@ def test_a_straight_through_estimator_is_named_with_its_fix():
     text = report.to_text()
     assert "step function" in text and "no path" not in text and "symbolic=" in text
     assert sg.check(ste, {"x": x}, symbolic=lambda x: x + (torch.round(x) - x).detach(), quiet=True).passed
+
+
+def test_an_exactly_zero_gradient_states_its_reference_bound_in_sensible_ulps():
+    """A renderer whose density relu is dead has every gradient exactly 0, each with a small bound:
+    stated in ulps of 0 (the smallest subnormal), it read '|error| <= 4.5e+307 ulp of float64'."""
+    import re
+
+    class Render(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = torch.nn.Linear(3, 4)
+
+        def forward(self, x, t):
+            out = self.l(x)
+            sigma, rgb = torch.relu(out[..., 0] - 100.0), torch.sigmoid(out[..., 1:])
+            alpha = 1 - torch.exp(-sigma * torch.tensor([1.0, 1.0, 1e10], dtype=x.dtype))
+            T = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], -1), -1)[:, :-1]
+            return torch.nn.functional.mse_loss(((alpha * T)[..., None] * rgb).sum(1), t)
+
+    torch.manual_seed(0)
+    report = sg.check(Render().double(), {"x": torch.randn(2, 3, 3, dtype=torch.float64),
+                                          "t": torch.rand(2, 3, dtype=torch.float64)}, quiet=True)
+    stated = [float(x) for x in re.findall(r"\|error\| <= ([0-9.e+-]+) ulp", str(report))]
+    assert report.passed and stated and max(stated) < 1e3

@@ -266,7 +266,11 @@ def certify(ref, e: np.ndarray, dtype: str, ulp, need=None) -> tuple[np.ndarray,
             idx = np.array(entries)[ok]
             e.flat[idx], bound.flat[idx] = values[ok], bounds[ok]
             done.flat[idx] = True
-    return e, bound, _reference_text(ref, e, bound, unit, dtype, done, decided, n_want, dps, mode)
+    # an exact 0's own ulp is the smallest subnormal: the sentence states such entries in ulps of the
+    # record's largest entry (of 1 where every entry is 0), not as 1e307 ulps
+    largest = float(np.max(np.abs(e[np.isfinite(e)]), initial=0.0))
+    stated = np.where(e == 0, ulp(np.asarray(largest or 1.0), dtype), unit)
+    return e, bound, _reference_text(ref, e, bound, stated, dtype, done, decided, n_want, dps, mode)
 
 
 def _reference_text(ref, e, bound, unit, dtype: str, done, decided, n_want: int, dps: int, mode: str) -> str:
