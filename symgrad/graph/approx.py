@@ -194,9 +194,11 @@ def wide_now() -> bool:
     return _WIDE.get() is not None
 
 
-def _node_dtype(node, backward: bool):
-    """The dtype ``node``'s forward (or reverse) rule computes in; None: the check's."""
+def _node_dtype(node, backward: bool, tangent: bool = False):
+    """The dtype ``node``'s forward (reverse, tangent) rule computes in; None: the check's."""
     own = node.attrs.get("_dtype")
+    if tangent:
+        own = node.attrs.get("_tangent_dtype", own)  # torch's forward-mode formula in aten ops (aten.computed_in_float32)
     if own is None or not backward:
         return own
     narrowest = own
@@ -209,9 +211,9 @@ def _node_dtype(node, backward: bool):
     return narrowest
 
 
-def _wide_token(node, backward: bool):
+def _wide_token(node, backward: bool, tangent: bool = False):
     checked = _CHECKED.get()
-    dtype = _node_dtype(node, backward)
+    dtype = _node_dtype(node, backward, tangent)
     if dtype is None or checked not in EPS or dtype not in EPS:
         return None
     ratio = EPS[dtype] / EPS[checked]
@@ -233,15 +235,16 @@ def stored_as(node):
 
 
 @contextlib.contextmanager
-def kernel(node, backward: bool = False):
-    """Within: the sums of ``node`` (from torch op ``node.origin``) in its forward/tangent rule, or
-    in its reverse rule with ``backward`` (Note [Half-precision accumulation], Note [Sequential scans])."""
+def kernel(node, backward: bool = False, tangent: bool = False):
+    """Within: the sums of ``node`` (from torch op ``node.origin``) in its forward rule (its tangent
+    rule with ``tangent``), or in its reverse rule with ``backward`` (Note [Half-precision
+    accumulation], Note [Sequential scans])."""
     origin = node.origin or ""
     half = origin.startswith(HALF_ACCUMULATING) or (
         origin.startswith(CONVOLUTION) and (backward or bool(node.attrs.get("_col2im"))))
     scan = node.attrs.get("_scan")
     tokens = []
-    wide = _wide_token(node, backward)  # Note [Nodes computed in a wider dtype]
+    wide = _wide_token(node, backward, tangent)  # Note [Nodes computed in a wider dtype]
     if wide is not None:
         tokens.append((_WIDE, wide))
     if _ACCUMULATION.get() is not None and half:

@@ -330,6 +330,24 @@ def narrowed_cotangent(b, out, i: int = 0):
     return rounded
 
 
+def computed_in_float32(b, nodes: list, out):
+    """``out``, made of ``nodes`` for a half-precision fx node whose CPU kernel computes in float32
+    and rounds its result once, and whose backward computes in float32 from that rounded result
+    (Note [A half softmax in float32] in aten_shift.py): ``nodes`` are charged float32 roundings, ``out``
+    reads its local derivatives from a rounded output, and a narrowing cast rounds it."""
+    fx_node = getattr(b, "fx_node", None)
+    if fx_node is None or fx_node.meta.get(DECOMPOSED) or not fx_node.args or not hasattr(fx_node.args[0], "meta"):
+        return out
+    s_dt, o_dt = traced_dtype(fx_node.args[0]), traced_dtype(fx_node)
+    half = str(o_dt)[6:] if o_dt is not None else None
+    if s_dt != o_dt or half not in ("float16", "bfloat16"):
+        return out
+    for n in nodes:  # torch's forward-mode formula is aten ops on the rounded result: half steps
+        n.attrs["_dtype"], n.attrs["_tangent_dtype"] = "float32", half
+    out.attrs["output_rounded_in"] = half
+    return b.pointwise(lambda u: narrowed(u), [out])
+
+
 @handles("aten.copy_", "aten.copy")
 def _copy_(b, args, kwargs, val):
     """``copy(self, src)``: ``src``'s values in ``self``'s shape (broadcast)."""

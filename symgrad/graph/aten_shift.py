@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from .aten import handles
+from .aten import computed_in_float32, handles
 from .aten_scan import _ids, log_of
 
 
@@ -34,11 +34,24 @@ def _shifted(b, x, dim):
     return x, dim, m, z
 
 
+# Note [A half softmax in float32]
+# torch's CPU softmax of a float16 or bfloat16 tensor computes in float32 and rounds its result
+# once; its backward, ``y * (g - sum(g * y))``, computes in float32 from that rounded result y and
+# rounds once (measured: no entry differs from those roundings).  Charged one half rounding per step
+# of the decomposition, a bfloat16 attention was allowed most of each gradient entry and a softmax
+# backward 2 % off passed.  So in a half check softmax's nodes are charged float32 roundings, a
+# narrowing cast rounds its output, and its last node's local derivatives are charged one half
+# rounding of their own size each (``output_rounded_in``; rules.py ``_reused_output``): the error of
+# the rounded y torch's backward reads, which reaches every entry through sum(g * y); where y is
+# below the half dtype's normal range, the rounding of its spacing.  torch's forward-mode formula,
+# ``y * (t - sum(y * t))``, runs as half-precision aten ops: tangents keep half roundings per step.
 @handles("aten._softmax", "aten.softmax.int")
 def _softmax(b, args, kwargs, val):
     x, dim, _, z = _shifted(b, args[0], args[1])
     e = b.pointwise(sp.exp, [z], z.shape)
-    return b.pointwise(lambda s, t: s / t, [e, b.reduce("sum", e, (dim,), True)], e.shape)
+    total = b.reduce("sum", e, (dim,), True)
+    y = b.pointwise(lambda s, t: s / t, [e, total], e.shape)
+    return computed_in_float32(b, [z, e, total, y], y)
 
 
 @handles("aten._log_softmax", "aten.log_softmax.int")

@@ -221,7 +221,7 @@ def tangent_sweep(graph: Graph, values: dict, tangents: dict, ctx: Ctx, skip: tu
         ts = [known.get(a) for a in node.args]
         if any(t is not None for t in ts):
             try:
-                with kernel(node):
+                with kernel(node, tangent=True):
                     t = _tangent_of(node, values, ts, ctx, kinks)
             except NotImplementedError as err:
                 if refuse is None:

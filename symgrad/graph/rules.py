@@ -21,7 +21,7 @@ import numpy as np
 import sympy as sp
 
 from . import linalg
-from .approx import Approx, add, einsum, mul, rounded, scale, unbroadcast
+from .approx import EPS, SMALLEST_NORMAL, Approx, add, einsum, mul, rounded, scale, unbroadcast
 from .derivforms import as_torch_computes
 from .ir import Node
 from .exact import certified
@@ -214,8 +214,6 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
 # rounds its float32 cotangent to the narrow dtype (Note [Nodes computed in a wider dtype]).
 def _widening(node: Node, i: int) -> bool:
     """Whether ``node`` computes in a dtype wider than its argument ``i``'s (its cotangent is rounded there)."""
-    from .approx import EPS
-
     if node.attrs.get("_narrows_cotangent"):  # aten.narrowed_cotangent's node
         return True
     own, arg = node.attrs.get("_dtype"), node.args[i].attrs.get("_dtype")
@@ -311,6 +309,13 @@ def _reused_output(node: Node, env: dict, ctx: Ctx, local: Approx, i: int) -> Ap
     size enters an exponent torch's backward rounds (``charged_sizes``; Note [Each position its own
     shift] in graph/aten_scan.py)."""
     reused, charged = node.attrs.get("reuses_output"), i in node.attrs.get("charged_sizes", ())
+    rounded_in = node.attrs.get("output_rounded_in")
+    if rounded_in is not None:  # Note [A half softmax in float32] in graph/aten_shift.py
+        out = np.abs(_broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape).v)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a subnormal result rounds to its spacing
+            below = np.where(out > 0, np.maximum(1.0, SMALLEST_NORMAL[rounded_in] / out), 1.0)
+        extra = np.abs(local.v) * (EPS[rounded_in] / ctx.eps) * below
+        local = Approx(rounded(local.v, extra), local.e + extra, *((local.lo, local.hi) if local.banded else ()))
     if not (reused or charged):
         return local
     sizes = []

@@ -166,3 +166,28 @@ def test_cumsum_to_a_wider_dtype_rounds_its_cotangent_first(dtype, n):
         assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
         assert sg.check(lambda x: torch.cumprod(x, -1, dtype=torch.float32), {"x": 1 + x / 20}, v=v, quiet=True).passed
         assert not sg.check(bad, {"x": x}, v=v, quiet=True).passed
+
+
+def _softmax_backward(k):
+    def backward(x, g):
+        y = torch.softmax(x.float(), -1)
+        gf = g.float()
+        return (y * (gf - k * (gf * y).sum(-1, keepdim=True))).to(x.dtype)
+
+    return backward
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_softmax_computes_in_float32_from_its_rounded_output(dtype):
+    """Note [A half softmax in float32] (aten_shift.py): a fused softmax backward whose sum term is
+    2 % off passed in bfloat16, each step of the decomposition charged a bfloat16 rounding; torch's
+    own softmax, backward and forward mode, passes at outputs below the normal range too."""
+    fn = lambda x: torch.softmax(x, -1)
+    for seed, scale in ((0, 1.0), (1, 5.0), (2, 30.0)):
+        gen = torch.Generator().manual_seed(seed)
+        x = (scale * torch.randn(8, 128, generator=gen)).to(dtype)
+        v = torch.randn(8, 128, generator=gen).to(dtype)
+        assert sg.check(fn, {"x": x}, v=v, quiet=True).passed
+        assert sg.check(lambda x: fn(x) * 3, {"x": x}, quiet=True).passed  # vjps and jvps
+        assert sg.check(custom(fn, _softmax_backward(1.0)), {"x": x}, v=v, quiet=True).passed
+        assert not sg.check(custom(fn, _softmax_backward(1.02)), {"x": x}, v=v, quiet=True).passed
