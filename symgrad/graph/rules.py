@@ -192,7 +192,7 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
         if i not in local:
             grads.append(None)
             continue
-        if d in (1, -1) and not np.any(local[i].e) and not _widening(node, i):  # Note [A cotangent passed on as it is]
+        if d in (1, -1) and not np.any(local[i].e) and not _widening(node, i, ctx.dtype):  # Note [A cotangent passed on as it is]
             grads.append(unbroadcast(scale(g, float(d)), a.shape))
             continue
         chosen = Approx(local[i].v, local[i].e) if i in kinked else local[i]
@@ -212,12 +212,13 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
 # bias gradient, the sum of 512 rows of ``A + b``'s cotangent, was allowed 14 % of its size and a
 # bias gradient summed row by row in bfloat16 passed.  A widening cast is the exception: torch
 # rounds its float32 cotangent to the narrow dtype (Note [Nodes computed in a wider dtype]).
-def _widening(node: Node, i: int) -> bool:
-    """Whether ``node`` computes in a dtype wider than its argument ``i``'s (its cotangent is rounded there)."""
+def _widening(node: Node, i: int, checked: str) -> bool:
+    """Whether ``node`` computes in a dtype wider than its argument ``i``'s (its cotangent is rounded
+    there); a node without a dtype of its own (a decomposition's, a constant) is in the ``checked`` dtype."""
     if node.attrs.get("_narrows_cotangent"):  # aten.narrowed_cotangent's node
         return True
-    own, arg = node.attrs.get("_dtype"), node.args[i].attrs.get("_dtype")
-    return own is not None and arg is not None and EPS.get(own, 0.0) < EPS.get(arg, 0.0)
+    own, arg = node.attrs.get("_dtype", checked), node.args[i].attrs.get("_dtype", checked)
+    return EPS.get(own, 0.0) < EPS.get(arg, 0.0)
 
 
 def _note_drivers(kinks, start: int, node: Node, args: list) -> None:

@@ -30,3 +30,20 @@ def test_torchs_own_sums_and_differences_pass(dtype):
         assert sg.check(lambda A, b: A + b, {"A": A, "b": b}, v=v, quiet=True).passed
         assert sg.check(lambda A, b: (A - b) * A - b, {"A": A, "b": b}, v=v, quiet=True).passed
         assert sg.check(lambda A, b: A.float() - b.float() + A.float(), {"A": A, "b": b}, v=v.float(), quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_decomposed_half_value_added_to_a_float32_one_rounds_its_cotangent(dtype):
+    """``gelu(x_half) + pos_float32``: torch rounds the float32 cotangent to the half dtype for
+    gelu's backward.  gelu's node comes from a decomposition, with no dtype of its own: read as
+    the check's (half) dtype it is the narrower one, and its cotangent is rounded (it was passed on
+    unrounded, and torch's own code failed)."""
+    pos = _draw((64, 16), 3, torch.float32)
+
+    def f(x):
+        y = torch.nn.functional.gelu(x)
+        return torch.tanh(y + pos) - y.float() * 0.5
+
+    for seed in range(2):
+        x, v = _draw((64, 16), seed + 1, dtype), _draw((64, 16), seed + 2, torch.float32)
+        assert sg.check(f, {"x": x}, v=v, quiet=True).passed
