@@ -304,6 +304,10 @@ def _cast(b, x, i: int = 0):
     fx_node = getattr(b, "fx_node", None)
     if fx_node is None or fx_node.meta.get(DECOMPOSED) or not isinstance(x, Node) or len(fx_node.args) <= i \
             or not hasattr(fx_node.args[i], "meta"):
+        if fx_node is not None and fx_node.meta.get(DECOMPOSED) and isinstance(x, Node) and x.kind != "leaf":
+            stored = traced_dtype(fx_node)  # the value now stored in this dtype (rules._widening)
+            if stored is not None:
+                x.attrs["_stored"] = str(stored)[6:]
         return x  # a decomposition's own upcast keeps the identity: its dtypes are not torch's kernel's
     s_dt, o_dt = traced_dtype(fx_node.args[i]), traced_dtype(fx_node)  # floating dtypes only
     if s_dt is None or o_dt is None or s_dt == o_dt:

@@ -224,17 +224,18 @@ def _note_dtype(nodes: list, fx_node) -> None:
     computed in a wider dtype] in approx.py)."""
     import torch
 
-    if fx_node.meta.get(DECOMPOSED):  # a decomposition's inner dtypes are not torch's kernel's
-        return
     val = fx_node.meta.get("val")
     vals = val if isinstance(val, (tuple, list)) else (val,)
     dtype = next((v.dtype for v in vals if isinstance(v, torch.Tensor) and v.is_floating_point()), None)
     if dtype is None:
         return
+    # a decomposition's inner dtypes are not torch's kernel's: its nodes keep the check's for their
+    # rules, and note the dtype their value is stored in (rules._widening reads it)
+    key = "_stored" if fx_node.meta.get(DECOMPOSED) else "_dtype"
     name = str(dtype).replace("torch.", "")
     for n in nodes:
         if n.kind != "leaf":
-            n.attrs.setdefault("_dtype", name)
+            n.attrs.setdefault(key, name)
 
 
 def _in_place(node) -> bool:

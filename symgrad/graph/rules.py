@@ -214,10 +214,12 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
 # rounds its float32 cotangent to the narrow dtype (Note [Nodes computed in a wider dtype]).
 def _widening(node: Node, i: int, checked: str) -> bool:
     """Whether ``node`` computes in a dtype wider than its argument ``i``'s (its cotangent is rounded
-    there); a node without a dtype of its own (a decomposition's, a constant) is in the ``checked`` dtype."""
+    there); an argument from a decomposition counts in the dtype its value is stored in (``_stored``),
+    a node without either (a constant) in the ``checked`` dtype."""
     if node.attrs.get("_narrows_cotangent"):  # aten.narrowed_cotangent's node
         return True
-    own, arg = node.attrs.get("_dtype", checked), node.args[i].attrs.get("_dtype", checked)
+    a = node.args[i].attrs
+    own, arg = node.attrs.get("_dtype", checked), a.get("_dtype", a.get("_stored", checked))
     return EPS.get(own, 0.0) < EPS.get(arg, 0.0)
 
 

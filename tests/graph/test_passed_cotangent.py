@@ -47,3 +47,17 @@ def test_a_decomposed_half_value_added_to_a_float32_one_rounds_its_cotangent(dty
     for seed in range(2):
         x, v = _draw((64, 16), seed + 1, dtype), _draw((64, 16), seed + 2, torch.float32)
         assert sg.check(f, {"x": x}, v=v, quiet=True).passed
+
+
+@pytest.mark.parametrize("op", [lambda x: torch.roll(x, 1, 0), torch.nn.functional.gelu])
+def test_a_float32_island_in_a_float64_check_rounds_its_widened_cotangent(op):
+    """``op(x.float())`` widened back by float64 ops: torch rounds each float64 cotangent to
+    float32; a decomposed op's nodes note the dtype their value is stored in for that."""
+    pos = _draw((64, 16), 3, torch.float64)
+
+    def f(x):
+        y = op(x.float())
+        return torch.tanh(y + pos) - y.double() * 0.5
+
+    x, v = _draw((64, 16), 1, torch.float64), _draw((64, 16), 2, torch.float64)
+    assert sg.check(f, {"x": x}, v=v, quiet=True).passed
