@@ -316,11 +316,16 @@ def _cast(b, x, i: int = 0):
     return b.pointwise((lambda u: narrowed(u)) if narrowing else (lambda u: u), [x])
 
 
-def narrowed_cotangent(b, out, i: int = 0):
+TANGENT_DTYPE = "symgrad_tangent_dtype"  # an fx node whose forward-mode formula runs in a narrower dtype
+
+
+def narrowed_cotangent(b, out, i: int = 0, tangent: bool = False):
     """``out`` made from the fx node's argument ``i`` with a ``dtype=`` wider than it (``cumsum``,
     ``cumprod``), whose backward formula rounds its cotangent to the argument's dtype first
     (``grad.to(self.scalar_type())``): after ``out``, a node exact forward whose reverse rounds the
-    cotangent in that narrow dtype, as a widening cast's does (Note [Nodes computed in a wider dtype])."""
+    cotangent in that narrow dtype, as a widening cast's does (Note [Nodes computed in a wider dtype]).
+    ``tangent``: torch's forward-mode formula runs in the narrow dtype too (``cumprod_jvp(...).to(dtype)``):
+    the fx node's nodes charge their tangent rules there (interpret._note_dtype)."""
     fx_node = getattr(b, "fx_node", None)
     if fx_node is None or fx_node.meta.get(DECOMPOSED) or not isinstance(out, Node) or len(fx_node.args) <= i \
             or not hasattr(fx_node.args[i], "meta"):
@@ -328,6 +333,8 @@ def narrowed_cotangent(b, out, i: int = 0):
     s_dt, o_dt = traced_dtype(fx_node.args[i]), traced_dtype(fx_node)
     if s_dt is None or o_dt is None or EPS.get(str(s_dt)[6:], 0.0) <= EPS.get(str(o_dt)[6:], 0.0):
         return out
+    if tangent:
+        fx_node.meta[TANGENT_DTYPE] = str(s_dt)[6:]
     rounded = b.pointwise(lambda u: u, [out])
     rounded.attrs["_dtype"] = str(s_dt)[6:]  # its reverse rule in the narrow dtype; its forward is exact
     rounded.attrs["_narrows_cotangent"] = True  # (Note [A cotangent passed on as it is] in rules.py)

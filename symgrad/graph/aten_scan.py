@@ -169,7 +169,7 @@ def running_product(b: Builder, x, axis: int, dense: int = DENSE_PRODUCT):
 
 @handles("aten.cumprod")
 def _cumprod(b, args, kwargs, val):
-    return narrowed_cotangent(b, running_product(b, args[0], int(args[1])))
+    return narrowed_cotangent(b, running_product(b, args[0], int(args[1])), tangent=True)
 
 
 def _running_max(b: Builder, z):

@@ -44,9 +44,13 @@ def _flash_attention_for_cpu(query, key, value, dropout_p: float = 0.0, is_causa
     from .trace_grad import own_stop
 
     with own_stop():  # a stop inside a custom Function's forward too
-        shift = s.amax(dim=-1, keepdim=True).detach()  # a fully masked row is NaN, as on the math path
+        shift = s.amax(dim=-1, keepdim=True).detach()
+        # a fully masked row (every score -inf): the flash kernel's output and gradients there are 0
+        # (the math path's are NaN), so its shift is 0, its terms exp(-inf) = 0 and its sum taken as 1
+        shift = shift.masked_fill(shift == float("-inf"), 0.0)
     e = torch.exp(s - shift)
     total = e.sum(dim=-1, keepdim=True)
+    total = total.masked_fill(total == 0, 1.0)
     output = (e @ value) / total
     lse = (shift + torch.log(total)).squeeze(-1)
     # the layout torch's own decomposition returns (its note: the flash kernel's output is (N, L, H, E) in memory)

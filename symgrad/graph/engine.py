@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compare.half import rounding_ulps
-from .approx import Approx, accumulating, add, kernel, rounded, stored_as
+from .approx import Approx, accumulating, add, kernel, rounded, size, stored_as
 from .ir import Graph
 from .kinklog import KinkLog
 from .rules import forward as forward_rule
@@ -155,6 +155,8 @@ def backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks
 def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kinks: list | None) -> dict:
     live = _depends(graph, set(wrt))
     grads: dict = {}
+    spread: dict = {}  # a merged node -> the sum of its cotangents' sizes (Note [One node per computation] in ir.py)
+    repeated = getattr(graph, "repeated", ())
     for node, g in seeds.items():
         if node in live:
             grads[node] = g if node not in grads else add(grads[node], g)
@@ -171,6 +173,9 @@ def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kink
             else:  # Note [Each use its own moves] (montecarlo.py)
                 cotangents = [vjp_rule(node, _RULE_ARGS(node, i), g, ctx, [j == i for j in range(len(needed))],
                                        kinks)[i] if need else None for i, need in enumerate(needed)]
+            if node in spread:  # each repeat's backward rounds on its own cotangent
+                cotangents = _per_use(node, [values[a] for a in node.args], spread.pop(node), cotangents, ctx,
+                                      needed, spread, repeated)
         if isinstance(kinks, KinkLog):
             kinks.owned_by(node)
         for a, ga in zip(node.args, cotangents):
@@ -179,11 +184,31 @@ def _backward(graph: Graph, values: dict, seeds: dict, wrt: list, ctx: Ctx, kink
             if a not in grads:
                 grads[a] = ga
                 continue
+            if a in repeated:
+                spread[a] = (spread[a] if a in spread else np.abs(grads[a].v)) + np.abs(ga.v)
             with stored_as(a):  # Note [Nodes computed in a wider dtype] in approx.py
                 grads[a] = add(grads[a], ga)
         if node not in seeds:
             del grads[node]  # free memory as the sweep goes
     return {leaf: grads.get(leaf) for leaf in wrt}
+
+
+def _per_use(node, args: list, sizes, cotangents: list, ctx: Ctx, needed: list, spread: dict, repeated) -> list:
+    """``cotangents`` of a merged node's arguments, charged the rounding its rule makes on the sum of
+    its uses' cotangent sizes ``sizes`` (torch runs each repeat's backward on its own: Note [One node per
+    computation] in ir.py); a repeated argument carries those sizes on (``spread``)."""
+    own = size(sizes)
+    apart = vjp_rule(node, args, Approx(np.asarray(sizes, np.float64), own), ctx, needed, None)
+    out = []
+    for a, ga, ha in zip(node.args, cotangents, apart):
+        if ga is None or ha is None:
+            out.append(ga)
+            continue
+        extra = np.broadcast_to(ha.e, np.shape(ga.v))
+        out.append(Approx(rounded(ga.v, extra), ga.e + extra, *((ga.lo, ga.hi) if ga.banded else ())))
+        if a in repeated:
+            spread[a] = spread.get(a, 0.0) + np.abs(ha.v)
+    return out
 
 
 def tangent(graph: Graph, values: dict, tangents: dict, out, ctx: Ctx, kinks=None) -> Approx | None:

@@ -233,9 +233,12 @@ def _note_dtype(nodes: list, fx_node) -> None:
     # rules, and note the dtype their value is stored in (rules._widening reads it)
     key = "_stored" if fx_node.meta.get(DECOMPOSED) else "_dtype"
     name = str(dtype).replace("torch.", "")
+    tangent = fx_node.meta.get(aten.TANGENT_DTYPE)  # aten.narrowed_cotangent
     for n in nodes:
         if n.kind != "leaf":
             n.attrs.setdefault(key, name)
+            if tangent is not None:
+                n.attrs.setdefault("_tangent_dtype", tangent)
 
 
 def _in_place(node) -> bool:

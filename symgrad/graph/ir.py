@@ -62,6 +62,7 @@ class Graph:
     nodes: list = field(default_factory=list)
     inputs: dict = field(default_factory=dict)  # name -> leaf node (inputs and parameters)
     outputs: list = field(default_factory=list)
+    repeated: set = field(default_factory=set)  # nodes others were merged into (Note [One node per computation])
 
     def add(self, node: Node) -> Node:
         self.nodes.append(node)
@@ -89,6 +90,7 @@ class Graph:
             key = _repeat_key(n)
             if key is not None and key in seen:
                 replaced[n] = seen[key]
+                self.repeated.add(seen[key])
                 continue
             if key is not None:
                 seen[key] = n
@@ -109,7 +111,13 @@ class Graph:
 # graph/kinklog.py).  So after tracing, a pointwise, reduce, layout or stop node repeating an earlier
 # one -- the same torch op (its origin, so relu and clamp(min=0), whose conventions at 0 differ, stay
 # apart), the same argument nodes, equal attributes -- is merged into it.  Nodes with array
-# attributes (select's indices) are left as they are.
+# attributes (select's indices) are left as they are.  torch runs each repeat's backward on its own
+# cotangent, rounding each product, where the merged node's rule runs once on their sum: with
+# cotangents that nearly cancel (``cat([x + w, x + w])``, x bfloat16, w float32, each use's float32
+# cotangent rounded to bfloat16) the sum's rounding is far smaller than theirs, and torch's own code
+# failed.  A merged node (``Graph.repeated``) whose cotangent comes from several uses charges its
+# arguments' cotangents the roundings its reverse rule makes on the sum of the uses' cotangent sizes,
+# and a merged argument carries those sizes on (engine._per_use).
 _MERGED_KINDS = ("pointwise", "reduce", "layout", "stop")
 
 

@@ -38,3 +38,16 @@ def test_a_wrong_attention_backward_still_fails(dtype):
     report = sg.check(bugged, inputs, engine="graph", quiet=True)
     assert not report.passed, report.to_text()
     assert sg.check(_causal, inputs, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_a_fully_masked_row_is_zero_as_the_flash_kernel_gives_it(dtype):
+    """torch's CPU flash attention gives a query that sees no key an output of 0 and gradients of 0
+    (the math path's NaN); the decomposition gave NaN and torch's own kernel failed in every dtype."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 6, 8, generator=gen, dtype=torch.float64).to(dtype) for _ in range(3))
+    mask = torch.ones(6, 6, dtype=torch.bool)
+    mask[2] = False
+    fn = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert fn(q, k, v)[0, 0, 2].abs().max() == 0
+    assert sg.check(fn, {"q": q, "k": k, "v": v}, quiet=True).passed

@@ -61,3 +61,14 @@ def test_a_float32_island_in_a_float64_check_rounds_its_widened_cotangent(op):
 
     x, v = _draw((64, 16), 1, torch.float64), _draw((64, 16), 2, torch.float64)
     assert sg.check(f, {"x": x}, v=v, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_computation_written_twice_rounds_each_uses_cotangent(dtype):
+    """``cat([x + w, x + w])`` (x half, w float32) is one node of the op graph (Note [One node per
+    computation] in ir.py), but torch runs each add's backward, rounding each use's float32
+    cotangent to the half dtype: with cotangents that nearly cancel torch's own code failed."""
+    x, w, v1 = _draw((64, 8), 0, dtype), _draw((8,), 1, torch.float32), _draw((64, 8), 2, torch.float32)
+    v = torch.cat([v1, -v1 * (1 + 2**-10)])
+    assert sg.check(lambda x: torch.cat([x + w, x + w]), {"x": x}, v=v, quiet=True).passed
+    assert sg.check(lambda x: torch.cat([torch.sigmoid(x) * w, torch.sigmoid(x) * w]), {"x": x}, v=v, quiet=True).passed

@@ -191,3 +191,23 @@ def test_a_half_softmax_computes_in_float32_from_its_rounded_output(dtype):
         assert sg.check(lambda x: fn(x) * 3, {"x": x}, quiet=True).passed  # vjps and jvps
         assert sg.check(custom(fn, _softmax_backward(1.0)), {"x": x}, v=v, quiet=True).passed
         assert not sg.check(custom(fn, _softmax_backward(1.02)), {"x": x}, v=v, quiet=True).passed
+
+
+@pytest.mark.parametrize("layout", [lambda x: x.t(), lambda x: x.unsqueeze(0), lambda x: x.t().contiguous()])
+def test_a_half_softmax_of_a_layout_rounds_its_input_cotangent(layout):
+    """softmax's first node after ``x.t()`` read a layout node with no dtype of its own: its float32
+    cotangent was passed to it unrounded, and torch's own bfloat16 softmax failed on most seeds."""
+    for seed in range(4):
+        gen = torch.Generator().manual_seed(seed)
+        x = (3 * torch.randn(6, 20, generator=gen, dtype=torch.float64)).to(torch.bfloat16)
+        assert sg.check(lambda x: torch.softmax(layout(x), -1), {"x": x}, quiet=True).passed
+
+
+@pytest.mark.parametrize("dtype,wide", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                        (torch.float32, torch.float64)])
+def test_cumprod_to_a_wider_dtype_takes_its_tangent_in_the_narrow_one(dtype, wide):
+    """torch's forward mode of ``cumprod(x, dtype=wide)`` is ``cumprod_jvp(...).to(wide)``: t / x
+    and its running sum in x's dtype (the jvp row failed, 224 ulps where 5.5 were allowed)."""
+    gen = torch.Generator().manual_seed(0)
+    x = (1 + 0.1 * torch.randn(2, 8, generator=gen, dtype=torch.float64)).to(dtype)
+    assert sg.check(lambda x: torch.cumprod(x, -1, dtype=wide), {"x": x}, quiet=True).passed
