@@ -210,8 +210,11 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
 # backward passes the cotangent on unchanged (or negated): no rounding.  Charged one rounding per entry
 # as any product, the broadcast sum after it was charged a half rounding on every term: a bfloat16
 # bias gradient, the sum of 512 rows of ``A + b``'s cotangent, was allowed 14 % of its size and a
-# bias gradient summed row by row in bfloat16 passed.  A widening cast is the exception: torch
-# rounds its float32 cotangent to the narrow dtype (Note [Nodes computed in a wider dtype]).
+# bias gradient summed row by row in bfloat16 passed.  A node computing in a wider dtype than its
+# argument is the exception (a widening cast, ``x_half + w_float32``): torch rounds the wider
+# cotangent to the argument's dtype (Note [Nodes computed in a wider dtype]).  An argument made by
+# one of the trace's decompositions has no dtype of its own for its rules; the dtype its value is
+# stored in (``_stored``, noted by interpret._note_dtype and aten._cast) tells whether it is narrower.
 def _widening(node: Node, i: int, checked: str) -> bool:
     """Whether ``node`` computes in a dtype wider than its argument ``i``'s (its cotangent is rounded
     there); an argument from a decomposition counts in the dtype its value is stored in (``_stored``),
