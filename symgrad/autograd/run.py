@@ -358,8 +358,9 @@ def run_double_backward(fn: Callable, inputs: Mapping[str, object], wrt: list[st
         else:
             hint = ("the torch function's output does not depend on the differentiated inputs, or its backward "
                     "fails when run with create_graph=True")
+        first = (text.splitlines()[0] if text else type(err).__name__).rstrip(".")
         raise AutogradFailed(f"torch raised while running the double backward (order=2): "
-                             f"{(text.splitlines()[0] if text else type(err).__name__).rstrip('.')}. Likely cause: {hint}.") from err
+                             f"{first}. Likely cause: {hint}.") from err
     result = {}
     for i, w in enumerate(wrt):
         parts = [torch.zeros_like(inputs[w]) if got[i] is None else got[i].detach() for got in per_dir]

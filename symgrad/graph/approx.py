@@ -198,7 +198,7 @@ def _node_dtype(node, backward: bool, tangent: bool = False):
     """The dtype ``node``'s forward (reverse, tangent) rule computes in; None: the check's."""
     own = node.attrs.get("_dtype")
     if tangent:
-        own = node.attrs.get("_tangent_dtype", own)  # torch's forward-mode formula in aten ops (aten.computed_in_float32)
+        own = node.attrs.get("_tangent_dtype", own)  # forward mode in aten ops (aten.computed_in_float32)
     if own is None or not backward:
         return own
     narrowest = own

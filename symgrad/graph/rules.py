@@ -192,7 +192,8 @@ def _vjp_pointwise(node: Node, args: list, g: Approx, ctx: Ctx, needed: list, ki
         if i not in local:
             grads.append(None)
             continue
-        if d in (1, -1) and not np.any(local[i].e) and not _widening(node, i, ctx.dtype):  # Note [A cotangent passed on as it is]
+        # Note [A cotangent passed on as it is]
+        if d in (1, -1) and not np.any(local[i].e) and not _widening(node, i, ctx.dtype):
             grads.append(unbroadcast(scale(g, float(d)), a.shape))
             continue
         chosen = Approx(local[i].v, local[i].e) if i in kinked else local[i]

@@ -34,8 +34,8 @@ def _worst_failing(r: Record) -> str:
         return f", largest difference {r.max_abs:.3g} at {format_index(r.name, r.abs_index)} (allowed {r.atol:.3g})"
     w = worst[0]
     sa, se = distinct(w["autograd"], w["closed_form"])
-    return (f", farthest past its allowance {w['index']}: autograd {sa}, closed form {se} (difference {w['difference']:.3g}, "
-            f"allowed {w['allowed']:.3g})")
+    return (f", farthest past its allowance {w['index']}: autograd {sa}, closed form {se} "
+            f"(difference {w['difference']:.3g}, allowed {w['allowed']:.3g})")
 
 
 def shorten(text: str, width: int = 48) -> str:
