@@ -396,6 +396,12 @@ def exact(v) -> Approx:
     return Approx(v)
 
 
+def charged(a: Approx, own) -> Approx:
+    """``a`` charged one more rounding of bound ``own`` (units of eps): its bound grows by it, a rerun
+    moves its value by it (``rounded``), its band stays."""
+    return Approx(rounded(a.v, own), a.e + own, a.lo, a.hi)
+
+
 def signed_band(slope, lo, hi) -> tuple:
     """The band of ``slope * a`` from ``a``'s band ``[a - lo, a + hi]`` (a negative slope swaps sides)."""
     pos, neg = np.maximum(slope, 0.0), np.maximum(-slope, 0.0)

@@ -297,22 +297,34 @@ def _identity(b, args, kwargs, val):
     return _cast(b, args[0])
 
 
+def _kernel_dtypes(b, x, i: int = 0) -> tuple | None:
+    """(the fx node read now, its argument ``i``'s floating dtype, its own), names such as
+    "bfloat16" (None where not floating), for a node ``x`` built from a torch kernel the user's code
+    calls; None inside one of the trace's decompositions, whose dtypes are not torch's kernel's."""
+    fx_node = getattr(b, "fx_node", None)
+    if fx_node is None or fx_node.meta.get(DECOMPOSED) or not isinstance(x, Node) or len(fx_node.args) <= i \
+            or not hasattr(fx_node.args[i], "meta"):
+        return None
+    s_dt, o_dt = traced_dtype(fx_node.args[i]), traced_dtype(fx_node)  # "torch.bfloat16"[6:]
+    return fx_node, (str(s_dt)[6:] if s_dt is not None else None), (str(o_dt)[6:] if o_dt is not None else None)
+
+
 def _cast(b, x, i: int = 0):
     """A cast between floating dtypes (of the fx node's argument ``i``) is a node of its own (Note
     [Nodes computed in a wider dtype] in approx.py): narrowing rounds its value; widening is exact,
     its reverse rule rounds the cotangent."""
-    fx_node = getattr(b, "fx_node", None)
-    if fx_node is None or fx_node.meta.get(DECOMPOSED) or not isinstance(x, Node) or len(fx_node.args) <= i \
-            or not hasattr(fx_node.args[i], "meta"):
+    dtypes = _kernel_dtypes(b, x, i)
+    if dtypes is None:
+        fx_node = getattr(b, "fx_node", None)
         if fx_node is not None and fx_node.meta.get(DECOMPOSED) and isinstance(x, Node) and x.kind != "leaf":
             stored = traced_dtype(fx_node)  # the value now stored in this dtype (rules._widening)
             if stored is not None:
                 x.attrs["_stored"] = str(stored)[6:]
         return x  # a decomposition's own upcast keeps the identity: its dtypes are not torch's kernel's
-    s_dt, o_dt = traced_dtype(fx_node.args[i]), traced_dtype(fx_node)  # floating dtypes only
+    _, s_dt, o_dt = dtypes
     if s_dt is None or o_dt is None or s_dt == o_dt:
         return x
-    narrowing = EPS.get(str(o_dt)[6:], 0.0) > EPS.get(str(s_dt)[6:], 0.0)  # "torch.bfloat16"[6:]
+    narrowing = EPS.get(o_dt, 0.0) > EPS.get(s_dt, 0.0)
     return b.pointwise((lambda u: narrowed(u)) if narrowing else (lambda u: u), [x])
 
 
@@ -326,17 +338,14 @@ def narrowed_cotangent(b, out, i: int = 0, tangent: bool = False):
     cotangent in that narrow dtype, as a widening cast's does (Note [Nodes computed in a wider dtype]).
     ``tangent``: torch's forward-mode formula runs in the narrow dtype too (``cumprod_jvp(...).to(dtype)``):
     the fx node's nodes charge their tangent rules there (interpret._note_dtype)."""
-    fx_node = getattr(b, "fx_node", None)
-    if fx_node is None or fx_node.meta.get(DECOMPOSED) or not isinstance(out, Node) or len(fx_node.args) <= i \
-            or not hasattr(fx_node.args[i], "meta"):
+    dtypes = _kernel_dtypes(b, out, i)
+    if dtypes is None or None in dtypes or EPS.get(dtypes[1], 0.0) <= EPS.get(dtypes[2], 0.0):
         return out
-    s_dt, o_dt = traced_dtype(fx_node.args[i]), traced_dtype(fx_node)
-    if s_dt is None or o_dt is None or EPS.get(str(s_dt)[6:], 0.0) <= EPS.get(str(o_dt)[6:], 0.0):
-        return out
+    fx_node, narrow, _ = dtypes
     if tangent:
-        fx_node.meta[TANGENT_DTYPE] = str(s_dt)[6:]
+        fx_node.meta[TANGENT_DTYPE] = narrow
     rounded = b.pointwise(lambda u: u, [out])
-    rounded.attrs["_dtype"] = str(s_dt)[6:]  # its reverse rule in the narrow dtype; its forward is exact
+    rounded.attrs["_dtype"] = narrow  # its reverse rule in the narrow dtype; its forward is exact
     rounded.attrs["_narrows_cotangent"] = True  # (Note [A cotangent passed on as it is] in rules.py)
     return rounded
 
@@ -346,13 +355,10 @@ def computed_in_float32(b, nodes: list, out):
     and rounds its result once, and whose backward computes in float32 from that rounded result
     (Note [A half softmax in float32] in aten_shift.py): ``nodes`` are charged float32 roundings, ``out``
     reads its local derivatives from a rounded output, and a narrowing cast rounds it."""
-    fx_node = getattr(b, "fx_node", None)
-    if fx_node is None or fx_node.meta.get(DECOMPOSED) or not fx_node.args or not hasattr(fx_node.args[0], "meta"):
+    dtypes = _kernel_dtypes(b, out)
+    if dtypes is None or dtypes[1] != dtypes[2] or dtypes[2] not in ("float16", "bfloat16"):
         return out
-    s_dt, o_dt = traced_dtype(fx_node.args[0]), traced_dtype(fx_node)
-    half = str(o_dt)[6:] if o_dt is not None else None
-    if s_dt != o_dt or half not in ("float16", "bfloat16"):
-        return out
+    half = dtypes[2]
     for n in nodes:  # torch's forward-mode formula is aten ops on the rounded result: half steps
         n.attrs["_dtype"], n.attrs["_tangent_dtype"] = "float32", half
     out.attrs["output_rounded_in"] = half

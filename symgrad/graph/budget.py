@@ -54,8 +54,7 @@ def _parse_bytes(text: str) -> int:
 def memory_budget(budget: int | float | None = None) -> int:
     """Bytes the exploded back end may use (Note [Memory guard])."""
     if budget is not None:
-        whole = isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget == budget \
-            and budget not in (float("inf"),) and float(budget).is_integer()
+        whole = isinstance(budget, (int, float)) and not isinstance(budget, bool) and float(budget).is_integer()
         if not whole or budget <= 0:
             raise InputError(f"memory_budget must be a positive whole number of bytes (such as 2e9 or 2 * 2**30), "
                              f"not {budget!r}")
@@ -112,7 +111,7 @@ def _read_int(path: str) -> int | None:
 def size_text(n: int) -> str:
     """``n`` bytes as a person reads them: GiB, MiB, KiB or bytes, two significant digits at least."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale / 10 or unit == "KiB" and n >= 1024:
+        if n >= scale / 10:
             return f"{n / scale:.2g} {unit}" if n < 10 * scale else f"{n / scale:,.0f} {unit}"
     return f"{n:,} bytes"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compare.half import rounding_ulps
-from .approx import Approx, accumulating, add, kernel, rounded, size, stored_as
+from .approx import Approx, accumulating, add, charged, kernel, rounded, size, stored_as
 from .ir import Graph
 from .kinklog import KinkLog
 from .rules import forward as forward_rule
@@ -205,7 +205,7 @@ def _per_use(node, args: list, sizes, cotangents: list, ctx: Ctx, needed: list, 
             out.append(ga)
             continue
         extra = np.broadcast_to(ha.e, np.shape(ga.v))
-        out.append(Approx(rounded(ga.v, extra), ga.e + extra, *((ga.lo, ga.hi) if ga.banded else ())))
+        out.append(charged(ga, extra))
         if a in repeated:
             spread[a] = spread.get(a, 0.0) + np.abs(ha.v)
     return out

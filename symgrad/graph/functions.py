@@ -14,7 +14,7 @@ import sympy as sp
 
 from ..compare.half import rounding_ulps, subnormal_rounding
 from ..lower.special import BESSEL_ULPS, MPMATH
-from .approx import Approx, mul, rounded, size, smallest_normal
+from .approx import Approx, charged, mul, size, smallest_normal
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, STEPS, _scipy
 
 __all__ = ["expm1", "expm1_exp", "expm1_either", "elu_slope", "narrowed", "log1p", "sigmoid", "logsigmoid", "log_sigmoid", "log_sigmoid_slope", "saved_product",
@@ -70,7 +70,7 @@ def _elu_slope(args: list, ctx) -> Approx:
         cap = np.abs(out.v) / (ctx.eps * rounding_ulps(ctx.dtype))
         extra = np.minimum(np.maximum(from_result - ulps * np.abs(out.v), 0.0), cap)
     extra = np.where(np.isfinite(extra), extra, 0.0)
-    return Approx(rounded(out.v, extra), out.e + extra, *((out.lo, out.hi) if out.banded else ()))
+    return charged(out, extra)
 
 
 NARY[elu_slope] = _elu_slope
@@ -89,7 +89,7 @@ class narrowed(sp.Function):  # noqa: N801
 def _narrowed(args: list, ctx) -> Approx:
     (a,) = args
     own = size(a.v)
-    return Approx(rounded(a.v, own), a.e + own, *((a.lo, a.hi) if a.banded else ()))
+    return charged(a, own)
 
 
 NARY[narrowed] = _narrowed
@@ -129,7 +129,7 @@ def _sigmoid(args: list, ctx) -> Approx:
     if not lost.any():
         return out
     extra = np.where(lost, np.abs(out.v) / (ctx.eps * rounding_ulps(ctx.dtype)), 0.0)  # allowed: |v| itself
-    return Approx(rounded(out.v, extra), out.e + extra, *((out.lo, out.hi) if out.banded else ()))
+    return charged(out, extra)
 
 
 NARY[sigmoid] = _sigmoid
@@ -378,7 +378,7 @@ def _saved_product(args: list, ctx) -> Approx:
     if not tiny:
         return out
     own = np.where(np.abs(out.v) < tiny, half_spacing / (rounding_ulps(ctx.dtype) * ctx.eps), 0.0)
-    return Approx(rounded(out.v, own), out.e + own, *((out.lo, out.hi) if out.banded else ()))
+    return charged(out, own)
 
 
 NARY[saved_product] = _saved_product

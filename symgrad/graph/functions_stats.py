@@ -9,7 +9,7 @@ import numpy as np
 import sympy as sp
 
 from ..lower.special import erfcx_kernel, log_ndtr_kernel
-from .approx import Approx, add, rounded, size
+from .approx import Approx, add, charged, size
 from .functions import DEFINITIONS, MpmathValued
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, ROOTED
 
@@ -40,7 +40,7 @@ def _centred(args: list, ctx) -> Approx:
     if ctx.dtype != "float64":  # float32 and half moments accumulate in float64: the running mean's
         return out              # rounding is far below the checked dtype's (the Note)
     own = size(np.broadcast_to(m.v, out.v.shape))
-    return Approx(rounded(out.v, own), out.e + own, *((out.lo, out.hi) if out.banded else ()))
+    return charged(out, own)
 
 
 NARY[centred] = _centred

@@ -313,8 +313,9 @@ SMALLEST_SQUARED = 2.0**-511
 def _squared(d) -> np.ndarray:
     """``d * d``; inf where ``d`` is not finite or is too small to square (Note [Moves too small to square])."""
     a = np.abs(d)
+    square = a * a
     unresolved = ~np.isfinite(a) | ((a < SMALLEST_SQUARED) & (a > 0))
-    return np.where(unresolved, np.inf, a * a) if unresolved.any() else a * a
+    return np.where(unresolved, np.inf, square) if unresolved.any() else square
 
 
 def _coarse_forward(graph, values: dict) -> bool:

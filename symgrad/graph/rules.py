@@ -21,7 +21,7 @@ import numpy as np
 import sympy as sp
 
 from . import linalg
-from .approx import EPS, SMALLEST_NORMAL, Approx, add, einsum, mul, rounded, scale, unbroadcast
+from .approx import EPS, SMALLEST_NORMAL, Approx, add, charged, einsum, mul, scale, unbroadcast
 from .derivforms import as_torch_computes
 from .ir import Node
 from .exact import certified
@@ -314,25 +314,24 @@ def _reused_output(node: Node, env: dict, ctx: Ctx, local: Approx, i: int) -> Ap
     derivative recomputes from the node's rounded output ``out`` through exp (Note [logsumexp' from its
     rounded output] in graph/aten_shift.py), and |a_i| where the node marks argument ``i`` as one whose
     size enters an exponent torch's backward rounds (``charged_sizes``; Note [Each position its own
-    shift] in graph/aten_scan.py)."""
-    reused, charged = node.attrs.get("reuses_output"), i in node.attrs.get("charged_sizes", ())
-    rounded_in = node.attrs.get("output_rounded_in")
-    if rounded_in is not None:  # Note [A half softmax in float32] in graph/aten_shift.py
-        out = np.abs(_broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape).v)
-        with np.errstate(divide="ignore", invalid="ignore"):  # a subnormal result rounds to its spacing
-            below = np.where(out > 0, np.maximum(1.0, SMALLEST_NORMAL[rounded_in] / out), 1.0)
-        extra = np.abs(local.v) * (EPS[rounded_in] / ctx.eps) * below
-        local = Approx(rounded(local.v, extra), local.e + extra, *((local.lo, local.hi) if local.banded else ()))
-    if not (reused or charged):
+    shift] in graph/aten_scan.py); one rounding of its own size where torch's backward reads the
+    node's output rounded to a half dtype (``output_rounded_in``)."""
+    reused, sized = node.attrs.get("reuses_output"), i in node.attrs.get("charged_sizes", ())
+    rounded_in = node.attrs.get("output_rounded_in")  # Note [A half softmax in float32] in graph/aten_shift.py
+    if not (reused or sized or rounded_in):
         return local
-    sizes = []
-    if reused:
-        sizes.append(_broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape).v)
-    if charged:
-        sizes.append(np.broadcast_to(env[symbols_for(len(env))[i]].v, node.shape))
-    with np.errstate(invalid="ignore"):
-        extra = sum(np.where(np.isfinite(size), np.abs(local.v) * np.abs(size), 0.0) for size in sizes)
-    return Approx(rounded(local.v, extra), local.e + extra, *((local.lo, local.hi) if local.banded else ()))
+    out = _broadcast(evaluate(node.attrs["expr"], env, ctx), node.shape).v if reused or rounded_in else None
+    extra = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if rounded_in is not None:  # one rounding of the output torch's backward reads; a subnormal one, its spacing
+            below = np.where(out != 0, np.maximum(1.0, SMALLEST_NORMAL[rounded_in] / np.abs(out)), 1.0)
+            extra = extra + np.abs(local.v) * (EPS[rounded_in] / ctx.eps) * below
+        sizes = [out] if reused else []
+        if sized:
+            sizes.append(np.broadcast_to(env[symbols_for(len(env))[i]].v, node.shape))
+        for size in sizes:
+            extra = extra + np.where(np.isfinite(size), np.abs(local.v) * np.abs(size), 0.0)
+    return charged(local, extra)
 
 
 def _chosen(d) -> bool:

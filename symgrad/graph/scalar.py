@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .approx import Approx, add, mul, rounded, rounded_constant, signed_band, size, wide_now
+from .approx import Approx, add, charged, mul, rounded, rounded_constant, signed_band, size, wide_now
 from ..ops import is_float32_constant
 from .scalar_constants import folded_number, constant_error
 from .scalar_kernels import FUNCTIONS, KERNEL_ULPS, NARY, ROOTED, STEPS, _polygamma
@@ -162,7 +162,7 @@ def _eval_node(expr, env, ctx, memo) -> Approx:
         out = _apply(fn, dfn, _eval(expr.args[1], env, ctx, memo), rooted=True, ulps=library_ulps(ctx))
         rel = KERNEL_REL.get(n, 0.0)  # Note [Kernels less accurate than their dtype]
         own = rel / ctx.eps * size(out.v)
-        return Approx(rounded(out.v, own), out.e + own, out.lo, out.hi) if rel else out
+        return charged(out, own) if rel else out
     if isinstance(expr, sp.atan2):
         y, x = (_eval(a, env, ctx, memo) for a in expr.args)
         v = np.arctan2(y.v, x.v)
